@@ -1,0 +1,360 @@
+"""Recurrent binarization (RB) and Hamming kernels.
+
+RB<b> codes a (centred, rotated) vector r of width dim with b sign levels. Level l holds
+the signs of what levels < l left over, at the fixed weight 2**-l relative to a per-vector
+scale t: r_hat = t * sum_l 2**-l * s_l with s_l in {-1, +1}**dim. The scale t is chosen per
+vector to maximise cos(r, r_hat) over a grid (a least-squares fit of t alone would only
+rescale; the grid search changes which signs the residual levels take). With weights halving
+per level the b levels together form a uniform 2**b-point grid per dimension.
+
+Scoring is RaBitQ's unbiased estimator: <q, r> ~= <q, s> * |r|**2 / <s, r> with
+s = sum_l 2**-l s_l, so every vector carries two float32 factors:
+`factors[:, 0] = g = |r|**2 / <s, r>` and `factors[:, 1] = |r|**2` (used by l2 and decode).
+
+Layouts:
+- bits uint8 (n, b, nbytes), nbytes = ceil(dim / 8); bit t of byte j of level l is the sign
+  of dimension 8j + t (1 = positive), little-endian within the byte; padding bits are 0.
+- asymmetric tables `rb_lut` float32 (b * nbytes, 256): entry [l * nbytes + j, v] is
+  2**-l * sum_t q[8j + t] * (2 * bit_t(v) - 1), so summing over the code's bytes gives <q, s>.
+- Hamming words uint64 (n, n_words): the bit planes padded to 8-byte words.
+
+References: tests/reference/binary.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+from numba.core import types
+from numba.extending import intrinsic
+
+from ._jit import jit, jit_batch, jit_batch_fast, jit_fast
+from .topk import topk_init, topk_push, topk_sort
+
+__all__ = [
+    "popcount64",
+    "rb_nbytes",
+    "rb_encode",
+    "rb_encode_batch",
+    "rb_decode",
+    "rb_lut",
+    "rb_lut_scan",
+    "rb_lut_scan_batch",
+    "rb_words",
+    "hamming_scan",
+    "hamming_scan_batch",
+    "rb_sdc_scan",
+    "rb_sdc_scan_batch",
+    "sign_pack",
+]
+
+# Candidate scales t, relative to the vector's RMS. A coarse grid then a fine one around the
+# best: the cosine is unimodal enough in t that this finds the optimum to within 0.1%.
+_T_COARSE = np.linspace(0.3, 2.4, 22).astype(np.float32)
+_T_FINE_STEP = np.float32(0.1 / 8)
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Population count of a uint64 through LLVM's ctpop (one POPCNT instruction)."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        (val,) = args
+        val = context.cast(builder, val, signature.args[0], types.uint64)
+        return builder.ctpop(val)
+
+    return sig, codegen
+
+
+def rb_nbytes(dim: int) -> int:
+    """Bytes per level: ceil(dim / 8)."""
+    return (dim + 7) // 8
+
+
+@jit_fast
+def _levels_cos(r, inv_scale, n_levels, tmp):
+    # Greedy residual signs at weights 2**-l relative to 1/inv_scale; returns cos(r, r_hat).
+    dim = r.shape[0]
+    dot = np.float32(0.0)
+    sq = np.float32(0.0)
+    for t in range(dim):
+        res = r[t] * inv_scale
+        val = np.float32(0.0)
+        w = np.float32(1.0)
+        for _ in range(n_levels):
+            s = np.float32(1.0) if res >= 0 else np.float32(-1.0)
+            val += w * s
+            res -= w * s
+            w *= np.float32(0.5)
+        tmp[t] = val
+        dot += val * r[t]
+        sq += val * val
+    if sq <= 0:
+        return np.float32(-2.0)
+    return dot / np.sqrt(sq)
+
+
+@jit_fast
+def rb_encode(r, n_levels, t_coarse, t_step):
+    """Encode one vector: bits uint8 (b, nbytes) and factors float32 (2,)."""
+    dim = r.shape[0]
+    nbytes = (dim + 7) // 8
+    bits = np.zeros((n_levels, nbytes), dtype=np.uint8)
+    factors = np.zeros(2, dtype=np.float32)
+    rr = np.float32(0.0)
+    for t in range(dim):
+        rr += r[t] * r[t]
+    factors[1] = rr
+    if rr <= 0 or dim == 0:
+        # A zero residual: all-positive signs with g = 0 decode and score to exactly zero.
+        for lv in range(n_levels):
+            for t in range(dim):
+                bits[lv, t >> 3] |= np.uint8(1 << (t & 7))
+        return bits, factors
+    rms = np.sqrt(rr / dim)
+    tmp = np.empty(dim, dtype=np.float32)
+    best_t = t_coarse[0]
+    best_cos = np.float32(-3.0)
+    if n_levels > 1:
+        for i in range(t_coarse.shape[0]):
+            c = _levels_cos(r, np.float32(1.0) / (t_coarse[i] * rms), n_levels, tmp)
+            if c > best_cos:
+                best_cos = c
+                best_t = t_coarse[i]
+        center = best_t
+        for i in range(-8, 9):
+            tt = center + i * t_step
+            if tt <= 0:
+                continue
+            c = _levels_cos(r, np.float32(1.0) / (tt * rms), n_levels, tmp)
+            if c > best_cos:
+                best_cos = c
+                best_t = tt
+    # Final pass at the chosen scale: write the bits and the factors.
+    inv = np.float32(1.0) / (best_t * rms)
+    dot = np.float32(0.0)
+    for t in range(dim):
+        res = r[t] * inv
+        val = np.float32(0.0)
+        w = np.float32(1.0)
+        for lv in range(n_levels):
+            if res >= 0:
+                bits[lv, t >> 3] |= np.uint8(1 << (t & 7))
+                val += w
+                res -= w
+            else:
+                val -= w
+                res += w
+            w *= np.float32(0.5)
+        dot += val * r[t]
+    factors[0] = rr / dot if dot > 0 else np.float32(0.0)
+    return bits, factors
+
+
+@jit_batch_fast
+def rb_encode_batch(r, n_levels, t_coarse, t_step):
+    """`rb_encode` over rows: bits uint8 (n, b, nbytes), factors float32 (n, 2)."""
+    n, dim = r.shape
+    nbytes = (dim + 7) // 8
+    bits = np.empty((n, n_levels, nbytes), dtype=np.uint8)
+    factors = np.empty((n, 2), dtype=np.float32)
+    for i in prange(n):
+        b, f = rb_encode(r[i], n_levels, t_coarse, t_step)
+        bits[i] = b
+        factors[i] = f
+    return bits, factors
+
+
+def rb_signs(bits: np.ndarray, dim: int) -> np.ndarray:
+    """s = sum_l 2**-l s_l as float32 (n, dim) from bits (n, b, nbytes)."""
+    n, n_levels, _ = bits.shape
+    planes = np.unpackbits(bits, axis=2, bitorder="little")[:, :, :dim].astype(np.float32)
+    weights = (0.5 ** np.arange(n_levels)).astype(np.float32)
+    return np.einsum("nld,l->nd", 2.0 * planes - 1.0, weights).astype(np.float32)
+
+
+def rb_decode(bits: np.ndarray, factors: np.ndarray, dim: int) -> np.ndarray:
+    """Least-squares reconstruction alpha * s, alpha = <s, r>/|s|^2 = |r|^2 / (g |s|^2)."""
+    s = rb_signs(bits, dim)
+    s_sq = np.einsum("nd,nd->n", s, s)
+    g = factors[:, 0].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = np.where(g > 0, factors[:, 1] / (g * s_sq), 0.0)
+    return (s * alpha[:, None]).astype(np.float32)
+
+
+def rb_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
+    """Asymmetric tables float32 (nq, b * nbytes, 256) for queries q (nq, dim) (rotated)."""
+    q = np.atleast_2d(np.asarray(q, dtype=np.float32))
+    nq, dim = q.shape
+    nbytes = rb_nbytes(dim)
+    qp = np.zeros((nq, nbytes * 8), dtype=np.float32)
+    qp[:, :dim] = q
+    qp = qp.reshape(nq, nbytes, 8)
+    pm = 2.0 * np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") - 1.0
+    base = np.einsum("qjt,vt->qjv", qp, pm.astype(np.float32))  # (nq, nbytes, 256)
+    weights = (0.5 ** np.arange(n_levels)).astype(np.float32)
+    out = weights[None, :, None, None] * base[:, None, :, :]
+    return np.ascontiguousarray(out.reshape(nq, n_levels * nbytes, 256), dtype=np.float32)
+
+
+@jit_fast
+def _rb_scan_list(lut, codes, factors, ids, start, stop, bias, q_sq, is_l2, heap_scores, heap_ids):
+    nb = codes.shape[1]
+    for i in range(start, stop):
+        acc = np.float32(0.0)
+        for j in range(nb):
+            acc += lut[j, codes[i, j]]
+        est = factors[i, 0] * acc
+        if is_l2:
+            s = -(q_sq - 2.0 * est + factors[i, 1])
+        else:
+            s = bias + est
+        s = np.float32(s)
+        if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+            topk_push(heap_scores, heap_ids, s, ids[i])
+
+
+@jit
+def rb_lut_scan(luts, codes, factors, ids, list_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
+    """One query, asymmetric: luts (L, b * nbytes, 256), codes uint8 (n, b * nbytes).
+
+    ip: score = probe_bias + g * <q, s>. l2 (tables built from q - centre):
+    score = -(|q - c|^2 - 2 g <q - c, s> + |r|^2), |q - c|^2 given in `probe_q_sq`.
+    """
+    heap_scores, heap_ids = topk_init(k)
+    n_tables = luts.shape[0]
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        t = p if n_tables > 1 else 0
+        _rb_scan_list(luts[t], codes, factors, ids, list_offsets[lst], list_offsets[lst + 1],
+                      probe_bias[p], probe_q_sq[p], is_l2, heap_scores, heap_ids)
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def rb_lut_scan_batch(luts, codes, factors, ids, list_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
+    """`rb_lut_scan` for every query, parallel over queries."""
+    nq = luts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = rb_lut_scan(luts[qi], codes, factors, ids, list_offsets, probes[qi],
+                           probe_bias[qi], probe_q_sq[qi], is_l2, k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids
+
+
+def rb_words(bits: np.ndarray) -> np.ndarray:
+    """bits uint8 (n, b, nbytes) -> uint64 (n, b, n_words), each level padded to 8 bytes."""
+    n, n_levels, nbytes = bits.shape
+    n_words = (nbytes + 7) // 8
+    padded = np.zeros((n, n_levels, n_words * 8), dtype=np.uint8)
+    padded[:, :, :nbytes] = bits
+    return padded.view("<u8").reshape(n, n_levels, n_words)
+
+
+def sign_pack(x: np.ndarray) -> np.ndarray:
+    """Plain sign binarization: uint8 (n, ceil(dim/8)), bit set where x >= 0."""
+    return np.packbits(np.asarray(x) >= 0, axis=1, bitorder="little")
+
+
+@jit
+def hamming_scan(q_words, db_words, ids, k):
+    """One query: Hamming distance to every row of db_words uint64 (n, W); top-k smallest.
+
+    Scores are the negated distances (larger is better), as float32.
+    """
+    heap_scores, heap_ids = topk_init(k)
+    n, n_words = db_words.shape
+    for i in range(n):
+        dist = np.uint64(0)
+        for w in range(n_words):
+            dist += popcount64(q_words[w] ^ db_words[i, w])
+        s = -np.float32(dist)
+        if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+            topk_push(heap_scores, heap_ids, s, ids[i])
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def hamming_scan_batch(q_words, db_words, ids, k):
+    """`hamming_scan` for every row of q_words (nq, W), parallel over queries."""
+    nq = q_words.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = hamming_scan(q_words[qi], db_words, ids, k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids
+
+
+@jit
+def _sdc_dot(q_words, x_words, dim):
+    # <s_q, s_x> with s = sum_l 2**-l s_l; <s_a, s_b> per level pair = dim - 2 * hamming.
+    n_levels = q_words.shape[0]
+    n_words = q_words.shape[1]
+    total = 0.0
+    wa = 1.0
+    for la in range(n_levels):
+        wb = 1.0
+        for lb in range(x_words.shape[0]):
+            h = np.uint64(0)
+            for w in range(n_words):
+                h += popcount64(q_words[la, w] ^ x_words[lb, w])
+            total += wa * wb * (dim - 2.0 * np.float64(h))
+            wb *= 0.5
+        wa *= 0.5
+    return total
+
+
+@jit
+def rb_sdc_scan(q_words, q_scale, words, factors, ids, list_offsets, probes, probe_bias, probe_q_sq,
+                is_l2, dim, k):
+    """One query, symmetric: the query is RB-coded too, once per table: q_words (L, b, W) and
+    q_scale (L,) with L = 1 (ip: the query itself) or P (l2: q - centre per probe).
+
+    est = q_scale * g * <s_q, s_x>, each level pair scored with popcount; the score is
+    probe_bias + est (ip) or -(|q - c|^2 - 2 est + |r|^2) (l2), as in `rb_lut_scan`.
+    """
+    heap_scores, heap_ids = topk_init(k)
+    n_tables = q_words.shape[0]
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        t = p if n_tables > 1 else 0
+        for i in range(list_offsets[lst], list_offsets[lst + 1]):
+            est = q_scale[t] * factors[i, 0] * _sdc_dot(q_words[t], words[i], dim)
+            if is_l2:
+                s = np.float32(-(probe_q_sq[p] - 2.0 * est + factors[i, 1]))
+            else:
+                s = np.float32(probe_bias[p] + est)
+            if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+                topk_push(heap_scores, heap_ids, s, ids[i])
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def rb_sdc_scan_batch(q_words, q_scale, words, factors, ids, list_offsets, probes, probe_bias, probe_q_sq,
+                      is_l2, dim, k):
+    """`rb_sdc_scan` for every query, parallel over queries."""
+    nq = q_words.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = rb_sdc_scan(q_words[qi], q_scale[qi], words, factors, ids, list_offsets,
+                           probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, dim, k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids

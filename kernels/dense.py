@@ -1,0 +1,106 @@
+"""Uncompressed scans: Flat (float32 rows) and F16 (half-precision rows, as uint16 bits).
+
+Numba has no float16 type, so F16 rows are passed as their uint16 bit patterns and widened
+with LLVM's `fpext half -> float` (`f16_to_f32`), which vectorises to VCVTPH2PS.
+
+Scores are larger-is-better (kernels/topk.py): the inner product plus `probe_bias` for ip,
+the negated squared distance to `q` for l2 (for residual lists the caller passes q - centre
+per probe in `qs` (L, dim), L = 1 or P). Same inverted-list arguments as kernels/pq.py.
+Reference: tests/reference/dense.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import prange
+from numba.core import types
+from numba.extending import intrinsic
+
+from ._jit import jit, jit_batch, jit_fast
+from .topk import topk_init, topk_push, topk_sort
+
+__all__ = ["f16_to_f32", "dense_scan", "dense_scan_batch"]
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """Widen a float16 given as its uint16 bit pattern to float32 (exact)."""
+    if not isinstance(bits, types.Integer):
+        return None
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        (val,) = args
+        val = context.cast(builder, val, signature.args[0], types.uint16)
+        half = builder.bitcast(val, ir.HalfType())
+        return builder.fpext(half, ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _widen(typingctx, value):
+    # float32 rows pass through; uint16 rows are float16 bit patterns.
+    if isinstance(value, types.Float):
+        sig = types.float32(value)
+
+        def codegen(context, builder, signature, args):
+            return context.cast(builder, args[0], signature.args[0], types.float32)
+
+        return sig, codegen
+    if isinstance(value, types.Integer) and value.bitwidth == 16:
+        sig = types.float32(value)
+
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+        return sig, codegen
+    return None
+
+
+@jit_fast
+def _row_score(q, x, i, is_l2):
+    acc = np.float32(0.0)
+    if is_l2:
+        for d in range(x.shape[1]):
+            diff = q[d] - _widen(x[i, d])
+            acc += diff * diff
+        return -acc
+    for d in range(x.shape[1]):
+        acc += q[d] * _widen(x[i, d])
+    return acc
+
+
+@jit
+def dense_scan(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
+    """One query: qs (L, dim) float32; x float32 (n, dim) or uint16 (n, dim) holding f16."""
+    heap_scores, heap_ids = topk_init(k)
+    n_tables = qs.shape[0]
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        q = qs[p if n_tables > 1 else 0]
+        for i in range(list_offsets[lst], list_offsets[lst + 1]):
+            s = _row_score(q, x, i, is_l2)
+            if not is_l2:
+                s += probe_bias[p]
+            s = np.float32(s)
+            if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+                topk_push(heap_scores, heap_ids, s, ids[i])
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def dense_scan_batch(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
+    """`dense_scan` for every query: qs (nq, L, dim), probes/probe_bias (nq, P)."""
+    nq = qs.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = dense_scan(qs[qi], x, ids, list_offsets, probes[qi], probe_bias[qi], is_l2, k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids

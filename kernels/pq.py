@@ -1,0 +1,178 @@
+"""Product quantization: training, encoding, decoding, lookup tables and scans.
+
+Shapes and dtypes:
+- vectors float32 (n, dim); `dim` need not divide by M: vectors are zero-padded to
+  M * dsub with dsub = ceil(dim / M), and padded dims contribute nothing.
+- codebooks float32 (M, ksub, dsub), ksub = 2**nbits (nbits 4 or 8).
+- codes uint8 (n, M): one sub-code per byte ("unpacked"). 4-bit codes are packed two per
+  byte for storage by `pq4_pack` and re-laid out in blocks for the fast scan by
+  `pq4_fastscan_layout` (see kernels/fastscan.py).
+- lookup tables float32 (M, ksub): `lut[m, j]` is the similarity contribution of sub-code
+  j in sub-space m: the inner product for ip, the negated squared distance for l2, so a
+  sum over m is larger-is-better (kernels/topk.py's convention).
+
+The scan drivers take an inverted-list layout: codes ordered by list, `list_offsets`
+(nlist + 1,), per query the probed lists `probes` (nq, P) (-1 = skip) with an additive
+`probe_bias` (nq, P), and tables `luts` (nq, L, M, ksub) with L = 1 (shared by every
+list) or L = P (one table per probed list, for l2 on residuals). A flat index is one list.
+Reference: tests/reference/pq.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit, jit_batch, jit_batch_fast, jit_fast
+from .kmeans import kmeans_fit
+from .topk import topk_init, topk_push, topk_sort
+
+__all__ = [
+    "pq_dsub",
+    "pq_pad",
+    "pq_train",
+    "pq_encode",
+    "pq_decode",
+    "pq_lut",
+    "pq4_pack",
+    "pq4_unpack",
+    "pq_lut_scan",
+    "pq_lut_scan_batch",
+]
+
+
+def pq_dsub(dim: int, m: int) -> int:
+    """Width of one sub-space: ceil(dim / M)."""
+    return -(-dim // m)
+
+
+def pq_pad(x: np.ndarray, m: int) -> np.ndarray:
+    """(n, dim) -> (n, M * dsub) float32, C-contiguous, zero-padded on the right."""
+    n, dim = x.shape
+    width = m * pq_dsub(dim, m)
+    out = np.zeros((n, width), dtype=np.float32)
+    out[:, :dim] = x
+    return out
+
+
+def pq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int = 20) -> np.ndarray:
+    """Train M independent k-means codebooks of 2**nbits centroids on the sub-vectors."""
+    xp = pq_pad(np.asarray(x, dtype=np.float32), m)
+    dsub = xp.shape[1] // m
+    ksub = 1 << nbits
+    books = np.empty((m, ksub, dsub), dtype=np.float32)
+    for j in range(m):
+        books[j] = kmeans_fit(xp[:, j * dsub : (j + 1) * dsub], ksub, n_iter=n_iter, seed=seed + j)
+    return books
+
+
+@jit_batch_fast
+def _encode_batch(xp, books):
+    n = xp.shape[0]
+    m, ksub, dsub = books.shape
+    codes = np.empty((n, m), dtype=np.uint8)
+    for i in prange(n):
+        for j in range(m):
+            best = np.inf
+            best_c = 0
+            for c in range(ksub):
+                d = np.float32(0.0)
+                for t in range(dsub):
+                    diff = xp[i, j * dsub + t] - books[j, c, t]
+                    d += diff * diff
+                if d < best:
+                    best = d
+                    best_c = c
+            codes[i, j] = best_c
+    return codes
+
+
+def pq_encode(x: np.ndarray, books: np.ndarray) -> np.ndarray:
+    """Nearest centroid per sub-space: uint8 (n, M)."""
+    return _encode_batch(pq_pad(np.asarray(x, dtype=np.float32), books.shape[0]), books)
+
+
+def pq_decode(codes: np.ndarray, books: np.ndarray, dim: int) -> np.ndarray:
+    """Concatenate each sub-code's centroid: float32 (n, dim)."""
+    m, _, dsub = books.shape
+    codes = np.asarray(codes)
+    out = books[np.arange(m)[None, :], codes.astype(np.intp)]  # (n, M, dsub)
+    return np.ascontiguousarray(out.reshape(codes.shape[0], m * dsub)[:, :dim])
+
+
+def pq_lut(q: np.ndarray, books: np.ndarray, metric: str) -> np.ndarray:
+    """Lookup tables float32 (nq, M, ksub): ip contributions, or negated squared L2."""
+    m, _, dsub = books.shape
+    qp = pq_pad(np.atleast_2d(np.asarray(q, dtype=np.float32)), m).reshape(-1, m, dsub)
+    ip = np.einsum("qmt,mjt->qmj", qp, books, optimize=True)
+    if metric == "ip":
+        return np.ascontiguousarray(ip, dtype=np.float32)
+    q_norms = np.einsum("qmt,qmt->qm", qp, qp)
+    c_norms = np.einsum("mjt,mjt->mj", books, books)
+    return np.ascontiguousarray(-(q_norms[:, :, None] - 2.0 * ip + c_norms[None]), dtype=np.float32)
+
+
+@jit
+def pq4_pack(codes):
+    """uint8 (n, M) 4-bit sub-codes -> uint8 (n, ceil(M/2)): sub-code 2j low nibble, 2j+1 high."""
+    n, m = codes.shape
+    nb = (m + 1) // 2
+    out = np.zeros((n, nb), dtype=np.uint8)
+    for i in range(n):
+        for j in range(m):
+            if j % 2 == 0:
+                out[i, j // 2] |= codes[i, j] & 15
+            else:
+                out[i, j // 2] |= (codes[i, j] & 15) << 4
+    return out
+
+
+@jit
+def pq4_unpack(packed, m):
+    """Inverse of `pq4_pack`."""
+    n = packed.shape[0]
+    out = np.empty((n, m), dtype=np.uint8)
+    for i in range(n):
+        for j in range(m):
+            b = packed[i, j // 2]
+            out[i, j] = (b & 15) if j % 2 == 0 else (b >> 4)
+    return out
+
+
+@jit_fast
+def _scan_list(lut, codes, ids, start, stop, bias, heap_scores, heap_ids):
+    m = codes.shape[1]
+    for i in range(start, stop):
+        s = np.float32(bias)
+        for j in range(m):
+            s += lut[j, codes[i, j]]
+        if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+            topk_push(heap_scores, heap_ids, s, ids[i])
+
+
+@jit
+def pq_lut_scan(luts, codes, ids, list_offsets, probes, probe_bias, k):
+    """One query: luts (L, M, ksub), probes (P,), probe_bias (P,) -> sorted top-k."""
+    heap_scores, heap_ids = topk_init(k)
+    n_tables = luts.shape[0]
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        t = p if n_tables > 1 else 0
+        _scan_list(luts[t], codes, ids, list_offsets[lst], list_offsets[lst + 1], probe_bias[p], heap_scores, heap_ids)
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k):
+    """`pq_lut_scan` for every query, parallel over queries: (nq, k) scores and ids."""
+    nq = luts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = pq_lut_scan(luts[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids

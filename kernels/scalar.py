@@ -1,0 +1,159 @@
+"""Scalar quantization (SQ8, SQ4) and half precision (F16) kernels.
+
+SQ<b>: per dimension a trained range [vmin, vmin + vdiff]; a value codes to
+u = round((x - vmin) / vdiff * (2**b - 1)) clipped to [0, 2**b - 1] and decodes to
+vmin + u * vdiff / (2**b - 1). A dimension whose range is zero (real embeddings have
+dimensions that are constant, even zero, in every vector) gets vdiff = 0: it codes to 0 and
+decodes to vmin exactly, never NaN.
+
+Layouts: SQ8 codes uint8 (n, dim); SQ4 codes uint8 (n, ceil(dim/2)), dimension 2j in the
+low nibble; F16 codes are float16 (n, dim) viewed as bytes by the codec.
+
+Scans (larger is better, kernels/topk.py): for ip the score is
+bias + sum_d w_d * u_d with w_d = q_d * vdiff_d / L (L = 2**b - 1) and bias = <q, vmin>;
+for l2 it is -sum_d (a_d * u_d - c_d)**2 with a_d = vdiff_d / L, c_d = q_d - vmin_d.
+Both take the same inverted-list arguments as kernels/pq.py. Reference: tests/reference/scalar.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit, jit_batch, jit_fast
+from .topk import topk_init, topk_push, topk_sort
+
+__all__ = [
+    "sq_train",
+    "sq_encode",
+    "sq_decode",
+    "sq_query_terms",
+    "sq_scan",
+    "sq_scan_batch",
+]
+
+
+def sq_train(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension (vmin, vdiff) float32 from the min and max of the sample."""
+    x = np.asarray(x, dtype=np.float32)
+    vmin = x.min(axis=0)
+    vdiff = x.max(axis=0) - vmin
+    return vmin.astype(np.float32), vdiff.astype(np.float32)
+
+
+def sq_encode(x: np.ndarray, vmin: np.ndarray, vdiff: np.ndarray, nbits: int) -> np.ndarray:
+    """Codes uint8: (n, dim) for 8 bits, (n, ceil(dim/2)) packed nibbles for 4 bits."""
+    levels = (1 << nbits) - 1
+    x = np.asarray(x, dtype=np.float32)
+    safe = np.where(vdiff > 0, vdiff, 1.0)
+    u = np.rint((x - vmin) / safe * levels)
+    u = np.where(vdiff > 0, np.clip(u, 0, levels), 0).astype(np.uint8)
+    if nbits == 8:
+        return np.ascontiguousarray(u)
+    n, dim = u.shape
+    if dim % 2:
+        u = np.concatenate([u, np.zeros((n, 1), np.uint8)], axis=1)
+    return np.ascontiguousarray(u[:, 0::2] | (u[:, 1::2] << 4))
+
+
+def sq_unpack(codes: np.ndarray, dim: int, nbits: int) -> np.ndarray:
+    """uint8 (n, dim) level indices from stored codes."""
+    if nbits == 8:
+        return np.asarray(codes)
+    out = np.empty((codes.shape[0], codes.shape[1] * 2), dtype=np.uint8)
+    out[:, 0::2] = codes & 15
+    out[:, 1::2] = codes >> 4
+    return out[:, :dim]
+
+
+def sq_decode(codes: np.ndarray, vmin: np.ndarray, vdiff: np.ndarray, nbits: int) -> np.ndarray:
+    """float32 (n, dim) reconstruction."""
+    levels = (1 << nbits) - 1
+    u = sq_unpack(codes, vmin.shape[0], nbits).astype(np.float32)
+    return (vmin + u * (vdiff / levels)).astype(np.float32)
+
+
+def sq_query_terms(q: np.ndarray, vmin: np.ndarray, vdiff: np.ndarray, nbits: int, metric: str):
+    """Per-query weights (nq, dim) and constants (nq,) for `sq_scan` (see module docstring)."""
+    q = np.atleast_2d(np.asarray(q, dtype=np.float32))
+    step = (vdiff / ((1 << nbits) - 1)).astype(np.float32)
+    if metric == "ip":
+        w = q * step
+        return np.ascontiguousarray(w, dtype=np.float32), (q @ vmin).astype(np.float32)
+    c = q - vmin
+    # weights carry a_d, and the second array c_d per query.
+    return np.ascontiguousarray(np.broadcast_to(step, q.shape), dtype=np.float32), np.ascontiguousarray(c, dtype=np.float32)
+
+
+@jit_fast
+def _sq8_ip(w, codes, i):
+    acc = np.float32(0.0)
+    for d in range(codes.shape[1]):
+        acc += w[d] * np.float32(codes[i, d])
+    return acc
+
+
+@jit_fast
+def _sq8_l2(a, c, codes, i):
+    acc = np.float32(0.0)
+    for d in range(codes.shape[1]):
+        diff = a[d] * np.float32(codes[i, d]) - c[d]
+        acc += diff * diff
+    return -acc
+
+
+@jit_fast
+def _sq4_ip(w, codes, i):
+    acc = np.float32(0.0)
+    for j in range(codes.shape[1]):
+        b = codes[i, j]
+        acc += w[2 * j] * np.float32(b & 15) + w[2 * j + 1] * np.float32(b >> 4)
+    return acc
+
+
+@jit_fast
+def _sq4_l2(a, c, codes, i):
+    acc = np.float32(0.0)
+    for j in range(codes.shape[1]):
+        b = codes[i, j]
+        d0 = a[2 * j] * np.float32(b & 15) - c[2 * j]
+        d1 = a[2 * j + 1] * np.float32(b >> 4) - c[2 * j + 1]
+        acc += d0 * d0 + d1 * d1
+    return -acc
+
+
+@jit
+def sq_scan(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k):
+    """One query. ip: w (dim,) weights, probe_bias holds <q, vmin> (+ list terms).
+    l2: w holds a_d, c (L, dim') holds q - vmin per table (L = 1 or P), padded to even width
+    for SQ4. Returns the sorted top-k."""
+    heap_scores, heap_ids = topk_init(k)
+    n_tables = c.shape[0]
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        cp = c[p if n_tables > 1 else 0]
+        for i in range(list_offsets[lst], list_offsets[lst + 1]):
+            if nbits == 8:
+                s = _sq8_l2(w, cp, codes, i) if is_l2 else _sq8_ip(w, codes, i) + probe_bias[p]
+            else:
+                s = _sq4_l2(w, cp, codes, i) if is_l2 else _sq4_ip(w, codes, i) + probe_bias[p]
+            s = np.float32(s)
+            if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+                topk_push(heap_scores, heap_ids, s, ids[i])
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def sq_scan_batch(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k):
+    """`sq_scan` for every query: w (nq, dim'), c (nq, L, dim'), probes/probe_bias (nq, P)."""
+    nq = w.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = sq_scan(w[qi], c[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], nbits, is_l2, k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids

@@ -1,0 +1,165 @@
+"""Top-k selection kernels.
+
+Convention: inside the kernels a score is a similarity, larger is better. Kernels for
+`l2` produce negated squared distances, so one top-k serves every metric; the engine
+flips the sign back. Ties are broken by the smaller id, so results are deterministic and
+comparable with the numpy reference (`tests/reference/topk.py`, a lexsort).
+
+A top-k state is a pair of arrays `(heap_scores float32 (k,), heap_ids int64 (k,))`, a
+binary min-heap whose root is the worst kept entry. An empty slot holds score `-inf` and
+id -1, so a finished list is padded exactly as DESIGN.md asks (the engine turns `-inf`
+into the metric's worst score).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit, jit_batch
+
+__all__ = [
+    "topk_init",
+    "topk_push",
+    "topk_sort",
+    "topk_select",
+    "topk_select_batch",
+    "topk_merge",
+]
+
+
+@jit
+def _better(s_a, i_a, s_b, i_b):
+    # a ranks before b: higher score, or equal score and smaller id (empty id -1 last).
+    if s_a > s_b:
+        return True
+    if s_a == s_b:
+        if i_b < 0:
+            return i_a >= 0
+        return i_a >= 0 and i_a < i_b
+    return False
+
+
+@jit
+def topk_init(k):
+    """Empty top-k state of size k: scores -inf, ids -1."""
+    heap_scores = np.full(k, -np.inf, dtype=np.float32)
+    heap_ids = np.full(k, -1, dtype=np.int64)
+    return heap_scores, heap_ids
+
+
+@jit
+def topk_push(heap_scores, heap_ids, score, idx):
+    """Offer (score, idx); keep it if it beats the worst kept entry. Returns True if kept."""
+    k = heap_scores.shape[0]
+    if k == 0 or not _better(score, idx, heap_scores[0], heap_ids[0]):
+        return False
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= k:
+            break
+        right = left + 1
+        worst = left
+        if right < k and _better(heap_scores[left], heap_ids[left], heap_scores[right], heap_ids[right]):
+            worst = right
+        if _better(heap_scores[worst], heap_ids[worst], score, idx):
+            break
+        heap_scores[pos] = heap_scores[worst]
+        heap_ids[pos] = heap_ids[worst]
+        pos = worst
+    heap_scores[pos] = score
+    heap_ids[pos] = idx
+    return True
+
+
+@jit
+def _sift_down(heap_scores, heap_ids, pos, size):
+    s = heap_scores[pos]
+    i = heap_ids[pos]
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            break
+        right = left + 1
+        worst = left
+        if right < size and _better(heap_scores[left], heap_ids[left], heap_scores[right], heap_ids[right]):
+            worst = right
+        if _better(heap_scores[worst], heap_ids[worst], s, i):
+            break
+        heap_scores[pos] = heap_scores[worst]
+        heap_ids[pos] = heap_ids[worst]
+        pos = worst
+    heap_scores[pos] = s
+    heap_ids[pos] = i
+
+
+@jit
+def topk_sort(heap_scores, heap_ids):
+    """Sort a top-k state in place, best first (heapsort of the min-heap)."""
+    size = heap_scores.shape[0]
+    while size > 1:
+        size -= 1
+        s = heap_scores[0]
+        i = heap_ids[0]
+        heap_scores[0] = heap_scores[size]
+        heap_ids[0] = heap_ids[size]
+        heap_scores[size] = s
+        heap_ids[size] = i
+        _sift_down(heap_scores, heap_ids, 0, size)
+
+
+@jit
+def topk_select(scores, ids, k):
+    """Best k of one row of scores (ids given per column); sorted best first, padded."""
+    heap_scores, heap_ids = topk_init(k)
+    for j in range(scores.shape[0]):
+        topk_push(heap_scores, heap_ids, scores[j], ids[j])
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def topk_select_batch(scores, ids, k):
+    """Row-wise `topk_select` over a (nq, n) score matrix with shared column ids."""
+    nq = scores.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = topk_select(scores[qi], ids, k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids
+
+
+@jit
+def topk_merge(scores_a, ids_a, scores_b, ids_b, k):
+    """Merge two (nq, ka) and (nq, kb) result lists sorted best first into (nq, k).
+
+    Used to combine results across blocks, lists or segments whose ids are disjoint.
+    """
+    nq = scores_a.shape[0]
+    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_ids = np.full((nq, k), -1, dtype=np.int64)
+    ka = scores_a.shape[1]
+    kb = scores_b.shape[1]
+    for qi in range(nq):
+        a = 0
+        b = 0
+        for j in range(k):
+            take_a = False
+            if a < ka and b < kb:
+                take_a = not _better(scores_b[qi, b], ids_b[qi, b], scores_a[qi, a], ids_a[qi, a])
+            elif a < ka:
+                take_a = True
+            elif b >= kb:
+                break
+            if take_a:
+                out_scores[qi, j] = scores_a[qi, a]
+                out_ids[qi, j] = ids_a[qi, a]
+                a += 1
+            else:
+                out_scores[qi, j] = scores_b[qi, b]
+                out_ids[qi, j] = ids_b[qi, b]
+                b += 1
+    return out_scores, out_ids
