@@ -610,14 +610,18 @@ class CodeIndex:
         q = codec.quantizer
         self.codes = codes
         if isinstance(q, PQ) and q.nbits == 4:
+            # The blocked layout replaces the row codes: one copy of the codes in RAM.
             self.blocks, self.block_ids, self.block_offsets = fastscan.fs_layout(
                 pq.pq4_unpack(codes, q.m), self.ids, self.offsets
             )
-            self.codes = codes
+            self.codes = np.empty((0, codes.shape[1]), dtype=np.uint8)
         elif isinstance(q, RB):
+            # One array serves both scorings: each level padded to whole 8-byte words, read
+            # as bytes by the table scan (padding bytes meet all-zero table rows) and as
+            # uint64 words by the popcount scan.
             bits, self.factors = codec._split_rb(codes)
-            self.codes = np.ascontiguousarray(bits.reshape(self.n, -1))
             self.words = binary.rb_words(bits)
+            self.codes = self.words.view(np.uint8).reshape(self.n, -1)
         elif isinstance(q, F16):
             self.codes = np.ascontiguousarray(codes.view("<u2").reshape(self.n, codec.width))
         elif isinstance(q, Flat):
@@ -722,7 +726,9 @@ class CodeIndex:
                 q_scale = np.ascontiguousarray(factors[:, 0].reshape(nq, n_tab))
                 return binary.rb_sdc_scan_batch(words, q_scale, self.words, self.factors, self.ids, self.offsets,
                                                 probes, bias, q_sq_p, is_l2, codec.width, k)
-            luts = binary.rb_lut(rot, q.levels).reshape(nq, n_tab, -1, 256)
+            padded = np.zeros((rot.shape[0], self.words.shape[2] * 64), dtype=np.float32)
+            padded[:, : codec.width] = rot
+            luts = binary.rb_lut(padded, q.levels).reshape(nq, n_tab, -1, 256)
             return binary.rb_lut_scan_batch(luts, self.codes, self.factors, self.ids, self.offsets, probes,
                                             bias, q_sq_p, is_l2, k)
         if isinstance(q, SQ):
@@ -731,7 +737,8 @@ class CodeIndex:
             w = np.zeros((nq, width), dtype=np.float32)
             c = np.zeros((nq, n_tab, width), dtype=np.float32)
             if is_l2:
-                w[:, : codec.width], cc = scalar.sq_query_terms(tq, vmin, vdiff, q.nbits, "l2")
+                steps, cc = scalar.sq_query_terms(tq, vmin, vdiff, q.nbits, "l2")
+                w[:, : codec.width] = steps[:1]
                 c[:, :, : codec.width] = cc.reshape(nq, n_tab, -1)
             else:
                 w[:, : codec.width], const = scalar.sq_query_terms(tq, vmin, vdiff, q.nbits, "ip")

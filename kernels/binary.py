@@ -29,6 +29,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, jit_batch_fast, jit_fast
+from .pq import lut_sum
 from .topk import topk_init, topk_push, topk_sort
 
 __all__ = [
@@ -203,12 +204,9 @@ def rb_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
 
 @jit_fast
 def _rb_scan_list(lut, codes, factors, ids, start, stop, bias, q_sq, is_l2, heap_scores, heap_ids):
-    nb = codes.shape[1]
+    flat = lut.reshape(-1)
     for i in range(start, stop):
-        acc = np.float32(0.0)
-        for j in range(nb):
-            acc += lut[j, codes[i, j]]
-        est = factors[i, 0] * acc
+        est = factors[i, 0] * lut_sum(flat, 256, codes, i)
         if is_l2:
             s = -(q_sq - 2.0 * est + factors[i, 1])
         else:

@@ -24,7 +24,8 @@ def _similarity(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray
     if metric == "ip":
         return ip
     c_norms = np.einsum("ij,ij->i", centroids, centroids)
-    return 2.0 * ip - c_norms[None, :]  # -|x - c|^2 up to the per-row constant |x|^2
+    x_norms = np.einsum("ij,ij->i", x, x)
+    return 2.0 * ip - c_norms[None, :] - x_norms[:, None]  # -|x - c|^2
 
 
 def ivf_assign(x: np.ndarray, centroids: np.ndarray, metric: str, block: int = 8192) -> np.ndarray:

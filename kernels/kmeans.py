@@ -25,24 +25,33 @@ _BLAS_MIN_DIM = 24
 
 @jit_batch_fast
 def kmeans_assign_small_batch(x, centroids):
-    """Nearest centroid (squared L2) for each row; parallel over rows."""
+    """Nearest centroid (squared L2) for each row; parallel over rows.
+
+    The distance loop runs over centroids innermost (centroids transposed to (dim, k)), so
+    it vectorises across centroids instead of across the few dims of a PQ sub-vector."""
     n, dim = x.shape
     k = centroids.shape[0]
+    ct = np.ascontiguousarray(centroids.T)
     labels = np.empty(n, dtype=np.int64)
     dists = np.empty(n, dtype=np.float32)
-    for i in prange(n):
-        best = np.inf
-        best_j = 0
-        for j in range(k):
-            d = np.float32(0.0)
+    chunk = 256  # rows per task: one distance buffer per task, not per row
+    for c in prange((n + chunk - 1) // chunk):
+        d = np.empty(k, dtype=np.float32)
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            d[:] = 0.0
             for t in range(dim):
-                diff = x[i, t] - centroids[j, t]
-                d += diff * diff
-            if d < best:
-                best = d
-                best_j = j
-        labels[i] = best_j
-        dists[i] = best
+                xv = x[i, t]
+                for j in range(k):
+                    diff = xv - ct[t, j]
+                    d[j] += diff * diff
+            best_j = 0
+            best = d[0]
+            for j in range(1, k):
+                if d[j] < best:
+                    best = d[j]
+                    best_j = j
+            labels[i] = best_j
+            dists[i] = best
     return labels, dists
 
 
@@ -138,8 +147,9 @@ def kmeans_fit(
 ) -> np.ndarray:
     """Train k centroids on the rows of x (squared L2 k-means).
 
-    With fewer distinct rows than k, the rows themselves become centroids (repeated), so a
-    training vector always encodes to itself. Empty clusters are re-seeded by splitting the
+    With at most k distinct rows, those rows become the centroids (repeated), so a training
+    vector always encodes to itself. (Distinct rows are counted when n <= 64 k, the only
+    case where duplicates can leave fewer than k of them in practice.) Empty clusters are re-seeded by splitting the
     most populated cluster (its centroid plus and minus a small symmetric perturbation), as
     faiss does, so no centroid is wasted.
     """
@@ -150,9 +160,11 @@ def kmeans_fit(
     if n == 0:
         raise ValueError("k-means needs at least one training vector, found 0")
     rng = np.random.default_rng(seed)
-    if n <= k:
-        reps = np.resize(np.arange(n), k)
-        return x[reps].copy()
+    distinct = np.unique(x, axis=0) if n <= 64 * k else x[:0]
+    if n <= k or 0 < distinct.shape[0] <= k:
+        rows = x if n <= k else distinct
+        reps = np.resize(np.arange(rows.shape[0]), k)
+        return rows[reps].copy()
     limit = max_points_per_centroid * k
     if n > limit:
         x = x[np.sort(rng.choice(n, limit, replace=False))]
@@ -162,11 +174,13 @@ def kmeans_fit(
         init_rows = x[np.sort(rng.choice(n, max(init_sample, 4 * k), replace=False))]
     chosen = kmeans_pp_init(init_rows, k, rng.random(k))
     centroids = init_rows[chosen].copy()
-    for _ in range(n_iter):
+    for it in range(n_iter):
         labels, _ = kmeans_assign(x, centroids)
         sums, counts = _update(x, labels, k)
         nonempty = counts > 0
         centroids[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
+        if it == n_iter - 1:
+            break  # a split now would return perturbed centroids that no point chose
         for j in np.flatnonzero(~nonempty):
             big = int(np.argmax(counts))
             eps = np.float32(1.0 / 1024)

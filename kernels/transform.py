@@ -19,7 +19,8 @@ __all__ = ["mrl_truncate", "normalize_rows", "random_rotation", "itq_rotation"]
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    # float64 norms: a float32 sum of squares underflows below ~1e-19 and overflows above ~1e19
+    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 

@@ -1,0 +1,219 @@
+"""Shared pieces of the scan benchmarks: settings, data loading, recall, thread limits,
+the faiss baselines and the timing helper. Fixtures live in conftest.py.
+
+Both sides of every pair see the same arrays: float32 base (117,647 x 384), the first
+`VECZ_BENCH_NQ` queries (default 1000) and their exact top-10 (`gt_ids.npy`, inner product
+in float32). Both train on the same rows, the first `VECZ_BENCH_NTRAIN` base vectors
+(default 65536; the base is a seeded random permutation, so a prefix is a uniform sample);
+each side then applies its own policy to that sample (both cap k-means at 256 points per
+centroid, as faiss does).
+
+Environment: VECZ_BENCH_NQ (queries), VECZ_BENCH_NTRAIN (training rows), VECZ_BENCH_ROUNDS
+(timed rounds per benchmark, default 3).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import faiss
+import numpy as np
+
+from engine.codecs import CodeIndex
+
+__all__ = [
+    "REPO",
+    "DATA_DIR",
+    "DIM",
+    "K",
+    "NQ",
+    "NTRAIN",
+    "ROUNDS",
+    "Data",
+    "missing_data",
+    "load_data",
+    "recall_at_k",
+    "blas_single_thread",
+    "resident_bytes",
+    "FAISS_BUILDERS",
+    "faiss_code_size",
+    "rabitq_inner",
+    "run_search",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data" / "wordnet-minilm"
+DIM = 384
+K = 10
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, found {value}")
+    return value
+
+
+NQ = _env_int("VECZ_BENCH_NQ", 1000)
+NTRAIN = _env_int("VECZ_BENCH_NTRAIN", 65536)
+ROUNDS = _env_int("VECZ_BENCH_ROUNDS", 3)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Data(NamedTuple):
+    base: np.ndarray  # float32 (n, DIM), unit vectors
+    queries: np.ndarray  # float32 (nq, DIM)
+    gt: np.ndarray  # int64 (nq, K): exact top-K by inner product
+    train: np.ndarray  # float32 (ntrain, DIM): the rows both sides train on
+
+
+DATA_FILES = ("base.npy", "queries.npy", "gt_ids.npy")
+
+
+def missing_data() -> list[str]:
+    return [name for name in DATA_FILES if not (DATA_DIR / name).is_file()]
+
+
+def load_data(nq: int = NQ, ntrain: int = NTRAIN) -> Data:
+    base = np.load(DATA_DIR / "base.npy").astype(np.float32)
+    if base.ndim != 2 or base.shape[1] != DIM:
+        raise ValueError(f"{DATA_DIR / 'base.npy'}: expected shape (n, {DIM}), found {base.shape}")
+    queries = np.load(DATA_DIR / "queries.npy", mmap_mode="r")
+    if nq > queries.shape[0]:
+        raise ValueError(f"VECZ_BENCH_NQ={nq} exceeds the {queries.shape[0]} queries in {DATA_DIR}")
+    gt = np.load(DATA_DIR / "gt_ids.npy", mmap_mode="r")
+    return Data(
+        base=base,
+        queries=np.ascontiguousarray(queries[:nq], dtype=np.float32),
+        gt=np.ascontiguousarray(gt[:nq, :K], dtype=np.int64),
+        train=np.ascontiguousarray(base[: min(ntrain, base.shape[0])]),
+    )
+
+
+def recall_at_k(ids: np.ndarray, gt: np.ndarray, k: int = K) -> float:
+    """|returned top-k ∩ true top-k| / k, averaged over queries (DESIGN.md)."""
+    ids = np.asarray(ids)[:, :k]
+    hits = sum(len(np.intersect1d(row[row >= 0], truth[:k])) for row, truth in zip(ids, gt))
+    return hits / (k * len(gt))
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def blas_single_thread() -> dict[str, int]:
+    """Limit every OpenBLAS loaded in the process (numpy's, faiss's) to one thread.
+
+    threadpoolctl is not a dependency; the libraries are found as it finds them, in the
+    process's memory map. Returns {library file: threads read back}.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for path in sorted(set(re.findall(r"(/\S*openblas\S*\.so[.\d]*)", maps))):
+        lib = ctypes.CDLL(path)
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                setter(1)
+                out[Path(path).name] = int(getter())
+                break
+    return out
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def resident_bytes(index: CodeIndex) -> int:
+    """Bytes of the per-row arrays a vecz CodeIndex holds (codes, scan layouts, factors, ids)."""
+    return sum(v.nbytes for name, v in vars(index).items() if isinstance(v, np.ndarray) and name != "offsets")
+
+
+def faiss_code_size(index: faiss.Index) -> int:
+    """Bytes per vector of a faiss index's codes, per-vector factors included."""
+    if isinstance(index, faiss.IndexBinary):
+        return int(index.code_size)
+    return int(index.sa_code_size())
+
+
+# --------------------------------------------------------------------------- faiss
+
+
+IP = faiss.METRIC_INNER_PRODUCT
+
+
+def _rabitq(bits: int) -> faiss.Index:
+    # RaBitQ's estimator assumes randomly rotated data; faiss leaves the rotation to a
+    # pre-transform (RR<d>, fixed seed), timed at search like vecz's own query rotation.
+    return faiss.index_factory(DIM, f"RR{DIM},RaBitQ{bits}", IP)
+
+
+FAISS_BUILDERS: dict[str, Callable[[], faiss.Index]] = {
+    "PQ48x8": lambda: faiss.IndexPQ(DIM, 48, 8, IP),
+    "PQ96x4fs": lambda: faiss.IndexPQFastScan(DIM, 96, 4, IP),
+    "SQ8": lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit, IP),
+    "RaBitQ1": lambda: _rabitq(1),
+    "RaBitQ2": lambda: _rabitq(2),
+    "RaBitQ4": lambda: _rabitq(4),
+}
+
+
+def rabitq_inner(index: faiss.Index) -> Any:
+    """The IndexRaBitQ inside an `RR<d>,RaBitQ<b>` pre-transform (where `qb` is set)."""
+    return faiss.downcast_index(faiss.downcast_index(index).index)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def run_search(
+    benchmark: Any,
+    search: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+    gt: np.ndarray,
+    *,
+    group: str,
+    side: str,
+    variant: str,
+    bytes_per_vector: int,
+    **info: Any,
+) -> np.ndarray:
+    """Time `search(queries) -> ids (nq, K)` over the whole query batch, then record quality.
+
+    One timed round is one batch call, top-k selection included. A call on two queries
+    first compiles or loads the Numba kernels, so no round pays for compilation.
+    `extra_info` holds side, variant, recall@K, bytes_per_vector and qps (nq / median round;
+    None under --benchmark-disable).
+    """
+    if side not in ("vecz", "faiss"):
+        raise ValueError(f"side must be 'vecz' or 'faiss', found {side!r}")
+    benchmark.group = group
+    search(queries[:2])
+    ids = np.asarray(benchmark.pedantic(search, args=(queries,), rounds=ROUNDS, iterations=1))
+    if ids.shape != (len(queries), K):
+        raise AssertionError(f"{variant}: expected ids of shape {(len(queries), K)}, found {ids.shape}")
+    recall = recall_at_k(ids, gt)
+    stats = benchmark.stats  # None when benchmarks are disabled
+    qps = len(queries) / stats.stats.median if stats is not None else None
+    benchmark.extra_info.update(
+        side=side,
+        variant=variant,
+        recall=round(recall, 4),
+        bytes_per_vector=int(bytes_per_vector),
+        qps=None if qps is None else round(qps, 2),
+        nq=len(queries),
+        k=K,
+        **info,
+    )
+    return ids

@@ -1,0 +1,178 @@
+"""Scan benchmarks: vecz against faiss on wordnet-minilm, side by side in one run.
+
+Every pair scans the whole base (117,647 x 384) for the same queries, k = 10, top-k
+selection included, one thread, no re-ranking, no IVF; a timed round is one batch call
+over all queries. vecz uses the cosine metric (the data are unit vectors), faiss inner
+product. Each benchmark records recall@10 against the exact top-10, bytes per vector
+(codes plus per-vector factors) and QPS in `extra_info`; `benchmark.group` names the pair
+so the JSON (and bench/report.py) shows the two sides together.
+
+| group | vecz | faiss |
+| --- | --- | --- |
+| PQ48x8 | codec PQ48x8 (8-bit tables, float sums) | IndexPQ(384, 48, 8) |
+| PQ96x4 fast scan | codec PQ96x4 (4-bit fast scan, uint8 tables) | IndexPQFastScan(384, 96, 4) |
+| Hamming 384-bit | hamming_scan_batch over sign bits; codec RB1 with sdc=True | IndexBinaryFlat(384), same sign bits |
+| SQ8 | codec SQ8 | IndexScalarQuantizer(384, QT_8bit) |
+| RB<b> / RaBitQ<b> | codec RB<b>, asymmetric (float query tables) | RR384 + IndexRaBitQ(384, ip, b), qb = 4 and 8 |
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness import K, faiss_code_size, rabitq_inner, resident_bytes, run_search
+from kernels import binary
+
+pytestmark = pytest.mark.data
+
+
+def _vecz(benchmark, data, vecz_index, spec, *, group, variant, **search_kw):
+    v = vecz_index(spec)
+    run_search(
+        benchmark,
+        lambda q: v.index.search(q, K, **search_kw).ids,
+        data.queries,
+        data.gt,
+        group=group,
+        side="vecz",
+        variant=variant,
+        bytes_per_vector=v.codec.code_size,
+        resident_bytes_per_vector=round(resident_bytes(v.index) / len(v.index), 2),
+    )
+
+
+def _faiss(benchmark, data, index, *, group, variant, **info):
+    run_search(
+        benchmark,
+        lambda q: index.search(q, K)[1],
+        data.queries,
+        data.gt,
+        group=group,
+        side="faiss",
+        variant=variant,
+        bytes_per_vector=faiss_code_size(index),
+        **info,
+    )
+
+
+# --------------------------------------------------------------------------- PQ, 8 bits
+
+PQ8 = "PQ48x8"
+
+
+def test_pq48x8_vecz(benchmark, data, vecz_index):
+    _vecz(benchmark, data, vecz_index, "PQ48x8", group=PQ8, variant="codec PQ48x8")
+
+
+def test_pq48x8_faiss(benchmark, data, faiss_index):
+    _faiss(benchmark, data, faiss_index("PQ48x8"), group=PQ8, variant="IndexPQ(384,48,8)")
+
+
+# --------------------------------------------------------------------------- PQ, 4 bits, fast scan
+
+PQ4 = "PQ96x4 fast scan"
+
+
+def test_pq96x4_fastscan_vecz(benchmark, data, vecz_index):
+    _vecz(benchmark, data, vecz_index, "PQ96x4", group=PQ4, variant="codec PQ96x4 (fast scan)")
+
+
+def test_pq96x4_fastscan_faiss(benchmark, data, faiss_index):
+    _faiss(benchmark, data, faiss_index("PQ96x4fs"), group=PQ4, variant="IndexPQFastScan(384,96,4)")
+
+
+# --------------------------------------------------------------------------- Hamming over sign bits
+
+HAMMING = "Hamming 384-bit"
+
+
+def test_hamming_vecz_kernel(benchmark, data, sign_codes):
+    s = sign_codes
+    run_search(
+        benchmark,
+        lambda qw: binary.hamming_scan_batch(qw, s.base_words, s.ids, K)[1],
+        s.query_words,
+        data.gt,
+        group=HAMMING,
+        side="vecz",
+        variant="binary.hamming_scan_batch (sign bits)",
+        bytes_per_vector=s.base_bytes.shape[1],
+    )
+
+
+def test_hamming_vecz_rb1_sdc(benchmark, data, vecz_index):
+    _vecz(benchmark, data, vecz_index, "RB1", group=HAMMING, variant="codec RB1, sdc=True", sdc=True)
+
+
+def test_hamming_faiss(benchmark, data, sign_codes, faiss_binary):
+    run_search(
+        benchmark,
+        lambda qb: faiss_binary.search(qb, K)[1],
+        sign_codes.query_bytes,
+        data.gt,
+        group=HAMMING,
+        side="faiss",
+        variant="IndexBinaryFlat(384) (sign bits)",
+        bytes_per_vector=faiss_code_size(faiss_binary),
+    )
+
+
+def test_hamming_distances_agree(data, sign_codes, faiss_binary):
+    """Same bits, same distances: vecz's kernel, faiss and numpy popcount agree exactly.
+
+    faiss compares bytes with popcount(a XOR b), so any packing both sides share gives the
+    same distances; vecz reads the same bytes as little-endian uint64 words. Ids may differ
+    only among equal distances (vecz keeps the smaller id on ties), so distances are compared.
+    """
+    s = sign_codes
+    v_scores, v_ids = binary.hamming_scan_batch(s.query_words, s.base_words, s.ids, K)
+    f_dist, f_ids = faiss_binary.search(s.query_bytes, K)
+    v_dist = -v_scores.astype(np.int64)
+    np.testing.assert_array_equal(v_dist, f_dist.astype(np.int64))
+    # numpy oracle on a few queries: full distance vectors, then the K smallest.
+    for qi in range(min(5, len(s.query_bytes))):
+        dist = np.bitwise_count(s.base_bytes ^ s.query_bytes[qi]).sum(axis=1, dtype=np.int64)
+        np.testing.assert_array_equal(np.sort(dist)[:K], v_dist[qi])
+        np.testing.assert_array_equal(dist[v_ids[qi]], v_dist[qi])
+        np.testing.assert_array_equal(dist[f_ids[qi]], v_dist[qi])
+
+
+# --------------------------------------------------------------------------- SQ8
+
+SQ8 = "SQ8"
+
+
+def test_sq8_vecz(benchmark, data, vecz_index):
+    _vecz(benchmark, data, vecz_index, "SQ8", group=SQ8, variant="codec SQ8")
+
+
+def test_sq8_faiss(benchmark, data, faiss_index):
+    _faiss(benchmark, data, faiss_index("SQ8"), group=SQ8, variant="IndexScalarQuantizer(384,QT_8bit)")
+
+
+# --------------------------------------------------------------------------- RB asymmetric vs RaBitQ
+
+RB_BITS = [1, 2, 4]
+
+
+def _rb_group(bits: int) -> str:
+    return f"RB{bits} / RaBitQ {bits}-bit"
+
+
+@pytest.mark.parametrize("bits", RB_BITS)
+def test_rb_asym_vecz(benchmark, data, vecz_index, bits):
+    _vecz(benchmark, data, vecz_index, f"RB{bits}", group=_rb_group(bits), variant=f"codec RB{bits} (asymmetric)")
+
+
+# qb = bits of the query's scalar quantization in faiss's estimator: 4 is faiss's default,
+# 8 is as close as faiss gets to vecz's float-query tables at speed (qb = 0, float queries,
+# takes a slow path: ~250 ms per query on this data, so it is not benchmarked).
+@pytest.mark.parametrize("qb", [4, 8])
+@pytest.mark.parametrize("bits", RB_BITS)
+def test_rb_asym_faiss(benchmark, data, faiss_index, bits, qb):
+    index = faiss_index(f"RaBitQ{bits}")
+    inner = rabitq_inner(index)
+    inner.qb = qb
+    _faiss(benchmark, data, index, group=_rb_group(bits), variant=f"RR384,IndexRaBitQ(nb_bits={bits}) qb={qb}",
+           qb=qb)

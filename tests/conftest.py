@@ -1,0 +1,51 @@
+"""Shared fixtures: the real datasets in ../shared/data (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VECZ_DATA", REPO.parent / "shared" / "data"))
+
+
+class Dataset:
+    def __init__(self, name: str, n_queries: int) -> None:
+        folder = DATA / name
+        self.name = name
+        self.base = np.load(folder / "base.npy", allow_pickle=False).astype(np.float32)
+        self.queries = np.load(folder / "queries.npy", allow_pickle=False)[:n_queries].astype(np.float32)
+        self.gt = np.load(folder / "gt_ids.npy", allow_pickle=False)[:n_queries].astype(np.int64)
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """|returned top-k ∩ true top-k| / k, averaged over queries (DESIGN.md)."""
+    hits = [len(np.intersect1d(found[i, :k], truth[i, :k])) for i in range(len(truth))]
+    return float(np.mean(hits)) / k
+
+
+_cache: dict[str, Dataset] = {}
+
+
+def _dataset(name: str, n_queries: int) -> Dataset:
+    if not (DATA / name / "base.npy").exists():
+        pytest.skip(f"dataset {name} not found under {DATA} (set VECZ_DATA or place ../shared/data)")
+    key = f"{name}:{n_queries}"
+    if key not in _cache:
+        _cache[key] = Dataset(name, n_queries)
+    return _cache[key]
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Dataset:
+    """wordnet-minilm (117,647 x 384) with its first 1000 queries."""
+    return _dataset("wordnet-minilm", 1000)
+
+
+@pytest.fixture(scope="session")
+def gemma() -> Dataset:
+    """wordnet-gemma (24,000 x 768, Matryoshka-trained) with its first 1000 queries."""
+    return _dataset("wordnet-gemma", 1000)

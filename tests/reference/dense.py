@@ -1,0 +1,35 @@
+"""Dense-scan oracles: float16 widening by numpy and every candidate's exact score."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["widen_ref", "dense_candidates_ref"]
+
+
+def widen_ref(x):
+    """float64 rows from float32 rows, or from uint16 rows holding float16 bit patterns."""
+    x = np.asarray(x)
+    if x.dtype == np.uint16:
+        return x.view(np.float16).astype(np.float64)
+    return x.astype(np.float64)
+
+
+def dense_candidates_ref(qs, x, ids, list_offsets, probes, probe_bias, is_l2):
+    """Every candidate of one query: ids and float64 scores.
+
+    ip: probe_bias + <q, x_i>; l2: -|q_t - x_i|^2 with qs (L, dim), L = 1 or P."""
+    xw = widen_ref(x)
+    out_ids, out_s = [], []
+    for p, lst in enumerate(probes):
+        if lst < 0:
+            continue
+        q = np.asarray(qs[p if len(qs) > 1 else 0], dtype=np.float64)
+        for i in range(list_offsets[lst], list_offsets[lst + 1]):
+            if is_l2:
+                sc = -float(((q - xw[i]) ** 2).sum())
+            else:
+                sc = float(probe_bias[p]) + float(q @ xw[i])
+            out_ids.append(ids[i])
+            out_s.append(sc)
+    return np.array(out_ids, dtype=np.int64), np.array(out_s, dtype=np.float64)

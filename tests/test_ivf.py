@@ -1,0 +1,108 @@
+"""kernels/ivf.py against tests/reference/ivf.py."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import ivf
+from tests.reference.ivf import ivf_assign_ref, ivf_layout_ref, ivf_probe_ref, ivf_similarity_ref
+
+SETTINGS = settings(max_examples=40, deadline=None, database=None)
+DIMS = st.sampled_from([1, 2, 3, 7, 13, 24, 65])
+METRICS = st.sampled_from(["ip", "l2"])
+
+
+def _data(rng, shape, kind):
+    if kind == "int":  # exact similarities, frequent ties
+        return rng.integers(-3, 4, size=shape).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@SETTINGS
+@given(n=st.integers(0, 40), nlist=st.integers(1, 8), dim=DIMS, metric=METRICS, seed=st.integers(0, 2**32 - 1))
+def test_assign_exact_on_integer_data(n, nlist, dim, metric, seed):
+    rng = np.random.default_rng(seed)
+    x, c = _data(rng, (n, dim), "int"), _data(rng, (nlist, dim), "int")
+    got = ivf.ivf_assign(x, c, metric)
+    assert got.dtype == np.int64 and got.shape == (n,)
+    np.testing.assert_array_equal(got, ivf_assign_ref(x, c, metric))
+
+
+@SETTINGS
+@given(n=st.integers(0, 40), nlist=st.integers(1, 8), dim=DIMS, metric=METRICS, seed=st.integers(0, 2**32 - 1),
+       block=st.sampled_from([1, 7, 8192]))
+def test_assign_float_data(n, nlist, dim, metric, seed, block):
+    rng = np.random.default_rng(seed)
+    x, c = _data(rng, (n, dim), "float"), _data(rng, (nlist, dim), "float")
+    got = ivf.ivf_assign(x, c, metric, block=block)
+    sim = ivf_similarity_ref(x, c, metric)
+    if n:
+        best = sim.max(axis=1)
+        assert np.all(sim[np.arange(n), got] >= best - 1e-4 * (1 + np.abs(best)))
+
+
+@SETTINGS
+@given(n=st.integers(0, 60), nlist=st.integers(1, 10), seed=st.integers(0, 2**32 - 1))
+def test_layout_groups_rows_by_list(n, nlist, seed):
+    rng = np.random.default_rng(seed)
+    lists = rng.integers(0, nlist, size=n)
+    if rng.random() < 0.5:
+        lists = np.where(lists % 2 == 0, lists, 0)  # leave some lists empty
+    order, offsets = ivf.ivf_layout(lists, nlist)
+    ref_order, ref_offsets = ivf_layout_ref(lists, nlist)
+    assert offsets.dtype == np.int64 and offsets.shape == (nlist + 1,)
+    np.testing.assert_array_equal(order, ref_order)
+    np.testing.assert_array_equal(offsets, ref_offsets)
+    for lst in range(nlist):
+        np.testing.assert_array_equal(lists[order[offsets[lst] : offsets[lst + 1]]], lst)
+
+
+@SETTINGS
+@given(nq=st.integers(0, 5), nlist=st.integers(1, 10), nprobe=st.integers(1, 12), dim=DIMS, metric=METRICS,
+       seed=st.integers(0, 2**32 - 1))
+def test_probe_exact_on_integer_data(nq, nlist, nprobe, dim, metric, seed):
+    # Integer coordinates: similarities are exact and ties frequent (duplicate centroids
+    # included), so the probed lists equal brute force exactly, ties by smaller list.
+    rng = np.random.default_rng(seed)
+    q, c = _data(rng, (nq, dim), "int"), _data(rng, (nlist, dim), "int")
+    if nlist > 1:
+        c[-1] = c[0]
+    _, got_i = ivf.ivf_probe(q, c, nprobe, metric)
+    p = min(nprobe, nlist)
+    assert got_i.shape == (nq, p) and got_i.dtype == np.int64
+    _, ref_i = ivf_probe_ref(q, c, nprobe, metric)
+    np.testing.assert_array_equal(got_i, ref_i)
+
+
+@SETTINGS
+@given(nq=st.integers(1, 5), nlist=st.integers(1, 10), nprobe=st.integers(1, 12), dim=DIMS, metric=METRICS,
+       seed=st.integers(0, 2**32 - 1))
+def test_probe_float_data(nq, nlist, nprobe, dim, metric, seed):
+    rng = np.random.default_rng(seed)
+    q, c = _data(rng, (nq, dim), "float"), _data(rng, (nlist, dim), "float")
+    got_s, got_i = ivf.ivf_probe(q, c, nprobe, metric)
+    sim = ivf_similarity_ref(q, c, metric)
+    p = min(nprobe, nlist)
+    for r in range(nq):
+        assert np.unique(got_i[r]).size == p
+        chosen = sim[r, got_i[r]]
+        assert np.all(np.diff(chosen) <= 1e-4 * (1 + np.abs(chosen[1:])))
+        others = np.setdiff1d(np.arange(nlist), got_i[r])
+        if others.size:
+            assert sim[r, others].max() <= chosen.min() + 1e-4 * (1 + abs(chosen.min()))
+
+
+@SETTINGS
+@given(nq=st.integers(1, 4), nlist=st.integers(1, 8), nprobe=st.integers(1, 8), dim=DIMS, metric=METRICS,
+       seed=st.integers(0, 2**32 - 1))
+def test_probe_scores_are_documented_similarities(nq, nlist, nprobe, dim, metric, seed):
+    # Module docstring: "with their similarity (ip) or negated distance (l2)".
+    rng = np.random.default_rng(seed)
+    q, c = _data(rng, (nq, dim), "int"), _data(rng, (nlist, dim), "int")
+    got_s, got_i = ivf.ivf_probe(q, c, nprobe, metric)
+    assert got_s.dtype == np.float32
+    ref_s, ref_i = ivf_probe_ref(q, c, nprobe, metric)
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_allclose(got_s, ref_s, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,212 @@
+"""kernels/kmeans.py against tests/reference/kmeans.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import kmeans
+from tests.reference.kmeans import (
+    kmeans_assign_ref,
+    kmeans_objective_ref,
+    kmeans_pp_init_ref,
+    lloyd_update_ref,
+    sq_dists_ref,
+)
+
+SETTINGS = settings(max_examples=40, deadline=None, database=None)
+# Widths on both sides of kmeans._BLAS_MIN_DIM (24): jitted loop below, BLAS at and above.
+DIMS = st.sampled_from([1, 2, 3, 7, 13, 23, 24, 25, 65])
+
+
+def _data(rng, shape, kind):
+    if kind == "int":  # small integers: every distance is exact in float32
+        return rng.integers(-4, 5, size=shape).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _as_user_input(x, layout, dtype):
+    """The same values as float16/float64, or as a non-contiguous view."""
+    x = x.astype(dtype)
+    if layout == "fortran":
+        return np.asfortranarray(x)
+    if layout == "strided":
+        wide = np.zeros((x.shape[0], 2 * x.shape[1]), dtype=dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    return x
+
+
+@SETTINGS
+@given(n=st.integers(0, 40), k=st.integers(1, 9), dim=DIMS, seed=st.integers(0, 2**32 - 1))
+def test_assign_exact_on_integer_data(n, k, dim, seed):
+    # Integer coordinates make every distance exact, so labels (first nearest, ties
+    # included: duplicates are likely) and distances must equal brute force exactly.
+    rng = np.random.default_rng(seed)
+    x, c = _data(rng, (n, dim), "int"), _data(rng, (k, dim), "int")
+    if k > 1 and rng.random() < 0.5:
+        c[k - 1] = c[0]  # duplicate centroid: the first one must win
+    labels, dists = kmeans.kmeans_assign(x, c)
+    ref_l, ref_d = kmeans_assign_ref(x, c)
+    assert labels.dtype == np.int64 and dists.dtype == np.float32
+    np.testing.assert_array_equal(labels, ref_l)
+    np.testing.assert_array_equal(dists, ref_d.astype(np.float32))
+
+
+@SETTINGS
+@given(n=st.integers(0, 40), k=st.integers(1, 9), dim=DIMS, seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.float32, np.float64, np.float16]),
+       layout=st.sampled_from(["c", "fortran", "strided"]))
+def test_assign_float_data_any_layout(n, k, dim, seed, dtype, layout):
+    rng = np.random.default_rng(seed)
+    x32 = _data(rng, (n, dim), "float").astype(dtype).astype(np.float32)
+    c = _data(rng, (k, dim), "float")
+    labels, dists = kmeans.kmeans_assign(_as_user_input(x32, layout, dtype), c)
+    d = sq_dists_ref(x32, c)
+    assert labels.shape == (n,) and dists.shape == (n,)
+    if n == 0:
+        return
+    best = d.min(axis=1)
+    tol = 1e-4 * (1.0 + best + np.abs(x32.astype(np.float64)).sum(axis=1) ** 2 / max(dim, 1))
+    # the chosen centroid is nearest up to rounding, and the distance is its distance
+    assert np.all(d[np.arange(n), labels] <= best + tol)
+    np.testing.assert_allclose(dists, d[np.arange(n), labels], rtol=1e-4, atol=float(tol.max()))
+    # identical to the call on a contiguous float32 copy
+    l2, d2 = kmeans.kmeans_assign(x32, c)
+    np.testing.assert_array_equal(labels, l2)
+    np.testing.assert_array_equal(dists, d2)
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), k=st.integers(1, 10), dim=st.sampled_from([1, 2, 3, 7, 13]),
+       seed=st.integers(0, 2**32 - 1), dup=st.booleans())
+def test_pp_init_matches_reference_on_integer_data(n, k, dim, seed, dup):
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "int")
+    if dup:
+        x = x[rng.integers(0, max(1, n // 3), size=n)]  # few distinct rows: zero-D^2 fallback
+    u = rng.random(k)
+    got = kmeans.kmeans_pp_init(x, k, u)
+    np.testing.assert_array_equal(got, kmeans_pp_init_ref(x, k, u))
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), k=st.integers(1, 8), dim=st.sampled_from([1, 3, 13]),
+       seed=st.integers(0, 2**32 - 1))
+def test_update_sums_and_counts(n, k, dim, seed):
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "int")
+    labels = rng.integers(0, k, size=n).astype(np.int64)
+    sums, counts = kmeans._update(x, labels, k)
+    ref_sums, ref_counts = lloyd_update_ref(x, labels, k)
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_array_equal(sums, ref_sums)
+
+
+@SETTINGS
+@given(n=st.integers(1, 60), k=st.integers(1, 12), dim=DIMS, seed=st.integers(0, 2**32 - 1),
+       kind=st.sampled_from(["int", "float"]))
+def test_fit_deterministic_finite_shape(n, k, dim, seed, kind):
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), kind)
+    c1 = kmeans.kmeans_fit(x, k, n_iter=5, seed=seed % 1000)
+    c2 = kmeans.kmeans_fit(x, k, n_iter=5, seed=seed % 1000)
+    assert c1.shape == (k, dim) and c1.dtype == np.float32
+    assert np.all(np.isfinite(c1))
+    np.testing.assert_array_equal(c1, c2)
+
+
+@SETTINGS
+@given(n=st.integers(1, 16), extra=st.integers(0, 6), dim=DIMS, seed=st.integers(0, 2**32 - 1))
+def test_fit_n_le_k_returns_the_points(n, extra, dim, seed):
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "float")
+    k = n + extra
+    c = kmeans.kmeans_fit(x, k, seed=seed % 1000)
+    np.testing.assert_array_equal(c, x[np.resize(np.arange(n), k)])
+
+
+@SETTINGS
+@given(distinct=st.integers(1, 6), extra_k=st.integers(0, 4), copies=st.integers(2, 5),
+       dim=st.sampled_from([1, 2, 3, 7]), seed=st.integers(0, 2**32 - 1))
+def test_fit_few_distinct_rows_become_centroids(distinct, extra_k, copies, dim, seed):
+    # kmeans_fit's docstring: "With fewer distinct rows than k, the rows themselves become
+    # centroids (repeated), so a training vector always encodes to itself". Repeated rows
+    # are common in practice (constant or zero-padded PQ sub-vectors), with n > k.
+    rng = np.random.default_rng(seed)
+    base = _data(rng, (distinct, dim), "int") + np.arange(distinct, dtype=np.float32)[:, None] * 10
+    x = base[rng.permutation(np.repeat(np.arange(distinct), copies))]
+    k = distinct + extra_k
+    if x.shape[0] <= k:
+        x = np.concatenate([x, x])
+    c = kmeans.kmeans_fit(x, k, n_iter=5, seed=seed % 1000)
+    assert np.all(np.isfinite(c))
+    for row in base:
+        assert np.any(np.all(c == row, axis=1)), f"training row {row} is not a centroid of {c}"
+    labels, dists = kmeans.kmeans_assign(x, c)
+    np.testing.assert_array_equal(dists, 0.0)
+
+
+@SETTINGS
+@given(n=st.integers(2, 60), k=st.integers(2, 12), dim=st.sampled_from([1, 2, 5, 13, 30]),
+       seed=st.integers(0, 2**32 - 1), n_iter=st.integers(1, 8))
+def test_fit_does_not_worsen_its_initial_objective(n, k, dim, seed, n_iter):
+    # Distinct rows (continuous data), more rows than k: Lloyd iterations from the k-means++
+    # start may only lower the objective. The start is reproduced from the seed: for inputs
+    # this small kmeans_fit neither subsamples nor draws anything before the init uniforms.
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n + k, dim), "float")
+    s = seed % 1000
+    c = kmeans.kmeans_fit(x, k, n_iter=n_iter, seed=s)
+    init = x[kmeans_pp_init_ref(x, k, np.random.default_rng(s).random(k))]
+    f_init = kmeans_objective_ref(x, init)
+    f_fit = kmeans_objective_ref(x, c)
+    assert f_fit <= f_init * (1 + 1e-5) + 1e-6, (f_fit, f_init)
+
+
+@SETTINGS
+@given(n=st.integers(5, 80), k=st.integers(2, 20), dim=st.sampled_from([1, 2, 3]),
+       seed=st.integers(0, 2**32 - 1), zero=st.booleans())
+def test_fit_empty_clusters_never_nan(n, k, dim, seed, zero):
+    # Heavily duplicated data (and all-zero data) empties clusters at every iteration.
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, dim), np.float32) if zero else rng.integers(0, 2, size=(n, dim)).astype(np.float32)
+    c = kmeans.kmeans_fit(x, k, n_iter=4, seed=seed % 1000)
+    assert c.shape == (k, dim)
+    assert np.all(np.isfinite(c))
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), k=st.integers(1, 6), dim=DIMS, seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.float16, np.float64]), layout=st.sampled_from(["c", "fortran", "strided"]))
+def test_fit_user_dtypes_and_layouts(n, k, dim, seed, dtype, layout):
+    rng = np.random.default_rng(seed)
+    x32 = _data(rng, (n, dim), "float").astype(dtype).astype(np.float32)
+    got = kmeans.kmeans_fit(_as_user_input(x32, layout, dtype), k, n_iter=3, seed=1)
+    np.testing.assert_array_equal(got, kmeans.kmeans_fit(x32, k, n_iter=3, seed=1))
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(n=st.integers(30, 120), k=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_fit_subsamples_deterministically(n, k, seed):
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, 3), "float")
+    c1 = kmeans.kmeans_fit(x, k, n_iter=3, seed=5, max_points_per_centroid=4, init_sample=8)
+    c2 = kmeans.kmeans_fit(x, k, n_iter=3, seed=5, max_points_per_centroid=4, init_sample=8)
+    np.testing.assert_array_equal(c1, c2)
+    assert np.all(np.isfinite(c1))
+
+
+def test_fit_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        kmeans.kmeans_fit(np.zeros((3, 2), np.float32), 0)
+    with pytest.raises(ValueError):
+        kmeans.kmeans_fit(np.zeros((0, 2), np.float32), 2)
+
+
+def test_assign_empty_input():
+    labels, dists = kmeans.kmeans_assign(np.zeros((0, 5), np.float32), np.zeros((3, 5), np.float32))
+    assert labels.shape == (0,) and labels.dtype == np.int64
+    assert dists.shape == (0,) and dists.dtype == np.float32

@@ -1,0 +1,232 @@
+"""kernels/pq.py against tests/reference/pq.py."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from kernels import pq
+from tests.reference.ivf import random_layout, random_probes
+from tests.reference.pq import (
+    pq4_pack_ref,
+    pq_decode_ref,
+    pq_encode_ref,
+    pq_lut_ref,
+    pq_pad_ref,
+    pq_scan_candidates_ref,
+    pq_sub_dists_ref,
+)
+from tests.reference.topk import assert_topk_close, assert_topk_exact
+
+SETTINGS = settings(max_examples=40, deadline=None, database=None)
+DIMS = st.sampled_from([1, 3, 7, 8, 13, 16, 65])
+MS = st.sampled_from([1, 2, 3, 4, 5, 8])
+
+
+def _user_input(x, dtype, layout):
+    x = x.astype(dtype)
+    if layout == "fortran":
+        return np.asfortranarray(x)
+    if layout == "strided":
+        wide = np.zeros((x.shape[0], 2 * x.shape[1]), dtype=dtype)
+        wide[:, 1::2] = x
+        return wide[:, 1::2]
+    return x
+
+
+def _books(rng, m, nbits, dsub, kind):
+    shape = (m, 1 << nbits, dsub)
+    if kind == "int":
+        return rng.integers(-3, 4, size=shape).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@SETTINGS
+@given(n=st.integers(0, 5), dim=DIMS, m=MS)
+def test_pad_and_dsub(n, dim, m):
+    x = np.arange(n * dim, dtype=np.float32).reshape(n, dim) + 1
+    assert pq.pq_dsub(dim, m) == -(-dim // m)
+    got = pq.pq_pad(x, m)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, pq_pad_ref(x, m))
+
+
+@SETTINGS
+@given(n=st.integers(0, 30), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1))
+def test_encode_exact_on_integer_data(n, dim, m, nbits, seed):
+    # Small integers: every sub-distance is exact, so the codes (first nearest centroid,
+    # ties included) equal brute force exactly.
+    rng = np.random.default_rng(seed)
+    books = _books(rng, m, nbits, pq.pq_dsub(dim, m), "int")
+    x = rng.integers(-3, 4, size=(n, dim)).astype(np.float32)
+    codes = pq.pq_encode(x, books)
+    assert codes.dtype == np.uint8 and codes.shape == (n, m)
+    np.testing.assert_array_equal(codes, pq_encode_ref(x, books))
+
+
+@SETTINGS
+@given(n=st.integers(0, 30), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.float32, np.float16, np.float64]),
+       layout=st.sampled_from(["c", "fortran", "strided"]))
+def test_encode_float_data_any_dtype_and_layout(n, dim, m, nbits, seed, dtype, layout):
+    rng = np.random.default_rng(seed)
+    books = _books(rng, m, nbits, pq.pq_dsub(dim, m), "float")
+    x32 = rng.standard_normal((n, dim)).astype(dtype).astype(np.float32)
+    codes = pq.pq_encode(_user_input(x32, dtype, layout), books)
+    np.testing.assert_array_equal(codes, pq.pq_encode(x32, books))
+    if n == 0:
+        return
+    d = pq_sub_dists_ref(x32, books)
+    chosen = np.take_along_axis(d, codes.astype(np.intp)[:, :, None], axis=2)[:, :, 0]
+    best = d.min(axis=2)
+    assert np.all(chosen <= best + 1e-5 * (1 + best))
+
+
+@SETTINGS
+@given(n=st.integers(1, 16), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1),
+       dup=st.booleans())
+def test_training_vectors_encode_and_decode_exactly(n, dim, m, nbits, seed, dup):
+    # n <= ksub: each sub-space codebook holds the training sub-vectors themselves, so each
+    # training vector's code decodes to the vector bit for bit (padded dims dropped).
+    rng = np.random.default_rng(seed)
+    n = min(n, 1 << nbits)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    if dup and n > 1:
+        x[-1] = x[0]
+    books = pq.pq_train(x, m, nbits, seed=seed % 100, n_iter=3)
+    assert books.shape == (m, 1 << nbits, pq.pq_dsub(dim, m)) and books.dtype == np.float32
+    # trained on zero-padded vectors, so the padded coordinates of every centroid are zero
+    # and contribute nothing to an l2 table
+    flat = books.transpose(1, 0, 2).reshape(1 << nbits, -1)
+    np.testing.assert_array_equal(flat[:, dim:], 0.0)
+    codes = pq.pq_encode(x, books)
+    np.testing.assert_array_equal(pq.pq_decode(codes, books, dim), x)
+
+
+# No shrinking: each example trains M codebooks through the parallel k-means assignment,
+# so a failure would spend tens of seconds shrinking an input that is already small.
+@settings(max_examples=8, deadline=None, database=None, phases=[Phase.explicit, Phase.generate])
+@given(n=st.integers(17, 40), m=st.sampled_from([2, 3]), seed=st.integers(0, 2**32 - 1),
+       const=st.sampled_from([0.0, 0.75, -3.5]))
+def test_constant_subspace_decodes_exactly(n, m, seed, const):
+    # More training rows than ksub, but one sub-space holds a single distinct sub-vector (a
+    # constant dimension, common in real embeddings). Its value is a training sub-vector, so
+    # it must encode and decode exactly (kmeans_fit: "a training vector always encodes to
+    # itself").
+    rng = np.random.default_rng(seed)
+    dim = 2 * m
+    x = rng.standard_normal((n, dim)).astype(np.float32)  # n > ksub = 16
+    x[:, -2:] = np.float32(const)  # the last sub-space (dsub = 2) is constant
+    books = pq.pq_train(x, m, 4, seed=seed % 100, n_iter=3)
+    dec = pq.pq_decode(pq.pq_encode(x, books), books, dim)
+    np.testing.assert_array_equal(dec[:, -2:], x[:, -2:])
+
+
+@SETTINGS
+@given(n=st.integers(0, 20), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1))
+def test_decode_matches_reference(n, dim, m, nbits, seed):
+    rng = np.random.default_rng(seed)
+    books = _books(rng, m, nbits, pq.pq_dsub(dim, m), "float")
+    codes = rng.integers(0, 1 << nbits, size=(n, m)).astype(np.uint8)
+    got = pq.pq_decode(codes, books, dim)
+    assert got.shape == (n, dim) and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, pq_decode_ref(codes, books, dim))
+
+
+@SETTINGS
+@given(nq=st.integers(0, 4), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1),
+       metric=st.sampled_from(["ip", "l2"]), dtype=st.sampled_from([np.float32, np.float16]),
+       layout=st.sampled_from(["c", "fortran", "strided"]))
+def test_lut_matches_reference(nq, dim, m, nbits, seed, metric, dtype, layout):
+    rng = np.random.default_rng(seed)
+    books = _books(rng, m, nbits, pq.pq_dsub(dim, m), "float")
+    q = rng.standard_normal((nq, dim)).astype(dtype).astype(np.float32)
+    lut = pq.pq_lut(_user_input(q, dtype, layout), books, metric)
+    assert lut.shape == (nq, m, 1 << nbits) and lut.dtype == np.float32 and lut.flags.c_contiguous
+    ref = pq_lut_ref(q, books, metric)
+    scale = 1.0 + (np.abs(ref).max() if ref.size else 0.0)
+    np.testing.assert_allclose(lut, ref, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_lut_of_one_vector():
+    books = np.arange(2 * 16 * 2, dtype=np.float32).reshape(2, 16, 2)
+    q = np.array([1.0, 2.0, 3.0], np.float32)
+    np.testing.assert_allclose(pq.pq_lut(q, books, "l2"), pq_lut_ref(q[None], books, "l2"), rtol=1e-6)
+
+
+@SETTINGS
+@given(n=st.integers(0, 12), m=st.integers(1, 17), seed=st.integers(0, 2**32 - 1))
+def test_pq4_pack_unpack(n, m, seed):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 16, size=(n, m)).astype(np.uint8)
+    packed = pq.pq4_pack(codes)
+    assert packed.shape == (n, (m + 1) // 2) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(packed, pq4_pack_ref(codes))
+    np.testing.assert_array_equal(pq.pq4_unpack(packed, m), codes)
+    packed.setflags(write=False)
+    np.testing.assert_array_equal(pq.pq4_unpack(packed, m), codes)
+
+
+def _scan_inputs(rng, nq, n, m, nbits, nlist, n_probe, per_probe, kind):
+    ksub = 1 << nbits
+    n_tab = n_probe if per_probe else 1
+    if kind == "int":  # integer tables: every sum is exact whatever the order
+        luts = rng.integers(-8, 9, size=(nq, n_tab, m, ksub)).astype(np.float32)
+        bias = rng.integers(-4, 5, size=(nq, n_probe)).astype(np.float32)
+    else:
+        luts = rng.standard_normal((nq, n_tab, m, ksub)).astype(np.float32)
+        bias = rng.standard_normal((nq, n_probe)).astype(np.float32)
+    codes = rng.integers(0, ksub, size=(n, m)).astype(np.uint8)
+    if n > 2:
+        codes[n - 1] = codes[0]  # a duplicate row: equal scores, ties by id
+    offsets, ids = random_layout(rng, n, nlist)
+    probes = random_probes(rng, nq, nlist, n_probe)
+    for a in (luts, bias, codes, offsets, ids, probes):
+        a.setflags(write=False)  # memory-mapped inputs are read-only
+    return luts, codes, ids, offsets, probes, bias
+
+
+@SETTINGS
+@given(nq=st.integers(1, 3), n=st.integers(0, 50), m=MS, nbits=st.sampled_from([4, 8]),
+       nlist=st.integers(1, 4), n_probe=st.integers(1, 5), per_probe=st.booleans(), k=st.integers(1, 60),
+       kind=st.sampled_from(["int", "float"]), seed=st.integers(0, 2**32 - 1))
+def test_lut_scan_matches_reference(nq, n, m, nbits, nlist, n_probe, per_probe, k, kind, seed):
+    rng = np.random.default_rng(seed)
+    luts, codes, ids, offsets, probes, bias = _scan_inputs(rng, nq, n, m, nbits, nlist, n_probe, per_probe, kind)
+    got_s, got_i = pq.pq_lut_scan_batch(luts, codes, ids, offsets, probes, bias, k)
+    for q in range(nq):
+        s, i = pq.pq_lut_scan(luts[q], codes, ids, offsets, probes[q], bias[q], k)
+        np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
+        np.testing.assert_array_equal(got_s[q], s)
+        cand_i, cand_s = pq_scan_candidates_ref(luts[q], codes, ids, offsets, probes[q], bias[q])
+        if kind == "int":
+            assert_topk_exact(s, i, cand_s, cand_i, k)
+        else:
+            assert_topk_close(s, i, cand_s, cand_i, k, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None, database=None)
+@given(n=st.integers(1, 40), dim=st.sampled_from([3, 13, 16]), m=st.sampled_from([2, 4, 5]),
+       metric=st.sampled_from(["ip", "l2"]), seed=st.integers(0, 2**32 - 1))
+def test_lut_scan_end_to_end_equals_decoded_scores(n, dim, m, metric, seed):
+    # Flat index: one list, L = 1. The score of a row is the metric between the query and
+    # the row's reconstruction.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    books = _books(rng, m, 4, pq.pq_dsub(dim, m), "float")
+    flat = books.transpose(1, 0, 2).reshape(16, -1)
+    flat[:, dim:] = 0  # as in trained books: padded coordinates are zero
+    books = np.ascontiguousarray(flat.reshape(16, m, -1).transpose(1, 0, 2))
+    codes = pq.pq_encode(x, books)
+    q = rng.standard_normal((1, dim)).astype(np.float32)
+    lut = pq.pq_lut(q, books, metric)[:, None]
+    ids = np.arange(n, dtype=np.int64)
+    s, i = pq.pq_lut_scan(lut[0], codes, ids, np.array([0, n], np.int64), np.zeros(1, np.int64),
+                          np.zeros(1, np.float32), 5)
+    rec = pq.pq_decode(codes, books, dim).astype(np.float64)
+    if metric == "ip":
+        exact = rec @ q[0].astype(np.float64)
+    else:
+        exact = -((rec - q[0].astype(np.float64)) ** 2).sum(axis=1)
+    assert_topk_close(s, i, exact, ids, 5, rtol=1e-5, atol=1e-5)

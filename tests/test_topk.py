@@ -1,0 +1,127 @@
+"""kernels/topk.py against tests/reference/topk.py (a lexsort): exact, ties by smaller id."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import topk
+from tests.reference.topk import topk_ref, topk_ref_batch
+
+SETTINGS = settings(max_examples=60, deadline=None, database=None)
+
+
+def _scores(rng, shape, flavor):
+    """float32 scores: 'ties' draws from 4 values, 'float' is continuous, 'inf' mixes in +-inf."""
+    if flavor == "ties":
+        return rng.integers(-2, 2, size=shape).astype(np.float32)
+    s = rng.standard_normal(shape).astype(np.float32)
+    if flavor == "inf":
+        pick = rng.random(shape)
+        s[pick < 0.2] = -np.inf
+        s[pick > 0.9] = np.inf
+    return s
+
+
+def _ids(rng, n):
+    return rng.permutation(4 * n + 3)[:n].astype(np.int64)
+
+
+@SETTINGS
+@given(n=st.integers(0, 40), k=st.integers(0, 50), flavor=st.sampled_from(["ties", "float", "inf"]),
+       seed=st.integers(0, 2**32 - 1), readonly=st.booleans())
+def test_topk_select_matches_lexsort(n, k, flavor, seed, readonly):
+    rng = np.random.default_rng(seed)
+    scores, ids = _scores(rng, n, flavor), _ids(rng, n)
+    if readonly:
+        scores.setflags(write=False)
+        ids.setflags(write=False)
+    got_s, got_i = topk.topk_select(scores, ids, k)
+    ref_s, ref_i = topk_ref(scores, ids, k)
+    assert got_s.dtype == np.float32 and got_i.dtype == np.int64
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_array_equal(got_s, ref_s)
+
+
+def test_topk_select_ties_break_by_smaller_id():
+    scores = np.zeros(6, dtype=np.float32)
+    ids = np.array([9, 3, 7, 0, 5, 1], dtype=np.int64)
+    s, i = topk.topk_select(scores, ids, 4)
+    np.testing.assert_array_equal(i, [0, 1, 3, 5])
+    np.testing.assert_array_equal(s, 0.0)
+
+
+def test_topk_select_keeps_minus_inf_scores_before_padding():
+    # A real candidate scored -inf still ranks ahead of an empty slot (-inf, -1).
+    s, i = topk.topk_select(np.array([-np.inf, 1.0], np.float32), np.array([4, 2], np.int64), 4)
+    np.testing.assert_array_equal(i, [2, 4, -1, -1])
+    np.testing.assert_array_equal(s, [1.0, -np.inf, -np.inf, -np.inf])
+
+
+@SETTINGS
+@given(nq=st.integers(0, 5), n=st.integers(0, 30), k=st.integers(1, 35),
+       flavor=st.sampled_from(["ties", "float", "inf"]), seed=st.integers(0, 2**32 - 1))
+def test_topk_select_batch_equals_serial_and_reference(nq, n, k, flavor, seed):
+    rng = np.random.default_rng(seed)
+    scores, ids = _scores(rng, (nq, n), flavor), _ids(rng, n)
+    got_s, got_i = topk.topk_select_batch(scores, ids, k)
+    assert got_s.shape == (nq, k) and got_i.shape == (nq, k)
+    for q in range(nq):
+        s, i = topk.topk_select(scores[q], ids, k)
+        np.testing.assert_array_equal(got_i[q], i)
+        np.testing.assert_array_equal(got_s[q], s)
+    ref_s, ref_i = topk_ref_batch(scores, ids, k)
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_array_equal(got_s, ref_s)
+
+
+@SETTINGS
+@given(n=st.integers(0, 30), k=st.integers(0, 12), flavor=st.sampled_from(["ties", "float", "inf"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_topk_push_keeps_the_best_after_every_push(n, k, flavor, seed):
+    rng = np.random.default_rng(seed)
+    scores, ids = _scores(rng, n, flavor), _ids(rng, n)
+    hs, hi = topk.topk_init(k)
+    np.testing.assert_array_equal(hs, np.full(k, -np.inf, np.float32))
+    np.testing.assert_array_equal(hi, np.full(k, -1, np.int64))
+    for j in range(n):
+        kept = topk.topk_push(hs, hi, scores[j], ids[j])
+        after_s, after_i = topk_ref(scores[: j + 1], ids[: j + 1], k)
+        # kept exactly when the new entry is in the best k of everything offered so far
+        assert bool(kept) == bool(ids[j] in after_i), (j, kept)
+        # the heap holds the same entries as the reference (sorted copy)
+        cs, ci = hs.copy(), hi.copy()
+        topk.topk_sort(cs, ci)
+        np.testing.assert_array_equal(ci, after_i)
+        np.testing.assert_array_equal(cs, after_s)
+
+
+def _sorted_list(rng, nq, kk, n_valid, flavor, id_pool):
+    s = np.full((nq, kk), -np.inf, dtype=np.float32)
+    i = np.full((nq, kk), -1, dtype=np.int64)
+    for q in range(nq):
+        ids = id_pool[q][:n_valid]
+        rs, ri = topk_ref(_scores(rng, len(ids), flavor), ids, kk)
+        s[q], i[q] = rs, ri
+    return s, i
+
+
+@SETTINGS
+@given(nq=st.integers(0, 4), ka=st.integers(0, 10), kb=st.integers(0, 10), k=st.integers(0, 25),
+       fill_a=st.integers(0, 10), fill_b=st.integers(0, 10), flavor=st.sampled_from(["ties", "float", "inf"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_topk_merge_matches_reference(nq, ka, kb, k, fill_a, fill_b, flavor, seed):
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(64)[:20].astype(np.int64) for _ in range(nq)]
+    sa, ia = _sorted_list(rng, nq, ka, min(fill_a, ka), flavor, [p[:10] for p in pools])
+    sb, ib = _sorted_list(rng, nq, kb, min(fill_b, kb), flavor, [p[10:] for p in pools])
+    got_s, got_i = topk.topk_merge(sa, ia, sb, ib, k)
+    assert got_s.shape == (nq, k) and got_i.shape == (nq, k)
+    for q in range(nq):
+        s = np.concatenate([sa[q], sb[q]])
+        i = np.concatenate([ia[q], ib[q]])
+        valid = i >= 0
+        ref_s, ref_i = topk_ref(s[valid], i[valid], k)
+        np.testing.assert_array_equal(got_i[q], ref_i)
+        np.testing.assert_array_equal(got_s[q], ref_s)

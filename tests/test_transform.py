@@ -1,0 +1,110 @@
+"""kernels/transform.py: orthogonal rotations, the ITQ objective, Matryoshka truncation."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import transform
+
+SETTINGS = settings(max_examples=30, deadline=None, database=None)
+DIMS = st.sampled_from([1, 2, 3, 7, 13, 16, 65])
+
+
+def _user_input(x, dtype, layout):
+    x = x.astype(dtype)
+    if layout == "fortran":
+        return np.asfortranarray(x)
+    if layout == "strided":
+        wide = np.zeros((x.shape[0], 2 * x.shape[1]), dtype=dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    return x
+
+
+@SETTINGS
+@given(dim=DIMS, seed=st.integers(0, 2**32 - 1))
+def test_random_rotation_orthogonal_and_seeded(dim, seed):
+    r = transform.random_rotation(dim, seed)
+    assert r.shape == (dim, dim) and r.dtype == np.float32 and r.flags.c_contiguous
+    r64 = r.astype(np.float64)
+    np.testing.assert_allclose(r64 @ r64.T, np.eye(dim), atol=1e-5)
+    np.testing.assert_allclose(r64.T @ r64, np.eye(dim), atol=1e-5)
+    np.testing.assert_array_equal(r, transform.random_rotation(dim, seed))
+
+
+def _itq_error(x, rot):
+    """min over B in {-1, 1}^(n x d) of |B - x R|_F^2 = n d + |x|^2 - 2 |x R|_1."""
+    v = x.astype(np.float64) @ rot.astype(np.float64)
+    return ((np.where(v >= 0, 1.0, -1.0) - v) ** 2).sum()
+
+
+@SETTINGS
+@given(n=st.integers(2, 60), dim=DIMS, seed=st.integers(0, 2**32 - 1), n_iter=st.integers(1, 20),
+       scale=st.sampled_from([0.1, 1.0, 3.0]))
+def test_itq_is_orthogonal_and_lowers_quantization_error(n, dim, seed, n_iter, scale):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, dim)) * rng.random(dim) * scale).astype(np.float32)
+    x -= x.mean(axis=0)
+    s = seed % 1000
+    rot = transform.itq_rotation(x, s, n_iter=n_iter)
+    assert rot.shape == (dim, dim) and rot.dtype == np.float32 and rot.flags.c_contiguous
+    r64 = rot.astype(np.float64)
+    np.testing.assert_allclose(r64 @ r64.T, np.eye(dim), atol=1e-5)
+    start = transform.random_rotation(dim, s)
+    e_start, e_itq = _itq_error(x, start), _itq_error(x, rot)
+    assert e_itq <= e_start * (1 + 1e-5) + 1e-5, (e_itq, e_start)
+
+
+@SETTINGS
+@given(n=st.integers(0, 12), dim=DIMS, keep=st.integers(1, 65), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.float32, np.float16, np.float64]),
+       layout=st.sampled_from(["c", "fortran", "strided"]), renorm=st.booleans())
+def test_mrl_truncate(n, dim, keep, seed, dtype, layout, renorm):
+    rng = np.random.default_rng(seed)
+    keep = min(keep, dim)
+    x = rng.standard_normal((n, dim)).astype(dtype).astype(np.float32)
+    if n:
+        x[0] = 0.0  # an all-zero row
+    if n > 1:
+        x[1, :keep] = 0.0  # a row that is zero only after truncation
+    got = transform.mrl_truncate(_user_input(x, dtype, layout), keep, renorm)
+    assert got.shape == (n, keep) and got.dtype == np.float32 and got.flags.c_contiguous
+    head = x[:, :keep].astype(np.float64)
+    norms = np.linalg.norm(head, axis=1)
+    if not renorm:
+        np.testing.assert_array_equal(got, x[:, :keep])
+        return
+    zero = norms == 0
+    np.testing.assert_array_equal(got[zero], 0.0)
+    assert not np.any(np.isnan(got))
+    np.testing.assert_allclose(np.linalg.norm(got[~zero].astype(np.float64), axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(got[~zero], head[~zero] / norms[~zero, None], rtol=1e-6, atol=1e-7)
+
+
+@SETTINGS
+@given(n=st.integers(0, 12), dim=DIMS, seed=st.integers(0, 2**32 - 1),
+       magnitude=st.sampled_from([1e-6, 1e-3, 1.0, 1e3, 1e15]))
+def test_normalize_rows(n, dim, seed, magnitude):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, dim)) * magnitude).astype(np.float32)
+    if n:
+        x[-1] = 0.0
+    got = transform.normalize_rows(x)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and not np.any(np.isnan(got))
+    norms = np.linalg.norm(got.astype(np.float64), axis=1)
+    nz = np.any(x != 0, axis=1)
+    np.testing.assert_allclose(norms[nz], 1.0, atol=1e-6)
+    np.testing.assert_array_equal(got[~nz], 0.0)
+
+
+@settings(max_examples=10, deadline=None, database=None)
+@given(dim=DIMS, seed=st.integers(0, 2**32 - 1), magnitude=st.sampled_from([1e-30, 1e-22, 1e20, 1e30]))
+def test_normalize_rows_extreme_but_finite_magnitudes(dim, seed, magnitude):
+    # The contract (unit rows; only zero rows stay zero) holds for every finite nonzero
+    # row. A float32 sum of squares underflows (|x| < ~1e-19) or overflows (> ~1e19).
+    x = (np.random.default_rng(seed).standard_normal((2, dim)) * magnitude).astype(np.float32)
+    x[:, 0] = np.float32(magnitude)  # nonzero rows
+    got = transform.normalize_rows(x)
+    np.testing.assert_allclose(np.linalg.norm(got.astype(np.float64), axis=1), 1.0, atol=1e-6)
