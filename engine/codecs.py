@@ -172,10 +172,10 @@ def _parse_rb(m: re.Match, stage: str) -> RB:
 
 # One table: each stage's pattern and its parser.
 _STAGES: list[tuple[re.Pattern, Callable[[re.Match, str], Stage]]] = [
-    (re.compile(r"MRL(\d+)"), lambda m, s: MRL(_positive(m.group(1), s, "dim"))),
-    (re.compile(r"IVF(\d+)"), lambda m, s: IVF(_positive(m.group(1), s, "nlist"))),
-    (re.compile(r"PQ(\d+)x(\d+)"), _parse_pq),
-    (re.compile(r"RB(\d+)"), _parse_rb),
+    (re.compile(r"MRL(\d{1,9})"), lambda m, s: MRL(_positive(m.group(1), s, "dim"))),
+    (re.compile(r"IVF(\d{1,9})"), lambda m, s: IVF(_positive(m.group(1), s, "nlist"))),
+    (re.compile(r"PQ(\d{1,9})x(\d{1,9})"), _parse_pq),
+    (re.compile(r"RB(\d{1,9})"), _parse_rb),
     (re.compile(r"SQ([48])"), lambda m, s: SQ(int(m.group(1)))),
     (re.compile(r"F16"), lambda m, s: F16()),
     (re.compile(r"Flat"), lambda m, s: Flat()),
@@ -297,7 +297,8 @@ def _as_vectors(x: Any, dim: int, what: str) -> np.ndarray:
             raise InvalidInput(f"{what} must be float16/32/64, found dtype {arr.dtype}")
     if arr.shape[1] != dim:
         raise DimensionMismatch(f"{what}: expected width {dim}, found {arr.shape[1]}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
         raise InvalidInput(f"{what}: expected finite values, found NaN or inf in row {bad}")
@@ -355,7 +356,10 @@ class Codec:
     # ---- config
 
     def __repr__(self) -> str:
-        return f"Codec({self.spec!r}, dim={self.dim}, metric={self.metric!r})"
+        return (
+            f"Codec({self.spec!r}, dim={self.dim}, metric={self.metric!r}, seed={self.seed}, "
+            f"train_size={self.train_size}, rotation={self.rotation!r})"
+        )
 
     def to_config(self) -> dict[str, Any]:
         """JSON-only description: ``{"id": "vecz.codec", ...}``."""
@@ -524,6 +528,12 @@ class Codec:
         elif isinstance(q, SQ):
             codes = scalar.sq_encode(r, state["sq_vmin"], state["sq_vdiff"], q.nbits)
         elif isinstance(q, F16):
+            big = np.abs(r) > np.finfo(np.float16).max
+            if big.any():
+                row = int(np.argwhere(big)[0, 0])
+                raise InvalidInput(
+                    f"F16 codes values up to 65504 in magnitude, found {float(np.abs(r[row]).max()):.6g} in row {row}"
+                )
             codes = r.astype("<f2").view(np.uint8)
         else:
             codes = r.astype("<f4").view(np.uint8)
@@ -583,6 +593,8 @@ class Codec:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.shape != (codes.shape[0],):
             raise InvalidInput(f"ids: expected {codes.shape[0]} ids, found shape {ids.shape}")
+        if ids.size and ids.min() < 0:
+            raise InvalidInput(f"ids must be >= 0 (-1 marks an empty result slot), found {int(ids.min())}")
         return CodeIndex(self, codes, lists, ids)
 
     def search(self, queries: Any, codes: Any, lists: Any = None, k: int = 10, **kw: Any) -> SearchResult:

@@ -202,11 +202,10 @@ def rb_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(nq, n_levels * nbytes, 256), dtype=np.float32)
 
 
-@jit_fast
+@jit
 def _rb_scan_list(lut, codes, factors, ids, start, stop, bias, q_sq, is_l2, heap_scores, heap_ids):
-    flat = lut.reshape(-1)
     for i in range(start, stop):
-        est = factors[i, 0] * lut_sum(flat, 256, codes, i)
+        est = factors[i, 0] * lut_sum(lut, codes, i)
         if is_l2:
             s = -(q_sq - 2.0 * est + factors[i, 1])
         else:

@@ -15,43 +15,60 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit, jit_batch_fast
+from ._jit import jit, jit_batch_fast, jit_fast
 
-__all__ = ["kmeans_fit", "kmeans_assign", "kmeans_pp_init", "kmeans_assign_small_batch"]
+__all__ = ["kmeans_fit", "kmeans_assign", "kmeans_pp_init", "kmeans_assign_small", "kmeans_assign_small_batch"]
 
 # Below this width a jitted loop beats a BLAS call plus an argmin pass over (n, k).
 _BLAS_MIN_DIM = 24
+# Below this many row-centroid pairs the serial kernel wins (thread wake-up dominates).
+_PARALLEL_MIN_WORK = 1 << 20
+
+
+@jit_fast
+def _assign_rows(x, ct, start, stop, labels, dists, d):
+    # ct is (dim, k): centroids innermost so the distance loop vectorises across centroids
+    # instead of across the few dims of a PQ sub-vector.
+    dim = x.shape[1]
+    k = ct.shape[1]
+    for i in range(start, stop):
+        d[:] = 0.0
+        for t in range(dim):
+            xv = x[i, t]
+            for j in range(k):
+                diff = xv - ct[t, j]
+                d[j] += diff * diff
+        best_j = 0
+        best = d[0]
+        for j in range(1, k):
+            if d[j] < best:
+                best = d[j]
+                best_j = j
+        labels[i] = best_j
+        dists[i] = best
+
+
+@jit_fast
+def kmeans_assign_small(x, centroids):
+    """Nearest centroid (squared L2) for each row: labels int64 (n,), distances float32 (n,)."""
+    n = x.shape[0]
+    ct = np.ascontiguousarray(centroids.T)
+    labels = np.empty(n, dtype=np.int64)
+    dists = np.empty(n, dtype=np.float32)
+    _assign_rows(x, ct, 0, n, labels, dists, np.empty(ct.shape[1], dtype=np.float32))
+    return labels, dists
 
 
 @jit_batch_fast
 def kmeans_assign_small_batch(x, centroids):
-    """Nearest centroid (squared L2) for each row; parallel over rows.
-
-    The distance loop runs over centroids innermost (centroids transposed to (dim, k)), so
-    it vectorises across centroids instead of across the few dims of a PQ sub-vector."""
-    n, dim = x.shape
-    k = centroids.shape[0]
+    """`kmeans_assign_small`, parallel over chunks of rows (one distance buffer per chunk)."""
+    n = x.shape[0]
     ct = np.ascontiguousarray(centroids.T)
     labels = np.empty(n, dtype=np.int64)
     dists = np.empty(n, dtype=np.float32)
-    chunk = 256  # rows per task: one distance buffer per task, not per row
+    chunk = 256
     for c in prange((n + chunk - 1) // chunk):
-        d = np.empty(k, dtype=np.float32)
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            d[:] = 0.0
-            for t in range(dim):
-                xv = x[i, t]
-                for j in range(k):
-                    diff = xv - ct[t, j]
-                    d[j] += diff * diff
-            best_j = 0
-            best = d[0]
-            for j in range(1, k):
-                if d[j] < best:
-                    best = d[j]
-                    best_j = j
-            labels[i] = best_j
-            dists[i] = best
+        _assign_rows(x, ct, c * chunk, min(n, (c + 1) * chunk), labels, dists, np.empty(ct.shape[1], dtype=np.float32))
     return labels, dists
 
 
@@ -78,6 +95,8 @@ def kmeans_assign(x: np.ndarray, centroids: np.ndarray):
         return np.empty(0, np.int64), np.empty(0, np.float32)
     if x.shape[1] >= _BLAS_MIN_DIM:
         return _assign_blas(x, centroids)
+    if x.shape[0] * centroids.shape[0] < _PARALLEL_MIN_WORK:
+        return kmeans_assign_small(x, centroids)  # waking threads costs more than the work
     return kmeans_assign_small_batch(x, centroids)
 
 

@@ -111,7 +111,9 @@ def pq_lut(q: np.ndarray, books: np.ndarray, metric: str) -> np.ndarray:
     """Lookup tables float32 (nq, M, ksub): ip contributions, or negated squared L2."""
     m, _, dsub = books.shape
     qp = pq_pad(np.atleast_2d(np.asarray(q, dtype=np.float32)), m).reshape(-1, m, dsub)
-    ip = np.einsum("qmt,mjt->qmj", qp, books, optimize=True)
+    # One batched matrix product per sub-space, (M, nq, dsub) @ (M, dsub, ksub); einsum
+    # picked a path 10x slower for these shapes.
+    ip = np.matmul(qp.transpose(1, 0, 2), books.transpose(0, 2, 1)).transpose(1, 0, 2)
     if metric == "ip":
         return np.ascontiguousarray(ip, dtype=np.float32)
     q_norms = np.einsum("qmt,qmt->qm", qp, qp)
@@ -147,41 +149,47 @@ def pq4_unpack(packed, m):
 
 
 @jit
-def lut_sum(lut, ksub, codes, i):
-    """sum_j lut[j * ksub + codes[i, j]] over a flat (M * ksub,) table, four accumulators.
+def lut_sum(lut, codes, i):
+    """sum_j lut[j, codes[i, j]] for one code row.
 
-    Deliberately not fastmath: with reassociation allowed LLVM turns this loop into AVX-512
-    gathers with 64-bit index multiplies, measured 2x slower than scalar loads. Four
-    explicit chains keep the loads overlapping without that (one chain stalls every
-    lookup on the previous add)."""
-    m = codes.shape[1]
-    m4 = m - m % 4
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    a2 = np.float32(0.0)
-    a3 = np.float32(0.0)
-    off = 0
-    for j in range(0, m4, 4):
-        a0 += lut[off + codes[i, j]]
-        a1 += lut[off + ksub + codes[i, j + 1]]
-        a2 += lut[off + 2 * ksub + codes[i, j + 2]]
-        a3 += lut[off + 3 * ksub + codes[i, j + 3]]
-        off += 4 * ksub
-    for j in range(m4, m):
-        a0 += lut[off + codes[i, j]]
-        off += ksub
-    return (a0 + a1) + (a2 + a3)
+    Not fastmath, on purpose: with reassociation allowed LLVM turns table-lookup loops into
+    AVX-512 gathers with 64-bit index multiplies, measured 2-3x slower than scalar loads."""
+    s = np.float32(0.0)
+    for j in range(codes.shape[1]):
+        s += lut[j, codes[i, j]]
+    return s
+
+
+@jit
+def _push(heap_scores, heap_ids, s, idx):
+    if s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0]):
+        topk_push(heap_scores, heap_ids, s, idx)
 
 
 @jit
 def _scan_list(lut, codes, ids, start, stop, bias, heap_scores, heap_ids):
+    # Four code rows at a time (faiss's distance_four_codes idea): four independent sums let
+    # the table loads overlap; measured 1.5x faster than one row at a time, while splitting
+    # one row's sum into several accumulators made LLVM emit gathers and ran slower.
+    m = codes.shape[1]
     b = np.float32(bias)
-    ksub = lut.shape[1]
-    flat = lut.reshape(-1)
-    for i in range(start, stop):
-        s = b + lut_sum(flat, ksub, codes, i)
-        if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
-            topk_push(heap_scores, heap_ids, s, ids[i])
+    stop4 = start + (stop - start) // 4 * 4
+    for i in range(start, stop4, 4):
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        s3 = np.float32(0.0)
+        for j in range(m):
+            s0 += lut[j, codes[i, j]]
+            s1 += lut[j, codes[i + 1, j]]
+            s2 += lut[j, codes[i + 2, j]]
+            s3 += lut[j, codes[i + 3, j]]
+        _push(heap_scores, heap_ids, b + s0, ids[i])
+        _push(heap_scores, heap_ids, b + s1, ids[i + 1])
+        _push(heap_scores, heap_ids, b + s2, ids[i + 2])
+        _push(heap_scores, heap_ids, b + s3, ids[i + 3])
+    for i in range(stop4, stop):
+        _push(heap_scores, heap_ids, b + lut_sum(lut, codes, i), ids[i])
 
 
 @jit

@@ -49,3 +49,19 @@ def minilm() -> Dataset:
 def gemma() -> Dataset:
     """wordnet-gemma (24,000 x 768, Matryoshka-trained) with its first 1000 queries."""
     return _dataset("wordnet-gemma", 1000)
+
+
+def _isolate_numba_cache() -> None:
+    """Numba's on-disk cache keys a function on its own file only, so editing
+    kernels/topk.py leaves stale machine code in callers cached from other modules. Tests
+    key the cache directory on a hash of every kernel source, so they always run the code
+    on disk."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "kernels").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache" / digest.hexdigest()[:16]))
+
+
+_isolate_numba_cache()

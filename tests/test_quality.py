@@ -1,0 +1,83 @@
+"""Quality on real embeddings (../shared/data), against faiss run in the same test.
+
+Random Gaussians hide what quantization does to real embeddings (a mean far from zero,
+dimensions that are zero in every vector), so these recall checks use the DEV datasets.
+Figures seen when written (1000 queries): PQ48x8 0.698 vs faiss 0.695; RB1 0.693, RB2
+0.844, RB4 0.950; plain sign + Hamming 0.55.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from conftest import recall_at
+from engine import Codec
+from kernels import binary, transform
+
+pytestmark = pytest.mark.data
+
+TRAIN_ROWS = 65536
+
+
+def _codec_recall(ds, spec: str, metric: str = "cosine", k: int = 10, **search) -> float:
+    codec = Codec(spec, ds.base.shape[1], metric).train(ds.base[:TRAIN_ROWS])
+    enc = codec.encode(ds.base)
+    scores, ids = codec.index(enc.codes, enc.lists).search(ds.queries, k, **search)
+    return recall_at(ids, ds.gt, 10)
+
+
+def test_pq48x8_matches_faiss_indexpq(minilm):
+    ours = _codec_recall(minilm, "PQ48x8", metric="ip")
+    index = faiss.IndexPQ(384, 48, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(minilm.base[:TRAIN_ROWS])
+    index.add(minilm.base)
+    _, ids = index.search(minilm.queries, 10)
+    theirs = recall_at(ids, minilm.gt, 10)
+    assert ours >= theirs - 0.01, f"vecz PQ48x8 recall@10 {ours:.4f} vs faiss IndexPQ {theirs:.4f}"
+
+
+def test_rb_levels_beat_sign_hamming_and_rise(minilm):
+    signs_db = binary.sign_pack(minilm.base).view("<u8")
+    signs_q = binary.sign_pack(minilm.queries).view("<u8")
+    ids = np.arange(len(minilm.base), dtype=np.int64)
+    _, found = binary.hamming_scan_batch(signs_q, signs_db, ids, 10)
+    plain = recall_at(found, minilm.gt, 10)
+    rb = {b: _codec_recall(minilm, f"RB{b}") for b in (1, 2, 4)}
+    assert rb[1] >= plain, f"RB1 {rb[1]:.4f} below plain sign + Hamming {plain:.4f}"
+    assert rb[1] < rb[2] < rb[4], f"recall must rise strictly with levels: {rb}"
+    # The issue's targets against faiss IndexRaBitQ at equal bytes (measured there on the
+    # full query set: 0.682 / 0.834 / 0.943); on this 1000-query slice we keep a margin.
+    assert rb[1] >= 0.68 and rb[2] >= 0.83 and rb[4] >= 0.94, rb
+
+
+def test_rb_symmetric_scoring_is_sane(minilm):
+    asym = _codec_recall(minilm, "RB2")
+    sym = _codec_recall(minilm, "RB2", sdc=True)
+    assert 0.5 < sym <= asym + 0.005, (sym, asym)
+
+
+def test_mrl256_f16_matches_exact_truncated_search(gemma):
+    trunc_base = transform.mrl_truncate(gemma.base, 256, renorm=True)
+    trunc_q = transform.mrl_truncate(gemma.queries, 256, renorm=True)
+    exact = np.argsort(-(trunc_q @ trunc_base.T), axis=1, kind="stable")[:, :10]
+    exact_recall = recall_at(exact, gemma.gt, 10)
+    ours = _codec_recall(gemma, "MRL256,F16")
+    assert abs(ours - exact_recall) <= 0.01, f"MRL256,F16 {ours:.4f} vs exact truncated {exact_recall:.4f}"
+
+
+@pytest.mark.parametrize("spec", ["MRL256,RB2", "MRL256,PQ64x8"])
+def test_mrl_composes_and_reranks_against_full_vectors(gemma, spec):
+    codec = Codec(spec, 768, "cosine").train(gemma.base[:TRAIN_ROWS])
+    enc = codec.encode(gemma.base)
+    assert enc.codes.shape[1] == codec.code_size
+    _, cand = codec.index(enc.codes, enc.lists).search(gemma.queries, 100)
+    coded = recall_at(cand, gemma.gt, 10)
+    # Re-rank the 100 candidates with the full 768-d vectors: exact scores on the shortlist.
+    full = gemma.base[cand] @ gemma.queries[:, :, None]
+    order = np.argsort(-full[:, :, 0], axis=1, kind="stable")
+    reranked = np.take_along_axis(cand, order, axis=1)
+    final = recall_at(reranked, gemma.gt, 10)
+    assert final > coded + 0.05, (coded, final)
+    assert final >= 0.9, f"{spec}: recall@10 after re-ranking 100 with full vectors {final:.4f}"
