@@ -621,6 +621,7 @@ class CodeIndex:
         codes = np.ascontiguousarray(codes[order])
         q = codec.quantizer
         self.codes = codes
+        self.words: np.ndarray | None = None
         if isinstance(q, PQ) and q.nbits == 4:
             # The blocked layout replaces the row codes: one copy of the codes in RAM.
             self.blocks, self.block_ids, self.block_offsets = fastscan.fs_layout(
@@ -628,12 +629,17 @@ class CodeIndex:
             )
             self.codes = np.empty((0, codes.shape[1]), dtype=np.uint8)
         elif isinstance(q, RB):
-            # One array serves both scorings: each level padded to whole 8-byte words, read
-            # as bytes by the table scan (padding bytes meet all-zero table rows) and as
-            # uint64 words by the popcount scan.
-            bits, self.factors = codec._split_rb(codes)
-            self.words = binary.rb_words(bits)
-            self.codes = self.words.view(np.uint8).reshape(self.n, -1)
+            # Asymmetric scoring runs on the 4-bit fast scan: each byte of sign bits is two
+            # 4-bit sub-codes, laid out in blocks (one copy of the bits). The popcount words
+            # for symmetric scoring are derived on the first sdc=True search.
+            bits, factors = codec._split_rb(codes)
+            self.blocks, self.block_ids, self.block_offsets = fastscan.fs_layout(
+                binary.rb_nibbles(bits), self.ids, self.offsets
+            )
+            self.factors = factors
+            self.block_factors = fastscan.fs_row_values(factors, self.block_ids.shape[0], self.offsets)
+            self._bits = bits
+            self.codes = np.empty((0, codes.shape[1]), dtype=np.uint8)
         elif isinstance(q, F16):
             self.codes = np.ascontiguousarray(codes.view("<u2").reshape(self.n, codec.width))
         elif isinstance(q, Flat):
@@ -695,7 +701,7 @@ class CodeIndex:
         if isinstance(q, PQ):
             return 4 * q.m * (1 << q.nbits)
         if isinstance(q, RB):
-            return 4 * 256 * self.codes.shape[1]
+            return 4 * 16 * 2 * self._bits.shape[1] * self._bits.shape[2]
         return 4 * self.codec.width
 
     def _scan(self, x: np.ndarray, probes: np.ndarray, per_probe: bool, k: int, sdc: bool):
@@ -733,16 +739,18 @@ class CodeIndex:
             else:
                 q_sq_p = np.zeros((nq, n_probe), dtype=np.float32)
             if sdc:
+                if self.words is None:
+                    self.words = binary.rb_words(self._bits)
                 bits, factors = binary.rb_encode_batch(rot, q.levels, binary._T_COARSE, binary._T_FINE_STEP)
                 words = binary.rb_words(bits).reshape(nq, n_tab, q.levels, -1)
                 q_scale = np.ascontiguousarray(factors[:, 0].reshape(nq, n_tab))
                 return binary.rb_sdc_scan_batch(words, q_scale, self.words, self.factors, self.ids, self.offsets,
                                                 probes, bias, q_sq_p, is_l2, codec.width, k)
-            padded = np.zeros((rot.shape[0], self.words.shape[2] * 64), dtype=np.float32)
-            padded[:, : codec.width] = rot
-            luts = binary.rb_lut(padded, q.levels).reshape(nq, n_tab, -1, 256)
-            return binary.rb_lut_scan_batch(luts, self.codes, self.factors, self.ids, self.offsets, probes,
-                                            bias, q_sq_p, is_l2, k)
+            luts = binary.rb_nibble_lut(rot, 1).reshape(nq, n_tab, -1, 16)  # level 0; level l is 2**-l x
+            qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+            return fastscan.fs_scan_factors_batch(qluts, steps, biases, q.levels, self.blocks, self.block_ids,
+                                                  self.block_factors, self.block_offsets, probes, bias, q_sq_p,
+                                                  is_l2, k)
         if isinstance(q, SQ):
             vmin, vdiff = st["sq_vmin"], st["sq_vdiff"]
             width = codec.width + (codec.width % 2 if q.nbits == 4 else 0)

@@ -42,6 +42,8 @@ __all__ = [
     "rb_lut_scan",
     "rb_lut_scan_batch",
     "rb_words",
+    "rb_nibbles",
+    "rb_nibble_lut",
     "hamming_scan",
     "hamming_scan_batch",
     "rb_sdc_scan",
@@ -247,6 +249,33 @@ def rb_lut_scan_batch(luts, codes, factors, ids, list_offsets, probes, probe_bia
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
+
+
+def rb_nibbles(bits: np.ndarray) -> np.ndarray:
+    """bits uint8 (n, b, nbytes) -> 4-bit sub-codes uint8 (n, 2 * b * nbytes) for the fast scan:
+    byte j of level l gives sub-codes (low nibble: dims 8j..8j+3, high: dims 8j+4..8j+7)."""
+    n = bits.shape[0]
+    flat = bits.reshape(n, -1)
+    out = np.empty((n, 2 * flat.shape[1]), dtype=np.uint8)
+    out[:, 0::2] = flat & 15
+    out[:, 1::2] = flat >> 4
+    return out
+
+
+def rb_nibble_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
+    """Fast-scan tables float32 (nq, 2 * b * nbytes, 16) matching `rb_nibbles`: entry
+    [(l * nbytes + j) * 2 + h, v] = 2**-l * sum_t q[8j + 4h + t] * (2 * bit_t(v) - 1)."""
+    q = np.atleast_2d(np.asarray(q, dtype=np.float32))
+    nq, dim = q.shape
+    nbytes = rb_nbytes(dim)
+    qp = np.zeros((nq, nbytes * 8), dtype=np.float32)
+    qp[:, :dim] = q
+    qp = qp.reshape(nq, nbytes * 2, 4)
+    pm = 2.0 * np.unpackbits(np.arange(16, dtype=np.uint8)[:, None], axis=1, bitorder="little")[:, :4] - 1.0
+    base = np.einsum("qjt,vt->qjv", qp, pm.astype(np.float32))  # (nq, 2 * nbytes, 16)
+    weights = (0.5 ** np.arange(n_levels)).astype(np.float32)
+    out = weights[None, :, None, None] * base[:, None, :, :]
+    return np.ascontiguousarray(out.reshape(nq, n_levels * nbytes * 2, 16), dtype=np.float32)
 
 
 def rb_words(bits: np.ndarray) -> np.ndarray:

@@ -37,8 +37,12 @@ __all__ = [
     "fs_layout",
     "fs_quantize_lut",
     "fs_block_accumulate",
+    "fs_block_accumulate_range",
     "fs_scan",
     "fs_scan_batch",
+    "fs_scan_factors",
+    "fs_scan_factors_batch",
+    "fs_row_values",
 ]
 
 BLOCK = 32
@@ -46,22 +50,25 @@ HAS_SHUFFLE = bool(llvm_binding.get_host_cpu_features().get("avx2", False))
 
 
 @intrinsic
-def _shuffle_accumulate(typingctx, blocks, block_index, qluts, out):
-    """acc (32 x uint16) of one block with AVX2 byte shuffles, written to `out`."""
-    sig = types.void(blocks, block_index, qluts, out)
+def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, qluts, out):
+    """acc (32 x uint16) over pairs [pair_start, pair_start + pair_count) of one block, with
+    tables qluts[0 : 2 * pair_count], by AVX2 byte shuffles; written to `out`."""
+    sig = types.void(blocks, block_index, pair_start, pair_count, qluts, out)
 
     def codegen(context, builder, signature, args):
-        blocks_v, index_v, qlut_v, out_v = args
+        blocks_v, index_v, start_v, count_v, qlut_v, out_v = args
         blocks_a = context.make_array(signature.args[0])(context, builder, blocks_v)
-        qlut_a = context.make_array(signature.args[2])(context, builder, qlut_v)
-        out_a = context.make_array(signature.args[3])(context, builder, out_v)
+        qlut_a = context.make_array(signature.args[4])(context, builder, qlut_v)
+        out_a = context.make_array(signature.args[5])(context, builder, out_v)
         i8 = ir.IntType(8)
         i64 = ir.IntType(64)
         v8 = ir.VectorType(i8, 32)
         v16 = ir.VectorType(ir.IntType(16), 32)
-        n_pairs = builder.extract_value(blocks_a.shape, 1)
+        row_pairs = builder.extract_value(blocks_a.shape, 1)
         index = context.cast(builder, index_v, signature.args[1], types.int64)
-        start = builder.mul(builder.mul(index, n_pairs), ir.Constant(i64, 32))
+        first = context.cast(builder, start_v, signature.args[2], types.int64)
+        n_pairs = context.cast(builder, count_v, signature.args[3], types.int64)
+        start = builder.mul(builder.add(builder.mul(index, row_pairs), first), ir.Constant(i64, 32))
         base = builder.gep(blocks_a.data, [start])
         lut_base = qlut_a.data
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
@@ -88,29 +95,36 @@ def _shuffle_accumulate(typingctx, blocks, block_index, qluts, out):
 
 
 @jit
-def _scalar_accumulate(blocks, block_index, qluts, out):
-    n_pairs = blocks.shape[1]
+def _scalar_accumulate(blocks, block_index, pair_start, pair_count, qluts, out):
     for v in range(BLOCK):
         out[v] = 0
-    for j in range(n_pairs):
+    for j in range(pair_count):
         for v in range(BLOCK):
-            c = blocks[block_index, j, v]
+            c = blocks[block_index, pair_start + j, v]
             out[v] += np.uint16(qluts[2 * j, c & 15]) + np.uint16(qluts[2 * j + 1, c >> 4])
 
 
 if HAS_SHUFFLE:
 
     @jit
-    def fs_block_accumulate(blocks, block_index, qluts, out):
-        """acc[v] = sum_m qluts[m, code[v, m]] for the 32 rows of one block (uint16)."""
-        _shuffle_accumulate(blocks, block_index, qluts, out)
+    def fs_block_accumulate_range(blocks, block_index, pair_start, pair_count, qluts, out):
+        """acc[v] = sum_{j < pair_count} of the two table entries of pair pair_start + j
+        (tables qluts[2j], qluts[2j + 1]) for the 32 rows of one block (uint16)."""
+        _shuffle_accumulate(blocks, block_index, pair_start, pair_count, qluts, out)
 
 else:
 
     @jit
-    def fs_block_accumulate(blocks, block_index, qluts, out):
-        """acc[v] = sum_m qluts[m, code[v, m]] for the 32 rows of one block (uint16)."""
-        _scalar_accumulate(blocks, block_index, qluts, out)
+    def fs_block_accumulate_range(blocks, block_index, pair_start, pair_count, qluts, out):
+        """acc[v] = sum_{j < pair_count} of the two table entries of pair pair_start + j
+        (tables qluts[2j], qluts[2j + 1]) for the 32 rows of one block (uint16)."""
+        _scalar_accumulate(blocks, block_index, pair_start, pair_count, qluts, out)
+
+
+@jit
+def fs_block_accumulate(blocks, block_index, qluts, out):
+    """acc[v] = sum_m qluts[m, code[v, m]] for the 32 rows of one block (uint16)."""
+    fs_block_accumulate_range(blocks, block_index, 0, blocks.shape[1], qluts, out)
 
 
 def fs_layout(codes: np.ndarray, ids: np.ndarray, list_offsets: np.ndarray):
@@ -198,3 +212,86 @@ def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
+
+
+@jit
+def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
+                    probe_bias, probe_q_sq, is_l2, k):
+    """One query over RB codes (kernels/binary.py) through the fast scan.
+
+    The sub-codes of a row are `n_levels` equal groups (one per sign level); level l's
+    tables are level 0's times 2**-l, so only level 0's tables are quantized (qluts
+    (L, 2 * pairs_per_level, 32), steps/biases (L,)) and each level is accumulated on its
+    own: t = sum_l 2**-l (bias + step * acc_l). Quantizing all levels' tables together
+    would spend the uint8 range on the largest level and round the small ones away.
+    row_factors (n_blocks * 32, 2) holds (g, |r|^2) per block row; with est = g * t the
+    score is probe_bias + est (ip) or -(probe_q_sq - 2 est + |r|^2) (l2), as in
+    `kernels.binary.rb_lut_scan`."""
+    heap_scores, heap_ids = topk_init(k)
+    acc = np.empty(BLOCK, dtype=np.uint16)
+    comb = np.empty(BLOCK, dtype=np.float32)
+    n_tables = qluts.shape[0]
+    level_pairs = blocks.shape[1] // n_levels
+    level_sum = np.float32(0.0)
+    w = np.float32(1.0)
+    for _ in range(n_levels):
+        level_sum += w
+        w *= np.float32(0.5)
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        t = p if n_tables > 1 else 0
+        step = steps[t]
+        base = biases[t] * level_sum
+        tab = qluts[t]
+        for b in range(block_offsets[lst], block_offsets[lst + 1]):
+            comb[:] = 0.0
+            w = np.float32(1.0)
+            for lv in range(n_levels):
+                fs_block_accumulate_range(blocks, b, lv * level_pairs, level_pairs, tab, acc)
+                for v in range(BLOCK):
+                    comb[v] += w * np.float32(acc[v])
+                w *= np.float32(0.5)
+            row0 = b * BLOCK
+            for v in range(BLOCK):
+                idx = block_ids[row0 + v]
+                est = row_factors[row0 + v, 0] * (base + step * comb[v])
+                if is_l2:
+                    s = np.float32(-(probe_q_sq[p] - 2.0 * est + row_factors[row0 + v, 1]))
+                else:
+                    s = np.float32(probe_bias[p] + est)
+                if idx >= 0 and (s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0])):
+                    topk_push(heap_scores, heap_ids, s, idx)
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
+                          probe_bias, probe_q_sq, is_l2, k):
+    """`fs_scan_factors` for every query (shapes as in `fs_scan_batch`, probe_q_sq (nq, P))."""
+    nq = qluts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = fs_scan_factors(qluts[qi], steps[qi], biases[qi], n_levels, blocks, block_ids, row_factors,
+                               block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids
+
+
+def fs_row_values(values: np.ndarray, block_ids_len: int, list_offsets: np.ndarray) -> np.ndarray:
+    """Per-row values (n, ...) ordered by list -> the block row order of `fs_layout`
+    (padding rows zero), so kernels read them beside the codes."""
+    values = np.asarray(values)
+    sizes = np.diff(list_offsets)
+    n_blocks_list = -(-sizes // BLOCK)
+    block_offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(n_blocks_list, out=block_offsets[1:])
+    lists = np.repeat(np.arange(len(sizes)), sizes)
+    dest = block_offsets[lists] * BLOCK + (np.arange(values.shape[0]) - np.asarray(list_offsets)[lists])
+    out = np.zeros((block_ids_len,) + values.shape[1:], dtype=values.dtype)
+    out[dest] = values
+    return out

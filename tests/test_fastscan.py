@@ -15,8 +15,12 @@ from tests.reference.topk import assert_topk_exact
 
 SETTINGS = settings(max_examples=50, deadline=None, database=None)
 BLOCK = fastscan.BLOCK
+def _scalar_full(blocks, b, qluts, out):
+    fastscan._scalar_accumulate(blocks, b, 0, blocks.shape[1], qluts, out)
+
+
 ACCUMULATORS = [pytest.param(fastscan.fs_block_accumulate, id="dispatch"),
-                pytest.param(fastscan._scalar_accumulate, id="scalar")]
+                pytest.param(_scalar_full, id="scalar")]
 
 
 def _qluts(rng, m, qmax):
@@ -32,7 +36,29 @@ def _qluts(rng, m, qmax):
 
 def test_shuffle_flag_matches_dispatch():
     if fastscan.HAS_SHUFFLE:
-        assert fastscan.fs_block_accumulate is not fastscan._scalar_accumulate
+        assert fastscan.fs_block_accumulate_range is not fastscan._scalar_accumulate
+
+
+@SETTINGS
+@given(n_blocks=st.integers(1, 3), levels=st.integers(1, 4), pairs=st.integers(1, 7), seed=st.integers(0, 2**32 - 1))
+def test_block_accumulate_range_splits_the_sum(n_blocks, levels, pairs, seed):
+    # Per-level accumulation (RB through the fast scan) must equal the reference on each
+    # level's slice of sub-codes, on both the shuffle and the scalar path.
+    rng = np.random.default_rng(seed)
+    m = 2 * pairs * levels
+    codes = rng.integers(0, 16, size=(n_blocks * BLOCK, m)).astype(np.uint8)
+    blocks, _, _ = fs_layout_ref(codes, np.arange(n_blocks * BLOCK), np.array([0, n_blocks * BLOCK]))
+    qluts = _qluts(rng, 2 * pairs, 255)
+    out = np.empty(BLOCK, dtype=np.uint16)
+    out_scalar = np.empty(BLOCK, dtype=np.uint16)
+    for b in range(n_blocks):
+        for lv in range(levels):
+            fastscan.fs_block_accumulate_range(blocks, b, lv * pairs, pairs, qluts, out)
+            fastscan._scalar_accumulate(blocks, b, lv * pairs, pairs, qluts, out_scalar)
+            sl = codes[b * BLOCK : (b + 1) * BLOCK, lv * 2 * pairs : (lv + 1) * 2 * pairs]
+            ref = fastscan_accumulate_ref(sl, qluts)
+            np.testing.assert_array_equal(out, ref)
+            np.testing.assert_array_equal(out_scalar, ref)
 
 
 @pytest.mark.parametrize("accumulate", ACCUMULATORS)

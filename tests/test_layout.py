@@ -1,0 +1,77 @@
+"""The layout stays honest: imports flow engine -> formats -> kernels, kernels import only
+numpy and numba (llvmlite is numba's own code generator, used for intrinsics), faiss only in
+tests and bench, no pickle anywhere, and Numba really compiles (a disabled JIT or a kernel
+without the cache preset fails here instead of passing slowly)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import numba
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+ALLOWED = {
+    "kernels": {"numpy", "numba", "llvmlite", "kernels", "__future__"},
+    "formats": {"numpy", "numba", "llvmlite", "pyarrow", "zstandard", "kernels", "formats", "__future__"},
+}
+STDLIB_OK = {"typing", "dataclasses", "json", "re", "math", "os", "io", "struct", "zlib", "pathlib", "hashlib", "enum"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                found.add(path.parent.name)
+            elif node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", ["kernels", "formats"])
+def test_package_imports_flow_one_way(package):
+    files = sorted((REPO / package).glob("*.py"))
+    assert files, f"no modules found in {package}/"
+    for path in files:
+        bad = _imports(path) - ALLOWED[package] - STDLIB_OK
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}; allowed: {sorted(ALLOWED[package])}"
+
+
+def test_faiss_stays_out_of_the_library():
+    for package in ("engine", "kernels", "formats"):
+        for path in (REPO / package).glob("*.py"):
+            if path.name == "bench.py":  # the compression benchmark runs faiss baselines by design
+                continue
+            assert "faiss" not in _imports(path), f"{path.relative_to(REPO)} imports faiss"
+
+
+def test_no_pickle_anywhere():
+    for folder in ("engine", "kernels", "formats", "tests", "bench"):
+        for path in (REPO / folder).rglob("*.py"):
+            text = path.read_text()
+            if path.name == "test_layout.py":
+                continue
+            assert "import pickle" not in text and "allow_pickle=True" not in text, f"pickle in {path}"
+
+
+def test_numba_jit_is_on_and_every_kernel_is_cached():
+    assert not numba.config.DISABLE_JIT, "NUMBA_DISABLE_JIT is set: kernels would run as slow Python"
+    import kernels
+
+    dispatchers = 0
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"kernels.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.__module__ == module.__name__:
+                dispatchers += 1
+                assert obj._cache.__class__.__name__ == "FunctionCache", f"{module.__name__}.{name} lacks cache=True"
+                assert obj.targetoptions.get("nogil"), f"{module.__name__}.{name} lacks nogil=True"
+    assert dispatchers >= 20, f"expected the jitted kernels, found {dispatchers}"
