@@ -1,10 +1,13 @@
 """Typed errors of vecz, rooted in `VeczError`.
 
-Each error also inherits the builtin it refines, so `except ValueError` keeps working for
+The root and the errors raised while reading files are defined in formats/errors.py (imports
+flow engine -> formats) and re-exported here. Each error also inherits the builtin it refines, so `except ValueError` keeps working for
 callers that do not know vecz. Messages say what was expected and what was found.
 """
 
 from __future__ import annotations
+
+from formats.errors import DatasetNotFound, DimensionMismatch, FormatError, InvalidInput, VeczError
 
 __all__ = [
     "VeczError",
@@ -12,23 +15,13 @@ __all__ = [
     "DimensionMismatch",
     "InvalidInput",
     "NotTrained",
+    "FormatError",
+    "DatasetNotFound",
 ]
-
-
-class VeczError(Exception):
-    """Root of every error vecz raises on purpose."""
 
 
 class CodecSpecError(VeczError, ValueError):
     """A codec spec string (or config) is malformed, or does not fit the dimension."""
-
-
-class DimensionMismatch(VeczError, ValueError):
-    """An array's width differs from the dimension the codec or store was made for."""
-
-
-class InvalidInput(VeczError, ValueError):
-    """Vectors or arguments that cannot be used: NaN or inf, wrong dtype, k <= 0, ..."""
 
 
 class NotTrained(VeczError, RuntimeError):

@@ -368,7 +368,9 @@ def test_config_and_state_rebuild_an_identical_codec(spec, metric):
     assert ra.stats == rb.stats
     # without state: same config, untrained
     bare = Codec.from_config(config2)
-    assert bare == codec and not bare.is_trained
+    # equality covers the trained state: an untrained twin equals only untrained twins
+    assert bare != codec and bare == Codec.from_config(config2) and not bare.is_trained
+    assert Codec.from_config(config2, codec.state()) == codec
 
 
 def test_from_config_rejects_bad_configs_and_state():

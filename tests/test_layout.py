@@ -19,7 +19,7 @@ ALLOWED = {
     "kernels": {"numpy", "numba", "llvmlite", "kernels", "__future__"},
     "formats": {"numpy", "numba", "llvmlite", "pyarrow", "zstandard", "kernels", "formats", "__future__"},
 }
-STDLIB_OK = {"typing", "dataclasses", "json", "re", "math", "os", "io", "struct", "zlib", "pathlib", "hashlib", "enum"}
+STDLIB_OK = {"typing", "dataclasses", "json", "re", "math", "os", "io", "struct", "zlib", "pathlib", "hashlib", "enum", "gzip"}
 
 
 def _imports(path: Path) -> set[str]:
