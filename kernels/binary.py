@@ -325,22 +325,36 @@ def hamming_scan_batch(q_words, db_words, ids, k):
 
 
 @jit
-def _sdc_dot(q_words, x_words, dim):
-    # <s_q, s_x> with s = sum_l 2**-l s_l; <s_a, s_b> per level pair = dim - 2 * hamming.
+def _sdc_weighted_hamming(q_words, words, i):
+    # sum over level pairs of 2**(top - la - lb) * hamming(q_la, x_lb), top = (bq - 1) + (bx - 1):
+    # integer weights keep the sum exact; indexing words[i, lb, w] avoids a view per row.
     n_levels = q_words.shape[0]
     n_words = q_words.shape[1]
-    total = 0.0
-    wa = 1.0
+    x_levels = words.shape[1]
+    top = (n_levels - 1) + (x_levels - 1)
+    weighted = np.int64(0)
     for la in range(n_levels):
-        wb = 1.0
-        for lb in range(x_words.shape[0]):
+        for lb in range(x_levels):
             h = np.uint64(0)
             for w in range(n_words):
-                h += popcount64(q_words[la, w] ^ x_words[lb, w])
-            total += wa * wb * (dim - 2.0 * np.float64(h))
-            wb *= 0.5
-        wa *= 0.5
-    return total
+                h += popcount64(q_words[la, w] ^ words[i, lb, w])
+            weighted += np.int64(h) << (top - la - lb)
+    return weighted
+
+
+@jit
+def _sdc_constants(n_levels, x_levels, dim):
+    # <s_q, s_x> = c0 - c1 * weighted, with s = sum_l 2**-l s_l and <s_a, s_b> = dim - 2 hamming.
+    wsum_q = 2.0 - 2.0 ** (1 - n_levels)
+    wsum_x = 2.0 - 2.0 ** (1 - x_levels)
+    return dim * wsum_q * wsum_x, 2.0 / 2.0 ** ((n_levels - 1) + (x_levels - 1))
+
+
+@jit
+def _sdc_dot(q_words, words, i, dim):
+    """<s_q, s_x> for row i of words (n, bx, W), exact."""
+    c0, c1 = _sdc_constants(q_words.shape[0], words.shape[1], dim)
+    return c0 - c1 * np.float64(_sdc_weighted_hamming(q_words, words, i))
 
 
 @jit
@@ -354,13 +368,15 @@ def rb_sdc_scan(q_words, q_scale, words, factors, ids, list_offsets, probes, pro
     """
     heap_scores, heap_ids = topk_init(k)
     n_tables = q_words.shape[0]
+    c0, c1 = _sdc_constants(q_words.shape[1], words.shape[1], dim)
     for p in range(probes.shape[0]):
         lst = probes[p]
         if lst < 0:
             continue
         t = p if n_tables > 1 else 0
+        qw = q_words[t]
         for i in range(list_offsets[lst], list_offsets[lst + 1]):
-            est = q_scale[t] * factors[i, 0] * _sdc_dot(q_words[t], words[i], dim)
+            est = q_scale[t] * factors[i, 0] * (c0 - c1 * np.float64(_sdc_weighted_hamming(qw, words, i)))
             if is_l2:
                 s = np.float32(-(probe_q_sq[p] - 2.0 * est + factors[i, 1]))
             else:

@@ -276,7 +276,7 @@ def test_sdc_dot_exact(b_q, b_x, dim, seed):
     mask = np.packbits(np.arange(nbytes * 8) < dim, bitorder="little")  # padding bits zero
     qb = rng.integers(0, 256, size=(b_q, nbytes)).astype(np.uint8) & mask
     xb = rng.integers(0, 256, size=(b_x, nbytes)).astype(np.uint8) & mask
-    got = binary._sdc_dot(binary.rb_words(qb[None])[0], binary.rb_words(xb[None])[0], dim)
+    got = binary._sdc_dot(binary.rb_words(qb[None])[0], binary.rb_words(xb[None]), 0, dim)
     assert got == sdc_dot_ref(qb, xb, dim)
 
 
