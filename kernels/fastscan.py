@@ -190,6 +190,13 @@ def fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes, prob
         tab = qluts[t]
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
             fs_block_accumulate(blocks, b, tab, acc)
+            # Once the heap is full most blocks hold nothing better: one vectorised max over
+            # the 32 sums rules the block out before any per-row float work.
+            top = acc[0]
+            for v in range(1, BLOCK):
+                top = max(top, acc[v])
+            if np.float32(base + step * np.float32(top)) < heap_scores[0]:
+                continue
             row0 = b * BLOCK
             for v in range(BLOCK):
                 idx = block_ids[row0 + v]
