@@ -41,19 +41,34 @@ def sq_train(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vmin.astype(np.float32), vdiff.astype(np.float32)
 
 
+@jit_batch
+def _encode_batch(x, vmin, vdiff, nbits):
+    n, dim = x.shape
+    levels = (1 << nbits) - 1
+    width = dim if nbits == 8 else (dim + 1) // 2
+    out = np.zeros((n, width), dtype=np.uint8)
+    inv = np.empty(dim, dtype=np.float32)
+    for d in range(dim):
+        inv[d] = levels / vdiff[d] if vdiff[d] > 0 else np.float32(0.0)
+    for i in prange(n):
+        for d in range(dim):
+            u = np.rint((x[i, d] - vmin[d]) * inv[d])  # zero-range dims: inv = 0 -> code 0
+            u = min(max(u, 0.0), levels)
+            if nbits == 8:
+                out[i, d] = np.uint8(u)
+            elif d % 2 == 0:
+                out[i, d >> 1] |= np.uint8(u)
+            else:
+                out[i, d >> 1] |= np.uint8(u) << 4
+    return out
+
+
 def sq_encode(x: np.ndarray, vmin: np.ndarray, vdiff: np.ndarray, nbits: int) -> np.ndarray:
     """Codes uint8: (n, dim) for 8 bits, (n, ceil(dim/2)) packed nibbles for 4 bits."""
-    levels = (1 << nbits) - 1
-    x = np.asarray(x, dtype=np.float32)
-    safe = np.where(vdiff > 0, vdiff, 1.0)
-    u = np.rint((x - vmin) / safe * levels)
-    u = np.where(vdiff > 0, np.clip(u, 0, levels), 0).astype(np.uint8)
-    if nbits == 8:
-        return np.ascontiguousarray(u)
-    n, dim = u.shape
-    if dim % 2:
-        u = np.concatenate([u, np.zeros((n, 1), np.uint8)], axis=1)
-    return np.ascontiguousarray(u[:, 0::2] | (u[:, 1::2] << 4))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    vmin = np.ascontiguousarray(vmin, dtype=np.float32)
+    vdiff = np.ascontiguousarray(vdiff, dtype=np.float32)
+    return _encode_batch(x, vmin, vdiff, nbits)
 
 
 def sq_unpack(codes: np.ndarray, dim: int, nbits: int) -> np.ndarray:
