@@ -46,7 +46,7 @@ from kernels import transform
 from .codecs import METRICS, F16, MRL, IVF, PQ, RB, SQ, Codec, Flat, code_size, parse_spec
 from formats.importers import read_fvecs, read_ids, read_texts, read_vectors
 
-from .errors import CodecSpecError, DatasetNotFound, FormatError, InvalidInput, DimensionMismatch
+from .errors import CodecSpecError, DatasetNotFound, InvalidInput, DimensionMismatch
 
 __all__ = [
     "DEFAULT_CODECS",
@@ -686,7 +686,7 @@ def run_bench(
         for r in rerank:
             kk = max(k, r)
 
-            def search(q: np.ndarray, r: int = r, kk: int = kk) -> np.ndarray:
+            def search(q: np.ndarray, r: int = r, kk: int = kk, index: Any = index) -> np.ndarray:
                 ids = index.search(q, kk, nprobe=nprobe).ids
                 if r == 0:
                     return ids[:, :k]

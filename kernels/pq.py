@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit, jit_batch, jit_batch_fast, jit_fast
+from ._jit import jit, jit_batch, jit_batch_fast
 from .kmeans import kmeans_fit
 from .topk import topk_init, topk_push, topk_sort
 
