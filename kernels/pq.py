@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit, jit_batch, jit_batch_fast
-from .kmeans import kmeans_fit
+from ._jit import jit, jit_batch
+from .kmeans import kmeans_assign, kmeans_fit
 from .topk import topk_init, topk_push, topk_sort
 
 __all__ = [
@@ -66,37 +66,14 @@ def pq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int = 
     return books
 
 
-@jit_batch_fast
-def _encode_batch(xp, books_t):
-    # books_t (M, dsub, ksub): centroids innermost so the distance loop vectorises.
-    n = xp.shape[0]
-    m, dsub, ksub = books_t.shape
-    codes = np.empty((n, m), dtype=np.uint8)
-    chunk = 256  # rows per task: one distance buffer per task, not per row
-    for ch in prange((n + chunk - 1) // chunk):
-        d = np.empty(ksub, dtype=np.float32)
-        for i in range(ch * chunk, min(n, (ch + 1) * chunk)):
-            for j in range(m):
-                d[:] = 0.0
-                for t in range(dsub):
-                    xv = xp[i, j * dsub + t]
-                    for c in range(ksub):
-                        diff = xv - books_t[j, t, c]
-                        d[c] += diff * diff
-                best_c = 0
-                best = d[0]
-                for c in range(1, ksub):
-                    if d[c] < best:
-                        best = d[c]
-                        best_c = c
-                codes[i, j] = best_c
-    return codes
-
-
 def pq_encode(x: np.ndarray, books: np.ndarray) -> np.ndarray:
-    """Nearest centroid per sub-space: uint8 (n, M)."""
-    books_t = np.ascontiguousarray(np.asarray(books, dtype=np.float32).transpose(0, 2, 1))
-    return _encode_batch(pq_pad(np.asarray(x, dtype=np.float32), books.shape[0]), books_t)
+    """Nearest centroid per sub-space: uint8 (n, M) (k-means assignment on each sub-space)."""
+    m, _, dsub = books.shape
+    xp = pq_pad(np.asarray(x, dtype=np.float32), m)
+    codes = np.empty((xp.shape[0], m), dtype=np.uint8)
+    for j in range(m):
+        codes[:, j] = kmeans_assign(xp[:, j * dsub : (j + 1) * dsub], books[j])[0]
+    return codes
 
 
 def pq_decode(codes: np.ndarray, books: np.ndarray, dim: int) -> np.ndarray:

@@ -57,9 +57,8 @@ def test_no_pickle_anywhere():
     for folder in ("engine", "kernels", "formats", "tests", "bench"):
         for path in (REPO / folder).rglob("*.py"):
             text = path.read_text()
-            if path.name == "test_layout.py":
-                continue
-            assert "import pickle" not in text and "allow_pickle=True" not in text, f"pickle in {path}"
+            for banned in ("import " + "pickle", "allow_" + "pickle=True"):  # split: this file stays clean
+                assert banned not in text, f"{banned!r} in {path}"
 
 
 def test_numba_jit_is_on_and_every_kernel_is_cached():
