@@ -74,7 +74,13 @@ def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, 
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
         low = ir.Constant(v8, [15] * 32)
         four = ir.Constant(v8, [4] * 32)
-        acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(v16, [0] * 32))
+        w16 = ir.VectorType(ir.IntType(16), 16)
+        eight = ir.Constant(w16, [8] * 16)
+        # No widening (faiss's trick): a shuffle result read as 16 uint16 words adds
+        # row 2i + 256 * row 2i+1 into `all`, and its high bytes alone into `odd`; at the end
+        # even rows = all - 256 * odd (mod 2**16, the same wrap-around as a uint16 sum).
+        all_ptr = cgutils.alloca_once_value(builder, ir.Constant(w16, [0] * 16))
+        odd_ptr = cgutils.alloca_once_value(builder, ir.Constant(w16, [0] * 16))
         with cgutils.for_range(builder, n_pairs) as loop:
             j = loop.index
             codes_ptr = builder.bitcast(builder.gep(base, [builder.mul(j, ir.Constant(i64, 32))]), v8.as_pointer())
@@ -85,10 +91,16 @@ def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, 
             t0 = builder.load(builder.bitcast(builder.gep(lut_base, [t_off]), v8.as_pointer()), align=1)
             t1 = builder.load(builder.bitcast(builder.gep(lut_base, [builder.add(t_off, ir.Constant(i64, 32))]),
                                               v8.as_pointer()), align=1)
-            r0 = builder.zext(builder.call(fn, [t0, lo]), v16)
-            r1 = builder.zext(builder.call(fn, [t1, hi]), v16)
-            builder.store(builder.add(builder.load(acc_ptr), builder.add(r0, r1)), acc_ptr)
-        builder.store(builder.load(acc_ptr), builder.bitcast(out_a.data, v16.as_pointer()), align=1)
+            r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
+            r1 = builder.bitcast(builder.call(fn, [t1, hi]), w16)
+            builder.store(builder.add(builder.load(all_ptr), builder.add(r0, r1)), all_ptr)
+            odd = builder.add(builder.lshr(r0, eight), builder.lshr(r1, eight))
+            builder.store(builder.add(builder.load(odd_ptr), odd), odd_ptr)
+        odd_sum = builder.load(odd_ptr)
+        even_sum = builder.sub(builder.load(all_ptr), builder.shl(odd_sum, eight))
+        mask = [i // 2 + (16 if i % 2 else 0) for i in range(32)]  # interleave even, odd rows
+        acc = builder.shuffle_vector(even_sum, odd_sum, ir.Constant(ir.VectorType(ir.IntType(32), 32), mask))
+        builder.store(acc, builder.bitcast(out_a.data, v16.as_pointer()), align=1)
         return context.get_dummy_value()
 
     return sig, codegen
