@@ -14,15 +14,14 @@ Environment: VECZ_BENCH_NQ (queries), VECZ_BENCH_NTRAIN (training rows), VECZ_BE
 
 from __future__ import annotations
 
-import ctypes
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import faiss
 import numpy as np
 
+from engine.bench import set_blas_threads
 from engine.codecs import CodeIndex
 
 __all__ = [
@@ -110,26 +109,9 @@ def recall_at_k(ids: np.ndarray, gt: np.ndarray, k: int = K) -> float:
 
 
 def blas_single_thread() -> dict[str, int]:
-    """Limit every OpenBLAS loaded in the process (numpy's, faiss's) to one thread.
-
-    threadpoolctl is not a dependency; the libraries are found as it finds them, in the
-    process's memory map. Returns {library file: threads read back}.
-    """
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for path in sorted(set(re.findall(r"(/\S*openblas\S*\.so[.\d]*)", maps))):
-        lib = ctypes.CDLL(path)
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            if setter is not None and getter is not None:
-                setter(1)
-                out[Path(path).name] = int(getter())
-                break
-    return out
+    """Limit every BLAS loaded in the process (numpy's, faiss's) to one thread; returns
+    {library file: threads read back} (engine.bench.set_blas_threads, via threadpoolctl)."""
+    return set_blas_threads(1)
 
 
 # --------------------------------------------------------------------------- sizes

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from kernels import transform
 
@@ -71,6 +72,7 @@ __all__ = [
     "parse_codecs",
     "parse_rerank",
     "set_threads",
+    "set_blas_threads",
     "run_bench",
     "best_compressed",
     "format_table",
@@ -499,35 +501,14 @@ def parse_rerank(text: str, k: int) -> list[int]:
     return list(dict.fromkeys(depths))
 
 
-def _set_blas_threads(n: int) -> dict[str, int]:
-    """Set every OpenBLAS loaded in the process (numpy's, faiss's) to `n` threads.
+def set_blas_threads(n: int) -> dict[str, int]:
+    """Set every BLAS loaded in the process (numpy's and faiss's OpenBLAS alike) to `n` threads.
 
-    Both sides call BLAS (query rotations, training), so "same threads" covers it too. The
-    libraries are found as bench/harness.py's `blas_single_thread` finds them (threadpoolctl
-    is not a dependency): in the process's memory map. Returns {library file: threads read
-    back}; empty where /proc is absent.
+    Both sides call BLAS (query rotations, training), so "same threads" covers it too.
+    threadpoolctl finds the libraries; returns {library file: threads read back}.
     """
-    import ctypes
-    import re
-
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for path in sorted(set(re.findall(r"(/\S*openblas\S*\.so[.\d]*)", maps))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            if setter is not None and getter is not None:
-                setter(n)
-                out[Path(path).name] = int(getter())
-                break
-    return out
+    threadpool_limits(n, user_api="blas")  # not a context: the limit stays for the run
+    return {Path(i["filepath"]).name: int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
 
 
 def set_threads(threads: int | None, with_faiss: bool) -> dict[str, Any]:
@@ -551,7 +532,7 @@ def set_threads(threads: int | None, with_faiss: bool) -> dict[str, Any]:
 
         faiss.omp_set_num_threads(n)
         info["faiss_omp"] = faiss.omp_get_max_threads()
-    info["openblas"] = _set_blas_threads(n)
+    info["openblas"] = set_blas_threads(n)
     return info
 
 

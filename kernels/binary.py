@@ -189,19 +189,27 @@ def rb_decode(bits: np.ndarray, factors: np.ndarray, dim: int) -> np.ndarray:
     return (s * alpha[:, None]).astype(np.float32)
 
 
-def rb_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
-    """Asymmetric tables float32 (nq, b * nbytes, 256) for queries q (nq, dim) (rotated)."""
+def _sign_tables(q: np.ndarray, n_levels: int, symbol_bits: int) -> np.ndarray:
+    # Tables over symbols of `symbol_bits` consecutive sign bits (8: a byte, 4: a nibble):
+    # entry [(l, symbol j), v] = 2**-l * sum_t q[symbol_bits * j + t] * (2 * bit_t(v) - 1).
     q = np.atleast_2d(np.asarray(q, dtype=np.float32))
     nq, dim = q.shape
     nbytes = rb_nbytes(dim)
     qp = np.zeros((nq, nbytes * 8), dtype=np.float32)
     qp[:, :dim] = q
-    qp = qp.reshape(nq, nbytes, 8)
-    pm = 2.0 * np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") - 1.0
-    base = np.einsum("qjt,vt->qjv", qp, pm.astype(np.float32))  # (nq, nbytes, 256)
+    n_symbols = nbytes * 8 // symbol_bits
+    qp = qp.reshape(nq, n_symbols, symbol_bits)
+    values = np.arange(1 << symbol_bits, dtype=np.uint8)[:, None]
+    pm = 2.0 * np.unpackbits(values, axis=1, bitorder="little")[:, :symbol_bits] - 1.0
+    base = np.einsum("qjt,vt->qjv", qp, pm.astype(np.float32))
     weights = (0.5 ** np.arange(n_levels)).astype(np.float32)
     out = weights[None, :, None, None] * base[:, None, :, :]
-    return np.ascontiguousarray(out.reshape(nq, n_levels * nbytes, 256), dtype=np.float32)
+    return np.ascontiguousarray(out.reshape(nq, n_levels * n_symbols, 1 << symbol_bits), dtype=np.float32)
+
+
+def rb_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
+    """Asymmetric tables float32 (nq, b * nbytes, 256) for queries q (nq, dim) (rotated)."""
+    return _sign_tables(q, n_levels, 8)
 
 
 @jit
@@ -265,17 +273,7 @@ def rb_nibbles(bits: np.ndarray) -> np.ndarray:
 def rb_nibble_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
     """Fast-scan tables float32 (nq, 2 * b * nbytes, 16) matching `rb_nibbles`: entry
     [(l * nbytes + j) * 2 + h, v] = 2**-l * sum_t q[8j + 4h + t] * (2 * bit_t(v) - 1)."""
-    q = np.atleast_2d(np.asarray(q, dtype=np.float32))
-    nq, dim = q.shape
-    nbytes = rb_nbytes(dim)
-    qp = np.zeros((nq, nbytes * 8), dtype=np.float32)
-    qp[:, :dim] = q
-    qp = qp.reshape(nq, nbytes * 2, 4)
-    pm = 2.0 * np.unpackbits(np.arange(16, dtype=np.uint8)[:, None], axis=1, bitorder="little")[:, :4] - 1.0
-    base = np.einsum("qjt,vt->qjv", qp, pm.astype(np.float32))  # (nq, 2 * nbytes, 16)
-    weights = (0.5 ** np.arange(n_levels)).astype(np.float32)
-    out = weights[None, :, None, None] * base[:, None, :, :]
-    return np.ascontiguousarray(out.reshape(nq, n_levels * nbytes * 2, 16), dtype=np.float32)
+    return _sign_tables(q, n_levels, 4)
 
 
 def rb_words(bits: np.ndarray) -> np.ndarray:

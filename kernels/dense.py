@@ -24,22 +24,6 @@ __all__ = ["f16_to_f32", "dense_scan", "dense_scan_batch"]
 
 
 @intrinsic
-def f16_to_f32(typingctx, bits):
-    """Widen a float16 given as its uint16 bit pattern to float32 (exact)."""
-    if not isinstance(bits, types.Integer):
-        return None
-    sig = types.float32(types.uint16)
-
-    def codegen(context, builder, signature, args):
-        (val,) = args
-        val = context.cast(builder, val, signature.args[0], types.uint16)
-        half = builder.bitcast(val, ir.HalfType())
-        return builder.fpext(half, ir.FloatType())
-
-    return sig, codegen
-
-
-@intrinsic
 def _widen(typingctx, value):
     # float32 rows pass through; uint16 rows are float16 bit patterns.
     if isinstance(value, types.Float):
@@ -57,6 +41,12 @@ def _widen(typingctx, value):
 
         return sig, codegen
     return None
+
+
+@jit
+def f16_to_f32(bits):
+    """Widen a float16 given as its uint16 bit pattern to float32 (exact)."""
+    return _widen(np.uint16(bits))
 
 
 @jit_fast

@@ -155,6 +155,22 @@ def _update(x, labels, k):
     return sums, counts
 
 
+def _distinct_rows_at_most(x: np.ndarray, k: int) -> np.ndarray | None:
+    """The distinct rows of x if there are at most k of them, else None.
+
+    The first 2k rows decide cheaply in the usual case (more than k distinct among them);
+    only then is the whole sample deduplicated (0.6 s for 65,536 x 384 rows otherwise)."""
+    def unique(rows: np.ndarray) -> np.ndarray:
+        keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
+        _, first = np.unique(keys, return_index=True)
+        return rows[np.sort(first)]
+
+    if unique(x[: 2 * k]).shape[0] > k:
+        return None
+    rows = unique(x)
+    return rows if rows.shape[0] <= k else None
+
+
 def kmeans_fit(
     x: np.ndarray,
     k: int,
@@ -167,7 +183,7 @@ def kmeans_fit(
     """Train k centroids on the rows of x (squared L2 k-means).
 
     With at most k distinct rows, those rows become the centroids (repeated), so a training
-    vector always encodes to itself. (Distinct rows are counted when n <= 64 k, the only
+    vector always encodes to itself. (Distinct rows are looked for when n <= 64 k, the only
     case where duplicates can leave fewer than k of them in practice.) Empty clusters are re-seeded by splitting the
     most populated cluster (its centroid plus and minus a small symmetric perturbation), as
     faiss does, so no centroid is wasted.
@@ -179,8 +195,8 @@ def kmeans_fit(
     if n == 0:
         raise ValueError("k-means needs at least one training vector, found 0")
     rng = np.random.default_rng(seed)
-    distinct = np.unique(x, axis=0) if n <= 64 * k else x[:0]
-    if n <= k or 0 < distinct.shape[0] <= k:
+    distinct = _distinct_rows_at_most(x, k) if k < n <= 64 * k else None
+    if n <= k or distinct is not None:
         rows = x if n <= k else distinct
         reps = np.resize(np.arange(rows.shape[0]), k)
         return rows[reps].copy()

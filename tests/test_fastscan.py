@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import fastscan, pq
+from kernels import binary, fastscan, pq
 from tests.reference.ivf import random_layout, random_probes
 from tests.reference.pq import fastscan_accumulate_ref, fs_layout_ref, pq_scan_candidates_ref
 from tests.reference.topk import assert_topk_exact
@@ -218,3 +218,36 @@ def test_scan_of_pq4_codes_end_to_end(n, m, seed):
     cand_i, cand_s = _exact_candidates(qluts[0], steps[0], biases[0], codes, ids, offsets,
                                        np.zeros(1, np.int64), np.zeros(1, np.float32), m)
     assert_topk_exact(s, i, cand_s, cand_i, n + 3)
+
+
+@SETTINGS
+@given(n=st.integers(1, 70), dim=st.sampled_from([1, 7, 8, 13, 64]), levels=st.integers(1, 4),
+       is_l2=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_rb_fast_scan_matches_float_tables(n, dim, levels, is_l2, seed):
+    # RB through the fast scan (kernels.fastscan.fs_scan_factors, level-0 tables quantized to
+    # uint8) against the float-table scorer kernels.binary.rb_lut_scan: every row's score
+    # within the rounding bound |g| * 2 * (bytes per level) * step (each of the 2 * nbytes
+    # nibble tables of a level rounds by <= step/2, and the level weights sum to < 2).
+    rng = np.random.default_rng(seed)
+    nbytes = binary.rb_nbytes(dim)
+    mask = np.packbits(np.arange(nbytes * 8) < dim, bitorder="little")
+    bits = (rng.integers(0, 256, size=(n, levels, nbytes)).astype(np.uint8) & mask)
+    factors = np.abs(rng.standard_normal((n, 2))).astype(np.float32) + 0.1
+    ids = np.arange(n, dtype=np.int64)
+    offsets = np.array([0, n], dtype=np.int64)
+    q = rng.standard_normal((1, dim)).astype(np.float32)
+    probes = np.zeros(1, dtype=np.int64)
+    bias = np.full(1, 0.25, dtype=np.float32)
+    q_sq = np.full(1, float((q * q).sum()) + 1.0, dtype=np.float32)
+    ref_s, ref_i = binary.rb_lut_scan(binary.rb_lut(q, levels), bits.reshape(n, -1), factors, ids, offsets,
+                                      probes, bias, q_sq, is_l2, n)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
+    row_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
+    qluts, steps, biases = fastscan.fs_quantize_lut(binary.rb_nibble_lut(q, 1)[:, None])
+    got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
+                                            block_offsets, probes, bias, q_sq, is_l2, n)
+    assert sorted(got_i.tolist()) == list(range(n))
+    ref = dict(zip(ref_i.tolist(), ref_s.tolist()))
+    bound = factors[:, 0] * 2 * nbytes * float(steps[0, 0]) * (2 if is_l2 else 1) + 1e-4
+    for idx, score in zip(got_i.tolist(), got_s.tolist()):
+        assert abs(score - ref[idx]) <= bound[idx] * 1.001, (idx, score, ref[idx], bound[idx])

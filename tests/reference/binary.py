@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ivf import probed_rows
+
 __all__ = [
     "popcount_ref",
     "hamming_ref",
@@ -156,18 +158,15 @@ def rb_lut_candidates_ref(qs, bits, factors, ids, list_offsets, probes, probe_bi
     qs (L, dim) holds the (rotated) query per table, L = 1 or P."""
     s = rb_signs_ref(bits, dim)
     out_ids, out_s = [], []
-    for p, lst in enumerate(probes):
-        if lst < 0:
-            continue
-        q = np.asarray(qs[p if len(qs) > 1 else 0], dtype=np.float64)
-        for i in range(list_offsets[lst], list_offsets[lst + 1]):
-            est = float(factors[i, 0]) * float(s[i] @ q)
-            if is_l2:
-                sc = -(float(probe_q_sq[p]) - 2.0 * est + float(factors[i, 1]))
-            else:
-                sc = float(probe_bias[p]) + est
-            out_ids.append(ids[i])
-            out_s.append(sc)
+    qs = np.asarray(qs, dtype=np.float64)
+    for p, t, i in probed_rows(list_offsets, probes, len(qs)):
+        est = float(factors[i, 0]) * float(s[i] @ qs[t])
+        if is_l2:
+            sc = -(float(probe_q_sq[p]) - 2.0 * est + float(factors[i, 1]))
+        else:
+            sc = float(probe_bias[p]) + est
+        out_ids.append(ids[i])
+        out_s.append(sc)
     return np.array(out_ids, dtype=np.int64), np.array(out_s, dtype=np.float64)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ivf import probed_rows
+
 __all__ = ["widen_ref", "dense_candidates_ref"]
 
 
@@ -20,16 +22,13 @@ def dense_candidates_ref(qs, x, ids, list_offsets, probes, probe_bias, is_l2):
 
     ip: probe_bias + <q, x_i>; l2: -|q_t - x_i|^2 with qs (L, dim), L = 1 or P."""
     xw = widen_ref(x)
+    qs = np.asarray(qs, dtype=np.float64)
     out_ids, out_s = [], []
-    for p, lst in enumerate(probes):
-        if lst < 0:
-            continue
-        q = np.asarray(qs[p if len(qs) > 1 else 0], dtype=np.float64)
-        for i in range(list_offsets[lst], list_offsets[lst + 1]):
-            if is_l2:
-                sc = -float(((q - xw[i]) ** 2).sum())
-            else:
-                sc = float(probe_bias[p]) + float(q @ xw[i])
-            out_ids.append(ids[i])
-            out_s.append(sc)
+    for p, t, i in probed_rows(list_offsets, probes, len(qs)):
+        if is_l2:
+            sc = -float(((qs[t] - xw[i]) ** 2).sum())
+        else:
+            sc = float(probe_bias[p]) + float(qs[t] @ xw[i])
+        out_ids.append(ids[i])
+        out_s.append(sc)
     return np.array(out_ids, dtype=np.int64), np.array(out_s, dtype=np.float64)

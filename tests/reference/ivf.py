@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "probed_rows",
     "ivf_similarity_ref",
     "ivf_assign_ref",
     "ivf_layout_ref",
@@ -77,3 +78,13 @@ def random_probes(rng, nq, nlist, n_probe):
         out[q] = np.where(rng.random(n_probe) < 0.2, -1, out[q])
         rng.shuffle(out[q])
     return out
+
+
+def probed_rows(list_offsets, probes, n_tables):
+    """(probe index, table index, row) for every row of every probed list (probes -1 skipped);
+    the table is the probe's own when there is one per probe (n_tables > 1), else 0."""
+    for p, lst in enumerate(probes):
+        if lst < 0:
+            continue
+        for i in range(list_offsets[lst], list_offsets[lst + 1]):
+            yield p, (p if n_tables > 1 else 0), i

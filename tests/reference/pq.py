@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ivf import probed_rows
+
 __all__ = [
     "pq_pad_ref",
     "pq_sub_dists_ref",
@@ -90,13 +92,9 @@ def pq_scan_candidates_ref(luts, codes, ids, list_offsets, probes, probe_bias):
     out_ids, out_s = [], []
     luts = np.asarray(luts, dtype=np.float64)
     m = codes.shape[1]
-    for p, lst in enumerate(probes):
-        if lst < 0:
-            continue
-        lut = luts[p if luts.shape[0] > 1 else 0]
-        for i in range(list_offsets[lst], list_offsets[lst + 1]):
-            out_ids.append(ids[i])
-            out_s.append(float(probe_bias[p]) + sum(lut[j, codes[i, j]] for j in range(m)))
+    for p, t, i in probed_rows(list_offsets, probes, luts.shape[0]):
+        out_ids.append(ids[i])
+        out_s.append(float(probe_bias[p]) + sum(luts[t, j, codes[i, j]] for j in range(m)))
     return np.array(out_ids, dtype=np.int64), np.array(out_s, dtype=np.float64)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dense import dense_candidates_ref
+
 __all__ = ["sq_train_ref", "sq_levels_ref", "sq4_pack_ref", "sq_decode_ref", "sq_candidates_ref"]
 
 
@@ -52,17 +54,5 @@ def sq_candidates_ref(qs, u, vmin, vdiff, nbits, ids, list_offsets, probes, prob
     """Every candidate of one query: ids and float64 scores from reconstructed rows.
 
     ip: probe_bias + <q, x_hat>; l2: -|q_t - x_hat|^2, qs (L, dim) with L = 1 or P."""
-    x_hat = sq_decode_ref(u, vmin, vdiff, nbits)
-    out_ids, out_s = [], []
-    for p, lst in enumerate(probes):
-        if lst < 0:
-            continue
-        q = np.asarray(qs[p if len(qs) > 1 else 0], dtype=np.float64)
-        for i in range(list_offsets[lst], list_offsets[lst + 1]):
-            if is_l2:
-                sc = -float(((q - x_hat[i]) ** 2).sum())
-            else:
-                sc = float(probe_bias[p]) + float(q @ x_hat[i])
-            out_ids.append(ids[i])
-            out_s.append(sc)
-    return np.array(out_ids, dtype=np.int64), np.array(out_s, dtype=np.float64)
+    return dense_candidates_ref(qs, sq_decode_ref(u, vmin, vdiff, nbits), ids, list_offsets, probes, probe_bias,
+                                is_l2)
