@@ -17,6 +17,13 @@ idea of faiss's fast-scan (André et al.) in a simpler layout of our own:
 `fs_block_accumulate` emits the loop in LLVM IR with the AVX2 `pshuf.b` intrinsic when the
 host has AVX2 (checked once at import) and otherwise runs a scalar loop with identical
 integer results. Reference: tests/reference/pq.py (`fastscan_accumulate_ref`).
+
+Batches of queries that probe the same lists (every query without IVF) are scanned by the
+`*_multi` kernels: each block's code bytes are loaded and split into nibbles once for
+LANES queries (faiss's `qbs`), and the per-block float work (RB level sums, bounds) runs on
+all lanes at once in vector IR. RB scans skip a block whose best possible score, bounded
+from per-block factor ranges (`fs_block_bounds`), cannot enter the heap. Both only save
+work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py).
 """
 
 from __future__ import annotations
@@ -33,16 +40,25 @@ from .topk import topk_init, topk_push, topk_sort
 
 __all__ = [
     "BLOCK",
+    "LANES",
     "HAS_SHUFFLE",
     "fs_layout",
     "fs_quantize_lut",
     "fs_block_accumulate",
     "fs_block_accumulate_range",
+    "fs_block_accumulate_lanes",
+    "fs_block_accumulate_group",
     "fs_scan",
     "fs_scan_batch",
+    "fs_scan_multi",
+    "fs_scan_multi_batch",
     "fs_scan_factors",
     "fs_scan_factors_batch",
+    "fs_scan_factors_multi",
+    "fs_scan_factors_multi_batch",
     "fs_row_values",
+    "fs_block_bounds",
+    "fs_query_groups",
 ]
 
 BLOCK = 32
@@ -106,6 +122,240 @@ def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, 
     return sig, codegen
 
 
+def _make_shuffle_accumulate_lanes(n_lanes):
+    """`_shuffle_accumulate` for `n_lanes` queries at once: each pair's 32 code bytes are
+    loaded and split into nibbles once, then shuffled with every lane's tables (faiss's
+    `qbs`); the 2 * n_lanes accumulators stay in registers (AVX-512VL gives 32)."""
+
+    @intrinsic
+    def accumulate(typingctx, blocks, block_index, pair_start, pair_count, qluts, table, q_first, out):
+        """out[i] (32 x uint16) = acc of one block for query q_first + i (query q_first
+        again past the end of qluts: lanes without a query repeat one, results unused),
+        tables qluts[q, table, 0 : 2 * pair_count]; qluts (G, L, 2 * n_pairs, 32) with
+        rows of 32 contiguous bytes, out (n_lanes, 32)."""
+        sig = types.void(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out)
+
+        def codegen(context, builder, signature, args):
+            blocks_v, index_v, start_v, count_v, qlut_v, table_v, first_v, out_v = args
+            blocks_a = context.make_array(signature.args[0])(context, builder, blocks_v)
+            qlut_a = context.make_array(signature.args[4])(context, builder, qlut_v)
+            out_a = context.make_array(signature.args[7])(context, builder, out_v)
+            i8 = ir.IntType(8)
+            i64 = ir.IntType(64)
+            v8 = ir.VectorType(i8, 32)
+            v16 = ir.VectorType(ir.IntType(16), 32)
+            w16 = ir.VectorType(ir.IntType(16), 16)
+            row_pairs = builder.extract_value(blocks_a.shape, 1)
+            index = context.cast(builder, index_v, signature.args[1], types.int64)
+            first_pair = context.cast(builder, start_v, signature.args[2], types.int64)
+            n_pairs = context.cast(builder, count_v, signature.args[3], types.int64)
+            table = context.cast(builder, table_v, signature.args[5], types.int64)
+            q_first = context.cast(builder, first_v, signature.args[6], types.int64)
+            start = builder.mul(builder.add(builder.mul(index, row_pairs), first_pair), ir.Constant(i64, 32))
+            base = builder.gep(blocks_a.data, [start])
+            n_q = builder.extract_value(qlut_a.shape, 0)
+            q_stride = builder.extract_value(qlut_a.strides, 0)
+            t_stride = builder.extract_value(qlut_a.strides, 1)
+            row_stride = builder.extract_value(qlut_a.strides, 2)
+            lut_bytes = builder.bitcast(qlut_a.data, i8.as_pointer())
+            lane_luts = []
+            for lane in range(n_lanes):
+                q = builder.add(q_first, ir.Constant(i64, lane))
+                q = builder.select(builder.icmp_signed("<", q, n_q), q, q_first)
+                off = builder.add(builder.mul(q, q_stride), builder.mul(table, t_stride))
+                lane_luts.append(builder.gep(lut_bytes, [off]))
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
+            low = ir.Constant(v8, [15] * 32)
+            four = ir.Constant(v8, [4] * 32)
+            eight = ir.Constant(w16, [8] * 16)
+            zero = ir.Constant(w16, [0] * 16)
+            all_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
+            odd_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
+            with cgutils.for_range(builder, n_pairs) as loop:
+                j = loop.index
+                codes_ptr = builder.bitcast(builder.gep(base, [builder.mul(j, ir.Constant(i64, 32))]), v8.as_pointer())
+                codes = builder.load(codes_ptr, align=1)
+                lo = builder.and_(codes, low)
+                hi = builder.and_(builder.lshr(codes, four), low)
+                t_off = builder.mul(j, builder.add(row_stride, row_stride))
+                for lane in range(n_lanes):
+                    p0 = builder.gep(lane_luts[lane], [t_off])
+                    p1 = builder.gep(p0, [row_stride])
+                    t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
+                    t1 = builder.load(builder.bitcast(p1, v8.as_pointer()), align=1)
+                    r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
+                    r1 = builder.bitcast(builder.call(fn, [t1, hi]), w16)
+                    builder.store(builder.add(builder.load(all_ptrs[lane]), builder.add(r0, r1)), all_ptrs[lane])
+                    odd = builder.add(builder.lshr(r0, eight), builder.lshr(r1, eight))
+                    builder.store(builder.add(builder.load(odd_ptrs[lane]), odd), odd_ptrs[lane])
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 32), [i // 2 + (16 if i % 2 else 0) for i in range(32)])
+            out_bytes = builder.bitcast(out_a.data, i8.as_pointer())
+            out_stride = builder.extract_value(out_a.strides, 0)
+            for lane in range(n_lanes):
+                odd_sum = builder.load(odd_ptrs[lane])
+                even_sum = builder.sub(builder.load(all_ptrs[lane]), builder.shl(odd_sum, eight))
+                acc = builder.shuffle_vector(even_sum, odd_sum, mask)
+                dst = builder.gep(out_bytes, [builder.mul(ir.Constant(i64, lane), out_stride)])
+                builder.store(acc, builder.bitcast(dst, v16.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return accumulate
+
+
+def _splat(builder, x, vt):
+    v = cgutils.get_null_value(vt)
+    for i in range(vt.count):
+        v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), i))
+    return v
+
+
+def _lane_rows(context, builder, arr_type, arr_v, elem, n_lanes):
+    """Pointers to the n_lanes rows of 32 elements of a 2-D array, as <32 x elem>*."""
+    arr = context.make_array(arr_type)(context, builder, arr_v)
+    data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+    stride = builder.extract_value(arr.strides, 0)
+    vec = ir.VectorType(elem, 32).as_pointer()
+    return [builder.bitcast(builder.gep(data, [builder.mul(ir.Constant(ir.IntType(64), lane), stride)]), vec)
+            for lane in range(n_lanes)]
+
+
+def _make_lanes_postprocess(n_lanes):
+    """Vector post-processing of `n_lanes` accumulated blocks. Numba fully unrolls 32-row
+    loops and then leaves them scalar (measured: as long as the shuffles themselves), so
+    these are written as 32-wide vector IR."""
+
+    @intrinsic
+    def lanes_max(typingctx, acc, top):
+        """top[i] = max_v acc[i, v] (uint16) for i < n_lanes."""
+        sig = types.void(acc, top)
+
+        def codegen(context, builder, signature, args):
+            rows = _lane_rows(context, builder, signature.args[0], args[0], ir.IntType(16), n_lanes)
+            top_a = context.make_array(signature.args[1])(context, builder, args[1])
+            v16 = ir.VectorType(ir.IntType(16), 32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(16), [v16]),
+                                                "llvm.vector.reduce.umax.v32i16")
+            for lane in range(n_lanes):
+                m = builder.call(fn, [builder.load(rows[lane], align=1)])
+                builder.store(m, builder.gep(top_a.data, [ir.Constant(ir.IntType(64), lane)]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def lanes_comb(typingctx, acc, comb, w, first):
+        """comb[i] = (0 if first else comb[i]) + w * float32(acc[i]) for i < n_lanes, the
+        same IEEE float32 operations as `fs_scan_factors`'s per-row loop."""
+        sig = types.void(acc, comb, w, first)
+
+        def codegen(context, builder, signature, args):
+            f32 = ir.FloatType()
+            vf = ir.VectorType(f32, 32)
+            a_rows = _lane_rows(context, builder, signature.args[0], args[0], ir.IntType(16), n_lanes)
+            c_rows = _lane_rows(context, builder, signature.args[1], args[1], f32, n_lanes)
+            w = context.cast(builder, args[2], signature.args[2], types.float32)
+            first = context.cast(builder, args[3], signature.args[3], types.boolean)
+            wv = _splat(builder, w, vf)
+            for lane in range(n_lanes):
+                x = builder.fmul(wv, builder.uitofp(builder.load(a_rows[lane], align=1), vf))
+                old = builder.select(first, cgutils.get_null_value(vf), builder.load(c_rows[lane], align=1))
+                builder.store(builder.fadd(old, x), c_rows[lane], align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def lanes_bound(typingctx, comb, base, step, pbias, q_sq, q_first, block_bounds, block_index, is_l2, out):
+        """out[i] = the block bound of `fs_scan_factors` for lane i, vectorised over lanes:
+        comb (n_lanes, 32); base, step, pbias, q_sq float32 per query, read at q_first + i
+        (the arrays must reach q_first + n_lanes); block_bounds[block_index] = (max g, min g,
+        min |r|^2). NaN when a corner product is NaN (then the block is not skipped)."""
+        sig = types.void(comb, base, step, pbias, q_sq, q_first, block_bounds, block_index, is_l2, out)
+
+        def codegen(context, builder, signature, args):
+            (comb_v, base_v, step_v, pbias_v, qsq_v, first_v, bb_v, bidx_v, l2_v, out_v) = args
+            f32 = ir.FloatType()
+            f64 = ir.DoubleType()
+            i32 = ir.IntType(32)
+            i64 = ir.IntType(64)
+            vf = ir.VectorType(f32, n_lanes)
+            vd = ir.VectorType(f64, n_lanes)
+            rows = _lane_rows(context, builder, signature.args[0], comb_v, f32, n_lanes)
+            q_first = context.cast(builder, first_v, signature.args[5], types.int64)
+
+            def lanes(k, value):
+                a = context.make_array(signature.args[k])(context, builder, value)
+                return builder.load(builder.bitcast(builder.gep(a.data, [q_first]), vf.as_pointer()), align=1)
+
+            def reduce(x, op):
+                # halving tree of compare + select (vmaxps / vminps); llvm.vector.reduce.fmax
+                # keeps NaN semantics and lowers to a slow scalar chain (measured)
+                width = 32
+                while width > 1:
+                    width //= 2
+                    lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, width), list(range(width))))
+                    hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, width),
+                                                                  list(range(width, 2 * width))))
+                    x = builder.select(builder.fcmp_ordered(op, lo, hi), lo, hi)
+                return builder.extract_element(x, ir.Constant(i32, 0))
+
+            def vmax(x, y):
+                return builder.select(builder.fcmp_ordered(">", x, y), x, y)
+
+            cmax = cgutils.get_null_value(vf)
+            cmin = cgutils.get_null_value(vf)
+            for lane in range(n_lanes):
+                x = builder.load(rows[lane], align=1)
+                cmax = builder.insert_element(cmax, reduce(x, ">"), ir.Constant(i32, lane))
+                cmin = builder.insert_element(cmin, reduce(x, "<"), ir.Constant(i32, lane))
+            base = lanes(1, base_v)
+            step = lanes(2, step_v)
+            t_hi = builder.fadd(base, builder.fmul(step, cmax))
+            t_lo = builder.fadd(base, builder.fmul(step, cmin))
+            bb = context.make_array(signature.args[6])(context, builder, bb_v)
+            bidx = context.cast(builder, bidx_v, signature.args[7], types.int64)
+            row = builder.gep(builder.bitcast(bb.data, ir.IntType(8).as_pointer()),
+                              [builder.mul(bidx, builder.extract_value(bb.strides, 0))])
+            col = builder.extract_value(bb.strides, 1)
+
+            def bound_field(j):
+                at = builder.gep(row, [builder.mul(col, ir.Constant(i64, j))])
+                return builder.load(builder.bitcast(at, f32.as_pointer()))
+
+            gmax = _splat(builder, bound_field(0), vf)
+            gmin = _splat(builder, bound_field(1), vf)
+            rsq = bound_field(2)
+            corners = [builder.fmul(gmax, t_hi), builder.fmul(gmax, t_lo), builder.fmul(gmin, t_hi),
+                       builder.fmul(gmin, t_lo)]
+            est = vmax(vmax(corners[0], corners[1]), vmax(corners[2], corners[3]))
+            nan = builder.fcmp_unordered("uno", corners[0], corners[1])
+            nan = builder.or_(nan, builder.fcmp_unordered("uno", corners[2], corners[3]))
+            est = builder.select(nan, _splat(builder, ir.Constant(f32, float("nan")), vf), est)
+            ip = builder.fadd(lanes(3, pbias_v), est)
+            # l2 in float64 as the per-row formula: -(q_sq - 2.0 * est + |r|^2)
+            two = _splat(builder, ir.Constant(f64, 2.0), vd)
+            d = builder.fsub(builder.fpext(lanes(4, qsq_v), vd), builder.fmul(two, builder.fpext(est, vd)))
+            d = builder.fadd(d, _splat(builder, builder.fpext(rsq, f64), vd))
+            l2 = builder.fptrunc(builder.fneg(d), vf)
+            is_l2 = context.cast(builder, l2_v, signature.args[8], types.boolean)
+            out_a = context.make_array(signature.args[9])(context, builder, out_v)
+            builder.store(builder.select(is_l2, l2, ip), builder.bitcast(out_a.data, vf.as_pointer()), align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return lanes_max, lanes_comb, lanes_bound
+
+
+# Queries accumulated per pass over a code block in the multi-query scans (see
+# `fs_scan_multi`).
+LANES = 8
+_shuffle_accumulate_lanes = _make_shuffle_accumulate_lanes(LANES)
+_lanes_max, _lanes_comb, _lanes_bound = _make_lanes_postprocess(LANES)
+
+
 @jit
 def _scalar_accumulate(blocks, block_index, pair_start, pair_count, qluts, out):
     for v in range(BLOCK):
@@ -131,6 +381,49 @@ else:
         """acc[v] = sum_{j < pair_count} of the two table entries of pair pair_start + j
         (tables qluts[2j], qluts[2j + 1]) for the 32 rows of one block (uint16)."""
         _scalar_accumulate(blocks, block_index, pair_start, pair_count, qluts, out)
+
+
+@jit
+def _scalar_accumulate_lanes(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out):
+    n_q = qluts.shape[0]
+    for lane in range(out.shape[0]):
+        q = q_first + lane
+        if q >= n_q:
+            q = q_first
+        _scalar_accumulate(blocks, block_index, pair_start, pair_count, qluts[q, table], out[lane])
+
+
+if HAS_SHUFFLE:
+
+    @jit
+    def fs_block_accumulate_lanes(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out):
+        """out[i] = `fs_block_accumulate_range` of one block with the tables
+        qluts[q_first + i, table] for i < LANES (lanes past the last query repeat query
+        q_first); qluts (G, L, 2 * n_pairs, 32), out uint16 (LANES, 32)."""
+        _shuffle_accumulate_lanes(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out)
+
+else:
+
+    @jit
+    def fs_block_accumulate_lanes(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out):
+        """out[i] = `fs_block_accumulate_range` of one block with the tables
+        qluts[q_first + i, table] for i < LANES (lanes past the last query repeat query
+        q_first); qluts (G, L, 2 * n_pairs, 32), out uint16 (LANES, 32)."""
+        _scalar_accumulate_lanes(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out)
+
+
+@jit
+def fs_block_accumulate_group(blocks, block_index, pair_start, pair_count, qluts, table, q_first, n_lanes, out):
+    """out[i] = `fs_block_accumulate_range` of one block with the tables
+    qluts[q_first + i, table], i < n_lanes <= LANES (rows past n_lanes are left unspecified).
+    A pass of `fs_block_accumulate_lanes` over LANES = 8 queries costs 5.5-6.5 single-query
+    passes (measured on wordnet-minilm), so groups under 3/4 full take the single path."""
+    if 4 * n_lanes >= 3 * LANES:
+        fs_block_accumulate_lanes(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out)
+    else:
+        for lane in range(n_lanes):
+            fs_block_accumulate_range(blocks, block_index, pair_start, pair_count, qluts[q_first + lane, table],
+                                      out[lane])
 
 
 @jit
@@ -234,8 +527,101 @@ def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes
 
 
 @jit
-def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
-                    probe_bias, probe_q_sq, is_l2, k):
+def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k):
+    """`fs_scan` for a group of G queries that probe the same lists, one pass over the codes.
+
+    qluts (G, L, 2 * n_pairs, 32) with 32-byte rows contiguous, steps/biases (G, L), probes
+    (P,) shared by the group, probe_bias (G, P) -> scores float32 (G, k), ids int64 (G, k),
+    row g identical to `fs_scan` of query g. Each block's code bytes are loaded from memory
+    and split into nibbles once for LANES queries (`fs_block_accumulate_lanes`, faiss's
+    `qbs`), and the block maxima of all lanes come from one vector pass (`_lanes_max`)."""
+    n_q = qluts.shape[0]
+    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    acc = np.empty((LANES, BLOCK), dtype=np.uint16)
+    tops = np.empty(LANES, dtype=np.uint16)
+    bases = np.empty(n_q, dtype=np.float32)
+    n_tables = qluts.shape[1]
+    n_pairs = blocks.shape[1]
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        t = p if n_tables > 1 else 0
+        for g in range(n_q):
+            bases[g] = biases[g, t] + probe_bias[g, p]
+        for b in range(block_offsets[lst], block_offsets[lst + 1]):
+            row0 = b * BLOCK
+            for g0 in range(0, n_q, LANES):
+                n_lanes = min(LANES, n_q - g0)
+                fs_block_accumulate_group(blocks, b, 0, n_pairs, qluts, t, g0, n_lanes, acc)
+                _lanes_max(acc, tops)
+                for lane in range(n_lanes):
+                    # fs_scan's block loop, written out (a shared helper, even inlined in
+                    # Numba IR, cost 12% in fs_scan: measured)
+                    g = g0 + lane
+                    base = bases[g]
+                    step = steps[g, t]
+                    if np.float32(base + step * np.float32(tops[lane])) < heap_scores[g, 0]:
+                        continue
+                    hs = heap_scores[g]
+                    hi = heap_ids[g]
+                    for v in range(BLOCK):
+                        idx = block_ids[row0 + v]
+                        s = np.float32(base + step * np.float32(acc[lane, v]))
+                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
+                            topk_push(hs, hi, s, idx)
+    for g in range(n_q):
+        topk_sort(heap_scores[g], heap_ids[g])
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def fs_scan_multi_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, group_offsets,
+                        k):
+    """`fs_scan_multi` over groups of queries: group i is queries
+    group_offsets[i] : group_offsets[i + 1] (see `fs_query_groups`), which must all have the
+    probe row probes[group_offsets[i]]. Shapes as in `fs_scan_batch`; out (nq, k), each row
+    identical to `fs_scan_batch`'s."""
+    nq = qluts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for gi in prange(group_offsets.shape[0] - 1):
+        a = group_offsets[gi]
+        e = group_offsets[gi + 1]
+        if e > a:
+            s, i = fs_scan_multi(qluts[a:e], steps[a:e], biases[a:e], blocks, block_ids, block_offsets, probes[a],
+                                 probe_bias[a:e], k)
+            out_scores[a:e] = s
+            out_ids[a:e] = i
+    return out_scores, out_ids
+
+
+def fs_query_groups(probes: np.ndarray, group: int):
+    """Group queries for the multi-query drivers: queries with identical probe rows, at most
+    `group` per group. probes int64 (nq, P) -> order int64 (nq,) (queries permuted so that
+    groups are contiguous; the identity when every row is the same, e.g. without IVF) and
+    group_offsets int64 (n_groups + 1,) into that order."""
+    probes = np.asarray(probes)
+    nq = probes.shape[0]
+    group = max(1, int(group))
+    if nq == 0 or bool((probes == probes[:1]).all()):
+        order = np.arange(nq, dtype=np.int64)
+        starts = np.arange(0, nq, group, dtype=np.int64)
+    else:
+        order = np.lexsort(probes.T[::-1]).astype(np.int64)  # rows in lexicographic order
+        sp = probes[order]
+        new_run = np.ones(nq, dtype=bool)
+        new_run[1:] = (sp[1:] != sp[:-1]).any(axis=1)
+        run_start = np.flatnonzero(new_run)
+        rank = np.arange(nq) - run_start[np.cumsum(new_run) - 1]
+        starts = np.flatnonzero(rank % group == 0).astype(np.int64)
+    return order, np.append(starts, np.int64(nq)).astype(np.int64)
+
+
+@jit
+def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+                    probes, probe_bias, probe_q_sq, is_l2, k):
     """One query over RB codes (kernels/binary.py) through the fast scan.
 
     The sub-codes of a row are `n_levels` equal groups (one per sign level); level l's
@@ -245,12 +631,18 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     would spend the uint8 range on the largest level and round the small ones away.
     row_factors (n_blocks * 32, 2) holds (g, |r|^2) per block row; with est = g * t the
     score is probe_bias + est (ip) or -(probe_q_sq - 2 est + |r|^2) (l2), as in
-    `kernels.binary.rb_lut_scan`."""
+    `kernels.binary.rb_lut_scan`.
+
+    block_bounds float32 (n_blocks, 3) from `fs_block_bounds` (max g, min g, min |r|^2 over
+    a block's rows) skips a block whose best possible score is below the heap minimum
+    before any per-row work; an empty (0, 3) array turns skipping off. Results are the
+    same either way (see the bound below)."""
     heap_scores, heap_ids = topk_init(k)
     acc = np.empty(BLOCK, dtype=np.uint16)
     comb = np.empty(BLOCK, dtype=np.float32)
     n_tables = qluts.shape[0]
     level_pairs = blocks.shape[1] // n_levels
+    skip = block_bounds.shape[0] > 0
     level_sum = np.float32(0.0)
     w = np.float32(1.0)
     for _ in range(n_levels):
@@ -272,6 +664,35 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
                 for v in range(BLOCK):
                     comb[v] += w * np.float32(acc[v])
                 w *= np.float32(0.5)
+            if skip:
+                # Upper bound of every real row's score, rounded like the scores themselves:
+                # base + step * comb lies between its values at the min and max comb
+                # (float rounding is monotone) and g between the block's min and max, so
+                # est = g * t is at most the largest of the four corner products whatever
+                # the signs; l2 adds the smallest |r|^2. Skip only when strictly below the
+                # heap minimum: an equal score could still enter by a smaller id.
+                cmax = comb[0]
+                cmin = comb[0]
+                for v in range(1, BLOCK):
+                    cmax = max(cmax, comb[v])
+                    cmin = min(cmin, comb[v])
+                t_hi = base + step * cmax
+                t_lo = base + step * cmin
+                gmax = block_bounds[b, 0]
+                gmin = block_bounds[b, 1]
+                c0 = gmax * t_hi
+                c1 = gmax * t_lo
+                c2 = gmin * t_hi
+                c3 = gmin * t_lo
+                est = max(max(c0, c1), max(c2, c3))
+                if is_l2:
+                    bound = np.float32(-(probe_q_sq[p] - 2.0 * est + block_bounds[b, 2]))
+                else:
+                    bound = np.float32(probe_bias[p] + est)
+                # a NaN corner (NaN or infinite factors) never skips
+                if bound < heap_scores[0] and not (np.isnan(c0) or np.isnan(c1) or np.isnan(c2)
+                                                   or np.isnan(c3)):
+                    continue
             row0 = b * BLOCK
             for v in range(BLOCK):
                 idx = block_ids[row0 + v]
@@ -287,17 +708,111 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
 
 
 @jit_batch
-def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
-                          probe_bias, probe_q_sq, is_l2, k):
+def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
     """`fs_scan_factors` for every query (shapes as in `fs_scan_batch`, probe_q_sq (nq, P))."""
     nq = qluts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = fs_scan_factors(qluts[qi], steps[qi], biases[qi], n_levels, blocks, block_ids, row_factors,
-                               block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k)
+                               block_bounds, block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k)
         out_scores[qi] = s
         out_ids[qi] = i
+    return out_scores, out_ids
+
+
+@jit
+def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
+    """`fs_scan_factors` for a group of G queries that probe the same lists (as
+    `fs_scan_multi`): qluts (G, L, 2 * pairs_per_level, 32), steps/biases (G, L), probes (P,),
+    probe_bias/probe_q_sq (G, P) -> (G, k), row g identical to `fs_scan_factors` of query g
+    (with the same block_bounds, or without: skipping never changes results). The float
+    work per block (level sums, bounds) runs on all LANES queries at once in vector IR."""
+    n_q = qluts.shape[0]
+    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    acc = np.empty((LANES, BLOCK), dtype=np.uint16)
+    comb = np.empty((LANES, BLOCK), dtype=np.float32)
+    bounds = np.empty(LANES, dtype=np.float32)
+    # per-query terms of the current probe, padded to whole lanes for `_lanes_bound`
+    n_pad = -(-n_q // LANES) * LANES
+    bases = np.zeros(n_pad, dtype=np.float32)
+    lane_steps = np.zeros(n_pad, dtype=np.float32)
+    lane_pbias = np.zeros(n_pad, dtype=np.float32)
+    lane_q_sq = np.zeros(n_pad, dtype=np.float32)
+    n_tables = qluts.shape[1]
+    level_pairs = blocks.shape[1] // n_levels
+    skip = block_bounds.shape[0] > 0
+    level_sum = np.float32(0.0)
+    w = np.float32(1.0)
+    for _ in range(n_levels):
+        level_sum += w
+        w *= np.float32(0.5)
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        t = p if n_tables > 1 else 0
+        for g in range(n_q):
+            bases[g] = biases[g, t] * level_sum
+            lane_steps[g] = steps[g, t]
+            lane_pbias[g] = probe_bias[g, p]
+            lane_q_sq[g] = probe_q_sq[g, p]
+        for b in range(block_offsets[lst], block_offsets[lst + 1]):
+            row0 = b * BLOCK
+            for g0 in range(0, n_q, LANES):
+                n_lanes = min(LANES, n_q - g0)
+                w = np.float32(1.0)
+                for lv in range(n_levels):
+                    fs_block_accumulate_group(blocks, b, lv * level_pairs, level_pairs, qluts, t, g0, n_lanes, acc)
+                    _lanes_comb(acc, comb, w, lv == 0)
+                    w *= np.float32(0.5)
+                if skip:
+                    _lanes_bound(comb, bases, lane_steps, lane_pbias, lane_q_sq, g0, block_bounds, b, is_l2, bounds)
+                for lane in range(n_lanes):
+                    g = g0 + lane
+                    if skip and bounds[lane] < heap_scores[g, 0]:
+                        continue
+                    # fs_scan_factors's per-row loop, written out (see fs_scan_multi)
+                    hs = heap_scores[g]
+                    hi = heap_ids[g]
+                    base = bases[g]
+                    step = lane_steps[g]
+                    pbias = lane_pbias[g]
+                    q_sq = lane_q_sq[g]
+                    for v in range(BLOCK):
+                        idx = block_ids[row0 + v]
+                        est = row_factors[row0 + v, 0] * (base + step * comb[lane, v])
+                        if is_l2:
+                            s = np.float32(-(q_sq - 2.0 * est + row_factors[row0 + v, 1]))
+                        else:
+                            s = np.float32(pbias + est)
+                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
+                            topk_push(hs, hi, s, idx)
+    for g in range(n_q):
+        topk_sort(heap_scores[g], heap_ids[g])
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+                                block_offsets, probes, probe_bias, probe_q_sq, is_l2, group_offsets, k):
+    """`fs_scan_factors_multi` over the query groups of `fs_query_groups` (as
+    `fs_scan_multi_batch`); shapes as in `fs_scan_factors_batch`."""
+    nq = qluts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for gi in prange(group_offsets.shape[0] - 1):
+        a = group_offsets[gi]
+        e = group_offsets[gi + 1]
+        if e > a:
+            s, i = fs_scan_factors_multi(qluts[a:e], steps[a:e], biases[a:e], n_levels, blocks, block_ids,
+                                         row_factors, block_bounds, block_offsets, probes[a], probe_bias[a:e],
+                                         probe_q_sq[a:e], is_l2, k)
+            out_scores[a:e] = s
+            out_ids[a:e] = i
     return out_scores, out_ids
 
 
@@ -313,4 +828,20 @@ def fs_row_values(values: np.ndarray, block_ids_len: int, list_offsets: np.ndarr
     dest = block_offsets[lists] * BLOCK + (np.arange(values.shape[0]) - np.asarray(list_offsets)[lists])
     out = np.zeros((block_ids_len,) + values.shape[1:], dtype=values.dtype)
     out[dest] = values
+    return out
+
+
+def fs_block_bounds(row_factors: np.ndarray, block_ids: np.ndarray) -> np.ndarray:
+    """Per-block bounds for skipping in `fs_scan_factors`: row_factors float32
+    (n_blocks * 32, 2) of (g, |r|^2) in block row order (`fs_row_values`) and block_ids ->
+    float32 (n_blocks, 3) = (max g, min g, min |r|^2) over each block's real rows (padding
+    rows ignored; a NaN factor gives NaN bounds, which never skip)."""
+    f = np.asarray(row_factors, dtype=np.float32).reshape(-1, BLOCK, 2)
+    real = (np.asarray(block_ids) >= 0).reshape(-1, BLOCK)
+    g = f[:, :, 0]
+    out = np.empty((f.shape[0], 3), dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        out[:, 0] = np.where(real, g, -np.inf).max(axis=1, initial=-np.inf)
+        out[:, 1] = np.where(real, g, np.inf).min(axis=1, initial=np.inf)
+        out[:, 2] = np.where(real, f[:, :, 1], np.inf).min(axis=1, initial=np.inf)
     return out

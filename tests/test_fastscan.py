@@ -1,7 +1,11 @@
 """kernels/fastscan.py against tests/reference/pq.py: exact uint16 accumulators (AVX2 and
-scalar paths), the block layout, table quantization bounds and exact scan scores."""
+scalar paths), the block layout, table quantization bounds and exact scan scores; the
+multi-query scans and RB block skipping against the single-query kernels (bit-identical
+results), and engine.codecs.CodeIndex's use of them."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -245,9 +249,282 @@ def test_rb_fast_scan_matches_float_tables(n, dim, levels, is_l2, seed):
     row_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
     qluts, steps, biases = fastscan.fs_quantize_lut(binary.rb_nibble_lut(q, 1)[:, None])
     got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
-                                            block_offsets, probes, bias, q_sq, is_l2, n)
+                                            np.empty((0, 3), np.float32), block_offsets, probes, bias, q_sq, is_l2, n)
     assert sorted(got_i.tolist()) == list(range(n))
     ref = dict(zip(ref_i.tolist(), ref_s.tolist()))
     bound = factors[:, 0] * 2 * nbytes * float(steps[0, 0]) * (2 if is_l2 else 1) + 1e-4
     for idx, score in zip(got_i.tolist(), got_s.tolist()):
         assert abs(score - ref[idx]) <= bound[idx] * 1.001, (idx, score, ref[idx], bound[idx])
+
+
+# --------------------------------------------------------------------------- multi-query scans
+# fs_scan_multi / fs_scan_factors_multi scan a group of queries that probe the same lists in
+# one pass over the codes; RB block skipping (fs_block_bounds) drops blocks that cannot enter
+# the heap. Both are pure speed-ups: every result must equal the single-query kernels' exactly.
+
+ROW_COUNTS = st.one_of(st.sampled_from([0, 1, 31, 32, 33, 100]), st.integers(0, 300))
+MULTI_SETTINGS = settings(max_examples=40, deadline=None, database=None)
+
+
+def _shared_probes(rng, nq, nlist, n_probe):
+    """(nq, n_probe) probe rows drawn from a pool of at most 3 distinct rows, so queries
+    share their lists (and so form groups) as they do without IVF or with popular lists."""
+    pool = random_probes(rng, int(rng.integers(1, 4)), nlist, n_probe)
+    return np.ascontiguousarray(pool[rng.integers(0, pool.shape[0], size=nq)])
+
+
+def _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe):
+    """RB codes as the engine lays them out (random bits, duplicate rows, g of both signs and
+    zero), per-query level-0 tables, probes and per-probe terms."""
+    nbytes = binary.rb_nbytes(dim)
+    mask = np.packbits(np.arange(nbytes * 8) < dim, bitorder="little")
+    bits = rng.integers(0, 256, size=(n, levels, nbytes)).astype(np.uint8) & mask
+    factors = np.empty((n, 2), dtype=np.float32)
+    factors[:, 0] = rng.standard_normal(n) + rng.choice([0.0, 1.5], size=n)
+    factors[:, 1] = np.abs(rng.standard_normal(n)) * 2
+    if n:
+        factors[rng.random(n) < 0.1, 0] = 0.0  # zero residuals
+    if rng.random() < 0.3:
+        factors[:, 0] = np.rint(factors[:, 0])  # few distinct g: many equal scores
+    if n > 2:
+        dup = rng.integers(0, n, size=max(1, n // 5))
+        bits[dup] = bits[0]  # duplicate rows: equal scores, ties by id
+        factors[dup] = factors[0]
+    offsets, ids = random_layout(rng, n, nlist)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
+    row_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
+    bounds = fastscan.fs_block_bounds(row_factors, block_ids)
+    n_tab = n_probe if per_probe else 1
+    q = rng.standard_normal((nq * n_tab, dim)).astype(np.float32)
+    luts = binary.rb_nibble_lut(q, 1).reshape(nq, n_tab, -1, 16)
+    qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+    probes = _shared_probes(rng, nq, nlist, n_probe)
+    bias = rng.standard_normal((nq, n_probe)).astype(np.float32)
+    q_sq = (np.abs(rng.standard_normal((nq, n_probe))) * dim).astype(np.float32)
+    return (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
+
+
+def _readonly(*arrays):
+    for a in arrays:
+        a.setflags(write=False)  # memory-mapped inputs are read-only
+
+
+@SETTINGS
+@given(n_blocks=st.integers(1, 3), n_q=st.integers(1, 2 * fastscan.LANES + 1), n_tab=st.integers(1, 3),
+       pairs=st.integers(1, 9), levels=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_block_accumulate_lanes_matches_reference(n_blocks, n_q, n_tab, pairs, levels, seed):
+    # Every lane equals the single-query accumulator of its own query's tables, on the
+    # shuffle and the scalar path; lanes past the last query repeat query q_first.
+    rng = np.random.default_rng(seed)
+    lanes = fastscan.LANES
+    m = 2 * pairs * levels
+    codes = rng.integers(0, 16, size=(n_blocks * BLOCK, m)).astype(np.uint8)
+    blocks, _, _ = fs_layout_ref(codes, np.arange(n_blocks * BLOCK), np.array([0, n_blocks * BLOCK]))
+    qluts = np.stack([np.stack([_qluts(rng, 2 * pairs, 255) for _ in range(n_tab)]) for _ in range(n_q)])
+    _readonly(blocks, qluts)
+    out = np.empty((lanes, BLOCK), dtype=np.uint16)
+    out_scalar = np.empty((lanes, BLOCK), dtype=np.uint16)
+    out_group = np.empty((lanes, BLOCK), dtype=np.uint16)
+    for b in range(n_blocks):
+        for lv in range(levels):
+            t = int(rng.integers(0, n_tab))
+            q_first = int(rng.integers(0, n_q))
+            fastscan.fs_block_accumulate_lanes(blocks, b, lv * pairs, pairs, qluts, t, q_first, out)
+            fastscan._scalar_accumulate_lanes(blocks, b, lv * pairs, pairs, qluts, t, q_first, out_scalar)
+            n_lanes = min(lanes, n_q - q_first)
+            fastscan.fs_block_accumulate_group(blocks, b, lv * pairs, pairs, qluts, t, q_first, n_lanes, out_group)
+            sl = codes[b * BLOCK : (b + 1) * BLOCK, lv * 2 * pairs : (lv + 1) * 2 * pairs]
+            for lane in range(lanes):
+                qi = q_first + lane if q_first + lane < n_q else q_first
+                ref = fastscan_accumulate_ref(sl, qluts[qi, t])
+                np.testing.assert_array_equal(out[lane], ref)
+                np.testing.assert_array_equal(out_scalar[lane], ref)
+                if lane < n_lanes:
+                    np.testing.assert_array_equal(out_group[lane], ref)
+
+
+@SETTINGS
+@given(nq=st.integers(0, 40), n_probe=st.integers(0, 3), distinct=st.integers(1, 4), group=st.integers(1, 9),
+       seed=st.integers(0, 2**32 - 1))
+def test_query_groups_partition_queries_by_probe_rows(nq, n_probe, distinct, group, seed):
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(-1, 3, size=(distinct, n_probe))
+    probes = pool[rng.integers(0, distinct, size=nq)].astype(np.int64)
+    order, offsets = fastscan.fs_query_groups(probes, group)
+    assert order.dtype == np.int64 and offsets.dtype == np.int64
+    np.testing.assert_array_equal(np.sort(order), np.arange(nq))
+    assert offsets[0] == 0 and offsets[-1] == nq
+    assert np.all(np.diff(offsets) >= 1)  # no empty group
+    for a, e in itertools.pairwise(offsets):
+        assert e - a <= group
+        assert (probes[order[a:e]] == probes[order[a]]).all()
+    # as few groups as the runs allow: each run of equal rows splits into ceil(run / group)
+    counts = np.unique(probes, axis=0, return_counts=True)[1] if nq else []
+    assert len(offsets) - 1 == sum(-(-int(c) // group) for c in counts)
+    if nq and (probes == probes[0]).all():
+        np.testing.assert_array_equal(order, np.arange(nq))  # no permutation without IVF
+
+
+@MULTI_SETTINGS
+@given(nq=st.integers(1, 19), n=ROW_COUNTS, m=st.sampled_from([1, 3, 8, 13]), nlist=st.integers(1, 3),
+       n_probe=st.integers(1, 3), per_probe=st.booleans(), k=st.one_of(st.integers(1, 4), st.integers(1, 130)),
+       group=st.sampled_from([1, 2, 3, fastscan.LANES - 1, fastscan.LANES, fastscan.LANES + 3]),
+       seed=st.integers(0, 2**32 - 1))
+def test_scan_multi_equals_single(nq, n, m, nlist, n_probe, per_probe, k, group, seed):
+    rng = np.random.default_rng(seed)
+    luts, codes, ids, offsets, _, bias = _scan_inputs(rng, nq, n, m, nlist, n_probe, per_probe)
+    probes = _shared_probes(rng, nq, nlist, n_probe)
+    qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, ids, offsets)
+    order, group_offsets = fastscan.fs_query_groups(probes, group)
+    ql, sp, bi, pr, pb = (np.ascontiguousarray(a[order]) for a in (qluts, steps, biases, probes, bias))
+    _readonly(ql, sp, bi, pr, pb, blocks, block_ids, block_offsets, group_offsets)
+    ref_s, ref_i = fastscan.fs_scan_batch(ql, sp, bi, blocks, block_ids, block_offsets, pr, pb, k)
+    got_s, got_i = fastscan.fs_scan_multi_batch(ql, sp, bi, blocks, block_ids, block_offsets, pr, pb,
+                                                group_offsets, k)
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_array_equal(got_s, ref_s)
+    a, e = int(group_offsets[0]), int(group_offsets[1])  # the serial twin on one group
+    s, i = fastscan.fs_scan_multi(ql[a:e], sp[a:e], bi[a:e], blocks, block_ids, block_offsets, pr[a], pb[a:e], k)
+    np.testing.assert_array_equal(i, ref_i[a:e])
+    np.testing.assert_array_equal(s, ref_s[a:e])
+
+
+@MULTI_SETTINGS
+@given(nq=st.integers(1, 19), n=ROW_COUNTS, dim=st.sampled_from([1, 7, 16, 33]), levels=st.integers(1, 3),
+       nlist=st.integers(1, 3), n_probe=st.integers(1, 3), per_probe=st.booleans(), is_l2=st.booleans(),
+       k=st.one_of(st.integers(1, 4), st.integers(1, 130)),
+       group=st.sampled_from([1, 3, fastscan.LANES, fastscan.LANES + 3]),
+       seed=st.integers(0, 2**32 - 1))
+def test_scan_factors_multi_and_skip_equal_single(nq, n, dim, levels, nlist, n_probe, per_probe, is_l2, k,
+                                                   group, seed):
+    rng = np.random.default_rng(seed)
+    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+     q_sq) = _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe)
+    order, group_offsets = fastscan.fs_query_groups(probes, group)
+    ql, sp, bi, pr, pb, qs = (np.ascontiguousarray(a[order]) for a in (qluts, steps, biases, probes, bias, q_sq))
+    no_skip = np.empty((0, 3), dtype=np.float32)
+    _readonly(ql, sp, bi, pr, pb, qs, blocks, block_ids, row_factors, bounds, block_offsets, group_offsets)
+    common = (levels, blocks, block_ids, row_factors)
+    ref_s, ref_i = fastscan.fs_scan_factors_batch(ql, sp, bi, *common, no_skip, block_offsets, pr, pb, qs, is_l2, k)
+    runs = [fastscan.fs_scan_factors_batch(ql, sp, bi, *common, bounds, block_offsets, pr, pb, qs, is_l2, k)]
+    for bnd in (bounds, no_skip):
+        runs.append(fastscan.fs_scan_factors_multi_batch(ql, sp, bi, *common, bnd, block_offsets, pr, pb, qs, is_l2,
+                                                         group_offsets, k))
+    a, e = int(group_offsets[0]), int(group_offsets[1])
+    s, i = fastscan.fs_scan_factors_multi(ql[a:e], sp[a:e], bi[a:e], *common, bounds, block_offsets, pr[a], pb[a:e],
+                                          qs[a:e], is_l2, k)
+    runs.append((np.concatenate([s, ref_s[e:]]), np.concatenate([i, ref_i[e:]])))
+    for got_s, got_i in runs:
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_s, ref_s)
+
+
+def test_block_bounds_cover_real_rows_only():
+    rng = np.random.default_rng(3)
+    n = 70  # three blocks, the last with 6 real rows and 26 padding rows
+    factors = rng.standard_normal((n, 2)).astype(np.float32)
+    offsets = np.array([0, n], np.int64)
+    _, block_ids, _ = fastscan.fs_layout(np.zeros((n, 2), np.uint8), np.arange(n), offsets)
+    rf = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
+    bounds = fastscan.fs_block_bounds(rf, block_ids)
+    assert bounds.shape == (3, 3) and bounds.dtype == np.float32
+    for b, rows in enumerate([slice(0, 32), slice(32, 64), slice(64, 70)]):
+        np.testing.assert_array_equal(bounds[b], [factors[rows, 0].max(), factors[rows, 0].min(),
+                                                  factors[rows, 1].min()])
+    factors[40, 0] = np.nan
+    rf = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
+    assert np.isnan(fastscan.fs_block_bounds(rf, block_ids)[1, :2]).all()  # NaN never skips
+
+
+@pytest.mark.parametrize("is_l2", [False, True])
+def test_skip_keeps_equal_scores_with_smaller_ids(is_l2):
+    # Every row identical: each block's bound equals the heap minimum exactly once the heap
+    # is full, and later blocks hold smaller ids, so a block may only be skipped when its
+    # bound is strictly below the minimum. The k smallest ids must come back.
+    n, dim, k = 200, 16, 5
+    rng = np.random.default_rng(0)
+    bits = np.repeat(rng.integers(0, 256, size=(1, 1, 2)).astype(np.uint8), n, axis=0)
+    factors = np.tile(np.array([[0.75, 2.0]], np.float32), (n, 1))
+    ids = np.arange(n, dtype=np.int64)[::-1].copy()  # later blocks, smaller ids
+    offsets = np.array([0, n], np.int64)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
+    rf = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
+    bounds = fastscan.fs_block_bounds(rf, block_ids)
+    qluts, steps, biases = fastscan.fs_quantize_lut(
+        binary.rb_nibble_lut(rng.standard_normal((3, dim)).astype(np.float32), 1)[:, None])
+    probes = np.zeros((3, 1), np.int64)
+    bias = np.zeros((3, 1), np.float32)
+    q_sq = np.full((3, 1), 4.0, np.float32)
+    s, i = fastscan.fs_scan_factors_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds, block_offsets,
+                                          probes, bias, q_sq, is_l2, k)
+    sm, im = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds,
+                                                  block_offsets, probes, bias, q_sq, is_l2, np.array([0, 3]), k)
+    for got in (i, im):
+        np.testing.assert_array_equal(got, np.tile(np.arange(k), (3, 1)))
+    np.testing.assert_array_equal(s, sm)
+
+
+@MULTI_SETTINGS
+@given(n=st.integers(33, 400), dim=st.sampled_from([8, 24, 40]), levels=st.integers(1, 3), is_l2=st.booleans(),
+       k=st.integers(1, 6), negative_step=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_skip_bound_holds_for_every_sign(n, dim, levels, is_l2, k, negative_step, seed):
+    # Scores t = base + step * comb straddling zero (step of either sign) and g of both
+    # signs: the block bound must take the largest of its four corner products, or skipping
+    # drops rows (the engine's tables give step > 0 and mostly negative t; this is harsher).
+    rng = np.random.default_rng(seed)
+    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+     q_sq) = _rb_inputs(rng, 3, n, dim, levels, 1, 1, False)
+    level_pairs = blocks.shape[1] // levels
+    comb = np.zeros(block_ids.shape[0])
+    for lv in range(levels):
+        codes = np.concatenate([blocks[:, lv * level_pairs + j, :] for j in range(level_pairs)], axis=0)
+        nib = np.stack([codes & 15, codes >> 4], axis=-1).reshape(level_pairs, -1, BLOCK, 2)
+        acc = sum(qluts[0, 0, 2 * j + h, nib[j, :, :, h]].astype(np.int64) for j in range(level_pairs)
+                  for h in range(2))
+        comb += 2.0**-lv * acc.reshape(-1)
+    level_sum = sum(2.0**-lv for lv in range(levels))
+    steps = np.full_like(steps, rng.uniform(0.01, 0.1) * (-1 if negative_step else 1))
+    biases = np.full_like(biases, -steps[0, 0] * np.median(comb) / level_sum)
+    probes = np.zeros_like(probes)  # one list, shared by the group
+    no_skip = np.empty((0, 3), dtype=np.float32)
+    args = (levels, blocks, block_ids, row_factors)
+    ref = fastscan.fs_scan_factors_batch(qluts, steps, biases, *args, no_skip, block_offsets, probes, bias, q_sq,
+                                         is_l2, k)
+    one = fastscan.fs_scan_factors_batch(qluts, steps, biases, *args, bounds, block_offsets, probes, bias, q_sq,
+                                         is_l2, k)
+    multi = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, *args, bounds, block_offsets, probes, bias,
+                                                 q_sq, is_l2, np.array([0, 3]), k)
+    for got_s, got_i in (one, multi):
+        np.testing.assert_array_equal(got_i, ref[1])
+        np.testing.assert_array_equal(got_s, ref[0])
+
+
+@pytest.mark.parametrize("spec", ["RB1", "RB2", "PQ16x4", "IVF3,RB2", "IVF3,PQ16x4"])
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_code_index_multi_query_search_unchanged(spec, metric, monkeypatch):
+    # CodeIndex scans groups of queries with the multi-query drivers (no IVF: every query;
+    # IVF: queries probing the same lists, permuted together and back); the results must
+    # equal the one-query-at-a-time path exactly, for a batch that is not a whole number of
+    # groups, a tail group small enough to take the single-query accumulators, and k > n.
+    from engine.codecs import Codec, CodeIndex
+
+    rng = np.random.default_rng(11)
+    dim, n = 48, 301
+    centers = rng.standard_normal((6, dim)).astype(np.float32) * 3
+    x = centers[rng.integers(0, 6, size=n)] + rng.standard_normal((n, dim)).astype(np.float32)
+    x[200:240] = x[0]  # duplicate rows: equal scores, ties by id
+    q = centers[rng.integers(0, 6, size=2 * fastscan.LANES + 5)] + rng.standard_normal(
+        (2 * fastscan.LANES + 5, dim)).astype(np.float32)
+    codec = Codec(spec, dim, metric, seed=1).train(x)
+    enc = codec.encode(x)
+    for keep_rows in (True, False):
+        index = codec.index(enc.codes, enc.lists, keep_rows=keep_rows)
+        for k, nprobe, nq in [(1, 1, len(q)), (10, 2, len(q)), (n + 7, 3, fastscan.LANES + 1), (10, 1, 2)]:
+            monkeypatch.setattr(CodeIndex, "_MULTI_QUERY", True)
+            got = index.search(q[:nq], k, nprobe=nprobe)
+            monkeypatch.setattr(CodeIndex, "_MULTI_QUERY", False)
+            ref = codec.search(q[:nq], enc.codes, enc.lists, k, nprobe=nprobe)
+            np.testing.assert_array_equal(got.ids, ref.ids)
+            np.testing.assert_array_equal(got.scores, ref.scores)
+            assert got.stats == ref.stats
