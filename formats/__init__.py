@@ -1,6 +1,8 @@
-"""vecz on-disk formats (segment, dense, manifest, importers): see formats/FORMAT.md.
+"""vecz on-disk formats: segment files, dense-vector files, manifests and importers.
 
-Not yet written: the store issue builds it. Imports flow engine -> formats -> kernels.
+Every byte is specified in formats/FORMAT.md. Imports flow engine -> formats -> kernels;
+formats never computes distances. Readers bounds-check every length and offset before they
+allocate and raise only `formats.errors.FormatError` subclasses on hostile bytes.
 """
 
-__all__: list[str] = []
+__all__ = ["dense", "errors", "importers", "manifest", "segment"]

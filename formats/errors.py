@@ -7,7 +7,18 @@ error also inherits the builtin it refines; messages say what was expected and w
 
 from __future__ import annotations
 
-__all__ = ["VeczError", "InvalidInput", "DimensionMismatch", "FormatError", "DatasetNotFound"]
+__all__ = [
+    "VeczError",
+    "InvalidInput",
+    "DimensionMismatch",
+    "FormatError",
+    "FormatVersionError",
+    "ChecksumError",
+    "StoreCorrupted",
+    "DatasetNotFound",
+    "StoreNotFound",
+    "CommitConflict",
+]
 
 
 class VeczError(Exception):
@@ -28,3 +39,25 @@ class FormatError(VeczError, ValueError):
 
 class DatasetNotFound(VeczError, FileNotFoundError):
     """A named dataset or an input file does not exist where it was looked for."""
+
+
+class FormatVersionError(FormatError):
+    """A file written by a newer major version of its format, or with a required feature
+    flag this reader does not know: it is refused rather than guessed at."""
+
+
+class StoreCorrupted(FormatError):
+    """A store's files are damaged or inconsistent: truncated, missing, or contradicting the
+    manifest that names them."""
+
+
+class ChecksumError(StoreCorrupted):
+    """Bytes whose CRC32 differs from the checksum recorded beside them."""
+
+
+class StoreNotFound(VeczError, FileNotFoundError):
+    """A store directory that does not exist, or holds no manifest (no committed version)."""
+
+
+class CommitConflict(VeczError, RuntimeError):
+    """Another writer published the same store version first; nothing of this commit is visible."""
