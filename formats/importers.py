@@ -1,22 +1,85 @@
-"""Importers: vectors, ids and texts from .npy, .fvecs/.ivecs and text files.
+"""Importers and result writers: vectors in from .npy, .fvecs, Parquet and Arrow IPC; results out.
 
-Every reader checks what it reads before it trusts it: .npy is loaded with
-allow_pickle=False; an .fvecs file must hold whole rows whose int32 width headers all equal
-the first (and lie in 1..2**20); vectors must be 2-D float16/32/64 and finite (returned as
-float32, C-contiguous); ground-truth ids must be 2-D integers within the base. Errors are
-formats/errors.py's typed errors naming the path, the expected and the found values.
+Role and contract
+-----------------
+`open_vectors` opens a vector file as a `VectorSource` that `vecz build` and `vecz search`
+stream in bounded batches, so a file larger than RAM is never materialised. Supported
+suffixes (`SUPPORTED_SUFFIXES`):
+
+* ``.npy`` -- a 2-D float16/32/64 array, memory-mapped (the header is parsed with numpy's
+  own parser, pickles are never loaded);
+* ``.fvecs`` -- rows of an int32 width header followed by that many little-endian float32;
+* ``.parquet`` -- one column of list / large_list / fixed_size_list of float16/32/64, plus
+  an optional integer id column;
+* ``.arrow`` / ``.feather`` / ``.ipc`` -- the same columns in an Arrow IPC file (Feather
+  v2) or, failing that, an Arrow IPC stream, memory-mapped.
+
+Every reader checks what it reads before it trusts it: lengths and shapes claimed by a file
+are compared with the file's size before anything is allocated, every .fvecs row header is
+checked, every Arrow record batch is fully validated (offsets in bounds) before its buffers
+are touched, and every list row must hold exactly ``dim`` non-null values. Damaged bytes
+raise `FormatError`; usable bytes holding the wrong kind of data (dtype, shape, nulls,
+ragged rows, ambiguous columns) raise `InvalidInput`; a missing file raises
+`DatasetNotFound`. Messages name the path and say what was expected and what was found.
+NaN and inf are not checked while streaming (the store validates each batch it adds), but
+`read_vectors` checks them.
+
+`write_results` writes search results (ids and scores) as .npy pairs or a long-format
+Parquet table, through a temporary file in the same directory and an atomic ``os.replace``.
+
+The older whole-file readers (`read_vectors`, `read_fvecs`, `read_ids`, `read_texts`) serve
+the benchmark (engine/bench.py). Tested by tests/test_importers.py (round trips against the
+arrays written, truncations and hypothesis byte flips) and tests/test_bench.py.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
+# typing, not collections.abc: tests/test_layout.py keeps formats/ to a stdlib whitelist
+from typing import BinaryIO, Iterator, Self  # noqa: UP035
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .errors import DatasetNotFound, DimensionMismatch, FormatError, InvalidInput
 
-__all__ = ["read_fvecs", "read_vectors", "read_ids", "read_texts"]
+__all__ = [
+    "RESULT_SUFFIXES",
+    "SUPPORTED_SUFFIXES",
+    "VectorSource",
+    "open_vectors",
+    "read_fvecs",
+    "read_ids",
+    "read_texts",
+    "read_vectors",
+    "write_results",
+]
+
+#: Suffixes `open_vectors` reads (compared case-insensitively).
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".npy", ".fvecs", ".parquet", ".arrow", ".feather", ".ipc")
+#: Suffixes `write_results` writes.
+RESULT_SUFFIXES: tuple[str, ...] = (".npy", ".parquet")
+
+_ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+_FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+# The widest .fvecs row accepted; far above any embedding, low enough that a damaged
+# header cannot make a single row's buffer huge.
+_MAX_FVECS_DIM = 1 << 20
+# numpy's own default cap on .npy header bytes (np.load uses the same).
+_MAX_NPY_HEADER = 10_000
+# Parquet is read through a buffered stream of this many bytes (see _ParquetSource).
+_PARQUET_BUFFER_BYTES = 8 << 20
+# read_all works through batches of about this many bytes.
+_READ_ALL_BYTES = 64 << 20
+# Errors pyarrow raises on damaged bytes (ArrowInvalid, ArrowIOError = OSError,
+# ArrowMemoryError for absurd claimed sizes, ArrowNotImplementedError for unknown codecs...,
+# and UnicodeDecodeError when pyarrow decodes a damaged column name).
+_ARROW_ERRORS = (pa.ArrowException, OSError, EOFError, UnicodeDecodeError)
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -26,11 +89,747 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
+def _unsupported_suffix(path: Path) -> InvalidInput:
+    return InvalidInput(
+        f"{path}: expected a .npy or .fvecs file or Arrow data (.parquet, .arrow, .feather, .ipc); "
+        f"found suffix {path.suffix.lower()!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})"
+    )
+
+
+def _output_dtype(dtype: np.dtype) -> np.dtype:
+    """float16 stays float16 (half the bytes, exact); float32/64 become float32."""
+    return np.dtype(np.float16) if dtype == np.float16 else np.dtype(np.float32)
+
+
+def _owned(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A C-contiguous, writable array that owns its memory (never a view of a memory map,
+    which a consumer normalising in place would otherwise try to write through)."""
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf; the store rejects it
+        # asarray first: a slice of an np.memmap would otherwise stay an np.memmap subclass
+        return np.require(np.asarray(arr), dtype=dtype, requirements=["C", "W", "O"])
+
+
+def _check_batch_rows(batch_rows: int) -> int:
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, (int, np.integer)) or batch_rows < 1:
+        raise InvalidInput(f"batch_rows must be a positive integer, found {batch_rows!r}")
+    return int(batch_rows)
+
+
+# --------------------------------------------------------------------------- VectorSource
+
+
+class VectorSource:
+    """A vector file opened for streaming: its shape, dtype and a batch iterator.
+
+    Made by `open_vectors`; use it as a context manager (or call `close`).
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    kind : str
+        ``"npy"``, ``"fvecs"``, ``"parquet"``, ``"arrow-file"`` or ``"arrow-stream"``.
+    n : int
+        Number of rows. For .npy, .fvecs and Arrow IPC it is checked against the bytes
+        present when the file is opened; for Parquet it is the count in the footer, and
+        `batches` raises `FormatError` if the data disagree.
+    dim : int
+        Width of every row (0 only for a file with no rows whose width cannot be known,
+        such as an empty .fvecs file or an empty Parquet list column).
+    dtype : numpy.dtype
+        The on-disk float dtype (native byte order): float16, float32 or float64.
+    column, id_column : str or None
+        The Arrow vector and id columns read (None for .npy and .fvecs).
+
+    Notes
+    -----
+    Not thread-safe: one thread at a time per source. Each `batches` call is an independent
+    iterator, so a source can be read more than once.
+    """
+
+    path: Path
+    kind: str
+    n: int
+    dim: int
+    dtype: np.dtype
+    column: str | None
+    id_column: str | None
+
+    def __init__(self, path: Path, kind: str, n: int, dim: int, dtype: np.dtype,
+                 column: str | None = None, id_column: str | None = None) -> None:
+        self.path = path
+        self.kind = kind
+        self.n = n
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        self.column = column
+        self.id_column = id_column
+        self._closed = False
+
+    # -- public surface
+
+    @property
+    def out_dtype(self) -> np.dtype:
+        """The dtype of yielded vectors: float16 for float16 files, float32 otherwise."""
+        return _output_dtype(self.dtype)
+
+    def batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Yield ``(vectors, ids)`` in file order, at most `batch_rows` rows at a time.
+
+        Parameters
+        ----------
+        batch_rows : int
+            Upper bound on the rows of each batch (>= 1). Batches are exactly this size
+            except the last.
+
+        Yields
+        ------
+        vectors : numpy.ndarray
+            ``(rows, dim)`` C-contiguous, writable, owning its memory; float32 (float64
+            files are converted per batch) or float16 for float16 files. NaN and inf are
+            passed through.
+        ids : numpy.ndarray or None
+            ``(rows,)`` int64 from the id column, or None when the source has none.
+
+        Raises
+        ------
+        FormatError
+            Damaged bytes found while reading, or fewer or more rows than `n`.
+        InvalidInput
+            Null or ragged vector rows, null or out-of-range ids, bad `batch_rows`.
+        """
+        batch_rows = _check_batch_rows(batch_rows)
+        if self._closed:
+            raise InvalidInput(f"{self.path}: the vector source is closed")
+        return self._counted(self._batches(batch_rows))
+
+    def read_all(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """All rows at once: ``(vectors (n, dim), ids (n,) int64 or None)``, dtypes as in `batches`."""
+        rows = max(1, _READ_ALL_BYTES // max(1, self.dim * self.out_dtype.itemsize))
+        vecs: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        for v, i in self.batches(rows):
+            vecs.append(v)
+            if i is not None:
+                ids.append(i)
+        out = np.concatenate(vecs) if len(vecs) > 1 else (vecs[0] if vecs else np.empty((0, self.dim), self.out_dtype))
+        if self.id_column is None:
+            return out, None
+        return out, np.concatenate(ids) if ids else np.empty(0, np.int64)
+
+    def close(self) -> None:
+        """Release the file handles and memory maps (idempotent)."""
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        cols = f", column={self.column!r}, id_column={self.id_column!r}" if self.column else ""
+        return (f"VectorSource(path={str(self.path)!r}, kind={self.kind!r}, n={self.n}, dim={self.dim}, "
+                f"dtype={self.dtype.name}{cols})")
+
+    # -- for subclasses
+
+    def _batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        raise NotImplementedError
+
+    def _counted(self, it: Iterator[tuple[np.ndarray, np.ndarray | None]]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Pass batches through while checking the rows add up to `n` (never trust a count)."""
+        seen = 0
+        for vecs, ids in it:
+            seen += vecs.shape[0]
+            if seen > self.n:
+                raise FormatError(f"{self.path}: expected {self.n} rows (from the file's header), found more")
+            yield vecs, ids
+        if seen != self.n:
+            raise FormatError(f"{self.path}: expected {self.n} rows (from the file's header), found {seen}")
+
+
+# --------------------------------------------------------------------------- .npy
+
+
+class _NpySource(VectorSource):
+    def __init__(self, path: Path) -> None:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            # numpy's header parser raises ValueError (and, on hostile dicts, assorted others)
+            # for anything that is not a well-formed header: all of it means "damaged".
+            try:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=_MAX_NPY_HEADER)
+                elif version in ((2, 0), (3, 0)):
+                    # 3.0 differs only in allowing utf-8 field names, which float arrays lack
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=_MAX_NPY_HEADER)
+                else:
+                    raise ValueError(f"unknown .npy format version {version}")
+            except Exception as exc:  # noqa: BLE001 -- see above
+                why = "it holds pickled (object) data, which vecz never loads" if "pickle" in str(exc) else str(exc)
+                raise FormatError(f"{path}: expected a numeric .npy array: {why}") from None
+            offset = f.tell()
+        if not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise FormatError(f"{path}: expected non-negative integer dimensions in the .npy header, found {shape}")
+        if len(shape) != 2:
+            raise InvalidInput(f"{path}: vectors must be a 2-D array (n, dim), found shape {shape}")
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8) or dtype.fields is not None:
+            raise InvalidInput(f"{path}: vectors must be float16/32/64, found dtype {dtype}")
+        n, dim = shape
+        if n and not dim:
+            raise InvalidInput(f"{path}: vectors must have at least one column, found shape {shape}")
+        need = n * dim * dtype.itemsize  # Python ints: no overflow however large the claim
+        have = size - offset
+        if need != have:
+            raise FormatError(
+                f"{path}: the .npy header claims shape {shape} of {dtype} = {need} bytes of data, "
+                f"found {have} bytes after the header ({'truncated' if need > have else 'trailing bytes'})"
+            )
+        super().__init__(path, "npy", n, dim, dtype.newbyteorder("="))
+        self._mm: np.ndarray | None
+        if n == 0:
+            self._mm = np.empty((0, dim), dtype)
+        else:
+            try:
+                self._mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n, dim),
+                                     order="F" if fortran else "C")
+            except (ValueError, OSError) as exc:  # the file shrank since stat
+                raise FormatError(f"{path}: cannot map the .npy data: {exc}") from None
+
+    def _batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        for start in range(0, self.n, batch_rows):
+            mm = self._mm
+            if mm is None:
+                raise InvalidInput(f"{self.path}: the vector source is closed")
+            yield _owned(mm[start:start + batch_rows], self.out_dtype), None
+
+    def read_all(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """All rows at once (one copy from the memory map); see `VectorSource.read_all`."""
+        if self._mm is None:
+            raise InvalidInput(f"{self.path}: the vector source is closed")
+        return _owned(self._mm, self.out_dtype), None
+
+    def close(self) -> None:
+        """Drop the memory map (yielded arrays are copies and stay valid)."""
+        self._mm = None
+        super().close()
+
+
+# --------------------------------------------------------------------------- .fvecs
+
+
+def _fvecs_shape(path: Path, size: int) -> tuple[int, int]:
+    """(rows, dim) of a non-empty .fvecs/.ivecs file from its first header and its size."""
+    if size < 4:
+        raise FormatError(f"{path}: expected at least a 4-byte int32 width header, found {size} bytes")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if len(head) < 4:
+        raise FormatError(f"{path}: expected at least a 4-byte int32 width header, found {len(head)} bytes")
+    dim = int(np.frombuffer(head, dtype="<i4")[0])
+    if not 1 <= dim <= _MAX_FVECS_DIM:
+        raise FormatError(f"{path}: expected a row width in 1..{_MAX_FVECS_DIM} in the first header, found {dim}")
+    row_bytes = 4 * (dim + 1)
+    if size % row_bytes:
+        raise FormatError(
+            f"{path}: file size {size} bytes is not a multiple of the row size {row_bytes} "
+            f"(4-byte header + {dim} x 4 bytes); the file is truncated or not {path.suffix}"
+        )
+    return size // row_bytes, dim
+
+
+def _check_fvecs_headers(path: Path, rows: np.ndarray, dim: int, first_row: int) -> None:
+    bad = np.flatnonzero(rows[:, 0] != dim)
+    if bad.size:
+        row = int(bad[0])
+        raise FormatError(
+            f"{path}: row {first_row + row} has width header {int(rows[row, 0])}, expected {dim} (the first row's)"
+        )
+
+
+def _read_exact(f: BinaryIO, buf: np.ndarray) -> int:
+    """Fill `buf` from file `f`; return the bytes read (fewer only at end of file)."""
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])  # type: ignore[attr-defined]  # BinaryIO omits readinto
+        if not got:
+            break
+        done += got
+    return done
+
+
+class _FvecsSource(VectorSource):
+    def __init__(self, path: Path) -> None:
+        size = path.stat().st_size
+        n, dim = (0, 0) if size == 0 else _fvecs_shape(path, size)
+        super().__init__(path, "fvecs", n, dim, np.dtype(np.float32))
+
+    def _batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        width = self.dim + 1
+        with open(self.path, "rb") as f:
+            for start in range(0, self.n, batch_rows):
+                rows = min(batch_rows, self.n - start)
+                buf = np.empty((rows, width), dtype="<i4")
+                if _read_exact(f, buf) != buf.nbytes:
+                    raise FormatError(f"{self.path}: expected {self.n} rows, found the file cut short at row {start}")
+                _check_fvecs_headers(self.path, buf, self.dim, start)
+                yield _owned(buf[:, 1:].view("<f4"), self.out_dtype), None
+
+
+# --------------------------------------------------------------------------- Arrow (Parquet, IPC)
+
+_ARROW_FLOATS = {pa.float16(): np.dtype(np.float16), pa.float32(): np.dtype(np.float32),
+                 pa.float64(): np.dtype(np.float64)}
+
+
+def _vector_value_dtype(t: pa.DataType) -> np.dtype | None:
+    """The float dtype of a list/large_list/fixed_size_list-of-float type, else None."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _ARROW_FLOATS.get(t.value_type)
+    return None
+
+
+def _pick_columns(path: Path, schema: pa.Schema, column: str | None,
+                  id_column: str | None) -> tuple[str, np.dtype, int | None]:
+    """Choose the vector column; check the id column. Returns (name, float dtype, fixed size)."""
+    try:  # names are decoded from the file's bytes here, so damage can surface here
+        names = list(schema.names)
+        listing = ", ".join(f"{f.name}: {f.type}" for f in schema) or "none"
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: expected UTF-8 column names, found {exc}") from None
+    expected = "a list, large_list or fixed_size_list of float16/float32/float64"
+    for name, role in ((column, "column"), (id_column, "id_column")):
+        if name is not None and names.count(name) != 1:
+            found = "several columns" if names.count(name) else "no column"
+            raise InvalidInput(f"{path}: {role}={name!r}: expected one column of that name, found {found} "
+                               f"(columns: {listing})")
+    if column is None:
+        candidates = [f.name for f in schema if _vector_value_dtype(f.type) is not None]
+        if not candidates:
+            raise InvalidInput(f"{path}: expected a vector column ({expected}), found none (columns: {listing})")
+        if len(candidates) > 1 or names.count(candidates[0]) != 1:
+            raise InvalidInput(f"{path}: expected one vector column, found several candidates {candidates}; "
+                               f"choose one with column= (--column)")
+        column = candidates[0]
+    field = schema.field(column)
+    dtype = _vector_value_dtype(field.type)
+    if dtype is None:
+        raise InvalidInput(f"{path}: column {column!r} must be {expected}, found {field.type}")
+    if id_column is not None:
+        if id_column == column:
+            raise InvalidInput(f"{path}: id_column and column are both {column!r}; expected two different columns")
+        id_type = schema.field(id_column).type
+        if not pa.types.is_integer(id_type):
+            raise InvalidInput(f"{path}: id column {id_column!r} must hold integers, found {id_type}")
+    fixed = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
+    return column, dtype, fixed
+
+
+def _first_true(mask: pa.Array) -> int:
+    return int(np.argmax(mask.to_numpy(zero_copy_only=False)))
+
+
+class _ArrowSource(VectorSource):
+    """Shared conversion of Arrow record batches (Parquet and IPC) into numpy batches."""
+
+    def _convert(self, batch: pa.RecordBatch, row0: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One validated record batch (or slice of one) -> (vectors, ids); row0 = its first row."""
+        arr = batch.column(self.column)
+        rows = len(arr)
+        what = f"{self.path}: column {self.column!r}"
+        if arr.null_count:
+            row = row0 + _first_true(arr.is_null())
+            raise InvalidInput(f"{what}: row {row} is null, expected a vector of {self.dim} values")
+        if not pa.types.is_fixed_size_list(arr.type):
+            lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+            bad = np.flatnonzero(lengths != self.dim)
+            if bad.size:
+                row = int(bad[0])
+                raise InvalidInput(f"{what}: row {row0 + row} has {int(lengths[row])} values, "
+                                   f"expected {self.dim} (every row as long as the first)")
+        flat = arr.flatten()  # honours slice offsets; no null rows remain to be skipped
+        if len(flat) != rows * self.dim:  # only a damaged file could get here past validation
+            raise FormatError(f"{what}: expected {rows * self.dim} values for {rows} rows, found {len(flat)}")
+        if flat.null_count:
+            row = row0 + _first_true(flat.is_null()) // max(1, self.dim)
+            raise InvalidInput(f"{what}: row {row} holds a null value, expected {self.dim} floats")
+        vecs = _owned(flat.to_numpy(zero_copy_only=False).reshape(rows, self.dim), self.out_dtype)
+        if self.id_column is None:
+            return vecs, None
+        id_arr = batch.column(self.id_column)
+        if id_arr.null_count:
+            row = row0 + _first_true(id_arr.is_null())
+            raise InvalidInput(f"{self.path}: id column {self.id_column!r}: row {row} is null, expected an integer")
+        try:
+            id_arr = pc.cast(id_arr, pa.int64())  # safe cast: uint64 above 2**63-1 is refused
+        except pa.ArrowInvalid as exc:
+            raise InvalidInput(f"{self.path}: id column {self.id_column!r}: expected ids that fit int64: {exc}") from None
+        return vecs, _owned(id_arr.to_numpy(zero_copy_only=False), np.dtype(np.int64))
+
+    def _rechunk(self, record_batches: Iterator[pa.RecordBatch],
+                 batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Validate each record batch fully, then re-cut the rows into batches of `batch_rows`."""
+        vecs: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        pending = 0
+        row = 0
+        for rb in _guarded(record_batches, self.path):
+            try:
+                rb.validate(full=True)  # offsets and lengths in bounds before any buffer is read
+            except _ARROW_ERRORS as exc:
+                raise FormatError(f"{self.path}: damaged record batch at row {row}: {exc}") from None
+            start = 0
+            while start < rb.num_rows:
+                take = min(batch_rows - pending, rb.num_rows - start)
+                v, i = self._convert(rb.slice(start, take), row)
+                vecs.append(v)
+                if i is not None:
+                    ids.append(i)
+                start += take
+                row += take
+                pending += take
+                if pending == batch_rows:
+                    yield _join(vecs, ids, self.id_column is not None)
+                    vecs, ids, pending = [], [], 0
+        if pending:
+            yield _join(vecs, ids, self.id_column is not None)
+
+    def _probe_dim(self, first: pa.RecordBatch | None, fixed: int | None) -> int:
+        """dim = the fixed list size, else the length of the first row (0 with no rows)."""
+        if fixed is not None:
+            return fixed
+        if first is None:
+            return 0
+        arr = first.column(self.column)
+        if not arr.is_valid()[0].as_py():
+            raise InvalidInput(f"{self.path}: column {self.column!r}: row 0 is null, expected a vector")
+        return int(arr.value_lengths()[0].as_py())
+
+
+def _join(vecs: list[np.ndarray], ids: list[np.ndarray], has_ids: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    v = vecs[0] if len(vecs) == 1 else np.concatenate(vecs)
+    if not has_ids:
+        return v, None
+    return v, ids[0] if len(ids) == 1 else np.concatenate(ids)
+
+
+def _guarded(it: Iterator[pa.RecordBatch], path: Path) -> Iterator[pa.RecordBatch]:
+    """Iterate, turning pyarrow's errors on damaged bytes into FormatError naming the path."""
+    while True:
+        try:
+            rb = next(it)
+        except StopIteration:
+            return
+        except _ARROW_ERRORS as exc:
+            raise FormatError(f"{path}: damaged Arrow data: {exc}") from None
+        yield rb
+
+
+def _check_dim(path: Path, n: int, dim: int) -> None:
+    if n and dim < 1:
+        raise InvalidInput(f"{path}: vectors must have at least one value per row, found rows of {dim}")
+
+
+class _ParquetSource(_ArrowSource):
+    def __init__(self, path: Path, column: str | None, id_column: str | None) -> None:
+        self._pf: pq.ParquetFile | None = None
+        try:
+            # pre_buffer=True (pyarrow's default) keeps every row group read so far in memory,
+            # the whole file by the end; a buffered stream reads pages as batches need them.
+            # Page checksums are verified when the writer stored them (cheap, catches flips).
+            self._pf = pq.ParquetFile(str(path), pre_buffer=False, buffer_size=_PARQUET_BUFFER_BYTES,
+                                      page_checksum_verification=True)
+            schema = self._pf.schema_arrow
+            meta = self._pf.metadata
+            n = int(meta.num_rows)
+            group_rows = [int(meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        except _ARROW_ERRORS as exc:
+            if self._pf is not None:
+                self._pf.close()
+            raise FormatError(f"{path}: not a readable Parquet file: {exc}") from None
+        if n < 0 or any(r < 0 for r in group_rows) or sum(group_rows) != n:
+            self._pf.close()
+            raise FormatError(f"{path}: the footer claims {n} rows but its row groups hold {group_rows}")
+        try:
+            col, dtype, fixed = _pick_columns(path, schema, column, id_column)
+            super().__init__(path, "parquet", n, 0, dtype, col, id_column)
+            first = None
+            if fixed is None and n:
+                first = next(iter(self._rechunk_probe()), None)
+                if first is None:
+                    raise FormatError(f"{path}: the footer claims {n} rows, found none")
+            self.dim = self._probe_dim(first, fixed)
+            _check_dim(path, n, self.dim)
+        except BaseException:
+            self._pf.close()
+            raise
+
+    def _rechunk_probe(self) -> Iterator[pa.RecordBatch]:
+        """The first non-empty record batch of one row, validated."""
+        pf = self._pf
+        if pf is None:
+            return
+        for rb in _guarded(pf.iter_batches(batch_size=1, columns=[self.column], use_threads=False), self.path):
+            if rb.num_rows:
+                try:
+                    rb.validate(full=True)
+                except _ARROW_ERRORS as exc:
+                    raise FormatError(f"{self.path}: damaged record batch at row 0: {exc}") from None
+                yield rb
+                return
+
+    def _batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        pf = self._pf
+        if pf is None:
+            raise InvalidInput(f"{self.path}: the vector source is closed")
+        cols = [self.column] + ([self.id_column] if self.id_column else [])
+        try:
+            it = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False)
+        except _ARROW_ERRORS as exc:
+            raise FormatError(f"{self.path}: damaged Arrow data: {exc}") from None
+        yield from self._rechunk(it, batch_rows)
+
+    def close(self) -> None:
+        """Close the Parquet file."""
+        if self._pf is not None:
+            self._pf.close()
+            self._pf = None
+        super().close()
+
+
+class _IpcSource(_ArrowSource):
+    def __init__(self, path: Path, column: str | None, id_column: str | None) -> None:
+        self._mmap: pa.MemoryMappedFile | None = None
+        self._buf: pa.Buffer | None = None
+        try:
+            self._mmap = pa.memory_map(str(path), "r")
+            self._buf = self._mmap.read_buffer()
+        except _ARROW_ERRORS as exc:
+            self.close()
+            raise FormatError(f"{path}: cannot map the file: {exc}") from None
+        try:
+            self._open(path, column, id_column)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: Path, column: str | None, id_column: str | None) -> None:
+        try:
+            schema = pa.ipc.open_file(self._buf).schema
+            stream = False
+        except _ARROW_ERRORS as file_exc:
+            try:
+                schema = pa.ipc.open_stream(self._buf).schema
+                stream = True
+            except _ARROW_ERRORS as stream_exc:
+                raise FormatError(f"{path}: expected an Arrow IPC file or stream (Feather v2): "
+                                  f"as a file: {file_exc}; as a stream: {stream_exc}") from None
+        col, dtype, fixed = _pick_columns(path, schema, column, id_column)
+        wanted = {col, id_column} - {None}
+        # decode only the columns used (matters for compressed IPC)
+        self._opts = pa.ipc.IpcReadOptions(included_fields=[i for i, f in enumerate(schema) if f.name in wanted])
+        super().__init__(path, "arrow-stream" if stream else "arrow-file", 0, 0, dtype, col, id_column)
+        # Count rows from batches whose buffers were checked against their claimed lengths
+        # (cheap validate(): sizes, not contents), so n never exceeds what the file holds.
+        n = 0
+        first = None
+        for rb in _guarded(self._record_batches(), path):
+            try:
+                rb.validate()
+            except _ARROW_ERRORS as exc:
+                raise FormatError(f"{path}: damaged record batch at row {n}: {exc}") from None
+            if first is None and rb.num_rows and fixed is None:
+                try:
+                    rb.validate(full=True)
+                except _ARROW_ERRORS as exc:
+                    raise FormatError(f"{path}: damaged record batch at row {n}: {exc}") from None
+                first = rb
+            n += rb.num_rows
+        self.n = n
+        self.dim = self._probe_dim(first, fixed)
+        _check_dim(path, n, self.dim)
+
+    def _record_batches(self) -> Iterator[pa.RecordBatch]:
+        buf = self._buf
+        if buf is None:
+            raise InvalidInput(f"{self.path}: the vector source is closed")
+        if self.kind == "arrow-stream":
+            yield from pa.ipc.open_stream(buf, options=self._opts)
+        else:
+            reader = pa.ipc.open_file(buf, options=self._opts)
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+
+    def _batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        yield from self._rechunk(self._record_batches(), batch_rows)
+
+    def close(self) -> None:
+        """Drop the mapped buffer and close the memory map (yielded arrays are copies)."""
+        self._buf = None
+        if self._mmap is not None:
+            self._mmap.close()
+            self._mmap = None
+        super().close()
+
+
+def open_vectors(path: str | Path, *, column: str | None = None, id_column: str | None = None) -> VectorSource:
+    """Open a vector file for streaming; the format follows the suffix (`SUPPORTED_SUFFIXES`).
+
+    Parameters
+    ----------
+    path : str or Path
+        A .npy, .fvecs, .parquet, .arrow, .feather or .ipc file.
+    column : str, optional
+        Parquet/Arrow only: the vector column. Default: the single column whose type is a
+        list, large_list or fixed_size_list of float16/32/64.
+    id_column : str, optional
+        Parquet/Arrow only: an integer column returned as int64 ids with each batch.
+
+    Returns
+    -------
+    VectorSource
+        With `n`, `dim`, `dtype` known and the header-level checks done; rows are read by
+        `VectorSource.batches` or `VectorSource.read_all`.
+
+    Raises
+    ------
+    DatasetNotFound
+        No such file.
+    InvalidInput
+        Unknown suffix; wrong dtype or shape; no vector column or several (name one with
+        `column`); a non-integer id column; `column`/`id_column` given for .npy or .fvecs.
+    FormatError
+        Damaged or truncated bytes, or a header claiming more data than the file holds.
+    """
+    path = _require_file(Path(path), "vectors")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise _unsupported_suffix(path)
+    if suffix in (".npy", ".fvecs"):
+        if column is not None or id_column is not None:
+            raise InvalidInput(f"{path}: column= and id_column= apply to .parquet and Arrow files, "
+                               f"found them given for a {suffix} file (which has no named columns)")
+        return _NpySource(path) if suffix == ".npy" else _FvecsSource(path)
+    if suffix == ".parquet":
+        return _ParquetSource(path, column, id_column)
+    return _IpcSource(path, column, id_column)
+
+
+# --------------------------------------------------------------------------- result writers
+
+
+def _temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list[Path]:
+    """Write search results; the format follows the suffix of `path`.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.npy``: ids go to `path` and scores to ``<stem>.scores.npy`` beside it.
+        ``.parquet``: one long table with columns ``query`` (int64), ``rank`` (int32, the
+        slot 0..k-1), ``id`` (int64), ``score`` (float32), one row per filled slot: slots
+        whose id is -1 (empty, as in faiss) are dropped.
+    ids : numpy.ndarray
+        ``(nq, k)`` integer ids, stored as int64.
+    scores : numpy.ndarray
+        ``(nq, k)`` float scores, stored as float32.
+
+    Returns
+    -------
+    list of Path
+        The files written (ids first for .npy).
+
+    Raises
+    ------
+    InvalidInput
+        Unknown suffix, or ids/scores that are not 2-D integer/float arrays of one shape.
+
+    Notes
+    -----
+    Each file is written under a temporary name in the same directory, fsynced, then
+    renamed with ``os.replace``, so a failure never leaves a half-written file at `path`.
+    The parent directory is created if missing.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in RESULT_SUFFIXES:
+        raise InvalidInput(f"{path}: expected a results file ending in {' or '.join(RESULT_SUFFIXES)}, "
+                           f"found suffix {suffix!r}")
+    ids = np.asarray(ids)
+    scores = np.asarray(scores)
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise InvalidInput(f"ids must be a 2-D integer array (nq, k), found {ids.dtype} {ids.shape}")
+    if scores.ndim != 2 or scores.dtype.kind != "f":
+        raise InvalidInput(f"scores must be a 2-D float array (nq, k), found {scores.dtype} {scores.shape}")
+    if ids.shape != scores.shape:
+        raise InvalidInput(f"ids and scores must have one shape, found {ids.shape} and {scores.shape}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    if suffix == ".npy":
+        targets = [path, path.with_name(f"{path.stem}.scores.npy")]
+        arrays = [ids, scores]
+    else:
+        nq, k = ids.shape
+        keep = (ids != -1).ravel()
+        table = pa.table({
+            "query": pa.array(np.repeat(np.arange(nq, dtype=np.int64), k)[keep]),
+            "rank": pa.array(np.tile(np.arange(k, dtype=np.int32), nq)[keep]),
+            "id": pa.array(ids.ravel()[keep]),
+            "score": pa.array(scores.ravel()[keep]),
+        })
+        targets = [path]
+        arrays = [table]
+
+    temps: list[Path] = []
+    try:
+        # every temp is complete and durable before the first rename
+        for obj in arrays:
+            tmp = _temp_beside(path)
+            temps.append(tmp)
+            if isinstance(obj, np.ndarray):
+                with open(tmp, "xb") as f:
+                    np.save(f, obj, allow_pickle=False)
+            else:
+                pq.write_table(obj, str(tmp))
+            _fsync_file(tmp)
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+    return targets
+
+
+# --------------------------------------------------------------------------- whole-file readers
+
+
 def read_fvecs(path: str | Path, dtype: str = "<f4") -> np.ndarray:
     """Read an .fvecs (or, with ``dtype="<i4"``, .ivecs) file: each row an int32 width, then the values.
 
-    Checks, before any copy: the file holds at least one header, the width is >= 1, the file
-    size is a whole number of rows, and every row's header equals the first.
+    Checks, before any copy: the file holds at least one header, the width is in
+    1..2**20, the file size is a whole number of rows, and every row's header equals the first.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, dim)`` float32 (or int64 for ``dtype="<i4"``); ``(0, 0)`` for an empty file.
 
     Raises
     ------
@@ -42,23 +841,9 @@ def read_fvecs(path: str | Path, dtype: str = "<f4") -> np.ndarray:
     size = path.stat().st_size
     if size == 0:
         return np.empty((0, 0), dtype=np.float32 if dtype == "<f4" else np.int64)
-    if size < 4:
-        raise FormatError(f"{path}: expected at least a 4-byte int32 width header, found {size} bytes")
-    with open(path, "rb") as f:
-        dim = int(np.frombuffer(f.read(4), dtype="<i4")[0])
-    if not 1 <= dim <= 1 << 20:
-        raise FormatError(f"{path}: expected a row width in 1..{1 << 20} in the first header, found {dim}")
-    row_bytes = 4 * (dim + 1)
-    if size % row_bytes:
-        raise FormatError(
-            f"{path}: file size {size} bytes is not a multiple of the row size {row_bytes} "
-            f"(4-byte header + {dim} x 4 bytes); the file is truncated or not {Path(path).suffix}"
-        )
+    _, dim = _fvecs_shape(path, size)
     rows = np.fromfile(path, dtype="<i4").reshape(-1, dim + 1)
-    bad = np.flatnonzero(rows[:, 0] != dim)
-    if bad.size:
-        row = int(bad[0])
-        raise FormatError(f"{path}: row {row} has width header {int(rows[row, 0])}, expected {dim} (the first row's)")
+    _check_fvecs_headers(path, rows, dim, 0)
     values = np.ascontiguousarray(rows[:, 1:]).view(dtype)
     return values.astype(np.float32 if dtype == "<f4" else np.int64)
 
@@ -77,20 +862,19 @@ def _check_float_matrix(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def read_vectors(path: str | Path, what: str = "vectors") -> np.ndarray:
-    """Float32 (n, dim) vectors from a .npy (``allow_pickle=False``) or .fvecs file."""
+    """Float32 (n, dim) finite vectors from any `SUPPORTED_SUFFIXES` file, read whole.
+
+    Parquet and Arrow files are read through `open_vectors` with its default column choice.
+
+    Raises
+    ------
+    DatasetNotFound, InvalidInput, FormatError
+        As `open_vectors`; also InvalidInput for NaN or inf (naming the first such row).
+    """
     path = _require_file(Path(path), what)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as exc:  # numpy raises ValueError for object data and damaged files
-            why = "it holds pickled (object) data, which vecz never loads" if "pickle" in str(exc) else str(exc)
-            raise FormatError(f"{path}: expected a numeric .npy array: {why}") from None
-    elif suffix == ".fvecs":
-        arr = read_fvecs(path)
-    else:
-        raise InvalidInput(f"{path}: expected a .npy or .fvecs file, found suffix {suffix!r}")
-    return _check_float_matrix(arr, path, what)
+    with open_vectors(path) as source:
+        vecs, _ = source.read_all()
+    return _check_float_matrix(vecs, path, what)
 
 
 def read_ids(path: str | Path, n_queries: int, n_base: int) -> np.ndarray:
