@@ -1,9 +1,25 @@
-"""vecz engine: codecs (and, in later work, the store and CLI)."""
+"""vecz engine: the store (`Store`), codecs (`Codec`) and the CLI."""
 
 from .codecs import Codec, CodeIndex, SearchResult, code_size, format_spec, parse_spec
-from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained, VeczError
+from .errors import (
+    ChecksumError,
+    CodecSpecError,
+    DimensionMismatch,
+    FormatError,
+    FormatVersionError,
+    InvalidInput,
+    NotTrained,
+    ReadOnlyStore,
+    StoreCorrupted,
+    StoreLocked,
+    StoreNotFound,
+    VeczError,
+)
+from .store import Store, check_store
 
 __all__ = [
+    "Store",
+    "check_store",
     "Codec",
     "CodeIndex",
     "SearchResult",
@@ -15,4 +31,11 @@ __all__ = [
     "DimensionMismatch",
     "InvalidInput",
     "NotTrained",
+    "FormatError",
+    "FormatVersionError",
+    "ChecksumError",
+    "StoreCorrupted",
+    "StoreNotFound",
+    "StoreLocked",
+    "ReadOnlyStore",
 ]

@@ -1,9 +1,15 @@
 """`vecz` command line (DESIGN.md's CLI): argument parsing and terminal output.
 
-`vecz bench` is implemented here on top of `engine.bench` (the logic); the store commands
-(build, search, info, check) arrive with the store issue. Exit codes: 0 on success, 2 on
-bad input (unknown dataset or file, malformed file, bad spec or option), as argparse does
-for bad usage.
+    vecz build SRC STORE --codec SPEC [--metric cosine] [--dense f32|f16|none]
+    vecz search STORE QUERIES -k 10 [--nprobe N] [--rerank R] [--out FILE]
+    vecz info STORE
+    vecz check STORE
+    vecz bench ...
+
+The logic lives in `engine.store` and `engine.bench`; this module parses, streams files
+through them and prints. Long work shows a progress bar on a terminal (stderr) and stays
+quiet when piped. Exit codes: 0 on success, 1 when `vecz check` finds damage, 2 on bad input
+(unknown dataset or file, malformed file, bad spec or option), as argparse does for bad usage.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import InvalidInput, VeczError
+import numpy as np
+
+from .errors import DimensionMismatch, InvalidInput, VeczError
 
 __all__ = ["main"]
 
@@ -116,18 +124,216 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _progress(total: int | None, what: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=" rows", desc=what, disable=not sys.stderr.isatty(), leave=False,
+                dynamic_ncols=True)
+
+
+def _store_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build (or append to) a store from a vectors file",
+                       description="Stream SRC (.npy, .fvecs, .parquet, .arrow) into the store STORE in "
+                                   "batches: the first batch (at least --train-size rows) trains the codec, "
+                                   "every batch is one durable commit.")
+    p.add_argument("src", metavar="SRC", help="vectors: .npy, .fvecs, .parquet or .arrow")
+    p.add_argument("store", metavar="STORE", help="store directory (created; must be new or empty unless --append)")
+    p.add_argument("--codec", default="RB2", metavar="SPEC", help="codec spec (default RB2), e.g. 'IVF1024,PQ48x8'")
+    p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine", help="default: cosine")
+    p.add_argument("--dense", choices=("f32", "f16", "none"), default="f32",
+                   help="disk tier for exact re-ranking (default f32; none keeps codes only)")
+    p.add_argument("--column", help="vector column of a .parquet/.arrow file (default: the only list column)")
+    p.add_argument("--id-column", help="integer id column of a .parquet/.arrow file (default: ids 0, 1, ...)")
+    p.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="rows per commit (default: 256 MB of float32 per batch)")
+    p.add_argument("--train-size", type=int, default=65536, metavar="N",
+                   help="rows the codec trains on (default 65536)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the codec's training (default 0)")
+    p.add_argument("--append", action="store_true", help="append to an existing store instead of creating one")
+
+    p = sub.add_parser("search", help="search a store with query vectors from a file",
+                       description="Search STORE with the vectors in QUERIES; results to stdout (TSV: query, "
+                                   "rank, id, score) or to --out FILE (.parquet long table or .npy ids + "
+                                   "<stem>.scores.npy).")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("queries", metavar="QUERIES", help="query vectors: .npy, .fvecs, .parquet or .arrow")
+    p.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default nlist // 16)")
+    p.add_argument("--rerank", type=int, default=None,
+                   help="re-score the R best candidates exactly from disk (default max(50, 5k); 0 = codes only)")
+    p.add_argument("--column", help="vector column of a .parquet/.arrow queries file")
+    p.add_argument("--out", metavar="FILE", help=".parquet or .npy output (default: TSV on stdout)")
+    p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")
+
+    p = sub.add_parser("info", help="spec, counts, bytes in RAM and on disk, versions")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--json", action="store_true", help="print the info as JSON")
+
+    p = sub.add_parser("check", help="verify every checksum; exit 1 on damage")
+    p.add_argument("store", metavar="STORE")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from formats.importers import open_vectors
+
+    from .store import Store
+
+    started = time.perf_counter()
+    with open_vectors(args.src, column=args.column, id_column=args.id_column) as source:
+        if args.append:
+            store = Store.open(args.store, mode="a")
+        else:
+            store = Store.create(args.store, dim=source.dim, metric=args.metric, codec=args.codec,
+                                 dense=None if args.dense == "none" else args.dense, seed=args.seed,
+                                 train_size=args.train_size)
+        with store:
+            if store.dim != source.dim:
+                raise DimensionMismatch(f"{args.src}: expected width {store.dim} (the store's), found {source.dim}")
+            batch_rows = args.batch_rows or max(1024, (256 << 20) // (4 * source.dim))
+            if batch_rows < 1:
+                raise InvalidInput(f"--batch-rows must be >= 1, found {batch_rows}")
+            pending: list[tuple] = []
+            first = not store.codec.is_trained
+            with _progress(source.n, "build") as bar:
+                for vectors, ids in source.batches(batch_rows):
+                    if first:
+                        # gather at least train_size rows for the first commit, which trains the codec
+                        pending.append((vectors, ids))
+                        if sum(len(v) for v, _ in pending) < args.train_size:
+                            continue
+                        vectors = np.concatenate([v for v, _ in pending])
+                        ids = None if pending[0][1] is None else np.concatenate([i for _, i in pending])
+                        pending, first = [], False
+                    if len(vectors):
+                        store.add(vectors, ids)
+                    bar.update(len(vectors))
+                if pending and sum(len(v) for v, _ in pending):
+                    ids = None if pending[0][1] is None else np.concatenate([i for _, i in pending])
+                    vectors = np.concatenate([v for v, _ in pending])
+                    store.add(vectors, ids)
+                    bar.update(len(vectors))
+            info = store.info()
+    elapsed = time.perf_counter() - started
+    print(f"{args.store}: {info['live']} vectors of dim {info['dim']}, codec {info['spec']} "
+          f"({info['code_size']} B/vector), metric {info['metric']}, dense {info['dense']}, "
+          f"version {info['version']}, {info['segments']} segment(s); {elapsed:.1f} s "
+          f"({info['live'] / max(elapsed, 1e-9):,.0f} vectors/s)")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from formats.importers import open_vectors, write_results
+
+    from .store import Store
+
+    if args.batch_rows < 1:
+        raise InvalidInput(f"--batch-rows must be >= 1, found {args.batch_rows}")
+    started = time.perf_counter()
+    all_s, all_i = [], []
+    rows_read = bytes_read = candidates = 0
+    with Store.open(args.store) as store, open_vectors(args.queries, column=args.column) as source:
+        with _progress(source.n, "search") as bar:
+            for queries, _ in source.batches(args.batch_rows):
+                res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank)
+                all_s.append(res.scores)
+                all_i.append(res.ids)
+                rows_read += res.stats.rows_read
+                bytes_read += res.stats.bytes_read
+                candidates += res.stats.candidates
+                bar.update(len(queries))
+    scores = np.concatenate(all_s) if all_s else np.empty((0, args.k), dtype=np.float32)
+    ids = np.concatenate(all_i) if all_i else np.empty((0, args.k), dtype=np.int64)
+    elapsed = time.perf_counter() - started
+    nq = max(len(ids), 1)
+    summary = (f"{len(ids)} queries in {elapsed:.2f} s; per query: {candidates / nq:,.0f} codes scored, "
+               f"{rows_read / nq:,.1f} rows ({bytes_read / nq:,.0f} bytes) read from disk")
+    if args.out:
+        for path in write_results(args.out, ids, scores):
+            print(f"wrote {path}", file=sys.stderr)
+        print(summary, file=sys.stderr)
+        return 0
+    out = sys.stdout
+    out.write("query\trank\tid\tscore\n")
+    for q in range(ids.shape[0]):
+        for r in range(ids.shape[1]):
+            if ids[q, r] >= 0:
+                out.write(f"{q}\t{r}\t{ids[q, r]}\t{scores[q, r]:.6g}\n")
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from .store import Store
+
+    with Store.open(args.store) as store:
+        info = store.info()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    ram = info["ram_bytes"]
+    live = max(info["live"], 1)
+    lines = [
+        ("store", info["path"]),
+        ("codec", f"{info['spec']} ({info['code_size']} B/vector{'' if info['trained'] else ', not trained'})"),
+        ("dim / metric", f"{info['dim']} / {info['metric']}"),
+        ("vectors", f"{info['live']:,} live, {info['deleted']:,} deleted, {info['segments']} segment(s)"),
+        ("RAM", f"{info['ram_bytes_total']:,} bytes ({info['ram_bytes_total'] / live:.1f} B/vector): "
+                f"index {ram['index']:,}, ids {ram['ids']:,}, codec {ram['codec']:,}"),
+        ("disk", f"{info['disk_bytes_version']:,} bytes in this version ({info['dense_bytes']:,} dense, "
+                 f"tier {info['dense']}); {info['disk_bytes_total']:,} in the directory"),
+        ("version", f"{info['version']} (committed versions {_ranges(info['versions'])})"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return "none"
+    out, start, prev = [], values[0], values[0]
+    for v in values[1:] + [None]:  # type: ignore[list-item]
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .store import check_store
+
+    problems = check_store(args.store)
+    for problem in problems:
+        print(f"damaged: {problem}")
+    if problems:
+        print(f"{args.store}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.store}: ok (every checksum verified)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `vecz` command line; returns the exit code (2 on bad input)."""
     parser = argparse.ArgumentParser(prog="vecz", description="compressed vector storage")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("codecs", help="list the codec stages and their bytes per vector")
+    _store_parsers(sub)
     _bench_parser(sub)
     args = parser.parse_args(argv)
     command = "vecz " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.command == "codecs":
         print("stages: MRL<d>, IVF<n>, PQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, F16, Flat")
         return 0
+    commands = {"build": _build, "search": _search, "info": _info, "check": _check}
     try:
+        if args.command in commands:
+            return commands[args.command](args)
         return _bench(args, command)
     except VeczError as exc:
         print(f"vecz {args.command}: error: {exc}", file=sys.stderr)

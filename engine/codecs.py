@@ -261,10 +261,13 @@ def code_size(spec: str, dim: int, metric: str = "cosine") -> int:
 
 
 class SearchStats(NamedTuple):
-    """What a search did: codes scored, lists probed."""
+    """What a search did: codes scored, IVF lists probed, and (store searches with
+    ``rerank``) rows and bytes read from the disk tier to re-score the shortlist."""
 
     candidates: int
     lists_probed: int
+    rows_read: int = 0
+    bytes_read: int = 0
 
 
 class SearchResult(tuple):
@@ -608,8 +611,12 @@ class Codec:
 
     # ---- search
 
-    def index(self, codes: Any, lists: Any = None, ids: Any = None) -> "CodeIndex":
-        """A searchable in-memory layout of codes (ids default to row numbers)."""
+    def index(self, codes: Any, lists: Any = None, ids: Any = None, *, keep_rows: bool = True) -> "CodeIndex":
+        """A searchable in-memory layout of codes (ids default to row numbers).
+
+        ``keep_rows=False`` keeps one copy of the codes only (the scan layout): symmetric
+        (``sdc=True``) RB search then needs the codes again and raises `InvalidInput`.
+        The store uses it to hold codes + ids and little else in RAM."""
         codes, lists = self._check_codes(codes, lists)
         if ids is None:
             ids = np.arange(codes.shape[0], dtype=np.int64)
@@ -618,7 +625,7 @@ class Codec:
             raise InvalidInput(f"ids: expected {codes.shape[0]} ids, found shape {ids.shape}")
         if ids.size and ids.min() < 0:
             raise InvalidInput(f"ids must be >= 0 (-1 marks an empty result slot), found {int(ids.min())}")
-        return CodeIndex(self, codes, lists, ids)
+        return CodeIndex(self, codes, lists, ids, keep_rows=keep_rows)
 
     def search(self, queries: Any, codes: Any, lists: Any = None, k: int = 10, **kw: Any) -> SearchResult:
         """One-off search over codes; build `index()` once to search repeatedly."""
@@ -636,8 +643,14 @@ class CodeIndex:
     TABLE_BUDGET = 64 << 20
     # Fewer queries than this run on the calling thread only (see `search`).
     PARALLEL_MIN_QUERIES = 8
+    # 4-bit fast scan: queries that probe the same lists (all of them without IVF) are
+    # scanned together, each code block accumulated for a group of queries while it is in
+    # L1 (fastscan's *_multi drivers). False scans one query at a time (the same results;
+    # tests compare the two).
+    _MULTI_QUERY = True
 
-    def __init__(self, codec: Codec, codes: np.ndarray, lists: np.ndarray, ids: np.ndarray) -> None:
+    def __init__(self, codec: Codec, codes: np.ndarray, lists: np.ndarray, ids: np.ndarray,
+                 *, keep_rows: bool = True) -> None:
         self.codec = codec
         self.state = codec._require()
         order, self.offsets = ivf.ivf_layout(lists, codec.nlist)
@@ -647,6 +660,10 @@ class CodeIndex:
         q = codec.quantizer
         self.codes = codes
         self.words: np.ndarray | None = None
+        self._bits: np.ndarray | None = None
+        self.factors: np.ndarray | None = None
+        if isinstance(q, RB):
+            self._n_levels, self._n_bytes = q.levels, binary.rb_nbytes(codec.width)
         if isinstance(q, PQ) and q.nbits == 4:
             # The blocked layout replaces the row codes: one copy of the codes in RAM.
             self.blocks, self.block_ids, self.block_offsets = fastscan.fs_layout(
@@ -656,15 +673,22 @@ class CodeIndex:
         elif isinstance(q, RB):
             # Asymmetric scoring runs on the 4-bit fast scan: each byte of sign bits is two
             # 4-bit sub-codes, laid out in blocks (one copy of the bits). The popcount words
-            # for symmetric scoring are derived on the first sdc=True search.
+            # for symmetric scoring are derived on the first sdc=True search, from the row
+            # codes when they are kept.
             bits, factors = codec._split_rb(codes)
             self.blocks, self.block_ids, self.block_offsets = fastscan.fs_layout(
                 binary.rb_nibbles(bits), self.ids, self.offsets
             )
-            self.factors = factors
             self.block_factors = fastscan.fs_row_values(factors, self.block_ids.shape[0], self.offsets)
-            self._bits = bits
+            # (max g, min g, min |r|^2) of each block, 12 bytes per 32 rows: the scan skips a
+            # block whose best possible score cannot enter the top-k
+            self.block_bounds = fastscan.fs_block_bounds(self.block_factors, self.block_ids)
+            if keep_rows:
+                self.factors, self._bits = factors, bits
             self.codes = np.empty((0, codes.shape[1]), dtype=np.uint8)
+        if not keep_rows and self.codes.shape[0] == 0:
+            # the blocked layouts carry their own ids (block_ids)
+            self.ids = np.empty(0, dtype=np.int64)
         elif isinstance(q, F16):
             self.codes = np.ascontiguousarray(codes.view("<u2").reshape(self.n, codec.width))
         elif isinstance(q, Flat):
@@ -672,6 +696,11 @@ class CodeIndex:
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays this index holds (codes, ids, layouts; not the codec state)."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
     def search(self, queries: Any, k: int = 10, *, nprobe: int = 1, sdc: bool = False) -> SearchResult:
         """Top-k over the codes.
@@ -735,7 +764,7 @@ class CodeIndex:
         if isinstance(q, PQ):
             return 4 * q.m * (1 << q.nbits)
         if isinstance(q, RB):
-            return 4 * 16 * 2 * self._bits.shape[1] * self._bits.shape[2]
+            return 4 * 16 * 2 * self._n_levels * self._n_bytes
         return 4 * self.codec.width
 
     def _scan(self, x: np.ndarray, probes: np.ndarray, per_probe: bool, k: int, sdc: bool):
@@ -758,11 +787,40 @@ class CodeIndex:
             bias = np.einsum("qd,qpd->qp", x, centroids[probes]).astype(np.float32)
         bias = np.ascontiguousarray(bias, dtype=np.float32)
         lut_metric = "l2" if is_l2 else "ip"
+
+        def query_groups():
+            # (order, group_offsets) for the multi-query drivers: queries with the same probe
+            # rows, at most LANES per group; order None when no permutation is needed (no
+            # IVF). None when groups would average under two queries (IVF with few shared
+            # probe rows): then one query at a time, which is a little faster for singletons.
+            if not self._MULTI_QUERY or nq < 2:
+                return None
+            order, group_offsets = fastscan.fs_query_groups(probes, fastscan.LANES)
+            if 2 * (group_offsets.shape[0] - 1) > nq:
+                return None
+            return (None if np.array_equal(order, np.arange(nq)) else order), group_offsets
+
+        def permuted(order, *arrays):
+            return arrays if order is None else tuple(np.ascontiguousarray(a[order]) for a in arrays)
+
+        def unpermuted(order, result):
+            if order is None:
+                return result
+            out_s, out_i = np.empty_like(result[0]), np.empty_like(result[1])
+            out_s[order], out_i[order] = result
+            return out_s, out_i
+
         if isinstance(q, PQ):
             luts = pq.pq_lut(tq, st["pq_books"], lut_metric).reshape(nq, n_tab, q.m, 1 << q.nbits)
             if q.nbits == 8:
                 return pq.pq_lut_scan_batch(luts, self.codes, self.ids, self.offsets, probes, bias, k)
             qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+            groups = query_groups()
+            if groups is not None:
+                order, group_offsets = groups
+                ql, sp, bi, pr, pb = permuted(order, qluts, steps, biases, probes, bias)
+                return unpermuted(order, fastscan.fs_scan_multi_batch(
+                    ql, sp, bi, self.blocks, self.block_ids, self.block_offsets, pr, pb, group_offsets, k))
             return fastscan.fs_scan_batch(qluts, steps, biases, self.blocks, self.block_ids,
                                           self.block_offsets, probes, bias, k)
         if isinstance(q, RB):
@@ -774,6 +832,9 @@ class CodeIndex:
                 q_sq_p = np.zeros((nq, n_probe), dtype=np.float32)
             if sdc:
                 if self.words is None:
+                    if self._bits is None:
+                        raise InvalidInput("sdc=True needs the row codes, which this index "
+                                           "(built with keep_rows=False) does not keep")
                     self.words = binary.rb_words(self._bits)
                 bits, factors = binary.rb_encode_batch(rot, q.levels, binary._T_COARSE, binary._T_FINE_STEP)
                 words = binary.rb_words(bits).reshape(nq, n_tab, q.levels, -1)
@@ -782,9 +843,16 @@ class CodeIndex:
                                                 probes, bias, q_sq_p, is_l2, codec.width, k)
             luts = binary.rb_nibble_lut(rot, 1).reshape(nq, n_tab, -1, 16)  # level 0; level l is 2**-l x
             qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+            groups = query_groups()
+            if groups is not None:
+                order, group_offsets = groups
+                ql, sp, bi, pr, pb, qs = permuted(order, qluts, steps, biases, probes, bias, q_sq_p)
+                return unpermuted(order, fastscan.fs_scan_factors_multi_batch(
+                    ql, sp, bi, q.levels, self.blocks, self.block_ids, self.block_factors, self.block_bounds,
+                    self.block_offsets, pr, pb, qs, is_l2, group_offsets, k))
             return fastscan.fs_scan_factors_batch(qluts, steps, biases, q.levels, self.blocks, self.block_ids,
-                                                  self.block_factors, self.block_offsets, probes, bias, q_sq_p,
-                                                  is_l2, k)
+                                                  self.block_factors, self.block_bounds, self.block_offsets,
+                                                  probes, bias, q_sq_p, is_l2, k)
         if isinstance(q, SQ):
             vmin, vdiff = st["sq_vmin"], st["sq_vdiff"]
             width = codec.width + (codec.width % 2 if q.nbits == 4 else 0)

@@ -1,13 +1,25 @@
 """Typed errors of vecz, rooted in `VeczError`.
 
 The root and the errors raised while reading files are defined in formats/errors.py (imports
-flow engine -> formats) and re-exported here. Each error also inherits the builtin it refines, so `except ValueError` keeps working for
-callers that do not know vecz. Messages say what was expected and what was found.
+flow engine -> formats) and re-exported here. Each error also inherits the builtin it
+refines, so `except ValueError` keeps working for callers that do not know vecz. Messages
+say what was expected and what was found.
 """
 
 from __future__ import annotations
 
-from formats.errors import DatasetNotFound, DimensionMismatch, FormatError, InvalidInput, VeczError
+from formats.errors import (
+    ChecksumError,
+    CommitConflict,
+    DatasetNotFound,
+    DimensionMismatch,
+    FormatError,
+    FormatVersionError,
+    InvalidInput,
+    StoreCorrupted,
+    StoreNotFound,
+    VeczError,
+)
 
 __all__ = [
     "VeczError",
@@ -16,6 +28,13 @@ __all__ = [
     "InvalidInput",
     "NotTrained",
     "FormatError",
+    "FormatVersionError",
+    "ChecksumError",
+    "StoreCorrupted",
+    "StoreNotFound",
+    "StoreLocked",
+    "ReadOnlyStore",
+    "CommitConflict",
     "DatasetNotFound",
 ]
 
@@ -26,3 +45,11 @@ class CodecSpecError(VeczError, ValueError):
 
 class NotTrained(VeczError, RuntimeError):
     """A codec was asked to encode or search before it was trained."""
+
+
+class StoreLocked(VeczError, RuntimeError):
+    """Another process holds the store's writer lock (one writer at a time)."""
+
+
+class ReadOnlyStore(VeczError, PermissionError):
+    """A write (add, delete, train, compact) on a store opened read-only."""

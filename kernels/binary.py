@@ -263,7 +263,7 @@ def rb_nibbles(bits: np.ndarray) -> np.ndarray:
     """bits uint8 (n, b, nbytes) -> 4-bit sub-codes uint8 (n, 2 * b * nbytes) for the fast scan:
     byte j of level l gives sub-codes (low nibble: dims 8j..8j+3, high: dims 8j+4..8j+7)."""
     n = bits.shape[0]
-    flat = bits.reshape(n, -1)
+    flat = bits.reshape(n, bits.shape[1] * bits.shape[2])  # not -1: n may be 0
     out = np.empty((n, 2 * flat.shape[1]), dtype=np.uint8)
     out[:, 0::2] = flat & 15
     out[:, 1::2] = flat >> 4

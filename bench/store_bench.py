@@ -1,0 +1,324 @@
+"""The store's targets (issue 3), measured on a real dataset in one process run:
+
+- quality: recall@10 against the re-rank depth R for each spec (the exact vectors read from
+  the store's dense files), on all queries;
+- speed: single-thread QPS of `Store.search` at an operating point (spec, R) beside faiss's
+  in-RAM `PQ96x4fs,RFlat` and `IVF<n>,PQ96x4fs,RFlat` swept over k_factor and nprobe; the
+  ratio is against the fastest faiss configuration whose recall@10 is at least vecz's;
+- RAM: resident set of a fresh process before and after `Store.open` (subprocess), against
+  1.3 x (codes + ids + trained arrays) + 64 MB;
+- cold cache: the dense files' pages evicted (posix_fadvise DONTNEED, which needs no root,
+  before every query), p50/p99 latency of one-query searches and the bytes the process read
+  from storage (/proc/self/io read_bytes) per query, beside the rows and bytes vecz reports;
+- build: vectors per second of Store.create + add on 2 threads (train, encode, write, fsync)
+  and of Codec train + encode alone, against faiss train + add of the closest spec.
+
+    python bench/store_bench.py                       # wordnet-minilm, writes bench/out/store/
+    python bench/store_bench.py --parts quality --specs "RB1;PQ56x8"
+
+Run it alone: two benchmarks on a 2-core machine disturb each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import faiss  # noqa: E402
+import numba  # noqa: E402
+
+from engine import Codec, Store  # noqa: E402
+from engine.bench import faiss_factory, set_blas_threads  # noqa: E402
+
+K = 10
+
+
+def recall(found: np.ndarray, gt: np.ndarray, k: int = K) -> float:
+    hits = [len(np.intersect1d(found[i, :k], gt[i, :k])) for i in range(len(gt))]
+    return float(np.mean(hits)) / k
+
+
+def threads(n: int) -> None:
+    numba.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    set_blas_threads(n)
+
+
+def best_time(fn, rounds: int = 3) -> float:
+    fn()  # warm: compiled kernels, lazy tables
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def build_store(path: Path, base: np.ndarray, spec: str) -> float:
+    shutil.rmtree(path, ignore_errors=True)
+    t = time.perf_counter()
+    with Store.create(path, dim=base.shape[1], metric="cosine", codec=spec, dense="f32") as s:
+        s.add(base)
+    return time.perf_counter() - t
+
+
+def part_build(args, base, specs, out):
+    threads(2)
+    # compile everything once on a small store so no figure includes JIT time
+    warm = Path(args.work) / "warm"
+    for spec in specs:
+        build_store(warm, base[:3000], spec)
+    rows = []
+    xb = base / np.linalg.norm(base, axis=1, keepdims=True)
+    for spec in specs:
+        t_store = build_store(Path(args.work) / f"build-{spec}", base, spec)
+        t0 = time.perf_counter()
+        c = Codec(spec, base.shape[1], "cosine").train(base)
+        c.encode(base)
+        t_codec = time.perf_counter() - t0
+        fstr = faiss_factory(spec, base.shape[1])
+        t_faiss = None
+        if fstr:
+            index = faiss.index_factory(base.shape[1], fstr, faiss.METRIC_INNER_PRODUCT)
+            t0 = time.perf_counter()
+            index.train(xb[: 65536])
+            index.add(xb)
+            t_faiss = time.perf_counter() - t0
+        n = len(base)
+        rows.append({"spec": spec, "store_s": t_store, "store_vps": n / t_store, "codec_s": t_codec,
+                     "codec_vps": n / t_codec, "faiss": fstr, "faiss_s": t_faiss,
+                     "faiss_vps": n / t_faiss if t_faiss else None,
+                     "ratio_store": (t_faiss / t_store) if t_faiss else None,
+                     "ratio_codec": (t_faiss / t_codec) if t_faiss else None})
+        print(f"build {spec}: store {t_store:.1f} s ({n / t_store:,.0f} vec/s), codec train+encode {t_codec:.1f} s; "
+              f"faiss {fstr} train+add {t_faiss and f'{t_faiss:.1f}'} s -> ratio store {rows[-1]['ratio_store'] and f'{rows[-1]['ratio_store']:.2f}'}x, "
+              f"codec {rows[-1]['ratio_codec'] and f'{rows[-1]['ratio_codec']:.2f}'}x", flush=True)
+    out["build"] = rows
+
+
+def ensure_store(args, base, spec) -> Path:
+    path = Path(args.work) / f"store-{spec}"
+    if not (path / "MANIFEST-000000000002").exists() or args.rebuild:
+        threads(2)
+        build_store(path, base, spec)
+    return path
+
+
+def part_quality(args, base, queries, gt, specs, out):
+    threads(2)
+    rows = []
+    for spec in specs:
+        path = ensure_store(args, base, spec)
+        with Store.open(path) as s:
+            line = {"spec": spec, "code_size": s.codec.code_size}
+            for r in args.rerank:
+                res = s.search(queries, K, rerank=r)
+                line[f"R{r}"] = recall(res.ids, gt)
+        rows.append(line)
+        print("quality", json.dumps(line), flush=True)
+    out["quality"] = rows
+
+
+def faiss_sweep(base, queries, gt, nlist: int):
+    xb = base / np.linalg.norm(base, axis=1, keepdims=True)
+    xq = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    rows = []
+    threads(2)
+    flat = faiss.index_factory(base.shape[1], "PQ96x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+    flat.train(xb[:65536])
+    flat.add(xb)
+    ivf = faiss.index_factory(base.shape[1], f"IVF{nlist},PQ96x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(xb[:65536])
+    ivf.add(xb)
+    threads(1)
+    for kf in (1, 2, 3, 4, 5, 6, 8, 10, 15):
+        params = faiss.IndexRefineSearchParameters(k_factor=kf)
+        _, ids = flat.search(xq, K, params=params)
+        t = best_time(lambda: flat.search(xq, K, params=params))
+        rows.append({"faiss": "PQ96x4fs,RFlat", "k_factor": kf, "nprobe": None,
+                     "recall@10": recall(ids, gt), "qps": len(xq) / t})
+    for nprobe in (16, 32, 64, 128, 256, 512):
+        for kf in (2, 4, 6, 10):
+            base_params = faiss.SearchParametersIVF(nprobe=nprobe)
+            params = faiss.IndexRefineSearchParameters(k_factor=kf, base_index_params=base_params)
+            _, ids = ivf.search(xq, K, params=params)
+            t = best_time(lambda: ivf.search(xq, K, params=params))
+            rows.append({"faiss": f"IVF{nlist},PQ96x4fs,RFlat", "k_factor": kf, "nprobe": nprobe,
+                         "recall@10": recall(ids, gt), "qps": len(xq) / t})
+    for r in rows:
+        print("faiss", json.dumps(r), flush=True)
+    return rows
+
+
+def part_speed(args, base, queries, gt, out):
+    q = queries[: args.nq_speed]
+    g = gt[: args.nq_speed]
+    faiss_rows = faiss_sweep(base, q, g, args.nlist)
+    rows = []
+    for point in args.points:
+        spec, r, nprobe = point.split(":") + [None] * (3 - len(point.split(":")))
+        r = int(r)
+        path = ensure_store(args, base, spec)
+        threads(1)
+        with Store.open(path) as s:
+            kw = {"rerank": r}
+            if nprobe:
+                kw["nprobe"] = int(nprobe)
+            res = s.search(q, K, **kw)
+            rec = recall(res.ids, g)
+            t = best_time(lambda: s.search(q, K, **kw))
+        qps = len(q) / t
+        match = [f for f in faiss_rows if f["recall@10"] >= rec]
+        best = max(match, key=lambda f: f["qps"]) if match else max(faiss_rows, key=lambda f: f["recall@10"])
+        row = {"spec": spec, "rerank": r, "nprobe": nprobe and int(nprobe), "recall@10": rec, "qps": qps,
+               "rows_read_per_query": res.stats.rows_read / len(q),
+               "bytes_read_per_query": res.stats.bytes_read / len(q),
+               "faiss_best": best, "faiss_reaches_recall": bool(match), "ratio": qps / best["qps"]}
+        rows.append(row)
+        print("speed", json.dumps(row), flush=True)
+    out["speed"] = {"vecz": rows, "faiss": faiss_rows, "nq": len(q), "threads": 1}
+
+
+_RAM_CHILD = """
+import json, sys, numpy as np
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) * 1024
+import engine
+from engine import Store
+before = rss()
+s = Store.open(sys.argv[1])
+s.search(np.ones((1, s.dim), np.float32), 10, rerank=0)
+after = rss()
+mem = s.memory_bytes()
+codes = len(s) * s.codec.code_size
+print(json.dumps({"rss_before_open": before, "rss_after_open": after, "codes": codes, "ids": 8 * len(s),
+                  "codec_state": mem["codec"], "held": mem}))
+"""
+
+
+def part_ram(args, base, specs, out):
+    rows = []
+    for spec in specs:
+        path = ensure_store(args, base, spec)
+        res = subprocess.run([sys.executable, "-c", _RAM_CHILD, str(path)], capture_output=True, text=True,
+                             check=True, cwd=str(REPO))
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        budget_bytes = row["codes"] + row["ids"] + row["codec_state"]
+        row.update({"spec": spec, "delta": row["rss_after_open"] - row["rss_before_open"],
+                    "budget": 1.3 * budget_bytes + (64 << 20), "payload": budget_bytes})
+        rows.append(row)
+        print(f"ram {spec}: codes+ids+codebooks {budget_bytes / 2**20:.1f} MiB; RSS after imports "
+              f"{row['rss_before_open'] / 2**20:.1f} MiB, after open {row['rss_after_open'] / 2**20:.1f} MiB "
+              f"(+{row['delta'] / 2**20:.1f} MiB = {row['delta'] / budget_bytes:.2f}x the payload); "
+              f"budget 1.3 x payload + 64 MiB = {row['budget'] / 2**20:.1f} MiB", flush=True)
+    out["ram"] = rows
+
+
+def _io_read_bytes() -> int:
+    for line in open("/proc/self/io"):
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _evict(paths: list[Path]) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def part_cold(args, base, queries, gt, out):
+    rows = []
+    for point in args.points:
+        spec, r, nprobe = point.split(":") + [None] * (3 - len(point.split(":")))
+        path = ensure_store(args, base, spec)
+        threads(1)
+        dense_files = sorted(path.glob("dense-*.arrow"))
+        kw = {"rerank": int(r)}
+        if nprobe:
+            kw["nprobe"] = int(nprobe)
+        with Store.open(path) as s:
+            s.search(queries[:2], K, **kw)
+            for mode in ("cold", "warm"):
+                lat, io, reported, found = [], [], [], []
+                for i in range(args.nq_cold):
+                    if mode == "cold":
+                        _evict(dense_files)
+                    before = _io_read_bytes()
+                    t = time.perf_counter()
+                    res = s.search(queries[i : i + 1], K, **kw)
+                    lat.append(time.perf_counter() - t)
+                    io.append(_io_read_bytes() - before)
+                    reported.append(res.stats.bytes_read)
+                    found.append(res.ids[0])
+                lat_ms = np.array(lat) * 1e3
+                row = {"spec": spec, "rerank": int(r), "mode": mode, "nq": args.nq_cold,
+                       "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
+                       "io_read_bytes_per_query": float(np.mean(io)),
+                       "reported_bytes_per_query": float(np.mean(reported)),
+                       "recall@10": recall(np.array(found), gt[: args.nq_cold])}
+                rows.append(row)
+                print("cold", json.dumps(row), flush=True)
+    out["cold"] = rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wordnet-minilm"))
+    p.add_argument("--specs", default="RB1;PQ56x8;PQ112x4")
+    p.add_argument("--rerank", default="0,10,20,30,40,50,75,100,200")
+    p.add_argument("--points", default="RB1:50;RB1:100", help="operating points SPEC:R[:NPROBE];...")
+    p.add_argument("--parts", default="build,quality,speed,ram,cold")
+    p.add_argument("--nq-speed", type=int, default=1000)
+    p.add_argument("--nq-cold", type=int, default=200)
+    p.add_argument("--nlist", type=int, default=1372)
+    p.add_argument("--work", default="/tmp/vecz-store-bench")
+    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--out", default=str(REPO / "bench" / "out" / "store"))
+    args = p.parse_args()
+    args.rerank = [int(v) for v in args.rerank.split(",")]
+    args.points = [v for v in args.points.split(";") if v]
+    specs = [v for v in args.specs.split(";") if v]
+    data = Path(args.data)
+    base = np.load(data / "base.npy").astype(np.float32)
+    queries = np.load(data / "queries.npy").astype(np.float32)
+    gt = np.load(data / "gt_ids.npy")[:, :K]
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    out: dict = {"command": " ".join(sys.argv), "data": str(data), "n": len(base), "nq": len(queries),
+                 "faiss": faiss.__version__, "numba": numba.__version__}
+    parts = args.parts.split(",")
+    if "build" in parts:
+        part_build(args, base, specs, out)
+    if "quality" in parts:
+        part_quality(args, base, queries, gt, specs, out)
+    if "speed" in parts:
+        part_speed(args, base, queries, gt, out)
+    if "ram" in parts:
+        part_ram(args, base, specs, out)
+    if "cold" in parts:
+        part_cold(args, base, queries, gt, out)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    name = Path(args.out) / f"store-{'-'.join(parts)}.json"
+    name.write_text(json.dumps(out, indent=2, default=float))
+    print(f"wrote {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Dense-vector files: the disk tier of a store (formats/FORMAT.md, "Dense files").
+
+A dense file is an Arrow IPC file (uncompressed, one record batch) with columns ``id``
+(int64) and ``vector`` (fixed_size_list<float32 | float16>[dim]), so any Arrow reader can
+open it. The writer records where the vector values start (`DenseInfo.offset`); a reader
+then reads row i at ``offset + i * dim * itemsize`` with one seek and never parses or loads
+the whole file. `DenseReader` maps the file read-only with MADV_RANDOM (the kernel reads
+the pages a row touches, not a read-ahead window) and counts the rows and bytes it reads.
+
+Readers trust nothing from the manifest or the file before checking it: the file's size
+equals the recorded size, the Arrow magic sits at both ends, the values region lies inside
+the file, and every requested row is in range. `check_dense` also verifies the whole-file
+CRC32 and that the Arrow schema and row count agree with the record.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FormatError, InvalidInput, StoreCorrupted
+
+__all__ = ["DENSE_DTYPES", "DenseInfo", "DenseReader", "write_dense", "check_dense"]
+
+DENSE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
+_MAGIC_HEAD = b"ARROW1\x00\x00"
+_MAGIC_TAIL = b"ARROW1"
+_CRC_CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class DenseInfo:
+    """What the manifest records about one dense file (JSON via `to_json`/`from_json`)."""
+
+    file: str
+    rows: int
+    dim: int
+    dtype: str
+    offset: int
+    nbytes: int
+    crc32: int
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * DENSE_DTYPES[self.dtype].itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "DenseInfo":
+        """Validate a manifest entry's types and ranges (hostile JSON raises StoreCorrupted)."""
+        if not isinstance(obj, dict):
+            raise StoreCorrupted(f"{where}: expected a dense-file record (object), found {type(obj).__name__}")
+        fields = {"file": str, "rows": int, "dim": int, "dtype": str, "offset": int, "nbytes": int, "crc32": int}
+        values = {}
+        for name, kind in fields.items():
+            value = obj.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise StoreCorrupted(f"{where}: dense field {name!r}: expected {kind.__name__}, found {value!r:.80}")
+            values[name] = value
+        info = cls(**values)
+        if info.dtype not in DENSE_DTYPES:
+            raise StoreCorrupted(f"{where}: dense dtype: expected one of {sorted(DENSE_DTYPES)}, found {info.dtype!r}")
+        if info.rows < 0 or info.dim < 1 or info.offset < 0 or info.nbytes < 0 or not 0 <= info.crc32 < 1 << 32:
+            raise StoreCorrupted(f"{where}: dense record has a negative or out-of-range field: {values}")
+        if "/" in info.file or info.file.startswith("."):
+            raise StoreCorrupted(f"{where}: dense file name must be a plain name, found {info.file!r}")
+        return info
+
+
+def _file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CRC_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def write_dense(path: str | Path, ids: np.ndarray, vectors: np.ndarray, dtype: str) -> DenseInfo:
+    """Write a dense file exclusively (fails if `path` exists) and fsync it.
+
+    Parameters
+    ----------
+    path : destination (its directory is not fsynced: the caller publishes the commit)
+    ids : int64 (n,)
+    vectors : float (n, dim); stored as `dtype` ("f32" or "f16")
+    """
+    import pyarrow as pa  # imported here: a reader opening a store never needs pyarrow (26 MB RSS)
+    import pyarrow.ipc as ipc
+
+    path = Path(path)
+    if dtype not in DENSE_DTYPES:
+        raise InvalidInput(f"dense dtype: expected one of {sorted(DENSE_DTYPES)}, found {dtype!r}")
+    np_dtype = DENSE_DTYPES[dtype]
+    vectors = np.ascontiguousarray(vectors, dtype=np_dtype)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    n, dim = vectors.shape
+    if ids.shape != (n,):
+        raise InvalidInput(f"dense ids: expected shape ({n},), found {ids.shape}")
+    values = pa.array(vectors.reshape(-1), type=pa.float32() if dtype == "f32" else pa.float16())
+    batch = pa.record_batch([pa.array(ids, type=pa.int64()), pa.FixedSizeListArray.from_arrays(values, dim)],
+                            names=["id", "vector"])
+    with open(path, "xb") as f:
+        sink = pa.PythonFile(f, mode="w")
+        with ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        f.flush()
+        os.fsync(f.fileno())
+    # Locate the values buffer in the file just written (trusted: we wrote it).
+    nbytes = path.stat().st_size
+    source = pa.memory_map(str(path))
+    try:
+        whole = source.read_buffer(nbytes)
+        column = ipc.open_file(source).get_batch(0).column(1)
+        flat = column.values
+        offset = flat.buffers()[1].address - whole.address + flat.offset * np_dtype.itemsize if n else 0
+    finally:
+        source.close()
+    return DenseInfo(path.name, int(n), int(dim), dtype, int(offset), int(nbytes), _file_crc32(path))
+
+
+class DenseReader:
+    """Reads rows of one dense file by number, counting what it reads.
+
+    Thread-safety: `read_rows` may run from several threads (the map is read-only); the
+    counters are then approximate.
+    """
+
+    def __init__(self, directory: str | Path, info: DenseInfo) -> None:
+        self.path = Path(directory) / info.file
+        self.info = info
+        self.rows_read = 0
+        self.bytes_read = 0
+        self._mmap: mmap.mmap | None = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreCorrupted(f"{self.path}: dense file named by the manifest is missing") from None
+        except OSError as exc:
+            raise StoreCorrupted(f"{self.path}: cannot open the dense file: {exc}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != info.nbytes:
+                raise StoreCorrupted(f"{self.path}: expected {info.nbytes} bytes (manifest), found {size}")
+            end = info.offset + info.rows * info.row_bytes
+            if info.rows and (info.offset < len(_MAGIC_HEAD) or end > size - len(_MAGIC_TAIL)):
+                raise StoreCorrupted(
+                    f"{self.path}: vector values [{info.offset}, {end}) do not fit inside the {size}-byte file"
+                )
+            if size < len(_MAGIC_HEAD) + len(_MAGIC_TAIL):
+                raise StoreCorrupted(f"{self.path}: expected an Arrow IPC file, found only {size} bytes")
+            if os.pread(fd, 8, 0) != _MAGIC_HEAD or os.pread(fd, 6, size - 6) != _MAGIC_TAIL:
+                raise StoreCorrupted(f"{self.path}: expected the Arrow IPC magic 'ARROW1' at both ends")
+            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        if hasattr(mmap, "MADV_RANDOM"):
+            self._mmap.madvise(mmap.MADV_RANDOM)
+        self._values = np.frombuffer(
+            self._mmap, dtype=DENSE_DTYPES[info.dtype], count=info.rows * info.dim, offset=info.offset
+        ).reshape(info.rows, info.dim)
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (ascending, as the store passes them) -> float32 (len(rows), dim)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.info.rows):
+            raise StoreCorrupted(
+                f"{self.path}: row numbers must lie in [0, {self.info.rows}), found {rows.min()}..{rows.max()}"
+            )
+        out = self._values[rows].astype(np.float32)
+        self.rows_read += int(rows.size)
+        self.bytes_read += int(rows.size) * self.info.row_bytes
+        return out
+
+    def close(self) -> None:
+        self._values = None  # type: ignore[assignment]
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # a caller still holds a view; the map closes when it is dropped
+                pass
+            self._mmap = None
+
+
+def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
+    """Problems with one dense file (empty list = healthy): size, magic, CRC32, schema, rows."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    path = Path(directory) / info.file
+    if not path.is_file():
+        return [f"{path}: dense file is missing"]
+    size = path.stat().st_size
+    if size != info.nbytes:
+        return [f"{path}: expected {info.nbytes} bytes, found {size}"]
+    crc = _file_crc32(path)
+    if crc != info.crc32:
+        return [f"{path}: CRC32 expected {info.crc32:08x}, found {crc:08x}"]
+    try:
+        reader = DenseReader(directory, info)
+        reader.close()
+        with pa.memory_map(str(path)) as source:
+            table = ipc.open_file(source).read_all()
+        expected = pa.schema([("id", pa.int64()), ("vector", pa.list_(
+            pa.float32() if info.dtype == "f32" else pa.float16(), info.dim))])
+        if not table.schema.equals(expected) or table.num_rows != info.rows:
+            return [f"{path}: expected {info.rows} rows of {expected}, found {table.num_rows} rows of {table.schema}"]
+    except (FormatError, pa.ArrowException, OSError) as exc:
+        return [f"{path}: {exc}"]
+    return []
+

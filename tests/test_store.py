@@ -1,0 +1,451 @@
+"""engine.Store: round trips, reopen equality, deletes and compaction, reads counted, errors,
+and a hypothesis state machine checked against a brute-force model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import formats.dense
+from engine import (
+    DimensionMismatch,
+    InvalidInput,
+    ReadOnlyStore,
+    Store,
+    StoreCorrupted,
+    StoreLocked,
+    StoreNotFound,
+    check_store,
+)
+from engine.store import FORMAT_ID
+
+DIM = 24
+
+
+def _data(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def _exact(base: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """float64 exact scores (nq, n): larger is better for cosine/ip, squared distance for l2."""
+    b = base.astype(np.float64)
+    x = q.astype(np.float64)
+    if metric == "cosine":
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    if metric == "l2":
+        return ((x[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    return x @ b.T
+
+
+def _brute(base: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, metric: str):
+    s = _exact(base, q, metric)
+    key = s if metric == "l2" else -s
+    order = np.lexsort((np.broadcast_to(ids, s.shape), key), axis=-1)[:, :k]
+    return np.take_along_axis(s, order, 1), ids[order]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize("spec,dense", [("RB2", "f32"), ("IVF4,PQ8x8", "f16"), ("SQ8", None), ("PQ12x4", "f32")])
+def test_round_trip_reopen_identical(tmp_path, metric, spec, dense):
+    x = _data(700)
+    q = _data(9, seed=1)
+    with Store.create(tmp_path / "s", dim=DIM, metric=metric, codec=spec, dense=dense) as s:
+        a = s.add(x[:400])
+        b = s.add(x[400:], ids=np.arange(10_000, 10_300))
+        assert a.tolist() == list(range(400)) and b[0] == 10_000
+        rerank = 0 if dense is None else 30
+        before = s.search(q, 7, nprobe=s.codec.nlist, rerank=rerank)
+        info = s.info()
+    with Store.open(tmp_path / "s") as r:
+        after = r.search(q, 7, nprobe=r.codec.nlist, rerank=rerank)
+        assert r.info()["version"] == info["version"] and len(r) == 700
+        assert r.spec == spec and r.metric == metric
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_array_equal(before.scores, after.scores)
+    assert before.scores.dtype == np.float32 and before.ids.dtype == np.int64
+    if dense is not None:
+        # re-ranked scores are exact (f16 tier: exact for the stored half-precision vectors)
+        stored = x.astype(np.float16).astype(np.float32) if dense == "f16" else x
+        all_ids = np.concatenate([a, b])
+        for i in range(len(q)):
+            rows = np.searchsorted(all_ids, after.ids[i])
+            want = _exact(stored[rows], q[i : i + 1], metric)[0]
+            np.testing.assert_allclose(after.scores[i], want, rtol=1e-4, atol=1e-4)
+
+
+def test_rerank_exact_topk_with_full_depth(tmp_path):
+    """With R >= n every live row is re-scored: the result is the exact top-k."""
+    x = _data(300)
+    q = _data(20, seed=3)
+    for metric in ("cosine", "ip", "l2"):
+        with Store.create(tmp_path / metric, dim=DIM, metric=metric, codec="RB1") as s:
+            ids = s.add(x)
+            res = s.search(q, 10, rerank=300)
+        want_s, want_i = _brute(x, ids, q, 10, metric)
+        np.testing.assert_array_equal(res.ids, want_i)
+        np.testing.assert_allclose(res.scores, want_s, rtol=1e-5, atol=1e-5)
+
+
+def test_get_returns_exact_vectors_and_missing_ids_raise(tmp_path):
+    x = _data(50)
+    with Store.create(tmp_path / "s", dim=DIM, codec="SQ8", dense="f32") as s:
+        ids = s.add(x, ids=np.arange(100, 150))
+        np.testing.assert_array_equal(s.get([149, 100, 120, 120]), x[[49, 0, 20, 20]])
+        with pytest.raises(KeyError):
+            s.get([5])
+        s.delete([120])
+        with pytest.raises(KeyError):
+            s.get([120])
+        assert 121 in s and 120 not in s
+        np.testing.assert_array_equal(s.ids(), np.delete(ids, 20))
+
+
+def test_delete_and_compact(tmp_path):
+    x = _data(500)
+    q = _data(6, seed=2)
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB2") as s:
+        ids = s.add(x[:250])
+        ids = np.concatenate([ids, s.add(x[250:])])
+        gone = ids[::3]
+        assert s.delete(gone) == len(gone)
+        assert s.delete(gone) == 0  # already deleted: ignored
+        assert s.delete([10**9]) == 0  # unknown: ignored
+        res = s.search(q, 20, rerank=500)
+        assert not np.isin(res.ids, gone).any()
+        keep = np.setdiff1d(ids, gone)
+        want_s, want_i = _brute(x[keep], keep, q, 20, "cosine")
+        np.testing.assert_array_equal(res.ids, want_i)
+        files_before = {p.name for p in (tmp_path / "s").iterdir()}
+        version = s.version
+        s.compact()
+        assert s.version == version + 1 and s.info()["segments"] == 1 and s.n_deleted == 0
+        assert len(s) == len(keep)
+        after = s.search(q, 20, rerank=500)
+        np.testing.assert_array_equal(after.ids, res.ids)
+        np.testing.assert_allclose(after.scores, res.scores, rtol=1e-6)
+        files_after = {p.name for p in (tmp_path / "s").iterdir()}
+        assert not any(n.startswith("seg-") and n in files_before for n in files_after)
+        # an id deleted and added again names the new row only
+        s.add(x[:1] * 2, ids=[int(gone[0])])
+        np.testing.assert_array_equal(s.get([int(gone[0])]), x[:1] * 2)
+        s.compact()  # nothing deleted, one segment + one new: merged
+        assert s.info()["segments"] == 1
+    assert check_store(tmp_path / "s") == []
+
+
+def test_delete_everything_then_search_and_compact(tmp_path):
+    x = _data(40)
+    with Store.create(tmp_path / "s", dim=DIM, codec="PQ6x4") as s:
+        ids = s.add(x)
+        s.delete(ids)
+        res = s.search(x[:2], 5)
+        assert (res.ids == -1).all() and np.isneginf(res.scores).all()
+        s.compact()
+        assert len(s) == 0 and s.info()["segments"] == 0
+    with Store.open(tmp_path / "s") as r:
+        assert len(r) == 0 and (r.search(x[:1], 3).ids == -1).all()
+
+
+def test_reported_reads_equal_actual_reads(tmp_path, monkeypatch):
+    """The rows and bytes a search reports equal what a counting double of the dense reader
+    saw: exactly the unique shortlisted rows, once each, in ascending file order."""
+    seen: list[np.ndarray] = []
+    real = formats.dense.DenseReader.read_rows
+
+    def counting(self, rows):
+        rows = np.asarray(rows)
+        seen.append(rows.copy())
+        return real(self, rows)
+
+    monkeypatch.setattr(formats.dense.DenseReader, "read_rows", counting)
+    x = _data(400)
+    q = _data(8, seed=5)
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1", dense="f16") as s:
+        s.add(x[:200])
+        s.add(x[200:])
+        seen.clear()
+        res = s.search(q, 5, rerank=40)
+        n_rows = sum(len(r) for r in seen)
+        assert res.stats.rows_read == n_rows > 0
+        assert res.stats.bytes_read == n_rows * DIM * 2
+        for r in seen:
+            assert (np.diff(r) > 0).all()  # sorted, no row twice
+        assert n_rows <= 8 * 40
+        seen.clear()
+        res0 = s.search(q, 5, rerank=0)
+        assert seen == [] and res0.stats.rows_read == 0 and res0.stats.bytes_read == 0
+
+
+def test_reader_pins_its_version_and_refresh_moves_on(tmp_path):
+    x = _data(200)
+    w = Store.create(tmp_path / "s", dim=DIM, codec="RB1")
+    w.add(x[:100])
+    r = Store.open(tmp_path / "s")
+    before = r.search(x[:3], 5, rerank=50)
+    w.add(x[100:])
+    w.delete([0, 1, 2])
+    np.testing.assert_array_equal(r.search(x[:3], 5, rerank=50).ids, before.ids)
+    assert len(r) == 100
+    assert r.refresh() == w.version and len(r) == 197
+    assert not np.isin(r.search(x[:3], 5, rerank=50).ids, [0, 1, 2]).any()
+    w.compact()  # removes files the reader's old version used; the reader still works
+    assert len(r.search(x[:3], 5, rerank=50).ids) == 3
+    r.close()
+    w.close()
+
+
+def test_one_writer_and_read_only(tmp_path):
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as w:
+        with pytest.raises(StoreLocked, match="another writer"):
+            Store.open(tmp_path / "s", mode="a")
+        with Store.open(tmp_path / "s") as r:
+            with pytest.raises(ReadOnlyStore):
+                r.add(_data(2))
+            with pytest.raises(ReadOnlyStore):
+                r.delete([0])
+        w.add(_data(3))
+    with Store.open(tmp_path / "s", mode="a") as w2:  # lock released on close
+        assert len(w2) == 3
+
+
+def test_failed_commit_changes_nothing(tmp_path, monkeypatch):
+    import formats.manifest as mf
+
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(_data(50))
+        files = sorted(p.name for p in (tmp_path / "s").iterdir())
+
+        def boom(*a, **kw):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(mf, "write_manifest", boom)
+        with pytest.raises(OSError):
+            s.add(_data(10, seed=9))
+        with pytest.raises(OSError):
+            s.delete([1, 2])
+        assert sorted(p.name for p in (tmp_path / "s").iterdir()) == files
+        assert len(s) == 50 and s.version == 2
+        monkeypatch.undo()
+        s.add(_data(10, seed=9))
+        assert len(s) == 60
+
+
+def test_bad_input_is_typed_and_changes_nothing(tmp_path):
+    with Store.create(tmp_path / "s", dim=DIM, codec="IVF2,RB1", dense=None) as s:
+        s.add(_data(30))
+        v = s.version
+        bad = _data(3)
+        bad[1, 2] = np.nan
+        cases = [
+            (lambda: s.add(bad), InvalidInput, "finite"),
+            (lambda: s.add(_data(3, dim=DIM + 1)), DimensionMismatch, "expected width"),
+            (lambda: s.add(np.zeros((0, DIM), np.float32)), InvalidInput, "at least 1 row"),
+            (lambda: s.add(np.ones((2, DIM), np.int32)), InvalidInput, "float16/32/64"),
+            (lambda: s.add(_data(2), ids=[5, 5]), InvalidInput, "distinct"),
+            (lambda: s.add(_data(2), ids=[-1, 3]), InvalidInput, ">= 0"),
+            (lambda: s.add(_data(2), ids=[3, 100]), InvalidInput, "already in the store"),
+            (lambda: s.add(_data(2), ids=[1]), InvalidInput, "one per vector"),
+            (lambda: s.search(_data(1), 0), InvalidInput, "k must be"),
+            (lambda: s.search(_data(1), 5, nprobe=3), InvalidInput, "nprobe"),
+            (lambda: s.search(_data(1), 5, rerank=10), InvalidInput, "dense tier"),
+            (lambda: s.get([1]), InvalidInput, "dense tier"),
+            (lambda: s.train(_data(10)), InvalidInput, "empty store"),
+        ]
+        for call, err, text in cases:
+            with pytest.raises(err, match=text):
+                call()
+        assert s.version == v and len(s) == 30
+    with Store.create(tmp_path / "t", dim=DIM, codec="RB1") as s:
+        s.add(_data(30))
+        with pytest.raises(InvalidInput, match="rerank must be 0 or >= k"):
+            s.search(_data(1), 10, rerank=5)
+        # float64 and non-contiguous input are accepted and converted
+        x = _data(40).astype(np.float64)[:, ::1][::2]
+        s.add(np.asfortranarray(x))
+        assert s.search(x[:2], 3).ids.shape == (2, 3)
+    with pytest.raises(InvalidInput, match="non-empty"):
+        Store.create(tmp_path / "t", dim=DIM)
+    with pytest.raises(StoreNotFound):
+        Store.open(tmp_path / "missing")
+    with pytest.raises(InvalidInput, match="dense"):
+        Store.create(tmp_path / "u", dim=DIM, dense="f64")
+
+
+def test_k_larger_than_store_pads(tmp_path):
+    with Store.create(tmp_path / "s", dim=DIM, metric="l2", codec="RB1") as s:
+        res = s.search(_data(2), 4)  # empty, untrained store
+        assert (res.ids == -1).all() and np.isposinf(res.scores).all()
+        s.add(_data(3))
+        res = s.search(_data(2), 6, rerank=6)
+        assert (res.ids[:, :3] >= 0).all() and (res.ids[:, 3:] == -1).all()
+        assert np.isposinf(res.scores[:, 3:]).all() and np.isfinite(res.scores[:, :3]).all()
+
+
+def test_constant_zero_and_duplicate_vectors(tmp_path):
+    x = _data(60)
+    x[:, 5] = 0.0  # a dimension that is always zero
+    x[:, 7] = 3.0  # a constant one
+    x[10:20] = x[10]  # duplicates
+    with Store.create(tmp_path / "s", dim=DIM, metric="l2", codec="PQ4x8") as s:
+        ids = s.add(x)
+        res = s.search(x[10:11], 12, rerank=60)
+        assert set(res.ids[0, :10]) == set(ids[10:20])
+        np.testing.assert_allclose(res.scores[0, :10], 0.0, atol=1e-4)
+
+
+def test_manifest_and_files_are_what_format_md_says(tmp_path):
+    import formats.manifest as mf
+
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(_data(10))
+        s.delete([3])
+    names = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert names == ["LOCK", "MANIFEST-000000000001", "MANIFEST-000000000002", "MANIFEST-000000000003",
+                     "codec-000000000002.vzs", "del-000000000003.vzs", "dense-000000000001.arrow",
+                     "seg-000000000001.vzs"]
+    body = mf.read_manifest(tmp_path / "s")
+    assert body["format"] == FORMAT_ID and body["version"] == 3 and body["parent"] == 2
+    assert body["counts"] == {"rows": 10, "live": 9} and body["deletes"]["count"] == 1
+    # any Arrow reader opens the dense file
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.memory_map(str(tmp_path / "s" / "dense-000000000001.arrow"))).read_all()
+    assert table.column_names == ["id", "vector"] and table.num_rows == 10
+
+
+def test_missing_file_is_store_corrupted(tmp_path):
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(_data(10))
+    os.remove(tmp_path / "s" / "dense-000000000001.arrow")
+    with pytest.raises(StoreCorrupted, match="missing"):
+        Store.open(tmp_path / "s")
+    assert check_store(tmp_path / "s")
+
+
+def test_crash_leftovers_are_ignored_and_collected(tmp_path):
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(_data(10))
+    d = tmp_path / "s"
+    (d / "seg-000000000009.vzs").write_bytes(b"half a segment")
+    (d / ".MANIFEST-000000000003.123.abcd.tmp").write_bytes(b"half a manifest")
+    with Store.open(d) as r:  # readers ignore both
+        assert len(r) == 10
+    with Store.open(d, mode="a") as w:  # a writer collects them
+        assert len(w) == 10
+    assert not (d / "seg-000000000009.vzs").exists()
+    assert not (d / ".MANIFEST-000000000003.123.abcd.tmp").exists()
+
+
+# --------------------------------------------------------------------------- state machine
+
+
+class StoreModel(RuleBasedStateMachine):
+    """Random add / delete / search / close / reopen / compact against a brute-force model.
+
+    Searches re-rank every live row (rerank >= live count over a flat codec), so the result
+    must equal the exact top-k of the model: ids exactly (ties broken by smaller id) and
+    scores to float32 precision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.mkdtemp(prefix="vecz-sm-")
+        self.dir = Path(self.tmp) / "s"
+        self.rng = np.random.default_rng(0)
+        self.vectors: dict[int, np.ndarray] = {}
+        self.store: Store | None = None
+
+    @initialize(metric=st.sampled_from(["cosine", "ip", "l2"]), spec=st.sampled_from(["RB1", "PQ4x4", "SQ8", "IVF2,RB2"]),
+                n=st.integers(0, 30))
+    def create(self, metric, spec, n):
+        self.metric = metric
+        self.store = Store.create(self.dir, dim=8, metric=metric, codec=spec, dense="f32")
+        if n:  # most runs start with rows, so that searches, deletes and gets have work
+            self.add(n, explicit=False, scale=1.0)
+
+    @rule(n=st.integers(1, 25), explicit=st.booleans(), scale=st.sampled_from([1.0, 1e-3, 1e3]))
+    def add(self, n, explicit, scale):
+        x = (self.rng.standard_normal((n, 8)) * scale).astype(np.float32)
+        if n > 2:
+            x[-1] = x[0]  # a duplicate vector
+        if explicit:
+            pool = np.setdiff1d(np.arange(0, 400), np.fromiter(self.vectors, dtype=np.int64, count=len(self.vectors)))
+            ids = self.rng.choice(pool, size=n, replace=False)
+            got = self.store.add(x, ids=ids)
+            assert got.tolist() == ids.tolist()
+        else:
+            got = self.store.add(x)
+        for i, v in zip(got.tolist(), x):
+            assert i not in self.vectors
+            self.vectors[i] = v
+
+    @precondition(lambda self: len(self.vectors) > 0)
+    @rule(frac=st.floats(0.05, 1.0), unknown=st.booleans())
+    def delete(self, frac, unknown):
+        live = np.array(sorted(self.vectors))
+        gone = self.rng.choice(live, size=max(1, int(len(live) * frac)), replace=False)
+        ask = np.concatenate([gone, [10**6]]) if unknown else gone
+        assert self.store.delete(ask) == len(gone)
+        for i in gone.tolist():
+            del self.vectors[i]
+
+    @rule(k=st.integers(1, 12), nq=st.integers(1, 4))
+    def search(self, k, nq):
+        q = self.rng.standard_normal((nq, 8)).astype(np.float32)
+        live = max(len(self.vectors), k)
+        res = self.store.search(q, k, nprobe=self.store.codec.nlist, rerank=live)
+        if not self.vectors:
+            assert (res.ids == -1).all()
+            return
+        ids = np.array(sorted(self.vectors))
+        base = np.stack([self.vectors[i] for i in ids.tolist()])
+        want_s, want_i = _brute(base, ids, q, k, self.metric)
+        m = min(k, len(ids))
+        np.testing.assert_array_equal(res.ids[:, :m], want_i[:, :m])
+        np.testing.assert_allclose(res.scores[:, :m], want_s[:, :m], rtol=2e-5, atol=1e-5 * max(1.0, np.abs(want_s).max()))
+        assert (res.ids[:, m:] == -1).all()
+
+    @rule()
+    def reopen(self):
+        self.store.close()
+        self.store = Store.open(self.dir, mode="a")
+
+    @rule()
+    def compact(self):
+        self.store.compact()
+
+    @precondition(lambda self: len(self.vectors) > 0)
+    @rule()
+    def get(self):
+        ids = np.array(sorted(self.vectors))[:5]
+        np.testing.assert_array_equal(self.store.get(ids), np.stack([self.vectors[i] for i in ids.tolist()]))
+
+    @invariant()
+    def counts(self):
+        if self.store is not None:
+            assert len(self.store) == len(self.vectors)
+
+    def teardown(self):
+        import shutil
+
+        if self.store is not None:
+            self.store.close()
+            with Store.open(self.dir) as r:  # reopening read-only shows the same rows
+                assert len(r) == len(self.vectors)
+            assert check_store(self.dir) == []
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+StoreModel.TestCase.settings = settings(
+    max_examples=80, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_store_state_machine = StoreModel.TestCase
