@@ -46,6 +46,8 @@ from formats import segment as sg
 from formats.dense import DENSE_DTYPES, DenseInfo, DenseReader, check_dense, write_dense
 from formats.errors import StoreCorrupted, StoreNotFound
 
+from kernels import dense as dense_kernels
+
 from .codecs import METRICS, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors
 from .errors import CodecSpecError, InvalidInput, ReadOnlyStore, StoreLocked, VeczError
 
@@ -58,8 +60,7 @@ _MAX_ID = (1 << 63) - 1
 # compact() merges consecutive segments while the merged one stays within this many rows:
 # bounded so that rewriting a segment (codes and dense rows) fits in RAM.
 COMPACT_MAX_ROWS = 1 << 20
-# Exact re-scoring gathers (queries x R x dim) float32 at most this large at a time.
-_RERANK_BUDGET = 64 << 20
+_RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
 
 
 def _now() -> str:
@@ -801,36 +802,17 @@ class Store:
         return out, n_rows, n_bytes
 
     def _rerank(self, x: np.ndarray, rows: np.ndarray, k: int):
-        nq, depth = rows.shape
         valid = rows >= 0
         uniq, inverse = np.unique(rows[valid], return_inverse=True)
         vectors, n_rows, n_bytes = self._read_rows(uniq)
-        slot = np.zeros(rows.shape, dtype=np.int64)
-        slot[valid] = inverse
-        # Exact scores in float64, each (query, row) reduced by the same elementwise product
-        # and pairwise sum: identical vectors get identical scores (a BLAS product may differ
-        # in the last bit by position), so ties fall to the smaller id as documented.
-        vectors = vectors.astype(np.float64)
-        x = x.astype(np.float64)
-        if self.metric == "cosine":
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors /= np.where(norms > 0, norms, 1.0)
-            qn = np.linalg.norm(x, axis=1, keepdims=True)
-            x = x / np.where(qn > 0, qn, 1.0)
-        exact = np.empty((nq, depth), dtype=np.float64)
-        chunk = max(1, _RERANK_BUDGET // max(1, depth * self.dim * 8))
-        for lo in range(0, nq, chunk):
-            hi = min(nq, lo + chunk)
-            gathered = vectors[slot[lo:hi]]  # (q, depth, dim)
-            if self.metric == "l2":
-                gathered -= x[lo:hi, None, :]
-                gathered *= gathered
-            else:
-                gathered *= x[lo:hi, None, :]
-            exact[lo:hi] = gathered.sum(axis=2)
+        slots = np.full(rows.shape, -1, dtype=np.int64)
+        slots[valid] = inverse
+        metric = _RESCORE[self.metric]
+        if x.shape[0] >= CodeIndex.PARALLEL_MIN_QUERIES:
+            exact = dense_kernels.dense_rescore_batch(x, vectors, slots, metric)
+        else:
+            exact = dense_kernels.dense_rescore(x, vectors, slots, metric)
         ids = np.where(valid, self._all_ids[np.maximum(rows, 0)], -1)
-        worst = self._worst()
-        exact[~valid] = worst
         key = exact if self.metric == "l2" else -exact
         # ties by smaller id; empty slots (worst score) last
         order = np.lexsort((np.where(valid, ids, _MAX_ID), key), axis=-1)[:, :k]

@@ -6,6 +6,10 @@ with LLVM's `fpext half -> float` (`f16_to_f32`), which vectorises to VCVTPH2PS.
 Scores are larger-is-better (kernels/topk.py): the inner product plus `probe_bias` for ip,
 the negated squared distance to `q` for l2 (for residual lists the caller passes q - centre
 per probe in `qs` (L, dim), L = 1 or P). Same inverted-list arguments as kernels/pq.py.
+`dense_rescore(_batch)` re-scores a shortlist exactly (the store's re-ranking): float64
+accumulation in eight fixed lanes, so identical rows get bit-identical scores wherever they
+sit (ties then fall to the smaller id) and the result does not depend on SIMD width.
+
 Reference: tests/reference/dense.py.
 """
 
@@ -20,7 +24,10 @@ from numba.extending import intrinsic
 from ._jit import jit, jit_batch, jit_fast
 from .topk import topk_init, topk_push, topk_sort
 
-__all__ = ["f16_to_f32", "dense_scan", "dense_scan_batch"]
+__all__ = ["f16_to_f32", "dense_scan", "dense_scan_batch", "dense_rescore", "dense_rescore_batch",
+           "RESCORE_IP", "RESCORE_COSINE", "RESCORE_L2"]
+
+RESCORE_IP, RESCORE_COSINE, RESCORE_L2 = 0, 1, 2
 
 
 @intrinsic
@@ -94,3 +101,80 @@ def dense_scan_batch(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
+
+
+@jit
+def _dot_lanes(a, b, sub):
+    """sum_j a[j] * (b[j] - sub[j]) ** e: e = 1 when sub is empty (a dot product), else the
+    squared distance sum_j (a[j] - sub[j]) ** 2 with b ignored. float64, 8 fixed lanes."""
+    lanes = np.zeros(8, dtype=np.float64)
+    dim = a.shape[0]
+    head = dim - dim % 8
+    if sub.shape[0] == 0:
+        for j in range(0, head, 8):
+            for t in range(8):
+                lanes[t] += np.float64(a[j + t]) * np.float64(b[j + t])
+        for j in range(head, dim):
+            lanes[j - head] += np.float64(a[j]) * np.float64(b[j])
+    else:
+        for j in range(0, head, 8):
+            for t in range(8):
+                d = np.float64(a[j + t]) - np.float64(sub[j + t])
+                lanes[t] += d * d
+        for j in range(head, dim):
+            d = np.float64(a[j]) - np.float64(sub[j])
+            lanes[j - head] += d * d
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+
+
+@jit
+def _rescore_one(query, vectors, norms, slots, metric, out):
+    empty = np.empty(0, dtype=np.float32)
+    q_norm = np.sqrt(_dot_lanes(query, query, empty)) if metric == RESCORE_COSINE else 1.0
+    worst = np.inf if metric == RESCORE_L2 else -np.inf
+    for r in range(slots.shape[0]):
+        s = slots[r]
+        if s < 0:
+            out[r] = worst
+        elif metric == RESCORE_L2:
+            out[r] = _dot_lanes(vectors[s], vectors[s], query)
+        else:
+            dot = _dot_lanes(query, vectors[s], empty)
+            if metric == RESCORE_COSINE:
+                den = q_norm * norms[s]
+                dot = dot / den if den > 0 else 0.0
+            out[r] = dot
+
+
+@jit
+def _row_norms(vectors, metric):
+    norms = np.ones(vectors.shape[0], dtype=np.float64)
+    if metric == RESCORE_COSINE:
+        empty = np.empty(0, dtype=np.float32)
+        for i in range(vectors.shape[0]):
+            norms[i] = np.sqrt(_dot_lanes(vectors[i], vectors[i], empty))
+    return norms
+
+
+@jit
+def dense_rescore(queries, vectors, slots, metric):
+    """Exact scores float64 (nq, R) of queries float32 (nq, dim) against rows of vectors
+    float32 (u, dim) named by slots int64 (nq, R) (-1: empty, scored -inf, or +inf for l2).
+
+    metric: RESCORE_IP (<q, v>), RESCORE_COSINE (<q, v> / (|q| |v|), 0 for a zero vector)
+    or RESCORE_L2 (|q - v|^2)."""
+    norms = _row_norms(vectors, metric)
+    out = np.empty(slots.shape, dtype=np.float64)
+    for i in range(queries.shape[0]):
+        _rescore_one(queries[i], vectors, norms, slots[i], metric, out[i])
+    return out
+
+
+@jit_batch
+def dense_rescore_batch(queries, vectors, slots, metric):
+    """`dense_rescore` with queries spread over threads (same results)."""
+    norms = _row_norms(vectors, metric)
+    out = np.empty(slots.shape, dtype=np.float64)
+    for i in prange(queries.shape[0]):
+        _rescore_one(queries[i], vectors, norms, slots[i], metric, out[i])
+    return out

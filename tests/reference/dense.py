@@ -32,3 +32,25 @@ def dense_candidates_ref(qs, x, ids, list_offsets, probes, probe_bias, is_l2):
         out_ids.append(ids[i])
         out_s.append(sc)
     return np.array(out_ids, dtype=np.int64), np.array(out_s, dtype=np.float64)
+
+
+def dense_rescore_ref(queries: np.ndarray, vectors: np.ndarray, slots: np.ndarray, metric: int) -> np.ndarray:
+    """Exact float64 scores of `kernels.dense.dense_rescore`: 0 ip, 1 cosine, 2 squared l2;
+    empty slots (-1) score -inf (+inf for l2); a zero vector's cosine is 0."""
+    q = np.asarray(queries, dtype=np.float64)
+    v = np.asarray(vectors, dtype=np.float64)
+    out = np.empty(slots.shape, dtype=np.float64)
+    for i in range(slots.shape[0]):
+        for r in range(slots.shape[1]):
+            s = slots[i, r]
+            if s < 0:
+                out[i, r] = np.inf if metric == 2 else -np.inf
+            elif metric == 2:
+                out[i, r] = float(((q[i] - v[s]) ** 2).sum())
+            else:
+                dot = float(q[i] @ v[s])
+                if metric == 1:
+                    den = np.linalg.norm(q[i]) * np.linalg.norm(v[s])
+                    dot = dot / den if den > 0 else 0.0
+                out[i, r] = dot
+    return out
