@@ -28,6 +28,7 @@ the same object.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
 import errno
 import fcntl
@@ -61,6 +62,18 @@ _MAX_ID = (1 << 63) - 1
 # bounded so that rewriting a segment (codes and dense rows) fits in RAM.
 COMPACT_MAX_ROWS = 1 << 20
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
+
+
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS after building the scan layout (glibc only).
+
+    Building the layout allocates several transient copies of the codes; glibc keeps freed
+    chunks below its (adaptive) mmap threshold in the heap, which showed as 26 MB of RSS
+    beyond the 8.7 MB the store holds after opening 117,647 RB1 vectors."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _now() -> str:
@@ -368,6 +381,8 @@ class Store:
         rows = np.concatenate(rows_parts) if rows_parts else np.empty(0, dtype=np.int64)
         self._index = self.codec.index(codes, lists, rows, keep_rows=False)
         self._fresh = {}
+        del codes, lists, rows, codes_parts, lists_parts, rows_parts
+        _release_free_memory()
 
     def _ensure_index(self) -> CodeIndex | None:
         if self._index is None and self.codec.is_trained:
