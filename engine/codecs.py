@@ -645,9 +645,18 @@ class CodeIndex:
     PARALLEL_MIN_QUERIES = 8
     # 4-bit fast scan: queries that probe the same lists (all of them without IVF) are
     # scanned together, each code block accumulated for a group of queries while it is in
-    # L1 (fastscan's *_multi drivers). False scans one query at a time (the same results;
-    # tests compare the two).
+    # L1 (fastscan's *_multi drivers), and IVF batches list-major (below). False scans one
+    # query at a time (the same results; tests compare the two).
     _MULTI_QUERY = True
+    _no_bounds = np.empty((0, 3), dtype=np.float32)
+    # IVF (queries probe different lists): from this many queries in a batch, 4-bit fast
+    # scans run list-major (fastscan's *_lists drivers: each list scanned once for up to
+    # LANES of the queries probing it); below, one query at a time. Needs _MULTI_QUERY.
+    # Crossovers measured single-threaded on wordnet-minilm (IVF256/1024, nprobe 32-128):
+    # RB gains from 8-16 queries (its rows are also filtered in vector code), PQ x4 only
+    # from a few hundred and at k = 10 more than at k = 50 (1.15-1.28x vs 0.96-1.06x at 1000).
+    LIST_MIN_QUERIES = 16
+    LIST_MIN_QUERIES_PQ = 256
 
     def __init__(self, codec: Codec, codes: np.ndarray, lists: np.ndarray, ids: np.ndarray,
                  *, keep_rows: bool = True) -> None:
@@ -725,8 +734,11 @@ class CodeIndex:
         x = codec._prepare(queries, "queries")
         nq = x.shape[0]
         centroids = self.state["centroids"]
+        probe_ip = None
         if codec.ivf is not None:
             probe_sim, probes = ivf.ivf_probe(x, centroids, nprobe, codec._coarse_metric)
+            if codec._coarse_metric == "ip":
+                probe_ip = np.ascontiguousarray(probe_sim, dtype=np.float32)  # <q, c> per probe
         else:
             probes = np.zeros((nq, 1), dtype=np.int64)
         probes = np.ascontiguousarray(probes)
@@ -750,7 +762,8 @@ class CodeIndex:
         try:
             for start in range(0, nq, chunk):
                 sl = slice(start, start + chunk)
-                s, i = self._scan(x[sl], probes[sl], per_probe, k, sdc)
+                s, i = self._scan(x[sl], probes[sl], per_probe, k, sdc,
+                                  None if probe_ip is None else probe_ip[sl])
                 out_s[sl] = s
                 out_i[sl] = i
         finally:
@@ -767,7 +780,8 @@ class CodeIndex:
             return 4 * 16 * 2 * self._n_levels * self._n_bytes
         return 4 * self.codec.width
 
-    def _scan(self, x: np.ndarray, probes: np.ndarray, per_probe: bool, k: int, sdc: bool):
+    def _scan(self, x: np.ndarray, probes: np.ndarray, per_probe: bool, k: int, sdc: bool,
+              probe_ip: np.ndarray | None = None):
         codec = self.codec
         st = self.state
         q = codec.quantizer
@@ -783,6 +797,8 @@ class CodeIndex:
             n_tab = 1
         if is_l2 or not codec._residual:
             bias = np.zeros((nq, n_probe), dtype=np.float32)
+        elif probe_ip is not None:
+            bias = probe_ip  # the probe step's <q, c>: no gather of nq x P centroids
         else:
             bias = np.einsum("qd,qpd->qp", x, centroids[probes]).astype(np.float32)
         bias = np.ascontiguousarray(bias, dtype=np.float32)
@@ -799,6 +815,10 @@ class CodeIndex:
             if 2 * (group_offsets.shape[0] - 1) > nq:
                 return None
             return (None if np.array_equal(order, np.arange(nq)) else order), group_offsets
+
+        # IVF batches whose probe rows differ: list-major (query_groups() is None then)
+        list_min = self.LIST_MIN_QUERIES_PQ if isinstance(q, PQ) else self.LIST_MIN_QUERIES
+        list_major = self._MULTI_QUERY and codec.ivf is not None and nq >= list_min
 
         def permuted(order, *arrays):
             return arrays if order is None else tuple(np.ascontiguousarray(a[order]) for a in arrays)
@@ -821,6 +841,9 @@ class CodeIndex:
                 ql, sp, bi, pr, pb = permuted(order, qluts, steps, biases, probes, bias)
                 return unpermuted(order, fastscan.fs_scan_multi_batch(
                     ql, sp, bi, self.blocks, self.block_ids, self.block_offsets, pr, pb, group_offsets, k))
+            if list_major:
+                return fastscan.fs_scan_lists_batch(qluts, steps, biases, self.blocks, self.block_ids,
+                                                    self.block_offsets, probes, bias, k, numba.get_num_threads())
             return fastscan.fs_scan_batch(qluts, steps, biases, self.blocks, self.block_ids,
                                           self.block_offsets, probes, bias, k)
         if isinstance(q, RB):
@@ -850,6 +873,14 @@ class CodeIndex:
                 return unpermuted(order, fastscan.fs_scan_factors_multi_batch(
                     ql, sp, bi, q.levels, self.blocks, self.block_ids, self.block_factors, self.block_bounds,
                     self.block_offsets, pr, pb, qs, is_l2, group_offsets, k))
+            if list_major:
+                # no block bounds: the list-major kernel filters every block's rows against
+                # the heap minima in vector code anyway, and the bounds cost 3-7% more than
+                # they skip there (measured on wordnet-minilm, IVF256/1024,RB1)
+                return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, q.levels, self.blocks,
+                                                            self.block_ids, self.block_factors, self._no_bounds,
+                                                            self.block_offsets, probes, bias, q_sq_p, is_l2, k,
+                                                            numba.get_num_threads())
             return fastscan.fs_scan_factors_batch(qluts, steps, biases, q.levels, self.blocks, self.block_ids,
                                                   self.block_factors, self.block_bounds, self.block_offsets,
                                                   probes, bias, q_sq_p, is_l2, k)

@@ -24,6 +24,14 @@ LANES queries (faiss's `qbs`), and the per-block float work (RB level sums, boun
 all lanes at once in vector IR. RB scans skip a block whose best possible score, bounded
 from per-block factor ranges (`fs_block_bounds`), cannot enter the heap. Both only save
 work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py).
+
+IVF batches, whose queries probe different lists, are scanned list-major by the `*_lists`
+kernels (faiss's IVF fast scan): the probes are inverted into, per list, the queries that
+visit it (`fs_invert_probes`), and each list is scanned once per chunk of up to LANES of
+them, the chunk's tables gathered by index (`fs_block_accumulate_gather`). Their rows are
+scored and filtered against each query's heap minimum in vector IR, so only candidates
+reach the scalar heap test. Each query keeps its own heap, which admits (score, id) by a
+total order, so the visiting order does not change results either.
 """
 
 from __future__ import annotations
@@ -59,6 +67,12 @@ __all__ = [
     "fs_row_values",
     "fs_block_bounds",
     "fs_query_groups",
+    "fs_block_accumulate_gather",
+    "fs_invert_probes",
+    "fs_scan_lists",
+    "fs_scan_lists_batch",
+    "fs_scan_factors_lists",
+    "fs_scan_factors_lists_batch",
 ]
 
 BLOCK = 32
@@ -122,6 +136,52 @@ def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, 
     return sig, codegen
 
 
+def _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a):
+    """The loop of `_make_shuffle_accumulate_lanes`: pairs [0, n_pairs) of the block at
+    `base` (i8*), each code byte vector split once and shuffled with every lane's tables
+    (lane_luts: one i8* per lane, tables `row_stride` bytes apart); acc of lane i stored to
+    out_a row i."""
+    n_lanes = len(lane_luts)
+    i8 = ir.IntType(8)
+    i64 = ir.IntType(64)
+    v8 = ir.VectorType(i8, 32)
+    v16 = ir.VectorType(ir.IntType(16), 32)
+    w16 = ir.VectorType(ir.IntType(16), 16)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
+    low = ir.Constant(v8, [15] * 32)
+    four = ir.Constant(v8, [4] * 32)
+    eight = ir.Constant(w16, [8] * 16)
+    zero = ir.Constant(w16, [0] * 16)
+    all_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
+    odd_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
+    with cgutils.for_range(builder, n_pairs) as loop:
+        j = loop.index
+        codes_ptr = builder.bitcast(builder.gep(base, [builder.mul(j, ir.Constant(i64, 32))]), v8.as_pointer())
+        codes = builder.load(codes_ptr, align=1)
+        lo = builder.and_(codes, low)
+        hi = builder.and_(builder.lshr(codes, four), low)
+        t_off = builder.mul(j, builder.add(row_stride, row_stride))
+        for lane in range(n_lanes):
+            p0 = builder.gep(lane_luts[lane], [t_off])
+            p1 = builder.gep(p0, [row_stride])
+            t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
+            t1 = builder.load(builder.bitcast(p1, v8.as_pointer()), align=1)
+            r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
+            r1 = builder.bitcast(builder.call(fn, [t1, hi]), w16)
+            builder.store(builder.add(builder.load(all_ptrs[lane]), builder.add(r0, r1)), all_ptrs[lane])
+            odd = builder.add(builder.lshr(r0, eight), builder.lshr(r1, eight))
+            builder.store(builder.add(builder.load(odd_ptrs[lane]), odd), odd_ptrs[lane])
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), 32), [i // 2 + (16 if i % 2 else 0) for i in range(32)])
+    out_bytes = builder.bitcast(out_a.data, i8.as_pointer())
+    out_stride = builder.extract_value(out_a.strides, 0)
+    for lane in range(n_lanes):
+        odd_sum = builder.load(odd_ptrs[lane])
+        even_sum = builder.sub(builder.load(all_ptrs[lane]), builder.shl(odd_sum, eight))
+        acc = builder.shuffle_vector(even_sum, odd_sum, mask)
+        dst = builder.gep(out_bytes, [builder.mul(ir.Constant(i64, lane), out_stride)])
+        builder.store(acc, builder.bitcast(dst, v16.as_pointer()), align=1)
+
+
 def _make_shuffle_accumulate_lanes(n_lanes):
     """`_shuffle_accumulate` for `n_lanes` queries at once: each pair's 32 code bytes are
     loaded and split into nibbles once, then shuffled with every lane's tables (faiss's
@@ -142,9 +202,6 @@ def _make_shuffle_accumulate_lanes(n_lanes):
             out_a = context.make_array(signature.args[7])(context, builder, out_v)
             i8 = ir.IntType(8)
             i64 = ir.IntType(64)
-            v8 = ir.VectorType(i8, 32)
-            v16 = ir.VectorType(ir.IntType(16), 32)
-            w16 = ir.VectorType(ir.IntType(16), 16)
             row_pairs = builder.extract_value(blocks_a.shape, 1)
             index = context.cast(builder, index_v, signature.args[1], types.int64)
             first_pair = context.cast(builder, start_v, signature.args[2], types.int64)
@@ -164,39 +221,53 @@ def _make_shuffle_accumulate_lanes(n_lanes):
                 q = builder.select(builder.icmp_signed("<", q, n_q), q, q_first)
                 off = builder.add(builder.mul(q, q_stride), builder.mul(table, t_stride))
                 lane_luts.append(builder.gep(lut_bytes, [off]))
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
-            low = ir.Constant(v8, [15] * 32)
-            four = ir.Constant(v8, [4] * 32)
-            eight = ir.Constant(w16, [8] * 16)
-            zero = ir.Constant(w16, [0] * 16)
-            all_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
-            odd_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
-            with cgutils.for_range(builder, n_pairs) as loop:
-                j = loop.index
-                codes_ptr = builder.bitcast(builder.gep(base, [builder.mul(j, ir.Constant(i64, 32))]), v8.as_pointer())
-                codes = builder.load(codes_ptr, align=1)
-                lo = builder.and_(codes, low)
-                hi = builder.and_(builder.lshr(codes, four), low)
-                t_off = builder.mul(j, builder.add(row_stride, row_stride))
-                for lane in range(n_lanes):
-                    p0 = builder.gep(lane_luts[lane], [t_off])
-                    p1 = builder.gep(p0, [row_stride])
-                    t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
-                    t1 = builder.load(builder.bitcast(p1, v8.as_pointer()), align=1)
-                    r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
-                    r1 = builder.bitcast(builder.call(fn, [t1, hi]), w16)
-                    builder.store(builder.add(builder.load(all_ptrs[lane]), builder.add(r0, r1)), all_ptrs[lane])
-                    odd = builder.add(builder.lshr(r0, eight), builder.lshr(r1, eight))
-                    builder.store(builder.add(builder.load(odd_ptrs[lane]), odd), odd_ptrs[lane])
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), 32), [i // 2 + (16 if i % 2 else 0) for i in range(32)])
-            out_bytes = builder.bitcast(out_a.data, i8.as_pointer())
-            out_stride = builder.extract_value(out_a.strides, 0)
+            _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return accumulate
+
+
+def _make_shuffle_accumulate_gather(n_lanes):
+    """`_make_shuffle_accumulate_lanes` with each lane's query and table read from index
+    arrays: the lanes of a list-major scan are whichever queries probe the list."""
+
+    @intrinsic
+    def accumulate(typingctx, blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out):
+        """out[i] (32 x uint16) = acc of one block with tables
+        qluts[lane_q[i], lane_t[i], 0 : 2 * pair_count] for i < n_lanes; lane_q, lane_t
+        contiguous int64 with n_lanes valid entries, qluts (G, L, 2 * n_pairs, 32) with
+        rows of 32 contiguous bytes, out (n_lanes, 32)."""
+        sig = types.void(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out)
+
+        def codegen(context, builder, signature, args):
+            blocks_v, index_v, start_v, count_v, qlut_v, lq_v, lt_v, out_v = args
+            blocks_a = context.make_array(signature.args[0])(context, builder, blocks_v)
+            qlut_a = context.make_array(signature.args[4])(context, builder, qlut_v)
+            lq_a = context.make_array(signature.args[5])(context, builder, lq_v)
+            lt_a = context.make_array(signature.args[6])(context, builder, lt_v)
+            out_a = context.make_array(signature.args[7])(context, builder, out_v)
+            i8 = ir.IntType(8)
+            i64 = ir.IntType(64)
+            row_pairs = builder.extract_value(blocks_a.shape, 1)
+            index = context.cast(builder, index_v, signature.args[1], types.int64)
+            first_pair = context.cast(builder, start_v, signature.args[2], types.int64)
+            n_pairs = context.cast(builder, count_v, signature.args[3], types.int64)
+            start = builder.mul(builder.add(builder.mul(index, row_pairs), first_pair), ir.Constant(i64, 32))
+            base = builder.gep(blocks_a.data, [start])
+            q_stride = builder.extract_value(qlut_a.strides, 0)
+            t_stride = builder.extract_value(qlut_a.strides, 1)
+            row_stride = builder.extract_value(qlut_a.strides, 2)
+            lut_bytes = builder.bitcast(qlut_a.data, i8.as_pointer())
+            lane_luts = []
             for lane in range(n_lanes):
-                odd_sum = builder.load(odd_ptrs[lane])
-                even_sum = builder.sub(builder.load(all_ptrs[lane]), builder.shl(odd_sum, eight))
-                acc = builder.shuffle_vector(even_sum, odd_sum, mask)
-                dst = builder.gep(out_bytes, [builder.mul(ir.Constant(i64, lane), out_stride)])
-                builder.store(acc, builder.bitcast(dst, v16.as_pointer()), align=1)
+                at = ir.Constant(i64, lane)
+                q = builder.load(builder.gep(lq_a.data, [at]))
+                t = builder.load(builder.gep(lt_a.data, [at]))
+                off = builder.add(builder.mul(q, q_stride), builder.mul(t, t_stride))
+                lane_luts.append(builder.gep(lut_bytes, [off]))
+            _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -346,14 +417,115 @@ def _make_lanes_postprocess(n_lanes):
 
         return sig, codegen
 
-    return lanes_max, lanes_comb, lanes_bound
+    @intrinsic
+    def lanes_rows(typingctx, comb, row_factors, row0, base, step, pbias, q_sq, thr, is_l2, scores, masks):
+        """Row scores of one block for n_lanes queries in vector IR, the same IEEE operations
+        as `fs_scan_factors`'s per-row loop: scores[i, v] = pbias + g * (base + step *
+        comb[i, v]) (ip) or float32(-(q_sq - 2.0 * est + |r|^2)) in float64 (l2), with (g,
+        |r|^2) = row_factors[row0 + v] (rows of 2 contiguous float32); base, step, pbias,
+        q_sq, thr float32 per lane; masks[i] (int64) has bit v set when scores[i, v] >= thr[i]
+        (a superset of the rows that can enter a heap whose minimum is thr[i])."""
+        sig = types.void(comb, row_factors, row0, base, step, pbias, q_sq, thr, is_l2, scores, masks)
+
+        def codegen(context, builder, signature, args):
+            (comb_v, rf_v, row0_v, base_v, step_v, pbias_v, qsq_v, thr_v, l2_v, sc_v, mk_v) = args
+            f32 = ir.FloatType()
+            f64 = ir.DoubleType()
+            i32 = ir.IntType(32)
+            i64 = ir.IntType(64)
+            vf = ir.VectorType(f32, 32)
+            vd = ir.VectorType(f64, 32)
+            c_rows = _lane_rows(context, builder, signature.args[0], comb_v, f32, n_lanes)
+            s_rows = _lane_rows(context, builder, signature.args[9], sc_v, f32, n_lanes)
+            rf = context.make_array(signature.args[1])(context, builder, rf_v)
+            row0 = context.cast(builder, row0_v, signature.args[2], types.int64)
+            at = builder.gep(builder.bitcast(rf.data, ir.IntType(8).as_pointer()),
+                             [builder.mul(row0, builder.extract_value(rf.strides, 0))])
+            pair = builder.load(builder.bitcast(at, ir.VectorType(f32, 64).as_pointer()), align=4)
+            g = builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(i32, 32), list(range(0, 64, 2))))
+            r_sq = builder.fpext(builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(i32, 32),
+                                                                               list(range(1, 64, 2)))), vd)
+            is_l2 = context.cast(builder, l2_v, signature.args[8], types.boolean)
+            mk = context.make_array(signature.args[10])(context, builder, mk_v)
+
+            def lane_value(k, value, lane):
+                a = context.make_array(signature.args[k])(context, builder, value)
+                return builder.load(builder.gep(a.data, [ir.Constant(i64, lane)]))
+
+            two = _splat(builder, ir.Constant(f64, 2.0), vd)
+            for lane in range(n_lanes):
+                x = builder.load(c_rows[lane], align=1)
+                t = builder.fadd(_splat(builder, lane_value(3, base_v, lane), vf),
+                                 builder.fmul(_splat(builder, lane_value(4, step_v, lane), vf), x))
+                est = builder.fmul(g, t)
+                ip = builder.fadd(_splat(builder, lane_value(5, pbias_v, lane), vf), est)
+                q_sq_d = builder.fpext(_splat(builder, lane_value(6, qsq_v, lane), vf), vd)
+                d = builder.fadd(builder.fsub(q_sq_d, builder.fmul(two, builder.fpext(est, vd))), r_sq)
+                l2 = builder.fptrunc(builder.fneg(d), vf)
+                sc = builder.select(is_l2, l2, ip)
+                builder.store(sc, s_rows[lane], align=1)
+                ge = builder.fcmp_ordered(">=", sc, _splat(builder, lane_value(7, thr_v, lane), vf))
+                bits = builder.zext(builder.bitcast(ge, i32), i64)
+                builder.store(bits, builder.gep(mk.data, [ir.Constant(i64, lane)]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def lanes_rows_pq(typingctx, acc, base, step, thr, scores, masks):
+        """scores[i, v] = float32(base[i] + step[i] * float32(acc[i, v])) for i < n_lanes,
+        `fs_scan`'s per-row formula in vector IR; masks[i] (int64) has bit v set when
+        scores[i, v] >= thr[i]."""
+        sig = types.void(acc, base, step, thr, scores, masks)
+
+        def codegen(context, builder, signature, args):
+            acc_v, base_v, step_v, thr_v, sc_v, mk_v = args
+            f32 = ir.FloatType()
+            i32 = ir.IntType(32)
+            i64 = ir.IntType(64)
+            vf = ir.VectorType(f32, 32)
+            a_rows = _lane_rows(context, builder, signature.args[0], acc_v, ir.IntType(16), n_lanes)
+            s_rows = _lane_rows(context, builder, signature.args[4], sc_v, f32, n_lanes)
+            mk = context.make_array(signature.args[5])(context, builder, mk_v)
+
+            def lane_value(k, value, lane):
+                a = context.make_array(signature.args[k])(context, builder, value)
+                return builder.load(builder.gep(a.data, [ir.Constant(i64, lane)]))
+
+            for lane in range(n_lanes):
+                x = builder.uitofp(builder.load(a_rows[lane], align=1), vf)
+                sc = builder.fadd(_splat(builder, lane_value(1, base_v, lane), vf),
+                                  builder.fmul(_splat(builder, lane_value(2, step_v, lane), vf), x))
+                builder.store(sc, s_rows[lane], align=1)
+                ge = builder.fcmp_ordered(">=", sc, _splat(builder, lane_value(3, thr_v, lane), vf))
+                builder.store(builder.zext(builder.bitcast(ge, i32), i64), builder.gep(mk.data, [ir.Constant(i64, lane)]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return lanes_max, lanes_comb, lanes_bound, lanes_rows, lanes_rows_pq
+
+
+@intrinsic
+def _lowest_bit(typingctx, x):
+    """Index of the lowest set bit of a non-zero int64 (count trailing zeros)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]),
+                                            "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+
+    return sig, codegen
 
 
 # Queries accumulated per pass over a code block in the multi-query scans (see
 # `fs_scan_multi`).
 LANES = 8
 _shuffle_accumulate_lanes = _make_shuffle_accumulate_lanes(LANES)
-_lanes_max, _lanes_comb, _lanes_bound = _make_lanes_postprocess(LANES)
+_shuffle_accumulate_gather = _make_shuffle_accumulate_gather(LANES)
+_lanes_max, _lanes_comb, _lanes_bound, _lanes_rows, _lanes_rows_pq = _make_lanes_postprocess(LANES)
 
 
 @jit
@@ -427,6 +599,42 @@ def fs_block_accumulate_group(blocks, block_index, pair_start, pair_count, qluts
 
 
 @jit
+def _scalar_accumulate_gather(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out):
+    for lane in range(out.shape[0]):
+        _scalar_accumulate(blocks, block_index, pair_start, pair_count, qluts[lane_q[lane], lane_t[lane]], out[lane])
+
+
+if HAS_SHUFFLE:
+
+    @jit
+    def fs_block_accumulate_gather(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out):
+        """out[i] = `fs_block_accumulate_range` of one block with the tables
+        qluts[lane_q[i], lane_t[i]] for i < LANES; lane_q, lane_t contiguous int64 (LANES,),
+        qluts (G, L, 2 * n_pairs, 32), out uint16 (LANES, 32)."""
+        _shuffle_accumulate_gather(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out)
+
+else:
+
+    @jit
+    def fs_block_accumulate_gather(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out):
+        """out[i] = `fs_block_accumulate_range` of one block with the tables
+        qluts[lane_q[i], lane_t[i]] for i < LANES; lane_q, lane_t contiguous int64 (LANES,),
+        qluts (G, L, 2 * n_pairs, 32), out uint16 (LANES, 32)."""
+        _scalar_accumulate_gather(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out)
+
+
+@jit
+def _accumulate_chunk(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, n_lanes, out):
+    # as fs_block_accumulate_group: under 3/4 full, one query at a time
+    if 4 * n_lanes >= 3 * LANES:
+        fs_block_accumulate_gather(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out)
+    else:
+        for lane in range(n_lanes):
+            fs_block_accumulate_range(blocks, block_index, pair_start, pair_count, qluts[lane_q[lane], lane_t[lane]],
+                                      out[lane])
+
+
+@jit
 def fs_block_accumulate(blocks, block_index, qluts, out):
     """acc[v] = sum_m qluts[m, code[v, m]] for the 32 rows of one block (uint16)."""
     fs_block_accumulate_range(blocks, block_index, 0, blocks.shape[1], qluts, out)
@@ -458,21 +666,44 @@ def fs_layout(codes: np.ndarray, ids: np.ndarray, list_offsets: np.ndarray):
     return blocks, block_ids, block_offsets
 
 
+@jit
+def _quantize_lut(luts, qmax, out, steps, mins):
+    # fs_quantize_lut's numpy expression in one pass (the same float32 operations)
+    nq, n_tab, m, ksub = luts.shape
+    for qi in range(nq):
+        for t in range(n_tab):
+            span = np.float32(0.0)
+            for j in range(m):
+                lo = luts[qi, t, j, 0]
+                hi = luts[qi, t, j, 0]
+                for c in range(1, ksub):
+                    lo = min(lo, luts[qi, t, j, c])
+                    hi = max(hi, luts[qi, t, j, c])
+                mins[qi, t, j] = lo
+                span = max(span, np.float32(hi - lo)) if j > 0 else np.float32(hi - lo)
+            step = np.float32(span / np.float32(qmax)) if span > 0 else np.float32(1.0)
+            steps[qi, t] = step
+            for j in range(m):
+                lo = mins[qi, t, j]
+                for c in range(ksub):
+                    x = np.rint(np.float32(np.float32(luts[qi, t, j, c] - lo) / step))
+                    x = min(max(x, np.float32(0.0)), np.float32(qmax))
+                    v = np.uint8(x)
+                    out[qi, t, j, c] = v
+                    out[qi, t, j, c + 16] = v
+
+
 def fs_quantize_lut(luts: np.ndarray):
     """float32 (nq, L, M, 16) -> uint8 tables (nq, L, 2 * n_pairs, 32), step a (nq, L) and
     bias (nq, L) = sum of per-sub-quantizer minima."""
-    luts = np.asarray(luts, dtype=np.float32)
-    nq, n_tab, m, ksub = luts.shape
+    luts = np.ascontiguousarray(luts, dtype=np.float32)
+    nq, n_tab, m, _ = luts.shape
     n_pairs = (m + 1) // 2
     qmax = min(255, 65535 // max(2 * n_pairs, 1))
-    mins = luts.min(axis=3)
-    span = (luts.max(axis=3) - mins).max(axis=2)
-    step = np.where(span > 0, span / qmax, 1.0).astype(np.float32)
-    q = np.rint((luts - mins[..., None]) / step[..., None, None])
-    q = np.clip(q, 0, qmax).astype(np.uint8)
     out = np.zeros((nq, n_tab, 2 * n_pairs, 32), dtype=np.uint8)
-    out[:, :, :m, :16] = q
-    out[:, :, :m, 16:] = q
+    step = np.empty((nq, n_tab), dtype=np.float32)
+    mins = np.empty((nq, n_tab, m), dtype=np.float32)
+    _quantize_lut(luts, qmax, out, step, mins)
     bias = mins.sum(axis=2, dtype=np.float64).astype(np.float32)
     return out, step, bias
 
@@ -813,6 +1044,234 @@ def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_id
                                          probe_q_sq[a:e], is_l2, k)
             out_scores[a:e] = s
             out_ids[a:e] = i
+    return out_scores, out_ids
+
+
+@jit
+def fs_invert_probes(probes, n_lists):
+    """probes int64 (nq, P), entries < 0 ignored -> for each list the (query, probe index)
+    pairs that visit it: offsets int64 (n_lists + 1,), queries int64 and probe indices
+    int64 (offsets[-1],), each list's pairs in query order."""
+    nq, n_probe = probes.shape
+    offsets = np.zeros(n_lists + 1, dtype=np.int64)
+    for q in range(nq):
+        for p in range(n_probe):
+            lst = probes[q, p]
+            if lst >= 0:
+                offsets[lst + 1] += 1
+    for lst in range(n_lists):
+        offsets[lst + 1] += offsets[lst]
+    fill = offsets[:n_lists].copy()
+    queries = np.empty(offsets[n_lists], dtype=np.int64)
+    probe_index = np.empty(offsets[n_lists], dtype=np.int64)
+    for q in range(nq):
+        for p in range(n_probe):
+            lst = probes[q, p]
+            if lst >= 0:
+                queries[fill[lst]] = q
+                probe_index[fill[lst]] = p
+                fill[lst] += 1
+    return offsets, queries, probe_index
+
+
+@jit
+def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k):
+    """`fs_scan` for G queries with their own probes, list-major (faiss's IVF fast scan):
+    each list's blocks are scanned once per chunk of up to LANES of the queries that probe
+    it, each chunk's tables gathered by index (`fs_block_accumulate_gather`), and each query
+    pushes into its own heap. Shapes as in `fs_scan_batch` (qluts (G, L, 2 * n_pairs, 32),
+    probes (G, P), probe_bias (G, P)) -> (G, k), row g identical to `fs_scan` of query g:
+    the heaps admit (score, id) by a total order, so the visiting order does not matter."""
+    n_q = qluts.shape[0]
+    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    n_lists = block_offsets.shape[0] - 1
+    list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists)
+    n_tables = qluts.shape[1]
+    n_pairs = blocks.shape[1]
+    acc = np.empty((LANES, BLOCK), dtype=np.uint16)
+    lane_thr = np.zeros(LANES, dtype=np.float32)
+    scores = np.empty((LANES, BLOCK), dtype=np.float32)
+    masks = np.zeros(LANES, dtype=np.int64)
+    lane_q = np.zeros(LANES, dtype=np.int64)
+    lane_t = np.zeros(LANES, dtype=np.int64)
+    lane_base = np.zeros(LANES, dtype=np.float32)
+    lane_step = np.zeros(LANES, dtype=np.float32)
+    for lst in range(n_lists):
+        b0 = block_offsets[lst]
+        b1 = block_offsets[lst + 1]
+        e0 = list_offsets[lst]
+        e1 = list_offsets[lst + 1]
+        if b1 == b0:
+            continue
+        for c0 in range(e0, e1, LANES):
+            n_lanes = min(LANES, e1 - c0)
+            for lane in range(LANES):
+                e = c0 + lane if lane < n_lanes else c0  # idle lanes repeat the first
+                q = ent_q[e]
+                p = ent_p[e]
+                t = p if n_tables > 1 else 0
+                lane_q[lane] = q
+                lane_t[lane] = t
+                lane_base[lane] = biases[q, t] + probe_bias[q, p]
+                lane_step[lane] = steps[q, t]
+            for b in range(b0, b1):
+                _accumulate_chunk(blocks, b, 0, n_pairs, qluts, lane_q, lane_t, n_lanes, acc)
+                for lane in range(LANES):
+                    lane_thr[lane] = heap_scores[lane_q[lane], 0]
+                # every row's score and the rows at or above the heap minimum, in vector IR
+                # (this replaces fs_scan's block maximum test); then fs_scan's admission
+                # test on those rows only
+                _lanes_rows_pq(acc, lane_base, lane_step, lane_thr, scores, masks)
+                row0 = b * BLOCK
+                for lane in range(n_lanes):
+                    m = masks[lane]
+                    if m == 0:
+                        continue
+                    q = lane_q[lane]
+                    hs = heap_scores[q]
+                    hi = heap_ids[q]
+                    while m != 0:
+                        v = _lowest_bit(m)
+                        m &= m - 1
+                        idx = block_ids[row0 + v]
+                        s = scores[lane, v]
+                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
+                            topk_push(hs, hi, s, idx)
+    for g in range(n_q):
+        topk_sort(heap_scores[g], heap_ids[g])
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, n_parts):
+    """`fs_scan_lists` on `n_parts` contiguous ranges of queries, one per thread
+    (numba.get_num_threads(): no heap is shared between threads; `fs_scan_lists` itself is
+    the serial twin). Shapes as in `fs_scan_batch`; out (nq, k), each row identical to
+    `fs_scan_batch`'s."""
+    nq = qluts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    n_parts = max(1, min(n_parts, nq))
+    for r in prange(n_parts):
+        a = r * nq // n_parts
+        e = (r + 1) * nq // n_parts
+        s, i = fs_scan_lists(qluts[a:e], steps[a:e], biases[a:e], blocks, block_ids, block_offsets, probes[a:e],
+                             probe_bias[a:e], k)
+        out_scores[a:e] = s
+        out_ids[a:e] = i
+    return out_scores, out_ids
+
+
+@jit
+def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
+    """`fs_scan_factors` for G queries with their own probes, list-major as `fs_scan_lists`:
+    shapes as in `fs_scan_factors_batch` -> (G, k), row g identical to `fs_scan_factors` of
+    query g (skipping compares a block's bound with the heap of the query it is for)."""
+    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
+        # _lanes_rows reads 32 rows of (g, |r|^2) as one vector
+        raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
+    n_q = qluts.shape[0]
+    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    n_lists = block_offsets.shape[0] - 1
+    list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists)
+    acc = np.empty((LANES, BLOCK), dtype=np.uint16)
+    comb = np.empty((LANES, BLOCK), dtype=np.float32)
+    bounds = np.empty(LANES, dtype=np.float32)
+    lane_q = np.zeros(LANES, dtype=np.int64)
+    lane_t = np.zeros(LANES, dtype=np.int64)
+    lane_base = np.zeros(LANES, dtype=np.float32)
+    lane_step = np.zeros(LANES, dtype=np.float32)
+    lane_pbias = np.zeros(LANES, dtype=np.float32)
+    lane_q_sq = np.zeros(LANES, dtype=np.float32)
+    lane_thr = np.zeros(LANES, dtype=np.float32)
+    scores = np.empty((LANES, BLOCK), dtype=np.float32)
+    masks = np.zeros(LANES, dtype=np.int64)
+    n_tables = qluts.shape[1]
+    level_pairs = blocks.shape[1] // n_levels
+    skip = block_bounds.shape[0] > 0
+    level_sum = np.float32(0.0)
+    w = np.float32(1.0)
+    for _ in range(n_levels):
+        level_sum += w
+        w *= np.float32(0.5)
+    for lst in range(n_lists):
+        b0 = block_offsets[lst]
+        b1 = block_offsets[lst + 1]
+        e0 = list_offsets[lst]
+        e1 = list_offsets[lst + 1]
+        if b1 == b0:
+            continue
+        for c0 in range(e0, e1, LANES):
+            n_lanes = min(LANES, e1 - c0)
+            for lane in range(LANES):
+                e = c0 + lane if lane < n_lanes else c0  # idle lanes repeat the first
+                q = ent_q[e]
+                p = ent_p[e]
+                t = p if n_tables > 1 else 0
+                lane_q[lane] = q
+                lane_t[lane] = t
+                lane_base[lane] = biases[q, t] * level_sum
+                lane_step[lane] = steps[q, t]
+                lane_pbias[lane] = probe_bias[q, p]
+                lane_q_sq[lane] = probe_q_sq[q, p]
+            for b in range(b0, b1):
+                row0 = b * BLOCK
+                w = np.float32(1.0)
+                for lv in range(n_levels):
+                    _accumulate_chunk(blocks, b, lv * level_pairs, level_pairs, qluts, lane_q, lane_t, n_lanes, acc)
+                    _lanes_comb(acc, comb, w, lv == 0)
+                    w *= np.float32(0.5)
+                for lane in range(LANES):
+                    lane_thr[lane] = heap_scores[lane_q[lane], 0]
+                if skip:
+                    _lanes_bound(comb, lane_base, lane_step, lane_pbias, lane_q_sq, 0, block_bounds, b, is_l2,
+                                 bounds)
+                    for lane in range(n_lanes):
+                        if bounds[lane] < lane_thr[lane]:
+                            lane_thr[lane] = np.inf  # skipped: no row can be a candidate
+                # every row's score and the rows at or above the heap minimum, in vector IR;
+                # then fs_scan_factors's admission test on those rows only
+                _lanes_rows(comb, row_factors, row0, lane_base, lane_step, lane_pbias, lane_q_sq, lane_thr, is_l2,
+                            scores, masks)
+                for lane in range(n_lanes):
+                    m = masks[lane]
+                    if m == 0:
+                        continue
+                    q = lane_q[lane]
+                    hs = heap_scores[q]
+                    hi = heap_ids[q]
+                    while m != 0:
+                        v = _lowest_bit(m)
+                        m &= m - 1
+                        idx = block_ids[row0 + v]
+                        s = scores[lane, v]
+                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
+                            topk_push(hs, hi, s, idx)
+    for g in range(n_q):
+        topk_sort(heap_scores[g], heap_ids[g])
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+                                block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, n_parts):
+    """`fs_scan_factors_lists` on one contiguous range of queries per thread (as
+    `fs_scan_lists_batch`); shapes as in `fs_scan_factors_batch`."""
+    nq = qluts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    n_parts = max(1, min(n_parts, nq))
+    for r in prange(n_parts):
+        a = r * nq // n_parts
+        e = (r + 1) * nq // n_parts
+        s, i = fs_scan_factors_lists(qluts[a:e], steps[a:e], biases[a:e], n_levels, blocks, block_ids, row_factors,
+                                     block_bounds, block_offsets, probes[a:e], probe_bias[a:e], probe_q_sq[a:e],
+                                     is_l2, k)
+        out_scores[a:e] = s
+        out_ids[a:e] = i
     return out_scores, out_ids
 
 

@@ -12,9 +12,11 @@ Reference: tests/reference/ivf.py.
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
+from ._jit import jit_batch
 from .kmeans import kmeans_assign
-from .topk import topk_select_batch
+from .topk import topk_init, topk_push, topk_sort
 
 __all__ = ["ivf_assign", "ivf_layout", "ivf_probe"]
 
@@ -47,7 +49,66 @@ def ivf_layout(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     return order, offsets
 
 
+@jit_batch
+def _select_batch(sim, k):
+    """Row-wise `topk_select` of sim (nq, n) with ids 0..n-1, identical results, without a
+    heap over all n entries (20-30 us per query at n = 1024, k = 64-128: as much as the
+    codes scan). Per row: a 256-bin histogram between the row's min and max finds a value
+    t with at least k entries >= t and few more; those entries, in id order, are sorted
+    stably by score (ties: smaller id first) and the first k kept. Rows with a NaN or an
+    infinite entry take the heap."""
+    nq, n = sim.shape
+    n_bins = 256
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        row = sim[qi]
+        lo = np.inf
+        hi = -np.inf
+        finite = True
+        for j in range(n):
+            x = row[j]
+            if not np.isfinite(x):
+                finite = False
+            lo = min(lo, x)
+            hi = max(hi, x)
+        if not finite or k >= n or not hi > lo:
+            hs, hid = topk_init(k)
+            for j in range(n):
+                topk_push(hs, hid, row[j], j)
+            topk_sort(hs, hid)
+            out_scores[qi] = hs
+            out_ids[qi] = hid
+            continue
+        scale = (n_bins - 1) / (np.float64(hi) - np.float64(lo))
+        counts = np.zeros(n_bins, dtype=np.int64)
+        for j in range(n):
+            counts[int((np.float64(row[j]) - lo) * scale)] += 1
+        top = n_bins - 1
+        above = counts[top]
+        while above < k:
+            top -= 1
+            above += counts[top]
+        thr = np.float32(np.inf)  # the smallest entry in bins >= top: >= k entries reach it
+        for j in range(n):
+            if int((np.float64(row[j]) - lo) * scale) >= top:
+                thr = min(thr, row[j])
+        cand_s = np.empty(n, dtype=np.float32)
+        cand_i = np.empty(n, dtype=np.int64)
+        c = 0
+        for j in range(n):
+            if row[j] >= thr:
+                cand_s[c] = -row[j]
+                cand_i[c] = j
+                c += 1
+        order = np.argsort(cand_s[:c], kind="mergesort")  # stable: equal scores by id
+        for r in range(k):
+            out_scores[qi, r] = -cand_s[order[r]]
+            out_ids[qi, r] = cand_i[order[r]]
+    return out_scores, out_ids
+
+
 def ivf_probe(q: np.ndarray, centroids: np.ndarray, nprobe: int, metric: str):
     q = np.ascontiguousarray(q, dtype=np.float32)
     sim = np.ascontiguousarray(_similarity(q, centroids, metric), dtype=np.float32)
-    return topk_select_batch(sim, np.arange(centroids.shape[0], dtype=np.int64), min(nprobe, centroids.shape[0]))
+    return _select_batch(sim, min(nprobe, centroids.shape[0]))

@@ -143,7 +143,17 @@ def test_quantize_lut_bounds(nq, n_tab, m, seed, const, scale):
     assert np.all(err <= steps[:, :, None, None] * (0.5 + 1e-3) + 1e-6 * scale)
 
 
-def _scan_inputs(rng, nq, n, m, nlist, n_probe, per_probe):
+def _sized_layout(rng, sizes):
+    """random_layout with the given list sizes: offsets and distinct shuffled ids."""
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    n = int(offsets[-1])
+    return offsets, rng.permutation(3 * n + 5)[:n].astype(np.int64)
+
+
+def _scan_inputs(rng, nq, n, m, nlist, n_probe, per_probe, sizes=None):
+    if sizes is not None:
+        n, nlist = int(sum(sizes)), len(sizes)
     n_tab = n_probe if per_probe else 1
     luts = rng.standard_normal((nq, n_tab, m, 16)).astype(np.float32)
     if rng.random() < 0.3:
@@ -151,7 +161,7 @@ def _scan_inputs(rng, nq, n, m, nlist, n_probe, per_probe):
     codes = rng.integers(0, 16, size=(n, m)).astype(np.uint8)
     if n > 2:
         codes[n - 1] = codes[0]  # duplicate rows: equal scores, ties by id
-    offsets, ids = random_layout(rng, n, nlist)
+    offsets, ids = random_layout(rng, n, nlist) if sizes is None else _sized_layout(rng, sizes)
     probes = random_probes(rng, nq, nlist, n_probe)
     bias = rng.standard_normal((nq, n_probe)).astype(np.float32)
     return luts, codes, ids, offsets, probes, bias
@@ -273,9 +283,11 @@ def _shared_probes(rng, nq, nlist, n_probe):
     return np.ascontiguousarray(pool[rng.integers(0, pool.shape[0], size=nq)])
 
 
-def _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe):
+def _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe, sizes=None):
     """RB codes as the engine lays them out (random bits, duplicate rows, g of both signs and
     zero), per-query level-0 tables, probes and per-probe terms."""
+    if sizes is not None:
+        n, nlist = int(sum(sizes)), len(sizes)
     nbytes = binary.rb_nbytes(dim)
     mask = np.packbits(np.arange(nbytes * 8) < dim, bitorder="little")
     bits = rng.integers(0, 256, size=(n, levels, nbytes)).astype(np.uint8) & mask
@@ -290,7 +302,7 @@ def _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe):
         dup = rng.integers(0, n, size=max(1, n // 5))
         bits[dup] = bits[0]  # duplicate rows: equal scores, ties by id
         factors[dup] = factors[0]
-    offsets, ids = random_layout(rng, n, nlist)
+    offsets, ids = random_layout(rng, n, nlist) if sizes is None else _sized_layout(rng, sizes)
     blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
     row_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
     bounds = fastscan.fs_block_bounds(row_factors, block_ids)
@@ -460,9 +472,12 @@ def test_skip_keeps_equal_scores_with_smaller_ids(is_l2):
                                           probes, bias, q_sq, is_l2, k)
     sm, im = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds,
                                                   block_offsets, probes, bias, q_sq, is_l2, np.array([0, 3]), k)
-    for got in (i, im):
+    sl, il = fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds,
+                                                  block_offsets, probes, bias, q_sq, is_l2, k, 1)
+    for got in (i, im, il):
         np.testing.assert_array_equal(got, np.tile(np.arange(k), (3, 1)))
     np.testing.assert_array_equal(s, sm)
+    np.testing.assert_array_equal(s, sl)
 
 
 @MULTI_SETTINGS
@@ -528,3 +543,157 @@ def test_code_index_multi_query_search_unchanged(spec, metric, monkeypatch):
             np.testing.assert_array_equal(got.ids, ref.ids)
             np.testing.assert_array_equal(got.scores, ref.scores)
             assert got.stats == ref.stats
+
+
+# --------------------------------------------------------------------------- list-major scans
+# fs_scan_lists / fs_scan_factors_lists scan IVF batches list by list, each list once for up
+# to LANES of the queries that probe it, every query pushing into its own heap. Also only a
+# speed-up: results must equal the single-query kernels' exactly, whatever the visit order.
+
+LIST_SIZES = st.lists(st.sampled_from([0, 1, 31, 32, 33, 100]), min_size=1, max_size=6)
+LIST_SETTINGS = settings(max_examples=30, deadline=None, database=None)
+
+
+def _own_probes(rng, nq, nlist, n_probe):
+    """Each query its own probes (random_probes: distinct lists, some -1), and a few queries
+    with a list probed twice (the kernels accept it: both passes push the same rows)."""
+    probes = random_probes(rng, nq, nlist, n_probe)
+    if n_probe > 1:
+        twice = rng.random(nq) < 0.2
+        probes[twice, 1] = probes[twice, 0]
+    return np.ascontiguousarray(probes)
+
+
+@SETTINGS
+@given(n_blocks=st.integers(1, 3), n_q=st.integers(1, 12), n_tab=st.integers(1, 3), pairs=st.integers(1, 9),
+       n_lanes=st.integers(1, fastscan.LANES), seed=st.integers(0, 2**32 - 1))
+def test_block_accumulate_gather_matches_reference(n_blocks, n_q, n_tab, pairs, n_lanes, seed):
+    # Lane i accumulates with tables qluts[lane_q[i], lane_t[i]] (any queries, any tables),
+    # on the shuffle and the scalar path, and the chunk helper agrees on its n_lanes lanes.
+    rng = np.random.default_rng(seed)
+    lanes = fastscan.LANES
+    codes = rng.integers(0, 16, size=(n_blocks * BLOCK, 2 * pairs)).astype(np.uint8)
+    blocks, _, _ = fs_layout_ref(codes, np.arange(n_blocks * BLOCK), np.array([0, n_blocks * BLOCK]))
+    qluts = np.stack([np.stack([_qluts(rng, 2 * pairs, 255) for _ in range(n_tab)]) for _ in range(n_q)])
+    _readonly(blocks, qluts)
+    outs = [np.empty((lanes, BLOCK), dtype=np.uint16) for _ in range(3)]
+    for b in range(n_blocks):
+        lane_q = rng.integers(0, n_q, size=lanes).astype(np.int64)
+        lane_t = rng.integers(0, n_tab, size=lanes).astype(np.int64)
+        fastscan.fs_block_accumulate_gather(blocks, b, 0, pairs, qluts, lane_q, lane_t, outs[0])
+        fastscan._scalar_accumulate_gather(blocks, b, 0, pairs, qluts, lane_q, lane_t, outs[1])
+        fastscan._accumulate_chunk(blocks, b, 0, pairs, qluts, lane_q, lane_t, n_lanes, outs[2])
+        for lane in range(lanes):
+            ref = fastscan_accumulate_ref(codes[b * BLOCK : (b + 1) * BLOCK], qluts[lane_q[lane], lane_t[lane]])
+            np.testing.assert_array_equal(outs[0][lane], ref)
+            np.testing.assert_array_equal(outs[1][lane], ref)
+            if lane < n_lanes:
+                np.testing.assert_array_equal(outs[2][lane], ref)
+
+
+@SETTINGS
+@given(nq=st.integers(0, 12), nlist=st.integers(1, 5), n_probe=st.integers(0, 4), seed=st.integers(0, 2**32 - 1))
+def test_invert_probes_lists_every_probe_once(nq, nlist, n_probe, seed):
+    rng = np.random.default_rng(seed)
+    probes = _own_probes(rng, nq, nlist, n_probe)
+    offsets, queries, probe_index = fastscan.fs_invert_probes(probes, nlist)
+    assert offsets.shape == (nlist + 1,) and offsets[0] == 0
+    pairs = {(int(q), int(p)) for q, p in zip(queries, probe_index)}
+    assert len(pairs) == len(queries) == int((probes >= 0).sum())
+    for lst in range(nlist):
+        sl = slice(offsets[lst], offsets[lst + 1])
+        assert (probes[queries[sl], probe_index[sl]] == lst).all()
+        assert (np.diff(queries[sl]) >= 0).all()  # query order within a list
+
+
+@LIST_SETTINGS
+@given(nq=st.integers(1, 21), sizes=LIST_SIZES, m=st.sampled_from([1, 3, 8, 13]), n_probe=st.integers(1, 5),
+       per_probe=st.booleans(), k=st.one_of(st.integers(1, 4), st.integers(1, 400)), n_parts=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_scan_lists_equals_single(nq, sizes, m, n_probe, per_probe, k, n_parts, seed):
+    rng = np.random.default_rng(seed)
+    luts, codes, ids, offsets, _, bias = _scan_inputs(rng, nq, 0, m, 0, n_probe, per_probe, sizes=sizes)
+    probes = _own_probes(rng, nq, len(sizes), n_probe)
+    qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, ids, offsets)
+    _readonly(qluts, steps, biases, probes, bias, blocks, block_ids, block_offsets)
+    args = (qluts, steps, biases, blocks, block_ids, block_offsets, probes, bias, k)
+    ref_s, ref_i = fastscan.fs_scan_batch(*args)
+    for got_s, got_i in (fastscan.fs_scan_lists_batch(*args, n_parts), fastscan.fs_scan_lists(*args)):
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_s, ref_s)
+
+
+@LIST_SETTINGS
+@given(nq=st.integers(1, 21), sizes=LIST_SIZES, dim=st.sampled_from([1, 7, 16, 33]), levels=st.integers(1, 3),
+       n_probe=st.integers(1, 5), per_probe=st.booleans(), is_l2=st.booleans(),
+       k=st.one_of(st.integers(1, 4), st.integers(1, 400)), n_parts=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_scan_factors_lists_equal_single(nq, sizes, dim, levels, n_probe, per_probe, is_l2, k, n_parts, seed):
+    rng = np.random.default_rng(seed)
+    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, _, bias,
+     q_sq) = _rb_inputs(rng, nq, 0, dim, levels, 0, n_probe, per_probe, sizes=sizes)
+    probes = _own_probes(rng, nq, len(sizes), n_probe)
+    no_skip = np.empty((0, 3), dtype=np.float32)
+    _readonly(qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
+    common = (qluts, steps, biases, levels, blocks, block_ids, row_factors)
+    tail = (block_offsets, probes, bias, q_sq, is_l2, k)
+    ref_s, ref_i = fastscan.fs_scan_factors_batch(*common, no_skip, *tail)
+    runs = [fastscan.fs_scan_factors_lists_batch(*common, bnd, *tail, n_parts) for bnd in (bounds, no_skip)]
+    runs.append(fastscan.fs_scan_factors_lists(*common, bounds, *tail))
+    for got_s, got_i in runs:
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_s, ref_s)
+
+
+@SETTINGS
+@given(nq=st.integers(0, 4), n_tab=st.integers(1, 3), m=st.integers(1, 40), seed=st.integers(0, 2**32 - 1),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), coarse=st.booleans())
+def test_quantize_lut_equals_numpy_expression(nq, n_tab, m, seed, scale, coarse):
+    # fs_quantize_lut runs in one compiled pass; it must give the numpy formula's bytes.
+    rng = np.random.default_rng(seed)
+    luts = (rng.standard_normal((nq, n_tab, m, 16)) * scale).astype(np.float32)
+    if coarse:
+        luts = np.rint(luts).astype(np.float32)  # ties at .5 steps, constant tables
+    n_pairs = (m + 1) // 2
+    qmax = min(255, 65535 // max(2 * n_pairs, 1))
+    mins = luts.min(axis=3)
+    span = (luts.max(axis=3) - mins).max(axis=2)
+    step = np.where(span > 0, span / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint((luts - mins[..., None]) / step[..., None, None]), 0, qmax).astype(np.uint8)
+    ref = np.zeros((nq, n_tab, 2 * n_pairs, 32), dtype=np.uint8)
+    ref[:, :, :m, :16] = q
+    ref[:, :, :m, 16:] = q
+    got = fastscan.fs_quantize_lut(luts)
+    np.testing.assert_array_equal(got[0], ref)
+    np.testing.assert_array_equal(got[1], step)
+    np.testing.assert_array_equal(got[2], mins.sum(axis=2, dtype=np.float64).astype(np.float32))
+
+
+@pytest.mark.parametrize("spec", ["IVF3,RB1", "IVF5,RB2", "IVF4,PQ16x4"])
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_code_index_list_major_search_unchanged(spec, metric, monkeypatch):
+    # IVF batches of at least LIST_MIN_QUERIES queries scan list-major; the results must
+    # equal the one-query-at-a-time path exactly (per-probe tables under l2, k > n, a batch
+    # that is not a whole number of lane groups, duplicate rows).
+    from engine.codecs import Codec, CodeIndex
+
+    rng = np.random.default_rng(5)
+    dim, n, nq = 40, 260, 2 * fastscan.LANES + 5
+    centers = rng.standard_normal((6, dim)).astype(np.float32) * 3
+    x = centers[rng.integers(0, 6, size=n)] + rng.standard_normal((n, dim)).astype(np.float32)
+    x[100:130] = x[0]  # duplicate rows: equal scores, ties by id
+    q = centers[rng.integers(0, 6, size=nq)] + rng.standard_normal((nq, dim)).astype(np.float32)
+    codec = Codec(spec, dim, metric, seed=1).train(x)
+    enc = codec.encode(x)
+    index = codec.index(enc.codes, enc.lists)
+    monkeypatch.setattr(CodeIndex, "LIST_MIN_QUERIES", 1)
+    monkeypatch.setattr(CodeIndex, "LIST_MIN_QUERIES_PQ", 1)
+    for k, nprobe in [(1, 1), (10, 2), (n + 7, 3), (20, 99)]:
+        monkeypatch.setattr(CodeIndex, "_MULTI_QUERY", True)
+        got = index.search(q, k, nprobe=nprobe)
+        monkeypatch.setattr(CodeIndex, "_MULTI_QUERY", False)
+        ref = index.search(q, k, nprobe=nprobe)
+        np.testing.assert_array_equal(got.ids, ref.ids)
+        np.testing.assert_array_equal(got.scores, ref.scores)
+        assert got.stats == ref.stats

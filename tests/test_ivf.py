@@ -106,3 +106,34 @@ def test_probe_scores_are_documented_similarities(nq, nlist, nprobe, dim, metric
     ref_s, ref_i = ivf_probe_ref(q, c, nprobe, metric)
     np.testing.assert_array_equal(got_i, ref_i)
     np.testing.assert_allclose(got_s, ref_s, rtol=1e-6, atol=1e-6)
+
+
+@SETTINGS
+@given(nq=st.integers(0, 4), n=st.integers(1, 300), k=st.integers(1, 310), seed=st.integers(0, 2**32 - 1),
+       kind=st.sampled_from(["normal", "ties", "signed_zero", "inf", "nan", "tiny", "huge"]))
+def test_probe_selection_equals_topk_select(nq, n, k, seed, kind):
+    # ivf_probe's histogram selection must return topk_select_batch's lists bit for bit
+    # (scores, ids, ties by smaller id, -0.0 kept), whatever the values.
+    from kernels.topk import topk_select_batch
+
+    rng = np.random.default_rng(seed)
+    k = min(k, n)
+    sim = rng.standard_normal((nq, n)).astype(np.float32)
+    if kind != "normal":
+        sim = rng.integers(-3, 3, size=(nq, n)).astype(np.float32)
+    if kind == "signed_zero":
+        sim[sim == 0] = -0.0
+    elif kind == "inf":
+        sim[sim == -3] = -np.inf
+        sim[sim == 2] = np.inf
+    elif kind == "nan":
+        sim[sim == 2] = np.nan
+    elif kind == "tiny":
+        sim *= np.float32(1e-42)
+    elif kind == "huge":
+        sim *= np.float32(1e37)
+    got_s, got_i = ivf._select_batch(sim, k)
+    ref_s, ref_i = topk_select_batch(sim, np.arange(n, dtype=np.int64), k)
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_array_equal(got_s, ref_s)
+    np.testing.assert_array_equal(np.signbit(got_s), np.signbit(ref_s))
