@@ -89,8 +89,12 @@ def part_build(args, base, specs, out):
         t_codec = time.perf_counter() - t0
         fstr = faiss_factory(spec, base.shape[1])
         t_faiss = None
-        if fstr:
-            index = faiss.index_factory(base.shape[1], fstr, faiss.METRIC_INNER_PRODUCT)
+        try:
+            index = faiss.index_factory(base.shape[1], fstr, faiss.METRIC_INNER_PRODUCT) if fstr else None
+        except RuntimeError as exc:  # e.g. faiss PQ needs dim % M == 0 (vecz pads)
+            print(f"build {spec}: faiss {fstr} not available: {str(exc).splitlines()[-1][:120]}")
+            index = fstr = None
+        if index is not None:
             t0 = time.perf_counter()
             index.train(xb[: 65536])
             index.add(xb)

@@ -40,9 +40,11 @@ def _exact(base: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
     if metric == "cosine":
         b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    # elementwise products and one sum per pair (not BLAS, whose last bit may depend on a
+    # row's position): duplicate vectors must tie exactly so the smaller id wins
     if metric == "l2":
         return ((x[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-    return x @ b.T
+    return (x[:, None, :] * b[None, :, :]).sum(-1)
 
 
 def _brute(base: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, metric: str):
