@@ -817,22 +817,29 @@ class Store:
         return out, n_rows, n_bytes
 
     def _rerank(self, x: np.ndarray, rows: np.ndarray, k: int):
+        """Exact top-k of each query's shortlist (global rows (nq, R), -1 = empty): each
+        dense file's rows are scored in place through its map, in ascending row order."""
         valid = rows >= 0
-        uniq, inverse = np.unique(rows[valid], return_inverse=True)
-        vectors, n_rows, n_bytes = self._read_rows(uniq)
-        slots = np.full(rows.shape, -1, dtype=np.int64)
-        slots[valid] = inverse
-        metric = _RESCORE[self.metric]
-        if x.shape[0] >= CodeIndex.PARALLEL_MIN_QUERIES:
-            exact = dense_kernels.dense_rescore_batch(x, vectors, slots, metric)
-        else:
-            exact = dense_kernels.dense_rescore(x, vectors, slots, metric)
         ids = np.where(valid, self._all_ids[np.maximum(rows, 0)], -1)
-        key = exact if self.metric == "l2" else -exact
-        # ties by smaller id; empty slots (worst score) last
-        order = np.lexsort((np.where(valid, ids, _MAX_ID), key), axis=-1)[:, :k]
-        top_s = np.take_along_axis(exact, order, axis=1).astype(np.float32)
-        top_i = np.take_along_axis(ids, order, axis=1)
+        exact = np.zeros(rows.shape, dtype=np.float64)
+        parallel = x.shape[0] >= CodeIndex.PARALLEL_MIN_QUERIES
+        rescore = dense_kernels.dense_rescore_batch if parallel else dense_kernels.dense_rescore
+        metric = _RESCORE[self.metric]
+        n_rows = n_bytes = 0
+        if len(self._segments) == 1:
+            parts = [(0, rows)]
+        else:
+            seg_idx = np.where(valid, np.searchsorted(self._starts, rows, side="right") - 1, -1)
+            parts = [(int(s), np.where(seg_idx == s, rows - self._starts[s], -1))
+                     for s in np.unique(seg_idx[valid])]
+        for s, local in parts:
+            reader = self._segments[s].reader
+            n = int(rescore(x, reader.values, np.ascontiguousarray(local), metric, exact))
+            reader.note_read(n)
+            n_rows += n
+            n_bytes += n * reader.info.row_bytes
+        topk = dense_kernels.rerank_topk_batch if parallel else dense_kernels.rerank_topk
+        top_s, top_i = topk(exact, ids, k, self.metric == "l2")
         return top_s, top_i, n_rows, n_bytes
 
     def get(self, ids: Any) -> np.ndarray:

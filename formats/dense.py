@@ -167,6 +167,19 @@ class DenseReader:
             self._mmap, dtype=DENSE_DTYPES[info.dtype], count=info.rows * info.dim, offset=info.offset
         ).reshape(info.rows, info.dim)
 
+    @property
+    def values(self) -> np.ndarray:
+        """The mapped rows: read-only (rows, dim) float32, or float16 bit patterns (uint16)
+        for an f16 file, for kernels that read a shortlist in place. Whoever reads through
+        it reports the rows with `note_read`."""
+        v = self._values
+        return v.view(np.uint16) if self.info.dtype == "f16" else v
+
+    def note_read(self, n_rows: int) -> None:
+        """Count rows read through `values`."""
+        self.rows_read += int(n_rows)
+        self.bytes_read += int(n_rows) * self.info.row_bytes
+
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Rows (ascending, as the store passes them) -> float32 (len(rows), dim)."""
         rows = np.asarray(rows, dtype=np.int64)

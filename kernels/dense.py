@@ -24,8 +24,18 @@ from numba.extending import intrinsic
 from ._jit import jit, jit_batch, jit_fast
 from .topk import topk_init, topk_push, topk_sort
 
-__all__ = ["f16_to_f32", "dense_scan", "dense_scan_batch", "dense_rescore", "dense_rescore_batch",
-           "RESCORE_IP", "RESCORE_COSINE", "RESCORE_L2"]
+__all__ = [
+    "f16_to_f32",
+    "dense_scan",
+    "dense_scan_batch",
+    "dense_rescore",
+    "dense_rescore_batch",
+    "rerank_topk",
+    "rerank_topk_batch",
+    "RESCORE_IP",
+    "RESCORE_COSINE",
+    "RESCORE_L2",
+]
 
 RESCORE_IP, RESCORE_COSINE, RESCORE_L2 = 0, 1, 2
 
@@ -104,77 +114,145 @@ def dense_scan_batch(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
 
 
 @jit
-def _dot_lanes(a, b, sub):
-    """sum_j a[j] * (b[j] - sub[j]) ** e: e = 1 when sub is empty (a dot product), else the
-    squared distance sum_j (a[j] - sub[j]) ** 2 with b ignored. float64, 8 fixed lanes."""
-    lanes = np.zeros(8, dtype=np.float64)
+def _dot_lanes(a, b):
+    """sum_j a[j] * b[j] in float64, eight fixed lanes (a, b float32 or f16 bits). The lanes
+    are scalars so that LLVM keeps them in one vector register."""
+    l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = 0.0
     dim = a.shape[0]
     head = dim - dim % 8
-    if sub.shape[0] == 0:
-        for j in range(0, head, 8):
-            for t in range(8):
-                lanes[t] += np.float64(a[j + t]) * np.float64(b[j + t])
-        for j in range(head, dim):
-            lanes[j - head] += np.float64(a[j]) * np.float64(b[j])
-    else:
-        for j in range(0, head, 8):
-            for t in range(8):
-                d = np.float64(a[j + t]) - np.float64(sub[j + t])
-                lanes[t] += d * d
-        for j in range(head, dim):
-            d = np.float64(a[j]) - np.float64(sub[j])
-            lanes[j - head] += d * d
-    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    for j in range(0, head, 8):
+        l0 += np.float64(_widen(a[j])) * np.float64(_widen(b[j]))
+        l1 += np.float64(_widen(a[j + 1])) * np.float64(_widen(b[j + 1]))
+        l2 += np.float64(_widen(a[j + 2])) * np.float64(_widen(b[j + 2]))
+        l3 += np.float64(_widen(a[j + 3])) * np.float64(_widen(b[j + 3]))
+        l4 += np.float64(_widen(a[j + 4])) * np.float64(_widen(b[j + 4]))
+        l5 += np.float64(_widen(a[j + 5])) * np.float64(_widen(b[j + 5]))
+        l6 += np.float64(_widen(a[j + 6])) * np.float64(_widen(b[j + 6]))
+        l7 += np.float64(_widen(a[j + 7])) * np.float64(_widen(b[j + 7]))
+    tail = 0.0
+    for j in range(head, dim):
+        tail += np.float64(_widen(a[j])) * np.float64(_widen(b[j]))
+    return (((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))) + tail
 
 
 @jit
-def _rescore_one(query, vectors, norms, slots, metric, out):
-    empty = np.empty(0, dtype=np.float32)
-    q_norm = np.sqrt(_dot_lanes(query, query, empty)) if metric == RESCORE_COSINE else 1.0
-    worst = np.inf if metric == RESCORE_L2 else -np.inf
-    for r in range(slots.shape[0]):
-        s = slots[r]
-        if s < 0:
-            out[r] = worst
-        elif metric == RESCORE_L2:
-            out[r] = _dot_lanes(vectors[s], vectors[s], query)
+def _dist_lanes(a, b):
+    """sum_j (a[j] - b[j])^2 in float64, eight fixed scalar lanes (b float32 or f16 bits)."""
+    l0 = l1 = l2 = l3 = l4 = l5 = l6 = l7 = 0.0
+    dim = a.shape[0]
+    head = dim - dim % 8
+    for j in range(0, head, 8):
+        d0 = np.float64(a[j]) - np.float64(_widen(b[j]))
+        d1 = np.float64(a[j + 1]) - np.float64(_widen(b[j + 1]))
+        d2 = np.float64(a[j + 2]) - np.float64(_widen(b[j + 2]))
+        d3 = np.float64(a[j + 3]) - np.float64(_widen(b[j + 3]))
+        d4 = np.float64(a[j + 4]) - np.float64(_widen(b[j + 4]))
+        d5 = np.float64(a[j + 5]) - np.float64(_widen(b[j + 5]))
+        d6 = np.float64(a[j + 6]) - np.float64(_widen(b[j + 6]))
+        d7 = np.float64(a[j + 7]) - np.float64(_widen(b[j + 7]))
+        l0 += d0 * d0
+        l1 += d1 * d1
+        l2 += d2 * d2
+        l3 += d3 * d3
+        l4 += d4 * d4
+        l5 += d5 * d5
+        l6 += d6 * d6
+        l7 += d7 * d7
+    tail = 0.0
+    for j in range(head, dim):
+        d = np.float64(a[j]) - np.float64(_widen(b[j]))
+        tail += d * d
+    return (((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))) + tail
+
+
+@jit
+def _rescore_one(query, vectors, rows, metric, out):
+    q_norm = np.sqrt(_dot_lanes(query, query)) if metric == RESCORE_COSINE else 1.0
+    # visit the rows in file order (ascending), whatever order the shortlist has
+    order = np.argsort(rows, kind="mergesort")
+    for o in range(rows.shape[0]):
+        r = order[o]
+        row = rows[r]
+        if row < 0:
+            continue
+        v = vectors[row]
+        if metric == RESCORE_L2:
+            out[r] = _dist_lanes(query, v)
         else:
-            dot = _dot_lanes(query, vectors[s], empty)
+            dot = _dot_lanes(query, v)
             if metric == RESCORE_COSINE:
-                den = q_norm * norms[s]
+                den = q_norm * np.sqrt(_dot_lanes(v, v))
                 dot = dot / den if den > 0 else 0.0
             out[r] = dot
 
 
 @jit
-def _row_norms(vectors, metric):
-    norms = np.ones(vectors.shape[0], dtype=np.float64)
-    if metric == RESCORE_COSINE:
-        empty = np.empty(0, dtype=np.float32)
-        for i in range(vectors.shape[0]):
-            norms[i] = np.sqrt(_dot_lanes(vectors[i], vectors[i], empty))
-    return norms
+def dense_rescore(queries, vectors, rows, metric, out):
+    """Exact scores of a shortlist, written into out float64 (nq, R) where rows >= 0.
 
-
-@jit
-def dense_rescore(queries, vectors, slots, metric):
-    """Exact scores float64 (nq, R) of queries float32 (nq, dim) against rows of vectors
-    float32 (u, dim) named by slots int64 (nq, R) (-1: empty, scored -inf, or +inf for l2).
-
-    metric: RESCORE_IP (<q, v>), RESCORE_COSINE (<q, v> / (|q| |v|), 0 for a zero vector)
-    or RESCORE_L2 (|q - v|^2)."""
-    norms = _row_norms(vectors, metric)
-    out = np.empty(slots.shape, dtype=np.float64)
+    queries float32 (nq, dim); vectors (n, dim) float32 or float16 bit patterns (uint16),
+    typically a read-only map of a dense file; rows int64 (nq, R) row numbers into
+    `vectors`, -1 = not in this file (out left unchanged there). metric: RESCORE_IP
+    (<q, v>), RESCORE_COSINE (<q, v> / (|q| |v|), 0 for a zero vector) or RESCORE_L2
+    (|q - v|^2). Each query visits its rows in ascending order. Returns the number of rows
+    read (rows >= 0)."""
+    n_read = 0
     for i in range(queries.shape[0]):
-        _rescore_one(queries[i], vectors, norms, slots[i], metric, out[i])
-    return out
+        _rescore_one(queries[i], vectors, rows[i], metric, out[i])
+        for r in range(rows.shape[1]):
+            if rows[i, r] >= 0:
+                n_read += 1
+    return n_read
 
 
 @jit_batch
-def dense_rescore_batch(queries, vectors, slots, metric):
+def dense_rescore_batch(queries, vectors, rows, metric, out):
     """`dense_rescore` with queries spread over threads (same results)."""
-    norms = _row_norms(vectors, metric)
-    out = np.empty(slots.shape, dtype=np.float64)
+    counts = np.zeros(queries.shape[0], dtype=np.int64)
     for i in prange(queries.shape[0]):
-        _rescore_one(queries[i], vectors, norms, slots[i], metric, out[i])
-    return out
+        _rescore_one(queries[i], vectors, rows[i], metric, out[i])
+        c = 0
+        for r in range(rows.shape[1]):
+            if rows[i, r] >= 0:
+                c += 1
+        counts[i] = c
+    return counts.sum()
+
+
+@jit
+def _rerank_topk_one(exact, ids, k, is_l2, out_s, out_i):
+    heap_s = np.full(k, -np.inf, dtype=np.float64)
+    heap_i = np.full(k, -1, dtype=np.int64)
+    for r in range(exact.shape[0]):
+        if ids[r] < 0:
+            continue
+        s = -exact[r] if is_l2 else exact[r]
+        topk_push(heap_s, heap_i, s, ids[r])
+    topk_sort(heap_s, heap_i)
+    for j in range(k):
+        out_s[j] = -heap_s[j] if is_l2 else heap_s[j]
+        out_i[j] = heap_i[j]
+
+
+@jit_batch
+def rerank_topk_batch(exact, ids, k, is_l2):
+    """Top-k of exact scores float64 (nq, R) with their ids int64 (nq, R) (-1 = empty):
+    larger first (smaller first for l2), ties by smaller id; float32 scores and int64 ids
+    (nq, k), padded with -inf (+inf for l2) and -1."""
+    nq = exact.shape[0]
+    out_s = np.empty((nq, k), dtype=np.float64)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    for i in prange(nq):
+        _rerank_topk_one(exact[i], ids[i], k, is_l2, out_s[i], out_i[i])
+    return out_s.astype(np.float32), out_i
+
+
+@jit
+def rerank_topk(exact, ids, k, is_l2):
+    """Serial twin of `rerank_topk_batch`."""
+    nq = exact.shape[0]
+    out_s = np.empty((nq, k), dtype=np.float64)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    for i in range(nq):
+        _rerank_topk_one(exact[i], ids[i], k, is_l2, out_s[i], out_i[i])
+    return out_s.astype(np.float32), out_i

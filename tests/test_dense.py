@@ -95,8 +95,9 @@ def test_l2_ignores_probe_bias():
     metric=st.sampled_from([dense.RESCORE_IP, dense.RESCORE_COSINE, dense.RESCORE_L2]),
     seed=st.integers(0, 2**16),
     layout=st.sampled_from(["c", "strided"]),
+    f16=st.booleans(),
 )
-def test_dense_rescore_matches_reference(nq, n, dim, depth, metric, seed, layout):
+def test_dense_rescore_matches_reference(nq, n, dim, depth, metric, seed, layout, f16):
     from tests.reference.dense import dense_rescore_ref
 
     rng = np.random.default_rng(seed)
@@ -104,17 +105,45 @@ def test_dense_rescore_matches_reference(nq, n, dim, depth, metric, seed, layout
     vectors[0] = 0.0  # a zero vector: cosine 0
     if n > 2:
         vectors[2] = vectors[1]  # duplicates must score bit-identically
+    stored = vectors.astype(np.float16) if f16 else vectors
+    passed = stored.view(np.uint16) if f16 else stored
     queries = rng.standard_normal((nq, dim)).astype(np.float32)
     if layout == "strided":
         queries = np.repeat(queries, 2, axis=1)[:, ::2]
-    slots = rng.integers(-1, n, size=(nq, depth))
-    ref = dense_rescore_ref(queries, vectors, slots, metric)
+    rows = rng.integers(-1, n, size=(nq, depth))
+    ref = dense_rescore_ref(queries, stored.astype(np.float32), rows, metric)
     for fn in (dense.dense_rescore, dense.dense_rescore_batch):
-        got = fn(queries, vectors, slots, metric)
-        assert got.dtype == np.float64 and got.shape == slots.shape
-        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+        out = np.full(rows.shape, 7.0)
+        n_read = fn(queries, passed, rows, metric, out)
+        assert n_read == int((rows >= 0).sum())
+        np.testing.assert_allclose(out[rows >= 0], ref[rows >= 0], rtol=1e-12, atol=1e-12)
+        assert (out[rows < 0] == 7.0).all()  # slots not in this file are left alone
         if n > 2:
             for i in range(nq):
-                a, b = got[i][slots[i] == 1], got[i][slots[i] == 2]
+                a, b = out[i][rows[i] == 1], out[i][rows[i] == 2]
                 if a.size and b.size:
                     assert a[0] == b[0]
+
+
+@SETTINGS
+@given(nq=st.integers(1, 4), depth=st.integers(1, 12), k=st.integers(1, 15), is_l2=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_rerank_topk_matches_lexsort(nq, depth, k, is_l2, seed):
+    rng = np.random.default_rng(seed)
+    exact = rng.integers(0, 4, size=(nq, depth)).astype(np.float64)  # many ties
+    ids = rng.permutation(1000)[: nq * depth].reshape(nq, depth).astype(np.int64)
+    ids[rng.random((nq, depth)) < 0.2] = -1
+    for fn in (dense.rerank_topk, dense.rerank_topk_batch):
+        got_s, got_i = fn(exact, ids, k, is_l2)
+        assert got_s.dtype == np.float32 and got_i.shape == (nq, k)
+        for i in range(nq):
+            keep = ids[i] >= 0
+            key = exact[i][keep] if is_l2 else -exact[i][keep]
+            order = np.lexsort((ids[i][keep], key))[:k]
+            want_i = np.full(k, -1)
+            want_i[: order.size] = ids[i][keep][order]
+            np.testing.assert_array_equal(got_i[i], want_i)
+            worst = np.inf if is_l2 else -np.inf
+            want_s = np.full(k, worst, dtype=np.float32)
+            want_s[: order.size] = exact[i][keep][order]
+            np.testing.assert_array_equal(got_s[i], want_s)
