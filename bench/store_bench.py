@@ -149,14 +149,14 @@ def faiss_sweep(base, queries, gt, nlist: int):
     ivf.train(xb[:65536])
     ivf.add(xb)
     threads(1)
-    for kf in (1, 2, 3, 4, 5, 6, 8, 10, 15):
+    for kf in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15):
         params = faiss.IndexRefineSearchParameters(k_factor=kf)
         _, ids = flat.search(xq, K, params=params)
         t = best_time(lambda: flat.search(xq, K, params=params))
         rows.append({"faiss": "PQ96x4fs,RFlat", "k_factor": kf, "nprobe": None,
                      "recall@10": recall(ids, gt), "qps": len(xq) / t})
-    for nprobe in (16, 32, 64, 128, 256, 512):
-        for kf in (2, 4, 6, 10):
+    for nprobe in (32, 64, 96, 128, 160, 192, 256, 384, 512):
+        for kf in (2, 4, 5, 6, 8, 10, 12):
             base_params = faiss.SearchParametersIVF(nprobe=nprobe)
             params = faiss.IndexRefineSearchParameters(k_factor=kf, base_index_params=base_params)
             _, ids = ivf.search(xq, K, params=params)
@@ -310,7 +310,7 @@ def main() -> None:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wordnet-minilm"))
     p.add_argument("--specs", default="RB1;PQ56x8;PQ112x4")
     p.add_argument("--rerank", default="0,10,20,30,40,50,75,100,200")
-    p.add_argument("--points", default="RB1:50;RB1:100", help="operating points SPEC:R[:NPROBE];...")
+    p.add_argument("--points", default="RB1:50;RB1:100;IVF1024,RB1:50:128;IVF1024,RB1:60:128;IVF1024,RB1:50:160;IVF1024,RB1:60:192;IVF1024,RB1:100:256", help="operating points SPEC:R[:NPROBE];...")
     p.add_argument("--parts", default="build,quality,speed,ram,cold")
     p.add_argument("--nq-speed", type=int, default=1000)
     p.add_argument("--nq-cold", type=int, default=200)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import prange
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, jit_fast
@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 RESCORE_IP, RESCORE_COSINE, RESCORE_L2 = 0, 1, 2
+# rows fetched ahead of the one being scored (measured per 1000 queries x 50 rows of a 180 MB
+# map: none 40 ms, 1 ahead 25 ms, 3 ahead 25 ms)
+_PREFETCH_AHEAD = 1
 
 
 @intrinsic
@@ -165,16 +168,52 @@ def _dist_lanes(a, b):
     return (((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))) + tail
 
 
+@intrinsic
+def _prefetch_row(typingctx, vectors, row):
+    """Hint the CPU to fetch row `row` of a 2-D C-contiguous array (every 64-byte line):
+    shortlisted rows sit at random places in a large map, and fetching the next row while
+    the current one is scored hides most of the memory latency."""
+    sig = types.void(vectors, row)
+
+    def codegen(context, builder, signature, args):
+        arr_type = signature.args[0]
+        arr = context.make_array(arr_type)(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, ir.IntType(32), ir.IntType(32), ir.IntType(32)]),
+            "llvm.prefetch.p0i8")
+        stride = builder.extract_value(arr.strides, 0)
+        base = builder.ptrtoint(arr.data, ir.IntType(64))
+        start = builder.add(base, builder.mul(builder.sext(args[1], ir.IntType(64)), stride))
+        n_bytes = builder.mul(builder.extract_value(arr.shape, 1),
+                              ir.Constant(ir.IntType(64), context.get_abi_sizeof(context.get_data_type(arr_type.dtype))))
+        with cgutils.for_range_slice(builder, ir.Constant(ir.IntType(64), 0), n_bytes, ir.Constant(ir.IntType(64), 64),
+                                     inc=True) as (off, _):
+            addr = builder.inttoptr(builder.add(start, off), i8p)
+            builder.call(fn, [addr, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
+                              ir.Constant(ir.IntType(32), 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @jit
 def _rescore_one(query, vectors, rows, metric, out):
     q_norm = np.sqrt(_dot_lanes(query, query)) if metric == RESCORE_COSINE else 1.0
     # visit the rows in file order (ascending), whatever order the shortlist has
     order = np.argsort(rows, kind="mergesort")
-    for o in range(rows.shape[0]):
+    n = rows.shape[0]
+    for o in range(min(_PREFETCH_AHEAD, n)):
+        if rows[order[o]] >= 0:
+            _prefetch_row(vectors, rows[order[o]])
+    for o in range(n):
         r = order[o]
         row = rows[r]
         if row < 0:
             continue
+        ahead = o + _PREFETCH_AHEAD
+        if ahead < n and rows[order[ahead]] >= 0:
+            _prefetch_row(vectors, rows[order[ahead]])
         v = vectors[row]
         if metric == RESCORE_L2:
             out[r] = _dist_lanes(query, v)
