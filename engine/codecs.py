@@ -809,8 +809,8 @@ class CodeIndex:
             # rows, at most LANES per group; order None when no permutation is needed (no
             # IVF). None when groups would average under two queries (IVF with few shared
             # probe rows): then one query at a time, which is a little faster for singletons.
-            if not self._MULTI_QUERY or nq < 2:
-                return None
+            if not self._MULTI_QUERY or nq < 2 or (codec.ivf is not None and list_major):
+                return None  # (list-major already shares each list's blocks among its queries)
             order, group_offsets = fastscan.fs_query_groups(probes, fastscan.LANES)
             if 2 * (group_offsets.shape[0] - 1) > nq:
                 return None
