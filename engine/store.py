@@ -130,6 +130,13 @@ class Store:
         self.path = path
         self.mode = mode
         self._lock_fd: int | None = None
+        # Before re-scoring, ask the kernel for every shortlisted row's pages at once
+        # (MADV_WILLNEED), so that rows not in the page cache are read concurrently instead
+        # of one page fault after another: one-query cold p50 3.7 -> 0.8 ms, warm 0.34 ->
+        # 0.42 ms (IVF1024,RB1, R=50, wordnet-minilm). The call costs ~1.5 us per row, a
+        # third of a warm batch's time, so None (auto) prefetches for fewer than
+        # CodeIndex.PARALLEL_MIN_QUERIES queries only; True or False forces it.
+        self.prefetch: bool | None = None
         self._mutex = threading.Lock()
         self._segments: list[_Segment] = []
         self._reset_memory()
@@ -832,6 +839,10 @@ class Store:
             seg_idx = np.where(valid, np.searchsorted(self._starts, rows, side="right") - 1, -1)
             parts = [(int(s), np.where(seg_idx == s, rows - self._starts[s], -1))
                      for s in np.unique(seg_idx[valid])]
+        prefetch = self.prefetch if self.prefetch is not None else not parallel
+        if prefetch:
+            for s, local in parts:
+                self._segments[s].reader.will_need(local[local >= 0])
         for s, local in parts:
             reader = self._segments[s].reader
             n = int(rescore(x, reader.values, np.ascontiguousarray(local), metric, exact))

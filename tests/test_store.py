@@ -459,3 +459,36 @@ StoreModel.TestCase.settings = settings(
     max_examples=80, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_store_state_machine = StoreModel.TestCase
+
+
+def test_prefetch_asks_for_the_shortlist_and_changes_no_result(tmp_path, monkeypatch):
+    import formats.dense
+
+    asked: list[np.ndarray] = []
+    real = formats.dense.DenseReader.will_need
+
+    def recording(self, rows):
+        asked.append(np.asarray(rows).copy())
+        return real(self, rows)
+
+    monkeypatch.setattr(formats.dense.DenseReader, "will_need", recording)
+    x = _data(300)
+    q = _data(20, seed=8)
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(x)
+        one = s.search(q[:1], 5, rerank=30)  # auto: one query prefetches its shortlist
+        assert len(asked) == 1 and asked[0].size == one.stats.rows_read == 30
+        asked.clear()
+        batch = s.search(q, 5, rerank=30)  # auto: a batch does not
+        assert asked == []
+        s.prefetch = True
+        forced = s.search(q, 5, rerank=30)
+        assert sum(a.size for a in asked) == 20 * 30
+        s.prefetch = False
+        asked.clear()
+        plain = s.search(q[:1], 5, rerank=30)
+        assert asked == []
+    np.testing.assert_array_equal(batch.ids, forced.ids)
+    np.testing.assert_array_equal(batch.scores, forced.scores)
+    np.testing.assert_array_equal(one.ids, plain.ids)
+    np.testing.assert_array_equal(batch.ids[:1], one.ids)
