@@ -14,14 +14,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._jit import jit
+
 __all__ = ["mrl_truncate", "normalize_rows", "random_rotation", "itq_rotation"]
 
 
+@jit
+def _scale_rows(x, out):
+    # float64 norms: a float32 sum of squares underflows below ~1e-19 and overflows above
+    # ~1e19. One pass per row, no float64 copy of x (numpy's norm of x.astype(float64) took
+    # 0.5 s on 117,647 x 384).
+    for i in range(x.shape[0]):
+        acc = 0.0
+        for j in range(x.shape[1]):
+            v = np.float64(x[i, j])
+            acc += v * v
+        inv = 1.0 / np.sqrt(acc) if acc > 0 else 1.0
+        for j in range(x.shape[1]):
+            out[i, j] = np.float32(np.float64(x[i, j]) * inv)
+
+
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    # float64 norms: a float32 sum of squares underflows below ~1e-19 and overflows above ~1e19
-    norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32 C-contiguous."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _scale_rows(x, out)
+    return out
 
 
 def mrl_truncate(x: np.ndarray, dim: int, renorm: bool) -> np.ndarray:
@@ -38,10 +56,14 @@ def random_rotation(dim: int, seed: int) -> np.ndarray:
 
 
 def itq_rotation(x: np.ndarray, seed: int, n_iter: int = 50) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    # The two products per iteration run in float32 (half the time of float64; only signs
+    # and a Procrustes target come out of them); the SVD and the rotation stay float64 so
+    # the result is orthogonal to float64 precision before the final cast.
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    xt = np.ascontiguousarray(x.T)
     rot = random_rotation(x.shape[1], seed).astype(np.float64)
     for _ in range(n_iter):
-        b = np.where(x @ rot >= 0, 1.0, -1.0)
-        u, _, vt = np.linalg.svd(x.T @ b)
+        b = np.where(x @ rot.astype(np.float32) >= 0, np.float32(1.0), np.float32(-1.0))
+        u, _, vt = np.linalg.svd((xt @ b).astype(np.float64))
         rot = u @ vt
     return np.ascontiguousarray(rot, dtype=np.float32)
