@@ -158,7 +158,7 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", metavar="STORE")
     p.add_argument("queries", metavar="QUERIES", help="query vectors: .npy, .fvecs, .parquet or .arrow")
     p.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default nlist // 16)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default nlist // 8)")
     p.add_argument("--rerank", type=int, default=None,
                    help="re-score the R best candidates exactly from disk (default max(50, 5k); 0 = codes only)")
     p.add_argument("--column", help="vector column of a .parquet/.arrow queries file")
