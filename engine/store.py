@@ -107,6 +107,26 @@ def _plain_name(name: str, where: str) -> str:
     return name
 
 
+def _named_files(body: dict) -> tuple[list[str], list[Any], list[str]]:
+    """What a manifest body names, tolerating malformed records: segment-format files
+    (codec, deletes, codes), dense records, and a problem per malformed segment record."""
+    files: list[str] = []
+    dense: list[Any] = []
+    problems: list[str] = []
+    codec_rec = body.get("codec") if isinstance(body.get("codec"), dict) else {}
+    deletes = body.get("deletes") if isinstance(body.get("deletes"), dict) else {}
+    files += [f for f in (codec_rec.get("file"), deletes.get("file")) if isinstance(f, str)]
+    segments = body.get("segments") if isinstance(body.get("segments"), list) else []
+    for i, rec in enumerate(segments):
+        if not isinstance(rec, dict) or not isinstance(rec.get("file"), str):
+            problems.append(f"segment record {i} is malformed")
+            continue
+        files.append(rec["file"])
+        if rec.get("dense") is not None:
+            dense.append(rec["dense"])
+    return files, dense, problems
+
+
 def _as_ids(ids: Any, what: str) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.ndim == 0:
@@ -260,6 +280,7 @@ class Store:
     # ------------------------------------------------------------------ loading
 
     def _load(self, body: dict) -> None:
+        self._fresh = {}  # codes read by a failed earlier attempt are not this version's
         where = f"{self.path} version {body.get('version')!r}"
         if body.get("format") != FORMAT_ID:
             raise StoreCorrupted(f"{where}: expected format {FORMAT_ID!r}, found {body.get('format')!r:.80}")
@@ -315,11 +336,13 @@ class Store:
         self._segments = segments
         self._deletes_rec = body.get("deletes")
 
-        # Ids of every row, then the dead rows, then the scan layout of the live rows.
+        # Ids of every row, then the dead rows, then the scan layout of the live rows. Each
+        # segment file is read once: its codes wait in _fresh for _build_index.
         ids_parts = []
         for seg in segments:
-            ids, _, _ = self._read_codes(seg, want_codes=False)
+            ids, codes, lists = self._read_codes(seg)
             ids_parts.append(ids)
+            self._fresh[seg.serial] = (codes, lists)
         self._all_ids = np.concatenate(ids_parts) if ids_parts else np.empty(0, dtype=np.int64)
         self._starts = np.zeros(len(segments) + 1, dtype=np.int64)
         np.cumsum([s.rows for s in segments], out=self._starts[1:])
@@ -344,22 +367,19 @@ class Store:
         self._index = None
         self._build_index()
 
-    def _read_codes(self, seg: _Segment, want_codes: bool = True):
-        """ids (rows,), and when asked codes (rows, code_size) and lists (rows,) of a segment."""
+    def _read_codes(self, seg: _Segment):
+        """ids (rows,), codes (rows, code_size) and lists (rows,) of a segment."""
         if seg.serial in self._fresh:
             codes, lists = self._fresh[seg.serial]
             ids = self._all_ids[self._starts[self._segments.index(seg)]:][: seg.rows]
             return ids, codes, lists
         path = self.path / seg.file
         with sg.open_segment(path, kind="codes") as f:
-            ids = f.read("ids")
-            codes, lists = (f.read("codes"), f.read("lists")) if want_codes else (None, None)
+            ids, codes, lists = f.read("ids"), f.read("codes"), f.read("lists")
         if ids.dtype != np.int64 or ids.shape != (seg.rows,):
             raise StoreCorrupted(f"{path}: expected ids int64 ({seg.rows},), found {ids.dtype} {ids.shape}")
         if seg.rows and (ids.min() != seg.min_id or ids.max() != seg.max_id or ids.min() < 0):
             raise StoreCorrupted(f"{path}: ids span {ids.min()}..{ids.max()}, manifest says {seg.min_id}..{seg.max_id}")
-        if not want_codes:
-            return ids, None, None
         size = self.codec.code_size
         if codes.dtype != np.uint8 or codes.shape != (seg.rows, size):
             raise StoreCorrupted(f"{path}: expected codes uint8 ({seg.rows}, {size}), found {codes.dtype} {codes.shape}")
@@ -377,11 +397,10 @@ class Store:
         codes_parts, lists_parts, rows_parts = [], [], []
         for s, seg in enumerate(self._segments):
             _, codes, lists = self._read_codes(seg)
-            live = np.ones(seg.rows, dtype=bool)
-            live[self._dead.get(seg.serial, np.empty(0, dtype=np.int64))] = False
+            live = self._live(seg)
             codes_parts.append(codes[live])
             lists_parts.append(lists[live])
-            rows_parts.append(self._starts[s] + np.flatnonzero(live))
+            rows_parts.append(self._starts[s] + live)
         size = self.codec.code_size
         codes = np.concatenate(codes_parts) if codes_parts else np.empty((0, size), dtype=np.uint8)
         lists = np.concatenate(lists_parts) if lists_parts else np.empty(0, dtype=np.int64)
@@ -390,6 +409,15 @@ class Store:
         self._fresh = {}
         del codes, lists, rows, codes_parts, lists_parts, rows_parts
         _release_free_memory()
+
+    def _live(self, seg: _Segment) -> np.ndarray:
+        """Row numbers (within the segment) of its live rows, ascending."""
+        dead = self._dead.get(seg.serial)
+        if dead is None:
+            return np.arange(seg.rows, dtype=np.int64)
+        live = np.ones(seg.rows, dtype=bool)
+        live[dead] = False
+        return np.flatnonzero(live)
 
     def _ensure_index(self) -> CodeIndex | None:
         if self._index is None and self.codec.is_trained:
@@ -432,12 +460,8 @@ class Store:
     def _live_lookup(self) -> tuple[np.ndarray, np.ndarray]:
         """(sorted live ids, their global rows); built on first use, dropped on change."""
         if self._lookup is None:
-            live = np.ones(self.n_rows, dtype=bool)
-            for s, seg in enumerate(self._segments):
-                dead = self._dead.get(seg.serial)
-                if dead is not None:
-                    live[self._starts[s] + dead] = False
-            rows = np.flatnonzero(live)
+            parts = [self._starts[s] + self._live(seg) for s, seg in enumerate(self._segments)]
+            rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
             ids = self._all_ids[rows]
             order = np.argsort(ids, kind="stable")
             self._lookup = (ids[order], rows[order])
@@ -482,18 +506,8 @@ class Store:
         versions = mf.list_versions(self.path)
         if not versions:
             return
-        body = mf.read_manifest(self.path, versions[-1])
-        keep = set()
-        codec_rec = body.get("codec") if isinstance(body.get("codec"), dict) else {}
-        if isinstance(codec_rec.get("file"), str):
-            keep.add(codec_rec["file"])
-        for rec in body.get("segments") or []:
-            if isinstance(rec, dict):
-                keep.add(rec.get("file"))
-                if isinstance(rec.get("dense"), dict):
-                    keep.add(rec["dense"].get("file"))
-        if isinstance(body.get("deletes"), dict):
-            keep.add(body["deletes"].get("file"))
+        files, dense, _ = _named_files(mf.read_manifest(self.path, versions[-1]))
+        keep = set(files) | {d.get("file") for d in dense if isinstance(d, dict)}
         for entry in self.path.iterdir():
             if _DATA_FILE.fullmatch(entry.name) and entry.name not in keep:
                 entry.unlink(missing_ok=True)
@@ -669,15 +683,14 @@ class Store:
         remove the replaced files. Readers that opened an older version keep working: their
         codes are in RAM and their dense files stay mapped (POSIX keeps unlinked open files)."""
         self._require_writer("compact")
+        n_live = [seg.rows - self._dead.get(seg.serial, np.empty(0)).size for seg in self._segments]
         groups: list[list[int]] = []
-        for s, seg in enumerate(self._segments):
-            live = seg.rows - self._dead.get(seg.serial, np.empty(0)).size
-            if groups and sum(self._live_rows(g) for g in groups[-1]) + live <= COMPACT_MAX_ROWS:
+        for s in range(len(self._segments)):
+            if groups and sum(n_live[g] for g in groups[-1]) + n_live[s] <= COMPACT_MAX_ROWS:
                 groups[-1].append(s)
             else:
                 groups.append([s])
-        plan = [g for g in groups if len(g) > 1 or self._segments[g[0]].serial in self._dead
-                or self._live_rows(g[0]) == 0]
+        plan = [g for g in groups if len(g) > 1 or self._segments[g[0]].serial in self._dead or n_live[g[0]] == 0]
         if not plan:
             return
         serial = self.next_serial
@@ -691,12 +704,10 @@ class Store:
                     seg = self._segments[s]
                     replaced.append(seg)
                     ids, codes, lists = self._read_codes(seg)
-                    live = np.ones(seg.rows, dtype=bool)
-                    live[self._dead.get(seg.serial, np.empty(0, dtype=np.int64))] = False
-                    rows = np.flatnonzero(live)
+                    rows = self._live(seg)
                     codes_p.append(codes[rows]); lists_p.append(lists[rows]); ids_p.append(ids[rows])
                     if seg.reader is not None:
-                        vec_p.append(seg.reader._values[rows])
+                        vec_p.append(seg.reader.read_rows(rows))
                 ids = np.concatenate(ids_p)
                 if ids.size == 0:
                     new_records[group[0]] = None
@@ -737,10 +748,6 @@ class Store:
         for p in old_files:
             p.unlink(missing_ok=True)
         self._collect_garbage()
-
-    def _live_rows(self, s: int) -> int:
-        seg = self._segments[s]
-        return seg.rows - self._dead.get(seg.serial, np.empty(0)).size
 
     # ------------------------------------------------------------------ reading
 
@@ -886,13 +893,8 @@ class Store:
         for entry in self.path.iterdir():
             if entry.is_file():
                 files[entry.name] = entry.stat().st_size
-        mine = {self._codec_file} if self._codec_file else set()
-        for seg in self._segments:
-            mine.add(seg.file)
-            if seg.dense:
-                mine.add(seg.dense.file)
-        if isinstance(self._deletes_rec, dict):
-            mine.add(self._deletes_rec.get("file"))
+        named, dense, _ = _named_files(self._body)
+        mine = set(named) | {d["file"] for d in dense}
         memory = self.memory_bytes()
         return {
             "path": str(self.path),
@@ -954,23 +956,14 @@ def check_store(path: str | os.PathLike) -> list[str]:
         body = mf.read_manifest(path, versions[-1])
     except VeczError:
         return problems
-    files: list[str] = []
-    codec_rec = body.get("codec") if isinstance(body.get("codec"), dict) else {}
-    if isinstance(codec_rec.get("file"), str):
-        files.append(codec_rec["file"])
-    if isinstance(body.get("deletes"), dict) and isinstance(body["deletes"].get("file"), str):
-        files.append(body["deletes"]["file"])
+    files, dense, malformed = _named_files(body)
+    problems += [f"{path}: {p}" for p in malformed]
     dense_infos: list[DenseInfo] = []
-    for i, rec in enumerate(body.get("segments") or []):
-        if not isinstance(rec, dict) or not isinstance(rec.get("file"), str):
-            problems.append(f"{path}: segment record {i} is malformed")
-            continue
-        files.append(rec["file"])
-        if rec.get("dense") is not None:
-            try:
-                dense_infos.append(DenseInfo.from_json(rec["dense"], f"{path} segment {i}"))
-            except VeczError as exc:
-                problems.append(str(exc))
+    for rec in dense:
+        try:
+            dense_infos.append(DenseInfo.from_json(rec, f"{path} dense record"))
+        except VeczError as exc:
+            problems.append(str(exc))
     for name in files:
         if not _DATA_FILE.fullmatch(name):
             problems.append(f"{path}: manifest names a file {name!r:.80} outside the store's naming scheme")
@@ -981,10 +974,8 @@ def check_store(path: str | os.PathLike) -> list[str]:
     if not problems:
         try:
             with Store.open(path) as store:
-                ids = store._all_ids
                 if len(np.unique(store.ids())) != len(store):
                     problems.append(f"{path}: live ids are not unique")
-                del ids
         except (VeczError, KeyError) as exc:
             problems.append(f"{path}: store does not load: {exc}")
     return problems
