@@ -1,23 +1,29 @@
 """`vecz bench`: the compression benchmark (DESIGN.md, "How quality and speed are measured").
 
-Role and contract. For each codec spec the benchmark trains a codec on a bounded sample of
-the base, encodes the base, builds the in-memory `CodeIndex` and searches the queries from
-the codes; for each re-ranking depth R > 0 the R best candidates are re-scored exactly
-against the float32 vectors, standing in for the disk tier of the future store (which does
-not exist yet: everything here is in memory). Every row reports
+Role and contract. For each codec spec the benchmark builds a real store (`build_store`:
+`Store.create` + `train` + `add`, float32 dense tier, ids 0..n-1) in a work folder, opens it
+read-only and searches every query through `Store.search` for each re-ranking depth R (0 =
+codes only; R > 0 re-scores the R best candidates with the vectors read from the dense
+file). Every row reports
 
 - recall@1, @10, @100 (those <= k): |returned top-r ∩ true top-r| / r, averaged over queries,
-  the truth being exact search over the float32 vectors (`exact_topk`, or `--gt`);
-- bytes/vector in RAM = `codec.code_size` + 8 (the int64 id);
+  the truth being exact search over the float32 vectors (`ground_truth`: `--gt`, a named
+  dataset's gt_ids.npy, or `exact_topk` computed once and cached beside the data);
+- bytes/vector = `codec.code_size` + 8 (the int64 id), and the RAM the open store measures
+  it holds (`Store.memory_bytes`) per row;
 - QPS over the whole query batch, and p50 / p99 latency of queries sent one at a time;
-- build seconds (train + encode + index), rows read per query for re-ranking (= R);
-- with `faiss=True`, the closest faiss index (`faiss_factory`) on the same rows, metric and
-  thread count, and the ratio vecz QPS / faiss QPS measured in the same process run.
+- rows and bytes read from the dense file per query and candidates scored, as the store
+  counts them (`SearchResult.stats`); build seconds (train + encode + write + fsync);
+- with `with_faiss`, the closest faiss index (`faiss_factory`) on the same rows, training
+  sample, metric and thread count, IndexRefineFlat for R > 0, and the ratio vecz QPS /
+  faiss QPS measured in the same process run.
 
-Inputs are .npy (no pickle) or .fvecs; float16 and float64 are converted to float32.
-Output: a plain-text table (`format_table`), optional neighbour texts (`format_examples`)
-and, with an output directory, report.md, results.csv, results.json and PNG plots
-(`write_outputs`). Nothing here is hard-coded: every figure is measured when it is printed.
+`engine.recommend` uses the same store building and measuring for `--budget`.
+Inputs are .npy (no pickle), .fvecs, .parquet or .arrow; float16 and float64 are converted
+to float32. Output: a plain-text table (`format_table`), optional neighbour texts
+(`format_examples`) and, with an output directory, report.md, results.csv, results.json and
+PNG plots (`write_outputs`). Nothing here is hard-coded: every figure is measured when it is
+printed.
 
 faiss is imported only when a faiss baseline is asked for (STYLE.md keeps it out of the
 engine's import path); matplotlib only when plots are written.
@@ -28,10 +34,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -43,14 +51,23 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from kernels import transform
+from kernels.topk import topk_select_batch
 
 from .codecs import METRICS, F16, MRL, IVF, PQ, RB, SQ, Codec, Flat, code_size, parse_spec
 from formats.importers import read_fvecs, read_ids, read_texts, read_vectors
 
-from .errors import CodecSpecError, DatasetNotFound, InvalidInput, DimensionMismatch
+from .errors import CodecSpecError, DatasetNotFound, DimensionMismatch, InvalidInput, VeczError
 
 __all__ = [
     "DEFAULT_CODECS",
+    "SAMPLE_CODECS",
+    "default_codecs",
+    "ivf_nlist",
+    "ground_truth",
+    "gt_cache_paths",
+    "build_store",
+    "measure_store",
+    "best_per_budget",
     "DATASETS",
     "GT_DEPTH",
     "LATENCY_QUERIES",
@@ -82,9 +99,45 @@ __all__ = [
     "write_outputs",
 ]
 
-# A spread of budgets from 4 bytes/dim down to 1 bit/dim on the 384-d sample; on 2 cores it
-# runs in well under a minute once the Numba kernels are compiled.
-DEFAULT_CODECS = "Flat;F16;SQ8;SQ4;PQ48x8;PQ96x4;PQ24x8;RB1;RB2;RB4;MRL256,RB2"
+# The default grid: 16 to 384 code bytes per vector at 384 dims (PQ M scales with the width,
+# see `default_codecs`), every family, with and without IVF. On 2 cores the shipped sample
+# runs it in about half a minute, wordnet-minilm with --faiss in under 15 minutes.
+DEFAULT_CODECS = ("PQ32x4;PQ32x8;MRL256,RB1;PQ48x8;PQ96x4;RB1;IVF{nlist},RB1;IVF{nlist},PQ96x4;"
+                  "MRL256,RB2;RB2;RB4;SQ8")
+
+# The README's main job (`vecz bench sample`): six specs a reader takes in at a glance.
+SAMPLE_CODECS = "PQ32x4;PQ48x8;RB1;IVF{nlist},RB1;RB2;SQ8"
+
+
+def ivf_nlist(n: int) -> int | None:
+    """IVF list count for n rows: the power of two nearest 4 sqrt(n), lowered until every list
+    averages at least 64 rows; None when that leaves fewer than 16 lists (IVF is not worth it)."""
+    if n < 16 * 64:
+        return None
+    nlist = 2 ** int(round(math.log2(4 * math.sqrt(n))))
+    while nlist > 16 and n / nlist < 64:
+        nlist //= 2
+    return nlist if nlist >= 16 else None
+
+
+def default_codecs(n: int, dim: int, grid: str = DEFAULT_CODECS) -> str:
+    """`grid` (default `DEFAULT_CODECS`) for n rows of `dim` dims: IVF sized by `ivf_nlist`
+    (left out when the base is too small), PQ sub-quantizer counts and MRL widths scaled
+    from 384 dims."""
+    nlist = ivf_nlist(n)
+    out = []
+    for spec in grid.split(";"):
+        if "{nlist}" in spec:
+            if nlist is None:
+                continue
+            spec = spec.format(nlist=nlist)
+        spec = re.sub(r"PQ(\d+)", lambda m: f"PQ{max(1, min(dim, int(m.group(1)) * dim // 384))}", spec)
+        spec = re.sub(r"MRL(\d+)", lambda m: f"MRL{max(8, int(m.group(1)) * dim // 384 // 8 * 8)}", spec)
+        if spec.startswith(f"MRL{dim},"):
+            spec = spec.split(",", 1)[1]
+        if spec not in out:
+            out.append(spec)
+    return ";".join(out)
 
 # Exact neighbours kept per query: recall@100 is the deepest figure reported.
 GT_DEPTH = 100
@@ -153,6 +206,8 @@ class Dataset:
         Line i describes row i.
     gt_source : str
         Where the ground truth comes from (a path, or "exact" once computed).
+    base_path : Path or None
+        The base file, beside which computed ground truth is cached (`ground_truth`).
     """
 
     name: str
@@ -162,6 +217,7 @@ class Dataset:
     base_texts: list[str] | None = None
     query_texts: list[str] | None = None
     gt_source: str = "exact"
+    base_path: Path | None = None
 
 
 def load_files(
@@ -194,7 +250,7 @@ def load_files(
         if nq < 1:
             raise InvalidInput(f"--nq must be >= 1, found {nq}")
         xq = xq[:nq]
-    ds = Dataset(name or str(base), xb, np.ascontiguousarray(xq))
+    ds = Dataset(name or str(base), xb, np.ascontiguousarray(xq), base_path=Path(base))
     if gt is not None:
         ds.gt = read_ids(gt, xq.shape[0], xb.shape[0])
         ds.gt_source = str(gt)
@@ -211,10 +267,13 @@ def load_named(
     gt: str | Path | None = None,
     texts: str | Path | None = None,
     query_texts: str | Path | None = None,
+    metric: str = "cosine",
 ) -> Dataset:
     """A named dataset (`DATASETS`) with its texts, and its gt_ids.npy when it ships one.
 
-    Explicit `gt`, `texts` and `query_texts` replace the dataset's own files.
+    Explicit `gt`, `texts` and `query_texts` replace the dataset's own files. The shipped
+    gt_ids.npy ranks by inner product of unit vectors, so it serves cosine and ip; for l2
+    the truth is computed (`ground_truth`).
     """
     folder = dataset_dir(name)
     if not (folder / "base.npy").is_file():
@@ -224,7 +283,7 @@ def load_named(
         query_texts = folder / "query_texts.txt.gz"
         if not (Path(texts).is_file() and Path(query_texts).is_file()):
             texts = query_texts = None
-    if gt is None and (folder / "gt_ids.npy").is_file():
+    if gt is None and metric in ("cosine", "ip") and (folder / "gt_ids.npy").is_file():
         gt = folder / "gt_ids.npy"
     return load_files(
         folder / "base.npy",
@@ -246,22 +305,13 @@ def prepare(x: np.ndarray, metric: str) -> np.ndarray:
     return transform.normalize_rows(x) if metric == "cosine" else x
 
 
-def _rank(keys: np.ndarray, ids: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-`depth` of each row of `keys` (higher is better), ties by smaller id."""
-    if depth < keys.shape[1]:
-        part = np.argpartition(-keys, depth - 1, axis=1)[:, :depth]
-        keys = np.take_along_axis(keys, part, axis=1)
-        ids = np.take_along_axis(ids, part, axis=1)
-    order = np.lexsort((ids, -keys), axis=1)
-    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-
 def exact_topk(base: np.ndarray, queries: np.ndarray, metric: str, depth: int = GT_DEPTH) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-`depth` neighbours in float32, in blocks of queries.
 
     Scores: ``<q, x>`` for ip, the same on unit rows for cosine (both descending), and
     ``|q - x|^2 = |q|^2 - 2<q, x> + |x|^2`` for l2 (ascending). Ties are broken by the
-    smaller id, except at the depth cut where `np.argpartition` picks among equal scores.
+    smaller id. Blocks of queries are scored by one BLAS product each and their top-k
+    selected by a parallel Numba heap (`kernels.topk.topk_select_batch`).
 
     Returns
     -------
@@ -281,16 +331,75 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, metric: str, depth: int = 
     all_ids = np.arange(n, dtype=np.int64)
     for start in range(0, xq.shape[0], block):
         q = xq[start : start + block]
-        keys = q @ xb.T
+        keys = q @ xb.T  # BLAS, on every thread it is given
         if b_sq is not None:
             # 2<q, x> - |x|^2 orders like -|q - x|^2; |q|^2 is added back for the score
             keys = 2 * keys - b_sq[None, :]
-        s, i = _rank(keys, np.broadcast_to(all_ids, keys.shape), depth)
+        s, i = topk_select_batch(keys, all_ids, depth)  # Numba, one query per thread
         if b_sq is not None:
             s = np.einsum("ij,ij->i", q, q)[:, None] - s
         out_s[start : start + len(q)] = s
         out_i[start : start + len(q)] = i
     return out_s, out_i
+
+
+def _gt_key(base: np.ndarray, queries: np.ndarray, metric: str, depth: int) -> str:
+    h = hashlib.sha256(f"vecz-gt-1 {metric} {depth} {base.shape} {queries.shape}".encode())
+    h.update(np.ascontiguousarray(base, dtype=np.float32).data)
+    h.update(np.ascontiguousarray(queries, dtype=np.float32).data)
+    return h.hexdigest()[:20]
+
+
+def gt_cache_paths(data: Dataset, metric: str, depth: int = GT_DEPTH) -> list[Path]:
+    """Where computed ground truth is looked for and saved, in order: beside the base file,
+    then ``$XDG_CACHE_HOME/vecz/gt`` (for read-only data folders). The name carries a hash
+    of the base, the queries, the metric and the depth, so a stale file is never used."""
+    depth = min(depth, len(data.base))
+    key = _gt_key(data.base, data.queries, metric, depth)
+    stem = data.base_path.name.split(".")[0] if data.base_path is not None else "data"
+    name = f"{stem}.gt-{metric}-top{depth}-{key}.npy"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vecz" / "gt"
+    dirs = ([data.base_path.parent] if data.base_path is not None else []) + [cache]
+    return [d / name for d in dirs]
+
+
+def ground_truth(data: Dataset, metric: str, depth: int = GT_DEPTH) -> np.ndarray:
+    """`data.gt`, or the exact top-`depth` ids computed once and cached (`gt_cache_paths`).
+
+    Fills `data.gt` and `data.gt_source`. A cached file is read with the same checks as
+    `--gt` (shape, id range, no pickle); a damaged one is recomputed and replaced.
+    """
+    if data.gt is not None:
+        return data.gt
+    paths = gt_cache_paths(data, metric, depth)
+    want = min(depth, len(data.base))
+    for path in paths:
+        if path.is_file():
+            try:
+                gt = read_ids(path, len(data.queries), len(data.base))
+            except (VeczError, ValueError, OSError):
+                continue
+            if gt.shape[1] == want:
+                data.gt, data.gt_source = gt, f"exact top-{want} (float32), cached in {path}"
+                return gt
+    t0 = time.perf_counter()
+    gt = exact_topk(data.base, data.queries, metric, depth)[1]
+    took = time.perf_counter() - t0
+    data.gt, data.gt_source = gt, f"exact top-{gt.shape[1]} (float32), computed in {took:.1f} s"
+    for path in paths:
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, gt, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            continue
+        data.gt_source += f", cached in {path}"
+        break
+    return gt
 
 
 def exact_rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -313,29 +422,41 @@ def exact_rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, 
         slots hold -1 with the metric's worst score.
     ids : int64 (nq, k)
     """
+    return select_exact(exact_keys(base, queries, candidates, metric), candidates, k, metric)
+
+
+def exact_keys(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, metric: str) -> np.ndarray:
+    """float32 (nq, R) exact keys of the candidates, higher is better (negated squared
+    distance for l2), -inf for empty slots (-1). Arguments as `exact_rerank`."""
     nq, r = candidates.shape
-    is_l2 = metric == "l2"
-    worst = np.float32(np.inf if is_l2 else -np.inf)
-    out_s = np.full((nq, k), worst, dtype=np.float32)
-    out_i = np.full((nq, k), -1, dtype=np.int64)
-    keep = min(k, r)
+    keys_all = np.empty((nq, r), dtype=np.float32)
     block = max(1, _BLOCK_FLOATS // max(1, r * base.shape[1]))
     for start in range(0, nq, block):
         c = candidates[start : start + block]
         q = queries[start : start + block]
         valid = c >= 0
         vecs = base[np.where(valid, c, 0)]
-        if is_l2:
+        if metric == "l2":
             diff = vecs - q[:, None, :]
             keys = -np.einsum("brd,brd->br", diff, diff)
         else:
             keys = np.einsum("brd,bd->br", vecs, q)
-        keys = np.where(valid, keys, -np.inf).astype(np.float32)
-        order = np.argsort(-keys, axis=1, kind="stable")[:, :keep]
-        s = np.take_along_axis(keys, order, axis=1)
-        i = np.take_along_axis(np.where(valid, c, -1), order, axis=1)
-        out_s[start : start + len(c), :keep] = -s if is_l2 else s
-        out_i[start : start + len(c), :keep] = i
+        keys_all[start : start + len(c)] = np.where(valid, keys, -np.inf)
+    return keys_all
+
+
+def select_exact(keys: np.ndarray, candidates: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Best `k` of `exact_keys` (stable: equal keys keep the candidates' order); the output
+    of `exact_rerank`. Pass a column prefix of both to re-rank only the first R."""
+    nq, r = candidates.shape
+    is_l2 = metric == "l2"
+    out_s = np.full((nq, k), np.float32(np.inf if is_l2 else -np.inf), dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    keep = min(k, r)
+    order = np.argsort(-keys, axis=1, kind="stable")[:, :keep]
+    s = np.take_along_axis(keys, order, axis=1)
+    out_s[:, :keep] = -s if is_l2 else s
+    out_i[:, :keep] = np.take_along_axis(np.where(candidates >= 0, candidates, -1), order, axis=1)
     return out_s, out_i
 
 
@@ -403,11 +524,12 @@ def faiss_factory(spec: str, dim: int) -> str | None:
     | `Flat` | `Flat` (IndexFlat) |
     | `RB<b>` | `RR<dim>,RaBitQ<b>` (random rotation + IndexRaBitQ, b bits) |
     | `IVF<n>,...` | `IVF<n>,...` (IndexIVFPQ, IndexIVFPQFastScan, IndexIVFScalarQuantizer, IndexIVFFlat, IndexIVFRaBitQ) |
-    | `MRL<d>,...` | none |
+    | `MRL<d>,...` | `MRL<d>,...`: the rest on the first d dims (IndexPreTransform with a LinearTransform that keeps them, then L2 normalisation for cosine/ip) |
     """
     stages = parse_spec(spec)
-    if any(isinstance(s, MRL) for s in stages):
-        return None
+    mrl = next((s for s in stages if isinstance(s, MRL)), None)
+    if mrl is not None:
+        dim = min(dim, mrl.dim)
     q = stages[-1]
     if isinstance(q, PQ):
         # "np": no polysemous training, which index_factory otherwise adds to PQ and IVFPQ
@@ -431,6 +553,10 @@ def faiss_factory(spec: str, dim: int) -> str | None:
         # RaBitQ's estimator assumes randomly rotated data; faiss leaves the rotation to a
         # pre-transform (as bench/harness.py does), timed at search like vecz's rotation.
         body = f"RR{dim},{body}"
+    if mrl is not None:
+        # faiss has no truncation stage: `_FaissSide` puts a LinearTransform keeping the
+        # first d coordinates (and L2 normalisation for cosine/ip) in front of `body`.
+        body = f"MRL{mrl.dim},{body}"
     return body
 
 
@@ -543,18 +669,25 @@ def _train_rows(n: int, train_size: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(n, train_size, replace=False))
 
 
-def _time_batch(fn: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple[np.ndarray, float]:
-    fn(queries[:2])  # loads (or compiles) the Numba kernels, builds faiss's lazy tables
-    rounds = []
-    ids = None
-    while len(rounds) < _BATCH_MIN_ROUNDS or (sum(rounds) < _BATCH_SECONDS and len(rounds) < _BATCH_MAX_ROUNDS):
+def _time_batch(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[Any, float]:
+    """Run `fn` over the whole batch until `_BATCH_SECONDS` are spent (at least one round,
+    at most `_BATCH_MAX_ROUNDS`); returns the last result and queries / median round."""
+    # Load (or compile) the Numba kernels and build faiss's lazy tables first: one query takes
+    # the single-query paths, 256 every batch path (vecz scans 8 queries at a time, and IVF
+    # lists once per chunk of queries from 16 queries, 256 for PQ).
+    fn(queries[:1])
+    fn(queries[:256])
+    rounds: list[float] = []
+    out = None
+    while not rounds or (sum(rounds) < _BATCH_SECONDS and len(rounds) < _BATCH_MAX_ROUNDS):
         t0 = time.perf_counter()
-        ids = fn(queries)
+        out = fn(queries)
         rounds.append(time.perf_counter() - t0)
-    return ids, len(queries) / max(float(np.median(rounds)), 1e-9)  # type: ignore[return-value]
+    return out, len(queries) / max(float(np.median(rounds)), 1e-9)
 
 
-def _time_single(fn: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple[float, float]:
+def _time_single(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[float, float]:
+    fn(queries[:1])
     lat = []
     for i in range(min(LATENCY_QUERIES, len(queries))):
         q = queries[i : i + 1]
@@ -565,11 +698,86 @@ def _time_single(fn: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) ->
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_") or "spec"
+
+
+@dataclasses.dataclass
+class BuiltStore:
+    """A store built by `build_store`: where it is and what building it cost."""
+
+    path: Path
+    spec: str
+    code_size: int
+    train_s: float
+    build_s: float
+    sample: np.ndarray  # the rows the codec trained on (faiss trains on the same rows)
+
+
+def build_store(path: str | Path, spec: str, base: np.ndarray, metric: str, *, seed: int = 0) -> BuiltStore:
+    """Build a real store of `base` (ids 0..n-1) with codec `spec` and a float32 dense tier.
+
+    The codec trains on `train_size` rows drawn with `seed` (all rows when fewer); build
+    time covers training, encoding, writing, checksumming and fsyncing every file.
+    """
+    from .store import Store
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    dim = base.shape[1]
+    sel = _train_rows(len(base), Codec(spec, dim, metric, seed=seed).train_size, seed)
+    sample = base if sel is None else base[sel]
+    t0 = time.perf_counter()
+    with Store.create(path, dim=dim, metric=metric, codec=spec, dense="f32", seed=seed,
+                      train_size=len(sample)) as store:
+        store.train(sample)
+        train_s = time.perf_counter() - t0
+        store.add(base, ids=np.arange(len(base), dtype=np.int64))
+        spec, size = store.codec.spec, store.codec.code_size
+    return BuiltStore(path, spec, size, train_s, time.perf_counter() - t0, sample)
+
+
+def store_nprobe(nlist: int, nprobe: int | None) -> int | None:
+    """nprobe a search of a store with `nlist` lists uses: None for flat codecs, the given
+    value capped at nlist, or the store's default nlist // 8."""
+    if nlist <= 1:
+        return None
+    return min(nlist, nprobe) if nprobe is not None else max(1, nlist // 8)
+
+
+def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, rerank: int, nprobe: int | None,
+                  ats: Sequence[int], latency: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+    """Search an open store with every query (timed as a batch), then `LATENCY_QUERIES`
+    one at a time. Returns the row's measured fields and the ids found (nq, k)."""
+    nq = len(queries)
+
+    def search(q: np.ndarray) -> Any:
+        return store.search(q, k, nprobe=nprobe, rerank=rerank)
+
+    res, qps = _time_batch(search, queries)
+    scores, ids = res
+    row: dict[str, Any] = {}
+    for a in (1, 10, 100):
+        row[f"recall@{a}"] = round(recall_at(ids, gt, a), 4) if a in ats else None
+    row["qps"] = round(qps, 1)
+    if latency:
+        p50, p99 = _time_single(search, queries)
+        row["p50_ms"], row["p99_ms"] = round(p50, 4), round(p99, 4)
+    else:
+        row["p50_ms"] = row["p99_ms"] = None
+    row["rows_read_per_query"] = round(res.stats.rows_read / nq, 2)
+    row["bytes_read_per_query"] = round(res.stats.bytes_read / nq, 1)
+    row["candidates_per_query"] = round(res.stats.candidates / nq, 1)
+    return row, ids
+
+
 @dataclasses.dataclass
 class BenchResult:
     """Rows (one per spec x re-ranking depth, JSON-ready dicts) and what produced them.
 
     `found` maps (spec, R) to the int64 (nq, k) ids vecz returned; `gt` is the truth used.
+    `recommendation` is filled by `engine.recommend` for `--budget` runs.
     """
 
     rows: list[dict[str, Any]]
@@ -577,11 +785,40 @@ class BenchResult:
     found: dict[tuple[str, int], np.ndarray]
     gt: np.ndarray
     recall_ats: list[int]
+    recommendation: dict[str, Any] | None = None
 
     @property
     def quality_key(self) -> str:
         """The recall column the Pareto front and the examples rank by."""
         return "recall@10" if 10 in self.recall_ats else f"recall@{max(self.recall_ats)}"
+
+
+def check_common(metric: str, k: int, nprobe: int | None) -> None:
+    if metric not in METRICS:
+        raise InvalidInput(f"metric must be one of {METRICS}, found {metric!r}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
+    if nprobe is not None and nprobe < 1:
+        raise InvalidInput(f"nprobe must be >= 1, found {nprobe}")
+
+
+def recall_ats(gt: np.ndarray, k: int) -> list[int]:
+    ats = [r for r in (1, 10, 100) if r <= k and r <= gt.shape[1]]
+    if not ats:
+        raise InvalidInput(f"the ground truth holds {gt.shape[1]} neighbours per query: too few for recall@1")
+    return ats
+
+
+@contextlib.contextmanager
+def work_dir(path: str | Path | None) -> Iterator[Path]:
+    """Where the benchmark's stores are built: `path` (kept) or a temporary folder (removed)."""
+    if path is not None:
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        yield p
+        return
+    with tempfile.TemporaryDirectory(prefix="vecz-bench-") as tmp:
+        yield Path(tmp)
 
 
 def run_bench(
@@ -591,35 +828,38 @@ def run_bench(
     metric: str = "cosine",
     k: int = 10,
     rerank: Sequence[int] = (0, 50),
-    nprobe: int = 16,
+    nprobe: int | None = None,
     with_faiss: bool = False,
     threads: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    work: str | Path | None = None,
+    keep_stores: bool = False,
 ) -> BenchResult:
-    """Benchmark each spec on `data`; see the module docstring for what a row holds.
+    """Build a real store per spec on `data` and measure it; see the module docstring.
 
     Parameters
     ----------
     data : Dataset
-        When `data.gt` is None the exact top-100 is computed (`exact_topk`) and stored there.
+        When `data.gt` is None the exact top-100 is computed (`ground_truth`, cached).
     specs : sequence of str
         Codec specs, checked against the width before any training.
     rerank : sequence of int
-        Depths R: 0 scores from codes only; R >= k re-scores the best R exactly.
-    nprobe : int
-        Lists visited per query by IVF specs (vecz and faiss alike).
+        Depths R: 0 scores from codes only; R >= k re-scores the best R exactly, reading
+        those rows from the store's dense file.
+    nprobe : int, optional
+        Lists visited per query by IVF specs (vecz and faiss alike); default nlist // 8.
     threads : int, optional
-        Numba and faiss threads (default: all cores).
+        Numba, faiss and BLAS threads (default: all cores).
     progress : bool
         Show a tqdm bar over specs (on stderr).
+    work, keep_stores :
+        Folder the stores are built in (default: a temporary one); each store is removed
+        once measured unless `keep_stores`.
     """
-    if metric not in METRICS:
-        raise InvalidInput(f"metric must be one of {METRICS}, found {metric!r}")
-    if not isinstance(k, int) or k < 1:
-        raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
-    if nprobe < 1:
-        raise InvalidInput(f"nprobe must be >= 1, found {nprobe}")
+    from .store import Store
+
+    check_common(metric, k, nprobe)
     dim = data.base.shape[1]
     specs = list(specs)
     for spec in specs:
@@ -631,72 +871,46 @@ def run_bench(
 
     xb = data.base
     xq = data.queries
-    xb_p = prepare(xb, metric)  # the disk tier's float32 vectors, as the metric sees them
-    gt_s = time.perf_counter()
-    if data.gt is None:
-        data.gt = exact_topk(xb, xq, metric, GT_DEPTH)[1]
-        data.gt_source = f"exact top-{data.gt.shape[1]} (float32, computed in {time.perf_counter() - gt_s:.2f} s)"
-    gt = data.gt
-    ats = [r for r in (1, 10, 100) if r <= k and r <= gt.shape[1]]
-    if not ats:
-        raise InvalidInput(f"the ground truth holds {gt.shape[1]} neighbours per query: too few for recall@1")
+    gt = ground_truth(data, metric)
+    ats = recall_ats(gt, k)
+    xb_p = prepare(xb, metric) if with_faiss else None  # faiss's float32 vectors, as the metric sees them
 
     rows: list[dict[str, Any]] = []
     found: dict[tuple[str, int], np.ndarray] = {}
     from tqdm import tqdm
 
     bar = tqdm(specs, desc="vecz bench", unit="spec", disable=not progress, file=sys.stderr, leave=False)
-    for spec in bar:
-        bar.set_postfix_str(spec)
-        t0 = time.perf_counter()
-        # Both sides train on the same rows, drawn within the codec's own train_size bound.
-        sel = _train_rows(len(xb), Codec(spec, dim, metric, seed=seed).train_size, seed)
-        sample = xb if sel is None else xb[sel]
-        codec = Codec(spec, dim, metric, seed=seed, train_size=len(sample)).train(sample)
-        train_s = time.perf_counter() - t0
-        enc = codec.encode(xb)
-        index = codec.index(enc.codes, enc.lists)
-        build_s = time.perf_counter() - t0
-        del enc
-        # What the CodeIndex really holds per row (scan layouts, padding, factors, ids), beside
-        # the nominal code_size + id; measured as bench/harness.py's resident_bytes does.
-        resident = sum(v.nbytes for name, v in vars(index).items() if isinstance(v, np.ndarray) and name != "offsets")
-
-        fx = _FaissSide(spec, dim, metric, xb_p, sample, k, nprobe) if with_faiss else None
-
-        for r in rerank:
-            kk = max(k, r)
-
-            def search(q: np.ndarray, r: int = r, kk: int = kk, index: Any = index) -> np.ndarray:
-                ids = index.search(q, kk, nprobe=nprobe).ids
-                if r == 0:
-                    return ids[:, :k]
-                return exact_rerank(xb_p, prepare(q, metric), ids[:, :r], k, metric)[1]
-
-            ids, qps = _time_batch(search, xq)
-            p50, p99 = _time_single(search, xq)
-            found[(codec.spec, r)] = ids
-            row: dict[str, Any] = {
-                "spec": codec.spec,
-                "code_size": codec.code_size,
-                "bytes_per_vector": codec.code_size + ID_BYTES,
-                "rerank": r,
-                "rows_read_per_query": r,
-                "resident_bytes_per_vector": round(resident / max(1, len(xb)), 2),
-            }
-            for a in (1, 10, 100):
-                row[f"recall@{a}"] = round(recall_at(ids, gt, a), 4) if a in ats else None
-            row.update(
-                qps=round(qps, 1),
-                p50_ms=round(p50, 4),
-                p99_ms=round(p99, 4),
-                build_s=round(build_s, 3),
-                train_s=round(train_s, 3),
-            )
-            if fx is not None:
-                row.update(fx.measure(r, xq, gt, ats, qps))
-            rows.append(row)
-        del index
+    with work_dir(work) as wd:
+        for spec in bar:
+            bar.set_postfix_str(f"{spec}: build")
+            built = build_store(wd / _slug(spec), spec, xb, metric, seed=seed)
+            with Store.open(built.path) as store:
+                ram = sum(store.memory_bytes().values())
+                npr = store_nprobe(store.codec.nlist, nprobe)
+                fx = None
+                if with_faiss:
+                    bar.set_postfix_str(f"{spec}: faiss build")
+                    fx = _FaissSide(spec, dim, metric, xb_p, built.sample, k, npr)
+                for r in rerank:
+                    bar.set_postfix_str(f"{spec}: search R={r}")
+                    measured, ids = measure_store(store, xq, gt, k=k, rerank=r, nprobe=npr, ats=ats)
+                    found[(built.spec, r)] = ids
+                    row: dict[str, Any] = {
+                        "spec": built.spec,
+                        "code_size": built.code_size,
+                        "bytes_per_vector": built.code_size + ID_BYTES,
+                        "ram_bytes_per_vector": round(ram / max(1, len(xb)), 2),
+                        "rerank": r,
+                        "nprobe": npr,
+                    }
+                    row.update(measured)
+                    row.update(build_s=round(built.build_s, 3), train_s=round(built.train_s, 3))
+                    if fx is not None:
+                        row.update(fx.measure(r, xq, gt, ats, row["qps"]))
+                    rows.append(row)
+                del fx
+            if not keep_stores:
+                shutil.rmtree(built.path, ignore_errors=True)
     bar.close()
 
     qkey = "recall@10" if 10 in ats else f"recall@{max(ats)}"
@@ -710,7 +924,7 @@ def run_bench(
         "metric": metric,
         "k": k,
         "rerank": list(rerank),
-        "nprobe": nprobe,
+        "nprobe": nprobe if nprobe is not None else "nlist // 8",
         "threads": thread_info["threads"],
         "thread_settings": thread_info,
         "faiss": with_faiss,
@@ -722,32 +936,63 @@ def run_bench(
     return BenchResult(rows, settings, found, gt, ats)
 
 
-_FAISS_KEYS = ("faiss_index", "faiss_bytes_per_vector", "faiss_recall@1", "faiss_recall@10", "faiss_recall@100",
-               "faiss_qps", "faiss_build_s", "speed_vs_faiss", "faiss_note")
+_FAISS_KEYS = ("faiss_index", "faiss_bytes_per_vector", "faiss_ram_bytes_per_vector", "faiss_recall@1",
+               "faiss_recall@10", "faiss_recall@100", "faiss_qps", "faiss_p50_ms", "faiss_p99_ms", "faiss_build_s",
+               "speed_vs_faiss", "faiss_note")
+
+
+def _mrl_pretransform(index: Any, dim: int, d: int, renorm: bool) -> tuple[Any, tuple]:
+    """Wrap a faiss index built on `d` dims so it takes `dim`-wide vectors: a LinearTransform
+    that keeps the first d coordinates (the MRL stage), then L2 normalisation for cosine/ip."""
+    import faiss
+
+    keep = faiss.LinearTransform(dim, d, False)
+    a = np.zeros((d, dim), dtype=np.float32)
+    a[np.arange(d), np.arange(d)] = 1.0
+    faiss.copy_array_to_vector(a.ravel(), keep.A)
+    keep.is_trained = True
+    chain = [keep] + ([faiss.NormalizationTransform(d, 2.0)] if renorm else [])
+    wrapped = faiss.IndexPreTransform(chain[-1], index)
+    for t in chain[-2::-1]:
+        wrapped.prepend_transform(t)
+    return wrapped, (keep, chain, index)  # the caller keeps the parts alive as long as the wrapper
+
+
+def _set_faiss_nprobe(index: Any, nprobe: int) -> None:
+    for inner in _faiss_inner_indexes(index):
+        if hasattr(inner, "nprobe"):
+            inner.nprobe = nprobe
 
 
 class _FaissSide:
-    """The faiss counterpart of one spec: built once, searched at each re-ranking depth."""
+    """The closest faiss index of one spec, trained on the same rows, searched the same way."""
 
     def __init__(self, spec: str, dim: int, metric: str, xb_p: np.ndarray, train_raw: np.ndarray, k: int,
-                 nprobe: int) -> None:
+                 nprobe: int | None) -> None:
         import faiss
 
         self.k = k
         self.metric = metric
+        self.dim = dim
         self.factory = faiss_factory(spec, dim)
         self.note = None
         self.index = None
         self.refine = None
         if self.factory is None:
-            self.note = "no faiss counterpart (MRL)"
+            self.note = f"no faiss counterpart for {spec!r}"
             return
         fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        mrl = next((s for s in parse_spec(spec) if isinstance(s, MRL)), None)
         train = prepare(train_raw, metric)
         t0 = time.perf_counter()
         try:
             with _captured_stderr_fd() as warnings:
-                index = faiss.index_factory(dim, self.factory, fmetric)
+                body = self.factory.split(",", 1)[1] if mrl is not None else self.factory
+                if mrl is not None and mrl.dim < dim:
+                    inner = faiss.index_factory(mrl.dim, body, fmetric)
+                    index, self._parts = _mrl_pretransform(inner, dim, mrl.dim, renorm=metric != "l2")
+                else:
+                    index = faiss.index_factory(dim, body, fmetric)
                 index.train(train)
                 index.add(xb_p)
         except RuntimeError as exc:
@@ -760,13 +1005,13 @@ class _FaissSide:
         for inner in _faiss_inner_indexes(index):
             if hasattr(inner, "qb"):
                 inner.qb = FAISS_RABITQ_QB
-        if "IVF" in self.factory:
-            faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+        if nprobe is not None:
+            _set_faiss_nprobe(index, nprobe)
         self.index = index
         self.xb_p = xb_p
         self.code_size = int(index.sa_code_size())
 
-    def measure(self, r: int, xq: np.ndarray, gt: np.ndarray, ats: list[int], vecz_qps: float) -> dict[str, Any]:
+    def measure(self, r: int, xq: np.ndarray, gt: np.ndarray, ats: Sequence[int], vecz_qps: float) -> dict[str, Any]:
         out: dict[str, Any] = dict.fromkeys(_FAISS_KEYS)
         out["faiss_index"] = self.factory
         out["faiss_note"] = self.note
@@ -778,8 +1023,8 @@ class _FaissSide:
             index = self.index
         else:
             if self.refine is None:
-                # IndexRefineFlat over the built index: the same float32 rows re-score the
-                # shortlist, k_factor = R / k so it re-scores R candidates like vecz.
+                # IndexRefineFlat over the built index: the float32 rows (held in RAM, unlike
+                # vecz's dense file) re-score the shortlist; k_factor = R / k re-scores R.
                 self.refine = faiss.IndexRefineFlat(self.index, faiss.swig_ptr(self.xb_p))
             self.refine.k_factor = r / self.k
             index = self.refine
@@ -789,33 +1034,39 @@ class _FaissSide:
             return index.search(prepare(q, metric), k)[1]
 
         ids, qps = _time_batch(search, xq)
+        p50, p99 = _time_single(search, xq)
         out["faiss_index"] = self.factory + (f",RFlat(k_factor={r / k:g})" if r else "")
         out["faiss_bytes_per_vector"] = self.code_size + ID_BYTES
+        out["faiss_ram_bytes_per_vector"] = self.code_size + ID_BYTES + (4 * self.dim if r else 0)
         for a in (1, 10, 100):
             out[f"faiss_recall@{a}"] = round(recall_at(ids, gt, a), 4) if a in ats else None
         out["faiss_qps"] = round(qps, 1)
+        out["faiss_p50_ms"], out["faiss_p99_ms"] = round(p50, 4), round(p99, 4)
         out["faiss_build_s"] = round(self.build_s, 3)
         out["speed_vs_faiss"] = round(vecz_qps / qps, 3)
         return out
 
 
-def best_compressed(result: BenchResult) -> tuple[str, int] | None:
-    """(spec, R) with the best recall among codes-only rows of compressing specs.
+# The examples show the smallest spec whose recall reaches this, so a reader sees what the
+# compressed search returns at a useful operating point.
+EXAMPLE_RECALL = 0.95
 
-    Codes-only means the smallest re-ranking depth run (0 when it was run); Flat and F16
-    quantizers are left out since they barely compress.
+
+def best_compressed(result: BenchResult) -> tuple[str, int] | None:
+    """(spec, R) whose neighbours the examples show: the fewest bytes per vector among rows
+    reaching `EXAMPLE_RECALL` (then the best recall, then the shallowest R); when none does,
+    the best recall. Flat and F16 are left out since they barely compress.
     """
     key = result.quality_key
-    if not result.rows:
-        return None
-    r_min = min(row["rerank"] for row in result.rows)
-    pool = [
-        row for row in result.rows
-        if row["rerank"] == r_min and not isinstance(parse_spec(row["spec"])[-1], (Flat, F16))
-    ]
+    pool = [row for row in result.rows
+            if row.get(key) is not None and not isinstance(parse_spec(row["spec"])[-1], (Flat, F16))]
     if not pool:
         return None
-    best = max(pool, key=lambda row: (row[key], -row["bytes_per_vector"]))
+    good = [row for row in pool if row[key] >= EXAMPLE_RECALL]
+    if good:
+        best = min(good, key=lambda row: (row["bytes_per_vector"], -row[key], row["rerank"]))
+    else:
+        best = max(pool, key=lambda row: (row[key], -row["bytes_per_vector"], -row["rerank"]))
     return best["spec"], best["rerank"]
 
 
@@ -832,6 +1083,8 @@ def _columns(result: BenchResult, faiss_cols: bool, mark: str = "*") -> list[tup
     cols: list[tuple[str, str, Callable[[dict], str]]] = [
         ("spec", "<", lambda row: row["spec"]),
         ("bytes/vec", ">", num("bytes_per_vector", "d")),
+        ("RAM B/vec", ">", num("ram_bytes_per_vector", ".1f")),
+        ("nprobe", ">", lambda row: "-" if row.get("nprobe") is None else str(row["nprobe"])),
         ("R", ">", num("rerank", "d")),
     ]
     for a in result.recall_ats:
@@ -845,7 +1098,10 @@ def _columns(result: BenchResult, faiss_cols: bool, mark: str = "*") -> list[tup
         ("QPS", ">", num("qps", ".0f")),
         ("p50 ms", ">", num("p50_ms", ".3f")),
         ("p99 ms", ">", num("p99_ms", ".3f")),
-        ("build s", ">", num("build_s", ".2f")),
+        ("rows/q", ">", num("rows_read_per_query", "g")),
+        ("KiB/q", ">", lambda row: "-" if row.get("bytes_read_per_query") is None
+         else f"{row['bytes_read_per_query'] / 1024:.1f}"),
+        ("build s", ">", num("build_s", ".1f")),
     ]
     if faiss_cols:
         fkey = "faiss_" + qkey
@@ -961,59 +1217,82 @@ def machine_info(command: str | None = None) -> dict[str, Any]:
 
 
 CSV_COLUMNS = (
-    "spec", "code_size", "bytes_per_vector", "resident_bytes_per_vector", "rerank", "rows_read_per_query",
-    "recall@1", "recall@10", "recall@100", "qps", "p50_ms", "p99_ms", "build_s", "train_s", "pareto",
+    "spec", "code_size", "bytes_per_vector", "ram_bytes_per_vector", "nprobe", "rerank", "tune_recall@10",
+    "recall@1", "recall@10", "recall@100", "qps", "p50_ms", "p99_ms", "rows_read_per_query",
+    "bytes_read_per_query", "candidates_per_query", "build_s", "train_s", "pareto", "recommended",
 ) + _FAISS_KEYS
 
 
+def _label(row: dict[str, Any], budget_mode: bool) -> str:
+    if not budget_mode:
+        return row["spec"]
+    npr = f" np{row['nprobe']}" if row.get("nprobe") else ""
+    return f"{row['spec']}{npr} R{row['rerank']}"
+
+
 def _write_plots(result: BenchResult, out: Path) -> list[Path]:
+    """recall_vs_bytes.png (grid runs: Pareto front per R) and recall_vs_qps.png (both modes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     key = result.quality_key
+    budget_mode = result.recommendation is not None
     depths = sorted({row["rerank"] for row in result.rows})
     written = []
+    title = result.settings["dataset"] + (f", budget {result.settings['budget']} B/vector" if budget_mode else "")
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in depths:
-        rows = [row for row in result.rows if row["rerank"] == r and row[key] is not None]
-        label = "codes only" if r == 0 else f"re-ranked, R={r}"
-        pts = ax.scatter([row["bytes_per_vector"] for row in rows], [row[key] for row in rows], label=label)
-        front = sorted((row for row in rows if row["pareto"]), key=lambda row: row["bytes_per_vector"])
-        ax.step([row["bytes_per_vector"] for row in front], [row[key] for row in front], where="post",
-                color=pts.get_facecolor()[0], alpha=0.6)
-        for row in rows:
-            ax.annotate(row["spec"], (row["bytes_per_vector"], row[key]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("bytes / vector in RAM (codes + 8-byte id)")
-    ax.set_ylabel(key)
-    ax.set_title(f"{result.settings['dataset']}: {key} vs memory (lines: Pareto front)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    path = out / "recall_vs_bytes.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    if not budget_mode:
+        fig, ax = plt.subplots(figsize=(9, 6))
+        for r in depths:
+            rows = [row for row in result.rows if row["rerank"] == r and row[key] is not None]
+            label = "codes only" if r == 0 else f"re-ranked, R={r}"
+            pts = ax.scatter([row["bytes_per_vector"] for row in rows], [row[key] for row in rows], label=label)
+            front = sorted((row for row in rows if row["pareto"]), key=lambda row: row["bytes_per_vector"])
+            ax.step([row["bytes_per_vector"] for row in front], [row[key] for row in front], where="post",
+                    color=pts.get_facecolor()[0], alpha=0.6)
+            for row in rows:
+                if r == depths[0] or row["pareto"]:  # re-ranked rows: name the front only (legibility)
+                    ax.annotate(row["spec"], (row["bytes_per_vector"], row[key]), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bytes / vector in RAM (codes + 8-byte id)")
+        ax.set_ylabel(key)
+        ax.set_title(f"{title}: {key} vs memory (lines: Pareto front)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = out / "recall_vs_bytes.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in depths:
-        rows = [row for row in result.rows if row["rerank"] == r and row[key] is not None]
-        label = "vecz, codes only" if r == 0 else f"vecz, R={r}"
+    fig, ax = plt.subplots(figsize=(9, 6))
+    groups = [[row for row in result.rows if row[key] is not None]] if budget_mode else [
+        [row for row in result.rows if row["rerank"] == r and row[key] is not None] for r in depths]
+    for rows in groups:
+        if not rows:
+            continue
+        r = rows[0]["rerank"]
+        label = "vecz (store)" if budget_mode else ("vecz, codes only" if r == 0 else f"vecz, R={r}")
         ax.scatter([row["qps"] for row in rows], [row[key] for row in rows], label=label)
         for row in rows:
-            ax.annotate(row["spec"], (row["qps"], row[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(_label(row, budget_mode) + (" (recommended)" if row.get("recommended") else ""),
+                        (row["qps"], row[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         frows = [row for row in rows if row.get("faiss_qps") is not None]
         if frows:
+            flabel = "faiss" if budget_mode else f"faiss, {'codes only' if r == 0 else f'R={r}'}"
             ax.scatter([row["faiss_qps"] for row in frows], [row["faiss_" + key] for row in frows], marker="x",
-                       label=f"faiss, {'codes only' if r == 0 else f'R={r}'}")
+                       label=flabel)
+    if budget_mode:
+        ax.axhline(result.settings["target_recall"], color="grey", linestyle="--", linewidth=1, label="target")
     ax.set_xscale("log")
-    ax.set_xlabel(f"queries per second ({result.settings['threads']} threads, batch of {result.settings['nq']})")
+    nq = (result.settings["heldout_queries"][1] - result.settings["heldout_queries"][0]) if budget_mode \
+        else result.settings["nq"]
+    ax.set_xlabel(f"queries per second ({result.settings['threads']} threads, batch of {nq})")
     ax.set_ylabel(key)
-    ax.set_title(f"{result.settings['dataset']}: {key} vs speed")
+    ax.set_title(f"{title}: {key} vs speed")
     ax.grid(True, alpha=0.3)
     ax.legend()
     path = out / "recall_vs_qps.png"
@@ -1024,39 +1303,139 @@ def _write_plots(result: BenchResult, out: Path) -> list[Path]:
     return written
 
 
-def write_outputs(result: BenchResult, out: str | Path, machine: dict[str, Any], examples: str | None = None) -> list[str]:
-    """Write report.md, results.csv, results.json and (with matplotlib) two PNG plots into `out`.
+# In the best-per-budget table, the fastest spec whose recall is within this of the best is
+# named beside the best (recall differences this small are within a few queries' noise).
+NEAR_BEST = 0.01
 
-    Returns notes for the terminal (files written, plots skipped).
+
+def best_per_budget(result: BenchResult) -> list[dict[str, Any]]:
+    """For each budget (every distinct bytes/vector in the rows) and re-ranking depth R, the
+    spec with the best quality figure at or under it (the Pareto front read as a lookup
+    table) and the fastest spec within `NEAR_BEST` of that figure.
+
+    Returns rows ``{"bytes_per_vector": B, "best": {R: (spec, recall, qps) or None},
+    "fastest": {R: (spec, recall, qps) or None}}``, budgets ascending.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    notes = []
+    key = result.quality_key
+    depths = sorted({row["rerank"] for row in result.rows})
+    out = []
+    for budget in sorted({row["bytes_per_vector"] for row in result.rows}):
+        best: dict[int, tuple[str, float, float] | None] = {}
+        fastest: dict[int, tuple[str, float, float] | None] = {}
+        for r in depths:
+            pool = [row for row in result.rows
+                    if row["rerank"] == r and row["bytes_per_vector"] <= budget and row.get(key) is not None]
+            top = max(pool, key=lambda row: (row[key], -row["bytes_per_vector"], row["qps"]), default=None)
+            best[r] = None if top is None else (top["spec"], top[key], top["qps"])
+            near = [row for row in pool if top is not None and row[key] >= top[key] - NEAR_BEST]
+            quick = max(near, key=lambda row: (row["qps"], row[key]), default=None)
+            fastest[r] = None if quick is None else (quick["spec"], quick[key], quick["qps"])
+        out.append({"bytes_per_vector": budget, "best": best, "fastest": fastest})
+    return out
+
+
+def _budget_markdown(result: BenchResult) -> str:
+    key = result.quality_key
+    depths = sorted({row["rerank"] for row in result.rows})
+    head = ["bytes/vec budget"] + [("codes only" if r == 0 else f"R={r}") for r in depths]
+    lines = ["| " + " | ".join(head) + " |", "|---:|" + "---|" * len(depths)]
+    for entry in best_per_budget(result):
+        cells = [str(entry["bytes_per_vector"])]
+        for r in depths:
+            b, f = entry["best"][r], entry["fastest"][r]
+            cell = "-" if b is None else f"**{b[0]}** ({b[1]:.3f}, {b[2]:,.0f} QPS)"
+            if f is not None and b is not None and f[0] != b[0]:
+                cell += f"; fastest near it: {f[0]} ({f[1]:.3f}, {f[2]:,.0f} QPS)"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_json_csv(result: BenchResult, out: Path, machine: dict[str, Any]) -> None:
     payload = {"settings": result.settings, "machine": machine, "rows": result.rows}
-    (out / "results.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if result.recommendation is not None:
+        payload["recommendation"] = result.recommendation
+    (out / "results.json").write_text(json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n",
+                                      encoding="utf-8")
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in result.rows:
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS})
+
+
+def write_outputs(result: BenchResult, out: str | Path, machine: dict[str, Any], examples: str | None = None) -> list[str]:
+    """Write report.md, results.csv, results.json and (with matplotlib) PNG plots into `out`.
+
+    A grid run (`run_bench`) gets recall@10 against bytes/vector with the Pareto front and
+    recall@10 against QPS; a `--budget` run (`engine.recommend`) gets the recommendation,
+    the confirming runs, the tuning sweeps and recall@10 against QPS.
+    Returns notes for the terminal (files written, plots skipped).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = []
+    _write_json_csv(result, out, machine)
     s = result.settings
-    md = [
-        f"# vecz bench: {s['dataset']}",
-        "",
-        f"{s['n']} base vectors x {s['dim']} dims, {s['nq']} queries, metric {s['metric']}, k = {s['k']}, "
-        f"nprobe = {s['nprobe']}, {s['threads']} threads. Ground truth: {s['ground_truth']}.",
-        "",
-        "bytes/vec = code bytes + 8-byte id held in RAM; R = rows re-scored exactly per query "
-        "(read from the disk tier; here the float32 vectors in memory); QPS over the whole batch; "
-        f"p50/p99 over {s['latency_queries']} queries sent one at a time; build = train + encode + index. "
-        f"`*` and bold: best {result.quality_key} at or under that row's bytes/vector among rows with the "
-        "same R (the Pareto front)."
-        + (f" faiss: closest index_factory configuration, same data and threads (RaBitQ with qb = "
-           f"{s['faiss_rabitq_qb']}); 'vs faiss' = vecz QPS / faiss QPS." if s.get("faiss") else ""),
-        "",
-        markdown_table(result),
-        "",
-    ]
+    head = (f"{s['n']} base vectors x {s['dim']} dims, {s['nq']} queries, metric {s['metric']}, k = {s['k']}, "
+            f"{s['threads']} threads. Ground truth: {s['ground_truth']}.")
+    if result.recommendation is not None:
+        from . import recommend as rec
+
+        key = s["recall_key"]
+        md = [
+            f"# vecz bench --budget {s['budget']}: {s['dataset']}",
+            "",
+            head,
+            "",
+            f"Searched {len(s['candidates'])} specs that fit {s['budget']} code bytes per vector "
+            f"({', '.join(s['candidates'])}), re-ranking depths {s['depths']} and, for IVF, nprobe nlist/32 .. "
+            f"nlist/2, for the fastest way to {key} >= {s['target_recall']}. Tuned on queries "
+            f"{s['tune_queries'][0]}..{s['tune_queries'][1] - 1}, confirmed on held-out queries "
+            f"{s['heldout_queries'][0]}..{s['heldout_queries'][1] - 1}; search took {s['search_s']} s.",
+            "",
+            "**" + result.recommendation["summary"] + "**",
+            "",
+            "## Confirming runs (held-out queries, through the store)",
+            "",
+            "R = rows re-scored exactly per query, read from the dense file (rows/q and KiB/q as counted "
+            "by the store); QPS over the held-out batch; p50/p99 over "
+            f"{s['latency_queries']} queries sent one at a time; build = train + encode + write + fsync.",
+            "",
+            rec.format_runs(result, markdown=True),
+            "",
+            f"## Tuning sweeps ({key} on the tuning queries against re-ranking depth R)",
+            "",
+            rec.format_sweeps(result, markdown=True),
+            "",
+        ]
+    else:
+        md = [
+            f"# vecz bench: {s['dataset']}",
+            "",
+            head + f" nprobe = {s['nprobe']}.",
+            "",
+            "Every spec is built as a real store (codes in RAM, float32 vectors in the dense file) and searched "
+            "through it. bytes/vec = code bytes + 8-byte id; RAM B/vec = what the open store measures it holds "
+            "(codes in scan layout with padding, ids, trained arrays) / rows; R = rows re-scored exactly per "
+            "query, read from the dense file (rows/q and KiB/q as counted by the store); QPS over the whole "
+            f"batch; p50/p99 over {s['latency_queries']} queries sent one at a time; build = train + encode + "
+            f"write + fsync. `*` and bold: best {result.quality_key} at or under that row's bytes/vector among "
+            "rows with the same R (the Pareto front)."
+            + (f" faiss: closest index configuration, same data, training rows and threads (RaBitQ with qb = "
+               f"{s['faiss_rabitq_qb']}; IndexRefineFlat for R > 0, which keeps the float32 vectors in RAM); "
+               "'vs faiss' = vecz QPS / faiss QPS." if s.get("faiss") else ""),
+            "",
+            markdown_table(result),
+            "",
+            f"## Best spec per budget ({result.quality_key}, by re-ranking depth)",
+            "",
+            f"Each cell: the best {result.quality_key} among specs with at most that many bytes per vector, "
+            f"and the fastest spec within {NEAR_BEST} of it when that is another one.",
+            "",
+            _budget_markdown(result),
+            "",
+        ]
     faiss_notes = sorted({row["faiss_note"] for row in result.rows if row.get("faiss_note")})
     if faiss_notes:
         md += ["faiss notes:", ""] + [f"- {n}" for n in faiss_notes] + [""]

@@ -18,6 +18,7 @@ import argparse
 import shlex
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,22 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gt", metavar="GT", help="ground-truth ids (.npy or .ivecs, rows = queries, rank order); "
                    "default: exact top-100 computed in float32")
     p.add_argument("--codecs", metavar="SPECS",
-                   help=f"';'-separated codec specs (default for named datasets: {DEFAULT_CODECS!r})")
+                   help="';'-separated codec specs (default for named datasets: 12 specs from 16 to 384 code "
+                        f"bytes at 384 dims, scaled to the width: {DEFAULT_CODECS!r})")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine", help="default: cosine")
     p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--rerank", default="0,50", metavar="R,R",
-                   help="re-ranking depths: 0 = codes only, R >= k re-scores the best R exactly (default 0,50)")
-    p.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query (default 16)")
+    p.add_argument("--rerank", default="0,50,100", metavar="R,R",
+                   help="re-ranking depths: 0 = codes only, R >= k re-scores the best R exactly, reading those rows "
+                        "from the store's dense file (default 0,50,100)")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="IVF lists visited per query, vecz and faiss alike (default: nlist // 8)")
+    p.add_argument("--budget", type=int, default=None, metavar="B",
+                   help="search the codec space that fits B code bytes per vector for the spec, nprobe and "
+                        "re-ranking depth reaching --target-recall fastest (--codecs then restricts the candidates)")
+    p.add_argument("--target-recall", type=float, default=0.95, metavar="T",
+                   help="recall@10 to reach with --budget (default 0.95)")
+    p.add_argument("--work", metavar="DIR", help="build the stores here (default: a temporary folder)")
+    p.add_argument("--keep-stores", action="store_true", help="keep the stores built in --work")
     p.add_argument("--faiss", action="store_true", help="also run the closest faiss index for each spec")
     p.add_argument("--threads", type=int, default=None, help="Numba and faiss threads (default: all cores)")
     p.add_argument("--texts", metavar="BASE_TEXTS", help="base texts, line i = row i (.txt or .txt.gz)")
@@ -76,16 +87,21 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         if args.data not in bench.DATASETS and Path(args.data).is_file():
             raise InvalidInput(f"{args.data!r} is a file: give BASE QUERIES, or a dataset name "
                                f"({', '.join(bench.DATASETS)})")
-        data = bench.load_named(args.data, nq=args.nq, gt=args.gt, texts=args.texts, query_texts=args.query_texts)
-        codecs = args.codecs or bench.DEFAULT_CODECS
+        data = bench.load_named(args.data, nq=args.nq, gt=args.gt, texts=args.texts, query_texts=args.query_texts,
+                                metric=args.metric)
+        grid = bench.SAMPLE_CODECS if args.data == "sample" else bench.DEFAULT_CODECS
+        codecs = args.codecs or (None if args.budget is not None
+                                 else bench.default_codecs(*data.base.shape, grid=grid))
     else:
         if args.data in bench.DATASETS:
             raise InvalidInput(f"the named dataset {args.data!r} takes no QUERIES argument")
-        if not args.codecs:
-            raise InvalidInput("--codecs 'SPEC;SPEC;...' is required with BASE QUERIES files")
+        if not args.codecs and args.budget is None:
+            raise InvalidInput("--codecs 'SPEC;SPEC;...' (or --budget B) is required with BASE QUERIES files")
         data = bench.load_files(args.data, args.queries, gt=args.gt, texts=args.texts,
                                 query_texts=args.query_texts, nq=args.nq)
         codecs = args.codecs
+    if args.budget is not None:
+        return _bench_budget(args, data, codecs, command, started)
     specs = bench.parse_codecs(codecs, data.base.shape[1], args.metric)
     rerank = bench.parse_rerank(args.rerank, args.k)
     result = bench.run_bench(
@@ -97,7 +113,9 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         nprobe=args.nprobe,
         with_faiss=args.faiss,
         threads=args.threads,
-        progress=sys.stdout.isatty(),
+        progress=sys.stderr.isatty(),
+        work=args.work,
+        keep_stores=args.keep_stores,
     )
     s = result.settings
     print(f"vecz bench {s['dataset']}: {s['n']} x {s['dim']} base, {s['nq']} queries, metric {s['metric']}, "
@@ -118,6 +136,46 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     if args.out:
         print()
         for note in bench.write_outputs(result, args.out, bench.machine_info(command), examples):
+            print(note)
+    print()
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, command: str, started: float) -> int:
+    from . import bench, recommend
+
+    specs = bench.parse_codecs(codecs, data.base.shape[1], args.metric) if codecs else None
+    result = recommend.recommend(
+        data,
+        args.budget,
+        target=args.target_recall,
+        metric=args.metric,
+        k=args.k,
+        specs=specs,
+        with_faiss=args.faiss,
+        threads=args.threads,
+        progress=sys.stderr.isatty(),
+        work=args.work,
+        keep_stores=args.keep_stores,
+    )
+    s = result.settings
+    print(f"vecz bench {s['dataset']} --budget {s['budget']}: {s['n']} x {s['dim']} base, metric {s['metric']}, "
+          f"k={s['k']}, {s['threads']} threads; ground truth: {s['ground_truth']}")
+    print(f"candidates ({s['budget']} code bytes per vector or less): {', '.join(s['candidates'])}")
+    print(f"tuned on queries {s['tune_queries'][0]}..{s['tune_queries'][1] - 1}, confirmed on held-out queries "
+          f"{s['heldout_queries'][0]}..{s['heldout_queries'][1] - 1}")
+    print()
+    print(f"{s['recall_key']} on the tuning queries against re-ranking depth R:")
+    print(recommend.format_sweeps(result))
+    print()
+    print("confirming runs through the store (held-out queries; R rows read from disk per query):")
+    print(recommend.format_runs(result))
+    print()
+    print(result.recommendation["summary"])
+    if args.out:
+        print()
+        for note in bench.write_outputs(result, args.out, bench.machine_info(command)):
             print(note)
     print()
     print(f"done in {time.perf_counter() - started:.1f} s")

@@ -260,6 +260,42 @@ def code_size(spec: str, dim: int, metric: str = "cosine") -> int:
 # --------------------------------------------------------------------------- results
 
 
+class _SerialBlas:
+    """Run a few queries' BLAS products (rotations, IVF probes, tables) on one thread.
+
+    On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
+    after their work; a parallel region that needs the core a spinning thread holds waits
+    for a scheduler tick. A search of 8-64 queries then took 16 ms instead of 0.6-2 ms
+    (wordnet-gemma, IVF256,RB1). Small products gain nothing from threads, so searches of
+    fewer than `SERIAL_BLAS_QUERIES` queries set numpy's BLAS to one thread and back to
+    the count it had when vecz first looked (not to the count seen on entry, so concurrent
+    searches from several Python threads cannot leave it at one).
+    """
+
+    _libs: list | None = None
+    _saved: list[int] = []
+
+    @classmethod
+    def _controllers(cls) -> list:
+        if cls._libs is None:
+            from threadpoolctl import ThreadpoolController
+
+            cls._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+            cls._saved = [lib.num_threads for lib in cls._libs]
+        return cls._libs
+
+    def __enter__(self) -> None:
+        for lib in self._controllers():
+            lib.set_num_threads(1)
+
+    def __exit__(self, *exc: Any) -> None:
+        for lib, n in zip(self._controllers(), self._saved):
+            lib.set_num_threads(n)
+
+
+SERIAL_BLAS_QUERIES = 256
+
+
 class SearchStats(NamedTuple):
     """What a search did: codes scored, IVF lists probed, and (store searches with
     ``rerank``) rows and bytes read from the disk tier to re-score the shortlist."""
@@ -732,6 +768,13 @@ class CodeIndex:
         if sdc and not isinstance(codec.quantizer, RB):
             raise InvalidInput(f"sdc=True needs an RB codec, found {codec.spec!r}")
         x = codec._prepare(queries, "queries")
+        if x.shape[0] < SERIAL_BLAS_QUERIES:
+            with _SerialBlas():
+                return self._search(x, k, nprobe, sdc)
+        return self._search(x, k, nprobe, sdc)
+
+    def _search(self, x: np.ndarray, k: int, nprobe: int, sdc: bool) -> SearchResult:
+        codec = self.codec
         nq = x.shape[0]
         centroids = self.state["centroids"]
         probe_ip = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit_batch
+from ._jit import jit, jit_batch
 from .kmeans import kmeans_assign
 from .topk import topk_init, topk_push, topk_sort
 
@@ -49,66 +49,90 @@ def ivf_layout(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     return order, offsets
 
 
+@jit
+def _select_row(row, k, out_scores, out_ids):
+    """`topk_select` of one row (ids 0..n-1) into out_scores / out_ids (k,), identical
+    results, without a heap over all n entries (20-30 us per query at n = 1024, k = 64-128:
+    as much as the codes scan). A 256-bin histogram between the row's min and max finds a
+    value t with at least k entries >= t and few more; those entries, in id order, are
+    sorted stably by score (ties: smaller id first) and the first k kept. Rows with a NaN
+    or an infinite entry take the heap."""
+    n = row.shape[0]
+    n_bins = 256
+    lo = np.inf
+    hi = -np.inf
+    finite = True
+    for j in range(n):
+        x = row[j]
+        if not np.isfinite(x):
+            finite = False
+        lo = min(lo, x)
+        hi = max(hi, x)
+    if not finite or k >= n or not hi > lo:
+        hs, hid = topk_init(k)
+        for j in range(n):
+            topk_push(hs, hid, row[j], j)
+        topk_sort(hs, hid)
+        out_scores[:] = hs
+        out_ids[:] = hid
+        return
+    scale = (n_bins - 1) / (np.float64(hi) - np.float64(lo))
+    counts = np.zeros(n_bins, dtype=np.int64)
+    for j in range(n):
+        counts[int((np.float64(row[j]) - lo) * scale)] += 1
+    top = n_bins - 1
+    above = counts[top]
+    while above < k:
+        top -= 1
+        above += counts[top]
+    thr = np.float32(np.inf)  # the smallest entry in bins >= top: >= k entries reach it
+    for j in range(n):
+        if int((np.float64(row[j]) - lo) * scale) >= top:
+            thr = min(thr, row[j])
+    cand_s = np.empty(n, dtype=np.float32)
+    cand_i = np.empty(n, dtype=np.int64)
+    c = 0
+    for j in range(n):
+        if row[j] >= thr:
+            cand_s[c] = -row[j]
+            cand_i[c] = j
+            c += 1
+    order = np.argsort(cand_s[:c], kind="mergesort")  # stable: equal scores by id
+    for r in range(k):
+        out_scores[r] = -cand_s[order[r]]
+        out_ids[r] = cand_i[order[r]]
+
+
 @jit_batch
 def _select_batch(sim, k):
-    """Row-wise `topk_select` of sim (nq, n) with ids 0..n-1, identical results, without a
-    heap over all n entries (20-30 us per query at n = 1024, k = 64-128: as much as the
-    codes scan). Per row: a 256-bin histogram between the row's min and max finds a value
-    t with at least k entries >= t and few more; those entries, in id order, are sorted
-    stably by score (ties: smaller id first) and the first k kept. Rows with a NaN or an
-    infinite entry take the heap."""
-    nq, n = sim.shape
-    n_bins = 256
+    """Row-wise `_select_row` of sim (nq, n), one query per thread."""
+    nq = sim.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
-        row = sim[qi]
-        lo = np.inf
-        hi = -np.inf
-        finite = True
-        for j in range(n):
-            x = row[j]
-            if not np.isfinite(x):
-                finite = False
-            lo = min(lo, x)
-            hi = max(hi, x)
-        if not finite or k >= n or not hi > lo:
-            hs, hid = topk_init(k)
-            for j in range(n):
-                topk_push(hs, hid, row[j], j)
-            topk_sort(hs, hid)
-            out_scores[qi] = hs
-            out_ids[qi] = hid
-            continue
-        scale = (n_bins - 1) / (np.float64(hi) - np.float64(lo))
-        counts = np.zeros(n_bins, dtype=np.int64)
-        for j in range(n):
-            counts[int((np.float64(row[j]) - lo) * scale)] += 1
-        top = n_bins - 1
-        above = counts[top]
-        while above < k:
-            top -= 1
-            above += counts[top]
-        thr = np.float32(np.inf)  # the smallest entry in bins >= top: >= k entries reach it
-        for j in range(n):
-            if int((np.float64(row[j]) - lo) * scale) >= top:
-                thr = min(thr, row[j])
-        cand_s = np.empty(n, dtype=np.float32)
-        cand_i = np.empty(n, dtype=np.int64)
-        c = 0
-        for j in range(n):
-            if row[j] >= thr:
-                cand_s[c] = -row[j]
-                cand_i[c] = j
-                c += 1
-        order = np.argsort(cand_s[:c], kind="mergesort")  # stable: equal scores by id
-        for r in range(k):
-            out_scores[qi, r] = -cand_s[order[r]]
-            out_ids[qi, r] = cand_i[order[r]]
+        _select_row(sim[qi], k, out_scores[qi], out_ids[qi])
     return out_scores, out_ids
+
+
+@jit
+def _select_serial(sim, k):
+    """Serial twin of `_select_batch`: a few queries do not pay for waking the thread pool
+    (on 2 cores that wake-up waited for a scheduler tick, ~8 ms, behind BLAS's spinning
+    threads after the query's rotation product)."""
+    nq = sim.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in range(nq):
+        _select_row(sim[qi], k, out_scores[qi], out_ids[qi])
+    return out_scores, out_ids
+
+
+# Fewer queries than this select their lists serially (as engine.codecs.CodeIndex scans).
+PARALLEL_MIN_QUERIES = 8
 
 
 def ivf_probe(q: np.ndarray, centroids: np.ndarray, nprobe: int, metric: str):
     q = np.ascontiguousarray(q, dtype=np.float32)
     sim = np.ascontiguousarray(_similarity(q, centroids, metric), dtype=np.float32)
-    return _select_batch(sim, min(nprobe, centroids.shape[0]))
+    select = _select_batch if q.shape[0] >= PARALLEL_MIN_QUERIES else _select_serial
+    return select(sim, min(nprobe, centroids.shape[0]))
