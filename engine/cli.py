@@ -15,6 +15,7 @@ quiet when piped. Exit codes: 0 on success, 1 when `vecz check` finds damage, 2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import time
@@ -231,6 +232,23 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", metavar="STORE")
 
 
+@contextlib.contextmanager
+def _undo_failed_create(args: argparse.Namespace, store: Any, made_dir: bool):
+    """A build that fails before its first commit leaves no empty store behind: `vecz build`
+    could not be re-run into it (create needs a new or empty directory)."""
+    try:
+        yield
+    except BaseException:
+        path = Path(args.store)
+        names = {p.name for p in path.iterdir()}
+        if not args.append and store.version == 1 and names <= {"LOCK", "MANIFEST-000000000001"}:
+            for name in names:  # unlinking the held LOCK is fine: close() releases its descriptor
+                (path / name).unlink()
+            if made_dir:
+                path.rmdir()
+        raise
+
+
 def _build(args: argparse.Namespace) -> int:
     from formats.importers import open_vectors
 
@@ -238,16 +256,17 @@ def _build(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     with open_vectors(args.src, column=args.column, id_column=args.id_column) as source:
+        made_dir = not Path(args.store).exists()
         if args.append:
             store = Store.open(args.store, mode="a")
         else:
             store = Store.create(args.store, dim=source.dim, metric=args.metric, codec=args.codec,
                                  dense=None if args.dense == "none" else args.dense, seed=args.seed,
                                  train_size=args.train_size)
-        with store:
+        with store, _undo_failed_create(args, store, made_dir):
             if store.dim != source.dim:
                 raise DimensionMismatch(f"{args.src}: expected width {store.dim} (the store's), found {source.dim}")
-            batch_rows = args.batch_rows or max(1024, (256 << 20) // (4 * source.dim))
+            batch_rows = args.batch_rows if args.batch_rows is not None else max(1024, (256 << 20) // (4 * source.dim))
             if batch_rows < 1:
                 raise InvalidInput(f"--batch-rows must be >= 1, found {batch_rows}")
             pending: list[tuple] = []

@@ -200,7 +200,7 @@ def parse_spec(spec: str) -> tuple[Stage, ...]:
         raise CodecSpecError(f"a codec spec is a string, found {type(spec).__name__}")
     parts = [p.strip() for p in spec.split(",")]
     if not spec.strip() or any(not p for p in parts):
-        raise CodecSpecError(f"codec spec {spec!r} has an empty stage")
+        raise CodecSpecError(f"codec spec {spec!r}: expected comma-separated stages, found an empty stage")
     stages = tuple(_parse_stage(p) for p in parts)
     *prefix, last = stages
     if not isinstance(last, (PQ, RB, SQ, F16, Flat)):
@@ -340,20 +340,27 @@ class Codes(NamedTuple):
 
 
 def _as_vectors(x: Any, dim: int, what: str) -> np.ndarray:
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InvalidInput(f"{what}: expected a 2-D array (n, {dim}) of floats, found a "
+                           f"{type(x).__name__} numpy cannot make one array of ({exc})") from None
     if arr.ndim == 1:
-        arr = arr[None, :]
+        arr = arr[None, :] if arr.size else arr.reshape(0, dim)  # [] is an empty batch
     if arr.ndim != 2:
         raise InvalidInput(f"{what} must be a 2-D array (n, {dim}), found shape {arr.shape}")
     if arr.dtype.kind != "f":
         raise InvalidInput(f"{what} must be float16/32/64, found dtype {arr.dtype}")
     if arr.shape[1] != dim:
         raise DimensionMismatch(f"{what}: expected width {dim}, found {arr.shape[1]}")
+    given = arr
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
         arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
-        bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
-        raise InvalidInput(f"{what}: expected finite values, found NaN or inf in row {bad}")
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        value = given[row, col]
+        beyond = " (beyond float32's range)" if np.isfinite(value) else ""
+        raise InvalidInput(f"{what}: expected finite values, found {value}{beyond} in row {row}, column {col}")
     return arr
 
 
@@ -393,6 +400,10 @@ class Codec:
             raise InvalidInput(f"metric must be one of {METRICS}, found {metric!r}")
         if rotation not in ("itq", "random"):
             raise InvalidInput(f"rotation must be 'itq' or 'random', found {rotation!r}")
+        # checked here, not at training: a store created with them would fail its first add
+        for name, value, low in (("seed", seed, 0), ("train_size", train_size, 1)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise InvalidInput(f"{name}: expected an integer >= {low}, found {value!r}")
         self.stages = parse_spec(spec)
         self.spec = format_spec(self.stages)
         self.dim = int(dim)
@@ -434,6 +445,12 @@ class Codec:
             raise CodecSpecError(f"expected a config with id {CONFIG_ID!r}, found {config!r:.200}")
         if config.get("version") != CONFIG_VERSION:
             raise CodecSpecError(f"codec config version {config.get('version')!r} is not {CONFIG_VERSION}")
+        # a config read from a store's manifest is untrusted: a missing or mistyped field is a
+        # CodecSpecError, never a KeyError or the TypeError/ValueError of int(None) / int("")
+        for key, kind in (("spec", str), ("dim", int), ("metric", str)):
+            if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+                raise CodecSpecError(f"codec config field {key!r}: expected {kind.__name__}, "
+                                     f"found {config.get(key)!r:.80}")
         codec = cls(
             config["spec"],
             config["dim"],
@@ -495,7 +512,12 @@ class Codec:
             arr = np.asarray(state[name])
             if arr.shape != shape:
                 raise CodecSpecError(f"trained array {name!r}: expected shape {shape}, found {arr.shape}")
-            loaded[name] = np.ascontiguousarray(arr, dtype=np.float32)
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
+                loaded[name] = np.ascontiguousarray(arr, dtype=np.float32)
+            # training never produces NaN or inf; a state read from a file that holds them
+            # would make every score NaN and every search silently return nothing
+            if not np.isfinite(loaded[name]).all():
+                raise CodecSpecError(f"trained array {name!r}: expected finite values, found NaN or inf")
         self._state = loaded
 
     def _require(self) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ __all__ = [
     "DimensionMismatch",
     "InvalidInput",
     "NotTrained",
+    "IdNotFound",
     "FormatError",
     "FormatVersionError",
     "ChecksumError",
@@ -45,6 +46,13 @@ class CodecSpecError(VeczError, ValueError):
 
 class NotTrained(VeczError, RuntimeError):
     """A codec was asked to encode or search before it was trained."""
+
+
+class IdNotFound(VeczError, KeyError):
+    """Ids asked for (`Store.get`) that are not live in the store."""
+
+    def __str__(self) -> str:  # KeyError's str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class StoreLocked(VeczError, RuntimeError):

@@ -49,8 +49,8 @@ from formats.errors import StoreCorrupted, StoreNotFound
 
 from kernels import dense as dense_kernels
 
-from .codecs import METRICS, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors
-from .errors import CodecSpecError, InvalidInput, ReadOnlyStore, StoreLocked, VeczError
+from .codecs import METRICS, RB, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors
+from .errors import CodecSpecError, IdNotFound, InvalidInput, ReadOnlyStore, StoreLocked, VeczError
 
 __all__ = ["Store", "check_store"]
 
@@ -128,7 +128,11 @@ def _named_files(body: dict) -> tuple[list[str], list[Any], list[str]]:
 
 
 def _as_ids(ids: Any, what: str) -> np.ndarray:
-    arr = np.asarray(ids)
+    try:
+        arr = np.asarray(ids)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InvalidInput(f"{what}: expected a 1-D array of integer ids, found a {type(ids).__name__} "
+                           f"numpy cannot make one array of ({exc})") from None
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:
@@ -574,6 +578,9 @@ class Store:
         x = self._vectors(vectors, "vectors")
         n = x.shape[0]
         if ids is None:
+            if self.next_id > _MAX_ID - n + 1:
+                raise InvalidInput(f"ids: automatic ids {self.next_id}.. for {n} rows exceed int64 (the store "
+                                   f"holds id {self.next_id - 1}); expected explicit ids=")
             new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         else:
             new_ids = _as_ids(ids, "ids")
@@ -587,8 +594,8 @@ class Store:
                                    f"{int(counts.max())} times in the batch")
             present = self._find(new_ids) >= 0
             if present.any():
-                raise InvalidInput(f"ids: id {int(new_ids[present][0])} is already in the store "
-                                   f"({int(present.sum())} of the batch are); delete it first")
+                raise InvalidInput(f"ids: expected ids not in the store, found id {int(new_ids[present][0])} "
+                                   f"already in the store ({int(present.sum())} of the batch are); delete it first")
         if self.dense == "f16":
             big = np.abs(x) > np.finfo(np.float16).max
             if big.any():
@@ -793,6 +800,10 @@ class Store:
             raise InvalidInput(f"nprobe must be an integer in 1..{nlist} (the store's IVF lists), found {nprobe!r}")
         if rerank is None:
             rerank = 0 if self.dense == "none" else max(50, 5 * k)
+        if not isinstance(sdc, (bool, np.bool_)):
+            raise InvalidInput(f"sdc: expected True or False, found {sdc!r}")
+        if sdc and not isinstance(self.codec.quantizer, RB):
+            raise InvalidInput(f"sdc=True needs an RB codec, found {self.spec!r}")
         if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 0:
             raise InvalidInput(f"rerank must be an integer >= 0, found {rerank!r}")
         if rerank and self.dense == "none":
@@ -868,8 +879,8 @@ class Store:
         ids = _as_ids(ids, "ids")
         rows = self._find(ids)
         if (rows < 0).any():
-            raise KeyError(f"id {int(ids[rows < 0][0])} is not in the store ({int((rows < 0).sum())} of "
-                           f"{ids.size} ids are missing)")
+            raise IdNotFound(f"ids: expected ids live in the store, found id {int(ids[rows < 0][0])} missing "
+                             f"({int((rows < 0).sum())} of {ids.size} ids are missing)")
         uniq, inverse = np.unique(rows, return_inverse=True)
         vectors, _, _ = self._read_rows(uniq)
         return vectors[inverse]

@@ -252,6 +252,19 @@ class VectorSource:
 # --------------------------------------------------------------------------- .npy
 
 
+def _read_npy_magic(f: BinaryIO) -> tuple[int, int]:
+    """numpy's read_magic, then a check of the header length the file claims: numpy reads
+    that many bytes before it applies max_header_size, so a 4-byte length of 2**32 - 1 in a
+    100-byte file would make it allocate 4 GiB. Raises ValueError; leaves `f` after the magic."""
+    version = np.lib.format.read_magic(f)
+    at = f.tell()
+    claimed = int.from_bytes(f.read(2 if version == (1, 0) else 4), "little")
+    f.seek(at)
+    if claimed > _MAX_NPY_HEADER:
+        raise ValueError(f"header length {claimed} exceeds the {_MAX_NPY_HEADER}-byte cap")
+    return version
+
+
 class _NpySource(VectorSource):
     def __init__(self, path: Path) -> None:
         size = path.stat().st_size
@@ -259,7 +272,7 @@ class _NpySource(VectorSource):
             # numpy's header parser raises ValueError (and, on hostile dicts, assorted others)
             # for anything that is not a well-formed header: all of it means "damaged".
             try:
-                version = np.lib.format.read_magic(f)
+                version = _read_npy_magic(f)
                 if version == (1, 0):
                     shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=_MAX_NPY_HEADER)
                 elif version in ((2, 0), (3, 0)):
@@ -882,7 +895,14 @@ def read_ids(path: str | Path, n_queries: int, n_base: int) -> np.ndarray:
     path = _require_file(Path(path), "ground truth")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        try:
+            with open(path, "rb") as f:
+                _read_npy_magic(f)
+            # mapped, not loaded: a header claiming more rows than the file holds fails here
+            # instead of allocating them, and only the rows used are copied below
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 -- numpy's header parser, as in _NpySource
+            raise FormatError(f"{path}: expected an integer .npy array: {exc}") from None
     elif suffix == ".ivecs":
         arr = read_fvecs(path, dtype="<i4")
     else:

@@ -1,0 +1,1058 @@
+"""Bad input, table-driven: each case of the bad-input issue at each entry point it applies to
+(`Store.create/open/add/delete/search/get/train`, `vecz build` and `vecz search`).
+
+- REJECTED: the call raises exactly the typed error of its row (the CLI: `main` returns 2 and
+  prints the message on stderr) with a message that names what was expected and what was
+  found, and every store is left as it was: same version, live count and next id, same files
+  (names, sizes, mtimes, SHA-256), same search results, and no new directory.
+- ACCEPTED: float64, float16, big-endian, strided, sliced, reversed, Fortran-order and
+  read-only arrays, a single vector of shape (dim,), lists of lists are converted to float32
+  and give the ids and scores (bit for bit) of the float32 contiguous equivalent; other
+  lenient inputs (unknown or negative ids to delete, empty query batches, ...) behave as
+  their row says.
+- EDGES: 0-row stores (never added; emptied by deletes), k beyond the live rows, constant
+  and all-zero dimensions, identical vectors, zero vectors under cosine.
+
+docs/bad-input.md is these tables run for real (messages copied from the errors raised):
+regenerate it with ``python tests/test_bad_input.py --table > docs/bad-input.md``; a test
+checks that every case appears there with its error type, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":  # run as a script: the Numba cache directory pytest uses (conftest.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import conftest  # noqa: F401
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from numpy.lib import format as npy_format
+
+from engine import Store, check_store
+from engine.cli import main
+from engine.errors import (
+    CodecSpecError,
+    DimensionMismatch,
+    IdNotFound,
+    InvalidInput,
+    StoreLocked,
+    StoreNotFound,
+    VeczError,
+)
+
+DIM = 16
+MAX_ID = (1 << 63) - 1
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
+WORST = {"cosine": -np.inf, "ip": -np.inf, "l2": np.inf}
+
+
+def _data(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+Q = _data(5, seed=99)  # the queries every snapshot searches with
+
+
+def _with(x: np.ndarray, row: int, col: int, value: Any, dtype: Any = None) -> np.ndarray:
+    """A copy of x (in `dtype`) with one value replaced."""
+    y = x.astype(dtype or x.dtype, copy=True)
+    y[row, col] = value
+    return y
+
+
+# --------------------------------------------------------------------------- the stores
+
+
+class Env:
+    """The stores and files the cases run against (built once per module).
+
+    main     cosine, IVF4,RB1, dense f32: ids 0..199 in two segments, ids 0-2 deleted
+    nodense  l2, IVF2,SQ8, dense None: ids 0..79
+    half     ip, PQ4x8, dense f16: ids 0..39 and MAX_ID (so automatic ids are exhausted)
+    empty    l2, PQ4x8, dense f32: created, never trained nor added
+    cli      cosine, IVF4,RB1, dense f32: ids 0..99, closed (the CLI opens it)
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        x = _data(200)
+        self.main = Store.create(root / "main", dim=DIM, metric="cosine", codec="IVF4,RB1", dense="f32")
+        self.main.add(x[:120])
+        self.main.add(x[120:])
+        self.main.delete([0, 1, 2])
+        self.nodense = Store.create(root / "nodense", dim=DIM, metric="l2", codec="IVF2,SQ8", dense=None)
+        self.nodense.add(x[:80])
+        self.half = Store.create(root / "half", dim=DIM, metric="ip", codec="PQ4x8", dense="f16")
+        self.half.add(x[:40])
+        self.half.add(x[40:41], ids=[MAX_ID])
+        self.empty = Store.create(root / "empty", dim=DIM, metric="l2", codec="PQ4x8", dense="f32")
+        with Store.create(root / "cli", dim=DIM, metric="cosine", codec="IVF4,RB1") as cli:
+            cli.add(x[:100])
+        self.stores = {"main": self.main, "nodense": self.nodense, "half": self.half, "empty": self.empty}
+        self.new = root / "new"  # fresh targets of create/build: must stay empty
+        self.new.mkdir()
+        self._names = itertools.count()
+        self.files = root / "files"
+        self.files.mkdir()
+        self._write_files(x)
+
+    def _write_files(self, x: np.ndarray) -> None:
+        f = self.files
+        np.save(f / "good.npy", x[:50])
+        np.save(f / "int32.npy", (x[:50] * 10).astype(np.int32))
+        np.save(f / "complex.npy", x[:50].astype(np.complex64))
+        np.save(f / "nan.npy", _with(x[:50], 5, 3, np.nan))
+        np.save(f / "vector.npy", x[0])
+        np.save(f / "wide.npy", _data(20, dim=DIM + 1))
+        np.save(f / "empty.npy", np.zeros((0, DIM), np.float32))
+        # an object array's header with junk after it: refused from the header, never unpickled
+        buf = io.BytesIO()
+        npy_format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (2, DIM)})
+        (f / "object.npy").write_bytes(buf.getvalue() + b"\x80\x04junk")
+        (f / "junk.npy").write_bytes(b"not an npy file at all")
+        (f / "vectors.csv").write_text("1,2,3\n")
+        (f / "cut.fvecs").write_bytes(np.int32(DIM).tobytes() + b"\0" * 10)
+        pq.write_table(pa.table({"name": ["a", "b"]}), f / "novector.parquet")
+
+    def fresh(self) -> Path:
+        """A path under new/ that nothing exists at (a failed create/build must leave none)."""
+        return self.new / f"t{next(self._names)}"
+
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {"root": sorted(os.listdir(self.root)), "new": sorted(os.listdir(self.new)),
+                                "files": sorted(os.listdir(self.files))}
+        for name in (*self.stores, "cli"):
+            # LOCK only by name: a writer that opens the store rewrites it (FORMAT.md) before
+            # it can look at the input, and it holds no data
+            snap[f"{name} files"] = {
+                p.name: None if p.name == "LOCK" else
+                (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+                for p in sorted((self.root / name).iterdir())
+            }
+        for name, store in self.stores.items():
+            res = store.search(Q, 10, rerank=0 if store.dense == "none" else 20)
+            snap[f"{name} state"] = (store.version, len(store), store.next_id, store.n_deleted,
+                                     res.ids.tobytes(), res.scores.tobytes())
+        with Store.open(self.root / "cli") as cli:
+            res = cli.search(Q, 10, rerank=20)
+            snap["cli state"] = (cli.version, len(cli), res.ids.tobytes(), res.scores.tobytes())
+        return snap
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+
+
+def _cli(*argv: Any) -> tuple[int, str]:
+    """Run `vecz` in this process: (exit code, stderr). argparse's usage errors raise
+    SystemExit(2) instead of returning; their code is returned the same way."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+class Exit2:
+    """Marks a CLI case: `main` returns (or argparse exits with) 2, the message on stderr."""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str  # unique: the row of docs/bad-input.md
+    entry: str  # the entry point and argument
+    call: Callable[[Env], Any]
+    error: type  # the exact error type (Exit2 for the CLI)
+    match: str  # regex over the message: what was expected and what was found
+
+
+def _create(**kw: Any) -> Callable[[Env], Any]:
+    return lambda e: Store.create(e.fresh(), **{"dim": DIM, **kw})
+
+
+x4 = _data(4, seed=7)
+BAD_DTYPES = [  # (label, array): rejected for vectors, queries and training samples alike
+    ("int32", (x4 * 10).astype(np.int32)),
+    ("int64 (a list of Python ints)", np.ones((2, DIM), dtype=np.int64).tolist()),
+    ("bool", x4 > 0),
+    ("complex64", x4.astype(np.complex64)),
+    ("complex128", x4.astype(np.complex128)),
+    ("object", x4.astype(object)),
+    ("strings", np.full((2, DIM), "0.5")),
+]
+
+
+def _dtype_of(value: Any) -> str:
+    return re.escape(str(np.asarray(value).dtype))
+
+
+CASES: list[Case] = [
+    # ---- Store.create
+    Case("dim 0", "Store.create(dim)", _create(dim=0), InvalidInput, r"dim: expected an integer >= 1, found 0"),
+    Case("dim negative", "Store.create(dim)", _create(dim=-3), InvalidInput, r"expected an integer >= 1, found -3"),
+    Case("dim not an integer", "Store.create(dim)", _create(dim=1.5), InvalidInput, r"expected an integer >= 1, found 1\.5"),
+    Case("dim a bool", "Store.create(dim)", _create(dim=True), InvalidInput, r"expected an integer >= 1, found True"),
+    Case("dim a string", "Store.create(dim)", _create(dim="16"), InvalidInput, r"expected an integer >= 1, found '16'"),
+    Case("metric unknown", "Store.create(metric)", _create(metric="cos"), InvalidInput,
+         r"metric: expected one of \('cosine', 'ip', 'l2'\), found 'cos'"),
+    Case("metric in the wrong case", "Store.create(metric)", _create(metric="L2"), InvalidInput,
+         r"expected one of \('cosine', 'ip', 'l2'\), found 'L2'"),
+    Case("dense tier unknown", "Store.create(dense)", _create(dense="f64"), InvalidInput,
+         r"dense: expected one of \('f32', 'f16', 'none'\) or None, found 'f64'"),
+    Case("codec stage unknown", "Store.create(codec)", _create(codec="HNSW32"), CodecSpecError,
+         r"unknown stage 'HNSW32': expected one of MRL<d>, IVF<n>, PQ<M>x<4\|8>, RB<1..8>"),
+    Case("codec stage in lower case", "Store.create(codec)", _create(codec="rb1"), CodecSpecError,
+         r"unknown stage 'rb1': expected one of"),
+    Case("codec spec empty", "Store.create(codec)", _create(codec=""), CodecSpecError,
+         r"codec spec '': expected comma-separated stages, found an empty stage"),
+    Case("codec spec with a trailing comma", "Store.create(codec)", _create(codec="PQ4x8,"), CodecSpecError,
+         r"'PQ4x8,': expected comma-separated stages, found an empty stage"),
+    Case("codec spec not a string", "Store.create(codec)", _create(codec=None), CodecSpecError,
+         r"a codec spec is a string, found NoneType"),
+    Case("PQ bits not 4 or 8", "Store.create(codec)", _create(codec="PQ4x3"), CodecSpecError,
+         r"'PQ4x3': PQ bits must be 4 or 8, found 3"),
+    Case("RB levels beyond 8", "Store.create(codec)", _create(codec="RB9"), CodecSpecError,
+         r"'RB9': RB levels must be 1..8, found 9"),
+    Case("IVF with 0 lists", "Store.create(codec)", _create(codec="IVF0,RB1"), CodecSpecError,
+         r"'IVF0': nlist must be >= 1, found 0"),
+    Case("codec stages out of order", "Store.create(codec)", _create(codec="RB1,IVF4"), CodecSpecError,
+         r"must end with a quantizer stage, found 'IVF4'"),
+    Case("codec spec without a quantizer", "Store.create(codec)", _create(codec="IVF4"), CodecSpecError,
+         r"must end with a quantizer stage, found 'IVF4'"),
+    Case("codec stage repeated", "Store.create(codec)", _create(codec="IVF4,IVF4,RB1"), CodecSpecError,
+         r"stage 'IVF4' is repeated or out of order \(expected MRL, then IVF\)"),
+    Case("PQ sub-quantizers exceed dim", "Store.create(codec, dim)", _create(codec="PQ32x8"), CodecSpecError,
+         r"'PQ32x8': M=32 sub-quantizers exceed the 16 coded dims"),
+    Case("MRL keeps more dims than dim", "Store.create(codec, dim)", _create(codec="MRL32,RB1"), CodecSpecError,
+         r"'MRL32' keeps 32 dims but vectors have only 16"),
+    Case("PQ sub-quantizers exceed the MRL dims", "Store.create(codec, dim)", _create(codec="MRL8,PQ16x8"),
+         CodecSpecError, r"'PQ16x8': M=16 sub-quantizers exceed the 8 coded dims"),
+    Case("4-bit PQ beyond 512 sub-quantizers", "Store.create(codec, dim)", _create(dim=1024, codec="PQ600x4"),
+         CodecSpecError, r"'PQ600x4': 4-bit PQ supports at most 512 sub-quantizers"),
+    Case("rotation unknown", "Store.create(rotation)", _create(rotation="pca"), InvalidInput,
+         r"rotation must be 'itq' or 'random', found 'pca'"),
+    Case("seed negative", "Store.create(seed)", _create(seed=-1), InvalidInput,
+         r"seed: expected an integer >= 0, found -1"),
+    Case("train_size 0", "Store.create(train_size)", _create(train_size=0), InvalidInput,
+         r"train_size: expected an integer >= 1, found 0"),
+    Case("directory holds a store", "Store.create(path)", lambda e: Store.create(e.root / "main", dim=DIM),
+         InvalidInput, r"main: expected a new or empty directory, found an existing non-empty directory"),
+    Case("path is a file", "Store.create(path)", lambda e: Store.create(e.files / "good.npy", dim=DIM),
+         InvalidInput, r"good\.npy: expected a new or empty directory, found an existing file"),
+    # ---- Store.open
+    Case("open mode unknown", "Store.open(mode)", lambda e: Store.open(e.root / "cli", mode="w"), InvalidInput,
+         r"mode: expected 'r' or 'a', found 'w'"),
+    Case("open a directory that does not exist", "Store.open(path)", lambda e: Store.open(e.fresh()),
+         StoreNotFound, r"t\d+: no store directory here"),
+    Case("open a second writer", "Store.open(mode='a')", lambda e: Store.open(e.root / "main", mode="a"),
+         StoreLocked, r"another writer holds the store \(pid \d+ .*\); expected no writer, found one"),
+    # ---- Store.add: vectors
+    Case("vectors one column too wide", "Store.add(vectors)", lambda e: e.main.add(_data(3, dim=DIM + 1)),
+         DimensionMismatch, r"vectors: expected width 16, found 17"),
+    Case("single vector of the wrong width", "Store.add(vectors)", lambda e: e.main.add(np.ones(DIM - 1, np.float32)),
+         DimensionMismatch, r"vectors: expected width 16, found 15"),
+    Case("vectors 3-D", "Store.add(vectors)", lambda e: e.main.add(np.ones((2, 2, DIM), np.float32)), InvalidInput,
+         r"vectors must be a 2-D array \(n, 16\), found shape \(2, 2, 16\)"),
+    Case("vectors None", "Store.add(vectors)", lambda e: e.main.add(None), InvalidInput,
+         r"vectors must be a 2-D array \(n, 16\), found shape \(\)"),
+    Case("vectors ragged lists", "Store.add(vectors)", lambda e: e.main.add([[0.5] * DIM, [0.5] * (DIM - 1)]),
+         InvalidInput, r"vectors: expected a 2-D array \(n, 16\) of floats, found a list numpy cannot make one array of"),
+    *[Case(f"vectors {label}", "Store.add(vectors)", (lambda e, a=arr: e.main.add(a)), InvalidInput,
+           rf"vectors must be float16/32/64, found dtype {_dtype_of(arr)}") for label, arr in BAD_DTYPES],
+    Case("vectors with NaN", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 2, 5, np.nan)), InvalidInput,
+         r"vectors: expected finite values, found nan in row 2, column 5"),
+    Case("vectors with +inf", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 1, 0, np.inf)), InvalidInput,
+         r"vectors: expected finite values, found inf in row 1, column 0"),
+    Case("float64 vectors with -inf", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 3, 9, -np.inf, np.float64)),
+         InvalidInput, r"vectors: expected finite values, found -inf in row 3, column 9"),
+    Case("float64 vectors beyond float32's range", "Store.add(vectors)",
+         lambda e: e.main.add(_with(x4, 0, 4, 1e300, np.float64)), InvalidInput,
+         r"vectors: expected finite values, found 1e\+300 \(beyond float32's range\) in row 0, column 4"),
+    Case("float16 vectors with NaN", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 1, 1, np.nan, np.float16)),
+         InvalidInput, r"vectors: expected finite values, found nan in row 1, column 1"),
+    Case("empty batch", "Store.add(vectors)", lambda e: e.main.add(np.zeros((0, DIM), np.float32)), InvalidInput,
+         r"vectors: expected at least 1 row, found 0"),
+    Case("empty list", "Store.add(vectors)", lambda e: e.main.add([]), InvalidInput,
+         r"vectors: expected at least 1 row, found 0"),
+    Case("value beyond float16 for a dense f16 tier", "Store.add(vectors)",
+         lambda e: e.half.add(_with(x4, 2, 0, 7e4), ids=[600, 601, 602, 603]), InvalidInput,
+         r"dense='f16' stores values up to 65504 in magnitude, found 70000 in row 2"),
+    # ---- Store.add: ids
+    Case("ids repeated in the batch", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[500, 500]), InvalidInput,
+         r"ids: expected distinct ids, found 500 2 times in the batch"),
+    Case("ids negative", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[-1, 500]), InvalidInput,
+         r"ids must be >= 0 \(-1 marks an empty result slot\), found -1"),
+    Case("ids already in the store", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[500, 3]), InvalidInput,
+         r"ids: expected ids not in the store, found id 3 already in the store"),
+    Case("fewer ids than vectors", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[500]), InvalidInput,
+         r"ids: expected 2 ids \(one per vector\), found 1"),
+    Case("more ids than vectors", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[500, 501, 502]), InvalidInput,
+         r"ids: expected 2 ids \(one per vector\), found 3"),
+    Case("ids float", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[500.0, 501.0]), InvalidInput,
+         r"ids: expected integer ids, found dtype float64"),
+    Case("ids strings", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=["500", "501"]), InvalidInput,
+         r"ids: expected integer ids, found dtype <U3"),
+    Case("ids bool", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[True, False]), InvalidInput,
+         r"ids: expected integer ids, found dtype bool"),
+    Case("ids 2-D", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[[500, 501]]), InvalidInput,
+         r"ids: expected a 1-D array of integer ids, found shape \(1, 2\)"),
+    Case("ids ragged lists", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[[500], [501, 502]]), InvalidInput,
+         r"ids: expected a 1-D array of integer ids, found a list numpy cannot make one array of"),
+    Case("ids beyond int64", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=np.array([2**63, 5], np.uint64)),
+         InvalidInput, r"ids: ids must fit int64, found 9223372036854775808"),
+    Case("automatic ids exhausted", "Store.add(ids=None)", lambda e: e.half.add(x4[:1]), InvalidInput,
+         r"automatic ids 9223372036854775808\.\. for 1 rows exceed int64 .*; expected explicit ids="),
+    # ---- Store.delete
+    Case("delete float ids", "Store.delete(ids)", lambda e: e.main.delete([5.0]), InvalidInput,
+         r"ids: expected integer ids, found dtype float64"),
+    Case("delete string ids", "Store.delete(ids)", lambda e: e.main.delete(["5"]), InvalidInput,
+         r"ids: expected integer ids, found dtype <U1"),
+    Case("delete None", "Store.delete(ids)", lambda e: e.main.delete(None), InvalidInput,
+         r"ids: expected integer ids, found dtype object"),
+    Case("delete 2-D ids", "Store.delete(ids)", lambda e: e.main.delete([[5, 6]]), InvalidInput,
+         r"ids: expected a 1-D array of integer ids, found shape \(1, 2\)"),
+    Case("delete ragged ids", "Store.delete(ids)", lambda e: e.main.delete([[5], [6, 7]]), InvalidInput,
+         r"ids: expected a 1-D array of integer ids, found a list numpy cannot make one array of"),
+    # ---- Store.search: queries
+    Case("queries one column too wide", "Store.search(queries)", lambda e: e.main.search(_data(2, dim=DIM + 1)),
+         DimensionMismatch, r"queries: expected width 16, found 17"),
+    Case("single query of the wrong width", "Store.search(queries)", lambda e: e.main.search(np.ones(8, np.float32)),
+         DimensionMismatch, r"queries: expected width 16, found 8"),
+    Case("queries 3-D", "Store.search(queries)", lambda e: e.main.search(np.ones((1, 2, DIM), np.float32)),
+         InvalidInput, r"queries must be a 2-D array \(n, 16\), found shape \(1, 2, 16\)"),
+    Case("queries None", "Store.search(queries)", lambda e: e.main.search(None), InvalidInput,
+         r"queries must be a 2-D array \(n, 16\), found shape \(\)"),
+    Case("queries ragged lists", "Store.search(queries)", lambda e: e.main.search([[0.5] * DIM, [0.5]]),
+         InvalidInput, r"queries: expected a 2-D array \(n, 16\) of floats, found a list numpy cannot make one array of"),
+    *[Case(f"queries {label}", "Store.search(queries)", (lambda e, a=arr: e.main.search(a)), InvalidInput,
+           rf"queries must be float16/32/64, found dtype {_dtype_of(arr)}") for label, arr in BAD_DTYPES],
+    Case("queries with NaN", "Store.search(queries)", lambda e: e.main.search(_with(Q, 4, 2, np.nan)), InvalidInput,
+         r"queries: expected finite values, found nan in row 4, column 2"),
+    Case("queries with -inf", "Store.search(queries)", lambda e: e.main.search(_with(Q, 0, 7, -np.inf)),
+         InvalidInput, r"queries: expected finite values, found -inf in row 0, column 7"),
+    Case("queries with NaN on a 0-row store", "Store.search(queries)",
+         lambda e: e.empty.search(_with(Q, 1, 0, np.nan)), InvalidInput,
+         r"queries: expected finite values, found nan in row 1, column 0"),
+    Case("queries of the wrong width on a 0-row store", "Store.search(queries)",
+         lambda e: e.empty.search(_data(1, dim=DIM + 2)), DimensionMismatch, r"queries: expected width 16, found 18"),
+    # ---- Store.search: k, nprobe, rerank, sdc
+    Case("k 0", "Store.search(k)", lambda e: e.main.search(Q, 0), InvalidInput, r"k must be an integer >= 1, found 0"),
+    Case("k negative", "Store.search(k)", lambda e: e.main.search(Q, -5), InvalidInput,
+         r"k must be an integer >= 1, found -5"),
+    Case("k not an integer", "Store.search(k)", lambda e: e.main.search(Q, 2.5), InvalidInput,
+         r"k must be an integer >= 1, found 2\.5"),
+    Case("k a bool", "Store.search(k)", lambda e: e.main.search(Q, True), InvalidInput,
+         r"k must be an integer >= 1, found True"),
+    Case("k a string", "Store.search(k)", lambda e: e.main.search(Q, "10"), InvalidInput,
+         r"k must be an integer >= 1, found '10'"),
+    Case("nprobe 0", "Store.search(nprobe)", lambda e: e.main.search(Q, 5, nprobe=0), InvalidInput,
+         r"nprobe must be an integer in 1\.\.4 \(the store's IVF lists\), found 0"),
+    Case("nprobe beyond nlist", "Store.search(nprobe)", lambda e: e.main.search(Q, 5, nprobe=5), InvalidInput,
+         r"nprobe must be an integer in 1\.\.4 \(the store's IVF lists\), found 5"),
+    Case("nprobe above 1 without IVF", "Store.search(nprobe)", lambda e: e.half.search(Q, 5, nprobe=2), InvalidInput,
+         r"nprobe must be an integer in 1\.\.1 \(the store's IVF lists\), found 2"),
+    Case("nprobe not an integer", "Store.search(nprobe)", lambda e: e.main.search(Q, 5, nprobe=2.0), InvalidInput,
+         r"nprobe must be an integer in 1\.\.4 .*found 2\.0"),
+    Case("rerank negative", "Store.search(rerank)", lambda e: e.main.search(Q, 5, rerank=-1), InvalidInput,
+         r"rerank must be an integer >= 0, found -1"),
+    Case("rerank below k", "Store.search(rerank)", lambda e: e.main.search(Q, 10, rerank=5), InvalidInput,
+         r"rerank must be 0 or >= k=10 \(it re-scores the R best candidates\), found 5"),
+    Case("rerank not an integer", "Store.search(rerank)", lambda e: e.main.search(Q, 5, rerank=50.0), InvalidInput,
+         r"rerank must be an integer >= 0, found 50\.0"),
+    Case("rerank without a dense tier", "Store.search(rerank)", lambda e: e.nodense.search(Q, 5, rerank=20),
+         InvalidInput, r"rerank=20 needs a dense tier; this store was created with dense=None \(use rerank=0\)"),
+    Case("sdc not a bool", "Store.search(sdc)", lambda e: e.main.search(Q, 5, sdc="yes"), InvalidInput,
+         r"sdc: expected True or False, found 'yes'"),
+    Case("sdc on a PQ store", "Store.search(sdc)", lambda e: e.half.search(Q, 5, sdc=True), InvalidInput,
+         r"sdc=True needs an RB codec, found 'PQ4x8'"),
+    Case("sdc on a 0-row PQ store", "Store.search(sdc)", lambda e: e.empty.search(Q, 5, sdc=True), InvalidInput,
+         r"sdc=True needs an RB codec, found 'PQ4x8'"),
+    Case("sdc on an RB store", "Store.search(sdc)", lambda e: e.main.search(Q, 5, sdc=True), InvalidInput,
+         r"sdc=True needs the row codes, which this index \(built with keep_rows=False\) does not keep"),
+    # ---- Store.get
+    Case("get an id never added", "Store.get(ids)", lambda e: e.main.get([7, 10**6]), IdNotFound,
+         r"ids: expected ids live in the store, found id 1000000 missing \(1 of 2 ids are missing\)"),
+    Case("get a deleted id", "Store.get(ids)", lambda e: e.main.get([1]), IdNotFound,
+         r"expected ids live in the store, found id 1 missing"),
+    Case("get a negative id", "Store.get(ids)", lambda e: e.main.get([-1]), IdNotFound,
+         r"expected ids live in the store, found id -1 missing"),
+    Case("get float ids", "Store.get(ids)", lambda e: e.main.get([5.0]), InvalidInput,
+         r"ids: expected integer ids, found dtype float64"),
+    Case("get 2-D ids", "Store.get(ids)", lambda e: e.main.get([[5]]), InvalidInput,
+         r"ids: expected a 1-D array of integer ids, found shape \(1, 1\)"),
+    Case("get on a 0-row store", "Store.get(ids)", lambda e: e.empty.get([0]), IdNotFound,
+         r"expected ids live in the store, found id 0 missing"),
+    Case("get without a dense tier", "Store.get(ids)", lambda e: e.nodense.get([5]), InvalidInput,
+         r"get\(\) needs a dense tier; this store was created with dense=None"),
+    # ---- Store.train
+    Case("train a store that holds rows", "Store.train(sample)", lambda e: e.main.train(_data(20)), InvalidInput,
+         r"train needs an empty store .*, found 200 rows"),
+    Case("train on an empty sample", "Store.train(sample)", lambda e: e.empty.train(np.zeros((0, DIM), np.float32)),
+         InvalidInput, r"training sample: expected at least 1 row, found 0"),
+    Case("train on a sample with NaN", "Store.train(sample)", lambda e: e.empty.train(_with(_data(20), 3, 3, np.nan)),
+         InvalidInput, r"training sample: expected finite values, found nan in row 3, column 3"),
+    Case("train on a sample of the wrong width", "Store.train(sample)", lambda e: e.empty.train(_data(20, dim=8)),
+         DimensionMismatch, r"training sample: expected width 16, found 8"),
+    Case("train on an int sample", "Store.train(sample)", lambda e: e.empty.train(np.ones((20, DIM), np.int32)),
+         InvalidInput, r"training sample must be float16/32/64, found dtype int32"),
+    # ---- vecz build
+    Case("build: SRC missing", "vecz build SRC", lambda e: _cli("build", e.files / "missing.npy", e.fresh()), Exit2,
+         r"vecz build: error: vectors: no such file '.*missing\.npy'"),
+    Case("build: SRC of an unsupported type", "vecz build SRC",
+         lambda e: _cli("build", e.files / "vectors.csv", e.fresh()), Exit2,
+         r"expected a \.npy or \.fvecs file or Arrow data .*; found suffix '\.csv'"),
+    Case("build: SRC not an .npy file", "vecz build SRC", lambda e: _cli("build", e.files / "junk.npy", e.fresh()),
+         Exit2, r"junk\.npy: expected a numeric \.npy array: the magic string is not correct; expected b'\\x93NUMPY'"),
+    Case("build: int32 .npy", "vecz build SRC", lambda e: _cli("build", e.files / "int32.npy", e.fresh()), Exit2,
+         r"int32\.npy: vectors must be float16/32/64, found dtype int32"),
+    Case("build: complex .npy", "vecz build SRC", lambda e: _cli("build", e.files / "complex.npy", e.fresh()), Exit2,
+         r"complex\.npy: vectors must be float16/32/64, found dtype complex64"),
+    Case("build: object .npy", "vecz build SRC", lambda e: _cli("build", e.files / "object.npy", e.fresh()), Exit2,
+         r"object\.npy: vectors must be float16/32/64, found dtype object"),
+    Case("build: 1-D .npy", "vecz build SRC", lambda e: _cli("build", e.files / "vector.npy", e.fresh()), Exit2,
+         r"vector\.npy: vectors must be a 2-D array \(n, dim\), found shape \(16,\)"),
+    Case("build: NaN in the first batch", "vecz build SRC", lambda e: _cli("build", e.files / "nan.npy", e.fresh()),
+         Exit2, r"vectors: expected finite values, found nan in row 5, column 3"),
+    Case("build: truncated .fvecs", "vecz build SRC", lambda e: _cli("build", e.files / "cut.fvecs", e.fresh()),
+         Exit2, r"cut\.fvecs: file size 14 bytes is not a multiple of the row size 68"),
+    Case("build: .parquet without a vector column", "vecz build SRC",
+         lambda e: _cli("build", e.files / "novector.parquet", e.fresh()), Exit2,
+         r"novector\.parquet: expected a vector column .*, found none \(columns: name"),
+    Case("build: bad codec spec", "vecz build --codec",
+         lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--codec", "PQ4x3"), Exit2,
+         r"vecz build: error: stage 'PQ4x3': PQ bits must be 4 or 8, found 3"),
+    Case("build: spec does not fit the file's width", "vecz build --codec",
+         lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--codec", "PQ32x8"), Exit2,
+         r"'PQ32x8': M=32 sub-quantizers exceed the 16 coded dims"),
+    Case("build: --train-size 0", "vecz build --train-size",
+         lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--train-size", "0"), Exit2,
+         r"train_size: expected an integer >= 1, found 0"),
+    Case("build: --batch-rows 0", "vecz build --batch-rows",
+         lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--batch-rows", "0"), Exit2,
+         r"--batch-rows must be >= 1, found 0"),
+    Case("build: --metric unknown", "vecz build --metric",
+         lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--metric", "cos"), Exit2,
+         r"argument --metric: invalid choice: 'cos' \(choose from 'cosine', 'ip', 'l2'\)"),
+    Case("build: --dense unknown", "vecz build --dense",
+         lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--dense", "f64"), Exit2,
+         r"argument --dense: invalid choice: 'f64' \(choose from 'f32', 'f16', 'none'\)"),
+    Case("build: into an existing store", "vecz build STORE",
+         lambda e: _cli("build", e.files / "good.npy", e.root / "cli"), Exit2,
+         r"cli: expected a new or empty directory, found an existing non-empty directory"),
+    Case("build: --append a file of another width", "vecz build --append",
+         lambda e: _cli("build", e.files / "wide.npy", e.root / "cli", "--append"), Exit2,
+         r"wide\.npy: expected width 16 \(the store's\), found 17"),
+    Case("build: --append to a missing store", "vecz build --append",
+         lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--append"), Exit2,
+         r"vecz build: error: .*t\d+: no store directory here"),
+    # ---- vecz search
+    Case("search: QUERIES missing", "vecz search QUERIES", lambda e: _cli("search", e.root / "cli", e.files / "no.npy"),
+         Exit2, r"vecz search: error: vectors: no such file '.*no\.npy'"),
+    Case("search: QUERIES not an .npy file", "vecz search QUERIES",
+         lambda e: _cli("search", e.root / "cli", e.files / "junk.npy"), Exit2,
+         r"junk\.npy: expected a numeric \.npy array: the magic string is not correct"),
+    Case("search: int32 QUERIES", "vecz search QUERIES", lambda e: _cli("search", e.root / "cli", e.files / "int32.npy"),
+         Exit2, r"int32\.npy: vectors must be float16/32/64, found dtype int32"),
+    Case("search: NaN in QUERIES", "vecz search QUERIES", lambda e: _cli("search", e.root / "cli", e.files / "nan.npy"),
+         Exit2, r"queries: expected finite values, found nan in row 5, column 3"),
+    Case("search: QUERIES of another width", "vecz search QUERIES",
+         lambda e: _cli("search", e.root / "cli", e.files / "wide.npy"), Exit2, r"queries: expected width 16, found 17"),
+    Case("search: -k 0", "vecz search -k", lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "-k", "0"),
+         Exit2, r"k must be an integer >= 1, found 0"),
+    Case("search: --nprobe beyond nlist", "vecz search --nprobe",
+         lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "--nprobe", "9"), Exit2,
+         r"nprobe must be an integer in 1\.\.4 \(the store's IVF lists\), found 9"),
+    Case("search: --rerank below k", "vecz search --rerank",
+         lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "-k", "10", "--rerank", "3"), Exit2,
+         r"rerank must be 0 or >= k=10 .*, found 3"),
+    Case("search: --out of an unknown type", "vecz search --out",
+         lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "--out", e.new / "out.txt"), Exit2,
+         r"out\.txt: expected a results file ending in \.npy or \.parquet, found suffix '\.txt'"),
+    Case("search: --batch-rows 0", "vecz search --batch-rows",
+         lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "--batch-rows", "0"), Exit2,
+         r"--batch-rows must be >= 1, found 0"),
+    Case("search: STORE missing", "vecz search STORE", lambda e: _cli("search", e.fresh(), e.files / "good.npy"),
+         Exit2, r"vecz search: error: .*t\d+: no store directory here"),
+]
+
+
+def run_case(case: Case, env: Env) -> tuple[str, str]:
+    """Run one case: (what happened, its message). Used by the test and the doc alike."""
+    if case.error is Exit2:
+        code, err = case.call(env)
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        return f"exit {code}", lines[-1] if lines else ""
+    try:
+        case.call(env)
+    except Exception as exc:  # noqa: BLE001 - the caller checks the type
+        return type(exc).__name__, str(exc)
+    return "no error", ""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory):
+    e = Env(tmp_path_factory.mktemp("bad-input"))
+    yield e
+    e.close()
+
+
+def test_case_names_are_unique_and_table_safe():
+    names = [c.name for c in CASES] + [a.name for a in ACCEPTED] + [g.name for g in EDGES]
+    assert len(names) == len(set(names))
+    assert not [n for n in names if "|" in n or "`" in n]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_rejected_with_a_typed_error_and_nothing_changes(env: Env, case: Case):
+    before = env.snapshot()
+    if case.error is Exit2:
+        code, err = case.call(env)
+        assert code == 2, err
+        assert re.search(case.match, err), err
+    else:
+        with pytest.raises(VeczError) as info:
+            case.call(env)
+        assert type(info.value) is case.error, f"{type(info.value).__name__}: {info.value}"
+        assert re.search(case.match, str(info.value)), str(info.value)
+    assert env.snapshot() == before
+
+
+# --------------------------------------------------------------------------- accepted input
+
+
+@dataclass(frozen=True)
+class Accepted:
+    name: str
+    entry: str
+    check: Callable[[Env, Path], str]  # asserts the behaviour; returns what happened (for the doc)
+
+
+def _pair(tmp: Path, name: str) -> tuple[Store, Store]:
+    """Two identical fresh stores: one gets the float32 reference, one the variant."""
+    return tuple(Store.create(tmp / f"{name}-{i}", dim=DIM, metric="l2", codec="IVF2,RB1", dense="f32")
+                 for i in range(2))
+
+
+def _same_store_results(a: Store, b: Store) -> None:
+    ra = a.search(Q, 5, nprobe=2, rerank=20)
+    rb = b.search(Q, 5, nprobe=2, rerank=20)
+    np.testing.assert_array_equal(ra.ids, rb.ids)
+    np.testing.assert_array_equal(ra.scores, rb.scores)
+    np.testing.assert_array_equal(a.get(a.ids()), b.get(b.ids()))
+    assert (a.ids() == b.ids()).all() and len(a) == len(b)
+
+
+X = _data(40, seed=5)
+X16 = X.astype(np.float16)
+
+
+def _strided(x: np.ndarray) -> np.ndarray:
+    buf = np.zeros((2 * len(x), x.shape[1]), x.dtype)
+    buf[::2] = x
+    return buf[::2]
+
+
+def _sliced(x: np.ndarray) -> np.ndarray:
+    buf = np.zeros((len(x), 2 * x.shape[1]), x.dtype)
+    buf[:, 1::2] = x
+    return buf[:, 1::2]
+
+
+def _read_only(x: np.ndarray) -> np.ndarray:
+    y = x.copy()
+    y.setflags(write=False)
+    return y
+
+
+def _memory_mapped(x: np.ndarray) -> np.ndarray:
+    """x in a read-only map of an unnamed temporary file (the map outlives the file object)."""
+    with tempfile.TemporaryFile() as f:
+        f.write(np.ascontiguousarray(x, np.float32).tobytes())
+        f.flush()
+        return np.memmap(f, dtype=np.float32, mode="r", shape=x.shape)
+
+
+VARIANTS: list[tuple[str, Callable[[np.ndarray], Any], np.ndarray]] = [
+    # (label, variant of X, the float32 contiguous array it must equal)
+    ("float64", lambda x: x.astype(np.float64), X),
+    ("big-endian float64", lambda x: x.astype(">f8"), X),
+    ("float16", lambda x: x.astype(np.float16), X16.astype(np.float32)),
+    ("strided rows (every other row of a buffer)", _strided, X),
+    ("sliced columns (every other column)", _sliced, X),
+    ("reversed rows of a reversed copy (negative strides)", lambda x: x[::-1].copy()[::-1], X),
+    ("Fortran order", np.asfortranarray, X),
+    ("transposed copy, transposed back (a view)", lambda x: x.T.copy().T, X),
+    ("read-only array", _read_only, X),
+    ("memory-mapped file, read-only", _memory_mapped, X),
+    ("list of lists of floats", lambda x: x.tolist(), X),
+]
+
+
+def _add_variant(label: str, make: Callable[[np.ndarray], Any], want: np.ndarray) -> Callable[[Env, Path], str]:
+    def check(env: Env, tmp: Path) -> str:
+        variant = make(X)
+        if isinstance(variant, np.ndarray):  # the variant really is not plain float32 C-contiguous
+            assert variant.dtype != np.float32 or not variant.flags.c_contiguous or not variant.flags.writeable
+        ref, var = _pair(tmp, re.sub(r"\W+", "-", label))
+        ref.add(want)
+        var.add(variant)
+        _same_store_results(ref, var)
+        ref.close()
+        var.close()
+        return "accepted: converted to float32 C-contiguous; the same ids, scores and stored vectors as the " \
+               "float32 contiguous input"
+    return check
+
+
+def _search_variant(label: str, make: Callable[[np.ndarray], Any], want_of: Callable[[np.ndarray], np.ndarray]):
+    def check(env: Env, tmp: Path) -> str:
+        got = env.main.search(make(Q), 7)
+        want = env.main.search(want_of(Q), 7)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        return "accepted: converted to float32 C-contiguous; the same ids and scores as the float32 contiguous queries"
+    return check
+
+
+def _single_vector_add(env: Env, tmp: Path) -> str:
+    ref, var = _pair(tmp, "single")
+    assert ref.add(X[:1], ids=[7]).tolist() == [7]
+    assert var.add(X[0], ids=7).tolist() == [7]  # shape (dim,) and a scalar id
+    _same_store_results(ref, var)
+    ref.close()
+    var.close()
+    return "accepted: one row, as X[None, :]; a scalar id is one id"
+
+
+def _single_query(env: Env, tmp: Path) -> str:
+    got = env.main.search(Q[0], 4)
+    want = env.main.search(Q[:1], 4)
+    assert got.ids.shape == (1, 4)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    return "accepted: one query, results of shape (1, k)"
+
+
+def _id_dtypes(env: Env, tmp: Path) -> str:
+    with Store.create(tmp / "ids", dim=DIM, codec="RB1") as s:
+        s.add(X[:3], ids=np.array([5, 6, 7], np.uint32))
+        s.add(X[3:6], ids=np.array([8, 9, 10], np.int16))
+        s.add(X[6:9], ids=[11, 12, MAX_ID])
+        assert s.ids().tolist() == [5, 6, 7, 8, 9, 10, 11, 12, MAX_ID]
+        np.testing.assert_array_equal(s.get([MAX_ID, 5]), X[[8, 0]])
+    return ("accepted: integer arrays of any width (uint32 and int16 tested) and lists of ints, converted to "
+            "int64; ids up to 2**63 - 1 (uint64 values beyond it are rejected)")
+
+
+def _readd_deleted(env: Env, tmp: Path) -> str:
+    with Store.create(tmp / "readd", dim=DIM, codec="RB1") as s:
+        s.add(X[:5])
+        s.delete([2])
+        s.add(X[5:6] * 2, ids=[2])
+        np.testing.assert_array_equal(s.get([2]), X[5:6] * 2)
+        assert len(s) == 5
+    return "accepted: a deleted id may be added again; it names the new row only"
+
+
+def _delete_lenient(env: Env, tmp: Path) -> str:
+    with Store.create(tmp / "del", dim=DIM, codec="RB1") as s:
+        s.add(X[:10])
+        v = s.version
+        assert s.delete([-1, -5, 10**9]) == 0 and s.version == v  # nothing to delete: no commit
+        assert s.delete([]) == 0 and s.version == v
+        assert s.delete([3, 3, 4, 4, 4, -1]) == 2 and s.version == v + 1
+        assert s.delete(np.uint8(5)) == 1
+        assert s.ids().tolist() == [0, 1, 2, 6, 7, 8, 9]
+    return ("accepted: ids that are not live (negative, unknown, already deleted) are ignored and repeats count "
+            "once; returns how many rows were deleted, and commits nothing when that is 0")
+
+
+def _empty_query_batch(env: Env, tmp: Path) -> str:
+    for q in (np.zeros((0, DIM), np.float32), []):
+        res = env.main.search(q, 6)
+        assert res.ids.shape == (0, 6) and res.scores.shape == (0, 6)
+        assert res.ids.dtype == np.int64 and res.scores.dtype == np.float32
+    return "accepted: 0 queries give results of shape (0, k)"
+
+
+def _get_nothing(env: Env, tmp: Path) -> str:
+    got = env.main.get([])
+    assert got.shape == (0, DIM) and got.dtype == np.float32
+    return "accepted: returns an empty (0, dim) float32 array"
+
+
+def _boundaries(env: Env, tmp: Path) -> str:
+    live = len(env.main)
+    full = env.main.search(Q, 10, nprobe=4, rerank=10)  # nprobe = nlist, rerank = k
+    beyond = env.main.search(Q, 10, nprobe=4, rerank=10 * live)  # rerank beyond the live rows
+    assert (full.ids >= 0).all() and (beyond.ids >= 0).all()
+    assert beyond.stats.rows_read <= len(Q) * live
+    return "accepted: nprobe = nlist, rerank = k, and rerank beyond the live rows (reads each live row at most once)"
+
+
+def _uneven_pq(env: Env, tmp: Path) -> str:
+    with Store.create(tmp / "pq5", dim=DIM, codec="PQ5x8", metric="l2") as s:  # 16 dims, 5 sub-quantizers
+        s.add(X)
+        res = s.search(X[:3], 1, rerank=40)
+        assert res.ids[:, 0].tolist() == [0, 1, 2]
+    return "accepted: dims need not divide by M (sub-vectors of unequal width)"
+
+
+def _more_lists_than_rows(env: Env, tmp: Path) -> str:
+    with Store.create(tmp / "ivf", dim=DIM, codec="IVF64,RB1", metric="l2") as s:
+        s.add(X[:10])
+        res = s.search(X[:3], 1, nprobe=64, rerank=10)
+        assert res.ids[:, 0].tolist() == [0, 1, 2]
+    return "accepted: trains with more lists than rows; searching every list finds every row"
+
+
+def _spec_spaces(env: Env, tmp: Path) -> str:
+    with Store.create(tmp / "spaces", dim=DIM, codec=" IVF2 , RB1 ") as s:
+        assert s.spec == "IVF2,RB1"
+    return "accepted: spaces around stages are dropped; the spec is stored canonical ('IVF2,RB1')"
+
+
+def _build_empty_file(env: Env, tmp: Path) -> str:
+    code, err = _cli("build", env.files / "empty.npy", tmp / "built")
+    assert code == 0, err
+    with Store.open(tmp / "built") as s:
+        assert len(s) == 0 and not s.codec.is_trained and s.dim == DIM
+        assert (s.search(Q, 3).ids == -1).all()
+    return "accepted: exit 0; a 0-row store (codec untrained) of the file's width"
+
+
+def _build_fails_late(env: Env, tmp: Path) -> str:
+    x = _data(60, seed=3)
+    x[50, 2] = np.nan
+    np.save(tmp / "late.npy", x)
+    code, err = _cli("build", tmp / "late.npy", tmp / "late", "--batch-rows", "20", "--train-size", "20")
+    assert code == 2 and "found nan in row 10, column 2" in err
+    assert check_store(tmp / "late") == []
+    with Store.open(tmp / "late") as s:  # batches 1-2 were committed before batch 3 failed
+        assert len(s) == 40 and s.version == 3
+        np.testing.assert_array_equal(s.get(np.arange(40)), x[:40])
+    code, err = _cli("build", env.files / "nan.npy", tmp / "retry")
+    assert code == 2 and not (tmp / "retry").exists()  # failed first batch: no store left
+    code, err = _cli("build", env.files / "good.npy", tmp / "retry")
+    assert code == 0, err  # so the corrected build can run into the same path
+    (tmp / "emptydir").mkdir()
+    code, err = _cli("build", env.files / "nan.npy", tmp / "emptydir")
+    assert code == 2 and (tmp / "emptydir").is_dir() and not any((tmp / "emptydir").iterdir())
+    return ("exit 2; a failure in the first batch leaves no store (an empty directory given stays, empty); "
+            "a failure in a later batch keeps the batches committed before it (each batch is one commit)")
+
+
+ACCEPTED: list[Accepted] = [
+    *[Accepted(f"vectors {label}", "Store.add(vectors)", _add_variant(label, make, want))
+      for label, make, want in VARIANTS],
+    *[Accepted(f"queries {label}", "Store.search(queries)",
+               _search_variant(label, make, (lambda q: q.astype(np.float16).astype(np.float32))
+                               if label == "float16" else (lambda q: q)))
+      for label, make, _ in VARIANTS],
+    Accepted("single vector of shape (dim,)", "Store.add(vectors)", _single_vector_add),
+    Accepted("single query of shape (dim,)", "Store.search(queries)", _single_query),
+    Accepted("ids of any integer dtype", "Store.add(ids)", _id_dtypes),
+    Accepted("id deleted, then added again", "Store.add(ids)", _readd_deleted),
+    Accepted("delete unknown, negative or repeated ids", "Store.delete(ids)", _delete_lenient),
+    Accepted("0 queries", "Store.search(queries)", _empty_query_batch),
+    Accepted("get no ids", "Store.get(ids)", _get_nothing),
+    Accepted("nprobe = nlist, rerank = k, rerank beyond the rows", "Store.search(nprobe, rerank)", _boundaries),
+    Accepted("dim not divisible by PQ's M", "Store.create(codec)", _uneven_pq),
+    Accepted("more IVF lists than rows", "Store.add(vectors)", _more_lists_than_rows),
+    Accepted("spaces in the codec spec", "Store.create(codec)", _spec_spaces),
+    Accepted("build: empty .npy", "vecz build SRC", _build_empty_file),
+    Accepted("build: NaN in a later batch", "vecz build SRC", _build_fails_late),
+]
+
+
+@pytest.mark.parametrize("acc", ACCEPTED, ids=lambda a: a.name)
+def test_accepted(env: Env, tmp_path: Path, acc: Accepted):
+    acc.check(env, tmp_path)
+
+
+def test_ints_are_rejected_not_converted(env: Env):
+    """The issue lists ints under "wrong dtype": they are refused, never silently cast, on
+    every path that takes vectors (lists of Python ints too)."""
+    for call in (env.main.add, env.main.search, env.empty.train):
+        for arr in (np.ones((2, DIM), np.int8), np.ones((2, DIM), np.uint64), [[1] * DIM]):
+            with pytest.raises(InvalidInput, match=r"float16/32/64, found dtype u?int(8|64)"):
+                call(arr)
+
+
+# --------------------------------------------------------------------------- edge stores
+
+
+@dataclass(frozen=True)
+class Edge:
+    name: str
+    entry: str
+    check: Callable[[Path], str]
+
+
+def _brute(base: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, metric: str):
+    """Exact top-k (ties by smaller id), float64."""
+    b, x = base.astype(np.float64), q.astype(np.float64)
+    if metric == "cosine":
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-300)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    s = ((x[:, None] - b[None]) ** 2).sum(-1) if metric == "l2" else (x[:, None] * b[None]).sum(-1)
+    order = np.lexsort((np.broadcast_to(ids, s.shape), s if metric == "l2" else -s), axis=-1)[:, :k]
+    return np.take_along_axis(s, order, 1), ids[order]
+
+
+def _assert_padded(res, k: int, metric: str) -> None:
+    assert res.ids.shape == (len(Q), k) and (res.ids == -1).all()
+    assert (res.scores == WORST[metric]).all()
+
+
+def _zero_rows_never_added(tmp: Path) -> str:
+    for metric in WORST:
+        path = tmp / metric
+        with Store.create(path, dim=DIM, metric=metric, codec="IVF4,PQ4x4") as s:
+            for rerank in (None, 0, 30):
+                _assert_padded(s.search(Q, 7, rerank=rerank), 7, metric)
+            assert len(s) == 0 and s.ids().size == 0
+            with pytest.raises(IdNotFound, match="expected ids live in the store, found id 0 missing"):
+                s.get([0])
+            assert s.delete([0, 1]) == 0
+            s.compact()
+            assert s.version == 1 and s.n_rows == 0
+        with Store.open(path) as r:
+            _assert_padded(r.search(Q, 3), 3, metric)
+        assert check_store(path) == []
+    return ("len 0; search pads every slot with id -1 and the metric's worst score (-inf for cosine/ip, +inf "
+            "for l2) at any rerank; get raises IdNotFound; delete returns 0; compact is a no-op (no new version)")
+
+
+def _zero_rows_after_deletes(tmp: Path) -> str:
+    for metric in WORST:
+        path = tmp / metric
+        with Store.create(path, dim=DIM, metric=metric, codec="RB2") as s:
+            ids = np.concatenate([s.add(X[:20]), s.add(X[20:])])
+            assert s.delete(ids) == 40
+            for rerank in (0, 40):
+                _assert_padded(s.search(Q, 5, rerank=rerank), 5, metric)
+            with pytest.raises(IdNotFound, match="found id 0 missing"):
+                s.get([0])
+            v = s.version
+            s.compact()
+            assert s.version == v + 1 and s.info()["segments"] == 0 and len(s) == 0
+            _assert_padded(s.search(Q, 5), 5, metric)
+            assert s.add(X[:1]).tolist() == [40]  # ids are never reused
+        assert check_store(path) == []
+    return ("len 0; search pads (-1, worst score); get raises IdNotFound; compact publishes a version with no "
+            "segment; the next add gets a new id (ids are not reused)")
+
+
+def _k_beyond_live(tmp: Path) -> str:
+    base = _data(6, seed=11)
+    for metric, worst in WORST.items():
+        for spec in ("RB1", "IVF2,SQ8"):
+            with Store.create(tmp / f"{metric}-{spec}", dim=DIM, metric=metric, codec=spec) as s:
+                ids = s.add(base)
+                s.delete(ids[[1, 4]])
+                live = np.delete(base, [1, 4], axis=0)
+                want_s, want_i = _brute(live, np.delete(ids, [1, 4]), Q, 4, metric)
+                for rerank in (0, 9):
+                    res = s.search(Q, 9, nprobe=s.codec.nlist, rerank=rerank)
+                    assert res.ids.shape == (len(Q), 9)
+                    assert (res.ids[:, 4:] == -1).all() and (res.scores[:, 4:] == worst).all()
+                    assert (np.sort(res.ids[:, :4], axis=1) == np.sort(want_i, axis=1)).all()
+                    assert np.isfinite(res.scores[:, :4]).all()
+                    if rerank:
+                        np.testing.assert_array_equal(res.ids[:, :4], want_i)
+                        np.testing.assert_allclose(res.scores[:, :4], want_s, rtol=1e-5, atol=1e-5)
+    return ("the live rows come first (exact order and scores with rerank), then id -1 with the metric's worst "
+            "score; deleted rows never appear")
+
+
+SPECS = ("RB1", "RB2", "PQ4x8", "IVF2,PQ4x4", "SQ8", "SQ4", "F16", "MRL8,RB1")
+
+
+def _constant_dims(tmp: Path) -> str:
+    base = _data(60, seed=12)
+    base[:, 3] = 0.0  # always zero
+    base[:, 5] = 2.5  # constant
+    base[:, 11] = -1e-3  # constant and small
+    q = base[:4] + 0.01 * _data(4, seed=13)
+    q[:, 3] = 0.0
+    for metric in WORST:
+        for spec in SPECS:
+            with Store.create(tmp / f"{metric}-{spec}", dim=DIM, metric=metric, codec=spec) as s:
+                ids = s.add(base)
+                codes = s.search(q, 5, nprobe=s.codec.nlist, rerank=0)
+                assert np.isfinite(codes.scores).all() and (codes.ids >= 0).all()
+                assert all(len(set(row)) == 5 for row in codes.ids.tolist())
+                res = s.search(q, 5, nprobe=s.codec.nlist, rerank=60)
+                want_s, want_i = _brute(base, ids, q, 5, metric)
+                np.testing.assert_array_equal(res.ids, want_i, err_msg=f"{metric} {spec}")
+                np.testing.assert_allclose(res.scores, want_s, rtol=1e-5, atol=1e-5)
+    return (f"accepted by every codec family ({', '.join(SPECS)}) and metric: code scores finite, re-ranked "
+            "results equal exact search")
+
+
+def _identical_vectors(tmp: Path) -> str:
+    same = np.repeat(_data(1, seed=14), 30, axis=0)
+    self_score = {"cosine": 1.0, "ip": float(same[0] @ same[0]), "l2": 0.0}
+    for metric in WORST:
+        for spec in SPECS:
+            with Store.create(tmp / f"{metric}-{spec}", dim=DIM, metric=metric, codec=spec) as s:
+                ids = s.add(same)
+                for rerank in (0, 30):
+                    res = s.search(same[:2], 10, nprobe=s.codec.nlist, rerank=rerank)
+                    assert np.isin(res.ids, ids).all() and all(len(set(r)) == 10 for r in res.ids.tolist())
+                    assert np.isfinite(res.scores).all() and (np.ptp(res.scores, axis=1) == 0).all()
+                    want = self_score[metric]
+                    if not rerank and metric == "ip" and spec.startswith("MRL"):
+                        want = 1.0  # MRL renormalises the kept dims for ip (DESIGN.md)
+                    tol = 1e-4 * max(1.0, abs(want)) if rerank else 0.02 * max(1.0, want)
+                    np.testing.assert_allclose(res.scores, want, atol=tol, err_msg=f"{metric} {spec} R={rerank}")
+    return ("accepted (codecs train on one distinct point): k distinct ids, all with the same score, the "
+            "self-score (1 cosine, |x|^2 ip, 0 l2; exact with rerank, within 2% from codes, where MRL's "
+            "renormalised ip code score is 1)")
+
+
+def _zero_vectors_cosine(tmp: Path) -> str:
+    base = _data(30, seed=15)
+    base[7] = 0.0
+    with Store.create(tmp / "cos", dim=DIM, metric="cosine", codec="RB1") as s:
+        s.add(base)
+        res = s.search(base[:3], 30, rerank=30)
+        col = np.argwhere(res.ids == 7)
+        assert len(col) == 3 and (res.scores[col[:, 0], col[:, 1]] == 0).all()
+        np.testing.assert_array_equal(s.get([7]), base[7:8])
+        zero_q = np.zeros((2, DIM), np.float32)
+        for rerank in (0, 30):
+            res = s.search(zero_q, 5, rerank=rerank)
+            assert (res.scores == 0).all() and np.isin(res.ids, np.arange(30)).all()
+            assert all(len(set(r)) == 5 for r in res.ids.tolist())
+    with Store.create(tmp / "zeros", dim=DIM, metric="cosine", codec="PQ4x8") as s:
+        s.add(np.zeros((10, DIM), np.float32))
+        res = s.search(Q, 3, rerank=10)
+        assert (res.scores == 0).all() and (res.ids >= 0).all()
+    return ("accepted: a zero row scores 0 against every query and is returned by get as stored; a zero query "
+            "scores 0 against every row, so its k results are ties (k distinct live ids); a store of only zero "
+            "rows trains and scores 0")
+
+
+EDGES: list[Edge] = [
+    Edge("0-row store, never added", "search, get, len, delete, compact", _zero_rows_never_added),
+    Edge("0-row store, every row deleted", "search, get, len, compact, add", _zero_rows_after_deletes),
+    Edge("k larger than the live rows", "Store.search(k)", _k_beyond_live),
+    Edge("constant and all-zero dimensions", "Store.add, Store.search", _constant_dims),
+    Edge("all vectors identical", "Store.add, Store.search", _identical_vectors),
+    Edge("zero vectors under cosine", "Store.add, Store.search, Store.get", _zero_vectors_cosine),
+]
+
+
+@pytest.mark.parametrize("edge", EDGES, ids=lambda g: g.name)
+def test_edge_store(tmp_path: Path, edge: Edge):
+    edge.check(tmp_path)
+
+
+# --------------------------------------------------------------------------- the doc
+
+
+def _doc_rows() -> dict[str, str]:
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        if line.startswith("| ") and not line.startswith("| ---"):
+            rows[line.split(" | ")[0][2:].strip()] = line
+    return rows
+
+
+def test_doc_lists_every_case_with_its_outcome():
+    rows = _doc_rows()
+    for case in CASES:
+        assert case.name in rows, f"docs/bad-input.md lacks {case.name!r}: regenerate it (module docstring)"
+        want = "exit 2" if case.error is Exit2 else f"`{case.error.__name__}`"
+        assert want in rows[case.name], rows[case.name]
+    for item in [*ACCEPTED, *EDGES]:
+        assert item.name in rows, f"docs/bad-input.md lacks {item.name!r}: regenerate it (module docstring)"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def print_table(out=sys.stdout) -> None:
+    """docs/bad-input.md, from running every case (messages as raised; paths as <tmp>)."""
+    with tempfile.TemporaryDirectory(prefix="vecz-bad-input-") as tmp:
+        root = Path(tmp)
+        env = Env(root / "env")
+        p = lambda *a: print(*a, file=out)
+        p("# Bad input: what each entry point does with it")
+        p()
+        p("Generated by `python tests/test_bad_input.py --table > docs/bad-input.md`: every row was run and its")
+        p("message copied from the error raised. `tests/test_bad_input.py` asserts each row (error type, a")
+        p("message naming what was expected and what was found, nothing changed) and that this page lists")
+        p("every case. Paths inside messages are shown as `<tmp>/...`, a lock holder as `<pid>`, `<host>`.")
+        p()
+        p("Every error is typed (`engine.errors`; each subclasses `VeczError` and the builtin it refines:")
+        p("`InvalidInput`, `DimensionMismatch` and `CodecSpecError` are `ValueError`s, `IdNotFound` a `KeyError`,")
+        p("`StoreNotFound` a `FileNotFoundError`). A rejected call changes nothing: the store keeps its version,")
+        p("files (names, sizes, mtimes, hashes) and search results, and a failed `Store.create` or `vecz build`")
+        p("leaves no directory behind. The CLI prints `vecz <command>: error: <message>` on stderr and exits")
+        p("with 2 (usage errors caught by argparse also exit with 2, after printing the usage).")
+        p()
+        p("The stores the rows run against (dim 16):")
+        p()
+        for line in Env.__doc__.strip().splitlines()[2:]:
+            p(f"- `{line.split()[0]}`: {' '.join(line.split()[1:])}")
+        p()
+        p("## Rejected")
+        p()
+        p("| case | entry point | error | message |")
+        p("| --- | --- | --- | --- |")
+        for case in CASES:
+            what, msg = run_case(case, env)
+            msg = re.sub(r"pid \d+ host \S+\)", "pid <pid> host <host>)", msg.replace(str(root / "env"), "<tmp>"))
+            what = what if what.startswith("exit") else f"`{what}`"
+            p(f"| {case.name} | `{case.entry}` | {what} | `{_cell(msg)}` |")
+        p()
+        p("## Accepted")
+        p()
+        p("Vectors, queries and training samples go through one conversion: any float dtype (float16/32/64,")
+        p("either byte order), any strides or memory order, read-only or memory-mapped arrays, nested lists,")
+        p("and a single vector of shape (dim,) become a float32 C-contiguous (n, dim) array. Ints, bools,")
+        p("complex numbers, objects and strings are rejected (above), never cast.")
+        p()
+        p("| case | entry point | what happens |")
+        p("| --- | --- | --- |")
+        for i, acc in enumerate(ACCEPTED):
+            work = root / f"acc{i}"
+            work.mkdir()
+            p(f"| {acc.name} | `{acc.entry}` | {_cell(acc.check(env, work))} |")
+        p()
+        p("## Edge stores")
+        p()
+        p("| case | entry point | what happens |")
+        p("| --- | --- | --- |")
+        for i, edge in enumerate(EDGES):
+            work = root / f"edge{i}"
+            work.mkdir()
+            p(f"| {edge.name} | {edge.entry} | {_cell(edge.check(work))} |")
+        env.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--table"]:
+        sys.exit("usage: python tests/test_bad_input.py --table > docs/bad-input.md")
+    print_table()
