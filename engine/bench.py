@@ -756,7 +756,7 @@ def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, re
         return store.search(q, k, nprobe=nprobe, rerank=rerank)
 
     res, qps = _time_batch(search, queries)
-    scores, ids = res
+    ids = res[1]
     row: dict[str, Any] = {}
     for a in (1, 10, 100):
         row[f"recall@{a}"] = round(recall_at(ids, gt, a), 4) if a in ats else None
@@ -1073,12 +1073,28 @@ def best_compressed(result: BenchResult) -> tuple[str, int] | None:
 # --------------------------------------------------------------------------- formatting
 
 
+def num_cell(key: str, fmt: str) -> Callable[[dict], str]:
+    """Formatter of one numeric table cell: `fmt` of row[key], '-' when it is None."""
+    return lambda row: "-" if row.get(key) is None else format(row[key], fmt)
+
+
+def measured_columns(qps_fmt: str) -> list[tuple[str, str, Callable[[dict], str]]]:
+    """The (header, alignment, formatter) columns every table shares: speed, disk reads, build."""
+    return [
+        ("QPS", ">", num_cell("qps", qps_fmt)),
+        ("p50 ms", ">", num_cell("p50_ms", ".3f")),
+        ("p99 ms", ">", num_cell("p99_ms", ".3f")),
+        ("rows/q", ">", num_cell("rows_read_per_query", "g")),
+        ("KiB/q", ">", lambda row: "-" if row.get("bytes_read_per_query") is None
+         else f"{row['bytes_read_per_query'] / 1024:.1f}"),
+        ("build s", ">", num_cell("build_s", ".1f")),
+    ]
+
+
 def _columns(result: BenchResult, faiss_cols: bool, mark: str = "*") -> list[tuple[str, str, Callable[[dict], str]]]:
     """(header, alignment, formatter) of each table column; `mark` flags Pareto rows."""
 
-    def num(key: str, fmt: str) -> Callable[[dict], str]:
-        return lambda row: "-" if row.get(key) is None else format(row[key], fmt)
-
+    num = num_cell
     qkey = result.quality_key
     cols: list[tuple[str, str, Callable[[dict], str]]] = [
         ("spec", "<", lambda row: row["spec"]),
@@ -1094,15 +1110,7 @@ def _columns(result: BenchResult, faiss_cols: bool, mark: str = "*") -> list[tup
                          + (mark if row.get("pareto") else " ")))
         else:
             cols.append((key, ">", num(key, ".3f")))
-    cols += [
-        ("QPS", ">", num("qps", ".0f")),
-        ("p50 ms", ">", num("p50_ms", ".3f")),
-        ("p99 ms", ">", num("p99_ms", ".3f")),
-        ("rows/q", ">", num("rows_read_per_query", "g")),
-        ("KiB/q", ">", lambda row: "-" if row.get("bytes_read_per_query") is None
-         else f"{row['bytes_read_per_query'] / 1024:.1f}"),
-        ("build s", ">", num("build_s", ".1f")),
-    ]
+    cols += measured_columns(".0f")
     if faiss_cols:
         fkey = "faiss_" + qkey
         cols += [
@@ -1258,15 +1266,8 @@ def _write_plots(result: BenchResult, out: Path) -> list[Path]:
                                 textcoords="offset points")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bytes / vector in RAM (codes + 8-byte id)")
-        ax.set_ylabel(key)
-        ax.set_title(f"{title}: {key} vs memory (lines: Pareto front)")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        path = out / "recall_vs_bytes.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_plot(fig, ax, key, f"{title}: {key} vs memory (lines: Pareto front)",
+                                  out / "recall_vs_bytes.png"))
 
     fig, ax = plt.subplots(figsize=(9, 6))
     groups = [[row for row in result.rows if row[key] is not None]] if budget_mode else [
@@ -1291,16 +1292,21 @@ def _write_plots(result: BenchResult, out: Path) -> list[Path]:
     nq = (result.settings["heldout_queries"][1] - result.settings["heldout_queries"][0]) if budget_mode \
         else result.settings["nq"]
     ax.set_xlabel(f"queries per second ({result.settings['threads']} threads, batch of {nq})")
-    ax.set_ylabel(key)
-    ax.set_title(f"{title}: {key} vs speed")
+    written.append(_save_plot(fig, ax, key, f"{title}: {key} vs speed", out / "recall_vs_qps.png"))
+    return written
+
+
+def _save_plot(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    path = out / "recall_vs_qps.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
 
 
 # In the best-per-budget table, the fastest spec whose recall is within this of the best is
@@ -1335,7 +1341,6 @@ def best_per_budget(result: BenchResult) -> list[dict[str, Any]]:
 
 
 def _budget_markdown(result: BenchResult) -> str:
-    key = result.quality_key
     depths = sorted({row["rerank"] for row in result.rows})
     head = ["bytes/vec budget"] + [("codes only" if r == 0 else f"R={r}") for r in depths]
     lines = ["| " + " | ".join(head) + " |", "|---:|" + "---|" * len(depths)]

@@ -105,19 +105,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         return _bench_budget(args, data, codecs, command, started)
     specs = bench.parse_codecs(codecs, data.base.shape[1], args.metric)
     rerank = bench.parse_rerank(args.rerank, args.k)
-    result = bench.run_bench(
-        data,
-        specs,
-        metric=args.metric,
-        k=args.k,
-        rerank=rerank,
-        nprobe=args.nprobe,
-        with_faiss=args.faiss,
-        threads=args.threads,
-        progress=sys.stderr.isatty(),
-        work=args.work,
-        keep_stores=args.keep_stores,
-    )
+    result = bench.run_bench(data, specs, rerank=rerank, nprobe=args.nprobe, **_bench_common(args))
     s = result.settings
     print(f"vecz bench {s['dataset']}: {s['n']} x {s['dim']} base, {s['nq']} queries, metric {s['metric']}, "
           f"k={s['k']}, nprobe={s['nprobe']}, {s['threads']} threads; ground truth: {s['ground_truth']}")
@@ -143,23 +131,17 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _bench_common(args: argparse.Namespace) -> dict[str, Any]:
+    """Options the grid run and the --budget search take alike."""
+    return dict(metric=args.metric, k=args.k, with_faiss=args.faiss, threads=args.threads,
+                progress=sys.stderr.isatty(), work=args.work, keep_stores=args.keep_stores)
+
+
 def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, command: str, started: float) -> int:
     from . import bench, recommend
 
     specs = bench.parse_codecs(codecs, data.base.shape[1], args.metric) if codecs else None
-    result = recommend.recommend(
-        data,
-        args.budget,
-        target=args.target_recall,
-        metric=args.metric,
-        k=args.k,
-        specs=specs,
-        with_faiss=args.faiss,
-        threads=args.threads,
-        progress=sys.stderr.isatty(),
-        work=args.work,
-        keep_stores=args.keep_stores,
-    )
+    result = recommend.recommend(data, args.budget, target=args.target_recall, specs=specs, **_bench_common(args))
     s = result.settings
     print(f"vecz bench {s['dataset']} --budget {s['budget']}: {s['n']} x {s['dim']} base, metric {s['metric']}, "
           f"k={s['k']}, {s['threads']} threads; ground truth: {s['ground_truth']}")

@@ -34,7 +34,6 @@ the shortfall said. Every run is returned as a row (`BenchResult.rows`) for the 
 
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time
@@ -44,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import bench
-from .codecs import METRICS, code_size, parse_spec
+from .codecs import code_size
 from .errors import CodecSpecError, InvalidInput
 
 __all__ = ["candidate_specs", "depth_grid", "nprobe_grid", "split_queries", "pick", "recommend",
@@ -188,8 +187,6 @@ def recommend(
     from .store import Store
 
     bench.check_common(metric, k, None)
-    if metric not in METRICS:
-        raise InvalidInput(f"metric must be one of {METRICS}, found {metric!r}")
     if not 0.0 < target <= 1.0:
         raise InvalidInput(f"--target-recall must be in (0, 1], found {target}")
     n, dim = data.base.shape
@@ -331,10 +328,7 @@ def summary(choice: dict[str, Any] | None, key: str, target: float, budget: int,
 
 def _set_cols(result: bench.BenchResult) -> list[tuple[str, str, Any]]:
     key = result.settings["recall_key"]
-
-    def num(name: str, fmt: str) -> Any:
-        return lambda row: "-" if row.get(name) is None else format(row[name], fmt)
-
+    num = bench.num_cell
     cols = [
         ("spec", "<", lambda row: row["spec"] + ("  <- recommended" if row.get("recommended") else "")),
         ("code B", ">", num("code_size", "d")),
@@ -342,14 +336,7 @@ def _set_cols(result: bench.BenchResult) -> list[tuple[str, str, Any]]:
         ("R", ">", num("rerank", "d")),
         (f"tune {key}", ">", num(f"tune_{key}", ".3f")),
         (f"held-out {key}", ">", num(key, ".3f")),
-        ("QPS", ">", num("qps", ",.0f")),
-        ("p50 ms", ">", num("p50_ms", ".3f")),
-        ("p99 ms", ">", num("p99_ms", ".3f")),
-        ("rows/q", ">", num("rows_read_per_query", "g")),
-        ("KiB/q", ">", lambda row: "-" if row.get("bytes_read_per_query") is None
-         else f"{row['bytes_read_per_query'] / 1024:.1f}"),
-        ("build s", ">", num("build_s", ".1f")),
-    ]
+    ] + bench.measured_columns(",.0f")
     if result.settings.get("faiss"):
         cols += [
             (f"faiss {key}", ">", lambda row: "n/a" if row.get("faiss_" + key) is None else f"{row['faiss_' + key]:.3f}"),
