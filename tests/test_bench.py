@@ -342,7 +342,14 @@ def test_cli_outputs_schema(files, tmp_path, capsys):
     assert len(table) == 10
     assert needed <= set(table[0])
     report = (out / "report.md").read_text()
-    assert "| spec |" in report and "**" in report
+    assert "| spec |" in report and "**" in report and "## Best spec per budget" in report
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is not None:  # the plots are the [bench] extra
+        assert (out / "recall_vs_bytes.png").stat().st_size > 10_000
+        assert (out / "recall_vs_qps.png").stat().st_size > 10_000
+    else:
+        assert "plots skipped: matplotlib is not installed" in printed and not list(out.glob("*.png"))
 
 
 def test_cli_texts_shown(files, arrays, tmp_path, capsys):
