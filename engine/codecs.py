@@ -339,12 +339,17 @@ class Codes(NamedTuple):
 # --------------------------------------------------------------------------- codec
 
 
-def _as_vectors(x: Any, dim: int, what: str) -> np.ndarray:
+def _asarray(x: Any, what: str, expected: str) -> np.ndarray:
+    """np.asarray(x), with numpy's error for ragged nested lists turned into InvalidInput."""
     try:
-        arr = np.asarray(x)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise InvalidInput(f"{what}: expected a 2-D array (n, {dim}) of floats, found a "
-                           f"{type(x).__name__} numpy cannot make one array of ({exc})") from None
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{what}: expected {expected}, found a {type(x).__name__} numpy cannot make one "
+                           f"array of ({exc})") from None
+
+
+def _as_vectors(x: Any, dim: int, what: str) -> np.ndarray:
+    arr = _asarray(x, what, f"a 2-D array (n, {dim}) of floats")
     if arr.ndim == 1:
         arr = arr[None, :] if arr.size else arr.reshape(0, dim)  # [] is an empty batch
     if arr.ndim != 2:

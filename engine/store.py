@@ -44,12 +44,12 @@ import numpy as np
 
 from formats import manifest as mf
 from formats import segment as sg
-from formats.dense import DENSE_DTYPES, DenseInfo, DenseReader, check_dense, write_dense
+from formats.dense import DenseInfo, DenseReader, check_dense, write_dense
 from formats.errors import StoreCorrupted, StoreNotFound
 
 from kernels import dense as dense_kernels
 
-from .codecs import METRICS, RB, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors
+from .codecs import METRICS, RB, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors, _asarray
 from .errors import CodecSpecError, IdNotFound, InvalidInput, ReadOnlyStore, StoreLocked, VeczError
 
 __all__ = ["Store", "check_store"]
@@ -128,11 +128,7 @@ def _named_files(body: dict) -> tuple[list[str], list[Any], list[str]]:
 
 
 def _as_ids(ids: Any, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(ids)
-    except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise InvalidInput(f"{what}: expected a 1-D array of integer ids, found a {type(ids).__name__} "
-                           f"numpy cannot make one array of ({exc})") from None
+    arr = _asarray(ids, what, "a 1-D array of integer ids")
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1:

@@ -24,11 +24,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from ._header import check_magic_and_length, check_version_and_crc
 from .errors import (
     ChecksumError,
     CommitConflict,
     FormatError,
-    FormatVersionError,
     InvalidInput,
     StoreCorrupted,
     StoreNotFound,
@@ -205,22 +205,9 @@ def _reject_constant(name: str) -> Any:
 
 def _check_header(path: Path, head: bytes, size: int) -> tuple[int, int]:
     """Validate the header against the file size; return (body_length, body_crc32)."""
-    if head[: len(MAGIC)] != MAGIC[: len(head)]:
-        raise FormatError(f"{path}: not a vecz manifest (expected magic {MAGIC!r}, found {head[:8]!r})")
-    if size < _HEADER.size or len(head) < _HEADER.size:
-        raise StoreCorrupted(f"{path}: truncated: expected at least the {_HEADER.size}-byte header, found {size} bytes")
+    check_magic_and_length(path, "manifest", MAGIC, head, size, _HEADER.size)
     _, major, _minor, flags, body_length, body_crc, header_crc = _HEADER.unpack(head)
-    if major != MAJOR:
-        raise FormatVersionError(
-            f"{path}: manifest format major version {major}; this reader reads major version {MAJOR}"
-        )
-    if flags:
-        raise FormatVersionError(
-            f"{path}: manifest requires feature flags {flags:#010x}, which this reader does not know"
-        )
-    found = zlib.crc32(head[:_HEADER_CRC_END])
-    if found != header_crc:
-        raise ChecksumError(f"{path}: header CRC32 expected {header_crc:#010x}, found {found:#010x}")
+    check_version_and_crc(path, "manifest", major, MAJOR, flags, head[:_HEADER_CRC_END], header_crc)
     if body_length > _MAX_BODY:
         raise FormatError(f"{path}: body length expected at most {_MAX_BODY} bytes, header says {body_length}")
     if size != _HEADER.size + body_length:

@@ -30,10 +30,10 @@ from typing import Any, Mapping, Self  # noqa: UP035 (tests/test_layout.py allow
 import numpy as np
 import zstandard
 
+from ._header import check_magic_and_length, check_version_and_crc
 from .errors import (
     ChecksumError,
     FormatError,
-    FormatVersionError,
     InvalidInput,
     StoreCorrupted,
 )
@@ -193,26 +193,9 @@ class SegmentFile:
         except OSError as exc:
             raise StoreCorrupted(f"{path}: cannot stat segment file ({exc})") from exc
         head = self._pread(0, min(size, _HEADER.size), "header").tobytes()
-        if head[: len(MAGIC)] != MAGIC[: len(head)]:
-            raise FormatError(f"{path}: not a vecz segment (expected magic {MAGIC!r}, found {head[:8]!r})")
-        if size < _HEADER.size:
-            raise StoreCorrupted(
-                f"{path}: truncated: expected at least the {_HEADER.size}-byte header, found {size} bytes"
-            )
+        check_magic_and_length(path, "segment", MAGIC, head, size, _HEADER.size)
         _, major, minor, flags, file_length, n_sections, table_crc, kind, header_crc = _HEADER.unpack(head)
-        if major != MAJOR:
-            raise FormatVersionError(
-                f"{path}: segment format major version {major}; this reader reads major version {MAJOR}"
-            )
-        if flags:
-            raise FormatVersionError(
-                f"{path}: segment requires feature flags {flags:#010x}, which this reader does not know"
-            )
-        found_crc = zlib.crc32(head[:_HEADER_CRC_END])
-        if found_crc != header_crc:
-            raise ChecksumError(
-                f"{path}: header CRC32 expected {header_crc:#010x}, found {found_crc:#010x}"
-            )
+        check_version_and_crc(path, "segment", major, MAJOR, flags, head[:_HEADER_CRC_END], header_crc)
         if file_length != size:
             raise StoreCorrupted(
                 f"{path}: truncated or extended: header records {file_length} bytes, file has {size}"

@@ -182,6 +182,26 @@ def _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a):
         builder.store(acc, builder.bitcast(dst, v16.as_pointer()), align=1)
 
 
+def _emit_block_prologue(context, builder, signature, args):
+    """What both multi-lane intrinsics below start with, from their shared arguments
+    (blocks, block_index, pair_start, pair_count, qluts, ..., out): a pointer to the block's
+    first pair, the pair count, the tables' base pointer and strides, and the output array.
+    Returns (base, n_pairs, lut_bytes, (q_stride, t_stride, row_stride), qlut_a, out_a)."""
+    blocks_a = context.make_array(signature.args[0])(context, builder, args[0])
+    qlut_a = context.make_array(signature.args[4])(context, builder, args[4])
+    out_a = context.make_array(signature.args[7])(context, builder, args[7])
+    i64 = ir.IntType(64)
+    row_pairs = builder.extract_value(blocks_a.shape, 1)
+    index = context.cast(builder, args[1], signature.args[1], types.int64)
+    first_pair = context.cast(builder, args[2], signature.args[2], types.int64)
+    n_pairs = context.cast(builder, args[3], signature.args[3], types.int64)
+    start = builder.mul(builder.add(builder.mul(index, row_pairs), first_pair), ir.Constant(i64, 32))
+    base = builder.gep(blocks_a.data, [start])
+    strides = tuple(builder.extract_value(qlut_a.strides, i) for i in range(3))
+    lut_bytes = builder.bitcast(qlut_a.data, ir.IntType(8).as_pointer())
+    return base, n_pairs, lut_bytes, strides, qlut_a, out_a
+
+
 def _make_shuffle_accumulate_lanes(n_lanes):
     """`_shuffle_accumulate` for `n_lanes` queries at once: each pair's 32 code bytes are
     loaded and split into nibbles once, then shuffled with every lane's tables (faiss's
@@ -196,25 +216,12 @@ def _make_shuffle_accumulate_lanes(n_lanes):
         sig = types.void(blocks, block_index, pair_start, pair_count, qluts, table, q_first, out)
 
         def codegen(context, builder, signature, args):
-            blocks_v, index_v, start_v, count_v, qlut_v, table_v, first_v, out_v = args
-            blocks_a = context.make_array(signature.args[0])(context, builder, blocks_v)
-            qlut_a = context.make_array(signature.args[4])(context, builder, qlut_v)
-            out_a = context.make_array(signature.args[7])(context, builder, out_v)
-            i8 = ir.IntType(8)
+            base, n_pairs, lut_bytes, (q_stride, t_stride, row_stride), qlut_a, out_a = _emit_block_prologue(
+                context, builder, signature, args)
             i64 = ir.IntType(64)
-            row_pairs = builder.extract_value(blocks_a.shape, 1)
-            index = context.cast(builder, index_v, signature.args[1], types.int64)
-            first_pair = context.cast(builder, start_v, signature.args[2], types.int64)
-            n_pairs = context.cast(builder, count_v, signature.args[3], types.int64)
-            table = context.cast(builder, table_v, signature.args[5], types.int64)
-            q_first = context.cast(builder, first_v, signature.args[6], types.int64)
-            start = builder.mul(builder.add(builder.mul(index, row_pairs), first_pair), ir.Constant(i64, 32))
-            base = builder.gep(blocks_a.data, [start])
+            table = context.cast(builder, args[5], signature.args[5], types.int64)
+            q_first = context.cast(builder, args[6], signature.args[6], types.int64)
             n_q = builder.extract_value(qlut_a.shape, 0)
-            q_stride = builder.extract_value(qlut_a.strides, 0)
-            t_stride = builder.extract_value(qlut_a.strides, 1)
-            row_stride = builder.extract_value(qlut_a.strides, 2)
-            lut_bytes = builder.bitcast(qlut_a.data, i8.as_pointer())
             lane_luts = []
             for lane in range(n_lanes):
                 q = builder.add(q_first, ir.Constant(i64, lane))
@@ -242,24 +249,11 @@ def _make_shuffle_accumulate_gather(n_lanes):
         sig = types.void(blocks, block_index, pair_start, pair_count, qluts, lane_q, lane_t, out)
 
         def codegen(context, builder, signature, args):
-            blocks_v, index_v, start_v, count_v, qlut_v, lq_v, lt_v, out_v = args
-            blocks_a = context.make_array(signature.args[0])(context, builder, blocks_v)
-            qlut_a = context.make_array(signature.args[4])(context, builder, qlut_v)
-            lq_a = context.make_array(signature.args[5])(context, builder, lq_v)
-            lt_a = context.make_array(signature.args[6])(context, builder, lt_v)
-            out_a = context.make_array(signature.args[7])(context, builder, out_v)
-            i8 = ir.IntType(8)
+            base, n_pairs, lut_bytes, (q_stride, t_stride, row_stride), _, out_a = _emit_block_prologue(
+                context, builder, signature, args)
             i64 = ir.IntType(64)
-            row_pairs = builder.extract_value(blocks_a.shape, 1)
-            index = context.cast(builder, index_v, signature.args[1], types.int64)
-            first_pair = context.cast(builder, start_v, signature.args[2], types.int64)
-            n_pairs = context.cast(builder, count_v, signature.args[3], types.int64)
-            start = builder.mul(builder.add(builder.mul(index, row_pairs), first_pair), ir.Constant(i64, 32))
-            base = builder.gep(blocks_a.data, [start])
-            q_stride = builder.extract_value(qlut_a.strides, 0)
-            t_stride = builder.extract_value(qlut_a.strides, 1)
-            row_stride = builder.extract_value(qlut_a.strides, 2)
-            lut_bytes = builder.bitcast(qlut_a.data, i8.as_pointer())
+            lq_a = context.make_array(signature.args[5])(context, builder, args[5])
+            lt_a = context.make_array(signature.args[6])(context, builder, args[6])
             lane_luts = []
             for lane in range(n_lanes):
                 at = ir.Constant(i64, lane)

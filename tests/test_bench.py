@@ -18,6 +18,7 @@ import pytest
 from engine import bench
 from engine.cli import main
 from engine.errors import CodecSpecError, DatasetNotFound, FormatError, InvalidInput
+from tests.reference.files import write_fvecs
 
 DIM = 24
 N = 600
@@ -33,15 +34,6 @@ def _clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 def arrays() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
     return _clustered(rng, N, DIM), _clustered(rng, NQ, DIM)
-
-
-def write_fvecs(path: Path, x: np.ndarray) -> Path:
-    x = np.asarray(x, dtype="<f4")
-    rows = np.empty((x.shape[0], x.shape[1] + 1), dtype="<i4")
-    rows[:, 0] = x.shape[1]
-    rows[:, 1:] = x.view("<i4")
-    rows.tofile(path)
-    return path
 
 
 @pytest.fixture(scope="module")

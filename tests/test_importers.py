@@ -31,6 +31,7 @@ from formats.importers import (
     read_vectors,
     write_results,
 )
+from tests.reference.files import write_fvecs
 
 N, DIM = 23, 5
 BATCHES = [1, 7, 100]
@@ -48,15 +49,6 @@ def _data(dtype: type = np.float32, n: int = N, dim: int = DIM, seed: int = 0) -
 def _expected(x: np.ndarray) -> np.ndarray:
     """What a source yields for x: float16 stays float16, the rest become float32."""
     return x.astype(np.float16 if x.dtype == np.float16 else np.float32)
-
-
-def write_fvecs(path: Path, x: np.ndarray) -> Path:
-    x = np.asarray(x, dtype="<f4")
-    rows = np.empty((x.shape[0], x.shape[1] + 1), dtype="<i4")
-    rows[:, 0] = x.shape[1]
-    rows[:, 1:] = x.view("<i4")
-    rows.tofile(path)
-    return path
 
 
 def _vector_array(x: np.ndarray, kind: str) -> pa.Array:

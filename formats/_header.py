@@ -1,0 +1,35 @@
+"""The checks every vecz file header shares (segment and manifest, formats/FORMAT.md):
+magic and minimum length before unpacking, then major version, feature flags and the
+header's own CRC32. One place, so both files report damage in the same words."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from .errors import ChecksumError, FormatError, FormatVersionError, StoreCorrupted
+
+
+def check_magic_and_length(path: Path, what: str, magic: bytes, head: bytes, size: int, header_size: int) -> None:
+    """`head` (the first bytes read, at most `header_size`) starts with `magic` and the file
+    (`size` bytes) holds a whole header. FormatError for a foreign file, StoreCorrupted for a
+    truncated one."""
+    if head[: len(magic)] != magic[: len(head)]:
+        raise FormatError(f"{path}: not a vecz {what} (expected magic {magic!r}, found {head[:8]!r})")
+    if size < header_size or len(head) < header_size:
+        raise StoreCorrupted(f"{path}: truncated: expected at least the {header_size}-byte header, found {size} bytes")
+
+
+def check_version_and_crc(path: Path, what: str, major: int, reader_major: int, flags: int, covered: bytes,
+                          header_crc: int) -> None:
+    """A header this reader may read: its major version, no unknown feature flags, and
+    CRC32 of `covered` (the header bytes before the CRC field) equal to `header_crc`."""
+    if major != reader_major:
+        raise FormatVersionError(
+            f"{path}: {what} format major version {major}; this reader reads major version {reader_major}"
+        )
+    if flags:
+        raise FormatVersionError(f"{path}: {what} requires feature flags {flags:#010x}, which this reader does not know")
+    found = zlib.crc32(covered)
+    if found != header_crc:
+        raise ChecksumError(f"{path}: header CRC32 expected {header_crc:#010x}, found {found:#010x}")
