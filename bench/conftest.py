@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import pytest
 
-from engine.codecs import Codec, CodeIndex
+from vecz.engine.codecs import Codec, CodeIndex
 from harness import (
     DATA_DIR,
     DIM,
@@ -30,7 +30,7 @@ from harness import (
     load_data,
     missing_data,
 )
-from kernels import binary
+from vecz.kernels import binary
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,8 +21,8 @@ from typing import Any, Callable, NamedTuple
 import faiss
 import numpy as np
 
-from engine.bench import set_blas_threads
-from engine.codecs import CodeIndex
+from vecz.engine.bench import set_blas_threads
+from vecz.engine.codecs import CodeIndex
 
 __all__ = [
     "REPO",
@@ -110,7 +110,7 @@ def recall_at_k(ids: np.ndarray, gt: np.ndarray, k: int = K) -> float:
 
 def blas_single_thread() -> dict[str, int]:
     """Limit every BLAS loaded in the process (numpy's, faiss's) to one thread; returns
-    {library file: threads read back} (engine.bench.set_blas_threads, via threadpoolctl)."""
+    {library file: threads read back} (vecz.engine.bench.set_blas_threads, via threadpoolctl)."""
     return set_blas_threads(1)
 
 

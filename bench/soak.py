@@ -53,7 +53,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import Store, check_store
+from vecz.engine import Store, check_store
 
 BLOCK = 4096  # ids per generator block: vector i comes from block i // BLOCK's own seed
 NEVER = np.iinfo(np.int64).max  # add/delete version of an id that was not added/deleted

@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 import faiss  # noqa: E402
 import numba  # noqa: E402
 
-from engine import Codec, Store  # noqa: E402
-from engine.bench import faiss_factory, set_blas_threads  # noqa: E402
+from vecz.engine import Codec, Store  # noqa: E402
+from vecz.engine.bench import faiss_factory, set_blas_threads  # noqa: E402
 
 K = 10
 
@@ -203,7 +203,7 @@ def rss(field='VmRSS'):
     for line in open('/proc/self/status'):
         if line.startswith(field + ':'):
             return int(line.split()[1]) * 1024
-from engine import Store
+from vecz.engine import Store
 imports = rss()
 # the runtime's fixed cost: Numba loads the kernels' machine code on first use
 with Store.open(sys.argv[2]) as tiny:

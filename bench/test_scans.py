@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from harness import K, faiss_code_size, rabitq_inner, resident_bytes, run_search
-from kernels import binary
+from vecz.kernels import binary
 
 pytestmark = pytest.mark.data
 

@@ -18,7 +18,7 @@ file). Every row reports
   sample, metric and thread count, IndexRefineFlat for R > 0, and the ratio vecz QPS /
   faiss QPS measured in the same process run.
 
-`engine.recommend` uses the same store building and measuring for `--budget`.
+`vecz.engine.recommend` uses the same store building and measuring for `--budget`.
 Inputs are .npy (no pickle), .fvecs, .parquet or .arrow; float16 and float64 are converted
 to float32. Output: a plain-text table (`format_table`), optional neighbour texts
 (`format_examples`) and, with an output directory, report.md, results.csv, results.json and
@@ -50,11 +50,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from kernels import transform
-from kernels.topk import topk_select_batch
+from ..kernels import transform
+from ..kernels.topk import topk_select_batch
 
 from .codecs import METRICS, F16, MRL, IVF, PQ, RB, SQ, Codec, Flat, code_size, parse_spec
-from formats.importers import read_fvecs, read_ids, read_texts, read_vectors
+from ..formats.importers import read_fvecs, read_ids, read_texts, read_vectors
 
 from .errors import CodecSpecError, DatasetNotFound, DimensionMismatch, InvalidInput, VeczError
 
@@ -164,20 +164,21 @@ ID_BYTES = 8
 
 
 def _repo_root() -> Path:
-    import engine
-
-    return Path(engine.__file__).resolve().parents[1]
+    """The checkout holding engine/ (for an editable install; a wheel has none)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def dataset_dir(name: str) -> Path:
     """Folder of a named dataset.
 
-    ``sample`` is shipped in the repository (``bench/sample``); ``wordnet-minilm`` and
-    ``wordnet-gemma`` live in ``../shared/data`` next to the repository root, or under
-    ``$VECZ_DATA`` when that is set (as in the tests).
+    ``sample`` ships inside the package (`vecz.sample`, from the repository's
+    ``bench/sample``); ``wordnet-minilm`` and ``wordnet-gemma`` live under ``$VECZ_DATA``
+    when that is set (as in the tests), else in ``../shared/data`` beside the checkout.
     """
     if name == "sample":
-        return _repo_root() / "bench" / "sample"
+        from importlib import resources
+
+        return Path(str(resources.files("vecz.sample")))
     if name in ("wordnet-minilm", "wordnet-gemma"):
         root = os.environ.get("VECZ_DATA")
         base = Path(root) if root else _repo_root().parent / "shared" / "data"
@@ -311,7 +312,7 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, metric: str, depth: int = 
     Scores: ``<q, x>`` for ip, the same on unit rows for cosine (both descending), and
     ``|q - x|^2 = |q|^2 - 2<q, x> + |x|^2`` for l2 (ascending). Ties are broken by the
     smaller id. Blocks of queries are scored by one BLAS product each and their top-k
-    selected by a parallel Numba heap (`kernels.topk.topk_select_batch`).
+    selected by a parallel Numba heap (`vecz.kernels.topk.topk_select_batch`).
 
     Returns
     -------
@@ -777,7 +778,7 @@ class BenchResult:
     """Rows (one per spec x re-ranking depth, JSON-ready dicts) and what produced them.
 
     `found` maps (spec, R) to the int64 (nq, k) ids vecz returned; `gt` is the truth used.
-    `recommendation` is filled by `engine.recommend` for `--budget` runs.
+    `recommendation` is filled by `vecz.engine.recommend` for `--budget` runs.
     """
 
     rows: list[dict[str, Any]]
@@ -1373,7 +1374,7 @@ def write_outputs(result: BenchResult, out: str | Path, machine: dict[str, Any],
     """Write report.md, results.csv, results.json and (with matplotlib) PNG plots into `out`.
 
     A grid run (`run_bench`) gets recall@10 against bytes/vector with the Pareto front and
-    recall@10 against QPS; a `--budget` run (`engine.recommend`) gets the recommendation,
+    recall@10 against QPS; a `--budget` run (`vecz.engine.recommend`) gets the recommendation,
     the confirming runs, the tuning sweeps and recall@10 against QPS.
     Returns notes for the terminal (files written, plots skipped).
     """

@@ -6,7 +6,7 @@
     vecz check STORE
     vecz bench ...
 
-The logic lives in `engine.store` and `engine.bench`; this module parses, streams files
+The logic lives in `vecz.engine.store` and `vecz.engine.bench`; this module parses, streams files
 through them and prints. Long work shows a progress bar on a terminal (stderr) and stays
 quiet when piped. Exit codes: 0 on success, 1 when `vecz check` finds damage, 2 on bad input
 (unknown dataset or file, malformed file, bad spec or option), as argparse does for bad usage.
@@ -232,7 +232,7 @@ def _undo_failed_create(args: argparse.Namespace, store: Any, made_dir: bool):
 
 
 def _build(args: argparse.Namespace) -> int:
-    from formats.importers import open_vectors
+    from ..formats.importers import open_vectors
 
     from .store import Store
 
@@ -281,7 +281,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from formats.importers import open_vectors, write_results
+    from ..formats.importers import open_vectors, write_results
 
     from .store import Store
 

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from kernels import binary, dense, fastscan, ivf, kmeans, pq, scalar, transform
+from ..kernels import binary, dense, fastscan, ivf, kmeans, pq, scalar, transform
 
 from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained
 

@@ -8,7 +8,7 @@ say what was expected and what was found.
 
 from __future__ import annotations
 
-from formats.errors import (
+from ..formats.errors import (
     ChecksumError,
     CommitConflict,
     DatasetNotFound,

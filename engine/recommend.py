@@ -21,7 +21,7 @@ the one the choice was fitted on:
 
 1. tune: each spec is built as a real store; one codes-only search per nprobe returns the
    best 50k candidates of each tuning query, and the recall@k of re-ranking the first R of
-   them exactly (`engine.bench.exact_rerank`, what the store's re-ranking computes) gives,
+   them exactly (`vecz.engine.bench.exact_rerank`, what the store's re-ranking computes) gives,
    for every R, whether the target is met; the smallest such R is kept per (spec, nprobe).
 2. confirm: each kept (spec, nprobe, R) is searched through the store on the held-out
    queries, timed (batch QPS, p50/p99 of single queries) with rows and bytes read counted;

@@ -8,7 +8,7 @@ and fsynced, the directory is fsynced, and the next manifest is published by an 
 link, so a crash leaves the previous version whole and a reader never sees half a commit.
 
 In RAM an open store holds the codec's trained arrays, one scan layout of the live rows'
-codes (`engine.codecs.CodeIndex`, built with ``keep_rows=False``) whose ids are global row
+codes (`vecz.engine.codecs.CodeIndex`, built with ``keep_rows=False``) whose ids are global row
 numbers, and the user id of every row (8 bytes). Dense files are memory-mapped and read a
 shortlist at a time: `search(..., rerank=R)` takes the R best rows by code score, reads
 exactly those rows (each batch deduplicated and sorted by file offset) and returns the top
@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from formats import manifest as mf
-from formats import segment as sg
-from formats.dense import DenseInfo, DenseReader, check_dense, write_dense
-from formats.errors import StoreCorrupted, StoreNotFound
+from ..formats import manifest as mf
+from ..formats import segment as sg
+from ..formats.dense import DenseInfo, DenseReader, check_dense, write_dense
+from ..formats.errors import StoreCorrupted, StoreNotFound
 
-from kernels import dense as dense_kernels
+from ..kernels import dense as dense_kernels
 
 from .codecs import METRICS, RB, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors, _asarray
 from .errors import CodecSpecError, IdNotFound, InvalidInput, ReadOnlyStore, StoreLocked, VeczError

@@ -2,7 +2,7 @@
 
 Every byte is specified in formats/FORMAT.md. Imports flow engine -> formats -> kernels;
 formats never computes distances. Readers bounds-check every length and offset before they
-allocate and raise only `formats.errors.FormatError` subclasses on hostile bytes.
+allocate and raise only `vecz.formats.errors.FormatError` subclasses on hostile bytes.
 """
 
 __all__ = ["dense", "errors", "importers", "manifest", "segment"]

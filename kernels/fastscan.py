@@ -856,7 +856,7 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     would spend the uint8 range on the largest level and round the small ones away.
     row_factors (n_blocks * 32, 2) holds (g, |r|^2) per block row; with est = g * t the
     score is probe_bias + est (ip) or -(probe_q_sq - 2 est + |r|^2) (l2), as in
-    `kernels.binary.rb_lut_scan`.
+    `vecz.kernels.binary.rb_lut_scan`.
 
     block_bounds float32 (n_blocks, 3) from `fs_block_bounds` (max g, min g, min |r|^2 over
     a block's rows) skips a block whose best possible score is below the heap minimum

@@ -127,7 +127,7 @@ def _select_serial(sim, k):
     return out_scores, out_ids
 
 
-# Fewer queries than this select their lists serially (as engine.codecs.CodeIndex scans).
+# Fewer queries than this select their lists serially (as vecz.engine.codecs.CodeIndex scans).
 PARALLEL_MIN_QUERIES = 8
 
 

@@ -58,10 +58,16 @@ def _isolate_numba_cache() -> None:
     on disk."""
     import hashlib
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(b"vecz.kernels")  # cached code records the module name it was compiled in
     for path in sorted((REPO / "kernels").glob("*.py")):
         digest.update(path.name.encode() + path.read_bytes())
     os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".numba_cache" / digest.hexdigest()[:16]))
+    # pytest imports numba.core.errors for pyproject's filterwarnings before this file runs,
+    # so numba has read its environment already: re-read it (the kernels, whose cache
+    # locators are chosen when they are decorated, are imported later, by the tests).
+    import numba
+
+    numba.config.reload_config()
 
 
 _isolate_numba_cache()

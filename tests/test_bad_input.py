@@ -43,9 +43,9 @@ import pyarrow.parquet as pq
 import pytest
 from numpy.lib import format as npy_format
 
-from engine import Store, check_store
-from engine.cli import main
-from engine.errors import (
+from vecz.engine import Store, check_store
+from vecz.engine.cli import main
+from vecz.engine.errors import (
     CodecSpecError,
     DimensionMismatch,
     IdNotFound,
@@ -1005,7 +1005,7 @@ def print_table(out=sys.stdout) -> None:
         p("message naming what was expected and what was found, nothing changed) and that this page lists")
         p("every case. Paths inside messages are shown as `<tmp>/...`, a lock holder as `<pid>`, `<host>`.")
         p()
-        p("Every error is typed (`engine.errors`; each subclasses `VeczError` and the builtin it refines:")
+        p("Every error is typed (`vecz.errors`; each subclasses `VeczError` and the builtin it refines:")
         p("`InvalidInput`, `DimensionMismatch` and `CodecSpecError` are `ValueError`s, `IdNotFound` a `KeyError`,")
         p("`StoreNotFound` a `FileNotFoundError`). A rejected call changes nothing: the store keeps its version,")
         p("files (names, sizes, mtimes, hashes) and search results, and a failed `Store.create` or `vecz build`")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import bench
-from engine.cli import main
-from engine.errors import CodecSpecError, DatasetNotFound, FormatError, InvalidInput
+from vecz.engine import bench
+from vecz.engine.cli import main
+from vecz.engine.errors import CodecSpecError, DatasetNotFound, FormatError, InvalidInput
 from tests.reference.files import write_fvecs
 
 DIM = 24

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import binary
+from vecz.kernels import binary
 from tests.reference.binary import (
     cos_ref,
     hamming_ref,

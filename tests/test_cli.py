@@ -10,8 +10,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from engine import Store
-from engine.cli import main
+from vecz.engine import Store
+from vecz.engine.cli import main
 
 DIM = 16
 

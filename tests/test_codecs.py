@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine import errors
-from engine.codecs import Codec, Codes, SearchResult, code_size, format_spec, parse_spec
-from engine.errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained, VeczError
-from kernels import pq
+from vecz.engine import errors
+from vecz.engine.codecs import Codec, Codes, SearchResult, code_size, format_spec, parse_spec
+from vecz.engine.errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained, VeczError
+from vecz.kernels import pq
 
 METRICS = ("cosine", "ip", "l2")
 QUANTIZERS = ("PQ8x8", "PQ16x4", "RB1", "RB2", "RB4", "SQ8", "SQ4", "F16")

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine import Store, StoreLocked, check_store
-from engine.errors import VeczError
-from formats import manifest as mf
+from vecz.engine import Store, StoreLocked, check_store
+from vecz.engine.errors import VeczError
+from vecz.formats import manifest as mf
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 16

@@ -56,9 +56,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine import Store, StoreLocked, check_store
-from engine.errors import VeczError
-from formats import manifest as mf
+from vecz.engine import Store, StoreLocked, check_store
+from vecz.engine.errors import VeczError
+from vecz.formats import manifest as mf
 
 DIM = 16
 SPEC = "SQ8"              # cheap kernels, already compiled by tests/test_store.py

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import dense
+from vecz.kernels import dense
 from tests.reference.dense import dense_candidates_ref
 from tests.reference.ivf import random_layout, random_probes
 from tests.reference.topk import assert_topk_close, assert_topk_exact

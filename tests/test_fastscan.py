@@ -1,7 +1,7 @@
 """kernels/fastscan.py against tests/reference/pq.py: exact uint16 accumulators (AVX2 and
 scalar paths), the block layout, table quantization bounds and exact scan scores; the
 multi-query scans and RB block skipping against the single-query kernels (bit-identical
-results), and engine.codecs.CodeIndex's use of them."""
+results), and vecz.engine.codecs.CodeIndex's use of them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import binary, fastscan, pq
+from vecz.kernels import binary, fastscan, pq
 from tests.reference.ivf import random_layout, random_probes
 from tests.reference.pq import fastscan_accumulate_ref, fs_layout_ref, pq_scan_candidates_ref
 from tests.reference.topk import assert_topk_exact
@@ -238,8 +238,8 @@ def test_scan_of_pq4_codes_end_to_end(n, m, seed):
 @given(n=st.integers(1, 70), dim=st.sampled_from([1, 7, 8, 13, 64]), levels=st.integers(1, 4),
        is_l2=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_rb_fast_scan_matches_float_tables(n, dim, levels, is_l2, seed):
-    # RB through the fast scan (kernels.fastscan.fs_scan_factors, level-0 tables quantized to
-    # uint8) against the float-table scorer kernels.binary.rb_lut_scan: every row's score
+    # RB through the fast scan (vecz.kernels.fastscan.fs_scan_factors, level-0 tables quantized to
+    # uint8) against the float-table scorer vecz.kernels.binary.rb_lut_scan: every row's score
     # within the rounding bound |g| * 2 * (bytes per level) * step (each of the 2 * nbytes
     # nibble tables of a level rounds by <= step/2, and the level weights sum to < 2).
     rng = np.random.default_rng(seed)
@@ -522,7 +522,7 @@ def test_code_index_multi_query_search_unchanged(spec, metric, monkeypatch):
     # IVF: queries probing the same lists, permuted together and back); the results must
     # equal the one-query-at-a-time path exactly, for a batch that is not a whole number of
     # groups, a tail group small enough to take the single-query accumulators, and k > n.
-    from engine.codecs import Codec, CodeIndex
+    from vecz.engine.codecs import Codec, CodeIndex
 
     rng = np.random.default_rng(11)
     dim, n = 48, 301
@@ -676,7 +676,7 @@ def test_code_index_list_major_search_unchanged(spec, metric, monkeypatch):
     # IVF batches of at least LIST_MIN_QUERIES queries scan list-major; the results must
     # equal the one-query-at-a-time path exactly (per-probe tables under l2, k > n, a batch
     # that is not a whole number of lane groups, duplicate rows).
-    from engine.codecs import Codec, CodeIndex
+    from vecz.engine.codecs import Codec, CodeIndex
 
     rng = np.random.default_rng(5)
     dim, n, nq = 40, 260, 2 * fastscan.LANES + 5

@@ -53,9 +53,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import FormatError, InvalidInput, Store, StoreCorrupted, check_store
-from formats.importers import open_vectors, read_fvecs, read_ids, read_vectors
-from formats.segment import read_segment, write_segment
+from vecz.engine import FormatError, InvalidInput, Store, StoreCorrupted, check_store
+from vecz.formats.importers import open_vectors, read_fvecs, read_ids, read_vectors
+from vecz.formats.segment import read_segment, write_segment
 
 TOTAL_EXAMPLES = int(os.environ.get("VECZ_FUZZ_EXAMPLES", "2100"))
 # Share of the fuzz examples per fuzz test (sums to 1).

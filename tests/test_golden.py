@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Codec
+from vecz.engine import Codec
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 FOLDERS = sorted(p for p in GOLDEN.iterdir() if p.is_dir())

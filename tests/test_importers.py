@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from formats import importers
-from formats.errors import DatasetNotFound, FormatError, InvalidInput, VeczError
-from formats.importers import (
+from vecz.formats import importers
+from vecz.formats.errors import DatasetNotFound, FormatError, InvalidInput, VeczError
+from vecz.formats.importers import (
     SUPPORTED_SUFFIXES,
     VectorSource,
     open_vectors,

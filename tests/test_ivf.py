@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import ivf
+from vecz.kernels import ivf
 from tests.reference.ivf import ivf_assign_ref, ivf_layout_ref, ivf_probe_ref, ivf_similarity_ref
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)
@@ -114,7 +114,7 @@ def test_probe_scores_are_documented_similarities(nq, nlist, nprobe, dim, metric
 def test_probe_selection_equals_topk_select(nq, n, k, seed, kind):
     # ivf_probe's histogram selection must return topk_select_batch's lists bit for bit
     # (scores, ids, ties by smaller id, -0.0 kept), whatever the values.
-    from kernels.topk import topk_select_batch
+    from vecz.kernels.topk import topk_select_batch
 
     rng = np.random.default_rng(seed)
     k = min(k, n)

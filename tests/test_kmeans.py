@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import kmeans
+from vecz.kernels import kmeans
 from tests.reference.kmeans import (
     kmeans_assign_ref,
     kmeans_objective_ref,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from formats.errors import (
+from vecz.formats.errors import (
     ChecksumError,
     CommitConflict,
     FormatError,
@@ -25,7 +25,7 @@ from formats.errors import (
     StoreCorrupted,
     StoreNotFound,
 )
-from formats.manifest import (
+from vecz.formats.manifest import (
     MANIFEST_RE,
     fsync_dir,
     list_versions,

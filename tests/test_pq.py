@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from kernels import pq
+from vecz.kernels import pq
 from tests.reference.ivf import random_layout, random_probes
 from tests.reference.pq import (
     pq4_pack_ref,

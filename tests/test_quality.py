@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import recall_at
-from engine import Codec
-from kernels import binary, transform
+from vecz.engine import Codec
+from vecz.kernels import binary, transform
 
 pytestmark = pytest.mark.data
 

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from engine import bench, recommend
-from engine.cli import main
-from engine.codecs import code_size
-from engine.errors import InvalidInput
+from vecz.engine import bench, recommend
+from vecz.engine.cli import main
+from vecz.engine.codecs import code_size
+from vecz.engine.errors import InvalidInput
 
 DIM = 32
 N = 3000
@@ -170,7 +170,7 @@ def test_recommend_reaches_target_and_confirms(data_files, tmp_path):
     run = rec["run"]
     assert run["recall@10"] >= 0.95 and run["spec"] in ("PQ16x8", "RB2")
     # re-measure the recommended point on the held-out queries through a fresh store
-    from engine.store import Store
+    from vecz.engine.store import Store
 
     built = bench.build_store(tmp_path / "again", run["spec"], data.base, "cosine")
     held = slice(*res.settings["heldout_queries"])

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import scalar
+from vecz.kernels import scalar
 from tests.reference.ivf import random_layout, random_probes
 from tests.reference.scalar import (
     sq4_pack_ref,

@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from formats.errors import (
+from vecz.formats.errors import (
     ChecksumError,
     FormatError,
     FormatVersionError,
     InvalidInput,
     StoreCorrupted,
 )
-from formats.segment import (
+from vecz.formats.segment import (
     DTYPES,
     MAGIC,
     check_segment,

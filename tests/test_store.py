@@ -1,4 +1,4 @@
-"""engine.Store: round trips, reopen equality, deletes and compaction, reads counted, errors,
+"""vecz.Store: round trips, reopen equality, deletes and compaction, reads counted, errors,
 and a hypothesis state machine checked against a brute-force model."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import (
+from vecz.engine import (
     DimensionMismatch,
     InvalidInput,
     ReadOnlyStore,
@@ -22,7 +22,7 @@ from engine import (
     StoreNotFound,
     check_store,
 )
-from engine.store import FORMAT_ID
+from vecz.engine.store import FORMAT_ID
 
 DIM = 24
 
@@ -161,7 +161,7 @@ def test_reported_reads_equal_actual_reads(tmp_path, monkeypatch):
     and nothing for rerank=0. Reads go through the map, so the double wraps the kernel that
     reads through it (serial and threaded twins alike) and checks the array it is given is
     a dense file's map."""
-    import engine.store as store_mod
+    import vecz.engine.store as store_mod
 
     seen: list[tuple[np.ndarray, np.ndarray]] = []
 
@@ -227,7 +227,7 @@ def test_one_writer_and_read_only(tmp_path):
 
 
 def test_failed_commit_changes_nothing(tmp_path, monkeypatch):
-    import formats.manifest as mf
+    import vecz.formats.manifest as mf
 
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
         s.add(_data(50))
@@ -312,7 +312,7 @@ def test_constant_zero_and_duplicate_vectors(tmp_path):
 
 
 def test_manifest_and_files_are_what_format_md_says(tmp_path):
-    import formats.manifest as mf
+    import vecz.formats.manifest as mf
 
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
         s.add(_data(10))
@@ -462,16 +462,16 @@ test_store_state_machine = StoreModel.TestCase
 
 
 def test_prefetch_asks_for_the_shortlist_and_changes_no_result(tmp_path, monkeypatch):
-    import formats.dense
+    import vecz.formats.dense
 
     asked: list[np.ndarray] = []
-    real = formats.dense.DenseReader.will_need
+    real = vecz.formats.dense.DenseReader.will_need
 
     def recording(self, rows):
         asked.append(np.asarray(rows).copy())
         return real(self, rows)
 
-    monkeypatch.setattr(formats.dense.DenseReader, "will_need", recording)
+    monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
     x = _data(300)
     q = _data(20, seed=8)
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import topk
+from vecz.kernels import topk
 from tests.reference.topk import topk_ref, topk_ref_batch
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None)

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import transform
+from vecz.kernels import transform
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None)
 DIMS = st.sampled_from([1, 2, 3, 7, 13, 16, 65])

@@ -35,7 +35,7 @@ def dense_candidates_ref(qs, x, ids, list_offsets, probes, probe_bias, is_l2):
 
 
 def dense_rescore_ref(queries: np.ndarray, vectors: np.ndarray, slots: np.ndarray, metric: int) -> np.ndarray:
-    """Exact float64 scores of `kernels.dense.dense_rescore`: 0 ip, 1 cosine, 2 squared l2;
+    """Exact float64 scores of `vecz.kernels.dense.dense_rescore`: 0 ip, 1 cosine, 2 squared l2;
     empty slots (-1) score -inf (+inf for l2); a zero vector's cosine is 0."""
     q = np.asarray(queries, dtype=np.float64)
     v = np.asarray(vectors, dtype=np.float64)
