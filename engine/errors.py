@@ -37,6 +37,8 @@ __all__ = [
     "ReadOnlyStore",
     "CommitConflict",
     "DatasetNotFound",
+    "MissingDependency",
+    "StoreClosed",
 ]
 
 
@@ -61,3 +63,12 @@ class StoreLocked(VeczError, RuntimeError):
 
 class ReadOnlyStore(VeczError, PermissionError):
     """A write (add, delete, train, compact) on a store opened read-only."""
+
+
+class MissingDependency(VeczError, ImportError):
+    """An optional extra is needed for this call (faiss-cpu, matplotlib, ray): the message
+    names the pip command that installs it."""
+
+
+class StoreClosed(VeczError, ValueError):
+    """A store used after `close()` (like a closed file, it raises ValueError's subclass)."""

@@ -176,9 +176,9 @@ class Store:
         cls,
         path: str | os.PathLike,
         *,
-        dim: int,
-        metric: str = "cosine",
-        codec: str = "RB2",
+        dim: int | None = None,
+        metric: str | None = None,
+        codec: "str | Codec" = "RB2",
         dense: str | None = "f32",
         seed: int = 0,
         train_size: int = 65536,
@@ -188,20 +188,33 @@ class Store:
 
         Parameters
         ----------
-        dim : width of the vectors
-        metric : "cosine", "ip" or "l2"
-        codec : spec string of the in-memory codes (DESIGN.md), e.g. "RB2", "IVF1024,PQ48x8"
+        dim : width of the vectors (may be omitted when `codec` is a `Codec`)
+        metric : "cosine" (default), "ip" or "l2" (a `Codec` brings its own)
+        codec : spec string of the in-memory codes (DESIGN.md), e.g. "RB2",
+            "IVF1024,PQ48x8"; or a `Codec`, trained or not (e.g. `Codec.from_faiss(index)`):
+            a trained one is committed with the store's first version and never retrained.
         dense : "f32", "f16" or None/"none" (no disk tier: searches cannot re-rank)
-        seed, train_size, rotation : passed to `engine.Codec`
+        seed, train_size, rotation : passed to `Codec` (with a spec string only)
         """
         dense = "none" if dense is None else dense
         if dense not in DENSE_CHOICES:
             raise InvalidInput(f"dense: expected one of {DENSE_CHOICES} or None, found {dense!r}")
+        given = codec if isinstance(codec, Codec) else None
+        if given is not None:
+            for name, value, own in (("dim", dim, given.dim), ("metric", metric, given.metric)):
+                if value is not None and value != own:
+                    raise InvalidInput(f"{name}: the codec given is for {name} {own!r}, found {name}={value!r}")
+            dim, metric = given.dim, given.metric
+        metric = "cosine" if metric is None else metric
         if metric not in METRICS:
             raise InvalidInput(f"metric: expected one of {METRICS}, found {metric!r}")
+        if dim is None:
+            raise InvalidInput("dim: expected the width of the vectors (an integer >= 1), found None")
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
             raise InvalidInput(f"dim: expected an integer >= 1, found {dim!r}")
-        config = Codec(codec, int(dim), metric, seed=seed, train_size=train_size, rotation=rotation).to_config()
+        if given is None:
+            given = Codec(codec, int(dim), metric, seed=seed, train_size=train_size, rotation=rotation)
+        config = given.to_config()
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise InvalidInput(f"{path}: expected a new or empty directory, found an existing "
@@ -210,6 +223,11 @@ class Store:
         store = cls(path, "a")
         store._acquire_lock()
         try:
+            codec_file = None
+            if given.is_trained:
+                codec_file = "codec-000000000001.vzs"
+                sg.write_segment(path / codec_file, "codec", given.state(), meta=config)
+                mf.fsync_dir(path)
             body = {
                 "format": FORMAT_ID,
                 "version": 1,
@@ -218,7 +236,7 @@ class Store:
                 "dim": int(dim),
                 "metric": metric,
                 "dense": dense,
-                "codec": {"config": config, "file": None},
+                "codec": {"config": config, "file": codec_file},
                 "segments": [],
                 "deletes": None,
                 "next_id": 0,
