@@ -10,15 +10,57 @@ the GIL (`nogil=True`: callers may run kernels from threads).
   these against numpy with a tolerance.
 - `jit_batch`: the `*_batch` drivers that loop over queries with `prange`; each one has a
   serial twin built from the same inner kernel.
+
+`target_has(feature)` tells whether the code Numba generates may use an x86 feature: Numba
+compiles for the host unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise, and a
+kernel that emits a target-specific intrinsic (the AVX2 byte shuffle of the fast scan)
+must follow what Numba targets, not what the host has, or LLVM aborts the process.
 """
 
 from __future__ import annotations
 
 import numba
+from llvmlite import binding as llvm_binding
+from numba.core import config
 
-__all__ = ["jit", "jit_fast", "jit_batch", "jit_batch_fast"]
+__all__ = ["jit", "jit_fast", "jit_batch", "jit_batch_fast", "target_has"]
 
 jit = numba.njit(cache=True, nogil=True)
 jit_fast = numba.njit(cache=True, nogil=True, fastmath=True)
 jit_batch = numba.njit(cache=True, nogil=True, parallel=True)
 jit_batch_fast = numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+
+
+# LLVM x86 CPU names lacking a feature the kernels test for (used for NUMBA_CPU_NAME with an
+# empty NUMBA_CPU_FEATURES, where LLVM takes the named CPU's own features).
+_OLD_X86 = {
+    "generic", "x86-64", "x86-64-v2", "i386", "i486", "i586", "i686", "pentium", "pentium-m", "pentium2",
+    "pentium3", "pentium4", "prescott", "nocona", "core2", "penryn", "nehalem", "corei7", "westmere",
+    "sandybridge", "corei7-avx", "bonnell", "atom", "silvermont", "slm", "goldmont", "goldmont-plus", "tremont",
+    "k8", "opteron", "athlon64", "athlon-fx", "k8-sse3", "amdfam10", "barcelona", "btver1", "bdver1",
+}
+_LACKING = {
+    "avx2": _OLD_X86 | {"ivybridge", "core-avx-i", "btver2", "bdver2", "bdver3"},
+    "f16c": _OLD_X86,
+}
+
+
+def target_has(feature: str) -> bool:
+    """Whether Numba's target CPU has the x86 `feature` ("avx2" or "f16c", or any feature
+    NUMBA_CPU_FEATURES names).
+
+    NUMBA_CPU_FEATURES, when set, is the feature list Numba passes to LLVM ("+avx2,..."; an
+    empty string means the named CPU's own features); unset, Numba uses the host's features
+    whatever NUMBA_CPU_NAME says.
+    """
+    features = config.CPU_FEATURES
+    if features is None:
+        return bool(llvm_binding.get_host_cpu_features().get(feature, False))
+    flags = {f.strip() for f in features.split(",") if f.strip()}
+    if f"+{feature}" in flags or f"-{feature}" in flags:
+        return f"+{feature}" in flags
+    if feature not in _LACKING:
+        raise ValueError(f"target_has: expected one of {sorted(_LACKING)} or a feature named in "
+                         f"NUMBA_CPU_FEATURES, found {feature!r}")
+    name = (config.CPU_NAME or llvm_binding.get_host_cpu_name()).lower()
+    return name not in _LACKING[feature]

@@ -7,11 +7,12 @@ vector to maximise cos(r, r_hat) over a grid (a least-squares fit of t alone wou
 rescale; the grid search changes which signs the residual levels take). With weights halving
 per level the b levels together form a uniform 2**b-point grid per dimension.
 
-Scoring is RaBitQ's unbiased estimator: <q, r> ~= <q, s> * |r|**2 / <s, r> with
+Scoring is RaBitQ's unbiased estimator: ``<q, r> ~= <q, s> * |r|**2 / <s, r>`` with
 s = sum_l 2**-l s_l, so every vector carries two float32 factors:
 `factors[:, 0] = g = |r|**2 / <s, r>` and `factors[:, 1] = |r|**2` (used by l2 and decode).
 
 Layouts:
+
 - bits uint8 (n, b, nbytes), nbytes = ceil(dim / 8); bit t of byte j of level l is the sign
   of dimension 8j + t (1 = positive), little-endian within the byte; padding bits are 0.
 - asymmetric tables `rb_lut` float32 (b * nbytes, 256): entry [l * nbytes + j, v] is
@@ -28,7 +29,7 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from ._jit import jit, jit_batch, jit_batch_fast, jit_fast
+from ._jit import jit, jit_batch
 from .pq import lut_sum
 from .topk import topk_init, topk_push, topk_sort
 
@@ -77,39 +78,69 @@ def rb_nbytes(dim: int) -> int:
     return (dim + 7) // 8
 
 
-@jit_fast
-def _levels_cos(r, inv_scale, n_levels, tmp):
-    # Greedy residual signs at weights 2**-l relative to 1/inv_scale; returns cos(r, r_hat).
+@jit
+def _dot_fixed(a, b):
+    """sum_t a[t] * b[t] in float32 in one fixed order: 8 interleaved partial sums, then a
+    fixed pairwise tree. No fastmath, so LLVM neither reorders nor contracts into FMA: the
+    encoder's factors come out bit-identical on every CPU Numba targets (AVX-512, AVX2,
+    SSE2), while the 8 independent chains still vectorize."""
+    n = a.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    m = n - n % 8
+    for t in range(0, m, 8):
+        s0 += a[t] * b[t]
+        s1 += a[t + 1] * b[t + 1]
+        s2 += a[t + 2] * b[t + 2]
+        s3 += a[t + 3] * b[t + 3]
+        s4 += a[t + 4] * b[t + 4]
+        s5 += a[t + 5] * b[t + 5]
+        s6 += a[t + 6] * b[t + 6]
+        s7 += a[t + 7] * b[t + 7]
+    tail = np.float32(0.0)
+    for t in range(m, n):
+        tail += a[t] * b[t]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
+
+
+@jit
+def _levels_values(r, inv_scale, n_levels, tmp, res):
+    # Greedy residual signs at weights 2**-l relative to 1/inv_scale: tmp[t] = sum_l 2**-l s_l.
+    # Levels outer, dimensions inner: elementwise float32 maths the compiler vectorizes
+    # without reordering anything (res: float64 scratch of the same width).
     dim = r.shape[0]
-    dot = np.float32(0.0)
-    sq = np.float32(0.0)
     for t in range(dim):
-        res = r[t] * inv_scale
-        val = np.float32(0.0)
-        w = np.float32(1.0)
-        for _ in range(n_levels):
-            s = np.float32(1.0) if res >= 0 else np.float32(-1.0)
-            val += w * s
-            res -= w * s
-            w *= np.float32(0.5)
-        tmp[t] = val
-        dot += val * r[t]
-        sq += val * val
+        res[t] = r[t] * inv_scale
+        tmp[t] = np.float32(0.0)
+    w = np.float32(1.0)
+    for _ in range(n_levels):
+        for t in range(dim):
+            s = w if res[t] >= 0 else -w
+            tmp[t] += s
+            res[t] -= s
+        w *= np.float32(0.5)
+
+
+@jit
+def _levels_cos(r, inv_scale, n_levels, tmp, res):
+    # cos(r, r_hat) of the levels at this scale (tmp receives r_hat's values).
+    _levels_values(r, inv_scale, n_levels, tmp, res)
+    sq = _dot_fixed(tmp, tmp)
     if sq <= 0:
         return np.float32(-2.0)
-    return dot / np.sqrt(sq)
+    return _dot_fixed(tmp, r) / np.sqrt(sq)
 
 
-@jit_fast
+@jit
 def rb_encode(r, n_levels, t_coarse, t_step):
-    """Encode one vector: bits uint8 (b, nbytes) and factors float32 (2,)."""
+    """Encode one vector: bits uint8 (b, nbytes) and factors float32 (2,).
+
+    Float maths in a fixed order without fastmath (`_dot_fixed`): the same input rows give
+    the same bits and factors on every CPU."""
     dim = r.shape[0]
     nbytes = (dim + 7) // 8
     bits = np.zeros((n_levels, nbytes), dtype=np.uint8)
     factors = np.zeros(2, dtype=np.float32)
-    rr = np.float32(0.0)
-    for t in range(dim):
-        rr += r[t] * r[t]
+    rr = _dot_fixed(r, r)
     factors[1] = rr
     if rr <= 0 or dim == 0:
         # A zero residual: all-positive signs with g = 0 decode and score to exactly zero.
@@ -119,11 +150,12 @@ def rb_encode(r, n_levels, t_coarse, t_step):
         return bits, factors
     rms = np.sqrt(rr / dim)
     tmp = np.empty(dim, dtype=np.float32)
+    res = np.empty(dim, dtype=np.float64)  # the residual runs in float64, as the scale does
     best_t = t_coarse[0]
     best_cos = np.float32(-3.0)
     if n_levels > 1:
         for i in range(t_coarse.shape[0]):
-            c = _levels_cos(r, np.float32(1.0) / (t_coarse[i] * rms), n_levels, tmp)
+            c = _levels_cos(r, np.float32(1.0) / (t_coarse[i] * rms), n_levels, tmp, res)
             if c > best_cos:
                 best_cos = c
                 best_t = t_coarse[i]
@@ -132,32 +164,29 @@ def rb_encode(r, n_levels, t_coarse, t_step):
             tt = center + i * t_step
             if tt <= 0:
                 continue
-            c = _levels_cos(r, np.float32(1.0) / (tt * rms), n_levels, tmp)
+            c = _levels_cos(r, np.float32(1.0) / (tt * rms), n_levels, tmp, res)
             if c > best_cos:
                 best_cos = c
                 best_t = tt
     # Final pass at the chosen scale: write the bits and the factors.
     inv = np.float32(1.0) / (best_t * rms)
-    dot = np.float32(0.0)
     for t in range(dim):
-        res = r[t] * inv
-        val = np.float32(0.0)
+        rt = r[t] * inv
         w = np.float32(1.0)
         for lv in range(n_levels):
-            if res >= 0:
+            if rt >= 0:
                 bits[lv, t >> 3] |= np.uint8(1 << (t & 7))
-                val += w
-                res -= w
+                rt -= w
             else:
-                val -= w
-                res += w
+                rt += w
             w *= np.float32(0.5)
-        dot += val * r[t]
+    _levels_values(r, inv, n_levels, tmp, res)
+    dot = _dot_fixed(tmp, r)
     factors[0] = rr / dot if dot > 0 else np.float32(0.0)
     return bits, factors
 
 
-@jit_batch_fast
+@jit_batch
 def rb_encode_batch(r, n_levels, t_coarse, t_step):
     """`rb_encode` over rows: bits uint8 (n, b, nbytes), factors float32 (n, 2)."""
     n, dim = r.shape

@@ -21,7 +21,7 @@ from numba import prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._jit import jit, jit_batch, jit_fast
+from ._jit import jit, jit_batch, jit_fast, target_has
 from .topk import topk_init, topk_push, topk_sort
 
 __all__ = [
@@ -55,12 +55,47 @@ def _widen(typingctx, value):
         return sig, codegen
     if isinstance(value, types.Integer) and value.bitwidth == 16:
         sig = types.float32(value)
+        if not _HAS_F16C:
+            # Without F16C, LLVM lowers `fpext half` to a runtime call Numba cannot link
+            # (the process aborts): widen by integer arithmetic instead (exact, slower).
+            def codegen(context, builder, signature, args):
+                return context.compile_internal(builder, _soft_f16_to_f32, signature, args)
+
+            return sig, codegen
 
         def codegen(context, builder, signature, args):
             return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
         return sig, codegen
     return None
+
+
+_HAS_F16C = target_has("f16c")
+
+
+@intrinsic
+def _u32_as_f32(typingctx, value):
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+def _soft_f16_to_f32(h):
+    # IEEE half -> single by bits: normal numbers re-bias the exponent (15 -> 127), subnormal
+    # halves are m * 2**-24 (exact in float32), all-ones exponents stay inf/NaN.
+    x = np.uint32(h)
+    sign = (x & np.uint32(0x8000)) << np.uint32(16)
+    exp = (x >> np.uint32(10)) & np.uint32(0x1F)
+    mant = x & np.uint32(0x3FF)
+    if exp == 0:
+        value = np.float32(mant) * np.float32(5.960464477539063e-08)  # 2**-24
+        return -value if sign else value
+    if exp == 31:
+        return _u32_as_f32(sign | np.uint32(0x7F800000) | (mant << np.uint32(13)))
+    return _u32_as_f32(sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13)))
 
 
 @jit

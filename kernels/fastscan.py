@@ -37,13 +37,12 @@ total order, so the visiting order does not change results either.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._jit import jit, jit_batch
+from ._jit import jit, jit_batch, target_has
 from .topk import topk_init, topk_push, topk_sort
 
 __all__ = [
@@ -76,7 +75,9 @@ __all__ = [
 ]
 
 BLOCK = 32
-HAS_SHUFFLE = bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+# The AVX2 byte shuffle is emitted only when Numba's target has AVX2 (NUMBA_CPU_NAME=x86-64
+# on an AVX2 host must get the scalar twins, not an intrinsic LLVM cannot select).
+HAS_SHUFFLE = target_has("avx2")
 
 
 @intrinsic

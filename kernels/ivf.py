@@ -6,6 +6,7 @@
   int64 (nlist + 1,) of each list in that order, so each list's codes are contiguous.
 - `ivf_probe(q, centroids, nprobe, metric)`: the nprobe best lists per query, int64
   (nq, nprobe) best first, with their similarity (ip) or negated distance (l2).
+
 Reference: tests/reference/ivf.py.
 """
 

@@ -1,6 +1,7 @@
 """Product quantization: training, encoding, decoding, lookup tables and scans.
 
 Shapes and dtypes:
+
 - vectors float32 (n, dim); `dim` need not divide by M: vectors are zero-padded to
   M * dsub with dsub = ceil(dim / M), and padded dims contribute nothing.
 - codebooks float32 (M, ksub, dsub), ksub = 2**nbits (nbits 4 or 8).
