@@ -1,5 +1,6 @@
-"""Shared pieces of the scan benchmarks: settings, data loading, recall, thread limits,
-the faiss baselines and the timing helper. Fixtures live in conftest.py.
+"""Shared pieces of the scan benchmarks: settings, data loading, thread limits, the faiss
+baselines and the timing helper (recall@10 is vecz.engine.bench.metrics.recall_at). Fixtures
+live in conftest.py.
 
 Both sides of every pair see the same arrays: float32 base (117,647 x 384), the first
 `VECZ_BENCH_NQ` queries (default 1000) and their exact top-10 (`gt_ids.npy`, inner product
@@ -21,7 +22,8 @@ from typing import Any, Callable, NamedTuple
 import faiss
 import numpy as np
 
-from vecz.engine.bench import set_blas_threads
+from vecz.engine.bench.metrics import recall_at
+from vecz.engine.bench.runner import set_blas_threads
 from vecz.engine.codecs import CodeIndex
 
 __all__ = [
@@ -35,7 +37,6 @@ __all__ = [
     "Data",
     "missing_data",
     "load_data",
-    "recall_at_k",
     "blas_single_thread",
     "resident_bytes",
     "FAISS_BUILDERS",
@@ -98,19 +99,12 @@ def load_data(nq: int = NQ, ntrain: int = NTRAIN) -> Data:
     )
 
 
-def recall_at_k(ids: np.ndarray, gt: np.ndarray, k: int = K) -> float:
-    """|returned top-k ∩ true top-k| / k, averaged over queries (DESIGN.md)."""
-    ids = np.asarray(ids)[:, :k]
-    hits = sum(len(np.intersect1d(row[row >= 0], truth[:k])) for row, truth in zip(ids, gt))
-    return hits / (k * len(gt))
-
-
 # --------------------------------------------------------------------------- threads
 
 
 def blas_single_thread() -> dict[str, int]:
     """Limit every BLAS loaded in the process (numpy's, faiss's) to one thread; returns
-    {library file: threads read back} (vecz.engine.bench.set_blas_threads, via threadpoolctl)."""
+    {library file: threads read back} (vecz.engine.bench.runner.set_blas_threads, via threadpoolctl)."""
     return set_blas_threads(1)
 
 
@@ -185,7 +179,7 @@ def run_search(
     ids = np.asarray(benchmark.pedantic(search, args=(queries,), rounds=ROUNDS, iterations=1))
     if ids.shape != (len(queries), K):
         raise AssertionError(f"{variant}: expected ids of shape {(len(queries), K)}, found {ids.shape}")
-    recall = recall_at_k(ids, gt)
+    recall = recall_at(ids, gt, K)
     stats = benchmark.stats  # None when benchmarks are disabled
     qps = len(queries) / stats.stats.median if stats is not None else None
     benchmark.extra_info.update(

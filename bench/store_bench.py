@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -39,14 +38,16 @@ import faiss  # noqa: E402
 import numba  # noqa: E402
 
 from vecz.engine import Codec, Store  # noqa: E402
-from vecz.engine.bench import faiss_factory, set_blas_threads  # noqa: E402
+from vecz.engine.bench.faiss_side import faiss_factory  # noqa: E402
+from vecz.engine.bench.metrics import recall_at  # noqa: E402
+from vecz.engine.bench.runner import build_store, set_blas_threads  # noqa: E402
+from vecz.errors import VeczError  # noqa: E402
 
 K = 10
 
 
-def recall(found: np.ndarray, gt: np.ndarray, k: int = K) -> float:
-    hits = [len(np.intersect1d(found[i, :k], gt[i, :k])) for i in range(len(gt))]
-    return float(np.mean(hits)) / k
+def recall(found: np.ndarray, gt: np.ndarray) -> float:
+    return recall_at(found, gt, K)
 
 
 def threads(n: int) -> None:
@@ -65,12 +66,13 @@ def best_time(fn, rounds: int = 3) -> float:
     return min(times)
 
 
-def build_store(path: Path, base: np.ndarray, spec: str) -> float:
-    shutil.rmtree(path, ignore_errors=True)
-    t = time.perf_counter()
-    with Store.create(path, dim=base.shape[1], metric="cosine", codec=spec, dense="f32") as s:
-        s.add(base)
-    return time.perf_counter() - t
+def has_store(path: Path, n: int) -> bool:
+    """A complete store of n rows is at `path` (built by an earlier run)."""
+    try:
+        with Store.open(path) as s:
+            return len(s) == n
+    except (VeczError, OSError):
+        return False
 
 
 def part_build(args, base, specs, out):
@@ -78,11 +80,11 @@ def part_build(args, base, specs, out):
     # compile everything once on a small store so no figure includes JIT time
     warm = Path(args.work) / "warm"
     for spec in specs:
-        build_store(warm, base[:3000], spec)
+        build_store(warm, spec, base[:3000])
     rows = []
     xb = base / np.linalg.norm(base, axis=1, keepdims=True)
     for spec in specs:
-        t_store = build_store(Path(args.work) / f"build-{spec}", base, spec)
+        t_store = build_store(Path(args.work) / f"build-{spec}", spec, base).build_s
         t0 = time.perf_counter()
         c = Codec(spec, base.shape[1], "cosine").train(base)
         c.encode(base)
@@ -116,9 +118,9 @@ def part_build(args, base, specs, out):
 
 def ensure_store(args, base, spec) -> Path:
     path = Path(args.work) / f"store-{spec}"
-    if not (path / "MANIFEST-000000000002").exists() or args.rebuild:
+    if args.rebuild or not has_store(path, len(base)):
         threads(2)
-        build_store(path, base, spec)
+        build_store(path, spec, base)
     return path
 
 
@@ -230,8 +232,8 @@ def part_ram(args, base, specs, out):
     for spec in specs:
         path = ensure_store(args, base, spec)
         tiny = Path(args.work) / f"tiny-{spec}"
-        if not (tiny / "MANIFEST-000000000002").exists():
-            build_store(tiny, base[:500], spec)
+        if not has_store(tiny, 500):
+            build_store(tiny, spec, base[:500])
         res = subprocess.run([sys.executable, "-c", _RAM_CHILD, str(path), str(tiny),
                               str(Path(args.data) / "queries.npy")], capture_output=True,
                              text=True, check=True, cwd=str(REPO))

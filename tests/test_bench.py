@@ -1,4 +1,4 @@
-"""Tests of `vecz bench` (engine/bench.py, engine/cli.py) on small synthetic data in tmp_path.
+"""Tests of `vecz bench` (the engine/bench/ wing, engine/cli.py) on small synthetic data in tmp_path.
 
 Checked: the .npy and .fvecs readers (and their errors), exact ground truth against a
 brute-force numpy oracle, recall, exact re-ranking, the Pareto marking on hand-made rows,
@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vecz.engine import bench
+from vecz.engine.bench import data as bench_data
+from vecz.engine.bench import exact, faiss_side, metrics, runner
 from vecz.engine.cli import main
+from vecz.engine.codecs import code_size
 from vecz.engine.errors import CodecSpecError, DatasetNotFound, FormatError, InvalidInput
+from vecz.formats.importers import read_vectors
 from tests.reference.files import write_fvecs
 
 DIM = 24
@@ -75,7 +78,8 @@ def assert_same_topk(ids: np.ndarray, base: np.ndarray, queries: np.ndarray, met
 
 @pytest.fixture(autouse=True)
 def gt_cache(tmp_path, monkeypatch):
-    """Computed ground truth without a base file beside it is cached here, not in ~/.cache."""
+    """Computed ground truth is cached here (XDG_CACHE_HOME in tmp_path): never in the real
+    ~/.cache, beside the test data, or in the repository's bench/sample."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return tmp_path / "xdg" / "vecz" / "gt"
 
@@ -87,20 +91,20 @@ def restore_threads():
 
     before = numba.get_num_threads()
     yield
-    bench.set_threads(before, with_faiss=True)
+    runner.set_threads(before, with_faiss=True)
 
 
 # --------------------------------------------------------------------------- readers
 
 
 def test_fvecs_round_trip(files, arrays):
-    got = bench.read_vectors(files["base_fvecs"])
+    got = read_vectors(files["base_fvecs"])
     np.testing.assert_array_equal(got, arrays[0])
     assert got.dtype == np.float32
 
 
 def test_npy_float16_converted(files, arrays):
-    got = bench.read_vectors(files["base"])
+    got = read_vectors(files["base"])
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, arrays[0].astype(np.float16).astype(np.float32))
 
@@ -109,7 +113,7 @@ def test_fvecs_truncated_rejected(tmp_path, arrays):
     path = write_fvecs(tmp_path / "t.fvecs", arrays[0][:5])
     path.write_bytes(path.read_bytes()[:-6])
     with pytest.raises(FormatError, match=r"not a multiple of the row size 100"):
-        bench.read_vectors(path)
+        read_vectors(path)
 
 
 def test_fvecs_inconsistent_header_rejected(tmp_path, arrays):
@@ -120,30 +124,30 @@ def test_fvecs_inconsistent_header_rejected(tmp_path, arrays):
     path = tmp_path / "h.fvecs"
     rows.tofile(path)
     with pytest.raises(FormatError, match=rf"row 2 has width header {DIM + 1}, expected {DIM}"):
-        bench.read_vectors(path)
+        read_vectors(path)
 
 
 def test_reader_errors(tmp_path):
     with pytest.raises(DatasetNotFound, match="no such file"):
-        bench.read_vectors(tmp_path / "missing.npy")
+        read_vectors(tmp_path / "missing.npy")
     (tmp_path / "junk.npy").write_bytes(b"not an npy file at all")
     with pytest.raises(FormatError, match="expected a numeric .npy array"):
-        bench.read_vectors(tmp_path / "junk.npy")
+        read_vectors(tmp_path / "junk.npy")
     np.save(tmp_path / "ok.npy", np.ones((10, 4), dtype=np.float32))
     (tmp_path / "cut.npy").write_bytes((tmp_path / "ok.npy").read_bytes()[:-7])
     with pytest.raises(FormatError, match="cut.npy"):
-        bench.read_vectors(tmp_path / "cut.npy")
+        read_vectors(tmp_path / "cut.npy")
     (tmp_path / "x.bin").write_bytes(b"\0" * 16)
     with pytest.raises(InvalidInput, match="expected a .npy or .fvecs"):
-        bench.read_vectors(tmp_path / "x.bin")
+        read_vectors(tmp_path / "x.bin")
     np.save(tmp_path / "int.npy", np.ones((3, 4), dtype=np.int32))
     with pytest.raises(InvalidInput, match="float16/32/64"):
-        bench.read_vectors(tmp_path / "int.npy")
+        read_vectors(tmp_path / "int.npy")
     bad = np.ones((3, 4), dtype=np.float32)
     bad[1, 2] = np.nan
     np.save(tmp_path / "nan.npy", bad)
     with pytest.raises(InvalidInput, match="row 1"):
-        bench.read_vectors(tmp_path / "nan.npy")
+        read_vectors(tmp_path / "nan.npy")
 
 
 # --------------------------------------------------------------------------- exact search and recall
@@ -152,43 +156,49 @@ def test_reader_errors(tmp_path):
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 def test_gt_equals_brute_force(arrays, metric):
     base, queries = arrays
-    scores, ids = bench.exact_topk(base, queries, metric, depth=100)
+    scores, ids = exact.exact_topk(base, queries, metric, depth=100)
     assert ids.shape == (NQ, 100) and ids.dtype == np.int64
     assert_same_topk(ids, base, queries, metric)
     if metric == "l2":
         want = ((queries[:, None, :] - base[ids]) ** 2).sum(-1)
         assert np.all(np.diff(scores, axis=1) >= 0)
     else:
-        b = bench.prepare(base, metric)
-        q = bench.prepare(queries, metric)
+        b = exact.prepare(base, metric)
+        q = exact.prepare(queries, metric)
         want = np.einsum("qkd,qd->qk", b[ids], q)
         assert np.all(np.diff(scores, axis=1) <= 0)
     np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-3)
 
 
 def test_gt_depth_capped_by_base(arrays):
-    _, ids = bench.exact_topk(arrays[0][:30], arrays[1], "ip", depth=100)
+    _, ids = exact.exact_topk(arrays[0][:30], arrays[1], "ip", depth=100)
     assert ids.shape == (NQ, 30)
 
 
 def test_recall_at():
     truth = np.array([[1, 2, 3], [4, 5, 6]])
     found = np.array([[3, 9, -1], [4, 5, 6]])
-    assert bench.recall_at(found, truth, 1) == 0.5
-    assert bench.recall_at(found, truth, 3) == pytest.approx((1 + 3) / 6)
-    assert bench.recall_at(np.full((2, 3), -1), np.full((2, 3), -1), 3) == 0.0
+    assert metrics.recall_at(found, truth, 1) == 0.5
+    assert metrics.recall_at(found, truth, 3) == pytest.approx((1 + 3) / 6)
+    assert metrics.recall_at(np.full((2, 3), -1), np.full((2, 3), -1), 3) == 0.0
+    # a set intersection, as DESIGN.md defines it: an id returned twice counts once
+    assert metrics.recall_at(np.array([[1, 1, 1]]), np.array([[1, 2, 3]]), 3) == pytest.approx(1 / 3)
+    with pytest.raises(InvalidInput, match="recall@10 needs at least 10"):
+        metrics.recall_at(found, truth, 10)
+    with pytest.raises(InvalidInput, match="one found row per query"):
+        metrics.recall_at(found[:1], truth, 3)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_exact_rerank(arrays, metric):
     base, queries = arrays
-    b, q = bench.prepare(base, metric), bench.prepare(queries, metric)
-    truth = bench.exact_topk(base, queries, metric, 10)[1]
+    b, q = exact.prepare(base, metric), exact.prepare(queries, metric)
+    truth = exact.exact_topk(base, queries, metric, 10)[1]
     rng = np.random.default_rng(1)
     cand = np.stack([rng.permutation(np.concatenate([t, rng.choice(N, 20)]))[:30] for t in truth])
     cand = np.array([list(dict.fromkeys(row)) + [-1] * (30 - len(set(row))) for row in cand.tolist()])
     cand[:, -1] = -1
-    scores, ids = bench.exact_rerank(b, q, cand, 10, metric)
+    scores, ids = exact.exact_rerank(b, q, cand, 10, metric)
     for qi in range(NQ):
         valid = cand[qi][cand[qi] >= 0]
         want = _brute_force(base[valid], queries[qi : qi + 1], metric, 10)[0]
@@ -197,10 +207,10 @@ def test_exact_rerank(arrays, metric):
 
 
 def test_exact_rerank_pads_short_candidates(arrays):
-    b = bench.prepare(arrays[0], "ip")
-    q = bench.prepare(arrays[1][:2], "ip")
+    b = exact.prepare(arrays[0], "ip")
+    q = exact.prepare(arrays[1][:2], "ip")
     cand = np.array([[5, -1, -1], [-1, -1, -1]])
-    scores, ids = bench.exact_rerank(b, q, cand, 4, "ip")
+    scores, ids = exact.exact_rerank(b, q, cand, 4, "ip")
     assert ids.tolist() == [[5, -1, -1, -1], [-1, -1, -1, -1]]
     assert np.isneginf(scores[1]).all() and np.isneginf(scores[0, 1:]).all()
 
@@ -220,49 +230,49 @@ def test_pareto_front_hand_made():
         {"spec": "A", "bytes_per_vector": 40, "rerank": 50, "recall@10": 0.95},  # own group: front
         {"spec": "F", "bytes_per_vector": 392, "rerank": 50, "recall@10": 0.94},  # worse than cheaper A
     ]
-    marks = bench.pareto_front(rows)
+    marks = metrics.pareto_front(rows)
     assert [r["spec"] for r, m in zip(rows, marks) if m] == ["A", "D", "F", "A"]
     assert marks == [True, False, False, True, False, True, False, True, False]
 
 
 def test_pareto_equal_rows_marks_first():
     rows = [{"bytes_per_vector": 8, "rerank": 0, "recall@10": 0.3}] * 2
-    assert bench.pareto_front(rows) == [True, False]
+    assert metrics.pareto_front(rows) == [True, False]
 
 
 # --------------------------------------------------------------------------- running
 
 
 def test_parse_options():
-    assert bench.parse_rerank("0,50,50", 10) == [0, 50]
+    assert runner.parse_rerank("0,50,50", 10) == [0, 50]
     with pytest.raises(InvalidInput):
-        bench.parse_rerank("0,5", 10)
+        runner.parse_rerank("0,5", 10)
     with pytest.raises(InvalidInput):
-        bench.parse_rerank("x", 10)
-    assert bench.parse_codecs(" SQ8 ; RB1;", DIM, "cosine") == ["SQ8", "RB1"]
+        runner.parse_rerank("x", 10)
+    assert runner.parse_codecs(" SQ8 ; RB1;", DIM, "cosine") == ["SQ8", "RB1"]
     with pytest.raises(CodecSpecError):
-        bench.parse_codecs("SQ8;PQ5x3", DIM, "cosine")
+        runner.parse_codecs("SQ8;PQ5x3", DIM, "cosine")
     with pytest.raises(CodecSpecError):
-        bench.parse_codecs("MRL64,SQ8", DIM, "cosine")  # wider than the vectors
+        runner.parse_codecs("MRL64,SQ8", DIM, "cosine")  # wider than the vectors
 
 
 def test_faiss_factory():
-    assert bench.faiss_factory("PQ48x8", 384) == "PQ48np"
-    assert bench.faiss_factory("PQ96x4", 384) == "PQ96x4fs"
-    assert bench.faiss_factory("IVF64,PQ8x8", 384) == "IVF64,PQ8np"
-    assert bench.faiss_factory("F16", 384) == "SQfp16"
-    assert bench.faiss_factory("SQ4", 384) == "SQ4"
-    assert bench.faiss_factory("Flat", 384) == "Flat"
-    assert bench.faiss_factory("RB2", 384) == "RR384,RaBitQ2"
-    assert bench.faiss_factory("IVF16,RB1", 384) == "RR384,IVF16,RaBitQ1"
-    assert bench.faiss_factory("MRL256,RB2", 384) == "MRL256,RR256,RaBitQ2"
-    assert bench.faiss_factory("MRL128,IVF64,PQ16x4", 384) == "MRL128,IVF64,PQ16x4fs"
+    assert faiss_side.faiss_factory("PQ48x8", 384) == "PQ48np"
+    assert faiss_side.faiss_factory("PQ96x4", 384) == "PQ96x4fs"
+    assert faiss_side.faiss_factory("IVF64,PQ8x8", 384) == "IVF64,PQ8np"
+    assert faiss_side.faiss_factory("F16", 384) == "SQfp16"
+    assert faiss_side.faiss_factory("SQ4", 384) == "SQ4"
+    assert faiss_side.faiss_factory("Flat", 384) == "Flat"
+    assert faiss_side.faiss_factory("RB2", 384) == "RR384,RaBitQ2"
+    assert faiss_side.faiss_factory("IVF16,RB1", 384) == "RR384,IVF16,RaBitQ1"
+    assert faiss_side.faiss_factory("MRL256,RB2", 384) == "MRL256,RR256,RaBitQ2"
+    assert faiss_side.faiss_factory("MRL128,IVF64,PQ16x4", 384) == "MRL128,IVF64,PQ16x4fs"
 
 
 def test_run_bench_quality(arrays):
     base, queries = arrays
-    data = bench.Dataset("synthetic", base, queries)
-    res = bench.run_bench(data, ["Flat", "PQ4x8", "RB1", "SQ4"], metric="cosine", k=10, rerank=[0, 40], threads=1)
+    data = bench_data.Dataset("synthetic", base, queries)
+    res = runner.run_bench(data, ["Flat", "PQ4x8", "RB1", "SQ4"], metric="cosine", k=10, rerank=[0, 40], threads=1)
     by = {(r["spec"], r["rerank"]): r for r in res.rows}
     assert len(res.rows) == 8
     assert by[("Flat", 0)]["recall@10"] == 1.0 and by[("Flat", 0)]["recall@1"] == 1.0
@@ -278,13 +288,13 @@ def test_run_bench_quality(arrays):
     assert by[("PQ4x8", 0)]["recall@10"] < 1.0  # lossy, so the check above means something
     assert by[("PQ4x8", 0)]["bytes_per_vector"] == 4 + 8
     assert_same_topk(data.gt, base, queries, "cosine")
-    spec, r = bench.best_compressed(res)
+    spec, r = metrics.best_compressed(res)
     chosen = by[(spec, r)]
     assert spec != "Flat"
-    if any(row["recall@10"] >= bench.EXAMPLE_RECALL for row in res.rows if row["spec"] != "Flat"):
+    if any(row["recall@10"] >= metrics.EXAMPLE_RECALL for row in res.rows if row["spec"] != "Flat"):
         # the cheapest compressed row that reaches the example recall
-        assert chosen["recall@10"] >= bench.EXAMPLE_RECALL
-        assert not any(row["recall@10"] >= bench.EXAMPLE_RECALL and row["bytes_per_vector"] < chosen["bytes_per_vector"]
+        assert chosen["recall@10"] >= metrics.EXAMPLE_RECALL
+        assert not any(row["recall@10"] >= metrics.EXAMPLE_RECALL and row["bytes_per_vector"] < chosen["bytes_per_vector"]
                        for row in res.rows if row["spec"] != "Flat")
     else:
         assert chosen["recall@10"] == max(row["recall@10"] for row in res.rows if row["spec"] != "Flat")
@@ -293,8 +303,8 @@ def test_run_bench_quality(arrays):
 def test_run_bench_given_gt_and_l2(arrays):
     base, queries = arrays
     gt = _brute_force(base, queries, "l2", 20)
-    data = bench.Dataset("synthetic", base, queries, gt=gt, gt_source="given")
-    res = bench.run_bench(data, ["Flat"], metric="l2", k=20, rerank=[0], threads=1)
+    data = bench_data.Dataset("synthetic", base, queries, gt=gt, gt_source="given")
+    res = runner.run_bench(data, ["Flat"], metric="l2", k=20, rerank=[0], threads=1)
     assert res.rows[0]["recall@10"] == 1.0 and res.rows[0]["recall@100"] is None
     assert res.recall_ats == [1, 10]
 
@@ -408,64 +418,107 @@ def test_sample_end_to_end(tmp_path, capsys):
 # --------------------------------------------------------------------------- ground-truth cache
 
 
-def test_gt_cached_beside_base_and_reused(files, arrays, monkeypatch):
-    d = files["dir"] / "gtcache"
+def _data_folder(files, arrays, name: str) -> Path:
+    d = files["dir"] / name
     d.mkdir()
     np.save(d / "b.npy", arrays[0])
     np.save(d / "q.npy", arrays[1])
-    data = bench.load_files(d / "b.npy", d / "q.npy")
-    gt = bench.ground_truth(data, "cosine")
+    return d
+
+
+def test_gt_cached_in_user_cache_and_reused(files, arrays, gt_cache, monkeypatch):
+    d = _data_folder(files, arrays, "gtcache")
+    data = bench_data.load_files(d / "b.npy", d / "q.npy")
+    gt = bench_data.ground_truth(data, "cosine")
     assert "computed" in data.gt_source
-    cached = list(d.glob("b.gt-cosine-top100-*.npy"))
+    assert sorted(p.name for p in d.iterdir()) == ["b.npy", "q.npy"]  # nothing written beside the input
+    cached = list(gt_cache.glob("b.gt-cosine-top100-*.npy"))
     assert len(cached) == 1 and str(cached[0]) in data.gt_source
+    assert cached[0] == bench_data.gt_cache_path(data, "cosine")
     np.testing.assert_array_equal(np.load(cached[0]), gt)
     assert_same_topk(gt, arrays[0], arrays[1], "cosine")
 
     def fail(*a, **k):
         raise AssertionError("the cached ground truth should have been used")
 
-    monkeypatch.setattr(bench, "exact_topk", fail)
-    again = bench.load_files(d / "b.npy", d / "q.npy")
-    np.testing.assert_array_equal(bench.ground_truth(again, "cosine"), gt)
+    monkeypatch.setattr(bench_data, "exact_topk", fail)
+    again = bench_data.load_files(d / "b.npy", d / "q.npy")
+    np.testing.assert_array_equal(bench_data.ground_truth(again, "cosine"), gt)
     assert "cached in" in again.gt_source and "computed" not in again.gt_source
     # another metric, another query set: another key, so never the stale file
-    assert bench.gt_cache_paths(again, "l2")[0] != cached[0]
-    fewer = bench.load_files(d / "b.npy", d / "q.npy", nq=5)
-    assert bench.gt_cache_paths(fewer, "cosine")[0] != cached[0]
+    assert bench_data.gt_cache_path(again, "l2") != cached[0]
+    fewer = bench_data.load_files(d / "b.npy", d / "q.npy", nq=5)
+    assert bench_data.gt_cache_path(fewer, "cosine") != cached[0]
 
 
-def test_gt_cache_damaged_is_recomputed(files, arrays):
-    d = files["dir"] / "gtdamaged"
-    d.mkdir()
-    np.save(d / "b.npy", arrays[0])
-    np.save(d / "q.npy", arrays[1])
-    data = bench.load_files(d / "b.npy", d / "q.npy")
-    path = bench.gt_cache_paths(data, "ip")[0]
+def test_gt_cache_damaged_is_recomputed(files, arrays, gt_cache):
+    d = _data_folder(files, arrays, "gtdamaged")
+    data = bench_data.load_files(d / "b.npy", d / "q.npy")
+    path = bench_data.gt_cache_path(data, "ip")
+    assert path.parent == gt_cache
+    path.parent.mkdir(parents=True)
     path.write_bytes(b"\x93NUMPY garbage")
-    gt = bench.ground_truth(data, "ip")
+    gt = bench_data.ground_truth(data, "ip")
     assert "computed" in data.gt_source
     assert_same_topk(gt, arrays[0], arrays[1], "ip")
     np.testing.assert_array_equal(np.load(path), gt)  # replaced by the good one
 
 
-def test_gt_cache_falls_back_when_data_folder_unwritable(arrays, gt_cache, tmp_path):
-    # the base file's folder cannot take a new file (here: its "folder" is a regular file,
-    # which fails for root too, unlike a read-only mode): the cache goes to XDG_CACHE_HOME
+def test_gt_cache_unwritable_is_said_not_raised(arrays, tmp_path):
+    # the cache folder cannot be made (here: it would sit under a regular file, which fails
+    # for root too, unlike a read-only mode): the truth is computed and the source says so
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")
-    data = bench.Dataset("synthetic", arrays[0], arrays[1], base_path=blocker / "b.npy")
-    bench.ground_truth(data, "cosine")
-    assert str(gt_cache) in data.gt_source
-    assert len(list(gt_cache.glob("b.gt-cosine-top100-*.npy"))) == 1
-    again = bench.Dataset("synthetic", arrays[0], arrays[1], base_path=blocker / "b.npy")
-    bench.ground_truth(again, "cosine")
-    assert "computed" not in again.gt_source  # found in the fallback folder
+    data = bench_data.Dataset("synthetic", arrays[0], arrays[1])
+    gt = bench_data.ground_truth(data, "cosine", cache=blocker / "gt")
+    assert gt.shape == (NQ, 100)
+    assert "computed" in data.gt_source and f"not cached ({blocker / 'gt'}" in data.gt_source
 
 
 def test_gt_cache_in_xdg_without_base_file(arrays, gt_cache):
-    data = bench.Dataset("synthetic", arrays[0], arrays[1])
-    bench.ground_truth(data, "cosine")
+    data = bench_data.Dataset("synthetic", arrays[0], arrays[1])
+    bench_data.ground_truth(data, "cosine")
     assert len(list(gt_cache.glob("data.gt-cosine-top100-*.npy"))) == 1
+
+
+def test_gt_cache_named_folder_or_none(files, arrays, gt_cache, tmp_path):
+    d = _data_folder(files, arrays, "gtnamed")
+    data = bench_data.load_files(d / "b.npy", d / "q.npy")
+    bench_data.ground_truth(data, "l2", cache=tmp_path / "mine")
+    assert len(list((tmp_path / "mine").glob("b.gt-l2-top100-*.npy"))) == 1
+    # asked for: beside the input
+    beside = bench_data.load_files(d / "b.npy", d / "q.npy")
+    bench_data.ground_truth(beside, "l2", cache=d)
+    assert len(list(d.glob("b.gt-l2-top100-*.npy"))) == 1
+    off = bench_data.load_files(d / "b.npy", d / "q.npy")
+    bench_data.ground_truth(off, "ip", cache=False)
+    assert bench_data.gt_cache_path(off, "ip", cache=False) is None
+    assert "computed" in off.gt_source and "cached" not in off.gt_source
+    assert not gt_cache.exists() and not list(d.glob("b.gt-ip-*"))
+
+
+def test_default_gt_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert bench_data.default_gt_cache_dir() == tmp_path / "xdg" / "vecz" / "gt"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec says: ignore it
+    assert bench_data.default_gt_cache_dir() == tmp_path / "home" / ".cache" / "vecz" / "gt"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert bench_data.default_gt_cache_dir() == tmp_path / "home" / ".cache" / "vecz" / "gt"
+
+
+def test_cli_gt_cache_options(files, tmp_path, gt_cache, capsys):
+    argv = ["bench", str(files["base"]), str(files["queries"]), "--codecs", "Flat", "--rerank", "0", "--threads", "1"]
+    assert main(argv + ["--gt-cache", str(tmp_path / "gc")]) == 0
+    assert f"cached in {tmp_path / 'gc'}" in capsys.readouterr().out
+    assert len(list((tmp_path / "gc").glob("base.gt-cosine-top100-*.npy"))) == 1
+    assert main(argv + ["--no-gt-cache"]) == 0
+    assert "cached" not in capsys.readouterr().out
+    assert not gt_cache.exists()
+    assert sorted(p.name for p in files["dir"].glob("base.gt-*")) == []
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--gt-cache", str(tmp_path / "gc"), "--no-gt-cache"])
+    assert exc.value.code == 2
 
 
 def test_parquet_input(files, arrays, tmp_path, capsys):
@@ -487,23 +540,165 @@ def test_best_per_budget_hand_made():
         {"spec": "c", "bytes_per_vector": 64, "rerank": 0, "recall@10": 0.9, "qps": 5.0},
         {"spec": "a", "bytes_per_vector": 16, "rerank": 50, "recall@10": 0.95, "qps": 8.0},
     ]
-    res = bench.BenchResult(rows, {}, {}, np.zeros((1, 10), dtype=np.int64), [1, 10])
-    table = {e["bytes_per_vector"]: e["best"] for e in bench.best_per_budget(res)}
+    res = metrics.BenchResult(rows, {}, {}, np.zeros((1, 10), dtype=np.int64), [1, 10])
+    table = {e["bytes_per_vector"]: e["best"] for e in metrics.best_per_budget(res)}
     assert table[16][0][0] == "a" and table[32][0][0] == "a" and table[64][0][0] == "c"
     assert table[16][50][0] == "a" and table[64][50][0] == "a"
-    fast = {e["bytes_per_vector"]: e["fastest"] for e in bench.best_per_budget(res)}
+    fast = {e["bytes_per_vector"]: e["fastest"] for e in metrics.best_per_budget(res)}
     assert fast[32][0][0] == "a"  # b is faster but 0.1 below a
     rows.append({"spec": "d", "bytes_per_vector": 64, "rerank": 0, "recall@10": 0.895, "qps": 50.0})
-    fast = {e["bytes_per_vector"]: e["fastest"] for e in bench.best_per_budget(res)}
+    fast = {e["bytes_per_vector"]: e["fastest"] for e in metrics.best_per_budget(res)}
     assert fast[64][0][0] == "d"  # within NEAR_BEST of c's 0.9 and faster
 
 
 def test_default_codecs_cover_budgets():
-    specs = bench.default_codecs(117_647, 384).split(";")
-    sizes = [bench.code_size(s, 384, "cosine") for s in specs]
+    specs = runner.default_codecs(117_647, 384).split(";")
+    sizes = [code_size(s, 384, "cosine") for s in specs]
     assert len(specs) >= 10 and min(sizes) == 16 and max(sizes) == 384
     assert "IVF1024,RB1" in specs
-    small = bench.default_codecs(500, 384).split(";")
+    small = runner.default_codecs(500, 384).split(";")
     assert not any(s.startswith("IVF") for s in small)  # too few rows to partition
-    for s in bench.default_codecs(24_000, 768).split(";"):
-        bench.code_size(s, 768, "cosine")  # every scaled spec is valid at its width
+    for s in runner.default_codecs(24_000, 768).split(";"):
+        code_size(s, 768, "cosine")  # every scaled spec is valid at its width
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_family_groups_sizes_not_kinds():
+    from vecz.engine.bench.plots import family
+
+    want = {
+        "PQ x8": ["PQ48x8", "PQ32x8", "PQ1x8"],
+        "PQ x4": ["PQ96x4", "PQ32x4"],
+        "RB": ["RB1", "RB2", "RB4"],
+        "IVF+RB": ["IVF1024,RB1", "IVF64,RB2"],
+        "IVF+PQ x4": ["IVF1024,PQ96x4"],
+        "IVF+PQ x8": ["IVF16,PQ8x8"],
+        "MRL+RB": ["MRL256,RB1", "MRL160,RB2"],
+        "MRL+IVF+RB": ["MRL320,IVF1024,RB1"],
+        "SQ": ["SQ8", "SQ4"],
+        "F16": ["F16"],
+        "Flat": ["Flat"],
+    }
+    for fam, specs in want.items():
+        assert [family(s) for s in specs] == [fam] * len(specs)
+
+
+def test_pareto_line_hand_made():
+    from vecz.engine.bench.plots import pareto_line
+
+    # (recall, qps): higher is better on both
+    pts = [(0.50, 900.0), (0.70, 800.0), (0.60, 700.0), (0.90, 300.0), (0.90, 100.0), (0.95, 50.0),
+           (0.40, 950.0), (0.70, 800.0), (0.95, 40.0)]
+    front = pareto_line(pts)
+    assert front == [6, 0, 1, 3, 5]  # x ascending; (0.6, 700) is beaten by (0.7, 800), repeats kept once
+    assert [pts[i][0] for i in front] == sorted(pts[i][0] for i in front)
+    for i, p in enumerate(pts):  # nothing on the line is beaten by any point
+        if i in front:
+            assert not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in pts)
+    assert pareto_line([]) == [] and pareto_line([(0.3, 1.0)]) == [0]
+
+
+def _overlap(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_place_labels_crowded_never_overlap():
+    from vecz.engine.bench.plots import place_labels
+
+    rng = np.random.default_rng(5)
+    bounds = (0.0, 0.0, 600.0, 400.0)
+    # 60 labels whose points sit within 30 px of each other, like recall 0.99+ on a plot
+    anchors = [tuple(v) for v in rng.uniform([280, 180], [310, 210], size=(60, 2))]
+    sizes = [(float(w), 9.0) for w in rng.uniform(30, 110, 60)]
+    markers = [(x - 4.5, y - 4.5, x + 4.5, y + 4.5) for x, y in anchors]
+    boxes = place_labels(anchors, sizes, bounds=bounds, obstacles=markers)
+    placed = [b for b in boxes if b is not None]
+    assert 10 <= len(placed) < 60  # room for some, not for all: the rest are left out
+    for i, a in enumerate(placed):
+        assert bounds[0] <= a[0] and a[2] <= bounds[2] and bounds[1] <= a[1] and a[3] <= bounds[3]
+        assert not any(_overlap(a, m) for m in markers)
+        assert not any(_overlap(a, b) for b in placed[i + 1 :])
+    for box, (w, h) in zip(boxes, sizes):
+        assert box is None or (box[2] - box[0], box[3] - box[1]) == pytest.approx((w, h))
+    # sparse points: every label placed, right beside its point
+    far = [(50.0, 50.0), (300.0, 200.0), (500.0, 300.0)]
+    boxes = place_labels(far, [(60.0, 9.0)] * 3, bounds=bounds)
+    assert all(b is not None and abs(b[0] - x) <= 10 and abs(b[1] - y) <= 10 for b, (x, y) in zip(boxes, far))
+    # a label that cannot fit inside the bounds is left out, not pushed outside
+    assert place_labels([(10.0, 10.0)], [(700.0, 9.0)], bounds=bounds) == [None]
+
+
+def test_recall_axis_stretches_toward_one():
+    from vecz.engine.bench.plots import RecallAxis
+
+    axis = RecallAxis(200, 10)  # recall steps of 1/2000: exact recall drawn at 1 - 1/4000
+    np.testing.assert_allclose(axis.forward([0.0, 0.9, 0.99, 0.999]), [0, 1, 2, 3], atol=1e-12)
+    np.testing.assert_allclose(axis.inverse(axis.forward([0.3, 0.95, 0.9995])), [0.3, 0.95, 0.9995])
+    assert axis.clip(1.0) == 1 - axis.eps == 1 - 1 / 4000 and axis.clip(0.9995) == 0.9995
+    lo, hi = axis.limits([0.37, 1.0])
+    assert lo < 0.37 and 1 - axis.eps < hi < 1
+    ticks, labels = axis.ticks(lo, hi)
+    assert {"0.5", "0.9", "0.99", "0.999", "1"} <= set(labels) and ticks == sorted(ticks)
+    t = axis.forward(ticks)
+    assert np.diff(t).min() >= 0.07 * (axis.forward(hi) - axis.forward(lo)) - 1e-9  # ticks never crowd
+    big = RecallAxis(10_000, 10)  # finer steps than 1e-4: the top tick says what it holds
+    assert big.eps == 1e-4 and big.ticks(*big.limits([0.5, 1.0]))[1][-1] == ">=0.9999"
+
+
+def _plot_rows() -> tuple[list[dict], dict]:
+    rows = []
+    for spec, size, base_recall, qps in [("PQ16x8", 16, 0.55, 9000.0), ("PQ32x8", 32, 0.7, 6000.0),
+                                          ("PQ32x4", 16, 0.5, 20000.0), ("RB1", 56, 0.68, 8000.0),
+                                          ("RB2", 104, 0.84, 5000.0), ("IVF64,RB1", 56, 0.66, 15000.0),
+                                          ("SQ8", 384, 0.995, 700.0), ("Flat", 1536, 1.0, 600.0)]:
+        for r, gain, slow in ((0, 0.0, 1.0), (50, 0.6, 2.0), (100, 0.8, 3.0)):
+            rec = min(1.0, base_recall + gain * (1 - base_recall))
+            rows.append({"spec": spec, "bytes_per_vector": size + 8, "rerank": r, "nprobe": 8 if "IVF" in spec
+                         else None, "recall@1": rec, "recall@10": rec, "recall@100": None, "qps": qps / slow,
+                         "faiss_recall@10": max(0.0, rec - 0.01), "faiss_qps": qps / slow * 0.9,
+                         "faiss_bytes_per_vector": size + 8 + (12 if "RB" in spec else 0)})
+    settings = {"dataset": "synthetic", "nq": 200, "n": 5000, "dim": 384, "k": 10, "threads": 2}
+    return rows, settings
+
+
+def test_write_plots_and_replot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from vecz.engine.bench import plots
+
+    rows, settings = _plot_rows()
+    for row, mark in zip(rows, metrics.pareto_front(rows)):
+        row["pareto"] = mark
+    result = metrics.BenchResult(rows, settings, {}, np.zeros((1, 10), dtype=np.int64), [1, 10])
+    written = plots.write_plots(result, tmp_path / "grid")
+    assert [p.name for p in written] == ["recall_vs_bytes.png", "recall_vs_qps.png"]
+    assert all(p.stat().st_size > 20_000 for p in written)
+    # a --budget run: recall vs speed only, with the target and the recommended point
+    budget_rows = [dict(row, recommended=(i == 4)) for i, row in enumerate(rows) if row["rerank"]]
+    settings_b = dict(settings, budget=64, target_recall=0.95, recall_key="recall@10", heldout_queries=[100, 200])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.json").write_text(json.dumps(
+        {"settings": settings_b, "rows": budget_rows, "recommendation": {"run": budget_rows[4]}}))
+    again = plots.replot(tmp_path / "b" / "results.json")
+    assert [p.name for p in again] == ["recall_vs_qps.png"] and again[0].parent == tmp_path / "b"
+    # nothing confirmed (a --budget search whose target no candidate reached): no plot, no error
+    empty = metrics.BenchResult([], settings_b, {}, np.zeros((1, 10), dtype=np.int64), [1, 10], {"run": None})
+    assert plots.write_plots(empty, tmp_path / "empty") == []
+
+
+def test_no_matplotlib_says_so(tmp_path, monkeypatch):
+    import sys
+
+    from vecz.engine.bench import plots, report
+    from vecz.engine.errors import MissingDependency
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    rows, settings = _plot_rows()
+    settings.update(metric="cosine", ground_truth="given", nprobe=8, latency_queries=200, faiss=False)
+    result = metrics.BenchResult(rows, settings, {}, np.zeros((1, 10), dtype=np.int64), [1, 10])
+    notes = report.write_outputs(result, tmp_path, {"python": "x"})
+    assert "plots skipped: matplotlib is not installed (pip install 'vecz[bench]')" in notes
+    assert (tmp_path / "report.md").is_file() and not list(tmp_path.glob("*.png"))
+    with pytest.raises(MissingDependency, match=r"matplotlib is not installed \(pip install 'vecz\[bench\]'\)"):
+        plots.replot(tmp_path / "results.json")

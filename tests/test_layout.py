@@ -31,30 +31,43 @@ STDLIB_OK = {
 def _package_of(path: Path) -> list[str]:
     """The installed package a repository file belongs to, e.g. engine/store.py -> vecz.engine."""
     folder = path.parent.relative_to(REPO).parts
-    return ["vecz"] if folder == ("engine", "_toplevel") else ["vecz", folder[0]]
+    return ["vecz"] if folder == ("engine", "_toplevel") else ["vecz", *folder]
+
+
+def _import_targets(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import in a file, at any depth (imports inside functions
+    too), relative ones resolved: ``import a.b`` -> ("a.b", []); ``from .x import y`` in
+    engine/store.py -> ("vecz.engine.x", ["y"])."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: list[tuple[str, list[str]]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = _package_of(path)
+                module = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            out.append((module, [alias.name for alias in node.names]))
+    return out
 
 
 def _imports(path: Path) -> set[str]:
     """Top-level modules a file imports; vecz's own imports (relative ones resolved) as
     'vecz.<subpackage>'."""
-    tree = ast.parse(path.read_text(), filename=str(path))
     found = set()
-
-    def add(name: str) -> None:
-        parts = name.split(".")
+    for module, _ in _import_targets(path):
+        parts = module.split(".")
         found.add(".".join(parts[:2]) if parts[0] == "vecz" and len(parts) > 1 else parts[0])
-
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                add(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = _package_of(path)[: len(_package_of(path)) - node.level + 1]
-                add(".".join(base + ([node.module] if node.module else [])))
-            elif node.module:
-                add(node.module)
     return found
+
+
+def _module_name(path: Path) -> str:
+    """The dotted name a repository file is imported as, e.g. engine/bench/data.py ->
+    vecz.engine.bench.data, engine/bench/__init__.py -> vecz.engine.bench."""
+    package = _package_of(path)
+    return ".".join(package if path.name == "__init__.py" else package + [path.stem])
 
 
 @pytest.mark.parametrize("package", ["kernels", "formats"])
@@ -67,11 +80,52 @@ def test_package_imports_flow_one_way(package):
 
 
 def test_faiss_stays_out_of_the_library():
-    for package in ("engine", "kernels", "formats"):
-        for path in (REPO / package).glob("*.py"):
-            if path.name == "bench.py":  # the compression benchmark runs faiss baselines by design
-                continue
-            assert "faiss" not in _imports(path), f"{path.relative_to(REPO)} imports faiss"
+    """faiss (an optional extra) is imported by engine/faiss_interop.py alone; every other
+    module, the benchmark's faiss side (engine/bench/faiss_side.py) included, calls its
+    import_faiss()."""
+    importers = sorted(str(path.relative_to(REPO)) for package in ("engine", "kernels", "formats")
+                       for path in (REPO / package).rglob("*.py") if "faiss" in _imports(path))
+    assert importers == ["engine/faiss_interop.py"], f"faiss imported outside engine/faiss_interop.py: {importers}"
+    assert "import_faiss" in (REPO / "engine" / "bench" / "faiss_side.py").read_text()
+
+
+def test_engine_modules_import_no_cycle():
+    """The modules of engine/ (the bench/ wing included) import each other without a cycle,
+    counting imports inside functions; and the --budget search builds on the bench runner
+    and report, never the reverse."""
+    modules = {_module_name(path): path for path in sorted((REPO / "engine").rglob("*.py"))}
+    assert {"vecz.engine.store", "vecz.engine.bench", "vecz.engine.bench.runner"} <= set(modules)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for module, names in _import_targets(path):
+            subs = {f"{module}.{n}" for n in names if f"{module}.{n}" in modules}  # `from pkg import submodule`
+            deps |= subs
+            if module in modules and (not subs or len(subs) < len(names)):
+                deps.add(module)
+        graph[name] = deps - {name}
+    # a package's __init__ runs before its submodules, but that is a cycle only if it imports
+    # one that imports the package back, which an edge to the package itself shows here
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    budget_users = sorted(n for n, deps in graph.items() if "vecz.engine.bench.budget" in deps)
+    assert budget_users == ["vecz.engine.bench", "vecz.engine.cli"], budget_users
 
 
 def test_no_pickle_anywhere():

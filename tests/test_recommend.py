@@ -1,4 +1,4 @@
-"""Tests of `vecz bench --budget` (engine/recommend.py): the search space, the choice, and
+"""Tests of `vecz bench --budget` (engine/bench/budget.py): the search space, the choice, and
 one end-to-end search on a small clustered dataset with its report, JSON and CSV."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from vecz.engine import bench, recommend
+from vecz.engine.bench import budget, metrics, runner
+from vecz.engine.bench import data as bench_data
 from vecz.engine.cli import main
 from vecz.engine.codecs import code_size
 from vecz.engine.errors import InvalidInput
@@ -26,7 +27,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     before = numba.get_num_threads()
     yield
-    bench.set_threads(before, with_faiss=True)
+    runner.set_threads(before, with_faiss=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,61 +43,61 @@ def data_files(tmp_path_factory):
 
 
 def test_depth_and_nprobe_grids():
-    assert recommend.depth_grid(10) == [0, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500]
-    assert recommend.depth_grid(1) == [0, 1, 2, 3, 5, 8, 10, 15, 20, 30, 50]
-    assert recommend.nprobe_grid(1024) == [32, 64, 128, 256, 512]
-    assert recommend.nprobe_grid(16) == [1, 2, 4, 8]
+    assert budget.depth_grid(10) == [0, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500]
+    assert budget.depth_grid(1) == [0, 1, 2, 3, 5, 8, 10, 15, 20, 30, 50]
+    assert budget.nprobe_grid(1024) == [32, 64, 128, 256, 512]
+    assert budget.nprobe_grid(16) == [1, 2, 4, 8]
 
 
 def test_ivf_nlist():
-    assert bench.ivf_nlist(117_647) == 1024
-    assert bench.ivf_nlist(1_000_000) == 4096
-    assert bench.ivf_nlist(5000) == 64  # 256 would leave ~20 rows per list
-    assert bench.ivf_nlist(1000) is None
+    assert runner.ivf_nlist(117_647) == 1024
+    assert runner.ivf_nlist(1_000_000) == 4096
+    assert runner.ivf_nlist(5000) == 64  # 256 would leave ~20 rows per list
+    assert runner.ivf_nlist(1000) is None
     for n in (1024, 3000, 50_000, 10**7):
-        nl = bench.ivf_nlist(n)
+        nl = runner.ivf_nlist(n)
         assert nl is None or (n / nl >= 64 and nl & (nl - 1) == 0)
 
 
-@pytest.mark.parametrize("budget, dim", [(48, 384), (16, 384), (384, 384), (48, 768), (8, 32), (200, 1024)])
-def test_candidates_fit_the_budget(budget, dim):
-    specs = recommend.candidate_specs(budget, dim, "cosine", 117_647)
+@pytest.mark.parametrize("nbytes, dim", [(48, 384), (16, 384), (384, 384), (48, 768), (8, 32), (200, 1024)])
+def test_candidates_fit_the_budget(nbytes, dim):
+    specs = budget.candidate_specs(nbytes, dim, "cosine", 117_647)
     assert specs and len(specs) == len(set(specs))
     for spec in specs:
-        assert code_size(spec, dim, "cosine") <= budget, spec
+        assert code_size(spec, dim, "cosine") <= nbytes, spec
     families = {s.split(",")[-1].rstrip("0123456789x") for s in specs}
     assert {"PQ"} <= families  # PQ fits any budget of one byte or more
 
 
 def test_candidates_48_bytes_at_384_dims():
-    specs = recommend.candidate_specs(48, 384, "cosine", 117_647)
+    specs = budget.candidate_specs(48, 384, "cosine", 117_647)
     assert specs[:2] == ["PQ48x8", "PQ96x4"]
     assert "MRL320,RB1" in specs  # RB1 at 384 dims takes 56 bytes: truncated to fit
     assert "IVF1024,PQ96x4" in specs and "MRL320,IVF1024,RB1" in specs
     assert not any(s == "RB1" or s == "SQ8" for s in specs)
     # without room for IVF, none is proposed
-    assert not any("IVF" in s for s in recommend.candidate_specs(48, 384, "cosine", 800))
+    assert not any("IVF" in s for s in budget.candidate_specs(48, 384, "cosine", 800))
 
 
 def test_candidates_large_budget_keeps_full_width():
-    specs = recommend.candidate_specs(384, 384, "cosine", 117_647)
+    specs = budget.candidate_specs(384, 384, "cosine", 117_647)
     assert "SQ8" in specs and "RB1" in specs and "RB2" in specs and "RB7" in specs
     assert not any(s.startswith("MRL") for s in specs)
 
 
 def test_candidates_bad_budget():
     with pytest.raises(InvalidInput, match="--budget"):
-        recommend.candidate_specs(0, 384, "cosine", 1000)
+        budget.candidate_specs(0, 384, "cosine", 1000)
 
 
 def test_split_queries_disjoint_and_capped():
-    tune, held = recommend.split_queries(10_000)
-    assert (tune.start, tune.stop) == (0, recommend.MAX_TUNE)
-    assert held.start == tune.stop and held.stop - held.start == recommend.MAX_HELDOUT
-    tune, held = recommend.split_queries(3)
+    tune, held = budget.split_queries(10_000)
+    assert (tune.start, tune.stop) == (0, budget.MAX_TUNE)
+    assert held.start == tune.stop and held.stop - held.start == budget.MAX_HELDOUT
+    tune, held = budget.split_queries(3)
     assert (tune.stop - tune.start, held.stop - held.start) == (1, 2)
     with pytest.raises(InvalidInput):
-        recommend.split_queries(1)
+        budget.split_queries(1)
 
 
 def _run(spec, qps, recall, r=50):
@@ -105,13 +106,13 @@ def _run(spec, qps, recall, r=50):
 
 def test_pick_fastest_reaching_target():
     runs = [_run("a", 100, 0.99), _run("b", 300, 0.951), _run("c", 900, 0.94), _run("d", 200, 0.97)]
-    assert recommend.pick(runs, "recall@10", 0.95)["spec"] == "b"
-    assert recommend.pick(runs, "recall@10", 0.98)["spec"] == "a"
+    assert budget.pick(runs, "recall@10", 0.95)["spec"] == "b"
+    assert budget.pick(runs, "recall@10", 0.98)["spec"] == "a"
     # nothing reaches: the best recall, whatever its speed
-    assert recommend.pick(runs, "recall@10", 0.999)["spec"] == "a"
-    assert recommend.pick([], "recall@10", 0.9) is None
+    assert budget.pick(runs, "recall@10", 0.999)["spec"] == "a"
+    assert budget.pick([], "recall@10", 0.9) is None
     # equal speed: the better recall
-    assert recommend.pick([_run("x", 5, 0.96), _run("y", 5, 0.97)], "recall@10", 0.95)["spec"] == "y"
+    assert budget.pick([_run("x", 5, 0.96), _run("y", 5, 0.97)], "recall@10", 0.95)["spec"] == "y"
 
 
 def test_recommend_end_to_end(data_files, tmp_path, capsys):
@@ -127,7 +128,7 @@ def test_recommend_end_to_end(data_files, tmp_path, capsys):
     s, rec, rows = payload["settings"], payload["recommendation"], payload["rows"]
     assert s["budget"] == 8 and s["target_recall"] == 0.9 and s["recall_key"] == "recall@10"
     assert s["tune_queries"] == [0, NQ // 2] and s["heldout_queries"] == [NQ // 2, NQ]
-    assert s["candidates"] == recommend.candidate_specs(8, DIM, "cosine", N)
+    assert s["candidates"] == budget.candidate_specs(8, DIM, "cosine", N)
     assert payload["machine"]["command"].startswith("vecz bench ")
     # every candidate was swept; every sweep is monotone enough to mean something
     assert {sw["spec"] for sw in rec["sweeps"]} == set(s["candidates"])
@@ -163,8 +164,8 @@ def test_recommend_end_to_end(data_files, tmp_path, capsys):
 
 
 def test_recommend_reaches_target_and_confirms(data_files, tmp_path):
-    data = bench.load_files(data_files / "base.npy", data_files / "queries.npy")
-    res = recommend.recommend(data, 16, target=0.95, specs=["PQ16x8", "RB2"], threads=1, work=tmp_path / "w")
+    data = bench_data.load_files(data_files / "base.npy", data_files / "queries.npy")
+    res = budget.recommend(data, 16, target=0.95, specs=["PQ16x8", "RB2"], threads=1, work=tmp_path / "w")
     rec = res.recommendation
     assert rec["reached"], rec["summary"]
     run = rec["run"]
@@ -172,30 +173,30 @@ def test_recommend_reaches_target_and_confirms(data_files, tmp_path):
     # re-measure the recommended point on the held-out queries through a fresh store
     from vecz.engine.store import Store
 
-    built = bench.build_store(tmp_path / "again", run["spec"], data.base, "cosine")
+    built = runner.build_store(tmp_path / "again", run["spec"], data.base, "cosine")
     held = slice(*res.settings["heldout_queries"])
     with Store.open(built.path) as store:
         ids = store.search(data.queries[held], 10, nprobe=run["nprobe"], rerank=run["rerank"])[1]
-    assert bench.recall_at(ids, data.gt[held], 10) == pytest.approx(run["recall@10"], abs=1e-4)
+    assert metrics.recall_at(ids, data.gt[held], 10) == pytest.approx(run["recall@10"], abs=1e-4)
     assert not list((tmp_path / "w").iterdir())  # stores removed once measured
 
 
 def test_recommend_rejects_spec_over_budget(data_files):
-    data = bench.load_files(data_files / "base.npy", data_files / "queries.npy")
+    data = bench_data.load_files(data_files / "base.npy", data_files / "queries.npy")
     with pytest.raises(InvalidInput, match="over the budget of 8"):
-        recommend.recommend(data, 8, specs=["PQ16x8"], threads=1)
+        budget.recommend(data, 8, specs=["PQ16x8"], threads=1)
     with pytest.raises(InvalidInput, match="target-recall"):
-        recommend.recommend(data, 8, target=1.5, threads=1)
+        budget.recommend(data, 8, target=1.5, threads=1)
 
 
 def test_summary_when_target_missed():
     run = {"spec": "PQ8x8", "code_size": 8, "nprobe": None, "rerank": 500, "recall@10": 0.91, "qps": 1000.0,
            "p50_ms": 1.0, "p99_ms": 2.0, "rows_read_per_query": 500, "bytes_read_per_query": 768000,
            "ram_bytes_per_vector": 16.5}
-    text = recommend.summary(run, "recall@10", 0.95, 8, False, 384)
+    text = budget.summary(run, "recall@10", 0.95, 8, False, 384)
     assert text.startswith("Target recall@10 >= 0.95 not reached; closest: PQ8x8")
     assert "500 rows (750.0 KiB)" in text
-    assert recommend.summary(None, "recall@10", 0.95, 8, False, 384).startswith("No candidate reached")
-    ok = recommend.summary(dict(run, rerank=0, rows_read_per_query=0, bytes_read_per_query=0), "recall@10", 0.9, 8,
+    assert budget.summary(None, "recall@10", 0.95, 8, False, 384).startswith("No candidate reached")
+    ok = budget.summary(dict(run, rerank=0, rows_read_per_query=0, bytes_read_per_query=0), "recall@10", 0.9, 8,
                            True, 384)
     assert ok.startswith("Recommended: PQ8x8") and "reads nothing from disk" in ok

@@ -21,33 +21,39 @@ the one the choice was fitted on:
 
 1. tune: each spec is built as a real store; one codes-only search per nprobe returns the
    best 50k candidates of each tuning query, and the recall@k of re-ranking the first R of
-   them exactly (`vecz.engine.bench.exact_rerank`, what the store's re-ranking computes) gives,
-   for every R, whether the target is met; the smallest such R is kept per (spec, nprobe).
+   them exactly (`exact.exact_keys` / `exact.select_exact`, what the store's re-ranking
+   computes) gives, for every R, whether the target is met; the smallest such R is kept per
+   (spec, nprobe).
 2. confirm: each kept (spec, nprobe, R) is searched through the store on the held-out
    queries, timed (batch QPS, p50/p99 of single queries) with rows and bytes read counted;
    a point that misses the target there is retried one depth step deeper.
 
 The recommendation is the confirmed point with the highest QPS among those reaching the
 target on the held-out queries; if none does, the point with the best held-out recall, with
-the shortfall said. Every run is returned as a row (`BenchResult.rows`) for the report.
+the shortfall said. Every run is returned as a row (`BenchResult.rows`) for the report
+(`write_outputs`). This module builds on `runner` and `report`; neither imports it.
 """
 
 from __future__ import annotations
 
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import bench
-from .codecs import code_size
-from .errors import CodecSpecError, InvalidInput
+from ..codecs import code_size
+from ..errors import CodecSpecError, InvalidInput
+from .data import Dataset, ground_truth
+from .exact import exact_keys, prepare, select_exact
+from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_nprobe
+from .metrics import LATENCY_QUERIES, BenchResult, recall_at, recall_ats
+from .report import aligned_table, faiss_columns, markdown_rows, measured_columns, num_cell, settings_line
+from .report import write_outputs as _write_report
+from .runner import built_stores, check_common, ivf_nlist, measure_store, set_threads, store_row
 
-__all__ = ["candidate_specs", "depth_grid", "nprobe_grid", "split_queries", "pick", "recommend",
-           "format_runs"]
+__all__ = ["candidate_specs", "depth_grid", "nprobe_grid", "split_queries", "pick", "recommend", "summary",
+           "format_runs", "format_sweeps", "report_markdown", "write_outputs"]
 
 # Deepest re-ranking tried, in multiples of k (50 x k = 500 rows of 1.5 KB per query at k=10).
 MAX_DEPTH_FACTOR = 50
@@ -110,7 +116,7 @@ def candidate_specs(budget: int, dim: int, metric: str, n: int) -> list[str]:
         add(f"RB{full}")
     for sq in ("SQ8", "SQ4"):
         add(_truncated(sq, dim, metric, budget))
-    nlist = bench.ivf_nlist(n)
+    nlist = ivf_nlist(n)
     if nlist is not None:
         for base in (f"PQ{m4}x4" if m4 >= 2 else None, _truncated("RB1", dim, metric, budget)):
             if base is None:
@@ -150,20 +156,20 @@ def _sweep(store: Any, xq_tune: np.ndarray, xq_tune_p: np.ndarray, xb_p: np.ndar
     """recall@key_at on the tuning queries for every depth R, from one codes-only search."""
     deepest = min(max(depths), len(xb_p))
     cand = store.search(xq_tune, max(k, deepest), nprobe=nprobe, rerank=0)[1]
-    keys = bench.exact_keys(xb_p, xq_tune_p, cand, metric)  # once; each R re-ranks a prefix
+    keys = exact_keys(xb_p, xq_tune_p, cand, metric)  # once; each R re-ranks a prefix
     out = {}
     for r in depths:
         if r == 0:
             ids = cand[:, :k]
         else:
             w = min(r, cand.shape[1])
-            ids = bench.select_exact(keys[:, :w], cand[:, :w], k, metric)[1]
-        out[r] = round(bench.recall_at(ids, gt_tune, key_at), 4)
+            ids = select_exact(keys[:, :w], cand[:, :w], k, metric)[1]
+        out[r] = round(recall_at(ids, gt_tune, key_at), 4)
     return out
 
 
 def recommend(
-    data: bench.Dataset,
+    data: Dataset,
     budget: int,
     *,
     target: float = 0.95,
@@ -176,17 +182,16 @@ def recommend(
     progress: bool = False,
     work: str | Path | None = None,
     keep_stores: bool = False,
-) -> bench.BenchResult:
+    gt_cache: bool | str | Path = True,
+) -> BenchResult:
     """Search the codec space that fits `budget` code bytes per vector for the spec, nprobe and
     re-ranking depth that reach `target` recall@10 (recall@k when k < 10) fastest.
 
-    `specs` replaces the generated candidates (each must fit the budget). Returns a
-    `BenchResult` whose rows are the confirming runs (held-out queries) and whose
-    `recommendation` holds the choice, the tuning sweeps and the query split.
+    `specs` replaces the generated candidates (each must fit the budget). `gt_cache` as in
+    `runner.run_bench`. Returns a `BenchResult` whose rows are the confirming runs (held-out
+    queries) and whose `recommendation` holds the choice, the tuning sweeps and the query split.
     """
-    from .store import Store
-
-    bench.check_common(metric, k, None)
+    check_common(metric, k, None)
     if not 0.0 < target <= 1.0:
         raise InvalidInput(f"--target-recall must be in (0, 1], found {target}")
     n, dim = data.base.shape
@@ -199,73 +204,52 @@ def recommend(
             if size > budget:
                 raise InvalidInput(f"spec {spec!r} takes {size} bytes per vector at {dim} dims, over the "
                                    f"budget of {budget}")
-    thread_info = bench.set_threads(threads, with_faiss)
-    gt = bench.ground_truth(data, metric)
-    ats = bench.recall_ats(gt, k)
+    thread_info = set_threads(threads, with_faiss)
+    gt = ground_truth(data, metric, cache=gt_cache)
+    ats = recall_ats(gt, k)
     key_at = 10 if 10 in ats else max(ats)
     key = f"recall@{key_at}"
     tune, held = split_queries(len(data.queries))
     xq_tune, xq_held = data.queries[tune], data.queries[held]
     gt_tune, gt_held = gt[tune], gt[held]
-    xb_p = bench.prepare(data.base, metric)
-    xq_tune_p = bench.prepare(xq_tune, metric)
+    xb_p = prepare(data.base, metric)
+    xq_tune_p = prepare(xq_tune, metric)
     depths = depth_grid(k)
-
-    from tqdm import tqdm
 
     runs: list[dict[str, Any]] = []
     sweeps: list[dict[str, Any]] = []
     found: dict[tuple[str, int], np.ndarray] = {}
     started = time.perf_counter()
-    bar = tqdm(specs, desc=f"vecz bench --budget {budget}", unit="spec", disable=not progress, file=sys.stderr,
-               leave=False)
-    with bench.work_dir(work) as wd:
-        for spec in bar:
-            bar.set_postfix_str(f"{spec}: build")
-            built = bench.build_store(wd / bench._slug(spec), spec, data.base, metric, seed=seed)
-            with Store.open(built.path) as store:
-                ram = sum(store.memory_bytes().values())
-                nlist = store.codec.nlist
-                probes: list[int | None] = nprobe_grid(nlist) if nlist > 1 else [None]
-                fx = None
-                for npr in probes:
-                    bar.set_postfix_str(f"{spec}: tune nprobe={npr}")
-                    curve = _sweep(store, xq_tune, xq_tune_p, xb_p, gt_tune, k=k, metric=metric, nprobe=npr,
-                                   depths=depths, key_at=key_at)
-                    reach = next((r for r in depths if curve[r] >= target), None)
-                    sweeps.append({"spec": built.spec, "nprobe": npr, "tune_recall": curve, "min_rerank": reach})
-                    if reach is None:
-                        continue
-                    tries = [reach] + [d for d in depths if d > reach][:1]
-                    for r in tries:
-                        bar.set_postfix_str(f"{spec}: confirm nprobe={npr} R={r}")
-                        measured, ids = bench.measure_store(store, xq_held, gt_held, k=k, rerank=r, nprobe=npr,
-                                                            ats=ats)
-                        row: dict[str, Any] = {
-                            "spec": built.spec,
-                            "code_size": built.code_size,
-                            "bytes_per_vector": built.code_size + bench.ID_BYTES,
-                            "ram_bytes_per_vector": round(ram / n, 2),
-                            "rerank": r,
-                            "nprobe": npr,
-                            f"tune_{key}": curve[r],
-                        }
-                        row.update(measured)
-                        row.update(build_s=round(built.build_s, 3), train_s=round(built.train_s, 3))
-                        if with_faiss:
-                            if fx is None:
-                                fx = bench._FaissSide(built.spec, dim, metric, xb_p, built.sample, k, npr)
-                            elif npr is not None and fx.index is not None:
-                                bench._set_faiss_nprobe(fx.index, npr)
-                            row.update(fx.measure(r, xq_held, gt_held, ats, row["qps"]))
-                        runs.append(row)
-                        found[(f"{built.spec} nprobe={npr}", r)] = ids
-                        if row[key] >= target:
-                            break
-                del fx
-            if not keep_stores:
-                shutil.rmtree(built.path, ignore_errors=True)
-    bar.close()
+    for bar, built, store, ram in built_stores(specs, data.base, metric, seed=seed, work=work,
+                                               keep_stores=keep_stores, desc=f"vecz bench --budget {budget}",
+                                               progress=progress):
+        nlist = store.codec.nlist
+        probes: list[int | None] = nprobe_grid(nlist) if nlist > 1 else [None]
+        fx = None
+        for npr in probes:
+            bar.set_postfix_str(f"{built.spec}: tune nprobe={npr}")
+            curve = _sweep(store, xq_tune, xq_tune_p, xb_p, gt_tune, k=k, metric=metric, nprobe=npr,
+                           depths=depths, key_at=key_at)
+            reach = next((r for r in depths if curve[r] >= target), None)
+            sweeps.append({"spec": built.spec, "nprobe": npr, "tune_recall": curve, "min_rerank": reach})
+            if reach is None:
+                continue
+            tries = [reach] + [d for d in depths if d > reach][:1]
+            for r in tries:
+                bar.set_postfix_str(f"{built.spec}: confirm nprobe={npr} R={r}")
+                measured, ids = measure_store(store, xq_held, gt_held, k=k, rerank=r, nprobe=npr, ats=ats)
+                row = store_row(built, ram, r, npr, measured, **{f"tune_{key}": curve[r]})
+                if with_faiss:
+                    if fx is None:
+                        fx = FaissSide(built.spec, dim, metric, xb_p, built.sample, k, npr)
+                    elif npr is not None and fx.index is not None:
+                        set_faiss_nprobe(fx.index, npr)
+                    row.update(fx.measure(r, xq_held, gt_held, ats, row["qps"]))
+                runs.append(row)
+                found[(f"{built.spec} nprobe={npr}", r)] = ids
+                if row[key] >= target:
+                    break
+        del fx
 
     choice = pick(runs, key, target)
     for row in runs:
@@ -291,9 +275,9 @@ def recommend(
         "threads": thread_info["threads"],
         "thread_settings": thread_info,
         "faiss": with_faiss,
-        "faiss_rabitq_qb": bench.FAISS_RABITQ_QB if with_faiss else None,
+        "faiss_rabitq_qb": FAISS_RABITQ_QB if with_faiss else None,
         "ground_truth": data.gt_source,
-        "latency_queries": min(bench.LATENCY_QUERIES, held.stop - held.start),
+        "latency_queries": min(LATENCY_QUERIES, held.stop - held.start),
         "seed": seed,
         "search_s": round(time.perf_counter() - started, 1),
     }
@@ -303,8 +287,7 @@ def recommend(
         "sweeps": sweeps,
         "summary": summary(choice, key, target, budget, reached, dim),
     }
-    result = bench.BenchResult(runs, settings, found, gt_held, ats, recommendation)
-    return result
+    return BenchResult(runs, settings, found, gt_held, ats, recommendation)
 
 
 def summary(choice: dict[str, Any] | None, key: str, target: float, budget: int, reached: bool, dim: int) -> str:
@@ -326,61 +309,79 @@ def summary(choice: dict[str, Any] | None, key: str, target: float, budget: int,
     return text
 
 
-def _set_cols(result: bench.BenchResult) -> list[tuple[str, str, Any]]:
+def _run_cols(result: BenchResult) -> list[tuple[str, str, Any]]:
     key = result.settings["recall_key"]
-    num = bench.num_cell
     cols = [
         ("spec", "<", lambda row: row["spec"] + ("  <- recommended" if row.get("recommended") else "")),
-        ("code B", ">", num("code_size", "d")),
+        ("code B", ">", num_cell("code_size", "d")),
         ("nprobe", ">", lambda row: "-" if row.get("nprobe") is None else str(row["nprobe"])),
-        ("R", ">", num("rerank", "d")),
-        (f"tune {key}", ">", num(f"tune_{key}", ".3f")),
-        (f"held-out {key}", ">", num(key, ".3f")),
-    ] + bench.measured_columns(",.0f")
+        ("R", ">", num_cell("rerank", "d")),
+        (f"tune {key}", ">", num_cell(f"tune_{key}", ".3f")),
+        (f"held-out {key}", ">", num_cell(key, ".3f")),
+    ] + measured_columns(",.0f")
     if result.settings.get("faiss"):
-        cols += [
-            (f"faiss {key}", ">", lambda row: "n/a" if row.get("faiss_" + key) is None else f"{row['faiss_' + key]:.3f}"),
-            ("faiss QPS", ">", lambda row: "n/a" if row.get("faiss_qps") is None else f"{row['faiss_qps']:,.0f}"),
-            ("vs faiss", ">", lambda row: "n/a" if row.get("speed_vs_faiss") is None else f"{row['speed_vs_faiss']:.2f}x"),
-        ]
+        cols += faiss_columns(key, ",.0f")
     return cols
 
 
-def format_runs(result: bench.BenchResult, markdown: bool = False) -> str:
+def format_runs(result: BenchResult, markdown: bool = False) -> str:
     """The confirming runs as an aligned text table (or markdown), the recommended one flagged."""
-    cols = _set_cols(result)
-    cells = [[c[0] for c in cols]] + [[c[2](row) for c in cols] for row in result.rows]
-    if markdown:
-        out = ["| " + " | ".join(cells[0]) + " |",
-               "| " + " | ".join("---" if c[1] == "<" else "---:" for c in cols) + " |"]
-        for row, line in zip(result.rows, cells[1:]):
-            if row.get("recommended"):
-                line = [f"**{v}**" for v in line]
-            out.append("| " + " | ".join(line) + " |")
-        return "\n".join(out)
-    widths = [max(len(line[j]) for line in cells) for j in range(len(cols))]
-    lines = []
-    for i, line in enumerate(cells):
-        lines.append("  ".join(format(v, f"{cols[j][1]}{widths[j]}") for j, v in enumerate(line)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    cols = _run_cols(result)
+    head, aligns = [c[0] for c in cols], [c[1] for c in cols]
+    lines = [[c[2](row) for c in cols] for row in result.rows]
+    if not markdown:
+        return aligned_table(head, lines, aligns)
+    lines = [[f"**{v}**" for v in line] if row.get("recommended") else line for row, line in zip(result.rows, lines)]
+    return markdown_rows(head, lines, aligns)
 
 
-def format_sweeps(result: bench.BenchResult, markdown: bool = False) -> str:
+def format_sweeps(result: BenchResult, markdown: bool = False) -> str:
     """recall on the tuning queries against depth R for every (spec, nprobe) searched."""
     rec = result.recommendation or {}
     depths = result.settings["depths"]
     head = ["spec", "nprobe"] + [f"R={r}" for r in depths] + ["min R"]
-    lines = [head]
-    for s in rec.get("sweeps", []):
-        lines.append([s["spec"], "-" if s["nprobe"] is None else str(s["nprobe"])]
-                     + [f"{s['tune_recall'][r]:.3f}" for r in depths]
-                     + ["-" if s["min_rerank"] is None else str(s["min_rerank"])])
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-        out += ["| " + " | ".join(line) + " |" for line in lines[1:]]
-        return "\n".join(out)
-    widths = [max(len(line[j]) for line in lines) for j in range(len(head))]
-    return "\n".join("  ".join(format(v, ("<" if j == 0 else ">") + str(widths[j])) for j, v in enumerate(line))
-                     for line in lines)
+    lines = [[s["spec"], "-" if s["nprobe"] is None else str(s["nprobe"])]
+             + [f"{s['tune_recall'][r]:.3f}" for r in depths]
+             + ["-" if s["min_rerank"] is None else str(s["min_rerank"])]
+             for s in rec.get("sweeps", [])]
+    aligns = ["<"] + [">"] * (len(head) - 1)
+    return (markdown_rows if markdown else aligned_table)(head, lines, aligns)
+
+
+def report_markdown(result: BenchResult) -> list[str]:
+    """The top of report.md for a --budget run: what was searched, the recommendation, the
+    confirming runs and the tuning sweeps."""
+    s = result.settings
+    key = s["recall_key"]
+    return [
+        f"# vecz bench --budget {s['budget']}: {s['dataset']}",
+        "",
+        settings_line(s),
+        "",
+        f"Searched {len(s['candidates'])} specs that fit {s['budget']} code bytes per vector "
+        f"({', '.join(s['candidates'])}), re-ranking depths {s['depths']} and, for IVF, nprobe nlist/32 .. "
+        f"nlist/2, for the fastest way to {key} >= {s['target_recall']}. Tuned on queries "
+        f"{s['tune_queries'][0]}..{s['tune_queries'][1] - 1}, confirmed on held-out queries "
+        f"{s['heldout_queries'][0]}..{s['heldout_queries'][1] - 1}; search took {s['search_s']} s.",
+        "",
+        "**" + result.recommendation["summary"] + "**",
+        "",
+        "## Confirming runs (held-out queries, through the store)",
+        "",
+        "R = rows re-scored exactly per query, read from the dense file (rows/q and KiB/q as counted "
+        "by the store); QPS over the held-out batch; p50/p99 over "
+        f"{s['latency_queries']} queries sent one at a time; build = train + encode + write + fsync.",
+        "",
+        format_runs(result, markdown=True),
+        "",
+        f"## Tuning sweeps ({key} on the tuning queries against re-ranking depth R)",
+        "",
+        format_sweeps(result, markdown=True),
+        "",
+    ]
+
+
+def write_outputs(result: BenchResult, out: str | Path, machine: dict[str, Any]) -> list[str]:
+    """report.md (the recommendation, confirming runs, tuning sweeps), results.csv,
+    results.json and recall_vs_qps.png of a --budget run (`report.write_outputs`)."""
+    return _write_report(result, out, machine, body=report_markdown(result))

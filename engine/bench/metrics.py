@@ -1,0 +1,225 @@
+"""How quality and speed are measured (DESIGN.md), and how measured rows are judged.
+
+Role and contract. `recall_at` is THE definition of recall@r in vecz: the library's
+benchmark, the tests (tests/conftest.py re-exports it) and the scripts in bench/ all use
+it. `time_batch` / `time_single` time a search function the same way for vecz and faiss.
+`BenchResult` holds the rows a run produced (JSON-ready dicts, one per spec x re-ranking
+depth R); `pareto_front`, `best_per_budget` and `best_compressed` read them. Nothing here
+builds a store or imports faiss or matplotlib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..codecs import parse_spec
+from ..errors import InvalidInput
+
+__all__ = [
+    "ID_BYTES",
+    "recall_at",
+    "recall_ats",
+    "LATENCY_QUERIES",
+    "time_batch",
+    "time_single",
+    "BenchResult",
+    "pareto_front",
+    "NEAR_BEST",
+    "best_per_budget",
+    "EXAMPLE_RECALL",
+    "best_compressed",
+]
+
+# bytes/vector = code bytes + the int64 id every store (and faiss index) keeps per row.
+ID_BYTES = 8
+
+# Latency is measured on at most this many queries sent one at a time (each call pays the
+# per-call Python overhead a single-query user pays).
+LATENCY_QUERIES = 200
+
+# Batch timing: at least one round, then repeat the whole batch until this many seconds
+# are spent (a 200-query batch on the sample takes ~10 ms, too short to time once on a
+# shared machine) or 100 rounds ran; QPS = queries / median round.
+_BATCH_SECONDS = 0.25
+_BATCH_MAX_ROUNDS = 100
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, r: int) -> float:
+    """recall@r = |found[:, :r] ∩ truth[:, :r]| / r, averaged over queries (DESIGN.md).
+
+    The intersection is of sets: empty slots (-1) never count, and an id repeated in a
+    found row counts once.
+
+    Parameters
+    ----------
+    found : int (nq, >= 1)
+        Returned ids, best first; only the first `r` columns are read.
+    truth : int (nq, >= r)
+        Exact neighbours in rank order.
+
+    Raises
+    ------
+    InvalidInput
+        `truth` holds fewer than `r` neighbours per query, or the row counts differ.
+    """
+    truth = np.asarray(truth)
+    if truth.shape[1] < r:
+        raise InvalidInput(f"recall@{r} needs at least {r} true neighbours per query, found {truth.shape[1]}")
+    f, t = np.asarray(found)[:, :r], truth[:, :r]
+    if len(f) != len(t):
+        raise InvalidInput(f"recall@{r}: expected one found row per query ({len(t)}), found {len(f)}")
+    hits = 0
+    block = max(1, (4 << 20) // (r * r))  # two (block, r, r) boolean arrays at a time
+    for start in range(0, len(t), block):
+        fb, tb = f[start : start + block], t[start : start + block]
+        in_truth = (fb[:, :, None] == tb[:, None, :]).any(axis=2) & (fb >= 0)
+        repeated = np.triu(fb[:, :, None] == fb[:, None, :], k=1).any(axis=1)  # an earlier slot holds it
+        hits += int((in_truth & ~repeated).sum())
+    return hits / (r * len(t)) if len(t) else float("nan")
+
+
+def recall_ats(gt: np.ndarray, k: int) -> list[int]:
+    """The recall depths reported (of 1, 10, 100) for k results and `gt`'s depth."""
+    ats = [r for r in (1, 10, 100) if r <= k and r <= gt.shape[1]]
+    if not ats:
+        raise InvalidInput(f"the ground truth holds {gt.shape[1]} neighbours per query: too few for recall@1")
+    return ats
+
+
+def time_batch(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[Any, float]:
+    """Run `fn` over the whole batch until `_BATCH_SECONDS` are spent (at least one round,
+    at most `_BATCH_MAX_ROUNDS`); returns the last result and queries / median round."""
+    # Load (or compile) the Numba kernels and build faiss's lazy tables first: one query takes
+    # the single-query paths, 256 every batch path (vecz scans 8 queries at a time, and IVF
+    # lists once per chunk of queries from 16 queries, 256 for PQ).
+    fn(queries[:1])
+    fn(queries[:256])
+    rounds: list[float] = []
+    out = None
+    while not rounds or (sum(rounds) < _BATCH_SECONDS and len(rounds) < _BATCH_MAX_ROUNDS):
+        t0 = time.perf_counter()
+        out = fn(queries)
+        rounds.append(time.perf_counter() - t0)
+    return out, len(queries) / max(float(np.median(rounds)), 1e-9)
+
+
+def time_single(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[float, float]:
+    """p50 and p99 milliseconds of `fn` on the first `LATENCY_QUERIES` queries, one at a time."""
+    fn(queries[:1])
+    lat = []
+    for i in range(min(LATENCY_QUERIES, len(queries))):
+        q = queries[i : i + 1]
+        t0 = time.perf_counter()
+        fn(q)
+        lat.append(time.perf_counter() - t0)
+    ms = np.asarray(lat) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """Rows (one per spec x re-ranking depth, JSON-ready dicts) and what produced them.
+
+    `found` maps (spec, R) to the int64 (nq, k) ids vecz returned; `gt` is the truth used.
+    `recommendation` is filled by `vecz.engine.bench.budget` for `--budget` runs.
+    """
+
+    rows: list[dict[str, Any]]
+    settings: dict[str, Any]
+    found: dict[tuple[str, int], np.ndarray]
+    gt: np.ndarray
+    recall_ats: list[int]
+    recommendation: dict[str, Any] | None = None
+
+    @property
+    def quality_key(self) -> str:
+        """The recall column the Pareto front, the plots and the examples rank by."""
+        return "recall@10" if 10 in self.recall_ats else f"recall@{max(self.recall_ats)}"
+
+
+def pareto_front(rows: Sequence[dict[str, Any]], key: str = "recall@10") -> list[bool]:
+    """Mark the rows on the recall-versus-memory front, separately for each re-ranking depth.
+
+    Within a group of rows with the same ``rerank``, a row is marked when it has the best
+    `key` among all rows at or under its ``bytes_per_vector`` budget, i.e. its recall beats
+    (strictly) every row that costs no more memory. Among equal rows the cheaper (then the
+    earlier) is marked. Re-ranked rows form their own groups because they also read R rows
+    from disk per query, which bytes/vector does not count. Rows whose `key` is None are
+    never marked.
+
+    Returns
+    -------
+    list of bool, aligned with `rows`.
+    """
+    marks = [False] * len(rows)
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.get(key) is not None:
+            groups.setdefault(row.get("rerank", 0), []).append(i)
+    for members in groups.values():
+        members.sort(key=lambda i: (rows[i]["bytes_per_vector"], -rows[i][key], i))
+        best = -math.inf
+        for i in members:
+            if rows[i][key] > best:
+                marks[i] = True
+                best = rows[i][key]
+    return marks
+
+
+# In the best-per-budget table, the fastest spec whose recall is within this of the best is
+# named beside the best (recall differences this small are within a few queries' noise).
+NEAR_BEST = 0.01
+
+
+def best_per_budget(result: BenchResult) -> list[dict[str, Any]]:
+    """For each budget (every distinct bytes/vector in the rows) and re-ranking depth R, the
+    spec with the best quality figure at or under it (the Pareto front read as a lookup
+    table) and the fastest spec within `NEAR_BEST` of that figure.
+
+    Returns rows ``{"bytes_per_vector": B, "best": {R: (spec, recall, qps) or None},
+    "fastest": {R: (spec, recall, qps) or None}}``, budgets ascending.
+    """
+    key = result.quality_key
+    depths = sorted({row["rerank"] for row in result.rows})
+    out = []
+    for budget in sorted({row["bytes_per_vector"] for row in result.rows}):
+        best: dict[int, tuple[str, float, float] | None] = {}
+        fastest: dict[int, tuple[str, float, float] | None] = {}
+        for r in depths:
+            pool = [row for row in result.rows
+                    if row["rerank"] == r and row["bytes_per_vector"] <= budget and row.get(key) is not None]
+            top = max(pool, key=lambda row: (row[key], -row["bytes_per_vector"], row["qps"]), default=None)
+            best[r] = None if top is None else (top["spec"], top[key], top["qps"])
+            near = [row for row in pool if top is not None and row[key] >= top[key] - NEAR_BEST]
+            quick = max(near, key=lambda row: (row["qps"], row[key]), default=None)
+            fastest[r] = None if quick is None else (quick["spec"], quick[key], quick["qps"])
+        out.append({"bytes_per_vector": budget, "best": best, "fastest": fastest})
+    return out
+
+
+# The examples show the smallest spec whose recall reaches this, so a reader sees what the
+# compressed search returns at a useful operating point.
+EXAMPLE_RECALL = 0.95
+
+
+def best_compressed(result: BenchResult) -> tuple[str, int] | None:
+    """(spec, R) whose neighbours the examples show: the fewest bytes per vector among rows
+    reaching `EXAMPLE_RECALL` (then the best recall, then the shallowest R); when none does,
+    the best recall. Flat and F16 are left out since they barely compress.
+    """
+    key = result.quality_key
+    pool = [row for row in result.rows
+            if row.get(key) is not None and str(parse_spec(row["spec"])[-1]) not in ("Flat", "F16")]
+    if not pool:
+        return None
+    good = [row for row in pool if row[key] >= EXAMPLE_RECALL]
+    if good:
+        best = min(good, key=lambda row: (row["bytes_per_vector"], -row[key], row["rerank"]))
+    else:
+        best = max(pool, key=lambda row: (row[key], -row["bytes_per_vector"], -row["rerank"]))
+    return best["spec"], best["rerank"]
