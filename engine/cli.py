@@ -30,7 +30,8 @@ __all__ = ["main"]
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
-    from .bench import DATASETS, DEFAULT_CODECS
+    from .bench.data import DATASETS
+    from .bench.runner import DEFAULT_CODECS
 
     p = sub.add_parser(
         "bench",
@@ -53,6 +54,10 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("queries", metavar="QUERIES", nargs="?", help="query vectors file (with a BASE file)")
     p.add_argument("--gt", metavar="GT", help="ground-truth ids (.npy or .ivecs, rows = queries, rank order); "
                    "default: exact top-100 computed in float32")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--gt-cache", metavar="DIR", help="cache computed ground truth in DIR (default: the user "
+                       "cache directory, $XDG_CACHE_HOME/vecz/gt or ~/.cache/vecz/gt; never beside the data)")
+    cache.add_argument("--no-gt-cache", action="store_true", help="compute the ground truth afresh and keep no copy")
     p.add_argument("--codecs", metavar="SPECS",
                    help="';'-separated codec specs (default for named datasets: 12 specs from 16 to 384 code "
                         f"bytes at 384 dims, scaled to the width: {DEFAULT_CODECS!r})")
@@ -81,50 +86,50 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace, command: str) -> int:
-    from . import bench
+    from .bench import data as bench_data, report, runner
 
     started = time.perf_counter()
     if args.queries is None:
-        if args.data not in bench.DATASETS and Path(args.data).is_file():
+        if args.data not in bench_data.DATASETS and Path(args.data).is_file():
             raise InvalidInput(f"{args.data!r} is a file: give BASE QUERIES, or a dataset name "
-                               f"({', '.join(bench.DATASETS)})")
-        data = bench.load_named(args.data, nq=args.nq, gt=args.gt, texts=args.texts, query_texts=args.query_texts,
+                               f"({', '.join(bench_data.DATASETS)})")
+        data = bench_data.load_named(args.data, nq=args.nq, gt=args.gt, texts=args.texts, query_texts=args.query_texts,
                                 metric=args.metric)
-        grid = bench.SAMPLE_CODECS if args.data == "sample" else bench.DEFAULT_CODECS
+        grid = runner.SAMPLE_CODECS if args.data == "sample" else runner.DEFAULT_CODECS
         codecs = args.codecs or (None if args.budget is not None
-                                 else bench.default_codecs(*data.base.shape, grid=grid))
+                                 else runner.default_codecs(*data.base.shape, grid=grid))
     else:
-        if args.data in bench.DATASETS:
+        if args.data in bench_data.DATASETS:
             raise InvalidInput(f"the named dataset {args.data!r} takes no QUERIES argument")
         if not args.codecs and args.budget is None:
             raise InvalidInput("--codecs 'SPEC;SPEC;...' (or --budget B) is required with BASE QUERIES files")
-        data = bench.load_files(args.data, args.queries, gt=args.gt, texts=args.texts,
+        data = bench_data.load_files(args.data, args.queries, gt=args.gt, texts=args.texts,
                                 query_texts=args.query_texts, nq=args.nq)
         codecs = args.codecs
     if args.budget is not None:
         return _bench_budget(args, data, codecs, command, started)
-    specs = bench.parse_codecs(codecs, data.base.shape[1], args.metric)
-    rerank = bench.parse_rerank(args.rerank, args.k)
-    result = bench.run_bench(data, specs, rerank=rerank, nprobe=args.nprobe, **_bench_common(args))
+    specs = runner.parse_codecs(codecs, data.base.shape[1], args.metric)
+    rerank = runner.parse_rerank(args.rerank, args.k)
+    result = runner.run_bench(data, specs, rerank=rerank, nprobe=args.nprobe, **_bench_common(args))
     s = result.settings
     print(f"vecz bench {s['dataset']}: {s['n']} x {s['dim']} base, {s['nq']} queries, metric {s['metric']}, "
           f"k={s['k']}, nprobe={s['nprobe']}, {s['threads']} threads; ground truth: {s['ground_truth']}")
     print(f"bytes/vec = codes + 8-byte id in RAM; R = rows re-scored exactly per query; "
           f"* = best {result.quality_key} at or under that bytes/vec (same R)")
     print()
-    print(bench.format_table(result))
+    print(report.format_table(result))
     notes = sorted({row["faiss_note"] for row in result.rows if row.get("faiss_note")})
     if notes:
         print()
         for note in notes:
             print(f"note: {note}")
-    examples = bench.format_examples(result, data, args.show)
+    examples = report.format_examples(result, data, args.show)
     if examples:
         print()
         print(examples)
     if args.out:
         print()
-        for note in bench.write_outputs(result, args.out, bench.machine_info(command), examples):
+        for note in report.write_outputs(result, args.out, report.machine_info(command), examples):
             print(note)
     print()
     print(f"done in {time.perf_counter() - started:.1f} s")
@@ -134,14 +139,15 @@ def _bench(args: argparse.Namespace, command: str) -> int:
 def _bench_common(args: argparse.Namespace) -> dict[str, Any]:
     """Options the grid run and the --budget search take alike."""
     return dict(metric=args.metric, k=args.k, with_faiss=args.faiss, threads=args.threads,
-                progress=sys.stderr.isatty(), work=args.work, keep_stores=args.keep_stores)
+                progress=sys.stderr.isatty(), work=args.work, keep_stores=args.keep_stores,
+                gt_cache=False if args.no_gt_cache else (args.gt_cache or True))
 
 
 def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, command: str, started: float) -> int:
-    from . import bench, recommend
+    from .bench import budget, report, runner
 
-    specs = bench.parse_codecs(codecs, data.base.shape[1], args.metric) if codecs else None
-    result = recommend.recommend(data, args.budget, target=args.target_recall, specs=specs, **_bench_common(args))
+    specs = runner.parse_codecs(codecs, data.base.shape[1], args.metric) if codecs else None
+    result = budget.recommend(data, args.budget, target=args.target_recall, specs=specs, **_bench_common(args))
     s = result.settings
     print(f"vecz bench {s['dataset']} --budget {s['budget']}: {s['n']} x {s['dim']} base, metric {s['metric']}, "
           f"k={s['k']}, {s['threads']} threads; ground truth: {s['ground_truth']}")
@@ -150,15 +156,15 @@ def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, comma
           f"{s['heldout_queries'][0]}..{s['heldout_queries'][1] - 1}")
     print()
     print(f"{s['recall_key']} on the tuning queries against re-ranking depth R:")
-    print(recommend.format_sweeps(result))
+    print(budget.format_sweeps(result))
     print()
     print("confirming runs through the store (held-out queries; R rows read from disk per query):")
-    print(recommend.format_runs(result))
+    print(budget.format_runs(result))
     print()
     print(result.recommendation["summary"])
     if args.out:
         print()
-        for note in bench.write_outputs(result, args.out, bench.machine_info(command)):
+        for note in budget.write_outputs(result, args.out, report.machine_info(command)):
             print(note)
     print()
     print(f"done in {time.perf_counter() - started:.1f} s")
@@ -184,7 +190,8 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dense", choices=("f32", "f16", "none"), default="f32",
                    help="disk tier for exact re-ranking (default f32; none keeps codes only)")
     p.add_argument("--column", help="vector column of a .parquet/.arrow file (default: the only list column)")
-    p.add_argument("--id-column", help="integer id column of a .parquet/.arrow file (default: ids 0, 1, ...)")
+    p.add_argument("--id-column", help="integer id column of a .parquet/.arrow file (default: the column named "
+                   "'id' when there is an integer one, else ids 0, 1, ...; 'none' numbers the rows even then)")
     p.add_argument("--batch-rows", type=int, default=None, metavar="N",
                    help="rows per commit (default: 256 MB of float32 per batch)")
     p.add_argument("--train-size", type=int, default=65536, metavar="N",
@@ -237,7 +244,13 @@ def _build(args: argparse.Namespace) -> int:
     from .store import Store
 
     started = time.perf_counter()
-    with open_vectors(args.src, column=args.column, id_column=args.id_column) as source:
+    id_column, default_id = args.id_column, "id"
+    if id_column is not None and id_column.lower() == "none":
+        id_column = default_id = None
+    with open_vectors(args.src, column=args.column, id_column=id_column, default_id_column=default_id) as source:
+        if args.id_column is None and source.id_column is not None:
+            print(f"{args.src}: ids from column {source.id_column!r} (--id-column none numbers the rows instead)",
+                  file=sys.stderr)
         made_dir = not Path(args.store).exists()
         if args.append:
             store = Store.open(args.store, mode="a")
@@ -379,7 +392,10 @@ def _check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `vecz` command line; returns the exit code (2 on bad input)."""
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="vecz", description="compressed vector storage")
+    parser.add_argument("--version", action="version", version=f"vecz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("codecs", help="list the codec stages and their bytes per vector")
     _store_parsers(sub)

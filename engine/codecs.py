@@ -5,13 +5,14 @@ quantizer is one of `PQ<M>x<b>` (b = 4 or 8), `RB<b>` (b = 1..8), `SQ8`, `SQ4`, 
 `Flat`. `format_spec(parse_spec(s))` is the canonical spelling.
 
 Pipeline of a vector x (float32, width `dim`):
-1. cosine: x / |x|. `MRL<d>`: keep x[:d], renormalised for cosine and ip.
+
+1. cosine: ``x / |x|``. `MRL<d>`: keep x[:d], renormalised for cosine and ip.
 2. A centre c: the IVF centroid of x's list (`IVF<n>`), or else the training mean (for
    PQ, RB and SQ; this is what makes RB's signs informative on real embeddings, whose mean
    is far from zero). Flat and F16 keep x itself.
 3. The quantizer codes the residual r = x - c into `code_size` bytes.
 
-Scores: ip and cosine are <q, c> + an estimate of <q, r>; l2 is |q - x|^2 estimated from
+Scores: ip and cosine are <q, c> + an estimate of <q, r>; l2 is ``|q - x|^2`` estimated from
 tables built on q - c. Search returns `SearchResult(scores, ids, stats)`: scores
 descending for ip/cosine, ascending squared distances for l2; empty slots hold id -1 and
 the metric's worst score (-inf, or +inf for l2).
@@ -25,15 +26,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 from typing import Any, Callable, NamedTuple
 
 import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..kernels import binary, dense, fastscan, ivf, kmeans, pq, scalar, transform
 
 from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained
+from .inputs import as_matrix
 
 __all__ = [
     "METRICS",
@@ -261,18 +263,26 @@ def code_size(spec: str, dim: int, metric: str = "cosine") -> int:
 
 
 class _SerialBlas:
-    """Run a few queries' BLAS products (rotations, IVF probes, tables) on one thread.
+    """Run a few queries' BLAS products (rotations, IVF probes, tables) on one thread, and
+    give the caller back exactly the BLAS thread counts it had.
 
     On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
     after their work; a parallel region that needs the core a spinning thread holds waits
     for a scheduler tick. A search of 8-64 queries then took 16 ms instead of 0.6-2 ms
     (wordnet-gemma, IVF256,RB1). Small products gain nothing from threads, so searches of
-    fewer than `SERIAL_BLAS_QUERIES` queries set numpy's BLAS to one thread and back to
-    the count it had when vecz first looked (not to the count seen on entry, so concurrent
-    searches from several Python threads cannot leave it at one).
+    fewer than `SERIAL_BLAS_QUERIES` queries run BLAS on one thread.
+
+    BLAS thread counts are process-wide, so the scope is counted: the first search to enter
+    saves the counts it finds (whatever the caller set, e.g. inside its own
+    ``threadpool_limits(1)``), the last one to leave restores them; searches running
+    concurrently from several Python threads therefore cannot leave the count at one.
+    While a small search runs, BLAS calls made by other threads of the process also run on
+    one thread.
     """
 
     _libs: list | None = None
+    _lock = threading.Lock()
+    _depth = 0
     _saved: list[int] = []
 
     @classmethod
@@ -281,16 +291,27 @@ class _SerialBlas:
             from threadpoolctl import ThreadpoolController
 
             cls._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-            cls._saved = [lib.num_threads for lib in cls._libs]
         return cls._libs
 
     def __enter__(self) -> None:
-        for lib in self._controllers():
-            lib.set_num_threads(1)
+        cls = type(self)
+        with cls._lock:
+            if cls._depth == 0:
+                libs = cls._controllers()
+                cls._saved = [lib.num_threads for lib in libs]
+                for lib, n in zip(libs, cls._saved):
+                    if n != 1:
+                        lib.set_num_threads(1)
+            cls._depth += 1
 
     def __exit__(self, *exc: Any) -> None:
-        for lib, n in zip(self._controllers(), self._saved):
-            lib.set_num_threads(n)
+        cls = type(self)
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0:
+                for lib, n in zip(cls._controllers(), cls._saved):
+                    if n != 1:
+                        lib.set_num_threads(n)
 
 
 SERIAL_BLAS_QUERIES = 256
@@ -339,17 +360,8 @@ class Codes(NamedTuple):
 # --------------------------------------------------------------------------- codec
 
 
-def _asarray(x: Any, what: str, expected: str) -> np.ndarray:
-    """np.asarray(x), with numpy's error for ragged nested lists turned into InvalidInput."""
-    try:
-        return np.asarray(x)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"{what}: expected {expected}, found a {type(x).__name__} numpy cannot make one "
-                           f"array of ({exc})") from None
-
-
-def _as_vectors(x: Any, dim: int, what: str) -> np.ndarray:
-    arr = _asarray(x, what, f"a 2-D array (n, {dim}) of floats")
+def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.ndarray:
+    arr = as_matrix(x, dim, what, column)
     if arr.ndim == 1:
         arr = arr[None, :] if arr.size else arr.reshape(0, dim)  # [] is an empty batch
     if arr.ndim != 2:
@@ -470,6 +482,48 @@ class Codec:
             codec._load_state(state)
         return codec
 
+    @classmethod
+    def from_faiss(cls, index: Any) -> "Codec":
+        """A trained codec that codes vectors as the trained faiss `index` does.
+
+        Parameters
+        ----------
+        index : faiss.Index
+            IndexFlat, IndexScalarQuantizer, IndexPQ, IndexPQFastScan or their IVF forms,
+            optionally in an IndexPreTransform (L2 normalisation: cosine; first-m-dims
+            LinearTransform: MRL). The mapping table is in `vecz.engine.faiss_interop`.
+
+        Raises
+        ------
+        CodecSpecError
+            The index has no vecz equivalent (the message says what was expected and found).
+        MissingDependency
+            faiss is not installed.
+        """
+        from .faiss_interop import codec_from_faiss  # faiss is an optional extra: imported on use
+
+        return codec_from_faiss(index, cls)
+
+    def to_faiss(self, *, fast_scan: bool = True) -> Any:
+        """The trained, empty faiss index whose ``sa_encode`` gives this codec's codes (SQ and
+        F16: but for values on rounding boundaries; see `vecz.engine.faiss_interop`).
+
+        Parameters
+        ----------
+        fast_scan : bool
+            PQ<M>x4 only: IndexPQFastScan / IndexIVFPQFastScan (default) or IndexPQ / IndexIVFPQ.
+
+        Raises
+        ------
+        CodecSpecError
+            RB (no faiss twin), or PQ whose width does not divide by M.
+        NotTrained
+            The codec is not trained.
+        """
+        from .faiss_interop import codec_to_faiss
+
+        return codec_to_faiss(self, fast_scan=fast_scan)
+
     def __eq__(self, other: object) -> bool:
         """Same config and same trained state (both untrained, or equal arrays)."""
         if not isinstance(other, Codec) or self.to_config() != other.to_config():
@@ -532,12 +586,21 @@ class Codec:
 
     # ---- preparation shared by training, encoding and queries
 
-    def _prepare(self, x: Any, what: str) -> np.ndarray:
-        arr = _as_vectors(x, self.dim, what)
+    def _prepare(self, x: Any, what: str, column: str | None = None) -> np.ndarray:
+        """Rows as coded: unit-normalised for cosine, MRL-truncated (and renormalised for
+        cosine/ip). A vector of norm zero has no direction: under cosine, or when MRL must
+        renormalise an all-zero prefix, it is an `InvalidInput` rather than an arbitrary code."""
+        arr = _as_vectors(x, self.dim, what, column)
         if self.metric == "cosine":
-            arr = transform.normalize_rows(arr)
+            arr, zero = transform.normalize_rows_checked(arr)
+            if zero >= 0:
+                raise InvalidInput(f"{what}: cosine similarity needs vectors of non-zero norm, found row {zero} "
+                                   f"all zeros")
         if self.mrl is not None:
-            arr = transform.mrl_truncate(arr, self.mrl.dim, renorm=self.metric != "l2")
+            arr, zero = transform.mrl_truncate_checked(arr, self.mrl.dim, renorm=self.metric != "l2")
+            if zero >= 0:
+                raise InvalidInput(f"{what}: {self.mrl} keeps the first {self.mrl.dim} dims and renormalises them "
+                                   f"for {self.metric}; expected them non-zero, found row {zero} all zeros there")
         return arr
 
     @property
@@ -552,7 +615,10 @@ class Codec:
 
     def train(self, sample: Any) -> "Codec":
         """Train on a sample (n, dim); at most `train_size` rows are used. Returns self."""
-        x = self._prepare(sample, "training sample")
+        return self._fit(self._prepare(sample, "training sample"))
+
+    def _fit(self, x: np.ndarray) -> "Codec":
+        """`train` on rows already through `_prepare`."""
         if x.shape[0] == 0:
             raise InvalidInput("training sample: expected at least 1 row, found 0")
         rng = np.random.default_rng(self.seed)
@@ -578,7 +644,7 @@ class Codec:
             if self.rotation == "itq" and rows.shape[0] >= 2:
                 # One BLAS thread: ITQ is a chain of small products and SVDs that a threaded
                 # BLAS slows down (0.75 s instead of 0.03 s per 384x384 SVD on a busy 2-core box).
-                with threadpool_limits(1, user_api="blas"):
+                with _SerialBlas():
                     state["rb_rotation"] = transform.itq_rotation(rows, self.seed, n_iter=25)
             else:
                 state["rb_rotation"] = transform.random_rotation(self.width, self.seed)
@@ -601,8 +667,12 @@ class Codec:
 
     def encode(self, x: Any) -> Codes:
         """Codes uint8 (n, code_size) and lists int64 (n,)."""
+        self._require()
+        return self._encode_prepared(self._prepare(x, "vectors"))
+
+    def _encode_prepared(self, x: np.ndarray) -> Codes:
+        """`encode` of rows already through `_prepare`."""
         state = self._require()
-        x = self._prepare(x, "vectors")
         lists = self._assign_prepared(x)
         r = x - state["centroids"][lists] if self._residual else x
         q = self.quantizer

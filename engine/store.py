@@ -49,8 +49,9 @@ from ..formats.errors import StoreCorrupted, StoreNotFound
 
 from ..kernels import dense as dense_kernels
 
-from .codecs import METRICS, RB, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors, _asarray
-from .errors import CodecSpecError, IdNotFound, InvalidInput, ReadOnlyStore, StoreLocked, VeczError
+from .codecs import METRICS, RB, Codec, CodeIndex, SearchResult, SearchStats, _as_vectors
+from .inputs import asarray as _asarray
+from .errors import CodecSpecError, IdNotFound, InvalidInput, ReadOnlyStore, StoreClosed, StoreLocked, VeczError
 
 __all__ = ["Store", "check_store"]
 
@@ -159,6 +160,7 @@ class Store:
         self.prefetch: bool | None = None
         self._mutex = threading.Lock()
         self._segments: list[_Segment] = []
+        self._closed = False
         self._reset_memory()
 
     def _reset_memory(self) -> None:
@@ -290,6 +292,7 @@ class Store:
     def refresh(self) -> int:
         """Load the newest committed version (readers pin theirs until they call this).
         Returns the version now loaded."""
+        self._check_open("refresh")
         self._close_readers()
         self._reset_memory()
         self._open_version(None)
@@ -494,6 +497,7 @@ class Store:
         return np.where(found, rows[pos_c] if len(rows) else -1, -1)
 
     def __contains__(self, id_: int) -> bool:
+        self._check_open("'in'")
         return bool(self._find(np.array([id_], dtype=np.int64))[0] >= 0)
 
     # ------------------------------------------------------------------ writing
@@ -556,6 +560,7 @@ class Store:
     def train(self, sample: Any) -> None:
         """Train the codec on a sample (at most `train_size` rows are used) and commit it.
         Only an empty store can be (re)trained; `add` trains on its first batch otherwise."""
+        self._check_open("train")
         self._require_writer("train")
         if self.n_rows:
             raise InvalidInput(f"{self.path}: train needs an empty store (codes already written with the "
@@ -574,22 +579,31 @@ class Store:
         self.codec = codec
         self._codec_file = name
 
-    def _vectors(self, x: Any, what: str) -> np.ndarray:
-        arr = _as_vectors(x, self.dim, what)
+    def _vectors(self, x: Any, what: str, column: str | None = None) -> np.ndarray:
+        arr = _as_vectors(x, self.dim, what, column)
         if arr.shape[0] == 0:
             raise InvalidInput(f"{what}: expected at least 1 row, found 0")
         return arr
 
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
-        """Add vectors (n, dim) float16/32/64; returns their int64 ids (assigned from
-        `next_id` unless given). Durable when it returns: the rows are one committed version.
+    def add(self, vectors: Any, ids: Any = None, *, column: str | None = None) -> np.ndarray:
+        """Add vectors; returns their int64 ids (assigned from `next_id` unless given).
+        Durable when it returns: the rows are one committed version.
 
-        Raises `InvalidInput` for NaN/inf, an empty batch, negative or repeated ids, or ids
-        already live in the store; `DimensionMismatch` for the wrong width. Nothing is
-        written when it raises.
+        Parameters
+        ----------
+        vectors : (n, dim) float16/32/64 array, or anything `engine.inputs.as_matrix`
+            takes: a pyarrow list/fixed-size-list array or table, a pandas Series of arrays
+            or DataFrame, a torch/jax tensor (DLPack), an object with ``__array__``.
+        ids : (n,) integers >= 0, optional (numpy, pyarrow, pandas, lists).
+        column : the vector column when `vectors` is a table or data frame with several.
+
+        Raises `InvalidInput` for NaN/inf, an empty batch, negative or repeated ids, ids
+        already live in the store, or a zero vector under cosine; `DimensionMismatch` for
+        the wrong width. Nothing is written when it raises.
         """
+        self._check_open("add")
         self._require_writer("add")
-        x = self._vectors(vectors, "vectors")
+        x = self._vectors(vectors, "vectors", column)
         n = x.shape[0]
         if ids is None:
             if self.next_id > _MAX_ID - n + 1:
@@ -617,9 +631,11 @@ class Store:
                                    f"{float(np.abs(x).max()):.6g} in row {int(np.argwhere(big)[0, 0])}")
         codec = self.codec
         trained_now = not codec.is_trained
+        prepared = codec._prepare(x, "vectors")  # normalised once for training and encoding
         if trained_now:
-            codec = Codec.from_config(codec.to_config()).train(x)
-        codes = codec.encode(x)
+            codec = Codec.from_config(codec.to_config())._fit(prepared)
+        codes = codec._encode_prepared(prepared)
+        del prepared
         serial = self.next_serial
         seg_name = f"seg-{serial:012d}.vzs"
         written: list[Path] = []
@@ -661,6 +677,7 @@ class Store:
     def delete(self, ids: Any) -> int:
         """Delete the live rows with these ids (unknown ids are ignored); returns how many
         were deleted. Durable when it returns; `compact()` reclaims the space."""
+        self._check_open("delete")
         self._require_writer("delete")
         ids = np.unique(_as_ids(ids, "ids"))
         rows = self._find(ids)
@@ -703,6 +720,7 @@ class Store:
         (up to `COMPACT_MAX_ROWS` rows each); publish a version naming only live rows, then
         remove the replaced files. Readers that opened an older version keep working: their
         codes are in RAM and their dense files stay mapped (POSIX keeps unlinked open files)."""
+        self._check_open("compact")
         self._require_writer("compact")
         n_live = [seg.rows - self._dead.get(seg.serial, np.empty(0)).size for seg in self._segments]
         groups: list[list[int]] = []
@@ -804,6 +822,7 @@ class Store:
             and ip, ascending squared distances for l2; ``.stats`` = candidates scored,
             lists probed, rows and bytes read from disk.
         """
+        self._check_open("search")
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
         k = int(k)
@@ -888,6 +907,7 @@ class Store:
 
     def get(self, ids: Any) -> np.ndarray:
         """Exact vectors (float32 (n, dim)) of live ids, read from the dense files."""
+        self._check_open("get")
         if self.dense == "none":
             raise InvalidInput(f"{self.path}: get() needs a dense tier; this store was created with dense=None")
         ids = _as_ids(ids, "ids")
@@ -901,12 +921,14 @@ class Store:
 
     def ids(self) -> np.ndarray:
         """The live ids, ascending."""
+        self._check_open("ids")
         return self._live_lookup()[0].copy()
 
     # ------------------------------------------------------------------ info / close
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held in RAM: codec state, scan layout (codes + their row numbers), row ids."""
+        self._check_open("memory_bytes")
         state = sum(a.nbytes for a in self.codec.state().values()) if self.codec.is_trained else 0
         index = self._ensure_index()
         return {"codec": state, "index": index.nbytes if index is not None else 0,
@@ -914,6 +936,7 @@ class Store:
 
     def info(self) -> dict[str, Any]:
         """Spec, counts, bytes in RAM and on disk, versions (what `vecz info` prints)."""
+        self._check_open("info")
         files = {}
         for entry in self.path.iterdir():
             if entry.is_file():
@@ -949,8 +972,14 @@ class Store:
                 seg.reader.close()
                 seg.reader = None
 
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise StoreClosed(f"{self.path}: {what} on a closed store; expected an open one (Store.open again)")
+
     def close(self) -> None:
-        """Release the dense maps and the writer lock. Idempotent."""
+        """Release the dense maps and the writer lock. Idempotent; any later call but
+        `close` raises `StoreClosed`."""
+        self._closed = True
         self._close_readers()
         self._index = None
         if self._lock_fd is not None:

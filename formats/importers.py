@@ -52,6 +52,7 @@ __all__ = [
     "RESULT_SUFFIXES",
     "SUPPORTED_SUFFIXES",
     "VectorSource",
+    "arrow_list_values",
     "open_vectors",
     "read_fvecs",
     "read_ids",
@@ -405,9 +406,11 @@ def _vector_value_dtype(t: pa.DataType) -> np.dtype | None:
     return None
 
 
-def _pick_columns(path: Path, schema: pa.Schema, column: str | None,
-                  id_column: str | None) -> tuple[str, np.dtype, int | None]:
-    """Choose the vector column; check the id column. Returns (name, float dtype, fixed size)."""
+def _pick_columns(path: Path, schema: pa.Schema, column: str | None, id_column: str | None,
+                  default_id: str | None = None) -> tuple[str, np.dtype, int | None, str | None]:
+    """Choose the vector column; check the id column (or take `default_id` when no id column
+    is named and the file has an integer column of that name). Returns (name, float dtype,
+    fixed size, id column)."""
     try:  # names are decoded from the file's bytes here, so damage can surface here
         names = list(schema.names)
         listing = ", ".join(f"{f.name}: {f.type}" for f in schema) or "none"
@@ -427,6 +430,9 @@ def _pick_columns(path: Path, schema: pa.Schema, column: str | None,
             raise InvalidInput(f"{path}: expected one vector column, found several candidates {candidates}; "
                                f"choose one with column= (--column)")
         column = candidates[0]
+    if id_column is None and default_id is not None and default_id != column and names.count(default_id) == 1 \
+            and pa.types.is_integer(schema.field(default_id).type):
+        id_column = default_id
     field = schema.field(column)
     dtype = _vector_value_dtype(field.type)
     if dtype is None:
@@ -438,11 +444,39 @@ def _pick_columns(path: Path, schema: pa.Schema, column: str | None,
         if not pa.types.is_integer(id_type):
             raise InvalidInput(f"{path}: id column {id_column!r} must hold integers, found {id_type}")
     fixed = field.type.list_size if pa.types.is_fixed_size_list(field.type) else None
-    return column, dtype, fixed
+    return column, dtype, fixed, id_column
 
 
 def _first_true(mask: pa.Array) -> int:
     return int(np.argmax(mask.to_numpy(zero_copy_only=False)))
+
+
+def arrow_list_values(arr: pa.Array, dim: int, what: str, row0: int = 0) -> np.ndarray:
+    """The values of a list / large_list / fixed_size_list array of floats, flat (rows * dim,).
+
+    Every row must be non-null and hold exactly `dim` non-null values (`InvalidInput`
+    naming the row, counted from `row0`, otherwise). Zero-copy where Arrow allows it.
+    """
+    rows = len(arr)
+    if arr.null_count:
+        row = row0 + _first_true(arr.is_null())
+        raise InvalidInput(f"{what}: row {row} is null, expected a vector of {dim} values")
+    if not pa.types.is_fixed_size_list(arr.type):
+        lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != dim)
+        if bad.size:
+            row = int(bad[0])
+            raise InvalidInput(f"{what}: row {row0 + row} has {int(lengths[row])} values, "
+                               f"expected {dim} (every row as long as the first)")
+    elif arr.type.list_size != dim:
+        raise InvalidInput(f"{what}: expected vectors of {dim} values, found fixed_size_list of {arr.type.list_size}")
+    flat = arr.flatten()  # honours slice offsets; no null rows remain to be skipped
+    if len(flat) != rows * dim:  # only damaged buffers could get here past validation
+        raise FormatError(f"{what}: expected {rows * dim} values for {rows} rows, found {len(flat)}")
+    if flat.null_count:
+        row = row0 + _first_true(flat.is_null()) // max(1, dim)
+        raise InvalidInput(f"{what}: row {row} holds a null value, expected {dim} floats")
+    return flat.to_numpy(zero_copy_only=False)
 
 
 class _ArrowSource(VectorSource):
@@ -450,26 +484,8 @@ class _ArrowSource(VectorSource):
 
     def _convert(self, batch: pa.RecordBatch, row0: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One validated record batch (or slice of one) -> (vectors, ids); row0 = its first row."""
-        arr = batch.column(self.column)
-        rows = len(arr)
-        what = f"{self.path}: column {self.column!r}"
-        if arr.null_count:
-            row = row0 + _first_true(arr.is_null())
-            raise InvalidInput(f"{what}: row {row} is null, expected a vector of {self.dim} values")
-        if not pa.types.is_fixed_size_list(arr.type):
-            lengths = arr.value_lengths().to_numpy(zero_copy_only=False)
-            bad = np.flatnonzero(lengths != self.dim)
-            if bad.size:
-                row = int(bad[0])
-                raise InvalidInput(f"{what}: row {row0 + row} has {int(lengths[row])} values, "
-                                   f"expected {self.dim} (every row as long as the first)")
-        flat = arr.flatten()  # honours slice offsets; no null rows remain to be skipped
-        if len(flat) != rows * self.dim:  # only a damaged file could get here past validation
-            raise FormatError(f"{what}: expected {rows * self.dim} values for {rows} rows, found {len(flat)}")
-        if flat.null_count:
-            row = row0 + _first_true(flat.is_null()) // max(1, self.dim)
-            raise InvalidInput(f"{what}: row {row} holds a null value, expected {self.dim} floats")
-        vecs = _owned(flat.to_numpy(zero_copy_only=False).reshape(rows, self.dim), self.out_dtype)
+        flat = arrow_list_values(batch.column(self.column), self.dim, f"{self.path}: column {self.column!r}", row0)
+        vecs = _owned(flat.reshape(len(batch), self.dim), self.out_dtype)
         if self.id_column is None:
             return vecs, None
         id_arr = batch.column(self.id_column)
@@ -547,7 +563,7 @@ def _check_dim(path: Path, n: int, dim: int) -> None:
 
 
 class _ParquetSource(_ArrowSource):
-    def __init__(self, path: Path, column: str | None, id_column: str | None) -> None:
+    def __init__(self, path: Path, column: str | None, id_column: str | None, default_id: str | None) -> None:
         self._pf: pq.ParquetFile | None = None
         try:
             # pre_buffer=True (pyarrow's default) keeps every row group read so far in memory,
@@ -567,7 +583,7 @@ class _ParquetSource(_ArrowSource):
             self._pf.close()
             raise FormatError(f"{path}: the footer claims {n} rows but its row groups hold {group_rows}")
         try:
-            col, dtype, fixed = _pick_columns(path, schema, column, id_column)
+            col, dtype, fixed, id_column = _pick_columns(path, schema, column, id_column, default_id)
             super().__init__(path, "parquet", n, 0, dtype, col, id_column)
             first = None
             if fixed is None and n:
@@ -614,7 +630,7 @@ class _ParquetSource(_ArrowSource):
 
 
 class _IpcSource(_ArrowSource):
-    def __init__(self, path: Path, column: str | None, id_column: str | None) -> None:
+    def __init__(self, path: Path, column: str | None, id_column: str | None, default_id: str | None) -> None:
         self._mmap: pa.MemoryMappedFile | None = None
         self._buf: pa.Buffer | None = None
         try:
@@ -624,12 +640,12 @@ class _IpcSource(_ArrowSource):
             self.close()
             raise FormatError(f"{path}: cannot map the file: {exc}") from None
         try:
-            self._open(path, column, id_column)
+            self._open(path, column, id_column, default_id)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, path: Path, column: str | None, id_column: str | None) -> None:
+    def _open(self, path: Path, column: str | None, id_column: str | None, default_id: str | None) -> None:
         try:
             schema = pa.ipc.open_file(self._buf).schema
             stream = False
@@ -640,7 +656,7 @@ class _IpcSource(_ArrowSource):
             except _ARROW_ERRORS as stream_exc:
                 raise FormatError(f"{path}: expected an Arrow IPC file or stream (Feather v2): "
                                   f"as a file: {file_exc}; as a stream: {stream_exc}") from None
-        col, dtype, fixed = _pick_columns(path, schema, column, id_column)
+        col, dtype, fixed, id_column = _pick_columns(path, schema, column, id_column, default_id)
         wanted = {col, id_column} - {None}
         # decode only the columns used (matters for compressed IPC)
         self._opts = pa.ipc.IpcReadOptions(included_fields=[i for i, f in enumerate(schema) if f.name in wanted])
@@ -688,7 +704,8 @@ class _IpcSource(_ArrowSource):
         super().close()
 
 
-def open_vectors(path: str | Path, *, column: str | None = None, id_column: str | None = None) -> VectorSource:
+def open_vectors(path: str | Path, *, column: str | None = None, id_column: str | None = None,
+                 default_id_column: str | None = None) -> VectorSource:
     """Open a vector file for streaming; the format follows the suffix (`SUPPORTED_SUFFIXES`).
 
     Parameters
@@ -700,6 +717,9 @@ def open_vectors(path: str | Path, *, column: str | None = None, id_column: str 
         list, large_list or fixed_size_list of float16/32/64.
     id_column : str, optional
         Parquet/Arrow only: an integer column returned as int64 ids with each batch.
+    default_id_column : str, optional
+        Parquet/Arrow only, when `id_column` is None: use the column of this name as ids
+        if the file has one of an integer type (`VectorSource.id_column` tells whether it did).
 
     Returns
     -------
@@ -722,13 +742,13 @@ def open_vectors(path: str | Path, *, column: str | None = None, id_column: str 
     if suffix not in SUPPORTED_SUFFIXES:
         raise _unsupported_suffix(path)
     if suffix in (".npy", ".fvecs"):
-        if column is not None or id_column is not None:
+        if column is not None or id_column is not None:  # (default_id_column: nothing to default)
             raise InvalidInput(f"{path}: column= and id_column= apply to .parquet and Arrow files, "
                                f"found them given for a {suffix} file (which has no named columns)")
         return _NpySource(path) if suffix == ".npy" else _FvecsSource(path)
     if suffix == ".parquet":
-        return _ParquetSource(path, column, id_column)
-    return _IpcSource(path, column, id_column)
+        return _ParquetSource(path, column, id_column, default_id_column)
+    return _IpcSource(path, column, id_column, default_id_column)
 
 
 # --------------------------------------------------------------------------- result writers

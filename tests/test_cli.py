@@ -126,3 +126,49 @@ def test_check_finds_a_flipped_byte(tmp_path, capsys):
         path.write_bytes(bytes(data))
         assert main(["check", str(store)]) == 0, name
         capsys.readouterr()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".arrow"])
+def test_build_takes_ids_from_a_column_named_id_and_says_so(tmp_path, suffix, capsys):
+    x = _data(120)
+    ids = np.arange(120, dtype=np.int64) * 10 + 7
+    table = pa.table({"id": pa.array(ids), "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), DIM)})
+    src = tmp_path / f"base{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(table, src)
+    else:
+        with ipc.new_file(str(src), table.schema) as w:
+            w.write_table(table)
+    assert main(["build", str(src), str(tmp_path / "a"), "--codec", "Flat"]) == 0
+    assert "ids from column 'id' (--id-column none" in capsys.readouterr().err
+    with Store.open(tmp_path / "a") as s:
+        np.testing.assert_array_equal(s.ids(), ids)
+        np.testing.assert_array_equal(s.get(ids[[3, 50]]), x[[3, 50]])
+    # 'none' numbers the rows even though an id column exists
+    assert main(["build", str(src), str(tmp_path / "b"), "--codec", "Flat", "--id-column", "none"]) == 0
+    assert "ids from column" not in capsys.readouterr().err
+    with Store.open(tmp_path / "b") as s:
+        np.testing.assert_array_equal(s.ids(), np.arange(120))
+
+
+def test_a_non_integer_id_column_is_not_taken_by_default(tmp_path, capsys):
+    x = _data(20)
+    table = pa.table({"id": pa.array([f"doc{i}" for i in range(20)]),
+                      "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), DIM)})
+    pq.write_table(table, tmp_path / "b.parquet")
+    assert main(["build", str(tmp_path / "b.parquet"), str(tmp_path / "s"), "--codec", "Flat"]) == 0
+    assert "ids from column" not in capsys.readouterr().err
+    with Store.open(tmp_path / "s") as s:
+        np.testing.assert_array_equal(s.ids(), np.arange(20))
+
+
+def test_version_everywhere(capsys):
+    import importlib.metadata
+
+    import vecz
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"vecz {vecz.__version__}"
+    assert importlib.metadata.version("vecz") == vecz.__version__

@@ -1,0 +1,155 @@
+"""What vecz accepts as a batch of vectors: numpy arrays, Arrow arrays and tables, pandas,
+and anything exposing DLPack or ``__array__`` (torch, jax, cupy on the host, ...).
+
+`as_matrix(x, dim, what, column=None)` returns a numpy array without a Python-level loop over
+rows; the caller (`engine.codecs._as_vectors`) then checks shape, dtype and finiteness:
+
+- numpy: as is (any strides; float16/32/64).
+- pyarrow ``Array``/``ChunkedArray`` of ``fixed_size_list``/``list``/``large_list`` of floats:
+  the flat values buffer, reshaped (zero-copy for one chunk without nulls); every row must
+  hold ``dim`` non-null values (`InvalidInput` names the first row that does not).
+- pyarrow ``Table``/``RecordBatch``, pandas ``DataFrame``: the column named by `column`, or
+  the only vector column (a pandas frame of float columns only is taken as the matrix).
+- pandas ``Series`` of arrays or lists: converted to an Arrow list array by pyarrow (C++),
+  then as above; a Series with an Arrow list dtype goes straight through.
+- DLPack (``__dlpack__``): ``np.from_dlpack`` (zero-copy for CPU tensors); a tensor that
+  needs ``.detach()`` or ``.cpu()`` first is an `InvalidInput` saying so.
+- anything else: ``np.asarray`` (ragged nested lists are an `InvalidInput`).
+
+Tested by tests/test_inputs.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..formats.importers import arrow_list_values
+from .errors import InvalidInput
+
+__all__ = ["as_matrix", "asarray"]
+
+_VECTOR_TYPES = "a list, large_list or fixed_size_list of floats"
+
+
+def asarray(x: Any, what: str, expected: str) -> np.ndarray:
+    """np.asarray(x), with numpy's error for ragged nested lists turned into InvalidInput."""
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{what}: expected {expected}, found a {type(x).__name__} numpy cannot make one "
+                           f"array of ({exc})") from None
+
+
+def as_matrix(x: Any, dim: int, what: str, column: str | None = None) -> np.ndarray:
+    """`x` as a numpy array (see the module docstring); shape and dtype are checked later."""
+    if isinstance(x, np.ndarray):
+        if column is not None:
+            raise InvalidInput(f"{what}: column={column!r} applies to tables and data frames, found a numpy array")
+        return x
+    root = type(x).__module__.partition(".")[0]
+    if root == "pyarrow":
+        return _from_arrow(x, dim, what, column)
+    if root == "pandas":
+        return _from_pandas(x, dim, what, column)
+    if column is not None:
+        raise InvalidInput(f"{what}: column={column!r} applies to pyarrow tables and pandas data frames, "
+                           f"found a {type(x).__name__}")
+    if hasattr(x, "__dlpack__") and not isinstance(x, (list, tuple)):
+        try:
+            return np.from_dlpack(x)
+        except (RuntimeError, TypeError, BufferError, ValueError) as exc:
+            if not hasattr(x, "__array__"):
+                raise InvalidInput(f"{what}: expected a tensor numpy can read through DLPack (on the CPU, "
+                                   f"without autograd: call .detach().cpu() first), found {type(x).__name__}: "
+                                   f"{exc}") from None
+            try:
+                return np.asarray(x)
+            except (RuntimeError, TypeError, ValueError) as exc2:
+                raise InvalidInput(f"{what}: expected a tensor numpy can read (on the CPU, without autograd: "
+                                   f"call .detach().cpu() first), found {type(x).__name__}: {exc2}") from None
+    return asarray(x, what, f"a 2-D array (n, {dim}) of floats")
+
+
+def _from_arrow(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
+    import pyarrow as pa
+
+    if isinstance(x, (pa.Table, pa.RecordBatch)):
+        x = x.column(_pick(x.schema, column, what, lambda t: _is_vector_type(pa, t)))
+    elif column is not None:
+        raise InvalidInput(f"{what}: column={column!r} applies to tables, found a {type(x).__name__}")
+    if isinstance(x, (pa.Array, pa.ChunkedArray)) and _is_vector_type(pa, x.type):
+        chunks = x.chunks if isinstance(x, pa.ChunkedArray) else [x]
+        if not chunks or len(x) == 0:
+            return np.empty((0, dim), dtype=np.float32)
+        width = x.type.list_size if pa.types.is_fixed_size_list(x.type) else _first_length(chunks)
+        parts, row0 = [], 0
+        for chunk in chunks:
+            parts.append(arrow_list_values(chunk, width, what, row0).reshape(len(chunk), width))
+            row0 += len(chunk)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if isinstance(x, (pa.Array, pa.ChunkedArray)) and (pa.types.is_list(x.type) or pa.types.is_large_list(x.type)
+                                                       or pa.types.is_fixed_size_list(x.type)):
+        raise InvalidInput(f"{what}: expected {_VECTOR_TYPES}, found {x.type}")
+    return asarray(x, what, f"{_VECTOR_TYPES} (n rows of {dim})")
+
+
+def _is_vector_type(pa: Any, t: Any) -> bool:
+    is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    return is_list and pa.types.is_floating(t.value_type)
+
+
+def _first_length(chunks: list) -> int:
+    for chunk in chunks:
+        if len(chunk):
+            lengths = chunk.value_lengths()
+            return int(lengths[0].as_py() or 0) if lengths[0].is_valid else 0
+    return 0
+
+
+def _pick(schema: Any, column: str | None, what: str, is_vector: Any) -> str:
+    names = list(schema.names)
+    if column is not None:
+        if names.count(column) != 1:
+            raise InvalidInput(f"{what}: column={column!r}: expected one column of that name, found "
+                               f"{names.count(column)} (columns: {names})")
+        return column
+    candidates = [f.name for f in schema if is_vector(f.type)]
+    if len(candidates) != 1:
+        found = "none" if not candidates else f"several: {candidates}"
+        raise InvalidInput(f"{what}: expected one vector column ({_VECTOR_TYPES}) or column=NAME, found {found} "
+                           f"(columns: {names})")
+    return candidates[0]
+
+
+def _from_pandas(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(x, pd.DataFrame):
+        if column is None and len(x.columns) and all(t.kind == "f" for t in x.dtypes if isinstance(t, np.dtype)) \
+                and all(isinstance(t, np.dtype) for t in x.dtypes):
+            return x.to_numpy()  # a frame of float columns is the matrix itself
+        if column is None:
+            vector_cols = [c for c in x.columns if not (isinstance(x[c].dtype, np.dtype) and x[c].dtype.kind in "iufb")]
+            if len(vector_cols) != 1:
+                raise InvalidInput(f"{what}: expected one column of vectors or column=NAME, found "
+                                   f"{len(vector_cols)} non-numeric columns (columns: {list(x.columns)})")
+            column = vector_cols[0]
+        elif list(x.columns).count(column) != 1:
+            raise InvalidInput(f"{what}: column={column!r}: expected one column of that name "
+                               f"(columns: {list(x.columns)})")
+        x = x[column]
+    elif column is not None:
+        raise InvalidInput(f"{what}: column={column!r} applies to data frames, found a {type(x).__name__}")
+    if isinstance(x, pd.Series):
+        if isinstance(x.dtype, np.dtype) and x.dtype.kind != "O":
+            return x.to_numpy()  # one vector, as a 1-D float Series
+        try:
+            arr = pa.array(x.array) if not isinstance(x.dtype, np.dtype) else pa.array(x.to_numpy(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"{what}: expected a Series of equal-length float arrays, found one pyarrow cannot "
+                               f"convert ({exc})") from None
+        return _from_arrow(arr, dim, what, None)
+    return asarray(x, what, f"a 2-D array (n, {dim}) of floats")

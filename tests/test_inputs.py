@@ -1,0 +1,223 @@
+"""What Store.add/search accept (engine/inputs.py): numpy, pyarrow arrays and tables, pandas,
+DLPack and __array__ objects — all giving the same rows as the numpy array they hold — and
+the typed errors for what cannot be a batch of vectors. Also the library's manners: use
+after close() is typed, a zero vector under cosine is refused, and the caller's BLAS and
+Numba thread settings survive searches of every size."""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import pyarrow as pa
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from vecz import Codec, Store
+from vecz.engine.inputs import as_matrix
+from vecz.errors import DimensionMismatch, InvalidInput, StoreClosed
+
+DIM = 12
+
+
+def _x(n: int = 40, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def _fsl(x: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+
+
+class _DLPackOnly:
+    """A tensor-like object that exposes only DLPack (as torch/jax do besides __array__)."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self._arr = arr
+
+    def __dlpack__(self, **kw):
+        return self._arr.__dlpack__(**kw)
+
+    def __dlpack_device__(self):
+        return self._arr.__dlpack_device__()
+
+
+class _ArrayOnly:
+    def __init__(self, arr: np.ndarray) -> None:
+        self._arr = arr
+
+    def __array__(self, dtype=None, copy=None):
+        return self._arr if dtype is None else self._arr.astype(dtype)
+
+
+def _forms(x: np.ndarray):
+    import pandas as pd
+
+    half = len(x) // 2
+    yield "numpy", x
+    yield "numpy-strided", np.asfortranarray(x)
+    yield "float16", x.astype(np.float16)
+    yield "arrow-fixed-size-list", _fsl(x)
+    yield "arrow-list", pa.array(list(x), type=pa.list_(pa.float32()))
+    yield "arrow-large-list-f64", pa.array(list(x.astype(np.float64)), type=pa.large_list(pa.float64()))
+    yield "arrow-chunked", pa.chunked_array([_fsl(x[:half]), _fsl(x[half:])])
+    yield "arrow-sliced", _fsl(np.concatenate([x[:1], x]))[1:]
+    yield "arrow-table", pa.table({"id": np.arange(len(x)), "emb": _fsl(x)})
+    yield "arrow-record-batch", pa.RecordBatch.from_pydict({"emb": _fsl(x)})
+    yield "pandas-series", pd.Series(list(x))
+    yield "pandas-frame", pd.DataFrame({"emb": list(x), "n": np.arange(len(x))})
+    yield "pandas-float-columns", pd.DataFrame(x)
+    yield "pandas-arrow-dtype", pd.Series(pd.arrays.ArrowExtensionArray(pa.array(list(x), type=pa.list_(pa.float32()))))
+    yield "dlpack", _DLPackOnly(x)
+    yield "__array__", _ArrayOnly(x)
+    yield "nested-lists", x.tolist()
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _forms(_x(4))])
+def test_every_input_form_gives_the_same_rows(name):
+    x = _x()
+    value = dict(_forms(x))[name]
+    got = np.asarray(as_matrix(value, DIM, "vectors"), dtype=np.float32)
+    want = x.astype(np.float16).astype(np.float32) if name == "float16" else x
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["arrow-fixed-size-list", "arrow-table", "pandas-frame", "dlpack", "arrow-chunked"])
+def test_store_add_and_search_take_them(tmp_path, name):
+    x = _x(60)
+    with Store.create(tmp_path / "s", dim=DIM, codec="PQ4x8") as store:
+        ids = store.add(dict(_forms(x))[name])
+        np.testing.assert_array_equal(ids, np.arange(60))
+        want = store.search(x[:5], 3, rerank=20)
+        got = store.search(dict(_forms(x[:5]))[name], 3, rerank=20)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.ids[:, 0], np.arange(5))
+        np.testing.assert_array_equal(store.get(np.arange(60)), x)
+
+
+def test_a_table_column_is_chosen_by_name(tmp_path):
+    x, y = _x(10), _x(10, seed=1)
+    table = pa.table({"a": _fsl(x), "b": _fsl(y)})
+    with Store.create(tmp_path / "s", dim=DIM, codec="Flat", metric="l2") as store:
+        with pytest.raises(InvalidInput, match="several"):
+            store.add(table)
+        store.add(table, column="b")
+        np.testing.assert_array_equal(store.get(np.arange(10)), y)
+        with pytest.raises(InvalidInput, match="column='c'"):
+            store.add(table, column="c")
+        with pytest.raises(InvalidInput, match="applies to"):
+            store.add(x, column="a")
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (pa.array([[1.0] * DIM, [1.0] * (DIM - 1)], type=pa.list_(pa.float32())), InvalidInput, "row 1 has 11 values"),
+    (pa.array([[1.0] * DIM, None], type=pa.list_(pa.float32())), InvalidInput, "row 1 is null"),
+    (pa.array([[1.0] * (DIM - 1), [0.5] * DIM], type=pa.list_(pa.float32())), InvalidInput, "row 1 has 12 values"),
+    (pa.array([[1.0] * DIM, [None] + [1.0] * (DIM - 1)], type=pa.list_(pa.float32())), InvalidInput, "null value"),
+    (pa.array([[1] * DIM], type=pa.list_(pa.int32())), InvalidInput, "list of floats"),
+    (pa.table({"x": [1, 2]}), InvalidInput, "found none"),
+    (_fsl(np.ones((2, DIM + 1), np.float32)), DimensionMismatch, "expected width 12, found 13"),
+    ([[1.0] * DIM, [1.0]], InvalidInput, "numpy cannot make one array"),
+])
+def test_bad_batches_are_typed_errors(tmp_path, bad, error, match):
+    with Store.create(tmp_path / "s", dim=DIM, codec="Flat") as store:
+        with pytest.raises(error, match=match):
+            store.add(bad)
+        assert len(store) == 0 and store.version == 1  # nothing was committed
+
+
+def test_zero_vectors_under_cosine_are_refused_and_nothing_is_written(tmp_path):
+    x = _x(20)
+    x[7] = 0
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as store:
+        with pytest.raises(InvalidInput, match="row 7 all zeros"):
+            store.add(x)
+        assert store.version == 1 and len(store) == 0
+        store.add(np.delete(x, 7, axis=0))
+        with pytest.raises(InvalidInput, match="queries: cosine .* row 0 all zeros"):
+            store.search(np.zeros((1, DIM), np.float32), 3)
+    # ip and l2 give zero vectors a score like any other
+    with Store.create(tmp_path / "l2", dim=DIM, codec="Flat", metric="l2") as store:
+        store.add(x)
+        assert store.search(np.zeros((1, DIM), np.float32), 1, rerank=5).ids[0, 0] == 7
+    # MRL renormalises the kept prefix for ip: a vector whose prefix is all zero is refused
+    y = _x(20)
+    y[3, :6] = 0
+    with pytest.raises(InvalidInput, match="MRL6 keeps the first 6 dims"):
+        Codec("MRL6,Flat", DIM, "ip").train(y)
+
+
+def test_every_call_after_close_is_a_typed_error(tmp_path):
+    store = Store.create(tmp_path / "s", dim=DIM, codec="Flat")
+    store.add(_x(5))
+    store.close()
+    store.close()  # idempotent
+    calls = {
+        "search": lambda: store.search(_x(1), 1),
+        "add": lambda: store.add(_x(1)),
+        "delete": lambda: store.delete([0]),
+        "compact": store.compact,
+        "get": lambda: store.get([0]),
+        "ids": store.ids,
+        "info": store.info,
+        "refresh": store.refresh,
+        "memory_bytes": store.memory_bytes,
+        "train": lambda: store.train(_x(5)),
+        "contains": lambda: 0 in store,
+    }
+    for name, call in calls.items():
+        with pytest.raises(StoreClosed, match="closed store"):
+            call()
+        assert issubclass(StoreClosed, ValueError), name
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("nq", [1, 8, 1000])
+@pytest.mark.parametrize("limit", [1, 2, None])
+def test_the_callers_thread_settings_survive_searches(tmp_path, nq, limit):
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    x = _x(500)
+    with Store.create(tmp_path / "s", dim=DIM, codec="IVF4,RB1") as store:
+        store.add(x)
+        q = _x(nq, seed=3)
+        numba_before = numba.get_num_threads()
+        if limit is None:
+            before = _blas_threads()
+            store.search(q, 5, nprobe=2, rerank=20)
+            assert _blas_threads() == before
+        else:
+            with threadpool_limits(limit, user_api="blas"):
+                before = _blas_threads()
+                assert before == [limit] * len(before)
+                store.search(q, 5, nprobe=2, rerank=20)
+                assert _blas_threads() == before
+        assert numba.get_num_threads() == numba_before
+
+
+def test_concurrent_searches_leave_the_blas_threads_as_they_were(tmp_path):
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    x = _x(500)
+    with Store.create(tmp_path / "s", dim=DIM, codec="IVF4,RB1") as store:
+        store.add(x)
+        before = _blas_threads()
+        errors: list[BaseException] = []
+
+        def run(seed: int) -> None:
+            try:
+                for i in range(30):
+                    store.search(_x(1 + (i * 7 + seed) % 12, seed=seed), 3, nprobe=2, rerank=10)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert _blas_threads() == before
