@@ -19,6 +19,8 @@ Layouts:
   2**-l * sum_t q[8j + t] * (2 * bit_t(v) - 1), so summing over the code's bytes gives <q, s>.
 - Hamming words uint64 (n, n_words): the bit planes padded to 8-byte words.
 
+Scans never return a row whose id is < 0 (marked dead).
+
 References: tests/reference/binary.py.
 """
 
@@ -252,7 +254,7 @@ def _rb_scan_list(lut, codes, factors, ids, start, stop, bias, q_sq, is_l2, heap
         else:
             s = bias + est
         s = np.float32(s)
-        if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+        if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
             topk_push(heap_scores, heap_ids, s, ids[i])
 
 
@@ -334,7 +336,7 @@ def hamming_scan(q_words, db_words, ids, k):
         for w in range(n_words):
             dist += popcount64(q_words[w] ^ db_words[i, w])
         s = -np.float32(dist)
-        if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+        if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
             topk_push(heap_scores, heap_ids, s, ids[i])
     topk_sort(heap_scores, heap_ids)
     return heap_scores, heap_ids
@@ -410,7 +412,7 @@ def rb_sdc_scan(q_words, q_scale, words, factors, ids, list_offsets, probes, pro
                 s = np.float32(-(probe_q_sq[p] - 2.0 * est + factors[i, 1]))
             else:
                 s = np.float32(probe_bias[p] + est)
-            if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+            if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
                 topk_push(heap_scores, heap_ids, s, ids[i])
     topk_sort(heap_scores, heap_ids)
     return heap_scores, heap_ids

@@ -5,7 +5,8 @@ with LLVM's `fpext half -> float` (`f16_to_f32`), which vectorises to VCVTPH2PS.
 
 Scores are larger-is-better (kernels/topk.py): the inner product plus `probe_bias` for ip,
 the negated squared distance to `q` for l2 (for residual lists the caller passes q - centre
-per probe in `qs` (L, dim), L = 1 or P). Same inverted-list arguments as kernels/pq.py.
+per probe in `qs` (L, dim), L = 1 or P). Same inverted-list arguments as kernels/pq.py; rows
+with id < 0 are never returned.
 `dense_rescore(_batch)` re-scores a shortlist exactly (the store's re-ranking): float64
 accumulation in eight fixed lanes, so identical rows get bit-identical scores wherever they
 sit (ties then fall to the smaller id) and the result does not depend on SIMD width.
@@ -132,7 +133,7 @@ def dense_scan(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
             if not is_l2:
                 s += probe_bias[p]
             s = np.float32(s)
-            if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+            if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
                 topk_push(heap_scores, heap_ids, s, ids[i])
     topk_sort(heap_scores, heap_ids)
     return heap_scores, heap_ids

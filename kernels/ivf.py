@@ -31,13 +31,39 @@ def _similarity(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray
     return 2.0 * ip - c_norms[None, :] - x_norms[:, None]  # -|x - c|^2
 
 
+@jit
+def _argmax_rows(sim, out, start):
+    """First argmax of each row of sim into out[start + i], as an integer min over
+    (-key << 32 | j), key the int32 that orders like the float (see kmeans._argmin_rows):
+    by value descending, then index; it vectorises where a compare-and-keep loop does not."""
+    n, k = sim.shape
+    row = np.empty(k, dtype=np.float32)
+    bits = row.view(np.int32)
+    for i in range(n):
+        for j in range(k):
+            row[j] = sim[i, j] + np.float32(0.0)  # -0.0 -> +0.0
+        best = np.int64(0x7FFFFFFFFFFFFFFF)
+        for j in range(k):
+            b = bits[j]
+            key = b ^ np.int32(0x7FFFFFFF) if b < 0 else b
+            best = min(best, (-np.int64(key) << 32) | j)
+        out[start + i] = best & 0xFFFFFFFF
+
+
 def ivf_assign(x: np.ndarray, centroids: np.ndarray, metric: str, block: int = 8192) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if metric == "l2":
         return kmeans_assign(x, centroids)[0]
     out = np.empty(x.shape[0], dtype=np.int64)
+    if x.shape[0] == 0:
+        return out
+    ct = np.ascontiguousarray(np.asarray(centroids, dtype=np.float32).T)
+    buf = np.empty((min(block, x.shape[0]), ct.shape[1]), dtype=np.float32)  # reused per block
     for start in range(0, x.shape[0], block):
-        out[start : start + block] = np.argmax(x[start : start + block] @ centroids.T, axis=1)
+        xb = x[start : start + block]
+        sim = buf[: xb.shape[0]]
+        np.matmul(xb, ct, out=sim)
+        _argmax_rows(sim, out, start)
     return out
 
 

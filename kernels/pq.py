@@ -16,7 +16,7 @@ The scan drivers take an inverted-list layout: codes ordered by list, `list_offs
 (nlist + 1,), per query the probed lists `probes` (nq, P) (-1 = skip) with an additive
 `probe_bias` (nq, P), and tables `luts` (nq, L, M, ksub) with L = 1 (shared by every
 list) or L = P (one table per probed list, for l2 on residuals). A flat index is one list.
-Reference: tests/reference/pq.py.
+Rows whose id is < 0 (marked dead) are never returned. Reference: tests/reference/pq.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch
-from .kmeans import kmeans_assign, kmeans_fit
+from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
 from .topk import topk_init, topk_push, topk_sort
 
 __all__ = [
@@ -56,25 +56,67 @@ def pq_pad(x: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
-def pq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int = 20) -> np.ndarray:
-    """Train M independent k-means codebooks of 2**nbits centroids on the sub-vectors."""
+def pq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int = 20,
+             tol: float = KMEANS_TOL) -> np.ndarray:
+    """Train M independent k-means codebooks of 2**nbits centroids on the sub-vectors
+    (`kmeans_fit` with at most `n_iter` iterations and its early stop `tol`)."""
     xp = pq_pad(np.asarray(x, dtype=np.float32), m)
     dsub = xp.shape[1] // m
     ksub = 1 << nbits
     books = np.empty((m, ksub, dsub), dtype=np.float32)
     for j in range(m):
-        books[j] = kmeans_fit(xp[:, j * dsub : (j + 1) * dsub], ksub, n_iter=n_iter, seed=seed + j)
+        books[j] = kmeans_fit(xp[:, j * dsub : (j + 1) * dsub], ksub, n_iter=n_iter, seed=seed + j, tol=tol)
     return books
 
 
-def pq_encode(x: np.ndarray, books: np.ndarray) -> np.ndarray:
-    """Nearest centroid per sub-space: uint8 (n, M) (k-means assignment on each sub-space)."""
-    m, _, dsub = books.shape
-    xp = pq_pad(np.asarray(x, dtype=np.float32), m)
-    codes = np.empty((xp.shape[0], m), dtype=np.uint8)
-    for j in range(m):
-        codes[:, j] = kmeans_assign(xp[:, j * dsub : (j + 1) * dsub], books[j])[0]
+@jit
+def _encode_rows(xp, cts, start, stop, codes):
+    # The distance buffer is allocated here, not passed in: as an argument (one per chunk of
+    # a prange) LLVM could not keep the loops as tight, and the parallel driver ran 2x slower.
+    d = np.empty(cts.shape[2], dtype=np.float32)
+    dsub = cts.shape[1]
+    for i in range(start, stop):
+        for j in range(cts.shape[0]):
+            codes[i, j] = nearest_column(xp, i, j * dsub, cts[j], d)[0]
+
+
+@jit
+def _encode_serial(xp, cts):
+    """Codes uint8 (n, M) of padded rows xp (n, M * dsub) against cts (M, dsub, ksub)."""
+    codes = np.empty((xp.shape[0], cts.shape[0]), dtype=np.uint8)
+    _encode_rows(xp, cts, 0, xp.shape[0], codes)
     return codes
+
+
+@jit_batch
+def _encode_batch(xp, cts):
+    """`_encode_serial`, parallel over chunks of rows."""
+    n = xp.shape[0]
+    codes = np.empty((n, cts.shape[0]), dtype=np.uint8)
+    chunk = 1024
+    for c in prange((n + chunk - 1) // chunk):
+        _encode_rows(xp, cts, c * chunk, min(n, (c + 1) * chunk), codes)
+    return codes
+
+
+def pq_encode(x: np.ndarray, books: np.ndarray) -> np.ndarray:
+    """Nearest centroid per sub-space: uint8 (n, M) (k-means assignment on each sub-space).
+
+    Narrow sub-spaces (dsub < kmeans.BLAS_MIN_DIM, e.g. 8 for PQ48 on 384 dims) are coded in
+    one pass over the rows, every sub-space of a row while it is in cache (the distances are
+    the same as `kmeans_assign`'s); wide ones take kmeans_assign's BLAS path per sub-space."""
+    m, ksub, dsub = books.shape
+    x = np.asarray(x, dtype=np.float32)
+    xp = np.ascontiguousarray(x) if x.shape[1] == m * dsub else pq_pad(x, m)
+    if dsub >= BLAS_MIN_DIM:
+        codes = np.empty((xp.shape[0], m), dtype=np.uint8)
+        for j in range(m):
+            codes[:, j] = kmeans_assign(xp[:, j * dsub : (j + 1) * dsub], books[j])[0]
+        return codes
+    cts = np.ascontiguousarray(np.asarray(books, dtype=np.float32).transpose(0, 2, 1))  # (M, dsub, ksub)
+    if xp.shape[0] * m * ksub < PARALLEL_MIN_WORK:
+        return _encode_serial(xp, cts)  # waking threads costs more than the work
+    return _encode_batch(xp, cts)
 
 
 def pq_decode(codes: np.ndarray, books: np.ndarray, dim: int) -> np.ndarray:
@@ -140,7 +182,8 @@ def lut_sum(lut, codes, i):
 
 @jit
 def _push(heap_scores, heap_ids, s, idx):
-    if s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0]):
+    # the id test comes last: rows that lose on score (nearly all) cost the score compare only
+    if (s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0])) and idx >= 0:
         topk_push(heap_scores, heap_ids, s, idx)
 
 

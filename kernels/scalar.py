@@ -12,7 +12,8 @@ low nibble; F16 codes are float16 (n, dim) viewed as bytes by the codec.
 Scans (larger is better, kernels/topk.py): for ip the score is
 bias + sum_d w_d * u_d with w_d = q_d * vdiff_d / L (L = 2**b - 1) and bias = <q, vmin>;
 for l2 it is -sum_d (a_d * u_d - c_d)**2 with a_d = vdiff_d / L, c_d = q_d - vmin_d.
-Both take the same inverted-list arguments as kernels/pq.py. Reference: tests/reference/scalar.py.
+Both take the same inverted-list arguments as kernels/pq.py (rows with id < 0 are never
+returned). Reference: tests/reference/scalar.py.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def sq_scan(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k)
             else:
                 s = _sq4_l2(w, cp, codes, i) if is_l2 else _sq4_ip(w, codes, i) + probe_bias[p]
             s = np.float32(s)
-            if s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0]):
+            if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
                 topk_push(heap_scores, heap_ids, s, ids[i])
     topk_sort(heap_scores, heap_ids)
     return heap_scores, heap_ids

@@ -9,6 +9,10 @@ A top-k state is a pair of arrays `(heap_scores float32 (k,), heap_ids int64 (k,
 binary min-heap whose root is the worst kept entry. An empty slot holds score `-inf` and
 id -1, so a finished list is padded exactly as DESIGN.md asks (the engine turns `-inf`
 into the metric's worst score).
+
+`topk_push` keeps whatever it is given; the scan kernels test a row's id before offering
+it and never offer an id < 0 (the padding of fast-scan blocks, rows marked dead by
+`vecz.engine.layout.CodeIndex.mark_dead`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ __all__ = [
     "topk_select",
     "topk_select_batch",
     "topk_merge",
+    "topk_positions",
+    "topk_positions_batch",
 ]
 
 
@@ -165,3 +171,91 @@ def topk_merge(scores_a, ids_a, scores_b, ids_b, k):
                 out_ids[qi, j] = ids_b[qi, b]
                 b += 1
     return out_scores, out_ids
+
+
+@jit
+def _keyed_better(s_a, key_a, s_b, key_b):
+    # a ranks before b: higher score, or equal score and smaller key
+    return s_a > s_b or (s_a == s_b and key_a < key_b)
+
+
+@jit
+def _position_sift_down(heap, size, p, scores, keys):
+    # put position p at the root of the min-heap heap[:size] and sift it down
+    c = 0
+    while True:
+        left = 2 * c + 1
+        if left >= size:
+            break
+        worst = left
+        right = left + 1
+        if right < size and _keyed_better(scores[heap[left]], keys[heap[left]], scores[heap[right]],
+                                          keys[heap[right]]):
+            worst = right
+        w = heap[worst]
+        if _keyed_better(scores[p], keys[p], scores[w], keys[w]):
+            heap[c] = w
+            c = worst
+        else:
+            break
+    heap[c] = p
+
+
+@jit
+def _topk_positions_row(scores, keys, k, out):
+    # a min-heap (worst at the root) of positions into scores/keys; keys < 0 are empty slots
+    heap = np.empty(k, dtype=np.int64)
+    size = 0
+    for p in range(scores.shape[0]):
+        if keys[p] < 0:
+            continue
+        s = scores[p]
+        if size < k:
+            # sift up
+            c = size
+            size += 1
+            while c > 0:
+                par = (c - 1) >> 1
+                q = heap[par]
+                if _keyed_better(scores[q], keys[q], s, keys[p]):
+                    heap[c] = q
+                    c = par
+                else:
+                    break
+            heap[c] = p
+            continue
+        root = heap[0]
+        if not _keyed_better(s, keys[p], scores[root], keys[root]):
+            continue
+        _position_sift_down(heap, size, p, scores, keys)  # replace the root
+    # order best first: repeatedly pop the worst into the back
+    for j in range(k):
+        out[j] = -1
+    n = size
+    while n > 0:
+        out[n - 1] = heap[0]
+        n -= 1
+        _position_sift_down(heap, n, heap[n], scores, keys)
+
+
+@jit
+def topk_positions(scores, keys, k):
+    """Positions of the k best entries of each row, best first: scores float32 (nq, W)
+    (larger is better), keys int64 (nq, W) breaking ties (smaller first; < 0 = empty slot,
+    never chosen). Returns int64 (nq, k), -1 past the row's non-empty entries. Used to merge
+    per-segment shortlists, whose keys are the rows' user ids."""
+    nq = scores.shape[0]
+    out = np.empty((nq, k), dtype=np.int64)
+    for i in range(nq):
+        _topk_positions_row(scores[i], keys[i], k, out[i])
+    return out
+
+
+@jit_batch
+def topk_positions_batch(scores, keys, k):
+    """`topk_positions` with rows spread over threads (same results)."""
+    nq = scores.shape[0]
+    out = np.empty((nq, k), dtype=np.int64)
+    for i in prange(nq):
+        _topk_positions_row(scores[i], keys[i], k, out[i])
+    return out

@@ -137,3 +137,44 @@ def test_probe_selection_equals_topk_select(nq, n, k, seed, kind):
     np.testing.assert_array_equal(got_i, ref_i)
     np.testing.assert_array_equal(got_s, ref_s)
     np.testing.assert_array_equal(np.signbit(got_s), np.signbit(ref_s))
+
+
+@SETTINGS
+@given(n=st.integers(1, 600), nlist=st.integers(1, 40), dim=DIMS, metric=METRICS, seed=st.integers(0, 2**32 - 1),
+       block=st.sampled_from([1, 7, 256, 8192]), dup=st.booleans())
+def test_assign_blocks_exact_with_ties(n, nlist, dim, metric, seed, block, dup):
+    # Blocks of rows share one product buffer (the last block shorter): the lists equal
+    # brute force exactly on integer data, first best on ties (duplicate centroids and rows).
+    rng = np.random.default_rng(seed)
+    x, c = _data(rng, (n, dim), "int"), _data(rng, (nlist, dim), "int")
+    if dup:
+        c[-1] = c[0]
+        x[n // 2:] = x[0]
+    got = ivf.ivf_assign(x, c, metric, block=block)
+    np.testing.assert_array_equal(got, ivf_assign_ref(x, c, metric))
+
+
+@SETTINGS
+@given(n=st.integers(1, 20), k=st.integers(1, 70), seed=st.integers(0, 2**32 - 1),
+       kind=st.sampled_from(["normal", "ties", "signed_zero", "inf", "tiny", "huge"]))
+def test_argmax_rows_is_numpy_argmax(n, k, seed, kind):
+    # The integer-key argmax equals numpy's first argmax for any finite or infinite values
+    # (-0.0 equals 0.0), and writes at the given offset.
+    rng = np.random.default_rng(seed)
+    sim = rng.standard_normal((n, k)).astype(np.float32)
+    if kind != "normal":
+        sim = rng.integers(-2, 3, size=(n, k)).astype(np.float32)
+    if kind == "signed_zero":
+        sim[rng.random((n, k)) < 0.5] *= -1
+        sim[sim == 0] = np.where(rng.random(int((sim == 0).sum())) < 0.5, -0.0, 0.0)
+    elif kind == "inf":
+        sim[sim == -2] = -np.inf
+        sim[sim == 2] = np.inf
+    elif kind == "tiny":
+        sim *= np.float32(1e-42)
+    elif kind == "huge":
+        sim *= np.float32(1e37)
+    out = np.full(n + 3, -7, dtype=np.int64)
+    ivf._argmax_rows(sim, out, 3)
+    np.testing.assert_array_equal(out[:3], -7)
+    np.testing.assert_array_equal(out[3:], np.argmax(sim, axis=1))

@@ -17,7 +17,7 @@ from tests.reference.kmeans import (
 )
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)
-# Widths on both sides of kmeans._BLAS_MIN_DIM (24): jitted loop below, BLAS at and above.
+# Widths on both sides of kmeans.BLAS_MIN_DIM (24): jitted loop below, BLAS at and above.
 DIMS = st.sampled_from([1, 2, 3, 7, 13, 23, 24, 25, 65])
 
 
@@ -210,3 +210,128 @@ def test_assign_empty_input():
     labels, dists = kmeans.kmeans_assign(np.zeros((0, 5), np.float32), np.zeros((3, 5), np.float32))
     assert labels.shape == (0,) and labels.dtype == np.int64
     assert dists.shape == (0,) and dists.dtype == np.float32
+
+
+@SETTINGS
+@given(k=st.integers(1, 300), seed=st.integers(0, 2**32 - 1),
+       kind=st.sampled_from(["float", "ties", "zeros", "tiny", "huge", "inf", "negzero"]))
+def test_first_min_is_numpy_argmin(k, seed, kind):
+    # The integer-key argmin of squared distances (>= 0) equals numpy's first argmin,
+    # ties included; -0.0 counts as 0.0.
+    rng = np.random.default_rng(seed)
+    d = np.abs(rng.standard_normal(k)).astype(np.float32)
+    if kind == "ties":
+        d = rng.integers(0, 3, size=k).astype(np.float32)
+    elif kind == "zeros":
+        d[:] = 0.0
+    elif kind == "tiny":
+        d *= np.float32(1e-42)  # subnormals
+    elif kind == "huge":
+        d *= np.float32(1e37)
+    elif kind == "inf":
+        d[rng.random(k) < 0.5] = np.inf
+    elif kind == "negzero":
+        d = rng.integers(0, 2, size=k).astype(np.float32)
+        d[d == 0] = -0.0
+    assert kmeans._first_min(d) == int(np.argmin(np.where(d == 0, np.float32(0.0), d)))
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), k=st.integers(1, 10), dim=st.sampled_from([1, 7, 24, 25, 65, 130]),
+       seed=st.integers(0, 2**32 - 1), dup=st.booleans())
+def test_pp_init_matches_reference_on_wide_integer_data(n, k, dim, seed, dup):
+    # Wide rows (the float32 distance sums vectorise; exact on small integers), k > n allowed
+    # (the zero-D^2 fallback picks uniformly) and duplicate rows.
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "int")
+    if dup:
+        x = x[rng.integers(0, max(1, n // 3), size=n)]
+    u = rng.random(k)
+    np.testing.assert_array_equal(kmeans.kmeans_pp_init(x, k, u), kmeans_pp_init_ref(x, k, u))
+
+
+@SETTINGS
+@given(n=st.integers(1, 3000), dim=st.sampled_from([1, 3, 8, 13]), k=st.sampled_from([1, 2, 16, 33, 256]),
+       seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["int", "float"]))
+def test_assign_small_serial_and_batch_agree(n, dim, k, seed, kind):
+    # Both narrow drivers (serial, and parallel over chunks of rows) give the same labels
+    # and distances bit for bit, and the labels are nearest up to rounding.
+    rng = np.random.default_rng(seed)
+    x, c = _data(rng, (n, dim), kind), _data(rng, (k, dim), kind)
+    l1, d1 = kmeans.kmeans_assign_small(x, c)
+    l2, d2 = kmeans.kmeans_assign_small_batch(x, c)
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_array_equal(d1, d2)
+    ref = sq_dists_ref(x, c)
+    best = ref.min(axis=1)
+    assert np.all(ref[np.arange(n), l1] <= best + 1e-5 * (1 + best))
+    if kind == "int":
+        np.testing.assert_array_equal(l1, kmeans_assign_ref(x, c)[0])
+
+
+@SETTINGS
+@given(n=st.integers(2, 80), k=st.integers(1, 12), dim=st.sampled_from([1, 2, 5, 13, 30]),
+       seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["int", "float", "dups"]))
+def test_fit_fixed_point_stop_changes_nothing(n, k, dim, seed, kind):
+    # tol = 0 stops only at a fixed point (an assignment equal to the previous one), which
+    # further iterations would repeat: the result equals running every iteration (tol < 0).
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "float" if kind == "float" else "int")
+    if kind == "dups":
+        x = x[rng.integers(0, max(1, n // 2), size=n)]
+    s = seed % 1000
+    for n_iter in (1, 3, 12):
+        np.testing.assert_array_equal(kmeans.kmeans_fit(x, k, n_iter=n_iter, seed=s, tol=0.0),
+                                      kmeans.kmeans_fit(x, k, n_iter=n_iter, seed=s, tol=-1.0))
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(n=st.integers(2, 80), k=st.integers(1, 12), dim=st.sampled_from([1, 2, 5, 30]),
+       seed=st.integers(0, 2**32 - 1), tol=st.sampled_from([1e-6, kmeans.KMEANS_TOL, 1e-2, 0.5]),
+       kind=st.sampled_from(["int", "float", "dups"]))
+def test_fit_tol_stops_after_some_prefix_of_the_iterations(n, k, dim, seed, tol, kind):
+    # An early stop performs the first M iterations of the full run: the centroids equal
+    # those of n_iter = M without early stops, for some M <= n_iter.
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "float" if kind == "float" else "int")
+    if kind == "dups":
+        x = x[rng.integers(0, max(1, n // 2), size=n)]
+    s = seed % 1000
+    n_iter = 8
+    got = kmeans.kmeans_fit(x, k, n_iter=n_iter, seed=s, tol=tol)
+    prefixes = [kmeans.kmeans_fit(x, k, n_iter=m, seed=s, tol=-1.0) for m in range(1, n_iter + 1)]
+    assert any(np.array_equal(got, p) for p in prefixes)
+
+
+@SETTINGS
+@given(n=st.integers(1, 20), k=st.integers(1, 70), seed=st.integers(0, 2**32 - 1),
+       kind=st.sampled_from(["normal", "ties", "signed_zero", "inf", "tiny", "huge"]))
+def test_argmin_rows_is_numpy_argmin(n, k, seed, kind):
+    # The BLAS path's fused pass: first argmin of g + |c|^2 (integer keys), -0.0 equal to
+    # 0.0, and the distance max(min + |x|^2, 0), written at the given offset.
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((n, k)).astype(np.float32)
+    c_norms = np.abs(rng.standard_normal(k)).astype(np.float32)
+    if kind != "normal":
+        g = rng.integers(-2, 3, size=(n, k)).astype(np.float32)
+        c_norms = rng.integers(0, 2, size=k).astype(np.float32)
+    if kind == "signed_zero":
+        c_norms[:] = 0.0
+        g[g == 0] = np.where(rng.random(int((g == 0).sum())) < 0.5, -0.0, 0.0)
+    elif kind == "inf":
+        g[g == 2] = np.inf
+    elif kind == "tiny":
+        g *= np.float32(1e-42)
+        c_norms *= np.float32(1e-42)
+    elif kind == "huge":
+        g *= np.float32(1e37)
+        c_norms *= np.float32(1e37)
+    x_norms = np.abs(rng.standard_normal(n)).astype(np.float32)
+    labels = np.full(n + 2, -7, dtype=np.int64)
+    dists = np.full(n + 2, -7, dtype=np.float32)
+    kmeans._argmin_rows(g, c_norms, x_norms, labels, dists, 2)
+    total = g + c_norms[None, :]
+    want = np.argmin(total, axis=1)
+    np.testing.assert_array_equal(labels[:2], -7)
+    np.testing.assert_array_equal(labels[2:], want)
+    np.testing.assert_array_equal(dists[2:], np.maximum(total[np.arange(n), want] + x_norms, np.float32(0.0)))

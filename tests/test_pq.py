@@ -230,3 +230,45 @@ def test_lut_scan_end_to_end_equals_decoded_scores(n, dim, m, metric, seed):
     else:
         exact = -((rec - q[0].astype(np.float64)) ** 2).sum(axis=1)
     assert_topk_close(s, i, exact, ids, 5, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(n=st.integers(0, 2500), dim=st.sampled_from([1, 3, 7, 8, 13, 16, 65]), m=MS,
+       nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["int", "float"]),
+       dup=st.booleans())
+def test_encode_drivers_agree_with_reference(n, dim, m, nbits, seed, kind, dup):
+    # The one-pass encoder (every sub-space of a row in turn; serial, and parallel over
+    # chunks of rows that span several chunks here) equals brute force on integer data (ties
+    # to the first centroid, duplicate rows and centroids included) and agrees with itself.
+    rng = np.random.default_rng(seed)
+    dsub = pq.pq_dsub(dim, m)
+    books = _books(rng, m, nbits, dsub, kind)
+    if kind == "int":
+        x = rng.integers(-3, 4, size=(n, dim)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+    if dup and n > 2:
+        x[n // 2:] = x[0]
+        books[:, -1] = books[:, 0]  # a duplicate centroid in every sub-space: the first wins
+    codes = pq.pq_encode(x, books)
+    assert codes.dtype == np.uint8 and codes.shape == (n, m)
+    if dsub < 24:  # the one-pass drivers (wider sub-spaces take kmeans_assign's BLAS path)
+        xp = pq.pq_pad(x, m)
+        cts = np.ascontiguousarray(books.transpose(0, 2, 1))
+        np.testing.assert_array_equal(pq._encode_serial(xp, cts), codes)
+        np.testing.assert_array_equal(pq._encode_batch(xp, cts), codes)
+    if kind == "int":
+        np.testing.assert_array_equal(codes, pq_encode_ref(x, books))
+    elif n:
+        d = pq_sub_dists_ref(x, books)
+        chosen = np.take_along_axis(d, codes.astype(np.intp)[:, :, None], axis=2)[:, :, 0]
+        assert np.all(chosen <= d.min(axis=2) + 1e-5 * (1 + d.min(axis=2)))
+
+
+def test_encode_one_row_odd_dims_and_read_only_input():
+    rng = np.random.default_rng(7)
+    books = rng.standard_normal((5, 256, 3)).astype(np.float32)  # 13 dims: padded to 15
+    x = rng.standard_normal((1, 13)).astype(np.float32)
+    x.setflags(write=False)
+    books.setflags(write=False)
+    np.testing.assert_array_equal(pq.pq_encode(x, books), pq_encode_ref(x, books))

@@ -108,3 +108,53 @@ def test_normalize_rows_extreme_but_finite_magnitudes(dim, seed, magnitude):
     x[:, 0] = np.float32(magnitude)  # nonzero rows
     got = transform.normalize_rows(x)
     np.testing.assert_allclose(np.linalg.norm(got.astype(np.float64), axis=1), 1.0, atol=1e-6)
+
+
+@SETTINGS
+@given(n=st.integers(1, 50), dim=DIMS, seed=st.integers(0, 2**32 - 1), flip=st.sampled_from([0.0, 0.02, 0.3, 1.0]),
+       cap=st.sampled_from([0, 3, 10**9]))
+def test_itq_sign_step_keeps_xtb_current(n, dim, seed, flip, cap):
+    # One sign step: b becomes sign(v) (+1 at 0) whatever the cap; with at most `cap` flips
+    # mt is updated to (x^T b)^T (float64) and the flips are counted, above it -1 is returned.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    b = np.where(rng.random((n, dim)) < 0.5, np.float32(1.0), np.float32(-1.0))
+    v = b * rng.random((n, dim)).astype(np.float32)
+    v[rng.random((n, dim)) < flip] *= -1
+    v[rng.random((n, dim)) < 0.05] = 0.0  # ties: zero has sign +1
+    mt = (b.astype(np.float64).T @ x.astype(np.float64))
+    new_b = np.where(v >= 0, np.float32(1.0), np.float32(-1.0))
+    flips = int((new_b != b).sum())
+    got = transform._itq_signs(x, v, b, mt, cap)
+    np.testing.assert_array_equal(b, new_b)
+    if flips > cap:
+        assert got == -1
+        return
+    assert got == flips
+    np.testing.assert_allclose(mt, new_b.astype(np.float64).T @ x.astype(np.float64), rtol=1e-12, atol=1e-9)
+
+
+@SETTINGS
+@given(n=st.integers(1, 60), dim=DIMS, seed=st.integers(0, 2**32 - 1), n_iter=st.integers(0, 12),
+       dup=st.booleans())
+def test_itq_sparse_updates_match_dense_recomputation(n, dim, seed, n_iter, dup):
+    # Updating x^T B from the flipped signs or recomputing it with a matrix product every
+    # iteration (_ITQ_SPARSE_FRACTION = 0) give the same rotation up to rounding, and both
+    # are orthogonal; one row and duplicate rows included.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    if dup and n > 1:
+        x[n // 2:] = x[0]
+    s = seed % 1000
+    sparse = transform.itq_rotation(x, s, n_iter=n_iter)
+    saved = transform._ITQ_SPARSE_FRACTION
+    try:
+        transform._ITQ_SPARSE_FRACTION = 0.0
+        dense = transform.itq_rotation(x, s, n_iter=n_iter)
+    finally:
+        transform._ITQ_SPARSE_FRACTION = saved
+    r64 = sparse.astype(np.float64)
+    np.testing.assert_allclose(r64 @ r64.T, np.eye(dim), atol=1e-5)
+    # the two may part ways only where a row's projection sits at zero to rounding
+    e_sparse, e_dense = _itq_error(x, sparse), _itq_error(x, dense)
+    assert abs(e_sparse - e_dense) <= 1e-4 * (1 + e_dense), (e_sparse, e_dense)
