@@ -1,4 +1,4 @@
-"""Codecs: spec strings, configs, training, encoding, decoding and search over codes.
+"""Codecs: spec strings, configs, training, encoding, decoding, and query plans.
 
 A spec is comma-separated stages (DESIGN.md): `[MRL<d>,][IVF<n>,]QUANTIZER` where the
 quantizer is one of `PQ<M>x<b>` (b = 4 or 8), `RB<b>` (b = 1..8), `SQ8`, `SQ4`, `F16`,
@@ -19,6 +19,12 @@ the metric's worst score (-inf, or +inf for l2).
 
 Trained state is plain float32 arrays (`state()`), rebuilt with `Codec.from_config(config,
 state)`. No pickle.
+
+Where things live: this module holds the spec grammar (`parse_spec`, `format_spec`,
+`code_size`), the prefix stages `MRL` and `IVF`, and `Codec`, which runs the pipeline;
+each quantizer stage carries its own training, coding, layout and scanning
+(`vecz.engine.quantizers`); query plans, scan layouts and results live in
+`vecz.engine.layout` (`QueryPlan`, `CodeIndex`, `SearchResult`), re-exported here.
 """
 
 from __future__ import annotations
@@ -26,16 +32,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import threading
 from typing import Any, Callable, NamedTuple
 
-import numba
 import numpy as np
 
-from ..kernels import binary, dense, fastscan, ivf, kmeans, pq, scalar, transform
-
+from ..kernels import ivf, kmeans, transform
 from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained
 from .inputs import as_matrix
+from .layout import CodeIndex, QueryPlan, ScanResult, SearchResult, SearchStats, plan_rows
+from .quantizers import F16, PQ, RB, SQ, Flat, Quantizer
+from .quantizers import RB_FACTOR_BYTES  # noqa: F401 (importable from here, as before)
+from .threads import SERIAL_BLAS_QUERIES, _SerialBlas  # noqa: F401 (importable from here, as before)
+from .threads import query_threads
 
 __all__ = [
     "METRICS",
@@ -46,12 +54,15 @@ __all__ = [
     "SQ",
     "F16",
     "Flat",
+    "Quantizer",
     "parse_spec",
     "format_spec",
     "code_size",
     "Codec",
     "Codes",
     "CodeIndex",
+    "QueryPlan",
+    "ScanResult",
     "SearchResult",
     "SearchStats",
 ]
@@ -59,7 +70,6 @@ __all__ = [
 METRICS = ("cosine", "ip", "l2")
 CONFIG_ID = "vecz.codec"
 CONFIG_VERSION = 1
-
 
 # --------------------------------------------------------------------------- stages
 
@@ -69,6 +79,8 @@ class MRL:
     """Matryoshka truncation to the first `dim` dimensions."""
 
     dim: int
+
+    role = "mrl"
 
     def __str__(self) -> str:
         return f"MRL{self.dim}"
@@ -80,76 +92,12 @@ class IVF:
 
     nlist: int
 
+    role = "ivf"
+
     def __str__(self) -> str:
         return f"IVF{self.nlist}"
 
 
-@dataclasses.dataclass(frozen=True)
-class PQ:
-    """Product quantization: `m` sub-quantizers of `nbits` bits."""
-
-    m: int
-    nbits: int
-
-    def __str__(self) -> str:
-        return f"PQ{self.m}x{self.nbits}"
-
-    def code_size(self, dim: int, metric: str) -> int:
-        return self.m if self.nbits == 8 else (self.m + 1) // 2
-
-
-@dataclasses.dataclass(frozen=True)
-class RB:
-    """Recurrent binarization with `levels` sign levels (bits per dimension)."""
-
-    levels: int
-
-    def __str__(self) -> str:
-        return f"RB{self.levels}"
-
-    def code_size(self, dim: int, metric: str) -> int:
-        return self.levels * binary.rb_nbytes(dim) + RB_FACTOR_BYTES
-
-
-@dataclasses.dataclass(frozen=True)
-class SQ:
-    """Per-dimension scalar quantization to `nbits` bits (8 or 4)."""
-
-    nbits: int
-
-    def __str__(self) -> str:
-        return f"SQ{self.nbits}"
-
-    def code_size(self, dim: int, metric: str) -> int:
-        return dim if self.nbits == 8 else (dim + 1) // 2
-
-
-@dataclasses.dataclass(frozen=True)
-class F16:
-    """Half precision."""
-
-    def __str__(self) -> str:
-        return "F16"
-
-    def code_size(self, dim: int, metric: str) -> int:
-        return 2 * dim
-
-
-@dataclasses.dataclass(frozen=True)
-class Flat:
-    """No compression (float32), the reference."""
-
-    def __str__(self) -> str:
-        return "Flat"
-
-    def code_size(self, dim: int, metric: str) -> int:
-        return 4 * dim
-
-
-# Two float32 per RB vector: g = |r|^2 / <s, r> (unbiased multiplier) and |r|^2.
-RB_FACTOR_BYTES = 8
-
-Quantizer = PQ | RB | SQ | F16 | Flat
 Stage = MRL | IVF | Quantizer
 
 
@@ -205,12 +153,12 @@ def parse_spec(spec: str) -> tuple[Stage, ...]:
         raise CodecSpecError(f"codec spec {spec!r}: expected comma-separated stages, found an empty stage")
     stages = tuple(_parse_stage(p) for p in parts)
     *prefix, last = stages
-    if not isinstance(last, (PQ, RB, SQ, F16, Flat)):
+    if last.role != "quantizer":
         raise CodecSpecError(f"codec spec {spec!r} must end with a quantizer stage, found {str(last)!r}")
-    order = {MRL: 0, IVF: 1}
+    order = {"mrl": 0, "ivf": 1}
     seen = -1
     for stage in prefix:
-        rank = order.get(type(stage))
+        rank = order.get(stage.role)
         if rank is None:
             raise CodecSpecError(f"codec spec {spec!r}: quantizer stage {str(stage)!r} must be the last stage")
         if rank <= seen:
@@ -227,8 +175,8 @@ def format_spec(stages: tuple[Stage, ...]) -> str:
 
 
 def _split(stages: tuple[Stage, ...]) -> tuple[MRL | None, IVF | None, Quantizer]:
-    mrl = next((s for s in stages if isinstance(s, MRL)), None)
-    coarse = next((s for s in stages if isinstance(s, IVF)), None)
+    mrl = next((s for s in stages if s.role == "mrl"), None)
+    coarse = next((s for s in stages if s.role == "ivf"), None)
     return mrl, coarse, stages[-1]  # type: ignore[return-value]
 
 
@@ -242,10 +190,7 @@ def _check_fits(stages: tuple[Stage, ...], dim: int, spec: str) -> int:
         if mrl.dim > dim:
             raise CodecSpecError(f"stage {str(mrl)!r} keeps {mrl.dim} dims but vectors have only {dim}")
         width = mrl.dim
-    if isinstance(quant, PQ) and quant.m > width:
-        raise CodecSpecError(f"stage {str(quant)!r}: M={quant.m} sub-quantizers exceed the {width} coded dims")
-    if isinstance(quant, PQ) and quant.nbits == 4 and quant.m > 512:
-        raise CodecSpecError(f"stage {str(quant)!r}: 4-bit PQ supports at most 512 sub-quantizers")
+    quant.check_width(width, spec)
     return width
 
 
@@ -259,95 +204,7 @@ def code_size(spec: str, dim: int, metric: str = "cosine") -> int:
     return stages[-1].code_size(width, metric)
 
 
-# --------------------------------------------------------------------------- results
-
-
-class _SerialBlas:
-    """Run a few queries' BLAS products (rotations, IVF probes, tables) on one thread, and
-    give the caller back exactly the BLAS thread counts it had.
-
-    On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
-    after their work; a parallel region that needs the core a spinning thread holds waits
-    for a scheduler tick. A search of 8-64 queries then took 16 ms instead of 0.6-2 ms
-    (wordnet-gemma, IVF256,RB1). Small products gain nothing from threads, so searches of
-    fewer than `SERIAL_BLAS_QUERIES` queries run BLAS on one thread.
-
-    BLAS thread counts are process-wide, so the scope is counted: the first search to enter
-    saves the counts it finds (whatever the caller set, e.g. inside its own
-    ``threadpool_limits(1)``), the last one to leave restores them; searches running
-    concurrently from several Python threads therefore cannot leave the count at one.
-    While a small search runs, BLAS calls made by other threads of the process also run on
-    one thread.
-    """
-
-    _libs: list | None = None
-    _lock = threading.Lock()
-    _depth = 0
-    _saved: list[int] = []
-
-    @classmethod
-    def _controllers(cls) -> list:
-        if cls._libs is None:
-            from threadpoolctl import ThreadpoolController
-
-            cls._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-        return cls._libs
-
-    def __enter__(self) -> None:
-        cls = type(self)
-        with cls._lock:
-            if cls._depth == 0:
-                libs = cls._controllers()
-                cls._saved = [lib.num_threads for lib in libs]
-                for lib, n in zip(libs, cls._saved):
-                    if n != 1:
-                        lib.set_num_threads(1)
-            cls._depth += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        cls = type(self)
-        with cls._lock:
-            cls._depth -= 1
-            if cls._depth == 0:
-                for lib, n in zip(cls._controllers(), cls._saved):
-                    if n != 1:
-                        lib.set_num_threads(n)
-
-
-SERIAL_BLAS_QUERIES = 256
-
-
-class SearchStats(NamedTuple):
-    """What a search did: codes scored, IVF lists probed, and (store searches with
-    ``rerank``) rows and bytes read from the disk tier to re-score the shortlist."""
-
-    candidates: int
-    lists_probed: int
-    rows_read: int = 0
-    bytes_read: int = 0
-
-
-class SearchResult(tuple):
-    """`scores, ids = result` like faiss's D, I (a 2-tuple); `result.stats` tells what the
-    search did. scores float32 (nq, k), ids int64 (nq, k)."""
-
-    stats: SearchStats
-
-    def __new__(cls, scores: np.ndarray, ids: np.ndarray, stats: SearchStats = SearchStats(0, 0)):
-        obj = super().__new__(cls, (scores, ids))
-        obj.stats = stats
-        return obj
-
-    @property
-    def scores(self) -> np.ndarray:
-        return self[0]
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self[1]
-
-    def __repr__(self) -> str:
-        return f"SearchResult(scores={self[0]!r}, ids={self[1]!r}, stats={self.stats!r})"
+# --------------------------------------------------------------------------- codes
 
 
 class Codes(NamedTuple):
@@ -399,8 +256,8 @@ class Codec:
         RB only: the orthogonal rotation applied before binarization. ITQ is learned on the
         training residuals and measured better on real embeddings (see README).
 
-    Thread-safety: a trained codec is immutable; `encode`, `decode` and `CodeIndex.search`
-    may run from several threads.
+    Thread-safety: a trained codec is immutable; `encode`, `decode`, `plan` and
+    `CodeIndex.search` may run from several threads.
     """
 
     def __init__(
@@ -550,17 +407,7 @@ class Codec:
         return dict(self._require())
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        w = self.width
-        shapes: dict[str, tuple[int, ...]] = {"centroids": (self.nlist, w)}
-        q = self.quantizer
-        if isinstance(q, PQ):
-            shapes["pq_books"] = (q.m, 1 << q.nbits, pq.pq_dsub(w, q.m))
-        elif isinstance(q, RB):
-            shapes["rb_rotation"] = (w, w)
-        elif isinstance(q, SQ):
-            shapes["sq_vmin"] = (w,)
-            shapes["sq_vdiff"] = (w,)
-        return shapes
+        return {"centroids": (self.nlist, self.width), **self.quantizer.state_shapes(self.width)}
 
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         expected = self._expected_shapes()
@@ -605,7 +452,7 @@ class Codec:
 
     @property
     def _residual(self) -> bool:
-        return not isinstance(self.quantizer, (F16, Flat))
+        return self.quantizer.residual
 
     @property
     def _coarse_metric(self) -> str:
@@ -634,22 +481,7 @@ class Codec:
             lists = np.zeros(x.shape[0], dtype=np.int64)
         state["centroids"] = np.ascontiguousarray(centroids, dtype=np.float32)
         r = x - centroids[lists] if self._residual else x
-        q = self.quantizer
-        if isinstance(q, PQ):
-            state["pq_books"] = pq.pq_train(r, q.m, q.nbits, seed=self.seed)
-        elif isinstance(q, RB):
-            # ITQ's cost is sample x width^2 per iteration: 8192 rows and 25 iterations keep
-            # 768-d training near a few seconds while the rotation still converges.
-            rows = r if r.shape[0] <= 8192 else r[rng.choice(r.shape[0], 8192, replace=False)]
-            if self.rotation == "itq" and rows.shape[0] >= 2:
-                # One BLAS thread: ITQ is a chain of small products and SVDs that a threaded
-                # BLAS slows down (0.75 s instead of 0.03 s per 384x384 SVD on a busy 2-core box).
-                with _SerialBlas():
-                    state["rb_rotation"] = transform.itq_rotation(rows, self.seed, n_iter=25)
-            else:
-                state["rb_rotation"] = transform.random_rotation(self.width, self.seed)
-        elif isinstance(q, SQ):
-            state["sq_vmin"], state["sq_vdiff"] = scalar.sq_train(r)
+        state.update(self.quantizer.train(r, rng, seed=self.seed, rotation=self.rotation))
         self._state = state
         return self
 
@@ -675,35 +507,12 @@ class Codec:
         state = self._require()
         lists = self._assign_prepared(x)
         r = x - state["centroids"][lists] if self._residual else x
-        q = self.quantizer
-        if isinstance(q, PQ):
-            codes = pq.pq_encode(r, state["pq_books"])
-            if q.nbits == 4:
-                codes = pq.pq4_pack(codes)
-        elif isinstance(q, RB):
-            rot = np.ascontiguousarray(r @ state["rb_rotation"], dtype=np.float32)
-            bits, factors = binary.rb_encode_batch(rot, q.levels, binary._T_COARSE, binary._T_FINE_STEP)
-            codes = np.concatenate([bits.reshape(len(r), -1), factors.astype("<f4").view(np.uint8)], axis=1)
-        elif isinstance(q, SQ):
-            codes = scalar.sq_encode(r, state["sq_vmin"], state["sq_vdiff"], q.nbits)
-        elif isinstance(q, F16):
-            big = np.abs(r) > np.finfo(np.float16).max
-            if big.any():
-                row = int(np.argwhere(big)[0, 0])
-                raise InvalidInput(
-                    f"F16 codes values up to 65504 in magnitude, found {float(np.abs(r[row]).max()):.6g} in row {row}"
-                )
-            codes = r.astype("<f2").view(np.uint8)
-        else:
-            codes = r.astype("<f4").view(np.uint8)
+        codes = self.quantizer.encode(r, state)
         return Codes(np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(r), self.code_size), lists)
 
     def _split_rb(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        nb = binary.rb_nbytes(self.width)
-        levels = self.quantizer.levels  # type: ignore[union-attr]
-        bits = np.ascontiguousarray(codes[:, : levels * nb]).reshape(-1, levels, nb)
-        factors = np.ascontiguousarray(codes[:, levels * nb :]).view("<f4").astype(np.float32)
-        return bits, factors.reshape(-1, 2)
+        """RB codes -> sign bits uint8 (n, levels, nbytes) and factors float32 (n, 2)."""
+        return self.quantizer.split_codes(codes, self.width)  # type: ignore[union-attr]
 
     def _check_codes(self, codes: Any, lists: Any) -> tuple[np.ndarray, np.ndarray]:
         codes = np.asarray(codes)
@@ -724,19 +533,7 @@ class Codec:
         """Reconstruction float32 (n, width) in the coded space (after cosine/MRL)."""
         state = self._require()
         codes, lists = self._check_codes(codes, lists)
-        q = self.quantizer
-        if isinstance(q, PQ):
-            sub = codes if q.nbits == 8 else pq.pq4_unpack(codes, q.m)
-            r = pq.pq_decode(sub, state["pq_books"], self.width)
-        elif isinstance(q, RB):
-            bits, factors = self._split_rb(codes)
-            r = binary.rb_decode(bits, factors, self.width) @ state["rb_rotation"].T
-        elif isinstance(q, SQ):
-            r = scalar.sq_decode(codes, state["sq_vmin"], state["sq_vdiff"], q.nbits)
-        elif isinstance(q, F16):
-            r = codes.view("<f2").astype(np.float32)
-        else:
-            r = codes.view("<f4").astype(np.float32)
+        r = self.quantizer.decode(codes, state, self.width)
         r = r.reshape(codes.shape[0], self.width)
         if self._residual:
             r = r + state["centroids"][lists]
@@ -764,278 +561,80 @@ class Codec:
         """One-off search over codes; build `index()` once to search repeatedly."""
         return self.index(codes, lists).search(queries, k, **kw)
 
-
-class CodeIndex:
-    """Codes laid out for scanning: ordered by IVF list, each list contiguous.
-
-    Built by `Codec.index`. `search` returns `SearchResult(scores, ids, stats)`.
-    """
-
-    # Per-probe tables (l2 on residuals) are built for a chunk of queries at a time so
-    # that they stay within this many bytes.
-    TABLE_BUDGET = 64 << 20
-    # Fewer queries than this run on the calling thread only (see `search`).
-    PARALLEL_MIN_QUERIES = 8
-    # 4-bit fast scan: queries that probe the same lists (all of them without IVF) are
-    # scanned together, each code block accumulated for a group of queries while it is in
-    # L1 (fastscan's *_multi drivers), and IVF batches list-major (below). False scans one
-    # query at a time (the same results; tests compare the two).
-    _MULTI_QUERY = True
-    _no_bounds = np.empty((0, 3), dtype=np.float32)
-    # IVF (queries probe different lists): from this many queries in a batch, 4-bit fast
-    # scans run list-major (fastscan's *_lists drivers: each list scanned once for up to
-    # LANES of the queries probing it); below, one query at a time. Needs _MULTI_QUERY.
-    # Crossovers measured single-threaded on wordnet-minilm (IVF256/1024, nprobe 32-128):
-    # RB gains from 8-16 queries (its rows are also filtered in vector code), PQ x4 only
-    # from a few hundred and at k = 10 more than at k = 50 (1.15-1.28x vs 0.96-1.06x at 1000).
-    LIST_MIN_QUERIES = 16
-    LIST_MIN_QUERIES_PQ = 256
-
-    def __init__(self, codec: Codec, codes: np.ndarray, lists: np.ndarray, ids: np.ndarray,
-                 *, keep_rows: bool = True) -> None:
-        self.codec = codec
-        self.state = codec._require()
-        order, self.offsets = ivf.ivf_layout(lists, codec.nlist)
-        self.n = codes.shape[0]
-        self.ids = np.ascontiguousarray(ids[order])
-        codes = np.ascontiguousarray(codes[order])
-        q = codec.quantizer
-        self.codes = codes
-        self.words: np.ndarray | None = None
-        self._bits: np.ndarray | None = None
-        self.factors: np.ndarray | None = None
-        if isinstance(q, RB):
-            self._n_levels, self._n_bytes = q.levels, binary.rb_nbytes(codec.width)
-        if isinstance(q, PQ) and q.nbits == 4:
-            # The blocked layout replaces the row codes: one copy of the codes in RAM.
-            self.blocks, self.block_ids, self.block_offsets = fastscan.fs_layout(
-                pq.pq4_unpack(codes, q.m), self.ids, self.offsets
-            )
-            self.codes = np.empty((0, codes.shape[1]), dtype=np.uint8)
-        elif isinstance(q, RB):
-            # Asymmetric scoring runs on the 4-bit fast scan: each byte of sign bits is two
-            # 4-bit sub-codes, laid out in blocks (one copy of the bits). The popcount words
-            # for symmetric scoring are derived on the first sdc=True search, from the row
-            # codes when they are kept.
-            bits, factors = codec._split_rb(codes)
-            self.blocks, self.block_ids, self.block_offsets = fastscan.fs_layout(
-                binary.rb_nibbles(bits), self.ids, self.offsets
-            )
-            self.block_factors = fastscan.fs_row_values(factors, self.block_ids.shape[0], self.offsets)
-            # (max g, min g, min |r|^2) of each block, 12 bytes per 32 rows: the scan skips a
-            # block whose best possible score cannot enter the top-k
-            self.block_bounds = fastscan.fs_block_bounds(self.block_factors, self.block_ids)
-            if keep_rows:
-                self.factors, self._bits = factors, bits
-            self.codes = np.empty((0, codes.shape[1]), dtype=np.uint8)
-        if not keep_rows and self.codes.shape[0] == 0:
-            # the blocked layouts carry their own ids (block_ids)
-            self.ids = np.empty(0, dtype=np.int64)
-        elif isinstance(q, F16):
-            self.codes = np.ascontiguousarray(codes.view("<u2").reshape(self.n, codec.width))
-        elif isinstance(q, Flat):
-            self.codes = np.ascontiguousarray(codes.view("<f4").reshape(self.n, codec.width))
-
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the arrays this index holds (codes, ids, layouts; not the codec state)."""
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
-
-    def search(self, queries: Any, k: int = 10, *, nprobe: int = 1, sdc: bool = False) -> SearchResult:
-        """Top-k over the codes.
+    def plan(self, queries: Any, *, nprobe: int = 1, sdc: bool = False) -> QueryPlan:
+        """Everything per query that does not depend on a layout, made once for
+        `CodeIndex.scan` over any number of layouts of this codec.
 
         Parameters
         ----------
         queries : (nq, dim) float array
-        k : int
-            Results per query; slots beyond the candidates hold id -1.
+            Normalised (cosine) and MRL-truncated here, as the codes were.
         nprobe : int
-            Lists visited per query (IVF only; capped at nlist).
+            Lists visited per query (IVF only; capped at nlist): the probes and their biases
+            are chosen here, so every layout scans the same lists.
         sdc : bool
-            RB only: symmetric scoring (the query binarized too, popcount), else asymmetric.
+            RB only: symmetric scoring (the query binarized too, popcount).
+
+        Returns
+        -------
+        QueryPlan
+            Probes int64 (nq, P), per-probe bias float32 (nq, P) and the quantizer's tables
+            (PQ/RB lookup tables in their uint8 fast-scan form, one per probe for l2 on
+            residuals; SQ weights; binarized queries for sdc). They take ``plan.nbytes``:
+            to bound it, plan at most `queries_per_plan` queries at a time.
+
+        Thread policy: fewer than SERIAL_BLAS_QUERIES queries run their BLAS products on one
+        thread, fewer than ``CodeIndex.PARALLEL_MIN_QUERIES`` their Numba kernels on the
+        calling thread; the caller's own settings are restored. Inside a caller's own
+        ``vecz.engine.threads.query_threads`` scope, that scope's policy holds instead.
         """
-        codec = self.codec
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
+        self._check_search(nprobe, sdc)
+        self._require()
+        x = self._prepare(queries, "queries")
+        with query_threads(x.shape[0], CodeIndex.PARALLEL_MIN_QUERIES):
+            probes, probe_ip = self._probe(x, nprobe)
+            return self._plan(x, probes, probe_ip, sdc)
+
+    def queries_per_plan(self, nprobe: int = 1) -> int:
+        """How many queries a plan may hold with its float tables within
+        ``CodeIndex.TABLE_BUDGET`` bytes (at least 1; what `CodeIndex.search` plans at a time).
+        Per-probe tables (l2 on residuals) count once per probed list."""
+        n_probe = min(int(nprobe), self.nlist) if self.ivf is not None else 1
+        return plan_rows(self, max(1, n_probe), CodeIndex.TABLE_BUDGET)
+
+    def _check_search(self, nprobe: Any, sdc: bool) -> None:
         if not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
             raise InvalidInput(f"nprobe must be an integer >= 1, found {nprobe!r}")
-        if sdc and not isinstance(codec.quantizer, RB):
-            raise InvalidInput(f"sdc=True needs an RB codec, found {codec.spec!r}")
-        x = codec._prepare(queries, "queries")
-        if x.shape[0] < SERIAL_BLAS_QUERIES:
-            with _SerialBlas():
-                return self._search(x, k, nprobe, sdc)
-        return self._search(x, k, nprobe, sdc)
+        if sdc and not self.quantizer.has_sdc:
+            raise InvalidInput(f"sdc=True needs an RB codec, found {self.spec!r}")
 
-    def _search(self, x: np.ndarray, k: int, nprobe: int, sdc: bool) -> SearchResult:
-        codec = self.codec
-        nq = x.shape[0]
-        centroids = self.state["centroids"]
-        probe_ip = None
-        if codec.ivf is not None:
-            probe_sim, probes = ivf.ivf_probe(x, centroids, nprobe, codec._coarse_metric)
-            if codec._coarse_metric == "ip":
-                probe_ip = np.ascontiguousarray(probe_sim, dtype=np.float32)  # <q, c> per probe
-        else:
-            probes = np.zeros((nq, 1), dtype=np.int64)
-        probes = np.ascontiguousarray(probes)
-        sizes = np.diff(self.offsets)
-        candidates = int(sizes[probes].sum()) if nq else 0
-        stats = SearchStats(candidates, int(probes.size))
-        if nq == 0:
-            empty = np.empty((0, k))
-            return SearchResult(empty.astype(np.float32), empty.astype(np.int64), stats)
-        per_probe = codec.metric == "l2" and codec._residual
-        n_tables = probes.shape[1] if per_probe else 1
-        chunk = max(1, min(nq, self.TABLE_BUDGET // max(1, self._table_bytes() * n_tables)))
-        out_s = np.empty((nq, k), dtype=np.float32)
-        out_i = np.empty((nq, k), dtype=np.int64)
-        threads = numba.get_num_threads()
-        if nq < self.PARALLEL_MIN_QUERIES:
-            # The batch drivers parallelise over queries: for a handful of queries, waking
-            # the pool costs more than it saves (p99 4-8 ms instead of 0.15 ms per query on
-            # a busy 2-core machine). set_num_threads is thread-local, so this is safe.
-            numba.set_num_threads(1)
-        try:
-            for start in range(0, nq, chunk):
-                sl = slice(start, start + chunk)
-                s, i = self._scan(x[sl], probes[sl], per_probe, k, sdc,
-                                  None if probe_ip is None else probe_ip[sl])
-                out_s[sl] = s
-                out_i[sl] = i
-        finally:
-            numba.set_num_threads(threads)
-        if codec.metric == "l2":
-            out_s = -out_s  # kernels return negated distances; -(-inf) = +inf pads l2
-        return SearchResult(out_s, out_i, stats)
+    def _probe(self, x: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Lists probed by each prepared query, int64 (nq, P) best first (zeros (nq, 1)
+        without IVF), and their <q, c> float32 (nq, P) when the coarse metric is ip."""
+        if self.ivf is None:
+            return np.zeros((x.shape[0], 1), dtype=np.int64), None
+        probe_sim, probes = ivf.ivf_probe(x, self._require()["centroids"], nprobe, self._coarse_metric)
+        probe_ip = np.ascontiguousarray(probe_sim, dtype=np.float32) if self._coarse_metric == "ip" else None
+        return np.ascontiguousarray(probes), probe_ip
 
-    def _table_bytes(self) -> int:
-        q = self.codec.quantizer
-        if isinstance(q, PQ):
-            return 4 * q.m * (1 << q.nbits)
-        if isinstance(q, RB):
-            return 4 * 16 * 2 * self._n_levels * self._n_bytes
-        return 4 * self.codec.width
-
-    def _scan(self, x: np.ndarray, probes: np.ndarray, per_probe: bool, k: int, sdc: bool,
-              probe_ip: np.ndarray | None = None):
-        codec = self.codec
-        st = self.state
-        q = codec.quantizer
+    def _plan(self, x: np.ndarray, probes: np.ndarray, probe_ip: np.ndarray | None, sdc: bool) -> QueryPlan:
+        """The plan of prepared queries x with their probes (no thread policy of its own)."""
+        state = self._require()
         nq, n_probe = probes.shape
-        centroids = st["centroids"]
-        is_l2 = codec.metric == "l2"
-        if per_probe:
-            # one table per probed list, built from q - c
-            tq = (x[:, None, :] - centroids[probes]).reshape(nq * n_probe, -1)
-            n_tab = n_probe
-        else:
-            tq = x
-            n_tab = 1
-        if is_l2 or not codec._residual:
+        is_l2 = self.metric == "l2"
+        per_probe = is_l2 and self._residual
+        if nq == 0:
+            return QueryPlan(self, probes, np.zeros((0, n_probe), dtype=np.float32), {}, sdc=sdc)
+        centroids = state["centroids"]
+        # per-probe tables are built from q - c, one per probed list
+        tq = (x[:, None, :] - centroids[probes]).reshape(nq * n_probe, -1) if per_probe else x
+        if is_l2 or not self._residual:
             bias = np.zeros((nq, n_probe), dtype=np.float32)
         elif probe_ip is not None:
             bias = probe_ip  # the probe step's <q, c>: no gather of nq x P centroids
         else:
             bias = np.einsum("qd,qpd->qp", x, centroids[probes]).astype(np.float32)
         bias = np.ascontiguousarray(bias, dtype=np.float32)
-        lut_metric = "l2" if is_l2 else "ip"
-
-        def query_groups():
-            # (order, group_offsets) for the multi-query drivers: queries with the same probe
-            # rows, at most LANES per group; order None when no permutation is needed (no
-            # IVF). None when groups would average under two queries (IVF with few shared
-            # probe rows): then one query at a time, which is a little faster for singletons.
-            if not self._MULTI_QUERY or nq < 2 or (codec.ivf is not None and list_major):
-                return None  # (list-major already shares each list's blocks among its queries)
-            order, group_offsets = fastscan.fs_query_groups(probes, fastscan.LANES)
-            if 2 * (group_offsets.shape[0] - 1) > nq:
-                return None
-            return (None if np.array_equal(order, np.arange(nq)) else order), group_offsets
-
-        # IVF batches whose probe rows differ: list-major (query_groups() is None then)
-        list_min = self.LIST_MIN_QUERIES_PQ if isinstance(q, PQ) else self.LIST_MIN_QUERIES
-        list_major = self._MULTI_QUERY and codec.ivf is not None and nq >= list_min
-
-        def permuted(order, *arrays):
-            return arrays if order is None else tuple(np.ascontiguousarray(a[order]) for a in arrays)
-
-        def unpermuted(order, result):
-            if order is None:
-                return result
-            out_s, out_i = np.empty_like(result[0]), np.empty_like(result[1])
-            out_s[order], out_i[order] = result
-            return out_s, out_i
-
-        if isinstance(q, PQ):
-            luts = pq.pq_lut(tq, st["pq_books"], lut_metric).reshape(nq, n_tab, q.m, 1 << q.nbits)
-            if q.nbits == 8:
-                return pq.pq_lut_scan_batch(luts, self.codes, self.ids, self.offsets, probes, bias, k)
-            qluts, steps, biases = fastscan.fs_quantize_lut(luts)
-            groups = query_groups()
-            if groups is not None:
-                order, group_offsets = groups
-                ql, sp, bi, pr, pb = permuted(order, qluts, steps, biases, probes, bias)
-                return unpermuted(order, fastscan.fs_scan_multi_batch(
-                    ql, sp, bi, self.blocks, self.block_ids, self.block_offsets, pr, pb, group_offsets, k))
-            if list_major:
-                return fastscan.fs_scan_lists_batch(qluts, steps, biases, self.blocks, self.block_ids,
-                                                    self.block_offsets, probes, bias, k, numba.get_num_threads())
-            return fastscan.fs_scan_batch(qluts, steps, biases, self.blocks, self.block_ids,
-                                          self.block_offsets, probes, bias, k)
-        if isinstance(q, RB):
-            rot = np.ascontiguousarray(tq @ st["rb_rotation"], dtype=np.float32)
-            q_sq = np.einsum("ij,ij->i", rot, rot).reshape(nq, n_tab).astype(np.float32)
-            if per_probe:
-                q_sq_p = np.ascontiguousarray(q_sq)
-            else:
-                q_sq_p = np.zeros((nq, n_probe), dtype=np.float32)
-            if sdc:
-                if self.words is None:
-                    if self._bits is None:
-                        raise InvalidInput("sdc=True needs the row codes, which this index "
-                                           "(built with keep_rows=False) does not keep")
-                    self.words = binary.rb_words(self._bits)
-                bits, factors = binary.rb_encode_batch(rot, q.levels, binary._T_COARSE, binary._T_FINE_STEP)
-                words = binary.rb_words(bits).reshape(nq, n_tab, q.levels, -1)
-                q_scale = np.ascontiguousarray(factors[:, 0].reshape(nq, n_tab))
-                return binary.rb_sdc_scan_batch(words, q_scale, self.words, self.factors, self.ids, self.offsets,
-                                                probes, bias, q_sq_p, is_l2, codec.width, k)
-            luts = binary.rb_nibble_lut(rot, 1).reshape(nq, n_tab, -1, 16)  # level 0; level l is 2**-l x
-            qluts, steps, biases = fastscan.fs_quantize_lut(luts)
-            groups = query_groups()
-            if groups is not None:
-                order, group_offsets = groups
-                ql, sp, bi, pr, pb, qs = permuted(order, qluts, steps, biases, probes, bias, q_sq_p)
-                return unpermuted(order, fastscan.fs_scan_factors_multi_batch(
-                    ql, sp, bi, q.levels, self.blocks, self.block_ids, self.block_factors, self.block_bounds,
-                    self.block_offsets, pr, pb, qs, is_l2, group_offsets, k))
-            if list_major:
-                # no block bounds: the list-major kernel filters every block's rows against
-                # the heap minima in vector code anyway, and the bounds cost 3-7% more than
-                # they skip there (measured on wordnet-minilm, IVF256/1024,RB1)
-                return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, q.levels, self.blocks,
-                                                            self.block_ids, self.block_factors, self._no_bounds,
-                                                            self.block_offsets, probes, bias, q_sq_p, is_l2, k,
-                                                            numba.get_num_threads())
-            return fastscan.fs_scan_factors_batch(qluts, steps, biases, q.levels, self.blocks, self.block_ids,
-                                                  self.block_factors, self.block_bounds, self.block_offsets,
-                                                  probes, bias, q_sq_p, is_l2, k)
-        if isinstance(q, SQ):
-            vmin, vdiff = st["sq_vmin"], st["sq_vdiff"]
-            width = codec.width + (codec.width % 2 if q.nbits == 4 else 0)
-            w = np.zeros((nq, width), dtype=np.float32)
-            c = np.zeros((nq, n_tab, width), dtype=np.float32)
-            if is_l2:
-                steps, cc = scalar.sq_query_terms(tq, vmin, vdiff, q.nbits, "l2")
-                w[:, : codec.width] = steps[:1]
-                c[:, :, : codec.width] = cc.reshape(nq, n_tab, -1)
-            else:
-                w[:, : codec.width], const = scalar.sq_query_terms(tq, vmin, vdiff, q.nbits, "ip")
-                bias = np.ascontiguousarray(bias + const[:, None], dtype=np.float32)
-            return scalar.sq_scan_batch(w, c, self.codes, self.ids, self.offsets, probes, bias, q.nbits, is_l2, k)
-        qs = np.ascontiguousarray(x[:, None, :])
-        return dense.dense_scan_batch(qs, self.codes, self.ids, self.offsets, probes, bias, is_l2, k)
+        tables, bias = self.quantizer.tables(tq, bias, state, nq=nq, per_probe=per_probe, metric=self.metric,
+                                             width=self.width, sdc=sdc)
+        return QueryPlan(self, probes, bias, tables, sdc=sdc)

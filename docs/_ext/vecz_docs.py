@@ -125,7 +125,10 @@ def _resolve_reexport(app: Sphinx, env: Any, node: Any, contnode: nodes.Element)
     retry["reftarget"] = canonical
     retry["refspecific"] = False
     reftype = node["reftype"]
-    if env.domains["py"].objects[canonical].objtype == "module" and reftype != "mod":
+    target = domain.objects.get(canonical)
+    if target is None:
+        return None  # not documented under its canonical name either: Sphinx reports it
+    if target.objtype == "module" and reftype != "mod":
         reftype = "mod"  # a kernel named by `kmeans_fit` links to its module's entry
     return domain.resolve_xref(env, node["refdoc"], app.builder, reftype, canonical, retry, contnode)
 

@@ -1,0 +1,424 @@
+"""Quantizer stages (the last stage of a spec): what each one does to residuals, and how its
+codes are laid out and scanned.
+
+A quantizer is a small frozen value, hashable, whose `str()` is its spec-string stage:
+`PQ(m, nbits)`, `RB(levels)`, `SQ(nbits)`, `F16()`, `Flat()`. `vecz.engine.codecs` parses
+spec strings into them and drives them; each carries its own behaviour on plain arrays:
+
+- sizes: ``code_size(width, metric)`` bytes per vector (known before training),
+  ``check_width(width, spec)``, ``state_shapes(width)``: the trained arrays by name. The
+  names are part of the on-disk format (`pq_books`, `rb_rotation`, `sq_vmin`, `sq_vdiff`;
+  the codec adds `centroids`).
+- ``train(residuals, rng, seed=, rotation=) -> state``, ``encode(residuals, state) -> codes``
+  uint8 (n, code_size), ``decode(codes, state, width) -> residuals`` float32 (n, width).
+  Residuals are r = x - c for the quantizers with ``residual = True`` (PQ, RB, SQ: c is the
+  IVF centroid or the training mean), x itself for F16 and Flat.
+- ``build_layout(codes, ids, offsets, width, keep_rows)``: the scan layout of codes ordered
+  by IVF list, as named arrays that `vecz.engine.layout.CodeIndex` holds: row codes with
+  their ids (PQ x8, SQ, F16, Flat), or 4-bit fast-scan blocks with ids per block row, -1 on
+  padding (PQ x4, and RB whose sign bytes are two 4-bit sub-codes each).
+- ``tables(tq, bias, state, ...)``: the per-query tables of a `QueryPlan` (float lookup
+  tables and their uint8 fast-scan forms, SQ weights, binarized queries), and
+  ``scan(layout, plan, k, ...)``: the kernels over one layout with those tables, larger
+  scores better (l2 negated; the index flips the sign back). Rows whose id is < 0 (padding,
+  or marked dead) are never returned.
+
+Kernels and their numpy references: kernels/pq.py, binary.py, scalar.py, dense.py,
+fastscan.py (tests/reference/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..kernels import binary, dense, fastscan, pq, scalar, transform
+from .errors import CodecSpecError, InvalidInput
+from .threads import _SerialBlas
+
+__all__ = ["Quantizer", "PQ", "RB", "SQ", "F16", "Flat", "RB_FACTOR_BYTES"]
+
+# Two float32 per RB vector: g = |r|^2 / <s, r> (unbiased multiplier) and |r|^2.
+RB_FACTOR_BYTES = 8
+
+_NO_IDS = np.empty(0, dtype=np.int64)
+_NO_BOUNDS = np.empty((0, 3), dtype=np.float32)
+
+Tables = dict[str, np.ndarray]
+
+
+def _no_codes(code_size: int) -> np.ndarray:
+    return np.empty((0, code_size), dtype=np.uint8)
+
+
+def _permuted(order: np.ndarray | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    return arrays if order is None else tuple(np.ascontiguousarray(a[order]) for a in arrays)
+
+
+def _unpermuted(order: np.ndarray | None, result: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    if order is None:
+        return result
+    out_s, out_i = np.empty_like(result[0]), np.empty_like(result[1])
+    out_s[order], out_i[order] = result
+    return out_s, out_i
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+    """Base of the quantizer stages: the defaults of a row-code quantizer of residuals.
+
+    Class attributes: ``residual`` (codes x - c, else x), ``has_sdc`` (symmetric scoring
+    exists), ``role`` (where the stage may stand in a spec: last)."""
+
+    role = "quantizer"
+    residual = True
+    has_sdc = False
+
+    def check_width(self, width: int, spec: str) -> None:
+        """Raise CodecSpecError when the stage cannot code `width` dims."""
+
+    def code_size(self, width: int, metric: str) -> int:
+        raise NotImplementedError
+
+    def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        """Trained arrays (float32) by name and shape, besides the codec's `centroids`."""
+        return {}
+
+    def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
+        return {}
+
+    def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def build_layout(self, codes: np.ndarray, ids: np.ndarray, offsets: np.ndarray, width: int,
+                     keep_rows: bool) -> dict[str, np.ndarray]:
+        """Scan layout of codes (n, code_size) and ids (n,) ordered by list (`offsets`):
+        arrays by the `CodeIndex` attribute that holds them."""
+        return {"codes": codes, "ids": ids}
+
+    def table_bytes(self, width: int) -> int:
+        """Float bytes of one query's table (the unit of `CodeIndex.TABLE_BUDGET`)."""
+        return 4 * width
+
+    def list_min_queries(self, index: Any, sdc: bool) -> int | None:
+        """Queries from which an IVF batch scans list-major (a crossover of `index`'s class),
+        or None when this stage has no multi-query (fast-scan) drivers."""
+        return None
+
+    def tables(self, tq: np.ndarray, bias: np.ndarray, state: Tables, *, nq: int, per_probe: bool, metric: str,
+               width: int, sdc: bool) -> tuple[Tables, np.ndarray]:
+        """Tables of a plan from the table queries `tq` (nq * L, width), L = P tables per
+        query (``per_probe``: one per probed list, built from q - c) or 1; `bias` (nq, P) the
+        additive per-probe term. Returns (tables by name, bias, possibly with terms added)."""
+        raise NotImplementedError
+
+    def scan(self, layout: Any, plan: Any, k: int, *, is_l2: bool, width: int,
+             groups: tuple[np.ndarray | None, np.ndarray] | None, list_major: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of every plan query over one layout: scores float32 (nq, k), larger better
+        (l2 negated), ids int64 (nq, k), padded with -inf and -1. `groups` and `list_major`
+        choose the fast-scan drivers (`CodeIndex.scan`); row-code stages ignore them."""
+        raise NotImplementedError
+
+
+def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool):
+    """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases)."""
+    t = plan.tables
+    qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
+    blocks = (layout.blocks, layout.block_ids, layout.block_offsets)
+    if groups is not None:
+        order, group_offsets = groups
+        ql, sp, bi, pr, pb = _permuted(order, qluts, steps, biases, plan.probes, plan.bias)
+        return _unpermuted(order, fastscan.fs_scan_multi_batch(ql, sp, bi, *blocks, pr, pb, group_offsets, k))
+    if list_major:
+        return fastscan.fs_scan_lists_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k,
+                                            numba.get_num_threads())
+    return fastscan.fs_scan_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class PQ(Quantizer):
+    """Product quantization: `m` sub-quantizers of `nbits` bits (8: float tables, row codes;
+    4: the fast scan, codes in blocks of 32 rows)."""
+
+    m: int
+    nbits: int
+
+    def __str__(self) -> str:
+        return f"PQ{self.m}x{self.nbits}"
+
+    def check_width(self, width: int, spec: str) -> None:
+        if self.m > width:
+            raise CodecSpecError(f"stage {str(self)!r}: M={self.m} sub-quantizers exceed the {width} coded dims")
+        if self.nbits == 4 and self.m > 512:
+            raise CodecSpecError(f"stage {str(self)!r}: 4-bit PQ supports at most 512 sub-quantizers")
+
+    def code_size(self, width: int, metric: str) -> int:
+        return self.m if self.nbits == 8 else (self.m + 1) // 2
+
+    def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"pq_books": (self.m, 1 << self.nbits, pq.pq_dsub(width, self.m))}
+
+    def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
+        return {"pq_books": pq.pq_train(residuals, self.m, self.nbits, seed=seed)}
+
+    def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
+        codes = pq.pq_encode(residuals, state["pq_books"])
+        return codes if self.nbits == 8 else pq.pq4_pack(codes)
+
+    def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
+        sub = codes if self.nbits == 8 else pq.pq4_unpack(codes, self.m)
+        return pq.pq_decode(sub, state["pq_books"], width)
+
+    def build_layout(self, codes, ids, offsets, width, keep_rows):
+        if self.nbits == 8:
+            return {"codes": codes, "ids": ids}
+        # The blocked layout replaces the row codes: one copy of the codes in RAM.
+        blocks, block_ids, block_offsets = fastscan.fs_layout(pq.pq4_unpack(codes, self.m), ids, offsets)
+        return {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS,
+                "blocks": blocks, "block_ids": block_ids, "block_offsets": block_offsets}
+
+    def table_bytes(self, width: int) -> int:
+        return 4 * self.m * (1 << self.nbits)
+
+    def list_min_queries(self, index: Any, sdc: bool) -> int | None:
+        return index.LIST_MIN_QUERIES_PQ if self.nbits == 4 else None
+
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+        n_tab = bias.shape[1] if per_probe else 1
+        luts = pq.pq_lut(tq, state["pq_books"], "l2" if metric == "l2" else "ip")
+        luts = luts.reshape(nq, n_tab, self.m, 1 << self.nbits)
+        if self.nbits == 8:
+            return {"luts": luts}, bias
+        qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+        return {"qluts": qluts, "steps": steps, "biases": biases}, bias
+
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+        if self.nbits == 4:
+            return _scan_blocks_pq(layout, plan, k, groups, list_major)
+        return pq.pq_lut_scan_batch(plan.tables["luts"], layout.codes, layout.ids, layout.offsets, plan.probes,
+                                    plan.bias, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class RB(Quantizer):
+    """Recurrent binarization with `levels` sign levels (bits per dimension) of the rotated
+    residual, and two float32 factors per vector (kernels/binary.py). Asymmetric scoring
+    runs on the 4-bit fast scan (each byte of sign bits is two 4-bit sub-codes); symmetric
+    scoring (``sdc=True``) binarizes the query too and scans row codes with popcount."""
+
+    levels: int
+
+    has_sdc = True
+
+    def __str__(self) -> str:
+        return f"RB{self.levels}"
+
+    def code_size(self, width: int, metric: str) -> int:
+        return self.levels * binary.rb_nbytes(width) + RB_FACTOR_BYTES
+
+    def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"rb_rotation": (width, width)}
+
+    def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
+        # ITQ's cost is sample x width^2 per iteration: 8192 rows and 25 iterations keep
+        # 768-d training near a few seconds while the rotation still converges.
+        n = residuals.shape[0]
+        rows = residuals if n <= 8192 else residuals[rng.choice(n, 8192, replace=False)]
+        if rotation == "itq" and rows.shape[0] >= 2:
+            # One BLAS thread: ITQ is a chain of small products and SVDs that a threaded
+            # BLAS slows down (0.75 s instead of 0.03 s per 384x384 SVD on a busy 2-core box).
+            with _SerialBlas():
+                return {"rb_rotation": transform.itq_rotation(rows, seed, n_iter=25)}
+        return {"rb_rotation": transform.random_rotation(residuals.shape[1], seed)}
+
+    def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
+        rot = np.ascontiguousarray(residuals @ state["rb_rotation"], dtype=np.float32)
+        bits, factors = binary.rb_encode_batch(rot, self.levels, binary._T_COARSE, binary._T_FINE_STEP)
+        return np.concatenate([bits.reshape(len(residuals), -1), factors.astype("<f4").view(np.uint8)], axis=1)
+
+    def split_codes(self, codes: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Codes (n, code_size) -> sign bits uint8 (n, levels, nbytes), factors float32 (n, 2)."""
+        nb = binary.rb_nbytes(width)
+        bits = np.ascontiguousarray(codes[:, : self.levels * nb]).reshape(-1, self.levels, nb)
+        factors = np.ascontiguousarray(codes[:, self.levels * nb :]).view("<f4").astype(np.float32)
+        return bits, factors.reshape(-1, 2)
+
+    def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
+        bits, factors = self.split_codes(codes, width)
+        return binary.rb_decode(bits, factors, width) @ state["rb_rotation"].T
+
+    def build_layout(self, codes, ids, offsets, width, keep_rows):
+        # One copy of the bits, in fast-scan blocks. The popcount words for symmetric
+        # scoring are derived on the first sdc=True scan, from the row bits when kept.
+        bits, factors = self.split_codes(codes, width)
+        blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
+        block_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
+        out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS, "blocks": blocks,
+               "block_ids": block_ids, "block_offsets": block_offsets, "block_factors": block_factors,
+               # (max g, min g, min |r|^2) of each block, 12 bytes per 32 rows: the scan skips a
+               # block whose best possible score cannot enter the top-k
+               "block_bounds": fastscan.fs_block_bounds(block_factors, block_ids)}
+        if keep_rows:
+            out["factors"], out["bits"] = factors, bits
+        return out
+
+    def table_bytes(self, width: int) -> int:
+        return 4 * 16 * 2 * self.levels * binary.rb_nbytes(width)
+
+    def list_min_queries(self, index: Any, sdc: bool) -> int | None:
+        return None if sdc else index.LIST_MIN_QUERIES
+
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+        n_tab = bias.shape[1] if per_probe else 1
+        rot = np.ascontiguousarray(tq @ state["rb_rotation"], dtype=np.float32)
+        q_sq = np.einsum("ij,ij->i", rot, rot).reshape(nq, n_tab).astype(np.float32)
+        q_sq = np.ascontiguousarray(q_sq) if per_probe else np.zeros(bias.shape, dtype=np.float32)
+        if sdc:
+            bits, factors = binary.rb_encode_batch(rot, self.levels, binary._T_COARSE, binary._T_FINE_STEP)
+            words = binary.rb_words(bits).reshape(nq, n_tab, self.levels, -1)
+            q_scale = np.ascontiguousarray(factors[:, 0].reshape(nq, n_tab))
+            return {"words": words, "q_scale": q_scale, "q_sq": q_sq}, bias
+        luts = binary.rb_nibble_lut(rot, 1).reshape(nq, n_tab, -1, 16)  # level 0; level l is 2**-l x
+        qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+        return {"qluts": qluts, "steps": steps, "biases": biases, "q_sq": q_sq}, bias
+
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+        t = plan.tables
+        if plan.sdc:
+            if layout.words is None:
+                if layout.bits is None:
+                    raise InvalidInput("sdc=True needs the row codes, which this index "
+                                       "(built with keep_rows=False) does not keep")
+                layout.words = binary.rb_words(layout.bits)
+            return binary.rb_sdc_scan_batch(t["words"], t["q_scale"], layout.words, layout.factors, layout.ids,
+                                            layout.offsets, plan.probes, plan.bias, t["q_sq"], is_l2, width, k)
+        qluts, steps, biases, q_sq = t["qluts"], t["steps"], t["biases"], t["q_sq"]
+        rows = (layout.blocks, layout.block_ids, layout.block_factors)
+        if groups is not None:
+            order, group_offsets = groups
+            ql, sp, bi, pr, pb, qs = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq)
+            return _unpermuted(order, fastscan.fs_scan_factors_multi_batch(
+                ql, sp, bi, self.levels, *rows, layout.block_bounds, layout.block_offsets, pr, pb, qs, is_l2,
+                group_offsets, k))
+        if list_major:
+            # no block bounds: the list-major kernel filters every block's rows against
+            # the heap minima in vector code anyway, and the bounds cost 3-7% more than
+            # they skip there (measured on wordnet-minilm, IVF256/1024,RB1)
+            return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, self.levels, *rows, _NO_BOUNDS,
+                                                        layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2,
+                                                        k, numba.get_num_threads())
+        return fastscan.fs_scan_factors_batch(qluts, steps, biases, self.levels, *rows, layout.block_bounds,
+                                              layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class SQ(Quantizer):
+    """Per-dimension scalar quantization to `nbits` bits (8 or 4)."""
+
+    nbits: int
+
+    def __str__(self) -> str:
+        return f"SQ{self.nbits}"
+
+    def code_size(self, width: int, metric: str) -> int:
+        return width if self.nbits == 8 else (width + 1) // 2
+
+    def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        return {"sq_vmin": (width,), "sq_vdiff": (width,)}
+
+    def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
+        vmin, vdiff = scalar.sq_train(residuals)
+        return {"sq_vmin": vmin, "sq_vdiff": vdiff}
+
+    def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
+        return scalar.sq_encode(residuals, state["sq_vmin"], state["sq_vdiff"], self.nbits)
+
+    def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
+        return scalar.sq_decode(codes, state["sq_vmin"], state["sq_vdiff"], self.nbits)
+
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+        n_tab = bias.shape[1] if per_probe else 1
+        vmin, vdiff = state["sq_vmin"], state["sq_vdiff"]
+        padded = width + (width % 2 if self.nbits == 4 else 0)
+        w = np.zeros((nq, padded), dtype=np.float32)
+        c = np.zeros((nq, n_tab, padded), dtype=np.float32)
+        if metric == "l2":
+            steps, cc = scalar.sq_query_terms(tq, vmin, vdiff, self.nbits, "l2")
+            w[:, :width] = steps[:1]
+            c[:, :, :width] = cc.reshape(nq, n_tab, -1)
+        else:
+            w[:, :width], const = scalar.sq_query_terms(tq, vmin, vdiff, self.nbits, "ip")
+            bias = np.ascontiguousarray(bias + const[:, None], dtype=np.float32)
+        return {"w": w, "c": c}, bias
+
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+        t = plan.tables
+        return scalar.sq_scan_batch(t["w"], t["c"], layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias,
+                                    self.nbits, is_l2, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dense(Quantizer):
+    """Uncompressed rows (F16, Flat): the vector itself, not a residual; scanned as rows of
+    `row_dtype` (kernels/dense.py)."""
+
+    residual = False
+    row_dtype = "<f4"
+
+    def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
+        return residuals.astype(self.row_dtype).view(np.uint8)
+
+    def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
+        return codes.view(self.row_dtype).astype(np.float32)
+
+    def build_layout(self, codes, ids, offsets, width, keep_rows):
+        # F16 rows go to the kernel as their uint16 bit patterns (Numba has no float16)
+        view = "<u2" if self.row_dtype == "<f2" else self.row_dtype
+        return {"codes": np.ascontiguousarray(codes.view(view).reshape(codes.shape[0], width)), "ids": ids}
+
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+        return {"qs": np.ascontiguousarray(tq[:, None, :])}, bias
+
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+        return dense.dense_scan_batch(plan.tables["qs"], layout.codes, layout.ids, layout.offsets, plan.probes,
+                                      plan.bias, is_l2, k)
+
+
+@dataclasses.dataclass(frozen=True)
+class F16(_Dense):
+    """Half precision."""
+
+    row_dtype = "<f2"
+
+    def __str__(self) -> str:
+        return "F16"
+
+    def code_size(self, width: int, metric: str) -> int:
+        return 2 * width
+
+    def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
+        big = np.abs(residuals) > np.finfo(np.float16).max
+        if big.any():
+            row = int(np.argwhere(big)[0, 0])
+            raise InvalidInput(
+                f"F16 codes values up to 65504 in magnitude, found {float(np.abs(residuals[row]).max()):.6g} "
+                f"in row {row}"
+            )
+        return super().encode(residuals, state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat(_Dense):
+    """No compression (float32), the reference."""
+
+    def __str__(self) -> str:
+        return "Flat"
+
+    def code_size(self, width: int, metric: str) -> int:
+        return 4 * width

@@ -1,0 +1,128 @@
+"""Thread policy of small searches: BLAS on one thread (`_SerialBlas`) and Numba on the
+calling thread only (`query_threads`).
+
+On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
+after their work; a parallel region that needs the core a spinning thread holds waits for a
+scheduler tick. Small batches gain nothing from threads, so `Codec.plan`,
+`CodeIndex.scan` and `CodeIndex.search` each run under `query_threads(nq, ...)`: fewer than
+`SERIAL_BLAS_QUERIES` queries run their BLAS products on one thread, fewer than the
+index's ``PARALLEL_MIN_QUERIES`` their Numba batch drivers on the calling thread. Both
+scopes give the caller back exactly the settings it had.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numba
+
+__all__ = ["SERIAL_BLAS_QUERIES", "query_threads"]
+
+SERIAL_BLAS_QUERIES = 256
+
+
+class _SerialBlas:
+    """Run a few queries' BLAS products (rotations, IVF probes, tables) on one thread, and
+    give the caller back exactly the BLAS thread counts it had.
+
+    On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
+    after their work; a parallel region that needs the core a spinning thread holds waits
+    for a scheduler tick. A search of 8-64 queries then took 16 ms instead of 0.6-2 ms
+    (wordnet-gemma, IVF256,RB1). Small products gain nothing from threads, so searches of
+    fewer than `SERIAL_BLAS_QUERIES` queries run BLAS on one thread.
+
+    BLAS thread counts are process-wide, so the scope is counted: the first search to enter
+    saves the counts it finds (whatever the caller set, e.g. inside its own
+    ``threadpool_limits(1)``), the last one to leave restores them; searches running
+    concurrently from several Python threads therefore cannot leave the count at one.
+    While a small search runs, BLAS calls made by other threads of the process also run on
+    one thread.
+    """
+
+    _libs: list | None = None
+    _lock = threading.Lock()
+    _depth = 0
+    _saved: list[int] = []
+
+    @classmethod
+    def _controllers(cls) -> list:
+        if cls._libs is None:
+            from threadpoolctl import ThreadpoolController
+
+            cls._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        return cls._libs
+
+    def __enter__(self) -> None:
+        cls = type(self)
+        with cls._lock:
+            if cls._depth == 0:
+                libs = cls._controllers()
+                cls._saved = [lib.num_threads for lib in libs]
+                for lib, n in zip(libs, cls._saved):
+                    if n != 1:
+                        lib.set_num_threads(1)
+            cls._depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        cls = type(self)
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0:
+                for lib, n in zip(cls._controllers(), cls._saved):
+                    if n != 1:
+                        lib.set_num_threads(n)
+
+
+_local = threading.local()
+
+
+class query_threads:
+    """Context manager: the thread policy of one call over `nq` queries.
+
+    Fewer than `SERIAL_BLAS_QUERIES` queries: BLAS on one thread (`_SerialBlas`, counted and
+    process-wide). Fewer than `parallel_min` queries: ``numba.set_num_threads(1)`` for the
+    calling thread (Numba's setting is thread-local, so concurrent callers do not see it);
+    the batch drivers parallelise over queries, and for a handful of queries waking the
+    pool costs more than it saves (p99 4-8 ms instead of 0.15 ms per query on a busy
+    2-core machine). Both are restored on exit, exceptions included.
+
+    Scopes nest, and the outermost one on a thread decides: a caller that plans once and
+    scans many layouts may hold one scope (for its batch size) around all of it, and the
+    scopes `Codec.plan` and `CodeIndex.scan` open inside it cost next to nothing.
+    """
+
+    __slots__ = ("_blas", "_threads", "_serial", "_outer")
+
+    def __init__(self, nq: int, parallel_min: int) -> None:
+        self._blas = _SerialBlas() if nq < SERIAL_BLAS_QUERIES else None
+        self._serial = nq < parallel_min
+        self._threads = 0
+        self._outer = False
+
+    def __enter__(self) -> "query_threads":
+        if getattr(_local, "active", False):
+            return self  # inside another scope on this thread: it holds the policy
+        if self._blas is not None:
+            self._blas.__enter__()
+        if self._serial:
+            try:
+                self._threads = numba.get_num_threads()
+                numba.set_num_threads(1)
+            except BaseException:
+                if self._blas is not None:
+                    self._blas.__exit__(None, None, None)
+                raise
+        self._outer = _local.active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._outer:
+            return
+        self._outer = _local.active = False
+        try:
+            if self._serial:
+                numba.set_num_threads(self._threads)
+        finally:
+            if self._blas is not None:
+                self._blas.__exit__(*exc)
