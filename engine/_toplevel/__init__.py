@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
+from .engine import parallel as _parallel  # noqa: F401  first: picks Numba's threading layer
 from . import errors
 from .engine.codecs import Codec, SearchResult, SearchStats, code_size, format_spec, parse_spec
 from .engine.store import Store, check_store
