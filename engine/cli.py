@@ -9,13 +9,17 @@
 The logic lives in `vecz.engine.store` and `vecz.engine.bench`; this module parses, streams files
 through them and prints. Long work shows a progress bar on a terminal (stderr) and stays
 quiet when piped. Exit codes: 0 on success, 1 when `vecz check` finds damage, 2 on bad input
-(unknown dataset or file, malformed file, bad spec or option), as argparse does for bad usage.
+(unknown dataset or file, malformed file, bad spec or option, as argparse does for bad usage;
+a store another writer holds or that moved away), 3 when the operating system refuses a read
+or write (disk full, read-only file system, permissions) — `vecz build` then says how many
+rows are committed, and running the same command again resumes after them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import sys
 import time
@@ -24,9 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DimensionMismatch, InvalidInput, VeczError
+from .errors import DimensionMismatch, InvalidInput, StorageError, VeczError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_INPUT", "EXIT_STORAGE"]
+
+EXIT_OK = 0
+EXIT_DAMAGE = 1   # vecz check found damage
+EXIT_INPUT = 2    # bad input, option, spec or file; a store locked by another writer or moved away
+EXIT_STORAGE = 3  # the operating system refused a read or write (disk full, read-only, permissions)
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -185,10 +194,11 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
                                    "every batch is one durable commit.")
     p.add_argument("src", metavar="SRC", help="vectors: .npy, .fvecs, .parquet or .arrow")
     p.add_argument("store", metavar="STORE", help="store directory (created; must be new or empty unless --append)")
-    p.add_argument("--codec", default="RB2", metavar="SPEC", help="codec spec (default RB2), e.g. 'IVF1024,PQ48x8'")
-    p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine", help="default: cosine")
-    p.add_argument("--dense", choices=("f32", "f16", "none"), default="f32",
-                   help="disk tier for exact re-ranking (default f32; none keeps codes only)")
+    p.add_argument("--codec", default=None, metavar="SPEC",
+                   help="codec spec (default RB2 for a new store), e.g. 'IVF1024,PQ48x8'")
+    p.add_argument("--metric", choices=("cosine", "ip", "l2"), default=None, help="default: cosine for a new store")
+    p.add_argument("--dense", choices=("f32", "f16", "none"), default=None,
+                   help="disk tier for exact re-ranking (default f32 for a new store; none keeps codes only)")
     p.add_argument("--column", help="vector column of a .parquet/.arrow file (default: the only list column)")
     p.add_argument("--id-column", help="integer id column of a .parquet/.arrow file (default: the column named "
                    "'id' when there is an integer one, else ids 0, 1, ...; 'none' numbers the rows even then)")
@@ -217,23 +227,95 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="print the info as JSON")
 
-    p = sub.add_parser("check", help="verify every checksum; exit 1 on damage")
+    p = sub.add_parser("check", help="verify every checksum and cross-check; exit 1 on damage")
     p.add_argument("store", metavar="STORE")
+    p.add_argument("--all-versions", action="store_true",
+                   help="check every retained version, not only the newest")
+
+
+def _source_identity(source: Any) -> dict[str, Any]:
+    st = os.stat(source.path)
+    return {"path": str(Path(source.path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "kind": source.kind, "rows": int(source.n), "dim": int(source.dim)}
+
+
+def _build_options(args: argparse.Namespace, store: Any, source: Any) -> dict[str, Any]:
+    return {"codec": store.spec, "metric": store.metric, "dense": store.dense, "column": source.column,
+            "id_column": source.id_column, "train_size": args.train_size, "seed": args.seed}
+
+
+def _differences(recorded: dict, current: dict) -> list[str]:
+    return [f"{key}: recorded {recorded.get(key)!r}, now {current.get(key)!r}"
+            for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+
+
+def _open_build_store(args: argparse.Namespace, source: Any) -> tuple[Any, int]:
+    """The store to build into and the rows of `source` already in it (a resumed build)."""
+    from .codecs import Codec
+    from .store import Store
+
+    path = Path(args.store)
+    wanted = {"codec": args.codec, "metric": args.metric, "dense": args.dense}
+    exists = path.exists() and (not path.is_dir() or any(path.iterdir()))
+    if not exists:
+        if args.append:
+            raise InvalidInput(f"{path}: --append needs an existing store, found none")
+        spec = args.codec or "RB2"
+        store = Store.create(path, dim=source.dim, metric=args.metric or "cosine", codec=spec,
+                             dense=None if (args.dense or "f32") == "none" else (args.dense or "f32"),
+                             seed=args.seed, train_size=args.train_size)
+        return store, 0
+    store = Store.open(path, mode="a")
+    try:
+        given = {k: v for k, v in wanted.items() if v is not None}
+        if "codec" in given:
+            given["codec"] = Codec(given["codec"], store.dim, store.metric).spec
+        clash = [f"--{k} {v} (the store has {getattr(store, 'spec' if k == 'codec' else k)})" for k, v in given.items()
+                 if v != (store.spec if k == "codec" else getattr(store, k))]
+        if clash:
+            raise InvalidInput(f"{path}: the options contradict the store: {'; '.join(clash)}; expected them to match "
+                               f"or to be left out")
+        if store.dim != source.dim:
+            raise DimensionMismatch(f"{args.src}: expected width {store.dim} (the store's), found {source.dim}")
+        record = store.build_record
+        identity = _source_identity(source)
+        if record and record.get("source") == identity:
+            differ = _differences(record.get("options", {}), _build_options(args, store, source))
+            if differ:
+                raise InvalidInput(f"{path}: this build of {args.src} was started with other options "
+                                   f"({'; '.join(differ)}); expected the same options to resume it")
+            done = int(record.get("rows_done", 0))
+            if not 0 <= done <= source.n:
+                raise InvalidInput(f"{path}: the build record says {done} rows done, the source has {source.n}")
+            return store, done
+        if record and not args.append:
+            raise InvalidInput(f"{path}: holds a build of another source ({record.get('source', {}).get('path')}, "
+                               f"differences: {'; '.join(_differences(record.get('source', {}), identity))}); "
+                               f"expected the same source to resume, or --append to add this one")
+        if len(store) and not args.append and record is None:
+            raise InvalidInput(f"{path}: expected a new or empty directory (or --append), found a store with "
+                               f"{len(store)} vectors")
+        return store, 0
+    except BaseException:
+        store.close()
+        raise
 
 
 @contextlib.contextmanager
-def _undo_failed_create(args: argparse.Namespace, store: Any, made_dir: bool):
-    """A build that fails before its first commit leaves no empty store behind: `vecz build`
-    could not be re-run into it (create needs a new or empty directory)."""
+def _undo_empty_build(store: Any, fresh: bool, made_dir: bool, committed: dict):
+    """A build that made its store in this run and fails before committing any row removes
+    it again, so the corrected command runs into the same path as if nothing happened (a
+    killed build cannot; its re-run resumes instead)."""
     try:
         yield
     except BaseException:
-        path = Path(args.store)
-        names = {p.name for p in path.iterdir()}
-        if not args.append and store.version == 1 and names <= {"LOCK", "MANIFEST-000000000001"}:
-            for name in names:  # unlinking the held LOCK is fine: close() releases its descriptor
-                (path / name).unlink()
-            if made_dir:
+        if fresh and not committed["rows"] and not len(store):
+            path = Path(store.path)
+            store.close()
+            for entry in path.iterdir():
+                if entry.is_file():
+                    entry.unlink()
+            if made_dir and not any(path.iterdir()):
                 path.rmdir()
         raise
 
@@ -241,49 +323,45 @@ def _undo_failed_create(args: argparse.Namespace, store: Any, made_dir: bool):
 def _build(args: argparse.Namespace) -> int:
     from ..formats.importers import open_vectors
 
-    from .store import Store
-
     started = time.perf_counter()
     id_column, default_id = args.id_column, "id"
     if id_column is not None and id_column.lower() == "none":
         id_column = default_id = None
+    committed = {"rows": 0, "version": None, "store": args.store}
     with open_vectors(args.src, column=args.column, id_column=id_column, default_id_column=default_id) as source:
         if args.id_column is None and source.id_column is not None:
             print(f"{args.src}: ids from column {source.id_column!r} (--id-column none numbers the rows instead)",
                   file=sys.stderr)
+        fresh = not Path(args.store).exists() or (Path(args.store).is_dir() and not any(Path(args.store).iterdir()))
         made_dir = not Path(args.store).exists()
-        if args.append:
-            store = Store.open(args.store, mode="a")
-        else:
-            store = Store.create(args.store, dim=source.dim, metric=args.metric, codec=args.codec,
-                                 dense=None if args.dense == "none" else args.dense, seed=args.seed,
-                                 train_size=args.train_size)
-        with store, _undo_failed_create(args, store, made_dir):
-            if store.dim != source.dim:
-                raise DimensionMismatch(f"{args.src}: expected width {store.dim} (the store's), found {source.dim}")
+        store, done = _open_build_store(args, source)
+        with store, _undo_empty_build(store, fresh, made_dir, committed):
+            committed.update(rows=done, version=store.version)
+            if done:
+                print(f"{args.store}: resuming the build of {args.src} after row {done:,} of {source.n:,}",
+                      file=sys.stderr)
+            # batches of ~256 MB of float32 keep the build's memory bounded whatever the source size
             batch_rows = args.batch_rows if args.batch_rows is not None else max(1024, (256 << 20) // (4 * source.dim))
             if batch_rows < 1:
                 raise InvalidInput(f"--batch-rows must be >= 1, found {batch_rows}")
-            pending: list[tuple] = []
-            first = not store.codec.is_trained
-            with _progress(source.n, "build") as bar:
-                for vectors, ids in source.batches(batch_rows):
-                    if first:
-                        # gather at least train_size rows for the first commit, which trains the codec
-                        pending.append((vectors, ids))
-                        if sum(len(v) for v, _ in pending) < args.train_size:
-                            continue
-                        vectors = np.concatenate([v for v, _ in pending])
-                        ids = None if pending[0][1] is None else np.concatenate([i for _, i in pending])
-                        pending, first = [], False
-                    if len(vectors):
-                        store.add(vectors, ids)
-                    bar.update(len(vectors))
-                if pending and sum(len(v) for v, _ in pending):
-                    ids = None if pending[0][1] is None else np.concatenate([i for _, i in pending])
-                    vectors = np.concatenate([v for v, _ in pending])
-                    store.add(vectors, ids)
-                    bar.update(len(vectors))
+            identity, options = _source_identity(source), _build_options(args, store, source)
+            if not store.codec.is_trained and done < source.n:
+                # a sample drawn from the whole source, not its first rows
+                store.train(source.sample(args.train_size, seed=args.seed))
+            try:
+                with _progress(source.n, "build") as bar:
+                    bar.update(done)
+                    for vectors, ids in source.batches(batch_rows, start=done):
+                        record = {"source": identity, "rows_done": done + len(vectors), "options": options}
+                        if len(vectors):
+                            store.add(vectors, ids, build_progress=record)
+                        done += len(vectors)
+                        committed.update(rows=done, version=store.version)
+                        bar.update(len(vectors))
+            except VeczError:
+                print(f"{args.store}: {committed['rows']:,} of {source.n:,} rows of {args.src} are committed (version "
+                      f"{committed['version']}); run the same command again to resume after them", file=sys.stderr)
+                raise
             info = store.info()
     elapsed = time.perf_counter() - started
     print(f"{args.store}: {info['live']} vectors of dim {info['dim']}, codec {info['spec']} "
@@ -380,13 +458,14 @@ def _ranges(values: list[int]) -> str:
 def _check(args: argparse.Namespace) -> int:
     from .store import check_store
 
-    problems = check_store(args.store)
+    problems = check_store(args.store, all_versions=args.all_versions)
     for problem in problems:
         print(f"damaged: {problem}")
     if problems:
         print(f"{args.store}: {len(problems)} problem(s) found", file=sys.stderr)
         return 1
-    print(f"{args.store}: ok (every checksum verified)")
+    what = "every retained version" if args.all_versions else "the newest version"
+    print(f"{args.store}: ok ({what}: every checksum and cross-check verified)")
     return 0
 
 
@@ -410,9 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in commands:
             return commands[args.command](args)
         return _bench(args, command)
+    except StorageError as exc:
+        print(f"vecz {args.command}: storage error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     except VeczError as exc:
         print(f"vecz {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ __all__ = [
     "DatasetNotFound",
     "MissingDependency",
     "StoreClosed",
+    "StorageError",
+    "StoreMoved",
+    "TooLarge",
 ]
 
 
@@ -72,3 +75,30 @@ class MissingDependency(VeczError, ImportError):
 
 class StoreClosed(VeczError, ValueError):
     """A store used after `close()` (like a closed file, it raises ValueError's subclass)."""
+
+
+class StorageError(VeczError, OSError):
+    """The operating system refused a write or a read the store needed (disk full,
+    read-only file system, permission denied, too many open files...). The message names
+    the operation and the path; ``errno`` is the system's. Nothing of a failed commit is
+    visible, no partial file is left behind, and the same writer may retry once the cause
+    is gone."""
+
+    def __init__(self, message: str, errno_: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+        self.filename = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreMoved(VeczError, RuntimeError):
+    """The directory a writer opened is no longer at its path (moved, replaced or removed)
+    or lost its lock: the writer stops before writing, collecting garbage or publishing,
+    and everything it committed stays as it was."""
+
+
+class TooLarge(VeczError, ValueError):
+    """A request whose memory cannot be allocated: a codec whose trained state or scratch
+    would exceed the limit, or a dimension too wide; the message says the size."""

@@ -28,7 +28,9 @@ import numpy as np
 from ..formats.importers import arrow_list_values
 from .errors import InvalidInput
 
-__all__ = ["as_matrix", "asarray"]
+__all__ = ["as_matrix", "as_ids", "asarray"]
+
+_MAX_ID = (1 << 63) - 1
 
 _VECTOR_TYPES = "a list, large_list or fixed_size_list of floats"
 
@@ -153,3 +155,17 @@ def _from_pandas(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
                                f"convert ({exc})") from None
         return _from_arrow(arr, dim, what, None)
     return asarray(x, what, f"a 2-D array (n, {dim}) of floats")
+
+
+def as_ids(ids: Any, what: str) -> np.ndarray:
+    """Integer ids (numpy, pyarrow, pandas, lists; a scalar is one id) as int64 (n,)."""
+    arr = asarray(ids, what, "a 1-D array of integer ids")
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise InvalidInput(f"{what}: expected a 1-D array of integer ids, found shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InvalidInput(f"{what}: expected integer ids, found dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind == "u" and arr.max() > _MAX_ID:
+        raise InvalidInput(f"{what}: ids must fit int64, found {arr.max()}")
+    return arr.astype(np.int64)

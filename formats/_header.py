@@ -33,3 +33,28 @@ def check_version_and_crc(path: Path, what: str, major: int, reader_major: int, 
     found = zlib.crc32(covered)
     if found != header_crc:
         raise ChecksumError(f"{path}: header CRC32 expected {header_crc:#010x}, found {found:#010x}")
+
+
+def open_regular(path: Path, what: str) -> int:
+    """Open `path` read-only and return the descriptor, refusing anything but a regular file.
+
+    O_NONBLOCK keeps a FIFO (or a device) in the file's place from blocking the open; the
+    type is then checked on the descriptor itself (no race between a check and the open).
+    Raises FileNotFoundError when nothing is there, `StoreCorrupted` for another file type.
+    """
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "not a regular file")
+        raise StoreCorrupted(f"{path}: not a regular file (expected the {what}, found {kind})")
+    return fd

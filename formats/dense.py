@@ -15,6 +15,7 @@ CRC32 and that the Arrow schema and row count agree with the record.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import zlib
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._header import open_regular
 from .errors import FormatError, InvalidInput, StoreCorrupted
 
 __all__ = ["DENSE_DTYPES", "DenseInfo", "DenseReader", "write_dense", "check_dense"]
@@ -107,23 +109,71 @@ def write_dense(path: str | Path, ids: np.ndarray, vectors: np.ndarray, dtype: s
     values = pa.array(vectors.reshape(-1), type=pa.float32() if dtype == "f32" else pa.float16())
     batch = pa.record_batch([pa.array(ids, type=pa.int64()), pa.FixedSizeListArray.from_arrays(values, dim)],
                             names=["id", "vector"])
-    with open(path, "xb") as f:
-        sink = pa.PythonFile(f, mode="w")
-        with ipc.new_file(sink, batch.schema) as writer:
-            writer.write_batch(batch)
-        f.flush()
-        os.fsync(f.fileno())
-    # Locate the values buffer in the file just written (trusted: we wrote it).
-    nbytes = path.stat().st_size
-    source = pa.memory_map(str(path))
+    f = open(path, "xb")  # noqa: SIM115 (closed below; removed with what it holds on any failure)
     try:
-        whole = source.read_buffer(nbytes)
-        column = ipc.open_file(source).get_batch(0).column(1)
-        flat = column.values
-        offset = flat.buffers()[1].address - whole.address + flat.offset * np_dtype.itemsize if n else 0
-    finally:
-        source.close()
-    return DenseInfo(path.name, int(n), int(dim), dtype, int(offset), int(nbytes), _file_crc32(path))
+        with f:
+            sink = pa.PythonFile(f, mode="w")
+            with ipc.new_file(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            f.flush()
+            os.fsync(f.fileno())
+        # Locate the values buffer in the file just written (trusted: we wrote it).
+        nbytes = path.stat().st_size
+        source = pa.memory_map(str(path))
+        try:
+            whole = source.read_buffer(nbytes)
+            column = ipc.open_file(source).get_batch(0).column(1)
+            flat = column.values
+            offset = flat.buffers()[1].address - whole.address + flat.offset * np_dtype.itemsize if n else 0
+        finally:
+            source.close()
+        crc = _file_crc32(path)
+    except BaseException:
+        path.unlink(missing_ok=True)  # ours: created exclusively above; a retry may reuse the name
+        raise
+    return DenseInfo(path.name, int(n), int(dim), dtype, int(offset), int(nbytes), crc)
+
+
+class _Mapping:
+    """A read-only shared mapping of a whole file that holds no file descriptor.
+
+    Python's `mmap.mmap` keeps a duplicate of the descriptor for as long as the map lives
+    (until Python 3.13's ``trackfd=False``), so a store of many dense files would hold one
+    descriptor each and fail under ``ulimit -n 1024``. This maps through libc and closes
+    the descriptor at once; numpy arrays made from it keep it alive (their base), and the
+    mapping is unmapped when the last of them is gone, so closing a reader never leaves a
+    dangling view."""
+
+    _libc: Any = None
+
+    def __init__(self, fd: int, size: int) -> None:
+        libc = self.libc()
+        self.addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if self.addr in (None, ctypes.c_void_p(-1).value):
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.size = size
+        self.__array_interface__ = {"shape": (size,), "typestr": "|u1", "data": (self.addr, True), "version": 3}
+
+    @classmethod
+    def libc(cls) -> Any:
+        if cls._libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_long]
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            cls._libc = libc
+        return cls._libc
+
+    def madvise(self, advice: int, start: int = 0, length: int | None = None) -> None:
+        self.libc().madvise(self.addr + start, self.size - start if length is None else length, advice)
+
+    def __del__(self) -> None:
+        if getattr(self, "addr", None):
+            self.libc().munmap(self.addr, self.size)
+            self.addr = None
 
 
 class DenseReader:
@@ -138,9 +188,9 @@ class DenseReader:
         self.info = info
         self.rows_read = 0
         self.bytes_read = 0
-        self._mmap: mmap.mmap | None = None
+        self._mmap: _Mapping | None = None
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = open_regular(self.path, "dense file")
         except FileNotFoundError:
             raise StoreCorrupted(f"{self.path}: dense file named by the manifest is missing") from None
         except OSError as exc:
@@ -158,14 +208,14 @@ class DenseReader:
                 raise StoreCorrupted(f"{self.path}: expected an Arrow IPC file, found only {size} bytes")
             if os.pread(fd, 8, 0) != _MAGIC_HEAD or os.pread(fd, 6, size - 6) != _MAGIC_TAIL:
                 raise StoreCorrupted(f"{self.path}: expected the Arrow IPC magic 'ARROW1' at both ends")
-            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            self._mmap = _Mapping(fd, size)
         finally:
-            os.close(fd)
+            os.close(fd)  # the mapping holds no descriptor: a store's open files do not grow with it
         if hasattr(mmap, "MADV_RANDOM"):
             self._mmap.madvise(mmap.MADV_RANDOM)
-        self._values = np.frombuffer(
-            self._mmap, dtype=DENSE_DTYPES[info.dtype], count=info.rows * info.dim, offset=info.offset
-        ).reshape(info.rows, info.dim)
+        whole = np.asarray(self._mmap)
+        self._values = whole[info.offset: info.offset + info.rows * info.row_bytes].view(
+            DENSE_DTYPES[info.dtype]).reshape(info.rows, info.dim)
 
     @property
     def values(self) -> np.ndarray:
@@ -206,13 +256,10 @@ class DenseReader:
         return out
 
     def close(self) -> None:
+        """Drop this reader's references: the file is unmapped once no array viewing it is
+        left (a search that still holds one finishes safely)."""
         self._values = None  # type: ignore[assignment]
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:  # a caller still holds a view; the map closes when it is dropped
-                pass
-            self._mmap = None
+        self._mmap = None
 
 
 def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
@@ -222,6 +269,11 @@ def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
 
     path = Path(directory) / info.file
     if not path.is_file():
+        if os.path.lexists(path):
+            try:
+                os.close(open_regular(path, "dense file"))
+            except (StoreCorrupted, OSError) as exc:
+                return [str(exc)]
         return [f"{path}: dense file is missing"]
     size = path.stat().st_size
     if size != info.nbytes:

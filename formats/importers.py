@@ -174,7 +174,7 @@ class VectorSource:
         """The dtype of yielded vectors: float16 for float16 files, float32 otherwise."""
         return _output_dtype(self.dtype)
 
-    def batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    def batches(self, batch_rows: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield ``(vectors, ids)`` in file order, at most `batch_rows` rows at a time.
 
         Parameters
@@ -182,6 +182,9 @@ class VectorSource:
         batch_rows : int
             Upper bound on the rows of each batch (>= 1). Batches are exactly this size
             except the last.
+        start : int
+            Skip the first `start` rows (a resumed build): .npy sources seek to them, the
+            others read past them.
 
         Yields
         ------
@@ -202,7 +205,53 @@ class VectorSource:
         batch_rows = _check_batch_rows(batch_rows)
         if self._closed:
             raise InvalidInput(f"{self.path}: the vector source is closed")
-        return self._counted(self._batches(batch_rows))
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start <= self.n:
+            raise InvalidInput(f"{self.path}: start must be a row number in 0..{self.n}, found {start!r}")
+        if start == 0:
+            return self._counted(self._batches(batch_rows))
+        first, it = self._batches_from(int(start), batch_rows)
+        return self._skipped(self._counted(it, self.n - first), first, int(start))
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """`n` rows drawn uniformly without replacement from the whole source (all rows if
+        it has fewer), in file order, with memory for `n` rows plus one batch: each row gets
+        a seeded random key and the `n` smallest keys are kept while streaming (.npy sources
+        read the chosen rows directly). float32 or float16 like `batches`."""
+        if self.n <= n:
+            return self.read_all()[0]
+        rng = np.random.default_rng(seed)
+        rows = max(1, _READ_ALL_BYTES // max(1, self.dim * self.out_dtype.itemsize))
+        keep_keys = np.empty(0)
+        keep_rows = np.empty(0, dtype=np.int64)
+        keep_vecs = np.empty((0, self.dim), dtype=self.out_dtype)
+        at = 0
+        for vecs, _ in self.batches(rows):
+            keys = np.concatenate([keep_keys, rng.random(len(vecs))])
+            idx = np.concatenate([keep_rows, np.arange(at, at + len(vecs))])
+            cand = np.concatenate([keep_vecs, vecs])
+            at += len(vecs)
+            if keys.size > n:
+                best = np.argpartition(keys, n - 1)[:n]
+                keys, idx, cand = keys[best], idx[best], cand[best]
+            keep_keys, keep_rows, keep_vecs = keys, idx, cand
+        return np.ascontiguousarray(keep_vecs[np.argsort(keep_rows)])
+
+    @staticmethod
+    def _skipped(it: Iterator[tuple[np.ndarray, np.ndarray | None]], first: int,
+                 start: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Drop what precedes row `start` from batches that begin at row `first`."""
+        at = first
+        for vecs, ids in it:
+            end = at + len(vecs)
+            if end > start:
+                cut = max(0, start - at)
+                yield vecs[cut:], None if ids is None else ids[cut:]
+            at = end
+
+    def _batches_from(self, start: int, batch_rows: int) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray | None]]]:
+        """(first row, batches from it) for a read that wants row `start` on: from row 0 here;
+        subclasses that can seek override it."""
+        return 0, self._batches(batch_rows)
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray | None]:
         """All rows at once: ``(vectors (n, dim), ids (n,) int64 or None)``, dtypes as in `batches`."""
@@ -238,16 +287,20 @@ class VectorSource:
     def _batches(self, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         raise NotImplementedError
 
-    def _counted(self, it: Iterator[tuple[np.ndarray, np.ndarray | None]]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """Pass batches through while checking the rows add up to `n` (never trust a count)."""
+    def _counted(self, it: Iterator[tuple[np.ndarray, np.ndarray | None]],
+                 expect: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Pass batches through while checking the rows add up to `n` (or `expect`, for a read
+        that starts later): never trust a count."""
+        expect = self.n if expect is None else expect
         seen = 0
         for vecs, ids in it:
             seen += vecs.shape[0]
-            if seen > self.n:
+            if seen > expect:
                 raise FormatError(f"{self.path}: expected {self.n} rows (from the file's header), found more")
             yield vecs, ids
-        if seen != self.n:
-            raise FormatError(f"{self.path}: expected {self.n} rows (from the file's header), found {seen}")
+        if seen != expect:
+            raise FormatError(f"{self.path}: expected {self.n} rows (from the file's header), found "
+                              f"{seen + self.n - expect}")
 
 
 # --------------------------------------------------------------------------- .npy
@@ -318,6 +371,24 @@ class _NpySource(VectorSource):
             if mm is None:
                 raise InvalidInput(f"{self.path}: the vector source is closed")
             yield _owned(mm[start:start + batch_rows], self.out_dtype), None
+
+    def _batches_from(self, start: int, batch_rows: int) -> tuple[int, Iterator[tuple[np.ndarray, np.ndarray | None]]]:
+        def it() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+            for at in range(start, self.n, batch_rows):
+                mm = self._mm
+                if mm is None:
+                    raise InvalidInput(f"{self.path}: the vector source is closed")
+                yield _owned(mm[at:at + batch_rows], self.out_dtype), None
+        return start, it()
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """See `VectorSource.sample`: the chosen rows are read from the map directly."""
+        if self.n <= n:
+            return self.read_all()[0]
+        if self._mm is None:
+            raise InvalidInput(f"{self.path}: the vector source is closed")
+        rows = np.sort(np.random.default_rng(seed).choice(self.n, n, replace=False))
+        return _owned(self._mm[rows], self.out_dtype)
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray | None]:
         """All rows at once (one copy from the memory map); see `VectorSource.read_all`."""

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ._header import check_magic_and_length, check_version_and_crc
+from ._header import check_magic_and_length, check_version_and_crc, open_regular
 from .errors import (
     ChecksumError,
     CommitConflict,
@@ -140,7 +140,7 @@ def _encode(version: int, body: dict) -> bytes:
     return _HEADER.pack(*fields, zlib.crc32(head)) + data
 
 
-def write_manifest(directory: str | os.PathLike[str], version: int, body: dict) -> Path:
+def write_manifest(directory: str | os.PathLike[str], version: int, body: dict, *, dir_fd: int | None = None) -> Path:
     """Publish the manifest of `version`, atomically and exclusively.
 
     The bytes are written to ``.MANIFEST-{version:012d}.{pid}.{hex}.tmp`` in `directory`,
@@ -156,6 +156,10 @@ def write_manifest(directory: str | os.PathLike[str], version: int, body: dict) 
     body : dict
         JSON-serialisable; ``body["version"]`` is set to `version` (if present it must
         already equal it). Dumped with sorted keys; NaN and infinities are refused.
+    dir_fd : int, optional
+        An open descriptor of the store directory: every step then happens relative to it,
+        so the manifest lands in the directory the writer opened even if its path has been
+        renamed or replaced meanwhile (`directory` is then used in messages only).
 
     Returns
     -------
@@ -170,33 +174,46 @@ def write_manifest(directory: str | os.PathLike[str], version: int, body: dict) 
         Bad version or body.
     StoreNotFound
         `directory` does not exist.
+    OSError
+        Writing failed (e.g. ENOSPC); no temporary file is left behind.
     """
     directory = Path(directory)
     data = _encode(_check_version(version), body)
-    final = directory / manifest_name(version)
-    tmp = directory / f".{manifest_name(version)}.{os.getpid()}.{os.urandom(8).hex()}.tmp"
+    final_name = manifest_name(version)
+    tmp_name = f".{final_name}.{os.getpid()}.{os.urandom(8).hex()}.tmp"
+    if dir_fd is None:
+        tmp, final, at = directory / tmp_name, directory / final_name, {}
+    else:
+        tmp, final, at = tmp_name, final_name, {"dir_fd": dir_fd}
     try:
-        f = open(tmp, "xb")  # noqa: SIM115 (closed by the with-block below)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, **at)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise StoreNotFound(f"{directory}: no such store directory") from exc
     try:
-        with f:
+        with open(fd, "wb", closefd=True) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(tmp, final)
+            if dir_fd is None:
+                os.link(tmp, final)
+            else:
+                os.link(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except FileExistsError as exc:
             raise CommitConflict(
-                f"{final}: version {version} was already published by another writer; this commit is not visible"
+                f"{directory / final_name}: version {version} was already published by another writer; this "
+                f"commit is not visible"
             ) from exc
     finally:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, **at)
         except OSError:
             pass
-    fsync_dir(directory)
-    return final
+    if dir_fd is None:
+        fsync_dir(directory)
+    else:
+        os.fsync(dir_fd)
+    return directory / final_name
 
 
 def _reject_constant(name: str) -> Any:
@@ -257,7 +274,7 @@ def read_manifest(directory: str | os.PathLike[str], version: int | None = None)
         version = versions[-1]
     path = directory / manifest_name(version)
     try:
-        with open(path, "rb") as f:
+        with open(open_regular(path, "manifest"), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             body_length, body_crc = _check_header(path, f.read(_HEADER.size), size)
             body = f.read(body_length)  # capped at 64 MiB by _check_header

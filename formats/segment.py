@@ -30,7 +30,7 @@ from typing import Any, Mapping, Self  # noqa: UP035 (tests/test_layout.py allow
 import numpy as np
 import zstandard
 
-from ._header import check_magic_and_length, check_version_and_crc
+from ._header import check_magic_and_length, check_version_and_crc, open_regular
 from .errors import (
     ChecksumError,
     FormatError,
@@ -171,13 +171,13 @@ class SegmentFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not os.path.isfile(self.path):  # also keeps a FIFO from blocking open()
-            what = "no such file" if not os.path.lexists(self.path) else "not a regular file"
-            raise StoreCorrupted(f"{self.path}: segment file missing ({what})")
         try:
-            self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (held open until close())
+            fd = open_regular(self.path, "segment file")  # a FIFO in its place cannot block
+        except FileNotFoundError:
+            raise StoreCorrupted(f"{self.path}: segment file missing (no such file)") from None
         except OSError as exc:
             raise StoreCorrupted(f"{self.path}: cannot open segment file ({exc})") from exc
+        self._file = open(fd, "rb", buffering=0)  # noqa: SIM115 (held open until close())
         try:
             self._parse()
         except BaseException:

@@ -94,9 +94,17 @@ def test_append_and_dimension_mismatch(tmp_path, capsys):
     a = tmp_path / "a.npy"
     np.save(a, _data(50))
     assert main(["build", str(a), str(store), "--codec", "RB1"]) == 0
+    # the same source again: the build record says it is all in (nothing is added twice)
     assert main(["build", str(a), str(store), "--append"]) == 0
     with Store.open(store) as s:
+        assert len(s) == 50
+    b = tmp_path / "b.npy"
+    np.save(b, _data(50, seed=1))
+    assert main(["build", str(b), str(store), "--append"]) == 0
+    with Store.open(store) as s:
         assert len(s) == 100
+    assert main(["build", str(b), str(store), "--append", "--codec", "PQ4x8"]) == 2
+    assert "contradict the store: --codec PQ4x8 (the store has RB1)" in capsys.readouterr().err
     wide = tmp_path / "w.npy"
     np.save(wide, np.zeros((3, DIM + 1), np.float32))
     assert main(["build", str(wide), str(store), "--append"]) == 2
@@ -113,8 +121,8 @@ def test_check_finds_a_flipped_byte(tmp_path, capsys):
     assert main(["build", str(src), str(store), "--codec", "SQ8"]) == 0
     assert main(["check", str(store)]) == 0
     assert "ok" in capsys.readouterr().out
-    for name in ("seg-000000000001.vzs", "dense-000000000001.arrow", "codec-000000000002.vzs",
-                 "MANIFEST-000000000002"):
+    newest = sorted(p.name for p in store.iterdir() if p.name.startswith("MANIFEST-"))[-1]
+    for name in ("seg-000000000001.vzs", "dense-000000000001.arrow", "codec-000000000002.vzs", newest):
         path = store / name
         data = bytearray(path.read_bytes())
         pos = len(data) // 2

@@ -6,7 +6,7 @@ and answers one JSON line on stdout, so the test decides exactly when each proce
 Children inherit the environment, so they share the Numba cache that conftest.py isolates.
 What is tested (README "The store", formats/FORMAT.md "Commit protocol"):
 
-1. a writer process holds ``LOCK``: another process (and the test itself) opening with
+1. a writer process holds the store directory's flock: another process (and the test itself) opening with
    ``mode="a"`` gets `StoreLocked` naming the store and the holder's pid, even after the
    holder's own second attempt failed; read-only opens search meanwhile; ``close()``
    releases the lock without the process exiting;
@@ -242,7 +242,8 @@ def store(tmp_path: Path) -> Path:
     np.save(tmp_path / "base.npy", base)
     np.save(tmp_path / "queries.npy", queries)
     path = tmp_path / "store"
-    with Store.create(path, dim=DIM, metric="cosine", codec=SPEC, dense="f32") as s:
+    # retain=2: superseded files are deleted two versions on, while readers still use them
+    with Store.create(path, dim=DIM, metric="cosine", codec=SPEC, dense="f32", retain=2) as s:
         s.add(base[:100], ids=np.arange(100))
         s.add(base[100:N_INITIAL], ids=np.arange(100, N_INITIAL))
         s.search(queries, K, rerank=RERANK)
@@ -268,18 +269,22 @@ def _queries(store: Path) -> np.ndarray:
 
 
 def _holder(store: Path) -> str:
-    return (store / "LOCK").read_text()
+    """Who holds the writer lock on the store directory ('pid N'), from /proc/locks."""
+    from vecz.engine.commit import lock_holder
+
+    st = os.stat(store)
+    return lock_holder(st.st_dev, st.st_ino)
 
 
 def test_writer_process_holds_the_lock_and_readers_still_work(store, spawn):
     a, b = spawn(), spawn()
     v0 = a.call("open", mode="a")["version"]
-    assert _holder(store).startswith(f"pid {a.pid} host ")
+    assert _holder(store) == f"pid {a.pid}"
 
     locked = b.ask("open", mode="a")
     assert locked["error"] == "StoreLocked"
-    assert locked["msg"].startswith(f"{store}: another writer holds the store (pid {a.pid} host ")
-    with pytest.raises(StoreLocked, match=rf"another writer holds the store \(pid {a.pid} host "):
+    assert locked["msg"].startswith(f"{store}: another writer holds the store (pid {a.pid})")
+    with pytest.raises(StoreLocked, match=rf"another writer holds the store \(pid {a.pid}\)"):
         Store.open(store, mode="a")
     # flock locks an open file, not a process: a second open in the holder's own process is
     # refused too, and closing that attempt's descriptor does not drop the holder's lock
@@ -295,7 +300,7 @@ def test_writer_process_holds_the_lock_and_readers_still_work(store, spawn):
 
     # the writer commits while readers are open; the reader sees it after refresh only
     v1 = a.call("step", step=["add", N_INITIAL, N_INITIAL + 40])["version"]
-    assert v1 == v0 + 1
+    assert v1 >= v0 + 1  # the add, and any merge the policy ran after it
     assert b.call("answers", get=[0])["len"] == N_INITIAL
     assert b.call("refresh")["version"] == v1
     assert b.call("answers", get=[0, 199])["len"] == N_INITIAL + 40
@@ -303,9 +308,9 @@ def test_writer_process_holds_the_lock_and_readers_still_work(store, spawn):
     # close() releases the lock while the process lives on: B becomes the writer
     a.call("close")
     assert b.call("open", mode="a", slot="w")["version"] == v1
-    assert _holder(store).startswith(f"pid {b.pid} host ")
+    assert _holder(store) == f"pid {b.pid}"
     assert a.ask("open", mode="a")["error"] == "StoreLocked"
-    assert b.call("step", slot="w", step=["delete", [0]])["version"] == v1 + 1
+    assert b.call("step", slot="w", step=["delete", [0]])["version"] >= v1 + 1
 
 
 def test_killed_writer_leaves_no_stale_lock(store, spawn):
@@ -313,17 +318,19 @@ def test_killed_writer_leaves_no_stale_lock(store, spawn):
     v0 = a.call("open", mode="a")["version"]
     a.send("commit_forever", lo=N_INITIAL, batch=10)
     announced = [a.recv()["version"] for _ in range(3)]  # killed while it is committing
-    assert announced == [v0 + 1, v0 + 2, v0 + 3]
+    assert announced[0] > v0 and announced == sorted(set(announced))
     os.kill(a.pid, signal.SIGKILL)
     assert a.proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
-    assert _holder(store).startswith(f"pid {a.pid} host ")  # the dead writer's LOCK is left behind
+    assert _holder(store) == "unknown"  # no lock outlives its process, and no lock file is left
 
     with Store.open(store, mode="a") as w:  # at once: the kernel released the dead one's flock
-        assert _holder(store).startswith(f"pid {os.getpid()} host ")
+        assert _holder(store) == f"pid {os.getpid()}"
         assert w.version >= announced[-1]
         # every commit the dead writer published is whole: 10 rows each, ids in order
-        grown = 10 * (w.version - v0)
-        np.testing.assert_array_equal(w.ids(), np.arange(N_INITIAL + grown))
+        ids = w.ids()
+        grown = ids.size - N_INITIAL
+        assert grown >= 30 and grown % 10 == 0
+        np.testing.assert_array_equal(ids, np.arange(N_INITIAL + grown))
         w.delete([0])
         w.compact()
     assert check_store(store) == []
@@ -349,14 +356,17 @@ def test_reader_process_keeps_its_version_until_refresh(store, spawn):
         ["delete", list(range(100, 110))],
         ["compact"],
     ]
-    for i, step in enumerate(steps):
-        assert w.call("step", step=step)["version"] == at_v["version"] + i + 1
+    version = at_v["version"]
+    for step in steps:
+        now = w.call("step", step=step)["version"]
+        assert now > version  # the step, and any merge the policy ran after it
+        version = now
         assert r.call("answers", get=pinned_get) == at_v, f"after {step[0]}"
     names = set(os.listdir(store))
     assert not names & {"seg-000000000001.vzs", "seg-000000000002.vzs",
                         "dense-000000000001.arrow", "dense-000000000002.arrow"}
 
-    newest = at_v["version"] + len(steps)
+    newest = version
     assert r.call("refresh")["version"] == newest
     live = set(range(N_INITIAL + 100)) - set(steps[1][1]) - set(steps[4][1])
     with Store.open(store) as r1:
@@ -405,17 +415,21 @@ def test_readers_only_ever_see_whole_committed_versions(store, spawn, tmp_path):
 
     journal = tmp_path / "journal.jsonl"
     try:
-        assert writer.call("churn", plan=plan, journal=str(journal))["version"] == v0 + n_commits
+        assert writer.call("churn", plan=plan, journal=str(journal))["version"] >= v0 + n_commits
     finally:
         stop.touch()  # also on failure, so the readers end their loops
     counts = [r.recv()["snapshots"] for r in readers]
 
+    last = v0
     for line in journal.read_text().splitlines():
         entry = json.loads(line)
-        states[entry["version"]] = entry["ids"]
-    assert sorted(states) == list(range(v0, v0 + n_commits + 1))  # one commit per step
-    for v, ids in states.items():  # the journal agrees with each version's manifest
-        assert mf.read_manifest(store, v)["counts"]["live"] == len(ids)
+        # a step is a commit, possibly followed by merges of the policy: same live ids
+        for v in range(last + 1, entry["version"] + 1):
+            states[v] = entry["ids"]
+        last = entry["version"]
+    assert len(states) >= n_commits + 1
+    for v in mf.list_versions(store):  # the journal agrees with each retained version's manifest
+        assert mf.read_manifest(store, v)["counts"]["live"] == len(states[v])
 
     snapshots = [json.loads(line) for out in outs for line in out.read_text().splitlines()]
     assert len(snapshots) == sum(counts) and min(counts) >= 1

@@ -14,8 +14,13 @@ kill (README "The store", formats/FORMAT.md "Commit protocol"):
    exact searches (every live row re-ranked) return the query's own id first and the
    brute-force distances;
 4. a writer `Store.open(mode="a")` succeeds at once (the kernel released the dead writer's
-   flock) and removes the temporary manifests and the data files no manifest names: the
-   directory then holds only ``LOCK``, manifests and the newest version's files.
+   flock on the store directory) and applies the retention rule: the directory then holds
+   only the retained manifests and the files they name (no temporary manifest, no stray).
+
+Operations are followed by the merges the size-tiered policy asks for (each a commit of its
+own) and every commit by garbage collection (pruning manifests beyond ``retain`` and the
+files only they named), so kills also land inside merges and pruning; they are counted
+apart and must occur.
 
 How the writer dies. The test file runs itself as a script (``python tests/test_crash.py``):
 a server process imports the engine and warms its kernels once, then forks one writer per
@@ -59,6 +64,7 @@ import pytest
 from vecz.engine import Store, StoreLocked, check_store
 from vecz.engine.errors import VeczError
 from vecz.formats import manifest as mf
+from vecz.formats.body import body_files, parse_body
 
 DIM = 16
 SPEC = "SQ8"              # cheap kernels, already compiled by tests/test_store.py
@@ -73,12 +79,14 @@ DATA_NAME = re.compile(r"(seg|dense|del|codec)-[0-9]{12}\.(vzs|arrow)")    # FOR
 
 # Hook targets: (operation forced at the hook's op, os call, n-th call from that op on).
 # The calls of each operation, in order (FORMAT.md "Commit protocol" as store.py does it):
-#   training add: fsync seg, dense, codec, dir, tmp manifest; link; unlink tmp; fsync dir
+#   training add: fsync codec, seg, dense, dir, tmp manifest; link; unlink tmp; fsync dir
 #   add:          fsync seg, dense, dir, tmp manifest; link; unlink tmp; fsync dir
-#   delete:       fsync del, dir, tmp manifest; link; unlink tmp; fsync dir
-#   compact:      fsync seg, dense, dir, tmp manifest; link; unlink tmp; fsync dir;
-#                 unlink replaced seg, replaced dense, ...
-# "return" is the moment the call has returned, before the writer journals it.
+#   delete:       fsync del (one per segment touched), dir, tmp manifest; link; unlink tmp; fsync dir
+#   compact:      fsync seg (and dense when copied), dir, tmp manifest; link; unlink tmp; fsync dir
+# then garbage collection: unlink pruned manifests, fsync dir, unlink unnamed files; then
+# the merges due (each: fsync seg [, dense], dir, tmp manifest; link; unlink tmp; fsync dir;
+# garbage collection). "return" is the moment the call has returned, before the writer
+# journals it.
 TRAINING_TARGETS = [("add", "fsync", 2), ("add", "fsync", 5), ("add", "link", 1), ("add", "unlink", 1)]
 TARGETS = (
     [("add", "fsync", n) for n in (1, 2, 3, 4, 5)] + [("add", "link", 1), ("add", "unlink", 1), ("add", "return", 1)]
@@ -86,6 +94,11 @@ TARGETS = (
                                                          ("delete", "return", 1)]
     + [("compact", "fsync", n) for n in (1, 2, 3, 4, 5)] + [("compact", "link", 1), ("compact", "return", 1)]
     + [("compact", "unlink", n) for n in (1, 2, 3)]
+    # deeper into an operation: pruning (the unlinks after the first) and the merges after
+    # an add (its fsyncs past the add's own five)
+    + [("add", "unlink", n) for n in (2, 3, 5)] + [("delete", "unlink", n) for n in (2, 4)]
+    + [("add", "fsync", n) for n in (6, 7, 8, 9, 11)] + [("add", "link", 2), ("delete", "link", 2)] * 2
+    + [("delete", "fsync", n) for n in (5, 6, 7)]
 )
 
 
@@ -124,6 +137,7 @@ class _Hook:
         self.armed = False
         self.op = ""
         self.committed = False
+        self.links = 0
         for fn in ("fsync", "link", "unlink"):
             setattr(os, fn, self._wrap(fn, getattr(os, fn)))
 
@@ -133,17 +147,18 @@ class _Hook:
             out = real(*args, **kwargs)
             if fn == "link" and mf.MANIFEST_RE.fullmatch(os.path.basename(args[1])):
                 self.committed = True
+                self.links += 1
             return out
         return call
 
     def begin(self, op: str, armed: bool) -> None:
-        self.op, self.committed, self.armed = op, False, armed
+        self.op, self.committed, self.armed, self.links = op, False, armed, 0
 
     def event(self, fn: str, what: str) -> None:
         if self.armed and fn == self.name:
             self.left -= 1
             if self.left == 0:
-                _say({"hook": fn, "file": what, "op": self.op, "committed": self.committed})
+                _say({"hook": fn, "file": what, "op": self.op, "committed": self.committed, "links": self.links})
                 _wait_for_kill()
 
 
@@ -326,18 +341,17 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.split(b"\n")[:-1]]
 
 
-def _named(body: dict[str, Any]) -> set[str]:
-    """The data files a manifest body names (FORMAT.md "Manifest body")."""
-    names = {body["codec"]["file"], (body["deletes"] or {}).get("file")}
-    for seg in body["segments"]:
-        names.add(seg["file"])
-        names.add((seg["dense"] or {}).get("file"))
-    return names - {None}
+def _named(path: Path) -> set[str]:
+    """The data files the retained manifests name (FORMAT.md "Manifest body", "Retention")."""
+    names: set[str] = set()
+    for v in mf.list_versions(path):
+        names |= body_files(parse_body(mf.read_manifest(path, v), f"version {v}"))
+    return names
 
 
 def _strays(path: Path) -> list[str]:
     """Files a clean store does not hold: temporary manifests and unnamed data files."""
-    named = _named(mf.read_manifest(path))
+    named = _named(path)
     return sorted(p.name for p in path.iterdir()
                   if TMP_NAME.fullmatch(p.name) or (DATA_NAME.fullmatch(p.name) and p.name not in named))
 
@@ -377,13 +391,14 @@ def _expected(state: _State, entries: list[dict[str, Any]], hook: dict[str, Any]
     if hook is not None:
         assert hook["op"] == intent["op"], f"{where}: hook {hook} fired in {intent['op']}"
         committed = hook["committed"]
-        assert version == intent["from"] + committed, (
-            f"{where}: killed at {hook} (link done: {committed}) of {intent['op']} from version "
+        # the operation's own commit, then one per merge the policy ran after it
+        assert version == intent["from"] + hook["links"], (
+            f"{where}: killed at {hook} (manifests linked: {hook['links']}) of {intent['op']} from version "
             f"{intent['from']}; store shows version {version}")
     else:
-        assert version in (intent["from"], intent["from"] + 1), (
+        assert version >= intent["from"], (
             f"{where}: killed in {intent['op']} from version {intent['from']}; store shows {version}")
-        committed = version == intent["from"] + 1
+        committed = version > intent["from"]
     return (intent if committed else last), f"in {intent['op']}, {'committed' if committed else 'not committed'}"
 
 
@@ -405,12 +420,13 @@ def _verify(path: Path, state: _State, entries: list[dict[str, Any]], hook: dict
     with Store.open(path, mode="a") as w:  # raises StoreLocked if the dead writer's lock held
         assert w.version == r.version, f"{where}: writer opened version {w.version}, reader {r.version}"
         assert len(w) == got["n"]
-    named = _named(mf.read_manifest(path))
+    named = _named(path)
     files = {p.name for p in path.iterdir()}
     manifests = {n for n in files if mf.MANIFEST_RE.fullmatch(n)}
-    assert files == {"LOCK"} | manifests | named, (
-        f"{where} ({landed}): after the writer opened, expected only LOCK, manifests and {sorted(named)}; "
-        f"found also {sorted(files - {'LOCK'} - manifests - named)} (leftovers before: {strays})")
+    assert len(manifests) <= parse_body(mf.read_manifest(path), "newest").retain, f"{where}: {sorted(manifests)}"
+    assert files == manifests | named, (
+        f"{where} ({landed}): after the writer opened, expected only the retained manifests and {sorted(named)}; "
+        f"found also {sorted(files - manifests - named)} (leftovers before: {strays})")
     state.version, state.digest = r.version, got
     intents = [e["t"] for e in entries if e["kind"] == "intent"]
     state.cycles += list(np.diff(intents))
@@ -431,6 +447,7 @@ def test_sigkill_at_random_moments_leaves_last_committed_version(tmp_path):
     state = _State(version=1, digest=_digest(np.empty(0, np.int64), np.empty((0, DIM), np.float32)))
     rng = np.random.default_rng(SEED)
     landed: dict[str, int] = {}
+    deeper = {"in a merge after the operation committed": 0, "while pruning": 0}  # hook kills, also in landed
     with_strays = with_tmp = 0
     server = _Server(tmp_path / "warm", tmp_path / "server.log")
     t0 = time.perf_counter()
@@ -460,6 +477,11 @@ def test_sigkill_at_random_moments_leaves_last_committed_version(tmp_path):
                 raise AssertionError(f"{where}: {type(exc).__name__}: {exc}") from exc
             kind = "hook" if hook else "timer"
             landed[f"{kind} {how}"] = landed.get(f"{kind} {how}", 0) + 1
+            if hook and hook["links"] and (hook["hook"] == "link" or (
+                    hook["hook"] == "fsync" and re.match(r"seg-|dense-", hook["file"]))):
+                deeper["in a merge after the operation committed"] += 1
+            if hook and hook["links"] and hook["hook"] == "unlink" and not TMP_NAME.fullmatch(hook["file"]):
+                deeper["while pruning"] += 1
             with_strays += bool(strays)
             with_tmp += any(TMP_NAME.fullmatch(name) for name in strays)
     finally:
@@ -467,7 +489,7 @@ def test_sigkill_at_random_moments_leaves_last_committed_version(tmp_path):
     n_kills = sum(landed.values())
     summary = (f"{n_kills} kills in {time.perf_counter() - t0:.1f} s, final version {state.version} with "
                f"{state.digest['n']} live rows; {with_strays} kills left files to collect, {with_tmp} a temporary "
-               f"manifest; where they landed: {landed}")
+               f"manifest; where they landed: {landed}; hook kills {deeper}")
     print(summary)  # shown by pytest only on failure (or with -rP)
     assert n_kills == len(schedule) >= MIN_KILLS, summary
     # the hooks walked every commit window: uncommitted and committed kills in each operation
@@ -475,6 +497,8 @@ def test_sigkill_at_random_moments_leaves_last_committed_version(tmp_path):
         assert landed.get(f"hook in {op}, not committed", 0) >= 3, summary
         assert landed.get(f"hook in {op}, committed", 0) >= 3, summary
     assert with_strays >= 10 and with_tmp >= 8, summary
+    assert deeper["in a merge after the operation committed"] >= 2, summary
+    assert deeper["while pruning"] >= 2, summary
     # timer kills are not all between operations
     assert sum(v for key, v in landed.items() if key.startswith("timer in")) >= TIMER_KILLS // 4, summary
     assert state.version > 40, summary

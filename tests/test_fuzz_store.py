@@ -449,9 +449,11 @@ def _rewrite_newest(store: Pristine, copy: Path, change) -> None:
     (lambda b: b["codec"]["config"].update(dim=None), "codec config field 'dim': expected int, found None"),
     (lambda b: b["codec"]["config"].update(dim=""), "codec config field 'dim': expected int, found ''"),
     (lambda b: b["codec"]["config"].update(metric=7), "codec config field 'metric': expected str, found 7"),
-    (lambda b: b["segments"][0]["dense"].update(offset=2**63 - 1), r"vector values \[9223372036854775807"),
-    (lambda b: b["segments"][0]["dense"].update(rows=2**40), "dense file holds 1099511627776 x"),
-    (lambda b: b["segments"][0].update(file="../LOCK"), "expected a data file name"),
+    (lambda b: b["segments"][0]["dense"][0].update(offset=2**63 - 1), r"vector values \[9223372036854775807"),
+    (lambda b: b["segments"][0]["dense"][0].update(rows=2**40), "rows one to one onto dense files of \\[1099511627776\\]"),
+    (lambda b: b["segments"][0].update(file="../LOCK"), "expected a file name like 'seg-<12 digits>.vzs'"),
+    (lambda b: b["segments"][0]["dense"][0].update(file="../x.arrow"), "must be a plain name"),
+    (lambda b: b["segments"][0]["dense"][0].update(file="seg-000000000001.vzs"), "expected a file name like 'dense-"),
 ])
 def test_checksum_valid_hostile_manifests_are_store_corrupted(stores, tmp_path, change, match):
     """A manifest with valid CRCs but hostile values is StoreCorrupted and reported. The
@@ -508,9 +510,9 @@ def test_check_store_reports_every_flipped_byte(tiny):
     flip (xor 0x01) of each covered byte must be reported by check_store; a flip of an
     uncovered one must be reported or change nothing that any read returns."""
     body = json.loads((tiny.path / tiny.newest).read_bytes()[32:])
-    named = [body["codec"]["file"], body["deletes"]["file"]]
+    named = [body["codec"]["file"]]
     for rec in body["segments"]:
-        named += [rec["file"], rec["dense"]["file"]]
+        named += [rec["file"]] + [d["file"] for d in rec["dense"]] + ([rec["deletes"]["file"]] if rec["deletes"] else [])
     manifests = [f for f in tiny.files if f.startswith("MANIFEST-")]
     assert {_kind(n) for n in named} == {"codec", "del", "seg", "dense"} and len(manifests) == 3
     counts: dict[str, dict[str, int]] = {}

@@ -40,7 +40,13 @@ def _import_targets(path: Path) -> list[tuple[str, list[str]]]:
     engine/store.py -> ("vecz.engine.x", ["y"])."""
     tree = ast.parse(path.read_text(), filename=str(path))
     out: list[tuple[str, list[str]]] = []
+    # imports under `if TYPE_CHECKING:` are for annotations only and never run
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             out += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -1,0 +1,194 @@
+"""The writer's side of a store: who it is, how it commits, what it may delete.
+
+Identity. A writer IS the directory it opened and locked, not a path string. `WriterLock`
+opens the store directory, takes ``flock(LOCK_EX)`` on that directory's own descriptor
+(no lock file that a cleanup script could delete and a second writer recreate: the lock
+lives on the directory inode and the kernel drops it when the process dies), and records
+the inode. Before every step that changes the store — writing data files, publishing a
+manifest, collecting garbage — `WriterLock.check` verifies that the path still leads to
+that inode; a directory renamed, replaced by a new store or removed stops the writer with
+`StoreMoved`, and nothing it committed is touched. Manifests are published relative to the
+directory's descriptor (`write_manifest(dir_fd=)`), so even a rename racing a commit cannot
+make a manifest land in another store.
+
+Commit protocol (formats/FORMAT.md "Commit protocol"): new data files under fresh names,
+each fsynced; the directory fsynced; manifest v+1 linked into place. `publish` removes the
+new files again if the manifest cannot be published, and turns operating-system errors
+into `StorageError` naming the operation and the path.
+
+Retention (formats/FORMAT.md "Retention"): after each commit, and when a writer opens the
+store, `collect_garbage` keeps the newest ``retain`` manifests (the number each manifest
+records, default 8), deletes older manifests, then every data file no kept manifest names
+and every temporary manifest. A reader pinned to a pruned version keeps working: its codes
+are in RAM and its dense files stay mapped after they are unlinked (POSIX). Pruned files
+are deleted oldest version first, so a crash in the middle leaves only kept versions whose
+files all exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ..formats import manifest as mf
+from ..formats.body import DATA_FILE_RE, body_files, parse_body
+from .errors import StorageError, StoreLocked, StoreMoved, StoreNotFound, VeczError
+
+__all__ = ["WriterLock", "storage_errors", "collect_garbage", "lock_holder"]
+
+
+@contextlib.contextmanager
+def storage_errors(operation: str, path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError raised inside the block into `StorageError` naming `operation`
+    and the path (vecz's own errors pass through)."""
+    try:
+        yield
+    except VeczError:
+        raise
+    except OSError as exc:
+        where = exc.filename if exc.filename else path
+        reason = exc.strerror or str(exc)
+        hint = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (disk quota exceeded)",
+                errno.EROFS: " (read-only file system)", errno.EACCES: " (permission denied)",
+                errno.EMFILE: " (too many open files in this process)"}.get(exc.errno, "")
+        raise StorageError(f"{operation}: {where}: {reason}{hint}; nothing of this operation is committed",
+                           exc.errno, str(where)) from exc
+
+
+def lock_holder(dev: int, ino: int) -> str:
+    """'pid N' of the process holding an flock on the inode (from /proc/locks), or 'unknown'."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return "unknown"
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want:
+            return f"pid {parts[4]}"
+    return "unknown"
+
+
+class WriterLock:
+    """The store directory, open and locked by this process (see the module docstring).
+
+    Parameters
+    ----------
+    path : the store directory (must exist)
+
+    Raises
+    ------
+    StoreLocked
+        Another process (or another writer object of this process) holds the lock.
+    StoreNotFound
+        `path` is not a directory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise StoreNotFound(f"{self.path}: no store directory here") from exc
+        st = os.fstat(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreLocked(f"{self.path}: another writer holds the store ({lock_holder(st.st_dev, st.st_ino)}); "
+                                  f"expected no writer, found one") from None
+            raise
+        self.fd: int | None = fd
+        self.dev, self.ino = st.st_dev, st.st_ino
+
+    def check(self, what: str) -> None:
+        """Refuse `what` (with `StoreMoved`) unless the path still leads to the locked directory."""
+        if self.fd is None:
+            raise StoreMoved(f"{self.path}: {what} refused: this writer has released the store")
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != (self.dev, self.ino) or os.fstat(self.fd).st_nlink == 0:
+            found = "nothing" if st is None else "another directory" if os.fstat(self.fd).st_nlink else "it removed"
+            raise StoreMoved(f"{self.path}: {what} refused: the store directory this writer opened was moved, "
+                             f"replaced or removed (expected the directory it locked at that path, found {found}); "
+                             f"nothing was written. Open the store again where it now is")
+
+    def publish(self, version: int, body: dict, new_files: list[str], operation: str) -> None:
+        """Publish manifest `version` naming `new_files` (already written and fsynced); on
+        failure remove them and re-raise (OSError as `StorageError`)."""
+        try:
+            self.check(f"{operation} (publish version {version})")
+            with storage_errors(f"{operation}: publish version {version}", self.path):
+                os.fsync(self.fd)  # the new names are durable before anything refers to them
+                mf.write_manifest(self.path, version, body, dir_fd=self.fd)
+        except BaseException:
+            self.remove(new_files)
+            raise
+
+    def remove(self, names: list[str]) -> None:
+        """Delete data files of this directory by name (missing ones are fine)."""
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self.fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+
+def collect_garbage(lock: WriterLock, *, keep_files: set[str] = frozenset()) -> dict[str, int]:
+    """Writer only: apply the retention rule of the newest manifest (module docstring).
+
+    Deletes temporary manifests, manifests older than the newest ``retain``, then data files
+    that no kept manifest names (and that are not in `keep_files`). If a kept manifest
+    cannot be read, no data file is deleted (what it names is unknown). Returns counts of
+    what was removed."""
+    lock.check("garbage collection")
+    fd = lock.fd
+    names = os.listdir(fd)
+    removed = {"tmp": 0, "manifests": 0, "files": 0}
+    for name in names:
+        if mf.TMP_RE.fullmatch(name):
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)
+                removed["tmp"] += 1
+    versions = sorted(int(m.group(1)) for n in names if (m := mf.MANIFEST_RE.fullmatch(n)) and int(m.group(1)) >= 1)
+    if not versions:
+        return removed
+    try:
+        newest = parse_body(mf.read_manifest(lock.path, versions[-1]), f"{lock.path} version {versions[-1]}")
+    except VeczError:
+        return removed  # a damaged newest manifest: delete nothing
+    kept = versions[-newest.retain:]
+    referenced = set(keep_files) | body_files(newest)
+    for v in kept[:-1]:
+        try:
+            referenced |= body_files(parse_body(mf.read_manifest(lock.path, v), f"{lock.path} version {v}"))
+        except VeczError:
+            return removed
+    for v in versions:
+        if v >= kept[0]:
+            break
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mf.manifest_name(v), dir_fd=fd)
+            removed["manifests"] += 1
+    if removed["manifests"]:
+        os.fsync(fd)
+    for name in names:
+        if DATA_FILE_RE.fullmatch(name) and name not in referenced:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
+                removed["files"] += 1
+    return removed

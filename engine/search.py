@@ -1,0 +1,149 @@
+"""Search over a version's segments: prepare the queries once, scan every segment's layout,
+merge the shortlists, re-rank the merged shortlist once from the dense files.
+
+1. `Codec.plan` computes what depends on the queries only (normalisation, MRL, IVF probes
+   and their biases, lookup tables): once per batch, whatever the number of segments.
+2. Each segment's layout is scanned with those tables (`CodeIndex.scan`) for its best
+   ``depth`` candidates; dead rows never come back (they are marked in the layout).
+3. The per-segment shortlists are merged by code score into the batch's best ``depth``,
+   ties broken by the smaller user id (`kernels.topk.topk_positions`), so the result does
+   not depend on how rows are split into segments.
+4. With ``rerank``, the merged shortlist's exact vectors are read from the dense files —
+   each file once per batch, its rows in ascending order, after asking the kernel for their
+   pages when the batch is small (`prefetch`) — and the top k by exact score are returned,
+   again ties by the smaller id.
+
+Thread-safety: `search_segments` only reads the segments; several threads may search one
+store at once (not while it commits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import dense as dense_kernels
+from ..kernels.topk import topk_positions, topk_positions_batch
+from .codecs import Codec, CodeIndex, SearchResult, SearchStats
+from .segments import Segment
+
+__all__ = ["search_segments", "PARALLEL_MIN_QUERIES"]
+
+PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
+_RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
+
+
+def _worst(metric: str) -> float:
+    return np.inf if metric == "l2" else -np.inf
+
+
+def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int, nprobe: int,
+               sdc: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The best `depth` candidates by code score over all segments: scores (nq, depth) in the
+    user's convention, segment index and local row (nq, depth) (-1 = empty), candidates scored."""
+    nq = x.shape[0]
+    plan = codec.plan(x, nprobe=nprobe, sdc=sdc)
+    parts_s, parts_r, parts_g = [], [], []
+    candidates = 0
+    for g, seg in enumerate(segments):
+        if seg.live == 0:
+            continue
+        s, r, c = seg.layout.scan(plan, min(depth, seg.live))
+        candidates += int(c)
+        parts_s.append(s)
+        parts_r.append(r)
+        parts_g.append(np.full(r.shape, g, dtype=np.int64))
+    if not parts_s:
+        empty = np.full((nq, depth), -1, dtype=np.int64)
+        return np.full((nq, depth), _worst(codec.metric), dtype=np.float32), empty, empty.copy(), 0
+    if len(parts_s) == 1 and parts_s[0].shape[1] == depth:
+        rows = parts_r[0]
+        return parts_s[0], np.where(rows >= 0, parts_g[0], -1), rows, candidates
+    scores = np.concatenate(parts_s, axis=1)
+    rows = np.concatenate(parts_r, axis=1)
+    seg_of = np.concatenate(parts_g, axis=1)
+    keys = np.full(rows.shape, -1, dtype=np.int64)
+    for g, seg in enumerate(segments):
+        at = (seg_of == g) & (rows >= 0)
+        if at.any():
+            keys[at] = seg.ids[rows[at]]
+    better = -scores if codec.metric == "l2" else scores
+    pick = (topk_positions_batch if nq >= PARALLEL_MIN_QUERIES else topk_positions)(
+        np.ascontiguousarray(better, dtype=np.float32), keys, depth)
+    valid = pick >= 0
+    safe = np.maximum(pick, 0)
+    out_s = np.where(valid, np.take_along_axis(scores, safe, 1), _worst(codec.metric)).astype(np.float32)
+    out_g = np.where(valid, np.take_along_axis(seg_of, safe, 1), -1)
+    out_r = np.where(valid, np.take_along_axis(rows, safe, 1), -1)
+    return out_s, out_g, out_r, candidates
+
+
+def _user_ids(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    ids = np.full(rows.shape, -1, dtype=np.int64)
+    for g in np.unique(seg_of[seg_of >= 0]):
+        at = seg_of == g
+        ids[at] = segments[int(g)].ids[rows[at]]
+    return ids
+
+
+def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
+            ids: np.ndarray, k: int, prefetch: bool | None) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Exact top-k of the shortlist, reading each dense file once (rows ascending)."""
+    nq = x.shape[0]
+    parallel = nq >= PARALLEL_MIN_QUERIES
+    reader_ix = np.full(rows.shape, -1, dtype=np.int64)
+    dense_row = np.full(rows.shape, -1, dtype=np.int64)
+    readers: list = []
+    slot: dict[int, int] = {}
+    for g in np.unique(seg_of[seg_of >= 0]):
+        seg = segments[int(g)]
+        at = seg_of == g
+        f, r = seg.dense_location(rows[at])
+        local_to_pool = np.array([slot.setdefault(id(rd), len(slot)) for rd in seg.dense], dtype=np.int64)
+        for rd in seg.dense:
+            if slot[id(rd)] == len(readers):
+                readers.append(rd)
+        reader_ix[at] = local_to_pool[f]
+        dense_row[at] = r
+    exact = np.zeros(rows.shape, dtype=np.float64)
+    rescore = dense_kernels.dense_rescore_batch if parallel else dense_kernels.dense_rescore
+    kind = _RESCORE[metric]
+    parts = [(j, np.where(reader_ix == j, dense_row, -1)) for j in range(len(readers))]
+    if prefetch if prefetch is not None else not parallel:
+        for j, local in parts:
+            readers[j].will_need(local[local >= 0])
+    n_rows = n_bytes = 0
+    for j, local in parts:
+        reader = readers[j]
+        n = int(rescore(x, reader.values, np.ascontiguousarray(local), kind, exact))
+        reader.note_read(n)
+        n_rows += n
+        n_bytes += n * reader.info.row_bytes
+    topk = dense_kernels.rerank_topk_batch if parallel else dense_kernels.rerank_topk
+    top_s, top_i = topk(exact, ids, k, metric == "l2")
+    return top_s, top_i, n_rows, n_bytes
+
+
+def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int,
+                    rerank: int, sdc: bool = False, prefetch: bool | None = None) -> SearchResult:
+    """Top-k of float32 queries `x` (already checked) over `segments` (see the module
+    docstring). `rerank` = 0: code scores; else the best `rerank` by code score re-scored
+    exactly. k and rerank may exceed the live rows: slots past them hold -1."""
+    nq = x.shape[0]
+    live = sum(s.live for s in segments)
+    depth = max(k, rerank)
+    scan_depth = max(1, min(depth, live))
+    if nq == 0 or live == 0:
+        scores = np.full((nq, k), _worst(metric), dtype=np.float32)
+        return SearchResult(scores, np.full((nq, k), -1, dtype=np.int64), SearchStats(0, 0))
+    scores, seg_of, rows, candidates = _shortlist(codec, segments, x, scan_depth, nprobe, sdc)
+    probes = nq * (min(nprobe, codec.nlist) if codec.ivf is not None else 1)
+    stats = SearchStats(candidates, probes)
+    ids = _user_ids(segments, seg_of, rows)
+    if not rerank:
+        out_s = np.full((nq, k), _worst(metric), dtype=np.float32)
+        out_i = np.full((nq, k), -1, dtype=np.int64)
+        w = min(k, scores.shape[1])
+        out_s[:, :w], out_i[:, :w] = scores[:, :w], ids[:, :w]
+        return SearchResult(out_s, out_i, stats)
+    top_s, top_i, n_rows, n_bytes = _rerank(metric, segments, x, seg_of, rows, ids, k, prefetch)
+    return SearchResult(top_s, top_i, stats._replace(rows_read=n_rows, bytes_read=n_bytes))

@@ -1,0 +1,213 @@
+"""Segments in RAM: each immutable segment file of a store becomes one `Segment` — its scan
+layout, its ids and dead rows, and where its rows' exact vectors live.
+
+A segment's layout is built once, when the segment is written (`Segment.from_arrays`) or
+first loaded (`load_segment`), and reused by every later version that still names the
+segment: a commit or `Store.refresh` loads only the segments it has not seen. Deletes apply
+at scan time: the layout marks dead rows in place (`CodeIndex.mark_dead`, O(rows deleted)),
+so a delete never rebuilds anything. Layout ids are row numbers within the segment; the
+user ids are `Segment.ids`, ascending in segments written since layout 2, so an id is found
+by binary search (`Segment.find`) without any extra index.
+
+Dense rows: a segment maps its rows onto one or more dense files (formats/FORMAT.md,
+"Segment kinds"): one to one when ``dense_map == "identity"``, else through the
+``dense_file``/``dense_row`` sections that merges write. Dense files are shared through a
+`DensePool`, so a file named by several versions (or segments) is mapped once.
+
+Memory per row: the layout (codes in scan order + 8 bytes of layout id), 8 bytes of user
+id, and 6 bytes of dense location in merged segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..formats import segment as sg
+from ..formats.body import SegmentRecord
+from ..formats.dense import DenseInfo, DenseReader
+from .codecs import Codec, CodeIndex
+from .errors import StoreCorrupted
+
+__all__ = ["DensePool", "Segment", "load_segment", "read_dead_rows", "read_codes"]
+
+
+class DensePool:
+    """The dense files a store has mapped, by name (one `DenseReader` per file)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.readers: dict[str, DenseReader] = {}
+
+    def get(self, info: DenseInfo) -> DenseReader:
+        reader = self.readers.get(info.file)
+        if reader is None or reader.info != info:
+            if reader is not None:
+                reader.close()
+            reader = self.readers[info.file] = DenseReader(self.directory, info)
+        return reader
+
+    def keep_only(self, names: set[str]) -> None:
+        for name in list(self.readers):
+            if name not in names:
+                self.readers.pop(name).close()
+
+    def close(self) -> None:
+        self.keep_only(set())
+
+
+@dataclass
+class Segment:
+    """One segment of a loaded version (see the module docstring)."""
+
+    rec: SegmentRecord
+    ids: np.ndarray                      # (rows,) int64 user ids; ascending when rec.sorted_ids
+    layout: CodeIndex
+    dense: list[DenseReader] = field(default_factory=list)
+    dense_file: np.ndarray | None = None  # (rows,) uint16 index into `dense` (None: one to one)
+    dense_row: np.ndarray | None = None   # (rows,) uint32 row within that file
+    dead: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # sorted local rows
+    id_order: np.ndarray | None = None    # argsort of ids for segments not sorted by id (layout 1)
+
+    @property
+    def serial(self) -> int:
+        return self.rec.serial
+
+    @property
+    def rows(self) -> int:
+        return self.rec.rows
+
+    @property
+    def live(self) -> int:
+        return self.rec.rows - int(self.dead.size)
+
+    def nbytes(self) -> int:
+        """Bytes of RAM this segment holds (layout, ids, dense map, dead rows)."""
+        extra = sum(a.nbytes for a in (self.ids, self.dead, self.dense_file, self.dense_row, self.id_order)
+                    if a is not None)
+        return int(self.layout.nbytes + extra)
+
+    def live_rows(self) -> np.ndarray:
+        """Row numbers of the live rows, ascending."""
+        if not self.dead.size:
+            return np.arange(self.rows, dtype=np.int64)
+        mask = np.ones(self.rows, dtype=bool)
+        mask[self.dead] = False
+        return np.flatnonzero(mask)
+
+    def is_dead(self, rows: np.ndarray) -> np.ndarray:
+        if not self.dead.size:
+            return np.zeros(rows.shape, dtype=bool)
+        pos = np.searchsorted(self.dead, rows)
+        return (pos < self.dead.size) & (self.dead[np.minimum(pos, self.dead.size - 1)] == rows)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Local row of each id if it is live here, else -1."""
+        out = np.full(ids.shape, -1, dtype=np.int64)
+        if not self.rows:
+            return out
+        inside = (ids >= self.rec.min_id) & (ids <= self.rec.max_id)
+        if not inside.any():
+            return out
+        keys = ids[inside]
+        sorted_ids = self.ids if self.id_order is None else self.ids[self.id_order]
+        pos = np.minimum(np.searchsorted(sorted_ids, keys), self.rows - 1)
+        hit = sorted_ids[pos] == keys
+        rows = pos if self.id_order is None else self.id_order[pos]
+        rows = np.where(hit, rows, -1)
+        rows[(rows >= 0) & self.is_dead(np.maximum(rows, 0))] = -1
+        out[inside] = rows
+        return out
+
+    def kill(self, rows: np.ndarray) -> None:
+        """Mark more rows dead (sorted unique local rows, none dead yet)."""
+        if rows.size:
+            self.layout.mark_dead(rows)
+            self.dead = np.union1d(self.dead, rows)
+
+    def dense_location(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `dense`, row within that file) of local rows (>= 0)."""
+        if self.dense_file is None:
+            return np.zeros(rows.shape, dtype=np.int64), rows.astype(np.int64)
+        return self.dense_file[rows].astype(np.int64), self.dense_row[rows].astype(np.int64)
+
+    @classmethod
+    def from_arrays(cls, rec: SegmentRecord, codec: Codec, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray,
+                    pool: DensePool | None, dense_file: np.ndarray | None = None,
+                    dense_row: np.ndarray | None = None) -> "Segment":
+        """The segment just written (or read): its layout built from the codes in hand."""
+        layout = codec.index(codes, lists, np.arange(rec.rows, dtype=np.int64), keep_rows=False)
+        dense = [pool.get(info) for info in rec.dense] if pool is not None else []
+        id_order = None
+        if not rec.sorted_ids and ids.size > 1 and not (np.diff(ids) > 0).all():
+            id_order = np.argsort(ids, kind="stable")
+        return cls(rec, ids, layout, dense, dense_file, dense_row, id_order=id_order)
+
+
+def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, np.ndarray]:
+    """The sections of a codes segment, checked against its record and the codec."""
+    path = directory / rec.file
+    with sg.open_segment(path, kind="codes") as f:
+        arrays = {name: f.read(name) for name in ("ids", "codes", "lists")}
+        if rec.dense_map == "sections":
+            for name in ("dense_file", "dense_row"):
+                if name not in f.sections:
+                    raise StoreCorrupted(f"{path}: expected section {name!r} (the record maps rows through it)")
+                arrays[name] = f.read(name)
+    ids, codes, lists = arrays["ids"], arrays["codes"], arrays["lists"]
+    n = rec.rows
+    if ids.dtype != np.int64 or ids.shape != (n,):
+        raise StoreCorrupted(f"{path}: expected ids int64 ({n},), found {ids.dtype} {ids.shape}")
+    if n and (ids.min() != rec.min_id or ids.max() != rec.max_id or ids.min() < 0):
+        raise StoreCorrupted(f"{path}: ids span {ids.min()}..{ids.max()}, the manifest says {rec.min_id}..{rec.max_id}")
+    if rec.sorted_ids and n > 1 and not (np.diff(ids) > 0).all():
+        raise StoreCorrupted(f"{path}: the manifest says its ids ascend, found them out of order or repeated")
+    size = codec.code_size
+    if codes.dtype != np.uint8 or codes.shape != (n, size):
+        raise StoreCorrupted(f"{path}: expected codes uint8 ({n}, {size}), found {codes.dtype} {codes.shape}")
+    if lists.dtype != np.int64 or lists.shape != (n,) or (lists.size and (lists.min() < 0 or lists.max() >= codec.nlist)):
+        raise StoreCorrupted(f"{path}: expected lists int64 ({n},) in [0, {codec.nlist})")
+    if rec.dense_map == "sections":
+        df, dr = arrays["dense_file"], arrays["dense_row"]
+        if df.dtype != np.uint16 or dr.dtype != np.uint32 or df.shape != (n,) or dr.shape != (n,):
+            raise StoreCorrupted(f"{path}: expected dense_file uint16 ({n},) and dense_row uint32 ({n},), found "
+                                 f"{df.dtype} {df.shape} and {dr.dtype} {dr.shape}")
+        if n and df.max() >= len(rec.dense):
+            raise StoreCorrupted(f"{path}: a row maps to dense file {int(df.max())}, the record names {len(rec.dense)}")
+        limits = np.array([d.rows for d in rec.dense], dtype=np.int64)
+        if n and (dr.astype(np.int64) >= limits[df]).any():
+            raise StoreCorrupted(f"{path}: a row maps beyond the end of its dense file")
+    return arrays
+
+
+def read_dead_rows(directory: Path, name: str, rows: int, serial: int | None = None) -> np.ndarray:
+    """A segment's deletion file: sorted unique row numbers in [0, rows). The file names the
+    segment it belongs to, so a manifest that hands it to another segment is caught."""
+    path = directory / name
+    arrays, meta = sg.read_segment(path, kind="deletes")
+    if serial is not None and meta.get("segment") != serial:
+        raise StoreCorrupted(f"{path}: holds the deleted rows of segment {meta.get('segment')!r}, the manifest "
+                             f"gives it to segment {serial}")
+    dead = arrays.get("rows")
+    if dead is None or dead.dtype != np.int64 or dead.ndim != 1:
+        raise StoreCorrupted(f"{path}: expected section 'rows' int64 (n,)")
+    if dead.size and (dead[0] < 0 or dead[-1] >= rows or not (np.diff(dead) > 0).all()):
+        raise StoreCorrupted(f"{path}: expected ascending unique rows in [0, {rows}), found others")
+    return dead
+
+
+def load_segment(directory: Path, rec: SegmentRecord, codec: Codec, pool: DensePool | None,
+                 dead: np.ndarray | None = None) -> Segment:
+    """Read a segment file and build its layout; `dead` (sorted local rows) marked dead."""
+    arrays = read_codes(directory, rec, codec)
+    seg = Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
+                              arrays.get("dense_file"), arrays.get("dense_row"))
+    if dead is None and rec.deletes is not None:
+        dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial)
+        if dead.size != rec.dead:
+            raise StoreCorrupted(f"{directory / rec.deletes}: holds {dead.size} rows, the manifest says {rec.dead}")
+    if dead is not None:
+        seg.kill(dead)
+    return seg

@@ -1,0 +1,388 @@
+"""What the store's writes do: train, add, delete, merge, compact — each one commit (or an
+add/delete followed by the merge commits the policy asks for), O(rows changed).
+
+Each function takes the open `Store` and its `WriterLock` (engine/commit.py), writes new
+files under fresh serials, publishes the next version and then updates the store's
+segments in RAM without rebuilding anything it already has:
+
+- `add` encodes the batch once (trains the codec first if needed), sorts it by id and
+  writes one codes segment and one dense file; its layout is built from the codes in hand.
+- `delete` writes, for each segment it touches, that segment's new deletion file (its dead
+  rows, cumulative); the rows are then marked dead in the segment's layout in place.
+- after either, `merge_due` runs the size-tiered policy (engine/merge.py) while it asks for
+  merges within the store's ``auto_merge_rows``, each merge a commit of its own.
+- `compact` merges everything the policy's size cap allows, in one commit.
+
+Garbage collection (the retention rule) follows every commit. A store read in layout 1
+(vecz 0.2) has its cumulative deletes file split into per-segment deletion files by its
+first commit. Consistency checks for `check_store` live here too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..formats import segment as sg
+from ..formats.body import SegmentRecord, StoreBody, body_files, data_file_name
+from ..formats.dense import check_dense, write_dense
+from . import merge
+from .codecs import Codec
+from .commit import WriterLock, collect_garbage, storage_errors
+from .errors import InvalidInput, StoreCorrupted, VeczError
+from .inputs import as_ids as _as_ids
+from .segments import Segment, read_dead_rows
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["AUTO_MERGE_ROWS", "add", "delete", "train", "compact", "merge_due", "read_legacy_deletes",
+           "dead_rows_of", "check_files", "check_dense_ids"]
+
+AUTO_MERGE_ROWS = merge.AUTO_MERGE_ROWS
+_MAX_ID = (1 << 63) - 1
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Serials:
+    """Fresh file serials for one commit, from the body's next_serial."""
+
+    def __init__(self, first: int) -> None:
+        self.next = first
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+
+def _publish(store: "Store", lock: WriterLock, body: StoreBody, files: list[str], operation: str) -> StoreBody:
+    version = store.version + 1
+    body = replace(body, version=version, parent=store.version, created=_now())
+    lock.publish(version, body.to_json(), files, operation)
+    store._body = body
+    return body
+
+
+def _after_commit(store: "Store", lock: WriterLock) -> None:
+    with storage_errors("collect garbage", store.path):
+        collect_garbage(lock)
+
+
+def _write_deletes(store: "Store", rec: SegmentRecord, dead: np.ndarray, serials: _Serials,
+                   files: list[str]) -> SegmentRecord:
+    """The record of `rec` with deletion file holding `dead` (written now; none if empty)."""
+    if not dead.size:
+        return replace(rec, deletes=None, dead=0)
+    name = data_file_name("del", serials.take())
+    with storage_errors("write a deletion file", store.path / name):
+        sg.write_segment(store.path / name, "deletes", {"rows": np.ascontiguousarray(dead, dtype=np.int64)},
+                         meta={"segment": rec.serial, "segment_file": rec.file})
+    files.append(name)
+    return replace(rec, deletes=name, dead=int(dead.size))
+
+
+def _base_body(store: "Store", lock: WriterLock, serials: _Serials, files: list[str]) -> StoreBody:
+    """The current body, with layout 1's cumulative deletes turned into per-segment files."""
+    body = store._body
+    if body.legacy_deletes is None:
+        return body
+    recs = [_write_deletes(store, seg.rec, seg.dead, serials, files) for seg in store._segments]
+    for seg, rec in zip(store._segments, recs):
+        seg.rec = rec
+    return replace(body, segments=tuple(recs), legacy_deletes=None, retain=8)
+
+
+def _fail(lock: WriterLock, files: list[str]) -> None:
+    lock.remove(files)
+
+
+def train(store: "Store", lock: WriterLock, sample: np.ndarray) -> None:
+    if store.n_rows:
+        raise InvalidInput(f"{store.path}: train needs an empty store (codes already written with the current "
+                           f"codec), found {store.n_rows} rows")
+    codec = Codec.from_config(store.codec.to_config())
+    codec.train(sample)
+    files: list[str] = []
+    try:
+        lock.check("train")
+        body = _with_codec(store, codec, store._body, files)
+        _publish(store, lock, body, files, "train")
+    except BaseException:
+        _fail(lock, files)
+        raise
+    store.codec = codec
+    _after_commit(store, lock)
+
+
+def _with_codec(store: "Store", codec: Codec, body: StoreBody, files: list[str]) -> StoreBody:
+    name = data_file_name("codec", store.version + 1)
+    with storage_errors("write the trained codec", store.path / name):
+        sg.write_segment(store.path / name, "codec", codec.state(), meta=codec.to_config())
+    files.append(name)
+    return replace(body, codec_config=codec.to_config(), codec_file=name)
+
+
+def _check_new_ids(store: "Store", ids: Any, n: int) -> np.ndarray:
+    if ids is None:
+        if store.next_id > _MAX_ID - n + 1:
+            raise InvalidInput(f"ids: automatic ids {store.next_id}.. for {n} rows exceed int64 (the store "
+                               f"holds id {store.next_id - 1}); expected explicit ids=")
+        return np.arange(store.next_id, store.next_id + n, dtype=np.int64)
+    new_ids = _as_ids(ids, "ids")
+    if new_ids.shape != (n,):
+        raise InvalidInput(f"ids: expected {n} ids (one per vector), found {new_ids.shape[0]}")
+    if new_ids.min() < 0:
+        raise InvalidInput(f"ids must be >= 0 (-1 marks an empty result slot), found {int(new_ids.min())}")
+    uniq, counts = np.unique(new_ids, return_counts=True)
+    if (counts > 1).any():
+        raise InvalidInput(f"ids: expected distinct ids, found {int(uniq[counts > 1][0])} "
+                           f"{int(counts.max())} times in the batch")
+    present = store._find(new_ids)[0] >= 0
+    if present.any():
+        raise InvalidInput(f"ids: expected ids not in the store, found id {int(new_ids[present][0])} "
+                           f"already in the store ({int(present.sum())} of the batch are); delete it first")
+    return new_ids
+
+
+def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
+    n = x.shape[0]
+    new_ids = _check_new_ids(store, ids, n)
+    if store.dense == "f16":
+        big = np.abs(x) > np.finfo(np.float16).max
+        if big.any():
+            raise InvalidInput(f"dense='f16' stores values up to 65504 in magnitude, found "
+                               f"{float(np.abs(x).max()):.6g} in row {int(np.argwhere(big)[0, 0])}")
+    codec = store.codec
+    trained_now = not codec.is_trained
+    prepared = codec._prepare(x, "vectors")  # normalised once for training and encoding
+    if trained_now:
+        codec = Codec.from_config(codec.to_config())._fit(prepared)
+    codes = codec._encode_prepared(prepared)
+    del prepared
+    order = None if n < 2 or (np.diff(new_ids) > 0).all() else np.argsort(new_ids, kind="stable")
+    seg_ids = new_ids if order is None else new_ids[order]
+    seg_codes = codes.codes if order is None else codes.codes[order]
+    seg_lists = codes.lists if order is None else codes.lists[order]
+    serials = _Serials(store._body.next_serial)
+    files: list[str] = []
+    try:
+        lock.check("add")
+        body = _base_body(store, lock, serials, files)
+        if trained_now:
+            body = _with_codec(store, codec, body, files)
+        serial = serials.take()
+        name = data_file_name("seg", serial)
+        with storage_errors("add: write the codes segment", store.path / name):
+            sg.write_segment(store.path / name, "codes", {"codes": seg_codes, "ids": seg_ids, "lists": seg_lists})
+        files.append(name)
+        dense = ()
+        if store.dense != "none":
+            dname = data_file_name("dense", serial)
+            with storage_errors("add: write the dense file", store.path / dname):
+                info = write_dense(store.path / dname, seg_ids, x if order is None else x[order], store.dense)
+            files.append(dname)
+            dense = (info,)
+        rec = SegmentRecord(serial, name, n, int(seg_ids[0]), int(seg_ids[-1]), dense, "identity", None, 0, True)
+        body = replace(body, segments=body.segments + (rec,), next_id=max(body.next_id, int(new_ids.max()) + 1),
+                       next_serial=serials.next, build=build_progress if build_progress is not None else body.build)
+        _publish(store, lock, body, files, "add")
+    except BaseException:
+        _fail(lock, files)
+        raise
+    store.codec = codec
+    pool = None if store.dense == "none" else store._pool
+    store._segments.append(Segment.from_arrays(rec, codec, seg_ids, seg_codes, seg_lists, pool))
+    _after_commit(store, lock)
+    _merge_quietly(store, lock)
+    return new_ids
+
+
+def delete(store: "Store", lock: WriterLock, ids: np.ndarray) -> int:
+    seg_of, rows = store._find(ids)
+    found = rows >= 0
+    if not found.any():
+        return 0
+    serials = _Serials(store._body.next_serial)
+    files: list[str] = []
+    changed: dict[int, np.ndarray] = {}
+    try:
+        lock.check("delete")
+        body = _base_body(store, lock, serials, files)
+        recs = list(body.segments)
+        for g in np.unique(seg_of[found]):
+            seg = store._segments[int(g)]
+            new = np.unique(rows[seg_of == g])
+            changed[int(g)] = new
+            recs[int(g)] = _write_deletes(store, recs[int(g)], np.union1d(seg.dead, new), serials, files)
+        body = replace(body, segments=tuple(recs), next_serial=serials.next)
+        _publish(store, lock, body, files, "delete")
+    except BaseException:
+        _fail(lock, files)
+        raise
+    for g, new in changed.items():
+        seg = store._segments[g]
+        seg.kill(new)
+        seg.rec = store._body.segments[g]
+    _after_commit(store, lock)
+    _merge_quietly(store, lock)
+    return int(found.sum())
+
+
+def _sizes(store: "Store") -> list[merge.SegmentSize]:
+    return [merge.SegmentSize(s.serial, s.rows, int(s.dead.size)) for s in store._segments]
+
+
+def _merge_groups(store: "Store", lock: WriterLock, groups: list[list[int]], operation: str,
+                  copy_dense_bytes: int) -> None:
+    """One commit replacing each group of segments (serials) by its merge."""
+    by_serial = {s.serial: s for s in store._segments}
+    serials = _Serials(store._body.next_serial)
+    files: list[str] = []
+    merged: dict[int, tuple[SegmentRecord | None, Segment | None]] = {}
+    try:
+        lock.check(operation)
+        body = _base_body(store, lock, serials, files)
+        pool = None if store.dense == "none" else store._pool
+        for group in groups:
+            sources = [by_serial[s] for s in group]
+            with storage_errors(f"{operation}: write a merged segment", store.path):
+                rec, written, seg = merge.merge_segments(store.path, store.codec, sources, serials.take(), store.dense,
+                                                         pool, copy_dense_bytes=copy_dense_bytes)
+            files += written
+            merged[group[0]] = (rec, seg)
+        dropped = {s for g in groups for s in g}
+        recs, segs = [], []
+        for seg, rec in zip(store._segments, body.segments):
+            if seg.serial in merged:
+                new_rec, new_seg = merged[seg.serial]
+                if new_rec is not None:
+                    recs.append(new_rec)
+                    segs.append(new_seg)
+            elif seg.serial not in dropped:
+                recs.append(rec)
+                segs.append(seg)
+        body = replace(body, segments=tuple(recs), next_serial=serials.next)
+        _publish(store, lock, body, files, operation)
+    except BaseException:
+        _fail(lock, files)
+        raise
+    store._segments = segs
+    if store.dense != "none":
+        store._pool.keep_only({d.file for s in segs for d in s.rec.dense})
+    _after_commit(store, lock)
+
+
+def merge_due(store: "Store", lock: WriterLock) -> int:
+    """Run the merges the policy asks for, within `store.auto_merge_rows` rows in all;
+    returns the rows rewritten."""
+    budget = store.auto_merge_rows
+    done = 0
+    while budget > 0:
+        group = merge.plan_merges(_sizes(store), auto_rows=budget)
+        if group is None:
+            break
+        rows = sum(s.rows for s in store._segments if s.serial in group)
+        _merge_groups(store, lock, [group], "merge", merge.SMALL_DENSE_BYTES)
+        done += rows
+        budget -= rows
+    return done
+
+
+def _merge_quietly(store: "Store", lock: WriterLock) -> None:
+    """The merges due after a commit that succeeded: a merge that fails (say, the disk
+    filled up) leaves the committed rows as they are and is retried after the next commit,
+    so it warns rather than making the add or delete look failed."""
+    try:
+        merge_due(store, lock)
+    except (VeczError, OSError) as exc:
+        warnings.warn(f"{store.path}: the merge after this commit failed and will be retried: {exc}",
+                      RuntimeWarning, stacklevel=3)
+
+
+def compact(store: "Store", lock: WriterLock) -> None:
+    groups = merge.plan_compaction(_sizes(store))
+    if groups:
+        _merge_groups(store, lock, groups, "compact", merge.DENSE_COPY_BYTES)
+
+
+# ---------------------------------------------------------------------------- loading helpers
+
+
+def read_legacy_deletes(directory: Path, body: StoreBody) -> dict[int, np.ndarray]:
+    """Layout 1's cumulative deletes file as dead rows per segment serial."""
+    path = directory / body.legacy_deletes
+    arrays, _ = sg.read_segment(path, kind="deletes")
+    rows = arrays.get("rows")
+    if rows is None or rows.dtype != np.int64 or rows.ndim != 2 or rows.shape[1] != 2:
+        raise StoreCorrupted(f"{path}: expected section 'rows' int64 (n, 2)")
+    sizes = {s.serial: s.rows for s in body.segments}
+    out = {}
+    for serial in np.unique(rows[:, 0]):
+        dead = np.unique(rows[rows[:, 0] == serial, 1])
+        if int(serial) not in sizes or (dead.size and (dead[0] < 0 or dead[-1] >= sizes[int(serial)])):
+            raise StoreCorrupted(f"{path}: deleted rows name a segment or row the manifest lacks")
+        out[int(serial)] = dead
+    return out
+
+
+def dead_rows_of(directory: Path, rec: SegmentRecord, legacy: dict[int, np.ndarray]) -> np.ndarray:
+    if rec.deletes is None:
+        return legacy.get(rec.serial, np.empty(0, dtype=np.int64))
+    dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial)
+    if dead.size != rec.dead:
+        raise StoreCorrupted(f"{directory / rec.deletes}: holds {dead.size} rows, the manifest says {rec.dead}")
+    return dead
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def check_files(path: Path, body: StoreBody) -> list[str]:
+    """Checksums of every file a version names (never raises)."""
+    problems = []
+    seen: set[str] = set()
+    for name in sorted(body_files(body)):
+        if not name.startswith("dense-"):
+            problems += sg.check_segment(path / name)
+    for seg in body.segments:
+        for info in seg.dense:
+            if info.file not in seen:
+                seen.add(info.file)
+                problems += check_dense(path, info)
+    return problems
+
+
+def check_dense_ids(store: "Store") -> list[str]:
+    """Each row's dense vector is stored under the same id as its code (never raises)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    problems = []
+    for seg in store._segments:
+        if not seg.dense:
+            continue
+        try:
+            dense_ids = []
+            for reader in seg.dense:
+                with pa.memory_map(str(reader.path)) as source:
+                    dense_ids.append(ipc.open_file(source).get_batch(0).column(0).to_numpy())
+            f, r = seg.dense_location(np.arange(seg.rows))
+            got = np.empty(seg.rows, dtype=np.int64)
+            for j, ids in enumerate(dense_ids):
+                at = f == j
+                got[at] = ids[r[at]]
+            bad = np.flatnonzero(got != seg.ids)
+            if bad.size:
+                problems.append(f"{store.path / seg.rec.file}: row {int(bad[0])} has id {int(seg.ids[bad[0]])} but its "
+                                f"dense vector is stored under id {int(got[bad[0]])} ({bad.size} rows differ)")
+        except (VeczError, pa.ArrowException, OSError, IndexError) as exc:
+            problems.append(f"{store.path / seg.rec.file}: dense ids do not read: {exc}")
+    return problems

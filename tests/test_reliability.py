@@ -1,0 +1,412 @@
+"""What an unlucky or hostile user could still break, each with real processes where
+processes matter: the writer's identity (lock and directory), resumable builds, file
+descriptors, FIFOs in a store, a full disk, long-lived writers, hostile sizes and
+magnitudes, manifests that lie with valid checksums, a damaged newest manifest."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vecz import Store, check_store
+from vecz.engine.cli import EXIT_STORAGE, main
+from vecz.errors import (
+    InvalidInput,
+    StorageError,
+    StoreCorrupted,
+    StoreLocked,
+    StoreMoved,
+    TooLarge,
+)
+from vecz.formats import manifest as mf
+
+DIM = 16
+
+
+def _data(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def _run(code: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh process (the same interpreter and Numba cache)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+# --------------------------------------------------------------------------- writer identity
+
+
+def test_the_lock_lives_on_the_directory_and_cannot_be_deleted(tmp_path):
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(_data(20))
+        assert not (path / "LOCK").exists()  # nothing at rest for a cleanup script to delete
+        out = _run("""
+            import sys
+            from vecz import Store
+            from vecz.errors import StoreLocked
+            try:
+                Store.open(sys.argv[1], mode="a")
+            except StoreLocked as exc:
+                print("locked:", exc)
+            """, str(path))
+        assert f"locked: {path}: another writer holds the store (pid {os.getpid()})" in out.stdout, out
+        with pytest.raises(StoreLocked):
+            Store.open(path, mode="a")
+        w.add(_data(5, seed=1))  # the holder still writes
+    with Store.open(path, mode="a") as w2:  # released by close
+        assert len(w2) == 25
+
+
+def test_a_writer_whose_directory_moved_stops_and_harms_neither_store(tmp_path):
+    path, moved = tmp_path / "s", tmp_path / "moved"
+    w = Store.create(path, dim=DIM, codec="SQ8")
+    w.add(_data(30))
+    committed = w.version
+    path.rename(moved)
+    with Store.create(path, dim=DIM, codec="SQ8") as other:  # a new store where the old one was
+        other.add(_data(7, seed=2))
+    for call in (lambda: w.add(_data(3, seed=3)), lambda: w.delete([0]), w.compact):
+        with pytest.raises(StoreMoved, match="moved, replaced or removed"):
+            call()
+    w.close()
+    with Store.open(path) as s:
+        assert len(s) == 7 and check_store(path) == []
+    with Store.open(moved) as s:
+        assert len(s) == 30 and s.version == committed and check_store(moved) == []
+
+
+def test_a_writer_whose_directory_was_removed_stops(tmp_path):
+    path = tmp_path / "s"
+    w = Store.create(path, dim=DIM, codec="SQ8")
+    w.add(_data(10))
+    shutil.rmtree(path)
+    with pytest.raises(StoreMoved):
+        w.add(_data(2))
+    w.close()
+    assert not path.exists()
+
+
+# --------------------------------------------------------------------------- resumable builds
+
+
+def _manifests(path: Path) -> int:
+    return len(mf.list_versions(path)) if path.exists() else 0
+
+
+def test_a_killed_build_resumes_where_it_stopped(tmp_path):
+    x = _data(6000, seed=4)
+    src = tmp_path / "base.npy"
+    np.save(src, x)
+    store = tmp_path / "s"
+    cmd = [sys.executable, "-m", "vecz", "build", str(src), str(store), "--codec", "SQ8", "--batch-rows", "500",
+           "--train-size", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once a few batches are in
+        rows_done = 0
+        try:
+            build = mf.read_manifest(store).get("build") if _manifests(store) else None
+            rows_done = build["rows_done"] if build else 0
+        except Exception:  # noqa: BLE001 (the store may be mid-creation)
+            pass
+        if rows_done >= 1500 or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with Store.open(store) as s:
+        done = s.build_record["rows_done"]
+        assert 0 < done < 6000 and len(s) == done, (done, len(s))
+    # the same command continues after the committed rows, once each
+    assert main(cmd[3:]) == 0
+    with Store.open(store) as s:
+        np.testing.assert_array_equal(s.ids(), np.arange(6000))
+        np.testing.assert_array_equal(s.get([0, done - 1, done, 5999]), x[[0, done - 1, done, 5999]])
+        assert s.build_record["rows_done"] == 6000
+    assert main(cmd[3:]) == 0  # and again: nothing left to add
+    with Store.open(store) as s:
+        assert len(s) == 6000
+    # --append refuses options that contradict the store
+    assert main(["build", str(src), str(store), "--append", "--metric", "l2"]) == 2
+
+
+def test_a_build_killed_before_its_first_commit_does_not_block_a_rerun(tmp_path):
+    src = tmp_path / "base.npy"
+    np.save(src, _data(300))
+    store = tmp_path / "s"
+    Store.create(store, dim=DIM, codec="SQ8").close()  # what a build killed after create leaves
+    assert main(["build", str(src), str(store), "--codec", "SQ8"]) == 0
+    with Store.open(store) as s:
+        assert len(s) == 300
+
+
+# --------------------------------------------------------------------------- descriptors, FIFOs
+
+
+def test_file_descriptors_do_not_grow_with_segments(tmp_path):
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.auto_merge_rows = 0  # keep every segment: 300 segments, 600 data files
+        for i in range(300):
+            w.add(_data(2, seed=i))
+        assert w.info()["segments"] == 300
+    out = _run("""
+        import resource, sys
+        import numpy as np
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        from vecz import Store, check_store
+        with Store.open(sys.argv[1]) as s:
+            res = s.search(np.ones((3, 16), np.float32), 5, rerank=50)
+            print("search", (res.ids >= 0).all(), len(s))
+        print("check", check_store(sys.argv[1]))
+        with Store.open(sys.argv[1], mode="a") as w:
+            w.compact()
+            print("compact", w.info()["segments"])
+        """, str(path))
+    assert out.returncode == 0, out.stderr
+    assert "search True 600" in out.stdout and "check []" in out.stdout and "compact 1" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("victim", ["dense", "manifest"])
+def test_a_fifo_in_the_store_is_refused_not_waited_on(tmp_path, victim):
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(_data(10))
+    name = "dense-000000000001.arrow" if victim == "dense" else mf.manifest_name(mf.list_versions(path)[-1])
+    (path / name).unlink()
+    os.mkfifo(path / name)
+    out = _run("""
+        import sys
+        from vecz import Store, check_store
+        from vecz.errors import StoreCorrupted
+        try:
+            Store.open(sys.argv[1])
+        except StoreCorrupted as exc:
+            print("refused:", exc)
+        print("check:", check_store(sys.argv[1]))
+        """, str(path), timeout=60)
+    assert "not a regular file" in out.stdout and "found a FIFO" in out.stdout, out
+    for cmd in (["info", str(path)], ["check", str(path)]):
+        got = subprocess.run([sys.executable, "-m", "vecz", *cmd], capture_output=True, text=True, timeout=60)
+        assert got.returncode != 0 and "FIFO" in got.stdout + got.stderr, got
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+_DISK_FULL = """
+    import os, resource, signal, sys
+    import numpy as np
+    from vecz import Store
+    from vecz.errors import StorageError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)    # writes past the limit fail with EFBIG
+    path = sys.argv[1]
+    x = np.random.default_rng(0).standard_normal((4000, 16)).astype(np.float32)
+    with Store.create(path, dim=16, codec="SQ8") as w:
+        w.add(x[:100])
+        before = sorted(os.listdir(path))
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, hard))   # room for small files only
+        for attempt in range(2):
+            try:
+                w.add(x[100:4000])
+                print("add succeeded")
+            except StorageError as exc:
+                print("add StorageError", exc.errno, "|", exc)
+            print("files unchanged", sorted(os.listdir(path)) == before, "version", w.version, "live", len(w))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))    # space is back: the same writer retries
+        w.add(x[100:4000])
+        print("retry live", len(w))
+"""
+
+
+def test_a_full_disk_fails_the_commit_cleanly_and_the_same_writer_retries(tmp_path):
+    out = _run(_DISK_FULL, str(tmp_path / "s"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout
+    # EFBIG (what a file-size limit gives; ENOSPC takes the same path), the operation and path named
+    assert lines.count("add StorageError 27 | add: write the codes segment:") == 2, lines
+    assert "seg-000000000002.vzs: File too large; nothing of this operation is committed" in lines
+    assert lines.count("files unchanged True version 2 live 100") == 2, lines  # no partial file, twice
+    assert "retry live 4000" in lines, lines
+    assert check_store(tmp_path / "s") == []
+
+
+def test_vecz_build_on_a_full_disk_exits_3_and_says_what_is_committed(tmp_path):
+    src = tmp_path / "base.npy"
+    np.save(src, _data(3000, seed=5))
+    store = tmp_path / "s"
+    # the disk fills up at the third dense file the build writes (ENOSPC from the OS layer)
+    code = f"""
+        import errno, sys
+        import vecz.engine.writes as writes
+        real, calls = writes.write_dense, []
+        def full(*args, **kw):
+            calls.append(1)
+            if len(calls) >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+            return real(*args, **kw)
+        writes.write_dense = full
+        from vecz.engine.cli import main
+        sys.exit(main(["build", "{src}", "{store}", "--codec", "SQ8", "--batch-rows", "500", "--train-size", "500"]))
+    """
+    out = _run(code)
+    assert out.returncode == EXIT_STORAGE, (out.returncode, out.stderr)
+    assert "storage error: add: write the dense file:" in out.stderr and "(disk full)" in out.stderr, out.stderr
+    assert "1,000 of 3,000 rows of" in out.stderr and "are committed" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    with Store.open(store) as s:
+        assert len(s) == 1000
+    assert main(["build", str(src), str(store), "--codec", "SQ8", "--batch-rows", "500", "--train-size", "500"]) == 0
+    with Store.open(store) as s:
+        np.testing.assert_array_equal(s.ids(), np.arange(3000))
+
+
+def test_os_errors_are_typed_with_the_path(tmp_path, monkeypatch):
+    with Store.create(tmp_path / "s", dim=DIM, codec="SQ8") as w:
+        w.add(_data(10))
+        import errno
+
+        real = os.fsync
+
+        def refuse(fd):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(os, "fsync", refuse)
+        with pytest.raises(StorageError, match=r"add: .*: Read-only file system \(read-only file system\)"):
+            w.add(_data(3, seed=1))
+        monkeypatch.setattr(os, "fsync", real)
+        assert len(w) == 10
+        w.add(_data(3, seed=1))
+        assert len(w) == 13
+
+
+# --------------------------------------------------------------------------- long-lived writers
+
+
+def test_a_long_lived_writer_does_not_grow_files_with_commits(tmp_path):
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(_data(4000))
+        sizes = []
+        for i in range(200):
+            w.delete(np.arange(i * 10, i * 10 + 10))
+            if i in (20, 199):
+                sizes.append((len(os.listdir(path)), sum(p.stat().st_size for p in path.iterdir())))
+        assert len(mf.list_versions(path)) <= w.retain
+    (files_20, bytes_20), (files_199, bytes_199) = sizes
+    assert files_199 <= files_20 + 4 and bytes_199 <= 2 * bytes_20, sizes
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+def test_k_and_rerank_are_clamped_to_the_live_rows(tmp_path):
+    with Store.create(tmp_path / "s", dim=DIM, codec="SQ8") as s:
+        s.add(_data(1000))
+        res = s.search(_data(2, seed=1), 10**9, rerank=10**9)
+        assert res.ids.shape == (2, 1000) and (res.ids >= 0).all()
+        res = s.search(_data(2, seed=1), 1200, rerank=10**9)  # small enough to pad like faiss
+        assert res.ids.shape == (2, 1200) and (res.ids[:, 1000:] == -1).all()
+
+
+@pytest.mark.parametrize("spec, dim, size", [("IVF999999999,RB1", 384, "GiB"), ("RB1", 65536, "16.0 GiB")])
+def test_specs_whose_state_cannot_be_allocated_are_refused_at_create(tmp_path, spec, dim, size):
+    with pytest.raises(TooLarge, match=size):
+        Store.create(tmp_path / "s", dim=dim, codec=spec)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_magnitudes_whose_scores_overflow_are_refused(tmp_path, metric):
+    with Store.create(tmp_path / "s", dim=DIM, codec="Flat", metric=metric) as s:
+        x = _data(5)
+        x[3] *= 1e30
+        with pytest.raises(InvalidInput, match="norms below 1e\\+15 .* in row 3"):
+            s.add(x)
+        s.add(_data(5))
+        with pytest.raises(InvalidInput, match="queries: expected vector norms"):
+            s.search(_data(1) * 1e20, 1)
+
+
+# --------------------------------------------------------------------------- lying manifests
+
+
+def _reseal(path: Path, change) -> None:
+    version = mf.list_versions(path)[-1]
+    body = mf.read_manifest(path, version)
+    change(body)
+    (path / mf.manifest_name(version)).unlink()
+    mf.write_manifest(path, version, body)
+
+
+def _two_segments(path: Path) -> None:
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.auto_merge_rows = 0
+        w.add(_data(20), ids=np.arange(20))
+        w.add(_data(20, seed=1), ids=np.arange(100, 120))
+        w.delete([3, 105])
+
+
+def test_swapped_dense_records_are_found_by_check(tmp_path):
+    path = tmp_path / "s"
+    _two_segments(path)
+
+    def swap(b):
+        a, c = b["segments"]
+        a["dense"], c["dense"] = c["dense"], a["dense"]
+    _reseal(path, swap)
+    problems = check_store(path)
+    assert any("dense vector is stored under id" in p for p in problems), problems
+
+
+def test_swapped_deletion_files_are_refused(tmp_path):
+    path = tmp_path / "s"
+    _two_segments(path)
+
+    def swap(b):
+        a, c = b["segments"]
+        a["deletes"], c["deletes"] = c["deletes"], a["deletes"]
+    _reseal(path, swap)
+    with pytest.raises(StoreCorrupted, match="holds the deleted rows of segment"):
+        Store.open(path)
+    assert check_store(path)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda b: b.update(next_id=50), "next_id"),
+    (lambda b: b.update(next_serial=2), "next_serial"),
+    (lambda b: b["segments"][0].update(file="seg-000000000007.vzs"), "names the codes file"),
+    (lambda b: b["segments"][1].update(min_id=0), "ids span"),
+])
+def test_inconsistent_manifests_are_refused(tmp_path, change, match):
+    path = tmp_path / "s"
+    _two_segments(path)
+    _reseal(path, change)
+    with pytest.raises(StoreCorrupted, match=match):
+        Store.open(path)
+    assert check_store(path)
+
+
+def test_a_damaged_newest_manifest_names_the_newest_version_that_opens(tmp_path):
+    path = tmp_path / "s"
+    _two_segments(path)
+    newest = mf.list_versions(path)[-1]
+    data = bytearray((path / mf.manifest_name(newest)).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (path / mf.manifest_name(newest)).write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupted, match=rf"newest version that opens is {newest - 1}: Store.open\("):
+        Store.open(path)
+    with Store.open(path, version=newest - 1) as s:
+        assert len(s) == 40
