@@ -33,6 +33,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Hostile environments: cases that need real processes, signals, a full disk or a crafted
+# store, tested in their own files; listed here so docs/bad-input.md names them all, and a
+# test below checks every named test exists.
+HOSTILE: list[tuple[str, str, str]] = [
+    ("the lock file deleted while a writer runs", "nothing to delete: the lock is an flock on the store directory; "
+     "a second writer gets `StoreLocked` naming the holder's pid", "tests/test_reliability.py::test_the_lock_lives_on_the_directory_and_cannot_be_deleted"),
+    ("the store renamed and a new one created at its path", "the old writer's next commit raises `StoreMoved`; "
+     "both stores open", "tests/test_reliability.py::test_a_writer_whose_directory_moved_stops_and_harms_neither_store"),
+    ("the store directory removed under a writer", "`StoreMoved` before any write",
+     "tests/test_reliability.py::test_a_writer_whose_directory_was_removed_stops"),
+    ("`vecz build` killed (SIGKILL) mid-way", "re-running the same command resumes after the last committed batch",
+     "tests/test_reliability.py::test_a_killed_build_resumes_where_it_stopped"),
+    ("`vecz build` killed before its first commit", "a re-run starts over in the same directory",
+     "tests/test_reliability.py::test_a_build_killed_before_its_first_commit_does_not_block_a_rerun"),
+    ("thousands of segments under `ulimit -n`", "open file descriptors do not grow with segments",
+     "tests/test_reliability.py::test_file_descriptors_do_not_grow_with_segments"),
+    ("a FIFO where a dense file or manifest should be", "`StoreCorrupted` (not a regular file, found a FIFO), never a hang",
+     "tests/test_reliability.py::test_a_fifo_in_the_store_is_refused_not_waited_on"),
+    ("disk full (ENOSPC) inside a commit", "`StorageError` with the path; no partial file; the same writer retries",
+     "tests/test_reliability.py::test_a_full_disk_fails_the_commit_cleanly_and_the_same_writer_retries"),
+    ("disk full during `vecz build`", "exit 3, the rows committed on stderr",
+     "tests/test_reliability.py::test_vecz_build_on_a_full_disk_exits_3_and_says_what_is_committed"),
+    ("EROFS / EACCES from the OS", "`StorageError` naming the operation and the path",
+     "tests/test_reliability.py::test_os_errors_are_typed_with_the_path"),
+    ("a long-lived writer making many commits", "files and per-commit cost stay bounded (merges, retention)",
+     "tests/test_reliability.py::test_a_long_lived_writer_does_not_grow_files_with_commits"),
+    ("k or rerank of 10**9 on a small store", "clamped to the live rows",
+     "tests/test_reliability.py::test_k_and_rerank_are_clamped_to_the_live_rows"),
+    ("a manifest re-sealed with two segments' dense records swapped", "`vecz check` reports the dense ids that "
+     "differ from the segment's", "tests/test_reliability.py::test_swapped_dense_records_are_found_by_check"),
+    ("a manifest re-sealed with deletion files swapped", "`StoreCorrupted`",
+     "tests/test_reliability.py::test_swapped_deletion_files_are_refused"),
+    ("a manifest re-sealed with inconsistent next_id / next_serial / names", "`StoreCorrupted`",
+     "tests/test_reliability.py::test_inconsistent_manifests_are_refused"),
+    ("a damaged newest manifest", "the error names the newest version that opens",
+     "tests/test_reliability.py::test_a_damaged_newest_manifest_names_the_newest_version_that_opens"),
+    ("fork after a search (os.fork, multiprocessing pool)", "the child searches like the parent (TBB threading layer)",
+     "tests/test_fork.py::test_fork_pool_searches_like_parent"),
+    ("SIGKILL at every step of a commit, merge or pruning", "exactly the last committed version opens",
+     "tests/test_crash.py"),
+]
+
+
+def test_every_hostile_case_names_a_test_that_exists():
+    root = Path(__file__).resolve().parents[1]
+    for _, _, where in HOSTILE:
+        path, _, name = where.partition("::")
+        text = (root / path).read_text()
+        assert not name or re.search(rf"^def {re.escape(name)}\(", text, re.M), where
+
+
 if __name__ == "__main__":  # run as a script: the Numba cache directory pytest uses (conftest.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import conftest  # noqa: F401
@@ -52,6 +103,7 @@ from vecz.engine.errors import (
     InvalidInput,
     StoreLocked,
     StoreNotFound,
+    TooLarge,
     VeczError,
 )
 
@@ -246,6 +298,10 @@ CASES: list[Case] = [
          CodecSpecError, r"'PQ16x8': M=16 sub-quantizers exceed the 8 coded dims"),
     Case("4-bit PQ beyond 512 sub-quantizers", "Store.create(codec, dim)", _create(dim=1024, codec="PQ600x4"),
          CodecSpecError, r"'PQ600x4': 4-bit PQ supports at most 512 sub-quantizers"),
+    Case("IVF lists beyond what RAM can hold", "Store.create(codec)", _create(codec="IVF999999999,RB1"), TooLarge,
+         r"needs 59\.6 GiB of trained arrays; expected at most 2 GiB"),
+    Case("RB rotation beyond what RAM can hold", "Store.create(codec, dim)", _create(dim=65536, codec="RB1"),
+         TooLarge, r"'RB1' on 65536 dims needs 16\.0 GiB of trained arrays; expected at most 2 GiB"),
     Case("rotation unknown", "Store.create(rotation)", _create(rotation="pca"), InvalidInput,
          r"rotation must be 'itq' or 'random', found 'pca'"),
     Case("seed negative", "Store.create(seed)", _create(seed=-1), InvalidInput,
@@ -278,6 +334,11 @@ CASES: list[Case] = [
            rf"vectors must be float16/32/64, found dtype {_dtype_of(arr)}") for label, arr in BAD_DTYPES],
     Case("vectors with NaN", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 2, 5, np.nan)), InvalidInput,
          r"vectors: expected finite values, found nan in row 2, column 5"),
+    Case("l2 vectors whose scores overflow float32", "Store.add(vectors)", lambda e: e.nodense.add(x4 * np.float32(1e30)),
+         InvalidInput, r"vectors: expected vector norms below 1e\+15 \(l2 scores must stay finite in float32\), found"),
+    Case("l2 queries whose scores overflow float32", "Store.search(queries)",
+         lambda e: e.nodense.search(Q * np.float32(1e30), 5), InvalidInput,
+         r"queries: expected vector norms below 1e\+15 \(l2 scores must stay finite in float32\), found"),
     Case("vectors with +inf", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 1, 0, np.inf)), InvalidInput,
          r"vectors: expected finite values, found inf in row 1, column 0"),
     Case("float64 vectors with -inf", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 3, 9, -np.inf, np.float64)),
@@ -1049,6 +1110,15 @@ def print_table(out=sys.stdout) -> None:
             work.mkdir()
             p(f"| {edge.name} | {edge.entry} | {_cell(edge.check(work))} |")
         env.close()
+    p()
+    p("## Hostile environments")
+    p()
+    p("Cases that need real processes, signals, a full disk or a crafted store; each is run by the test named.")
+    p()
+    p("| case | what happens | test |")
+    p("| --- | --- | --- |")
+    for case, what, where in HOSTILE:
+        p(f"| {case} | {what} | `{where}` |")
 
 
 if __name__ == "__main__":
