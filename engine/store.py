@@ -43,7 +43,7 @@ from ..formats import segment as sg
 from ..formats.body import DENSE_CHOICES, FORMAT_ID, StoreBody, body_files, data_file_name, parse_body
 from ..formats.dense import check_dense
 from . import writes
-from .codecs import METRICS, RB, Codec, SearchResult, _as_vectors
+from .codecs import METRICS, Codec, SearchResult, _as_vectors
 from .commit import WriterLock, collect_garbage, storage_errors
 from .errors import (
     CodecSpecError,
@@ -491,7 +491,7 @@ class Store:
             rerank = 0 if self.dense == "none" else max(50, 5 * k)
         if not isinstance(sdc, (bool, np.bool_)):
             raise InvalidInput(f"sdc: expected True or False, found {sdc!r}")
-        if sdc and not isinstance(self.codec.quantizer, RB):
+        if sdc and not self.codec.quantizer.has_sdc:
             raise InvalidInput(f"sdc=True needs an RB codec, found {self.spec!r}")
         if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 0:
             raise InvalidInput(f"rerank must be an integer >= 0, found {rerank!r}")

@@ -87,3 +87,44 @@ def test_compaction_packs_segments_up_to_the_cap():
     assert groups == [[1, 2], [4, 5]]
     assert all(sum(s.live for s in sizes if s.serial in g) <= cap for g in groups)
     assert plan_compaction([SegmentSize(1, 10, 0)]) == []
+
+
+# ------------------------------------------------------------------ the store's segments
+
+
+def _layouts(store) -> dict[int, object]:
+    return {seg.serial: seg.layout for seg in store._segments}
+
+
+def test_commits_and_refresh_reuse_every_layout_they_already_have(tmp_path):
+    """A commit builds the new segment's layout only; a delete marks rows dead in the
+    layout it already has; a reader's refresh loads only segments it has not seen."""
+    import numpy as np
+
+    from vecz import Store
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3 * merge.BASE_ROWS, 16)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=16, metric="l2", codec="IVF4,PQ4x8", dense="f16") as w:
+        w.auto_merge_rows = 0  # no merges: this test is about reuse across plain commits
+        w.add(x[: merge.BASE_ROWS])
+        w.add(x[merge.BASE_ROWS : 2 * merge.BASE_ROWS])
+        reader = Store.open(tmp_path / "s")
+        before_w, before_r = _layouts(w), _layouts(reader)
+        w.add(x[2 * merge.BASE_ROWS :])
+        after = _layouts(w)
+        assert len(after) == 3 and all(after[s] is before_w[s] for s in before_w)
+        reader.refresh()
+        seen = _layouts(reader)
+        assert len(seen) == 3 and all(seen[s] is before_r[s] for s in before_r)
+        want = w.search(x[:5], 5, rerank=0)
+        w.delete([0, 1, merge.BASE_ROWS])           # rows of the first two segments
+        assert all(_layouts(w)[s] is after[s] for s in after)
+        reader.refresh()
+        assert all(_layouts(reader)[s] is seen[s] for s in seen)
+        res = reader.search(x[:5], 5, rerank=0)
+        assert not np.isin(res.ids, [0, 1, merge.BASE_ROWS]).any()
+        # the rows that were not deleted keep their ranks
+        kept = [[i for i in row if i not in (0, 1, merge.BASE_ROWS)] for row in want.ids.tolist()]
+        assert all(r[: len(k)] == k for r, k in zip(res.ids.tolist(), kept))
+        reader.close()
