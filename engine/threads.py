@@ -7,7 +7,9 @@ scheduler tick. Small batches gain nothing from threads, so `Codec.plan`,
 `CodeIndex.scan` and `CodeIndex.search` each run under `query_threads(nq, ...)`: fewer than
 `SERIAL_BLAS_QUERIES` queries run their BLAS products on one thread, fewer than the
 index's ``PARALLEL_MIN_QUERIES`` their Numba batch drivers on the calling thread. Both
-scopes give the caller back exactly the settings it had.
+scopes give the caller back exactly the settings it had. The outermost scope also holds
+`parallel_region`, so an ``os.fork`` on another thread waits until the call's parallel
+regions are done (a fork inside a TBB region can leave the child hung).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import threading
 from typing import Any
 
 import numba
+
+from .parallel import parallel_region
 
 __all__ = ["SERIAL_BLAS_QUERIES", "query_threads"]
 
@@ -92,19 +96,26 @@ class query_threads:
     scopes `Codec.plan` and `CodeIndex.scan` open inside it cost next to nothing.
     """
 
-    __slots__ = ("_blas", "_threads", "_serial", "_outer")
+    __slots__ = ("_blas", "_threads", "_serial", "_outer", "_region")
 
     def __init__(self, nq: int, parallel_min: int) -> None:
         self._blas = _SerialBlas() if nq < SERIAL_BLAS_QUERIES else None
         self._serial = nq < parallel_min
         self._threads = 0
         self._outer = False
+        self._region = parallel_region(True)
 
     def __enter__(self) -> "query_threads":
         if getattr(_local, "active", False):
             return self  # inside another scope on this thread: it holds the policy
+        # a fork on another thread waits for this call's parallel regions (engine/parallel.py)
+        self._region.__enter__()
         if self._blas is not None:
-            self._blas.__enter__()
+            try:
+                self._blas.__enter__()
+            except BaseException:
+                self._region.__exit__(None, None, None)
+                raise
         if self._serial:
             try:
                 self._threads = numba.get_num_threads()
@@ -112,6 +123,7 @@ class query_threads:
             except BaseException:
                 if self._blas is not None:
                     self._blas.__exit__(None, None, None)
+                self._region.__exit__(None, None, None)
                 raise
         self._outer = _local.active = True
         return self
@@ -124,5 +136,8 @@ class query_threads:
             if self._serial:
                 numba.set_num_threads(self._threads)
         finally:
-            if self._blas is not None:
-                self._blas.__exit__(*exc)
+            try:
+                if self._blas is not None:
+                    self._blas.__exit__(*exc)
+            finally:
+                self._region.__exit__(*exc)

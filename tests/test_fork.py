@@ -83,7 +83,6 @@ def _store_child(mode: str, path: str) -> dict[str, Any]:
     import multiprocessing
 
     from vecz import Store
-    from vecz.engine.parallel import parallel_region
 
     _STORE = Store.open(path)
     ref = _search()
@@ -116,10 +115,9 @@ def _store_child(mode: str, path: str) -> dict[str, Any]:
 
         def run() -> None:
             while not stop.is_set():
-                # what the engine is asked to do inside search (report): until it does, a
-                # fork landing inside a TBB region leaves ~3% of children hung
-                with parallel_region(True):
-                    searches.append(_search() == ref)
+                # the engine holds parallel_region inside each search (engine/threads.py),
+                # so the forks below wait for the search's regions to end
+                searches.append(_search() == ref)
 
         t = threading.Thread(target=run)
         t.start()
