@@ -80,6 +80,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -307,9 +308,13 @@ def ensure_gt(args, fp: str, base_path: Path, q_path: Path, sizes: list[int]) ->
     """Exact top-100 ids per size, all sizes in one streaming pass over the base, cached."""
     data = base_path.parent
     out, missing = {}, []
+    # a cache older than the data (base.json is written when base.npy is complete) belongs to
+    # rows generated before: same model, but e.g. another BLAS thread count rounds a few f16
+    # values differently, and a stale 1M file agreed with the exact top-10 on 97.8% only
+    made = (data / "base.json").stat().st_mtime
     for n in sizes:
         p = data / f"gt-{n}-q{args.nq}.npz"
-        if p.exists():
+        if p.exists() and p.stat().st_mtime > made:
             with np.load(p) as f:
                 if str(f["fingerprint"]) == fp:
                     out[n] = f["ids"]
@@ -415,17 +420,46 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
+def _hwm_kib(pid: int) -> int:
+    """VmHWM (peak resident set, KiB) of a live process, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def run_child(argv: list[str], threads: int, log_file: Path) -> tuple[int, str, float, int]:
-    """Run a process; returns (exit code, stdout, wall seconds, peak RSS bytes from wait4)."""
+    """Run a process; returns (exit code, stdout, wall seconds, peak RSS bytes).
+
+    The peak is the child's own VmHWM, polled every 50 ms while it runs. Not wait4's
+    ru_maxrss: Python starts children with vfork, and at exec Linux folds the high-water mark
+    of the mm the child had until then (the parent's, here holding gigabytes of the data
+    file's mapped pages) into the child's ru_maxrss, which reported 16 GiB for a build whose
+    own peak was a few."""
     t0 = time.perf_counter()
+    peak = [0]
     with open(log_file, "ab") as err:
         err.write(f"\n$ {' '.join(argv)}\n".encode())
         err.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=child_env(threads), cwd=str(REPO))
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _hwm_kib(proc.pid))
+                done.wait(0.05)
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
         out = proc.stdout.read().decode()
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out, time.perf_counter() - t0, usage.ru_maxrss * 1024
+        proc.wait()
+        done.set()
+        watcher.join()
+    return proc.returncode, out, time.perf_counter() - t0, peak[0] * 1024
 
 
 def last_json(text: str) -> dict:
