@@ -1130,3 +1130,18 @@ def test_degenerate_training_data_gives_no_nan(kind, quant, prefix):
             scores, ids = index.search(x[:10], k, nprobe=codec.nlist, sdc=sdc)
             assert (ids >= 0).all(), f"{spec} {metric} sdc={sdc}: lost vectors {ids}"
             assert np.isfinite(scores).all(), f"{spec} {metric} sdc={sdc}: scores {scores}"
+
+
+@pytest.mark.parametrize("spec", ["RB1", "IVF16,RB2", "PQ12x8", "IVF8,PQ24x4", "IVF4,SQ4", "MRL64,RB1"])
+def test_chunked_encoding_gives_the_codes_of_one_pass(spec, monkeypatch):
+    """`Codec.encode` codes rows in chunks of ENCODE_CHUNK_BYTES: the chunking is invisible."""
+    import vecz.engine.codecs as codecs_module
+
+    x = np.random.default_rng(5).standard_normal((5000, 96)).astype(np.float32)
+    codec = Codec(spec, 96, "l2")
+    codec.train(x[:2000])
+    whole = codec.encode(x)
+    monkeypatch.setattr(codecs_module, "ENCODE_CHUNK_BYTES", 1)  # 1,024-row chunks, a ragged last one
+    chunked = codec.encode(x)
+    np.testing.assert_array_equal(chunked.codes, whole.codes)
+    np.testing.assert_array_equal(chunked.lists, whole.lists)
