@@ -356,6 +356,7 @@ class _NpySource(VectorSource):
                 f"found {have} bytes after the header ({'truncated' if need > have else 'trailing bytes'})"
             )
         super().__init__(path, "npy", n, dim, dtype.newbyteorder("="))
+        self._file_dtype, self._offset, self._fortran = dtype, offset, fortran
         self._mm: np.ndarray | None
         if n == 0:
             self._mm = np.empty((0, dim), dtype)
@@ -394,13 +395,28 @@ class _NpySource(VectorSource):
         return start, it()
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
-        """See `VectorSource.sample`: the chosen rows are read from the map directly."""
+        """See `VectorSource.sample`: the chosen rows are read from the file directly, one
+        `pread` each (C order). Not through the memory map: each fault there maps the 64 KiB
+        around it (the kernel's fault-around), so 131,072 rows drawn from a 15 GB file left
+        7 GB of the file resident in the process."""
         if self.n <= n:
             return self.read_all()[0]
         if self._mm is None:
             raise InvalidInput(f"{self.path}: the vector source is closed")
         rows = np.sort(np.random.default_rng(seed).choice(self.n, n, replace=False))
-        return self._copy(rows)
+        if self._fortran:
+            return self._copy(rows)
+        out = np.empty((n, self.dim), dtype=self._file_dtype)
+        row_bytes = self.dim * self._file_dtype.itemsize
+        flat = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb") as f:
+            fd = f.fileno()
+            for j, r in enumerate(rows.tolist()):
+                got = os.preadv(fd, [flat[j * row_bytes:(j + 1) * row_bytes]], self._offset + r * row_bytes)
+                if got != row_bytes:
+                    raise FormatError(f"{self.path}: row {r} is cut short ({got} of {row_bytes} bytes); "
+                                      f"the file shrank while it was read")
+        return _owned(out, self.out_dtype)
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray | None]:
         """All rows at once (one copy from the memory map); see `VectorSource.read_all`."""

@@ -538,3 +538,30 @@ def test_write_results_errors_and_atomicity(tmp_path, monkeypatch):
         write_results(target, ids, scores)
     assert target.read_bytes() == b"previous results"
     assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npy-fortran", "npy-big-endian", "npy-f16", "fvecs", "parquet"])
+def test_sample_draws_distinct_rows_from_the_whole_source_in_file_order(tmp_path, fmt):
+    x = _data(n=3000, seed=9)
+    if fmt == "npy-f16":
+        x = x.astype(np.float16)
+    path = tmp_path / ("a.fvecs" if fmt == "fvecs" else "a.parquet" if fmt == "parquet" else "a.npy")
+    if fmt == "fvecs":
+        write_fvecs(path, x)
+    elif fmt == "parquet":
+        write_parquet(path, _table(x))
+    else:
+        np.save(path, np.asfortranarray(x) if fmt == "npy-fortran" else x.astype(">f4") if fmt == "npy-big-endian" else x)
+    with open_vectors(path) as src:
+        got = src.sample(700, seed=3)
+        again = src.sample(700, seed=3)
+        other = src.sample(700, seed=4)
+        everything = src.sample(5000, seed=3)
+    np.testing.assert_array_equal(got, again)                  # seeded
+    assert not np.array_equal(got, other)
+    assert got.shape == (700, x.shape[1])
+    np.testing.assert_array_equal(everything, x.astype(everything.dtype))  # n >= rows: all of them
+    # each sampled row is a distinct row of the source, in file order, from all over the file
+    lookup = {row.tobytes(): i for i, row in enumerate(x.astype(got.dtype))}
+    where = np.array([lookup[row.tobytes()] for row in got])
+    assert (np.diff(where) > 0).all() and where[0] < 300 and where[-1] > 2700
