@@ -473,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `vecz` command line; returns the exit code (2 on bad input)."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="vecz", description="compressed vector storage")
+    parser = argparse.ArgumentParser(
+        prog="vecz", description="compressed vector storage",
+        epilog=f"exit codes: {EXIT_OK} ok; {EXIT_DAMAGE} vecz check found damage; {EXIT_INPUT} bad input, option, "
+               f"spec or file, or a store locked by another writer or moved away; {EXIT_STORAGE} the operating "
+               f"system refused a read or write (disk full, read-only, permissions): what is committed stays")
     parser.add_argument("--version", action="version", version=f"vecz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("codecs", help="list the codec stages and their bytes per vector")
