@@ -41,8 +41,6 @@ from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained
 from .inputs import as_matrix
 from .layout import CodeIndex, QueryPlan, ScanResult, SearchResult, SearchStats, plan_rows
 from .quantizers import F16, PQ, RB, SQ, Flat, Quantizer
-from .quantizers import RB_FACTOR_BYTES  # noqa: F401 (importable from here, as before)
-from .threads import SERIAL_BLAS_QUERIES, _SerialBlas  # noqa: F401 (importable from here, as before)
 from .threads import query_threads
 
 __all__ = [

@@ -25,6 +25,7 @@ from ..kernels import dense as dense_kernels
 from ..kernels.topk import topk_positions, topk_positions_batch
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
+from .threads import query_threads
 
 __all__ = ["search_segments", "PARALLEL_MIN_QUERIES"]
 
@@ -37,35 +38,33 @@ def _worst(metric: str) -> float:
 
 
 def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int, nprobe: int,
-               sdc: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+               sdc: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """The best `depth` candidates by code score over all segments: scores (nq, depth) in the
-    user's convention, segment index and local row (nq, depth) (-1 = empty), candidates scored."""
+    user's convention, segment index, local row and user id (nq, depth) (-1 = empty), and the
+    candidates scored."""
     nq = x.shape[0]
     plan = codec.plan(x, nprobe=nprobe, sdc=sdc)
-    parts_s, parts_r, parts_g = [], [], []
+    parts_s, parts_r, parts_g, parts_k = [], [], [], []
     candidates = 0
     for g, seg in enumerate(segments):
         if seg.live == 0:
             continue
         s, r, c = seg.layout.scan(plan, min(depth, seg.live))
         candidates += int(c)
+        found = r >= 0
         parts_s.append(s)
         parts_r.append(r)
-        parts_g.append(np.full(r.shape, g, dtype=np.int64))
+        parts_g.append(np.where(found, g, -1))
+        parts_k.append(np.where(found, seg.ids[np.maximum(r, 0)], -1))  # user ids: the merge's tie key
     if not parts_s:
         empty = np.full((nq, depth), -1, dtype=np.int64)
-        return np.full((nq, depth), _worst(codec.metric), dtype=np.float32), empty, empty.copy(), 0
+        return np.full((nq, depth), _worst(codec.metric), dtype=np.float32), empty, empty.copy(), empty.copy(), 0
     if len(parts_s) == 1 and parts_s[0].shape[1] == depth:
-        rows = parts_r[0]
-        return parts_s[0], np.where(rows >= 0, parts_g[0], -1), rows, candidates
+        return parts_s[0], parts_g[0], parts_r[0], parts_k[0], candidates
     scores = np.concatenate(parts_s, axis=1)
     rows = np.concatenate(parts_r, axis=1)
     seg_of = np.concatenate(parts_g, axis=1)
-    keys = np.full(rows.shape, -1, dtype=np.int64)
-    for g, seg in enumerate(segments):
-        at = (seg_of == g) & (rows >= 0)
-        if at.any():
-            keys[at] = seg.ids[rows[at]]
+    keys = np.concatenate(parts_k, axis=1)
     better = -scores if codec.metric == "l2" else scores
     pick = (topk_positions_batch if nq >= PARALLEL_MIN_QUERIES else topk_positions)(
         np.ascontiguousarray(better, dtype=np.float32), keys, depth)
@@ -74,15 +73,8 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
     out_s = np.where(valid, np.take_along_axis(scores, safe, 1), _worst(codec.metric)).astype(np.float32)
     out_g = np.where(valid, np.take_along_axis(seg_of, safe, 1), -1)
     out_r = np.where(valid, np.take_along_axis(rows, safe, 1), -1)
-    return out_s, out_g, out_r, candidates
-
-
-def _user_ids(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    ids = np.full(rows.shape, -1, dtype=np.int64)
-    for g in np.unique(seg_of[seg_of >= 0]):
-        at = seg_of == g
-        ids[at] = segments[int(g)].ids[rows[at]]
-    return ids
+    out_k = np.where(valid, np.take_along_axis(keys, safe, 1), -1)
+    return out_s, out_g, out_r, out_k, candidates
 
 
 def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
@@ -135,15 +127,17 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
     if nq == 0 or live == 0:
         scores = np.full((nq, k), _worst(metric), dtype=np.float32)
         return SearchResult(scores, np.full((nq, k), -1, dtype=np.int64), SearchStats(0, 0))
-    scores, seg_of, rows, candidates = _shortlist(codec, segments, x, scan_depth, nprobe, sdc)
-    probes = nq * (min(nprobe, codec.nlist) if codec.ivf is not None else 1)
-    stats = SearchStats(candidates, probes)
-    ids = _user_ids(segments, seg_of, rows)
-    if not rerank:
-        out_s = np.full((nq, k), _worst(metric), dtype=np.float32)
-        out_i = np.full((nq, k), -1, dtype=np.int64)
-        w = min(k, scores.shape[1])
-        out_s[:, :w], out_i[:, :w] = scores[:, :w], ids[:, :w]
-        return SearchResult(out_s, out_i, stats)
-    top_s, top_i, n_rows, n_bytes = _rerank(metric, segments, x, seg_of, rows, ids, k, prefetch)
+    # One thread policy for the whole search: plan, the scan of every segment and the
+    # re-rank (their own scopes nest inside it at no cost), instead of one scope per call.
+    with query_threads(nq, PARALLEL_MIN_QUERIES):
+        scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, scan_depth, nprobe, sdc)
+        probes = nq * (min(nprobe, codec.nlist) if codec.ivf is not None else 1)
+        stats = SearchStats(candidates, probes)
+        if not rerank:
+            out_s = np.full((nq, k), _worst(metric), dtype=np.float32)
+            out_i = np.full((nq, k), -1, dtype=np.int64)
+            w = min(k, scores.shape[1])
+            out_s[:, :w], out_i[:, :w] = scores[:, :w], ids[:, :w]
+            return SearchResult(out_s, out_i, stats)
+        top_s, top_i, n_rows, n_bytes = _rerank(metric, segments, x, seg_of, rows, ids, k, prefetch)
     return SearchResult(top_s, top_i, stats._replace(rows_read=n_rows, bytes_read=n_bytes))

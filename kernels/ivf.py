@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch
-from .kmeans import kmeans_assign
+from .kmeans import float_order_key, kmeans_assign
 from .topk import topk_init, topk_push, topk_sort
 
 __all__ = ["ivf_assign", "ivf_layout", "ivf_probe"]
@@ -34,7 +34,7 @@ def _similarity(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray
 @jit
 def _argmax_rows(sim, out, start):
     """First argmax of each row of sim into out[start + i], as an integer min over
-    (-key << 32 | j), key the int32 that orders like the float (see kmeans._argmin_rows):
+    (-key << 32 | j), key = `kmeans.float_order_key` of the value:
     by value descending, then index; it vectorises where a compare-and-keep loop does not."""
     n, k = sim.shape
     row = np.empty(k, dtype=np.float32)
@@ -44,9 +44,7 @@ def _argmax_rows(sim, out, start):
             row[j] = sim[i, j] + np.float32(0.0)  # -0.0 -> +0.0
         best = np.int64(0x7FFFFFFFFFFFFFFF)
         for j in range(k):
-            b = bits[j]
-            key = b ^ np.int32(0x7FFFFFFF) if b < 0 else b
-            best = min(best, (-np.int64(key) << 32) | j)
+            best = min(best, (-np.int64(float_order_key(bits[j])) << 32) | j)
         out[start + i] = best & 0xFFFFFFFF
 
 

@@ -21,7 +21,7 @@ from numba import prange
 from ._jit import jit, jit_batch_fast, jit_fast
 
 __all__ = ["kmeans_fit", "kmeans_assign", "kmeans_pp_init", "kmeans_assign_small", "kmeans_assign_small_batch",
-           "nearest_column", "BLAS_MIN_DIM", "PARALLEL_MIN_WORK", "KMEANS_TOL"]
+           "nearest_column", "float_order_key", "BLAS_MIN_DIM", "PARALLEL_MIN_WORK", "KMEANS_TOL"]
 
 # Below this width a jitted loop beats a BLAS call plus an argmin pass over (n, k).
 BLAS_MIN_DIM = 24
@@ -103,6 +103,14 @@ def kmeans_assign_small_batch(x, centroids):
 
 
 @jit
+def float_order_key(b):
+    """The int32 bits b of a float32 (not -0.0) as an int32 that orders like the float: the
+    magnitude bits of negatives flipped. NaN sorts after +inf. (key << 32 | index) then
+    orders by value, then index, in one integer min that vectorises."""
+    return b ^ np.int32(0x7FFFFFFF) if b < 0 else b
+
+
+@jit
 def _argmin_rows(g, c_norms, x_norms, labels, dists, start):
     """Row-wise first argmin of g[i, j] + c_norms[j] into labels[start + i], with the
     squared distance max(min + x_norms[i], 0) into dists[start + i]: one pass over the block
@@ -120,9 +128,7 @@ def _argmin_rows(g, c_norms, x_norms, labels, dists, start):
             row[j] = (g[i, j] + c_norms[j]) + np.float32(0.0)  # -0.0 -> +0.0
         best = np.int64(0x7FFFFFFFFFFFFFFF)
         for j in range(k):
-            b = bits[j]
-            key = b ^ np.int32(0x7FFFFFFF) if b < 0 else b
-            best = min(best, (np.int64(key) << 32) | j)
+            best = min(best, (np.int64(float_order_key(bits[j])) << 32) | j)
         best_j = best & 0xFFFFFFFF
         labels[start + i] = best_j
         dists[start + i] = max(row[best_j] + x_norms[i], np.float32(0.0))
