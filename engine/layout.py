@@ -247,13 +247,14 @@ class CodeIndex:
         self._sizes = np.diff(self.offsets)  # rows per list: the candidates of a probe
         self.n = codes.shape[0]
         self.ids = np.ascontiguousarray(ids[order])
-        self.codes = np.ascontiguousarray(codes[order])
         # RB's row factors and bits (kept with keep_rows, for symmetric scoring) and the
         # popcount words derived from the bits on the first sdc=True scan
         self.factors: np.ndarray | None = None
         self.bits: np.ndarray | None = None
         self.words: np.ndarray | None = None
-        layout = codec.quantizer.build_layout(self.codes, self.ids, self.offsets, codec.width, keep_rows)
+        # the quantizer lays the codes out from input order (no list-ordered copy first)
+        codes = np.asarray(codes, dtype=np.uint8)
+        layout = codec.quantizer.build_layout(codes, order, self.ids, self.offsets, codec.width, keep_rows)
         for name, array in layout.items():
             setattr(self, name, array)
         self._n_dead = 0

@@ -13,8 +13,9 @@ spec strings into them and drives them; each carries its own behaviour on plain 
   uint8 (n, code_size), ``decode(codes, state, width) -> residuals`` float32 (n, width).
   Residuals are r = x - c for the quantizers with ``residual = True`` (PQ, RB, SQ: c is the
   IVF centroid or the training mean), x itself for F16 and Flat.
-- ``build_layout(codes, ids, offsets, width, keep_rows)``: the scan layout of codes ordered
-  by IVF list, as named arrays that `vecz.engine.layout.CodeIndex` holds: row codes with
+- ``build_layout(codes, order, ids, offsets, width, keep_rows)``: the scan layout of codes
+  (n, code_size) in input order, laid out in IVF list order (``codes[order]``, whose ids
+  are `ids` and lists start at `offsets`), as named arrays that `vecz.engine.layout.CodeIndex` holds: row codes with
   their ids (PQ x8, SQ, F16, Flat), or 4-bit fast-scan blocks with ids per block row, -1 on
   padding (PQ x4, and RB whose sign bytes are two 4-bit sub-codes each).
 - ``tables(tq, bias, state, ...)``: the per-query tables of a `QueryPlan` (float lookup
@@ -52,6 +53,13 @@ Tables = dict[str, np.ndarray]
 
 def _no_codes(code_size: int) -> np.ndarray:
     return np.empty((0, code_size), dtype=np.uint8)
+
+
+def _in_input_order(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Ids given in list order back in input order (the layout kernels gather by `order`)."""
+    out = np.empty_like(ids)
+    out[order] = ids
+    return out
 
 
 def _permuted(order: np.ndarray | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -96,11 +104,12 @@ class Quantizer:
     def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
         raise NotImplementedError
 
-    def build_layout(self, codes: np.ndarray, ids: np.ndarray, offsets: np.ndarray, width: int,
-                     keep_rows: bool) -> dict[str, np.ndarray]:
-        """Scan layout of codes (n, code_size) and ids (n,) ordered by list (`offsets`):
-        arrays by the `CodeIndex` attribute that holds them."""
-        return {"codes": codes, "ids": ids}
+    def build_layout(self, codes: np.ndarray, order: np.ndarray, ids: np.ndarray, offsets: np.ndarray,
+                     width: int, keep_rows: bool) -> dict[str, np.ndarray]:
+        """Scan layout of codes (n, code_size) in input order, in list order ``codes[order]``
+        (lists at `offsets`, ids (n,) already in that order): arrays by the `CodeIndex`
+        attribute that holds them."""
+        return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
 
     def table_bytes(self, width: int) -> int:
         """Float bytes of one query's table (the unit of `CodeIndex.TABLE_BUDGET`)."""
@@ -175,11 +184,13 @@ class PQ(Quantizer):
         sub = codes if self.nbits == 8 else pq.pq4_unpack(codes, self.m)
         return pq.pq_decode(sub, state["pq_books"], width)
 
-    def build_layout(self, codes, ids, offsets, width, keep_rows):
+    def build_layout(self, codes, order, ids, offsets, width, keep_rows):
         if self.nbits == 8:
-            return {"codes": codes, "ids": ids}
-        # The blocked layout replaces the row codes: one copy of the codes in RAM.
-        blocks, block_ids, block_offsets = fastscan.fs_layout(pq.pq4_unpack(codes, self.m), ids, offsets)
+            return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
+        # The blocked layout replaces the row codes: one copy of the codes in RAM. Packed
+        # 4-bit codes are already the fast scan's byte pairs.
+        blocks, block_ids, block_offsets, _ = fastscan.fs_layout_packed(codes, (self.m + 1) // 2, order,
+                                                                        _in_input_order(ids, order), offsets)
         return {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS,
                 "blocks": blocks, "block_ids": block_ids, "block_offsets": block_offsets}
 
@@ -253,19 +264,21 @@ class RB(Quantizer):
         bits, factors = self.split_codes(codes, width)
         return binary.rb_decode(bits, factors, width) @ state["rb_rotation"].T
 
-    def build_layout(self, codes, ids, offsets, width, keep_rows):
-        # One copy of the bits, in fast-scan blocks. The popcount words for symmetric
-        # scoring are derived on the first sdc=True scan, from the row bits when kept.
-        bits, factors = self.split_codes(codes, width)
-        blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
-        block_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
+    def build_layout(self, codes, order, ids, offsets, width, keep_rows):
+        # One copy of the bits, in fast-scan blocks: a sign byte is two 4-bit sub-codes
+        # (`binary.rb_nibbles`), already the fast scan's byte pair. The popcount words for
+        # symmetric scoring are derived on the first sdc=True scan, from the row bits when kept.
+        n_bytes = self.levels * binary.rb_nbytes(width)
+        factors = np.ascontiguousarray(codes[:, n_bytes : n_bytes + RB_FACTOR_BYTES]).view("<f4")
+        blocks, block_ids, block_offsets, block_factors = fastscan.fs_layout_packed(
+            codes, n_bytes, order, _in_input_order(ids, order), offsets, factors)
         out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS, "blocks": blocks,
                "block_ids": block_ids, "block_offsets": block_offsets, "block_factors": block_factors,
                # (max g, min g, min |r|^2) of each block, 12 bytes per 32 rows: the scan skips a
                # block whose best possible score cannot enter the top-k
                "block_bounds": fastscan.fs_block_bounds(block_factors, block_ids)}
         if keep_rows:
-            out["factors"], out["bits"] = factors, bits
+            out["bits"], out["factors"] = self.split_codes(np.ascontiguousarray(codes[order]), width)
         return out
 
     def table_bytes(self, width: int) -> int:
@@ -377,10 +390,11 @@ class _Dense(Quantizer):
     def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
         return codes.view(self.row_dtype).astype(np.float32)
 
-    def build_layout(self, codes, ids, offsets, width, keep_rows):
+    def build_layout(self, codes, order, ids, offsets, width, keep_rows):
         # F16 rows go to the kernel as their uint16 bit patterns (Numba has no float16)
         view = "<u2" if self.row_dtype == "<f2" else self.row_dtype
-        return {"codes": np.ascontiguousarray(codes.view(view).reshape(codes.shape[0], width)), "ids": ids}
+        rows = np.ascontiguousarray(codes[order])
+        return {"codes": rows.view(view).reshape(codes.shape[0], width), "ids": ids}
 
     def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
         return {"qs": np.ascontiguousarray(tq[:, None, :])}, bias

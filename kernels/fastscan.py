@@ -50,6 +50,7 @@ __all__ = [
     "LANES",
     "HAS_SHUFFLE",
     "fs_layout",
+    "fs_layout_packed",
     "fs_quantize_lut",
     "fs_block_accumulate",
     "fs_block_accumulate_range",
@@ -659,6 +660,58 @@ def fs_layout(codes: np.ndarray, ids: np.ndarray, list_offsets: np.ndarray):
     pairs = padded[:, 0::2] | (padded[:, 1::2] << 4)  # (rows, n_pairs)
     blocks = np.ascontiguousarray(pairs.reshape(total, BLOCK, n_pairs).transpose(0, 2, 1))
     return blocks, block_ids, block_offsets
+
+
+@jit_batch
+def _scatter_blocks(packed, n_pairs, order, ids, values, list_offsets, block_offsets, block_list, blocks, block_ids,
+                    block_values):
+    # block b of list l holds rows (b - block_offsets[l]) * BLOCK + lane of that list
+    for b in prange(block_list.shape[0]):
+        lst = block_list[b]
+        first = list_offsets[lst] + (b - block_offsets[lst]) * BLOCK
+        n_rows = min(BLOCK, list_offsets[lst + 1] - first)
+        for lane in range(n_rows):
+            row = order[first + lane]
+            for j in range(n_pairs):
+                blocks[b, j, lane] = packed[row, j]
+            block_ids[b * BLOCK + lane] = ids[row]
+            for c in range(values.shape[1]):
+                block_values[b * BLOCK + lane, c] = values[row, c]
+
+
+def fs_layout_packed(packed: np.ndarray, n_pairs: int, order: np.ndarray, ids: np.ndarray,
+                     list_offsets: np.ndarray, values: np.ndarray | None = None):
+    """`fs_layout` and `fs_row_values` in one parallel pass, from codes already packed in
+    pairs (byte j = sub-code 2j | sub-code 2j + 1 << 4: `pq.pq4_pack`, RB's sign bytes) and
+    in input order: row ``order[i]`` is the i-th row of the list order (`ivf.ivf_layout`).
+
+    packed uint8 (n, >= n_pairs) (only the first n_pairs columns are read), ids (n,) and
+    values float32 (n, c) in input order. Returns blocks, block_ids, block_offsets (as
+    `fs_layout` of the unpacked ``packed[order]`` with ``ids[order]``) and block_values
+    float32 (n_blocks * 32, c) (as `fs_row_values` of ``values[order]``; padding rows zero).
+    """
+    packed = np.asarray(packed, dtype=np.uint8)
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    list_offsets = np.ascontiguousarray(list_offsets, dtype=np.int64)
+    if values is None:
+        values = np.empty((packed.shape[0], 0), dtype=np.float32)
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if packed.ndim != 2 or packed.shape[1] < n_pairs or order.shape[0] != packed.shape[0]:
+        raise ValueError(f"expected packed codes (n, >= {n_pairs}) and order (n,), found {packed.shape} and "
+                         f"{order.shape}")
+    sizes = np.diff(list_offsets)
+    n_blocks_list = -(-sizes // BLOCK)
+    block_offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(n_blocks_list, out=block_offsets[1:])
+    total = int(block_offsets[-1])
+    block_list = np.repeat(np.arange(len(sizes), dtype=np.int64), n_blocks_list)
+    blocks = np.zeros((total, n_pairs, BLOCK), dtype=np.uint8)
+    block_ids = np.full(total * BLOCK, -1, dtype=np.int64)
+    block_values = np.zeros((total * BLOCK, values.shape[1]), dtype=np.float32)
+    _scatter_blocks(packed, n_pairs, order, ids, values, list_offsets, block_offsets, block_list, blocks, block_ids,
+                    block_values)
+    return blocks, block_ids, block_offsets, block_values
 
 
 @jit

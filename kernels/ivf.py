@@ -65,12 +65,27 @@ def ivf_assign(x: np.ndarray, centroids: np.ndarray, metric: str, block: int = 8
     return out
 
 
+@jit
+def _counting_order(lists, nlist, order, offsets):
+    # a counting sort: stable, O(n + nlist) (argsort's merge sort took ~1 s per 10M rows)
+    for i in range(lists.shape[0]):
+        offsets[lists[i] + 1] += 1
+    for j in range(nlist):
+        offsets[j + 1] += offsets[j]
+    fill = offsets[:-1].copy()
+    for i in range(lists.shape[0]):
+        lst = lists[i]
+        order[fill[lst]] = i
+        fill[lst] += 1
+
+
 def ivf_layout(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
-    lists = np.asarray(lists, dtype=np.int64)
-    order = np.argsort(lists, kind="stable")
-    counts = np.bincount(lists, minlength=nlist)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    if lists.size and (lists.min() < 0 or lists.max() >= nlist):
+        raise ValueError(f"list numbers must lie in [0, {nlist}), found {lists.min()}..{lists.max()}")
+    order = np.empty(lists.shape[0], dtype=np.int64)
     offsets = np.zeros(nlist + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    _counting_order(lists, nlist, order, offsets)
     return order, offsets
 
 

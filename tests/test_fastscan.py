@@ -697,3 +697,29 @@ def test_code_index_list_major_search_unchanged(spec, metric, monkeypatch):
         np.testing.assert_array_equal(got.ids, ref.ids)
         np.testing.assert_array_equal(got.scores, ref.scores)
         assert got.stats == ref.stats
+
+
+@SETTINGS
+@given(n=st.integers(0, 150), m=st.integers(1, 9), nlist=st.integers(1, 6), n_values=st.integers(0, 2),
+       extra=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+def test_packed_layout_equals_the_unpacked_one(n, m, nlist, n_values, extra, seed):
+    # fs_layout_packed (one parallel pass from packed codes in input order, used by the
+    # store) must equal the reference layout of the unpacked codes in list order, and
+    # fs_row_values of the values; `extra` trailing code bytes (RB factors) are ignored.
+    rng = np.random.default_rng(seed)
+    sub = rng.integers(0, 16, size=(n, m)).astype(np.uint8)
+    packed = np.concatenate([pq.pq4_pack(sub), rng.integers(0, 256, size=(n, extra)).astype(np.uint8)], axis=1)
+    lists = rng.integers(0, nlist, size=n)
+    order = np.argsort(lists, kind="stable")
+    offsets = np.zeros(nlist + 1, dtype=np.int64)
+    np.cumsum(np.bincount(lists, minlength=nlist), out=offsets[1:])
+    ids = rng.permutation(3 * n + 1)[:n].astype(np.int64)
+    values = rng.normal(size=(n, n_values)).astype(np.float32)
+    blocks, block_ids, block_offsets, block_values = fastscan.fs_layout_packed(
+        packed, (m + 1) // 2, order, ids, offsets, values if n_values else None)
+    ref_blocks, ref_ids, ref_offsets = fs_layout_ref(sub[order], ids[order], offsets)
+    np.testing.assert_array_equal(blocks, ref_blocks)
+    np.testing.assert_array_equal(block_ids, ref_ids)
+    np.testing.assert_array_equal(block_offsets, ref_offsets)
+    np.testing.assert_array_equal(block_values, fastscan.fs_row_values(values[order], block_ids.shape[0], offsets))
+    assert block_values.shape == (block_ids.shape[0], n_values)
