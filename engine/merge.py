@@ -97,7 +97,7 @@ def plan_compaction(sizes: list[SegmentSize]) -> list[list[int]]:
 
 
 def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial: int, dense_dtype: str,
-                   pool: DensePool | None, *, copy_dense_bytes: int) -> tuple[SegmentRecord | None, list[str], Segment | None]:
+                   pool: DensePool | None, *, copy_dense_bytes: int, build: bool = True) -> tuple[SegmentRecord | None, list[str], Segment | None]:
     """Write one segment holding the live rows of `sources`, sorted by id.
 
     Dense rows are copied into a new file when the dense files the sources use hold at most
@@ -162,4 +162,5 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
         raise
     files.append(name)
     rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0, True)
-    return rec, files, Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row)
+    return rec, files, Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row,
+                                           directory=directory, build=build)

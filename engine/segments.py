@@ -1,9 +1,13 @@
 """Segments in RAM: each immutable segment file of a store becomes one `Segment` — its scan
 layout, its ids and dead rows, and where its rows' exact vectors live.
 
-A segment's layout is built once, when the segment is written (`Segment.from_arrays`) or
-first loaded (`load_segment`), and reused by every later version that still names the
-segment: a commit or `Store.refresh` loads only the segments it has not seen. Deletes apply
+A segment's layout is built once and reused by every later version that still names the
+segment: a commit or `Store.refresh` loads only the segments it has not seen. It is built
+when the segment is written (`Segment.from_arrays`) or loaded (`load_segment`) with
+``build=True`` (a store open for reading, or a writer that has searched), else on the
+first scan, from the segment file (``build=False``: a writer that only writes, such as
+`vecz build`, holds no layout at all, 115 bytes a row at 768-d RB1 that a 10M-row build
+does not need in RAM). Deletes apply
 at scan time: the layout marks dead rows in place (`CodeIndex.mark_dead`, O(rows deleted)),
 so a delete never rebuilds anything. Layout ids are row numbers within the segment; the
 user ids are `Segment.ids`, ascending in segments written since layout 2, so an id is found
@@ -20,6 +24,7 @@ id, and 6 bytes of dense location in merged segments.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,12 +69,34 @@ class Segment:
 
     rec: SegmentRecord
     ids: np.ndarray                      # (rows,) int64 user ids; ascending when rec.sorted_ids
-    layout: CodeIndex
+    built: CodeIndex | None              # the scan layout, None until first needed (`layout`)
     dense: list[DenseReader] = field(default_factory=list)
     dense_file: np.ndarray | None = None  # (rows,) uint16 index into `dense` (None: one to one)
     dense_row: np.ndarray | None = None   # (rows,) uint32 row within that file
     dead: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # sorted local rows
     id_order: np.ndarray | None = None    # argsort of ids for segments not sorted by id (layout 1)
+    source: tuple[Path, Codec] | None = None  # (store directory, codec) to build `layout` from the file
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def layout(self) -> CodeIndex:
+        """The scan layout, built from the segment file on first use when not built yet,
+        with the dead rows marked (thread-safe: one thread builds, the others wait)."""
+        if self.built is None:
+            with self._lock:
+                if self.built is None:
+                    if self.source is None:
+                        raise StoreCorrupted(f"segment {self.rec.serial}: no layout and no file to build it from")
+                    directory, codec = self.source
+                    arrays = read_codes(directory, self.rec, codec)
+                    if not np.array_equal(arrays["ids"], self.ids):
+                        raise StoreCorrupted(f"{directory / self.rec.file}: its ids changed since it was loaded")
+                    layout = codec.index(arrays["codes"], arrays["lists"], np.arange(self.rows, dtype=np.int64),
+                                         keep_rows=False)
+                    if self.dead.size:
+                        layout.mark_dead(self.dead)
+                    self.built = layout
+        return self.built
 
     @property
     def serial(self) -> int:
@@ -87,7 +114,7 @@ class Segment:
         """Bytes of RAM this segment holds (layout, ids, dense map, dead rows)."""
         extra = sum(a.nbytes for a in (self.ids, self.dead, self.dense_file, self.dense_row, self.id_order)
                     if a is not None)
-        return int(self.layout.nbytes + extra)
+        return int((0 if self.built is None else self.built.nbytes) + extra)
 
     def live_rows(self) -> np.ndarray:
         """Row numbers of the live rows, ascending."""
@@ -124,8 +151,10 @@ class Segment:
     def kill(self, rows: np.ndarray) -> None:
         """Mark more rows dead (sorted unique local rows, none dead yet)."""
         if rows.size:
-            self.layout.mark_dead(rows)
-            self.dead = np.union1d(self.dead, rows)
+            with self._lock:
+                if self.built is not None:
+                    self.built.mark_dead(rows)
+                self.dead = np.union1d(self.dead, rows)
 
     def dense_location(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(index into `dense`, row within that file) of local rows (>= 0)."""
@@ -136,14 +165,19 @@ class Segment:
     @classmethod
     def from_arrays(cls, rec: SegmentRecord, codec: Codec, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray,
                     pool: DensePool | None, dense_file: np.ndarray | None = None,
-                    dense_row: np.ndarray | None = None) -> "Segment":
-        """The segment just written (or read): its layout built from the codes in hand."""
-        layout = codec.index(codes, lists, np.arange(rec.rows, dtype=np.int64), keep_rows=False)
+                    dense_row: np.ndarray | None = None, *, directory: Path | None = None,
+                    build: bool = True) -> "Segment":
+        """The segment just written (or read): its layout built from the codes in hand, or
+        with ``build=False`` later from the file in `directory` (`layout`)."""
+        if not build and directory is None:
+            raise ValueError("build=False needs the directory to build the layout from later")
+        layout = codec.index(codes, lists, np.arange(rec.rows, dtype=np.int64), keep_rows=False) if build else None
         dense = [pool.get(info) for info in rec.dense] if pool is not None else []
         id_order = None
         if not rec.sorted_ids and ids.size > 1 and not (np.diff(ids) > 0).all():
             id_order = np.argsort(ids, kind="stable")
-        return cls(rec, ids, layout, dense, dense_file, dense_row, id_order=id_order)
+        return cls(rec, ids, layout, dense, dense_file, dense_row, id_order=id_order,
+                   source=None if directory is None else (directory, codec))
 
 
 def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, np.ndarray]:
@@ -199,11 +233,13 @@ def read_dead_rows(directory: Path, name: str, rows: int, serial: int | None = N
 
 
 def load_segment(directory: Path, rec: SegmentRecord, codec: Codec, pool: DensePool | None,
-                 dead: np.ndarray | None = None) -> Segment:
-    """Read a segment file and build its layout; `dead` (sorted local rows) marked dead."""
+                 dead: np.ndarray | None = None, *, build: bool = True) -> Segment:
+    """Read a segment file and build its layout (``build=False``: on first use); `dead`
+    (sorted local rows) marked dead."""
     arrays = read_codes(directory, rec, codec)
     seg = Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
-                              arrays.get("dense_file"), arrays.get("dense_row"))
+                              arrays.get("dense_file"), arrays.get("dense_row"), directory=directory, build=build)
+    del arrays
     if dead is None and rec.deletes is not None:
         dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial)
         if dead.size != rec.dead:

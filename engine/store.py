@@ -103,6 +103,10 @@ class Store:
         self._segments: list[Segment] = []
         self._body: StoreBody | None = None
         self.codec: Codec | None = None
+        # Build each segment's scan layout as soon as it is loaded or written: readers do;
+        # a writer from its first search on (until then layouts wait for a scan, so a
+        # build or import never holds them; engine/segments.py).
+        self._build_layouts = mode == "r"
 
     # ------------------------------------------------------------------ create / open
 
@@ -286,7 +290,7 @@ class Store:
                     segments.append(seg)
                     continue
             dead = writes.dead_rows_of(self.path, rec, legacy)
-            segments.append(load_segment(self.path, rec, codec, pool, dead))
+            segments.append(load_segment(self.path, rec, codec, pool, dead, build=self._build_layouts))
         self.codec = codec
         self._body = body
         self._segments = segments
@@ -510,6 +514,7 @@ class Store:
         # k and rerank are clamped to the live rows for every scan and work array; the result
         # is padded up to k (id -1, like faiss) unless the padding alone would exceed
         # MAX_RESULT_BYTES, then it is as wide as the live rows
+        self._build_layouts = True
         out = search_segments(self.codec, self.metric, self._segments, x, min(k, max(live, 1)),
                               nprobe=int(nprobe), rerank=min(int(rerank), live), sdc=bool(sdc), prefetch=self.prefetch)
         width = k if x.shape[0] * k * 12 <= MAX_RESULT_BYTES else out.scores.shape[1]
@@ -550,8 +555,8 @@ class Store:
         dense maps."""
         self._check_open("memory_bytes")
         state = sum(a.nbytes for a in self.codec.state().values()) if self.codec.is_trained else 0
-        layouts = sum(int(s.layout.nbytes) for s in self._segments)
-        other = sum(s.nbytes() - int(s.layout.nbytes) for s in self._segments)
+        layouts = sum(int(s.built.nbytes) for s in self._segments if s.built is not None)
+        other = sum(s.nbytes() for s in self._segments) - layouts
         return {"codec": state, "index": layouts, "ids": other}
 
     def info(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ files under fresh serials, publishes the next version and then updates the store
 segments in RAM without rebuilding anything it already has:
 
 - `add` encodes the batch once (trains the codec first if needed), sorts it by id and
-  writes one codes segment and one dense file; its layout is built from the codes in hand.
+  writes one codes segment and one dense file; its layout is built from the codes in hand
+  (in a writer that has not searched yet: on its first search, engine/segments.py).
 - `delete` writes, for each segment it touches, that segment's new deletion file (its dead
   rows, cumulative); the rows are then marked dead in the segment's layout in place.
 - after either, `merge_due` runs the size-tiered policy (engine/merge.py) while it asks for
@@ -199,7 +200,8 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
         raise
     store.codec = codec
     pool = None if store.dense == "none" else store._pool
-    store._segments.append(Segment.from_arrays(rec, codec, seg_ids, seg_codes, seg_lists, pool))
+    store._segments.append(Segment.from_arrays(rec, codec, seg_ids, seg_codes, seg_lists, pool, directory=store.path,
+                                               build=store._build_layouts))
     _after_commit(store, lock)
     _merge_quietly(store, lock)
     return new_ids
@@ -255,7 +257,8 @@ def _merge_groups(store: "Store", lock: WriterLock, groups: list[list[int]], ope
             sources = [by_serial[s] for s in group]
             with storage_errors(f"{operation}: write a merged segment", store.path):
                 rec, written, seg = merge.merge_segments(store.path, store.codec, sources, serials.take(), store.dense,
-                                                         pool, copy_dense_bytes=copy_dense_bytes)
+                                                         pool, copy_dense_bytes=copy_dense_bytes,
+                                                         build=store._build_layouts)
             files += written
             merged[group[0]] = (rec, seg)
         dropped = {s for g in groups for s in g}

@@ -128,3 +128,34 @@ def test_commits_and_refresh_reuse_every_layout_they_already_have(tmp_path):
         kept = [[i for i in row if i not in (0, 1, merge.BASE_ROWS)] for row in want.ids.tolist()]
         assert all(r[: len(k)] == k for r, k in zip(res.ids.tolist(), kept))
         reader.close()
+
+
+def test_a_writer_that_has_not_searched_holds_no_layout(tmp_path):
+    """A build (a writer that only writes) keeps no scan layout in RAM, through adds,
+    deletes and merges; its first search builds them from the segment files, dead rows
+    hidden, and finds what a reader of the same version finds. From then on the writer
+    builds each new segment's layout when it writes it."""
+    import numpy as np
+
+    from vecz import Store
+
+    rng = np.random.default_rng(5)
+    n = 2 * merge.BASE_ROWS + 100
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=16, metric="l2", codec="IVF4,RB1", dense="f16") as w:
+        for start in range(0, n, 700):
+            w.add(x[start : start + 700])
+        w.delete([3, 4, n - 1])
+        assert w.memory_bytes()["index"] == 0 and all(seg.built is None for seg in w._segments)
+        w.compact()
+        assert w.memory_bytes()["index"] == 0
+        with Store.open(tmp_path / "s") as reader:
+            assert reader.memory_bytes()["index"] > 0  # readers build at open
+            want = reader.search(x[:20], 10, rerank=30)
+        got = w.search(x[:20], 10, rerank=30)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        assert not np.isin(got.ids, [3, 4, n - 1]).any()
+        assert all(seg.built is not None for seg in w._segments)
+        w.add(x[:10])
+        assert w._segments[-1].built is not None  # a writer that has searched builds at once
