@@ -1,7 +1,7 @@
 """`vecz` command line (DESIGN.md's CLI): argument parsing and terminal output.
 
     vecz build SRC STORE --codec SPEC [--metric cosine] [--dense f32|f16|none]
-    vecz search STORE QUERIES -k 10 [--nprobe N] [--rerank R] [--out FILE]
+    vecz search STORE QUERIES -k 10 [--nprobe N] [--rerank R|auto[:R]] [--confidence C] [--out FILE]
     vecz info STORE
     vecz check STORE
     vecz bench ...
@@ -180,6 +180,16 @@ def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, comma
     return 0
 
 
+def _rerank_arg(text: str) -> int | str:
+    """--rerank: an integer, or auto / auto:R (checked by Store.search)."""
+    if text.strip().lower().startswith("auto"):
+        return text.strip().lower()
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, auto or auto:R, found {text!r}") from None
+
+
 def _progress(total: int | None, what: str):
     from tqdm import tqdm
 
@@ -217,8 +227,12 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("queries", metavar="QUERIES", help="query vectors: .npy, .fvecs, .parquet or .arrow")
     p.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default nlist // 8)")
-    p.add_argument("--rerank", type=int, default=None,
-                   help="re-score the R best candidates exactly from disk (default max(50, 5k); 0 = codes only)")
+    p.add_argument("--rerank", type=_rerank_arg, default=None, metavar="R|auto[:R]",
+                   help="re-score the R best candidates exactly from disk (default max(50, 5k); 0 = codes only); "
+                        "auto: read only the rows whose error bound can still change the top k, at most R "
+                        "(default max(100, 10k))")
+    p.add_argument("--confidence", type=float, default=None,
+                   help="with --rerank auto: coverage of each side of the error interval (default 0.995)")
     p.add_argument("--column", help="vector column of a .parquet/.arrow queries file")
     p.add_argument("--out", metavar="FILE", help=".parquet or .npy output (default: TSV on stdout)")
     p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")
@@ -381,10 +395,14 @@ def _search(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     all_s, all_i = [], []
     rows_read = bytes_read = candidates = 0
+    per_query: list[np.ndarray] = []
     with Store.open(args.store) as store, open_vectors(args.queries, column=args.column) as source:
         with _progress(source.n, "search") as bar:
             for queries, _ in source.batches(args.batch_rows):
-                res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank)
+                res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank,
+                                   confidence=args.confidence)
+                if res.stats.rows_per_query is not None:
+                    per_query.append(res.stats.rows_per_query)
                 all_s.append(res.scores)
                 all_i.append(res.ids)
                 rows_read += res.stats.rows_read
@@ -397,6 +415,9 @@ def _search(args: argparse.Namespace) -> int:
     nq = max(len(ids), 1)
     summary = (f"{len(ids)} queries in {elapsed:.2f} s; per query: {candidates / nq:,.0f} codes scored, "
                f"{rows_read / nq:,.1f} rows ({bytes_read / nq:,.0f} bytes) read from disk")
+    if per_query:
+        counts = np.concatenate(per_query)
+        summary += f" (p99 {np.percentile(counts, 99):,.0f} rows)"
     if args.out:
         for path in write_results(args.out, ids, scores):
             print(f"wrote {path}", file=sys.stderr)

@@ -48,6 +48,22 @@ class SearchStats(NamedTuple):
     lists_probed: int
     rows_read: int = 0
     bytes_read: int = 0
+    # ``rerank="auto"``: rows read by each query (int64 (nq,)), and the queries whose
+    # shortlist ended while a row beyond it could still have entered the top-k (raise the cap)
+    rows_per_query: np.ndarray | None = None
+    capped: int = 0
+
+    @property
+    def rows_read_mean(self) -> float:
+        """Mean rows read per query (auto re-rank; else `rows_read` / queries is unknown: nan)."""
+        q = self.rows_per_query
+        return float(q.mean()) if q is not None and q.size else float("nan")
+
+    @property
+    def rows_read_p99(self) -> float:
+        """99th percentile of rows read per query (auto re-rank), else nan."""
+        q = self.rows_per_query
+        return float(np.percentile(q, 99)) if q is not None and q.size else float("nan")
 
 
 class SearchResult(tuple):

@@ -111,6 +111,12 @@ class Quantizer:
         attribute that holds them."""
         return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
 
+    def row_errors(self, codes: np.ndarray, width: int) -> np.ndarray | None:
+        """Per row, the scale of its code score's error (float32 (n,)), from the codes alone,
+        or None when the code does not tell (then one scale for every row; the error-bound
+        re-rank of engine/bounds.py calibrates either)."""
+        return None
+
     def table_bytes(self, width: int) -> int:
         """Float bytes of one query's table (the unit of `CodeIndex.TABLE_BUDGET`)."""
         return 4 * width
@@ -280,6 +286,10 @@ class RB(Quantizer):
         if keep_rows:
             out["bits"], out["factors"] = self.split_codes(np.ascontiguousarray(codes[order]), width)
         return out
+
+    def row_errors(self, codes, width):
+        # |r - g s|: RaBitQ's per-vector error, no extra bytes (kernels/binary.py)
+        return binary.rb_error_norms(codes, self.levels, width)
 
     def table_bytes(self, width: int) -> int:
         return 4 * 16 * 2 * self.levels * binary.rb_nbytes(width)

@@ -23,11 +23,12 @@ import numpy as np
 
 from ..kernels import dense as dense_kernels
 from ..kernels.topk import topk_positions, topk_positions_batch
+from .bounds import ErrorModel, bounded_rerank
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
 from .threads import query_threads
 
-__all__ = ["search_segments", "PARALLEL_MIN_QUERIES"]
+__all__ = ["search_segments", "calibrate", "PARALLEL_MIN_QUERIES"]
 
 PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
@@ -77,9 +78,11 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
     return out_s, out_g, out_r, out_k, candidates
 
 
-def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
-            ids: np.ndarray, k: int, prefetch: bool | None) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Exact top-k of the shortlist, reading each dense file once (rows ascending)."""
+def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
+           prefetch: bool | None) -> tuple[np.ndarray, int, int]:
+    """Exact scores (user's convention, float64 (nq, C)) of the candidates whose segment
+    index is >= 0, reading each dense file once (rows ascending); others are 0. Returns
+    (scores, rows read, bytes read)."""
     nq = x.shape[0]
     parallel = nq >= PARALLEL_MIN_QUERIES
     reader_ix = np.full(rows.shape, -1, dtype=np.int64)
@@ -110,16 +113,129 @@ def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndar
         reader.note_read(n)
         n_rows += n
         n_bytes += n * reader.info.row_bytes
-    topk = dense_kernels.rerank_topk_batch if parallel else dense_kernels.rerank_topk
+    return exact, n_rows, n_bytes
+
+
+def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
+            ids: np.ndarray, k: int, prefetch: bool | None) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Exact top-k of the shortlist, reading each dense file once (rows ascending)."""
+    exact, n_rows, n_bytes = _exact(metric, segments, x, seg_of, rows, prefetch)
+    topk = dense_kernels.rerank_topk_batch if x.shape[0] >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
     top_s, top_i = topk(exact, ids, k, metric == "l2")
     return top_s, top_i, n_rows, n_bytes
 
 
+def _scales(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray, per_row: bool) -> np.ndarray:
+    """sigma_i of each candidate (engine/bounds.py): its segment's row error, or 1."""
+    sigma = np.ones(rows.shape, dtype=np.float64)
+    if per_row:
+        for g in np.unique(seg_of[seg_of >= 0]):
+            errors = segments[int(g)].errors
+            if errors is None:
+                raise ValueError("per-row error scales asked of a segment without them")
+            at = seg_of == g
+            sigma[at] = errors[rows[at]]
+    return sigma
+
+
+def _query_norms(metric: str, x: np.ndarray) -> np.ndarray:
+    if metric == "cosine":  # scored as unit vectors
+        return np.ones(x.shape[0])
+    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+
+
+def _per_row(segments: list[Segment]) -> bool:
+    live = [seg for seg in segments if seg.live]
+    return bool(live) and all(seg.errors is not None for seg in live)
+
+
+def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int, n_queries: int = 256,
+              depth: int = 64, seed: int = 0) -> ErrorModel | None:
+    """The error model of engine/bounds.py measured on this store: `n_queries` live rows
+    drawn at random (seeded: the same store gives the same model) serve as queries, their
+    best `depth` candidates by code score (the row itself left out) are re-scored exactly.
+    Reads about n_queries * (depth + 1) rows of the dense tier, once. None when the store
+    is too small to measure (fewer than `bounds.MIN_PAIRS` pairs)."""
+    live = [seg for seg in segments if seg.live]
+    counts = np.array([seg.live for seg in live], dtype=np.int64)
+    total = int(counts.sum())
+    if total < 2 or not all(seg.dense for seg in live):
+        return None
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(total, size=min(n_queries, total), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    queries, own = [], []
+    for j, seg in enumerate(live):
+        mine = picks[(picks >= starts[j]) & (picks < starts[j + 1])] - starts[j]
+        if not mine.size:
+            continue
+        local = seg.live_rows()[mine]
+        files, file_rows = seg.dense_location(local)
+        out = np.empty((local.size, codec.dim), dtype=np.float32)
+        for f in np.unique(files):
+            at = np.flatnonzero(files == f)
+            out[at] = seg.dense[int(f)].read_rows(file_rows[at])
+        queries.append(out)
+        own.append(seg.ids[local])
+    x = np.ascontiguousarray(np.concatenate(queries), dtype=np.float32)
+    own_id = np.concatenate(own)
+    with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
+        est, seg_of, rows, ids, _ = _shortlist(codec, segments, x, min(depth + 1, total), nprobe, False)
+        keep = (ids >= 0) & (ids != own_id[:, None])
+        seg_of = np.where(keep, seg_of, -1)
+        exact, _, _ = _exact(metric, segments, x, seg_of, rows, False)
+    sign = -1.0 if metric == "l2" else 1.0
+    per_row = _per_row(segments)
+    scale = _query_norms(metric, x)[:, None] * _scales(segments, seg_of, rows, per_row)
+    return ErrorModel.fit(np.where(keep, sign * exact, np.nan), sign * est.astype(np.float64), scale, per_row)
+
+
+def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
+                 rows: np.ndarray, ids: np.ndarray, k: int, model: ErrorModel | None, confidence: float,
+                 prefetch: bool | None) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray, int]:
+    """`rerank="auto"` over a shortlist (engine/bounds.py): top-k, rows and bytes read,
+    rows per query, and the queries whose shortlist may have been too short."""
+    sign = -1.0 if metric == "l2" else 1.0
+    valid = ids >= 0
+    better = sign * est.astype(np.float64)
+    if model is None:  # nothing measured: every candidate may matter
+        z_hi, per_row = np.inf, False
+    else:
+        z_hi, per_row = model.interval(confidence)[1], model.per_row
+    qn = _query_norms(metric, x)
+    scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
+    totals = [0, 0]
+
+    def read(mask: np.ndarray) -> np.ndarray:
+        ex, n_rows, n_bytes = _exact(metric, segments, x, np.where(mask, seg_of, -1), rows, prefetch)
+        totals[0] += n_rows
+        totals[1] += n_bytes
+        return sign * ex
+
+    step = max(4, k // 2)
+    exact, done, tau = bounded_rerank(better, scale, valid, z_hi if np.isfinite(z_hi) else 1e300, k, step, read)
+    user = np.where(done, sign * np.nan_to_num(exact), 0.0)
+    topk = dense_kernels.rerank_topk_batch if x.shape[0] >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
+    top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, ids, -1)), k, metric == "l2")
+    capped = 0
+    if model is not None and est.shape[1]:
+        # a row beyond the shortlist scored at most the last candidate's code score
+        sigma_max = max((float(seg.errors.max(initial=0.0)) if per_row and seg.errors is not None else 1.0)
+                        for seg in segments if seg.live)
+        full = valid[:, -1]
+        reach = better[:, -1] + z_hi * qn * sigma_max
+        capped = int(np.count_nonzero(full & (reach >= tau)))
+    return top_s, top_i, totals[0], totals[1], done.sum(axis=1).astype(np.int64), capped
+
+
 def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int,
-                    rerank: int, sdc: bool = False, prefetch: bool | None = None) -> SearchResult:
+                    rerank: int, sdc: bool = False, prefetch: bool | None = None,
+                    bound: tuple[ErrorModel | None, float] | None = None) -> SearchResult:
     """Top-k of float32 queries `x` (already checked) over `segments` (see the module
     docstring). `rerank` = 0: code scores; else the best `rerank` by code score re-scored
-    exactly. k and rerank may exceed the live rows: slots past them hold -1."""
+    exactly, or with ``bound=(model, confidence)`` only those of them that can still change
+    the top-k (engine/bounds.py; `rerank` is then the cap). k and rerank may exceed the
+    live rows: slots past them hold -1."""
     nq = x.shape[0]
     live = sum(s.live for s in segments)
     depth = max(k, rerank)
@@ -139,5 +255,10 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
             w = min(k, scores.shape[1])
             out_s[:, :w], out_i[:, :w] = scores[:, :w], ids[:, :w]
             return SearchResult(out_s, out_i, stats)
+        if bound is not None:
+            top_s, top_i, n_rows, n_bytes, per_query, capped = _auto_rerank(
+                metric, segments, x, scores, seg_of, rows, ids, k, bound[0], bound[1], prefetch)
+            return SearchResult(top_s, top_i, stats._replace(rows_read=n_rows, bytes_read=n_bytes,
+                                                             rows_per_query=per_query, capped=capped))
         top_s, top_i, n_rows, n_bytes = _rerank(metric, segments, x, seg_of, rows, ids, k, prefetch)
     return SearchResult(top_s, top_i, stats._replace(rows_read=n_rows, bytes_read=n_bytes))

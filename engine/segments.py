@@ -76,6 +76,9 @@ class Segment:
     dead: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # sorted local rows
     id_order: np.ndarray | None = None    # argsort of ids for segments not sorted by id (layout 1)
     source: tuple[Path, Codec] | None = None  # (store directory, codec) to build `layout` from the file
+    # per row, the scale of its code score's error (`Quantizer.row_errors`), set with the
+    # layout; None when the codec has none (or truncates: an MRL tail is not in it)
+    errors: np.ndarray | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -95,6 +98,7 @@ class Segment:
                                          keep_rows=False)
                     if self.dead.size:
                         layout.mark_dead(self.dead)
+                    self.errors = _row_errors(codec, arrays["codes"])
                     self.built = layout
         return self.built
 
@@ -112,7 +116,8 @@ class Segment:
 
     def nbytes(self) -> int:
         """Bytes of RAM this segment holds (layout, ids, dense map, dead rows)."""
-        extra = sum(a.nbytes for a in (self.ids, self.dead, self.dense_file, self.dense_row, self.id_order)
+        extra = sum(a.nbytes for a in (self.ids, self.dead, self.dense_file, self.dense_row, self.id_order,
+                                       self.errors)
                     if a is not None)
         return int((0 if self.built is None else self.built.nbytes) + extra)
 
@@ -177,7 +182,14 @@ class Segment:
         if not rec.sorted_ids and ids.size > 1 and not (np.diff(ids) > 0).all():
             id_order = np.argsort(ids, kind="stable")
         return cls(rec, ids, layout, dense, dense_file, dense_row, id_order=id_order,
-                   source=None if directory is None else (directory, codec))
+                   source=None if directory is None else (directory, codec),
+                   errors=_row_errors(codec, codes) if build else None)
+
+
+def _row_errors(codec: Codec, codes: np.ndarray) -> np.ndarray | None:
+    if codec.width != codec.dim:
+        return None
+    return codec.quantizer.row_errors(codes, codec.width)
 
 
 def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, np.ndarray]:

@@ -57,7 +57,8 @@ from .errors import (
     VeczError,
 )
 from .inputs import as_ids as _as_ids
-from .search import search_segments
+from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence
+from .search import calibrate, search_segments
 from .segments import DensePool, Segment, load_segment
 
 __all__ = ["Store", "check_store", "FORMAT_ID", "MAX_NORM", "MAX_STATE_BYTES"]
@@ -71,6 +72,21 @@ MAX_STATE_BYTES = 2 << 30
 DEFAULT_RETAIN = 8
 # Results wider than the live rows are padded with -1 up to k only within this many bytes.
 MAX_RESULT_BYTES = 256 << 20
+
+
+def auto_cap(k: int) -> int:
+    """Rows ``rerank="auto"`` may read per query at most, unless ``"auto:R"`` says."""
+    return max(100, 10 * k)
+
+
+def _parse_auto(rerank: str, k: int) -> int:
+    text = rerank.strip().lower()
+    if text == "auto":
+        return auto_cap(k)
+    head, sep, cap = text.partition(":")
+    if head == "auto" and sep and cap.isdigit() and int(cap) >= k:
+        return int(cap)
+    raise InvalidInput(f"rerank: expected an integer >= 0, 'auto' or 'auto:R' with R >= k={k}, found {rerank!r}")
 
 
 def _now() -> str:
@@ -107,6 +123,7 @@ class Store:
         # a writer from its first search on (until then layouts wait for a scan, so a
         # build or import never holds them; engine/segments.py).
         self._build_layouts = mode == "r"
+        self._error_model: tuple[Codec, ErrorModel | None] | None = None
 
     # ------------------------------------------------------------------ create / open
 
@@ -455,8 +472,9 @@ class Store:
         k: int = 10,
         *,
         nprobe: int | None = None,
-        rerank: int | None = None,
+        rerank: int | str | None = None,
         sdc: bool = False,
+        confidence: float | None = None,
     ) -> SearchResult:
         """Top-k of each query: ``scores, ids = store.search(q, k)``.
 
@@ -472,8 +490,16 @@ class Store:
         rerank : R >= k re-scores the R best candidates by code score with the exact
             vectors read from the dense files (only those rows are read); 0 returns code
             scores. Default: ``max(50, 5 * k)`` with a dense tier, else 0. k and R beyond
-            the live rows cost no more than the live rows.
+            the live rows cost no more than the live rows. ``"auto"`` (or ``"auto:R"``)
+            reads a candidate's exact vector only while its error interval can still
+            change the top-k, at most R rows (default `auto_cap`); ``.stats`` gives the
+            rows each query read (engine/bounds.py). The first auto search of an open store
+            measures the codec's error on the store's own rows (`error_model`: about
+            16,000 rows read once).
         sdc : RB only: symmetric code scoring (query binarized too)
+        confidence : with ``rerank="auto"``: the share of exact scores each side of the
+            interval must hold, 0.5..1 (default `bounds.DEFAULT_CONFIDENCE`); higher reads
+            more rows and misses fewer true neighbours.
 
         Returns
         -------
@@ -493,6 +519,14 @@ class Store:
             raise InvalidInput(f"nprobe must be an integer in 1..{nlist} (the store's IVF lists), found {nprobe!r}")
         if rerank is None:
             rerank = 0 if self.dense == "none" else max(50, 5 * k)
+        auto = isinstance(rerank, str)
+        if auto:
+            rerank = _parse_auto(rerank, k)
+            if self.dense == "none":
+                raise InvalidInput("rerank='auto' needs a dense tier; this store was created with dense=None")
+        if confidence is not None and not auto:
+            raise InvalidInput("confidence= applies to rerank='auto' only")
+        confidence = DEFAULT_CONFIDENCE if confidence is None else check_confidence(confidence)
         if not isinstance(sdc, (bool, np.bool_)):
             raise InvalidInput(f"sdc: expected True or False, found {sdc!r}")
         if sdc and not self.codec.quantizer.has_sdc:
@@ -515,8 +549,10 @@ class Store:
         # is padded up to k (id -1, like faiss) unless the padding alone would exceed
         # MAX_RESULT_BYTES, then it is as wide as the live rows
         self._build_layouts = True
+        bound = (self.error_model(), confidence) if auto and not sdc else None
         out = search_segments(self.codec, self.metric, self._segments, x, min(k, max(live, 1)),
-                              nprobe=int(nprobe), rerank=min(int(rerank), live), sdc=bool(sdc), prefetch=self.prefetch)
+                              nprobe=int(nprobe), rerank=min(int(rerank), live), sdc=bool(sdc), prefetch=self.prefetch,
+                              bound=bound)
         width = k if x.shape[0] * k * 12 <= MAX_RESULT_BYTES else out.scores.shape[1]
         if out.scores.shape[1] == width:
             return out
@@ -525,6 +561,19 @@ class Store:
         scores = np.concatenate([out.scores, np.full((x.shape[0], pad), worst, dtype=np.float32)], axis=1)
         ids = np.concatenate([out.ids, np.full((x.shape[0], pad), -1, dtype=np.int64)], axis=1)
         return SearchResult(scores, ids, out.stats)
+
+    def error_model(self) -> ErrorModel | None:
+        """The error model `rerank="auto"` bounds code scores with (engine/bounds.py),
+        measured on this store's rows on first use and kept while the codec is the same
+        (None: too few rows to measure; auto then reads its whole shortlist)."""
+        self._check_open("error_model")
+        cached = self._error_model
+        if cached is not None and cached[0] is self.codec:
+            return cached[1]
+        self._build_layouts = True
+        model = calibrate(self.codec, self.metric, self._segments, nprobe=max(1, self.codec.nlist // 8))
+        self._error_model = (self.codec, model)
+        return model
 
     def get(self, ids: Any) -> np.ndarray:
         """Exact vectors (float32 (n, dim)) of live ids, read from the dense files."""

@@ -41,6 +41,7 @@ __all__ = [
     "rb_encode",
     "rb_encode_batch",
     "rb_decode",
+    "rb_error_norms",
     "rb_lut",
     "rb_lut_scan",
     "rb_lut_scan_batch",
@@ -218,6 +219,46 @@ def rb_decode(bits: np.ndarray, factors: np.ndarray, dim: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha = np.where(g > 0, factors[:, 1] / (g * s_sq), 0.0)
     return (s * alpha[:, None]).astype(np.float32)
+
+
+@jit_batch
+def _rb_error_norms(bits, factors, n_levels, nbytes, dim, out):
+    for i in prange(bits.shape[0]):
+        g = np.float64(factors[i, 0])
+        rr = np.float64(factors[i, 1])
+        if n_levels == 1:
+            s_sq = np.float64(dim)
+        else:
+            s_sq = 0.0
+            for d in range(dim):
+                byte = d >> 3
+                bit = d & 7
+                v = 0.0
+                w = 1.0
+                for lv in range(n_levels):
+                    v += w if (bits[i, lv * nbytes + byte] >> bit) & 1 else -w
+                    w *= 0.5
+                s_sq += v * v
+        e = g * g * s_sq - rr
+        out[i] = np.float32(np.sqrt(e)) if e > 0.0 else np.float32(0.0)
+
+
+def rb_error_norms(codes: np.ndarray, n_levels: int, dim: int) -> np.ndarray:
+    """|r - g s| per row of RB codes uint8 (n, b * nbytes + 8) (bits, then the factors
+    g and |r|^2 as little-endian float32): the norm of the error of the estimator
+    ``<q, r> ~= g <q, s>``, so ``|<q, r> - g <q, s>| <= |q| * err`` always (Cauchy-Schwarz)
+    and about ``|q| * err / sqrt(dim)`` for a query direction independent of the error
+    (RaBitQ's bound: err / |r| = sqrt(1 - <o_bar, o>**2) / <o_bar, o>). From the code alone:
+    ``<s, r> = |r|**2 / g``, hence ``|r - g s|**2 = g**2 |s|**2 - |r|**2``. float32 (n,)."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    nbytes = rb_nbytes(dim)
+    n_bits = n_levels * nbytes
+    if codes.ndim != 2 or codes.shape[1] < n_bits + 8:
+        raise ValueError(f"expected RB codes (n, >= {n_bits + 8}), found {codes.shape}")
+    factors = np.ascontiguousarray(codes[:, n_bits : n_bits + 8]).view("<f4").astype(np.float32)
+    out = np.empty(codes.shape[0], dtype=np.float32)
+    _rb_error_norms(codes, factors, n_levels, nbytes, dim, out)
+    return out
 
 
 def _sign_tables(q: np.ndarray, n_levels: int, symbol_bits: int) -> np.ndarray:

@@ -323,3 +323,29 @@ def test_rb_lut_scan_estimates_inner_products(n, dim, b, seed):
     s = rb_signs_ref(bits, dim)
     est = factors[:, 0].astype(np.float64) * np.einsum("nd,nd->n", s, x.astype(np.float64))
     np.testing.assert_allclose(est, np.einsum("nd,nd->n", x.astype(np.float64), x.astype(np.float64)), rtol=1e-4)
+
+
+@SETTINGS
+@given(n=st.integers(0, 20), dim=st.sampled_from([1, 3, 8, 13, 64, 100]), levels=st.integers(1, 4),
+       seed=st.integers(0, 2**32 - 1), zero_rows=st.booleans())
+def test_error_norms_are_the_estimator_error(n, dim, levels, seed, zero_rows):
+    # err = |r - g s| from the code alone (g^2 |s|^2 - |r|^2), checked against the vectors
+    # themselves; |<q, r> - g <q, s>| <= |q| err for any q (Cauchy-Schwarz: a hard bound).
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((n, dim)).astype(np.float32)
+    if zero_rows and n:
+        r[0] = 0.0
+    bits, factors = binary.rb_encode_batch(r, levels, binary._T_COARSE, binary._T_FINE_STEP)
+    codes = np.concatenate([bits.reshape(n, levels * binary.rb_nbytes(dim)), factors.astype("<f4").view(np.uint8)],
+                           axis=1)
+    err = binary.rb_error_norms(codes, levels, dim)
+    assert err.dtype == np.float32 and err.shape == (n,)
+    s = rb_signs_ref(bits, dim)
+    want = np.linalg.norm(r - factors[:, :1].astype(np.float64) * s, axis=1)
+    # g^2 |s|^2 - |r|^2 cancels when err << |r| (dim 1, deep levels): float32 factors give
+    # err to within about sqrt(float32 eps) |r|
+    norm = np.linalg.norm(r, axis=1)
+    assert (np.abs(err - want) <= 2e-3 * want + 1e-3 * norm + 1e-6).all()
+    q = rng.standard_normal((5, dim))
+    gap = np.abs(q @ r.T.astype(np.float64) - (q @ s.T) * factors[:, 0])
+    assert (gap <= np.linalg.norm(q, axis=1)[:, None] * (err + 1e-3 * norm + 1e-6)[None, :] * (1 + 1e-3)).all()

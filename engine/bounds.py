@@ -1,0 +1,128 @@
+"""Error-bound re-ranking: read a candidate's exact vector only while it can still change
+the top-k (``Store.search(..., rerank="auto")``).
+
+The interval. A code score ``est`` of row i for query q misses the exact score by an error
+whose scale is ``|q| * sigma_i``: sigma_i is the norm of the row's coding error when the
+codec knows it from the code alone (RB: ``|r - g s|``, `kernels.binary.rb_error_norms`;
+RaBitQ's per-vector bound has the same form), else 1. The normalised error
+``z = (exact - est) / (|q| * sigma_i)`` (scores larger-is-better: l2 distances negated) is
+measured on the store's own data (`ErrorModel.fit`, engine/search.py `calibrate`), so one
+model covers what theory leaves out: a learned (ITQ) rotation instead of a random one, the
+uint8 rounding of fast-scan tables, an IVF residual, an l2 probe term. With ``confidence``
+c, row i's exact score lies in ``[est + z_lo |q| sigma_i, est + z_hi |q| sigma_i]``, z_lo and
+z_hi the (1 - c) and c quantiles of z: it holds for a share c of (query, row) pairs like
+those it was measured on, on each side.
+
+The walk (`bounded_rerank`). Candidates are visited by upper bound, best first, in rounds:
+the first round reads the k best, each later one up to `step` more whose upper bound is
+still >= the current k-th exact score tau (equal may still enter by a smaller id); rows of
+a round are read together, each dense file in row order. It stops when no unread
+candidate's upper bound reaches tau: no interval left can change the top-k. A candidate is
+therefore skipped only if ``upper < tau``, never when its interval overlaps tau.
+
+Beyond the shortlist. The walk sees the best ``cap`` candidates by code score. A row
+outside them scored at most the last one's ``est``; if that plus the largest upper offset
+of any row still reaches tau, the query is counted in ``SearchStats.capped`` (its answer
+may miss a row a deeper shortlist would have found).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidInput
+
+__all__ = ["ErrorModel", "bounded_rerank", "check_confidence", "DEFAULT_CONFIDENCE", "MIN_PAIRS"]
+
+# Per-side coverage of the default interval; what it gave is in docs/results/rerank-auto.md
+DEFAULT_CONFIDENCE = 0.995
+# Fewer calibration pairs than this give no model: auto then reads its whole shortlist.
+MIN_PAIRS = 200
+
+
+def check_confidence(confidence: object) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating, np.integer)) \
+            or not 0.5 <= float(confidence) <= 1.0:
+        raise InvalidInput(f"confidence must be a number in [0.5, 1], found {confidence!r}")
+    return float(confidence)
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    """Sorted normalised errors z of calibration pairs (see the module docstring)."""
+
+    z: np.ndarray          # float64 (n,), ascending
+    per_row: bool          # sigma_i per row (True) or 1 for every row
+
+    @classmethod
+    def fit(cls, exact: np.ndarray, est: np.ndarray, scale: np.ndarray, per_row: bool) -> "ErrorModel | None":
+        """From (query, row) pairs: exact and code scores (larger-is-better) and their
+        scales |q| * sigma_i. Pairs with scale 0 (an exact code) carry no information."""
+        exact, est, scale = (np.asarray(a, dtype=np.float64).ravel() for a in (exact, est, scale))
+        ok = np.isfinite(exact) & np.isfinite(est) & np.isfinite(scale) & (scale > 0)
+        if int(ok.sum()) < MIN_PAIRS:
+            return None
+        return cls(np.sort((exact[ok] - est[ok]) / scale[ok]), per_row)
+
+    @property
+    def pairs(self) -> int:
+        return int(self.z.size)
+
+    def interval(self, confidence: float) -> tuple[float, float]:
+        """(z_lo, z_hi): the (1 - c) and c quantiles of z, widened to include 0. c = 1
+        takes the extremes seen, widened by a quarter of the range (nothing measured lies
+        outside, so the model cannot claim more)."""
+        if confidence >= 1.0:
+            lo, hi = float(self.z[0]), float(self.z[-1])
+            pad = 0.25 * (hi - lo)
+            return min(lo - pad, 0.0), max(hi + pad, 0.0)
+        lo = float(np.quantile(self.z, 1.0 - confidence))
+        hi = float(np.quantile(self.z, confidence))
+        return min(lo, 0.0), max(hi, 0.0)
+
+
+def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: float, k: int, step: int,
+                   read: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The walk of the module docstring over a shortlist.
+
+    est, scale float (nq, C): code scores (larger-is-better) and |q| sigma_i; valid bool
+    (nq, C). ``read(mask)`` returns the exact scores (larger-is-better, float64 (nq, C)) of
+    the candidates where mask (nq, C) is True (others ignored). Returns exact scores with
+    NaN where not read, the read mask, and tau (nq,) (-inf when fewer than k were read).
+    """
+    nq, c = est.shape
+    upper = np.where(valid, est + z_hi * scale, -np.inf)
+    order = np.argsort(-upper, axis=1, kind="stable")
+    up_sorted = np.take_along_axis(upper, order, axis=1)
+    n_valid = valid.sum(axis=1)
+    exact = np.full((nq, c), np.nan)
+    done = np.zeros((nq, c), dtype=bool)
+    tau = np.full(nq, -np.inf)
+    ptr = np.zeros(nq, dtype=np.int64)
+    cols = np.arange(c)[None, :]
+    first = True
+    while True:
+        if first:
+            end = np.minimum(n_valid, k)
+            first = False
+        else:
+            # sorted by upper bound: the candidates that can still reach tau are a prefix
+            reach = (up_sorted >= tau[:, None]).sum(axis=1)
+            end = np.minimum(np.minimum(ptr + step, reach), n_valid)
+        take = (cols >= ptr[:, None]) & (cols < end[:, None])
+        if not take.any():
+            break
+        mask = np.zeros((nq, c), dtype=bool)
+        np.put_along_axis(mask, order, take, axis=1)
+        got = read(mask)
+        exact[mask] = got[mask]
+        done |= mask
+        ptr = np.maximum(ptr, end)
+        filled = np.where(done, exact, -np.inf)
+        if k <= c:
+            kth = -np.partition(-filled, k - 1, axis=1)[:, k - 1]
+            tau = np.where(done.sum(axis=1) >= k, kth, -np.inf)
+    return exact, done, tau

@@ -1,0 +1,239 @@
+"""Error-bound re-ranking (engine/bounds.py, ``Store.search(rerank="auto")``): the walk never
+drops a candidate whose interval reaches the k-th exact score and then finds the exact top-k
+of the shortlist; the calibrated intervals hold the exact score as often as promised on
+queries they were not measured on (random data, and wordnet-minilm when present); the
+plumbing (stats, errors, CLI) and what auto gives on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vecz import Store
+from vecz.engine import InvalidInput
+from vecz.engine.bounds import ErrorModel, bounded_rerank
+from vecz.engine.search import _query_norms, _scales, _shortlist
+
+SETTINGS = settings(max_examples=60, deadline=None, database=None)
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@SETTINGS
+@given(nq=st.integers(1, 4), c=st.integers(1, 40), k=st.integers(1, 12), step=st.integers(1, 8),
+       z_hi=st.floats(0.0, 3.0), seed=st.integers(0, 2**32 - 1), ties=st.booleans())
+def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_hi, seed, ties):
+    rng = np.random.default_rng(seed)
+    est = rng.normal(size=(nq, c))
+    if ties:
+        est = np.round(est, 1)
+    scale = np.abs(rng.normal(size=(nq, c)))
+    valid = rng.random((nq, c)) < 0.85
+    # exact scores inside the interval's upper side (anything below the upper bound)
+    exact = est + z_hi * scale - np.abs(rng.normal(size=(nq, c)))
+    if ties:
+        exact = np.round(exact, 1)
+    reads = []
+
+    def read(mask):
+        assert not (mask & ~valid).any(), "read an invalid candidate"
+        reads.append(mask.copy())
+        return np.where(mask, exact, np.nan)
+
+    got, done, tau = bounded_rerank(est, scale, valid, z_hi, k, step, read)
+    counts = np.stack(reads).sum(axis=0) if reads else np.zeros((nq, c))
+    assert counts.max(initial=0) <= 1, "a candidate was read twice"
+    upper = est + z_hi * scale
+    for i in range(nq):
+        n_valid = int(valid[i].sum())
+        assert done[i].sum() >= min(k, n_valid)
+        # pruned only when the upper bound is below the final k-th exact score
+        pruned = valid[i] & ~done[i]
+        assert (upper[i][pruned] < tau[i]).all()
+        # hence the exact top-k of the shortlist is among the rows read
+        if n_valid:
+            want = np.sort(exact[i][valid[i]])[::-1][: min(k, n_valid)]
+            have = np.sort(got[i][done[i]])[::-1][: min(k, n_valid)]
+            np.testing.assert_array_equal(have, want)
+        np.testing.assert_array_equal(got[i][done[i]], exact[i][done[i]])
+
+
+def test_interval_quantiles_and_small_samples():
+    z = np.linspace(-1.0, 2.0, 1001)
+    model = ErrorModel.fit(z, np.zeros_like(z), np.ones_like(z), True)
+    lo, hi = model.interval(0.99)
+    assert lo == pytest.approx(-0.97) and hi == pytest.approx(1.97)
+    assert model.interval(1.0) == (pytest.approx(-1.75), pytest.approx(2.75))
+    pos = np.linspace(0.1, 1.0, 500)
+    assert model.fit(pos, np.zeros(500), np.ones(500), True).interval(0.9)[0] == 0.0  # includes 0
+    assert ErrorModel.fit(z[:50], np.zeros(50), np.ones(50), True) is None
+    # pairs with a zero scale (exact codes) or a non-finite score carry nothing
+    bad = np.full(1001, np.nan)
+    assert ErrorModel.fit(bad, np.zeros(1001), np.ones(1001), True) is None
+
+
+def _clustered(n: int, dim: int, seed: int, centres_seed: int = 0) -> np.ndarray:
+    """Gaussian clusters with a decaying spectrum: closer to embeddings than iid noise.
+    Samples with the same `centres_seed` come from the same distribution."""
+    centres = np.random.default_rng([centres_seed, dim]).normal(size=(32, dim)) * np.linspace(2.0, 0.2, dim)
+    rng = np.random.default_rng(seed)
+    x = centres[rng.integers(0, 32, n)] + rng.normal(size=(n, dim)) * np.linspace(1.0, 0.1, dim)
+    return x.astype(np.float32)
+
+
+def _coverage(store: Store, queries: np.ndarray, confidence: float, depth: int = 50) -> tuple[float, int]:
+    """Share of (held-out query, shortlist row) pairs whose exact score is at most the
+    upper bound (larger-is-better), and the number of pairs."""
+    model = store.error_model()
+    assert model is not None
+    z_lo, z_hi = model.interval(confidence)
+    segs = store._segments
+    x = np.ascontiguousarray(queries, dtype=np.float32)
+    if store.metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    est, seg_of, rows, ids, _ = _shortlist(store.codec, segs, x, depth, max(1, store.codec.nlist // 8), False)
+    valid = ids >= 0
+    sign = -1.0 if store.metric == "l2" else 1.0
+    exact = np.full(est.shape, np.nan)
+    for g in np.unique(seg_of[valid]):
+        at = valid & (seg_of == g)
+        vec = store.get(ids[at])
+        qi = np.nonzero(at)[0]
+        if store.metric == "l2":
+            exact[at] = -((x[qi] - vec) ** 2).sum(1)
+        elif store.metric == "cosine":
+            exact[at] = (x[qi] * vec).sum(1) / np.linalg.norm(vec, axis=1)
+        else:
+            exact[at] = (x[qi] * vec).sum(1)
+    scale = _query_norms(store.metric, x)[:, None] * _scales(segs, seg_of, rows, model.per_row)
+    upper = sign * est + z_hi * scale
+    lower = sign * est + z_lo * scale
+    inside_hi = exact[valid] <= upper[valid] + 1e-6
+    inside_lo = exact[valid] >= lower[valid] - 1e-6
+    return float(min(inside_hi.mean(), inside_lo.mean())), int(valid.sum())
+
+
+@pytest.mark.parametrize("spec,metric", [("RB1", "cosine"), ("IVF8,RB2", "l2"), ("PQ8x8", "ip"), ("SQ8", "cosine")])
+def test_intervals_hold_as_often_as_promised_on_held_out_queries(tmp_path, spec, metric):
+    x = _clustered(6000, 48, seed=1)
+    q = _clustered(400, 48, seed=2)  # the same distribution, not rows of the store: never calibrated on
+    with Store.create(tmp_path / "s", dim=48, metric=metric, codec=spec, dense="f32") as s:
+        s.add(x)
+        assert s.error_model().per_row == spec.endswith(("RB1", "RB2"))
+        for confidence in (0.9, 0.99):
+            cover, pairs = _coverage(s, q, confidence)
+            assert pairs > 10_000
+            # the promise per side, less what sampling 16,384 calibration pairs allows
+            assert cover >= confidence - 0.02, (confidence, cover)
+
+
+def test_auto_with_an_unbounded_model_equals_the_fixed_depth(tmp_path):
+    # an interval wider than any score gap reads the whole shortlist: the fixed-depth answer
+    x = _clustered(3000, 32, seed=3)
+    q = _clustered(40, 32, seed=4)
+    with Store.create(tmp_path / "s", dim=32, metric="l2", codec="IVF4,RB1", dense="f16") as s:
+        s.add(x)
+        s._error_model = (s.codec, ErrorModel(np.array([-1e9, 1e9]), True))
+        for nq in (1, 40):  # the serial and the parallel kernels
+            want = s.search(q[:nq], 10, rerank=60, nprobe=4)
+            got = s.search(q[:nq], 10, rerank="auto:60", nprobe=4)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.scores, want.scores)
+            assert got.stats.rows_read == want.stats.rows_read == 60 * nq
+            assert (got.stats.rows_per_query == 60).all()
+
+
+def test_auto_reads_fewer_rows_and_reports_them(tmp_path):
+    x = _clustered(8000, 64, seed=5)
+    q = _clustered(200, 64, seed=6)
+    with Store.create(tmp_path / "s", dim=64, metric="cosine", codec="RB2", dense="f16") as s:
+        s.add(x)
+        fixed = s.search(q, 10, rerank=100)
+        auto = s.search(q, 10, rerank="auto:100")
+        st_ = auto.stats
+        assert st_.rows_per_query.shape == (200,) and st_.rows_per_query.sum() == st_.rows_read
+        assert (st_.rows_per_query >= 10).all() and (st_.rows_per_query <= 100).all()
+        assert st_.rows_read < fixed.stats.rows_read
+        assert st_.rows_read_mean == pytest.approx(st_.rows_read / 200)
+        assert 10 <= st_.rows_read_p99 <= 100 and 0 <= st_.capped <= 200
+        # what auto returns are exact scores of the ids it returns
+        vec = s.get(auto.ids.ravel()).reshape(200, 10, 64)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        exact = (qn[:, None, :] * vec).sum(-1) / np.linalg.norm(vec, axis=-1)
+        np.testing.assert_allclose(auto.scores, exact, atol=1e-5)
+        agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(auto.ids, fixed.ids)])
+        assert agree >= 0.97
+        # a stricter confidence reads at least as many rows
+        strict = s.search(q, 10, rerank="auto:100", confidence=0.9999)
+        assert strict.stats.rows_read >= st_.rows_read
+        # k beyond the live rows, one query, a vector input
+        small = s.search(q[0], 3, rerank="auto")
+        assert small.ids.shape == (1, 3) and small.stats.rows_per_query.shape == (1,)
+
+
+def test_auto_arguments_are_checked(tmp_path):
+    x = _clustered(500, 16, seed=7)
+    with Store.create(tmp_path / "s", dim=16, codec="RB1", dense="f16") as s:
+        s.add(x)
+        for bad in ("auto:5", "autox", "auto:", "auto:-3", "fast"):
+            with pytest.raises(InvalidInput, match="rerank"):
+                s.search(x[:2], 10, rerank=bad)
+        with pytest.raises(InvalidInput, match="confidence"):
+            s.search(x[:2], 10, rerank=50, confidence=0.9)
+        for bad in (0.2, 1.5, "high", True):
+            with pytest.raises(InvalidInput, match="confidence"):
+                s.search(x[:2], 10, rerank="auto", confidence=bad)
+    with Store.create(tmp_path / "n", dim=16, codec="RB1", dense=None) as s:
+        s.add(x)
+        with pytest.raises(InvalidInput, match="dense tier"):
+            s.search(x[:2], 10, rerank="auto")
+
+
+def test_a_tiny_store_has_no_model_and_auto_reads_the_shortlist(tmp_path):
+    x = _clustered(12, 16, seed=8)
+    with Store.create(tmp_path / "s", dim=16, codec="RB1", dense="f16") as s:
+        s.add(x)
+        assert s.error_model() is None  # 12 queries x 11 rows < MIN_PAIRS
+        res = s.search(x[:3], 5, rerank="auto")
+        np.testing.assert_array_equal(res.ids[:, 0], [0, 1, 2])
+        assert (res.stats.rows_per_query == 12).all()
+
+
+def test_cli_search_rerank_auto(tmp_path, capsys):
+    from vecz.engine.cli import main
+
+    x = _clustered(3000, 32, seed=9)
+    np.save(tmp_path / "q.npy", x[:20])
+    with Store.create(tmp_path / "s", dim=32, codec="RB1", dense="f16") as s:
+        s.add(x)
+    assert main(["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--rerank", "auto",
+                 "--confidence", "0.99", "--out", str(tmp_path / "r.npy")]) == 0
+    err = capsys.readouterr().err
+    assert "p99" in err and "rows" in err
+    ids = np.load(tmp_path / "r.npy")
+    np.testing.assert_array_equal(ids[:, 0], np.arange(20))
+    with pytest.raises(SystemExit):
+        main(["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--rerank", "sometimes"])
+
+
+@pytest.mark.skipif(not (DATA / "wordnet-minilm" / "base.npy").exists(),
+                    reason=f"needs ../shared/data/wordnet-minilm (looked in {DATA})")
+def test_auto_on_wordnet_minilm(tmp_path):
+    # real embeddings, the dataset's own queries (held out from the calibration): the
+    # intervals hold as promised and auto misses few true neighbours with fewer rows than
+    # a fixed depth of the same recall (docs/results/rerank-auto.md has the full figures)
+    d = DATA / "wordnet-minilm"
+    base = np.load(d / "base.npy")
+    q = np.load(d / "queries.npy")[:1000]
+    gt = np.load(d / "gt_ids.npy")[:1000, :10]
+    with Store.create(tmp_path / "s", dim=base.shape[1], codec="RB1", dense="f16") as s:
+        s.add(base)
+        cover, _ = _coverage(s, q[:300], 0.99)
+        assert cover >= 0.97
+        auto = s.search(q, 10, rerank="auto")
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(auto.ids, gt)])
+        assert recall >= 0.985, recall
+        assert auto.stats.rows_read_mean <= 75, auto.stats.rows_read_mean
