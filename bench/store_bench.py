@@ -170,20 +170,27 @@ def faiss_sweep(base, queries, gt, nlist: int):
     return rows
 
 
+def _point(text: str) -> tuple[str, int | str, str | None]:
+    """SPEC:R[:NPROBE] with R an integer or auto (auto@CAP for a cap other than the default)."""
+    spec, r, nprobe = (text.split(":") + [None, None])[:3]
+    return spec, (r.replace("@", ":") if r.startswith("auto") else int(r)), nprobe
+
+
 def part_speed(args, base, queries, gt, out):
     q = queries[: args.nq_speed]
     g = gt[: args.nq_speed]
     faiss_rows = faiss_sweep(base, q, g, args.nlist)
     rows = []
     for point in args.points:
-        spec, r, nprobe = point.split(":") + [None] * (3 - len(point.split(":")))
-        r = int(r)
+        spec, r, nprobe = _point(point)
         path = ensure_store(args, base, spec)
         threads(1)
         with Store.open(path) as s:
             kw = {"rerank": r}
             if nprobe:
                 kw["nprobe"] = int(nprobe)
+            if isinstance(r, str):
+                s.error_model()  # calibrated once per open store, not timed
             res = s.search(q, K, **kw)
             rec = recall(res.ids, g)
             t = best_time(lambda: s.search(q, K, **kw))
@@ -192,6 +199,7 @@ def part_speed(args, base, queries, gt, out):
         best = max(match, key=lambda f: f["qps"]) if match else max(faiss_rows, key=lambda f: f["recall@10"])
         row = {"spec": spec, "rerank": r, "nprobe": nprobe and int(nprobe), "recall@10": rec, "qps": qps,
                "rows_read_per_query": res.stats.rows_read / len(q),
+               "rows_read_p99": None if res.stats.rows_per_query is None else res.stats.rows_read_p99,
                "bytes_read_per_query": res.stats.bytes_read / len(q),
                "faiss_best": best, "faiss_reaches_recall": bool(match), "ratio": qps / best["qps"]}
         rows.append(row)
@@ -275,11 +283,11 @@ def _evict(paths: list[Path]) -> None:
 def part_cold(args, base, queries, gt, out):
     rows = []
     for point in args.points:
-        spec, r, nprobe = point.split(":") + [None] * (3 - len(point.split(":")))
+        spec, r, nprobe = _point(point)
         path = ensure_store(args, base, spec)
         threads(1)
         dense_files = sorted(path.glob("dense-*.arrow"))
-        kw = {"rerank": int(r)}
+        kw = {"rerank": r}
         if nprobe:
             kw["nprobe"] = int(nprobe)
         with Store.open(path) as s:
@@ -297,7 +305,7 @@ def part_cold(args, base, queries, gt, out):
                     reported.append(res.stats.bytes_read)
                     found.append(res.ids[0])
                 lat_ms = np.array(lat) * 1e3
-                row = {"spec": spec, "rerank": int(r), "mode": mode, "nq": args.nq_cold,
+                row = {"spec": spec, "rerank": r, "mode": mode, "nq": args.nq_cold,
                        "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
                        "io_read_bytes_per_query": float(np.mean(io)),
                        "reported_bytes_per_query": float(np.mean(reported)),
@@ -312,7 +320,7 @@ def main() -> None:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wordnet-minilm"))
     p.add_argument("--specs", default="RB1;PQ56x8;PQ112x4")
     p.add_argument("--rerank", default="0,10,20,30,40,50,75,100,200")
-    p.add_argument("--points", default="RB1:50;RB1:100;IVF1024,RB1:50:128;IVF1024,RB1:60:128;IVF1024,RB1:50:160;IVF1024,RB1:60:192;IVF1024,RB1:100:256", help="operating points SPEC:R[:NPROBE];...")
+    p.add_argument("--points", default="RB1:50;RB1:100;IVF1024,RB1:50:128;IVF1024,RB1:60:128;IVF1024,RB1:50:160;IVF1024,RB1:60:192;IVF1024,RB1:100:256", help="operating points SPEC:R[:NPROBE];... (R: an integer, auto or auto@CAP)")
     p.add_argument("--parts", default="build,quality,speed,ram,cold")
     p.add_argument("--nq-speed", type=int, default=1000)
     p.add_argument("--nq-cold", type=int, default=200)

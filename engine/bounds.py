@@ -13,12 +13,15 @@ c, row i's exact score lies in ``[est + z_lo |q| sigma_i, est + z_hi |q| sigma_i
 z_hi the (1 - c) and c quantiles of z: it holds for a share c of (query, row) pairs like
 those it was measured on, on each side.
 
-The walk (`bounded_rerank`). Candidates are visited by upper bound, best first, in rounds:
-the first round reads the k best, each later one up to `step` more whose upper bound is
-still >= the current k-th exact score tau (equal may still enter by a smaller id); rows of
-a round are read together, each dense file in row order. It stops when no unread
-candidate's upper bound reaches tau: no interval left can change the top-k. A candidate is
-therefore skipped only if ``upper < tau``, never when its interval overlaps tau.
+The walk (`bounded_rerank`; compiled: `vecz.kernels.dense.bounded_walk`). Candidates are
+visited by upper bound, best first, in rounds: the first reads the k best, each later one
+up to `step` more whose upper bound is still >= the current k-th exact score tau (equal
+may still enter by a smaller id); a round's rows are fetched together. It stops when no
+unread candidate's upper bound reaches tau: no interval left can change the top-k. A
+candidate is therefore skipped only if ``upper < tau``, never when its interval overlaps
+tau. (A first round of every candidate above the k-th best *lower* bound was tried: the
+lower side of the interval is wide, since a shortlist favours rows whose code score is too
+high, and it read nearly the whole shortlist on wordnet-minilm.)
 
 Beyond the shortlist. The walk sees the best ``cap`` candidates by code score. A row
 outside them scored at most the last one's ``est``; if that plus the largest upper offset
@@ -35,12 +38,17 @@ import numpy as np
 
 from .errors import InvalidInput
 
-__all__ = ["ErrorModel", "bounded_rerank", "check_confidence", "DEFAULT_CONFIDENCE", "MIN_PAIRS"]
+__all__ = ["ErrorModel", "auto_cap", "bounded_rerank", "check_confidence", "DEFAULT_CONFIDENCE", "MIN_PAIRS"]
 
 # Per-side coverage of the default interval; what it gave is in docs/results/rerank-auto.md
 DEFAULT_CONFIDENCE = 0.995
 # Fewer calibration pairs than this give no model: auto then reads its whole shortlist.
 MIN_PAIRS = 200
+
+
+def auto_cap(k: int) -> int:
+    """Rows ``rerank="auto"`` may read per query at most, unless ``"auto:R"`` says."""
+    return max(100, 10 * k)
 
 
 def check_confidence(confidence: object) -> float:
@@ -86,7 +94,8 @@ class ErrorModel:
 
 def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: float, k: int, step: int,
                    read: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The walk of the module docstring over a shortlist.
+    """The walk of the module docstring over a shortlist, in numpy: the reference of the
+    compiled walk the store runs (`vecz.kernels.dense.bounded_walk`, tests compare them).
 
     est, scale float (nq, C): code scores (larger-is-better) and |q| sigma_i; valid bool
     (nq, C). ``read(mask)`` returns the exact scores (larger-is-better, float64 (nq, C)) of
@@ -103,15 +112,9 @@ def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: 
     tau = np.full(nq, -np.inf)
     ptr = np.zeros(nq, dtype=np.int64)
     cols = np.arange(c)[None, :]
-    first = True
+    kk = min(k, c)
+    end = np.minimum(n_valid, k)
     while True:
-        if first:
-            end = np.minimum(n_valid, k)
-            first = False
-        else:
-            # sorted by upper bound: the candidates that can still reach tau are a prefix
-            reach = (up_sorted >= tau[:, None]).sum(axis=1)
-            end = np.minimum(np.minimum(ptr + step, reach), n_valid)
         take = (cols >= ptr[:, None]) & (cols < end[:, None])
         if not take.any():
             break
@@ -122,7 +125,9 @@ def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: 
         done |= mask
         ptr = np.maximum(ptr, end)
         filled = np.where(done, exact, -np.inf)
-        if k <= c:
-            kth = -np.partition(-filled, k - 1, axis=1)[:, k - 1]
-            tau = np.where(done.sum(axis=1) >= k, kth, -np.inf)
+        kth = -np.partition(-filled, kk - 1, axis=1)[:, kk - 1]
+        tau = np.where(done.sum(axis=1) >= k, kth, -np.inf)
+        # sorted by upper bound: the candidates that can still reach tau are a prefix
+        reach = (up_sorted >= tau[:, None]).sum(axis=1)
+        end = np.minimum(np.minimum(ptr + step, reach), n_valid)
     return exact, done, tau

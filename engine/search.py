@@ -20,15 +20,21 @@ store at once (not while it commits).
 from __future__ import annotations
 
 import numpy as np
+from numba.typed import List
 
 from ..kernels import dense as dense_kernels
 from ..kernels.topk import topk_positions, topk_positions_batch
-from .bounds import ErrorModel, bounded_rerank
+from .bounds import ErrorModel
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
 from .threads import query_threads
 
-__all__ = ["search_segments", "calibrate", "PARALLEL_MIN_QUERIES"]
+__all__ = ["search_segments", "calibrate", "PARALLEL_MIN_QUERIES", "AUTO_STEP"]
+
+# rerank="auto": rows per later round of the walk (engine/bounds.py `bounded_rerank`); a
+# round's rows are fetched together (CPU prefetch), the first round's pages asked of the
+# kernel ahead for small batches
+AUTO_STEP = 4
 
 PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
@@ -78,13 +84,9 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
     return out_s, out_g, out_r, out_k, candidates
 
 
-def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
-           prefetch: bool | None) -> tuple[np.ndarray, int, int]:
-    """Exact scores (user's convention, float64 (nq, C)) of the candidates whose segment
-    index is >= 0, reading each dense file once (rows ascending); others are 0. Returns
-    (scores, rows read, bytes read)."""
-    nq = x.shape[0]
-    parallel = nq >= PARALLEL_MIN_QUERIES
+def _locate(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Where each candidate's exact vector lives: index into the returned readers (-1 where
+    seg_of < 0) and row within that dense file."""
     reader_ix = np.full(rows.shape, -1, dtype=np.int64)
     dense_row = np.full(rows.shape, -1, dtype=np.int64)
     readers: list = []
@@ -99,6 +101,16 @@ def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarr
                 readers.append(rd)
         reader_ix[at] = local_to_pool[f]
         dense_row[at] = r
+    return reader_ix, dense_row, readers
+
+
+def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
+           prefetch: bool | None) -> tuple[np.ndarray, int, int]:
+    """Exact scores (user's convention, float64 (nq, C)) of the candidates whose segment
+    index is >= 0, reading each dense file once (rows ascending); others are 0. Returns
+    (scores, rows read, bytes read)."""
+    parallel = x.shape[0] >= PARALLEL_MIN_QUERIES
+    reader_ix, dense_row, readers = _locate(segments, seg_of, rows)
     exact = np.zeros(rows.shape, dtype=np.float64)
     rescore = dense_kernels.dense_rescore_batch if parallel else dense_kernels.dense_rescore
     kind = _RESCORE[metric]
@@ -199,33 +211,57 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
     valid = ids >= 0
     better = sign * est.astype(np.float64)
     if model is None:  # nothing measured: every candidate may matter
-        z_hi, per_row = np.inf, False
+        z_hi, per_row = 1e300, False
     else:
         z_hi, per_row = model.interval(confidence)[1], model.per_row
     qn = _query_norms(metric, x)
     scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
-    totals = [0, 0]
-
-    def read(mask: np.ndarray) -> np.ndarray:
-        ex, n_rows, n_bytes = _exact(metric, segments, x, np.where(mask, seg_of, -1), rows, prefetch)
-        totals[0] += n_rows
-        totals[1] += n_bytes
-        return sign * ex
-
-    step = max(4, k // 2)
-    exact, done, tau = bounded_rerank(better, scale, valid, z_hi if np.isfinite(z_hi) else 1e300, k, step, read)
-    user = np.where(done, sign * np.nan_to_num(exact), 0.0)
+    # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
+    upper = np.where(valid, better + z_hi * scale, -np.inf)
+    order = np.argsort(-upper, axis=1, kind="stable")
+    up_sorted = np.ascontiguousarray(np.take_along_axis(upper, order, axis=1))
+    n_valid = valid.sum(axis=1).astype(np.int64)
+    reader_ix, dense_row, readers = _locate(segments, np.where(valid, seg_of, -1), rows)
+    nq = x.shape[0]
+    if not readers:  # no candidate
+        return (np.full((nq, k), _worst(metric), dtype=np.float32), np.full((nq, k), -1, dtype=np.int64), 0, 0,
+                np.zeros(nq, dtype=np.int64), 0)
+    step = AUTO_STEP
+    if prefetch if prefetch is not None else x.shape[0] < PARALLEL_MIN_QUERIES:
+        # the first round's rows and one step more: their pages are asked for together
+        first = np.zeros(valid.shape, dtype=bool)
+        np.put_along_axis(first, order[:, : k + step], True, axis=1)
+        first &= valid
+        for j, reader in enumerate(readers):
+            reader.will_need(np.sort(dense_row[first & (reader_ix == j)]))
+    vectors = List()
+    for reader in readers:
+        vectors.append(reader.values)
+    exact = np.zeros(valid.shape, dtype=np.float64)
+    done = np.zeros(valid.shape, dtype=bool)
+    walk = dense_kernels.bounded_walk_batch if x.shape[0] >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
+    per_query = walk(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k, step, _RESCORE[metric],
+                     exact, done)
+    n_rows = n_bytes = 0
+    for j, reader in enumerate(readers):
+        n = int(np.count_nonzero(done & (reader_ix == j)))
+        reader.note_read(n)
+        n_rows += n
+        n_bytes += n * reader.info.row_bytes
+    kk = min(k, exact.shape[1])
+    kth = -np.partition(-np.where(done, exact, -np.inf), kk - 1, axis=1)[:, kk - 1]
+    tau = np.where(per_query >= k, kth, -np.inf)
+    user = np.where(done, sign * exact, 0.0)
     topk = dense_kernels.rerank_topk_batch if x.shape[0] >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
     top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, ids, -1)), k, metric == "l2")
     capped = 0
     if model is not None and est.shape[1]:
         # a row beyond the shortlist scored at most the last candidate's code score
-        sigma_max = max((float(seg.errors.max(initial=0.0)) if per_row and seg.errors is not None else 1.0)
-                        for seg in segments if seg.live)
+        sigma_max = max((seg.error_max if per_row else 1.0) for seg in segments if seg.live)
         full = valid[:, -1]
         reach = better[:, -1] + z_hi * qn * sigma_max
         capped = int(np.count_nonzero(full & (reach >= tau)))
-    return top_s, top_i, totals[0], totals[1], done.sum(axis=1).astype(np.int64), capped
+    return top_s, top_i, n_rows, n_bytes, per_query, capped
 
 
 def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int,

@@ -79,6 +79,14 @@ class Segment:
     # per row, the scale of its code score's error (`Quantizer.row_errors`), set with the
     # layout; None when the codec has none (or truncates: an MRL tail is not in it)
     errors: np.ndarray | None = None
+    _error_max: float | None = None
+
+    @property
+    def error_max(self) -> float:
+        """The largest row error scale (0 without them), computed once."""
+        if self._error_max is None:
+            self._error_max = 0.0 if self.errors is None else float(self.errors.max(initial=0.0))
+        return self._error_max
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property

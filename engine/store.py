@@ -57,7 +57,7 @@ from .errors import (
     VeczError,
 )
 from .inputs import as_ids as _as_ids
-from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence
+from .bounds import DEFAULT_CONFIDENCE, ErrorModel, auto_cap, check_confidence
 from .search import calibrate, search_segments
 from .segments import DensePool, Segment, load_segment
 
@@ -72,11 +72,6 @@ MAX_STATE_BYTES = 2 << 30
 DEFAULT_RETAIN = 8
 # Results wider than the live rows are padded with -1 up to k only within this many bytes.
 MAX_RESULT_BYTES = 256 << 20
-
-
-def auto_cap(k: int) -> int:
-    """Rows ``rerank="auto"`` may read per query at most, unless ``"auto:R"`` says."""
-    return max(100, 10 * k)
 
 
 def _parse_auto(rerank: str, k: int) -> int:
@@ -492,7 +487,7 @@ class Store:
             scores. Default: ``max(50, 5 * k)`` with a dense tier, else 0. k and R beyond
             the live rows cost no more than the live rows. ``"auto"`` (or ``"auto:R"``)
             reads a candidate's exact vector only while its error interval can still
-            change the top-k, at most R rows (default `auto_cap`); ``.stats`` gives the
+            change the top-k, at most R rows (default `bounds.auto_cap`); ``.stats`` gives the
             rows each query read (engine/bounds.py). The first auto search of an open store
             measures the codec's error on the store's own rows (`error_model`: about
             16,000 rows read once).

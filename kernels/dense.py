@@ -33,6 +33,8 @@ __all__ = [
     "dense_rescore_batch",
     "rerank_topk",
     "rerank_topk_batch",
+    "bounded_walk",
+    "bounded_walk_batch",
     "RESCORE_IP",
     "RESCORE_COSINE",
     "RESCORE_L2",
@@ -331,3 +333,80 @@ def rerank_topk(exact, ids, k, is_l2):
     for i in range(nq):
         _rerank_topk_one(exact[i], ids[i], k, is_l2, out_s[i], out_i[i])
     return out_s.astype(np.float32), out_i
+
+
+@jit
+def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done):
+    # rows are scored larger-is-better (l2: the negated distance); `top` holds the k best
+    # exact scores so far, ascending, so top[0] is tau once k are read
+    q_norm = np.sqrt(_dot_lanes(query, query)) if metric == RESCORE_COSINE else 1.0
+    top = np.full(k, -np.inf)
+    count = 0
+    ptr = 0
+    end = min(k, n_valid)
+    while ptr < end:
+        for p in range(ptr, end):
+            j = order[p]
+            _prefetch_row(vectors[file_ix[j]], rows[j])
+        for p in range(ptr, end):
+            j = order[p]
+            v = vectors[file_ix[j]][rows[j]]
+            if metric == RESCORE_L2:
+                s = -_dist_lanes(query, v)
+            else:
+                s = _dot_lanes(query, v)
+                if metric == RESCORE_COSINE:
+                    den = q_norm * np.sqrt(_dot_lanes(v, v))
+                    s = s / den if den > 0 else 0.0
+            exact[j] = s
+            done[j] = True
+            if count < k or s > top[0]:
+                # insert into the ascending buffer, dropping its smallest when full
+                if count < k:
+                    at = count
+                    count += 1
+                    while at > 0 and top[at - 1] > s:
+                        top[at] = top[at - 1]
+                        at -= 1
+                    top[at] = s
+                else:
+                    at = 0
+                    while at + 1 < k and top[at + 1] < s:
+                        top[at] = top[at + 1]
+                        at += 1
+                    top[at] = s
+        ptr = end
+        tau = top[0] if count >= k else -np.inf
+        reach = ptr
+        while reach < n_valid and up_sorted[reach] >= tau:
+            reach += 1
+        end = min(ptr + step, reach)
+    return ptr
+
+
+@jit
+def bounded_walk(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done):
+    """The walk of vecz.engine.bounds (`bounded_rerank`) for each query, compiled: visit the
+    candidates in `order` (by upper bound, best first, `up_sorted` their bounds), read the
+    first k, then up to `step` at a time while the next upper bound is >= the k-th exact
+    score so far. vectors: a typed List of (n, dim) arrays (one per dense file, float32 or
+    float16 bit patterns), candidate j of query i at vectors[file_ix[i, j]][rows[i, j]].
+    Writes exact scores (larger-is-better: l2 negated) and done flags (nq, C); returns the
+    rows read per query."""
+    nq = queries.shape[0]
+    out = np.zeros(nq, dtype=np.int64)
+    for i in range(nq):
+        out[i] = _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
+                           metric, exact[i], done[i])
+    return out
+
+
+@jit_batch
+def bounded_walk_batch(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done):
+    """`bounded_walk`, parallel over queries."""
+    nq = queries.shape[0]
+    out = np.zeros(nq, dtype=np.int64)
+    for i in prange(nq):
+        out[i] = _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
+                           metric, exact[i], done[i])
+    return out

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numba.typed import List
+
 from vecz import Store
+from vecz.kernels import dense
 from vecz.engine import InvalidInput
 from vecz.engine.bounds import ErrorModel, bounded_rerank
 from vecz.engine.search import _query_norms, _scales, _shortlist
@@ -36,6 +39,7 @@ def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_h
     exact = est + z_hi * scale - np.abs(rng.normal(size=(nq, c)))
     if ties:
         exact = np.round(exact, 1)
+    exact = exact.astype(np.float32).astype(np.float64)  # float32 rows score exactly below
     reads = []
 
     def read(mask):
@@ -59,6 +63,22 @@ def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_h
             have = np.sort(got[i][done[i]])[::-1][: min(k, n_valid)]
             np.testing.assert_array_equal(have, want)
         np.testing.assert_array_equal(got[i][done[i]], exact[i][done[i]])
+    # the compiled walk the store runs reads exactly the same rows (serial and parallel)
+    vectors = List()
+    vectors.append(np.ascontiguousarray(exact.reshape(-1, 1), dtype=np.float32))  # "ip" against q = 1 gives exact back
+    upper = np.where(valid, est + z_hi * scale, -np.inf)
+    order = np.argsort(-upper, axis=1, kind="stable")
+    up_sorted = np.ascontiguousarray(np.take_along_axis(upper, order, axis=1))
+    file_ix = np.zeros((nq, c), dtype=np.int64)
+    rows = np.arange(nq * c, dtype=np.int64).reshape(nq, c)
+    for walk in (dense.bounded_walk, dense.bounded_walk_batch):
+        ex = np.zeros((nq, c))
+        dn = np.zeros((nq, c), dtype=bool)
+        n = walk(np.ones((nq, 1), dtype=np.float32), vectors, file_ix, rows, order, up_sorted, valid.sum(1).astype(np.int64), k, step,
+                 dense.RESCORE_IP, ex, dn)
+        np.testing.assert_array_equal(dn, done)
+        np.testing.assert_array_equal(n, done.sum(1))
+        np.testing.assert_array_equal(ex[dn], exact[dn])
 
 
 def test_interval_quantiles_and_small_samples():

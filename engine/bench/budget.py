@@ -48,7 +48,8 @@ from .data import Dataset, ground_truth
 from .exact import exact_keys, prepare, select_exact
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_nprobe
 from .metrics import LATENCY_QUERIES, BenchResult, recall_at, recall_ats
-from .report import aligned_table, faiss_columns, markdown_rows, measured_columns, num_cell, settings_line
+from .report import (aligned_table, depth_cell, faiss_columns, markdown_rows, measured_columns, num_cell,
+                     settings_line)
 from .report import write_outputs as _write_report
 from .runner import built_stores, check_common, ivf_nlist, measure_store, set_threads, store_row
 
@@ -315,7 +316,7 @@ def _run_cols(result: BenchResult) -> list[tuple[str, str, Any]]:
         ("spec", "<", lambda row: row["spec"] + ("  <- recommended" if row.get("recommended") else "")),
         ("code B", ">", num_cell("code_size", "d")),
         ("nprobe", ">", lambda row: "-" if row.get("nprobe") is None else str(row["nprobe"])),
-        ("R", ">", num_cell("rerank", "d")),
+        ("R", ">", depth_cell),
         (f"tune {key}", ">", num_cell(f"tune_{key}", ".3f")),
         (f"held-out {key}", ">", num_cell(key, ".3f")),
     ] + measured_columns(",.0f")

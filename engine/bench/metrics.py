@@ -33,7 +33,24 @@ __all__ = [
     "best_per_budget",
     "EXAMPLE_RECALL",
     "best_compressed",
+    "depth_key",
+    "depth_rows",
 ]
+
+
+def depth_key(r: int | str) -> tuple[int, int]:
+    """Sort key of a re-ranking depth: fixed depths by R, then ``auto:R`` by its cap."""
+    if isinstance(r, str):
+        return 1, int(r.partition(":")[2] or 0)
+    return 0, int(r)
+
+
+def depth_rows(row: dict[str, Any]) -> float:
+    """Rows a result row re-ranks per query: R, or what ``auto`` read on average."""
+    r = row.get("rerank", 0)
+    if isinstance(r, str):
+        return float(row.get("rows_read_per_query") or 0.0)
+    return float(r)
 
 # bytes/vector = code bytes + the int64 id every store (and faiss index) keeps per row.
 ID_BYTES = 8
@@ -185,7 +202,7 @@ def best_per_budget(result: BenchResult) -> list[dict[str, Any]]:
     "fastest": {R: (spec, recall, qps) or None}}``, budgets ascending.
     """
     key = result.quality_key
-    depths = sorted({row["rerank"] for row in result.rows})
+    depths = sorted({row["rerank"] for row in result.rows}, key=depth_key)
     out = []
     for budget in sorted({row["bytes_per_vector"] for row in result.rows}):
         best: dict[int, tuple[str, float, float] | None] = {}
@@ -207,7 +224,7 @@ def best_per_budget(result: BenchResult) -> list[dict[str, Any]]:
 EXAMPLE_RECALL = 0.95
 
 
-def best_compressed(result: BenchResult) -> tuple[str, int] | None:
+def best_compressed(result: BenchResult) -> tuple[str, int | str] | None:
     """(spec, R) whose neighbours the examples show: the fewest bytes per vector among rows
     reaching `EXAMPLE_RECALL` (then the best recall, then the shallowest R); when none does,
     the best recall. Flat and F16 are left out since they barely compress.
@@ -219,7 +236,7 @@ def best_compressed(result: BenchResult) -> tuple[str, int] | None:
         return None
     good = [row for row in pool if row[key] >= EXAMPLE_RECALL]
     if good:
-        best = min(good, key=lambda row: (row["bytes_per_vector"], -row[key], row["rerank"]))
+        best = min(good, key=lambda row: (row["bytes_per_vector"], -row[key], depth_rows(row)))
     else:
-        best = max(pool, key=lambda row: (row[key], -row["bytes_per_vector"], -row["rerank"]))
+        best = max(pool, key=lambda row: (row[key], -row["bytes_per_vector"], -depth_rows(row)))
     return best["spec"], best["rerank"]

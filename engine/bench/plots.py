@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InvalidInput, MissingDependency
-from .metrics import BenchResult
+from .metrics import BenchResult, depth_key
 
 __all__ = ["family", "pareto_line", "RecallAxis", "place_labels", "write_plots", "replot"]
 
@@ -409,7 +409,7 @@ def plot_recall_vs_bytes(rows: Sequence[dict[str, Any]], settings: dict[str, Any
     families = _families(rows)
     colour = _colours(families)
     axis = _recall_axis(settings, key, False)
-    depths = sorted({row["rerank"] for row in rows})
+    depths = sorted({row["rerank"] for row in rows}, key=depth_key)
     fig, canvas, axes = _figure(3.9 * len(depths) + 2.4, 6.0, ncols=len(depths))
 
     all_recalls = [row[key] for row in rows] + [row[fkey] for row in rows if row.get(fkey) is not None]

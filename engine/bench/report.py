@@ -25,10 +25,11 @@ import numpy as np
 from ..errors import MissingDependency
 from .data import Dataset
 from .faiss_side import FAISS_KEYS, faiss_version
-from .metrics import NEAR_BEST, BenchResult, best_compressed, best_per_budget
+from .metrics import NEAR_BEST, BenchResult, best_compressed, best_per_budget, depth_key
 from .plots import write_plots
 
 __all__ = [
+    "depth_cell",
     "num_cell",
     "measured_columns",
     "aligned_table",
@@ -45,6 +46,17 @@ __all__ = [
 Column = tuple[str, str, Callable[[dict], str]]  # header, alignment ("<" or ">"), formatter
 
 
+def depth_cell(row: dict) -> str:
+    """The R cell: a depth, or ``auto:R c=<confidence>``."""
+    r = row.get("rerank")
+    if r is None:
+        return "-"
+    if isinstance(r, str):
+        c = row.get("confidence")
+        return r if c is None else f"{r} c={c:g}"
+    return str(r)
+
+
 def num_cell(key: str, fmt: str) -> Callable[[dict], str]:
     """Formatter of one numeric table cell: `fmt` of row[key], '-' when it is None."""
     return lambda row: "-" if row.get(key) is None else format(row[key], fmt)
@@ -57,6 +69,8 @@ def measured_columns(qps_fmt: str) -> list[Column]:
         ("p50 ms", ">", num_cell("p50_ms", ".3f")),
         ("p99 ms", ">", num_cell("p99_ms", ".3f")),
         ("rows/q", ">", num_cell("rows_read_per_query", "g")),
+        ("rows p99", ">", num_cell("rows_read_p99", "g")),
+        ("miss", ">", lambda row: "-" if row.get("miss_rate") is None else f"{100 * row['miss_rate']:.2f}%"),
         ("KiB/q", ">", lambda row: "-" if row.get("bytes_read_per_query") is None
          else f"{row['bytes_read_per_query'] / 1024:.1f}"),
         ("build s", ">", num_cell("build_s", ".1f")),
@@ -101,7 +115,7 @@ def _columns(result: BenchResult, faiss_cols: bool, mark: str = "*") -> list[Col
         ("bytes/vec", ">", num("bytes_per_vector", "d")),
         ("RAM B/vec", ">", num("ram_bytes_per_vector", ".1f")),
         ("nprobe", ">", lambda row: "-" if row.get("nprobe") is None else str(row["nprobe"])),
-        ("R", ">", num("rerank", "d")),
+        ("R", ">", depth_cell),
     ]
     for a in result.recall_ats:
         key = f"recall@{a}"
@@ -209,13 +223,14 @@ def machine_info(command: str | None = None) -> dict[str, Any]:
 
 CSV_COLUMNS = (
     "spec", "code_size", "bytes_per_vector", "ram_bytes_per_vector", "nprobe", "rerank", "tune_recall@10",
-    "recall@1", "recall@10", "recall@100", "qps", "p50_ms", "p99_ms", "rows_read_per_query",
+    "recall@1", "recall@10", "recall@100", "qps", "p50_ms", "p99_ms", "rows_read_per_query", "rows_read_p99",
+    "confidence", "miss_rate",
     "bytes_read_per_query", "candidates_per_query", "build_s", "train_s", "pareto", "recommended",
 ) + FAISS_KEYS
 
 
 def _budget_markdown(result: BenchResult) -> str:
-    depths = sorted({row["rerank"] for row in result.rows})
+    depths = sorted({row["rerank"] for row in result.rows}, key=depth_key)
     head = ["bytes/vec budget"] + [("codes only" if r == 0 else f"R={r}") for r in depths]
     lines = []
     for entry in best_per_budget(result):

@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from ..bounds import DEFAULT_CONFIDENCE, auto_cap
 from ..codecs import METRICS, Codec, code_size
 from ..errors import CodecSpecError, InvalidInput
 from .data import Dataset, ground_truth
@@ -121,20 +122,34 @@ def parse_codecs(text: str, dim: int, metric: str) -> list[str]:
     return specs
 
 
-def parse_rerank(text: str, k: int) -> list[int]:
-    """``"0,50"`` -> [0, 50]; each depth is 0 (codes only) or >= k."""
-    try:
-        depths = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise InvalidInput(f"--rerank expects comma-separated integers such as '0,50', found {text!r}") from None
+def parse_rerank(text: str, k: int) -> list[int | str]:
+    """``"0,50,auto"`` -> [0, 50, "auto:100"]; each depth is 0 (codes only), >= k, or
+    ``auto`` / ``auto:R`` (error-bound re-ranking capped at R rows, default
+    `vecz.engine.bounds.auto_cap`)."""
+    depths: list[int | str] = []
+    for p in (p.strip().lower() for p in text.split(",")):
+        if not p:
+            continue
+        if p == "auto":
+            depths.append(f"auto:{auto_cap(k)}")
+            continue
+        try:
+            depths.append(p if p.startswith("auto:") and int(p[5:]) >= 0 else int(p))
+        except ValueError:
+            raise InvalidInput(f"--rerank expects comma-separated integers or auto[:R] such as '0,50,auto', "
+                               f"found {text!r}") from None
     if not depths:
         raise InvalidInput(f"--rerank {text!r} names no depth")
     _check_depths(depths, k)
     return list(dict.fromkeys(depths))
 
 
-def _check_depths(depths: Sequence[int], k: int) -> None:
+def _check_depths(depths: Sequence[int | str], k: int) -> None:
     for r in depths:
+        if isinstance(r, str):
+            if not r.startswith("auto:") or not r[5:].isdigit() or int(r[5:]) < k:
+                raise InvalidInput(f"--rerank auto:R needs an integer R >= k={k}, found {r!r}")
+            continue
         if r < 0 or 0 < r < k:
             raise InvalidInput(f"--rerank depths must be 0 or >= k={k} (re-ranking keeps the best k of R), found {r}")
 
@@ -279,13 +294,22 @@ def store_nprobe(nlist: int, nprobe: int | None) -> int | None:
     return min(nlist, nprobe) if nprobe is not None else max(1, nlist // 8)
 
 
-def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, rerank: int, nprobe: int | None,
-                  ats: Sequence[int], latency: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, rerank: int | str,
+                  nprobe: int | None, ats: Sequence[int], latency: bool = True,
+                  confidence: float | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Search an open store with every query (timed as a batch), then `LATENCY_QUERIES`
-    one at a time. Returns the row's measured fields and the ids found (nq, k)."""
+    one at a time. Returns the row's measured fields and the ids found (nq, k). With
+    ``rerank="auto:R"`` also the rows read per query at the 99th percentile, and the miss
+    rate: the share of true top-k ids that the fixed depth R found and auto did not (what
+    its error bounds cost; the search at depth R is not timed)."""
     nq = len(queries)
+    auto = isinstance(rerank, str)
+    if auto:
+        store.error_model()  # measured once per store, outside the timings
 
     def search(q: np.ndarray) -> Any:
+        if auto:
+            return store.search(q, k, nprobe=nprobe, rerank=rerank, confidence=confidence)
         return store.search(q, k, nprobe=nprobe, rerank=rerank)
 
     res, qps = time_batch(search, queries)
@@ -302,6 +326,14 @@ def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, re
     row["rows_read_per_query"] = round(res.stats.rows_read / nq, 2)
     row["bytes_read_per_query"] = round(res.stats.bytes_read / nq, 1)
     row["candidates_per_query"] = round(res.stats.candidates / nq, 1)
+    if auto:
+        row["rows_read_p99"] = round(res.stats.rows_read_p99, 1)
+        row["confidence"] = confidence if confidence is not None else DEFAULT_CONFIDENCE
+        fixed = store.search(queries, k, nprobe=nprobe, rerank=int(rerank.partition(":")[2]))[1]
+        kk = min(k, gt.shape[1])
+        truth = [set(g[:kk]) - {-1} for g in gt]
+        lost = sum(len((set(f[:kk]) & t) - set(a[:kk])) for f, a, t in zip(fixed, ids, truth))
+        row["miss_rate"] = round(lost / max(sum(len(t) for t in truth), 1), 5)
     return row, ids
 
 
@@ -391,7 +423,7 @@ def run_bench(
             measured, ids = measure_store(store, xq, gt, k=k, rerank=r, nprobe=npr, ats=ats)
             found[(built.spec, r)] = ids
             row = store_row(built, ram, r, npr, measured)
-            if fx is not None:
+            if fx is not None and isinstance(r, int):
                 row.update(fx.measure(r, xq, gt, ats, row["qps"]))
             rows.append(row)
         del fx
