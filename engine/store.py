@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ import numpy as np
 
 from ..formats import manifest as mf
 from ..formats import segment as sg
-from ..formats.body import DENSE_CHOICES, FORMAT_ID, StoreBody, body_files, data_file_name, parse_body
+from ..formats.body import (DENSE_CHOICES, FORMAT_ID, SegmentRecord, StoreBody, body_files, data_file_name,
+                            parse_body)
 from ..formats.dense import check_dense
 from . import writes
 from .codecs import METRICS, Codec, SearchResult, _as_vectors
@@ -301,8 +303,22 @@ class Store:
                     seg.rec = rec
                     segments.append(seg)
                     continue
+            segments.append(rec)  # loaded below
+        # Segments not seen yet load two at a time: one's file is read while another's
+        # layout is built (file reads and the layout kernels release the GIL).
+        todo = [(i, rec) for i, rec in enumerate(segments) if isinstance(rec, SegmentRecord)]
+
+        def load(rec: SegmentRecord) -> Segment:
             dead = writes.dead_rows_of(self.path, rec, legacy)
-            segments.append(load_segment(self.path, rec, codec, pool, dead, build=self._build_layouts))
+            return load_segment(self.path, rec, codec, pool, dead, build=self._build_layouts)
+
+        if len(todo) > 1:
+            with ThreadPoolExecutor(max_workers=2) as ex:
+                loaded = list(ex.map(load, [rec for _, rec in todo]))
+        else:
+            loaded = [load(rec) for _, rec in todo]
+        for (i, _), seg in zip(todo, loaded):
+            segments[i] = seg
         self.codec = codec
         self._body = body
         self._segments = segments
