@@ -521,6 +521,22 @@ class Codec:
             lists[a:a + step] = part.lists
         return Codes(codes, lists)
 
+    def _stored_errors(self, x: np.ndarray, codes: Codes) -> np.ndarray | None:
+        """Per row, |x - decode(code)| (float32 (n,)) of rows already through `_prepare`:
+        the scale of a code score's error that rerank="auto" reads from the codes segment
+        (its optional ``errors`` section). None when the codes tell it themselves (RB,
+        `Quantizer.row_errors`) or under MRL (the truncated tail is not a coding error).
+        Decoded in chunks, as `_encode_prepared` encodes."""
+        if self.mrl is not None or self.quantizer.errors_from_code:
+            return None
+        n = x.shape[0]
+        out = np.empty(n, dtype=np.float32)
+        step = max(1024, ENCODE_CHUNK_BYTES // max(1, 4 * x.shape[1]))
+        for a in range(0, n, step):
+            diff = x[a:a + step] - self.decode(codes.codes[a:a + step], codes.lists[a:a + step])
+            out[a:a + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+        return out
+
     def _encode_chunk(self, x: np.ndarray, state: dict[str, np.ndarray]) -> Codes:
         lists = self._assign_prepared(x)
         if self._residual:

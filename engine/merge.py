@@ -105,6 +105,7 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
     of the files written (for the commit) and the loaded segment; (None, [], None) when no
     row is live."""
     ids_p, codes_p, lists_p, loc_file, loc_row = [], [], [], [], []
+    errors_p: list[np.ndarray | None] = []
     infos: list = []
     index_of: dict[str, int] = {}
     for src in sources:
@@ -112,6 +113,7 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
         live = src.live_rows()
         ids_p.append(arrays["ids"][live])
         codes_p.append(arrays["codes"][live])
+        errors_p.append(None if "errors" not in arrays else arrays["errors"][live])
         lists_p.append(arrays["lists"][live])
         if src.rec.dense:
             local = np.array([index_of.setdefault(d.file, len(index_of)) for d in src.rec.dense], dtype=np.int64)
@@ -130,6 +132,8 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
     lists = np.ascontiguousarray(np.concatenate(lists_p)[order])
     files: list[str] = []
     arrays = {"codes": codes, "ids": ids, "lists": lists}
+    if errors_p and all(e is not None for e in errors_p):  # kept only when every source has them
+        arrays["errors"] = np.ascontiguousarray(np.concatenate(errors_p)[order])
     dense_file = dense_row = None
     dense_map = "identity"
     if infos:
@@ -163,4 +167,4 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
     files.append(name)
     rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0, True)
     return rec, files, Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row,
-                                           directory=directory, build=build)
+                                           directory=directory, build=build, stored_errors=arrays.get("errors"))

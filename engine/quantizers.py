@@ -111,6 +111,9 @@ class Quantizer:
         attribute that holds them."""
         return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
 
+    # True when `row_errors` derives every row's error scale from its code (nothing stored)
+    errors_from_code = False
+
     def row_errors(self, codes: np.ndarray, width: int) -> np.ndarray | None:
         """Per row, the scale of its code score's error (float32 (n,)), from the codes alone,
         or None when the code does not tell (then one scale for every row; the error-bound
@@ -286,6 +289,8 @@ class RB(Quantizer):
         if keep_rows:
             out["bits"], out["factors"] = self.split_codes(np.ascontiguousarray(codes[order]), width)
         return out
+
+    errors_from_code = True
 
     def row_errors(self, codes, width):
         # |r - g s|: RaBitQ's per-vector error, no extra bytes (kernels/binary.py)

@@ -106,7 +106,7 @@ class Segment:
                                          keep_rows=False)
                     if self.dead.size:
                         layout.mark_dead(self.dead)
-                    self.errors = _row_errors(codec, arrays["codes"])
+                    self.errors = _row_errors(codec, arrays["codes"], arrays.get("errors"))
                     self.built = layout
         return self.built
 
@@ -179,7 +179,7 @@ class Segment:
     def from_arrays(cls, rec: SegmentRecord, codec: Codec, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray,
                     pool: DensePool | None, dense_file: np.ndarray | None = None,
                     dense_row: np.ndarray | None = None, *, directory: Path | None = None,
-                    build: bool = True) -> "Segment":
+                    build: bool = True, stored_errors: np.ndarray | None = None) -> "Segment":
         """The segment just written (or read): its layout built from the codes in hand, or
         with ``build=False`` later from the file in `directory` (`layout`)."""
         if not build and directory is None:
@@ -191,13 +191,16 @@ class Segment:
             id_order = np.argsort(ids, kind="stable")
         return cls(rec, ids, layout, dense, dense_file, dense_row, id_order=id_order,
                    source=None if directory is None else (directory, codec),
-                   errors=_row_errors(codec, codes) if build else None)
+                   errors=_row_errors(codec, codes, stored_errors) if build else None)
 
 
-def _row_errors(codec: Codec, codes: np.ndarray) -> np.ndarray | None:
+def _row_errors(codec: Codec, codes: np.ndarray, stored: np.ndarray | None) -> np.ndarray | None:
+    """The rows' error scales: from the codes (RB) or the segment's ``errors`` section."""
     if codec.width != codec.dim:
         return None
-    return codec.quantizer.row_errors(codes, codec.width)
+    if codec.quantizer.errors_from_code:
+        return codec.quantizer.row_errors(codes, codec.width)
+    return stored
 
 
 def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, np.ndarray]:
@@ -205,6 +208,8 @@ def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, n
     path = directory / rec.file
     with sg.open_segment(path, kind="codes") as f:
         arrays = {name: f.read(name) for name in ("ids", "codes", "lists")}
+        if "errors" in f.sections:
+            arrays["errors"] = f.read("errors")
         if rec.dense_map == "sections":
             for name in ("dense_file", "dense_row"):
                 if name not in f.sections:
@@ -223,6 +228,11 @@ def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, n
         raise StoreCorrupted(f"{path}: expected codes uint8 ({n}, {size}), found {codes.dtype} {codes.shape}")
     if lists.dtype != np.int64 or lists.shape != (n,) or (lists.size and (lists.min() < 0 or lists.max() >= codec.nlist)):
         raise StoreCorrupted(f"{path}: expected lists int64 ({n},) in [0, {codec.nlist})")
+    if "errors" in arrays:
+        err = arrays["errors"]
+        if err.dtype != np.float32 or err.shape != (n,) or (n and not (np.isfinite(err).all() and err.min() >= 0)):
+            raise StoreCorrupted(f"{path}: expected errors float32 ({n},), finite and >= 0, found {err.dtype} "
+                                 f"{err.shape}")
     if rec.dense_map == "sections":
         df, dr = arrays["dense_file"], arrays["dense_row"]
         if df.dtype != np.uint16 or dr.dtype != np.uint32 or df.shape != (n,) or dr.shape != (n,):
@@ -258,7 +268,8 @@ def load_segment(directory: Path, rec: SegmentRecord, codec: Codec, pool: DenseP
     (sorted local rows) marked dead."""
     arrays = read_codes(directory, rec, codec)
     seg = Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
-                              arrays.get("dense_file"), arrays.get("dense_row"), directory=directory, build=build)
+                              arrays.get("dense_file"), arrays.get("dense_row"), directory=directory, build=build,
+                              stored_errors=arrays.get("errors"))
     del arrays
     if dead is None and rec.deletes is not None:
         dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial)

@@ -167,6 +167,7 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
     if trained_now:
         codec = Codec.from_config(codec.to_config())._fit(prepared)
     codes = codec._encode_prepared(prepared)
+    errors = codec._stored_errors(prepared, codes)
     del prepared
     order = None if n < 2 or (np.diff(new_ids) > 0).all() else np.argsort(new_ids, kind="stable")
     seg_ids = new_ids if order is None else new_ids[order]
@@ -182,7 +183,10 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
         serial = serials.take()
         name = data_file_name("seg", serial)
         with storage_errors("add: write the codes segment", store.path / name):
-            sg.write_segment(store.path / name, "codes", {"codes": seg_codes, "ids": seg_ids, "lists": seg_lists})
+            arrays = {"codes": seg_codes, "ids": seg_ids, "lists": seg_lists}
+            if errors is not None:
+                arrays["errors"] = errors if order is None else errors[order]
+            sg.write_segment(store.path / name, "codes", arrays)
         files.append(name)
         dense = ()
         if store.dense != "none":
@@ -201,7 +205,7 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
     store.codec = codec
     pool = None if store.dense == "none" else store._pool
     store._segments.append(Segment.from_arrays(rec, codec, seg_ids, seg_codes, seg_lists, pool, directory=store.path,
-                                               build=store._build_layouts))
+                                               build=store._build_layouts, stored_errors=arrays.get("errors")))
     _after_commit(store, lock)
     _merge_quietly(store, lock)
     return new_ids

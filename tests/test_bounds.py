@@ -142,12 +142,35 @@ def test_intervals_hold_as_often_as_promised_on_held_out_queries(tmp_path, spec,
     q = _clustered(400, 48, seed=2)  # the same distribution, not rows of the store: never calibrated on
     with Store.create(tmp_path / "s", dim=48, metric=metric, codec=spec, dense="f32") as s:
         s.add(x)
-        assert s.error_model().per_row == spec.endswith(("RB1", "RB2"))
+        # RB derives each row's error from its code; PQ and SQ store it beside the codes
+        assert s.error_model().per_row
         for confidence in (0.9, 0.99):
             cover, pairs = _coverage(s, q, confidence)
             assert pairs > 10_000
             # the promise per side, less what sampling 16,384 calibration pairs allows
             assert cover >= confidence - 0.02, (confidence, cover)
+
+
+def test_stored_errors_are_the_coding_errors_and_survive_merges(tmp_path):
+    x = _clustered(3000, 24, seed=11)
+    with Store.create(tmp_path / "s", dim=24, metric="l2", codec="IVF4,PQ6x8", dense="f16") as s:
+        s.auto_merge_rows = 0
+        s.add(x[:1500])
+        s.add(x[1500:])
+        codes = s.codec.encode(x)
+        want = np.linalg.norm(x - s.codec.decode(codes.codes, codes.lists), axis=1)
+        s.search(x[:2], 5)  # builds the layouts (and error scales)
+        got = np.concatenate([seg.errors for seg in s._segments])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        s.delete([0, 1, 2])
+        s.compact()
+        assert len(s._segments) == 1
+        s.search(x[:2], 5)
+        np.testing.assert_allclose(s._segments[0].errors, want[3:], rtol=1e-5, atol=1e-6)
+    with Store.create(tmp_path / "m", dim=24, codec="MRL16,PQ4x8", dense="f16") as s:
+        s.add(x)
+        s.search(x[:2], 5)
+        assert s._segments[0].errors is None and not s.error_model().per_row  # MRL: one width for all
 
 
 def test_auto_with_an_unbounded_model_equals_the_fixed_depth(tmp_path):
