@@ -32,7 +32,7 @@ may miss a row a deeper shortlist would have found).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class ErrorModel:
 
     z: np.ndarray          # float64 (n,), ascending
     per_row: bool          # sigma_i per row (True) or 1 for every row
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def fit(cls, exact: np.ndarray, est: np.ndarray, scale: np.ndarray, per_row: bool) -> "ErrorModel | None":
@@ -83,6 +84,12 @@ class ErrorModel:
         """(z_lo, z_hi): the (1 - c) and c quantiles of z, widened to include 0. c = 1
         takes the extremes seen, widened by a quarter of the range (nothing measured lies
         outside, so the model cannot claim more)."""
+        cached = self._cache.get(confidence)
+        if cached is None:
+            cached = self._cache[confidence] = self._interval(confidence)
+        return cached
+
+    def _interval(self, confidence: float) -> tuple[float, float]:
         if confidence >= 1.0:
             lo, hi = float(self.z[0]), float(self.z[-1])
             pad = 0.25 * (hi - lo)

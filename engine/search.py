@@ -228,9 +228,13 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
                 np.zeros(nq, dtype=np.int64), 0)
     step = AUTO_STEP
     if prefetch if prefetch is not None else x.shape[0] < PARALLEL_MIN_QUERIES:
-        # the first round's rows and one step more: their pages are asked for together
-        first = np.zeros(valid.shape, dtype=bool)
-        np.put_along_axis(first, order[:, : k + step], True, axis=1)
+        # Ask for the pages the walk will probably read, together (the walk itself faults
+        # them one at a time): the first round, and every candidate whose upper bound
+        # reaches the k-th best code score (the walk's k-th exact score is near it)
+        kk = min(k, better.shape[1])
+        guess = -np.partition(-np.where(valid, better, -np.inf), kk - 1, axis=1)[:, kk - 1]
+        first = upper >= guess[:, None]
+        np.put_along_axis(first, order[:, :k], True, axis=1)
         first &= valid
         for j, reader in enumerate(readers):
             reader.will_need(np.sort(dense_row[first & (reader_ix == j)]))
