@@ -80,14 +80,16 @@ class Segment:
     # layout; None when the codec has none (or truncates: an MRL tail is not in it)
     errors: np.ndarray | None = None
     _error_max: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def error_max(self) -> float:
-        """The largest row error scale (0 without them), computed once."""
+        """The largest row error scale (0 without them), computed once they exist."""
         if self._error_max is None:
-            self._error_max = 0.0 if self.errors is None else float(self.errors.max(initial=0.0))
+            if self.errors is None:
+                return 0.0
+            self._error_max = float(self.errors.max(initial=0.0))
         return self._error_max
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def layout(self) -> CodeIndex:

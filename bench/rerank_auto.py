@@ -1,0 +1,192 @@
+"""Error-bound re-ranking (`rerank="auto"`, engine/bounds.py) against fixed depths, on the
+real datasets in ../shared/data (not a pytest suite).
+
+For each dataset and spec, one store (f16 dense tier, built once and kept in --work), every
+query of the dataset, one thread:
+
+- fixed depths R: recall@10, rows read per query, QPS (a batch of all queries, best of 2);
+- auto at several confidences (cap: the default `bounds.auto_cap(k)`): recall@10, rows read
+  per query (mean and p99), the miss rate (true top-10 ids that the fixed depth equal to
+  the cap found and auto did not, over all true top-10 ids: what the bounds cost), the
+  queries that ended at the cap, QPS;
+- the interval's observed coverage on held-out queries (the dataset's own queries, never
+  used to calibrate): the share of (query, shortlist row) pairs whose exact score lies
+  under the upper bound, against the promised confidence.
+
+    python bench/rerank_auto.py                          # both datasets, bench/out/rerank-auto/
+    python bench/rerank_auto.py --datasets wordnet-minilm --specs "RB1;RB2"
+
+Run it alone: two benchmarks on a 2-core machine disturb each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+import numba  # noqa: E402
+
+from vecz import Store  # noqa: E402
+from vecz.engine.bounds import auto_cap  # noqa: E402
+from vecz.engine.search import _query_norms, _scales, _shortlist  # noqa: E402
+
+K = 10
+SPECS = {
+    "wordnet-minilm": "RB1;IVF1024,RB1;PQ48x8;RB2",  # 56, 56, 56 and 104 code bytes at 384-d
+    "wordnet-gemma": "MRL384,RB1;RB1;IVF1024,RB1",    # 56, 104, 104 code bytes at 768-d
+}
+
+
+def recall(ids: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(ids, gt)]))
+
+
+def qps(fn, nq: int) -> float:
+    best = np.inf
+    for _ in range(2):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return nq / best
+
+
+def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int = 50) -> dict[str, float]:
+    """Observed share of pairs under the upper bound (and above the lower), per confidence."""
+    model = store.error_model()
+    x = q.astype(np.float32)
+    if store.metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    nprobe = max(1, store.codec.nlist // 8)
+    est, seg_of, rows, ids, _ = _shortlist(store.codec, store._segments, x, depth, nprobe, False)
+    valid = ids >= 0
+    vec = store.get(ids[valid])
+    qi = np.nonzero(valid)[0]
+    exact = (x[qi] * vec).sum(1) / np.linalg.norm(vec, axis=1)
+    scale = (_query_norms(store.metric, x)[:, None] * _scales(store._segments, seg_of, rows, model.per_row))[valid]
+    out = {}
+    for c in confidences:
+        lo, hi = model.interval(c)
+        e = est[valid].astype(np.float64)
+        out[str(c)] = {"upper": float(np.mean(exact <= e + hi * scale + 1e-7)),
+                       "lower": float(np.mean(exact >= e + lo * scale - 1e-7)), "z_lo": lo, "z_hi": hi}
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(args) -> dict:
+    numba.set_num_threads(1)
+    out: dict = {"command": " ".join(sys.argv), "cpu": cpu_model(), "threads": 1,
+                 "k": K, "results": []}
+    for name in args.datasets:
+        data = Path(args.data) / name
+        base = np.load(data / "base.npy")
+        queries = np.load(data / "queries.npy").astype(np.float32)
+        gt = np.load(data / "gt_ids.npy")[:, :K]
+        specs = (args.specs or SPECS[name]).split(";")
+        for spec in specs:
+            path = Path(args.work) / f"{name}-{spec.replace(',', '_')}"
+            if not path.exists():
+                t = time.perf_counter()
+                with Store.create(path, dim=base.shape[1], metric="cosine", codec=spec, dense="f16") as s:
+                    s.add(base)
+                print(f"built {path} in {time.perf_counter() - t:.1f} s", flush=True)
+            with Store.open(path) as s:
+                t = time.perf_counter()
+                model = s.error_model()
+                calib = time.perf_counter() - t
+                entry = {"dataset": name, "spec": spec, "code_size": s.codec.code_size, "n": len(s),
+                         "nq": len(queries), "calibration_s": round(calib, 3), "pairs": model.pairs,
+                         "per_row": model.per_row, "fixed": [], "auto": []}
+                cap = auto_cap(K)
+                found_cap = None
+                for r in args.fixed:
+                    res = s.search(queries, K, rerank=r)
+                    row = {"rerank": r, "recall@10": round(recall(res.ids, gt), 4),
+                           "rows_per_query": res.stats.rows_read / len(queries),
+                           "qps": round(qps(lambda: s.search(queries, K, rerank=r), len(queries)), 1)}
+                    if r == cap:
+                        found_cap = res.ids
+                    entry["fixed"].append(row)
+                    print(name, spec, json.dumps(row), flush=True)
+                if found_cap is None:
+                    found_cap = s.search(queries, K, rerank=cap).ids
+                truth = [set(g) for g in gt]
+                for c in args.confidences:
+                    res = s.search(queries, K, rerank="auto", confidence=c)
+                    lost = sum(len((set(f) & t) - set(a)) for f, a, t in zip(found_cap, res.ids, truth))
+                    row = {"confidence": c, "cap": cap, "recall@10": round(recall(res.ids, gt), 4),
+                           "rows_mean": round(res.stats.rows_read_mean, 2), "rows_p99": res.stats.rows_read_p99,
+                           "miss_rate": round(lost / (K * len(queries)), 5), "capped": res.stats.capped,
+                           "qps": round(qps(lambda: s.search(queries, K, rerank="auto", confidence=c),
+                                            len(queries)), 1)}
+                    entry["auto"].append(row)
+                    print(name, spec, json.dumps(row), flush=True)
+                entry["coverage"] = coverage(s, queries[: args.nq_coverage], args.confidences)
+                print(name, spec, "coverage", json.dumps(entry["coverage"]), flush=True)
+                out["results"].append(entry)
+    return out
+
+
+def markdown(out: dict) -> str:
+    lines = [f"`{out['command']}` — {out['cpu']}, {out['threads']} thread, k = {out['k']}", ""]
+    for e in out["results"]:
+        lines += [f"### {e['dataset']} {e['spec']} ({e['code_size']} B of code per vector, {e['n']:,} rows, "
+                  f"{e['nq']:,} queries)", "",
+                  f"Calibration: {e['pairs']:,} pairs, {'per-row' if e['per_row'] else 'one'} error scale, "
+                  f"{e['calibration_s']} s.", "",
+                  "| rerank | recall@10 | rows/q mean | rows/q p99 | miss rate | capped | QPS |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for f in e["fixed"]:
+            lines.append(f"| R = {f['rerank']} | {f['recall@10']:.4f} | {f['rows_per_query']:.0f} | "
+                         f"{f['rows_per_query']:.0f} | - | - | {f['qps']:,.0f} |")
+        for a in e["auto"]:
+            lines.append(f"| auto, confidence {a['confidence']} (cap {a['cap']}) | {a['recall@10']:.4f} | "
+                         f"{a['rows_mean']:.1f} | {a['rows_p99']:.0f} | {100 * a['miss_rate']:.2f}% | "
+                         f"{a['capped']:,} | {a['qps']:,.0f} |")
+        cov = ", ".join(f"{c}: {v['upper']:.4f} / {v['lower']:.4f}" for c, v in e["coverage"].items())
+        lines += ["", f"Observed coverage on held-out queries (upper / lower side) by confidence: {cov}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--datasets", default="wordnet-minilm,wordnet-gemma")
+    p.add_argument("--specs", default=None, help="';'-separated specs (default: per dataset, see SPECS)")
+    p.add_argument("--fixed", default="20,30,50,100")
+    p.add_argument("--confidences", default="0.99,0.995,0.999")
+    p.add_argument("--nq-coverage", type=int, default=1000)
+    p.add_argument("--work", default="/tmp/vecz-rerank-auto")
+    p.add_argument("--out", default=str(REPO / "bench" / "out" / "rerank-auto"))
+    args = p.parse_args()
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.fixed = [int(v) for v in args.fixed.split(",")]
+    args.confidences = [float(v) for v in args.confidences.split(",")]
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    out = run(args)
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "results.json").write_text(json.dumps(out, indent=2))
+    (dest / "report.md").write_text(markdown(out))
+    print(f"wrote {dest / 'results.json'} and {dest / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
