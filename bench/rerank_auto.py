@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 import numba  # noqa: E402
 
 from vecz import Store  # noqa: E402
+from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import auto_cap  # noqa: E402
 from vecz.engine.search import _query_norms, _scales, _shortlist  # noqa: E402
 
@@ -80,19 +81,9 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     return out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run(args) -> dict:
     numba.set_num_threads(1)
-    out: dict = {"command": " ".join(sys.argv), "cpu": cpu_model(), "threads": 1,
+    out: dict = {"command": " ".join(sys.argv), "cpu": _cpu_model() or platform.machine(), "threads": 1,
                  "k": K, "results": []}
     for name in args.datasets:
         data = Path(args.data) / name

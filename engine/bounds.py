@@ -3,7 +3,7 @@ the top-k (``Store.search(..., rerank="auto")``).
 
 The interval. A code score ``est`` of row i for query q misses the exact score by an error
 whose scale is ``|q| * sigma_i``: sigma_i is the norm of the row's coding error when the
-codec knows it from the code alone (RB: ``|r - g s|``, `kernels.binary.rb_error_norms`;
+codec knows it from the code alone (RB: ``|r - g s|``, `vecz.kernels.binary.rb_error_norms`;
 RaBitQ's per-vector bound has the same form), else 1. The normalised error
 ``z = (exact - est) / (|q| * sigma_i)`` (scores larger-is-better: l2 distances negated) is
 measured on the store's own data (`ErrorModel.fit`, engine/search.py `calibrate`), so one
@@ -69,7 +69,7 @@ class ErrorModel:
     @classmethod
     def fit(cls, exact: np.ndarray, est: np.ndarray, scale: np.ndarray, per_row: bool) -> "ErrorModel | None":
         """From (query, row) pairs: exact and code scores (larger-is-better) and their
-        scales |q| * sigma_i. Pairs with scale 0 (an exact code) carry no information."""
+        scales ``|q| * sigma_i``. Pairs with scale 0 (an exact code) carry no information."""
         exact, est, scale = (np.asarray(a, dtype=np.float64).ravel() for a in (exact, est, scale))
         ok = np.isfinite(exact) & np.isfinite(est) & np.isfinite(scale) & (scale > 0)
         if int(ok.sum()) < MIN_PAIRS:
@@ -104,7 +104,7 @@ def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: 
     """The walk of the module docstring over a shortlist, in numpy: the reference of the
     compiled walk the store runs (`vecz.kernels.dense.bounded_walk`, tests compare them).
 
-    est, scale float (nq, C): code scores (larger-is-better) and |q| sigma_i; valid bool
+    est, scale float (nq, C): code scores (larger-is-better) and ``|q| sigma_i``; valid bool
     (nq, C). ``read(mask)`` returns the exact scores (larger-is-better, float64 (nq, C)) of
     the candidates where mask (nq, C) is True (others ignored). Returns exact scores with
     NaN where not read, the read mask, and tau (nq,) (-inf when fewer than k were read).

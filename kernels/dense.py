@@ -236,6 +236,18 @@ def _prefetch_row(typingctx, vectors, row):
 
 
 @jit
+def _score_row(query, v, metric, q_norm):
+    """The exact score of one row in the user's convention (l2: squared distance)."""
+    if metric == RESCORE_L2:
+        return _dist_lanes(query, v)
+    dot = _dot_lanes(query, v)
+    if metric == RESCORE_COSINE:
+        den = q_norm * np.sqrt(_dot_lanes(v, v))
+        dot = dot / den if den > 0 else 0.0
+    return dot
+
+
+@jit
 def _rescore_one(query, vectors, rows, metric, out):
     q_norm = np.sqrt(_dot_lanes(query, query)) if metric == RESCORE_COSINE else 1.0
     # visit the rows in file order (ascending), whatever order the shortlist has
@@ -252,15 +264,7 @@ def _rescore_one(query, vectors, rows, metric, out):
         ahead = o + _PREFETCH_AHEAD
         if ahead < n and rows[order[ahead]] >= 0:
             _prefetch_row(vectors, rows[order[ahead]])
-        v = vectors[row]
-        if metric == RESCORE_L2:
-            out[r] = _dist_lanes(query, v)
-        else:
-            dot = _dot_lanes(query, v)
-            if metric == RESCORE_COSINE:
-                den = q_norm * np.sqrt(_dot_lanes(v, v))
-                dot = dot / den if den > 0 else 0.0
-            out[r] = dot
+        out[r] = _score_row(query, vectors[row], metric, q_norm)
 
 
 @jit
@@ -350,14 +354,9 @@ def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step,
             _prefetch_row(vectors[file_ix[j]], rows[j])
         for p in range(ptr, end):
             j = order[p]
-            v = vectors[file_ix[j]][rows[j]]
+            s = _score_row(query, vectors[file_ix[j]][rows[j]], metric, q_norm)
             if metric == RESCORE_L2:
-                s = -_dist_lanes(query, v)
-            else:
-                s = _dot_lanes(query, v)
-                if metric == RESCORE_COSINE:
-                    den = q_norm * np.sqrt(_dot_lanes(v, v))
-                    s = s / den if den > 0 else 0.0
+                s = -s
             exact[j] = s
             done[j] = True
             if count < k or s > top[0]:

@@ -141,9 +141,17 @@ def test_recommend_end_to_end(data_files, tmp_path, capsys):
     assert rows and sum(r["recommended"] for r in rows) == 1
     for r in rows:
         assert r["code_size"] <= 8
-        assert r["rows_read_per_query"] <= r["rerank"]
         assert r["qps"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
-        assert r["faiss_qps"] is not None
+        if isinstance(r["rerank"], str):  # error-bound re-ranking, capped; faiss has no twin
+            cap = int(r["rerank"].split(":")[1])
+            assert r["rerank"].startswith("auto:") and r["rows_read_per_query"] <= cap and r["rows_read_p99"] <= cap
+            assert 0 <= r["miss_rate"] <= 1 and r.get("faiss_qps") is None
+        else:
+            assert r["rows_read_per_query"] <= r["rerank"]
+            assert r["faiss_qps"] is not None
+    # every (spec, nprobe) the sweep kept was also confirmed with rerank="auto"
+    kept = {(sw["spec"], sw["nprobe"]) for sw in rec["sweeps"] if sw["min_rerank"] is not None}
+    assert kept == {(r["spec"], r["nprobe"]) for r in rows if isinstance(r["rerank"], str)}
     chosen = next(r for r in rows if r["recommended"])
     assert rec["run"] == chosen
     assert rec["reached"] == (chosen["recall@10"] >= 0.9)

@@ -27,6 +27,10 @@ the one the choice was fitted on:
 2. confirm: each kept (spec, nprobe, R) is searched through the store on the held-out
    queries, timed (batch QPS, p50/p99 of single queries) with rows and bytes read counted;
    a point that misses the target there is retried one depth step deeper.
+   Beside the fixed depths, each kept (spec, nprobe) is also searched with
+   ``rerank="auto:R"`` (error-bound re-ranking, R the larger of the default cap and the
+   deepest fixed depth tried), so the choice may be a mode that reads only the rows its
+   bounds cannot rule out.
 
 The recommendation is the confirmed point with the highest QPS among those reaching the
 target on the held-out queries; if none does, the point with the best held-out recall, with
@@ -47,7 +51,8 @@ from ..errors import CodecSpecError, InvalidInput
 from .data import Dataset, ground_truth
 from .exact import exact_keys, prepare, select_exact
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_nprobe
-from .metrics import LATENCY_QUERIES, BenchResult, recall_at, recall_ats
+from ..bounds import auto_cap
+from .metrics import LATENCY_QUERIES, BenchResult, depth_key, recall_at, recall_ats
 from .report import (aligned_table, depth_cell, faiss_columns, markdown_rows, measured_columns, num_cell,
                      settings_line)
 from .report import write_outputs as _write_report
@@ -250,6 +255,13 @@ def recommend(
                 found[(f"{built.spec} nprobe={npr}", r)] = ids
                 if row[key] >= target:
                     break
+            # error-bound re-ranking beside the fixed depths: it reads only the rows its
+            # bounds cannot rule out, up to the cap (no faiss twin: faiss has no such mode)
+            auto = f"auto:{max(auto_cap(k), max(tries))}"
+            bar.set_postfix_str(f"{built.spec}: confirm nprobe={npr} R={auto}")
+            measured, ids = measure_store(store, xq_held, gt_held, k=k, rerank=auto, nprobe=npr, ats=ats)
+            runs.append(store_row(built, ram, auto, npr, measured, **{f"tune_{key}": None}))
+            found[(f"{built.spec} nprobe={npr}", auto)] = ids
         del fx
 
     choice = pick(runs, key, target)
@@ -271,7 +283,7 @@ def recommend(
         "heldout_queries": [held.start, held.stop],
         "candidates": list(specs),
         "depths": depths,
-        "rerank": sorted({r["rerank"] for r in runs}),
+        "rerank": sorted({r["rerank"] for r in runs}, key=depth_key),
         "nprobe": "swept (nlist/32 .. nlist/2)",
         "threads": thread_info["threads"],
         "thread_settings": thread_info,
