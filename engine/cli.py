@@ -232,7 +232,7 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
                         "auto: read only the rows whose error bound can still change the top k, at most R "
                         "(default max(100, 10k))")
     p.add_argument("--confidence", type=float, default=None,
-                   help="with --rerank auto: coverage of each side of the error interval (default 0.995)")
+                   help="with --rerank auto: coverage of each side of the error interval (default 0.999)")
     p.add_argument("--column", help="vector column of a .parquet/.arrow queries file")
     p.add_argument("--out", metavar="FILE", help=".parquet or .npy output (default: TSV on stdout)")
     p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")
