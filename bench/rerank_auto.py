@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 import numba  # noqa: E402
 
 from vecz import Store  # noqa: E402
+from vecz.engine.bench.metrics import miss_rate, recall_at  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import auto_cap  # noqa: E402
 from vecz.engine.search import _query_norms, _scales, _shortlist  # noqa: E402
@@ -47,7 +48,7 @@ SPECS = {
 
 
 def recall(ids: np.ndarray, gt: np.ndarray) -> float:
-    return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(ids, gt)]))
+    return recall_at(ids, gt, K)
 
 
 def qps(fn, nq: int) -> float:
@@ -118,13 +119,11 @@ def run(args) -> dict:
                     print(name, spec, json.dumps(row), flush=True)
                 if found_cap is None:
                     found_cap = s.search(queries, K, rerank=cap).ids
-                truth = [set(g) for g in gt]
                 for c in args.confidences:
                     res = s.search(queries, K, rerank="auto", confidence=c)
-                    lost = sum(len((set(f) & t) - set(a)) for f, a, t in zip(found_cap, res.ids, truth))
                     row = {"confidence": c, "cap": cap, "recall@10": round(recall(res.ids, gt), 4),
                            "rows_mean": round(res.stats.rows_read_mean, 2), "rows_p99": res.stats.rows_read_p99,
-                           "miss_rate": round(lost / (K * len(queries)), 5), "capped": res.stats.capped,
+                           "miss_rate": round(miss_rate(res.ids, found_cap, gt, K), 5), "capped": res.stats.capped,
                            "qps": round(qps(lambda: s.search(queries, K, rerank="auto", confidence=c),
                                             len(queries)), 1)}
                     entry["auto"].append(row)

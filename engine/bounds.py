@@ -38,7 +38,8 @@ import numpy as np
 
 from .errors import InvalidInput
 
-__all__ = ["ErrorModel", "auto_cap", "bounded_rerank", "check_confidence", "DEFAULT_CONFIDENCE", "MIN_PAIRS"]
+__all__ = ["ErrorModel", "auto_cap", "parse_auto", "bounded_rerank", "check_confidence", "DEFAULT_CONFIDENCE",
+           "MIN_PAIRS"]
 
 # Per-side coverage of the default interval. 0.995 lost 0.45% of the true top-10 ids on
 # wordnet-minilm RB1 and 0.75% on bench/scale.py's 10M store; 0.999 lost at most 0.09% on the
@@ -51,6 +52,16 @@ MIN_PAIRS = 200
 def auto_cap(k: int) -> int:
     """Rows ``rerank="auto"`` may read per query at most, unless ``"auto:R"`` says."""
     return max(100, 10 * k)
+
+
+def parse_auto(text: str, k: int) -> int:
+    """The row cap of ``"auto"`` (`auto_cap`) or ``"auto:R"`` (R >= k); else `InvalidInput`."""
+    head, sep, cap = text.strip().lower().partition(":")
+    if head == "auto" and not sep:
+        return auto_cap(k)
+    if head == "auto" and cap.isdigit() and int(cap) >= k:
+        return int(cap)
+    raise InvalidInput(f"rerank: expected an integer >= 0, 'auto' or 'auto:R' with R >= k={k}, found {text!r}")
 
 
 def check_confidence(confidence: object) -> float:

@@ -55,13 +55,6 @@ def _no_codes(code_size: int) -> np.ndarray:
     return np.empty((0, code_size), dtype=np.uint8)
 
 
-def _in_input_order(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Ids given in list order back in input order (the layout kernels gather by `order`)."""
-    out = np.empty_like(ids)
-    out[order] = ids
-    return out
-
-
 def _permuted(order: np.ndarray | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     return arrays if order is None else tuple(np.ascontiguousarray(a[order]) for a in arrays)
 
@@ -198,8 +191,8 @@ class PQ(Quantizer):
             return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
         # The blocked layout replaces the row codes: one copy of the codes in RAM. Packed
         # 4-bit codes are already the fast scan's byte pairs.
-        blocks, block_ids, block_offsets, _ = fastscan.fs_layout_packed(codes, (self.m + 1) // 2, order,
-                                                                        _in_input_order(ids, order), offsets)
+        blocks, block_ids, block_offsets, _ = fastscan.fs_layout_packed(codes, (self.m + 1) // 2, order, ids,
+                                                                        offsets)
         return {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS,
                 "blocks": blocks, "block_ids": block_ids, "block_offsets": block_offsets}
 
@@ -280,7 +273,7 @@ class RB(Quantizer):
         n_bytes = self.levels * binary.rb_nbytes(width)
         factors = np.ascontiguousarray(codes[:, n_bytes : n_bytes + RB_FACTOR_BYTES]).view("<f4")
         blocks, block_ids, block_offsets, block_factors = fastscan.fs_layout_packed(
-            codes, n_bytes, order, _in_input_order(ids, order), offsets, factors)
+            codes, n_bytes, order, ids, offsets, factors)
         out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS, "blocks": blocks,
                "block_ids": block_ids, "block_offsets": block_offsets, "block_factors": block_factors,
                # (max g, min g, min |r|^2) of each block, 12 bytes per 32 rows: the scan skips a

@@ -182,12 +182,7 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         if not mine.size:
             continue
         local = seg.live_rows()[mine]
-        files, file_rows = seg.dense_location(local)
-        out = np.empty((local.size, codec.dim), dtype=np.float32)
-        for f in np.unique(files):
-            at = np.flatnonzero(files == f)
-            out[at] = seg.dense[int(f)].read_rows(file_rows[at])
-        queries.append(out)
+        queries.append(seg.vectors(local, codec.dim))
         own.append(seg.ids[local])
     x = np.ascontiguousarray(np.concatenate(queries), dtype=np.float32)
     own_id = np.concatenate(own)
@@ -227,7 +222,7 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         return (np.full((nq, k), _worst(metric), dtype=np.float32), np.full((nq, k), -1, dtype=np.int64), 0, 0,
                 np.zeros(nq, dtype=np.int64), 0)
     step = AUTO_STEP
-    if prefetch if prefetch is not None else x.shape[0] < PARALLEL_MIN_QUERIES:
+    if prefetch if prefetch is not None else nq < PARALLEL_MIN_QUERIES:
         # Ask for the pages the walk will probably read, together (the walk itself faults
         # them one at a time): the first round, and every candidate whose upper bound
         # reaches the k-th best code score (the walk's k-th exact score is near it)
@@ -243,20 +238,18 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         vectors.append(reader.values)
     exact = np.zeros(valid.shape, dtype=np.float64)
     done = np.zeros(valid.shape, dtype=bool)
-    walk = dense_kernels.bounded_walk_batch if x.shape[0] >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
+    tau = np.empty(nq, dtype=np.float64)  # the final k-th exact score (larger-is-better)
+    walk = dense_kernels.bounded_walk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
     per_query = walk(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k, step, _RESCORE[metric],
-                     exact, done)
+                     exact, done, tau)
     n_rows = n_bytes = 0
     for j, reader in enumerate(readers):
         n = int(np.count_nonzero(done & (reader_ix == j)))
         reader.note_read(n)
         n_rows += n
         n_bytes += n * reader.info.row_bytes
-    kk = min(k, exact.shape[1])
-    kth = -np.partition(-np.where(done, exact, -np.inf), kk - 1, axis=1)[:, kk - 1]
-    tau = np.where(per_query >= k, kth, -np.inf)
     user = np.where(done, sign * exact, 0.0)
-    topk = dense_kernels.rerank_topk_batch if x.shape[0] >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
+    topk = dense_kernels.rerank_topk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
     top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, ids, -1)), k, metric == "l2")
     capped = 0
     if model is not None and est.shape[1]:

@@ -177,6 +177,16 @@ class Segment:
             return np.zeros(rows.shape, dtype=np.int64), rows.astype(np.int64)
         return self.dense_file[rows].astype(np.int64), self.dense_row[rows].astype(np.int64)
 
+    def vectors(self, rows: np.ndarray, dim: int) -> np.ndarray:
+        """Exact vectors float32 (n, dim) of local rows (>= 0), each dense file read in row order."""
+        out = np.empty((rows.size, dim), dtype=np.float32)
+        files, file_rows = self.dense_location(rows)
+        for j in np.unique(files):
+            at = np.flatnonzero(files == j)
+            order = np.argsort(file_rows[at], kind="stable")
+            out[at[order]] = self.dense[int(j)].read_rows(file_rows[at][order])
+        return out
+
     @classmethod
     def from_arrays(cls, rec: SegmentRecord, codec: Codec, ids: np.ndarray, codes: np.ndarray, lists: np.ndarray,
                     pool: DensePool | None, dense_file: np.ndarray | None = None,

@@ -59,7 +59,7 @@ from .errors import (
     VeczError,
 )
 from .inputs import as_ids as _as_ids
-from .bounds import DEFAULT_CONFIDENCE, ErrorModel, auto_cap, check_confidence
+from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto
 from .search import calibrate, search_segments
 from .segments import DensePool, Segment, load_segment
 
@@ -74,16 +74,6 @@ MAX_STATE_BYTES = 2 << 30
 DEFAULT_RETAIN = 8
 # Results wider than the live rows are padded with -1 up to k only within this many bytes.
 MAX_RESULT_BYTES = 256 << 20
-
-
-def _parse_auto(rerank: str, k: int) -> int:
-    text = rerank.strip().lower()
-    if text == "auto":
-        return auto_cap(k)
-    head, sep, cap = text.partition(":")
-    if head == "auto" and sep and cap.isdigit() and int(cap) >= k:
-        return int(cap)
-    raise InvalidInput(f"rerank: expected an integer >= 0, 'auto' or 'auto:R' with R >= k={k}, found {rerank!r}")
 
 
 def _now() -> str:
@@ -289,7 +279,8 @@ class Store:
         legacy = writes.read_legacy_deletes(self.path, body) if body.legacy_deletes else {}
         known = {s.serial: s for s in self._segments} if reuse else {}
         pool = None if body.dense == "none" else self._pool
-        segments = []
+        segments: list[Segment | None] = []
+        todo: list[tuple[int, SegmentRecord]] = []  # (slot, record) of segments not seen yet
         for rec in body.segments:
             seg = known.get(rec.serial)
             if seg is not None and seg.rec.file == rec.file and seg.rec.rows == rec.rows and seg.rec.dense == rec.dense:
@@ -303,22 +294,23 @@ class Store:
                     seg.rec = rec
                     segments.append(seg)
                     continue
-            segments.append(rec)  # loaded below
+            todo.append((len(segments), rec))
+            segments.append(None)
         # Segments not seen yet load two at a time: one's file is read while another's
         # layout is built (file reads and the layout kernels release the GIL).
-        todo = [(i, rec) for i, rec in enumerate(segments) if isinstance(rec, SegmentRecord)]
 
         def load(rec: SegmentRecord) -> Segment:
             dead = writes.dead_rows_of(self.path, rec, legacy)
             return load_segment(self.path, rec, codec, pool, dead, build=self._build_layouts)
 
-        if len(todo) > 1:
+        recs = [rec for _, rec in todo]
+        if len(recs) > 1:
             with ThreadPoolExecutor(max_workers=2) as ex:
-                loaded = list(ex.map(load, [rec for _, rec in todo]))
+                loaded = list(ex.map(load, recs))
         else:
-            loaded = [load(rec) for _, rec in todo]
-        for (i, _), seg in zip(todo, loaded):
-            segments[i] = seg
+            loaded = [load(rec) for rec in recs]
+        for (slot, _), seg in zip(todo, loaded):
+            segments[slot] = seg
         self.codec = codec
         self._body = body
         self._segments = segments
@@ -532,7 +524,7 @@ class Store:
             rerank = 0 if self.dense == "none" else max(50, 5 * k)
         auto = isinstance(rerank, str)
         if auto:
-            rerank = _parse_auto(rerank, k)
+            rerank = parse_auto(rerank, k)
             if self.dense == "none":
                 raise InvalidInput("rerank='auto' needs a dense tier; this store was created with dense=None")
         if confidence is not None and not auto:
@@ -598,14 +590,8 @@ class Store:
                              f"({int((rows < 0).sum())} of {ids.size} ids are missing)")
         out = np.empty((ids.size, self.dim), dtype=np.float32)
         for g in np.unique(seg_of):
-            seg = self._segments[int(g)]
             at = np.flatnonzero(seg_of == g)
-            f, r = seg.dense_location(rows[at])
-            for j in np.unique(f):
-                sel = at[f == j]
-                rr = r[f == j]
-                order = np.argsort(rr, kind="stable")
-                out[sel[order]] = seg.dense[int(j)].read_rows(rr[order])
+            out[at] = self._segments[int(g)].vectors(rows[at], self.dim)
         return out
 
     # ------------------------------------------------------------------ info / close

@@ -340,7 +340,7 @@ def rerank_topk(exact, ids, k, is_l2):
 
 
 @jit
-def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done):
+def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done, tau_out):
     # rows are scored larger-is-better (l2: the negated distance); `top` holds the k best
     # exact scores so far, ascending, so top[0] is tau once k are read
     q_norm = np.sqrt(_dot_lanes(query, query)) if metric == RESCORE_COSINE else 1.0
@@ -380,32 +380,35 @@ def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step,
         while reach < n_valid and up_sorted[reach] >= tau:
             reach += 1
         end = min(ptr + step, reach)
+    tau_out[0] = top[0] if count >= k else -np.inf
     return ptr
 
 
 @jit
-def bounded_walk(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done):
+def bounded_walk(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done, tau):
     """The walk of vecz.engine.bounds (`bounded_rerank`) for each query, compiled: visit the
     candidates in `order` (by upper bound, best first, `up_sorted` their bounds), read the
     first k, then up to `step` at a time while the next upper bound is >= the k-th exact
     score so far. vectors: a typed List of (n, dim) arrays (one per dense file, float32 or
     float16 bit patterns), candidate j of query i at vectors[file_ix[i, j]][rows[i, j]].
-    Writes exact scores (larger-is-better: l2 negated) and done flags (nq, C); returns the
-    rows read per query."""
+    Writes exact scores (larger-is-better: l2 negated) and done flags (nq, C) and the final
+    k-th exact score tau (nq,) (-inf when fewer than k were read); returns the rows read
+    per query."""
     nq = queries.shape[0]
     out = np.zeros(nq, dtype=np.int64)
     for i in range(nq):
         out[i] = _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
-                           metric, exact[i], done[i])
+                           metric, exact[i], done[i], tau[i : i + 1])
     return out
 
 
 @jit_batch
-def bounded_walk_batch(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done):
+def bounded_walk_batch(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done,
+                       tau):
     """`bounded_walk`, parallel over queries."""
     nq = queries.shape[0]
     out = np.zeros(nq, dtype=np.int64)
     for i in prange(nq):
         out[i] = _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
-                           metric, exact[i], done[i])
+                           metric, exact[i], done[i], tau[i : i + 1])
     return out

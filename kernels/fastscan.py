@@ -674,7 +674,7 @@ def _scatter_blocks(packed, n_pairs, order, ids, values, list_offsets, block_off
             row = order[first + lane]
             for j in range(n_pairs):
                 blocks[b, j, lane] = packed[row, j]
-            block_ids[b * BLOCK + lane] = ids[row]
+            block_ids[b * BLOCK + lane] = ids[first + lane]
             for c in range(values.shape[1]):
                 block_values[b * BLOCK + lane, c] = values[row, c]
 
@@ -685,10 +685,11 @@ def fs_layout_packed(packed: np.ndarray, n_pairs: int, order: np.ndarray, ids: n
     pairs (byte j = sub-code 2j | sub-code 2j + 1 << 4: `pq.pq4_pack`, RB's sign bytes) and
     in input order: row ``order[i]`` is the i-th row of the list order (`ivf.ivf_layout`).
 
-    packed uint8 (n, >= n_pairs) (only the first n_pairs columns are read), ids (n,) and
-    values float32 (n, c) in input order. Returns blocks, block_ids, block_offsets (as
-    `fs_layout` of the unpacked ``packed[order]`` with ``ids[order]``) and block_values
-    float32 (n_blocks * 32, c) (as `fs_row_values` of ``values[order]``; padding rows zero).
+    packed uint8 (n, >= n_pairs) (only the first n_pairs columns are read) and values
+    float32 (n, c) in input order, ids (n,) already in list order. Returns blocks,
+    block_ids, block_offsets (as `fs_layout` of the unpacked ``packed[order]`` with `ids`)
+    and block_values float32 (n_blocks * 32, c) (as `fs_row_values` of ``values[order]``;
+    padding rows zero).
     """
     packed = np.asarray(packed, dtype=np.uint8)
     order = np.ascontiguousarray(order, dtype=np.int64)

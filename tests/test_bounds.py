@@ -74,8 +74,10 @@ def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_h
     for walk in (dense.bounded_walk, dense.bounded_walk_batch):
         ex = np.zeros((nq, c))
         dn = np.zeros((nq, c), dtype=bool)
-        n = walk(np.ones((nq, 1), dtype=np.float32), vectors, file_ix, rows, order, up_sorted, valid.sum(1).astype(np.int64), k, step,
-                 dense.RESCORE_IP, ex, dn)
+        kt = np.empty(nq)
+        n = walk(np.ones((nq, 1), dtype=np.float32), vectors, file_ix, rows, order, up_sorted,
+                 valid.sum(1).astype(np.int64), k, step, dense.RESCORE_IP, ex, dn, kt)
+        np.testing.assert_array_equal(kt, tau)
         np.testing.assert_array_equal(dn, done)
         np.testing.assert_array_equal(n, done.sum(1))
         np.testing.assert_array_equal(ex[dn], exact[dn])

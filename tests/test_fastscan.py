@@ -716,7 +716,7 @@ def test_packed_layout_equals_the_unpacked_one(n, m, nlist, n_values, extra, see
     ids = rng.permutation(3 * n + 1)[:n].astype(np.int64)
     values = rng.normal(size=(n, n_values)).astype(np.float32)
     blocks, block_ids, block_offsets, block_values = fastscan.fs_layout_packed(
-        packed, (m + 1) // 2, order, ids, offsets, values if n_values else None)
+        packed, (m + 1) // 2, order, ids[order], offsets, values if n_values else None)
     ref_blocks, ref_ids, ref_offsets = fs_layout_ref(sub[order], ids[order], offsets)
     np.testing.assert_array_equal(blocks, ref_blocks)
     np.testing.assert_array_equal(block_ids, ref_ids)

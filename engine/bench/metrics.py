@@ -34,6 +34,7 @@ __all__ = [
     "EXAMPLE_RECALL",
     "best_compressed",
     "depth_key",
+    "miss_rate",
     "depth_rows",
 ]
 
@@ -98,6 +99,19 @@ def recall_at(found: np.ndarray, truth: np.ndarray, r: int) -> float:
         repeated = np.triu(fb[:, :, None] == fb[:, None, :], k=1).any(axis=1)  # an earlier slot holds it
         hits += int((in_truth & ~repeated).sum())
     return hits / (r * len(t)) if len(t) else float("nan")
+
+
+def miss_rate(found: np.ndarray, baseline: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Share of the true top-k ids (truth's first k columns, -1 ignored) that `baseline`
+    returned and `found` did not: what a cheaper search (rerank="auto") loses against the
+    one it stands in for (the fixed depth of its cap)."""
+    kk = min(k, truth.shape[1])
+    lost = total = 0
+    for f, b, t in zip(found, baseline, truth):
+        true = set(t[:kk].tolist()) - {-1}
+        lost += len((set(b[:kk].tolist()) & true) - set(f[:kk].tolist()))
+        total += len(true)
+    return lost / max(total, 1)
 
 
 def recall_ats(gt: np.ndarray, k: int) -> list[int]:

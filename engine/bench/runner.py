@@ -36,14 +36,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from ..bounds import DEFAULT_CONFIDENCE, auto_cap
+from ..bounds import DEFAULT_CONFIDENCE, parse_auto
 from ..codecs import METRICS, Codec, code_size
 from ..errors import CodecSpecError, InvalidInput
 from .data import Dataset, ground_truth
 from .exact import prepare
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_threads
-from .metrics import (ID_BYTES, LATENCY_QUERIES, BenchResult, pareto_front, recall_at, recall_ats, time_batch,
-                      time_single)
+from .metrics import (ID_BYTES, LATENCY_QUERIES, BenchResult, miss_rate, pareto_front, recall_at, recall_ats,
+                      time_batch, time_single)
 
 __all__ = [
     "DEFAULT_CODECS",
@@ -125,16 +125,16 @@ def parse_codecs(text: str, dim: int, metric: str) -> list[str]:
 def parse_rerank(text: str, k: int) -> list[int | str]:
     """``"0,50,auto"`` -> [0, 50, "auto:100"]; each depth is 0 (codes only), >= k, or
     ``auto`` / ``auto:R`` (error-bound re-ranking capped at R rows, default
-    `vecz.engine.bounds.auto_cap`)."""
+    `vecz.engine.bounds.auto_cap`; `vecz.engine.bounds.parse_auto`)."""
     depths: list[int | str] = []
     for p in (p.strip().lower() for p in text.split(",")):
         if not p:
             continue
-        if p == "auto":
-            depths.append(f"auto:{auto_cap(k)}")
+        if p.startswith("auto"):
+            depths.append(f"auto:{parse_auto(p, k)}")  # canonical: the cap spelled out
             continue
         try:
-            depths.append(p if p.startswith("auto:") and int(p[5:]) >= 0 else int(p))
+            depths.append(int(p))
         except ValueError:
             raise InvalidInput(f"--rerank expects comma-separated integers or auto[:R] such as '0,50,auto', "
                                f"found {text!r}") from None
@@ -147,8 +147,7 @@ def parse_rerank(text: str, k: int) -> list[int | str]:
 def _check_depths(depths: Sequence[int | str], k: int) -> None:
     for r in depths:
         if isinstance(r, str):
-            if not r.startswith("auto:") or not r[5:].isdigit() or int(r[5:]) < k:
-                raise InvalidInput(f"--rerank auto:R needs an integer R >= k={k}, found {r!r}")
+            parse_auto(r, k)
             continue
         if r < 0 or 0 < r < k:
             raise InvalidInput(f"--rerank depths must be 0 or >= k={k} (re-ranking keeps the best k of R), found {r}")
@@ -308,9 +307,7 @@ def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, re
         store.error_model()  # measured once per store, outside the timings
 
     def search(q: np.ndarray) -> Any:
-        if auto:
-            return store.search(q, k, nprobe=nprobe, rerank=rerank, confidence=confidence)
-        return store.search(q, k, nprobe=nprobe, rerank=rerank)
+        return store.search(q, k, nprobe=nprobe, rerank=rerank, confidence=confidence)
 
     res, qps = time_batch(search, queries)
     ids = res[1]
@@ -329,11 +326,8 @@ def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, re
     if auto:
         row["rows_read_p99"] = round(res.stats.rows_read_p99, 1)
         row["confidence"] = confidence if confidence is not None else DEFAULT_CONFIDENCE
-        fixed = store.search(queries, k, nprobe=nprobe, rerank=int(rerank.partition(":")[2]))[1]
-        kk = min(k, gt.shape[1])
-        truth = [set(g[:kk]) - {-1} for g in gt]
-        lost = sum(len((set(f[:kk]) & t) - set(a[:kk])) for f, a, t in zip(fixed, ids, truth))
-        row["miss_rate"] = round(lost / max(sum(len(t) for t in truth), 1), 5)
+        fixed = store.search(queries, k, nprobe=nprobe, rerank=parse_auto(rerank, k))[1]
+        row["miss_rate"] = round(miss_rate(ids, fixed, gt, k), 5)
     return row, ids
 
 
