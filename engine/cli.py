@@ -197,6 +197,12 @@ def _progress(total: int | None, what: str):
                 dynamic_ncols=True)
 
 
+def _ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"{what}. ADDRESS: the cluster to join ('auto': this machine's); none starts a local one. "
+                        f"Needs `pip install 'vecz[ray]'`; write --ray=ADDRESS or put --ray after the positionals")
+
+
 def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build (or append to) a store from a vectors file",
                        description="Stream SRC (.npy, .fvecs, .parquet, .arrow) into the store STORE in "
@@ -218,6 +224,10 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
                    help="rows the codec trains on (default 65536)")
     p.add_argument("--seed", type=int, default=0, help="seed of the codec's training (default 0)")
     p.add_argument("--append", action="store_true", help="append to an existing store instead of creating one")
+    _ray_arguments(p, "encode the batches on a Ray cluster and commit them all at once (a new store or --append; "
+                      "SRC .npy or Parquet)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --ray: batches encoded at once (default: as the cluster's CPUs allow)")
 
     p = sub.add_parser("search", help="search a store with query vectors from a file",
                        description="Search STORE with the vectors in QUERIES; results to stdout (TSV: query, "
@@ -236,6 +246,8 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--column", help="vector column of a .parquet/.arrow queries file")
     p.add_argument("--out", metavar="FILE", help=".parquet or .npy output (default: TSV on stdout)")
     p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")
+    _ray_arguments(p, "search with one Ray actor per shard of the store's segments (same results)")
+    p.add_argument("--shards", type=int, default=2, metavar="N", help="with --ray: actors (default 2)")
 
     p = sub.add_parser("info", help="spec, counts, bytes in RAM and on disk, versions")
     p.add_argument("store", metavar="STORE")
@@ -334,9 +346,33 @@ def _undo_empty_build(store: Any, fresh: bool, made_dir: bool, committed: dict):
         raise
 
 
+def _ray_build(args: argparse.Namespace) -> int:
+    from . import ray as vray
+
+    path = Path(args.store)
+    exists = path.exists() and (not path.is_dir() or any(path.iterdir()))
+    if exists and not args.append:
+        raise InvalidInput(f"{path}: expected a new or empty directory (or --append), found an existing store")
+    if args.append and not exists:
+        raise InvalidInput(f"{path}: --append needs an existing store, found none")
+    id_column = None if args.id_column is None or args.id_column.lower() == "none" else args.id_column
+    vray.connect(args.ray)
+    report = vray.build(path, args.src, codec=args.codec,
+                        metric=args.metric, dense=args.dense, column=args.column, id_column=id_column, seed=args.seed,
+                        train_size=args.train_size, segment_rows=args.batch_rows or vray.DEFAULT_SEGMENT_ROWS,
+                        workers=args.workers)
+    print(f"{args.store}: {report.rows:,} vectors of dim {report.dim} committed as version {report.version} in "
+          f"{report.segments} segment(s), codec {report.spec}; {report.seconds:.1f} s "
+          f"({report.rows_per_second:,.0f} vectors/s; train {report.train_seconds:.1f} s, encode "
+          f"{report.encode_seconds:.1f} s, commit {report.commit_seconds:.2f} s)")
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
     from ..formats.importers import open_vectors
 
+    if args.ray is not None:
+        return _ray_build(args)
     started = time.perf_counter()
     id_column, default_id = args.id_column, "id"
     if id_column is not None and id_column.lower() == "none":
@@ -396,11 +432,21 @@ def _search(args: argparse.Namespace) -> int:
     all_s, all_i = [], []
     rows_read = bytes_read = candidates = 0
     per_query: list[np.ndarray] = []
-    with Store.open(args.store) as store, open_vectors(args.queries, column=args.column) as source:
+    if args.ray is not None:
+        from . import ray as vray
+
+        if args.confidence is not None:
+            raise InvalidInput("--confidence applies to --rerank auto, which --ray does not distribute yet")
+        vray.connect(args.ray)
+        searcher: Any = vray.ShardedStore(args.store, shards=args.shards)
+        options: dict[str, Any] = {}
+    else:
+        searcher = Store.open(args.store)
+        options = {"confidence": args.confidence}
+    with searcher as store, open_vectors(args.queries, column=args.column) as source:
         with _progress(source.n, "search") as bar:
             for queries, _ in source.batches(args.batch_rows):
-                res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank,
-                                   confidence=args.confidence)
+                res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank, **options)
                 if res.stats.rows_per_query is not None:
                     per_query.append(res.stats.rows_per_query)
                 all_s.append(res.scores)

@@ -31,11 +31,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
 from ..formats import manifest as mf
-from ..formats.body import DATA_FILE_RE, body_files, parse_body
+from ..formats.body import DATA_FILE_RE, STAGING_RE, body_files, parse_body
 from .errors import StorageError, StoreLocked, StoreMoved, StoreNotFound, VeczError
 
 __all__ = ["WriterLock", "storage_errors", "collect_garbage", "lock_holder"]
@@ -158,7 +159,7 @@ def collect_garbage(lock: WriterLock, *, keep_files: set[str] = frozenset()) -> 
     lock.check("garbage collection")
     fd = lock.fd
     names = os.listdir(fd)
-    removed = {"tmp": 0, "manifests": 0, "files": 0}
+    removed = {"tmp": 0, "manifests": 0, "files": 0, "staging": 0}
     for name in names:
         if mf.TMP_RE.fullmatch(name):
             with contextlib.suppress(OSError):
@@ -191,4 +192,11 @@ def collect_garbage(lock: WriterLock, *, keep_files: set[str] = frozenset()) -> 
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=fd)
                 removed["files"] += 1
+    for name in names:
+        # a staging directory outlives only a build that died before adopting its files
+        # (formats/FORMAT.md): the lock holder is the only one who adopts, so any it is
+        # not using now is stale
+        if STAGING_RE.fullmatch(name) and name not in keep_files:
+            shutil.rmtree(lock.path / name, ignore_errors=True)
+            removed["staging"] += 1
     return removed

@@ -42,6 +42,7 @@ __all__ = [
     "StorageError",
     "StoreMoved",
     "TooLarge",
+    "ShardUnavailable",
 ]
 
 
@@ -102,3 +103,9 @@ class StoreMoved(VeczError, RuntimeError):
 class TooLarge(VeczError, ValueError):
     """A request whose memory cannot be allocated: a codec whose trained state or scratch
     would exceed the limit, or a dimension too wide; the message says the size."""
+
+
+class ShardUnavailable(VeczError, RuntimeError):
+    """A distributed search (engine/ray.py) lost a shard: its actor died and could not be
+    restarted. The message names the shard and its segments; no partial answer is returned
+    unless the caller asked for one."""

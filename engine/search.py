@@ -24,12 +24,13 @@ from numba.typed import List
 
 from ..kernels import dense as dense_kernels
 from ..kernels.topk import topk_positions, topk_positions_batch
-from .bounds import ErrorModel
+from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto
+from .errors import InvalidInput
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
 from .threads import query_threads
 
-__all__ = ["search_segments", "calibrate", "PARALLEL_MIN_QUERIES", "AUTO_STEP"]
+__all__ = ["search_segments", "check_search_args", "pad_to_k", "calibrate", "PARALLEL_MIN_QUERIES", "AUTO_STEP"]
 
 # rerank="auto": rows per later round of the walk (engine/bounds.py `bounded_rerank`); a
 # round's rows are fetched together (CPU prefetch), the first round's pages asked of the
@@ -38,6 +39,55 @@ AUTO_STEP = 4
 
 PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
+
+
+def check_search_args(codec: Codec, dense: str, k: object, nprobe: object, rerank: object, sdc: object,
+                      confidence: object) -> tuple[int, int, int, bool, float]:
+    """`Store.search`'s arguments checked against the store (codec, dense tier), with the
+    defaults filled in: (k, nprobe, rerank depth or cap, auto?, confidence)."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
+    k = int(k)
+    nlist = codec.nlist
+    if nprobe is None:
+        nprobe = max(1, nlist // 8)
+    if not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or not 1 <= nprobe <= nlist:
+        raise InvalidInput(f"nprobe must be an integer in 1..{nlist} (the store's IVF lists), found {nprobe!r}")
+    if rerank is None:
+        rerank = 0 if dense == "none" else max(50, 5 * k)
+    auto = isinstance(rerank, str)
+    if auto:
+        rerank = parse_auto(rerank, k)
+        if dense == "none":
+            raise InvalidInput("rerank='auto' needs a dense tier; this store was created with dense=None")
+    if confidence is not None and not auto:
+        raise InvalidInput("confidence= applies to rerank='auto' only")
+    confidence = DEFAULT_CONFIDENCE if confidence is None else check_confidence(confidence)
+    if not isinstance(sdc, (bool, np.bool_)):
+        raise InvalidInput(f"sdc: expected True or False, found {sdc!r}")
+    if sdc and not codec.quantizer.has_sdc:
+        raise InvalidInput(f"sdc=True needs an RB codec, found {codec.spec!r}")
+    if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 0:
+        raise InvalidInput(f"rerank must be an integer >= 0, found {rerank!r}")
+    if rerank and dense == "none":
+        raise InvalidInput(f"rerank={rerank} needs a dense tier; this store was created with dense=None "
+                           f"(use rerank=0)")
+    if 0 < rerank < k:
+        raise InvalidInput(f"rerank must be 0 or >= k={k} (it re-scores the R best candidates), found {rerank}")
+    return k, int(nprobe), int(rerank), auto, confidence
+
+
+def pad_to_k(out: SearchResult, k: int, metric: str, max_bytes: int) -> SearchResult:
+    """A result as wide as the live rows padded up to k (id -1, the worst score, like
+    faiss) unless the padding alone would exceed `max_bytes`."""
+    nq = out.scores.shape[0]
+    width = k if nq * k * 12 <= max_bytes else out.scores.shape[1]
+    if out.scores.shape[1] == width:
+        return out
+    pad = width - out.scores.shape[1]
+    scores = np.concatenate([out.scores, np.full((nq, pad), _worst(metric), dtype=np.float32)], axis=1)
+    ids = np.concatenate([out.ids, np.full((nq, pad), -1, dtype=np.int64)], axis=1)
+    return SearchResult(scores, ids, out.stats)
 
 
 def _worst(metric: str) -> float:

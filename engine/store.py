@@ -59,15 +59,13 @@ from .errors import (
     VeczError,
 )
 from .inputs import as_ids as _as_ids
-from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto
-from .search import calibrate, search_segments
+from .bounds import ErrorModel
+from .search import calibrate, check_search_args, pad_to_k, search_segments
 from .segments import DensePool, Segment, load_segment
 
 __all__ = ["Store", "check_store", "FORMAT_ID", "MAX_NORM", "MAX_STATE_BYTES"]
 
-# Vectors and queries of ip/l2 stores must have norms below this: then every score, squared
-# distance and RB factor stays finite in float32 (1e15 ** 2 * 4 < 3.4e38).
-MAX_NORM = 1e15
+MAX_NORM = writes.MAX_NORM
 # A codec whose trained arrays would exceed this is refused at create (say, IVF with a
 # billion lists, or RB on 65,536 dims: a 16 GiB rotation).
 MAX_STATE_BYTES = 2 << 30
@@ -111,6 +109,8 @@ class Store:
         # build or import never holds them; engine/segments.py).
         self._build_layouts = mode == "r"
         self._error_model: tuple[Codec, ErrorModel | None] | None = None
+        # A shard (engine/ray.py) loads only these segments (by serial); None: every segment.
+        self._only: frozenset[int] | None = None
 
     # ------------------------------------------------------------------ create / open
 
@@ -220,6 +220,22 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def _open_shard(cls, path: str | os.PathLike, version: int, serials: Any) -> "Store":
+        """Read-only: `version` with only the segments whose serials are given (one shard of
+        a distributed search, engine/ray.py). Counts (`len`, `n_rows`) are the shard's."""
+        store = cls(Path(path), "r")
+        store._only = frozenset(int(s) for s in serials)
+        try:
+            store._open_version(version)
+            missing = store._only - {seg.serial for seg in store._segments}
+            if missing:
+                raise StoreCorrupted(f"{path} version {version}: has no segment with serial {min(missing)}")
+        except BaseException:
+            store.close()
+            raise
+        return store
+
     def _open_version(self, version: int | None) -> None:
         # A writer may prune the files of the version a reader is about to load; then the
         # reader retries on the newest version.
@@ -282,6 +298,8 @@ class Store:
         segments: list[Segment | None] = []
         todo: list[tuple[int, SegmentRecord]] = []  # (slot, record) of segments not seen yet
         for rec in body.segments:
+            if self._only is not None and rec.serial not in self._only:
+                continue
             seg = known.get(rec.serial)
             if seg is not None and seg.rec.file == rec.file and seg.rec.rows == rec.rows and seg.rec.dense == rec.dense:
                 if rec.deletes != seg.rec.deletes:
@@ -408,19 +426,12 @@ class Store:
 
     def _vectors(self, x: Any, what: str, column: str | None = None) -> np.ndarray:
         arr = _as_vectors(x, self.dim, what, column)
-        if arr.shape[0] == 0:
-            raise InvalidInput(f"{what}: expected at least 1 row, found 0")
-        self._check_norms(arr, what)
+        writes.check_rows(arr, self.metric, "none", what)
         return arr
 
     def _check_norms(self, arr: np.ndarray, what: str) -> None:
-        if self.metric == "cosine" or not arr.size:
-            return
-        norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
-        big = np.flatnonzero(norms >= MAX_NORM)
-        if big.size:
-            raise InvalidInput(f"{what}: expected vector norms below {MAX_NORM:.0e} ({self.metric} scores must stay "
-                               f"finite in float32), found {norms[big[0]]:.3g} in row {int(big[0])}")
+        if arr.size:
+            writes.check_rows(arr, self.metric, "none", what)
 
     def train(self, sample: Any) -> None:
         """Train the codec on a sample (at most `train_size` rows are used) and commit it.
@@ -512,35 +523,8 @@ class Store:
             lists probed, rows and bytes read from disk.
         """
         self._check_open("search")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
-        k = int(k)
-        nlist = self.codec.nlist
-        if nprobe is None:
-            nprobe = max(1, nlist // 8)
-        if not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or not 1 <= nprobe <= nlist:
-            raise InvalidInput(f"nprobe must be an integer in 1..{nlist} (the store's IVF lists), found {nprobe!r}")
-        if rerank is None:
-            rerank = 0 if self.dense == "none" else max(50, 5 * k)
-        auto = isinstance(rerank, str)
-        if auto:
-            rerank = parse_auto(rerank, k)
-            if self.dense == "none":
-                raise InvalidInput("rerank='auto' needs a dense tier; this store was created with dense=None")
-        if confidence is not None and not auto:
-            raise InvalidInput("confidence= applies to rerank='auto' only")
-        confidence = DEFAULT_CONFIDENCE if confidence is None else check_confidence(confidence)
-        if not isinstance(sdc, (bool, np.bool_)):
-            raise InvalidInput(f"sdc: expected True or False, found {sdc!r}")
-        if sdc and not self.codec.quantizer.has_sdc:
-            raise InvalidInput(f"sdc=True needs an RB codec, found {self.spec!r}")
-        if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 0:
-            raise InvalidInput(f"rerank must be an integer >= 0, found {rerank!r}")
-        if rerank and self.dense == "none":
-            raise InvalidInput(f"rerank={rerank} needs a dense tier; this store was created with dense=None "
-                               f"(use rerank=0)")
-        if 0 < rerank < k:
-            raise InvalidInput(f"rerank must be 0 or >= k={k} (it re-scores the R best candidates), found {rerank}")
+        k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.dense, k, nprobe, rerank, sdc,
+                                                                confidence)
         x = _as_vectors(queries, self.dim, "queries")
         self._check_norms(x, "queries")
         if not self.codec.is_trained:
@@ -556,14 +540,7 @@ class Store:
         out = search_segments(self.codec, self.metric, self._segments, x, min(k, max(live, 1)),
                               nprobe=int(nprobe), rerank=min(int(rerank), live), sdc=bool(sdc), prefetch=self.prefetch,
                               bound=bound)
-        width = k if x.shape[0] * k * 12 <= MAX_RESULT_BYTES else out.scores.shape[1]
-        if out.scores.shape[1] == width:
-            return out
-        pad = width - out.scores.shape[1]
-        worst = np.inf if self.metric == "l2" else -np.inf
-        scores = np.concatenate([out.scores, np.full((x.shape[0], pad), worst, dtype=np.float32)], axis=1)
-        ids = np.concatenate([out.ids, np.full((x.shape[0], pad), -1, dtype=np.int64)], axis=1)
-        return SearchResult(scores, ids, out.stats)
+        return pad_to_k(out, k, self.metric, MAX_RESULT_BYTES)
 
     def error_model(self) -> ErrorModel | None:
         """The error model `rerank="auto"` bounds code scores with (engine/bounds.py),

@@ -42,10 +42,13 @@ from .segments import Segment, read_dead_rows
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["AUTO_MERGE_ROWS", "add", "delete", "train", "compact", "merge_due", "read_legacy_deletes",
+__all__ = ["AUTO_MERGE_ROWS", "MAX_NORM", "check_rows", "encode_rows", "write_rows", "add", "delete", "train", "compact", "merge_due", "read_legacy_deletes",
            "dead_rows_of", "check_files", "check_dense_ids"]
 
 AUTO_MERGE_ROWS = merge.AUTO_MERGE_ROWS
+# Vectors and queries of ip/l2 stores must have norms below this: then every score, squared
+# distance and RB factor stays finite in float32 (1e15 ** 2 * 4 < 3.4e38).
+MAX_NORM = 1e15
 _MAX_ID = (1 << 63) - 1
 
 
@@ -153,26 +156,71 @@ def _check_new_ids(store: "Store", ids: Any, n: int) -> np.ndarray:
     return new_ids
 
 
-def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
-    n = x.shape[0]
-    new_ids = _check_new_ids(store, ids, n)
-    if store.dense == "f16":
+def check_rows(x: np.ndarray, metric: str, dense: str, what: str) -> None:
+    """What a batch must satisfy beyond `_as_vectors` (finite, right width): at least one
+    row, norms below `MAX_NORM` under ip/l2, values an f16 dense tier can hold."""
+    if x.shape[0] == 0:
+        raise InvalidInput(f"{what}: expected at least 1 row, found 0")
+    if metric != "cosine":
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        big = np.flatnonzero(norms >= MAX_NORM)
+        if big.size:
+            raise InvalidInput(f"{what}: expected vector norms below {MAX_NORM:.0e} ({metric} scores must stay "
+                               f"finite in float32), found {norms[big[0]]:.3g} in row {int(big[0])}")
+    if dense == "f16":
         big = np.abs(x) > np.finfo(np.float16).max
         if big.any():
             raise InvalidInput(f"dense='f16' stores values up to 65504 in magnitude, found "
                                f"{float(np.abs(x).max()):.6g} in row {int(np.argwhere(big)[0, 0])}")
+
+
+def encode_rows(codec: Codec, prepared: np.ndarray, x: np.ndarray,
+                ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One segment's sections (codes, ids, lists and the stored errors, if the codec has
+    them) and its exact vectors, sorted by id. `prepared` is `codec._prepare(x)`."""
+    codes = codec._encode_prepared(prepared)
+    errors = codec._stored_errors(prepared, codes)
+    n = ids.shape[0]
+    order = None if n < 2 or (np.diff(ids) > 0).all() else np.argsort(ids, kind="stable")
+
+    def sort(a: np.ndarray) -> np.ndarray:
+        return a if order is None else a[order]
+
+    arrays = {"codes": sort(codes.codes), "ids": sort(ids), "lists": sort(codes.lists)}
+    if errors is not None:
+        arrays["errors"] = sort(errors)
+    return arrays, sort(x)
+
+
+def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.ndarray], vectors: np.ndarray,
+               dense: str, serial: int, files: list[str], operation: str = "add") -> SegmentRecord:
+    """Write one segment (codes file ``names[0]``, dense file ``names[1]`` unless the store
+    has no dense tier) into `directory`, appending each name to `files` once created, and
+    return its record under `serial`. `operation` names the call in storage errors."""
+    seg_ids = arrays["ids"]
+    with storage_errors(f"{operation}: write the codes segment", directory / names[0]):
+        sg.write_segment(directory / names[0], "codes", arrays)
+    files.append(names[0])
+    infos = ()
+    if dense != "none":
+        with storage_errors(f"{operation}: write the dense file", directory / names[1]):
+            infos = (write_dense(directory / names[1], seg_ids, vectors, dense),)
+        files.append(names[1])
+    return SegmentRecord(serial, names[0], int(seg_ids.size), int(seg_ids[0]), int(seg_ids[-1]), infos, "identity",
+                         None, 0, True)
+
+
+def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
+    n = x.shape[0]
+    new_ids = _check_new_ids(store, ids, n)
+    check_rows(x, store.metric, store.dense, "vectors")
     codec = store.codec
     trained_now = not codec.is_trained
     prepared = codec._prepare(x, "vectors")  # normalised once for training and encoding
     if trained_now:
         codec = Codec.from_config(codec.to_config())._fit(prepared)
-    codes = codec._encode_prepared(prepared)
-    errors = codec._stored_errors(prepared, codes)
+    arrays, seg_x = encode_rows(codec, prepared, x, new_ids)
     del prepared
-    order = None if n < 2 or (np.diff(new_ids) > 0).all() else np.argsort(new_ids, kind="stable")
-    seg_ids = new_ids if order is None else new_ids[order]
-    seg_codes = codes.codes if order is None else codes.codes[order]
-    seg_lists = codes.lists if order is None else codes.lists[order]
     serials = _Serials(store._body.next_serial)
     files: list[str] = []
     try:
@@ -181,21 +229,8 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
         if trained_now:
             body = _with_codec(store, codec, body, files)
         serial = serials.take()
-        name = data_file_name("seg", serial)
-        with storage_errors("add: write the codes segment", store.path / name):
-            arrays = {"codes": seg_codes, "ids": seg_ids, "lists": seg_lists}
-            if errors is not None:
-                arrays["errors"] = errors if order is None else errors[order]
-            sg.write_segment(store.path / name, "codes", arrays)
-        files.append(name)
-        dense = ()
-        if store.dense != "none":
-            dname = data_file_name("dense", serial)
-            with storage_errors("add: write the dense file", store.path / dname):
-                info = write_dense(store.path / dname, seg_ids, x if order is None else x[order], store.dense)
-            files.append(dname)
-            dense = (info,)
-        rec = SegmentRecord(serial, name, n, int(seg_ids[0]), int(seg_ids[-1]), dense, "identity", None, 0, True)
+        names = (data_file_name("seg", serial), data_file_name("dense", serial))
+        rec = write_rows(store.path, names, arrays, seg_x, store.dense, serial, files)
         body = replace(body, segments=body.segments + (rec,), next_id=max(body.next_id, int(new_ids.max()) + 1),
                        next_serial=serials.next, build=build_progress if build_progress is not None else body.build)
         _publish(store, lock, body, files, "add")
@@ -204,8 +239,9 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
         raise
     store.codec = codec
     pool = None if store.dense == "none" else store._pool
-    store._segments.append(Segment.from_arrays(rec, codec, seg_ids, seg_codes, seg_lists, pool, directory=store.path,
-                                               build=store._build_layouts, stored_errors=arrays.get("errors")))
+    store._segments.append(Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
+                                               directory=store.path, build=store._build_layouts,
+                                               stored_errors=arrays.get("errors")))
     _after_commit(store, lock)
     _merge_quietly(store, lock)
     return new_ids

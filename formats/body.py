@@ -32,6 +32,7 @@ __all__ = [
     "FORMAT_ID",
     "LAYOUT",
     "DATA_FILE_RE",
+    "STAGING_RE",
     "DENSE_CHOICES",
     "METRICS",
     "SegmentRecord",
@@ -47,6 +48,9 @@ DENSE_CHOICES = ("f32", "f16", "none")
 METRICS = ("cosine", "ip", "l2")
 DATA_FILE_RE = re.compile(r"(seg|dense|del|codec)-([0-9]{12})\.(vzs|arrow)")
 """Names of the data files a manifest may name (use ``fullmatch``); group 2 is the serial."""
+STAGING_RE = re.compile(r"staging-[0-9a-f]{32}")
+"""Names of staging directories (formats/FORMAT.md, "Segments written by other processes"):
+files a writer that does not hold the lock wrote for the lock holder to adopt."""
 _SUFFIX = {"seg": "vzs", "dense": "arrow", "del": "vzs", "codec": "vzs"}
 _MAX_INT = (1 << 63) - 1
 

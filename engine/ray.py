@@ -1,0 +1,684 @@
+"""Build and search a vecz store with Ray (the optional extra ``pip install 'vecz[ray]'``).
+
+Ray is the engine here: its Data library reads and splits the source, its tasks and actors
+run the work and retry it, its object store carries the arrays. vecz adds what is its own:
+the codec trained once, segments written where every worker sees them, one commit, and an
+exact merge of the shards' answers. Without Ray installed, vecz is whole and this module
+raises `MissingDependency` when called.
+
+Build (`build`), the pattern of Lance's distributed indexing:
+
+1. The driver opens (or creates) the store as its one writer and holds the lock throughout.
+2. The codec is trained once, on the driver, on a bounded sample drawn across the whole
+   dataset (``Dataset.random_sample``, then at most `train_size` rows), unless the store is
+   trained already; the training is its own commit (an empty, trained store).
+3. Workers receive the trained codec as its JSON config plus its arrays (through Ray's
+   object store; nothing is pickled into the store), encode their blocks
+   (``map_batches``, at most `segment_rows` rows per batch) and write each batch as one
+   codes file and one dense file, fsynced, into a staging directory inside the store
+   (formats/FORMAT.md "Segments written by other processes"), named by a random token.
+4. The driver checks the batches' ids (distinct, not in the store), renames every staged
+   file to a fresh serial of its own and publishes them all in ONE manifest: all or
+   nothing. A worker that dies mid-batch leaves a partial staged file that no one adopts;
+   Ray Data re-runs its batch on another worker. A build that fails anyway leaves the
+   store at its previous version; the staging directory is removed then, or by the next
+   writer's garbage collection if the driver itself died.
+
+The rows are the same as a one-process build with the same trained codec: the same codes,
+ids, stored errors and exact vectors for every id (tests/test_ray.py); only the segment
+boundaries differ (one per batch).
+
+Search (`ShardedStore`): the segments of one committed version are split into shards
+balanced by live rows; each shard is a Ray actor holding its segments' codes in its own RAM
+and reading their dense files itself. A query batch runs in two rounds, so that the answer
+is exactly the one-process answer (same ids and scores, ties by the smaller id):
+
+1. every shard returns its best ``depth`` candidates by code score (ids and scores); the
+   driver merges them into the version's best ``depth`` with the tie rule of
+   engine/search.py;
+2. with ``rerank``, every shard re-scores exactly those of the merged candidates it holds;
+   the driver takes the top k by exact score.
+
+An actor that dies is restarted (``max_restarts``) and the call retried; when it cannot be,
+the search raises `ShardUnavailable` naming the shard, or, with ``partial=True``, answers
+from the shards left and lists the missing ones in ``result.missing_shards``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..formats.body import SegmentRecord, data_file_name, parse_body
+from ..formats import manifest as mf
+from ..formats.dense import DenseInfo
+from . import writes
+from .codecs import Codec, SearchResult, SearchStats, _as_vectors
+from .commit import storage_errors
+from .errors import InvalidInput, MissingDependency, ShardUnavailable, StoreNotFound, VeczError
+
+__all__ = ["build", "BuildReport", "ShardedStore", "connect", "read_dataset", "DEFAULT_SEGMENT_ROWS"]
+
+# Rows per batch, hence per segment written by a worker: 256 Ki rows of 768 float32 are
+# 768 MiB of input per worker at a time (the batch, its codes and the dense copy).
+DEFAULT_SEGMENT_ROWS = 1 << 18
+_ID_COLUMN = "__vecz_id"
+# Test hook (tests/test_ray.py): while the file DIR/pause exists (DIR = this variable), every
+# batch, after writing its codes file, touches DIR/<pid>-<token> and sleeps the seconds the
+# file holds, so that a test can kill the worker there.
+_PAUSE_ENV = "VECZ_TEST_RAY_PAUSE"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependency(f"this needs Ray, which is not installed ({exc}); expected it from "
+                                f"`pip install 'vecz[ray]'`") from None
+    return ray
+
+
+def connect(address: str | None = None, **init_args: Any) -> None:
+    """Join the Ray cluster at `address` ("auto": the one this machine belongs to), or start
+    a local one (None), unless Ray is initialised already in this process."""
+    ray = _ray()
+    if not ray.is_initialized():
+        init_args.setdefault("include_dashboard", False)
+        ray.init(address=address or None, **init_args)
+
+
+# ---------------------------------------------------------------------------- build
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What `build` did: rows and segments committed in `version`, and its timings (s)."""
+
+    path: str
+    version: int
+    rows: int
+    segments: int
+    dim: int
+    spec: str
+    seconds: float
+    train_seconds: float
+    encode_seconds: float
+    commit_seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / max(self.seconds, 1e-9)
+
+
+def read_dataset(data: Any, column: str | None = None) -> Any:
+    """A Ray Dataset of `data`: a Dataset as is; a .npy file (column ``data``), a Parquet
+    file or directory of them, read by Ray Data; a numpy array (column ``data``)."""
+    ray = _ray()
+    if isinstance(data, ray.data.Dataset):
+        return data
+    if isinstance(data, np.ndarray):
+        return ray.data.from_numpy(data)
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.exists():
+            raise InvalidInput(f"{path}: expected a .npy file or Parquet file/directory, found nothing there")
+        if path.suffix == ".npy":
+            return ray.data.read_numpy(str(path))
+        if path.suffix == ".parquet" or path.is_dir():
+            return ray.data.read_parquet(str(path))
+        raise InvalidInput(f"{path}: a distributed build reads .npy or Parquet (file or directory), found "
+                           f"{path.suffix or 'no suffix'}")
+    raise InvalidInput(f"data: expected a Ray Dataset, a .npy/Parquet path or a numpy array, found "
+                       f"{type(data).__name__}")
+
+
+def _source_rows(data: Any) -> int | None:
+    """Rows of a .npy / Parquet source or an array from its metadata; None for a Dataset."""
+    if isinstance(data, np.ndarray):
+        return int(data.shape[0])
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if path.suffix == ".npy":
+            return int(np.load(path, mmap_mode="r").shape[0])
+        import pyarrow.dataset as pads
+
+        return int(pads.dataset(str(path), format="parquet").count_rows())
+    return None
+
+
+def _vector_column(names: list[str], column: str | None, id_column: str | None) -> str:
+    if column is not None:
+        if column not in names:
+            raise InvalidInput(f"column: expected one of {names}, found {column!r}")
+        return column
+    others = [n for n in names if n != id_column]
+    if len(others) != 1:
+        raise InvalidInput(f"expected one vector column besides the ids, found {others}; name it with column=")
+    return others[0]
+
+
+def _matrix(values: Any, what: str) -> np.ndarray:
+    """A batch column (tensor array, or object array of per-row arrays) as a 2-D array."""
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = np.stack([np.asarray(v) for v in arr]) if len(arr) else arr.reshape(0, 0)
+    if arr.ndim != 2:
+        raise InvalidInput(f"{what}: expected one vector per row (a 2-D batch), found shape {arr.shape}")
+    return arr
+
+
+def _sample(ds: Any, column: str, n: int, size: int, seed: int) -> np.ndarray:
+    """At most `size` rows drawn at random across the whole dataset."""
+    if n <= size:
+        part = ds.select_columns([column])
+    else:
+        part = ds.select_columns([column]).random_sample(min(1.0, 1.25 * size / n), seed=seed)
+    rows = [_matrix(b[column], "training sample") for b in part.iter_batches(batch_format="numpy", batch_size=8192)]
+    x = np.concatenate(rows) if rows else np.empty((0, 0), dtype=np.float32)
+    if x.shape[0] > size:
+        x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], size, replace=False))]
+    return x
+
+
+_CODECS: dict[str, Codec] = {}  # per worker process: the codec of each build, made once
+
+
+def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, column: str, id_column: str,
+                  id_offset: int, staging: str, dense: str, metric: str, dim: int, threads: int) -> dict:
+    """Ray Data UDF: one batch -> one staged segment (codes and dense files); returns its record."""
+    ray = _ray()
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    codec = _CODECS.get(key)
+    if codec is None:
+        config, arrays = ray.get(codec_ref[0])
+        codec = _CODECS[key] = Codec.from_config(config, arrays)
+    x = _as_vectors(_matrix(batch[column], "vectors"), dim, "vectors")
+    writes.check_rows(x, metric, dense, "vectors")
+    ids = np.asarray(batch[id_column])
+    if ids.dtype.kind not in "iu" or ids.shape != (x.shape[0],):
+        raise InvalidInput(f"ids: expected one integer id per row, found {ids.dtype} {ids.shape}")
+    ids = ids.astype(np.int64) + np.int64(id_offset)
+    if ids.min() < 0:
+        raise InvalidInput(f"ids must be >= 0 (-1 marks an empty result slot), found {int(ids.min())}")
+    arrays, vectors = writes.encode_rows(codec, codec._prepare(x, "vectors"), x, ids)
+    if (np.diff(arrays["ids"]) == 0).any():
+        at = int(np.flatnonzero(np.diff(arrays["ids"]) == 0)[0])
+        raise InvalidInput(f"ids: expected distinct ids, found {int(arrays['ids'][at])} twice in one batch")
+    token = uuid.uuid4().hex
+    names = (f"{token}.seg", f"{token}.dense")
+    files: list[str] = []
+    directory = Path(staging)
+    try:
+        with storage_errors("ray build: write the codes segment", directory / names[0]):
+            from ..formats import segment as sg
+            sg.write_segment(directory / names[0], "codes", arrays)
+        files.append(names[0])
+        control = os.environ.get(_PAUSE_ENV)
+        if control and Path(control, "pause").exists():
+            Path(control, f"{os.getpid()}-{token}").touch()
+            time.sleep(float(Path(control, "pause").read_text()))
+        info = None
+        if dense != "none":
+            with storage_errors("ray build: write the dense file", directory / names[1]):
+                from ..formats.dense import write_dense
+                info = write_dense(directory / names[1], arrays["ids"], vectors, dense)
+            files.append(names[1])
+    except BaseException:
+        for name in files:
+            (directory / name).unlink(missing_ok=True)
+        raise
+    return {"seg": [names[0]], "dense": [json.dumps(info.to_json()) if info else ""], "rows": [x.shape[0]],
+            "min_id": [int(arrays["ids"][0])], "max_id": [int(arrays["ids"][-1])]}
+
+
+@contextmanager
+def _ordered(ray: Any):
+    """Ray Data keeps the source's row order while the build runs (auto ids depend on it)."""
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order = before
+
+
+def _open_or_create(path: Path, codec: str | Codec | None, dim: int, metric: str | None, dense: str | None, seed: int,
+                    train_size: int, rotation: str) -> Any:
+    from .store import Store
+
+    if path.exists() and path.is_dir() and any(path.iterdir()):
+        store = Store.open(path, mode="a")
+        try:
+            if store.dim != dim:
+                raise InvalidInput(f"{path}: the store holds width {store.dim}, the data has {dim}")
+            for name, given, own in (("metric", metric, store.metric), ("dense", dense, store.dense)):
+                if given is not None and given != own:
+                    raise InvalidInput(f"{path}: {name} {given!r} given, the store has {own!r}")
+            given = codec.spec if isinstance(codec, Codec) else codec
+            if given is not None and Codec(given, dim, store.metric).spec != store.spec:
+                raise InvalidInput(f"{path}: codec {given!r} given, the store has {store.spec!r}")
+        except BaseException:
+            store.close()
+            raise
+        return store
+    return Store.create(path, dim=dim, metric=metric, codec="RB2" if codec is None else codec, dense=dense or "f32", seed=seed,
+                        train_size=train_size, rotation=rotation)
+
+
+def _check_ids(store: Any, staging: Path, recs: list[dict]) -> None:
+    """Ids of the staged batches are distinct across batches and new to the store; batches
+    whose id ranges overlap another's (or the store's segments') have their ids read back."""
+    from ..formats import segment as sg
+
+    ranges = sorted((r["min_id"], r["max_id"], j) for j, r in enumerate(recs))
+    suspect: set[int] = set()
+    for (lo_a, hi_a, a), (lo_b, _, b) in zip(ranges, ranges[1:]):
+        if lo_b <= hi_a:
+            suspect |= {a, b}
+    existing = [(s.rec.min_id, s.rec.max_id) for s in store._segments]
+    for lo, hi, j in ranges:
+        if any(lo <= e_hi and e_lo <= hi for e_lo, e_hi in existing):
+            suspect.add(j)
+    if not suspect:
+        return
+    seen: list[np.ndarray] = []
+    for j in sorted(suspect):
+        with sg.open_segment(staging / recs[j]["seg"], kind="codes") as f:
+            ids = f.read("ids")
+        present = store._find(ids)[0] >= 0
+        if present.any():
+            raise InvalidInput(f"ids: expected ids not in the store, found id {int(ids[present][0])} already in it")
+        seen.append(ids)
+    allids = np.concatenate(seen)
+    uniq, counts = np.unique(allids, return_counts=True)
+    if (counts > 1).any():
+        raise InvalidInput(f"ids: expected distinct ids, found {int(uniq[counts > 1][0])} in two batches")
+
+
+def build(path: str | os.PathLike, data: Any, *, codec: str | Codec | None = None, metric: str | None = None,
+          dense: str | None = None, column: str | None = None, id_column: str | None = None, seed: int = 0,
+          train_size: int = 65536, rotation: str = "itq", segment_rows: int = DEFAULT_SEGMENT_ROWS,
+          workers: int | None = None, threads_per_worker: int = 1,
+          address: str | None = None) -> BuildReport:
+    """Build (or append to) the store at `path` from `data` on a Ray cluster (module
+    docstring): one commit of every row, or none.
+
+    Parameters
+    ----------
+    data : a Ray Dataset, a .npy file, a Parquet file or directory (read by Ray Data), or a
+        numpy array; `column` names its vector column (default: the only one besides ids)
+    id_column : integer ids column; default: ids ``next_id + row number`` in dataset order
+    codec, metric, dense, seed, train_size, rotation : as `Store.create` for a new store
+        (codec default "RB2"); an existing store must agree with those given
+    segment_rows : rows per batch, hence at most per segment written
+    workers : batches encoded at once (default: as many as the cluster's CPUs allow)
+    threads_per_worker : CPUs each batch asks of Ray (and Numba threads it uses)
+    address : the cluster to join (None: the one this process is connected to, else a new
+        local one; "auto": this machine's)
+
+    Raises
+    ------
+    InvalidInput
+        Bad rows (NaN, wrong width, norms too large) or ids (negative, repeated, already in
+        the store), or options the store contradicts. Nothing is committed.
+    MissingDependency
+        Ray is not installed.
+
+    Notes
+    -----
+    A batch that raises anything else fails the build the same way, with what Ray raised
+    (Ray Data re-runs a batch whose worker died, without limit).
+    """
+    ray = _ray()
+    connect(address)
+    with _ordered(ray):
+        return _build(ray, Path(path), data, codec, metric, dense, column, id_column, seed, train_size, rotation,
+                      segment_rows, workers, threads_per_worker)
+
+
+def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: str | None, dense: str | None,
+           column: str | None, id_column: str | None, seed: int, train_size: int, rotation: str, segment_rows: int,
+           workers: int | None, threads_per_worker: int) -> BuildReport:
+    started = time.perf_counter()
+    if not isinstance(segment_rows, (int, np.integer)) or isinstance(segment_rows, bool) or segment_rows < 1:
+        raise InvalidInput(f"segment_rows: expected an integer >= 1, found {segment_rows!r}")
+    ds = read_dataset(data, column)
+    # one row gives the columns and the width; the row count comes from the files' metadata
+    # (a Ray Data schema() or count() on a .npy reads all of it)
+    try:
+        head = ds.take_batch(1, batch_format="numpy")
+    except ValueError:
+        head = {}
+    names = list(head)
+    if not names:
+        raise InvalidInput("data: expected at least 1 row, found 0")
+    if id_column is not None and id_column not in names:
+        raise InvalidInput(f"id_column: expected one of {names}, found {id_column!r}")
+    column = _vector_column(names, column, id_column)
+    dim = int(_matrix(head[column], "vectors").shape[1])
+    n = _source_rows(data)
+    if n is None and id_column is None:
+        n = ds.count()  # automatic ids number the rows: their count is needed first
+    made = not path.exists()
+    fresh = made or (path.is_dir() and not any(path.iterdir()))
+    store = _open_or_create(path, codec, dim, metric, dense, seed, train_size, rotation)
+    staging: Path | None = None
+    moved: list[str] = []
+    committed = False
+    try:
+        lock = store._lock
+        t0 = time.perf_counter()
+        if not store.codec.is_trained:
+            rows = n if n is not None else ds.count()
+            store.train(_sample(ds, column, rows, store.codec.train_size, store.codec.seed))
+        train_seconds = time.perf_counter() - t0
+        trained = store.codec
+        codec_ref = [ray.put((trained.to_config(), trained.state()))]  # in a list: Ray passes the ref as is
+        if id_column is None:
+            # ids in dataset order: row i gets next_id + i (zip pairs rows by position; the
+            # context's preserve_order makes that order the source's)
+            offset = store.next_id
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ds = ds.select_columns([column]).zip(ray.data.range(n).rename_columns({"id": _ID_COLUMN}))
+            id_column = _ID_COLUMN
+        else:
+            offset = 0
+            ds = ds.select_columns([column, id_column])
+        staging = path / f"staging-{uuid.uuid4().hex}"
+        with storage_errors("ray build: make the staging directory", staging):
+            staging.mkdir()
+        t0 = time.perf_counter()
+        out = ds.map_batches(
+            _encode_batch, batch_size=int(segment_rows), batch_format="numpy", zero_copy_batch=True,
+            fn_kwargs={"codec_ref": codec_ref, "key": uuid.uuid4().hex, "column": column, "id_column": id_column,
+                       "id_offset": int(offset), "staging": str(staging), "dense": store.dense,
+                       "metric": store.metric, "dim": dim, "threads": int(threads_per_worker)},
+            num_cpus=threads_per_worker, compute=ray.data.TaskPoolStrategy(size=workers)).take_all()
+        encode_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        recs = sorted(out, key=lambda r: r["min_id"])
+        if n is None:
+            n = sum(r["rows"] for r in recs)
+        if sum(r["rows"] for r in recs) != n:
+            raise VeczError(f"ray build: the batches hold {sum(r['rows'] for r in recs)} rows, the data {n}")
+        lock.check("ray build")
+        _check_ids(store, staging, recs)
+        serials = writes._Serials(store._body.next_serial)
+        body = writes._base_body(store, lock, serials, moved)
+        new = []
+        for r in recs:
+            serial = serials.take()
+            seg_name = data_file_name("seg", serial)
+            with storage_errors("ray build: adopt a staged segment", path / seg_name):
+                os.rename(staging / r["seg"], path / seg_name)
+            moved.append(seg_name)
+            infos = ()
+            if r["dense"]:
+                dense_name = data_file_name("dense", serial)
+                with storage_errors("ray build: adopt a staged dense file", path / dense_name):
+                    os.rename(staging / r["seg"].replace(".seg", ".dense"), path / dense_name)
+                moved.append(dense_name)
+                infos = (replace(DenseInfo.from_json(json.loads(r["dense"]), "staged batch"), file=dense_name),)
+            new.append(SegmentRecord(serial, seg_name, int(r["rows"]), int(r["min_id"]), int(r["max_id"]), infos))
+        top = max(r["max_id"] for r in recs)
+        body = replace(body, segments=body.segments + tuple(new), next_id=max(body.next_id, int(top) + 1),
+                       next_serial=serials.next)
+        writes._publish(store, lock, body, moved, "ray build")
+        committed = True
+        commit_seconds = time.perf_counter() - t0
+        shutil.rmtree(staging, ignore_errors=True)
+        staging = None
+        writes._after_commit(store, lock)
+        version = store.version
+    except BaseException:
+        if not committed and moved and store._lock is not None:
+            store._lock.remove(moved)
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        spec = store.spec
+        store.close()
+        if fresh and not committed:
+            # the store this call created never held a row: leave the path as it was
+            if made:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                for entry in path.iterdir():
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    return BuildReport(str(path), version, n, len(recs), dim, spec, time.perf_counter() - started, train_seconds,
+                       encode_seconds, commit_seconds)
+
+
+# ---------------------------------------------------------------------------- search
+
+
+class _Shard:
+    """A Ray actor's state: the segments of one shard, read-only (`Store._open_shard`)."""
+
+    def __init__(self, path: str, version: int, serials: list[int], threads: int) -> None:
+        import numba
+
+        from .store import Store
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        self.store = Store._open_shard(path, version, serials)
+        for seg in self.store._segments:
+            if seg.live:
+                seg.layout  # noqa: B018 (built now, not at the first query)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def shortlist(self, x: np.ndarray, depth: int, nprobe: int, sdc: bool) -> tuple[np.ndarray, np.ndarray, int]:
+        from .search import PARALLEL_MIN_QUERIES, _shortlist
+        from .threads import query_threads
+
+        s = self.store
+        with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
+            scores, _, _, ids, candidates = _shortlist(s.codec, s._segments, x, depth, nprobe, sdc)
+        return scores, ids, candidates
+
+    def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
+        from .search import PARALLEL_MIN_QUERIES, _exact
+        from .threads import query_threads
+
+        s = self.store
+        seg_of, rows = s._find(ids.ravel())
+        with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
+            return _exact(s.metric, s._segments, x, seg_of.reshape(ids.shape), rows.reshape(ids.shape), s.prefetch)
+
+
+def _split(records: tuple[SegmentRecord, ...], shards: int) -> list[list[SegmentRecord]]:
+    """Segments into `shards` groups of about equal live rows (largest first, each to the
+    lightest group), every group non-empty when there are enough segments."""
+    groups: list[list[SegmentRecord]] = [[] for _ in range(shards)]
+    load = [0] * shards
+    for rec in sorted(records, key=lambda r: (-r.live, r.serial)):
+        j = min(range(shards), key=lambda i: (load[i], len(groups[i])))
+        groups[j].append(rec)
+        load[j] += rec.live
+    return [g for g in groups if g]
+
+
+class ShardedStore:
+    """One committed version of a store searched by Ray actors, one per shard of its
+    segments (module docstring). ``scores, ids = sharded.search(q, k)`` equals
+    ``Store.open(path, version=v).search(q, k)``.
+
+    Parameters
+    ----------
+    path : the store directory, on a filesystem every actor's machine sees
+    shards : actors (default 2; at most the number of segments)
+    version : the version to serve (default: the newest); pinned until `close`
+    address : the Ray cluster (as `connect`)
+    max_restarts : times an actor that dies is restarted (its call retried); 0: never
+    threads_per_shard : Numba threads each actor searches with
+    cpus_per_shard : CPUs each actor reserves from Ray (default `threads_per_shard`)
+    start_timeout : seconds to wait for every actor to start (a cluster without the CPUs
+        for them raises `ShardUnavailable` then, instead of waiting for ever)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, shards: int = 2, version: int | None = None,
+                 address: str | None = None, max_restarts: int = 1, threads_per_shard: int = 1,
+                 cpus_per_shard: float | None = None, start_timeout: float = 120.0) -> None:
+        ray = _ray()
+        connect(address)
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise StoreNotFound(f"{self.path}: no store directory here")
+        if not isinstance(shards, (int, np.integer)) or isinstance(shards, bool) or shards < 1:
+            raise InvalidInput(f"shards: expected an integer >= 1, found {shards!r}")
+        body = parse_body(mf.read_manifest(self.path, version), f"{self.path} version {version}")
+        self.body = body
+        self.codec = Codec.from_config(body.codec_config)
+        self.groups = _split(body.segments, int(shards))
+        cpus = threads_per_shard if cpus_per_shard is None else cpus_per_shard
+        actor = ray.remote(_Shard).options(max_restarts=max_restarts, max_task_retries=max_restarts, num_cpus=cpus)
+        self.actors = [actor.remote(str(self.path), body.version, [r.serial for r in g], threads_per_shard)
+                       for g in self.groups]
+        self._ray = ray
+        refs = [a.pid.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=start_timeout)
+        if len(ready) < len(refs):
+            late = [j for j, r in enumerate(refs) if r not in ready]
+            self.close()
+            raise ShardUnavailable(f"{self._describe(late[0])}: its actor did not start within {start_timeout:g} s "
+                                   f"({len(late)} of {len(refs)} shards waiting; each asks {cpus:g} CPU(s) of a "
+                                   f"cluster with {ray.cluster_resources().get('CPU', 0):g})")
+        self._gather(refs, partial=False)
+
+    @property
+    def version(self) -> int:
+        return self.body.version
+
+    def __len__(self) -> int:
+        return self.body.live
+
+    def __enter__(self) -> "ShardedStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _describe(self, j: int) -> str:
+        g = self.groups[j]
+        return (f"shard {j} of {len(self.groups)} ({len(g)} segment(s), serials {[r.serial for r in g]}, "
+                f"{sum(r.live for r in g)} live rows) of {self.path} version {self.version}")
+
+    def _gather(self, refs: list, partial: bool) -> tuple[list, list[int]]:
+        """Results of one call per shard; a shard whose actor is gone raises ShardUnavailable
+        (or, with `partial`, gives None and is listed)."""
+        exc_types = (self._ray.exceptions.RayActorError,)
+        out, missing = [], []
+        for j, ref in enumerate(refs):
+            try:
+                out.append(self._ray.get(ref))
+            except exc_types as exc:
+                if not partial:
+                    raise ShardUnavailable(f"{self._describe(j)}: its actor died and was not restarted "
+                                           f"({type(exc).__name__}); expected an answer from every shard "
+                                           f"(partial=True answers from the shards left)") from None
+                out.append(None)
+                missing.append(j)
+        return out, missing
+
+    def pids(self) -> list[int]:
+        """Process ids of the shards' actors (what a test kills)."""
+        return self._gather([a.pid.remote() for a in self.actors], partial=False)[0]
+
+    def search(self, queries: Any, k: int = 10, *, nprobe: int | None = None, rerank: int | None = None,
+               sdc: bool = False, partial: bool = False) -> SearchResult:
+        """Top-k like `Store.search` (``rerank="auto"`` is not distributed yet). With
+        ``partial=True`` a shard that is gone is skipped and named in
+        ``result.missing_shards`` instead of raising `ShardUnavailable`."""
+        from ..kernels import dense as dense_kernels
+        from ..kernels.topk import topk_positions, topk_positions_batch
+        from .search import PARALLEL_MIN_QUERIES, _worst, check_search_args, pad_to_k
+        from .store import MAX_RESULT_BYTES
+
+        if self.actors is None:
+            raise VeczError(f"{self.path}: search on a closed ShardedStore")
+        if isinstance(rerank, str):
+            raise InvalidInput("rerank='auto' is not distributed yet; expected an integer depth")
+        k, nprobe, rerank, _, _ = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc, None)
+        x = _as_vectors(queries, self.body.dim, "queries")
+        if x.size:
+            writes.check_rows(x, self.body.metric, "none", "queries")
+        metric, nq = self.body.metric, x.shape[0]
+        live = self.body.live
+        if nq == 0 or live == 0 or self.body.codec_file is None:
+            out = SearchResult(np.full((nq, 0), _worst(metric), dtype=np.float32), np.full((nq, 0), -1, np.int64),
+                               SearchStats(0, 0))
+            res = pad_to_k(out, k, metric, MAX_RESULT_BYTES)
+            res.missing_shards = ()
+            return res
+        kk, rr = min(k, live), min(rerank, live)
+        depth = max(1, min(max(kk, rr), live))
+        xref = self._ray.put(x)
+        parts, missing = self._gather([a.shortlist.remote(xref, depth, nprobe, bool(sdc)) for a in self.actors],
+                                      partial)
+        got = [(j, p) for j, p in enumerate(parts) if p is not None]
+        if not got:
+            raise ShardUnavailable(f"{self.path}: every shard is gone")
+        scores = np.concatenate([p[0] for _, p in got], axis=1)
+        ids = np.concatenate([p[1] for _, p in got], axis=1)
+        owner = np.concatenate([np.where(p[1] >= 0, j, -1) for j, p in got], axis=1)
+        candidates = sum(int(p[2]) for _, p in got)
+        better = np.ascontiguousarray(-scores if metric == "l2" else scores, dtype=np.float32)
+        pick = (topk_positions_batch if nq >= PARALLEL_MIN_QUERIES else topk_positions)(better, ids, depth)
+        valid = pick >= 0
+        safe = np.maximum(pick, 0)
+        top_s = np.where(valid, np.take_along_axis(scores, safe, 1), _worst(metric)).astype(np.float32)
+        top_i = np.where(valid, np.take_along_axis(ids, safe, 1), -1)
+        top_o = np.where(valid, np.take_along_axis(owner, safe, 1), -1)
+        probes = nq * (min(nprobe, self.codec.nlist) if self.codec.ivf is not None else 1)
+        stats = SearchStats(candidates, probes)
+        if not rr:
+            w = min(kk, depth)
+            out = SearchResult(top_s[:, :w], top_i[:, :w], stats)
+        else:
+            refs = {j: self.actors[j].exact.remote(xref, np.where(top_o == j, top_i, -1))
+                    for j in np.unique(top_o[top_o >= 0]).tolist()}
+            done, lost = self._gather(list(refs.values()), partial)
+            missing = sorted(set(missing) | {list(refs)[i] for i in lost})
+            exact = np.zeros(top_i.shape, dtype=np.float64)
+            n_rows = n_bytes = 0
+            keep = top_i.copy()
+            for j, res in zip(refs, done):
+                if res is None:
+                    keep[top_o == j] = -1
+                    continue
+                exact += res[0]
+                n_rows += int(res[1])
+                n_bytes += int(res[2])
+            topk = dense_kernels.rerank_topk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
+            f_s, f_i = topk(exact, np.ascontiguousarray(keep), kk, metric == "l2")
+            out = SearchResult(f_s, f_i, stats._replace(rows_read=n_rows, bytes_read=n_bytes))
+        res = pad_to_k(out, k, metric, MAX_RESULT_BYTES)
+        res.missing_shards = tuple(missing)
+        return res
+
+    def close(self) -> None:
+        """Stop the actors (idempotent)."""
+        if getattr(self, "actors", None):
+            for a in self.actors:
+                try:
+                    self._ray.kill(a)
+                except Exception:  # noqa: BLE001 (an actor already gone is fine)
+                    pass
+        self.actors = None

@@ -1,0 +1,362 @@
+"""vecz on Ray (engine/ray.py): a distributed build equals a one-process build with the same
+trained codec, commits all or nothing (a worker killed mid-build, a bad batch), and a
+sharded search equals the one-process search, or raises `ShardUnavailable` when an actor
+is gone. One local cluster (``ray.init(num_cpus=2)``) for the module, started and shut
+down here.
+
+Ray is the optional extra ``vecz[ray]``: without it these tests skip, unless
+VECZ_REQUIRE_RAY=1 (CI sets it), which makes a missing Ray a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vecz import Store, check_store
+from vecz.engine.segments import read_codes
+from vecz.errors import InvalidInput, MissingDependency, ShardUnavailable
+
+if os.environ.get("VECZ_REQUIRE_RAY") == "1":
+    import ray  # noqa: F401  (a failure here fails the run: CI installs vecz[ray])
+else:
+    ray = pytest.importorskip("ray", reason="Ray is the optional extra vecz[ray]; pip install 'vecz[ray]'")
+
+from vecz.engine import ray as vray  # noqa: E402
+
+CONTROL = Path(os.environ.setdefault(vray._PAUSE_ENV, f"/tmp/vecz-ray-test-{os.getpid()}"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    CONTROL.mkdir(parents=True, exist_ok=True)
+    (CONTROL / "pause").unlink(missing_ok=True)
+    # workers inherit this process's environment (the pause hook's variable among it)
+    ray.init(num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR", configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield
+    ray.shutdown()
+
+
+def _data(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((8, dim)) * 2
+    x = centers[rng.integers(0, 8, n)] + rng.standard_normal((n, dim))
+    x[5] = x[4]  # a duplicate vector: ties
+    return x.astype(np.float32)
+
+
+def _content(store: Store) -> dict[int, tuple]:
+    """id -> (code bytes, IVF list, stored error bytes) over the store's live rows."""
+    out = {}
+    for seg in store._segments:
+        arrays = read_codes(store.path, seg.rec, store.codec)
+        dead = set(seg.dead.tolist())
+        for i, id_ in enumerate(arrays["ids"]):
+            if i not in dead:
+                err = arrays["errors"][i].tobytes() if "errors" in arrays else None
+                out[int(id_)] = (arrays["codes"][i].tobytes(), int(arrays["lists"][i]), err)
+    return out
+
+
+def _same_rows(a: Store, b: Store) -> None:
+    ca, cb = _content(a), _content(b)
+    assert ca.keys() == cb.keys()
+    differ = [i for i in ca if ca[i] != cb[i]]
+    assert not differ, f"{len(differ)} ids have other codes, first {differ[0]}"
+    ids = np.array(sorted(ca), dtype=np.int64)
+    assert np.array_equal(a.get(ids).view(np.uint32), b.get(ids).view(np.uint32))
+
+
+def _reference(tmp: Path, built: Path, x: np.ndarray, ids: np.ndarray | None = None) -> Store:
+    """A one-process store of the same rows with the distributed build's trained codec."""
+    with Store.open(built) as s:
+        codec, dense = s.codec, s.dense
+    ref = Store.create(tmp, codec=codec, dense=dense)
+    ref.add(x, ids)
+    ref.close()
+    return Store.open(tmp)
+
+
+def _leftovers(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name.startswith("staging-"))
+
+
+@pytest.mark.parametrize("spec,dense,metric", [("RB1", "f16", "cosine"), ("IVF8,PQ8x8", "f32", "l2"),
+                                               ("SQ8", "f32", "ip")])
+def test_build_equals_a_one_process_build(tmp_path, spec, dense, metric):
+    x = _data(2600, 24)
+    np.save(tmp_path / "x.npy", x)
+    path = tmp_path / "built"
+    report = vray.build(path, tmp_path / "x.npy", codec=spec, dense=dense, metric=metric, segment_rows=700,
+                        workers=2)
+    assert (report.rows, report.dim, report.spec) == (2600, 24, spec)
+    assert report.segments >= 4  # one segment per batch of at most 700 rows
+    with Store.open(path) as store:
+        # create (1), train (2), every row in ONE commit (3)
+        assert store.version == report.version == 3
+        assert len(store) == 2600 and store.info()["segments"] == report.segments
+        assert max(store.info()["segment_rows"]) <= 700
+        assert np.array_equal(store.ids(), np.arange(2600))  # ids in dataset order
+        with _reference(tmp_path / "ref", path, x) as ref:
+            _same_rows(store, ref)
+            q = x[:40] + 0.05
+            a, b = store.search(q, 10, rerank=60), ref.search(q, 10, rerank=60)
+            assert np.array_equal(a.ids, b.ids) and np.array_equal(a.scores, b.scores)
+    assert check_store(path) == []
+    assert _leftovers(path) == []
+
+
+def test_build_appends_with_ids_that_continue(tmp_path):
+    x = _data(1500, 16)
+    path = tmp_path / "s"
+    vray.build(path, x[:1000], codec="RB2", segment_rows=400)
+    report = vray.build(path, x[1000:], codec="RB2", segment_rows=400)
+    with Store.open(path) as store:
+        assert report.version == 4  # the second build is one more commit, no retraining
+        assert np.array_equal(store.ids(), np.arange(1500))
+        with _reference(tmp_path / "ref", path, x) as ref:
+            _same_rows(store, ref)
+
+
+def test_build_from_parquet_with_an_id_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = _data(1800, 20, seed=3)
+    ids = np.random.default_rng(1).permutation(10_000)[:1800].astype(np.int64) * 7
+    table = pa.table({"key": ids, "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 20)})
+    pq.write_table(table, tmp_path / "v.parquet", row_group_size=500)
+    path = tmp_path / "s"
+    vray.build(path, tmp_path / "v.parquet", codec="IVF4,RB1", id_column="key", column="emb", segment_rows=600)
+    with Store.open(path) as store:
+        assert np.array_equal(store.ids(), np.sort(ids))
+        assert store.next_id == int(ids.max()) + 1
+        with _reference(tmp_path / "ref", path, x, ids) as ref:
+            _same_rows(store, ref)
+
+
+def test_a_bad_batch_commits_nothing(tmp_path):
+    x = _data(2000, 16)
+    path = tmp_path / "s"
+    vray.build(path, x[:500], codec="RB1", segment_rows=500)
+    bad = x[500:].copy()
+    bad[1234] = np.nan  # in the third batch of four
+    with pytest.raises(Exception) as info:
+        vray.build(path, bad, codec="RB1", segment_rows=400)
+    assert "NaN" in str(info.value) or "finite" in str(info.value)
+    with Store.open(path) as store:
+        assert store.version == 3 and len(store) == 500
+    assert _leftovers(path) == []
+    # ids repeated across batches: found by the driver before anything is adopted
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = np.concatenate([np.arange(600), np.arange(100, 700)]) + 10_000
+    rows = _data(1200, 16, seed=5)
+    pq.write_table(pa.table({"id": ids, "v": pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), 16)}),
+                   tmp_path / "dup.parquet", row_group_size=600)
+    with pytest.raises(InvalidInput, match="distinct"):
+        vray.build(path, tmp_path / "dup.parquet", codec="RB1", id_column="id", segment_rows=600)
+    # ids already in the store
+    pq.write_table(pa.table({"id": np.arange(490, 510), "v": pa.FixedSizeListArray.from_arrays(
+        pa.array(rows[:20].ravel()), 16)}), tmp_path / "old.parquet")
+    with pytest.raises(InvalidInput, match="already in"):
+        vray.build(path, tmp_path / "old.parquet", codec="RB1", id_column="id")
+    with Store.open(path) as store:
+        assert store.version == 3 and len(store) == 500
+    assert _leftovers(path) == [] and check_store(path) == []
+    with pytest.raises(InvalidInput, match="codec"):
+        vray.build(path, x[:10], codec="PQ4x8")
+    # a store this build created is removed again when nothing was committed to it
+    with pytest.raises(Exception, match="NaN|finite"):
+        vray.build(tmp_path / "new", bad, codec="RB1", segment_rows=400)
+    assert not (tmp_path / "new").exists()
+
+
+def _ray_workers_pids_of(marker_dir: Path) -> list[int]:
+    return [int(p.name.split("-")[0]) for p in marker_dir.iterdir() if p.name != "pause"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+
+
+def test_a_worker_killed_mid_build_leaves_no_partial_version(tmp_path):
+    x = _data(1200, 16, seed=7)
+    path = tmp_path / "s"
+    vray.build(path, x[:200], codec="PQ4x8", dense="f16", segment_rows=200)  # trained; version 3
+    for p in CONTROL.iterdir():
+        p.unlink()
+    (CONTROL / "pause").write_text("1.5")
+    result: dict = {}
+
+    def run():
+        try:
+            result["report"] = vray.build(path, x[200:], codec="PQ4x8", segment_rows=500)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            result["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not _ray_workers_pids_of(CONTROL) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victims = _ray_workers_pids_of(CONTROL)
+        assert victims, "no batch reached the pause"
+        os.kill(victims[0], signal.SIGKILL)  # the worker dies with a staged codes file and no dense file
+        deadline = time.monotonic() + 30
+        while _alive(victims[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(victims[0])
+        with Store.open(path) as store:  # meanwhile: the previous version, whole
+            assert store.version == 3 and len(store) == 200
+        (CONTROL / "pause").unlink()  # Ray's re-run of the batch goes straight through
+    finally:
+        (CONTROL / "pause").unlink(missing_ok=True)
+        t.join(180)
+    assert "error" not in result, result.get("error")
+    assert result["report"].version == 4
+    with Store.open(path) as store:
+        assert len(store) == 1200
+        with _reference(tmp_path / "ref", path, x) as ref:
+            _same_rows(store, ref)
+    assert _leftovers(path) == [] and check_store(path) == []
+
+
+def test_a_driver_that_dies_leaves_its_staging_to_the_next_writer(tmp_path):
+    x = _data(300, 8)
+    path = tmp_path / "s"
+    vray.build(path, x, codec="RB1")
+    stale = path / ("staging-" + "ab" * 16)
+    stale.mkdir()
+    (stale / "0123.seg").write_bytes(b"partial")
+    with Store.open(path) as store:  # readers never touch it
+        assert len(store) == 300
+    assert stale.exists()
+    Store.open(path, mode="a").close()  # a writer's garbage collection removes it
+    assert not stale.exists()
+
+
+# ---------------------------------------------------------------------------- search
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("served")
+    x = _data(3000, 32, seed=11)
+    x[100:110] = x[99]  # equal vectors: equal code and exact scores, ties by id
+    store = Store.create(tmp / "s", dim=32, codec="IVF8,RB1", dense="f16")
+    for lo in range(0, 3000, 500):
+        store.add(x[lo:lo + 500])
+    store.delete(np.arange(40, 3000, 97))
+    store.close()
+    return tmp / "s", x
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_sharded_search_equals_the_store_search(served, shards):
+    path, x = served
+    q = np.concatenate([x[95:105] + 0.01, _data(30, 32, seed=12)])
+    with Store.open(path) as store, vray.ShardedStore(path, shards=shards, cpus_per_shard=0.5) as sharded:
+        assert sharded.version == store.version and len(sharded) == len(store)
+        assert len(sharded.groups) == min(shards, store.info()["segments"])
+        for kwargs in ({"rerank": 0}, {"rerank": 50}, {"rerank": 10, "nprobe": 1}, {"nprobe": 8, "rerank": 400},
+                       {"k": 5000, "rerank": 5000}):
+            k = kwargs.pop("k", 10)
+            a = store.search(q, k, **kwargs)
+            b = sharded.search(q, k, **kwargs)
+            assert np.array_equal(a.ids, b.ids), kwargs
+            assert np.array_equal(a.scores, b.scores), kwargs
+            assert b.stats.rows_read == a.stats.rows_read and b.stats.candidates == a.stats.candidates
+            assert b.missing_shards == ()
+        with pytest.raises(InvalidInput, match="auto"):
+            sharded.search(q, 10, rerank="auto")
+        with pytest.raises(InvalidInput, match="k must be"):
+            sharded.search(q, 0)
+
+
+def test_a_cluster_too_small_for_the_shards_says_so(served):
+    path, _ = served
+    with pytest.raises(ShardUnavailable, match="did not start within 3 s"):
+        vray.ShardedStore(path, shards=3, cpus_per_shard=1.5, start_timeout=3)
+
+
+def test_an_actor_that_dies_is_restarted_or_named(served):
+    path, x = served
+    q = x[:20] + 0.02
+    with Store.open(path) as store:
+        want = store.search(q, 10, rerank=50)
+    with vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5) as sharded:
+        os.kill(sharded.pids()[1], signal.SIGKILL)
+        got = sharded.search(q, 10, rerank=50)  # the actor comes back (same shard) and answers
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.scores, want.scores)
+    with vray.ShardedStore(path, shards=2, max_restarts=0, cpus_per_shard=0.5) as sharded:
+        os.kill(sharded.pids()[0], signal.SIGKILL)
+        time.sleep(0.5)
+        with pytest.raises(ShardUnavailable, match=r"shard 0 of 2 \(\d+ segment\(s\), serials"):
+            sharded.search(q, 10, rerank=50)
+        part = sharded.search(q, 10, rerank=50, partial=True)
+        assert part.missing_shards == (0,)
+        mine = {r.serial for r in sharded.groups[1]}
+        with Store._open_shard(path, sharded.version, mine) as half:
+            alone = half.search(q, 10, rerank=50)
+        assert np.array_equal(part.ids, alone.ids) and np.array_equal(part.scores, alone.scores)
+
+
+# ---------------------------------------------------------------------------- CLI, no Ray
+
+
+def test_cli_build_and_search_with_ray(tmp_path, capsys):
+    from vecz.engine.cli import main
+
+    x = _data(900, 12, seed=2)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", x[:5] + 0.01)
+    assert main(["build", str(tmp_path / "x.npy"), str(tmp_path / "s"), "--codec", "RB2", "--batch-rows", "300",
+                 "--ray"]) == 0
+    out = capsys.readouterr().out
+    assert "900 vectors of dim 12 committed as version 3 in" in out, out
+    with Store.open(tmp_path / "s") as store:
+        assert max(store.info()["segment_rows"]) <= 300 and store.spec == "RB2"
+    assert main(["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--out", str(tmp_path / "r.npy"),
+                 "--ray", "--shards", "2"]) == 0
+    with Store.open(tmp_path / "s") as store:
+        want = store.search(x[:5] + 0.01, 10)
+    assert np.array_equal(np.load(tmp_path / "r.npy"), want.ids)
+    assert main(["build", str(tmp_path / "x.npy"), str(tmp_path / "s"), "--ray"]) != 0
+    assert "found an existing store" in capsys.readouterr().err
+
+
+def test_vecz_works_and_says_what_to_install_without_ray(tmp_path):
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import numpy as np, vecz\n"
+        "from vecz.engine import ray as vray\n"
+        f"s = vecz.Store.create({str(tmp_path / 's')!r}, dim=4, codec='RB1'); s.add(np.eye(4) + 0.1)\n"
+        "assert s.search(np.eye(4), 1).ids.ravel().tolist() == [0, 1, 2, 3]\n"
+        "try:\n"
+        f"    vray.build({str(tmp_path / 't')!r}, np.eye(4))\n"
+        "except vecz.errors.MissingDependency as exc:\n"
+        "    assert \"pip install 'vecz[ray]'\" in str(exc), exc\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+    assert MissingDependency is not None
