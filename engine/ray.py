@@ -75,7 +75,8 @@ DEFAULT_SEGMENT_ROWS = 1 << 18
 _ID_COLUMN = "__vecz_id"
 # Test hook (tests/test_ray.py): while the file DIR/pause exists (DIR = this variable), every
 # batch, after writing its codes file, touches DIR/<pid>-<token> and sleeps the seconds the
-# file holds, so that a test can kill the worker there.
+# file holds, so that a test can kill the worker there; while DIR/pause-search exists, every
+# shard's first round touches DIR/search-<pid> and sleeps likewise, mid-search.
 _PAUSE_ENV = "VECZ_TEST_RAY_PAUSE"
 
 
@@ -491,6 +492,10 @@ class _Shard:
         s = self.store
         with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
             scores, _, _, ids, candidates = _shortlist(s.codec, s._segments, x, depth, nprobe, sdc)
+        control = os.environ.get(_PAUSE_ENV)
+        if control and Path(control, "pause-search").exists():
+            Path(control, f"search-{os.getpid()}").touch()
+            time.sleep(float(Path(control, "pause-search").read_text()))
         return scores, ids, candidates
 
     def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:

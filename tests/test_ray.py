@@ -298,6 +298,54 @@ def test_a_cluster_too_small_for_the_shards_says_so(served):
         vray.ShardedStore(path, shards=3, cpus_per_shard=1.5, start_timeout=3)
 
 
+def _search_killing_one_shard_midway(sharded, q):
+    """Run sharded.search(q) while the shards pause in their first round; kill the first
+    shard that reaches the pause, let the others go on; return the result or the error."""
+    for p in CONTROL.iterdir():
+        p.unlink()
+    (CONTROL / "pause-search").write_text("1.0")
+    result: dict = {}
+
+    def run():
+        try:
+            result["res"] = sharded.search(q, 10, rerank=50)
+        except BaseException as exc:  # noqa: BLE001 (returned to the test)
+            result["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not list(CONTROL.glob("search-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        markers = list(CONTROL.glob("search-*"))
+        assert markers, "no shard reached the pause"
+        victim = int(markers[0].name.split("-")[1])
+        os.kill(victim, signal.SIGKILL)  # mid-search: the call is in flight on that actor
+        (CONTROL / "pause-search").unlink()
+    finally:
+        (CONTROL / "pause-search").unlink(missing_ok=True)
+        t.join(120)
+    return victim, result
+
+
+def test_an_actor_killed_mid_search_is_restarted_or_named(served):
+    path, x = served
+    q = x[:20] + 0.02
+    with Store.open(path) as store:
+        want = store.search(q, 10, rerank=50)
+    with vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5) as sharded:
+        victim, result = _search_killing_one_shard_midway(sharded, q)
+        assert "error" not in result, result.get("error")
+        assert np.array_equal(result["res"].ids, want.ids) and np.array_equal(result["res"].scores, want.scores)
+        assert victim not in sharded.pids()  # the shard's actor was restarted
+    with vray.ShardedStore(path, shards=2, max_restarts=0, cpus_per_shard=0.5) as sharded:
+        pids = sharded.pids()
+        victim, result = _search_killing_one_shard_midway(sharded, q)
+        assert isinstance(result.get("error"), ShardUnavailable), result
+        assert f"shard {pids.index(victim)} of 2" in str(result["error"])
+
+
 def test_an_actor_that_dies_is_restarted_or_named(served):
     path, x = served
     q = x[:20] + 0.02
