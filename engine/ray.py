@@ -121,26 +121,41 @@ class BuildReport:
         return self.rows / max(self.seconds, 1e-9)
 
 
-def read_dataset(data: Any, column: str | None = None) -> Any:
+def read_dataset(data: Any, column: str | None = None, *, block_rows: int | None = None) -> Any:
     """A Ray Dataset of `data`: a Dataset as is; a .npy file (column ``data``), a Parquet
-    file or directory of them, read by Ray Data; a numpy array (column ``data``)."""
+    file or directory of them, read by Ray Data; a numpy array (column ``data``). With
+    `block_rows`, a file or array is read into blocks of about that many rows (Ray Data's
+    default splits a 370 MB .npy into 200 blocks, whose per-block costs dominated a build)."""
     ray = _ray()
     if isinstance(data, ray.data.Dataset):
         return data
-    if isinstance(data, np.ndarray):
-        return ray.data.from_numpy(data)
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.exists():
             raise InvalidInput(f"{path}: expected a .npy file or Parquet file/directory, found nothing there")
-        if path.suffix == ".npy":
-            return ray.data.read_numpy(str(path))
-        if path.suffix == ".parquet" or path.is_dir():
-            return ray.data.read_parquet(str(path))
-        raise InvalidInput(f"{path}: a distributed build reads .npy or Parquet (file or directory), found "
-                           f"{path.suffix or 'no suffix'}")
-    raise InvalidInput(f"data: expected a Ray Dataset, a .npy/Parquet path or a numpy array, found "
-                       f"{type(data).__name__}")
+        if path.suffix != ".npy" and path.suffix != ".parquet" and not path.is_dir():
+            raise InvalidInput(f"{path}: a distributed build reads .npy or Parquet (file or directory), found "
+                               f"{path.suffix or 'no suffix'}")
+    elif not isinstance(data, np.ndarray):
+        raise InvalidInput(f"data: expected a Ray Dataset, a .npy/Parquet path or a numpy array, found "
+                           f"{type(data).__name__}")
+    blocks = {}
+    if block_rows is not None:
+        blocks = {"override_num_blocks": _blocks(_source_rows(data), block_rows)}
+    if isinstance(data, np.ndarray):
+        if block_rows is None or data.shape[0] <= block_rows:
+            return ray.data.from_numpy(data)
+        size = -(-data.shape[0] // blocks["override_num_blocks"])
+        return ray.data.from_numpy([data[i:i + size] for i in range(0, data.shape[0], size)])
+    if Path(data).suffix == ".npy":
+        return ray.data.read_numpy(str(data), **blocks)
+    return ray.data.read_parquet(str(data), **blocks)
+
+
+def _blocks(rows: int, block_rows: int) -> int:
+    """Blocks to ask of Ray Data for blocks of at most about `block_rows` rows (its split
+    varies by ~10%: ask for 0.9 of it)."""
+    return max(1, -(-int(rows) // max(1, int(0.9 * block_rows))))
 
 
 def _source_rows(data: Any) -> int | None:
@@ -195,8 +210,10 @@ _CODECS: dict[str, Codec] = {}  # per worker process: the codec of each build, m
 
 
 def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, column: str, id_column: str,
-                  id_offset: int, staging: str, dense: str, metric: str, dim: int, threads: int) -> dict:
-    """Ray Data UDF: one batch -> one staged segment (codes and dense files); returns its record."""
+                  id_offset: int, staging: str, dense: str, metric: str, dim: int, threads: int,
+                  segment_rows: int) -> dict:
+    """Ray Data UDF: one batch -> staged segments of at most `segment_rows` rows (codes and
+    dense files, the rows sorted by id across them); returns their records."""
     ray = _ray()
     import numba
 
@@ -213,17 +230,38 @@ def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, col
     ids = ids.astype(np.int64) + np.int64(id_offset)
     if ids.min() < 0:
         raise InvalidInput(f"ids must be >= 0 (-1 marks an empty result slot), found {int(ids.min())}")
-    arrays, vectors = writes.encode_rows(codec, codec._prepare(x, "vectors"), x, ids)
-    if (np.diff(arrays["ids"]) == 0).any():
-        at = int(np.flatnonzero(np.diff(arrays["ids"]) == 0)[0])
-        raise InvalidInput(f"ids: expected distinct ids, found {int(arrays['ids'][at])} twice in one batch")
-    token = uuid.uuid4().hex
+    if ids.size > 1 and not (np.diff(ids) > 0).all():
+        order = np.argsort(ids, kind="stable")
+        ids, x = ids[order], x[order]
+        if (np.diff(ids) == 0).any():
+            raise InvalidInput(f"ids: expected distinct ids, found {int(ids[np.flatnonzero(np.diff(ids) == 0)[0]])} "
+                               f"twice in one batch")
+    out: dict[str, list] = {"seg": [], "dense": [], "rows": [], "min_id": [], "max_id": []}
+    # Ray Data's blocks are about, not at most, the size asked: a larger batch is cut into
+    # equal parts of at most segment_rows rows
+    edges = np.linspace(0, x.shape[0], -(-x.shape[0] // segment_rows) + 1).astype(np.int64)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        arrays, vectors = writes.encode_rows(codec, codec._prepare(x[lo:hi], "vectors"), x[lo:hi], ids[lo:hi])
+        token = uuid.uuid4().hex
+        info = _stage(Path(staging), token, arrays, vectors, dense)
+        for name, value in (("seg", f"{token}.seg"), ("dense", json.dumps(info.to_json()) if info else ""),
+                            ("rows", int(hi - lo)), ("min_id", int(arrays["ids"][0])),
+                            ("max_id", int(arrays["ids"][-1]))):
+            out[name].append(value)
+    return out
+
+
+def _stage(directory: Path, token: str, arrays: dict[str, np.ndarray], vectors: np.ndarray,
+           dense: str) -> DenseInfo | None:
+    """Write one segment's codes file and dense file into the staging directory (formats/
+    FORMAT.md, "Segments written by other processes"); a failure removes what it wrote."""
+    from ..formats import segment as sg
+    from ..formats.dense import write_dense
+
     names = (f"{token}.seg", f"{token}.dense")
     files: list[str] = []
-    directory = Path(staging)
     try:
         with storage_errors("ray build: write the codes segment", directory / names[0]):
-            from ..formats import segment as sg
             sg.write_segment(directory / names[0], "codes", arrays)
         files.append(names[0])
         control = os.environ.get(_PAUSE_ENV)
@@ -233,27 +271,39 @@ def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, col
         info = None
         if dense != "none":
             with storage_errors("ray build: write the dense file", directory / names[1]):
-                from ..formats.dense import write_dense
                 info = write_dense(directory / names[1], arrays["ids"], vectors, dense)
             files.append(names[1])
     except BaseException:
         for name in files:
             (directory / name).unlink(missing_ok=True)
         raise
-    return {"seg": [names[0]], "dense": [json.dumps(info.to_json()) if info else ""], "rows": [x.shape[0]],
-            "min_id": [int(arrays["ids"][0])], "max_id": [int(arrays["ids"][-1])]}
+    return info
+
+
+def _typed(run: Any) -> Any:
+    """run(); a vecz error raised in a worker (bad rows or ids) reaches the caller as that
+    typed error, not wrapped in Ray's task error (with `_settings` in force)."""
+    try:
+        return run()
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, VeczError):
+            raise cause from None
+        raise
 
 
 @contextmanager
-def _ordered(ray: Any):
-    """Ray Data keeps the source's row order while the build runs (auto ids depend on it)."""
+def _settings(ray: Any):
+    """While a build runs, Ray Data keeps the source's row order (automatic ids depend on
+    it) and raises a UDF's own exception (so `_typed` finds vecz's errors)."""
     ctx = ray.data.DataContext.get_current()
-    before = ctx.execution_options.preserve_order
+    before = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
     ctx.execution_options.preserve_order = True
+    ctx.raise_original_map_exception = True
     try:
         yield
     finally:
-        ctx.execution_options.preserve_order = before
+        ctx.execution_options.preserve_order, ctx.raise_original_map_exception = before
 
 
 def _open_or_create(path: Path, codec: str | Codec | None, dim: int, metric: str | None, dense: str | None, seed: int,
@@ -345,7 +395,7 @@ def build(path: str | os.PathLike, data: Any, *, codec: str | Codec | None = Non
     """
     ray = _ray()
     connect(address)
-    with _ordered(ray):
+    with _settings(ray):
         return _build(ray, Path(path), data, codec, metric, dense, column, id_column, seed, train_size, rotation,
                       segment_rows, workers, threads_per_worker)
 
@@ -356,7 +406,10 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
     started = time.perf_counter()
     if not isinstance(segment_rows, (int, np.integer)) or isinstance(segment_rows, bool) or segment_rows < 1:
         raise InvalidInput(f"segment_rows: expected an integer >= 1, found {segment_rows!r}")
-    ds = read_dataset(data, column)
+    # a file or an array is read in blocks of at most segment_rows rows, one batch (one
+    # segment) each; a Dataset keeps its blocks and is cut into batches of segment_rows
+    aligned = not isinstance(data, ray.data.Dataset)
+    ds = read_dataset(data, column, block_rows=int(segment_rows) if aligned else None)
     # one row gives the columns and the width; the row count comes from the files' metadata
     # (a Ray Data schema() or count() on a .npy reads all of it)
     try:
@@ -394,7 +447,8 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
             offset = store.next_id
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                ds = ds.select_columns([column]).zip(ray.data.range(n).rename_columns({"id": _ID_COLUMN}))
+                ids = ray.data.range(n, **({"override_num_blocks": _blocks(n, segment_rows)} if aligned else {}))
+                ds = ds.select_columns([column]).zip(ids.rename_columns({"id": _ID_COLUMN}))
             id_column = _ID_COLUMN
         else:
             offset = 0
@@ -403,12 +457,14 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
         with storage_errors("ray build: make the staging directory", staging):
             staging.mkdir()
         t0 = time.perf_counter()
-        out = ds.map_batches(
-            _encode_batch, batch_size=int(segment_rows), batch_format="numpy", zero_copy_batch=True,
+        out = _typed(lambda: ds.map_batches(
+            _encode_batch, batch_size=None if aligned else int(segment_rows), batch_format="numpy",
+            zero_copy_batch=True,
             fn_kwargs={"codec_ref": codec_ref, "key": uuid.uuid4().hex, "column": column, "id_column": id_column,
                        "id_offset": int(offset), "staging": str(staging), "dense": store.dense,
-                       "metric": store.metric, "dim": dim, "threads": int(threads_per_worker)},
-            num_cpus=threads_per_worker, compute=ray.data.TaskPoolStrategy(size=workers)).take_all()
+                       "metric": store.metric, "dim": dim, "threads": int(threads_per_worker),
+                       "segment_rows": int(segment_rows)},
+            num_cpus=threads_per_worker, compute=ray.data.TaskPoolStrategy(size=workers)).take_all())
         encode_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         recs = sorted(out, key=lambda r: r["min_id"])
