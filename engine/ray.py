@@ -80,6 +80,20 @@ _ID_COLUMN = "__vecz_id"
 _PAUSE_ENV = "VECZ_TEST_RAY_PAUSE"
 
 
+def _pause(switch: str, marker: str) -> None:
+    """The test hook (`_PAUSE_ENV`): while DIR/switch exists, touch DIR/marker and sleep the
+    seconds it holds (a switch removed meanwhile means no pause)."""
+    control = os.environ.get(_PAUSE_ENV)
+    if not control:
+        return
+    try:
+        seconds = float(Path(control, switch).read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    Path(control, marker).touch()
+    time.sleep(seconds)
+
+
 def _ray() -> Any:
     try:
         import ray
@@ -264,10 +278,7 @@ def _stage(directory: Path, token: str, arrays: dict[str, np.ndarray], vectors: 
         with storage_errors("ray build: write the codes segment", directory / names[0]):
             sg.write_segment(directory / names[0], "codes", arrays)
         files.append(names[0])
-        control = os.environ.get(_PAUSE_ENV)
-        if control and Path(control, "pause").exists():
-            Path(control, f"{os.getpid()}-{token}").touch()
-            time.sleep(float(Path(control, "pause").read_text()))
+        _pause("pause", f"{os.getpid()}-{token}")
         info = None
         if dense != "none":
             with storage_errors("ray build: write the dense file", directory / names[1]):
@@ -548,10 +559,7 @@ class _Shard:
         s = self.store
         with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
             scores, _, _, ids, candidates = _shortlist(s.codec, s._segments, x, depth, nprobe, sdc)
-        control = os.environ.get(_PAUSE_ENV)
-        if control and Path(control, "pause-search").exists():
-            Path(control, f"search-{os.getpid()}").touch()
-            time.sleep(float(Path(control, "pause-search").read_text()))
+        _pause("pause-search", f"search-{os.getpid()}")
         return scores, ids, candidates
 
     def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:

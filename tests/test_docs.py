@@ -3,7 +3,8 @@
 - Every code block of docs/recipes/*.md and docs/index.md whose fence is marked ``runnable`` (```` ```python
   runnable ````, ```` ```bash runnable ````) runs, block after block in page order, in a
   fresh temporary directory per page (Python blocks share one namespace per page, like a
-  notebook; bash blocks run with this interpreter's scripts, e.g. ``vecz``, on PATH). Every
+  notebook; bash blocks run with this interpreter's scripts, e.g. ``vecz``, on PATH). A page
+  that imports Ray runs in a subprocess (Ray's threads outlive ``ray.shutdown()``). Every
   Python block is marked either ``runnable`` or ``not-runnable`` (those need a package or
   data this machine lacks: sentence-transformers and a model, lance) and every one parses.
 - Every link in README.md and docs/**/*.md is relative and names a file of the repository
@@ -145,6 +146,16 @@ def _run_bash(block: Block, cwd: Path) -> None:
                          ids=lambda p: str(p.relative_to(REPO / "docs")))
 def test_recipe_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    runnable = [b for b in code_blocks(page) if "runnable" in b.marks]
+    if any(re.search(r"^\s*import ray\b", b.code, re.M) for b in runnable if b.lang == "python"):
+        # Ray leaves native threads behind in its driver after ray.shutdown(); a process
+        # forked from this one later (tests/test_fork.py) must not inherit them, so a page
+        # that starts Ray runs its Python blocks, in order, in a process of its own
+        assert all(b.lang == "python" for b in runnable), f"{page}: a Ray page runs Python blocks only"
+        proc = subprocess.run([sys.executable, "-c", "\n\n".join(b.code for b in runnable)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{page}: exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+        return
     namespace: dict = {"__name__": "__recipe__"}
     for block in code_blocks(page):
         if "runnable" not in block.marks:
