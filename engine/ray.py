@@ -135,14 +135,31 @@ class BuildReport:
         return self.rows / max(self.seconds, 1e-9)
 
 
-def read_dataset(data: Any, column: str | None = None, *, block_rows: int | None = None) -> Any:
+def read_dataset(data: Any, *, block_rows: int | None = None, rows: int | None = None) -> Any:
     """A Ray Dataset of `data`: a Dataset as is; a .npy file (column ``data``), a Parquet
     file or directory of them, read by Ray Data; a numpy array (column ``data``). With
     `block_rows`, a file or array is read into blocks of about that many rows (Ray Data's
-    default splits a 370 MB .npy into 200 blocks, whose per-block costs dominated a build)."""
+    default splits a 370 MB .npy into 200 blocks, whose per-block costs dominated a build);
+    `rows` is its row count when the caller knows it already (else read from metadata)."""
     ray = _ray()
     if isinstance(data, ray.data.Dataset):
         return data
+    _check_source(data)
+    blocks = {}
+    if block_rows is not None:
+        blocks = {"override_num_blocks": _blocks(_source_rows(data) if rows is None else rows, block_rows)}
+    if isinstance(data, np.ndarray):
+        if block_rows is None or data.shape[0] <= block_rows:
+            return ray.data.from_numpy(data)
+        size = -(-data.shape[0] // blocks["override_num_blocks"])
+        return ray.data.from_numpy([data[i:i + size] for i in range(0, data.shape[0], size)])
+    if Path(data).suffix == ".npy":
+        return ray.data.read_numpy(str(data), **blocks)
+    return ray.data.read_parquet(str(data), **blocks)
+
+
+def _check_source(data: Any) -> None:
+    """A numpy array, or an existing .npy file or Parquet file/directory (else InvalidInput)."""
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.exists():
@@ -153,17 +170,6 @@ def read_dataset(data: Any, column: str | None = None, *, block_rows: int | None
     elif not isinstance(data, np.ndarray):
         raise InvalidInput(f"data: expected a Ray Dataset, a .npy/Parquet path or a numpy array, found "
                            f"{type(data).__name__}")
-    blocks = {}
-    if block_rows is not None:
-        blocks = {"override_num_blocks": _blocks(_source_rows(data), block_rows)}
-    if isinstance(data, np.ndarray):
-        if block_rows is None or data.shape[0] <= block_rows:
-            return ray.data.from_numpy(data)
-        size = -(-data.shape[0] // blocks["override_num_blocks"])
-        return ray.data.from_numpy([data[i:i + size] for i in range(0, data.shape[0], size)])
-    if Path(data).suffix == ".npy":
-        return ray.data.read_numpy(str(data), **blocks)
-    return ray.data.read_parquet(str(data), **blocks)
 
 
 def _blocks(rows: int, block_rows: int) -> int:
@@ -420,7 +426,10 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
     # a file or an array is read in blocks of at most segment_rows rows, one batch (one
     # segment) each; a Dataset keeps its blocks and is cut into batches of segment_rows
     aligned = not isinstance(data, ray.data.Dataset)
-    ds = read_dataset(data, column, block_rows=int(segment_rows) if aligned else None)
+    if aligned:
+        _check_source(data)
+    n = _source_rows(data)  # from the file's metadata; None for a Dataset
+    ds = read_dataset(data, block_rows=int(segment_rows) if aligned else None, rows=n)
     # one row gives the columns and the width; the row count comes from the files' metadata
     # (a Ray Data schema() or count() on a .npy reads all of it)
     try:
@@ -434,7 +443,6 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
         raise InvalidInput(f"id_column: expected one of {names}, found {id_column!r}")
     column = _vector_column(names, column, id_column)
     dim = int(_matrix(head[column], "vectors").shape[1])
-    n = _source_rows(data)
     if n is None and id_column is None:
         n = ds.count()  # automatic ids number the rows: their count is needed first
     made = not path.exists()
@@ -676,8 +684,7 @@ class ShardedStore:
         ``partial=True`` a shard that is gone is skipped and named in
         ``result.missing_shards`` instead of raising `ShardUnavailable`."""
         from ..kernels import dense as dense_kernels
-        from ..kernels.topk import topk_positions, topk_positions_batch
-        from .search import PARALLEL_MIN_QUERIES, _worst, check_search_args, pad_to_k
+        from .search import PARALLEL_MIN_QUERIES, _worst, check_search_args, merge_shortlists, pad_to_k
         from .store import MAX_RESULT_BYTES
 
         if self.actors is None:
@@ -704,17 +711,9 @@ class ShardedStore:
         got = [(j, p) for j, p in enumerate(parts) if p is not None]
         if not got:
             raise ShardUnavailable(f"{self.path}: every shard is gone")
-        scores = np.concatenate([p[0] for _, p in got], axis=1)
-        ids = np.concatenate([p[1] for _, p in got], axis=1)
-        owner = np.concatenate([np.where(p[1] >= 0, j, -1) for j, p in got], axis=1)
         candidates = sum(int(p[2]) for _, p in got)
-        better = np.ascontiguousarray(-scores if metric == "l2" else scores, dtype=np.float32)
-        pick = (topk_positions_batch if nq >= PARALLEL_MIN_QUERIES else topk_positions)(better, ids, depth)
-        valid = pick >= 0
-        safe = np.maximum(pick, 0)
-        top_s = np.where(valid, np.take_along_axis(scores, safe, 1), _worst(metric)).astype(np.float32)
-        top_i = np.where(valid, np.take_along_axis(ids, safe, 1), -1)
-        top_o = np.where(valid, np.take_along_axis(owner, safe, 1), -1)
+        top_s, top_i, (top_o,) = merge_shortlists(metric, [p[0] for _, p in got], [p[1] for _, p in got],
+                                                  [[np.where(p[1] >= 0, j, -1) for j, p in got]], depth)
         probes = nq * (min(nprobe, self.codec.nlist) if self.codec.ivf is not None else 1)
         stats = SearchStats(candidates, probes)
         if not rr:

@@ -30,7 +30,7 @@ from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
 from .threads import query_threads
 
-__all__ = ["search_segments", "check_search_args", "pad_to_k", "calibrate", "PARALLEL_MIN_QUERIES", "AUTO_STEP"]
+__all__ = ["search_segments", "check_search_args", "pad_to_k", "merge_shortlists", "calibrate", "PARALLEL_MIN_QUERIES", "AUTO_STEP"]
 
 # rerank="auto": rows per later round of the walk (engine/bounds.py `bounded_rerank`); a
 # round's rows are fetched together (CPU prefetch), the first round's pages asked of the
@@ -118,20 +118,26 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
         return np.full((nq, depth), _worst(codec.metric), dtype=np.float32), empty, empty.copy(), empty.copy(), 0
     if len(parts_s) == 1 and parts_s[0].shape[1] == depth:
         return parts_s[0], parts_g[0], parts_r[0], parts_k[0], candidates
-    scores = np.concatenate(parts_s, axis=1)
-    rows = np.concatenate(parts_r, axis=1)
-    seg_of = np.concatenate(parts_g, axis=1)
-    keys = np.concatenate(parts_k, axis=1)
-    better = -scores if codec.metric == "l2" else scores
-    pick = (topk_positions_batch if nq >= PARALLEL_MIN_QUERIES else topk_positions)(
-        np.ascontiguousarray(better, dtype=np.float32), keys, depth)
+    out_s, out_k, (out_g, out_r) = merge_shortlists(codec.metric, parts_s, parts_k, [parts_g, parts_r], depth)
+    return out_s, out_g, out_r, out_k, candidates
+
+
+def merge_shortlists(metric: str, scores: list[np.ndarray], keys: list[np.ndarray], carried: list[list[np.ndarray]],
+                     depth: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The best `depth` of several shortlists (nq, *) by code score, ties by the smaller key
+    (user id; -1 = empty): scores, keys and each array of `carried` (parts aligned with
+    `scores`) at the chosen positions, -1 (worst score) past the candidates."""
+    s = np.concatenate(scores, axis=1)
+    k = np.concatenate(keys, axis=1)
+    better = -s if metric == "l2" else s
+    pick = (topk_positions_batch if s.shape[0] >= PARALLEL_MIN_QUERIES else topk_positions)(
+        np.ascontiguousarray(better, dtype=np.float32), k, depth)
     valid = pick >= 0
     safe = np.maximum(pick, 0)
-    out_s = np.where(valid, np.take_along_axis(scores, safe, 1), _worst(codec.metric)).astype(np.float32)
-    out_g = np.where(valid, np.take_along_axis(seg_of, safe, 1), -1)
-    out_r = np.where(valid, np.take_along_axis(rows, safe, 1), -1)
-    out_k = np.where(valid, np.take_along_axis(keys, safe, 1), -1)
-    return out_s, out_g, out_r, out_k, candidates
+    out_s = np.where(valid, np.take_along_axis(s, safe, 1), _worst(metric)).astype(np.float32)
+    out_k = np.where(valid, np.take_along_axis(k, safe, 1), -1)
+    return out_s, out_k, [np.where(valid, np.take_along_axis(np.concatenate(c, axis=1), safe, 1), -1)
+                          for c in carried]
 
 
 def _locate(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:

@@ -461,7 +461,8 @@ class Store:
         """
         self._check_open("add")
         lock = self._require_writer("add")
-        return writes.add(self, lock, self._vectors(vectors, "vectors", column), ids, build_progress)
+        # writes.add checks the rows (norms, f16 range) once, with the store's dense tier
+        return writes.add(self, lock, _as_vectors(vectors, self.dim, "vectors", column), ids, build_progress)
 
     def delete(self, ids: Any) -> int:
         """Delete the live rows with these ids (unknown ids are ignored); returns how many

@@ -211,9 +211,9 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
 
 
 def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
+    check_rows(x, store.metric, store.dense, "vectors")
     n = x.shape[0]
     new_ids = _check_new_ids(store, ids, n)
-    check_rows(x, store.metric, store.dense, "vectors")
     codec = store.codec
     trained_now = not codec.is_trained
     prepared = codec._prepare(x, "vectors")  # normalised once for training and encoding

@@ -215,23 +215,30 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
 
 
-def test_a_worker_killed_mid_build_leaves_no_partial_version(tmp_path):
-    x = _data(1200, 16, seed=7)
-    path = tmp_path / "s"
-    vray.build(path, x[:200], codec="PQ4x8", dense="f16", segment_rows=200)  # trained; version 3
+def _paused(call, switch: str, seconds: str) -> tuple[threading.Thread, dict]:
+    """Start call() in a thread with the pause hook's `switch` on (engine/ray.py `_pause`);
+    the thread leaves {"out": what it returned} or {"error": what it raised}."""
     for p in CONTROL.iterdir():
         p.unlink()
-    (CONTROL / "pause").write_text("1.5")
+    (CONTROL / switch).write_text(seconds)
     result: dict = {}
 
     def run():
         try:
-            result["report"] = vray.build(path, x[200:], codec="PQ4x8", segment_rows=500)
-        except BaseException as exc:  # noqa: BLE001 (reported below)
+            result["out"] = call()
+        except BaseException as exc:  # noqa: BLE001 (the test looks at it)
             result["error"] = exc
 
     t = threading.Thread(target=run)
     t.start()
+    return t, result
+
+
+def test_a_worker_killed_mid_build_leaves_no_partial_version(tmp_path):
+    x = _data(1200, 16, seed=7)
+    path = tmp_path / "s"
+    vray.build(path, x[:200], codec="PQ4x8", dense="f16", segment_rows=200)  # trained; version 3
+    t, result = _paused(lambda: vray.build(path, x[200:], codec="PQ4x8", segment_rows=500), "pause", "1.5")
     try:
         deadline = time.monotonic() + 120
         while not _ray_workers_pids_of(CONTROL) and time.monotonic() < deadline:
@@ -250,7 +257,7 @@ def test_a_worker_killed_mid_build_leaves_no_partial_version(tmp_path):
         (CONTROL / "pause").unlink(missing_ok=True)
         t.join(180)
     assert "error" not in result, result.get("error")
-    assert result["report"].version == 4
+    assert result["out"].version == 4
     with Store.open(path) as store:
         assert len(store) == 1200
         with _reference(tmp_path / "ref", path, x) as ref:
@@ -319,19 +326,7 @@ def test_a_cluster_too_small_for_the_shards_says_so(served):
 def _search_killing_one_shard_midway(sharded, q):
     """Run sharded.search(q) while the shards pause in their first round; kill the first
     shard that reaches the pause, let the others go on; return the result or the error."""
-    for p in CONTROL.iterdir():
-        p.unlink()
-    (CONTROL / "pause-search").write_text("1.0")
-    result: dict = {}
-
-    def run():
-        try:
-            result["res"] = sharded.search(q, 10, rerank=50)
-        except BaseException as exc:  # noqa: BLE001 (returned to the test)
-            result["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, result = _paused(lambda: sharded.search(q, 10, rerank=50), "pause-search", "1.0")
     try:
         deadline = time.monotonic() + 60
         while not list(CONTROL.glob("search-*")) and time.monotonic() < deadline:
@@ -355,7 +350,7 @@ def test_an_actor_killed_mid_search_is_restarted_or_named(served):
     with vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5) as sharded:
         victim, result = _search_killing_one_shard_midway(sharded, q)
         assert "error" not in result, result.get("error")
-        assert np.array_equal(result["res"].ids, want.ids) and np.array_equal(result["res"].scores, want.scores)
+        assert np.array_equal(result["out"].ids, want.ids) and np.array_equal(result["out"].scores, want.scores)
         assert victim not in sharded.pids()  # the shard's actor was restarted
     with vray.ShardedStore(path, shards=2, max_restarts=0, cpus_per_shard=0.5) as sharded:
         pids = sharded.pids()
