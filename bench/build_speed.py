@@ -63,6 +63,7 @@ from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 import vecz  # noqa: E402
 from vecz.engine import Codec, Store  # noqa: E402
 from vecz.engine.bench.metrics import recall_at  # noqa: E402
+from vecz.engine import quantizers  # noqa: E402
 from vecz.kernels import ivf, kmeans, pq, transform  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "wordnet-minilm"
@@ -320,12 +321,13 @@ class Trainer:
         rng.bit_generator.state = self.rng_after_draw
         return rng
 
-    def centroids(self, nlist: int, ivf_iter: int, ivf_tol: float) -> tuple[np.ndarray, np.ndarray, float]:
-        key = (nlist, ivf_iter, ivf_tol)
+    def centroids(self, nlist: int, ivf_iter: int, ivf_tol: float, ivf_near: int) -> tuple[np.ndarray, np.ndarray, float]:
+        key = (nlist, ivf_iter, ivf_tol, ivf_near)
         if key not in self.coarse:
             t0 = time.perf_counter()
             if nlist > 1:
-                c = kmeans.kmeans_fit(self.x, nlist, seed=self.seed, n_iter=ivf_iter, tol=ivf_tol)
+                c = kmeans.kmeans_fit(self.x, nlist, seed=self.seed, n_iter=ivf_iter, tol=ivf_tol,
+                                      near=ivf_near)
                 lists = ivf.ivf_assign(self.x, c, "ip")
             else:
                 c = self.x.mean(axis=0, keepdims=True).astype(np.float32)
@@ -333,10 +335,12 @@ class Trainer:
             self.coarse[key] = (c, lists, time.perf_counter() - t0)
         return self.coarse[key]
 
-    def train(self, spec: str, *, itq_rows: int = 8192, itq_iter: int = 25, ivf_iter: int = 20,
-              ivf_tol: float = 0.0, pq_iter: int = 20, pq_tol: float = 0.0) -> tuple[dict[str, np.ndarray], float]:
+    def train(self, spec: str, *, itq_rows: int = quantizers.ITQ_ROWS, itq_iter: int = quantizers.ITQ_ITER_WIDE, ivf_iter: int = 20,
+              ivf_tol: float = kmeans.KMEANS_TOL, ivf_near: int = kmeans.NEAR_CANDIDATES, pq_iter: int = 20, pq_tol: float = kmeans.KMEANS_TOL,
+              pq_warm: int = kmeans.WARM_POINTS_PER_CENTROID,
+              pq_refine: int = kmeans.REFINE_ITER) -> tuple[dict[str, np.ndarray], float]:
         """(state arrays, seconds: coarse + quantizer training)."""
-        c, lists, t_coarse = self.centroids(nlist_of(spec), ivf_iter, ivf_tol)
+        c, lists, t_coarse = self.centroids(nlist_of(spec), ivf_iter, ivf_tol, ivf_near)
         t0 = time.perf_counter()
         r = self.x - c[lists]
         quant = spec.split(",")[-1]
@@ -348,7 +352,8 @@ class Trainer:
             books = np.empty((m, 1 << nbits, dsub), dtype=np.float32)
             for j in range(m):
                 books[j] = kmeans.kmeans_fit(xp[:, j * dsub: (j + 1) * dsub], 1 << nbits, n_iter=pq_iter,
-                                             seed=self.seed + j, tol=pq_tol)
+                                             seed=self.seed + j, tol=pq_tol, warm_points_per_centroid=pq_warm,
+                                             refine_iter=pq_refine)
             state["pq_books"] = books
         else:  # RB: ITQ on a subsample, one BLAS thread (as the codec runs it)
             rng = self._rng()
@@ -383,16 +388,12 @@ def sweep_point(trainer: Trainer, spec: str, knobs: dict[str, Any], base: np.nda
 # Knob sets per spec; the first is the codec's own training (engine/codecs.py, quantizers.py).
 SWEEPS: dict[str, list[dict[str, Any]]] = {
     "RB1": [{"itq_rows": r, "itq_iter": i} for r, i in
-            [(8192, 25), (8192, 10), (4096, 25), (4096, 10), (4096, 5), (2048, 10), (2048, 5), (1024, 10),
-             (8192, 0)]],
-    "IVF1024,RB1": [{"ivf_iter": a, "ivf_tol": tol, "itq_rows": r, "itq_iter": i} for a, tol, r, i in
-                    [(20, 0.0, 8192, 25), (10, 0.0, 8192, 25), (20, 1e-3, 8192, 25), (20, 3e-3, 8192, 25),
-                     (10, 0.0, 4096, 10), (20, 1e-3, 2048, 10), (5, 0.0, 8192, 25)]],
-    "PQ48x8": [{"pq_iter": it, "pq_tol": tol} for it, tol in
-               [(20, 0.0), (25, 0.0), (10, 0.0), (15, 0.0), (20, 5e-4), (20, 1e-3), (20, 2e-3)]],
-    "IVF1024,PQ96x4": [{"ivf_iter": a, "ivf_tol": ta, "pq_iter": b, "pq_tol": tb} for a, ta, b, tb in
-                       [(20, 0.0, 20, 0.0), (10, 0.0, 20, 0.0), (20, 1e-3, 20, 0.0), (20, 1e-3, 20, 1e-3),
-                        (10, 0.0, 10, 0.0), (20, 3e-3, 20, 3e-3)]],
+            [(8192, 10), (8192, 25), (4096, 10), (4096, 5), (2048, 10), (1024, 10), (8192, 0)]],
+    "IVF1024,RB1": [{"ivf_near": m, "itq_iter": i} for m, i in
+                    [(64, 10), (0, 25), (0, 10), (32, 10), (128, 10), (64, 0)]],
+    "PQ48x8": [{"pq_warm": w, "pq_refine": f} for w, f in [(16, 4), (0, 20), (16, 20), (16, 2), (8, 4)]],
+    "IVF1024,PQ96x4": [{"ivf_near": a, "pq_warm": b, "pq_refine": g} for a, b, g in
+                       [(64, 16, 4), (0, 0, 20), (32, 16, 4), (128, 16, 4)]],
 }
 
 

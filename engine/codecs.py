@@ -474,6 +474,10 @@ class Codec:
         state: dict[str, np.ndarray] = {}
         if self.ivf is not None:
             centroids = kmeans.kmeans_fit(x, self.ivf.nlist, seed=self.seed)
+            rows = self.quantizer.train_rows
+            if rows is not None and x.shape[0] > rows:
+                # the quantizer trains on a subsample: assign and subtract only those rows
+                x = x[np.sort(rng.choice(x.shape[0], rows, replace=False))]
             lists = ivf.ivf_assign(x, centroids, self._coarse_metric)
         else:
             mean = x.mean(axis=0, keepdims=True) if self._residual else np.zeros((1, self.width))

@@ -31,7 +31,7 @@ fastscan.py (tests/reference/).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
@@ -44,6 +44,13 @@ __all__ = ["Quantizer", "PQ", "RB", "SQ", "F16", "Flat", "RB_FACTOR_BYTES"]
 
 # Two float32 per RB vector: g = |r|^2 / <s, r> (unbiased multiplier) and |r|^2.
 RB_FACTOR_BYTES = 8
+# ITQ training for RB (RB.train): at most ITQ_ROWS rows; at most ITQ_ITER iterations, or
+# ITQ_ITER_WIDE from ITQ_WIDE dims up, where an iteration costs tens of milliseconds (rows x
+# width^2 products and a width^2 SVD).
+ITQ_ROWS = 8192
+ITQ_ITER = 25
+ITQ_ITER_WIDE = 10
+ITQ_WIDE = 256
 
 _NO_IDS = np.empty(0, dtype=np.int64)
 _NO_BOUNDS = np.empty((0, 3), dtype=np.float32)
@@ -72,11 +79,14 @@ class Quantizer:
     """Base of the quantizer stages: the defaults of a row-code quantizer of residuals.
 
     Class attributes: ``residual`` (codes x - c, else x), ``has_sdc`` (symmetric scoring
-    exists), ``role`` (where the stage may stand in a spec: last)."""
+    exists), ``role`` (where the stage may stand in a spec: last), ``train_rows`` (`train`
+    uses at most this many rows, drawn at random: the codec need not compute the residuals
+    of more; None: all)."""
 
     role = "quantizer"
     residual = True
     has_sdc = False
+    train_rows: ClassVar[int | None] = None
 
     def check_width(self, width: int, spec: str) -> None:
         """Raise CodecSpecError when the stage cannot code `width` dims."""
@@ -228,6 +238,7 @@ class RB(Quantizer):
     levels: int
 
     has_sdc = True
+    train_rows = ITQ_ROWS
 
     def __str__(self) -> str:
         return f"RB{self.levels}"
@@ -239,15 +250,17 @@ class RB(Quantizer):
         return {"rb_rotation": (width, width)}
 
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
-        # ITQ's cost is sample x width^2 per iteration: 8192 rows and 25 iterations keep
-        # 768-d training near a few seconds while the rotation still converges.
+        # ITQ's cost is sample x width^2 per iteration plus one width^2 SVD: at 384-d 8192 rows
+        # and 10 iterations (0.8 s, 2 threads) reach recall@10 within 0.001 of 25 iterations
+        # (2.3 s) on wordnet-minilm (bench/build_speed.py --sweep).
         n = residuals.shape[0]
-        rows = residuals if n <= 8192 else residuals[rng.choice(n, 8192, replace=False)]
+        rows = residuals if n <= ITQ_ROWS else residuals[rng.choice(n, ITQ_ROWS, replace=False)]
         if rotation == "itq" and rows.shape[0] >= 2:
             # One BLAS thread: ITQ is a chain of small products and SVDs that a threaded
             # BLAS slows down (0.75 s instead of 0.03 s per 384x384 SVD on a busy 2-core box).
             with _SerialBlas():
-                return {"rb_rotation": transform.itq_rotation(rows, seed, n_iter=25)}
+                return {"rb_rotation": transform.itq_rotation(
+                    rows, seed, n_iter=ITQ_ITER_WIDE if rows.shape[1] >= ITQ_WIDE else ITQ_ITER)}
         return {"rb_rotation": transform.random_rotation(residuals.shape[1], seed)}
 
     def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:

@@ -335,3 +335,87 @@ def test_argmin_rows_is_numpy_argmin(n, k, seed, kind):
     np.testing.assert_array_equal(labels[:2], -7)
     np.testing.assert_array_equal(labels[2:], want)
     np.testing.assert_array_equal(dists[2:], np.maximum(total[np.arange(n), want] + x_norms, np.float32(0.0)))
+
+
+# ---------------------------------------------------------------- the large-problem economies
+
+
+@SETTINGS
+@given(n=st.integers(1, 60), k=st.integers(1, 20), dim=st.sampled_from([1, 3, 24, 40]),
+       seed=st.integers(0, 2**32 - 1), m_extra=st.integers(0, 25))
+def test_assign_near_is_the_nearest_candidate(n, k, dim, seed, m_extra):
+    # Integer data: every distance is exact. Each row's label is the first nearest among the
+    # candidates of its current centroid (sorted ids, itself included), its distance exact;
+    # with every centroid a candidate, it is the full assignment.
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "int")
+    c = _data(rng, (k, dim), "int")
+    m = min(k, 1 + m_extra)
+    near = kmeans.near_centroids(c, m)
+    assert near.shape == (k, m) and near.dtype == np.int64
+    assert all(j in near[j] for j in range(k)) and np.all(np.diff(near, axis=1) > 0)
+    current = rng.integers(0, k, size=n)
+    labels, dists = kmeans.kmeans_assign_near(x, c, current, near)
+    d = sq_dists_ref(x, c)
+    for i in range(n):
+        cand = near[current[i]]
+        assert labels[i] == cand[np.argmin(d[i, cand])]
+        assert dists[i] == d[i, labels[i]] <= d[i, current[i]]
+    if m == k:
+        np.testing.assert_array_equal(labels, kmeans_assign_ref(x, c)[0])
+
+
+@SETTINGS
+@given(k=st.integers(2, 30), dim=st.sampled_from([1, 5, 24, 33]), seed=st.integers(0, 2**32 - 1),
+       m=st.integers(1, 30))
+def test_near_centroids_are_the_m_nearest(k, dim, seed, m):
+    rng = np.random.default_rng(seed)
+    c = _data(rng, (k, dim), "int")
+    m = min(m, k)
+    near = kmeans.near_centroids(c, m)
+    d = sq_dists_ref(c, c)
+    np.fill_diagonal(d, -1.0)
+    for j in range(k):
+        # the m smallest distances (ties may pick either centroid)
+        np.testing.assert_array_equal(np.sort(d[j, near[j]]), np.sort(d[j])[:m])
+
+
+@SETTINGS
+@given(n=st.integers(30, 120), k=st.integers(6, 20), dim=st.sampled_from([24, 40]),
+       seed=st.integers(0, 2**32 - 1), n_iter=st.integers(1, 8), near=st.integers(2, 5))
+def test_fit_with_near_candidates_does_not_worsen_its_initial_objective(n, k, dim, seed, n_iter, near):
+    # Wide rows, k > near: iterations after the first assign among `near` candidates, which
+    # include the current centroid, so the objective still falls from the k-means++ start;
+    # with near >= k it is plain Lloyd, bit for bit.
+    rng = np.random.default_rng(seed)
+    x = _data(rng, (n, dim), "float")
+    s = seed % 1000
+    c = kmeans.kmeans_fit(x, k, n_iter=n_iter, seed=s, near=near)
+    init = x[kmeans_pp_init_ref(x, k, np.random.default_rng(s).random(k))]
+    assert kmeans_objective_ref(x, c) <= kmeans_objective_ref(x, init) * (1 + 1e-5) + 1e-6
+    np.testing.assert_array_equal(kmeans.kmeans_fit(x, k, n_iter=n_iter, seed=s, near=k),
+                                  kmeans.kmeans_fit(x, k, n_iter=n_iter, seed=s, near=0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_warm_phase_on_narrow_rows(monkeypatch, seed):
+    # Narrow rows with enough points per centroid: iterations run on a subsample first, then
+    # at most refine_iter on all. Deterministic; better than its k-means++ start (reproduced:
+    # the subsample, then the seeding uniforms, from the seed's generator); and
+    # warm_points_per_centroid=0, or a problem below WARM_MIN_WORK, is plain Lloyd.
+    monkeypatch.setattr(kmeans, "WARM_MIN_WORK", 0)
+    rng = np.random.default_rng(seed)
+    k, dim = 8, 4
+    centres = rng.standard_normal((k, dim)).astype(np.float32) * 10
+    x = (centres[rng.integers(0, k, 4000)] + rng.standard_normal((4000, dim))).astype(np.float32)
+    kw = {"seed": seed, "max_points_per_centroid": 1000}  # all 4,000 points: no first subsample
+    warm = kmeans.kmeans_fit(x, k, warm_points_per_centroid=16, refine_iter=2, **kw)
+    np.testing.assert_array_equal(warm, kmeans.kmeans_fit(x, k, warm_points_per_centroid=16, refine_iter=2, **kw))
+    plain = kmeans.kmeans_fit(x, k, warm_points_per_centroid=0, **kw)
+    assert not np.array_equal(warm, plain)  # the warm path ran
+    r = np.random.default_rng(seed)
+    sub = x[np.sort(r.choice(x.shape[0], 16 * k, replace=False))]
+    init = sub[kmeans_pp_init_ref(sub, k, r.random(k))]
+    assert kmeans_objective_ref(x, warm) < kmeans_objective_ref(x, init)
+    monkeypatch.setattr(kmeans, "WARM_MIN_WORK", 1 << 60)
+    np.testing.assert_array_equal(kmeans.kmeans_fit(x, k, warm_points_per_centroid=16, **kw), plain)
