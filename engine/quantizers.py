@@ -79,7 +79,7 @@ class Quantizer:
     """Base of the quantizer stages: the defaults of a row-code quantizer of residuals.
 
     Class attributes: ``residual`` (codes x - c, else x), ``has_sdc`` (symmetric scoring
-    exists), ``role`` (where the stage may stand in a spec: last), ``train_rows`` (`train`
+    exists), ``role`` (where the stage may stand in a spec: last), ``train_rows`` (``train``
     uses at most this many rows, drawn at random: the codec need not compute the residuals
     of more; None: all)."""
 
