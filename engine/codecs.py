@@ -530,14 +530,21 @@ class Codec:
         the scale of a code score's error that rerank="auto" reads from the codes segment
         (its optional ``errors`` section). None when the codes tell it themselves (RB,
         `Quantizer.row_errors`) or under MRL (the truncated tail is not a coding error).
-        Decoded in chunks, as `_encode_prepared` encodes."""
+        In chunks, as `_encode_prepared` encodes: from the residuals by the quantizer when it
+        can (`Quantizer.coding_errors`), else by decoding."""
         if self.mrl is not None or self.quantizer.errors_from_code:
             return None
+        state = self._require()
         n = x.shape[0]
         out = np.empty(n, dtype=np.float32)
         step = max(1024, ENCODE_CHUNK_BYTES // max(1, 4 * x.shape[1]))
         for a in range(0, n, step):
-            diff = x[a:a + step] - self.decode(codes.codes[a:a + step], codes.lists[a:a + step])
+            xa, ca, la = x[a:a + step], codes.codes[a:a + step], codes.lists[a:a + step]
+            fused = self.quantizer.coding_errors(xa - state["centroids"][la] if self._residual else xa, ca, state)
+            if fused is not None:
+                out[a:a + step] = fused
+                continue
+            diff = xa - self.decode(ca, la)
             out[a:a + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
         return out
 

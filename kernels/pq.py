@@ -34,6 +34,7 @@ __all__ = [
     "pq_train",
     "pq_encode",
     "pq_decode",
+    "pq_code_errors",
     "pq_lut",
     "pq4_pack",
     "pq4_unpack",
@@ -125,6 +126,26 @@ def pq_decode(codes: np.ndarray, books: np.ndarray, dim: int) -> np.ndarray:
     codes = np.asarray(codes)
     out = books[np.arange(m)[None, :], codes.astype(np.intp)]  # (n, M, dsub)
     return np.ascontiguousarray(out.reshape(codes.shape[0], m * dsub)[:, :dim])
+
+
+@jit_batch
+def pq_code_errors(r, codes, books):
+    """|r_i - decode(code_i)| for each row, float32 (n,), without building the decoded rows:
+    r float32 (n, dim) unpadded, codes uint8 (n, M) one sub-code per byte, books
+    (M, ksub, dsub). Each difference is a float32 subtraction, its square summed in float64
+    in dimension order, as ``sqrt(sum((r - pq_decode(codes))**2))`` computes it."""
+    n, dim = r.shape
+    m, _, dsub = books.shape
+    out = np.empty(n, dtype=np.float32)
+    for i in prange(n):
+        acc = 0.0
+        for j in range(m):
+            c = codes[i, j]
+            for t in range(min(dsub, dim - j * dsub)):
+                d = np.float64(r[i, j * dsub + t] - books[j, c, t])
+                acc += d * d
+        out[i] = np.float32(np.sqrt(acc))
+    return out
 
 
 def pq_lut(q: np.ndarray, books: np.ndarray, metric: str) -> np.ndarray:

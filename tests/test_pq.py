@@ -272,3 +272,25 @@ def test_encode_one_row_odd_dims_and_read_only_input():
     x.setflags(write=False)
     books.setflags(write=False)
     np.testing.assert_array_equal(pq.pq_encode(x, books), pq_encode_ref(x, books))
+
+
+@SETTINGS
+@given(n=st.integers(0, 30), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1),
+       kind=st.sampled_from(["int", "float", "own"]))
+def test_code_errors_are_the_distance_to_the_decoded_row(n, dim, m, nbits, seed, kind):
+    # |r - decode(code)| from the codes without decoding: equal to the float64 reference on
+    # any code (not only the nearest one), zero for rows that are their own reconstruction.
+    rng = np.random.default_rng(seed)
+    m = min(m, dim)
+    books = _books(rng, m, nbits, pq.pq_dsub(dim, m), "int" if kind == "int" else "float")
+    codes = rng.integers(0, 1 << nbits, size=(n, m)).astype(np.uint8)
+    if kind == "own":
+        r = pq_decode_ref(codes, books, dim).astype(np.float32)
+    else:
+        r = (rng.integers(-3, 4, size=(n, dim)) if kind == "int" else rng.standard_normal((n, dim))).astype(np.float32)
+    got = pq.pq_code_errors(r, codes, books)
+    assert got.dtype == np.float32 and got.shape == (n,)
+    want = np.sqrt(((r.astype(np.float64) - pq_decode_ref(codes, books, dim)) ** 2).sum(axis=1))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    if kind == "own":
+        assert np.all(got == 0)
