@@ -74,11 +74,15 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     exact = (x[qi] * vec).sum(1) / np.linalg.norm(vec, axis=1)
     scale = (_query_norms(store.metric, x)[:, None] * _scales(store._segments, seg_of, rows, model.per_row))[valid]
     out = {}
+    rank = np.broadcast_to(np.arange(depth), valid.shape)[valid]
     for c in confidences:
-        lo, hi = model.interval(c)
+        lo, hi = (a[:depth][rank] for a in model.rank_intervals(c, depth))  # the walk's bounds, by rank
         e = est[valid].astype(np.float64)
+        top = rank < 10
         out[str(c)] = {"upper": float(np.mean(exact <= e + hi * scale + 1e-7)),
-                       "lower": float(np.mean(exact >= e + lo * scale - 1e-7)), "z_lo": lo, "z_hi": hi}
+                       "lower": float(np.mean(exact >= e + lo * scale - 1e-7)),
+                       "lower_top10": float(np.mean((exact >= e + lo * scale - 1e-7)[top])),
+                       "bands": [[a, min(b, 1 << 31), list(z)] for a, b, z in model.rank_bands(c)]}
     return out
 
 

@@ -250,7 +250,9 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
     sign = -1.0 if metric == "l2" else 1.0
     per_row = _per_row(segments)
     scale = _query_norms(metric, x)[:, None] * _scales(segments, seg_of, rows, per_row)
-    return ErrorModel.fit(np.where(keep, sign * exact, np.nan), sign * est.astype(np.float64), scale, per_row)
+    ranks = np.cumsum(keep, axis=1) - 1  # each pair's rank among its query's candidates
+    return ErrorModel.fit(np.where(keep, sign * exact, np.nan), sign * est.astype(np.float64), scale, per_row,
+                          ranks)
 
 
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
@@ -262,13 +264,13 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
     valid = ids >= 0
     better = sign * est.astype(np.float64)
     if model is None:  # nothing measured: every candidate may matter
-        z_hi, per_row = 1e300, False
-    else:
-        z_hi, per_row = model.interval(confidence)[1], model.per_row
+        z_hi, per_row = np.full(est.shape[1], 1e300), False
+    else:  # the upper offset of each rank in the shortlist (shortlists are best first)
+        z_hi, per_row = model.rank_intervals(confidence, est.shape[1])[1], model.per_row
     qn = _query_norms(metric, x)
     scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
     # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
-    upper = np.where(valid, better + z_hi * scale, -np.inf)
+    upper = np.where(valid, better + z_hi[None, :] * scale, -np.inf)
     order = np.argsort(-upper, axis=1, kind="stable")
     up_sorted = np.ascontiguousarray(np.take_along_axis(upper, order, axis=1))
     n_valid = valid.sum(axis=1).astype(np.int64)
@@ -312,7 +314,7 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         # a row beyond the shortlist scored at most the last candidate's code score
         sigma_max = max((seg.error_max if per_row else 1.0) for seg in segments if seg.live)
         full = valid[:, -1]
-        reach = better[:, -1] + z_hi * qn * sigma_max
+        reach = better[:, -1] + z_hi[-1] * qn * sigma_max
         capped = int(np.count_nonzero(full & (reach >= tau)))
     return top_s, top_i, n_rows, n_bytes, per_query, capped
 

@@ -18,7 +18,7 @@ from numba.typed import List
 from vecz import Store
 from vecz.kernels import dense
 from vecz.engine import InvalidInput
-from vecz.engine.bounds import ErrorModel, bounded_rerank
+from vecz.engine.bounds import MIN_PAIRS, ErrorModel, bounded_rerank
 from vecz.engine.search import _query_norms, _scales, _shortlist
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None)
@@ -107,11 +107,13 @@ def _clustered(n: int, dim: int, seed: int, centres_seed: int = 0) -> np.ndarray
 
 
 def _coverage(store: Store, queries: np.ndarray, confidence: float, depth: int = 50) -> tuple[float, int]:
-    """Share of (held-out query, shortlist row) pairs whose exact score is at most the
-    upper bound (larger-is-better), and the number of pairs."""
+    """Share of (held-out query, shortlist row) pairs whose exact score lies on the promised
+    side of each bound (larger-is-better), the smallest over the two sides and over the
+    top 10 ranks and the ranks below them (a shortlist's best ranks carry the largest
+    errors); and the number of pairs."""
     model = store.error_model()
     assert model is not None
-    z_lo, z_hi = model.interval(confidence)
+    z_lo, z_hi = model.rank_intervals(confidence, depth)
     segs = store._segments
     x = np.ascontiguousarray(queries, dtype=np.float32)
     if store.metric == "cosine":
@@ -131,11 +133,14 @@ def _coverage(store: Store, queries: np.ndarray, confidence: float, depth: int =
         else:
             exact[at] = (x[qi] * vec).sum(1)
     scale = _query_norms(store.metric, x)[:, None] * _scales(segs, seg_of, rows, model.per_row)
-    upper = sign * est + z_hi * scale
-    lower = sign * est + z_lo * scale
-    inside_hi = exact[valid] <= upper[valid] + 1e-6
-    inside_lo = exact[valid] >= lower[valid] - 1e-6
-    return float(min(inside_hi.mean(), inside_lo.mean())), int(valid.sum())
+    upper = sign * est + z_hi[None, :est.shape[1]] * scale
+    lower = sign * est + z_lo[None, :est.shape[1]] * scale
+    shares = []
+    for ranks in (slice(0, 10), slice(10, depth)):
+        v = valid[:, ranks]
+        shares.append(float((exact[:, ranks][v] <= upper[:, ranks][v] + 1e-6).mean()))
+        shares.append(float((exact[:, ranks][v] >= lower[:, ranks][v] - 1e-6).mean()))
+    return min(shares), int(valid.sum())
 
 
 @pytest.mark.parametrize("spec,metric", [("RB1", "cosine"), ("IVF8,RB2", "l2"), ("PQ8x8", "ip"), ("SQ8", "cosine")])
@@ -282,3 +287,42 @@ def test_auto_on_wordnet_minilm(tmp_path):
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(auto.ids, gt)])
         assert recall >= 0.985, recall
         assert auto.stats.rows_read_mean <= 85, auto.stats.rows_read_mean
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.99, 0.999, 1.0])
+@pytest.mark.parametrize("n_queries,depth", [(256, 64), (40, 10), (3, 100), (1000, 1)])
+def test_rank_bands_cover_every_rank_with_enough_pairs(confidence, n_queries, depth):
+    # Bands are contiguous from rank 0 to "every rank", each (but a lone one) holds at least
+    # 10 / (1 - c) pairs, and each band's interval is the quantiles of its own pairs.
+    rng = np.random.default_rng(7)
+    ranks = np.tile(np.arange(depth), (n_queries, 1))
+    est = rng.normal(size=ranks.shape)
+    exact = est - 0.05 * np.log1p(ranks) * rng.normal(1.0, 0.5, size=ranks.shape)  # errors shrink with rank
+    model = ErrorModel.fit(exact, est, np.ones_like(est), True, ranks)
+    if model is None:
+        assert n_queries * depth < MIN_PAIRS
+        return
+    bands = model.rank_bands(confidence)
+    assert bands[0][0] == 0 and bands[-1][1] >= 1 << 62
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+    z = (exact - est).ravel()
+    r = ranks.ravel()
+    for start, stop, (lo, hi) in bands:
+        mine = z[(r >= start) & (r < stop)]
+        if len(bands) > 1:
+            assert confidence < 1.0 and mine.size >= 10 / (1 - confidence)
+        want = _quantiles_ref(mine if confidence < 1.0 else z, confidence)
+        assert (lo, hi) == pytest.approx(want)
+    lo, hi = model.rank_intervals(confidence, depth + 5)
+    for start, stop, (b_lo, b_hi) in bands:
+        assert np.all(lo[start:stop] == b_lo) and np.all(hi[start:stop] == b_hi)
+    # without ranks: the pooled interval everywhere
+    pooled = ErrorModel.fit(exact, est, np.ones_like(est), True)
+    assert pooled.rank_bands(confidence) == [(0, 1 << 62, pooled.interval(confidence))]
+
+
+def _quantiles_ref(z: np.ndarray, c: float) -> tuple[float, float]:
+    if c >= 1.0:
+        pad = 0.25 * (z.max() - z.min())
+        return min(z.min() - pad, 0.0), max(z.max() + pad, 0.0)
+    return min(float(np.quantile(z, 1 - c)), 0.0), max(float(np.quantile(z, c)), 0.0)
