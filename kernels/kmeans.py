@@ -351,27 +351,89 @@ def kmeans_fit(
     return _lloyd(x, centroids, min(n_iter, refine_iter), tol, rng)
 
 
+@jit
+def _group_by_label(labels, k):
+    """Counting sort: row indices grouped by label (ascending rows within a label) and the
+    (k + 1,) offsets of each label's group."""
+    n = labels.shape[0]
+    starts = np.zeros(k + 1, dtype=np.int64)
+    for i in range(n):
+        starts[labels[i] + 1] += 1
+    for j in range(k):
+        starts[j + 1] += starts[j]
+    fill = starts[:k].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        order[fill[labels[i]]] = i
+        fill[labels[i]] += 1
+    return order, starts
+
+
+@jit_fast
+def _near_group(x, centroids, rows, cand, out_labels, out_dists):
+    # The rows of one group share their candidates: four rows at a time against each
+    # candidate, so a candidate's centroid is read once per four rows (the loop is bound by
+    # reading centroids, 64 of them per row, from cache).
+    m = rows.shape[0]
+    dim = x.shape[1]
+    g = 0
+    while g + 4 <= m:
+        i0, i1, i2, i3 = rows[g], rows[g + 1], rows[g + 2], rows[g + 3]
+        b0 = b1 = b2 = b3 = np.float32(np.inf)
+        j0 = j1 = j2 = j3 = cand[0]
+        for t in range(cand.shape[0]):
+            j = cand[t]
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for u in range(dim):
+                c = centroids[j, u]
+                d0 = x[i0, u] - c
+                d1 = x[i1, u] - c
+                d2 = x[i2, u] - c
+                d3 = x[i3, u] - c
+                s0 += d0 * d0
+                s1 += d1 * d1
+                s2 += d2 * d2
+                s3 += d3 * d3
+            if s0 < b0:
+                b0, j0 = s0, j
+            if s1 < b1:
+                b1, j1 = s1, j
+            if s2 < b2:
+                b2, j2 = s2, j
+            if s3 < b3:
+                b3, j3 = s3, j
+        out_labels[i0], out_dists[i0] = j0, b0
+        out_labels[i1], out_dists[i1] = j1, b1
+        out_labels[i2], out_dists[i2] = j2, b2
+        out_labels[i3], out_dists[i3] = j3, b3
+        g += 4
+    for r in range(g, m):
+        i = rows[r]
+        best = np.float32(np.inf)
+        best_j = cand[0]
+        for t in range(cand.shape[0]):
+            j = cand[t]
+            d = _sq_dist(x[i], centroids[j])
+            if d < best:
+                best, best_j = d, j
+        out_labels[i], out_dists[i] = best_j, best
+
+
 @jit_batch_fast
 def kmeans_assign_near(x, centroids, labels, near):
     """For each row i, the nearest (squared L2) of the centroids near[labels[i]]: labels
     int64 (n,) and distances float32 (n,). `near` (k, m) lists each centroid's candidates in
     ascending order, itself among them, so no row moves farther from its centroid; ties go to
-    the first candidate."""
+    the first candidate. Rows are grouped by their current label (they share candidates),
+    groups run in parallel."""
     n = x.shape[0]
+    k = near.shape[0]
     out_labels = np.empty(n, dtype=np.int64)
     out_dists = np.empty(n, dtype=np.float32)
-    for i in prange(n):
-        cand = near[labels[i]]
-        best_j = labels[i]
-        best = np.float32(np.inf)
-        for t in range(cand.shape[0]):
-            j = cand[t]
-            d = _sq_dist(x[i], centroids[j])
-            if d < best:
-                best = d
-                best_j = j
-        out_labels[i] = best_j
-        out_dists[i] = best
+    order, starts = _group_by_label(labels, k)
+    for c in prange(k):
+        if starts[c + 1] > starts[c]:
+            _near_group(x, centroids, order[starts[c]:starts[c + 1]], near[c], out_labels, out_dists)
     return out_labels, out_dists
 
 
