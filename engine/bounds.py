@@ -14,7 +14,7 @@ z_hi the (1 - c) and c quantiles of z: it holds for a share c of (query, row) pa
 those it was measured on, on each side. "Like" includes the candidate's rank in its
 shortlist: the better the rank, the more a row's code score tends to be too high, so the
 quantiles are taken per band of ranks wherever the calibration holds enough pairs for the
-confidence (`ErrorModel.rank_intervals`; at c = 0.999 one band: 16,384 pairs are too few to
+confidence (``ErrorModel.rank_intervals``; at c = 0.999 one band: 16,384 pairs are too few to
 split). Pooled over ranks 0-63, the lower side at c = 0.9 held for 75% of the top-10
 candidates on 48-d clustered data; per band, 89-90%.
 
@@ -120,9 +120,9 @@ class ErrorModel:
         A shortlist favours rows whose code score came out too high, the more so the better
         the rank: pooled over ranks 0-63, the lower side at c = 0.9 held for only 75% of the
         top 10 candidates (RB1, 48-d clusters). So the quantiles are taken per rank band
-        [0, 2), [2, 6), [6, 14), ... (`rank_bands`), a band holding at least 10 / (1 - c)
+        [0, 2), [2, 6), [6, 14), ... (``rank_bands``), a band holding at least 10 / (1 - c)
         pairs (else it joins its neighbour); ranks past the deepest measured take the last.
-        Without ranks (or c = 1): the pooled `interval` at every rank."""
+        Without ranks (or c = 1): the pooled ``interval`` at every rank."""
         key = (confidence, n)
         cached = self._cache.get(key)
         if cached is None:
@@ -135,7 +135,7 @@ class ErrorModel:
     def rank_bands(self, confidence: float) -> list[tuple[int, int, tuple[float, float]]]:
         """[(first rank, end rank, (z_lo, z_hi))] covering all ranks in order (the last
         band's end is 2^62). Band b holds ranks [2^(b+1) - 2, 2^(b+2) - 2): [0, 2), [2, 6),
-        [6, 14), ...; consecutive bands join until they hold `10 / (1 - c)` pairs, a short
+        [6, 14), ...; consecutive bands join until they hold 10 / (1 - c) pairs, a short
         remainder joins the group before it."""
         end = 1 << 62
         if self.ranks is None or confidence >= 1.0:
@@ -160,7 +160,7 @@ class ErrorModel:
 
 
 def _quantiles(z: np.ndarray, confidence: float) -> tuple[float, float]:
-    """(1 - c) and c quantiles of sorted z, widened to include 0 (c = 1: see `interval`)."""
+    """(1 - c) and c quantiles of sorted z, widened to include 0 (c = 1: see ``interval``)."""
     if confidence >= 1.0:
         lo, hi = float(z[0]), float(z[-1])
         pad = 0.25 * (hi - lo)
