@@ -76,7 +76,7 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     out = {}
     rank = np.broadcast_to(np.arange(depth), valid.shape)[valid]
     for c in confidences:
-        lo, hi = (a[:depth][rank] for a in model.rank_intervals(c, depth))  # the walk's bounds, by rank
+        lo, hi = (a[rank] for a in model.rank_intervals(c, depth))  # the walk's bounds, by rank
         e = est[valid].astype(np.float64)
         top = rank < 10
         out[str(c)] = {"upper": float(np.mean(exact <= e + hi * scale + 1e-7)),

@@ -530,8 +530,8 @@ class Codec:
         the scale of a code score's error that rerank="auto" reads from the codes segment
         (its optional ``errors`` section). None when the codes tell it themselves (RB,
         `Quantizer.row_errors`) or under MRL (the truncated tail is not a coding error).
-        In chunks, as `_encode_prepared` encodes: from the residuals by the quantizer when it
-        can (`Quantizer.coding_errors`), else by decoding."""
+        In chunks, as `_encode_prepared` encodes, from the residuals by the quantizer
+        (`Quantizer.coding_errors`)."""
         if self.mrl is not None or self.quantizer.errors_from_code:
             return None
         state = self._require()
@@ -539,13 +539,9 @@ class Codec:
         out = np.empty(n, dtype=np.float32)
         step = max(1024, ENCODE_CHUNK_BYTES // max(1, 4 * x.shape[1]))
         for a in range(0, n, step):
-            xa, ca, la = x[a:a + step], codes.codes[a:a + step], codes.lists[a:a + step]
-            fused = self.quantizer.coding_errors(xa - state["centroids"][la] if self._residual else xa, ca, state)
-            if fused is not None:
-                out[a:a + step] = fused
-                continue
-            diff = xa - self.decode(ca, la)
-            out[a:a + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+            xa = x[a:a + step]
+            r = xa - state["centroids"][codes.lists[a:a + step]] if self._residual else xa
+            out[a:a + step] = self.quantizer.coding_errors(r, codes.codes[a:a + step], state, self.width)
         return out
 
     def _encode_chunk(self, x: np.ndarray, state: dict[str, np.ndarray]) -> Codes:

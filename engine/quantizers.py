@@ -117,10 +117,11 @@ class Quantizer:
     # True when `row_errors` derives every row's error scale from its code (nothing stored)
     errors_from_code = False
 
-    def coding_errors(self, residuals: np.ndarray, codes: np.ndarray, state: Tables) -> np.ndarray | None:
-        """|residual - decode(code)| per row (float32 (n,)) computed without decoding, or None:
-        the codec then decodes (`Codec._stored_errors`)."""
-        return None
+    def coding_errors(self, residuals: np.ndarray, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
+        """|residual - decode(code)| per row, float32 (n,) (`Codec._stored_errors`); here by
+        decoding, a quantizer that can do it without overrides this."""
+        diff = residuals - self.decode(codes, state, width).reshape(codes.shape[0], width)
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64)).astype(np.float32)
 
     def row_errors(self, codes: np.ndarray, width: int) -> np.ndarray | None:
         """Per row, the scale of its code score's error (float32 (n,)), from the codes alone,
@@ -197,15 +198,17 @@ class PQ(Quantizer):
         codes = pq.pq_encode(residuals, state["pq_books"])
         return codes if self.nbits == 8 else pq.pq4_pack(codes)
 
-    def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
-        sub = codes if self.nbits == 8 else pq.pq4_unpack(codes, self.m)
-        return pq.pq_decode(sub, state["pq_books"], width)
+    def _sub_codes(self, codes: np.ndarray) -> np.ndarray:
+        """One sub-code per byte, (n, M)."""
+        return codes if self.nbits == 8 else pq.pq4_unpack(codes, self.m)
 
-    def coding_errors(self, residuals, codes, state):
+    def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
+        return pq.pq_decode(self._sub_codes(codes), state["pq_books"], width)
+
+    def coding_errors(self, residuals, codes, state, width):
         # one fused pass (kernels/pq.py): 20x less time than decoding 117,647 x 384 rows
-        sub = codes if self.nbits == 8 else pq.pq4_unpack(codes, self.m)
-        return pq.pq_code_errors(np.ascontiguousarray(residuals, dtype=np.float32), np.ascontiguousarray(sub),
-                                 state["pq_books"])
+        return pq.pq_code_errors(np.ascontiguousarray(residuals, dtype=np.float32),
+                                 np.ascontiguousarray(self._sub_codes(codes)), state["pq_books"])
 
     def build_layout(self, codes, order, ids, offsets, width, keep_rows):
         if self.nbits == 8:
