@@ -76,6 +76,9 @@ PAIRS = {
     "PQ48x8": "PQ48np",
     "IVF1024,PQ96x4": "IVF1024,PQ96x4fs",
 }
+# faiss's IndexRaBitQ applies no rotation; vecz's RB rotates every row first (its ITQ rotation).
+# The same faiss index behind a random rotation of the rows is timed beside it for reference.
+ROTATED = {"RB1": "RR384,RaBitQ"}
 
 
 # --------------------------------------------------------------------------- set-up
@@ -185,7 +188,23 @@ PATCHED = {
     "ivf": ("ivf_assign",),
     "transform": ("itq_rotation", "normalize_rows", "normalize_rows_checked", "mrl_truncate_checked"),
     "pq": ("pq_train", "pq_encode"),
+    "binary": ("rb_encode_batch",),
 }
+
+
+def _tolerant(fn):
+    """`fn` called with only the keyword arguments its signature has (a revision's kernel may
+    predate one that the working tree's codec passes, e.g. itq_rotation's svd_scope)."""
+    import functools
+    import inspect
+
+    names = set(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **{k: v for k, v in kwargs.items() if k in names})
+
+    return call
 
 
 class Kernels:
@@ -211,7 +230,7 @@ class Kernels:
             (folder / f"{m}.py").write_text(text)
         sys.path.insert(0, str(root))
         old = {m: importlib.import_module(f"old_kernels.{m}") for m in PATCHED}
-        self.sets[rev] = {m: {f: getattr(old[m], f) for f in fs} for m, fs in PATCHED.items()}
+        self.sets[rev] = {m: {f: _tolerant(getattr(old[m], f)) for f in fs} for m, fs in PATCHED.items()}
 
     def use(self, name: str) -> None:
         for m, fs in self.sets[name].items():
@@ -239,6 +258,7 @@ def run_pair(spec: str, factory: str, base: np.ndarray, xn: np.ndarray, queries:
     kw = probe_kw(spec)
     names = list(kernels.sets)
     t_faiss: list[float] = []
+    t_rotated: list[float] = []
     t_codec: dict[str, list[float]] = {k: [] for k in names}
     t_store: dict[str, list[float]] = {k: [] for k in names}
     built: dict[str, tuple] = {}
@@ -247,6 +267,10 @@ def run_pair(spec: str, factory: str, base: np.ndarray, xn: np.ndarray, queries:
         t0 = time.perf_counter()
         index = faiss_build(factory, dim, sample_n, xn)
         t_faiss.append(time.perf_counter() - t0)
+        if spec in ROTATED:
+            t0 = time.perf_counter()
+            faiss_build(ROTATED[spec], dim, sample_n, xn)
+            t_rotated.append(time.perf_counter() - t0)
         for name in names:
             kernels.use(name)
             t0 = time.perf_counter()
@@ -266,6 +290,9 @@ def run_pair(spec: str, factory: str, base: np.ndarray, xn: np.ndarray, queries:
     out: dict[str, Any] = {"spec": spec, "faiss": factory, "nprobe": kw.get("nprobe"), "faiss_s": min(t_faiss),
                            "faiss_runs": t_faiss, "recall_faiss": r_faiss, "kernels": {}}
     line = f"{spec:16s} faiss {min(t_faiss):6.2f} s (recall@10 {r_faiss:.4f})"
+    if t_rotated:
+        out.update({"faiss_rotated": ROTATED[spec], "faiss_rotated_s": min(t_rotated), "faiss_rotated_runs": t_rotated})
+        line += f" {ROTATED[spec]} {min(t_rotated):6.2f} s"
     for name in names:
         codec, codes, path = built[name]
         r_codes = recall_at(codec.index(codes.codes, codes.lists).search(queries, K, **kw).ids, gt, K)
@@ -277,11 +304,15 @@ def run_pair(spec: str, factory: str, base: np.ndarray, xn: np.ndarray, queries:
         out["kernels"][name] = {
             "codec_s": tc, "store_s": ts, "codec_runs": t_codec[name], "store_runs": t_store[name],
             "ratio_codec": min(t_faiss) / tc, "ratio_store": min(t_faiss) / ts,
+            **({"ratio_codec_rotated": min(t_rotated) / tc, "ratio_store_rotated": min(t_rotated) / ts}
+               if t_rotated else {}),
             "recall_codes": r_codes, "recall_store_r0": r_store0, f"recall_store_r{RERANK}": r_rerank,
         }
         line += (f" | {name}: codec {tc:6.2f} s ({min(t_faiss) / tc:.2f}x) store {ts:6.2f} s "
                  f"({min(t_faiss) / ts:.2f}x) recall@10 codes {r_codes:.4f} store R=0 {r_store0:.4f} "
                  f"R={RERANK} {r_rerank:.4f}")
+        if t_rotated:
+            line += f" (against {ROTATED[spec]}: codec {min(t_rotated) / tc:.2f}x, store {min(t_rotated) / ts:.2f}x)"
     print(line, flush=True)
     return out
 
@@ -295,6 +326,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['spec']} | {name} | {r['faiss']} | {r['faiss_s']:.2f} | {v['codec_s']:.2f} | "
                          f"{v['ratio_codec']:.2f}x | {v['store_s']:.2f} | {v['ratio_store']:.2f}x | "
                          f"{r['recall_faiss']:.4f} | {v['recall_codes']:.4f} | {v[f'recall_store_r{RERANK}']:.4f} |")
+            if "faiss_rotated" in r:
+                lines.append(f"| {r['spec']} | {name} | {r['faiss_rotated']} | {r['faiss_rotated_s']:.2f} | "
+                             f"{v['codec_s']:.2f} | {v['ratio_codec_rotated']:.2f}x | {v['store_s']:.2f} | "
+                             f"{v['ratio_store_rotated']:.2f}x | | | |")
     return "\n".join(lines)
 
 

@@ -140,20 +140,30 @@ def rb_encode(r, n_levels, t_coarse, t_step):
     Float maths in a fixed order without fastmath (`_dot_fixed`): the same input rows give
     the same bits and factors on every CPU."""
     dim = r.shape[0]
-    nbytes = (dim + 7) // 8
-    bits = np.zeros((n_levels, nbytes), dtype=np.uint8)
+    bits = np.zeros((n_levels, (dim + 7) // 8), dtype=np.uint8)
     factors = np.zeros(2, dtype=np.float32)
+    _rb_encode_into(r, n_levels, t_coarse, t_step, np.empty(dim, dtype=np.float32),
+                    np.empty(dim, dtype=np.float64), bits, factors)
+    return bits, factors
+
+
+@jit
+def _rb_encode_into(r, n_levels, t_coarse, t_step, tmp, res, bits, factors):
+    """`rb_encode` into bits (b, nbytes) and factors (2,), which it overwrites, with scratch
+    tmp float32 (dim,) and res float64 (dim,): no allocation per row."""
+    dim = r.shape[0]
     rr = _dot_fixed(r, r)
+    factors[0] = np.float32(0.0)
     factors[1] = rr
     if rr <= 0 or dim == 0:
         # A zero residual: all-positive signs with g = 0 decode and score to exactly zero.
         for lv in range(n_levels):
+            for j in range(bits.shape[1]):
+                bits[lv, j] = np.uint8(0)
             for t in range(dim):
                 bits[lv, t >> 3] |= np.uint8(1 << (t & 7))
-        return bits, factors
+        return
     rms = np.sqrt(rr / dim)
-    tmp = np.empty(dim, dtype=np.float32)
-    res = np.empty(dim, dtype=np.float64)  # the residual runs in float64, as the scale does
     best_t = t_coarse[0]
     best_cos = np.float32(-3.0)
     if n_levels > 1:
@@ -173,20 +183,41 @@ def rb_encode(r, n_levels, t_coarse, t_step):
                 best_t = tt
     # Final pass at the chosen scale: write the bits and the factors.
     inv = np.float32(1.0) / (best_t * rms)
-    for t in range(dim):
-        rt = r[t] * inv
-        w = np.float32(1.0)
+    if n_levels == 1:
+        # one level: a byte's eight signs at once (the same test, r[t] * inv >= 0)
+        for j in range(dim >> 3):
+            byte = 0
+            for u in range(8):
+                if r[8 * j + u] * inv >= 0:
+                    byte |= 1 << u
+            bits[0, j] = np.uint8(byte)
+        if dim & 7:
+            byte = 0
+            for t in range(dim & ~7, dim):
+                if r[t] * inv >= 0:
+                    byte |= 1 << (t & 7)
+            bits[0, dim >> 3] = np.uint8(byte)
+    else:
         for lv in range(n_levels):
-            if rt >= 0:
-                bits[lv, t >> 3] |= np.uint8(1 << (t & 7))
-                rt -= w
-            else:
-                rt += w
-            w *= np.float32(0.5)
+            for j in range(bits.shape[1]):
+                bits[lv, j] = np.uint8(0)
+        for t in range(dim):
+            rt = r[t] * inv
+            w = np.float32(1.0)
+            for lv in range(n_levels):
+                if rt >= 0:
+                    bits[lv, t >> 3] |= np.uint8(1 << (t & 7))
+                    rt -= w
+                else:
+                    rt += w
+                w *= np.float32(0.5)
     _levels_values(r, inv, n_levels, tmp, res)
     dot = _dot_fixed(tmp, r)
     factors[0] = rr / dot if dot > 0 else np.float32(0.0)
-    return bits, factors
+
+
+# rows per task of `rb_encode_batch`: scratch is allocated once per task, not per row
+_ENCODE_TASK_ROWS = 256
 
 
 @jit_batch
@@ -196,10 +227,12 @@ def rb_encode_batch(r, n_levels, t_coarse, t_step):
     nbytes = (dim + 7) // 8
     bits = np.empty((n, n_levels, nbytes), dtype=np.uint8)
     factors = np.empty((n, 2), dtype=np.float32)
-    for i in prange(n):
-        b, f = rb_encode(r[i], n_levels, t_coarse, t_step)
-        bits[i] = b
-        factors[i] = f
+    n_tasks = (n + _ENCODE_TASK_ROWS - 1) // _ENCODE_TASK_ROWS
+    for task in prange(n_tasks):
+        tmp = np.empty(dim, dtype=np.float32)
+        res = np.empty(dim, dtype=np.float64)
+        for i in range(task * _ENCODE_TASK_ROWS, min(n, (task + 1) * _ENCODE_TASK_ROWS)):
+            _rb_encode_into(r[i], n_levels, t_coarse, t_step, tmp, res, bits[i], factors[i])
     return bits, factors
 
 

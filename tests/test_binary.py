@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -218,6 +219,22 @@ def test_rb_encode_batch_equals_serial(n, dim, b, seed, kind):
     assert bits.shape == (n, b, binary.rb_nbytes(dim)) and factors.shape == (n, 2)
     for i in range(n):
         bi, fi = _encode(x[i], b)
+        np.testing.assert_array_equal(bits[i], bi)
+        np.testing.assert_array_equal(factors[i], fi)
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("dim", [1, 8, 13, 64])
+def test_rb_encode_batch_over_several_tasks(b, dim):
+    # more rows than one task of the batch kernel (its scratch is per task, not per row),
+    # zero rows at a task's edges, a strided (non-contiguous) input
+    n = 2 * binary._ENCODE_TASK_ROWS + 37
+    wide = _vectors(np.random.default_rng(dim * 10 + b), n, 2 * dim, "gauss")
+    x = wide[:, ::2]
+    x[[0, binary._ENCODE_TASK_ROWS - 1, binary._ENCODE_TASK_ROWS, n - 1]] = 0.0
+    bits, factors = binary.rb_encode_batch(x, b, binary._T_COARSE, binary._T_FINE_STEP)
+    for i in range(n):
+        bi, fi = _encode(np.ascontiguousarray(x[i]), b)
         np.testing.assert_array_equal(bits[i], bi)
         np.testing.assert_array_equal(factors[i], fi)
 
