@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba.core import types
 
+from ..kernels._jit import jit
 from ._header import open_regular
 from .errors import FormatError, InvalidInput, StoreCorrupted
 
@@ -176,6 +178,48 @@ class _Mapping:
             self.addr = None
 
 
+# madvise(2), called by name from compiled code (resolved in the process's C library; an
+# ExternalFunction, unlike a ctypes pointer, keeps the function cacheable on disk).
+_madvise = types.ExternalFunction("madvise", types.intc(types.uintp, types.uintp, types.intc))
+
+
+@jit
+def row_pages(offset: int, row_bytes: int, n_rows: int, rows: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray]:
+    """The page-aligned byte ranges [first, end) that hold `rows` (any order, repeats allowed;
+    rows outside [0, n_rows) are skipped) of a file whose row r starts at byte
+    ``offset + r * row_bytes``, ascending, ranges that touch or overlap joined."""
+    r = np.sort(rows)
+    first = np.empty(r.size, dtype=np.int64)
+    end = np.empty(r.size, dtype=np.int64)
+    n = 0
+    i = 0
+    while i < r.size and r[i] < 0:
+        i += 1
+    while i < r.size and r[i] < n_rows:
+        a = (offset + r[i] * row_bytes) // page * page
+        b = (offset + r[i] * row_bytes + row_bytes - 1) // page * page + page
+        i += 1
+        while i < r.size and r[i] < n_rows and (offset + r[i] * row_bytes) // page * page <= b:
+            b = max(b, (offset + r[i] * row_bytes + row_bytes - 1) // page * page + page)
+            i += 1
+        first[n] = a
+        end[n] = b
+        n += 1
+    return first[:n], end[:n]
+
+
+@jit
+def advise_ranges(addr: int, first: np.ndarray, end: np.ndarray, advice: int) -> int:
+    """madvise(`advice`) over each byte range [first, end) of the mapping at `addr`; returns
+    the calls that failed. One compiled loop: through ctypes each call cost ~2 us of Python,
+    0.2-0.5 ms for a 100-row shortlist whose pages were all cached already."""
+    failed = 0
+    for j in range(first.size):
+        if _madvise(addr + first[j], end[j] - first[j], advice) != 0:
+            failed += 1
+    return failed
+
+
 class DenseReader:
     """Reads rows of one dense file by number, counting what it reads.
 
@@ -231,12 +275,9 @@ class DenseReader:
         than one page fault after another."""
         if self._mmap is None or not hasattr(mmap, "MADV_WILLNEED"):
             return
-        page = mmap.PAGESIZE
-        starts = self.info.offset + np.unique(np.asarray(rows, dtype=np.int64)) * self.info.row_bytes
-        first = starts // page * page
-        last = (starts + self.info.row_bytes - 1) // page * page + page
-        for a, b in zip(first.tolist(), last.tolist()):
-            self._mmap.madvise(mmap.MADV_WILLNEED, a, b - a)
+        first, end = row_pages(self.info.offset, self.info.row_bytes, self.info.rows,
+                               np.asarray(rows, dtype=np.int64), mmap.PAGESIZE)
+        advise_ranges(self._mmap.addr, first, end, mmap.MADV_WILLNEED)
 
     def note_read(self, n_rows: int) -> None:
         """Count rows read through `values`."""

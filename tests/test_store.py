@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -467,6 +467,51 @@ StoreModel.TestCase.settings = settings(
     max_examples=80, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_store_state_machine = StoreModel.TestCase
+
+
+def _row_pages_ref(offset, row_bytes, n_rows, rows, page):
+    pages = sorted({p for r in set(rows.tolist()) if 0 <= r < n_rows
+                    for p in range((offset + r * row_bytes) // page, (offset + (r + 1) * row_bytes - 1) // page + 1)})
+    runs: list[list[int]] = []
+    for p in pages:
+        if runs and p <= runs[-1][1]:
+            runs[-1][1] = p + 1
+        else:
+            runs.append([p, p + 1])
+    return [(a * page, b * page) for a, b in runs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(offset=st.integers(0, 5000), row_bytes=st.integers(1, 9000), n_rows=st.integers(0, 60),
+       rows=st.lists(st.integers(-3, 70), max_size=40), page=st.sampled_from([64, 4096]))
+def test_row_pages_are_the_pages_of_the_rows(offset, row_bytes, n_rows, rows, page):
+    from vecz.formats.dense import row_pages
+
+    first, end = row_pages(offset, row_bytes, n_rows, np.array(rows, dtype=np.int64), page)
+    assert list(zip(first.tolist(), end.tolist())) == _row_pages_ref(offset, row_bytes, n_rows,
+                                                                     np.array(rows, dtype=np.int64), page)
+
+
+def test_will_need_advises_the_mapped_pages(tmp_path):
+    import mmap
+
+    from vecz.formats.dense import DenseReader, advise_ranges, row_pages, write_dense
+
+    if not hasattr(mmap, "MADV_WILLNEED"):
+        pytest.skip("no MADV_WILLNEED on this platform")
+    x = _data(3000, dim=40)
+    info = write_dense(tmp_path / "d.arrow", np.arange(3000, dtype=np.int64), x, "f32")
+    reader = DenseReader(tmp_path, info)
+    rows = np.array([2999, 5, 6, 1700, 5, 0], dtype=np.int64)
+    reader.will_need(rows)  # no error, the rows read the same afterwards
+    np.testing.assert_array_equal(reader.read_rows(np.sort(rows)), x[np.sort(rows)])
+    first, end = row_pages(info.offset, info.row_bytes, info.rows, rows, mmap.PAGESIZE)
+    addr = reader._mmap.addr
+    assert advise_ranges(addr, first, end, mmap.MADV_WILLNEED) == 0
+    # the calls reach the kernel: a start that is not page-aligned fails (EINVAL)
+    odd = np.array([1], dtype=np.int64)
+    assert advise_ranges(addr, odd, odd + mmap.PAGESIZE, mmap.MADV_WILLNEED) == 1
+    reader.close()
 
 
 def test_prefetch_asks_for_the_shortlist_and_changes_no_result(tmp_path, monkeypatch):
