@@ -173,7 +173,7 @@ def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarr
     parts = [(j, np.where(reader_ix == j, dense_row, -1)) for j in range(len(readers))]
     if prefetch if prefetch is not None else not parallel:
         for j, local in parts:
-            readers[j].will_need(local[local >= 0])
+            readers[j].will_need(local)  # -1 (not this file) is skipped
     n_rows = n_bytes = 0
     for j, local in parts:
         reader = readers[j]
@@ -290,7 +290,7 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         np.put_along_axis(first, order[:, :k], True, axis=1)
         first &= valid
         for j, reader in enumerate(readers):
-            reader.will_need(np.sort(dense_row[first & (reader_ix == j)]))
+            reader.will_need(np.where(first & (reader_ix == j), dense_row, -1))
     vectors = List()
     for reader in readers:
         vectors.append(reader.values)

@@ -272,11 +272,12 @@ class DenseReader:
     def will_need(self, rows: np.ndarray) -> None:
         """Ask the kernel to start reading these rows' pages now (MADV_WILLNEED), so that a
         shortlist not in the page cache is fetched with its reads in flight together rather
-        than one page fault after another."""
+        than one page fault after another. Rows in any order and of any shape; rows outside
+        the file (such as -1) are skipped."""
         if self._mmap is None or not hasattr(mmap, "MADV_WILLNEED"):
             return
         first, end = row_pages(self.info.offset, self.info.row_bytes, self.info.rows,
-                               np.asarray(rows, dtype=np.int64), mmap.PAGESIZE)
+                               np.asarray(rows, dtype=np.int64).ravel(), mmap.PAGESIZE)
         advise_ranges(self._mmap.addr, first, end, mmap.MADV_WILLNEED)
 
     def note_read(self, n_rows: int) -> None:

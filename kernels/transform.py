@@ -152,10 +152,10 @@ def itq_rotation(x: np.ndarray, seed: int, n_iter: int = 50,
     # The product x R per iteration runs in float32 (half the time of float64; only signs
     # come out of it); x^T B is kept in float64 (updated by the flipped signs), and the
     # Procrustes step and the rotation stay float64 so the result is orthogonal to float64
-    # precision before the final cast. Each SVD runs inside `svd_scope()` when given (the RB quantizer passes
-    # one that holds BLAS to one thread: a threaded 384 x 384 SVD is slower, 39 against 30
-    # ms on 2 cores, while the products keep the threads: ITQ of 8192 x 384 rows took 0.57-0.66 s
-    # against 0.73-0.75 s all on one thread, the same rotation bit for bit).
+    # precision before the final cast. Each SVD runs inside `svd_scope()` when given (the RB
+    # quantizer passes one that holds BLAS to one thread: a threaded 384 x 384 SVD is slower,
+    # 39 against 30 ms on 2 cores), while the products keep the threads: ITQ of 8192 x 384
+    # rows took 0.57-0.66 s against 0.73-0.75 s all on one thread, the same rotation bit for bit.
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     rot = random_rotation(d, seed).astype(np.float64)
