@@ -11,7 +11,13 @@ query of the dataset, one thread:
   queries that ended at the cap, QPS;
 - the interval's observed coverage on held-out queries (the dataset's own queries, never
   used to calibrate): the share of (query, shortlist row) pairs whose exact score lies
-  under the upper bound, against the promised confidence.
+  under the upper bound, against the promised confidence;
+- the oracle (`metrics.least_rows`): the fewest rows per query that any per-query depth
+  could read, in code-score order, for a recall, if it knew each query's true top 10 (the
+  LP bound of the depth allocation; ranks from a code shortlist of 400). Beside every
+  measured row, at that row's recall; and at recall 0.95 / 0.98 / 0.99 / 0.995. Auto's rows
+  over the oracle's is what the bounds' uncertainty costs; the oracle itself is what the
+  code's ranking allows.
 
     python bench/rerank_auto.py                          # both datasets, bench/out/rerank-auto/
     python bench/rerank_auto.py --datasets wordnet-minilm --specs "RB1;RB2"
@@ -35,12 +41,15 @@ REPO = Path(__file__).resolve().parents[1]
 import numba  # noqa: E402
 
 from vecz import Store  # noqa: E402
-from vecz.engine.bench.metrics import miss_rate, recall_at  # noqa: E402
+from vecz.engine.bench.metrics import least_rows, miss_rate, recall_at, truth_ranks  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import auto_cap  # noqa: E402
 from vecz.engine.search import _query_norms, _scales, _shortlist  # noqa: E402
 
 K = 10
+# The code-order shortlist the oracle reads ranks from (ids ranked deeper count as never found).
+ORACLE_DEPTH = 400
+ORACLE_TARGETS = (0.95, 0.98, 0.99, 0.995)
 SPECS = {
     "wordnet-minilm": "RB1;IVF1024,RB1;PQ48x8;RB2",  # 56, 56, 56 and 104 code bytes at 384-d
     "wordnet-gemma": "MRL384,RB1;RB1;IVF1024,RB1",    # 56, 104, 104 code bytes at 768-d
@@ -86,6 +95,27 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     return out
 
 
+def code_ranks(store: Store, q: np.ndarray, gt: np.ndarray, depth: int = ORACLE_DEPTH) -> np.ndarray:
+    """Where each true top-10 id stands in the code scores' order (-1 beyond `depth`), at the
+    store's default nprobe, over all segments, in chunks of 1,000 queries."""
+    x = q.astype(np.float32)
+    if store.metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    nprobe = max(1, store.codec.nlist // 8)
+    parts = []
+    for a in range(0, len(x), 1000):
+        ids = _shortlist(store.codec, store._segments, x[a:a + 1000], depth, nprobe, False)[3]
+        parts.append(truth_ranks(ids, gt[a:a + 1000], K))
+    return np.concatenate(parts)
+
+
+def oracle(ranks: np.ndarray, recall_value: float) -> dict | None:
+    """least_rows at a measured recall, rounded for the report (None: out of reach)."""
+    got = least_rows(ranks, recall_value)
+    return None if got is None else {"bound": round(got["bound"], 1), "mean": round(got["mean"], 1),
+                                     "p99": got["p99"]}
+
+
 def run(args) -> dict:
     numba.set_num_threads(1)
     out: dict = {"command": " ".join(sys.argv), "cpu": _cpu_model() or platform.machine(), "threads": 1,
@@ -110,6 +140,9 @@ def run(args) -> dict:
                 entry = {"dataset": name, "spec": spec, "code_size": s.codec.code_size, "n": len(s),
                          "nq": len(queries), "calibration_s": round(calib, 3), "pairs": model.pairs,
                          "per_row": model.per_row, "fixed": [], "auto": []}
+                ranks = code_ranks(s, queries, gt)
+                entry["oracle"] = {str(t): oracle(ranks, t) for t in ORACLE_TARGETS}
+                print(name, spec, "oracle", json.dumps(entry["oracle"]), flush=True)
                 cap = auto_cap(K)
                 found_cap = None
                 for r in args.fixed:
@@ -117,6 +150,7 @@ def run(args) -> dict:
                     row = {"rerank": r, "recall@10": round(recall(res.ids, gt), 4),
                            "rows_per_query": res.stats.rows_read / len(queries),
                            "qps": round(qps(lambda: s.search(queries, K, rerank=r), len(queries)), 1)}
+                    row["oracle"] = oracle(ranks, row["recall@10"])
                     if r == cap:
                         found_cap = res.ids
                     entry["fixed"].append(row)
@@ -130,12 +164,17 @@ def run(args) -> dict:
                            "miss_rate": round(miss_rate(res.ids, found_cap, gt, K), 5), "capped": res.stats.capped,
                            "qps": round(qps(lambda: s.search(queries, K, rerank="auto", confidence=c),
                                             len(queries)), 1)}
+                    row["oracle"] = oracle(ranks, row["recall@10"])
                     entry["auto"].append(row)
                     print(name, spec, json.dumps(row), flush=True)
                 entry["coverage"] = coverage(s, queries[: args.nq_coverage], args.confidences)
                 print(name, spec, "coverage", json.dumps(entry["coverage"]), flush=True)
                 out["results"].append(entry)
     return out
+
+
+def _oracle_cell(o: dict | None) -> str:
+    return "out of reach" if o is None else f"{o['bound']:.1f}"
 
 
 def markdown(out: dict) -> str:
@@ -145,15 +184,18 @@ def markdown(out: dict) -> str:
                   f"{e['nq']:,} queries)", "",
                   f"Calibration: {e['pairs']:,} pairs, {'per-row' if e['per_row'] else 'one'} error scale, "
                   f"{e['calibration_s']} s.", "",
-                  "| rerank | recall@10 | rows/q mean | rows/q p99 | miss rate | capped | QPS |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| rerank | recall@10 | rows/q mean | rows/q p99 | oracle rows/q | miss rate | capped | QPS |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for f in e["fixed"]:
             lines.append(f"| R = {f['rerank']} | {f['recall@10']:.4f} | {f['rows_per_query']:.0f} | "
-                         f"{f['rows_per_query']:.0f} | - | - | {f['qps']:,.0f} |")
+                         f"{f['rows_per_query']:.0f} | {_oracle_cell(f.get('oracle'))} | - | - | {f['qps']:,.0f} |")
         for a in e["auto"]:
             lines.append(f"| auto, confidence {a['confidence']} (cap {a['cap']}) | {a['recall@10']:.4f} | "
-                         f"{a['rows_mean']:.1f} | {a['rows_p99']:.0f} | {100 * a['miss_rate']:.2f}% | "
-                         f"{a['capped']:,} | {a['qps']:,.0f} |")
+                         f"{a['rows_mean']:.1f} | {a['rows_p99']:.0f} | {_oracle_cell(a.get('oracle'))} | "
+                         f"{100 * a['miss_rate']:.2f}% | {a['capped']:,} | {a['qps']:,.0f} |")
+        if e.get("oracle"):
+            least = ", ".join(f"{t}: {_oracle_cell(v)}" for t, v in e["oracle"].items())
+            lines += ["", f"Least rows per query an oracle needs in code order (mean, by recall@10): {least}."]
         cov = ", ".join(f"{c}: {v['upper']:.4f} / {v['lower']:.4f}" for c, v in e["coverage"].items())
         lines += ["", f"Observed coverage on held-out queries (upper / lower side) by confidence: {cov}.", ""]
     return "\n".join(lines)

@@ -9,11 +9,14 @@ recall, exit code 2 on bad input, and one end-to-end run on the shipped sample.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vecz.engine.bench import data as bench_data
 from vecz.engine.bench import exact, faiss_side, metrics, runner
@@ -702,3 +705,54 @@ def test_no_matplotlib_says_so(tmp_path, monkeypatch):
     assert (tmp_path / "report.md").is_file() and not list(tmp_path.glob("*.png"))
     with pytest.raises(MissingDependency, match=r"matplotlib is not installed \(pip install 'vecz\[bench\]'\)"):
         plots.replot(tmp_path / "results.json")
+
+
+def test_truth_ranks():
+    sl = np.array([[5, 3, 9, -1], [1, 2, 3, 4]])
+    gt = np.array([[9, 5, 7], [4, -1, 1]])
+    assert metrics.truth_ranks(sl, gt, 3).tolist() == [[2, 0, -1], [3, -1, 0]]
+    assert metrics.truth_ranks(sl, gt, 2).tolist() == [[2, 0], [3, -1]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.integers(1, 3), st.integers(1, 3), st.floats(0.0, 1.0), st.integers(0, 4))
+def test_least_rows_against_brute_force(data, nq, k, target, floor):
+    """least_rows: its bound never exceeds the best per-query depths found by enumeration,
+    and its allocation reaches the target, costing less than the bound plus one segment."""
+    ranks = np.full((nq, k), -1, dtype=np.int64)
+    for q in range(nq):
+        present = data.draw(st.lists(st.integers(0, 11), max_size=k, unique=True))
+        ranks[q, : len(present)] = present
+    ranks = np.array([data.draw(st.permutations(row.tolist())) for row in ranks], dtype=np.int64)
+    need = int(np.ceil(target * nq * k - 1e-9))
+    options = []  # per query: (found, rows) for every depth that matters
+    for row in ranks:
+        present = np.sort(row[row >= 0])
+        options.append([(0, floor)] + [(j + 1, max(floor, int(p) + 1)) for j, p in enumerate(present)])
+    best = None
+    for choice in itertools.product(*options):
+        if sum(f for f, _ in choice) >= need:
+            cost = sum(c for _, c in choice)
+            best = cost if best is None else min(best, cost)
+    got = metrics.least_rows(ranks, target, min_rows=floor)
+    if best is None:
+        assert got is None
+        return
+    assert got is not None
+    assert got["bound"] * nq <= best + 1e-9
+    assert got["mean"] * nq >= best - 1e-9
+    depths = got["depths"]
+    assert depths.min() >= floor
+    found = sum(int(((row >= 0) & (row < d)).sum()) for row, d in zip(ranks, depths))
+    assert found >= need and abs(got["recall"] - found / (nq * k)) < 1e-12
+    assert got["mean"] * nq - got["bound"] * nq < 12 + 1e-9  # below one segment's rows (ranks < 12)
+
+
+def test_least_rows_hand_made():
+    # query 0 finds its two ids in the first rows; query 1's second id sits at rank 40
+    ranks = np.array([[0, 1], [0, 39]])
+    got = metrics.least_rows(ranks, 0.75, min_rows=2)
+    assert got["mean"] == 2.0 and got["recall"] == 0.75 and got["bound"] == 2.0
+    got = metrics.least_rows(ranks, 1.0, min_rows=2)
+    assert got["depths"].tolist() == [2, 40] and got["bound"] == 21.0
+    assert metrics.least_rows(np.array([[0, -1]]), 1.0) is None

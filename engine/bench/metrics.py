@@ -36,6 +36,8 @@ __all__ = [
     "depth_key",
     "miss_rate",
     "depth_rows",
+    "truth_ranks",
+    "least_rows",
 ]
 
 
@@ -112,6 +114,79 @@ def miss_rate(found: np.ndarray, baseline: np.ndarray, truth: np.ndarray, k: int
         lost += len((set(b[:kk].tolist()) & true) - set(f[:kk].tolist()))
         total += len(true)
     return lost / max(total, 1)
+
+
+def truth_ranks(shortlist: np.ndarray, truth: np.ndarray, k: int) -> np.ndarray:
+    """Where each of the true top-k ids (truth's first k columns) stands in `shortlist`
+    (int (nq, depth), the code scores' order, best first): int64 (nq, k), -1 when absent
+    (or when the truth slot is -1)."""
+    sl, t = np.asarray(shortlist), np.asarray(truth)[:, :k]
+    if len(sl) != len(t):
+        raise InvalidInput(f"truth_ranks: expected one shortlist row per query ({len(t)}), found {len(sl)}")
+    out = np.full(t.shape, -1, dtype=np.int64)
+    block = max(1, (16 << 20) // max(1, sl.shape[1] * t.shape[1]))
+    for a in range(0, len(t), block):
+        eq = (sl[a:a + block, :, None] == t[a:a + block, None, :]) & (t[a:a + block, None, :] >= 0)
+        hit = eq.any(axis=1)
+        out[a:a + block] = np.where(hit, eq.argmax(axis=1), -1)
+    return out
+
+
+def least_rows(ranks: np.ndarray, target: float, min_rows: int | None = None) -> dict[str, Any] | None:
+    """The fewest rows per query that any re-ranking reading candidates in code order could
+    read for recall `target`, if it knew each query's answer (an oracle's per-query depth).
+
+    `ranks` int (nq, k): `truth_ranks` (-1: not in the shortlist, never found). A query that
+    reads its first d rows finds the true ids ranked below d; it reads at least `min_rows`
+    (default k: the rows it returns with exact scores). The depths minimising the mean under
+    "found >= target x nq x k" form a multiple-choice knapsack; walking each query's lower
+    convex hull of (found, rows) segment by segment, cheapest rows-per-id first, gives
+
+    - ``bound``: the LP relaxation's mean rows (the crossing segment taken fractionally):
+      no choice of per-query depths reads fewer;
+    - ``depths`` (int64 (nq,)) and its ``mean``, ``p99``, ``recall``: the integral
+      allocation after that segment, which reaches the target (its total exceeds the bound
+      by less than that one segment's rows).
+
+    None when the shortlist holds fewer than target x nq x k true ids."""
+    r = np.asarray(ranks)
+    nq, k = r.shape
+    if nq == 0:
+        return None
+    floor = k if min_rows is None else int(min_rows)
+    need = int(math.ceil(target * nq * k - 1e-9))
+    segments: list[tuple[float, int, int, int, int]] = []  # (rows per id, query, found after, rows, ids)
+    found0 = np.zeros(nq, dtype=np.int64)
+    for qi in range(nq):
+        present = np.sort(r[qi][r[qi] >= 0])
+        free = int((present < floor).sum())  # found by the rows every query reads
+        found0[qi] = free
+        pts = [(free, floor)] + [(j + 1, int(p) + 1) for j, p in enumerate(present) if j >= free]
+        hull: list[tuple[int, int]] = []
+        for pt in pts:  # lower convex hull, x increasing
+            while len(hull) >= 2 and ((hull[-1][1] - hull[-2][1]) * (pt[0] - hull[-2][0])
+                                      >= (pt[1] - hull[-2][1]) * (hull[-1][0] - hull[-2][0])):
+                hull.pop()
+            hull.append(pt)
+        for (j0, c0), (j1, c1) in zip(hull, hull[1:]):
+            segments.append(((c1 - c0) / (j1 - j0), qi, j1, c1 - c0, j1 - j0))
+    if int(found0.sum()) + sum(s[4] for s in segments) < need:
+        return None
+    segments.sort(key=lambda s: (s[0], s[1], s[2]))
+    rows = np.full(nq, floor, dtype=np.int64)
+    found = found0.copy()
+    total, cost = int(found0.sum()), float(nq * floor)
+    bound = cost
+    for slope, qi, j1, dc, dj in segments:
+        if total >= need:
+            break
+        bound = cost + slope * min(dj, need - total)
+        total += dj
+        cost += dc
+        rows[qi] += dc
+        found[qi] = j1
+    return {"bound": bound / nq, "mean": float(rows.mean()), "p99": float(np.percentile(rows, 99)),
+            "recall": float(found.sum() / (nq * k)), "depths": rows}
 
 
 def recall_ats(gt: np.ndarray, k: int) -> list[int]:
