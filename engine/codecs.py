@@ -474,17 +474,23 @@ class Codec:
         state: dict[str, np.ndarray] = {}
         if self.ivf is not None:
             centroids = kmeans.kmeans_fit(x, self.ivf.nlist, seed=self.seed)
-            rows = self.quantizer.train_rows
-            if rows is not None and x.shape[0] > rows:
-                # the quantizer trains on a subsample: assign and subtract only those rows
-                x = x[np.sort(rng.choice(x.shape[0], rows, replace=False))]
-            lists = ivf.ivf_assign(x, centroids, self._coarse_metric)
-        else:
+        else:  # the mean of the whole sample
             mean = x.mean(axis=0, keepdims=True) if self._residual else np.zeros((1, self.width))
             centroids = mean.astype(np.float32)
-            lists = np.zeros(x.shape[0], dtype=np.int64)
-        state["centroids"] = np.ascontiguousarray(centroids, dtype=np.float32)
-        r = x - centroids[lists] if self._residual else x
+        state["centroids"] = centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        rows = self.quantizer.train_rows
+        if rows is not None and x.shape[0] > rows:
+            # The quantizer trains on a subsample (RB's ITQ: 8,192 rows): assign and subtract
+            # only those, with or without IVF (without, RB used to get the residuals of all
+            # 65,536 rows, 100 MB at 384-d, and draw its 8,192 from them).
+            x = x[np.sort(rng.choice(x.shape[0], rows, replace=False))]
+        if not self._residual:
+            r = x
+        elif self.ivf is None:
+            r = x - centroids
+        else:  # one fresh array, not two (gathered centroids, then the difference)
+            r = centroids[ivf.ivf_assign(x, centroids, self._coarse_metric)]
+            np.subtract(x, r, out=r)
         state.update(self.quantizer.train(r, rng, seed=self.seed, rotation=self.rotation))
         self._state = state
         return self
