@@ -392,7 +392,8 @@ class Trainer:
             state["pq_books"] = books
         else:  # RB: ITQ on a subsample, one BLAS thread (as the codec runs it)
             rng = self._rng()
-            rows = r if r.shape[0] <= itq_rows else r[rng.choice(r.shape[0], itq_rows, replace=False)]
+            # the codec draws these rows before the residuals, in sorted order (Codec._fit)
+            rows = r if r.shape[0] <= itq_rows else r[np.sort(rng.choice(r.shape[0], itq_rows, replace=False))]
             with threadpool_limits(1, user_api="blas"):
                 state["rb_rotation"] = transform.itq_rotation(rows, self.seed, n_iter=itq_iter)
         return state, t_coarse + time.perf_counter() - t0

@@ -277,7 +277,8 @@ class RB(Quantizer):
         return {"rb_rotation": transform.random_rotation(residuals.shape[1], seed)}
 
     def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
-        rot = np.ascontiguousarray(residuals @ state["rb_rotation"], dtype=np.float32)
+        # one fixed order of sums per row (not BLAS): a row's code never depends on its batch
+        rot = transform.matmul_rows_batch(residuals, state["rb_rotation"])
         bits, factors = binary.rb_encode_batch(rot, self.levels, binary._T_COARSE, binary._T_FINE_STEP)
         return np.concatenate([bits.reshape(len(residuals), -1), factors.astype("<f4").view(np.uint8)], axis=1)
 

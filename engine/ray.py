@@ -26,7 +26,8 @@ Build (`build`), the pattern of Lance's distributed indexing:
 
 The rows are the same as a one-process build with the same trained codec: the same codes,
 ids, stored errors and exact vectors for every id (tests/test_ray.py); only the segment
-boundaries differ (one per batch).
+boundaries differ (one per batch). A row's code depends on the row and the codec only, not on
+its batch (``kernels.transform.matmul_rows``), given workers on the driver's CPU model.
 
 Search (`ShardedStore`): the segments of one committed version are split into shards
 balanced by live rows; each shard is a Ray actor holding its segments' codes in its own RAM

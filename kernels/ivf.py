@@ -16,8 +16,9 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch
-from .kmeans import float_order_key, kmeans_assign
+from .kmeans import _argmin_rows, float_order_key
 from .topk import topk_init, topk_push, topk_sort
+from .transform import matmul_rows_batch
 
 __all__ = ["ivf_assign", "ivf_layout", "ivf_probe"]
 
@@ -49,19 +50,30 @@ def _argmax_rows(sim, out, start):
 
 
 def ivf_assign(x: np.ndarray, centroids: np.ndarray, metric: str, block: int = 8192) -> np.ndarray:
+    # The products come from `transform.matmul_rows_batch`, not BLAS: a row's list must not
+    # depend on the rows encoded beside it (BLAS's last bits do, and a near tie then moves
+    # the row to another list and changes its whole code), at the same speed.
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if metric == "l2":
-        return kmeans_assign(x, centroids)[0]
     out = np.empty(x.shape[0], dtype=np.int64)
     if x.shape[0] == 0:
         return out
-    ct = np.ascontiguousarray(np.asarray(centroids, dtype=np.float32).T)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    if metric == "l2":  # argmin of |c|^2 - 2 x.c (|x|^2 does not change the argmin)
+        ct = np.ascontiguousarray(c.T * np.float32(-2.0))  # exact: a power of two
+        c_norms = np.einsum("ij,ij->i", c, c)
+        zeros = np.zeros(min(block, x.shape[0]), dtype=np.float32)
+        dists = np.empty(x.shape[0], dtype=np.float32)
+    else:
+        ct = np.ascontiguousarray(c.T)
     buf = np.empty((min(block, x.shape[0]), ct.shape[1]), dtype=np.float32)  # reused per block
     for start in range(0, x.shape[0], block):
         xb = x[start : start + block]
         sim = buf[: xb.shape[0]]
-        np.matmul(xb, ct, out=sim)
-        _argmax_rows(sim, out, start)
+        matmul_rows_batch(xb, ct, out=sim)
+        if metric == "l2":
+            _argmin_rows(sim, c_norms, zeros[: xb.shape[0]], out, dists, start)
+        else:
+            _argmax_rows(sim, out, start)
     return out
 
 

@@ -178,3 +178,19 @@ def test_argmax_rows_is_numpy_argmax(n, k, seed, kind):
     ivf._argmax_rows(sim, out, 3)
     np.testing.assert_array_equal(out[:3], -7)
     np.testing.assert_array_equal(out[3:], np.argmax(sim, axis=1))
+
+
+@SETTINGS
+@given(n=st.integers(1, 400), nlist=st.integers(1, 64), dim=DIMS, metric=METRICS, seed=st.integers(0, 2**32 - 1),
+       block=st.sampled_from([5, 64, 8192]))
+def test_assign_of_a_row_does_not_depend_on_its_batch(n, nlist, dim, metric, seed, block):
+    # float data with near ties among many lists: a row's list is the same whatever rows
+    # are assigned beside it (reversed, in other blocks, alone), which BLAS products do not
+    # promise and encoding (chunks, Ray workers) relies on
+    rng = np.random.default_rng(seed)
+    c = _data(rng, (nlist, dim), "float")
+    x = c[rng.integers(0, nlist, n)] + np.float32(1e-3) * _data(rng, (n, dim), "float")
+    whole = ivf.ivf_assign(x, c, metric)
+    np.testing.assert_array_equal(ivf.ivf_assign(x[::-1], c, metric, block=block)[::-1], whole)
+    np.testing.assert_array_equal(np.concatenate([ivf.ivf_assign(x[i:i + 1], c, metric) for i in range(min(n, 20))]),
+                                  whole[:20])

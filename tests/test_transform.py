@@ -158,3 +158,64 @@ def test_itq_sparse_updates_match_dense_recomputation(n, dim, seed, n_iter, dup)
     # the two may part ways only where a row's projection sits at zero to rounding
     e_sparse, e_dense = _itq_error(x, sparse), _itq_error(x, dense)
     assert abs(e_sparse - e_dense) <= 1e-4 * (1 + e_dense), (e_sparse, e_dense)
+
+
+def _sequential_product(x, w):
+    """numpy reference of matmul_rows: out += x[:, i] * w[i] for i in order, all float32."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.zeros((x.shape[0], w.shape[1]), dtype=np.float32)
+    for i in range(x.shape[1]):
+        out += x[:, i : i + 1] * w[i]
+    return out
+
+
+@SETTINGS
+@given(n=st.integers(0, 40), dim=st.sampled_from([1, 2, 7, 8, 9, 16, 17, 65]), m=st.sampled_from([1, 3, 16, 33]),
+       seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.float32, np.float16, np.float64]),
+       layout=st.sampled_from(["c", "fortran", "strided"]), scale=st.sampled_from([1e-20, 1.0, 1e18]))
+def test_matmul_rows_equals_the_sequential_sums_bit_for_bit(n, dim, m, seed, dtype, layout, scale):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, dim)) * (1.0 if dtype == np.float16 else scale)).astype(dtype)
+    w = rng.standard_normal((dim, m)).astype(np.float32)
+    ref = _sequential_product(x, w)
+    for fn in (transform.matmul_rows, transform.matmul_rows_batch):
+        got = fn(_user_input(x, dtype, layout), w)
+        assert got.dtype == np.float32 and got.shape == (n, m) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, ref)
+    # and it is the product: a float32 sum of dim terms errs by at most ~dim x 2^-24 x sum |x w|
+    x64 = x.astype(np.float64)
+    assert np.all(np.abs(ref - x64 @ w) <= 1e-5 * (np.abs(x64) @ np.abs(w)) + 1e-300)
+    out = np.full((n, m), np.nan, dtype=np.float32)
+    assert transform.matmul_rows_batch(x, w, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+
+
+@SETTINGS
+@given(n=st.integers(1, 300), dim=st.sampled_from([3, 24, 65]), seed=st.integers(0, 2**32 - 1),
+       cut=st.integers(1, 299), dup=st.booleans())
+def test_matmul_rows_of_a_row_do_not_depend_on_its_batch(n, dim, seed, cut, dup):
+    # what BLAS does not promise: the same row gives the same bits first, last, reversed,
+    # alone or in a chunk (a row's code must not depend on the rows encoded beside it)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    if dup:
+        x[n // 2 :] = x[0]
+    w = transform.random_rotation(dim, seed % 1000)
+    whole = transform.matmul_rows_batch(x, w)
+    np.testing.assert_array_equal(transform.matmul_rows_batch(x[::-1], w)[::-1], whole)
+    cut = min(cut, n)
+    np.testing.assert_array_equal(
+        np.concatenate([transform.matmul_rows_batch(x[:cut], w), transform.matmul_rows(x[cut:], w)]), whole)
+    np.testing.assert_array_equal(transform.matmul_rows(x[n - 1 : n], w), whole[n - 1 : n])
+    if dup:
+        np.testing.assert_array_equal(whole[n // 2 :], np.broadcast_to(whole[0], whole[n // 2 :].shape))
+
+
+def test_matmul_rows_rejects_mismatched_shapes():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"expected x \(n, d\) and w \(d, m\)"):
+        transform.matmul_rows(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        transform.matmul_rows(np.zeros((2, 3), np.float32), np.zeros((3, 3), np.float32),
+                              out=np.zeros((3, 3), np.float32))
