@@ -43,11 +43,20 @@ _LACKING = {
     "avx2": _OLD_X86 | {"ivybridge", "core-avx-i", "btver2", "bdver2", "bdver3"},
     "f16c": _OLD_X86,
 }
+# ... and the LLVM x86 CPU names that have a feature few CPUs have (AVX-512 byte shuffles:
+# Intel server cores since Skylake-SP, Ice/Tiger/Rocket Lake clients, AMD Zen 4 and 5).
+_HAVING = {
+    "avx512bw": {
+        "skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
+        "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
+        "diamondrapids", "znver4", "znver5", "x86-64-v4",
+    },
+}
 
 
 def target_has(feature: str) -> bool:
-    """Whether Numba's target CPU has the x86 `feature` ("avx2" or "f16c", or any feature
-    NUMBA_CPU_FEATURES names).
+    """Whether Numba's target CPU has the x86 `feature` ("avx2", "f16c" or "avx512bw", or any
+    feature NUMBA_CPU_FEATURES names).
 
     NUMBA_CPU_FEATURES, when set, is the feature list Numba passes to LLVM ("+avx2,..."; an
     empty string means the named CPU's own features); unset, Numba uses the host's features
@@ -59,8 +68,10 @@ def target_has(feature: str) -> bool:
     flags = {f.strip() for f in features.split(",") if f.strip()}
     if f"+{feature}" in flags or f"-{feature}" in flags:
         return f"+{feature}" in flags
-    if feature not in _LACKING:
-        raise ValueError(f"target_has: expected one of {sorted(_LACKING)} or a feature named in "
-                         f"NUMBA_CPU_FEATURES, found {feature!r}")
+    if feature not in _LACKING and feature not in _HAVING:
+        raise ValueError(f"target_has: expected one of {sorted(_LACKING) + sorted(_HAVING)} or a feature "
+                         f"named in NUMBA_CPU_FEATURES, found {feature!r}")
     name = (config.CPU_NAME or llvm_binding.get_host_cpu_name()).lower()
+    if feature in _HAVING:
+        return name in _HAVING[feature]
     return name not in _LACKING[feature]

@@ -27,6 +27,14 @@ from vecz.kernels import _jit, dense, fastscan
     ("x86-64", "+avx2,+f16c", "avx2", True),
     ("skylake", "-avx2", "avx2", False),
     ("generic", "+sse2", "f16c", False),
+    ("znver5", "", "avx512bw", True),
+    ("sapphirerapids", "", "avx512bw", True),
+    ("skylake-avx512", "", "avx512bw", True),
+    ("skylake", "", "avx512bw", False),
+    ("haswell", "", "avx512bw", False),
+    ("znver3", "", "avx512bw", False),
+    ("x86-64", "+avx2,+avx512bw", "avx512bw", True),
+    ("znver4", "-avx512bw", "avx512bw", False),
 ])
 def test_target_has_follows_numba_cpu_name_and_features(monkeypatch, name, features, feature, expected):
     monkeypatch.setattr(config, "CPU_NAME", name)
@@ -50,6 +58,9 @@ def test_unknown_feature_without_a_feature_list_is_refused(monkeypatch):
 def test_the_kernels_follow_this_process_target():
     """Under CI's NUMBA_CPU_NAME=x86-64 run this proves the scalar twins were chosen."""
     assert fastscan.HAS_SHUFFLE is _jit.target_has("avx2")
+    assert fastscan.HAS_SHUFFLE_512 is (fastscan.HAS_SHUFFLE and _jit.target_has("avx512bw"))
     assert dense._HAS_F16C is _jit.target_has("f16c")
     if os.environ.get("NUMBA_CPU_NAME") == "x86-64" and os.environ.get("NUMBA_CPU_FEATURES") == "":
-        assert not fastscan.HAS_SHUFFLE and not dense._HAS_F16C
+        assert not fastscan.HAS_SHUFFLE and not fastscan.HAS_SHUFFLE_512 and not dense._HAS_F16C
+    if os.environ.get("NUMBA_CPU_NAME") == "haswell" and os.environ.get("NUMBA_CPU_FEATURES") == "":
+        assert fastscan.HAS_SHUFFLE and not fastscan.HAS_SHUFFLE_512
