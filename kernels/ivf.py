@@ -52,7 +52,8 @@ def _argmax_rows(sim, out, start):
 def ivf_assign(x: np.ndarray, centroids: np.ndarray, metric: str, block: int = 8192) -> np.ndarray:
     # The products come from `transform.matmul_rows_batch`, not BLAS: a row's list must not
     # depend on the rows encoded beside it (BLAS's last bits do, and a near tie then moves
-    # the row to another list and changes its whole code), at the same speed.
+    # the row to another list and changes its whole code). Cost: 0.55 s against BLAS's
+    # 0.50 s for 117,647 x 384 rows and 1,024 lists (2 threads, Zen 5).
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(x.shape[0], dtype=np.int64)
     if x.shape[0] == 0:
