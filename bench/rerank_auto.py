@@ -69,14 +69,21 @@ def qps(fn, nq: int) -> float:
     return nq / best
 
 
-def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int = 50) -> dict[str, float]:
-    """Observed share of pairs under the upper bound (and above the lower), per confidence."""
-    model = store.error_model()
+def code_shortlist(store: Store, q: np.ndarray, depth: int) -> tuple[np.ndarray, tuple]:
+    """The queries as the store scores them (float32, unit rows under cosine) and their code
+    shortlist of `depth` over all segments at the store's default nprobe (`_shortlist`'s
+    (est, seg_of, rows, ids, candidates))."""
     x = q.astype(np.float32)
     if store.metric == "cosine":
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
     nprobe = max(1, store.codec.nlist // 8)
-    est, seg_of, rows, ids, _ = _shortlist(store.codec, store._segments, x, depth, nprobe, False)
+    return x, _shortlist(store.codec, store._segments, x, depth, nprobe, False)
+
+
+def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int = 50) -> dict[str, float]:
+    """Observed share of pairs under the upper bound (and above the lower), per confidence."""
+    model = store.error_model()
+    x, (est, seg_of, rows, ids, _) = code_shortlist(store, q, depth)
     valid = ids >= 0
     vec = store.get(ids[valid])
     qi = np.nonzero(valid)[0]
@@ -98,15 +105,8 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
 def code_ranks(store: Store, q: np.ndarray, gt: np.ndarray, depth: int = ORACLE_DEPTH) -> np.ndarray:
     """Where each true top-10 id stands in the code scores' order (-1 beyond `depth`), at the
     store's default nprobe, over all segments, in chunks of 1,000 queries."""
-    x = q.astype(np.float32)
-    if store.metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    nprobe = max(1, store.codec.nlist // 8)
-    parts = []
-    for a in range(0, len(x), 1000):
-        ids = _shortlist(store.codec, store._segments, x[a:a + 1000], depth, nprobe, False)[3]
-        parts.append(truth_ranks(ids, gt[a:a + 1000], K))
-    return np.concatenate(parts)
+    return np.concatenate([truth_ranks(code_shortlist(store, q[a:a + 1000], depth)[1][3], gt[a:a + 1000], K)
+                           for a in range(0, len(q), 1000)])
 
 
 def oracle(ranks: np.ndarray, recall_value: float) -> dict | None:

@@ -15,8 +15,8 @@ idea of faiss's fast-scan (André et al.) in a simpler layout of our own:
 - per block: acc[v] = sum_m qlut[m, code[v, m]] in uint16; score = bias + a * acc[v].
 
 `fs_block_accumulate` emits the loop in LLVM IR with the AVX2 `pshuf.b` intrinsic when the
-host has AVX2 (checked once at import) and otherwise runs a scalar loop with identical
-integer results. Reference: tests/reference/pq.py (`fastscan_accumulate_ref`).
+target has AVX2, one 512-bit shuffle per pair where it has AVX-512BW (checked once at
+import), and otherwise runs a scalar loop with identical integer results. Reference: tests/reference/pq.py (`fastscan_accumulate_ref`).
 
 Batches of queries that probe the same lists (every query without IVF) are scanned by the
 `*_multi` kernels: each block's code bytes are loaded and split into nibbles once for
@@ -80,15 +80,17 @@ BLOCK = 32
 # The AVX2 byte shuffle is emitted only when Numba's target has AVX2 (NUMBA_CPU_NAME=x86-64
 # on an AVX2 host must get the scalar twins, not an intrinsic LLVM cannot select).
 HAS_SHUFFLE = target_has("avx2")
-# With AVX-512BW one 512-bit shuffle does both of a pair's 256-bit ones (below): 35-45% more
-# QPS on a Zen 5, where faiss's AVX-512 fast scan had run 1.4x ahead of the AVX2 loop.
+# With AVX-512BW one 512-bit shuffle does both of a pair's 256-bit ones (`_emit_shuffle_lanes`):
+# on a Zen 5 the PQ96x4 fast scan went from 6,261-7,489 to 10,072-10,610 QPS: 0.88-1.01x of
+# faiss's AVX-512 fast scan in four runs, from 0.66-0.73x.
 HAS_SHUFFLE_512 = HAS_SHUFFLE and target_has("avx512bw")
 
 
 @intrinsic
 def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, qluts, out):
     """acc (32 x uint16) over pairs [pair_start, pair_start + pair_count) of one block, with
-    tables qluts[0 : 2 * pair_count], by AVX2 byte shuffles; written to `out`."""
+    tables qluts[0 : 2 * pair_count], by byte shuffles; written to `out` (one lane of
+    `_emit_shuffle_lanes`, tables 32 bytes apart)."""
     sig = types.void(blocks, block_index, pair_start, pair_count, qluts, out)
 
     def codegen(context, builder, signature, args):
@@ -96,159 +98,97 @@ def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, 
         blocks_a = context.make_array(signature.args[0])(context, builder, blocks_v)
         qlut_a = context.make_array(signature.args[4])(context, builder, qlut_v)
         out_a = context.make_array(signature.args[5])(context, builder, out_v)
-        i8 = ir.IntType(8)
         i64 = ir.IntType(64)
-        v8 = ir.VectorType(i8, 32)
-        v16 = ir.VectorType(ir.IntType(16), 32)
         row_pairs = builder.extract_value(blocks_a.shape, 1)
         index = context.cast(builder, index_v, signature.args[1], types.int64)
         first = context.cast(builder, start_v, signature.args[2], types.int64)
         n_pairs = context.cast(builder, count_v, signature.args[3], types.int64)
         start = builder.mul(builder.add(builder.mul(index, row_pairs), first), ir.Constant(i64, 32))
         base = builder.gep(blocks_a.data, [start])
-        lut_base = qlut_a.data
-        if HAS_SHUFFLE_512:  # one lane of the multi-query loop (tables 32 bytes apart)
-            lut_bytes = builder.bitcast(lut_base, ir.IntType(8).as_pointer())
-            _emit_shuffle_lanes_512(builder, base, [lut_bytes], ir.Constant(i64, 32), n_pairs, out_a)
-            return context.get_dummy_value()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
-        low = ir.Constant(v8, [15] * 32)
-        four = ir.Constant(v8, [4] * 32)
-        w16 = ir.VectorType(ir.IntType(16), 16)
-        eight = ir.Constant(w16, [8] * 16)
-        # No widening (faiss's trick): a shuffle result read as 16 uint16 words adds
-        # row 2i + 256 * row 2i+1 into `all`, and its high bytes alone into `odd`; at the end
-        # even rows = all - 256 * odd (mod 2**16, the same wrap-around as a uint16 sum).
-        all_ptr = cgutils.alloca_once_value(builder, ir.Constant(w16, [0] * 16))
-        odd_ptr = cgutils.alloca_once_value(builder, ir.Constant(w16, [0] * 16))
-        with cgutils.for_range(builder, n_pairs) as loop:
-            j = loop.index
-            codes_ptr = builder.bitcast(builder.gep(base, [builder.mul(j, ir.Constant(i64, 32))]), v8.as_pointer())
-            codes = builder.load(codes_ptr, align=1)
-            lo = builder.and_(codes, low)
-            hi = builder.and_(builder.lshr(codes, four), low)
-            t_off = builder.mul(j, ir.Constant(i64, 64))
-            t0 = builder.load(builder.bitcast(builder.gep(lut_base, [t_off]), v8.as_pointer()), align=1)
-            t1 = builder.load(builder.bitcast(builder.gep(lut_base, [builder.add(t_off, ir.Constant(i64, 32))]),
-                                              v8.as_pointer()), align=1)
-            r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
-            r1 = builder.bitcast(builder.call(fn, [t1, hi]), w16)
-            builder.store(builder.add(builder.load(all_ptr), builder.add(r0, r1)), all_ptr)
-            odd = builder.add(builder.lshr(r0, eight), builder.lshr(r1, eight))
-            builder.store(builder.add(builder.load(odd_ptr), odd), odd_ptr)
-        odd_sum = builder.load(odd_ptr)
-        even_sum = builder.sub(builder.load(all_ptr), builder.shl(odd_sum, eight))
-        mask = [i // 2 + (16 if i % 2 else 0) for i in range(32)]  # interleave even, odd rows
-        acc = builder.shuffle_vector(even_sum, odd_sum, ir.Constant(ir.VectorType(ir.IntType(32), 32), mask))
-        builder.store(acc, builder.bitcast(out_a.data, v16.as_pointer()), align=1)
+        luts = builder.bitcast(qlut_a.data, ir.IntType(8).as_pointer())
+        _emit_shuffle_lanes(builder, base, [luts], ir.Constant(i64, 32), n_pairs, out_a)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 def _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a):
-    """The loop of `_make_shuffle_accumulate_lanes`: pairs [0, n_pairs) of the block at
-    `base` (i8*), each code byte vector split once and shuffled with every lane's tables
-    (lane_luts: one i8* per lane, tables `row_stride` bytes apart); acc of lane i stored to
-    out_a row i."""
-    if HAS_SHUFFLE_512:
-        _emit_shuffle_lanes_512(builder, base, lane_luts, row_stride, n_pairs, out_a)
-        return
-    n_lanes = len(lane_luts)
-    i8 = ir.IntType(8)
-    i64 = ir.IntType(64)
-    v8 = ir.VectorType(i8, 32)
-    v16 = ir.VectorType(ir.IntType(16), 32)
-    w16 = ir.VectorType(ir.IntType(16), 16)
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
-    low = ir.Constant(v8, [15] * 32)
-    four = ir.Constant(v8, [4] * 32)
-    eight = ir.Constant(w16, [8] * 16)
-    zero = ir.Constant(w16, [0] * 16)
-    all_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
-    odd_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
-    with cgutils.for_range(builder, n_pairs) as loop:
-        j = loop.index
-        codes_ptr = builder.bitcast(builder.gep(base, [builder.mul(j, ir.Constant(i64, 32))]), v8.as_pointer())
-        codes = builder.load(codes_ptr, align=1)
-        lo = builder.and_(codes, low)
-        hi = builder.and_(builder.lshr(codes, four), low)
-        t_off = builder.mul(j, builder.add(row_stride, row_stride))
-        for lane in range(n_lanes):
-            p0 = builder.gep(lane_luts[lane], [t_off])
-            p1 = builder.gep(p0, [row_stride])
-            t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
-            t1 = builder.load(builder.bitcast(p1, v8.as_pointer()), align=1)
-            r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
-            r1 = builder.bitcast(builder.call(fn, [t1, hi]), w16)
-            builder.store(builder.add(builder.load(all_ptrs[lane]), builder.add(r0, r1)), all_ptrs[lane])
-            odd = builder.add(builder.lshr(r0, eight), builder.lshr(r1, eight))
-            builder.store(builder.add(builder.load(odd_ptrs[lane]), odd), odd_ptrs[lane])
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), 32), [i // 2 + (16 if i % 2 else 0) for i in range(32)])
-    out_bytes = builder.bitcast(out_a.data, i8.as_pointer())
-    out_stride = builder.extract_value(out_a.strides, 0)
-    for lane in range(n_lanes):
-        odd_sum = builder.load(odd_ptrs[lane])
-        even_sum = builder.sub(builder.load(all_ptrs[lane]), builder.shl(odd_sum, eight))
-        acc = builder.shuffle_vector(even_sum, odd_sum, mask)
-        dst = builder.gep(out_bytes, [builder.mul(ir.Constant(i64, lane), out_stride)])
-        builder.store(acc, builder.bitcast(dst, v16.as_pointer()), align=1)
+    """The loop of the shuffle intrinsics: pairs [0, n_pairs) of the block at `base` (i8*),
+    each code byte vector split once and shuffled with every lane's tables (lane_luts: one
+    i8* per lane, tables `row_stride` bytes apart); acc of lane i stored to out_a row i.
 
-
-def _emit_shuffle_lanes_512(builder, base, lane_luts, row_stride, n_pairs, out_a):
-    """`_emit_shuffle_lanes` with AVX-512BW: a pair's 32 code bytes are loaded once into both
-    halves of a 512-bit vector and the upper half shifted by a nibble, so one byte shuffle
-    of [table 2j | table 2j + 1] against [low nibbles | high nibbles] does the pair's two
-    256-bit shuffles. The halves accumulate apart and are added at the end: uint16 sums mod
-    2**16 in another order, the same integers."""
+    No widening (faiss's trick): a shuffle result read as uint16 words adds row 2i + 256 *
+    row 2i+1 into `all`, and its high bytes alone into `odd`; at the end even rows = all -
+    256 * odd (mod 2**16, the same wrap-around as a uint16 sum). AVX2: two 256-bit shuffles
+    per pair (low nibbles with table 2j, high with 2j + 1). AVX-512BW (`HAS_SHUFFLE_512`):
+    the pair's 32 code bytes fill both halves of a 512-bit vector, the upper half shifted by
+    a nibble, and one shuffle of [table 2j | table 2j + 1] does both; the halves accumulate
+    apart and are added at the end, the same integers."""
+    wide = HAS_SHUFFLE_512
     n_lanes = len(lane_luts)
     i8 = ir.IntType(8)
     i16 = ir.IntType(16)
     i32 = ir.IntType(32)
     i64 = ir.IntType(64)
     v8 = ir.VectorType(i8, 32)
-    v64 = ir.VectorType(i8, 64)
     v16 = ir.VectorType(i16, 32)
     w16 = ir.VectorType(i16, 16)
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v64, [v64, v64]),
-                                        "llvm.x86.avx512.pshuf.b.512")
-    low = ir.Constant(v64, [15] * 64)
-    nibble = ir.Constant(v16, [0] * 16 + [4] * 16)  # the upper half's words shift by 4
-    eight = ir.Constant(v16, [8] * 32)
-    zero = ir.Constant(v16, [0] * 32)
-    twice = ir.Constant(ir.VectorType(i32, 64), list(range(32)) * 2)
-    joined = ir.Constant(ir.VectorType(i32, 64), list(range(64)))
+    if wide:
+        v64 = ir.VectorType(i8, 64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v64, [v64, v64]),
+                                            "llvm.x86.avx512.pshuf.b.512")
+        low = ir.Constant(v64, [15] * 64)
+        nibble = ir.Constant(v16, [0] * 16 + [4] * 16)  # the upper half's words shift by 4
+        twice = ir.Constant(ir.VectorType(i32, 64), list(range(32)) * 2)
+        joined = ir.Constant(ir.VectorType(i32, 64), list(range(64)))
+    else:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8]), "llvm.x86.avx2.pshuf.b")
+        low = ir.Constant(v8, [15] * 32)
+        four = ir.Constant(v8, [4] * 32)
+    sums = v16 if wide else w16
+    eight = ir.Constant(sums, [8] * sums.count)
+    zero = ir.Constant(sums, [0] * sums.count)
     all_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
     odd_ptrs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_lanes)]
     with cgutils.for_range(builder, n_pairs) as loop:
         j = loop.index
         codes_ptr = builder.bitcast(builder.gep(base, [builder.mul(j, ir.Constant(i64, 32))]), v8.as_pointer())
         codes = builder.load(codes_ptr, align=1)
-        both = builder.bitcast(builder.shuffle_vector(codes, codes, twice), v16)
-        index = builder.and_(builder.bitcast(builder.lshr(both, nibble), v64), low)
+        if wide:
+            both = builder.bitcast(builder.shuffle_vector(codes, codes, twice), v16)
+            nibbles = builder.and_(builder.bitcast(builder.lshr(both, nibble), v64), low)
+        else:
+            lo = builder.and_(codes, low)
+            hi = builder.and_(builder.lshr(codes, four), low)
         t_off = builder.mul(j, builder.add(row_stride, row_stride))
         for lane in range(n_lanes):
             p0 = builder.gep(lane_luts[lane], [t_off])
             p1 = builder.gep(p0, [row_stride])
             t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
             t1 = builder.load(builder.bitcast(p1, v8.as_pointer()), align=1)
-            r = builder.bitcast(builder.call(fn, [builder.shuffle_vector(t0, t1, joined), index]), v16)
-            builder.store(builder.add(builder.load(all_ptrs[lane]), r), all_ptrs[lane])
-            builder.store(builder.add(builder.load(odd_ptrs[lane]), builder.lshr(r, eight)), odd_ptrs[lane])
-    lower = ir.Constant(ir.VectorType(i32, 16), list(range(16)))
-    upper = ir.Constant(ir.VectorType(i32, 16), list(range(16, 32)))
+            if wide:
+                r = builder.bitcast(builder.call(fn, [builder.shuffle_vector(t0, t1, joined), nibbles]), v16)
+                add_all, add_odd = r, builder.lshr(r, eight)
+            else:
+                r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
+                r1 = builder.bitcast(builder.call(fn, [t1, hi]), w16)
+                add_all = builder.add(r0, r1)
+                add_odd = builder.add(builder.lshr(r0, eight), builder.lshr(r1, eight))
+            builder.store(builder.add(builder.load(all_ptrs[lane]), add_all), all_ptrs[lane])
+            builder.store(builder.add(builder.load(odd_ptrs[lane]), add_odd), odd_ptrs[lane])
+    halves = (ir.Constant(ir.VectorType(i32, 16), list(range(16))),
+              ir.Constant(ir.VectorType(i32, 16), list(range(16, 32))))
     mask = ir.Constant(ir.VectorType(i32, 32), [i // 2 + (16 if i % 2 else 0) for i in range(32)])
     out_bytes = builder.bitcast(out_a.data, i8.as_pointer())
     out_stride = builder.extract_value(out_a.strides, 0)
     for lane in range(n_lanes):
-        both_all = builder.load(all_ptrs[lane])
-        both_odd = builder.load(odd_ptrs[lane])
-        all_sum = builder.add(builder.shuffle_vector(both_all, both_all, lower),
-                              builder.shuffle_vector(both_all, both_all, upper))
-        odd_sum = builder.add(builder.shuffle_vector(both_odd, both_odd, lower),
-                              builder.shuffle_vector(both_odd, both_odd, upper))
+        all_sum = builder.load(all_ptrs[lane])
+        odd_sum = builder.load(odd_ptrs[lane])
+        if wide:  # add the halves: pair tables 2j in the lower, 2j + 1 in the upper
+            all_sum = builder.add(*(builder.shuffle_vector(all_sum, all_sum, h) for h in halves))
+            odd_sum = builder.add(*(builder.shuffle_vector(odd_sum, odd_sum, h) for h in halves))
         even_sum = builder.sub(all_sum, builder.shl(odd_sum, ir.Constant(w16, [8] * 16)))
-        acc = builder.shuffle_vector(even_sum, odd_sum, mask)
+        acc = builder.shuffle_vector(even_sum, odd_sum, mask)  # interleave even, odd rows
         dst = builder.gep(out_bytes, [builder.mul(ir.Constant(i64, lane), out_stride)])
         builder.store(acc, builder.bitcast(dst, v16.as_pointer()), align=1)
 

@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch
-from .kmeans import _argmin_rows, float_order_key
+from .kmeans import float_order_key
 from .topk import topk_init, topk_push, topk_sort
 from .transform import matmul_rows_batch
 
@@ -59,11 +59,9 @@ def ivf_assign(x: np.ndarray, centroids: np.ndarray, metric: str, block: int = 8
     if x.shape[0] == 0:
         return out
     c = np.ascontiguousarray(centroids, dtype=np.float32)
-    if metric == "l2":  # argmin of |c|^2 - 2 x.c (|x|^2 does not change the argmin)
-        ct = np.ascontiguousarray(c.T * np.float32(-2.0))  # exact: a power of two
+    if metric == "l2":  # the largest 2 x.c - |c|^2 is the nearest (|x|^2 is the same for all)
+        ct = np.ascontiguousarray(c.T * np.float32(2.0))  # exact: a power of two
         c_norms = np.einsum("ij,ij->i", c, c)
-        zeros = np.zeros(min(block, x.shape[0]), dtype=np.float32)
-        dists = np.empty(x.shape[0], dtype=np.float32)
     else:
         ct = np.ascontiguousarray(c.T)
     buf = np.empty((min(block, x.shape[0]), ct.shape[1]), dtype=np.float32)  # reused per block
@@ -72,9 +70,8 @@ def ivf_assign(x: np.ndarray, centroids: np.ndarray, metric: str, block: int = 8
         sim = buf[: xb.shape[0]]
         matmul_rows_batch(xb, ct, out=sim)
         if metric == "l2":
-            _argmin_rows(sim, c_norms, zeros[: xb.shape[0]], out, dists, start)
-        else:
-            _argmax_rows(sim, out, start)
+            np.subtract(sim, c_norms, out=sim)
+        _argmax_rows(sim, out, start)
     return out
 
 
