@@ -238,6 +238,13 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
     return arr
 
 
+def _encode_scope(n: int) -> query_threads:
+    """The thread scope of training or encoding a chunk of `n` rows: its parallel kernels run
+    inside the fork guard (engine/parallel.py), on this thread alone where the guard says
+    no (a process forked while another thread used TBB), all threads otherwise."""
+    return query_threads(n, 1)
+
+
 class Codec:
     """A codec named by a spec string, for vectors of width `dim` under `metric`.
 
@@ -468,6 +475,10 @@ class Codec:
         """`train` on rows already through `_prepare`."""
         if x.shape[0] == 0:
             raise InvalidInput("training sample: expected at least 1 row, found 0")
+        with _encode_scope(x.shape[0]):
+            return self._fit_rows(x)
+
+    def _fit_rows(self, x: np.ndarray) -> "Codec":
         rng = np.random.default_rng(self.seed)
         if x.shape[0] > self.train_size:
             x = x[np.sort(rng.choice(x.shape[0], self.train_size, replace=False))]
@@ -547,17 +558,19 @@ class Codec:
         for a in range(0, n, step):
             xa = x[a:a + step]
             r = xa - state["centroids"][codes.lists[a:a + step]] if self._residual else xa
-            out[a:a + step] = self.quantizer.coding_errors(r, codes.codes[a:a + step], state, self.width)
+            with _encode_scope(len(xa)):
+                out[a:a + step] = self.quantizer.coding_errors(r, codes.codes[a:a + step], state, self.width)
         return out
 
     def _encode_chunk(self, x: np.ndarray, state: dict[str, np.ndarray]) -> Codes:
-        lists = self._assign_prepared(x)
-        if self._residual:
-            r = state["centroids"][lists]
-            np.subtract(x, r, out=r)
-        else:
-            r = x
-        codes = self.quantizer.encode(r, state)
+        with _encode_scope(len(x)):
+            lists = self._assign_prepared(x)
+            if self._residual:
+                r = state["centroids"][lists]
+                np.subtract(x, r, out=r)
+            else:
+                r = x
+            codes = self.quantizer.encode(r, state)
         return Codes(np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(r), self.code_size), lists)
 
     def _split_rb(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

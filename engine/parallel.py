@@ -9,11 +9,14 @@ parent, then in forked children, in `multiprocessing` fork pools and from 4 thre
   from a process already using GNU OpenMP"), a fork pool hangs, and a grandchild hangs.
 - ``workqueue`` is fork-safe but not thread-safe: two threads in parallel regions at once
   abort the process ("Concurrent access has been detected").
-- ``tbb`` is both, with one gap: a fork while another thread is inside a region leaves
-  TBB's scheduler half-copied: 6 and 14 of 200 such children hung in their first region
-  (none of 500 when the fork waited for the region to end, as below). Numba prints "Unable
-  to join threads to shut down before fork()" on stdout at every fork once another thread
-  has run a TBB region; after that wait the message is harmless.
+- ``tbb`` is both, with one gap: Numba shuts TBB's scheduler down before a fork, and cannot
+  while another live thread has run a TBB region (it prints "Unable to join threads to shut
+  down before fork()" on stdout). The child then inherits a half-copied scheduler and may
+  hang in its first region: on a Zen 4, 6 and 14 of 200 children forked while another
+  thread was inside a region, none of 500 when the fork waited for the region to end; on a
+  Zen 5, 13 of 60 children hung even after that wait (the other thread kept running regions
+  back to back), none of 60 when the other thread had exited, none of 60 when only the
+  forking thread had run regions.
 
 Policy, decided once, when ``import vecz`` imports this module (before any region can run):
 
@@ -28,18 +31,28 @@ Policy, decided once, when ``import vecz`` imports this module (before any regio
    distribution recorded, and Numba's TBB layer then links against it.
 
 `parallel_region` is the guard for the engine to hold around the parallel kernels of one
-search (or one encode), asking which kernels to run: ``True``, the ``*_batch`` drivers;
-``False``, their serial twins (never a ``*_batch`` driver, not even on one thread: GNU
-OpenMP's fork check runs in every parallel region). It makes every layer safe for what it
-lacks:
+search (or one encode), asking how to run them: ``True``, the ``*_batch`` drivers on all
+threads; ``False``, on the calling thread alone. The engine (`engine.threads.query_threads`,
+held by every search, training and encode) then sets ``numba.set_num_threads(1)`` for the
+call: TBB runs the region in an arena of one slot that wakes no worker. Measured on a Zen 5,
+children forked while the parent's other thread kept searching (IVF16,RB1 store, 16
+queries a search), each searching once: 9 of 450 hung when the fork only waited for the
+search to end, 36 of 450 when they were marked but still ran on all threads, 0 of 900 on
+one thread. Under ``omp`` that is not enough (GNU OpenMP's fork
+check runs in every parallel region, also on one thread): only serial twins would do, which
+the engine does not choose yet. It makes every layer safe for what it lacks:
 
 - ``omp``: a process forked after the parent started GNU OpenMP (and its descendants) gets
   ``False`` forever: they cannot enter OpenMP again.
 - ``workqueue``: one region at a time per process; a thread that finds the pool taken gets
   ``False`` and runs its query batch on its own thread instead of waiting or aborting.
-- ``tbb`` (and ``workqueue``): ``os.fork`` waits until regions running on other threads
-  finish (new ones wait for the fork), so the child's pool starts clean; if they have not
-  finished after `FORK_WAIT_S` seconds, the child gets ``False`` forever.
+- ``tbb`` and ``workqueue``: ``os.fork`` waits until regions running on other threads
+  finish (new ones wait for the fork), so the child's pool starts clean and no search holds
+  a lock (the engine's or BLAS's) at the fork; if they have not finished after
+  `FORK_WAIT_S` seconds, the child gets ``False`` forever.
+- ``tbb``: a process forked while another live thread has entered a region (now or before)
+  gets ``False`` forever as well; a process forked when only the forking thread (or threads
+  that have since exited) ran regions starts TBB afresh and runs in parallel.
 
 Thread safety: `parallel_region` may be entered from any number of threads; its state is
 guarded by one condition variable and re-created in a forked child.
@@ -51,6 +64,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from importlib import metadata
 from typing import Any
 
@@ -68,6 +82,9 @@ _DEFAULT_PRIORITY = ["tbb", "omp", "workqueue"]
 # query batch (milliseconds to a few seconds); the bound keeps a fork from blocking forever
 # behind a thread that waits for the forking one.
 FORK_WAIT_S = 10.0
+# How long a fork waits for a thread that ran TBB regions and whose Python side has ended
+# to finish exiting (its TLS destructors detach it from TBB): a child forked before runs serially.
+EXIT_WAIT_S = 1.0
 
 
 def _load_tbb() -> bool:
@@ -158,6 +175,7 @@ _fork_dirty = False     # the fork went ahead with regions running on other thre
 _serial_only = False    # this process may not enter a parallel region again
 _epoch = 0              # forks survived: a region entered before the fork is not counted after
 _pool = threading.Lock()  # workqueue: the one region allowed at a time
+_region_threads: set[int] = set()  # native ids of the threads that entered a region
 _local = threading.local()
 
 
@@ -193,6 +211,7 @@ class parallel_region:
                     return False
                 self._pool_held = True
             _in_flight += 1
+            _region_threads.add(threading.get_native_id())
             _local.depth = getattr(_local, "depth", 0) + 1
             self._epoch = _epoch
         return True
@@ -209,6 +228,30 @@ class parallel_region:
             _cond.notify_all()
 
 
+def _live_threads() -> set[int]:
+    """Native ids of this process's threads that have not finished exiting. A joined
+    Python thread may still be running its TLS destructors (where TBB lets it go), so on
+    Linux the kernel's task list decides, not `threading.enumerate`."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except (OSError, ValueError):
+        return {t.native_id for t in threading.enumerate() if t.native_id is not None}
+
+
+def _attached_threads() -> set[int]:
+    """Other live threads that have entered a region (under ``_cond``). A thread whose Python
+    side has ended (joined) is given up to `EXIT_WAIT_S` to finish exiting."""
+    me = threading.get_native_id()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while True:
+        _region_threads.intersection_update(_live_threads())
+        others = _region_threads - {me}
+        running = {t.native_id for t in threading.enumerate()}
+        if not others or others & running or time.monotonic() > deadline:
+            return others
+        time.sleep(0.001)
+
+
 def _before_fork() -> None:
     global _fork_pending, _fork_dirty
     _fork_dirty = False
@@ -217,8 +260,14 @@ def _before_fork() -> None:
         return  # nothing to protect, or a child that will not enter OpenMP anyway
     with _cond:
         _fork_pending = True
+        # The wait also keeps the engine's own locks and BLAS free at the fork: a search holds
+        # its region around all of its work.
         own = getattr(_local, "depth", 0)  # a fork from inside a region does not wait for itself
         _fork_dirty = not _cond.wait_for(lambda: _in_flight == own, timeout=FORK_WAIT_S)
+        if layer == "tbb":
+            # TBB cannot be shut down for the fork while another live thread is attached to
+            # it (module docstring); waiting for its regions to end does not help
+            _fork_dirty = bool(_attached_threads()) or _fork_dirty
 
 
 def _after_fork_in_parent() -> None:
@@ -234,6 +283,7 @@ def _after_fork_in_child() -> None:
     # thread's own regions (a fork from inside one) are left uncounted by the new epoch.
     _cond, _pool, _local = threading.Condition(), threading.Lock(), threading.local()
     _in_flight, _fork_pending, _epoch = 0, False, _epoch + 1
+    _region_threads.clear()  # a clean fork shut TBB down; a dirty child never enters it
     layer = _running_layer()
     if layer == "omp" or (_fork_dirty and layer is not None):
         _serial_only = True

@@ -9,11 +9,15 @@ scheduler tick. Small batches gain nothing from threads, so `Codec.plan`,
 index's ``PARALLEL_MIN_QUERIES`` their Numba batch drivers on the calling thread. Both
 scopes give the caller back exactly the settings it had. The outermost scope also holds
 `parallel_region`, so an ``os.fork`` on another thread waits until the call's parallel
-regions are done (a fork inside a TBB region can leave the child hung).
+regions are done (a fork inside a TBB region can leave the child hung), and where that
+guard says no (a process forked while another thread was attached to TBB) the call runs
+its Numba kernels on the calling thread alone. `Codec` holds one scope around training and
+each encoded chunk (``query_threads(n, 1)``: all threads unless the guard says no).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -48,6 +52,7 @@ class _SerialBlas:
     _lock = threading.Lock()
     _depth = 0
     _saved: list[int] = []
+    _held = threading.local()  # .n: scopes this thread holds
 
     @classmethod
     def _controllers(cls) -> list:
@@ -67,16 +72,34 @@ class _SerialBlas:
                     if n != 1:
                         lib.set_num_threads(1)
             cls._depth += 1
+            cls._held.n = getattr(cls._held, "n", 0) + 1
 
     def __exit__(self, *exc: Any) -> None:
         cls = type(self)
         with cls._lock:
             cls._depth -= 1
+            cls._held.n -= 1
             if cls._depth == 0:
                 for lib, n in zip(cls._controllers(), cls._saved):
                     if n != 1:
                         lib.set_num_threads(n)
 
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        """The scopes of the parent's other threads did not come along: only this thread's
+        count, under a fresh lock (the parent's may have been taken at the fork); with none
+        left, the saved BLAS thread counts are restored."""
+        cls._lock = threading.Lock()
+        own = getattr(cls._held, "n", 0)
+        if cls._depth > 0 and own == 0:
+            for lib, n in zip(cls._controllers(), cls._saved):
+                if n != 1:
+                    lib.set_num_threads(n)
+        cls._depth = own
+
+
+os.register_at_fork(after_in_child=_SerialBlas._after_fork_in_child)
 
 _local = threading.local()
 
@@ -108,8 +131,10 @@ class query_threads:
     def __enter__(self) -> "query_threads":
         if getattr(_local, "active", False):
             return self  # inside another scope on this thread: it holds the policy
-        # a fork on another thread waits for this call's parallel regions (engine/parallel.py)
-        self._region.__enter__()
+        # a fork on another thread waits for this call's parallel regions (engine/parallel.py);
+        # where the guard says no, the call's kernels run on this thread alone
+        if not self._region.__enter__():
+            self._serial = True
         if self._blas is not None:
             try:
                 self._blas.__enter__()

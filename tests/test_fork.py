@@ -119,13 +119,27 @@ def _store_child(mode: str, path: str) -> dict[str, Any]:
                 # so the forks below wait for the search's regions to end
                 searches.append(_search() == ref)
 
+        from vecz.engine import parallel
+
+        rows = np.random.default_rng(2).standard_normal((300, 32)).astype(np.float32)
+        codes = _STORE.codec.encode(rows)
+
+        def child() -> None:
+            """Exit 0: searches and encodes like the parent, on the serial path where the
+            layer is TBB (another thread had run TBB regions); 3: other results; 5: same
+            results but the guard let the child into TBB."""
+            mine = _STORE.codec.encode(rows)
+            same = _search() == ref and np.array_equal(mine.codes, codes.codes)
+            os._exit(3 if not same else 5 if layer == "tbb" and not parallel._serial_only else 0)
+
+        layer = numba.threading_layer()
         t = threading.Thread(target=run)
         t.start()
         children = []
         for _ in range(3):
             while len(searches) < len(children) + 1:
                 time.sleep(0.001)
-            children.append(_fork(lambda: _search() == ref))
+            children.append(_fork(child))
         stop.set()
         t.join()
         out.update(children=children, same=all(searches))
@@ -186,6 +200,7 @@ def _guard_child() -> dict[str, Any]:
     stop.set()
     t.join()
     out["busy_children"] = children
+    out["after_join_child"] = _fork(report)
     # 4 threads at once
     calls: list[tuple[bool, bool]] = []
 
@@ -201,6 +216,33 @@ def _guard_child() -> dict[str, Any]:
     out["threads_same"] = all(ok for _, ok in calls + busy) and len(calls) == 80
     out["threads_parallel"] = sum(p for p, _ in calls)
     return out
+
+
+def _blas_child() -> dict[str, Any]:
+    """Fork (from another thread) while this thread holds the one-thread BLAS scope of a
+    small search. (The scope is entered on the main thread: OpenBLAS 0.3.31 ignored a count
+    set from another thread in this test's first version.)"""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from vecz.engine.threads import _SerialBlas
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    def child() -> bool:
+        # the holder did not come along: the lock is free, the counts are restored
+        free = _SerialBlas._lock.acquire(timeout=5)
+        return free and _SerialBlas._depth == 0 and blas_threads() == before
+
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        codes: list[int | str] = []
+        with _SerialBlas():
+            inside = blas_threads()
+            t = threading.Thread(target=lambda: codes.append(_fork(child)))
+            t.start()
+            t.join()
+        return {"before": before, "inside": inside, "child": codes[0], "after": blas_threads()}
 
 
 def _policy_child() -> dict[str, Any]:
@@ -310,15 +352,30 @@ def test_guard_makes_each_layer_fork_and_thread_safe(forced: str) -> None:
     assert got["layer"] == forced
     assert got["parent"] == [True, True]
     # a child of an OpenMP process runs serially (10) instead of being killed; under tbb and
-    # workqueue it runs in parallel (11), also when forked while another thread was in a region
+    # workqueue it runs in parallel (11)
     child = 10 if forced == "omp" else 11
     assert got["child"] == child
-    assert got["busy_children"] == [child] * 3
+    # forked while another thread runs regions back to back: a workqueue child waits for the
+    # region and runs in parallel; a tbb child runs serially (TBB cannot be shut down for the
+    # fork while that thread is attached, and such children hung); an omp child serially
+    assert got["busy_children"] == [11 if forced == "workqueue" else 10] * 3
+    # once that thread has exited, a tbb child runs in parallel again
+    assert got["after_join_child"] == child
     assert got["threads_same"]
     if forced == "workqueue":
         assert 1 <= got["threads_parallel"] <= 80  # the pool is shared, never entered twice
     else:
         assert got["threads_parallel"] == 80
+
+
+def test_fork_while_another_thread_holds_serial_blas() -> None:
+    got = _run("blas")
+    if not got["before"]:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    assert got["before"] == [2] * len(got["before"])
+    assert got["inside"] == [1] * len(got["before"])
+    assert got["child"] == 0
+    assert got["after"] == got["before"]
 
 
 if __name__ == "__main__":
@@ -327,6 +384,8 @@ if __name__ == "__main__":
         result = _policy_child()
     elif mode == "guard":
         result = _guard_child()
+    elif mode == "blas":
+        result = _blas_child()
     else:
         result = _store_child(mode, sys.argv[2])
     print(json.dumps(result), flush=True)
