@@ -29,6 +29,10 @@ from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, 
 from .topk import topk_init, topk_push, topk_sort
 
 __all__ = [
+    "pq_norm_table",
+    "pq_inv_norm_range",
+    "pq_lut_scan_cosine",
+    "pq_lut_scan_cosine_batch",
     "pq_dsub",
     "pq_pad",
     "pq_train",
@@ -209,6 +213,14 @@ def _push(heap_scores, heap_ids, s, idx):
 
 
 @jit
+def _push4(heap_scores, heap_ids, s0, s1, s2, s3, i, ids):
+    _push(heap_scores, heap_ids, s0, ids[i])
+    _push(heap_scores, heap_ids, s1, ids[i + 1])
+    _push(heap_scores, heap_ids, s2, ids[i + 2])
+    _push(heap_scores, heap_ids, s3, ids[i + 3])
+
+
+@jit
 def _scan_list(lut, codes, ids, start, stop, bias, heap_scores, heap_ids):
     # Four code rows at a time (faiss's distance_four_codes idea): four independent sums let
     # the table loads overlap; measured 1.5x faster than one row at a time, while splitting
@@ -226,10 +238,10 @@ def _scan_list(lut, codes, ids, start, stop, bias, heap_scores, heap_ids):
             s1 += lut[j, codes[i + 1, j]]
             s2 += lut[j, codes[i + 2, j]]
             s3 += lut[j, codes[i + 3, j]]
-        _push(heap_scores, heap_ids, b + s0, ids[i])
-        _push(heap_scores, heap_ids, b + s1, ids[i + 1])
-        _push(heap_scores, heap_ids, b + s2, ids[i + 2])
-        _push(heap_scores, heap_ids, b + s3, ids[i + 3])
+        # one compare for the four rows in the common case, none of them reaching the heap
+        # (0.71x the time of four compares and calls on wordnet-minilm PQ48x8)
+        if b + max(max(s0, s1), max(s2, s3)) >= heap_scores[0]:
+            _push4(heap_scores, heap_ids, b + s0, b + s1, b + s2, b + s3, i, ids)
     for i in range(stop4, stop):
         _push(heap_scores, heap_ids, b + lut_sum(lut, codes, i), ids[i])
 
@@ -257,6 +269,126 @@ def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k):
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = pq_lut_scan(luts[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], k)
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids
+
+
+# ---------------------------------------------------------------- cosine to the reconstruction
+#
+# For unit vectors PQ's reconstruction x_hat is shorter than x by a per-row amount (|x_hat|^2
+# = 1 - |x - x_hat|^2 on average, since k-means residuals are orthogonal to their centroids on
+# average), so <q, x_hat> under-rates the rows coded worst. The cosine to the reconstruction,
+# <q, x_hat> / |x_hat|, ranks better (wordnet-minilm PQ56x8: recall@10 of the codes 0.723 ->
+# 0.749; wordnet-gemma 0.677 -> 0.694). |x_hat|^2 is a sum over sub-quantizers too:
+# |c|^2 + sum_j norms[j, code_j] with norms[j, i] = 2 <c_j, book_j,i> + |book_j,i|^2 for the
+# centroid c the codes are residuals of, so the codes give it without a stored byte.
+
+
+@jit
+def pq_norm_table(books, centroid):
+    """norms (M, ksub) float32 and |c|^2 float32 for the reconstructions c + decode(code) of
+    a width-`len(centroid)` codec: |c + decode(code)|^2 = norm0 + sum_j norms[j, code_j].
+    books (M, ksub, dsub); dims past the width (M * dsub > width pads) are not decoded and
+    not counted."""
+    m, ksub, dsub = books.shape
+    width = centroid.shape[0]
+    norms = np.empty((m, ksub), dtype=np.float32)
+    for j in range(m):
+        for i in range(ksub):
+            s = 0.0
+            for d in range(dsub):
+                if j * dsub + d < width:
+                    v = np.float64(books[j, i, d])
+                    s += 2.0 * centroid[j * dsub + d] * v + v * v
+            norms[j, i] = s
+    n0 = 0.0
+    for d in range(width):
+        n0 += np.float64(centroid[d]) * centroid[d]
+    return norms, np.float32(n0)
+
+
+@jit
+def _inv_norm(norms, norm0, codes, i):
+    """1 / |reconstruction| of code row i, 1 for a reconstruction of (near) zero length."""
+    n2 = norm0 + lut_sum(norms, codes, i)
+    return np.float32(1.0) / np.sqrt(n2) if n2 > np.float32(1e-12) else np.float32(1.0)
+
+
+@jit
+def pq_inv_norm_range(norms, norm0, codes):
+    """(min, max) over the rows of 1 / |reconstruction| (both 1 without rows): the scan's
+    filter bounds a row's cosine by them before it pays for the norm."""
+    lo = np.float32(np.inf)
+    hi = np.float32(-np.inf)
+    for i in range(codes.shape[0]):
+        v = _inv_norm(norms, norm0, codes, i)
+        lo = min(lo, v)
+        hi = max(hi, v)
+    if codes.shape[0] == 0:
+        return np.float32(1.0), np.float32(1.0)
+    return lo, hi
+
+
+@jit
+def _push_cosine(heap_scores, heap_ids, s, i, idx, norms, norm0, codes, inv_lo, inv_hi):
+    # s * inv lies within s * [inv_lo, inv_hi]: a row whose best case loses is not normed
+    best = s * inv_hi if s > 0 else s * inv_lo
+    if best >= heap_scores[0] and idx >= 0:
+        _push(heap_scores, heap_ids, s * _inv_norm(norms, norm0, codes, i), idx)
+
+
+@jit
+def _push_cosine4(heap_scores, heap_ids, s0, s1, s2, s3, i, ids, norms, norm0, codes, inv_lo, inv_hi):
+    _push_cosine(heap_scores, heap_ids, s0, i, ids[i], norms, norm0, codes, inv_lo, inv_hi)
+    _push_cosine(heap_scores, heap_ids, s1, i + 1, ids[i + 1], norms, norm0, codes, inv_lo, inv_hi)
+    _push_cosine(heap_scores, heap_ids, s2, i + 2, ids[i + 2], norms, norm0, codes, inv_lo, inv_hi)
+    _push_cosine(heap_scores, heap_ids, s3, i + 3, ids[i + 3], norms, norm0, codes, inv_lo, inv_hi)
+
+
+@jit
+def pq_lut_scan_cosine(lut, bias, norms, norm0, inv_lo, inv_hi, codes, ids, k):
+    """One query over codes without IVF: the top-k of (bias + sum_j lut[j, code_j]) / |x_hat|,
+    the cosine to the reconstruction (lut (M, ksub): <q, book>; bias: <q, centroid>).
+    Sorted scores and ids, as `pq_lut_scan`. A row's norm is summed only when its score
+    times the largest 1 / |x_hat| (`inv_hi`; `inv_lo` for a negative score) can reach the
+    heap; the result equals normalising every row."""
+    heap_scores, heap_ids = topk_init(k)
+    m = codes.shape[1]
+    n = codes.shape[0]
+    b = np.float32(bias)
+    n4 = n // 4 * 4
+    for i in range(0, n4, 4):
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        s3 = np.float32(0.0)
+        for j in range(m):
+            s0 += lut[j, codes[i, j]]
+            s1 += lut[j, codes[i + 1, j]]
+            s2 += lut[j, codes[i + 2, j]]
+            s3 += lut[j, codes[i + 3, j]]
+        # one compare for the four rows in the common case: none can reach the heap
+        top = max(max(s0, s1), max(s2, s3)) + b
+        if (top * inv_hi if top > 0 else top * inv_lo) >= heap_scores[0]:
+            _push_cosine4(heap_scores, heap_ids, b + s0, b + s1, b + s2, b + s3, i, ids, norms, norm0, codes,
+                          inv_lo, inv_hi)
+    for i in range(n4, n):
+        _push_cosine(heap_scores, heap_ids, b + lut_sum(lut, codes, i), i, ids[i], norms, norm0, codes,
+                     inv_lo, inv_hi)
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def pq_lut_scan_cosine_batch(luts, bias, norms, norm0, inv_lo, inv_hi, codes, ids, k):
+    """`pq_lut_scan_cosine` for every query (luts (nq, M, ksub), bias (nq,)), parallel over
+    queries: (nq, k) scores and ids."""
+    nq = luts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = pq_lut_scan_cosine(luts[qi], bias[qi], norms, norm0, inv_lo, inv_hi, codes, ids, k)
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids

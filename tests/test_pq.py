@@ -294,3 +294,70 @@ def test_code_errors_are_the_distance_to_the_decoded_row(n, dim, m, nbits, seed,
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     if kind == "own":
         assert np.all(got == 0)
+
+
+# ------------------------------------------------------------ cosine to the reconstruction
+
+
+def _cosine_ref(lut, bias, norms, norm0, codes):
+    """The kernel's float32 arithmetic per row: sums in sub-quantizer order, then
+    (bias + sum) * (1 / sqrt(norm0 + norm sum)), 1 where that length is (near) zero."""
+    n, m = codes.shape
+    if n == 0:
+        return np.zeros(0, np.float32)
+    cols = np.arange(m)
+    s = np.cumsum(lut[cols, codes], axis=1, dtype=np.float32)[:, -1]
+    n2 = np.float32(norm0) + np.cumsum(norms[cols, codes], axis=1, dtype=np.float32)[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(n2 > np.float32(1e-12), np.float32(1) / np.sqrt(n2), np.float32(1)).astype(np.float32)
+    return (np.float32(bias) + s).astype(np.float32) * inv
+
+
+@SETTINGS
+@given(nq=st.integers(1, 3), n=st.integers(0, 40), m=MS, k=st.integers(1, 50), dead=st.integers(0, 5),
+       zero_row=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_cosine_scan_matches_reference(nq, n, m, k, dead, zero_row, seed):
+    # odd n (the 4-row blocks and their tail), k > n, duplicate rows, dead rows (id -1),
+    # negative scores (the filter's lower bound) and a zero-length reconstruction (scored 1x)
+    rng = np.random.default_rng(seed)
+    luts = rng.standard_normal((nq, m, 256)).astype(np.float32)
+    bias = rng.standard_normal(nq).astype(np.float32)
+    norms = rng.uniform(0.01, 0.5, size=(m, 256)).astype(np.float32)
+    norm0 = np.float32(rng.uniform(0, 0.3))
+    codes = rng.integers(0, 256, size=(n, m)).astype(np.uint8)
+    if n > 2:
+        codes[n - 1] = codes[0]
+    if zero_row and n > 0:
+        norm0 = np.float32(0)
+        norms[:, codes[0]] = 0
+        norms[np.arange(m), codes[0]] = 0
+    ids = rng.permutation(n).astype(np.int64) + 100
+    ids[rng.choice(n, min(dead, n), replace=False)] = -1
+    inv = pq.pq_inv_norm_range(norms, norm0, codes)
+    got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, bias, norms, norm0, inv[0], inv[1], codes, ids, k)
+    for q in range(nq):
+        s, i = pq.pq_lut_scan_cosine(luts[q], bias[q], norms, norm0, inv[0], inv[1], codes, ids, k)
+        np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
+        np.testing.assert_array_equal(got_s[q], s)
+        ref = _cosine_ref(luts[q], bias[q], norms, norm0, codes)
+        live = ids >= 0
+        assert_topk_exact(s, i, ref[live], ids[live], k)
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(dim=st.sampled_from([3, 13, 16, 17]), m=st.sampled_from([1, 2, 4, 5]), seed=st.integers(0, 2**32 - 1))
+def test_norm_table_gives_reconstruction_norms(dim, m, seed):
+    # |c + decode(code)|^2 = norm0 + sum_j norms[j, code_j], padded dims (m does not divide
+    # dim) not counted; the inverse-norm range bounds every row's
+    rng = np.random.default_rng(seed)
+    books = rng.standard_normal((m, 256, pq.pq_dsub(dim, m))).astype(np.float32)
+    c = rng.standard_normal(dim).astype(np.float32)
+    codes = rng.integers(0, 256, size=(30, m)).astype(np.uint8)
+    norms, norm0 = pq.pq_norm_table(books, c)
+    got = norm0 + norms[np.arange(m), codes].astype(np.float64).sum(axis=1)
+    rec = c.astype(np.float64) + pq.pq_decode(codes, books, dim).astype(np.float64)
+    np.testing.assert_allclose(got, (rec ** 2).sum(axis=1), rtol=1e-5, atol=1e-5)
+    lo, hi = pq.pq_inv_norm_range(norms, norm0, codes)
+    inv = 1 / np.sqrt(np.maximum(got, 1e-30))
+    assert lo <= inv.min() * (1 + 1e-5) and hi >= inv.max() * (1 - 1e-5)
+    assert pq.pq_inv_norm_range(norms, norm0, codes[:0]) == (1.0, 1.0)
