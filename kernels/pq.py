@@ -358,6 +358,9 @@ def pq_lut_scan_cosine(lut, bias, norms, norm0, inv_lo, inv_hi, codes, ids, k):
     n = codes.shape[0]
     b = np.float32(bias)
     n4 = n // 4 * 4
+    # The four-row sums of `_scan_list`, written out again on purpose: with a shared helper
+    # returning the four sums this scan took 1.30-1.39 s against 1.17-1.29 s written out
+    # (minilm PQ48x8, 1,000 queries, one thread, six rounds each).
     for i in range(0, n4, 4):
         s0 = np.float32(0.0)
         s1 = np.float32(0.0)
