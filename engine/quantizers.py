@@ -231,11 +231,6 @@ class PQ(Quantizer):
         luts = pq.pq_lut(tq, state["pq_books"], "l2" if metric == "l2" else "ip")
         luts = luts.reshape(nq, n_tab, self.m, 1 << self.nbits)
         if self.nbits == 8:
-            if metric == "cosine" and state["centroids"].shape[0] == 1:
-                # unit vectors without IVF: scored by the cosine to the reconstruction
-                # (kernels/pq.py, "cosine to the reconstruction")
-                norms, norm0 = pq.pq_norm_table(state["pq_books"], state["centroids"][0])
-                return {"luts": luts, "norms": norms, "norm0": np.float32(norm0)}, bias
             return {"luts": luts}, bias
         qluts, steps, biases = fastscan.fs_quantize_lut(luts)
         return {"qluts": qluts, "steps": steps, "biases": biases}, bias
@@ -243,14 +238,16 @@ class PQ(Quantizer):
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
         if self.nbits == 4:
             return _scan_blocks_pq(layout, plan, k, groups, list_major)
-        t = plan.tables
-        if "norms" in t:
+        luts = plan.tables["luts"]
+        if layout.codec.metric == "cosine":
+            # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)
+            books, centroids = layout.state["pq_books"], layout.state["centroids"]
             inv = getattr(layout, "pq_inv_range", None)
             if inv is None:  # once per index: the codes do not change (deletes only hide ids)
-                inv = layout.pq_inv_range = pq.pq_inv_norm_range(t["norms"], t["norm0"], layout.codes)
-            return pq.pq_lut_scan_cosine_batch(t["luts"][:, 0], np.ascontiguousarray(plan.bias[:, 0]), t["norms"],
-                                               t["norm0"], inv[0], inv[1], layout.codes, layout.ids, k)
-        return pq.pq_lut_scan_batch(t["luts"], layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias, k)
+                inv = layout.pq_inv_range = pq.pq_inv_norm_range(books, centroids, layout.codes, layout.offsets)
+            return pq.pq_lut_scan_cosine_batch(luts[:, 0], layout.codes, layout.ids, layout.offsets, plan.probes,
+                                               plan.bias, books, centroids, inv[0], inv[1], k)
+        return pq.pq_lut_scan_batch(luts, layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias, k)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -308,60 +308,81 @@ def pq_norm_table(books, centroid):
     return norms, np.float32(n0)
 
 
+# A row's 1 / |x_hat| in the scan comes from decoding it (float64 sums), its index-wide range
+# from the norm tables (float32 sums): the range is widened by this much so that rounding
+# cannot put a row's value outside it.
+_RANGE_SLACK = 1e-4
+
+
 @jit
 def _inv_norm(norms, norm0, codes, i):
-    """1 / |reconstruction| of code row i, 1 for a reconstruction of (near) zero length."""
+    """1 / |reconstruction| of code row i from a norm table, 1 for (near) zero length."""
     n2 = norm0 + lut_sum(norms, codes, i)
     return np.float32(1.0) / np.sqrt(n2) if n2 > np.float32(1e-12) else np.float32(1.0)
 
 
 @jit
-def pq_inv_norm_range(norms, norm0, codes):
-    """(min, max) over the rows of 1 / |reconstruction| (both 1 without rows): the scan's
-    filter bounds a row's cosine by them before it pays for the norm."""
+def pq_inv_norm_range(books, centroids, codes, list_offsets):
+    """(min, max) over the rows of 1 / |reconstruction| (both 1 without rows), a little
+    widened (`_RANGE_SLACK`): the scan's filter bounds a row's cosine by them before it pays
+    for the norm. codes in list order (list l at list_offsets[l:l + 2]), residuals of
+    centroids[l]."""
     lo = np.float32(np.inf)
     hi = np.float32(-np.inf)
-    for i in range(codes.shape[0]):
-        v = _inv_norm(norms, norm0, codes, i)
-        lo = min(lo, v)
-        hi = max(hi, v)
-    if codes.shape[0] == 0:
+    for lst in range(list_offsets.shape[0] - 1):
+        if list_offsets[lst + 1] == list_offsets[lst]:
+            continue
+        norms, norm0 = pq_norm_table(books, centroids[lst])
+        for i in range(list_offsets[lst], list_offsets[lst + 1]):
+            v = _inv_norm(norms, norm0, codes, i)
+            lo = min(lo, v)
+            hi = max(hi, v)
+    if lo > hi:
         return np.float32(1.0), np.float32(1.0)
-    return lo, hi
+    return np.float32(lo * (1 - _RANGE_SLACK)), np.float32(hi * (1 + _RANGE_SLACK))
 
 
 @jit
-def _push_cosine(heap_scores, heap_ids, s, i, idx, norms, norm0, codes, inv_lo, inv_hi):
+def _inv_norm_decoded(books, centroid, codes, i):
+    """1 / |centroid + decode(code row i)|, summed in float64 in dimension order; 1 for a
+    (near) zero length."""
+    m, _, dsub = books.shape
+    width = centroid.shape[0]
+    n2 = 0.0
+    for j in range(m):
+        c = codes[i, j]
+        for t in range(min(dsub, width - j * dsub)):
+            v = np.float64(centroid[j * dsub + t]) + np.float64(books[j, c, t])
+            n2 += v * v
+    return np.float32(1.0 / np.sqrt(n2)) if n2 > 1e-12 else np.float32(1.0)
+
+
+@jit
+def _push_cosine(heap_scores, heap_ids, s, i, idx, books, centroid, codes, inv_lo, inv_hi):
     # s * inv lies within s * [inv_lo, inv_hi]: a row whose best case loses is not normed
     best = s * inv_hi if s > 0 else s * inv_lo
     if best >= heap_scores[0] and idx >= 0:
-        _push(heap_scores, heap_ids, s * _inv_norm(norms, norm0, codes, i), idx)
+        _push(heap_scores, heap_ids, s * _inv_norm_decoded(books, centroid, codes, i), idx)
 
 
 @jit
-def _push_cosine4(heap_scores, heap_ids, s0, s1, s2, s3, i, ids, norms, norm0, codes, inv_lo, inv_hi):
-    _push_cosine(heap_scores, heap_ids, s0, i, ids[i], norms, norm0, codes, inv_lo, inv_hi)
-    _push_cosine(heap_scores, heap_ids, s1, i + 1, ids[i + 1], norms, norm0, codes, inv_lo, inv_hi)
-    _push_cosine(heap_scores, heap_ids, s2, i + 2, ids[i + 2], norms, norm0, codes, inv_lo, inv_hi)
-    _push_cosine(heap_scores, heap_ids, s3, i + 3, ids[i + 3], norms, norm0, codes, inv_lo, inv_hi)
+def _push_cosine4(heap_scores, heap_ids, s0, s1, s2, s3, i, ids, books, centroid, codes, inv_lo, inv_hi):
+    _push_cosine(heap_scores, heap_ids, s0, i, ids[i], books, centroid, codes, inv_lo, inv_hi)
+    _push_cosine(heap_scores, heap_ids, s1, i + 1, ids[i + 1], books, centroid, codes, inv_lo, inv_hi)
+    _push_cosine(heap_scores, heap_ids, s2, i + 2, ids[i + 2], books, centroid, codes, inv_lo, inv_hi)
+    _push_cosine(heap_scores, heap_ids, s3, i + 3, ids[i + 3], books, centroid, codes, inv_lo, inv_hi)
 
 
 @jit
-def pq_lut_scan_cosine(lut, bias, norms, norm0, inv_lo, inv_hi, codes, ids, k):
-    """One query over codes without IVF: the top-k of (bias + sum_j lut[j, code_j]) / |x_hat|,
-    the cosine to the reconstruction (lut (M, ksub): <q, book>; bias: <q, centroid>).
-    Sorted scores and ids, as `pq_lut_scan`. A row's norm is summed only when its score
-    times the largest 1 / |x_hat| (`inv_hi`; `inv_lo` for a negative score) can reach the
-    heap; the result equals normalising every row."""
-    heap_scores, heap_ids = topk_init(k)
+def _scan_list_cosine(lut, codes, ids, start, stop, bias, books, centroid, inv_lo, inv_hi, heap_scores,
+                      heap_ids):
     m = codes.shape[1]
-    n = codes.shape[0]
     b = np.float32(bias)
-    n4 = n // 4 * 4
+    stop4 = start + (stop - start) // 4 * 4
     # The four-row sums of `_scan_list`, written out again on purpose: with a shared helper
     # returning the four sums this scan took 1.30-1.39 s against 1.17-1.29 s written out
     # (minilm PQ48x8, 1,000 queries, one thread, six rounds each).
-    for i in range(0, n4, 4):
+    for i in range(start, stop4, 4):
         s0 = np.float32(0.0)
         s1 = np.float32(0.0)
         s2 = np.float32(0.0)
@@ -374,24 +395,43 @@ def pq_lut_scan_cosine(lut, bias, norms, norm0, inv_lo, inv_hi, codes, ids, k):
         # one compare for the four rows in the common case: none can reach the heap
         top = max(max(s0, s1), max(s2, s3)) + b
         if (top * inv_hi if top > 0 else top * inv_lo) >= heap_scores[0]:
-            _push_cosine4(heap_scores, heap_ids, b + s0, b + s1, b + s2, b + s3, i, ids, norms, norm0, codes,
+            _push_cosine4(heap_scores, heap_ids, b + s0, b + s1, b + s2, b + s3, i, ids, books, centroid, codes,
                           inv_lo, inv_hi)
-    for i in range(n4, n):
-        _push_cosine(heap_scores, heap_ids, b + lut_sum(lut, codes, i), i, ids[i], norms, norm0, codes,
+    for i in range(stop4, stop):
+        _push_cosine(heap_scores, heap_ids, b + lut_sum(lut, codes, i), i, ids[i], books, centroid, codes,
                      inv_lo, inv_hi)
+
+
+@jit
+def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_lo, inv_hi, k):
+    """One query: the top-k of (probe_bias[p] + sum_j lut[j, code_j]) / |centroids[l] +
+    decode(code)| over the probed lists l = probes[p], the cosine to the reconstruction (lut
+    (M, ksub): <q, book>; probe_bias: <q, centroid>). Sorted scores and ids, as
+    `pq_lut_scan`. A row's norm is computed only when its score times the largest
+    1 / |x_hat| (`inv_hi`; `inv_lo` for a negative score: `pq_inv_norm_range`) can reach the
+    heap; the result equals normalising every row."""
+    heap_scores, heap_ids = topk_init(k)
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        _scan_list_cosine(lut, codes, ids, list_offsets[lst], list_offsets[lst + 1], probe_bias[p], books,
+                          centroids[lst], inv_lo, inv_hi, heap_scores, heap_ids)
     topk_sort(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 
 @jit_batch
-def pq_lut_scan_cosine_batch(luts, bias, norms, norm0, inv_lo, inv_hi, codes, ids, k):
-    """`pq_lut_scan_cosine` for every query (luts (nq, M, ksub), bias (nq,)), parallel over
-    queries: (nq, k) scores and ids."""
+def pq_lut_scan_cosine_batch(luts, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_lo, inv_hi,
+                             k):
+    """`pq_lut_scan_cosine` for every query (luts (nq, M, ksub), probes and probe_bias
+    (nq, P)), parallel over queries: (nq, k) scores and ids."""
     nq = luts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
-        s, i = pq_lut_scan_cosine(luts[qi], bias[qi], norms, norm0, inv_lo, inv_hi, codes, ids, k)
+        s, i = pq_lut_scan_cosine(luts[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], books, centroids,
+                                  inv_lo, inv_hi, k)
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids

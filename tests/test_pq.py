@@ -299,49 +299,70 @@ def test_code_errors_are_the_distance_to_the_decoded_row(n, dim, m, nbits, seed,
 # ------------------------------------------------------------ cosine to the reconstruction
 
 
-def _cosine_ref(lut, bias, norms, norm0, codes):
-    """The kernel's float32 arithmetic per row: sums in sub-quantizer order, then
-    (bias + sum) * (1 / sqrt(norm0 + norm sum)), 1 where that length is (near) zero."""
-    n, m = codes.shape
-    if n == 0:
+def _cosine_ref(lut, bias, books, centroid, codes, rows):
+    """The kernel's arithmetic for `rows`: the score's float32 sum in sub-quantizer order plus
+    bias, times float32(1 / sqrt(|centroid + decode|^2)) with the squares summed in float64
+    in dimension order (1 for a zero-length reconstruction)."""
+    if len(rows) == 0:
         return np.zeros(0, np.float32)
-    cols = np.arange(m)
-    s = np.cumsum(lut[cols, codes], axis=1, dtype=np.float32)[:, -1]
-    n2 = np.float32(norm0) + np.cumsum(norms[cols, codes], axis=1, dtype=np.float32)[:, -1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(n2 > np.float32(1e-12), np.float32(1) / np.sqrt(n2), np.float32(1)).astype(np.float32)
+    c = codes[rows]
+    m = c.shape[1]
+    s = np.cumsum(lut[np.arange(m), c], axis=1, dtype=np.float32)[:, -1]
+    width = centroid.shape[0]
+    rec = centroid.astype(np.float64) + pq.pq_decode(c, books, width).astype(np.float64)
+    n2 = np.cumsum(rec * rec, axis=1)[:, -1]
+    with np.errstate(divide="ignore"):
+        inv = np.where(n2 > 1e-12, 1.0 / np.sqrt(n2), 1.0).astype(np.float32)
     return (np.float32(bias) + s).astype(np.float32) * inv
 
 
 @SETTINGS
-@given(nq=st.integers(1, 3), n=st.integers(0, 40), m=MS, k=st.integers(1, 50), dead=st.integers(0, 5),
-       zero_row=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_cosine_scan_matches_reference(nq, n, m, k, dead, zero_row, seed):
-    # odd n (the 4-row blocks and their tail), k > n, duplicate rows, dead rows (id -1),
-    # negative scores (the filter's lower bound) and a zero-length reconstruction (scored 1x)
+@given(nq=st.integers(1, 3), n=st.integers(0, 40), m=MS, width=st.integers(1, 20), nlist=st.integers(1, 4),
+       n_probe=st.integers(1, 5), k=st.integers(1, 50), dead=st.integers(0, 5), zero_row=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_cosine_scan_matches_reference(nq, n, m, width, nlist, n_probe, k, dead, zero_row, seed):
+    # odd n (the 4-row blocks and their tail), k > n, duplicate rows, dead rows (id -1), IVF
+    # lists (probed twice, not at all, -1), widths M does not divide, negative scores (the
+    # filter's lower bound) and a zero-length reconstruction (scored as is)
+    m = min(m, width)
     rng = np.random.default_rng(seed)
+    dsub = pq.pq_dsub(width, m)
     luts = rng.standard_normal((nq, m, 256)).astype(np.float32)
-    bias = rng.standard_normal(nq).astype(np.float32)
-    norms = rng.uniform(0.01, 0.5, size=(m, 256)).astype(np.float32)
-    norm0 = np.float32(rng.uniform(0, 0.3))
+    bias = rng.standard_normal((nq, n_probe)).astype(np.float32)
+    books = (0.3 * rng.standard_normal((m, 256, dsub))).astype(np.float32)
+    centroids = rng.standard_normal((nlist, width)).astype(np.float32)
     codes = rng.integers(0, 256, size=(n, m)).astype(np.uint8)
     if n > 2:
         codes[n - 1] = codes[0]
-    if zero_row and n > 0:
-        norm0 = np.float32(0)
-        norms[:, codes[0]] = 0
-        norms[np.arange(m), codes[0]] = 0
-    ids = rng.permutation(n).astype(np.int64) + 100
+    offsets, ids = random_layout(rng, n, nlist)
+    ids = ids.copy()
     ids[rng.choice(n, min(dead, n), replace=False)] = -1
-    inv = pq.pq_inv_norm_range(norms, norm0, codes)
-    got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, bias, norms, norm0, inv[0], inv[1], codes, ids, k)
+    if zero_row and n > 0:  # row 0's reconstruction is the zero vector
+        lst0 = int(np.searchsorted(offsets, 0, side="right") - 1)
+        centroids[lst0] = 0
+        books[np.arange(m), codes[0]] = 0
+    probes = random_probes(rng, nq, nlist, n_probe)
+    inv = pq.pq_inv_norm_range(books, centroids, codes, offsets)
+    got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, inv[0],
+                                               inv[1], k)
     for q in range(nq):
-        s, i = pq.pq_lut_scan_cosine(luts[q], bias[q], norms, norm0, inv[0], inv[1], codes, ids, k)
+        s, i = pq.pq_lut_scan_cosine(luts[q], codes, ids, offsets, probes[q], bias[q], books, centroids, inv[0],
+                                     inv[1], k)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
-        ref = _cosine_ref(luts[q], bias[q], norms, norm0, codes)
-        live = ids >= 0
-        assert_topk_exact(s, i, ref[live], ids[live], k)
+        cand_s, cand_i = [], []
+        for p, lst in enumerate(probes[q]):
+            if lst < 0:
+                continue
+            rows = np.arange(offsets[lst], offsets[lst + 1])
+            rows = rows[ids[rows] >= 0]
+            cand_s.append(_cosine_ref(luts[q], bias[q, p], books, centroids[lst], codes, rows))
+            cand_i.append(ids[rows])
+        cand_s = np.concatenate(cand_s) if cand_s else np.zeros(0, np.float32)
+        cand_i = np.concatenate(cand_i) if cand_i else np.zeros(0, np.int64)
+        # a list probed twice offers its rows twice: keep each id once (same score)
+        cand_i, first = np.unique(cand_i, return_index=True)
+        assert_topk_exact(s, i, cand_s[first], cand_i, k)
 
 
 @settings(max_examples=15, deadline=None, database=None)
@@ -357,7 +378,12 @@ def test_norm_table_gives_reconstruction_norms(dim, m, seed):
     got = norm0 + norms[np.arange(m), codes].astype(np.float64).sum(axis=1)
     rec = c.astype(np.float64) + pq.pq_decode(codes, books, dim).astype(np.float64)
     np.testing.assert_allclose(got, (rec ** 2).sum(axis=1), rtol=1e-5, atol=1e-5)
-    lo, hi = pq.pq_inv_norm_range(norms, norm0, codes)
-    inv = 1 / np.sqrt(np.maximum(got, 1e-30))
-    assert lo <= inv.min() * (1 + 1e-5) and hi >= inv.max() * (1 - 1e-5)
-    assert pq.pq_inv_norm_range(norms, norm0, codes[:0]) == (1.0, 1.0)
+    # two lists: the second's rows are residuals of -c
+    centroids = np.stack([c, -c])
+    offsets = np.array([0, 12, 30], np.int64)
+    rec[12:] = -c.astype(np.float64) + pq.pq_decode(codes[12:], books, dim).astype(np.float64)
+    inv = 1 / np.sqrt((rec ** 2).sum(axis=1))
+    lo, hi = pq.pq_inv_norm_range(books, centroids, codes, offsets)
+    assert lo <= inv.min() and hi >= inv.max()
+    assert hi <= inv.max() * 1.001 and lo >= inv.min() * 0.999
+    assert pq.pq_inv_norm_range(books, centroids, codes[:0], np.zeros(3, np.int64)) == (1.0, 1.0)
