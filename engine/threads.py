@@ -80,10 +80,14 @@ class _SerialBlas:
             cls._depth -= 1
             cls._held.n -= 1
             if cls._depth == 0:
-                for lib, n in zip(cls._controllers(), cls._saved):
-                    if n != 1:
-                        lib.set_num_threads(n)
+                cls._restore()
 
+    @classmethod
+    def _restore(cls) -> None:
+        """Give BLAS back the thread counts the first scope found."""
+        for lib, n in zip(cls._controllers(), cls._saved):
+            if n != 1:
+                lib.set_num_threads(n)
 
     @classmethod
     def _after_fork_in_child(cls) -> None:
@@ -93,9 +97,7 @@ class _SerialBlas:
         cls._lock = threading.Lock()
         own = getattr(cls._held, "n", 0)
         if cls._depth > 0 and own == 0:
-            for lib, n in zip(cls._controllers(), cls._saved):
-                if n != 1:
-                    lib.set_num_threads(n)
+            cls._restore()
         cls._depth = own
 
 
