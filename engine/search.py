@@ -36,6 +36,9 @@ __all__ = ["search_segments", "check_search_args", "pad_to_k", "merge_shortlists
 # round's rows are fetched together (CPU prefetch), the first round's pages asked of the
 # kernel ahead for small batches
 AUTO_STEP = 4
+# rerank="auto" on a few queries: rows past the first prefetch asked of the kernel together,
+# at most this many more a time (`_walk_fetching`)
+AUTO_AHEAD = 16
 
 PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
@@ -255,6 +258,61 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
                           ranks)
 
 
+def _will_need(readers: list, reader_ix: np.ndarray, dense_row: np.ndarray, order: np.ndarray, start: np.ndarray,
+               stop: np.ndarray) -> None:
+    """Ask the kernel for the pages of candidates order[i, start[i]:stop[i]] of each of a few
+    queries, all at once (their reads then run together instead of one page fault after
+    another)."""
+    picks = [order[i, start[i]:stop[i]] for i in range(order.shape[0])]
+    rows = np.concatenate([dense_row[i, c] for i, c in enumerate(picks)])
+    if not rows.size:
+        return
+    if len(readers) == 1:
+        readers[0].will_need(rows)
+        return
+    ix = np.concatenate([reader_ix[i, c] for i, c in enumerate(picks)])
+    for j, reader in enumerate(readers):
+        reader.will_need(rows[ix == j])
+
+
+def _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k) -> np.ndarray:
+    """Ask the kernel for the pages of the rows the walk will probably read, together: the
+    first round, and every candidate whose upper bound reaches the k-th best code score (the
+    walk's final k-th exact score is near it). They are a prefix of each query's order (by
+    upper bound); returns its length per query."""
+    kk = min(k, better.shape[1])
+    guess = -np.partition(-np.where(valid, better, -np.inf), kk - 1, axis=1)[:, kk - 1]
+    avail = np.minimum(np.maximum((up_sorted >= guess[:, None]).sum(axis=1), k), n_valid).astype(np.int64)
+    _will_need(readers, reader_ix, dense_row, order, np.zeros(order.shape[0], dtype=np.int64), avail)
+    return avail
+
+
+def _walk_fetching(x, vectors, readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k, step,
+                   rescore, exact, done, tau) -> np.ndarray:
+    """The walk for a few queries whose rows may not be in the page cache: the pages of the
+    rows it will probably read are asked for together before it starts (`_first_reads`);
+    when it needs a row past them it pauses (`bounded_walk_resume`), and the pages of the
+    next candidates it can still reach, up to `AUTO_AHEAD` more, are asked for together: a
+    row the walk reads is never a page fault of its own, one storage round trip after
+    another. Reads what `bounded_walk` reads. Returns the rows read per query."""
+    nq = x.shape[0]
+    avail = _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k)
+    top = np.empty((nq, k))
+    state = np.empty((nq, dense_kernels.WALK_STATE), dtype=np.int64)
+    for i in range(nq):
+        dense_kernels.walk_start(k, n_valid[i], top[i], state[i])
+    active = np.ones(nq, dtype=bool)
+    while True:
+        active = dense_kernels.bounded_walk_resume(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k,
+                                                   step, rescore, exact, done, tau, top, state, avail, active)
+        if not active.any():
+            return state[:, 1].copy()
+        ahead = np.minimum(np.maximum(state[:, 2], np.minimum(state[:, 3], avail + AUTO_AHEAD)), n_valid)
+        ahead = np.where(active, ahead, avail)
+        _will_need(readers, reader_ix, dense_row, order, avail, ahead)
+        avail = ahead
+
+
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
                  rows: np.ndarray, ids: np.ndarray, k: int, model: ErrorModel | None, confidence: float,
                  prefetch: bool | None) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray, int]:
@@ -280,26 +338,22 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         return (np.full((nq, k), _worst(metric), dtype=np.float32), np.full((nq, k), -1, dtype=np.int64), 0, 0,
                 np.zeros(nq, dtype=np.int64), 0)
     step = AUTO_STEP
-    if prefetch if prefetch is not None else nq < PARALLEL_MIN_QUERIES:
-        # Ask for the pages the walk will probably read, together (the walk itself faults
-        # them one at a time): the first round, and every candidate whose upper bound
-        # reaches the k-th best code score (the walk's k-th exact score is near it)
-        kk = min(k, better.shape[1])
-        guess = -np.partition(-np.where(valid, better, -np.inf), kk - 1, axis=1)[:, kk - 1]
-        first = upper >= guess[:, None]
-        np.put_along_axis(first, order[:, :k], True, axis=1)
-        first &= valid
-        for j, reader in enumerate(readers):
-            reader.will_need(np.where(first & (reader_ix == j), dense_row, -1))
     vectors = List()
     for reader in readers:
         vectors.append(reader.values)
     exact = np.zeros(valid.shape, dtype=np.float64)
     done = np.zeros(valid.shape, dtype=bool)
     tau = np.empty(nq, dtype=np.float64)  # the final k-th exact score (larger-is-better)
-    walk = dense_kernels.bounded_walk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
-    per_query = walk(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k, step, _RESCORE[metric],
-                     exact, done, tau)
+    fetch = prefetch if prefetch is not None else nq < PARALLEL_MIN_QUERIES
+    if fetch and nq < PARALLEL_MIN_QUERIES:
+        per_query = _walk_fetching(x, vectors, readers, reader_ix, dense_row, order, up_sorted, n_valid, better,
+                                   valid, k, step, _RESCORE[metric], exact, done, tau)
+    else:  # a batch (its rows' pages are faulted by several threads at once), or cached
+        if fetch:
+            _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k)
+        walk = dense_kernels.bounded_walk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
+        per_query = walk(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k, step, _RESCORE[metric],
+                         exact, done, tau)
     n_rows = n_bytes = 0
     for j, reader in enumerate(readers):
         n = int(np.count_nonzero(done & (reader_ix == j)))

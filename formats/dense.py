@@ -220,6 +220,14 @@ def advise_ranges(addr: int, first: np.ndarray, end: np.ndarray, advice: int) ->
     return failed
 
 
+@jit
+def advise_rows(addr: int, offset: int, row_bytes: int, n_rows: int, rows: np.ndarray, page: int, advice: int) -> int:
+    """`advise_ranges` over the pages of `rows` (`row_pages`), in one compiled call: a
+    shortlist's hint costs one dispatch, not two."""
+    first, end = row_pages(offset, row_bytes, n_rows, rows, page)
+    return advise_ranges(addr, first, end, advice)
+
+
 class DenseReader:
     """Reads rows of one dense file by number, counting what it reads.
 
@@ -276,9 +284,8 @@ class DenseReader:
         the file (such as -1) are skipped."""
         if self._mmap is None or not hasattr(mmap, "MADV_WILLNEED"):
             return
-        first, end = row_pages(self.info.offset, self.info.row_bytes, self.info.rows,
-                               np.asarray(rows, dtype=np.int64).ravel(), mmap.PAGESIZE)
-        advise_ranges(self._mmap.addr, first, end, mmap.MADV_WILLNEED)
+        advise_rows(self._mmap.addr, self.info.offset, self.info.row_bytes, self.info.rows,
+                    np.asarray(rows, dtype=np.int64).ravel(), mmap.PAGESIZE, mmap.MADV_WILLNEED)
 
     def note_read(self, n_rows: int) -> None:
         """Count rows read through `values`."""

@@ -35,6 +35,9 @@ __all__ = [
     "rerank_topk_batch",
     "bounded_walk",
     "bounded_walk_batch",
+    "bounded_walk_resume",
+    "walk_start",
+    "WALK_STATE",
     "RESCORE_IP",
     "RESCORE_COSINE",
     "RESCORE_L2",
@@ -340,15 +343,21 @@ def rerank_topk(exact, ids, k, is_l2):
 
 
 @jit
-def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done, tau_out):
+def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done, top, state,
+              avail, tau_out):
     # rows are scored larger-is-better (l2: the negated distance); `top` holds the k best
-    # exact scores so far, ascending, so top[0] is tau once k are read
+    # exact scores so far, ascending, so top[0] is tau once k are read. Resumes from
+    # `state` (`walk_start`), pauses (False) before a round that reaches past `avail`.
     q_norm = np.sqrt(_dot_lanes(query, query)) if metric == RESCORE_COSINE else 1.0
-    top = np.full(k, -np.inf)
-    count = 0
-    ptr = 0
-    end = min(k, n_valid)
+    count = state[0]
+    ptr = state[1]
+    end = state[2]
     while ptr < end:
+        if end > avail:
+            state[0] = count
+            state[1] = ptr
+            state[2] = end
+            return False
         for p in range(ptr, end):
             j = order[p]
             _prefetch_row(vectors[file_ix[j]], rows[j])
@@ -380,8 +389,12 @@ def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step,
         while reach < n_valid and up_sorted[reach] >= tau:
             reach += 1
         end = min(ptr + step, reach)
+        state[3] = reach
+    state[0] = count
+    state[1] = ptr
+    state[2] = end
     tau_out[0] = top[0] if count >= k else -np.inf
-    return ptr
+    return True
 
 
 @jit
@@ -396,9 +409,13 @@ def bounded_walk(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, 
     per query."""
     nq = queries.shape[0]
     out = np.zeros(nq, dtype=np.int64)
+    top = np.empty(k)
+    state = np.empty(WALK_STATE, dtype=np.int64)
     for i in range(nq):
-        out[i] = _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
-                           metric, exact[i], done[i], tau[i : i + 1])
+        walk_start(k, n_valid[i], top, state)
+        _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step, metric,
+                  exact[i], done[i], top, state, n_valid[i], tau[i : i + 1])
+        out[i] = state[1]
     return out
 
 
@@ -409,6 +426,49 @@ def bounded_walk_batch(queries, vectors, file_ix, rows, order, up_sorted, n_vali
     nq = queries.shape[0]
     out = np.zeros(nq, dtype=np.int64)
     for i in prange(nq):
-        out[i] = _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
-                           metric, exact[i], done[i], tau[i : i + 1])
+        top = np.empty(k)
+        state = np.empty(WALK_STATE, dtype=np.int64)
+        walk_start(k, n_valid[i], top, state)
+        _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step, metric,
+                  exact[i], done[i], top, state, n_valid[i], tau[i : i + 1])
+        out[i] = state[1]
     return out
+
+
+# A paused walk's state (`bounded_walk_resume`): rows in `top`, rows read (a prefix of the
+# order), the end of the round it stopped before, and how far the upper bounds then reached.
+WALK_STATE = 4
+
+
+@jit
+def walk_start(k, n_valid, top, state):
+    """Set a walk's state (`bounded_walk_resume`) to its start: nothing read."""
+    top[:] = -np.inf
+    state[0] = 0
+    state[1] = 0
+    state[2] = min(k, n_valid)
+    state[3] = state[2]
+
+
+@jit
+def bounded_walk_resume(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done,
+                        tau, top, state, avail, active):
+    """`bounded_walk` that stops before a round needing a candidate at position >= avail[i]
+    of its order, so that the caller can have those rows' pages fetched together first (a
+    page fault per row costs a storage round trip each when the file is not cached).
+
+    top float64 (nq, k) and state int64 (nq, WALK_STATE) carry each walk across calls
+    (`walk_start` sets them up); active bool (nq,): the queries to advance (others are
+    left as they are). Returns bool (nq,): the walks that paused. A paused walk's
+    state[i, 2] is the end of the round it needs (> avail[i]) and state[i, 3] the
+    candidates whose upper bound then reached the k-th exact score (state[i, 3] >= state[i, 2]);
+    state[i, 1] is the rows read so far. A finished walk has written tau[i]. Every walk
+    reads what `bounded_walk` reads, in the same rounds, whatever avail is."""
+    nq = queries.shape[0]
+    paused = np.zeros(nq, dtype=np.bool_)
+    for i in range(nq):
+        if active[i]:
+            paused[i] = not _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i],
+                                      k, step, metric, exact[i], done[i], top[i], state[i], avail[i],
+                                      tau[i : i + 1])
+    return paused

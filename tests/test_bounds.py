@@ -81,6 +81,39 @@ def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_h
         np.testing.assert_array_equal(dn, done)
         np.testing.assert_array_equal(n, done.sum(1))
         np.testing.assert_array_equal(ex[dn], exact[dn])
+    # the resumable walk (a few cold queries: it pauses before rows whose pages were not asked
+    # for) reads the same rows whatever its limits, and never reads past them
+    n_valid = valid.sum(1).astype(np.int64)
+    ex = np.zeros((nq, c))
+    dn = np.zeros((nq, c), dtype=bool)
+    kt = np.full(nq, np.nan)
+    top = np.empty((nq, k))
+    state = np.empty((nq, dense.WALK_STATE), dtype=np.int64)
+    for i in range(nq):
+        dense.walk_start(k, n_valid[i], top[i], state[i])
+    avail = np.minimum(np.maximum(rng.integers(0, c + 1, nq), k), n_valid)
+    active = np.ones(nq, dtype=bool)
+    pauses = 0
+    while True:
+        active = dense.bounded_walk_resume(np.ones((nq, 1), dtype=np.float32), vectors, file_ix, rows, order,
+                                           up_sorted, n_valid, k, step, dense.RESCORE_IP, ex, dn, kt, top, state,
+                                           avail, active)
+        for i in range(nq):  # nothing read beyond the limit, a paused walk needs more than it
+            read_at = np.flatnonzero(dn[i][order[i]])
+            assert read_at.size == state[i, 1] and (read_at < avail[i]).all()
+            np.testing.assert_array_equal(read_at, np.arange(state[i, 1]))
+            if active[i]:
+                assert state[i, 1] <= avail[i] < state[i, 2] <= state[i, 3] <= n_valid[i]
+                assert np.isnan(kt[i])
+        if not active.any():
+            break
+        pauses += 1
+        avail = np.where(active, np.minimum(avail + rng.integers(1, 4, nq), n_valid), avail)
+    assert pauses <= c
+    np.testing.assert_array_equal(kt, tau)
+    np.testing.assert_array_equal(dn, done)
+    np.testing.assert_array_equal(state[:, 1], done.sum(1))
+    np.testing.assert_array_equal(ex[dn], exact[dn])
 
 
 def test_interval_quantiles_and_small_samples():

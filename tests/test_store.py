@@ -514,6 +514,54 @@ def test_will_need_advises_the_mapped_pages(tmp_path):
     reader.close()
 
 
+def test_auto_asks_for_each_row_before_the_walk_reads_it(tmp_path, monkeypatch):
+    """rerank="auto" on one query: the pages of every row the walk reads were asked of the
+    kernel before it read them (the first rows together, the rest a chunk at a time when the
+    walk pauses), and the answer is the one of the walk without hints."""
+    import vecz.formats.dense
+    import vecz.engine.search as search_mod
+
+    asked: list[np.ndarray] = []
+    real = vecz.formats.dense.DenseReader.will_need
+    real_resume = search_mod.dense_kernels.bounded_walk_resume
+    calls = []
+
+    def recording(self, rows):
+        asked.append(np.asarray(rows).copy())
+        return real(self, rows)
+
+    def resume(*args):
+        done, dense_row = args[11], args[3]
+        before = done.copy()
+        paused = real_resume(*args)
+        # what this call read lies within the rows asked for so far
+        new = done & ~before
+        seen = np.concatenate(asked) if asked else np.empty(0, dtype=np.int64)
+        assert np.isin(dense_row[new], seen).all()
+        calls.append(int(new.sum()))
+        return paused
+
+    x = _data(2000)
+    q = _data(12, seed=8)
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(x)
+        s.search(q[:1], 10, rerank="auto")  # the model is measured once
+        monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
+        monkeypatch.setattr(search_mod.dense_kernels, "bounded_walk_resume", resume)
+        singles = []
+        for i in range(len(q)):
+            asked.clear()
+            singles.append(s.search(q[i:i + 1], 10, rerank="auto"))
+            assert asked  # the first rows at least
+        monkeypatch.undo()
+        s.prefetch = False
+        plain = s.search(q, 10, rerank="auto")
+    assert len(calls) > len(q)  # some walks paused for more rows
+    np.testing.assert_array_equal(np.concatenate([r.ids for r in singles]), plain.ids)
+    np.testing.assert_array_equal(np.concatenate([r.scores for r in singles]), plain.scores)
+    np.testing.assert_array_equal([r.stats.rows_read for r in singles], plain.stats.rows_per_query)
+
+
 def test_prefetch_asks_for_the_shortlist_and_changes_no_result(tmp_path, monkeypatch):
     import vecz.formats.dense
 
