@@ -222,9 +222,10 @@ class BuiltStore:
     sample: np.ndarray  # the rows the codec trained on (faiss trains on the same rows)
 
 
-def build_store(path: str | Path, spec: str, base: np.ndarray, metric: str = "cosine", *, seed: int = 0) -> BuiltStore:
-    """Build a real store of `base` (ids 0..n-1) with codec `spec` and a float32 dense tier,
-    replacing whatever is at `path`.
+def build_store(path: str | Path, spec: str, base: np.ndarray, metric: str = "cosine", *, seed: int = 0,
+                dense: str = "f32") -> BuiltStore:
+    """Build a real store of `base` (ids 0..n-1) with codec `spec` and a dense tier of
+    `dense` ("f32" or "f16") values, replacing whatever is at `path`.
 
     The codec trains on its `train_size` rows drawn with `seed` (all rows when fewer); build
     time covers training, encoding, writing, checksumming and fsyncing every file.
@@ -238,7 +239,7 @@ def build_store(path: str | Path, spec: str, base: np.ndarray, metric: str = "co
     sel = _train_rows(len(base), Codec(spec, dim, metric, seed=seed).train_size, seed)
     sample = base if sel is None else base[sel]
     t0 = time.perf_counter()
-    with Store.create(path, dim=dim, metric=metric, codec=spec, dense="f32", seed=seed,
+    with Store.create(path, dim=dim, metric=metric, codec=spec, dense=dense, seed=seed,
                       train_size=len(sample)) as store:
         store.train(sample)
         train_s = time.perf_counter() - t0
