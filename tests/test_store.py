@@ -521,30 +521,34 @@ def test_auto_asks_for_each_row_before_the_walk_reads_it(tmp_path, monkeypatch):
     import vecz.formats.dense
     import vecz.engine.search as search_mod
 
-    asked: list[np.ndarray] = []
+    asked: list[tuple[int, np.ndarray]] = []  # (address of the file's rows, rows)
     real = vecz.formats.dense.DenseReader.will_need
     real_resume = search_mod.dense_kernels.bounded_walk_resume
     calls = []
 
     def recording(self, rows):
-        asked.append(np.asarray(rows).copy())
+        asked.append((self.values.ctypes.data, np.asarray(rows).copy()))
         return real(self, rows)
 
     def resume(*args):
-        done, dense_row = args[11], args[3]
+        vectors, file_ix, dense_row, done = args[1], args[2], args[3], args[11]
         before = done.copy()
         paused = real_resume(*args)
-        # what this call read lies within the rows asked for so far
+        # what this call read lies within the rows asked for so far, file by file
         new = done & ~before
-        seen = np.concatenate(asked) if asked else np.empty(0, dtype=np.int64)
-        assert np.isin(dense_row[new], seen).all()
+        for j, values in enumerate(vectors):
+            seen = [r for addr, r in asked if addr == values.ctypes.data]
+            seen = np.concatenate(seen) if seen else np.empty(0, dtype=np.int64)
+            assert np.isin(dense_row[new & (file_ix == j)], seen).all()
         calls.append(int(new.sum()))
         return paused
 
     x = _data(2000)
     q = _data(12, seed=8)
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
-        s.add(x)
+        s.add(x[:1200])
+        s.add(x[1200:])  # two segments, two dense files: the hints go to each
+        assert len(s._pool.readers) == 2
         s.search(q[:1], 10, rerank="auto")  # the model is measured once
         monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
         monkeypatch.setattr(search_mod.dense_kernels, "bounded_walk_resume", resume)
