@@ -335,7 +335,8 @@ def main() -> None:
     p.add_argument("--nlist", type=int, default=1372)
     p.add_argument("--work", default="/tmp/vecz-store-bench")
     p.add_argument("--rebuild", action="store_true")
-    p.add_argument("--dense", default="f32", choices=("f32", "f16"), help="the stores' dense tier (quality, speed, cold)")
+    p.add_argument("--dense", default="f32", choices=("f32", "f16"),
+                   help="the stores' dense tier (quality, speed, cold)")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "store"))
     args = p.parse_args()
     args.rerank = [int(v) for v in args.rerank.split(",")]
@@ -346,8 +347,8 @@ def main() -> None:
     queries = np.load(data / "queries.npy").astype(np.float32)
     gt = np.load(data / "gt_ids.npy")[:, :K]
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    out: dict = {"command": " ".join(sys.argv), "data": str(data), "n": len(base), "nq": len(queries), "dense": args.dense,
-                 "faiss": faiss.__version__, "numba": numba.__version__}
+    out: dict = {"command": " ".join(sys.argv), "data": str(data), "n": len(base), "nq": len(queries),
+                 "dense": args.dense, "faiss": faiss.__version__, "numba": numba.__version__}
     parts = args.parts.split(",")
     if "build" in parts:
         part_build(args, base, specs, out)

@@ -299,8 +299,7 @@ def _walk_fetching(x, vectors, readers, reader_ix, dense_row, order, up_sorted, 
     avail = _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k)
     top = np.empty((nq, k))
     state = np.empty((nq, dense_kernels.WALK_STATE), dtype=np.int64)
-    for i in range(nq):
-        dense_kernels.walk_start(k, n_valid[i], top[i], state[i])
+    dense_kernels.walk_start(k, n_valid, top, state)
     active = np.ones(nq, dtype=bool)
     while True:
         active = dense_kernels.bounded_walk_resume(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k,

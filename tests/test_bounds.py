@@ -89,8 +89,7 @@ def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_h
     kt = np.full(nq, np.nan)
     top = np.empty((nq, k))
     state = np.empty((nq, dense.WALK_STATE), dtype=np.int64)
-    for i in range(nq):
-        dense.walk_start(k, n_valid[i], top[i], state[i])
+    dense.walk_start(k, n_valid, top, state)
     avail = np.minimum(np.maximum(rng.integers(0, c + 1, nq), k), n_valid)
     active = np.ones(nq, dtype=bool)
     pauses = 0
