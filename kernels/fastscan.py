@@ -106,7 +106,7 @@ def _shuffle_accumulate(typingctx, blocks, block_index, pair_start, pair_count, 
         start = builder.mul(builder.add(builder.mul(index, row_pairs), first), ir.Constant(i64, 32))
         base = builder.gep(blocks_a.data, [start])
         luts = builder.bitcast(qlut_a.data, ir.IntType(8).as_pointer())
-        _emit_shuffle_lanes(builder, base, [luts], ir.Constant(i64, 32), n_pairs, out_a)
+        _emit_lanes_either(builder, base, [luts], builder.extract_value(qlut_a.strides, 0), n_pairs, out_a)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -130,6 +130,11 @@ def _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a):
     i16 = ir.IntType(16)
     i32 = ir.IntType(32)
     i64 = ir.IntType(64)
+    # row_stride None: the tables' rows are 32 contiguous bytes (a constant stride leaves the
+    # loop one shared offset; with runtime strides LLVM kept two pointers a lane and spilled
+    # them to the stack every pair: 16 loads and 16 stores next to 48 vector instructions)
+    packed = row_stride is None
+    stride = ir.Constant(i64, 32) if packed else row_stride
     v8 = ir.VectorType(i8, 32)
     v16 = ir.VectorType(i16, 32)
     w16 = ir.VectorType(i16, 16)
@@ -160,14 +165,20 @@ def _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a):
         else:
             lo = builder.and_(codes, low)
             hi = builder.and_(builder.lshr(codes, four), low)
-        t_off = builder.mul(j, builder.add(row_stride, row_stride))
+        t_off = builder.mul(j, builder.add(stride, stride))
         for lane in range(n_lanes):
             p0 = builder.gep(lane_luts[lane], [t_off])
-            p1 = builder.gep(p0, [row_stride])
-            t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
-            t1 = builder.load(builder.bitcast(p1, v8.as_pointer()), align=1)
+            if wide and packed:  # the pair's two tables are 64 contiguous bytes: one load
+                tables = builder.load(builder.bitcast(p0, v64.as_pointer()), align=1)
+            elif wide:
+                t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
+                t1 = builder.load(builder.bitcast(builder.gep(p0, [stride]), v8.as_pointer()), align=1)
+                tables = builder.shuffle_vector(t0, t1, joined)
+            else:
+                t0 = builder.load(builder.bitcast(p0, v8.as_pointer()), align=1)
+                t1 = builder.load(builder.bitcast(builder.gep(p0, [stride]), v8.as_pointer()), align=1)
             if wide:
-                r = builder.bitcast(builder.call(fn, [builder.shuffle_vector(t0, t1, joined), nibbles]), v16)
+                r = builder.bitcast(builder.call(fn, [tables, nibbles]), v16)
                 add_all, add_odd = r, builder.lshr(r, eight)
             else:
                 r0 = builder.bitcast(builder.call(fn, [t0, lo]), w16)
@@ -191,6 +202,18 @@ def _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a):
         acc = builder.shuffle_vector(even_sum, odd_sum, mask)  # interleave even, odd rows
         dst = builder.gep(out_bytes, [builder.mul(ir.Constant(i64, lane), out_stride)])
         builder.store(acc, builder.bitcast(dst, v16.as_pointer()), align=1)
+
+
+def _emit_lanes_either(builder, base, lane_luts, row_stride, n_pairs, out_a):
+    """`_emit_shuffle_lanes` twice behind a runtime test: the constant-stride loop when the
+    tables' rows are 32 contiguous bytes (every table `fs_quantize_lut` makes), the loop with
+    `row_stride` otherwise. Same integers either way."""
+    contiguous = builder.icmp_signed("==", row_stride, ir.Constant(ir.IntType(64), 32))
+    with builder.if_else(contiguous, likely=True) as (then, otherwise):
+        with then:
+            _emit_shuffle_lanes(builder, base, lane_luts, None, n_pairs, out_a)
+        with otherwise:
+            _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a)
 
 
 def _emit_block_prologue(context, builder, signature, args):
@@ -239,7 +262,7 @@ def _make_shuffle_accumulate_lanes(n_lanes):
                 q = builder.select(builder.icmp_signed("<", q, n_q), q, q_first)
                 off = builder.add(builder.mul(q, q_stride), builder.mul(table, t_stride))
                 lane_luts.append(builder.gep(lut_bytes, [off]))
-            _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a)
+            _emit_lanes_either(builder, base, lane_luts, row_stride, n_pairs, out_a)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -272,7 +295,7 @@ def _make_shuffle_accumulate_gather(n_lanes):
                 t = builder.load(builder.gep(lt_a.data, [at]))
                 off = builder.add(builder.mul(q, q_stride), builder.mul(t, t_stride))
                 lane_luts.append(builder.gep(lut_bytes, [off]))
-            _emit_shuffle_lanes(builder, base, lane_luts, row_stride, n_pairs, out_a)
+            _emit_lanes_either(builder, base, lane_luts, row_stride, n_pairs, out_a)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -321,18 +321,29 @@ def _readonly(*arrays):
         a.setflags(write=False)  # memory-mapped inputs are read-only
 
 
+def _spread(rng, qluts):
+    """The same tables with rows 64 bytes apart (junk in between): the shuffle kernels' loop
+    for table rows that are not 32 contiguous bytes."""
+    wide = rng.integers(0, 256, size=qluts.shape[:-1] + (64,)).astype(np.uint8)
+    wide[..., :32] = qluts
+    return wide[..., :32]
+
+
 @SETTINGS
 @given(n_blocks=st.integers(1, 3), n_q=st.integers(1, 2 * fastscan.LANES + 1), n_tab=st.integers(1, 3),
-       pairs=st.integers(1, 9), levels=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-def test_block_accumulate_lanes_matches_reference(n_blocks, n_q, n_tab, pairs, levels, seed):
+       pairs=st.integers(1, 9), levels=st.integers(1, 3), spread=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_block_accumulate_lanes_matches_reference(n_blocks, n_q, n_tab, pairs, levels, spread, seed):
     # Every lane equals the single-query accumulator of its own query's tables, on the
-    # shuffle and the scalar path; lanes past the last query repeat query q_first.
+    # shuffle and the scalar path; lanes past the last query repeat query q_first. spread:
+    # table rows 64 bytes apart instead of 32 (the kernels' second loop).
     rng = np.random.default_rng(seed)
     lanes = fastscan.LANES
     m = 2 * pairs * levels
     codes = rng.integers(0, 16, size=(n_blocks * BLOCK, m)).astype(np.uint8)
     blocks, _, _ = fs_layout_ref(codes, np.arange(n_blocks * BLOCK), np.array([0, n_blocks * BLOCK]))
     qluts = np.stack([np.stack([_qluts(rng, 2 * pairs, 255) for _ in range(n_tab)]) for _ in range(n_q)])
+    if spread:
+        qluts = _spread(rng, qluts)
     _readonly(blocks, qluts)
     out = np.empty((lanes, BLOCK), dtype=np.uint16)
     out_scalar = np.empty((lanes, BLOCK), dtype=np.uint16)
@@ -566,15 +577,18 @@ def _own_probes(rng, nq, nlist, n_probe):
 
 @SETTINGS
 @given(n_blocks=st.integers(1, 3), n_q=st.integers(1, 12), n_tab=st.integers(1, 3), pairs=st.integers(1, 9),
-       n_lanes=st.integers(1, fastscan.LANES), seed=st.integers(0, 2**32 - 1))
-def test_block_accumulate_gather_matches_reference(n_blocks, n_q, n_tab, pairs, n_lanes, seed):
+       n_lanes=st.integers(1, fastscan.LANES), spread=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_block_accumulate_gather_matches_reference(n_blocks, n_q, n_tab, pairs, n_lanes, spread, seed):
     # Lane i accumulates with tables qluts[lane_q[i], lane_t[i]] (any queries, any tables),
-    # on the shuffle and the scalar path, and the chunk helper agrees on its n_lanes lanes.
+    # on the shuffle and the scalar path, and the chunk helper agrees on its n_lanes lanes;
+    # spread as in test_block_accumulate_lanes_matches_reference.
     rng = np.random.default_rng(seed)
     lanes = fastscan.LANES
     codes = rng.integers(0, 16, size=(n_blocks * BLOCK, 2 * pairs)).astype(np.uint8)
     blocks, _, _ = fs_layout_ref(codes, np.arange(n_blocks * BLOCK), np.array([0, n_blocks * BLOCK]))
     qluts = np.stack([np.stack([_qluts(rng, 2 * pairs, 255) for _ in range(n_tab)]) for _ in range(n_q)])
+    if spread:
+        qluts = _spread(rng, qluts)
     _readonly(blocks, qluts)
     outs = [np.empty((lanes, BLOCK), dtype=np.uint16) for _ in range(3)]
     for b in range(n_blocks):
