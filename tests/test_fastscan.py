@@ -366,6 +366,31 @@ def test_block_accumulate_lanes_matches_reference(n_blocks, n_q, n_tab, pairs, l
                     np.testing.assert_array_equal(out_group[lane], ref)
 
 
+_F32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+@SETTINGS
+@given(base=_F32, step=st.one_of(_F32, st.floats(2.0**-20, 2.0**-7, width=32)), floor=_F32,
+       near=st.integers(-3, 65540))
+def test_acc_floor_is_the_least_sum_that_reaches_the_heap(base, step, floor, near):
+    # fs_scan_multi tests only rows whose sum is at least _acc_floor: every sum below it
+    # must score below the floor (by the float32 formula of fs_scan), and it is the least
+    # such sum when one reaches the floor. `near` puts the floor on a reachable score.
+    sums = np.arange(65536, dtype=np.float32)
+    b, a = np.float32(base), np.float32(step)
+    with np.errstate(all="ignore"):
+        if 0 <= near <= 65535 and np.isfinite(b) and np.isfinite(a):
+            floor = float(b + a * np.float32(near))
+        scores = b + a * sums
+    got = int(fastscan._acc_floor(b, a, np.float32(floor)))
+    if not a > 0:
+        assert got == 0
+        return
+    reach = np.flatnonzero(scores >= np.float32(floor))
+    assert got == (int(reach[0]) if reach.size else 65535)
+    assert not (scores[:got] >= np.float32(floor)).any()
+
+
 @SETTINGS
 @given(nq=st.integers(0, 40), n_probe=st.integers(0, 3), distinct=st.integers(1, 4), group=st.integers(1, 9),
        seed=st.integers(0, 2**32 - 1))
