@@ -876,10 +876,11 @@ def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes
 @jit
 def _acc_floor(base, step, floor):
     """The least sum a in [0, 65535] with float32(base + step * float32(a)) >= floor, the
-    score formula of `fs_scan` (monotone in a when step > 0): 0 when floor is -inf or step
-    is not > 0 (every row is then tested), 65535 when no sum reaches it (the rows at 65535
-    are then tested and fail). A row whose sum is below it scores below `floor`."""
-    if not step > 0:
+    score formula of `fs_scan` (monotone in a when 0 < step < inf): 0 when floor is -inf or
+    step is not a positive finite number (every row is then tested), 65535 when no sum
+    reaches it (the rows at 65535 are then tested and fail). A row whose sum is below it
+    scores below `floor`."""
+    if not (step > 0 and step < np.inf):
         return np.uint16(0)
     t = (np.float64(floor) - np.float64(base)) / np.float64(step)
     if t <= 0.0:
