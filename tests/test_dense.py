@@ -147,3 +147,39 @@ def test_rerank_topk_matches_lexsort(nq, depth, k, is_l2, seed):
             want_s = np.full(k, worst, dtype=np.float32)
             want_s[: order.size] = exact[i][keep][order]
             np.testing.assert_array_equal(got_s[i], want_s)
+
+
+def _strided(x):
+    """The same values with stride 2 (the kernels' scalar loop)."""
+    wide = np.repeat(x[None, :], 2, axis=0).T.copy()
+    return wide[:, 0]
+
+
+@SETTINGS
+@given(dim=st.integers(1, 70), f16=st.booleans(), special=st.sampled_from(["none", "finite", "nonfinite"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_lane_sums_in_vector_ir_equal_the_scalar_loop(dim, f16, special, seed):
+    # _dot_lanes / _dist_lanes run in vector IR for unit-stride rows and as scalar lanes
+    # otherwise: the same float64 operations, so bit-identical, also for float16 rows with
+    # subnormals and -0 ("finite") and infinities and NaN ("nonfinite"; the widening without
+    # F16C is bit arithmetic: run with NUMBA_CPU_NAME=x86-64 NUMBA_CPU_FEATURES="" too, as
+    # CI does).
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal(dim).astype(np.float32)
+    v = rng.standard_normal(dim).astype(np.float32)
+    if f16:
+        v = v.astype(np.float16).view(np.uint16)
+        pool = [0x0001, 0x03FF, 0x8001, 0x8000, 0x0000, 0x0400, 0x3C00, 0x83FF]
+        if special == "nonfinite":
+            pool += [0x7C00, 0xFC00, 0x7E00]
+    else:
+        pool = [0.0, -0.0, 1e-40, -1e-42, 1.0] + ([np.inf, -np.inf, np.nan] if special == "nonfinite" else [])
+    if special != "none":
+        pick = rng.random(dim) < 0.5
+        v[pick] = rng.choice(np.array(pool, dtype=v.dtype), size=int(pick.sum()))
+    for fn, a, b in ((dense._dot_lanes, q, v), (dense._dist_lanes, q, v), (dense._dot_lanes, v, v)):
+        fast, slow = np.float64(fn(a, b)), np.float64(fn(_strided(a), _strided(b)))
+        assert _strided(a).strides[0] == 2 * a.itemsize
+        assert np.isnan(fast) == np.isnan(slow)
+        if not np.isnan(fast):
+            assert fast.view(np.int64) == slow.view(np.int64), (fast, slow)
