@@ -177,7 +177,12 @@ def test_lane_sums_in_vector_ir_equal_the_scalar_loop(dim, f16, special, seed):
     if special != "none":
         pick = rng.random(dim) < 0.5
         v[pick] = rng.choice(np.array(pool, dtype=v.dtype), size=int(pick.sum()))
-    for fn, a, b in ((dense._dot_lanes, q, v), (dense._dist_lanes, q, v), (dense._dot_lanes, v, v)):
+    qn = float(np.sqrt(dense._dot_lanes(q, q)))
+
+    def cosine(a, b):  # <q, v> and <v, v> in one pass (vector) or two (scalar)
+        return dense._score_row(a, b, dense.RESCORE_COSINE, qn)
+
+    for fn, a, b in ((dense._dot_lanes, q, v), (dense._dist_lanes, q, v), (dense._dot_lanes, v, v), (cosine, q, v)):
         fast, slow = np.float64(fn(a, b)), np.float64(fn(_strided(a), _strided(b)))
         assert _strided(a).strides[0] == 2 * a.itemsize
         assert np.isnan(fast) == np.isnan(slow)
