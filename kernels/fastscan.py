@@ -1111,13 +1111,20 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
     `fs_scan_multi`): qluts (G, L, 2 * pairs_per_level, 32), steps/biases (G, L), probes (P,),
     probe_bias/probe_q_sq (G, P) -> (G, k), row g identical to `fs_scan_factors` of query g
     (with the same block_bounds, or without: skipping never changes results). The float
-    work per block (level sums, bounds) runs on all LANES queries at once in vector IR."""
+    work per block (level sums, bounds, the row filter against each heap's minimum) runs on
+    all LANES queries at once in vector IR."""
+    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
+        # _lanes_rows reads 32 rows of (g, |r|^2) as one vector
+        raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
     n_q = qluts.shape[0]
     heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     heap_ids = np.full((n_q, k), -1, dtype=np.int64)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
     bounds = np.empty(LANES, dtype=np.float32)
+    lane_thr = np.zeros(LANES, dtype=np.float32)
+    scores = np.empty((LANES, BLOCK), dtype=np.float32)
+    masks = np.zeros(LANES, dtype=np.int64)
     # per-query terms of the current probe, padded to whole lanes for `_lanes_bound`
     n_pad = -(-n_q // LANES) * LANES
     bases = np.zeros(n_pad, dtype=np.float32)
@@ -1151,26 +1158,29 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
                     fs_block_accumulate_group(blocks, b, lv * level_pairs, level_pairs, qluts, t, g0, n_lanes, acc)
                     _lanes_comb(acc, comb, w, lv == 0)
                     w *= np.float32(0.5)
+                for lane in range(n_lanes):
+                    lane_thr[lane] = heap_scores[g0 + lane, 0]
                 if skip:
                     _lanes_bound(comb, bases, lane_steps, lane_pbias, lane_q_sq, g0, block_bounds, b, is_l2, bounds)
+                    for lane in range(n_lanes):
+                        if bounds[lane] < lane_thr[lane]:
+                            lane_thr[lane] = np.inf  # skipped: no row can enter the heap
+                # every row's score and the rows at or above the heap minimum in vector IR
+                # (as fs_scan_factors_lists), then fs_scan_factors's admission test on those
+                _lanes_rows(comb, row_factors, row0, bases[g0:], lane_steps[g0:], lane_pbias[g0:], lane_q_sq[g0:],
+                            lane_thr, is_l2, scores, masks)
                 for lane in range(n_lanes):
-                    g = g0 + lane
-                    if skip and bounds[lane] < heap_scores[g, 0]:
+                    m = masks[lane]
+                    if m == 0:
                         continue
-                    # fs_scan_factors's per-row loop, written out (see fs_scan_multi)
+                    g = g0 + lane
                     hs = heap_scores[g]
                     hi = heap_ids[g]
-                    base = bases[g]
-                    step = lane_steps[g]
-                    pbias = lane_pbias[g]
-                    q_sq = lane_q_sq[g]
-                    for v in range(BLOCK):
+                    while m != 0:
+                        v = _lowest_bit(m)
+                        m &= m - 1
                         idx = block_ids[row0 + v]
-                        est = row_factors[row0 + v, 0] * (base + step * comb[lane, v])
-                        if is_l2:
-                            s = np.float32(-(q_sq - 2.0 * est + row_factors[row0 + v, 1]))
-                        else:
-                            s = np.float32(pbias + est)
+                        s = scores[lane, v]
                         if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
                             topk_push(hs, hi, s, idx)
     for g in range(n_q):
