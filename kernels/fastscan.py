@@ -326,24 +326,6 @@ def _make_lanes_postprocess(n_lanes):
     these are written as 32-wide vector IR."""
 
     @intrinsic
-    def lanes_max(typingctx, acc, top):
-        """top[i] = max_v acc[i, v] (uint16) for i < n_lanes."""
-        sig = types.void(acc, top)
-
-        def codegen(context, builder, signature, args):
-            rows = _lane_rows(context, builder, signature.args[0], args[0], ir.IntType(16), n_lanes)
-            top_a = context.make_array(signature.args[1])(context, builder, args[1])
-            v16 = ir.VectorType(ir.IntType(16), 32)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(16), [v16]),
-                                                "llvm.vector.reduce.umax.v32i16")
-            for lane in range(n_lanes):
-                m = builder.call(fn, [builder.load(rows[lane], align=1)])
-                builder.store(m, builder.gep(top_a.data, [ir.Constant(ir.IntType(64), lane)]))
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    @intrinsic
     def lanes_comb(typingctx, acc, comb, w, first):
         """comb[i] = (0 if first else comb[i]) + w * float32(acc[i]) for i < n_lanes, the
         same IEEE float32 operations as `fs_scan_factors`'s per-row loop."""
@@ -566,7 +548,7 @@ def _make_lanes_postprocess(n_lanes):
 
         return sig, codegen
 
-    return lanes_max, lanes_comb, lanes_bound, lanes_rows, lanes_rows_pq, lanes_at_least
+    return lanes_comb, lanes_bound, lanes_rows, lanes_rows_pq, lanes_at_least
 
 
 @intrinsic
@@ -588,7 +570,7 @@ def _lowest_bit(typingctx, x):
 LANES = 8
 _shuffle_accumulate_lanes = _make_shuffle_accumulate_lanes(LANES)
 _shuffle_accumulate_gather = _make_shuffle_accumulate_gather(LANES)
-_lanes_max, _lanes_comb, _lanes_bound, _lanes_rows, _lanes_rows_pq, _lanes_at_least = _make_lanes_postprocess(LANES)
+_lanes_comb, _lanes_bound, _lanes_rows, _lanes_rows_pq, _lanes_at_least = _make_lanes_postprocess(LANES)
 
 
 @jit
