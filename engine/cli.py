@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "vecz " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.command == "codecs":
-        print("stages: MRL<d>, IVF<n>, PQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, F16, Flat")
+        print("stages: MRL<d>, IVF<n>, PQ<M>x<4|8>, OPQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, F16, Flat")
         return 0
     commands = {"build": _build, "search": _search, "info": _info, "check": _check}
     try:

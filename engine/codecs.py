@@ -1,8 +1,9 @@
 """Codecs: spec strings, configs, training, encoding, decoding, and query plans.
 
 A spec is comma-separated stages (DESIGN.md): `[MRL<d>,][IVF<n>,]QUANTIZER` where the
-quantizer is one of `PQ<M>x<b>` (b = 4 or 8), `RB<b>` (b = 1..8), `SQ8`, `SQ4`, `F16`,
-`Flat`. `format_spec(parse_spec(s))` is the canonical spelling.
+quantizer is one of `PQ<M>x<b>` (b = 4 or 8), `OPQ<M>x<b>` (the same after a learned
+rotation of the residual), `RB<b>` (b = 1..8), `SQ8`, `SQ4`, `F16`, `Flat`.
+`format_spec(parse_spec(s))` is the canonical spelling.
 
 Pipeline of a vector x (float32, width `dim`):
 
@@ -109,10 +110,10 @@ def _positive(text: str, stage: str, what: str) -> int:
 
 
 def _parse_pq(m: re.Match, stage: str) -> PQ:
-    nbits = int(m.group(2))
+    nbits = int(m.group(3))
     if nbits not in (4, 8):
         raise CodecSpecError(f"stage {stage!r}: PQ bits must be 4 or 8, found {nbits}")
-    return PQ(_positive(m.group(1), stage, "M"), nbits)
+    return PQ(_positive(m.group(2), stage, "M"), nbits, rotate=bool(m.group(1)))
 
 
 def _parse_rb(m: re.Match, stage: str) -> RB:
@@ -126,7 +127,7 @@ def _parse_rb(m: re.Match, stage: str) -> RB:
 _STAGES: list[tuple[re.Pattern, Callable[[re.Match, str], Stage]]] = [
     (re.compile(r"MRL(\d{1,9})"), lambda m, s: MRL(_positive(m.group(1), s, "dim"))),
     (re.compile(r"IVF(\d{1,9})"), lambda m, s: IVF(_positive(m.group(1), s, "nlist"))),
-    (re.compile(r"PQ(\d{1,9})x(\d{1,9})"), _parse_pq),
+    (re.compile(r"(O?)PQ(\d{1,9})x(\d{1,9})"), _parse_pq),
     (re.compile(r"RB(\d{1,9})"), _parse_rb),
     (re.compile(r"SQ([48])"), lambda m, s: SQ(int(m.group(1)))),
     (re.compile(r"F16"), lambda m, s: F16()),
@@ -140,7 +141,8 @@ def _parse_stage(text: str) -> Stage:
         if m:
             return parser(m, text)
     raise CodecSpecError(
-        f"unknown stage {text!r}: expected one of MRL<d>, IVF<n>, PQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, F16, Flat"
+        f"unknown stage {text!r}: expected one of MRL<d>, IVF<n>, PQ<M>x<4|8>, OPQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, "
+        "F16, Flat"
     )
 
 

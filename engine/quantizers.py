@@ -2,12 +2,13 @@
 codes are laid out and scanned.
 
 A quantizer is a small frozen value, hashable, whose `str()` is its spec-string stage:
-`PQ(m, nbits)`, `RB(levels)`, `SQ(nbits)`, `F16()`, `Flat()`. `vecz.engine.codecs` parses
+`PQ(m, nbits)` (`PQ(m, nbits, rotate=True)`: OPQ), `RB(levels)`, `SQ(nbits)`, `F16()`,
+`Flat()`. `vecz.engine.codecs` parses
 spec strings into them and drives them; each carries its own behaviour on plain arrays:
 
 - sizes: ``code_size(width, metric)`` bytes per vector (known before training),
   ``check_width(width, spec)``, ``state_shapes(width)``: the trained arrays by name. The
-  names are part of the on-disk format (`pq_books`, `rb_rotation`, `sq_vmin`, `sq_vdiff`;
+  names are part of the on-disk format (`pq_books`, `pq_rotation`, `rb_rotation`, `sq_vmin`, `sq_vdiff`;
   the codec adds `centroids`).
 - ``train(residuals, rng, seed=, rotation=) -> state``, ``encode(residuals, state) -> codes``
   uint8 (n, code_size), ``decode(codes, state, width) -> residuals`` float32 (n, width).
@@ -171,13 +172,17 @@ def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_m
 @dataclasses.dataclass(frozen=True)
 class PQ(Quantizer):
     """Product quantization: `m` sub-quantizers of `nbits` bits (8: float tables, row codes;
-    4: the fast scan, codes in blocks of 32 rows)."""
+    4: the fast scan, codes in blocks of 32 rows). With `rotate` (spec ``OPQ<M>x<b>``) the
+    residuals are coded after a learned orthogonal rotation (OPQ, `pq.opq_train`; state
+    ``pq_rotation``, applied as r @ R row by row): codes, tables and scans are those of PQ
+    in the rotated space, where inner products and distances are the same."""
 
     m: int
     nbits: int
+    rotate: bool = False
 
     def __str__(self) -> str:
-        return f"PQ{self.m}x{self.nbits}"
+        return f"{'O' if self.rotate else ''}PQ{self.m}x{self.nbits}"
 
     def check_width(self, width: int, spec: str) -> None:
         if self.m > width:
@@ -189,13 +194,24 @@ class PQ(Quantizer):
         return self.m if self.nbits == 8 else (self.m + 1) // 2
 
     def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
-        return {"pq_books": (self.m, 1 << self.nbits, pq.pq_dsub(width, self.m))}
+        shapes = {"pq_books": (self.m, 1 << self.nbits, pq.pq_dsub(width, self.m))}
+        if self.rotate:
+            shapes["pq_rotation"] = (width, width)
+        return shapes
 
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
-        return {"pq_books": pq.pq_train(residuals, self.m, self.nbits, seed=seed)}
+        if not self.rotate:
+            return {"pq_books": pq.pq_train(residuals, self.m, self.nbits, seed=seed)}
+        rot, books = pq.opq_train(residuals, self.m, self.nbits, seed=seed, svd_scope=_SerialBlas)
+        return {"pq_books": books, "pq_rotation": rot}
+
+    def _rotated(self, x: np.ndarray, state: Tables) -> np.ndarray:
+        """Residuals in the coded space: x @ R with OPQ (each row's sums in one fixed order,
+        so a row's code never depends on its batch), else x."""
+        return transform.matmul_rows_batch(x, state["pq_rotation"]) if self.rotate else x
 
     def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
-        codes = pq.pq_encode(residuals, state["pq_books"])
+        codes = pq.pq_encode(self._rotated(residuals, state), state["pq_books"])
         return codes if self.nbits == 8 else pq.pq4_pack(codes)
 
     def _sub_codes(self, codes: np.ndarray) -> np.ndarray:
@@ -203,11 +219,13 @@ class PQ(Quantizer):
         return codes if self.nbits == 8 else pq.pq4_unpack(codes, self.m)
 
     def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
-        return pq.pq_decode(self._sub_codes(codes), state["pq_books"], width)
+        out = pq.pq_decode(self._sub_codes(codes), state["pq_books"], width)
+        return np.ascontiguousarray(out @ state["pq_rotation"].T) if self.rotate else out
 
     def coding_errors(self, residuals, codes, state, width):
-        # one fused pass (kernels/pq.py): 20x less time than decoding 117,647 x 384 rows
-        return pq.pq_code_errors(np.ascontiguousarray(residuals, dtype=np.float32),
+        # one fused pass (kernels/pq.py): 20x less time than decoding 117,647 x 384 rows; the
+        # rotation keeps norms, so OPQ's error is measured in the rotated space
+        return pq.pq_code_errors(np.ascontiguousarray(self._rotated(residuals, state), dtype=np.float32),
                                  np.ascontiguousarray(self._sub_codes(codes)), state["pq_books"])
 
     def build_layout(self, codes, order, ids, offsets, width, keep_rows):
@@ -228,6 +246,8 @@ class PQ(Quantizer):
 
     def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
         n_tab = bias.shape[1] if per_probe else 1
+        if self.rotate:
+            tq = np.ascontiguousarray(tq @ state["pq_rotation"], dtype=np.float32)
         luts = pq.pq_lut(tq, state["pq_books"], "l2" if metric == "l2" else "ip")
         luts = luts.reshape(nq, n_tab, self.m, 1 << self.nbits)
         if self.nbits == 8:
@@ -243,6 +263,11 @@ class PQ(Quantizer):
             # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)
             books, centroids = layout.state["pq_books"], layout.state["centroids"]
             inv = getattr(layout, "pq_inv_range", None)
+            if self.rotate:  # the reconstruction c + decode(code) R^T has the norm of c R + decode(code)
+                centroids = getattr(layout, "pq_rotated_centroids", None)
+                if centroids is None:
+                    centroids = layout.pq_rotated_centroids = np.ascontiguousarray(
+                        layout.state["centroids"] @ layout.state["pq_rotation"], dtype=np.float32)
             if inv is None:  # once per index: the codes do not change (deletes only hide ids)
                 inv = layout.pq_inv_range = pq.pq_inv_norm_range(books, centroids, layout.codes, layout.offsets)
             return pq.pq_lut_scan_cosine_batch(luts[:, 0], layout.codes, layout.ids, layout.offsets, plan.probes,

@@ -21,12 +21,15 @@ Rows whose id is < 0 (marked dead) are never returned. Reference: tests/referenc
 
 from __future__ import annotations
 
+from typing import Any, Callable, ContextManager
+
 import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch
 from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
 from .topk import topk_init, topk_push, topk_sort
+from .transform import matmul_rows_batch, polar, random_rotation
 
 __all__ = [
     "pq_norm_table",
@@ -36,6 +39,7 @@ __all__ = [
     "pq_dsub",
     "pq_pad",
     "pq_train",
+    "opq_train",
     "pq_encode",
     "pq_decode",
     "pq_code_errors",
@@ -45,6 +49,13 @@ __all__ = [
     "pq_lut_scan",
     "pq_lut_scan_batch",
 ]
+
+
+# OPQ training (`opq_train`): iterations of rotation and warm codebooks on at most OPQ_ROWS
+# rows (wordnet-minilm, OPQ56x8: see docs/results/opq.md).
+OPQ_ITER = 40
+OPQ_PQ_ITER = 1
+OPQ_ROWS = 16384
 
 
 def pq_dsub(dim: int, m: int) -> int:
@@ -72,6 +83,64 @@ def pq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int = 
     for j in range(m):
         books[j] = kmeans_fit(xp[:, j * dsub : (j + 1) * dsub], ksub, n_iter=n_iter, seed=seed + j, tol=tol)
     return books
+
+
+def _pq_means(y: np.ndarray, codes: np.ndarray, books: np.ndarray) -> np.ndarray:
+    """One Lloyd update of every sub-space's centroids: the mean of the sub-vectors coded to
+    each (a centroid no row chose keeps its place). y float32 (n, dim) unpadded."""
+    m, ksub, dsub = books.shape
+    out = books.copy()
+    d = y.shape[1]
+    for j in range(m):
+        c = codes[:, j].astype(np.intp)
+        count = np.bincount(c, minlength=ksub)
+        used = count > 0
+        for t in range(min(dsub, d - j * dsub)):
+            sums = np.bincount(c, weights=y[:, j * dsub + t], minlength=ksub)
+            out[j, used, t] = (sums[used] / count[used]).astype(np.float32)
+    return out
+
+
+def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int = OPQ_ITER,
+              pq_iter: int = OPQ_PQ_ITER, rows: int = OPQ_ROWS,
+              svd_scope: Callable[[], ContextManager[Any]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Optimized product quantization (Ge et al. 2013, the non-parametric OPQ): an
+    orthogonal rotation R (float32 (dim, dim), applied as x @ R) and codebooks for x R.
+
+    Starting from a random rotation and codebooks trained on x R (`pq_train`), `n_iter`
+    times: `pq_iter` (>= 1) Lloyd steps of the codebooks from where they are (warm, as
+    faiss's OPQMatrix does), then R <- the orthogonal Procrustes solution that maps x
+    closest to the reconstructions of the last step's codes (the polar factor of
+    x^T decode(codes)). Neither
+    step raises the squared coding error of the rows it ran on. The loop runs on at most
+    `rows` rows of x (drawn with `seed`); the final codebooks train on all of x, rotated,
+    with `pq_train`'s defaults. Each SVD runs inside `svd_scope()` when given."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if pq_iter < 1:
+        raise ValueError(f"opq_train: expected pq_iter >= 1, found {pq_iter}")
+    rng = np.random.default_rng(seed)
+    sub = x if n <= rows else x[np.sort(rng.choice(n, rows, replace=False))]
+    rot = random_rotation(d, seed)
+    if sub.shape[0] >= 2 and n_iter > 0:
+        subt = np.ascontiguousarray(sub.T)
+        y = matmul_rows_batch(sub, rot)
+        books = pq_train(y, m, nbits, seed=seed)
+        for _ in range(n_iter):
+            for _ in range(pq_iter):
+                codes = pq_encode(y, books)
+                books = _pq_means(y, codes, books)
+            # x^T decode in float32 BLAS (a float64 product cost 8x as much; R only needs
+            # to be orthogonal, which the float64 polar factor makes it)
+            cross = (subt @ pq_decode(codes, books, d)).astype(np.float64)
+            if svd_scope is None:
+                rot = polar(cross).astype(np.float32)
+            else:
+                with svd_scope():
+                    rot = polar(cross).astype(np.float32)
+            y = matmul_rows_batch(sub, rot)
+    rot = np.ascontiguousarray(rot, dtype=np.float32)
+    return rot, pq_train(matmul_rows_batch(x, rot), m, nbits, seed=seed)
 
 
 @jit

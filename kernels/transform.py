@@ -30,7 +30,7 @@ from numba import prange
 from ._jit import jit, jit_batch
 
 __all__ = ["mrl_truncate", "mrl_truncate_checked", "normalize_rows", "normalize_rows_checked", "random_rotation",
-           "itq_rotation", "matmul_rows", "matmul_rows_batch"]
+           "itq_rotation", "polar", "matmul_rows", "matmul_rows_batch"]
 
 
 @jit
@@ -241,7 +241,7 @@ def _itq_signs(x, v, b, mt, max_flips):
     return flips if flips <= max_flips else -1
 
 
-def _polar(m: np.ndarray) -> np.ndarray:
+def polar(m: np.ndarray) -> np.ndarray:
     """The orthogonal factor U V^T of m = U S V^T (float64): the Procrustes rotation.
 
     (Through eigh(m^T m) it would take half the time, but x^T B is ill-conditioned on real
@@ -283,8 +283,8 @@ def itq_rotation(x: np.ndarray, seed: int, n_iter: int = 50,
         if flips < 0:
             mt = (b.T @ x).astype(np.float64)
         if svd_scope is None:
-            rot = _polar(mt.T)
+            rot = polar(mt.T)
         else:
             with svd_scope():
-                rot = _polar(mt.T)
+                rot = polar(mt.T)
     return np.ascontiguousarray(rot, dtype=np.float32)

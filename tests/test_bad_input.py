@@ -269,7 +269,7 @@ CASES: list[Case] = [
     Case("dense tier unknown", "Store.create(dense)", _create(dense="f64"), InvalidInput,
          r"dense: expected one of \('f32', 'f16', 'none'\) or None, found 'f64'"),
     Case("codec stage unknown", "Store.create(codec)", _create(codec="HNSW32"), CodecSpecError,
-         r"unknown stage 'HNSW32': expected one of MRL<d>, IVF<n>, PQ<M>x<4\|8>, RB<1..8>"),
+         r"unknown stage 'HNSW32': expected one of MRL<d>, IVF<n>, PQ<M>x<4\|8>, OPQ<M>x<4\|8>, RB<1..8>"),
     Case("codec stage in lower case", "Store.create(codec)", _create(codec="rb1"), CodecSpecError,
          r"unknown stage 'rb1': expected one of"),
     Case("codec spec empty", "Store.create(codec)", _create(codec=""), CodecSpecError,

@@ -154,7 +154,8 @@ def nonzero_rows(x: np.ndarray, metric: str) -> np.ndarray:
 
 
 quantizer_specs = st.one_of(
-    st.builds(lambda m, b: f"PQ{m}x{b}", st.integers(1, 256), st.sampled_from([4, 8])),
+    st.builds(lambda o, m, b: f"{o}PQ{m}x{b}", st.sampled_from(["", "O"]), st.integers(1, 256),
+              st.sampled_from([4, 8])),
     st.integers(1, 8).map("RB{}".format),
     st.sampled_from(["SQ8", "SQ4", "F16", "Flat"]),
 )
@@ -178,7 +179,7 @@ def test_spec_round_trips_canonically(spec):
 
 
 @FAST
-@given(st.text(alphabet="MRLIVFPQxSB0123456789,Flat6 ", max_size=24))
+@given(st.text(alphabet="MRLIVFOPQxSB0123456789,Flat6 ", max_size=24))
 def test_parse_spec_fuzz_raises_spec_error_or_is_idempotent(text):
     try:
         stages = parse_spec(text)
@@ -197,6 +198,12 @@ def test_parse_spec_fuzz_raises_spec_error_or_is_idempotent(text):
         ("pq8x8", "pq8x8"),
         ("PQ8", "PQ8"),
         ("PQ8x8x8", "PQ8x8x8"),
+        ("OPQ8", "OPQ8"),
+        ("OOPQ8x8", "OOPQ8x8"),
+        ("opq8x8", "opq8x8"),
+        ("OPQ8x5", "OPQ8x5"),
+        ("OPQ0x4", "OPQ0x4"),
+        ("OPQ8,PQ8x8", "OPQ8"),  # faiss's spelling of a separate stage
         ("SQ6", "SQ6"),
         ("SQ16", "SQ16"),
         ("F32", "F32"),
@@ -285,7 +292,7 @@ def test_code_size_formula(spec, dim, metric):
     mrl = next((s.dim for s in stages if type(s).__name__ == "MRL"), None)
     width = dim if mrl is None else mrl
     quant = spec.split(",")[-1]
-    m = re.fullmatch(r"PQ(\d+)x(\d+)", quant)
+    m = re.fullmatch(r"O?PQ(\d+)x(\d+)", quant)
     if (mrl is not None and mrl > dim) or (m and int(m.group(1)) > width):
         with pytest.raises(CodecSpecError):
             code_size(spec, dim, metric)
@@ -319,6 +326,7 @@ CODE_SIZE_CASES = [
     (13, "MRL9,IVF4,RB2"), (13, "MRL13,PQ13x4"), (13, "MRL1,Flat"),
     (65, "PQ65x4"), (65, "PQ16x8"), (65, "RB5"), (65, "SQ4"), (65, "F16"), (65, "MRL33,SQ4"),
     (65, "IVF8,RB2"), (65, "MRL64,IVF4,PQ8x4"), (65, "MRL63,RB7"), (65, "IVF2,SQ8"),
+    (13, "OPQ5x4"), (13, "OPQ13x8"), (65, "MRL33,IVF4,OPQ8x8"), (65, "OPQ65x4"),
 ]
 
 
@@ -341,7 +349,7 @@ def test_code_size_before_training_equals_code_width(dim, spec):
 
 
 CONFIG_SPECS = ["Flat", "F16", "SQ8", "SQ4", "PQ8x8", "PQ8x4", "RB1", "RB3", "IVF4,PQ4x8", "IVF4,RB2",
-                "MRL12,IVF4,SQ4", "MRL10,PQ5x4", "IVF4,F16"]
+                "MRL12,IVF4,SQ4", "MRL10,PQ5x4", "IVF4,F16", "OPQ8x8", "IVF4,OPQ5x4"]
 
 
 @pytest.mark.parametrize("spec", CONFIG_SPECS)
@@ -590,7 +598,7 @@ def test_search_result_unpacks_like_faiss(metric):
         assert np.all(np.diff(D, axis=1) <= 0)
 
 
-@pytest.mark.parametrize("spec", ["Flat", "IVF4,Flat", "SQ8", "PQ4x8", "PQ4x4", "RB2", "F16"])
+@pytest.mark.parametrize("spec", ["Flat", "IVF4,Flat", "SQ8", "PQ4x8", "PQ4x4", "RB2", "F16", "OPQ4x8", "OPQ4x4"])
 @pytest.mark.parametrize("metric", METRICS)
 def test_k_larger_than_n_pads_with_minus_one_and_worst_score(spec, metric):
     x, q = gaussian_clusters(30, 8, nq=3, seed=7)
@@ -612,7 +620,8 @@ def test_k_larger_than_n_pads_with_minus_one_and_worst_score(spec, metric):
         assert (i2[:, 30:] == -1).all() and (s2[:, 30:] == worst_score(metric)).all()
 
 
-@pytest.mark.parametrize("spec", ["Flat", "F16", "SQ8", "SQ4", "PQ2x8", "PQ2x4", "RB1", "RB4", "IVF2,PQ2x8"])
+@pytest.mark.parametrize("spec", ["Flat", "F16", "SQ8", "SQ4", "PQ2x8", "PQ2x4", "RB1", "RB4", "IVF2,PQ2x8", "OPQ2x8",
+                                  "IVF2,OPQ2x4"])
 @pytest.mark.parametrize("metric", METRICS)
 def test_one_vector(spec, metric):
     x = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
@@ -1148,3 +1157,49 @@ def test_chunked_encoding_gives_the_codes_of_one_pass(spec, monkeypatch):
     chunked = codec.encode(x)
     np.testing.assert_array_equal(chunked.codes, whole.codes)
     np.testing.assert_array_equal(chunked.lists, whole.lists)
+
+
+# --------------------------------------------------------------------------- OPQ
+
+
+@pytest.mark.parametrize("spec", ["OPQ4x8", "OPQ5x4", "IVF4,OPQ4x8", "IVF3,OPQ6x4", "MRL11,OPQ3x8"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_opq_scores_are_those_of_its_reconstructions(spec, metric):
+    """OPQ codes r @ R and rotates the query into the same space: a search must score each
+    row as the rotated-back reconstruction `decode` returns (cosine: by the cosine to it,
+    as PQ x8 is scored), and a row's code must not depend on its batch."""
+    dim = 13
+    x, q = gaussian_clusters(400, dim, nq=7, seed=3)
+    codec = trained(spec, dim, metric, x)
+    rot = codec.state()["pq_rotation"]
+    np.testing.assert_allclose(rot @ rot.T, np.eye(codec.width), atol=2e-5)
+    codes = codec.encode(x)
+    one_by_one = np.concatenate([codec.encode(x[i:i + 1]).codes for i in range(0, 400, 37)])
+    np.testing.assert_array_equal(one_by_one, codes.codes[::37])
+    rec = codec.decode(*codes).astype(np.float64)
+    qp = codec._prepare(q, "queries").astype(np.float64)
+    if metric == "l2":
+        want = -((qp[:, None, :] - rec[None]) ** 2).sum(-1)
+    else:
+        want = qp @ rec.T
+        if metric == "cosine" and spec.endswith("x8"):
+            want /= np.linalg.norm(rec, axis=1)[None, :]
+    k = 5
+    res = codec.index(*codes).search(q, k, nprobe=codec.nlist)
+    got = -res.scores if metric == "l2" else res.scores
+    picked = np.take_along_axis(want, res.ids, axis=1)
+    tol = 1e-4 if spec.endswith("x8") else 0.08 * np.abs(want).max()  # 4-bit: uint8 tables
+    np.testing.assert_allclose(got, picked, atol=tol, rtol=1e-4)
+    best = -np.sort(-want, axis=1)[:, :k]
+    assert (picked >= best[:, -1:] - 2 * tol).all()
+
+
+def test_opq_lowers_the_coding_error_on_correlated_data():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2000, 24)) * (0.8 ** np.arange(24))[None, :]
+    x = (z @ np.linalg.qr(rng.standard_normal((24, 24)))[0]).astype(np.float32) + 3.0
+    err = {}
+    for spec in ("PQ6x4", "OPQ6x4"):
+        codec = trained(spec, 24, "l2", x)
+        err[spec] = ((codec.decode(*codec.encode(x)) - x) ** 2).sum(1).mean()
+    assert err["OPQ6x4"] < 0.75 * err["PQ6x4"], err

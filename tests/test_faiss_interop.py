@@ -635,3 +635,62 @@ def test_codecs_module_does_not_import_faiss():
     code = ("import sys, vecz; from vecz.engine.codecs import Codec; "
             "assert 'faiss' not in sys.modules and 'vecz.engine.faiss_interop' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# --------------------------------------------------------------------------- OPQ
+
+
+def _share_equal_rows(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.all(a == b, axis=1).mean())
+
+
+@pytest.mark.parametrize("spec,metric", [("OPQ16x8", "cosine"), ("OPQ16x8", "l2"), ("IVF16,OPQ32x4", "ip"),
+                                         ("IVF16,OPQ16x8", "l2")])
+def test_to_faiss_opq_codes_and_back(sample, vecz_codecs, spec, metric):
+    """An OPQ codec becomes a LinearTransform (A = R^T) in front of faiss's PQ index, whose
+    centroids are c R: the same lists and codes but for float rounding (x R - c R against
+    vecz's (x - c) R); back in vecz the rotation and codebooks are the same bits, the
+    centroids within rounding (c R R^T)."""
+    codec = vecz_codecs(spec, metric)
+    index = codec.to_faiss()
+    gc.collect()
+    x = sample.base
+    codes, lists = split_sa_codes(codec, index.sa_encode(x))
+    ours = codec.encode(x)
+    assert _share_equal_rows(codes, ours.codes) >= 0.999 and (lists == ours.lists).mean() >= 0.999
+    back = Codec.from_faiss(index)
+    assert back.spec == codec.spec and back.metric == codec.metric
+    for name in ("pq_rotation", "pq_books"):
+        np.testing.assert_array_equal(back.state()[name], codec.state()[name])
+    np.testing.assert_allclose(back.state()["centroids"], codec.state()["centroids"], atol=1e-5)
+    assert _share_equal_rows(back.encode(x).codes, ours.codes) >= 0.999
+
+
+@pytest.mark.parametrize("metric,inner,spec", [(L2, lambda d: faiss.IndexPQ(d, 16, 8, L2), "OPQ16x8"),
+                                               (IP, lambda d: faiss.IndexPQFastScan(d, 32, 4, IP), "OPQ32x4"),
+                                               (L2, lambda d: faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, 8, 16, 8),
+                                                "IVF8,OPQ16x8")])
+def test_from_faiss_opq_matrix(sample, metric, inner, spec):
+    """A faiss-trained OPQMatrix in front of a PQ index comes in as OPQ: R = A^T, and the
+    coarse centroids rotated back (c = c' R^T)."""
+    d = sample.dim
+    opq = faiss.OPQMatrix(d, 32 if spec.startswith("OPQ32") else 16)
+    opq.niter = 4  # a few iterations: the test is about the mapping, not faiss's training
+    core = inner(d)
+    index = faiss.IndexPreTransform(opq, core)
+    index.train(sample.train)
+    codec = Codec.from_faiss(index)
+    assert codec.spec == spec
+    codes, lists = split_sa_codes(codec, index.sa_encode(sample.base))
+    ours = codec.encode(sample.base)
+    assert _share_equal_rows(codes, ours.codes) >= 0.999 and (lists == ours.lists).mean() >= 0.999
+
+
+def test_from_faiss_refuses_a_rotation_in_front_of_sq(sample):
+    d = sample.dim
+    opq = faiss.OPQMatrix(d, 16)
+    opq.niter = 2
+    index = faiss.IndexPreTransform(opq, faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit))
+    index.train(sample.train)
+    with pytest.raises(CodecSpecError, match=r"found \[OPQMatrix\]"):
+        Codec.from_faiss(index)

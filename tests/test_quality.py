@@ -94,3 +94,12 @@ def test_ivf_residual_codes_on_real_data(minilm):
     # the partition alone caps recall near 0.95 here (IVF256,SQ8 at nprobe 32 gives 0.950).
     ivf = _codec_recall(minilm, "IVF256,RB2", nprobe=32)
     assert 0.80 <= ivf <= _codec_recall(minilm, "RB2") + 0.005, ivf
+
+
+def test_opq_beats_pq_on_real_embeddings(minilm):
+    # OPQ's learned rotation spreads the variance over the sub-spaces: measured (first 1000
+    # queries, cosine) PQ32x8 0.626 -> OPQ32x8 0.682, PQ48x8 0.713 -> OPQ48x8 0.765; faiss's
+    # own OPQ32,PQ32 gave 0.633 (after 106 s of training against vecz's 12 s)
+    pq_recall = _codec_recall(minilm, "PQ32x8")
+    opq_recall = _codec_recall(minilm, "OPQ32x8")
+    assert opq_recall >= pq_recall + 0.03, f"OPQ32x8 recall@10 {opq_recall:.4f} vs PQ32x8 {pq_recall:.4f}"

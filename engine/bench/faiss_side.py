@@ -42,8 +42,8 @@ FAISS_KEYS = ("faiss_index", "faiss_bytes_per_vector", "faiss_ram_bytes_per_vect
 # polysemous training, which index_factory otherwise adds to PQ and IVFPQ (it reorders codes
 # for Hamming filtering that the search here never uses, and costs ~20x the training time).
 _QUANTIZERS = (
-    (r"PQ(\d+)x8", r"PQ\1np"),  # IndexPQ
-    (r"PQ(\d+)x4", r"PQ\1x4fs"),  # IndexPQFastScan
+    (r"O?PQ(\d+)x8", r"PQ\1np"),  # IndexPQ (OPQ: with an OPQMatrix in front, below)
+    (r"O?PQ(\d+)x4", r"PQ\1x4fs"),  # IndexPQFastScan
     (r"SQ(\d+)", r"SQ\1"),  # IndexScalarQuantizer
     (r"F16", "SQfp16"),
     (r"Flat", "Flat"),  # IndexFlat
@@ -58,6 +58,7 @@ def faiss_factory(spec: str, dim: int) -> str | None:
     | --- | --- |
     | `PQ<M>x8` | `PQ<M>np` (IndexPQ, no polysemous training) |
     | `PQ<M>x4` | `PQ<M>x4fs` (IndexPQFastScan) |
+    | `OPQ<M>x<b>` | `OPQ<M>,...` in front of the PQ (and IVF) body above (OPQMatrix) |
     | `SQ8`, `SQ4`, `F16` | `SQ8`, `SQ4`, `SQfp16` (IndexScalarQuantizer) |
     | `Flat` | `Flat` (IndexFlat) |
     | `RB<b>` | `RR<dim>,RaBitQ<b>` (random rotation + IndexRaBitQ, b bits) |
@@ -73,6 +74,10 @@ def faiss_factory(spec: str, dim: int) -> str | None:
         return None
     if coarse is not None:
         body = f"{coarse},{body}"
+    if stages[-1].startswith("OPQ"):
+        # faiss's OPQMatrix rotates x before IVF; vecz rotates the residual after it: the
+        # same family (x R - c R = (x - c) R), each side training its own rotation
+        body = f"OPQ{stages[-1][3:].split('x')[0]},{body}"
     if stages[-1].startswith("RB"):
         # RaBitQ's estimator assumes randomly rotated data; faiss leaves the rotation to a
         # pre-transform (as bench/harness.py does), timed at search like vecz's rotation.
