@@ -71,9 +71,9 @@ def test_candidates_fit_the_budget(nbytes, dim):
 
 def test_candidates_48_bytes_at_384_dims():
     specs = budget.candidate_specs(48, 384, "cosine", 117_647)
-    assert specs[:2] == ["PQ48x8", "PQ96x4"]
+    assert specs[:4] == ["PQ48x8", "PQ96x4", "OPQ48x8", "OPQ96x4"]
     assert "MRL320,RB1" in specs  # RB1 at 384 dims takes 56 bytes: truncated to fit
-    assert "IVF1024,PQ96x4" in specs and "MRL320,IVF1024,RB1" in specs
+    assert "IVF1024,PQ96x4" in specs and "IVF1024,OPQ96x4" in specs and "MRL320,IVF1024,RB1" in specs
     assert not any(s == "RB1" or s == "SQ8" for s in specs)
     # without room for IVF, none is proposed
     assert not any("IVF" in s for s in budget.candidate_specs(48, 384, "cosine", 800))

@@ -6,12 +6,13 @@ factors included; the 8-byte id every store keeps beside the codes is reported, 
 budgeted). The search space (`candidate_specs`) holds, for that budget and the data's
 width and size, the largest configuration of each family that fits:
 
-- PQ with 8-bit and with 4-bit (fast scan) sub-quantizers;
+- PQ with 8-bit and with 4-bit (fast scan) sub-quantizers, each also as OPQ (a learned
+  rotation first: the same bytes, a lower coding error on real embeddings);
 - RB with 1 and 2 levels, and the most levels that fit at full width, truncated by MRL
   when the full width does not fit (never below a quarter of the dims);
 - SQ8 and SQ4, truncated the same way;
 - behind an IVF partition (nlist ~ 4 sqrt(n), a power of two, at least 64 rows per list)
-  for the two fastest-scanning families, PQ x4 and RB1;
+  for the fastest-scanning families, PQ x4, OPQ x4 and RB1;
 
 and for every spec, the re-ranking depth R (`depth_grid`: 0, then k .. 50k rows read from
 the disk tier per query) and, for IVF, nprobe (nlist/32 .. nlist/2).
@@ -115,6 +116,8 @@ def candidate_specs(budget: int, dim: int, metric: str, n: int) -> list[str]:
     add(f"PQ{m8}x8" if m8 >= 1 else None)
     m4 = min(2 * budget, dim) // 2 * 2
     add(f"PQ{m4}x4" if m4 >= 2 else None)
+    add(f"OPQ{m8}x8" if m8 >= 1 else None)
+    add(f"OPQ{m4}x4" if m4 >= 2 else None)
     for levels in (1, 2):
         add(_truncated(f"RB{levels}", dim, metric, budget))
     full = max((b for b in range(1, 9) if _fits(f"RB{b}", dim, metric, budget) is not None), default=None)
@@ -124,7 +127,8 @@ def candidate_specs(budget: int, dim: int, metric: str, n: int) -> list[str]:
         add(_truncated(sq, dim, metric, budget))
     nlist = ivf_nlist(n)
     if nlist is not None:
-        for base in (f"PQ{m4}x4" if m4 >= 2 else None, _truncated("RB1", dim, metric, budget)):
+        fast_pq = (f"PQ{m4}x4", f"OPQ{m4}x4") if m4 >= 2 else ()
+        for base in (*fast_pq, _truncated("RB1", dim, metric, budget)):
             if base is None:
                 continue
             if base.startswith("MRL"):
