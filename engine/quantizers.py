@@ -3,13 +3,13 @@ codes are laid out and scanned.
 
 A quantizer is a small frozen value, hashable, whose `str()` is its spec-string stage:
 `PQ(m, nbits)` (`PQ(m, nbits, rotate=True)`: OPQ), `RB(levels)`, `SQ(nbits)`, `F16()`,
-`Flat()`. `vecz.engine.codecs` parses
-spec strings into them and drives them; each carries its own behaviour on plain arrays:
+`Flat()`. `vecz.engine.codecs` parses spec strings into them and drives them; each carries
+its own behaviour on plain arrays:
 
 - sizes: ``code_size(width, metric)`` bytes per vector (known before training),
   ``check_width(width, spec)``, ``state_shapes(width)``: the trained arrays by name. The
-  names are part of the on-disk format (`pq_books`, `pq_rotation`, `rb_rotation`, `sq_vmin`, `sq_vdiff`;
-  the codec adds `centroids`).
+  names are part of the on-disk format (`pq_books`, `pq_rotation`, `rb_rotation`, `sq_vmin`,
+  `sq_vdiff`; the codec adds `centroids`).
 - ``train(residuals, rng, seed=, rotation=) -> state``, ``encode(residuals, state) -> codes``
   uint8 (n, code_size), ``decode(codes, state, width) -> residuals`` float32 (n, width).
   Residuals are r = x - c for the quantizers with ``residual = True`` (PQ, RB, SQ: c is the

@@ -111,10 +111,11 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
     times: `pq_iter` (>= 1) Lloyd steps of the codebooks from where they are (warm, as
     faiss's OPQMatrix does), then R <- the orthogonal Procrustes solution that maps x
     closest to the reconstructions of the last step's codes (the polar factor of
-    x^T decode(codes)). Neither
-    step raises the squared coding error of the rows it ran on. The loop runs on at most
-    `rows` rows of x (drawn with `seed`); the final codebooks train on all of x, rotated,
-    with `pq_train`'s defaults. Each SVD runs inside `svd_scope()` when given."""
+    x^T decode(codes)). Neither step raises the squared coding error of the rows it ran
+    on. The loop runs on at most `rows` rows of x (drawn with `seed`); the final codebooks
+    train on all of x, rotated, with `pq_train`'s defaults. Each SVD runs inside
+    `svd_scope()` when given. On wordnet-minilm (PQ56x8, 65,536 rows) the squared error of
+    unit rows falls from 0.240 to 0.153 in ~13 s (docs/results/opq.md)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     if pq_iter < 1:
