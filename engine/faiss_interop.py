@@ -24,7 +24,7 @@ IndexIVFFlat                                     ``IVF<n>,Flat``         identic
 IndexIVFScalarQuantizer QT_fp16, no residual     ``IVF<n>,F16``          as F16
 IndexIVFScalarQuantizer QT_8bit/4bit, residual   ``IVF<n>,SQ8|SQ4``      as SQ
 IndexIVFPQ, IndexIVFPQFastScan, by_residual      ``IVF<n>,PQ<M>x<b>``    identical
-any PQ index above behind an OPQMatrix           ``[IVF<n>,]OPQ<M>x<b>``  up to rounding (below)
+a PQ index above behind an OPQMatrix             ``[IVF,]OPQ<M>x<b>``    up to rounding (below)
 any of these IVF indexes with nlist = 1          the spec without IVF    (as above)
 ==============================================  ======================  =====================
 
@@ -508,17 +508,18 @@ def codec_to_faiss(codec: Any, *, fast_scan: bool = True) -> Any:
         for PQ, F16 and Flat (SQ's vmin comes back eps of a level lower; ``IVF1`` comes
         back without the stage, with the same codes).
 
+        ``OPQ<M>x<b>`` becomes a LinearTransform (A = R^T, the codec's ``pq_rotation``
+        transposed) in front of the PQ index, whose coarse centroids are vecz's rotated
+        (c R): faiss rotates x before it picks a list, vecz rotates the residual, the same
+        codes up to float rounding (the product x R is summed in another order), and
+        ``from_faiss`` gives back the centroids within rounding.
+
     Raises
     ------
     NotTrained
         The codec is not trained.
     CodecSpecError
         RB, or PQ over a width M does not divide.
-
-    OPQ<M>x<b> becomes a LinearTransform (A = R^T, the codec's ``pq_rotation`` transposed)
-    in front of the PQ index, whose coarse centroids are vecz's rotated (c R): faiss
-    rotates x before it picks a list, vecz rotates the residual, the same codes up to float
-    rounding (the product x R is summed in another order).
     """
     faiss = import_faiss()
     if not all(hasattr(codec, a) for a in ("quantizer", "state", "mrl", "ivf")):

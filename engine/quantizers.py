@@ -172,7 +172,7 @@ def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_m
 @dataclasses.dataclass(frozen=True)
 class PQ(Quantizer):
     """Product quantization: `m` sub-quantizers of `nbits` bits (8: float tables, row codes;
-    4: the fast scan, codes in blocks of 32 rows). With `rotate` (spec ``OPQ<M>x<b>``) the
+    4: the fast scan, codes in blocks of 32 rows). With ``rotate`` (spec ``OPQ<M>x<b>``) the
     residuals are coded after a learned orthogonal rotation (OPQ, `pq.opq_train`; state
     ``pq_rotation``, applied as r @ R row by row): codes, tables and scans are those of PQ
     in the rotated space, where inner products and distances are the same."""
