@@ -221,17 +221,22 @@ def _per_row(segments: list[Segment]) -> bool:
 
 
 def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int, n_queries: int = 256,
-              depth: int = 64, seed: int = 0) -> ErrorModel | None:
+              depth: int = 64, seed: int = 0, queries: np.ndarray | None = None) -> ErrorModel | None:
     """The error model of engine/bounds.py measured on this store: `n_queries` live rows
     drawn at random (seeded: the same store gives the same model) serve as queries, their
     best `depth` candidates by code score (the row itself left out) are re-scored exactly.
-    Reads about n_queries * (depth + 1) rows of the dense tier, once. None when the store
-    is too small to measure (fewer than `bounds.MIN_PAIRS` pairs)."""
+    Reads about n_queries * (depth + 1) rows of the dense tier, once. With `queries`
+    (float32 (nq, dim), checked by the caller) those serve instead, every one of them,
+    nothing left out. None when the store is too small to measure (fewer than
+    `bounds.MIN_PAIRS` pairs)."""
     live = [seg for seg in segments if seg.live]
     counts = np.array([seg.live for seg in live], dtype=np.int64)
     total = int(counts.sum())
     if total < 2 or not all(seg.dense for seg in live):
         return None
+    if queries is not None:
+        return _fit_pairs(codec, metric, segments, np.ascontiguousarray(queries, dtype=np.float32),
+                          np.full(len(queries), -1, dtype=np.int64), min(depth, total), nprobe)
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(total, size=min(n_queries, total), replace=False))
     starts = np.concatenate([[0], np.cumsum(counts)])
@@ -244,9 +249,15 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         queries.append(seg.vectors(local, codec.dim))
         own.append(seg.ids[local])
     x = np.ascontiguousarray(np.concatenate(queries), dtype=np.float32)
-    own_id = np.concatenate(own)
+    return _fit_pairs(codec, metric, segments, x, np.concatenate(own), min(depth + 1, total), nprobe)
+
+
+def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, own_id: np.ndarray, depth: int,
+               nprobe: int) -> ErrorModel | None:
+    """`calibrate`'s model from queries x: their best `depth` candidates by code score, but
+    for the id `own_id` of each (-1: none), re-scored exactly."""
     with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
-        est, seg_of, rows, ids, _ = _shortlist(codec, segments, x, min(depth + 1, total), nprobe, False)
+        est, seg_of, rows, ids, _ = _shortlist(codec, segments, x, depth, nprobe, False)
         keep = (ids >= 0) & (ids != own_id[:, None])
         seg_of = np.where(keep, seg_of, -1)
         exact, _, _ = _exact(metric, segments, x, seg_of, rows, False)

@@ -556,6 +556,47 @@ class Store:
         self._error_model = (self.codec, model)
         return model
 
+    def calibrate(self, queries: Any, *, nprobe: int | None = None) -> ErrorModel | None:
+        """Measure the error model of ``rerank="auto"`` on sample queries like the ones to
+        come, instead of the store's own rows (what `error_model` uses by default), and use
+        it for this open store's auto searches. Each query's best 64 candidates by code
+        score are re-scored exactly (about 64 rows read a query; a few hundred queries is
+        enough: at least `bounds.MIN_PAIRS` pairs, 10 / (1 - confidence) pairs per rank band).
+
+        Why: stored rows as queries stand close to their neighbours; queries of another
+        kind (short questions against long documents) stand farther away, where a PQ code's
+        error in the score is larger. On wordnet-gemma, OPQ52x8's upper side calibrated on
+        its rows held for 88.6% of its queries' pairs at a promised 99%
+        (docs/results/opq.md).
+
+        Parameters
+        ----------
+        queries : (nq, dim) float array, or any input `add` takes: queries held out from
+            the ones whose answers are measured
+        nprobe : IVF lists visited (default as `search`)
+
+        Returns
+        -------
+        ErrorModel or None
+            The model now in use (None: too few pairs or no dense tier; auto then reads its
+            whole shortlist). Not stored: a re-opened store measures on its rows again.
+        """
+        self._check_open("calibrate")
+        x = _as_vectors(queries, self.dim, "calibration queries")
+        self._check_norms(x, "calibration queries")
+        if nprobe is None:
+            nprobe = max(1, self.codec.nlist // 8)
+        elif not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+            raise InvalidInput(f"nprobe must be an integer >= 1, found {nprobe!r}")
+        if not self.codec.is_trained or x.shape[0] == 0:
+            raise InvalidInput(f"calibrate: expected a trained store and at least one query, found "
+                               f"{'no training' if not self.codec.is_trained else '0 queries'}")
+        self._build_layouts = True
+        model = calibrate(self.codec, self.metric, self._segments, nprobe=min(int(nprobe), max(1, self.codec.nlist)),
+                          queries=x)
+        self._error_model = (self.codec, model)
+        return model
+
     def get(self, ids: Any) -> np.ndarray:
         """Exact vectors (float32 (n, dim)) of live ids, read from the dense files."""
         self._check_open("get")
