@@ -267,11 +267,31 @@ def read_manifest(directory: str | os.PathLike[str], version: int | None = None)
         or its body's "version" differs from its name.
     """
     directory = Path(directory)
-    if version is None:
+    if version is not None:
+        return _read_version(directory, version)
+    # The newest: a writer may commit newer versions and prune this one between the listing
+    # and the open (a reader slower than a few commits); then the listing is taken again.
+    tried = None
+    for _ in range(_NEWEST_ATTEMPTS):
         versions = list_versions(directory)
         if not versions:
             raise StoreNotFound(f"{directory}: no manifest (not a vecz store, or nothing committed)")
-        version = versions[-1]
+        if versions[-1] == tried:
+            break
+        tried = versions[-1]
+        try:
+            return _read_version(directory, tried)
+        except StoreNotFound:
+            if not directory.is_dir():
+                raise
+    return _read_version(directory, tried)
+
+
+# `read_manifest` of the newest version: listings tried before the last one raises
+_NEWEST_ATTEMPTS = 8
+
+
+def _read_version(directory: Path, version: int) -> dict:
     path = directory / manifest_name(version)
     try:
         with open(open_regular(path, "manifest"), "rb") as f:

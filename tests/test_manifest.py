@@ -120,6 +120,35 @@ def test_missing_store_and_missing_versions_are_store_not_found(tmp_path):
     assert isinstance(info.value, FileNotFoundError)
 
 
+def test_newest_pruned_between_listing_and_open_is_read_again(tmp_path, monkeypatch):
+    """A reader lists versions 1..3, a writer commits 4 and prunes 3 before the reader opens
+    it: the newest is listed again and 4 is read (seen in CI: a reader of a store under a
+    stream of commits got 'no manifest for version 8'). A listing that does not change
+    raises as before."""
+    from vecz.formats import manifest as mf
+
+    for v in (1, 2, 3):
+        write_manifest(tmp_path, v, {"n": v})
+    real = mf.list_versions
+    calls = []
+
+    def racing(directory):
+        found = real(directory)
+        if not calls:  # the writer runs right after the first listing
+            write_manifest(tmp_path, 4, {"n": 4})
+            os.remove(tmp_path / manifest_name(3))
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(mf, "list_versions", racing)
+    assert read_manifest(tmp_path)["n"] == 4
+    assert calls[0][-1] == 3 and calls[-1][-1] == 4
+
+    monkeypatch.setattr(mf, "list_versions", lambda directory: [1, 2, 4, 9])  # 9 never existed
+    with pytest.raises(StoreNotFound, match="version 9"):
+        read_manifest(tmp_path)
+
+
 def test_tmp_files_are_ignored_and_removed(tmp_path):
     write_manifest(tmp_path, 1, {})
     leftovers = [".MANIFEST-000000000002.4242.0123456789abcdef.tmp", ".MANIFEST-000000000003.1.f.tmp"]
