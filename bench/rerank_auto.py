@@ -21,6 +21,10 @@ query of the dataset, one thread:
 
     python bench/rerank_auto.py                          # both datasets, bench/out/rerank-auto/
     python bench/rerank_auto.py --datasets wordnet-minilm --specs "RB1;RB2"
+    python bench/rerank_auto.py --datasets wordnet-gemma --specs OPQ52x8 --calibrate-queries 1000
+
+`--calibrate-queries N` measures the interval on the last N queries (`Store.calibrate`)
+instead of the store's rows, and everything else on the other queries.
 
 Run it alone: two benchmarks on a 2-core machine disturb each other.
 """
@@ -125,6 +129,13 @@ def run(args) -> dict:
         base = np.load(data / "base.npy")
         queries = np.load(data / "queries.npy").astype(np.float32)
         gt = np.load(data / "gt_ids.npy")[:, :K]
+        cal = None
+        if args.calibrate_queries:  # the last N queries calibrate; the others are measured
+            if not 0 < args.calibrate_queries < len(queries):
+                raise SystemExit(f"--calibrate-queries: expected 1..{len(queries) - 1} for {name}, "
+                                 f"found {args.calibrate_queries}")
+            cal = queries[-args.calibrate_queries:]
+            queries, gt = queries[: -args.calibrate_queries], gt[: -args.calibrate_queries]
         specs = (args.specs or SPECS[name]).split(";")
         for spec in specs:
             path = Path(args.work) / f"{name}-{spec.replace(',', '_')}"
@@ -135,10 +146,11 @@ def run(args) -> dict:
                 print(f"built {path} in {time.perf_counter() - t:.1f} s", flush=True)
             with Store.open(path) as s:
                 t = time.perf_counter()
-                model = s.error_model()
+                model = s.error_model() if cal is None else s.calibrate(cal)
                 calib = time.perf_counter() - t
                 entry = {"dataset": name, "spec": spec, "code_size": s.codec.code_size, "n": len(s),
                          "nq": len(queries), "calibration_s": round(calib, 3), "pairs": model.pairs,
+                         "calibrated_on": "stored rows" if cal is None else f"the last {len(cal)} queries",
                          "per_row": model.per_row, "fixed": [], "auto": []}
                 ranks = code_ranks(s, queries, gt)
                 entry["oracle"] = {str(t): oracle(ranks, t) for t in ORACLE_TARGETS}
@@ -182,7 +194,8 @@ def markdown(out: dict) -> str:
     for e in out["results"]:
         lines += [f"### {e['dataset']} {e['spec']} ({e['code_size']} B of code per vector, {e['n']:,} rows, "
                   f"{e['nq']:,} queries)", "",
-                  f"Calibration: {e['pairs']:,} pairs, {'per-row' if e['per_row'] else 'one'} error scale, "
+                  f"Calibration on {e.get('calibrated_on', 'stored rows')}: {e['pairs']:,} pairs, "
+                  f"{'per-row' if e['per_row'] else 'one'} error scale, "
                   f"{e['calibration_s']} s.", "",
                   "| rerank | recall@10 | rows/q mean | rows/q p99 | oracle rows/q | miss rate | capped | QPS |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -209,6 +222,9 @@ def main() -> None:
     p.add_argument("--fixed", default="20,30,50,100")
     p.add_argument("--confidences", default="0.99,0.995,0.999")
     p.add_argument("--nq-coverage", type=int, default=1000)
+    p.add_argument("--calibrate-queries", type=int, default=0,
+                   help="calibrate auto on the last N queries (Store.calibrate) and measure the others "
+                        "(default 0: on the store's rows)")
     p.add_argument("--work", default="/tmp/vecz-rerank-auto")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "rerank-auto"))
     args = p.parse_args()
