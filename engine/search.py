@@ -240,15 +240,15 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(total, size=min(n_queries, total), replace=False))
     starts = np.concatenate([[0], np.cumsum(counts)])
-    queries, own = [], []
+    vecs, own = [], []
     for j, seg in enumerate(live):
         mine = picks[(picks >= starts[j]) & (picks < starts[j + 1])] - starts[j]
         if not mine.size:
             continue
         local = seg.live_rows()[mine]
-        queries.append(seg.vectors(local, codec.dim))
+        vecs.append(seg.vectors(local, codec.dim))
         own.append(seg.ids[local])
-    x = np.ascontiguousarray(np.concatenate(queries), dtype=np.float32)
+    x = np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32)
     return _fit_pairs(codec, metric, segments, x, np.concatenate(own), min(depth + 1, total), nprobe)
 
 

@@ -584,16 +584,12 @@ class Store:
         self._check_open("calibrate")
         x = _as_vectors(queries, self.dim, "calibration queries")
         self._check_norms(x, "calibration queries")
-        if nprobe is None:
-            nprobe = max(1, self.codec.nlist // 8)
-        elif not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
-            raise InvalidInput(f"nprobe must be an integer >= 1, found {nprobe!r}")
+        _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
         if not self.codec.is_trained or x.shape[0] == 0:
             raise InvalidInput(f"calibrate: expected a trained store and at least one query, found "
                                f"{'no training' if not self.codec.is_trained else '0 queries'}")
         self._build_layouts = True
-        model = calibrate(self.codec, self.metric, self._segments, nprobe=min(int(nprobe), max(1, self.codec.nlist)),
-                          queries=x)
+        model = calibrate(self.codec, self.metric, self._segments, nprobe=int(nprobe), queries=x)
         self._error_model = (self.codec, model)
         return model
 

@@ -271,23 +271,24 @@ def read_manifest(directory: str | os.PathLike[str], version: int | None = None)
         return _read_version(directory, version)
     # The newest: a writer may commit newer versions and prune this one between the listing
     # and the open (a reader slower than a few commits); then the listing is taken again.
-    tried = None
+    tried, missing = None, None
     for _ in range(_NEWEST_ATTEMPTS):
         versions = list_versions(directory)
         if not versions:
             raise StoreNotFound(f"{directory}: no manifest (not a vecz store, or nothing committed)")
         if versions[-1] == tried:
-            break
+            break  # the listing did not move on: the manifest is missing, not pruned
         tried = versions[-1]
         try:
             return _read_version(directory, tried)
-        except StoreNotFound:
+        except StoreNotFound as exc:
             if not directory.is_dir():
                 raise
-    return _read_version(directory, tried)
+            missing = exc
+    raise missing
 
 
-# `read_manifest` of the newest version: listings tried before the last one raises
+# `read_manifest` of the newest version: listings tried before it gives up
 _NEWEST_ATTEMPTS = 8
 
 
