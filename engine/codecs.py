@@ -418,11 +418,17 @@ class Codec:
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"centroids": (self.nlist, self.width), **self.quantizer.state_shapes(self.width)}
 
+    def _state_shapes_at_most(self) -> dict[str, tuple[int, ...]]:
+        """Every array a trained state may hold: the required and the optional ones."""
+        return {**self._expected_shapes(), **self.quantizer.optional_state_shapes(self.width)}
+
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
-        expected = self._expected_shapes()
+        required = self._expected_shapes()
         loaded = {}
-        for name, shape in expected.items():
+        for name, shape in self._state_shapes_at_most().items():
             if name not in state:
+                if name not in required:  # optional: a codec trained before it, or from faiss
+                    continue
                 raise CodecSpecError(f"trained state of {self.spec!r} lacks array {name!r}")
             arr = np.asarray(state[name])
             if arr.shape != shape:
@@ -433,6 +439,8 @@ class Codec:
             # would make every score NaN and every search silently return nothing
             if not np.isfinite(loaded[name]).all():
                 raise CodecSpecError(f"trained array {name!r}: expected finite values, found NaN or inf")
+            if name in self.quantizer.NON_NEGATIVE_STATE and loaded[name].size and loaded[name].min() < 0:
+                raise CodecSpecError(f"trained array {name!r}: expected values >= 0, found {loaded[name].min():g}")
         self._state = loaded
 
     def _require(self) -> dict[str, np.ndarray]:
@@ -551,9 +559,9 @@ class Codec:
         `Quantizer.row_errors`) or under MRL (the truncated tail is not a coding error).
         In chunks, as `_encode_prepared` encodes, from the residuals by the quantizer
         (`Quantizer.coding_errors`)."""
-        if self.mrl is not None or self.quantizer.errors_from_code:
-            return None
         state = self._require()
+        if self.mrl is not None or self.quantizer.errors_from_code(state):
+            return None
         n = x.shape[0]
         out = np.empty(n, dtype=np.float32)
         step = max(1024, ENCODE_CHUNK_BYTES // max(1, 4 * x.shape[1]))

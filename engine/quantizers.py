@@ -9,7 +9,9 @@ its own behaviour on plain arrays:
 - sizes: ``code_size(width, metric)`` bytes per vector (known before training),
   ``check_width(width, spec)``, ``state_shapes(width)``: the trained arrays by name. The
   names are part of the on-disk format (`pq_books`, `pq_rotation`, `rb_rotation`, `sq_vmin`,
-  `sq_vdiff`; the codec adds `centroids`).
+  `sq_vdiff`; the codec adds `centroids`); ``optional_state_shapes(width)``: arrays that
+  training writes but a codec may lack (`pq_cell_err`: stores trained before it, codecs
+  from faiss).
 - ``train(residuals, rng, seed=, rotation=) -> state``, ``encode(residuals, state) -> codes``
   uint8 (n, code_size), ``decode(codes, state, width) -> residuals`` float32 (n, width).
   Residuals are r = x - c for the quantizers with ``residual = True`` (PQ, RB, SQ: c is the
@@ -99,6 +101,13 @@ class Quantizer:
         """Trained arrays (float32) by name and shape, besides the codec's `centroids`."""
         return {}
 
+    def optional_state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        """Trained arrays (float32) that `train` gives but a loaded state may lack."""
+        return {}
+
+    # trained arrays whose values are never negative (a loaded state is checked)
+    NON_NEGATIVE_STATE: ClassVar[frozenset[str]] = frozenset()
+
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
         return {}
 
@@ -115,8 +124,10 @@ class Quantizer:
         attribute that holds them."""
         return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
 
-    # True when `row_errors` derives every row's error scale from its code (nothing stored)
-    errors_from_code = False
+    def errors_from_code(self, state: Tables) -> bool:
+        """True when `row_errors` derives every row's error scale from its code with this
+        trained state (nothing stored per row)."""
+        return False
 
     def coding_errors(self, residuals: np.ndarray, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
         """|residual - decode(code)| per row, float32 (n,) (`Codec._stored_errors`); here by
@@ -124,10 +135,11 @@ class Quantizer:
         diff = residuals - self.decode(codes, state, width).reshape(codes.shape[0], width)
         return np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64)).astype(np.float32)
 
-    def row_errors(self, codes: np.ndarray, width: int) -> np.ndarray | None:
-        """Per row, the scale of its code score's error (float32 (n,)), from the codes alone,
-        or None when the code does not tell (then one scale for every row; the error-bound
-        re-rank of engine/bounds.py calibrates either)."""
+    def row_errors(self, codes: np.ndarray, width: int, state: Tables) -> np.ndarray | None:
+        """Per row, the scale of its code score's error (float32 (n,)), from the codes and the
+        trained state alone, or None when they do not tell (then the rows' stored errors, or
+        one scale for every row; the error-bound re-rank of engine/bounds.py calibrates
+        either)."""
         return None
 
     def table_bytes(self, width: int) -> int:
@@ -199,11 +211,22 @@ class PQ(Quantizer):
             shapes["pq_rotation"] = (width, width)
         return shapes
 
+    NON_NEGATIVE_STATE: ClassVar[frozenset[str]] = frozenset({"pq_cell_err"})
+
+    def optional_state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
+        # each cell's mean squared coding error (kernels/pq.py `pq_cell_errors`)
+        return {"pq_cell_err": (self.m, 1 << self.nbits)}
+
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
         if not self.rotate:
-            return {"pq_books": pq.pq_train(residuals, self.m, self.nbits, seed=seed)}
-        rot, books = pq.opq_train(residuals, self.m, self.nbits, seed=seed, svd_scope=_SerialBlas)
-        return {"pq_books": books, "pq_rotation": rot}
+            state = {"pq_books": pq.pq_train(residuals, self.m, self.nbits, seed=seed)}
+        else:
+            rot, books = pq.opq_train(residuals, self.m, self.nbits, seed=seed, svd_scope=_SerialBlas)
+            state = {"pq_books": books, "pq_rotation": rot}
+        # the training rows' errors per cell: a row's error scale from its code (`row_errors`)
+        y = np.ascontiguousarray(self._rotated(residuals, state), dtype=np.float32)
+        state["pq_cell_err"] = pq.pq_cell_errors(y, pq.pq_encode(y, state["pq_books"]), state["pq_books"])
+        return state
 
     def _rotated(self, x: np.ndarray, state: Tables) -> np.ndarray:
         """Residuals in the coded space: x @ R with OPQ (each row's sums in one fixed order,
@@ -227,6 +250,17 @@ class PQ(Quantizer):
         # rotation keeps norms, so OPQ's error is measured in the rotated space
         return pq.pq_code_errors(np.ascontiguousarray(self._rotated(residuals, state), dtype=np.float32),
                                  np.ascontiguousarray(self._sub_codes(codes)), state["pq_books"])
+
+    def errors_from_code(self, state):
+        return "pq_cell_err" in state
+
+    def row_errors(self, codes, width, state):
+        # sqrt of the summed mean squared errors of the row's cells: its expected coding error
+        # given the code, no bytes per row (on wordnet-minilm OPQ56x8 the error-bound re-rank
+        # reads as few rows with it as with each row's own stored error: docs/results/opq.md)
+        if "pq_cell_err" not in state:
+            return None
+        return pq.pq_code_error_scales(np.ascontiguousarray(self._sub_codes(codes)), state["pq_cell_err"])
 
     def build_layout(self, codes, order, ids, offsets, width, keep_rows):
         if self.nbits == 8:
@@ -343,9 +377,10 @@ class RB(Quantizer):
             out["bits"], out["factors"] = self.split_codes(np.ascontiguousarray(codes[order]), width)
         return out
 
-    errors_from_code = True
+    def errors_from_code(self, state):
+        return True
 
-    def row_errors(self, codes, width):
+    def row_errors(self, codes, width, state):
         # |r - g s|: RaBitQ's per-vector error, no extra bytes (kernels/binary.py)
         return binary.rb_error_norms(codes, self.levels, width)
 

@@ -207,12 +207,17 @@ class Segment:
 
 
 def _row_errors(codec: Codec, codes: np.ndarray, stored: np.ndarray | None) -> np.ndarray | None:
-    """The rows' error scales: from the codes (RB) or the segment's ``errors`` section."""
+    """The rows' error scales: the segment's ``errors`` section when it has one (PQ, SQ
+    segments written before their codec could tell), else from the codes and the trained
+    state (RB, PQ with `pq_cell_err`)."""
     if codec.width != codec.dim:
         return None
-    if codec.quantizer.errors_from_code:
-        return codec.quantizer.row_errors(codes, codec.width)
-    return stored
+    if stored is not None:
+        return stored
+    state = codec.state()
+    if codec.quantizer.errors_from_code(state):
+        return codec.quantizer.row_errors(codes, codec.width, state)
+    return None
 
 
 def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, np.ndarray]:

@@ -79,7 +79,7 @@ def _now() -> str:
 
 
 def _state_bytes(codec: Codec) -> int:
-    return int(sum(4 * int(np.prod(shape)) for shape in codec._expected_shapes().values()))
+    return int(sum(4 * int(np.prod(shape)) for shape in codec._state_shapes_at_most().values()))
 
 
 class Store:

@@ -43,6 +43,8 @@ __all__ = [
     "pq_encode",
     "pq_decode",
     "pq_code_errors",
+    "pq_cell_errors",
+    "pq_code_error_scales",
     "pq_lut",
     "pq4_pack",
     "pq4_unpack",
@@ -56,6 +58,10 @@ __all__ = [
 OPQ_ITER = 40
 OPQ_PQ_ITER = 1
 OPQ_ROWS = 16384
+# `pq_cell_errors`: a cell's mean squared error is shrunk toward its sub-space's mean as if
+# the sub-space mean had been seen this many more times (a cell of 1-2 training rows would
+# otherwise say its rows have no error at all).
+CELL_PRIOR_ROWS = 4.0
 
 
 def pq_dsub(dim: int, m: int) -> int:
@@ -218,6 +224,62 @@ def pq_code_errors(r, codes, books):
             for t in range(min(dsub, dim - j * dsub)):
                 d = np.float64(r[i, j * dsub + t] - books[j, c, t])
                 acc += d * d
+        out[i] = np.float32(np.sqrt(acc))
+    return out
+
+
+@jit_batch
+def _cell_sums(r, codes, books):
+    """Per (sub-space, sub-code): the summed squared error of the rows coded there (float64)
+    and their count (int64), both (M, ksub); prange over sub-spaces (each owns its row)."""
+    n, dim = r.shape
+    m, ksub, dsub = books.shape
+    sums = np.zeros((m, ksub), dtype=np.float64)
+    counts = np.zeros((m, ksub), dtype=np.int64)
+    for j in prange(m):
+        for i in range(n):
+            c = codes[i, j]
+            acc = 0.0
+            for t in range(min(dsub, dim - j * dsub)):
+                d = np.float64(r[i, j * dsub + t] - books[j, c, t])
+                acc += d * d
+            sums[j, c] += acc
+            counts[j, c] += 1
+    return sums, counts
+
+
+def pq_cell_errors(r: np.ndarray, codes: np.ndarray, books: np.ndarray,
+                   prior_rows: float = CELL_PRIOR_ROWS) -> np.ndarray:
+    """The mean squared coding error of each cell, float32 (M, ksub): over the rows r (float32
+    (n, dim) unpadded, in the coded space) whose sub-code in sub-space m is j (codes uint8
+    (n, M), one sub-code per byte), ``sum |r_m - books[m, j]|^2 / count``, shrunk toward the
+    sub-space's mean over all rows by `prior_rows` rows (a cell no row reached gets that
+    mean). Summed over a row's sub-codes it is the row's expected squared error given its
+    code, `pq_code_error_scales`: the error scale of a code score without storing one per
+    row (engine/bounds.py)."""
+    if r.shape[0] == 0:
+        raise ValueError("pq_cell_errors: expected at least one row, found none")
+    sums, counts = _cell_sums(np.ascontiguousarray(r, dtype=np.float32), np.ascontiguousarray(codes),
+                              np.ascontiguousarray(books, dtype=np.float32))
+    if not prior_rows >= 0:
+        raise ValueError(f"pq_cell_errors: expected prior_rows >= 0, found {prior_rows}")
+    mean = np.broadcast_to((sums.sum(axis=1) / counts.sum(axis=1))[:, None], sums.shape)
+    weight = counts + prior_rows
+    out = np.divide(sums + prior_rows * mean, weight, out=mean.copy(), where=weight > 0)
+    return out.astype(np.float32)
+
+
+@jit_batch
+def pq_code_error_scales(codes, cell_errors):
+    """sqrt(sum_m cell_errors[m, codes[i, m]]) per row, float32 (n,): codes uint8 (n, M) one
+    sub-code per byte, cell_errors float32 (M, ksub) from `pq_cell_errors`; summed in float64
+    in sub-space order."""
+    n, m = codes.shape
+    out = np.empty(n, dtype=np.float32)
+    for i in prange(n):
+        acc = 0.0
+        for j in range(m):
+            acc += np.float64(cell_errors[j, codes[i, j]])
         out[i] = np.float32(np.sqrt(acc))
     return out
 

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from numba.typed import List
 
 from vecz import Store
-from vecz.kernels import dense
+from vecz.engine.codecs import Codec
+from vecz.engine.segments import read_codes
+from vecz.kernels import dense, pq
 from vecz.engine import DimensionMismatch, InvalidInput
 from vecz.engine.bounds import MIN_PAIRS, ErrorModel, bounded_rerank
 from vecz.engine.search import _query_norms, _scales, _shortlist
@@ -190,22 +192,60 @@ def test_intervals_hold_as_often_as_promised_on_held_out_queries(tmp_path, spec,
             assert cover >= confidence - 0.02, (confidence, cover)
 
 
-def test_stored_errors_are_the_coding_errors_and_survive_merges(tmp_path):
+def test_pq_error_scales_come_from_the_code_and_survive_merges(tmp_path):
+    # PQ keeps each cell's mean squared error (`pq_cell_err`, trained): a row's scale is
+    # sqrt(sum over its sub-codes), nothing stored per row; the same after a merge
     x = _clustered(3000, 24, seed=11)
-    with Store.create(tmp_path / "s", dim=24, metric="l2", codec="IVF4,PQ6x8", dense="f16") as s:
-        s.auto_merge_rows = 0
-        s.add(x[:1500])
-        s.add(x[1500:])
-        codes = s.codec.encode(x)
-        want = np.linalg.norm(x - s.codec.decode(codes.codes, codes.lists), axis=1)
-        s.search(x[:2], 5)  # builds the layouts (and error scales)
-        got = np.concatenate([seg.errors for seg in s._segments])
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        s.delete([0, 1, 2])
-        s.compact()
-        assert len(s._segments) == 1
-        s.search(x[:2], 5)
-        np.testing.assert_allclose(s._segments[0].errors, want[3:], rtol=1e-5, atol=1e-6)
+    for spec, metric in (("IVF4,PQ6x8", "l2"), ("OPQ6x4", "cosine")):
+        with Store.create(tmp_path / spec, dim=24, metric=metric, codec=spec, dense="f16") as s:
+            s.auto_merge_rows = 0
+            s.add(x[:1500])
+            s.add(x[1500:])
+            table = s.codec.state()["pq_cell_err"]
+            codes = s.codec.encode(x).codes
+            sub = codes if s.codec.quantizer.nbits == 8 else pq.pq4_unpack(codes, s.codec.quantizer.m)
+            want = np.sqrt(table[np.arange(sub.shape[1])[None, :], sub].astype(np.float64).sum(axis=1))
+            assert not any("errors" in read_codes(s.path, seg.rec, s.codec) for seg in s._segments)
+            s.search(x[:2], 5)  # builds the layouts (and error scales)
+            np.testing.assert_allclose(np.concatenate([seg.errors for seg in s._segments]), want, rtol=1e-6)
+            # over the rows it trained on (the first add's), the mean of their squares is the
+            # rows' mean squared coding error; how well they follow each row's error is
+            # checked on real data (tests/test_quality.py), not on these Gaussian clusters
+            real = np.linalg.norm(s.codec._prepare(x, "x") - s.codec.decode(codes, s.codec.encode(x).lists), axis=1)
+            ratio = (want[:1500] ** 2).mean() / (real[:1500].astype(np.float64) ** 2).mean()
+            assert abs(ratio - 1) < 0.05, ratio
+            assert s.error_model().per_row
+            s.delete([0, 1, 2])
+            s.compact()
+            assert len(s._segments) == 1
+            s.search(x[:2], 5)
+            np.testing.assert_allclose(s._segments[0].errors, want[3:], rtol=1e-6)
+
+
+def test_stored_errors_are_the_coding_errors_and_survive_merges(tmp_path):
+    # a codec that cannot tell a row's error from its code stores |x - decode(code)| beside
+    # the codes: SQ, and PQ without `pq_cell_err` (a codec trained before it, or from faiss)
+    x = _clustered(3000, 24, seed=11)
+    trained = Codec("IVF4,PQ6x8", 24, "l2").train(x)
+    old = Codec.from_config(trained.to_config(), {k: v for k, v in trained.state().items() if k != "pq_cell_err"})
+    assert not old.quantizer.errors_from_code(old.state())
+    for codec in (old, "IVF4,SQ4"):
+        with Store.create(tmp_path / str(len(str(codec))), dim=24, metric="l2", codec=codec, dense="f16") as s:
+            s.auto_merge_rows = 0
+            s.add(x[:1500])
+            s.add(x[1500:])
+            codes = s.codec.encode(x)
+            want = np.linalg.norm(s.codec._prepare(x, "x") - s.codec.decode(codes.codes, codes.lists), axis=1)
+            s.search(x[:2], 5)  # builds the layouts (and error scales)
+            got = np.concatenate([seg.errors for seg in s._segments])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            s.delete([0, 1, 2])
+            s.compact()
+            assert len(s._segments) == 1
+            s.search(x[:2], 5)
+            np.testing.assert_allclose(s._segments[0].errors, want[3:], rtol=1e-5, atol=1e-6)
+        with Store.open(tmp_path / str(len(str(codec)))) as s:  # the state without the table reads back
+            assert "pq_cell_err" not in s.codec.state()
     with Store.create(tmp_path / "m", dim=24, codec="MRL16,PQ4x8", dense="f16") as s:
         s.add(x)
         s.search(x[:2], 5)

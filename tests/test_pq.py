@@ -11,6 +11,7 @@ from vecz.kernels import pq
 from tests.reference.ivf import random_layout, random_probes
 from tests.reference.pq import (
     pq4_pack_ref,
+    pq_cell_errors_ref,
     pq_decode_ref,
     pq_encode_ref,
     pq_lut_ref,
@@ -295,6 +296,50 @@ def test_code_errors_are_the_distance_to_the_decoded_row(n, dim, m, nbits, seed,
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     if kind == "own":
         assert np.all(got == 0)
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1),
+       prior=st.sampled_from([0.0, 1.0, 4.0]), dup=st.booleans())
+def test_cell_errors_and_the_scales_they_give_a_code(n, dim, m, nbits, seed, prior, dup):
+    # per cell, the mean squared error of its rows (shrunk toward the sub-space's mean: a cell
+    # no row reached gets the mean), against a loop reference; odd dims (padded sub-spaces),
+    # one row, duplicate rows, non-contiguous rows; summed over a code's cells, the scale
+    rng = np.random.default_rng(seed)
+    m = min(m, dim)
+    books = _books(rng, m, nbits, pq.pq_dsub(dim, m), "float")
+    r = rng.standard_normal((n, 2 * dim)).astype(np.float32)[:, ::2]
+    if dup:
+        r[n // 2:] = r[0]
+    codes = pq.pq_encode(np.ascontiguousarray(r), books) if seed % 2 else \
+        rng.integers(0, 1 << nbits, size=(n, m)).astype(np.uint8)  # nearest, or any code
+    got = pq.pq_cell_errors(r, codes, books, prior)
+    want = pq_cell_errors_ref(r, codes, books, prior)
+    assert got.dtype == np.float32 and got.shape == (m, 1 << nbits)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(got).all() and (got >= 0).all()
+    used = np.zeros(got.shape, dtype=bool)
+    used[np.arange(m)[None, :], codes] = True
+    table = np.where(used, want, rng.random(want.shape)).astype(np.float32)  # unused cells never count
+    scales = pq.pq_code_error_scales(codes, table)
+    assert scales.dtype == np.float32 and scales.shape == (n,)
+    np.testing.assert_allclose(scales, np.sqrt(table[np.arange(m)[None, :], codes].astype(np.float64).sum(axis=1)),
+                               rtol=1e-6)
+
+
+def test_cell_errors_of_a_cell_are_its_rows_mean_error():
+    # without shrinkage, a cell's value is exactly the mean squared error of the rows there;
+    # a row that is its own reconstruction adds 0
+    books = np.array([[[0.0, 0.0], [1.0, 1.0]]], dtype=np.float32)  # M = 1, ksub = 2, dsub = 2
+    r = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, 1.0]], dtype=np.float32)
+    codes = np.array([[0], [0], [1], [1]], dtype=np.uint8)
+    np.testing.assert_allclose(pq.pq_cell_errors(r, codes, books, 0.0), [[0.5, 2.0]])
+    # shrunk by 4 rows of the mean 1.25: (1 + 4 * 1.25) / 6
+    np.testing.assert_allclose(pq.pq_cell_errors(r, codes, books, 4.0)[0, 0], 6.0 / 6.0)
+    with pytest.raises(ValueError, match="at least one row"):
+        pq.pq_cell_errors(r[:0], codes[:0], books)
+    with pytest.raises(ValueError, match="prior_rows >= 0"):
+        pq.pq_cell_errors(r, codes, books, -1.0)
 
 
 # ------------------------------------------------------------ cosine to the reconstruction

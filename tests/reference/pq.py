@@ -59,6 +59,25 @@ def pq_decode_ref(codes, books, dim):
     return out[:, :dim]
 
 
+def pq_cell_errors_ref(r, codes, books, prior_rows):
+    """Each cell's mean squared coding error over the rows coded there, shrunk toward its
+    sub-space's mean by prior_rows rows (a cell no row reached: that mean), float64 (M, ksub):
+    loops, one cell at a time."""
+    m, ksub, dsub = books.shape
+    n, dim = r.shape
+    pad = pq_pad_ref(r, m).astype(np.float64).reshape(n, m, dsub)
+    out = np.empty((m, ksub))
+    for j in range(m):
+        width = max(0, min(dsub, dim - j * dsub))  # padded dims count nothing
+        sq = ((pad[:, j, :width] - books[j, codes[:, j], :width].astype(np.float64)) ** 2).sum(axis=1)
+        mean = sq.mean()
+        for c in range(ksub):
+            mine = sq[codes[:, j] == c]
+            weight = len(mine) + prior_rows
+            out[j, c] = (mine.sum() + prior_rows * mean) / weight if weight > 0 else mean
+    return out
+
+
 def pq_lut_ref(q, books, metric):
     """float64 (nq, M, ksub): <q_m, c> for ip, -|q_m - c|^2 for l2."""
     m, ksub, dsub = books.shape
