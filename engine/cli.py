@@ -1,7 +1,8 @@
 """`vecz` command line (DESIGN.md's CLI): argument parsing and terminal output.
 
     vecz build SRC STORE --codec SPEC [--metric cosine] [--dense f32|f16|none]
-    vecz search STORE QUERIES -k 10 [--nprobe N] [--rerank R|auto[:R]] [--confidence C] [--out FILE]
+    vecz search STORE QUERIES -k 10 [--nprobe N] [--rerank R|auto[:R]] [--confidence C] [--calibrate SAMPLE]
+                [--out FILE]
     vecz info STORE
     vecz check STORE
     vecz bench ...
@@ -36,6 +37,9 @@ EXIT_OK = 0
 EXIT_DAMAGE = 1   # vecz check found damage
 EXIT_INPUT = 2    # bad input, option, spec or file; a store locked by another writer or moved away
 EXIT_STORAGE = 3  # the operating system refused a read or write (disk full, read-only, permissions)
+# `vecz search --calibrate`: sample queries read from the file at most (each costs ~64 rows
+# read once; a few hundred give the model enough pairs, see `Store.calibrate`)
+CALIBRATE_ROWS = 2000
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -243,6 +247,10 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
                         "(default max(100, 10k))")
     p.add_argument("--confidence", type=float, default=None,
                    help="with --rerank auto: coverage of each side of the error interval (default 0.999)")
+    p.add_argument("--calibrate", metavar="SAMPLE", default=None,
+                   help="with --rerank auto: measure the error interval on these sample queries (their first "
+                        f"{CALIBRATE_ROWS:,} rows, same formats as QUERIES) instead of the store's own rows; "
+                        "for queries of another kind than the stored vectors (questions against passages)")
     p.add_argument("--column", help="vector column of a .parquet/.arrow queries file")
     p.add_argument("--out", metavar="FILE", help=".parquet or .npy output (default: TSV on stdout)")
     p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")
@@ -421,6 +429,25 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(store: Any, args: argparse.Namespace) -> None:
+    """`vecz search --calibrate SAMPLE`: the store's auto error model from SAMPLE's first
+    `CALIBRATE_ROWS` queries (`Store.calibrate`), said on stderr."""
+    from ..formats.importers import open_vectors
+
+    with open_vectors(args.calibrate, column=args.column) as sample:
+        batch = next(iter(sample.batches(CALIBRATE_ROWS)), None)
+    if batch is None or len(batch[0]) == 0:
+        raise InvalidInput(f"--calibrate {args.calibrate}: expected at least one query, found none")
+    started = time.perf_counter()
+    model = store.calibrate(batch[0], nprobe=args.nprobe)
+    if model is None:
+        print(f"calibrated on {len(batch[0]):,} sample queries: too few pairs for a model; auto reads its whole "
+              "shortlist", file=sys.stderr)
+    else:
+        print(f"calibrated on {len(batch[0]):,} sample queries ({model.pairs:,} pairs) in "
+              f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
+
+
 def _search(args: argparse.Namespace) -> int:
     from ..formats.importers import open_vectors, write_results
 
@@ -435,15 +462,21 @@ def _search(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from . import ray as vray
 
-        if args.confidence is not None:
-            raise InvalidInput("--confidence applies to --rerank auto, which --ray does not distribute yet")
+        if args.confidence is not None or args.calibrate is not None:
+            raise InvalidInput("--confidence and --calibrate apply to --rerank auto, which --ray does not "
+                               "distribute yet")
         vray.connect(args.ray)
         searcher: Any = vray.ShardedStore(args.store, shards=args.shards)
         options: dict[str, Any] = {}
     else:
+        if args.calibrate is not None and not (isinstance(args.rerank, str) and args.rerank.startswith("auto")):
+            found = "no --rerank (a fixed depth)" if args.rerank is None else f"--rerank {args.rerank}"
+            raise InvalidInput(f"--calibrate applies to --rerank auto, found {found}")
         searcher = Store.open(args.store)
         options = {"confidence": args.confidence}
     with searcher as store, open_vectors(args.queries, column=args.column) as source:
+        if args.calibrate is not None:
+            _calibrate(store, args)
         with _progress(source.n, "search") as bar:
             for queries, _ in source.batches(args.batch_rows):
                 res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank, **options)

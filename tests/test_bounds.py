@@ -341,6 +341,35 @@ def test_cli_search_rerank_auto(tmp_path, capsys):
         main(["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--rerank", "sometimes"])
 
 
+def test_cli_search_calibrates_on_sample_queries(tmp_path, capsys):
+    from vecz.engine.cli import main
+
+    x = _clustered(3000, 32, seed=9)
+    sample = _clustered(300, 32, seed=10) * 1.5  # queries of another kind: farther from the rows
+    np.save(tmp_path / "q.npy", x[:20])
+    np.save(tmp_path / "sample.npy", sample)
+    with Store.create(tmp_path / "s", dim=32, metric="l2", codec="PQ8x8", dense="f16") as s:
+        s.add(x)
+        want = s.calibrate(sample)  # the model the CLI must use
+        want_ids = s.search(x[:20], 10, rerank="auto").ids
+    args = ["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--rerank", "auto", "--calibrate",
+            str(tmp_path / "sample.npy"), "--out", str(tmp_path / "r.npy")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"calibrated on 300 sample queries ({want.pairs:,} pairs)" in err
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), want_ids)
+    np.save(tmp_path / "none.npy", np.empty((0, 32), dtype=np.float32))
+    store_q = args[1:3]
+    for extra, message in (
+        (["--rerank", "50", "--calibrate", str(tmp_path / "sample.npy")],
+         "--calibrate applies to --rerank auto, found --rerank 50"),
+        (["--calibrate", str(tmp_path / "sample.npy")], "found no --rerank"),
+        (["--rerank", "auto", "--calibrate", str(tmp_path / "none.npy")], "expected at least one query, found none"),
+    ):
+        assert main(["search", *store_q, *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not (DATA / "wordnet-minilm" / "base.npy").exists(),
                     reason=f"needs ../shared/data/wordnet-minilm (looked in {DATA})")
 def test_auto_on_wordnet_minilm(tmp_path):
