@@ -434,7 +434,9 @@ def _calibrate(store: Any, args: argparse.Namespace) -> None:
     `CALIBRATE_ROWS` queries (`Store.calibrate`), said on stderr."""
     from ..formats.importers import open_vectors
 
-    with open_vectors(args.calibrate, column=args.column) as sample:
+    # --column names the vector column of Parquet/Arrow files (a .npy or .fvecs sample has none)
+    column = None if Path(args.calibrate).suffix.lower() in (".npy", ".fvecs") else args.column
+    with open_vectors(args.calibrate, column=column) as sample:
         batch = next(iter(sample.batches(CALIBRATE_ROWS)), None)
     if batch is None or len(batch[0]) == 0:
         raise InvalidInput(f"--calibrate {args.calibrate}: expected at least one query, found none")

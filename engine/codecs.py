@@ -513,6 +513,9 @@ class Codec:
             r = centroids[ivf.ivf_assign(x, centroids, self._coarse_metric)]
             np.subtract(x, r, out=r)
         state.update(self.quantizer.train(r, rng, seed=self.seed, rotation=self.rotation))
+        if self.mrl is not None:  # optional arrays serve rows' error scales, which MRL has none of
+            for name in self.quantizer.optional_state_shapes(self.width):
+                state.pop(name, None)
         self._state = state
         return self
 
@@ -555,8 +558,9 @@ class Codec:
     def _stored_errors(self, x: np.ndarray, codes: Codes) -> np.ndarray | None:
         """Per row, |x - decode(code)| (float32 (n,)) of rows already through `_prepare`:
         the scale of a code score's error that rerank="auto" reads from the codes segment
-        (its optional ``errors`` section). None when the codes tell it themselves (RB,
-        `Quantizer.row_errors`) or under MRL (the truncated tail is not a coding error).
+        (its optional ``errors`` section). None when the codes tell it themselves (RB, PQ
+        with `pq_cell_err`: `Quantizer.row_errors`) or under MRL (the truncated tail is not a
+        coding error).
         In chunks, as `_encode_prepared` encodes, from the residuals by the quantizer
         (`Quantizer.coding_errors`)."""
         state = self._require()

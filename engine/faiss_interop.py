@@ -505,8 +505,10 @@ def codec_to_faiss(codec: Any, *, fast_scan: bool = True) -> Any:
         subtracts a non-zero mean becomes an IVF index with nlist = 1 (module docstring).
         ``index.sa_encode(x)`` equals ``join_sa_codes(codec, *codec.encode(x))`` (SQ, F16
         and cosine Flat: see the module docstring) and ``Codec.from_faiss(index) == codec``
-        for PQ, F16 and Flat (SQ's vmin comes back eps of a level lower; ``IVF1`` comes
-        back without the stage, with the same codes).
+        for F16 and Flat, and for PQ less its optional ``pq_cell_err`` (faiss has no place for
+        it: the codec from faiss stores each row's error instead; same codes) (SQ's vmin
+        comes back eps of a level lower; ``IVF1`` comes back without the stage, with the
+        same codes).
 
         ``OPQ<M>x<b>`` becomes a LinearTransform (A = R^T, the codec's ``pq_rotation``
         transposed) in front of the PQ index, whose coarse centroids are vecz's rotated

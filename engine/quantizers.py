@@ -51,6 +51,11 @@ RB_FACTOR_BYTES = 8
 # ITQ_ITER_WIDE from ITQ_WIDE dims up, where an iteration costs tens of milliseconds (rows x
 # width^2 products and a width^2 SVD).
 ITQ_ROWS = 8192
+# PQ keeps each cell's mean squared error (`pq_cell_err`, a row's error scale from its code)
+# only when training saw at least this many rows per cell on average: measured on the rows
+# the codebooks were fitted to, a cell of a few rows says ~0 (with <= 2^b rows every row is
+# its own centroid), and the store then keeps each row's own error instead.
+PQ_CELL_MIN_ROWS = 32
 ITQ_ITER = 25
 ITQ_ITER_WIDE = 10
 ITQ_WIDE = 256
@@ -223,9 +228,13 @@ class PQ(Quantizer):
         else:
             rot, books = pq.opq_train(residuals, self.m, self.nbits, seed=seed, svd_scope=_SerialBlas)
             state = {"pq_books": books, "pq_rotation": rot}
-        # the training rows' errors per cell: a row's error scale from its code (`row_errors`)
-        y = np.ascontiguousarray(self._rotated(residuals, state), dtype=np.float32)
-        state["pq_cell_err"] = pq.pq_cell_errors(y, pq.pq_encode(y, state["pq_books"]), state["pq_books"])
+        # the training rows' errors per cell: a row's error scale from its code (`row_errors`),
+        # when there are enough rows per cell and every sub-space has an error at all
+        if residuals.shape[0] >= PQ_CELL_MIN_ROWS << self.nbits:
+            y = np.ascontiguousarray(self._rotated(residuals, state), dtype=np.float32)
+            table = pq.pq_cell_errors(y, pq.pq_encode(y, state["pq_books"]), state["pq_books"])
+            if (table.max(axis=1) > 0).all():
+                state["pq_cell_err"] = table
         return state
 
     def _rotated(self, x: np.ndarray, state: Tables) -> np.ndarray:

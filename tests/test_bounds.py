@@ -17,6 +17,7 @@ from numba.typed import List
 
 from vecz import Store
 from vecz.engine.codecs import Codec
+from vecz.engine.quantizers import PQ_CELL_MIN_ROWS
 from vecz.engine.segments import read_codes
 from vecz.kernels import dense, pq
 from vecz.engine import DimensionMismatch, InvalidInput
@@ -195,12 +196,13 @@ def test_intervals_hold_as_often_as_promised_on_held_out_queries(tmp_path, spec,
 def test_pq_error_scales_come_from_the_code_and_survive_merges(tmp_path):
     # PQ keeps each cell's mean squared error (`pq_cell_err`, trained): a row's scale is
     # sqrt(sum over its sub-codes), nothing stored per row; the same after a merge
-    x = _clustered(3000, 24, seed=11)
-    for spec, metric in (("IVF4,PQ6x8", "l2"), ("OPQ6x4", "cosine")):
+    x = _clustered(12000, 24, seed=11)
+    for spec, metric, first in (("IVF4,PQ6x8", "l2", 8192), ("OPQ6x4", "cosine", 1500)):
+        x = x[:2 * first]
         with Store.create(tmp_path / spec, dim=24, metric=metric, codec=spec, dense="f16") as s:
             s.auto_merge_rows = 0
-            s.add(x[:1500])
-            s.add(x[1500:])
+            s.add(x[:first])  # trains on these: at least PQ_CELL_MIN_ROWS rows per cell
+            s.add(x[first:])
             table = s.codec.state()["pq_cell_err"]
             codes = s.codec.encode(x).codes
             sub = codes if s.codec.quantizer.nbits == 8 else pq.pq4_unpack(codes, s.codec.quantizer.m)
@@ -212,7 +214,7 @@ def test_pq_error_scales_come_from_the_code_and_survive_merges(tmp_path):
             # rows' mean squared coding error; how well they follow each row's error is
             # checked on real data (tests/test_quality.py), not on these Gaussian clusters
             real = np.linalg.norm(s.codec._prepare(x, "x") - s.codec.decode(codes, s.codec.encode(x).lists), axis=1)
-            ratio = (want[:1500] ** 2).mean() / (real[:1500].astype(np.float64) ** 2).mean()
+            ratio = (want[:first] ** 2).mean() / (real[:first].astype(np.float64) ** 2).mean()
             assert abs(ratio - 1) < 0.05, ratio
             assert s.error_model().per_row
             s.delete([0, 1, 2])
@@ -250,6 +252,30 @@ def test_stored_errors_are_the_coding_errors_and_survive_merges(tmp_path):
         s.add(x)
         s.search(x[:2], 5)
         assert s._segments[0].errors is None and not s.error_model().per_row  # MRL: one width for all
+        assert "pq_cell_err" not in s.codec.state()  # nothing to serve under MRL
+
+
+def test_pq_trained_on_few_rows_stores_each_rows_error(tmp_path):
+    # with few training rows per cell the cells' errors say ~0 (with <= 2^b rows every row is
+    # its own centroid): no table then, each row's own error is stored and auto still has a
+    # model; from PQ_CELL_MIN_ROWS rows per cell on, the table
+    x = _clustered(6000, 32, seed=12)
+    assert PQ_CELL_MIN_ROWS << 4 == 512
+    few = Codec("PQ8x4", 32, "l2").train(x[:511])
+    enough = Codec("PQ8x4", 32, "l2").train(x[:512])
+    assert "pq_cell_err" not in few.state() and "pq_cell_err" in enough.state()
+    assert "pq_cell_err" not in Codec("PQ8x8", 32, "l2").train(x[:200]).state()
+    with Store.create(tmp_path / "s", dim=32, metric="l2", codec=few, dense="f16") as s:
+        s.add(x)
+        codes = s.codec.encode(x)
+        want = np.linalg.norm(x - s.codec.decode(codes.codes, codes.lists), axis=1)
+        s.search(x[:2], 5)
+        np.testing.assert_allclose(s._segments[0].errors, want, rtol=1e-5, atol=1e-6)
+        model = s.error_model()
+        assert model is not None and model.per_row
+    # every row identical: no error anywhere, no table (a scale of 0 tells nothing)
+    same = np.repeat(x[:1], 600, axis=0)
+    assert "pq_cell_err" not in Codec("PQ8x4", 32, "l2").train(same).state()
 
 
 def test_auto_with_an_unbounded_model_equals_the_fixed_depth(tmp_path):
@@ -342,6 +368,9 @@ def test_cli_search_rerank_auto(tmp_path, capsys):
 
 
 def test_cli_search_calibrates_on_sample_queries(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
     from vecz.engine.cli import main
 
     x = _clustered(3000, 32, seed=9)
@@ -350,14 +379,22 @@ def test_cli_search_calibrates_on_sample_queries(tmp_path, capsys):
     np.save(tmp_path / "sample.npy", sample)
     with Store.create(tmp_path / "s", dim=32, metric="l2", codec="PQ8x8", dense="f16") as s:
         s.add(x)
+        plain = s.search(x[:20], 10, rerank="auto")
         want = s.calibrate(sample)  # the model the CLI must use
-        want_ids = s.search(x[:20], 10, rerank="auto").ids
+        got = s.search(x[:20], 10, rerank="auto")
+    assert got.stats.rows_read != plain.stats.rows_read  # the sample changes what auto reads
     args = ["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--rerank", "auto", "--calibrate",
             str(tmp_path / "sample.npy"), "--out", str(tmp_path / "r.npy")]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert f"calibrated on 300 sample queries ({want.pairs:,} pairs)" in err
-    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), want_ids)
+    assert f"{got.stats.rows_read / 20:,.1f} rows" in err
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), got.ids)
+    # Parquet queries with --column, a .npy sample (no columns): the column is not applied to it
+    papq.write_table(pa.table({"emb": pa.array(list(x[:20]), type=pa.list_(pa.float32()))}), tmp_path / "q.parquet")
+    assert main(["search", str(tmp_path / "s"), str(tmp_path / "q.parquet"), "--column", "emb", "--rerank", "auto",
+                 "--calibrate", str(tmp_path / "sample.npy"), "--out", str(tmp_path / "r2.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "r2.npy"), got.ids)
     np.save(tmp_path / "none.npy", np.empty((0, 32), dtype=np.float32))
     store_q = args[1:3]
     for extra, message in (

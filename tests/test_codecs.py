@@ -401,15 +401,20 @@ def test_from_config_rejects_bad_configs_and_state():
         Codec.from_config(config, {k: v for k, v in state.items() if k != "pq_books"})
     with pytest.raises(CodecSpecError):
         Codec.from_config(config, {**state, "centroids": state["centroids"][:2]})
-    # the optional cell errors: may be absent, never mis-shaped, non-finite or negative
-    assert "pq_cell_err" not in Codec.from_config(config, {k: v for k, v in state.items()
-                                                             if k != "pq_cell_err"}).state()
-    with pytest.raises(CodecSpecError, match=r"'pq_cell_err': expected shape \(4, 256\), found \(4, 16\)"):
-        Codec.from_config(config, {**state, "pq_cell_err": state["pq_cell_err"][:, :16]})
+    # the optional cell errors (trained from 32 rows a cell on): may be absent, never
+    # mis-shaped, non-finite or negative
+    x4, _ = gaussian_clusters(600, 16, seed=2)
+    codec4 = trained("IVF4,PQ4x4", 16, "l2", x4)
+    config, state = codec4.to_config(), codec4.state()
+    assert state["pq_cell_err"].shape == (4, 16) and "pq_cell_err" not in codec.state()  # 300 rows: none
+    assert Codec.from_config(config, {k: v for k, v in state.items() if k != "pq_cell_err"}).state().keys() == \
+        codec.state().keys()
+    with pytest.raises(CodecSpecError, match=r"'pq_cell_err': expected shape \(4, 16\), found \(4, 8\)"):
+        Codec.from_config(config, {**state, "pq_cell_err": state["pq_cell_err"][:, :8]})
     with pytest.raises(CodecSpecError, match="'pq_cell_err': expected finite values"):
-        Codec.from_config(config, {**state, "pq_cell_err": np.full((4, 256), np.nan, dtype=np.float32)})
+        Codec.from_config(config, {**state, "pq_cell_err": np.full((4, 16), np.nan, dtype=np.float32)})
     with pytest.raises(CodecSpecError, match=r"'pq_cell_err': expected values >= 0, found -1"):
-        Codec.from_config(config, {**state, "pq_cell_err": np.full((4, 256), -1.0, dtype=np.float32)})
+        Codec.from_config(config, {**state, "pq_cell_err": np.full((4, 16), -1.0, dtype=np.float32)})
     with pytest.raises(CodecSpecError):
         Codec.from_config("IVF4,PQ4x8")  # type: ignore[arg-type]
 

@@ -121,8 +121,7 @@ def test_pq_error_scales_from_the_code_follow_each_rows_error(minilm):
     held = minilm.base[TRAIN_ROWS:TRAIN_ROWS + 20000]
     enc = codec.encode(held)
     real = np.linalg.norm(codec._prepare(held, "x") - codec.decode(enc.codes, enc.lists), axis=1)
-    table = codec.state()["pq_cell_err"]
-    scale = np.sqrt(table[np.arange(32)[None, :], enc.codes].astype(np.float64).sum(axis=1))
+    scale = codec.quantizer.row_errors(enc.codes, codec.width, codec.state()).astype(np.float64)
     corr = float(np.corrcoef(real, scale)[0, 1])
     ratio = float((scale ** 2).mean() / (real.astype(np.float64) ** 2).mean())
     assert corr >= 0.2 and 0.9 <= ratio <= 1.1, (corr, ratio)
