@@ -2,9 +2,11 @@
 the top-k (``Store.search(..., rerank="auto")``).
 
 The interval. A code score ``est`` of row i for query q misses the exact score by an error
-whose scale is ``|q| * sigma_i``: sigma_i is the norm of the row's coding error when the
-codec knows it from the code alone (RB: ``|r - g s|``, `vecz.kernels.binary.rb_error_norms`;
-RaBitQ's per-vector bound has the same form), else 1. The normalised error
+whose scale is ``|q| * sigma_i``: sigma_i is the row's error scale (engine/segments.py
+``_row_errors``): RB's from its code (``|r - g s|``, `vecz.kernels.binary.rb_error_norms`;
+RaBitQ's per-vector bound has the same form), PQ's from its code too (the square root of its
+cells' mean squared coding errors, ``pq_cell_err``), else the norm of the row's coding error
+stored beside the codes (SQ, F16, Flat, PQ without the table), and 1 under MRL. The normalised error
 ``z = (exact - est) / (|q| * sigma_i)`` (scores larger-is-better: l2 distances negated) is
 measured on the store's own data (`ErrorModel.fit`, engine/search.py `calibrate`), so one
 model covers what theory leaves out: a learned (ITQ) rotation instead of a random one, the
