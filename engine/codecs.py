@@ -513,9 +513,8 @@ class Codec:
             r = centroids[ivf.ivf_assign(x, centroids, self._coarse_metric)]
             np.subtract(x, r, out=r)
         state.update(self.quantizer.train(r, rng, seed=self.seed, rotation=self.rotation))
-        if self.mrl is not None:  # optional arrays serve rows' error scales, which MRL has none of
-            for name in self.quantizer.optional_state_shapes(self.width):
-                state.pop(name, None)
+        if self.mrl is None:  # rows have error scales (an MRL tail is not a coding error)
+            state.update(self.quantizer.train_row_errors(r, state))
         self._state = state
         return self
 

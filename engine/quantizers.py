@@ -16,6 +16,9 @@ its own behaviour on plain arrays:
   uint8 (n, code_size), ``decode(codes, state, width) -> residuals`` float32 (n, width).
   Residuals are r = x - c for the quantizers with ``residual = True`` (PQ, RB, SQ: c is the
   IVF centroid or the training mean), x itself for F16 and Flat.
+- ``train_row_errors(residuals, state)``, ``errors_from_code(state)``, ``row_errors(codes,
+  width, state)``: a row's error scale (engine/bounds.py) told by its code (RB; PQ with the
+  optional `pq_cell_err`), or None: the codec then stores each row's error.
 - ``build_layout(codes, order, ids, offsets, width, keep_rows)``: the scan layout of codes
   (n, code_size) in input order, laid out in IVF list order (``codes[order]``, whose ids
   are `ids` and lists start at `offsets`), as named arrays that `vecz.engine.layout.CodeIndex` holds: row codes with
@@ -114,6 +117,12 @@ class Quantizer:
     NON_NEGATIVE_STATE: ClassVar[frozenset[str]] = frozenset()
 
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
+        return {}
+
+    def train_row_errors(self, residuals: np.ndarray, state: Tables) -> Tables:
+        """The optional arrays that let `row_errors` tell a row's error scale from its code,
+        trained on the residuals `train` saw with its state; the codec asks only when rows
+        have error scales (not under MRL)."""
         return {}
 
     def encode(self, residuals: np.ndarray, state: Tables) -> np.ndarray:
@@ -228,14 +237,16 @@ class PQ(Quantizer):
         else:
             rot, books = pq.opq_train(residuals, self.m, self.nbits, seed=seed, svd_scope=_SerialBlas)
             state = {"pq_books": books, "pq_rotation": rot}
-        # the training rows' errors per cell: a row's error scale from its code (`row_errors`),
-        # when there are enough rows per cell and every sub-space has an error at all
-        if residuals.shape[0] >= PQ_CELL_MIN_ROWS << self.nbits:
-            y = np.ascontiguousarray(self._rotated(residuals, state), dtype=np.float32)
-            table = pq.pq_cell_errors(y, pq.pq_encode(y, state["pq_books"]), state["pq_books"])
-            if (table.max(axis=1) > 0).all():
-                state["pq_cell_err"] = table
         return state
+
+    def train_row_errors(self, residuals, state):
+        # the training rows' errors per cell (`row_errors`), when there are enough rows per
+        # cell and every sub-space has an error at all
+        if residuals.shape[0] < PQ_CELL_MIN_ROWS << self.nbits:
+            return {}
+        y = np.ascontiguousarray(self._rotated(residuals, state), dtype=np.float32)
+        table = pq.pq_cell_errors(y, pq.pq_encode(y, state["pq_books"]), state["pq_books"])
+        return {"pq_cell_err": table} if (table.max(axis=1) > 0).all() else {}
 
     def _rotated(self, x: np.ndarray, state: Tables) -> np.ndarray:
         """Residuals in the coded space: x @ R with OPQ (each row's sums in one fixed order,

@@ -551,8 +551,13 @@ class Store:
         cached = self._error_model
         if cached is not None and cached[0] is self.codec:
             return cached[1]
+        return self._measure_error_model(nprobe=max(1, self.codec.nlist // 8))
+
+    def _measure_error_model(self, **kw: Any) -> ErrorModel | None:
+        """`search.calibrate` over the segments (`kw`: its nprobe and queries), kept as the
+        model of this codec."""
         self._build_layouts = True
-        model = calibrate(self.codec, self.metric, self._segments, nprobe=max(1, self.codec.nlist // 8))
+        model = calibrate(self.codec, self.metric, self._segments, **kw)
         self._error_model = (self.codec, model)
         return model
 
@@ -588,10 +593,7 @@ class Store:
         if not self.codec.is_trained or x.shape[0] == 0:
             raise InvalidInput(f"calibrate: expected a trained store and at least one query, found "
                                f"{'no training' if not self.codec.is_trained else '0 queries'}")
-        self._build_layouts = True
-        model = calibrate(self.codec, self.metric, self._segments, nprobe=int(nprobe), queries=x)
-        self._error_model = (self.codec, model)
-        return model
+        return self._measure_error_model(nprobe=int(nprobe), queries=x)
 
     def get(self, ids: Any) -> np.ndarray:
         """Exact vectors (float32 (n, dim)) of live ids, read from the dense files."""
