@@ -84,6 +84,10 @@ def code_shortlist(store: Store, q: np.ndarray, depth: int) -> tuple[np.ndarray,
     return x, _shortlist(store.codec, store._segments, x, depth, nprobe, False)
 
 
+def _line_text(line: tuple) -> str:
+    return f"{line[0]:.4f} {line[1]:+.4f} u"
+
+
 def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int = 50) -> dict[str, float]:
     """Observed share of pairs under the upper bound (and above the lower), per confidence."""
     model = store.error_model()
@@ -96,7 +100,7 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     out = {}
     rank = np.broadcast_to(np.arange(depth), valid.shape)[valid]
     for c in confidences:
-        lo, hi = (a[rank] for a in model.rank_intervals(c, depth))  # the walk's bounds, by rank
+        lo, hi = (a[valid] for a in model.query_intervals(c, depth, x))  # the walk's bounds, by query and rank
         e = est[valid].astype(np.float64)
         top = rank < 10
         out[str(c)] = {"upper": float(np.mean(exact <= e + hi * scale + 1e-7)),
@@ -150,7 +154,10 @@ def run(args) -> dict:
                 calib = time.perf_counter() - t
                 entry = {"dataset": name, "spec": spec, "code_size": s.codec.code_size, "n": len(s),
                          "nq": len(queries), "calibration_s": round(calib, 3), "pairs": model.pairs,
-                         "calibrated_on": "stored rows" if cal is None else f"the last {len(cal)} queries",
+                         "calibrated_on": (f"the last {len(cal)} queries" if cal is not None else
+                                           "stored rows" if model.direction is None else
+                                           "pseudo-queries from stored rows (shift, spread in the cosine to the "
+                                           f"mean: {_line_text(model.shift)}, {_line_text(model.spread)})"),
                          "per_row": model.per_row, "fixed": [], "auto": []}
                 ranks = code_ranks(s, queries, gt)
                 entry["oracle"] = {str(t): oracle(ranks, t) for t in ORACLE_TARGETS}

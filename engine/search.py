@@ -24,7 +24,7 @@ from numba.typed import List
 
 from ..kernels import dense as dense_kernels
 from ..kernels.topk import topk_positions, topk_positions_batch
-from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto
+from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto, query_cosines
 from .errors import InvalidInput
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
@@ -39,6 +39,12 @@ AUTO_STEP = 4
 # rerank="auto" on a few queries: rows past the first prefetch asked of the kernel together,
 # at most this many more a time (`_walk_fetching`)
 AUTO_AHEAD = 16
+
+# rerank="auto"'s default calibration (`calibrate`): pseudo-queries are stored rows less a
+# share of the rows' mean drawn in [0, PSEUDO_MEAN_SHARE) (1: no mean left; a little more
+# reaches queries pointing away from it), the mean taken over MEAN_ROWS rows
+PSEUDO_MEAN_SHARE = 1.25
+MEAN_ROWS = 2048
 
 PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
@@ -222,12 +228,21 @@ def _per_row(segments: list[Segment]) -> bool:
 
 def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int, n_queries: int = 256,
               depth: int = 64, seed: int = 0, queries: np.ndarray | None = None) -> ErrorModel | None:
-    """The error model of engine/bounds.py measured on this store: `n_queries` live rows
-    drawn at random (seeded: the same store gives the same model) serve as queries, their
-    best `depth` candidates by code score (the row itself left out) are re-scored exactly.
-    Reads about n_queries * (depth + 1) rows of the dense tier, once. With `queries`
+    """The error model of engine/bounds.py measured on this store. By default `n_queries`
+    pseudo-queries made from live rows drawn at random (seeded: the same store gives the
+    same model): row x less a share a of the rows' mean m, a drawn in [0,
+    `PSEUDO_MEAN_SHARE`) per query (unit-normalised again for cosine), so that the
+    calibration spans queries less aligned with the corpus than its own rows are; m is the
+    mean of `MEAN_ROWS` rows drawn with them. Their best `depth` candidates by code score
+    (the source row left out) are re-scored exactly, and the model fits the error's mean
+    and spread as lines in the query's cosine to m (`ErrorModel.fit`, "Queries unlike the
+    rows" in engine/bounds.py). Reads about MEAN_ROWS + n_queries * (depth + 1) rows of the dense
+    tier, once. Under MRL the rows themselves serve, no slope: the error is then the
+    truncated tail's, which follows the query's own tail, not its alignment with the mean
+    (on wordnet-gemma MRL384,RB1 pseudo-queries erred higher than real queries of the same
+    cosine, and auto read 95 rows a query at confidence 0.99 instead of 76). With `queries`
     (float32 (nq, dim), checked by the caller) those serve instead, every one of them,
-    nothing left out. None when the store is too small to measure (fewer than
+    nothing left out, no slope. None when the store is too small to measure (fewer than
     `bounds.MIN_PAIRS` pairs)."""
     live = [seg for seg in segments if seg.live]
     counts = np.array([seg.live for seg in live], dtype=np.int64)
@@ -238,7 +253,8 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         return _fit_pairs(codec, metric, segments, np.ascontiguousarray(queries, dtype=np.float32),
                           np.full(len(queries), -1, dtype=np.int64), min(depth, total), nprobe)
     rng = np.random.default_rng(seed)
-    picks = np.sort(rng.choice(total, size=min(n_queries, total), replace=False))
+    drawn = rng.choice(total, size=min(max(n_queries, MEAN_ROWS), total), replace=False)
+    picks = np.sort(drawn)
     starts = np.concatenate([[0], np.cumsum(counts)])
     vecs, own = [], []
     for j, seg in enumerate(live):
@@ -248,14 +264,31 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         local = seg.live_rows()[mine]
         vecs.append(seg.vectors(local, codec.dim))
         own.append(seg.ids[local])
-    x = np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32)
-    return _fit_pairs(codec, metric, segments, x, np.concatenate(own), min(depth + 1, total), nprobe)
+    rows = np.concatenate(vecs).astype(np.float64)
+    own_id = np.concatenate(own)
+    if metric == "cosine":
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    mean = rows.mean(axis=0)
+    # the query rows: the first n_queries drawn (a random subset of the rows read)
+    take = np.searchsorted(picks, drawn[:n_queries])
+    share = rng.uniform(0.0, PSEUDO_MEAN_SHARE, size=take.size)
+    norm = float(np.linalg.norm(mean))
+    direction = mean / norm if norm > 0 and codec.mrl is None else None
+    if direction is None:  # MRL: the rows themselves (see the docstring)
+        share[:] = 0.0
+    x = rows[take] - share[:, None] * mean[None, :]
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), rows[take])
+    return _fit_pairs(codec, metric, segments, np.ascontiguousarray(x, dtype=np.float32), own_id[take],
+                      min(depth + 1, total), nprobe, direction)
 
 
 def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, own_id: np.ndarray, depth: int,
-               nprobe: int) -> ErrorModel | None:
+               nprobe: int, direction: np.ndarray | None = None) -> ErrorModel | None:
     """`calibrate`'s model from queries x: their best `depth` candidates by code score, but
-    for the id `own_id` of each (-1: none), re-scored exactly."""
+    for the id `own_id` of each (-1: none), re-scored exactly; with `direction`, the error's
+    slope on each query's cosine to it taken out."""
     with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
         est, seg_of, rows, ids, _ = _shortlist(codec, segments, x, depth, nprobe, False)
         keep = (ids >= 0) & (ids != own_id[:, None])
@@ -265,8 +298,11 @@ def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
     per_row = _per_row(segments)
     scale = _query_norms(metric, x)[:, None] * _scales(segments, seg_of, rows, per_row)
     ranks = np.cumsum(keep, axis=1) - 1  # each pair's rank among its query's candidates
+    u = None
+    if direction is not None:
+        u = np.broadcast_to(query_cosines(x, direction)[:, None], est.shape)
     return ErrorModel.fit(np.where(keep, sign * exact, np.nan), sign * est.astype(np.float64), scale, per_row,
-                          ranks)
+                          ranks, u=u, direction=direction)
 
 
 def _will_need(readers: list, reader_ix: np.ndarray, dense_row: np.ndarray, order: np.ndarray, start: np.ndarray,
@@ -332,13 +368,13 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
     valid = ids >= 0
     better = sign * est.astype(np.float64)
     if model is None:  # nothing measured: every candidate may matter
-        z_hi, per_row = np.full(est.shape[1], 1e300), False
-    else:  # the upper offset of each rank in the shortlist (shortlists are best first)
-        z_hi, per_row = model.rank_intervals(confidence, est.shape[1])[1], model.per_row
+        z_hi, per_row = np.full((x.shape[0], est.shape[1]), 1e300), False
+    else:  # the upper offset of each rank in the shortlist (shortlists are best first), per query
+        z_hi, per_row = model.query_intervals(confidence, est.shape[1], x)[1], model.per_row
     qn = _query_norms(metric, x)
     scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
     # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
-    upper = np.where(valid, better + z_hi[None, :] * scale, -np.inf)
+    upper = np.where(valid, better + z_hi * scale, -np.inf)
     order = np.argsort(-upper, axis=1, kind="stable")
     up_sorted = np.ascontiguousarray(np.take_along_axis(upper, order, axis=1))
     n_valid = valid.sum(axis=1).astype(np.int64)
@@ -378,7 +414,7 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         # a row beyond the shortlist scored at most the last candidate's code score
         sigma_max = max((seg.error_max if per_row else 1.0) for seg in segments if seg.live)
         full = valid[:, -1]
-        reach = better[:, -1] + z_hi[-1] * qn * sigma_max
+        reach = better[:, -1] + z_hi[:, -1] * qn * sigma_max
         capped = int(np.count_nonzero(full & (reach >= tau)))
     return top_s, top_i, n_rows, n_bytes, per_query, capped
 

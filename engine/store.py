@@ -509,8 +509,8 @@ class Store:
             reads a candidate's exact vector only while its error interval can still
             change the top-k, at most R rows (default `bounds.auto_cap`); ``.stats`` gives the
             rows each query read (engine/bounds.py). The first auto search of an open store
-            measures the codec's error on the store's own rows (`error_model`: about
-            16,000 rows read once).
+            measures the codec's error on pseudo-queries made from the store's own rows
+            (`error_model`: about 19,000 rows read once).
         sdc : RB only: symmetric code scoring (query binarized too)
         confidence : with ``rerank="auto"``: the share of exact scores each side of the
             interval must hold, 0.5..1 (default `bounds.DEFAULT_CONFIDENCE`); higher reads
@@ -545,8 +545,10 @@ class Store:
 
     def error_model(self) -> ErrorModel | None:
         """The error model `rerank="auto"` bounds code scores with (engine/bounds.py),
-        measured on this store's rows on first use and kept while the codec is the same
-        (None: too few rows to measure; auto then reads its whole shortlist)."""
+        measured on first use on pseudo-queries made from this store's rows (each a row
+        less a random share of the rows' mean, so that queries less aligned with the
+        corpus than its rows are covered) and kept while the codec is the same (None: too
+        few rows to measure; auto then reads its whole shortlist)."""
         self._check_open("error_model")
         cached = self._error_model
         if cached is not None and cached[0] is self.codec:
@@ -568,11 +570,12 @@ class Store:
         score are re-scored exactly (about 64 rows read a query; a few hundred queries is
         enough: at least `bounds.MIN_PAIRS` pairs, 10 / (1 - confidence) pairs per rank band).
 
-        Why: stored rows as queries stand close to their neighbours; queries of another
-        kind (short questions against long documents) stand farther away, where a PQ code's
-        error in the score is larger. On wordnet-gemma, OPQ52x8's upper side calibrated on
-        its rows held for 88.6% of its queries' pairs at a promised 99%
-        (docs/results/opq.md).
+        Why: the default model is measured on pseudo-queries made from stored rows, which
+        cover queries less aligned with the corpus mean than its rows (engine/bounds.py,
+        "Queries unlike the rows"); queries that differ from the rows in other ways (they
+        stand farther from all their neighbours) may see larger errors than it allows.
+        Sample queries measure them; the model then has no covariate (the sample stands for
+        the queries to come).
 
         Parameters
         ----------
