@@ -24,7 +24,8 @@ query of the dataset, one thread:
     python bench/rerank_auto.py --datasets wordnet-gemma --specs OPQ52x8 --calibrate-queries 1000
 
 `--calibrate-queries N` measures the interval on the last N queries (`Store.calibrate`)
-instead of the store's rows, and everything else on the other queries.
+instead of pseudo-queries made from the store's rows (`Store.error_model`), and everything
+else on the other queries.
 
 Run it alone: two benchmarks on a 2-core machine disturb each other.
 """
@@ -231,7 +232,7 @@ def main() -> None:
     p.add_argument("--nq-coverage", type=int, default=1000)
     p.add_argument("--calibrate-queries", type=int, default=0,
                    help="calibrate auto on the last N queries (Store.calibrate) and measure the others "
-                        "(default 0: on the store's rows)")
+                        "(default 0: pseudo-queries from the store's rows, Store.error_model)")
     p.add_argument("--work", default="/tmp/vecz-rerank-auto")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "rerank-auto"))
     args = p.parse_args()

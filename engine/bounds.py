@@ -68,8 +68,8 @@ __all__ = ["ErrorModel", "query_cosines", "auto_cap", "parse_auto", "bounded_rer
 # wordnet-minilm RB1 and 0.75% on bench/scale.py's 10M store; 0.999 lost at most 0.09% on the
 # real datasets and 0.23% at 10M, for about 25% more rows (docs/results/rerank-auto.md)
 DEFAULT_CONFIDENCE = 0.999
-# An ErrorModel's spread (its fitted mean deviation at a query's u over the mean) is at
-# least this: a line fitted to deviations must not reach zero within the range clipped to.
+# An ErrorModel's spread (the line of the error's deviation in a query's u, over the mean
+# deviation) is at least this: a line fitted to deviations must not reach zero.
 MIN_SPREAD = 0.25
 # Calibration queries whose cosines to the mean span less than this give no covariate.
 MIN_U_RANGE = 1e-3
@@ -106,10 +106,12 @@ class ErrorModel:
 
     With a ``direction`` (the unit mean direction of the store's rows) the error of a pair
     whose query has cosine u to it (clipped to the range calibrated, ``u_range``) is
-    ``shift(u) + spread(u) * z``, both linear in u (``shift`` and ``spread`` hold their
-    intercept and slope; spread is at least ``MIN_SPREAD`` of its mean): a query's interval
-    moves and widens with its u (``locations``). See "Queries unlike the rows" in the module
-    docstring."""
+    ``shift(u) + spread(u) * z``: ``shift`` is the least-squares line of the error's mean in
+    u, ``spread`` the line of its absolute deviation from that over the mean deviation (so
+    about 1), held at ``MIN_SPREAD`` or more; each holds (intercept, slope). A query's
+    interval moves and widens with its u (``locations``). See "Queries unlike the rows" in
+    the module docstring. Compared by identity (eq=False: its arrays have no single truth
+    value)."""
 
     z: np.ndarray          # float64 (n,), ascending
     per_row: bool          # sigma_i per row (True) or 1 for every row
@@ -127,8 +129,9 @@ class ErrorModel:
         """From (query, row) pairs: exact and code scores (larger-is-better), their scales
         ``|q| * sigma_i`` and optionally their ranks. Pairs with scale 0 (an exact code)
         carry no information. With `u` (each pair's query cosine to ``direction``, same
-        shape as exact, spanning more than ``MIN_U_RANGE``) the error's mean and mean deviation are fitted
-        as lines in u by least squares and z is the error standardised by them."""
+        shape as exact, spanning more than ``MIN_U_RANGE``) the error's mean and absolute
+        deviation are fitted as lines in u by least squares and z is the error standardised
+        by them (see the class docstring)."""
         exact, est, scale = (np.asarray(a, dtype=np.float64).ravel() for a in (exact, est, scale))
         ok = np.isfinite(exact) & np.isfinite(est) & np.isfinite(scale) & (scale > 0)
         if u is not None:
@@ -142,10 +145,14 @@ class ErrorModel:
             u = u[ok]
             shift = _line(u, z)
             resid = z - (shift[0] + shift[1] * u)
-            spread = _line(u, np.abs(resid))
-            extra = {"direction": np.asarray(direction, dtype=np.float64).ravel(), "shift": shift,
-                     "spread": spread, "u_range": (float(u.min()), float(u.max()))}
-            z = resid / _spread_at(spread, u, extra["u_range"])
+            deviation = np.abs(resid)
+            mean_dev = float(deviation.mean())
+            if mean_dev > 0.0:
+                intercept, slope = _line(u, deviation)
+                spread = (intercept / mean_dev, slope / mean_dev)
+                extra = {"direction": np.asarray(direction, dtype=np.float64).ravel(), "shift": shift,
+                         "spread": spread, "u_range": (float(u.min()), float(u.max()))}
+                z = resid / _spread_at(spread, u)
         order = np.argsort(z, kind="stable")
         r = None if ranks is None else np.asarray(ranks, dtype=np.int64).ravel()[ok][order]
         return cls(z[order], per_row, r, **extra)
@@ -162,7 +169,7 @@ class ErrorModel:
         if self.direction is None:
             return np.zeros(nq), np.ones(nq)
         u = np.clip(query_cosines(x, self.direction), *self.u_range)
-        return self.shift[0] + self.shift[1] * u, _spread_at(self.spread, u, self.u_range)
+        return self.shift[0] + self.shift[1] * u, _spread_at(self.spread, u)
 
     def query_intervals(self, confidence: float, n: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi), float64 (nq, n) each: the normalised interval of a candidate at rank r
@@ -173,8 +180,10 @@ class ErrorModel:
 
     def interval(self, confidence: float) -> tuple[float, float]:
         """(z_lo, z_hi): the (1 - c) and c quantiles of z over all pairs, widened to include
-        0. c = 1 takes the extremes seen, widened by a quarter of the range (nothing
-        measured lies outside, so the model cannot claim more)."""
+        0 (with a ``direction``, z is standardised: a query's interval, placed by its
+        ``locations``, need not include its code score). c = 1 takes the extremes seen,
+        widened by a quarter of the range (nothing measured lies outside, so the model
+        cannot claim more)."""
         cached = self._cache.get(confidence)
         if cached is None:
             cached = self._cache[confidence] = _quantiles(self.z, confidence)
@@ -231,12 +240,10 @@ def _line(u: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(y.mean()) - slope * float(u.mean()), slope
 
 
-def _spread_at(spread: tuple, u: np.ndarray, u_range: tuple) -> np.ndarray:
-    """The fitted mean deviation at u, over its mean over ``u_range``'s ends, at least
-    ``MIN_SPREAD`` (a line fitted to deviations must not reach zero)."""
-    ends = spread[0] + spread[1] * np.asarray(u_range)
-    mid = max(float(ends.mean()), 1e-300)
-    return np.maximum((spread[0] + spread[1] * u) / mid, MIN_SPREAD)
+def _spread_at(spread: tuple, u: np.ndarray) -> np.ndarray:
+    """The spread line (intercept, slope) at u, at least `MIN_SPREAD` (a line fitted to
+    deviations must not reach zero)."""
+    return np.maximum(spread[0] + spread[1] * u, MIN_SPREAD)
 
 
 def query_cosines(x: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -259,15 +266,17 @@ def _quantiles(z: np.ndarray, confidence: float) -> tuple[float, float]:
     return min(lo, 0.0), max(hi, 0.0)
 
 
-def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: float, k: int, step: int,
-                   read: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: float | np.ndarray, k: int,
+                   step: int, read: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The walk of the module docstring over a shortlist, in numpy: the reference of the
     compiled walk the store runs (`vecz.kernels.dense.bounded_walk`, tests compare them).
 
     est, scale float (nq, C): code scores (larger-is-better) and ``|q| sigma_i``; valid bool
-    (nq, C). ``read(mask)`` returns the exact scores (larger-is-better, float64 (nq, C)) of
-    the candidates where mask (nq, C) is True (others ignored). Returns exact scores with
-    NaN where not read, the read mask, and tau (nq,) (-inf when fewer than k were read).
+    (nq, C); z_hi the upper offset, one for all or float (nq, C) per candidate (the store's:
+    ``ErrorModel.query_intervals``, which may be below zero). ``read(mask)`` returns the
+    exact scores (larger-is-better, float64 (nq, C)) of the candidates where mask (nq, C) is
+    True (others ignored). Returns exact scores with NaN where not read, the read mask, and
+    tau (nq,) (-inf when fewer than k were read).
     """
     nq, c = est.shape
     upper = np.where(valid, est + z_hi * scale, -np.inf)

@@ -249,8 +249,9 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with --rerank auto: coverage of each side of the error interval (default 0.999)")
     p.add_argument("--calibrate", metavar="SAMPLE", default=None,
                    help="with --rerank auto: measure the error interval on these sample queries (their first "
-                        f"{CALIBRATE_ROWS:,} rows, same formats as QUERIES) instead of the store's own rows; "
-                        "for queries of another kind than the stored vectors (questions against passages)")
+                        f"{CALIBRATE_ROWS:,} rows, same formats as QUERIES) instead of pseudo-queries made from "
+                        "the store's own rows; for queries of another kind than the stored vectors (questions "
+                        "against passages)")
     p.add_argument("--column", help="vector column of a .parquet/.arrow queries file")
     p.add_argument("--out", metavar="FILE", help=".parquet or .npy output (default: TSV on stdout)")
     p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")

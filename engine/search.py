@@ -45,6 +45,9 @@ AUTO_AHEAD = 16
 # reaches queries pointing away from it), the mean taken over MEAN_ROWS rows
 PSEUDO_MEAN_SHARE = 1.25
 MEAN_ROWS = 2048
+# ... unless the mean is shorter than this share of the rows' norm (a centred corpus: the
+# mean of 2,048 rows is then mostly sampling noise, about 0.02 of a row's norm)
+MIN_MEAN_NORM = 0.1
 
 PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}
@@ -233,16 +236,19 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
     same model): row x less a share a of the rows' mean m, a drawn in [0,
     `PSEUDO_MEAN_SHARE`) per query (unit-normalised again for cosine), so that the
     calibration spans queries less aligned with the corpus than its own rows are; m is the
-    mean of `MEAN_ROWS` rows drawn with them. Their best `depth` candidates by code score
-    (the source row left out) are re-scored exactly, and the model fits the error's mean
-    and spread as lines in the query's cosine to m (`ErrorModel.fit`, "Queries unlike the
-    rows" in engine/bounds.py). Reads about MEAN_ROWS + n_queries * (depth + 1) rows of the dense
-    tier, once. Under MRL the rows themselves serve, no slope: the error is then the
-    truncated tail's, which follows the query's own tail, not its alignment with the mean
-    (on wordnet-gemma MRL384,RB1 pseudo-queries erred higher than real queries of the same
-    cosine, and auto read 95 rows a query at confidence 0.99 instead of 76). With `queries`
-    (float32 (nq, dim), checked by the caller) those serve instead, every one of them,
-    nothing left out, no slope. None when the store is too small to measure (fewer than
+    mean of max(n_queries, `MEAN_ROWS`) rows drawn with them (rows of zero norm left out).
+    Their best `depth` candidates by code score (the source row left out) are re-scored
+    exactly, and the model fits the error's mean and spread as lines in the query's cosine
+    to m (`ErrorModel.fit`, "Queries unlike the rows" in engine/bounds.py). Reads about
+    MEAN_ROWS + n_queries * (depth + 1) rows of the dense tier, once.
+
+    The rows themselves serve, with no covariate, when m is shorter than `MIN_MEAN_NORM` of
+    the rows' norm (a centred corpus) and under MRL, whose error is the truncated tail's: it
+    follows the query's own tail, not its alignment with the mean (on wordnet-gemma
+    MRL384,RB1 the pseudo-queries' errors sat above real queries' of the same cosine, and
+    auto read 95 rows a query at confidence 0.99 instead of 74). With `queries` (float32
+    (nq, dim), checked by the caller) those serve instead, every one of them, nothing left
+    out, no covariate. None when the store is too small to measure (fewer than
     `bounds.MIN_PAIRS` pairs)."""
     live = [seg for seg in segments if seg.live]
     counts = np.array([seg.live for seg in live], dtype=np.int64)
@@ -266,15 +272,21 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         own.append(seg.ids[local])
     rows = np.concatenate(vecs).astype(np.float64)
     own_id = np.concatenate(own)
+    norms = np.linalg.norm(rows, axis=1)
+    usable = norms > 0  # an f16 dense row can round to zeros: no direction, no query
     if metric == "cosine":
-        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    mean = rows.mean(axis=0)
+        rows[usable] /= norms[usable, None]
+        norms = np.where(usable, 1.0, 0.0)
+    mean = rows[usable].mean(axis=0) if usable.any() else np.zeros(rows.shape[1])
     # the query rows: the first n_queries drawn (a random subset of the rows read)
     take = np.searchsorted(picks, drawn[:n_queries])
+    take = take[usable[take]]
     share = rng.uniform(0.0, PSEUDO_MEAN_SHARE, size=take.size)
     norm = float(np.linalg.norm(mean))
-    direction = mean / norm if norm > 0 and codec.mrl is None else None
-    if direction is None:  # MRL: the rows themselves (see the docstring)
+    direction = None
+    if codec.mrl is None and usable.any() and norm >= MIN_MEAN_NORM * float(norms[usable].mean()):
+        direction = mean / norm
+    else:  # MRL, or a (nearly) centred corpus: the rows themselves (see the docstring)
         share[:] = 0.0
     x = rows[take] - share[:, None] * mean[None, :]
     if metric == "cosine":
@@ -288,7 +300,7 @@ def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
                nprobe: int, direction: np.ndarray | None = None) -> ErrorModel | None:
     """`calibrate`'s model from queries x: their best `depth` candidates by code score, but
     for the id `own_id` of each (-1: none), re-scored exactly; with `direction`, the error's
-    slope on each query's cosine to it taken out."""
+    mean and spread fitted in each query's cosine to it (`ErrorModel.fit`)."""
     with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
         est, seg_of, rows, ids, _ = _shortlist(codec, segments, x, depth, nprobe, False)
         keep = (ids >= 0) & (ids != own_id[:, None])
@@ -414,7 +426,9 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         # a row beyond the shortlist scored at most the last candidate's code score
         sigma_max = max((seg.error_max if per_row else 1.0) for seg in segments if seg.live)
         full = valid[:, -1]
-        reach = better[:, -1] + z_hi[:, -1] * qn * sigma_max
+        # (an offset below zero, which a query's shift allows, is largest at the smallest
+        # scale: 0 stands for it)
+        reach = better[:, -1] + np.maximum(z_hi[:, -1], 0.0) * qn * sigma_max
         capped = int(np.count_nonzero(full & (reach >= tau)))
     return top_s, top_i, n_rows, n_bytes, per_query, capped
 

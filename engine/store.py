@@ -565,7 +565,8 @@ class Store:
 
     def calibrate(self, queries: Any, *, nprobe: int | None = None) -> ErrorModel | None:
         """Measure the error model of ``rerank="auto"`` on sample queries like the ones to
-        come, instead of the store's own rows (what `error_model` uses by default), and use
+        come, instead of pseudo-queries made from the store's rows (what `error_model` uses by
+        default), and use
         it for this open store's auto searches. Each query's best 64 candidates by code
         score are re-scored exactly (about 64 rows read a query; a few hundred queries is
         enough: at least `bounds.MIN_PAIRS` pairs, 10 / (1 - confidence) pairs per rank band).
@@ -587,7 +588,8 @@ class Store:
         -------
         ErrorModel or None
             The model now in use (None: too few pairs or no dense tier; auto then reads its
-            whole shortlist). Not stored: a re-opened store measures on its rows again.
+            whole shortlist). Not stored: a re-opened store measures on pseudo-queries from
+            its rows again.
         """
         self._check_open("calibrate")
         x = _as_vectors(queries, self.dim, "calibration queries")
