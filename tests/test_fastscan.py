@@ -635,14 +635,17 @@ def test_block_accumulate_gather_matches_reference(n_blocks, n_q, n_tab, pairs, 
 
 
 @SETTINGS
-@given(nq=st.integers(0, 12), nlist=st.integers(1, 5), n_probe=st.integers(0, 4), seed=st.integers(0, 2**32 - 1))
-def test_invert_probes_lists_every_probe_once(nq, nlist, n_probe, seed):
+@given(nq=st.integers(0, 12), nlist=st.integers(1, 5), n_probe=st.integers(0, 4), first=st.integers(0, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_invert_probes_lists_every_probe_once(nq, nlist, n_probe, first, seed):
     rng = np.random.default_rng(seed)
     probes = _own_probes(rng, nq, nlist, n_probe)
-    offsets, queries, probe_index = fastscan.fs_invert_probes(probes, nlist)
+    offsets, queries, probe_index = fastscan.fs_invert_probes(probes, nlist, first)
     assert offsets.shape == (nlist + 1,) and offsets[0] == 0
     pairs = {(int(q), int(p)) for q, p in zip(queries, probe_index)}
-    assert len(pairs) == len(queries) == int((probes >= 0).sum())
+    # every probe from `first` on (the list-major scans seed their heaps with the ones before)
+    assert len(pairs) == len(queries) == int((probes[:, first:] >= 0).sum())
+    assert (probe_index >= first).all()
     for lst in range(nlist):
         sl = slice(offsets[lst], offsets[lst + 1])
         assert (probes[queries[sl], probe_index[sl]] == lst).all()
