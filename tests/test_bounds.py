@@ -547,16 +547,24 @@ def test_cli_search_calibrates_on_sample_queries(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (DATA / "wordnet-minilm" / "base.npy").exists(),
-                    reason=f"needs ../shared/data/wordnet-minilm (looked in {DATA})")
+def _needs(name: str) -> pytest.MarkDecorator:
+    """Skip unless ../shared/data/<name> is there."""
+    return pytest.mark.skipif(not (DATA / name / "base.npy").exists(),
+                              reason=f"needs ../shared/data/{name} (looked in {DATA})")
+
+
+def _dataset(name: str, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real dataset's rows, its first nq queries and their true top-10 ids."""
+    d = DATA / name
+    return np.load(d / "base.npy"), np.load(d / "queries.npy")[:nq], np.load(d / "gt_ids.npy")[:nq, :10]
+
+
+@_needs("wordnet-minilm")
 def test_auto_on_wordnet_minilm(tmp_path):
     # real embeddings, the dataset's own queries (held out from the calibration): the
     # intervals hold as promised and auto misses few true neighbours with fewer rows than
     # a fixed depth of the same recall (docs/results/rerank-auto.md has the full figures)
-    d = DATA / "wordnet-minilm"
-    base = np.load(d / "base.npy")
-    q = np.load(d / "queries.npy")[:1000]
-    gt = np.load(d / "gt_ids.npy")[:1000, :10]
+    base, q, gt = _dataset("wordnet-minilm", 1000)
     with Store.create(tmp_path / "s", dim=base.shape[1], codec="RB1", dense="f16") as s:
         s.add(base)
         cover, _ = _coverage(s, q[:300], 0.99)
@@ -567,18 +575,14 @@ def test_auto_on_wordnet_minilm(tmp_path):
         assert auto.stats.rows_read_mean <= 85, auto.stats.rows_read_mean
 
 
-@pytest.mark.skipif(not (DATA / "wordnet-gemma" / "base.npy").exists(),
-                    reason=f"needs ../shared/data/wordnet-gemma (looked in {DATA})")
+@_needs("wordnet-gemma")
 def test_default_model_holds_for_wordnet_gemma_queries(tmp_path):
     # wordnet-gemma's queries sit far less along the corpus mean than its rows (cosine
     # 0.21 against 0.53): calibrated on stored rows, PQ48x8's upper side held for 82% of
     # their pairs at a promised 99%; the default model holds as promised, and auto misses
     # about as many true neighbours as the confidence allows (docs/results/rerank-auto.md,
     # "Queries unlike the rows")
-    d = DATA / "wordnet-gemma"
-    base = np.load(d / "base.npy")
-    q = np.load(d / "queries.npy")[:600]
-    gt = np.load(d / "gt_ids.npy")[:600, :10]
+    base, q, gt = _dataset("wordnet-gemma", 600)
     with Store.create(tmp_path / "s", dim=base.shape[1], codec="PQ48x8", dense="f16") as s:
         s.add(base)
         for c, need in ((0.99, 0.975), (0.999, 0.99)):
