@@ -30,8 +30,9 @@ kernels (faiss's IVF fast scan): the probes are inverted into, per list, the que
 visit it (`fs_invert_probes`), and each list is scanned once per chunk of up to LANES of
 them, the chunk's tables gathered by index (`fs_block_accumulate_gather`). Their rows are
 scored and filtered against each query's heap minimum in vector IR, so only candidates
-reach the scalar heap test. Each query's heap is seeded by a scan of its nearest list on
-its own (`SEED_PROBES`) so that its minimum starts high. Each query keeps its own heap,
+reach the scalar heap test. Each query's heap is first seeded by a scan of its first
+`SEED_PROBES` probes on their own (its nearest lists: the engine's probes come best first)
+so that its minimum starts high. Each query keeps its own heap,
 which admits (score, id) by a total order, so the visiting order does not change results
 either.
 """
@@ -1204,14 +1205,15 @@ def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_id
 # (probes are best first), then the rest list by list. Lists come in index order there, so
 # a query's heap would otherwise fill with whatever its first lists hold and be pushed into
 # again and again: on wordnet-minilm IVF256,OPQ96x4 (nprobe 128, k 80) the seed cut heap
-# pushes from 702 to 315 a query and the scan from 88.5 to 74.6 us a query (k 10: 59.5 to
-# 56.2); seeding with 2, 4, 8 or 16 lists cost more than it saved (75.3 .. 91.2 us).
+# pushes from 702 to 315 a query and the scan from 88.5 to 70.4 us a query (k 10: 59.5 to
+# 56-60, within noise); in a prototype that seeded with 1, 2, 4, 8 or 16 lists, one was the
+# fastest (74.6, 75.3, 77.3, 81.7, 91.2 us). A compile-time constant (Numba freezes it).
 SEED_PROBES = 1
 
 
 @jit
 def _seed_heap(heap_scores, heap_ids, scores, ids):
-    """Push a sorted top-k (scores, ids; id -1 = empty) into a heap."""
+    """Push a top-k as `fs_scan_factors` returns it (scores, ids; id -1 = empty) into a heap."""
     for j in range(ids.shape[0]):
         if ids[j] >= 0:
             topk_push(heap_scores, heap_ids, scores[j], ids[j])
@@ -1219,7 +1221,7 @@ def _seed_heap(heap_scores, heap_ids, scores, ids):
 
 @jit
 def fs_invert_probes(probes, n_lists, first):
-    """probes int64 (nq, P), entries < 0 and probe indices < `first` ignored -> for each list
+    """probes int64 (nq, P), entries < 0 and probe indices < `first` (>= 0) ignored -> for each list
     the (query, probe index) pairs that visit it: offsets int64 (n_lists + 1,), queries
     int64 and probe indices int64 (offsets[-1],), each list's pairs in query order."""
     nq, n_probe = probes.shape
@@ -1251,7 +1253,9 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     it, each chunk's tables gathered by index (`fs_block_accumulate_gather`), and each query
     pushes into its own heap. Shapes as in `fs_scan_batch` (qluts (G, L, 2 * n_pairs, 32),
     probes (G, P), probe_bias (G, P)) -> (G, k), row g identical to `fs_scan` of query g:
-    the heaps admit (score, id) by a total order, so the visiting order does not matter."""
+    the heaps admit (score, id) by a total order, so the visiting order does not matter.
+    Each query's first `SEED_PROBES` probes are scanned on their own into its heap first
+    (`_fs_scan_into`); `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
     n_q = qluts.shape[0]
     heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     heap_ids = np.full((n_q, k), -1, dtype=np.int64)

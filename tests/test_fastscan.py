@@ -586,9 +586,10 @@ def test_code_index_multi_query_search_unchanged(spec, metric, monkeypatch):
 
 
 # --------------------------------------------------------------------------- list-major scans
-# fs_scan_lists / fs_scan_factors_lists scan IVF batches list by list, each list once for up
-# to LANES of the queries that probe it, every query pushing into its own heap. Also only a
-# speed-up: results must equal the single-query kernels' exactly, whatever the visit order.
+# fs_scan_lists / fs_scan_factors_lists scan each query's first SEED_PROBES probes on their
+# own, then IVF batches list by list, each list once for up to LANES of the queries that
+# probe it, every query pushing into its own heap. Also only a speed-up: results must equal
+# the single-query kernels' exactly, whatever the visit order.
 
 LIST_SIZES = st.lists(st.sampled_from([0, 1, 31, 32, 33, 100]), min_size=1, max_size=6)
 LIST_SETTINGS = settings(max_examples=30, deadline=None, database=None)
