@@ -1013,6 +1013,16 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     before any per-row work; an empty (0, 3) array turns skipping off. Results are the
     same either way (see the bound below)."""
     heap_scores, heap_ids = topk_init(k)
+    _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+                          probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids)
+    topk_sort(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit
+def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+                          probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids):
+    """`fs_scan_factors`'s work, pushing into a given heap (a list-major scan's seed)."""
     acc = np.empty(BLOCK, dtype=np.uint16)
     comb = np.empty(BLOCK, dtype=np.float32)
     n_tables = qluts.shape[0]
@@ -1078,8 +1088,6 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
                     s = np.float32(probe_bias[p] + est)
                 if idx >= 0 and (s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0])):
                     topk_push(heap_scores, heap_ids, s, idx)
-    topk_sort(heap_scores, heap_ids)
-    return heap_scores, heap_ids
 
 
 @jit_batch
@@ -1209,14 +1217,6 @@ def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_id
 # 56-60, within noise); in a prototype that seeded with 1, 2, 4, 8 or 16 lists, one was the
 # fastest (74.6, 75.3, 77.3, 81.7, 91.2 us). A compile-time constant (Numba freezes it).
 SEED_PROBES = 1
-
-
-@jit
-def _seed_heap(heap_scores, heap_ids, scores, ids):
-    """Push a top-k as `fs_scan_factors` returns it (scores, ids; id -1 = empty) into a heap."""
-    for j in range(ids.shape[0]):
-        if ids[j] >= 0:
-            topk_push(heap_scores, heap_ids, scores[j], ids[j])
 
 
 @jit
@@ -1356,9 +1356,9 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
-        s, i = fs_scan_factors(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors, block_bounds,
-                               block_offsets, probes[q, :seed], probe_bias[q, :seed], probe_q_sq[q, :seed], is_l2, k)
-        _seed_heap(heap_scores[q], heap_ids[q], s, i)
+        _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors, block_bounds,
+                              block_offsets, probes[q, :seed], probe_bias[q, :seed], probe_q_sq[q, :seed], is_l2,
+                              heap_scores[q], heap_ids[q])
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
