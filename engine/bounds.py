@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..kernels.transform import normalize_rows
 from .errors import InvalidInput
 
 __all__ = ["ErrorModel", "query_cosines", "auto_cap", "parse_auto", "bounded_rerank", "check_confidence",
@@ -248,11 +249,8 @@ def _spread_at(spread: tuple, u: np.ndarray) -> np.ndarray:
 
 def query_cosines(x: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """float64 (nq,): the cosine of each row of x to the unit vector ``direction`` (0 for a
-    zero row)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    dots = x @ np.asarray(direction, dtype=np.float64)
-    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
+    zero row: `normalize_rows` leaves it zero)."""
+    return normalize_rows(x).astype(np.float64) @ np.asarray(direction, dtype=np.float64)
 
 
 def _quantiles(z: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -233,11 +233,9 @@ class PQ(Quantizer):
 
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
         if not self.rotate:
-            state = {"pq_books": pq.pq_train(residuals, self.m, self.nbits, seed=seed)}
-        else:
-            rot, books = pq.opq_train(residuals, self.m, self.nbits, seed=seed, svd_scope=_SerialBlas)
-            state = {"pq_books": books, "pq_rotation": rot}
-        return state
+            return {"pq_books": pq.pq_train(residuals, self.m, self.nbits, seed=seed)}
+        rot, books = pq.opq_train(residuals, self.m, self.nbits, seed=seed, svd_scope=_SerialBlas)
+        return {"pq_books": books, "pq_rotation": rot}
 
     def train_row_errors(self, residuals, state):
         # the training rows' errors per cell (`row_errors`), when there are enough rows per

@@ -24,6 +24,7 @@ from numba.typed import List
 
 from ..kernels import dense as dense_kernels
 from ..kernels.topk import topk_positions, topk_positions_batch
+from ..kernels.transform import normalize_rows
 from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto, query_cosines
 from .errors import InvalidInput
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
@@ -234,7 +235,7 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
     """The error model of engine/bounds.py measured on this store. By default `n_queries`
     pseudo-queries made from live rows drawn at random (seeded: the same store gives the
     same model): row x less a share a of the rows' mean m, a drawn in [0,
-    `PSEUDO_MEAN_SHARE`) per query (unit-normalised again for cosine), so that the
+    `PSEUDO_MEAN_SHARE`) per query (the search normalises cosine queries), so that the
     calibration spans queries less aligned with the corpus than its own rows are; m is the
     mean of max(n_queries, `MEAN_ROWS`) rows drawn with them (rows of zero norm left out).
     Their best `depth` candidates by code score (the source row left out) are re-scored
@@ -270,13 +271,13 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         local = seg.live_rows()[mine]
         vecs.append(seg.vectors(local, codec.dim))
         own.append(seg.ids[local])
-    rows = np.concatenate(vecs).astype(np.float64)
+    rows = np.concatenate(vecs)
     own_id = np.concatenate(own)
+    if metric == "cosine":  # as the codec sees them (zero rows stay zero)
+        rows = normalize_rows(rows)
+    rows = rows.astype(np.float64)
     norms = np.linalg.norm(rows, axis=1)
     usable = norms > 0  # an f16 dense row can round to zeros: no direction, no query
-    if metric == "cosine":
-        rows[usable] /= norms[usable, None]
-        norms = np.where(usable, 1.0, 0.0)
     mean = rows[usable].mean(axis=0) if usable.any() else np.zeros(rows.shape[1])
     # the query rows: the first n_queries drawn (a random subset of the rows read)
     take = np.searchsorted(picks, drawn[:n_queries])
@@ -288,10 +289,11 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         direction = mean / norm
     else:  # MRL, or a (nearly) centred corpus: the rows themselves (see the docstring)
         share[:] = 0.0
+    # (cosine queries are normalised by the search itself; a row that is exactly its share
+    # of the mean would leave a zero query, which cosine refuses: the row serves instead)
     x = rows[take] - share[:, None] * mean[None, :]
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), rows[take])
+    zero = ~x.any(axis=1)
+    x[zero] = rows[take][zero]
     return _fit_pairs(codec, metric, segments, np.ascontiguousarray(x, dtype=np.float32), own_id[take],
                       min(depth + 1, total), nprobe, direction)
 
