@@ -277,6 +277,7 @@ def _evict(paths: list[Path], store: Store | None = None) -> None:
     if store is not None:
         for reader in store._pool.readers.values():
             reader._mmap.madvise(mmap.MADV_DONTNEED)
+            reader.mark_uncached()  # its last look found the file cached, perhaps
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:

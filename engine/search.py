@@ -184,7 +184,7 @@ def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarr
     rescore = dense_kernels.dense_rescore_batch if parallel else dense_kernels.dense_rescore
     kind = _RESCORE[metric]
     parts = [(j, np.where(reader_ix == j, dense_row, -1)) for j in range(len(readers))]
-    if prefetch if prefetch is not None else not parallel:
+    if _hint(prefetch, x.shape[0], readers):
         for j, local in parts:
             readers[j].will_need(local)  # -1 (not this file) is skipped
     n_rows = n_bytes = 0
@@ -195,6 +195,15 @@ def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarr
         n_rows += n
         n_bytes += n * reader.info.row_bytes
     return exact, n_rows, n_bytes
+
+
+def _hint(prefetch: bool | None, nq: int, readers: list) -> bool:
+    """Whether to ask the kernel for the rows' pages before reading them: as `prefetch` says,
+    or (None) for fewer than PARALLEL_MIN_QUERIES queries unless every dense file to read
+    was wholly in the page cache when last looked at (`DenseReader.cached`)."""
+    if prefetch is not None:
+        return prefetch
+    return nq < PARALLEL_MIN_QUERIES and not all(reader.cached() for reader in readers)
 
 
 def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
@@ -404,7 +413,7 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
     exact = np.zeros(valid.shape, dtype=np.float64)
     done = np.zeros(valid.shape, dtype=bool)
     tau = np.empty(nq, dtype=np.float64)  # the final k-th exact score (larger-is-better)
-    fetch = prefetch if prefetch is not None else nq < PARALLEL_MIN_QUERIES
+    fetch = _hint(prefetch, nq, readers)
     if fetch and nq < PARALLEL_MIN_QUERIES:
         per_query = _walk_fetching(x, vectors, readers, reader_ix, dense_row, order, up_sorted, n_valid, better,
                                    valid, k, step, _RESCORE[metric], exact, done, tau)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,15 @@ DENSE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
 _MAGIC_HEAD = b"ARROW1\x00\x00"
 _MAGIC_TAIL = b"ARROW1"
 _CRC_CHUNK = 16 << 20
+# `DenseReader.cached`: the share of a file's pages in the page cache that counts as cached,
+# how old its answer may be (seconds), and where it looks: the whole file up to
+# RESIDENCY_WINDOWS x RESIDENCY_WINDOW_BYTES, else that many windows drawn at random (mincore
+# costs ~55 ns a page not mapped by the process: 1.2 ms for a whole 86 MiB file, ~0.1 ms
+# for 16 windows of 64 pages).
+RESIDENT_SHARE = 0.99
+RESIDENCY_RECHECK_S = 1.0
+RESIDENCY_WINDOWS = 16
+RESIDENCY_WINDOW_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -166,8 +176,27 @@ class _Mapping:
                                   ctypes.c_long]
             libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
             libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            if hasattr(libc, "mincore"):
+                libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
             cls._libc = libc
         return cls._libc
+
+    def resident(self, start: int, length: int) -> float | None:
+        """The share of the pages of bytes [start, start + length) of the file that are in
+        the page cache now (mincore; 1.0 for no bytes); None where that cannot be asked (no
+        mincore, or it failed)."""
+        libc = self.libc()
+        if not self.addr or not hasattr(libc, "mincore"):
+            return None
+        page = mmap.PAGESIZE
+        first = start - start % page
+        n_pages = (start + length - first + page - 1) // page
+        if n_pages <= 0:
+            return 1.0
+        vec = np.zeros(n_pages, dtype=np.uint8)
+        if libc.mincore(self.addr + first, n_pages * page, vec.ctypes.data) != 0:
+            return None
+        return float(np.count_nonzero(vec & 1)) / n_pages
 
     def madvise(self, advice: int, start: int = 0, length: int | None = None) -> None:
         self.libc().madvise(self.addr + start, self.size - start if length is None else length, advice)
@@ -241,6 +270,9 @@ class DenseReader:
         self.rows_read = 0
         self.bytes_read = 0
         self._mmap: _Mapping | None = None
+        self._resident = False  # `cached`'s last answer, when it was found, where it looks
+        self._resident_at = -np.inf
+        self._windows = np.random.default_rng(0)
         try:
             fd = open_regular(self.path, "dense file")
         except FileNotFoundError:
@@ -286,6 +318,38 @@ class DenseReader:
             return
         advise_rows(self._mmap.addr, self.info.offset, self.info.row_bytes, self.info.rows,
                     np.asarray(rows, dtype=np.int64).ravel(), mmap.PAGESIZE, mmap.MADV_WILLNEED)
+
+    def cached(self) -> bool:
+        """Whether at least `RESIDENT_SHARE` of the pages of the file's rows were in the page
+        cache when last looked at (mincore, at most once every `RESIDENCY_RECHECK_S` seconds;
+        a large file in `RESIDENCY_WINDOWS` windows drawn at random). The store skips its page
+        hints (`will_need`) for files found cached: on a cached page a hint is a system call
+        that fetches nothing (0.1-0.15 ms of a 0.3-0.6 ms warm single query of 30-100 rows),
+        and a hint pays only by fetching several missing pages at once, where a query of 100
+        rows meets about one missing page in a file 99% cached. False where mincore is
+        missing or fails. Pages dropped after a look are noticed at the next one: a query in
+        between reads them by page faults, one after another, as with no hints."""
+        if self._mmap is None:
+            return False
+        now = time.monotonic()
+        if now - self._resident_at >= RESIDENCY_RECHECK_S:
+            self._resident = (self._resident_share() or 0.0) >= RESIDENT_SHARE
+            self._resident_at = now
+        return self._resident
+
+    def _resident_share(self) -> float | None:
+        length = self.info.rows * self.info.row_bytes
+        if length <= RESIDENCY_WINDOWS * RESIDENCY_WINDOW_BYTES:
+            return self._mmap.resident(self.info.offset, length)
+        starts = self.info.offset + self._windows.integers(0, length - RESIDENCY_WINDOW_BYTES + 1, RESIDENCY_WINDOWS)
+        shares = [self._mmap.resident(int(a), RESIDENCY_WINDOW_BYTES) for a in starts]
+        return None if None in shares else float(np.mean(shares))
+
+    def mark_uncached(self) -> None:
+        """Count the file as not cached until `cached` looks again, `RESIDENCY_RECHECK_S`
+        from now (for whoever just dropped its pages from the page cache)."""
+        self._resident = False
+        self._resident_at = time.monotonic()
 
     def note_read(self, n_rows: int) -> None:
         """Count rows read through `values`."""

@@ -514,6 +514,99 @@ def test_will_need_advises_the_mapped_pages(tmp_path):
     reader.close()
 
 
+def test_cached_looks_at_most_once_a_second(tmp_path, monkeypatch):
+    """`DenseReader.cached` asks mincore about the file's rows at most once every
+    RESIDENCY_RECHECK_S seconds (`mark_uncached` says no until then); a file larger than its
+    windows in RESIDENCY_WINDOWS windows inside the rows; cached from RESIDENT_SHARE of the
+    pages up, not where mincore cannot answer."""
+    import vecz.formats.dense as dense
+
+    x = _data(500, dim=40)
+    info = dense.write_dense(tmp_path / "d.arrow", np.arange(500, dtype=np.int64), x, "f32")
+    reader = dense.DenseReader(tmp_path, info)
+    clock = [1000.0]
+    answers = [1.0, dense.RESIDENT_SHARE - 1e-6, None, dense.RESIDENT_SHARE]
+    asked: list[tuple[int, int]] = []
+
+    def resident(self, start, length):
+        asked.append((start, length))
+        return answers[len(asked) - 1]
+
+    monkeypatch.setattr(dense.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(dense._Mapping, "resident", resident)
+    assert reader.cached() is True and asked == [(info.offset, info.rows * info.row_bytes)]
+    clock[0] += 0.999 * dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is True and len(asked) == 1  # the last answer, not looked again
+    reader.mark_uncached()  # not cached from now, whatever the last look said; no look for a second
+    assert reader.cached() is False and len(asked) == 1
+    clock[0] += 0.999 * dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is False and len(asked) == 1
+    clock[0] += 0.002 * dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is False and len(asked) == 2  # a second passed: looked again (just under the share)
+    clock[0] += dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is False and len(asked) == 3  # None (mincore failed) counts as not cached
+    clock[0] += dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is True and len(asked) == 4  # exactly the share counts
+    # a file larger than the windows: RESIDENCY_WINDOWS windows inside the rows, their mean
+    monkeypatch.setattr(dense, "RESIDENCY_WINDOW_BYTES", 4096)
+    monkeypatch.setattr(dense, "RESIDENCY_WINDOWS", 3)
+    asked.clear()
+    answers[:] = [1.0, 1.0, 0.96]  # mean 0.9867 < 0.99
+    clock[0] += dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is False and len(asked) == 3
+    assert all(info.offset <= a and a + n <= info.offset + info.rows * info.row_bytes and n == 4096
+               for a, n in asked)
+    asked.clear()
+    answers[:] = [1.0, 1.0, 0.98]  # mean 0.9933
+    clock[0] += dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is True and len(asked) == 3
+    asked.clear()
+    answers[:] = [1.0, None, 1.0]
+    clock[0] += dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is False
+    reader.close()
+    assert reader.cached() is False
+
+
+def test_cached_file_reads_without_page_hints(tmp_path, monkeypatch):
+    """A dense file wholly in the page cache: mincore says so (`_Mapping.resident`, on the
+    real file), a single query's search (fixed R and auto) asks the kernel for no pages when
+    `prefetch` is None, and every answer equals the one with hints forced and with none."""
+    import vecz.formats.dense
+
+    asked: list[np.ndarray] = []
+    real = vecz.formats.dense.DenseReader.will_need
+
+    def recording(self, rows):
+        asked.append(np.asarray(rows).copy())
+        return real(self, rows)
+
+    x = _data(400)
+    q = _data(6, seed=8)
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(x)
+        readers = list(s._pool.readers.values())
+        for reader in readers:
+            reader.read_rows(np.arange(reader.info.rows))  # every page touched: in the page cache
+            assert reader._mmap.resident(reader.info.offset, reader.info.rows * reader.info.row_bytes) == 1.0
+            assert reader._mmap.resident(reader.info.offset, 0) == 1.0
+        s.search(q[:1], 5, rerank="auto")  # the model is measured once
+        monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
+        got = {}
+        for prefetch in (None, True, False):
+            s.prefetch = prefetch
+            asked.clear()
+            got[prefetch] = [s.search(q[i:i + 1], 5, rerank=r) for r in (30, "auto") for i in range(len(q))]
+            assert bool(asked) == (prefetch is True)
+        assert all(reader.cached() for reader in readers)
+    for a, b, c in zip(got[None], got[True], got[False]):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.ids, c.ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.scores, c.scores)
+        assert a.stats.rows_read == b.stats.rows_read == c.stats.rows_read
+
+
 def test_auto_asks_for_each_row_before_the_walk_reads_it(tmp_path, monkeypatch):
     """rerank="auto" on one query: the pages of every row the walk reads were asked of the
     kernel before it read them (the first rows together, the rest a chunk at a time when the
@@ -550,6 +643,7 @@ def test_auto_asks_for_each_row_before_the_walk_reads_it(tmp_path, monkeypatch):
         s.add(x[1200:])  # two segments, two dense files: the hints go to each
         assert len(s._pool.readers) == 2
         s.search(q[:1], 10, rerank="auto")  # the model is measured once
+        monkeypatch.setattr(vecz.formats.dense.DenseReader, "cached", lambda self: False)  # as if on disk
         monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
         monkeypatch.setattr(search_mod.dense_kernels, "bounded_walk_resume", resume)
         singles = []
@@ -577,6 +671,7 @@ def test_prefetch_asks_for_the_shortlist_and_changes_no_result(tmp_path, monkeyp
         return real(self, rows)
 
     monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
+    monkeypatch.setattr(vecz.formats.dense.DenseReader, "cached", lambda self: False)  # as if on disk
     x = _data(300)
     q = _data(20, seed=8)
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
