@@ -20,7 +20,6 @@ store at once (not while it commits).
 from __future__ import annotations
 
 import numpy as np
-from numba.typed import List
 
 from ..kernels import dense as dense_kernels
 from ..kernels.topk import topk_positions, topk_positions_batch
@@ -153,6 +152,18 @@ def merge_shortlists(metric: str, scores: list[np.ndarray], keys: list[np.ndarra
                           for c in carried]
 
 
+def _segments_in(seg_of: np.ndarray) -> list[int]:
+    """The segment indices >= 0 in seg_of, ascending (one segment, the usual case, without a
+    sort)."""
+    present = seg_of[seg_of >= 0]
+    if not present.size:
+        return []
+    first = int(present[0])
+    if (present == first).all():
+        return [first]
+    return [int(g) for g in np.unique(present)]
+
+
 def _locate(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     """Where each candidate's exact vector lives: index into the returned readers (-1 where
     seg_of < 0) and row within that dense file."""
@@ -160,8 +171,8 @@ def _locate(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> tu
     dense_row = np.full(rows.shape, -1, dtype=np.int64)
     readers: list = []
     slot: dict[int, int] = {}
-    for g in np.unique(seg_of[seg_of >= 0]):
-        seg = segments[int(g)]
+    for g in _segments_in(seg_of):
+        seg = segments[g]
         at = seg_of == g
         f, r = seg.dense_location(rows[at])
         local_to_pool = np.array([slot.setdefault(id(rd), len(slot)) for rd in seg.dense], dtype=np.int64)
@@ -184,8 +195,8 @@ def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarr
     rescore = dense_kernels.dense_rescore_batch if parallel else dense_kernels.dense_rescore
     kind = _RESCORE[metric]
     parts = [(j, np.where(reader_ix == j, dense_row, -1)) for j in range(len(readers))]
-    if _hint(prefetch, x.shape[0], readers):
-        for j, local in parts:
+    for (j, local), hint in zip(parts, _hints(prefetch, x.shape[0], readers)):
+        if hint:
             readers[j].will_need(local)  # -1 (not this file) is skipped
     n_rows = n_bytes = 0
     for j, local in parts:
@@ -197,13 +208,15 @@ def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarr
     return exact, n_rows, n_bytes
 
 
-def _hint(prefetch: bool | None, nq: int, readers: list) -> bool:
-    """Whether to ask the kernel for the rows' pages before reading them: as `prefetch` says,
-    or (None) for fewer than PARALLEL_MIN_QUERIES queries unless every dense file to read
-    was wholly in the page cache when last looked at (`DenseReader.cached`)."""
+def _hints(prefetch: bool | None, nq: int, readers: list) -> list[bool]:
+    """Per dense file, whether to ask the kernel for the rows' pages before reading them: as
+    `prefetch` says, or (None) for fewer than PARALLEL_MIN_QUERIES queries, each file unless
+    it was found cached at the last look (`DenseReader.cached`)."""
     if prefetch is not None:
-        return prefetch
-    return nq < PARALLEL_MIN_QUERIES and not all(reader.cached() for reader in readers)
+        return [bool(prefetch)] * len(readers)
+    if nq >= PARALLEL_MIN_QUERIES:
+        return [False] * len(readers)
+    return [not reader.cached() for reader in readers]
 
 
 def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
@@ -219,8 +232,8 @@ def _scales(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray, per_r
     """sigma_i of each candidate (engine/bounds.py): its segment's row error, or 1."""
     sigma = np.ones(rows.shape, dtype=np.float64)
     if per_row:
-        for g in np.unique(seg_of[seg_of >= 0]):
-            errors = segments[int(g)].errors
+        for g in _segments_in(seg_of):
+            errors = segments[g].errors
             if errors is None:
                 raise ValueError("per-row error scales asked of a segment without them")
             at = seg_of == g
@@ -332,17 +345,19 @@ def _will_need(readers: list, reader_ix: np.ndarray, dense_row: np.ndarray, orde
                stop: np.ndarray) -> None:
     """Ask the kernel for the pages of candidates order[i, start[i]:stop[i]] of each of a few
     queries, all at once (their reads then run together instead of one page fault after
-    another)."""
+    another); files whose reader is None are skipped."""
     picks = [order[i, start[i]:stop[i]] for i in range(order.shape[0])]
     rows = np.concatenate([dense_row[i, c] for i, c in enumerate(picks)])
     if not rows.size:
         return
     if len(readers) == 1:
-        readers[0].will_need(rows)
+        if readers[0] is not None:
+            readers[0].will_need(rows)
         return
     ix = np.concatenate([reader_ix[i, c] for i, c in enumerate(picks)])
     for j, reader in enumerate(readers):
-        reader.will_need(rows[ix == j])
+        if reader is not None:  # None: a file not to hint (`_hints`)
+            reader.will_need(rows[ix == j])
 
 
 def _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k) -> np.ndarray:
@@ -407,19 +422,20 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         return (np.full((nq, k), _worst(metric), dtype=np.float32), np.full((nq, k), -1, dtype=np.int64), 0, 0,
                 np.zeros(nq, dtype=np.int64), 0)
     step = AUTO_STEP
-    vectors = List()
-    for reader in readers:
+    vectors = dense_kernels.vector_list(readers[0].values)
+    for reader in readers[1:]:
         vectors.append(reader.values)
     exact = np.zeros(valid.shape, dtype=np.float64)
     done = np.zeros(valid.shape, dtype=bool)
     tau = np.empty(nq, dtype=np.float64)  # the final k-th exact score (larger-is-better)
-    fetch = _hint(prefetch, nq, readers)
+    hinted = [reader if hint else None for reader, hint in zip(readers, _hints(prefetch, nq, readers))]
+    fetch = any(r is not None for r in hinted)
     if fetch and nq < PARALLEL_MIN_QUERIES:
-        per_query = _walk_fetching(x, vectors, readers, reader_ix, dense_row, order, up_sorted, n_valid, better,
+        per_query = _walk_fetching(x, vectors, hinted, reader_ix, dense_row, order, up_sorted, n_valid, better,
                                    valid, k, step, _RESCORE[metric], exact, done, tau)
     else:  # a batch (its rows' pages are faulted by several threads at once), or cached
         if fetch:
-            _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k)
+            _first_reads(hinted, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k)
         walk = dense_kernels.bounded_walk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
         per_query = walk(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k, step, _RESCORE[metric],
                          exact, done, tau)

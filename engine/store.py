@@ -93,9 +93,9 @@ class Store:
         self.mode = mode
         # Before re-scoring, ask the kernel for every shortlisted row's pages at once
         # (MADV_WILLNEED), so that rows not in the page cache are read concurrently instead
-        # of one page fault after another. None (auto) does it for fewer than 8 queries,
-        # unless the dense files were wholly in the page cache at the last look (at most
-        # once a second: formats/dense.py `DenseReader.cached`).
+        # of one page fault after another. None (auto) does it for fewer than 8 queries, for
+        # each dense file not found 99% cached at its last look (at most once a second:
+        # formats/dense.py `DenseReader.cached`).
         self.prefetch: bool | None = None
         # Rows an automatic merge may rewrite after a commit (engine/merge.py).
         self.auto_merge_rows: int = writes.AUTO_MERGE_ROWS

@@ -20,6 +20,7 @@ import numpy as np
 from llvmlite import ir
 from numba import prange
 from numba.core import cgutils, types
+from numba.typed import List
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, jit_fast, target_has
@@ -37,6 +38,7 @@ __all__ = [
     "bounded_walk_batch",
     "bounded_walk_resume",
     "walk_start",
+    "vector_list",
     "WALK_STATE",
     "RESCORE_IP",
     "RESCORE_COSINE",
@@ -547,6 +549,16 @@ def bounded_walk_batch(queries, vectors, file_ix, rows, order, up_sorted, n_vali
     for i in prange(nq):
         out[i] = _walk_whole(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
                              metric, exact[i], done[i], tau[i : i + 1])
+    return out
+
+
+@jit
+def vector_list(first):
+    """A typed List holding the (n, dim) array `first` (a dense file's rows), the form
+    `bounded_walk` takes them in; more files are appended by the caller. Built here because
+    from Python the first append to an empty typed List types it, ~20 us a call."""
+    out = List()
+    out.append(first)
     return out
 
 

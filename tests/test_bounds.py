@@ -120,6 +120,41 @@ def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_h
     np.testing.assert_array_equal(ex[dn], exact[dn])
 
 
+def test_vector_list_holds_the_files_the_walk_reads():
+    """`dense.vector_list` (the store's typed List of dense files, built compiled) holds the
+    very arrays given, read-only maps and float16 bit patterns included, and the walk reads
+    through it what it reads through a List built in Python."""
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.uint16):
+        files = []
+        for n in (5, 7):
+            a = (rng.standard_normal((n, 6)).astype(np.float32) if dtype == np.float32
+                 else rng.standard_normal((n, 6)).astype(np.float16).view(np.uint16))
+            a.flags.writeable = False  # as the store's maps are
+            files.append(a)
+        compiled = dense.vector_list(files[0])
+        compiled.append(files[1])
+        built = List()
+        for a in files:
+            built.append(a)
+        assert len(compiled) == 2
+        for got, a in zip(compiled, files):
+            assert got.ctypes.data == a.ctypes.data and got.dtype == a.dtype and got.shape == a.shape
+        q = rng.standard_normal((1, 6)).astype(np.float32)
+        file_ix = np.array([[0, 1, 1, 0, 1]], dtype=np.int64)
+        rows = np.array([[4, 0, 6, 1, 3]], dtype=np.int64)
+        order = np.arange(5, dtype=np.int64)[None, :]
+        up = np.full((1, 5), np.inf)
+        results = []
+        for vectors in (compiled, built):
+            ex, dn, kt = np.zeros((1, 5)), np.zeros((1, 5), dtype=bool), np.empty(1)
+            dense.bounded_walk(q, vectors, file_ix, rows, order, up, np.array([5]), 2, 2, dense.RESCORE_IP, ex, dn, kt)
+            results.append((ex, dn, kt))
+        assert results[0][1].all()  # every upper bound reaches tau: all read
+        for a, b in zip(*results):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_interval_quantiles_and_small_samples():
     z = np.linspace(-1.0, 2.0, 1001)
     model = ErrorModel.fit(z, np.zeros_like(z), np.ones_like(z), True)

@@ -564,8 +564,105 @@ def test_cached_looks_at_most_once_a_second(tmp_path, monkeypatch):
     answers[:] = [1.0, None, 1.0]
     clock[0] += dense.RESIDENCY_RECHECK_S
     assert reader.cached() is False
+    # the windows reach from the rows' first byte to their last
+    asked.clear()
+    answers[:] = [1.0, 1.0, 1.0]
+    reader._windows = type("Ends", (), {"integers": staticmethod(lambda lo, hi, n: np.array([lo, hi - 1, hi // 2]))})
+    clock[0] += dense.RESIDENCY_RECHECK_S
+    assert reader.cached() is True
+    end = info.offset + info.rows * info.row_bytes
+    assert asked == [(info.offset, 4096), (end - 4096, 4096), (info.offset + (end - info.offset - 4096 + 1) // 2, 4096)]
     reader.close()
     assert reader.cached() is False
+    # a process that neither owns the file nor may write it is told every page is cached:
+    # it never asks, and never skips its hints
+    monkeypatch.setattr(dense, "_may_write", lambda path: False)
+    other = dense.DenseReader(tmp_path, info)
+    asked.clear()
+    clock[0] += dense.RESIDENCY_RECHECK_S
+    assert other.cached() is False and asked == []
+    other.close()
+
+
+def test_may_write_decides_whether_mincore_tells_the_truth(tmp_path, monkeypatch):
+    import os
+
+    import vecz.formats.dense as dense
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    assert dense._may_write(path) is True  # the owner (or root)
+    uid = os.stat(path).st_uid
+    monkeypatch.setattr(dense.os, "geteuid", lambda: uid + 12345)
+    monkeypatch.setattr(dense.os, "access", lambda *a, **kw: False)
+    assert dense._may_write(path) is False  # neither owner, root nor a writer
+    monkeypatch.setattr(dense.os, "access", lambda *a, **kw: True)
+    assert dense._may_write(path) is True  # a writer
+    monkeypatch.setattr(dense.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(dense.os, "access", lambda *a, **kw: False)
+    assert dense._may_write(path) is True  # root
+    assert dense._may_write(tmp_path / "missing") is False  # (the reader reports the missing file)
+
+
+def test_resident_sees_evicted_pages(tmp_path):
+    """`_Mapping.resident` on a real file: after its clean pages are dropped it reports
+    them missing, reading rows brings their pages back, and no bytes count as cached."""
+    import mmap
+    import os
+
+    import vecz.formats.dense as dense
+
+    x = _data(4000, dim=64)  # 1 MiB of rows
+    info = dense.write_dense(tmp_path / "d.arrow", np.arange(4000, dtype=np.int64), x, "f32")
+    reader = dense.DenseReader(tmp_path, info)  # mapped, no page touched through the map
+    length = info.rows * info.row_bytes
+    fd = os.open(reader.path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    before = reader._mmap.resident(info.offset, length)
+    if before is None or before > 0.5:
+        pytest.skip(f"this file system keeps the pages (share {before} after POSIX_FADV_DONTNEED)")
+    reader.read_rows(np.arange(0, 4000, 2))  # every page of the rows
+    assert reader._mmap.resident(info.offset, length) == 1.0
+    assert reader._mmap.resident(info.offset + 1, 0) == 1.0  # no bytes: nothing missing
+    page = mmap.PAGESIZE
+    assert reader._mmap.resident(info.offset, page) == 1.0
+    reader.close()
+
+
+def test_hints_go_to_the_files_not_cached(tmp_path, monkeypatch):
+    """A store of two dense files, one found cached: a single query's fixed and auto
+    re-ranks hint only the other file's rows, and answer as with no hints."""
+    import vecz.formats.dense
+
+    x = _data(2000)
+    q = _data(6, seed=8)
+    hinted: list[int] = []
+    real = vecz.formats.dense.DenseReader.will_need
+
+    def recording(self, rows):
+        hinted.append(id(self))
+        return real(self, rows)
+
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(x[:1000])
+        s.add(x[1000:])
+        readers = list(s._pool.readers.values())
+        assert len(readers) == 2
+        s.search(q[:1], 10, rerank="auto")  # the model is measured once
+        warm = readers[0]
+        monkeypatch.setattr(vecz.formats.dense.DenseReader, "cached", lambda self: self is warm)
+        monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
+        got = [s.search(q[i:i + 1], 10, rerank=r) for r in (50, "auto") for i in range(len(q))]
+        assert hinted and set(hinted) == {id(readers[1])}
+        s.prefetch = False
+        plain = [s.search(q[i:i + 1], 10, rerank=r) for r in (50, "auto") for i in range(len(q))]
+    for a, b in zip(got, plain):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_cached_file_reads_without_page_hints(tmp_path, monkeypatch):
