@@ -258,14 +258,21 @@ def advise_rows(addr: int, offset: int, row_bytes: int, n_rows: int, rows: np.nd
 
 
 def _may_write(path: Path) -> bool:
-    """Whether this process owns `path` or may open it for writing (root may)."""
+    """Whether mincore tells this process the truth about `path`'s page cache: Linux does for
+    the file's owner and for whoever may open it for writing (an effective-uid access check,
+    so root without CAP_DAC_OVERRIDE, or mapped to another uid in a user namespace, is told
+    every page is cached and gets False here). A file on a read-only mount gets False too
+    (its readers keep their hints: slower when cached, never wrong)."""
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:
+        return False
     try:
-        if os.geteuid() in (0, os.stat(path).st_uid):
+        if geteuid() == os.stat(path).st_uid:
             return True
         if os.access in os.supports_effective_ids:
             return os.access(path, os.W_OK, effective_ids=True)
         return os.access(path, os.W_OK)
-    except (OSError, AttributeError):  # no such file (the reader reports it), or no geteuid
+    except OSError:  # no such file (the reader reports it)
         return False
 
 

@@ -591,17 +591,23 @@ def test_may_write_decides_whether_mincore_tells_the_truth(tmp_path, monkeypatch
 
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    assert dense._may_write(path) is True  # the owner (or root)
+    assert dense._may_write(path) is True  # the owner
     uid = os.stat(path).st_uid
     monkeypatch.setattr(dense.os, "geteuid", lambda: uid + 12345)
     monkeypatch.setattr(dense.os, "access", lambda *a, **kw: False)
-    assert dense._may_write(path) is False  # neither owner, root nor a writer
+    assert dense._may_write(path) is False  # neither the owner nor a writer
     monkeypatch.setattr(dense.os, "access", lambda *a, **kw: True)
     assert dense._may_write(path) is True  # a writer
+    # uid 0 that does not own the file and may not write it (no CAP_DAC_OVERRIDE, or another
+    # uid in a user namespace): mincore would report every page cached
+    real_stat = dense.os.stat
+    monkeypatch.setattr(dense.os, "stat", lambda p: type("St", (), {"st_uid": 4242})())
     monkeypatch.setattr(dense.os, "geteuid", lambda: 0)
     monkeypatch.setattr(dense.os, "access", lambda *a, **kw: False)
-    assert dense._may_write(path) is True  # root
-    assert dense._may_write(tmp_path / "missing") is False  # (the reader reports the missing file)
+    assert dense._may_write(path) is False
+    monkeypatch.setattr(dense.os, "stat", real_stat)
+    monkeypatch.setattr(dense.os, "geteuid", lambda: uid)
+    assert dense._may_write(tmp_path / "missing") is False  # no such file (the reader reports it)
 
 
 def test_resident_sees_evicted_pages(tmp_path):
@@ -625,9 +631,9 @@ def test_resident_sees_evicted_pages(tmp_path):
     before = reader._mmap.resident(info.offset, length)
     if before is None or before > 0.5:
         pytest.skip(f"this file system keeps the pages (share {before} after POSIX_FADV_DONTNEED)")
+    assert reader._mmap.resident(info.offset + 1, 0) == 1.0  # no bytes: nothing missing
     reader.read_rows(np.arange(0, 4000, 2))  # every page of the rows
     assert reader._mmap.resident(info.offset, length) == 1.0
-    assert reader._mmap.resident(info.offset + 1, 0) == 1.0  # no bytes: nothing missing
     page = mmap.PAGESIZE
     assert reader._mmap.resident(info.offset, page) == 1.0
     reader.close()
