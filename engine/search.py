@@ -313,9 +313,10 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
         share[:] = 0.0
     # (cosine queries are normalised by the search itself; a row that is exactly its share
     # of the mean would leave a zero query, which cosine refuses: the row serves instead)
-    x = rows[take] - share[:, None] * mean[None, :]
+    base = rows[take]
+    x = base - share[:, None] * mean[None, :]
     zero = ~x.any(axis=1)
-    x[zero] = rows[take][zero]
+    x[zero] = base[zero]
     return _fit_pairs(codec, metric, segments, np.ascontiguousarray(x, dtype=np.float32), own_id[take],
                       min(depth + 1, total), nprobe, direction)
 
@@ -350,9 +351,8 @@ def _will_need(readers: list, reader_ix: np.ndarray, dense_row: np.ndarray, orde
     rows = np.concatenate([dense_row[i, c] for i, c in enumerate(picks)])
     if not rows.size:
         return
-    if len(readers) == 1:
-        if readers[0] is not None:
-            readers[0].will_need(rows)
+    if len(readers) == 1:  # (never None: one file not hinted means no fetching walk)
+        readers[0].will_need(rows)
         return
     ix = np.concatenate([reader_ix[i, c] for i, c in enumerate(picks)])
     for j, reader in enumerate(readers):

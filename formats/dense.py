@@ -257,17 +257,18 @@ def advise_rows(addr: int, offset: int, row_bytes: int, n_rows: int, rows: np.nd
     return advise_ranges(addr, first, end, advice)
 
 
-def _may_write(path: Path) -> bool:
-    """Whether mincore tells this process the truth about `path`'s page cache: Linux does for
-    the file's owner and for whoever may open it for writing (an effective-uid access check,
-    so root without CAP_DAC_OVERRIDE, or mapped to another uid in a user namespace, is told
-    every page is cached and gets False here). A file on a read-only mount gets False too
-    (its readers keep their hints: slower when cached, never wrong)."""
+def _may_write(path: Path, owner: int) -> bool:
+    """Whether mincore tells this process the truth about the page cache of `path`, owned by
+    uid `owner`: Linux does for the file's owner and for whoever may open it for writing (an
+    effective-uid access check, so root without CAP_DAC_OVERRIDE, or mapped to another uid
+    in a user namespace, is told every page is cached and gets False here). A file on a
+    read-only mount gets False too (its readers keep their hints: slower when cached, never
+    wrong)."""
     geteuid = getattr(os, "geteuid", None)
     if geteuid is None:
         return False
     try:
-        if geteuid() == os.stat(path).st_uid:
+        if geteuid() == owner:
             return True
         if os.access in os.supports_effective_ids:
             return os.access(path, os.W_OK, effective_ids=True)
@@ -292,9 +293,7 @@ class DenseReader:
         self._resident = False  # `cached`'s last answer, when it was found, where it looks
         self._resident_at = -np.inf
         self._windows = np.random.default_rng(0)
-        # mincore tells a process the truth about a file's page cache only if it owns the
-        # file or may write it (Linux >= 5.1); to others it reports every page cached
-        self._sees_cache = _may_write(self.path)
+        self._sees_cache = False  # mincore's answers are true for this process (`_may_write`)
         try:
             fd = open_regular(self.path, "dense file")
         except FileNotFoundError:
@@ -302,7 +301,11 @@ class DenseReader:
         except OSError as exc:
             raise StoreCorrupted(f"{self.path}: cannot open the dense file: {exc}") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            # mincore tells a process the truth about a file's page cache only if it owns the
+            # file or may write it (Linux >= 5.1); to others it reports every page cached
+            self._sees_cache = _may_write(self.path, st.st_uid)
             if size != info.nbytes:
                 raise StoreCorrupted(f"{self.path}: expected {info.nbytes} bytes (manifest), found {size}")
             end = info.offset + info.rows * info.row_bytes

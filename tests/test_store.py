@@ -492,6 +492,21 @@ def test_row_pages_are_the_pages_of_the_rows(offset, row_bytes, n_rows, rows, pa
                                                                      np.array(rows, dtype=np.int64), page)
 
 
+def _recording_will_need(entry):
+    """A `DenseReader.will_need` to monkeypatch in, which records ``entry(reader, rows)`` of
+    each call in the returned list and then hints as the real one does."""
+    import vecz.formats.dense
+
+    real = vecz.formats.dense.DenseReader.will_need
+    seen: list = []
+
+    def recording(self, rows):
+        seen.append(entry(self, rows))
+        return real(self, rows)
+
+    return recording, seen
+
+
 def test_will_need_advises_the_mapped_pages(tmp_path):
     import mmap
 
@@ -576,7 +591,7 @@ def test_cached_looks_at_most_once_a_second(tmp_path, monkeypatch):
     assert reader.cached() is False
     # a process that neither owns the file nor may write it is told every page is cached:
     # it never asks, and never skips its hints
-    monkeypatch.setattr(dense, "_may_write", lambda path: False)
+    monkeypatch.setattr(dense, "_may_write", lambda path, owner: False)
     other = dense.DenseReader(tmp_path, info)
     asked.clear()
     clock[0] += dense.RESIDENCY_RECHECK_S
@@ -591,23 +606,20 @@ def test_may_write_decides_whether_mincore_tells_the_truth(tmp_path, monkeypatch
 
     path = tmp_path / "f"
     path.write_bytes(b"x")
-    assert dense._may_write(path) is True  # the owner
     uid = os.stat(path).st_uid
+    assert dense._may_write(path, uid) is True  # the owner
     monkeypatch.setattr(dense.os, "geteuid", lambda: uid + 12345)
     monkeypatch.setattr(dense.os, "access", lambda *a, **kw: False)
-    assert dense._may_write(path) is False  # neither the owner nor a writer
+    assert dense._may_write(path, uid) is False  # neither the owner nor a writer
     monkeypatch.setattr(dense.os, "access", lambda *a, **kw: True)
-    assert dense._may_write(path) is True  # a writer
+    assert dense._may_write(path, uid) is True  # a writer
     # uid 0 that does not own the file and may not write it (no CAP_DAC_OVERRIDE, or another
     # uid in a user namespace): mincore would report every page cached
-    real_stat = dense.os.stat
-    monkeypatch.setattr(dense.os, "stat", lambda p: type("St", (), {"st_uid": 4242})())
     monkeypatch.setattr(dense.os, "geteuid", lambda: 0)
     monkeypatch.setattr(dense.os, "access", lambda *a, **kw: False)
-    assert dense._may_write(path) is False
-    monkeypatch.setattr(dense.os, "stat", real_stat)
-    monkeypatch.setattr(dense.os, "geteuid", lambda: uid)
-    assert dense._may_write(tmp_path / "missing") is False  # no such file (the reader reports it)
+    assert dense._may_write(path, 4242) is False
+    monkeypatch.undo()
+    assert dense._may_write(tmp_path / "missing", uid + 1) is False  # not the owner, cannot write it
 
 
 def test_resident_sees_evicted_pages(tmp_path):
@@ -646,12 +658,7 @@ def test_hints_go_to_the_files_not_cached(tmp_path, monkeypatch):
 
     x = _data(2000)
     q = _data(6, seed=8)
-    hinted: list[int] = []
-    real = vecz.formats.dense.DenseReader.will_need
-
-    def recording(self, rows):
-        hinted.append(id(self))
-        return real(self, rows)
+    recording, hinted = _recording_will_need(lambda reader, rows: id(reader))
 
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
         s.add(x[:1000])
@@ -677,13 +684,7 @@ def test_cached_file_reads_without_page_hints(tmp_path, monkeypatch):
     `prefetch` is None, and every answer equals the one with hints forced and with none."""
     import vecz.formats.dense
 
-    asked: list[np.ndarray] = []
-    real = vecz.formats.dense.DenseReader.will_need
-
-    def recording(self, rows):
-        asked.append(np.asarray(rows).copy())
-        return real(self, rows)
-
+    recording, asked = _recording_will_need(lambda reader, rows: np.asarray(rows).copy())
     x = _data(400)
     q = _data(6, seed=8)
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
@@ -717,14 +718,10 @@ def test_auto_asks_for_each_row_before_the_walk_reads_it(tmp_path, monkeypatch):
     import vecz.formats.dense
     import vecz.engine.search as search_mod
 
-    asked: list[tuple[int, np.ndarray]] = []  # (address of the file's rows, rows)
-    real = vecz.formats.dense.DenseReader.will_need
+    # (address of the file's rows, rows)
+    recording, asked = _recording_will_need(lambda reader, rows: (reader.values.ctypes.data, np.asarray(rows).copy()))
     real_resume = search_mod.dense_kernels.bounded_walk_resume
     calls = []
-
-    def recording(self, rows):
-        asked.append((self.values.ctypes.data, np.asarray(rows).copy()))
-        return real(self, rows)
 
     def resume(*args):
         vectors, file_ix, dense_row, done = args[1], args[2], args[3], args[11]
@@ -766,13 +763,7 @@ def test_auto_asks_for_each_row_before_the_walk_reads_it(tmp_path, monkeypatch):
 def test_prefetch_asks_for_the_shortlist_and_changes_no_result(tmp_path, monkeypatch):
     import vecz.formats.dense
 
-    asked: list[np.ndarray] = []
-    real = vecz.formats.dense.DenseReader.will_need
-
-    def recording(self, rows):
-        asked.append(np.asarray(rows).copy())
-        return real(self, rows)
-
+    recording, asked = _recording_will_need(lambda reader, rows: np.asarray(rows).copy())
     monkeypatch.setattr(vecz.formats.dense.DenseReader, "will_need", recording)
     monkeypatch.setattr(vecz.formats.dense.DenseReader, "cached", lambda self: False)  # as if on disk
     x = _data(300)
