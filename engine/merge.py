@@ -14,9 +14,10 @@ of up to `MAX_SEGMENT_ROWS` live rows.
 A merge rewrites codes, never more than it must of the exact vectors: the merged segment
 maps its rows onto the dense files they already live in (``dense_map = "sections"``),
 except that small dense files (together below `SMALL_DENSE_BYTES`) are copied into one
-new file, so a stream of single-row adds does not leave thousands of tiny files; `compact`
-also copies the live rows of dense files a group owns, up to `DENSE_COPY_BYTES` per group,
-which reclaims the space of deleted rows. Rows of a merged segment are sorted by id.
+new file (its rows in `segments.write_dense_rows` order, near vectors together), so a
+stream of single-row adds does not leave thousands of tiny files; `compact` also copies
+the live rows of dense files a group owns, up to `DENSE_COPY_BYTES` per group, which
+reclaims the space of deleted rows. Rows of a merged segment are sorted by id.
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ import numpy as np
 
 from ..formats import segment as sg
 from ..formats.body import SegmentRecord, data_file_name
-from ..formats.dense import write_dense
 from .codecs import Codec
-from .segments import DensePool, Segment, read_codes
+from .segments import DensePool, Segment, read_codes, write_dense_rows
 
 __all__ = ["FANOUT", "BASE_ROWS", "AUTO_MERGE_ROWS", "MAX_SEGMENT_ROWS", "DEAD_FRACTION", "tier", "plan_merges",
            "plan_compaction", "merge_segments"]
@@ -149,10 +149,14 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
                     srt = np.argsort(rows, kind="stable")  # read each file in row order
                     vectors[at[srt]] = reader.read_rows(rows[srt])
             name = data_file_name("dense", serial)
-            info = write_dense(directory / name, ids, vectors, dense_dtype)
+            info, where = write_dense_rows(directory / name, ids, vectors, lists, dense_dtype)
             del vectors
             files.append(name)
             infos = [info]
+            if where is not None:  # the rows in locality order (`write_dense_rows`)
+                dense_map = "sections"
+                dense_file, dense_row = np.zeros(ids.size, dtype=np.uint16), where
+                arrays["dense_file"], arrays["dense_row"] = dense_file, dense_row
         else:
             dense_map = "sections"
             dense_file, dense_row = dfile.astype(np.uint16), drow.astype(np.uint32)

@@ -15,11 +15,16 @@ by binary search (`Segment.find`) without any extra index.
 
 Dense rows: a segment maps its rows onto one or more dense files (formats/FORMAT.md,
 "Segment kinds"): one to one when ``dense_map == "identity"``, else through the
-``dense_file``/``dense_row`` sections that merges write. Dense files are shared through a
-`DensePool`, so a file named by several versions (or segments) is mapped once.
+``dense_file``/``dense_row`` sections. Merges that leave the rows where they are write
+them, and so does every segment of at least `LOCALITY_MIN_ROWS` rows written with its own
+dense file (`write_dense_rows`): its rows go to the file in `kernels.locality` order (near
+vectors on near pages, so a cold query's shortlist needs fewer storage requests), while
+the segment keeps its rows in id order. Dense files are shared through a `DensePool`, so a
+file named by several versions (or segments) is mapped once.
 
 Memory per row: the layout (codes in scan order + 8 bytes of layout id), 8 bytes of user
-id, and 6 bytes of dense location in merged segments.
+id, and the dense location: none one to one, 4 bytes (row) into one dense file, 6 bytes
+(file and row) into several.
 """
 
 from __future__ import annotations
@@ -32,11 +37,16 @@ import numpy as np
 
 from ..formats import segment as sg
 from ..formats.body import SegmentRecord
-from ..formats.dense import DenseInfo, DenseReader
+from ..formats.dense import DENSE_DTYPES, DenseInfo, DenseReader, write_dense
+from ..kernels.locality import locality_order
 from .codecs import Codec, CodeIndex
 from .errors import StoreCorrupted
 
-__all__ = ["DensePool", "Segment", "load_segment", "read_dead_rows", "read_codes"]
+__all__ = ["DensePool", "Segment", "load_segment", "read_dead_rows", "read_codes", "write_dense_rows",
+           "LOCALITY_MIN_ROWS"]
+
+# segments of fewer rows write their dense file in id order (a few pages: nothing to gain)
+LOCALITY_MIN_ROWS = 64
 
 
 class DensePool:
@@ -71,8 +81,8 @@ class Segment:
     ids: np.ndarray                      # (rows,) int64 user ids; ascending when rec.sorted_ids
     built: CodeIndex | None              # the scan layout, None until first needed (`layout`)
     dense: list[DenseReader] = field(default_factory=list)
-    dense_file: np.ndarray | None = None  # (rows,) uint16 index into `dense` (None: one to one)
-    dense_row: np.ndarray | None = None   # (rows,) uint32 row within that file
+    dense_file: np.ndarray | None = None  # (rows,) uint16 index into `dense` (None: file 0)
+    dense_row: np.ndarray | None = None   # (rows,) uint32 row within that file (None: one to one)
     dead: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # sorted local rows
     id_order: np.ndarray | None = None    # argsort of ids for segments not sorted by id (layout 1)
     source: tuple[Path, Codec] | None = None  # (store directory, codec) to build `layout` from the file
@@ -173,9 +183,12 @@ class Segment:
 
     def dense_location(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(index into `dense`, row within that file) of local rows (>= 0)."""
-        if self.dense_file is None:
+        if self.dense_row is None:
             return np.zeros(rows.shape, dtype=np.int64), rows.astype(np.int64)
-        return self.dense_file[rows].astype(np.int64), self.dense_row[rows].astype(np.int64)
+        row = self.dense_row[rows].astype(np.int64)
+        if self.dense_file is None:  # one dense file
+            return np.zeros(rows.shape, dtype=np.int64), row
+        return self.dense_file[rows].astype(np.int64), row
 
     def vectors(self, rows: np.ndarray, dim: int) -> np.ndarray:
         """Exact vectors float32 (n, dim) of local rows (>= 0), each dense file read in row order."""
@@ -198,12 +211,31 @@ class Segment:
             raise ValueError("build=False needs the directory to build the layout from later")
         layout = codec.index(codes, lists, np.arange(rec.rows, dtype=np.int64), keep_rows=False) if build else None
         dense = [pool.get(info) for info in rec.dense] if pool is not None else []
+        if dense_file is not None and len(rec.dense) == 1:
+            dense_file = None  # every row in file 0 (checked by whoever read it): 2 bytes a row less
         id_order = None
         if not rec.sorted_ids and ids.size > 1 and not (np.diff(ids) > 0).all():
             id_order = np.argsort(ids, kind="stable")
         return cls(rec, ids, layout, dense, dense_file, dense_row, id_order=id_order,
                    source=None if directory is None else (directory, codec),
                    errors=_row_errors(codec, codes, stored_errors) if build else None)
+
+
+def write_dense_rows(path: Path, ids: np.ndarray, vectors: np.ndarray, lists: np.ndarray,
+                     dtype: str) -> tuple[DenseInfo, np.ndarray | None]:
+    """Write the dense file of a segment whose rows (ids ascending, their IVF `lists`) are
+    `vectors`: with at least `LOCALITY_MIN_ROWS` rows in `kernels.locality` order (by IVF
+    list, then near vectors together, leaves of about a page), else in the segment's order.
+    Returns the file's info and each segment row's row in the file (uint32, for the
+    segment's ``dense_row`` section; None when one to one)."""
+    n = ids.shape[0]
+    if n < LOCALITY_MIN_ROWS:
+        return write_dense(path, ids, vectors, dtype), None
+    row_bytes = vectors.shape[1] * DENSE_DTYPES.get(dtype, DENSE_DTYPES["f32"]).itemsize
+    order = locality_order(vectors, lists, leaf=max(2, 4096 // max(row_bytes, 1)))
+    where = np.empty(n, dtype=np.uint32)
+    where[order] = np.arange(n, dtype=np.uint32)
+    return write_dense(path, ids[order], vectors[order], dtype), where
 
 
 def _row_errors(codec: Codec, codes: np.ndarray, stored: np.ndarray | None) -> np.ndarray | None:

@@ -31,13 +31,13 @@ import numpy as np
 
 from ..formats import segment as sg
 from ..formats.body import SegmentRecord, StoreBody, body_files, data_file_name
-from ..formats.dense import check_dense, write_dense
+from ..formats.dense import check_dense
 from . import merge
 from .codecs import Codec
 from .commit import WriterLock, collect_garbage, storage_errors
 from .errors import InvalidInput, StoreCorrupted, VeczError
 from .inputs import as_ids as _as_ids
-from .segments import Segment, read_dead_rows
+from .segments import Segment, read_dead_rows, write_dense_rows
 
 if TYPE_CHECKING:
     from .store import Store
@@ -193,21 +193,30 @@ def encode_rows(codec: Codec, prepared: np.ndarray, x: np.ndarray,
 
 
 def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.ndarray], vectors: np.ndarray,
-               dense: str, serial: int, files: list[str], operation: str = "add") -> SegmentRecord:
+               dense: str, serial: int, files: list[str],
+               operation: str = "add") -> tuple[SegmentRecord, dict[str, np.ndarray]]:
     """Write one segment (codes file ``names[0]``, dense file ``names[1]`` unless the store
-    has no dense tier) into `directory`, appending each name to `files` once created, and
-    return its record under `serial`. `operation` names the call in storage errors."""
+    has no dense tier, its rows in `segments.write_dense_rows` order) into `directory`,
+    appending each name to `files` once created. Returns its record under `serial` and the
+    sections written (`arrays`, with ``dense_file``/``dense_row`` when the dense file's rows
+    are not in the segment's order). `operation` names the call in storage errors."""
     seg_ids = arrays["ids"]
+    infos = ()
+    dense_map = "identity"
+    if dense != "none":  # first: the segment names each row's place in it
+        with storage_errors(f"{operation}: write the dense file", directory / names[1]):
+            info, where = write_dense_rows(directory / names[1], seg_ids, vectors, arrays["lists"], dense)
+        files.append(names[1])
+        infos = (info,)
+        if where is not None:
+            dense_map = "sections"
+            arrays = {**arrays, "dense_file": np.zeros(seg_ids.size, dtype=np.uint16), "dense_row": where}
     with storage_errors(f"{operation}: write the codes segment", directory / names[0]):
         sg.write_segment(directory / names[0], "codes", arrays)
     files.append(names[0])
-    infos = ()
-    if dense != "none":
-        with storage_errors(f"{operation}: write the dense file", directory / names[1]):
-            infos = (write_dense(directory / names[1], seg_ids, vectors, dense),)
-        files.append(names[1])
-    return SegmentRecord(serial, names[0], int(seg_ids.size), int(seg_ids[0]), int(seg_ids[-1]), infos, "identity",
-                         None, 0, True)
+    rec = SegmentRecord(serial, names[0], int(seg_ids.size), int(seg_ids[0]), int(seg_ids[-1]), infos, dense_map,
+                        None, 0, True)
+    return rec, arrays
 
 
 def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
@@ -230,7 +239,7 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
             body = _with_codec(store, codec, body, files)
         serial = serials.take()
         names = (data_file_name("seg", serial), data_file_name("dense", serial))
-        rec = write_rows(store.path, names, arrays, seg_x, store.dense, serial, files)
+        rec, arrays = write_rows(store.path, names, arrays, seg_x, store.dense, serial, files)
         body = replace(body, segments=body.segments + (rec,), next_id=max(body.next_id, int(new_ids.max()) + 1),
                        next_serial=serials.next, build=build_progress if build_progress is not None else body.build)
         _publish(store, lock, body, files, "add")
@@ -240,6 +249,7 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
     store.codec = codec
     pool = None if store.dense == "none" else store._pool
     store._segments.append(Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
+                                               arrays.get("dense_file"), arrays.get("dense_row"),
                                                directory=store.path, build=store._build_layouts,
                                                stored_errors=arrays.get("errors")))
     _after_commit(store, lock)

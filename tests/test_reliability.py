@@ -236,8 +236,9 @@ def test_a_full_disk_fails_the_commit_cleanly_and_the_same_writer_retries(tmp_pa
     assert out.returncode == 0, out.stderr
     lines = out.stdout
     # EFBIG (what a file-size limit gives; ENOSPC takes the same path), the operation and path named
-    assert lines.count("add StorageError 27 | add: write the codes segment:") == 2, lines
-    assert "seg-000000000002.vzs: File too large; nothing of this operation is committed" in lines
+    # (the dense file is written first: the segment names each row's place in it)
+    assert lines.count("add StorageError 27 | add: write the dense file:") == 2, lines
+    assert "dense-000000000002.arrow: File too large; nothing of this operation is committed" in lines
     assert lines.count("files unchanged True version 2 live 100") == 2, lines  # no partial file, twice
     assert "retry live 4000" in lines, lines
     assert check_store(tmp_path / "s") == []
@@ -250,14 +251,14 @@ def test_vecz_build_on_a_full_disk_exits_3_and_says_what_is_committed(tmp_path):
     # the disk fills up at the third dense file the build writes (ENOSPC from the OS layer)
     code = f"""
         import errno, sys
-        import vecz.engine.writes as writes
-        real, calls = writes.write_dense, []
+        import vecz.engine.segments as segments
+        real, calls = segments.write_dense, []
         def full(*args, **kw):
             calls.append(1)
             if len(calls) >= 3:
                 raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
             return real(*args, **kw)
-        writes.write_dense = full
+        segments.write_dense = full
         from vecz.engine.cli import main
         sys.exit(main(["build", "{src}", "{store}", "--codec", "SQ8", "--batch-rows", "500", "--train-size", "500"]))
     """
