@@ -149,7 +149,7 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
                     srt = np.argsort(rows, kind="stable")  # read each file in row order
                     vectors[at[srt]] = reader.read_rows(rows[srt])
             name = data_file_name("dense", serial)
-            info, where = write_dense_rows(directory / name, ids, vectors, lists, dense_dtype)
+            info, where = write_dense_rows(directory / name, ids, vectors, lists, dense_dtype, codec.metric)
             del vectors
             files.append(name)
             infos = [info]

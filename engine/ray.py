@@ -66,7 +66,7 @@ from ..formats.dense import DenseInfo
 from . import writes
 from .codecs import Codec, SearchResult, SearchStats, _as_vectors
 from .commit import storage_errors
-from .errors import InvalidInput, MissingDependency, ShardUnavailable, StoreNotFound, VeczError
+from .errors import InvalidInput, MissingDependency, ShardUnavailable, StoreCorrupted, StoreNotFound, VeczError
 
 __all__ = ["build", "BuildReport", "ShardedStore", "connect", "read_dataset", "DEFAULT_SEGMENT_ROWS"]
 
@@ -257,45 +257,51 @@ def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, col
         if (np.diff(ids) == 0).any():
             raise InvalidInput(f"ids: expected distinct ids, found {int(ids[np.flatnonzero(np.diff(ids) == 0)[0]])} "
                                f"twice in one batch")
-    out: dict[str, list] = {"seg": [], "dense": [], "rows": [], "min_id": [], "max_id": []}
+    out: dict[str, list] = {"seg": [], "dense": [], "dense_map": [], "rows": [], "min_id": [], "max_id": []}
     # Ray Data's blocks are about, not at most, the size asked: a larger batch is cut into
     # equal parts of at most segment_rows rows
     edges = np.linspace(0, x.shape[0], -(-x.shape[0] // segment_rows) + 1).astype(np.int64)
     for lo, hi in zip(edges[:-1], edges[1:]):
         arrays, vectors = writes.encode_rows(codec, codec._prepare(x[lo:hi], "vectors"), x[lo:hi], ids[lo:hi])
         token = uuid.uuid4().hex
-        info = _stage(Path(staging), token, arrays, vectors, dense)
+        info, dense_map = _stage(Path(staging), token, arrays, vectors, dense, codec.metric)
         for name, value in (("seg", f"{token}.seg"), ("dense", json.dumps(info.to_json()) if info else ""),
-                            ("rows", int(hi - lo)), ("min_id", int(arrays["ids"][0])),
+                            ("dense_map", dense_map), ("rows", int(hi - lo)), ("min_id", int(arrays["ids"][0])),
                             ("max_id", int(arrays["ids"][-1]))):
             out[name].append(value)
     return out
 
 
 def _stage(directory: Path, token: str, arrays: dict[str, np.ndarray], vectors: np.ndarray,
-           dense: str) -> DenseInfo | None:
-    """Write one segment's codes file and dense file into the staging directory (formats/
-    FORMAT.md, "Segments written by other processes"); a failure removes what it wrote."""
+           dense: str, metric: str) -> tuple[DenseInfo | None, str]:
+    """Write one segment's dense file (rows in `segments.write_dense_rows` order) and codes
+    file into the staging directory (formats/FORMAT.md, "Segments written by other
+    processes"); a failure removes what it wrote. Returns the dense file's info and the
+    segment's ``dense_map``."""
     from ..formats import segment as sg
-    from ..formats.dense import write_dense
+    from .segments import write_dense_rows
 
     names = (f"{token}.seg", f"{token}.dense")
     files: list[str] = []
+    info, dense_map = None, "identity"
     try:
+        if dense != "none":
+            with storage_errors("ray build: write the dense file", directory / names[1]):
+                info, where = write_dense_rows(directory / names[1], arrays["ids"], vectors, arrays["lists"], dense,
+                                               metric)
+            files.append(names[1])
+            if where is not None:
+                dense_map = "sections"
+                arrays = {**arrays, "dense_file": np.zeros(where.size, dtype=np.uint16), "dense_row": where}
+        _pause("pause", f"{os.getpid()}-{token}")
         with storage_errors("ray build: write the codes segment", directory / names[0]):
             sg.write_segment(directory / names[0], "codes", arrays)
         files.append(names[0])
-        _pause("pause", f"{os.getpid()}-{token}")
-        info = None
-        if dense != "none":
-            with storage_errors("ray build: write the dense file", directory / names[1]):
-                info = write_dense(directory / names[1], arrays["ids"], vectors, dense)
-            files.append(names[1])
     except BaseException:
         for name in files:
             (directory / name).unlink(missing_ok=True)
         raise
-    return info
+    return info, dense_map
 
 
 def _typed(run: Any) -> Any:
@@ -510,7 +516,12 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
                     os.rename(staging / r["seg"].replace(".seg", ".dense"), path / dense_name)
                 moved.append(dense_name)
                 infos = (replace(DenseInfo.from_json(json.loads(r["dense"]), "staged batch"), file=dense_name),)
-            new.append(SegmentRecord(serial, seg_name, int(r["rows"]), int(r["min_id"]), int(r["max_id"]), infos))
+            dense_map = str(r.get("dense_map") or "identity")
+            if dense_map not in ("identity", "sections") or (dense_map == "sections" and not infos):
+                raise StoreCorrupted(f"staged segment {r['seg']}: dense_map {dense_map!r} with "
+                                     f"{len(infos)} dense file(s)")
+            new.append(SegmentRecord(serial, seg_name, int(r["rows"]), int(r["min_id"]), int(r["max_id"]), infos,
+                                     dense_map))
         top = max(r["max_id"] for r in recs)
         body = replace(body, segments=body.segments + tuple(new), next_id=max(body.next_id, int(top) + 1),
                        next_serial=serials.next)

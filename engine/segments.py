@@ -47,6 +47,8 @@ __all__ = ["DensePool", "Segment", "load_segment", "read_dead_rows", "read_codes
 
 # segments of fewer rows write their dense file in id order (a few pages: nothing to gain)
 LOCALITY_MIN_ROWS = 64
+# rows copied at a time into the ordered dense file
+ORDER_CHUNK_ROWS = 65536
 
 
 class DensePool:
@@ -221,21 +223,29 @@ class Segment:
                    errors=_row_errors(codec, codes, stored_errors) if build else None)
 
 
-def write_dense_rows(path: Path, ids: np.ndarray, vectors: np.ndarray, lists: np.ndarray,
-                     dtype: str) -> tuple[DenseInfo, np.ndarray | None]:
+def write_dense_rows(path: Path, ids: np.ndarray, vectors: np.ndarray, lists: np.ndarray, dtype: str,
+                     metric: str) -> tuple[DenseInfo, np.ndarray | None]:
     """Write the dense file of a segment whose rows (ids ascending, their IVF `lists`) are
     `vectors`: with at least `LOCALITY_MIN_ROWS` rows in `kernels.locality` order (by IVF
-    list, then near vectors together, leaves of about a page), else in the segment's order.
-    Returns the file's info and each segment row's row in the file (uint32, for the
+    list, then near vectors together; by direction under cosine), else in the segment's
+    order. Returns the file's info and each segment row's row in the file (uint32, for the
     segment's ``dense_row`` section; None when one to one)."""
     n = ids.shape[0]
-    if n < LOCALITY_MIN_ROWS:
+    np_dtype = DENSE_DTYPES.get(dtype)
+    if n < LOCALITY_MIN_ROWS or n >= 2**32 or np_dtype is None:  # (an unknown dtype: write_dense says so)
         return write_dense(path, ids, vectors, dtype), None
-    row_bytes = vectors.shape[1] * DENSE_DTYPES.get(dtype, DENSE_DTYPES["f32"]).itemsize
-    order = locality_order(vectors, lists, leaf=max(2, 4096 // max(row_bytes, 1)))
+    scale = None
+    if metric == "cosine":
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    order = locality_order(vectors, lists, row_scale=scale)
     where = np.empty(n, dtype=np.uint32)
     where[order] = np.arange(n, dtype=np.uint32)
-    return write_dense(path, ids[order], vectors[order], dtype), where
+    # gathered a chunk at a time straight into the file's dtype: no float32 copy of them all
+    ordered = np.empty(vectors.shape, dtype=np_dtype)
+    for a in range(0, n, ORDER_CHUNK_ROWS):
+        ordered[a: a + ORDER_CHUNK_ROWS] = vectors[order[a: a + ORDER_CHUNK_ROWS]]
+    return write_dense(path, ids[order], ordered, dtype), where
 
 
 def _row_errors(codec: Codec, codes: np.ndarray, stored: np.ndarray | None) -> np.ndarray | None:
@@ -264,6 +274,11 @@ def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, n
                 if name not in f.sections:
                     raise StoreCorrupted(f"{path}: expected section {name!r} (the record maps rows through it)")
                 arrays[name] = f.read(name)
+        elif rec.dense and ("dense_row" in f.sections or "dense_file" in f.sections):
+            # the file maps its rows onto its dense files: read one to one, rows would be
+            # answered with other rows' vectors
+            raise StoreCorrupted(f"{path}: maps its rows through sections 'dense_file'/'dense_row', the manifest "
+                                 f"says {rec.dense_map!r} (row i of the dense file)")
     ids, codes, lists = arrays["ids"], arrays["codes"], arrays["lists"]
     n = rec.rows
     if ids.dtype != np.int64 or ids.shape != (n,):

@@ -193,7 +193,7 @@ def encode_rows(codec: Codec, prepared: np.ndarray, x: np.ndarray,
 
 
 def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.ndarray], vectors: np.ndarray,
-               dense: str, serial: int, files: list[str],
+               dense: str, metric: str, serial: int, files: list[str],
                operation: str = "add") -> tuple[SegmentRecord, dict[str, np.ndarray]]:
     """Write one segment (codes file ``names[0]``, dense file ``names[1]`` unless the store
     has no dense tier, its rows in `segments.write_dense_rows` order) into `directory`,
@@ -205,7 +205,7 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
     dense_map = "identity"
     if dense != "none":  # first: the segment names each row's place in it
         with storage_errors(f"{operation}: write the dense file", directory / names[1]):
-            info, where = write_dense_rows(directory / names[1], seg_ids, vectors, arrays["lists"], dense)
+            info, where = write_dense_rows(directory / names[1], seg_ids, vectors, arrays["lists"], dense, metric)
         files.append(names[1])
         infos = (info,)
         if where is not None:
@@ -239,7 +239,7 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
             body = _with_codec(store, codec, body, files)
         serial = serials.take()
         names = (data_file_name("seg", serial), data_file_name("dense", serial))
-        rec, arrays = write_rows(store.path, names, arrays, seg_x, store.dense, serial, files)
+        rec, arrays = write_rows(store.path, names, arrays, seg_x, store.dense, store.metric, serial, files)
         body = replace(body, segments=body.segments + (rec,), next_id=max(body.next_id, int(new_ids.max()) + 1),
                        next_serial=serials.next, build=build_progress if build_progress is not None else body.build)
         _publish(store, lock, body, files, "add")

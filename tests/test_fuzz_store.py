@@ -453,6 +453,8 @@ def _rewrite_newest(store: Pristine, copy: Path, change) -> None:
     (lambda b: b["segments"][0].update(dense_map="identity") or b["segments"][0]["dense"][0].update(rows=2**40),
      "rows one to one onto dense files of \\[1099511627776\\]"),
     (lambda b: b["segments"][0]["dense"][0].update(rows=2**40), r"vector values \[\d+, 26388279068\d+\) do not fit"),
+    (lambda b: b["segments"][0].update(dense_map="identity"),
+     "maps its rows through sections 'dense_file'/'dense_row'"),
     (lambda b: b["segments"][0].update(file="../LOCK"), "expected a file name like 'seg-<12 digits>.vzs'"),
     (lambda b: b["segments"][0]["dense"][0].update(file="../x.arrow"), "must be a plain name"),
     (lambda b: b["segments"][0]["dense"][0].update(file="seg-000000000001.vzs"), "expected a file name like 'dense-"),

@@ -245,7 +245,7 @@ def test_a_worker_killed_mid_build_leaves_no_partial_version(tmp_path):
             time.sleep(0.05)
         victims = _ray_workers_pids_of(CONTROL)
         assert victims, "no batch reached the pause"
-        os.kill(victims[0], signal.SIGKILL)  # the worker dies with a staged codes file and no dense file
+        os.kill(victims[0], signal.SIGKILL)  # the worker dies with a staged dense file and no codes file
         deadline = time.monotonic() + 30
         while _alive(victims[0]) and time.monotonic() < deadline:
             time.sleep(0.05)
