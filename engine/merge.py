@@ -149,14 +149,14 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
                     srt = np.argsort(rows, kind="stable")  # read each file in row order
                     vectors[at[srt]] = reader.read_rows(rows[srt])
             name = data_file_name("dense", serial)
-            info, where = write_dense_rows(directory / name, ids, vectors, lists, dense_dtype, codec.metric)
+            info, sections = write_dense_rows(directory / name, ids, vectors, lists, dense_dtype, codec.metric)
             del vectors
             files.append(name)
             infos = [info]
-            if where is not None:  # the rows in locality order (`write_dense_rows`)
+            if sections:  # the rows in locality order (`write_dense_rows`)
                 dense_map = "sections"
-                dense_file, dense_row = np.zeros(ids.size, dtype=np.uint16), where
-                arrays["dense_file"], arrays["dense_row"] = dense_file, dense_row
+                arrays.update(sections)
+                dense_file, dense_row = sections["dense_file"], sections["dense_row"]
         else:
             dense_map = "sections"
             dense_file, dense_row = dfile.astype(np.uint16), drow.astype(np.uint32)

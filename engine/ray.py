@@ -287,12 +287,12 @@ def _stage(directory: Path, token: str, arrays: dict[str, np.ndarray], vectors: 
     try:
         if dense != "none":
             with storage_errors("ray build: write the dense file", directory / names[1]):
-                info, where = write_dense_rows(directory / names[1], arrays["ids"], vectors, arrays["lists"], dense,
-                                               metric)
+                info, sections = write_dense_rows(directory / names[1], arrays["ids"], vectors, arrays["lists"],
+                                                  dense, metric)
             files.append(names[1])
-            if where is not None:
+            if sections:
                 dense_map = "sections"
-                arrays = {**arrays, "dense_file": np.zeros(where.size, dtype=np.uint16), "dense_row": where}
+                arrays = {**arrays, **sections}
         _pause("pause", f"{os.getpid()}-{token}")
         with storage_errors("ray build: write the codes segment", directory / names[0]):
             sg.write_segment(directory / names[0], "codes", arrays)

@@ -224,16 +224,18 @@ class Segment:
 
 
 def write_dense_rows(path: Path, ids: np.ndarray, vectors: np.ndarray, lists: np.ndarray, dtype: str,
-                     metric: str) -> tuple[DenseInfo, np.ndarray | None]:
+                     metric: str) -> tuple[DenseInfo, dict[str, np.ndarray]]:
     """Write the dense file of a segment whose rows (ids ascending, their IVF `lists`) are
     `vectors`: with at least `LOCALITY_MIN_ROWS` rows in `kernels.locality` order (by IVF
     list, then near vectors together; by direction under cosine), else in the segment's
-    order. Returns the file's info and each segment row's row in the file (uint32, for the
-    segment's ``dense_row`` section; None when one to one)."""
+    order. Returns the file's info and the sections the segment's codes file must carry:
+    ``dense_file`` (zeros) and ``dense_row`` (each segment row's row in the file, uint32)
+    for a reordered file (its record's ``dense_map`` is then ``"sections"``), none for a
+    file one to one with the segment."""
     n = ids.shape[0]
     np_dtype = DENSE_DTYPES.get(dtype)
     if n < LOCALITY_MIN_ROWS or n >= 2**32 or np_dtype is None:  # (an unknown dtype: write_dense says so)
-        return write_dense(path, ids, vectors, dtype), None
+        return write_dense(path, ids, vectors, dtype), {}
     scale = None
     if metric == "cosine":
         norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
@@ -245,7 +247,8 @@ def write_dense_rows(path: Path, ids: np.ndarray, vectors: np.ndarray, lists: np
     ordered = np.empty(vectors.shape, dtype=np_dtype)
     for a in range(0, n, ORDER_CHUNK_ROWS):
         ordered[a: a + ORDER_CHUNK_ROWS] = vectors[order[a: a + ORDER_CHUNK_ROWS]]
-    return write_dense(path, ids[order], ordered, dtype), where
+    info = write_dense(path, ids[order], ordered, dtype)
+    return info, {"dense_file": np.zeros(n, dtype=np.uint16), "dense_row": where}
 
 
 def _row_errors(codec: Codec, codes: np.ndarray, stored: np.ndarray | None) -> np.ndarray | None:

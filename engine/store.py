@@ -11,8 +11,8 @@ a reader never sees half a commit.
 In RAM an open store holds the codec's trained arrays and, per segment (engine/segments.py),
 its scan layout, its user ids (8 bytes a row) and where each row's exact vector lives (4
 bytes a row for a segment of 64 rows or more, whose dense file holds its rows in locality
-order; 6 for a merged segment over several dense files). A segment's layout is built once and kept across
-commits and `refresh()`; deletes mark rows dead in place. A commit therefore costs
+order; 6 for a merged segment over several dense files). A segment's layout is built once
+and kept across commits and `refresh()`; deletes mark rows dead in place. A commit therefore costs
 O(rows changed): an add encodes and writes its rows as a new segment, a delete rewrites
 the deletion files of the segments it touches, and a size-tiered merge policy
 (engine/merge.py) keeps the segment count logarithmic with bounded work per commit.

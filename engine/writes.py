@@ -205,12 +205,12 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
     dense_map = "identity"
     if dense != "none":  # first: the segment names each row's place in it
         with storage_errors(f"{operation}: write the dense file", directory / names[1]):
-            info, where = write_dense_rows(directory / names[1], seg_ids, vectors, arrays["lists"], dense, metric)
+            info, sections = write_dense_rows(directory / names[1], seg_ids, vectors, arrays["lists"], dense, metric)
         files.append(names[1])
         infos = (info,)
-        if where is not None:
+        if sections:
             dense_map = "sections"
-            arrays = {**arrays, "dense_file": np.zeros(seg_ids.size, dtype=np.uint16), "dense_row": where}
+            arrays = {**arrays, **sections}
     with storage_errors(f"{operation}: write the codes segment", directory / names[0]):
         sg.write_segment(directory / names[0], "codes", arrays)
     files.append(names[0])

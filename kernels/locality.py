@@ -15,16 +15,16 @@ a query fall on 13 runs of contiguous pages instead of 20 in id order (top 10: 7
 10; top 30: 19 instead of 30).
 
 Memory: one projection and the index arrays per level, rows gathered a chunk at a time
-(`CHUNK_ROWS`); never a copy of the whole input. Directions are found on
-a sample of at most `DIRECTION_SAMPLE` rows (scaled to at most 1), so large values (norms up to 1e15) do not
-overflow.
+(`CHUNK_ROWS`); never a copy of the whole input. Directions are found on a sample of at
+most `DIRECTION_SAMPLE` rows scaled to at most 1, so large values (norms up to 1e15) do not
+overflow. (`formats.dense.row_pages` gives the runs of pages a set of rows falls on.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["locality_order", "page_runs"]
+__all__ = ["locality_order"]
 
 # rows used to estimate a node's principal direction (all rows are projected on it)
 DIRECTION_SAMPLE = 1024
@@ -80,10 +80,9 @@ def _rows(x: np.ndarray, row_scale: np.ndarray | None, idx: np.ndarray) -> np.nd
     return sub
 
 
-def _direction(x: np.ndarray, row_scale: np.ndarray | None, node: np.ndarray,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(projection float64 (node.size,), direction) of the node's rows on their principal
-    direction (power steps on a sample, centred); the projection is taken in chunks."""
+def _projection(x: np.ndarray, row_scale: np.ndarray | None, node: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The node's rows projected (float64 (node.size,), in chunks) on their principal
+    direction (power steps on a sample, centred)."""
     sample = node if node.size <= DIRECTION_SAMPLE else rng.choice(node, DIRECTION_SAMPLE, replace=False)
     sub = _rows(x, row_scale, sample)
     sub -= sub.mean(axis=0)
@@ -98,14 +97,13 @@ def _direction(x: np.ndarray, row_scale: np.ndarray | None, node: np.ndarray,
             break  # every row alike along what is left: any split will do
         v = w / np.float32(norm)
     # float32 products with a unit direction: |projection| <= |row| (norms up to 1e15 fit)
-    v32 = v
     proj = np.empty(node.size, dtype=np.float64)
     for a in range(0, node.size, CHUNK_ROWS):
         part = node[a: a + CHUNK_ROWS]
-        proj[a: a + part.size] = x[part].astype(np.float32, copy=False) @ v32
+        proj[a: a + part.size] = x[part].astype(np.float32, copy=False) @ v
     if row_scale is not None:
         proj *= row_scale[node]  # <s x, v> = s <x, v>
-    return proj, v
+    return proj
 
 
 def _leaves(x: np.ndarray, row_scale: np.ndarray | None, rows: np.ndarray, rng: np.random.Generator):
@@ -116,7 +114,7 @@ def _leaves(x: np.ndarray, row_scale: np.ndarray | None, rows: np.ndarray, rng: 
         if node.size <= 2:
             yield np.sort(node)
             continue
-        proj, _ = _direction(x, row_scale, node, rng)
+        proj = _projection(x, row_scale, node, rng)
         if node.size <= FINISH_ROWS:
             yield node[np.argsort(proj, kind="stable")]
             continue
@@ -124,16 +122,3 @@ def _leaves(x: np.ndarray, row_scale: np.ndarray | None, rows: np.ndarray, rng: 
         split = np.argpartition(proj, half - 1)
         stack.append(node[split[half:]])  # popped after the lower half's whole subtree
         stack.append(node[split[:half]])
-
-
-def page_runs(positions: np.ndarray, offset: int, row_bytes: int, page: int = 4096) -> int:
-    """The runs of contiguous pages holding rows at `positions` of a file whose row r starts
-    at byte ``offset + r * row_bytes``: the storage requests a read of those rows needs
-    when each run is one request (what `locality_order` lowers)."""
-    p = np.asarray(positions, dtype=np.int64)
-    if not p.size:
-        return 0
-    first = (offset + p * row_bytes) // page
-    last = (offset + p * row_bytes + row_bytes - 1) // page
-    pages = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last)]))
-    return int(1 + np.count_nonzero(np.diff(pages) > 1))

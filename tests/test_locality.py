@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from vecz.engine import Store, check_store
 from vecz.errors import StorageError
 from vecz.engine.segments import LOCALITY_MIN_ROWS
-from vecz.kernels.locality import locality_order, page_runs
+from vecz.formats.dense import row_pages
+from vecz.kernels.locality import locality_order
+
+
+def page_runs(positions, offset: int, row_bytes: int, page: int = 4096) -> int:
+    """Runs of contiguous pages holding the rows at `positions` (`row_pages` joins touching
+    ranges): the storage requests reading them takes."""
+    p = np.asarray(positions, dtype=np.int64)
+    return int(row_pages(offset, row_bytes, int(p.max(initial=-1)) + 1, p, page)[0].size)
 
 
 def _clusters(n_clusters: int, size: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
