@@ -100,6 +100,11 @@ TARGETS = (
     + [("add", "fsync", n) for n in (6, 7, 8, 9, 11)] + [("add", "link", 2), ("delete", "link", 2)] * 2
     + [("delete", "fsync", n) for n in (5, 6, 7)]
 )
+# Targets past an add's own commit: their writer runs a compaction and two adds just before
+# the forced add (`_plan`), so the store holds three tier-0 segments and the add's fourth
+# starts a merge (engine/merge.py): the hook then lands inside that merge whatever the random
+# operations before left (else a merge followed about one add in three).
+MERGE_TARGETS = frozenset([("add", "fsync", n) for n in (6, 7, 8, 9, 11)] + [("add", "link", 2)])
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -169,13 +174,17 @@ def _describe(fn: str, args: tuple) -> str:
     return os.path.basename(os.fspath(args[-1] if fn == "link" else args[0]))
 
 
-def _plan(rng: np.random.Generator, forced: str | None, at: int) -> list[str]:
+def _plan(rng: np.random.Generator, forced: str | None, at: int, merge: bool = False) -> list[str]:
     """Operation kinds of one writer: random, with `forced` at index `at`, preceded by an add
-    (before a delete) or an add and a delete (before a compact) so that it has work."""
+    (before a delete) or an add and a delete (before a compact) so that it has work; with
+    `merge` (an add, at >= 3) by a compaction and two adds, so that the add starts a merge
+    (`MERGE_TARGETS`)."""
     kinds = [str(k) for k in rng.choice(["add", "delete", "compact"], size=MAX_OPS, p=[0.45, 0.35, 0.2])]
     if forced is not None:
         kinds[at] = forced
-        if forced in ("delete", "compact"):
+        if merge:
+            kinds[at - 3:at] = ["compact", "add", "add"]
+        elif forced in ("delete", "compact"):
             kinds[at - 1] = "add" if forced == "delete" else "delete"
             kinds[at - 2] = "add"
     return kinds
@@ -219,7 +228,7 @@ def _writer(cmd: dict[str, Any]) -> None:
 
     journal({"kind": "start", "version": store.version, **_digest(ids, vecs)})
     _say({"started": True})
-    for m, kind in enumerate(_plan(rng, forced, at)):
+    for m, kind in enumerate(_plan(rng, forced, at, (forced, name, n) in MERGE_TARGETS)):
         arg, after_ids, after_vecs = _next(rng, kind, ids, vecs)
         journal({"kind": "intent", "op": kind, "from": store.version, **_digest(after_ids, after_vecs)})
         hook.begin(kind, armed=forced is not None and m >= at)
@@ -457,6 +466,8 @@ def test_sigkill_at_random_moments_leaves_last_committed_version(tmp_path):
             where = f"seed {SEED} kill {k} target {target}"
             journal = tmp_path / f"journal-{k:03d}.jsonl"
             at = 0 if k < len(TRAINING_TARGETS) else int(rng.integers(2, 5))  # ops before the hook's op
+            if target in MERGE_TARGETS:
+                at = max(at, 3)  # room for the compaction and two adds before it
             cmd = {"seed": SEED, "launch": k, "path": str(path), "journal": str(journal),
                    "target": None if target is None else [*target, at]}
             server.launch(cmd, where)
@@ -497,7 +508,7 @@ def test_sigkill_at_random_moments_leaves_last_committed_version(tmp_path):
         assert landed.get(f"hook in {op}, not committed", 0) >= 3, summary
         assert landed.get(f"hook in {op}, committed", 0) >= 3, summary
     assert with_strays >= 10 and with_tmp >= 8, summary
-    assert deeper["in a merge after the operation committed"] >= 2, summary
+    assert deeper["in a merge after the operation committed"] >= 3, summary  # 4 targets land in one
     assert deeper["while pruning"] >= 2, summary
     # timer kills are not all between operations
     assert sum(v for key, v in landed.items() if key.startswith("timer in")) >= TIMER_KILLS // 4, summary
