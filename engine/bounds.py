@@ -162,6 +162,57 @@ class ErrorModel:
     def pairs(self) -> int:
         return int(self.z.size)
 
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The model as a ``"model"`` segment's sections and metadata (`from_arrays` reads
+        them back): z float64, ranks int64 and direction float64 when it has them."""
+        arrays = {"z": np.ascontiguousarray(self.z, dtype=np.float64)}
+        if self.ranks is not None:
+            arrays["ranks"] = np.ascontiguousarray(self.ranks, dtype=np.int64)
+        meta: dict = {"per_row": bool(self.per_row)}
+        if self.direction is not None:
+            arrays["direction"] = np.ascontiguousarray(self.direction, dtype=np.float64)
+            meta.update(shift=[float(v) for v in self.shift], spread=[float(v) for v in self.spread],
+                        u_range=[float(v) for v in self.u_range])
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict, dim: int) -> "ErrorModel":
+        """The model `to_arrays` wrote, checked as untrusted input: `InvalidInput` saying
+        what was expected and found (z finite, ascending, at least `MIN_PAIRS`; ranks of
+        the same length in [0, 2**31); a unit direction of `dim` floats with finite
+        (intercept, slope) lines and a u range)."""
+        z = arrays.get("z")
+        if not isinstance(z, np.ndarray) or z.dtype != np.float64 or z.ndim != 1 or z.size < MIN_PAIRS:
+            raise InvalidInput(f"error model: expected z float64 (n >= {MIN_PAIRS},), found "
+                               f"{getattr(z, 'dtype', None)} {getattr(z, 'shape', None)}")
+        if not np.isfinite(z).all() or (np.diff(z) < 0).any():
+            raise InvalidInput("error model: expected z finite and ascending, found otherwise")
+        ranks = arrays.get("ranks")
+        if ranks is not None and (ranks.dtype != np.int64 or ranks.shape != z.shape or
+                                  (ranks.size and (ranks.min() < 0 or ranks.max() >= 1 << 31))):
+            raise InvalidInput(f"error model: expected ranks int64 {z.shape} in [0, 2**31), found {ranks.dtype} "
+                               f"{ranks.shape}")
+        per_row = meta.get("per_row")
+        if not isinstance(per_row, bool):
+            raise InvalidInput(f"error model: expected per_row true or false, found {per_row!r:.40}")
+        direction = arrays.get("direction")
+        if direction is None:
+            return cls(z, per_row, ranks)
+        if direction.dtype != np.float64 or direction.shape != (dim,) or not np.isfinite(direction).all() \
+                or abs(float(np.linalg.norm(direction)) - 1.0) > 1e-6:
+            raise InvalidInput(f"error model: expected a unit direction float64 ({dim},), found {direction.dtype} "
+                               f"{direction.shape}")
+        lines = []
+        for key in ("shift", "spread", "u_range"):
+            pair = meta.get(key)
+            if not (isinstance(pair, list) and len(pair) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in pair)):
+                raise InvalidInput(f"error model: expected {key} as two finite numbers, found {pair!r:.80}")
+            lines.append((float(pair[0]), float(pair[1])))
+        if lines[2][0] > lines[2][1]:
+            raise InvalidInput(f"error model: expected u_range ascending, found {lines[2]}")
+        return cls(z, per_row, ranks, direction, *lines)
+
     def locations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shift, spread), float64 (nq,) each, of the queries x (float (nq, dim)): the
         interval of query i is ``shift[i] + spread[i] * (z_lo, z_hi)``. Without a direction

@@ -1,6 +1,7 @@
 """`vecz` command line (DESIGN.md's CLI): argument parsing and terminal output.
 
-    vecz build SRC STORE --codec SPEC [--metric cosine] [--dense f32|f16|none]
+    vecz build SRC STORE --codec SPEC [--metric cosine] [--dense f32|f16|none] [--no-calibrate]
+    vecz calibrate STORE [--sample SAMPLE] [--nprobe N]
     vecz search STORE QUERIES -k 10 [--nprobe N] [--rerank R|auto[:R]] [--confidence C] [--calibrate SAMPLE]
                 [--out FILE]
     vecz info STORE
@@ -228,6 +229,9 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
                    help="rows the codec trains on (default 65536)")
     p.add_argument("--seed", type=int, default=0, help="seed of the codec's training (default 0)")
     p.add_argument("--append", action="store_true", help="append to an existing store instead of creating one")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="do not measure and commit the error model of --rerank auto after the build (by default "
+                        "it is, once rows were added, so that no search has to measure it; see `vecz calibrate`)")
     _ray_arguments(p, "encode the batches on a Ray cluster and commit them all at once (a new store or --append; "
                       "SRC .npy or Parquet)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -257,6 +261,18 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")
     _ray_arguments(p, "search with one Ray actor per shard of the store's segments (same results)")
     p.add_argument("--shards", type=int, default=2, metavar="N", help="with --ray: actors (default 2)")
+
+    p = sub.add_parser("calibrate", help="measure and commit the error model of --rerank auto",
+                       description="Measure the error interval --rerank auto bounds code scores with and commit "
+                                   "it to STORE, so that searches read it instead of measuring it on their first "
+                                   "auto query: on pseudo-queries made from the store's rows (what `vecz build` "
+                                   "commits), or on sample queries like the ones to come (--sample).")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--sample", metavar="SAMPLE", default=None,
+                   help=f"sample queries (their first {CALIBRATE_ROWS:,} rows; .npy, .fvecs, .parquet or .arrow), "
+                        "held out from the queries whose answers you measure")
+    p.add_argument("--column", help="vector column of a .parquet/.arrow sample")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (default nlist // 8)")
 
     p = sub.add_parser("info", help="spec, counts, bytes in RAM and on disk, versions")
     p.add_argument("store", metavar="STORE")
@@ -396,6 +412,7 @@ def _build(args: argparse.Namespace) -> int:
         store, done = _open_build_store(args, source)
         with store, _undo_empty_build(store, fresh, made_dir, committed):
             committed.update(rows=done, version=store.version)
+            start_rows = done
             if done:
                 print(f"{args.store}: resuming the build of {args.src} after row {done:,} of {source.n:,}",
                       file=sys.stderr)
@@ -421,6 +438,9 @@ def _build(args: argparse.Namespace) -> int:
                 print(f"{args.store}: {committed['rows']:,} of {source.n:,} rows of {args.src} are committed (version "
                       f"{committed['version']}); run the same command again to resume after them", file=sys.stderr)
                 raise
+            if args.calibrate and store.dense != "none" and store.codec.is_trained and len(store) and (
+                    committed["rows"] > start_rows or store.calibration is None):
+                _commit_model(store, None, None, "rows of the store")
             info = store.info()
     elapsed = time.perf_counter() - started
     print(f"{args.store}: {info['live']} vectors of dim {info['dim']}, codec {info['spec']} "
@@ -449,6 +469,39 @@ def _calibrate(store: Any, args: argparse.Namespace) -> None:
     else:
         print(f"calibrated on {len(batch[0]):,} sample queries ({model.pairs:,} pairs) in "
               f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
+
+
+def _commit_model(store: Any, queries: Any, nprobe: int | None, what: str) -> None:
+    """`Store.calibrate` on a writer (which commits the model), said on stderr."""
+    started = time.perf_counter()
+    model = store.calibrate(queries, nprobe=nprobe)
+    if model is None:
+        print(f"{store.path}: too few pairs on the {what} for an error model; --rerank auto reads its whole "
+              "shortlist", file=sys.stderr)
+    else:
+        print(f"{store.path}: error model of --rerank auto measured on the {what} ({model.pairs:,} pairs, "
+              f"{time.perf_counter() - started:.2f} s), committed in version {store.version}", file=sys.stderr)
+
+
+def _calibrate_store(args: argparse.Namespace) -> int:
+    from ..formats.importers import open_vectors
+
+    from .store import Store
+
+    queries, what = None, "rows of the store"
+    if args.sample is not None:
+        column = None if Path(args.sample).suffix.lower() in (".npy", ".fvecs") else args.column
+        with open_vectors(args.sample, column=column) as sample:
+            batch = next(iter(sample.batches(CALIBRATE_ROWS)), None)
+        if batch is None or len(batch[0]) == 0:
+            raise InvalidInput(f"--sample {args.sample}: expected at least one query, found none")
+        queries, what = batch[0], f"{len(batch[0]):,} sample queries"
+    with Store.open(args.store, mode="a") as store:
+        if store.dense == "none":
+            raise InvalidInput(f"{args.store}: calibrate needs a dense tier (--rerank auto re-scores from it); "
+                               "this store was built with --dense none")
+        _commit_model(store, queries, args.nprobe, what)
+    return 0
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -537,11 +590,19 @@ def _info(args: argparse.Namespace) -> int:
         ("disk", f"{info['disk_bytes_version']:,} bytes in this version ({info['dense_bytes']:,} dense, "
                  f"tier {info['dense']}); {info['disk_bytes_total']:,} in the directory"),
         ("version", f"{info['version']} (committed versions {_ranges(info['versions'])})"),
+        ("auto model", "none committed (measured by the first --rerank auto search; `vecz calibrate`)"
+         if info["calibration"] is None else
+         f"{info['calibration']['file']}, on {_source_name(info['calibration']['source'])} "
+         f"({info['calibration']['rows']:,} live rows then, nprobe {info['calibration']['nprobe']})"),
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _source_name(source: str) -> str:
+    return "pseudo-queries from the rows" if source == "rows" else "sample queries"
 
 
 def _ranges(values: list[int]) -> str:
@@ -591,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "codecs":
         print("stages: MRL<d>, IVF<n>, PQ<M>x<4|8>, OPQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, F16, Flat")
         return 0
-    commands = {"build": _build, "search": _search, "info": _info, "check": _check}
+    commands = {"build": _build, "search": _search, "calibrate": _calibrate_store, "info": _info, "check": _check}
     try:
         if args.command in commands:
             return commands[args.command](args)

@@ -247,7 +247,8 @@ def _query_norms(metric: str, x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
 
 
-def _per_row(segments: list[Segment]) -> bool:
+def per_row_scales(segments: list[Segment]) -> bool:
+    """Whether every live segment has per-row error scales (an error model is per row)."""
     live = [seg for seg in segments if seg.live]
     return bool(live) and all(seg.errors is not None for seg in live)
 
@@ -332,7 +333,7 @@ def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
         seg_of = np.where(keep, seg_of, -1)
         exact, _, _ = _exact(metric, segments, x, seg_of, rows, False)
     sign = -1.0 if metric == "l2" else 1.0
-    per_row = _per_row(segments)
+    per_row = per_row_scales(segments)
     scale = _query_norms(metric, x)[:, None] * _scales(segments, seg_of, rows, per_row)
     ranks = np.cumsum(keep, axis=1) - 1  # each pair's rank among its query's candidates
     u = None

@@ -44,7 +44,6 @@ from ..formats import manifest as mf
 from ..formats import segment as sg
 from ..formats.body import (DENSE_CHOICES, FORMAT_ID, SegmentRecord, StoreBody, body_files, data_file_name,
                             parse_body)
-from ..formats.dense import check_dense
 from . import writes
 from .codecs import METRICS, Codec, SearchResult, _as_vectors
 from .commit import WriterLock, collect_garbage, storage_errors
@@ -61,7 +60,7 @@ from .errors import (
 )
 from .inputs import as_ids as _as_ids
 from .bounds import ErrorModel
-from .search import calibrate, check_search_args, pad_to_k, search_segments
+from .search import calibrate, check_search_args, pad_to_k, per_row_scales, search_segments
 from .segments import DensePool, Segment, load_segment
 
 __all__ = ["Store", "check_store", "FORMAT_ID", "MAX_NORM", "MAX_STATE_BYTES"]
@@ -73,6 +72,10 @@ MAX_STATE_BYTES = 2 << 30
 DEFAULT_RETAIN = 8
 # Results wider than the live rows are padded with -1 up to k only within this many bytes.
 MAX_RESULT_BYTES = 256 << 20
+# A committed error model measured on pseudo-queries serves while the live rows are within
+# this factor of those it was measured on (`Store.error_model`): its pairs' neighbours come
+# from the rows there were, and a store four times as large (or small) has other ones.
+STALE_FACTOR = 2.0
 
 
 def _now() -> str:
@@ -111,7 +114,8 @@ class Store:
         # a writer from its first search on (until then layouts wait for a scan, so a
         # build or import never holds them; engine/segments.py).
         self._build_layouts = mode == "r"
-        self._error_model: tuple[Codec, ErrorModel | None] | None = None
+        # (codec, committed model file or None, model) of `error_model`
+        self._error_model: tuple[Codec, str | None, ErrorModel | None] | None = None
         # A shard (engine/ray.py) loads only these segments (by serial); None: every segment.
         self._only: frozenset[int] | None = None
 
@@ -370,6 +374,14 @@ class Store:
         return self._body.build if self._body else None
 
     @property
+    def calibration(self) -> dict | None:
+        """The committed error model's record (`calibrate`): its file, the live rows it was
+        measured on, its source ("rows": pseudo-queries; "queries": a sample) and nprobe; or
+        None when no model is committed."""
+        rec = self._body.calibration if self._body else None
+        return None if rec is None else rec.to_json()
+
+    @property
     def spec(self) -> str:
         return self.codec.spec
 
@@ -547,61 +559,117 @@ class Store:
         return pad_to_k(out, k, self.metric, MAX_RESULT_BYTES)
 
     def error_model(self) -> ErrorModel | None:
-        """The error model `rerank="auto"` bounds code scores with (engine/bounds.py),
-        measured on first use on pseudo-queries made from this store's rows (each a row
-        less a random share of the rows' mean, so that queries less aligned with the
-        corpus than its rows are covered) and kept while the codec is the same (None: too
+        """The error model `rerank="auto"` bounds code scores with (engine/bounds.py).
+
+        The one the store committed (`calibrate`) when it has one, read from its file once;
+        a model measured on pseudo-queries is not used once the live rows have grown or
+        shrunk past `STALE_FACTOR` times those it was measured on (one from sample queries
+        is used whatever the rows). Otherwise measured on first use, in RAM only, on
+        pseudo-queries made from this store's rows (each a row less a random share of the
+        rows' mean, so that queries less aligned with the corpus than its rows are
+        covered); about 19,000 rows read, 0.04-0.6 s on 100,000 rows and 24 s on a cold
+        10M store. Kept while the codec and the committed model stay the same (None: too
         few rows to measure; auto then reads its whole shortlist)."""
         self._check_open("error_model")
+        record = self._body.calibration if self._body is not None else None
+        key = None if record is None else record.file
         cached = self._error_model
-        if cached is not None and cached[0] is self.codec:
-            return cached[1]
+        if cached is not None and cached[0] is self.codec and cached[1] == key:
+            return cached[2]
+        model = self._committed_model()
+        if model is not None:
+            self._error_model = (self.codec, key, model)
+            return model
         return self._measure_error_model(nprobe=max(1, self.codec.nlist // 8))
+
+    def _committed_model(self) -> ErrorModel | None:
+        """The committed model (`calibrate`), or None: none committed, measured on
+        pseudo-queries at a row count too far from today's, or for other row error scales
+        than the segments now have (`StoreCorrupted` when its file does not read or
+        check)."""
+        record = self._body.calibration if self._body is not None else None
+        if record is None or not self.codec.is_trained:
+            return None
+        live = self._body.live
+        if record.source == "rows" and not record.rows / STALE_FACTOR <= live <= record.rows * STALE_FACTOR:
+            return None
+        model = self._read_model(record.file)
+        return model if model.per_row == per_row_scales(self._segments) else None
+
+    def _read_model(self, name: str) -> ErrorModel:
+        """The error model in file `name`, checked (`StoreCorrupted` when it is not one)."""
+        path = self.path / name
+        arrays, meta = sg.read_segment(path, kind="model")
+        try:
+            return ErrorModel.from_arrays(arrays, meta, self.dim)
+        except InvalidInput as exc:
+            raise StoreCorrupted(f"{path}: {exc}") from None
 
     def _measure_error_model(self, **kw: Any) -> ErrorModel | None:
         """`search.calibrate` over the segments (`kw`: its nprobe and queries), kept as the
-        model of this codec."""
+        model of this codec (and of the committed model it stands in for)."""
         self._build_layouts = True
         model = calibrate(self.codec, self.metric, self._segments, **kw)
-        self._error_model = (self.codec, model)
+        record = self._body.calibration if self._body is not None else None
+        self._error_model = (self.codec, None if record is None else record.file, model)
         return model
 
-    def calibrate(self, queries: Any, *, nprobe: int | None = None) -> ErrorModel | None:
-        """Measure the error model of ``rerank="auto"`` on sample queries like the ones to
-        come, instead of pseudo-queries made from the store's rows (what `error_model` uses by
-        default), and use
-        it for this open store's auto searches. Each query's best 64 candidates by code
-        score are re-scored exactly (about 64 rows read a query; a few hundred queries is
-        enough: at least `bounds.MIN_PAIRS` pairs, 10 / (1 - confidence) pairs per rank band).
+    def calibrate(self, queries: Any = None, *, nprobe: int | None = None,
+                  commit: bool | None = None) -> ErrorModel | None:
+        """Measure the error model of ``rerank="auto"`` and use it from now on; a store open
+        for writing also commits it (a version of its own), so every later open of the
+        store reads it instead of measuring again (`error_model`).
 
-        Why: the default model is measured on pseudo-queries made from stored rows, which
-        cover queries less aligned with the corpus mean than its rows (engine/bounds.py,
-        "Queries unlike the rows"); queries that differ from the rows in other ways (they
-        stand farther from all their neighbours) may see larger errors than it allows.
-        Sample queries measure them; the model then has no covariate (the sample stands for
-        the queries to come).
+        With `queries`, each query's best 64 candidates by code score are re-scored
+        exactly (about 64 rows read a query; a few hundred queries is enough: at least
+        `bounds.MIN_PAIRS` pairs, 10 / (1 - confidence) pairs per rank band). Without,
+        pseudo-queries made from the store's rows serve, as `error_model` measures them:
+        commit that after a build, and no reader measures it again (a 10M store's first
+        auto search took 24 s to measure it, its rows read cold).
+
+        Why sample queries: the default model is measured on pseudo-queries made from
+        stored rows, which cover queries less aligned with the corpus mean than its rows
+        (engine/bounds.py, "Queries unlike the rows"); queries that differ from the rows in
+        other ways (they stand farther from all their neighbours) may see larger errors
+        than it allows. Sample queries measure them; the model then has no covariate (the
+        sample stands for the queries to come).
 
         Parameters
         ----------
         queries : (nq, dim) float array, or any input `add` takes: queries held out from
-            the ones whose answers are measured
-        nprobe : IVF lists visited (default as `search`)
+            the ones whose answers are measured; None: pseudo-queries from the rows
+        nprobe : IVF lists visited (default as `search`, or nlist / 8 for pseudo-queries)
+        commit : commit the model (default: when the store is open for writing; True on
+            a store opened for reading raises `ReadOnlyStore`)
 
         Returns
         -------
         ErrorModel or None
             The model now in use (None: too few pairs or no dense tier; auto then reads its
-            whole shortlist). Not stored: a re-opened store measures on pseudo-queries from
-            its rows again.
+            whole shortlist, and nothing is committed).
         """
         self._check_open("calibrate")
-        x = _as_vectors(queries, self.dim, "calibration queries")
-        self._check_norms(x, "calibration queries")
-        _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
-        if not self.codec.is_trained or x.shape[0] == 0:
-            raise InvalidInput(f"calibrate: expected a trained store and at least one query, found "
-                               f"{'no training' if not self.codec.is_trained else '0 queries'}")
-        return self._measure_error_model(nprobe=int(nprobe), queries=x)
+        lock = None
+        if commit or (commit is None and self.mode == "a"):
+            lock = self._require_writer("calibrate")
+        if not self.codec.is_trained:
+            raise InvalidInput("calibrate: expected a trained store, found no training")
+        if queries is None:
+            if nprobe is None:
+                nprobe = max(1, self.codec.nlist // 8)
+            _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
+            model, source = self._measure_error_model(nprobe=int(nprobe)), "rows"
+        else:
+            x = _as_vectors(queries, self.dim, "calibration queries")
+            self._check_norms(x, "calibration queries")
+            _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
+            if x.shape[0] == 0:
+                raise InvalidInput("calibrate: expected at least one query, found 0 queries")
+            model, source = self._measure_error_model(nprobe=int(nprobe), queries=x), "queries"
+        if lock is not None and model is not None:
+            writes.calibrate(self, lock, model, source, int(nprobe))
+            self._error_model = (self.codec, self._body.calibration.file, model)
+        return model
 
     def get(self, ids: Any) -> np.ndarray:
         """Exact vectors (float32 (n, dim)) of live ids, read from the dense files."""
@@ -663,6 +731,7 @@ class Store:
             "disk_bytes_total": sum(files.values()),
             "dense_bytes": sum(d.nbytes for d in {d.file: d for s in self._segments for d in s.rec.dense}.values()),
             "build": self.build_record,
+            "calibration": self.calibration,
         }
 
     def _check_open(self, what: str) -> None:
@@ -708,6 +777,8 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
         try:
             with Store.open(path) as store:
                 problems += writes.check_dense_ids(store)
+                if store._body.calibration is not None:
+                    store._read_model(store._body.calibration.file)
                 ids = store.ids()
                 if ids.size and (np.diff(ids) == 0).any():
                     problems.append(f"{path}: live ids are not unique")

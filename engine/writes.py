@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..formats import segment as sg
-from ..formats.body import SegmentRecord, StoreBody, body_files, data_file_name
+from ..formats.body import CalibrationRecord, SegmentRecord, StoreBody, body_files, data_file_name
 from ..formats.dense import check_dense
 from . import merge
+from .bounds import ErrorModel
 from .codecs import Codec
 from .commit import WriterLock, collect_garbage, storage_errors
 from .errors import InvalidInput, StoreCorrupted, VeczError
@@ -42,8 +43,9 @@ from .segments import Segment, read_dead_rows, write_dense_rows
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["AUTO_MERGE_ROWS", "MAX_NORM", "check_rows", "encode_rows", "write_rows", "add", "delete", "train", "compact", "merge_due", "read_legacy_deletes",
-           "dead_rows_of", "check_files", "check_dense_ids"]
+__all__ = ["AUTO_MERGE_ROWS", "MAX_NORM", "check_rows", "encode_rows", "write_rows", "add", "delete", "train",
+           "compact", "calibrate", "merge_due", "read_legacy_deletes", "dead_rows_of", "check_files",
+           "check_dense_ids"]
 
 AUTO_MERGE_ROWS = merge.AUTO_MERGE_ROWS
 # Vectors and queries of ip/l2 stores must have norms below this: then every score, squared
@@ -286,6 +288,28 @@ def delete(store: "Store", lock: WriterLock, ids: np.ndarray) -> int:
     _after_commit(store, lock)
     _merge_quietly(store, lock)
     return int(found.sum())
+
+
+def calibrate(store: "Store", lock: WriterLock, model: ErrorModel, source: str, nprobe: int) -> None:
+    """Commit `model` as the store's error model (``Store.calibrate``): one ``"model"``
+    segment under a fresh serial, named by the body's ``calibration`` record with the live
+    rows it was measured on; the model it replaces is collected with its last version."""
+    serials = _Serials(store._body.next_serial)
+    files: list[str] = []
+    try:
+        lock.check("calibrate")
+        body = _base_body(store, lock, serials, files)
+        name = data_file_name("model", serials.take())
+        arrays, meta = model.to_arrays()
+        files.append(name)  # removed on any failure from here on, written or not
+        with storage_errors("calibrate: write the error model", store.path / name):
+            sg.write_segment(store.path / name, "model", arrays, meta=meta)
+        record = CalibrationRecord(name, int(store._body.live), source, int(nprobe))
+        _publish(store, lock, replace(body, calibration=record, next_serial=serials.next), files, "calibrate")
+    except BaseException:
+        _fail(lock, files)
+        raise
+    _after_commit(store, lock)
 
 
 def _sizes(store: "Store") -> list[merge.SegmentSize]:

@@ -36,6 +36,8 @@ __all__ = [
     "DENSE_CHOICES",
     "METRICS",
     "SegmentRecord",
+    "CalibrationRecord",
+    "CALIBRATION_SOURCES",
     "StoreBody",
     "parse_body",
     "data_file_name",
@@ -46,17 +48,18 @@ FORMAT_ID = "vecz.store"
 LAYOUT = 2
 DENSE_CHOICES = ("f32", "f16", "none")
 METRICS = ("cosine", "ip", "l2")
-DATA_FILE_RE = re.compile(r"(seg|dense|del|codec)-([0-9]{12})\.(vzs|arrow)")
+DATA_FILE_RE = re.compile(r"(seg|dense|del|codec|model)-([0-9]{12})\.(vzs|arrow)")
 """Names of the data files a manifest may name (use ``fullmatch``); group 2 is the serial."""
 STAGING_RE = re.compile(r"staging-[0-9a-f]{32}")
 """Names of staging directories (formats/FORMAT.md, "Segments written by other processes"):
 files a writer that does not hold the lock wrote for the lock holder to adopt."""
-_SUFFIX = {"seg": "vzs", "dense": "arrow", "del": "vzs", "codec": "vzs"}
+_SUFFIX = {"seg": "vzs", "dense": "arrow", "del": "vzs", "codec": "vzs", "model": "vzs"}
+CALIBRATION_SOURCES = ("rows", "queries")
 _MAX_INT = (1 << 63) - 1
 
 
 def data_file_name(kind: str, serial: int) -> str:
-    """``seg-000000000012.vzs`` and the like: `kind` in seg, dense, del, codec."""
+    """``seg-000000000012.vzs`` and the like: `kind` in seg, dense, del, codec, model."""
     if kind not in _SUFFIX or not 0 <= serial < 10**12:
         raise ValueError(f"data_file_name: expected a kind in {sorted(_SUFFIX)} and a 12-digit serial, "
                          f"found {kind!r}, {serial!r}")
@@ -95,6 +98,22 @@ class SegmentRecord:
 
 
 @dataclass(frozen=True)
+class CalibrationRecord:
+    """The error model ``rerank="auto"`` uses, measured and committed (``Store.calibrate``):
+    its file (a segment of kind ``"model"``), the live rows the store held when it was
+    measured, what served as queries (``"rows"``: pseudo-queries made from the rows;
+    ``"queries"``: sample queries the user gave) and the nprobe it was measured with."""
+
+    file: str
+    rows: int
+    source: str
+    nprobe: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "rows": self.rows, "source": self.source, "nprobe": self.nprobe}
+
+
+@dataclass(frozen=True)
 class StoreBody:
     """A manifest body, checked (see `parse_body`)."""
 
@@ -114,6 +133,7 @@ class StoreBody:
     layout: int = LAYOUT
     legacy_deletes: str | None = None  # layout 1's cumulative deletes file (read, never written)
     extra: dict = field(default_factory=dict)  # unknown keys, carried over unchanged
+    calibration: CalibrationRecord | None = None
 
     @property
     def rows(self) -> int:
@@ -140,6 +160,8 @@ class StoreBody:
             "counts": {"rows": self.rows, "live": self.live},
             "retain": self.retain, "build": self.build,
         })
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_json()
         return out
 
 
@@ -257,12 +279,24 @@ def parse_body(body: Any, where: str) -> StoreBody:
     else:
         retain = _get(body, "retain", int, where, low=1)
         build = _get(body, "build", dict, where, nullable=True)
+    calibration = None
+    if layout == 2 and body.get("calibration") is not None:
+        calibration = _calibration(_get(body, "calibration", dict, where), f"{where} calibration")
     known = {"format", "layout", "version", "parent", "created", "dim", "metric", "dense", "codec", "segments",
-             "next_id", "next_serial", "counts", "retain", "build", "deletes"}
+             "next_id", "next_serial", "counts", "retain", "build", "deletes", "calibration"}
     out = StoreBody(version, parent, created, dim, metric, dense, config, codec_file, segments, next_id,
-                    next_serial, retain, build, layout, legacy, {k: v for k, v in body.items() if k not in known})
+                    next_serial, retain, build, layout, legacy, {k: v for k, v in body.items() if k not in known},
+                    calibration)
     _cross_check(out, body, where)
     return out
+
+
+def _calibration(rec: dict, where: str) -> CalibrationRecord:
+    source = _get(rec, "source", str, where)
+    if source not in CALIBRATION_SOURCES:
+        raise StoreCorrupted(f"{where}: field 'source': expected one of {CALIBRATION_SOURCES}, found {source!r:.40}")
+    name = _name(_get(rec, "file", str, where), ("model",), where)
+    return CalibrationRecord(name, _get(rec, "rows", int, where, low=0), source, _get(rec, "nprobe", int, where, low=1))
 
 
 def _cross_check(b: StoreBody, raw: dict, where: str) -> None:
@@ -277,9 +311,10 @@ def _cross_check(b: StoreBody, raw: dict, where: str) -> None:
         own = [s.file for s in b.segments] + [s.deletes for s in b.segments if s.deletes]
         if len(set(own)) != len(own):
             raise StoreCorrupted(f"{where}: two segments name the same codes or deletion file")
-    for name in files + ([b.codec_file] if b.codec_file else []):
+    model = [b.calibration.file] if b.calibration else []
+    for name in files + ([b.codec_file] if b.codec_file else []) + model:
         serial = int(DATA_FILE_RE.fullmatch(name).group(2))
-        if name.startswith(("seg-", "dense-", "del-")) and serial >= b.next_serial:
+        if name.startswith(("seg-", "dense-", "del-", "model-")) and serial >= b.next_serial:
             raise StoreCorrupted(f"{where}: file {name} has serial {serial}, but next_serial is {b.next_serial}; "
                                  f"expected every serial below it")
     if serials and max(serials) >= b.next_serial:
@@ -299,12 +334,14 @@ def _cross_check(b: StoreBody, raw: dict, where: str) -> None:
 
 
 def body_files(b: StoreBody) -> set[str]:
-    """Every data file a version names (codec, codes, dense, deletion files)."""
+    """Every data file a version names (codec, codes, dense, deletion and model files)."""
     out = {s.file for s in b.segments}
     out |= {d.file for s in b.segments for d in s.dense}
     out |= {s.deletes for s in b.segments if s.deletes}
     if b.codec_file:
         out.add(b.codec_file)
+    if b.calibration:
+        out.add(b.calibration.file)
     if b.legacy_deletes:
         out.add(b.legacy_deletes)
     return out

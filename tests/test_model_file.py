@@ -1,0 +1,305 @@
+"""The error model of ``rerank="auto"`` committed to the store (``Store.calibrate``, body
+record ``calibration``, a ``"model"`` segment; formats/FORMAT.md "Error model file"): read
+back instead of measured, the same answers, a sample's model kept and a pseudo-query one
+dropped when the rows change past `STALE_FACTOR`, hostile files refused with a typed error,
+a failed write committing nothing, and the CLI's build / calibrate / info."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import vecz.engine.store as store_mod
+from vecz.engine import Store, check_store
+from vecz.engine.bounds import MIN_PAIRS, ErrorModel
+from vecz.engine.cli import main
+from vecz.engine.errors import InvalidInput, ReadOnlyStore, StorageError, StoreCorrupted
+from vecz.formats.errors import FormatError
+from vecz.formats import manifest as mf
+from vecz.formats import segment as sg
+from vecz.formats.body import parse_body
+
+DIM = 24
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    """Clusters around a common offset: the rows' mean has a direction, so a cosine model
+    carries its covariate (direction, shift, spread, u range)."""
+    centres = np.random.default_rng([7, DIM]).normal(size=(16, DIM)) + 3.0
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, 16, n)] + rng.normal(size=(n, DIM))).astype(np.float32)
+
+
+def _no_measuring(monkeypatch) -> list:
+    """Make measuring a model fail loudly; returns the list of calls seen."""
+    calls: list = []
+
+    def measured(*args, **kwargs):
+        calls.append(kwargs)
+        raise AssertionError("the error model was measured instead of read")
+
+    monkeypatch.setattr(store_mod, "calibrate", measured)
+    return calls
+
+
+def _same(a: ErrorModel, b: ErrorModel) -> None:
+    assert np.array_equal(a.z, b.z) and a.per_row == b.per_row
+    assert (a.ranks is None) == (b.ranks is None)
+    if a.ranks is not None:
+        assert np.array_equal(a.ranks, b.ranks)
+    assert (a.direction is None) == (b.direction is None)
+    if a.direction is not None:
+        assert np.array_equal(a.direction, b.direction)
+        assert (a.shift, a.spread, a.u_range) == (b.shift, b.spread, b.u_range)
+
+
+def _store(tmp_path, n=3000, codec="PQ6x8", **kw) -> tuple:
+    path = tmp_path / "s"
+    x = _rows(n, 1)
+    s = Store.create(path, dim=DIM, metric="cosine", codec=codec, dense="f16", **kw)
+    s.add(x)
+    return path, s, x
+
+
+def test_a_committed_model_is_read_back_not_measured(tmp_path, monkeypatch):
+    path, s, x = _store(tmp_path)
+    with s:
+        before = s.version
+        model = s.calibrate()
+        assert model is not None and model.direction is not None and model.ranks is not None
+        assert s.version == before + 1  # a commit of its own
+        rec = s.calibration
+        assert rec["source"] == "rows" and rec["rows"] == len(x) and rec["nprobe"] == 1
+        assert (path / rec["file"]).is_file()
+        want = s.search(x[:40], 10, rerank="auto")
+    assert check_store(path) == []
+    calls = _no_measuring(monkeypatch)
+    with Store.open(path) as r:
+        got_model = r.error_model()
+        _same(got_model, model)
+        assert r.error_model() is got_model  # read once
+        got = r.search(x[:40], 10, rerank="auto")
+        assert r.info()["calibration"] == rec
+    assert calls == []
+    assert np.array_equal(got.ids, want.ids) and np.array_equal(got.scores, want.scores)
+    assert got.stats.rows_read == want.stats.rows_read
+
+
+def test_later_commits_carry_the_model_and_gc_keeps_it(tmp_path, monkeypatch):
+    path, s, x = _store(tmp_path, retain=2)
+    with s:
+        s.calibrate()
+        first = s.calibration["file"]
+        s.add(_rows(200, 2))
+        s.delete(np.arange(10))
+        s.compact()
+        assert s.calibration["file"] == first  # adds, deletes and merges keep the record
+        assert (path / first).is_file()
+        s.calibrate()  # a new model replaces it: the old file goes with the last version naming it
+        second = s.calibration["file"]
+        assert second != first
+        s.add(_rows(50, 3))
+        s.add(_rows(50, 4))
+    assert not (path / first).exists() and (path / second).is_file()
+    assert check_store(path) == []
+    _no_measuring(monkeypatch)
+    with Store.open(path) as r:
+        assert r.error_model() is not None
+
+
+def test_a_reader_measures_in_ram_and_cannot_commit(tmp_path):
+    path, s, x = _store(tmp_path)
+    s.close()
+    with Store.open(path) as r:
+        version = r.version
+        assert r.calibration is None
+        model = r.calibrate(x[:300])
+        assert model is r.error_model() and r.version == version and r.calibration is None
+        with pytest.raises(ReadOnlyStore):
+            r.calibrate(commit=True)
+    assert not [n for n in os.listdir(path) if n.startswith("model-")]
+    with Store.open(path, mode="a") as w:
+        w.calibrate(x[:300], commit=False)  # a writer may keep it in RAM too
+        assert w.calibration is None and w.version == version
+
+
+def test_a_sample_model_stays_a_pseudo_query_model_goes_stale(tmp_path, monkeypatch):
+    path, s, x = _store(tmp_path, n=1000)
+    with s:
+        s.calibrate()
+        s.add(_rows(1500, 5))  # 2,500 rows: more than STALE_FACTOR = 2 times the 1,000 measured on
+    assert store_mod.STALE_FACTOR == 2.0
+    with Store.open(path) as r:
+        assert r._committed_model() is None
+        fresh = r.error_model()  # measured again, in RAM
+        assert fresh is not None and r.calibration["rows"] == 1000
+    with Store.open(path, mode="a") as w:
+        sample = _rows(300, 6) * 1.2
+        model = w.calibrate(sample)
+        assert w.calibration["source"] == "queries" and w.calibration["rows"] == 2500
+        assert model.direction is None  # a sample stands for itself: no covariate
+        w.add(_rows(6000, 7))  # 8,500 rows: a sample's model is kept
+    calls = _no_measuring(monkeypatch)
+    with Store.open(path) as r:
+        _same(r.error_model(), model)
+    assert calls == []
+
+
+def test_calibrate_checks_its_input(tmp_path):
+    path, s, x = _store(tmp_path)
+    with s:
+        version = s.version
+        with pytest.raises(InvalidInput, match="0 queries"):
+            s.calibrate(x[:0])
+        with pytest.raises(InvalidInput, match="nprobe"):
+            s.calibrate(nprobe=0)
+        assert s.version == version and s.calibration is None
+    empty = Store.create(tmp_path / "e", dim=DIM, metric="cosine", codec="PQ6x8", dense="f16")
+    with empty, pytest.raises(InvalidInput, match="trained"):
+        empty.calibrate()
+
+
+def test_a_failed_model_write_commits_nothing(tmp_path, monkeypatch):
+    path, s, x = _store(tmp_path)
+    real = sg.write_segment
+
+    def full(p, kind, *args, **kwargs):
+        if kind == "model":
+            real(p, kind, *args, **kwargs)  # the file exists, then the disk refuses
+            raise OSError(28, "No space left on device")
+        return real(p, kind, *args, **kwargs)
+
+    with s:
+        version = s.version
+        monkeypatch.setattr(sg, "write_segment", full)
+        with pytest.raises(StorageError):
+            s.calibrate()
+        monkeypatch.setattr(sg, "write_segment", real)
+        assert s.version == version and s.calibration is None
+    assert mf.list_versions(path)[-1] == version
+    assert not [n for n in os.listdir(path) if n.startswith("model-")]
+    assert check_store(path) == []
+
+
+def _rewrite_model(path, arrays: dict, meta: dict) -> None:
+    """Replace the committed model file with a valid segment holding these sections."""
+    with Store.open(path) as r:
+        name = r.calibration["file"]
+    os.unlink(path / name)
+    sg.write_segment(path / name, "model", arrays, meta=meta)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("unsorted", "ascending"),
+    ("nan", "finite"),
+    ("few", "n >= "),
+    ("ranks", "ranks"),
+    ("direction", "unit direction"),
+    ("line", "shift"),
+    ("per_row", "per_row"),
+    ("kind", "expected a .model. segment"),
+    ("missing", "model-"),
+])
+def test_a_hostile_model_file_is_refused_with_a_typed_error(tmp_path, damage, match):
+    path, s, x = _store(tmp_path)
+    with s:
+        model = s.calibrate()
+    arrays, meta = model.to_arrays()
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    if damage == "unsorted":
+        arrays["z"] = arrays["z"][::-1].copy()
+    elif damage == "nan":
+        arrays["z"][-1] = np.nan
+    elif damage == "few":
+        arrays = {"z": arrays["z"][:MIN_PAIRS - 1]}
+    elif damage == "ranks":
+        arrays["ranks"] = arrays["ranks"][:-1].copy()
+    elif damage == "direction":
+        arrays["direction"] = np.concatenate([arrays["direction"], [0.0]])
+    elif damage == "line":
+        meta["shift"] = ["0.1", 0.0]
+    elif damage == "per_row":
+        meta["per_row"] = 1
+    if damage == "kind":
+        with Store.open(path) as r:
+            name = r.calibration["file"]
+        os.unlink(path / name)
+        sg.write_segment(path / name, "codes", arrays, meta=meta)
+    elif damage == "missing":
+        with Store.open(path) as r:
+            os.unlink(path / r.calibration["file"])
+    else:
+        _rewrite_model(path, arrays, meta)
+    with Store.open(path) as r:
+        plain = r.search(x[:5], 10, rerank=20)  # searches that do not bound still work
+        assert plain.ids.shape == (5, 10)
+        with pytest.raises(FormatError, match=match):  # StoreCorrupted, or the wrong kind of segment
+            r.search(x[:5], 10, rerank="auto")
+    assert check_store(path), "check_store must report the damaged model"
+
+
+def test_a_hostile_calibration_record_is_refused(tmp_path):
+    path, s, x = _store(tmp_path)
+    with s:
+        s.calibrate()
+    raw = mf.read_manifest(path)
+    where = "test"
+    for bad in ({"file": "seg-000000000001.vzs"}, {"file": "../model-000000000001.vzs"}, {"source": "users"},
+                {"rows": -1}, {"nprobe": 0}, {"rows": True}, {"file": "model-999999999999.vzs"}):
+        body = dict(raw)
+        body["calibration"] = {**raw["calibration"], **bad}
+        with pytest.raises(StoreCorrupted):
+            parse_body(body, where)
+    assert parse_body(raw, where).calibration.to_json() == raw["calibration"]
+
+
+def test_model_arrays_round_trip():
+    rng = np.random.default_rng(0)
+    z = np.sort(rng.normal(size=500))
+    plain = ErrorModel(z, False)
+    _same(ErrorModel.from_arrays(*plain.to_arrays(), dim=8), plain)
+    d = rng.normal(size=8)
+    full = ErrorModel(z, True, rng.integers(0, 64, 500), d / np.linalg.norm(d), (0.1, -0.2), (1.0, 0.3), (-0.2, 0.6))
+    back = ErrorModel.from_arrays(*full.to_arrays(), dim=8)
+    _same(back, full)
+    q = rng.normal(size=(3, 8)).astype(np.float32)
+    for a, b in zip(back.query_intervals(0.99, 30, q), full.query_intervals(0.99, 30, q)):
+        assert np.array_equal(a, b)
+    with pytest.raises(InvalidInput, match="unit direction"):
+        ErrorModel.from_arrays(*full.to_arrays(), dim=9)
+
+
+def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
+    x = _rows(3000, 11)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "q.npy", _rows(300, 12) * 1.3)
+    store = str(tmp_path / "s")
+    assert main(["build", str(tmp_path / "x.npy"), store, "--codec", "PQ6x8", "--dense", "f16"]) == 0
+    err = capsys.readouterr().err
+    assert "error model of --rerank auto measured on the rows of the store (16,384 pairs" in err
+    with Store.open(store) as r:
+        assert r.calibration["source"] == "rows" and r.calibration["rows"] == 3000
+        built = r.version
+    assert main(["build", str(tmp_path / "x.npy"), store, "--append"]) == 0  # nothing added: no new model
+    with Store.open(store) as r:
+        assert r.version == built
+    assert main(["calibrate", store, "--sample", str(tmp_path / "q.npy")]) == 0
+    assert "measured on the 300 sample queries (19,200 pairs" in capsys.readouterr().err
+    assert main(["info", store]) == 0
+    out = capsys.readouterr().out
+    assert "auto model" in out and "on sample queries (3,000 live rows then, nprobe 1)" in out
+    assert main(["check", store]) == 0
+    bare = str(tmp_path / "b")
+    assert main(["build", str(tmp_path / "x.npy"), bare, "--codec", "PQ6x8", "--no-calibrate"]) == 0
+    with Store.open(bare) as r:
+        assert r.calibration is None
+    assert main(["info", bare]) == 0
+    assert "none committed" in capsys.readouterr().out
+    none = str(tmp_path / "n")
+    assert main(["build", str(tmp_path / "x.npy"), none, "--codec", "PQ6x8", "--dense", "none"]) == 0
+    with Store.open(none) as r:
+        assert r.calibration is None
+    assert main(["calibrate", none]) == 2
+    assert "needs a dense tier" in capsys.readouterr().err
