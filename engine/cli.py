@@ -1,6 +1,6 @@
 """`vecz` command line (DESIGN.md's CLI): argument parsing and terminal output.
 
-    vecz build SRC STORE --codec SPEC [--metric cosine] [--dense f32|f16|none] [--no-calibrate]
+    vecz build SRC STORE --codec SPEC [--metric cosine] [--dense f32|f16|none] [--no-calibrate] [--ray]
     vecz calibrate STORE [--sample SAMPLE] [--nprobe N]
     vecz search STORE QUERIES -k 10 [--nprobe N] [--rerank R|auto[:R]] [--confidence C] [--calibrate SAMPLE]
                 [--out FILE]
@@ -390,6 +390,12 @@ def _ray_build(args: argparse.Namespace) -> int:
           f"{report.segments} segment(s), codec {report.spec}; {report.seconds:.1f} s "
           f"({report.rows_per_second:,.0f} vectors/s; train {report.train_seconds:.1f} s, encode "
           f"{report.encode_seconds:.1f} s, commit {report.commit_seconds:.2f} s)")
+    if args.calibrate and report.rows:
+        from .store import Store
+
+        with Store.open(path, mode="a") as store:
+            if store.dense != "none" and len(store):
+                _commit_model(store, None, None, "rows of the store")
     return 0
 
 

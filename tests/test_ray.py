@@ -392,10 +392,13 @@ def test_cli_build_and_search_with_ray(tmp_path, capsys):
     np.save(tmp_path / "q.npy", x[:5] + 0.01)
     assert main(["build", str(tmp_path / "x.npy"), str(tmp_path / "s"), "--codec", "RB2", "--batch-rows", "300",
                  "--ray"]) == 0
-    out = capsys.readouterr().out
-    assert "900 vectors of dim 12 committed as version 3 in" in out, out
+    captured = capsys.readouterr()
+    assert "900 vectors of dim 12 committed as version 3 in" in captured.out, captured.out
+    assert "error model of --rerank auto measured on the rows of the store" in captured.err, captured.err
     with Store.open(tmp_path / "s") as store:
         assert max(store.info()["segment_rows"]) <= 300 and store.spec == "RB2"
+        # the build commits auto's error model after its rows, as a one-process build does
+        assert store.version == 4 and store.calibration["source"] == "rows" and store.calibration["rows"] == 900
     assert main(["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--out", str(tmp_path / "r.npy"),
                  "--ray", "--shards", "2"]) == 0
     with Store.open(tmp_path / "s") as store:
