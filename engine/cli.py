@@ -395,7 +395,7 @@ def _ray_build(args: argparse.Namespace) -> int:
 
         with Store.open(path, mode="a") as store:
             if store.dense != "none" and len(store):
-                _commit_model(store, None, None, "rows of the store")
+                _measure_model(store, None, None)
     return 0
 
 
@@ -446,7 +446,7 @@ def _build(args: argparse.Namespace) -> int:
                 raise
             if args.calibrate and store.dense != "none" and store.codec.is_trained and len(store) and (
                     committed["rows"] > start_rows or store.calibration is None):
-                _commit_model(store, None, None, "rows of the store")
+                _measure_model(store, None, None)
             info = store.info()
     elapsed = time.perf_counter() - started
     print(f"{args.store}: {info['live']} vectors of dim {info['dim']}, codec {info['spec']} "
@@ -456,57 +456,43 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(store: Any, args: argparse.Namespace) -> None:
-    """`vecz search --calibrate SAMPLE`: the store's auto error model from SAMPLE's first
-    `CALIBRATE_ROWS` queries (`Store.calibrate`), said on stderr."""
+def _sample_queries(path: str, column: str | None, option: str) -> np.ndarray:
+    """The first `CALIBRATE_ROWS` queries of a sample file (`--calibrate`, `--sample`)."""
     from ..formats.importers import open_vectors
 
     # --column names the vector column of Parquet/Arrow files (a .npy or .fvecs sample has none)
-    column = None if Path(args.calibrate).suffix.lower() in (".npy", ".fvecs") else args.column
-    with open_vectors(args.calibrate, column=column) as sample:
+    column = None if Path(path).suffix.lower() in (".npy", ".fvecs") else column
+    with open_vectors(path, column=column) as sample:
         batch = next(iter(sample.batches(CALIBRATE_ROWS)), None)
     if batch is None or len(batch[0]) == 0:
-        raise InvalidInput(f"--calibrate {args.calibrate}: expected at least one query, found none")
-    started = time.perf_counter()
-    model = store.calibrate(batch[0], nprobe=args.nprobe)
-    if model is None:
-        print(f"calibrated on {len(batch[0]):,} sample queries: too few pairs for a model; auto reads its whole "
-              "shortlist", file=sys.stderr)
-    else:
-        print(f"calibrated on {len(batch[0]):,} sample queries ({model.pairs:,} pairs) in "
-              f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
+        raise InvalidInput(f"{option} {path}: expected at least one query, found none")
+    return batch[0]
 
 
-def _commit_model(store: Any, queries: Any, nprobe: int | None, what: str) -> None:
-    """`Store.calibrate` on a writer (which commits the model), said on stderr."""
+def _measure_model(store: Any, queries: Any, nprobe: int | None) -> None:
+    """`Store.calibrate` on `queries` (None: pseudo-queries from the rows), said on stderr;
+    a store open for writing commits the model."""
+    what = "pseudo-queries from the rows" if queries is None else f"{len(queries):,} sample queries"
     started = time.perf_counter()
     model = store.calibrate(queries, nprobe=nprobe)
     if model is None:
-        print(f"{store.path}: too few pairs on the {what} for an error model; --rerank auto reads its whole "
+        print(f"{store.path}: calibrated on {what}: too few pairs for a model; --rerank auto reads its whole "
               "shortlist", file=sys.stderr)
-    else:
-        print(f"{store.path}: error model of --rerank auto measured on the {what} ({model.pairs:,} pairs, "
-              f"{time.perf_counter() - started:.2f} s), committed in version {store.version}", file=sys.stderr)
+        return
+    kept = f", committed in version {store.version}" if store.mode == "a" else ""
+    print(f"{store.path}: calibrated on {what} ({model.pairs:,} pairs) in {time.perf_counter() - started:.2f} s"
+          f"{kept}", file=sys.stderr)
 
 
 def _calibrate_store(args: argparse.Namespace) -> int:
-    from ..formats.importers import open_vectors
-
     from .store import Store
 
-    queries, what = None, "rows of the store"
-    if args.sample is not None:
-        column = None if Path(args.sample).suffix.lower() in (".npy", ".fvecs") else args.column
-        with open_vectors(args.sample, column=column) as sample:
-            batch = next(iter(sample.batches(CALIBRATE_ROWS)), None)
-        if batch is None or len(batch[0]) == 0:
-            raise InvalidInput(f"--sample {args.sample}: expected at least one query, found none")
-        queries, what = batch[0], f"{len(batch[0]):,} sample queries"
+    queries = None if args.sample is None else _sample_queries(args.sample, args.column, "--sample")
     with Store.open(args.store, mode="a") as store:
         if store.dense == "none":
             raise InvalidInput(f"{args.store}: calibrate needs a dense tier (--rerank auto re-scores from it); "
                                "this store was built with --dense none")
-        _commit_model(store, queries, args.nprobe, what)
+        _measure_model(store, queries, args.nprobe)
     return 0
 
 
@@ -538,7 +524,7 @@ def _search(args: argparse.Namespace) -> int:
         options = {"confidence": args.confidence}
     with searcher as store, open_vectors(args.queries, column=args.column) as source:
         if args.calibrate is not None:
-            _calibrate(store, args)
+            _measure_model(store, _sample_queries(args.calibrate, args.column, "--calibrate"), args.nprobe)
         with _progress(source.n, "search") as bar:
             for queries, _ in source.batches(args.batch_rows):
                 res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank, **options)

@@ -278,7 +278,7 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
     store = str(tmp_path / "s")
     assert main(["build", str(tmp_path / "x.npy"), store, "--codec", "PQ6x8", "--dense", "f16"]) == 0
     err = capsys.readouterr().err
-    assert "error model of --rerank auto measured on the rows of the store (16,384 pairs" in err
+    assert "calibrated on pseudo-queries from the rows (16,384 pairs" in err
     with Store.open(store) as r:
         assert r.calibration["source"] == "rows" and r.calibration["rows"] == 3000
         built = r.version
@@ -286,7 +286,7 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
     with Store.open(store) as r:
         assert r.version == built
     assert main(["calibrate", store, "--sample", str(tmp_path / "q.npy")]) == 0
-    assert "measured on the 300 sample queries (19,200 pairs" in capsys.readouterr().err
+    assert "calibrated on 300 sample queries (19,200 pairs" in capsys.readouterr().err
     assert main(["info", store]) == 0
     out = capsys.readouterr().out
     assert "auto model" in out and "on sample queries (3,000 live rows then, nprobe 1)" in out

@@ -394,7 +394,7 @@ def test_cli_build_and_search_with_ray(tmp_path, capsys):
                  "--ray"]) == 0
     captured = capsys.readouterr()
     assert "900 vectors of dim 12 committed as version 3 in" in captured.out, captured.out
-    assert "error model of --rerank auto measured on the rows of the store" in captured.err, captured.err
+    assert "calibrated on pseudo-queries from the rows" in captured.err, captured.err
     with Store.open(tmp_path / "s") as store:
         assert max(store.info()["segment_rows"]) <= 300 and store.spec == "RB2"
         # the build commits auto's error model after its rows, as a one-process build does
