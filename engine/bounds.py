@@ -76,6 +76,9 @@ MIN_SPREAD = 0.25
 MIN_U_RANGE = 1e-3
 # Fewer calibration pairs than this give no model: auto then reads its whole shortlist.
 MIN_PAIRS = 200
+# A committed model's values (z in units of a row's error scale, its lines' coefficients)
+# beyond this are refused as damage (`ErrorModel.from_arrays`): measured ones are below 100.
+MAX_MODEL_VALUE = 1e6
 
 
 def auto_cap(k: int) -> int:
@@ -187,6 +190,9 @@ class ErrorModel:
                                f"{getattr(z, 'dtype', None)} {getattr(z, 'shape', None)}")
         if not np.isfinite(z).all() or (np.diff(z) < 0).any():
             raise InvalidInput("error model: expected z finite and ascending, found otherwise")
+        if max(-z[0], z[-1]) > MAX_MODEL_VALUE:
+            raise InvalidInput(f"error model: expected |z| <= {MAX_MODEL_VALUE:g} (errors in units of the row's "
+                               f"error scale), found {max(-z[0], z[-1]):.3g}")
         ranks = arrays.get("ranks")
         if ranks is not None and (ranks.dtype != np.int64 or ranks.shape != z.shape or
                                   (ranks.size and (ranks.min() < 0 or ranks.max() >= 1 << 31))):
@@ -205,12 +211,13 @@ class ErrorModel:
         lines = []
         for key in ("shift", "spread", "u_range"):
             pair = meta.get(key)
-            if not (isinstance(pair, list) and len(pair) == 2 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in pair)):
-                raise InvalidInput(f"error model: expected {key} as two finite numbers, found {pair!r:.80}")
-            lines.append((float(pair[0]), float(pair[1])))
-        if lines[2][0] > lines[2][1]:
-            raise InvalidInput(f"error model: expected u_range ascending, found {lines[2]}")
+            values = [_plain_number(v) for v in pair] if isinstance(pair, list) and len(pair) == 2 else []
+            if len(values) != 2 or None in values or max(abs(v) for v in values) > MAX_MODEL_VALUE:
+                raise InvalidInput(f"error model: expected {key} as two numbers of at most {MAX_MODEL_VALUE:g} in "
+                                   f"magnitude, found {pair!r:.80}")
+            lines.append((values[0], values[1]))
+        if not -1.0 - 1e-6 <= lines[2][0] <= lines[2][1] <= 1.0 + 1e-6:  # float32 cosines may pass 1 by a bit
+            raise InvalidInput(f"error model: expected u_range [min, max] of cosines within [-1, 1], found {lines[2]}")
         return cls(z, per_row, ranks, direction, *lines)
 
     def locations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,6 +291,18 @@ class ErrorModel:
         return [(2 ** (f + 1) - 2, end if g == len(groups) - 1 else 2 ** (last + 2) - 2,
                  _quantiles(self.z[(band_of >= f) & (band_of <= last)], confidence))
                 for g, (f, last) in enumerate(groups)]
+
+
+def _plain_number(v: object) -> float | None:
+    """float(v) for a JSON number that is one (not a bool, finite, int within float range),
+    else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if np.isfinite(f) else None
 
 
 def _line(u: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -394,8 +394,7 @@ def _ray_build(args: argparse.Namespace) -> int:
         from .store import Store
 
         with Store.open(path, mode="a") as store:
-            if store.dense != "none" and len(store):
-                _measure_model(store, None, None)
+            _model_after_build(store, True)
     return 0
 
 
@@ -444,9 +443,8 @@ def _build(args: argparse.Namespace) -> int:
                 print(f"{args.store}: {committed['rows']:,} of {source.n:,} rows of {args.src} are committed (version "
                       f"{committed['version']}); run the same command again to resume after them", file=sys.stderr)
                 raise
-            if args.calibrate and store.dense != "none" and store.codec.is_trained and len(store) and (
-                    committed["rows"] > start_rows or store.calibration is None):
-                _measure_model(store, None, None)
+            if args.calibrate:
+                _model_after_build(store, committed["rows"] > start_rows)
             info = store.info()
     elapsed = time.perf_counter() - started
     print(f"{args.store}: {info['live']} vectors of dim {info['dim']}, codec {info['spec']} "
@@ -482,6 +480,22 @@ def _measure_model(store: Any, queries: Any, nprobe: int | None) -> None:
     kept = f", committed in version {store.version}" if store.mode == "a" else ""
     print(f"{store.path}: calibrated on {what} ({model.pairs:,} pairs) in {time.perf_counter() - started:.2f} s"
           f"{kept}", file=sys.stderr)
+
+
+def _model_after_build(store: Any, added: bool) -> None:
+    """A build's error model: measured on pseudo-queries and committed when the store has
+    none, or one measured so and rows were added; a model from sample queries is kept (it
+    stands for the user's queries; `vecz calibrate` replaces it)."""
+    if store.dense == "none" or not store.codec.is_trained or not len(store):
+        return
+    record = store.calibration
+    if record is not None and record["source"] == "queries":
+        if added:
+            print(f"{store.path}: kept the error model measured on sample queries ({record['file']}); "
+                  "`vecz calibrate --sample` measures it again", file=sys.stderr)
+        return
+    if record is None or added:
+        _measure_model(store, None, None)
 
 
 def _calibrate_store(args: argparse.Namespace) -> int:

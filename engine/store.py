@@ -49,6 +49,7 @@ from .codecs import METRICS, Codec, SearchResult, _as_vectors
 from .commit import WriterLock, collect_garbage, storage_errors
 from .errors import (
     CodecSpecError,
+    FormatError,
     IdNotFound,
     InvalidInput,
     ReadOnlyStore,
@@ -114,8 +115,14 @@ class Store:
         # a writer from its first search on (until then layouts wait for a scan, so a
         # build or import never holds them; engine/segments.py).
         self._build_layouts = mode == "r"
-        # (codec, committed model file or None, model) of `error_model`
-        self._error_model: tuple[Codec, str | None, ErrorModel | None] | None = None
+        # `error_model`'s (codec, `_model_key()`, model, pinned): pinned for a model this
+        # object measured on sample queries without committing it (kept while the codec is)
+        self._error_model: tuple[Codec, tuple | None, ErrorModel | None, bool] | None = None
+        # the committed model of the loaded version, read with it (its file, the model, or
+        # the error reading it raised, re-raised where the model is needed)
+        self._model_file: str | None = None
+        self._model: ErrorModel | None = None
+        self._model_error: VeczError | None = None
         # A shard (engine/ray.py) loads only these segments (by serial); None: every segment.
         self._only: frozenset[int] | None = None
 
@@ -299,6 +306,7 @@ class Store:
         except (CodecSpecError, InvalidInput) as exc:
             raise StoreCorrupted(f"{where}: codec record does not load: {exc}") from None
         reuse = codec is self.codec
+        model_state = self._load_model(body, reuse)
         legacy = writes.read_legacy_deletes(self.path, body) if body.legacy_deletes else {}
         known = {s.serial: s for s in self._segments} if reuse else {}
         pool = None if body.dense == "none" else self._pool
@@ -339,8 +347,30 @@ class Store:
         self.codec = codec
         self._body = body
         self._segments = segments
+        self._model_file, self._model, self._model_error = model_state
         if pool is not None:
             self._pool.keep_only({d.file for s in segments for d in s.rec.dense})
+
+    def _load_model(self, body: StoreBody, same_codec: bool) -> tuple:
+        """(file, model, error) of the version's committed model, read now like every
+        other file of the version, so that a reader keeps it when a writer prunes the
+        version later; the one already loaded when the file and codec are the same. A file
+        that does not read or check is remembered and re-raised where the model is needed
+        (`error_model`, `check_store`), so that the store still opens for other searches
+        and for `calibrate` to replace it; but while a newer version exists the error is
+        raised (a writer may have pruned this version: `_open_version` retries)."""
+        record = body.calibration
+        if record is None:
+            return None, None, None
+        if same_codec and record.file == self._model_file:
+            return self._model_file, self._model, self._model_error
+        try:
+            return record.file, self._read_model(record.file, body.dim), None
+        except FormatError as exc:
+            newest = mf.list_versions(self.path)
+            if isinstance(exc, StoreCorrupted) and newest and newest[-1] != body.version:
+                raise
+            return record.file, None, exc
 
     # ------------------------------------------------------------------ properties
 
@@ -561,58 +591,52 @@ class Store:
     def error_model(self) -> ErrorModel | None:
         """The error model `rerank="auto"` bounds code scores with (engine/bounds.py).
 
-        The one the store committed (`calibrate`) when it has one, read from its file once;
-        a model measured on pseudo-queries is not used once the live rows have grown or
-        shrunk past `STALE_FACTOR` times those it was measured on (one from sample queries
+        The one the store committed (`calibrate`), read with the version; a model measured
+        on pseudo-queries is not used while the live rows are beyond `STALE_FACTOR` times
+        (or below 1 / STALE_FACTOR of) those it was measured on (one from sample queries
         is used whatever the rows). Otherwise measured on first use, in RAM only, on
         pseudo-queries made from this store's rows (each a row less a random share of the
         rows' mean, so that queries less aligned with the corpus than its rows are
         covered); about 19,000 rows read, 0.04-0.6 s on 100,000 rows and 24 s on a cold
-        10M store. Kept while the codec and the committed model stay the same (None: too
-        few rows to measure; auto then reads its whole shortlist)."""
+        10M store. Kept while the codec, the committed model and whether it applies stay
+        the same; a model this object measured on sample queries (`calibrate` without
+        committing) while the codec does (None: too few rows to measure; auto then reads
+        its whole shortlist). Raises the error that reading the committed model's file
+        raised (`StoreCorrupted` and the like) when that model applies."""
         self._check_open("error_model")
-        record = self._body.calibration if self._body is not None else None
-        key = None if record is None else record.file
+        key = self._model_key()
         cached = self._error_model
-        if cached is not None and cached[0] is self.codec and cached[1] == key:
+        if cached is not None and cached[0] is self.codec and (cached[3] or cached[1] == key):
             return cached[2]
-        model = self._committed_model()
-        if model is not None:
-            self._error_model = (self.codec, key, model)
-            return model
-        return self._measure_error_model(nprobe=max(1, self.codec.nlist // 8))
+        model = None
+        if key is not None and key[1]:
+            if self._model_error is not None:
+                raise self._model_error
+            if self._model is not None and self._model.per_row == per_row_scales(self._segments):
+                model = self._model
+        if model is None:
+            self._build_layouts = True
+            model = calibrate(self.codec, self.metric, self._segments, nprobe=max(1, self.codec.nlist // 8))
+        self._error_model = (self.codec, key, model, False)
+        return model
 
-    def _committed_model(self) -> ErrorModel | None:
-        """The committed model (`calibrate`), or None: none committed, measured on
-        pseudo-queries at a row count too far from today's, or for other row error scales
-        than the segments now have (`StoreCorrupted` when its file does not read or
-        check)."""
+    def _model_key(self) -> tuple | None:
+        """(committed model file, whether it applies to the live rows now), or None."""
         record = self._body.calibration if self._body is not None else None
-        if record is None or not self.codec.is_trained:
+        if record is None:
             return None
         live = self._body.live
-        if record.source == "rows" and not record.rows / STALE_FACTOR <= live <= record.rows * STALE_FACTOR:
-            return None
-        model = self._read_model(record.file)
-        return model if model.per_row == per_row_scales(self._segments) else None
+        fresh = record.rows / STALE_FACTOR <= live <= record.rows * STALE_FACTOR
+        return record.file, record.source == "queries" or fresh
 
-    def _read_model(self, name: str) -> ErrorModel:
+    def _read_model(self, name: str, dim: int) -> ErrorModel:
         """The error model in file `name`, checked (`StoreCorrupted` when it is not one)."""
         path = self.path / name
         arrays, meta = sg.read_segment(path, kind="model")
         try:
-            return ErrorModel.from_arrays(arrays, meta, self.dim)
+            return ErrorModel.from_arrays(arrays, meta, dim)
         except InvalidInput as exc:
             raise StoreCorrupted(f"{path}: {exc}") from None
-
-    def _measure_error_model(self, **kw: Any) -> ErrorModel | None:
-        """`search.calibrate` over the segments (`kw`: its nprobe and queries), kept as the
-        model of this codec (and of the committed model it stands in for)."""
-        self._build_layouts = True
-        model = calibrate(self.codec, self.metric, self._segments, **kw)
-        record = self._body.calibration if self._body is not None else None
-        self._error_model = (self.codec, None if record is None else record.file, model)
-        return model
 
     def calibrate(self, queries: Any = None, *, nprobe: int | None = None,
                   commit: bool | None = None) -> ErrorModel | None:
@@ -645,8 +669,8 @@ class Store:
         Returns
         -------
         ErrorModel or None
-            The model now in use (None: too few pairs or no dense tier; auto then reads its
-            whole shortlist, and nothing is committed).
+            The model now in use; None when there were too few pairs (or no dense tier):
+            then nothing is committed and the model in use stays.
         """
         self._check_open("calibrate")
         lock = None
@@ -654,21 +678,23 @@ class Store:
             lock = self._require_writer("calibrate")
         if not self.codec.is_trained:
             raise InvalidInput("calibrate: expected a trained store, found no training")
-        if queries is None:
-            if nprobe is None:
-                nprobe = max(1, self.codec.nlist // 8)
-            _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
-            model, source = self._measure_error_model(nprobe=int(nprobe)), "rows"
-        else:
-            x = _as_vectors(queries, self.dim, "calibration queries")
+        x, source = None, "rows"
+        if queries is not None:
+            x, source = _as_vectors(queries, self.dim, "calibration queries"), "queries"
             self._check_norms(x, "calibration queries")
-            _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
-            if x.shape[0] == 0:
-                raise InvalidInput("calibrate: expected at least one query, found 0 queries")
-            model, source = self._measure_error_model(nprobe=int(nprobe), queries=x), "queries"
-        if lock is not None and model is not None:
-            writes.calibrate(self, lock, model, source, int(nprobe))
-            self._error_model = (self.codec, self._body.calibration.file, model)
+        elif nprobe is None:
+            nprobe = max(1, self.codec.nlist // 8)
+        _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
+        if x is not None and x.shape[0] == 0:
+            raise InvalidInput("calibrate: expected at least one query, found 0 queries")
+        self._build_layouts = True
+        model = calibrate(self.codec, self.metric, self._segments, nprobe=int(nprobe), queries=x)
+        if model is None:
+            return None  # nothing measured: the model in use stays
+        if lock is not None:
+            writes.calibrate(self, lock, model, source, int(nprobe))  # raises: nothing changed
+            self._model_file, self._model, self._model_error = self._body.calibration.file, model, None
+        self._error_model = (self.codec, self._model_key(), model, lock is None and x is not None)
         return model
 
     def get(self, ids: Any) -> np.ndarray:
@@ -777,8 +803,8 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
         try:
             with Store.open(path) as store:
                 problems += writes.check_dense_ids(store)
-                if store._body.calibration is not None:
-                    store._read_model(store._body.calibration.file)
+                if store._model_error is not None:
+                    problems.append(str(store._model_error))
                 ids = store.ids()
                 if ids.size and (np.diff(ids) == 0).any():
                     problems.append(f"{path}: live ids are not unique")

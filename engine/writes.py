@@ -133,7 +133,8 @@ def _with_codec(store: "Store", codec: Codec, body: StoreBody, files: list[str])
     with storage_errors("write the trained codec", store.path / name):
         sg.write_segment(store.path / name, "codec", codec.state(), meta=codec.to_config())
     files.append(name)
-    return replace(body, codec_config=codec.to_config(), codec_file=name)
+    # a model measured with another codec says nothing about this one
+    return replace(body, codec_config=codec.to_config(), codec_file=name, calibration=None)
 
 
 def _check_new_ids(store: "Store", ids: Any, n: int) -> np.ndarray:

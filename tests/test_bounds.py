@@ -302,7 +302,7 @@ def test_default_model_holds_for_queries_less_aligned_with_the_corpus_mean(tmp_p
         covers = {c: _coverage(s, q, c)[0] for c in (0.9, 0.99)}
         for c, cover in covers.items():
             assert cover >= c - 0.03, (c, cover)
-        s._error_model = (s.codec, None, _rows_only_model(s))
+        s._error_model = (s.codec, None, _rows_only_model(s), True)
         for c, cover in covers.items():
             assert _coverage(s, q, c)[0] < cover - 0.01, c  # what the rows alone promised
 
@@ -459,7 +459,7 @@ def test_auto_with_an_unbounded_model_equals_the_fixed_depth(tmp_path):
     q = _clustered(40, 32, seed=4)
     with Store.create(tmp_path / "s", dim=32, metric="l2", codec="IVF4,RB1", dense="f16") as s:
         s.add(x)
-        s._error_model = (s.codec, None, ErrorModel(np.array([-1e9, 1e9]), True))
+        s._error_model = (s.codec, None, ErrorModel(np.array([-1e9, 1e9]), True), True)
         for nq in (1, 40):  # the serial and the parallel kernels
             want = s.search(q[:nq], 10, rerank=60, nprobe=4)
             got = s.search(q[:nq], 10, rerank="auto:60", nprobe=4)
@@ -633,7 +633,7 @@ def test_default_model_holds_for_wordnet_gemma_queries(tmp_path):
         assert missed(auto) < 0.015 and auto.stats.rows_read_mean < 90, (missed(auto), auto.stats.rows_read_mean)
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(auto.ids, gt)])
         assert recall >= 0.97, recall
-        s._error_model = (s.codec, None, _rows_only_model(s))  # the rows alone: the shift this is about
+        s._error_model = (s.codec, None, _rows_only_model(s), True)  # the rows alone: the shift this is about
         assert _coverage(s, q[:300], 0.99)[0] < 0.95
         assert missed(s.search(q, 10, rerank="auto", confidence=0.99)) > 0.02
 

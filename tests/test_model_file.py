@@ -132,7 +132,7 @@ def test_a_sample_model_stays_a_pseudo_query_model_goes_stale(tmp_path, monkeypa
         s.add(_rows(1500, 5))  # 2,500 rows: more than STALE_FACTOR = 2 times the 1,000 measured on
     assert store_mod.STALE_FACTOR == 2.0
     with Store.open(path) as r:
-        assert r._committed_model() is None
+        assert r._model_key()[1] is False
         fresh = r.error_model()  # measured again, in RAM
         assert fresh is not None and r.calibration["rows"] == 1000
     with Store.open(path, mode="a") as w:
@@ -198,6 +198,9 @@ def _rewrite_model(path, arrays: dict, meta: dict) -> None:
     ("ranks", "ranks"),
     ("direction", "unit direction"),
     ("line", "shift"),
+    ("bigint", "shift"),
+    ("huge z", "z"),
+    ("u beyond a cosine", "u_range"),
     ("per_row", "per_row"),
     ("kind", "expected a .model. segment"),
     ("missing", "model-"),
@@ -220,6 +223,12 @@ def test_a_hostile_model_file_is_refused_with_a_typed_error(tmp_path, damage, ma
         arrays["direction"] = np.concatenate([arrays["direction"], [0.0]])
     elif damage == "line":
         meta["shift"] = ["0.1", 0.0]
+    elif damage == "bigint":
+        meta["shift"] = [2 ** 64, 0.0]  # a JSON integer no float holds: not a TypeError
+    elif damage == "huge z":
+        arrays["z"][-1] = 1e300
+    elif damage == "u beyond a cosine":
+        meta["u_range"] = [-3.0, 0.5]
     elif damage == "per_row":
         meta["per_row"] = 1
     if damage == "kind":
@@ -303,3 +312,89 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
         assert r.calibration is None
     assert main(["calibrate", none]) == 2
     assert "needs a dense tier" in capsys.readouterr().err
+
+
+def test_staleness_is_decided_at_every_use(tmp_path):
+    """A writer that grows its store past STALE_FACTOR stops using the committed
+    pseudo-query model, as a fresh open would; a reader after refresh() too; shrinking
+    back brings it back."""
+    path, s, x = _store(tmp_path, n=1000)
+    with s:
+        committed = s.calibrate()
+        assert s.error_model() is committed
+        with Store.open(path) as r:
+            assert r.error_model() is not None
+            grown = s.add(_rows(1500, 8))
+            assert s.error_model() is not committed  # 2,500 rows: measured again
+            r.refresh()
+            assert r._model_key()[1] is False
+            assert not np.array_equal(r.error_model().z, committed.z)  # measured on 2,500 rows
+        s.delete(grown)
+        assert s.error_model() is committed  # 1,000 live rows again: the committed model applies
+
+
+def test_a_reader_keeps_its_model_when_a_writer_replaces_it(tmp_path):
+    """The committed model is read with the version: a writer that calibrates again and
+    prunes the old version (retain 1) leaves the reader's auto searches working."""
+    path, s, x = _store(tmp_path, retain=1)
+    with s:
+        first = s.calibrate()
+        with Store.open(path) as r:
+            old_file = r.calibration["file"]
+            s.calibrate(x[:300])
+            s.add(_rows(10, 9))
+            assert not (path / old_file).exists()  # pruned with its version
+            _same(r.error_model(), first)
+            assert r.search(x[:5], 10, rerank="auto").ids.shape == (5, 10)
+            r.refresh()
+            assert r.calibration["source"] == "queries"
+            _same(r.error_model(), s.error_model())
+
+
+def test_what_a_failed_or_empty_calibration_leaves(tmp_path, monkeypatch):
+    path, s, x = _store(tmp_path)
+    with s:
+        committed = s.calibrate()
+        assert s.calibrate(x[:2]) is None  # 2 queries x 64 < MIN_PAIRS: nothing measured
+        assert s.error_model() is committed and s.calibration["source"] == "rows"
+
+        def refuse(*args, **kwargs):
+            raise StorageError("no space left on device")
+
+        monkeypatch.setattr("vecz.engine.writes.calibrate", refuse)
+        with pytest.raises(StorageError):
+            s.calibrate(x[:300])
+        assert s.error_model() is committed  # the uncommitted sample model is not used
+    with Store.open(path) as r:
+        assert r.calibrate(x[:300]) is r.error_model()  # a reader's own sample model
+        r.refresh()
+        assert r.error_model().direction is None  # kept (pinned) until the codec changes
+
+
+def test_a_retrained_codec_drops_the_model(tmp_path):
+    path, s, x = _store(tmp_path)
+    with s:
+        s.calibrate(x[:300])
+        s.delete(s.ids())
+        s.compact()
+        s.train(_rows(2000, 10))
+        assert s.calibration is None
+        s.add(_rows(1000, 11))
+        assert s.error_model() is not None and s.error_model().direction is not None  # pseudo-queries
+    assert check_store(path) == []
+
+
+def test_cli_build_append_keeps_a_sample_model(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", _rows(2000, 12))
+    np.save(tmp_path / "y.npy", _rows(500, 13))
+    np.save(tmp_path / "q.npy", _rows(300, 14))
+    store = str(tmp_path / "s")
+    assert main(["build", str(tmp_path / "x.npy"), store, "--codec", "PQ6x8", "--dense", "f16"]) == 0
+    assert main(["calibrate", store, "--sample", str(tmp_path / "q.npy")]) == 0
+    with Store.open(store) as r:
+        sample_file = r.calibration["file"]
+    capsys.readouterr()
+    assert main(["build", str(tmp_path / "y.npy"), store, "--append", "--id-column", "none"]) == 0
+    assert "kept the error model measured on sample queries" in capsys.readouterr().err
+    with Store.open(store) as r:
+        assert r.calibration["file"] == sample_file and r.calibration["source"] == "queries"
