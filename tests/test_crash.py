@@ -31,8 +31,8 @@ and a "done" line with the committed version and its digest after it. Two kinds 
 - hook kills, deterministic: the writer wraps ``os.fsync``, ``os.link`` and ``os.unlink``
   (its own process only; engine code is untouched) and, at the n-th call of one of them
   from a chosen operation on, reports the call on stdout and waits; the test then sends
-  SIGKILL. The targets walk every file-system step of a training add, an add, a delete and
-  a compaction: before each data file's fsync, the directory fsync, the temporary
+  SIGKILL. The targets walk every file-system step of a training add, an add, a delete, a
+  compaction and a calibration (the commit of auto's error model): before each data file's fsync, the directory fsync, the temporary
   manifest's fsync, the ``link`` that publishes, the temporary name's unlink, the final
   directory fsync, the removal of the files a compaction replaced, and after the call
   returned but before the journal line. Whether the ``link`` had happened decides the
@@ -83,6 +83,7 @@ DATA_NAME = re.compile(r"(seg|dense|del|codec)-[0-9]{12}\.(vzs|arrow)")    # FOR
 #   add:          fsync seg, dense, dir, tmp manifest; link; unlink tmp; fsync dir
 #   delete:       fsync del (one per segment touched), dir, tmp manifest; link; unlink tmp; fsync dir
 #   compact:      fsync seg (and dense when copied), dir, tmp manifest; link; unlink tmp; fsync dir
+#   calibrate:    fsync model, dir, tmp manifest; link; unlink tmp; fsync dir (auto's error model)
 # then garbage collection: unlink pruned manifests, fsync dir, unlink unnamed files; then
 # the merges due (each: fsync seg [, dense], dir, tmp manifest; link; unlink tmp; fsync dir;
 # garbage collection). "return" is the moment the call has returned, before the writer
@@ -99,6 +100,8 @@ TARGETS = (
     + [("add", "unlink", n) for n in (2, 3, 5)] + [("delete", "unlink", n) for n in (2, 4)]
     + [("add", "fsync", n) for n in (6, 7, 8, 9, 11)] + [("add", "link", 2), ("delete", "link", 2)] * 2
     + [("delete", "fsync", n) for n in (5, 6, 7)]
+    + [("calibrate", "fsync", n) for n in (1, 2, 3, 4)] + [("calibrate", "link", 1), ("calibrate", "unlink", 1),
+                                                            ("calibrate", "return", 1)]
 )
 # Targets past an add's own commit: their writer runs a compaction and two adds just before
 # the forced add (`_plan`), so the store holds three tier-0 segments and the add's fourth
@@ -178,12 +181,14 @@ def _plan(rng: np.random.Generator, forced: str | None, at: int, merge: bool = F
     """Operation kinds of one writer: random, with `forced` at index `at`, preceded by an add
     (before a delete) or an add and a delete (before a compact) so that it has work; with
     `merge` (an add, at >= 3) by a compaction and two adds, so that the add starts a merge
-    (`MERGE_TARGETS`)."""
+    (`MERGE_TARGETS`); a calibrate by an add (rows to measure the model on)."""
     kinds = [str(k) for k in rng.choice(["add", "delete", "compact"], size=MAX_OPS, p=[0.45, 0.35, 0.2])]
     if forced is not None:
         kinds[at] = forced
         if merge:
             kinds[at - 3:at] = ["compact", "add", "add"]
+        elif forced == "calibrate":
+            kinds[at - 1] = "add"
         elif forced in ("delete", "compact"):
             kinds[at - 1] = "add" if forced == "delete" else "delete"
             kinds[at - 2] = "add"
@@ -236,6 +241,8 @@ def _writer(cmd: dict[str, Any]) -> None:
             store.add(arg[0], ids=arg[1])
         elif kind == "delete":
             store.delete(arg)
+        elif kind == "calibrate":
+            store.calibrate()  # commits auto's error model: the rows stay as they were
         else:
             store.compact()
         hook.event("return", kind)
@@ -256,6 +263,7 @@ def _serve(warm: str) -> None:
         s.delete([1, 2])
         s.compact()
         s.get(s.ids())
+        s.calibrate()  # the search kernels it measures with
     _say({"ready": True})
     for line in sys.stdin:
         pid = os.fork()
@@ -367,7 +375,7 @@ def _strays(path: Path) -> list[str]:
 
 def _check_search(store: Store, ids: np.ndarray, vecs: np.ndarray, rng: np.random.Generator, where: str) -> None:
     """Exact searches (every live row re-ranked) find each query's own id at distance 0 and
-    the brute-force distances."""
+    the brute-force distances; an auto search answers with live ids."""
     if ids.size == 0:
         scores, found = store.search(rng.standard_normal((2, DIM)).astype(np.float32), 3)
         assert (found == -1).all(), f"{where}: empty store returned ids {found}"
@@ -379,6 +387,9 @@ def _check_search(store: Store, ids: np.ndarray, vecs: np.ndarray, rng: np.rando
     assert np.isin(found, ids).all(), f"{where}: search returned ids that are not live: {found}"
     exact = ((vecs[pick].astype(np.float64)[:, None, :] - vecs[None].astype(np.float64)) ** 2).sum(-1)
     np.testing.assert_allclose(scores, np.sort(exact, axis=1)[:, :k], rtol=1e-5, atol=1e-5, err_msg=where)
+    # auto reads the committed error model, if the version has one (check_store read it too)
+    res = store.search(vecs[pick], k, rerank="auto")
+    assert np.isin(res.ids, ids).all(), f"{where}: auto search returned ids that are not live: {res.ids}"
 
 
 def _expected(state: _State, entries: list[dict[str, Any]], hook: dict[str, Any] | None, version: int,
@@ -504,7 +515,7 @@ def test_sigkill_at_random_moments_leaves_last_committed_version(tmp_path):
     print(summary)  # shown by pytest only on failure (or with -rP)
     assert n_kills == len(schedule) >= MIN_KILLS, summary
     # the hooks walked every commit window: uncommitted and committed kills in each operation
-    for op in ("add", "delete", "compact"):
+    for op in ("add", "delete", "compact", "calibrate"):
         assert landed.get(f"hook in {op}, not committed", 0) >= 3, summary
         assert landed.get(f"hook in {op}, committed", 0) >= 3, summary
     assert with_strays >= 10 and with_tmp >= 8, summary
