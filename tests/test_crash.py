@@ -195,10 +195,11 @@ def _plan(rng: np.random.Generator, forced: str | None, at: int, merge: bool = F
     return kinds
 
 
-def _next(rng: np.random.Generator, kind: str, ids: np.ndarray, vecs: np.ndarray):
-    """The arguments of one operation and the live state after it (the writer's model)."""
+def _next(rng: np.random.Generator, kind: str, ids: np.ndarray, vecs: np.ndarray, min_add: int = 1):
+    """The arguments of one operation and the live state after it (the writer's model); an
+    add adds `min_add` to 30 rows."""
     if kind == "add":
-        n = int(rng.integers(1, 31))
+        n = int(rng.integers(min_add, 31))
         hi = (int(ids.max()) + 1 if ids.size else 0) + 2 * n
         free = np.setdiff1d(np.arange(hi), ids)  # deleted ids come back with new vectors
         new = np.sort(rng.choice(free, n, replace=False))
@@ -233,8 +234,11 @@ def _writer(cmd: dict[str, Any]) -> None:
 
     journal({"kind": "start", "version": store.version, **_digest(ids, vecs)})
     _say({"started": True})
-    for m, kind in enumerate(_plan(rng, forced, at, (forced, name, n) in MERGE_TARGETS)):
-        arg, after_ids, after_vecs = _next(rng, kind, ids, vecs)
+    kinds = _plan(rng, forced, at, (forced, name, n) in MERGE_TARGETS)
+    for m, kind in enumerate(kinds):
+        # before a calibration 30 rows: enough pairs (bounds.MIN_PAIRS) for a model to commit
+        calibrating = m + 1 < len(kinds) and kinds[m + 1] == "calibrate"
+        arg, after_ids, after_vecs = _next(rng, kind, ids, vecs, 30 if calibrating else 1)
         journal({"kind": "intent", "op": kind, "from": store.version, **_digest(after_ids, after_vecs)})
         hook.begin(kind, armed=forced is not None and m >= at)
         if kind == "add":
