@@ -247,6 +247,10 @@ def test_a_hostile_model_file_is_refused_with_a_typed_error(tmp_path, damage, ma
         with pytest.raises(FormatError, match=match):  # StoreCorrupted, or the wrong kind of segment
             r.search(x[:5], 10, rerank="auto")
     assert check_store(path), "check_store must report the damaged model"
+    with Store.open(path, mode="a") as w:  # a writer opens it and a new model replaces the damaged one
+        w.calibrate()
+        assert w.search(x[:5], 10, rerank="auto").ids.shape == (5, 10)
+    assert check_store(path) == []
 
 
 def test_a_hostile_calibration_record_is_refused(tmp_path):
