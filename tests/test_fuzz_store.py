@@ -203,7 +203,8 @@ class Pristine:
 
 
 def _read_everything(path: Path, queries: np.ndarray) -> dict[str, np.ndarray]:
-    """Open the store and use every read path: search with and without re-ranking, get, ids."""
+    """Open the store and use every read path: search with and without re-ranking (fixed and
+    auto, which reads the committed error model where there is one), get, ids."""
     with Store.open(path) as s:
         out = {"ids": s.ids()}
         nprobe = s.codec.nlist  # every list: results do not depend on the probe order
@@ -212,19 +213,24 @@ def _read_everything(path: Path, queries: np.ndarray) -> dict[str, np.ndarray]:
         if s.dense != "none":
             r = s.search(queries, 5, nprobe=nprobe, rerank=20)
             out["exact_scores"], out["exact_ids"] = r.scores, r.ids
+            r = s.search(queries, 5, nprobe=nprobe, rerank="auto")
+            out["auto_scores"], out["auto_ids"] = r.scores, r.ids
             out["get"] = s.get(out["ids"][::9])
         out["len"] = np.array(len(s))
     return out
 
 
 def _make_store(path: Path, *, dim: int, codec: str, dense: str, metric: str, rows: tuple[int, int],
-                seed: int = 0) -> Pristine:
-    """Three commits after create: two adds (the first trains the codec) and a delete."""
+                seed: int = 0, calibrate: bool = False) -> Pristine:
+    """Three commits after create: two adds (the first trains the codec) and a delete; with
+    `calibrate` a fourth, auto's error model (a model file and the manifest's record)."""
     rng = np.random.default_rng(seed)
     with Store.create(path, dim=dim, metric=metric, codec=codec, dense=dense) as s:
         first = s.add(rng.standard_normal((rows[0], dim)).astype(np.float32))
         s.add(rng.standard_normal((rows[1], dim)).astype(np.float32))
         s.delete(first[::5])
+        if calibrate:
+            assert s.calibrate() is not None
     return Pristine(path, dim)
 
 
@@ -233,7 +239,8 @@ def stores(tmp_path_factory) -> dict[str, Pristine]:
     d = tmp_path_factory.mktemp("fuzz_stores")
     return {
         "store-ivf": _make_store(d / "ivf", dim=12, codec="IVF4,PQ4x4", dense="f16", metric="l2", rows=(150, 120)),
-        "store-flat": _make_store(d / "flat", dim=8, codec="SQ8", dense="f32", metric="cosine", rows=(110, 90)),
+        "store-flat": _make_store(d / "flat", dim=8, codec="SQ8", dense="f32", metric="cosine", rows=(110, 90),
+                                  calibrate=True),
     }
 
 
@@ -244,7 +251,7 @@ HUGE = [2**40, 2**63 - 1, -1, -(2**31), 2**31 - 1, 2**32 - 1, 2**32, 0, 1, 63, 4
 # Values a hostile manifest (resealed, so the CRCs pass) puts in place of one JSON value.
 HOSTILE_JSON = [None, True, -1, 0, 2**31, 2**40, 2**63 - 1, 2**64 + 7, -(2**63) - 1, 1.5, "", "x",
                 "../LOCK", "/etc/passwd", "seg-000000000001.vzs", "dense-000000000001.arrow",
-                "codec-000000000002.vzs", "del-000000000004.vzs", "MANIFEST-000000000001",
+                "codec-000000000002.vzs", "del-000000000004.vzs", "model-000000000004.vzs", "MANIFEST-000000000001",
                 [], [1, 2], {}, {"file": None}, "DELETE"]
 
 POS = st.integers(0, 1 << 16)
@@ -380,7 +387,7 @@ def _check_damaged(store: Path, pristine: Pristine, resealed: bool, what: list[s
         return "refused"
     # Whatever the damage, a result names only live ids (or -1 for an empty slot).
     live = set(got["ids"].tolist())
-    for key in ("code_ids", "exact_ids"):
+    for key in ("code_ids", "exact_ids", "auto_ids"):
         if key in got:
             assert got[key].dtype == np.int64 and got[key].shape == (len(pristine.queries), 5)
             assert set(got[key].ravel().tolist()) <= live | {-1}, what
