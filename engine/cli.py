@@ -524,18 +524,17 @@ def _search(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from . import ray as vray
 
-        if args.confidence is not None or args.calibrate is not None:
-            raise InvalidInput("--confidence and --calibrate apply to --rerank auto, which --ray does not "
-                               "distribute yet")
+        if args.calibrate is not None:
+            raise InvalidInput("--calibrate measures a model for this process only, which Ray's shards do not "
+                               "see; commit one with `vecz calibrate STORE --sample SAMPLE` and search with --ray")
         vray.connect(args.ray)
         searcher: Any = vray.ShardedStore(args.store, shards=args.shards)
-        options: dict[str, Any] = {}
     else:
         if args.calibrate is not None and not (isinstance(args.rerank, str) and args.rerank.startswith("auto")):
             found = "no --rerank (a fixed depth)" if args.rerank is None else f"--rerank {args.rerank}"
             raise InvalidInput(f"--calibrate applies to --rerank auto, found {found}")
         searcher = Store.open(args.store)
-        options = {"confidence": args.confidence}
+    options = {"confidence": args.confidence}
     with searcher as store, open_vectors(args.queries, column=args.column) as source:
         if args.calibrate is not None:
             _measure_model(store, _sample_queries(args.calibrate, args.column, "--calibrate"), args.nprobe)

@@ -582,6 +582,14 @@ class _Shard:
         _pause("pause-search", f"search-{os.getpid()}")
         return scores, ids, candidates
 
+    def auto(self, x: np.ndarray, k: int, nprobe: int, cap: int,
+             confidence: float) -> tuple[np.ndarray, np.ndarray, SearchStats]:
+        """This shard's own ``rerank="auto"`` search (its walk over its shortlist of `cap`,
+        bounded by the store's committed error model when it has one): scores, ids, stats."""
+        out = self.store.search(x, k, nprobe=nprobe, rerank=f"auto:{cap}", confidence=confidence)
+        _pause("pause-search", f"search-{os.getpid()}")
+        return out.scores, out.ids, out.stats
+
     def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
         from .search import PARALLEL_MIN_QUERIES, _exact
         from .threads import query_threads
@@ -590,6 +598,18 @@ class _Shard:
         seg_of, rows = s._find(ids.ravel())
         with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
             return _exact(s.metric, s._segments, x, seg_of.reshape(ids.shape), rows.reshape(ids.shape), s.prefetch)
+
+
+def _widen(scores: np.ndarray, ids: np.ndarray, width: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's (scores, ids) padded to `width` columns with the metric's worst score and -1
+    (a shard with fewer live rows than k answers narrower)."""
+    from .search import _worst
+
+    n, w = ids.shape
+    out_s = np.full((n, width), _worst(metric), dtype=np.float32)
+    out_i = np.full((n, width), -1, dtype=np.int64)
+    out_s[:, :w], out_i[:, :w] = scores, ids
+    return out_s, out_i
 
 
 def _split(records: tuple[SegmentRecord, ...], shards: int) -> list[list[SegmentRecord]]:
@@ -690,20 +710,28 @@ class ShardedStore:
         """Process ids of the shards' actors (what a test kills)."""
         return self._gather([a.pid.remote() for a in self.actors], partial=False)[0]
 
-    def search(self, queries: Any, k: int = 10, *, nprobe: int | None = None, rerank: int | None = None,
-               sdc: bool = False, partial: bool = False) -> SearchResult:
-        """Top-k like `Store.search` (``rerank="auto"`` is not distributed yet). With
-        ``partial=True`` a shard that is gone is skipped and named in
-        ``result.missing_shards`` instead of raising `ShardUnavailable`."""
+    def search(self, queries: Any, k: int = 10, *, nprobe: int | None = None, rerank: int | str | None = None,
+               sdc: bool = False, confidence: float | None = None, partial: bool = False) -> SearchResult:
+        """Top-k like `Store.search`. With ``partial=True`` a shard that is gone is skipped
+        and named in ``result.missing_shards`` instead of raising `ShardUnavailable`.
+
+        ``rerank="auto"`` (or ``"auto:R"``, with `confidence`) runs each shard's own walk
+        over its own shortlist of R (engine/bounds.py) and keeps the best k exact scores of
+        all: a row one shard skipped could not reach that shard's k-th exact score, so not
+        the global one either, and the answer is the one a single walk gives wherever the
+        bounds hold; each shard reads at least k rows, so the rows read add up to more.
+        Shards bound code scores with the store's committed error model (`Store.calibrate`,
+        `vecz build`); without one each measures its own on its segments."""
         from ..kernels import dense as dense_kernels
         from .search import PARALLEL_MIN_QUERIES, _worst, check_search_args, merge_shortlists, pad_to_k
         from .store import MAX_RESULT_BYTES
 
         if self.actors is None:
             raise VeczError(f"{self.path}: search on a closed ShardedStore")
-        if isinstance(rerank, str):
-            raise InvalidInput("rerank='auto' is not distributed yet; expected an integer depth")
-        k, nprobe, rerank, _, _ = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc, None)
+        k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc,
+                                                                confidence)
+        if auto and sdc:
+            raise InvalidInput("rerank='auto' bounds asymmetric code scores; expected sdc=False")
         x = _as_vectors(queries, self.body.dim, "queries")
         if x.size:
             writes.check_rows(x, self.body.metric, "none", "queries")
@@ -718,6 +746,11 @@ class ShardedStore:
         kk, rr = min(k, live), min(rerank, live)
         depth = max(1, min(max(kk, rr), live))
         xref = self._ray.put(x)
+        if auto:
+            res = self._auto(xref, nq, kk, nprobe, rerank, confidence, partial)
+            out = pad_to_k(res, k, metric, MAX_RESULT_BYTES)
+            out.missing_shards = res.missing_shards
+            return out
         parts, missing = self._gather([a.shortlist.remote(xref, depth, nprobe, bool(sdc)) for a in self.actors],
                                       partial)
         got = [(j, p) for j, p in enumerate(parts) if p is not None]
@@ -752,6 +785,28 @@ class ShardedStore:
         res = pad_to_k(out, k, metric, MAX_RESULT_BYTES)
         res.missing_shards = tuple(missing)
         return res
+
+    def _auto(self, xref: Any, nq: int, k: int, nprobe: int, cap: int, confidence: float,
+               partial: bool) -> SearchResult:
+        """`search` with ``rerank="auto"``: every shard's own auto top-k, merged by exact
+        score (ties by the smaller id, as everywhere)."""
+        from .search import merge_shortlists
+
+        parts, missing = self._gather([a.auto.remote(xref, k, nprobe, cap, confidence) for a in self.actors], partial)
+        got = [p for p in parts if p is not None]
+        if not got:
+            raise ShardUnavailable(f"{self.path}: every shard is gone")
+        width = max(p[1].shape[1] for p in got)
+        wide = [_widen(p[0], p[1], width, self.body.metric) for p in got]
+        top_s, top_i, _ = merge_shortlists(self.body.metric, [w[0] for w in wide], [w[1] for w in wide], [], k)
+        each = [p[2] for p in got]
+        stats = SearchStats(sum(st.candidates for st in each), each[0].lists_probed,  # each shard probed them all
+                            rows_read=sum(st.rows_read for st in each), bytes_read=sum(st.bytes_read for st in each),
+                            rows_per_query=np.sum([st.rows_per_query for st in each], axis=0),
+                            capped=sum(st.capped for st in each))
+        out = SearchResult(top_s, top_i, stats)
+        out.missing_shards = tuple(missing)
+        return out
 
     def close(self) -> None:
         """Stop the actors (idempotent)."""

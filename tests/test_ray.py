@@ -11,6 +11,7 @@ VECZ_REQUIRE_RAY=1 (CI sets it), which makes a missing Ray a failure.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,10 +312,55 @@ def test_sharded_search_equals_the_store_search(served, shards):
             assert np.array_equal(a.scores, b.scores), kwargs
             assert b.stats.rows_read == a.stats.rows_read and b.stats.candidates == a.stats.candidates
             assert b.missing_shards == ()
-        with pytest.raises(InvalidInput, match="auto"):
-            sharded.search(q, 10, rerank="auto")
+        with pytest.raises(InvalidInput, match="sdc=False"):
+            sharded.search(q, 10, rerank="auto", sdc=True)
+        with pytest.raises(InvalidInput, match="confidence"):
+            sharded.search(q, 10, rerank=50, confidence=0.9)
         with pytest.raises(InvalidInput, match="k must be"):
             sharded.search(q, 0)
+
+
+def test_sharded_auto_search_finds_what_the_store_finds(served, tmp_path):
+    """rerank="auto" over shards: each shard walks its own shortlist with the store's
+    committed model and the best k exact scores of all are kept. A row a shard skipped
+    could not reach that shard's k-th exact score (where the bounds hold), and each shard's
+    shortlist holds every row of its own that the store's shortlist holds, so the answers
+    are at least as good on the whole as one walk's over the store."""
+    path, x = served
+    copy = tmp_path / "s"
+    shutil.copytree(path, copy)
+    with Store.open(copy, mode="a") as w:
+        w.calibrate()  # the model every shard reads
+    q = np.concatenate([x[95:105] + 0.01, _data(40, 32, seed=13)])
+    with Store.open(copy) as store, vray.ShardedStore(copy, shards=2, cpus_per_shard=0.5) as sharded:
+        live = store.ids()
+        vecs = store.get(live)
+        unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        truth = live[np.argsort(-(qn @ unit.T), axis=1, kind="stable")[:, :10]]
+        sims = qn @ unit.T
+
+        def recall(ids):
+            return np.mean([np.intersect1d(a, b).size / 10 for a, b in zip(ids, truth)])
+
+        def kth(res):  # each query's k-th exact score
+            return np.take_along_axis(sims, np.searchsorted(live, res.ids), axis=1)[:, -1]
+
+        for confidence, nprobe in ((None, None), (0.9, None), (None, 8)):
+            a = store.search(q, 10, rerank="auto", confidence=confidence, nprobe=nprobe)
+            b = sharded.search(q, 10, rerank="auto", confidence=confidence, nprobe=nprobe)
+            assert b.ids.shape == (len(q), 10) and np.isin(b.ids, live).all() and b.missing_shards == ()
+            assert recall(b.ids) >= recall(a.ids), (confidence, nprobe)
+            # at least as good on the whole: its shortlists hold more rows (cap rows per shard)
+            assert kth(b).mean() >= kth(a).mean() - 1e-6, (confidence, nprobe)
+            # scores are the exact ones, best first, and each shard read at least k rows
+            exact = np.take_along_axis(sims, np.searchsorted(live, b.ids), axis=1)
+            np.testing.assert_allclose(b.scores, exact, rtol=1e-3, atol=1e-3)
+            assert (np.diff(b.scores, axis=1) <= 0).all()
+            assert b.stats.rows_per_query.shape == (len(q),) and (b.stats.rows_per_query >= 2 * 10).all()
+            assert b.stats.rows_read == int(b.stats.rows_per_query.sum())
+        low = sharded.search(q, 10, rerank="auto", confidence=0.9).stats.rows_read
+        assert low < sharded.search(q, 10, rerank="auto").stats.rows_read  # the knob reaches the shards
 
 
 def test_a_cluster_too_small_for_the_shards_says_so(served):
@@ -404,6 +450,14 @@ def test_cli_build_and_search_with_ray(tmp_path, capsys):
     with Store.open(tmp_path / "s") as store:
         want = store.search(x[:5] + 0.01, 10)
     assert np.array_equal(np.load(tmp_path / "r.npy"), want.ids)
+    # auto over the shards, with the model the build committed
+    assert main(["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--out", str(tmp_path / "a.npy"),
+                 "--rerank", "auto", "--confidence", "0.99", "--ray", "--shards", "2"]) == 0
+    assert np.load(tmp_path / "a.npy").shape == (5, 10)
+    assert "rows (" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "s"), str(tmp_path / "q.npy"), "--rerank", "auto", "--calibrate",
+                 str(tmp_path / "q.npy"), "--ray"]) == 2
+    assert "vecz calibrate STORE --sample" in capsys.readouterr().err
     assert main(["build", str(tmp_path / "x.npy"), str(tmp_path / "s"), "--ray"]) != 0
     assert "found an existing store" in capsys.readouterr().err
 
