@@ -718,8 +718,9 @@ class ShardedStore:
         ``rerank="auto"`` (or ``"auto:R"``, with `confidence`) runs each shard's own walk
         over its own shortlist of R (engine/bounds.py) and keeps the best k exact scores of
         all: a row one shard skipped could not reach that shard's k-th exact score, so not
-        the global one either, and the answer is the one a single walk gives wherever the
-        bounds hold; each shard reads at least k rows, so the rows read add up to more.
+        the global one either, and where the bounds hold the answer is at least as good as
+        one walk's over the store (each shard's shortlist holds every row of its own that
+        the store's holds); each shard reads at least k rows, so the rows read add up to more.
         Shards bound code scores with the store's committed error model (`Store.calibrate`,
         `vecz build`); without one each measures its own on its segments."""
         from ..kernels import dense as dense_kernels
@@ -802,7 +803,8 @@ class ShardedStore:
         each = [p[2] for p in got]
         stats = SearchStats(sum(st.candidates for st in each), each[0].lists_probed,  # each shard probed them all
                             rows_read=sum(st.rows_read for st in each), bytes_read=sum(st.bytes_read for st in each),
-                            rows_per_query=np.sum([st.rows_per_query for st in each], axis=0),
+                            rows_per_query=np.sum([np.zeros(nq, np.int64) if st.rows_per_query is None
+                                                   else st.rows_per_query for st in each], axis=0),
                             capped=sum(st.capped for st in each))
         out = SearchResult(top_s, top_i, stats)
         out.missing_shards = tuple(missing)
