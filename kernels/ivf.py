@@ -99,14 +99,18 @@ def ivf_layout(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     return order, offsets
 
 
+_LOW32 = np.uint64(0xFFFFFFFF)
+_SIGN32 = np.uint64(0x80000000)
+
+
 @jit
 def _select_row(row, k, out_scores, out_ids):
     """`topk_select` of one row (ids 0..n-1) into out_scores / out_ids (k,), identical
     results, without a heap over all n entries (20-30 us per query at n = 1024, k = 64-128:
     as much as the codes scan). A 256-bin histogram between the row's min and max finds a
-    value t with at least k entries >= t and few more; those entries, in id order, are
-    sorted stably by score (ties: smaller id first) and the first k kept. Rows with a NaN
-    or an infinite entry take the heap."""
+    value t with at least k entries >= t and few more; those entries are sorted by score,
+    ties by the smaller id (one uint64 key each), and the first k kept. Rows with a NaN or
+    an infinite entry (or 2**32 entries or more) take the heap."""
     n = row.shape[0]
     n_bins = 256
     lo = np.inf
@@ -118,7 +122,7 @@ def _select_row(row, k, out_scores, out_ids):
             finite = False
         lo = min(lo, x)
         hi = max(hi, x)
-    if not finite or k >= n or not hi > lo:
+    if not finite or k >= n or not hi > lo or n >= 1 << 32:
         hs, hid = topk_init(k)
         for j in range(n):
             topk_push(hs, hid, row[j], j)
@@ -139,18 +143,29 @@ def _select_row(row, k, out_scores, out_ids):
     for j in range(n):
         if int((np.float64(row[j]) - lo) * scale) >= top:
             thr = min(thr, row[j])
-    cand_s = np.empty(n, dtype=np.float32)
-    cand_i = np.empty(n, dtype=np.int64)
+    # Each candidate as one uint64 key, (score descending, id ascending), sorted once: the
+    # order a stable sort by score gives, 7.6 -> 5.5 us a query at n = 256, k = 128 (a
+    # mergesort of the scores with an index array before). Finite scores map to uint32 in
+    # their order (x + 0 turns -0.0 into +0.0: equal scores tie by id, as in topk_select).
+    vals = np.empty(n, dtype=np.float32)
+    cand = np.empty(n, dtype=np.int64)
     c = 0
     for j in range(n):
         if row[j] >= thr:
-            cand_s[c] = -row[j]
-            cand_i[c] = j
+            vals[c] = row[j] + np.float32(0.0)
+            cand[c] = j
             c += 1
-    order = np.argsort(cand_s[:c], kind="mergesort")  # stable: equal scores by id
+    bits = vals[:c].view(np.uint32)
+    keys = np.empty(c, dtype=np.uint64)
+    for i in range(c):
+        u = np.uint64(bits[i])
+        rank = (_LOW32 - u) if u >> np.uint64(31) else (u | _SIGN32)  # ascending in the score
+        keys[i] = ((_LOW32 - rank) << np.uint64(32)) | np.uint64(cand[i])
+    keys.sort()
     for r in range(k):
-        out_scores[r] = -cand_s[order[r]]
-        out_ids[r] = cand_i[order[r]]
+        j = np.int64(keys[r] & _LOW32)
+        out_scores[r] = row[j]
+        out_ids[r] = j
 
 
 @jit_batch
