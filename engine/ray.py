@@ -582,13 +582,19 @@ class _Shard:
         _pause("pause-search", f"search-{os.getpid()}")
         return scores, ids, candidates
 
-    def auto(self, x: np.ndarray, k: int, nprobe: int, cap: int,
-             confidence: float) -> tuple[np.ndarray, np.ndarray, SearchStats]:
-        """This shard's own ``rerank="auto"`` search (its walk over its shortlist of `cap`,
-        bounded by the store's committed error model when it has one): scores, ids, stats."""
-        out = self.store.search(x, k, nprobe=nprobe, rerank=f"auto:{cap}", confidence=confidence)
+    def auto(self, x: np.ndarray, k: int, nprobe: int, cap: int, confidence: float) -> tuple[Any, int]:
+        """This shard's part of a ``rerank="auto"`` search (`vecz.engine.search.shard_auto`:
+        its walk over its own shortlist of `cap`, bounded by the store's committed error
+        model when it has one): its `AutoResult` and the codes it scored."""
+        from .search import shard_auto
+
+        s = self.store
+        live = len(s)
+        out = shard_auto(s.codec, s.metric, s._segments, x, min(k, max(live, 1)), nprobe=nprobe,
+                         cap=min(cap, max(live, 1)), model=s.error_model() if live else None, confidence=confidence,
+                         prefetch=s.prefetch)
         _pause("pause-search", f"search-{os.getpid()}")
-        return out.scores, out.ids, out.stats
+        return out
 
     def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
         from .search import PARALLEL_MIN_QUERIES, _exact
@@ -600,16 +606,24 @@ class _Shard:
             return _exact(s.metric, s._segments, x, seg_of.reshape(ids.shape), rows.reshape(ids.shape), s.prefetch)
 
 
-def _widen(scores: np.ndarray, ids: np.ndarray, width: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """A shard's (scores, ids) padded to `width` columns with the metric's worst score and -1
-    (a shard with fewer live rows than k answers narrower)."""
+def merge_auto(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The top-k of shards' `AutoResult`s by their float64 exact scores (ties by the smaller
+    id, as one store ranks them), and the queries counted capped: those where a row beyond
+    some shard's shortlist could still reach the merged k-th score. Returns float32 scores
+    (the user's convention), ids (-1 past the rows found) and that count."""
     from .search import _worst
 
-    n, w = ids.shape
-    out_s = np.full((n, width), _worst(metric), dtype=np.float32)
-    out_i = np.full((n, width), -1, dtype=np.int64)
-    out_s[:, :w], out_i[:, :w] = scores, ids
-    return out_s, out_i
+    scores = np.concatenate([p.scores for p in parts], axis=1)
+    ids = np.concatenate([p.ids for p in parts], axis=1)
+    valid = ids >= 0
+    better = np.where(valid, -scores if metric == "l2" else scores, -np.inf)
+    order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), -better), axis=-1)[:, :k]
+    top_i = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(ids, order, 1), -1)
+    top_s = np.where(top_i >= 0, np.take_along_axis(scores, order, 1), _worst(metric)).astype(np.float32)
+    nq = ids.shape[0]
+    tau = np.take_along_axis(better, order, 1)[:, -1] if k and order.shape[1] == k else np.full(nq, -np.inf)
+    reach = np.max(np.stack([p.reach for p in parts]), axis=0) if nq else np.zeros(0)
+    return top_s, top_i, int(np.count_nonzero(reach >= tau))
 
 
 def _split(records: tuple[SegmentRecord, ...], shards: int) -> list[list[SegmentRecord]]:
@@ -718,9 +732,14 @@ class ShardedStore:
         ``rerank="auto"`` (or ``"auto:R"``, with `confidence`) runs each shard's own walk
         over its own shortlist of R (engine/bounds.py) and keeps the best k exact scores of
         all: a row one shard skipped could not reach that shard's k-th exact score, so not
-        the global one either, and where the bounds hold the answer is at least as good as
-        one walk's over the store (each shard's shortlist holds every row of its own that
-        the store's holds); each shard reads at least k rows, so the rows read add up to more.
+        the global one either. A shard's upper offset at rank r is the largest of the
+        store's at ranks r and beyond (a row's rank in its shard's shortlist is at most its
+        rank in the store's), so a shard never bounds a row tighter than the store would,
+        and each shard's shortlist holds every row of its own that the store's holds: where
+        the bounds hold, the answer is at least as good as one walk's over the store. Each
+        shard reads at least k rows, so the rows read add up to more. ``stats.capped``
+        counts a query once, when a row beyond some shard's shortlist could still reach the
+        merged k-th score. With ``sdc=True`` R is a fixed depth, as in `Store.search`.
         Shards bound code scores with the store's committed error model (`Store.calibrate`,
         `vecz build`); without one each measures its own on its segments."""
         from ..kernels import dense as dense_kernels
@@ -731,8 +750,7 @@ class ShardedStore:
             raise VeczError(f"{self.path}: search on a closed ShardedStore")
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
-        if auto and sdc:
-            raise InvalidInput("rerank='auto' bounds asymmetric code scores; expected sdc=False")
+        auto = auto and not sdc  # as `Store.search`: sdc code scores have no bounds, R is a fixed depth
         x = _as_vectors(queries, self.body.dim, "queries")
         if x.size:
             writes.check_rows(x, self.body.metric, "none", "queries")
@@ -748,7 +766,7 @@ class ShardedStore:
         depth = max(1, min(max(kk, rr), live))
         xref = self._ray.put(x)
         if auto:
-            res = self._auto(xref, nq, kk, nprobe, rerank, confidence, partial)
+            res = self._auto(xref, nq, kk, nprobe, min(rerank, live), confidence, partial)
             out = pad_to_k(res, k, metric, MAX_RESULT_BYTES)
             out.missing_shards = res.missing_shards
             return out
@@ -788,24 +806,19 @@ class ShardedStore:
         return res
 
     def _auto(self, xref: Any, nq: int, k: int, nprobe: int, cap: int, confidence: float,
-               partial: bool) -> SearchResult:
-        """`search` with ``rerank="auto"``: every shard's own auto top-k, merged by exact
-        score (ties by the smaller id, as everywhere)."""
-        from .search import merge_shortlists
-
+              partial: bool) -> SearchResult:
+        """`search` with ``rerank="auto"``: every shard's own walk (`_Shard.auto`), merged
+        (`merge_auto`)."""
         parts, missing = self._gather([a.auto.remote(xref, k, nprobe, cap, confidence) for a in self.actors], partial)
         got = [p for p in parts if p is not None]
         if not got:
             raise ShardUnavailable(f"{self.path}: every shard is gone")
-        width = max(p[1].shape[1] for p in got)
-        wide = [_widen(p[0], p[1], width, self.body.metric) for p in got]
-        top_s, top_i, _ = merge_shortlists(self.body.metric, [w[0] for w in wide], [w[1] for w in wide], [], k)
-        each = [p[2] for p in got]
-        stats = SearchStats(sum(st.candidates for st in each), each[0].lists_probed,  # each shard probed them all
-                            rows_read=sum(st.rows_read for st in each), bytes_read=sum(st.bytes_read for st in each),
-                            rows_per_query=np.sum([np.zeros(nq, np.int64) if st.rows_per_query is None
-                                                   else st.rows_per_query for st in each], axis=0),
-                            capped=sum(st.capped for st in each))
+        results = [p[0] for p in got]
+        top_s, top_i, capped = merge_auto(self.body.metric, results, k)
+        probes = nq * (min(nprobe, self.codec.nlist) if self.codec.ivf is not None else 1)
+        stats = SearchStats(sum(int(p[1]) for p in got), probes, rows_read=sum(r.rows for r in results),
+                            bytes_read=sum(r.bytes for r in results),
+                            rows_per_query=np.sum([r.per_query for r in results], axis=0), capped=capped)
         out = SearchResult(top_s, top_i, stats)
         out.missing_shards = tuple(missing)
         return out

@@ -19,6 +19,8 @@ store at once (not while it commits).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..kernels import dense as dense_kernels
@@ -398,11 +400,29 @@ def _walk_fetching(x, vectors, readers, reader_ix, dense_row, order, up_sorted, 
         avail = ahead
 
 
+class AutoResult(NamedTuple):
+    """What `_auto_rerank` found: the top-k's exact scores (float64, the user's convention)
+    and ids, rows and bytes read, rows read per query, and per query the k-th exact score
+    `tau` and `reach`, the best score a row beyond the shortlist could have by the bounds
+    (both larger-is-better; reach -inf where the shortlist was not full or nothing was
+    measured): a query with reach >= tau is counted in ``SearchStats.capped``."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+    rows: int
+    bytes: int
+    per_query: np.ndarray
+    tau: np.ndarray
+    reach: np.ndarray
+
+
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
                  rows: np.ndarray, ids: np.ndarray, k: int, model: ErrorModel | None, confidence: float,
-                 prefetch: bool | None) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray, int]:
-    """`rerank="auto"` over a shortlist (engine/bounds.py): top-k, rows and bytes read,
-    rows per query, and the queries whose shortlist may have been too short."""
+                 prefetch: bool | None, suffix_max: bool = False) -> AutoResult:
+    """`rerank="auto"` over a shortlist (engine/bounds.py). With `suffix_max` each rank's
+    upper offset is the largest of its own and every later rank's: a shard's shortlist
+    ranks its rows at least as well as the whole store's would, and so never bounds them
+    tighter than the store would (engine/ray.py)."""
     sign = -1.0 if metric == "l2" else 1.0
     valid = ids >= 0
     better = sign * est.astype(np.float64)
@@ -410,6 +430,8 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         z_hi, per_row = np.full((x.shape[0], est.shape[1]), 1e300), False
     else:  # the upper offset of each rank in the shortlist (shortlists are best first), per query
         z_hi, per_row = model.query_intervals(confidence, est.shape[1], x)[1], model.per_row
+        if suffix_max:
+            z_hi = np.ascontiguousarray(np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1])
     qn = _query_norms(metric, x)
     scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
     # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
@@ -420,8 +442,8 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
     reader_ix, dense_row, readers = _locate(segments, np.where(valid, seg_of, -1), rows)
     nq = x.shape[0]
     if not readers:  # no candidate
-        return (np.full((nq, k), _worst(metric), dtype=np.float32), np.full((nq, k), -1, dtype=np.int64), 0, 0,
-                np.zeros(nq, dtype=np.int64), 0)
+        return AutoResult(np.full((nq, k), _worst(metric)), np.full((nq, k), -1, dtype=np.int64), 0, 0,
+                          np.zeros(nq, dtype=np.int64), np.full(nq, -np.inf), np.full(nq, -np.inf))
     step = AUTO_STEP
     vectors = dense_kernels.vector_list(readers[0].values)
     for reader in readers[1:]:
@@ -447,18 +469,36 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
         n_rows += n
         n_bytes += n * reader.info.row_bytes
     user = np.where(done, sign * exact, 0.0)
-    topk = dense_kernels.rerank_topk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
+    topk = dense_kernels.rerank_topk64_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk64
     top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, ids, -1)), k, metric == "l2")
-    capped = 0
+    reach = np.full(nq, -np.inf)
     if model is not None and est.shape[1]:
         # a row beyond the shortlist scored at most the last candidate's code score
         sigma_max = max((seg.error_max if per_row else 1.0) for seg in segments if seg.live)
         full = valid[:, -1]
         # (an offset below zero, which a query's shift allows, is largest at the smallest
         # scale: 0 stands for it)
-        reach = better[:, -1] + np.maximum(z_hi[:, -1], 0.0) * qn * sigma_max
-        capped = int(np.count_nonzero(full & (reach >= tau)))
-    return top_s, top_i, n_rows, n_bytes, per_query, capped
+        reach = np.where(full, better[:, -1] + np.maximum(z_hi[:, -1], 0.0) * qn * sigma_max, -np.inf)
+    return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, tau, reach)
+
+
+def shard_auto(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int, cap: int,
+               model: ErrorModel | None, confidence: float, prefetch: bool | None) -> tuple[AutoResult, int]:
+    """One shard's part of a distributed ``rerank="auto"`` search (engine/ray.py): the walk
+    over this shard's shortlist of `cap`, each rank's upper offset raised to the largest of
+    the ranks after it (`_auto_rerank`'s `suffix_max`). Returns its `AutoResult` and the
+    codes scored. x float32 (nq, dim), checked; k and cap at most the shard's live rows."""
+    nq = x.shape[0]
+    live = sum(s.live for s in segments)
+    if nq == 0 or live == 0:
+        return AutoResult(np.full((nq, k), _worst(metric)), np.full((nq, k), -1, dtype=np.int64), 0, 0,
+                          np.zeros(nq, dtype=np.int64), np.full(nq, -np.inf), np.full(nq, -np.inf)), 0
+    with query_threads(nq, PARALLEL_MIN_QUERIES):
+        scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, max(1, min(max(k, cap), live)), nprobe,
+                                                           False)
+        got = _auto_rerank(metric, segments, x, scores, seg_of, rows, ids, min(k, live), model, confidence, prefetch,
+                           suffix_max=True)
+    return got, int(candidates)
 
 
 def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int,
@@ -489,9 +529,9 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
             out_s[:, :w], out_i[:, :w] = scores[:, :w], ids[:, :w]
             return SearchResult(out_s, out_i, stats)
         if bound is not None:
-            top_s, top_i, n_rows, n_bytes, per_query, capped = _auto_rerank(
-                metric, segments, x, scores, seg_of, rows, ids, k, bound[0], bound[1], prefetch)
-            return SearchResult(top_s, top_i, stats._replace(rows_read=n_rows, bytes_read=n_bytes,
-                                                             rows_per_query=per_query, capped=capped))
+            got = _auto_rerank(metric, segments, x, scores, seg_of, rows, ids, k, bound[0], bound[1], prefetch)
+            capped = int(np.count_nonzero(got.reach >= got.tau))
+            return SearchResult(got.scores.astype(np.float32), got.ids, stats._replace(
+                rows_read=got.rows, bytes_read=got.bytes, rows_per_query=got.per_query, capped=capped))
         top_s, top_i, n_rows, n_bytes = _rerank(metric, segments, x, seg_of, rows, ids, k, prefetch)
     return SearchResult(top_s, top_i, stats._replace(rows_read=n_rows, bytes_read=n_bytes))

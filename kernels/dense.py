@@ -34,6 +34,8 @@ __all__ = [
     "dense_rescore_batch",
     "rerank_topk",
     "rerank_topk_batch",
+    "rerank_topk64",
+    "rerank_topk64_batch",
     "bounded_walk",
     "bounded_walk_batch",
     "bounded_walk_resume",
@@ -436,27 +438,39 @@ def _rerank_topk_one(exact, ids, k, is_l2, out_s, out_i):
 
 
 @jit_batch
-def rerank_topk_batch(exact, ids, k, is_l2):
+def rerank_topk64_batch(exact, ids, k, is_l2):
     """Top-k of exact scores float64 (nq, R) with their ids int64 (nq, R) (-1 = empty):
-    larger first (smaller first for l2), ties by smaller id; float32 scores and int64 ids
+    larger first (smaller first for l2), ties by smaller id; float64 scores and int64 ids
     (nq, k), padded with -inf (+inf for l2) and -1."""
     nq = exact.shape[0]
     out_s = np.empty((nq, k), dtype=np.float64)
     out_i = np.empty((nq, k), dtype=np.int64)
     for i in prange(nq):
         _rerank_topk_one(exact[i], ids[i], k, is_l2, out_s[i], out_i[i])
-    return out_s.astype(np.float32), out_i
+    return out_s, out_i
 
 
 @jit
-def rerank_topk(exact, ids, k, is_l2):
-    """Serial twin of `rerank_topk_batch`."""
+def rerank_topk64(exact, ids, k, is_l2):
+    """Serial twin of `rerank_topk64_batch`."""
     nq = exact.shape[0]
     out_s = np.empty((nq, k), dtype=np.float64)
     out_i = np.empty((nq, k), dtype=np.int64)
     for i in range(nq):
         _rerank_topk_one(exact[i], ids[i], k, is_l2, out_s[i], out_i[i])
-    return out_s.astype(np.float32), out_i
+    return out_s, out_i
+
+
+def rerank_topk_batch(exact, ids, k, is_l2):
+    """`rerank_topk64_batch` with float32 scores (what a search returns)."""
+    scores, top = rerank_topk64_batch(exact, ids, k, is_l2)
+    return scores.astype(np.float32), top
+
+
+def rerank_topk(exact, ids, k, is_l2):
+    """`rerank_topk64` with float32 scores (what a search returns)."""
+    scores, top = rerank_topk64(exact, ids, k, is_l2)
+    return scores.astype(np.float32), top
 
 
 @jit

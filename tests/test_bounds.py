@@ -703,3 +703,100 @@ def test_calibrating_on_queries_of_another_kind_restores_the_promise(tmp_path):
             s.calibrate(cal, nprobe=0)
         with pytest.raises(DimensionMismatch):
             s.calibrate(cal[:, :40])
+
+
+# --------------------------------------------------------------------------- shards (engine/ray.py)
+
+
+def _sharded_auto(path: Path, q: np.ndarray, k: int, nprobe: int, cap: int, confidence: float, shards: int = 2):
+    """What `ShardedStore.search(rerank="auto")` computes, in this process: one
+    `Store._open_shard` per `ray._split` group, each shard's `shard_auto`, `merge_auto`."""
+    from vecz.engine.ray import _split, merge_auto
+    from vecz.engine.search import shard_auto
+    from vecz.formats import manifest as mf
+    from vecz.formats.body import parse_body
+
+    body = parse_body(mf.read_manifest(path), str(path))
+    parts = []
+    for group in _split(body.segments, shards):
+        with Store._open_shard(path, body.version, [r.serial for r in group]) as sh:
+            parts.append(shard_auto(sh.codec, sh.metric, sh._segments, q, k, nprobe=nprobe, cap=cap,
+                                    model=sh.error_model(), confidence=confidence, prefetch=None)[0])
+    return merge_auto(body.metric, parts, k), parts
+
+
+def _around(rng: np.random.Generator, centres: np.ndarray, cos: tuple[float, float], m: int) -> np.ndarray:
+    """m unit rows at a cosine drawn in `cos` from each unit centre."""
+    out = []
+    for c in centres:
+        r = rng.standard_normal((m, c.size))
+        r -= (r @ c)[:, None] * c
+        r /= np.linalg.norm(r, axis=1, keepdims=True)
+        t = rng.uniform(*cos, m)[:, None]
+        out.append(t * c + np.sqrt(1 - t ** 2) * r)
+    return np.concatenate(out).astype(np.float32)
+
+
+def test_sharded_auto_is_never_bounded_tighter_than_the_store(tmp_path):
+    """Each query's true top 10 live in one segment, rows just below them crowd the other:
+    a shard holding the first ranks its rows better than the whole store's shortlist does,
+    and below confidence 0.999 better ranks carry other offsets. Each shard's offset at rank
+    r is the largest of the store's at r and beyond, so the merged answers are at least as
+    good as the store's (before that, at confidence 0.9 the shards' recall was 0.887 against
+    the store's 0.966 on this layout); queries counted capped at most once."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((150, 48))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    path = tmp_path / "s"
+    with Store.create(path, dim=48, codec="IVF16,RB1", dense="f32", metric="cosine") as s:
+        s.auto_merge_rows = 0
+        s.add(_around(rng, centres, (0.80, 0.86), 12))
+        s.add(_around(rng, centres, (0.74, 0.80), 40))
+        s.calibrate()
+    q = centres.astype(np.float32)
+    with Store.open(path) as st:
+        live = st.ids()
+        vec = st.get(live)
+        truth = live[np.argsort(-(q @ (vec / np.linalg.norm(vec, axis=1, keepdims=True)).T), axis=1,
+                                kind="stable")[:, :10]]
+        for confidence in (0.9, 0.99, 0.999):
+            a = st.search(q, 10, rerank="auto", confidence=confidence, nprobe=16)
+            (top_s, top_i, capped), parts = _sharded_auto(path, q, 10, 16, 100, confidence)
+            ra = np.array([np.intersect1d(u, t).size for u, t in zip(a.ids, truth)])
+            rb = np.array([np.intersect1d(u, t).size for u, t in zip(top_i, truth)])
+            assert rb.sum() >= ra.sum() and (rb < ra).sum() <= 0.02 * len(q), (confidence, ra.sum(), rb.sum())
+            assert 0 <= capped <= len(q) and sum(p.rows for p in parts) >= a.stats.rows_read
+
+
+def test_sharded_auto_merges_float64_scores_and_counts_capped_once(tmp_path):
+    """Two rows whose float64 exact scores differ by a float32 rounding: the merge keeps the
+    higher, as the store does (a merge of float32 scores ranked them by id). A shortlist cap
+    of 12 over 8 segments: every shard may count a query capped, the merge counts it once."""
+    rng = np.random.default_rng(5)
+    v = np.full(16, 0.25, np.float32)
+    lower = v.copy()
+    lower[0] = np.nextafter(lower[0], np.float32(0))
+    background = (0.05 * rng.standard_normal((300, 16))).astype(np.float32)
+    path = tmp_path / "tie"
+    with Store.create(path, dim=16, codec="SQ8", dense="f32", metric="ip") as s:
+        s.auto_merge_rows = 0
+        s.add(np.vstack([lower[None], background[:150]]), ids=np.arange(0, 151))
+        s.add(np.vstack([v[None], background[150:]]), ids=np.arange(1000, 1151))
+        s.calibrate()
+    with Store.open(path) as st:
+        want = st.search(v[None], 1, rerank="auto", confidence=1.0)
+    (top_s, top_i, _), _ = _sharded_auto(path, v[None], 1, 1, 100, 1.0)
+    assert want.ids[0, 0] == 1000 and top_i[0, 0] == 1000, (want.ids, top_i)
+
+    x = _clustered(4000, 32, seed=3)
+    path = tmp_path / "many"
+    with Store.create(path, dim=32, codec="RB1", dense="f16", metric="cosine") as s:
+        s.auto_merge_rows = 0
+        for part in np.array_split(x, 8):
+            s.add(part)
+        s.calibrate()
+    q = _clustered(300, 32, seed=4)
+    (_, top_i, capped), parts = _sharded_auto(path, q, 10, 1, 12, 0.999)
+    per_shard = [int(np.count_nonzero(p.reach >= p.tau)) for p in parts]
+    assert 0 < capped <= len(q) and sum(per_shard) >= capped, (capped, per_shard)
+    assert np.isin(top_i, np.arange(len(x))).all()

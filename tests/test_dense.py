@@ -133,9 +133,10 @@ def test_rerank_topk_matches_lexsort(nq, depth, k, is_l2, seed):
     exact = rng.integers(0, 4, size=(nq, depth)).astype(np.float64)  # many ties
     ids = rng.permutation(1000)[: nq * depth].reshape(nq, depth).astype(np.int64)
     ids[rng.random((nq, depth)) < 0.2] = -1
-    for fn in (dense.rerank_topk, dense.rerank_topk_batch):
+    for fn, dtype in ((dense.rerank_topk, np.float32), (dense.rerank_topk_batch, np.float32),
+                      (dense.rerank_topk64, np.float64), (dense.rerank_topk64_batch, np.float64)):
         got_s, got_i = fn(exact, ids, k, is_l2)
-        assert got_s.dtype == np.float32 and got_i.shape == (nq, k)
+        assert got_s.dtype == dtype and got_i.shape == (nq, k)
         for i in range(nq):
             keep = ids[i] >= 0
             key = exact[i][keep] if is_l2 else -exact[i][keep]
