@@ -11,7 +11,10 @@
   before every query), p50/p99 latency of one-query searches and the bytes the process read
   from storage (/proc/self/io read_bytes) per query, beside the rows and bytes vecz reports;
 - build: vectors per second of Store.create + add on 2 threads (train, encode, write, fsync)
-  and of Codec train + encode alone, against faiss train + add of the closest spec.
+  and of Codec train + encode alone, against faiss train + add of the closest spec;
+- first (`--parts first`): the first ``rerank="auto"`` query after `Store.open`, the dense
+  files evicted before each open, on a copy of each point's store without a committed error
+  model (the search measures one) and after `Store.calibrate()` committed one (it reads it).
 
     python bench/store_bench.py                       # wordnet-minilm, writes bench/out/store/
     python bench/store_bench.py --parts quality --specs "RB1;PQ56x8"
@@ -324,6 +327,46 @@ def part_cold(args, base, queries, gt, out):
     out["cold"] = rows
 
 
+def part_first(args, base, queries, gt, out, opens: int = 3):
+    import shutil
+
+    rows = []
+    for point in args.points:
+        spec, r, nprobe = _point(point)
+        path = ensure_store(args, base, spec)
+        threads(1)
+        copy = Path(args.work) / f"first-{path.name}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(path, copy)
+        try:
+            with Store.open(copy, mode="a") as w:  # a store as built before models were committed
+                if w.calibration is not None:
+                    raise SystemExit(f"{path}: has a committed model; --parts first needs one without")
+            kw = {"rerank": "auto", **({"nprobe": int(nprobe)} if nprobe else {})}
+            with Store.open(copy) as s:  # this process's kernels loaded first (seconds), not timed
+                s.search(queries[:1], K, **{**kw, "rerank": 50})
+            row = {"spec": spec, "nprobe": nprobe}
+            for mode in ("measured", "committed"):
+                if mode == "committed":
+                    with Store.open(copy, mode="a") as w:
+                        t = time.perf_counter()
+                        w.calibrate(nprobe=int(nprobe) if nprobe else None)
+                        row["calibrate_commit_s"] = time.perf_counter() - t
+                times = []
+                for i in range(opens):
+                    with Store.open(copy) as s:
+                        _evict(sorted(copy.glob("dense-*.arrow")), s)
+                        t = time.perf_counter()
+                        s.search(queries[i: i + 1], K, **kw)
+                        times.append(time.perf_counter() - t)
+                row[f"{mode}_ms"] = [round(v * 1e3, 2) for v in times]
+            rows.append(row)
+            print("first", json.dumps(row), flush=True)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+    out["first"] = rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wordnet-minilm"))
@@ -361,6 +404,8 @@ def main() -> None:
         part_ram(args, base, specs, out)
     if "cold" in parts:
         part_cold(args, base, queries, gt, out)
+    if "first" in parts:
+        part_first(args, base, queries, gt, out)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = Path(args.out) / f"store-{'-'.join(parts)}.json"
     name.write_text(json.dumps(out, indent=2, default=float))
