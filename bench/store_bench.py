@@ -28,6 +28,7 @@ import argparse
 import json
 import mmap
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -328,8 +329,6 @@ def part_cold(args, base, queries, gt, out):
 
 
 def part_first(args, base, queries, gt, out, opens: int = 3):
-    import shutil
-
     rows = []
     for point in args.points:
         spec, r, nprobe = _point(point)

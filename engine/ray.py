@@ -589,10 +589,8 @@ class _Shard:
         from .search import shard_auto
 
         s = self.store
-        live = len(s)
-        out = shard_auto(s.codec, s.metric, s._segments, x, min(k, max(live, 1)), nprobe=nprobe,
-                         cap=min(cap, max(live, 1)), model=s.error_model() if live else None, confidence=confidence,
-                         prefetch=s.prefetch)
+        out = shard_auto(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap, model=s.error_model(),
+                         confidence=confidence, prefetch=s.prefetch)
         _pause("pause-search", f"search-{os.getpid()}")
         return out
 
@@ -607,22 +605,21 @@ class _Shard:
 
 
 def merge_auto(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The top-k of shards' `AutoResult`s by their float64 exact scores (ties by the smaller
-    id, as one store ranks them), and the queries counted capped: those where a row beyond
-    some shard's shortlist could still reach the merged k-th score. Returns float32 scores
-    (the user's convention), ids (-1 past the rows found) and that count."""
-    from .search import _worst
+    """The top-k of shards' `AutoResult`s by their float64 exact scores (`merge_shortlists`,
+    ties by the smaller id, as one store ranks them), and the queries counted capped: those
+    where a row beyond some shard's shortlist could still reach the merged k-th score.
+    Returns float32 scores (the user's convention), ids (-1 past the rows found) and that
+    count."""
+    from .search import merge_shortlists
 
-    scores = np.concatenate([p.scores for p in parts], axis=1)
-    ids = np.concatenate([p.ids for p in parts], axis=1)
-    valid = ids >= 0
-    better = np.where(valid, -scores if metric == "l2" else scores, -np.inf)
-    order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), -better), axis=-1)[:, :k]
-    top_i = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(ids, order, 1), -1)
-    top_s = np.where(top_i >= 0, np.take_along_axis(scores, order, 1), _worst(metric)).astype(np.float32)
-    nq = ids.shape[0]
-    tau = np.take_along_axis(better, order, 1)[:, -1] if k and order.shape[1] == k else np.full(nq, -np.inf)
-    reach = np.max(np.stack([p.reach for p in parts]), axis=0) if nq else np.zeros(0)
+    better = [np.where(p.ids >= 0, -p.scores if metric == "l2" else p.scores, -np.inf) for p in parts]
+    top_s, top_i, (top_better,) = merge_shortlists(metric, [p.scores for p in parts], [p.ids for p in parts],
+                                                   [better], k)
+    nq = top_i.shape[0]
+    tau = np.full(nq, -np.inf)  # the merged k-th exact score, larger-is-better (-inf: fewer than k)
+    if k and top_i.shape[1] == k:
+        tau = np.where(top_i[:, -1] >= 0, top_better[:, -1], -np.inf)
+    reach = np.max(np.stack([p.reach for p in parts]), axis=0)
     return top_s, top_i, int(np.count_nonzero(reach >= tau))
 
 

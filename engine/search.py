@@ -138,14 +138,16 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
 
 def merge_shortlists(metric: str, scores: list[np.ndarray], keys: list[np.ndarray], carried: list[list[np.ndarray]],
                      depth: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """The best `depth` of several shortlists (nq, *) by code score, ties by the smaller key
-    (user id; -1 = empty): scores, keys and each array of `carried` (parts aligned with
-    `scores`) at the chosen positions, -1 (worst score) past the candidates."""
+    """The best `depth` of several shortlists (nq, *) by score, ties by the smaller key
+    (user id; -1 = empty): scores (float32), keys and each array of `carried` (parts aligned
+    with `scores`) at the chosen positions, -1 (worst score) past the candidates. Scores are
+    ranked in their own precision: float32 code scores, or float64 exact ones (a distributed
+    auto search, engine/ray.py), whose float32 roundings may tie."""
     s = np.concatenate(scores, axis=1)
     k = np.concatenate(keys, axis=1)
     better = -s if metric == "l2" else s
     pick = (topk_positions_batch if s.shape[0] >= PARALLEL_MIN_QUERIES else topk_positions)(
-        np.ascontiguousarray(better, dtype=np.float32), k, depth)
+        np.ascontiguousarray(better), k, depth)
     valid = pick >= 0
     safe = np.maximum(pick, 0)
     out_s = np.where(valid, np.take_along_axis(s, safe, 1), _worst(metric)).astype(np.float32)
@@ -415,6 +417,13 @@ class AutoResult(NamedTuple):
     tau: np.ndarray
     reach: np.ndarray
 
+    @classmethod
+    def empty(cls, nq: int, k: int, metric: str) -> "AutoResult":
+        """Nothing found and nothing read (no candidate, or no live row)."""
+        none = np.full(nq, -np.inf)
+        return cls(np.full((nq, k), _worst(metric)), np.full((nq, k), -1, dtype=np.int64), 0, 0,
+                   np.zeros(nq, dtype=np.int64), none, none.copy())
+
 
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
                  rows: np.ndarray, ids: np.ndarray, k: int, model: ErrorModel | None, confidence: float,
@@ -431,7 +440,7 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
     else:  # the upper offset of each rank in the shortlist (shortlists are best first), per query
         z_hi, per_row = model.query_intervals(confidence, est.shape[1], x)[1], model.per_row
         if suffix_max:
-            z_hi = np.ascontiguousarray(np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1])
+            z_hi = np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1]
     qn = _query_norms(metric, x)
     scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
     # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
@@ -442,8 +451,7 @@ def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.nd
     reader_ix, dense_row, readers = _locate(segments, np.where(valid, seg_of, -1), rows)
     nq = x.shape[0]
     if not readers:  # no candidate
-        return AutoResult(np.full((nq, k), _worst(metric)), np.full((nq, k), -1, dtype=np.int64), 0, 0,
-                          np.zeros(nq, dtype=np.int64), np.full(nq, -np.inf), np.full(nq, -np.inf))
+        return AutoResult.empty(nq, k, metric)
     step = AUTO_STEP
     vectors = dense_kernels.vector_list(readers[0].values)
     for reader in readers[1:]:
@@ -487,12 +495,12 @@ def shard_auto(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
     """One shard's part of a distributed ``rerank="auto"`` search (engine/ray.py): the walk
     over this shard's shortlist of `cap`, each rank's upper offset raised to the largest of
     the ranks after it (`_auto_rerank`'s `suffix_max`). Returns its `AutoResult` and the
-    codes scored. x float32 (nq, dim), checked; k and cap at most the shard's live rows."""
+    codes scored. x float32 (nq, dim), checked; k and cap are clamped to the shard's live
+    rows (its top-k may be narrower than k)."""
     nq = x.shape[0]
     live = sum(s.live for s in segments)
     if nq == 0 or live == 0:
-        return AutoResult(np.full((nq, k), _worst(metric)), np.full((nq, k), -1, dtype=np.int64), 0, 0,
-                          np.zeros(nq, dtype=np.int64), np.full(nq, -np.inf), np.full(nq, -np.inf)), 0
+        return AutoResult.empty(nq, k, metric), 0
     with query_threads(nq, PARALLEL_MIN_QUERIES):
         scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, max(1, min(max(k, cap), live)), nprobe,
                                                            False)

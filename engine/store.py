@@ -662,7 +662,7 @@ class Store:
         ----------
         queries : (nq, dim) float array, or any input `add` takes: queries held out from
             the ones whose answers are measured; None: pseudo-queries from the rows
-        nprobe : IVF lists visited (default as `search`, or nlist / 8 for pseudo-queries)
+        nprobe : IVF lists visited (default as `search`: nlist // 8)
         commit : commit the model (default: when the store is open for writing; True on
             a store opened for reading raises `ReadOnlyStore`)
 
@@ -682,8 +682,6 @@ class Store:
         if queries is not None:
             x, source = _as_vectors(queries, self.dim, "calibration queries"), "queries"
             self._check_norms(x, "calibration queries")
-        elif nprobe is None:
-            nprobe = max(1, self.codec.nlist // 8)
         _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
         if x is not None and x.shape[0] == 0:
             raise InvalidInput("calibrate: expected at least one query, found 0 queries")

@@ -183,12 +183,12 @@ def test_a_failed_model_write_commits_nothing(tmp_path, monkeypatch):
     assert check_store(path) == []
 
 
-def _rewrite_model(path, arrays: dict, meta: dict) -> None:
-    """Replace the committed model file with a valid segment holding these sections."""
+def _rewrite_model(path, arrays: dict, meta: dict, kind: str = "model") -> None:
+    """Replace the committed model file with a valid segment (of `kind`) holding these sections."""
     with Store.open(path) as r:
         name = r.calibration["file"]
     os.unlink(path / name)
-    sg.write_segment(path / name, "model", arrays, meta=meta)
+    sg.write_segment(path / name, kind, arrays, meta=meta)
 
 
 @pytest.mark.parametrize("damage, match", [
@@ -232,10 +232,7 @@ def test_a_hostile_model_file_is_refused_with_a_typed_error(tmp_path, damage, ma
     elif damage == "per_row":
         meta["per_row"] = 1
     if damage == "kind":
-        with Store.open(path) as r:
-            name = r.calibration["file"]
-        os.unlink(path / name)
-        sg.write_segment(path / name, "codes", arrays, meta=meta)
+        _rewrite_model(path, arrays, meta, kind="codes")
     elif damage == "missing":
         with Store.open(path) as r:
             os.unlink(path / r.calibration["file"])
