@@ -575,6 +575,8 @@ LANES = 8
 _shuffle_accumulate_lanes = _make_shuffle_accumulate_lanes(LANES)
 _shuffle_accumulate_gather = _make_shuffle_accumulate_gather(LANES)
 _lanes_comb, _lanes_bound, _lanes_rows, _lanes_rows_pq, _lanes_at_least = _make_lanes_postprocess(LANES)
+# one query's block (`fs_scan_factors`): the same operations on one lane
+_lanes_comb1, _lanes_bound1, _lanes_rows1, _, _ = _make_lanes_postprocess(1)
 
 
 @jit
@@ -1022,9 +1024,29 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
 @jit
 def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
                           probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids):
-    """`fs_scan_factors`'s work, pushing into a given heap (a list-major scan's seed)."""
-    acc = np.empty(BLOCK, dtype=np.uint16)
-    comb = np.empty(BLOCK, dtype=np.float32)
+    """`fs_scan_factors`'s work, pushing into a given heap (a list-major scan's seed).
+
+    A block's float work (level sums, its bound, every row's score and the rows at or above
+    the heap minimum) runs as one-lane vector IR (`_lanes_comb1`, `_lanes_bound1`,
+    `_lanes_rows1`: the multi-query scans' operations, so all of them score a row alike);
+    only the rows the mask keeps meet the heap's admission test. Per row, the score is
+    pbias + g * (base + step * comb) (ip) or float32(-(q_sq - 2 est + |r|^2)) in float64
+    (l2), comb = sum_l 2**-l float32(acc_l) in float32 (tests/test_fastscan.py's numpy
+    reference)."""
+    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
+        # _lanes_rows1 reads 32 rows of (g, |r|^2) as one vector
+        raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
+    acc = np.empty((1, BLOCK), dtype=np.uint16)
+    acc_row = acc[0]
+    comb = np.empty((1, BLOCK), dtype=np.float32)
+    scores = np.empty((1, BLOCK), dtype=np.float32)
+    masks = np.zeros(1, dtype=np.int64)
+    bound = np.empty(1, dtype=np.float32)
+    lane_base = np.empty(1, dtype=np.float32)
+    lane_step = np.empty(1, dtype=np.float32)
+    lane_pbias = np.empty(1, dtype=np.float32)
+    lane_q_sq = np.empty(1, dtype=np.float32)
+    lane_thr = np.empty(1, dtype=np.float32)
     n_tables = qluts.shape[0]
     level_pairs = blocks.shape[1] // n_levels
     skip = block_bounds.shape[0] > 0
@@ -1038,54 +1060,38 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
         if lst < 0:
             continue
         t = p if n_tables > 1 else 0
-        step = steps[t]
-        base = biases[t] * level_sum
+        lane_base[0] = biases[t] * level_sum
+        lane_step[0] = steps[t]
+        lane_pbias[0] = probe_bias[p]
+        lane_q_sq[0] = probe_q_sq[p]
         tab = qluts[t]
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
-            comb[:] = 0.0
             w = np.float32(1.0)
             for lv in range(n_levels):
-                fs_block_accumulate_range(blocks, b, lv * level_pairs, level_pairs, tab, acc)
-                for v in range(BLOCK):
-                    comb[v] += w * np.float32(acc[v])
+                fs_block_accumulate_range(blocks, b, lv * level_pairs, level_pairs, tab, acc_row)
+                _lanes_comb1(acc, comb, w, lv == 0)
                 w *= np.float32(0.5)
+            lane_thr[0] = heap_scores[0]
             if skip:
                 # Upper bound of every real row's score, rounded like the scores themselves:
                 # base + step * comb lies between its values at the min and max comb
                 # (float rounding is monotone) and g between the block's min and max, so
                 # est = g * t is at most the largest of the four corner products whatever
                 # the signs; l2 adds the smallest |r|^2. Skip only when strictly below the
-                # heap minimum: an equal score could still enter by a smaller id.
-                cmax = comb[0]
-                cmin = comb[0]
-                for v in range(1, BLOCK):
-                    cmax = max(cmax, comb[v])
-                    cmin = min(cmin, comb[v])
-                t_hi = base + step * cmax
-                t_lo = base + step * cmin
-                gmax = block_bounds[b, 0]
-                gmin = block_bounds[b, 1]
-                c0 = gmax * t_hi
-                c1 = gmax * t_lo
-                c2 = gmin * t_hi
-                c3 = gmin * t_lo
-                est = max(max(c0, c1), max(c2, c3))
-                if is_l2:
-                    bound = np.float32(-(probe_q_sq[p] - 2.0 * est + block_bounds[b, 2]))
-                else:
-                    bound = np.float32(probe_bias[p] + est)
-                # a NaN corner (NaN or infinite factors) never skips
-                if bound < heap_scores[0] and not (np.isnan(c0) or np.isnan(c1) or np.isnan(c2)
-                                                   or np.isnan(c3)):
+                # heap minimum (an equal score could still enter by a smaller id); a NaN
+                # corner (NaN or infinite factors) gives a NaN bound, which never skips.
+                _lanes_bound1(comb, lane_base, lane_step, lane_pbias, lane_q_sq, 0, block_bounds, b, is_l2, bound)
+                if bound[0] < lane_thr[0]:
                     continue
             row0 = b * BLOCK
-            for v in range(BLOCK):
+            _lanes_rows1(comb, row_factors, row0, lane_base, lane_step, lane_pbias, lane_q_sq, lane_thr, is_l2,
+                         scores, masks)
+            m = masks[0]
+            while m != 0:
+                v = _lowest_bit(m)
+                m &= m - 1
                 idx = block_ids[row0 + v]
-                est = row_factors[row0 + v, 0] * (base + step * comb[v])
-                if is_l2:
-                    s = np.float32(-(probe_q_sq[p] - 2.0 * est + row_factors[row0 + v, 1]))
-                else:
-                    s = np.float32(probe_bias[p] + est)
+                s = scores[0, v]
                 if idx >= 0 and (s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0])):
                     topk_push(heap_scores, heap_ids, s, idx)
 

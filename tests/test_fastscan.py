@@ -472,6 +472,91 @@ def test_scan_factors_multi_and_skip_equal_single(nq, n, dim, levels, nlist, n_p
         np.testing.assert_array_equal(got_s, ref_s)
 
 
+def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors, block_offsets, probes, probe_bias,
+                   probe_q_sq, is_l2, k):
+    """`fs_scan_factors` in plain numpy: every real row's score in the kernel's float32
+    operations (comb = sum_l 2**-l float32(acc_l); ip: pbias + g * (base + step * comb); l2:
+    float32(-(q_sq - 2 est + |r|^2)) in float64), then the best k by (score desc, id asc),
+    padded with (-inf, -1); a NaN or -inf score never enters."""
+    level_pairs = blocks.shape[1] // levels
+    level_sum, w = np.float32(0.0), np.float32(1.0)
+    for _ in range(levels):
+        level_sum, w = np.float32(level_sum + w), np.float32(w * np.float32(0.5))
+    lut_ix = np.arange(blocks.shape[1]) % level_pairs  # every level reads level 0's tables
+    found_s, found_i = [], []
+    for p, lst in enumerate(probes.tolist()):
+        if lst < 0:
+            continue
+        t = p if qluts.shape[0] > 1 else 0
+        tab = qluts[t].astype(np.uint16)
+        base = np.float32(biases[t] * level_sum)
+        for b in range(block_offsets[lst], block_offsets[lst + 1]):
+            c = blocks[b]  # (pairs, 32)
+            sums = tab[2 * lut_ix[:, None], c & 15] + tab[2 * lut_ix[:, None] + 1, c >> 4]  # (pairs, 32) uint16
+            comb, w = np.zeros(BLOCK, np.float32), np.float32(1.0)
+            for lv in range(levels):
+                acc = sums[lv * level_pairs:(lv + 1) * level_pairs].sum(axis=0, dtype=np.uint16)  # wraps as uint16
+                comb = (comb + w * acc.astype(np.float32)).astype(np.float32)
+                w = np.float32(w * np.float32(0.5))
+            rows = slice(b * BLOCK, (b + 1) * BLOCK)
+            g, r_sq = row_factors[rows, 0], row_factors[rows, 1]
+            est = (g * (base + steps[t] * comb)).astype(np.float32)
+            if is_l2:
+                score = (-(np.float64(probe_q_sq[p]) - 2.0 * est.astype(np.float64) + r_sq.astype(np.float64)))
+            else:
+                score = probe_bias[p] + est
+            score = score.astype(np.float32)
+            real = (block_ids[rows] >= 0) & (score > -np.inf)  # NaN fails the comparison too
+            found_s.append(score[real])
+            found_i.append(block_ids[rows][real])
+    s = np.concatenate(found_s) if found_s else np.zeros(0, np.float32)
+    i = np.concatenate(found_i) if found_i else np.zeros(0, np.int64)
+    order = np.lexsort((i, -s.astype(np.float64)))[:k]
+    out_s = np.full(k, -np.inf, np.float32)
+    out_i = np.full(k, -1, np.int64)
+    out_s[:len(order)], out_i[:len(order)] = s[order], i[order]
+    return out_s, out_i
+
+
+@MULTI_SETTINGS
+@given(n=ROW_COUNTS, dim=st.sampled_from([1, 7, 16, 33, 64]), levels=st.integers(1, 4), nlist=st.integers(1, 4),
+       n_probe=st.integers(1, 4), per_probe=st.booleans(), is_l2=st.booleans(),
+       k=st.one_of(st.integers(1, 4), st.integers(1, 130)), special=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_scan_factors_single_equals_numpy(n, dim, levels, nlist, n_probe, per_probe, is_l2, k, special, seed):
+    # The one-query kernel (its block work in one-lane vector IR) against plain numpy, with
+    # and without block skipping: the same scores bit for bit, the same ids and order (ties
+    # by id; duplicate rows; g of both signs and zero; NaN and infinite factors when special).
+    rng = np.random.default_rng(seed)
+    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+     q_sq) = _rb_inputs(rng, 1, n, dim, levels, nlist, n_probe, per_probe)
+    if special and row_factors.shape[0]:
+        pick = rng.integers(0, row_factors.shape[0], size=3)
+        row_factors[pick[0], 0] = np.nan
+        row_factors[pick[1], 0] = np.inf
+        row_factors[pick[2], 1] = np.inf
+        bounds = fastscan.fs_block_bounds(row_factors, block_ids)
+    ref_s, ref_i = _rb_scan_numpy(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
+                                  block_offsets, probes[0], bias[0], q_sq[0], is_l2, k)
+    _readonly(blocks, block_ids, row_factors, bounds, block_offsets)
+    for bnd in (bounds, np.empty((0, 3), np.float32)):
+        got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
+                                                bnd, block_offsets, probes[0], bias[0], q_sq[0], is_l2, k)
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_s, ref_s)
+
+
+def test_scan_factors_refuses_strided_row_factors():
+    # the one-lane row kernel reads 32 rows of (g, |r|^2) as one vector
+    rng = np.random.default_rng(3)
+    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+     q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
+    wide = np.zeros((row_factors.shape[0], 3), np.float32)
+    wide[:, :2] = row_factors
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], 2, blocks, block_ids, wide[:, :2], bounds,
+                                 block_offsets, probes[0], bias[0], q_sq[0], False, 5)
+
+
 def test_block_bounds_cover_real_rows_only():
     rng = np.random.default_rng(3)
     n = 70  # three blocks, the last with 6 real rows and 26 padding rows
