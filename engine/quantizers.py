@@ -413,8 +413,10 @@ class RB(Quantizer):
     def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
         n_tab = bias.shape[1] if per_probe else 1
         rot = np.ascontiguousarray(tq @ state["rb_rotation"], dtype=np.float32)
-        q_sq = np.einsum("ij,ij->i", rot, rot).reshape(nq, n_tab).astype(np.float32)
-        q_sq = np.ascontiguousarray(q_sq) if per_probe else np.zeros(bias.shape, dtype=np.float32)
+        if per_probe:  # |q - c|^2 of each probe (l2 on residuals); unused otherwise
+            q_sq = np.ascontiguousarray(np.einsum("ij,ij->i", rot, rot).reshape(nq, n_tab), dtype=np.float32)
+        else:
+            q_sq = np.zeros(bias.shape, dtype=np.float32)
         if sdc:
             bits, factors = binary.rb_encode_batch(rot, self.levels, binary._T_COARSE, binary._T_FINE_STEP)
             words = binary.rb_words(bits).reshape(nq, n_tab, self.levels, -1)

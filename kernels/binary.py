@@ -382,8 +382,45 @@ def rb_nibbles(bits: np.ndarray) -> np.ndarray:
 
 def rb_nibble_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
     """Fast-scan tables float32 (nq, 2 * b * nbytes, 16) matching `rb_nibbles`: entry
-    [(l * nbytes + j) * 2 + h, v] = 2**-l * sum_t q[8j + 4h + t] * (2 * bit_t(v) - 1)."""
-    return _sign_tables(q, n_levels, 4)
+    [(l * nbytes + j) * 2 + h, v] = 2**-l * sum_t q[8j + 4h + t] * (2 * bit_t(v) - 1),
+    summed in float32 in the order t = 0, 1, 2, 3 (q past dim counts as 0), whatever the
+    number of queries: a query's tables never depend on its batch."""
+    q = np.ascontiguousarray(np.atleast_2d(np.asarray(q)), dtype=np.float32)
+    if q.ndim != 2:
+        raise ValueError(f"expected queries (nq, dim), found shape {q.shape}")
+    n_symbols = 2 * rb_nbytes(q.shape[1])
+    out = np.empty((q.shape[0], n_levels * n_symbols, 16), dtype=np.float32)
+    _nibble_tables(q, n_levels, n_symbols, out)
+    return out
+
+
+@jit
+def _query_value(q, i, t, dim):
+    return q[i, t] if t < dim else np.float32(0.0)
+
+
+@jit_batch
+def _nibble_tables(q, n_levels, n_symbols, out):
+    # One compiled pass instead of a BLAS product and five numpy temporaries: ~2 us against
+    # ~28 us for one query (the single-query plan, wordnet-minilm 384-d).
+    nq, dim = q.shape
+    for i in prange(nq):
+        for j in range(n_symbols):
+            a0 = _query_value(q, i, 4 * j, dim)
+            a1 = _query_value(q, i, 4 * j + 1, dim)
+            a2 = _query_value(q, i, 4 * j + 2, dim)
+            a3 = _query_value(q, i, 4 * j + 3, dim)
+            for v in range(16):
+                s = a0 if v & 1 else -a0
+                s = s + a1 if v & 2 else s - a1
+                s = s + a2 if v & 4 else s - a2
+                out[i, j, v] = s + a3 if v & 8 else s - a3
+        w = np.float32(1.0)
+        for lv in range(1, n_levels):
+            w *= np.float32(0.5)
+            for j in range(n_symbols):
+                for v in range(16):
+                    out[i, lv * n_symbols + j, v] = w * out[i, j, v]
 
 
 def rb_words(bits: np.ndarray) -> np.ndarray:
