@@ -576,7 +576,7 @@ _shuffle_accumulate_lanes = _make_shuffle_accumulate_lanes(LANES)
 _shuffle_accumulate_gather = _make_shuffle_accumulate_gather(LANES)
 _lanes_comb, _lanes_bound, _lanes_rows, _lanes_rows_pq, _lanes_at_least = _make_lanes_postprocess(LANES)
 # one query's block (`fs_scan_factors`): the same operations on one lane
-_lanes_comb1, _lanes_bound1, _lanes_rows1, _, _ = _make_lanes_postprocess(1)
+_lanes_comb1, _lanes_bound1, _lanes_rows1, _lanes_rows_pq1, _ = _make_lanes_postprocess(1)
 
 
 @jit
@@ -826,30 +826,37 @@ def fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes, prob
 @jit
 def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, heap_scores,
                   heap_ids):
-    """`fs_scan`'s work, pushing into a given heap (a list-major scan's seed)."""
-    acc = np.empty(BLOCK, dtype=np.uint16)
+    """`fs_scan`'s work, pushing into a given heap (a list-major scan's seed). A block's 32
+    scores and the rows at or above the heap minimum come from one-lane vector IR
+    (`_lanes_rows_pq1`, the multi-query scans' operation); only those rows meet the heap's
+    admission test."""
+    acc = np.empty((1, BLOCK), dtype=np.uint16)
+    acc_row = acc[0]
+    scores = np.empty((1, BLOCK), dtype=np.float32)
+    masks = np.zeros(1, dtype=np.int64)
+    lane_base = np.empty(1, dtype=np.float32)
+    lane_step = np.empty(1, dtype=np.float32)
+    lane_thr = np.empty(1, dtype=np.float32)
     n_tables = qluts.shape[0]
     for p in range(probes.shape[0]):
         lst = probes[p]
         if lst < 0:
             continue
         t = p if n_tables > 1 else 0
-        step = steps[t]
-        base = biases[t] + probe_bias[p]
+        lane_step[0] = steps[t]
+        lane_base[0] = biases[t] + probe_bias[p]
         tab = qluts[t]
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
-            fs_block_accumulate(blocks, b, tab, acc)
-            # Once the heap is full most blocks hold nothing better: one vectorised max over
-            # the 32 sums rules the block out before any per-row float work.
-            top = acc[0]
-            for v in range(1, BLOCK):
-                top = max(top, acc[v])
-            if np.float32(base + step * np.float32(top)) < heap_scores[0]:
-                continue
+            fs_block_accumulate(blocks, b, tab, acc_row)
+            lane_thr[0] = heap_scores[0]
+            _lanes_rows_pq1(acc, lane_base, lane_step, lane_thr, scores, masks)
+            m = masks[0]
             row0 = b * BLOCK
-            for v in range(BLOCK):
+            while m != 0:
+                v = _lowest_bit(m)
+                m &= m - 1
                 idx = block_ids[row0 + v]
-                s = np.float32(base + step * np.float32(acc[v]))
+                s = scores[0, v]
                 if idx >= 0 and (s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0])):
                     topk_push(heap_scores, heap_ids, s, idx)
 
