@@ -383,11 +383,13 @@ def rb_nibbles(bits: np.ndarray) -> np.ndarray:
 def rb_nibble_lut(q: np.ndarray, n_levels: int) -> np.ndarray:
     """Fast-scan tables float32 (nq, 2 * b * nbytes, 16) matching `rb_nibbles`: entry
     [(l * nbytes + j) * 2 + h, v] = 2**-l * sum_t q[8j + 4h + t] * (2 * bit_t(v) - 1),
-    summed in float32 in the order t = 0, 1, 2, 3 (q past dim counts as 0), whatever the
-    number of queries: a query's tables never depend on its batch."""
+    summed in float32 from +0 in the order t = 0, 1, 2, 3 (q past dim counts as 0), whatever
+    the number of queries: a query's tables never depend on its batch."""
     q = np.ascontiguousarray(np.atleast_2d(np.asarray(q)), dtype=np.float32)
     if q.ndim != 2:
         raise ValueError(f"expected queries (nq, dim), found shape {q.shape}")
+    if not isinstance(n_levels, (int, np.integer)) or n_levels < 1:
+        raise ValueError(f"n_levels: expected an integer >= 1, found {n_levels!r}")
     n_symbols = 2 * rb_nbytes(q.shape[1])
     out = np.empty((q.shape[0], n_levels * n_symbols, 16), dtype=np.float32)
     _nibble_tables(q, n_levels, n_symbols, out)
@@ -411,7 +413,8 @@ def _nibble_tables(q, n_levels, n_symbols, out):
             a2 = _query_value(q, i, 4 * j + 2, dim)
             a3 = _query_value(q, i, 4 * j + 3, dim)
             for v in range(16):
-                s = a0 if v & 1 else -a0
+                # from +0 as a BLAS product sums (a zero entry gives +0.0, not -0.0)
+                s = np.float32(0.0) + (a0 if v & 1 else -a0)
                 s = s + a1 if v & 2 else s - a1
                 s = s + a2 if v & 4 else s - a2
                 out[i, j, v] = s + a3 if v & 8 else s - a3

@@ -829,7 +829,9 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     """`fs_scan`'s work, pushing into a given heap (a list-major scan's seed). A block's 32
     scores and the rows at or above the heap minimum come from one-lane vector IR
     (`_lanes_rows_pq1`, the multi-query scans' operation); only those rows meet the heap's
-    admission test."""
+    admission test. Every row is scored, so a step of either sign is exact (the block
+    maximum this replaced bounded the block only for step >= 0; `fs_quantize_lut` never
+    makes a negative one). Float inputs are float32, as the engine passes them."""
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     scores = np.empty((1, BLOCK), dtype=np.float32)

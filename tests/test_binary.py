@@ -250,7 +250,7 @@ def test_rb_lut_matches_reference(nq, dim, b, seed):
 
 @SETTINGS
 @given(nq=st.integers(0, 3), dim=st.sampled_from([1, 3, 4, 5, 8, 13, 17, 64]), b=LEVELS,
-       layout=st.sampled_from(["c", "strided", "f16"]), seed=st.integers(0, 2**32 - 1))
+       layout=st.sampled_from(["c", "strided", "f16", "zeros"]), seed=st.integers(0, 2**32 - 1))
 def test_rb_nibble_lut_matches_reference(nq, dim, b, layout, seed):
     # Entry [(l, symbol j), v] = 2**-l * sum_t q[4j + t] * (+1 if bit t of v else -1), summed
     # in float32 in the order t = 0..3: equal bit for bit to that sum in numpy, and to the
@@ -262,6 +262,9 @@ def test_rb_nibble_lut_matches_reference(nq, dim, b, layout, seed):
         q = np.repeat(q, 2, axis=1)[:, ::2]
     elif layout == "f16":
         q = q.astype(np.float16)
+    elif layout == "zeros":  # signed zeros: every table entry of an all-zero group is +0.0
+        q[:, ::3] = -0.0
+        q[:, 1::3] = 0.0
     lut = binary.rb_nibble_lut(q, b)
     n_sym = 2 * binary.rb_nbytes(dim)
     assert lut.shape == (nq, b * n_sym, 16) and lut.dtype == np.float32
@@ -269,16 +272,22 @@ def test_rb_nibble_lut_matches_reference(nq, dim, b, layout, seed):
     qp[:, :dim] = q
     qp = qp.reshape(nq, n_sym, 4)
     sign = 2.0 * ((np.arange(16)[:, None] >> np.arange(4)) & 1) - 1.0  # (16, 4)
-    ordered = qp[:, :, None, 0] * sign[:, 0].astype(np.float32)
+    ordered = np.float32(0.0) + qp[:, :, None, 0] * sign[:, 0].astype(np.float32)
     for t in range(1, 4):
         ordered = (ordered + qp[:, :, None, t] * sign[:, t].astype(np.float32)).astype(np.float32)
     exact = np.einsum("qjt,vt->qjv", qp.astype(np.float64), sign)
     for lv in range(b):
         level = lut[:, lv * n_sym:(lv + 1) * n_sym]
-        np.testing.assert_array_equal(level, ordered * np.float32(0.5 ** lv))
+        # bit for bit, signed zeros included (assert_array_equal takes -0.0 for +0.0)
+        np.testing.assert_array_equal(level.view(np.uint32), (ordered * np.float32(0.5 ** lv)).view(np.uint32))
         np.testing.assert_allclose(level, exact * 0.5 ** lv, rtol=1e-6, atol=1e-6)
     for i in range(nq):
         np.testing.assert_array_equal(binary.rb_nibble_lut(q[i:i + 1], b)[0], lut[i])
+
+
+def test_rb_nibble_lut_refuses_no_levels():
+    with pytest.raises(ValueError, match="n_levels"):
+        binary.rb_nibble_lut(np.ones((2, 8), np.float32), 0)
 
 
 def _rb_db(rng, n, dim, b, kind):

@@ -545,6 +545,23 @@ def test_scan_factors_single_equals_numpy(n, dim, levels, nlist, n_probe, per_pr
         np.testing.assert_array_equal(got_s, ref_s)
 
 
+def test_scan_with_a_negative_step_is_exact():
+    # A block's largest sum bounds its scores only for step >= 0: every row is scored, so a
+    # negative step (which fs_quantize_lut never makes) still gives the exact top-k
+    # (a review's case: the block-maximum test once skipped list 1's better rows).
+    codes = np.zeros((64, 2), np.uint8)
+    codes[:32, 0] = 5
+    codes[32:, 0] = np.arange(32) % 16
+    ids = np.arange(64, dtype=np.int64)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, ids, np.array([0, 32, 64], np.int64))
+    qluts = np.zeros((1, 2, 32), np.uint8)
+    qluts[0, 0, :16] = qluts[0, 0, 16:] = np.arange(16)
+    s, i = fastscan.fs_scan(qluts, np.float32([-1.0]), np.float32([0.0]), blocks, block_ids, block_offsets,
+                            np.array([0, 1], np.int64), np.zeros(2, np.float32), 3)
+    np.testing.assert_array_equal(s, [0.0, 0.0, -1.0])
+    np.testing.assert_array_equal(i, [32, 48, 33])
+
+
 def test_scan_factors_refuses_strided_row_factors():
     # the one-lane row kernel reads 32 rows of (g, |r|^2) as one vector
     rng = np.random.default_rng(3)
