@@ -832,6 +832,9 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     admission test. Every row is scored, so a step of either sign is exact (the block
     maximum this replaced bounded the block only for step >= 0; `fs_quantize_lut` never
     makes a negative one). Float inputs are float32, as the engine passes them."""
+    if steps.itemsize != 4 or biases.itemsize != 4 or probe_bias.itemsize != 4:
+        # the lanes hold float32: a float64 term would be rounded before the sum
+        raise ValueError("steps, biases and probe_bias must be float32")
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     scores = np.empty((1, BLOCK), dtype=np.float32)
@@ -1045,6 +1048,11 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
     if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
         # _lanes_rows1 reads 32 rows of (g, |r|^2) as one vector
         raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
+    if (steps.itemsize != 4 or biases.itemsize != 4 or probe_bias.itemsize != 4 or probe_q_sq.itemsize != 4
+            or block_bounds.itemsize != 4):
+        # the lanes hold float32 (a float64 term would be rounded first) and `_lanes_bound1`
+        # reads block_bounds as float32
+        raise ValueError("steps, biases, probe_bias, probe_q_sq and block_bounds must be float32")
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     comb = np.empty((1, BLOCK), dtype=np.float32)

@@ -562,6 +562,30 @@ def test_scan_with_a_negative_step_is_exact():
     np.testing.assert_array_equal(i, [32, 48, 33])
 
 
+def test_one_query_scans_refuse_float64_terms():
+    # the one-lane kernels hold their per-probe terms as float32 and read the block bounds as
+    # float32: float64 ones are refused, not rounded or misread
+    rng = np.random.default_rng(4)
+    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+     q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
+    args = dict(steps=steps[0], biases=biases[0], bias=bias[0], q_sq=q_sq[0], bounds=bounds)
+    for name in args:
+        wide = {**args, name: args[name].astype(np.float64)}
+        with pytest.raises(ValueError, match="float32"):
+            fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
+                                     wide["bounds"], block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5)
+    codes = rng.integers(0, 16, size=(40, 4)).astype(np.uint8)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, np.arange(40, dtype=np.int64),
+                                                          np.array([0, 40], np.int64))
+    qluts, pq_steps, pq_biases = fastscan.fs_quantize_lut(rng.standard_normal((1, 1, 4, 16)).astype(np.float32))
+    terms = dict(steps=pq_steps[0], biases=pq_biases[0], bias=np.zeros(1, np.float32))
+    for name in terms:
+        wide = {**terms, name: terms[name].astype(np.float64)}
+        with pytest.raises(ValueError, match="float32"):
+            fastscan.fs_scan(qluts[0], wide["steps"], wide["biases"], blocks, block_ids, block_offsets,
+                             np.zeros(1, np.int64), wide["bias"], 5)
+
+
 def test_scan_factors_refuses_strided_row_factors():
     # the one-lane row kernel reads 32 rows of (g, |r|^2) as one vector
     rng = np.random.default_rng(3)
