@@ -403,8 +403,8 @@ def _query_value(q, i, t, dim):
 
 @jit_batch
 def _nibble_tables(q, n_levels, n_symbols, out):
-    # One compiled pass instead of a BLAS product and five numpy temporaries: ~2 us against
-    # ~28 us for one query (the single-query plan, wordnet-minilm 384-d).
+    # One compiled pass instead of a BLAS product and five numpy temporaries: 4.1 against
+    # 11.6 us for one 384-d query, 0.22 against 4.86 ms for 1,000 (Zen 4).
     nq, dim = q.shape
     for i in prange(nq):
         for j in range(n_symbols):

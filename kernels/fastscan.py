@@ -813,6 +813,25 @@ def fs_quantize_lut(luts: np.ndarray):
 
 
 @jit
+def _check_terms(steps, biases, probe_bias):
+    """The lane kernels hold a query's per-probe terms as float32 (a float64 one would be
+    rounded before the sum, where a scalar loop would not): any other width is refused."""
+    if steps.itemsize != 4 or biases.itemsize != 4 or probe_bias.itemsize != 4:
+        raise ValueError("steps, biases and probe_bias must be float32")
+
+
+@jit
+def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds):
+    """`_check_terms` for the RB factor scans, whose lane intrinsics also read block_bounds
+    as float32 (`_lanes_bound`) and 32 rows of (g, |r|^2) as one vector (`_lanes_rows`)."""
+    _check_terms(steps, biases, probe_bias)
+    if probe_q_sq.itemsize != 4 or block_bounds.itemsize != 4:
+        raise ValueError("probe_q_sq and block_bounds must be float32")
+    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
+        raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
+
+
+@jit
 def fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k):
     """One query: qluts (L, 2 * n_pairs, 32), steps/biases (L,) -> sorted top-k.
 
@@ -832,9 +851,7 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     admission test. Every row is scored, so a step of either sign is exact (the block
     maximum this replaced bounded the block only for step >= 0; `fs_quantize_lut` never
     makes a negative one). Float inputs are float32, as the engine passes them."""
-    if steps.itemsize != 4 or biases.itemsize != 4 or probe_bias.itemsize != 4:
-        # the lanes hold float32: a float64 term would be rounded before the sum
-        raise ValueError("steps, biases and probe_bias must be float32")
+    _check_terms(steps, biases, probe_bias)
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     scores = np.empty((1, BLOCK), dtype=np.float32)
@@ -915,6 +932,7 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     (`_acc_floor`, updated when the heap changes), so one integer compare of each lane's 32
     sums (`_lanes_at_least`) picks the rows for fs_scan's admission test: a float block
     maximum and a test per lane cost 20% of the scan (measured, PQ96x4 on wordnet-minilm)."""
+    _check_terms(steps, biases, probe_bias)
     n_q = qluts.shape[0]
     heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     heap_ids = np.full((n_q, k), -1, dtype=np.int64)
@@ -1045,14 +1063,7 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
     pbias + g * (base + step * comb) (ip) or float32(-(q_sq - 2 est + |r|^2)) in float64
     (l2), comb = sum_l 2**-l float32(acc_l) in float32 (tests/test_fastscan.py's numpy
     reference)."""
-    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
-        # _lanes_rows1 reads 32 rows of (g, |r|^2) as one vector
-        raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
-    if (steps.itemsize != 4 or biases.itemsize != 4 or probe_bias.itemsize != 4 or probe_q_sq.itemsize != 4
-            or block_bounds.itemsize != 4):
-        # the lanes hold float32 (a float64 term would be rounded first) and `_lanes_bound1`
-        # reads block_bounds as float32
-        raise ValueError("steps, biases, probe_bias, probe_q_sq and block_bounds must be float32")
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     comb = np.empty((1, BLOCK), dtype=np.float32)
@@ -1137,9 +1148,7 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
     (with the same block_bounds, or without: skipping never changes results). The float
     work per block (level sums, bounds, the row filter against each heap's minimum) runs on
     all LANES queries at once in vector IR."""
-    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
-        # _lanes_rows reads 32 rows of (g, |r|^2) as one vector
-        raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
     n_q = qluts.shape[0]
     heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     heap_ids = np.full((n_q, k), -1, dtype=np.int64)
@@ -1370,9 +1379,7 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
     """`fs_scan_factors` for G queries with their own probes, list-major as `fs_scan_lists`:
     shapes as in `fs_scan_factors_batch` -> (G, k), row g identical to `fs_scan_factors` of
     query g (skipping compares a block's bound with the heap of the query it is for)."""
-    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
-        # _lanes_rows reads 32 rows of (g, |r|^2) as one vector
-        raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
     n_q = qluts.shape[0]
     heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
     heap_ids = np.full((n_q, k), -1, dtype=np.int64)

@@ -574,6 +574,10 @@ def test_one_query_scans_refuse_float64_terms():
         with pytest.raises(ValueError, match="float32"):
             fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
                                      wide["bounds"], block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5)
+        with pytest.raises(ValueError, match="float32"):  # the group kernel's lanes too
+            fastscan.fs_scan_factors_multi(qluts, wide["steps"][None], wide["biases"][None], 2, blocks, block_ids,
+                                           row_factors, wide["bounds"], block_offsets, probes[0], wide["bias"][None],
+                                           wide["q_sq"][None], False, 5)
     codes = rng.integers(0, 16, size=(40, 4)).astype(np.uint8)
     blocks, block_ids, block_offsets = fastscan.fs_layout(codes, np.arange(40, dtype=np.int64),
                                                           np.array([0, 40], np.int64))
@@ -584,6 +588,9 @@ def test_one_query_scans_refuse_float64_terms():
         with pytest.raises(ValueError, match="float32"):
             fastscan.fs_scan(qluts[0], wide["steps"], wide["biases"], blocks, block_ids, block_offsets,
                              np.zeros(1, np.int64), wide["bias"], 5)
+        with pytest.raises(ValueError, match="float32"):
+            fastscan.fs_scan_multi(qluts, wide["steps"][None], wide["biases"][None], blocks, block_ids, block_offsets,
+                                   np.zeros(1, np.int64), wide["bias"][None], 5)
 
 
 def test_scan_factors_refuses_strided_row_factors():
