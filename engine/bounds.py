@@ -335,7 +335,8 @@ def _quantiles(z: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: float | np.ndarray, k: int,
-                   step: int, read: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   step: int, read: Callable[[np.ndarray], np.ndarray], *, seeds: int | None = None,
+                   floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The walk of the module docstring over a shortlist, in numpy: the reference of the
     compiled walk the store runs (`vecz.kernels.dense.bounded_walk`, tests compare them).
 
@@ -345,6 +346,12 @@ def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: 
     exact scores (larger-is-better, float64 (nq, C)) of the candidates where mask (nq, C) is
     True (others ignored). Returns exact scores with NaN where not read, the read mask, and
     tau (nq,) (-inf when fewer than k were read).
+
+    A shard's walk of a distributed search (engine/ray.py) reads `seeds` rows first
+    (default k), and then goes on with tau the larger of its own k-th exact score and
+    floor[i] (float (nq,), larger-is-better, -inf: none; the k-th best exact score of every
+    shard's seeds), as `vecz.kernels.dense.walk_seed` and `walk_floor` make the compiled
+    walk do; tau is then that maximum.
     """
     nq, c = est.shape
     upper = np.where(valid, est + z_hi * scale, -np.inf)
@@ -357,20 +364,24 @@ def bounded_rerank(est: np.ndarray, scale: np.ndarray, valid: np.ndarray, z_hi: 
     ptr = np.zeros(nq, dtype=np.int64)
     cols = np.arange(c)[None, :]
     kk = min(k, c)
-    end = np.minimum(n_valid, k)
+    lowest = np.full(nq, -np.inf) if floor is None else np.asarray(floor, dtype=np.float64)
+    end = np.minimum(n_valid, k if seeds is None else seeds)
+    first = True
     while True:
         take = (cols >= ptr[:, None]) & (cols < end[:, None])
-        if not take.any():
+        if take.any():
+            mask = np.zeros((nq, c), dtype=bool)
+            np.put_along_axis(mask, order, take, axis=1)
+            got = read(mask)
+            exact[mask] = got[mask]
+            done |= mask
+        elif not first:
             break
-        mask = np.zeros((nq, c), dtype=bool)
-        np.put_along_axis(mask, order, take, axis=1)
-        got = read(mask)
-        exact[mask] = got[mask]
-        done |= mask
+        first = False
         ptr = np.maximum(ptr, end)
         filled = np.where(done, exact, -np.inf)
-        kth = -np.partition(-filled, kk - 1, axis=1)[:, kk - 1]
-        tau = np.where(done.sum(axis=1) >= k, kth, -np.inf)
+        kth = -np.partition(-filled, kk - 1, axis=1)[:, kk - 1] if c else np.full(nq, -np.inf)
+        tau = np.maximum(np.where(done.sum(axis=1) >= k, kth, -np.inf), lowest)
         # sorted by upper bound: the candidates that can still reach tau are a prefix
         reach = (up_sorted >= tau[:, None]).sum(axis=1)
         end = np.minimum(np.minimum(ptr + step, reach), n_valid)

@@ -40,6 +40,19 @@ is exactly the one-process answer (same ids and scores, ties by the smaller id):
 2. with ``rerank``, every shard re-scores exactly those of the merged candidates it holds;
    the driver takes the top k by exact score.
 
+``rerank="auto"`` (engine/bounds.py) runs in two rounds too, each shard walking its own
+shortlist by upper bound (`vecz.engine.search.AutoWalk`):
+
+1. every shard reads its first `seed_rows` candidates (together about `SEED_SHARE` x k
+   over all shards) and returns their exact scores; the driver takes the k-th best of all
+   of them, per query, as the floor;
+2. every shard goes on reading the candidates whose upper bound reaches the floor or its
+   own k-th exact score, whichever is higher (a row it skips could reach neither, so not
+   the merged k-th score either), and returns its top k; the driver keeps the best k.
+
+Without the floor every shard would read at least k rows and walk as if it held the whole
+answer: the rows read grow with the shards (docs/recipes/ray.md has the figures).
+
 An actor that dies is restarted (``max_restarts``) and the call retried; when it cannot be,
 the search raises `ShardUnavailable` naming the shard, or, with ``partial=True``, answers
 from the shards left and lists the missing ones in ``result.missing_shards``.
@@ -70,6 +83,16 @@ from .errors import InvalidInput, MissingDependency, ShardUnavailable, StoreCorr
 
 __all__ = ["build", "BuildReport", "ShardedStore", "connect", "read_dataset", "DEFAULT_SEGMENT_ROWS"]
 
+# rerank="auto" over shards: the seed rows of all shards together, in multiples of k (each shard
+# reads ceil(SEED_SHARE * k / shards), `seed_rows`). On wordnet-minilm (IVF256,RB2 f16, 500
+# queries, shards by id, offline) 1 x k left the floor low (36.6 rows a query at 4 shards
+# against 26.4 for one walk), 1.5 and 2 x k 30.3 and 29.6; 2 x k at 16 shards 39.0 (one walk's
+# rows, whatever the shards, are the least a floor could give).
+SEED_SHARE = 2.0
+# seed walks an actor keeps between the two rounds (the oldest dropped past it: a driver that
+# dies between them leaves its walks behind)
+_PENDING_WALKS = 16
+
 # Rows per batch, hence per segment written by a worker: 256 Ki rows of 768 float32 are
 # 768 MiB of input per worker at a time (the batch, its codes and the dense copy).
 DEFAULT_SEGMENT_ROWS = 1 << 18
@@ -77,7 +100,8 @@ _ID_COLUMN = "__vecz_id"
 # Test hook (tests/test_ray.py): while the file DIR/pause exists (DIR = this variable), every
 # batch, after writing its codes file, touches DIR/<pid>-<token> and sleeps the seconds the
 # file holds, so that a test can kill the worker there; while DIR/pause-search exists, every
-# shard's first round touches DIR/search-<pid> and sleeps likewise, mid-search.
+# shard's first round touches DIR/search-<pid> and sleeps likewise, mid-search; DIR/pause-finish
+# does the same (DIR/finish-<pid>) at the start of an auto search's second round.
 _PAUSE_ENV = "VECZ_TEST_RAY_PAUSE"
 
 
@@ -565,6 +589,7 @@ class _Shard:
 
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         self.store = Store._open_shard(path, version, serials)
+        self._walks: dict[str, Any] = {}  # token -> a seeded auto walk (`auto_seed`), oldest first
         for seg in self.store._segments:
             if seg.live:
                 seg.layout  # noqa: B018 (built now, not at the first query)
@@ -594,6 +619,40 @@ class _Shard:
         _pause("pause-search", f"search-{os.getpid()}")
         return out
 
+    def auto_seed(self, token: str, x: np.ndarray, k: int, nprobe: int, cap: int, confidence: float,
+                  seeds: int) -> tuple[Any, int]:
+        """Round 1 of a ``rerank="auto"`` search over several shards (module docstring): this
+        shard's walk reads its first `seeds` candidates and is kept under `token` for
+        `auto_finish`. Returns the seed rows' `AutoResult` and the codes scored."""
+        from .search import shard_auto_seed
+
+        s = self.store
+        walk, seeded, candidates = shard_auto_seed(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap,
+                                                   model=s.error_model(), confidence=confidence,
+                                                   prefetch=s.prefetch, seeds=seeds)
+        self._walks[token] = walk
+        while len(self._walks) > _PENDING_WALKS:
+            self._walks.pop(next(iter(self._walks)))
+        _pause("pause-search", f"search-{os.getpid()}")
+        return seeded, candidates
+
+    def auto_finish(self, token: str, floor: np.ndarray, x: np.ndarray, k: int, nprobe: int, cap: int,
+                    confidence: float, seeds: int) -> Any:
+        """Round 2: the walk `auto_seed` kept under `token` reads on above `floor` (the k-th
+        best exact score of every shard's seeds). An actor restarted between the rounds has
+        lost it: it seeds the same walk again (the same rows: the shortlist depends on the
+        queries and the shard only). Returns the `AutoResult` of both rounds."""
+        from .search import shard_auto_finish, shard_auto_seed
+
+        s = self.store
+        _pause("pause-finish", f"finish-{os.getpid()}")
+        walk = self._walks.pop(token, False)
+        if walk is False:
+            walk = shard_auto_seed(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap,
+                                   model=s.error_model(), confidence=confidence, prefetch=s.prefetch,
+                                   seeds=seeds)[0]
+        return shard_auto_finish(walk, floor, x.shape[0], k, s.metric)
+
     def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
         from .search import PARALLEL_MIN_QUERIES, _exact
         from .threads import query_threads
@@ -604,21 +663,40 @@ class _Shard:
             return _exact(s.metric, s._segments, x, seg_of.reshape(ids.shape), rows.reshape(ids.shape), s.prefetch)
 
 
-def merge_auto(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _merged(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The top-k of shards' `AutoResult`s by their float64 exact scores (`merge_shortlists`,
-    ties by the smaller id, as one store ranks them), and the queries counted capped: those
-    where a row beyond some shard's shortlist could still reach the merged k-th score.
-    Returns float32 scores (the user's convention), ids (-1 past the rows found) and that
-    count."""
+    ties by the smaller id, as one store ranks them) and its k-th score per query,
+    larger-is-better (-inf where fewer than k were found)."""
     from .search import merge_shortlists
 
     better = [np.where(p.ids >= 0, -p.scores if metric == "l2" else p.scores, -np.inf) for p in parts]
     top_s, top_i, (top_better,) = merge_shortlists(metric, [p.scores for p in parts], [p.ids for p in parts],
                                                    [better], k)
-    nq = top_i.shape[0]
-    tau = np.full(nq, -np.inf)  # the merged k-th exact score, larger-is-better (-inf: fewer than k)
+    tau = np.full(top_i.shape[0], -np.inf)
     if k and top_i.shape[1] == k:
         tau = np.where(top_i[:, -1] >= 0, top_better[:, -1], -np.inf)
+    return top_s, top_i, tau
+
+
+def seed_rows(k: int, shards: int) -> int:
+    """Rows each of `shards` shards reads in round 1 of a ``rerank="auto"`` search:
+    ceil(SEED_SHARE * k / shards), at least 1."""
+    return max(1, int(np.ceil(SEED_SHARE * k / max(1, shards))))
+
+
+def auto_floor(metric: str, seeds: list[Any], k: int) -> np.ndarray:
+    """The floor of round 2 (module docstring): per query the k-th best exact score of all
+    shards' seed rows (their `AutoResult`s), larger-is-better, float64; -inf where they
+    hold fewer than k rows."""
+    return _merged(metric, seeds, k)[2]
+
+
+def merge_auto(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The top-k of shards' `AutoResult`s (`_merged`), and the queries counted capped: those
+    where a row beyond some shard's shortlist could still reach the merged k-th score.
+    Returns float32 scores (the user's convention), ids (-1 past the rows found) and that
+    count."""
+    top_s, top_i, tau = _merged(metric, parts, k)
     reach = np.max(np.stack([p.reach for p in parts]), axis=0)
     return top_s, top_i, int(np.count_nonzero(reach >= tau))
 
@@ -700,12 +778,13 @@ class ShardedStore:
         return (f"shard {j} of {len(self.groups)} ({len(g)} segment(s), serials {[r.serial for r in g]}, "
                 f"{sum(r.live for r in g)} live rows) of {self.path} version {self.version}")
 
-    def _gather(self, refs: list, partial: bool) -> tuple[list, list[int]]:
-        """Results of one call per shard; a shard whose actor is gone raises ShardUnavailable
-        (or, with `partial`, gives None and is listed)."""
+    def _gather(self, refs: list, partial: bool, shards: list[int] | None = None) -> tuple[list, list[int]]:
+        """Results of one call per shard (refs[i] to shard shards[i], default i); a shard
+        whose actor is gone raises ShardUnavailable (or, with `partial`, gives None and is
+        listed by its shard number)."""
         exc_types = (self._ray.exceptions.RayActorError,)
         out, missing = [], []
-        for j, ref in enumerate(refs):
+        for j, ref in zip(range(len(refs)) if shards is None else shards, refs):
             try:
                 out.append(self._ray.get(ref))
             except exc_types as exc:
@@ -726,15 +805,18 @@ class ShardedStore:
         """Top-k like `Store.search`. With ``partial=True`` a shard that is gone is skipped
         and named in ``result.missing_shards`` instead of raising `ShardUnavailable`.
 
-        ``rerank="auto"`` (or ``"auto:R"``, with `confidence`) runs each shard's own walk
-        over its own shortlist of R (engine/bounds.py) and keeps the best k exact scores of
-        all: a row one shard skipped could not reach that shard's k-th exact score, so not
-        the global one either. A shard's upper offset at rank r is the largest of the
-        store's at ranks r and beyond (a row's rank in its shard's shortlist is at most its
-        rank in the store's), so a shard never bounds a row tighter than the store would,
-        and each shard's shortlist holds every row of its own that the store's holds: where
-        the bounds hold, the answer is at least as good as one walk's over the store. Each
-        shard reads at least k rows, so the rows read add up to more. ``stats.capped``
+        ``rerank="auto"`` (or ``"auto:R"``, with `confidence`) walks each shard's own
+        shortlist of R (engine/bounds.py) in two rounds (module docstring): every shard
+        reads a few seed rows, then the candidates whose upper bound reaches the k-th best
+        exact score of all seeds or its own k-th, and the best k exact scores of all are
+        kept: a row a shard skipped could reach neither, so not the merged k-th score
+        either. A shard's upper offset at rank r is the largest of the store's at ranks r
+        and beyond (a row's rank in its shard's shortlist is at most its rank in the
+        store's), so a shard never bounds a row tighter than the store would, and each
+        shard's shortlist holds every row of its own that the store's holds: where the
+        bounds hold, the answer is at least as good as one walk's over the store, for
+        somewhat more rows (the seeds, and each shard's own k-th score rising more slowly
+        than one walk's). ``stats.capped``
         counts a query once, when a row beyond some shard's shortlist could still reach the
         merged k-th score. With ``sdc=True`` R is a fixed depth, as in `Store.search`.
         Shards bound code scores with the store's committed error model (`Store.calibrate`,
@@ -783,8 +865,8 @@ class ShardedStore:
         else:
             refs = {j: self.actors[j].exact.remote(xref, np.where(top_o == j, top_i, -1))
                     for j in np.unique(top_o[top_o >= 0]).tolist()}
-            done, lost = self._gather(list(refs.values()), partial)
-            missing = sorted(set(missing) | {list(refs)[i] for i in lost})
+            done, lost = self._gather(list(refs.values()), partial, list(refs))
+            missing = sorted(set(missing) | set(lost))
             exact = np.zeros(top_i.shape, dtype=np.float64)
             n_rows = n_bytes = 0
             keep = top_i.copy()
@@ -804,14 +886,30 @@ class ShardedStore:
 
     def _auto(self, xref: Any, nq: int, k: int, nprobe: int, cap: int, confidence: float,
               partial: bool) -> SearchResult:
-        """`search` with ``rerank="auto"``: every shard's own walk (`_Shard.auto`), merged
-        (`merge_auto`)."""
-        parts, missing = self._gather([a.auto.remote(xref, k, nprobe, cap, confidence) for a in self.actors], partial)
-        got = [p for p in parts if p is not None]
+        """`search` with ``rerank="auto"``: one shard walks alone (`_Shard.auto`); several
+        walk in two rounds (module docstring: `_Shard.auto_seed`, `auto_floor`,
+        `_Shard.auto_finish`), merged by `merge_auto`. A shard lost in round 2 (with
+        `partial`) still gives its seed rows."""
+        metric = self.body.metric
+        if len(self.actors) == 1:
+            parts, missing = self._gather([self.actors[0].auto.remote(xref, k, nprobe, cap, confidence)], partial)
+            got = [p for p in parts if p is not None]
+            results = [p[0] for p in got]
+        else:
+            token, seeds = uuid.uuid4().hex, seed_rows(k, len(self.actors))
+            parts, missing = self._gather([a.auto_seed.remote(token, xref, k, nprobe, cap, confidence, seeds)
+                                           for a in self.actors], partial)
+            got = [(j, p) for j, p in enumerate(parts) if p is not None]
+            floor = auto_floor(metric, [p[0] for _, p in got], k) if got else None
+            finished, lost = self._gather([self.actors[j].auto_finish.remote(token, floor, xref, k, nprobe, cap,
+                                                                             confidence, seeds) for j, _ in got],
+                                          partial, [j for j, _ in got])
+            missing = sorted(set(missing) | set(lost))
+            results = [r if r is not None else p[0] for (_, p), r in zip(got, finished)]
+            got = [p for _, p in got]
         if not got:
             raise ShardUnavailable(f"{self.path}: every shard is gone")
-        results = [p[0] for p in got]
-        top_s, top_i, capped = merge_auto(self.body.metric, results, k)
+        top_s, top_i, capped = merge_auto(metric, results, k)
         probes = nq * (min(nprobe, self.codec.nlist) if self.codec.ivf is not None else 1)
         stats = SearchStats(sum(int(p[1]) for p in got), probes, rows_read=sum(r.rows for r in results),
                             bytes_read=sum(r.bytes for r in results),

@@ -39,7 +39,7 @@ __all__ = ["search_segments", "check_search_args", "pad_to_k", "merge_shortlists
 # kernel ahead for small batches
 AUTO_STEP = 4
 # rerank="auto" on a few queries: rows past the first prefetch asked of the kernel together,
-# at most this many more a time (`_walk_fetching`)
+# at most this many more a time (`AutoWalk._resume`)
 AUTO_AHEAD = 16
 
 # rerank="auto"'s default calibration (`calibrate`): pseudo-queries are stored rows less a
@@ -377,33 +377,8 @@ def _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, bette
     return avail
 
 
-def _walk_fetching(x, vectors, readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k, step,
-                   rescore, exact, done, tau) -> np.ndarray:
-    """The walk for a few queries whose rows may not be in the page cache: the pages of the
-    rows it will probably read are asked for together before it starts (`_first_reads`);
-    when it needs a row past them it pauses (`bounded_walk_resume`), and the pages of the
-    next candidates it can still reach, up to `AUTO_AHEAD` more, are asked for together: a
-    row the walk reads is never a page fault of its own, one storage round trip after
-    another. Reads what `bounded_walk` reads. Returns the rows read per query."""
-    nq = x.shape[0]
-    avail = _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k)
-    top = np.empty((nq, k))
-    state = np.empty((nq, dense_kernels.WALK_STATE), dtype=np.int64)
-    dense_kernels.walk_start(k, n_valid, top, state)
-    active = np.ones(nq, dtype=bool)
-    while True:
-        active = dense_kernels.bounded_walk_resume(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k,
-                                                   step, rescore, exact, done, tau, top, state, avail, active)
-        if not active.any():
-            return state[:, 1].copy()
-        ahead = np.minimum(np.maximum(state[:, 2], np.minimum(state[:, 3], avail + AUTO_AHEAD)), n_valid)
-        ahead = np.where(active, ahead, avail)
-        _will_need(readers, reader_ix, dense_row, order, avail, ahead)
-        avail = ahead
-
-
 class AutoResult(NamedTuple):
-    """What `_auto_rerank` found: the top-k's exact scores (float64, the user's convention)
+    """What an `AutoWalk` found: the top-k's exact scores (float64, the user's convention)
     and ids, rows and bytes read, rows read per query, and per query the k-th exact score
     `tau` and `reach`, the best score a row beyond the shortlist could have by the bounds
     (both larger-is-better; reach -inf where the shortlist was not full or nothing was
@@ -425,88 +400,223 @@ class AutoResult(NamedTuple):
                    np.zeros(nq, dtype=np.int64), none, none.copy())
 
 
+class AutoWalk:
+    """A ``rerank="auto"`` walk over one shortlist (engine/bounds.py), its candidates ordered
+    by upper bound and located in the dense files. `run` walks it to the end (one store, or
+    one shard's own walk). A shard of a distributed search (engine/ray.py) walks in two
+    parts instead: `seed` reads its first few candidates, and once the seeds of every shard
+    are known, `finish` reads the rest that can still reach the k-th best of them (the
+    floor) or its own k-th exact score, whichever is higher. With `suffix_max` each rank's
+    upper offset is the largest of its own and every later rank's: a shard's shortlist ranks
+    its rows at least as well as the whole store's would, and so never bounds them tighter
+    than the store would."""
+
+    def __init__(self, metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
+                 rows: np.ndarray, ids: np.ndarray, k: int, model: ErrorModel | None, confidence: float,
+                 prefetch: bool | None, suffix_max: bool = False) -> None:
+        sign = -1.0 if metric == "l2" else 1.0
+        self.metric, self.segments, self.x, self.ids, self.k, self.model = metric, segments, x, ids, k, model
+        self.valid = valid = ids >= 0
+        self.better = sign * est.astype(np.float64)
+        if model is None:  # nothing measured: every candidate may matter
+            z_hi, self.per_row = np.full((x.shape[0], est.shape[1]), 1e300), False
+        else:  # the upper offset of each rank in the shortlist (shortlists are best first), per query
+            z_hi, self.per_row = model.query_intervals(confidence, est.shape[1], x)[1], model.per_row
+            if suffix_max:
+                z_hi = np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1]
+        self.z_hi = z_hi
+        self.qn = _query_norms(metric, x)
+        scale = self.qn[:, None] * _scales(segments, seg_of, rows, self.per_row)
+        # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
+        upper = np.where(valid, self.better + z_hi * scale, -np.inf)
+        self.order = np.argsort(-upper, axis=1, kind="stable")
+        self.up_sorted = np.ascontiguousarray(np.take_along_axis(upper, self.order, axis=1))
+        self.n_valid = valid.sum(axis=1).astype(np.int64)
+        self.reader_ix, self.dense_row, self.readers = _locate(segments, np.where(valid, seg_of, -1), rows)
+        nq = x.shape[0]
+        self.exact = np.zeros(valid.shape, dtype=np.float64)
+        self.done = np.zeros(valid.shape, dtype=bool)
+        self.tau = np.full(nq, -np.inf)  # the final k-th exact score (larger-is-better)
+        self.top: np.ndarray | None = None  # a walk in parts: its state (kernels/dense.py)
+        self.state: np.ndarray | None = None
+        if not self.readers:  # no candidate
+            return
+        self.vectors = dense_kernels.vector_list(self.readers[0].values)
+        for reader in self.readers[1:]:
+            self.vectors.append(reader.values)
+        self.hinted = [reader if hint else None
+                       for reader, hint in zip(self.readers, _hints(prefetch, nq, self.readers))]
+        self.fetch = any(r is not None for r in self.hinted)
+
+    def _args(self) -> tuple:
+        return (self.x, self.vectors, self.reader_ix, self.dense_row, self.order, self.up_sorted, self.n_valid,
+                self.k, AUTO_STEP, _RESCORE[self.metric], self.exact, self.done, self.tau)
+
+    def _hint(self, start: np.ndarray, stop: np.ndarray) -> None:
+        _will_need(self.hinted, self.reader_ix, self.dense_row, self.order, start, stop)
+
+    def _start(self, seeds: int) -> None:
+        nq = self.x.shape[0]
+        self.top = np.empty((nq, self.k))
+        self.state = np.empty((nq, dense_kernels.WALK_STATE), dtype=np.int64)
+        dense_kernels.walk_seed(self.k, self.n_valid, seeds, self.top, self.state)
+
+    def _resume(self, avail: np.ndarray) -> None:
+        """Advance the walk in parts (`top`, `state`) to its end. For a few queries whose
+        rows may not be in the page cache it pauses before a round past `avail` (the pages
+        asked for), and the pages of the next candidates it can still reach, up to
+        `AUTO_AHEAD` more, are asked for together: a row the walk reads is never a page
+        fault of its own, one storage round trip after another. Reads what `bounded_walk`
+        reads."""
+        nq = self.x.shape[0]
+        if nq >= PARALLEL_MIN_QUERIES or not self.fetch:  # a batch, or cached: no pause
+            if self.fetch:
+                self._hint(self.state[:, 1], self.state[:, 3])
+            resume = (dense_kernels.bounded_walk_resume_batch if nq >= PARALLEL_MIN_QUERIES
+                      else dense_kernels.bounded_walk_resume)
+            resume(*self._args(), self.top, self.state, self.n_valid, np.ones(nq, dtype=bool))
+            return
+        active = np.ones(nq, dtype=bool)
+        while True:
+            active = dense_kernels.bounded_walk_resume(*self._args(), self.top, self.state, avail, active)
+            if not active.any():
+                return
+            st = self.state
+            ahead = np.minimum(np.maximum(st[:, 2], np.minimum(st[:, 3], avail + AUTO_AHEAD)), self.n_valid)
+            ahead = np.where(active, ahead, avail)
+            self._hint(avail, ahead)
+            avail = ahead
+
+    def run(self) -> AutoResult:
+        """The whole walk, as one store runs it."""
+        nq = self.x.shape[0]
+        if not self.readers:
+            return AutoResult.empty(nq, self.k, self.metric)
+        if self.fetch:
+            # the pages of the rows it will probably read, asked for together before it starts
+            avail = _first_reads(self.hinted, self.reader_ix, self.dense_row, self.order, self.up_sorted,
+                                 self.n_valid, self.better, self.valid, self.k)
+            if nq < PARALLEL_MIN_QUERIES:
+                self._start(self.k)
+                self._resume(avail)
+                return self.result(self.state[:, 1].copy())
+        # a batch (its rows' pages are faulted by several threads at once), or cached
+        walk = dense_kernels.bounded_walk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
+        return self.result(walk(*self._args()))
+
+    def seed(self, seeds: int) -> AutoResult:
+        """Read the first `seeds` candidates by upper bound (fewer where the shortlist is
+        shorter) and pause: the `AutoResult` of those rows alone."""
+        nq = self.x.shape[0]
+        if not self.readers:
+            return AutoResult.empty(nq, self.k, self.metric)
+        self._start(seeds)
+        avail = self.state[:, 2].copy()
+        if self.fetch:
+            self._hint(np.zeros(nq, dtype=np.int64), avail)
+        resume = (dense_kernels.bounded_walk_resume_batch if nq >= PARALLEL_MIN_QUERIES
+                  else dense_kernels.bounded_walk_resume)
+        resume(*self._args(), self.top, self.state, avail, np.ones(nq, dtype=bool))
+        return self.result(self.state[:, 1].copy(), note=False)
+
+    def finish(self, floor: np.ndarray) -> AutoResult:
+        """After `seed` (or from the start if it was not run): read every further candidate
+        whose upper bound reaches max(floor, this walk's own k-th exact score), floor (nq,)
+        float64 larger-is-better (-inf: none). Returns everything read, the seeds included."""
+        nq = self.x.shape[0]
+        if not self.readers:
+            return AutoResult.empty(nq, self.k, self.metric)
+        if self.state is None:
+            self._start(0)
+        dense_kernels.walk_floor(self.top, self.state, self.up_sorted, self.n_valid, self.k, AUTO_STEP,
+                                 np.ascontiguousarray(floor, dtype=np.float64))
+        self._resume(self.state[:, 1].copy())
+        return self.result(self.state[:, 1].copy())
+
+    def result(self, per_query: np.ndarray, note: bool = True) -> AutoResult:
+        """The top-k of the rows read so far, their counts (each dense file's reader counts
+        them when `note`), tau and reach."""
+        done, nq, k = self.done, self.x.shape[0], self.k
+        sign = -1.0 if self.metric == "l2" else 1.0
+        n_rows = n_bytes = 0
+        for j, reader in enumerate(self.readers):
+            n = int(np.count_nonzero(done & (self.reader_ix == j)))
+            if note:
+                reader.note_read(n)
+            n_rows += n
+            n_bytes += n * reader.info.row_bytes
+        user = np.where(done, sign * self.exact, 0.0)
+        topk = dense_kernels.rerank_topk64_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk64
+        top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, self.ids, -1)), k,
+                            self.metric == "l2")
+        reach = np.full(nq, -np.inf)
+        if self.model is not None and self.better.shape[1]:
+            # a row beyond the shortlist scored at most the last candidate's code score
+            sigma_max = max((seg.error_max if self.per_row else 1.0) for seg in self.segments if seg.live)
+            full = self.valid[:, -1]
+            # (an offset below zero, which a query's shift allows, is largest at the smallest
+            # scale: 0 stands for it)
+            reach = np.where(full, self.better[:, -1] + np.maximum(self.z_hi[:, -1], 0.0) * self.qn * sigma_max,
+                             -np.inf)
+        return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau.copy(), reach)
+
+
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
                  rows: np.ndarray, ids: np.ndarray, k: int, model: ErrorModel | None, confidence: float,
-                 prefetch: bool | None, suffix_max: bool = False) -> AutoResult:
-    """`rerank="auto"` over a shortlist (engine/bounds.py). With `suffix_max` each rank's
-    upper offset is the largest of its own and every later rank's: a shard's shortlist
-    ranks its rows at least as well as the whole store's would, and so never bounds them
-    tighter than the store would (engine/ray.py)."""
-    sign = -1.0 if metric == "l2" else 1.0
-    valid = ids >= 0
-    better = sign * est.astype(np.float64)
-    if model is None:  # nothing measured: every candidate may matter
-        z_hi, per_row = np.full((x.shape[0], est.shape[1]), 1e300), False
-    else:  # the upper offset of each rank in the shortlist (shortlists are best first), per query
-        z_hi, per_row = model.query_intervals(confidence, est.shape[1], x)[1], model.per_row
-        if suffix_max:
-            z_hi = np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1]
-    qn = _query_norms(metric, x)
-    scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
-    # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
-    upper = np.where(valid, better + z_hi * scale, -np.inf)
-    order = np.argsort(-upper, axis=1, kind="stable")
-    up_sorted = np.ascontiguousarray(np.take_along_axis(upper, order, axis=1))
-    n_valid = valid.sum(axis=1).astype(np.int64)
-    reader_ix, dense_row, readers = _locate(segments, np.where(valid, seg_of, -1), rows)
-    nq = x.shape[0]
-    if not readers:  # no candidate
-        return AutoResult.empty(nq, k, metric)
-    step = AUTO_STEP
-    vectors = dense_kernels.vector_list(readers[0].values)
-    for reader in readers[1:]:
-        vectors.append(reader.values)
-    exact = np.zeros(valid.shape, dtype=np.float64)
-    done = np.zeros(valid.shape, dtype=bool)
-    tau = np.empty(nq, dtype=np.float64)  # the final k-th exact score (larger-is-better)
-    hinted = [reader if hint else None for reader, hint in zip(readers, _hints(prefetch, nq, readers))]
-    fetch = any(r is not None for r in hinted)
-    if fetch and nq < PARALLEL_MIN_QUERIES:
-        per_query = _walk_fetching(x, vectors, hinted, reader_ix, dense_row, order, up_sorted, n_valid, better,
-                                   valid, k, step, _RESCORE[metric], exact, done, tau)
-    else:  # a batch (its rows' pages are faulted by several threads at once), or cached
-        if fetch:
-            _first_reads(hinted, reader_ix, dense_row, order, up_sorted, n_valid, better, valid, k)
-        walk = dense_kernels.bounded_walk_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.bounded_walk
-        per_query = walk(x, vectors, reader_ix, dense_row, order, up_sorted, n_valid, k, step, _RESCORE[metric],
-                         exact, done, tau)
-    n_rows = n_bytes = 0
-    for j, reader in enumerate(readers):
-        n = int(np.count_nonzero(done & (reader_ix == j)))
-        reader.note_read(n)
-        n_rows += n
-        n_bytes += n * reader.info.row_bytes
-    user = np.where(done, sign * exact, 0.0)
-    topk = dense_kernels.rerank_topk64_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk64
-    top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, ids, -1)), k, metric == "l2")
-    reach = np.full(nq, -np.inf)
-    if model is not None and est.shape[1]:
-        # a row beyond the shortlist scored at most the last candidate's code score
-        sigma_max = max((seg.error_max if per_row else 1.0) for seg in segments if seg.live)
-        full = valid[:, -1]
-        # (an offset below zero, which a query's shift allows, is largest at the smallest
-        # scale: 0 stands for it)
-        reach = np.where(full, better[:, -1] + np.maximum(z_hi[:, -1], 0.0) * qn * sigma_max, -np.inf)
-    return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, tau, reach)
+                 prefetch: bool | None) -> AutoResult:
+    """`rerank="auto"` over a shortlist (engine/bounds.py): the whole walk (`AutoWalk.run`)."""
+    return AutoWalk(metric, segments, x, est, seg_of, rows, ids, k, model, confidence, prefetch).run()
+
+
+def _shard_walk(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, nprobe: int, cap: int,
+                model: ErrorModel | None, confidence: float, prefetch: bool | None) -> tuple[AutoWalk | None, int]:
+    """A shard's walk over its own shortlist of `cap` (None: no query or no live row) and
+    the codes scored."""
+    live = sum(s.live for s in segments)
+    if x.shape[0] == 0 or live == 0:
+        return None, 0
+    scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, max(1, min(max(k, cap), live)), nprobe,
+                                                       False)
+    walk = AutoWalk(metric, segments, x, scores, seg_of, rows, ids, min(k, live), model, confidence, prefetch,
+                    suffix_max=True)
+    return walk, int(candidates)
 
 
 def shard_auto(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int, cap: int,
                model: ErrorModel | None, confidence: float, prefetch: bool | None) -> tuple[AutoResult, int]:
-    """One shard's part of a distributed ``rerank="auto"`` search (engine/ray.py): the walk
-    over this shard's shortlist of `cap`, each rank's upper offset raised to the largest of
-    the ranks after it (`_auto_rerank`'s `suffix_max`). Returns its `AutoResult` and the
-    codes scored. x float32 (nq, dim), checked; k and cap are clamped to the shard's live
-    rows (its top-k may be narrower than k)."""
-    nq = x.shape[0]
-    live = sum(s.live for s in segments)
-    if nq == 0 or live == 0:
-        return AutoResult.empty(nq, k, metric), 0
+    """A shard's part of a distributed ``rerank="auto"`` search (engine/ray.py) in one round,
+    as a store of one shard runs it: the walk over this shard's shortlist of `cap`, each
+    rank's upper offset raised to the largest of the ranks after it (`AutoWalk`'s
+    `suffix_max`). Returns its `AutoResult` and the codes scored. x float32 (nq, dim),
+    checked; k and cap are clamped to the shard's live rows (its top-k may be narrower)."""
+    with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
+        walk, candidates = _shard_walk(codec, metric, segments, x, k, nprobe, cap, model, confidence, prefetch)
+        return (AutoResult.empty(x.shape[0], k, metric) if walk is None else walk.run()), candidates
+
+
+def shard_auto_seed(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int,
+                    cap: int, model: ErrorModel | None, confidence: float, prefetch: bool | None,
+                    seeds: int) -> tuple[AutoWalk | None, AutoResult, int]:
+    """The first of a shard's two rounds of a distributed ``rerank="auto"`` search
+    (engine/ray.py): the walk of `shard_auto`, of which it reads the first `seeds`
+    candidates by upper bound. Returns the walk, paused (`shard_auto_finish` goes on; None:
+    no query or no live row), the seed rows' `AutoResult` and the codes scored."""
+    with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
+        walk, candidates = _shard_walk(codec, metric, segments, x, k, nprobe, cap, model, confidence, prefetch)
+        if walk is None:
+            return None, AutoResult.empty(x.shape[0], k, metric), 0
+        return walk, walk.seed(seeds), candidates
+
+
+def shard_auto_finish(walk: AutoWalk | None, floor: np.ndarray, nq: int, k: int, metric: str) -> AutoResult:
+    """The second round: `walk` (`shard_auto_seed`'s) reads every further candidate whose
+    upper bound reaches max(floor, its own k-th exact score); floor (nq,) float64
+    larger-is-better, the k-th best exact score of every shard's seeds. Returns what the
+    walk read in both rounds."""
+    if walk is None:
+        return AutoResult.empty(nq, k, metric)
     with query_threads(nq, PARALLEL_MIN_QUERIES):
-        scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, max(1, min(max(k, cap), live)), nprobe,
-                                                           False)
-        got = _auto_rerank(metric, segments, x, scores, seg_of, rows, ids, min(k, live), model, confidence, prefetch,
-                           suffix_max=True)
-    return got, int(candidates)
+        return walk.finish(floor)
 
 
 def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int,

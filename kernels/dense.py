@@ -39,7 +39,10 @@ __all__ = [
     "bounded_walk",
     "bounded_walk_batch",
     "bounded_walk_resume",
+    "bounded_walk_resume_batch",
     "walk_start",
+    "walk_seed",
+    "walk_floor",
     "vector_list",
     "WALK_STATE",
     "RESCORE_IP",
@@ -610,3 +613,59 @@ def bounded_walk_resume(queries, vectors, file_ix, rows, order, up_sorted, n_val
                                       k, step, metric, exact[i], done[i], top[i], state[i], avail[i],
                                       tau[i : i + 1])
     return paused
+
+
+@jit_batch
+def bounded_walk_resume_batch(queries, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, metric, exact, done,
+                              tau, top, state, avail, active):
+    """`bounded_walk_resume`, parallel over queries (a batch whose pages are not asked for)."""
+    nq = queries.shape[0]
+    paused = np.zeros(nq, dtype=np.bool_)
+    for i in prange(nq):
+        if active[i]:
+            paused[i] = not _walk_one(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i],
+                                      k, step, metric, exact[i], done[i], top[i], state[i], avail[i],
+                                      tau[i : i + 1])
+    return paused
+
+
+@jit
+def walk_seed(k, n_valid, seeds, top, state):
+    """`walk_start` with a first round of `seeds` candidates (at most n_valid[i]) instead of
+    k: `bounded_walk_resume` with avail = state[:, 2] then reads those and pauses (a shard's
+    seed rows, whose exact scores set the floor of every shard's walk: `walk_floor`).
+    seeds = 0: nothing is read before the floor is set."""
+    walk_start(k, n_valid, top, state)
+    for i in range(state.shape[0]):
+        state[i, 2] = min(seeds, n_valid[i])
+        state[i, 3] = state[i, 2]
+
+
+@jit
+def walk_floor(top, state, up_sorted, n_valid, k, step, floor):
+    """Put a floor under each walk's k-th exact score (walks set up by `walk_seed` or
+    `walk_start`, paused or finished, not started by `bounded_walk`): floor[i] is a k-th
+    exact score of rows read elsewhere (larger-is-better; -inf: none). The walk's buffer
+    becomes the k largest of its exact scores so far and k copies of floor[i], as if k rows
+    scoring floor[i] had been read, and its next round is set from there: from now on it
+    reads a candidate only while its upper bound is >= max(floor[i], its own k-th exact
+    score), and the tau it writes is that maximum. floor[i] = -inf leaves the walk to go on
+    as it would have."""
+    merged = np.empty(k)
+    for i in range(state.shape[0]):
+        a = min(state[i, 0], k) - 1  # the exact scores so far: top[i, :count] ascending
+        f = floor[i]
+        for out in range(k - 1, -1, -1):
+            if a >= 0 and top[i, a] > f:
+                merged[out] = top[i, a]
+                a -= 1
+            else:
+                merged[out] = f
+        top[i, :k] = merged
+        state[i, 0] = k
+        ptr = state[i, 1]
+        reach = ptr
+        while reach < n_valid[i] and up_sorted[i, reach] >= merged[0]:
+            reach += 1
+        state[i, 2] = min(ptr + step, reach)
+        state[i, 3] = reach

@@ -120,6 +120,78 @@ def test_the_walk_never_drops_a_candidate_that_can_reach_tau(nq, c, k, step, z_h
     np.testing.assert_array_equal(ex[dn], exact[dn])
 
 
+@SETTINGS
+@given(nq=st.integers(1, 4), c=st.integers(0, 40), k=st.integers(1, 12), step=st.integers(1, 8),
+       seeds=st.integers(0, 45), seed=st.integers(0, 2**32 - 1), ties=st.booleans(), floors=st.sampled_from(
+           ["none", "low", "mid", "high", "mixed"]))
+def test_a_shards_walk_in_two_parts_never_drops_a_candidate_above_its_floor(nq, c, k, step, seeds, seed, ties,
+                                                                          floors):
+    """A shard's walk of a distributed auto search (engine/ray.py): `seeds` rows first, then
+    every candidate whose upper bound reaches max(floor, its own k-th exact score). The numpy
+    reference (`bounded_rerank(seeds=, floor=)`) never skips such a candidate and reads no
+    row twice; the compiled walk (`walk_seed`, `bounded_walk_resume` to the seeds, then
+    `walk_floor` and on, serial and parallel) reads exactly the same rows and ends at the
+    same tau, whatever the floor: -inf (the shard's own walk), below, among or above the
+    exact scores, per query."""
+    rng = np.random.default_rng(seed)
+    z_hi = 0.5 * rng.random((1, c)) + rng.normal(0.0, 0.3, size=(nq, 1))
+    est = rng.normal(size=(nq, c))
+    if ties:
+        est = np.round(est, 1)
+    scale = np.abs(rng.normal(size=(nq, c)))
+    valid = rng.random((nq, c)) < 0.85
+    exact = (est + z_hi * scale - np.abs(rng.normal(size=(nq, c)))).astype(np.float32).astype(np.float64)
+    if ties:
+        exact = np.round(exact, 1).astype(np.float32).astype(np.float64)
+    level = {"none": -np.inf, "low": -10.0, "mid": 0.0, "high": 10.0}
+    floor = (rng.choice([-np.inf, -1.0, 0.0, 0.5, 10.0], nq) if floors == "mixed"
+             else np.full(nq, level[floors]))
+    reads = []
+
+    def read(mask):
+        assert not (mask & ~valid).any(), "read an invalid candidate"
+        reads.append(mask.copy())
+        return np.where(mask, exact, np.nan)
+
+    got, done, tau = bounded_rerank(est, scale, valid, z_hi, k, step, read, seeds=seeds, floor=floor)
+    counts = np.stack(reads).sum(axis=0) if reads else np.zeros((nq, c))
+    assert counts.max(initial=0) <= 1, "a candidate was read twice"
+    upper = np.where(valid, est + z_hi * scale, -np.inf)
+    order = np.argsort(-upper, axis=1, kind="stable")
+    n_valid = valid.sum(1).astype(np.int64)
+    for i in range(nq):
+        # the seeds are the first by upper bound; every other candidate skipped is below tau
+        assert done[i][order[i][: min(seeds, n_valid[i])]].all()
+        own = np.sort(got[i][done[i]])[::-1]
+        want_tau = max(floor[i], own[k - 1] if own.size >= k else -np.inf)
+        assert tau[i] == want_tau
+        assert (upper[i][valid[i] & ~done[i]] < tau[i]).all()
+    # the compiled walk in two parts reads the same rows
+    vectors = List()
+    vectors.append(np.ascontiguousarray(exact.reshape(-1, 1), dtype=np.float32))
+    up_sorted = np.ascontiguousarray(np.take_along_axis(upper, order, axis=1))
+    file_ix = np.zeros((nq, c), dtype=np.int64)
+    rows = np.arange(nq * c, dtype=np.int64).reshape(nq, c)
+    ones = np.ones((nq, 1), dtype=np.float32)
+    for resume in (dense.bounded_walk_resume, dense.bounded_walk_resume_batch):
+        ex, dn, kt = np.zeros((nq, c)), np.zeros((nq, c), dtype=bool), np.full(nq, np.nan)
+        top, state = np.empty((nq, k)), np.empty((nq, dense.WALK_STATE), dtype=np.int64)
+        dense.walk_seed(k, n_valid, seeds, top, state)
+        avail = state[:, 2].copy()
+        resume(ones, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, dense.RESCORE_IP, ex, dn, kt, top,
+               state, avail, np.ones(nq, dtype=bool))
+        np.testing.assert_array_equal(state[:, 1], np.minimum(seeds, n_valid))
+        np.testing.assert_array_equal(dn.sum(1), np.minimum(seeds, n_valid))
+        dense.walk_floor(top, state, up_sorted, n_valid, k, step, floor)
+        paused = resume(ones, vectors, file_ix, rows, order, up_sorted, n_valid, k, step, dense.RESCORE_IP, ex, dn,
+                        kt, top, state, n_valid, np.ones(nq, dtype=bool))
+        assert not paused.any()
+        np.testing.assert_array_equal(dn, done)
+        np.testing.assert_array_equal(kt, tau)
+        np.testing.assert_array_equal(ex[dn], got[done])
+        np.testing.assert_array_equal(state[:, 1], done.sum(1))
+
+
 def test_vector_list_holds_the_files_the_walk_reads():
     """`dense.vector_list` (the store's typed List of dense files, built compiled) holds the
     very arrays given, read-only maps and float16 bit patterns included, and the walk reads
@@ -708,21 +780,37 @@ def test_calibrating_on_queries_of_another_kind_restores_the_promise(tmp_path):
 # --------------------------------------------------------------------------- shards (engine/ray.py)
 
 
-def _sharded_auto(path: Path, q: np.ndarray, k: int, nprobe: int, cap: int, confidence: float, shards: int = 2):
+def _sharded_auto(path: Path, q: np.ndarray, k: int, nprobe: int, cap: int, confidence: float, shards: int = 2,
+                  rounds: int = 2, walks: list | None = None):
     """What `ShardedStore.search(rerank="auto")` computes, in this process: one
-    `Store._open_shard` per `ray._split` group, each shard's `shard_auto`, `merge_auto`."""
-    from vecz.engine.ray import _split, merge_auto
-    from vecz.engine.search import shard_auto
+    `Store._open_shard` per `ray._split` group; with several groups (and `rounds` = 2) each
+    shard's `shard_auto_seed`, the floor of all seeds (`auto_floor`), each shard's
+    `shard_auto_finish`; with one group (or `rounds` = 1) each shard's own walk
+    (`shard_auto`); then `merge_auto`. `walks` (a list) receives each shard's `AutoWalk`."""
+    from vecz.engine.ray import _split, auto_floor, merge_auto, seed_rows
+    from vecz.engine.search import shard_auto, shard_auto_finish, shard_auto_seed
     from vecz.formats import manifest as mf
     from vecz.formats.body import parse_body
 
     body = parse_body(mf.read_manifest(path), str(path))
-    parts = []
-    for group in _split(body.segments, shards):
-        with Store._open_shard(path, body.version, [r.serial for r in group]) as sh:
-            parts.append(shard_auto(sh.codec, sh.metric, sh._segments, q, k, nprobe=nprobe, cap=cap,
-                                    model=sh.error_model(), confidence=confidence, prefetch=None)[0])
-    return merge_auto(body.metric, parts, k), parts
+    groups = _split(body.segments, shards)
+    opened = [Store._open_shard(path, body.version, [r.serial for r in group]) for group in groups]
+    try:
+        if len(opened) == 1 or rounds == 1:
+            parts = [shard_auto(sh.codec, sh.metric, sh._segments, q, k, nprobe=nprobe, cap=cap,
+                                model=sh.error_model(), confidence=confidence, prefetch=None)[0] for sh in opened]
+        else:
+            seeded = [shard_auto_seed(sh.codec, sh.metric, sh._segments, q, k, nprobe=nprobe, cap=cap,
+                                      model=sh.error_model(), confidence=confidence, prefetch=None,
+                                      seeds=seed_rows(k, len(opened))) for sh in opened]
+            floor = auto_floor(body.metric, [p[1] for p in seeded], k)
+            parts = [shard_auto_finish(p[0], floor, q.shape[0], k, body.metric) for p in seeded]
+            if walks is not None:
+                walks.extend(p[0] for p in seeded)
+        return merge_auto(body.metric, parts, k), parts
+    finally:
+        for sh in opened:
+            sh.close()
 
 
 def _around(rng: np.random.Generator, centres: np.ndarray, cos: tuple[float, float], m: int) -> np.ndarray:
@@ -800,3 +888,41 @@ def test_sharded_auto_merges_float64_scores_and_counts_capped_once(tmp_path):
     per_shard = [int(np.count_nonzero(p.reach >= p.tau)) for p in parts]
     assert 0 < capped <= len(q) and sum(per_shard) >= capped, (capped, per_shard)
     assert np.isin(top_i, np.arange(len(x))).all()
+
+
+def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_the_floor(tmp_path):
+    """Four shards of a clustered store: with the floor of every shard's seed rows
+    (engine/ray.py, two rounds) the shards read far fewer rows than their walks alone (each
+    reads at least k and stops only at its own k-th score), and find the same answers. Each
+    shard skipped only candidates whose upper bound is below its final threshold, the larger
+    of the floor and its own k-th exact score, and the floor never exceeds the merged k-th
+    exact score (it is a k-th score of rows the merge holds)."""
+    from vecz.engine.ray import _merged
+
+    x = _clustered(6000, 32, seed=11)
+    path = tmp_path / "s"
+    # SQ8's intervals are narrow: one walk over the store reads ~13 rows a query here (RB1's
+    # read ~98 of the 100, where no floor can save anything)
+    with Store.create(path, dim=32, codec="SQ8", dense="f16", metric="cosine") as s:
+        s.auto_merge_rows = 0
+        for part in np.array_split(x, 8):
+            s.add(part)
+        s.calibrate()
+    q = _clustered(200, 32, seed=12)
+    alone = _sharded_auto(path, q, 10, 1, 100, 0.999, shards=4, rounds=1)
+    walks: list = []
+    two = _sharded_auto(path, q, 10, 1, 100, 0.999, shards=4, walks=walks)
+    rows_alone, rows_two = sum(p.rows for p in alone[1]), sum(p.rows for p in two[1])
+    assert len(walks) == 4 and rows_two < 0.6 * rows_alone, (rows_two, rows_alone)
+    assert rows_two >= 10 * len(q)
+    with Store.open(path) as st:
+        one = st.search(q, 10, rerank="auto", confidence=0.999)
+    same = np.mean([np.intersect1d(a, b).size for a, b in zip(two[0][1], one.ids)]) / 10
+    assert same >= 0.995 and (two[0][1] >= 0).all(), same
+    tau = _merged("cosine", two[1], 10)[2]
+    for walk in walks:
+        upper = np.full(walk.done.shape, -np.inf)
+        np.put_along_axis(upper, walk.order, walk.up_sorted, axis=1)
+        skipped = walk.valid & ~walk.done
+        assert (np.where(skipped, upper, -np.inf) < walk.tau[:, None]).all()
+        assert (walk.tau <= tau + 1e-12).all()

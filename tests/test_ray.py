@@ -350,7 +350,7 @@ def test_sharded_auto_search_finds_what_the_store_finds(served, tmp_path):
             assert recall(b.ids) >= recall(a.ids), (confidence, nprobe)
             # at least as good on the whole: its shortlists hold more rows (cap rows per shard)
             assert kth(b).mean() >= kth(a).mean() - 1e-6, (confidence, nprobe)
-            # scores are the exact ones, best first, and each shard read at least k rows
+            # scores are the exact ones, best first; the seeds alone are 2 k rows (engine/ray.py)
             exact = np.take_along_axis(sims, np.searchsorted(live, b.ids), axis=1)
             np.testing.assert_allclose(b.scores, exact, rtol=1e-3, atol=1e-3)
             assert (np.diff(b.scores, axis=1) <= 0).all()
@@ -422,6 +422,68 @@ def test_an_actor_that_dies_is_restarted_or_named(served):
         with Store._open_shard(path, sharded.version, mine) as half:
             alone = half.search(q, 10, rerank=50)
         assert np.array_equal(part.ids, alone.ids) and np.array_equal(part.scores, alone.scores)
+
+
+def test_an_actor_killed_between_the_auto_rounds_seeds_again_or_gives_its_seeds(served, tmp_path):
+    """rerank="auto" over 2 shards, one actor killed at the start of the second round (its
+    seeded walk is lost with it): restarted, it seeds the same walk again and the answer is
+    the one of a search nobody killed; not restarted, partial=True answers from the other
+    shard's walk and the lost shard's seed rows, as the same two rounds computed here in
+    one process give them (`shard_auto_seed`, `auto_floor`, `shard_auto_finish`)."""
+    from vecz.engine.ray import auto_floor, merge_auto, seed_rows
+    from vecz.engine.search import shard_auto_finish, shard_auto_seed
+
+    path, x = served
+    copy = tmp_path / "s"
+    shutil.copytree(path, copy)
+    with Store.open(copy, mode="a") as w:
+        w.calibrate()
+    q = x[:20] + 0.02
+
+    def killed_in_round_2(sharded):
+        t, result = _paused(lambda: sharded.search(q, 10, rerank="auto:100", nprobe=8, confidence=0.999,
+                                                   partial=True), "pause-finish", "1.0")
+        try:
+            deadline = time.monotonic() + 60
+            while not list(CONTROL.glob("finish-*")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            markers = list(CONTROL.glob("finish-*"))
+            assert markers, "no shard reached the second round"
+            victim = int(markers[0].name.split("-")[1])
+            os.kill(victim, signal.SIGKILL)
+            (CONTROL / "pause-finish").unlink()
+        finally:
+            (CONTROL / "pause-finish").unlink(missing_ok=True)
+            t.join(120)
+        assert "error" not in result, result.get("error")
+        return victim, result["out"]
+
+    with vray.ShardedStore(copy, shards=2, max_restarts=1, cpus_per_shard=0.5) as sharded:
+        want = sharded.search(q, 10, rerank="auto:100", nprobe=8, confidence=0.999)
+        victim, got = killed_in_round_2(sharded)
+        assert got.missing_shards == () and victim not in sharded.pids()
+        assert np.array_equal(got.ids, want.ids) and np.array_equal(got.scores, want.scores)
+        assert got.stats.rows_read == want.stats.rows_read
+    with vray.ShardedStore(copy, shards=2, max_restarts=0, cpus_per_shard=0.5) as sharded:
+        pids = sharded.pids()
+        victim, got = killed_in_round_2(sharded)
+        lost = pids.index(victim)
+        assert got.missing_shards == (lost,)
+        shards = [Store._open_shard(copy, sharded.version, {r.serial for r in g}) for g in sharded.groups]
+        try:
+            seeded = [shard_auto_seed(s.codec, s.metric, s._segments, q, 10, nprobe=8, cap=100,
+                                      model=s.error_model(), confidence=0.999, prefetch=None,
+                                      seeds=seed_rows(10, 2)) for s in shards]
+            metric = shards[0].metric
+            floor = auto_floor(metric, [p[1] for p in seeded], 10)
+            parts = [p[1] if j == lost else shard_auto_finish(p[0], floor, len(q), 10, metric)
+                     for j, p in enumerate(seeded)]
+        finally:
+            for s in shards:
+                s.close()
+        top_s, top_i, _ = merge_auto(metric, parts, 10)
+        assert np.array_equal(got.ids, top_i) and np.array_equal(got.scores, top_s)
+        assert (got.ids >= 0).all()
 
 
 # ---------------------------------------------------------------------------- CLI, no Ray
