@@ -1,7 +1,8 @@
 """Rows read by ``rerank="auto"`` over shards (engine/ray.py): each shard's walk alone (one
 round, as before stop 33) against the two rounds with a shared floor (each shard reads its
-seed rows, then only what can reach the k-th best exact score of all seeds or its own k-th),
-beside one walk over the whole store; on a real dataset (not a pytest suite).
+seed rows, then, of its part of the merged shortlist, only what can reach the k-th best
+exact score of all seeds or its own k-th), beside one walk over the whole store; on a real
+dataset (not a pytest suite).
 
 One store (f16 dense tier, the dataset's rows added in `--segments` parts, so that shards
 can split them; built once and kept in --work), every query of the dataset, its error model
@@ -37,7 +38,7 @@ from vecz import Store  # noqa: E402
 from vecz.engine.bench.metrics import recall_at  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import DEFAULT_CONFIDENCE, auto_cap  # noqa: E402
-from vecz.engine.ray import _split, auto_floor, merge_auto, seed_rows  # noqa: E402
+from vecz.engine.ray import _split, auto_floor, auto_limits, merge_auto, seed_rows  # noqa: E402
 from vecz.engine.search import shard_auto, shard_auto_finish, shard_auto_seed  # noqa: E402
 from vecz.formats import manifest as mf  # noqa: E402
 from vecz.formats.body import parse_body  # noqa: E402
@@ -72,7 +73,10 @@ def sharded(path: Path, q: np.ndarray, shards: int, nprobe: int, cap: int, confi
                                       model=s.error_model(), confidence=confidence, prefetch=False,
                                       seeds=seed_rows(K, len(opened))) for s in opened]
             floor = auto_floor(body.metric, [p[1] for p in seeded], K)
-            parts = [shard_auto_finish(p[0], floor, q.shape[0], K, body.metric) for p in seeded]
+            depth = max(1, min(max(K, cap), body.live))
+            limits = auto_limits(body.metric, [(p[0].est, p[0].ids) for p in seeded], depth)
+            parts = [shard_auto_finish(p[0], floor, q.shape[0], K, body.metric, lim)
+                     for p, lim in zip(seeded, limits)]
         seconds = time.perf_counter() - t
     finally:
         for s in opened:

@@ -44,14 +44,19 @@ is exactly the one-process answer (same ids and scores, ties by the smaller id):
 shortlist by upper bound (`vecz.engine.search.AutoWalk`):
 
 1. every shard reads its first `seed_rows` candidates (together about `SEED_SHARE` x k
-   over all shards) and returns their exact scores; the driver takes the k-th best of all
-   of them, per query, as the floor;
-2. every shard goes on reading the candidates whose upper bound reaches the floor or its
-   own k-th exact score, whichever is higher (a row it skips could reach neither, so not
-   the merged k-th score either), and returns its top k; the driver keeps the best k.
+   over all shards) and returns their exact scores and its shortlist of R by code score;
+   the driver takes the k-th best exact score of all seeds, per query, as the floor, and
+   merges the shortlists into the best R of all, the shortlist one store would walk
+   (`auto_limits`: each shard's part of it is a prefix of its own);
+2. every shard goes on reading the candidates of its part whose upper bound reaches the
+   floor or its own k-th exact score, whichever is higher (a row it skips could reach
+   neither, so not the merged k-th score either), and returns its top k; the driver keeps
+   the best k.
 
 Without the floor every shard would read at least k rows and walk as if it held the whole
-answer: the rows read grow with the shards (docs/recipes/ray.md has the figures).
+answer, and without the merged shortlist up to R rows each: the rows read grew with the
+shards (docs/recipes/ray.md has the figures). R stays a cap on a query's rows, as in one
+store, but for seed rows outside the merged shortlist.
 
 An actor that dies is restarted (``max_restarts``) and the call retried; when it cannot be,
 the search raises `ShardUnavailable` naming the shard, or, with ``partial=True``, answers
@@ -620,10 +625,11 @@ class _Shard:
         return out
 
     def auto_seed(self, token: str, x: np.ndarray, k: int, nprobe: int, cap: int, confidence: float,
-                  seeds: int) -> tuple[Any, int]:
+                  seeds: int) -> tuple[Any, int, np.ndarray, np.ndarray]:
         """Round 1 of a ``rerank="auto"`` search over several shards (module docstring): this
         shard's walk reads its first `seeds` candidates and is kept under `token` for
-        `auto_finish`. Returns the seed rows' `AutoResult` and the codes scored."""
+        `auto_finish`. Returns the seed rows' `AutoResult`, the codes scored and the
+        shortlist's code scores and ids (best first)."""
         from .search import shard_auto_seed
 
         s = self.store
@@ -634,12 +640,16 @@ class _Shard:
         while len(self._walks) > _PENDING_WALKS:
             self._walks.pop(next(iter(self._walks)))
         _pause("pause-search", f"search-{os.getpid()}")
-        return seeded, candidates
+        if walk is None:
+            none = np.zeros((x.shape[0], 0))
+            return seeded, candidates, none.astype(np.float32), none.astype(np.int64)
+        return seeded, candidates, walk.est, walk.ids
 
-    def auto_finish(self, token: str, floor: np.ndarray, x: np.ndarray, k: int, nprobe: int, cap: int,
-                    confidence: float, seeds: int) -> Any:
+    def auto_finish(self, token: str, floor: np.ndarray, limit: np.ndarray, x: np.ndarray, k: int, nprobe: int,
+                    cap: int, confidence: float, seeds: int) -> Any:
         """Round 2: the walk `auto_seed` kept under `token` reads on above `floor` (the k-th
-        best exact score of every shard's seeds). An actor restarted between the rounds has
+        best exact score of every shard's seeds), in the first limit[i] candidates of its
+        shortlist (its part of the merged one). An actor restarted between the rounds has
         lost it: it seeds the same walk again (the same rows: the shortlist depends on the
         queries and the shard only). Returns the `AutoResult` of both rounds."""
         from .search import shard_auto_finish, shard_auto_seed
@@ -651,7 +661,7 @@ class _Shard:
             walk = shard_auto_seed(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap,
                                    model=s.error_model(), confidence=confidence, prefetch=s.prefetch,
                                    seeds=seeds)[0]
-        return shard_auto_finish(walk, floor, x.shape[0], k, s.metric)
+        return shard_auto_finish(walk, floor, x.shape[0], k, s.metric, limit)
 
     def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
         from .search import PARALLEL_MIN_QUERIES, _exact
@@ -689,6 +699,19 @@ def auto_floor(metric: str, seeds: list[Any], k: int) -> np.ndarray:
     shards' seed rows (their `AutoResult`s), larger-is-better, float64; -inf where they
     hold fewer than k rows."""
     return _merged(metric, seeds, k)[2]
+
+
+def auto_limits(metric: str, shortlists: list[tuple[np.ndarray, np.ndarray]], depth: int) -> list[np.ndarray]:
+    """Round 2's cap (module docstring): per shard, how many of its shortlist's candidates
+    (code scores and ids, (nq, *) each, best first with ties by the smaller id) are among
+    the best `depth` of all shards' by the same rule, int64 (nq,) each: the store's own
+    shortlist is their union, each shard's part of it a prefix of its shortlist."""
+    from .search import merge_shortlists
+
+    owner = [np.where(ids >= 0, j, -1) for j, (_, ids) in enumerate(shortlists)]
+    _, _, (top_o,) = merge_shortlists(metric, [sc for sc, _ in shortlists], [ids for _, ids in shortlists], [owner],
+                                      depth)
+    return [np.count_nonzero(top_o == j, axis=1).astype(np.int64) for j in range(len(shortlists))]
 
 
 def merge_auto(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -900,9 +923,12 @@ class ShardedStore:
             parts, missing = self._gather([a.auto_seed.remote(token, xref, k, nprobe, cap, confidence, seeds)
                                            for a in self.actors], partial)
             got = [(j, p) for j, p in enumerate(parts) if p is not None]
-            floor = auto_floor(metric, [p[0] for _, p in got], k) if got else None
-            finished, lost = self._gather([self.actors[j].auto_finish.remote(token, floor, xref, k, nprobe, cap,
-                                                                             confidence, seeds) for j, _ in got],
+            if got:
+                floor = auto_floor(metric, [p[0] for _, p in got], k)
+                limits = auto_limits(metric, [(p[2], p[3]) for _, p in got], max(1, min(max(k, cap), self.body.live)))
+            finished, lost = self._gather([self.actors[j].auto_finish.remote(token, floor, lim, xref, k, nprobe, cap,
+                                                                             confidence, seeds)
+                                           for (j, _), lim in zip(got, limits if got else [])],
                                           partial, [j for j, _ in got])
             missing = sorted(set(missing) | set(lost))
             results = [r if r is not None else p[0] for (_, p), r in zip(got, finished)]

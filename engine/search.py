@@ -416,6 +416,8 @@ class AutoWalk:
                  prefetch: bool | None, suffix_max: bool = False) -> None:
         sign = -1.0 if metric == "l2" else 1.0
         self.metric, self.segments, self.x, self.ids, self.k, self.model = metric, segments, x, ids, k, model
+        self.est = est  # code scores, the user's convention (nq, C), best first
+        self.limit: np.ndarray | None = None  # `finish`'s cap: the shortlist ranks it may read
         self.valid = valid = ids >= 0
         self.better = sign * est.astype(np.float64)
         if model is None:  # nothing measured: every candidate may matter
@@ -519,19 +521,37 @@ class AutoWalk:
         resume(*self._args(), self.top, self.state, avail, np.ones(nq, dtype=bool))
         return self.result(self.state[:, 1].copy(), note=False)
 
-    def finish(self, floor: np.ndarray) -> AutoResult:
+    def finish(self, floor: np.ndarray, limit: np.ndarray | None = None) -> AutoResult:
         """After `seed` (or from the start if it was not run): read every further candidate
         whose upper bound reaches max(floor, this walk's own k-th exact score), floor (nq,)
-        float64 larger-is-better (-inf: none). Returns everything read, the seeds included."""
+        float64 larger-is-better (-inf: none); with `limit` (nq,) only candidates at
+        shortlist rank < limit[i] (rows read already stay read). Returns everything read,
+        the seeds included."""
         nq = self.x.shape[0]
         if not self.readers:
             return AutoResult.empty(nq, self.k, self.metric)
         if self.state is None:
             self._start(0)
+        if limit is not None:
+            self._restrict(np.asarray(limit, dtype=np.int64))
         dense_kernels.walk_floor(self.top, self.state, self.up_sorted, self.n_valid, self.k, AUTO_STEP,
                                  np.ascontiguousarray(floor, dtype=np.float64))
         self._resume(self.state[:, 1].copy())
         return self.result(self.state[:, 1].copy())
+
+    def _restrict(self, limit: np.ndarray) -> None:
+        """Leave out of the rest of the walk the candidates at shortlist rank >= limit[i]:
+        the order keeps the rows read (a prefix), then the others it may still read by upper
+        bound as before, then those left out, past n_valid."""
+        c = self.valid.shape[1]
+        pos = np.arange(c)[None, :]
+        allowed = np.take_along_axis(self.valid & (pos < limit[:, None]), self.order, axis=1)
+        key = np.where(pos < self.state[:, 1:2], 0, np.where(allowed, 1, 2))
+        perm = np.argsort(key, axis=1, kind="stable")
+        self.order = np.ascontiguousarray(np.take_along_axis(self.order, perm, axis=1))
+        self.up_sorted = np.ascontiguousarray(np.take_along_axis(self.up_sorted, perm, axis=1))
+        self.n_valid = (key <= 1).sum(axis=1).astype(np.int64)
+        self.limit = limit
 
     def result(self, per_query: np.ndarray, note: bool = True) -> AutoResult:
         """The top-k of the rows read so far, their counts (each dense file's reader counts
@@ -550,14 +570,18 @@ class AutoWalk:
         top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, self.ids, -1)), k,
                             self.metric == "l2")
         reach = np.full(nq, -np.inf)
-        if self.model is not None and self.better.shape[1]:
-            # a row beyond the shortlist scored at most the last candidate's code score
+        c = self.better.shape[1]
+        if self.model is not None and c:
+            # a row beyond the shortlist scored at most the last candidate's code score; with
+            # a `limit`, a row left out at most the first left out's
             sigma_max = max((seg.error_max if self.per_row else 1.0) for seg in self.segments if seg.live)
-            full = self.valid[:, -1]
+            at = (np.full((nq, 1), c - 1) if self.limit is None else np.minimum(self.limit, c - 1)[:, None])
+            full = np.take_along_axis(self.valid, at, axis=1)[:, 0]
             # (an offset below zero, which a query's shift allows, is largest at the smallest
             # scale: 0 stands for it)
-            reach = np.where(full, self.better[:, -1] + np.maximum(self.z_hi[:, -1], 0.0) * self.qn * sigma_max,
-                             -np.inf)
+            best_out = (np.take_along_axis(self.better, at, axis=1)[:, 0]
+                        + np.maximum(np.take_along_axis(self.z_hi, at, axis=1)[:, 0], 0.0) * self.qn * sigma_max)
+            reach = np.where(full, best_out, -np.inf)
         return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau.copy(), reach)
 
 
@@ -608,15 +632,17 @@ def shard_auto_seed(codec: Codec, metric: str, segments: list[Segment], x: np.nd
         return walk, walk.seed(seeds), candidates
 
 
-def shard_auto_finish(walk: AutoWalk | None, floor: np.ndarray, nq: int, k: int, metric: str) -> AutoResult:
+def shard_auto_finish(walk: AutoWalk | None, floor: np.ndarray, nq: int, k: int, metric: str,
+                      limit: np.ndarray | None = None) -> AutoResult:
     """The second round: `walk` (`shard_auto_seed`'s) reads every further candidate whose
     upper bound reaches max(floor, its own k-th exact score); floor (nq,) float64
-    larger-is-better, the k-th best exact score of every shard's seeds. Returns what the
-    walk read in both rounds."""
+    larger-is-better, the k-th best exact score of every shard's seeds; `limit` (nq,), if
+    given, the length of the prefix of its shortlist it may read from (its part of the
+    store's shortlist). Returns what the walk read in both rounds."""
     if walk is None:
         return AutoResult.empty(nq, k, metric)
     with query_threads(nq, PARALLEL_MIN_QUERIES):
-        return walk.finish(floor)
+        return walk.finish(floor, limit)
 
 
 def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray, k: int, *, nprobe: int,

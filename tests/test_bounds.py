@@ -784,10 +784,11 @@ def _sharded_auto(path: Path, q: np.ndarray, k: int, nprobe: int, cap: int, conf
                   rounds: int = 2, walks: list | None = None):
     """What `ShardedStore.search(rerank="auto")` computes, in this process: one
     `Store._open_shard` per `ray._split` group; with several groups (and `rounds` = 2) each
-    shard's `shard_auto_seed`, the floor of all seeds (`auto_floor`), each shard's
-    `shard_auto_finish`; with one group (or `rounds` = 1) each shard's own walk
-    (`shard_auto`); then `merge_auto`. `walks` (a list) receives each shard's `AutoWalk`."""
-    from vecz.engine.ray import _split, auto_floor, merge_auto, seed_rows
+    shard's `shard_auto_seed`, the floor of all seeds (`auto_floor`) and each shard's part
+    of the merged shortlist (`auto_limits`), each shard's `shard_auto_finish`; with one
+    group (or `rounds` = 1) each shard's own walk (`shard_auto`); then `merge_auto`. `walks`
+    (a list) receives each shard's `AutoWalk`."""
+    from vecz.engine.ray import _split, auto_floor, auto_limits, merge_auto, seed_rows
     from vecz.engine.search import shard_auto, shard_auto_finish, shard_auto_seed
     from vecz.formats import manifest as mf
     from vecz.formats.body import parse_body
@@ -804,7 +805,9 @@ def _sharded_auto(path: Path, q: np.ndarray, k: int, nprobe: int, cap: int, conf
                                       model=sh.error_model(), confidence=confidence, prefetch=None,
                                       seeds=seed_rows(k, len(opened))) for sh in opened]
             floor = auto_floor(body.metric, [p[1] for p in seeded], k)
-            parts = [shard_auto_finish(p[0], floor, q.shape[0], k, body.metric) for p in seeded]
+            limits = auto_limits(body.metric, [(p[0].est, p[0].ids) for p in seeded],
+                                 max(1, min(max(k, cap), body.live)))
+            parts = [shard_auto_finish(p[0], floor, q.shape[0], k, body.metric, lim) for p, lim in zip(seeded, limits)]
             if walks is not None:
                 walks.extend(p[0] for p in seeded)
         return merge_auto(body.metric, parts, k), parts
@@ -897,7 +900,7 @@ def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_t
     shard skipped only candidates whose upper bound is below its final threshold, the larger
     of the floor and its own k-th exact score, and the floor never exceeds the merged k-th
     exact score (it is a k-th score of rows the merge holds)."""
-    from vecz.engine.ray import _merged
+    from vecz.engine.ray import _merged, seed_rows
 
     x = _clustered(6000, 32, seed=11)
     path = tmp_path / "s"
@@ -919,10 +922,24 @@ def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_t
         one = st.search(q, 10, rerank="auto", confidence=0.999)
     same = np.mean([np.intersect1d(a, b).size for a, b in zip(two[0][1], one.ids)]) / 10
     assert same >= 0.995 and (two[0][1] >= 0).all(), same
+    # beyond one walk's rows, at most the seeds (2 k a query over the shards: more than this
+    # store's one walk reads, ~13)
+    assert rows_two <= one.stats.rows_read + 2 * 10 * len(q), (rows_two, one.stats.rows_read)
     tau = _merged("cosine", two[1], 10)[2]
+    with Store.open(path) as st:  # the store's own shortlist of 100
+        store_ids = _shortlist(st.codec, st._segments, q, 100, 1, False)[3]
+    parts_ids = [[] for _ in range(len(q))]
     for walk in walks:
+        assert walk.limit is not None
         upper = np.full(walk.done.shape, -np.inf)
         np.put_along_axis(upper, walk.order, walk.up_sorted, axis=1)
-        skipped = walk.valid & ~walk.done
+        inside = np.arange(walk.valid.shape[1])[None, :] < walk.limit[:, None]
+        skipped = walk.valid & ~walk.done & inside
         assert (np.where(skipped, upper, -np.inf) < walk.tau[:, None]).all()
         assert (walk.tau <= tau + 1e-12).all()
+        seeds = seed_rows(10, 4)
+        assert (np.count_nonzero(walk.done & ~inside, axis=1) <= seeds).all()  # only seeds outside
+        for i in range(len(q)):
+            parts_ids[i].extend(walk.ids[i, : walk.limit[i]].tolist())
+    for i in range(len(q)):  # the shards' parts make up the store's shortlist
+        assert sorted(parts_ids[i]) == sorted(store_ids[i].tolist()), i

@@ -430,7 +430,7 @@ def test_an_actor_killed_between_the_auto_rounds_seeds_again_or_gives_its_seeds(
     the one of a search nobody killed; not restarted, partial=True answers from the other
     shard's walk and the lost shard's seed rows, as the same two rounds computed here in
     one process give them (`shard_auto_seed`, `auto_floor`, `shard_auto_finish`)."""
-    from vecz.engine.ray import auto_floor, merge_auto, seed_rows
+    from vecz.engine.ray import auto_floor, auto_limits, merge_auto, seed_rows
     from vecz.engine.search import shard_auto_finish, shard_auto_seed
 
     path, x = served
@@ -476,7 +476,8 @@ def test_an_actor_killed_between_the_auto_rounds_seeds_again_or_gives_its_seeds(
                                       seeds=seed_rows(10, 2)) for s in shards]
             metric = shards[0].metric
             floor = auto_floor(metric, [p[1] for p in seeded], 10)
-            parts = [p[1] if j == lost else shard_auto_finish(p[0], floor, len(q), 10, metric)
+            limits = auto_limits(metric, [(p[0].est, p[0].ids) for p in seeded], 100)
+            parts = [p[1] if j == lost else shard_auto_finish(p[0], floor, len(q), 10, metric, limits[j])
                      for j, p in enumerate(seeded)]
         finally:
             for s in shards:
