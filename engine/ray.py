@@ -41,7 +41,7 @@ is exactly the one-process answer (same ids and scores, ties by the smaller id):
    the driver takes the top k by exact score.
 
 ``rerank="auto"`` (engine/bounds.py) runs in two rounds too, each shard walking its own
-shortlist by upper bound (`vecz.engine.search.AutoWalk`):
+shortlist by upper bound (``vecz.engine.search.AutoWalk``):
 
 1. every shard reads its first `seed_rows` candidates (together about `SEED_SHARE` x k
    over all shards) and returns their exact scores and its shortlist of R by code score;
@@ -828,18 +828,17 @@ class ShardedStore:
         """Top-k like `Store.search`. With ``partial=True`` a shard that is gone is skipped
         and named in ``result.missing_shards`` instead of raising `ShardUnavailable`.
 
-        ``rerank="auto"`` (or ``"auto:R"``, with `confidence`) walks each shard's own
-        shortlist of R (engine/bounds.py) in two rounds (module docstring): every shard
-        reads a few seed rows, then the candidates whose upper bound reaches the k-th best
-        exact score of all seeds or its own k-th, and the best k exact scores of all are
-        kept: a row a shard skipped could reach neither, so not the merged k-th score
-        either. A shard's upper offset at rank r is the largest of the store's at ranks r
-        and beyond (a row's rank in its shard's shortlist is at most its rank in the
-        store's), so a shard never bounds a row tighter than the store would, and each
-        shard's shortlist holds every row of its own that the store's holds: where the
-        bounds hold, the answer is at least as good as one walk's over the store, for
-        somewhat more rows (the seeds, and each shard's own k-th score rising more slowly
-        than one walk's). ``stats.capped``
+        ``rerank="auto"`` (or ``"auto:R"``, with `confidence`) walks the store's shortlist
+        of R (engine/bounds.py), each shard its own part of it, in two rounds (module
+        docstring): every shard reads a few seed rows, then the candidates of its part whose
+        upper bound reaches the k-th best exact score of all seeds or its own k-th, and the
+        best k exact scores of all are kept: a row a shard skipped could reach neither, so
+        not the merged k-th score either. A shard's upper offset at rank r is the largest of
+        the store's at ranks r and beyond (a row's rank in its shard's shortlist is at most
+        its rank in the store's), so a shard never bounds a row tighter than the store
+        would: where the bounds hold, the answer is at least as good as one walk's over the
+        store, for somewhat more rows (the seeds, 2 k a query over all shards, and each
+        shard's own k-th score rising more slowly than one walk's). ``stats.capped``
         counts a query once, when a row beyond some shard's shortlist could still reach the
         merged k-th score. With ``sdc=True`` R is a fixed depth, as in `Store.search`.
         Shards bound code scores with the store's committed error model (`Store.calibrate`,
