@@ -575,14 +575,15 @@ class AutoWalk:
             # a row beyond the shortlist scored at most the last candidate's code score; with
             # a `limit`, a row left out at most the first left out's
             sigma_max = max((seg.error_max if self.per_row else 1.0) for seg in self.segments if seg.live)
-            at = (np.full((nq, 1), c - 1) if self.limit is None else np.minimum(self.limit, c - 1)[:, None])
-            full = np.take_along_axis(self.valid, at, axis=1)[:, 0]
+            if self.limit is None:
+                full, code, z = self.valid[:, -1], self.better[:, -1], self.z_hi[:, -1]
+            else:
+                at = np.minimum(self.limit, c - 1)[:, None]
+                full, code, z = (np.take_along_axis(a, at, axis=1)[:, 0] for a in (self.valid, self.better, self.z_hi))
             # (an offset below zero, which a query's shift allows, is largest at the smallest
             # scale: 0 stands for it)
-            best_out = (np.take_along_axis(self.better, at, axis=1)[:, 0]
-                        + np.maximum(np.take_along_axis(self.z_hi, at, axis=1)[:, 0], 0.0) * self.qn * sigma_max)
-            reach = np.where(full, best_out, -np.inf)
-        return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau.copy(), reach)
+            reach = np.where(full, code + np.maximum(z, 0.0) * self.qn * sigma_max, -np.inf)
+        return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau, reach)
 
 
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
