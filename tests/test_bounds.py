@@ -893,7 +893,8 @@ def test_sharded_auto_merges_float64_scores_and_counts_capped_once(tmp_path):
     assert np.isin(top_i, np.arange(len(x))).all()
 
 
-def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_the_floor(tmp_path):
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_the_floor(tmp_path, metric):
     """Four shards of a clustered store: with the floor of every shard's seed rows
     (engine/ray.py, two rounds) the shards read far fewer rows than their walks alone (each
     reads at least k and stops only at its own k-th score), and find the same answers. Each
@@ -906,7 +907,7 @@ def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_t
     path = tmp_path / "s"
     # SQ8's intervals are narrow: one walk over the store reads ~13 rows a query here (RB1's
     # read ~98 of the 100, where no floor can save anything)
-    with Store.create(path, dim=32, codec="SQ8", dense="f16", metric="cosine") as s:
+    with Store.create(path, dim=32, codec="SQ8", dense="f16", metric=metric) as s:
         s.auto_merge_rows = 0
         for part in np.array_split(x, 8):
             s.add(part)
@@ -925,7 +926,7 @@ def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_t
     # beyond one walk's rows, at most the seeds (2 k a query over the shards: more than this
     # store's one walk reads, ~13)
     assert rows_two <= one.stats.rows_read + 2 * 10 * len(q), (rows_two, one.stats.rows_read)
-    tau = _merged("cosine", two[1], 10)[2]
+    tau = _merged(metric, two[1], 10)[2]
     with Store.open(path) as st:  # the store's own shortlist of 100
         store_ids = _shortlist(st.codec, st._segments, q, 100, 1, False)[3]
     parts_ids = [[] for _ in range(len(q))]
