@@ -663,6 +663,10 @@ class _Shard:
                                    seeds=seeds)[0]
         return shard_auto_finish(walk, floor, x.shape[0], k, s.metric, limit)
 
+    def auto_drop(self, token: str) -> None:
+        """Forget the walk kept under `token` (a search that failed between its rounds)."""
+        self._walks.pop(token, None)
+
     def exact(self, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
         from .search import PARALLEL_MIN_QUERIES, _exact
         from .threads import query_threads
@@ -840,7 +844,7 @@ class ShardedStore:
         store, for somewhat more rows (the seeds, 2 k a query over all shards, and each
         shard's own k-th score rising more slowly than one walk's). ``stats.capped``
         counts a query once, when a row beyond some shard's shortlist could still reach the
-        merged k-th score. With ``sdc=True`` R is a fixed depth, as in `Store.search`.
+        merged k-th score. ``sdc=True`` takes a fixed depth only, as in `Store.search`.
         Shards bound code scores with the store's committed error model (`Store.calibrate`,
         `vecz build`); without one each measures its own on its segments."""
         from ..kernels import dense as dense_kernels
@@ -851,7 +855,6 @@ class ShardedStore:
             raise VeczError(f"{self.path}: search on a closed ShardedStore")
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
-        auto = auto and not sdc  # as `Store.search`: sdc code scores have no bounds, R is a fixed depth
         x = _as_vectors(queries, self.body.dim, "queries")
         if x.size:
             writes.check_rows(x, self.body.metric, "none", "queries")
@@ -919,8 +922,17 @@ class ShardedStore:
             results = [p[0] for p in got]
         else:
             token, seeds = uuid.uuid4().hex, seed_rows(k, len(self.actors))
-            parts, missing = self._gather([a.auto_seed.remote(token, xref, k, nprobe, cap, confidence, seeds)
-                                           for a in self.actors], partial)
+            try:
+                parts, missing = self._gather([a.auto_seed.remote(token, xref, k, nprobe, cap, confidence, seeds)
+                                               for a in self.actors], partial)
+            except BaseException:
+                # the shards that answered keep their walks for a round 2 that will not come
+                for a in self.actors:
+                    try:
+                        a.auto_drop.remote(token)
+                    except Exception:  # noqa: BLE001 (an actor already gone holds nothing)
+                        pass
+                raise
             got = [(j, p) for j, p in enumerate(parts) if p is not None]
             if got:
                 floor = auto_floor(metric, [p[0] for _, p in got], k)
