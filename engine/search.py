@@ -81,6 +81,9 @@ def check_search_args(codec: Codec, dense: str, k: object, nprobe: object, reran
         raise InvalidInput(f"sdc: expected True or False, found {sdc!r}")
     if sdc and not codec.quantizer.has_sdc:
         raise InvalidInput(f"sdc=True needs an RB codec, found {codec.spec!r}")
+    if sdc and auto:
+        raise InvalidInput("rerank='auto' bounds the query's own code scores (sdc=False); sdc=True scores "
+                           "have no error model: give a fixed depth (rerank=R) with sdc=True")
     if not isinstance(rerank, (int, np.integer)) or isinstance(rerank, bool) or rerank < 0:
         raise InvalidInput(f"rerank must be an integer >= 0, found {rerank!r}")
     if rerank and dense == "none":

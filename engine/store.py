@@ -556,7 +556,8 @@ class Store:
             rows each query read (engine/bounds.py). The first auto search of an open store
             measures the codec's error on pseudo-queries made from the store's own rows
             (`error_model`: about 19,000 rows read once).
-        sdc : RB only: symmetric code scoring (query binarized too)
+        sdc : RB only: symmetric code scoring (query binarized too), with a fixed depth or
+            none (its code scores have no error model for ``"auto"``)
         confidence : with ``rerank="auto"``: the share of exact scores each side of the
             interval must hold, 0.5..1 (default `bounds.DEFAULT_CONFIDENCE`); higher reads
             more rows and misses fewer true neighbours.
@@ -582,7 +583,7 @@ class Store:
         # is padded up to k (id -1, like faiss) unless the padding alone would exceed
         # MAX_RESULT_BYTES, then it is as wide as the live rows
         self._build_layouts = True
-        bound = (self.error_model(), confidence) if auto and not sdc else None
+        bound = (self.error_model(), confidence) if auto else None
         out = search_segments(self.codec, self.metric, self._segments, x, min(k, max(live, 1)),
                               nprobe=int(nprobe), rerank=min(int(rerank), live), sdc=bool(sdc), prefetch=self.prefetch,
                               bound=bound)

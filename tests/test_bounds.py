@@ -581,6 +581,9 @@ def test_auto_arguments_are_checked(tmp_path):
         for bad in (0.2, 1.5, "high", True):
             with pytest.raises(InvalidInput, match="confidence"):
                 s.search(x[:2], 10, rerank="auto", confidence=bad)
+        # sdc scores have no error model: refused, where the depth was silently fixed before
+        with pytest.raises(InvalidInput, match="sdc=True scores have no error model"):
+            s.search(x[:2], 10, rerank="auto", sdc=True)
     with Store.create(tmp_path / "n", dim=16, codec="RB1", dense=None) as s:
         s.add(x)
         with pytest.raises(InvalidInput, match="dense tier"):
