@@ -925,22 +925,24 @@ class ShardedStore:
             try:
                 parts, missing = self._gather([a.auto_seed.remote(token, xref, k, nprobe, cap, confidence, seeds)
                                                for a in self.actors], partial)
+                got = [(j, p) for j, p in enumerate(parts) if p is not None]
+                refs = []
+                if got:
+                    floor = auto_floor(metric, [p[0] for _, p in got], k)
+                    limits = auto_limits(metric, [(p[2], p[3]) for _, p in got],
+                                         max(1, min(max(k, cap), self.body.live)))
+                    refs = [self.actors[j].auto_finish.remote(token, floor, lim, xref, k, nprobe, cap, confidence,
+                                                              seeds) for (j, _), lim in zip(got, limits)]
             except BaseException:
-                # the shards that answered keep their walks for a round 2 that will not come
+                # (a shard gone with partial=False, an error or an interrupt here) the shards
+                # that answered would keep their walks for a round 2 that will not come
                 for a in self.actors:
                     try:
                         a.auto_drop.remote(token)
                     except Exception:  # noqa: BLE001 (an actor already gone holds nothing)
                         pass
                 raise
-            got = [(j, p) for j, p in enumerate(parts) if p is not None]
-            if got:
-                floor = auto_floor(metric, [p[0] for _, p in got], k)
-                limits = auto_limits(metric, [(p[2], p[3]) for _, p in got], max(1, min(max(k, cap), self.body.live)))
-            finished, lost = self._gather([self.actors[j].auto_finish.remote(token, floor, lim, xref, k, nprobe, cap,
-                                                                             confidence, seeds)
-                                           for (j, _), lim in zip(got, limits if got else [])],
-                                          partial, [j for j, _ in got])
+            finished, lost = self._gather(refs, partial, [j for j, _ in got])
             missing = sorted(set(missing) | set(lost))
             results = [r if r is not None else p[0] for (_, p), r in zip(got, finished)]
             got = [p for _, p in got]

@@ -578,15 +578,20 @@ class AutoWalk:
             # a row beyond the shortlist scored at most the last candidate's code score; with
             # a `limit`, a row left out at most the first left out's
             sigma_max = max((seg.error_max if self.per_row else 1.0) for seg in self.segments if seg.live)
-            if self.limit is None:
-                full, code, z = self.valid[:, -1], self.better[:, -1], self.z_hi[:, -1]
-            else:
+            # a shortlist holding every live row leaves none beyond it
+            full = self.valid[:, -1] & (sum(seg.live for seg in self.segments) > c)
+            code, z = self.better[:, -1], self.z_hi[:, -1]
+            if self.limit is not None:  # the first row left out, where there is one in the shortlist
+                cut = self.limit < c
                 at = np.minimum(self.limit, c - 1)[:, None]
-                full, code, z = (np.take_along_axis(a, at, axis=1)[:, 0] for a in (self.valid, self.better, self.z_hi))
+                left, code_at, z_at = (np.take_along_axis(a, at, axis=1)[:, 0]
+                                       for a in (self.valid, self.better, self.z_hi))
+                full = np.where(cut, left, full)
+                code, z = np.where(cut, code_at, code), np.where(cut, z_at, z)
             # (an offset below zero, which a query's shift allows, is largest at the smallest
             # scale: 0 stands for it)
             reach = np.where(full, code + np.maximum(z, 0.0) * self.qn * sigma_max, -np.inf)
-        return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau, reach)
+        return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau.copy(), reach)
 
 
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,

@@ -947,3 +947,31 @@ def test_sharded_auto_in_two_rounds_reads_fewer_rows_and_skips_only_rows_below_t
             parts_ids[i].extend(walk.ids[i, : walk.limit[i]].tolist())
     for i in range(len(q)):  # the shards' parts make up the store's shortlist
         assert sorted(parts_ids[i]) == sorted(store_ids[i].tolist()), i
+
+
+def test_a_shard_whose_rows_all_fit_its_shortlist_is_never_counted_capped(tmp_path):
+    """Three shards, one of 5 live rows near every query, the others of ~700: the small
+    shard's shortlist holds all its rows, so no row of it lies beyond, and `capped` counts
+    as the one store's (review of stop 33: the small shard counted every query capped, its
+    reach taken from its last row)."""
+    x = _clustered(1400, 16, seed=1)
+    rng = np.random.default_rng(1)
+    q = (x[0] + 0.05 * rng.normal(size=(20, 16))).astype(np.float32)
+    path = tmp_path / "s"
+    with Store.create(path, dim=16, codec="SQ8", dense="f32", metric="l2") as s:
+        s.auto_merge_rows = 0
+        s.add(x[20:700])
+        s.add(x[700:1400])
+        s.add((x[0] + 0.05 * rng.normal(size=(5, 16))).astype(np.float32))
+        s.calibrate()
+    with Store.open(path) as st:
+        want = st.search(q, 10, rerank="auto:100", confidence=0.999)
+        tiny = st.search(q, 10, rerank="auto:1000", confidence=0.999)  # every row in the shortlist
+    assert tiny.stats.capped == 0
+    walks: list = []
+    (_, top_i, capped), parts = _sharded_auto(path, q, 10, 1, 100, 0.999, shards=3, walks=walks)
+    assert [w.valid.shape[1] for w in walks].count(5) == 1
+    small = [p for p, w in zip(parts, walks) if w.valid.shape[1] == 5][0]
+    assert (small.reach == -np.inf).all()
+    assert capped == want.stats.capped, (capped, want.stats.capped)
+    np.testing.assert_array_equal(np.sort(top_i, axis=1), np.sort(want.ids, axis=1))

@@ -512,6 +512,29 @@ def test_a_shard_gone_in_the_first_auto_round_leaves_no_walk_behind(served, tmp_
         assert pending(sharded.actors[1]) == 0
 
 
+def test_a_driver_error_between_the_auto_rounds_leaves_no_walk_behind(served, tmp_path, monkeypatch):
+    """An error in the driver after round 1 answered and before round 2 was sent (here the
+    merge of the shortlists raising MemoryError): every shard drops its seeded walk (review
+    of stop 33: they stayed, one per failed search)."""
+    import ray
+
+    path, x = served
+    copy = tmp_path / "s"
+    shutil.copytree(path, copy)
+    with Store.open(copy, mode="a") as w:
+        w.calibrate()
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("test")
+
+    with vray.ShardedStore(copy, shards=2, cpus_per_shard=0.5) as sharded:
+        monkeypatch.setattr(vray, "auto_limits", no_memory)
+        for _ in range(2):
+            with pytest.raises(MemoryError):
+                sharded.search(x[:20], 10, rerank="auto")
+        assert [ray.get(a.__ray_call__.remote(lambda self: len(self._walks))) for a in sharded.actors] == [0, 0]
+
+
 # ---------------------------------------------------------------------------- CLI, no Ray
 
 
