@@ -487,35 +487,12 @@ def test_an_actor_killed_between_the_auto_rounds_seeds_again_or_gives_its_seeds(
         assert (got.ids >= 0).all()
 
 
-def test_a_shard_gone_in_the_first_auto_round_leaves_no_walk_behind(served, tmp_path):
-    """rerank="auto" over 2 shards with one actor dead and partial=False: the search raises
-    ShardUnavailable after the other shard seeded its walk; that walk is dropped (review of
-    stop 33: it stayed until 16 more searches pushed it out, ~14 MB each for 2,000 queries)."""
-    import ray
-
-    path, x = served
-    copy = tmp_path / "s"
-    shutil.copytree(path, copy)
-    with Store.open(copy, mode="a") as w:
-        w.calibrate()
-    with vray.ShardedStore(copy, shards=2, max_restarts=0, cpus_per_shard=0.5) as sharded:
-        def pending(actor):
-            return ray.get(actor.__ray_call__.remote(lambda self: len(self._walks)))
-
-        sharded.search(x[:20], 10, rerank="auto")
-        assert [pending(a) for a in sharded.actors] == [0, 0]
-        os.kill(sharded.pids()[0], signal.SIGKILL)
-        time.sleep(0.5)
-        for _ in range(2):
-            with pytest.raises(ShardUnavailable, match="shard 0 of 2"):
-                sharded.search(x[:20], 10, rerank="auto")
-        assert pending(sharded.actors[1]) == 0
-
-
-def test_a_driver_error_between_the_auto_rounds_leaves_no_walk_behind(served, tmp_path, monkeypatch):
-    """An error in the driver after round 1 answered and before round 2 was sent (here the
-    merge of the shortlists raising MemoryError): every shard drops its seeded walk (review
-    of stop 33: they stayed, one per failed search)."""
+def test_a_search_failing_between_the_auto_rounds_leaves_no_walk_behind(served, tmp_path, monkeypatch):
+    """rerank="auto" over 2 shards failing after some shards seeded their walks: an error in
+    the driver before round 2 is sent (here the merge of the shortlists raising
+    MemoryError), then one actor dead with partial=False (ShardUnavailable after the other
+    shard seeded). Every walk is dropped (review of stop 33: they stayed until 16 more
+    searches pushed them out, ~14 MB each for 2,000 queries at cap 100)."""
     import ray
 
     path, x = served
@@ -527,12 +504,24 @@ def test_a_driver_error_between_the_auto_rounds_leaves_no_walk_behind(served, tm
     def no_memory(*args, **kwargs):
         raise MemoryError("test")
 
-    with vray.ShardedStore(copy, shards=2, cpus_per_shard=0.5) as sharded:
-        monkeypatch.setattr(vray, "auto_limits", no_memory)
+    with vray.ShardedStore(copy, shards=2, max_restarts=0, cpus_per_shard=0.5) as sharded:
+        def pending():
+            return [ray.get(a.__ray_call__.remote(lambda self: len(self._walks))) for a in sharded.actors]
+
+        sharded.search(x[:20], 10, rerank="auto")
+        assert pending() == [0, 0]
+        with monkeypatch.context() as m:
+            m.setattr(vray, "auto_limits", no_memory)
+            for _ in range(2):
+                with pytest.raises(MemoryError):
+                    sharded.search(x[:20], 10, rerank="auto")
+        assert pending() == [0, 0]
+        os.kill(sharded.pids()[0], signal.SIGKILL)
+        time.sleep(0.5)
         for _ in range(2):
-            with pytest.raises(MemoryError):
+            with pytest.raises(ShardUnavailable, match="shard 0 of 2"):
                 sharded.search(x[:20], 10, rerank="auto")
-        assert [ray.get(a.__ray_call__.remote(lambda self: len(self._walks))) for a in sharded.actors] == [0, 0]
+        assert ray.get(sharded.actors[1].__ray_call__.remote(lambda self: len(self._walks))) == 0
 
 
 # ---------------------------------------------------------------------------- CLI, no Ray
