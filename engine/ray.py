@@ -843,8 +843,9 @@ class ShardedStore:
         would: where the bounds hold, the answer is at least as good as one walk's over the
         store, for somewhat more rows (the seeds, 2 k a query over all shards, and each
         shard's own k-th score rising more slowly than one walk's). ``stats.capped``
-        counts a query once, when a row beyond some shard's shortlist could still reach the
-        merged k-th score. ``sdc=True`` takes a fixed depth only, as in `Store.search`.
+        counts a query once, when a row beyond the merged shortlist could still reach the
+        merged k-th score (as one store counts it). ``sdc=True`` takes a fixed depth only,
+        as in `Store.search`.
         Shards bound code scores with the store's committed error model (`Store.calibrate`,
         `vecz build`); without one each measures its own on its segments."""
         from ..kernels import dense as dense_kernels
