@@ -564,33 +564,45 @@ def test_scan_with_a_negative_step_is_exact():
 
 def test_one_query_scans_refuse_float64_terms():
     # the one-lane kernels hold their per-probe terms as float32 and read the block bounds as
-    # float32: float64 ones are refused, not rounded or misread
+    # float32: float64 ones are refused, not rounded or misread. Each term through the shared
+    # checks (small kernels), and each scan kernel once through them (a float64 signature of a
+    # scan kernel is a compile of its own: 16 of them took 24 s of the suite)
     rng = np.random.default_rng(4)
     (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
     args = dict(steps=steps[0], biases=biases[0], bias=bias[0], q_sq=q_sq[0], bounds=bounds)
+    fastscan._check_factor_terms(args["steps"], args["biases"], args["bias"], args["q_sq"], row_factors,
+                                 args["bounds"])
     for name in args:
         wide = {**args, name: args[name].astype(np.float64)}
         with pytest.raises(ValueError, match="float32"):
-            fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
-                                     wide["bounds"], block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5)
-        with pytest.raises(ValueError, match="float32"):  # the group kernel's lanes too
-            fastscan.fs_scan_factors_multi(qluts, wide["steps"][None], wide["biases"][None], 2, blocks, block_ids,
-                                           row_factors, wide["bounds"], block_offsets, probes[0], wide["bias"][None],
-                                           wide["q_sq"][None], False, 5)
+            fastscan._check_factor_terms(wide["steps"], wide["biases"], wide["bias"], wide["q_sq"], row_factors,
+                                         wide["bounds"])
+    wide = {**args, "bounds": bounds.astype(np.float64)}
+    with pytest.raises(ValueError, match="float32"):
+        fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
+                                 wide["bounds"], block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5)
+    with pytest.raises(ValueError, match="float32"):  # the group kernel's lanes too
+        fastscan.fs_scan_factors_multi(qluts, wide["steps"][None], wide["biases"][None], 2, blocks, block_ids,
+                                       row_factors, wide["bounds"], block_offsets, probes[0], wide["bias"][None],
+                                       wide["q_sq"][None], False, 5)
     codes = rng.integers(0, 16, size=(40, 4)).astype(np.uint8)
     blocks, block_ids, block_offsets = fastscan.fs_layout(codes, np.arange(40, dtype=np.int64),
                                                           np.array([0, 40], np.int64))
     qluts, pq_steps, pq_biases = fastscan.fs_quantize_lut(rng.standard_normal((1, 1, 4, 16)).astype(np.float32))
     terms = dict(steps=pq_steps[0], biases=pq_biases[0], bias=np.zeros(1, np.float32))
+    fastscan._check_terms(terms["steps"], terms["biases"], terms["bias"])
     for name in terms:
         wide = {**terms, name: terms[name].astype(np.float64)}
         with pytest.raises(ValueError, match="float32"):
-            fastscan.fs_scan(qluts[0], wide["steps"], wide["biases"], blocks, block_ids, block_offsets,
-                             np.zeros(1, np.int64), wide["bias"], 5)
-        with pytest.raises(ValueError, match="float32"):
-            fastscan.fs_scan_multi(qluts, wide["steps"][None], wide["biases"][None], blocks, block_ids, block_offsets,
-                                   np.zeros(1, np.int64), wide["bias"][None], 5)
+            fastscan._check_terms(wide["steps"], wide["biases"], wide["bias"])
+    wide = {**terms, "steps": pq_steps[0].astype(np.float64)}
+    with pytest.raises(ValueError, match="float32"):
+        fastscan.fs_scan(qluts[0], wide["steps"], wide["biases"], blocks, block_ids, block_offsets,
+                         np.zeros(1, np.int64), wide["bias"], 5)
+    with pytest.raises(ValueError, match="float32"):
+        fastscan.fs_scan_multi(qluts, wide["steps"][None], wide["biases"][None], blocks, block_ids, block_offsets,
+                               np.zeros(1, np.int64), wide["bias"][None], 5)
 
 
 def test_scan_factors_refuses_strided_row_factors():
