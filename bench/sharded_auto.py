@@ -8,8 +8,7 @@ One store (f16 dense tier, the dataset's rows added in `--segments` parts, so th
 can split them; built once and kept in --work), every query of the dataset, its error model
 committed (`Store.calibrate`). For each number of shards S the segments are split as
 `ShardedStore` splits them (`ray._split`) and each shard's part runs here, in this process,
-through the functions the Ray actors run (`search.shard_auto` for one round;
-`shard_auto_seed`, `ray.auto_floor`, `shard_auto_finish` for two), merged by
+through the functions the Ray actors run (`ray.auto_in_process`), merged by
 `ray.merge_auto`: recall@10 against the dataset's exact top 10, rows read per query (mean,
 p99). With ``--ray`` the two-round search also runs through `ShardedStore` on a local Ray
 cluster (2 CPUs) for each S, on the first 1,000 queries, and its answers and rows are checked
@@ -38,8 +37,7 @@ from vecz import Store  # noqa: E402
 from vecz.engine.bench.metrics import recall_at  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import DEFAULT_CONFIDENCE, auto_cap  # noqa: E402
-from vecz.engine.ray import _split, auto_floor, auto_limits, merge_auto, seed_rows  # noqa: E402
-from vecz.engine.search import shard_auto, shard_auto_finish, shard_auto_seed  # noqa: E402
+from vecz.engine.ray import _split, auto_in_process, merge_auto  # noqa: E402
 from vecz.formats import manifest as mf  # noqa: E402
 from vecz.formats.body import parse_body  # noqa: E402
 
@@ -61,22 +59,11 @@ def build(path: Path, x: np.ndarray, spec: str, segments: int) -> None:
 def sharded(path: Path, q: np.ndarray, shards: int, nprobe: int, cap: int, confidence: float,
             rounds: int) -> dict:
     body = parse_body(mf.read_manifest(path), str(path))
-    groups = _split(body.segments, shards)
-    opened = [Store._open_shard(path, body.version, [r.serial for r in g]) for g in groups]
+    opened = [Store._open_shard(path, body.version, [r.serial for r in g]) for g in _split(body.segments, shards)]
     try:
         t = time.perf_counter()
-        if rounds == 1 or len(opened) == 1:
-            parts = [shard_auto(s.codec, s.metric, s._segments, q, K, nprobe=nprobe, cap=cap, model=s.error_model(),
-                                confidence=confidence, prefetch=False)[0] for s in opened]
-        else:
-            seeded = [shard_auto_seed(s.codec, s.metric, s._segments, q, K, nprobe=nprobe, cap=cap,
-                                      model=s.error_model(), confidence=confidence, prefetch=False,
-                                      seeds=seed_rows(K, len(opened))) for s in opened]
-            floor = auto_floor(body.metric, [p[1] for p in seeded], K)
-            depth = max(1, min(max(K, cap), body.live))
-            limits = auto_limits(body.metric, [(p[0].est, p[0].ids) for p in seeded], depth)
-            parts = [shard_auto_finish(p[0], floor, q.shape[0], K, body.metric, lim)
-                     for p, lim in zip(seeded, limits)]
+        parts = auto_in_process(opened, q, K, nprobe=nprobe, cap=cap, confidence=confidence, prefetch=False,
+                                rounds=rounds)
         seconds = time.perf_counter() - t
     finally:
         for s in opened:

@@ -630,7 +630,7 @@ class _Shard:
         shard's walk reads its first `seeds` candidates and is kept under `token` for
         `auto_finish`. Returns the seed rows' `AutoResult`, the codes scored and the
         shortlist's code scores and ids (best first)."""
-        from .search import shard_auto_seed
+        from .search import seeded_shortlist, shard_auto_seed
 
         s = self.store
         walk, seeded, candidates = shard_auto_seed(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap,
@@ -640,10 +640,7 @@ class _Shard:
         while len(self._walks) > _PENDING_WALKS:
             self._walks.pop(next(iter(self._walks)))
         _pause("pause-search", f"search-{os.getpid()}")
-        if walk is None:
-            none = np.zeros((x.shape[0], 0))
-            return seeded, candidates, none.astype(np.float32), none.astype(np.int64)
-        return seeded, candidates, walk.est, walk.ids
+        return (seeded, candidates, *seeded_shortlist(walk, x.shape[0]))
 
     def auto_finish(self, token: str, floor: np.ndarray, limit: np.ndarray, x: np.ndarray, k: int, nprobe: int,
                     cap: int, confidence: float, seeds: int) -> Any:
@@ -656,8 +653,9 @@ class _Shard:
 
         s = self.store
         _pause("pause-finish", f"finish-{os.getpid()}")
-        walk = self._walks.pop(token, False)
-        if walk is False:
+        if token in self._walks:
+            walk = self._walks.pop(token)
+        else:
             walk = shard_auto_seed(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap,
                                    model=s.error_model(), confidence=confidence, prefetch=s.prefetch,
                                    seeds=seeds)[0]
@@ -716,6 +714,31 @@ def auto_limits(metric: str, shortlists: list[tuple[np.ndarray, np.ndarray]], de
     _, _, (top_o,) = merge_shortlists(metric, [sc for sc, _ in shortlists], [ids for _, ids in shortlists], [owner],
                                       depth)
     return [np.count_nonzero(top_o == j, axis=1).astype(np.int64) for j in range(len(shortlists))]
+
+
+def auto_in_process(shards: list[Any], x: np.ndarray, k: int, *, nprobe: int, cap: int, confidence: float,
+                    prefetch: bool | None = None, rounds: int = 2, walks: list | None = None) -> list[Any]:
+    """What `ShardedStore.search(rerank="auto")` has its actors compute, run in this process
+    over opened shards (`Store._open_shard`, one per `_split` group), for the benchmark and
+    the tests: with one shard (or `rounds` = 1) each shard's own walk (`search.shard_auto`),
+    else the two rounds (`search.shard_auto_seed`, `auto_floor`, `auto_limits`,
+    `search.shard_auto_finish`). x float32, checked. Returns each shard's `AutoResult`
+    (`merge_auto` merges them); `walks`, a list, receives the two-round walks."""
+    from .search import seeded_shortlist, shard_auto, shard_auto_finish, shard_auto_seed, shortlist_depth
+
+    metric = shards[0].metric
+    if len(shards) == 1 or rounds == 1:
+        return [shard_auto(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap, model=s.error_model(),
+                           confidence=confidence, prefetch=prefetch)[0] for s in shards]
+    seeded = [shard_auto_seed(s.codec, s.metric, s._segments, x, k, nprobe=nprobe, cap=cap, model=s.error_model(),
+                              confidence=confidence, prefetch=prefetch, seeds=seed_rows(k, len(shards)))
+              for s in shards]
+    floor = auto_floor(metric, [p[1] for p in seeded], k)
+    depth = shortlist_depth(k, cap, sum(len(s) for s in shards))
+    limits = auto_limits(metric, [seeded_shortlist(p[0], x.shape[0]) for p in seeded], depth)
+    if walks is not None:
+        walks.extend(p[0] for p in seeded)
+    return [shard_auto_finish(p[0], floor, x.shape[0], k, metric, lim) for p, lim in zip(seeded, limits)]
 
 
 def merge_auto(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -849,7 +872,8 @@ class ShardedStore:
         Shards bound code scores with the store's committed error model (`Store.calibrate`,
         `vecz build`); without one each measures its own on its segments."""
         from ..kernels import dense as dense_kernels
-        from .search import PARALLEL_MIN_QUERIES, _worst, check_search_args, merge_shortlists, pad_to_k
+        from .search import (PARALLEL_MIN_QUERIES, _worst, check_search_args, merge_shortlists, pad_to_k,
+                             shortlist_depth)
         from .store import MAX_RESULT_BYTES
 
         if self.actors is None:
@@ -868,10 +892,10 @@ class ShardedStore:
             res.missing_shards = ()
             return res
         kk, rr = min(k, live), min(rerank, live)
-        depth = max(1, min(max(kk, rr), live))
+        depth = shortlist_depth(kk, rr, live)
         xref = self._ray.put(x)
         if auto:
-            res = self._auto(xref, nq, kk, nprobe, min(rerank, live), confidence, partial)
+            res = self._auto(xref, nq, kk, nprobe, rr, depth, confidence, partial)
             out = pad_to_k(res, k, metric, MAX_RESULT_BYTES)
             out.missing_shards = res.missing_shards
             return out
@@ -910,7 +934,7 @@ class ShardedStore:
         res.missing_shards = tuple(missing)
         return res
 
-    def _auto(self, xref: Any, nq: int, k: int, nprobe: int, cap: int, confidence: float,
+    def _auto(self, xref: Any, nq: int, k: int, nprobe: int, cap: int, depth: int, confidence: float,
               partial: bool) -> SearchResult:
         """`search` with ``rerank="auto"``: one shard walks alone (`_Shard.auto`); several
         walk in two rounds (module docstring: `_Shard.auto_seed`, `auto_floor`,
@@ -930,8 +954,7 @@ class ShardedStore:
                 refs = []
                 if got:
                     floor = auto_floor(metric, [p[0] for _, p in got], k)
-                    limits = auto_limits(metric, [(p[2], p[3]) for _, p in got],
-                                         max(1, min(max(k, cap), self.body.live)))
+                    limits = auto_limits(metric, [(p[2], p[3]) for _, p in got], depth)
                     refs = [self.actors[j].auto_finish.remote(token, floor, lim, xref, k, nprobe, cap, confidence,
                                                               seeds) for (j, _), lim in zip(got, limits)]
             except BaseException:

@@ -107,6 +107,12 @@ def pad_to_k(out: SearchResult, k: int, metric: str, max_bytes: int) -> SearchRe
     return SearchResult(scores, ids, out.stats)
 
 
+def shortlist_depth(k: int, rerank: int, live: int) -> int:
+    """How many candidates a search shortlists by code score: max(k, rerank) (rerank: the
+    fixed depth, or auto's cap), at most the live rows, at least 1."""
+    return max(1, min(max(k, rerank), live))
+
+
 def _worst(metric: str) -> float:
     return np.inf if metric == "l2" else -np.inf
 
@@ -466,6 +472,14 @@ class AutoWalk:
         self.state = np.empty((nq, dense_kernels.WALK_STATE), dtype=np.int64)
         dense_kernels.walk_seed(self.k, self.n_valid, seeds, self.top, self.state)
 
+    def _resume_to(self, avail: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """One call of the resumable walk (parallel for a batch) up to `avail`: the walks
+        that paused."""
+        nq = self.x.shape[0]
+        resume = (dense_kernels.bounded_walk_resume_batch if nq >= PARALLEL_MIN_QUERIES
+                  else dense_kernels.bounded_walk_resume)
+        return resume(*self._args(), self.top, self.state, avail, np.ones(nq, dtype=bool) if active is None else active)
+
     def _resume(self, avail: np.ndarray) -> None:
         """Advance the walk in parts (`top`, `state`) to its end. For a few queries whose
         rows may not be in the page cache it pauses before a round past `avail` (the pages
@@ -477,13 +491,11 @@ class AutoWalk:
         if nq >= PARALLEL_MIN_QUERIES or not self.fetch:  # a batch, or cached: no pause
             if self.fetch:
                 self._hint(self.state[:, 1], self.state[:, 3])
-            resume = (dense_kernels.bounded_walk_resume_batch if nq >= PARALLEL_MIN_QUERIES
-                      else dense_kernels.bounded_walk_resume)
-            resume(*self._args(), self.top, self.state, self.n_valid, np.ones(nq, dtype=bool))
+            self._resume_to(self.n_valid)
             return
         active = np.ones(nq, dtype=bool)
         while True:
-            active = dense_kernels.bounded_walk_resume(*self._args(), self.top, self.state, avail, active)
+            active = self._resume_to(avail, active)
             if not active.any():
                 return
             st = self.state
@@ -519,9 +531,7 @@ class AutoWalk:
         avail = self.state[:, 2].copy()
         if self.fetch:
             self._hint(np.zeros(nq, dtype=np.int64), avail)
-        resume = (dense_kernels.bounded_walk_resume_batch if nq >= PARALLEL_MIN_QUERIES
-                  else dense_kernels.bounded_walk_resume)
-        resume(*self._args(), self.top, self.state, avail, np.ones(nq, dtype=bool))
+        self._resume_to(avail)
         return self.result(self.state[:, 1].copy(), note=False)
 
     def finish(self, floor: np.ndarray, limit: np.ndarray | None = None) -> AutoResult:
@@ -608,7 +618,7 @@ def _shard_walk(codec: Codec, metric: str, segments: list[Segment], x: np.ndarra
     live = sum(s.live for s in segments)
     if x.shape[0] == 0 or live == 0:
         return None, 0
-    scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, max(1, min(max(k, cap), live)), nprobe,
+    scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, shortlist_depth(k, cap, live), nprobe,
                                                        False)
     walk = AutoWalk(metric, segments, x, scores, seg_of, rows, ids, min(k, live), model, confidence, prefetch,
                     suffix_max=True)
@@ -641,6 +651,14 @@ def shard_auto_seed(codec: Codec, metric: str, segments: list[Segment], x: np.nd
         return walk, walk.seed(seeds), candidates
 
 
+def seeded_shortlist(walk: AutoWalk | None, nq: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded walk's shortlist, code scores (the user's convention) and ids best first,
+    for `ray.auto_limits`; (nq, 0) each without a walk (no live row)."""
+    if walk is None:
+        return np.zeros((nq, 0), dtype=np.float32), np.zeros((nq, 0), dtype=np.int64)
+    return walk.est, walk.ids
+
+
 def shard_auto_finish(walk: AutoWalk | None, floor: np.ndarray, nq: int, k: int, metric: str,
                       limit: np.ndarray | None = None) -> AutoResult:
     """The second round: `walk` (`shard_auto_seed`'s) reads every further candidate whose
@@ -664,8 +682,7 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
     live rows: slots past them hold -1."""
     nq = x.shape[0]
     live = sum(s.live for s in segments)
-    depth = max(k, rerank)
-    scan_depth = max(1, min(depth, live))
+    scan_depth = shortlist_depth(k, rerank, live)
     if nq == 0 or live == 0:
         scores = np.full((nq, k), _worst(metric), dtype=np.float32)
         return SearchResult(scores, np.full((nq, k), -1, dtype=np.int64), SearchStats(0, 0))

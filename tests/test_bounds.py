@@ -786,33 +786,19 @@ def test_calibrating_on_queries_of_another_kind_restores_the_promise(tmp_path):
 def _sharded_auto(path: Path, q: np.ndarray, k: int, nprobe: int, cap: int, confidence: float, shards: int = 2,
                   rounds: int = 2, walks: list | None = None):
     """What `ShardedStore.search(rerank="auto")` computes, in this process: one
-    `Store._open_shard` per `ray._split` group; with several groups (and `rounds` = 2) each
-    shard's `shard_auto_seed`, the floor of all seeds (`auto_floor`) and each shard's part
-    of the merged shortlist (`auto_limits`), each shard's `shard_auto_finish`; with one
-    group (or `rounds` = 1) each shard's own walk (`shard_auto`); then `merge_auto`. `walks`
-    (a list) receives each shard's `AutoWalk`."""
-    from vecz.engine.ray import _split, auto_floor, auto_limits, merge_auto, seed_rows
-    from vecz.engine.search import shard_auto, shard_auto_finish, shard_auto_seed
+    `Store._open_shard` per `ray._split` group, `ray.auto_in_process` over them (two rounds
+    with several groups unless `rounds` = 1; `walks`, a list, receives the two-round
+    walks), then `merge_auto`."""
+    from vecz.engine.ray import _split, auto_in_process, merge_auto
     from vecz.formats import manifest as mf
     from vecz.formats.body import parse_body
 
     body = parse_body(mf.read_manifest(path), str(path))
-    groups = _split(body.segments, shards)
-    opened = [Store._open_shard(path, body.version, [r.serial for r in group]) for group in groups]
+    opened = [Store._open_shard(path, body.version, [r.serial for r in group])
+              for group in _split(body.segments, shards)]
     try:
-        if len(opened) == 1 or rounds == 1:
-            parts = [shard_auto(sh.codec, sh.metric, sh._segments, q, k, nprobe=nprobe, cap=cap,
-                                model=sh.error_model(), confidence=confidence, prefetch=None)[0] for sh in opened]
-        else:
-            seeded = [shard_auto_seed(sh.codec, sh.metric, sh._segments, q, k, nprobe=nprobe, cap=cap,
-                                      model=sh.error_model(), confidence=confidence, prefetch=None,
-                                      seeds=seed_rows(k, len(opened))) for sh in opened]
-            floor = auto_floor(body.metric, [p[1] for p in seeded], k)
-            limits = auto_limits(body.metric, [(p[0].est, p[0].ids) for p in seeded],
-                                 max(1, min(max(k, cap), body.live)))
-            parts = [shard_auto_finish(p[0], floor, q.shape[0], k, body.metric, lim) for p, lim in zip(seeded, limits)]
-            if walks is not None:
-                walks.extend(p[0] for p in seeded)
+        parts = auto_in_process(opened, q, k, nprobe=nprobe, cap=cap, confidence=confidence, rounds=rounds,
+                                walks=walks)
         return merge_auto(body.metric, parts, k), parts
     finally:
         for sh in opened:
