@@ -366,21 +366,24 @@ def test_a_cluster_too_small_for_the_shards_says_so(served):
         vray.ShardedStore(path, shards=3, cpus_per_shard=1.5, start_timeout=3)
 
 
-def _search_killing_one_shard_midway(sharded, q):
-    """Run sharded.search(q) while the shards pause in their first round; kill the first
-    shard that reaches the pause, let the others go on; return the result or the error."""
-    t, result = _paused(lambda: sharded.search(q, 10, rerank=50), "pause-search", "1.0")
+def _search_killing_one_shard_midway(sharded, q, call=None, switch: str = "pause-search", marker: str = "search"):
+    """Run `call` (default sharded.search(q, 10, rerank=50)) while the shards pause at the
+    hook `switch` (the first round by default); kill the first shard that reaches the pause
+    (it touches `marker`-<pid>), let the others go on; return the victim's pid and the
+    result or the error."""
+    call = call or (lambda: sharded.search(q, 10, rerank=50))
+    t, result = _paused(call, switch, "1.0")
     try:
         deadline = time.monotonic() + 60
-        while not list(CONTROL.glob("search-*")) and time.monotonic() < deadline:
+        while not list(CONTROL.glob(f"{marker}-*")) and time.monotonic() < deadline:
             time.sleep(0.02)
-        markers = list(CONTROL.glob("search-*"))
-        assert markers, "no shard reached the pause"
+        markers = list(CONTROL.glob(f"{marker}-*"))
+        assert markers, f"no shard reached the pause {switch}"
         victim = int(markers[0].name.split("-")[1])
         os.kill(victim, signal.SIGKILL)  # mid-search: the call is in flight on that actor
-        (CONTROL / "pause-search").unlink()
+        (CONTROL / switch).unlink()
     finally:
-        (CONTROL / "pause-search").unlink(missing_ok=True)
+        (CONTROL / switch).unlink(missing_ok=True)
         t.join(120)
     return victim, result
 
@@ -441,20 +444,9 @@ def test_an_actor_killed_between_the_auto_rounds_seeds_again_or_gives_its_seeds(
     q = x[:20] + 0.02
 
     def killed_in_round_2(sharded):
-        t, result = _paused(lambda: sharded.search(q, 10, rerank="auto:100", nprobe=8, confidence=0.999,
-                                                   partial=True), "pause-finish", "1.0")
-        try:
-            deadline = time.monotonic() + 60
-            while not list(CONTROL.glob("finish-*")) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            markers = list(CONTROL.glob("finish-*"))
-            assert markers, "no shard reached the second round"
-            victim = int(markers[0].name.split("-")[1])
-            os.kill(victim, signal.SIGKILL)
-            (CONTROL / "pause-finish").unlink()
-        finally:
-            (CONTROL / "pause-finish").unlink(missing_ok=True)
-            t.join(120)
+        victim, result = _search_killing_one_shard_midway(
+            sharded, q, lambda: sharded.search(q, 10, rerank="auto:100", nprobe=8, confidence=0.999, partial=True),
+            "pause-finish", "finish")
         assert "error" not in result, result.get("error")
         return victim, result["out"]
 
