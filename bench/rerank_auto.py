@@ -22,6 +22,10 @@ query of the dataset, one thread:
     python bench/rerank_auto.py                          # both datasets, bench/out/rerank-auto/
     python bench/rerank_auto.py --datasets wordnet-minilm --specs "RB1;RB2"
     python bench/rerank_auto.py --datasets wordnet-gemma --specs OPQ52x8 --calibrate-queries 1000
+    python bench/rerank_auto.py --datasets wordnet-gemma --truncate 256 --metric l2 --specs "RB1;OPQ32x8"
+
+`--truncate D` keeps the first D dims (a Matryoshka model's prefix: another embedding of the
+same texts) and `--metric` builds ip or l2 stores; either computes the exact top-10 again.
 
 `--calibrate-queries N` measures the interval on the last N queries (`Store.calibrate`)
 instead of pseudo-queries made from the store's rows (`Store.error_model`), and everything
@@ -46,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 import numba  # noqa: E402
 
 from vecz import Store  # noqa: E402
+from vecz.engine.bench.exact import exact_topk  # noqa: E402
 from vecz.engine.bench.metrics import least_rows, miss_rate, recall_at, truth_ranks  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import auto_cap  # noqa: E402
@@ -96,13 +101,18 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     valid = ids >= 0
     vec = store.get(ids[valid])
     qi = np.nonzero(valid)[0]
-    exact = (x[qi] * vec).sum(1) / np.linalg.norm(vec, axis=1)
+    # exact and code scores larger-is-better, as the walk bounds them (l2: minus the distance)
+    if store.metric == "l2":
+        exact = -((x[qi] - vec) ** 2).sum(1)
+    else:
+        exact = (x[qi] * vec).sum(1) / (np.linalg.norm(vec, axis=1) if store.metric == "cosine" else 1.0)
+    sign = -1.0 if store.metric == "l2" else 1.0
     scale = (_query_norms(store.metric, x)[:, None] * _scales(store._segments, seg_of, rows, model.per_row))[valid]
     out = {}
     rank = np.broadcast_to(np.arange(depth), valid.shape)[valid]
     for c in confidences:
         lo, hi = (a[valid] for a in model.query_intervals(c, depth, x))  # the walk's bounds, by query and rank
-        e = est[valid].astype(np.float64)
+        e = sign * est[valid].astype(np.float64)
         top = rank < 10
         out[str(c)] = {"upper": float(np.mean(exact <= e + hi * scale + 1e-7)),
                        "lower": float(np.mean(exact >= e + lo * scale - 1e-7)),
@@ -133,7 +143,12 @@ def run(args) -> dict:
         data = Path(args.data) / name
         base = np.load(data / "base.npy")
         queries = np.load(data / "queries.npy").astype(np.float32)
-        gt = np.load(data / "gt_ids.npy")[:, :K]
+        if args.truncate:  # a Matryoshka model's prefix is an embedding of its own
+            base, queries = base[:, :args.truncate], queries[:, :args.truncate]
+        if args.truncate or args.metric != "cosine":  # the dataset's gt_ids rank by the full cosine
+            gt = exact_topk(np.ascontiguousarray(base, dtype=np.float32), queries, args.metric, K)[1]
+        else:
+            gt = np.load(data / "gt_ids.npy")[:, :K]
         cal = None
         if args.calibrate_queries:  # the last N queries calibrate; the others are measured
             if not 0 < args.calibrate_queries < len(queries):
@@ -143,18 +158,21 @@ def run(args) -> dict:
             queries, gt = queries[: -args.calibrate_queries], gt[: -args.calibrate_queries]
         specs = (args.specs or SPECS[name]).split(";")
         for spec in specs:
-            path = Path(args.work) / f"{name}-{spec.replace(',', '_')}"
+            tail = "" if args.metric == "cosine" else f"-{args.metric}"
+            tail += f"-d{args.truncate}" if args.truncate else ""
+            path = Path(args.work) / f"{name}-{spec.replace(',', '_')}{tail}"
             if not path.exists():
                 t = time.perf_counter()
-                with Store.create(path, dim=base.shape[1], metric="cosine", codec=spec, dense="f16") as s:
+                with Store.create(path, dim=base.shape[1], metric=args.metric, codec=spec, dense="f16") as s:
                     s.add(base)
                 print(f"built {path} in {time.perf_counter() - t:.1f} s", flush=True)
             with Store.open(path) as s:
                 t = time.perf_counter()
                 model = s.error_model() if cal is None else s.calibrate(cal)
                 calib = time.perf_counter() - t
-                entry = {"dataset": name, "spec": spec, "code_size": s.codec.code_size, "n": len(s),
-                         "nq": len(queries), "calibration_s": round(calib, 3), "pairs": model.pairs,
+                entry = {"dataset": name + (f"[:{args.truncate}]" if args.truncate else ""), "spec": spec,
+                         "metric": args.metric, "code_size": s.codec.code_size,
+                         "n": len(s), "nq": len(queries), "calibration_s": round(calib, 3), "pairs": model.pairs,
                          "calibrated_on": (f"the last {len(cal)} queries" if cal is not None else
                                            "stored rows" if model.direction is None else
                                            "pseudo-queries from stored rows (shift, spread in the cosine to the "
@@ -200,8 +218,8 @@ def _oracle_cell(o: dict | None) -> str:
 def markdown(out: dict) -> str:
     lines = [f"`{out['command']}` — {out['cpu']}, {out['threads']} thread, k = {out['k']}", ""]
     for e in out["results"]:
-        lines += [f"### {e['dataset']} {e['spec']} ({e['code_size']} B of code per vector, {e['n']:,} rows, "
-                  f"{e['nq']:,} queries)", "",
+        lines += [f"### {e['dataset']} {e['spec']}, {e.get('metric', 'cosine')} ({e['code_size']} B of code "
+                  f"per vector, {e['n']:,} rows, {e['nq']:,} queries)", "",
                   f"Calibration on {e.get('calibrated_on', 'stored rows')}: {e['pairs']:,} pairs, "
                   f"{'per-row' if e['per_row'] else 'one'} error scale, "
                   f"{e['calibration_s']} s.", "",
@@ -226,6 +244,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--datasets", default="wordnet-minilm,wordnet-gemma")
+    p.add_argument("--metric", default="cosine", choices=("cosine", "ip", "l2"),
+                   help="the stores' metric (other than cosine: the exact top-10 computed again)")
+    p.add_argument("--truncate", type=int, default=0,
+                   help="keep the first D dims of rows and queries (the exact top-10 computed again)")
     p.add_argument("--specs", default=None, help="';'-separated specs (default: per dataset, see SPECS)")
     p.add_argument("--fixed", default="20,30,50,100")
     p.add_argument("--confidences", default="0.99,0.995,0.999")
