@@ -143,6 +143,8 @@ def run(args) -> dict:
         data = Path(args.data) / name
         base = np.load(data / "base.npy")
         queries = np.load(data / "queries.npy").astype(np.float32)
+        if args.truncate and not 0 < args.truncate <= base.shape[1]:
+            raise SystemExit(f"--truncate: expected 1..{base.shape[1]} for {name}, found {args.truncate}")
         if args.truncate:  # a Matryoshka model's prefix is an embedding of its own
             base, queries = base[:, :args.truncate], queries[:, :args.truncate]
         if args.truncate or args.metric != "cosine":  # the dataset's gt_ids rank by the full cosine
