@@ -486,13 +486,15 @@ def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step,
     count = state[0]
     ptr = state[1]
     end = state[2]
+    first = vectors[0]
     while ptr < end <= avail:
         for p in range(ptr, end):
             j = order[p]
-            _prefetch_row(vectors[file_ix[j]], rows[j])
+            _prefetch_row(first if file_ix[j] == 0 else vectors[file_ix[j]], rows[j])
         for p in range(ptr, end):
             j = order[p]
-            s = _score_row(query, vectors[file_ix[j]][rows[j]], metric, q_norm)
+            f = file_ix[j]
+            s = _score_row(query, (first if f == 0 else vectors[f])[rows[j]], metric, q_norm)
             if metric == RESCORE_L2:
                 s = -s
             exact[j] = s
