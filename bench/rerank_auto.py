@@ -50,11 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 import numba  # noqa: E402
 
 from vecz import Store  # noqa: E402
-from vecz.engine.bench.exact import exact_topk  # noqa: E402
+from vecz.engine.bench.data import Dataset, ground_truth  # noqa: E402
 from vecz.engine.bench.metrics import least_rows, miss_rate, recall_at, truth_ranks  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import auto_cap  # noqa: E402
-from vecz.engine.search import _query_norms, _scales, _shortlist  # noqa: E402
+from vecz.engine.search import _exact, _query_norms, _scales, _shortlist  # noqa: E402
 
 K = 10
 # The code-order shortlist the oracle reads ranks from (ids ranked deeper count as never found).
@@ -99,14 +99,9 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     model = store.error_model()
     x, (est, seg_of, rows, ids, _) = code_shortlist(store, q, depth)
     valid = ids >= 0
-    vec = store.get(ids[valid])
-    qi = np.nonzero(valid)[0]
     # exact and code scores larger-is-better, as the walk bounds them (l2: minus the distance)
-    if store.metric == "l2":
-        exact = -((x[qi] - vec) ** 2).sum(1)
-    else:
-        exact = (x[qi] * vec).sum(1) / (np.linalg.norm(vec, axis=1) if store.metric == "cosine" else 1.0)
     sign = -1.0 if store.metric == "l2" else 1.0
+    exact = sign * _exact(store.metric, store._segments, x, seg_of, rows, False)[0][valid]
     scale = (_query_norms(store.metric, x)[:, None] * _scales(store._segments, seg_of, rows, model.per_row))[valid]
     out = {}
     rank = np.broadcast_to(np.arange(depth), valid.shape)[valid]
@@ -148,7 +143,8 @@ def run(args) -> dict:
         if args.truncate:  # a Matryoshka model's prefix is an embedding of its own
             base, queries = base[:, :args.truncate], queries[:, :args.truncate]
         if args.truncate or args.metric != "cosine":  # the dataset's gt_ids rank by the full cosine
-            gt = exact_topk(np.ascontiguousarray(base, dtype=np.float32), queries, args.metric, K)[1]
+            data_set = Dataset(name, np.ascontiguousarray(base, dtype=np.float32), np.ascontiguousarray(queries))
+            gt = ground_truth(data_set, args.metric, K)  # computed once, cached by content
         else:
             gt = np.load(data / "gt_ids.npy")[:, :K]
         cal = None
