@@ -361,10 +361,10 @@ class CodeIndex:
             for start in range(0, nq, chunk):
                 sl = slice(start, start + chunk)
                 plan = codec._plan(x[sl], probes[sl], None if probe_ip is None else probe_ip[sl], sdc)
-                out_s[sl], out_i[sl] = self._scan(plan, k)
+                out_s[sl], out_i[sl] = self._scan(plan, k, np.full(plan.nq, -np.inf, dtype=np.float32))
         return SearchResult(out_s, out_i, stats)
 
-    def scan(self, plan: QueryPlan, k: int) -> ScanResult:
+    def scan(self, plan: QueryPlan, k: int, threshold: Any = None) -> ScanResult:
         """Top-k of each query of `plan` over this layout only.
 
         Returns `ScanResult(scores, ids, candidates)`: scores float32 (nq, k) in the
@@ -374,6 +374,12 @@ class CodeIndex:
         The driver (one query at a time, groups of queries sharing their probes, or
         list-major for IVF batches) is chosen here; all give the same results. Thread
         policy as `Codec.plan`, for the plan's nq.
+
+        `threshold` (float (nq,), optional): return only the rows scoring at least
+        threshold[i] (l2: at a distance of at most threshold[i]); the result is the scan
+        without it minus the rows that miss it. A search over several segments passes the
+        depth-th best score of the segments scanned before: rows below it cannot make its
+        shortlist, and a heap that starts there admits almost none of them.
         """
         _check_k(k)
         if not isinstance(plan, QueryPlan):
@@ -381,14 +387,34 @@ class CodeIndex:
         if plan.codec is not self.codec and plan.codec != self.codec:
             raise InvalidInput(f"the plan was made by codec {plan.codec!r}, this index holds codes of "
                                f"{self.codec!r} (or the same spec trained otherwise)")
+        floors = self._floors(threshold, plan.nq)
         with query_threads(plan.nq, self.PARALLEL_MIN_QUERIES):
-            scores, ids = self._scan(plan, k)
+            scores, ids = self._scan(plan, k, floors)
         return ScanResult(scores, ids, self._candidates(plan.probes))
+
+    def _floors(self, threshold: Any, nq: int) -> np.ndarray:
+        """`scan`'s threshold as the kernels' floors: float32 (nq,), larger is better (l2
+        negated), -inf without one."""
+        if threshold is None:
+            return np.full(nq, -np.inf, dtype=np.float32)
+        t = np.asarray(threshold)
+        if t.shape != (nq,) or t.dtype.kind not in "fiu":
+            raise InvalidInput(f"threshold: expected a float array of shape ({nq},), found "
+                               f"{t.dtype} {t.shape}")
+        t = t.astype(np.float64)
+        if np.isnan(t).any():
+            raise InvalidInput(f"threshold: expected no NaN, found one for query {int(np.argmax(np.isnan(t)))}")
+        # scores are float32: s >= t is s >= the least float32 >= t (l2: d <= the greatest <= t)
+        l2 = self.codec.metric == "l2"
+        t32 = t.astype(np.float32)
+        off = (t32 > t) if l2 else (t32 < t)
+        t32[off] = np.nextafter(t32[off], np.float32(-np.inf if l2 else np.inf))
+        return np.ascontiguousarray(-t32 if l2 else t32)
 
     def _candidates(self, probes: np.ndarray) -> int:
         return int(self._sizes[probes].sum()) if probes.shape[0] else 0
 
-    def _scan(self, plan: QueryPlan, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scan(self, plan: QueryPlan, k: int, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nq = plan.nq
         if nq == 0:
             return np.empty((0, k), dtype=np.float32), np.empty((0, k), dtype=np.int64)
@@ -401,7 +427,7 @@ class CodeIndex:
         list_major = multi and codec.ivf is not None and nq >= list_min
         groups = plan.query_groups() if multi and nq >= 2 and not list_major else None
         scores, ids = q.scan(self, plan, k, is_l2=codec.metric == "l2", width=codec.width, groups=groups,
-                             list_major=list_major)
+                             list_major=list_major, floors=floors)
         if codec.metric == "l2":
             scores = -scores  # kernels return negated distances; -(-inf) = +inf pads l2
         return scores, ids

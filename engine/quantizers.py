@@ -173,26 +173,28 @@ class Quantizer:
         raise NotImplementedError
 
     def scan(self, layout: Any, plan: Any, k: int, *, is_l2: bool, width: int,
-             groups: tuple[np.ndarray | None, np.ndarray] | None, list_major: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of every plan query over one layout: scores float32 (nq, k), larger better
+             groups: tuple[np.ndarray | None, np.ndarray] | None, list_major: bool,
+             floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of every plan query over one layout among the rows scoring >= floors[i]
+        (float32 (nq,), -inf for all; kernels/topk.py): scores float32 (nq, k), larger better
         (l2 negated), ids int64 (nq, k), padded with -inf and -1. `groups` and `list_major`
         choose the fast-scan drivers (`CodeIndex.scan`); row-code stages ignore them."""
         raise NotImplementedError
 
 
-def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool):
+def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray):
     """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases)."""
     t = plan.tables
     qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
     blocks = (layout.blocks, layout.block_ids, layout.block_offsets)
     if groups is not None:
         order, group_offsets = groups
-        ql, sp, bi, pr, pb = _permuted(order, qluts, steps, biases, plan.probes, plan.bias)
-        return _unpermuted(order, fastscan.fs_scan_multi_batch(ql, sp, bi, *blocks, pr, pb, group_offsets, k))
+        ql, sp, bi, pr, pb, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, floors)
+        return _unpermuted(order, fastscan.fs_scan_multi_batch(ql, sp, bi, *blocks, pr, pb, group_offsets, k, fl))
     if list_major:
-        return fastscan.fs_scan_lists_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k,
+        return fastscan.fs_scan_lists_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors,
                                             numba.get_num_threads())
-    return fastscan.fs_scan_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k)
+    return fastscan.fs_scan_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,9 +311,9 @@ class PQ(Quantizer):
         qluts, steps, biases = fastscan.fs_quantize_lut(luts)
         return {"qluts": qluts, "steps": steps, "biases": biases}, bias
 
-    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         if self.nbits == 4:
-            return _scan_blocks_pq(layout, plan, k, groups, list_major)
+            return _scan_blocks_pq(layout, plan, k, groups, list_major, floors)
         luts = plan.tables["luts"]
         if layout.codec.metric == "cosine":
             # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)
@@ -325,8 +327,9 @@ class PQ(Quantizer):
             if inv is None:  # once per index: the codes do not change (deletes only hide ids)
                 inv = layout.pq_inv_range = pq.pq_inv_norm_range(books, centroids, layout.codes, layout.offsets)
             return pq.pq_lut_scan_cosine_batch(luts[:, 0], layout.codes, layout.ids, layout.offsets, plan.probes,
-                                               plan.bias, books, centroids, inv[0], inv[1], k)
-        return pq.pq_lut_scan_batch(luts, layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias, k)
+                                               plan.bias, books, centroids, inv[0], inv[1], k, floors)
+        return pq.pq_lut_scan_batch(luts, layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias, k,
+                                    floors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,7 +429,7 @@ class RB(Quantizer):
         qluts, steps, biases = fastscan.fs_quantize_lut(luts)
         return {"qluts": qluts, "steps": steps, "biases": biases, "q_sq": q_sq}, bias
 
-    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         t = plan.tables
         if plan.sdc:
             if layout.words is None:
@@ -435,27 +438,28 @@ class RB(Quantizer):
                                        "(built with keep_rows=False) does not keep")
                 layout.words = binary.rb_words(layout.bits)
             return binary.rb_sdc_scan_batch(t["words"], t["q_scale"], layout.words, layout.factors, layout.ids,
-                                            layout.offsets, plan.probes, plan.bias, t["q_sq"], is_l2, width, k)
+                                            layout.offsets, plan.probes, plan.bias, t["q_sq"], is_l2, width, k,
+                                            floors)
         qluts, steps, biases, q_sq = t["qluts"], t["steps"], t["biases"], t["q_sq"]
         rows = (layout.blocks, layout.block_ids, layout.block_factors)
         if groups is not None:
             order, group_offsets = groups
-            ql, sp, bi, pr, pb, qs = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq)
+            ql, sp, bi, pr, pb, qs, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq, floors)
             # no block bounds either: this kernel also filters rows in vector code, and the
             # bounds cost more than they skip (flat RB1 R = 100, 1,000 minilm queries: 128 vs
             # 140 ms; RB2 R = 30 176-184 vs 185 ms)
             return _unpermuted(order, fastscan.fs_scan_factors_multi_batch(
                 ql, sp, bi, self.levels, *rows, _NO_BOUNDS, layout.block_offsets, pr, pb, qs, is_l2,
-                group_offsets, k))
+                group_offsets, k, fl))
         if list_major:
             # no block bounds: the list-major kernel filters every block's rows against
             # the heap minima in vector code anyway, and the bounds cost 3-7% more than
             # they skip there (measured on wordnet-minilm, IVF256/1024,RB1)
             return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, self.levels, *rows, _NO_BOUNDS,
                                                         layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2,
-                                                        k, numba.get_num_threads())
+                                                        k, floors, numba.get_num_threads())
         return fastscan.fs_scan_factors_batch(qluts, steps, biases, self.levels, *rows, layout.block_bounds,
-                                              layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2, k)
+                                              layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2, k, floors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,10 +502,10 @@ class SQ(Quantizer):
             bias = np.ascontiguousarray(bias + const[:, None], dtype=np.float32)
         return {"w": w, "c": c}, bias
 
-    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         t = plan.tables
         return scalar.sq_scan_batch(t["w"], t["c"], layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias,
-                                    self.nbits, is_l2, k)
+                                    self.nbits, is_l2, k, floors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -527,9 +531,9 @@ class _Dense(Quantizer):
     def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
         return {"qs": np.ascontiguousarray(tq[:, None, :])}, bias
 
-    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major):
+    def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         return dense.dense_scan_batch(plan.tables["qs"], layout.codes, layout.ids, layout.offsets, plan.probes,
-                                      plan.bias, is_l2, k)
+                                      plan.bias, is_l2, k, floors)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,10 @@ merge the shortlists, re-rank the merged shortlist once from the dense files.
 1. `Codec.plan` computes what depends on the queries only (normalisation, MRL, IVF probes
    and their biases, lookup tables): once per batch, whatever the number of segments.
 2. Each segment's layout is scanned with those tables (`CodeIndex.scan`) for its best
-   ``depth`` candidates; dead rows never come back (they are marked in the layout).
+   ``depth`` candidates; dead rows never come back (they are marked in the layout). The
+   biggest segment goes first, and each later one only returns candidates reaching the
+   depth-th best code score found before it (its scan's threshold): the others cannot
+   make the merged shortlist.
 3. The per-segment shortlists are merged by code score into the batch's best ``depth``,
    ties broken by the smaller user id (`kernels.topk.topk_positions`), so the result does
    not depend on how rows are split into segments.
@@ -24,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..kernels import dense as dense_kernels
-from ..kernels.topk import topk_positions, topk_positions_batch
+from ..kernels.topk import kth_best_update, topk_positions, topk_positions_batch
 from ..kernels.transform import normalize_rows
 from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto, query_cosines
 from .errors import InvalidInput
@@ -126,10 +129,19 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
     plan = codec.plan(x, nprobe=nprobe, sdc=sdc)
     parts_s, parts_r, parts_g, parts_k = [], [], [], []
     candidates = 0
-    for g, seg in enumerate(segments):
-        if seg.live == 0:
-            continue
-        s, r, c = seg.layout.scan(plan, min(depth, seg.live))
+    # Biggest segment first; each later one is scanned above the depth-th best code score
+    # found so far (`CodeIndex.scan`'s threshold): rows below it cannot make the shortlist,
+    # and a small segment's heap would otherwise admit most of its candidates (16 segments
+    # of 7,353 rows: 427 ms for 1,000 queries at depth 100 against 72 ms for one segment).
+    order = sorted((g for g, seg in enumerate(segments) if seg.live), key=lambda g: -segments[g].live)
+    sign = np.float32(-1.0 if codec.metric == "l2" else 1.0)
+    best = np.full((nq, depth), -np.inf, dtype=np.float32) if len(order) > 1 else None
+    for g in order:
+        seg = segments[g]
+        threshold = None if best is None or not np.isfinite(best[:, 0]).any() else sign * best[:, 0]
+        s, r, c = seg.layout.scan(plan, min(depth, seg.live), threshold)
+        if best is not None:
+            kth_best_update(best, sign * s, r)  # larger-is-better scores, as the kernels
         candidates += int(c)
         found = r >= 0
         parts_s.append(s)

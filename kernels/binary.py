@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch
 from .pq import lut_sum
-from .topk import topk_init, topk_push, topk_sort
+from .topk import topk_init, topk_init_floor, topk_push, topk_sort
 
 __all__ = [
     "popcount64",
@@ -507,14 +507,15 @@ def _sdc_dot(q_words, words, i, dim):
 
 @jit
 def rb_sdc_scan(q_words, q_scale, words, factors, ids, list_offsets, probes, probe_bias, probe_q_sq,
-                is_l2, dim, k):
+                is_l2, dim, k, floor):
     """One query, symmetric: the query is RB-coded too, once per table: q_words (L, b, W) and
     q_scale (L,) with L = 1 (ip: the query itself) or P (l2: q - centre per probe).
 
     est = q_scale * g * <s_q, s_x>, each level pair scored with popcount; the score is
-    probe_bias + est (ip) or -(|q - c|^2 - 2 est + |r|^2) (l2), as in `rb_lut_scan`.
+    probe_bias + est (ip) or -(|q - c|^2 - 2 est + |r|^2) (l2), as in `rb_lut_scan`. Only
+    rows scoring >= floor (-inf: all; kernels/topk.py) are kept.
     """
-    heap_scores, heap_ids = topk_init(k)
+    heap_scores, heap_ids = topk_init_floor(k, floor)
     n_tables = q_words.shape[0]
     c0, c1 = _sdc_constants(q_words.shape[1], words.shape[1], dim)
     for p in range(probes.shape[0]):
@@ -537,14 +538,14 @@ def rb_sdc_scan(q_words, q_scale, words, factors, ids, list_offsets, probes, pro
 
 @jit_batch
 def rb_sdc_scan_batch(q_words, q_scale, words, factors, ids, list_offsets, probes, probe_bias, probe_q_sq,
-                      is_l2, dim, k):
-    """`rb_sdc_scan` for every query, parallel over queries."""
+                      is_l2, dim, k, floors):
+    """`rb_sdc_scan` for every query (floors (nq,)), parallel over queries."""
     nq = q_words.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = rb_sdc_scan(q_words[qi], q_scale[qi], words, factors, ids, list_offsets,
-                           probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, dim, k)
+                           probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, dim, k, floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids

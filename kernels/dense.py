@@ -24,7 +24,7 @@ from numba.typed import List
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, jit_fast, target_has
-from .topk import topk_init, topk_push, topk_sort
+from .topk import topk_init_floor, topk_push, topk_sort
 
 __all__ = [
     "f16_to_f32",
@@ -134,9 +134,10 @@ def _row_score(q, x, i, is_l2):
 
 
 @jit
-def dense_scan(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
-    """One query: qs (L, dim) float32; x float32 (n, dim) or uint16 (n, dim) holding f16."""
-    heap_scores, heap_ids = topk_init(k)
+def dense_scan(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k, floor):
+    """One query: qs (L, dim) float32; x float32 (n, dim) or uint16 (n, dim) holding f16.
+    Only rows scoring >= floor (-inf: all; kernels/topk.py) are kept."""
+    heap_scores, heap_ids = topk_init_floor(k, floor)
     n_tables = qs.shape[0]
     for p in range(probes.shape[0]):
         lst = probes[p]
@@ -155,13 +156,14 @@ def dense_scan(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
 
 
 @jit_batch
-def dense_scan_batch(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k):
-    """`dense_scan` for every query: qs (nq, L, dim), probes/probe_bias (nq, P)."""
+def dense_scan_batch(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k, floors):
+    """`dense_scan` for every query: qs (nq, L, dim), probes/probe_bias (nq, P), floors
+    (nq,)."""
     nq = qs.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
-        s, i = dense_scan(qs[qi], x, ids, list_offsets, probes[qi], probe_bias[qi], is_l2, k)
+        s, i = dense_scan(qs[qi], x, ids, list_offsets, probes[qi], probe_bias[qi], is_l2, k, floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids

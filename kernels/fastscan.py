@@ -46,7 +46,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, target_has
-from .topk import topk_init, topk_push, topk_sort
+from .topk import topk_init_floor, topk_init_floors, topk_push, topk_sort
 
 __all__ = [
     "BLOCK",
@@ -832,11 +832,12 @@ def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, bloc
 
 
 @jit
-def fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k):
-    """One query: qluts (L, 2 * n_pairs, 32), steps/biases (L,) -> sorted top-k.
+def fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floor):
+    """One query: qluts (L, 2 * n_pairs, 32), steps/biases (L,) -> sorted top-k of the rows
+    scoring >= floor (-inf: all; kernels/topk.py).
 
     score = probe_bias + bias + step * acc (larger is better)."""
-    heap_scores, heap_ids = topk_init(k)
+    heap_scores, heap_ids = topk_init_floor(k, floor)
     _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, heap_scores, heap_ids)
     topk_sort(heap_scores, heap_ids)
     return heap_scores, heap_ids
@@ -884,14 +885,15 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
 
 
 @jit_batch
-def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k):
-    """`fs_scan` for every query: qluts (nq, L, 2 * n_pairs, 32), steps/biases (nq, L)."""
+def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
+    """`fs_scan` for every query: qluts (nq, L, 2 * n_pairs, 32), steps/biases (nq, L),
+    floors (nq,)."""
     nq = qluts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = fs_scan(qluts[qi], steps[qi], biases[qi], blocks, block_ids, block_offsets,
-                       probes[qi], probe_bias[qi], k)
+                       probes[qi], probe_bias[qi], k, floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
@@ -921,25 +923,25 @@ def _acc_floor(base, step, floor):
 
 
 @jit
-def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k):
+def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     """`fs_scan` for a group of G queries that probe the same lists, one pass over the codes.
 
     qluts (G, L, 2 * n_pairs, 32) with 32-byte rows contiguous, steps/biases (G, L), probes
-    (P,) shared by the group, probe_bias (G, P) -> scores float32 (G, k), ids int64 (G, k),
-    row g identical to `fs_scan` of query g. Each block's code bytes are loaded from memory
-    and split into nibbles once for LANES queries (`fs_block_accumulate_lanes`, faiss's
-    `qbs`). Each query's heap minimum is kept as the least integer sum that can reach it
-    (`_acc_floor`, updated when the heap changes), so one integer compare of each lane's 32
-    sums (`_lanes_at_least`) picks the rows for fs_scan's admission test: a float block
-    maximum and a test per lane cost 20% of the scan (measured, PQ96x4 on wordnet-minilm)."""
+    (P,) shared by the group, probe_bias (G, P), floors (G,) -> scores float32 (G, k), ids
+    int64 (G, k), row g identical to `fs_scan` of query g with floor floors[g]. Each block's
+    code bytes are loaded from memory and split into nibbles once for LANES queries
+    (`fs_block_accumulate_lanes`, faiss's `qbs`). Each query's heap minimum is kept as the
+    least integer sum that can reach it (`_acc_floor`, updated when the heap changes), so
+    one integer compare of each lane's 32 sums (`_lanes_at_least`) picks the rows for
+    fs_scan's admission test: a float block maximum and a test per lane cost 20% of the scan
+    (measured, PQ96x4 on wordnet-minilm)."""
     _check_terms(steps, biases, probe_bias)
     n_q = qluts.shape[0]
-    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
-    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    heap_scores, heap_ids = topk_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     masks = np.zeros(LANES, dtype=np.int64)
     bases = np.empty(n_q, dtype=np.float32)
-    floors = np.zeros(n_q + LANES, dtype=np.uint16)  # read for LANES lanes from any group start
+    sum_floors = np.zeros(n_q + LANES, dtype=np.uint16)  # read for LANES lanes from any group start
     n_tables = qluts.shape[1]
     n_pairs = blocks.shape[1]
     for p in range(probes.shape[0]):
@@ -949,13 +951,13 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
         t = p if n_tables > 1 else 0
         for g in range(n_q):
             bases[g] = biases[g, t] + probe_bias[g, p]
-            floors[g] = _acc_floor(bases[g], steps[g, t], heap_scores[g, 0])
+            sum_floors[g] = _acc_floor(bases[g], steps[g, t], heap_scores[g, 0])
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
             row0 = b * BLOCK
             for g0 in range(0, n_q, LANES):
                 n_lanes = min(LANES, n_q - g0)
                 fs_block_accumulate_group(blocks, b, 0, n_pairs, qluts, t, g0, n_lanes, acc)
-                _lanes_at_least(acc, floors, g0, masks)
+                _lanes_at_least(acc, sum_floors, g0, masks)
                 for lane in range(n_lanes):
                     m = masks[lane]
                     if m == 0:
@@ -977,7 +979,7 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
                             topk_push(hs, hi, s, idx)
                             pushed = True
                     if pushed:
-                        floors[g] = _acc_floor(base, step, hs[0])
+                        sum_floors[g] = _acc_floor(base, step, hs[0])
     for g in range(n_q):
         topk_sort(heap_scores[g], heap_ids[g])
     return heap_scores, heap_ids
@@ -985,7 +987,7 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
 
 @jit_batch
 def fs_scan_multi_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, group_offsets,
-                        k):
+                        k, floors):
     """`fs_scan_multi` over groups of queries: group i is queries
     group_offsets[i] : group_offsets[i + 1] (see `fs_query_groups`), which must all have the
     probe row probes[group_offsets[i]]. Shapes as in `fs_scan_batch`; out (nq, k), each row
@@ -998,7 +1000,7 @@ def fs_scan_multi_batch(qluts, steps, biases, blocks, block_ids, block_offsets, 
         e = group_offsets[gi + 1]
         if e > a:
             s, i = fs_scan_multi(qluts[a:e], steps[a:e], biases[a:e], blocks, block_ids, block_offsets, probes[a],
-                                 probe_bias[a:e], k)
+                                 probe_bias[a:e], k, floors[a:e])
             out_scores[a:e] = s
             out_ids[a:e] = i
     return out_scores, out_ids
@@ -1028,8 +1030,9 @@ def fs_query_groups(probes: np.ndarray, group: int):
 
 @jit
 def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
-                    probes, probe_bias, probe_q_sq, is_l2, k):
-    """One query over RB codes (kernels/binary.py) through the fast scan.
+                    probes, probe_bias, probe_q_sq, is_l2, k, floor):
+    """One query over RB codes (kernels/binary.py) through the fast scan; only rows scoring
+    >= floor (-inf: all; kernels/topk.py) are kept.
 
     The sub-codes of a row are `n_levels` equal groups (one per sign level); level l's
     tables are level 0's times 2**-l, so only level 0's tables are quantized (qluts
@@ -1044,7 +1047,7 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     a block's rows) skips a block whose best possible score is below the heap minimum
     before any per-row work; an empty (0, 3) array turns skipping off. Results are the
     same either way (see the bound below)."""
-    heap_scores, heap_ids = topk_init(k)
+    heap_scores, heap_ids = topk_init_floor(k, floor)
     _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
                           probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids)
     topk_sort(heap_scores, heap_ids)
@@ -1126,14 +1129,15 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
 
 @jit_batch
 def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
-                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
+                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors` for every query (shapes as in `fs_scan_batch`, probe_q_sq (nq, P))."""
     nq = qluts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = fs_scan_factors(qluts[qi], steps[qi], biases[qi], n_levels, blocks, block_ids, row_factors,
-                               block_bounds, block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k)
+                               block_bounds, block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k,
+                               floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
@@ -1141,17 +1145,16 @@ def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row
 
 @jit
 def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
-                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
+                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors` for a group of G queries that probe the same lists (as
     `fs_scan_multi`): qluts (G, L, 2 * pairs_per_level, 32), steps/biases (G, L), probes (P,),
-    probe_bias/probe_q_sq (G, P) -> (G, k), row g identical to `fs_scan_factors` of query g
-    (with the same block_bounds, or without: skipping never changes results). The float
-    work per block (level sums, bounds, the row filter against each heap's minimum) runs on
+    probe_bias/probe_q_sq (G, P), floors (G,) -> (G, k), row g identical to `fs_scan_factors`
+    of query g with floor floors[g] (with the same block_bounds, or without: skipping never
+    changes results). The float work per block (level sums, bounds, the row filter against each heap's minimum) runs on
     all LANES queries at once in vector IR."""
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
     n_q = qluts.shape[0]
-    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
-    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    heap_scores, heap_ids = topk_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
     bounds = np.empty(LANES, dtype=np.float32)
@@ -1223,7 +1226,7 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
 
 @jit_batch
 def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
-                                block_offsets, probes, probe_bias, probe_q_sq, is_l2, group_offsets, k):
+                                block_offsets, probes, probe_bias, probe_q_sq, is_l2, group_offsets, k, floors):
     """`fs_scan_factors_multi` over the query groups of `fs_query_groups` (as
     `fs_scan_multi_batch`); shapes as in `fs_scan_factors_batch`."""
     nq = qluts.shape[0]
@@ -1235,7 +1238,7 @@ def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_id
         if e > a:
             s, i = fs_scan_factors_multi(qluts[a:e], steps[a:e], biases[a:e], n_levels, blocks, block_ids,
                                          row_factors, block_bounds, block_offsets, probes[a], probe_bias[a:e],
-                                         probe_q_sq[a:e], is_l2, k)
+                                         probe_q_sq[a:e], is_l2, k, floors[a:e])
             out_scores[a:e] = s
             out_ids[a:e] = i
     return out_scores, out_ids
@@ -1279,18 +1282,18 @@ def fs_invert_probes(probes, n_lists, first):
 
 
 @jit
-def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k):
+def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     """`fs_scan` for G queries with their own probes, list-major (faiss's IVF fast scan):
     each list's blocks are scanned once per chunk of up to LANES of the queries that probe
     it, each chunk's tables gathered by index (`fs_block_accumulate_gather`), and each query
     pushes into its own heap. Shapes as in `fs_scan_batch` (qluts (G, L, 2 * n_pairs, 32),
-    probes (G, P), probe_bias (G, P)) -> (G, k), row g identical to `fs_scan` of query g:
+    probes (G, P), probe_bias (G, P), floors (G,)) -> (G, k), row g identical to `fs_scan` of
+    query g with floor floors[g]:
     the heaps admit (score, id) by a total order, so the visiting order does not matter.
     Each query's first `SEED_PROBES` probes are scanned on their own into its heap first
     (`_fs_scan_into`); `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
     n_q = qluts.shape[0]
-    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
-    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    heap_scores, heap_ids = topk_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
@@ -1354,7 +1357,8 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
 
 
 @jit_batch
-def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, n_parts):
+def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors,
+                        n_parts):
     """`fs_scan_lists` on `n_parts` contiguous ranges of queries, one per thread
     (numba.get_num_threads(): no heap is shared between threads; `fs_scan_lists` itself is
     the serial twin). Shapes as in `fs_scan_batch`; out (nq, k), each row identical to
@@ -1367,7 +1371,7 @@ def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, 
         a = r * nq // n_parts
         e = (r + 1) * nq // n_parts
         s, i = fs_scan_lists(qluts[a:e], steps[a:e], biases[a:e], blocks, block_ids, block_offsets, probes[a:e],
-                             probe_bias[a:e], k)
+                             probe_bias[a:e], k, floors[a:e])
         out_scores[a:e] = s
         out_ids[a:e] = i
     return out_scores, out_ids
@@ -1375,14 +1379,14 @@ def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, 
 
 @jit
 def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
-                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k):
+                          block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors` for G queries with their own probes, list-major as `fs_scan_lists`:
-    shapes as in `fs_scan_factors_batch` -> (G, k), row g identical to `fs_scan_factors` of
-    query g (skipping compares a block's bound with the heap of the query it is for)."""
+    shapes as in `fs_scan_factors_batch`, floors (G,) -> (G, k), row g identical to
+    `fs_scan_factors` of query g with floor floors[g] (skipping compares a block's bound
+    with the heap of the query it is for)."""
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
     n_q = qluts.shape[0]
-    heap_scores = np.full((n_q, k), -np.inf, dtype=np.float32)
-    heap_ids = np.full((n_q, k), -1, dtype=np.int64)
+    heap_scores, heap_ids = topk_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
@@ -1470,7 +1474,7 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
 
 @jit_batch
 def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
-                                block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, n_parts):
+                                block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`fs_scan_factors_lists` on one contiguous range of queries per thread (as
     `fs_scan_lists_batch`); shapes as in `fs_scan_factors_batch`."""
     nq = qluts.shape[0]
@@ -1482,7 +1486,7 @@ def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_id
         e = (r + 1) * nq // n_parts
         s, i = fs_scan_factors_lists(qluts[a:e], steps[a:e], biases[a:e], n_levels, blocks, block_ids, row_factors,
                                      block_bounds, block_offsets, probes[a:e], probe_bias[a:e], probe_q_sq[a:e],
-                                     is_l2, k)
+                                     is_l2, k, floors[a:e])
         out_scores[a:e] = s
         out_ids[a:e] = i
     return out_scores, out_ids

@@ -28,7 +28,7 @@ from numba import prange
 
 from ._jit import jit, jit_batch
 from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
-from .topk import topk_init, topk_push, topk_sort
+from .topk import topk_init_floor, topk_push, topk_sort
 from .transform import matmul_rows_batch, polar, random_rotation
 
 __all__ = [
@@ -379,9 +379,10 @@ def _scan_list(lut, codes, ids, start, stop, bias, heap_scores, heap_ids):
 
 
 @jit
-def pq_lut_scan(luts, codes, ids, list_offsets, probes, probe_bias, k):
-    """One query: luts (L, M, ksub), probes (P,), probe_bias (P,) -> sorted top-k."""
-    heap_scores, heap_ids = topk_init(k)
+def pq_lut_scan(luts, codes, ids, list_offsets, probes, probe_bias, k, floor):
+    """One query: luts (L, M, ksub), probes (P,), probe_bias (P,) -> sorted top-k of the rows
+    scoring >= floor (-inf: all; kernels/topk.py)."""
+    heap_scores, heap_ids = topk_init_floor(k, floor)
     n_tables = luts.shape[0]
     for p in range(probes.shape[0]):
         lst = probes[p]
@@ -394,13 +395,14 @@ def pq_lut_scan(luts, codes, ids, list_offsets, probes, probe_bias, k):
 
 
 @jit_batch
-def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k):
-    """`pq_lut_scan` for every query, parallel over queries: (nq, k) scores and ids."""
+def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k, floors):
+    """`pq_lut_scan` for every query (floors (nq,)), parallel over queries: (nq, k) scores
+    and ids."""
     nq = luts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
-        s, i = pq_lut_scan(luts[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], k)
+        s, i = pq_lut_scan(luts[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], k, floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
@@ -536,14 +538,16 @@ def _scan_list_cosine(lut, codes, ids, start, stop, bias, books, centroid, inv_l
 
 
 @jit
-def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_lo, inv_hi, k):
+def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_lo, inv_hi, k,
+                       floor):
     """One query: the top-k of (probe_bias[p] + sum_j lut[j, code_j]) / |centroids[l] +
     decode(code)| over the probed lists l = probes[p], the cosine to the reconstruction (lut
     (M, ksub): <q, book>; probe_bias: <q, centroid>). Sorted scores and ids, as
     `pq_lut_scan`. A row's norm is computed only when its score times the largest
     1 / |x_hat| (`inv_hi`; `inv_lo` for a negative score: `pq_inv_norm_range`) can reach the
-    heap; the result equals normalising every row."""
-    heap_scores, heap_ids = topk_init(k)
+    heap; the result equals normalising every row. Only rows scoring >= floor (-inf: all;
+    kernels/topk.py) are kept."""
+    heap_scores, heap_ids = topk_init_floor(k, floor)
     for p in range(probes.shape[0]):
         lst = probes[p]
         if lst < 0:
@@ -556,15 +560,15 @@ def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books,
 
 @jit_batch
 def pq_lut_scan_cosine_batch(luts, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_lo, inv_hi,
-                             k):
+                             k, floors):
     """`pq_lut_scan_cosine` for every query (luts (nq, M, ksub), probes and probe_bias
-    (nq, P)), parallel over queries: (nq, k) scores and ids."""
+    (nq, P), floors (nq,)), parallel over queries: (nq, k) scores and ids."""
     nq = luts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = pq_lut_scan_cosine(luts[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], books, centroids,
-                                  inv_lo, inv_hi, k)
+                                  inv_lo, inv_hi, k, floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids

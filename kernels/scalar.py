@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch, jit_fast
-from .topk import topk_init, topk_push, topk_sort
+from .topk import topk_init_floor, topk_push, topk_sort
 
 __all__ = [
     "sq_train",
@@ -139,11 +139,11 @@ def _sq4_l2(a, c, codes, i):
 
 
 @jit
-def sq_scan(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k):
+def sq_scan(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k, floor):
     """One query. ip: w (dim,) weights, probe_bias holds <q, vmin> (+ list terms).
     l2: w holds a_d, c (L, dim') holds q - vmin per table (L = 1 or P), padded to even width
-    for SQ4. Returns the sorted top-k."""
-    heap_scores, heap_ids = topk_init(k)
+    for SQ4. Returns the sorted top-k of the rows scoring >= floor (-inf: all; kernels/topk.py)."""
+    heap_scores, heap_ids = topk_init_floor(k, floor)
     n_tables = c.shape[0]
     for p in range(probes.shape[0]):
         lst = probes[p]
@@ -163,13 +163,15 @@ def sq_scan(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k)
 
 
 @jit_batch
-def sq_scan_batch(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k):
-    """`sq_scan` for every query: w (nq, dim'), c (nq, L, dim'), probes/probe_bias (nq, P)."""
+def sq_scan_batch(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k, floors):
+    """`sq_scan` for every query: w (nq, dim'), c (nq, L, dim'), probes/probe_bias (nq, P),
+    floors (nq,)."""
     nq = w.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
-        s, i = sq_scan(w[qi], c[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], nbits, is_l2, k)
+        s, i = sq_scan(w[qi], c[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], nbits, is_l2, k,
+                       floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids

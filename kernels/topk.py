@@ -13,6 +13,18 @@ into the metric's worst score).
 `topk_push` keeps whatever it is given; the scan kernels test a row's id before offering
 it and never offer an id < 0 (the padding of fast-scan blocks, rows marked dead by
 `vecz.engine.layout.CodeIndex.mark_dead`).
+
+A floor. The engine's scan kernels take, per query, a score `floor` (-inf for none) and
+return only the rows scoring at least that: their heaps start full of empty slots scoring
+the float32 just below it (`topk_init_floor`, `below`). A scan admits a row when it beats
+the heap minimum, or ties it with a smaller id (an empty slot's id -1 is smaller than
+every row's), so a row must reach the floor, and the rows kept are exactly those of the
+same scan without a floor that reach it, in the same order; a row scoring -inf never
+enters, with a floor or without. (`topk_push` alone ranks by `_better`, where a row beats
+an empty slot it ties: offered directly, a row scoring exactly `below(floor)` would
+enter.) The engine passes the depth-th best score of the segments it has scanned before
+(`kth_best_update`): a small segment scanned after a big one then admits almost nothing.
+`topk_sort` turns the empty slots left into the padding (-inf, -1).
 """
 
 from __future__ import annotations
@@ -24,6 +36,10 @@ from ._jit import jit, jit_batch
 
 __all__ = [
     "topk_init",
+    "topk_init_floor",
+    "topk_init_floors",
+    "below",
+    "kth_best_update",
     "topk_push",
     "topk_sort",
     "topk_select",
@@ -52,6 +68,60 @@ def topk_init(k):
     heap_scores = np.full(k, -np.inf, dtype=np.float32)
     heap_ids = np.full(k, -1, dtype=np.int64)
     return heap_scores, heap_ids
+
+
+@jit
+def below(floor):
+    """The empty-slot score of a heap with a floor: the float32 just below `floor` (-inf for
+    -inf), which a scan's row beats exactly when it scores >= floor."""
+    return np.nextafter(np.float32(floor), np.float32(-np.inf))
+
+
+@jit
+def topk_init_floor(k, floor):
+    """Empty top-k state of size k whose scans admit only scores >= floor: k empty slots
+    (id -1) scoring `below(floor)`."""
+    heap_scores = np.full(k, below(floor), dtype=np.float32)
+    heap_ids = np.full(k, -1, dtype=np.int64)
+    return heap_scores, heap_ids
+
+
+@jit
+def topk_init_floors(floors, k):
+    """Empty top-k states (floors.shape[0], k), row g admitting only scores >= floors[g]."""
+    heap_scores = np.empty((floors.shape[0], k), dtype=np.float32)
+    for g in range(floors.shape[0]):
+        heap_scores[g, :] = below(floors[g])
+    heap_ids = np.full((floors.shape[0], k), -1, dtype=np.int64)
+    return heap_scores, heap_ids
+
+
+@jit
+def kth_best_update(heaps, scores, ids):
+    """Per query i, offer the scores[i, j] with ids[i, j] >= 0 to heaps[i], a min-heap of
+    the k = heaps.shape[1] best scores seen (start it at -inf): heaps[:, 0] is then each
+    query's k-th best score so far (-inf until k were offered), the floor for the next
+    scan. Scores only: a floor is a value, ties are the scans' business."""
+    k = heaps.shape[1]
+    for i in range(heaps.shape[0]):
+        h = heaps[i]
+        for j in range(scores.shape[1]):
+            s = scores[i, j]
+            if ids[i, j] < 0 or not s > h[0]:
+                continue
+            pos = 0
+            while True:
+                left = 2 * pos + 1
+                if left >= k:
+                    break
+                child = left
+                if left + 1 < k and h[left + 1] < h[left]:
+                    child = left + 1
+                if h[child] >= s:
+                    break
+                h[pos] = h[child]
+                pos = child
+            h[pos] = s
 
 
 @jit
@@ -104,8 +174,24 @@ def _sift_down(heap_scores, heap_ids, pos, size):
 
 @jit
 def topk_sort(heap_scores, heap_ids):
-    """Sort a top-k state in place, best first (heapsort of the min-heap)."""
+    """Sort a top-k state in place, best first (heapsort of the min-heap); empty slots (id
+    -1, scoring -inf or `below` a floor) become the padding (-inf, -1) at the end."""
     size = heap_scores.shape[0]
+    if size > 0 and heap_ids[0] < 0:
+        # empty slots rank last, so one sits at the root: sort only the m filled entries
+        # (a floored heap is mostly empty slots, and a heapsort of all k costs k log k)
+        m = 0
+        for j in range(size):
+            if heap_ids[j] >= 0:
+                heap_scores[m] = heap_scores[j]
+                heap_ids[m] = heap_ids[j]
+                m += 1
+        for j in range(m, size):
+            heap_scores[j] = -np.inf
+            heap_ids[j] = -1
+        for j in range(m // 2 - 1, -1, -1):
+            _sift_down(heap_scores, heap_ids, j, m)
+        size = m
     while size > 1:
         size -= 1
         s = heap_scores[0]

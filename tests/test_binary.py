@@ -26,7 +26,7 @@ from tests.reference.binary import (
     sign_pack_ref,
 )
 from tests.reference.ivf import random_layout, random_probes
-from tests.reference.topk import assert_topk_close, assert_topk_exact
+from tests.reference.topk import assert_topk_close, assert_topk_exact, no_floors
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)
 DIMS = st.sampled_from([1, 3, 7, 8, 13, 64, 65, 130])
@@ -361,10 +361,10 @@ def test_rb_sdc_scan_exact(nq, n, dim, b, nlist, n_probe, is_l2, k, kind, seed):
     for a in (q_words, q_scale, words, factors, ids, offsets, probes, bias, q_sq):
         a.setflags(write=False)
     got_s, got_i = binary.rb_sdc_scan_batch(q_words, q_scale, words, factors, ids, offsets, probes, bias, q_sq,
-                                            is_l2, dim, k)
+                                            is_l2, dim, k, no_floors(q_words))
     for q in range(nq):
         s, i = binary.rb_sdc_scan(q_words[q], q_scale[q], words, factors, ids, offsets, probes[q], bias[q],
-                                  q_sq[q], is_l2, dim, k)
+                                  q_sq[q], is_l2, dim, k, -np.inf)
         np.testing.assert_array_equal(got_i[q], i)
         np.testing.assert_array_equal(got_s[q], s)
         cand_i, cand_s = rb_sdc_candidates_ref(q_bits[q], q_scale[q], bits, factors, ids, offsets, probes[q],

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from vecz.kernels import dense
 from tests.reference.dense import dense_candidates_ref
 from tests.reference.ivf import random_layout, random_probes
-from tests.reference.topk import assert_topk_close, assert_topk_exact
+from tests.reference.topk import assert_topk_close, assert_topk_exact, no_floors
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)
 
@@ -65,9 +65,9 @@ def test_scan_matches_reference(nq, n, dim, nlist, n_probe, is_l2, per_probe, k,
         bias = rng.standard_normal((nq, n_probe)).astype(np.float32)
     for a in (qs, x, ids, offsets, probes, bias):
         a.setflags(write=False)  # memory-mapped inputs are read-only
-    got_s, got_i = dense.dense_scan_batch(qs, x, ids, offsets, probes, bias, is_l2, k)
+    got_s, got_i = dense.dense_scan_batch(qs, x, ids, offsets, probes, bias, is_l2, k, no_floors(qs))
     for q in range(nq):
-        s, i = dense.dense_scan(qs[q], x, ids, offsets, probes[q], bias[q], is_l2, k)
+        s, i = dense.dense_scan(qs[q], x, ids, offsets, probes[q], bias[q], is_l2, k, -np.inf)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
         cand_i, cand_s = dense_candidates_ref(qs[q], x, ids, offsets, probes[q], bias[q], is_l2)
@@ -81,7 +81,7 @@ def test_l2_ignores_probe_bias():
     x = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
     qs = np.zeros((1, 2), np.float32)
     s, i = dense.dense_scan(qs, x, np.array([5, 6], np.int64), np.array([0, 2], np.int64),
-                            np.zeros(1, np.int64), np.full(1, 100.0, np.float32), True, 3)
+                            np.zeros(1, np.int64), np.full(1, 100.0, np.float32), True, 3, -np.inf)
     np.testing.assert_array_equal(i, [5, 6, -1])
     np.testing.assert_array_equal(s, [-1.0, -4.0, -np.inf])
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from vecz.kernels import binary, fastscan, pq
 from tests.reference.ivf import random_layout, random_probes
 from tests.reference.pq import fastscan_accumulate_ref, fs_layout_ref, pq_scan_candidates_ref
-from tests.reference.topk import assert_topk_exact
+from tests.reference.topk import assert_topk_exact, no_floors
 
 SETTINGS = settings(max_examples=50, deadline=None, database=None)
 BLOCK = fastscan.BLOCK
@@ -195,10 +195,11 @@ def test_scan_exact_scores_and_ties(nq, n, m, nlist, n_probe, per_probe, k, seed
     blocks, block_ids, block_offsets = fastscan.fs_layout(codes, ids, offsets)
     for a in (qluts, steps, biases, blocks, block_ids, block_offsets, probes, bias):
         a.setflags(write=False)  # memory-mapped inputs are read-only
-    got_s, got_i = fastscan.fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, bias, k)
+    got_s, got_i = fastscan.fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, bias, k,
+                                          no_floors(qluts))
     for q in range(nq):
         s, i = fastscan.fs_scan(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets,
-                                probes[q], bias[q], k)
+                                probes[q], bias[q], k, -np.inf)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
         cand_i, cand_s = _exact_candidates(qluts[q], steps[q], biases[q], codes, ids, offsets, probes[q], bias[q], m)
@@ -228,7 +229,7 @@ def test_scan_of_pq4_codes_end_to_end(n, m, seed):
     luts = pq.pq_lut(rng.standard_normal((1, dim)).astype(np.float32), books, "ip")[:, None]
     qluts, steps, biases = fastscan.fs_quantize_lut(luts)
     s, i = fastscan.fs_scan(qluts[0], steps[0], biases[0], blocks, block_ids, block_offsets,
-                            np.zeros(1, np.int64), np.zeros(1, np.float32), n + 3)
+                            np.zeros(1, np.int64), np.zeros(1, np.float32), n + 3, -np.inf)
     cand_i, cand_s = _exact_candidates(qluts[0], steps[0], biases[0], codes, ids, offsets,
                                        np.zeros(1, np.int64), np.zeros(1, np.float32), m)
     assert_topk_exact(s, i, cand_s, cand_i, n + 3)
@@ -259,7 +260,8 @@ def test_rb_fast_scan_matches_float_tables(n, dim, levels, is_l2, seed):
     row_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
     qluts, steps, biases = fastscan.fs_quantize_lut(binary.rb_nibble_lut(q, 1)[:, None])
     got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
-                                            np.empty((0, 3), np.float32), block_offsets, probes, bias, q_sq, is_l2, n)
+                                            np.empty((0, 3), np.float32), block_offsets, probes, bias, q_sq, is_l2, n,
+                                            -np.inf)
     assert sorted(got_i.tolist()) == list(range(n))
     ref = dict(zip(ref_i.tolist(), ref_s.tolist()))
     bound = factors[:, 0] * 2 * nbytes * float(steps[0, 0]) * (2 if is_l2 else 1) + 1e-4
@@ -431,13 +433,14 @@ def test_scan_multi_equals_single(nq, n, m, nlist, n_probe, per_probe, k, group,
     order, group_offsets = fastscan.fs_query_groups(probes, group)
     ql, sp, bi, pr, pb = (np.ascontiguousarray(a[order]) for a in (qluts, steps, biases, probes, bias))
     _readonly(ql, sp, bi, pr, pb, blocks, block_ids, block_offsets, group_offsets)
-    ref_s, ref_i = fastscan.fs_scan_batch(ql, sp, bi, blocks, block_ids, block_offsets, pr, pb, k)
+    ref_s, ref_i = fastscan.fs_scan_batch(ql, sp, bi, blocks, block_ids, block_offsets, pr, pb, k, no_floors(ql))
     got_s, got_i = fastscan.fs_scan_multi_batch(ql, sp, bi, blocks, block_ids, block_offsets, pr, pb,
-                                                group_offsets, k)
+                                                group_offsets, k, no_floors(ql))
     np.testing.assert_array_equal(got_i, ref_i)
     np.testing.assert_array_equal(got_s, ref_s)
     a, e = int(group_offsets[0]), int(group_offsets[1])  # the serial twin on one group
-    s, i = fastscan.fs_scan_multi(ql[a:e], sp[a:e], bi[a:e], blocks, block_ids, block_offsets, pr[a], pb[a:e], k)
+    s, i = fastscan.fs_scan_multi(ql[a:e], sp[a:e], bi[a:e], blocks, block_ids, block_offsets, pr[a], pb[a:e], k,
+                                  no_floors(ql[a:e]))
     np.testing.assert_array_equal(i, ref_i[a:e])
     np.testing.assert_array_equal(s, ref_s[a:e])
 
@@ -458,14 +461,16 @@ def test_scan_factors_multi_and_skip_equal_single(nq, n, dim, levels, nlist, n_p
     no_skip = np.empty((0, 3), dtype=np.float32)
     _readonly(ql, sp, bi, pr, pb, qs, blocks, block_ids, row_factors, bounds, block_offsets, group_offsets)
     common = (levels, blocks, block_ids, row_factors)
-    ref_s, ref_i = fastscan.fs_scan_factors_batch(ql, sp, bi, *common, no_skip, block_offsets, pr, pb, qs, is_l2, k)
-    runs = [fastscan.fs_scan_factors_batch(ql, sp, bi, *common, bounds, block_offsets, pr, pb, qs, is_l2, k)]
+    ref_s, ref_i = fastscan.fs_scan_factors_batch(ql, sp, bi, *common, no_skip, block_offsets, pr, pb, qs, is_l2, k,
+                                                  no_floors(ql))
+    runs = [fastscan.fs_scan_factors_batch(ql, sp, bi, *common, bounds, block_offsets, pr, pb, qs, is_l2, k,
+                                           no_floors(ql))]
     for bnd in (bounds, no_skip):
         runs.append(fastscan.fs_scan_factors_multi_batch(ql, sp, bi, *common, bnd, block_offsets, pr, pb, qs, is_l2,
-                                                         group_offsets, k))
+                                                         group_offsets, k, no_floors(ql)))
     a, e = int(group_offsets[0]), int(group_offsets[1])
     s, i = fastscan.fs_scan_factors_multi(ql[a:e], sp[a:e], bi[a:e], *common, bounds, block_offsets, pr[a], pb[a:e],
-                                          qs[a:e], is_l2, k)
+                                          qs[a:e], is_l2, k, no_floors(ql[a:e]))
     runs.append((np.concatenate([s, ref_s[e:]]), np.concatenate([i, ref_i[e:]])))
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, ref_i)
@@ -540,7 +545,7 @@ def test_scan_factors_single_equals_numpy(n, dim, levels, nlist, n_probe, per_pr
     _readonly(blocks, block_ids, row_factors, bounds, block_offsets)
     for bnd in (bounds, np.empty((0, 3), np.float32)):
         got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
-                                                bnd, block_offsets, probes[0], bias[0], q_sq[0], is_l2, k)
+                                                bnd, block_offsets, probes[0], bias[0], q_sq[0], is_l2, k, -np.inf)
         np.testing.assert_array_equal(got_i, ref_i)
         np.testing.assert_array_equal(got_s, ref_s)
 
@@ -557,7 +562,7 @@ def test_scan_with_a_negative_step_is_exact():
     qluts = np.zeros((1, 2, 32), np.uint8)
     qluts[0, 0, :16] = qluts[0, 0, 16:] = np.arange(16)
     s, i = fastscan.fs_scan(qluts, np.float32([-1.0]), np.float32([0.0]), blocks, block_ids, block_offsets,
-                            np.array([0, 1], np.int64), np.zeros(2, np.float32), 3)
+                            np.array([0, 1], np.int64), np.zeros(2, np.float32), 3, -np.inf)
     np.testing.assert_array_equal(s, [0.0, 0.0, -1.0])
     np.testing.assert_array_equal(i, [32, 48, 33])
 
@@ -581,11 +586,12 @@ def test_one_query_scans_refuse_float64_terms():
     wide = {**args, "bounds": bounds.astype(np.float64)}
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
-                                 wide["bounds"], block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5)
+                                 wide["bounds"], block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5,
+                                 -np.inf)
     with pytest.raises(ValueError, match="float32"):  # the group kernel's lanes too
         fastscan.fs_scan_factors_multi(qluts, wide["steps"][None], wide["biases"][None], 2, blocks, block_ids,
                                        row_factors, wide["bounds"], block_offsets, probes[0], wide["bias"][None],
-                                       wide["q_sq"][None], False, 5)
+                                       wide["q_sq"][None], False, 5, no_floors(qluts))
     codes = rng.integers(0, 16, size=(40, 4)).astype(np.uint8)
     blocks, block_ids, block_offsets = fastscan.fs_layout(codes, np.arange(40, dtype=np.int64),
                                                           np.array([0, 40], np.int64))
@@ -599,10 +605,10 @@ def test_one_query_scans_refuse_float64_terms():
     wide = {**terms, "steps": pq_steps[0].astype(np.float64)}
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan(qluts[0], wide["steps"], wide["biases"], blocks, block_ids, block_offsets,
-                         np.zeros(1, np.int64), wide["bias"], 5)
+                         np.zeros(1, np.int64), wide["bias"], 5, -np.inf)
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan_multi(qluts, wide["steps"][None], wide["biases"][None], blocks, block_ids, block_offsets,
-                               np.zeros(1, np.int64), wide["bias"][None], 5)
+                               np.zeros(1, np.int64), wide["bias"][None], 5, no_floors(qluts))
 
 
 def test_scan_factors_refuses_strided_row_factors():
@@ -614,7 +620,7 @@ def test_scan_factors_refuses_strided_row_factors():
     wide[:, :2] = row_factors
     with pytest.raises(ValueError, match="C-contiguous float32"):
         fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], 2, blocks, block_ids, wide[:, :2], bounds,
-                                 block_offsets, probes[0], bias[0], q_sq[0], False, 5)
+                                 block_offsets, probes[0], bias[0], q_sq[0], False, 5, -np.inf)
 
 
 def test_block_bounds_cover_real_rows_only():
@@ -654,11 +660,12 @@ def test_skip_keeps_equal_scores_with_smaller_ids(is_l2):
     bias = np.zeros((3, 1), np.float32)
     q_sq = np.full((3, 1), 4.0, np.float32)
     s, i = fastscan.fs_scan_factors_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds, block_offsets,
-                                          probes, bias, q_sq, is_l2, k)
+                                          probes, bias, q_sq, is_l2, k, no_floors(qluts))
     sm, im = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds,
-                                                  block_offsets, probes, bias, q_sq, is_l2, np.array([0, 3]), k)
+                                                  block_offsets, probes, bias, q_sq, is_l2, np.array([0, 3]), k,
+                                                  no_floors(qluts))
     sl, il = fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds,
-                                                  block_offsets, probes, bias, q_sq, is_l2, k, 1)
+                                                  block_offsets, probes, bias, q_sq, is_l2, k, no_floors(qluts), 1)
     for got in (i, im, il):
         np.testing.assert_array_equal(got, np.tile(np.arange(k), (3, 1)))
     np.testing.assert_array_equal(s, sm)
@@ -690,11 +697,11 @@ def test_skip_bound_holds_for_every_sign(n, dim, levels, is_l2, k, negative_step
     no_skip = np.empty((0, 3), dtype=np.float32)
     args = (levels, blocks, block_ids, row_factors)
     ref = fastscan.fs_scan_factors_batch(qluts, steps, biases, *args, no_skip, block_offsets, probes, bias, q_sq,
-                                         is_l2, k)
+                                         is_l2, k, no_floors(qluts))
     one = fastscan.fs_scan_factors_batch(qluts, steps, biases, *args, bounds, block_offsets, probes, bias, q_sq,
-                                         is_l2, k)
+                                         is_l2, k, no_floors(qluts))
     multi = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, *args, bounds, block_offsets, probes, bias,
-                                                 q_sq, is_l2, np.array([0, 3]), k)
+                                                 q_sq, is_l2, np.array([0, 3]), k, no_floors(qluts))
     for got_s, got_i in (one, multi):
         np.testing.assert_array_equal(got_i, ref[1])
         np.testing.assert_array_equal(got_s, ref[0])
@@ -810,8 +817,9 @@ def test_scan_lists_equals_single(nq, sizes, m, n_probe, per_probe, k, n_parts, 
     blocks, block_ids, block_offsets = fastscan.fs_layout(codes, ids, offsets)
     _readonly(qluts, steps, biases, probes, bias, blocks, block_ids, block_offsets)
     args = (qluts, steps, biases, blocks, block_ids, block_offsets, probes, bias, k)
-    ref_s, ref_i = fastscan.fs_scan_batch(*args)
-    for got_s, got_i in (fastscan.fs_scan_lists_batch(*args, n_parts), fastscan.fs_scan_lists(*args)):
+    floors = no_floors(args[0])
+    ref_s, ref_i = fastscan.fs_scan_batch(*args, floors)
+    for got_s, got_i in (fastscan.fs_scan_lists_batch(*args, floors, n_parts), fastscan.fs_scan_lists(*args, floors)):
         np.testing.assert_array_equal(got_i, ref_i)
         np.testing.assert_array_equal(got_s, ref_s)
 
@@ -830,9 +838,10 @@ def test_scan_factors_lists_equal_single(nq, sizes, dim, levels, n_probe, per_pr
     _readonly(qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
     common = (qluts, steps, biases, levels, blocks, block_ids, row_factors)
     tail = (block_offsets, probes, bias, q_sq, is_l2, k)
-    ref_s, ref_i = fastscan.fs_scan_factors_batch(*common, no_skip, *tail)
-    runs = [fastscan.fs_scan_factors_lists_batch(*common, bnd, *tail, n_parts) for bnd in (bounds, no_skip)]
-    runs.append(fastscan.fs_scan_factors_lists(*common, bounds, *tail))
+    floors = no_floors(common[0])
+    ref_s, ref_i = fastscan.fs_scan_factors_batch(*common, no_skip, *tail, floors)
+    runs = [fastscan.fs_scan_factors_lists_batch(*common, bnd, *tail, floors, n_parts) for bnd in (bounds, no_skip)]
+    runs.append(fastscan.fs_scan_factors_lists(*common, bounds, *tail, floors))
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, ref_i)
         np.testing.assert_array_equal(got_s, ref_s)

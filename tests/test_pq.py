@@ -19,7 +19,7 @@ from tests.reference.pq import (
     pq_scan_candidates_ref,
     pq_sub_dists_ref,
 )
-from tests.reference.topk import assert_topk_close, assert_topk_exact
+from tests.reference.topk import assert_floored, assert_topk_close, assert_topk_exact, draw_floors, no_floors
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)
 DIMS = st.sampled_from([1, 3, 7, 8, 13, 16, 65])
@@ -196,9 +196,9 @@ def _scan_inputs(rng, nq, n, m, nbits, nlist, n_probe, per_probe, kind):
 def test_lut_scan_matches_reference(nq, n, m, nbits, nlist, n_probe, per_probe, k, kind, seed):
     rng = np.random.default_rng(seed)
     luts, codes, ids, offsets, probes, bias = _scan_inputs(rng, nq, n, m, nbits, nlist, n_probe, per_probe, kind)
-    got_s, got_i = pq.pq_lut_scan_batch(luts, codes, ids, offsets, probes, bias, k)
+    got_s, got_i = pq.pq_lut_scan_batch(luts, codes, ids, offsets, probes, bias, k, no_floors(luts))
     for q in range(nq):
-        s, i = pq.pq_lut_scan(luts[q], codes, ids, offsets, probes[q], bias[q], k)
+        s, i = pq.pq_lut_scan(luts[q], codes, ids, offsets, probes[q], bias[q], k, -np.inf)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
         cand_i, cand_s = pq_scan_candidates_ref(luts[q], codes, ids, offsets, probes[q], bias[q])
@@ -225,7 +225,7 @@ def test_lut_scan_end_to_end_equals_decoded_scores(n, dim, m, metric, seed):
     lut = pq.pq_lut(q, books, metric)[:, None]
     ids = np.arange(n, dtype=np.int64)
     s, i = pq.pq_lut_scan(lut[0], codes, ids, np.array([0, n], np.int64), np.zeros(1, np.int64),
-                          np.zeros(1, np.float32), 5)
+                          np.zeros(1, np.float32), 5, -np.inf)
     rec = pq.pq_decode(codes, books, dim).astype(np.float64)
     if metric == "ip":
         exact = rec @ q[0].astype(np.float64)
@@ -390,10 +390,13 @@ def test_cosine_scan_matches_reference(nq, n, m, width, nlist, n_probe, k, dead,
     probes = random_probes(rng, nq, nlist, n_probe)
     inv = pq.pq_inv_norm_range(books, centroids, codes, offsets)
     got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, inv[0],
-                                               inv[1], k)
+                                               inv[1], k, no_floors(luts))
+    floors = draw_floors(got_s, got_i, rng)  # a floor only drops the rows below it (its norm filter too)
+    assert_floored(*pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, inv[0],
+                                                inv[1], k, floors), got_s, got_i, floors)
     for q in range(nq):
         s, i = pq.pq_lut_scan_cosine(luts[q], codes, ids, offsets, probes[q], bias[q], books, centroids, inv[0],
-                                     inv[1], k)
+                                     inv[1], k, -np.inf)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
         cand_s, cand_i = [], []

@@ -15,7 +15,7 @@ from tests.reference.scalar import (
     sq_levels_ref,
     sq_train_ref,
 )
-from tests.reference.topk import assert_topk_close
+from tests.reference.topk import assert_topk_close, no_floors
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)
 DIMS = st.sampled_from([1, 2, 3, 7, 13, 16, 65])
@@ -167,10 +167,10 @@ def test_scan_matches_reference(nq, n, dim, nbits, nlist, n_probe, is_l2, k, con
         rng, nq, n, dim, nbits, nlist, n_probe, is_l2, const)
     for a in (w, c, codes, ids, offsets, probes, bias):
         a.setflags(write=False)  # memory-mapped inputs are read-only
-    got_s, got_i = scalar.sq_scan_batch(w, c, codes, ids, offsets, probes, bias, nbits, is_l2, k)
+    got_s, got_i = scalar.sq_scan_batch(w, c, codes, ids, offsets, probes, bias, nbits, is_l2, k, no_floors(w))
     u = _unpack(codes, dim, nbits)
     for q in range(nq):
-        s, i = scalar.sq_scan(w[q], c[q], codes, ids, offsets, probes[q], bias[q], nbits, is_l2, k)
+        s, i = scalar.sq_scan(w[q], c[q], codes, ids, offsets, probes[q], bias[q], nbits, is_l2, k, -np.inf)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
         cand_i, cand_s = sq_candidates_ref(qs[q], u, vmin, vdiff, nbits, ids, offsets, probes[q], ref_bias[q], is_l2)

@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from vecz.engine.codecs import Codec, CodeIndex, QueryPlan, ScanResult
 from vecz.engine.errors import InvalidInput
 from vecz.kernels import binary, dense, fastscan, pq, scalar
+from tests.reference.topk import assert_floored, draw_floors, no_floors
 
 METRICS = ("cosine", "ip", "l2")
 SPECS = ["Flat", "F16", "SQ8", "SQ4", "PQ4x8", "PQ6x4", "RB1", "RB2",
@@ -288,11 +289,17 @@ def test_row_scan_kernels_skip_negative_ids(n, nq, k, seed):
     bias = rng.normal(size=(nq, 2)).astype(np.float32)
     q_sq = np.abs(rng.normal(size=(nq, 2))).astype(np.float32)
 
-    def check(kernel, *args, tail=()):
-        # kernel(*args, ids, offsets, probes, bias, *tail, k)
-        def run(i, kk):
-            return kernel(*args, i, offsets, probes, bias, *tail, kk)
+    def check(kernel, *args, tail=(), floored=True):
+        # kernel(*args, ids, offsets, probes, bias, *tail, k[, floors])
+        def run(i, kk, fl=None):
+            if not floored:
+                return kernel(*args, i, offsets, probes, bias, *tail, kk)
+            return kernel(*args, i, offsets, probes, bias, *tail, kk, no_floors(probes) if fl is None else fl)
         _oracle(run(ids, n), run(marked, k), ids, dead, k)
+        if floored:  # a floor (the engine's threshold for a later segment) only drops the rows below it
+            s, i = run(marked, k)
+            floors = draw_floors(s, i, rng)
+            assert_floored(*run(marked, k, floors), s, i, floors)
 
     # PQ x8
     luts = rng.normal(size=(nq, 1, m, 256)).astype(np.float32)
@@ -318,7 +325,7 @@ def test_row_scan_kernels_skip_negative_ids(n, nq, k, seed):
     q_words = binary.rb_words(rng.integers(0, 256, size=(nq, levels, nbytes)).astype(np.uint8))[:, None]
     q_scale = np.abs(rng.normal(size=(nq, 1))).astype(np.float32)
     for is_l2 in (False, True):
-        check(binary.rb_lut_scan_batch, rb_luts, bits.reshape(n, -1), factors, tail=(q_sq, is_l2))
+        check(binary.rb_lut_scan_batch, rb_luts, bits.reshape(n, -1), factors, tail=(q_sq, is_l2), floored=False)
         check(binary.rb_sdc_scan_batch, q_words, q_scale, words, factors, tail=(q_sq, is_l2, 8 * nbytes))
     # plain Hamming (no lists)
     db, qw = np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(q_words[:, 0, 0])
@@ -347,28 +354,38 @@ def test_fast_scan_drivers_skip_negative_ids(n, nq, k, levels, seed):
     rf = fastscan.fs_row_values(np.abs(rng.normal(size=(n, 2))).astype(np.float32), block_ids.shape[0], offsets)
     bounds = fastscan.fs_block_bounds(rf, block_ids)  # built before the deaths, as in CodeIndex
     runs = []
+
+    def _floors(fl):
+        return no_floors(qluts) if fl is None else fl
+
     if levels == 1:  # PQ x4 drivers: (qluts, steps, biases, blocks, block_ids, block_offsets, probes, bias, ...)
         runs += [
-            lambda b, kk: fastscan.fs_scan_batch(qluts, steps, biases, blocks, b, block_offsets, probes, bias, kk),
-            lambda b, kk: fastscan.fs_scan_multi_batch(qluts, steps, biases, blocks, b, block_offsets, probes, bias,
-                                                       groups, kk),
-            lambda b, kk: fastscan.fs_scan_lists_batch(qluts, steps, biases, blocks, b, block_offsets, probes, bias,
-                                                       kk, 2),
+            lambda b, kk, fl=None: fastscan.fs_scan_batch(qluts, steps, biases, blocks, b, block_offsets, probes,
+                                                          bias, kk, _floors(fl)),
+            lambda b, kk, fl=None: fastscan.fs_scan_multi_batch(qluts, steps, biases, blocks, b, block_offsets,
+                                                                probes, bias, groups, kk, _floors(fl)),
+            lambda b, kk, fl=None: fastscan.fs_scan_lists_batch(qluts, steps, biases, blocks, b, block_offsets,
+                                                                probes, bias, kk, _floors(fl), 2),
         ]
     no_bounds = np.empty((0, 3), np.float32)
     for l2 in (False, True):  # RB drivers, with block bounds (the list-major one without)
         runs += [
-            lambda b, kk, l2=l2: fastscan.fs_scan_factors_batch(qluts, steps, biases, levels, blocks, b, rf, bounds,
-                                                                block_offsets, probes, bias, q_sq, l2, kk),
-            lambda b, kk, l2=l2: fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, levels, blocks, b, rf,
-                                                                      bounds, block_offsets, probes, bias, q_sq, l2,
-                                                                      groups, kk),
-            lambda b, kk, l2=l2: fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, levels, blocks, b, rf,
-                                                                      no_bounds, block_offsets, probes, bias, q_sq,
-                                                                      l2, kk, 2),
+            lambda b, kk, fl=None, l2=l2: fastscan.fs_scan_factors_batch(
+                qluts, steps, biases, levels, blocks, b, rf, bounds, block_offsets, probes, bias, q_sq, l2, kk,
+                _floors(fl)),
+            lambda b, kk, fl=None, l2=l2: fastscan.fs_scan_factors_multi_batch(
+                qluts, steps, biases, levels, blocks, b, rf, bounds, block_offsets, probes, bias, q_sq, l2, groups, kk,
+                _floors(fl)),
+            lambda b, kk, fl=None, l2=l2: fastscan.fs_scan_factors_lists_batch(
+                qluts, steps, biases, levels, blocks, b, rf, no_bounds, block_offsets, probes, bias, q_sq, l2, kk,
+                _floors(fl), 2),
         ]
     for run in runs:
         _oracle(run(block_ids, n), run(marked, k), ids, dead, k)
+        # a floor (the engine's threshold for a later segment) only drops the rows below it
+        s, i = run(marked, k)
+        floors = draw_floors(s, i, rng)
+        assert_floored(*run(marked, k, floors), s, i, floors)
 
 
 # --------------------------------------------------------------------------- thread policy

@@ -786,3 +786,81 @@ def test_prefetch_asks_for_the_shortlist_and_changes_no_result(tmp_path, monkeyp
     np.testing.assert_array_equal(batch.scores, forced.scores)
     np.testing.assert_array_equal(one.ids, plain.ids)
     np.testing.assert_array_equal(batch.ids[:1], one.ids)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize("spec", ["RB2", "IVF4,RB1", "IVF4,PQ8x8", "PQ12x4", "IVF4,PQ12x4", "SQ4", "F16"])
+def test_segments_scanned_above_the_floor_give_the_merge_of_full_scans(tmp_path, metric, spec):
+    # search scans the biggest segment first and every other above the depth-th best code
+    # score found before it (kernels/topk.py, floors); the shortlist must be the merge of
+    # every segment's full scan: segments of 900, 300, 40 and 1 rows, a batch of queries
+    # (list-major and grouped drivers) and one query, duplicates across segments (equal
+    # code scores: ties at the floor go to the smaller id)
+    from vecz.engine.search import _shortlist, merge_shortlists
+    x = _data(1241, seed=3)
+    x[1200:1240] = x[:40]  # the 40-row segment repeats rows of the first
+    q = _data(70, seed=4)
+    with Store.create(tmp_path / "s", dim=DIM, codec=spec, metric=metric, dense=None) as s:
+        s.auto_merge_rows = 0
+        for a, b in ((0, 900), (900, 1200), (1200, 1240), (1240, 1241)):
+            s.add(x[a:b], ids=np.arange(a, b)[::-1].copy())  # ids descending in each: ties need the key
+        segs = s._segments
+        assert sorted(g.live for g in segs) == [1, 40, 300, 900]
+        xs = s.codec._prepare(q, "queries")
+        for nq, depth, nprobe in ((70, 50, 2), (1, 50, 4), (70, 7, 4)):
+            got = _shortlist(s.codec, segs, xs[:nq], depth, nprobe, False)
+            plan = s.codec.plan(xs[:nq], nprobe=nprobe, sdc=False)
+            parts = [seg.layout.scan(plan, min(depth, seg.live)) for seg in segs]
+            sc = [p.scores for p in parts]
+            keys = [np.where(p.ids >= 0, seg.ids[np.maximum(p.ids, 0)], -1) for p, seg in zip(parts, segs)]
+            rows = [p.ids for p in parts]
+            want_s, want_k, (want_r,) = merge_shortlists(s.codec.metric, sc, keys, [rows], depth)
+            np.testing.assert_array_equal(got[3], want_k)
+            np.testing.assert_array_equal(got[0], want_s)
+            np.testing.assert_array_equal(got[2], want_r)
+            assert (got[1][want_k >= 0] >= 0).all()
+        # the threshold itself (user's convention, float64 rounded to what float32 scores
+        # can reach): the full scan minus the rows that miss it, in order, padded
+        worst = np.inf if metric == "l2" else -np.inf
+        plan = s.codec.plan(xs, nprobe=2, sdc=False)
+        for seg in segs:
+            full = seg.layout.scan(plan, 30)
+            pick = np.minimum(np.arange(70) % 12, max(0, min(seg.live, 30) - 1))
+            t = np.take_along_axis(full.scores, pick[:, None], 1)[:, 0].astype(np.float64)
+            t[::5] += (1e-9 if metric == "l2" else -1e-9)  # between two float32: keeps that row
+            t[1::5] -= (1e-9 if metric == "l2" else -1e-9)  # drops it
+            t[2::7] = worst
+            cut = seg.layout.scan(plan, 30, t)
+            for i in range(70):
+                keep = (full.ids[i] >= 0) & ((full.scores[i] <= t[i]) if metric == "l2" else (full.scores[i] >= t[i]))
+                n = int(keep.sum())
+                np.testing.assert_array_equal(cut.ids[i, :n], full.ids[i][keep])
+                np.testing.assert_array_equal(cut.scores[i, :n], full.scores[i][keep])
+                assert (cut.ids[i, n:] == -1).all() and (cut.scores[i, n:] == worst).all()
+        with pytest.raises(InvalidInput, match="NaN"):
+            segs[0].layout.scan(plan, 5, np.full(70, np.nan))
+        with pytest.raises(InvalidInput, match="shape"):
+            segs[0].layout.scan(plan, 5, np.zeros(3))
+
+
+def test_search_scans_the_biggest_segment_first_and_the_rest_above_its_floor(tmp_path, monkeypatch):
+    from vecz.engine.layout import CodeIndex
+    calls = []
+    scan = CodeIndex.scan
+
+    def spy(self, plan, k, threshold=None):
+        out = scan(self, plan, k, threshold)
+        calls.append((int(self._sizes.sum()), None if threshold is None else np.array(threshold), out))
+        return out
+
+    x = _data(1300, seed=5)
+    with Store.create(tmp_path / "s", dim=DIM, codec="PQ12x4", metric="ip", dense="f16") as s:
+        s.auto_merge_rows = 0
+        s.add(x[:100])
+        s.add(x[100:1300])
+        monkeypatch.setattr(CodeIndex, "scan", spy)
+        s.search(_data(9, seed=6), 10, rerank=20)
+    (n0, t0, out0), (n1, t1, out1) = calls
+    assert (n0, n1) == (1200, 100) and t0 is None
+    np.testing.assert_array_equal(t1, out0.scores[:, 19])  # the 20th best of the big one
+    assert ((out1.scores >= t1[:, None]) | (out1.ids < 0)).all()

@@ -97,6 +97,61 @@ def test_topk_push_keeps_the_best_after_every_push(n, k, flavor, seed):
         np.testing.assert_array_equal(cs, after_s)
 
 
+@SETTINGS
+@given(n=st.integers(0, 30), k=st.integers(0, 12), flavor=st.sampled_from(["ties", "float", "inf"]),
+       floor_kind=st.sampled_from(["-inf", "score", "above", "+inf"]), seed=st.integers(0, 2**32 - 1))
+def test_floor_heap_keeps_exactly_the_best_reaching_the_floor(n, k, flavor, floor_kind, seed):
+    # the scan kernels' heap with a floor: offers as in the scans (their written-out
+    # admission test, then topk_push), then topk_sort: the best k of the entries >= floor,
+    # padded (-inf, -1), whatever the order of offers; ties with the floor kept, -inf never
+    rng = np.random.default_rng(seed)
+    scores, ids = _scores(rng, n, flavor), _ids(rng, n)
+    finite = scores[np.isfinite(scores)]
+    floor = {"-inf": -np.inf, "+inf": np.inf}.get(floor_kind, np.float32(0.0))
+    if floor_kind in ("score", "above") and finite.size:
+        floor = finite[int(rng.integers(0, finite.size))]
+        if floor_kind == "above":
+            floor = np.nextafter(floor, np.float32(np.inf))
+    hs, hi = topk.topk_init_floor(k, np.float32(floor))
+    assert (hi == -1).all() and (hs == topk.below(np.float32(floor))).all()
+    assert (hs < floor).all() or floor == -np.inf
+    for j in range(n):
+        s, i = scores[j], ids[j]
+        if k and (s > hs[0] or (s == hs[0] and i < hi[0])):
+            topk.topk_push(hs, hi, s, i)
+    topk.topk_sort(hs, hi)
+    keep = (scores >= np.float32(floor)) & (scores > -np.inf)
+    ref_s, ref_i = topk_ref(scores[keep], ids[keep], k)
+    np.testing.assert_array_equal(hi, ref_i)
+    np.testing.assert_array_equal(hs, ref_s)
+
+
+@SETTINGS
+@given(nq=st.integers(0, 4), k=st.integers(1, 9), widths=st.lists(st.integers(0, 12), min_size=1, max_size=4),
+       flavor=st.sampled_from(["ties", "float", "inf"]), seed=st.integers(0, 2**32 - 1))
+def test_kth_best_update_tracks_the_kth_best_score(nq, k, widths, flavor, seed):
+    # the engine's floor for the next segment: the k-th best of the scores of every list
+    # offered so far (ids < 0 skipped), -inf until k were offered
+    rng = np.random.default_rng(seed)
+    heaps = np.full((nq, k), -np.inf, dtype=np.float32)
+    seen = [[] for _ in range(nq)]
+    for w in widths:
+        scores = _scores(rng, (nq, w), flavor)
+        ids = np.where(rng.random((nq, w)) < 0.2, -1, 1).astype(np.int64)
+        topk.kth_best_update(heaps, scores, ids)
+        for q in range(nq):
+            seen[q] += scores[q][ids[q] >= 0].tolist()
+            want = sorted(seen[q], reverse=True)[k - 1] if len(seen[q]) >= k else -np.inf
+            assert heaps[q, 0] == np.float32(want), (q, heaps[q], seen[q])
+
+
+def test_topk_init_floors_rows_and_below():
+    hs, hi = topk.topk_init_floors(np.array([1.0, -np.inf, 0.0], np.float32), 2)
+    assert hs.shape == (3, 2) and (hi == -1).all()
+    assert (hs[0] == np.nextafter(np.float32(1.0), np.float32(0.0))).all() and (hs[1] == -np.inf).all()
+    assert (hs[2] < 0).all() and (hs[2] == topk.below(np.float32(0.0))).all()
+
+
 def _sorted_list(rng, nq, kk, n_valid, flavor, id_pool):
     s = np.full((nq, kk), -np.inf, dtype=np.float32)
     i = np.full((nq, kk), -1, dtype=np.int64)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["topk_ref", "topk_ref_batch", "assert_topk_exact", "assert_topk_close"]
+__all__ = ["topk_ref", "topk_ref_batch", "assert_topk_exact", "assert_topk_close", "no_floors", "draw_floors",
+           "assert_floored"]
 
 
 def topk_ref(scores, ids, k):
@@ -89,3 +90,50 @@ def assert_topk_close(got_scores, got_ids, cand_scores, cand_ids, k, *, rtol=1e-
         assert best_left <= worst + 2 * tol.max(), (
             f"candidate with score {best_left} left out while {worst} was returned"
         )
+
+
+def no_floors(queries) -> np.ndarray:
+    """The floors of a batch scan without one: -inf for each of len(queries) queries."""
+    return np.full(len(queries), -np.inf, dtype=np.float32)
+
+
+def draw_floors(scores, ids, rng) -> np.ndarray:
+    """Floors (float32 (nq,)) for a scan whose result without one is (scores, ids), larger
+    better: per query one of -inf, a score it returned (so rows tie with the floor), the
+    float32 just above one (the row at that score must go), the midpoint of two, +inf."""
+    scores = np.asarray(scores, dtype=np.float32)
+    ids = np.asarray(ids)
+    out = np.full(scores.shape[0], -np.inf, dtype=np.float32)
+    for q in range(scores.shape[0]):
+        got = scores[q][ids[q] >= 0]
+        kind = int(rng.integers(0, 5))
+        if kind == 0 or got.size == 0:
+            continue
+        s = got[int(rng.integers(0, got.size))]
+        if kind == 1:
+            out[q] = s
+        elif kind == 2:
+            out[q] = np.nextafter(s, np.float32(np.inf))
+        elif kind == 3:
+            out[q] = np.float32((np.float64(s) + np.float64(got[int(rng.integers(0, got.size))])) / 2)
+        else:
+            out[q] = np.inf
+    return out
+
+
+def assert_floored(got_scores, got_ids, scores, ids, floors):
+    """A scan with floors (got) equals the same scan without them (scores, ids; larger
+    better, padded -inf / -1) minus the rows scoring below the floor, in the same order,
+    padded with (-inf, -1)."""
+    got_scores = np.asarray(got_scores)
+    got_ids = np.asarray(got_ids)
+    scores = np.asarray(scores)
+    ids = np.asarray(ids)
+    assert got_scores.shape == scores.shape and got_ids.shape == ids.shape
+    for q in range(scores.shape[0]):
+        keep = (ids[q] >= 0) & (scores[q] >= floors[q])
+        n = int(keep.sum())
+        np.testing.assert_array_equal(got_ids[q, :n], ids[q][keep], err_msg=f"query {q} floor {floors[q]}")
+        np.testing.assert_array_equal(got_scores[q, :n], scores[q][keep])
+        np.testing.assert_array_equal(got_ids[q, n:], -1)
+        np.testing.assert_array_equal(got_scores[q, n:], -np.inf)
