@@ -846,11 +846,11 @@ def test_segments_scanned_above_the_floor_give_the_merge_of_full_scans(tmp_path,
 def test_search_scans_the_biggest_segment_first_and_the_rest_above_its_floor(tmp_path, monkeypatch):
     from vecz.engine.layout import CodeIndex
     calls = []
-    scan = CodeIndex.scan
+    scan = CodeIndex._scan
 
-    def spy(self, plan, k, threshold=None):
-        out = scan(self, plan, k, threshold)
-        calls.append((int(self._sizes.sum()), None if threshold is None else np.array(threshold), out))
+    def spy(self, plan, k, floors):
+        out = scan(self, plan, k, floors)
+        calls.append((int(self._sizes.sum()), np.array(floors), out))
         return out
 
     x = _data(1300, seed=5)
@@ -858,9 +858,9 @@ def test_search_scans_the_biggest_segment_first_and_the_rest_above_its_floor(tmp
         s.auto_merge_rows = 0
         s.add(x[:100])
         s.add(x[100:1300])
-        monkeypatch.setattr(CodeIndex, "scan", spy)
+        monkeypatch.setattr(CodeIndex, "_scan", spy)
         s.search(_data(9, seed=6), 10, rerank=20)
     (n0, t0, out0), (n1, t1, out1) = calls
-    assert (n0, n1) == (1200, 100) and t0 is None
-    np.testing.assert_array_equal(t1, out0.scores[:, 19])  # the 20th best of the big one
-    assert ((out1.scores >= t1[:, None]) | (out1.ids < 0)).all()
+    assert (n0, n1) == (1200, 100) and (t0 == -np.inf).all()
+    np.testing.assert_array_equal(t1, out0[0][:, 19])  # the 20th best of the big one
+    assert ((out1[0] >= t1[:, None]) | (out1[1] < 0)).all()
