@@ -1,10 +1,11 @@
 """Search over a store split into segments by a stream of commits, beside the same rows in
 one segment (after `compact()`), on a real dataset (not a pytest suite).
 
-The default split is the most segments the merge policy leaves on 117,647 rows before it
-merges (engine/merge.py: FANOUT 4, tiers of 4,096 x 4^t rows; three segments in each of
-tiers 2, 1 and 0): 65,536 + 3 x 16,384 + 3 x 986 rows, added in that order with automatic
-merges off. ``--split equal:16`` adds sixteen equal parts instead. Both stores hold the
+The default split is the most segments the merge policy leaves on wordnet-minilm's rows
+before it merges (engine/merge.py: FANOUT 4, tier t >= 1 holds segments of 4,096 x 4^t to
+4^(t+1) rows, tier 0 the smaller ones; at most three in a tier): one of 65,536 rows (tier
+2), three of 16,384 (tier 1), three of 986 (tier 0), added in that order with automatic
+merges off: 117,646 rows (the dataset's last row left out). ``--split equal:16`` adds sixteen equal parts instead. Both stores hold the
 same rows (ids = row numbers) and codes (the one-segment store is the split one,
 copied and compacted), f32 dense tier, cosine; they are built once and kept in --work. For each point (spec:rerank:nprobe) and each store: a batch of the first --nq
 queries (best of --rounds, one thread) and --single queries one at a time (p50, p99;

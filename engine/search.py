@@ -133,25 +133,26 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
     # found so far (a floor, `CodeIndex.scan`'s threshold): rows below it cannot make the shortlist,
     # and a small segment's heap would otherwise admit most of its candidates (16 segments
     # of 7,353 rows: 427 ms for 1,000 queries at depth 100 against 72 ms for one segment).
-    # The layouts are scanned through `_scan` (the plan is this codec's, the thread policy
-    # the caller's): `scan`'s checks cost ~10 us a segment, a single query's whole scan of a
-    # small segment as much.
+    # The layouts are scanned through `_scan` (the plan is this codec's): `scan`'s checks
+    # and its threshold's conversion cost ~5-10 us a segment, a single query's whole scan
+    # of a small segment as much.
     order = sorted((g for g, seg in enumerate(segments) if seg.live), key=lambda g: -segments[g].live)
     l2 = codec.metric == "l2"
     best = np.full((nq, depth), -np.inf, dtype=np.float32) if len(order) > 1 else None
     floors = np.full(nq, -np.inf, dtype=np.float32)  # the kernels' convention: larger is better
-    for g in order:
-        seg = segments[g]
-        s, r = seg.layout._scan(plan, min(depth, seg.live), floors)
-        if best is not None:
-            kth_best_update(best, -s if l2 else s, r)
-            floors = np.ascontiguousarray(best[:, 0])
-        candidates += seg.layout._candidates(plan.probes)
-        found = r >= 0
-        parts_s.append(s)
-        parts_r.append(r)
-        parts_g.append(np.where(found, g, -1))
-        parts_k.append(np.where(found, seg.ids[np.maximum(r, 0)], -1))  # user ids: the merge's tie key
+    with query_threads(nq, PARALLEL_MIN_QUERIES):  # the scans' thread policy (a caller's own scope nests)
+        for g in order:
+            seg = segments[g]
+            s, r = seg.layout._scan(plan, min(depth, seg.live), floors)
+            if best is not None:
+                kth_best_update(best, -s if l2 else s, r)
+                floors = np.ascontiguousarray(best[:, 0])
+            candidates += seg.layout._candidates(plan.probes)
+            found = r >= 0
+            parts_s.append(s)
+            parts_r.append(r)
+            parts_g.append(np.where(found, g, -1))
+            parts_k.append(np.where(found, seg.ids[np.maximum(r, 0)], -1))  # user ids: the merge's tie key
     if not parts_s:
         empty = np.full((nq, depth), -1, dtype=np.int64)
         return np.full((nq, depth), _worst(codec.metric), dtype=np.float32), empty, empty.copy(), empty.copy(), 0

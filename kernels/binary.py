@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch
 from .pq import lut_sum
-from .topk import topk_init, topk_init_floor, topk_push, topk_sort
+from .topk import topk_finish, topk_init, topk_init_floor, topk_push, topk_sort
 
 __all__ = [
     "popcount64",
@@ -532,7 +532,7 @@ def rb_sdc_scan(q_words, q_scale, words, factors, ids, list_offsets, probes, pro
                 s = np.float32(probe_bias[p] + est)
             if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
                 topk_push(heap_scores, heap_ids, s, ids[i])
-    topk_sort(heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 

@@ -24,7 +24,7 @@ from numba.typed import List
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, jit_fast, target_has
-from .topk import topk_init_floor, topk_push, topk_sort
+from .topk import topk_finish, topk_init_floor, topk_push, topk_sort
 
 __all__ = [
     "f16_to_f32",
@@ -151,7 +151,7 @@ def dense_scan(qs, x, ids, list_offsets, probes, probe_bias, is_l2, k, floor):
             s = np.float32(s)
             if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
                 topk_push(heap_scores, heap_ids, s, ids[i])
-    topk_sort(heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 

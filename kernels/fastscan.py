@@ -46,7 +46,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, target_has
-from .topk import topk_init_floor, topk_init_floors, topk_push, topk_sort
+from .topk import topk_finish, topk_init_floor, topk_init_floors, topk_push
 
 __all__ = [
     "BLOCK",
@@ -839,7 +839,7 @@ def fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes, prob
     score = probe_bias + bias + step * acc (larger is better)."""
     heap_scores, heap_ids = topk_init_floor(k, floor)
     _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, heap_scores, heap_ids)
-    topk_sort(heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 
@@ -981,7 +981,7 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
                     if pushed:
                         sum_floors[g] = _acc_floor(base, step, hs[0])
     for g in range(n_q):
-        topk_sort(heap_scores[g], heap_ids[g])
+        topk_finish(heap_scores[g], heap_ids[g])
     return heap_scores, heap_ids
 
 
@@ -1050,7 +1050,7 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     heap_scores, heap_ids = topk_init_floor(k, floor)
     _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
                           probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids)
-    topk_sort(heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 
@@ -1220,7 +1220,7 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
                         if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
                             topk_push(hs, hi, s, idx)
     for g in range(n_q):
-        topk_sort(heap_scores[g], heap_ids[g])
+        topk_finish(heap_scores[g], heap_ids[g])
     return heap_scores, heap_ids
 
 
@@ -1352,7 +1352,7 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
                         if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
                             topk_push(hs, hi, s, idx)
     for g in range(n_q):
-        topk_sort(heap_scores[g], heap_ids[g])
+        topk_finish(heap_scores[g], heap_ids[g])
     return heap_scores, heap_ids
 
 
@@ -1468,7 +1468,7 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
                         if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
                             topk_push(hs, hi, s, idx)
     for g in range(n_q):
-        topk_sort(heap_scores[g], heap_ids[g])
+        topk_finish(heap_scores[g], heap_ids[g])
     return heap_scores, heap_ids
 
 

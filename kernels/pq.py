@@ -28,7 +28,7 @@ from numba import prange
 
 from ._jit import jit, jit_batch
 from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
-from .topk import topk_init_floor, topk_push, topk_sort
+from .topk import topk_finish, topk_init_floor, topk_push
 from .transform import matmul_rows_batch, polar, random_rotation
 
 __all__ = [
@@ -390,7 +390,7 @@ def pq_lut_scan(luts, codes, ids, list_offsets, probes, probe_bias, k, floor):
             continue
         t = p if n_tables > 1 else 0
         _scan_list(luts[t], codes, ids, list_offsets[lst], list_offsets[lst + 1], probe_bias[p], heap_scores, heap_ids)
-    topk_sort(heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 
@@ -554,7 +554,7 @@ def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books,
             continue
         _scan_list_cosine(lut, codes, ids, list_offsets[lst], list_offsets[lst + 1], probe_bias[p], books,
                           centroids[lst], inv_lo, inv_hi, heap_scores, heap_ids)
-    topk_sort(heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 

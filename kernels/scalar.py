@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch, jit_fast
-from .topk import topk_init_floor, topk_push, topk_sort
+from .topk import topk_finish, topk_init_floor, topk_push
 
 __all__ = [
     "sq_train",
@@ -158,7 +158,7 @@ def sq_scan(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k,
             s = np.float32(s)
             if (s > heap_scores[0] or (s == heap_scores[0] and ids[i] < heap_ids[0])) and ids[i] >= 0:
                 topk_push(heap_scores, heap_ids, s, ids[i])
-    topk_sort(heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 

@@ -24,7 +24,7 @@ enters, with a floor or without. (`topk_push` alone ranks by `_better`, where a 
 an empty slot it ties: offered directly, a row scoring exactly `below(floor)` would
 enter.) The engine passes the depth-th best score of the segments it has scanned before
 (`kth_best_update`): a small segment scanned after a big one then admits almost nothing.
-`topk_sort` turns the empty slots left into the padding (-inf, -1).
+`topk_finish` turns the empty slots left into the padding (-inf, -1).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "kth_best_update",
     "topk_push",
     "topk_sort",
+    "topk_finish",
     "topk_select",
     "topk_select_batch",
     "topk_merge",
@@ -70,11 +71,23 @@ def topk_init(k):
     return heap_scores, heap_ids
 
 
+_FLT_MIN = np.float32(np.finfo(np.float32).tiny)  # the least positive normal float32
+
+
 @jit
 def below(floor):
     """The empty-slot score of a heap with a floor: the float32 just below `floor` (-inf for
-    -inf), which a scan's row beats exactly when it scores >= floor."""
-    return np.nextafter(np.float32(floor), np.float32(-np.inf))
+    -inf), which a scan's row beats exactly when it scores >= floor. Never a subnormal: a
+    CPU flushing subnormal inputs to zero (DAZ, which some fast-math libraries turn on for
+    the whole process) would read the float below a floor of 0 as 0, and a row scoring 0
+    would tie the empty slot and lose (a review's case: an l2 duplicate, distance 0,
+    dropped). So a floor in (-FLT_MIN, FLT_MIN] (FLT_MIN the least normal float32) gets
+    -FLT_MIN, and rows scoring in [-FLT_MIN, floor) come back too (0 and subnormal scores,
+    all 0 under DAZ): more rows than asked, never fewer."""
+    b = np.nextafter(np.float32(floor), np.float32(-np.inf))
+    if -_FLT_MIN < b < _FLT_MIN:
+        return -_FLT_MIN
+    return b
 
 
 @jit
@@ -174,8 +187,14 @@ def _sift_down(heap_scores, heap_ids, pos, size):
 
 @jit
 def topk_sort(heap_scores, heap_ids):
-    """Sort a top-k state in place, best first (heapsort of the min-heap); empty slots (id
-    -1, scoring -inf or `below` a floor) become the padding (-inf, -1) at the end."""
+    """Sort a top-k state in place, best first (heapsort of the min-heap)."""
+    _heapsort(heap_scores, heap_ids, heap_scores.shape[0])
+
+
+@jit
+def topk_finish(heap_scores, heap_ids):
+    """A scan's last step: `topk_sort`, its empty slots (id < 0: the scans never admit a
+    negative id; -inf, or `below` a floor) made the padding (-inf, -1) at the end."""
     size = heap_scores.shape[0]
     if size > 0 and heap_ids[0] < 0:
         # empty slots rank last, so one sits at the root: sort only the m filled entries
@@ -192,6 +211,12 @@ def topk_sort(heap_scores, heap_ids):
         for j in range(m // 2 - 1, -1, -1):
             _sift_down(heap_scores, heap_ids, j, m)
         size = m
+    _heapsort(heap_scores, heap_ids, size)
+
+
+@jit
+def _heapsort(heap_scores, heap_ids, size):
+    # the min-heap heap[:size] sorted in place, best first
     while size > 1:
         size -= 1
         s = heap_scores[0]

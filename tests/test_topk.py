@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vecz.kernels import topk
-from tests.reference.topk import topk_ref, topk_ref_batch
+from tests.reference.topk import reaches_floor, topk_ref, topk_ref_batch
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None)
 
@@ -102,7 +102,7 @@ def test_topk_push_keeps_the_best_after_every_push(n, k, flavor, seed):
        floor_kind=st.sampled_from(["-inf", "score", "above", "+inf"]), seed=st.integers(0, 2**32 - 1))
 def test_floor_heap_keeps_exactly_the_best_reaching_the_floor(n, k, flavor, floor_kind, seed):
     # the scan kernels' heap with a floor: offers as in the scans (their written-out
-    # admission test, then topk_push), then topk_sort: the best k of the entries >= floor,
+    # admission test, then topk_push), then topk_finish: the best k of the entries >= floor,
     # padded (-inf, -1), whatever the order of offers; ties with the floor kept, -inf never
     rng = np.random.default_rng(seed)
     scores, ids = _scores(rng, n, flavor), _ids(rng, n)
@@ -119,8 +119,8 @@ def test_floor_heap_keeps_exactly_the_best_reaching_the_floor(n, k, flavor, floo
         s, i = scores[j], ids[j]
         if k and (s > hs[0] or (s == hs[0] and i < hi[0])):
             topk.topk_push(hs, hi, s, i)
-    topk.topk_sort(hs, hi)
-    keep = (scores >= np.float32(floor)) & (scores > -np.inf)
+    topk.topk_finish(hs, hi)
+    keep = reaches_floor(scores, np.float32(floor)) & (scores > -np.inf)
     ref_s, ref_i = topk_ref(scores[keep], ids[keep], k)
     np.testing.assert_array_equal(hi, ref_i)
     np.testing.assert_array_equal(hs, ref_s)
@@ -143,6 +143,26 @@ def test_kth_best_update_tracks_the_kth_best_score(nq, k, widths, flavor, seed):
             seen[q] += scores[q][ids[q] >= 0].tolist()
             want = sorted(seen[q], reverse=True)[k - 1] if len(seen[q]) >= k else -np.inf
             assert heaps[q, 0] == np.float32(want), (q, heaps[q], seen[q])
+
+
+def test_below_is_never_subnormal():
+    # a CPU with DAZ reads a subnormal as 0: below a floor of 0 it must still be below 0,
+    # else a row scoring 0 (an l2 duplicate) ties the empty slot and is dropped (a review's
+    # reproduction with DAZ set)
+    tiny = np.finfo(np.float32).tiny
+    for floor, want in ((0.0, -tiny), (-0.0, -tiny), (1e-42, -tiny), (-1e-42, -tiny), (tiny, -tiny),
+                        (-tiny, np.nextafter(np.float32(-tiny), np.float32(-1))), (1.0, np.nextafter(np.float32(1), 0)),
+                        (-np.inf, -np.inf), (np.inf, np.finfo(np.float32).max)):
+        got = topk.below(np.float32(floor))
+        assert got == np.float32(want) and (got < floor or floor == -np.inf), (floor, got)
+        assert not (0 < abs(got) < tiny), (floor, got)
+
+
+def test_topk_select_keeps_negative_ids_it_is_given():
+    # topk_push keeps whatever it is given; only the scans' topk_finish drops ids < 0
+    s, i = topk.topk_select(np.array([3, 1, 2], np.float32), np.array([5, -2, 7], np.int64), 4)
+    np.testing.assert_array_equal(i, [5, 7, -2, -1])
+    np.testing.assert_array_equal(s, [3, 2, 1, -np.inf])
 
 
 def test_topk_init_floors_rows_and_below():

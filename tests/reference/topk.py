@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["topk_ref", "topk_ref_batch", "assert_topk_exact", "assert_topk_close", "no_floors", "draw_floors",
-           "assert_floored"]
+           "reaches_floor", "assert_floored"]
 
 
 def topk_ref(scores, ids, k):
@@ -121,6 +121,17 @@ def draw_floors(scores, ids, rng) -> np.ndarray:
     return out
 
 
+def reaches_floor(scores, floor):
+    """The rows a scan with `floor` keeps: scores >= floor, and for a floor in (-FLT_MIN,
+    FLT_MIN] (FLT_MIN the least normal float32) those >= -FLT_MIN (kernels/topk.py `below`
+    never makes a subnormal empty slot, which a DAZ CPU would read as 0)."""
+    scores = np.asarray(scores)
+    tiny = np.finfo(np.float32).tiny
+    if -tiny < float(floor) <= tiny:
+        return scores >= -tiny
+    return scores >= floor
+
+
 def assert_floored(got_scores, got_ids, scores, ids, floors):
     """A scan with floors (got) equals the same scan without them (scores, ids; larger
     better, padded -inf / -1) minus the rows scoring below the floor, in the same order,
@@ -131,7 +142,7 @@ def assert_floored(got_scores, got_ids, scores, ids, floors):
     ids = np.asarray(ids)
     assert got_scores.shape == scores.shape and got_ids.shape == ids.shape
     for q in range(scores.shape[0]):
-        keep = (ids[q] >= 0) & (scores[q] >= floors[q])
+        keep = (ids[q] >= 0) & reaches_floor(scores[q], floors[q])
         n = int(keep.sum())
         np.testing.assert_array_equal(got_ids[q, :n], ids[q][keep], err_msg=f"query {q} floor {floors[q]}")
         np.testing.assert_array_equal(got_scores[q, :n], scores[q][keep])
