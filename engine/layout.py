@@ -390,6 +390,15 @@ class CodeIndex:
         floors = self._floors(threshold, plan.nq)
         with query_threads(plan.nq, self.PARALLEL_MIN_QUERIES):
             scores, ids = self._scan(plan, k, floors)
+        if threshold is not None:
+            # a floor within FLT_MIN of 0 lets rows just below it through (kernels/topk.py
+            # `below`); they come last in each row: make them padding
+            l2 = self.codec.metric == "l2"
+            miss = (-scores < floors[:, None]) if l2 else (scores < floors[:, None])
+            if miss.any():
+                scores, ids = scores.copy(), ids.copy()
+                scores[miss] = np.inf if l2 else -np.inf
+                ids[miss] = -1
         return ScanResult(scores, ids, self._candidates(plan.probes))
 
     def _floors(self, threshold: Any, nq: int) -> np.ndarray:

@@ -82,8 +82,9 @@ def below(floor):
     the whole process) would read the float below a floor of 0 as 0, and a row scoring 0
     would tie the empty slot and lose (a review's case: an l2 duplicate, distance 0,
     dropped). So a floor in (-FLT_MIN, FLT_MIN] (FLT_MIN the least normal float32) gets
-    -FLT_MIN, and rows scoring in [-FLT_MIN, floor) come back too (0 and subnormal scores,
-    all 0 under DAZ): more rows than asked, never fewer."""
+    -FLT_MIN, and rows scoring in (-FLT_MIN, floor) come back too (0 and subnormal scores,
+    all 0 under DAZ; a row scoring -FLT_MIN ties the slot and loses): more rows than asked,
+    never fewer (`CodeIndex.scan` drops them)."""
     b = np.nextafter(np.float32(floor), np.float32(-np.inf))
     if -_FLT_MIN < b < _FLT_MIN:
         return -_FLT_MIN

@@ -864,3 +864,25 @@ def test_search_scans_the_biggest_segment_first_and_the_rest_above_its_floor(tmp
     assert (n0, n1) == (1200, 100) and (t0 == -np.inf).all()
     np.testing.assert_array_equal(t1, out0[0][:, 19])  # the 20th best of the big one
     assert ((out1[0] >= t1[:, None]) | (out1[1] < 0)).all()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_scan_threshold_at_zero_returns_no_row_below_it(tmp_path, metric):
+    # the kernels let rows within FLT_MIN below a floor of 0 through (kernels/topk.py
+    # `below`); CodeIndex.scan's threshold is exact: score >= 0 (ip), distance <= 0 (l2)
+    tiny = np.finfo(np.float32).tiny
+    e = np.eye(4, dtype=np.float32)
+    if metric == "ip":
+        rows = np.stack([e[1], -tiny * e[0], -1e-39 * e[0], -e[0], 1e-39 * e[0]])  # scores 0, -tiny, -1e-39, -1, 1e-39
+        want = {0, 4}
+    else:
+        rows = np.stack([e[0], e[0] + 1e-20 * e[1], e[1], e[0] * 2])  # distances 0, 1e-40 (subnormal), 2, 1
+        want = {0}
+    with Store.create(tmp_path / "s", dim=4, codec="Flat", metric=metric, dense=None) as s:
+        s.add(rows)
+        layout = s._segments[0].layout
+        plan = s.codec.plan(e[:1].copy(), nprobe=1, sdc=False)
+        full = layout.scan(plan, 5)
+        got = layout.scan(plan, 5, np.zeros(1))
+        keep = (full.scores[0] >= 0) if metric == "ip" else (full.scores[0] <= 0)
+        assert set(got.ids[0][got.ids[0] >= 0].tolist()) == set(full.ids[0][keep].tolist()) == want

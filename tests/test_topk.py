@@ -200,3 +200,17 @@ def test_topk_merge_matches_reference(nq, ka, kb, k, fill_a, fill_b, flavor, see
         ref_s, ref_i = topk_ref(s[valid], i[valid], k)
         np.testing.assert_array_equal(got_i[q], ref_i)
         np.testing.assert_array_equal(got_s[q], ref_s)
+
+
+def test_floor_of_zero_lets_only_the_band_above_minus_flt_min_through():
+    # below(0) is -FLT_MIN (never a subnormal): the kernel keeps the scores in (-FLT_MIN, 0)
+    # too (CodeIndex.scan drops them), never one at -FLT_MIN or lower
+    tiny = np.finfo(np.float32).tiny
+    scores = np.array([0.0, -1e-39, -tiny, -1.0, 1e-40, -0.0], np.float32)
+    ids = np.arange(6, dtype=np.int64)
+    hs, hi = topk.topk_init_floor(6, np.float32(0.0))
+    for s, i in zip(scores, ids):
+        if s > hs[0] or (s == hs[0] and i < hi[0]):
+            topk.topk_push(hs, hi, s, i)
+    topk.topk_finish(hs, hi)
+    np.testing.assert_array_equal(hi, [4, 0, 5, 1, -1, -1])

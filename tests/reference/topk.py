@@ -122,13 +122,14 @@ def draw_floors(scores, ids, rng) -> np.ndarray:
 
 
 def reaches_floor(scores, floor):
-    """The rows a scan with `floor` keeps: scores >= floor, and for a floor in (-FLT_MIN,
-    FLT_MIN] (FLT_MIN the least normal float32) those >= -FLT_MIN (kernels/topk.py `below`
-    never makes a subnormal empty slot, which a DAZ CPU would read as 0)."""
+    """The rows a scan kernel with `floor` keeps: scores >= floor, and for a floor in
+    (-FLT_MIN, FLT_MIN] (FLT_MIN the least normal float32) those > -FLT_MIN (kernels/topk.py
+    `below` never makes a subnormal empty slot, which a DAZ CPU would read as 0; a row
+    scoring -FLT_MIN ties that slot and loses)."""
     scores = np.asarray(scores)
     tiny = np.finfo(np.float32).tiny
     if -tiny < float(floor) <= tiny:
-        return scores >= -tiny
+        return scores > -tiny
     return scores >= floor
 
 
