@@ -19,8 +19,9 @@ return only the rows scoring at least that: their heaps start full of empty slot
 the float32 just below it (`topk_init_floor`, `below`). A scan admits a row when it beats
 the heap minimum, or ties it with a smaller id (an empty slot's id -1 is smaller than
 every row's), so a row must reach the floor, and the rows kept are exactly those of the
-same scan without a floor that reach it, in the same order; a row scoring -inf never
-enters, with a floor or without. (`topk_push` alone ranks by `_better`, where a row beats
+same scan without a floor that reach it, in the same order (for a floor within FLT_MIN of
+0 also those just below it, see `below`); a row scoring -inf never enters, with a floor or
+without. (`topk_push` alone ranks by `_better`, where a row beats
 an empty slot it ties: offered directly, a row scoring exactly `below(floor)` would
 enter.) The engine passes the depth-th best score of the segments it has scanned before
 (`kth_best_update`): a small segment scanned after a big one then admits almost nothing.
