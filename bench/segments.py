@@ -5,11 +5,13 @@ The default split is the most segments the merge policy leaves on wordnet-minilm
 before it merges (engine/merge.py: FANOUT 4, tier t >= 1 holds segments of 4,096 x 4^t to
 4^(t+1) rows, tier 0 the smaller ones; at most three in a tier): one of 65,536 rows (tier
 2), three of 16,384 (tier 1), three of 986 (tier 0), added in that order with automatic
-merges off: 117,646 rows (the dataset's last row left out). ``--split equal:16`` adds sixteen equal parts instead. Both stores hold the
-same rows (ids = row numbers) and codes (the one-segment store is the split one,
-copied and compacted), f32 dense tier, cosine; they are built once and kept in --work. For each point (spec:rerank:nprobe) and each store: a batch of the first --nq
-queries (best of --rounds, one thread) and --single queries one at a time (p50, p99;
-dense files cached), recall@10 against the dataset's exact top 10 (the two stores hold the
+merges off: 117,646 rows (the dataset's last row left out). ``--split equal:16`` adds
+sixteen equal parts instead. Both stores hold the same rows (ids = row numbers) and codes
+(the one-segment store is the split one, copied and compacted), f32 dense tier, cosine;
+they are built once and kept in --work. For each point (spec:rerank:nprobe) and each
+store: a batch of the first --nq queries (best of --rounds, one thread) and the first 200 one at a time
+(`engine.bench.metrics.time_single`: p50, p99; dense files cached; stop 35's committed
+figures took 300), recall@10 against the dataset's exact top 10 (the two stores hold the
 same codes, so they agree up to ties: search scans segments above the floor of the ones
 before and merges them by code score, ties by id), and the time of the shortlist alone
 (plan, the scan of every segment, the merge).
@@ -29,15 +31,16 @@ import shutil
 import time
 from pathlib import Path
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 import threadpoolctl
 
 from vecz import Store
 from vecz.engine import search as S
-from vecz.engine.bench.metrics import recall_at
+from vecz.engine.bench.metrics import LATENCY_QUERIES, recall_at, time_single
 from vecz.engine.bench.report import _cpu_model
-from vecz.engine.threads import query_threads
+from vecz.engine.bounds import auto_cap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,34 +79,29 @@ def build(path: Path, one: Path, x: np.ndarray, spec: str, sizes: list[int]) -> 
             s.compact()
 
 
-def measure(path: Path, q: np.ndarray, gt: np.ndarray, rerank, nprobe: int, rounds: int, single: int) -> dict:
+def best_of(fn, rounds: int) -> tuple[float, object]:
+    """The least seconds of `rounds` calls of `fn` and the last result."""
+    best, out = np.inf, None
+    for _ in range(rounds):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def measure(path: Path, q: np.ndarray, gt: np.ndarray, rerank, nprobe: int, rounds: int) -> dict:
     for f in path.glob("dense-*"):
         f.read_bytes()  # cached: this compares the scans, not the disk
     with Store.open(path) as s:
         s.search(q[:50], K, rerank=rerank, nprobe=nprobe)
-        best, res = np.inf, None
-        for _ in range(rounds):
-            t = time.perf_counter()
-            res = s.search(q, K, rerank=rerank, nprobe=nprobe)
-            best = min(best, time.perf_counter() - t)
-        segs, codec = s._segments, s.codec
-        x = q / np.linalg.norm(q, axis=1, keepdims=True)
-        depth = S.shortlist_depth(K, 100 if rerank == "auto" else rerank, len(s))
-        with query_threads(len(x), S.PARALLEL_MIN_QUERIES):
-            short = np.inf
-            for _ in range(rounds):
-                t = time.perf_counter()
-                S._shortlist(codec, segs, x, depth, nprobe, False)
-                short = min(short, time.perf_counter() - t)
-        times = []
-        for i in range(single):
-            t = time.perf_counter()
-            s.search(q[i:i + 1], K, rerank=rerank, nprobe=nprobe)
-            times.append(time.perf_counter() - t)
-        return {"segments": len(segs), "rows": sorted((g.live for g in segs), reverse=True),
-                "batch_ms": best * 1e3, "qps": len(q) / best, "shortlist_ms": short * 1e3,
-                "single_p50_ms": float(np.percentile(times, 50)) * 1e3,
-                "single_p99_ms": float(np.percentile(times, 99)) * 1e3,
+        batch, res = best_of(lambda: s.search(q, K, rerank=rerank, nprobe=nprobe), rounds)
+        x = q / np.linalg.norm(q, axis=1, keepdims=True)  # cosine stores
+        depth = S.shortlist_depth(K, auto_cap(K) if rerank == "auto" else rerank, len(s))
+        short, _ = best_of(lambda: S._shortlist(s.codec, s._segments, x, depth, nprobe, False), rounds)
+        p50, p99 = time_single(lambda qq: s.search(qq, K, rerank=rerank, nprobe=nprobe), q)
+        return {"segments": len(s._segments), "rows": sorted((g.live for g in s._segments), reverse=True),
+                "batch_ms": batch * 1e3, "qps": len(q) / batch, "shortlist_ms": short * 1e3,
+                "single_p50_ms": p50, "single_p99_ms": p99,
                 "recall": recall_at(res.ids, gt, K), "rows_read": res.stats.rows_read / len(q)}
 
 
@@ -114,7 +112,6 @@ def main() -> None:
     p.add_argument("--specs", default=None, help="keep only the points of these specs (';'-separated)")
     p.add_argument("--split", default="tiers", help="'tiers' (the merge policy's most segments) or 'equal:<parts>'")
     p.add_argument("--nq", type=int, default=1000)
-    p.add_argument("--single", type=int, default=300, help="queries searched one at a time")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--work", default="/tmp/vecz-segments-bench")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "segments.json"))
@@ -140,7 +137,7 @@ def main() -> None:
         split_dir = work / f"{tag}-{args.split.replace(':', '')}"
         one_dir = split_dir.with_name(split_dir.name + "-one")
         build(split_dir, one_dir, x, spec, sizes)
-        got = {name: measure(path, q, gt, rerank, int(nprobe), args.rounds, args.single)
+        got = {name: measure(path, q, gt, rerank, int(nprobe), args.rounds)
                for name, path in (("split", split_dir), ("one", one_dir))}
         row = {"spec": spec, "rerank": rerank, "nprobe": int(nprobe), **got,
                "batch_ratio": got["split"]["batch_ms"] / got["one"]["batch_ms"],
@@ -152,9 +149,9 @@ def main() -> None:
               f"(shortlist {on['shortlist_ms']:.1f}), "
               f"x{row['batch_ratio']:.2f}; single p50 {sp['single_p50_ms']:.3f} / {on['single_p50_ms']:.3f} ms "
               f"x{row['single_ratio']:.2f}; recall {sp['recall']:.4f} / {on['recall']:.4f}", flush=True)
-    import llvmlite.binding as llvm
-    out = {"dataset": args.dataset, "split": args.split, "sizes": sizes, "nq": len(q), "single": args.single,
-           "threads": 1, "cpu": _cpu_model(), "llvm_cpu": llvm.get_host_cpu_name(), "python": platform.python_version(),
+    out = {"dataset": args.dataset, "split": args.split, "sizes": sizes, "nq": len(q),
+           "single": min(LATENCY_QUERIES, len(q)), "threads": 1, "cpu": _cpu_model(),
+           "llvm_cpu": llvm.get_host_cpu_name(), "python": platform.python_version(),
            "numba": numba.__version__, "numpy": np.__version__, "points": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -66,10 +66,8 @@ def _better(s_a, i_a, s_b, i_b):
 
 @jit
 def topk_init(k):
-    """Empty top-k state of size k: scores -inf, ids -1."""
-    heap_scores = np.full(k, -np.inf, dtype=np.float32)
-    heap_ids = np.full(k, -1, dtype=np.int64)
-    return heap_scores, heap_ids
+    """Empty top-k state of size k: scores -inf, ids -1 (`topk_init_floor` without a floor)."""
+    return topk_init_floor(k, np.float32(-np.inf))
 
 
 _FLT_MIN = np.float32(np.finfo(np.float32).tiny)  # the least positive normal float32
@@ -118,25 +116,15 @@ def kth_best_update(heaps, scores, ids):
     query's k-th best score so far (-inf until k were offered), the floor for the next
     scan. Scores only: a floor is a value, ties are the scans' business."""
     k = heaps.shape[1]
+    same = np.zeros(k, dtype=np.int64)  # one id for every entry: `_sift_down` orders by score alone
     for i in range(heaps.shape[0]):
         h = heaps[i]
         for j in range(scores.shape[1]):
             s = scores[i, j]
             if ids[i, j] < 0 or not s > h[0]:
                 continue
-            pos = 0
-            while True:
-                left = 2 * pos + 1
-                if left >= k:
-                    break
-                child = left
-                if left + 1 < k and h[left + 1] < h[left]:
-                    child = left + 1
-                if h[child] >= s:
-                    break
-                h[pos] = h[child]
-                pos = child
-            h[pos] = s
+            h[0] = s  # replace the worst and sift it down
+            _sift_down(h, same, 0, k)
 
 
 @jit
