@@ -40,6 +40,7 @@ __all__ = [
     "blas_single_thread",
     "resident_bytes",
     "FAISS_BUILDERS",
+    "IVF_NPROBE",
     "faiss_code_size",
     "rabitq_inner",
     "run_search",
@@ -135,9 +136,19 @@ def _rabitq(bits: int) -> faiss.Index:
     return faiss.index_factory(DIM, f"RR{DIM},RaBitQ{bits}", IP)
 
 
+# nprobe of the IVF pairs (bench/test_scans.py), both sides
+IVF_NPROBE = 32
+
+
+def _ivf(index: faiss.Index, nprobe: int) -> faiss.Index:
+    faiss.extract_index_ivf(index).nprobe = nprobe
+    return index
+
+
 FAISS_BUILDERS: dict[str, Callable[[], faiss.Index]] = {
     "PQ48x8": lambda: faiss.IndexPQ(DIM, 48, 8, IP),
     "PQ96x4fs": lambda: faiss.IndexPQFastScan(DIM, 96, 4, IP),
+    "IVF256,PQ48x8": lambda: _ivf(faiss.index_factory(DIM, "IVF256,PQ48x8", IP), IVF_NPROBE),
     "SQ8": lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit, IP),
     "RaBitQ1": lambda: _rabitq(1),
     "RaBitQ2": lambda: _rabitq(2),

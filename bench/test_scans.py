@@ -10,6 +10,7 @@ so the JSON (and bench/report.py) shows the two sides together.
 | group | vecz | faiss |
 | --- | --- | --- |
 | PQ48x8 | codec PQ48x8 (8-bit tables, float sums) | IndexPQ(384, 48, 8) |
+| IVF256,PQ48x8 | codec IVF256,PQ48x8, nprobe 32 | IVF256,PQ48x8 (IndexIVFPQ), nprobe 32 |
 | PQ96x4 fast scan | codec PQ96x4 (4-bit fast scan, uint8 tables) | IndexPQFastScan(384, 96, 4) |
 | Hamming 384-bit | hamming_scan_batch over sign bits; codec RB1 with sdc=True | IndexBinaryFlat(384), same sign bits |
 | SQ8 | codec SQ8 | IndexScalarQuantizer(384, QT_8bit) |
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import K, faiss_code_size, rabitq_inner, resident_bytes, run_search
+from harness import IVF_NPROBE, K, faiss_code_size, rabitq_inner, resident_bytes, run_search
 from vecz.kernels import binary
 
 pytestmark = pytest.mark.data
@@ -67,6 +68,21 @@ def test_pq48x8_vecz(benchmark, data, vecz_index):
 
 def test_pq48x8_faiss(benchmark, data, faiss_index):
     _faiss(benchmark, data, faiss_index("PQ48x8"), group=PQ8, variant="IndexPQ(384,48,8)")
+
+
+IVFPQ8 = "IVF256,PQ48x8"
+
+
+def test_ivf256_pq48x8_vecz(benchmark, data, vecz_index):
+    # cosine to the reconstruction: each row's score divided by its decoded norm where it may
+    # enter the top-k (kernels/pq.py `pq_inv_norm_bounds`)
+    _vecz(benchmark, data, vecz_index, "IVF256,PQ48x8", group=IVFPQ8, variant=f"codec IVF256,PQ48x8 np{IVF_NPROBE}",
+          nprobe=IVF_NPROBE)
+
+
+def test_ivf256_pq48x8_faiss(benchmark, data, faiss_index):
+    _faiss(benchmark, data, faiss_index("IVF256,PQ48x8"), group=IVFPQ8,
+           variant=f"IndexIVFPQ(256,48,8) np{IVF_NPROBE}")
 
 
 # --------------------------------------------------------------------------- PQ, 4 bits, fast scan

@@ -591,7 +591,15 @@ class Codec:
         return self.quantizer.split_codes(codes, self.width)  # type: ignore[union-attr]
 
     def _check_codes(self, codes: Any, lists: Any) -> tuple[np.ndarray, np.ndarray]:
-        codes = np.asarray(codes)
+        if isinstance(codes, Codes):  # `encode`'s result as it is: index(encode(x))
+            if lists is not None:
+                raise InvalidInput("lists: given twice, in the Codes (from encode) and as an argument")
+            codes, lists = codes
+        try:
+            codes = np.asarray(codes)
+        except (ValueError, TypeError) as exc:  # ragged sequences
+            raise DimensionMismatch(f"codes: expected uint8 (n, {self.code_size}), found {type(codes).__name__} "
+                                    f"that is no array ({exc})") from None
         if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.code_size:
             raise DimensionMismatch(
                 f"codes: expected uint8 (n, {self.code_size}), found {codes.dtype} {codes.shape}"
@@ -606,7 +614,8 @@ class Codec:
         return np.ascontiguousarray(codes), lists
 
     def decode(self, codes: Any, lists: Any = None) -> np.ndarray:
-        """Reconstruction float32 (n, width) in the coded space (after cosine/MRL)."""
+        """Reconstruction float32 (n, width) in the coded space (after cosine/MRL). `codes`
+        may be `encode`'s `Codes` (lists inside)."""
         state = self._require()
         codes, lists = self._check_codes(codes, lists)
         r = self.quantizer.decode(codes, state, self.width)
@@ -618,7 +627,8 @@ class Codec:
     # ---- search
 
     def index(self, codes: Any, lists: Any = None, ids: Any = None, *, keep_rows: bool = True) -> "CodeIndex":
-        """A searchable in-memory layout of codes (ids default to row numbers).
+        """A searchable in-memory layout of codes (ids default to row numbers); `codes` may be
+        `encode`'s `Codes` (lists inside): ``codec.index(codec.encode(x))``.
 
         ``keep_rows=False`` keeps one copy of the codes only (the scan layout): symmetric
         (``sdc=True``) RB search then needs the codes again and raises `InvalidInput`.

@@ -318,16 +318,16 @@ class PQ(Quantizer):
         if layout.codec.metric == "cosine":
             # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)
             books, centroids = layout.state["pq_books"], layout.state["centroids"]
-            inv = getattr(layout, "pq_inv_range", None)
+            inv = getattr(layout, "pq_inv_bounds", None)
             if self.rotate:  # the reconstruction c + decode(code) R^T has the norm of c R + decode(code)
                 centroids = getattr(layout, "pq_rotated_centroids", None)
                 if centroids is None:
                     centroids = layout.pq_rotated_centroids = np.ascontiguousarray(
                         layout.state["centroids"] @ layout.state["pq_rotation"], dtype=np.float32)
-            if inv is None:  # once per index: the codes do not change (deletes only hide ids)
-                inv = layout.pq_inv_range = pq.pq_inv_norm_range(books, centroids, layout.codes, layout.offsets)
+            if inv is None:  # once per index (a byte a row in RAM): the codes do not change
+                inv = layout.pq_inv_bounds = pq.pq_inv_norm_bounds(books, centroids, layout.codes, layout.offsets)
             return pq.pq_lut_scan_cosine_batch(luts[:, 0], layout.codes, layout.ids, layout.offsets, plan.probes,
-                                               plan.bias, books, centroids, inv[0], inv[1], k, floors)
+                                               plan.bias, books, centroids, *inv, k, floors)
         return pq.pq_lut_scan_batch(luts, layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias, k,
                                     floors)
 

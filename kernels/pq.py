@@ -33,7 +33,8 @@ from .transform import matmul_rows_batch, polar, random_rotation
 
 __all__ = [
     "pq_norm_table",
-    "pq_inv_norm_range",
+    "pq_inv_norm_bounds",
+    "INV_BUCKETS",
     "pq_lut_scan_cosine",
     "pq_lut_scan_cosine_batch",
     "pq_dsub",
@@ -417,7 +418,8 @@ def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k, flo
 # PQ56x8 0.727 -> 0.754, IVF256,PQ56x8 at nprobe 32 0.700 -> 0.742; wordnet-gemma PQ56x8
 # 0.677 -> 0.694). |x_hat|^2 is a sum over sub-quantizers too:
 # |c|^2 + sum_j norms[j, code_j] with norms[j, i] = 2 <c_j, book_j,i> + |book_j,i|^2 for the
-# centroid c the codes are residuals of, so the codes give it without a stored byte.
+# centroid c the codes are residuals of, so the codes give it without a stored byte (the
+# scan's filter derives one byte a row in RAM from them, `pq_inv_norm_bounds`).
 
 
 @jit
@@ -443,38 +445,115 @@ def pq_norm_table(books, centroid):
     return norms, np.float32(n0)
 
 
-# A row's 1 / |x_hat| in the scan comes from decoding it (float64 sums), its index-wide range
-# from the norm tables (float32 sums): the range is widened by this much so that rounding
-# cannot put a row's value outside it.
-_RANGE_SLACK = 1e-4
+# A row's 1 / |x_hat| in the scan comes from decoding it (float64 sums in dimension order,
+# `_inv_norm_decoded`). Before the scan pays for that it bounds the row's score with an
+# interval of that value read from one byte per row (`pq_inv_norm_bounds`): the byte picks
+# one of INV_BUCKETS intervals [inv_lo[b], inv_hi[b]] on a geometric grid over the index's
+# range, each two grid steps wide (the last: the whole range). The index-wide range alone
+# let most rows of an IVF index through (each list's centroid moves its rows' norms):
+# IVF256,PQ56x8 cosine scanned at 1.4x the time of ip on wordnet-minilm, IVF256,OPQ32x8 at
+# 2.8x on wordnet-gemma's first 256 dims.
+INV_BUCKETS = 256
+# The norm tables' sums miss the decoded float64 |x_hat|^2 by less than this times the sum
+# of the magnitudes of their terms (each float32 table entry is rounded by 2^-24 of it; the
+# float64 sums far less), and the float32 1 / sqrt is within this of the exact one.
+_INV_REL = 2.0 ** -22
 
 
 @jit
-def _inv_norm(norms, norm0, codes, i):
-    """1 / |reconstruction| of code row i from a norm table, 1 for (near) zero length."""
-    n2 = norm0 + lut_sum(norms, codes, i)
-    return np.float32(1.0) / np.sqrt(n2) if n2 > np.float32(1e-12) else np.float32(1.0)
+def _norm_magnitudes(books, centroid):
+    """(M, ksub) float32: the sum over an entry's dims of |2 c_d b_d + b_d^2|, the terms
+    `pq_norm_table` adds up for it (its rounding is below 2^-24 of this)."""
+    m, ksub, dsub = books.shape
+    width = centroid.shape[0]
+    out = np.empty((m, ksub), dtype=np.float32)
+    for j in range(m):
+        for i in range(ksub):
+            s = 0.0
+            for d in range(dsub):
+                if j * dsub + d < width:
+                    v = np.float64(books[j, i, d])
+                    s += abs(2.0 * centroid[j * dsub + d] * v + v * v)
+            out[j, i] = s
+    return out
 
 
 @jit
-def pq_inv_norm_range(books, centroids, codes, list_offsets):
-    """(min, max) over the rows of 1 / |reconstruction| (both 1 without rows), a little
-    widened (`_RANGE_SLACK`): the scan's filter bounds a row's cosine by them before it pays
-    for the norm. codes in list order (list l at list_offsets[l:l + 2]), residuals of
-    centroids[l]."""
-    lo = np.float32(np.inf)
-    hi = np.float32(-np.inf)
-    for lst in range(list_offsets.shape[0] - 1):
+def _inv_interval(norms, mags, norm0, books, centroid, codes, i):
+    """(a, b) float64 with a <= the scan's 1 / |x_hat| of row i (`_inv_norm_decoded`) <= b:
+    from the norm tables with their rounding bounded, or decoded (a = b) when the length may
+    be near zero (where the decode gives 1)."""
+    n2 = np.float64(norm0)
+    mag = abs(np.float64(norm0))
+    for j in range(codes.shape[1]):
+        c = codes[i, j]
+        n2 += np.float64(norms[j, c])
+        mag += np.float64(mags[j, c])
+    err = _INV_REL * mag
+    if n2 - err > 1e-12:
+        return (1.0 - _INV_REL) / np.sqrt(n2 + err), (1.0 + _INV_REL) / np.sqrt(n2 - err)
+    v = np.float64(_inv_norm_decoded(books, centroid, codes, i))
+    return v, v
+
+
+@jit_batch
+def _inv_intervals(books, centroids, codes, list_offsets):
+    """Every row's `_inv_interval`, rounded outwards to float32 (rows outside the lists: 1),
+    the lists in parallel."""
+    n = codes.shape[0]
+    lo = np.ones(n, dtype=np.float32)
+    hi = np.ones(n, dtype=np.float32)
+    for lst in prange(list_offsets.shape[0] - 1):
         if list_offsets[lst + 1] == list_offsets[lst]:
             continue
         norms, norm0 = pq_norm_table(books, centroids[lst])
+        mags = _norm_magnitudes(books, centroids[lst])
         for i in range(list_offsets[lst], list_offsets[lst + 1]):
-            v = _inv_norm(norms, norm0, codes, i)
-            lo = min(lo, v)
-            hi = max(hi, v)
-    if lo > hi:
-        return np.float32(1.0), np.float32(1.0)
-    return np.float32(lo * (1 - _RANGE_SLACK)), np.float32(hi * (1 + _RANGE_SLACK))
+            a, b = _inv_interval(norms, mags, norm0, books, centroids[lst], codes, i)
+            lo[i] = np.float32(a * (1.0 - _INV_REL))
+            hi[i] = np.float32(b * (1.0 + _INV_REL))
+    return lo, hi
+
+
+@jit
+def pq_inv_norm_bounds(books, centroids, codes, list_offsets):
+    """One byte per row of `codes` (in list order, list l at list_offsets[l:l + 2], residuals
+    of centroids[l]) with inv_lo[byte] <= 1 / |x_hat| <= inv_hi[byte], the value the cosine
+    scan multiplies the row's score by: (bytes uint8 (n,), inv_lo float32 (INV_BUCKETS,),
+    inv_hi float32 (INV_BUCKETS,)), tables of ones without rows. Byte b < INV_BUCKETS - 1
+    spans points b to b + 2 of a geometric grid of INV_BUCKETS steps over the rows' range;
+    the last byte the whole range (a row whose interval fits no narrower bucket). Costs the
+    two norm tables of every list (nlist x ksub x width each, lists in parallel), 2 M
+    lookups a row and 8 bytes a row while it runs."""
+    n = codes.shape[0]
+    out = np.full(n, INV_BUCKETS - 1, dtype=np.uint8)
+    inv_lo = np.ones(INV_BUCKETS, dtype=np.float32)
+    inv_hi = np.ones(INV_BUCKETS, dtype=np.float32)
+    if n == 0:
+        return out, inv_lo, inv_hi
+    row_lo, row_hi = _inv_intervals(books, centroids, codes, list_offsets)
+    lo = np.float64(row_lo.min())
+    hi = np.float64(row_hi.max())
+    # float32 tables rounded outwards: inv_lo[b] <= grid[b], inv_hi[b] >= grid[b + 2]
+    ratio = hi / lo
+    for b in range(INV_BUCKETS - 1):
+        inv_lo[b] = np.float32(lo * ratio ** (b / INV_BUCKETS) * (1.0 - _INV_REL))
+        inv_hi[b] = np.float32(lo * ratio ** ((b + 2) / INV_BUCKETS) * (1.0 + _INV_REL))
+    inv_lo[INV_BUCKETS - 1] = np.float32(lo * (1.0 - _INV_REL))
+    inv_hi[INV_BUCKETS - 1] = np.float32(hi * (1.0 + _INV_REL))
+    log_ratio = np.log(ratio)
+    last = INV_BUCKETS - 2  # the narrow buckets are 0..last
+    for i in range(n):
+        a = row_lo[i]
+        t = int(np.log(a / lo) / log_ratio * INV_BUCKETS) if log_ratio > 0 else 0
+        t = min(max(t, 0), last)
+        while t > 0 and inv_lo[t] > a:  # the log's rounding: the bucket starting at or below a
+            t -= 1
+        while t < last and inv_lo[t + 1] <= a:
+            t += 1
+        if inv_lo[t] <= a and row_hi[i] <= inv_hi[t]:
+            out[i] = t
+    return out, inv_lo, inv_hi
 
 
 @jit
@@ -493,23 +572,20 @@ def _inv_norm_decoded(books, centroid, codes, i):
 
 
 @jit
-def _push_cosine(heap_scores, heap_ids, s, i, idx, books, centroid, codes, inv_lo, inv_hi):
-    # s * inv lies within s * [inv_lo, inv_hi]: a row whose best case loses is not normed
-    best = s * inv_hi if s > 0 else s * inv_lo
-    if best >= heap_scores[0] and idx >= 0:
+def _best_cosine(s, lo, hi):
+    """The largest s * v for v in [lo, hi] (float32 rounding keeps the order)."""
+    return s * hi if s > 0 else s * lo
+
+
+@jit
+def _push_cosine(heap_scores, heap_ids, s, bound, i, idx, books, centroid, codes):
+    # bound >= s * 1 / |x_hat| (`_best_cosine`): a row whose best case loses is not normed
+    if bound >= heap_scores[0] and idx >= 0:
         _push(heap_scores, heap_ids, s * _inv_norm_decoded(books, centroid, codes, i), idx)
 
 
 @jit
-def _push_cosine4(heap_scores, heap_ids, s0, s1, s2, s3, i, ids, books, centroid, codes, inv_lo, inv_hi):
-    _push_cosine(heap_scores, heap_ids, s0, i, ids[i], books, centroid, codes, inv_lo, inv_hi)
-    _push_cosine(heap_scores, heap_ids, s1, i + 1, ids[i + 1], books, centroid, codes, inv_lo, inv_hi)
-    _push_cosine(heap_scores, heap_ids, s2, i + 2, ids[i + 2], books, centroid, codes, inv_lo, inv_hi)
-    _push_cosine(heap_scores, heap_ids, s3, i + 3, ids[i + 3], books, centroid, codes, inv_lo, inv_hi)
-
-
-@jit
-def _scan_list_cosine(lut, codes, ids, start, stop, bias, books, centroid, inv_lo, inv_hi, heap_scores,
+def _scan_list_cosine(lut, codes, ids, start, stop, bias, books, centroid, inv_bytes, inv_lo, inv_hi, heap_scores,
                       heap_ids):
     m = codes.shape[1]
     b = np.float32(bias)
@@ -527,40 +603,47 @@ def _scan_list_cosine(lut, codes, ids, start, stop, bias, books, centroid, inv_l
             s1 += lut[j, codes[i + 1, j]]
             s2 += lut[j, codes[i + 2, j]]
             s3 += lut[j, codes[i + 3, j]]
+        t0, t1, t2, t3 = b + s0, b + s1, b + s2, b + s3
+        u0 = _best_cosine(t0, inv_lo[inv_bytes[i]], inv_hi[inv_bytes[i]])
+        u1 = _best_cosine(t1, inv_lo[inv_bytes[i + 1]], inv_hi[inv_bytes[i + 1]])
+        u2 = _best_cosine(t2, inv_lo[inv_bytes[i + 2]], inv_hi[inv_bytes[i + 2]])
+        u3 = _best_cosine(t3, inv_lo[inv_bytes[i + 3]], inv_hi[inv_bytes[i + 3]])
         # one compare for the four rows in the common case: none can reach the heap
-        top = max(max(s0, s1), max(s2, s3)) + b
-        if (top * inv_hi if top > 0 else top * inv_lo) >= heap_scores[0]:
-            _push_cosine4(heap_scores, heap_ids, b + s0, b + s1, b + s2, b + s3, i, ids, books, centroid, codes,
-                          inv_lo, inv_hi)
+        if max(max(u0, u1), max(u2, u3)) >= heap_scores[0]:
+            _push_cosine(heap_scores, heap_ids, t0, u0, i, ids[i], books, centroid, codes)
+            _push_cosine(heap_scores, heap_ids, t1, u1, i + 1, ids[i + 1], books, centroid, codes)
+            _push_cosine(heap_scores, heap_ids, t2, u2, i + 2, ids[i + 2], books, centroid, codes)
+            _push_cosine(heap_scores, heap_ids, t3, u3, i + 3, ids[i + 3], books, centroid, codes)
     for i in range(stop4, stop):
-        _push_cosine(heap_scores, heap_ids, b + lut_sum(lut, codes, i), i, ids[i], books, centroid, codes,
-                     inv_lo, inv_hi)
+        t = b + lut_sum(lut, codes, i)
+        _push_cosine(heap_scores, heap_ids, t, _best_cosine(t, inv_lo[inv_bytes[i]], inv_hi[inv_bytes[i]]), i,
+                     ids[i], books, centroid, codes)
 
 
 @jit
-def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_lo, inv_hi, k,
-                       floor):
+def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_bytes, inv_lo,
+                       inv_hi, k, floor):
     """One query: the top-k of (probe_bias[p] + sum_j lut[j, code_j]) / |centroids[l] +
     decode(code)| over the probed lists l = probes[p], the cosine to the reconstruction (lut
     (M, ksub): <q, book>; probe_bias: <q, centroid>). Sorted scores and ids, as
-    `pq_lut_scan`. A row's norm is computed only when its score times the largest
-    1 / |x_hat| (`inv_hi`; `inv_lo` for a negative score: `pq_inv_norm_range`) can reach the
-    heap; the result equals normalising every row. Only rows scoring >= floor (-inf: all;
-    kernels/topk.py) are kept."""
+    `pq_lut_scan`. A row's norm is computed only when its score times the bound of its
+    1 / |x_hat| that its byte gives (`pq_inv_norm_bounds`: inv_bytes, inv_lo, inv_hi) can
+    reach the heap; the result equals normalising every row. Only rows scoring >= floor
+    (-inf: all; kernels/topk.py) are kept."""
     heap_scores, heap_ids = topk_init_floor(k, floor)
     for p in range(probes.shape[0]):
         lst = probes[p]
         if lst < 0:
             continue
         _scan_list_cosine(lut, codes, ids, list_offsets[lst], list_offsets[lst + 1], probe_bias[p], books,
-                          centroids[lst], inv_lo, inv_hi, heap_scores, heap_ids)
+                          centroids[lst], inv_bytes, inv_lo, inv_hi, heap_scores, heap_ids)
     topk_finish(heap_scores, heap_ids)
     return heap_scores, heap_ids
 
 
 @jit_batch
-def pq_lut_scan_cosine_batch(luts, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_lo, inv_hi,
-                             k, floors):
+def pq_lut_scan_cosine_batch(luts, codes, ids, list_offsets, probes, probe_bias, books, centroids, inv_bytes,
+                             inv_lo, inv_hi, k, floors):
     """`pq_lut_scan_cosine` for every query (luts (nq, M, ksub), probes and probe_bias
     (nq, P), floors (nq,)), parallel over queries: (nq, k) scores and ids."""
     nq = luts.shape[0]
@@ -568,7 +651,7 @@ def pq_lut_scan_cosine_batch(luts, codes, ids, list_offsets, probes, probe_bias,
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = pq_lut_scan_cosine(luts[qi], codes, ids, list_offsets, probes[qi], probe_bias[qi], books, centroids,
-                                  inv_lo, inv_hi, k, floors[qi])
+                                  inv_bytes, inv_lo, inv_hi, k, floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids

@@ -1072,6 +1072,35 @@ def test_bad_codes_are_dimension_mismatch(small):
             codec.index(bad, lists[: len(bad)] if bad.ndim == 2 else lists[:1])
 
 
+def test_encode_result_goes_to_index_decode_and_search_as_it_is(small):
+    # the Codes tuple encode returns, passed whole, is the codes and lists unpacked; lists given
+    # beside it are refused; a ragged sequence is a DimensionMismatch, not numpy's ValueError
+    codec, codes, index, x, q = small
+    c, lists = codes
+    got, want = codec.index(codes).search(q, 5, nprobe=2), index.search(q, 5, nprobe=2)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(codec.decode(codes), codec.decode(c, lists))
+    np.testing.assert_array_equal(codec.search(q, codes, k=5, nprobe=2).ids, want.ids)
+    with pytest.raises(InvalidInput, match="given twice"):
+        codec.index(codes, lists)
+    with pytest.raises(DimensionMismatch, match="no array"):
+        codec.index((c, lists[:3]))
+
+
+@pytest.mark.parametrize("spec", ["IVF4,PQ4x8", "OPQ4x8"])
+def test_cosine_pq8_index_counts_the_byte_a_row_of_its_norm_filter(spec):
+    # the first cosine scan derives one byte a row (kernels/pq.py `pq_inv_norm_bounds`),
+    # held by the index and counted in nbytes (the store's ram figures); OPQ also keeps its
+    # centroids rotated (float32 (nlist, width))
+    x, q = gaussian_clusters(300, 8, nq=3, seed=4)
+    codec = trained(spec, 8, "cosine", x)
+    index = codec.index(codec.encode(x))
+    before = index.nbytes
+    index.search(q, 3, nprobe=2)
+    rotated = 4 * codec.nlist * 8 if spec.startswith("OPQ") else 0
+    assert index.nbytes == before + len(x) + 2 * pq.INV_BUCKETS * 4 + rotated
+
+
 def test_bad_lists_and_ids_are_invalid_input(small):
     codec, codes, index, x, q = small
     c, lists = codes

@@ -388,15 +388,15 @@ def test_cosine_scan_matches_reference(nq, n, m, width, nlist, n_probe, k, dead,
         centroids[lst0] = 0
         books[np.arange(m), codes[0]] = 0
     probes = random_probes(rng, nq, nlist, n_probe)
-    inv = pq.pq_inv_norm_range(books, centroids, codes, offsets)
-    got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, inv[0],
-                                               inv[1], k, no_floors(luts))
+    inv = pq.pq_inv_norm_bounds(books, centroids, codes, offsets)
+    got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, *inv, k,
+                                               no_floors(luts))
     floors = draw_floors(got_s, got_i, rng)  # a floor only drops the rows below it (its norm filter too)
-    assert_floored(*pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, inv[0],
-                                                inv[1], k, floors), got_s, got_i, floors)
+    assert_floored(*pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, *inv,
+                                                k, floors), got_s, got_i, floors)
     for q in range(nq):
-        s, i = pq.pq_lut_scan_cosine(luts[q], codes, ids, offsets, probes[q], bias[q], books, centroids, inv[0],
-                                     inv[1], k, -np.inf)
+        s, i = pq.pq_lut_scan_cosine(luts[q], codes, ids, offsets, probes[q], bias[q], books, centroids, *inv, k,
+                                     -np.inf)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
         cand_s, cand_i = [], []
@@ -418,7 +418,7 @@ def test_cosine_scan_matches_reference(nq, n, m, width, nlist, n_probe, k, dead,
 @given(dim=st.sampled_from([3, 13, 16, 17]), m=st.sampled_from([1, 2, 4, 5]), seed=st.integers(0, 2**32 - 1))
 def test_norm_table_gives_reconstruction_norms(dim, m, seed):
     # |c + decode(code)|^2 = norm0 + sum_j norms[j, code_j], padded dims (m does not divide
-    # dim) not counted; the inverse-norm range bounds every row's
+    # dim) not counted
     rng = np.random.default_rng(seed)
     books = rng.standard_normal((m, 256, pq.pq_dsub(dim, m))).astype(np.float32)
     c = rng.standard_normal(dim).astype(np.float32)
@@ -427,15 +427,81 @@ def test_norm_table_gives_reconstruction_norms(dim, m, seed):
     got = norm0 + norms[np.arange(m), codes].astype(np.float64).sum(axis=1)
     rec = c.astype(np.float64) + pq.pq_decode(codes, books, dim).astype(np.float64)
     np.testing.assert_allclose(got, (rec ** 2).sum(axis=1), rtol=1e-5, atol=1e-5)
-    # two lists: the second's rows are residuals of -c
-    centroids = np.stack([c, -c])
-    offsets = np.array([0, 12, 30], np.int64)
-    rec[12:] = -c.astype(np.float64) + pq.pq_decode(codes[12:], books, dim).astype(np.float64)
-    inv = 1 / np.sqrt((rec ** 2).sum(axis=1))
-    lo, hi = pq.pq_inv_norm_range(books, centroids, codes, offsets)
-    assert lo <= inv.min() and hi >= inv.max()
-    assert hi <= inv.max() * 1.001 and lo >= inv.min() * 0.999
-    assert pq.pq_inv_norm_range(books, centroids, codes[:0], np.zeros(3, np.int64)) == (1.0, 1.0)
+
+
+def _inv_norms_ref(books, centroids, codes, offsets):
+    """The cosine scan's 1 / |x_hat| of every row: float64 squares summed in dimension order,
+    float32(1 / sqrt), 1 for a length^2 <= 1e-12."""
+    out = np.ones(codes.shape[0], np.float32)
+    width = centroids.shape[1]
+    for lst in range(len(offsets) - 1):
+        rows = np.arange(offsets[lst], offsets[lst + 1])
+        if rows.size:
+            rec = centroids[lst].astype(np.float64) + pq.pq_decode(codes[rows], books, width).astype(np.float64)
+            n2 = np.cumsum(rec * rec, axis=1)[:, -1]
+            with np.errstate(divide="ignore"):
+                out[rows] = np.where(n2 > 1e-12, 1.0 / np.sqrt(n2), 1.0).astype(np.float32)
+    return out
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(dim=st.sampled_from([1, 3, 13, 16, 17]), m=st.sampled_from([1, 2, 4, 5]), n=st.integers(0, 60),
+       nlist=st.integers(1, 3), scale=st.sampled_from([1e-7, 1e-3, 1.0, 1e3]), cancel=st.integers(0, 6),
+       near=st.sampled_from([0.0, 1e-9, 1e-6, 1e-3]), same=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_inv_norm_bounds_hold_the_scans_value(dim, m, n, nlist, scale, cancel, near, same, seed):
+    # every row's byte gives an interval holding the value the cosine scan multiplies its
+    # score by, also where the norm tables cancel: books equal to minus the centroid's
+    # sub-vector (exactly or nearly, down to a zero-length reconstruction), tiny or huge
+    # books against the centroids, all rows the same; the narrow buckets span two grid steps
+    m = min(m, dim)
+    rng = np.random.default_rng(seed)
+    dsub = pq.pq_dsub(dim, m)
+    centroids = rng.standard_normal((nlist, dim)).astype(np.float32)
+    books = (scale * rng.standard_normal((m, 256, dsub))).astype(np.float32)
+    codes = rng.integers(0, 256, size=(n, m)).astype(np.uint8)
+    if same and n:
+        codes[:] = codes[0]
+    offsets, _ = random_layout(rng, n, nlist)
+    for r in rng.choice(n, min(cancel, n), replace=False) if n else ():
+        lst = int(np.searchsorted(offsets, r, side="right") - 1)
+        padded = np.zeros(m * dsub, np.float32)
+        padded[:dim] = centroids[lst]
+        for j in range(m):  # the reconstruction c + book cancels in every sub-space, up to `near`
+            books[j, codes[r, j]] = -padded[j * dsub:(j + 1) * dsub] * np.float32(1 + near)
+    got, inv_lo, inv_hi = pq.pq_inv_norm_bounds(books, centroids, codes, offsets)
+    assert got.dtype == np.uint8 and got.shape == (n,)
+    assert inv_lo.dtype == inv_hi.dtype == np.float32 and inv_lo.shape == inv_hi.shape == (pq.INV_BUCKETS,)
+    assert np.isfinite(inv_lo).all() and np.isfinite(inv_hi).all() and (0 < inv_lo).all() and (inv_lo <= inv_hi).all()
+    inv = _inv_norms_ref(books, centroids, codes, offsets)
+    bad = (inv_lo[got] > inv) | (inv > inv_hi[got])
+    assert not bad.any(), (np.flatnonzero(bad)[:5], inv[bad][:5], inv_lo[got][bad][:5], inv_hi[got][bad][:5])
+    if n:
+        narrow = got < pq.INV_BUCKETS - 1
+        grid = inv_hi[-1] / inv_lo[-1]  # the whole range, a little widened
+        assert (inv_hi[got[narrow]] <= inv_lo[got[narrow]] * grid ** (2 / pq.INV_BUCKETS) * 1.0001).all()
+    else:
+        assert (inv_lo == 1).all() and (inv_hi == 1).all()
+
+
+def test_inv_norm_bounds_are_narrow_on_a_trained_ivf_pq():
+    # real-ish codes: nearly every row gets a narrow bucket (two of 256 grid steps over the
+    # index's range), so the cosine scan decodes little beyond the rows that enter its heap
+    rng = np.random.default_rng(5)
+    dim, m, nlist = 32, 8, 4
+    x = rng.standard_normal((2000, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centroids = x[:nlist].copy()
+    lists = np.argmax(x @ centroids.T, axis=1)
+    order = np.argsort(lists, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=nlist))]).astype(np.int64)
+    r = (x - centroids[lists])[order]
+    books = pq.pq_train(r, m, 8, seed=1)
+    codes = pq.pq_encode(r, books)
+    got, inv_lo, inv_hi = pq.pq_inv_norm_bounds(books, centroids, codes, offsets)
+    inv = _inv_norms_ref(books, centroids, codes, offsets)
+    assert ((inv_lo[got] <= inv) & (inv <= inv_hi[got])).all()
+    assert np.mean(got == pq.INV_BUCKETS - 1) < 0.01
+    assert np.median(inv_hi[got] / inv_lo[got]) < 1.01
 
 
 # --------------------------------------------------------------------------- OPQ
