@@ -77,17 +77,18 @@ class VeczIndex(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def vecz_index(data: Data) -> Callable[[str], VeczIndex]:
-    """`vecz_index(spec)`: a cosine codec trained on `data.train`, the base encoded, built once."""
-    cache: dict[str, VeczIndex] = {}
+def vecz_index(data: Data) -> Callable[..., VeczIndex]:
+    """`vecz_index(spec, metric="cosine")`: a codec trained on `data.train`, the base encoded,
+    built once (the rows are unit vectors: l2 ranks them as cosine does)."""
+    cache: dict[tuple[str, str], VeczIndex] = {}
 
-    def get(spec: str) -> VeczIndex:
-        if spec not in cache:
+    def get(spec: str, metric: str = "cosine") -> VeczIndex:
+        if (spec, metric) not in cache:
             # train_size = len(train): the codec trains on exactly these rows, no resampling.
-            codec = Codec(spec, DIM, "cosine", seed=0, train_size=len(data.train)).train(data.train)
+            codec = Codec(spec, DIM, metric, seed=0, train_size=len(data.train)).train(data.train)
             enc = codec.encode(data.base)
-            cache[spec] = VeczIndex(codec, codec.index(enc.codes, enc.lists))
-        return cache[spec]
+            cache[spec, metric] = VeczIndex(codec, codec.index(enc.codes, enc.lists))
+        return cache[spec, metric]
 
     return get
 

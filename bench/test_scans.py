@@ -1,16 +1,18 @@
 """Scan benchmarks: vecz against faiss on wordnet-minilm, side by side in one run.
 
 Every pair scans the whole base (117,647 x 384) for the same queries, k = 10, top-k
-selection included, one thread, no re-ranking, no IVF; a timed round is one batch call
-over all queries. vecz uses the cosine metric (the data are unit vectors), faiss inner
-product. Each benchmark records recall@10 against the exact top-10, bytes per vector
-(codes plus per-vector factors) and QPS in `extra_info`; `benchmark.group` names the pair
-so the JSON (and bench/report.py) shows the two sides together.
+selection included, one thread, no re-ranking, no IVF (the IVF pairs: 32 of 256 lists); a
+timed round is one batch call over all queries. vecz uses the cosine metric (the data are
+unit vectors), faiss inner product; the l2 pairs use l2 on both sides. Each benchmark
+records recall@10 against the exact top-10, bytes per vector (codes plus per-vector
+factors) and QPS in `extra_info`; `benchmark.group` names the pair so the JSON (and
+bench/report.py) shows the two sides together.
 
 | group | vecz | faiss |
 | --- | --- | --- |
 | PQ48x8 | codec PQ48x8 (8-bit tables, float sums) | IndexPQ(384, 48, 8) |
 | IVF256,PQ48x8 | codec IVF256,PQ48x8, nprobe 32 | IVF256,PQ48x8 (IndexIVFPQ), nprobe 32 |
+| IVF256,PQ48x8 l2, IVF256,PQ96x4 l2 | the codecs under l2, nprobe 32 | IndexIVFPQ, IndexIVFPQFastScan, l2, nprobe 32 |
 | PQ96x4 fast scan | codec PQ96x4 (4-bit fast scan, uint8 tables) | IndexPQFastScan(384, 96, 4) |
 | Hamming 384-bit | hamming_scan_batch over sign bits; codec RB1 with sdc=True | IndexBinaryFlat(384), same sign bits |
 | SQ8 | codec SQ8 | IndexScalarQuantizer(384, QT_8bit) |
@@ -83,6 +85,32 @@ def test_ivf256_pq48x8_vecz(benchmark, data, vecz_index):
 def test_ivf256_pq48x8_faiss(benchmark, data, faiss_index):
     _faiss(benchmark, data, faiss_index("IVF256,PQ48x8"), group=IVFPQ8,
            variant=f"IndexIVFPQ(256,48,8) np{IVF_NPROBE}")
+
+
+# l2 on residuals: per-probe tables from one inner-product table a query and per-list terms
+# (engine/quantizers.py PQ.probe_tables), as faiss's precomputed table
+IVFPQ8_L2 = "IVF256,PQ48x8 l2"
+IVFPQ4_L2 = "IVF256,PQ96x4 l2"
+
+
+def test_ivf256_pq48x8_l2_vecz(benchmark, data, vecz_index):
+    _vecz(benchmark, data, lambda spec: vecz_index(spec, "l2"), "IVF256,PQ48x8", group=IVFPQ8_L2,
+          variant=f"codec IVF256,PQ48x8 l2 np{IVF_NPROBE}", nprobe=IVF_NPROBE)
+
+
+def test_ivf256_pq48x8_l2_faiss(benchmark, data, faiss_index):
+    _faiss(benchmark, data, faiss_index("IVF256,PQ48x8 l2"), group=IVFPQ8_L2,
+           variant=f"IndexIVFPQ(256,48,8) l2 np{IVF_NPROBE}")
+
+
+def test_ivf256_pq96x4_l2_vecz(benchmark, data, vecz_index):
+    _vecz(benchmark, data, lambda spec: vecz_index(spec, "l2"), "IVF256,PQ96x4", group=IVFPQ4_L2,
+          variant=f"codec IVF256,PQ96x4 l2 np{IVF_NPROBE}", nprobe=IVF_NPROBE)
+
+
+def test_ivf256_pq96x4_l2_faiss(benchmark, data, faiss_index):
+    _faiss(benchmark, data, faiss_index("IVF256,PQ96x4fs l2"), group=IVFPQ4_L2,
+           variant=f"IndexIVFPQFastScan(256,96,4) l2 np{IVF_NPROBE}")
 
 
 # --------------------------------------------------------------------------- PQ, 4 bits, fast scan

@@ -298,6 +298,8 @@ class Codec:
         self.mrl, self.ivf, self.quantizer = _split(self.stages)
         self.code_size = self.quantizer.code_size(self.width, metric)
         self._state: dict[str, np.ndarray] | None = None
+        # arrays a search derives from the state (`Quantizer.probe_tables`), dropped with it
+        self._derived: dict[str, Any] = {}
 
     # ---- config
 
@@ -442,6 +444,7 @@ class Codec:
             if name in self.quantizer.NON_NEGATIVE_STATE and loaded[name].size and loaded[name].min() < 0:
                 raise CodecSpecError(f"trained array {name!r}: expected values >= 0, found {loaded[name].min():g}")
         self._state = loaded
+        self._derived = {}
 
     def _require(self) -> dict[str, np.ndarray]:
         if self._state is None:
@@ -516,6 +519,7 @@ class Codec:
         if self.mrl is None:  # rows have error scales (an MRL tail is not a coding error)
             state.update(self.quantizer.train_row_errors(r, state))
         self._state = state
+        self._derived = {}
         return self
 
     # ---- encode / decode
@@ -711,6 +715,10 @@ class Codec:
         per_probe = is_l2 and self._residual
         if nq == 0:
             return QueryPlan(self, probes, np.zeros((0, n_probe), dtype=np.float32), {}, sdc=sdc)
+        if per_probe:
+            made = self.quantizer.probe_tables(x, probes, state, self._derived)
+            if made is not None:
+                return QueryPlan(self, probes, made[1], made[0], sdc=sdc)
         centroids = state["centroids"]
         # per-probe tables are built from q - c, one per probed list
         tq = (x[:, None, :] - centroids[probes]).reshape(nq * n_probe, -1) if per_probe else x

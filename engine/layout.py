@@ -181,9 +181,9 @@ def _check_k(k: Any) -> None:
 
 def plan_rows(codec: Any, n_probe: int, budget: int) -> int:
     """Queries per plan whose float tables stay within `budget` bytes (at least 1): per-probe
-    tables (l2 on residuals) count once per probed list."""
+    tables (l2 on residuals) count once per probed list (`Quantizer.tables_per_query`)."""
     q = codec.quantizer
-    n_tables = n_probe if codec.metric == "l2" and q.residual else 1
+    n_tables = q.tables_per_query(codec, n_probe) if codec.metric == "l2" and q.residual else 1
     return max(1, budget // max(1, q.table_bytes(codec.width) * n_tables))
 
 

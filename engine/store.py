@@ -715,10 +715,11 @@ class Store:
     # ------------------------------------------------------------------ info / close
 
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes held in RAM: codec state, scan layouts (codes + their row numbers), ids and
-        dense maps."""
+        """Bytes held in RAM: codec state (with what searches derive from it, such as PQ's
+        per-list l2 terms), scan layouts (codes + their row numbers), ids and dense maps."""
         self._check_open("memory_bytes")
         state = sum(a.nbytes for a in self.codec.state().values()) if self.codec.is_trained else 0
+        state += sum(a.nbytes for a in self.codec._derived.values() if isinstance(a, np.ndarray))
         layouts = sum(int(s.built.nbytes) for s in self._segments if s.built is not None)
         other = sum(s.nbytes() for s in self._segments) - layouts
         return {"codec": state, "index": layouts, "ids": other}

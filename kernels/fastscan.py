@@ -56,6 +56,7 @@ __all__ = [
     "fs_layout",
     "fs_layout_packed",
     "fs_quantize_lut",
+    "fs_quantize_probe_luts",
     "fs_block_accumulate",
     "fs_block_accumulate_range",
     "fs_block_accumulate_lanes",
@@ -773,28 +774,67 @@ def fs_layout_packed(packed: np.ndarray, n_pairs: int, order: np.ndarray, ids: n
 @jit
 def _quantize_lut(luts, qmax, out, steps, mins):
     # fs_quantize_lut's numpy expression in one pass (the same float32 operations)
-    nq, n_tab, m, ksub = luts.shape
+    nq, n_tab, _, _ = luts.shape
     for qi in range(nq):
         for t in range(n_tab):
-            span = np.float32(0.0)
+            steps[qi, t] = _quantize_one(luts[qi, t], qmax, out[qi, t], mins[qi, t])
+
+
+@jit
+def _quantize_one(lut, qmax, out, mins):
+    """One float32 table (M, 16) -> out (2 * n_pairs, 32) uint8 and mins (M,); returns the
+    step."""
+    m, ksub = lut.shape
+    span = np.float32(0.0)
+    for j in range(m):
+        lo = lut[j, 0]
+        hi = lut[j, 0]
+        for c in range(1, ksub):
+            lo = min(lo, lut[j, c])
+            hi = max(hi, lut[j, c])
+        mins[j] = lo
+        span = max(span, np.float32(hi - lo)) if j > 0 else np.float32(hi - lo)
+    step = np.float32(span / np.float32(qmax)) if span > 0 else np.float32(1.0)
+    for j in range(m):
+        lo = mins[j]
+        for c in range(ksub):
+            x = np.rint(np.float32(np.float32(lut[j, c] - lo) / step))
+            x = min(max(x, np.float32(0.0)), np.float32(qmax))
+            v = np.uint8(x)
+            out[j, c] = v
+            out[j, c + 16] = v
+    return step
+
+
+@jit_batch
+def fs_quantize_probe_luts(ip, terms, probes):
+    """The quantized tables of l2 on residuals, each made and quantized in cache: for every
+    probed list l = probes[q, p] the float table 2 ip[q] - terms[l] (`pq.pq_probe_luts`'s)
+    through `fs_quantize_lut`'s arithmetic, without writing nq x P float tables first.
+    ip (nq, M, 16), terms (nlist, M, 16), probes (nq, P) (< 0: a zero table). Returns
+    `fs_quantize_lut`'s (qluts, steps, biases); the biases are the minima summed in float64
+    in sub-quantizer order."""
+    nq, n_tab = probes.shape
+    m = ip.shape[1]
+    n_pairs = (m + 1) // 2
+    qmax = min(255, 65535 // max(2 * n_pairs, 1))
+    out = np.zeros((nq, n_tab, 2 * n_pairs, 32), dtype=np.uint8)
+    steps = np.empty((nq, n_tab), dtype=np.float32)
+    biases = np.empty((nq, n_tab), dtype=np.float32)
+    for qi in prange(nq):
+        lut = np.zeros((m, 16), dtype=np.float32)
+        mins = np.empty(m, dtype=np.float32)
+        for t in range(n_tab):
+            lst = probes[qi, t]
             for j in range(m):
-                lo = luts[qi, t, j, 0]
-                hi = luts[qi, t, j, 0]
-                for c in range(1, ksub):
-                    lo = min(lo, luts[qi, t, j, c])
-                    hi = max(hi, luts[qi, t, j, c])
-                mins[qi, t, j] = lo
-                span = max(span, np.float32(hi - lo)) if j > 0 else np.float32(hi - lo)
-            step = np.float32(span / np.float32(qmax)) if span > 0 else np.float32(1.0)
-            steps[qi, t] = step
+                for c in range(16):
+                    lut[j, c] = np.float32(2.0) * ip[qi, j, c] - terms[lst, j, c] if lst >= 0 else np.float32(0.0)
+            steps[qi, t] = _quantize_one(lut, qmax, out[qi, t], mins)
+            total = 0.0
             for j in range(m):
-                lo = mins[qi, t, j]
-                for c in range(ksub):
-                    x = np.rint(np.float32(np.float32(luts[qi, t, j, c] - lo) / step))
-                    x = min(max(x, np.float32(0.0)), np.float32(qmax))
-                    v = np.uint8(x)
-                    out[qi, t, j, c] = v
-                    out[qi, t, j, c + 16] = v
+                total += mins[j]
+            biases[qi, t] = np.float32(total)
+    return out, steps, biases
 
 
 def fs_quantize_lut(luts: np.ndarray):

@@ -1101,6 +1101,34 @@ def test_cosine_pq8_index_counts_the_byte_a_row_of_its_norm_filter(spec):
     assert index.nbytes == before + len(x) + 2 * pq.INV_BUCKETS * 4 + rotated
 
 
+@pytest.mark.parametrize("spec", ["IVF8,PQ6x8", "IVF8,OPQ4x8", "IVF8,PQ6x4", "IVF8,OPQ4x4", "MRL10,IVF8,PQ5x8"])
+def test_l2_ivf_pq_tables_from_list_terms_match_tables_from_scratch(spec, monkeypatch):
+    # l2 on residuals: the plan's tables from one inner-product table a query and the codec's
+    # per-list terms (PQ.probe_tables) give the search of the tables made from q - c per
+    # probe: the same ids and (float32 rounding) scores for 8 bits; 4 bits within the
+    # quantization of its tables. Past LIST_TERMS_BUDGET the tables come from scratch; the
+    # terms are dropped when the state changes.
+    from vecz.engine import quantizers
+    x, q = gaussian_clusters(600, 12, nq=20, seed=3)
+    x *= np.random.default_rng(1).uniform(0.5, 2.0, (len(x), 1)).astype(np.float32)
+    codec = trained(spec, 12, "l2", x)
+    index = codec.index(codec.encode(x))
+    got = index.search(q, 10, nprobe=3)
+    assert "pq_list_terms" in codec._derived
+    monkeypatch.setattr(quantizers, "LIST_TERMS_BUDGET", 0)
+    want = index.search(q, 10, nprobe=3)
+    if spec.endswith("x8"):
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-5)
+    else:
+        assert np.mean(got.ids == want.ids) > 0.95
+        np.testing.assert_allclose(got.scores, want.scores, rtol=0.02, atol=0.02 * np.abs(want.scores).max())
+    codec._load_state(codec.state())
+    assert codec._derived == {}
+    codec.train(x)
+    assert codec._derived == {}
+
+
 def test_bad_lists_and_ids_are_invalid_input(small):
     codec, codes, index, x, q = small
     c, lists = codes

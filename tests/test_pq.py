@@ -562,3 +562,66 @@ def test_opq_on_tiny_inputs_and_bad_iterations():
     np.testing.assert_allclose(pq.pq_decode(pq.pq_encode(y, books), books, 12), y, atol=1e-5)
     with pytest.raises(ValueError, match="pq_iter >= 1, found 0"):
         pq.opq_train(_anisotropic(50, 8, 0), 2, 4, pq_iter=0)
+
+
+# ------------------------------------------------------------ l2 on residuals: per-list terms
+
+
+@SETTINGS
+@given(nq=st.integers(1, 3), n=st.integers(0, 40), m=MS, nbits=st.sampled_from([4, 8]), width=st.integers(1, 20),
+       nlist=st.integers(1, 4), n_probe=st.integers(1, 5), k=st.integers(1, 50), dead=st.integers(0, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_l2_tables_from_list_terms(nq, n, m, nbits, width, nlist, n_probe, k, dead, seed):
+    # 2 <q, b> - terms[l] is the l2 table of q - c_l less |q - c_l|^2 per sub-space (padded
+    # dims not counted); the fused scan equals pq_lut_scan over those tables bit for bit
+    # (floors, dead rows, empty lists, probes -1, k > n), and the fused 4-bit quantization
+    # equals fs_quantize_lut of them
+    from vecz.kernels import fastscan
+    m = min(m, width)
+    ksub = 1 << nbits
+    rng = np.random.default_rng(seed)
+    dsub = pq.pq_dsub(width, m)
+    books = rng.standard_normal((m, ksub, dsub)).astype(np.float32)
+    books *= np.arange(m * dsub).reshape(m, 1, dsub) < width  # padded dims 0, as training leaves them
+    centroids = rng.standard_normal((nlist, width)).astype(np.float32)
+    q = rng.standard_normal((nq, width)).astype(np.float32)
+    terms = pq.pq_list_terms(books, centroids)
+    assert terms.shape == (nlist, m, ksub) and terms.dtype == np.float32
+    for lst in range(nlist):
+        np.testing.assert_array_equal(terms[lst], pq.pq_norm_table(books, centroids[lst])[0])
+    ip = pq.pq_lut(q, books, "ip")
+    probes = random_probes(rng, nq, nlist, n_probe)
+    luts = pq.pq_probe_luts(ip, terms, probes)
+    assert luts.shape == (nq, n_probe, m, ksub)
+    for qi in range(nq):
+        for p, lst in enumerate(probes[qi]):
+            if lst < 0:
+                assert not luts[qi, p].any()
+                continue
+            np.testing.assert_array_equal(luts[qi, p], np.float32(2) * ip[qi] - terms[lst])
+            t = q[qi] - centroids[lst]
+            t_sq = (pq_pad_ref(t[None], m)[0].reshape(m, dsub).astype(np.float64) ** 2).sum(axis=1)
+            full = pq.pq_lut(t, books, "l2")[0]
+            np.testing.assert_allclose(luts[qi, p] - t_sq[:, None], full, rtol=1e-4, atol=1e-4)
+    if nbits == 4:
+        got = fastscan.fs_quantize_probe_luts(ip, terms, probes)
+        want = fastscan.fs_quantize_lut(luts)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[2], want[2], rtol=1e-6, atol=1e-6)
+        return
+    codes = rng.integers(0, ksub, size=(n, m)).astype(np.uint8)
+    offsets, ids = random_layout(rng, n, nlist)
+    ids[rng.choice(n, min(dead, n), replace=False)] = -1
+    bias = -rng.random((nq, n_probe)).astype(np.float32)
+    ip2 = np.float32(2) * ip
+    want = pq.pq_lut_scan_batch(luts, codes, ids, offsets, probes, bias, k, no_floors(luts))
+    got = pq.pq_lut_scan_l2_batch(ip2, terms, codes, ids, offsets, probes, bias, k, no_floors(luts))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    floors = draw_floors(*want, rng)
+    assert_floored(*pq.pq_lut_scan_l2_batch(ip2, terms, codes, ids, offsets, probes, bias, k, floors), *want, floors)
+    for qi in range(nq):  # serial twin
+        s, i = pq.pq_lut_scan_l2(ip2[qi], terms, codes, ids, offsets, probes[qi], bias[qi], k, -np.inf)
+        np.testing.assert_array_equal(s, want[0][qi])
+        np.testing.assert_array_equal(i, want[1][qi])

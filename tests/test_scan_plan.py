@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from vecz.engine import quantizers
 from vecz.engine.codecs import Codec, CodeIndex, QueryPlan, ScanResult
 from vecz.engine.errors import InvalidInput
 from vecz.kernels import binary, dense, fastscan, pq, scalar
@@ -170,17 +171,27 @@ def test_scan_refuses_a_plan_of_another_codec_and_bad_k():
 
 
 def test_queries_per_plan_bounds_the_tables(monkeypatch):
-    codec = _codec("IVF4,PQ4x8", "l2")  # per-probe tables: 4 * 4 * 256 bytes per probed list
-    assert codec.queries_per_plan(nprobe=2) == CodeIndex.TABLE_BUDGET // (4 * 4 * 256 * 2)
-    monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 256 * 3 * 5)
+    codec = _codec("IVF4,PQ4x4", "l2")  # per-probe tables: 4 * 4 * 16 float bytes per probed list
+    assert codec.queries_per_plan(nprobe=2) == CodeIndex.TABLE_BUDGET // (4 * 4 * 16 * 2)
+    monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 16 * 3 * 5)
     assert codec.queries_per_plan(nprobe=3) == 5 and codec.queries_per_plan(nprobe=99) == 3
     plan = codec.plan(Q[:5], nprobe=3)
-    assert plan.tables["luts"].nbytes <= CodeIndex.TABLE_BUDGET
+    assert plan.tables["qluts"].shape[:2] == (5, 3)  # (quantized) tables of 5 queries x 3 probes
     # search plans by chunks of that size: the same results as one plan
-    enc = _codes("IVF4,PQ4x8", "l2")
+    enc = _codes("IVF4,PQ4x4", "l2")
     index = codec.index(*enc)
     got = index.search(Q[:23], 9, nprobe=3)
     _assert_same(got, index.scan(codec.plan(Q[:23], nprobe=3), 9)[:2])
+    # 8-bit PQ makes each probe's l2 table in its scan from one table a query
+    # (engine/quantizers.py PQ.probe_tables): it counts once, unless its list terms are over
+    # their budget
+    codec8 = _codec("IVF4,PQ4x8", "l2")
+    monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 256 * 5)
+    assert codec8.queries_per_plan(nprobe=3) == 5
+    assert codec8.plan(Q[:5], nprobe=3).tables["ip2"].shape == (5, 4, 256)
+    monkeypatch.setattr(quantizers, "LIST_TERMS_BUDGET", 0)
+    assert codec8.queries_per_plan(nprobe=3) == 1
+    assert codec8.plan(Q[:5], nprobe=3).tables["luts"].shape == (5, 3, 4, 256)
 
 
 # --------------------------------------------------------------------------- deletes at scan time

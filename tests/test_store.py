@@ -886,3 +886,15 @@ def test_scan_threshold_at_zero_returns_no_row_below_it(tmp_path, metric):
         got = layout.scan(plan, 5, np.zeros(1))
         keep = (full.scores[0] >= 0) if metric == "ip" else (full.scores[0] <= 0)
         assert set(got.ids[0][got.ids[0] >= 0].tolist()) == set(full.ids[0][keep].tolist()) == want
+
+
+def test_memory_bytes_count_the_l2_terms_a_search_derives(tmp_path):
+    # an l2 IVF PQ store's first search derives the per-list terms of its tables (nlist x M x
+    # 256 float32, engine/quantizers.py PQ.probe_tables): RAM the codec holds, reported
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=16, metric="l2", codec="IVF4,PQ4x8", dense="f32") as st_:
+        st_.add(x)
+        before = st_.memory_bytes()["codec"]
+        st_.search(x[:3], k=5, nprobe=2, rerank=10)
+        assert st_.memory_bytes()["codec"] == before + 4 * 4 * 256 * 4
