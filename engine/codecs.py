@@ -298,8 +298,9 @@ class Codec:
         self.mrl, self.ivf, self.quantizer = _split(self.stages)
         self.code_size = self.quantizer.code_size(self.width, metric)
         self._state: dict[str, np.ndarray] | None = None
-        # arrays a search derives from the state (`Quantizer.probe_tables`), dropped with it
-        self._derived: dict[str, Any] = {}
+        # arrays a search derives from the state (`Quantizer.probe_tables`): (the state they
+        # were derived from, name -> array); see `_derived_of`
+        self._derived: tuple[Any, dict[str, Any]] = (None, {})
 
     # ---- config
 
@@ -444,7 +445,25 @@ class Codec:
             if name in self.quantizer.NON_NEGATIVE_STATE and loaded[name].size and loaded[name].min() < 0:
                 raise CodecSpecError(f"trained array {name!r}: expected values >= 0, found {loaded[name].min():g}")
         self._state = loaded
-        self._derived = {}
+
+    def _derived_of(self, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The arrays derived from `state` (this codec's state when the caller read it):
+        kept beside the state object they came from, so a search that read the state before
+        a `train` or load never fills the new state's cache with the old state's arrays
+        (the worst a race costs is deriving again)."""
+        owner, derived = self._derived
+        if owner is not state:
+            derived = {}
+            self._derived = (state, derived)
+        return derived
+
+    def derived_nbytes(self) -> int:
+        """Bytes of the arrays searches derived from the current state (PQ's per-list l2
+        terms)."""
+        owner, derived = self._derived
+        if owner is None or owner is not self._state:
+            return 0
+        return sum(a.nbytes for a in derived.values() if isinstance(a, np.ndarray))
 
     def _require(self) -> dict[str, np.ndarray]:
         if self._state is None:
@@ -519,7 +538,6 @@ class Codec:
         if self.mrl is None:  # rows have error scales (an MRL tail is not a coding error)
             state.update(self.quantizer.train_row_errors(r, state))
         self._state = state
-        self._derived = {}
         return self
 
     # ---- encode / decode
@@ -670,7 +688,9 @@ class Codec:
         QueryPlan
             Probes int64 (nq, P), per-probe bias float32 (nq, P) and the quantizer's tables
             (PQ/RB lookup tables in their uint8 fast-scan form, one per probe for l2 on
-            residuals; SQ weights; binarized queries for sdc). They take ``plan.nbytes``:
+            residuals, except 8-bit PQ's: one a query, each probe's made in the scan from
+            the codec's per-list terms the plan holds; SQ weights; binarized queries for
+            sdc). They take ``plan.nbytes``:
             to bound it, plan at most `queries_per_plan` queries at a time.
 
         Thread policy: fewer than SERIAL_BLAS_QUERIES queries run their BLAS products on one
@@ -688,7 +708,8 @@ class Codec:
     def queries_per_plan(self, nprobe: int = 1) -> int:
         """How many queries a plan may hold with its float tables within
         ``CodeIndex.TABLE_BUDGET`` bytes (at least 1; what `CodeIndex.search` plans at a time).
-        Per-probe tables (l2 on residuals) count once per probed list."""
+        Per-probe tables (l2 on residuals) count once per probed list
+        (`Quantizer.tables_per_query`: once a query for 8-bit PQ)."""
         n_probe = min(int(nprobe), self.nlist) if self.ivf is not None else 1
         return plan_rows(self, max(1, n_probe), CodeIndex.TABLE_BUDGET)
 
@@ -716,9 +737,10 @@ class Codec:
         if nq == 0:
             return QueryPlan(self, probes, np.zeros((0, n_probe), dtype=np.float32), {}, sdc=sdc)
         if per_probe:
-            made = self.quantizer.probe_tables(x, probes, state, self._derived)
+            made = self.quantizer.probe_tables(x, probes, state, self._derived_of(state), sdc=sdc)
             if made is not None:
-                return QueryPlan(self, probes, made[1], made[0], sdc=sdc)
+                tables, bias, shared = made
+                return QueryPlan(self, probes, bias, tables, sdc=sdc, shared=shared)
         centroids = state["centroids"]
         # per-probe tables are built from q - c, one per probed list
         tq = (x[:, None, :] - centroids[probes]).reshape(nq * n_probe, -1) if per_probe else x

@@ -4,8 +4,9 @@ any number of scan layouts (`CodeIndex.scan`), with deletes applied at scan time
 
 - `QueryPlan`: everything per query that no layout changes: the probed IVF lists int64
   (nq, P) and their additive bias float32 (nq, P), and the quantizer's tables (lookup
-  tables and their uint8 fast-scan forms, one per probe for l2 on residuals; SQ weights;
-  binarized queries for RB's symmetric scoring). Arrays only, no closures: one plan may be
+  tables and their uint8 fast-scan forms, one per probe for l2 on residuals, or for 8-bit
+  PQ one a query with the codec's per-list terms beside them; SQ weights; binarized
+  queries for RB's symmetric scoring). Arrays only, no closures: one plan may be
   scanned from several threads at once.
 - `CodeIndex`: codes laid out for scanning, ordered by IVF list (each list contiguous) in
   the quantizer's layout (`vecz.engine.quantizers`). ``scan(plan, k)`` returns this
@@ -113,11 +114,16 @@ class QueryPlan:
         int64 (nq, P): IVF lists visited by each query, best first (one column of zeros
         without IVF).
     bias : numpy.ndarray
-        float32 (nq, P): additive score per probed list (<q, c> for ip/cosine on residuals;
-        SQ adds <q, vmin>).
+        float32 (nq, P): additive score per probed list (<q, c> for ip/cosine on residuals,
+        -|q - c|^2 for l2 on residuals when the tables come from per-list terms; SQ adds
+        <q, vmin>).
     tables : dict
         The quantizer's tables by name (`vecz.engine.quantizers`), arrays whose first axis
         is the query.
+    shared : dict
+        Arrays the scan needs that belong to no query (8-bit PQ under l2: the codec's
+        per-list terms, made once per codec state): held by the plan, so a plan scans the
+        same after its codec is trained again; not counted in ``nbytes``.
     sdc : bool
         RB symmetric scoring.
 
@@ -127,14 +133,15 @@ class QueryPlan:
     of that size).
     """
 
-    __slots__ = ("codec", "probes", "bias", "tables", "sdc", "_groups")
+    __slots__ = ("codec", "probes", "bias", "tables", "shared", "sdc", "_groups")
 
     def __init__(self, codec: Any, probes: np.ndarray, bias: np.ndarray, tables: dict[str, np.ndarray], *,
-                 sdc: bool = False) -> None:
+                 sdc: bool = False, shared: dict[str, np.ndarray] | None = None) -> None:
         self.codec = codec
         self.probes = probes
         self.bias = bias
         self.tables = tables
+        self.shared = shared or {}
         self.sdc = bool(sdc)
         self._groups: Any = _UNSET
 

@@ -179,12 +179,13 @@ class Quantizer:
         """Float tables a plan holds per query for l2 on residuals: one per probed list."""
         return n_probe
 
-    def probe_tables(self, x: np.ndarray, probes: np.ndarray, state: Tables, derived: dict[str, Any]
-                     ) -> tuple[Tables, np.ndarray] | None:
+    def probe_tables(self, x: np.ndarray, probes: np.ndarray, state: Tables, derived: dict[str, Any], *,
+                     sdc: bool = False) -> tuple[Tables, np.ndarray, Tables] | None:
         """The per-probe tables of l2 on residuals (`tables` with ``per_probe``) made another
         way, from the prepared queries x (nq, width) and their probes (nq, P), with arrays
-        derived from the state kept in `derived` (the codec's, dropped when its state
-        changes); None: not offered, `tables` builds one table per (query, probe) from q - c."""
+        derived once from `state` kept in `derived` (the codec's cache for that state):
+        (tables, bias, shared arrays the scan needs: `QueryPlan.shared`). None: not offered,
+        `tables` builds one table per (query, probe) from q - c."""
         return None
 
     def scan(self, layout: Any, plan: Any, k: int, *, is_l2: bool, width: int,
@@ -342,7 +343,7 @@ class PQ(Quantizer):
                                                                 np.ascontiguousarray(c, dtype=np.float32))
         return terms
 
-    def probe_tables(self, x, probes, state, derived):
+    def probe_tables(self, x, probes, state, derived, *, sdc=False):
         # -|(q - c) - b|^2 = -|q - c|^2 + sum_j (2 <q_j, b_j> - terms[c, j, b_j]) (kernels/pq.py
         # `pq_list_terms`, in the rotated space with OPQ): one inner-product table a query and
         # a subtraction per probed list instead of an l2 table from q - c per probed list
@@ -360,17 +361,16 @@ class PQ(Quantizer):
         dense.dense_rescore(np.ascontiguousarray(x, dtype=np.float32), centroids, probes, dense.RESCORE_L2, dist)
         bias = np.ascontiguousarray(-dist, dtype=np.float32)
         if self.nbits == 8:  # the scan makes each list's table as it goes (`pq.pq_lut_scan_l2`)
-            return {"ip2": np.float32(2.0) * ip}, bias
+            return {"ip2": np.float32(2.0) * ip}, bias, {"list_terms": terms}
         qluts, steps, biases = fastscan.fs_quantize_probe_luts(ip, terms, probes)
-        return {"qluts": qluts, "steps": steps, "biases": biases}, bias
+        return {"qluts": qluts, "steps": steps, "biases": biases}, bias, {}
 
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         if self.nbits == 4:
             return _scan_blocks_pq(layout, plan, k, groups, list_major, floors)
-        if "ip2" in plan.tables:  # l2 on residuals (`probe_tables`): the plan's codec holds the terms
-            terms = self._list_terms(plan.codec._require(), plan.codec._derived)
-            return pq.pq_lut_scan_l2_batch(plan.tables["ip2"], terms, layout.codes, layout.ids, layout.offsets,
-                                           plan.probes, plan.bias, k, floors)
+        if "ip2" in plan.tables:  # l2 on residuals (`probe_tables`)
+            return pq.pq_lut_scan_l2_batch(plan.tables["ip2"], plan.shared["list_terms"], layout.codes, layout.ids,
+                                           layout.offsets, plan.probes, plan.bias, k, floors)
         luts = plan.tables["luts"]
         if layout.codec.metric == "cosine":
             # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)

@@ -719,7 +719,7 @@ class Store:
         per-list l2 terms), scan layouts (codes + their row numbers), ids and dense maps."""
         self._check_open("memory_bytes")
         state = sum(a.nbytes for a in self.codec.state().values()) if self.codec.is_trained else 0
-        state += sum(a.nbytes for a in self.codec._derived.values() if isinstance(a, np.ndarray))
+        state += self.codec.derived_nbytes()
         layouts = sum(int(s.built.nbytes) for s in self._segments if s.built is not None)
         other = sum(s.nbytes() for s in self._segments) - layouts
         return {"codec": state, "index": layouts, "ids": other}

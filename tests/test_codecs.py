@@ -1101,32 +1101,61 @@ def test_cosine_pq8_index_counts_the_byte_a_row_of_its_norm_filter(spec):
     assert index.nbytes == before + len(x) + 2 * pq.INV_BUCKETS * 4 + rotated
 
 
-@pytest.mark.parametrize("spec", ["IVF8,PQ6x8", "IVF8,OPQ4x8", "IVF8,PQ6x4", "IVF8,OPQ4x4", "MRL10,IVF8,PQ5x8"])
-def test_l2_ivf_pq_tables_from_list_terms_match_tables_from_scratch(spec, monkeypatch):
-    # l2 on residuals: the plan's tables from one inner-product table a query and the codec's
-    # per-list terms (PQ.probe_tables) give the search of the tables made from q - c per
-    # probe: the same ids and (float32 rounding) scores for 8 bits; 4 bits within the
-    # quantization of its tables. Past LIST_TERMS_BUDGET the tables come from scratch; the
-    # terms are dropped when the state changes.
+@pytest.mark.parametrize("spec,sdc", [("IVF8,PQ6x8", False), ("IVF8,OPQ4x8", False), ("IVF8,PQ6x4", False),
+                                      ("IVF8,OPQ4x4", False), ("MRL10,IVF8,PQ5x8", False)])
+def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monkeypatch):
+    # l2 on residuals: the plan's tables from one table a query and what the codec derives per
+    # list once (PQ.probe_tables: PQ's per-list terms) give the search of the tables made from
+    # q - c per probe: the same ids and (float32 rounding) scores for 8-bit PQ; 4-bit PQ
+    # within the quantization of its tables. Past LIST_TERMS_BUDGET the tables come from
+    # scratch; what was derived is not counted once the state changes.
     from vecz.engine import quantizers
     x, q = gaussian_clusters(600, 12, nq=20, seed=3)
     x *= np.random.default_rng(1).uniform(0.5, 2.0, (len(x), 1)).astype(np.float32)
     codec = trained(spec, 12, "l2", x)
     index = codec.index(codec.encode(x))
-    got = index.search(q, 10, nprobe=3)
-    assert "pq_list_terms" in codec._derived
+    plan = codec.plan(q, nprobe=3, sdc=sdc)
+    got = index.search(q, 10, nprobe=3, sdc=sdc)
+    assert codec.derived_nbytes() > 0
+    # a plan holds what its scan needs: it scans the same after the codec is trained again
+    # (on other rows: other centroids and books) or loaded
+    codec.train(x[::-1] * 1.5)
+    assert codec.derived_nbytes() == 0
+    _assert_search_equal(index.scan(plan, 10)[:2], got)
+    codec._load_state(trained(spec, 12, "l2", x).state())  # loading a state drops them too
+    assert codec.derived_nbytes() == 0
+    _assert_search_equal(index.scan(plan, 10)[:2], got)
     monkeypatch.setattr(quantizers, "LIST_TERMS_BUDGET", 0)
-    want = index.search(q, 10, nprobe=3)
+    codec = trained(spec, 12, "l2", x)
+    want = codec.index(codec.encode(x)).search(q, 10, nprobe=3, sdc=sdc)
+    assert codec.derived_nbytes() == 0
     if spec.endswith("x8"):
         np.testing.assert_array_equal(got.ids, want.ids)
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-5)
     else:
         assert np.mean(got.ids == want.ids) > 0.95
         np.testing.assert_allclose(got.scores, want.scores, rtol=0.02, atol=0.02 * np.abs(want.scores).max())
-    codec._load_state(codec.state())
-    assert codec._derived == {}
-    codec.train(x)
-    assert codec._derived == {}
+
+
+def _assert_search_equal(a, b):
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_arrays_derived_from_an_old_state_never_serve_the_new_one():
+    # a search that read the state before a train derives for that state only: whatever it
+    # stores is not what later searches of the new state use (they derive again)
+    x, q = gaussian_clusters(600, 12, nq=20, seed=3)
+    codec = trained("IVF8,PQ6x8", 12, "l2", x)
+    old = codec._require()
+    codec.train(x * 2.0)
+    stale = codec._derived_of(old)  # a search that read `old` before the train, finishing after it
+    stale["pq_list_terms"] = np.full((8, 6, 256), 1e6, np.float32)
+    got = codec.index(codec.encode(x)).search(q, 10, nprobe=3)
+    fresh = trained("IVF8,PQ6x8", 12, "l2", x)
+    fresh.train(x * 2.0)
+    want = fresh.index(fresh.encode(x)).search(q, 10, nprobe=3)
+    _assert_search_equal((got.scores, got.ids), want)
 
 
 def test_bad_lists_and_ids_are_invalid_input(small):
