@@ -459,7 +459,7 @@ class Codec:
 
     def derived_nbytes(self) -> int:
         """Bytes of the arrays searches derived from the current state (PQ's per-list l2
-        terms)."""
+        terms, RB's rotated centroids)."""
         owner, derived = self._derived
         if owner is None or owner is not self._state:
             return 0

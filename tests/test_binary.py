@@ -408,3 +408,25 @@ def test_error_norms_are_the_estimator_error(n, dim, levels, seed, zero_rows):
     q = rng.standard_normal((5, dim))
     gap = np.abs(q @ r.T.astype(np.float64) - (q @ s.T) * factors[:, 0])
     assert (gap <= np.linalg.norm(q, axis=1)[:, None] * (err + 1e-3 * norm + 1e-6)[None, :] * (1 + 1e-3)).all()
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(nq=st.integers(1, 4), dim=st.sampled_from([1, 7, 8, 13, 64, 65]), nlist=st.integers(1, 5),
+       n_probe=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+def test_rb_probe_qluts_equal_tables_of_each_residual(nq, dim, nlist, n_probe, seed):
+    # each probe's tables made and quantized in cache equal rb_nibble_lut of the rotated
+    # residual qr - rotated[l] through fs_quantize_lut (biases: the same minima summed in
+    # another order); q_sq its squared norm; probes -1 give zero tables
+    from vecz.kernels import fastscan
+    rng = np.random.default_rng(seed)
+    qr = rng.standard_normal((nq, dim)).astype(np.float32)
+    rotated = rng.standard_normal((nlist, dim)).astype(np.float32)
+    probes = random_probes(rng, nq, nlist, n_probe)
+    qluts, steps, biases, q_sq = binary.rb_probe_qluts(qr, rotated, probes)
+    res = np.where(probes[:, :, None] >= 0, qr[:, None, :] - rotated[np.maximum(probes, 0)], np.float32(0))
+    want = fastscan.fs_quantize_lut(binary.rb_nibble_lut(res.reshape(nq * n_probe, dim), 1).reshape(
+        nq, n_probe, -1, 16))
+    np.testing.assert_array_equal(qluts, want[0])
+    np.testing.assert_array_equal(steps, want[1])
+    np.testing.assert_allclose(biases, want[2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(q_sq, (res.astype(np.float64) ** 2).sum(axis=2), rtol=1e-6)

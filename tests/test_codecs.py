@@ -1102,13 +1102,15 @@ def test_cosine_pq8_index_counts_the_byte_a_row_of_its_norm_filter(spec):
 
 
 @pytest.mark.parametrize("spec,sdc", [("IVF8,PQ6x8", False), ("IVF8,OPQ4x8", False), ("IVF8,PQ6x4", False),
-                                      ("IVF8,OPQ4x4", False), ("MRL10,IVF8,PQ5x8", False)])
+                                      ("IVF8,OPQ4x4", False), ("MRL10,IVF8,PQ5x8", False), ("IVF8,RB1", False),
+                                      ("IVF8,RB2", False), ("IVF8,RB2", True), ("MRL10,IVF8,RB1", False)])
 def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monkeypatch):
     # l2 on residuals: the plan's tables from one table a query and what the codec derives per
-    # list once (PQ.probe_tables: PQ's per-list terms) give the search of the tables made from
-    # q - c per probe: the same ids and (float32 rounding) scores for 8-bit PQ; 4-bit PQ
-    # within the quantization of its tables. Past LIST_TERMS_BUDGET the tables come from
-    # scratch; what was derived is not counted once the state changes.
+    # list once (PQ.probe_tables: PQ's per-list terms; RB.probe_tables: the rotated
+    # centroids) give the search of the tables made from q - c per probe: the same ids and
+    # (float32 rounding) scores for 8-bit PQ; 4-bit PQ and RB within the quantization of
+    # their tables. Past LIST_TERMS_BUDGET the tables come from scratch; what was derived is
+    # not counted once the state changes.
     from vecz.engine import quantizers
     x, q = gaussian_clusters(600, 12, nq=20, seed=3)
     x *= np.random.default_rng(1).uniform(0.5, 2.0, (len(x), 1)).astype(np.float32)
