@@ -464,22 +464,32 @@ def pq_lut_scan_l2_batch(ip2, terms, codes, ids, list_offsets, probes, probe_bia
 
 
 @jit
-def pq_norm_table(books, centroid):
-    """norms (M, ksub) float32 and |c|^2 float32 for the reconstructions c + decode(code) of
-    a width-`len(centroid)` codec: |c + decode(code)|^2 = norm0 + sum_j norms[j, code_j].
-    books (M, ksub, dsub); dims past the width (M * dsub > width pads) are not decoded and
-    not counted."""
+def _entry_sums(books, centroid, magnitudes):
+    """(M, ksub) float32: per table entry the float64 sum over its dims (within the width)
+    of 2 c_d b_d + b_d^2, or of its magnitude."""
     m, ksub, dsub = books.shape
     width = centroid.shape[0]
-    norms = np.empty((m, ksub), dtype=np.float32)
+    out = np.empty((m, ksub), dtype=np.float32)
     for j in range(m):
         for i in range(ksub):
             s = 0.0
             for d in range(dsub):
                 if j * dsub + d < width:
                     v = np.float64(books[j, i, d])
-                    s += 2.0 * centroid[j * dsub + d] * v + v * v
-            norms[j, i] = s
+                    t = 2.0 * centroid[j * dsub + d] * v + v * v
+                    s += abs(t) if magnitudes else t
+            out[j, i] = s
+    return out
+
+
+@jit
+def pq_norm_table(books, centroid):
+    """norms (M, ksub) float32 and |c|^2 float32 for the reconstructions c + decode(code) of
+    a width-`len(centroid)` codec: |c + decode(code)|^2 = norm0 + sum_j norms[j, code_j].
+    books (M, ksub, dsub); dims past the width (M * dsub > width pads) are not decoded and
+    not counted."""
+    width = centroid.shape[0]
+    norms = _entry_sums(books, centroid, False)
     n0 = 0.0
     for d in range(width):
         n0 += np.float64(centroid[d]) * centroid[d]
@@ -540,18 +550,7 @@ _INV_REL = 2.0 ** -22
 def _norm_magnitudes(books, centroid):
     """(M, ksub) float32: the sum over an entry's dims of |2 c_d b_d + b_d^2|, the terms
     `pq_norm_table` adds up for it (its rounding is below 2^-24 of this)."""
-    m, ksub, dsub = books.shape
-    width = centroid.shape[0]
-    out = np.empty((m, ksub), dtype=np.float32)
-    for j in range(m):
-        for i in range(ksub):
-            s = 0.0
-            for d in range(dsub):
-                if j * dsub + d < width:
-                    v = np.float64(books[j, i, d])
-                    s += abs(2.0 * centroid[j * dsub + d] * v + v * v)
-            out[j, i] = s
-    return out
+    return _entry_sums(books, centroid, True)
 
 
 @jit
