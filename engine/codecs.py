@@ -445,6 +445,7 @@ class Codec:
             if name in self.quantizer.NON_NEGATIVE_STATE and loaded[name].size and loaded[name].min() < 0:
                 raise CodecSpecError(f"trained array {name!r}: expected values >= 0, found {loaded[name].min():g}")
         self._state = loaded
+        self._derived = (None, {})  # free the old state's arrays now (`_derived_of` guards races)
 
     def _derived_of(self, state: dict[str, np.ndarray]) -> dict[str, Any]:
         """The arrays derived from `state` (this codec's state when the caller read it):
@@ -538,6 +539,7 @@ class Codec:
         if self.mrl is None:  # rows have error scales (an MRL tail is not a coding error)
             state.update(self.quantizer.train_row_errors(r, state))
         self._state = state
+        self._derived = (None, {})
         return self
 
     # ---- encode / decode

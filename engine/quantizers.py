@@ -63,8 +63,9 @@ ITQ_ITER = 25
 ITQ_ITER_WIDE = 10
 ITQ_WIDE = 256
 
-# PQ's per-list l2 terms (`PQ.probe_tables`: nlist x M x ksub float32) are kept up to this
-# size (IVF256,PQ48x8: 12.6 MB; IVF4096,PQ96x8: 403 MB is past it: tables per probe then)
+# PQ's per-list l2 terms (`PQ.probe_tables`: nlist x M x ksub float32) and RB's rotated
+# centroids (`RB.probe_tables`: nlist x width) are kept up to this size (IVF256,PQ48x8:
+# 12.6 MB; IVF4096,PQ96x8: 403 MB is past it: tables per probe from q - c then)
 LIST_TERMS_BUDGET = 256 << 20
 _NO_IDS = np.empty(0, dtype=np.int64)
 _NO_BOUNDS = np.empty((0, 3), dtype=np.float32)
@@ -427,7 +428,8 @@ class RB(Quantizer):
         # one fixed order of sums per row (not BLAS): a row's code never depends on its batch
         rot = transform.matmul_rows_batch(residuals, state["rb_rotation"])
         bits, factors = binary.rb_encode_batch(rot, self.levels, binary._T_COARSE, binary._T_FINE_STEP)
-        return np.concatenate([bits.reshape(len(residuals), -1), factors.astype("<f4").view(np.uint8)], axis=1)
+        return np.concatenate([bits.reshape(len(residuals), bits.shape[1] * bits.shape[2]),
+                               factors.astype("<f4").view(np.uint8)], axis=1)
 
     def split_codes(self, codes: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Codes (n, code_size) -> sign bits uint8 (n, levels, nbytes), factors float32 (n, 2)."""

@@ -1122,10 +1122,11 @@ def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monk
     # a plan holds what its scan needs: it scans the same after the codec is trained again
     # (on other rows: other centroids and books) or loaded
     codec.train(x[::-1] * 1.5)
-    assert codec.derived_nbytes() == 0
+    assert codec.derived_nbytes() == 0 and codec._derived == (None, {})  # the old arrays freed
     _assert_search_equal(index.scan(plan, 10)[:2], got)
+    index.search(q, 10, nprobe=3, sdc=sdc)
     codec._load_state(trained(spec, 12, "l2", x).state())  # loading a state drops them too
-    assert codec.derived_nbytes() == 0
+    assert codec.derived_nbytes() == 0 and codec._derived == (None, {})
     _assert_search_equal(index.scan(plan, 10)[:2], got)
     monkeypatch.setattr(quantizers, "LIST_TERMS_BUDGET", 0)
     codec = trained(spec, 12, "l2", x)
@@ -1142,6 +1143,15 @@ def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monk
 def _assert_search_equal(a, b):
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("spec", ["IVF4,RB1", "RB2", "IVF4,PQ4x8", "PQ4x4", "SQ8", "F16"])
+def test_no_rows_encode_to_no_codes(spec):
+    x, _ = gaussian_clusters(200, 16, seed=1)
+    codec = trained(spec, 16, "l2", x)
+    enc = codec.encode(x[:0])
+    assert enc.codes.shape == (0, codec.code_size) and enc.lists.shape == (0,)
+    assert len(codec.index(enc)) == 0
 
 
 def test_arrays_derived_from_an_old_state_never_serve_the_new_one():
