@@ -711,7 +711,7 @@ class Codec:
         """How many queries a plan may hold with its float tables within
         ``CodeIndex.TABLE_BUDGET`` bytes (at least 1; what `CodeIndex.search` plans at a time).
         Per-probe tables (l2 on residuals) count once per probed list
-        (`Quantizer.tables_per_query`: once a query for 8-bit PQ)."""
+        (``Quantizer.tables_per_query``: once a query for 8-bit PQ)."""
         n_probe = min(int(nprobe), self.nlist) if self.ivf is not None else 1
         return plan_rows(self, max(1, n_probe), CodeIndex.TABLE_BUDGET)
 

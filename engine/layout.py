@@ -115,7 +115,7 @@ class QueryPlan:
         without IVF).
     bias : numpy.ndarray
         float32 (nq, P): additive score per probed list (<q, c> for ip/cosine on residuals,
-        -|q - c|^2 for l2 on residuals when the tables come from per-list terms; SQ adds
+        ``-|q - c|^2`` for l2 on residuals when the tables come from per-list terms; SQ adds
         <q, vmin>).
     tables : dict
         The quantizer's tables by name (`vecz.engine.quantizers`), arrays whose first axis
