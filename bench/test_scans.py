@@ -30,8 +30,8 @@ from vecz.kernels import binary
 pytestmark = pytest.mark.data
 
 
-def _vecz(benchmark, data, vecz_index, spec, *, group, variant, **search_kw):
-    v = vecz_index(spec)
+def _vecz(benchmark, data, vecz_index, spec, *, group, variant, metric="cosine", **search_kw):
+    v = vecz_index(spec, metric)
     run_search(
         benchmark,
         lambda q: v.index.search(q, K, **search_kw).ids,
@@ -89,28 +89,19 @@ def test_ivf256_pq48x8_faiss(benchmark, data, faiss_index):
 
 # l2 on residuals: per-probe tables from one inner-product table a query and per-list terms
 # (engine/quantizers.py PQ.probe_tables), as faiss's precomputed table
-IVFPQ8_L2 = "IVF256,PQ48x8 l2"
-IVFPQ4_L2 = "IVF256,PQ96x4 l2"
+L2_PAIRS = [("IVF256,PQ48x8", "IVF256,PQ48x8 l2", "IndexIVFPQ(256,48,8)"),
+            ("IVF256,PQ96x4", "IVF256,PQ96x4fs l2", "IndexIVFPQFastScan(256,96,4)")]
 
 
-def test_ivf256_pq48x8_l2_vecz(benchmark, data, vecz_index):
-    _vecz(benchmark, data, lambda spec: vecz_index(spec, "l2"), "IVF256,PQ48x8", group=IVFPQ8_L2,
-          variant=f"codec IVF256,PQ48x8 l2 np{IVF_NPROBE}", nprobe=IVF_NPROBE)
+@pytest.mark.parametrize("spec,faiss_name,faiss_variant", L2_PAIRS, ids=[p[0] for p in L2_PAIRS])
+def test_ivf256_l2_vecz(benchmark, data, vecz_index, spec, faiss_name, faiss_variant):
+    _vecz(benchmark, data, vecz_index, spec, group=f"{spec} l2", variant=f"codec {spec} l2 np{IVF_NPROBE}",
+          metric="l2", nprobe=IVF_NPROBE)
 
 
-def test_ivf256_pq48x8_l2_faiss(benchmark, data, faiss_index):
-    _faiss(benchmark, data, faiss_index("IVF256,PQ48x8 l2"), group=IVFPQ8_L2,
-           variant=f"IndexIVFPQ(256,48,8) l2 np{IVF_NPROBE}")
-
-
-def test_ivf256_pq96x4_l2_vecz(benchmark, data, vecz_index):
-    _vecz(benchmark, data, lambda spec: vecz_index(spec, "l2"), "IVF256,PQ96x4", group=IVFPQ4_L2,
-          variant=f"codec IVF256,PQ96x4 l2 np{IVF_NPROBE}", nprobe=IVF_NPROBE)
-
-
-def test_ivf256_pq96x4_l2_faiss(benchmark, data, faiss_index):
-    _faiss(benchmark, data, faiss_index("IVF256,PQ96x4fs l2"), group=IVFPQ4_L2,
-           variant=f"IndexIVFPQFastScan(256,96,4) l2 np{IVF_NPROBE}")
+@pytest.mark.parametrize("spec,faiss_name,faiss_variant", L2_PAIRS, ids=[p[0] for p in L2_PAIRS])
+def test_ivf256_l2_faiss(benchmark, data, faiss_index, spec, faiss_name, faiss_variant):
+    _faiss(benchmark, data, faiss_index(faiss_name), group=f"{spec} l2", variant=f"{faiss_variant} l2 np{IVF_NPROBE}")
 
 
 # --------------------------------------------------------------------------- PQ, 4 bits, fast scan

@@ -297,8 +297,6 @@ class CodeIndex:
         """Bytes of the arrays this index holds (codes, ids, layouts, and the position map of
         `mark_dead` once built; not the codec state)."""
         held = sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
-        held += sum(a.nbytes for v in vars(self).values() if isinstance(v, tuple)  # e.g. `pq_inv_bounds`
-                    for a in v if isinstance(a, np.ndarray))
         return held + sum(p.nbytes for _, p in self._positions or ())
 
     # ---- deletes

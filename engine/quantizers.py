@@ -68,6 +68,25 @@ ITQ_WIDE = 256
 # 12.6 MB; IVF4096,PQ96x8: 403 MB is past it: tables per probe from q - c then)
 LIST_TERMS_BUDGET = 256 << 20
 _NO_IDS = np.empty(0, dtype=np.int64)
+
+
+def _derive(derived: dict[str, Any], name: str, nbytes: int, make: Any) -> np.ndarray | None:
+    """derived[name], made by make() the first time; None when it would take more than
+    LIST_TERMS_BUDGET (`nbytes`)."""
+    if nbytes > LIST_TERMS_BUDGET:
+        return None
+    out = derived.get(name)
+    if out is None:
+        out = derived[name] = make()
+    return out
+
+
+def _rotated_centroids(state: Tables, rotation: str, derived: dict[str, Any]) -> np.ndarray | None:
+    """The IVF centroids times the quantizer's rotation (nlist x width float32), made once
+    per codec state: a rotated residual (q - c) R is q R - c R."""
+    c = state["centroids"]
+    return _derive(derived, f"{rotation}_centroids", c.nbytes,
+                   lambda: np.ascontiguousarray(c @ state[rotation], dtype=np.float32))
 _NO_BOUNDS = np.empty((0, 3), dtype=np.float32)
 
 Tables = dict[str, np.ndarray]
@@ -328,21 +347,23 @@ class PQ(Quantizer):
         qluts, steps, biases = fastscan.fs_quantize_lut(luts)
         return {"qluts": qluts, "steps": steps, "biases": biases}, bias
 
-    def _fits_list_terms(self, nlist: int) -> bool:
-        return nlist * self.m * (1 << self.nbits) * 4 <= LIST_TERMS_BUDGET
+    def _list_terms_bytes(self, nlist: int) -> int:
+        return nlist * self.m * (1 << self.nbits) * 4
 
     def tables_per_query(self, codec, n_probe):
         # 8 bits with the list terms: one table a query, each probe's made in the scan
-        return 1 if self.nbits == 8 and self._fits_list_terms(codec.nlist) else n_probe
+        fits = self._list_terms_bytes(codec.nlist) <= LIST_TERMS_BUDGET
+        return 1 if self.nbits == 8 and fits else n_probe
+
+    def _centroids(self, state, derived):
+        """The centroids in the coded space (rotated with OPQ; made once per state)."""
+        return _rotated_centroids(state, "pq_rotation", derived) if self.rotate else state["centroids"]
 
     def _list_terms(self, state, derived):
-        """`pq.pq_list_terms` of the centroids (rotated with OPQ), made once per state."""
-        terms = derived.get("pq_list_terms")
-        if terms is None:
-            c = state["centroids"] @ state["pq_rotation"] if self.rotate else state["centroids"]
-            terms = derived["pq_list_terms"] = pq.pq_list_terms(state["pq_books"],
-                                                                np.ascontiguousarray(c, dtype=np.float32))
-        return terms
+        """`pq.pq_list_terms` of the coded-space centroids, made once per state (None past
+        LIST_TERMS_BUDGET)."""
+        return _derive(derived, "pq_list_terms", self._list_terms_bytes(state["centroids"].shape[0]),
+                       lambda: pq.pq_list_terms(state["pq_books"], self._centroids(state, derived)))
 
     def probe_tables(self, x, probes, state, derived, *, sdc=False):
         # -|(q - c) - b|^2 = -|q - c|^2 + sum_j (2 <q_j, b_j> - terms[c, j, b_j]) (kernels/pq.py
@@ -352,9 +373,9 @@ class PQ(Quantizer):
         # instead of 3.1M multiply-adds)
         books = state["pq_books"]
         centroids = state["centroids"]
-        if not self._fits_list_terms(centroids.shape[0]):
-            return None
         terms = self._list_terms(state, derived)
+        if terms is None:
+            return None
         q = np.ascontiguousarray(x @ state["pq_rotation"], dtype=np.float32) if self.rotate else x
         ip = pq.pq_lut(q, books, "ip")
         # -|q - c|^2: float64 sums in fixed lanes, the same on every CPU (kernels/dense.py)
@@ -375,17 +396,16 @@ class PQ(Quantizer):
         luts = plan.tables["luts"]
         if layout.codec.metric == "cosine":
             # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)
-            books, centroids = layout.state["pq_books"], layout.state["centroids"]
-            inv = getattr(layout, "pq_inv_bounds", None)
-            if self.rotate:  # the reconstruction c + decode(code) R^T has the norm of c R + decode(code)
-                centroids = getattr(layout, "pq_rotated_centroids", None)
-                if centroids is None:
-                    centroids = layout.pq_rotated_centroids = np.ascontiguousarray(
-                        layout.state["centroids"] @ layout.state["pq_rotation"], dtype=np.float32)
-            if inv is None:  # once per index (a byte a row in RAM): the codes do not change
-                inv = layout.pq_inv_bounds = pq.pq_inv_norm_bounds(books, centroids, layout.codes, layout.offsets)
+            books = layout.state["pq_books"]
+            # the reconstruction c + decode(code) R^T has the norm of c R + decode(code)
+            centroids = self._centroids(layout.state, layout.codec._derived_of(layout.state))
+            if getattr(layout, "pq_inv_bytes", None) is None:  # once per index (a byte a row in RAM)
+                inv_bytes, layout.pq_inv_lo, layout.pq_inv_hi = pq.pq_inv_norm_bounds(
+                    books, centroids, layout.codes, layout.offsets)
+                layout.pq_inv_bytes = inv_bytes  # last: a scan that sees it sees the tables too
             return pq.pq_lut_scan_cosine_batch(luts[:, 0], layout.codes, layout.ids, layout.offsets, plan.probes,
-                                               plan.bias, books, centroids, *inv, k, floors)
+                                               plan.bias, books, centroids, layout.pq_inv_bytes, layout.pq_inv_lo,
+                                               layout.pq_inv_hi, k, floors)
         return pq.pq_lut_scan_batch(luts, layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias, k,
                                     floors)
 
@@ -480,13 +500,9 @@ class RB(Quantizer):
         # (q - c) R = q R - c R: one rotation a query and a subtraction per probe instead of
         # a rotation per probe (width^2 multiply-adds each: 4.7M a query for 384-d at nprobe
         # 32), from the centroids rotated once per state (nlist x width float32)
-        centroids = state["centroids"]
-        if centroids.shape[0] * centroids.shape[1] * 4 > LIST_TERMS_BUDGET:
-            return None
-        rotated = derived.get("rb_rotated_centroids")
+        rotated = _rotated_centroids(state, "rb_rotation", derived)
         if rotated is None:
-            rotated = derived["rb_rotated_centroids"] = np.ascontiguousarray(centroids @ state["rb_rotation"],
-                                                                             dtype=np.float32)
+            return None
         nq, n_tab = probes.shape
         qr = np.ascontiguousarray(x @ state["rb_rotation"], dtype=np.float32)
         bias = np.zeros((nq, n_tab), dtype=np.float32)

@@ -57,6 +57,8 @@ __all__ = [
     "fs_layout_packed",
     "fs_quantize_lut",
     "fs_quantize_probe_luts",
+    "fs_quantize_into",
+    "fs_qmax",
     "fs_block_accumulate",
     "fs_block_accumulate_range",
     "fs_block_accumulate_lanes",
@@ -806,19 +808,35 @@ def _quantize_one(lut, qmax, out, mins):
     return step
 
 
+@jit
+def fs_qmax(m):
+    """The largest quantized table entry for M sub-quantizers: 2 * n_pairs of them summed
+    in a uint16 lane stay below 65,536."""
+    return min(255, 65535 // max(2 * ((m + 1) // 2), 1))
+
+
+@jit
+def fs_quantize_into(lut, qmax, out, mins, steps, biases, at):
+    """`_quantize_one` of one float table (M, 16) into out, its step and its bias (the
+    minima summed in float64 in sub-quantizer order) into steps[at] and biases[at]."""
+    steps[at] = _quantize_one(lut, qmax, out, mins)
+    total = 0.0
+    for j in range(lut.shape[0]):
+        total += mins[j]
+    biases[at] = np.float32(total)
+
+
 @jit_batch
 def fs_quantize_probe_luts(ip, terms, probes):
     """The quantized tables of l2 on residuals, each made and quantized in cache: for every
-    probed list l = probes[q, p] the float table 2 ip[q] - terms[l] (`pq.pq_probe_luts`'s)
-    through `fs_quantize_lut`'s arithmetic, without writing nq x P float tables first.
-    ip (nq, M, 16), terms (nlist, M, 16), probes (nq, P) (< 0: a zero table). Returns
-    `fs_quantize_lut`'s (qluts, steps, biases); the biases are the minima summed in float64
-    in sub-quantizer order."""
+    probed list l = probes[q, p] the float table 2 ip[q] - terms[l] through
+    `fs_quantize_lut`'s arithmetic, without writing nq x P float tables first. ip (nq, M,
+    16), terms (nlist, M, 16), probes (nq, P) (< 0: a zero table). Returns
+    `fs_quantize_lut`'s (qluts, steps, biases); the biases as `fs_quantize_into` sums them."""
     nq, n_tab = probes.shape
     m = ip.shape[1]
-    n_pairs = (m + 1) // 2
-    qmax = min(255, 65535 // max(2 * n_pairs, 1))
-    out = np.zeros((nq, n_tab, 2 * n_pairs, 32), dtype=np.uint8)
+    qmax = fs_qmax(m)
+    out = np.zeros((nq, n_tab, 2 * ((m + 1) // 2), 32), dtype=np.uint8)
     steps = np.empty((nq, n_tab), dtype=np.float32)
     biases = np.empty((nq, n_tab), dtype=np.float32)
     for qi in prange(nq):
@@ -826,14 +844,13 @@ def fs_quantize_probe_luts(ip, terms, probes):
         mins = np.empty(m, dtype=np.float32)
         for t in range(n_tab):
             lst = probes[qi, t]
-            for j in range(m):
-                for c in range(16):
-                    lut[j, c] = np.float32(2.0) * ip[qi, j, c] - terms[lst, j, c] if lst >= 0 else np.float32(0.0)
-            steps[qi, t] = _quantize_one(lut, qmax, out[qi, t], mins)
-            total = 0.0
-            for j in range(m):
-                total += mins[j]
-            biases[qi, t] = np.float32(total)
+            if lst < 0:
+                lut[:] = 0
+            else:
+                for j in range(m):
+                    for c in range(16):
+                        lut[j, c] = np.float32(2.0) * ip[qi, j, c] - terms[lst, j, c]
+            fs_quantize_into(lut, qmax, out[qi, t], mins, steps[qi], biases[qi], t)
     return out, steps, biases
 
 
@@ -843,7 +860,7 @@ def fs_quantize_lut(luts: np.ndarray):
     luts = np.ascontiguousarray(luts, dtype=np.float32)
     nq, n_tab, m, _ = luts.shape
     n_pairs = (m + 1) // 2
-    qmax = min(255, 65535 // max(2 * n_pairs, 1))
+    qmax = fs_qmax(m)
     out = np.zeros((nq, n_tab, 2 * n_pairs, 32), dtype=np.uint8)
     step = np.empty((nq, n_tab), dtype=np.float32)
     mins = np.empty((nq, n_tab, m), dtype=np.float32)

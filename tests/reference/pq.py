@@ -152,3 +152,11 @@ def fs_layout_ref(codes, ids, list_offsets, block=32):
             for j in range(m):
                 blocks[b, j // 2, v] |= (int(codes[i, j]) & 15) << (4 * (j % 2))
     return blocks, block_ids, np.array(block_offsets, dtype=np.int64)
+
+
+def probe_luts_ref(ip: np.ndarray, terms: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """l2 tables of every probe without the -|q - c|^2 term (nq, P, M, ksub): 2 ip[q] -
+    terms[probes[q, p]] in float32, zeros where the probe is < 0."""
+    out = np.float32(2) * ip[:, None] - terms[np.maximum(probes, 0)]
+    out[probes < 0] = 0
+    return out.astype(np.float32)
