@@ -63,9 +63,10 @@ ITQ_ITER = 25
 ITQ_ITER_WIDE = 10
 ITQ_WIDE = 256
 
-# PQ's per-list l2 terms (`PQ.probe_tables`: nlist x M x ksub float32) and RB's rotated
-# centroids (`RB.probe_tables`: nlist x width) are kept up to this size (IVF256,PQ48x8:
-# 12.6 MB; IVF4096,PQ96x8: 403 MB is past it: tables per probe from q - c then)
+# PQ's per-list l2 terms (`PQ.probe_tables`: nlist x M x ksub float32), RB's rotated
+# centroids (nlist x width) and their level-0 tables (`RB.probe_tables`: nlist x S x 16
+# float32, S = width / 4) are kept up to this size each (IVF256,PQ48x8: 12.6 MB;
+# IVF4096,PQ96x8: 403 MB is past it: tables per probe from q - c then)
 LIST_TERMS_BUDGET = 256 << 20
 _NO_IDS = np.empty(0, dtype=np.int64)
 
@@ -219,10 +220,19 @@ class Quantizer:
 
 
 def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray):
-    """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases)."""
+    """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases), or under l2 on
+    residuals with its inner-product tables ``ip`` and the per-list terms
+    (`PQ.probe_tables`), each (query, probe) table made where the scan reaches it
+    (`fastscan.fs_scan_lists_l2`, list-major, or one query at a time)."""
     t = plan.tables
-    qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
     blocks = (layout.blocks, layout.block_ids, layout.block_offsets)
+    if "ip" in t:
+        terms = plan.shared["list_terms"]
+        if list_major:
+            return fastscan.fs_scan_lists_l2_batch(t["ip"], terms, *blocks, plan.probes, plan.bias, k, floors,
+                                                   numba.get_num_threads())
+        return fastscan.fs_scan_l2_batch(t["ip"], terms, *blocks, plan.probes, plan.bias, k, floors)
+    qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
     if groups is not None:
         order, group_offsets = groups
         ql, sp, bi, pr, pb, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, floors)
@@ -351,9 +361,10 @@ class PQ(Quantizer):
         return nlist * self.m * (1 << self.nbits) * 4
 
     def tables_per_query(self, codec, n_probe):
-        # 8 bits with the list terms: one table a query, each probe's made in the scan
+        # with the list terms: one table a query, each probe's made in the scan (4 bits: the
+        # batches under LIST_MIN_QUERIES_PQ quantize theirs at once, n_probe each)
         fits = self._list_terms_bytes(codec.nlist) <= LIST_TERMS_BUDGET
-        return 1 if self.nbits == 8 and fits else n_probe
+        return 1 if fits else n_probe
 
     def _centroids(self, state, derived):
         """The centroids in the coded space (rotated with OPQ; made once per state)."""
@@ -380,12 +391,12 @@ class PQ(Quantizer):
         ip = pq.pq_lut(q, books, "ip")
         # -|q - c|^2: float64 sums in fixed lanes, the same on every CPU (kernels/dense.py)
         dist = np.zeros(probes.shape, dtype=np.float64)
-        dense.dense_rescore(np.ascontiguousarray(x, dtype=np.float32), centroids, probes, dense.RESCORE_L2, dist)
+        dense.dense_rescore_batch(np.ascontiguousarray(x, dtype=np.float32), centroids, probes, dense.RESCORE_L2, dist)
         bias = np.ascontiguousarray(-dist, dtype=np.float32)
         if self.nbits == 8:  # the scan makes each list's table as it goes (`pq.pq_lut_scan_l2`)
             return {"ip2": np.float32(2.0) * ip}, bias, {"list_terms": terms}
-        qluts, steps, biases = fastscan.fs_quantize_probe_luts(ip, terms, probes)
-        return {"qluts": qluts, "steps": steps, "biases": biases}, bias, {}
+        # 4 bits: each (query, probe) table quantized where the scan needs it (`_scan_blocks_pq`)
+        return {"ip": ip}, bias, {"list_terms": terms}
 
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         if self.nbits == 4:
@@ -506,11 +517,32 @@ class RB(Quantizer):
         nq, n_tab = probes.shape
         qr = np.ascontiguousarray(x @ state["rb_rotation"], dtype=np.float32)
         bias = np.zeros((nq, n_tab), dtype=np.float32)
-        if not sdc:  # each probe's tables made and quantized in cache
-            qluts, steps, biases, q_sq = binary.rb_probe_qluts(qr, rotated, probes)
-            return {"qluts": qluts, "steps": steps, "biases": biases, "q_sq": q_sq}, bias, {}
+        nibbles = None if sdc else self._list_nibbles(state, derived)
+        if nibbles is not None:
+            # level 0's tables are linear in the rotated residual: those of (q - c) R are those
+            # of q R less those of c R, made once per state; the scan makes each probe's
+            # quantized table where it reaches it (`fastscan.fs_scan_factors_lists_l2`)
+            tq = binary.rb_nibble_lut(qr, 1)
+            dist = np.zeros(probes.shape, dtype=np.float64)  # |q - c|^2 in the rotated space
+            dense.dense_rescore_batch(qr, rotated, probes, dense.RESCORE_L2, dist)
+            return {"tq": tq, "q_sq": dist.astype(np.float32)}, bias, {"list_nibbles": nibbles}
         rot = (qr[:, None, :] - rotated[np.maximum(probes, 0)]).reshape(nq * n_tab, -1)  # probes < 0 are skipped
         return (*self._rotated_tables(rot, bias, nq=nq, per_probe=True, sdc=sdc), {})
+
+    def _list_nibbles_bytes(self, codec_nlist: int, width: int) -> int:
+        return codec_nlist * 2 * binary.rb_nbytes(width) * 16 * 4
+
+    def _list_nibbles(self, state, derived):
+        """Level 0's fast-scan tables of the rotated centroids (nlist, S, 16), made once per
+        state (None past LIST_TERMS_BUDGET)."""
+        c = state["centroids"]
+        return _derive(derived, "rb_list_nibbles", self._list_nibbles_bytes(c.shape[0], c.shape[1]),
+                       lambda: binary.rb_nibble_lut(_rotated_centroids(state, "rb_rotation", derived), 1))
+
+    def tables_per_query(self, codec, n_probe):
+        # with the list tables: one float table a query, each probe's made in the scan
+        fits = self._list_nibbles_bytes(codec.nlist, codec.width) <= LIST_TERMS_BUDGET
+        return 1 if fits else n_probe
 
     def _rotated_tables(self, rot, bias, *, nq, per_probe, sdc):
         """The tables of rotated (residual) queries rot (nq * L, width)."""
@@ -539,8 +571,17 @@ class RB(Quantizer):
             return binary.rb_sdc_scan_batch(t["words"], t["q_scale"], layout.words, layout.factors, layout.ids,
                                             layout.offsets, plan.probes, plan.bias, t["q_sq"], is_l2, width, k,
                                             floors)
-        qluts, steps, biases, q_sq = t["qluts"], t["steps"], t["biases"], t["q_sq"]
         rows = (layout.blocks, layout.block_ids, layout.block_factors)
+        if "tq" in t:  # l2 on residuals (`probe_tables`): each probe's table made in the scan
+            tl = plan.shared["list_nibbles"]
+            if list_major:  # no block bounds, as below
+                return fastscan.fs_scan_factors_lists_l2_batch(
+                    t["tq"], tl, self.levels, *rows, _NO_BOUNDS, layout.block_offsets, plan.probes, plan.bias,
+                    t["q_sq"], is_l2, k, floors, numba.get_num_threads())
+            return fastscan.fs_scan_factors_l2_batch(t["tq"], tl, self.levels, *rows, layout.block_bounds,
+                                                     layout.block_offsets, plan.probes, plan.bias, t["q_sq"], is_l2,
+                                                     k, floors)
+        qluts, steps, biases, q_sq = t["qluts"], t["steps"], t["biases"], t["q_sq"]
         if groups is not None:
             order, group_offsets = groups
             ql, sp, bi, pr, pb, qs, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq, floors)

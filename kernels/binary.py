@@ -32,14 +32,12 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch
-from .fastscan import fs_qmax, fs_quantize_into
 from .pq import lut_sum
 from .topk import topk_finish, topk_init, topk_init_floor, topk_push, topk_sort
 
 __all__ = [
     "popcount64",
     "rb_nbytes",
-    "rb_probe_qluts",
     "rb_encode",
     "rb_encode_batch",
     "rb_decode",
@@ -433,42 +431,6 @@ def _nibble_tables(q, n_levels, n_symbols, out):
             for j in range(n_symbols):
                 for v in range(16):
                     out[i, lv * n_symbols + j, v] = w * out[i, j, v]
-
-
-@jit_batch
-def rb_probe_qluts(qr, rotated, probes):
-    """l2 on residuals: level 0's fast-scan tables of each probe's rotated residual query
-    (q - c_l) R = qr - rotated[l] (qr = q R (nq, dim), rotated = the centroids times R
-    (nlist, dim), l = probes[q, p]), each made and quantized in cache (`rb_nibble_lut`,
-    then `fastscan.fs_quantize_into`),
-    without writing nq x P residuals and float tables first. Returns qluts uint8 (nq, P,
-    2 * n_pairs, 32), steps and biases float32 (nq, P), and q_sq float32 (nq, P):
-    |qr - rotated[l]|^2 summed in float64. Probes < 0 get zero tables."""
-    nq, dim = qr.shape
-    n_tab = probes.shape[1]
-    n_symbols = 2 * ((dim + 7) // 8)
-    qmax = fs_qmax(n_symbols)
-    out = np.zeros((nq, n_tab, 2 * ((n_symbols + 1) // 2), 32), dtype=np.uint8)
-    steps = np.empty((nq, n_tab), dtype=np.float32)
-    biases = np.empty((nq, n_tab), dtype=np.float32)
-    q_sq = np.zeros((nq, n_tab), dtype=np.float32)
-    for qi in prange(nq):
-        res = np.zeros(dim, dtype=np.float32)
-        lut = np.empty((n_symbols, 16), dtype=np.float32)
-        mins = np.empty(n_symbols, dtype=np.float32)
-        for t in range(n_tab):
-            lst = probes[qi, t]
-            sq = 0.0
-            if lst < 0:
-                res[:] = 0
-            else:
-                for d in range(dim):
-                    res[d] = qr[qi, d] - rotated[lst, d]
-                    sq += np.float64(res[d]) * res[d]
-            q_sq[qi, t] = np.float32(sq)
-            _nibble_row(res, n_symbols, lut)
-            fs_quantize_into(lut, qmax, out[qi, t], mins, steps[qi], biases[qi], t)
-    return out, steps, biases, q_sq
 
 
 def rb_words(bits: np.ndarray) -> np.ndarray:

@@ -35,6 +35,13 @@ reach the scalar heap test. Each query's heap is first seeded by a scan of its f
 so that its minimum starts high. Each query keeps its own heap,
 which admits (score, id) by a total order, so the visiting order does not change results
 either.
+
+Under l2 on IVF residuals every (query, probe) pair has its own table: w a[q] - b[l], a float
+table of the query less one of the list (PQ: 2 <q, b> and the per-list terms; RB: the
+level-0 tables of q R and of c R). The `*_l2` kernels make and quantize each one where the
+scan reaches it (`_probe_table`, in vector IR like all of the quantization), so a batch
+never writes nq x P tables out; results equal the plain kernels over those tables quantized
+by `fs_quantize_lut` bit for bit.
 """
 
 from __future__ import annotations
@@ -56,7 +63,6 @@ __all__ = [
     "fs_layout",
     "fs_layout_packed",
     "fs_quantize_lut",
-    "fs_quantize_probe_luts",
     "fs_quantize_into",
     "fs_qmax",
     "fs_block_accumulate",
@@ -65,6 +71,7 @@ __all__ = [
     "fs_block_accumulate_group",
     "fs_scan",
     "fs_scan_batch",
+    "fs_scan_l2_batch",
     "fs_scan_multi",
     "fs_scan_multi_batch",
     "fs_scan_factors",
@@ -79,8 +86,13 @@ __all__ = [
     "SEED_PROBES",
     "fs_scan_lists",
     "fs_scan_lists_batch",
+    "fs_scan_lists_l2",
+    "fs_scan_lists_l2_batch",
     "fs_scan_factors_lists",
     "fs_scan_factors_lists_batch",
+    "fs_scan_factors_lists_l2",
+    "fs_scan_factors_lists_l2_batch",
+    "fs_scan_factors_l2_batch",
 ]
 
 BLOCK = 32
@@ -774,37 +786,183 @@ def fs_layout_packed(packed: np.ndarray, n_pairs: int, order: np.ndarray, ids: n
 
 
 @jit
-def _quantize_lut(luts, qmax, out, steps, mins):
+def _quantize_lut(luts, qmax, out, steps, biases):
     # fs_quantize_lut's numpy expression in one pass (the same float32 operations)
-    nq, n_tab, _, _ = luts.shape
+    nq, n_tab, m, _ = luts.shape
+    mins = np.empty(m, dtype=np.float32)
     for qi in range(nq):
         for t in range(n_tab):
-            steps[qi, t] = _quantize_one(luts[qi, t], qmax, out[qi, t], mins[qi, t])
+            fs_quantize_into(luts[qi, t], qmax, out[qi, t], mins, steps[qi], biases[qi], t)
+
+
+def _row_ptr(context, builder, arr_type, arr_v, row, elem, width):
+    """<width x elem>* to row `row` (int64) of a 2-D array whose rows are contiguous."""
+    arr = context.make_array(arr_type)(context, builder, arr_v)
+    data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+    at = builder.gep(data, [builder.mul(row, builder.extract_value(arr.strides, 0))])
+    return builder.bitcast(at, ir.VectorType(elem, width).as_pointer())
+
+
+def _tree(builder, x, op):
+    """min ("<") or max (">") of a <16 x float> by a halving tree of compare + select
+    (`lanes_bound`'s reduction; the same value as a scalar loop for non-NaN entries)."""
+    i32 = ir.IntType(32)
+    width = x.type.count
+    while width > 1:
+        width //= 2
+        lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, width), list(range(width))))
+        hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, width), list(range(width, 2 * width))))
+        x = builder.select(builder.fcmp_ordered(op, lo, hi), lo, hi)
+    return builder.extract_element(x, ir.Constant(i32, 0))
+
+
+def _butterfly(builder, rows, op):
+    """The 16 minima (op "<") or maxima (">") of 16 rows of <16 x float>, as one vector whose
+    lane i belongs to rows[i]: each level takes pairs of vectors, puts the lower halves of
+    every lane group of both side by side and the upper halves side by side, and keeps the
+    smaller (larger) of the two; rows stay in order (15 combining steps for 16 rows where a
+    tree a row takes 64). Compare + select, as `_tree`."""
+    i32 = ir.IntType(32)
+    group = 16  # lanes per row in the vectors of this level
+    while len(rows) > 1:
+        half = group // 2
+        lo_idx = [g + i for g in range(0, 32, group) for i in range(half)]
+        hi_idx = [g + half + i for g in range(0, 32, group) for i in range(half)]
+        out = []
+        for x, y in zip(rows[0::2], rows[1::2]):
+            lo = builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 16), lo_idx))
+            hi = builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 16), hi_idx))
+            out.append(builder.select(builder.fcmp_ordered(op, lo, hi), lo, hi))
+        rows = out
+        group = half
+    return rows[0]
+
+
+def _make_row_minmax(fill, n_rows):
+    """The first pass of `_quantize_one` over `n_rows` (1 or 16) table rows of 16 float32
+    entries from row j on, in vector IR (LLVM leaves the scalar loop's min / max chains
+    scalar): mins[j:j + n_rows] = the rows' minima; returns the largest float32(max - min).
+    With `fill`, each row is first made as w a[j] - b[j] (l2 on residuals: `_probe_table`)
+    and stored to lut[j]."""
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        i64 = ir.IntType(64)
+        n = len(args)
+        lut_t, lut_v, j_t, j_v, mins_t, mins_v = (signature.args[n - 3], args[n - 3], signature.args[n - 2],
+                                                  args[n - 2], signature.args[n - 1], args[n - 1])
+        j0 = context.cast(builder, j_v, j_t, types.int64)
+        if fill:
+            w = _splat(builder, context.cast(builder, args[2], signature.args[2], types.float32), vf)
+        rows = []
+        for r in range(n_rows):
+            j = builder.add(j0, ir.Constant(i64, r))
+            dst = _row_ptr(context, builder, lut_t, lut_v, j, f32, 16)
+            if fill:
+                a = builder.load(_row_ptr(context, builder, signature.args[0], args[0], j, f32, 16), align=4)
+                b = builder.load(_row_ptr(context, builder, signature.args[1], args[1], j, f32, 16), align=4)
+                row = builder.fsub(builder.fmul(w, a), b)
+                builder.store(row, dst, align=4)
+            else:
+                row = builder.load(dst, align=4)
+            rows.append(row)
+        mins = context.make_array(mins_t)(context, builder, mins_v)
+        at = builder.gep(mins.data, [j0])
+        if n_rows == 1:
+            lo = _tree(builder, rows[0], "<")
+            builder.store(lo, at)
+            return builder.fsub(_tree(builder, rows[0], ">"), lo)
+        lo = _butterfly(builder, rows, "<")
+        builder.store(lo, builder.bitcast(at, vf.as_pointer()), align=4)
+        return _tree(builder, builder.fsub(_butterfly(builder, rows, ">"), lo), ">")
+
+    if fill:
+        @intrinsic
+        def row_minmax(typingctx, a, b, w, lut, j, mins):
+            return types.float32(a, b, w, lut, j, mins), codegen
+    else:
+        @intrinsic
+        def row_minmax(typingctx, lut, j, mins):
+            return types.float32(lut, j, mins), codegen
+    return row_minmax
+
+
+_row_minmax = _make_row_minmax(False, 1)
+_rows16_minmax = _make_row_minmax(False, 16)
+_row_fill_minmax = _make_row_minmax(True, 1)
+_rows16_fill_minmax = _make_row_minmax(True, 16)
+
+
+@intrinsic
+def _row_quantize(typingctx, lut, j, lo, step, qmax, out):
+    """The second pass of `_quantize_one` over row j in vector IR: the 16 entries
+    clip(rint((lut[j] - lo) / step), 0, qmax) as uint8, stored to out[j, :16] and out[j, 16:]
+    (the scalar loop's float32 operations; LLVM left that loop scalar)."""
+    sig = types.void(lut, j, lo, step, qmax, out)
+
+    def codegen(context, builder, signature, args):
+        lut_v, j_v, lo_v, step_v, qmax_v, out_v = args
+        f32 = ir.FloatType()
+        vf = ir.VectorType(f32, 16)
+        j = context.cast(builder, j_v, signature.args[1], types.int64)
+        row = builder.load(_row_ptr(context, builder, signature.args[0], lut_v, j, f32, 16), align=4)
+        lo = _splat(builder, context.cast(builder, lo_v, signature.args[2], types.float32), vf)
+        step = _splat(builder, context.cast(builder, step_v, signature.args[3], types.float32), vf)
+        qmax = _splat(builder, context.cast(builder, qmax_v, signature.args[4], types.float32), vf)
+        x = builder.fdiv(builder.fsub(row, lo), step)
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), "llvm.rint.v16f32")
+        x = builder.call(rint, [x])
+        zero = cgutils.get_null_value(vf)
+        x = builder.select(builder.fcmp_ordered(">", x, zero), x, zero)
+        x = builder.select(builder.fcmp_ordered("<", x, qmax), x, qmax)
+        v = builder.fptoui(x, ir.VectorType(ir.IntType(8), 16))
+        dst = _row_ptr(context, builder, signature.args[5], out_v, j, ir.IntType(8), 32)
+        pair = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), 32), list(range(16)) * 2))
+        builder.store(pair, dst, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@jit
+def _check_rows(lut, out):
+    """The row intrinsics read 16 contiguous float32 a row and write 32 contiguous bytes."""
+    if lut.shape[1] != 16 or lut.strides[1] != 4 or out.shape[1] != 32 or out.strides[1] != 1:
+        raise ValueError("fast-scan tables must be float32 rows of 16 contiguous entries into uint8 rows of 32")
+
+
+@jit
+def _check_probe_tables(ip, terms, blocks):
+    """The fused l2 scans' inputs, checked before their parallel loops (an exception raised
+    inside one surfaces as SystemError): rows of 16 contiguous float32, the same M, and
+    blocks of (M + 1) // 2 pairs (the tables' rows are written and read unchecked)."""
+    if ip.shape[2] != 16 or ip.strides[2] != 4 or terms.shape[2] != 16 or terms.strides[2] != 4:
+        raise ValueError("ip and terms must be float32 rows of 16 contiguous entries")
+    if ip.shape[1] != terms.shape[1] or blocks.shape[1] != (ip.shape[1] + 1) // 2:
+        raise ValueError("ip, terms and blocks must have the same number of sub-quantizers")
 
 
 @jit
 def _quantize_one(lut, qmax, out, mins):
     """One float32 table (M, 16) -> out (2 * n_pairs, 32) uint8 and mins (M,); returns the
     step."""
-    m, ksub = lut.shape
+    _check_rows(lut, out)
+    m = lut.shape[0]
     span = np.float32(0.0)
-    for j in range(m):
-        lo = lut[j, 0]
-        hi = lut[j, 0]
-        for c in range(1, ksub):
-            lo = min(lo, lut[j, c])
-            hi = max(hi, lut[j, c])
-        mins[j] = lo
-        span = max(span, np.float32(hi - lo)) if j > 0 else np.float32(hi - lo)
+    for j in range(0, m - 15, 16):
+        span = max(span, _rows16_minmax(lut, j, mins))
+    for j in range(m - m % 16, m):
+        span = max(span, _row_minmax(lut, j, mins))
+    return _quantize_rows(lut, qmax, out, mins, span)
+
+
+@jit
+def _quantize_rows(lut, qmax, out, mins, span):
+    """`_quantize_one`'s second pass, from the rows' minima and the largest span."""
     step = np.float32(span / np.float32(qmax)) if span > 0 else np.float32(1.0)
-    for j in range(m):
-        lo = mins[j]
-        for c in range(ksub):
-            x = np.rint(np.float32(np.float32(lut[j, c] - lo) / step))
-            x = min(max(x, np.float32(0.0)), np.float32(qmax))
-            v = np.uint8(x)
-            out[j, c] = v
-            out[j, c + 16] = v
+    for j in range(lut.shape[0]):
+        _row_quantize(lut, j, mins[j], step, np.float32(qmax), out)
     return step
 
 
@@ -820,52 +978,127 @@ def fs_quantize_into(lut, qmax, out, mins, steps, biases, at):
     """`_quantize_one` of one float table (M, 16) into out, its step and its bias (the
     minima summed in float64 in sub-quantizer order) into steps[at] and biases[at]."""
     steps[at] = _quantize_one(lut, qmax, out, mins)
+    biases[at] = _sum_mins(mins, lut.shape[0])
+
+
+@jit
+def _sum_mins(mins, m):
+    """A table's bias: the minima of its m rows summed in float64, as float32: groups of 16
+    by a halving tree (`_sum16`), then the rest in row order. The order is fixed by the code
+    (no fast-math), so the bias is the same on every CPU; float64 holds the sum of float32
+    values exactly unless their magnitudes span more than 2^29, so it rarely depends on the
+    order at all. A serial sum was a quarter of a table's time (a 96-add dependency chain)."""
     total = 0.0
-    for j in range(lut.shape[0]):
+    for j in range(0, m - 15, 16):
+        total += _sum16(mins, j)
+    for j in range(m - m % 16, m):
         total += mins[j]
-    biases[at] = np.float32(total)
+    return np.float32(total)
 
 
-@jit_batch
-def fs_quantize_probe_luts(ip, terms, probes):
-    """The quantized tables of l2 on residuals, each made and quantized in cache: for every
-    probed list l = probes[q, p] the float table 2 ip[q] - terms[l] through
-    `fs_quantize_lut`'s arithmetic, without writing nq x P float tables first. ip (nq, M,
-    16), terms (nlist, M, 16), probes (nq, P) (< 0: a zero table). Returns
-    `fs_quantize_lut`'s (qluts, steps, biases); the biases as `fs_quantize_into` sums them."""
-    nq, n_tab = probes.shape
-    m = ip.shape[1]
-    qmax = fs_qmax(m)
-    out = np.zeros((nq, n_tab, 2 * ((m + 1) // 2), 32), dtype=np.uint8)
-    steps = np.empty((nq, n_tab), dtype=np.float32)
-    biases = np.empty((nq, n_tab), dtype=np.float32)
-    for qi in prange(nq):
-        lut = np.zeros((m, 16), dtype=np.float32)
-        mins = np.empty(m, dtype=np.float32)
-        for t in range(n_tab):
-            lst = probes[qi, t]
-            if lst < 0:
-                lut[:] = 0
-            else:
-                for j in range(m):
-                    for c in range(16):
-                        lut[j, c] = np.float32(2.0) * ip[qi, j, c] - terms[lst, j, c]
-            fs_quantize_into(lut, qmax, out[qi, t], mins, steps[qi], biases[qi], t)
-    return out, steps, biases
+@intrinsic
+def _sum16(typingctx, x, j):
+    """float64 sum of x[j:j + 16] (float32, contiguous) by a halving tree of adds."""
+    sig = types.float64(x, j)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        at = builder.gep(arr.data, [context.cast(builder, args[1], signature.args[1], types.int64)])
+        v = builder.fpext(builder.load(builder.bitcast(at, ir.VectorType(ir.FloatType(), 16).as_pointer()), align=4),
+                          ir.VectorType(ir.DoubleType(), 16))
+        width = 16
+        while width > 1:
+            width //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, width), list(range(width))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, width), list(range(width, 2 * width))))
+            v = builder.fadd(lo, hi)
+        return builder.extract_element(v, ir.Constant(i32, 0))
+
+    return sig, codegen
+
+
+@jit
+def _probe_table(a, b, w, lut, mins, qmax, out):
+    """One table of l2 on residuals, w a - b (a, b float32 (M, 16); w = 2 for PQ, 1 for RB),
+    quantized into out as `fs_quantize_lut` quantizes it (lut, mins: scratch); returns its
+    (step, bias)."""
+    _check_rows(a, out)
+    _check_rows(b, out)
+    m = a.shape[0]
+    span = np.float32(0.0)
+    for j in range(0, m - 15, 16):  # lut[j] = w a[j] - b[j], its minimum and span in one pass
+        span = max(span, _rows16_fill_minmax(a, b, w, lut, j, mins))
+    for j in range(m - m % 16, m):
+        span = max(span, _row_fill_minmax(a, b, w, lut, j, mins))
+    return _quantize_rows(lut, qmax, out, mins, span), _sum_mins(mins, a.shape[0])
+
+
+@jit
+def _query_tables(a, terms, w, probes_q, qmax, out, steps, biases, lut, mins):
+    """`_probe_table` of one query's probes (P,): out[p], steps[p], biases[p] for the table
+    w a - terms[probes_q[p]]; probes < 0 are left as they are (the scans skip them)."""
+    for p in range(probes_q.shape[0]):
+        lst = probes_q[p]
+        if lst >= 0:
+            steps[p], biases[p] = _probe_table(a, terms[lst], w, lut, mins, qmax, out[p])
+
+
+@jit
+def _fused_scratch(fused, m, n_rows, n_tables):
+    """Scratch of a fused l2 scan (empty when not `fused`): n_tables quantized tables of
+    n_rows rows (n_tables, 1, n_rows, 32) with their steps and biases (n_tables, 1), one float
+    table (m, 16) and its row minima (m,)."""
+    n = n_tables if fused else 0
+    return (np.zeros((n, 1, n_rows, 32), dtype=np.uint8), np.ones((n_tables, 1), dtype=np.float32),
+            np.zeros((n_tables, 1), dtype=np.float32), np.zeros((m, 16), dtype=np.float32),
+            np.empty(m, dtype=np.float32))
+
+
+@jit
+def _chunk_lanes(fused, steps, biases, ip, terms, w, lst, ent_q, ent_p, c0, n_lanes, n_tables, work, work_steps,
+                 work_biases, lut, mins, qmax, lane_q, lane_t, lane_heap, lane_p, lane_step, lane_bias):
+    """The tables of one chunk of a list-major scan over list `lst`: its entries c0 ..
+    c0 + n_lanes - 1 (ent_q / ent_p: query and probe index), idle lanes repeating the
+    first. lane_heap / lane_p: each lane's query and probe; lane_q / lane_t: where its table
+    is (the plan's qluts, or with `fused` work[lane, 0], made here from ip and terms);
+    lane_step / lane_bias: that table's step and bias."""
+    for lane in range(LANES):
+        e = c0 + lane if lane < n_lanes else c0
+        q = ent_q[e]
+        p = ent_p[e]
+        lane_heap[lane] = q
+        lane_p[lane] = p
+        if fused:
+            if lane < n_lanes:
+                work_steps[lane, 0], work_biases[lane, 0] = _probe_table(ip[q], terms[lst], w, lut, mins, qmax,
+                                                                         work[lane, 0])
+            at = lane if lane < n_lanes else 0
+            lane_q[lane] = at
+            lane_t[lane] = 0
+            lane_step[lane] = work_steps[at, 0]
+            lane_bias[lane] = work_biases[at, 0]
+        else:
+            t = p if n_tables > 1 else 0
+            lane_q[lane] = q
+            lane_t[lane] = t
+            lane_step[lane] = steps[q, t]
+            lane_bias[lane] = biases[q, t]
 
 
 def fs_quantize_lut(luts: np.ndarray):
     """float32 (nq, L, M, 16) -> uint8 tables (nq, L, 2 * n_pairs, 32), step a (nq, L) and
-    bias (nq, L) = sum of per-sub-quantizer minima."""
+    bias (nq, L) = sum of per-sub-quantizer minima (`_sum_mins`). Per table: the step is the
+    largest row span / qmax (1 for a constant table), each entry
+    clip(rint((x - row minimum) / step), 0, qmax)."""
     luts = np.ascontiguousarray(luts, dtype=np.float32)
     nq, n_tab, m, _ = luts.shape
     n_pairs = (m + 1) // 2
     qmax = fs_qmax(m)
     out = np.zeros((nq, n_tab, 2 * n_pairs, 32), dtype=np.uint8)
     step = np.empty((nq, n_tab), dtype=np.float32)
-    mins = np.empty((nq, n_tab, m), dtype=np.float32)
-    _quantize_lut(luts, qmax, out, step, mins)
-    bias = mins.sum(axis=2, dtype=np.float64).astype(np.float32)
+    bias = np.empty((nq, n_tab), dtype=np.float32)
+    _quantize_lut(luts, qmax, out, step, bias)
     return out, step, bias
 
 
@@ -951,6 +1184,33 @@ def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     for qi in prange(nq):
         s, i = fs_scan(qluts[qi], steps[qi], biases[qi], blocks, block_ids, block_offsets,
                        probes[qi], probe_bias[qi], k, floors[qi])
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids
+
+
+@jit_batch
+def fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
+    """`fs_scan_batch` of l2 on residuals, each query's probe tables made in a scratch of P
+    tables as `fs_scan_lists_l2` makes them (ip float32 (nq, M, 16), terms float32
+    (nlist, M, 16)); results identical to `fs_scan_batch` of `fs_quantize_lut` of the
+    float tables 2 ip[q] - terms[probes[q, p]]."""
+    _check_probe_tables(ip, terms, blocks)
+    nq, n_probe = probes.shape
+    m = ip.shape[1]
+    qmax = fs_qmax(m)
+    n_rows = 2 * ((m + 1) // 2)
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        qluts = np.zeros((n_probe, n_rows, 32), dtype=np.uint8)
+        steps = np.ones(n_probe, dtype=np.float32)
+        biases = np.zeros(n_probe, dtype=np.float32)
+        lut = np.zeros((m, 16), dtype=np.float32)
+        mins = np.empty(m, dtype=np.float32)
+        _query_tables(ip[qi], terms, np.float32(2.0), probes[qi], qmax, qluts, steps, biases, lut, mins)
+        s, i = fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes[qi], probe_bias[qi], k,
+                       floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
@@ -1349,22 +1609,58 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     the heaps admit (score, id) by a total order, so the visiting order does not matter.
     Each query's first `SEED_PROBES` probes are scanned on their own into its heap first
     (`_fs_scan_into`); `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
-    n_q = qluts.shape[0]
+    return _scan_lists(qluts, steps, biases, _NO_IP, _NO_IP, blocks, block_ids, block_offsets, probes, probe_bias,
+                       k, floors)
+
+
+@jit
+def fs_scan_lists_l2(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
+    """`fs_scan_lists` of l2 on residuals with each (query, probe) table made where the scan
+    reaches it: the tables `fs_quantize_probe_luts(ip, terms, probes)` would return, in a
+    scratch of LANES tables, instead of nq x P tables written first (minilm IVF256,PQ96x4,
+    nprobe 32: 98 MB for 1,000 queries, more time in memory than in arithmetic). ip float32
+    (G, M, 16), terms float32 (nlist, M, 16), the rest as `fs_scan_lists`; results identical
+    to `fs_scan_lists` of the materialized tables."""
+    _check_probe_tables(ip, terms, blocks)
+    return _scan_lists(_NO_QLUTS, _NO_TERMS, _NO_TERMS, ip, terms, blocks, block_ids, block_offsets, probes,
+                       probe_bias, k, floors)
+
+
+@jit
+def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
+    """`fs_scan_lists` (terms empty: tables qluts, steps, biases) or `fs_scan_lists_l2`
+    (terms given: each table made from ip and terms by `_probe_table` as it is needed)."""
+    fused = terms.shape[0] > 0
+    n_q = probes.shape[0]
     heap_scores, heap_ids = topk_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
+    n_pairs = blocks.shape[1]
+    qmax = fs_qmax(ip.shape[1])
+    w = np.float32(2.0)
+    work, work_steps, work_biases, lut, mins = _fused_scratch(fused, ip.shape[1], 2 * n_pairs, LANES)
+    seed_luts, seed_steps, seed_biases, _, _ = _fused_scratch(fused, 0, 2 * n_pairs, seed)
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
-        _fs_scan_into(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets, probes[q, :seed],
-                      probe_bias[q, :seed], heap_scores[q], heap_ids[q])
+        if fused:
+            _query_tables(ip[q], terms, w, probes[q, :seed], qmax, seed_luts[:, 0], seed_steps[:, 0],
+                          seed_biases[:, 0], lut, mins)
+            _fs_scan_into(seed_luts[:, 0], seed_steps[:, 0], seed_biases[:, 0], blocks, block_ids, block_offsets,
+                          probes[q, :seed], probe_bias[q, :seed], heap_scores[q], heap_ids[q])
+        else:
+            _fs_scan_into(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets, probes[q, :seed],
+                          probe_bias[q, :seed], heap_scores[q], heap_ids[q])
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     n_tables = qluts.shape[1]
-    n_pairs = blocks.shape[1]
+    tables = work if fused else qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     lane_thr = np.zeros(LANES, dtype=np.float32)
     scores = np.empty((LANES, BLOCK), dtype=np.float32)
     masks = np.zeros(LANES, dtype=np.int64)
     lane_q = np.zeros(LANES, dtype=np.int64)
     lane_t = np.zeros(LANES, dtype=np.int64)
+    lane_heap = np.zeros(LANES, dtype=np.int64)
+    lane_p = np.zeros(LANES, dtype=np.int64)
+    lane_bias = np.zeros(LANES, dtype=np.float32)
     lane_base = np.zeros(LANES, dtype=np.float32)
     lane_step = np.zeros(LANES, dtype=np.float32)
     for lst in range(n_lists):
@@ -1376,59 +1672,76 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
             continue
         for c0 in range(e0, e1, LANES):
             n_lanes = min(LANES, e1 - c0)
+            _chunk_lanes(fused, steps, biases, ip, terms, w, lst, ent_q, ent_p, c0, n_lanes, n_tables, work,
+                         work_steps, work_biases, lut, mins, qmax, lane_q, lane_t, lane_heap, lane_p, lane_step,
+                         lane_bias)
             for lane in range(LANES):
-                e = c0 + lane if lane < n_lanes else c0  # idle lanes repeat the first
-                q = ent_q[e]
-                p = ent_p[e]
-                t = p if n_tables > 1 else 0
-                lane_q[lane] = q
-                lane_t[lane] = t
-                lane_base[lane] = biases[q, t] + probe_bias[q, p]
-                lane_step[lane] = steps[q, t]
+                lane_base[lane] = lane_bias[lane] + probe_bias[lane_heap[lane], lane_p[lane]]
             for b in range(b0, b1):
-                _accumulate_chunk(blocks, b, 0, n_pairs, qluts, lane_q, lane_t, n_lanes, acc)
+                _accumulate_chunk(blocks, b, 0, n_pairs, tables, lane_q, lane_t, n_lanes, acc)
                 for lane in range(LANES):
-                    lane_thr[lane] = heap_scores[lane_q[lane], 0]
+                    lane_thr[lane] = heap_scores[lane_heap[lane], 0]
                 # every row's score and the rows at or above the heap minimum, in vector IR
                 # (this replaces fs_scan's block maximum test); then fs_scan's admission
                 # test on those rows only
                 _lanes_rows_pq(acc, lane_base, lane_step, lane_thr, scores, masks)
                 row0 = b * BLOCK
-                for lane in range(n_lanes):
-                    m = masks[lane]
-                    if m == 0:
+                for lane in range(n_lanes):  # written out: a shared helper cost 12% (see fs_scan_multi)
+                    m_bits = masks[lane]
+                    if m_bits == 0:
                         continue
-                    q = lane_q[lane]
+                    q = lane_heap[lane]
                     hs = heap_scores[q]
                     hi = heap_ids[q]
-                    while m != 0:
-                        v = _lowest_bit(m)
-                        m &= m - 1
+                    while m_bits != 0:
+                        v = _lowest_bit(m_bits)
+                        m_bits &= m_bits - 1
                         idx = block_ids[row0 + v]
-                        s = scores[lane, v]
-                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
-                            topk_push(hs, hi, s, idx)
+                        sc = scores[lane, v]
+                        if idx >= 0 and (sc > hs[0] or (sc == hs[0] and idx < hi[0])):
+                            topk_push(hs, hi, sc, idx)
     for g in range(n_q):
         topk_finish(heap_scores[g], heap_ids[g])
     return heap_scores, heap_ids
 
 
-@jit_batch
+_NO_QLUTS = np.zeros((0, 1, 0, 32), dtype=np.uint8)
+_NO_TERMS = np.zeros((0, 1), dtype=np.float32)
+_NO_IP = np.zeros((0, 0, 16), dtype=np.float32)
+
+
 def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors,
                         n_parts):
     """`fs_scan_lists` on `n_parts` contiguous ranges of queries, one per thread
     (numba.get_num_threads(): no heap is shared between threads; `fs_scan_lists` itself is
     the serial twin). Shapes as in `fs_scan_batch`; out (nq, k), each row identical to
     `fs_scan_batch`'s."""
-    nq = qluts.shape[0]
+    return _scan_lists_parts(qluts, steps, biases, _NO_IP, _NO_IP, blocks, block_ids, block_offsets, probes,
+                             probe_bias, k, floors, n_parts)
+
+
+def fs_scan_lists_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors, n_parts):
+    """`fs_scan_lists_l2` on `n_parts` contiguous ranges of queries, one per thread, as
+    `fs_scan_lists_batch`."""
+    return _scan_lists_parts(_NO_QLUTS, _NO_TERMS, _NO_TERMS, ip, terms, blocks, block_ids, block_offsets, probes,
+                             probe_bias, k, floors, n_parts)
+
+
+@jit_batch
+def _scan_lists_parts(qluts, steps, biases, ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k,
+                      floors, n_parts):
+    """`_scan_lists` on `n_parts` contiguous ranges of queries, one per thread."""
+    if terms.shape[0] > 0:
+        _check_probe_tables(ip, terms, blocks)
+    nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     n_parts = max(1, min(n_parts, nq))
     for r in prange(n_parts):
         a = r * nq // n_parts
         e = (r + 1) * nq // n_parts
-        s, i = fs_scan_lists(qluts[a:e], steps[a:e], biases[a:e], blocks, block_ids, block_offsets, probes[a:e],
-                             probe_bias[a:e], k, floors[a:e])
+        s, i = _scan_lists(qluts[a:e], steps[a:e], biases[a:e], ip[a:e], terms, blocks, block_ids, block_offsets,
+                           probes[a:e], probe_bias[a:e], k, floors[a:e])
         out_scores[a:e] = s
         out_ids[a:e] = i
     return out_scores, out_ids
@@ -1441,21 +1754,60 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
     shapes as in `fs_scan_factors_batch`, floors (G,) -> (G, k), row g identical to
     `fs_scan_factors` of query g with floor floors[g] (skipping compares a block's bound
     with the heap of the query it is for)."""
+    return _scan_factors_lists(qluts, steps, biases, _NO_IP, _NO_IP, n_levels, blocks, block_ids, row_factors,
+                               block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
+
+
+@jit
+def fs_scan_factors_lists_l2(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
+                             probe_bias, probe_q_sq, is_l2, k, floors):
+    """`fs_scan_factors_lists` of RB on residuals with each (query, probe) table made where
+    the scan reaches it, as `fs_scan_lists_l2`: level 0's float table of the residual
+    (q - c_l) R is the query's tq[q] less the list's tl[l] (`binary.rb_nibble_lut` is
+    linear), quantized by `_probe_table`. tq float32 (G, S, 16), tl float32 (nlist, S, 16)
+    (S = 2 * pairs per level); results identical to `fs_scan_factors_lists` of
+    `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
+    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
+    return _scan_factors_lists(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids, row_factors,
+                               block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
+
+
+@jit
+def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors, block_bounds,
+                        block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
+    """`fs_scan_factors_lists` (terms empty) or `fs_scan_factors_lists_l2` (terms given)."""
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
-    n_q = qluts.shape[0]
+    fused = terms.shape[0] > 0
+    n_q = probes.shape[0]
     heap_scores, heap_ids = topk_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
+    level_pairs = blocks.shape[1] // n_levels
+    qmax = fs_qmax(ip.shape[1])
+    w = np.float32(1.0)
+    work, work_steps, work_biases, lut, mins = _fused_scratch(fused, ip.shape[1], 2 * level_pairs, LANES)
+    seed_luts, seed_steps, seed_biases, _, _ = _fused_scratch(fused, 0, 2 * level_pairs, seed)
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
-        _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors, block_bounds,
-                              block_offsets, probes[q, :seed], probe_bias[q, :seed], probe_q_sq[q, :seed], is_l2,
-                              heap_scores[q], heap_ids[q])
+        if fused:
+            _query_tables(ip[q], terms, w, probes[q, :seed], qmax, seed_luts[:, 0], seed_steps[:, 0],
+                          seed_biases[:, 0], lut, mins)
+            _fs_scan_factors_into(seed_luts[:, 0], seed_steps[:, 0], seed_biases[:, 0], n_levels, blocks, block_ids,
+                                  row_factors, block_bounds, block_offsets, probes[q, :seed], probe_bias[q, :seed],
+                                  probe_q_sq[q, :seed], is_l2, heap_scores[q], heap_ids[q])
+        else:
+            _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors,
+                                  block_bounds, block_offsets, probes[q, :seed], probe_bias[q, :seed],
+                                  probe_q_sq[q, :seed], is_l2, heap_scores[q], heap_ids[q])
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
+    tables = work if fused else qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
     bounds = np.empty(LANES, dtype=np.float32)
     lane_q = np.zeros(LANES, dtype=np.int64)
     lane_t = np.zeros(LANES, dtype=np.int64)
+    lane_heap = np.zeros(LANES, dtype=np.int64)
+    lane_p = np.zeros(LANES, dtype=np.int64)
+    lane_bias = np.zeros(LANES, dtype=np.float32)
     lane_base = np.zeros(LANES, dtype=np.float32)
     lane_step = np.zeros(LANES, dtype=np.float32)
     lane_pbias = np.zeros(LANES, dtype=np.float32)
@@ -1464,13 +1816,12 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
     scores = np.empty((LANES, BLOCK), dtype=np.float32)
     masks = np.zeros(LANES, dtype=np.int64)
     n_tables = qluts.shape[1]
-    level_pairs = blocks.shape[1] // n_levels
     skip = block_bounds.shape[0] > 0
     level_sum = np.float32(0.0)
-    w = np.float32(1.0)
+    lw = np.float32(1.0)
     for _ in range(n_levels):
-        level_sum += w
-        w *= np.float32(0.5)
+        level_sum += lw
+        lw *= np.float32(0.5)
     for lst in range(n_lists):
         b0 = block_offsets[lst]
         b1 = block_offsets[lst + 1]
@@ -1480,26 +1831,22 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
             continue
         for c0 in range(e0, e1, LANES):
             n_lanes = min(LANES, e1 - c0)
+            _chunk_lanes(fused, steps, biases, ip, terms, w, lst, ent_q, ent_p, c0, n_lanes, n_tables, work,
+                         work_steps, work_biases, lut, mins, qmax, lane_q, lane_t, lane_heap, lane_p, lane_step,
+                         lane_bias)
             for lane in range(LANES):
-                e = c0 + lane if lane < n_lanes else c0  # idle lanes repeat the first
-                q = ent_q[e]
-                p = ent_p[e]
-                t = p if n_tables > 1 else 0
-                lane_q[lane] = q
-                lane_t[lane] = t
-                lane_base[lane] = biases[q, t] * level_sum
-                lane_step[lane] = steps[q, t]
-                lane_pbias[lane] = probe_bias[q, p]
-                lane_q_sq[lane] = probe_q_sq[q, p]
+                lane_base[lane] = lane_bias[lane] * level_sum
+                lane_pbias[lane] = probe_bias[lane_heap[lane], lane_p[lane]]
+                lane_q_sq[lane] = probe_q_sq[lane_heap[lane], lane_p[lane]]
             for b in range(b0, b1):
                 row0 = b * BLOCK
-                w = np.float32(1.0)
+                lw = np.float32(1.0)
                 for lv in range(n_levels):
-                    _accumulate_chunk(blocks, b, lv * level_pairs, level_pairs, qluts, lane_q, lane_t, n_lanes, acc)
-                    _lanes_comb(acc, comb, w, lv == 0)
-                    w *= np.float32(0.5)
+                    _accumulate_chunk(blocks, b, lv * level_pairs, level_pairs, tables, lane_q, lane_t, n_lanes, acc)
+                    _lanes_comb(acc, comb, lw, lv == 0)
+                    lw *= np.float32(0.5)
                 for lane in range(LANES):
-                    lane_thr[lane] = heap_scores[lane_q[lane], 0]
+                    lane_thr[lane] = heap_scores[lane_heap[lane], 0]
                 if skip:
                     _lanes_bound(comb, lane_base, lane_step, lane_pbias, lane_q_sq, 0, block_bounds, b, is_l2,
                                  bounds)
@@ -1510,42 +1857,89 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
                 # then fs_scan_factors's admission test on those rows only
                 _lanes_rows(comb, row_factors, row0, lane_base, lane_step, lane_pbias, lane_q_sq, lane_thr, is_l2,
                             scores, masks)
-                for lane in range(n_lanes):
-                    m = masks[lane]
-                    if m == 0:
+                for lane in range(n_lanes):  # written out: a shared helper cost 12% (see fs_scan_multi)
+                    m_bits = masks[lane]
+                    if m_bits == 0:
                         continue
-                    q = lane_q[lane]
+                    q = lane_heap[lane]
                     hs = heap_scores[q]
                     hi = heap_ids[q]
-                    while m != 0:
-                        v = _lowest_bit(m)
-                        m &= m - 1
+                    while m_bits != 0:
+                        v = _lowest_bit(m_bits)
+                        m_bits &= m_bits - 1
                         idx = block_ids[row0 + v]
-                        s = scores[lane, v]
-                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
-                            topk_push(hs, hi, s, idx)
+                        sc = scores[lane, v]
+                        if idx >= 0 and (sc > hs[0] or (sc == hs[0] and idx < hi[0])):
+                            topk_push(hs, hi, sc, idx)
     for g in range(n_q):
         topk_finish(heap_scores[g], heap_ids[g])
     return heap_scores, heap_ids
 
 
-@jit_batch
 def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
                                 block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`fs_scan_factors_lists` on one contiguous range of queries per thread (as
     `fs_scan_lists_batch`); shapes as in `fs_scan_factors_batch`."""
-    nq = qluts.shape[0]
+    return _scan_factors_lists_parts(qluts, steps, biases, _NO_IP, _NO_IP, n_levels, blocks, block_ids, row_factors,
+                                     block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors,
+                                     n_parts)
+
+
+def fs_scan_factors_lists_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+                                   probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
+    """`fs_scan_factors_lists_l2` on one contiguous range of queries per thread."""
+    return _scan_factors_lists_parts(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids,
+                                     row_factors, block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2,
+                                     k, floors, n_parts)
+
+
+@jit_batch
+def _scan_factors_lists_parts(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors,
+                              block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
+    """`_scan_factors_lists` on `n_parts` contiguous ranges of queries, one per thread."""
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
+    if terms.shape[0] > 0:
+        _check_probe_tables(ip, terms, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
+    nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     n_parts = max(1, min(n_parts, nq))
     for r in prange(n_parts):
         a = r * nq // n_parts
         e = (r + 1) * nq // n_parts
-        s, i = fs_scan_factors_lists(qluts[a:e], steps[a:e], biases[a:e], n_levels, blocks, block_ids, row_factors,
-                                     block_bounds, block_offsets, probes[a:e], probe_bias[a:e], probe_q_sq[a:e],
-                                     is_l2, k, floors[a:e])
+        s, i = _scan_factors_lists(qluts[a:e], steps[a:e], biases[a:e], ip[a:e], terms, n_levels, blocks, block_ids,
+                                   row_factors, block_bounds, block_offsets, probes[a:e], probe_bias[a:e],
+                                   probe_q_sq[a:e], is_l2, k, floors[a:e])
         out_scores[a:e] = s
         out_ids[a:e] = i
+    return out_scores, out_ids
+
+
+@jit_batch
+def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
+                             probe_bias, probe_q_sq, is_l2, k, floors):
+    """`fs_scan_factors_batch` of RB on residuals, each query's probe tables made in a
+    scratch of P tables as `fs_scan_factors_lists_l2` makes them; results identical to
+    `fs_scan_factors_batch` of `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
+    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
+    # the float inputs the factor kernels read (no steps or biases here: the tables are made below)
+    _check_factor_terms(probe_bias, probe_bias, probe_bias, probe_q_sq, row_factors, block_bounds)
+    nq, n_probe = probes.shape
+    s_rows = tq.shape[1]
+    qmax = fs_qmax(s_rows)
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        qluts = np.zeros((n_probe, 2 * ((s_rows + 1) // 2), 32), dtype=np.uint8)
+        steps = np.ones(n_probe, dtype=np.float32)
+        biases = np.zeros(n_probe, dtype=np.float32)
+        lut = np.zeros((s_rows, 16), dtype=np.float32)
+        mins = np.empty(s_rows, dtype=np.float32)
+        _query_tables(tq[qi], tl, np.float32(1.0), probes[qi], qmax, qluts, steps, biases, lut, mins)
+        s, i = fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+                               block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k, floors[qi])
+        out_scores[qi] = s
+        out_ids[qi] = i
     return out_scores, out_ids
 
 

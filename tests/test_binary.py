@@ -412,21 +412,21 @@ def test_error_norms_are_the_estimator_error(n, dim, levels, seed, zero_rows):
 
 @settings(max_examples=30, deadline=None, database=None)
 @given(nq=st.integers(1, 4), dim=st.sampled_from([1, 7, 8, 13, 64, 65]), nlist=st.integers(1, 5),
-       n_probe=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
-def test_rb_probe_qluts_equal_tables_of_each_residual(nq, dim, nlist, n_probe, seed):
-    # each probe's tables made and quantized in cache equal rb_nibble_lut of the rotated
-    # residual qr - rotated[l] through fs_quantize_lut (biases: the same minima summed in
-    # another order); q_sq its squared norm; probes -1 give zero tables
-    from vecz.kernels import fastscan
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), near=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_rb_nibble_tables_are_linear(nq, dim, nlist, scale, near, seed):
+    # l2 on residuals makes each probe's level-0 table as the query's less the list's
+    # (engine/quantizers.py RB.probe_tables): rb_nibble_lut(qR - cR) equals
+    # rb_nibble_lut(qR) - rb_nibble_lut(cR) to within the float32 rounding of four-term sums
+    # of either, also when q is near c (the residual small against both)
     rng = np.random.default_rng(seed)
-    qr = rng.standard_normal((nq, dim)).astype(np.float32)
-    rotated = rng.standard_normal((nlist, dim)).astype(np.float32)
-    probes = random_probes(rng, nq, nlist, n_probe)
-    qluts, steps, biases, q_sq = binary.rb_probe_qluts(qr, rotated, probes)
-    res = np.where(probes[:, :, None] >= 0, qr[:, None, :] - rotated[np.maximum(probes, 0)], np.float32(0))
-    want = fastscan.fs_quantize_lut(binary.rb_nibble_lut(res.reshape(nq * n_probe, dim), 1).reshape(
-        nq, n_probe, -1, 16))
-    np.testing.assert_array_equal(qluts, want[0])
-    np.testing.assert_array_equal(steps, want[1])
-    np.testing.assert_allclose(biases, want[2], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(q_sq, (res.astype(np.float64) ** 2).sum(axis=2), rtol=1e-6)
+    rotated = (rng.standard_normal((nlist, dim)) * scale).astype(np.float32)
+    qr = (rng.standard_normal((nq, dim)) * scale).astype(np.float32)
+    if near:
+        qr = (rotated[rng.integers(0, nlist, nq)] + qr * np.float32(1e-3)).astype(np.float32)
+    tq, tl = binary.rb_nibble_lut(qr, 1), binary.rb_nibble_lut(rotated, 1)
+    assert tq.shape == (nq, 2 * binary.rb_nbytes(dim), 16) and tl.shape == (nlist,) + tq.shape[1:]
+    for lst in range(nlist):
+        want = binary.rb_nibble_lut(qr - rotated[lst], 1)
+        got = tq - tl[lst]
+        mag = np.abs(tq).max() + np.abs(tl[lst]).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=8 * np.finfo(np.float32).eps * mag)

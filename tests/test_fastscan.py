@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from vecz.kernels import binary, fastscan, pq
 from tests.reference.ivf import random_layout, random_probes
-from tests.reference.pq import fastscan_accumulate_ref, fs_layout_ref, pq_scan_candidates_ref
-from tests.reference.topk import assert_topk_exact, no_floors
+from tests.reference.pq import fastscan_accumulate_ref, fs_layout_ref, pq_scan_candidates_ref, probe_luts_ref
+from tests.reference.topk import assert_topk_exact, draw_floors, no_floors
 
 SETTINGS = settings(max_examples=50, deadline=None, database=None)
 BLOCK = fastscan.BLOCK
@@ -825,6 +825,58 @@ def test_scan_lists_equals_single(nq, sizes, m, n_probe, per_probe, k, n_parts, 
 
 
 @LIST_SETTINGS
+@given(nq=st.integers(1, 21), sizes=LIST_SIZES, m=st.sampled_from([1, 3, 8, 13, 16, 17, 33, 48]),
+       n_probe=st.integers(1, 5), k=st.one_of(st.integers(1, 4), st.integers(1, 400)), n_parts=st.integers(1, 3),
+       scale=st.sampled_from([1e-6, 1.0, 1e6]), coarse=st.booleans(), floored=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_scan_l2_fused_equals_materialized(nq, sizes, m, n_probe, k, n_parts, scale, coarse, floored, seed):
+    # l2 on residuals: the scans that make each (query, probe) table 2 ip[q] - terms[l] where
+    # they reach it (list-major, batch and serial, and one query at a time) equal fs_scan_batch
+    # over fs_quantize_lut of all those tables written out first, bit for bit: the same bytes,
+    # steps and biases (row groups of 16 and the rest: m 1..48), probes -1 and repeated,
+    # coarse tables (equal scores, ties by id), k > n, floors
+    rng = np.random.default_rng(seed)
+    nlist = len(sizes)
+    ip = (rng.standard_normal((nq, m, 16)) * scale).astype(np.float32)
+    terms = (rng.standard_normal((nlist, m, 16)) * scale).astype(np.float32)
+    if coarse:
+        ip, terms = np.rint(ip), np.rint(terms)
+    probes = _own_probes(rng, nq, nlist, n_probe)
+    luts = probe_luts_ref(ip, terms, probes)
+    qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+    _, codes, ids, offsets, _, bias = _scan_inputs(rng, nq, 0, m, 0, n_probe, True, sizes=sizes)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, ids, offsets)
+    _readonly(ip, terms, probes, bias, blocks, block_ids, block_offsets)
+    layout = (blocks, block_ids, block_offsets, probes, bias, k)
+    want = fastscan.fs_scan_batch(qluts, steps, biases, *layout, no_floors(qluts))
+    floors = draw_floors(*want, rng) if floored else no_floors(qluts)
+    want = fastscan.fs_scan_batch(qluts, steps, biases, *layout, floors)
+    runs = [fastscan.fs_scan_l2_batch(ip, terms, *layout, floors),
+            fastscan.fs_scan_lists_l2_batch(ip, terms, *layout, floors, n_parts),
+            fastscan.fs_scan_lists_l2(ip, terms, *layout, floors)]
+    for got_s, got_i in runs:
+        np.testing.assert_array_equal(got_i, want[1])
+        np.testing.assert_array_equal(got_s, want[0])
+
+
+def test_scan_l2_fused_refuses_bad_tables():
+    # the row intrinsics read 16 contiguous float32 a row
+    ip = np.zeros((1, 4, 32), dtype=np.float32)[:, :, ::2]
+    terms = np.zeros((1, 4, 16), dtype=np.float32)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(np.zeros((3, 4), np.uint8), np.arange(3), np.array([0, 3]))
+    probes = np.zeros((1, 1), dtype=np.int64)
+    args = (probes, np.zeros((1, 1), np.float32), 2, np.full(1, -np.inf, np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        fastscan.fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, *args)
+    with pytest.raises(ValueError, match="contiguous"):
+        fastscan.fs_scan_lists_l2_batch(ip, terms, blocks, block_ids, block_offsets, *args, 1)
+    # tables of 6 sub-quantizers for blocks of 4: refused, not written past the scratch
+    wide = np.zeros((1, 6, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match="sub-quantizers"):
+        fastscan.fs_scan_lists_l2(wide, np.zeros((1, 6, 16), np.float32), blocks, block_ids, block_offsets, *args)
+
+
+@LIST_SETTINGS
 @given(nq=st.integers(1, 21), sizes=LIST_SIZES, dim=st.sampled_from([1, 7, 16, 33]), levels=st.integers(1, 3),
        n_probe=st.integers(1, 5), per_probe=st.booleans(), is_l2=st.booleans(),
        k=st.one_of(st.integers(1, 4), st.integers(1, 400)), n_parts=st.integers(1, 3),
@@ -845,6 +897,43 @@ def test_scan_factors_lists_equal_single(nq, sizes, dim, levels, n_probe, per_pr
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, ref_i)
         np.testing.assert_array_equal(got_s, ref_s)
+
+
+@LIST_SETTINGS
+@given(nq=st.integers(1, 21), sizes=LIST_SIZES, dim=st.sampled_from([1, 7, 16, 33, 64, 130]),
+       levels=st.integers(1, 3), n_probe=st.integers(1, 5), is_l2=st.booleans(),
+       k=st.one_of(st.integers(1, 4), st.integers(1, 400)), n_parts=st.integers(1, 3), floored=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_scan_factors_l2_fused_equals_materialized(nq, sizes, dim, levels, n_probe, is_l2, k, n_parts, floored,
+                                                   seed):
+    # RB on residuals: the scans that make each probe's level-0 table tq[q] - tl[l] where
+    # they reach it (list-major batch and serial, one query at a time with block bounds)
+    # equal fs_scan_factors_batch over fs_quantize_lut of those tables written out first,
+    # bit for bit (symbols 2..66: groups of 16 rows and the rest; levels 1-3; probes -1 and
+    # repeated; k > n; floors)
+    rng = np.random.default_rng(seed)
+    (_, _, _, blocks, block_ids, row_factors, bounds, block_offsets, _, bias,
+     q_sq) = _rb_inputs(rng, nq, 0, dim, levels, 0, n_probe, True, sizes=sizes)
+    nlist = len(sizes)
+    tq = binary.rb_nibble_lut(rng.standard_normal((nq, dim)).astype(np.float32), 1)
+    tl = binary.rb_nibble_lut(rng.standard_normal((nlist, dim)).astype(np.float32), 1)
+    probes = _own_probes(rng, nq, nlist, n_probe)
+    luts = tq[:, None] - tl[np.maximum(probes, 0)]
+    luts[probes < 0] = 0  # never read: the scans skip probes -1
+    qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+    _readonly(tq, tl, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
+    no_skip = np.empty((0, 3), dtype=np.float32)
+    rows = (levels, blocks, block_ids, row_factors)
+    tail = (block_offsets, probes, bias, q_sq, is_l2, k)
+    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, no_skip, *tail, no_floors(qluts))
+    floors = draw_floors(*want, rng) if floored else no_floors(qluts)
+    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, no_skip, *tail, floors)
+    runs = [fastscan.fs_scan_factors_l2_batch(tq, tl, *rows, bounds, *tail, floors),
+            fastscan.fs_scan_factors_lists_l2_batch(tq, tl, *rows, no_skip, *tail, floors, n_parts),
+            fastscan.fs_scan_factors_lists_l2(tq, tl, *rows, bounds, *tail, floors)]
+    for got_s, got_i in runs:
+        np.testing.assert_array_equal(got_i, want[1])
+        np.testing.assert_array_equal(got_s, want[0])
 
 
 @SETTINGS

@@ -575,9 +575,7 @@ def test_opq_on_tiny_inputs_and_bad_iterations():
 def test_l2_tables_from_list_terms(nq, n, m, nbits, width, nlist, n_probe, k, dead, seed):
     # 2 <q, b> - terms[l] is the l2 table of q - c_l less |q - c_l|^2 per sub-space (padded
     # dims not counted); the fused scan equals pq_lut_scan over those tables bit for bit
-    # (floors, dead rows, empty lists, probes -1, k > n), and the fused 4-bit quantization
-    # equals fs_quantize_lut of them
-    from vecz.kernels import fastscan
+    # (floors, dead rows, empty lists, probes -1, k > n)
     m = min(m, width)
     ksub = 1 << nbits
     rng = np.random.default_rng(seed)
@@ -604,12 +602,7 @@ def test_l2_tables_from_list_terms(nq, n, m, nbits, width, nlist, n_probe, k, de
             t_sq = (pq_pad_ref(t[None], m)[0].reshape(m, dsub).astype(np.float64) ** 2).sum(axis=1)
             full = pq.pq_lut(t, books, "l2")[0]
             np.testing.assert_allclose(luts[qi, p] - t_sq[:, None], full, rtol=1e-4, atol=1e-4)
-    if nbits == 4:
-        got = fastscan.fs_quantize_probe_luts(ip, terms, probes)
-        want = fastscan.fs_quantize_lut(luts)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
-        np.testing.assert_allclose(got[2], want[2], rtol=1e-6, atol=1e-6)
+    if nbits == 4:  # the fused 4-bit scans: tests/test_fastscan.py test_scan_l2_fused_equals_materialized
         return
     codes = rng.integers(0, ksub, size=(n, m)).astype(np.uint8)
     offsets, ids = random_layout(rng, n, nlist)

@@ -171,20 +171,18 @@ def test_scan_refuses_a_plan_of_another_codec_and_bad_k():
 
 
 def test_queries_per_plan_bounds_the_tables(monkeypatch):
-    codec = _codec("IVF4,PQ4x4", "l2")  # per-probe tables: 4 * 4 * 16 float bytes per probed list
-    assert codec.queries_per_plan(nprobe=2) == CodeIndex.TABLE_BUDGET // (4 * 4 * 16 * 2)
+    # PQ under l2 on residuals makes each probe's table in its scan from one inner-product
+    # table a query and the per-list terms (engine/quantizers.py PQ.probe_tables): a query's
+    # tables count once (4 * 16 float bytes per sub-quantizer at 4 bits, 4 * 256 at 8),
+    # unless the list terms are over their budget: then one table per probed list
+    codec = _codec("IVF4,PQ4x4", "l2")
+    assert codec.queries_per_plan(nprobe=2) == CodeIndex.TABLE_BUDGET // (4 * 4 * 16)
     monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 16 * 3 * 5)
-    assert codec.queries_per_plan(nprobe=3) == 5 and codec.queries_per_plan(nprobe=99) == 3
-    plan = codec.plan(Q[:5], nprobe=3)
-    assert plan.tables["qluts"].shape[:2] == (5, 3)  # (quantized) tables of 5 queries x 3 probes
-    # search plans by chunks of that size: the same results as one plan
+    assert codec.queries_per_plan(nprobe=3) == 15
+    assert codec.plan(Q[:5], nprobe=3).tables["ip"].shape == (5, 4, 16)
     enc = _codes("IVF4,PQ4x4", "l2")
     index = codec.index(*enc)
-    got = index.search(Q[:23], 9, nprobe=3)
-    _assert_same(got, index.scan(codec.plan(Q[:23], nprobe=3), 9)[:2])
-    # 8-bit PQ makes each probe's l2 table in its scan from one table a query
-    # (engine/quantizers.py PQ.probe_tables): it counts once, unless its list terms are over
-    # their budget
+    _assert_same(index.search(Q[:23], 9, nprobe=3), index.scan(codec.plan(Q[:23], nprobe=3), 9)[:2])
     codec8 = _codec("IVF4,PQ4x8", "l2")
     monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 256 * 5)
     assert codec8.queries_per_plan(nprobe=3) == 5
@@ -192,6 +190,12 @@ def test_queries_per_plan_bounds_the_tables(monkeypatch):
     monkeypatch.setattr(quantizers, "LIST_TERMS_BUDGET", 0)
     assert codec8.queries_per_plan(nprobe=3) == 1
     assert codec8.plan(Q[:5], nprobe=3).tables["luts"].shape == (5, 3, 4, 256)
+    monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 16 * 3 * 5)
+    assert codec.queries_per_plan(nprobe=3) == 5 and codec.queries_per_plan(nprobe=99) == 3
+    assert codec.plan(Q[:5], nprobe=3).tables["qluts"].shape[:2] == (5, 3)  # quantized, 5 queries x 3 probes
+    # search plans by chunks of that size: the same results as one plan
+    got = index.search(Q[:23], 9, nprobe=3)
+    _assert_same(got, index.scan(codec.plan(Q[:23], nprobe=3), 9)[:2])
 
 
 # --------------------------------------------------------------------------- deletes at scan time
