@@ -476,7 +476,8 @@ class RB(Quantizer):
     def build_layout(self, codes, order, ids, offsets, width, keep_rows):
         # One copy of the bits, in fast-scan blocks: a sign byte is two 4-bit sub-codes
         # (`binary.rb_nibbles`), already the fast scan's byte pair. The popcount words for
-        # symmetric scoring are derived on the first sdc=True scan, from the row bits when kept.
+        # symmetric scoring are derived on the first sdc=True scan, from the row bits when
+        # kept, else from the blocks (`scan`).
         n_bytes = self.levels * binary.rb_nbytes(width)
         factors = np.ascontiguousarray(codes[:, n_bytes : n_bytes + RB_FACTOR_BYTES]).view("<f4")
         blocks, block_ids, block_offsets, block_factors = fastscan.fs_layout_packed(
@@ -563,14 +564,20 @@ class RB(Quantizer):
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         t = plan.tables
         if plan.sdc:
-            if layout.words is None:
-                if layout.bits is None:
-                    raise InvalidInput("sdc=True needs the row codes, which this index "
-                                       "(built with keep_rows=False) does not keep")
-                layout.words = binary.rb_words(layout.bits)
-            return binary.rb_sdc_scan_batch(t["words"], t["q_scale"], layout.words, layout.factors, layout.ids,
-                                            layout.offsets, plan.probes, plan.bias, t["q_sq"], is_l2, width, k,
-                                            floors)
+            if layout.bits is not None:  # the rows kept in list order
+                rows = (layout.factors, layout.ids, layout.offsets)
+                if layout.words is None:
+                    layout.words = binary.rb_words(layout.bits)
+            else:
+                # without them (a store's segments), the rows of the fast-scan blocks: a block
+                # row's bytes are its sign bytes (`build_layout`); padding rows have id -1,
+                # and rows marked dead share the blocks' ids, so the scan skips both
+                rows = (layout.block_factors, layout.block_ids, layout.block_offsets * fastscan.BLOCK)
+                if layout.words is None:
+                    bits = fastscan.fs_block_bytes(layout.blocks)
+                    layout.words = binary.rb_words(bits.reshape(bits.shape[0], self.levels, -1))
+            return binary.rb_sdc_scan_batch(t["words"], t["q_scale"], layout.words, *rows, plan.probes, plan.bias,
+                                            t["q_sq"], is_l2, width, k, floors)
         rows = (layout.blocks, layout.block_ids, layout.block_factors)
         if "tq" in t:  # l2 on residuals (`probe_tables`): each probe's table made in the scan
             tl = plan.shared["list_nibbles"]

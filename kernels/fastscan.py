@@ -79,6 +79,7 @@ __all__ = [
     "fs_scan_factors_multi",
     "fs_scan_factors_multi_batch",
     "fs_row_values",
+    "fs_block_bytes",
     "fs_block_bounds",
     "fs_query_groups",
     "fs_block_accumulate_gather",
@@ -1941,6 +1942,14 @@ def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, b
         out_scores[qi] = s
         out_ids[qi] = i
     return out_scores, out_ids
+
+
+def fs_block_bytes(blocks: np.ndarray) -> np.ndarray:
+    """The code bytes of every block row: uint8 (n_blocks, n_pairs, 32) -> (n_blocks * 32,
+    n_pairs), byte j of a row holding its sub-codes 2j (low nibble) and 2j + 1 (high), the
+    inverse of the packing of `fs_layout` (padding rows included, in block order)."""
+    n_blocks, n_pairs, _ = blocks.shape
+    return np.ascontiguousarray(blocks.transpose(0, 2, 1)).reshape(n_blocks * BLOCK, n_pairs)
 
 
 def fs_row_values(values: np.ndarray, block_ids_len: int, list_offsets: np.ndarray) -> np.ndarray:

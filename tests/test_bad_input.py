@@ -445,8 +445,6 @@ CASES: list[Case] = [
          r"sdc=True needs an RB codec, found 'PQ4x8'"),
     Case("sdc on a 0-row PQ store", "Store.search(sdc)", lambda e: e.empty.search(Q, 5, sdc=True), InvalidInput,
          r"sdc=True needs an RB codec, found 'PQ4x8'"),
-    Case("sdc on an RB store", "Store.search(sdc)", lambda e: e.main.search(Q, 5, sdc=True), InvalidInput,
-         r"sdc=True needs the row codes, which this index \(built with keep_rows=False\) does not keep"),
     # ---- Store.get
     Case("get an id never added", "Store.get(ids)", lambda e: e.main.get([7, 10**6]), IdNotFound,
          r"ids: expected ids live in the store, found id 1000000 missing \(1 of 2 ids are missing\)"),

@@ -114,6 +114,17 @@ def test_layout_matches_reference(n, m, nlist, seed):
     np.testing.assert_array_equal(block_offsets, ref_o)
     np.testing.assert_array_equal(block_ids, ref_i)
     np.testing.assert_array_equal(blocks.reshape(ref_b.shape), ref_b)
+    # fs_block_bytes undoes the packing: row v of block b has the bytes of its code
+    # (sub-codes 2j, 2j + 1 in byte j's low and high nibble; padding rows zero)
+    rows = fastscan.fs_block_bytes(blocks)
+    assert rows.shape == (blocks.shape[0] * BLOCK, (m + 1) // 2) and rows.flags.c_contiguous
+    padded = np.zeros((n, 2 * rows.shape[1]), dtype=np.uint8)
+    padded[:, :m] = codes
+    for lst in range(nlist):
+        for i, r in enumerate(range(offsets[lst], offsets[lst + 1])):
+            at = block_offsets[lst] * BLOCK + i
+            np.testing.assert_array_equal(rows[at], padded[r, 0::2] | (padded[r, 1::2] << 4))
+    assert not rows[block_ids < 0].any()
 
 
 @SETTINGS

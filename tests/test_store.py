@@ -866,6 +866,59 @@ def test_search_scans_the_biggest_segment_first_and_the_rest_above_its_floor(tmp
     assert ((out1[0] >= t1[:, None]) | (out1[1] < 0)).all()
 
 
+@pytest.mark.parametrize("codec,metric", [("PQ12x8", "cosine"), ("IVF4,PQ12x4", "l2"), ("IVF4,RB1", "l2")])
+def test_search_plans_a_batch_by_chunks_within_the_table_budget(tmp_path, monkeypatch, codec, metric):
+    # a store's batch is planned by chunks of Codec.queries_per_plan queries (each plan's
+    # tables within CodeIndex.TABLE_BUDGET), over several segments, with the same results as
+    # one plan of the whole batch
+    from vecz.engine.layout import CodeIndex
+    x = _data(700, seed=7)
+    q = _data(23, seed=8)
+    nprobe = 2 if codec.startswith("IVF") else 1
+    with Store.create(tmp_path / "s", dim=DIM, codec=codec, metric=metric, dense="f32") as s:
+        s.auto_merge_rows = 0
+        s.add(x[:500])
+        s.add(x[500:])
+        want = s.search(q, 7, nprobe=nprobe, rerank=15)
+        nqs = []
+        plan = s.codec.plan
+
+        def spy(queries, **kw):
+            nqs.append(len(queries))
+            return plan(queries, **kw)
+
+        monkeypatch.setattr(s.codec, "plan", spy)
+        monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 5 * s.codec.quantizer.table_bytes(s.codec.width))
+        assert s.codec.queries_per_plan(nprobe) == 5
+        got = s.search(q, 7, nprobe=nprobe, rerank=15)
+        assert nqs == [5, 5, 5, 5, 3]
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.scores, want.scores)
+
+
+@pytest.mark.parametrize("codec", ["RB1", "IVF4,RB2"])
+def test_search_sdc_scores_a_stores_rb_codes_symmetrically(tmp_path, codec):
+    # a store's segments keep no row codes (the fast-scan blocks hold the bits): sdc=True
+    # scores from the blocks, across segments and deletes, the same as an index that keeps
+    # its rows; it used to refuse every store
+    x = _data(500, seed=9)
+    q = _data(6, seed=10)
+    nprobe = 2 if codec.startswith("IVF") else 1
+    with Store.create(tmp_path / "s", dim=DIM, codec=codec, metric="l2", dense="f32") as s:
+        s.auto_merge_rows = 0
+        s.add(x[:300])
+        s.add(x[300:])
+        s.delete(np.arange(0, 500, 7))
+        got = s.search(q, 8, nprobe=nprobe, rerank=0, sdc=True)
+        live = np.setdiff1d(np.arange(500), np.arange(0, 500, 7))
+        enc = s.codec.encode(x[live])
+        want = s.codec.index(enc.codes, enc.lists, live, keep_rows=True).search(q, 8, nprobe=nprobe, sdc=True)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+        exact = s.search(q, 8, nprobe=nprobe, rerank=40, sdc=True)  # a shortlist by sdc scores, re-ranked
+        assert (exact.ids >= 0).all() and not np.isin(exact.ids, np.arange(0, 500, 7)).any()
+
+
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_scan_threshold_at_zero_returns_no_row_below_it(tmp_path, metric):
     # the kernels let rows within FLT_MIN below a floor of 0 through (kernels/topk.py
