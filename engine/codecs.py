@@ -707,13 +707,14 @@ class Codec:
             probes, probe_ip = self._probe(x, nprobe)
             return self._plan(x, probes, probe_ip, sdc)
 
-    def queries_per_plan(self, nprobe: int = 1) -> int:
+    def queries_per_plan(self, nprobe: int = 1, sdc: bool = False) -> int:
         """How many queries a plan may hold with its float tables within
         ``CodeIndex.TABLE_BUDGET`` bytes (at least 1; what `CodeIndex.search` plans at a time).
         Per-probe tables (l2 on residuals) count once per probed list
-        (``Quantizer.tables_per_query``: once a query for 8-bit PQ)."""
+        (``Quantizer.tables_per_query``: once a query for PQ and RB with their per-list
+        tables, except RB's symmetric scoring)."""
         n_probe = min(int(nprobe), self.nlist) if self.ivf is not None else 1
-        return plan_rows(self, max(1, n_probe), CodeIndex.TABLE_BUDGET)
+        return plan_rows(self, max(1, n_probe), CodeIndex.TABLE_BUDGET, sdc)
 
     def _check_search(self, nprobe: Any, sdc: bool) -> None:
         if not isinstance(nprobe, (int, np.integer)) or nprobe < 1:

@@ -186,11 +186,11 @@ def _check_k(k: Any) -> None:
         raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
 
 
-def plan_rows(codec: Any, n_probe: int, budget: int) -> int:
+def plan_rows(codec: Any, n_probe: int, budget: int, sdc: bool = False) -> int:
     """Queries per plan whose float tables stay within `budget` bytes (at least 1): per-probe
     tables (l2 on residuals) count once per probed list (`Quantizer.tables_per_query`)."""
     q = codec.quantizer
-    n_tables = q.tables_per_query(codec, n_probe) if codec.metric == "l2" and q.residual else 1
+    n_tables = q.tables_per_query(codec, n_probe, sdc) if codec.metric == "l2" and q.residual else 1
     return max(1, budget // max(1, q.table_bytes(codec.width) * n_tables))
 
 
@@ -362,7 +362,7 @@ class CodeIndex:
             if nq == 0:
                 empty = np.empty((0, k))
                 return SearchResult(empty.astype(np.float32), empty.astype(np.int64), stats)
-            chunk = min(nq, plan_rows(codec, probes.shape[1], self.TABLE_BUDGET))
+            chunk = min(nq, plan_rows(codec, probes.shape[1], self.TABLE_BUDGET, sdc))
             out_s = np.empty((nq, k), dtype=np.float32)
             out_i = np.empty((nq, k), dtype=np.int64)
             for start in range(0, nq, chunk):

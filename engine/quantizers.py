@@ -196,7 +196,7 @@ class Quantizer:
         additive per-probe term. Returns (tables by name, bias, possibly with terms added)."""
         raise NotImplementedError
 
-    def tables_per_query(self, codec: Any, n_probe: int) -> int:
+    def tables_per_query(self, codec: Any, n_probe: int, sdc: bool = False) -> int:
         """Float tables a plan holds per query for l2 on residuals: one per probed list."""
         return n_probe
 
@@ -360,9 +360,8 @@ class PQ(Quantizer):
     def _list_terms_bytes(self, nlist: int) -> int:
         return nlist * self.m * (1 << self.nbits) * 4
 
-    def tables_per_query(self, codec, n_probe):
-        # with the list terms: one table a query, each probe's made in the scan (4 bits: the
-        # batches under LIST_MIN_QUERIES_PQ quantize theirs at once, n_probe each)
+    def tables_per_query(self, codec, n_probe, sdc=False):
+        # with the list terms: one table a query, each probe's made in the scan
         fits = self._list_terms_bytes(codec.nlist) <= LIST_TERMS_BUDGET
         return 1 if fits else n_probe
 
@@ -540,10 +539,11 @@ class RB(Quantizer):
         return _derive(derived, "rb_list_nibbles", self._list_nibbles_bytes(c.shape[0], c.shape[1]),
                        lambda: binary.rb_nibble_lut(_rotated_centroids(state, "rb_rotation", derived), 1))
 
-    def tables_per_query(self, codec, n_probe):
-        # with the list tables: one float table a query, each probe's made in the scan
+    def tables_per_query(self, codec, n_probe, sdc=False):
+        # with the list tables: one float table a query, each probe's made in the scan;
+        # symmetric scoring encodes every rotated residual (q - c) R, one per probe
         fits = self._list_nibbles_bytes(codec.nlist, codec.width) <= LIST_TERMS_BUDGET
-        return 1 if fits else n_probe
+        return 1 if fits and not sdc else n_probe
 
     def _rotated_tables(self, rot, bias, *, nq, per_probe, sdc):
         """The tables of rotated (residual) queries rot (nq * L, width)."""

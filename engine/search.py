@@ -127,7 +127,7 @@ def _shortlist(codec: Codec, segments: list[Segment], x: np.ndarray, depth: int,
     candidates scored. Planned by chunks of `Codec.queries_per_plan` queries, as
     `CodeIndex.search` plans, so a batch's tables stay within `CodeIndex.TABLE_BUDGET` (one
     plan of 10,000 cosine queries over PQ48x8 held 490 MB of float tables)."""
-    rows = codec.queries_per_plan(nprobe)
+    rows = codec.queries_per_plan(nprobe, sdc)
     if x.shape[0] <= rows:
         return _shortlist_plan(codec, segments, x, depth, nprobe, sdc)
     parts = [_shortlist_plan(codec, segments, x[a : a + rows], depth, nprobe, sdc) for a in range(0, x.shape[0], rows)]

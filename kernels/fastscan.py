@@ -928,9 +928,21 @@ def _row_quantize(typingctx, lut, j, lo, step, qmax, out):
 
 @jit
 def _check_rows(lut, out):
-    """The row intrinsics read 16 contiguous float32 a row and write 32 contiguous bytes."""
-    if lut.shape[1] != 16 or lut.strides[1] != 4 or out.shape[1] != 32 or out.strides[1] != 1:
+    """The row intrinsics read 16 contiguous float32 a row and write 32 contiguous bytes
+    (the strides of an array without rows are not checked: numpy gives them as 0)."""
+    if lut.shape[1] != 16 or out.shape[1] != 32 or (lut.shape[0] > 0 and lut.strides[1] != 4) or (
+            out.shape[0] > 0 and out.strides[1] != 1):
         raise ValueError("fast-scan tables must be float32 rows of 16 contiguous entries into uint8 rows of 32")
+    if out.shape[0] < lut.shape[0]:
+        raise ValueError("fast-scan tables: fewer output rows than table rows")
+
+
+@jit
+def _check_mins(mins, m):
+    """The row intrinsics store 16 row minima at once and `_sum16` loads them so: the
+    minima must be m contiguous float32."""
+    if mins.shape[0] < m or (m > 0 and mins.strides[0] != 4):
+        raise ValueError("mins must hold one contiguous float32 per table row")
 
 
 @jit
@@ -938,7 +950,8 @@ def _check_probe_tables(ip, terms, blocks):
     """The fused l2 scans' inputs, checked before their parallel loops (an exception raised
     inside one surfaces as SystemError): rows of 16 contiguous float32, the same M, and
     blocks of (M + 1) // 2 pairs (the tables' rows are written and read unchecked)."""
-    if ip.shape[2] != 16 or ip.strides[2] != 4 or terms.shape[2] != 16 or terms.strides[2] != 4:
+    if ip.shape[2] != 16 or terms.shape[2] != 16 or (ip.size > 0 and ip.strides[2] != 4) or (
+            terms.size > 0 and terms.strides[2] != 4):
         raise ValueError("ip and terms must be float32 rows of 16 contiguous entries")
     if ip.shape[1] != terms.shape[1] or blocks.shape[1] != (ip.shape[1] + 1) // 2:
         raise ValueError("ip, terms and blocks must have the same number of sub-quantizers")
@@ -950,6 +963,7 @@ def _quantize_one(lut, qmax, out, mins):
     step."""
     _check_rows(lut, out)
     m = lut.shape[0]
+    _check_mins(mins, m)
     span = np.float32(0.0)
     for j in range(0, m - 15, 16):
         span = max(span, _rows16_minmax(lut, j, mins))
@@ -1026,7 +1040,11 @@ def _probe_table(a, b, w, lut, mins, qmax, out):
     (step, bias)."""
     _check_rows(a, out)
     _check_rows(b, out)
+    _check_rows(lut, out)
     m = a.shape[0]
+    if b.shape[0] != m or lut.shape[0] < m:
+        raise ValueError("a, b and the scratch table must have the same number of rows")
+    _check_mins(mins, m)
     span = np.float32(0.0)
     for j in range(0, m - 15, 16):  # lut[j] = w a[j] - b[j], its minimum and span in one pass
         span = max(span, _rows16_fill_minmax(a, b, w, lut, j, mins))

@@ -870,6 +870,11 @@ def test_scan_l2_fused_equals_materialized(nq, sizes, m, n_probe, k, n_parts, sc
         np.testing.assert_array_equal(got_s, want[0])
 
 
+def _empty(args):
+    """(probe_bias, k, floors) of args for no queries."""
+    return args[1][:0], args[2], args[3][:0]
+
+
 def test_scan_l2_fused_refuses_bad_tables():
     # the row intrinsics read 16 contiguous float32 a row
     ip = np.zeros((1, 4, 32), dtype=np.float32)[:, :, ::2]
@@ -881,6 +886,20 @@ def test_scan_l2_fused_refuses_bad_tables():
         fastscan.fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, *args)
     with pytest.raises(ValueError, match="contiguous"):
         fastscan.fs_scan_lists_l2_batch(ip, terms, blocks, block_ids, block_offsets, *args, 1)
+    # no queries: no rows to check, an empty result as the plain kernels give
+    none = np.zeros((0, 4, 16), dtype=np.float32)
+    for got in (fastscan.fs_scan_l2_batch(none, terms, blocks, block_ids, block_offsets, probes[:0], *_empty(args)),
+                fastscan.fs_scan_lists_l2_batch(none, terms, blocks, block_ids, block_offsets, probes[:0],
+                                                *_empty(args), 1)):
+        assert got[0].shape == got[1].shape == (0, 2)
+    # minima the row intrinsics would store 16 at a time past a strided view: refused
+    lut = np.zeros((16, 16), dtype=np.float32)
+    out = np.zeros((16, 32), dtype=np.uint8)
+    steps, biases = np.zeros(1, np.float32), np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match="mins"):
+        fastscan.fs_quantize_into(lut, 255, out, np.zeros(32, np.float32)[::2], steps, biases, 0)
+    with pytest.raises(ValueError, match="mins"):
+        fastscan.fs_quantize_into(lut, 255, out, np.zeros(8, np.float32), steps, biases, 0)
     # tables of 6 sub-quantizers for blocks of 4: refused, not written past the scratch
     wide = np.zeros((1, 6, 16), dtype=np.float32)
     with pytest.raises(ValueError, match="sub-quantizers"):

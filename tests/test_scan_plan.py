@@ -183,6 +183,11 @@ def test_queries_per_plan_bounds_the_tables(monkeypatch):
     enc = _codes("IVF4,PQ4x4", "l2")
     index = codec.index(*enc)
     _assert_same(index.search(Q[:23], 9, nprobe=3), index.scan(codec.plan(Q[:23], nprobe=3), 9)[:2])
+    # RB likewise, except symmetric scoring: it encodes each probe's residual
+    rb = _codec("IVF4,RB1", "l2")
+    unit = rb.quantizer.table_bytes(rb.width)
+    monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", unit * 3 * 5)
+    assert rb.queries_per_plan(nprobe=3) == 15 and rb.queries_per_plan(nprobe=3, sdc=True) == 5
     codec8 = _codec("IVF4,PQ4x8", "l2")
     monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 256 * 5)
     assert codec8.queries_per_plan(nprobe=3) == 5
