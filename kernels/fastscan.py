@@ -1208,13 +1208,18 @@ def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     return out_scores, out_ids
 
 
-@jit_batch
 def fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     """`fs_scan_batch` of l2 on residuals, each query's probe tables made in a scratch of P
     tables as `fs_scan_lists_l2` makes them (ip float32 (nq, M, 16), terms float32
     (nlist, M, 16)); results identical to `fs_scan_batch` of `fs_quantize_lut` of the
-    float tables 2 ip[q] - terms[probes[q, p]]."""
+    float tables 2 ip[q] - terms[probes[q, p]]. Tables the kernels cannot read are refused
+    before any is compiled for them."""
     _check_probe_tables(ip, terms, blocks)
+    return _scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors)
+
+
+@jit_batch
+def _scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     nq, n_probe = probes.shape
     m = ip.shape[1]
     qmax = fs_qmax(m)
@@ -1742,6 +1747,7 @@ def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, 
 def fs_scan_lists_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors, n_parts):
     """`fs_scan_lists_l2` on `n_parts` contiguous ranges of queries, one per thread, as
     `fs_scan_lists_batch`."""
+    _check_probe_tables(ip, terms, blocks)  # before the kernel is compiled for what it refuses
     return _scan_lists_parts(_NO_QLUTS, _NO_TERMS, _NO_TERMS, ip, terms, blocks, block_ids, block_offsets, probes,
                              probe_bias, k, floors, n_parts)
 
@@ -1907,6 +1913,7 @@ def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_id
 def fs_scan_factors_lists_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
                                    probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`fs_scan_factors_lists_l2` on one contiguous range of queries per thread."""
+    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])  # before compiling
     return _scan_factors_lists_parts(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids,
                                      row_factors, block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2,
                                      k, floors, n_parts)
@@ -1934,13 +1941,19 @@ def _scan_factors_lists_parts(qluts, steps, biases, ip, terms, n_levels, blocks,
     return out_scores, out_ids
 
 
-@jit_batch
 def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
                              probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors_batch` of RB on residuals, each query's probe tables made in a
     scratch of P tables as `fs_scan_factors_lists_l2` makes them; results identical to
     `fs_scan_factors_batch` of `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
-    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
+    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])  # before compiling
+    return _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+                                  probes, probe_bias, probe_q_sq, is_l2, k, floors)
+
+
+@jit_batch
+def _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
+                           probe_bias, probe_q_sq, is_l2, k, floors):
     # the float inputs the factor kernels read (no steps or biases here: the tables are made below)
     _check_factor_terms(probe_bias, probe_bias, probe_bias, probe_q_sq, row_factors, block_bounds)
     nq, n_probe = probes.shape

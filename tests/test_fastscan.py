@@ -903,7 +903,8 @@ def test_scan_l2_fused_refuses_bad_tables():
     # tables of 6 sub-quantizers for blocks of 4: refused, not written past the scratch
     wide = np.zeros((1, 6, 16), dtype=np.float32)
     with pytest.raises(ValueError, match="sub-quantizers"):
-        fastscan.fs_scan_lists_l2(wide, np.zeros((1, 6, 16), np.float32), blocks, block_ids, block_offsets, *args)
+        fastscan.fs_scan_lists_l2_batch(wide, np.zeros((1, 6, 16), np.float32), blocks, block_ids, block_offsets,
+                                        *args, 1)
 
 
 @LIST_SETTINGS
