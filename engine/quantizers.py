@@ -82,6 +82,14 @@ def _derive(derived: dict[str, Any], name: str, nbytes: int, make: Any) -> np.nd
     return out
 
 
+def _probe_sq_dist(x: np.ndarray, centroids: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """|q - c|^2 of every query's probed lists, float64 (nq, P): sums in fixed lanes, the
+    same on every CPU (kernels/dense.py `dense_rescore`; probes < 0 give 0)."""
+    dist = np.zeros(probes.shape, dtype=np.float64)
+    dense.dense_rescore_batch(np.ascontiguousarray(x, dtype=np.float32), centroids, probes, dense.RESCORE_L2, dist)
+    return dist
+
+
 def _rotated_centroids(state: Tables, rotation: str, derived: dict[str, Any]) -> np.ndarray | None:
     """The IVF centroids times the quantizer's rotation (nlist x width float32), made once
     per codec state: a rotated residual (q - c) R is q R - c R."""
@@ -388,10 +396,7 @@ class PQ(Quantizer):
             return None
         q = np.ascontiguousarray(x @ state["pq_rotation"], dtype=np.float32) if self.rotate else x
         ip = pq.pq_lut(q, books, "ip")
-        # -|q - c|^2: float64 sums in fixed lanes, the same on every CPU (kernels/dense.py)
-        dist = np.zeros(probes.shape, dtype=np.float64)
-        dense.dense_rescore_batch(np.ascontiguousarray(x, dtype=np.float32), centroids, probes, dense.RESCORE_L2, dist)
-        bias = np.ascontiguousarray(-dist, dtype=np.float32)
+        bias = np.ascontiguousarray(-_probe_sq_dist(x, centroids, probes), dtype=np.float32)
         if self.nbits == 8:  # the scan makes each list's table as it goes (`pq.pq_lut_scan_l2`)
             return {"ip2": np.float32(2.0) * ip}, bias, {"list_terms": terms}
         # 4 bits: each (query, probe) table quantized where the scan needs it (`_scan_blocks_pq`)
@@ -522,10 +527,8 @@ class RB(Quantizer):
             # level 0's tables are linear in the rotated residual: those of (q - c) R are those
             # of q R less those of c R, made once per state; the scan makes each probe's
             # quantized table where it reaches it (`fastscan.fs_scan_factors_lists_l2`)
-            tq = binary.rb_nibble_lut(qr, 1)
-            dist = np.zeros(probes.shape, dtype=np.float64)  # |q - c|^2 in the rotated space
-            dense.dense_rescore_batch(qr, rotated, probes, dense.RESCORE_L2, dist)
-            return {"tq": tq, "q_sq": dist.astype(np.float32)}, bias, {"list_nibbles": nibbles}
+            q_sq = _probe_sq_dist(qr, rotated, probes).astype(np.float32)  # in the rotated space
+            return {"tq": binary.rb_nibble_lut(qr, 1), "q_sq": q_sq}, bias, {"list_nibbles": nibbles}
         rot = (qr[:, None, :] - rotated[np.maximum(probes, 0)]).reshape(nq * n_tab, -1)  # probes < 0 are skipped
         return (*self._rotated_tables(rot, bias, nq=nq, per_probe=True, sdc=sdc), {})
 

@@ -1064,6 +1064,20 @@ def _query_tables(a, terms, w, probes_q, qmax, out, steps, biases, lut, mins):
 
 
 @jit
+def _new_query_tables(a, terms, w, probes_q):
+    """`_query_tables` into new arrays: (qluts (P, 2 * n_pairs, 32), steps, biases (P,))."""
+    m = a.shape[0]
+    n_probe = probes_q.shape[0]
+    qluts = np.zeros((n_probe, 2 * ((m + 1) // 2), 32), dtype=np.uint8)
+    steps = np.ones(n_probe, dtype=np.float32)
+    biases = np.zeros(n_probe, dtype=np.float32)
+    lut = np.zeros((m, 16), dtype=np.float32)
+    mins = np.empty(m, dtype=np.float32)
+    _query_tables(a, terms, w, probes_q, fs_qmax(m), qluts, steps, biases, lut, mins)
+    return qluts, steps, biases
+
+
+@jit
 def _fused_scratch(fused, m, n_rows, n_tables):
     """Scratch of a fused l2 scan (empty when not `fused`): n_tables quantized tables of
     n_rows rows (n_tables, 1, n_rows, 32) with their steps and biases (n_tables, 1), one float
@@ -1134,6 +1148,13 @@ def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, bloc
     """`_check_terms` for the RB factor scans, whose lane intrinsics also read block_bounds
     as float32 (`_lanes_bound`) and 32 rows of (g, |r|^2) as one vector (`_lanes_rows`)."""
     _check_terms(steps, biases, probe_bias)
+    _check_factor_rows(probe_q_sq, row_factors, block_bounds)
+
+
+@jit
+def _check_factor_rows(probe_q_sq, row_factors, block_bounds):
+    """`_check_factor_terms` without the tables' steps and biases (the fused l2 scans make
+    those themselves)."""
     if probe_q_sq.itemsize != 4 or block_bounds.itemsize != 4:
         raise ValueError("probe_q_sq and block_bounds must be float32")
     if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
@@ -1220,19 +1241,11 @@ def fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_
 
 @jit_batch
 def _scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
-    nq, n_probe = probes.shape
-    m = ip.shape[1]
-    qmax = fs_qmax(m)
-    n_rows = 2 * ((m + 1) // 2)
+    nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
-        qluts = np.zeros((n_probe, n_rows, 32), dtype=np.uint8)
-        steps = np.ones(n_probe, dtype=np.float32)
-        biases = np.zeros(n_probe, dtype=np.float32)
-        lut = np.zeros((m, 16), dtype=np.float32)
-        mins = np.empty(m, dtype=np.float32)
-        _query_tables(ip[qi], terms, np.float32(2.0), probes[qi], qmax, qluts, steps, biases, lut, mins)
+        qluts, steps, biases = _new_query_tables(ip[qi], terms, np.float32(2.0), probes[qi])
         s, i = fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes[qi], probe_bias[qi], k,
                        floors[qi])
         out_scores[qi] = s
@@ -1755,9 +1768,8 @@ def fs_scan_lists_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, 
 @jit_batch
 def _scan_lists_parts(qluts, steps, biases, ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k,
                       floors, n_parts):
-    """`_scan_lists` on `n_parts` contiguous ranges of queries, one per thread."""
-    if terms.shape[0] > 0:
-        _check_probe_tables(ip, terms, blocks)
+    """`_scan_lists` on `n_parts` contiguous ranges of queries, one per thread (the fused
+    tables checked by `fs_scan_lists_l2_batch`)."""
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
@@ -1922,10 +1934,10 @@ def fs_scan_factors_lists_l2_batch(tq, tl, n_levels, blocks, block_ids, row_fact
 @jit_batch
 def _scan_factors_lists_parts(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors,
                               block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
-    """`_scan_factors_lists` on `n_parts` contiguous ranges of queries, one per thread."""
+    """`_scan_factors_lists` on `n_parts` contiguous ranges of queries, one per thread (the
+    fused tables checked by `fs_scan_factors_lists_l2_batch`; the rest here, outside the
+    parallel loop)."""
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
-    if terms.shape[0] > 0:
-        _check_probe_tables(ip, terms, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
@@ -1954,20 +1966,13 @@ def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, b
 @jit_batch
 def _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
                            probe_bias, probe_q_sq, is_l2, k, floors):
-    # the float inputs the factor kernels read (no steps or biases here: the tables are made below)
-    _check_factor_terms(probe_bias, probe_bias, probe_bias, probe_q_sq, row_factors, block_bounds)
-    nq, n_probe = probes.shape
-    s_rows = tq.shape[1]
-    qmax = fs_qmax(s_rows)
+    _check_terms(probe_bias, probe_bias, probe_bias)  # no steps or biases here: made below
+    _check_factor_rows(probe_q_sq, row_factors, block_bounds)
+    nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
-        qluts = np.zeros((n_probe, 2 * ((s_rows + 1) // 2), 32), dtype=np.uint8)
-        steps = np.ones(n_probe, dtype=np.float32)
-        biases = np.zeros(n_probe, dtype=np.float32)
-        lut = np.zeros((s_rows, 16), dtype=np.float32)
-        mins = np.empty(s_rows, dtype=np.float32)
-        _query_tables(tq[qi], tl, np.float32(1.0), probes[qi], qmax, qluts, steps, biases, lut, mins)
+        qluts, steps, biases = _new_query_tables(tq[qi], tl, np.float32(1.0), probes[qi])
         s, i = fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
                                block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k, floors[qi])
         out_scores[qi] = s

@@ -949,9 +949,7 @@ def test_scan_factors_l2_fused_equals_materialized(nq, sizes, dim, levels, n_pro
     tq = binary.rb_nibble_lut(rng.standard_normal((nq, dim)).astype(np.float32), 1)
     tl = binary.rb_nibble_lut(rng.standard_normal((nlist, dim)).astype(np.float32), 1)
     probes = _own_probes(rng, nq, nlist, n_probe)
-    luts = tq[:, None] - tl[np.maximum(probes, 0)]
-    luts[probes < 0] = 0  # never read: the scans skip probes -1
-    qluts, steps, biases = fastscan.fs_quantize_lut(luts)
+    qluts, steps, biases = fastscan.fs_quantize_lut(probe_luts_ref(tq, tl, probes, w=1.0))
     _readonly(tq, tl, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
     no_skip = np.empty((0, 3), dtype=np.float32)
     rows = (levels, blocks, block_ids, row_factors)

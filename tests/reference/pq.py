@@ -154,9 +154,10 @@ def fs_layout_ref(codes, ids, list_offsets, block=32):
     return blocks, block_ids, np.array(block_offsets, dtype=np.int64)
 
 
-def probe_luts_ref(ip: np.ndarray, terms: np.ndarray, probes: np.ndarray) -> np.ndarray:
-    """l2 tables of every probe without the -|q - c|^2 term (nq, P, M, ksub): 2 ip[q] -
-    terms[probes[q, p]] in float32, zeros where the probe is < 0."""
-    out = np.float32(2) * ip[:, None] - terms[np.maximum(probes, 0)]
+def probe_luts_ref(ip: np.ndarray, terms: np.ndarray, probes: np.ndarray, w: float = 2.0) -> np.ndarray:
+    """l2 tables of every probe without the -|q - c|^2 term (nq, P, M, ksub): w ip[q] -
+    terms[probes[q, p]] in float32 (w = 2: PQ's inner products and list terms; w = 1: RB's
+    level-0 tables of q R and of c R), zeros where the probe is < 0."""
+    out = np.float32(w) * ip[:, None] - terms[np.maximum(probes, 0)]
     out[probes < 0] = 0
     return out.astype(np.float32)
