@@ -150,6 +150,7 @@ FAISS_BUILDERS: dict[str, Callable[[], faiss.Index]] = {
     "PQ96x4fs": lambda: faiss.IndexPQFastScan(DIM, 96, 4, IP),
     "IVF256,PQ48x8": lambda: _ivf(faiss.index_factory(DIM, "IVF256,PQ48x8", IP), IVF_NPROBE),
     "IVF256,PQ48x8 l2": lambda: _ivf(faiss.index_factory(DIM, "IVF256,PQ48x8", faiss.METRIC_L2), IVF_NPROBE),
+    "IVF256,PQ96x4fs": lambda: _ivf(faiss.index_factory(DIM, "IVF256,PQ96x4fs", IP), IVF_NPROBE),
     "IVF256,PQ96x4fs l2": lambda: _ivf(faiss.index_factory(DIM, "IVF256,PQ96x4fs", faiss.METRIC_L2), IVF_NPROBE),
     "SQ8": lambda: faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_8bit, IP),
     "RaBitQ1": lambda: _rabitq(1),

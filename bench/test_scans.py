@@ -14,6 +14,7 @@ bench/report.py) shows the two sides together.
 | IVF256,PQ48x8 | codec IVF256,PQ48x8, nprobe 32 | IVF256,PQ48x8 (IndexIVFPQ), nprobe 32 |
 | IVF256,PQ48x8 l2, IVF256,PQ96x4 l2 | the codecs under l2, nprobe 32 | IndexIVFPQ, IndexIVFPQFastScan, l2, nprobe 32 |
 | PQ96x4 fast scan | codec PQ96x4 (4-bit fast scan, uint8 tables) | IndexPQFastScan(384, 96, 4) |
+| IVF256,PQ96x4 fast scan | codec IVF256,PQ96x4, nprobe 32 | IVF256,PQ96x4fs (IndexIVFPQFastScan), nprobe 32 |
 | Hamming 384-bit | hamming_scan_batch over sign bits; codec RB1 with sdc=True | IndexBinaryFlat(384), same sign bits |
 | SQ8 | codec SQ8 | IndexScalarQuantizer(384, QT_8bit) |
 | RB<b> / RaBitQ<b> | codec RB<b>, asymmetric (float query tables) | RR384 + IndexRaBitQ(384, ip, b), qb = 4 and 8 |
@@ -115,6 +116,22 @@ def test_pq96x4_fastscan_vecz(benchmark, data, vecz_index):
 
 def test_pq96x4_fastscan_faiss(benchmark, data, faiss_index):
     _faiss(benchmark, data, faiss_index("PQ96x4fs"), group=PQ4, variant="IndexPQFastScan(384,96,4)")
+
+
+IVFPQ4 = "IVF256,PQ96x4 fast scan"
+
+
+def test_ivf256_pq96x4_fastscan_vecz(benchmark, data, vecz_index):
+    # cosine to the reconstruction: each row's score times its 1 / |x_hat| (float16 a row,
+    # engine/quantizers.py `_block_inv_norms`); faiss's factory codes the vectors themselves
+    # (by_residual false), vecz the residuals
+    _vecz(benchmark, data, vecz_index, "IVF256,PQ96x4", group=IVFPQ4,
+          variant=f"codec IVF256,PQ96x4 np{IVF_NPROBE}", nprobe=IVF_NPROBE)
+
+
+def test_ivf256_pq96x4_fastscan_faiss(benchmark, data, faiss_index):
+    _faiss(benchmark, data, faiss_index("IVF256,PQ96x4fs"), group=IVFPQ4,
+           variant=f"IndexIVFPQFastScan(256,96,4) np{IVF_NPROBE}")
 
 
 # --------------------------------------------------------------------------- Hamming over sign bits

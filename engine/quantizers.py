@@ -227,13 +227,35 @@ class Quantizer:
         raise NotImplementedError
 
 
-def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray):
+# float16's largest finite value: a row's 1 / |x_hat| past it (|x_hat| < 1.6e-5) is clamped
+_F16_MAX = 65504.0
+
+
+def _block_inv_norms(layout: Any, books: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g, bounds): every block row's 1 / |x_hat| rounded to float16, held as its uint16 bits
+    (`pq.pq4_block_inv_norms`; 2 bytes a row in RAM), and their block bounds
+    (`fastscan.fs_block_bounds`), made on the first cosine scan of a PQ x4 index and kept on
+    it."""
+    if getattr(layout, "pq_block_bounds", None) is None:
+        g = pq.pq4_block_inv_norms(layout.blocks, layout.block_ids, layout.block_offsets, books, centroids)
+        layout.pq_block_inv = np.minimum(g, np.float32(_F16_MAX)).astype(np.float16).view(np.uint16)
+        layout.pq_block_bounds = fastscan.fs_block_bounds(layout.pq_block_inv, layout.block_ids)  # last
+    return layout.pq_block_inv, layout.pq_block_bounds
+
+
+def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray,
+                    inv: tuple[np.ndarray, np.ndarray] | None):
     """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases), or under l2 on
     residuals with its inner-product tables ``ip`` and the per-list terms
     (`PQ.probe_tables`), each (query, probe) table made where the scan reaches it
-    (`fastscan.fs_scan_lists_l2`, list-major, or one query at a time)."""
+    (`fastscan.fs_scan_lists_l2`, list-major, or one query at a time). With ``inv`` (cosine:
+    each block row's 1 / |x_hat| as float16 bits and their block bounds, `_block_inv_norms`) a
+    row scores its code score times it, the cosine to the reconstruction, through the
+    factor scans' scaled mode (`fastscan.fs_scan_factors`)."""
     t = plan.tables
     blocks = (layout.blocks, layout.block_ids, layout.block_offsets)
+    if inv is not None:
+        return _scan_blocks_pq_cosine(layout, plan, k, groups, list_major, floors, *inv)
     if "ip" in t:
         terms = plan.shared["list_terms"]
         if list_major:
@@ -249,6 +271,27 @@ def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_m
         return fastscan.fs_scan_lists_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors,
                                             numba.get_num_threads())
     return fastscan.fs_scan_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors)
+
+
+def _scan_blocks_pq_cosine(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool,
+                           floors: np.ndarray, g: np.ndarray, bounds: np.ndarray):
+    """`_scan_blocks_pq` under cosine: score = g * (<q, c> + <q, decode(code)>), g = 1 / |x_hat|
+    of the row. Block bounds are used by the one-query scan only, as RB's scans do."""
+    t = plan.tables
+    qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
+    q_sq = np.zeros(plan.bias.shape, dtype=np.float32)  # no l2 term
+    rows = (layout.blocks, layout.block_ids, g)
+    if groups is not None:
+        order, group_offsets = groups
+        ql, sp, bi, pr, pb, qs, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq, floors)
+        return _unpermuted(order, fastscan.fs_scan_factors_multi_batch(
+            ql, sp, bi, 1, *rows, _NO_BOUNDS, layout.block_offsets, pr, pb, qs, False, group_offsets, k, fl))
+    if list_major:
+        return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, 1, *rows, _NO_BOUNDS, layout.block_offsets,
+                                                    plan.probes, plan.bias, q_sq, False, k, floors,
+                                                    numba.get_num_threads())
+    return fastscan.fs_scan_factors_batch(qluts, steps, biases, 1, *rows, bounds, layout.block_offsets, plan.probes,
+                                          plan.bias, q_sq, False, k, floors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,13 +446,18 @@ class PQ(Quantizer):
         return {"ip": ip}, bias, {"list_terms": terms}
 
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
+        cosine = layout.codec.metric == "cosine"
         if self.nbits == 4:
-            return _scan_blocks_pq(layout, plan, k, groups, list_major, floors)
+            inv = None
+            if cosine:  # unit vectors: scored by the cosine to the reconstruction, as below
+                inv = _block_inv_norms(layout, layout.state["pq_books"],
+                                       self._centroids(layout.state, layout.codec._derived_of(layout.state)))
+            return _scan_blocks_pq(layout, plan, k, groups, list_major, floors, inv)
         if "ip2" in plan.tables:  # l2 on residuals (`probe_tables`)
             return pq.pq_lut_scan_l2_batch(plan.tables["ip2"], plan.shared["list_terms"], layout.codes, layout.ids,
                                            layout.offsets, plan.probes, plan.bias, k, floors)
         luts = plan.tables["luts"]
-        if layout.codec.metric == "cosine":
+        if cosine:
             # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)
             books = layout.state["pq_books"]
             # the reconstruction c + decode(code) R^T has the norm of c R + decode(code)

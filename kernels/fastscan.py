@@ -452,7 +452,8 @@ def _make_lanes_postprocess(n_lanes):
         """Row scores of one block for n_lanes queries in vector IR, the same IEEE operations
         as `fs_scan_factors`'s per-row loop: scores[i, v] = pbias + g * (base + step *
         comb[i, v]) (ip) or float32(-(q_sq - 2.0 * est + |r|^2)) in float64 (l2), with (g,
-        |r|^2) = row_factors[row0 + v] (rows of 2 contiguous float32); base, step, pbias,
+        |r|^2) = row_factors[row0 + v] (rows of 2 contiguous float32; a 1-D uint16 row_factors
+        holds g alone as float16 bits and |r|^2 is 0, `fs_scan_factors`'s scaled mode); base, step, pbias,
         q_sq, thr float32 per lane; masks[i] (int64) has bit v set when scores[i, v] >= thr[i]
         (a superset of the rows that can enter a heap whose minimum is thr[i])."""
         sig = types.void(comb, row_factors, row0, base, step, pbias, q_sq, thr, is_l2, scores, masks)
@@ -471,10 +472,15 @@ def _make_lanes_postprocess(n_lanes):
             row0 = context.cast(builder, row0_v, signature.args[2], types.int64)
             at = builder.gep(builder.bitcast(rf.data, ir.IntType(8).as_pointer()),
                              [builder.mul(row0, builder.extract_value(rf.strides, 0))])
-            pair = builder.load(builder.bitcast(at, ir.VectorType(f32, 64).as_pointer()), align=4)
-            g = builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(i32, 32), list(range(0, 64, 2))))
-            r_sq = builder.fpext(builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(i32, 32),
-                                                                               list(range(1, 64, 2)))), vd)
+            if signature.args[1].ndim == 1:  # g alone, float16 bits (PQ's cosine scan): |r|^2 = 0
+                g = builder.fpext(builder.load(builder.bitcast(at, ir.VectorType(ir.HalfType(), 32).as_pointer()),
+                                               align=2), vf)
+                r_sq = cgutils.get_null_value(vd)
+            else:
+                pair = builder.load(builder.bitcast(at, ir.VectorType(f32, 64).as_pointer()), align=4)
+                g = builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(i32, 32), list(range(0, 64, 2))))
+                r_sq = builder.fpext(builder.shuffle_vector(pair, pair, ir.Constant(ir.VectorType(i32, 32),
+                                                                                   list(range(1, 64, 2)))), vd)
             is_l2 = context.cast(builder, l2_v, signature.args[8], types.boolean)
             mk = context.make_array(signature.args[10])(context, builder, mk_v)
 
@@ -1157,8 +1163,22 @@ def _check_factor_rows(probe_q_sq, row_factors, block_bounds):
     those themselves)."""
     if probe_q_sq.itemsize != 4 or block_bounds.itemsize != 4:
         raise ValueError("probe_q_sq and block_bounds must be float32")
-    if row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[1] != 4):
+    if row_factors.ndim == 1:
+        if row_factors.itemsize != 2 or (row_factors.shape[0] > 0 and row_factors.strides[0] != 2):
+            raise ValueError("a 1-D row_factors (g alone) must be contiguous float16 bits (uint16, n_blocks * 32)")
+    elif row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[-1] != 4):
         raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
+
+
+@jit
+def _factor_base(bias, level_sum, pbias, row_factors):
+    """A probe's (base, pbias) in a row's score pbias + g * (base + step * comb): the level
+    sum of the table's bias, and the probe's bias outside the factor. With g alone (1-D
+    row_factors: PQ's cosine to the reconstruction) the probe's bias goes inside, so the
+    whole score is scaled: g * ((bias + pbias) + step * comb) + 0."""
+    if row_factors.ndim == 1:
+        return np.float32(bias * level_sum + pbias), np.float32(0.0)
+    return np.float32(bias * level_sum), np.float32(pbias)
 
 
 @jit
@@ -1400,7 +1420,12 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     block_bounds float32 (n_blocks, 3) from `fs_block_bounds` (max g, min g, min |r|^2 over
     a block's rows) skips a block whose best possible score is below the heap minimum
     before any per-row work; an empty (0, 3) array turns skipping off. Results are the
-    same either way (see the bound below)."""
+    same either way (see the bound below).
+
+    Scaled mode (PQ x4's cosine to the reconstruction, engine/quantizers.py): row_factors
+    1-D uint16 (n_blocks * 32,) holds g alone as float16 bits (Numba has no float16 arrays;
+    the row kernel converts 32 at once), with n_levels 1 and ip, and the score is
+    g * ((probe_bias + bias) + step * acc), the whole score scaled (`_factor_base`)."""
     heap_scores, heap_ids = topk_init_floor(k, floor)
     _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
                           probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids)
@@ -1445,9 +1470,8 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
         if lst < 0:
             continue
         t = p if n_tables > 1 else 0
-        lane_base[0] = biases[t] * level_sum
+        lane_base[0], lane_pbias[0] = _factor_base(biases[t], level_sum, probe_bias[p], row_factors)
         lane_step[0] = steps[t]
-        lane_pbias[0] = probe_bias[p]
         lane_q_sq[0] = probe_q_sq[p]
         tab = qluts[t]
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
@@ -1535,9 +1559,8 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
             continue
         t = p if n_tables > 1 else 0
         for g in range(n_q):
-            bases[g] = biases[g, t] * level_sum
+            bases[g], lane_pbias[g] = _factor_base(biases[g, t], level_sum, probe_bias[g, p], row_factors)
             lane_steps[g] = steps[g, t]
-            lane_pbias[g] = probe_bias[g, p]
             lane_q_sq[g] = probe_q_sq[g, p]
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
             row0 = b * BLOCK
@@ -1872,8 +1895,9 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
                          work_steps, work_biases, lut, mins, qmax, lane_q, lane_t, lane_heap, lane_p, lane_step,
                          lane_bias)
             for lane in range(LANES):
-                lane_base[lane] = lane_bias[lane] * level_sum
-                lane_pbias[lane] = probe_bias[lane_heap[lane], lane_p[lane]]
+                lane_base[lane], lane_pbias[lane] = _factor_base(lane_bias[lane], level_sum,
+                                                                 probe_bias[lane_heap[lane], lane_p[lane]],
+                                                                 row_factors)
                 lane_q_sq[lane] = probe_q_sq[lane_heap[lane], lane_p[lane]]
             for b in range(b0, b1):
                 row0 = b * BLOCK
@@ -2007,8 +2031,14 @@ def fs_block_bounds(row_factors: np.ndarray, block_ids: np.ndarray) -> np.ndarra
     """Per-block bounds for skipping in `fs_scan_factors`: row_factors float32
     (n_blocks * 32, 2) of (g, |r|^2) in block row order (`fs_row_values`) and block_ids ->
     float32 (n_blocks, 3) = (max g, min g, min |r|^2) over each block's real rows (padding
-    rows ignored; a NaN factor gives NaN bounds, which never skip)."""
-    f = np.asarray(row_factors, dtype=np.float32).reshape(-1, BLOCK, 2)
+    rows ignored; a NaN factor gives NaN bounds, which never skip). A 1-D row_factors (g
+    alone as uint16 float16 bits, `fs_scan_factors`'s scaled mode) has |r|^2 = 0."""
+    f = np.asarray(row_factors)
+    if f.ndim == 1:
+        f = f.view(np.float16).astype(np.float32)
+        f = np.stack([f, np.zeros_like(f)], axis=1)
+    f = np.asarray(f, dtype=np.float32)
+    f = f.reshape(-1, BLOCK, 2)
     real = (np.asarray(block_ids) >= 0).reshape(-1, BLOCK)
     g = f[:, :, 0]
     out = np.empty((f.shape[0], 3), dtype=np.float32)

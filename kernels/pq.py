@@ -35,6 +35,7 @@ __all__ = [
     "pq_norm_table",
     "pq_list_terms",
     "pq_inv_norm_bounds",
+    "pq4_block_inv_norms",
     "INV_BUCKETS",
     "pq_lut_scan_cosine",
     "pq_lut_scan_cosine_batch",
@@ -507,6 +508,39 @@ def pq_list_terms(books, centroids):
     for lst in prange(nlist):
         table, _ = pq_norm_table(books, centroids[lst])
         out[lst] = table
+    return out
+
+
+@jit_batch
+def pq4_block_inv_norms(blocks, block_ids, block_offsets, books, centroids):
+    """1 / |x_hat| of every fast-scan block row, float32 (n_blocks * 32,): blocks uint8
+    (n_blocks, n_pairs, 32) as kernels/fastscan.py `fs_layout` packs 4-bit PQ codes (byte
+    [b, j, r] holds block row r's sub-codes 2j, low nibble, and 2j + 1), the blocks of list l
+    at block_offsets[l:l + 2] residuals of centroids[l] (in the coded space). |x_hat|^2 is
+    `pq_norm_table`'s norm0 + sum_j norms[j, code_j] summed in float64; 1 where it is at
+    most 1e-12 (as `_inv_norm_decoded`), 0 on padding rows (block_ids -1). Lists in
+    parallel; the fast scan's cosine mode multiplies a row's score by it (rounded to
+    float16, engine/quantizers.py)."""
+    n_blocks, n_pairs, width = blocks.shape
+    m = books.shape[0]
+    out = np.zeros(n_blocks * width, dtype=np.float32)
+    if m > 2 * n_pairs:
+        raise ValueError("pq4_block_inv_norms: the blocks hold fewer sub-codes than the books")
+    for lst in prange(block_offsets.shape[0] - 1):
+        b0 = block_offsets[lst]
+        b1 = block_offsets[lst + 1]
+        if b1 == b0:
+            continue
+        norms, norm0 = pq_norm_table(books, centroids[lst])
+        for b in range(b0, b1):
+            for r in range(width):
+                if block_ids[b * width + r] < 0:
+                    continue
+                n2 = np.float64(norm0)
+                for j in range(m):
+                    byte = np.int64(blocks[b, j // 2, r])
+                    n2 += np.float64(norms[j, (byte & 15) if j % 2 == 0 else (byte >> 4)])
+                out[b * width + r] = np.float32(1.0 / np.sqrt(n2)) if n2 > 1e-12 else np.float32(1.0)
     return out
 
 

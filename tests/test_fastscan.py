@@ -493,7 +493,9 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
     """`fs_scan_factors` in plain numpy: every real row's score in the kernel's float32
     operations (comb = sum_l 2**-l float32(acc_l); ip: pbias + g * (base + step * comb); l2:
     float32(-(q_sq - 2 est + |r|^2)) in float64), then the best k by (score desc, id asc),
-    padded with (-inf, -1); a NaN or -inf score never enters."""
+    padded with (-inf, -1); a NaN or -inf score never enters. A 1-D row_factors is the scaled
+    mode (g alone, uint16 float16 bits): 0 + g * ((bias + pbias) + step * comb)."""
+    scaled = row_factors.ndim == 1
     level_pairs = blocks.shape[1] // levels
     level_sum, w = np.float32(0.0), np.float32(1.0)
     for _ in range(levels):
@@ -506,6 +508,9 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
         t = p if qluts.shape[0] > 1 else 0
         tab = qluts[t].astype(np.uint16)
         base = np.float32(biases[t] * level_sum)
+        pbias = probe_bias[p]
+        if scaled:
+            base, pbias = np.float32(base + pbias), np.float32(0.0)
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
             c = blocks[b]  # (pairs, 32)
             sums = tab[2 * lut_ix[:, None], c & 15] + tab[2 * lut_ix[:, None] + 1, c >> 4]  # (pairs, 32) uint16
@@ -515,12 +520,16 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
                 comb = (comb + w * acc.astype(np.float32)).astype(np.float32)
                 w = np.float32(w * np.float32(0.5))
             rows = slice(b * BLOCK, (b + 1) * BLOCK)
-            g, r_sq = row_factors[rows, 0], row_factors[rows, 1]
-            est = (g * (base + steps[t] * comb)).astype(np.float32)
-            if is_l2:
-                score = (-(np.float64(probe_q_sq[p]) - 2.0 * est.astype(np.float64) + r_sq.astype(np.float64)))
+            if scaled:
+                g, r_sq = row_factors[rows].view(np.float16).astype(np.float32), np.zeros(BLOCK, np.float32)
             else:
-                score = probe_bias[p] + est
+                g, r_sq = row_factors[rows, 0], row_factors[rows, 1]
+            with np.errstate(invalid="ignore", over="ignore"):  # inf factors give NaN, as in the kernel
+                est = (g * (base + steps[t] * comb)).astype(np.float32)
+                if is_l2:
+                    score = (-(np.float64(probe_q_sq[p]) - 2.0 * est.astype(np.float64) + r_sq.astype(np.float64)))
+                else:
+                    score = pbias + est
             score = score.astype(np.float32)
             real = (block_ids[rows] >= 0) & (score > -np.inf)  # NaN fails the comparison too
             found_s.append(score[real])
@@ -928,6 +937,66 @@ def test_scan_factors_lists_equal_single(nq, sizes, dim, levels, n_probe, per_pr
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, ref_i)
         np.testing.assert_array_equal(got_s, ref_s)
+
+
+@LIST_SETTINGS
+@given(nq=st.integers(1, 21), sizes=LIST_SIZES, dim=st.sampled_from([1, 7, 16, 33]), n_probe=st.integers(1, 4),
+       per_probe=st.booleans(), k=st.one_of(st.integers(1, 4), st.integers(1, 300)),
+       group=st.sampled_from([1, 3, fastscan.LANES + 3]), n_parts=st.integers(1, 3), special=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_scan_factors_scaled_mode_equals_numpy(nq, sizes, dim, n_probe, per_probe, k, group, n_parts, special, seed):
+    # PQ x4 under cosine (engine/quantizers.py): g = 1 / |x_hat| alone, float16 bits, one per
+    # block row, scaling the whole score g * ((bias + pbias) + step * acc). The one-query
+    # kernel (with and without block bounds), the multi-query one (groups of queries with the
+    # same probes) and the list-major one all equal plain numpy bit for bit: ties by id
+    # (duplicate g), g of 0, negative probe biases, and inf/NaN g when special.
+    rng = np.random.default_rng(seed)
+    (qluts, steps, biases, blocks, block_ids, _, _, block_offsets, _, bias,
+     _) = _rb_inputs(rng, nq, 0, dim, 1, 0, n_probe, per_probe, sizes=sizes)
+    probes = _shared_probes(rng, nq, len(sizes), n_probe)
+    n_rows = block_ids.shape[0]
+    g = rng.uniform(0.5, 2.0, n_rows).astype(np.float16)
+    g[rng.random(n_rows) < 0.1] = 0.0
+    if n_rows:
+        g[rng.random(n_rows) < 0.3] = g[0]
+        if special:
+            g[rng.integers(0, n_rows, size=2)] = [np.inf, np.nan]
+    g = g.view(np.uint16)
+    bounds = fastscan.fs_block_bounds(g, block_ids)
+    q_sq = np.zeros(bias.shape, np.float32)
+    no_skip = np.empty((0, 3), dtype=np.float32)
+    floors = no_floors(qluts)
+    ref = [_rb_scan_numpy(qluts[q], steps[q], biases[q], 1, blocks, block_ids, g, block_offsets, probes[q], bias[q],
+                          q_sq[q], False, k) for q in range(nq)]
+    ref_s, ref_i = np.stack([r[0] for r in ref]), np.stack([r[1] for r in ref])
+    common = (qluts, steps, biases, 1, blocks, block_ids, g)
+    runs = [fastscan.fs_scan_factors_batch(*common, bnd, block_offsets, probes, bias, q_sq, False, k, floors)
+            for bnd in (bounds, no_skip)]
+    runs.append(fastscan.fs_scan_factors_lists_batch(*common, no_skip, block_offsets, probes, bias, q_sq, False, k,
+                                                     floors, n_parts))
+    order, group_offsets = fastscan.fs_query_groups(probes, group)
+    ql, sp, bi, pr, pb, qs = (np.ascontiguousarray(a[order]) for a in (qluts, steps, biases, probes, bias, q_sq))
+    s, i = fastscan.fs_scan_factors_multi_batch(ql, sp, bi, 1, blocks, block_ids, g, no_skip, block_offsets, pr, pb,
+                                                qs, False, group_offsets, k, floors)
+    out_s, out_i = np.empty_like(s), np.empty_like(i)
+    out_s[order], out_i[order] = s, i
+    runs.append((out_s, out_i))
+    for got_s, got_i in runs:
+        np.testing.assert_array_equal(got_i, ref_i)
+        np.testing.assert_array_equal(got_s, ref_s)
+
+
+def test_scaled_mode_refuses_strided_or_wide_factors():
+    # the row kernel reads 32 float16 g (uint16 bits) as one vector: a strided or wider 1-D row_factors
+    # is refused by the check every factor scan runs first (called here on its own: inside
+    # the batch kernels' parallel loop the error surfaces as SystemError)
+    q_sq = np.zeros(1, np.float32)
+    bounds = np.empty((0, 3), np.float32)
+    g = np.ones(128, np.float16).view(np.uint16)
+    fastscan._check_factor_rows(q_sq, g[:64], bounds)
+    for bad in (g[::2], g[:64].view(np.float16).astype(np.float32)):
+        with pytest.raises(ValueError, match="float16"):
+            fastscan._check_factor_rows(q_sq, bad, bounds)
 
 
 @LIST_SETTINGS

@@ -484,6 +484,50 @@ def test_inv_norm_bounds_hold_the_scans_value(dim, m, n, nlist, scale, cancel, n
         assert (inv_lo == 1).all() and (inv_hi == 1).all()
 
 
+@settings(max_examples=30, deadline=None, database=None)
+@given(dim=st.sampled_from([1, 3, 13, 16, 17]), m=st.sampled_from([1, 2, 3, 5, 8]), n=st.integers(0, 100),
+       nlist=st.integers(1, 3), scale=st.sampled_from([1e-3, 1.0, 1e3]), zero=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_block_inv_norms_are_each_block_rows_reconstruction(dim, m, n, nlist, scale, zero, seed):
+    # The fast scan's cosine factor of each block row (PQ x4 under cosine): 1 / |c + decode|
+    # of the row's own code and list, through the blocks' nibble packing (odd M leaves a
+    # pair half used); padding rows 0; a zero-length reconstruction 1, as the 8-bit scan
+    from vecz.kernels import fastscan
+
+    m = min(m, dim)
+    rng = np.random.default_rng(seed)
+    centroids = (scale * rng.standard_normal((nlist, dim))).astype(np.float32)
+    books = (scale * rng.standard_normal((m, 16, pq.pq_dsub(dim, m)))).astype(np.float32)
+    if zero:
+        centroids[0] = 0.0
+        books[:, 0] = 0.0
+    codes = rng.integers(0, 16, size=(n, m)).astype(np.uint8)
+    if zero and n:
+        codes[0] = 0
+    offsets, _ = random_layout(rng, n, nlist)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, np.arange(n, dtype=np.int64), offsets)
+    got = pq.pq4_block_inv_norms(blocks, block_ids, block_offsets, books, centroids)
+    assert got.dtype == np.float32 and got.shape == block_ids.shape
+    ref = _inv_norms_ref(books, centroids, codes, offsets)
+    real = block_ids >= 0
+    np.testing.assert_array_equal(got[~real], 0.0)
+    # the norm tables' float32 entries are rounded by 2^-24 of their terms' magnitudes (the
+    # sums of |2 c_d b_d + b_d^2| and c_d^2), which matter where the terms cancel
+    mag = np.zeros(n)
+    dsub = books.shape[2]
+    for lst in range(nlist):
+        for r in range(offsets[lst], offsets[lst + 1]):
+            c = np.zeros(m * dsub)
+            c[:dim] = centroids[lst]
+            b = books[np.arange(m), codes[r]].astype(np.float64).reshape(-1)
+            terms = (2 * c * b + b * b)[:dim]
+            mag[r] = (c[:dim] ** 2).sum() + np.abs(terms).sum()
+    want = ref[block_ids[real]].astype(np.float64)
+    n2 = 1 / want ** 2
+    tol = want * (2.0**-22 * mag[block_ids[real]] / n2 + 2.0**-22)
+    assert (np.abs(got[real] - want) <= tol).all()
+
+
 def test_inv_norm_bounds_are_narrow_on_a_trained_ivf_pq():
     # real-ish codes: nearly every row gets a narrow bucket (two of 256 grid steps over the
     # index's range), so the cosine scan decodes little beyond the rows that enter its heap
