@@ -79,6 +79,8 @@ MIN_PAIRS = 200
 # A committed model's values (z in units of a row's error scale, its lines' coefficients)
 # beyond this are refused as damage (`ErrorModel.from_arrays`): measured ones are below 100.
 MAX_MODEL_VALUE = 1e6
+# The largest score rule a model file may name (`Codec.score_rule`; a sanity bound on a read value).
+MAX_SCORE_RULE = 1000
 
 
 def auto_cap(k: int) -> int:
@@ -124,18 +126,20 @@ class ErrorModel:
     shift: tuple = (0.0, 0.0)    # (intercept, slope) in u
     spread: tuple = (1.0, 0.0)   # (intercept, slope) in u
     u_range: tuple = (0.0, 0.0)  # (min, max) of u calibrated
+    scores: int = 1  # the codec's score rule it was measured on (`Codec.score_rule`)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def fit(cls, exact: np.ndarray, est: np.ndarray, scale: np.ndarray, per_row: bool,
             ranks: np.ndarray | None = None, *, u: np.ndarray | None = None,
-            direction: np.ndarray | None = None) -> "ErrorModel | None":
+            direction: np.ndarray | None = None, scores: int = 1) -> "ErrorModel | None":
         """From (query, row) pairs: exact and code scores (larger-is-better), their scales
         ``|q| * sigma_i`` and optionally their ranks. Pairs with scale 0 (an exact code)
         carry no information. With `u` (each pair's query cosine to ``direction``, same
         shape as exact, spanning more than ``MIN_U_RANGE``) the error's mean and absolute
         deviation are fitted as lines in u by least squares and z is the error standardised
-        by them (see the class docstring)."""
+        by them (see the class docstring). ``scores``: the codec's score rule (the model
+        applies to codes scored by it only)."""
         exact, est, scale = (np.asarray(a, dtype=np.float64).ravel() for a in (exact, est, scale))
         ok = np.isfinite(exact) & np.isfinite(est) & np.isfinite(scale) & (scale > 0)
         if u is not None:
@@ -159,7 +163,7 @@ class ErrorModel:
                 z = resid / _spread_at(spread, u)
         order = np.argsort(z, kind="stable")
         r = None if ranks is None else np.asarray(ranks, dtype=np.int64).ravel()[ok][order]
-        return cls(z[order], per_row, r, **extra)
+        return cls(z[order], per_row, r, scores=int(scores), **extra)
 
     @property
     def pairs(self) -> int:
@@ -171,7 +175,7 @@ class ErrorModel:
         arrays = {"z": np.ascontiguousarray(self.z, dtype=np.float64)}
         if self.ranks is not None:
             arrays["ranks"] = np.ascontiguousarray(self.ranks, dtype=np.int64)
-        meta: dict = {"per_row": bool(self.per_row)}
+        meta: dict = {"per_row": bool(self.per_row), "scores": int(self.scores)}
         if self.direction is not None:
             arrays["direction"] = np.ascontiguousarray(self.direction, dtype=np.float64)
             meta.update(shift=[float(v) for v in self.shift], spread=[float(v) for v in self.spread],
@@ -201,9 +205,13 @@ class ErrorModel:
         per_row = meta.get("per_row")
         if not isinstance(per_row, bool):
             raise InvalidInput(f"error model: expected per_row true or false, found {per_row!r:.40}")
+        scores = meta.get("scores", 1)  # models written before the field: rule 1
+        if isinstance(scores, bool) or not isinstance(scores, int) or not 1 <= scores <= MAX_SCORE_RULE:
+            raise InvalidInput(f"error model: expected scores an integer in [1, {MAX_SCORE_RULE}], found "
+                               f"{scores!r:.40}")
         direction = arrays.get("direction")
         if direction is None:
-            return cls(z, per_row, ranks)
+            return cls(z, per_row, ranks, scores=scores)
         if direction.dtype != np.float64 or direction.shape != (dim,) or not np.isfinite(direction).all() \
                 or abs(float(np.linalg.norm(direction)) - 1.0) > 1e-6:
             raise InvalidInput(f"error model: expected a unit direction float64 ({dim},), found {direction.dtype} "
@@ -218,7 +226,7 @@ class ErrorModel:
             lines.append((values[0], values[1]))
         if not -1.0 - 1e-6 <= lines[2][0] <= lines[2][1] <= 1.0 + 1e-6:  # float32 cosines may pass 1 by a bit
             raise InvalidInput(f"error model: expected u_range [min, max] of cosines within [-1, 1], found {lines[2]}")
-        return cls(z, per_row, ranks, direction, *lines)
+        return cls(z, per_row, ranks, direction, *lines, scores=scores)
 
     def locations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shift, spread), float64 (nq,) each, of the queries x (float (nq, dim)): the

@@ -414,6 +414,12 @@ class Codec:
     def nlist(self) -> int:
         return self.ivf.nlist if self.ivf is not None else 1
 
+    @property
+    def score_rule(self) -> int:
+        """The rule its quantizer scores codes by under this metric (`Quantizer.score_rule`):
+        an error model measured under another one does not apply to this codec's scores."""
+        return self.quantizer.score_rule(self.metric)
+
     def state(self) -> dict[str, np.ndarray]:
         """Trained arrays by name (float32), to be saved beside the config."""
         return dict(self._require())

@@ -137,6 +137,12 @@ class Quantizer:
     def code_size(self, width: int, metric: str) -> int:
         raise NotImplementedError
 
+    def score_rule(self, metric: str) -> int:
+        """Which rule scores this stage's codes under `metric`: raised when the scores a
+        release gives the same codes change, so that an error model measured on the old
+        scores (engine/bounds.py, committed by `Store.calibrate`) stops applying."""
+        return 1
+
     def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
         """Trained arrays (float32) by name and shape, besides the codec's `centroids`."""
         return {}
@@ -317,6 +323,10 @@ class PQ(Quantizer):
 
     def code_size(self, width: int, metric: str) -> int:
         return self.m if self.nbits == 8 else (self.m + 1) // 2
+
+    def score_rule(self, metric: str) -> int:
+        # 2: 4-bit codes under cosine score the cosine to the reconstruction (stop 38)
+        return 2 if self.nbits == 4 and metric == "cosine" else 1
 
     def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
         shapes = {"pq_books": (self.m, 1 << self.nbits, pq.pq_dsub(width, self.m))}

@@ -382,7 +382,7 @@ def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
     if direction is not None:
         u = np.broadcast_to(query_cosines(x, direction)[:, None], est.shape)
     return ErrorModel.fit(np.where(keep, sign * exact, np.nan), sign * est.astype(np.float64), scale, per_row,
-                          ranks, u=u, direction=direction)
+                          ranks, u=u, direction=direction, scores=codec.score_rule)
 
 
 def _will_need(readers: list, reader_ix: np.ndarray, dense_row: np.ndarray, order: np.ndarray, start: np.ndarray,

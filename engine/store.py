@@ -613,7 +613,10 @@ class Store:
         if key is not None and key[1]:
             if self._model_error is not None:
                 raise self._model_error
-            if self._model is not None and self._model.per_row == per_row_scales(self._segments):
+            # a model applies to the error scales and the scores it was measured with (one
+            # committed before the codec's scores changed is measured again, in RAM)
+            if self._model is not None and self._model.per_row == per_row_scales(self._segments) \
+                    and self._model.scores == self.codec.score_rule:
                 model = self._model
         if model is None:
             self._build_layouts = True

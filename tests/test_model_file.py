@@ -45,7 +45,7 @@ def _no_measuring(monkeypatch) -> list:
 
 
 def _same(a: ErrorModel, b: ErrorModel) -> None:
-    assert np.array_equal(a.z, b.z) and a.per_row == b.per_row
+    assert np.array_equal(a.z, b.z) and a.per_row == b.per_row and a.scores == b.scores
     assert (a.ranks is None) == (b.ranks is None)
     if a.ranks is not None:
         assert np.array_equal(a.ranks, b.ranks)
@@ -202,6 +202,8 @@ def _rewrite_model(path, arrays: dict, meta: dict, kind: str = "model") -> None:
     ("huge z", "z"),
     ("u beyond a cosine", "u_range"),
     ("per_row", "per_row"),
+    ("scores", "scores"),
+    ("scores type", "scores"),
     ("kind", "expected a .model. segment"),
     ("missing", "model-"),
 ])
@@ -231,6 +233,10 @@ def test_a_hostile_model_file_is_refused_with_a_typed_error(tmp_path, damage, ma
         meta["u_range"] = [-3.0, 0.5]
     elif damage == "per_row":
         meta["per_row"] = 1
+    elif damage == "scores":
+        meta["scores"] = 0
+    elif damage == "scores type":
+        meta["scores"] = True
     if damage == "kind":
         _rewrite_model(path, arrays, meta, kind="codes")
     elif damage == "missing":
@@ -270,6 +276,11 @@ def test_model_arrays_round_trip():
     z = np.sort(rng.normal(size=500))
     plain = ErrorModel(z, False)
     _same(ErrorModel.from_arrays(*plain.to_arrays(), dim=8), plain)
+    rule2 = ErrorModel(z, False, scores=2)
+    _same(ErrorModel.from_arrays(*rule2.to_arrays(), dim=8), rule2)
+    arrays, meta = rule2.to_arrays()
+    del meta["scores"]  # a model written before the field: rule 1
+    assert ErrorModel.from_arrays(arrays, meta, dim=8).scores == 1
     d = rng.normal(size=8)
     full = ErrorModel(z, True, rng.integers(0, 64, 500), d / np.linalg.norm(d), (0.1, -0.2), (1.0, 0.3), (-0.2, 0.6))
     back = ErrorModel.from_arrays(*full.to_arrays(), dim=8)
@@ -370,6 +381,40 @@ def test_what_a_failed_or_empty_calibration_leaves(tmp_path, monkeypatch):
         assert r.calibrate(x[:300]) is r.error_model()  # a reader's own sample model
         r.refresh()
         assert r.error_model().direction is None  # kept (pinned) until the codec changes
+
+
+def test_a_model_measured_on_other_scores_is_measured_again(tmp_path, monkeypatch):
+    # Stop 38 changed how 4-bit PQ codes score under cosine (the cosine to the
+    # reconstruction; `Codec.score_rule` 2). A model a store committed before it (no
+    # "scores" in its file, so rule 1) bounds the old scores: it is measured again in RAM
+    # instead of used. A rule-1 codec keeps reading such a model.
+    path, s, x = _store(tmp_path, codec="PQ6x4")
+    with s:
+        assert s.codec.score_rule == 2
+        model = s.calibrate()
+        assert model.scores == 2
+    arrays, meta = model.to_arrays()
+    del meta["scores"]
+    _rewrite_model(path, arrays, meta)
+    with Store.open(path) as r:
+        again = r.error_model()
+        assert again is not None and again.scores == 2
+        assert r.search(x[:5], 10, rerank="auto").ids.shape == (5, 10)
+    path8, s8, _ = _store(tmp_path / "pq8")
+    with s8:
+        assert s8.codec.score_rule == 1
+        model8 = s8.calibrate()
+    arrays, meta = model8.to_arrays()
+    del meta["scores"]
+    _rewrite_model(path8, arrays, meta)
+    measured = []
+    monkeypatch.setattr(store_mod, "calibrate", lambda *a, **kw: measured.append(1) or model)
+    with Store.open(path8) as r:
+        _same(r.error_model(), model8)  # read back, not measured
+    assert measured == []
+    with Store.open(path) as r:
+        assert r.error_model() is model  # measured (here: the stand-in)
+    assert measured == [1]
 
 
 def test_a_retrained_codec_drops_the_model(tmp_path):
