@@ -237,31 +237,27 @@ class Quantizer:
 _F16_MAX = 65504.0
 
 
-def _block_inv_norms(layout: Any, books: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _block_inv_norms(layout: Any, centroids: Any) -> tuple[np.ndarray, np.ndarray]:
     """(g, bounds): every block row's 1 / |x_hat| rounded to float16, held as its uint16 bits
     (`pq.pq4_block_inv_norms`; 2 bytes a row in RAM), and their block bounds
-    (`fastscan.fs_block_bounds`), made on the first cosine scan of a PQ x4 index and kept on
-    it."""
+    (`fastscan.fs_block_bounds`), made on the first cosine scan of a PQ x4 index (with
+    ``centroids()``, the coded-space centroids) and kept on it."""
     if getattr(layout, "pq_block_bounds", None) is None:
-        g = pq.pq4_block_inv_norms(layout.blocks, layout.block_ids, layout.block_offsets, books, centroids)
+        g = pq.pq4_block_inv_norms(layout.blocks, layout.block_ids, layout.block_offsets, layout.state["pq_books"],
+                                   centroids())
         layout.pq_block_inv = np.minimum(g, np.float32(_F16_MAX)).astype(np.float16).view(np.uint16)
         layout.pq_block_bounds = fastscan.fs_block_bounds(layout.pq_block_inv, layout.block_ids)  # last
     return layout.pq_block_inv, layout.pq_block_bounds
 
 
-def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray,
-                    inv: tuple[np.ndarray, np.ndarray] | None):
+def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray):
     """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases), or under l2 on
     residuals with its inner-product tables ``ip`` and the per-list terms
     (`PQ.probe_tables`), each (query, probe) table made where the scan reaches it
-    (`fastscan.fs_scan_lists_l2`, list-major, or one query at a time). With ``inv`` (cosine:
-    each block row's 1 / |x_hat| as float16 bits and their block bounds, `_block_inv_norms`) a
-    row scores its code score times it, the cosine to the reconstruction, through the
-    factor scans' scaled mode (`fastscan.fs_scan_factors`)."""
+    (`fastscan.fs_scan_lists_l2`, list-major, or one query at a time). Cosine scores go
+    through `_scan_factor_blocks` instead (`PQ.scan`)."""
     t = plan.tables
     blocks = (layout.blocks, layout.block_ids, layout.block_offsets)
-    if inv is not None:
-        return _scan_blocks_pq_cosine(layout, plan, k, groups, list_major, floors, *inv)
     if "ip" in t:
         terms = plan.shared["list_terms"]
         if list_major:
@@ -279,25 +275,31 @@ def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_m
     return fastscan.fs_scan_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors)
 
 
-def _scan_blocks_pq_cosine(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool,
-                           floors: np.ndarray, g: np.ndarray, bounds: np.ndarray):
-    """`_scan_blocks_pq` under cosine: score = g * (<q, c> + <q, decode(code)>), g = 1 / |x_hat|
-    of the row. Block bounds are used by the one-query scan only, as RB's scans do."""
+def _scan_factor_blocks(layout: Any, plan: Any, n_levels: int, row_factors: np.ndarray, block_bounds: np.ndarray,
+                        q_sq: np.ndarray, is_l2: bool, k: int, groups: tuple | None, list_major: bool,
+                        floors: np.ndarray):
+    """The fast scan of blocks whose rows carry factors (`fastscan.fs_scan_factors`), with a
+    plan's (qluts, steps, biases): RB's rows (g, |r|^2), or PQ x4's 1 / |x_hat| under cosine
+    (1-D float16 bits, the scaled mode). Groups of queries with the same probes take the
+    multi-query kernel, IVF batches the list-major one, the rest one query at a time.
+    Only the one-query kernel skips blocks by ``block_bounds``: the other two filter every
+    block's rows against the heap minima in vector code anyway, and the bounds cost more than
+    they skip there (RB on wordnet-minilm: flat RB1 R = 100, 1,000 queries, 128 vs 140 ms;
+    IVF256/1024,RB1 list-major 3-7%)."""
     t = plan.tables
     qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
-    q_sq = np.zeros(plan.bias.shape, dtype=np.float32)  # no l2 term
-    rows = (layout.blocks, layout.block_ids, g)
+    rows = (layout.blocks, layout.block_ids, row_factors)
     if groups is not None:
         order, group_offsets = groups
         ql, sp, bi, pr, pb, qs, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq, floors)
         return _unpermuted(order, fastscan.fs_scan_factors_multi_batch(
-            ql, sp, bi, 1, *rows, _NO_BOUNDS, layout.block_offsets, pr, pb, qs, False, group_offsets, k, fl))
+            ql, sp, bi, n_levels, *rows, _NO_BOUNDS, layout.block_offsets, pr, pb, qs, is_l2, group_offsets, k, fl))
     if list_major:
-        return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, 1, *rows, _NO_BOUNDS, layout.block_offsets,
-                                                    plan.probes, plan.bias, q_sq, False, k, floors,
-                                                    numba.get_num_threads())
-    return fastscan.fs_scan_factors_batch(qluts, steps, biases, 1, *rows, bounds, layout.block_offsets, plan.probes,
-                                          plan.bias, q_sq, False, k, floors)
+        return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, *rows, _NO_BOUNDS,
+                                                    layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2, k,
+                                                    floors, numba.get_num_threads())
+    return fastscan.fs_scan_factors_batch(qluts, steps, biases, n_levels, *rows, block_bounds, layout.block_offsets,
+                                          plan.probes, plan.bias, q_sq, is_l2, k, floors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,12 +459,15 @@ class PQ(Quantizer):
 
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         cosine = layout.codec.metric == "cosine"
+        if self.nbits == 4 and cosine:
+            # unit vectors: scored by the cosine to the reconstruction, as below, each row's
+            # whole score times its 1 / |x_hat| (the factor scans' scaled mode)
+            g, bounds = _block_inv_norms(
+                layout, lambda: self._centroids(layout.state, layout.codec._derived_of(layout.state)))
+            no_l2 = np.zeros(plan.bias.shape, dtype=np.float32)
+            return _scan_factor_blocks(layout, plan, 1, g, bounds, no_l2, False, k, groups, list_major, floors)
         if self.nbits == 4:
-            inv = None
-            if cosine:  # unit vectors: scored by the cosine to the reconstruction, as below
-                inv = _block_inv_norms(layout, layout.state["pq_books"],
-                                       self._centroids(layout.state, layout.codec._derived_of(layout.state)))
-            return _scan_blocks_pq(layout, plan, k, groups, list_major, floors, inv)
+            return _scan_blocks_pq(layout, plan, k, groups, list_major, floors)
         if "ip2" in plan.tables:  # l2 on residuals (`probe_tables`)
             return pq.pq_lut_scan_l2_batch(plan.tables["ip2"], plan.shared["list_terms"], layout.codes, layout.ids,
                                            layout.offsets, plan.probes, plan.bias, k, floors)
@@ -642,32 +647,15 @@ class RB(Quantizer):
         rows = (layout.blocks, layout.block_ids, layout.block_factors)
         if "tq" in t:  # l2 on residuals (`probe_tables`): each probe's table made in the scan
             tl = plan.shared["list_nibbles"]
-            if list_major:  # no block bounds, as below
+            if list_major:  # no block bounds, as in `_scan_factor_blocks`
                 return fastscan.fs_scan_factors_lists_l2_batch(
                     t["tq"], tl, self.levels, *rows, _NO_BOUNDS, layout.block_offsets, plan.probes, plan.bias,
                     t["q_sq"], is_l2, k, floors, numba.get_num_threads())
             return fastscan.fs_scan_factors_l2_batch(t["tq"], tl, self.levels, *rows, layout.block_bounds,
                                                      layout.block_offsets, plan.probes, plan.bias, t["q_sq"], is_l2,
                                                      k, floors)
-        qluts, steps, biases, q_sq = t["qluts"], t["steps"], t["biases"], t["q_sq"]
-        if groups is not None:
-            order, group_offsets = groups
-            ql, sp, bi, pr, pb, qs, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq, floors)
-            # no block bounds either: this kernel also filters rows in vector code, and the
-            # bounds cost more than they skip (flat RB1 R = 100, 1,000 minilm queries: 128 vs
-            # 140 ms; RB2 R = 30 176-184 vs 185 ms)
-            return _unpermuted(order, fastscan.fs_scan_factors_multi_batch(
-                ql, sp, bi, self.levels, *rows, _NO_BOUNDS, layout.block_offsets, pr, pb, qs, is_l2,
-                group_offsets, k, fl))
-        if list_major:
-            # no block bounds: the list-major kernel filters every block's rows against
-            # the heap minima in vector code anyway, and the bounds cost 3-7% more than
-            # they skip there (measured on wordnet-minilm, IVF256/1024,RB1)
-            return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, self.levels, *rows, _NO_BOUNDS,
-                                                        layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2,
-                                                        k, floors, numba.get_num_threads())
-        return fastscan.fs_scan_factors_batch(qluts, steps, biases, self.levels, *rows, layout.block_bounds,
-                                              layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2, k, floors)
+        return _scan_factor_blocks(layout, plan, self.levels, layout.block_factors, layout.block_bounds, t["q_sq"],
+                                   is_l2, k, groups, list_major, floors)
 
 
 @dataclasses.dataclass(frozen=True)

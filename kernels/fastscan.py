@@ -2035,10 +2035,8 @@ def fs_block_bounds(row_factors: np.ndarray, block_ids: np.ndarray) -> np.ndarra
     alone as uint16 float16 bits, `fs_scan_factors`'s scaled mode) has |r|^2 = 0."""
     f = np.asarray(row_factors)
     if f.ndim == 1:
-        f = f.view(np.float16).astype(np.float32)
-        f = np.stack([f, np.zeros_like(f)], axis=1)
-    f = np.asarray(f, dtype=np.float32)
-    f = f.reshape(-1, BLOCK, 2)
+        f = np.stack([f.view(np.float16), np.zeros(f.shape, np.float16)], axis=1)
+    f = np.asarray(f, dtype=np.float32).reshape(-1, BLOCK, 2)
     real = (np.asarray(block_ids) >= 0).reshape(-1, BLOCK)
     g = f[:, :, 0]
     out = np.empty((f.shape[0], 3), dtype=np.float32)
