@@ -54,9 +54,11 @@ RESCORE_IP, RESCORE_COSINE, RESCORE_L2 = 0, 1, 2
 # A paused walk's state (`bounded_walk_resume`): rows in `top`, rows read (a prefix of the
 # order), the end of the round it stopped before, and how far the upper bounds then reached.
 WALK_STATE = 4
-# rows fetched ahead of the one being scored (measured per 1000 queries x 50 rows of a 180 MB
-# map: none 40 ms, 1 ahead 25 ms, 3 ahead 25 ms)
-_PREFETCH_AHEAD = 1
+# bytes of each row asked for ahead of its scoring (`_prefetch_row`). Whole rows cost more
+# than they saved (Zen 4, four rows at a time, 2,000 queries x 20-100 random rows of a
+# cached map, cosine, ns a row 384-d / 768-d float32: whole rows 300 / 380, none 255 / 324,
+# the first 1, 2 or 4 lines 240 / 295, 250 / 305, 235 / 290)
+_PREFETCH_BYTES = 256
 
 
 @intrinsic
@@ -207,36 +209,54 @@ def _make_lane_sums(diff, norm=False):
     operations of the scalar loops below, in one vector register. a, b 1-D with unit stride
     (the caller checks), float32 or float16 bits (uint16). LLVM left the scalar loops
     scalar: 364 ns a 768-d row, cached (measured). norm: (the dot product, and b's with
-    itself), each as `_dot_lanes` sums it, in one pass over b (two independent chains)."""
+    itself), each as `_dot_lanes` sums it, in one pass over b (two independent chains).
+
+    b may also be a tuple of G rows (same dtype): each row's sums are the one-row sums, bit
+    for bit, returned flat ((s_0, ..., s_G-1), with norm (dot_0, bb_0, dot_1, ...)). One pass
+    then widens a once for all rows, runs G or 2G independent chains and has the G rows'
+    loads in flight together, which is what counts for rows read from memory (Zen 4, rows
+    of a cached map at random, cosine, ns a row 384-d / 768-d: one at a time 300-320 /
+    420-435, four at once 255-280 / 320-345; rows in L1/L2, inner product: 111 / 163 against
+    80 / 116)."""
 
     @intrinsic
     def lane_sums(typingctx, a, b, head):
-        sig = (types.UniTuple(types.float64, 2) if norm else types.float64)(a, b, head)
+        n_rows = len(b) if isinstance(b, types.BaseTuple) else 1
+        row_type = b[0] if isinstance(b, types.BaseTuple) else b
+        n_out = n_rows * (2 if norm else 1)
+        sig = (types.float64 if n_out == 1 else types.UniTuple(types.float64, n_out))(a, b, head)
 
         def codegen(context, builder, signature, args):
             vd = ir.VectorType(ir.DoubleType(), 8)
-            arrays = [context.make_array(signature.args[i])(context, builder, args[i]) for i in range(2)]
+            rows = cgutils.unpack_tuple(builder, args[1], n_rows) if isinstance(b, types.BaseTuple) else [args[1]]
+            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
+            b_arrs = [context.make_array(row_type)(context, builder, r) for r in rows]
             n = context.cast(builder, args[2], signature.args[2], types.int64)
-            acc_ptr = cgutils.alloca_once_value(builder, ir.Constant(vd, [0.0] * 8))
-            acc2_ptr = cgutils.alloca_once_value(builder, ir.Constant(vd, [0.0] * 8))
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(vd, [0.0] * 8)) for _ in range(n_out)]
 
-            def load(i, j):
-                dtype = signature.args[i].dtype
+            def load(arr, dtype, j):
                 elem = ir.FloatType() if dtype == types.float32 else ir.IntType(16)
-                ptr = builder.bitcast(builder.gep(arrays[i].data, [j]), ir.VectorType(elem, 8).as_pointer())
+                ptr = builder.bitcast(builder.gep(arr.data, [j]), ir.VectorType(elem, 8).as_pointer())
                 return _emit_widen_vec(builder, builder.load(ptr, align=1), dtype)
+
+            def add(ptr, term):
+                builder.store(builder.fadd(builder.load(ptr), term), ptr)
 
             with cgutils.for_range_slice(builder, ir.Constant(ir.IntType(64), 0), n,
                                          ir.Constant(ir.IntType(64), 8), inc=True) as (j, _):
-                x, y = load(0, j), load(1, j)
-                if diff:
-                    d = builder.fsub(x, y)
-                    term = builder.fmul(d, d)
-                else:
-                    term = builder.fmul(x, y)
-                builder.store(builder.fadd(builder.load(acc_ptr), term), acc_ptr)
-                if norm:
-                    builder.store(builder.fadd(builder.load(acc2_ptr), builder.fmul(y, y)), acc2_ptr)
+                x = load(a_arr, signature.args[0].dtype, j)
+                for g, b_arr in enumerate(b_arrs):
+                    y = load(b_arr, row_type.dtype, j)
+                    if diff:
+                        d = builder.fsub(x, y)
+                        term = builder.fmul(d, d)
+                    else:
+                        term = builder.fmul(x, y)
+                    if norm:
+                        add(accs[2 * g], term)
+                        add(accs[2 * g + 1], builder.fmul(y, y))
+                    else:
+                        add(accs[g], term)
 
             def reduce(ptr):
                 acc = builder.load(ptr)
@@ -244,9 +264,9 @@ def _make_lane_sums(diff, norm=False):
                 return builder.fadd(builder.fadd(builder.fadd(lane[0], lane[1]), builder.fadd(lane[2], lane[3])),
                                     builder.fadd(builder.fadd(lane[4], lane[5]), builder.fadd(lane[6], lane[7])))
 
-            if norm:
-                return context.make_tuple(builder, signature.return_type, [reduce(acc_ptr), reduce(acc2_ptr)])
-            return reduce(acc_ptr)
+            if n_out == 1:
+                return reduce(accs[0])
+            return context.make_tuple(builder, signature.return_type, [reduce(p) for p in accs])
 
         return sig, codegen
 
@@ -278,10 +298,25 @@ def _dot_lanes(a, b):
             l6 += np.float64(_widen(a[j + 6])) * np.float64(_widen(b[j + 6]))
             l7 += np.float64(_widen(a[j + 7])) * np.float64(_widen(b[j + 7]))
         head_sum = ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
+    return head_sum + _dot_tail(a, b, head)
+
+
+@jit
+def _dot_tail(a, b, head):
+    # the dims past the eight lanes, summed from 0 in order (added to the lanes' sum)
     tail = 0.0
-    for j in range(head, dim):
+    for j in range(head, a.shape[0]):
         tail += np.float64(_widen(a[j])) * np.float64(_widen(b[j]))
-    return head_sum + tail
+    return tail
+
+
+@jit
+def _dist_tail(a, b, head):
+    tail = 0.0
+    for j in range(head, a.shape[0]):
+        d = np.float64(a[j]) - np.float64(_widen(b[j]))
+        tail += d * d
+    return tail
 
 
 @jit
@@ -312,34 +347,33 @@ def _dist_lanes(a, b):
             l6 += d6 * d6
             l7 += d7 * d7
         head_sum = ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
-    tail = 0.0
-    for j in range(head, dim):
-        d = np.float64(a[j]) - np.float64(_widen(b[j]))
-        tail += d * d
-    return head_sum + tail
+    return head_sum + _dist_tail(a, b, head)
 
 
 @intrinsic
 def _prefetch_row(typingctx, vectors, row):
-    """Hint the CPU to fetch row `row` of a 2-D C-contiguous array (every 64-byte line):
-    shortlisted rows sit at random places in a large map, and fetching the next row while
-    the current one is scored hides most of the memory latency."""
+    """Hint the CPU to fetch the start of row `row` of a 2-D C-contiguous array (its first
+    _PREFETCH_BYTES): shortlisted rows sit at random places in a large map; the start of
+    each next row requested while the current ones are scored sets the hardware prefetcher
+    going on the rest of it."""
     sig = types.void(vectors, row)
 
     def codegen(context, builder, signature, args):
         arr_type = signature.args[0]
         arr = context.make_array(arr_type)(context, builder, args[0])
         i8p = ir.IntType(8).as_pointer()
+        i64 = ir.IntType(64)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, ir.IntType(32), ir.IntType(32), ir.IntType(32)]),
             "llvm.prefetch.p0i8")
         stride = builder.extract_value(arr.strides, 0)
-        base = builder.ptrtoint(arr.data, ir.IntType(64))
-        start = builder.add(base, builder.mul(builder.sext(args[1], ir.IntType(64)), stride))
+        base = builder.ptrtoint(arr.data, i64)
+        start = builder.add(base, builder.mul(builder.sext(args[1], i64), stride))
         n_bytes = builder.mul(builder.extract_value(arr.shape, 1),
-                              ir.Constant(ir.IntType(64), context.get_abi_sizeof(context.get_data_type(arr_type.dtype))))
-        with cgutils.for_range_slice(builder, ir.Constant(ir.IntType(64), 0), n_bytes, ir.Constant(ir.IntType(64), 64),
-                                     inc=True) as (off, _):
+                              ir.Constant(i64, context.get_abi_sizeof(context.get_data_type(arr_type.dtype))))
+        cap = ir.Constant(i64, _PREFETCH_BYTES)
+        n_bytes = builder.select(builder.icmp_unsigned("<", n_bytes, cap), n_bytes, cap)
+        with cgutils.for_range_slice(builder, ir.Constant(i64, 0), n_bytes, ir.Constant(i64, 64), inc=True) as (off, _):
             addr = builder.inttoptr(builder.add(start, off), i8p)
             builder.call(fn, [addr, ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 3),
                               ir.Constant(ir.IntType(32), 1)])
@@ -349,49 +383,100 @@ def _prefetch_row(typingctx, vectors, row):
 
 
 @jit
+def _cosine(dot, vv, q_norm):
+    den = q_norm * np.sqrt(vv)
+    return dot / den if den > 0 else 0.0
+
+
+@jit
 def _score_row(query, v, metric, q_norm):
     """The exact score of one row in the user's convention (l2: squared distance)."""
     if metric == RESCORE_L2:
         return _dist_lanes(query, v)
     if metric != RESCORE_COSINE:
         return _dot_lanes(query, v)
-    dim = v.shape[0]
     if query.strides[0] == query.itemsize and v.strides[0] == v.itemsize:
         # <q, v> and <v, v> in one pass over the row, each summed as _dot_lanes sums it
-        head = dim - dim % 8
+        head = v.shape[0] - v.shape[0] % 8
         dot, vv = _dot_norm_vec(query, v, head)
-        tail = 0.0
-        tail_vv = 0.0
-        for j in range(head, dim):
-            tail += np.float64(_widen(query[j])) * np.float64(_widen(v[j]))
-            tail_vv += np.float64(_widen(v[j])) * np.float64(_widen(v[j]))
-        dot += tail
-        vv += tail_vv
-    else:
-        dot = _dot_lanes(query, v)
-        vv = _dot_lanes(v, v)
-    den = q_norm * np.sqrt(vv)
-    return dot / den if den > 0 else 0.0
+        return _cosine(dot + _dot_tail(query, v, head), vv + _dot_tail(v, v, head), q_norm)
+    return _cosine(_dot_lanes(query, v), _dot_lanes(v, v), q_norm)
+
+
+@jit
+def _score_rows4(query, v4, metric, q_norm):
+    """`_score_row` of four rows at once (v4: a tuple of four 1-D rows; query and rows with
+    unit stride): the same scores bit for bit, with four rows' chains of float64 adds in
+    flight instead of one (`_make_lane_sums`)."""
+    head = query.shape[0] - query.shape[0] % 8
+    if metric == RESCORE_L2:
+        d = _dist_vec(query, v4, head)
+        return (d[0] + _dist_tail(query, v4[0], head), d[1] + _dist_tail(query, v4[1], head),
+                d[2] + _dist_tail(query, v4[2], head), d[3] + _dist_tail(query, v4[3], head))
+    if metric != RESCORE_COSINE:
+        d = _dot_vec(query, v4, head)
+        return (d[0] + _dot_tail(query, v4[0], head), d[1] + _dot_tail(query, v4[1], head),
+                d[2] + _dot_tail(query, v4[2], head), d[3] + _dot_tail(query, v4[3], head))
+    d = _dot_norm_vec(query, v4, head)
+    return (_cosine(d[0] + _dot_tail(query, v4[0], head), d[1] + _dot_tail(v4[0], v4[0], head), q_norm),
+            _cosine(d[2] + _dot_tail(query, v4[1], head), d[3] + _dot_tail(v4[1], v4[1], head), q_norm),
+            _cosine(d[4] + _dot_tail(query, v4[2], head), d[5] + _dot_tail(v4[2], v4[2], head), q_norm),
+            _cosine(d[6] + _dot_tail(query, v4[3], head), d[7] + _dot_tail(v4[3], v4[3], head), q_norm))
+
+
+@jit
+def _row_at(first, vectors, file_ix, rows, j):
+    # candidate j's row: in `first` (a 2-D array) when file_ix is None, else in
+    # vectors[file_ix[j]] (a typed List whose item 0 is `first`, read without the List)
+    if file_ix is None:
+        return first[rows[j]]
+    f = file_ix[j]
+    return (first if f == 0 else vectors[f])[rows[j]]
+
+
+@jit
+def _score_order(query, first, vectors, file_ix, rows, order, start, stop, metric, q_norm, ahead, out):
+    """out[j] = `_score_row` of candidate j = order[p] for p in [start, stop) (rows >= 0),
+    four rows at a time (`_score_rows4`) where the four and the query have unit stride.
+    ahead: ask for the start of the next four rows while these are scored (the caller did
+    not)."""
+    if ahead:
+        for p in range(start, min(start + 4, stop)):
+            _prefetch_row(first if file_ix is None else vectors[file_ix[order[p]]], rows[order[p]])
+    unit = query.strides[0] == query.itemsize
+    p = start
+    while p + 4 <= stop:
+        if ahead:
+            for n in range(p + 4, min(p + 8, stop)):
+                _prefetch_row(first if file_ix is None else vectors[file_ix[order[n]]], rows[order[n]])
+        j0, j1, j2, j3 = order[p], order[p + 1], order[p + 2], order[p + 3]
+        v4 = (_row_at(first, vectors, file_ix, rows, j0), _row_at(first, vectors, file_ix, rows, j1),
+              _row_at(first, vectors, file_ix, rows, j2), _row_at(first, vectors, file_ix, rows, j3))
+        if unit and v4[0].strides[0] == v4[0].itemsize and v4[1].strides[0] == v4[1].itemsize \
+                and v4[2].strides[0] == v4[2].itemsize and v4[3].strides[0] == v4[3].itemsize:
+            out[j0], out[j1], out[j2], out[j3] = _score_rows4(query, v4, metric, q_norm)
+        else:
+            out[j0] = _score_row(query, v4[0], metric, q_norm)
+            out[j1] = _score_row(query, v4[1], metric, q_norm)
+            out[j2] = _score_row(query, v4[2], metric, q_norm)
+            out[j3] = _score_row(query, v4[3], metric, q_norm)
+        p += 4
+    while p < stop:
+        j = order[p]
+        out[j] = _score_row(query, _row_at(first, vectors, file_ix, rows, j), metric, q_norm)
+        p += 1
 
 
 @jit
 def _rescore_one(query, vectors, rows, metric, out):
     q_norm = np.sqrt(_dot_lanes(query, query)) if metric == RESCORE_COSINE else 1.0
-    # visit the rows in file order (ascending), whatever order the shortlist has
+    # visit the rows in file order (ascending), whatever order the shortlist has; the -1
+    # (not in this file) sort first
     order = np.argsort(rows, kind="mergesort")
-    n = rows.shape[0]
-    for o in range(min(_PREFETCH_AHEAD, n)):
-        if rows[order[o]] >= 0:
-            _prefetch_row(vectors, rows[order[o]])
-    for o in range(n):
-        r = order[o]
-        row = rows[r]
-        if row < 0:
-            continue
-        ahead = o + _PREFETCH_AHEAD
-        if ahead < n and rows[order[ahead]] >= 0:
-            _prefetch_row(vectors, rows[order[ahead]])
-        out[r] = _score_row(query, vectors[row], metric, q_norm)
+    start = 0
+    while start < rows.shape[0] and rows[order[start]] < 0:
+        start += 1
+    _score_order(query, vectors, None, None, rows, order, start, rows.shape[0], metric, q_norm, True, out)
 
 
 @jit
@@ -493,10 +578,10 @@ def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step,
         for p in range(ptr, end):
             j = order[p]
             _prefetch_row(first if file_ix[j] == 0 else vectors[file_ix[j]], rows[j])
+        _score_order(query, first, vectors, file_ix, rows, order, ptr, end, metric, q_norm, False, exact)
         for p in range(ptr, end):
             j = order[p]
-            f = file_ix[j]
-            s = _score_row(query, (first if f == 0 else vectors[f])[rows[j]], metric, q_norm)
+            s = exact[j]
             if metric == RESCORE_L2:
                 s = -s
             exact[j] = s

@@ -189,3 +189,34 @@ def test_lane_sums_in_vector_ir_equal_the_scalar_loop(dim, f16, special, seed):
         assert np.isnan(fast) == np.isnan(slow)
         if not np.isnan(fast):
             assert fast.view(np.int64) == slow.view(np.int64), (fast, slow)
+
+
+@SETTINGS
+@given(nq=st.integers(1, 3), n=st.integers(1, 12), dim=st.integers(1, 70), depth=st.integers(1, 13),
+       metric=st.sampled_from([dense.RESCORE_IP, dense.RESCORE_COSINE, dense.RESCORE_L2]), f16=st.booleans(),
+       special=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_rescore_four_rows_at_once_equals_one_at_a_time(nq, n, dim, depth, metric, f16, special, seed):
+    # dense_rescore scores four unit-stride rows at once (_score_rows4: four rows' float64
+    # chains in one pass) and strided rows one at a time in scalar lanes: the same float64
+    # operations per row, so bit-identical scores, also for duplicate rows, rows repeated in
+    # a shortlist, zero rows, non-finite values and dims that are not a multiple of 8.
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors[0] = 0.0
+    if n > 2:
+        vectors[2] = vectors[1]
+    if special:
+        pick = rng.random((n, dim)) < 0.1
+        vectors[pick] = rng.choice(np.array([np.inf, -np.inf, np.nan, 1e-40, -0.0], dtype=np.float32),
+                                   size=int(pick.sum()))
+    passed = vectors.astype(np.float16).view(np.uint16) if f16 else vectors
+    strided = np.repeat(passed, 2, axis=1)[:, ::2]
+    assert strided.strides[1] == 2 * passed.itemsize
+    queries = rng.standard_normal((nq, dim)).astype(np.float32)
+    rows = rng.integers(-1, n, size=(nq, depth))
+    for fn in (dense.dense_rescore, dense.dense_rescore_batch):
+        four = np.full(rows.shape, 7.0)
+        one = np.full(rows.shape, 7.0)
+        assert fn(queries, passed, rows, metric, four) == fn(queries, strided, rows, metric, one)
+        np.testing.assert_array_equal(np.isnan(four), np.isnan(one))
+        assert (four[~np.isnan(four)].view(np.int64) == one[~np.isnan(one)].view(np.int64)).all()
