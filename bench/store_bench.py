@@ -157,14 +157,14 @@ def faiss_sweep(base, queries, gt, nlist: int):
     ivf.train(xb[:65536])
     ivf.add(xb)
     threads(1)
-    for kf in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15):
+    for kf in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50):
         params = faiss.IndexRefineSearchParameters(k_factor=kf)
         _, ids = flat.search(xq, K, params=params)
         t = best_time(lambda: flat.search(xq, K, params=params))
         rows.append({"faiss": "PQ96x4fs,RFlat", "k_factor": kf, "nprobe": None,
                      "recall@10": recall(ids, gt), "qps": len(xq) / t})
     for nprobe in (32, 64, 96, 128, 160, 192, 256, 384, 512):
-        for kf in (2, 4, 5, 6, 8, 10, 12):
+        for kf in (2, 4, 5, 6, 8, 10, 12, 15, 20):
             base_params = faiss.SearchParametersIVF(nprobe=nprobe)
             params = faiss.IndexRefineSearchParameters(k_factor=kf, base_index_params=base_params)
             _, ids = ivf.search(xq, K, params=params)
