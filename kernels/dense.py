@@ -383,8 +383,21 @@ def _prefetch_row(typingctx, vectors, row):
 
 
 @jit
-def _cosine(dot, vv, q_norm):
-    den = q_norm * np.sqrt(vv)
+def _unit(a):
+    return a.strides[0] == a.itemsize
+
+
+@jit
+def _row_total(query, v, head, s, vv, metric, q_norm):
+    """A row's score from the eight lanes' sums over its first `head` dims (s; vv: <v, v>
+    under cosine, else unused): the tail dims added as `_dot_lanes` / `_dist_lanes` add
+    them, then the cosine (0 for a zero row) or the sum itself."""
+    if metric == RESCORE_L2:
+        return s + _dist_tail(query, v, head)
+    if metric != RESCORE_COSINE:
+        return s + _dot_tail(query, v, head)
+    den = q_norm * np.sqrt(vv + _dot_tail(v, v, head))
+    dot = s + _dot_tail(query, v, head)
     return dot / den if den > 0 else 0.0
 
 
@@ -395,65 +408,58 @@ def _score_row(query, v, metric, q_norm):
         return _dist_lanes(query, v)
     if metric != RESCORE_COSINE:
         return _dot_lanes(query, v)
-    if query.strides[0] == query.itemsize and v.strides[0] == v.itemsize:
+    if _unit(query) and _unit(v):
         # <q, v> and <v, v> in one pass over the row, each summed as _dot_lanes sums it
         head = v.shape[0] - v.shape[0] % 8
         dot, vv = _dot_norm_vec(query, v, head)
-        return _cosine(dot + _dot_tail(query, v, head), vv + _dot_tail(v, v, head), q_norm)
-    return _cosine(_dot_lanes(query, v), _dot_lanes(v, v), q_norm)
+        return _row_total(query, v, head, dot, vv, metric, q_norm)
+    # scalar lanes, tails included (no dims left for `_row_total` to add)
+    return _row_total(query, v, v.shape[0], _dot_lanes(query, v), _dot_lanes(v, v), metric, q_norm)
 
 
 @jit
 def _score_rows4(query, v4, metric, q_norm):
     """`_score_row` of four rows at once (v4: a tuple of four 1-D rows; query and rows with
-    unit stride): the same scores bit for bit, with four rows' chains of float64 adds in
-    flight instead of one (`_make_lane_sums`)."""
+    unit stride): the same scores bit for bit, four rows' sums in one pass
+    (`_make_lane_sums`)."""
     head = query.shape[0] - query.shape[0] % 8
-    if metric == RESCORE_L2:
-        d = _dist_vec(query, v4, head)
-        return (d[0] + _dist_tail(query, v4[0], head), d[1] + _dist_tail(query, v4[1], head),
-                d[2] + _dist_tail(query, v4[2], head), d[3] + _dist_tail(query, v4[3], head))
-    if metric != RESCORE_COSINE:
-        d = _dot_vec(query, v4, head)
-        return (d[0] + _dot_tail(query, v4[0], head), d[1] + _dot_tail(query, v4[1], head),
-                d[2] + _dot_tail(query, v4[2], head), d[3] + _dot_tail(query, v4[3], head))
-    d = _dot_norm_vec(query, v4, head)
-    return (_cosine(d[0] + _dot_tail(query, v4[0], head), d[1] + _dot_tail(v4[0], v4[0], head), q_norm),
-            _cosine(d[2] + _dot_tail(query, v4[1], head), d[3] + _dot_tail(v4[1], v4[1], head), q_norm),
-            _cosine(d[4] + _dot_tail(query, v4[2], head), d[5] + _dot_tail(v4[2], v4[2], head), q_norm),
-            _cosine(d[6] + _dot_tail(query, v4[3], head), d[7] + _dot_tail(v4[3], v4[3], head), q_norm))
+    if metric == RESCORE_COSINE:
+        d = _dot_norm_vec(query, v4, head)
+        return (_row_total(query, v4[0], head, d[0], d[1], metric, q_norm),
+                _row_total(query, v4[1], head, d[2], d[3], metric, q_norm),
+                _row_total(query, v4[2], head, d[4], d[5], metric, q_norm),
+                _row_total(query, v4[3], head, d[6], d[7], metric, q_norm))
+    d = _dist_vec(query, v4, head) if metric == RESCORE_L2 else _dot_vec(query, v4, head)
+    return (_row_total(query, v4[0], head, d[0], 0.0, metric, q_norm),
+            _row_total(query, v4[1], head, d[1], 0.0, metric, q_norm),
+            _row_total(query, v4[2], head, d[2], 0.0, metric, q_norm),
+            _row_total(query, v4[3], head, d[3], 0.0, metric, q_norm))
 
 
 @jit
-def _row_at(first, vectors, file_ix, rows, j):
-    # candidate j's row: in `first` (a 2-D array) when file_ix is None, else in
+def _file_at(first, vectors, file_ix, j):
+    # the dense file holding candidate j: `first` (a 2-D array) when file_ix is None, else
     # vectors[file_ix[j]] (a typed List whose item 0 is `first`, read without the List)
-    if file_ix is None:
-        return first[rows[j]]
-    f = file_ix[j]
-    return (first if f == 0 else vectors[f])[rows[j]]
+    if file_ix is None or file_ix[j] == 0:
+        return first
+    return vectors[file_ix[j]]
 
 
 @jit
-def _score_order(query, first, vectors, file_ix, rows, order, start, stop, metric, q_norm, ahead, out):
+def _score_order(query, first, vectors, file_ix, rows, order, start, stop, metric, q_norm, out):
     """out[j] = `_score_row` of candidate j = order[p] for p in [start, stop) (rows >= 0),
-    four rows at a time (`_score_rows4`) where the four and the query have unit stride.
-    ahead: ask for the start of the next four rows while these are scored (the caller did
-    not)."""
-    if ahead:
-        for p in range(start, min(start + 4, stop)):
-            _prefetch_row(first if file_ix is None else vectors[file_ix[order[p]]], rows[order[p]])
-    unit = query.strides[0] == query.itemsize
+    four rows at a time (`_score_rows4`) where the four and the query have unit stride,
+    asking for the start of the next four rows while these are scored."""
+    for p in range(start, min(start + 4, stop)):
+        _prefetch_row(_file_at(first, vectors, file_ix, order[p]), rows[order[p]])
     p = start
     while p + 4 <= stop:
-        if ahead:
-            for n in range(p + 4, min(p + 8, stop)):
-                _prefetch_row(first if file_ix is None else vectors[file_ix[order[n]]], rows[order[n]])
+        for n in range(p + 4, min(p + 8, stop)):
+            _prefetch_row(_file_at(first, vectors, file_ix, order[n]), rows[order[n]])
         j0, j1, j2, j3 = order[p], order[p + 1], order[p + 2], order[p + 3]
-        v4 = (_row_at(first, vectors, file_ix, rows, j0), _row_at(first, vectors, file_ix, rows, j1),
-              _row_at(first, vectors, file_ix, rows, j2), _row_at(first, vectors, file_ix, rows, j3))
-        if unit and v4[0].strides[0] == v4[0].itemsize and v4[1].strides[0] == v4[1].itemsize \
-                and v4[2].strides[0] == v4[2].itemsize and v4[3].strides[0] == v4[3].itemsize:
+        v4 = (_file_at(first, vectors, file_ix, j0)[rows[j0]], _file_at(first, vectors, file_ix, j1)[rows[j1]],
+              _file_at(first, vectors, file_ix, j2)[rows[j2]], _file_at(first, vectors, file_ix, j3)[rows[j3]])
+        if _unit(query) and _unit(v4[0]) and _unit(v4[1]) and _unit(v4[2]) and _unit(v4[3]):
             out[j0], out[j1], out[j2], out[j3] = _score_rows4(query, v4, metric, q_norm)
         else:
             out[j0] = _score_row(query, v4[0], metric, q_norm)
@@ -463,7 +469,7 @@ def _score_order(query, first, vectors, file_ix, rows, order, start, stop, metri
         p += 4
     while p < stop:
         j = order[p]
-        out[j] = _score_row(query, _row_at(first, vectors, file_ix, rows, j), metric, q_norm)
+        out[j] = _score_row(query, _file_at(first, vectors, file_ix, j)[rows[j]], metric, q_norm)
         p += 1
 
 
@@ -476,7 +482,7 @@ def _rescore_one(query, vectors, rows, metric, out):
     start = 0
     while start < rows.shape[0] and rows[order[start]] < 0:
         start += 1
-    _score_order(query, vectors, None, None, rows, order, start, rows.shape[0], metric, q_norm, True, out)
+    _score_order(query, vectors, None, None, rows, order, start, rows.shape[0], metric, q_norm, out)
 
 
 @jit
@@ -575,10 +581,7 @@ def _walk_one(query, vectors, file_ix, rows, order, up_sorted, n_valid, k, step,
     end = state[2]
     first = vectors[0]
     while ptr < end <= avail:
-        for p in range(ptr, end):
-            j = order[p]
-            _prefetch_row(first if file_ix[j] == 0 else vectors[file_ix[j]], rows[j])
-        _score_order(query, first, vectors, file_ix, rows, order, ptr, end, metric, q_norm, False, exact)
+        _score_order(query, first, vectors, file_ix, rows, order, ptr, end, metric, q_norm, exact)
         for p in range(ptr, end):
             j = order[p]
             s = exact[j]
