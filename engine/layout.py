@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..kernels import fastscan, ivf
+from ..kernels import fastscan, ivf, topk
 from .errors import InvalidInput
 from .threads import query_threads
 
@@ -270,6 +270,10 @@ class CodeIndex:
         self._sizes = np.diff(self.offsets)  # rows per list: the candidates of a probe
         self.n = codes.shape[0]
         self.ids = np.ascontiguousarray(ids[order])
+        # the multi-query fast scans keep each query's top k in a reservoir of uint64 keys,
+        # which holds ids up to RES_MAX_ID (kernels/topk.py); larger ids take the one-query
+        # kernels (heaps), whose results are the same
+        self._multi_ids = not self.ids.size or int(self.ids.max()) <= topk.RES_MAX_ID
         # RB's row factors and bits (kept with keep_rows, for symmetric scoring) and the
         # popcount words derived from the bits on the first sdc=True scan
         self.factors: np.ndarray | None = None
@@ -437,7 +441,7 @@ class CodeIndex:
         codec = self.codec
         q = codec.quantizer
         list_min = q.list_min_queries(self, plan.sdc)
-        multi = self._MULTI_QUERY and list_min is not None
+        multi = self._MULTI_QUERY and self._multi_ids and list_min is not None
         # IVF batches whose probe rows differ: list-major (it shares each list's blocks among
         # the queries probing it already); else groups of queries with the same probes
         list_major = multi and codec.ivf is not None and nq >= list_min

@@ -24,7 +24,7 @@ from numba.typed import List
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, jit_fast, target_has
-from .topk import topk_finish, topk_init_floor, topk_push, topk_sort
+from .topk import bits_f32, topk_finish, topk_init_floor, topk_push, topk_sort
 
 __all__ = [
     "f16_to_f32",
@@ -91,16 +91,6 @@ def _widen(typingctx, value):
 _HAS_F16C = target_has("f16c")
 
 
-@intrinsic
-def _u32_as_f32(typingctx, value):
-    sig = types.float32(types.uint32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
-
-
 def _soft_f16_to_f32(h):
     # IEEE half -> single by bits: normal numbers re-bias the exponent (15 -> 127), subnormal
     # halves are m * 2**-24 (exact in float32), all-ones exponents stay inf/NaN.
@@ -112,8 +102,8 @@ def _soft_f16_to_f32(h):
         value = np.float32(mant) * np.float32(5.960464477539063e-08)  # 2**-24
         return -value if sign else value
     if exp == 31:
-        return _u32_as_f32(sign | np.uint32(0x7F800000) | (mant << np.uint32(13)))
-    return _u32_as_f32(sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13)))
+        return bits_f32(sign | np.uint32(0x7F800000) | (mant << np.uint32(13)))
+    return bits_f32(sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13)))
 
 
 @jit

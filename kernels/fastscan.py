@@ -22,19 +22,23 @@ Batches of queries that probe the same lists (every query without IVF) are scann
 `*_multi` kernels: each block's code bytes are loaded and split into nibbles once for
 LANES queries (faiss's `qbs`), and the per-block float work (RB level sums, bounds) runs on
 all lanes at once in vector IR. RB scans skip a block whose best possible score, bounded
-from per-block factor ranges (`fs_block_bounds`), cannot enter the heap. Both only save
-work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py).
+from per-block factor ranges (`fs_block_bounds`), cannot enter the top k. Both only save
+work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py). The
+multi-query kernels keep each query's top k in a reservoir (kernels/topk.py: rows appended,
+cut to the best k when full) instead of a heap: rows come in no useful order there, and a
+heap's sift for each admitted row took half of a flat scan at k = 100-200. Their ids must be
+at most `topk.RES_MAX_ID` (the engine sends larger ones to the one-query kernels).
 
 IVF batches, whose queries probe different lists, are scanned list-major by the `*_lists`
 kernels (faiss's IVF fast scan): the probes are inverted into, per list, the queries that
 visit it (`fs_invert_probes`), and each list is scanned once per chunk of up to LANES of
 them, the chunk's tables gathered by index (`fs_block_accumulate_gather`). Their rows are
-scored and filtered against each query's heap minimum in vector IR, so only candidates
-reach the scalar heap test. Each query's heap is first seeded by a scan of its first
-`SEED_PROBES` probes on their own (its nearest lists: the engine's probes come best first)
-so that its minimum starts high. Each query keeps its own heap,
-which admits (score, id) by a total order, so the visiting order does not change results
-either.
+scored and filtered against each query's threshold in vector IR, so only candidates
+reach the scalar admission test. Each query's top k is first seeded by a heap scan of its
+first `SEED_PROBES` probes on their own (its nearest lists: the engine's probes come best
+first) so that its threshold starts high, then continues in a reservoir. Each query keeps
+its own, which admits (score, id) by a total order, so the visiting order does not change
+results either.
 
 Under l2 on IVF residuals every (query, probe) pair has its own table: w a[q] - b[l], a float
 table of the query less one of the list (PQ: 2 <q, b> and the per-list terms; RB: the
@@ -53,7 +57,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, target_has
-from .topk import topk_finish, topk_init_floor, topk_init_floors, topk_push
+from .topk import (res_cut, res_finish, res_init_floors, res_key, res_load_heap, topk_finish, topk_init_floor,
+                   topk_init_floors, topk_push)
 
 __all__ = [
     "BLOCK",
@@ -1304,14 +1309,15 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     (P,) shared by the group, probe_bias (G, P), floors (G,) -> scores float32 (G, k), ids
     int64 (G, k), row g identical to `fs_scan` of query g with floor floors[g]. Each block's
     code bytes are loaded from memory and split into nibbles once for LANES queries
-    (`fs_block_accumulate_lanes`, faiss's `qbs`). Each query's heap minimum is kept as the
-    least integer sum that can reach it (`_acc_floor`, updated when the heap changes), so
+    (`fs_block_accumulate_lanes`, faiss's `qbs`). Each query's threshold (its reservoir's,
+    kernels/topk.py) is kept as the
+    least integer sum that can reach it (`_acc_floor`, updated when it changes), so
     one integer compare of each lane's 32 sums (`_lanes_at_least`) picks the rows for
     fs_scan's admission test: a float block maximum and a test per lane cost 20% of the scan
     (measured, PQ96x4 on wordnet-minilm)."""
     _check_terms(steps, biases, probe_bias)
     n_q = qluts.shape[0]
-    heap_scores, heap_ids = topk_init_floors(floors, k)
+    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     masks = np.zeros(LANES, dtype=np.int64)
     bases = np.empty(n_q, dtype=np.float32)
@@ -1325,7 +1331,7 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
         t = p if n_tables > 1 else 0
         for g in range(n_q):
             bases[g] = biases[g, t] + probe_bias[g, p]
-            sum_floors[g] = _acc_floor(bases[g], steps[g, t], heap_scores[g, 0])
+            sum_floors[g] = _acc_floor(bases[g], steps[g, t], thr_s[g])
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
             row0 = b * BLOCK
             for g0 in range(0, n_q, LANES):
@@ -1341,22 +1347,19 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
                     g = g0 + lane
                     base = bases[g]
                     step = steps[g, t]
-                    hs = heap_scores[g]
-                    hi = heap_ids[g]
-                    pushed = False
                     while m != 0:
                         v = _lowest_bit(m)
                         m &= m - 1
                         idx = block_ids[row0 + v]
                         s = np.float32(base + step * np.float32(acc[lane, v]))
-                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
-                            topk_push(hs, hi, s, idx)
-                            pushed = True
-                    if pushed:
-                        sum_floors[g] = _acc_floor(base, step, hs[0])
-    for g in range(n_q):
-        topk_finish(heap_scores[g], heap_ids[g])
-    return heap_scores, heap_ids
+                        if idx >= 0 and (s > thr_s[g] or (s == thr_s[g] and idx < thr_i[g])):
+                            c = counts[g]
+                            keys[g, c] = res_key(s, idx)
+                            counts[g] = c + 1
+                            if c + 1 == keys.shape[1]:
+                                res_cut(keys, counts, thr_s, thr_i, g, k)
+                                sum_floors[g] = _acc_floor(base, step, thr_s[g])
+    return res_finish(keys, counts, k)
 
 
 @jit_batch
@@ -1528,11 +1531,11 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
     `fs_scan_multi`): qluts (G, L, 2 * pairs_per_level, 32), steps/biases (G, L), probes (P,),
     probe_bias/probe_q_sq (G, P), floors (G,) -> (G, k), row g identical to `fs_scan_factors`
     of query g with floor floors[g] (with the same block_bounds, or without: skipping never
-    changes results). The float work per block (level sums, bounds, the row filter against each heap's minimum) runs on
-    all LANES queries at once in vector IR."""
+    changes results). The float work per block (level sums, bounds, the row filter against
+    each query's threshold) runs on all LANES queries at once in vector IR."""
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
     n_q = qluts.shape[0]
-    heap_scores, heap_ids = topk_init_floors(floors, k)
+    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
     bounds = np.empty(LANES, dtype=np.float32)
@@ -1572,13 +1575,13 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
                     _lanes_comb(acc, comb, w, lv == 0)
                     w *= np.float32(0.5)
                 for lane in range(n_lanes):
-                    lane_thr[lane] = heap_scores[g0 + lane, 0]
+                    lane_thr[lane] = thr_s[g0 + lane]
                 if skip:
                     _lanes_bound(comb, bases, lane_steps, lane_pbias, lane_q_sq, g0, block_bounds, b, is_l2, bounds)
                     for lane in range(n_lanes):
                         if bounds[lane] < lane_thr[lane]:
-                            lane_thr[lane] = np.inf  # skipped: no row can enter the heap
-                # every row's score and the rows at or above the heap minimum in vector IR
+                            lane_thr[lane] = np.inf  # skipped: no row can enter the top k
+                # every row's score and the rows at or above the threshold in vector IR
                 # (as fs_scan_factors_lists), then fs_scan_factors's admission test on those
                 _lanes_rows(comb, row_factors, row0, bases[g0:], lane_steps[g0:], lane_pbias[g0:], lane_q_sq[g0:],
                             lane_thr, is_l2, scores, masks)
@@ -1587,18 +1590,18 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
                     if m == 0:
                         continue
                     g = g0 + lane
-                    hs = heap_scores[g]
-                    hi = heap_ids[g]
                     while m != 0:
                         v = _lowest_bit(m)
                         m &= m - 1
                         idx = block_ids[row0 + v]
                         s = scores[lane, v]
-                        if idx >= 0 and (s > hs[0] or (s == hs[0] and idx < hi[0])):
-                            topk_push(hs, hi, s, idx)
-    for g in range(n_q):
-        topk_finish(heap_scores[g], heap_ids[g])
-    return heap_scores, heap_ids
+                        if idx >= 0 and (s > thr_s[g] or (s == thr_s[g] and idx < thr_i[g])):
+                            c = counts[g]
+                            keys[g, c] = res_key(s, idx)
+                            counts[g] = c + 1
+                            if c + 1 == keys.shape[1]:
+                                res_cut(keys, counts, thr_s, thr_i, g, k)
+    return res_finish(keys, counts, k)
 
 
 @jit_batch
@@ -1663,12 +1666,13 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     """`fs_scan` for G queries with their own probes, list-major (faiss's IVF fast scan):
     each list's blocks are scanned once per chunk of up to LANES of the queries that probe
     it, each chunk's tables gathered by index (`fs_block_accumulate_gather`), and each query
-    pushes into its own heap. Shapes as in `fs_scan_batch` (qluts (G, L, 2 * n_pairs, 32),
+    appends to its own reservoir. Shapes as in `fs_scan_batch` (qluts (G, L, 2 * n_pairs, 32),
     probes (G, P), probe_bias (G, P), floors (G,)) -> (G, k), row g identical to `fs_scan` of
     query g with floor floors[g]:
-    the heaps admit (score, id) by a total order, so the visiting order does not matter.
-    Each query's first `SEED_PROBES` probes are scanned on their own into its heap first
-    (`_fs_scan_into`); `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
+    the reservoirs admit (score, id) by a total order, so the visiting order does not matter.
+    Each query's first `SEED_PROBES` probes are scanned on their own into a heap first
+    (`_fs_scan_into`), which then starts its reservoir (`res_load_heap`);
+    `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
     return _scan_lists(qluts, steps, biases, _NO_IP, _NO_IP, blocks, block_ids, block_offsets, probes, probe_bias,
                        k, floors)
 
@@ -1709,6 +1713,10 @@ def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offset
         else:
             _fs_scan_into(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets, probes[q, :seed],
                           probe_bias[q, :seed], heap_scores[q], heap_ids[q])
+    # the list-major rest admits rows in list order: reservoirs (kernels/topk.py), seeded with the heaps
+    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
+    for q in range(n_q):
+        res_load_heap(keys, counts, thr_s, thr_i, q, heap_scores[q], heap_ids[q])
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     n_tables = qluts.shape[1]
     tables = work if fused else qluts
@@ -1740,8 +1748,8 @@ def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offset
             for b in range(b0, b1):
                 _accumulate_chunk(blocks, b, 0, n_pairs, tables, lane_q, lane_t, n_lanes, acc)
                 for lane in range(LANES):
-                    lane_thr[lane] = heap_scores[lane_heap[lane], 0]
-                # every row's score and the rows at or above the heap minimum, in vector IR
+                    lane_thr[lane] = thr_s[lane_heap[lane]]
+                # every row's score and the rows at or above the threshold, in vector IR
                 # (this replaces fs_scan's block maximum test); then fs_scan's admission
                 # test on those rows only
                 _lanes_rows_pq(acc, lane_base, lane_step, lane_thr, scores, masks)
@@ -1751,18 +1759,18 @@ def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offset
                     if m_bits == 0:
                         continue
                     q = lane_heap[lane]
-                    hs = heap_scores[q]
-                    hi = heap_ids[q]
                     while m_bits != 0:
                         v = _lowest_bit(m_bits)
                         m_bits &= m_bits - 1
                         idx = block_ids[row0 + v]
                         sc = scores[lane, v]
-                        if idx >= 0 and (sc > hs[0] or (sc == hs[0] and idx < hi[0])):
-                            topk_push(hs, hi, sc, idx)
-    for g in range(n_q):
-        topk_finish(heap_scores[g], heap_ids[g])
-    return heap_scores, heap_ids
+                        if idx >= 0 and (sc > thr_s[q] or (sc == thr_s[q] and idx < thr_i[q])):
+                            c = counts[q]
+                            keys[q, c] = res_key(sc, idx)
+                            counts[q] = c + 1
+                            if c + 1 == keys.shape[1]:
+                                res_cut(keys, counts, thr_s, thr_i, q, k)
+    return res_finish(keys, counts, k)
 
 
 _NO_QLUTS = np.zeros((0, 1, 0, 32), dtype=np.uint8)
@@ -1858,6 +1866,10 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
             _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors,
                                   block_bounds, block_offsets, probes[q, :seed], probe_bias[q, :seed],
                                   probe_q_sq[q, :seed], is_l2, heap_scores[q], heap_ids[q])
+    # the list-major rest admits rows in list order: reservoirs (kernels/topk.py), seeded with the heaps
+    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
+    for q in range(n_q):
+        res_load_heap(keys, counts, thr_s, thr_i, q, heap_scores[q], heap_ids[q])
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     tables = work if fused else qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
@@ -1907,14 +1919,14 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
                     _lanes_comb(acc, comb, lw, lv == 0)
                     lw *= np.float32(0.5)
                 for lane in range(LANES):
-                    lane_thr[lane] = heap_scores[lane_heap[lane], 0]
+                    lane_thr[lane] = thr_s[lane_heap[lane]]
                 if skip:
                     _lanes_bound(comb, lane_base, lane_step, lane_pbias, lane_q_sq, 0, block_bounds, b, is_l2,
                                  bounds)
                     for lane in range(n_lanes):
                         if bounds[lane] < lane_thr[lane]:
                             lane_thr[lane] = np.inf  # skipped: no row can be a candidate
-                # every row's score and the rows at or above the heap minimum, in vector IR;
+                # every row's score and the rows at or above the threshold, in vector IR;
                 # then fs_scan_factors's admission test on those rows only
                 _lanes_rows(comb, row_factors, row0, lane_base, lane_step, lane_pbias, lane_q_sq, lane_thr, is_l2,
                             scores, masks)
@@ -1923,18 +1935,18 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
                     if m_bits == 0:
                         continue
                     q = lane_heap[lane]
-                    hs = heap_scores[q]
-                    hi = heap_ids[q]
                     while m_bits != 0:
                         v = _lowest_bit(m_bits)
                         m_bits &= m_bits - 1
                         idx = block_ids[row0 + v]
                         sc = scores[lane, v]
-                        if idx >= 0 and (sc > hs[0] or (sc == hs[0] and idx < hi[0])):
-                            topk_push(hs, hi, sc, idx)
-    for g in range(n_q):
-        topk_finish(heap_scores[g], heap_ids[g])
-    return heap_scores, heap_ids
+                        if idx >= 0 and (sc > thr_s[q] or (sc == thr_s[q] and idx < thr_i[q])):
+                            c = counts[q]
+                            keys[q, c] = res_key(sc, idx)
+                            counts[q] = c + 1
+                            if c + 1 == keys.shape[1]:
+                                res_cut(keys, counts, thr_s, thr_i, q, k)
+    return res_finish(keys, counts, k)
 
 
 def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,

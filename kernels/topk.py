@@ -31,7 +31,10 @@ enter.) The engine passes the depth-th best score of the segments it has scanned
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import prange
+from numba.core import types
+from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch
 
@@ -49,6 +52,13 @@ __all__ = [
     "topk_merge",
     "topk_positions",
     "topk_positions_batch",
+    "RES_MAX_ID",
+    "res_capacity",
+    "res_init_floors",
+    "res_key",
+    "res_cut",
+    "res_load_heap",
+    "res_finish",
 ]
 
 
@@ -360,3 +370,195 @@ def topk_positions_batch(scores, keys, k):
     for i in prange(nq):
         _topk_positions_row(scores[i], keys[i], k, out[i])
     return out
+
+
+# ---- reservoirs: many queries' top-k in a scan that admits rows in no useful order
+#
+# A binary heap pays a sift of log2(k) dependent, unpredictable steps for every row it
+# admits. A scan of n rows in no order admits about k (1 + ln(n / k)) of them: on
+# wordnet-gemma's flat PQ96x4 fast scan (24,000 rows) 654 a query at k = 100 and 1,166 at
+# k = 200, and those pushes took half of the scan (37 / 73 / 112 us a query at k = 10 / 100 /
+# 200; 34 with nothing admitted). A reservoir (faiss's ReservoirTopN for its fast scans)
+# appends each admitted row to a buffer of `res_capacity(k)` entries and, when it is full,
+# cuts it to its best k (a quickselect) and raises its threshold to the k-th of those. The
+# threshold lags the heap's minimum, so more rows are admitted (921 at k = 100), but each
+# costs an append: the same scan took 38 / 52 / 66 us a query (measured, Zen 4).
+#
+# An entry is one uint64 key ordered like the heaps' (score, id) total order: the score's
+# bits mapped to an unsigned order (-0 kept as 0 with a flag bit, so that it ties +0 as in
+# float compares and comes back as -0), then (RES_MAX_ID - id) and the flag. One integer
+# compare then ranks two entries, and the cut moves one word per entry. So ids must be in
+# [0, RES_MAX_ID]; `res_key` raises ValueError for a larger one (the engine routes layouts
+# with larger ids to the one-query kernels, which keep heaps). NaN and -inf are never admitted (no compare is
+# true), exactly as with the heaps.
+#
+# State of n queries: keys uint64 (n, res_capacity(k)), counts int64 (n,), thr_s float32
+# (n,) and thr_i int64 (n,). A scan admits (s, idx) when s > thr_s[g] or (s == thr_s[g] and
+# idx < thr_i[g]), the heaps' test against their minimum; thr_i starts at -1 (a floor admits
+# only s > below(floor), as an empty heap slot does). `res_finish` returns what the heaps'
+# `topk_finish` would: the k best admitted, best first, padded with (-inf, -1).
+
+RES_MAX_ID = 2**31 - 1
+_SIGN = np.uint32(0x80000000)
+_NEG0 = np.uint32(0x80000000)  # the bits of -0.0
+_LOW = np.uint64(0xFFFFFFFF)
+_SHIFT = np.uint64(32)
+_ONE = np.uint64(1)
+_MAX_ID64 = np.uint64(RES_MAX_ID)
+
+
+@intrinsic
+def _f32_bits(typingctx, value):
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def bits_f32(typingctx, value):
+    """The float32 whose bits are a uint32 (compiled code only; kernels/dense.py uses it too)."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@jit
+def res_capacity(k):
+    """Entries a reservoir of depth k holds before it is cut back to k."""
+    return 2 * k + 16
+
+
+@jit
+def res_key(s, idx):
+    """An admitted (score, id) as a reservoir entry: a uint64 larger for the better entry (s
+    not NaN; ValueError for an id above RES_MAX_ID)."""
+    if idx > RES_MAX_ID:
+        raise ValueError("a reservoir top-k takes ids in [0, 2**31 - 1]")
+    u = _f32_bits(s)
+    neg0 = np.uint64(0)
+    if u == _NEG0:
+        u = np.uint32(0)
+        neg0 = _ONE
+    if u & _SIGN:
+        u = ~u
+    else:
+        u = u | _SIGN
+    return (np.uint64(u) << _SHIFT) | ((_MAX_ID64 - np.uint64(idx)) << _ONE) | neg0
+
+
+@jit
+def _res_entry(key):
+    # uint64 key -> (score float32, id int64), the inverse of _res_key
+    low = key & _LOW
+    u = np.uint32(key >> _SHIFT)
+    if u & _SIGN:
+        u = u & ~_SIGN
+    else:
+        u = ~u
+    s = bits_f32(u)
+    if low & _ONE:
+        s = -s  # the flagged zero: -0.0
+    return s, np.int64(_MAX_ID64 - (low >> _ONE))
+
+
+@jit
+def _res_select(keys, m, k):
+    """Reorder keys[:m] (m > k) so that keys[:k] hold the k largest: a quickselect whose
+    partition (Lomuto's, best first) advances by the compare's result instead of branching."""
+    lo = 0
+    hi = m
+    want = k
+    while hi - lo > want:
+        a = keys[lo]
+        b = keys[lo + (hi - lo) // 2]
+        c = keys[hi - 1]
+        p = max(min(a, b), min(max(a, b), c))  # the median of three
+        i = lo
+        for j in range(lo, hi):
+            x = keys[j]
+            keys[j] = keys[i]
+            keys[i] = x
+            i += np.int64(x > p)
+        if i - lo >= want:
+            hi = i
+        else:
+            # [lo, i) is kept; the pivot is the largest of the rest: keep it too
+            for j in range(i, hi):
+                if keys[j] == p:
+                    keys[j] = keys[i]
+                    keys[i] = p
+                    break
+            want -= i - lo + 1
+            lo = i + 1
+
+
+@jit
+def res_init_floors(floors, k):
+    """Empty reservoirs for floors.shape[0] queries of depth k, query g admitting only scores
+    >= floors[g] (as `topk_init_floors`): keys, counts, thr_s, thr_i."""
+    n = floors.shape[0]
+    keys = np.empty((n, res_capacity(k)), dtype=np.uint64)
+    counts = np.zeros(n, dtype=np.int64)
+    thr_s = np.empty(n, dtype=np.float32)
+    for g in range(n):
+        thr_s[g] = below(floors[g])
+    thr_i = np.full(n, -1, dtype=np.int64)
+    return keys, counts, thr_s, thr_i
+
+
+@jit
+def res_cut(keys, counts, thr_s, thr_i, g, k):
+    """Query g's reservoir is full: keep its best k and raise its threshold to the k-th.
+
+    A scan appends an admitted row itself, in its own loop: ``c = counts[g]; keys[g, c] =
+    res_key(s, idx); counts[g] = c + 1``, and calls this when c + 1 == keys.shape[1]. (The
+    append written as a function, even inlined by Numba, made the gemma scan at k = 100 take
+    66-72 us a query instead of 52-55: measured.)"""
+    row = keys[g]
+    _res_select(row, counts[g], k)
+    counts[g] = k
+    w = row[0]
+    for j in range(1, k):
+        w = min(w, row[j])
+    thr_s[g], thr_i[g] = _res_entry(w)
+
+
+@jit
+def res_load_heap(keys, counts, thr_s, thr_i, g, heap_scores, heap_ids):
+    """Start query g's reservoir (empty, depth k = heap_scores.shape[0]) from a heap of the
+    same depth and floor: its entries, and its minimum as the threshold."""
+    c = 0
+    for j in range(heap_scores.shape[0]):
+        if heap_ids[j] >= 0:
+            if heap_ids[j] > RES_MAX_ID:
+                raise ValueError("a reservoir top-k takes ids in [0, 2**31 - 1]")
+            keys[g, c] = res_key(heap_scores[j], heap_ids[j])
+            c += 1
+    counts[g] = c
+    thr_s[g] = heap_scores[0]
+    thr_i[g] = heap_ids[0]
+
+
+@jit
+def res_finish(keys, counts, k):
+    """Each reservoir's k best, best first, padded with (-inf, -1): scores float32 (n, k) and
+    ids int64 (n, k), what `topk_finish` gives for heaps fed the same rows."""
+    n = counts.shape[0]
+    out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+    out_ids = np.full((n, k), -1, dtype=np.int64)
+    for g in range(n):
+        c = counts[g]
+        row = keys[g]
+        if c > k:
+            _res_select(row, c, k)
+            c = k
+        kept = np.sort(row[:c])
+        for j in range(c):
+            out_scores[g, j], out_ids[g, j] = _res_entry(kept[c - 1 - j])
+    return out_scores, out_ids

@@ -835,6 +835,28 @@ def test_custom_ids_come_back(spec, metric):
     np.testing.assert_array_equal(listed.ids, mine.ids)
 
 
+@pytest.mark.parametrize("spec", ["PQ4x4", "IVF4,PQ4x4", "RB2", "IVF4,RB2"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_ids_beyond_the_reservoir_take_the_heap_scans_with_the_same_results(spec, metric):
+    # the multi-query fast scans key ids into uint64 reservoir entries (ids <= RES_MAX_ID,
+    # kernels/topk.py); an index with larger ids scans one query at a time with heaps. Ids
+    # in the same order give the same lists: scores bit for bit, ids mapped, ties included.
+    # 300 queries reach the grouped and the list-major kernels for the small ids.
+    from vecz.kernels.topk import RES_MAX_ID
+    dim = 8
+    x, q = gaussian_clusters(300, dim, nq=300, seed=6)
+    codec = trained(spec, dim, metric, x)
+    codes = codec.encode(x)
+    big = (RES_MAX_ID - 5 + np.arange(300) * 3).astype(np.int64)  # increasing: the same tie order
+    small_index, big_index = codec.index(*codes), codec.index(*codes, ids=big)
+    assert small_index._multi_ids and not big_index._multi_ids
+    for k in (1, 10, 60):
+        plain = small_index.search(q, k, nprobe=3)
+        mine = big_index.search(q, k, nprobe=3)
+        np.testing.assert_array_equal(mine.scores.view(np.uint32), plain.scores.view(np.uint32))
+        np.testing.assert_array_equal(mine.ids, np.where(plain.ids >= 0, big[np.maximum(plain.ids, 0)], -1))
+
+
 @pytest.mark.parametrize("spec", ["PQ4x8", "IVF4,PQ4x8", "SQ8", "SQ4", "IVF4,SQ8", "MRL12,SQ4", "F16", "IVF4,F16"])
 @pytest.mark.parametrize("metric", METRICS)
 def test_asymmetric_scores_are_the_metric_to_the_reconstruction(spec, metric):

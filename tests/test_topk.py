@@ -214,3 +214,129 @@ def test_floor_of_zero_lets_only_the_band_above_minus_flt_min_through():
             topk.topk_push(hs, hi, s, i)
     topk.topk_finish(hs, hi)
     np.testing.assert_array_equal(hi, [4, 0, 5, 1, -1, -1])
+
+
+def _res_scan(scores, ids, k, floor, capacity_rows=None):
+    # the multi-query fast scans' reservoir, driven as they drive it: the admission test
+    # against the threshold, the append, a cut when full; then res_finish
+    keys, counts, thr_s, thr_i = topk.res_init_floors(np.array([floor], dtype=np.float32), k)
+    for s, i in zip(scores, ids):
+        if s > thr_s[0] or (s == thr_s[0] and i < thr_i[0]):
+            c = counts[0]
+            keys[0, c] = topk.res_key(np.float32(s), np.int64(i))
+            counts[0] = c + 1
+            if c + 1 == keys.shape[1]:
+                topk.res_cut(keys, counts, thr_s, thr_i, 0, k)
+                assert counts[0] == k
+    got_s, got_i = topk.res_finish(keys, counts, k)
+    return got_s[0], got_i[0]
+
+
+def _heap_scan(scores, ids, k, floor):
+    hs, hi = topk.topk_init_floor(k, np.float32(floor))
+    for s, i in zip(scores, ids):
+        if s > hs[0] or (s == hs[0] and i < hi[0]):
+            topk.topk_push(hs, hi, s, i)
+    topk.topk_finish(hs, hi)
+    return hs, hi
+
+
+def _res_scores(rng, n, flavor):
+    # the flavours of _scores plus signed zeros, subnormals and NaN (never admitted)
+    if flavor == "zeros":
+        return rng.choice(np.array([0.0, -0.0, 1e-45, -1e-45], dtype=np.float32), size=n)
+    s = _scores(rng, n, "inf" if flavor == "nan" else flavor)
+    if flavor == "nan":
+        s[rng.random(n) < 0.2] = np.nan
+    return s
+
+
+@SETTINGS
+@given(n=st.integers(0, 300), k=st.integers(1, 40), flavor=st.sampled_from(["ties", "float", "inf", "zeros", "nan"]),
+       floor_kind=st.sampled_from(["-inf", "score", "+inf"]), big_ids=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_reservoir_equals_the_heap_bit_for_bit(n, k, flavor, floor_kind, big_ids, seed):
+    # the reservoir the multi-query fast scans use instead of a heap returns what the heap
+    # returns, scores compared by their bits (-0.0 stays -0.0), ids near RES_MAX_ID included;
+    # n up to 300 against a capacity of 2k + 16 makes it cut many times
+    rng = np.random.default_rng(seed)
+    scores = _res_scores(rng, n, flavor)
+    ids = _ids(rng, n)
+    if big_ids:
+        ids = topk.RES_MAX_ID - ids
+    finite = scores[np.isfinite(scores)]
+    floor = {"-inf": -np.inf, "+inf": np.inf}.get(floor_kind, np.float32(0.0))
+    if floor_kind == "score" and finite.size:
+        floor = finite[int(rng.integers(0, finite.size))]
+    got_s, got_i = _res_scan(scores, ids, k, floor)
+    ref_s, ref_i = _heap_scan(scores, ids, k, floor)
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_array_equal(got_s.view(np.uint32), ref_s.view(np.uint32))
+    keep = reaches_floor(scores, np.float32(floor)) & (scores > -np.inf) & ~np.isnan(scores)
+    lex_s, lex_i = topk_ref(scores[keep], ids[keep], k)
+    np.testing.assert_array_equal(got_i, lex_i)
+
+
+@SETTINGS
+@given(a=st.floats(width=32, allow_nan=False), b=st.floats(width=32, allow_nan=False),
+       ia=st.integers(0, topk.RES_MAX_ID), ib=st.integers(0, topk.RES_MAX_ID), same=st.booleans())
+def test_reservoir_keys_order_like_the_heaps(a, b, ia, ib, same):
+    # a key is larger exactly when its entry ranks first by (score desc, id asc), with -0.0
+    # tying +0.0; each key decodes to its score's bits and its id
+    if same:
+        b = a if a != 0 else -a
+    ka, kb = topk.res_key(np.float32(a), np.int64(ia)), topk.res_key(np.float32(b), np.int64(ib))
+    if not (np.float32(a) == np.float32(b) and ia == ib):  # one id never competes with itself
+        assert (ka > kb) == bool(topk._better(np.float32(a), ia, np.float32(b), ib))
+    assert (ka == kb) == (np.float32(a) == np.float32(b) and ia == ib and
+                          np.signbit(np.float32(a)) == np.signbit(np.float32(b)))
+    s, i = topk._res_entry(np.uint64(ka))
+    assert i == ia and np.float32(s).view(np.uint32) == np.float32(a).view(np.uint32)
+
+
+def test_reservoir_refuses_an_id_it_cannot_key():
+    import pytest
+    topk.res_key(np.float32(1.0), np.int64(topk.RES_MAX_ID))
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        topk.res_key(np.float32(1.0), np.int64(topk.RES_MAX_ID + 1))
+
+
+@SETTINGS
+@given(m=st.integers(2, 120), k=st.integers(1, 119), distinct=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+def test_reservoir_select_keeps_the_largest_with_duplicate_keys(m, k, distinct, seed):
+    # the quickselect ends and keeps the k largest even when keys repeat (few distinct
+    # values, sorted and reversed inputs)
+    if k >= m:
+        k = m - 1
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, distinct, size=m).astype(np.uint64)
+    for arr in (keys.copy(), np.sort(keys), np.sort(keys)[::-1].copy()):
+        want = np.sort(arr)[::-1][:k]
+        topk._res_select(arr, m, k)
+        np.testing.assert_array_equal(np.sort(arr[:k])[::-1], want)
+
+
+@SETTINGS
+@given(n_seed=st.integers(0, 30), n=st.integers(0, 80), k=st.integers(1, 12),
+       flavor=st.sampled_from(["ties", "float", "inf"]), seed=st.integers(0, 2**32 - 1))
+def test_reservoir_started_from_a_heap_continues_it(n_seed, n, k, flavor, seed):
+    # the list-major scans seed each query's heap with its nearest lists, then load it into
+    # a reservoir (res_load_heap) for the rest: the same result as one heap throughout
+    rng = np.random.default_rng(seed)
+    scores, ids = _scores(rng, n_seed + n, flavor), _ids(rng, n_seed + n)
+    hs, hi = topk.topk_init_floor(k, np.float32(-np.inf))
+    for s, i in zip(scores[:n_seed], ids[:n_seed]):
+        if s > hs[0] or (s == hs[0] and i < hi[0]):
+            topk.topk_push(hs, hi, s, i)
+    keys, counts, thr_s, thr_i = topk.res_init_floors(np.array([-np.inf], dtype=np.float32), k)
+    topk.res_load_heap(keys, counts, thr_s, thr_i, 0, hs, hi)
+    for s, i in zip(scores[n_seed:], ids[n_seed:]):
+        if s > thr_s[0] or (s == thr_s[0] and i < thr_i[0]):
+            c = counts[0]
+            keys[0, c] = topk.res_key(np.float32(s), np.int64(i))
+            counts[0] = c + 1
+            if c + 1 == keys.shape[1]:
+                topk.res_cut(keys, counts, thr_s, thr_i, 0, k)
+    got_s, got_i = topk.res_finish(keys, counts, k)
+    ref_s, ref_i = _heap_scan(scores, ids, k, -np.inf)
+    np.testing.assert_array_equal(got_i[0], ref_i)
+    np.testing.assert_array_equal(got_s[0].view(np.uint32), ref_s.view(np.uint32))
