@@ -269,11 +269,15 @@ class CodeIndex:
         order, self.offsets = ivf.ivf_layout(lists, codec.nlist)
         self._sizes = np.diff(self.offsets)  # rows per list: the candidates of a probe
         self.n = codes.shape[0]
-        self.ids = np.ascontiguousarray(ids[order])
-        # the multi-query fast scans keep each query's top k in a reservoir of uint64 keys,
-        # which holds ids up to RES_MAX_ID (kernels/topk.py); larger ids take the one-query
-        # kernels (heaps), whose results are the same
-        self._multi_ids = not self.ids.size or int(self.ids.max()) <= topk.RES_MAX_ID
+        ids = ids[order]
+        # The fast scans keep each query's top k in uint64 keys holding ids up to RES_MAX_ID
+        # (kernels/topk.py). Larger ids are replaced by their ranks among the distinct ids,
+        # which order ties the same way, and results are mapped back (`_user_ids`).
+        self._user_ids: np.ndarray | None = None
+        if ids.size and int(ids.max()) > topk.RES_MAX_ID:
+            self._user_ids = np.unique(ids)
+            ids = np.searchsorted(self._user_ids, ids)
+        self.ids = np.ascontiguousarray(ids, dtype=np.int64)  # the ids the kernels see
         # RB's row factors and bits (kept with keep_rows, for symmetric scoring) and the
         # popcount words derived from the bits on the first sdc=True scan
         self.factors: np.ndarray | None = None
@@ -323,6 +327,9 @@ class CodeIndex:
         if arr.size and arr.dtype.kind not in "iu":
             raise InvalidInput(f"ids to mark dead must be integers, found dtype {arr.dtype}")
         arr = arr.astype(np.int64, copy=False).ravel()
+        if self._user_ids is not None:  # the ranks the layout holds instead (__init__)
+            rank = np.minimum(np.searchsorted(self._user_ids, arr), self._user_ids.size - 1)
+            arr = rank[self._user_ids[rank] == arr]
         with self._dead_lock:
             if self._positions is None:
                 # every id array a scan reads: the blocks' ids (fast scan), the row ids
@@ -390,7 +397,7 @@ class CodeIndex:
         threshold[i] (l2: at a distance of at most threshold[i]); the result is the scan
         without it minus the rows that miss it. A search over several segments passes the
         depth-th best score of the segments scanned before: rows below it cannot make its
-        shortlist, and a heap that starts there admits almost none of them.
+        shortlist, and a top k that starts there admits almost none of them.
         """
         _check_k(k)
         if not isinstance(plan, QueryPlan):
@@ -441,13 +448,15 @@ class CodeIndex:
         codec = self.codec
         q = codec.quantizer
         list_min = q.list_min_queries(self, plan.sdc)
-        multi = self._MULTI_QUERY and self._multi_ids and list_min is not None
+        multi = self._MULTI_QUERY and list_min is not None
         # IVF batches whose probe rows differ: list-major (it shares each list's blocks among
         # the queries probing it already); else groups of queries with the same probes
         list_major = multi and codec.ivf is not None and nq >= list_min
         groups = plan.query_groups() if multi and nq >= 2 and not list_major else None
         scores, ids = q.scan(self, plan, k, is_l2=codec.metric == "l2", width=codec.width, groups=groups,
                              list_major=list_major, floors=floors)
+        if self._user_ids is not None:
+            ids = np.where(ids >= 0, self._user_ids[np.maximum(ids, 0)], -1)
         if codec.metric == "l2":
             scores = -scores  # kernels return negated distances; -(-inf) = +inf pads l2
         return scores, ids

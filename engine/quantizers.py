@@ -283,7 +283,7 @@ def _scan_factor_blocks(layout: Any, plan: Any, n_levels: int, row_factors: np.n
     (1-D float16 bits, the scaled mode). Groups of queries with the same probes take the
     multi-query kernel, IVF batches the list-major one, the rest one query at a time.
     Only the one-query kernel skips blocks by ``block_bounds``: the other two filter every
-    block's rows against the heap minima in vector code anyway, and the bounds cost more than
+    block's rows against the queries' thresholds in vector code anyway, and the bounds cost more than
     they skip there (RB on wordnet-minilm: flat RB1 R = 100, 1,000 queries, 128 vs 140 ms;
     IVF256/1024,RB1 list-major 3-7%)."""
     t = plan.tables

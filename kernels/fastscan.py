@@ -57,8 +57,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, target_has
-from .topk import (res_cut, res_finish, res_init_floors, res_key, res_load_heap, topk_finish, topk_init_floor,
-                   topk_init_floors, topk_push)
+from .topk import res_cut, res_finish, res_init_floors, res_key
 
 __all__ = [
     "BLOCK",
@@ -1192,19 +1191,20 @@ def fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes, prob
     scoring >= floor (-inf: all; kernels/topk.py).
 
     score = probe_bias + bias + step * acc (larger is better)."""
-    heap_scores, heap_ids = topk_init_floor(k, floor)
-    _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, heap_scores, heap_ids)
-    topk_finish(heap_scores, heap_ids)
-    return heap_scores, heap_ids
+    keys, counts, thr_s, thr_i = res_init_floors(np.full(1, floor, dtype=np.float32), k)
+    _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, keys, counts, thr_s,
+                  thr_i, 0, k)
+    out_scores, out_ids = res_finish(keys, counts, k)
+    return out_scores[0], out_ids[0]
 
 
 @jit
-def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, heap_scores,
-                  heap_ids):
-    """`fs_scan`'s work, pushing into a given heap (a list-major scan's seed). A block's 32
-    scores and the rows at or above the heap minimum come from one-lane vector IR
-    (`_lanes_rows_pq1`, the multi-query scans' operation); only those rows meet the heap's
-    admission test. Every row is scored, so a step of either sign is exact (the block
+def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, keys, counts, thr_s,
+                  thr_i, g, k):
+    """`fs_scan`'s work, appending to reservoir g (kernels/topk.py; also a list-major scan's
+    seed). A block's 32 scores and the rows at or above the reservoir's threshold come from
+    one-lane vector IR (`_lanes_rows_pq1`, the multi-query scans' operation); only those rows
+    meet the admission test. Every row is scored, so a step of either sign is exact (the block
     maximum this replaced bounded the block only for step >= 0; `fs_quantize_lut` never
     makes a negative one). Float inputs are float32, as the engine passes them."""
     _check_terms(steps, biases, probe_bias)
@@ -1226,7 +1226,7 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
         tab = qluts[t]
         for b in range(block_offsets[lst], block_offsets[lst + 1]):
             fs_block_accumulate(blocks, b, tab, acc_row)
-            lane_thr[0] = heap_scores[0]
+            lane_thr[0] = thr_s[g]
             _lanes_rows_pq1(acc, lane_base, lane_step, lane_thr, scores, masks)
             m = masks[0]
             row0 = b * BLOCK
@@ -1235,8 +1235,12 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
                 m &= m - 1
                 idx = block_ids[row0 + v]
                 s = scores[0, v]
-                if idx >= 0 and (s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0])):
-                    topk_push(heap_scores, heap_ids, s, idx)
+                if idx >= 0 and (s > thr_s[g] or (s == thr_s[g] and idx < thr_i[g])):
+                    c = counts[g]
+                    keys[g, c] = res_key(s, idx)
+                    counts[g] = c + 1
+                    if c + 1 == keys.shape[1]:
+                        res_cut(keys, counts, thr_s, thr_i, g, k)
 
 
 @jit_batch
@@ -1429,22 +1433,23 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     1-D uint16 (n_blocks * 32,) holds g alone as float16 bits (Numba has no float16 arrays;
     the row kernel converts 32 at once), with n_levels 1 and ip, and the score is
     g * ((probe_bias + bias) + step * acc), the whole score scaled (`_factor_base`)."""
-    heap_scores, heap_ids = topk_init_floor(k, floor)
+    keys, counts, thr_s, thr_i = res_init_floors(np.full(1, floor, dtype=np.float32), k)
     _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
-                          probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids)
-    topk_finish(heap_scores, heap_ids)
-    return heap_scores, heap_ids
+                          probes, probe_bias, probe_q_sq, is_l2, keys, counts, thr_s, thr_i, 0, k)
+    out_scores, out_ids = res_finish(keys, counts, k)
+    return out_scores[0], out_ids[0]
 
 
 @jit
 def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
-                          probes, probe_bias, probe_q_sq, is_l2, heap_scores, heap_ids):
-    """`fs_scan_factors`'s work, pushing into a given heap (a list-major scan's seed).
+                          probes, probe_bias, probe_q_sq, is_l2, keys, counts, thr_s, thr_i, g, k):
+    """`fs_scan_factors`'s work, appending to reservoir g (kernels/topk.py; also a
+    list-major scan's seed).
 
     A block's float work (level sums, its bound, every row's score and the rows at or above
-    the heap minimum) runs as one-lane vector IR (`_lanes_comb1`, `_lanes_bound1`,
+    the threshold) runs as one-lane vector IR (`_lanes_comb1`, `_lanes_bound1`,
     `_lanes_rows1`: the multi-query scans' operations, so all of them score a row alike);
-    only the rows the mask keeps meet the heap's admission test. Per row, the score is
+    only the rows the mask keeps meet the admission test. Per row, the score is
     pbias + g * (base + step * comb) (ip) or float32(-(q_sq - 2 est + |r|^2)) in float64
     (l2), comb = sum_l 2**-l float32(acc_l) in float32 (tests/test_fastscan.py's numpy
     reference)."""
@@ -1483,14 +1488,14 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
                 fs_block_accumulate_range(blocks, b, lv * level_pairs, level_pairs, tab, acc_row)
                 _lanes_comb1(acc, comb, w, lv == 0)
                 w *= np.float32(0.5)
-            lane_thr[0] = heap_scores[0]
+            lane_thr[0] = thr_s[g]
             if skip:
                 # Upper bound of every real row's score, rounded like the scores themselves:
                 # base + step * comb lies between its values at the min and max comb
                 # (float rounding is monotone) and g between the block's min and max, so
                 # est = g * t is at most the largest of the four corner products whatever
                 # the signs; l2 adds the smallest |r|^2. Skip only when strictly below the
-                # heap minimum (an equal score could still enter by a smaller id); a NaN
+                # threshold (an equal score could still enter by a smaller id); a NaN
                 # corner (NaN or infinite factors) gives a NaN bound, which never skips.
                 _lanes_bound1(comb, lane_base, lane_step, lane_pbias, lane_q_sq, 0, block_bounds, b, is_l2, bound)
                 if bound[0] < lane_thr[0]:
@@ -1504,8 +1509,12 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
                 m &= m - 1
                 idx = block_ids[row0 + v]
                 s = scores[0, v]
-                if idx >= 0 and (s > heap_scores[0] or (s == heap_scores[0] and idx < heap_ids[0])):
-                    topk_push(heap_scores, heap_ids, s, idx)
+                if idx >= 0 and (s > thr_s[g] or (s == thr_s[g] and idx < thr_i[g])):
+                    c = counts[g]
+                    keys[g, c] = res_key(s, idx)
+                    counts[g] = c + 1
+                    if c + 1 == keys.shape[1]:
+                        res_cut(keys, counts, thr_s, thr_i, g, k)
 
 
 @jit_batch
@@ -1670,9 +1679,8 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     probes (G, P), probe_bias (G, P), floors (G,)) -> (G, k), row g identical to `fs_scan` of
     query g with floor floors[g]:
     the reservoirs admit (score, id) by a total order, so the visiting order does not matter.
-    Each query's first `SEED_PROBES` probes are scanned on their own into a heap first
-    (`_fs_scan_into`), which then starts its reservoir (`res_load_heap`);
-    `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
+    Each query's first `SEED_PROBES` probes are scanned on their own into its reservoir
+    first (`_fs_scan_into`); `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
     return _scan_lists(qluts, steps, biases, _NO_IP, _NO_IP, blocks, block_ids, block_offsets, probes, probe_bias,
                        k, floors)
 
@@ -1696,7 +1704,7 @@ def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offset
     (terms given: each table made from ip and terms by `_probe_table` as it is needed)."""
     fused = terms.shape[0] > 0
     n_q = probes.shape[0]
-    heap_scores, heap_ids = topk_init_floors(floors, k)
+    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     n_pairs = blocks.shape[1]
@@ -1709,14 +1717,10 @@ def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offset
             _query_tables(ip[q], terms, w, probes[q, :seed], qmax, seed_luts[:, 0], seed_steps[:, 0],
                           seed_biases[:, 0], lut, mins)
             _fs_scan_into(seed_luts[:, 0], seed_steps[:, 0], seed_biases[:, 0], blocks, block_ids, block_offsets,
-                          probes[q, :seed], probe_bias[q, :seed], heap_scores[q], heap_ids[q])
+                          probes[q, :seed], probe_bias[q, :seed], keys, counts, thr_s, thr_i, q, k)
         else:
             _fs_scan_into(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets, probes[q, :seed],
-                          probe_bias[q, :seed], heap_scores[q], heap_ids[q])
-    # the list-major rest admits rows in list order: reservoirs (kernels/topk.py), seeded with the heaps
-    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
-    for q in range(n_q):
-        res_load_heap(keys, counts, thr_s, thr_i, q, heap_scores[q], heap_ids[q])
+                          probe_bias[q, :seed], keys, counts, thr_s, thr_i, q, k)
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     n_tables = qluts.shape[1]
     tables = work if fused else qluts
@@ -1847,7 +1851,7 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
     fused = terms.shape[0] > 0
     n_q = probes.shape[0]
-    heap_scores, heap_ids = topk_init_floors(floors, k)
+    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     level_pairs = blocks.shape[1] // n_levels
@@ -1861,15 +1865,11 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
                           seed_biases[:, 0], lut, mins)
             _fs_scan_factors_into(seed_luts[:, 0], seed_steps[:, 0], seed_biases[:, 0], n_levels, blocks, block_ids,
                                   row_factors, block_bounds, block_offsets, probes[q, :seed], probe_bias[q, :seed],
-                                  probe_q_sq[q, :seed], is_l2, heap_scores[q], heap_ids[q])
+                                  probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
         else:
             _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors,
                                   block_bounds, block_offsets, probes[q, :seed], probe_bias[q, :seed],
-                                  probe_q_sq[q, :seed], is_l2, heap_scores[q], heap_ids[q])
-    # the list-major rest admits rows in list order: reservoirs (kernels/topk.py), seeded with the heaps
-    keys, counts, thr_s, thr_i = res_init_floors(floors, k)
-    for q in range(n_q):
-        res_load_heap(keys, counts, thr_s, thr_i, q, heap_scores[q], heap_ids[q])
+                                  probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     tables = work if fused else qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)

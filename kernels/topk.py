@@ -57,7 +57,6 @@ __all__ = [
     "res_init_floors",
     "res_key",
     "res_cut",
-    "res_load_heap",
     "res_finish",
 ]
 
@@ -372,7 +371,7 @@ def topk_positions_batch(scores, keys, k):
     return out
 
 
-# ---- reservoirs: many queries' top-k in a scan that admits rows in no useful order
+# ---- reservoirs: the fast scans' top k, whose rows come in no useful order
 #
 # A binary heap pays a sift of log2(k) dependent, unpredictable steps for every row it
 # admits. A scan of n rows in no order admits about k (1 + ln(n / k)) of them: on
@@ -382,15 +381,19 @@ def topk_positions_batch(scores, keys, k):
 # appends each admitted row to a buffer of `res_capacity(k)` entries and, when it is full,
 # cuts it to its best k (a quickselect) and raises its threshold to the k-th of those. The
 # threshold lags the heap's minimum, so more rows are admitted (921 at k = 100), but each
-# costs an append: the same scan took 38 / 52 / 66 us a query (measured, Zen 4).
+# costs an append: the same scan took 38-42 / 49-50 / 59-60 us a query (Zen 4; stop 40 in
+# docs/results/scans.md).
 #
 # An entry is one uint64 key ordered like the heaps' (score, id) total order: the score's
 # bits mapped to an unsigned order (-0 kept as 0 with a flag bit, so that it ties +0 as in
 # float compares and comes back as -0), then (RES_MAX_ID - id) and the flag. One integer
 # compare then ranks two entries, and the cut moves one word per entry. So ids must be in
-# [0, RES_MAX_ID]; `res_key` raises ValueError for a larger one (the engine routes layouts
-# with larger ids to the one-query kernels, which keep heaps). NaN and -inf are never admitted (no compare is
-# true), exactly as with the heaps.
+# [0, RES_MAX_ID]; `res_key` raises ValueError for a larger one (`CodeIndex` gives the
+# kernels ranks instead of larger ids and maps results back). NaN and -inf are never
+# admitted (no compare is true), exactly as with the heaps. Under DAZ (a process whose CPU
+# reads subnormal floats as 0) a heap ties a subnormal score with 0 and breaks the tie by
+# id, where the keys keep the numeric order: the lists can then differ in the order of
+# scores within FLT_MIN of 0 (a review's case), never in which rows beat a normal score.
 #
 # State of n queries: keys uint64 (n, res_capacity(k)), counts int64 (n,), thr_s float32
 # (n,) and thr_i int64 (n,). A scan admits (s, idx) when s > thr_s[g] or (s == thr_s[g] and
@@ -454,7 +457,7 @@ def res_key(s, idx):
 
 @jit
 def _res_entry(key):
-    # uint64 key -> (score float32, id int64), the inverse of _res_key
+    # uint64 key -> (score float32, id int64), the inverse of res_key
     low = key & _LOW
     u = np.uint32(key >> _SHIFT)
     if u & _SIGN:
@@ -468,34 +471,72 @@ def _res_entry(key):
 
 
 @jit
+def _res_partition(keys, lo, hi, p, equal):
+    # Lomuto's partition of keys[lo:hi], advancing by the compare's result instead of
+    # branching: the keys > p (equal: == p) first; returns where the others start
+    i = lo
+    for j in range(lo, hi):
+        x = keys[j]
+        keys[j] = keys[i]
+        keys[i] = x
+        i += np.int64(x == p) if equal else np.int64(x > p)
+    return i
+
+
+@jit
+def _xorshift(state):
+    # the next state of Marsaglia's xorshift64 (never 0 from a nonzero state)
+    state ^= state << np.uint64(13)
+    state ^= state >> np.uint64(7)
+    state ^= state << np.uint64(17)
+    return state
+
+
+@jit
 def _res_select(keys, m, k):
-    """Reorder keys[:m] (m > k) so that keys[:k] hold the k largest: a quickselect whose
-    partition (Lomuto's, best first) advances by the compare's result instead of branching."""
+    """Reorder keys[:m] (m > k) so that keys[:k] hold the k largest: a quickselect. The pivot
+    is the median of three keys drawn by a fixed pseudo-random sequence (the first, middle and
+    last keys went quadratic on scores that fall and rise along the scan, a review's case:
+    557 ms for one scan at k = 10,000); keys equal to the pivot are gathered in a second pass
+    (all-equal keys end in one round). After 2 log2(m) + 8 rounds the rest is sorted
+    (mergesort), so a cut costs O(m log m) at worst. The set kept does not depend on the
+    pivots: keys that tie are the same entry's bits."""
     lo = 0
     hi = m
     want = k
-    while hi - lo > want:
-        a = keys[lo]
-        b = keys[lo + (hi - lo) // 2]
-        c = keys[hi - 1]
+    state = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(m)
+    rounds = 0
+    limit = 8
+    n = m
+    while n > 1:
+        limit += 2
+        n >>= 1
+    while want > 0 and hi - lo > want:
+        rounds += 1
+        if rounds > limit:
+            part = keys[lo:hi].copy()
+            order = np.argsort(part, kind="mergesort")
+            r = hi - lo
+            for j in range(r):
+                keys[lo + j] = part[order[r - 1 - j]]  # largest first
+            return
+        span = np.uint64(hi - lo)
+        state = _xorshift(state)
+        a = keys[lo + np.int64(state % span)]
+        state = _xorshift(state)
+        b = keys[lo + np.int64(state % span)]
+        state = _xorshift(state)
+        c = keys[lo + np.int64(state % span)]
         p = max(min(a, b), min(max(a, b), c))  # the median of three
-        i = lo
-        for j in range(lo, hi):
-            x = keys[j]
-            keys[j] = keys[i]
-            keys[i] = x
-            i += np.int64(x > p)
+        i = _res_partition(keys, lo, hi, p, False)
         if i - lo >= want:
             hi = i
-        else:
-            # [lo, i) is kept; the pivot is the largest of the rest: keep it too
-            for j in range(i, hi):
-                if keys[j] == p:
-                    keys[j] = keys[i]
-                    keys[i] = p
-                    break
-            want -= i - lo + 1
-            lo = i + 1
+            continue
+        e = _res_partition(keys, i, hi, p, True)  # the keys equal to p follow the larger ones
+        if e - lo >= want:
+            return
+        want -= e - lo
+        lo = e
 
 
 @jit
@@ -527,22 +568,6 @@ def res_cut(keys, counts, thr_s, thr_i, g, k):
     for j in range(1, k):
         w = min(w, row[j])
     thr_s[g], thr_i[g] = _res_entry(w)
-
-
-@jit
-def res_load_heap(keys, counts, thr_s, thr_i, g, heap_scores, heap_ids):
-    """Start query g's reservoir (empty, depth k = heap_scores.shape[0]) from a heap of the
-    same depth and floor: its entries, and its minimum as the threshold."""
-    c = 0
-    for j in range(heap_scores.shape[0]):
-        if heap_ids[j] >= 0:
-            if heap_ids[j] > RES_MAX_ID:
-                raise ValueError("a reservoir top-k takes ids in [0, 2**31 - 1]")
-            keys[g, c] = res_key(heap_scores[j], heap_ids[j])
-            c += 1
-    counts[g] = c
-    thr_s[g] = heap_scores[0]
-    thr_i[g] = heap_ids[0]
 
 
 @jit

@@ -835,13 +835,14 @@ def test_custom_ids_come_back(spec, metric):
     np.testing.assert_array_equal(listed.ids, mine.ids)
 
 
-@pytest.mark.parametrize("spec", ["PQ4x4", "IVF4,PQ4x4", "RB2", "IVF4,RB2"])
+@pytest.mark.parametrize("spec", ["PQ4x4", "IVF4,PQ4x4", "RB2", "IVF4,RB2", "PQ4x8"])
 @pytest.mark.parametrize("metric", METRICS)
-def test_ids_beyond_the_reservoir_take_the_heap_scans_with_the_same_results(spec, metric):
-    # the multi-query fast scans key ids into uint64 reservoir entries (ids <= RES_MAX_ID,
-    # kernels/topk.py); an index with larger ids scans one query at a time with heaps. Ids
-    # in the same order give the same lists: scores bit for bit, ids mapped, ties included.
-    # 300 queries reach the grouped and the list-major kernels for the small ids.
+def test_ids_beyond_the_reservoir_are_ranked_and_mapped_back(spec, metric):
+    # the fast scans key ids into uint64 reservoir entries (ids <= RES_MAX_ID,
+    # kernels/topk.py); an index with larger ids gives the kernels their ranks and maps the
+    # results back. Ids in the same order give the same lists: scores bit for bit, ids
+    # mapped, ties included, and mark_dead by the large ids. 300 queries reach the one-query,
+    # grouped and list-major kernels.
     from vecz.kernels.topk import RES_MAX_ID
     dim = 8
     x, q = gaussian_clusters(300, dim, nq=300, seed=6)
@@ -849,12 +850,16 @@ def test_ids_beyond_the_reservoir_take_the_heap_scans_with_the_same_results(spec
     codes = codec.encode(x)
     big = (RES_MAX_ID - 5 + np.arange(300) * 3).astype(np.int64)  # increasing: the same tie order
     small_index, big_index = codec.index(*codes), codec.index(*codes, ids=big)
-    assert small_index._multi_ids and not big_index._multi_ids
-    for k in (1, 10, 60):
-        plain = small_index.search(q, k, nprobe=3)
-        mine = big_index.search(q, k, nprobe=3)
-        np.testing.assert_array_equal(mine.scores.view(np.uint32), plain.scores.view(np.uint32))
-        np.testing.assert_array_equal(mine.ids, np.where(plain.ids >= 0, big[np.maximum(plain.ids, 0)], -1))
+    assert small_index._user_ids is None and big_index.ids.max() < 300
+    for step in range(2):
+        for k in (1, 10, 60):
+            for queries in (q, q[:1]):
+                plain = small_index.search(queries, k, nprobe=3)
+                mine = big_index.search(queries, k, nprobe=3)
+                np.testing.assert_array_equal(mine.scores.view(np.uint32), plain.scores.view(np.uint32))
+                np.testing.assert_array_equal(mine.ids, np.where(plain.ids >= 0, big[np.maximum(plain.ids, 0)], -1))
+        dead = np.arange(0, 300, 7)
+        assert small_index.mark_dead(dead) == big_index.mark_dead(np.append(big[dead], [3, 2**62]))
 
 
 @pytest.mark.parametrize("spec", ["PQ4x8", "IVF4,PQ4x8", "SQ8", "SQ4", "IVF4,SQ8", "MRL12,SQ4", "F16", "IVF4,F16"])
