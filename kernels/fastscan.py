@@ -23,22 +23,22 @@ Batches of queries that probe the same lists (every query without IVF) are scann
 LANES queries (faiss's `qbs`), and the per-block float work (RB level sums, bounds) runs on
 all lanes at once in vector IR. RB scans skip a block whose best possible score, bounded
 from per-block factor ranges (`fs_block_bounds`), cannot enter the top k. Both only save
-work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py). The
-multi-query kernels keep each query's top k in a reservoir (kernels/topk.py: rows appended,
-cut to the best k when full) instead of a heap: rows come in no useful order there, and a
-heap's sift for each admitted row took half of a flat scan at k = 100-200. Their ids must be
-at most `topk.RES_MAX_ID` (the engine sends larger ones to the one-query kernels).
+work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py). Every
+kernel here keeps each query's top k in a reservoir (kernels/topk.py: rows appended, cut to
+the best k when full) instead of a heap: rows come in no useful order, and a heap's sift for
+each admitted row took half of a flat scan at k = 100-200. So block ids are at most
+`topk.RES_MAX_ID`: `fs_layout` and `fs_layout_packed` refuse larger ones, and the engine
+gives larger ids as ranks (engine/layout.py `CodeIndex`).
 
 IVF batches, whose queries probe different lists, are scanned list-major by the `*_lists`
 kernels (faiss's IVF fast scan): the probes are inverted into, per list, the queries that
 visit it (`fs_invert_probes`), and each list is scanned once per chunk of up to LANES of
 them, the chunk's tables gathered by index (`fs_block_accumulate_gather`). Their rows are
 scored and filtered against each query's threshold in vector IR, so only candidates
-reach the scalar admission test. Each query's top k is first seeded by a heap scan of its
+reach the scalar admission test. Each query's reservoir is first seeded by a scan of its
 first `SEED_PROBES` probes on their own (its nearest lists: the engine's probes come best
-first) so that its threshold starts high, then continues in a reservoir. Each query keeps
-its own, which admits (score, id) by a total order, so the visiting order does not change
-results either.
+first) so that its threshold starts high. Each query keeps its own, which admits (score,
+id) by a total order, so the visiting order does not change results either.
 
 Under l2 on IVF residuals every (query, probe) pair has its own table: w a[q] - b[l], a float
 table of the query less one of the list (PQ: 2 <q, b> and the per-list terms; RB: the
@@ -57,6 +57,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ._jit import jit, jit_batch, target_has
+from . import topk
 from .topk import res_cut, res_finish, res_init_floors, res_key
 
 __all__ = [
@@ -717,13 +718,21 @@ def fs_block_accumulate(blocks, block_index, qluts, out):
     fs_block_accumulate_range(blocks, block_index, 0, blocks.shape[1], qluts, out)
 
 
+def _check_block_ids(ids: np.ndarray) -> None:
+    # the scans' reservoirs key ids up to topk.RES_MAX_ID (kernels/topk.py)
+    if ids.size and int(ids.max()) > topk.RES_MAX_ID:
+        raise ValueError(f"fast-scan layouts hold ids up to 2**31 - 1 (topk.RES_MAX_ID), found {int(ids.max())}")
+
+
 def fs_layout(codes: np.ndarray, ids: np.ndarray, list_offsets: np.ndarray):
     """Blocked layout of unpacked 4-bit codes uint8 (n, M) ordered by list.
 
     Returns blocks uint8 (n_blocks, ceil(M/2), 32), block ids int64 (n_blocks * 32,) with
-    -1 for padding rows, and block offsets int64 (nlist + 1,) of each list.
+    -1 for padding rows, and block offsets int64 (nlist + 1,) of each list. Ids above
+    `topk.RES_MAX_ID` raise ValueError (the scans' reservoirs cannot key them).
     """
     codes = np.asarray(codes, dtype=np.uint8)
+    _check_block_ids(np.asarray(ids))
     n, m = codes.shape
     n_pairs = (m + 1) // 2
     sizes = np.diff(list_offsets)
@@ -770,11 +779,12 @@ def fs_layout_packed(packed: np.ndarray, n_pairs: int, order: np.ndarray, ids: n
     float32 (n, c) in input order, ids (n,) already in list order. Returns blocks,
     block_ids, block_offsets (as `fs_layout` of the unpacked ``packed[order]`` with `ids`)
     and block_values float32 (n_blocks * 32, c) (as `fs_row_values` of ``values[order]``;
-    padding rows zero).
+    padding rows zero). Ids above `topk.RES_MAX_ID` raise ValueError, as in `fs_layout`.
     """
     packed = np.asarray(packed, dtype=np.uint8)
     order = np.ascontiguousarray(order, dtype=np.int64)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
+    _check_block_ids(ids)
     list_offsets = np.ascontiguousarray(list_offsets, dtype=np.int64)
     if values is None:
         values = np.empty((packed.shape[0], 0), dtype=np.float32)
@@ -1425,7 +1435,7 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     `vecz.kernels.binary.rb_lut_scan`.
 
     block_bounds float32 (n_blocks, 3) from `fs_block_bounds` (max g, min g, min |r|^2 over
-    a block's rows) skips a block whose best possible score is below the heap minimum
+    a block's rows) skips a block whose best possible score is below the top k's threshold
     before any per-row work; an empty (0, 3) array turns skipping off. Results are the
     same either way (see the bound below).
 
@@ -1635,8 +1645,8 @@ def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_id
 
 # The list-major scans first scan each query's SEED_PROBES nearest lists on their own
 # (probes are best first), then the rest list by list. Lists come in index order there, so
-# a query's heap would otherwise fill with whatever its first lists hold and be pushed into
-# again and again: on wordnet-minilm IVF256,OPQ96x4 (nprobe 128, k 80) the seed cut heap
+# a query's top k would otherwise fill with whatever its first lists hold and be replaced
+# again and again (measured with heaps, before the reservoirs): on wordnet-minilm IVF256,OPQ96x4 (nprobe 128, k 80) the seed cut heap
 # pushes from 702 to 315 a query and the scan from 88.5 to 70.4 us a query (k 10: 59.5 to
 # 56-60, within noise); in a prototype that seeded with 1, 2, 4, 8 or 16 lists, one was the
 # fastest (74.6, 75.3, 77.3, 81.7, 91.2 us). A compile-time constant (Numba freezes it).
@@ -1785,7 +1795,7 @@ _NO_IP = np.zeros((0, 0, 16), dtype=np.float32)
 def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors,
                         n_parts):
     """`fs_scan_lists` on `n_parts` contiguous ranges of queries, one per thread
-    (numba.get_num_threads(): no heap is shared between threads; `fs_scan_lists` itself is
+    (numba.get_num_threads(): no top k is shared between threads; `fs_scan_lists` itself is
     the serial twin). Shapes as in `fs_scan_batch`; out (nq, k), each row identical to
     `fs_scan_batch`'s."""
     return _scan_lists_parts(qluts, steps, biases, _NO_IP, _NO_IP, blocks, block_ids, block_offsets, probes,
@@ -1825,7 +1835,7 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
     """`fs_scan_factors` for G queries with their own probes, list-major as `fs_scan_lists`:
     shapes as in `fs_scan_factors_batch`, floors (G,) -> (G, k), row g identical to
     `fs_scan_factors` of query g with floor floors[g] (skipping compares a block's bound
-    with the heap of the query it is for)."""
+    with the top k of the query it is for)."""
     return _scan_factors_lists(qluts, steps, biases, _NO_IP, _NO_IP, n_levels, blocks, block_ids, row_factors,
                                block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
 

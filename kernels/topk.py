@@ -388,8 +388,10 @@ def topk_positions_batch(scores, keys, k):
 # bits mapped to an unsigned order (-0 kept as 0 with a flag bit, so that it ties +0 as in
 # float compares and comes back as -0), then (RES_MAX_ID - id) and the flag. One integer
 # compare then ranks two entries, and the cut moves one word per entry. So ids must be in
-# [0, RES_MAX_ID]; `res_key` raises ValueError for a larger one (`CodeIndex` gives the
-# kernels ranks instead of larger ids and maps results back). NaN and -inf are never
+# [0, RES_MAX_ID]: the fast-scan layouts refuse larger ones (`fastscan.fs_layout`,
+# `fs_layout_packed`: ValueError), and `CodeIndex` gives the kernels ranks instead of larger
+# ids and maps results back. (`res_key` raises too, but inside a batch driver's prange Numba
+# does not pass the error on: the layouts are where ids are checked.) NaN and -inf are never
 # admitted (no compare is true), exactly as with the heaps. Under DAZ (a process whose CPU
 # reads subnormal floats as 0) a heap ties a subnormal score with 0 and breaks the tie by
 # id, where the keys keep the numeric order: the lists can then differ in the order of
@@ -501,16 +503,23 @@ def _res_select(keys, m, k):
     (all-equal keys end in one round). After 2 log2(m) + 8 rounds the rest is sorted
     (mergesort), so a cut costs O(m log m) at worst. The set kept does not depend on the
     pivots: keys that tie are the same entry's bits."""
-    lo = 0
-    hi = m
-    want = k
-    state = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(m)
-    rounds = 0
     limit = 8
     n = m
     while n > 1:
         limit += 2
         n >>= 1
+    _res_select_rounds(keys, m, k, limit)
+
+
+@jit
+def _res_select_rounds(keys, m, k, limit):
+    # `_res_select` sorting the rest after `limit` rounds (only input built against the
+    # fixed pivot sequence gets there; a test forces it with a small limit)
+    lo = 0
+    hi = m
+    want = k
+    state = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(m)
+    rounds = 0
     while want > 0 and hi - lo > want:
         rounds += 1
         if rounds > limit:

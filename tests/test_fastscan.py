@@ -1111,3 +1111,17 @@ def test_packed_layout_equals_the_unpacked_one(n, m, nlist, n_values, extra, see
     np.testing.assert_array_equal(block_offsets, ref_offsets)
     np.testing.assert_array_equal(block_values, fastscan.fs_row_values(values[order], block_ids.shape[0], offsets))
     assert block_values.shape == (block_ids.shape[0], n_values)
+
+
+def test_layouts_refuse_ids_the_reservoirs_cannot_key():
+    # the scans key ids up to topk.RES_MAX_ID; a batch driver could not pass on an error
+    # raised inside its prange, so the layouts refuse larger ids up front
+    from vecz.kernels.topk import RES_MAX_ID
+    codes = np.zeros((40, 4), dtype=np.uint8)
+    ok = np.arange(40, dtype=np.int64) + RES_MAX_ID - 39
+    fastscan.fs_layout(codes, ok, np.array([0, 40]))
+    fastscan.fs_layout_packed(codes[:, :2], 2, np.arange(40), ok, np.array([0, 40]))
+    for layout in (lambda ids: fastscan.fs_layout(codes, ids, np.array([0, 40])),
+                   lambda ids: fastscan.fs_layout_packed(codes[:, :2], 2, np.arange(40), ids, np.array([0, 40]))):
+        with pytest.raises(ValueError, match="RES_MAX_ID"):
+            layout(ok + 1)

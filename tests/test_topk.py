@@ -320,3 +320,19 @@ def test_reservoir_select_keeps_the_largest_with_duplicate_keys(m, k, distinct, 
         want = np.sort(arr)[::-1][:k]
         topk._res_select(arr, m, k)
         np.testing.assert_array_equal(np.sort(arr[:k])[::-1], want)
+
+
+@SETTINGS
+@given(m=st.integers(2, 120), k=st.integers(1, 119), limit=st.integers(0, 3), distinct=st.integers(1, 50),
+       seed=st.integers(0, 2**32 - 1))
+def test_reservoir_select_after_its_round_limit_sorts_the_rest(m, k, limit, distinct, seed):
+    # the quickselect's last resort (a mergesort of what is left once `limit` rounds did not
+    # finish; only input built against its pivot sequence reaches it unforced) keeps the k
+    # largest and leaves the same multiset of keys
+    if k >= m:
+        k = m - 1
+    keys = np.random.default_rng(seed).integers(0, distinct, size=m).astype(np.uint64)
+    arr = keys.copy()
+    topk._res_select_rounds(arr, m, k, limit)
+    np.testing.assert_array_equal(np.sort(arr[:k])[::-1], np.sort(keys)[::-1][:k])
+    np.testing.assert_array_equal(np.sort(arr), np.sort(keys))
