@@ -1646,10 +1646,11 @@ def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_id
 # The list-major scans first scan each query's SEED_PROBES nearest lists on their own
 # (probes are best first), then the rest list by list. Lists come in index order there, so
 # a query's top k would otherwise fill with whatever its first lists hold and be replaced
-# again and again (measured with heaps, before the reservoirs): on wordnet-minilm IVF256,OPQ96x4 (nprobe 128, k 80) the seed cut heap
-# pushes from 702 to 315 a query and the scan from 88.5 to 70.4 us a query (k 10: 59.5 to
-# 56-60, within noise); in a prototype that seeded with 1, 2, 4, 8 or 16 lists, one was the
-# fastest (74.6, 75.3, 77.3, 81.7, 91.2 us). A compile-time constant (Numba freezes it).
+# again and again. Measured with heaps, before the reservoirs: on wordnet-minilm
+# IVF256,OPQ96x4 (nprobe 128, k 80) the seed cut heap pushes from 702 to 315 a query and
+# the scan from 88.5 to 70.4 us a query (k 10: 59.5 to 56-60, within noise); in a prototype
+# that seeded with 1, 2, 4, 8 or 16 lists, one was the fastest (74.6, 75.3, 77.3, 81.7,
+# 91.2 us). A compile-time constant (Numba freezes it).
 SEED_PROBES = 1
 
 

@@ -165,11 +165,14 @@ def test_topk_select_keeps_negative_ids_it_is_given():
     np.testing.assert_array_equal(s, [3, 2, 1, -np.inf])
 
 
-def test_topk_init_floors_rows_and_below():
-    hs, hi = topk.topk_init_floors(np.array([1.0, -np.inf, 0.0], np.float32), 2)
-    assert hs.shape == (3, 2) and (hi == -1).all()
-    assert (hs[0] == np.nextafter(np.float32(1.0), np.float32(0.0))).all() and (hs[1] == -np.inf).all()
-    assert (hs[2] < 0).all() and (hs[2] == topk.below(np.float32(0.0))).all()
+def test_res_init_floors_rows_and_below():
+    # the reservoirs replaced the per-query heaps of topk_init_floors (removed): each query's
+    # threshold starts at below(floor) with id -1, as an empty heap slot did
+    keys, counts, hs, hi = topk.res_init_floors(np.array([1.0, -np.inf, 0.0], np.float32), 2)
+    assert keys.shape == (3, topk.res_capacity(2)) and (counts == 0).all()
+    assert hs.shape == (3,) and (hi == -1).all()
+    assert hs[0] == np.nextafter(np.float32(1.0), np.float32(0.0)) and hs[1] == -np.inf
+    assert hs[2] < 0 and hs[2] == topk.below(np.float32(0.0))
 
 
 def _sorted_list(rng, nq, kk, n_valid, flavor, id_pool):
