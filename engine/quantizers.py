@@ -96,7 +96,6 @@ def _rotated_centroids(state: Tables, rotation: str, derived: dict[str, Any]) ->
     c = state["centroids"]
     return _derive(derived, f"{rotation}_centroids", c.nbytes,
                    lambda: np.ascontiguousarray(c @ state[rotation], dtype=np.float32))
-_NO_BOUNDS = np.empty((0, 3), dtype=np.float32)
 
 Tables = dict[str, np.ndarray]
 
@@ -237,17 +236,15 @@ class Quantizer:
 _F16_MAX = 65504.0
 
 
-def _block_inv_norms(layout: Any, centroids: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(g, bounds): every block row's 1 / |x_hat| rounded to float16, held as its uint16 bits
-    (`pq.pq4_block_inv_norms`; 2 bytes a row in RAM), and their block bounds
-    (`fastscan.fs_block_bounds`), made on the first cosine scan of a PQ x4 index (with
-    ``centroids()``, the coded-space centroids) and kept on it."""
-    if getattr(layout, "pq_block_bounds", None) is None:
+def _block_inv_norms(layout: Any, centroids: Any) -> np.ndarray:
+    """Every block row's 1 / |x_hat| rounded to float16, held as its uint16 bits
+    (`pq.pq4_block_inv_norms`; 2 bytes a row in RAM), made on the first cosine scan of a
+    PQ x4 index (with ``centroids()``, the coded-space centroids) and kept on it."""
+    if getattr(layout, "pq_block_inv", None) is None:
         g = pq.pq4_block_inv_norms(layout.blocks, layout.block_ids, layout.block_offsets, layout.state["pq_books"],
                                    centroids())
         layout.pq_block_inv = np.minimum(g, np.float32(_F16_MAX)).astype(np.float16).view(np.uint16)
-        layout.pq_block_bounds = fastscan.fs_block_bounds(layout.pq_block_inv, layout.block_ids)  # last
-    return layout.pq_block_inv, layout.pq_block_bounds
+    return layout.pq_block_inv
 
 
 def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray):
@@ -275,17 +272,13 @@ def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_m
     return fastscan.fs_scan_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors)
 
 
-def _scan_factor_blocks(layout: Any, plan: Any, n_levels: int, row_factors: np.ndarray, block_bounds: np.ndarray,
-                        q_sq: np.ndarray, is_l2: bool, k: int, groups: tuple | None, list_major: bool,
+def _scan_factor_blocks(layout: Any, plan: Any, n_levels: int, row_factors: np.ndarray, q_sq: np.ndarray,
+                        is_l2: bool, k: int, groups: tuple | None, list_major: bool,
                         floors: np.ndarray):
     """The fast scan of blocks whose rows carry factors (`fastscan.fs_scan_factors`), with a
     plan's (qluts, steps, biases): RB's rows (g, |r|^2), or PQ x4's 1 / |x_hat| under cosine
     (1-D float16 bits, the scaled mode). Groups of queries with the same probes take the
-    multi-query kernel, IVF batches the list-major one, the rest one query at a time.
-    Only the one-query kernel skips blocks by ``block_bounds``: the other two filter every
-    block's rows against the queries' thresholds in vector code anyway, and the bounds cost more than
-    they skip there (RB on wordnet-minilm: flat RB1 R = 100, 1,000 queries, 128 vs 140 ms;
-    IVF256/1024,RB1 list-major 3-7%)."""
+    multi-query kernel, IVF batches the list-major one, the rest one query at a time."""
     t = plan.tables
     qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
     rows = (layout.blocks, layout.block_ids, row_factors)
@@ -293,12 +286,12 @@ def _scan_factor_blocks(layout: Any, plan: Any, n_levels: int, row_factors: np.n
         order, group_offsets = groups
         ql, sp, bi, pr, pb, qs, fl = _permuted(order, qluts, steps, biases, plan.probes, plan.bias, q_sq, floors)
         return _unpermuted(order, fastscan.fs_scan_factors_multi_batch(
-            ql, sp, bi, n_levels, *rows, _NO_BOUNDS, layout.block_offsets, pr, pb, qs, is_l2, group_offsets, k, fl))
+            ql, sp, bi, n_levels, *rows, layout.block_offsets, pr, pb, qs, is_l2, group_offsets, k, fl))
     if list_major:
-        return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, *rows, _NO_BOUNDS,
-                                                    layout.block_offsets, plan.probes, plan.bias, q_sq, is_l2, k,
+        return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, *rows, layout.block_offsets,
+                                                    plan.probes, plan.bias, q_sq, is_l2, k,
                                                     floors, numba.get_num_threads())
-    return fastscan.fs_scan_factors_batch(qluts, steps, biases, n_levels, *rows, block_bounds, layout.block_offsets,
+    return fastscan.fs_scan_factors_batch(qluts, steps, biases, n_levels, *rows, layout.block_offsets,
                                           plan.probes, plan.bias, q_sq, is_l2, k, floors)
 
 
@@ -462,10 +455,9 @@ class PQ(Quantizer):
         if self.nbits == 4 and cosine:
             # unit vectors: scored by the cosine to the reconstruction, as below, each row's
             # whole score times its 1 / |x_hat| (the factor scans' scaled mode)
-            g, bounds = _block_inv_norms(
-                layout, lambda: self._centroids(layout.state, layout.codec._derived_of(layout.state)))
+            g = _block_inv_norms(layout, lambda: self._centroids(layout.state, layout.codec._derived_of(layout.state)))
             no_l2 = np.zeros(plan.bias.shape, dtype=np.float32)
-            return _scan_factor_blocks(layout, plan, 1, g, bounds, no_l2, False, k, groups, list_major, floors)
+            return _scan_factor_blocks(layout, plan, 1, g, no_l2, False, k, groups, list_major, floors)
         if self.nbits == 4:
             return _scan_blocks_pq(layout, plan, k, groups, list_major, floors)
         if "ip2" in plan.tables:  # l2 on residuals (`probe_tables`)
@@ -550,10 +542,7 @@ class RB(Quantizer):
         blocks, block_ids, block_offsets, block_factors = fastscan.fs_layout_packed(
             codes, n_bytes, order, ids, offsets, factors)
         out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS, "blocks": blocks,
-               "block_ids": block_ids, "block_offsets": block_offsets, "block_factors": block_factors,
-               # (max g, min g, min |r|^2) of each block, 12 bytes per 32 rows: the scan skips a
-               # block whose best possible score cannot enter the top-k
-               "block_bounds": fastscan.fs_block_bounds(block_factors, block_ids)}
+               "block_ids": block_ids, "block_offsets": block_offsets, "block_factors": block_factors}
         if keep_rows:
             out["bits"], out["factors"] = self.split_codes(np.ascontiguousarray(codes[order]), width)
         return out
@@ -647,15 +636,15 @@ class RB(Quantizer):
         rows = (layout.blocks, layout.block_ids, layout.block_factors)
         if "tq" in t:  # l2 on residuals (`probe_tables`): each probe's table made in the scan
             tl = plan.shared["list_nibbles"]
-            if list_major:  # no block bounds, as in `_scan_factor_blocks`
+            if list_major:
                 return fastscan.fs_scan_factors_lists_l2_batch(
-                    t["tq"], tl, self.levels, *rows, _NO_BOUNDS, layout.block_offsets, plan.probes, plan.bias,
+                    t["tq"], tl, self.levels, *rows, layout.block_offsets, plan.probes, plan.bias,
                     t["q_sq"], is_l2, k, floors, numba.get_num_threads())
-            return fastscan.fs_scan_factors_l2_batch(t["tq"], tl, self.levels, *rows, layout.block_bounds,
-                                                     layout.block_offsets, plan.probes, plan.bias, t["q_sq"], is_l2,
+            return fastscan.fs_scan_factors_l2_batch(t["tq"], tl, self.levels, *rows, layout.block_offsets,
+                                                     plan.probes, plan.bias, t["q_sq"], is_l2,
                                                      k, floors)
-        return _scan_factor_blocks(layout, plan, self.levels, layout.block_factors, layout.block_bounds, t["q_sq"],
-                                   is_l2, k, groups, list_major, floors)
+        return _scan_factor_blocks(layout, plan, self.levels, layout.block_factors, t["q_sq"], is_l2, k, groups,
+                                   list_major, floors)
 
 
 @dataclasses.dataclass(frozen=True)

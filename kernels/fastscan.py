@@ -20,10 +20,9 @@ import), and otherwise runs a scalar loop with identical integer results. Refere
 
 Batches of queries that probe the same lists (every query without IVF) are scanned by the
 `*_multi` kernels: each block's code bytes are loaded and split into nibbles once for
-LANES queries (faiss's `qbs`), and the per-block float work (RB level sums, bounds) runs on
-all lanes at once in vector IR. RB scans skip a block whose best possible score, bounded
-from per-block factor ranges (`fs_block_bounds`), cannot enter the top k. Both only save
-work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py). Every
+LANES queries (faiss's `qbs`), and the per-block float work (RB level sums, row scores and
+the filter against each query's threshold) runs on all lanes at once in vector IR. Both only
+save work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py). Every
 kernel here keeps each query's top k in a reservoir (kernels/topk.py: rows appended, cut to
 the best k when full) instead of a heap: rows come in no useful order, and a heap's sift for
 each admitted row took half of a flat scan at k = 100-200. So block ids are at most
@@ -85,7 +84,6 @@ __all__ = [
     "fs_scan_factors_multi_batch",
     "fs_row_values",
     "fs_block_bytes",
-    "fs_block_bounds",
     "fs_query_groups",
     "fs_block_accumulate_gather",
     "fs_invert_probes",
@@ -373,86 +371,6 @@ def _make_lanes_postprocess(n_lanes):
         return sig, codegen
 
     @intrinsic
-    def lanes_bound(typingctx, comb, base, step, pbias, q_sq, q_first, block_bounds, block_index, is_l2, out):
-        """out[i] = the block bound of `fs_scan_factors` for lane i, vectorised over lanes:
-        comb (n_lanes, 32); base, step, pbias, q_sq float32 per query, read at q_first + i
-        (the arrays must reach q_first + n_lanes); block_bounds[block_index] = (max g, min g,
-        min |r|^2). NaN when a corner product is NaN (then the block is not skipped)."""
-        sig = types.void(comb, base, step, pbias, q_sq, q_first, block_bounds, block_index, is_l2, out)
-
-        def codegen(context, builder, signature, args):
-            (comb_v, base_v, step_v, pbias_v, qsq_v, first_v, bb_v, bidx_v, l2_v, out_v) = args
-            f32 = ir.FloatType()
-            f64 = ir.DoubleType()
-            i32 = ir.IntType(32)
-            i64 = ir.IntType(64)
-            vf = ir.VectorType(f32, n_lanes)
-            vd = ir.VectorType(f64, n_lanes)
-            rows = _lane_rows(context, builder, signature.args[0], comb_v, f32, n_lanes)
-            q_first = context.cast(builder, first_v, signature.args[5], types.int64)
-
-            def lanes(k, value):
-                a = context.make_array(signature.args[k])(context, builder, value)
-                return builder.load(builder.bitcast(builder.gep(a.data, [q_first]), vf.as_pointer()), align=1)
-
-            def reduce(x, op):
-                # halving tree of compare + select (vmaxps / vminps); llvm.vector.reduce.fmax
-                # keeps NaN semantics and lowers to a slow scalar chain (measured)
-                width = 32
-                while width > 1:
-                    width //= 2
-                    lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, width), list(range(width))))
-                    hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, width),
-                                                                  list(range(width, 2 * width))))
-                    x = builder.select(builder.fcmp_ordered(op, lo, hi), lo, hi)
-                return builder.extract_element(x, ir.Constant(i32, 0))
-
-            def vmax(x, y):
-                return builder.select(builder.fcmp_ordered(">", x, y), x, y)
-
-            cmax = cgutils.get_null_value(vf)
-            cmin = cgutils.get_null_value(vf)
-            for lane in range(n_lanes):
-                x = builder.load(rows[lane], align=1)
-                cmax = builder.insert_element(cmax, reduce(x, ">"), ir.Constant(i32, lane))
-                cmin = builder.insert_element(cmin, reduce(x, "<"), ir.Constant(i32, lane))
-            base = lanes(1, base_v)
-            step = lanes(2, step_v)
-            t_hi = builder.fadd(base, builder.fmul(step, cmax))
-            t_lo = builder.fadd(base, builder.fmul(step, cmin))
-            bb = context.make_array(signature.args[6])(context, builder, bb_v)
-            bidx = context.cast(builder, bidx_v, signature.args[7], types.int64)
-            row = builder.gep(builder.bitcast(bb.data, ir.IntType(8).as_pointer()),
-                              [builder.mul(bidx, builder.extract_value(bb.strides, 0))])
-            col = builder.extract_value(bb.strides, 1)
-
-            def bound_field(j):
-                at = builder.gep(row, [builder.mul(col, ir.Constant(i64, j))])
-                return builder.load(builder.bitcast(at, f32.as_pointer()))
-
-            gmax = _splat(builder, bound_field(0), vf)
-            gmin = _splat(builder, bound_field(1), vf)
-            rsq = bound_field(2)
-            corners = [builder.fmul(gmax, t_hi), builder.fmul(gmax, t_lo), builder.fmul(gmin, t_hi),
-                       builder.fmul(gmin, t_lo)]
-            est = vmax(vmax(corners[0], corners[1]), vmax(corners[2], corners[3]))
-            nan = builder.fcmp_unordered("uno", corners[0], corners[1])
-            nan = builder.or_(nan, builder.fcmp_unordered("uno", corners[2], corners[3]))
-            est = builder.select(nan, _splat(builder, ir.Constant(f32, float("nan")), vf), est)
-            ip = builder.fadd(lanes(3, pbias_v), est)
-            # l2 in float64 as the per-row formula: -(q_sq - 2.0 * est + |r|^2)
-            two = _splat(builder, ir.Constant(f64, 2.0), vd)
-            d = builder.fsub(builder.fpext(lanes(4, qsq_v), vd), builder.fmul(two, builder.fpext(est, vd)))
-            d = builder.fadd(d, _splat(builder, builder.fpext(rsq, f64), vd))
-            l2 = builder.fptrunc(builder.fneg(d), vf)
-            is_l2 = context.cast(builder, l2_v, signature.args[8], types.boolean)
-            out_a = context.make_array(signature.args[9])(context, builder, out_v)
-            builder.store(builder.select(is_l2, l2, ip), builder.bitcast(out_a.data, vf.as_pointer()), align=1)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    @intrinsic
     def lanes_rows(typingctx, comb, row_factors, row0, base, step, pbias, q_sq, thr, is_l2, scores, masks):
         """Row scores of one block for n_lanes queries in vector IR, the same IEEE operations
         as `fs_scan_factors`'s per-row loop: scores[i, v] = pbias + g * (base + step *
@@ -579,7 +497,7 @@ def _make_lanes_postprocess(n_lanes):
 
         return sig, codegen
 
-    return lanes_comb, lanes_bound, lanes_rows, lanes_rows_pq, lanes_at_least
+    return lanes_comb, lanes_rows, lanes_rows_pq, lanes_at_least
 
 
 @intrinsic
@@ -601,9 +519,9 @@ def _lowest_bit(typingctx, x):
 LANES = 8
 _shuffle_accumulate_lanes = _make_shuffle_accumulate_lanes(LANES)
 _shuffle_accumulate_gather = _make_shuffle_accumulate_gather(LANES)
-_lanes_comb, _lanes_bound, _lanes_rows, _lanes_rows_pq, _lanes_at_least = _make_lanes_postprocess(LANES)
+_lanes_comb, _lanes_rows, _lanes_rows_pq, _lanes_at_least = _make_lanes_postprocess(LANES)
 # one query's block (`fs_scan_factors`): the same operations on one lane
-_lanes_comb1, _lanes_bound1, _lanes_rows1, _lanes_rows_pq1, _ = _make_lanes_postprocess(1)
+_lanes_comb1, _lanes_rows1, _lanes_rows_pq1, _ = _make_lanes_postprocess(1)
 
 
 @jit
@@ -826,7 +744,7 @@ def _row_ptr(context, builder, arr_type, arr_v, row, elem, width):
 
 def _tree(builder, x, op):
     """min ("<") or max (">") of a <16 x float> by a halving tree of compare + select
-    (`lanes_bound`'s reduction; the same value as a scalar loop for non-NaN entries)."""
+    (the same value as a scalar loop for non-NaN entries)."""
     i32 = ir.IntType(32)
     width = x.type.count
     while width > 1:
@@ -1164,19 +1082,19 @@ def _check_terms(steps, biases, probe_bias):
 
 
 @jit
-def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds):
-    """`_check_terms` for the RB factor scans, whose lane intrinsics also read block_bounds
-    as float32 (`_lanes_bound`) and 32 rows of (g, |r|^2) as one vector (`_lanes_rows`)."""
+def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors):
+    """`_check_terms` for the RB factor scans, whose lane intrinsics also read probe_q_sq as
+    float32 and 32 rows of (g, |r|^2) as one vector (`_lanes_rows`)."""
     _check_terms(steps, biases, probe_bias)
-    _check_factor_rows(probe_q_sq, row_factors, block_bounds)
+    _check_factor_rows(probe_q_sq, row_factors)
 
 
 @jit
-def _check_factor_rows(probe_q_sq, row_factors, block_bounds):
+def _check_factor_rows(probe_q_sq, row_factors):
     """`_check_factor_terms` without the tables' steps and biases (the fused l2 scans make
     those themselves)."""
-    if probe_q_sq.itemsize != 4 or block_bounds.itemsize != 4:
-        raise ValueError("probe_q_sq and block_bounds must be float32")
+    if probe_q_sq.itemsize != 4:
+        raise ValueError("probe_q_sq must be float32")
     if row_factors.ndim == 1:
         if row_factors.itemsize != 2 or (row_factors.shape[0] > 0 and row_factors.strides[0] != 2):
             raise ValueError("a 1-D row_factors (g alone) must be contiguous float16 bits (uint16, n_blocks * 32)")
@@ -1420,7 +1338,7 @@ def fs_query_groups(probes: np.ndarray, group: int):
 
 
 @jit
-def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets,
                     probes, probe_bias, probe_q_sq, is_l2, k, floor):
     """One query over RB codes (kernels/binary.py) through the fast scan; only rows scoring
     >= floor (-inf: all; kernels/topk.py) are kept.
@@ -1434,42 +1352,41 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     score is probe_bias + est (ip) or -(probe_q_sq - 2 est + |r|^2) (l2), as in
     `vecz.kernels.binary.rb_lut_scan`.
 
-    block_bounds float32 (n_blocks, 3) from `fs_block_bounds` (max g, min g, min |r|^2 over
-    a block's rows) skips a block whose best possible score is below the top k's threshold
-    before any per-row work; an empty (0, 3) array turns skipping off. Results are the
-    same either way (see the bound below).
+    Every block's rows are scored and filtered against the threshold in vector code. (A
+    per-block bound of the best score, from each block's range of g and |r|^2, used to skip
+    blocks before that: on wordnet-minilm and -gemma it cost more than it skipped, the
+    kernel 14-29% slower with it for RB1, RB2 and PQ x4, flat and IVF, ip, l2 and cosine.)
 
     Scaled mode (PQ x4's cosine to the reconstruction, engine/quantizers.py): row_factors
     1-D uint16 (n_blocks * 32,) holds g alone as float16 bits (Numba has no float16 arrays;
     the row kernel converts 32 at once), with n_levels 1 and ip, and the score is
     g * ((probe_bias + bias) + step * acc), the whole score scaled (`_factor_base`)."""
     keys, counts, thr_s, thr_i = res_init_floors(np.full(1, floor, dtype=np.float32), k)
-    _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+    _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets,
                           probes, probe_bias, probe_q_sq, is_l2, keys, counts, thr_s, thr_i, 0, k)
     out_scores, out_ids = res_finish(keys, counts, k)
     return out_scores[0], out_ids[0]
 
 
 @jit
-def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets,
                           probes, probe_bias, probe_q_sq, is_l2, keys, counts, thr_s, thr_i, g, k):
     """`fs_scan_factors`'s work, appending to reservoir g (kernels/topk.py; also a
     list-major scan's seed).
 
-    A block's float work (level sums, its bound, every row's score and the rows at or above
-    the threshold) runs as one-lane vector IR (`_lanes_comb1`, `_lanes_bound1`,
-    `_lanes_rows1`: the multi-query scans' operations, so all of them score a row alike);
+    A block's float work (level sums, every row's score and the rows at or above the
+    threshold) runs as one-lane vector IR (`_lanes_comb1`, `_lanes_rows1`: the multi-query
+    scans' operations, so all of them score a row alike);
     only the rows the mask keeps meet the admission test. Per row, the score is
     pbias + g * (base + step * comb) (ip) or float32(-(q_sq - 2 est + |r|^2)) in float64
     (l2), comb = sum_l 2**-l float32(acc_l) in float32 (tests/test_fastscan.py's numpy
     reference)."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     comb = np.empty((1, BLOCK), dtype=np.float32)
     scores = np.empty((1, BLOCK), dtype=np.float32)
     masks = np.zeros(1, dtype=np.int64)
-    bound = np.empty(1, dtype=np.float32)
     lane_base = np.empty(1, dtype=np.float32)
     lane_step = np.empty(1, dtype=np.float32)
     lane_pbias = np.empty(1, dtype=np.float32)
@@ -1477,7 +1394,6 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
     lane_thr = np.empty(1, dtype=np.float32)
     n_tables = qluts.shape[0]
     level_pairs = blocks.shape[1] // n_levels
-    skip = block_bounds.shape[0] > 0
     level_sum = np.float32(0.0)
     w = np.float32(1.0)
     for _ in range(n_levels):
@@ -1499,17 +1415,6 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
                 _lanes_comb1(acc, comb, w, lv == 0)
                 w *= np.float32(0.5)
             lane_thr[0] = thr_s[g]
-            if skip:
-                # Upper bound of every real row's score, rounded like the scores themselves:
-                # base + step * comb lies between its values at the min and max comb
-                # (float rounding is monotone) and g between the block's min and max, so
-                # est = g * t is at most the largest of the four corner products whatever
-                # the signs; l2 adds the smallest |r|^2. Skip only when strictly below the
-                # threshold (an equal score could still enter by a smaller id); a NaN
-                # corner (NaN or infinite factors) gives a NaN bound, which never skips.
-                _lanes_bound1(comb, lane_base, lane_step, lane_pbias, lane_q_sq, 0, block_bounds, b, is_l2, bound)
-                if bound[0] < lane_thr[0]:
-                    continue
             row0 = b * BLOCK
             _lanes_rows1(comb, row_factors, row0, lane_base, lane_step, lane_pbias, lane_q_sq, lane_thr, is_l2,
                          scores, masks)
@@ -1528,7 +1433,7 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
 
 
 @jit_batch
-def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
                           block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors` for every query (shapes as in `fs_scan_batch`, probe_q_sq (nq, P))."""
     nq = qluts.shape[0]
@@ -1536,7 +1441,7 @@ def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         s, i = fs_scan_factors(qluts[qi], steps[qi], biases[qi], n_levels, blocks, block_ids, row_factors,
-                               block_bounds, block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k,
+                               block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k,
                                floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
@@ -1544,24 +1449,22 @@ def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row
 
 
 @jit
-def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
                           block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors` for a group of G queries that probe the same lists (as
     `fs_scan_multi`): qluts (G, L, 2 * pairs_per_level, 32), steps/biases (G, L), probes (P,),
     probe_bias/probe_q_sq (G, P), floors (G,) -> (G, k), row g identical to `fs_scan_factors`
-    of query g with floor floors[g] (with the same block_bounds, or without: skipping never
-    changes results). The float work per block (level sums, bounds, the row filter against
-    each query's threshold) runs on all LANES queries at once in vector IR."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
+    of query g with floor floors[g]. The float work per block (level sums, the row filter
+    against each query's threshold) runs on all LANES queries at once in vector IR."""
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
     n_q = qluts.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
-    bounds = np.empty(LANES, dtype=np.float32)
     lane_thr = np.zeros(LANES, dtype=np.float32)
     scores = np.empty((LANES, BLOCK), dtype=np.float32)
     masks = np.zeros(LANES, dtype=np.int64)
-    # per-query terms of the current probe, padded to whole lanes for `_lanes_bound`
+    # per-query terms of the current probe, padded to whole lanes for `_lanes_rows`
     n_pad = -(-n_q // LANES) * LANES
     bases = np.zeros(n_pad, dtype=np.float32)
     lane_steps = np.zeros(n_pad, dtype=np.float32)
@@ -1569,7 +1472,6 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
     lane_q_sq = np.zeros(n_pad, dtype=np.float32)
     n_tables = qluts.shape[1]
     level_pairs = blocks.shape[1] // n_levels
-    skip = block_bounds.shape[0] > 0
     level_sum = np.float32(0.0)
     w = np.float32(1.0)
     for _ in range(n_levels):
@@ -1595,11 +1497,6 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
                     w *= np.float32(0.5)
                 for lane in range(n_lanes):
                     lane_thr[lane] = thr_s[g0 + lane]
-                if skip:
-                    _lanes_bound(comb, bases, lane_steps, lane_pbias, lane_q_sq, g0, block_bounds, b, is_l2, bounds)
-                    for lane in range(n_lanes):
-                        if bounds[lane] < lane_thr[lane]:
-                            lane_thr[lane] = np.inf  # skipped: no row can enter the top k
                 # every row's score and the rows at or above the threshold in vector IR
                 # (as fs_scan_factors_lists), then fs_scan_factors's admission test on those
                 _lanes_rows(comb, row_factors, row0, bases[g0:], lane_steps[g0:], lane_pbias[g0:], lane_q_sq[g0:],
@@ -1624,7 +1521,7 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
 
 
 @jit_batch
-def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
                                 block_offsets, probes, probe_bias, probe_q_sq, is_l2, group_offsets, k, floors):
     """`fs_scan_factors_multi` over the query groups of `fs_query_groups` (as
     `fs_scan_multi_batch`); shapes as in `fs_scan_factors_batch`."""
@@ -1636,7 +1533,7 @@ def fs_scan_factors_multi_batch(qluts, steps, biases, n_levels, blocks, block_id
         e = group_offsets[gi + 1]
         if e > a:
             s, i = fs_scan_factors_multi(qluts[a:e], steps[a:e], biases[a:e], n_levels, blocks, block_ids,
-                                         row_factors, block_bounds, block_offsets, probes[a], probe_bias[a:e],
+                                         row_factors, block_offsets, probes[a], probe_bias[a:e],
                                          probe_q_sq[a:e], is_l2, k, floors[a:e])
             out_scores[a:e] = s
             out_ids[a:e] = i
@@ -1831,18 +1728,17 @@ def _scan_lists_parts(qluts, steps, biases, ip, terms, blocks, block_ids, block_
 
 
 @jit
-def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
                           block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors` for G queries with their own probes, list-major as `fs_scan_lists`:
     shapes as in `fs_scan_factors_batch`, floors (G,) -> (G, k), row g identical to
-    `fs_scan_factors` of query g with floor floors[g] (skipping compares a block's bound
-    with the top k of the query it is for)."""
+    `fs_scan_factors` of query g with floor floors[g]."""
     return _scan_factors_lists(qluts, steps, biases, _NO_IP, _NO_IP, n_levels, blocks, block_ids, row_factors,
-                               block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
+                               block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
 
 
 @jit
-def fs_scan_factors_lists_l2(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
+def fs_scan_factors_lists_l2(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
                              probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors_lists` of RB on residuals with each (query, probe) table made where
     the scan reaches it, as `fs_scan_lists_l2`: level 0's float table of the residual
@@ -1852,14 +1748,14 @@ def fs_scan_factors_lists_l2(tq, tl, n_levels, blocks, block_ids, row_factors, b
     `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
     _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
     return _scan_factors_lists(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids, row_factors,
-                               block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
+                               block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
 
 
 @jit
-def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors, block_bounds,
+def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors,
                         block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors_lists` (terms empty) or `fs_scan_factors_lists_l2` (terms given)."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
     fused = terms.shape[0] > 0
     n_q = probes.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
@@ -1875,17 +1771,16 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
             _query_tables(ip[q], terms, w, probes[q, :seed], qmax, seed_luts[:, 0], seed_steps[:, 0],
                           seed_biases[:, 0], lut, mins)
             _fs_scan_factors_into(seed_luts[:, 0], seed_steps[:, 0], seed_biases[:, 0], n_levels, blocks, block_ids,
-                                  row_factors, block_bounds, block_offsets, probes[q, :seed], probe_bias[q, :seed],
+                                  row_factors, block_offsets, probes[q, :seed], probe_bias[q, :seed],
                                   probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
         else:
             _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors,
-                                  block_bounds, block_offsets, probes[q, :seed], probe_bias[q, :seed],
+                                  block_offsets, probes[q, :seed], probe_bias[q, :seed],
                                   probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     tables = work if fused else qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
-    bounds = np.empty(LANES, dtype=np.float32)
     lane_q = np.zeros(LANES, dtype=np.int64)
     lane_t = np.zeros(LANES, dtype=np.int64)
     lane_heap = np.zeros(LANES, dtype=np.int64)
@@ -1899,7 +1794,6 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
     scores = np.empty((LANES, BLOCK), dtype=np.float32)
     masks = np.zeros(LANES, dtype=np.int64)
     n_tables = qluts.shape[1]
-    skip = block_bounds.shape[0] > 0
     level_sum = np.float32(0.0)
     lw = np.float32(1.0)
     for _ in range(n_levels):
@@ -1931,12 +1825,6 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
                     lw *= np.float32(0.5)
                 for lane in range(LANES):
                     lane_thr[lane] = thr_s[lane_heap[lane]]
-                if skip:
-                    _lanes_bound(comb, lane_base, lane_step, lane_pbias, lane_q_sq, 0, block_bounds, b, is_l2,
-                                 bounds)
-                    for lane in range(n_lanes):
-                        if bounds[lane] < lane_thr[lane]:
-                            lane_thr[lane] = np.inf  # skipped: no row can be a candidate
                 # every row's score and the rows at or above the threshold, in vector IR;
                 # then fs_scan_factors's admission test on those rows only
                 _lanes_rows(comb, row_factors, row0, lane_base, lane_step, lane_pbias, lane_q_sq, lane_thr, is_l2,
@@ -1960,31 +1848,31 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
     return res_finish(keys, counts, k)
 
 
-def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
                                 block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`fs_scan_factors_lists` on one contiguous range of queries per thread (as
     `fs_scan_lists_batch`); shapes as in `fs_scan_factors_batch`."""
     return _scan_factors_lists_parts(qluts, steps, biases, _NO_IP, _NO_IP, n_levels, blocks, block_ids, row_factors,
-                                     block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors,
+                                     block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors,
                                      n_parts)
 
 
-def fs_scan_factors_lists_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+def fs_scan_factors_lists_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets,
                                    probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`fs_scan_factors_lists_l2` on one contiguous range of queries per thread."""
     _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])  # before compiling
     return _scan_factors_lists_parts(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids,
-                                     row_factors, block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2,
+                                     row_factors, block_offsets, probes, probe_bias, probe_q_sq, is_l2,
                                      k, floors, n_parts)
 
 
 @jit_batch
 def _scan_factors_lists_parts(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors,
-                              block_bounds, block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
+                              block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`_scan_factors_lists` on `n_parts` contiguous ranges of queries, one per thread (the
     fused tables checked by `fs_scan_factors_lists_l2_batch`; the rest here, outside the
     parallel loop)."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, block_bounds)
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
@@ -1993,34 +1881,34 @@ def _scan_factors_lists_parts(qluts, steps, biases, ip, terms, n_levels, blocks,
         a = r * nq // n_parts
         e = (r + 1) * nq // n_parts
         s, i = _scan_factors_lists(qluts[a:e], steps[a:e], biases[a:e], ip[a:e], terms, n_levels, blocks, block_ids,
-                                   row_factors, block_bounds, block_offsets, probes[a:e], probe_bias[a:e],
+                                   row_factors, block_offsets, probes[a:e], probe_bias[a:e],
                                    probe_q_sq[a:e], is_l2, k, floors[a:e])
         out_scores[a:e] = s
         out_ids[a:e] = i
     return out_scores, out_ids
 
 
-def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
+def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
                              probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors_batch` of RB on residuals, each query's probe tables made in a
     scratch of P tables as `fs_scan_factors_lists_l2` makes them; results identical to
     `fs_scan_factors_batch` of `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
     _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])  # before compiling
-    return _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets,
+    return _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets,
                                   probes, probe_bias, probe_q_sq, is_l2, k, floors)
 
 
 @jit_batch
-def _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_bounds, block_offsets, probes,
+def _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
                            probe_bias, probe_q_sq, is_l2, k, floors):
     _check_terms(probe_bias, probe_bias, probe_bias)  # no steps or biases here: made below
-    _check_factor_rows(probe_q_sq, row_factors, block_bounds)
+    _check_factor_rows(probe_q_sq, row_factors)
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):
         qluts, steps, biases = _new_query_tables(tq[qi], tl, np.float32(1.0), probes[qi])
-        s, i = fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_bounds,
+        s, i = fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
                                block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k, floors[qi])
         out_scores[qi] = s
         out_ids[qi] = i
@@ -2047,24 +1935,4 @@ def fs_row_values(values: np.ndarray, block_ids_len: int, list_offsets: np.ndarr
     dest = block_offsets[lists] * BLOCK + (np.arange(values.shape[0]) - np.asarray(list_offsets)[lists])
     out = np.zeros((block_ids_len,) + values.shape[1:], dtype=values.dtype)
     out[dest] = values
-    return out
-
-
-def fs_block_bounds(row_factors: np.ndarray, block_ids: np.ndarray) -> np.ndarray:
-    """Per-block bounds for skipping in `fs_scan_factors`: row_factors float32
-    (n_blocks * 32, 2) of (g, |r|^2) in block row order (`fs_row_values`) and block_ids ->
-    float32 (n_blocks, 3) = (max g, min g, min |r|^2) over each block's real rows (padding
-    rows ignored; a NaN factor gives NaN bounds, which never skip). A 1-D row_factors (g
-    alone as uint16 float16 bits, `fs_scan_factors`'s scaled mode) has |r|^2 = 0."""
-    f = np.asarray(row_factors)
-    if f.ndim == 1:
-        f = np.stack([f.view(np.float16), np.zeros(f.shape, np.float16)], axis=1)
-    f = np.asarray(f, dtype=np.float32).reshape(-1, BLOCK, 2)
-    real = (np.asarray(block_ids) >= 0).reshape(-1, BLOCK)
-    g = f[:, :, 0]
-    out = np.empty((f.shape[0], 3), dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        out[:, 0] = np.where(real, g, -np.inf).max(axis=1, initial=-np.inf)
-        out[:, 1] = np.where(real, g, np.inf).min(axis=1, initial=np.inf)
-        out[:, 2] = np.where(real, f[:, :, 1], np.inf).min(axis=1, initial=np.inf)
     return out

@@ -1,7 +1,7 @@
 """kernels/fastscan.py against tests/reference/pq.py: exact uint16 accumulators (AVX2 and
 scalar paths), the block layout, table quantization bounds and exact scan scores; the
-multi-query scans and RB block skipping against the single-query kernels (bit-identical
-results), and vecz.engine.codecs.CodeIndex's use of them."""
+multi-query and list-major scans against the single-query kernels (bit-identical results),
+and vecz.engine.codecs.CodeIndex's use of them."""
 
 from __future__ import annotations
 
@@ -271,8 +271,7 @@ def test_rb_fast_scan_matches_float_tables(n, dim, levels, is_l2, seed):
     row_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
     qluts, steps, biases = fastscan.fs_quantize_lut(binary.rb_nibble_lut(q, 1)[:, None])
     got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
-                                            np.empty((0, 3), np.float32), block_offsets, probes, bias, q_sq, is_l2, n,
-                                            -np.inf)
+                                            block_offsets, probes, bias, q_sq, is_l2, n, -np.inf)
     assert sorted(got_i.tolist()) == list(range(n))
     ref = dict(zip(ref_i.tolist(), ref_s.tolist()))
     bound = factors[:, 0] * 2 * nbytes * float(steps[0, 0]) * (2 if is_l2 else 1) + 1e-4
@@ -282,8 +281,8 @@ def test_rb_fast_scan_matches_float_tables(n, dim, levels, is_l2, seed):
 
 # --------------------------------------------------------------------------- multi-query scans
 # fs_scan_multi / fs_scan_factors_multi scan a group of queries that probe the same lists in
-# one pass over the codes; RB block skipping (fs_block_bounds) drops blocks that cannot enter
-# the heap. Both are pure speed-ups: every result must equal the single-query kernels' exactly.
+# one pass over the codes, a pure speed-up: every result must equal the single-query kernels'
+# exactly.
 
 ROW_COUNTS = st.one_of(st.sampled_from([0, 1, 31, 32, 33, 100]), st.integers(0, 300))
 MULTI_SETTINGS = settings(max_examples=40, deadline=None, database=None)
@@ -318,7 +317,6 @@ def _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe, sizes=None):
     offsets, ids = random_layout(rng, n, nlist) if sizes is None else _sized_layout(rng, sizes)
     blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
     row_factors = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
-    bounds = fastscan.fs_block_bounds(row_factors, block_ids)
     n_tab = n_probe if per_probe else 1
     q = rng.standard_normal((nq * n_tab, dim)).astype(np.float32)
     luts = binary.rb_nibble_lut(q, 1).reshape(nq, n_tab, -1, 16)
@@ -326,7 +324,7 @@ def _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe, sizes=None):
     probes = _shared_probes(rng, nq, nlist, n_probe)
     bias = rng.standard_normal((nq, n_probe)).astype(np.float32)
     q_sq = (np.abs(rng.standard_normal((nq, n_probe))) * dim).astype(np.float32)
-    return (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
+    return (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias, q_sq)
 
 
 def _readonly(*arrays):
@@ -462,25 +460,20 @@ def test_scan_multi_equals_single(nq, n, m, nlist, n_probe, per_probe, k, group,
        k=st.one_of(st.integers(1, 4), st.integers(1, 130)),
        group=st.sampled_from([1, 3, fastscan.LANES, fastscan.LANES + 3]),
        seed=st.integers(0, 2**32 - 1))
-def test_scan_factors_multi_and_skip_equal_single(nq, n, dim, levels, nlist, n_probe, per_probe, is_l2, k,
-                                                   group, seed):
+def test_scan_factors_multi_equal_single(nq, n, dim, levels, nlist, n_probe, per_probe, is_l2, k, group, seed):
     rng = np.random.default_rng(seed)
-    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+    (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, nq, n, dim, levels, nlist, n_probe, per_probe)
     order, group_offsets = fastscan.fs_query_groups(probes, group)
     ql, sp, bi, pr, pb, qs = (np.ascontiguousarray(a[order]) for a in (qluts, steps, biases, probes, bias, q_sq))
-    no_skip = np.empty((0, 3), dtype=np.float32)
-    _readonly(ql, sp, bi, pr, pb, qs, blocks, block_ids, row_factors, bounds, block_offsets, group_offsets)
+    _readonly(ql, sp, bi, pr, pb, qs, blocks, block_ids, row_factors, block_offsets, group_offsets)
     common = (levels, blocks, block_ids, row_factors)
-    ref_s, ref_i = fastscan.fs_scan_factors_batch(ql, sp, bi, *common, no_skip, block_offsets, pr, pb, qs, is_l2, k,
+    ref_s, ref_i = fastscan.fs_scan_factors_batch(ql, sp, bi, *common, block_offsets, pr, pb, qs, is_l2, k,
                                                   no_floors(ql))
-    runs = [fastscan.fs_scan_factors_batch(ql, sp, bi, *common, bounds, block_offsets, pr, pb, qs, is_l2, k,
-                                           no_floors(ql))]
-    for bnd in (bounds, no_skip):
-        runs.append(fastscan.fs_scan_factors_multi_batch(ql, sp, bi, *common, bnd, block_offsets, pr, pb, qs, is_l2,
-                                                         group_offsets, k, no_floors(ql)))
+    runs = [fastscan.fs_scan_factors_multi_batch(ql, sp, bi, *common, block_offsets, pr, pb, qs, is_l2,
+                                                 group_offsets, k, no_floors(ql))]
     a, e = int(group_offsets[0]), int(group_offsets[1])
-    s, i = fastscan.fs_scan_factors_multi(ql[a:e], sp[a:e], bi[a:e], *common, bounds, block_offsets, pr[a], pb[a:e],
+    s, i = fastscan.fs_scan_factors_multi(ql[a:e], sp[a:e], bi[a:e], *common, block_offsets, pr[a], pb[a:e],
                                           qs[a:e], is_l2, k, no_floors(ql[a:e]))
     runs.append((np.concatenate([s, ref_s[e:]]), np.concatenate([i, ref_i[e:]])))
     for got_s, got_i in runs:
@@ -548,26 +541,24 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
        n_probe=st.integers(1, 4), per_probe=st.booleans(), is_l2=st.booleans(),
        k=st.one_of(st.integers(1, 4), st.integers(1, 130)), special=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_scan_factors_single_equals_numpy(n, dim, levels, nlist, n_probe, per_probe, is_l2, k, special, seed):
-    # The one-query kernel (its block work in one-lane vector IR) against plain numpy, with
-    # and without block skipping: the same scores bit for bit, the same ids and order (ties
-    # by id; duplicate rows; g of both signs and zero; NaN and infinite factors when special).
+    # The one-query kernel (its block work in one-lane vector IR) against plain numpy: the
+    # same scores bit for bit, the same ids and order (ties by id; duplicate rows; g of both
+    # signs and zero; NaN and infinite factors when special).
     rng = np.random.default_rng(seed)
-    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+    (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, 1, n, dim, levels, nlist, n_probe, per_probe)
     if special and row_factors.shape[0]:
         pick = rng.integers(0, row_factors.shape[0], size=3)
         row_factors[pick[0], 0] = np.nan
         row_factors[pick[1], 0] = np.inf
         row_factors[pick[2], 1] = np.inf
-        bounds = fastscan.fs_block_bounds(row_factors, block_ids)
     ref_s, ref_i = _rb_scan_numpy(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
                                   block_offsets, probes[0], bias[0], q_sq[0], is_l2, k)
-    _readonly(blocks, block_ids, row_factors, bounds, block_offsets)
-    for bnd in (bounds, np.empty((0, 3), np.float32)):
-        got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
-                                                bnd, block_offsets, probes[0], bias[0], q_sq[0], is_l2, k, -np.inf)
-        np.testing.assert_array_equal(got_i, ref_i)
-        np.testing.assert_array_equal(got_s, ref_s)
+    _readonly(blocks, block_ids, row_factors, block_offsets)
+    got_s, got_i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], levels, blocks, block_ids, row_factors,
+                                            block_offsets, probes[0], bias[0], q_sq[0], is_l2, k, -np.inf)
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_array_equal(got_s, ref_s)
 
 
 def test_scan_with_a_negative_step_is_exact():
@@ -588,29 +579,26 @@ def test_scan_with_a_negative_step_is_exact():
 
 
 def test_one_query_scans_refuse_float64_terms():
-    # the one-lane kernels hold their per-probe terms as float32 and read the block bounds as
+    # the one-lane kernels hold their per-probe terms (and the factor scans probe_q_sq) as
     # float32: float64 ones are refused, not rounded or misread. Each term through the shared
     # checks (small kernels), and each scan kernel once through them (a float64 signature of a
     # scan kernel is a compile of its own: 16 of them took 24 s of the suite)
     rng = np.random.default_rng(4)
-    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+    (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
-    args = dict(steps=steps[0], biases=biases[0], bias=bias[0], q_sq=q_sq[0], bounds=bounds)
-    fastscan._check_factor_terms(args["steps"], args["biases"], args["bias"], args["q_sq"], row_factors,
-                                 args["bounds"])
+    args = dict(steps=steps[0], biases=biases[0], bias=bias[0], q_sq=q_sq[0])
+    fastscan._check_factor_terms(args["steps"], args["biases"], args["bias"], args["q_sq"], row_factors)
     for name in args:
         wide = {**args, name: args[name].astype(np.float64)}
         with pytest.raises(ValueError, match="float32"):
-            fastscan._check_factor_terms(wide["steps"], wide["biases"], wide["bias"], wide["q_sq"], row_factors,
-                                         wide["bounds"])
-    wide = {**args, "bounds": bounds.astype(np.float64)}
+            fastscan._check_factor_terms(wide["steps"], wide["biases"], wide["bias"], wide["q_sq"], row_factors)
+    wide = {**args, "q_sq": q_sq[0].astype(np.float64)}
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
-                                 wide["bounds"], block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5,
-                                 -np.inf)
+                                 block_offsets, probes[0], wide["bias"], wide["q_sq"], False, 5, -np.inf)
     with pytest.raises(ValueError, match="float32"):  # the group kernel's lanes too
         fastscan.fs_scan_factors_multi(qluts, wide["steps"][None], wide["biases"][None], 2, blocks, block_ids,
-                                       row_factors, wide["bounds"], block_offsets, probes[0], wide["bias"][None],
+                                       row_factors, block_offsets, probes[0], wide["bias"][None],
                                        wide["q_sq"][None], False, 5, no_floors(qluts))
     codes = rng.integers(0, 16, size=(40, 4)).astype(np.uint8)
     blocks, block_ids, block_offsets = fastscan.fs_layout(codes, np.arange(40, dtype=np.int64),
@@ -634,37 +622,20 @@ def test_one_query_scans_refuse_float64_terms():
 def test_scan_factors_refuses_strided_row_factors():
     # the one-lane row kernel reads 32 rows of (g, |r|^2) as one vector
     rng = np.random.default_rng(3)
-    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+    (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
     wide = np.zeros((row_factors.shape[0], 3), np.float32)
     wide[:, :2] = row_factors
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], 2, blocks, block_ids, wide[:, :2], bounds,
+        fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], 2, blocks, block_ids, wide[:, :2],
                                  block_offsets, probes[0], bias[0], q_sq[0], False, 5, -np.inf)
 
 
-def test_block_bounds_cover_real_rows_only():
-    rng = np.random.default_rng(3)
-    n = 70  # three blocks, the last with 6 real rows and 26 padding rows
-    factors = rng.standard_normal((n, 2)).astype(np.float32)
-    offsets = np.array([0, n], np.int64)
-    _, block_ids, _ = fastscan.fs_layout(np.zeros((n, 2), np.uint8), np.arange(n), offsets)
-    rf = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
-    bounds = fastscan.fs_block_bounds(rf, block_ids)
-    assert bounds.shape == (3, 3) and bounds.dtype == np.float32
-    for b, rows in enumerate([slice(0, 32), slice(32, 64), slice(64, 70)]):
-        np.testing.assert_array_equal(bounds[b], [factors[rows, 0].max(), factors[rows, 0].min(),
-                                                  factors[rows, 1].min()])
-    factors[40, 0] = np.nan
-    rf = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
-    assert np.isnan(fastscan.fs_block_bounds(rf, block_ids)[1, :2]).all()  # NaN never skips
-
-
 @pytest.mark.parametrize("is_l2", [False, True])
-def test_skip_keeps_equal_scores_with_smaller_ids(is_l2):
-    # Every row identical: each block's bound equals the heap minimum exactly once the heap
-    # is full, and later blocks hold smaller ids, so a block may only be skipped when its
-    # bound is strictly below the minimum. The k smallest ids must come back.
+def test_equal_scores_keep_smaller_ids(is_l2):
+    # Every row identical, and later blocks hold smaller ids: once a query's top k is full,
+    # every later row ties its k-th score and must still enter by its smaller id. The k
+    # smallest ids must come back from the one-query, group and list-major drivers alike.
     n, dim, k = 200, 16, 5
     rng = np.random.default_rng(0)
     bits = np.repeat(rng.integers(0, 256, size=(1, 1, 2)).astype(np.uint8), n, axis=0)
@@ -673,18 +644,17 @@ def test_skip_keeps_equal_scores_with_smaller_ids(is_l2):
     offsets = np.array([0, n], np.int64)
     blocks, block_ids, block_offsets = fastscan.fs_layout(binary.rb_nibbles(bits), ids, offsets)
     rf = fastscan.fs_row_values(factors, block_ids.shape[0], offsets)
-    bounds = fastscan.fs_block_bounds(rf, block_ids)
     qluts, steps, biases = fastscan.fs_quantize_lut(
         binary.rb_nibble_lut(rng.standard_normal((3, dim)).astype(np.float32), 1)[:, None])
     probes = np.zeros((3, 1), np.int64)
     bias = np.zeros((3, 1), np.float32)
     q_sq = np.full((3, 1), 4.0, np.float32)
-    s, i = fastscan.fs_scan_factors_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds, block_offsets,
+    s, i = fastscan.fs_scan_factors_batch(qluts, steps, biases, 1, blocks, block_ids, rf, block_offsets,
                                           probes, bias, q_sq, is_l2, k, no_floors(qluts))
-    sm, im = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds,
+    sm, im = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, 1, blocks, block_ids, rf,
                                                   block_offsets, probes, bias, q_sq, is_l2, np.array([0, 3]), k,
                                                   no_floors(qluts))
-    sl, il = fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, 1, blocks, block_ids, rf, bounds,
+    sl, il = fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, 1, blocks, block_ids, rf,
                                                   block_offsets, probes, bias, q_sq, is_l2, k, no_floors(qluts), 1)
     for got in (i, im, il):
         np.testing.assert_array_equal(got, np.tile(np.arange(k), (3, 1)))
@@ -695,12 +665,12 @@ def test_skip_keeps_equal_scores_with_smaller_ids(is_l2):
 @MULTI_SETTINGS
 @given(n=st.integers(33, 400), dim=st.sampled_from([8, 24, 40]), levels=st.integers(1, 3), is_l2=st.booleans(),
        k=st.integers(1, 6), negative_step=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_skip_bound_holds_for_every_sign(n, dim, levels, is_l2, k, negative_step, seed):
+def test_scan_factors_multi_equal_single_for_every_sign(n, dim, levels, is_l2, k, negative_step, seed):
     # Scores t = base + step * comb straddling zero (step of either sign) and g of both
-    # signs: the block bound must take the largest of its four corner products, or skipping
-    # drops rows (the engine's tables give step > 0 and mostly negative t; this is harsher).
+    # signs (the engine's tables give step > 0 and mostly negative t; this is harsher): the
+    # one-query kernel equals the numpy reference, and the group kernel equals it bit for bit.
     rng = np.random.default_rng(seed)
-    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias,
+    (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, 3, n, dim, levels, 1, 1, False)
     level_pairs = blocks.shape[1] // levels
     comb = np.zeros(block_ids.shape[0])
@@ -714,17 +684,18 @@ def test_skip_bound_holds_for_every_sign(n, dim, levels, is_l2, k, negative_step
     steps = np.full_like(steps, rng.uniform(0.01, 0.1) * (-1 if negative_step else 1))
     biases = np.full_like(biases, -steps[0, 0] * np.median(comb) / level_sum)
     probes = np.zeros_like(probes)  # one list, shared by the group
-    no_skip = np.empty((0, 3), dtype=np.float32)
     args = (levels, blocks, block_ids, row_factors)
-    ref = fastscan.fs_scan_factors_batch(qluts, steps, biases, *args, no_skip, block_offsets, probes, bias, q_sq,
+    ref = fastscan.fs_scan_factors_batch(qluts, steps, biases, *args, block_offsets, probes, bias, q_sq,
                                          is_l2, k, no_floors(qluts))
-    one = fastscan.fs_scan_factors_batch(qluts, steps, biases, *args, bounds, block_offsets, probes, bias, q_sq,
-                                         is_l2, k, no_floors(qluts))
-    multi = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, *args, bounds, block_offsets, probes, bias,
+    multi = fastscan.fs_scan_factors_multi_batch(qluts, steps, biases, *args, block_offsets, probes, bias,
                                                  q_sq, is_l2, np.array([0, 3]), k, no_floors(qluts))
-    for got_s, got_i in (one, multi):
-        np.testing.assert_array_equal(got_i, ref[1])
-        np.testing.assert_array_equal(got_s, ref[0])
+    for q in range(qluts.shape[0]):
+        want_s, want_i = _rb_scan_numpy(qluts[q], steps[q], biases[q], *args, block_offsets, probes[q], bias[q],
+                                        q_sq[q], is_l2, k)
+        np.testing.assert_array_equal(ref[1][q], want_i)
+        np.testing.assert_array_equal(ref[0][q], want_s)
+    np.testing.assert_array_equal(multi[1], ref[1])
+    np.testing.assert_array_equal(multi[0], ref[0])
 
 
 @pytest.mark.parametrize("spec", ["RB1", "RB2", "PQ16x4", "IVF3,RB2", "IVF3,PQ16x4"])
@@ -923,17 +894,16 @@ def test_scan_l2_fused_refuses_bad_tables():
        seed=st.integers(0, 2**32 - 1))
 def test_scan_factors_lists_equal_single(nq, sizes, dim, levels, n_probe, per_probe, is_l2, k, n_parts, seed):
     rng = np.random.default_rng(seed)
-    (qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, _, bias,
+    (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, _, bias,
      q_sq) = _rb_inputs(rng, nq, 0, dim, levels, 0, n_probe, per_probe, sizes=sizes)
     probes = _own_probes(rng, nq, len(sizes), n_probe)
-    no_skip = np.empty((0, 3), dtype=np.float32)
-    _readonly(qluts, steps, biases, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
+    _readonly(qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias, q_sq)
     common = (qluts, steps, biases, levels, blocks, block_ids, row_factors)
     tail = (block_offsets, probes, bias, q_sq, is_l2, k)
     floors = no_floors(common[0])
-    ref_s, ref_i = fastscan.fs_scan_factors_batch(*common, no_skip, *tail, floors)
-    runs = [fastscan.fs_scan_factors_lists_batch(*common, bnd, *tail, floors, n_parts) for bnd in (bounds, no_skip)]
-    runs.append(fastscan.fs_scan_factors_lists(*common, bounds, *tail, floors))
+    ref_s, ref_i = fastscan.fs_scan_factors_batch(*common, *tail, floors)
+    runs = [fastscan.fs_scan_factors_lists_batch(*common, *tail, floors, n_parts),
+            fastscan.fs_scan_factors_lists(*common, *tail, floors)]
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, ref_i)
         np.testing.assert_array_equal(got_s, ref_s)
@@ -947,11 +917,11 @@ def test_scan_factors_lists_equal_single(nq, sizes, dim, levels, n_probe, per_pr
 def test_scan_factors_scaled_mode_equals_numpy(nq, sizes, dim, n_probe, per_probe, k, group, n_parts, special, seed):
     # PQ x4 under cosine (engine/quantizers.py): g = 1 / |x_hat| alone, float16 bits, one per
     # block row, scaling the whole score g * ((bias + pbias) + step * acc). The one-query
-    # kernel (with and without block bounds), the multi-query one (groups of queries with the
-    # same probes) and the list-major one all equal plain numpy bit for bit: ties by id
+    # kernel, the multi-query one (groups of queries with the same probes) and the
+    # list-major one all equal plain numpy bit for bit: ties by id
     # (duplicate g), g of 0, negative probe biases, and inf/NaN g when special.
     rng = np.random.default_rng(seed)
-    (qluts, steps, biases, blocks, block_ids, _, _, block_offsets, _, bias,
+    (qluts, steps, biases, blocks, block_ids, _, block_offsets, _, bias,
      _) = _rb_inputs(rng, nq, 0, dim, 1, 0, n_probe, per_probe, sizes=sizes)
     probes = _shared_probes(rng, nq, len(sizes), n_probe)
     n_rows = block_ids.shape[0]
@@ -962,21 +932,18 @@ def test_scan_factors_scaled_mode_equals_numpy(nq, sizes, dim, n_probe, per_prob
         if special:
             g[rng.integers(0, n_rows, size=2)] = [np.inf, np.nan]
     g = g.view(np.uint16)
-    bounds = fastscan.fs_block_bounds(g, block_ids)
     q_sq = np.zeros(bias.shape, np.float32)
-    no_skip = np.empty((0, 3), dtype=np.float32)
     floors = no_floors(qluts)
     ref = [_rb_scan_numpy(qluts[q], steps[q], biases[q], 1, blocks, block_ids, g, block_offsets, probes[q], bias[q],
                           q_sq[q], False, k) for q in range(nq)]
     ref_s, ref_i = np.stack([r[0] for r in ref]), np.stack([r[1] for r in ref])
     common = (qluts, steps, biases, 1, blocks, block_ids, g)
-    runs = [fastscan.fs_scan_factors_batch(*common, bnd, block_offsets, probes, bias, q_sq, False, k, floors)
-            for bnd in (bounds, no_skip)]
-    runs.append(fastscan.fs_scan_factors_lists_batch(*common, no_skip, block_offsets, probes, bias, q_sq, False, k,
-                                                     floors, n_parts))
+    runs = [fastscan.fs_scan_factors_batch(*common, block_offsets, probes, bias, q_sq, False, k, floors),
+            fastscan.fs_scan_factors_lists_batch(*common, block_offsets, probes, bias, q_sq, False, k, floors,
+                                                 n_parts)]
     order, group_offsets = fastscan.fs_query_groups(probes, group)
     ql, sp, bi, pr, pb, qs = (np.ascontiguousarray(a[order]) for a in (qluts, steps, biases, probes, bias, q_sq))
-    s, i = fastscan.fs_scan_factors_multi_batch(ql, sp, bi, 1, blocks, block_ids, g, no_skip, block_offsets, pr, pb,
+    s, i = fastscan.fs_scan_factors_multi_batch(ql, sp, bi, 1, blocks, block_ids, g, block_offsets, pr, pb,
                                                 qs, False, group_offsets, k, floors)
     out_s, out_i = np.empty_like(s), np.empty_like(i)
     out_s[order], out_i[order] = s, i
@@ -991,12 +958,11 @@ def test_scaled_mode_refuses_strided_or_wide_factors():
     # is refused by the check every factor scan runs first (called here on its own: inside
     # the batch kernels' parallel loop the error surfaces as SystemError)
     q_sq = np.zeros(1, np.float32)
-    bounds = np.empty((0, 3), np.float32)
     g = np.ones(128, np.float16).view(np.uint16)
-    fastscan._check_factor_rows(q_sq, g[:64], bounds)
+    fastscan._check_factor_rows(q_sq, g[:64])
     for bad in (g[::2], g[:64].view(np.float16).astype(np.float32)):
         with pytest.raises(ValueError, match="float16"):
-            fastscan._check_factor_rows(q_sq, bad, bounds)
+            fastscan._check_factor_rows(q_sq, bad)
 
 
 @LIST_SETTINGS
@@ -1007,28 +973,27 @@ def test_scaled_mode_refuses_strided_or_wide_factors():
 def test_scan_factors_l2_fused_equals_materialized(nq, sizes, dim, levels, n_probe, is_l2, k, n_parts, floored,
                                                    seed):
     # RB on residuals: the scans that make each probe's level-0 table tq[q] - tl[l] where
-    # they reach it (list-major batch and serial, one query at a time with block bounds)
+    # they reach it (list-major batch and serial, and one query at a time)
     # equal fs_scan_factors_batch over fs_quantize_lut of those tables written out first,
     # bit for bit (symbols 2..66: groups of 16 rows and the rest; levels 1-3; probes -1 and
     # repeated; k > n; floors)
     rng = np.random.default_rng(seed)
-    (_, _, _, blocks, block_ids, row_factors, bounds, block_offsets, _, bias,
+    (_, _, _, blocks, block_ids, row_factors, block_offsets, _, bias,
      q_sq) = _rb_inputs(rng, nq, 0, dim, levels, 0, n_probe, True, sizes=sizes)
     nlist = len(sizes)
     tq = binary.rb_nibble_lut(rng.standard_normal((nq, dim)).astype(np.float32), 1)
     tl = binary.rb_nibble_lut(rng.standard_normal((nlist, dim)).astype(np.float32), 1)
     probes = _own_probes(rng, nq, nlist, n_probe)
     qluts, steps, biases = fastscan.fs_quantize_lut(probe_luts_ref(tq, tl, probes, w=1.0))
-    _readonly(tq, tl, blocks, block_ids, row_factors, bounds, block_offsets, probes, bias, q_sq)
-    no_skip = np.empty((0, 3), dtype=np.float32)
+    _readonly(tq, tl, blocks, block_ids, row_factors, block_offsets, probes, bias, q_sq)
     rows = (levels, blocks, block_ids, row_factors)
     tail = (block_offsets, probes, bias, q_sq, is_l2, k)
-    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, no_skip, *tail, no_floors(qluts))
+    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, *tail, no_floors(qluts))
     floors = draw_floors(*want, rng) if floored else no_floors(qluts)
-    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, no_skip, *tail, floors)
-    runs = [fastscan.fs_scan_factors_l2_batch(tq, tl, *rows, bounds, *tail, floors),
-            fastscan.fs_scan_factors_lists_l2_batch(tq, tl, *rows, no_skip, *tail, floors, n_parts),
-            fastscan.fs_scan_factors_lists_l2(tq, tl, *rows, bounds, *tail, floors)]
+    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, *tail, floors)
+    runs = [fastscan.fs_scan_factors_l2_batch(tq, tl, *rows, *tail, floors),
+            fastscan.fs_scan_factors_lists_l2_batch(tq, tl, *rows, *tail, floors, n_parts),
+            fastscan.fs_scan_factors_lists_l2(tq, tl, *rows, *tail, floors)]
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, want[1])
         np.testing.assert_array_equal(got_s, want[0])

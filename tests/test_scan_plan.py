@@ -373,7 +373,6 @@ def test_fast_scan_drivers_skip_negative_ids(n, nq, k, levels, seed):
     q_sq = np.abs(rng.normal(size=(nq, 2))).astype(np.float32)
     groups = np.append(np.arange(0, nq, fastscan.LANES), nq).astype(np.int64)
     rf = fastscan.fs_row_values(np.abs(rng.normal(size=(n, 2))).astype(np.float32), block_ids.shape[0], offsets)
-    bounds = fastscan.fs_block_bounds(rf, block_ids)  # built before the deaths, as in CodeIndex
     runs = []
 
     def _floors(fl):
@@ -388,17 +387,15 @@ def test_fast_scan_drivers_skip_negative_ids(n, nq, k, levels, seed):
             lambda b, kk, fl=None: fastscan.fs_scan_lists_batch(qluts, steps, biases, blocks, b, block_offsets,
                                                                 probes, bias, kk, _floors(fl), 2),
         ]
-    no_bounds = np.empty((0, 3), np.float32)
-    for l2 in (False, True):  # RB drivers, with block bounds (the list-major one without)
+    for l2 in (False, True):  # RB drivers
         runs += [
             lambda b, kk, fl=None, l2=l2: fastscan.fs_scan_factors_batch(
-                qluts, steps, biases, levels, blocks, b, rf, bounds, block_offsets, probes, bias, q_sq, l2, kk,
-                _floors(fl)),
+                qluts, steps, biases, levels, blocks, b, rf, block_offsets, probes, bias, q_sq, l2, kk, _floors(fl)),
             lambda b, kk, fl=None, l2=l2: fastscan.fs_scan_factors_multi_batch(
-                qluts, steps, biases, levels, blocks, b, rf, bounds, block_offsets, probes, bias, q_sq, l2, groups, kk,
+                qluts, steps, biases, levels, blocks, b, rf, block_offsets, probes, bias, q_sq, l2, groups, kk,
                 _floors(fl)),
             lambda b, kk, fl=None, l2=l2: fastscan.fs_scan_factors_lists_batch(
-                qluts, steps, biases, levels, blocks, b, rf, no_bounds, block_offsets, probes, bias, q_sq, l2, kk,
+                qluts, steps, biases, levels, blocks, b, rf, block_offsets, probes, bias, q_sq, l2, kk,
                 _floors(fl), 2),
         ]
     for run in runs:
