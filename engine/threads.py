@@ -121,18 +121,20 @@ class query_threads:
     scopes `Codec.plan` and `CodeIndex.scan` open inside it cost next to nothing.
     """
 
-    __slots__ = ("_blas", "_threads", "_serial", "_outer", "_region")
+    __slots__ = ("_nq", "_blas", "_threads", "_serial", "_outer", "_region")
 
     def __init__(self, nq: int, parallel_min: int) -> None:
-        self._blas = _SerialBlas() if nq < SERIAL_BLAS_QUERIES else None
+        self._nq = nq
         self._serial = nq < parallel_min
-        self._threads = 0
         self._outer = False
-        self._region = parallel_region(True)
 
     def __enter__(self) -> "query_threads":
         if getattr(_local, "active", False):
             return self  # inside another scope on this thread: it holds the policy
+        # made here, by the outermost scope only (a search nests three or four)
+        self._blas = _SerialBlas() if self._nq < SERIAL_BLAS_QUERIES else None
+        self._threads = 0
+        self._region = parallel_region(True)
         # a fork on another thread waits for this call's parallel regions (engine/parallel.py);
         # where the guard says no, the call's kernels run on this thread alone
         if not self._region.__enter__():
