@@ -483,7 +483,11 @@ class Codec:
         """Rows as coded: unit-normalised for cosine, MRL-truncated (and renormalised for
         cosine/ip). A vector of norm zero has no direction: under cosine, or when MRL must
         renormalise an all-zero prefix, it is an `InvalidInput` rather than an arbitrary code."""
-        arr = _as_vectors(x, self.dim, what, column)
+        return self._prepare_rows(_as_vectors(x, self.dim, what, column), what)
+
+    def _prepare_rows(self, arr: np.ndarray, what: str) -> np.ndarray:
+        """`_prepare` of rows `_as_vectors` already checked (float32 (n, dim), C-contiguous,
+        finite)."""
         if self.metric == "cosine":
             arr, zero = transform.normalize_rows_checked(arr)
             if zero >= 0:
@@ -707,8 +711,13 @@ class Codec:
         ``vecz.engine.threads.query_threads`` scope, that scope's policy holds instead.
         """
         self._check_search(nprobe, sdc)
+        return self._plan_rows(_as_vectors(queries, self.dim, "queries"), nprobe, sdc)
+
+    def _plan_rows(self, x: np.ndarray, nprobe: int, sdc: bool) -> QueryPlan:
+        """`plan` of queries `_as_vectors` already checked, with nprobe and sdc checked (a
+        store's search checks them once, `search.check_search_args`)."""
         self._require()
-        x = self._prepare(queries, "queries")
+        x = self._prepare_rows(np.ascontiguousarray(x, dtype=np.float32), "queries")
         with query_threads(x.shape[0], CodeIndex.PARALLEL_MIN_QUERIES):
             probes, probe_ip = self._probe(x, nprobe)
             return self._plan(x, probes, probe_ip, sdc)

@@ -138,7 +138,7 @@ def _shortlist_plan(codec: Codec, segments: list[Segment], x: np.ndarray, depth:
                     sdc: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """`_shortlist` of queries whose tables make one plan."""
     nq = x.shape[0]
-    plan = codec.plan(x, nprobe=nprobe, sdc=sdc)
+    plan = codec._plan_rows(x, nprobe, sdc)  # x, nprobe and sdc were checked by the caller
     parts_s, parts_r, parts_g, parts_k = [], [], [], []
     candidates = 0
     # Biggest segment first; each later one is scanned above the depth-th best code score
@@ -208,12 +208,18 @@ def _segments_in(seg_of: np.ndarray) -> list[int]:
 
 def _locate(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     """Where each candidate's exact vector lives: index into the returned readers (-1 where
-    seg_of < 0) and row within that dense file."""
+    seg_of < 0) and row within that dense file (-1 there too)."""
+    present = _segments_in(seg_of)
+    if len(present) == 1 and len(segments[present[0]].dense) == 1:  # the usual case, in fewer steps
+        seg = segments[present[0]]
+        found = seg_of >= 0
+        _, r = seg.dense_location(np.where(found, rows, 0))
+        return found.astype(np.int64) - 1, np.where(found, r, -1), [seg.dense[0]]
     reader_ix = np.full(rows.shape, -1, dtype=np.int64)
     dense_row = np.full(rows.shape, -1, dtype=np.int64)
     readers: list = []
     slot: dict[int, int] = {}
-    for g in _segments_in(seg_of):
+    for g in present:
         seg = segments[g]
         at = seg_of == g
         f, r = seg.dense_location(rows[at])
@@ -236,7 +242,9 @@ def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarr
     exact = np.zeros(rows.shape, dtype=np.float64)
     rescore = dense_kernels.dense_rescore_batch if parallel else dense_kernels.dense_rescore
     kind = _RESCORE[metric]
-    parts = [(j, np.where(reader_ix == j, dense_row, -1)) for j in range(len(readers))]
+    # one file: dense_row is already -1 wherever reader_ix is
+    parts = [(0, dense_row)] if len(readers) == 1 else [(j, np.where(reader_ix == j, dense_row, -1))
+                                                        for j in range(len(readers))]
     for (j, local), hint in zip(parts, _hints(prefetch, x.shape[0], readers)):
         if hint:
             readers[j].will_need(local)  # -1 (not this file) is skipped

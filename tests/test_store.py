@@ -881,13 +881,13 @@ def test_search_plans_a_batch_by_chunks_within_the_table_budget(tmp_path, monkey
         s.add(x[500:])
         want = s.search(q, 7, nprobe=nprobe, rerank=15)
         nqs = []
-        plan = s.codec.plan
+        plan = s.codec._plan_rows  # what the search plans with (its queries already checked)
 
-        def spy(queries, **kw):
+        def spy(queries, *args):
             nqs.append(len(queries))
-            return plan(queries, **kw)
+            return plan(queries, *args)
 
-        monkeypatch.setattr(s.codec, "plan", spy)
+        monkeypatch.setattr(s.codec, "_plan_rows", spy)
         monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 5 * s.codec.quantizer.table_bytes(s.codec.width))
         assert s.codec.queries_per_plan(nprobe) == 5
         got = s.search(q, 7, nprobe=nprobe, rerank=15)
