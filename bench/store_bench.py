@@ -7,6 +7,9 @@
   ratio is against the fastest faiss configuration whose recall@10 is at least vecz's;
 - RAM: resident set of a fresh process before and after `Store.open` (subprocess), against
   1.3 x (codes + ids + trained arrays) + 64 MB;
+- single: one query at a time, the dense files read whole first (warm), p50 / p99 latency of
+  `Store.search` beside faiss's `index.search` of one query (the same sweep, vectors in RAM),
+  against the faiss configuration with the lowest p50 whose recall@10 is at least vecz's;
 - cold cache: the dense files' pages evicted (posix_fadvise DONTNEED, which needs no root,
   before every query), p50/p99 latency of one-query searches and the bytes the process read
   from storage (/proc/self/io read_bytes) per query, beside the rows and bytes vecz reports;
@@ -145,9 +148,26 @@ def part_quality(args, base, queries, gt, specs, out):
     out["quality"] = rows
 
 
-def faiss_sweep(base, queries, gt, nlist: int):
+def _single_p50(search, queries: np.ndarray) -> tuple[float, float]:
+    """p50 and p99 ms of `search` over each query alone (the first 20 again as warm-up)."""
+    for i in range(min(20, len(queries))):
+        search(queries[i : i + 1])
+    lat = []
+    for i in range(len(queries)):
+        t = time.perf_counter()
+        search(queries[i : i + 1])
+        lat.append(time.perf_counter() - t)
+    lat_ms = np.array(lat) * 1e3
+    return float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 99))
+
+
+def faiss_sweep(base, queries, gt, nlist: int, single: np.ndarray | None = None):
+    """faiss's in-RAM refine configurations swept: recall@10 on `queries` and their QPS on
+    one thread, or with `single` (queries) the p50 / p99 ms of one query at a time instead."""
     xb = base / np.linalg.norm(base, axis=1, keepdims=True)
     xq = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    if single is not None:
+        single = single / np.linalg.norm(single, axis=1, keepdims=True)
     rows = []
     threads(2)
     flat = faiss.index_factory(base.shape[1], "PQ96x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
@@ -160,20 +180,26 @@ def faiss_sweep(base, queries, gt, nlist: int):
     for kf in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50):
         params = faiss.IndexRefineSearchParameters(k_factor=kf)
         _, ids = flat.search(xq, K, params=params)
-        t = best_time(lambda: flat.search(xq, K, params=params))
-        rows.append({"faiss": "PQ96x4fs,RFlat", "k_factor": kf, "nprobe": None,
-                     "recall@10": recall(ids, gt), "qps": len(xq) / t})
+        row = {"faiss": "PQ96x4fs,RFlat", "k_factor": kf, "nprobe": None, "recall@10": recall(ids, gt)}
+        rows.append({**row, **_faiss_time(flat, xq, params, single)})
     for nprobe in (32, 64, 96, 128, 160, 192, 256, 384, 512):
         for kf in (2, 4, 5, 6, 8, 10, 12, 15, 20):
             base_params = faiss.SearchParametersIVF(nprobe=nprobe)
             params = faiss.IndexRefineSearchParameters(k_factor=kf, base_index_params=base_params)
             _, ids = ivf.search(xq, K, params=params)
-            t = best_time(lambda: ivf.search(xq, K, params=params))
-            rows.append({"faiss": f"IVF{nlist},PQ96x4fs,RFlat", "k_factor": kf, "nprobe": nprobe,
-                         "recall@10": recall(ids, gt), "qps": len(xq) / t})
+            row = {"faiss": f"IVF{nlist},PQ96x4fs,RFlat", "k_factor": kf, "nprobe": nprobe,
+                   "recall@10": recall(ids, gt)}
+            rows.append({**row, **_faiss_time(ivf, xq, params, single)})
     for r in rows:
         print("faiss", json.dumps(r), flush=True)
     return rows
+
+
+def _faiss_time(index, xq: np.ndarray, params, single: np.ndarray | None) -> dict:
+    if single is None:
+        return {"qps": len(xq) / best_time(lambda: index.search(xq, K, params=params))}
+    p50, p99 = _single_p50(lambda one: index.search(one, K, params=params), single)
+    return {"p50_ms": p50, "p99_ms": p99}
 
 
 def _point(text: str) -> tuple[str, int | str, str | None]:
@@ -211,6 +237,36 @@ def part_speed(args, base, queries, gt, out):
         rows.append(row)
         print("speed", json.dumps(row), flush=True)
     out["speed"] = {"vecz": rows, "faiss": faiss_rows, "nq": len(q), "threads": 1}
+
+
+def part_single(args, base, queries, gt, out):
+    q = queries[: args.nq_speed]
+    g = gt[: args.nq_speed]
+    one = queries[: args.nq_single]
+    faiss_rows = faiss_sweep(base, q, g, args.nlist, single=one)
+    rows = []
+    for point in args.points:
+        spec, r, nprobe = _point(point)
+        path = ensure_store(args, base, spec)
+        threads(1)
+        kw = {"rerank": r}
+        if nprobe:
+            kw["nprobe"] = int(nprobe)
+        with Store.open(path) as s:
+            if isinstance(r, str):
+                s.error_model()  # calibrated once per open store, not timed
+            rec = recall(s.search(q, K, **kw).ids, g)
+            _read_whole(sorted(path.glob("dense-*.arrow")))  # warm, and seen as cached at the next look
+            time.sleep(RESIDENCY_RECHECK_S + 0.1)
+            p50, p99 = _single_p50(lambda x: s.search(x, K, **kw), one)
+        match = [f for f in faiss_rows if f["recall@10"] >= rec]
+        best = min(match, key=lambda f: f["p50_ms"]) if match else max(faiss_rows, key=lambda f: f["recall@10"])
+        row = {"spec": spec, "rerank": r, "nprobe": nprobe and int(nprobe), "recall@10": rec, "p50_ms": p50,
+               "p99_ms": p99, "faiss_best": best, "faiss_reaches_recall": bool(match),
+               "speed_ratio": best["p50_ms"] / p50}
+        rows.append(row)
+        print("single", json.dumps(row), flush=True)
+    out["single"] = {"vecz": rows, "faiss": faiss_rows, "nq": len(one), "threads": 1}
 
 
 _RAM_CHILD = """
@@ -387,6 +443,7 @@ def main() -> None:
     p.add_argument("--parts", default="build,quality,speed,ram,cold")
     p.add_argument("--nq-speed", type=int, default=1000)
     p.add_argument("--nq-cold", type=int, default=200)
+    p.add_argument("--nq-single", type=int, default=500)
     p.add_argument("--nlist", type=int, default=1372)
     p.add_argument("--work", default="/tmp/vecz-store-bench")
     p.add_argument("--rebuild", action="store_true")
@@ -411,6 +468,8 @@ def main() -> None:
         part_quality(args, base, queries, gt, specs, out)
     if "speed" in parts:
         part_speed(args, base, queries, gt, out)
+    if "single" in parts:
+        part_single(args, base, queries, gt, out)
     if "ram" in parts:
         part_ram(args, base, specs, out)
     if "cold" in parts:
