@@ -475,11 +475,11 @@ class AutoWalk:
         self.z_hi = z_hi
         self.qn = _query_norms(metric, x)
         scale = self.qn[:, None] * _scales(segments, seg_of, rows, self.per_row)
-        # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py)
-        upper = np.where(valid, self.better + z_hi * scale, -np.inf)
-        self.order = np.argsort(-upper, axis=1, kind="stable")
-        self.up_sorted = np.ascontiguousarray(np.take_along_axis(upper, self.order, axis=1))
-        self.n_valid = valid.sum(axis=1).astype(np.int64)
+        # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py): its
+        # candidates by upper bound better + z_hi * scale, best first
+        self.order, self.up_sorted, self.n_valid = dense_kernels.walk_order(
+            self.better, np.ascontiguousarray(z_hi, dtype=np.float64), np.ascontiguousarray(scale, dtype=np.float64),
+            valid)
         self.reader_ix, self.dense_row, self.readers = _locate(segments, np.where(valid, seg_of, -1), rows)
         nq = x.shape[0]
         self.exact = np.zeros(valid.shape, dtype=np.float64)

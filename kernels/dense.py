@@ -43,6 +43,7 @@ __all__ = [
     "walk_start",
     "walk_seed",
     "walk_floor",
+    "walk_order",
     "vector_list",
     "WALK_STATE",
     "RESCORE_IP",
@@ -659,6 +660,33 @@ def vector_list(first):
     out = List()
     out.append(first)
     return out
+
+
+@jit
+def walk_order(better, z_hi, scale, valid):
+    """The order a bounded walk visits its candidates in: upper = better + z_hi * scale
+    (float64 (nq, C) each; -inf where not `valid`), and per query the candidates sorted by
+    upper bound descending, ties in shortlist order (a stable sort of -upper, as numpy's
+    ``argsort(kind="stable")``). Returns order int64 (nq, C), the sorted bounds float64
+    (nq, C) and the valid candidates' count int64 (nq,). One compiled call instead of six
+    numpy calls over a lone query's (1, C) arrays."""
+    nq, c = better.shape
+    order = np.empty((nq, c), dtype=np.int64)
+    up_sorted = np.empty((nq, c), dtype=np.float64)
+    n_valid = np.zeros(nq, dtype=np.int64)
+    neg = np.empty(c, dtype=np.float64)
+    for i in range(nq):
+        for j in range(c):
+            if valid[i, j]:
+                neg[j] = -(better[i, j] + z_hi[i, j] * scale[i, j])
+                n_valid[i] += 1
+            else:
+                neg[j] = np.inf
+        o = np.argsort(neg, kind="mergesort")
+        for j in range(c):
+            order[i, j] = o[j]
+            up_sorted[i, j] = -neg[o[j]]
+    return order, up_sorted, n_valid
 
 
 @jit

@@ -220,3 +220,27 @@ def test_rescore_four_rows_at_once_equals_one_at_a_time(nq, n, dim, depth, metri
         assert fn(queries, passed, rows, metric, four) == fn(queries, strided, rows, metric, one)
         np.testing.assert_array_equal(np.isnan(four), np.isnan(one))
         assert (four[~np.isnan(four)].view(np.int64) == one[~np.isnan(one)].view(np.int64)).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(nq=st.integers(1, 5), c=st.integers(0, 40), seed=st.integers(0, 2**31 - 1), ties=st.booleans())
+def test_walk_order_equals_numpy(nq, c, seed, ties):
+    # `walk_order` replaces AutoWalk's numpy steps; the same order (stable: ties in
+    # shortlist order), the same bounds bit for bit (+-0 and -inf for invalid candidates
+    # included) and the same counts
+    rng = np.random.default_rng(seed)
+    better = rng.standard_normal((nq, c))
+    if ties:
+        better = np.round(better, 1)
+        better[rng.random((nq, c)) < 0.2] = 0.0
+        better[rng.random((nq, c)) < 0.1] = -0.0
+    z_hi = rng.choice([0.0, 0.5, 1e300], size=(nq, c)) if ties else rng.random((nq, c))
+    scale = rng.choice([0.0, 1.0, 2.0], size=(nq, c)) if ties else rng.random((nq, c))
+    valid = rng.random((nq, c)) < 0.8
+    upper = np.where(valid, better + z_hi * scale, -np.inf)
+    want_order = np.argsort(-upper, axis=1, kind="stable")
+    want_up = np.take_along_axis(upper, want_order, axis=1)
+    order, up, n_valid = dense.walk_order(better, z_hi, scale, valid)
+    np.testing.assert_array_equal(order, want_order)
+    np.testing.assert_array_equal(up.view(np.int64), want_up.view(np.int64))  # bits: -0.0 stays -0.0
+    np.testing.assert_array_equal(n_valid, valid.sum(axis=1))
