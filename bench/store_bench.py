@@ -60,6 +60,7 @@ def recall(found: np.ndarray, gt: np.ndarray) -> float:
 
 
 def threads(n: int) -> None:
+    n = min(n, numba.config.NUMBA_NUM_THREADS)  # NUMBA_NUM_THREADS=1 caps both sides
     numba.set_num_threads(n)
     faiss.omp_set_num_threads(n)
     set_blas_threads(n)

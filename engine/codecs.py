@@ -711,6 +711,7 @@ class Codec:
         ``vecz.engine.threads.query_threads`` scope, that scope's policy holds instead.
         """
         self._check_search(nprobe, sdc)
+        self._require()  # an untrained codec says so before judging the queries (as `encode`)
         return self._plan_rows(_as_vectors(queries, self.dim, "queries"), nprobe, sdc)
 
     def _plan_rows(self, x: np.ndarray, nprobe: int, sdc: bool) -> QueryPlan:
@@ -732,7 +733,7 @@ class Codec:
         return plan_rows(self, max(1, n_probe), CodeIndex.TABLE_BUDGET, sdc)
 
     def _check_search(self, nprobe: Any, sdc: bool) -> None:
-        if not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+        if not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, (bool, np.bool_)) or nprobe < 1:
             raise InvalidInput(f"nprobe must be an integer >= 1, found {nprobe!r}")
         if sdc and not self.quantizer.has_sdc:
             raise InvalidInput(f"sdc=True needs an RB codec, found {self.spec!r}")

@@ -21,8 +21,8 @@ import), and otherwise runs a scalar loop with identical integer results. Refere
 Batches of queries that probe the same lists (every query without IVF) are scanned by the
 `*_multi` kernels: each block's code bytes are loaded and split into nibbles once for
 LANES queries (faiss's `qbs`), and the per-block float work (RB level sums, row scores and
-the filter against each query's threshold) runs on all lanes at once in vector IR. Both only
-save work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py). Every
+the filter against each query's threshold) runs on all lanes at once in vector IR. This
+only saves work: results equal the one-query kernels' bit for bit (tests/test_fastscan.py). Every
 kernel here keeps each query's top k in a reservoir (kernels/topk.py: rows appended, cut to
 the best k when full) instead of a heap: rows come in no useful order, and a heap's sift for
 each admitted row took half of a flat scan at k = 100-200. So block ids are at most
@@ -1355,7 +1355,8 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     Every block's rows are scored and filtered against the threshold in vector code. (A
     per-block bound of the best score, from each block's range of g and |r|^2, used to skip
     blocks before that: on wordnet-minilm and -gemma it cost more than it skipped, the
-    kernel 14-29% slower with it for RB1, RB2 and PQ x4, flat and IVF, ip, l2 and cosine.)
+    kernel took 1.16-1.41x as long with it for RB1, RB2 and PQ x4, flat and IVF, ip, l2 and
+    cosine.)
 
     Scaled mode (PQ x4's cosine to the reconstruction, engine/quantizers.py): row_factors
     1-D uint16 (n_blocks * 32,) holds g alone as float16 bits (Numba has no float16 arrays;

@@ -453,6 +453,9 @@ def test_untrained_codec_raises_not_trained(spec):
         codec.search(x, np.zeros((3, size), np.uint8), np.zeros(3, np.int64), k=2)
     with pytest.raises(NotTrained):
         codec.state()
+    for bad in (x, np.ones((3, 15), np.float32), np.full((3, 16), np.nan, np.float32)):
+        with pytest.raises(NotTrained):  # before the queries are judged, as encode does
+            codec.plan(bad)
     with pytest.raises(RuntimeError):  # NotTrained refines RuntimeError
         codec.encode(x)
     assert codec.train(np.random.default_rng(0).normal(size=(50, 16))) is codec
@@ -1378,3 +1381,10 @@ def test_opq_lowers_the_coding_error_on_correlated_data():
         codec = trained(spec, 24, "l2", x)
         err[spec] = ((codec.decode(*codec.encode(x)) - x) ** 2).sum(1).mean()
     assert err["OPQ6x4"] < 0.75 * err["PQ6x4"], err
+
+
+@pytest.mark.parametrize("nprobe", [True, False, np.bool_(True), 0, 1.0])
+def test_plan_refuses_nprobe_that_is_not_a_count(nprobe):
+    codec = Codec("IVF4,RB1", 16, "ip").train(np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32))
+    with pytest.raises(InvalidInput, match="nprobe must be an integer >= 1"):
+        codec.plan(np.ones((2, 16), np.float32), nprobe=nprobe)
