@@ -203,6 +203,18 @@ def _faiss_time(index, xq: np.ndarray, params, single: np.ndarray | None) -> dic
     return {"p50_ms": p50, "p99_ms": p99}
 
 
+def _search_kw(r: int | str, nprobe: str | None) -> dict:
+    """`Store.search`'s keywords for a point's R and nprobe (`_point`)."""
+    return {"rerank": r, **({"nprobe": int(nprobe)} if nprobe else {})}
+
+
+def _faiss_best(faiss_rows: list[dict], rec: float, better) -> tuple[dict, bool]:
+    """The faiss configuration that `better` picks (min or max by a key) among those of
+    recall@10 >= rec, else the one of the highest recall; and whether one reached rec."""
+    match = [f for f in faiss_rows if f["recall@10"] >= rec]
+    return (better(match) if match else max(faiss_rows, key=lambda f: f["recall@10"])), bool(match)
+
+
 def _point(text: str) -> tuple[str, int | str, str | None]:
     """SPEC:R[:NPROBE] with R an integer or auto (auto@CAP for a cap other than the default)."""
     spec, r, nprobe = (text.split(":") + [None, None])[:3]
@@ -219,22 +231,19 @@ def part_speed(args, base, queries, gt, out):
         path = ensure_store(args, base, spec)
         threads(1)
         with Store.open(path) as s:
-            kw = {"rerank": r}
-            if nprobe:
-                kw["nprobe"] = int(nprobe)
+            kw = _search_kw(r, nprobe)
             if isinstance(r, str):
                 s.error_model()  # calibrated once per open store, not timed
             res = s.search(q, K, **kw)
             rec = recall(res.ids, g)
             t = best_time(lambda: s.search(q, K, **kw))
         qps = len(q) / t
-        match = [f for f in faiss_rows if f["recall@10"] >= rec]
-        best = max(match, key=lambda f: f["qps"]) if match else max(faiss_rows, key=lambda f: f["recall@10"])
+        best, reached = _faiss_best(faiss_rows, rec, lambda rows: max(rows, key=lambda f: f["qps"]))
         row = {"spec": spec, "rerank": r, "nprobe": nprobe and int(nprobe), "recall@10": rec, "qps": qps,
                "rows_read_per_query": res.stats.rows_read / len(q),
                "rows_read_p99": None if res.stats.rows_per_query is None else res.stats.rows_read_p99,
                "bytes_read_per_query": res.stats.bytes_read / len(q),
-               "faiss_best": best, "faiss_reaches_recall": bool(match), "ratio": qps / best["qps"]}
+               "faiss_best": best, "faiss_reaches_recall": reached, "ratio": qps / best["qps"]}
         rows.append(row)
         print("speed", json.dumps(row), flush=True)
     out["speed"] = {"vecz": rows, "faiss": faiss_rows, "nq": len(q), "threads": 1}
@@ -250,9 +259,7 @@ def part_single(args, base, queries, gt, out):
         spec, r, nprobe = _point(point)
         path = ensure_store(args, base, spec)
         threads(1)
-        kw = {"rerank": r}
-        if nprobe:
-            kw["nprobe"] = int(nprobe)
+        kw = _search_kw(r, nprobe)
         with Store.open(path) as s:
             if isinstance(r, str):
                 s.error_model()  # calibrated once per open store, not timed
@@ -260,10 +267,9 @@ def part_single(args, base, queries, gt, out):
             _read_whole(sorted(path.glob("dense-*.arrow")))  # warm, and seen as cached at the next look
             time.sleep(RESIDENCY_RECHECK_S + 0.1)
             p50, p99 = _single_p50(lambda x: s.search(x, K, **kw), one)
-        match = [f for f in faiss_rows if f["recall@10"] >= rec]
-        best = min(match, key=lambda f: f["p50_ms"]) if match else max(faiss_rows, key=lambda f: f["recall@10"])
+        best, reached = _faiss_best(faiss_rows, rec, lambda rows: min(rows, key=lambda f: f["p50_ms"]))
         row = {"spec": spec, "rerank": r, "nprobe": nprobe and int(nprobe), "recall@10": rec, "p50_ms": p50,
-               "p99_ms": p99, "faiss_best": best, "faiss_reaches_recall": bool(match),
+               "p99_ms": p99, "faiss_best": best, "faiss_reaches_recall": reached,
                "speed_ratio": best["p50_ms"] / p50}
         rows.append(row)
         print("single", json.dumps(row), flush=True)
@@ -363,9 +369,7 @@ def part_cold(args, base, queries, gt, out):
         path = ensure_store(args, base, spec)
         threads(1)
         dense_files = sorted(path.glob("dense-*.arrow"))
-        kw = {"rerank": r}
-        if nprobe:
-            kw["nprobe"] = int(nprobe)
+        kw = _search_kw(r, nprobe)
         with Store.open(path) as s:
             s.search(queries[:2], K, **kw)
             for mode in ("cold", "warm", "cached"):

@@ -733,7 +733,7 @@ class Codec:
         return plan_rows(self, max(1, n_probe), CodeIndex.TABLE_BUDGET, sdc)
 
     def _check_search(self, nprobe: Any, sdc: bool) -> None:
-        if not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, (bool, np.bool_)) or nprobe < 1:
+        if not isinstance(nprobe, (int, np.integer)) or isinstance(nprobe, bool) or nprobe < 1:
             raise InvalidInput(f"nprobe must be an integer >= 1, found {nprobe!r}")
         if sdc and not self.quantizer.has_sdc:
             raise InvalidInput(f"sdc=True needs an RB codec, found {self.spec!r}")

@@ -269,9 +269,6 @@ def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_m
     if list_major:
         return fastscan.fs_scan_lists_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors,
                                             numba.get_num_threads())
-    if plan.nq == 1:  # the one-query kernel itself: no parallel region to launch (`_scan_factor_blocks`)
-        s, i = fastscan.fs_scan(qluts[0], steps[0], biases[0], *blocks, plan.probes[0], plan.bias[0], k, floors[0])
-        return s[None], i[None]
     return fastscan.fs_scan_batch(qluts, steps, biases, *blocks, plan.probes, plan.bias, k, floors)
 
 
@@ -281,9 +278,7 @@ def _scan_factor_blocks(layout: Any, plan: Any, n_levels: int, row_factors: np.n
     """The fast scan of blocks whose rows carry factors (`fastscan.fs_scan_factors`), with a
     plan's (qluts, steps, biases): RB's rows (g, |r|^2), or PQ x4's 1 / |x_hat| under cosine
     (1-D float16 bits, the scaled mode). Groups of queries with the same probes take the
-    multi-query kernel, IVF batches the list-major one, the rest one query at a time (a
-    lone query the one-query kernel itself, not its batch driver: a parallel region's launch
-    cost 5-15 us of a 0.25-0.3 ms single search, Zen 4)."""
+    multi-query kernel, IVF batches the list-major one, the rest one query at a time."""
     t = plan.tables
     qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
     rows = (layout.blocks, layout.block_ids, row_factors)
@@ -296,10 +291,6 @@ def _scan_factor_blocks(layout: Any, plan: Any, n_levels: int, row_factors: np.n
         return fastscan.fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, *rows, layout.block_offsets,
                                                     plan.probes, plan.bias, q_sq, is_l2, k,
                                                     floors, numba.get_num_threads())
-    if plan.nq == 1:
-        s, i = fastscan.fs_scan_factors(qluts[0], steps[0], biases[0], n_levels, *rows, layout.block_offsets,
-                                        plan.probes[0], plan.bias[0], q_sq[0], is_l2, k, floors[0])
-        return s[None], i[None]
     return fastscan.fs_scan_factors_batch(qluts, steps, biases, n_levels, *rows, layout.block_offsets,
                                           plan.probes, plan.bias, q_sq, is_l2, k, floors)
 

@@ -1171,10 +1171,26 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
                         res_cut(keys, counts, thr_s, thr_i, g, k)
 
 
-@jit_batch
 def fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     """`fs_scan` for every query: qluts (nq, L, 2 * n_pairs, 32), steps/biases (nq, L),
-    floors (nq,)."""
+    floors (nq,). A lone query runs `fs_scan` itself on the calling thread (`_one_query`)."""
+    if qluts.shape[0] == 1:
+        return _one_query(fs_scan(qluts[0], steps[0], biases[0], blocks, block_ids, block_offsets, probes[0],
+                                  probe_bias[0], k, floors[0]))
+    return _fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors)
+
+
+def _one_query(found):
+    """A one-query kernel's (scores (k,), ids (k,)) as a batch driver's (1, k) arrays. The
+    batch drivers run a lone query through the one-query kernel instead of their prange
+    loop, which opened a parallel region for one iteration: 5-15 us of a 0.25-0.3 ms single
+    search (Zen 4)."""
+    scores, ids = found
+    return scores[None], ids[None]
+
+
+@jit_batch
+def _fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     nq = qluts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
@@ -1193,6 +1209,10 @@ def fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_
     float tables 2 ip[q] - terms[probes[q, p]]. Tables the kernels cannot read are refused
     before any is compiled for them."""
     _check_probe_tables(ip, terms, blocks)
+    if probes.shape[0] == 1:
+        qluts, steps, biases = _new_query_tables(ip[0], terms, np.float32(2.0), probes[0])
+        return _one_query(fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes[0], probe_bias[0], k,
+                                  floors[0]))
     return _scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors)
 
 
@@ -1433,10 +1453,21 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
                         res_cut(keys, counts, thr_s, thr_i, g, k)
 
 
-@jit_batch
 def fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
                           block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
-    """`fs_scan_factors` for every query (shapes as in `fs_scan_batch`, probe_q_sq (nq, P))."""
+    """`fs_scan_factors` for every query (shapes as in `fs_scan_batch`, probe_q_sq (nq, P));
+    a lone query on the calling thread (`_one_query`)."""
+    if qluts.shape[0] == 1:
+        return _one_query(fs_scan_factors(qluts[0], steps[0], biases[0], n_levels, blocks, block_ids, row_factors,
+                                          block_offsets, probes[0], probe_bias[0], probe_q_sq[0], is_l2, k,
+                                          floors[0]))
+    return _fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets,
+                                  probes, probe_bias, probe_q_sq, is_l2, k, floors)
+
+
+@jit_batch
+def _fs_scan_factors_batch(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
+                           block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
     nq = qluts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
@@ -1895,6 +1926,11 @@ def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, b
     scratch of P tables as `fs_scan_factors_lists_l2` makes them; results identical to
     `fs_scan_factors_batch` of `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
     _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])  # before compiling
+    if probes.shape[0] == 1:  # the tables' steps and biases are made float32; the kernel checks the rest
+        qluts, steps, biases = _new_query_tables(tq[0], tl, np.float32(1.0), probes[0])
+        return _one_query(fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
+                                          block_offsets, probes[0], probe_bias[0], probe_q_sq[0], is_l2, k,
+                                          floors[0]))
     return _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets,
                                   probes, probe_bias, probe_q_sq, is_l2, k, floors)
 

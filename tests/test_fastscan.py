@@ -848,6 +848,13 @@ def test_scan_l2_fused_equals_materialized(nq, sizes, m, n_probe, k, n_parts, sc
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, want[1])
         np.testing.assert_array_equal(got_s, want[0])
+    # a lone query takes the one-query kernel in both drivers (no prange loop): the same rows
+    for q in range(nq):
+        one = (blocks, block_ids, block_offsets, probes[q:q + 1], bias[q:q + 1], k, floors[q:q + 1])
+        for got_s, got_i in (fastscan.fs_scan_batch(qluts[q:q + 1], steps[q:q + 1], biases[q:q + 1], *one),
+                             fastscan.fs_scan_l2_batch(ip[q:q + 1], terms, *one)):
+            np.testing.assert_array_equal(got_i, want[1][q:q + 1])
+            np.testing.assert_array_equal(got_s, want[0][q:q + 1])
 
 
 def _empty(args):
@@ -997,6 +1004,14 @@ def test_scan_factors_l2_fused_equals_materialized(nq, sizes, dim, levels, n_pro
     for got_s, got_i in runs:
         np.testing.assert_array_equal(got_i, want[1])
         np.testing.assert_array_equal(got_s, want[0])
+    # a lone query takes the one-query kernel in both drivers (no prange loop): the same rows
+    for q in range(nq):
+        one = (block_offsets, probes[q:q + 1], bias[q:q + 1], q_sq[q:q + 1], is_l2, k, floors[q:q + 1])
+        for got_s, got_i in (fastscan.fs_scan_factors_batch(qluts[q:q + 1], steps[q:q + 1], biases[q:q + 1], *rows,
+                                                            *one),
+                             fastscan.fs_scan_factors_l2_batch(tq[q:q + 1], tl, *rows, *one)):
+            np.testing.assert_array_equal(got_i, want[1][q:q + 1])
+            np.testing.assert_array_equal(got_s, want[0][q:q + 1])
 
 
 @SETTINGS
