@@ -230,7 +230,10 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
     if arr.shape[1] != dim:
         raise DimensionMismatch(f"{what}: expected width {dim}, found {arr.shape[1]}")
     given = arr
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
+    if arr.dtype.itemsize > 4:  # float64 (or longer) beyond float32's range becomes inf, reported below
+        with np.errstate(over="ignore"):
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+    else:  # float16 and float32 fit
         arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         row, col = (int(i) for i in np.argwhere(~np.isfinite(arr))[0])

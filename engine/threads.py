@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 import numba
+from numba.np.ufunc import parallel as _numba_parallel
 
 from .parallel import parallel_region
 
@@ -49,6 +50,7 @@ class _SerialBlas:
     """
 
     _libs: list | None = None
+    _calls: list | None = None  # (get, set) of each BLAS library's thread count
     _lock = threading.Lock()
     _depth = 0
     _saved: list[int] = []
@@ -62,17 +64,26 @@ class _SerialBlas:
             cls._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
         return cls._libs
 
+    @classmethod
+    def _thread_calls(cls) -> list:
+        """Each library's (get, set) of its thread count, looked up once (a search enters
+        and leaves this scope every time: 4.5 us a search through the properties)."""
+        if cls._calls is None:
+            cls._calls = [(lib.get_num_threads, lib.set_num_threads) for lib in cls._controllers()]
+        return cls._calls
+
     def __enter__(self) -> None:
         cls = type(self)
+        held = cls._held
         with cls._lock:
             if cls._depth == 0:
-                libs = cls._controllers()
-                cls._saved = [lib.num_threads for lib in libs]
-                for lib, n in zip(libs, cls._saved):
+                calls = cls._thread_calls()
+                cls._saved = saved = [get() for get, _ in calls]
+                for (_, set_threads), n in zip(calls, saved):
                     if n != 1:
-                        lib.set_num_threads(1)
+                        set_threads(1)
             cls._depth += 1
-            cls._held.n = getattr(cls._held, "n", 0) + 1
+            held.n = getattr(held, "n", 0) + 1
 
     def __exit__(self, *exc: Any) -> None:
         cls = type(self)
@@ -85,9 +96,9 @@ class _SerialBlas:
     @classmethod
     def _restore(cls) -> None:
         """Give BLAS back the thread counts the first scope found."""
-        for lib, n in zip(cls._controllers(), cls._saved):
+        for (_, set_threads), n in zip(cls._thread_calls(), cls._saved):
             if n != 1:
-                lib.set_num_threads(n)
+                set_threads(n)
 
     @classmethod
     def _after_fork_in_child(cls) -> None:
@@ -104,6 +115,23 @@ class _SerialBlas:
 os.register_at_fork(after_in_child=_SerialBlas._after_fork_in_child)
 
 _local = threading.local()
+_numba_calls: tuple | None = None
+
+
+def _numba_thread_calls() -> tuple:
+    """(get, set) of Numba's thread count for the calling thread. ``numba.get_num_threads``
+    and ``set_num_threads`` make sure the threading layer runs and check their argument on
+    every call (4.7 us a search for a get and two sets); once the layer runs, the
+    functions they end in are called directly (1.0 us), with the public ones as the
+    fallback where this Numba has no such names. Only 1 and counts read back are set."""
+    global _numba_calls
+    if _numba_calls is None:
+        numba.get_num_threads()  # starts the threading layer: the functions below exist
+        get = getattr(_numba_parallel, "_get_num_threads", None)
+        set_threads = getattr(_numba_parallel, "_set_num_threads", None)
+        _numba_calls = ((get, set_threads) if callable(get) and callable(set_threads)
+                        else (numba.get_num_threads, numba.set_num_threads))
+    return _numba_calls
 
 
 class query_threads:
@@ -147,8 +175,9 @@ class query_threads:
                 raise
         if self._serial:
             try:
-                self._threads = numba.get_num_threads()
-                numba.set_num_threads(1)
+                get, set_threads = _numba_thread_calls()
+                self._threads = get()
+                set_threads(1)
             except BaseException:
                 if self._blas is not None:
                     self._blas.__exit__(None, None, None)
@@ -163,7 +192,7 @@ class query_threads:
         self._outer = _local.active = False
         try:
             if self._serial:
-                numba.set_num_threads(self._threads)
+                _numba_thread_calls()[1](self._threads)
         finally:
             try:
                 if self._blas is not None:

@@ -32,6 +32,9 @@ __all__ = [
     "dense_scan_batch",
     "dense_rescore",
     "dense_rescore_batch",
+    "sole_segment",
+    "mapped_rows",
+    "rerank_rows",
     "rerank_topk",
     "rerank_topk_batch",
     "rerank_topk64",
@@ -493,6 +496,49 @@ def dense_rescore(queries, vectors, rows, metric, out):
             if rows[i, r] >= 0:
                 n_read += 1
     return n_read
+
+
+@jit
+def sole_segment(seg_of):
+    """The segment every candidate lies in: g when each seg_of >= 0 (int64 (nq, C)) equals
+    g, -1 when there is none, -2 when they lie in several."""
+    g = -1
+    for i in range(seg_of.shape[0]):
+        for j in range(seg_of.shape[1]):
+            s = seg_of[i, j]
+            if s >= 0:
+                if g < 0:
+                    g = s
+                elif s != g:
+                    return -2
+    return g
+
+
+@jit
+def mapped_rows(seg_of, rows, g, dense_row):
+    """Row in segment g's dense file of each candidate of g: dense_row[rows] (dense_row
+    None: the file holds the segment's rows one to one), -1 where seg_of != g. rows int64
+    (nq, C), local rows of the segment where seg_of == g."""
+    out = np.full(rows.shape, -1, dtype=np.int64)
+    for i in range(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            if seg_of[i, j] == g:
+                if dense_row is None:
+                    out[i, j] = rows[i, j]
+                else:
+                    out[i, j] = dense_row[rows[i, j]]
+    return out
+
+
+@jit
+def rerank_rows(queries, vectors, rows, ids, k, metric):
+    """`dense_rescore` of one file's rows (int64 (nq, C), -1 = no row, whose id is -1 too)
+    and the top k of those scores (`rerank_topk64`) in one call: float64 scores and int64
+    ids (nq, k), and the rows read. A few queries' re-rank costs a call, not a dozen."""
+    exact = np.zeros(rows.shape, dtype=np.float64)
+    n_read = dense_rescore(queries, vectors, rows, metric, exact)
+    scores, top = rerank_topk64(exact, ids, k, metric == RESCORE_L2)
+    return scores, top, n_read
 
 
 @jit_batch

@@ -51,6 +51,7 @@ __all__ = [
     "topk_merge",
     "topk_positions",
     "topk_positions_batch",
+    "tag_candidates",
     "RES_MAX_ID",
     "res_capacity",
     "res_init_floors",
@@ -398,6 +399,22 @@ _LOW = np.uint64(0xFFFFFFFF)
 _SHIFT = np.uint64(32)
 _ONE = np.uint64(1)
 _MAX_ID64 = np.uint64(RES_MAX_ID)
+
+
+@jit
+def tag_candidates(rows, row_ids, g):
+    """A scan's candidates (local rows int64 (nq, k), -1 = none) tagged with their segment
+    g and their ids row_ids[rows] (int64 (nq, k) each, -1 where there is no candidate),
+    in one call instead of five numpy calls."""
+    seg_of = np.full(rows.shape, -1, dtype=np.int64)
+    keys = np.full(rows.shape, -1, dtype=np.int64)
+    for i in range(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            r = rows[i, j]
+            if r >= 0:
+                seg_of[i, j] = g
+                keys[i, j] = row_ids[r]
+    return seg_of, keys
 
 
 @intrinsic

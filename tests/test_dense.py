@@ -244,3 +244,47 @@ def test_walk_order_equals_numpy(nq, c, seed, ties):
     np.testing.assert_array_equal(order, want_order)
     np.testing.assert_array_equal(up.view(np.int64), want_up.view(np.int64))  # bits: -0.0 stays -0.0
     np.testing.assert_array_equal(n_valid, valid.sum(axis=1))
+
+
+@SETTINGS
+@given(nq=st.integers(1, 4), c=st.integers(0, 12), n_seg=st.integers(1, 3), seed=st.integers(0, 2**16),
+       mapped=st.booleans())
+def test_sole_segment_and_mapped_rows_equal_numpy(nq, c, n_seg, seed, mapped):
+    # the re-rank's one-segment path: which segment holds every candidate, and their rows in
+    # its dense file, against the numpy steps they replace (`search._locate`)
+    rng = np.random.default_rng(seed)
+    seg_of = rng.integers(-1, n_seg, size=(nq, c)).astype(np.int64)
+    rows = np.where(seg_of >= 0, rng.integers(0, 20, size=(nq, c)), -1).astype(np.int64)
+    present = np.unique(seg_of[seg_of >= 0])
+    want = -1 if not present.size else (int(present[0]) if present.size == 1 else -2)
+    assert dense.sole_segment(seg_of) == want
+    dense_row = rng.permutation(20).astype(np.uint32) if mapped else None
+    for g in range(n_seg):
+        got = dense.mapped_rows(seg_of, rows, g, dense_row)
+        at = seg_of == g
+        want_rows = np.full((nq, c), -1, dtype=np.int64)
+        want_rows[at] = dense_row[rows[at]] if mapped else rows[at]
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want_rows)
+
+
+@SETTINGS
+@given(nq=st.integers(1, 4), n=st.integers(1, 12), dim=st.sampled_from([1, 5, 16, 33]), depth=st.integers(1, 12),
+       k=st.integers(1, 15), metric=st.sampled_from([dense.RESCORE_IP, dense.RESCORE_COSINE, dense.RESCORE_L2]),
+       f16=st.booleans(), seed=st.integers(0, 2**16))
+def test_rerank_rows_equals_rescore_then_topk(nq, n, dim, depth, k, metric, f16, seed):
+    # one call for a few queries' re-rank: bit for bit `dense_rescore` into zeros and then
+    # `rerank_topk64`, the two calls it replaces (duplicate rows and empty slots included)
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    passed = vectors.astype(np.float16).view(np.uint16) if f16 else vectors
+    queries = rng.standard_normal((nq, dim)).astype(np.float32)
+    rows = rng.integers(-1, n, size=(nq, depth)).astype(np.int64)
+    ids = np.where(rows >= 0, rng.permutation(10 * depth * nq)[: nq * depth].reshape(nq, depth), -1)
+    exact = np.zeros(rows.shape)
+    n_read = dense.dense_rescore(queries, passed, rows, metric, exact)
+    want_s, want_i = dense.rerank_topk64(exact, ids, k, metric == dense.RESCORE_L2)
+    got_s, got_i, got_n = dense.rerank_rows(queries, passed, rows, ids, k, metric)
+    assert got_n == n_read == int((rows >= 0).sum())
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_s.view(np.int64), want_s.view(np.int64))

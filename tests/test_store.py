@@ -951,3 +951,56 @@ def test_memory_bytes_count_the_l2_terms_a_search_derives(tmp_path):
         before = st_.memory_bytes()["codec"]
         st_.search(x[:3], k=5, nprobe=2, rerank=10)
         assert st_.memory_bytes()["codec"] == before + 4 * 4 * 256 * 4
+
+
+@pytest.mark.parametrize("metric,spec,dense", [("cosine", "IVF4,PQ8x4", "f16"), ("l2", "RB2", "f32"),
+                                               ("ip", "SQ8", "f32")])
+def test_few_queries_rerank_the_same_as_a_batch(tmp_path, monkeypatch, metric, spec, dense):
+    # fewer than PARALLEL_MIN_QUERIES queries whose candidates lie in one segment with one
+    # dense file re-rank in three compiled calls (`search._rerank`); a batch takes the
+    # general path (`_exact`). Both give the same ids, scores and rows read, whether the
+    # segment maps its rows into the file (compacted) or not, and with several segments or
+    # dense files (the general path for all); the spy checks which path ran
+    from vecz.engine import merge, search
+    calls = {"fast": 0, "general": 0}
+    orig_exact, orig_rows = search._exact, search.dense_kernels.rerank_rows
+    monkeypatch.setattr(search, "_exact", lambda *a: calls.__setitem__("general", calls["general"] + 1)
+                        or orig_exact(*a))
+    monkeypatch.setattr(search.dense_kernels, "rerank_rows", lambda *a: calls.__setitem__("fast", calls["fast"] + 1)
+                        or orig_rows(*a))
+    x = _data(700, seed=5)
+    x[650:] = x[:50]  # duplicates: equal exact scores, ties to the smaller id
+    q = _data(12, seed=6)
+    with Store.create(tmp_path / "s", dim=DIM, codec=spec, metric=metric, dense=dense) as s:
+        s.auto_merge_rows = 0
+        s.add(x[:400])
+
+        def check(fast_alone: bool) -> None:
+            for rerank in (10, 40, 2000):
+                calls.update(fast=0, general=0)
+                batch = s.search(q, 7, rerank=rerank)
+                assert calls == {"fast": 0, "general": 1}
+                # one query (2-D), one query (1-D), three queries: each row of the batch
+                for part, sel in ((q[:1], [0]), (q[3], [3]), (q[4:7], [4, 5, 6])):
+                    calls.update(fast=0, general=0)
+                    got = s.search(part, 7, rerank=rerank)
+                    assert calls == ({"fast": 1, "general": 0} if fast_alone else {"fast": 0, "general": 1})
+                    np.testing.assert_array_equal(got.ids, batch.ids[sel])
+                    np.testing.assert_array_equal(got.scores.view(np.int32), batch.scores[sel].view(np.int32))
+                alone = [s.search(q[i], 7, rerank=rerank) for i in range(len(q))]
+                assert sum(r.stats.rows_read for r in alone) == batch.stats.rows_read
+                assert sum(r.stats.bytes_read for r in alone) == batch.stats.bytes_read
+                np.testing.assert_array_equal(np.concatenate([r.ids for r in alone]), batch.ids)
+
+        check(True)  # one segment, its rows one to one in its file
+        s.add(x[400:])
+        check(False)  # two segments: candidates in both
+        monkeypatch.setattr(merge, "DENSE_COPY_BYTES", 0)
+        s.compact()
+        assert len(s._segments) == 1 and len(s._segments[0].dense) == 2
+        check(False)  # one segment over two dense files
+        monkeypatch.setattr(merge, "DENSE_COPY_BYTES", 1 << 30)
+        s.add(x[:3])
+        s.compact()
+        assert len(s._segments) == 1 and len(s._segments[0].dense) == 1 and s._segments[0].dense_row is not None
+        check(True)  # compacted: rows mapped into one new file

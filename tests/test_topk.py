@@ -339,3 +339,19 @@ def test_reservoir_select_after_its_round_limit_sorts_the_rest(m, k, limit, dist
     topk._res_select_rounds(arr, m, k, limit)
     np.testing.assert_array_equal(np.sort(arr[:k])[::-1], np.sort(keys)[::-1][:k])
     np.testing.assert_array_equal(np.sort(arr), np.sort(keys))
+
+
+@SETTINGS
+@given(nq=st.integers(1, 4), k=st.integers(0, 12), n=st.integers(1, 30), g=st.integers(0, 5),
+       seed=st.integers(0, 2**16))
+def test_tag_candidates_equals_numpy(nq, k, n, g, seed):
+    # a scan's candidates tagged with their segment and user id, against the numpy steps it
+    # replaces in `search._shortlist_plan` (-1 rows: no candidate, id -1)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(-1, n, size=(nq, k)).astype(np.int64)
+    row_ids = rng.integers(0, 2**62, size=n).astype(np.int64)
+    seg_of, keys = topk.tag_candidates(rows, row_ids, g)
+    found = rows >= 0
+    np.testing.assert_array_equal(seg_of, np.where(found, g, -1))
+    np.testing.assert_array_equal(keys, np.where(found, row_ids[np.maximum(rows, 0)], -1))
+    assert seg_of.dtype == keys.dtype == np.int64
