@@ -235,7 +235,8 @@ class ErrorModel:
         nq = x.shape[0]
         if self.direction is None:
             return np.zeros(nq), np.ones(nq)
-        u = np.clip(query_cosines(x, self.direction), *self.u_range)
+        # (np.clip's dispatch cost 3 us a lone query's search: the same bounds, two ufuncs)
+        u = np.minimum(np.maximum(query_cosines(x, self.direction), self.u_range[0]), self.u_range[1])
         return self.shift[0] + self.shift[1] * u, _spread_at(self.spread, u)
 
     def query_intervals(self, confidence: float, n: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +245,12 @@ class ErrorModel:
         lo, hi = self.rank_intervals(confidence, n)
         shift, spread = (a[:, None] for a in self.locations(x))
         return shift + spread * lo[None, :], shift + spread * hi[None, :]
+
+    def query_upper(self, confidence: float, n: int, x: np.ndarray) -> np.ndarray:
+        """The upper ends of `query_intervals` alone (what a walk visits by), the same values."""
+        hi = self.rank_intervals(confidence, n)[1]
+        shift, spread = self.locations(x)
+        return shift[:, None] + spread[:, None] * hi[None, :]
 
     def interval(self, confidence: float) -> tuple[float, float]:
         """(z_lo, z_hi): the (1 - c) and c quantiles of z over all pairs, widened to include

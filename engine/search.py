@@ -487,7 +487,7 @@ class AutoWalk:
         if model is None:  # nothing measured: every candidate may matter
             z_hi, self.per_row = np.full((x.shape[0], est.shape[1]), 1e300), False
         else:  # the upper offset of each rank in the shortlist (shortlists are best first), per query
-            z_hi, self.per_row = model.query_intervals(confidence, est.shape[1], x)[1], model.per_row
+            z_hi, self.per_row = model.query_upper(confidence, est.shape[1], x), model.per_row
             if suffix_max:
                 z_hi = np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1]
         self.z_hi = z_hi

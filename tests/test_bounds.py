@@ -267,6 +267,7 @@ def test_error_model_moves_and_widens_the_interval_with_the_query_cosine():
         fresh = 0.1 - 0.3 * at + (1.5 - at) * rng.normal(0.0, 0.05, 20_000)
         lo, hi = model.query_intervals(0.95, 3, _at_cosines(np.array([at])))
         assert lo.shape == hi.shape == (1, 3)
+        np.testing.assert_array_equal(model.query_upper(0.95, 3, _at_cosines(np.array([at]))), hi)  # the walk's
         assert np.mean(fresh <= hi[0, 0]) == pytest.approx(0.95, abs=0.01)
         assert np.mean(fresh >= lo[0, 0]) == pytest.approx(0.95, abs=0.01)
     # a query beyond the calibrated range takes its end; a zero query has cosine 0
@@ -284,6 +285,7 @@ def test_error_model_moves_and_widens_the_interval_with_the_query_cosine():
         lo, hi = plain.query_intervals(0.9, 4, _at_cosines(np.array([0.1, 0.5])))
         np.testing.assert_array_equal(hi, np.broadcast_to(plain.rank_intervals(0.9, 4)[1], (2, 4)))
         np.testing.assert_array_equal(lo, np.broadcast_to(plain.rank_intervals(0.9, 4)[0], (2, 4)))
+        np.testing.assert_array_equal(plain.query_upper(0.9, 4, _at_cosines(np.array([0.1, 0.5]))), hi)
 
 
 def _clustered(n: int, dim: int, seed: int, centres_seed: int = 0) -> np.ndarray:
