@@ -1,0 +1,134 @@
+"""Two versions of vecz timed in one process, one query at a time, interleaved.
+
+On the shared 2-core VMs single-query p50s move by 20-50% between runs (a noisy neighbour,
+DAMON reclaim evicting the dense files), far more than most changes to a search's fixed
+cost. Timing an old and a new version in separate processes, even alternated, then says
+little. This script imports both into one process (the old one from a checkout under
+another package name), opens the same store with each, checks that they return the same
+results, and times query i with one version and then the other (the order alternating), so
+both see the same machine at the same moment. It reports each version's p50 and their ratio
+per round.
+
+    git worktree add /tmp/old <rev>
+    python bench/ab_inproc.py --old /tmp/old --store STORE --search "rerank=20,nprobe=48" [--cold]
+
+``--cold`` evicts the store's dense files (both versions' mappings, then posix_fadvise) before
+every query, as `store_bench.py --parts cold` does. The absolute times are those of a
+process holding two copies of the engine, so only the ratio is the figure to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import glob
+import importlib
+import mmap
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import vecz.engine.store as new_store
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wordnet-minilm"
+
+
+def _search_kw(text: str) -> dict:
+    """'rerank=20,nprobe=48' or 'rerank=auto:128' -> keywords for Store.search."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()  # a string such as auto:128
+    return out
+
+
+def _old_store(checkout: Path):
+    """`Store` of the checkout at `checkout`, imported as package ``vecz_old``."""
+    root = Path(tempfile.mkdtemp(prefix="vecz-ab-"))
+    (root / "vecz_old").symlink_to(checkout.resolve())
+    sys.path.insert(0, str(root))
+    return importlib.import_module("vecz_old.engine.store").Store
+
+
+def _read_whole(paths: list[str]) -> None:
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def _evict(stores: dict, paths: list[str]) -> None:
+    for s in stores.values():
+        for reader in s._pool.readers.values():
+            reader._mmap.madvise(mmap.MADV_DONTNEED)
+            reader.mark_uncached()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", type=Path, required=True, help="a checkout of the old version (git worktree)")
+    ap.add_argument("--store", required=True, help="a store both versions can open")
+    ap.add_argument("--search", default="", help="Store.search keywords, e.g. rerank=20,nprobe=48")
+    ap.add_argument("--queries", type=Path, default=DATA / "queries.npy")
+    ap.add_argument("--nq", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--cold", action="store_true", help="evict the dense files before every query")
+    args = ap.parse_args(argv)
+
+    import numba
+
+    numba.set_num_threads(1)
+    kw = _search_kw(args.search)
+    q = np.load(args.queries)[: args.nq].astype(np.float32)
+    stores = {"old": _old_store(args.old).open(args.store), "new": new_store.Store.open(args.store)}
+    files = sorted(glob.glob(os.path.join(args.store, "dense-*.arrow")))
+    for s in stores.values():
+        if isinstance(kw.get("rerank"), str):
+            s.error_model()  # calibrated once, not timed
+        s.search(q[:50], args.k, **kw)
+    batch = {name: s.search(q[:100], args.k, **kw) for name, s in stores.items()}
+    same = all(np.array_equal(batch["old"][i], batch["new"][i]) for i in (0, 1))
+    alone = [{name: s.search(q[i], args.k, **kw) for name, s in stores.items()} for i in range(min(100, len(q)))]
+    same_alone = all(np.array_equal(a["old"].ids, a["new"].ids) and np.array_equal(a["old"].scores, a["new"].scores)
+                     for a in alone)
+    print(f"store {args.store} search {kw} cold {args.cold}: the same results in a batch of 100 {same}, "
+          f"one at a time {same_alone}", flush=True)
+    for r in range(args.rounds):
+        if not args.cold:
+            _read_whole(files)
+            time.sleep(1.1)  # the readers' next look at residency sees the files cached
+            for i in range(30):
+                for s in stores.values():
+                    s.search(q[i], args.k, **kw)
+        times = {"old": [], "new": []}
+        for i in range(len(q)):
+            for name in (("old", "new") if (i + r) % 2 else ("new", "old")):
+                if args.cold:
+                    _evict(stores, files)
+                t = time.perf_counter()
+                stores[name].search(q[i], args.k, **kw)
+                times[name].append(time.perf_counter() - t)
+        p50 = {name: float(np.median(v)) * 1e3 for name, v in times.items()}
+        print(f"round {r}: old p50 {p50['old']:.3f} ms, new p50 {p50['new']:.3f} ms, new / old "
+              f"{p50['new'] / p50['old']:.3f}", flush=True)
+    for s in stores.values():
+        s.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
