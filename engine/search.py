@@ -625,18 +625,22 @@ class AutoWalk:
         """The top-k of the rows read so far, their counts (each dense file's reader counts
         them when `note`), tau and reach."""
         done, nq, k = self.done, self.x.shape[0], self.k
-        sign = -1.0 if self.metric == "l2" else 1.0
+        if nq >= PARALLEL_MIN_QUERIES:
+            sign = -1.0 if self.metric == "l2" else 1.0
+            user = np.where(done, sign * self.exact, 0.0)
+            top_s, top_i = dense_kernels.rerank_topk64_batch(user, np.where(done, self.ids, -1), k,
+                                                             self.metric == "l2")
+            counts = [int(np.count_nonzero(done & (self.reader_ix == j))) for j in range(len(self.readers))]
+        else:  # a few queries: the same steps in one compiled call
+            top_s, top_i, counts = dense_kernels.walk_result(done, self.exact, self.ids, self.reader_ix,
+                                                             len(self.readers), k, _RESCORE[self.metric])
         n_rows = n_bytes = 0
-        for j, reader in enumerate(self.readers):
-            n = int(np.count_nonzero(done & (self.reader_ix == j)))
+        for reader, n in zip(self.readers, counts):
+            n = int(n)
             if note:
                 reader.note_read(n)
             n_rows += n
             n_bytes += n * reader.info.row_bytes
-        user = np.where(done, sign * self.exact, 0.0)
-        topk = dense_kernels.rerank_topk64_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk64
-        top_s, top_i = topk(np.ascontiguousarray(user), np.ascontiguousarray(np.where(done, self.ids, -1)), k,
-                            self.metric == "l2")
         reach = np.full(nq, -np.inf)
         c = self.better.shape[1]
         if self.model is not None and c:

@@ -47,6 +47,7 @@ __all__ = [
     "walk_seed",
     "walk_floor",
     "walk_order",
+    "walk_result",
     "vector_list",
     "WALK_STATE",
     "RESCORE_IP",
@@ -696,6 +697,28 @@ def bounded_walk_batch(queries, vectors, file_ix, rows, order, up_sorted, n_vali
         out[i] = _walk_whole(queries[i], vectors, file_ix[i], rows[i], order[i], up_sorted[i], n_valid[i], k, step,
                              metric, exact[i], done[i], tau[i : i + 1])
     return out
+
+
+@jit
+def walk_result(done, exact, ids, reader_ix, n_readers, k, metric):
+    """The top k of the rows a walk read (`done`, (nq, C)) by their exact scores (float64,
+    larger-is-better as the walk keeps them: l2 negated), returned in the user's convention
+    with `rerank_topk64`, and the rows read from each of the `n_readers` dense files
+    (`reader_ix`, (nq, C)): the numpy steps of ``AutoWalk.result`` in one call."""
+    nq, c = done.shape
+    is_l2 = metric == RESCORE_L2
+    user = np.zeros((nq, c), dtype=np.float64)
+    keep = np.full((nq, c), -1, dtype=np.int64)
+    counts = np.zeros(n_readers, dtype=np.int64)
+    for i in range(nq):
+        for j in range(c):
+            if done[i, j]:
+                user[i, j] = -exact[i, j] if is_l2 else exact[i, j]
+                keep[i, j] = ids[i, j]
+                if reader_ix[i, j] >= 0:
+                    counts[reader_ix[i, j]] += 1
+    scores, top = rerank_topk64(user, keep, k, is_l2)
+    return scores, top, counts
 
 
 @jit
