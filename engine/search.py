@@ -199,8 +199,8 @@ def merge_shortlists(metric: str, scores: list[np.ndarray], keys: list[np.ndarra
 
 
 def _segments_in(seg_of: np.ndarray) -> list[int]:
-    """The segment indices >= 0 in seg_of, ascending (one segment, the usual case, in one
-    compiled call)."""
+    """The segment indices >= 0 in seg_of (int64 (nq, C), as every caller passes it),
+    ascending (one segment, the usual case, in one compiled call)."""
     g = int(dense_kernels.sole_segment(seg_of))
     if g != -2:
         return [] if g < 0 else [g]
