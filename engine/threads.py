@@ -4,8 +4,9 @@ calling thread only (`query_threads`).
 On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
 after their work; a parallel region that needs the core a spinning thread holds waits for a
 scheduler tick. Small batches gain nothing from threads, so `Codec.plan`,
-`CodeIndex.scan` and `CodeIndex.search` each run under `query_threads(nq, ...)`: fewer than
-`SERIAL_BLAS_QUERIES` queries run their BLAS products on one thread, fewer than the
+`CodeIndex.scan` and `CodeIndex.search` each run under `query_threads(nq, ...)`: 2 to
+`SERIAL_BLAS_QUERIES` - 1 queries run their BLAS products on one thread (a lone query makes
+its large products without BLAS), fewer than the
 index's ``PARALLEL_MIN_QUERIES`` their Numba batch drivers on the calling thread. Both
 scopes give the caller back exactly the settings it had. The outermost scope also holds
 `parallel_region`, so an ``os.fork`` on another thread waits until the call's parallel
@@ -137,8 +138,11 @@ def _numba_thread_calls() -> tuple:
 class query_threads:
     """Context manager: the thread policy of one call over `nq` queries.
 
-    Fewer than `SERIAL_BLAS_QUERIES` queries: BLAS on one thread (`_SerialBlas`, counted and
-    process-wide). Fewer than `parallel_min` queries: ``numba.set_num_threads(1)`` for the
+    2 to `SERIAL_BLAS_QUERIES` - 1 queries: BLAS on one thread (`_SerialBlas`, counted and
+    process-wide). A lone query gets no BLAS scope: its rotation and IVF probe are compiled
+    loops instead of BLAS products (`quantizers._rotate`, `ivf._similarity`), and setting
+    OpenBLAS's thread count and giving it back cost 11-13 us of its search (Zen 4, BLAS on 2
+    threads); its other BLAS calls are too small for BLAS to thread. Fewer than `parallel_min` queries: ``numba.set_num_threads(1)`` for the
     calling thread (Numba's setting is thread-local, so concurrent callers do not see it);
     the batch drivers parallelise over queries, and for a handful of queries waking the
     pool costs more than it saves (p99 4-8 ms instead of 0.15 ms per query on a busy
@@ -160,7 +164,9 @@ class query_threads:
         if getattr(_local, "active", False):
             return self  # inside another scope on this thread: it holds the policy
         # made here, by the outermost scope only (a search nests three or four)
-        self._blas = _SerialBlas() if self._nq < SERIAL_BLAS_QUERIES else None
+        # a lone query makes its products without BLAS (`quantizers._rotate`,
+        # `ivf._similarity`): no BLAS count to set and give back (11-13 us a search)
+        self._blas = _SerialBlas() if 2 <= self._nq < SERIAL_BLAS_QUERIES else None
         self._threads = 0
         self._region = parallel_region(True)
         # a fork on another thread waits for this call's parallel regions (engine/parallel.py);

@@ -194,3 +194,22 @@ def test_assign_of_a_row_does_not_depend_on_its_batch(n, nlist, dim, metric, see
     np.testing.assert_array_equal(ivf.ivf_assign(x[::-1], c, metric, block=block)[::-1], whole)
     np.testing.assert_array_equal(np.concatenate([ivf.ivf_assign(x[i:i + 1], c, metric) for i in range(min(n, 20))]),
                                   whole[:20])
+
+
+@SETTINGS
+@given(nlist=st.integers(1, 40), dim=st.integers(1, 70), metric=METRICS, strided=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_lone_query_similarity_without_blas_matches_numpy(nlist, dim, metric, strided, seed):
+    # a lone query's probe products come from a compiled loop (its search holds no BLAS
+    # scope): the documented similarities within float32 rounding, for C-contiguous and
+    # strided centroids alike, and the same as the row in a batch up to that rounding
+    rng = np.random.default_rng(seed)
+    q = _data(rng, (3, dim), "float")
+    c = _data(rng, (nlist, 2 * dim if strided else dim), "float")
+    c = c[:, ::2] if strided else c
+    ref = ivf_similarity_ref(q[:1], c, metric)
+    got = ivf._similarity(q[:1], c, metric)
+    assert got.shape == (1, nlist)
+    scale = 1 + np.abs(ref).max()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(got, ivf._similarity(q, c, metric)[:1], rtol=0, atol=1e-5 * scale)

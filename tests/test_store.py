@@ -1004,3 +1004,27 @@ def test_few_queries_rerank_the_same_as_a_batch(tmp_path, monkeypatch, metric, s
         s.compact()
         assert len(s._segments) == 1 and len(s._segments[0].dense) == 1 and s._segments[0].dense_row is not None
         check(True)  # compacted: rows mapped into one new file
+
+
+@pytest.mark.parametrize("spec,metric", [("IVF4,OPQ8x4", "cosine"), ("IVF4,RB1", "l2"), ("OPQ8x8", "ip")])
+def test_a_lone_query_sets_no_blas_thread_count(tmp_path, monkeypatch, spec, metric):
+    # a lone query's rotation and probe are compiled loops, so its search enters no BLAS
+    # scope (engine/threads.py); two queries do, once; the lone query's answer is the one
+    # it gets in a batch
+    from vecz.engine import threads
+    entered = []
+    real = threads._SerialBlas.__enter__
+    monkeypatch.setattr(threads._SerialBlas, "__enter__", lambda self: entered.append(1) or real(self))
+    x = _data(600, seed=7)
+    q = _data(9, seed=8)
+    with Store.create(tmp_path / "s", dim=DIM, codec=spec, metric=metric, dense="f32") as s:
+        s.add(x)
+        s.search(q, 5, rerank=50)  # layouts built, calibration aside
+        entered.clear()
+        alone = [s.search(q[i], 5, rerank=50) for i in range(len(q))]
+        assert entered == []
+        both = s.search(q[:2], 5, rerank=50)
+        assert entered == [1]
+        batch = s.search(q, 5, rerank=50)
+        np.testing.assert_array_equal(np.concatenate([a.ids for a in alone]), batch.ids)
+        np.testing.assert_array_equal(both.ids, batch.ids[:2])
