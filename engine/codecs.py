@@ -708,9 +708,10 @@ class Codec:
             sdc). They take ``plan.nbytes``:
             to bound it, plan at most `queries_per_plan` queries at a time.
 
-        Thread policy: fewer than SERIAL_BLAS_QUERIES queries run their BLAS products on one
-        thread, fewer than ``CodeIndex.PARALLEL_MIN_QUERIES`` their Numba kernels on the
-        calling thread; the caller's own settings are restored. Inside a caller's own
+        Thread policy: 2 to SERIAL_BLAS_QUERIES - 1 queries run their BLAS products on one
+        thread (a lone query's rotation and probe use no BLAS), fewer than
+        ``CodeIndex.PARALLEL_MIN_QUERIES`` their Numba kernels on the calling thread; the
+        caller's own settings are restored. Inside a caller's own
         ``vecz.engine.threads.query_threads`` scope, that scope's policy holds instead.
         """
         self._check_search(nprobe, sdc)

@@ -16,12 +16,13 @@ any number of scan layouts (`CodeIndex.scan`), with deletes applied at scan time
   all their codes. ``search`` is `Codec.plan` + ``scan`` + `SearchStats`.
 
 Thread policy (`vecz.engine.threads.query_threads`): `Codec.plan`, `CodeIndex.scan` and
-`CodeIndex.search` each run fewer than SERIAL_BLAS_QUERIES queries with BLAS on one thread
-and fewer than `CodeIndex.PARALLEL_MIN_QUERIES` with Numba on the calling thread, and give
-the caller back its own settings. A caller that plans once and scans many layouts may hold
-one ``query_threads(nq, CodeIndex.PARALLEL_MIN_QUERIES)`` scope around all of it: the
-outermost scope on a thread decides, and the inner ones then cost next to nothing
-(measured: 10-20 us per scan of a small layout otherwise).
+`CodeIndex.search` each run 2 to SERIAL_BLAS_QUERIES - 1 queries with BLAS on one thread (a
+lone query's products use no BLAS) and fewer than `CodeIndex.PARALLEL_MIN_QUERIES` with
+Numba on the calling thread, and give the caller back its own settings. A caller that
+plans once and scans many layouts may hold one
+``query_threads(nq, CodeIndex.PARALLEL_MIN_QUERIES)`` scope around all of it: the outermost
+scope on a thread decides, and the inner ones then cost next to nothing (measured: 10-20 us
+per scan of a small layout otherwise).
 """
 
 from __future__ import annotations

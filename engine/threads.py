@@ -40,7 +40,8 @@ class _SerialBlas:
     after their work; a parallel region that needs the core a spinning thread holds waits
     for a scheduler tick. A search of 8-64 queries then took 16 ms instead of 0.6-2 ms
     (wordnet-gemma, IVF256,RB1). Small products gain nothing from threads, so searches of
-    fewer than `SERIAL_BLAS_QUERIES` queries run BLAS on one thread.
+    2 to `SERIAL_BLAS_QUERIES` - 1 queries run BLAS on one thread (a lone query calls no
+    BLAS product that BLAS would thread: `query_threads`).
 
     BLAS thread counts are process-wide, so the scope is counted: the first search to enter
     saves the counts it finds (whatever the caller set, e.g. inside its own
@@ -142,10 +143,11 @@ class query_threads:
     process-wide). A lone query gets no BLAS scope: its rotation and IVF probe are compiled
     loops instead of BLAS products (`quantizers._rotate`, `ivf._similarity`), and setting
     OpenBLAS's thread count and giving it back cost 11-13 us of its search (Zen 4, BLAS on 2
-    threads); its other BLAS calls are too small for BLAS to thread. Fewer than `parallel_min` queries: ``numba.set_num_threads(1)`` for the
-    calling thread (Numba's setting is thread-local, so concurrent callers do not see it);
-    the batch drivers parallelise over queries, and for a handful of queries waking the
-    pool costs more than it saves (p99 4-8 ms instead of 0.15 ms per query on a busy
+    threads); its other BLAS calls are too small for BLAS to thread. Fewer than
+    `parallel_min` queries: ``numba.set_num_threads(1)`` for the calling thread (Numba's
+    setting is thread-local, so concurrent callers do not see it); the batch drivers
+    parallelise over queries, and for a handful of queries waking the pool costs more than
+    it saves (p99 4-8 ms instead of 0.15 ms per query on a busy
     2-core machine). Both are restored on exit, exceptions included.
 
     Scopes nest, and the outermost one on a thread decides: a caller that plans once and
