@@ -69,9 +69,15 @@ class _SerialBlas:
     @classmethod
     def _thread_calls(cls) -> list:
         """Each library's (get, set) of its thread count, looked up once (a search enters
-        and leaves this scope every time: 4.5 us a search through the properties)."""
+        and leaves this scope every time: 4.5 us a search through the properties). For
+        OpenBLAS the set is threadpoolctl's `_real_set_num_threads` where it has one:
+        threadpoolctl 3.8's public `set_num_threads` does nothing when called from a thread
+        other than the first that set OpenBLAS's count (its "controlling" thread), so a
+        search from a server's worker thread ran its BLAS on every thread; this scope
+        counts its users under its own lock instead."""
         if cls._calls is None:
-            cls._calls = [(lib.get_num_threads, lib.set_num_threads) for lib in cls._controllers()]
+            cls._calls = [(lib.get_num_threads, getattr(lib, "_real_set_num_threads", lib.set_num_threads))
+                          for lib in cls._controllers()]
         return cls._calls
 
     def __enter__(self) -> None:

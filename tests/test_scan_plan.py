@@ -471,3 +471,32 @@ def test_thread_scopes_nest_and_the_outermost_decides(monkeypatch):
     with query_threads(300, CodeIndex.PARALLEL_MIN_QUERIES):  # the outer scope holds no limit
         index.scan(plan, 4)
     assert seen == [1, 1, 1, before] and numba.get_num_threads() == before
+
+
+def test_blas_scope_limits_blas_from_a_worker_thread():
+    # threadpoolctl 3.8's OpenBLAS set_num_threads does nothing outside the first thread
+    # that set it; the scope must hold BLAS to one thread for a search in a server's worker
+    # thread too, and give the count back
+    import threading
+
+    from vecz.engine.threads import _SerialBlas
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    with threadpool_limits(2, user_api="blas"):
+        if max(_blas_threads()) < 2:
+            pytest.skip("BLAS runs on one thread here")
+        before = _blas_threads()
+        with _SerialBlas():  # this (main) thread first: threadpoolctl's controlling thread
+            assert _blas_threads() == [1] * len(before)
+        seen = []
+
+        def worker():
+            with _SerialBlas():
+                seen.append(_blas_threads())
+            seen.append(_blas_threads())
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert seen == [[1] * len(before), before]
+        assert _blas_threads() == before
