@@ -23,7 +23,6 @@ import argparse
 import ast
 import glob
 import importlib
-import mmap
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import vecz.engine.store as new_store
+from store_bench import RESIDENCY_RECHECK_S, _evict, _read_whole  # bench/, this script's folder
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wordnet-minilm"
 
@@ -55,26 +55,6 @@ def _old_store(checkout: Path):
     (root / "vecz_old").symlink_to(checkout.resolve())
     sys.path.insert(0, str(root))
     return importlib.import_module("vecz_old.engine.store").Store
-
-
-def _read_whole(paths: list[str]) -> None:
-    for p in paths:
-        with open(p, "rb") as f:
-            while f.read(1 << 24):
-                pass
-
-
-def _evict(stores: dict, paths: list[str]) -> None:
-    for s in stores.values():
-        for reader in s._pool.readers.values():
-            reader._mmap.madvise(mmap.MADV_DONTNEED)
-            reader.mark_uncached()
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,15 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         if not args.cold:
             _read_whole(files)
-            time.sleep(1.1)  # the readers' next look at residency sees the files cached
+            time.sleep(RESIDENCY_RECHECK_S + 0.1)  # the readers' next look sees the files cached
             for i in range(30):
                 for s in stores.values():
                     s.search(q[i], args.k, **kw)
         times = {"old": [], "new": []}
         for i in range(len(q)):
             for name in (("old", "new") if (i + r) % 2 else ("new", "old")):
-                if args.cold:
-                    _evict(stores, files)
+                if args.cold:  # both versions' mappings dropped, then the files' pages
+                    _evict([], stores["old"])
+                    _evict(files, stores["new"])
                 t = time.perf_counter()
                 stores[name].search(q[i], args.k, **kw)
                 times[name].append(time.perf_counter() - t)

@@ -36,7 +36,8 @@ from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
 from .threads import query_threads
 
-__all__ = ["search_segments", "check_search_args", "pad_to_k", "merge_shortlists", "calibrate", "PARALLEL_MIN_QUERIES", "AUTO_STEP"]
+__all__ = ["search_segments", "check_search_args", "pad_to_k", "merge_shortlists", "calibrate", "PARALLEL_MIN_QUERIES",
+           "AUTO_STEP"]
 
 # rerank="auto": rows per later round of the walk (engine/bounds.py `bounded_rerank`); a
 # round's rows are fetched together (CPU prefetch), the first round's pages asked of the
@@ -234,12 +235,12 @@ def _locate(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray) -> tu
 
 
 def _exact(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
-           prefetch: bool | None) -> tuple[np.ndarray, int, int]:
+           prefetch: bool | None, located: tuple | None = None) -> tuple[np.ndarray, int, int]:
     """Exact scores (user's convention, float64 (nq, C)) of the candidates whose segment
     index is >= 0, reading each dense file once (rows ascending); others are 0. Returns
-    (scores, rows read, bytes read)."""
+    (scores, rows read, bytes read). `located`: `_locate`'s answer, when the caller has it."""
     parallel = x.shape[0] >= PARALLEL_MIN_QUERIES
-    reader_ix, dense_row, readers = _locate(segments, seg_of, rows)
+    reader_ix, dense_row, readers = _locate(segments, seg_of, rows) if located is None else located
     exact = np.zeros(rows.shape, dtype=np.float64)
     rescore = dense_kernels.dense_rescore_batch if parallel else dense_kernels.dense_rescore
     kind = _RESCORE[metric]
@@ -273,24 +274,22 @@ def _hints(prefetch: bool | None, nq: int, readers: list) -> list[bool]:
 def _rerank(metric: str, segments: list[Segment], x: np.ndarray, seg_of: np.ndarray, rows: np.ndarray,
             ids: np.ndarray, k: int, prefetch: bool | None) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Exact top-k of the shortlist, reading each dense file once (rows ascending). A few
-    queries whose candidates lie in one segment with one dense file (the usual case) take
-    three compiled calls instead of `_exact`'s two dozen numpy calls on (nq, R) arrays
-    (about 20 us of a lone query's search)."""
+    queries whose candidates lie in one dense file (the usual store) re-score and take
+    their top k in one compiled call (`dense_kernels.rerank_rows`) instead of `_exact`'s
+    steps and a second call (about 20 us of a lone query's search with the numpy steps
+    `_locate` had then)."""
     nq = x.shape[0]
-    if nq < PARALLEL_MIN_QUERIES:
-        present = _segments_in(seg_of)
-        if len(present) == 1 and len(segments[present[0]].dense) == 1:
-            g = present[0]
-            seg = segments[g]
-            reader = seg.dense[0]
-            local = dense_kernels.mapped_rows(seg_of, rows, g, seg.dense_row)
-            if _hints(prefetch, nq, [reader])[0]:
-                reader.will_need(local)
-            top_s, top_i, n_rows = dense_kernels.rerank_rows(x, reader.values, local, ids, k, _RESCORE[metric])
-            n_rows = int(n_rows)
-            reader.note_read(n_rows)
-            return top_s.astype(np.float32), top_i, n_rows, n_rows * reader.info.row_bytes
-    exact, n_rows, n_bytes = _exact(metric, segments, x, seg_of, rows, prefetch)
+    located = _locate(segments, seg_of, rows)
+    readers = located[2]
+    if nq < PARALLEL_MIN_QUERIES and len(readers) == 1:
+        reader, local = readers[0], located[1]  # local: -1 wherever the candidate is not located
+        if _hints(prefetch, nq, readers)[0]:
+            reader.will_need(local)
+        top_s, top_i, n_rows = dense_kernels.rerank_rows(x, reader.values, local, ids, k, _RESCORE[metric])
+        n_rows = int(n_rows)
+        reader.note_read(n_rows)
+        return top_s.astype(np.float32), top_i, n_rows, n_rows * reader.info.row_bytes
+    exact, n_rows, n_bytes = _exact(metric, segments, x, seg_of, rows, prefetch, located)
     topk = dense_kernels.rerank_topk_batch if x.shape[0] >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk
     top_s, top_i = topk(exact, ids, k, metric == "l2")
     return top_s, top_i, n_rows, n_bytes
@@ -625,15 +624,10 @@ class AutoWalk:
         """The top-k of the rows read so far, their counts (each dense file's reader counts
         them when `note`), tau and reach."""
         done, nq, k = self.done, self.x.shape[0], self.k
-        if nq >= PARALLEL_MIN_QUERIES:
-            sign = -1.0 if self.metric == "l2" else 1.0
-            user = np.where(done, sign * self.exact, 0.0)
-            top_s, top_i = dense_kernels.rerank_topk64_batch(user, np.where(done, self.ids, -1), k,
-                                                             self.metric == "l2")
-            counts = [int(np.count_nonzero(done & (self.reader_ix == j))) for j in range(len(self.readers))]
-        else:  # a few queries: the same steps in one compiled call
-            top_s, top_i, counts = dense_kernels.walk_result(done, self.exact, self.ids, self.reader_ix,
-                                                             len(self.readers), k, _RESCORE[self.metric])
+        user, keep, counts = dense_kernels.walk_read(done, self.exact, self.ids, self.reader_ix, len(self.readers),
+                                                     _RESCORE[self.metric])
+        topk = dense_kernels.rerank_topk64_batch if nq >= PARALLEL_MIN_QUERIES else dense_kernels.rerank_topk64
+        top_s, top_i = topk(user, keep, k, self.metric == "l2")
         n_rows = n_bytes = 0
         for reader, n in zip(self.readers, counts):
             n = int(n)

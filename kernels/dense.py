@@ -47,7 +47,7 @@ __all__ = [
     "walk_seed",
     "walk_floor",
     "walk_order",
-    "walk_result",
+    "walk_read",
     "vector_list",
     "WALK_STATE",
     "RESCORE_IP",
@@ -700,11 +700,12 @@ def bounded_walk_batch(queries, vectors, file_ix, rows, order, up_sorted, n_vali
 
 
 @jit
-def walk_result(done, exact, ids, reader_ix, n_readers, k, metric):
-    """The top k of the rows a walk read (`done`, (nq, C)) by their exact scores (float64,
-    larger-is-better as the walk keeps them: l2 negated), returned in the user's convention
-    with `rerank_topk64`, and the rows read from each of the `n_readers` dense files
-    (`reader_ix`, (nq, C)): the numpy steps of ``AutoWalk.result`` in one call."""
+def walk_read(done, exact, ids, reader_ix, n_readers, metric):
+    """What a walk read (`done`, (nq, C)): its rows' exact scores in the user's convention
+    (float64; the walk keeps them larger-is-better, l2 negated; 0 where not read), their
+    ids (-1 where not read) and the rows read from each of the `n_readers` dense files
+    (`reader_ix`, (nq, C)), in one call: the top k is then `rerank_topk64` of the first
+    two (``AutoWalk.result``)."""
     nq, c = done.shape
     is_l2 = metric == RESCORE_L2
     user = np.zeros((nq, c), dtype=np.float64)
@@ -717,8 +718,7 @@ def walk_result(done, exact, ids, reader_ix, n_readers, k, metric):
                 keep[i, j] = ids[i, j]
                 if reader_ix[i, j] >= 0:
                     counts[reader_ix[i, j]] += 1
-    scores, top = rerank_topk64(user, keep, k, is_l2)
-    return scores, top, counts
+    return user, keep, counts
 
 
 @jit

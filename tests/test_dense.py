@@ -293,9 +293,9 @@ def test_rerank_rows_equals_rescore_then_topk(nq, n, dim, depth, k, metric, f16,
 @SETTINGS
 @given(nq=st.integers(1, 4), c=st.integers(0, 12), n_readers=st.integers(1, 3), k=st.integers(1, 15),
        metric=st.sampled_from([dense.RESCORE_IP, dense.RESCORE_COSINE, dense.RESCORE_L2]), seed=st.integers(0, 2**16))
-def test_walk_result_equals_the_numpy_steps(nq, c, n_readers, k, metric, seed):
-    # `AutoWalk.result` of a few queries in one call: the same top k (bits) and per-file
-    # counts as its numpy steps (ties in the exact scores, rows not read holding scores)
+def test_walk_read_equals_the_numpy_steps(nq, c, n_readers, k, metric, seed):
+    # `AutoWalk.result`'s numpy steps in one call: the same top k (bits) and per-file
+    # counts (ties in the exact scores, rows not read holding scores)
     rng = np.random.default_rng(seed)
     done = rng.random((nq, c)) < 0.6
     exact = rng.integers(-3, 4, size=(nq, c)).astype(np.float64)  # ties; not-read slots hold junk too
@@ -304,7 +304,9 @@ def test_walk_result_equals_the_numpy_steps(nq, c, n_readers, k, metric, seed):
     is_l2 = metric == dense.RESCORE_L2
     user = np.where(done, (-1.0 if is_l2 else 1.0) * exact, 0.0)
     want_s, want_i = dense.rerank_topk64(user, np.where(done, ids, -1), k, is_l2)
-    got_s, got_i, counts = dense.walk_result(done, exact, ids, reader_ix, n_readers, k, metric)
+    user_got, keep, counts = dense.walk_read(done, exact, ids, reader_ix, n_readers, metric)
+    got_s, got_i = dense.rerank_topk64(user_got, keep, k, is_l2)
+    np.testing.assert_array_equal(user_got.view(np.int64), user.view(np.int64))
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_array_equal(got_s.view(np.int64), want_s.view(np.int64))
     np.testing.assert_array_equal(counts, [np.count_nonzero(done & (reader_ix == j)) for j in range(n_readers)])
