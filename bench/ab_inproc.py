@@ -12,6 +12,10 @@ per round.
     git worktree add /tmp/old <rev>
     python bench/ab_inproc.py --old /tmp/old --store STORE --search "rerank=20,nprobe=48" [--cold]
 
+``--batch`` times the queries as one batch per version instead (QPS, best of 3 a round,
+alternating), after each version's recall@k against the dataset's ``gt_ids.npy`` (a change
+that moves results, such as a new score rule, is judged on both).
+
 ``--cold`` evicts the store's dense files (both versions' mappings, then posix_fadvise) before
 every query, as `store_bench.py --parts cold` does. The absolute times are those of a
 process holding two copies of the engine, so only the ratio is the figure to quote.
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--cold", action="store_true", help="evict the dense files before every query")
+    ap.add_argument("--batch", action="store_true",
+                    help="time the --nq queries as one batch per version (best of 3 a round, alternating), "
+                         "and print each version's recall@k against the dataset's gt_ids.npy when it has one")
     args = ap.parse_args(argv)
 
     import numba
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                      for a in alone)
     print(f"store {args.store} search {kw} cold {args.cold}: the same results in a batch of 100 {same}, "
           f"one at a time {same_alone}", flush=True)
+    if args.batch:
+        return _batch_rounds(args, stores, q, kw, files)
     for r in range(args.rounds):
         if not args.cold:
             _read_whole(files)
@@ -106,6 +115,33 @@ def main(argv: list[str] | None = None) -> int:
         p50 = {name: float(np.median(v)) * 1e3 for name, v in times.items()}
         print(f"round {r}: old p50 {p50['old']:.3f} ms, new p50 {p50['new']:.3f} ms, new / old "
               f"{p50['new'] / p50['old']:.3f}", flush=True)
+    for s in stores.values():
+        s.close()
+    return 0
+
+
+def _batch_rounds(args, stores: dict, q: np.ndarray, kw: dict, files: list[str]) -> int:
+    """--batch: each version's QPS over the --nq queries as one batch, best of 3 a round,
+    the versions alternating; recall@k against gt_ids.npy beside the queries if present."""
+    gt_path = args.queries.parent / "gt_ids.npy"
+    if gt_path.is_file():
+        gt = np.load(gt_path)[: len(q), : args.k]
+        for name, s in stores.items():
+            ids = s.search(q, args.k, **kw).ids
+            rec = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ids, gt)])
+            print(f"{name}: recall@{args.k} {rec:.4f}", flush=True)
+    for r in range(args.rounds):
+        _read_whole(files)
+        best = {}
+        for name in (("old", "new") if r % 2 else ("new", "old")):
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                stores[name].search(q, args.k, **kw)
+                times.append(time.perf_counter() - t)
+            best[name] = len(q) / min(times)
+        print(f"round {r}: old {best['old']:,.0f} QPS, new {best['new']:,.0f} QPS, new / old "
+              f"{best['new'] / best['old']:.3f}", flush=True)
     for s in stores.values():
         s.close()
     return 0

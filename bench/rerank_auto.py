@@ -27,6 +27,21 @@ query of the dataset, one thread:
 `--truncate D` keeps the first D dims (a Matryoshka model's prefix: another embedding of the
 same texts) and `--metric` builds ip or l2 stores; either computes the exact top-10 again.
 
+Data unlike the shipped sets (results are also judged on embeddings nobody here has seen), made
+from them, each computing the exact top-10 again (`reshape`):
+
+- `--rows N` keeps the first N rows;
+- `--shift S` adds S times each vector's norm along the rows' unit mean direction, to rows and
+  queries: an anisotropic model whose vectors all lean one way (S = 1.5 takes minilm's rows'
+  mean cosine to their mean direction from 0.26 to about 0.87, as with OpenAI's ada-002);
+- `--lift D` maps rows and queries into D > dim dims by a fixed random orthonormal map and
+  adds isotropic noise of norm 0.1 (a wide model whose spectrum lives in fewer dims);
+- `--norms S` multiplies each row by a log-normal factor exp(S * N(0, 1)) (for ip or l2: rows
+  whose norms differ, as in maximum-inner-product search).
+
+    python bench/rerank_auto.py --datasets wordnet-minilm --shift 1.5 --specs "OPQ96x4;RB1"
+    python bench/rerank_auto.py --datasets wordnet-minilm --rows 40000 --lift 1536 --specs "OPQ96x4;RB1"
+
 `--calibrate-queries N` measures the interval on the last N queries (`Store.calibrate`)
 instead of pseudo-queries made from the store's rows (`Store.error_model`), and everything
 else on the other queries.
@@ -130,6 +145,39 @@ def oracle(ranks: np.ndarray, recall_value: float) -> dict | None:
                                      "p99": got["p99"]}
 
 
+def reshape(base: np.ndarray, queries: np.ndarray, args) -> tuple[np.ndarray, np.ndarray, str]:
+    """Rows and queries after --rows, --shift, --lift and --norms (see the module's
+    docstring), as float32, and a tag naming what was done ("" for nothing)."""
+    rng = np.random.default_rng(20261206)
+    tag = ""
+    if args.rows:
+        base, tag = base[: args.rows], tag + f"-n{args.rows}"
+    base = np.asarray(base, dtype=np.float32)
+    if args.shift:
+        unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+        direction = unit.mean(axis=0)
+        direction /= np.linalg.norm(direction)
+        base = base + args.shift * np.linalg.norm(base, axis=1, keepdims=True) * direction
+        queries = queries + args.shift * np.linalg.norm(queries, axis=1, keepdims=True) * direction
+        tag += f"-shift{args.shift:g}"
+    if args.lift:
+        dim = base.shape[1]
+        if args.lift <= dim:
+            raise SystemExit(f"--lift: expected more than the data's {dim} dims, found {args.lift}")
+        basis = np.linalg.qr(rng.standard_normal((args.lift, dim)))[0].T.astype(np.float32)  # (dim, D)
+        sigma = np.float32(0.1 / np.sqrt(args.lift))
+        scale_b = np.linalg.norm(base, axis=1, keepdims=True)
+        scale_q = np.linalg.norm(queries, axis=1, keepdims=True)
+        base = base @ basis + sigma * scale_b * rng.standard_normal((len(base), args.lift), dtype=np.float32)
+        queries = queries @ basis + sigma * scale_q * rng.standard_normal((len(queries), args.lift),
+                                                                          dtype=np.float32)
+        tag += f"-lift{args.lift}"
+    if args.norms:
+        base = base * np.exp(args.norms * rng.standard_normal((len(base), 1))).astype(np.float32)
+        tag += f"-norms{args.norms:g}"
+    return (np.ascontiguousarray(base, dtype=np.float32), np.ascontiguousarray(queries, dtype=np.float32), tag)
+
+
 def run(args) -> dict:
     numba.set_num_threads(1)
     out: dict = {"command": " ".join(sys.argv), "cpu": _cpu_model() or platform.machine(), "threads": 1,
@@ -142,7 +190,8 @@ def run(args) -> dict:
             raise SystemExit(f"--truncate: expected 1..{base.shape[1]} for {name}, found {args.truncate}")
         if args.truncate:  # a Matryoshka model's prefix is an embedding of its own
             base, queries = base[:, :args.truncate], queries[:, :args.truncate]
-        if args.truncate or args.metric != "cosine":  # the dataset's gt_ids rank by the full cosine
+        base, queries, shape_tag = reshape(base, queries, args)
+        if args.truncate or shape_tag or args.metric != "cosine":  # gt_ids rank by the full cosine
             data_set = Dataset(name, np.ascontiguousarray(base, dtype=np.float32), np.ascontiguousarray(queries))
             gt = ground_truth(data_set, args.metric, K)  # computed once, cached by content
         else:
@@ -157,7 +206,7 @@ def run(args) -> dict:
         specs = (args.specs or SPECS[name]).split(";")
         for spec in specs:
             tail = "" if args.metric == "cosine" else f"-{args.metric}"
-            tail += f"-d{args.truncate}" if args.truncate else ""
+            tail += (f"-d{args.truncate}" if args.truncate else "") + shape_tag
             path = Path(args.work) / f"{name}-{spec.replace(',', '_')}{tail}"
             if not path.exists():
                 t = time.perf_counter()
@@ -168,7 +217,8 @@ def run(args) -> dict:
                 t = time.perf_counter()
                 model = s.error_model() if cal is None else s.calibrate(cal)
                 calib = time.perf_counter() - t
-                entry = {"dataset": name + (f"[:{args.truncate}]" if args.truncate else ""), "spec": spec,
+                entry = {"dataset": name + (f"[:{args.truncate}]" if args.truncate else "") + shape_tag,
+                         "spec": spec,
                          "metric": args.metric, "code_size": s.codec.code_size,
                          "n": len(s), "nq": len(queries), "calibration_s": round(calib, 3), "pairs": model.pairs,
                          "calibrated_on": (f"the last {len(cal)} queries" if cal is not None else
@@ -246,6 +296,13 @@ def main() -> None:
                    help="the stores' metric (other than cosine: the exact top-10 computed again)")
     p.add_argument("--truncate", type=int, default=0,
                    help="keep the first D dims of rows and queries (the exact top-10 computed again)")
+    p.add_argument("--rows", type=int, default=0, help="keep the first N rows (the exact top-10 computed again)")
+    p.add_argument("--shift", type=float, default=0.0,
+                   help="add S x each vector's norm along the rows' mean direction (an anisotropic model)")
+    p.add_argument("--lift", type=int, default=0,
+                   help="map into D dims by a random orthonormal map, plus noise of norm 0.1 (a wide model)")
+    p.add_argument("--norms", type=float, default=0.0,
+                   help="multiply each row by exp(S * N(0, 1)) (rows whose norms differ; for ip or l2)")
     p.add_argument("--specs", default=None, help="';'-separated specs (default: per dataset, see SPECS)")
     p.add_argument("--fixed", default="20,30,50,100")
     p.add_argument("--confidences", default="0.99,0.995,0.999")

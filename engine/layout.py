@@ -127,6 +127,10 @@ class QueryPlan:
         same after its codec is trained again; not counted in ``nbytes``.
     sdc : bool
         RB symmetric scoring.
+    centre : numpy.ndarray or None
+        float64 (nq,): a centred cosine plan's lambda per query (``Codec.scans_centred``):
+        its tables are those of l2 on residuals for the query x / lambda, and the scan
+        maps the kernels' scores back to cosines (``centred_to_cosine``). None otherwise.
 
     A plan is read-only once made (only `query_groups` fills a cache), so several threads
     may scan it at once. Its tables take ``nbytes``; `Codec.queries_per_plan` says how many
@@ -134,11 +138,13 @@ class QueryPlan:
     of that size).
     """
 
-    __slots__ = ("codec", "probes", "bias", "tables", "shared", "sdc", "_groups")
+    __slots__ = ("codec", "probes", "bias", "tables", "shared", "sdc", "centre", "_groups")
 
     def __init__(self, codec: Any, probes: np.ndarray, bias: np.ndarray, tables: dict[str, np.ndarray], *,
-                 sdc: bool = False, shared: dict[str, np.ndarray] | None = None) -> None:
+                 sdc: bool = False, shared: dict[str, np.ndarray] | None = None,
+                 centre: np.ndarray | None = None) -> None:
         self.codec = codec
+        self.centre = centre
         self.probes = probes
         self.bias = bias
         self.tables = tables
@@ -187,11 +193,36 @@ def _check_k(k: Any) -> None:
         raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
 
 
+def centred_to_cosine(scores: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """A centred cosine scan's kernel scores -|x / lambda - y|^2 (float32 (nq, k), larger is
+    better) as the cosines <x, y> of unit x, y: (lambda / 2) s + (1 / lambda + lambda) / 2,
+    in float64, as float32 (an increasing map for lambda > 0; -inf stays -inf)."""
+    lam = centre[:, None]
+    with np.errstate(invalid="ignore"):
+        return (0.5 * lam * scores.astype(np.float64) + 0.5 * (1.0 / lam + lam)).astype(np.float32)
+
+
+def cosine_to_centred(floors: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """`centred_to_cosine`'s inverse for the scan's floors (float32 (nq,), -inf for none),
+    rounded down: a kernel score whose cosine rounds to the floor or above is never shut
+    out (several kernel scores can round to one cosine: the map shrinks them by lambda / 2
+    and a near row's -|x / lambda - y|^2 is near 0, where float32 is finer than at the
+    cosines' 1). So the floor is inverted from one float32 step below it, and rounded
+    down; the rows it lets through besides are dropped by the callers (`CodeIndex.scan`
+    filters by the threshold, a store's merge keeps the best)."""
+    lower = np.nextafter(floors.astype(np.float32), np.float32(-np.inf)).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        t64 = (lower - 0.5 * (1.0 / centre + centre)) * (2.0 / centre)
+    t = t64.astype(np.float32)
+    return np.ascontiguousarray(np.where(t > t64, np.nextafter(t, np.float32(-np.inf)), t))
+
+
 def plan_rows(codec: Any, n_probe: int, budget: int, sdc: bool = False) -> int:
     """Queries per plan whose float tables stay within `budget` bytes (at least 1): per-probe
-    tables (l2 on residuals) count once per probed list (`Quantizer.tables_per_query`)."""
+    tables (l2 on residuals, centred cosine) count once per probed list
+    (`Quantizer.tables_per_query`)."""
     q = codec.quantizer
-    n_tables = q.tables_per_query(codec, n_probe, sdc) if codec.metric == "l2" and q.residual else 1
+    n_tables = q.tables_per_query(codec, n_probe, sdc) if codec.scans_as_l2 and q.residual else 1
     return max(1, budget // max(1, q.table_bytes(codec.width) * n_tables))
 
 
@@ -454,10 +485,15 @@ class CodeIndex:
         # the queries probing it already); else groups of queries with the same probes
         list_major = multi and codec.ivf is not None and nq >= list_min
         groups = plan.query_groups() if multi and nq >= 2 and not list_major else None
-        scores, ids = q.scan(self, plan, k, is_l2=codec.metric == "l2", width=codec.width, groups=groups,
+        centre = plan.centre
+        if centre is not None:
+            floors = cosine_to_centred(floors, centre)
+        scores, ids = q.scan(self, plan, k, is_l2=codec.scans_as_l2, width=codec.width, groups=groups,
                              list_major=list_major, floors=floors)
         if self._user_ids is not None:
             ids = np.where(ids >= 0, self._user_ids[np.maximum(ids, 0)], -1)
         if codec.metric == "l2":
             scores = -scores  # kernels return negated distances; -(-inf) = +inf pads l2
+        elif centre is not None:
+            scores = centred_to_cosine(scores, centre)
         return scores, ids

@@ -139,6 +139,8 @@ class Quantizer:
     residual = True
     has_sdc = False
     train_rows: ClassVar[int | None] = None
+    # cosine queries scanned centred (`Codec.scans_centred`): needs |r|^2 as the row factor
+    centred_cosine: ClassVar[bool] = False
 
     def check_width(self, width: int, spec: str) -> None:
         """Raise CodecSpecError when the stage cannot code `width` dims."""
@@ -501,6 +503,11 @@ class RB(Quantizer):
 
     has_sdc = True
     train_rows = ITQ_ROWS
+    centred_cosine = True
+
+    def score_rule(self, metric: str) -> int:
+        # 3: cosine queries scanned centred, as l2 of x / lambda (`Codec.scans_centred`)
+        return 3 if metric == "cosine" else 1
 
     def __str__(self) -> str:
         return f"RB{self.levels}"
