@@ -528,18 +528,23 @@ class Codec:
         <x, y> = (lambda / 2) (-|x / lambda - y|^2) + (1 / lambda + lambda) / 2
         (``layout.centred_to_cosine``). Score rule 3 (``Codec.score_rule``).
 
-        Not with IVF (yet): there each probed list has its own centroid, and the l2 scan
-        makes one table per probed list inside the scan. Centred that way, minilm
-        IVF256,RB1 at nprobe 64 gained recall (depth 20: 0.897 -> 0.911; 0.634 -> 0.906 with
-        its vectors leaning one way) but ran batches at 0.6x the QPS. A row's own-list term
-        g <c R, s> kept in the layout beside |r|^2 would let one table a query serve every
-        list, for l2 as well."""
-        return self.metric == "cosine" and self.quantizer.centred_cosine and self._residual and self.ivf is None
+        With IVF, c is each row's own list centroid and lambda comes from the query's first
+        probed one. The l2 scan would make one table per probed list (minilm IVF256,RB1 at
+        nprobe 64 ran batches at 0.6x the QPS that way); instead the layout keeps each row's
+        |r|^2 + 2 g <c R, s> in place of |r|^2 (``Quantizer.own_list_terms``), so that one
+        table of x / lambda a query serves every list. Symmetric scoring (``sdc=True``)
+        stays uncentred, as it was (not measured centred).
+        """
+        return self.metric == "cosine" and self.quantizer.centred_cosine and self._residual
 
-    @property
-    def scans_as_l2(self) -> bool:
-        """Whether the kernels score this codec's codes as l2 (l2, or centred cosine)."""
-        return self.metric == "l2" or self.scans_centred
+    def _own_list_terms(self, codes: np.ndarray, lists: np.ndarray | None) -> np.ndarray | None:
+        """The per-row l2 terms a layout of these codes holds for a centred IVF scan
+        (`Quantizer.own_list_terms`: one table a query serves every probed list), or None."""
+        if not self.scans_centred or self.ivf is None or lists is None or not len(codes):
+            return None
+        state = self._require()
+        return self.quantizer.own_list_terms(codes, np.asarray(lists, dtype=np.int64), state,
+                                             self._derived_of(state))
 
     def _centres(self, x: np.ndarray, probes: np.ndarray) -> np.ndarray:
         """Each prepared query's lambda (``scans_centred``), float64 (nq,), from its first
@@ -800,14 +805,20 @@ class Codec:
         """The plan of prepared queries x with their probes (no thread policy of its own)."""
         state = self._require()
         nq, n_probe = probes.shape
-        is_l2 = self.scans_as_l2
-        per_probe = is_l2 and self._residual
         if nq == 0:
             return QueryPlan(self, probes, np.zeros((0, n_probe), dtype=np.float32), {}, sdc=sdc)
+        is_l2 = self.metric == "l2"
         centre = None
-        if self.scans_centred:  # the l2 tables of x / lambda (see `scans_centred`)
+        if self.scans_centred and not sdc:  # the l2 tables of x / lambda (see `scans_centred`)
             centre = self._centres(x, probes)
             x = np.ascontiguousarray(x / centre[:, None], dtype=np.float32)
+            is_l2 = True
+            if self.ivf is not None:  # one table a query for every list (`own_list_terms`)
+                ip = None if probe_ip is None else probe_ip.astype(np.float64) / centre[:, None]  # <x / lambda, c>
+                made = self.quantizer.own_list_tables(x, probes, ip, state, self._derived_of(state))
+                if made is not None:
+                    return QueryPlan(self, probes, made[1], made[0], centre=centre)
+        per_probe = is_l2 and self._residual
         if per_probe:
             made = self.quantizer.probe_tables(x, probes, state, self._derived_of(state), sdc=sdc)
             if made is not None:

@@ -219,10 +219,10 @@ def cosine_to_centred(floors: np.ndarray, centre: np.ndarray) -> np.ndarray:
 
 def plan_rows(codec: Any, n_probe: int, budget: int, sdc: bool = False) -> int:
     """Queries per plan whose float tables stay within `budget` bytes (at least 1): per-probe
-    tables (l2 on residuals, centred cosine) count once per probed list
-    (`Quantizer.tables_per_query`)."""
+    tables (l2 on residuals) count once per probed list (`Quantizer.tables_per_query`); a
+    centred cosine plan has one table a query."""
     q = codec.quantizer
-    n_tables = q.tables_per_query(codec, n_probe, sdc) if codec.scans_as_l2 and q.residual else 1
+    n_tables = q.tables_per_query(codec, n_probe, sdc) if codec.metric == "l2" and q.residual else 1
     return max(1, budget // max(1, q.table_bytes(codec.width) * n_tables))
 
 
@@ -317,7 +317,8 @@ class CodeIndex:
         self.words: np.ndarray | None = None
         # the quantizer lays the codes out from input order (no list-ordered copy first)
         codes = np.asarray(codes, dtype=np.uint8)
-        layout = codec.quantizer.build_layout(codes, order, self.ids, self.offsets, codec.width, keep_rows)
+        layout = codec.quantizer.build_layout(codes, order, self.ids, self.offsets, codec.width, keep_rows,
+                                              codec._own_list_terms(codes, lists))
         for name, array in layout.items():
             setattr(self, name, array)
         self._n_dead = 0
@@ -488,7 +489,8 @@ class CodeIndex:
         centre = plan.centre
         if centre is not None:
             floors = cosine_to_centred(floors, centre)
-        scores, ids = q.scan(self, plan, k, is_l2=codec.scans_as_l2, width=codec.width, groups=groups,
+        scores, ids = q.scan(self, plan, k, is_l2=codec.metric == "l2" or centre is not None, width=codec.width,
+                             groups=groups,
                              list_major=list_major, floors=floors)
         if self._user_ids is not None:
             ids = np.where(ids >= 0, self._user_ids[np.maximum(ids, 0)], -1)

@@ -19,7 +19,7 @@ its own behaviour on plain arrays:
 - ``train_row_errors(residuals, state)``, ``errors_from_code(state)``, ``row_errors(codes,
   width, state)``: a row's error scale (engine/bounds.py) told by its code (RB; PQ with the
   optional `pq_cell_err`), or None: the codec then stores each row's error.
-- ``build_layout(codes, order, ids, offsets, width, keep_rows)``: the scan layout of codes
+- ``build_layout(codes, order, ids, offsets, width, keep_rows, l2_terms=None)``: the scan layout of codes
   (n, code_size) in input order, laid out in IVF list order (``codes[order]``, whose ids
   are `ids` and lists start at `offsets`), as named arrays that `vecz.engine.layout.CodeIndex` holds: row codes with
   their ids (PQ x8, SQ, F16, Flat), or 4-bit fast-scan blocks with ids per block row, -1 on
@@ -181,11 +181,25 @@ class Quantizer:
         raise NotImplementedError
 
     def build_layout(self, codes: np.ndarray, order: np.ndarray, ids: np.ndarray, offsets: np.ndarray,
-                     width: int, keep_rows: bool) -> dict[str, np.ndarray]:
+                     width: int, keep_rows: bool, l2_terms: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Scan layout of codes (n, code_size) in input order, in list order ``codes[order]``
         (lists at `offsets`, ids (n,) already in that order): arrays by the `CodeIndex`
-        attribute that holds them."""
+        attribute that holds them. `l2_terms` (float32 (n,), input order; `own_list_terms`):
+        the per-row term the fast scan's l2 formula adds, in place of |r|^2."""
         return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
+
+    def own_list_terms(self, codes: np.ndarray, lists: np.ndarray, state: Tables, derived: dict[str, Any]
+                       ) -> np.ndarray | None:
+        """For `own_list_tables`: each row's l2 term with its own list's centroid folded in,
+        float32 (n,) in input order; None: not offered."""
+        return None
+
+    def own_list_tables(self, x: np.ndarray, probes: np.ndarray, probe_ip: np.ndarray | None, state: Tables,
+                        derived: dict[str, Any]) -> tuple[Tables, np.ndarray] | None:
+        """l2 on residuals with one table a query for every probed list (rows laid out with
+        `own_list_terms`): (tables, bias); `probe_ip` (nq, P) the queries' <x, c> to their
+        probed centroids when known. None: not offered."""
+        return None
 
     def errors_from_code(self, state: Tables) -> bool:
         """True when `row_errors` derives every row's error scale from its code with this
@@ -398,7 +412,7 @@ class PQ(Quantizer):
             return None
         return pq.pq_code_error_scales(np.ascontiguousarray(self._sub_codes(codes)), state["pq_cell_err"])
 
-    def build_layout(self, codes, order, ids, offsets, width, keep_rows):
+    def build_layout(self, codes, order, ids, offsets, width, keep_rows, l2_terms=None):
         if self.nbits == 8:
             return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
         # The blocked layout replaces the row codes: one copy of the codes in RAM. Packed
@@ -545,13 +559,15 @@ class RB(Quantizer):
         bits, factors = self.split_codes(codes, width)
         return binary.rb_decode(bits, factors, width) @ state["rb_rotation"].T
 
-    def build_layout(self, codes, order, ids, offsets, width, keep_rows):
+    def build_layout(self, codes, order, ids, offsets, width, keep_rows, l2_terms=None):
         # One copy of the bits, in fast-scan blocks: a sign byte is two 4-bit sub-codes
         # (`binary.rb_nibbles`), already the fast scan's byte pair. The popcount words for
         # symmetric scoring are derived on the first sdc=True scan, from the row bits when
         # kept, else from the blocks (`scan`).
         n_bytes = self.levels * binary.rb_nbytes(width)
         factors = np.ascontiguousarray(codes[:, n_bytes : n_bytes + RB_FACTOR_BYTES]).view("<f4")
+        if l2_terms is not None:  # the blocks' second factor: |r|^2 with the own list folded in
+            factors = np.stack([factors[:, 0], np.asarray(l2_terms, dtype=np.float32)], axis=1)
         blocks, block_ids, block_offsets, block_factors = fastscan.fs_layout_packed(
             codes, n_bytes, order, ids, offsets, factors)
         out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS, "blocks": blocks,
@@ -601,6 +617,37 @@ class RB(Quantizer):
             return {"tq": binary.rb_nibble_lut(qr, 1), "q_sq": q_sq}, bias, {"list_nibbles": nibbles}
         rot = (qr[:, None, :] - rotated[np.maximum(probes, 0)]).reshape(nq * n_tab, -1)  # probes < 0 are skipped
         return (*self._rotated_tables(rot, bias, nq=nq, per_probe=True, sdc=sdc), {})
+
+    def own_list_terms(self, codes, lists, state, derived):
+        # -|q - x|^2 ~= -(|q - c|^2 - 2 g <(q - c) R, s> + |r|^2)
+        #            = -(|q - c|^2 - 2 g <q R, s> + (|r|^2 + 2 g <c R, s>)):
+        # the row's own centroid c enters through its code alone, so one table of q R serves
+        # every probed list (`own_list_tables`). float64 sums, stored as float32.
+        rotated = _rotated_centroids(state, "rb_rotation", derived)
+        if rotated is None:
+            return None
+        nb = self.levels * binary.rb_nbytes(rotated.shape[1])
+        factors = np.ascontiguousarray(codes[:, nb : nb + RB_FACTOR_BYTES]).view("<f4").astype(np.float64)
+        dots = binary.rb_sign_dots(codes, self.levels, rotated, lists)
+        return (factors[:, 1] + 2.0 * factors[:, 0] * dots).astype(np.float32)
+
+    def own_list_tables(self, x, probes, probe_ip, state, derived):
+        rotated = _rotated_centroids(state, "rb_rotation", derived)
+        if rotated is None:
+            return None
+        nq, n_tab = probes.shape
+        qr = _rotate(x, state["rb_rotation"])
+        tables, bias = self._rotated_tables(qr, np.zeros((nq, n_tab), dtype=np.float32), nq=nq, per_probe=False,
+                                            sdc=False)
+        if probe_ip is None:
+            q_sq = _probe_sq_dist(qr, rotated, probes)
+        else:  # |x - c|^2 = |x|^2 - 2 <x, c> + |c|^2 from the probe step's <x, c>: O(P), not O(P dim)
+            c_sq = _derive(derived, "centroid_sq", 8 * rotated.shape[0], lambda: np.einsum(
+                "ij,ij->i", state["centroids"], state["centroids"], dtype=np.float64))
+            x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+            q_sq = np.where(probes >= 0, x_sq[:, None] - 2.0 * probe_ip + c_sq[np.maximum(probes, 0)], 0.0)
+        tables["q_sq"] = np.ascontiguousarray(q_sq, dtype=np.float32)
+        return tables, bias
 
     def _list_nibbles_bytes(self, codec_nlist: int, width: int) -> int:
         return codec_nlist * 2 * binary.rb_nbytes(width) * 16 * 4
@@ -725,7 +772,7 @@ class _Dense(Quantizer):
     def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
         return codes.view(self.row_dtype).astype(np.float32)
 
-    def build_layout(self, codes, order, ids, offsets, width, keep_rows):
+    def build_layout(self, codes, order, ids, offsets, width, keep_rows, l2_terms=None):
         # F16 rows go to the kernel as their uint16 bit patterns (Numba has no float16)
         view = "<u2" if self.row_dtype == "<f2" else self.row_dtype
         rows = np.ascontiguousarray(codes[order])

@@ -42,6 +42,7 @@ __all__ = [
     "rb_encode_batch",
     "rb_decode",
     "rb_error_norms",
+    "rb_sign_dots",
     "rb_lut",
     "rb_lut_scan",
     "rb_lut_scan_batch",
@@ -294,6 +295,45 @@ def rb_error_norms(codes: np.ndarray, n_levels: int, dim: int) -> np.ndarray:
     factors = np.ascontiguousarray(codes[:, n_bits : n_bits + 8]).view("<f4").astype(np.float32)
     out = np.empty(codes.shape[0], dtype=np.float32)
     _rb_error_norms(codes, factors, n_levels, nbytes, dim, out)
+    return out
+
+
+@jit_batch
+def _rb_sign_dots(codes, vecs, which, n_levels, nbytes, dim, out):
+    for i in prange(codes.shape[0]):
+        v = vecs[which[i]]
+        total = 0.0
+        w = 1.0
+        for lv in range(n_levels):
+            acc = 0.0
+            for d in range(dim):
+                x = np.float64(v[d])
+                acc += x if (codes[i, lv * nbytes + (d >> 3)] >> (d & 7)) & 1 else -x
+            total += w * acc
+            w *= 0.5
+        out[i] = total
+
+
+def rb_sign_dots(codes: np.ndarray, n_levels: int, vecs: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """<vecs[which[i]], s_i> per row of RB codes uint8 (n, >= b * nbytes) (their sign bits
+    first), with s = sum_l 2**-l s_l the code's level-weighted sign vector (`rb_signs`) and
+    vecs float32 (m, dim) in the rotated space: the float value of what the fast scan's
+    tables of that vector sum for the row (`rb_nibble_lut`), in float64, summed in a fixed
+    order. float64 (n,). `which` int64 (n,) must lie in 0..m-1 (checked)."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    which = np.ascontiguousarray(which, dtype=np.int64)
+    if vecs.ndim != 2:
+        raise ValueError(f"expected vecs (m, dim), found shape {vecs.shape}")
+    nbytes = rb_nbytes(vecs.shape[1])
+    if codes.ndim != 2 or codes.shape[1] < n_levels * nbytes or which.shape != (codes.shape[0],):
+        raise ValueError(f"expected codes (n, >= {n_levels * nbytes}) and which (n,), found {codes.shape} "
+                         f"and {which.shape}")
+    if which.size and (int(which.min()) < 0 or int(which.max()) >= vecs.shape[0]):
+        raise ValueError(f"which: expected values in 0..{vecs.shape[0] - 1}, found {int(which.min())}.."
+                         f"{int(which.max())}")
+    out = np.empty(codes.shape[0], dtype=np.float64)
+    _rb_sign_dots(codes, vecs, which, n_levels, nbytes, vecs.shape[1], out)
     return out
 
 

@@ -410,6 +410,30 @@ def test_error_norms_are_the_estimator_error(n, dim, levels, seed, zero_rows):
     assert (gap <= np.linalg.norm(q, axis=1)[:, None] * (err + 1e-3 * norm + 1e-6)[None, :] * (1 + 1e-3)).all()
 
 
+@SETTINGS
+@given(n=st.integers(0, 25), dim=st.sampled_from([1, 3, 8, 13, 64, 100]), levels=st.integers(1, 4),
+       m=st.integers(1, 5), seed=st.integers(0, 2**32 - 1), strided=st.booleans())
+def test_rb_sign_dots_are_the_level_weighted_sign_products(n, dim, levels, m, seed, strided):
+    # <vecs[which[i]], s_i> with s the code's level-weighted signs (numpy: rb_signs_ref),
+    # also for odd dims, one row, no rows and vectors handed in strided; out-of-range
+    # `which` is refused
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((n, dim)).astype(np.float32)
+    bits, factors = binary.rb_encode_batch(r, levels, binary._T_COARSE, binary._T_FINE_STEP)
+    codes = np.concatenate([bits.reshape(n, levels * binary.rb_nbytes(dim)), factors.astype("<f4").view(np.uint8)],
+                           axis=1)
+    vecs = rng.standard_normal((m, 2 * dim)).astype(np.float32)[:, ::2] if strided else \
+        rng.standard_normal((m, dim)).astype(np.float32)
+    which = rng.integers(0, m, n)
+    got = binary.rb_sign_dots(codes, levels, vecs, which)
+    assert got.dtype == np.float64 and got.shape == (n,)
+    want = np.einsum("nd,nd->n", rb_signs_ref(bits, dim).astype(np.float64), vecs[which].astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * dim)
+    if n:
+        with pytest.raises(ValueError, match="which"):
+            binary.rb_sign_dots(codes, levels, vecs, np.full(n, m))
+
+
 @settings(max_examples=30, deadline=None, database=None)
 @given(nq=st.integers(1, 4), dim=st.sampled_from([1, 7, 8, 13, 64, 65]), nlist=st.integers(1, 5),
        scale=st.sampled_from([1e-3, 1.0, 1e3]), near=st.booleans(), seed=st.integers(0, 2**32 - 1))
