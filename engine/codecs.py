@@ -537,22 +537,33 @@ class Codec:
         """
         return self.metric == "cosine" and self.quantizer.centred_cosine and self._residual
 
-    def _own_list_terms(self, codes: np.ndarray, lists: np.ndarray | None) -> np.ndarray | None:
-        """The per-row l2 terms a layout of these codes holds for a centred IVF scan
-        (`Quantizer.own_list_terms`: one table a query serves every probed list), or None."""
-        if not self.scans_centred or self.ivf is None or lists is None or not len(codes):
+    def _own_list_terms(self, codes: np.ndarray, order: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+        """The per-row l2 terms a layout of these codes (lists in `order` at `offsets`, as
+        the layout orders them) holds for a centred IVF scan (`Quantizer.own_list_terms`:
+        one table a query serves every probed list), or None."""
+        if not self.scans_centred or self.ivf is None or not len(codes):
             return None
         state = self._require()
-        return self.quantizer.own_list_terms(codes, np.asarray(lists, dtype=np.int64), state,
-                                             self._derived_of(state))
+        return self.quantizer.own_list_terms(codes, order, offsets, state, self._derived_of(state))
+
+    def _centroid_sq(self, state: dict[str, np.ndarray]) -> np.ndarray:
+        """|c|^2 of every centroid, float64 (nlist,), each row summed alone; made once per
+        state."""
+        derived = self._derived_of(state)
+        out = derived.get("centroid_sq")
+        if out is None:
+            c = state["centroids"].astype(np.float64)
+            out = derived["centroid_sq"] = (c * c).sum(axis=1)
+        return out
 
     def _centres(self, x: np.ndarray, probes: np.ndarray) -> np.ndarray:
         """Each prepared query's lambda (``scans_centred``), float64 (nq,), from its first
         probed list's centroid c: <x, c> / |c|^2 within CENTRE_MIN..CENTRE_MAX (1 when c is
         0). Each row is summed alone: a query's lambda does not depend on its batch."""
-        c = self._require()["centroids"][np.maximum(probes[:, 0], 0)].astype(np.float64)
-        cc = (c * c).sum(axis=1)
-        xc = (x.astype(np.float64) * c).sum(axis=1)
+        state = self._require()
+        first = np.maximum(probes[:, 0], 0)
+        cc = self._centroid_sq(state)[first]
+        xc = (x.astype(np.float64) * state["centroids"][first]).sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             lam = np.where(cc > 0.0, xc / cc, 1.0)
         return np.clip(lam, CENTRE_MIN, CENTRE_MAX)
@@ -814,8 +825,11 @@ class Codec:
             x = np.ascontiguousarray(x / centre[:, None], dtype=np.float32)
             is_l2 = True
             if self.ivf is not None:  # one table a query for every list (`own_list_terms`)
-                ip = None if probe_ip is None else probe_ip.astype(np.float64) / centre[:, None]  # <x / lambda, c>
-                made = self.quantizer.own_list_tables(x, probes, ip, state, self._derived_of(state))
+                # |x / lambda - c|^2 from the probe step's <x, c> (cosine probes by inner product)
+                probe_sq = np.where(probes >= 0, np.einsum("ij,ij->i", x, x, dtype=np.float64)[:, None]
+                                    - 2.0 * probe_ip / centre[:, None]
+                                    + self._centroid_sq(state)[np.maximum(probes, 0)], 0.0)
+                made = self.quantizer.own_list_tables(x, probe_sq, state, self._derived_of(state))
                 if made is not None:
                     return QueryPlan(self, probes, made[1], made[0], centre=centre)
         per_probe = is_l2 and self._residual

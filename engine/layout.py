@@ -198,8 +198,7 @@ def centred_to_cosine(scores: np.ndarray, centre: np.ndarray) -> np.ndarray:
     better) as the cosines <x, y> of unit x, y: (lambda / 2) s + (1 / lambda + lambda) / 2,
     in float64, as float32 (an increasing map for lambda > 0; -inf stays -inf)."""
     lam = centre[:, None]
-    with np.errstate(invalid="ignore"):
-        return (0.5 * lam * scores.astype(np.float64) + 0.5 * (1.0 / lam + lam)).astype(np.float32)
+    return (0.5 * lam * scores.astype(np.float64) + 0.5 * (1.0 / lam + lam)).astype(np.float32)
 
 
 def cosine_to_centred(floors: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -318,7 +317,7 @@ class CodeIndex:
         # the quantizer lays the codes out from input order (no list-ordered copy first)
         codes = np.asarray(codes, dtype=np.uint8)
         layout = codec.quantizer.build_layout(codes, order, self.ids, self.offsets, codec.width, keep_rows,
-                                              codec._own_list_terms(codes, lists))
+                                              codec._own_list_terms(codes, order, self.offsets))
         for name, array in layout.items():
             setattr(self, name, array)
         self._n_dead = 0

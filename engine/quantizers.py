@@ -188,17 +188,18 @@ class Quantizer:
         the per-row term the fast scan's l2 formula adds, in place of |r|^2."""
         return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
 
-    def own_list_terms(self, codes: np.ndarray, lists: np.ndarray, state: Tables, derived: dict[str, Any]
-                       ) -> np.ndarray | None:
+    def own_list_terms(self, codes: np.ndarray, order: np.ndarray, offsets: np.ndarray, state: Tables,
+                       derived: dict[str, Any]) -> np.ndarray | None:
         """For `own_list_tables`: each row's l2 term with its own list's centroid folded in,
-        float32 (n,) in input order; None: not offered."""
+        float32 (n,) in input order, the rows of list j being ``order[offsets[j]:offsets[j +
+        1]]`` (the layout's `ivf.ivf_layout`); None: not offered."""
         return None
 
-    def own_list_tables(self, x: np.ndarray, probes: np.ndarray, probe_ip: np.ndarray | None, state: Tables,
-                        derived: dict[str, Any]) -> tuple[Tables, np.ndarray] | None:
+    def own_list_tables(self, x: np.ndarray, probe_sq: np.ndarray, state: Tables, derived: dict[str, Any]
+                        ) -> tuple[Tables, np.ndarray] | None:
         """l2 on residuals with one table a query for every probed list (rows laid out with
-        `own_list_terms`): (tables, bias); `probe_ip` (nq, P) the queries' <x, c> to their
-        probed centroids when known. None: not offered."""
+        `own_list_terms`): (tables, bias), `probe_sq` (nq, P) each probe's |x - c|^2. None:
+        not offered (then `own_list_terms` offered none either)."""
         return None
 
     def errors_from_code(self, state: Tables) -> bool:
@@ -618,7 +619,7 @@ class RB(Quantizer):
         rot = (qr[:, None, :] - rotated[np.maximum(probes, 0)]).reshape(nq * n_tab, -1)  # probes < 0 are skipped
         return (*self._rotated_tables(rot, bias, nq=nq, per_probe=True, sdc=sdc), {})
 
-    def own_list_terms(self, codes, lists, state, derived):
+    def own_list_terms(self, codes, order, offsets, state, derived):
         # -|q - x|^2 ~= -(|q - c|^2 - 2 g <(q - c) R, s> + |r|^2)
         #            = -(|q - c|^2 - 2 g <q R, s> + (|r|^2 + 2 g <c R, s>)):
         # the row's own centroid c enters through its code alone, so one table of q R serves
@@ -628,25 +629,16 @@ class RB(Quantizer):
             return None
         nb = self.levels * binary.rb_nbytes(rotated.shape[1])
         factors = np.ascontiguousarray(codes[:, nb : nb + RB_FACTOR_BYTES]).view("<f4").astype(np.float64)
-        dots = binary.rb_sign_dots(codes, self.levels, rotated, lists)
+        dots = binary.rb_sign_dots(codes, self.levels, rotated, order, offsets)
         return (factors[:, 1] + 2.0 * factors[:, 0] * dots).astype(np.float32)
 
-    def own_list_tables(self, x, probes, probe_ip, state, derived):
-        rotated = _rotated_centroids(state, "rb_rotation", derived)
-        if rotated is None:
+    def own_list_tables(self, x, probe_sq, state, derived):
+        if _rotated_centroids(state, "rb_rotation", derived) is None:  # as `own_list_terms`
             return None
-        nq, n_tab = probes.shape
-        qr = _rotate(x, state["rb_rotation"])
-        tables, bias = self._rotated_tables(qr, np.zeros((nq, n_tab), dtype=np.float32), nq=nq, per_probe=False,
-                                            sdc=False)
-        if probe_ip is None:
-            q_sq = _probe_sq_dist(qr, rotated, probes)
-        else:  # |x - c|^2 = |x|^2 - 2 <x, c> + |c|^2 from the probe step's <x, c>: O(P), not O(P dim)
-            c_sq = _derive(derived, "centroid_sq", 8 * rotated.shape[0], lambda: np.einsum(
-                "ij,ij->i", state["centroids"], state["centroids"], dtype=np.float64))
-            x_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-            q_sq = np.where(probes >= 0, x_sq[:, None] - 2.0 * probe_ip + c_sq[np.maximum(probes, 0)], 0.0)
-        tables["q_sq"] = np.ascontiguousarray(q_sq, dtype=np.float32)
+        nq, n_tab = probe_sq.shape
+        tables, bias = self._rotated_tables(_rotate(x, state["rb_rotation"]), np.zeros((nq, n_tab), dtype=np.float32),
+                                            nq=nq, per_probe=False, sdc=False)
+        tables["q_sq"] = np.ascontiguousarray(probe_sq, dtype=np.float32)
         return tables, bias
 
     def _list_nibbles_bytes(self, codec_nlist: int, width: int) -> int:

@@ -299,26 +299,16 @@ def rb_error_norms(codes: np.ndarray, n_levels: int, dim: int) -> np.ndarray:
 
 
 @jit_batch
-def _rb_sign_dots(codes, vecs, order, starts, n_levels, nbytes, dim, out):
-    # per vector (a group of rows sharing it, `order[starts[g]:starts[g + 1]]`): its table
-    # of each nibble's 16 sign patterns, then each row's level-weighted sum of lookups
+def _rb_sign_dots(codes, vecs, order, starts, n_levels, nbytes, out):
+    # per vector g (the rows order[starts[g]:starts[g + 1]] share it): its nibble tables
+    # (`_nibble_row`, here in float64), then each row's level-weighted sum of lookups
     n_sym = 2 * nbytes
     for g in prange(starts.shape[0] - 1):
-        a, b = starts[g], starts[g + 1]
-        if a == b:
+        if starts[g] == starts[g + 1]:
             continue
-        v = vecs[g]
-        table = np.zeros((n_sym, 16), dtype=np.float64)
-        for m in range(n_sym):
-            for pattern in range(16):
-                acc = 0.0
-                for t in range(4):
-                    d = 4 * m + t
-                    if d < dim:
-                        x = np.float64(v[d])
-                        acc += x if (pattern >> t) & 1 else -x
-                table[m, pattern] = acc
-        for r in range(a, b):
+        table = np.empty((n_sym, 16), dtype=np.float64)
+        _nibble_row(vecs[g], n_sym, table)
+        for r in range(starts[g], starts[g + 1]):
             i = order[r]
             total = 0.0
             w = 1.0
@@ -333,31 +323,33 @@ def _rb_sign_dots(codes, vecs, order, starts, n_levels, nbytes, dim, out):
             out[i] = total
 
 
-def rb_sign_dots(codes: np.ndarray, n_levels: int, vecs: np.ndarray, which: np.ndarray) -> np.ndarray:
-    """<vecs[which[i]], s_i> per row of RB codes uint8 (n, >= b * nbytes) (their sign bits
-    first), with s = sum_l 2**-l s_l the code's level-weighted sign vector (`rb_signs`) and
-    vecs float32 (m, dim) in the rotated space: the float value of what the fast scan's
-    tables of that vector sum for the row (`rb_nibble_lut`), in float64: per vector a table
-    of each nibble's 16 sign patterns (summed in the order of its 4 dims), then per row the
-    level-weighted sum of its nibbles' entries in a fixed order. float64 (n,). `which`
-    int64 (n,) must lie in 0..m-1 (checked)."""
+def rb_sign_dots(codes: np.ndarray, n_levels: int, vecs: np.ndarray, order: np.ndarray,
+                 starts: np.ndarray) -> np.ndarray:
+    """<vecs[g], s_i> for the rows i = order[starts[g]:starts[g + 1]] of RB codes uint8
+    (n, >= b * nbytes) (their sign bits first; an IVF layout's list order and offsets,
+    `ivf.ivf_layout`), with s = sum_l 2**-l s_l the code's level-weighted sign vector
+    (`rb_signs`) and vecs (m, dim) in the rotated space: what the fast scan's tables of
+    that vector (`rb_nibble_lut`) sum for the row, in float64 (each nibble's table summed
+    in the order of its 4 dims, then the row's entries in a fixed order). float64 (n,),
+    input order. `order` must be a permutation of 0..n-1 and `starts` (m + 1,) rise from 0
+    to n (checked)."""
     codes = np.asarray(codes, dtype=np.uint8)
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    which = np.ascontiguousarray(which, dtype=np.int64)
+    vecs = np.ascontiguousarray(vecs, dtype=np.float64)
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
     if vecs.ndim != 2:
         raise ValueError(f"expected vecs (m, dim), found shape {vecs.shape}")
+    n = codes.shape[0] if codes.ndim == 2 else -1
     nbytes = rb_nbytes(vecs.shape[1])
-    if codes.ndim != 2 or codes.shape[1] < n_levels * nbytes or which.shape != (codes.shape[0],):
-        raise ValueError(f"expected codes (n, >= {n_levels * nbytes}) and which (n,), found {codes.shape} "
-                         f"and {which.shape}")
-    if which.size and (int(which.min()) < 0 or int(which.max()) >= vecs.shape[0]):
-        raise ValueError(f"which: expected values in 0..{vecs.shape[0] - 1}, found {int(which.min())}.."
-                         f"{int(which.max())}")
-    out = np.empty(codes.shape[0], dtype=np.float64)
-    order = np.argsort(which, kind="stable")
-    starts = np.zeros(vecs.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(which, minlength=vecs.shape[0]), out=starts[1:])
-    _rb_sign_dots(codes, vecs, order, starts, n_levels, nbytes, vecs.shape[1], out)
+    if n < 0 or codes.shape[1] < n_levels * nbytes:
+        raise ValueError(f"expected codes (n, >= {n_levels * nbytes}), found {codes.shape}")
+    if order.shape != (n,) or (n and (int(order.min()) < 0 or int(order.max()) >= n
+                                      or np.bincount(order, minlength=n).max() != 1)):
+        raise ValueError(f"order: expected a permutation of 0..{n - 1}, found shape {order.shape}")
+    if starts.shape != (vecs.shape[0] + 1,) or starts[0] != 0 or starts[-1] != n or (np.diff(starts) < 0).any():
+        raise ValueError(f"starts: expected {vecs.shape[0] + 1} values rising from 0 to {n}, found {starts}")
+    out = np.empty(n, dtype=np.float64)
+    _rb_sign_dots(codes, vecs, order, starts, n_levels, nbytes, out)
     return out
 
 

@@ -414,9 +414,10 @@ def test_error_norms_are_the_estimator_error(n, dim, levels, seed, zero_rows):
 @given(n=st.integers(0, 25), dim=st.sampled_from([1, 3, 8, 13, 64, 100]), levels=st.integers(1, 4),
        m=st.integers(1, 5), seed=st.integers(0, 2**32 - 1), strided=st.booleans())
 def test_rb_sign_dots_are_the_level_weighted_sign_products(n, dim, levels, m, seed, strided):
-    # <vecs[which[i]], s_i> with s the code's level-weighted signs (numpy: rb_signs_ref),
-    # also for odd dims, one row, no rows and vectors handed in strided; out-of-range
-    # `which` is refused
+    # <vecs[which[i]], s_i> with s the code's level-weighted signs (numpy: rb_signs_ref), the
+    # rows grouped by vector as an IVF layout orders them, also for odd dims, one row, no
+    # rows and vectors handed in strided; an order that is no permutation is refused, and
+    # starts that do not rise from 0 to n
     rng = np.random.default_rng(seed)
     r = rng.standard_normal((n, dim)).astype(np.float32)
     bits, factors = binary.rb_encode_batch(r, levels, binary._T_COARSE, binary._T_FINE_STEP)
@@ -425,13 +426,17 @@ def test_rb_sign_dots_are_the_level_weighted_sign_products(n, dim, levels, m, se
     vecs = rng.standard_normal((m, 2 * dim)).astype(np.float32)[:, ::2] if strided else \
         rng.standard_normal((m, dim)).astype(np.float32)
     which = rng.integers(0, m, n)
-    got = binary.rb_sign_dots(codes, levels, vecs, which)
+    order = np.argsort(which, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=m))])
+    got = binary.rb_sign_dots(codes, levels, vecs, order, starts)
     assert got.dtype == np.float64 and got.shape == (n,)
     want = np.einsum("nd,nd->n", rb_signs_ref(bits, dim).astype(np.float64), vecs[which].astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * dim)
     if n:
-        with pytest.raises(ValueError, match="which"):
-            binary.rb_sign_dots(codes, levels, vecs, np.full(n, m))
+        with pytest.raises(ValueError, match="order"):
+            binary.rb_sign_dots(codes, levels, vecs, np.full(n, n), starts)
+        with pytest.raises(ValueError, match="starts"):
+            binary.rb_sign_dots(codes, levels, vecs, order, starts[::-1].copy())
 
 
 @settings(max_examples=30, deadline=None, database=None)
