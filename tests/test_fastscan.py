@@ -485,7 +485,7 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
                    probe_q_sq, is_l2, k):
     """`fs_scan_factors` in plain numpy: every real row's score in the kernel's float32
     operations (comb = sum_l 2**-l float32(acc_l); ip: pbias + g * (base + step * comb); l2:
-    float32(-(q_sq - 2 est + |r|^2)) in float64), then the best k by (score desc, id asc),
+    -((q_sq - 2 est) + |r|^2) in float32), then the best k by (score desc, id asc),
     padded with (-inf, -1); a NaN or -inf score never enters. A 1-D row_factors is the scaled
     mode (g alone, uint16 float16 bits): 0 + g * ((bias + pbias) + step * comb)."""
     scaled = row_factors.ndim == 1
@@ -520,7 +520,7 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
             with np.errstate(invalid="ignore", over="ignore"):  # inf factors give NaN, as in the kernel
                 est = (g * (base + steps[t] * comb)).astype(np.float32)
                 if is_l2:
-                    score = (-(np.float64(probe_q_sq[p]) - 2.0 * est.astype(np.float64) + r_sq.astype(np.float64)))
+                    score = -((probe_q_sq[p] - np.float32(2.0) * est) + r_sq)
                 else:
                     score = pbias + est
             score = score.astype(np.float32)
