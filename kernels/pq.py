@@ -136,7 +136,10 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
     rot = random_rotation(d, seed)
     if sub.shape[0] >= 2 and n_iter > 0:
         subt = np.ascontiguousarray(sub.T)
-        y = matmul_rows_batch(sub, rot)
+        # the loop's rotated rows in float32 BLAS: they only steer the training (codes come
+        # from `matmul_rows_batch`'s fixed order of sums); at 1,536 dims the row-by-row
+        # product took 0.98 s an iteration against BLAS's 0.42 on 2 cores
+        y = np.ascontiguousarray(sub @ rot, dtype=np.float32)
         books = pq_train(y, m, nbits, seed=seed)
         for _ in range(n_iter):
             for _ in range(pq_iter):
@@ -150,7 +153,7 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
             else:
                 with svd_scope():
                     rot = polar(cross).astype(np.float32)
-            y = matmul_rows_batch(sub, rot)
+            y = np.ascontiguousarray(sub @ rot, dtype=np.float32)
     rot = np.ascontiguousarray(rot, dtype=np.float32)
     return rot, pq_train(matmul_rows_batch(x, rot), m, nbits, seed=seed)
 
