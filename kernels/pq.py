@@ -21,6 +21,7 @@ Rows whose id is < 0 (marked dead) are never returned. Reference: tests/referenc
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable, ContextManager
 
 import numpy as np
@@ -139,21 +140,19 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
         # the loop's rotated rows in float32 BLAS: they only steer the training (codes come
         # from `matmul_rows_batch`'s fixed order of sums); at 1,536 dims the row-by-row
         # product took 0.98 s an iteration against BLAS's 0.42 on 2 cores
-        y = np.ascontiguousarray(sub @ rot, dtype=np.float32)
-        books = pq_train(y, m, nbits, seed=seed)
-        for _ in range(n_iter):
+        for it in range(n_iter):
+            y = np.ascontiguousarray(sub @ rot, dtype=np.float32)  # rows under the last step's R
+            if it == 0:
+                books = pq_train(y, m, nbits, seed=seed)
             for _ in range(pq_iter):
                 codes = pq_encode(y, books)
                 books = _pq_means(y, codes, books)
             # x^T decode in float32 BLAS (a float64 product cost 8x as much; R only needs
             # to be orthogonal, which the float64 polar factor makes it)
             cross = (subt @ pq_decode(codes, books, d)).astype(np.float64)
-            if svd_scope is None:
+            with (svd_scope or nullcontext)():
                 rot = polar(cross).astype(np.float32)
-            else:
-                with svd_scope():
-                    rot = polar(cross).astype(np.float32)
-            y = np.ascontiguousarray(sub @ rot, dtype=np.float32)
+        # (the last R rotates all of x below: no rows rotated in the loop go unused)
     rot = np.ascontiguousarray(rot, dtype=np.float32)
     return rot, pq_train(matmul_rows_batch(x, rot), m, nbits, seed=seed)
 
