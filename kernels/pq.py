@@ -21,7 +21,6 @@ Rows whose id is < 0 (marked dead) are never returned. Reference: tests/referenc
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Callable, ContextManager
 
 import numpy as np
@@ -150,8 +149,11 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
             # x^T decode in float32 BLAS (a float64 product cost 8x as much; R only needs
             # to be orthogonal, which the float64 polar factor makes it)
             cross = (subt @ pq_decode(codes, books, d)).astype(np.float64)
-            with (svd_scope or nullcontext)():
+            if svd_scope is None:
                 rot = polar(cross).astype(np.float32)
+            else:
+                with svd_scope():
+                    rot = polar(cross).astype(np.float32)
         # (the last R rotates all of x below: no rows rotated in the loop go unused)
     rot = np.ascontiguousarray(rot, dtype=np.float32)
     return rot, pq_train(matmul_rows_batch(x, rot), m, nbits, seed=seed)
