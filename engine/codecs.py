@@ -200,14 +200,36 @@ def _check_fits(stages: tuple[Stage, ...], dim: int, spec: str) -> int:
     return width
 
 
+def _takes_row_norms(stages: tuple[Stage, ...], metric: str) -> bool:
+    """Whether a codec of these stages under `metric` may store row norms (`PQ.row_norms`):
+    PQ under ip without MRL (MRL renormalises the rows it keeps)."""
+    mrl, _, quant = _split(stages)
+    return metric == "ip" and mrl is None and isinstance(quant, PQ)
+
+
+def _config_row_norms(config: dict[str, Any]) -> bool:
+    """A config's ``row_norms`` (absent: False, written before row norms existed)."""
+    value = config.get("row_norms", False)
+    if not isinstance(value, bool):
+        raise CodecSpecError(f"codec config field 'row_norms': expected a boolean, found {value!r:.80}")
+    if value and not _takes_row_norms(parse_spec(config["spec"]), config["metric"]):
+        raise CodecSpecError(f"codec config: row_norms true for {config['spec']!r} under {config['metric']!r}, "
+                             "expected it only for PQ under 'ip' without MRL")
+    return value
+
+
 def code_size(spec: str, dim: int, metric: str = "cosine") -> int:
-    """Bytes of code per vector for `spec` on `dim`-wide vectors, known before training.
+    """Bytes of code per vector for `spec` on `dim`-wide vectors, known before training
+    (a new codec's: PQ under ip with its row norms, `Codec`'s ``row_norms``).
 
     Ids and IVF list numbers are not included (the store counts ids separately).
     """
     stages = parse_spec(spec)
     width = _check_fits(stages, dim, spec)
-    return stages[-1].code_size(width, metric)
+    quant = stages[-1]
+    if _takes_row_norms(stages, metric):
+        quant = dataclasses.replace(quant, row_norms=True)
+    return quant.code_size(width, metric)
 
 
 # --------------------------------------------------------------------------- codes
@@ -247,6 +269,23 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
     return arr
 
 
+# The largest row norm a float16 holds (`PQ.row_norms`).
+_ROW_NORM_MAX = float(np.finfo(np.float16).max)
+
+
+def _norm_bytes(x: np.ndarray) -> np.ndarray:
+    """Each row's norm ``|x|`` (summed in float64) as little-endian float16 bytes, uint8 (n, 2).
+    A norm past float16's range raises InvalidInput: under ip a common scale of all rows
+    changes no ranking, so such rows can be scaled down."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    if norms.size and norms.max() > _ROW_NORM_MAX:
+        row = int(np.argmax(norms))
+        raise InvalidInput(f"vectors: PQ under ip stores each row's norm as a float16, expected norms up to "
+                           f"{_ROW_NORM_MAX:g}, found {norms[row]:.6g} in row {row} (scale all vectors down by one "
+                           "factor: ip rankings do not change)")
+    return np.ascontiguousarray(norms.astype("<f2")).view(np.uint8).reshape(-1, 2)
+
+
 def _encode_scope(n: int) -> query_threads:
     """The thread scope of training or encoding a chunk of `n` rows: its parallel kernels run
     inside the fork guard (engine/parallel.py), on this thread alone where the guard says
@@ -271,6 +310,11 @@ class Codec:
     rotation : {"itq", "random"}
         RB only: the orthogonal rotation applied before binarization. ITQ is learned on the
         training residuals and measured better on real embeddings (see README).
+    row_norms : bool or None
+        PQ under ip without MRL only: each code ends with the row's norm (2 bytes, float16)
+        and rows score ``|x| <q, x_hat> / |x_hat|`` (`vecz.engine.quantizers.PQ`). None (the
+        default) means True where it applies; False keeps the plain <q, x_hat> (codecs
+        from faiss, whose codes carry no norms, and configs written before it).
 
     Thread-safety: a trained codec is immutable; `encode`, `decode`, `plan` and
     `CodeIndex.search` may run from several threads.
@@ -285,6 +329,7 @@ class Codec:
         seed: int = 0,
         train_size: int = 65536,
         rotation: str = "itq",
+        row_norms: bool | None = None,
     ) -> None:
         if metric not in METRICS:
             raise InvalidInput(f"metric must be one of {METRICS}, found {metric!r}")
@@ -302,7 +347,16 @@ class Codec:
         self.train_size = int(train_size)
         self.rotation = rotation
         self.width = _check_fits(self.stages, self.dim, spec)
+        if row_norms is not None and not isinstance(row_norms, (bool, np.bool_)):
+            raise InvalidInput(f"row_norms: expected True, False or None, found {row_norms!r}")
+        fits = _takes_row_norms(self.stages, metric)
+        if row_norms and not fits:
+            raise InvalidInput(f"row_norms: only PQ under metric 'ip' without MRL stores row norms, found "
+                               f"{self.spec!r} under {metric!r}")
+        if fits and row_norms is not False:
+            self.stages = (*self.stages[:-1], dataclasses.replace(self.stages[-1], row_norms=True))
         self.mrl, self.ivf, self.quantizer = _split(self.stages)
+        self.row_norms = bool(getattr(self.quantizer, "row_norms", False))
         self.code_size = self.quantizer.code_size(self.width, metric)
         self._state: dict[str, np.ndarray] | None = None
         # arrays a search derives from the state (`Quantizer.probe_tables`): (the state they
@@ -314,7 +368,9 @@ class Codec:
     def __repr__(self) -> str:
         return (
             f"Codec({self.spec!r}, dim={self.dim}, metric={self.metric!r}, seed={self.seed}, "
-            f"train_size={self.train_size}, rotation={self.rotation!r})"
+            f"train_size={self.train_size}, rotation={self.rotation!r}"
+            + (", row_norms=False" if not self.row_norms and _takes_row_norms(self.stages, self.metric) else "")
+            + ")"
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -329,6 +385,9 @@ class Codec:
             "train_size": self.train_size,
             "rotation": self.rotation,
             "code_size": self.code_size,
+            # where it applies (`_takes_row_norms`) always written: a config without it
+            # predates row norms and means False
+            **({"row_norms": self.row_norms} if _takes_row_norms(self.stages, self.metric) else {}),
         }
 
     @classmethod
@@ -351,6 +410,7 @@ class Codec:
             seed=config.get("seed", 0),
             train_size=config.get("train_size", 65536),
             rotation=config.get("rotation", "itq"),
+            row_norms=_config_row_norms(config),
         )
         if "code_size" in config and config["code_size"] != codec.code_size:
             raise CodecSpecError(f"config says code_size {config['code_size']}, spec gives {codec.code_size}")
@@ -682,6 +742,8 @@ class Codec:
             else:
                 r = x
             codes = self.quantizer.encode(r, state)
+            if self.row_norms:
+                codes = np.concatenate([codes, _norm_bytes(x)], axis=1)
         return Codes(np.ascontiguousarray(codes, dtype=np.uint8).reshape(len(r), self.code_size), lists)
 
     def _split_rb(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -720,6 +782,8 @@ class Codec:
         r = r.reshape(codes.shape[0], self.width)
         if self._residual:
             r = r + state["centroids"][lists]
+        if self.row_norms:  # scaled to the row's stored norm: <q, decode> is the code score
+            r = r * self.quantizer.row_scales(codes, lists, state, self._derived_of(state))[:, None]
         return np.ascontiguousarray(r, dtype=np.float32)
 
     # ---- search

@@ -417,7 +417,8 @@ def codec_from_faiss(index: Any, codec_class: type) -> Any:
             centroids = core.centroids  # at nlist = 1: vecz's trained mean
     stages = ([f"MRL{mrl_dim}"] if mrl_dim is not None else []) + (
         [f"IVF{core.nlist}"] if core.nlist > 1 else []) + [core.quantizer]
-    codec = codec_class(",".join(stages), int(index.d), metric)
+    # faiss's PQ codes carry no row norms (`Codec`'s row_norms): they score <q, x_hat>
+    codec = codec_class(",".join(stages), int(index.d), metric, row_norms=False)
     if codec.width != width:
         raise CodecSpecError(f"faiss {name}: expected width {codec.width} after the pre-transforms, found {width}")
     return codec_class.from_config(codec.to_config(), {"centroids": centroids, **core.state})
@@ -521,11 +522,15 @@ def codec_to_faiss(codec: Any, *, fast_scan: bool = True) -> Any:
     NotTrained
         The codec is not trained.
     CodecSpecError
-        RB, or PQ over a width M does not divide.
+        RB, PQ over a width M does not divide, or PQ whose codes carry row norms (under
+        ip, `Codec`'s ``row_norms``: faiss's codes have no place for them).
     """
     faiss = import_faiss()
     if not all(hasattr(codec, a) for a in ("quantizer", "state", "mrl", "ivf")):
         raise InvalidInput(f"expected a vecz Codec, found {type(codec).__name__}")
+    if getattr(codec, "row_norms", False):
+        raise CodecSpecError(f"{codec.spec!r} under ip codes each row's norm, faiss's PQ codes have no place for it: "
+                             "expected a codec made with row_norms=False for a faiss twin")
     core = _build_core(faiss, codec, fast_scan)
     chain = []
     if codec.metric == "cosine":

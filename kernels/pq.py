@@ -28,6 +28,7 @@ from numba import prange
 
 from ._jit import jit, jit_batch
 from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
+from .dense import f16_to_f32
 from .topk import topk_finish, topk_init_floor, topk_push
 from .transform import matmul_rows_batch, polar, random_rotation
 
@@ -36,6 +37,7 @@ __all__ = [
     "pq_list_terms",
     "pq_inv_norm_bounds",
     "pq4_block_inv_norms",
+    "pq_row_inv_norms",
     "INV_BUCKETS",
     "pq_lut_scan_cosine",
     "pq_lut_scan_cosine_batch",
@@ -55,6 +57,8 @@ __all__ = [
     "pq_lut_scan_batch",
     "pq_lut_scan_l2",
     "pq_lut_scan_l2_batch",
+    "pq_lut_scan_scaled",
+    "pq_lut_scan_scaled_batch",
 ]
 
 
@@ -418,6 +422,67 @@ def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k, flo
 
 
 @jit
+def _scan_list_scaled(lut, codes, ids, row_scale, start, stop, bias, heap_scores, heap_ids):
+    # `_scan_list` with each row's whole score times its scale g (float16 bits): four rows
+    # at a time, one compare of their best against the heap for the four
+    m = codes.shape[1]
+    b = np.float32(bias)
+    stop4 = start + (stop - start) // 4 * 4
+    for i in range(start, stop4, 4):
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        s3 = np.float32(0.0)
+        for j in range(m):
+            s0 += lut[j, codes[i, j]]
+            s1 += lut[j, codes[i + 1, j]]
+            s2 += lut[j, codes[i + 2, j]]
+            s3 += lut[j, codes[i + 3, j]]
+        s0 = f16_to_f32(row_scale[i]) * (b + s0)
+        s1 = f16_to_f32(row_scale[i + 1]) * (b + s1)
+        s2 = f16_to_f32(row_scale[i + 2]) * (b + s2)
+        s3 = f16_to_f32(row_scale[i + 3]) * (b + s3)
+        if max(max(s0, s1), max(s2, s3)) >= heap_scores[0]:
+            _push4(heap_scores, heap_ids, s0, s1, s2, s3, i, ids)
+    for i in range(stop4, stop):
+        _push(heap_scores, heap_ids, f16_to_f32(row_scale[i]) * (b + lut_sum(lut, codes, i)), ids[i])
+
+
+@jit
+def pq_lut_scan_scaled(lut, codes, ids, row_scale, list_offsets, probes, probe_bias, k, floor):
+    """One query: the top-k of g_i * (probe_bias[p] + sum_j lut[j, code_j]) over the probed
+    lists (lut (M, ksub), one table for every list; probes and probe_bias (P,)), g_i =
+    row_scale[i] a float16 given as its uint16 bits (n,), rows in list order. PQ x8 under
+    ip with row norms: ``g = |x| / |x_hat|``, the score ``|x| <q, x_hat> / |x_hat|``
+    (engine/quantizers.py). Sorted scores and ids of the rows scoring >= floor, as
+    `pq_lut_scan`."""
+    heap_scores, heap_ids = topk_init_floor(k, floor)
+    for p in range(probes.shape[0]):
+        lst = probes[p]
+        if lst < 0:
+            continue
+        _scan_list_scaled(lut, codes, ids, row_scale, list_offsets[lst], list_offsets[lst + 1], probe_bias[p],
+                          heap_scores, heap_ids)
+    topk_finish(heap_scores, heap_ids)
+    return heap_scores, heap_ids
+
+
+@jit_batch
+def pq_lut_scan_scaled_batch(luts, codes, ids, row_scale, list_offsets, probes, probe_bias, k, floors):
+    """`pq_lut_scan_scaled` for every query (luts (nq, M, ksub), probes and probe_bias
+    (nq, P), floors (nq,)), parallel over queries: (nq, k) scores and ids."""
+    nq = luts.shape[0]
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    for qi in prange(nq):
+        s, i = pq_lut_scan_scaled(luts[qi], codes, ids, row_scale, list_offsets, probes[qi], probe_bias[qi], k,
+                                  floors[qi])
+        out_scores[qi] = s
+        out_ids[qi] = i
+    return out_scores, out_ids
+
+
+@jit
 def pq_lut_scan_l2(ip2, terms, codes, ids, list_offsets, probes, probe_bias, k, floor):
     """One query, l2 on residuals: `pq_lut_scan` with each probed list's table made as it
     is scanned, ip2 - terms[l] (ip2 (M, ksub): 2 <q_j, b_j>; terms: `pq_list_terms`;
@@ -661,6 +726,18 @@ def _inv_norm_decoded(books, centroid, codes, i):
             v = np.float64(centroid[j * dsub + t]) + np.float64(books[j, c, t])
             n2 += v * v
     return np.float32(1.0 / np.sqrt(n2)) if n2 > 1e-12 else np.float32(1.0)
+
+
+@jit_batch
+def pq_row_inv_norms(books, centroids, codes, list_offsets):
+    """``1 / |centroids[l] + decode(code)|`` of every row of `codes` (uint8 (n, M), in list order,
+    list l at list_offsets[l:l + 2]), float32 (n,), each as `_inv_norm_decoded` (float64 sums
+    in dimension order; 1 for a length of at most 1e-6). Lists in parallel."""
+    out = np.ones(codes.shape[0], dtype=np.float32)
+    for lst in prange(list_offsets.shape[0] - 1):
+        for i in range(list_offsets[lst], list_offsets[lst + 1]):
+            out[i] = _inv_norm_decoded(books, centroids[lst], codes, i)
+    return out
 
 
 @jit

@@ -303,7 +303,8 @@ def test_code_size_formula(spec, dim, metric):
     assert size == code_size(",".join(s for s in spec.split(",") if not s.startswith("IVF")), dim, metric)
     if m:
         M, b = int(m.group(1)), int(m.group(2))
-        assert size == (M if b == 8 else (M + 1) // 2)
+        # under ip without MRL the code ends with the row's norm (float16)
+        assert size == (M if b == 8 else (M + 1) // 2) + (2 if metric == "ip" and mrl is None else 0)
     elif quant == "SQ8":
         assert size == width
     elif quant == "SQ4":
@@ -540,7 +541,8 @@ def test_sq_error_is_at_most_half_a_step(spec, metric):
 def test_pq_decodes_its_own_centroids_exactly(spec, metric):
     dim = 13  # not a multiple of M: the last sub-space is zero-padded
     x, _ = gaussian_clusters(600, dim, seed=4)
-    codec = trained(spec, dim, metric, x)
+    # the plain codes (under ip they would end with the row's norm, test_pq_row_norms)
+    codec = trained(spec, dim, metric, x, row_norms=False)
     state = codec.state()
     books = state["pq_books"]
     m, ksub, dsub = books.shape
@@ -1388,3 +1390,76 @@ def test_plan_refuses_nprobe_that_is_not_a_count(nprobe):
     codec = Codec("IVF4,RB1", 16, "ip").train(np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32))
     with pytest.raises(InvalidInput, match="nprobe must be an integer >= 1"):
         codec.plan(np.ones((2, 16), np.float32), nprobe=nprobe)
+
+
+# --------------------------------------------------------------------------- PQ row norms (ip)
+
+
+@pytest.mark.parametrize("spec", ["PQ4x8", "PQ5x4", "IVF4,PQ4x8", "IVF4,OPQ4x4", "OPQ4x8"])
+def test_pq_row_norms(spec):
+    # under ip a PQ code ends with the row's norm (float16, little-endian) and the row
+    # scores |x| <q, x_hat> / |x_hat|: decode gives that scaled reconstruction, the 8-bit
+    # scan scores q . decode, the 4-bit one approximates it
+    dim = 13
+    x, q = gaussian_clusters(600, dim, nq=8, seed=41)
+    x *= np.random.default_rng(1).uniform(0.2, 3.0, size=(600, 1)).astype(np.float32)  # norms that vary
+    codec = trained(spec, dim, "ip", x)
+    plain = Codec.from_config({**codec.to_config(), "row_norms": False, "code_size": codec.code_size - 2},
+                              codec.state())
+    assert codec.row_norms and not plain.row_norms
+    assert codec.code_size == plain.code_size + 2 == code_size(spec, dim, "ip")
+    assert codec.to_config()["row_norms"] is True and codec.score_rule == 4 and plain.score_rule == 1
+    codes = codec.encode(x)
+    base = plain.encode(x)
+    np.testing.assert_array_equal(codes.codes[:, :-2], base.codes)  # the same sub-codes
+    np.testing.assert_array_equal(codes.lists, base.lists)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    np.testing.assert_array_equal(codes.codes[:, -2:].copy().view("<f2")[:, 0], norms.astype(np.float16))
+    dec = codec.decode(*codes).astype(np.float64)
+    plain_dec = plain.decode(*base).astype(np.float64)
+    # the reconstruction's direction, the row's length (float16's rounding, twice)
+    np.testing.assert_allclose(np.linalg.norm(dec, axis=1), norms, rtol=2e-3)
+    cos = (dec * plain_dec).sum(1) / np.linalg.norm(dec, axis=1) / np.linalg.norm(plain_dec, axis=1)
+    np.testing.assert_allclose(cos, 1.0, atol=1e-6)
+    res = codec.index(*codes).search(q, 10, nprobe=codec.nlist)
+    full = q.astype(np.float64) @ dec.T
+    if codec.quantizer.nbits == 8:
+        assert_matches_exact(res, dec, q.astype(np.float64), "ip", 10)
+    else:  # the fast scan's 8-bit tables; its |x_hat|^2 sums in another order (g within a float16 step)
+        got = np.take_along_axis(full, res.ids, 1)
+        assert np.abs(got - res.scores).max() <= 0.05 * (full.max() - full.min())
+    # and rank no worse than the plain codes here (13 dims, 600 rows: within a row or two;
+    # on real embeddings they read far fewer rows, test_quality)
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    ours = recall_at(res.ids, exact, 10)
+    theirs = recall_at(plain.index(*base).search(q, 10, nprobe=codec.nlist).ids, exact, 10)
+    assert ours >= theirs - 0.05
+
+
+def test_pq_row_norms_where_they_apply():
+    x, _ = gaussian_clusters(300, 16, seed=3)
+    assert Codec("PQ4x8", 16, "ip").row_norms
+    assert Codec("PQ4x8", 16, "ip", row_norms=False).code_size == 4
+    for spec, metric in (("PQ4x8", "cosine"), ("PQ4x8", "l2"), ("MRL8,PQ4x8", "ip"), ("RB1", "ip"), ("SQ8", "ip")):
+        codec = Codec(spec, 16, metric)
+        assert not codec.row_norms and "row_norms" not in codec.to_config()
+        assert codec.code_size == code_size(spec, 16, metric)
+        with pytest.raises(InvalidInput, match="row_norms"):
+            Codec(spec, 16, metric, row_norms=True)
+    with pytest.raises(InvalidInput, match="row_norms"):
+        Codec("PQ4x8", 16, "ip", row_norms=1)
+    # a config from before row norms (no field) keeps the plain codes
+    old = {k: v for k, v in Codec("PQ4x8", 16, "ip", row_norms=False).to_config().items() if k != "row_norms"}
+    assert not Codec.from_config(old).row_norms
+    for bad in ("yes", 1, None):
+        with pytest.raises(CodecSpecError, match="row_norms"):
+            Codec.from_config({**old, "row_norms": bad})
+    with pytest.raises(CodecSpecError, match="row_norms"):
+        Codec.from_config({**Codec("PQ4x8", 16, "l2").to_config(), "row_norms": True})
+    # a norm past float16's range is refused with what was expected and found
+    codec = trained("PQ4x8", 16, "ip", x)
+    big = x[:3].copy()
+    big[1] *= 1e5
+    with pytest.raises(InvalidInput, match="row 1"):
+        codec.encode(big)
+    codec.encode(x[:3] * 1000)  # within range

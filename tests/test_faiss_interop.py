@@ -402,7 +402,8 @@ def vecz_codecs(sample):
 
     def get(spec: str, metric: str) -> Codec:
         if (spec, metric) not in cache:
-            cache[spec, metric] = Codec(spec, sample.dim, metric).train(sample.train)
+            # faiss's twin codes no row norms (PQ under ip: test_to_faiss_refuses_row_norms)
+            cache[spec, metric] = Codec(spec, sample.dim, metric, row_norms=False).train(sample.train)
         return cache[spec, metric]
 
     return get
@@ -430,6 +431,13 @@ def test_to_faiss_codes_bit_for_bit_and_back(sample, vecz_codecs, spec, metric, 
     assert back == _as_faiss_holds_it(codec)
     rec = index.sa_decode(sa)[:, : codec.width]
     np.testing.assert_allclose(codec.decode(*split_sa_codes(codec, sa)), rec, rtol=1e-6, atol=1e-6)
+
+
+def test_to_faiss_refuses_row_norms(sample):
+    codec = Codec("PQ32x4", sample.dim, "ip").train(sample.train[:2000])
+    assert codec.row_norms and codec.code_size == 16 + 2
+    with pytest.raises(CodecSpecError, match="row_norms=False"):
+        codec.to_faiss()
 
 
 def test_to_faiss_flat_cosine_differs_in_the_last_bit_only(sample, vecz_codecs):

@@ -663,3 +663,72 @@ def test_l2_tables_from_list_terms(nq, n, m, nbits, width, nlist, n_probe, k, de
         s, i = pq.pq_lut_scan_l2(ip2[qi], terms, codes, ids, offsets, probes[qi], bias[qi], k, -np.inf)
         np.testing.assert_array_equal(s, want[0][qi])
         np.testing.assert_array_equal(i, want[1][qi])
+
+
+@SETTINGS
+@given(nq=st.integers(1, 3), n=st.integers(0, 50), m=MS, nlist=st.integers(1, 4), n_probe=st.integers(1, 5),
+       k=st.integers(1, 60), kind=st.sampled_from(["int", "float"]), dead=st.integers(0, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_scaled_scan_matches_reference(nq, n, m, nlist, n_probe, k, kind, dead, seed):
+    # PQ x8 under ip with row norms: g_i * (bias + sum_j lut[j, code_j]), g a float16 given
+    # by its bits: zero, subnormal, negative, large and ordinary scales; odd n (the 4-row
+    # blocks and their tail), k > n, a duplicate row, dead rows, lists probed twice or not
+    rng = np.random.default_rng(seed)
+    luts, codes, ids, offsets, probes, bias = _scan_inputs(rng, nq, n, m, 8, nlist, n_probe, False, kind)
+    ids = ids.copy()
+    ids[rng.choice(n, min(dead, n), replace=False)] = -1
+    if kind == "int":  # powers of two: every product exact, the reference exact too
+        g = np.ldexp(1.0, rng.integers(-3, 4, size=n)) * rng.choice([1.0, 0.0, -1.0], size=n, p=[0.8, 0.1, 0.1])
+    else:
+        g = rng.choice([rng.uniform(0.5, 2.0), 6e-8, 3e-5, 50000.0, -1.5], size=n, p=[0.8, 0.05, 0.05, 0.05, 0.05])
+        g = g * rng.uniform(0.9, 1.1, size=n)
+    scale = np.ascontiguousarray(g.astype(np.float16)).view(np.uint16)
+    g32 = scale.view(np.float16).astype(np.float64)
+    got_s, got_i = pq.pq_lut_scan_scaled_batch(luts[:, 0], codes, ids, scale, offsets, probes, bias, k,
+                                               no_floors(luts))
+    floors = draw_floors(got_s, got_i, rng)
+    assert_floored(*pq.pq_lut_scan_scaled_batch(luts[:, 0], codes, ids, scale, offsets, probes, bias, k, floors),
+                   got_s, got_i, floors)
+    row_of = {}
+    for r in range(n):
+        if ids[r] >= 0:
+            row_of[int(ids[r])] = r
+    for q in range(nq):
+        s, i = pq.pq_lut_scan_scaled(luts[q, 0], codes, ids, scale, offsets, probes[q], bias[q], k, -np.inf)
+        np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
+        np.testing.assert_array_equal(got_s[q], s)
+        cand_i, cand_s = pq_scan_candidates_ref(luts[q], codes, ids, offsets, probes[q], bias[q])
+        live = cand_i >= 0
+        cand_i, cand_s = cand_i[live], cand_s[live]
+        cand_s = cand_s * np.array([g32[row_of[int(c)]] for c in cand_i])
+        cand_i, first = np.unique(cand_i, return_index=True)  # a list probed twice: each id once
+        if kind == "int":
+            assert_topk_exact(s, i, cand_s[first], cand_i, k)
+        else:
+            assert_topk_close(s, i, cand_s[first], cand_i, k, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(n=st.integers(0, 30), width=st.sampled_from([1, 3, 13, 16]), m=st.sampled_from([1, 2, 4, 5]),
+       nlist=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_row_inv_norms_are_the_reconstructions(n, width, m, nlist, seed):
+    # 1 / |c_l + decode(code)| per row in list order; 1 for a zero-length reconstruction
+    m = min(m, width)
+    rng = np.random.default_rng(seed)
+    books = rng.standard_normal((m, 256, pq.pq_dsub(width, m))).astype(np.float32)
+    centroids = rng.standard_normal((nlist, width)).astype(np.float32)
+    codes = rng.integers(0, 256, size=(n, m)).astype(np.uint8)
+    offsets, _ = random_layout(rng, n, nlist)
+    if n:
+        lst0 = int(np.searchsorted(offsets, 0, side="right") - 1)
+        centroids[lst0] = 0
+        books[np.arange(m), codes[0]] = 0
+    got = pq.pq_row_inv_norms(books, centroids, codes, offsets)
+    lists = np.repeat(np.arange(nlist), np.diff(offsets))
+    rec = centroids[lists].astype(np.float64) + pq_decode_ref(codes, books, width)
+    length = np.linalg.norm(rec, axis=1)
+    want = np.where(length > 1e-6, 1.0 / np.maximum(length, 1e-300), 1.0)
+    assert got.dtype == np.float32 and got.shape == (n,)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    if n:
+        assert got[0] == 1.0
