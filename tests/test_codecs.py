@@ -1421,6 +1421,11 @@ def test_pq_row_norms(spec):
     np.testing.assert_allclose(np.linalg.norm(dec, axis=1), norms, rtol=2e-3)
     cos = (dec * plain_dec).sum(1) / np.linalg.norm(dec, axis=1) / np.linalg.norm(plain_dec, axis=1)
     np.testing.assert_allclose(cos, 1.0, atol=1e-6)
+    state = codec.state()
+    if "pq_cell_err" in state:  # the error scale of rerank="auto": the cells' times sqrt(|x|)
+        ours = codec.quantizer.row_errors(codes.codes, codec.width, state)
+        theirs = plain.quantizer.row_errors(base.codes, plain.width, state)
+        np.testing.assert_allclose(ours, theirs * np.sqrt(norms.astype(np.float16).astype(np.float32)), rtol=1e-6)
     res = codec.index(*codes).search(q, 10, nprobe=codec.nlist)
     full = q.astype(np.float64) @ dec.T
     if codec.quantizer.nbits == 8:

@@ -125,3 +125,35 @@ def test_pq_error_scales_from_the_code_follow_each_rows_error(minilm):
     corr = float(np.corrcoef(real, scale)[0, 1])
     ratio = float((scale ** 2).mean() / (real.astype(np.float64) ** 2).mean())
     assert corr >= 0.2 and 0.9 <= ratio <= 1.1, (corr, ratio)
+
+
+def _ip_recalls(codec: Codec, base: np.ndarray, queries: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """The share of the true top 10 in the code scores' top 50 (a re-rank of 50 rows finds
+    them), with the row norms and without (same books)."""
+    plain = Codec.from_config({**codec.to_config(), "row_norms": False, "code_size": codec.code_size - 2},
+                              codec.state())
+    out = []
+    for c in (codec, plain):
+        enc = c.encode(base)
+        ids = c.index(enc.codes, enc.lists).search(queries, 50).ids
+        out.append(float(np.mean([np.isin(g, i).mean() for g, i in zip(gt, ids)])))
+    return out[0], out[1]
+
+
+def test_pq_row_norms_rank_better_under_ip(minilm):
+    # PQ under ip scores |x| <q, x_hat> / |x_hat| with each row's norm in its code (2 B): on
+    # minilm's unit rows that is the cosine to the reconstruction, on rows whose norms differ
+    # it keeps the norm that <q, x_hat> shrinks. Measured (PQ48x4, first 30,000 rows, 500
+    # queries, the true top 10 in the code's top 50): unit rows 0.875 vs 0.858 without the
+    # norms; rows times exp(0.5 N(0, 1)) 0.883 vs 0.706
+    rows, nq = 30000, 500
+    base, queries = minilm.base[:rows], minilm.queries[:nq]
+    gt = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+    codec = Codec("PQ48x4", 384, "ip").train(base)
+    ours, plain = _ip_recalls(codec, base, queries, gt)
+    assert ours >= plain + 0.005, (ours, plain)
+    rng = np.random.default_rng(7)
+    scaled = (base * np.exp(0.5 * rng.standard_normal((rows, 1)))).astype(np.float32)
+    gt = np.argsort(-(queries @ scaled.T), axis=1)[:, :10]
+    ours, plain = _ip_recalls(Codec("PQ48x4", 384, "ip").train(scaled), scaled, queries, gt)
+    assert ours >= plain + 0.1, (ours, plain)
