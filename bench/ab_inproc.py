@@ -16,6 +16,10 @@ per round.
 alternating), after each version's recall@k against the dataset's ``gt_ids.npy`` (a change
 that moves results, such as a new score rule, is judged on both).
 
+``--old-store OTHER`` instead of ``--old`` times two stores with this version: OTHER as
+"old" against --store as "new" (the same rows under two codec configurations, such as PQ
+under ip with and without row norms, ``Codec(..., row_norms=False)``).
+
 ``--cold`` evicts the store's dense files (both versions' mappings, then posix_fadvise) before
 every query, as `store_bench.py --parts cold` does. The absolute times are those of a
 process holding two copies of the engine, so only the ratio is the figure to quote.
@@ -63,7 +67,9 @@ def _old_store(checkout: Path):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--old", type=Path, required=True, help="a checkout of the old version (git worktree)")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--old", type=Path, help="a checkout of the old version (git worktree)")
+    which.add_argument("--old-store", help="another store, timed with this version as 'old'")
     ap.add_argument("--store", required=True, help="a store both versions can open")
     ap.add_argument("--search", default="", help="Store.search keywords, e.g. rerank=20,nprobe=48")
     ap.add_argument("--queries", type=Path, default=DATA / "queries.npy")
@@ -81,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     numba.set_num_threads(1)
     kw = _search_kw(args.search)
     q = np.load(args.queries)[: args.nq].astype(np.float32)
-    stores = {"old": _old_store(args.old).open(args.store), "new": new_store.Store.open(args.store)}
+    old = (new_store.Store.open(args.old_store) if args.old_store is not None
+           else _old_store(args.old).open(args.store))
+    stores = {"old": old, "new": new_store.Store.open(args.store)}
     files = sorted(glob.glob(os.path.join(args.store, "dense-*.arrow")))
+    if args.old_store is not None:
+        files += sorted(glob.glob(os.path.join(args.old_store, "dense-*.arrow")))
     for s in stores.values():
         if isinstance(kw.get("rerank"), str):
             s.error_model()  # calibrated once, not timed

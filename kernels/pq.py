@@ -26,7 +26,7 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 from numba import prange
 
-from ._jit import jit, jit_batch
+from ._jit import jit, jit_batch, jit_inline
 from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
 from .dense import f16_to_f32
 from .topk import topk_finish, topk_init_floor, topk_push
@@ -365,24 +365,30 @@ def _push4(heap_scores, heap_ids, s0, s1, s2, s3, i, ids):
     _push(heap_scores, heap_ids, s3, ids[i + 3])
 
 
+@jit_inline
+def _sums4(lut, codes, i):
+    """The table sums of code rows i .. i + 3, each in float32 in sub-space order."""
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    for j in range(codes.shape[1]):
+        s0 += lut[j, codes[i, j]]
+        s1 += lut[j, codes[i + 1, j]]
+        s2 += lut[j, codes[i + 2, j]]
+        s3 += lut[j, codes[i + 3, j]]
+    return s0, s1, s2, s3
+
+
 @jit
 def _scan_list(lut, codes, ids, start, stop, bias, heap_scores, heap_ids):
     # Four code rows at a time (faiss's distance_four_codes idea): four independent sums let
     # the table loads overlap; measured 1.5x faster than one row at a time, while splitting
     # one row's sum into several accumulators made LLVM emit gathers and ran slower.
-    m = codes.shape[1]
     b = np.float32(bias)
     stop4 = start + (stop - start) // 4 * 4
     for i in range(start, stop4, 4):
-        s0 = np.float32(0.0)
-        s1 = np.float32(0.0)
-        s2 = np.float32(0.0)
-        s3 = np.float32(0.0)
-        for j in range(m):
-            s0 += lut[j, codes[i, j]]
-            s1 += lut[j, codes[i + 1, j]]
-            s2 += lut[j, codes[i + 2, j]]
-            s3 += lut[j, codes[i + 3, j]]
+        s0, s1, s2, s3 = _sums4(lut, codes, i)
         # one compare for the four rows in the common case, none of them reaching the heap
         # (0.71x the time of four compares and calls on wordnet-minilm PQ48x8)
         if b + max(max(s0, s1), max(s2, s3)) >= heap_scores[0]:
@@ -425,19 +431,10 @@ def pq_lut_scan_batch(luts, codes, ids, list_offsets, probes, probe_bias, k, flo
 def _scan_list_scaled(lut, codes, ids, row_scale, start, stop, bias, heap_scores, heap_ids):
     # `_scan_list` with each row's whole score times its scale g (float16 bits): four rows
     # at a time, one compare of their best against the heap for the four
-    m = codes.shape[1]
     b = np.float32(bias)
     stop4 = start + (stop - start) // 4 * 4
     for i in range(start, stop4, 4):
-        s0 = np.float32(0.0)
-        s1 = np.float32(0.0)
-        s2 = np.float32(0.0)
-        s3 = np.float32(0.0)
-        for j in range(m):
-            s0 += lut[j, codes[i, j]]
-            s1 += lut[j, codes[i + 1, j]]
-            s2 += lut[j, codes[i + 2, j]]
-            s3 += lut[j, codes[i + 3, j]]
+        s0, s1, s2, s3 = _sums4(lut, codes, i)
         s0 = f16_to_f32(row_scale[i]) * (b + s0)
         s1 = f16_to_f32(row_scale[i + 1]) * (b + s1)
         s2 = f16_to_f32(row_scale[i + 2]) * (b + s2)
