@@ -550,7 +550,7 @@ class PQ(Quantizer):
         lists (n,) their IVF lists), float32 (n,): float16 values, as `_row_scales` makes
         them for the 8-bit scan (the 4-bit scan sums ``|x_hat|^2`` in another order, so its g
         may differ by a float16 step). `Codec.decode` scales the reconstruction by it."""
-        sub, norms = self.split_norms(codes)
+        norms = self.split_norms(codes)[1]
         nlist = state["centroids"].shape[0]
         order, offsets = ivf.ivf_layout(lists, nlist)
         inv = np.empty(codes.shape[0], dtype=np.float32)

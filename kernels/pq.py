@@ -27,8 +27,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_batch, jit_inline
-from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
 from .dense import f16_to_f32
+from .kmeans import BLAS_MIN_DIM, KMEANS_TOL, PARALLEL_MIN_WORK, kmeans_assign, kmeans_fit, nearest_column
 from .topk import topk_finish, topk_init_floor, topk_push
 from .transform import matmul_rows_batch, polar, random_rotation
 

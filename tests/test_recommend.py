@@ -69,6 +69,16 @@ def test_candidates_fit_the_budget(nbytes, dim):
     assert {"PQ"} <= families  # PQ fits any budget of one byte or more
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_candidates_under_other_metrics_fill_the_budget(metric):
+    # under ip a PQ code also holds its row's norm (2 bytes): the sub-codes get the rest
+    specs = budget.candidate_specs(48, 384, metric, 117_647)
+    extra = 2 if metric == "ip" else 0
+    assert specs[:4] == [f"PQ{48 - extra}x8", f"PQ{96 - 2 * extra}x4", f"OPQ{48 - extra}x8", f"OPQ{96 - 2 * extra}x4"]
+    assert all(code_size(s, 384, metric) <= 48 for s in specs)
+    assert all(code_size(s, 384, metric) == 48 for s in specs[:4])
+
+
 def test_candidates_48_bytes_at_384_dims():
     specs = budget.candidate_specs(48, 384, "cosine", 117_647)
     assert specs[:4] == ["PQ48x8", "PQ96x4", "OPQ48x8", "OPQ96x4"]

@@ -7,7 +7,8 @@ budgeted). The search space (`candidate_specs`) holds, for that budget and the d
 width and size, the largest configuration of each family that fits:
 
 - PQ with 8-bit and with 4-bit (fast scan) sub-quantizers, each also as OPQ (a learned
-  rotation first: the same bytes, a lower coding error on real embeddings);
+  rotation first: the same bytes, a lower coding error on real embeddings); under ip each
+  code also holds its row's norm (2 bytes), so the sub-codes get the budget less those;
 - RB with 1 and 2 levels, and the most levels that fit at full width, truncated by MRL
   when the full width does not fit (never below a quarter of the dims);
 - SQ8 and SQ4, truncated the same way;
@@ -112,9 +113,11 @@ def candidate_specs(budget: int, dim: int, metric: str, n: int) -> list[str]:
         if spec is not None and spec not in out and _fits(spec, dim, metric, budget) is not None:
             out.append(spec)
 
-    m8 = min(budget, dim)
+    # under ip a PQ code also holds its row's norm (`Codec`'s row_norms): those bytes first
+    pq_bytes = budget - (code_size("PQ1x8", dim, metric) - 1)
+    m8 = min(pq_bytes, dim)
     add(f"PQ{m8}x8" if m8 >= 1 else None)
-    m4 = min(2 * budget, dim) // 2 * 2
+    m4 = min(2 * pq_bytes, dim) // 2 * 2
     add(f"PQ{m4}x4" if m4 >= 2 else None)
     add(f"OPQ{m8}x8" if m8 >= 1 else None)
     add(f"OPQ{m4}x4" if m4 >= 2 else None)
