@@ -484,9 +484,22 @@ class Codec:
     @property
     def score_rule(self) -> int:
         """The rule its quantizer scores codes by under this metric (`Quantizer.score_rule`;
-        3: a centred cosine scan, ``scans_centred``): an error model measured under another
-        one does not apply to this codec's scores."""
-        return 3 if self.scans_centred else self.quantizer.score_rule(self.metric)
+        3: a centred cosine scan, ``scans_centred``; 5: PQ under ip behind MRL, scored as
+        under cosine, ``unit_rows``): an error model measured under another one does not
+        apply to this codec's scores."""
+        if self.scans_centred:
+            return 3
+        if self.metric == "ip" and self.unit_rows and isinstance(self.quantizer, PQ):
+            return 5
+        return self.quantizer.score_rule(self.metric)
+
+    @property
+    def unit_rows(self) -> bool:
+        """Whether the coded rows (and queries) are unit vectors: under cosine, and under ip
+        behind MRL, which renormalises what it keeps. PQ then scores the cosine to the
+        reconstruction, <q, x_hat> / |x_hat| (since stop 45 under ip + MRL too: on unit
+        rows <q, x_hat> alone errs by a shrink that grows with the score)."""
+        return self.metric == "cosine" or (self.metric == "ip" and self.mrl is not None)
 
     def state(self) -> dict[str, np.ndarray]:
         """Trained arrays by name (float32), to be saved beside the config."""

@@ -559,7 +559,7 @@ class PQ(Quantizer):
         return _scale_bits(norms, inv).view(np.float16).astype(np.float32)
 
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
-        cosine = layout.codec.metric == "cosine"
+        cosine = layout.codec.unit_rows  # cosine, or ip behind MRL (rows renormalised)
         if self.row_norms:
             # |x| <q, x_hat> / |x_hat|: every row's whole score times its scale g
             g = self._row_scales(layout)

@@ -1362,7 +1362,7 @@ def test_opq_scores_are_those_of_its_reconstructions(spec, metric):
         want = -((qp[:, None, :] - rec[None]) ** 2).sum(-1)
     else:
         want = qp @ rec.T
-        if metric == "cosine":
+        if codec.unit_rows:  # cosine, and ip behind MRL (unit rows too): the cosine to it
             want /= np.linalg.norm(rec, axis=1)[None, :]
     k = 5
     res = codec.index(*codes).search(q, k, nprobe=codec.nlist)
@@ -1468,3 +1468,22 @@ def test_pq_row_norms_where_they_apply():
     with pytest.raises(InvalidInput, match="row 1"):
         codec.encode(big)
     codec.encode(x[:3] * 1000)  # within range
+
+
+@pytest.mark.parametrize("spec", ["MRL11,PQ4x8", "MRL11,PQ6x4", "MRL11,IVF3,PQ4x8", "MRL11,IVF3,OPQ6x4"])
+def test_pq_behind_mrl_under_ip_scores_the_cosine_to_the_reconstruction(spec):
+    # MRL renormalises what it keeps under ip: unit rows, as under cosine, and PQ scores them
+    # the same way (score rule 5), without row norms (every row's would be 1)
+    dim = 13
+    x, q = gaussian_clusters(500, dim, nq=7, seed=12)
+    codec = trained(spec, dim, "ip", x)
+    assert codec.unit_rows and not codec.row_norms and codec.score_rule == 5
+    assert Codec(spec, dim, "cosine").score_rule != 5 and not Codec(spec, dim, "l2").unit_rows
+    codes = codec.encode(x)
+    rec = codec.decode(*codes).astype(np.float64)
+    qp = codec._prepare(q, "queries").astype(np.float64)
+    want = qp @ rec.T / np.linalg.norm(rec, axis=1)[None, :]
+    res = codec.index(*codes).search(q, 5, nprobe=codec.nlist)
+    picked = np.take_along_axis(want, res.ids, axis=1)
+    tol = 1e-4 if "x8" in spec else 0.08 * np.abs(want).max()  # 4-bit: uint8 tables
+    np.testing.assert_allclose(res.scores, picked, atol=tol, rtol=1e-4)
