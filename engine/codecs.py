@@ -587,7 +587,7 @@ class Codec:
 
     @property
     def scans_centred(self) -> bool:
-        """Whether cosine queries are scanned centred (``Quantizer.centred_cosine``: RB).
+        """Whether unit queries are scanned centred (``Quantizer.centred_cosine``: RB).
 
         The codes hold r = x - c of unit rows x. Scored as <x, c> + <x, r>, the estimate of
         <x, r> errs in proportion to |x| = 1; an embedding whose rows and queries lean one
@@ -606,9 +606,10 @@ class Codec:
         nprobe 64 ran batches at 0.6x the QPS that way); instead the layout keeps each row's
         |r|^2 + 2 g <c R, s> in place of |r|^2 (``Quantizer.own_list_terms``), so that one
         table of x / lambda a query serves every list. Symmetric scoring (``sdc=True``)
-        stays uncentred, as it was (not measured centred).
+        stays uncentred, as it was (not measured centred). Under ip behind MRL the rows and
+        queries are unit vectors too (``unit_rows``), and are scanned the same way.
         """
-        return self.metric == "cosine" and self.quantizer.centred_cosine and self._residual
+        return self.unit_rows and self.quantizer.centred_cosine and self._residual
 
     def _own_list_terms(self, codes: np.ndarray, order: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
         """The per-row l2 terms a layout of these codes (lists in `order` at `offsets`, as

@@ -43,17 +43,19 @@ def _as_l2(codec: Codec) -> Codec:
     return Codec.from_config(cfg, codec.state())
 
 
-@pytest.mark.parametrize("spec", ["RB1", "RB2", "MRL24,RB1", "MRL24,RB2"])
+@pytest.mark.parametrize("spec, metric", [("RB1", "cosine"), ("RB2", "cosine"), ("MRL24,RB1", "cosine"),
+                                          ("MRL24,RB2", "cosine"), ("MRL24,RB1", "ip"), ("MRL24,RB2", "ip")])
 @pytest.mark.parametrize("nq", [1, 3, 40])
-def test_centred_cosine_scan_is_the_l2_scan_of_the_scaled_query(spec, nq):
+def test_centred_cosine_scan_is_the_l2_scan_of_the_scaled_query(spec, metric, nq):
     # Without IVF: same codes, same state, the cosine codec's scores are exactly its map of
     # the l2 codec's distances for the queries x / lambda, with the same ids. nq 1, 3 and 40
     # take the one-query driver and groups of queries. (With IVF the centred scan's one
-    # table a query rounds differently from l2's table per list: see the numpy check.)
+    # table a query rounds differently from l2's table per list: see the numpy check.) Under
+    # ip behind MRL the rows and queries are renormalised, unit as under cosine: the same.
     sdc = False
     dim = 32
     x, q = _clusters(500, dim, nq, seed=nq + 7, lean=0.8)
-    codec = Codec(spec, dim, "cosine", seed=3).train(x)
+    codec = Codec(spec, dim, metric, seed=3).train(x)
     assert codec.scans_centred and codec.score_rule == 3
     codes = codec.encode(x)
     nprobe = codec.nlist
@@ -179,14 +181,16 @@ def _rows_of(plan, a: int, b: int):
                      sdc=plan.sdc, shared=plan.shared, centre=plan.centre[a:b])
 
 
-@pytest.mark.parametrize("spec", ["IVF8,RB1", "IVF4,RB2", "MRL24,IVF4,RB1"])
-def test_centred_ivf_drivers_agree(spec):
+@pytest.mark.parametrize("spec, metric", [("IVF8,RB1", "cosine"), ("IVF4,RB2", "cosine"), ("MRL24,IVF4,RB1", "cosine"),
+                                          ("MRL24,IVF4,RB1", "ip")])
+def test_centred_ivf_drivers_agree(spec, metric):
     # one query at a time, groups of queries and list-major batches (nq >= LIST_MIN_QUERIES)
     # scan the same table and the same per-row terms: the same scores, bit for bit (the
     # plan is sliced: a lone query planned alone rotates in a compiled loop, not BLAS)
     dim = 32
     x, q = _clusters(700, dim, 40, seed=4, lean=0.8)
-    codec = Codec(spec, dim, "cosine", seed=3).train(x)
+    codec = Codec(spec, dim, metric, seed=3).train(x)
+    assert codec.scans_centred
     index = codec.index(*codec.encode(x))
     plan = codec.plan(q, nprobe=3)
     batch = index.scan(plan, K)
