@@ -123,7 +123,7 @@ IVFPQ4 = "IVF256,PQ96x4 fast scan"
 
 def test_ivf256_pq96x4_fastscan_vecz(benchmark, data, vecz_index):
     # cosine to the reconstruction: each row's score times its 1 / |x_hat| (float16 a row,
-    # engine/quantizers.py `_block_inv_norms`); faiss's factory codes the vectors themselves
+    # engine/quantizers.py `PQ._row_scales`); faiss's factory codes the vectors themselves
     # (by_residual false), vecz the residuals
     _vecz(benchmark, data, vecz_index, "IVF256,PQ96x4", group=IVFPQ4,
           variant=f"codec IVF256,PQ96x4 np{IVF_NPROBE}", nprobe=IVF_NPROBE)

@@ -356,7 +356,6 @@ class Codec:
         if fits and row_norms is not False:
             self.stages = (*self.stages[:-1], dataclasses.replace(self.stages[-1], row_norms=True))
         self.mrl, self.ivf, self.quantizer = _split(self.stages)
-        self.row_norms = bool(getattr(self.quantizer, "row_norms", False))
         self.code_size = self.quantizer.code_size(self.width, metric)
         self._state: dict[str, np.ndarray] | None = None
         # arrays a search derives from the state (`Quantizer.probe_tables`): (the state they
@@ -492,6 +491,12 @@ class Codec:
         if self.metric == "ip" and self.unit_rows and isinstance(self.quantizer, PQ):
             return 5
         return self.quantizer.score_rule(self.metric)
+
+    @property
+    def row_norms(self) -> bool:
+        """Whether each code ends with its row's norm (`PQ.row_norms`; the constructor's
+        ``row_norms``)."""
+        return bool(getattr(self.quantizer, "row_norms", False))
 
     @property
     def unit_rows(self) -> bool:

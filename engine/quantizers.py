@@ -265,22 +265,11 @@ ROW_NORM_BYTES = 2
 _F16_MAX = 65504.0
 
 
-def _scale_bits(norms: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """Rows' ``|x|`` (float16 bits) times their ``1 / |x_hat|`` (float32), as float16 bits (clamped
-    to float16's range): the scale of a PQ row with its norm (`PQ.row_norms`)."""
-    g = norms.view(np.float16).astype(np.float32) * inv
+def _scale_bits(norms: np.ndarray | None, inv: np.ndarray) -> np.ndarray:
+    """Rows' scale as float16 bits (clamped to float16's range): their ``1 / |x_hat|``
+    (float32), times their ``|x|`` (float16 bits) with row norms (`PQ.row_norms`)."""
+    g = inv if norms is None else norms.view(np.float16).astype(np.float32) * inv
     return np.minimum(g, np.float32(_F16_MAX)).astype(np.float16).view(np.uint16)
-
-
-def _block_inv_norms(layout: Any, centroids: Any) -> np.ndarray:
-    """Every block row's 1 / |x_hat| rounded to float16, held as its uint16 bits
-    (`pq.pq4_block_inv_norms`; 2 bytes a row in RAM), made on the first cosine scan of a
-    PQ x4 index (with ``centroids()``, the coded-space centroids) and kept on it."""
-    if getattr(layout, "pq_block_inv", None) is None:
-        g = pq.pq4_block_inv_norms(layout.blocks, layout.block_ids, layout.block_offsets, layout.state["pq_books"],
-                                   centroids())
-        layout.pq_block_inv = np.minimum(g, np.float32(_F16_MAX)).astype(np.float16).view(np.uint16)
-    return layout.pq_block_inv
 
 
 def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray):
@@ -529,9 +518,10 @@ class PQ(Quantizer):
         return {"ip": ip}, bias, {"list_terms": terms}
 
     def _row_scales(self, layout: Any) -> np.ndarray:
-        """Each layout row's ``|x| / |x_hat|`` as float16 bits (rows with row norms, in the
-        layout's order: blocks with 4 bits), made on the first scan from the norms the
-        layout holds, which it then drops (2 bytes a row in RAM either way)."""
+        """Each layout row's scale g as float16 bits, in the layout's order (blocks with 4
+        bits): ``|x| / |x_hat|`` with row norms (made from the norms the layout holds, which
+        it then drops), else ``1 / |x_hat|`` (4-bit codes of unit rows); made on the first
+        scan, 2 bytes a row in RAM."""
         norms = getattr(layout, "pq_row_norms", None)  # read first: dropped only once the scales are set
         if getattr(layout, "pq_row_scale", None) is None:
             state = layout.state
@@ -560,20 +550,17 @@ class PQ(Quantizer):
 
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):
         cosine = layout.codec.unit_rows  # cosine, or ip behind MRL (rows renormalised)
-        if self.row_norms:
-            # |x| <q, x_hat> / |x_hat|: every row's whole score times its scale g
-            g = self._row_scales(layout)
-            if self.nbits == 4:
-                no_l2 = np.zeros(plan.bias.shape, dtype=np.float32)
-                return _scan_factor_blocks(layout, plan, 1, g, no_l2, False, k, groups, list_major, floors)
-            return pq.pq_lut_scan_scaled_batch(plan.tables["luts"][:, 0], layout.codes, layout.ids, g, layout.offsets,
-                                               plan.probes, plan.bias, k, floors)
-        if self.nbits == 4 and cosine:
-            # unit vectors: scored by the cosine to the reconstruction, as below, each row's
-            # whole score times its 1 / |x_hat| (the factor scans' scaled mode)
-            g = _block_inv_norms(layout, lambda: self._centroids(layout.state, layout.codec._derived_of(layout.state)))
+        if self.nbits == 4 and (cosine or self.row_norms):
+            # every row's whole score times its scale g (the factor scans' scaled mode): unit
+            # rows by the cosine to the reconstruction (g = 1 / |x_hat|), rows with their
+            # norm by |x| <q, x_hat> / |x_hat|
             no_l2 = np.zeros(plan.bias.shape, dtype=np.float32)
-            return _scan_factor_blocks(layout, plan, 1, g, no_l2, False, k, groups, list_major, floors)
+            return _scan_factor_blocks(layout, plan, 1, self._row_scales(layout), no_l2, False, k, groups,
+                                       list_major, floors)
+        if self.row_norms:
+            return pq.pq_lut_scan_scaled_batch(plan.tables["luts"][:, 0], layout.codes, layout.ids,
+                                               self._row_scales(layout), layout.offsets, plan.probes, plan.bias, k,
+                                               floors)
         if self.nbits == 4:
             return _scan_blocks_pq(layout, plan, k, groups, list_major, floors)
         if "ip2" in plan.tables:  # l2 on residuals (`probe_tables`)

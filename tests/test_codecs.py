@@ -924,8 +924,8 @@ def test_pq4_cosine_scales_the_code_score_by_the_reconstruction_norm(spec):
     res = index.search(q, k, nprobe=codec.nlist)
     real = index.block_ids >= 0
     g = np.zeros(n, np.float32)
-    assert index.pq_block_inv.dtype == np.uint16  # float16 bits
-    g[index.block_ids[real]] = index.pq_block_inv.view(np.float16)[real]
+    assert index.pq_row_scale.dtype == np.uint16  # float16 bits
+    g[index.block_ids[real]] = index.pq_row_scale.view(np.float16)[real]
     rec = codec.decode(*codes).astype(np.float64)
     np.testing.assert_allclose(g, 1 / np.linalg.norm(rec, axis=1), rtol=2.0**-10)
     plan = codec.plan(q, nprobe=codec.nlist)
