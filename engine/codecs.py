@@ -41,7 +41,7 @@ from ..kernels import ivf, kmeans, transform
 from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained
 from .inputs import as_matrix
 from .layout import CodeIndex, QueryPlan, ScanResult, SearchResult, SearchStats, plan_rows
-from .quantizers import F16, PQ, RB, SQ, Flat, Quantizer
+from .quantizers import F16, PQ, RB, SQ, Flat, Quantizer, probe_sq_dist
 from .threads import query_threads
 
 __all__ = [
@@ -484,12 +484,15 @@ class Codec:
     def score_rule(self) -> int:
         """The rule its quantizer scores codes by under this metric (`Quantizer.score_rule`;
         3: a centred cosine scan, ``scans_centred``; 5: PQ under ip behind MRL, scored as
-        under cosine, ``unit_rows``): an error model measured under another one does not
-        apply to this codec's scores."""
+        under cosine, ``unit_rows``; 6: PQ x4 under l2 behind IVF, one inner-product table a
+        query and each row's own-list term, ``_own_lists``): an error model measured under
+        another one does not apply to this codec's scores."""
         if self.scans_centred:
             return 3
         if self.metric == "ip" and self.unit_rows and isinstance(self.quantizer, PQ):
             return 5
+        if self._own_lists:
+            return 6
         return self.quantizer.score_rule(self.metric)
 
     @property
@@ -616,12 +619,22 @@ class Codec:
         """
         return self.unit_rows and self.quantizer.centred_cosine and self._residual
 
+    @property
+    def _own_lists(self) -> bool:
+        """Whether IVF layouts keep each row's l2 term with its own list's centroid folded in
+        (`Quantizer.own_list_terms`), so that one table a query serves every probed list: the
+        centred scans (`scans_centred`) and l2 on residuals where the quantizer offers it
+        (`Quantizer.own_list_l2`: PQ x4)."""
+        return self.ivf is not None and (self.scans_centred or (self.metric == "l2" and self.quantizer.own_list_l2))
+
     def _own_list_terms(self, codes: np.ndarray, order: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
         """The per-row l2 terms a layout of these codes (lists in `order` at `offsets`, as
-        the layout orders them) holds for a centred IVF scan (`Quantizer.own_list_terms`:
-        one table a query serves every probed list), or None."""
-        if not self.scans_centred or self.ivf is None or not len(codes):
+        the layout orders them) holds for a scan with one table a query (`_own_lists`), or
+        None."""
+        if not self._own_lists:
             return None
+        if not len(codes):  # a layout the own-list plan scans holds its (empty) terms
+            return np.zeros(0, dtype=np.float32)
         state = self._require()
         return self.quantizer.own_list_terms(codes, order, offsets, state, self._derived_of(state))
 
@@ -916,6 +929,12 @@ class Codec:
                 if made is not None:
                     return QueryPlan(self, probes, made[1], made[0], centre=centre)
         per_probe = is_l2 and self._residual
+        if per_probe and centre is None and not sdc and self._own_lists:
+            # l2 on residuals, one table a query for every list (`own_list_terms`)
+            probe_sq = probe_sq_dist(x, state["centroids"], probes)
+            made = self.quantizer.own_list_tables(x, probe_sq, state, self._derived_of(state))
+            if made is not None:
+                return QueryPlan(self, probes, made[1], made[0])
         if per_probe:
             made = self.quantizer.probe_tables(x, probes, state, self._derived_of(state), sdc=sdc)
             if made is not None:

@@ -82,7 +82,7 @@ def _derive(derived: dict[str, Any], name: str, nbytes: int, make: Any) -> np.nd
     return out
 
 
-def _probe_sq_dist(x: np.ndarray, centroids: np.ndarray, probes: np.ndarray) -> np.ndarray:
+def probe_sq_dist(x: np.ndarray, centroids: np.ndarray, probes: np.ndarray) -> np.ndarray:
     """|q - c|^2 of every query's probed lists, float64 (nq, P): sums in fixed lanes, the
     same on every CPU (kernels/dense.py `dense_rescore`; probes < 0 give 0)."""
     dist = np.zeros(probes.shape, dtype=np.float64)
@@ -141,6 +141,12 @@ class Quantizer:
     train_rows: ClassVar[int | None] = None
     # cosine queries scanned centred (`Codec.scans_centred`): needs |r|^2 as the row factor
     centred_cosine: ClassVar[bool] = False
+
+    @property
+    def own_list_l2(self) -> bool:
+        """l2 on IVF residuals with one table a query for every probed list, each row's
+        term from its own list kept in the layout (`own_list_terms`, `own_list_tables`)."""
+        return False
 
     def check_width(self, width: int, spec: str) -> None:
         """Raise CodecSpecError when the stage cannot code `width` dims."""
@@ -273,19 +279,11 @@ def _scale_bits(norms: np.ndarray | None, inv: np.ndarray) -> np.ndarray:
 
 
 def _scan_blocks_pq(layout: Any, plan: Any, k: int, groups: tuple | None, list_major: bool, floors: np.ndarray):
-    """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases), or under l2 on
-    residuals with its inner-product tables ``ip`` and the per-list terms
-    (`PQ.probe_tables`), each (query, probe) table made where the scan reaches it
-    (`fastscan.fs_scan_lists_l2`, list-major, or one query at a time). Cosine scores go
-    through `_scan_factor_blocks` instead (`PQ.scan`)."""
+    """4-bit fast scan of PQ x4 blocks with a plan's (qluts, steps, biases). Cosine scores,
+    and l2 on residuals with each row's own-list term (`PQ.own_list_tables`), go through
+    `_scan_factor_blocks` instead (`PQ.scan`)."""
     t = plan.tables
     blocks = (layout.blocks, layout.block_ids, layout.block_offsets)
-    if "ip" in t:
-        terms = plan.shared["list_terms"]
-        if list_major:
-            return fastscan.fs_scan_lists_l2_batch(t["ip"], terms, *blocks, plan.probes, plan.bias, k, floors,
-                                                   numba.get_num_threads())
-        return fastscan.fs_scan_l2_batch(t["ip"], terms, *blocks, plan.probes, plan.bias, k, floors)
     qluts, steps, biases = t["qluts"], t["steps"], t["biases"]
     if groups is not None:
         order, group_offsets = groups
@@ -454,13 +452,18 @@ class PQ(Quantizer):
             return out
         # The blocked layout replaces the row codes: one copy of the codes in RAM. Packed
         # 4-bit codes are already the fast scan's byte pairs.
+        # with l2 terms (`own_list_terms`, l2 only) they are each block row's (padding rows 0)
         values = None if norms is None else norms.view(np.float16).astype(np.float32)[:, None]
+        if l2_terms is not None:
+            values = np.asarray(l2_terms, dtype=np.float32)[:, None]
         blocks, block_ids, block_offsets, block_values = fastscan.fs_layout_packed(codes, self.pq_bytes, order, ids,
                                                                                    offsets, values)
         out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS,
                "blocks": blocks, "block_ids": block_ids, "block_offsets": block_offsets}
         if norms is not None:  # float16 to float32 and back: the same bits (padding rows 0)
             out["pq_row_norms"] = np.ascontiguousarray(block_values[:, 0].astype(np.float16).view(np.uint16))
+        if l2_terms is not None:
+            out["pq_l2_terms"] = np.ascontiguousarray(block_values[:, 0])
         return out
 
     def table_bytes(self, width: int) -> int:
@@ -484,13 +487,22 @@ class PQ(Quantizer):
         return nlist * self.m * (1 << self.nbits) * 4
 
     def tables_per_query(self, codec, n_probe, sdc=False):
-        # with the list terms: one table a query, each probe's made in the scan
+        # with the list terms: one table a query, each probe's made in the scan (8 bits), or
+        # each row's own-list term in the layout (4 bits)
+        if self.own_list_l2:
+            return 1
         fits = self._list_terms_bytes(codec.nlist) <= LIST_TERMS_BUDGET
         return 1 if fits else n_probe
 
     def _centroids(self, state, derived):
-        """The centroids in the coded space (rotated with OPQ; made once per state)."""
-        return _rotated_centroids(state, "pq_rotation", derived) if self.rotate else state["centroids"]
+        """The centroids in the coded space (rotated with OPQ; made once per state, or each
+        time past LIST_TERMS_BUDGET)."""
+        if not self.rotate:
+            return state["centroids"]
+        rotated = _rotated_centroids(state, "pq_rotation", derived)
+        if rotated is None:
+            return np.ascontiguousarray(state["centroids"] @ state["pq_rotation"], dtype=np.float32)
+        return rotated
 
     def _list_terms(self, state, derived):
         """`pq.pq_list_terms` of the coded-space centroids, made once per state (None past
@@ -499,11 +511,15 @@ class PQ(Quantizer):
                        lambda: pq.pq_list_terms(state["pq_books"], self._centroids(state, derived)))
 
     def probe_tables(self, x, probes, state, derived, *, sdc=False):
+        # 8 bits (4 bits keep each row's own-list term instead, `own_list_tables`; without
+        # it, tables from q - c per probe):
         # -|(q - c) - b|^2 = -|q - c|^2 + sum_j (2 <q_j, b_j> - terms[c, j, b_j]) (kernels/pq.py
         # `pq_list_terms`, in the rotated space with OPQ): one inner-product table a query and
         # a subtraction per probed list instead of an l2 table from q - c per probed list
         # (minilm IVF256,PQ48x8 nprobe 32: 0.1M multiply-adds and 0.4M subtractions a query
         # instead of 3.1M multiply-adds)
+        if self.nbits == 4:
+            return None
         books = state["pq_books"]
         centroids = state["centroids"]
         terms = self._list_terms(state, derived)
@@ -511,11 +527,45 @@ class PQ(Quantizer):
             return None
         q = _rotate(x, state["pq_rotation"]) if self.rotate else x
         ip = pq.pq_lut(q, books, "ip")
-        bias = np.ascontiguousarray(-_probe_sq_dist(x, centroids, probes), dtype=np.float32)
-        if self.nbits == 8:  # the scan makes each list's table as it goes (`pq.pq_lut_scan_l2`)
-            return {"ip2": np.float32(2.0) * ip}, bias, {"list_terms": terms}
-        # 4 bits: each (query, probe) table quantized where the scan needs it (`_scan_blocks_pq`)
-        return {"ip": ip}, bias, {"list_terms": terms}
+        bias = np.ascontiguousarray(-probe_sq_dist(x, centroids, probes), dtype=np.float32)
+        # the scan makes each list's table as it goes (`pq.pq_lut_scan_l2`)
+        return {"ip2": np.float32(2.0) * ip}, bias, {"list_terms": terms}
+
+    @property
+    def own_list_l2(self) -> bool:
+        # 4 bits: the per-(query, probe) tables the scan made and quantized took a quarter of
+        # an IVF256,PQ96x4 l2 batch (minilm, nprobe 32: 0.75-0.8x of faiss's
+        # IndexIVFPQFastScan); with each row's term kept (4 bytes a row in RAM) one table a
+        # query serves every list, as under cosine. 8 bits: the row scan adds the list's
+        # terms itself (`pq.pq_lut_scan_l2`), no bytes a row.
+        return self.nbits == 4
+
+    def _l2_origin(self, centroids: np.ndarray) -> np.ndarray:
+        """The mean of the centroids (coded space), float32: the origin of the own-list scan's
+        inner products (`own_list_terms`), summed in float64 one list after another."""
+        return (centroids.astype(np.float64).sum(axis=0) / centroids.shape[0]).astype(np.float32)
+
+    def own_list_terms(self, codes, order, offsets, state, derived):
+        # -|q - c - r_hat|^2 = -(|q - c|^2 - 2 <q - m, r_hat> + (|r_hat|^2 + 2 <c - m, r_hat>))
+        # for any m: the last term is the row's alone (float64 sums, stored as float32). With
+        # m the centroids' mean the query's table spans <q - m, b>, about as narrow as a
+        # residual's: with m = 0 its uint8 steps grow with |q|, and on clustered rows far from
+        # the origin the top 10 agreed with the per-probe tables' in 70% of ids instead of 95%
+        if not self.own_list_l2:
+            return None
+        centroids = self._centroids(state, derived)
+        return pq.pq_own_list_terms(np.ascontiguousarray(self._sub_codes(codes)), order, offsets, state["pq_books"],
+                                    np.ascontiguousarray(centroids - self._l2_origin(centroids)))
+
+    def own_list_tables(self, x, probe_sq, state, derived):
+        if not self.own_list_l2:
+            return None
+        q = _rotate(x, state["pq_rotation"]) if self.rotate else x
+        q = q - self._l2_origin(self._centroids(state, derived))
+        qluts, steps, biases = fastscan.fs_quantize_lut(pq.pq_lut(q, state["pq_books"], "ip")[:, None])
+        bias = np.zeros(probe_sq.shape, dtype=np.float32)
+        return {"qluts": qluts, "steps": steps, "biases": biases,
+                "q_sq": np.ascontiguousarray(probe_sq, dtype=np.float32)}, bias
 
     def _row_scales(self, layout: Any) -> np.ndarray:
         """Each layout row's scale g as float16 bits, in the layout's order (blocks with 4
@@ -561,6 +611,9 @@ class PQ(Quantizer):
             return pq.pq_lut_scan_scaled_batch(plan.tables["luts"][:, 0], layout.codes, layout.ids,
                                                self._row_scales(layout), layout.offsets, plan.probes, plan.bias, k,
                                                floors)
+        if self.nbits == 4 and "q_sq" in plan.tables:  # l2 on residuals (`own_list_tables`)
+            return _scan_factor_blocks(layout, plan, 1, layout.pq_l2_terms, plan.tables["q_sq"], True, k, groups,
+                                       list_major, floors)
         if self.nbits == 4:
             return _scan_blocks_pq(layout, plan, k, groups, list_major, floors)
         if "ip2" in plan.tables:  # l2 on residuals (`probe_tables`)
@@ -690,7 +743,7 @@ class RB(Quantizer):
             # level 0's tables are linear in the rotated residual: those of (q - c) R are those
             # of q R less those of c R, made once per state; the scan makes each probe's
             # quantized table where it reaches it (`fastscan.fs_scan_factors_lists_l2`)
-            q_sq = _probe_sq_dist(qr, rotated, probes).astype(np.float32)  # in the rotated space
+            q_sq = probe_sq_dist(qr, rotated, probes).astype(np.float32)  # in the rotated space
             return {"tq": binary.rb_nibble_lut(qr, 1), "q_sq": q_sq}, bias, {"list_nibbles": nibbles}
         rot = (qr[:, None, :] - rotated[np.maximum(probes, 0)]).reshape(nq * n_tab, -1)  # probes < 0 are skipped
         return (*self._rotated_tables(rot, bias, nq=nq, per_probe=True, sdc=sdc), {})

@@ -376,7 +376,8 @@ def _make_lanes_postprocess(n_lanes):
         as `fs_scan_factors`'s per-row loop: scores[i, v] = pbias + g * (base + step *
         comb[i, v]) (ip) or -((q_sq - 2 est) + |r|^2) in float32 (l2), with (g,
         |r|^2) = row_factors[row0 + v] (rows of 2 contiguous float32; a 1-D uint16 row_factors
-        holds g alone as float16 bits and |r|^2 is 0, `fs_scan_factors`'s scaled mode); base, step, pbias,
+        holds g alone as float16 bits and |r|^2 is 0, `fs_scan_factors`'s scaled mode; a 1-D
+        float32 one holds |r|^2 alone and g is 1, the l2 row-term mode); base, step, pbias,
         q_sq, thr float32 per lane; masks[i] (int64) has bit v set when scores[i, v] >= thr[i]
         (a superset of the rows that can enter a heap whose minimum is thr[i])."""
         sig = types.void(comb, row_factors, row0, base, step, pbias, q_sq, thr, is_l2, scores, masks)
@@ -393,7 +394,11 @@ def _make_lanes_postprocess(n_lanes):
             row0 = context.cast(builder, row0_v, signature.args[2], types.int64)
             at = builder.gep(builder.bitcast(rf.data, ir.IntType(8).as_pointer()),
                              [builder.mul(row0, builder.extract_value(rf.strides, 0))])
-            if signature.args[1].ndim == 1:  # g alone, float16 bits (PQ's cosine scan): |r|^2 = 0
+            if signature.args[1].ndim == 1 and signature.args[1].dtype == types.float32:
+                # |r|^2 alone (PQ x4 under l2 on residuals, its own list folded in): g = 1
+                g = _splat(builder, ir.Constant(f32, 1.0), vf)
+                r_sq = builder.load(builder.bitcast(at, vf.as_pointer()), align=4)
+            elif signature.args[1].ndim == 1:  # g alone, float16 bits (PQ's cosine scan): |r|^2 = 0
                 g = builder.fpext(builder.load(builder.bitcast(at, ir.VectorType(ir.HalfType(), 32).as_pointer()),
                                                align=2), vf)
                 r_sq = cgutils.get_null_value(vf)
@@ -1094,7 +1099,10 @@ def _check_factor_rows(probe_q_sq, row_factors):
     if probe_q_sq.itemsize != 4:
         raise ValueError("probe_q_sq must be float32")
     if row_factors.ndim == 1:
-        if row_factors.itemsize != 2 or (row_factors.shape[0] > 0 and row_factors.strides[0] != 2):
+        if row_factors.itemsize == 4:  # |r|^2 alone, float32 (g = 1): the l2 row-term mode
+            if row_factors.shape[0] > 0 and row_factors.strides[0] != 4:
+                raise ValueError("a 1-D float32 row_factors (|r|^2 alone) must be contiguous (n_blocks * 32)")
+        elif row_factors.itemsize != 2 or (row_factors.shape[0] > 0 and row_factors.strides[0] != 2):
             raise ValueError("a 1-D row_factors (g alone) must be contiguous float16 bits (uint16, n_blocks * 32)")
     elif row_factors.shape[0] > 0 and (row_factors.strides[0] != 8 or row_factors.strides[-1] != 4):
         raise ValueError("row_factors must be C-contiguous float32 (n_blocks * 32, 2)")
@@ -1105,8 +1113,9 @@ def _factor_base(bias, level_sum, pbias, row_factors):
     """A probe's (base, pbias) in a row's score pbias + g * (base + step * comb): the level
     sum of the table's bias, and the probe's bias outside the factor. With g alone (1-D
     row_factors: PQ's cosine to the reconstruction) the probe's bias goes inside, so the
-    whole score is scaled: g * ((bias + pbias) + step * comb) + 0."""
-    if row_factors.ndim == 1:
+    whole score is scaled: g * ((bias + pbias) + step * comb) + 0. With |r|^2 alone (1-D
+    float32, g = 1) as with (g, |r|^2)."""
+    if row_factors.ndim == 1 and row_factors.itemsize == 2:
         return np.float32(bias * level_sum + pbias), np.float32(0.0)
     return np.float32(bias * level_sum), np.float32(pbias)
 
@@ -1379,7 +1388,11 @@ def fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_facto
     Scaled mode (PQ x4's cosine to the reconstruction, engine/quantizers.py): row_factors
     1-D uint16 (n_blocks * 32,) holds g alone as float16 bits (Numba has no float16 arrays;
     the row kernel converts 32 at once), with n_levels 1 and ip, and the score is
-    g * ((probe_bias + bias) + step * acc), the whole score scaled (`_factor_base`)."""
+    g * ((probe_bias + bias) + step * acc), the whole score scaled (`_factor_base`).
+
+    Terms mode (PQ x4 under l2 on IVF residuals, engine/quantizers.py `PQ.own_list_tables`):
+    row_factors 1-D float32 (n_blocks * 32,) holds |r|^2 alone, each row's own-list term, and
+    g is 1: the l2 score -(probe_q_sq - 2 (bias + step * acc) + term)."""
     keys, counts, thr_s, thr_i = res_init_floors(np.full(1, floor, dtype=np.float32), k)
     _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets,
                           probes, probe_bias, probe_q_sq, is_l2, keys, counts, thr_s, thr_i, 0, k)

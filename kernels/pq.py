@@ -578,6 +578,29 @@ def pq_list_terms(books, centroids):
 
 
 @jit_batch
+def pq_own_list_terms(codes, order, list_offsets, books, centroids):
+    """Each row's l2 term with its own list's centroid c folded in, float32 (n,) in input
+    order: ``sum_j terms[l, j, code_j]`` (`pq_list_terms`: ``|r_hat|^2 + 2 <c, r_hat>``,
+    r_hat = decode(code)), summed in float64 in sub-space order. Then -|q - c - r_hat|^2 =
+    -(|q - c|^2 - 2 <q, r_hat> + term): one inner-product table a query serves every probed
+    list (engine/quantizers.py `PQ.own_list_terms`). codes uint8 (n, M) one sub-code per
+    byte in input order, the rows of list l ``order[list_offsets[l]:list_offsets[l + 1]]``,
+    centroids in the coded space. Lists in parallel."""
+    n, m = codes.shape
+    out = np.zeros(n, dtype=np.float32)
+    for lst in prange(list_offsets.shape[0] - 1):
+        if list_offsets[lst + 1] > list_offsets[lst]:
+            table, _ = pq_norm_table(books, centroids[lst])
+            for t in range(list_offsets[lst], list_offsets[lst + 1]):
+                i = order[t]
+                acc = 0.0
+                for j in range(m):
+                    acc += np.float64(table[j, codes[i, j]])
+                out[i] = np.float32(acc)
+    return out
+
+
+@jit_batch
 def pq4_block_inv_norms(blocks, block_ids, block_offsets, books, centroids):
     """1 / |x_hat| of every fast-scan block row, float32 (n_blocks * 32,): blocks uint8
     (n_blocks, n_pairs, 32) as kernels/fastscan.py `fs_layout` packs 4-bit PQ codes (byte

@@ -486,9 +486,11 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
     """`fs_scan_factors` in plain numpy: every real row's score in the kernel's float32
     operations (comb = sum_l 2**-l float32(acc_l); ip: pbias + g * (base + step * comb); l2:
     -((q_sq - 2 est) + |r|^2) in float32), then the best k by (score desc, id asc),
-    padded with (-inf, -1); a NaN or -inf score never enters. A 1-D row_factors is the scaled
-    mode (g alone, uint16 float16 bits): 0 + g * ((bias + pbias) + step * comb)."""
-    scaled = row_factors.ndim == 1
+    padded with (-inf, -1); a NaN or -inf score never enters. A 1-D uint16 row_factors is the
+    scaled mode (g alone, float16 bits): 0 + g * ((bias + pbias) + step * comb); a 1-D
+    float32 one holds |r|^2 alone, g = 1."""
+    scaled = row_factors.ndim == 1 and row_factors.dtype == np.uint16
+    terms_alone = row_factors.ndim == 1 and not scaled
     level_pairs = blocks.shape[1] // levels
     level_sum, w = np.float32(0.0), np.float32(1.0)
     for _ in range(levels):
@@ -515,6 +517,8 @@ def _rb_scan_numpy(qluts, steps, biases, levels, blocks, block_ids, row_factors,
             rows = slice(b * BLOCK, (b + 1) * BLOCK)
             if scaled:
                 g, r_sq = row_factors[rows].view(np.float16).astype(np.float32), np.zeros(BLOCK, np.float32)
+            elif terms_alone:
+                g, r_sq = np.ones(BLOCK, np.float32), row_factors[rows]
             else:
                 g, r_sq = row_factors[rows, 0], row_factors[rows, 1]
             with np.errstate(invalid="ignore", over="ignore"):  # inf factors give NaN, as in the kernel
@@ -920,38 +924,42 @@ def test_scan_factors_lists_equal_single(nq, sizes, dim, levels, n_probe, per_pr
 @given(nq=st.integers(1, 21), sizes=LIST_SIZES, dim=st.sampled_from([1, 7, 16, 33]), n_probe=st.integers(1, 4),
        per_probe=st.booleans(), k=st.one_of(st.integers(1, 4), st.integers(1, 300)),
        group=st.sampled_from([1, 3, fastscan.LANES + 3]), n_parts=st.integers(1, 3), special=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_scan_factors_scaled_mode_equals_numpy(nq, sizes, dim, n_probe, per_probe, k, group, n_parts, special, seed):
-    # PQ x4 under cosine (engine/quantizers.py): g = 1 / |x_hat| alone, float16 bits, one per
-    # block row, scaling the whole score g * ((bias + pbias) + step * acc). The one-query
-    # kernel, the multi-query one (groups of queries with the same probes) and the
-    # list-major one all equal plain numpy bit for bit: ties by id
-    # (duplicate g), g of 0, negative probe biases, and inf/NaN g when special.
+       terms=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_scan_factors_one_factor_modes_equal_numpy(nq, sizes, dim, n_probe, per_probe, k, group, n_parts, special,
+                                                   terms, seed):
+    # A 1-D row_factors, one value a block row. Scaled mode, PQ x4 under cosine
+    # (engine/quantizers.py): g = 1 / |x_hat| alone, float16 bits, scaling the whole score g
+    # * ((bias + pbias) + step * acc). Terms mode (`terms`), PQ x4 under l2 on residuals: the
+    # row's own-list term t alone, float32, g = 1, the score -((q_sq - 2 est) + t). The
+    # one-query kernel, the multi-query one (groups of queries with the same probes) and the
+    # list-major one all equal plain numpy bit for bit: ties by id (duplicate values),
+    # values of 0, negative probe biases, and inf/NaN values when special.
     rng = np.random.default_rng(seed)
     (qluts, steps, biases, blocks, block_ids, _, block_offsets, _, bias,
-     _) = _rb_inputs(rng, nq, 0, dim, 1, 0, n_probe, per_probe, sizes=sizes)
+     q_sq) = _rb_inputs(rng, nq, 0, dim, 1, 0, n_probe, per_probe, sizes=sizes)
     probes = _shared_probes(rng, nq, len(sizes), n_probe)
     n_rows = block_ids.shape[0]
-    g = rng.uniform(0.5, 2.0, n_rows).astype(np.float16)
+    g = rng.uniform(0.5, 2.0, n_rows).astype(np.float32 if terms else np.float16)
     g[rng.random(n_rows) < 0.1] = 0.0
     if n_rows:
         g[rng.random(n_rows) < 0.3] = g[0]
         if special:
             g[rng.integers(0, n_rows, size=2)] = [np.inf, np.nan]
-    g = g.view(np.uint16)
-    q_sq = np.zeros(bias.shape, np.float32)
+    g = g if terms else g.view(np.uint16)
+    if not terms:
+        q_sq = np.zeros(bias.shape, np.float32)
     floors = no_floors(qluts)
     ref = [_rb_scan_numpy(qluts[q], steps[q], biases[q], 1, blocks, block_ids, g, block_offsets, probes[q], bias[q],
-                          q_sq[q], False, k) for q in range(nq)]
+                          q_sq[q], terms, k) for q in range(nq)]
     ref_s, ref_i = np.stack([r[0] for r in ref]), np.stack([r[1] for r in ref])
     common = (qluts, steps, biases, 1, blocks, block_ids, g)
-    runs = [fastscan.fs_scan_factors_batch(*common, block_offsets, probes, bias, q_sq, False, k, floors),
-            fastscan.fs_scan_factors_lists_batch(*common, block_offsets, probes, bias, q_sq, False, k, floors,
+    runs = [fastscan.fs_scan_factors_batch(*common, block_offsets, probes, bias, q_sq, terms, k, floors),
+            fastscan.fs_scan_factors_lists_batch(*common, block_offsets, probes, bias, q_sq, terms, k, floors,
                                                  n_parts)]
     order, group_offsets = fastscan.fs_query_groups(probes, group)
     ql, sp, bi, pr, pb, qs = (np.ascontiguousarray(a[order]) for a in (qluts, steps, biases, probes, bias, q_sq))
     s, i = fastscan.fs_scan_factors_multi_batch(ql, sp, bi, 1, blocks, block_ids, g, block_offsets, pr, pb,
-                                                qs, False, group_offsets, k, floors)
+                                                qs, terms, group_offsets, k, floors)
     out_s, out_i = np.empty_like(s), np.empty_like(i)
     out_s[order], out_i[order] = s, i
     runs.append((out_s, out_i))
@@ -967,9 +975,14 @@ def test_scaled_mode_refuses_strided_or_wide_factors():
     q_sq = np.zeros(1, np.float32)
     g = np.ones(128, np.float16).view(np.uint16)
     fastscan._check_factor_rows(q_sq, g[:64])
-    for bad in (g[::2], g[:64].view(np.float16).astype(np.float32)):
+    for bad in (g[::2], g[:64].view(np.float16).astype(np.float64)):
         with pytest.raises(ValueError, match="float16"):
             fastscan._check_factor_rows(q_sq, bad)
+    # float32 is the terms mode (|r|^2 alone, 32 read as one vector): contiguous only
+    terms = np.ones(128, np.float32)
+    fastscan._check_factor_rows(q_sq, terms[:64])
+    with pytest.raises(ValueError, match="contiguous"):
+        fastscan._check_factor_rows(q_sq, terms[::2])
 
 
 @LIST_SETTINGS

@@ -732,3 +732,29 @@ def test_row_inv_norms_are_the_reconstructions(n, width, m, nlist, seed):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     if n:
         assert got[0] == 1.0
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(n=st.integers(0, 30), width=st.sampled_from([1, 3, 13, 16]), m=st.sampled_from([1, 2, 4, 5]),
+       nlist=st.integers(1, 3), shuffled=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_own_list_terms_are_each_rows_l2_term(n, width, m, nlist, shuffled, seed):
+    # PQ x4 under l2 on residuals keeps |r_hat|^2 + 2 <c, r_hat> a row (c its own list's
+    # centroid, r_hat = decode(code)): -|q - c - r_hat|^2 = -(|q - c|^2 - 2 <q, r_hat> + term).
+    # Rows in input order, lists through `order` (every row once); 4-bit codes one a byte
+    m = min(m, width)
+    rng = np.random.default_rng(seed)
+    books = rng.standard_normal((m, 16, pq.pq_dsub(width, m))).astype(np.float32)
+    centroids = rng.standard_normal((nlist, width)).astype(np.float32)
+    codes = rng.integers(0, 16, size=(n, m)).astype(np.uint8)
+    offsets, _ = random_layout(rng, n, nlist)
+    order = rng.permutation(n) if shuffled else np.arange(n)
+    got = pq.pq_own_list_terms(codes, order, offsets, books, centroids)
+    lists = np.empty(n, dtype=np.int64)
+    lists[order] = np.repeat(np.arange(nlist), np.diff(offsets))
+    r = pq_decode_ref(codes, books, width)
+    c = centroids[lists].astype(np.float64)
+    want = (r * r).sum(axis=1) + 2.0 * (c * r).sum(axis=1)
+    assert got.dtype == np.float32 and got.shape == (n,)
+    # float32 table entries, each rounded by 2^-24 of its terms' magnitudes
+    mag = (r * r).sum(axis=1) + 2.0 * np.abs(c * r).sum(axis=1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * mag.max(initial=1.0))

@@ -171,15 +171,18 @@ def test_scan_refuses_a_plan_of_another_codec_and_bad_k():
 
 
 def test_queries_per_plan_bounds_the_tables(monkeypatch):
-    # PQ under l2 on residuals makes each probe's table in its scan from one inner-product
-    # table a query and the per-list terms (engine/quantizers.py PQ.probe_tables): a query's
-    # tables count once (4 * 16 float bytes per sub-quantizer at 4 bits, 4 * 256 at 8),
-    # unless the list terms are over their budget: then one table per probed list
+    # PQ under l2 on residuals: at 8 bits the scan makes each probe's table from one
+    # inner-product table a query and the per-list terms (engine/quantizers.py
+    # PQ.probe_tables); at 4 bits one table a query serves every list, each row's own-list
+    # term in the layout (PQ.own_list_tables). A query's tables count once (4 * 16 float
+    # bytes per sub-quantizer at 4 bits, 4 * 256 at 8), unless the 8-bit list terms are
+    # over their budget: then one table per probed list
     codec = _codec("IVF4,PQ4x4", "l2")
     assert codec.queries_per_plan(nprobe=2) == CodeIndex.TABLE_BUDGET // (4 * 4 * 16)
     monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 16 * 3 * 5)
     assert codec.queries_per_plan(nprobe=3) == 15
-    assert codec.plan(Q[:5], nprobe=3).tables["ip"].shape == (5, 4, 16)
+    plan = codec.plan(Q[:5], nprobe=3)
+    assert plan.tables["qluts"].shape[:2] == (5, 1) and plan.tables["q_sq"].shape == (5, 3)
     enc = _codes("IVF4,PQ4x4", "l2")
     index = codec.index(*enc)
     _assert_same(index.search(Q[:23], 9, nprobe=3), index.scan(codec.plan(Q[:23], nprobe=3), 9)[:2])
@@ -196,8 +199,7 @@ def test_queries_per_plan_bounds_the_tables(monkeypatch):
     assert codec8.queries_per_plan(nprobe=3) == 1
     assert codec8.plan(Q[:5], nprobe=3).tables["luts"].shape == (5, 3, 4, 256)
     monkeypatch.setattr(CodeIndex, "TABLE_BUDGET", 4 * 4 * 16 * 3 * 5)
-    assert codec.queries_per_plan(nprobe=3) == 5 and codec.queries_per_plan(nprobe=99) == 3
-    assert codec.plan(Q[:5], nprobe=3).tables["qluts"].shape[:2] == (5, 3)  # quantized, 5 queries x 3 probes
+    assert codec.queries_per_plan(nprobe=3) == 15 and codec.queries_per_plan(nprobe=99) == 15  # no list terms
     # search plans by chunks of that size: the same results as one plan
     got = index.search(Q[:23], 9, nprobe=3)
     _assert_same(got, index.scan(codec.plan(Q[:23], nprobe=3), 9)[:2])
