@@ -708,17 +708,24 @@ def test_scaled_scan_matches_reference(nq, n, m, nlist, n_probe, k, kind, dead, 
             assert_topk_close(s, i, cand_s[first], cand_i, k, rtol=1e-5, atol=1e-5)
 
 
+def _listed_codes(rng, n, width, m, nlist, ksub):
+    """Random books (M <= width sub-quantizers of ksub centroids), centroids, codes (n, M)
+    and list offsets: (m, books, centroids, codes, offsets)."""
+    m = min(m, width)
+    books = rng.standard_normal((m, ksub, pq.pq_dsub(width, m))).astype(np.float32)
+    centroids = rng.standard_normal((nlist, width)).astype(np.float32)
+    codes = rng.integers(0, ksub, size=(n, m)).astype(np.uint8)
+    offsets, _ = random_layout(rng, n, nlist)
+    return m, books, centroids, codes, offsets
+
+
 @settings(max_examples=15, deadline=None, database=None)
 @given(n=st.integers(0, 30), width=st.sampled_from([1, 3, 13, 16]), m=st.sampled_from([1, 2, 4, 5]),
        nlist=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
 def test_row_inv_norms_are_the_reconstructions(n, width, m, nlist, seed):
     # 1 / |c_l + decode(code)| per row in list order; 1 for a zero-length reconstruction
-    m = min(m, width)
     rng = np.random.default_rng(seed)
-    books = rng.standard_normal((m, 256, pq.pq_dsub(width, m))).astype(np.float32)
-    centroids = rng.standard_normal((nlist, width)).astype(np.float32)
-    codes = rng.integers(0, 256, size=(n, m)).astype(np.uint8)
-    offsets, _ = random_layout(rng, n, nlist)
+    m, books, centroids, codes, offsets = _listed_codes(rng, n, width, m, nlist, 256)
     if n:
         lst0 = int(np.searchsorted(offsets, 0, side="right") - 1)
         centroids[lst0] = 0
@@ -741,12 +748,8 @@ def test_own_list_terms_are_each_rows_l2_term(n, width, m, nlist, shuffled, seed
     # PQ x4 under l2 on residuals keeps |r_hat|^2 + 2 <c, r_hat> a row (c its own list's
     # centroid, r_hat = decode(code)): -|q - c - r_hat|^2 = -(|q - c|^2 - 2 <q, r_hat> + term).
     # Rows in input order, lists through `order` (every row once); 4-bit codes one a byte
-    m = min(m, width)
     rng = np.random.default_rng(seed)
-    books = rng.standard_normal((m, 16, pq.pq_dsub(width, m))).astype(np.float32)
-    centroids = rng.standard_normal((nlist, width)).astype(np.float32)
-    codes = rng.integers(0, 16, size=(n, m)).astype(np.uint8)
-    offsets, _ = random_layout(rng, n, nlist)
+    m, books, centroids, codes, offsets = _listed_codes(rng, n, width, m, nlist, 16)
     order = rng.permutation(n) if shuffled else np.arange(n)
     got = pq.pq_own_list_terms(codes, order, offsets, books, centroids)
     lists = np.empty(n, dtype=np.int64)
