@@ -75,7 +75,6 @@ __all__ = [
     "fs_block_accumulate_group",
     "fs_scan",
     "fs_scan_batch",
-    "fs_scan_l2_batch",
     "fs_scan_multi",
     "fs_scan_multi_batch",
     "fs_scan_factors",
@@ -90,8 +89,6 @@ __all__ = [
     "SEED_PROBES",
     "fs_scan_lists",
     "fs_scan_lists_batch",
-    "fs_scan_lists_l2",
-    "fs_scan_lists_l2_batch",
     "fs_scan_factors_lists",
     "fs_scan_factors_lists_batch",
     "fs_scan_factors_lists_l2",
@@ -1209,34 +1206,6 @@ def _fs_scan_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probe
     return out_scores, out_ids
 
 
-def fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
-    """`fs_scan_batch` of l2 on residuals, each query's probe tables made in a scratch of P
-    tables as `fs_scan_lists_l2` makes them (ip float32 (nq, M, 16), terms float32
-    (nlist, M, 16)); results identical to `fs_scan_batch` of `fs_quantize_lut` of the
-    float tables 2 ip[q] - terms[probes[q, p]]. Tables the kernels cannot read are refused
-    before any is compiled for them."""
-    _check_probe_tables(ip, terms, blocks)
-    if probes.shape[0] == 1:
-        qluts, steps, biases = _new_query_tables(ip[0], terms, np.float32(2.0), probes[0])
-        return _one_query(fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes[0], probe_bias[0], k,
-                                  floors[0]))
-    return _scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors)
-
-
-@jit_batch
-def _scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
-    nq = probes.shape[0]
-    out_scores = np.empty((nq, k), dtype=np.float32)
-    out_ids = np.empty((nq, k), dtype=np.int64)
-    for qi in prange(nq):
-        qluts, steps, biases = _new_query_tables(ip[qi], terms, np.float32(2.0), probes[qi])
-        s, i = fs_scan(qluts, steps, biases, blocks, block_ids, block_offsets, probes[qi], probe_bias[qi], k,
-                       floors[qi])
-        out_scores[qi] = s
-        out_ids[qi] = i
-    return out_scores, out_ids
-
-
 @jit
 def _acc_floor(base, step, floor):
     """The least sum a in [0, 65535] with float32(base + step * float32(a)) >= floor, the
@@ -1632,49 +1601,25 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     the reservoirs admit (score, id) by a total order, so the visiting order does not matter.
     Each query's first `SEED_PROBES` probes are scanned on their own into its reservoir
     first (`_fs_scan_into`); `fs_invert_probes(probes, n_lists, SEED_PROBES)` inverts the rest."""
-    return _scan_lists(qluts, steps, biases, _NO_IP, _NO_IP, blocks, block_ids, block_offsets, probes, probe_bias,
-                       k, floors)
+    return _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors)
 
 
 @jit
-def fs_scan_lists_l2(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
-    """`fs_scan_lists` of l2 on residuals with each (query, probe) table made where the scan
-    reaches it: the tables `fs_quantize_probe_luts(ip, terms, probes)` would return, in a
-    scratch of LANES tables, instead of nq x P tables written first (minilm IVF256,PQ96x4,
-    nprobe 32: 98 MB for 1,000 queries, more time in memory than in arithmetic). ip float32
-    (G, M, 16), terms float32 (nlist, M, 16), the rest as `fs_scan_lists`; results identical
-    to `fs_scan_lists` of the materialized tables."""
-    _check_probe_tables(ip, terms, blocks)
-    return _scan_lists(_NO_QLUTS, _NO_TERMS, _NO_TERMS, ip, terms, blocks, block_ids, block_offsets, probes,
-                       probe_bias, k, floors)
-
-
-@jit
-def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
-    """`fs_scan_lists` (terms empty: tables qluts, steps, biases) or `fs_scan_lists_l2`
-    (terms given: each table made from ip and terms by `_probe_table` as it is needed)."""
-    fused = terms.shape[0] > 0
+def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
+    """`fs_scan_lists`'s work."""
     n_q = probes.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     n_pairs = blocks.shape[1]
-    qmax = fs_qmax(ip.shape[1])
-    w = np.float32(2.0)
-    work, work_steps, work_biases, lut, mins = _fused_scratch(fused, ip.shape[1], 2 * n_pairs, LANES)
-    seed_luts, seed_steps, seed_biases, _, _ = _fused_scratch(fused, 0, 2 * n_pairs, seed)
+    # `_chunk_lanes` takes the plan's tables (not fused): no scratch tables
+    work, work_steps, work_biases, lut, mins = _fused_scratch(False, 0, 2 * n_pairs, LANES)
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
-        if fused:
-            _query_tables(ip[q], terms, w, probes[q, :seed], qmax, seed_luts[:, 0], seed_steps[:, 0],
-                          seed_biases[:, 0], lut, mins)
-            _fs_scan_into(seed_luts[:, 0], seed_steps[:, 0], seed_biases[:, 0], blocks, block_ids, block_offsets,
-                          probes[q, :seed], probe_bias[q, :seed], keys, counts, thr_s, thr_i, q, k)
-        else:
-            _fs_scan_into(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets, probes[q, :seed],
-                          probe_bias[q, :seed], keys, counts, thr_s, thr_i, q, k)
+        _fs_scan_into(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets, probes[q, :seed],
+                      probe_bias[q, :seed], keys, counts, thr_s, thr_i, q, k)
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     n_tables = qluts.shape[1]
-    tables = work if fused else qluts
+    tables = qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     lane_thr = np.zeros(LANES, dtype=np.float32)
     scores = np.empty((LANES, BLOCK), dtype=np.float32)
@@ -1695,9 +1640,9 @@ def _scan_lists(qluts, steps, biases, ip, terms, blocks, block_ids, block_offset
             continue
         for c0 in range(e0, e1, LANES):
             n_lanes = min(LANES, e1 - c0)
-            _chunk_lanes(fused, steps, biases, ip, terms, w, lst, ent_q, ent_p, c0, n_lanes, n_tables, work,
-                         work_steps, work_biases, lut, mins, qmax, lane_q, lane_t, lane_heap, lane_p, lane_step,
-                         lane_bias)
+            _chunk_lanes(False, steps, biases, _NO_IP, _NO_IP, np.float32(1.0), lst, ent_q, ent_p, c0, n_lanes,
+                         n_tables, work, work_steps, work_biases, lut, mins, 0, lane_q, lane_t, lane_heap, lane_p,
+                         lane_step, lane_bias)
             for lane in range(LANES):
                 lane_base[lane] = lane_bias[lane] + probe_bias[lane_heap[lane], lane_p[lane]]
             for b in range(b0, b1):
@@ -1739,23 +1684,13 @@ def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, 
     (numba.get_num_threads(): no top k is shared between threads; `fs_scan_lists` itself is
     the serial twin). Shapes as in `fs_scan_batch`; out (nq, k), each row identical to
     `fs_scan_batch`'s."""
-    return _scan_lists_parts(qluts, steps, biases, _NO_IP, _NO_IP, blocks, block_ids, block_offsets, probes,
-                             probe_bias, k, floors, n_parts)
-
-
-def fs_scan_lists_l2_batch(ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k, floors, n_parts):
-    """`fs_scan_lists_l2` on `n_parts` contiguous ranges of queries, one per thread, as
-    `fs_scan_lists_batch`."""
-    _check_probe_tables(ip, terms, blocks)  # before the kernel is compiled for what it refuses
-    return _scan_lists_parts(_NO_QLUTS, _NO_TERMS, _NO_TERMS, ip, terms, blocks, block_ids, block_offsets, probes,
-                             probe_bias, k, floors, n_parts)
+    return _scan_lists_parts(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors,
+                             n_parts)
 
 
 @jit_batch
-def _scan_lists_parts(qluts, steps, biases, ip, terms, blocks, block_ids, block_offsets, probes, probe_bias, k,
-                      floors, n_parts):
-    """`_scan_lists` on `n_parts` contiguous ranges of queries, one per thread (the fused
-    tables checked by `fs_scan_lists_l2_batch`)."""
+def _scan_lists_parts(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors, n_parts):
+    """`_scan_lists` on `n_parts` contiguous ranges of queries, one per thread."""
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
@@ -1763,8 +1698,8 @@ def _scan_lists_parts(qluts, steps, biases, ip, terms, blocks, block_ids, block_
     for r in prange(n_parts):
         a = r * nq // n_parts
         e = (r + 1) * nq // n_parts
-        s, i = _scan_lists(qluts[a:e], steps[a:e], biases[a:e], ip[a:e], terms, blocks, block_ids, block_offsets,
-                           probes[a:e], probe_bias[a:e], k, floors[a:e])
+        s, i = _scan_lists(qluts[a:e], steps[a:e], biases[a:e], blocks, block_ids, block_offsets, probes[a:e],
+                           probe_bias[a:e], k, floors[a:e])
         out_scores[a:e] = s
         out_ids[a:e] = i
     return out_scores, out_ids
@@ -1784,8 +1719,8 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
 def fs_scan_factors_lists_l2(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
                              probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors_lists` of RB on residuals with each (query, probe) table made where
-    the scan reaches it, as `fs_scan_lists_l2`: level 0's float table of the residual
-    (q - c_l) R is the query's tq[q] less the list's tl[l] (`binary.rb_nibble_lut` is
+    the scan reaches it (in a scratch of LANES tables, instead of nq x P tables written
+    first): level 0's float table of the residual (q - c_l) R is the query's tq[q] less the list's tl[l] (`binary.rb_nibble_lut` is
     linear), quantized by `_probe_table`. tq float32 (G, S, 16), tl float32 (nlist, S, 16)
     (S = 2 * pairs per level); results identical to `fs_scan_factors_lists` of
     `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""

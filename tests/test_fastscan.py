@@ -819,69 +819,25 @@ def test_scan_lists_equals_single(nq, sizes, m, n_probe, per_probe, k, n_parts, 
         np.testing.assert_array_equal(got_s, ref_s)
 
 
-@LIST_SETTINGS
-@given(nq=st.integers(1, 21), sizes=LIST_SIZES, m=st.sampled_from([1, 3, 8, 13, 16, 17, 33, 48]),
-       n_probe=st.integers(1, 5), k=st.one_of(st.integers(1, 4), st.integers(1, 400)), n_parts=st.integers(1, 3),
-       scale=st.sampled_from([1e-6, 1.0, 1e6]), coarse=st.booleans(), floored=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_scan_l2_fused_equals_materialized(nq, sizes, m, n_probe, k, n_parts, scale, coarse, floored, seed):
-    # l2 on residuals: the scans that make each (query, probe) table 2 ip[q] - terms[l] where
-    # they reach it (list-major, batch and serial, and one query at a time) equal fs_scan_batch
-    # over fs_quantize_lut of all those tables written out first, bit for bit: the same bytes,
-    # steps and biases (row groups of 16 and the rest: m 1..48), probes -1 and repeated,
-    # coarse tables (equal scores, ties by id), k > n, floors
-    rng = np.random.default_rng(seed)
-    nlist = len(sizes)
-    ip = (rng.standard_normal((nq, m, 16)) * scale).astype(np.float32)
-    terms = (rng.standard_normal((nlist, m, 16)) * scale).astype(np.float32)
-    if coarse:
-        ip, terms = np.rint(ip), np.rint(terms)
-    probes = _own_probes(rng, nq, nlist, n_probe)
-    luts = probe_luts_ref(ip, terms, probes)
-    qluts, steps, biases = fastscan.fs_quantize_lut(luts)
-    _, codes, ids, offsets, _, bias = _scan_inputs(rng, nq, 0, m, 0, n_probe, True, sizes=sizes)
-    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, ids, offsets)
-    _readonly(ip, terms, probes, bias, blocks, block_ids, block_offsets)
-    layout = (blocks, block_ids, block_offsets, probes, bias, k)
-    want = fastscan.fs_scan_batch(qluts, steps, biases, *layout, no_floors(qluts))
-    floors = draw_floors(*want, rng) if floored else no_floors(qluts)
-    want = fastscan.fs_scan_batch(qluts, steps, biases, *layout, floors)
-    runs = [fastscan.fs_scan_l2_batch(ip, terms, *layout, floors),
-            fastscan.fs_scan_lists_l2_batch(ip, terms, *layout, floors, n_parts),
-            fastscan.fs_scan_lists_l2(ip, terms, *layout, floors)]
-    for got_s, got_i in runs:
-        np.testing.assert_array_equal(got_i, want[1])
-        np.testing.assert_array_equal(got_s, want[0])
-    # a lone query takes the one-query kernel in both drivers (no prange loop): the same rows
-    for q in range(nq):
-        one = (blocks, block_ids, block_offsets, probes[q:q + 1], bias[q:q + 1], k, floors[q:q + 1])
-        for got_s, got_i in (fastscan.fs_scan_batch(qluts[q:q + 1], steps[q:q + 1], biases[q:q + 1], *one),
-                             fastscan.fs_scan_l2_batch(ip[q:q + 1], terms, *one)):
-            np.testing.assert_array_equal(got_i, want[1][q:q + 1])
-            np.testing.assert_array_equal(got_s, want[0][q:q + 1])
-
-
-def _empty(args):
-    """(probe_bias, k, floors) of args for no queries."""
-    return args[1][:0], args[2], args[3][:0]
-
-
 def test_scan_l2_fused_refuses_bad_tables():
-    # the row intrinsics read 16 contiguous float32 a row
-    ip = np.zeros((1, 4, 32), dtype=np.float32)[:, :, ::2]
-    terms = np.zeros((1, 4, 16), dtype=np.float32)
+    # RB on residuals, each probe's table made in the scan: the row intrinsics read 16
+    # contiguous float32 a row
+    tq = np.zeros((1, 4, 32), dtype=np.float32)[:, :, ::2]
+    tl = np.zeros((1, 4, 16), dtype=np.float32)
     blocks, block_ids, block_offsets = fastscan.fs_layout(np.zeros((3, 4), np.uint8), np.arange(3), np.array([0, 3]))
+    rows = (1, blocks, block_ids, np.zeros((block_ids.shape[0], 2), np.float32), block_offsets)
     probes = np.zeros((1, 1), dtype=np.int64)
-    args = (probes, np.zeros((1, 1), np.float32), 2, np.full(1, -np.inf, np.float32))
+    args = (probes, np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), True, 2,
+            np.full(1, -np.inf, np.float32))
     with pytest.raises(ValueError, match="contiguous"):
-        fastscan.fs_scan_l2_batch(ip, terms, blocks, block_ids, block_offsets, *args)
+        fastscan.fs_scan_factors_l2_batch(tq, tl, *rows, *args)
     with pytest.raises(ValueError, match="contiguous"):
-        fastscan.fs_scan_lists_l2_batch(ip, terms, blocks, block_ids, block_offsets, *args, 1)
+        fastscan.fs_scan_factors_lists_l2_batch(tq, tl, *rows, *args, 1)
     # no queries: no rows to check, an empty result as the plain kernels give
     none = np.zeros((0, 4, 16), dtype=np.float32)
-    for got in (fastscan.fs_scan_l2_batch(none, terms, blocks, block_ids, block_offsets, probes[:0], *_empty(args)),
-                fastscan.fs_scan_lists_l2_batch(none, terms, blocks, block_ids, block_offsets, probes[:0],
-                                                *_empty(args), 1)):
+    empty = (probes[:0], args[1][:0], args[2][:0], True, 2, args[5][:0])
+    for got in (fastscan.fs_scan_factors_l2_batch(none, tl, *rows, *empty),
+                fastscan.fs_scan_factors_lists_l2_batch(none, tl, *rows, *empty, 1)):
         assert got[0].shape == got[1].shape == (0, 2)
     # minima the row intrinsics would store 16 at a time past a strided view: refused
     lut = np.zeros((16, 16), dtype=np.float32)
@@ -894,8 +850,7 @@ def test_scan_l2_fused_refuses_bad_tables():
     # tables of 6 sub-quantizers for blocks of 4: refused, not written past the scratch
     wide = np.zeros((1, 6, 16), dtype=np.float32)
     with pytest.raises(ValueError, match="sub-quantizers"):
-        fastscan.fs_scan_lists_l2_batch(wide, np.zeros((1, 6, 16), np.float32), blocks, block_ids, block_offsets,
-                                        *args, 1)
+        fastscan.fs_scan_factors_lists_l2_batch(wide, np.zeros((1, 6, 16), np.float32), *rows, *args, 1)
 
 
 @LIST_SETTINGS
