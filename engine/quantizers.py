@@ -540,10 +540,15 @@ class PQ(Quantizer):
         # terms itself (`pq.pq_lut_scan_l2`), no bytes a row.
         return self.nbits == 4
 
-    def _l2_origin(self, centroids: np.ndarray) -> np.ndarray:
-        """The mean of the centroids (coded space), float32: the origin of the own-list scan's
-        inner products (`own_list_terms`), summed in float64 one list after another."""
-        return (centroids.astype(np.float64).sum(axis=0) / centroids.shape[0]).astype(np.float32)
+    def _l2_origin(self, state: Tables, derived: dict[str, Any]) -> np.ndarray:
+        """The mean of the centroids (coded space), float32, made once per state: the origin
+        of the own-list scan's inner products (`own_list_terms`), summed in float64 one list
+        after another."""
+        out = derived.get("pq_l2_origin")
+        if out is None:
+            c = self._centroids(state, derived)
+            out = derived["pq_l2_origin"] = (c.astype(np.float64).sum(axis=0) / c.shape[0]).astype(np.float32)
+        return out
 
     def own_list_terms(self, codes, order, offsets, state, derived):
         # -|q - c - r_hat|^2 = -(|q - c|^2 - 2 <q - m, r_hat> + (|r_hat|^2 + 2 <c - m, r_hat>))
@@ -553,15 +558,15 @@ class PQ(Quantizer):
         # the origin the top 10 agreed with the per-probe tables' in 70% of ids instead of 95%
         if not self.own_list_l2:
             return None
-        centroids = self._centroids(state, derived)
+        centroids = self._centroids(state, derived) - self._l2_origin(state, derived)
         return pq.pq_own_list_terms(np.ascontiguousarray(self._sub_codes(codes)), order, offsets, state["pq_books"],
-                                    np.ascontiguousarray(centroids - self._l2_origin(centroids)))
+                                    np.ascontiguousarray(centroids))
 
     def own_list_tables(self, x, probe_sq, state, derived):
         if not self.own_list_l2:
             return None
         q = _rotate(x, state["pq_rotation"]) if self.rotate else x
-        q = q - self._l2_origin(self._centroids(state, derived))
+        q = q - self._l2_origin(state, derived)
         qluts, steps, biases = fastscan.fs_quantize_lut(pq.pq_lut(q, state["pq_books"], "ip")[:, None])
         bias = np.zeros(probe_sq.shape, dtype=np.float32)
         return {"qluts": qluts, "steps": steps, "biases": biases,
