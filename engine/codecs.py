@@ -920,21 +920,18 @@ class Codec:
             centre = self._centres(x, probes)
             x = np.ascontiguousarray(x / centre[:, None], dtype=np.float32)
             is_l2 = True
-            if self.ivf is not None:  # one table a query for every list (`own_list_terms`)
-                # |x / lambda - c|^2 from the probe step's <x, c> (cosine probes by inner product)
+        per_probe = is_l2 and self._residual
+        if per_probe and not sdc and self._own_lists:
+            # one table a query for every list (`own_list_terms`), with each probe's |x - c|^2
+            if centre is not None:  # |x / lambda - c|^2 from the probe step's <x, c> (cosine probes by inner product)
                 probe_sq = np.where(probes >= 0, np.einsum("ij,ij->i", x, x, dtype=np.float64)[:, None]
                                     - 2.0 * probe_ip / centre[:, None]
                                     + self._centroid_sq(state)[np.maximum(probes, 0)], 0.0)
-                made = self.quantizer.own_list_tables(x, probe_sq, state, self._derived_of(state))
-                if made is not None:
-                    return QueryPlan(self, probes, made[1], made[0], centre=centre)
-        per_probe = is_l2 and self._residual
-        if per_probe and centre is None and not sdc and self._own_lists:
-            # l2 on residuals, one table a query for every list (`own_list_terms`)
-            probe_sq = probe_sq_dist(x, state["centroids"], probes)
+            else:
+                probe_sq = probe_sq_dist(x, state["centroids"], probes)
             made = self.quantizer.own_list_tables(x, probe_sq, state, self._derived_of(state))
             if made is not None:
-                return QueryPlan(self, probes, made[1], made[0])
+                return QueryPlan(self, probes, made[1], made[0], centre=centre)
         if per_probe:
             made = self.quantizer.probe_tables(x, probes, state, self._derived_of(state), sdc=sdc)
             if made is not None:

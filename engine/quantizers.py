@@ -452,10 +452,13 @@ class PQ(Quantizer):
             return out
         # The blocked layout replaces the row codes: one copy of the codes in RAM. Packed
         # 4-bit codes are already the fast scan's byte pairs.
-        # with l2 terms (`own_list_terms`, l2 only) they are each block row's (padding rows 0)
-        values = None if norms is None else norms.view(np.float16).astype(np.float32)[:, None]
+        # Each block row's value (padding rows 0): its norm (row norms, ip) or its own-list
+        # term (`own_list_terms`, l2); never both
+        values = None
         if l2_terms is not None:
             values = np.asarray(l2_terms, dtype=np.float32)[:, None]
+        elif norms is not None:
+            values = norms.view(np.float16).astype(np.float32)[:, None]
         blocks, block_ids, block_offsets, block_values = fastscan.fs_layout_packed(codes, self.pq_bytes, order, ids,
                                                                                    offsets, values)
         out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS,

@@ -1721,8 +1721,8 @@ def fs_scan_factors_lists_l2(tq, tl, n_levels, blocks, block_ids, row_factors, b
     """`fs_scan_factors_lists` of RB on residuals with each (query, probe) table made where
     the scan reaches it (in a scratch of LANES tables, instead of nq x P tables written
     first): level 0's float table of the residual (q - c_l) R is the query's tq[q] less the
-    list's tl[l] (`binary.rb_nibble_lut` is linear), quantized by `_probe_table`. tq float32 (G, S, 16), tl float32 (nlist, S, 16)
-    (S = 2 * pairs per level); results identical to `fs_scan_factors_lists` of
+    list's tl[l] (`binary.rb_nibble_lut` is linear), quantized by `_probe_table`. tq float32
+    (G, S, 16), tl float32 (nlist, S, 16) (S = 2 * pairs per level); results identical to `fs_scan_factors_lists` of
     `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
     _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
     return _scan_factors_lists(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids, row_factors,
