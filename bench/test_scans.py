@@ -17,7 +17,8 @@ bench/report.py) shows the two sides together.
 | IVF256,PQ96x4 fast scan | codec IVF256,PQ96x4, nprobe 32 | IVF256,PQ96x4fs (IndexIVFPQFastScan), nprobe 32 |
 | Hamming 384-bit | hamming_scan_batch over sign bits; codec RB1 with sdc=True | IndexBinaryFlat(384), same sign bits |
 | SQ8 | codec SQ8 | IndexScalarQuantizer(384, QT_8bit) |
-| RB<b> / RaBitQ<b> | codec RB<b>, asymmetric (float query tables) | RR384 + IndexRaBitQ(384, ip, b), qb = 4 and 8 |
+| RB<b> / RaBitQ<b> | codec RB<b>, asymmetric (float query tables) | RR384 + IndexRaBitQ(384, ip, b), qb = 4 and 8; RR384 + IndexRaBitQFastScan (`RaBitQfs<b>`) |
+| IVF256,RB1 / IVF256,RaBitQfs (and l2) | codec IVF256,RB1, nprobe 32 | IndexIVFRaBitQFastScan(256), nprobe 32 |
 """
 
 from __future__ import annotations
@@ -228,3 +229,26 @@ def test_rb_asym_faiss(benchmark, data, faiss_index, bits, qb):
     inner.qb = qb
     _faiss(benchmark, data, index, group=_rb_group(bits), variant=f"RR384,IndexRaBitQ(nb_bits={bits}) qb={qb}",
            qb=qb)
+
+
+# faiss's fast scan of the same codes (`RaBitQfs<b>`: 4-bit lookups of the sign bits, the
+# scan vecz's RB uses), at its default qb
+@pytest.mark.parametrize("bits", RB_BITS)
+def test_rb_fastscan_faiss(benchmark, data, faiss_index, bits):
+    _faiss(benchmark, data, faiss_index(f"RaBitQfs{bits}"), group=_rb_group(bits),
+           variant=f"RR384,IndexRaBitQFastScan(nb_bits={bits})")
+
+
+IVF_RB = [("cosine", "IVF256,RaBitQfs", "ip"), ("l2", "IVF256,RaBitQfs l2", "l2")]
+
+
+@pytest.mark.parametrize("metric,faiss_name,faiss_metric", IVF_RB, ids=[p[0] for p in IVF_RB])
+def test_ivf256_rb1_vecz(benchmark, data, vecz_index, metric, faiss_name, faiss_metric):
+    _vecz(benchmark, data, vecz_index, "IVF256,RB1", group=f"IVF256,RB1 {metric}",
+          variant=f"codec IVF256,RB1 {metric} np{IVF_NPROBE}", metric=metric, nprobe=IVF_NPROBE)
+
+
+@pytest.mark.parametrize("metric,faiss_name,faiss_metric", IVF_RB, ids=[p[0] for p in IVF_RB])
+def test_ivf256_rb1_faiss(benchmark, data, faiss_index, metric, faiss_name, faiss_metric):
+    _faiss(benchmark, data, faiss_index(faiss_name), group=f"IVF256,RB1 {metric}",
+           variant=f"IndexIVFRaBitQFastScan(256) {faiss_metric} np{IVF_NPROBE}")

@@ -484,8 +484,8 @@ class Codec:
     def score_rule(self) -> int:
         """The rule its quantizer scores codes by under this metric (`Quantizer.score_rule`;
         3: a centred cosine scan, ``scans_centred``; 5: PQ under ip behind MRL, scored as
-        under cosine, ``unit_rows``; 6: PQ x4 under l2 behind IVF, one inner-product table a
-        query and each row's own-list term, ``_own_lists``): an error model measured under
+        under cosine, ``unit_rows``; 6: PQ x4 and (since stop 47) RB under l2 behind IVF, one
+        inner-product table a query and each row's own-list term, ``_own_lists``): an error model measured under
         another one does not apply to this codec's scores."""
         if self.scans_centred:
             return 3
@@ -624,7 +624,7 @@ class Codec:
         """Whether IVF layouts keep each row's l2 term with its own list's centroid folded in
         (`Quantizer.own_list_terms`), so that one table a query serves every probed list: the
         centred scans (`scans_centred`) and l2 on residuals where the quantizer offers it
-        (`Quantizer.own_list_l2`: PQ x4)."""
+        (`Quantizer.own_list_l2`: PQ x4 and RB)."""
         return self.ivf is not None and (self.scans_centred or (self.metric == "l2" and self.quantizer.own_list_l2))
 
     def _own_list_terms(self, codes: np.ndarray, order: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
@@ -636,7 +636,8 @@ class Codec:
         if not len(codes):  # a layout the own-list plan scans holds its (empty) terms
             return np.zeros(0, dtype=np.float32)
         state = self._require()
-        return self.quantizer.own_list_terms(codes, order, offsets, state, self._derived_of(state))
+        return self.quantizer.own_list_terms(codes, order, offsets, state, self._derived_of(state),
+                                             centred=self.scans_centred)
 
     def _centroid_sq(self, state: dict[str, np.ndarray]) -> np.ndarray:
         """|c|^2 of every centroid, float64 (nlist,), each row summed alone; made once per
@@ -929,7 +930,8 @@ class Codec:
                                     + self._centroid_sq(state)[np.maximum(probes, 0)], 0.0)
             else:
                 probe_sq = probe_sq_dist(x, state["centroids"], probes)
-            made = self.quantizer.own_list_tables(x, probe_sq, state, self._derived_of(state))
+            made = self.quantizer.own_list_tables(x, probe_sq, state, self._derived_of(state),
+                                                  centred=centre is not None)
             if made is not None:
                 return QueryPlan(self, probes, made[1], made[0], centre=centre)
         if per_probe:

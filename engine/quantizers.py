@@ -82,6 +82,25 @@ def _derive(derived: dict[str, Any], name: str, nbytes: int, make: Any) -> np.nd
     return out
 
 
+def _centroid_mean(centroids: np.ndarray, derived: dict[str, Any], name: str) -> np.ndarray:
+    """The mean of `centroids` (nlist, width), float32, kept as derived[name]: the origin of
+    an own-list l2 scan's inner products (`Quantizer.own_list_terms`), summed in float64 one
+    list after another."""
+    out = derived.get(name)
+    if out is None:
+        c = centroids.astype(np.float64)
+        out = derived[name] = (c.sum(axis=0) / c.shape[0]).astype(np.float32)
+    return out
+
+
+def _own_list_term(factors: np.ndarray, dots: np.ndarray) -> np.ndarray:
+    """RB rows' l2 term about their own list, |r|^2 + 2 g <(c - m) R, s> (`RB.own_list_terms`),
+    float32 (n,), from their factors (g, |r|^2) float32 (n, 2) and dots float64 (n,) (the
+    second term's inner products), summed in float64."""
+    f = factors.astype(np.float64)
+    return (f[:, 1] + 2.0 * f[:, 0] * dots).astype(np.float32)
+
+
 def probe_sq_dist(x: np.ndarray, centroids: np.ndarray, probes: np.ndarray) -> np.ndarray:
     """|q - c|^2 of every query's probed lists, float64 (nq, P): sums in fixed lanes, the
     same on every CPU (kernels/dense.py `dense_rescore`; probes < 0 give 0)."""
@@ -189,23 +208,25 @@ class Quantizer:
     def build_layout(self, codes: np.ndarray, order: np.ndarray, ids: np.ndarray, offsets: np.ndarray,
                      width: int, keep_rows: bool, l2_terms: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Scan layout of codes (n, code_size) in input order, in list order ``codes[order]``
-        (lists at `offsets`, ids (n,) already in that order): arrays by the `CodeIndex`
-        attribute that holds them. `l2_terms` (float32 (n,), input order; `own_list_terms`):
+        (lists at `offsets`, ids (n,) already in that order): arrays (and flags) by the
+        `CodeIndex` attribute that holds them. `l2_terms` (float32 (n,), input order; `own_list_terms`):
         the per-row term the fast scan's l2 formula adds, in place of |r|^2."""
         return {"codes": np.ascontiguousarray(codes[order]), "ids": ids}
 
     def own_list_terms(self, codes: np.ndarray, order: np.ndarray, offsets: np.ndarray, state: Tables,
-                       derived: dict[str, Any]) -> np.ndarray | None:
+                       derived: dict[str, Any], *, centred: bool = False) -> np.ndarray | None:
         """For `own_list_tables`: each row's l2 term with its own list's centroid folded in,
         float32 (n,) in input order, the rows of list j being ``order[offsets[j]:offsets[j +
-        1]]`` (the layout's `ivf.ivf_layout`); None: not offered."""
+        1]]`` (the layout's `ivf.ivf_layout`); None: not offered. The term is taken about the
+        centroids' mean m (the table spans q - m), or about 0 for a centred cosine scan
+        (``centred``, `Codec.scans_centred`, whose queries x / lambda lie near their list)."""
         return None
 
-    def own_list_tables(self, x: np.ndarray, probe_sq: np.ndarray, state: Tables, derived: dict[str, Any]
-                        ) -> tuple[Tables, np.ndarray] | None:
+    def own_list_tables(self, x: np.ndarray, probe_sq: np.ndarray, state: Tables, derived: dict[str, Any], *,
+                        centred: bool = False) -> tuple[Tables, np.ndarray] | None:
         """l2 on residuals with one table a query for every probed list (rows laid out with
-        `own_list_terms`): (tables, bias), `probe_sq` (nq, P) each probe's |x - c|^2. None:
-        not offered (then `own_list_terms` offered none either)."""
+        `own_list_terms` of the same ``centred``): (tables, bias), `probe_sq` (nq, P) each
+        probe's |x - c|^2. None: not offered (then `own_list_terms` offered none either)."""
         return None
 
     def errors_from_code(self, state: Tables) -> bool:
@@ -544,16 +565,10 @@ class PQ(Quantizer):
         return self.nbits == 4
 
     def _l2_origin(self, state: Tables, derived: dict[str, Any]) -> np.ndarray:
-        """The mean of the centroids (coded space), float32, made once per state: the origin
-        of the own-list scan's inner products (`own_list_terms`), summed in float64 one list
-        after another."""
-        out = derived.get("pq_l2_origin")
-        if out is None:
-            c = self._centroids(state, derived)
-            out = derived["pq_l2_origin"] = (c.astype(np.float64).sum(axis=0) / c.shape[0]).astype(np.float32)
-        return out
+        """The mean of the centroids (coded space), made once per state (`_centroid_mean`)."""
+        return _centroid_mean(self._centroids(state, derived), derived, "pq_l2_origin")
 
-    def own_list_terms(self, codes, order, offsets, state, derived):
+    def own_list_terms(self, codes, order, offsets, state, derived, *, centred=False):
         # -|q - c - r_hat|^2 = -(|q - c|^2 - 2 <q - m, r_hat> + (|r_hat|^2 + 2 <c - m, r_hat>))
         # for any m: the last term is the row's alone (float64 sums, stored as float32). With
         # m the centroids' mean the query's table spans <q - m, b>, about as narrow as a
@@ -565,7 +580,7 @@ class PQ(Quantizer):
         return pq.pq_own_list_terms(np.ascontiguousarray(self._sub_codes(codes)), order, offsets, state["pq_books"],
                                     np.ascontiguousarray(centroids))
 
-    def own_list_tables(self, x, probe_sq, state, derived):
+    def own_list_tables(self, x, probe_sq, state, derived, *, centred=False):
         if not self.own_list_l2:
             return None
         q = _rotate(x, state["pq_rotation"]) if self.rotate else x
@@ -709,7 +724,8 @@ class RB(Quantizer):
         blocks, block_ids, block_offsets, block_factors = fastscan.fs_layout_packed(
             codes, n_bytes, order, ids, offsets, factors)
         out = {"codes": _no_codes(codes.shape[1]), "ids": ids if keep_rows else _NO_IDS, "blocks": blocks,
-               "block_ids": block_ids, "block_offsets": block_offsets, "block_factors": block_factors}
+               "block_ids": block_ids, "block_offsets": block_offsets, "block_factors": block_factors,
+               "rb_own_terms": l2_terms is not None}
         if keep_rows:
             out["bits"], out["factors"] = self.split_codes(np.ascontiguousarray(codes[order]), width)
         return out
@@ -756,27 +772,84 @@ class RB(Quantizer):
         rot = (qr[:, None, :] - rotated[np.maximum(probes, 0)]).reshape(nq * n_tab, -1)  # probes < 0 are skipped
         return (*self._rotated_tables(rot, bias, nq=nq, per_probe=True, sdc=sdc), {})
 
-    def own_list_terms(self, codes, order, offsets, state, derived):
+    @property
+    def own_list_l2(self) -> bool:
+        # the term replaces |r|^2 among the row's two factors: no bytes a row (a symmetric
+        # scan gets |r|^2 back once, `_sdc_factors`). minilm IVF256,RB1
+        # l2 nprobe 32: the scan made and quantized each probe's table, 17.0k QPS against
+        # 22.1k under cosine, which already scans one table a query (stop 47)
+        return True
+
+    def _l2_origin(self, state: Tables, derived: dict[str, Any], centred: bool) -> np.ndarray | None:
+        """The origin m of the own-list terms in the rotated space (None: 0, a centred scan;
+        also None past LIST_TERMS_BUDGET, when `own_list_terms` offers none)."""
+        rotated = _rotated_centroids(state, "rb_rotation", derived)
+        if centred or rotated is None:
+            return None
+        return _centroid_mean(rotated, derived, "rb_l2_origin")
+
+    def own_list_terms(self, codes, order, offsets, state, derived, *, centred=False):
         # -|q - x|^2 ~= -(|q - c|^2 - 2 g <(q - c) R, s> + |r|^2)
-        #            = -(|q - c|^2 - 2 g <q R, s> + (|r|^2 + 2 g <c R, s>)):
-        # the row's own centroid c enters through its code alone, so one table of q R serves
-        # every probed list (`own_list_tables`). float64 sums, stored as float32.
+        #            = -(|q - c|^2 - 2 g <(q - m) R, s> + (|r|^2 + 2 g <(c - m) R, s>)):
+        # the row's own centroid c enters through its code alone, so one table of (q - m) R
+        # serves every probed list (`own_list_tables`). m: the centroids' mean under l2 (as
+        # PQ's, `PQ.own_list_terms`), 0 for the centred cosine scan, whose x / lambda lies
+        # near its list already. float64 sums, stored as float32.
         rotated = _rotated_centroids(state, "rb_rotation", derived)
         if rotated is None:
             return None
+        origin = self._l2_origin(state, derived, centred)
+        if origin is not None:
+            rotated = rotated - origin
         nb = self.levels * binary.rb_nbytes(rotated.shape[1])
-        factors = np.ascontiguousarray(codes[:, nb : nb + RB_FACTOR_BYTES]).view("<f4").astype(np.float64)
-        dots = binary.rb_sign_dots(codes, self.levels, rotated, order, offsets)
-        return (factors[:, 1] + 2.0 * factors[:, 0] * dots).astype(np.float32)
+        factors = np.ascontiguousarray(codes[:, nb : nb + RB_FACTOR_BYTES]).view("<f4")
+        return _own_list_term(factors, binary.rb_sign_dots(codes, self.levels, rotated, order, offsets))
 
-    def own_list_tables(self, x, probe_sq, state, derived):
+    def own_list_tables(self, x, probe_sq, state, derived, *, centred=False):
         if _rotated_centroids(state, "rb_rotation", derived) is None:  # as `own_list_terms`
             return None
         nq, n_tab = probe_sq.shape
-        tables, bias = self._rotated_tables(_rotate(x, state["rb_rotation"]), np.zeros((nq, n_tab), dtype=np.float32),
-                                            nq=nq, per_probe=False, sdc=False)
+        qr = _rotate(x, state["rb_rotation"])
+        origin = self._l2_origin(state, derived, centred)
+        if origin is not None:
+            qr = np.ascontiguousarray(qr - origin)
+        tables, bias = self._rotated_tables(qr, np.zeros((nq, n_tab), dtype=np.float32), nq=nq, per_probe=False,
+                                            sdc=False)
         tables["q_sq"] = np.ascontiguousarray(probe_sq, dtype=np.float32)
         return tables, bias
+
+    def _sdc_factors(self, layout: Any, kept: bool) -> np.ndarray:
+        """The rows' (g, |r|^2) for a symmetric l2 scan: of the rows kept in list order
+        (`kept`), else of the fast-scan blocks. Blocks laid out with own-list terms hold T =
+        |r|^2 + 2 g <(c - m) R, s> in place of |r|^2 (`own_list_terms`); |r|^2 = T - 2 g <(c -
+        m) R, s> is made from the blocks' bits on the first such scan and kept (4 bytes a row,
+        as the popcount words are made then): the coded |r|^2 up to float32 rounding of T.
+        The kept rows' |r|^2 goes through T and back the same way, so that a layout scores
+        alike with its rows kept or not."""
+        if not getattr(layout, "rb_own_terms", False):
+            return layout.factors if kept else layout.block_factors
+        name = "rb_sdc_row_factors" if kept else "rb_sdc_factors"
+        out = getattr(layout, name, None)
+        if out is None:
+            state = layout.state
+            derived = layout.codec._derived_of(state)
+            vecs = _rotated_centroids(state, "rb_rotation", derived)  # kept: the terms were made from it
+            origin = self._l2_origin(state, derived, layout.codec.scans_centred)
+            if origin is not None:
+                vecs = vecs - origin
+            if kept:
+                n, levels, nb = layout.bits.shape
+                bits, factors, starts = layout.bits.reshape(n, levels * nb), layout.factors, layout.offsets
+            else:
+                bits, factors = fastscan.fs_block_bytes(layout.blocks), layout.block_factors
+                starts = layout.block_offsets.astype(np.int64) * fastscan.BLOCK
+            dots = binary.rb_sign_dots(bits, self.levels, vecs, np.arange(bits.shape[0], dtype=np.int64), starts)
+            terms = _own_list_term(factors, dots) if kept else factors[:, 1]
+            g = factors[:, 0]
+            sq = terms.astype(np.float64) - 2.0 * g.astype(np.float64) * dots
+            out = np.ascontiguousarray(np.stack([g, sq.astype(np.float32)], axis=1))
+            setattr(layout, name, out)
+        return out
 
     def _list_nibbles_bytes(self, codec_nlist: int, width: int) -> int:
         return codec_nlist * 2 * binary.rb_nbytes(width) * 16 * 4
@@ -789,9 +862,10 @@ class RB(Quantizer):
                        lambda: binary.rb_nibble_lut(_rotated_centroids(state, "rb_rotation", derived), 1))
 
     def tables_per_query(self, codec, n_probe, sdc=False):
-        # with the list tables: one float table a query, each probe's made in the scan;
-        # symmetric scoring encodes every rotated residual (q - c) R, one per probe
-        fits = self._list_nibbles_bytes(codec.nlist, codec.width) <= LIST_TERMS_BUDGET
+        # with each row's own-list term (the rotated centroids within LIST_TERMS_BUDGET): one
+        # table a query; symmetric scoring encodes every rotated residual (q - c) R, one per
+        # probe
+        fits = codec.nlist * codec.width * 4 <= LIST_TERMS_BUDGET
         return 1 if fits and not sdc else n_probe
 
     def _rotated_tables(self, rot, bias, *, nq, per_probe, sdc):
@@ -814,14 +888,15 @@ class RB(Quantizer):
         t = plan.tables
         if plan.sdc:
             if layout.bits is not None:  # the rows kept in list order
-                rows = (layout.factors, layout.ids, layout.offsets)
+                rows = (self._sdc_factors(layout, True) if is_l2 else layout.factors, layout.ids, layout.offsets)
                 if layout.words is None:
                     layout.words = binary.rb_words(layout.bits)
             else:
                 # without them (a store's segments), the rows of the fast-scan blocks: a block
                 # row's bytes are its sign bytes (`build_layout`); padding rows have id -1,
                 # and rows marked dead share the blocks' ids, so the scan skips both
-                rows = (layout.block_factors, layout.block_ids, layout.block_offsets * fastscan.BLOCK)
+                rows = (self._sdc_factors(layout, False) if is_l2 else layout.block_factors, layout.block_ids,
+                        layout.block_offsets * fastscan.BLOCK)
                 if layout.words is None:
                     bits = fastscan.fs_block_bytes(layout.blocks)
                     layout.words = binary.rb_words(bits.reshape(bits.shape[0], self.levels, -1))

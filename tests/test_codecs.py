@@ -1174,13 +1174,14 @@ def test_cosine_pq8_index_counts_the_byte_a_row_of_its_norm_filter(spec):
                                       ("IVF8,RB2", False), ("IVF8,RB2", True), ("MRL10,IVF8,RB1", False)])
 def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monkeypatch):
     # l2 on residuals: the plan's tables from one table a query and what the codec derives per
-    # list once (PQ.probe_tables: PQ's per-list terms; RB.probe_tables: the rotated
-    # centroids), or for 4-bit PQ one inner-product table a query and each row's own-list
-    # term in the layout (PQ.own_list_tables), give the search of the tables made from q - c
-    # per probe: the same ids and (float32 rounding) scores for 8-bit PQ; 4-bit PQ and RB
-    # within the quantization of their tables. Past LIST_TERMS_BUDGET (and for 4-bit PQ
-    # without its own-list terms) the tables come from scratch; what was derived is not
-    # counted once the state changes.
+    # list once (PQ.probe_tables: 8-bit PQ's per-list terms), or for 4-bit PQ and RB one
+    # table a query and each row's own-list term in the layout (own_list_tables), give the
+    # search of the tables made from q - c per probe: the same ids and (float32 rounding)
+    # scores for 8-bit PQ; 4-bit PQ and RB within the quantization of their tables. RB's
+    # symmetric scoring encodes each probe's residual either way (its layout's |r|^2 made
+    # back from the own-list terms, `RB._sdc_factors`). Past LIST_TERMS_BUDGET (and
+    # for 4-bit PQ without its own-list terms) the tables come from scratch; what was
+    # derived is not counted once the state changes.
     from vecz.engine import quantizers
     x, q = gaussian_clusters(600, 12, nq=20, seed=3)
     x *= np.random.default_rng(1).uniform(0.5, 2.0, (len(x), 1)).astype(np.float32)
@@ -1188,9 +1189,9 @@ def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monk
     index = codec.index(codec.encode(x))
     plan = codec.plan(q, nprobe=3, sdc=sdc)
     got = index.search(q, 10, nprobe=3, sdc=sdc)
-    own = spec.endswith("PQ6x4") or spec.endswith("PQ4x4")
-    assert ("qluts" in plan.tables and "q_sq" in plan.tables) == own
-    assert codec.derived_nbytes() > 0  # 4-bit PQ: the centroids' mean (and OPQ's rotated centroids)
+    own = spec.endswith("PQ6x4") or spec.endswith("PQ4x4") or ("RB" in spec and not sdc)
+    assert ("qluts" in plan.tables and plan.tables["qluts"].shape[1] == 1 and "q_sq" in plan.tables) == own
+    assert codec.derived_nbytes() > 0  # the centroids' mean (and the rotated centroids)
     # a plan holds what its scan needs: it scans the same after the codec is trained again
     # (on other rows: other centroids and books) or loaded
     codec.train(x[::-1] * 1.5)
@@ -1205,7 +1206,7 @@ def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monk
     codec = trained(spec, 12, "l2", x)
     want = codec.index(codec.encode(x)).search(q, 10, nprobe=3, sdc=sdc)
     if own:  # tables from q - c per probe
-        assert "q_sq" not in codec.plan(q, nprobe=3, sdc=sdc).tables
+        assert codec.plan(q, nprobe=3, sdc=sdc).tables["qluts"].shape[1] == 3
     assert codec.derived_nbytes() == 0
     if spec.endswith("x8"):
         np.testing.assert_array_equal(got.ids, want.ids)
@@ -1216,7 +1217,8 @@ def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monk
         # the exact distances to the decoded rows within the same order of error (measured:
         # own / per-probe mean error 0.99-1.33)
         assert np.mean([len(set(a) & set(b)) for a, b in zip(got.ids, want.ids)]) > 0.9 * 10
-        decoded = codec.decode(codec.encode(x))
+        # PQ scores the decoded rows; RB estimates the rows themselves (with their |r|^2)
+        decoded = x if "RB" in spec else codec.decode(codec.encode(x))
 
         def error(res):
             return np.mean(np.abs(res.scores - ((decoded[res.ids] - q[:, None]) ** 2).sum(axis=2)))
@@ -1225,6 +1227,35 @@ def test_l2_ivf_tables_from_list_terms_match_tables_from_scratch(spec, sdc, monk
     else:
         assert np.mean(got.ids == want.ids) > 0.95
         np.testing.assert_allclose(got.scores, want.scores, rtol=0.02, atol=0.02 * np.abs(want.scores).max())
+
+
+@pytest.mark.parametrize("spec,offset", [("IVF8,RB1", 0.0), ("IVF8,RB2", 0.0), ("IVF8,RB2", 50.0)])
+def test_rb_own_list_terms_give_back_each_rows_sq_norm(spec, offset):
+    # RB under l2 behind IVF keeps T = |r|^2 + 2 g <(c - m) R, s> in place of |r|^2 (no bytes
+    # a row); a symmetric scan of a layout without its rows makes |r|^2 back from the blocks
+    # (`RB._sdc_factors`): each row's coded |r|^2 within float32 rounding of T, also
+    # for rows far from the origin; padding rows are left alone (the scan skips id -1)
+    x, q = gaussian_clusters(700, 20, nq=5, seed=4)
+    x = x * np.random.default_rng(2).uniform(0.5, 2.0, (len(x), 1)).astype(np.float32) + np.float32(offset)
+    codec = trained(spec, 20, "l2", x)
+    codes = codec.encode(x)
+    index = codec.index(codes.codes, codes.lists, keep_rows=False)
+    assert index.rb_own_terms and getattr(index, "rb_sdc_factors", None) is None
+    made = codec.quantizer._sdc_factors(index, False)
+    assert index.rb_sdc_factors is made and codec.quantizer._sdc_factors(index, False) is made  # made once
+    want = codec.quantizer.split_codes(codes.codes, codec.width)[1]
+    live = index.block_ids >= 0
+    rows = index.block_ids[live]
+    np.testing.assert_array_equal(made[live, 0], want[rows, 0])
+    terms = index.block_factors[live, 1].astype(np.float64)
+    assert not np.allclose(terms, want[rows, 1], rtol=1e-3)  # the blocks hold the terms, not |r|^2
+    tol = 4 * np.finfo(np.float32).eps * (np.abs(terms) + want[rows, 1])
+    assert (np.abs(made[live, 1] - want[rows, 1]) <= tol).all()
+    # and the symmetric search scores as the index that keeps its rows
+    kept = codec.index(codes.codes, codes.lists)
+    assert not kept.rb_own_terms or kept.factors is not None
+    a, b = index.search(q, 10, nprobe=3, sdc=True), kept.search(q, 10, nprobe=3, sdc=True)
+    _assert_search_equal(a, b)  # bit for bit: the kept rows' |r|^2 goes through the term and back too
 
 
 def _assert_search_equal(a, b):

@@ -905,7 +905,9 @@ def test_search_plans_a_batch_by_chunks_within_the_table_budget(tmp_path, monkey
 def test_search_sdc_scores_a_stores_rb_codes_symmetrically(tmp_path, codec):
     # a store's segments keep no row codes (the fast-scan blocks hold the bits): sdc=True
     # scores from the blocks, across segments and deletes, the same as an index that keeps
-    # its rows; it used to refuse every store
+    # its rows; it used to refuse every store. Behind IVF under l2 the blocks hold each
+    # row's own-list term in place of |r|^2, which the symmetric scan makes back
+    # (`RB._sdc_factors`) to within float32 rounding
     x = _data(500, seed=9)
     q = _data(6, seed=10)
     nprobe = 2 if codec.startswith("IVF") else 1
@@ -919,7 +921,10 @@ def test_search_sdc_scores_a_stores_rb_codes_symmetrically(tmp_path, codec):
         enc = s.codec.encode(x[live])
         want = s.codec.index(enc.codes, enc.lists, live, keep_rows=True).search(q, 8, nprobe=nprobe, sdc=True)
         np.testing.assert_array_equal(got.ids, want.ids)
-        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        layouts = [seg.built for seg in s._segments if seg is not None and seg.built is not None]
+        assert layouts and all(lay.rb_own_terms == codec.startswith("IVF") for lay in layouts)
+        assert all((getattr(lay, "rb_sdc_factors", None) is not None) == lay.rb_own_terms for lay in layouts)
         exact = s.search(q, 8, nprobe=nprobe, rerank=40, sdc=True)  # a shortlist by sdc scores, re-ranked
         assert (exact.ids >= 0).all() and not np.isin(exact.ids, np.arange(0, 500, 7)).any()
 
