@@ -17,7 +17,8 @@ bench/report.py) shows the two sides together.
 | IVF256,PQ96x4 fast scan | codec IVF256,PQ96x4, nprobe 32 | IVF256,PQ96x4fs (IndexIVFPQFastScan), nprobe 32 |
 | Hamming 384-bit | hamming_scan_batch over sign bits; codec RB1 with sdc=True | IndexBinaryFlat(384), same sign bits |
 | SQ8 | codec SQ8 | IndexScalarQuantizer(384, QT_8bit) |
-| RB<b> / RaBitQ<b> | codec RB<b>, asymmetric (float query tables) | RR384 + IndexRaBitQ(384, ip, b), qb = 4 and 8; RR384 + IndexRaBitQFastScan (`RaBitQfs<b>`) |
+| RB<b> / RaBitQ<b> | codec RB<b>, asymmetric (float query tables) | RR384 + IndexRaBitQ(384, ip, b), qb = 4, 8 |
+|  |  | RR384 + IndexRaBitQFastScan(384, ip, b) (`RaBitQfs<b>`) |
 | IVF256,RB1 / IVF256,RaBitQfs (and l2) | codec IVF256,RB1, nprobe 32 | IndexIVFRaBitQFastScan(256), nprobe 32 |
 """
 
