@@ -63,10 +63,10 @@ ITQ_ITER = 25
 ITQ_ITER_WIDE = 10
 ITQ_WIDE = 256
 
-# PQ's per-list l2 terms (`PQ.probe_tables`: nlist x M x ksub float32), RB's rotated
-# centroids (nlist x width) and their level-0 tables (`RB.probe_tables`: nlist x S x 16
-# float32, S = width / 4) are kept up to this size each (IVF256,PQ48x8: 12.6 MB;
-# IVF4096,PQ96x8: 403 MB is past it: tables per probe from q - c then)
+# PQ's per-list l2 terms (`PQ.probe_tables`: nlist x M x ksub float32) and the rotated
+# centroids of OPQ and RB (nlist x width float32; the own-list terms are made from them) are
+# kept up to this size each (IVF256,PQ48x8: 12.6 MB; IVF4096,PQ96x8: 403 MB is past it:
+# tables per probe from q - c then)
 LIST_TERMS_BUDGET = 256 << 20
 _NO_IDS = np.empty(0, dtype=np.int64)
 
@@ -748,13 +748,12 @@ class RB(Quantizer):
         return self._rotated_tables(rot, bias, nq=nq, per_probe=per_probe, sdc=sdc)
 
     def probe_tables(self, x, probes, state, derived, *, sdc=False):
-        # (q - c) R = q R - c R: one rotation a query and a subtraction per probe instead of
-        # a rotation per probe (width^2 multiply-adds each: 4.7M a query for 384-d at nprobe
-        # 32), from the centroids rotated once per state (nlist x width float32). Not for one
-        # list (no IVF): its table per query is made like an inner product's, and the scan
-        # takes the multi-query kernel (the list tables' scan made each query's table in the
-        # scan, one query at a time: 0.58x the batch QPS of minilm RB1 cosine at depth 50)
-        if state["centroids"].shape[0] == 1:
+        # Symmetric scoring encodes each probe's rotated residual (the asymmetric scan keeps
+        # each row's own-list term instead, `own_list_tables`): (q - c) R = q R - c R, one
+        # rotation a query and a subtraction per probe instead of a rotation per probe
+        # (width^2 multiply-adds each: 4.7M a query for 384-d at nprobe 32), from the
+        # centroids rotated once per state (nlist x width float32). Not for one list (no IVF).
+        if not sdc or state["centroids"].shape[0] == 1:
             return None
         rotated = _rotated_centroids(state, "rb_rotation", derived)
         if rotated is None:
@@ -762,13 +761,6 @@ class RB(Quantizer):
         nq, n_tab = probes.shape
         qr = _rotate(x, state["rb_rotation"])
         bias = np.zeros((nq, n_tab), dtype=np.float32)
-        nibbles = None if sdc else self._list_nibbles(state, derived)
-        if nibbles is not None:
-            # level 0's tables are linear in the rotated residual: those of (q - c) R are those
-            # of q R less those of c R, made once per state; the scan makes each probe's
-            # quantized table where it reaches it (`fastscan.fs_scan_factors_lists_l2`)
-            q_sq = probe_sq_dist(qr, rotated, probes).astype(np.float32)  # in the rotated space
-            return {"tq": binary.rb_nibble_lut(qr, 1), "q_sq": q_sq}, bias, {"list_nibbles": nibbles}
         rot = (qr[:, None, :] - rotated[np.maximum(probes, 0)]).reshape(nq * n_tab, -1)  # probes < 0 are skipped
         return (*self._rotated_tables(rot, bias, nq=nq, per_probe=True, sdc=sdc), {})
 
@@ -851,16 +843,6 @@ class RB(Quantizer):
             setattr(layout, name, out)
         return out
 
-    def _list_nibbles_bytes(self, codec_nlist: int, width: int) -> int:
-        return codec_nlist * 2 * binary.rb_nbytes(width) * 16 * 4
-
-    def _list_nibbles(self, state, derived):
-        """Level 0's fast-scan tables of the rotated centroids (nlist, S, 16), made once per
-        state (None past LIST_TERMS_BUDGET)."""
-        c = state["centroids"]
-        return _derive(derived, "rb_list_nibbles", self._list_nibbles_bytes(c.shape[0], c.shape[1]),
-                       lambda: binary.rb_nibble_lut(_rotated_centroids(state, "rb_rotation", derived), 1))
-
     def tables_per_query(self, codec, n_probe, sdc=False):
         # with each row's own-list term (the rotated centroids within LIST_TERMS_BUDGET): one
         # table a query; symmetric scoring encodes every rotated residual (q - c) R, one per
@@ -902,16 +884,6 @@ class RB(Quantizer):
                     layout.words = binary.rb_words(bits.reshape(bits.shape[0], self.levels, -1))
             return binary.rb_sdc_scan_batch(t["words"], t["q_scale"], layout.words, *rows, plan.probes, plan.bias,
                                             t["q_sq"], is_l2, width, k, floors)
-        rows = (layout.blocks, layout.block_ids, layout.block_factors)
-        if "tq" in t:  # l2 on residuals (`probe_tables`): each probe's table made in the scan
-            tl = plan.shared["list_nibbles"]
-            if list_major:
-                return fastscan.fs_scan_factors_lists_l2_batch(
-                    t["tq"], tl, self.levels, *rows, layout.block_offsets, plan.probes, plan.bias,
-                    t["q_sq"], is_l2, k, floors, numba.get_num_threads())
-            return fastscan.fs_scan_factors_l2_batch(t["tq"], tl, self.levels, *rows, layout.block_offsets,
-                                                     plan.probes, plan.bias, t["q_sq"], is_l2,
-                                                     k, floors)
         return _scan_factor_blocks(layout, plan, self.levels, layout.block_factors, t["q_sq"], is_l2, k, groups,
                                    list_major, floors)
 

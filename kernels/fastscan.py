@@ -39,12 +39,9 @@ first `SEED_PROBES` probes on their own (its nearest lists: the engine's probes 
 first) so that its threshold starts high. Each query keeps its own, which admits (score,
 id) by a total order, so the visiting order does not change results either.
 
-Under l2 on IVF residuals every (query, probe) pair has its own table: w a[q] - b[l], a float
-table of the query less one of the list (PQ: 2 <q, b> and the per-list terms; RB: the
-level-0 tables of q R and of c R). The `*_l2` kernels make and quantize each one where the
-scan reaches it (`_probe_table`, in vector IR like all of the quantization), so a batch
-never writes nq x P tables out; results equal the plain kernels over those tables quantized
-by `fs_quantize_lut` bit for bit.
+Under l2 on IVF residuals the engine keeps each row's l2 term with its own list's centroid
+folded in (engine/quantizers.py `own_list_terms`), so one table a query serves every probed
+list, as under cosine: these kernels take the plan's tables either way.
 """
 
 from __future__ import annotations
@@ -91,9 +88,6 @@ __all__ = [
     "fs_scan_lists_batch",
     "fs_scan_factors_lists",
     "fs_scan_factors_lists_batch",
-    "fs_scan_factors_lists_l2",
-    "fs_scan_factors_lists_l2_batch",
-    "fs_scan_factors_l2_batch",
 ]
 
 BLOCK = 32
@@ -777,12 +771,10 @@ def _butterfly(builder, rows, op):
     return rows[0]
 
 
-def _make_row_minmax(fill, n_rows):
+def _make_row_minmax(n_rows):
     """The first pass of `_quantize_one` over `n_rows` (1 or 16) table rows of 16 float32
     entries from row j on, in vector IR (LLVM leaves the scalar loop's min / max chains
-    scalar): mins[j:j + n_rows] = the rows' minima; returns the largest float32(max - min).
-    With `fill`, each row is first made as w a[j] - b[j] (l2 on residuals: `_probe_table`)
-    and stored to lut[j]."""
+    scalar): mins[j:j + n_rows] = the rows' minima; returns the largest float32(max - min)."""
 
     def codegen(context, builder, signature, args):
         f32 = ir.FloatType()
@@ -792,20 +784,10 @@ def _make_row_minmax(fill, n_rows):
         lut_t, lut_v, j_t, j_v, mins_t, mins_v = (signature.args[n - 3], args[n - 3], signature.args[n - 2],
                                                   args[n - 2], signature.args[n - 1], args[n - 1])
         j0 = context.cast(builder, j_v, j_t, types.int64)
-        if fill:
-            w = _splat(builder, context.cast(builder, args[2], signature.args[2], types.float32), vf)
         rows = []
         for r in range(n_rows):
             j = builder.add(j0, ir.Constant(i64, r))
-            dst = _row_ptr(context, builder, lut_t, lut_v, j, f32, 16)
-            if fill:
-                a = builder.load(_row_ptr(context, builder, signature.args[0], args[0], j, f32, 16), align=4)
-                b = builder.load(_row_ptr(context, builder, signature.args[1], args[1], j, f32, 16), align=4)
-                row = builder.fsub(builder.fmul(w, a), b)
-                builder.store(row, dst, align=4)
-            else:
-                row = builder.load(dst, align=4)
-            rows.append(row)
+            rows.append(builder.load(_row_ptr(context, builder, lut_t, lut_v, j, f32, 16), align=4))
         mins = context.make_array(mins_t)(context, builder, mins_v)
         at = builder.gep(mins.data, [j0])
         if n_rows == 1:
@@ -816,21 +798,14 @@ def _make_row_minmax(fill, n_rows):
         builder.store(lo, builder.bitcast(at, vf.as_pointer()), align=4)
         return _tree(builder, builder.fsub(_butterfly(builder, rows, ">"), lo), ">")
 
-    if fill:
-        @intrinsic
-        def row_minmax(typingctx, a, b, w, lut, j, mins):
-            return types.float32(a, b, w, lut, j, mins), codegen
-    else:
-        @intrinsic
-        def row_minmax(typingctx, lut, j, mins):
-            return types.float32(lut, j, mins), codegen
+    @intrinsic
+    def row_minmax(typingctx, lut, j, mins):
+        return types.float32(lut, j, mins), codegen
     return row_minmax
 
 
-_row_minmax = _make_row_minmax(False, 1)
-_rows16_minmax = _make_row_minmax(False, 16)
-_row_fill_minmax = _make_row_minmax(True, 1)
-_rows16_fill_minmax = _make_row_minmax(True, 16)
+_row_minmax = _make_row_minmax(1)
+_rows16_minmax = _make_row_minmax(16)
 
 
 @intrinsic
@@ -881,18 +856,6 @@ def _check_mins(mins, m):
     minima must be m contiguous float32."""
     if mins.shape[0] < m or (m > 0 and mins.strides[0] != 4):
         raise ValueError("mins must hold one contiguous float32 per table row")
-
-
-@jit
-def _check_probe_tables(ip, terms, blocks):
-    """The fused l2 scans' inputs, checked before their parallel loops (an exception raised
-    inside one surfaces as SystemError): rows of 16 contiguous float32, the same M, and
-    blocks of (M + 1) // 2 pairs (the tables' rows are written and read unchecked)."""
-    if ip.shape[2] != 16 or terms.shape[2] != 16 or (ip.size > 0 and ip.strides[2] != 4) or (
-            terms.size > 0 and terms.strides[2] != 4):
-        raise ValueError("ip and terms must be float32 rows of 16 contiguous entries")
-    if ip.shape[1] != terms.shape[1] or blocks.shape[1] != (ip.shape[1] + 1) // 2:
-        raise ValueError("ip, terms and blocks must have the same number of sub-quantizers")
 
 
 @jit
@@ -972,89 +935,23 @@ def _sum16(typingctx, x, j):
 
 
 @jit
-def _probe_table(a, b, w, lut, mins, qmax, out):
-    """One table of l2 on residuals, w a - b (a, b float32 (M, 16); w = 2 for PQ, 1 for RB),
-    quantized into out as `fs_quantize_lut` quantizes it (lut, mins: scratch); returns its
-    (step, bias)."""
-    _check_rows(a, out)
-    _check_rows(b, out)
-    _check_rows(lut, out)
-    m = a.shape[0]
-    if b.shape[0] != m or lut.shape[0] < m:
-        raise ValueError("a, b and the scratch table must have the same number of rows")
-    _check_mins(mins, m)
-    span = np.float32(0.0)
-    for j in range(0, m - 15, 16):  # lut[j] = w a[j] - b[j], its minimum and span in one pass
-        span = max(span, _rows16_fill_minmax(a, b, w, lut, j, mins))
-    for j in range(m - m % 16, m):
-        span = max(span, _row_fill_minmax(a, b, w, lut, j, mins))
-    return _quantize_rows(lut, qmax, out, mins, span), _sum_mins(mins, a.shape[0])
-
-
-@jit
-def _query_tables(a, terms, w, probes_q, qmax, out, steps, biases, lut, mins):
-    """`_probe_table` of one query's probes (P,): out[p], steps[p], biases[p] for the table
-    w a - terms[probes_q[p]]; probes < 0 are left as they are (the scans skip them)."""
-    for p in range(probes_q.shape[0]):
-        lst = probes_q[p]
-        if lst >= 0:
-            steps[p], biases[p] = _probe_table(a, terms[lst], w, lut, mins, qmax, out[p])
-
-
-@jit
-def _new_query_tables(a, terms, w, probes_q):
-    """`_query_tables` into new arrays: (qluts (P, 2 * n_pairs, 32), steps, biases (P,))."""
-    m = a.shape[0]
-    n_probe = probes_q.shape[0]
-    qluts = np.zeros((n_probe, 2 * ((m + 1) // 2), 32), dtype=np.uint8)
-    steps = np.ones(n_probe, dtype=np.float32)
-    biases = np.zeros(n_probe, dtype=np.float32)
-    lut = np.zeros((m, 16), dtype=np.float32)
-    mins = np.empty(m, dtype=np.float32)
-    _query_tables(a, terms, w, probes_q, fs_qmax(m), qluts, steps, biases, lut, mins)
-    return qluts, steps, biases
-
-
-@jit
-def _fused_scratch(fused, m, n_rows, n_tables):
-    """Scratch of a fused l2 scan (empty when not `fused`): n_tables quantized tables of
-    n_rows rows (n_tables, 1, n_rows, 32) with their steps and biases (n_tables, 1), one float
-    table (m, 16) and its row minima (m,)."""
-    n = n_tables if fused else 0
-    return (np.zeros((n, 1, n_rows, 32), dtype=np.uint8), np.ones((n_tables, 1), dtype=np.float32),
-            np.zeros((n_tables, 1), dtype=np.float32), np.zeros((m, 16), dtype=np.float32),
-            np.empty(m, dtype=np.float32))
-
-
-@jit
-def _chunk_lanes(fused, steps, biases, ip, terms, w, lst, ent_q, ent_p, c0, n_lanes, n_tables, work, work_steps,
-                 work_biases, lut, mins, qmax, lane_q, lane_t, lane_heap, lane_p, lane_step, lane_bias):
+def _chunk_lanes(steps, biases, lst, ent_q, ent_p, c0, n_lanes, n_tables, lane_q, lane_t, lane_heap, lane_p,
+                 lane_step, lane_bias):
     """The tables of one chunk of a list-major scan over list `lst`: its entries c0 ..
     c0 + n_lanes - 1 (ent_q / ent_p: query and probe index), idle lanes repeating the
     first. lane_heap / lane_p: each lane's query and probe; lane_q / lane_t: where its table
-    is (the plan's qluts, or with `fused` work[lane, 0], made here from ip and terms);
-    lane_step / lane_bias: that table's step and bias."""
+    is in the plan's qluts; lane_step / lane_bias: that table's step and bias."""
     for lane in range(LANES):
         e = c0 + lane if lane < n_lanes else c0
         q = ent_q[e]
         p = ent_p[e]
         lane_heap[lane] = q
         lane_p[lane] = p
-        if fused:
-            if lane < n_lanes:
-                work_steps[lane, 0], work_biases[lane, 0] = _probe_table(ip[q], terms[lst], w, lut, mins, qmax,
-                                                                         work[lane, 0])
-            at = lane if lane < n_lanes else 0
-            lane_q[lane] = at
-            lane_t[lane] = 0
-            lane_step[lane] = work_steps[at, 0]
-            lane_bias[lane] = work_biases[at, 0]
-        else:
-            t = p if n_tables > 1 else 0
-            lane_q[lane] = q
-            lane_t[lane] = t
-            lane_step[lane] = steps[q, t]
-            lane_bias[lane] = biases[q, t]
+        t = p if n_tables > 1 else 0
+        lane_q[lane] = q
+        lane_t[lane] = t
+        lane_step[lane] = steps[q, t]
+        lane_bias[lane] = biases[q, t]
 
 
 def fs_quantize_lut(luts: np.ndarray):
@@ -1091,8 +988,7 @@ def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors):
 
 @jit
 def _check_factor_rows(probe_q_sq, row_factors):
-    """`_check_factor_terms` without the tables' steps and biases (the fused l2 scans make
-    those themselves)."""
+    """`_check_factor_terms`'s checks of probe_q_sq and the rows' factors."""
     if probe_q_sq.itemsize != 4:
         raise ValueError("probe_q_sq must be float32")
     if row_factors.ndim == 1:
@@ -1612,8 +1508,6 @@ def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, 
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     n_pairs = blocks.shape[1]
-    # `_chunk_lanes` takes the plan's tables (not fused): no scratch tables
-    work, work_steps, work_biases, lut, mins = _fused_scratch(False, 0, 2 * n_pairs, LANES)
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
         _fs_scan_into(qluts[q], steps[q], biases[q], blocks, block_ids, block_offsets, probes[q, :seed],
                       probe_bias[q, :seed], keys, counts, thr_s, thr_i, q, k)
@@ -1640,9 +1534,8 @@ def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, 
             continue
         for c0 in range(e0, e1, LANES):
             n_lanes = min(LANES, e1 - c0)
-            _chunk_lanes(False, steps, biases, _NO_IP, _NO_IP, np.float32(1.0), lst, ent_q, ent_p, c0, n_lanes,
-                         n_tables, work, work_steps, work_biases, lut, mins, 0, lane_q, lane_t, lane_heap, lane_p,
-                         lane_step, lane_bias)
+            _chunk_lanes(steps, biases, lst, ent_q, ent_p, c0, n_lanes, n_tables, lane_q, lane_t, lane_heap,
+                         lane_p, lane_step, lane_bias)
             for lane in range(LANES):
                 lane_base[lane] = lane_bias[lane] + probe_bias[lane_heap[lane], lane_p[lane]]
             for b in range(b0, b1):
@@ -1671,11 +1564,6 @@ def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, 
                             if c + 1 == keys.shape[1]:
                                 res_cut(keys, counts, thr_s, thr_i, q, k)
     return res_finish(keys, counts, k)
-
-
-_NO_QLUTS = np.zeros((0, 1, 0, 32), dtype=np.uint8)
-_NO_TERMS = np.zeros((0, 1), dtype=np.float32)
-_NO_IP = np.zeros((0, 0, 16), dtype=np.float32)
 
 
 def fs_scan_lists_batch(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors,
@@ -1711,52 +1599,26 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
     """`fs_scan_factors` for G queries with their own probes, list-major as `fs_scan_lists`:
     shapes as in `fs_scan_factors_batch`, floors (G,) -> (G, k), row g identical to
     `fs_scan_factors` of query g with floor floors[g]."""
-    return _scan_factors_lists(qluts, steps, biases, _NO_IP, _NO_IP, n_levels, blocks, block_ids, row_factors,
-                               block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
+    return _scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
+                               probe_bias, probe_q_sq, is_l2, k, floors)
 
 
 @jit
-def fs_scan_factors_lists_l2(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
-                             probe_bias, probe_q_sq, is_l2, k, floors):
-    """`fs_scan_factors_lists` of RB on residuals with each (query, probe) table made where
-    the scan reaches it (in a scratch of LANES tables, instead of nq x P tables written
-    first): level 0's float table of the residual (q - c_l) R is the query's tq[q] less the
-    list's tl[l] (`binary.rb_nibble_lut` is linear), quantized by `_probe_table`. tq float32
-    (G, S, 16), tl float32 (nlist, S, 16) (S = 2 * pairs per level); results identical to `fs_scan_factors_lists` of
-    `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
-    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])
-    return _scan_factors_lists(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids, row_factors,
-                               block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors)
-
-
-@jit
-def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors,
-                        block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors):
-    """`fs_scan_factors_lists` (terms empty) or `fs_scan_factors_lists_l2` (terms given)."""
+def _scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
+                        probe_bias, probe_q_sq, is_l2, k, floors):
+    """`fs_scan_factors_lists`'s work."""
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
-    fused = terms.shape[0] > 0
     n_q = probes.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
     seed = min(SEED_PROBES, probes.shape[1])
     level_pairs = blocks.shape[1] // n_levels
-    qmax = fs_qmax(ip.shape[1])
-    w = np.float32(1.0)
-    work, work_steps, work_biases, lut, mins = _fused_scratch(fused, ip.shape[1], 2 * level_pairs, LANES)
-    seed_luts, seed_steps, seed_biases, _, _ = _fused_scratch(fused, 0, 2 * level_pairs, seed)
     for q in range(n_q):  # each query's nearest lists first (`SEED_PROBES`)
-        if fused:
-            _query_tables(ip[q], terms, w, probes[q, :seed], qmax, seed_luts[:, 0], seed_steps[:, 0],
-                          seed_biases[:, 0], lut, mins)
-            _fs_scan_factors_into(seed_luts[:, 0], seed_steps[:, 0], seed_biases[:, 0], n_levels, blocks, block_ids,
-                                  row_factors, block_offsets, probes[q, :seed], probe_bias[q, :seed],
-                                  probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
-        else:
-            _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors,
-                                  block_offsets, probes[q, :seed], probe_bias[q, :seed],
-                                  probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
+        _fs_scan_factors_into(qluts[q], steps[q], biases[q], n_levels, blocks, block_ids, row_factors,
+                              block_offsets, probes[q, :seed], probe_bias[q, :seed],
+                              probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
-    tables = work if fused else qluts
+    tables = qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
     lane_q = np.zeros(LANES, dtype=np.int64)
@@ -1786,9 +1648,8 @@ def _scan_factors_lists(qluts, steps, biases, ip, terms, n_levels, blocks, block
             continue
         for c0 in range(e0, e1, LANES):
             n_lanes = min(LANES, e1 - c0)
-            _chunk_lanes(fused, steps, biases, ip, terms, w, lst, ent_q, ent_p, c0, n_lanes, n_tables, work,
-                         work_steps, work_biases, lut, mins, qmax, lane_q, lane_t, lane_heap, lane_p, lane_step,
-                         lane_bias)
+            _chunk_lanes(steps, biases, lst, ent_q, ent_p, c0, n_lanes, n_tables, lane_q, lane_t, lane_heap,
+                         lane_p, lane_step, lane_bias)
             for lane in range(LANES):
                 lane_base[lane], lane_pbias[lane] = _factor_base(lane_bias[lane], level_sum,
                                                                  probe_bias[lane_heap[lane], lane_p[lane]],
@@ -1830,26 +1691,15 @@ def fs_scan_factors_lists_batch(qluts, steps, biases, n_levels, blocks, block_id
                                 block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`fs_scan_factors_lists` on one contiguous range of queries per thread (as
     `fs_scan_lists_batch`); shapes as in `fs_scan_factors_batch`."""
-    return _scan_factors_lists_parts(qluts, steps, biases, _NO_IP, _NO_IP, n_levels, blocks, block_ids, row_factors,
-                                     block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors,
-                                     n_parts)
-
-
-def fs_scan_factors_lists_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets,
-                                   probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
-    """`fs_scan_factors_lists_l2` on one contiguous range of queries per thread."""
-    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])  # before compiling
-    return _scan_factors_lists_parts(_NO_QLUTS, _NO_TERMS, _NO_TERMS, tq, tl, n_levels, blocks, block_ids,
-                                     row_factors, block_offsets, probes, probe_bias, probe_q_sq, is_l2,
-                                     k, floors, n_parts)
+    return _scan_factors_lists_parts(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets,
+                                     probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts)
 
 
 @jit_batch
-def _scan_factors_lists_parts(qluts, steps, biases, ip, terms, n_levels, blocks, block_ids, row_factors,
-                              block_offsets, probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
+def _scan_factors_lists_parts(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets,
+                              probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`_scan_factors_lists` on `n_parts` contiguous ranges of queries, one per thread (the
-    fused tables checked by `fs_scan_factors_lists_l2_batch`; the rest here, outside the
-    parallel loop)."""
+    inputs checked here, outside the parallel loop)."""
     _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
@@ -1858,43 +1708,11 @@ def _scan_factors_lists_parts(qluts, steps, biases, ip, terms, n_levels, blocks,
     for r in prange(n_parts):
         a = r * nq // n_parts
         e = (r + 1) * nq // n_parts
-        s, i = _scan_factors_lists(qluts[a:e], steps[a:e], biases[a:e], ip[a:e], terms, n_levels, blocks, block_ids,
-                                   row_factors, block_offsets, probes[a:e], probe_bias[a:e],
-                                   probe_q_sq[a:e], is_l2, k, floors[a:e])
+        s, i = _scan_factors_lists(qluts[a:e], steps[a:e], biases[a:e], n_levels, blocks, block_ids, row_factors,
+                                   block_offsets, probes[a:e], probe_bias[a:e], probe_q_sq[a:e], is_l2, k,
+                                   floors[a:e])
         out_scores[a:e] = s
         out_ids[a:e] = i
-    return out_scores, out_ids
-
-
-def fs_scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
-                             probe_bias, probe_q_sq, is_l2, k, floors):
-    """`fs_scan_factors_batch` of RB on residuals, each query's probe tables made in a
-    scratch of P tables as `fs_scan_factors_lists_l2` makes them; results identical to
-    `fs_scan_factors_batch` of `fs_quantize_lut` of the float tables tq[q] - tl[probes[q, p]]."""
-    _check_probe_tables(tq, tl, blocks[:, : blocks.shape[1] // max(n_levels, 1)])  # before compiling
-    if probes.shape[0] == 1:  # the tables' steps and biases are made float32; the kernel checks the rest
-        qluts, steps, biases = _new_query_tables(tq[0], tl, np.float32(1.0), probes[0])
-        return _one_query(fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
-                                          block_offsets, probes[0], probe_bias[0], probe_q_sq[0], is_l2, k,
-                                          floors[0]))
-    return _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets,
-                                  probes, probe_bias, probe_q_sq, is_l2, k, floors)
-
-
-@jit_batch
-def _scan_factors_l2_batch(tq, tl, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
-                           probe_bias, probe_q_sq, is_l2, k, floors):
-    _check_terms(probe_bias, probe_bias, probe_bias)  # no steps or biases here: made below
-    _check_factor_rows(probe_q_sq, row_factors)
-    nq = probes.shape[0]
-    out_scores = np.empty((nq, k), dtype=np.float32)
-    out_ids = np.empty((nq, k), dtype=np.int64)
-    for qi in prange(nq):
-        qluts, steps, biases = _new_query_tables(tq[qi], tl, np.float32(1.0), probes[qi])
-        s, i = fs_scan_factors(qluts, steps, biases, n_levels, blocks, block_ids, row_factors,
-                               block_offsets, probes[qi], probe_bias[qi], probe_q_sq[qi], is_l2, k, floors[qi])
-        out_scores[qi] = s
-        out_ids[qi] = i
     return out_scores, out_ids
 
 

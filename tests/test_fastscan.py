@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from vecz.kernels import binary, fastscan, pq
 from tests.reference.ivf import random_layout, random_probes
-from tests.reference.pq import fastscan_accumulate_ref, fs_layout_ref, pq_scan_candidates_ref, probe_luts_ref
-from tests.reference.topk import assert_topk_exact, draw_floors, no_floors
+from tests.reference.pq import fastscan_accumulate_ref, fs_layout_ref, pq_scan_candidates_ref
+from tests.reference.topk import assert_topk_exact, no_floors
 
 SETTINGS = settings(max_examples=50, deadline=None, database=None)
 BLOCK = fastscan.BLOCK
@@ -819,26 +819,7 @@ def test_scan_lists_equals_single(nq, sizes, m, n_probe, per_probe, k, n_parts, 
         np.testing.assert_array_equal(got_s, ref_s)
 
 
-def test_scan_l2_fused_refuses_bad_tables():
-    # RB on residuals, each probe's table made in the scan: the row intrinsics read 16
-    # contiguous float32 a row
-    tq = np.zeros((1, 4, 32), dtype=np.float32)[:, :, ::2]
-    tl = np.zeros((1, 4, 16), dtype=np.float32)
-    blocks, block_ids, block_offsets = fastscan.fs_layout(np.zeros((3, 4), np.uint8), np.arange(3), np.array([0, 3]))
-    rows = (1, blocks, block_ids, np.zeros((block_ids.shape[0], 2), np.float32), block_offsets)
-    probes = np.zeros((1, 1), dtype=np.int64)
-    args = (probes, np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32), True, 2,
-            np.full(1, -np.inf, np.float32))
-    with pytest.raises(ValueError, match="contiguous"):
-        fastscan.fs_scan_factors_l2_batch(tq, tl, *rows, *args)
-    with pytest.raises(ValueError, match="contiguous"):
-        fastscan.fs_scan_factors_lists_l2_batch(tq, tl, *rows, *args, 1)
-    # no queries: no rows to check, an empty result as the plain kernels give
-    none = np.zeros((0, 4, 16), dtype=np.float32)
-    empty = (probes[:0], args[1][:0], args[2][:0], True, 2, args[5][:0])
-    for got in (fastscan.fs_scan_factors_l2_batch(none, tl, *rows, *empty),
-                fastscan.fs_scan_factors_lists_l2_batch(none, tl, *rows, *empty, 1)):
-        assert got[0].shape == got[1].shape == (0, 2)
+def test_quantize_into_refuses_bad_minima():
     # minima the row intrinsics would store 16 at a time past a strided view: refused
     lut = np.zeros((16, 16), dtype=np.float32)
     out = np.zeros((16, 32), dtype=np.uint8)
@@ -847,10 +828,6 @@ def test_scan_l2_fused_refuses_bad_tables():
         fastscan.fs_quantize_into(lut, 255, out, np.zeros(32, np.float32)[::2], steps, biases, 0)
     with pytest.raises(ValueError, match="mins"):
         fastscan.fs_quantize_into(lut, 255, out, np.zeros(8, np.float32), steps, biases, 0)
-    # tables of 6 sub-quantizers for blocks of 4: refused, not written past the scratch
-    wide = np.zeros((1, 6, 16), dtype=np.float32)
-    with pytest.raises(ValueError, match="sub-quantizers"):
-        fastscan.fs_scan_factors_lists_l2_batch(wide, np.zeros((1, 6, 16), np.float32), *rows, *args, 1)
 
 
 @LIST_SETTINGS
@@ -938,48 +915,6 @@ def test_scaled_mode_refuses_strided_or_wide_factors():
     fastscan._check_factor_rows(q_sq, terms[:64])
     with pytest.raises(ValueError, match="contiguous"):
         fastscan._check_factor_rows(q_sq, terms[::2])
-
-
-@LIST_SETTINGS
-@given(nq=st.integers(1, 21), sizes=LIST_SIZES, dim=st.sampled_from([1, 7, 16, 33, 64, 130]),
-       levels=st.integers(1, 3), n_probe=st.integers(1, 5), is_l2=st.booleans(),
-       k=st.one_of(st.integers(1, 4), st.integers(1, 400)), n_parts=st.integers(1, 3), floored=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_scan_factors_l2_fused_equals_materialized(nq, sizes, dim, levels, n_probe, is_l2, k, n_parts, floored,
-                                                   seed):
-    # RB on residuals: the scans that make each probe's level-0 table tq[q] - tl[l] where
-    # they reach it (list-major batch and serial, and one query at a time)
-    # equal fs_scan_factors_batch over fs_quantize_lut of those tables written out first,
-    # bit for bit (symbols 2..66: groups of 16 rows and the rest; levels 1-3; probes -1 and
-    # repeated; k > n; floors)
-    rng = np.random.default_rng(seed)
-    (_, _, _, blocks, block_ids, row_factors, block_offsets, _, bias,
-     q_sq) = _rb_inputs(rng, nq, 0, dim, levels, 0, n_probe, True, sizes=sizes)
-    nlist = len(sizes)
-    tq = binary.rb_nibble_lut(rng.standard_normal((nq, dim)).astype(np.float32), 1)
-    tl = binary.rb_nibble_lut(rng.standard_normal((nlist, dim)).astype(np.float32), 1)
-    probes = _own_probes(rng, nq, nlist, n_probe)
-    qluts, steps, biases = fastscan.fs_quantize_lut(probe_luts_ref(tq, tl, probes, w=1.0))
-    _readonly(tq, tl, blocks, block_ids, row_factors, block_offsets, probes, bias, q_sq)
-    rows = (levels, blocks, block_ids, row_factors)
-    tail = (block_offsets, probes, bias, q_sq, is_l2, k)
-    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, *tail, no_floors(qluts))
-    floors = draw_floors(*want, rng) if floored else no_floors(qluts)
-    want = fastscan.fs_scan_factors_batch(qluts, steps, biases, *rows, *tail, floors)
-    runs = [fastscan.fs_scan_factors_l2_batch(tq, tl, *rows, *tail, floors),
-            fastscan.fs_scan_factors_lists_l2_batch(tq, tl, *rows, *tail, floors, n_parts),
-            fastscan.fs_scan_factors_lists_l2(tq, tl, *rows, *tail, floors)]
-    for got_s, got_i in runs:
-        np.testing.assert_array_equal(got_i, want[1])
-        np.testing.assert_array_equal(got_s, want[0])
-    # a lone query takes the one-query kernel in both drivers (no prange loop): the same rows
-    for q in range(nq):
-        one = (block_offsets, probes[q:q + 1], bias[q:q + 1], q_sq[q:q + 1], is_l2, k, floors[q:q + 1])
-        for got_s, got_i in (fastscan.fs_scan_factors_batch(qluts[q:q + 1], steps[q:q + 1], biases[q:q + 1], *rows,
-                                                            *one),
-                             fastscan.fs_scan_factors_l2_batch(tq[q:q + 1], tl, *rows, *one)):
-            np.testing.assert_array_equal(got_i, want[1][q:q + 1])
-            np.testing.assert_array_equal(got_s, want[0][q:q + 1])
 
 
 @SETTINGS
