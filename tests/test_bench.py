@@ -266,9 +266,9 @@ def test_faiss_factory():
     assert faiss_side.faiss_factory("F16", 384) == "SQfp16"
     assert faiss_side.faiss_factory("SQ4", 384) == "SQ4"
     assert faiss_side.faiss_factory("Flat", 384) == "Flat"
-    assert faiss_side.faiss_factory("RB2", 384) == "RR384,RaBitQ2"
-    assert faiss_side.faiss_factory("IVF16,RB1", 384) == "RR384,IVF16,RaBitQ1"
-    assert faiss_side.faiss_factory("MRL256,RB2", 384) == "MRL256,RR256,RaBitQ2"
+    assert faiss_side.faiss_factory("RB2", 384) == "RR384,RaBitQfs2"  # IndexRaBitQFastScan
+    assert faiss_side.faiss_factory("IVF16,RB1", 384) == "RR384,IVF16,RaBitQfs1"
+    assert faiss_side.faiss_factory("MRL256,RB2", 384) == "MRL256,RR256,RaBitQfs2"
     assert faiss_side.faiss_factory("MRL128,IVF64,PQ16x4", 384) == "MRL128,IVF64,PQ16x4fs"
 
 
@@ -337,6 +337,8 @@ def test_cli_outputs_schema(files, tmp_path, capsys):
         assert r["qps"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
     flat = rows["rows"][0]
     assert flat["recall@10"] == 1.0 and flat["faiss_recall@10"] == 1.0 and flat["speed_vs_faiss"] > 0
+    rb = rows["rows"][6]  # RB2 at R = 0 against faiss's fast scan of its RaBitQ codes
+    assert rb["spec"] == "RB2" and rb["faiss_index"] == f"RR{DIM},RaBitQfs2" and 0 < rb["faiss_recall@10"] <= 1
     mrl = rows["rows"][-2:]  # faiss runs MRL as a LinearTransform keeping the first 16 dims
     assert mrl[0]["faiss_index"] == "MRL16,SQ8" and mrl[1]["faiss_index"].startswith("MRL16,SQ8,RFlat")
     assert all(0 < r["faiss_recall@10"] <= 1 and r["speed_vs_faiss"] > 0 for r in mrl)

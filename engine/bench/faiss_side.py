@@ -30,8 +30,9 @@ from .metrics import ID_BYTES, recall_at, time_batch, time_single
 __all__ = ["FAISS_RABITQ_QB", "FAISS_KEYS", "faiss_factory", "faiss_version", "set_faiss_threads",
            "set_faiss_nprobe", "FaissSide"]
 
-# faiss RaBitQ quantizes the query to `qb` bits; 8 is the closest it gets to vecz's
-# float-query tables at speed (qb = 0, float queries, takes a much slower path).
+# faiss RaBitQ (and its fast scan) quantizes the query to `qb` bits for its extra bits; 8 is
+# the closest it gets to vecz's float-query tables at speed (qb = 0, float queries, takes a
+# much slower path).
 FAISS_RABITQ_QB = 8
 
 FAISS_KEYS = ("faiss_index", "faiss_bytes_per_vector", "faiss_ram_bytes_per_vector", "faiss_recall@1",
@@ -47,7 +48,10 @@ _QUANTIZERS = (
     (r"SQ(\d+)", r"SQ\1"),  # IndexScalarQuantizer
     (r"F16", "SQfp16"),
     (r"Flat", "Flat"),  # IndexFlat
-    (r"RB(\d+)", r"RaBitQ\1"),  # IndexRaBitQ, b bits
+    # IndexRaBitQFastScan, b bits: faiss's 4-bit fast scan of the sign bits, as vecz's RB
+    # scans them; its IndexRaBitQ scores the same codes at half its speed or less (minilm,
+    # one thread: RB1 1,026-1,174 QPS against 524-690; docs/results/scans.md, stop 47)
+    (r"RB(\d+)", r"RaBitQfs\1"),
 )
 
 
@@ -61,8 +65,8 @@ def faiss_factory(spec: str, dim: int) -> str | None:
     | `OPQ<M>x<b>` | `OPQ<M>,...` in front of the PQ (and IVF) body above (OPQMatrix) |
     | `SQ8`, `SQ4`, `F16` | `SQ8`, `SQ4`, `SQfp16` (IndexScalarQuantizer) |
     | `Flat` | `Flat` (IndexFlat) |
-    | `RB<b>` | `RR<dim>,RaBitQ<b>` (random rotation + IndexRaBitQ, b bits) |
-    | `IVF<n>,...` | `IVF<n>,...` (IndexIVFPQ, IndexIVFPQFastScan, IndexIVFScalarQuantizer, IndexIVFFlat, IndexIVFRaBitQ) |
+    | `RB<b>` | `RR<dim>,RaBitQfs<b>` (random rotation + IndexRaBitQFastScan, b bits) |
+    | `IVF<n>,...` | `IVF<n>,...` (IndexIVFPQ, IndexIVFPQFastScan, IndexIVFScalarQuantizer, IndexIVFFlat, IndexIVFRaBitQFastScan) |
     | `MRL<d>,...` | `MRL<d>,...`: the rest on the first d dims (IndexPreTransform with a LinearTransform that keeps them, then L2 normalisation for cosine/ip) |
     """
     stages = [str(s) for s in parse_spec(spec)]
