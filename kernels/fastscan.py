@@ -1109,7 +1109,9 @@ def _acc_floor(base, step, floor):
     step is not a positive finite number (every row is then tested), 65535 when no sum
     reaches it (the rows at 65535 are then tested and fail). A row whose sum is below it
     scores below `floor`."""
-    if not (step > 0 and step < np.inf):
+    if not (step > 0 and step < np.inf) or floor == -np.inf:
+        # (a floor of -inf with base -inf made t NaN, and the walk down from 65535 stopped at
+        # a sum whose score overflowed to NaN: rows scoring -inf, which reach -inf, skipped)
         return np.uint16(0)
     t = (np.float64(floor) - np.float64(base)) / np.float64(step)
     if t <= 0.0:

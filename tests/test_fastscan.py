@@ -385,6 +385,7 @@ _F32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
        near=st.integers(-3, 65540))
 @example(base=0.0, step=np.inf, floor=0.0, near=0)
 @example(base=-np.inf, step=1.0, floor=-np.inf, near=-1)
+@example(base=-np.inf, step=5.192455314859856e+33, floor=-np.inf, near=0)  # a top score overflowing to NaN
 def test_acc_floor_is_the_least_sum_that_reaches_the_heap(base, step, floor, near):
     # fs_scan_multi tests only rows whose sum is at least _acc_floor: every sum below it
     # must score below the floor (by the float32 formula of fs_scan), and for a positive
