@@ -950,5 +950,5 @@ class Codec:
             bias = np.einsum("qd,qpd->qp", x, centroids[probes]).astype(np.float32)
         bias = np.ascontiguousarray(bias, dtype=np.float32)
         tables, bias = self.quantizer.tables(tq, bias, state, nq=nq, per_probe=per_probe, metric=self.metric,
-                                             width=self.width, sdc=sdc)
+                                             width=self.width, sdc=sdc, derived=self._derived_of(state))
         return QueryPlan(self, probes, bias, tables, sdc=sdc, centre=centre)

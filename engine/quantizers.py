@@ -257,10 +257,11 @@ class Quantizer:
         return None
 
     def tables(self, tq: np.ndarray, bias: np.ndarray, state: Tables, *, nq: int, per_probe: bool, metric: str,
-               width: int, sdc: bool) -> tuple[Tables, np.ndarray]:
+               width: int, sdc: bool, derived: dict[str, Any]) -> tuple[Tables, np.ndarray]:
         """Tables of a plan from the table queries `tq` (nq * L, width), L = P tables per
         query (``per_probe``: one per probed list, built from q - c) or 1; `bias` (nq, P) the
-        additive per-probe term. Returns (tables by name, bias, possibly with terms added)."""
+        additive per-probe term; `derived` the codec's arrays derived from `state` (made once
+        per state, `_derive`). Returns (tables by name, bias, possibly with terms added)."""
         raise NotImplementedError
 
     def tables_per_query(self, codec: Any, n_probe: int, sdc: bool = False) -> int:
@@ -496,16 +497,22 @@ class PQ(Quantizer):
     def list_min_queries(self, index: Any, sdc: bool) -> int | None:
         return index.LIST_MIN_QUERIES_PQ if self.nbits == 4 else None
 
-    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc, derived):
         n_tab = bias.shape[1] if per_probe else 1
         if self.rotate:
             tq = _rotate(tq, state["pq_rotation"])
-        luts = pq.pq_lut(tq, state["pq_books"], "l2" if metric == "l2" else "ip")
+        luts = pq.pq_lut(tq, state["pq_books"], "l2" if metric == "l2" else "ip", self._books_t(state, derived))
         luts = luts.reshape(nq, n_tab, self.m, 1 << self.nbits)
         if self.nbits == 8:
             return {"luts": luts}, bias
         qluts, steps, biases = fastscan.fs_quantize_lut(luts)
         return {"qluts": qluts, "steps": steps, "biases": biases}, bias
+
+    def _books_t(self, state: Tables, derived: dict[str, Any]) -> np.ndarray | None:
+        """The books as `pq.pq_lut` reads them (`pq.pq_lut_books`), made once per state (the
+        size of the books; None past LIST_TERMS_BUDGET: made per call then)."""
+        books = state["pq_books"]
+        return _derive(derived, "pq_books_t", books.nbytes, lambda: pq.pq_lut_books(books))
 
     def _list_terms_bytes(self, nlist: int) -> int:
         return nlist * self.m * (1 << self.nbits) * 4
@@ -550,7 +557,7 @@ class PQ(Quantizer):
         if terms is None:
             return None
         q = _rotate(x, state["pq_rotation"]) if self.rotate else x
-        ip = pq.pq_lut(q, books, "ip")
+        ip = pq.pq_lut(q, books, "ip", self._books_t(state, derived))
         bias = np.ascontiguousarray(-probe_sq_dist(x, centroids, probes), dtype=np.float32)
         # the scan makes each list's table as it goes (`pq.pq_lut_scan_l2`)
         return {"ip2": np.float32(2.0) * ip}, bias, {"list_terms": terms}
@@ -585,7 +592,8 @@ class PQ(Quantizer):
             return None
         q = _rotate(x, state["pq_rotation"]) if self.rotate else x
         q = q - self._l2_origin(state, derived)
-        qluts, steps, biases = fastscan.fs_quantize_lut(pq.pq_lut(q, state["pq_books"], "ip")[:, None])
+        qluts, steps, biases = fastscan.fs_quantize_lut(
+            pq.pq_lut(q, state["pq_books"], "ip", self._books_t(state, derived))[:, None])
         bias = np.zeros(probe_sq.shape, dtype=np.float32)
         return {"qluts": qluts, "steps": steps, "biases": biases,
                 "q_sq": np.ascontiguousarray(probe_sq, dtype=np.float32)}, bias
@@ -743,7 +751,7 @@ class RB(Quantizer):
     def list_min_queries(self, index: Any, sdc: bool) -> int | None:
         return None if sdc else index.LIST_MIN_QUERIES
 
-    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc, derived):
         rot = _rotate(tq, state["rb_rotation"])
         return self._rotated_tables(rot, bias, nq=nq, per_probe=per_probe, sdc=sdc)
 
@@ -913,7 +921,7 @@ class SQ(Quantizer):
     def decode(self, codes: np.ndarray, state: Tables, width: int) -> np.ndarray:
         return scalar.sq_decode(codes, state["sq_vmin"], state["sq_vdiff"], self.nbits)
 
-    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc, derived):
         n_tab = bias.shape[1] if per_probe else 1
         vmin, vdiff = state["sq_vmin"], state["sq_vdiff"]
         padded = width + (width % 2 if self.nbits == 4 else 0)
@@ -954,7 +962,7 @@ class _Dense(Quantizer):
         rows = np.ascontiguousarray(codes[order])
         return {"codes": rows.view(view).reshape(codes.shape[0], width), "ids": ids}
 
-    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc):
+    def tables(self, tq, bias, state, *, nq, per_probe, metric, width, sdc, derived):
         return {"qs": np.ascontiguousarray(tq[:, None, :])}, bias
 
     def scan(self, layout, plan, k, *, is_l2, width, groups, list_major, floors):

@@ -152,6 +152,29 @@ def test_lut_matches_reference(nq, dim, m, nbits, seed, metric, dtype, layout):
     np.testing.assert_allclose(lut, ref, rtol=1e-5, atol=1e-5 * scale)
 
 
+@SETTINGS
+@given(nq=st.integers(1, 20), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1))
+def test_lut_sums_in_dimension_order_whatever_the_batch(nq, dim, m, nbits, seed):
+    # pq_lut sums each entry in float32 in the sub-space's dimension order, one query at a
+    # time: the numpy expression doing the same equals it bit for bit, in the serial loop (a
+    # few queries), the parallel one (from LUT_PARALLEL_MIN), with the books' transposed copy
+    # given or made, and a query's tables do not depend on its batch
+    rng = np.random.default_rng(seed)
+    books = _books(rng, m, nbits, pq.pq_dsub(dim, m), "float")
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    qp = pq_pad_ref(q, m).astype(np.float32).reshape(nq, m, -1)
+    want = np.zeros((nq, m, books.shape[1]), dtype=np.float32)
+    for t in range(qp.shape[2]):
+        want = want + qp[:, :, t, None] * books[None, :, :, t]
+    got = pq.pq_lut(q, books, "ip")
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(pq.pq_lut(q, books, "ip", pq.pq_lut_books(books)), want)
+    for i in range(nq):
+        np.testing.assert_array_equal(pq.pq_lut(q[i], books, "ip"), want[i:i + 1])
+    with pytest.raises(ValueError, match="books_t"):
+        pq.pq_lut(q, books, "ip", books)  # untransposed
+
+
 def test_lut_of_one_vector():
     books = np.arange(2 * 16 * 2, dtype=np.float32).reshape(2, 16, 2)
     q = np.array([1.0, 2.0, 3.0], np.float32)

@@ -953,14 +953,16 @@ def test_scan_threshold_at_zero_returns_no_row_below_it(tmp_path, metric):
 
 def test_memory_bytes_count_the_l2_terms_a_search_derives(tmp_path):
     # an l2 IVF PQ store's first search derives the per-list terms of its tables (nlist x M x
-    # 256 float32, engine/quantizers.py PQ.probe_tables): RAM the codec holds, reported
+    # 256 float32, engine/quantizers.py PQ.probe_tables) and the books' transposed copy the
+    # tables are made from (`pq.pq_lut_books`, the books' size): RAM the codec holds, reported
     rng = np.random.default_rng(2)
     x = rng.standard_normal((400, 16)).astype(np.float32)
     with Store.create(tmp_path / "s", dim=16, metric="l2", codec="IVF4,PQ4x8", dense="f32") as st_:
         st_.add(x)
         before = st_.memory_bytes()["codec"]
         st_.search(x[:3], k=5, nprobe=2, rerank=10)
-        assert st_.memory_bytes()["codec"] == before + 4 * 4 * 256 * 4
+        books = st_.codec.state()["pq_books"].nbytes
+        assert st_.memory_bytes()["codec"] == before + 4 * 4 * 256 * 4 + books
 
 
 @pytest.mark.parametrize("metric,spec,dense", [("cosine", "IVF4,PQ8x4", "f16"), ("l2", "RB2", "f32"),
