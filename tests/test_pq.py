@@ -171,8 +171,11 @@ def test_lut_sums_in_dimension_order_whatever_the_batch(nq, dim, m, nbits, seed)
     np.testing.assert_array_equal(pq.pq_lut(q, books, "ip", pq.pq_lut_books(books)), want)
     for i in range(nq):
         np.testing.assert_array_equal(pq.pq_lut(q[i], books, "ip"), want[i:i + 1])
-    with pytest.raises(ValueError, match="books_t"):
-        pq.pq_lut(q, books, "ip", books)  # untransposed
+    bt = pq.pq_lut_books(books)
+    for bad in (bt.astype(np.float64), np.zeros((m, bt.shape[1], bt.shape[2] + 1), np.float32),
+                np.zeros((m, bt.shape[1], 2 * bt.shape[2]), np.float32)[:, :, ::2]):
+        with pytest.raises(ValueError, match="books_t"):
+            pq.pq_lut(q, books, "ip", bad)  # another dtype, shape, or not contiguous
 
 
 def test_lut_of_one_vector():
