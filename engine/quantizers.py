@@ -788,6 +788,13 @@ class RB(Quantizer):
             return None
         return _centroid_mean(rotated, derived, "rb_l2_origin")
 
+    def _term_centroids(self, state: Tables, derived: dict[str, Any], centred: bool) -> np.ndarray | None:
+        """(c - m) R of every list: what the own-list terms' second part is an inner product
+        with (`own_list_terms`, `_sdc_factors`); None past LIST_TERMS_BUDGET."""
+        rotated = _rotated_centroids(state, "rb_rotation", derived)
+        origin = self._l2_origin(state, derived, centred)
+        return rotated if origin is None else rotated - origin
+
     def own_list_terms(self, codes, order, offsets, state, derived, *, centred=False):
         # -|q - x|^2 ~= -(|q - c|^2 - 2 g <(q - c) R, s> + |r|^2)
         #            = -(|q - c|^2 - 2 g <(q - m) R, s> + (|r|^2 + 2 g <(c - m) R, s>)):
@@ -795,15 +802,12 @@ class RB(Quantizer):
         # serves every probed list (`own_list_tables`). m: the centroids' mean under l2 (as
         # PQ's, `PQ.own_list_terms`), 0 for the centred cosine scan, whose x / lambda lies
         # near its list already. float64 sums, stored as float32.
-        rotated = _rotated_centroids(state, "rb_rotation", derived)
-        if rotated is None:
+        vecs = self._term_centroids(state, derived, centred)
+        if vecs is None:
             return None
-        origin = self._l2_origin(state, derived, centred)
-        if origin is not None:
-            rotated = rotated - origin
-        nb = self.levels * binary.rb_nbytes(rotated.shape[1])
+        nb = self.levels * binary.rb_nbytes(vecs.shape[1])
         factors = np.ascontiguousarray(codes[:, nb : nb + RB_FACTOR_BYTES]).view("<f4")
-        return _own_list_term(factors, binary.rb_sign_dots(codes, self.levels, rotated, order, offsets))
+        return _own_list_term(factors, binary.rb_sign_dots(codes, self.levels, vecs, order, offsets))
 
     def own_list_tables(self, x, probe_sq, state, derived, *, centred=False):
         if _rotated_centroids(state, "rb_rotation", derived) is None:  # as `own_list_terms`
@@ -833,10 +837,7 @@ class RB(Quantizer):
         if out is None:
             state = layout.state
             derived = layout.codec._derived_of(state)
-            vecs = _rotated_centroids(state, "rb_rotation", derived)  # kept: the terms were made from it
-            origin = self._l2_origin(state, derived, layout.codec.scans_centred)
-            if origin is not None:
-                vecs = vecs - origin
+            vecs = self._term_centroids(state, derived, layout.codec.scans_centred)  # as the terms were made
             if kept:
                 n, levels, nb = layout.bits.shape
                 bits, factors, starts = layout.bits.reshape(n, levels * nb), layout.factors, layout.offsets

@@ -780,9 +780,8 @@ def _make_row_minmax(n_rows):
         f32 = ir.FloatType()
         vf = ir.VectorType(f32, 16)
         i64 = ir.IntType(64)
-        n = len(args)
-        lut_t, lut_v, j_t, j_v, mins_t, mins_v = (signature.args[n - 3], args[n - 3], signature.args[n - 2],
-                                                  args[n - 2], signature.args[n - 1], args[n - 1])
+        lut_t, j_t, mins_t = signature.args
+        lut_v, j_v, mins_v = args
         j0 = context.cast(builder, j_v, j_t, types.int64)
         rows = []
         for r in range(n_rows):
@@ -1515,7 +1514,6 @@ def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, 
                       probe_bias[q, :seed], keys, counts, thr_s, thr_i, q, k)
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
     n_tables = qluts.shape[1]
-    tables = qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     lane_thr = np.zeros(LANES, dtype=np.float32)
     scores = np.empty((LANES, BLOCK), dtype=np.float32)
@@ -1541,7 +1539,7 @@ def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, 
             for lane in range(LANES):
                 lane_base[lane] = lane_bias[lane] + probe_bias[lane_heap[lane], lane_p[lane]]
             for b in range(b0, b1):
-                _accumulate_chunk(blocks, b, 0, n_pairs, tables, lane_q, lane_t, n_lanes, acc)
+                _accumulate_chunk(blocks, b, 0, n_pairs, qluts, lane_q, lane_t, n_lanes, acc)
                 for lane in range(LANES):
                     lane_thr[lane] = thr_s[lane_heap[lane]]
                 # every row's score and the rows at or above the threshold, in vector IR
@@ -1620,7 +1618,6 @@ def _scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_f
                               block_offsets, probes[q, :seed], probe_bias[q, :seed],
                               probe_q_sq[q, :seed], is_l2, keys, counts, thr_s, thr_i, q, k)
     list_offsets, ent_q, ent_p = fs_invert_probes(probes, n_lists, seed)
-    tables = qluts
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
     comb = np.empty((LANES, BLOCK), dtype=np.float32)
     lane_q = np.zeros(LANES, dtype=np.int64)
@@ -1661,7 +1658,7 @@ def _scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_f
                 row0 = b * BLOCK
                 lw = np.float32(1.0)
                 for lv in range(n_levels):
-                    _accumulate_chunk(blocks, b, lv * level_pairs, level_pairs, tables, lane_q, lane_t, n_lanes, acc)
+                    _accumulate_chunk(blocks, b, lv * level_pairs, level_pairs, qluts, lane_q, lane_t, n_lanes, acc)
                     _lanes_comb(acc, comb, lw, lv == 0)
                     lw *= np.float32(0.5)
                 for lane in range(LANES):
