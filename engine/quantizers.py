@@ -68,13 +68,20 @@ ITQ_WIDE = 256
 # kept up to this size each (IVF256,PQ48x8: 12.6 MB; IVF4096,PQ96x8: 403 MB is past it:
 # tables per probe from q - c then)
 LIST_TERMS_BUDGET = 256 << 20
+# PQ's float64 tables of |c_j + book|^2 per list (`pq.pq_list_sub_norms`: the 8-bit cosine
+# scan's 1 / |x_hat| in M lookups instead of a decode) are kept up to this size: every flat
+# PQ (PQ96x8: 197 KB), IVF only with few lists (IVF16,PQ64x8: 2.1 MB), which decode the few
+# rows a list's heap takes
+SUB_NORMS_BUDGET = 4 << 20
+_NO_SUB_NORMS = np.zeros((1, 0, 0), dtype=np.float64)
 _NO_IDS = np.empty(0, dtype=np.int64)
 
 
-def _derive(derived: dict[str, Any], name: str, nbytes: int, make: Any) -> np.ndarray | None:
+def _derive(derived: dict[str, Any], name: str, nbytes: int, make: Any,
+            budget: int | None = None) -> np.ndarray | None:
     """derived[name], made by make() the first time; None when it would take more than
-    LIST_TERMS_BUDGET (`nbytes`)."""
-    if nbytes > LIST_TERMS_BUDGET:
+    `budget` (`nbytes`; LIST_TERMS_BUDGET when not given)."""
+    if nbytes > (LIST_TERMS_BUDGET if budget is None else budget):
         return None
     out = derived.get(name)
     if out is None:
@@ -541,6 +548,15 @@ class PQ(Quantizer):
         return _derive(derived, "pq_list_terms", self._list_terms_bytes(state["centroids"].shape[0]),
                        lambda: pq.pq_list_terms(state["pq_books"], self._centroids(state, derived)))
 
+    def _sub_norms(self, state, derived):
+        """`pq.pq_list_sub_norms` of the coded-space centroids, made once per state; the
+        decode marker (shape (1, 0, 0)) past SUB_NORMS_BUDGET."""
+        books = state["pq_books"]
+        nbytes = state["centroids"].shape[0] * books.shape[0] * books.shape[1] * 8
+        out = _derive(derived, "pq_sub_norms", nbytes,
+                      lambda: pq.pq_list_sub_norms(books, self._centroids(state, derived)), SUB_NORMS_BUDGET)
+        return _NO_SUB_NORMS if out is None else out
+
     def probe_tables(self, x, probes, state, derived, *, sdc=False):
         # 8 bits (4 bits keep each row's own-list term instead, `own_list_tables`; without
         # it, tables from q - c per probe):
@@ -655,14 +671,15 @@ class PQ(Quantizer):
             # unit vectors: scored by the cosine to the reconstruction (kernels/pq.py)
             books = layout.state["pq_books"]
             # the reconstruction c + decode(code) R^T has the norm of c R + decode(code)
-            centroids = self._centroids(layout.state, layout.codec._derived_of(layout.state))
+            derived = layout.codec._derived_of(layout.state)
+            centroids = self._centroids(layout.state, derived)
             if getattr(layout, "pq_inv_bytes", None) is None:  # once per index (a byte a row in RAM)
                 inv_bytes, layout.pq_inv_lo, layout.pq_inv_hi = pq.pq_inv_norm_bounds(
                     books, centroids, layout.codes, layout.offsets)
                 layout.pq_inv_bytes = inv_bytes  # last: a scan that sees it sees the tables too
             return pq.pq_lut_scan_cosine_batch(luts[:, 0], layout.codes, layout.ids, layout.offsets, plan.probes,
-                                               plan.bias, books, centroids, layout.pq_inv_bytes, layout.pq_inv_lo,
-                                               layout.pq_inv_hi, k, floors)
+                                               plan.bias, books, centroids, self._sub_norms(layout.state, derived),
+                                               layout.pq_inv_bytes, layout.pq_inv_lo, layout.pq_inv_hi, k, floors)
         return pq.pq_lut_scan_batch(luts, layout.codes, layout.ids, layout.offsets, plan.probes, plan.bias, k,
                                     floors)
 

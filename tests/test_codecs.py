@@ -1159,8 +1159,9 @@ def test_encode_result_goes_to_index_decode_and_search_as_it_is(small):
 def test_cosine_pq8_index_counts_the_byte_a_row_of_its_norm_filter(spec):
     # the first cosine scan derives one byte a row (kernels/pq.py `pq_inv_norm_bounds`),
     # held by the index and counted in nbytes (the store's ram figures); OPQ's rotated
-    # centroids (float32 (nlist, width)) and the books' transposed copy that the tables are
-    # made from (`pq.pq_lut_books`, the size of the books) are the codec's, made once for
+    # centroids (float32 (nlist, width)), the books' transposed copy that the tables are
+    # made from (`pq.pq_lut_books`, the size of the books) and the float64 norm tables of
+    # each list (`pq.pq_list_sub_norms`, nlist x M x ksub) are the codec's, made once for
     # every index
     x, q = gaussian_clusters(300, 8, nq=3, seed=4)
     codec = trained(spec, 8, "cosine", x)
@@ -1169,7 +1170,8 @@ def test_cosine_pq8_index_counts_the_byte_a_row_of_its_norm_filter(spec):
     index.search(q, 3, nprobe=2)
     assert index.nbytes == before + len(x) + 2 * pq.INV_BUCKETS * 4
     books = codec.state()["pq_books"].nbytes
-    assert codec.derived_nbytes() == (4 * codec.nlist * 8 if "OPQ" in spec else 0) + books
+    sub_norms = codec.nlist * 4 * 256 * 8
+    assert codec.derived_nbytes() == (4 * codec.nlist * 8 if "OPQ" in spec else 0) + books + sub_norms
 
 
 @pytest.mark.parametrize("spec,sdc", [("IVF8,PQ6x8", False), ("IVF8,OPQ4x8", False), ("IVF8,PQ6x4", False),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from vecz.kernels import pq
@@ -374,19 +374,28 @@ def test_cell_errors_of_a_cell_are_its_rows_mean_error():
 
 def _cosine_ref(lut, bias, books, centroid, codes, rows):
     """The kernel's arithmetic for `rows`: the score's float32 sum in sub-quantizer order plus
-    bias, times float32(1 / sqrt(|centroid + decode|^2)) with the squares summed in float64
-    in dimension order (1 for a zero-length reconstruction)."""
+    bias, times `_inv_norm_ref` (1 for a zero-length reconstruction)."""
     if len(rows) == 0:
         return np.zeros(0, np.float32)
     c = codes[rows]
     m = c.shape[1]
     s = np.cumsum(lut[np.arange(m), c], axis=1, dtype=np.float32)[:, -1]
+    return (np.float32(bias) + s).astype(np.float32) * _inv_norm_ref(books, centroid, c)
+
+
+def _inv_norm_ref(books, centroid, codes):
+    """The cosine scan's 1 / |x_hat| of each row of `codes`: per sub-space the float64 squares
+    of c + book summed in dimension order, those sums added in sub-space order,
+    float32(1 / sqrt), 1 for a length^2 <= 1e-12."""
     width = centroid.shape[0]
-    rec = centroid.astype(np.float64) + pq.pq_decode(c, books, width).astype(np.float64)
-    n2 = np.cumsum(rec * rec, axis=1)[:, -1]
+    m, _, dsub = books.shape
+    rec = centroid.astype(np.float64) + pq.pq_decode(codes, books, width).astype(np.float64)
+    n2 = np.zeros(codes.shape[0])
+    for j in range(m):
+        part = rec[:, j * dsub:min((j + 1) * dsub, width)]
+        n2 = n2 + (np.cumsum(part * part, axis=1)[:, -1] if part.shape[1] else 0.0)
     with np.errstate(divide="ignore"):
-        inv = np.where(n2 > 1e-12, 1.0 / np.sqrt(n2), 1.0).astype(np.float32)
-    return (np.float32(bias) + s).astype(np.float32) * inv
+        return np.where(n2 > 1e-12, 1.0 / np.sqrt(n2), 1.0).astype(np.float32)
 
 
 @SETTINGS
@@ -416,14 +425,20 @@ def test_cosine_scan_matches_reference(nq, n, m, width, nlist, n_probe, k, dead,
         books[np.arange(m), codes[0]] = 0
     probes = random_probes(rng, nq, nlist, n_probe)
     inv = pq.pq_inv_norm_bounds(books, centroids, codes, offsets)
-    got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, *inv, k,
-                                               no_floors(luts))
+    tables = pq.pq_list_sub_norms(books, centroids)  # each row's norm from M lookups, or decoded
+    decode = np.zeros((1, 0, 0))
+    got_s, got_i = pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, tables,
+                                               *inv, k, no_floors(luts))
+    dec_s, dec_i = pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, decode,
+                                               *inv, k, no_floors(luts))
+    np.testing.assert_array_equal(dec_s, got_s)  # the tables give the decoded value bit for bit
+    np.testing.assert_array_equal(dec_i, got_i)
     floors = draw_floors(got_s, got_i, rng)  # a floor only drops the rows below it (its norm filter too)
-    assert_floored(*pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, *inv,
-                                                k, floors), got_s, got_i, floors)
+    assert_floored(*pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, tables,
+                                                *inv, k, floors), got_s, got_i, floors)
     for q in range(nq):
-        s, i = pq.pq_lut_scan_cosine(luts[q], codes, ids, offsets, probes[q], bias[q], books, centroids, *inv, k,
-                                     -np.inf)
+        s, i = pq.pq_lut_scan_cosine(luts[q], codes, ids, offsets, probes[q], bias[q], books, centroids, decode,
+                                     *inv, k, -np.inf)
         np.testing.assert_array_equal(got_i[q], i)  # batch driver = serial twin
         np.testing.assert_array_equal(got_s[q], s)
         cand_s, cand_i = [], []
@@ -457,17 +472,12 @@ def test_norm_table_gives_reconstruction_norms(dim, m, seed):
 
 
 def _inv_norms_ref(books, centroids, codes, offsets):
-    """The cosine scan's 1 / |x_hat| of every row: float64 squares summed in dimension order,
-    float32(1 / sqrt), 1 for a length^2 <= 1e-12."""
+    """`_inv_norm_ref` of every row with its list's centroid."""
     out = np.ones(codes.shape[0], np.float32)
-    width = centroids.shape[1]
     for lst in range(len(offsets) - 1):
         rows = np.arange(offsets[lst], offsets[lst + 1])
         if rows.size:
-            rec = centroids[lst].astype(np.float64) + pq.pq_decode(codes[rows], books, width).astype(np.float64)
-            n2 = np.cumsum(rec * rec, axis=1)[:, -1]
-            with np.errstate(divide="ignore"):
-                out[rows] = np.where(n2 > 1e-12, 1.0 / np.sqrt(n2), 1.0).astype(np.float32)
+            out[rows] = _inv_norm_ref(books, centroids[lst], codes[rows])
     return out
 
 
@@ -747,11 +757,13 @@ def _listed_codes(rng, n, width, m, nlist, ksub):
 
 @settings(max_examples=15, deadline=None, database=None)
 @given(n=st.integers(0, 30), width=st.sampled_from([1, 3, 13, 16]), m=st.sampled_from([1, 2, 4, 5]),
-       nlist=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
-def test_row_inv_norms_are_the_reconstructions(n, width, m, nlist, seed):
-    # 1 / |c_l + decode(code)| per row in list order; 1 for a zero-length reconstruction
+       nlist=st.integers(1, 3), ksub=st.sampled_from([4, 256]), seed=st.integers(0, 2**32 - 1))
+@example(n=30, width=13, m=4, nlist=2, ksub=4, seed=1)  # both lists take the tables
+def test_row_inv_norms_are_the_reconstructions(n, width, m, nlist, ksub, seed):
+    # 1 / |c_l + decode(code)| per row in list order; 1 for a zero-length reconstruction;
+    # decoded, or (lists of more than ksub rows) from the list's sub-space tables
     rng = np.random.default_rng(seed)
-    m, books, centroids, codes, offsets = _listed_codes(rng, n, width, m, nlist, 256)
+    m, books, centroids, codes, offsets = _listed_codes(rng, n, width, m, nlist, ksub)
     if n:
         lst0 = int(np.searchsorted(offsets, 0, side="right") - 1)
         centroids[lst0] = 0
@@ -763,6 +775,16 @@ def test_row_inv_norms_are_the_reconstructions(n, width, m, nlist, seed):
     want = np.where(length > 1e-6, 1.0 / np.maximum(length, 1e-300), 1.0)
     assert got.dtype == np.float32 and got.shape == (n,)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_array_equal(got, _inv_norms_ref(books, centroids, codes, offsets))  # the scan's order
+    # the float64 sub-space tables add up to the same float64 sum, so to the same float32 value
+    tables = pq.pq_list_sub_norms(books, centroids)
+    assert tables.dtype == np.float64 and tables.shape == (nlist, m, ksub)
+    n2 = tables[lists[:, None], np.arange(m), codes]
+    sums = np.zeros(n)
+    for j in range(m):
+        sums = sums + n2[:, j]
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(got, np.where(sums > 1e-12, 1.0 / np.sqrt(sums), 1.0).astype(np.float32))
     if n:
         assert got[0] == 1.0
 
