@@ -71,6 +71,10 @@ CONFIG_ID = "vecz.codec"
 CONFIG_VERSION = 1
 # Rows are encoded in chunks of about this many bytes of float32 (`Codec._encode_prepared`).
 ENCODE_CHUNK_BYTES = 64 << 20
+# Training and encoding run BLAS on all threads from this many rows (the rule searches had
+# until stop 48, when BLAS on one thread made IVF batches 1.1-1.4x faster; not measured for
+# encoding)
+ENCODE_SERIAL_BLAS_ROWS = 256
 # A centred cosine plan's lambda (`Codec.scans_centred`) is the query's <x, c> / |c|^2 held to
 # this range: below it, x / lambda would grow the kernels' float32 sums past their precision
 # (at 0.25 a score of about 25 against the cosines' 1); above, nothing gains.
@@ -289,8 +293,10 @@ def _norm_bytes(x: np.ndarray) -> np.ndarray:
 def _encode_scope(n: int) -> query_threads:
     """The thread scope of training or encoding a chunk of `n` rows: its parallel kernels run
     inside the fork guard (engine/parallel.py), on this thread alone where the guard says
-    no (a process forked while another thread used TBB), all threads otherwise."""
-    return query_threads(n, 1)
+    no (a process forked while another thread used TBB), all threads otherwise; BLAS on one
+    thread for 2 to ENCODE_SERIAL_BLAS_ROWS - 1 rows, on all from there (searches run BLAS
+    on one thread whatever their batch: engine/threads.py)."""
+    return query_threads(n, 1, serial_blas=2 <= n < ENCODE_SERIAL_BLAS_ROWS)
 
 
 class Codec:
@@ -866,8 +872,8 @@ class Codec:
             sdc). They take ``plan.nbytes``:
             to bound it, plan at most `queries_per_plan` queries at a time.
 
-        Thread policy: 2 to SERIAL_BLAS_QUERIES - 1 queries run their BLAS products on one
-        thread (a lone query's rotation and probe use no BLAS), fewer than
+        Thread policy: 2 or more queries run their BLAS products on one thread (a lone
+        query's rotation and probe use no BLAS), fewer than
         ``CodeIndex.PARALLEL_MIN_QUERIES`` their Numba kernels on the calling thread; the
         caller's own settings are restored. Inside a caller's own
         ``vecz.engine.threads.query_threads`` scope, that scope's policy holds instead.

@@ -16,8 +16,8 @@ any number of scan layouts (`CodeIndex.scan`), with deletes applied at scan time
   all their codes. ``search`` is `Codec.plan` + ``scan`` + `SearchStats`.
 
 Thread policy (`vecz.engine.threads.query_threads`): `Codec.plan`, `CodeIndex.scan` and
-`CodeIndex.search` each run 2 to SERIAL_BLAS_QUERIES - 1 queries with BLAS on one thread (a
-lone query's products use no BLAS) and fewer than `CodeIndex.PARALLEL_MIN_QUERIES` with
+`CodeIndex.search` each run 2 or more queries with BLAS on one thread (a lone query's
+products use no BLAS) and fewer than `CodeIndex.PARALLEL_MIN_QUERIES` with
 Numba on the calling thread, and give the caller back its own settings. A caller that
 plans once and scans many layouts may hold one
 ``query_threads(nq, CodeIndex.PARALLEL_MIN_QUERIES)`` scope around all of it: the outermost

@@ -1,13 +1,12 @@
-"""Thread policy of small searches: BLAS on one thread (`_SerialBlas`) and Numba on the
-calling thread only (`query_threads`).
+"""Thread policy of searches: BLAS on one thread (`_SerialBlas`) and Numba on the calling
+thread only for small batches (`query_threads`).
 
 On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
 after their work; a parallel region that needs the core a spinning thread holds waits for a
-scheduler tick. Small batches gain nothing from threads, so `Codec.plan`,
-`CodeIndex.scan` and `CodeIndex.search` each run under `query_threads(nq, ...)`: 2 to
-`SERIAL_BLAS_QUERIES` - 1 queries run their BLAS products on one thread (a lone query makes
-its large products without BLAS), fewer than the
-index's ``PARALLEL_MIN_QUERIES`` their Numba batch drivers on the calling thread. Both
+scheduler tick. So `Codec.plan`, `CodeIndex.scan` and `CodeIndex.search` each run under
+`query_threads(nq, ...)`: every batch of 2 or more queries runs its BLAS products on one
+thread (a lone query makes its large products without BLAS), and fewer than the index's
+``PARALLEL_MIN_QUERIES`` their Numba batch drivers on the calling thread. Both
 scopes give the caller back exactly the settings it had. The outermost scope also holds
 `parallel_region`, so an ``os.fork`` on another thread waits until the call's parallel
 regions are done (a fork inside a TBB region can leave the child hung), and where that
@@ -27,9 +26,7 @@ from numba.np.ufunc import parallel as _numba_parallel
 
 from .parallel import parallel_region
 
-__all__ = ["SERIAL_BLAS_QUERIES", "query_threads"]
-
-SERIAL_BLAS_QUERIES = 256
+__all__ = ["query_threads"]
 
 
 class _SerialBlas:
@@ -39,9 +36,12 @@ class _SerialBlas:
     On 2 cores, OpenBLAS's worker threads and Numba's OpenMP workers each spin for a while
     after their work; a parallel region that needs the core a spinning thread holds waits
     for a scheduler tick. A search of 8-64 queries then took 16 ms instead of 0.6-2 ms
-    (wordnet-gemma, IVF256,RB1). Small products gain nothing from threads, so searches of
-    2 to `SERIAL_BLAS_QUERIES` - 1 queries run BLAS on one thread (a lone query calls no
-    BLAS product that BLAS would thread: `query_threads`).
+    (wordnet-gemma, IVF256,RB1). Large batches lose the same way: OpenBLAS spins on a core
+    through the scan that follows its products (the list-major scan of 2,000 gemma
+    IVF256,PQ192x4 queries took 30 ms on 2 threads, as on one, against 14-17 ms with BLAS on
+    one thread). So every search of 2 or more queries runs BLAS on one thread (a lone query
+    calls no BLAS product that BLAS would thread: `query_threads`): IVF batches of 2,000 and
+    10,000 queries 1.11-1.43x the QPS, flat ones level (engine docs, scans.md stop 48).
 
     BLAS thread counts are process-wide, so the scope is counted: the first search to enter
     saves the counts it finds (whatever the caller set, e.g. inside its own
@@ -145,11 +145,11 @@ def _numba_thread_calls() -> tuple:
 class query_threads:
     """Context manager: the thread policy of one call over `nq` queries.
 
-    2 to `SERIAL_BLAS_QUERIES` - 1 queries: BLAS on one thread (`_SerialBlas`, counted and
-    process-wide). A lone query gets no BLAS scope: its rotation and IVF probe are compiled
-    loops instead of BLAS products (`quantizers._rotate`, `ivf._similarity`), and setting
-    OpenBLAS's thread count and giving it back cost 11-13 us of its search (Zen 4, BLAS on 2
-    threads); its other BLAS calls are too small for BLAS to thread. Fewer than
+    2 or more queries: BLAS on one thread (`_SerialBlas`, counted and process-wide). A lone
+    query gets no BLAS scope: its rotation and IVF probe are compiled loops instead of BLAS
+    products (`quantizers._rotate`, `ivf._similarity`), and setting OpenBLAS's thread count
+    and giving it back cost 11-13 us of its search (Zen 4, BLAS on 2 threads); its other
+    BLAS calls are too small for BLAS to thread. Fewer than
     `parallel_min` queries: ``numba.set_num_threads(1)`` for the calling thread (Numba's
     setting is thread-local, so concurrent callers do not see it); the batch drivers
     parallelise over queries, and for a handful of queries waking the pool costs more than
@@ -161,12 +161,15 @@ class query_threads:
     scopes `Codec.plan` and `CodeIndex.scan` open inside it cost next to nothing.
     """
 
-    __slots__ = ("_nq", "_blas", "_threads", "_serial", "_outer", "_region")
+    __slots__ = ("_nq", "_blas", "_threads", "_serial", "_outer", "_region", "_serial_blas")
 
-    def __init__(self, nq: int, parallel_min: int) -> None:
+    def __init__(self, nq: int, parallel_min: int, serial_blas: bool | None = None) -> None:
         self._nq = nq
         self._serial = nq < parallel_min
         self._outer = False
+        # None: the search policy (BLAS on one thread from 2 queries); a codec's training and
+        # encoding say themselves (`codecs._encode_scope`)
+        self._serial_blas = nq >= 2 if serial_blas is None else serial_blas
 
     def __enter__(self) -> "query_threads":
         if getattr(_local, "active", False):
@@ -174,7 +177,7 @@ class query_threads:
         # made here, by the outermost scope only (a search nests three or four)
         # a lone query makes its products without BLAS (`quantizers._rotate`,
         # `ivf._similarity`): no BLAS count to set and give back (11-13 us a search)
-        self._blas = _SerialBlas() if 2 <= self._nq < SERIAL_BLAS_QUERIES else None
+        self._blas = _SerialBlas() if self._serial_blas else None
         self._threads = 0
         self._region = parallel_region(True)
         # a fork on another thread waits for this call's parallel regions (engine/parallel.py);

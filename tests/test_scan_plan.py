@@ -416,7 +416,7 @@ def _blas_threads() -> list[int]:
 
 
 @pytest.mark.parametrize("nq", [1, CodeIndex.PARALLEL_MIN_QUERIES - 1, CodeIndex.PARALLEL_MIN_QUERIES, 300])
-def test_plan_and_scan_each_keep_the_small_batch_thread_policy(nq, monkeypatch):
+def test_plan_and_scan_each_keep_the_batch_thread_policy(nq, monkeypatch):
     if not _blas_threads():
         pytest.skip("numpy has no BLAS that threadpoolctl can see")
     codec = _codec("SQ8", "ip")
@@ -445,7 +445,7 @@ def test_plan_and_scan_each_keep_the_small_batch_thread_policy(nq, monkeypatch):
                     assert threads == 1, step
                 else:
                     assert threads == numba_before, step
-                if 2 <= nq < 256:
+                if nq >= 2:  # any batch: OpenBLAS's spinning threads would slow the scan after it
                     assert blas == [1] * len(blas), step
                 else:  # a lone query makes its products without BLAS: no BLAS scope
                     assert blas == blas_before, step
