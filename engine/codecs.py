@@ -72,8 +72,10 @@ CONFIG_VERSION = 1
 # Rows are encoded in chunks of about this many bytes of float32 (`Codec._encode_prepared`).
 ENCODE_CHUNK_BYTES = 64 << 20
 # Training and encoding run BLAS on all threads from this many rows (the rule searches had
-# until stop 48, when BLAS on one thread made IVF batches 1.1-1.4x faster; not measured for
-# encoding)
+# until stop 48, when BLAS on one thread made IVF batches 1.1-1.4x faster). For a build it
+# is near level: 60,000 minilm rows, Store.create + add, BLAS on all threads / on one:
+# IVF256,PQ48x8 4.9-5.3 / 4.4 s, IVF1024,RB1 3.8-4.1 / 3.6-3.9 s, OPQ48x8 15.3-15.4 /
+# 14.9-15.6 s (Zen 4, 2 threads); kept until a larger build says otherwise
 ENCODE_SERIAL_BLAS_ROWS = 256
 # A centred cosine plan's lambda (`Codec.scans_centred`) is the query's <x, c> / |c|^2 held to
 # this range: below it, x / lambda would grow the kernels' float32 sums past their precision
