@@ -924,6 +924,18 @@ def _scan_list_cosine(lut, codes, ids, start, stop, bias, books, centroid, sub_n
 
 
 @jit
+def _check_sub_norms(sub_norms, books, centroids):
+    """Whether the cosine scan reads tables (sub_norms (nlist, M, ksub)) or decodes (shape
+    (1, 0, 0)); any other shape, which the scan would read past, is refused."""
+    tabled = sub_norms.shape[1] > 0
+    if sub_norms.shape[0] < 1 or (tabled and (sub_norms.shape[0] != centroids.shape[0]
+                                             or sub_norms.shape[1] != books.shape[0]
+                                             or sub_norms.shape[2] != books.shape[1])):
+        raise ValueError("pq_lut_scan_cosine: expected sub_norms of shape (nlist, M, ksub) or (1, 0, 0)")
+    return tabled
+
+
+@jit
 def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books, centroids, sub_norms, inv_bytes,
                        inv_lo, inv_hi, k, floor):
     """One query: the top-k of (probe_bias[p] + sum_j lut[j, code_j]) / |centroids[l] +
@@ -934,7 +946,7 @@ def pq_lut_scan_cosine(lut, codes, ids, list_offsets, probes, probe_bias, books,
     reach the heap; the result equals normalising every row. sub_norms: (nlist, M, ksub)
     `pq_list_sub_norms` (the norm in M lookups), or shape (1, 0, 0) to decode each such row
     (the same value). Only rows scoring >= floor (-inf: all; kernels/topk.py) are kept."""
-    tabled = sub_norms.shape[1] > 0
+    tabled = _check_sub_norms(sub_norms, books, centroids)
     heap_scores, heap_ids = topk_init_floor(k, floor)
     for p in range(probes.shape[0]):
         lst = probes[p]
@@ -952,6 +964,7 @@ def pq_lut_scan_cosine_batch(luts, codes, ids, list_offsets, probes, probe_bias,
                              inv_bytes, inv_lo, inv_hi, k, floors):
     """`pq_lut_scan_cosine` for every query (luts (nq, M, ksub), probes and probe_bias
     (nq, P), floors (nq,)), parallel over queries: (nq, k) scores and ids."""
+    _check_sub_norms(sub_norms, books, centroids)  # outside the parallel loop
     nq = luts.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)

@@ -433,6 +433,10 @@ def test_cosine_scan_matches_reference(nq, n, m, width, nlist, n_probe, k, dead,
                                                *inv, k, no_floors(luts))
     np.testing.assert_array_equal(dec_s, got_s)  # the tables give the decoded value bit for bit
     np.testing.assert_array_equal(dec_i, got_i)
+    for bad in (tables[:, :, :-1], np.concatenate([tables, tables]), np.zeros((0, 0, 0))):
+        with pytest.raises(ValueError, match="sub_norms"):  # a table the kernel would read past
+            pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids,
+                                        np.ascontiguousarray(bad), *inv, k, no_floors(luts))
     floors = draw_floors(got_s, got_i, rng)  # a floor only drops the rows below it (its norm filter too)
     assert_floored(*pq.pq_lut_scan_cosine_batch(luts, codes, ids, offsets, probes, bias, books, centroids, tables,
                                                 *inv, k, floors), got_s, got_i, floors)
