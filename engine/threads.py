@@ -161,10 +161,9 @@ class query_threads:
     scopes `Codec.plan` and `CodeIndex.scan` open inside it cost next to nothing.
     """
 
-    __slots__ = ("_nq", "_blas", "_threads", "_serial", "_outer", "_region", "_serial_blas")
+    __slots__ = ("_blas", "_threads", "_serial", "_outer", "_region", "_serial_blas")
 
     def __init__(self, nq: int, parallel_min: int, serial_blas: bool | None = None) -> None:
-        self._nq = nq
         self._serial = nq < parallel_min
         self._outer = False
         # None: the search policy (BLAS on one thread from 2 queries); a codec's training and
