@@ -41,14 +41,14 @@ class _SerialBlas:
     IVF256,PQ192x4 queries took 30 ms on 2 threads, as on one, against 14-17 ms with BLAS on
     one thread). So every search of 2 or more queries runs BLAS on one thread (a lone query
     calls no BLAS product that BLAS would thread: `query_threads`): IVF batches of 2,000 and
-    10,000 queries 1.11-1.43x the QPS, flat ones level (engine docs, scans.md stop 48).
+    10,000 queries 1.11-1.43x the QPS, flat ones level (docs/results/scans.md, stop 48).
 
     BLAS thread counts are process-wide, so the scope is counted: the first search to enter
     saves the counts it finds (whatever the caller set, e.g. inside its own
     ``threadpool_limits(1)``), the last one to leave restores them; searches running
     concurrently from several Python threads therefore cannot leave the count at one.
-    While a small search runs, BLAS calls made by other threads of the process also run on
-    one thread.
+    While a search of 2 or more queries runs, BLAS calls made by other threads of the
+    process also run on one thread.
     """
 
     _libs: list | None = None
