@@ -658,6 +658,13 @@ def pq_own_list_terms(codes, order, list_offsets, books, centroids):
     return out
 
 
+@jit_inline
+def _inv_sqrt(n2):
+    """float32 1 / sqrt(n2) of a float64 squared length; 1 for a (near) zero length (the
+    scans score such a reconstruction as is)."""
+    return np.float32(1.0 / np.sqrt(n2)) if n2 > 1e-12 else np.float32(1.0)
+
+
 @jit_batch
 def pq4_block_inv_norms(blocks, block_ids, block_offsets, books, centroids):
     """1 / |x_hat| of every fast-scan block row, float32 (n_blocks * 32,): blocks uint8
@@ -687,7 +694,7 @@ def pq4_block_inv_norms(blocks, block_ids, block_offsets, books, centroids):
                 for j in range(m):
                     byte = np.int64(blocks[b, j // 2, r])
                     n2 += np.float64(norms[j, (byte & 15) if j % 2 == 0 else (byte >> 4)])
-                out[b * width + r] = np.float32(1.0 / np.sqrt(n2)) if n2 > 1e-12 else np.float32(1.0)
+                out[b * width + r] = _inv_sqrt(n2)
     return out
 
 
@@ -803,11 +810,6 @@ def _sub_norm(books, centroid, j, c):
         v = np.float64(centroid[j * dsub + t]) + np.float64(books[j, c, t])
         s += v * v
     return s
-
-
-@jit_inline
-def _inv_sqrt(n2):
-    return np.float32(1.0 / np.sqrt(n2)) if n2 > 1e-12 else np.float32(1.0)
 
 
 @jit
