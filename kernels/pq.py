@@ -587,32 +587,21 @@ def pq_lut_scan_l2_batch(ip2, terms, codes, ids, list_offsets, probes, probe_bia
 
 
 @jit
-def _entry_sums(books, centroid, magnitudes):
-    """(M, ksub) float32: per table entry the float64 sum over its dims (within the width)
-    of 2 c_d b_d + b_d^2, or of its magnitude."""
-    m, ksub, dsub = books.shape
-    width = centroid.shape[0]
-    out = np.empty((m, ksub), dtype=np.float32)
-    for j in range(m):
-        for i in range(ksub):
-            s = 0.0
-            for d in range(dsub):
-                if j * dsub + d < width:
-                    v = np.float64(books[j, i, d])
-                    t = 2.0 * centroid[j * dsub + d] * v + v * v
-                    s += abs(t) if magnitudes else t
-            out[j, i] = s
-    return out
-
-
-@jit
 def pq_norm_table(books, centroid):
     """norms (M, ksub) float32 and |c|^2 float32 for the reconstructions c + decode(code) of
     a width-`len(centroid)` codec: |c + decode(code)|^2 = norm0 + sum_j norms[j, code_j].
     books (M, ksub, dsub); dims past the width (M * dsub > width pads) are not decoded and
     not counted."""
+    m, ksub, dsub = books.shape
     width = centroid.shape[0]
-    norms = _entry_sums(books, centroid, False)
+    norms = np.empty((m, ksub), dtype=np.float32)
+    for j in range(m):
+        for i in range(ksub):
+            s = 0.0
+            for d in range(min(dsub, width - j * dsub)):
+                v = np.float64(books[j, i, d])
+                s += 2.0 * centroid[j * dsub + d] * v + v * v
+            norms[j, i] = s
     n0 = 0.0
     for d in range(width):
         n0 += np.float64(centroid[d]) * centroid[d]
@@ -709,54 +698,9 @@ def pq4_block_inv_norms(blocks, block_ids, block_offsets, books, centroids):
 # IVF256,PQ56x8 cosine scanned at 1.4x the time of ip on wordnet-minilm, IVF256,OPQ32x8 at
 # 2.8x on wordnet-gemma's first 256 dims.
 INV_BUCKETS = 256
-# The norm tables' sums miss the decoded float64 |x_hat|^2 by less than this times the sum
-# of the magnitudes of their terms (each float32 table entry is rounded by 2^-24 of it; the
-# float64 sums far less), and the float32 1 / sqrt is within this of the exact one.
-_INV_REL = 2.0 ** -22
-
-
-@jit
-def _norm_magnitudes(books, centroid):
-    """(M, ksub) float32: the sum over an entry's dims of |2 c_d b_d + b_d^2|, the terms
-    `pq_norm_table` adds up for it (its rounding is below 2^-24 of this)."""
-    return _entry_sums(books, centroid, True)
-
-
-@jit
-def _inv_interval(norms, mags, norm0, books, centroid, codes, i):
-    """(a, b) float64 with a <= the scan's 1 / |x_hat| of row i (`_inv_norm_decoded`) <= b:
-    from the norm tables with their rounding bounded, or decoded (a = b) when the length may
-    be near zero (where the decode gives 1)."""
-    n2 = np.float64(norm0)
-    mag = abs(np.float64(norm0))
-    for j in range(codes.shape[1]):
-        c = codes[i, j]
-        n2 += np.float64(norms[j, c])
-        mag += np.float64(mags[j, c])
-    err = _INV_REL * mag
-    if n2 - err > 1e-12:
-        return (1.0 - _INV_REL) / np.sqrt(n2 + err), (1.0 + _INV_REL) / np.sqrt(n2 - err)
-    v = np.float64(_inv_norm_decoded(books, centroid, codes, i))
-    return v, v
-
-
-@jit_batch
-def _inv_intervals(books, centroids, codes, list_offsets):
-    """Every row's `_inv_interval`, rounded outwards to float32 (rows outside the lists: 1),
-    the lists in parallel."""
-    n = codes.shape[0]
-    lo = np.ones(n, dtype=np.float32)
-    hi = np.ones(n, dtype=np.float32)
-    for lst in prange(list_offsets.shape[0] - 1):
-        if list_offsets[lst + 1] == list_offsets[lst]:
-            continue
-        norms, norm0 = pq_norm_table(books, centroids[lst])
-        mags = _norm_magnitudes(books, centroids[lst])
-        for i in range(list_offsets[lst], list_offsets[lst + 1]):
-            a, b = _inv_interval(norms, mags, norm0, books, centroids[lst], codes, i)
-            lo[i] = np.float32(a * (1.0 - _INV_REL))
-            hi[i] = np.float32(b * (1.0 + _INV_REL))
-    return lo, hi
+# The grid's points are computed in float64 and rounded to float32 outwards by this much
+# (far more than the float64 power's and the cast's rounding).
+_GRID_REL = 2.0 ** -22
 
 
 @jit
@@ -765,37 +709,37 @@ def pq_inv_norm_bounds(books, centroids, codes, list_offsets):
     of centroids[l]) with inv_lo[byte] <= 1 / |x_hat| <= inv_hi[byte], the value the cosine
     scan multiplies the row's score by: (bytes uint8 (n,), inv_lo float32 (INV_BUCKETS,),
     inv_hi float32 (INV_BUCKETS,)), tables of ones without rows. Byte b < INV_BUCKETS - 1
-    spans points b to b + 2 of a geometric grid of INV_BUCKETS steps over the rows' range;
-    the last byte the whole range (a row whose interval fits no narrower bucket). Costs the
-    two norm tables of every list (nlist x ksub x width each, lists in parallel), 2 M
-    lookups a row and 8 bytes a row while it runs."""
+    spans points b to b + 2 of a geometric grid of INV_BUCKETS steps over the rows' range,
+    and every row gets the narrow bucket its exact value (`pq_row_inv_norms`, the scan's
+    value bit for bit) falls in; the last byte spans the whole range. Costs
+    `pq_row_inv_norms` and 4 bytes a row while it runs."""
     n = codes.shape[0]
     out = np.full(n, INV_BUCKETS - 1, dtype=np.uint8)
     inv_lo = np.ones(INV_BUCKETS, dtype=np.float32)
     inv_hi = np.ones(INV_BUCKETS, dtype=np.float32)
     if n == 0:
         return out, inv_lo, inv_hi
-    row_lo, row_hi = _inv_intervals(books, centroids, codes, list_offsets)
-    lo = np.float64(row_lo.min())
-    hi = np.float64(row_hi.max())
+    inv = pq_row_inv_norms(books, centroids, codes, list_offsets)
+    lo = np.float64(inv.min())
+    hi = np.float64(inv.max())
     # float32 tables rounded outwards: inv_lo[b] <= grid[b], inv_hi[b] >= grid[b + 2]
     ratio = hi / lo
     for b in range(INV_BUCKETS - 1):
-        inv_lo[b] = np.float32(lo * ratio ** (b / INV_BUCKETS) * (1.0 - _INV_REL))
-        inv_hi[b] = np.float32(lo * ratio ** ((b + 2) / INV_BUCKETS) * (1.0 + _INV_REL))
-    inv_lo[INV_BUCKETS - 1] = np.float32(lo * (1.0 - _INV_REL))
-    inv_hi[INV_BUCKETS - 1] = np.float32(hi * (1.0 + _INV_REL))
+        inv_lo[b] = np.float32(lo * ratio ** (b / INV_BUCKETS) * (1.0 - _GRID_REL))
+        inv_hi[b] = np.float32(lo * ratio ** ((b + 2) / INV_BUCKETS) * (1.0 + _GRID_REL))
+    inv_lo[INV_BUCKETS - 1] = np.float32(lo * (1.0 - _GRID_REL))
+    inv_hi[INV_BUCKETS - 1] = np.float32(hi * (1.0 + _GRID_REL))
     log_ratio = np.log(ratio)
     last = INV_BUCKETS - 2  # the narrow buckets are 0..last
     for i in range(n):
-        a = row_lo[i]
+        a = inv[i]
         t = int(np.log(a / lo) / log_ratio * INV_BUCKETS) if log_ratio > 0 else 0
         t = min(max(t, 0), last)
         while t > 0 and inv_lo[t] > a:  # the log's rounding: the bucket starting at or below a
             t -= 1
         while t < last and inv_lo[t + 1] <= a:
             t += 1
-        if inv_lo[t] <= a and row_hi[i] <= inv_hi[t]:
+        if inv_lo[t] <= a <= inv_hi[t]:  # always but where the grid's rounding fails it
             out[i] = t
     return out, inv_lo, inv_hi
 
