@@ -508,7 +508,10 @@ class PQ(Quantizer):
         n_tab = bias.shape[1] if per_probe else 1
         if self.rotate:
             tq = _rotate(tq, state["pq_rotation"])
-        luts = pq.pq_lut(tq, state["pq_books"], "l2" if metric == "l2" else "ip", self._books_t(state, derived))
+        books = state["pq_books"]
+        book_norms = (_derive(derived, "pq_book_norms", books.nbytes // books.shape[2],
+                              lambda: pq.pq_book_norms(books)) if metric == "l2" else None)
+        luts = pq.pq_lut(tq, books, "l2" if metric == "l2" else "ip", self._books_t(state, derived), book_norms)
         luts = luts.reshape(nq, n_tab, self.m, 1 << self.nbits)
         if self.nbits == 8:
             return {"luts": luts}, bias

@@ -176,6 +176,14 @@ def test_lut_sums_in_dimension_order_whatever_the_batch(nq, dim, m, nbits, seed)
                 np.zeros((m, bt.shape[1], 2 * bt.shape[2]), np.float32)[:, :, ::2]):
         with pytest.raises(ValueError, match="books_t"):
             pq.pq_lut(q, books, "ip", bad)  # another dtype, shape, or not contiguous
+    # l2: the books' squared lengths given (made once by the engine) or made here, the same bits
+    norms = pq.pq_book_norms(books)
+    np.testing.assert_allclose(norms, (books.astype(np.float64) ** 2).sum(axis=2), rtol=1e-6)
+    l2 = pq.pq_lut(q, books, "l2")
+    np.testing.assert_array_equal(pq.pq_lut(q, books, "l2", bt, norms), l2)
+    for bad in (norms.astype(np.float64), norms[:, :-1]):
+        with pytest.raises(ValueError, match="book_norms"):
+            pq.pq_lut(q, books, "l2", bt, np.ascontiguousarray(bad))
 
 
 def test_lut_of_one_vector():

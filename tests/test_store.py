@@ -963,6 +963,14 @@ def test_memory_bytes_count_the_l2_terms_a_search_derives(tmp_path):
         st_.search(x[:3], k=5, nprobe=2, rerank=10)
         books = st_.codec.state()["pq_books"].nbytes
         assert st_.memory_bytes()["codec"] == before + 4 * 4 * 256 * 4 + books
+    # flat PQ under l2: the books' transposed copy and their squared lengths (M x 256 float32,
+    # `pq.pq_book_norms`), made once for the tables of every search
+    with Store.create(tmp_path / "f", dim=16, metric="l2", codec="PQ4x8", dense="f32") as st_:
+        st_.add(x)
+        before = st_.memory_bytes()["codec"]
+        st_.search(x[:3], k=5, rerank=10)
+        books = st_.codec.state()["pq_books"].nbytes
+        assert st_.memory_bytes()["codec"] == before + books + 4 * 256 * 4
 
 
 @pytest.mark.parametrize("metric,spec,dense", [("cosine", "IVF4,PQ8x4", "f16"), ("l2", "RB2", "f32"),
