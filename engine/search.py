@@ -30,7 +30,7 @@ from ..kernels import dense as dense_kernels
 from ..kernels.topk import (kth_best_update, tag_candidates, topk_positions,
                             topk_positions_batch)
 from ..kernels.transform import normalize_rows
-from .bounds import DEFAULT_CONFIDENCE, ErrorModel, check_confidence, parse_auto, query_cosines
+from .bounds import DEFAULT_CONFIDENCE, ErrorModel, auto_cap, check_confidence, parse_auto, query_cosines
 from .errors import InvalidInput
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
@@ -52,6 +52,12 @@ AUTO_AHEAD = 16
 # reaches queries pointing away from it), the mean taken over MEAN_ROWS rows
 PSEUDO_MEAN_SHARE = 1.25
 MEAN_ROWS = 2048
+# The code ranks an error model measures (`calibrate`): every rank a walk reads at its
+# default cap for k <= 10 (bounds.auto_cap). Ranks past them take the deepest band measured;
+# with 64 (before stop 49) ranks 64-99 took ranks 30-63's quantiles, and on small stores
+# rerank="auto" lost up to 0.95% of the ids a fixed R = 100 found (RB1, 1,000 Gaussian rows
+# of 24 dims, k = 5, at the default confidence; 0.25% with 100).
+CALIBRATION_DEPTH = auto_cap(10)
 # ... unless the mean is shorter than this share of the rows' norm (a centred corpus: the
 # mean of 2,048 rows is then mostly sampling noise, about 0.02 of a row's norm)
 MIN_MEAN_NORM = 0.1
@@ -321,7 +327,7 @@ def per_row_scales(segments: list[Segment]) -> bool:
 
 
 def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int, n_queries: int = 256,
-              depth: int = 64, seed: int = 0, queries: np.ndarray | None = None) -> ErrorModel | None:
+              depth: int = CALIBRATION_DEPTH, seed: int = 0, queries: np.ndarray | None = None) -> ErrorModel | None:
     """The error model of engine/bounds.py measured on this store. By default `n_queries`
     pseudo-queries made from live rows drawn at random (seeded: the same store gives the
     same model): row x less a share a of the rows' mean m, a drawn in [0,
@@ -331,7 +337,7 @@ def calibrate(codec: Codec, metric: str, segments: list[Segment], *, nprobe: int
     Their best `depth` candidates by code score (the source row left out) are re-scored
     exactly, and the model fits the error's mean and spread as lines in the query's cosine
     to m (`ErrorModel.fit`, "Queries unlike the rows" in engine/bounds.py). Reads about
-    MEAN_ROWS + n_queries * (depth + 1) rows of the dense tier, once.
+    MEAN_ROWS + n_queries * (depth + 1) rows of the dense tier (about 28,000), once.
 
     The rows themselves serve, with no covariate, when m is shorter than `MIN_MEAN_NORM` of
     the rows' norm (a centred corpus) and under MRL, whose error is the truncated tail's: it

@@ -555,7 +555,7 @@ class Store:
             change the top-k, at most R rows (default `bounds.auto_cap`); ``.stats`` gives the
             rows each query read (engine/bounds.py). The first auto search of an open store
             measures the codec's error on pseudo-queries made from the store's own rows
-            (`error_model`: about 19,000 rows read once).
+            (`error_model`: about 28,000 rows read once).
         sdc : RB only: symmetric code scoring (query binarized too), with a fixed depth or
             none (its code scores have no error model for ``"auto"``)
         confidence : with ``rerank="auto"``: the share of exact scores each side of the
@@ -598,7 +598,7 @@ class Store:
         is used whatever the rows). Otherwise measured on first use, in RAM only, on
         pseudo-queries made from this store's rows (each a row less a random share of the
         rows' mean, so that queries less aligned with the corpus than its rows are
-        covered); about 19,000 rows read, 0.04-0.6 s on 100,000 rows and 24 s on a cold
+        covered); about 28,000 rows read, 0.04-0.6 s on 100,000 rows and 24 s on a cold
         10M store. Kept while the codec, the committed model and whether it applies stay
         the same; a model this object measured on sample queries (`calibrate` without
         committing) while the codec does (None: too few rows to measure; auto then reads
@@ -648,7 +648,7 @@ class Store:
         for writing also commits it (a version of its own), so every later open of the
         store reads it instead of measuring again (`error_model`).
 
-        With `queries`, each query's best 64 candidates by code score are re-scored
+        With `queries`, each query's best 100 candidates by code score are re-scored
         exactly (about 64 rows read a query; a few hundred queries is enough: at least
         `bounds.MIN_PAIRS` pairs, 10 / (1 - confidence) pairs per rank band). Without,
         pseudo-queries made from the store's rows serve, as `error_model` measures them:

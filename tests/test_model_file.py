@@ -299,7 +299,7 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
     store = str(tmp_path / "s")
     assert main(["build", str(tmp_path / "x.npy"), store, "--codec", "PQ6x8", "--dense", "f16"]) == 0
     err = capsys.readouterr().err
-    assert "calibrated on pseudo-queries from the rows (16,384 pairs" in err
+    assert "calibrated on pseudo-queries from the rows (25,600 pairs" in err
     with Store.open(store) as r:
         assert r.calibration["source"] == "rows" and r.calibration["rows"] == 3000
         built = r.version
@@ -307,7 +307,7 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
     with Store.open(store) as r:
         assert r.version == built
     assert main(["calibrate", store, "--sample", str(tmp_path / "q.npy")]) == 0
-    assert "calibrated on 300 sample queries (19,200 pairs" in capsys.readouterr().err
+    assert "calibrated on 300 sample queries (30,000 pairs" in capsys.readouterr().err
     assert main(["info", store]) == 0
     out = capsys.readouterr().out
     assert "auto model" in out and "on sample queries (3,000 live rows then, nprobe 1)" in out
@@ -367,7 +367,7 @@ def test_what_a_failed_or_empty_calibration_leaves(tmp_path, monkeypatch):
     path, s, x = _store(tmp_path)
     with s:
         committed = s.calibrate()
-        assert s.calibrate(x[:2]) is None  # 2 queries x 64 < MIN_PAIRS: nothing measured
+        assert s.calibrate(x[:1]) is None  # 1 query x 100 < MIN_PAIRS: nothing measured
         assert s.error_model() is committed and s.calibration["source"] == "rows"
 
         def refuse(*args, **kwargs):
