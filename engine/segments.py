@@ -61,8 +61,9 @@ class DensePool:
     def get(self, info: DenseInfo) -> DenseReader:
         reader = self.readers.get(info.file)
         if reader is None or reader.info != info:
-            if reader is not None:
-                reader.close()
+            # a different record for a mapped name (a file of a failed commit written again
+            # under its serial): the old reader is dropped, not closed, since segments that
+            # hold it may still read through it; its map goes with the last of them
             reader = self.readers[info.file] = DenseReader(self.directory, info)
         return reader
 

@@ -311,6 +311,15 @@ def _cross_check(b: StoreBody, raw: dict, where: str) -> None:
         own = [s.file for s in b.segments] + [s.deletes for s in b.segments if s.deletes]
         if len(set(own)) != len(own):
             raise StoreCorrupted(f"{where}: two segments name the same codes or deletion file")
+    # a dense file is immutable, so every record naming it must say the same (rows, offset,
+    # size, CRC): readers map each file once, by name, and read it through one record
+    dense: dict[str, tuple[int, DenseInfo]] = {}
+    for s in b.segments:
+        for d in s.dense:
+            first = dense.setdefault(d.file, (s.serial, d))
+            if first[1] != d:
+                raise StoreCorrupted(f"{where}: segments {first[0]} and {s.serial} describe dense file {d.file} "
+                                     f"differently; expected one record, found {first[1].to_json()} and {d.to_json()}")
     model = [b.calibration.file] if b.calibration else []
     for name in files + ([b.codec_file] if b.codec_file else []) + model:
         serial = int(DATA_FILE_RE.fullmatch(name).group(2))

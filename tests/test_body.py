@@ -67,10 +67,21 @@ def _broken(edit) -> dict:
     ("a boolean for an integer", lambda b: b["segments"][0].update(rows=True), "rows"),
     ("a deletion file shared by two segments",
      lambda b: b["segments"][0].update(deletes={"file": "del-000000000004.vzs", "count": 1}), "same codes or deletion"),
+    ("two records of one dense file that differ",
+     lambda b: b["segments"][1]["dense"].append(dict(b["segments"][0]["dense"][0], rows=9)),
+     "segments 1 and 3 describe dense file dense-000000000001.arrow differently"),
+    ("... in any field", lambda b: b["segments"][1]["dense"].append(dict(b["segments"][0]["dense"][0], offset=72)),
+     "describe dense file dense-000000000001.arrow differently"),
 ])
 def test_lies_in_a_body_are_refused(name, edit, match):
     with pytest.raises(StoreCorrupted, match=match):
         parse_body(_broken(edit), "MANIFEST-7")
+
+
+def test_a_dense_file_may_be_named_by_several_segments_with_one_record():
+    raw = _body().to_json()
+    raw["segments"][1]["dense"].append(dict(raw["segments"][0]["dense"][0]))  # a merge mapping onto it
+    assert parse_body(raw, "here").segments[1].dense[-1] == _dense(1, 10)
 
 
 def test_layout_1_reads_as_layout_2_with_legacy_deletes():

@@ -465,6 +465,11 @@ def _rewrite_newest(store: Pristine, copy: Path, change) -> None:
     (lambda b: b["segments"][0].update(file="../LOCK"), "expected a file name like 'seg-<12 digits>.vzs'"),
     (lambda b: b["segments"][0]["dense"][0].update(file="../x.arrow"), "must be a plain name"),
     (lambda b: b["segments"][0]["dense"][0].update(file="seg-000000000001.vzs"), "expected a file name like 'dense-"),
+    # two records of one file that differ: the second made the reader pool close the reader
+    # the first segment held, and a re-ranking search failed with numba's TypingError
+    (lambda b: b["segments"][1]["dense"].append(dict(b["segments"][0]["dense"][0],
+                                                     rows=b["segments"][0]["dense"][0]["rows"] - 1)),
+     "segments 1 and 2 describe dense file dense-000000000001.arrow differently"),
 ])
 def test_checksum_valid_hostile_manifests_are_store_corrupted(stores, tmp_path, change, match):
     """A manifest with valid CRCs but hostile values is StoreCorrupted and reported. The
