@@ -10,7 +10,8 @@ the pages a row touches, not a read-ahead window) and counts the rows and bytes 
 Readers trust nothing from the manifest or the file before checking it: the file's size
 equals the recorded size, the Arrow magic sits at both ends, the values region lies inside
 the file, and every requested row is in range. `check_dense` also verifies the whole-file
-CRC32 and that the Arrow schema and row count agree with the record.
+CRC32, that the Arrow schema and row count agree with the record, and that the recorded
+offset is where the Arrow metadata puts the vector values.
 """
 
 from __future__ import annotations
@@ -313,6 +314,11 @@ class DenseReader:
                 raise StoreCorrupted(
                     f"{self.path}: vector values [{info.offset}, {end}) do not fit inside the {size}-byte file"
                 )
+            itemsize = DENSE_DTYPES[info.dtype].itemsize
+            if info.offset % itemsize:
+                # Arrow aligns buffers to 8 bytes: a misaligned offset splits every value
+                raise StoreCorrupted(f"{self.path}: expected the vector values' offset to be a multiple of "
+                                     f"{itemsize} ({info.dtype}), found {info.offset}")
             if size < len(_MAGIC_HEAD) + len(_MAGIC_TAIL):
                 raise StoreCorrupted(f"{self.path}: expected an Arrow IPC file, found only {size} bytes")
             if os.pread(fd, 8, 0) != _MAGIC_HEAD or os.pread(fd, 6, size - 6) != _MAGIC_TAIL:
@@ -405,7 +411,8 @@ class DenseReader:
 
 
 def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
-    """Problems with one dense file (empty list = healthy): size, magic, CRC32, schema, rows."""
+    """Problems with one dense file (empty list = healthy): size, magic, CRC32, schema, rows,
+    and the values' offset (parsed from the Arrow metadata, as `write_dense` finds it)."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
@@ -427,12 +434,37 @@ def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
         reader = DenseReader(directory, info)
         reader.close()
         with pa.memory_map(str(path)) as source:
+            whole = source.read_buffer(size)
             table = ipc.open_file(source).read_all()
-        expected = pa.schema([("id", pa.int64()), ("vector", pa.list_(
-            pa.float32() if info.dtype == "f32" else pa.float16(), info.dim))])
-        if not table.schema.equals(expected) or table.num_rows != info.rows:
-            return [f"{path}: expected {info.rows} rows of {expected}, found {table.num_rows} rows of {table.schema}"]
-    except (FormatError, pa.ArrowException, OSError) as exc:
+            expected = pa.schema([("id", pa.int64()), ("vector", pa.list_(
+                pa.float32() if info.dtype == "f32" else pa.float16(), info.dim))])
+            if not table.schema.equals(expected) or table.num_rows != info.rows:
+                return [f"{path}: expected {info.rows} rows of {expected}, found {table.num_rows} rows of "
+                        f"{table.schema}"]
+            if info.rows:
+                offset = _values_offset(table.column("vector"), whole, DENSE_DTYPES[info.dtype].itemsize)
+                if offset != info.offset:
+                    found = "values not in one buffer inside the file" if offset is None else f"offset {offset}"
+                    return [f"{path}: expected the vector values at offset {info.offset} (manifest), found {found}"]
+    except FormatError as exc:  # names the path already
+        return [str(exc)]
+    except (pa.ArrowException, OSError) as exc:
         return [f"{path}: {exc}"]
     return []
+
+
+def _values_offset(column: Any, whole: Any, itemsize: int) -> int | None:
+    """Where the values of the `vector` column (a chunked array read from the memory map
+    `whole`) start in the file, as `write_dense` records it; None when they are not one
+    contiguous buffer inside the mapped file (several batches, or buffers Arrow copied)."""
+    if column.num_chunks != 1:
+        return None
+    flat = column.chunk(0).values
+    data = flat.buffers()[1]
+    if data is None:
+        return None
+    start = data.address - whole.address + flat.offset * itemsize
+    if not 0 <= start <= whole.size - len(flat) * itemsize:
+        return None
+    return int(start)
 

@@ -353,6 +353,40 @@ def test_missing_file_is_store_corrupted(tmp_path):
     assert check_store(tmp_path / "s")
 
 
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), dim=st.integers(1, 9), dtype=st.sampled_from(["f32", "f16"]),
+       shift=st.integers(-64, 64))
+def test_a_dense_offset_not_where_arrow_puts_the_values_is_caught(rows, dim, dtype, shift):
+    """A record whose `offset` is off (but inside the file) would have rows read from other
+    bytes: a misaligned one is refused on open, and `check_dense` (vecz check) compares any
+    other with the values buffer's place in the Arrow metadata."""
+    import dataclasses
+    import tempfile
+
+    from vecz.formats.dense import DenseReader, check_dense, write_dense
+
+    with tempfile.TemporaryDirectory() as d:
+        info = write_dense(Path(d) / "dense-000000000001.arrow", np.arange(rows, dtype=np.int64),
+                           _data(rows, dim=dim), dtype)
+        assert check_dense(d, info) == []
+        bad = dataclasses.replace(info, offset=info.offset + shift)
+        end = bad.offset + rows * bad.row_bytes
+        if bad.offset < 8 or end > bad.nbytes - 6:
+            with pytest.raises(StoreCorrupted, match="do not fit inside"):
+                DenseReader(d, bad)
+        elif shift % (4 if dtype == "f32" else 2):
+            with pytest.raises(StoreCorrupted, match=f"offset to be a multiple of .* found {bad.offset}"):
+                DenseReader(d, bad)
+        elif shift:
+            DenseReader(d, bad).close()  # opening reads no Arrow metadata ...
+            assert check_dense(d, bad) == [f"{Path(d) / info.file}: expected the vector values at offset "
+                                           f"{bad.offset} (manifest), found offset {info.offset}"]
+        if shift:
+            assert check_dense(d, bad)  # ... but vecz check reports every wrong offset
+        else:
+            assert check_dense(d, bad) == []
+
+
 def test_crash_leftovers_are_ignored_and_collected(tmp_path):
     with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
         s.add(_data(10))
