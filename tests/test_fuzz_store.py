@@ -8,7 +8,8 @@ files; these work on whole stores, and on importer inputs those tests do not cra
   mutations to its files (bit flips, byte overwrites, truncation, appended garbage, 4/8-byte
   length/offset fields set to huge or negative values, swapped and zeroed ranges, hostile
   values in the newest manifest's JSON) and, half the time, recomputes every checksum and
-  recorded length so the structural checks behind them are reached. `Store.open` + `search`
+  recorded length (a dense file's in each record of the newest manifest that names it) so
+  the structural checks behind them are reached. `Store.open` + `search`
   (with and without re-ranking) + `get` + `ids` may then only succeed or raise a
   `FormatError` subclass (StoreNotFound is not accepted: the fuzzer never removes a name,
   and a destroyed manifest is StoreCorrupted); `check_store` must return, and reports every
@@ -354,10 +355,14 @@ def _apply(store: Path, pristine: Pristine, ops: list, reseal: bool) -> tuple[li
     if dense:
         try:
             body = json.loads(newest.read_bytes()[32:])
+            sealed = {n: (store / n).read_bytes() for n in dense}
             for rec in body["segments"]:
-                if rec["dense"]["file"] in dense:
-                    info = (store / rec["dense"]["file"]).read_bytes()
-                    rec["dense"]["nbytes"], rec["dense"]["crc32"] = len(info), zlib.crc32(info)
+                # layout 2 lists a segment's dense records; layout 1 has one (or null)
+                records = rec["dense"] if isinstance(rec["dense"], list) else [rec["dense"]]
+                for d in records:
+                    if isinstance(d, dict) and isinstance(d.get("file"), str) and d["file"] in sealed:
+                        d["nbytes"], d["crc32"] = len(sealed[d["file"]]), zlib.crc32(sealed[d["file"]])
+                        done.append(f"resealed dense record {d['file']}")
             newest.write_bytes(_manifest_bytes(body))
         except (ValueError, KeyError, TypeError):
             pass  # the manifest itself was mangled: nothing to reseal against
@@ -419,6 +424,8 @@ def _store_fuzz(name: str):
             what, resealed = _apply(copy, pristine, ops, reseal)
             outcome = _check_damaged(copy, pristine, resealed, what)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if any(w.startswith("resealed dense record") for w in what):
+            outcomes["dense resealed"] = outcomes.get("dense resealed", 0) + 1
         CASES[name] = CASES.get(name, 0) + 1
 
     return run
@@ -436,8 +443,10 @@ def test_fuzzed_store_files_raise_only_format_errors(stores, name):
     outcomes: dict[str, int] = {}
     with _rss_guard():
         (_fuzz_ivf if name == "store-ivf" else _fuzz_flat)(stores, outcomes)
-    # the fuzzer must reach both sides: stores refused and stores that still open
+    # the fuzzer must reach both sides: stores refused and stores that still open, and past
+    # the dense files' checksums (their records resealed, the structural checks reached)
     assert outcomes.get("refused", 0) > 0 and outcomes.get("ok", 0) > 0, outcomes
+    assert outcomes.get("dense resealed", 0) > 0, outcomes
     print(f"{name}: {outcomes}")
 
 
