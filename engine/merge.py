@@ -30,7 +30,9 @@ import numpy as np
 
 from ..formats import segment as sg
 from ..formats.body import SegmentRecord, data_file_name
+from ..formats.dense import DenseInfo
 from .codecs import Codec
+from .errors import StoreCorrupted
 from .segments import DensePool, Segment, read_codes, write_dense_rows
 
 __all__ = ["FANOUT", "BASE_ROWS", "AUTO_MERGE_ROWS", "MAX_SEGMENT_ROWS", "DEAD_FRACTION", "tier", "plan_merges",
@@ -45,6 +47,9 @@ MAX_SEGMENT_ROWS = 1 << 22
 DEAD_FRACTION = 0.25
 SMALL_DENSE_BYTES = 64 << 20
 DENSE_COPY_BYTES = 1 << 30
+# A mapped segment's `dense_file` section is uint16: its record may name at most this many
+# dense files (a mapped merge over more copies the rows of the smallest into a new one).
+MAX_DENSE_FILES = 1 << 16
 
 
 def tier(live: int) -> int:
@@ -101,7 +106,9 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
     """Write one segment holding the live rows of `sources`, sorted by id.
 
     Dense rows are copied into a new file when the dense files the sources use hold at most
-    `copy_dense_bytes` together, else mapped where they are. Returns the record, the names
+    `copy_dense_bytes` together, else mapped where they are (through a uint16 file index: the
+    rows of the smallest files are copied into a new one when more than `MAX_DENSE_FILES`
+    would be mapped, `_copy_smallest`). Returns the record, the names
     of the files written (for the commit) and the loaded segment; (None, [], None) when no
     row is live."""
     ids_p, codes_p, lists_p, loc_file, loc_row = [], [], [], [], []
@@ -116,10 +123,11 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
         errors_p.append(None if "errors" not in arrays else arrays["errors"][live])
         lists_p.append(arrays["lists"][live])
         if src.rec.dense:
-            local = np.array([index_of.setdefault(d.file, len(index_of)) for d in src.rec.dense], dtype=np.int64)
             for d in src.rec.dense:
-                if d.file not in {i.file for i in infos}:
+                if d.file not in index_of:
+                    index_of[d.file] = len(infos)
                     infos.append(d)
+            local = np.array([index_of[d.file] for d in src.rec.dense], dtype=np.int64)
             f, r = src.dense_location(live)
             loc_file.append(local[f])
             loc_row.append(r)
@@ -140,15 +148,8 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
         dfile = np.concatenate(loc_file)[order]
         drow = np.concatenate(loc_row)[order]
         if sum(d.nbytes for d in infos) <= copy_dense_bytes:
-            readers = [pool.get(d) for d in infos]
-            vectors = np.empty((ids.size, infos[0].dim), dtype=np.float32)
-            for j, reader in enumerate(readers):
-                at = np.flatnonzero(dfile == j)
-                if at.size:
-                    rows = drow[at]
-                    srt = np.argsort(rows, kind="stable")  # read each file in row order
-                    vectors[at[srt]] = reader.read_rows(rows[srt])
             name = data_file_name("dense", serial)
+            vectors = _read_vectors(pool, infos, dfile, drow)
             info, sections = write_dense_rows(directory / name, ids, vectors, lists, dense_dtype, codec.metric)
             del vectors
             files.append(name)
@@ -158,6 +159,9 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
                 arrays.update(sections)
                 dense_file, dense_row = sections["dense_file"], sections["dense_row"]
         else:
+            if len(infos) > MAX_DENSE_FILES:
+                infos, dfile, drow = _copy_smallest(directory, codec, pool, infos, dfile, drow, ids, lists, serial,
+                                                    dense_dtype, files)
             dense_map = "sections"
             dense_file, dense_row = dfile.astype(np.uint16), drow.astype(np.uint32)
             arrays["dense_file"], arrays["dense_row"] = dense_file, dense_row
@@ -172,3 +176,47 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
     rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0, True)
     return rec, files, Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row,
                                            directory=directory, build=build, stored_errors=arrays.get("errors"))
+
+
+def _read_vectors(pool: DensePool | None, infos: list[DenseInfo], dfile: np.ndarray, drow: np.ndarray) -> np.ndarray:
+    """The float32 vectors of rows at (`dfile` index into `infos`, `drow`), each file read in
+    row order."""
+    if pool is None:
+        raise StoreCorrupted(f"merge: rows map onto dense files {infos[0].file}... but the store has no dense tier")
+    vectors = np.empty((dfile.size, infos[0].dim), dtype=np.float32)
+    for j in np.unique(dfile):
+        at = np.flatnonzero(dfile == j)
+        rows = drow[at]
+        srt = np.argsort(rows, kind="stable")  # read each file in row order
+        vectors[at[srt]] = pool.get(infos[int(j)]).read_rows(rows[srt])
+    return vectors
+
+
+def _copy_smallest(directory: Path, codec: Codec, pool: DensePool | None, infos: list[DenseInfo],
+                   dfile: np.ndarray, drow: np.ndarray, ids: np.ndarray, lists: np.ndarray, serial: int,
+                   dense_dtype: str, files: list[str]) -> tuple[list[DenseInfo], np.ndarray, np.ndarray]:
+    """Fit a mapped merge's rows into `MAX_DENSE_FILES` dense files: the files no row maps to
+    are dropped, and the rows of the smallest of the rest are copied into one new file (its
+    name appended to `files`), so the record's index never wraps. Returns the record's
+    files and each row's (file, row) in them."""
+    used = np.zeros(len(infos), dtype=bool)
+    used[dfile] = True
+    keep = np.flatnonzero(used)
+    moved = np.zeros(0, dtype=np.int64)
+    if keep.size > MAX_DENSE_FILES:
+        by_size = keep[np.argsort([infos[i].nbytes for i in keep], kind="stable")]
+        moved, keep = by_size[:keep.size - MAX_DENSE_FILES + 1], np.sort(by_size[keep.size - MAX_DENSE_FILES + 1:])
+    index = np.full(len(infos), -1, dtype=np.int64)
+    index[keep] = np.arange(keep.size)
+    new_file, new_row = index[dfile], drow.astype(np.int64)
+    out = [infos[i] for i in keep]
+    if moved.size:
+        at = np.flatnonzero(np.isin(dfile, moved))
+        name = data_file_name("dense", serial)
+        vectors = _read_vectors(pool, infos, dfile[at], drow[at])
+        info, sections = write_dense_rows(directory / name, ids[at], vectors, lists[at], dense_dtype, codec.metric)
+        files.append(name)  # removed by merge_segments if writing the segment fails
+        new_file[at] = len(out)
+        new_row[at] = sections["dense_row"] if sections else np.arange(at.size)
+        out.append(info)
+    return out, new_file, new_row

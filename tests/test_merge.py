@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,3 +160,42 @@ def test_a_writer_that_has_not_searched_holds_no_layout(tmp_path):
         assert all(seg.built is not None for seg in w._segments)
         w.add(x[:10])
         assert w._segments[-1].built is not None  # a writer that has searched builds at once
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4, 5])
+def test_a_mapped_merge_over_too_many_dense_files_copies_the_smallest(tmp_path, monkeypatch, limit):
+    """A mapped merge records each row's dense file as uint16: over `MAX_DENSE_FILES` files
+    (65,536; made small here) the index wrapped and rows were answered with another file's
+    vectors. Files no live row maps to are dropped, the rows of the smallest others copied
+    into one new file, and every row still reads its own vector."""
+    import numpy as np
+
+    from vecz import Store, check_store
+
+    monkeypatch.setattr(merge, "MAX_DENSE_FILES", limit)
+    monkeypatch.setattr(merge, "DENSE_COPY_BYTES", 0)  # compact maps rows where they are
+    rng = np.random.default_rng(7)
+    sizes = [70, 3, 90, 5, 66, 12]  # one dense file each; 3 rows all deleted below
+    x = rng.standard_normal((sum(sizes), 8)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=8, metric="l2", codec="SQ8", dense="f32") as w:
+        w.auto_merge_rows = 0
+        ids = [w.add(x[a: a + n]) for a, n in zip(np.cumsum([0] + sizes[:-1]), sizes)]
+        files = [s.rec.dense[0] for s in w._segments]  # in add order
+        w.delete(np.concatenate([ids[1], ids[4][::7]]))
+        w.compact()
+        assert len(w._segments) == 1
+        rec = w._segments[0].rec
+    live = np.setdiff1d(np.concatenate(ids), np.concatenate([ids[1], ids[4][::7]]))
+    used = sorted(files[:1] + files[2:], key=lambda d: d.nbytes)  # the 5 files live rows map to
+    mapped = [d.file for d in rec.dense]
+    assert rec.dense_map == "sections" and len(mapped) <= limit
+    if limit >= len(used):
+        assert sorted(mapped) == sorted(d.file for d in used)  # nothing copied, the unused file dropped
+    else:  # the largest limit - 1 kept, the rest copied into the merge's own file
+        assert sorted(mapped[:-1]) == sorted(d.file for d in used[len(used) - limit + 1:])
+        assert mapped[-1] not in {d.file for d in files}
+    assert check_store(tmp_path / "s") == []
+    with Store.open(tmp_path / "s") as r:
+        np.testing.assert_array_equal(r.get(live), x[live])
+        res = r.search(x[live[:20]], 1, rerank=10)
+        np.testing.assert_array_equal(res.ids[:, 0], live[:20])
