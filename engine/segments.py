@@ -294,8 +294,11 @@ def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, n
     size = codec.code_size
     if codes.dtype != np.uint8 or codes.shape != (n, size):
         raise StoreCorrupted(f"{path}: expected codes uint8 ({n}, {size}), found {codes.dtype} {codes.shape}")
-    if lists.dtype != np.int64 or lists.shape != (n,) or (lists.size and (lists.min() < 0 or lists.max() >= codec.nlist)):
-        raise StoreCorrupted(f"{path}: expected lists int64 ({n},) in [0, {codec.nlist})")
+    if lists.dtype != np.int64 or lists.shape != (n,):
+        raise StoreCorrupted(f"{path}: expected lists int64 ({n},), found {lists.dtype} {lists.shape}")
+    if lists.size and (lists.min() < 0 or lists.max() >= codec.nlist):
+        raise StoreCorrupted(f"{path}: expected lists in [0, {codec.nlist}), found values in "
+                             f"{lists.min()}..{lists.max()}")
     if "errors" in arrays:
         err = arrays["errors"]
         if err.dtype != np.float32 or err.shape != (n,) or (n and not (np.isfinite(err).all() and err.min() >= 0)):
@@ -309,8 +312,13 @@ def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, n
         if n and df.max() >= len(rec.dense):
             raise StoreCorrupted(f"{path}: a row maps to dense file {int(df.max())}, the record names {len(rec.dense)}")
         limits = np.array([d.rows for d in rec.dense], dtype=np.int64)
-        if n and (dr.astype(np.int64) >= limits[df]).any():
-            raise StoreCorrupted(f"{path}: a row maps beyond the end of its dense file")
+        beyond = np.flatnonzero(dr.astype(np.int64) >= limits[df]) if n else np.zeros(0, dtype=np.int64)
+        if beyond.size:
+            i = int(beyond[0])
+            f = int(df[i])
+            raise StoreCorrupted(f"{path}: expected each row within its dense file, found row {i} mapped to row "
+                                 f"{int(dr[i])} of {rec.dense[f].file}, which holds {int(limits[f])} rows "
+                                 f"({beyond.size} of {n} rows beyond their file)")
     return arrays
 
 
@@ -325,8 +333,13 @@ def read_dead_rows(directory: Path, name: str, rows: int, serial: int | None = N
     dead = arrays.get("rows")
     if dead is None or dead.dtype != np.int64 or dead.ndim != 1:
         raise StoreCorrupted(f"{path}: expected section 'rows' int64 (n,)")
-    if dead.size and (dead[0] < 0 or dead[-1] >= rows or not (np.diff(dead) > 0).all()):
-        raise StoreCorrupted(f"{path}: expected ascending unique rows in [0, {rows}), found others")
+    bad = (dead < 0) | (dead >= rows)
+    bad[1:] |= np.diff(dead) <= 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        after = f" after {int(dead[i - 1])}" if i else ""
+        raise StoreCorrupted(f"{path}: expected ascending unique rows in [0, {rows}), found {int(dead[i])} at "
+                             f"index {i}{after}")
     return dead
 
 

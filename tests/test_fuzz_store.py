@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -509,6 +510,37 @@ def test_codec_file_with_non_finite_state_is_store_corrupted(stores, tmp_path, a
     with pytest.raises(StoreCorrupted, match=f"trained array '{array}': expected finite values, found NaN or inf"):
         Store.open(copy)
     assert check_store(copy)
+
+
+def _rewrite_section(copy: Path, name: str, kind: str, section: str, edit) -> None:
+    """Change one section of a segment file and write it again with valid checksums."""
+    arrays, meta = read_segment(copy / name, kind=kind)
+    edit(arrays[section])
+    (copy / name).unlink()
+    write_segment(copy / name, kind, arrays, meta=meta or None)
+
+
+@pytest.mark.parametrize("kind,section,edit,match", [
+    ("codes", "lists", lambda a: a.__setitem__(0, 7), r"expected lists in \[0, 4\), found values in 0\.\.7"),
+    ("codes", "dense_row", lambda a: a.__setitem__(3, 10**6),
+     r"found row 3 mapped to row 1000000 of dense-000000000001\.arrow, which holds 150 rows \(1 of 150 rows"),
+    ("deletes", "rows", lambda a: a.__setitem__(-1, 10**6),
+     r"expected ascending unique rows in \[0, 150\), found 1000000 at index 29 after 140"),
+    ("deletes", "rows", lambda a: a.__setitem__(slice(0, 2), a[1::-1].copy()),
+     r"expected ascending unique rows in \[0, 150\), found 0 at index 1 after 5"),
+])
+def test_checksum_valid_inconsistent_sections_say_what_was_found(stores, tmp_path, kind, section, edit, match):
+    """Found by review: these StoreCorrupted messages said what was expected but not what
+    was found (the values out of range, the row and its dense file, the offending index)."""
+    pristine = stores["store-ivf"]
+    copy = tmp_path / "s"
+    shutil.copytree(pristine.path, copy)
+    seg = json.loads((copy / pristine.newest).read_bytes()[32:])["segments"][0]
+    assert seg["file"] == "seg-000000000001.vzs" and seg["rows"] == 150 and seg["deletes"]["count"] == 30
+    _rewrite_section(copy, seg["file"] if kind == "codes" else seg["deletes"]["file"], kind, section, edit)
+    with pytest.raises(StoreCorrupted, match=match):
+        Store.open(copy)
+    assert any(re.search(match, p) for p in check_store(copy))
 
 
 # --------------------------------------------------------------------------- vecz check: every byte
