@@ -37,7 +37,7 @@ from typing import Iterator
 
 from ..formats import manifest as mf
 from ..formats.body import DATA_FILE_RE, STAGING_RE, body_files, parse_body
-from .errors import StorageError, StoreLocked, StoreMoved, StoreNotFound, VeczError
+from .errors import CommitConflict, CommitIncomplete, StorageError, StoreLocked, StoreMoved, StoreNotFound, VeczError
 
 __all__ = ["WriterLock", "storage_errors", "collect_garbage", "lock_holder"]
 
@@ -107,6 +107,8 @@ class WriterLock:
             raise
         self.fd: int | None = fd
         self.dev, self.ino = st.st_dev, st.st_ino
+        self.linked: int | None = None  # a version `publish` linked but then failed (CommitIncomplete)
+        self._kept: set[str] = set()
 
     def check(self, what: str) -> None:
         """Refuse `what` (with `StoreMoved`) unless the path still leads to the locked directory."""
@@ -124,19 +126,46 @@ class WriterLock:
 
     def publish(self, version: int, body: dict, new_files: list[str], operation: str) -> None:
         """Publish manifest `version` naming `new_files` (already written and fsynced); on
-        failure remove them and re-raise (OSError as `StorageError`)."""
+        failure remove them and re-raise (OSError as `StorageError`). A failure after the
+        manifest's link made the version visible (the directory fsync failed, or an
+        interrupt arrived) keeps them (`remove` refuses them from then on) and raises
+        `CommitIncomplete` (an interrupt is re-raised as it is); `linked` is then `version`."""
         try:
             self.check(f"{operation} (publish version {version})")
             with storage_errors(f"{operation}: publish version {version}", self.path):
                 os.fsync(self.fd)  # the new names are durable before anything refers to them
                 mf.write_manifest(self.path, version, body, dir_fd=self.fd)
-        except BaseException:
-            self.remove(new_files)
-            raise
+        except BaseException as exc:
+            # under this lock no other writer publishes: a manifest of `version` that exists
+            # after anything but a conflict is this one's
+            if isinstance(exc, CommitConflict) or not self._exists(mf.manifest_name(version)):
+                self.remove(new_files)
+                raise
+            self.linked = version
+            self._kept.update(new_files)
+            if not isinstance(exc, OSError):
+                raise
+            cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+            raise CommitIncomplete(f"{operation}: version {version} is published and its files kept, but syncing "
+                                   f"the directory after it failed ({cause}): it may not survive a power loss; its "
+                                   f"rows are committed, do not repeat the operation", version,
+                                   getattr(exc, "errno", None)) from exc
+
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd)
+        except OSError:
+            return False
+        return True
 
     def remove(self, names: list[str]) -> None:
-        """Delete data files of this directory by name (missing ones are fine)."""
+        """Delete data files of this directory by name (missing ones are fine), but never one
+        a published manifest names (`publish` keeps those of a version it linked)."""
+        if self.fd is None:  # released: the names would resolve against the working directory
+            return
         for name in names:
+            if name in self._kept:
+                continue
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=self.fd)
 

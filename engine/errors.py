@@ -40,6 +40,7 @@ __all__ = [
     "MissingDependency",
     "StoreClosed",
     "StorageError",
+    "CommitIncomplete",
     "StoreMoved",
     "TooLarge",
     "ShardUnavailable",
@@ -89,6 +90,23 @@ class StorageError(VeczError, OSError):
         super().__init__(message)
         self.errno = errno_
         self.filename = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CommitIncomplete(VeczError, OSError):
+    """An operation's new version was published (opening the store shows it; its files
+    stay) but a step after the publish failed: the directory fsync that makes the publish
+    durable, or loading what it wrote into this writer. Its rows are committed, so do not
+    repeat the operation; the writer goes on from that version where it could load it, and
+    is closed otherwise (open the store again). ``version`` is the published version,
+    ``errno`` the system's when the cause was an OSError."""
+
+    def __init__(self, message: str, version: int, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+        self.errno = errno_
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

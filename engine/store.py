@@ -111,6 +111,9 @@ class Store:
         self._segments: list[Segment] = []
         self._body: StoreBody | None = None
         self.codec: Codec | None = None
+        # (device, inode, size, mtime) of the codec file `codec` was read from (None: made
+        # by this writer, or no file): a load keeps the codec only while the file is the same
+        self._codec_stamp: tuple[int, int, int, int] | None = None
         # Build each segment's scan layout as soon as it is loaded or written: readers do;
         # a writer from its first search on (until then layouts wait for a scan, so a
         # build or import never holds them; engine/segments.py).
@@ -296,10 +299,15 @@ class Store:
             codec = Codec.from_config(body.codec_config)
             if codec.dim != body.dim or codec.metric != body.metric:
                 raise CodecSpecError(f"codec is for dim {codec.dim} / {codec.metric}")
+            stamp = None
             if body.codec_file is not None:
+                stamp = _file_stamp(self.path / body.codec_file)
                 if self.codec is not None and self._body is not None and self._body.codec_file == body.codec_file \
-                        and self.codec.is_trained:
-                    codec = self.codec  # the same trained codec: keep it (and every layout built with it)
+                        and self.codec.is_trained and self._codec_stamp in (None, stamp):
+                    # the same trained codec: keep it (and every layout built with it). The
+                    # name alone does not say so: a store deleted and built again at this
+                    # path names its codec file alike, but the file is another
+                    codec = self.codec
                 else:
                     arrays, _ = sg.read_segment(self.path / body.codec_file, kind="codec")
                     codec = Codec.from_config(body.codec_config, arrays)
@@ -345,6 +353,7 @@ class Store:
         for (slot, _), seg in zip(todo, loaded):
             segments[slot] = seg
         self.codec = codec
+        self._codec_stamp = stamp
         self._body = body
         self._segments = segments
         self._model_file, self._model, self._model_error = model_state
@@ -776,6 +785,16 @@ class Store:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime in ns) of `path`, None when it cannot be read: data files
+    are never rewritten in place, so a file with the same name and another stamp is another."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[str]:

@@ -36,7 +36,7 @@ from . import merge
 from .bounds import ErrorModel
 from .codecs import Codec
 from .commit import WriterLock, collect_garbage, storage_errors
-from .errors import InvalidInput, StoreCorrupted, VeczError
+from .errors import CommitIncomplete, InvalidInput, StoreCorrupted, VeczError
 from .inputs import as_ids as _as_ids
 from .segments import Segment, read_dead_rows, write_dense_rows
 
@@ -72,14 +72,45 @@ class _Serials:
 def _publish(store: "Store", lock: WriterLock, body: StoreBody, files: list[str], operation: str) -> StoreBody:
     version = store.version + 1
     body = replace(body, version=version, parent=store.version, created=_now())
-    lock.publish(version, body.to_json(), files, operation)
+    try:
+        lock.publish(version, body.to_json(), files, operation)
+    except BaseException:
+        if lock.linked == version:  # published all the same (`WriterLock.publish`): the writer follows it
+            _follow(store, version)
+        raise
     store._body = body
     return body
 
 
+def _follow(store: "Store", version: int) -> bool:
+    """Load the committed `version` from disk into the writer, whose own state failed to
+    follow its commit; when that fails too, close the store (its state would not be the
+    store's) and return False."""
+    try:
+        store._open_version(version)
+        return True
+    except Exception:
+        store.close()
+        return False
+
+
+def _install_codec(store: "Store", codec: Codec) -> None:
+    """The writer's codec after a commit: one it trained is its own (no file stamp, see
+    `Store._codec_stamp`)."""
+    if codec is not store.codec:
+        store._codec_stamp = None
+    store.codec = codec
+
+
 def _after_commit(store: "Store", lock: WriterLock) -> None:
-    with storage_errors("collect garbage", store.path):
+    """Garbage collection after a commit that succeeded: a failure leaves files that the
+    next commit's collection removes, so it warns rather than making the commit look failed
+    (a caller who retried would commit its rows twice)."""
+    try:
         collect_garbage(lock)
+    except (VeczError, OSError) as exc:
+        warnings.warn(f"{store.path}: garbage collection after version {store.version} failed and will be retried "
+                      f"after the next commit; the commit stands: {exc}", RuntimeWarning, stacklevel=3)
 
 
 def _write_deletes(store: "Store", rec: SegmentRecord, dead: np.ndarray, serials: _Serials,
@@ -124,7 +155,7 @@ def train(store: "Store", lock: WriterLock, sample: np.ndarray) -> None:
     except BaseException:
         _fail(lock, files)
         raise
-    store.codec = codec
+    _install_codec(store, codec)
     _after_commit(store, lock)
 
 
@@ -249,12 +280,20 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
     except BaseException:
         _fail(lock, files)
         raise
-    store.codec = codec
+    _install_codec(store, codec)
     pool = None if store.dense == "none" else store._pool
-    store._segments.append(Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
-                                               arrays.get("dense_file"), arrays.get("dense_row"),
-                                               directory=store.path, build=store._build_layouts,
-                                               stored_errors=arrays.get("errors")))
+    try:
+        seg = Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
+                                  arrays.get("dense_file"), arrays.get("dense_row"), directory=store.path,
+                                  build=store._build_layouts, stored_errors=arrays.get("errors"))
+    except (VeczError, OSError) as exc:  # the rows are committed: load the version from disk, or close
+        version = store.version
+        if not _follow(store, version):
+            raise CommitIncomplete(f"{store.path}: add: version {version} is committed with its {len(new_ids)} "
+                                   f"rows, but this writer could not load them ({exc}) and is closed; do not add "
+                                   f"them again, open the store again", version, getattr(exc, "errno", None)) from exc
+    else:
+        store._segments.append(seg)
     _after_commit(store, lock)
     _merge_quietly(store, lock)
     return new_ids

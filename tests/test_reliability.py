@@ -293,6 +293,95 @@ def test_os_errors_are_typed_with_the_path(tmp_path, monkeypatch):
         assert len(w) == 13
 
 
+@pytest.mark.parametrize("failure", ["oserror", "interrupt"])
+def test_a_failure_after_the_manifest_link_keeps_the_published_version(tmp_path, monkeypatch, failure):
+    # The directory fsync after the manifest's link fails (or an interrupt arrives there):
+    # the version is visible, so its files stay, the error says it is committed
+    # (CommitIncomplete; an interrupt is re-raised), and the writer goes on from it
+    from vecz.errors import CommitIncomplete
+
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(_data(10))
+        real_link, real_fsync = mf.os.link, os.fsync
+        linked = []
+
+        def link(*args, **kwargs):
+            real_link(*args, **kwargs)
+            linked.append(True)
+
+        def fsync(fd):
+            if linked:
+                linked.clear()
+                raise KeyboardInterrupt() if failure == "interrupt" else OSError(5, "Input/output error")
+            return real_fsync(fd)
+
+        monkeypatch.setattr(mf.os, "link", link)
+        monkeypatch.setattr(os, "fsync", fsync)
+        expect = KeyboardInterrupt if failure == "interrupt" else CommitIncomplete
+        with pytest.raises(expect) as info:
+            w.add(_data(5, seed=1))
+        monkeypatch.undo()
+        if failure == "oserror":
+            assert info.value.version == 3 and "published and its files kept" in str(info.value)
+        assert len(w) == 15 and w.version == 3  # the writer follows the published version
+        w.add(_data(2, seed=2))  # and commits the next one (no CommitConflict)
+        assert len(w) == 17
+    assert check_store(path) == []
+    with Store.open(path) as r:
+        assert len(r) == 17 and r.version == 4
+
+
+def test_a_failure_after_a_commit_does_not_say_nothing_was_committed(tmp_path, monkeypatch):
+    # garbage collection failing after a commit warns (the commit stands; a caller who
+    # retried would add the rows twice); a writer that cannot load its own new segment is
+    # closed with CommitIncomplete naming the committed version
+    from vecz.engine import writes
+    from vecz.errors import CommitIncomplete, StoreClosed
+
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(_data(10))
+
+        def broken(*args, **kwargs):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(writes, "collect_garbage", broken)
+        with pytest.warns(RuntimeWarning, match="garbage collection after version 3 failed .* the commit stands"):
+            w.add(_data(5, seed=1))
+        monkeypatch.undo()
+        assert len(w) == 15
+        monkeypatch.setattr(writes.Segment, "from_arrays", broken)
+        monkeypatch.setattr(Store, "_open_version", broken)
+        with pytest.raises(CommitIncomplete, match="version 4 is committed with its 3 rows") as info:
+            w.add(_data(3, seed=2))
+        monkeypatch.undo()
+        assert info.value.version == 4
+        with pytest.raises(StoreClosed):
+            len(w.search(_data(1), 1))
+    with Store.open(path) as r:
+        assert len(r) == 18 and check_store(path) == []
+
+
+def test_refresh_after_the_store_was_built_again_at_its_path_reads_the_new_codec(tmp_path):
+    # a codec file of the same name in a store deleted and built again is another file: a
+    # reader's refresh loads it (it kept the old codec and scored new codes with it)
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="PQ4x8") as w:
+        w.add(_data(300, seed=0))
+    r = Store.open(path)
+    shutil.rmtree(path)
+    x = _data(300, seed=1)
+    with Store.create(path, dim=DIM, codec="PQ4x8") as w:
+        w.add(x)
+    assert r.refresh() == 2
+    with Store.open(path) as fresh:
+        for key, a in fresh.codec.state().items():
+            np.testing.assert_array_equal(r.codec.state()[key], a)
+        np.testing.assert_array_equal(r.search(x[:20], 5, rerank=0).ids, fresh.search(x[:20], 5, rerank=0).ids)
+    r.close()
+
+
 # --------------------------------------------------------------------------- long-lived writers
 
 
