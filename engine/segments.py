@@ -68,9 +68,12 @@ class DensePool:
         return reader
 
     def keep_only(self, names: set[str]) -> None:
+        """Forget the readers of files not in `names`. Dropped, not closed: a search that
+        still holds the segments of an older version (another thread's, during a refresh or
+        a merge) reads through them; a file's map goes with the last reference to it."""
         for name in list(self.readers):
             if name not in names:
-                self.readers.pop(name).close()
+                del self.readers[name]
 
     def close(self) -> None:
         self.keep_only(set())

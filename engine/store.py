@@ -320,19 +320,23 @@ class Store:
         pool = None if body.dense == "none" else self._pool
         segments: list[Segment | None] = []
         todo: list[tuple[int, SegmentRecord]] = []  # (slot, record) of segments not seen yet
+        # (segment kept, its new record, rows newly dead): applied once the whole version has
+        # loaded, so that a load that fails leaves the version this object has as it was
+        kept: list[tuple[Segment, SegmentRecord, np.ndarray]] = []
         for rec in body.segments:
             if self._only is not None and rec.serial not in self._only:
                 continue
             seg = known.get(rec.serial)
             if seg is not None and seg.rec.file == rec.file and seg.rec.rows == rec.rows and seg.rec.dense == rec.dense:
+                newly = np.zeros(0, dtype=np.int64)
                 if rec.deletes != seg.rec.deletes:
                     dead = writes.dead_rows_of(self.path, rec, legacy)
                     if np.setdiff1d(seg.dead, dead).size:
                         seg = None  # rows came back to life: not a newer version of this segment
                     else:
-                        seg.kill(np.setdiff1d(dead, seg.dead))
+                        newly = np.setdiff1d(dead, seg.dead)
                 if seg is not None:
-                    seg.rec = rec
+                    kept.append((seg, rec, newly))
                     segments.append(seg)
                     continue
             todo.append((len(segments), rec))
@@ -352,6 +356,9 @@ class Store:
             loaded = [load(rec) for rec in recs]
         for (slot, _), seg in zip(todo, loaded):
             segments[slot] = seg
+        for seg, rec, newly in kept:
+            seg.kill(newly)
+            seg.rec = rec
         self.codec = codec
         self._codec_stamp = stamp
         self._body = body

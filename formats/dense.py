@@ -405,7 +405,8 @@ class DenseReader:
 
     def close(self) -> None:
         """Drop this reader's references: the file is unmapped once no array viewing it is
-        left (a search that still holds one finishes safely)."""
+        left. Reads through this reader fail afterwards, so a store never closes one that a
+        segment may still read through (engine/segments.py `DensePool` drops them instead)."""
         self._values = None  # type: ignore[assignment]
         self._mmap = None
 

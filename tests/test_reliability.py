@@ -382,6 +382,62 @@ def test_refresh_after_the_store_was_built_again_at_its_path_reads_the_new_codec
     r.close()
 
 
+@pytest.mark.parametrize("dense", ["f32", "f16"])
+def test_a_search_holding_an_older_version_reads_on_through_a_refresh(tmp_path, dense):
+    # A search that took a reader's segments before another thread's refresh (after the
+    # writer compacted: the old dense files leave the version) reads through them to the
+    # end: the pool drops the readers it no longer needs, it does not close them (a search
+    # failed with a numba TypingError or AttributeError before stop 49)
+    from vecz.engine.search import search_segments
+
+    path = tmp_path / "s"
+    x = _data(1500, seed=3)
+    with Store.create(path, dim=DIM, codec="RB1", dense=dense) as w:
+        w.auto_merge_rows = 0
+        for lo in range(0, 1500, 300):
+            w.add(x[lo:lo + 300])
+        with Store.open(path) as r:
+            held, version = list(r._segments), r.version
+            w.compact()
+            r.refresh()
+            got = search_segments(r.codec, r.metric, held, x[:20], 10, nprobe=1, rerank=50)
+            with Store.open(path, version=version) as old:
+                want = old.search(x[:20], 10, rerank=50)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_a_refresh_that_fails_leaves_the_readers_version_as_it_was(tmp_path):
+    # the newest version's new segment file is damaged: refresh raises, and the deletes of
+    # that version are not applied to the segments the reader keeps (it lost live rows of
+    # its own version before stop 49)
+    from vecz.errors import VeczError
+
+    path = tmp_path / "s"
+    x = _data(1200, seed=4)
+    with Store.create(path, dim=DIM, codec="RB1", dense="f32") as w:
+        w.auto_merge_rows = 0
+        w.add(x[:500])
+        w.add(x[500:1000])
+        r = Store.open(path)
+        before = r.search(x[:30], 5, rerank=20)
+        w.delete(np.arange(100))
+        w.add(x[1000:])
+        new = w._segments[-1].rec.file
+    with open(path / new, "r+b") as f:
+        f.seek(200)
+        b = f.read(1)
+        f.seek(200)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with r:
+        with pytest.raises(VeczError):
+            r.refresh()
+        assert r.version == 3 and len(r) == 1000 and 7 in r
+        after = r.search(x[:30], 5, rerank=20)
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_array_equal(after.scores, before.scores)
+
+
 # --------------------------------------------------------------------------- long-lived writers
 
 
