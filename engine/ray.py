@@ -772,7 +772,9 @@ class ShardedStore:
     ----------
     path : the store directory, on a filesystem every actor's machine sees
     shards : actors (default 2; at most the number of segments)
-    version : the version to serve (default: the newest); pinned until `close`
+    version : the version to serve (default: the newest) until `close`. The actors hold its
+        files, but an actor that dies loads them again: it can, while the store keeps the
+        version (a writer's garbage collection keeps the newest `retain`)
     address : the Ray cluster (as `connect`)
     max_restarts : times an actor that dies is restarted (its call retried); 0: never
     threads_per_shard : Numba threads each actor searches with
@@ -828,6 +830,14 @@ class ShardedStore:
         return (f"shard {j} of {len(self.groups)} ({len(g)} segment(s), serials {[r.serial for r in g]}, "
                 f"{sum(r.live for r in g)} live rows) of {self.path} version {self.version}")
 
+    def _pruned(self) -> str:
+        """Why a restart cannot work, when it cannot: the version's manifest is gone."""
+        if (self.path / mf.manifest_name(self.version)).exists():
+            return ""
+        return (f": version {self.version} is no longer in the store (a writer's garbage collection keeps the "
+                f"newest `retain` versions), so no actor can load it again; serve the newest version with a new "
+                f"ShardedStore")
+
     def _gather(self, refs: list, partial: bool, shards: list[int] | None = None) -> tuple[list, list[int]]:
         """Results of one call per shard (refs[i] to shard shards[i], default i); a shard
         whose actor is gone raises ShardUnavailable (or, with `partial`, gives None and is
@@ -840,8 +850,8 @@ class ShardedStore:
             except exc_types as exc:
                 if not partial:
                     raise ShardUnavailable(f"{self._describe(j)}: its actor died and was not restarted "
-                                           f"({type(exc).__name__}); expected an answer from every shard "
-                                           f"(partial=True answers from the shards left)") from None
+                                           f"({type(exc).__name__}){self._pruned()}; expected an answer from every "
+                                           f"shard (partial=True answers from the shards left)") from None
                 out.append(None)
                 missing.append(j)
         return out, missing

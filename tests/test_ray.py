@@ -24,6 +24,7 @@ import pytest
 
 from vecz import Store, check_store
 from vecz.engine.segments import read_codes
+from vecz.formats import manifest as mf
 from vecz.errors import InvalidInput, MissingDependency, ShardUnavailable
 
 if os.environ.get("VECZ_REQUIRE_RAY") == "1":
@@ -425,6 +426,26 @@ def test_an_actor_that_dies_is_restarted_or_named(served):
         with Store._open_shard(path, sharded.version, mine) as half:
             alone = half.search(q, 10, rerank=50)
         assert np.array_equal(part.ids, alone.ids) and np.array_equal(part.scores, alone.scores)
+
+
+def test_an_actor_that_dies_after_its_version_was_pruned_says_so(tmp_path):
+    # a writer commits past the store's `retain` versions while a ShardedStore serves an old
+    # one: an actor that dies cannot load it again, and the error says why
+    path = tmp_path / "s"
+    x = _data(400, 16, seed=5)
+    with Store.create(path, dim=16, codec="RB1", dense="f32") as w:
+        w.auto_merge_rows = 0
+        w.add(x[:200])
+        w.add(x[200:])
+        with vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5) as sharded:
+            served = sharded.version
+            for i in range(w._body.retain + 1):
+                w.add(x[i:i + 1])
+            assert not (path / mf.manifest_name(served)).exists()
+            os.kill(sharded.pids()[0], signal.SIGKILL)
+            time.sleep(0.5)
+            with pytest.raises(ShardUnavailable, match=f"version {served} is no longer in the store"):
+                sharded.search(x[:3], 5, rerank=10)
 
 
 def test_an_actor_killed_between_the_auto_rounds_seeds_again_or_gives_its_seeds(served, tmp_path):
