@@ -100,6 +100,16 @@ def test_candidates_bad_budget():
         budget.candidate_specs(0, 384, "cosine", 1000)
 
 
+def test_no_candidate_names_the_smallest_code_under_the_metric():
+    # under ip PQ1x8 also stores its row's norm: 3 bytes, so 2 bytes fit nothing (other
+    # metrics fit PQ1x8 in any budget of 1 byte or more)
+    assert code_size("PQ1x8", 33, "ip") == 3
+    with pytest.raises(InvalidInput, match=r"no codec fits 2 bytes per vector at 33 dims under ip: the smallest is "
+                                           r"PQ1x8 \(3 bytes\), RB1 needs 13; raise --budget"):
+        budget.candidate_specs(2, 33, "ip", 1000)
+    assert budget.candidate_specs(3, 33, "ip", 1000)[0] == "PQ1x8"
+
+
 def test_split_queries_disjoint_and_capped():
     tune, held = budget.split_queries(10_000)
     assert (tune.start, tune.stop) == (0, budget.MAX_TUNE)

@@ -140,8 +140,10 @@ def candidate_specs(budget: int, dim: int, metric: str, n: int) -> list[str]:
             else:
                 add(f"IVF{nlist},{base}")
     if not out:
-        raise InvalidInput(f"no codec fits {budget} bytes per vector at {dim} dims: the smallest is "
-                           f"PQ1x8 (1 byte), RB1 needs {code_size('RB1', dim, metric)}; raise --budget")
+        smallest = code_size("PQ1x8", dim, metric)  # 3 under ip: the code holds its row's norm too
+        raise InvalidInput(f"no codec fits {budget} bytes per vector at {dim} dims under {metric}: the smallest is "
+                           f"PQ1x8 ({smallest} byte{'s' if smallest > 1 else ''}), RB1 needs "
+                           f"{code_size('RB1', dim, metric)}; raise --budget")
     return out
 
 
