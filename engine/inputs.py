@@ -4,7 +4,7 @@ and anything exposing DLPack or ``__array__`` (torch, jax, cupy on the host, ...
 `as_matrix(x, dim, what, column=None)` returns a numpy array without a Python-level loop over
 rows; the caller (`engine.codecs._as_vectors`) then checks shape, dtype and finiteness:
 
-- numpy: as is (any strides; float16/32/64).
+- numpy: as is (any strides; float16/32/64); a masked array only without masked entries.
 - pyarrow ``Array``/``ChunkedArray`` of ``fixed_size_list``/``list``/``large_list`` of floats:
   the flat values buffer, reshaped (zero-copy for one chunk without nulls); every row must
   hold ``dim`` non-null values (`InvalidInput` names the first row that does not).
@@ -49,6 +49,8 @@ def as_matrix(x: Any, dim: int, what: str, column: str | None = None) -> np.ndar
     if isinstance(x, np.ndarray):
         if column is not None:
             raise InvalidInput(f"{what}: column={column!r} applies to tables and data frames, found a numpy array")
+        if isinstance(x, np.ma.MaskedArray):
+            return _unmasked(x, what)
         return x
     root = type(x).__module__.partition(".")[0]
     if root == "pyarrow":
@@ -72,6 +74,18 @@ def as_matrix(x: Any, dim: int, what: str, column: str | None = None) -> np.ndar
                 raise InvalidInput(f"{what}: expected a tensor numpy can read (on the CPU, without autograd: "
                                    f"call .detach().cpu() first), found {type(x).__name__}: {exc2}") from None
     return asarray(x, what, f"a 2-D array (n, {dim}) of floats")
+
+
+def _unmasked(x: np.ma.MaskedArray, what: str) -> np.ndarray:
+    """The data of a masked array without masked entries; InvalidInput naming the first masked
+    entry otherwise (what lies under a mask is not data, and no fill value is right for a vector)."""
+    mask = np.ma.getmaskarray(x)
+    if mask.any():
+        at = tuple(int(i) for i in np.argwhere(mask)[0])
+        where = {1: f"column {at[0]}", 2: f"row {at[0]}, column {at[-1]}"}.get(len(at), f"index {at}")
+        raise InvalidInput(f"{what}: expected no masked entries (fill or drop them first), found {int(mask.sum())} "
+                           f"masked, the first in {where}")
+    return np.ma.getdata(x)
 
 
 def _from_arrow(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
@@ -148,9 +162,16 @@ def _from_pandas(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
     if isinstance(x, pd.Series):
         if isinstance(x.dtype, np.dtype) and x.dtype.kind != "O":
             return x.to_numpy()  # one vector, as a 1-D float Series
+        errors = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError)
         try:
-            arr = pa.array(x.array) if not isinstance(x.dtype, np.dtype) else pa.array(x.to_numpy(), from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            if not isinstance(x.dtype, np.dtype):
+                arr = pa.array(x.array)
+            else:
+                try:  # NaN inside the arrays stays NaN (from_pandas=True would make it a null value)
+                    arr = pa.array(x.to_numpy(), from_pandas=False)
+                except errors:  # missing rows (NaN, pd.NA) or values (pd.NA) that only pandas' view reads as null
+                    arr = pa.array(x.to_numpy(), from_pandas=True)
+        except errors as exc:
             raise InvalidInput(f"{what}: expected a Series of equal-length float arrays, found one pyarrow cannot "
                                f"convert ({exc})") from None
         return _from_arrow(arr, dim, what, None)

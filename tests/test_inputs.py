@@ -12,6 +12,8 @@ import numba
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from vecz import Codec, Store
@@ -124,6 +126,60 @@ def test_bad_batches_are_typed_errors(tmp_path, bad, error, match):
         with pytest.raises(error, match=match):
             store.add(bad)
         assert len(store) == 0 and store.version == 1  # nothing was committed
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(0, 6), dim=st.integers(1, 5), data=st.data())
+def test_masked_entries_are_refused_naming_the_first(rows, dim, data):
+    """What lies under a mask is not data (np.asarray would hand it over as if it were): a
+    masked array passes only without masked entries, as its data."""
+    x = np.arange(rows * dim, dtype=np.float32).reshape(rows, dim)
+    mask = np.array(data.draw(st.lists(st.booleans(), min_size=rows * dim, max_size=rows * dim)),
+                    dtype=bool).reshape(rows, dim)
+    m = np.ma.masked_array(x, mask=mask)
+    if not mask.any():
+        got = as_matrix(m, dim, "queries")
+        assert type(got) is np.ndarray
+        np.testing.assert_array_equal(got, x)
+        return
+    row, col = np.argwhere(mask)[0]
+    with pytest.raises(InvalidInput, match=rf"queries: expected no masked entries .*, found {mask.sum()} masked, "
+                                           rf"the first in row {row}, column {col}$"):
+        as_matrix(m, dim, "queries")
+
+
+def test_masked_queries_are_refused_by_search(tmp_path):
+    x = _x(30)
+    with Store.create(tmp_path / "s", dim=DIM, codec="Flat", metric="l2") as store:
+        store.add(x)
+        m = np.ma.masked_array(x[:3].copy(), mask=np.zeros((3, DIM), bool))
+        m.mask[1, 4] = True
+        with pytest.raises(InvalidInput, match=r"found 1 masked, the first in row 1, column 4"):
+            store.search(m, 3)
+        with pytest.raises(InvalidInput, match=r"the first in column 2"):
+            store.search(np.ma.masked_array(x[0], mask=np.arange(DIM) == 2), 3)
+        np.testing.assert_array_equal(store.search(np.ma.masked_array(x[:3]), 3).ids, store.search(x[:3], 3).ids)
+
+
+def test_a_pandas_series_with_nan_says_nan_and_with_none_says_null(tmp_path):
+    """pyarrow's from_pandas=True reads NaN as a missing value: a NaN inside a vector would be
+    reported as a null. A missing row (None, NaN, pd.NA) or value (pd.NA) is still a null."""
+    import pandas as pd
+
+    x = _x(3).astype(np.float64)
+    nan = [r.copy() for r in x]
+    nan[1][2] = np.nan
+    with Store.create(tmp_path / "s", dim=DIM, codec="Flat", metric="l2") as store:
+        store.add(_x(10))
+        for series in (pd.Series(nan), pd.Series([list(r) for r in nan]),
+                       pd.Series([r.astype(np.float32) for r in nan])):
+            with pytest.raises(InvalidInput, match=r"queries: expected finite values, found nan in row 1, column 2"):
+                store.search(series, 3)
+    for missing in (None, np.nan, pd.NA):
+        with pytest.raises(InvalidInput, match=r"row 1 is null"):
+            as_matrix(pd.Series([x[0], missing, x[2]]), DIM, "queries")
+    with pytest.raises(InvalidInput, match=r"row 0 holds a null value"):
+        as_matrix(pd.Series([[1.0, pd.NA] + [0.0] * (DIM - 2), list(x[1])]), DIM, "queries")
 
 
 def test_zero_vectors_under_cosine_are_refused_and_nothing_is_written(tmp_path):
