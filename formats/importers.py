@@ -22,7 +22,8 @@ raise `FormatError`; usable bytes holding the wrong kind of data (dtype, shape, 
 ragged rows, ambiguous columns) raise `InvalidInput`; a missing file raises
 `DatasetNotFound`. Messages name the path and say what was expected and what was found.
 NaN and inf are not checked while streaming (the store validates each batch it adds), but
-`read_vectors` checks them.
+`read_vectors` checks them; a float64 value beyond float32's range is refused where it is
+narrowed (`InvalidInput` naming the file row), as the cast would make it an inf.
 
 `write_results` writes search results (ids and scores) as .npy pairs or a long-format
 Parquet table, through a temporary file in the same directory and an atomic ``os.replace``.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import gzip
 import mmap
 import os
+import zlib
 from pathlib import Path
 
 # typing, not collections.abc: tests/test_layout.py keeps formats/ to a stdlib whitelist
@@ -54,6 +56,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "VectorSource",
     "arrow_list_values",
+    "check_output_dir",
     "open_vectors",
     "read_fvecs",
     "read_ids",
@@ -103,12 +106,35 @@ def _output_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float16) if dtype == np.float16 else np.dtype(np.float32)
 
 
-def _owned(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _owned(arr: np.ndarray, dtype: np.dtype, path: Path | None = None, rows: int | np.ndarray = 0) -> np.ndarray:
     """A C-contiguous, writable array that owns its memory (never a view of a memory map,
-    which a consumer normalising in place would otherwise try to write through)."""
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf; the store rejects it
-        # asarray first: a slice of an np.memmap would otherwise stay an np.memmap subclass
-        return np.require(np.asarray(arr), dtype=dtype, requirements=["C", "W", "O"])
+    which a consumer normalising in place would otherwise try to write through).
+
+    Narrowing float64 to float32 refuses a finite value beyond float32's range (`InvalidInput`
+    naming `path` and the file row: `rows` + i for row i, or ``rows[i]`` for an array), which
+    the cast would turn into an inf that no later check could tell from an inf in the file.
+    """
+    arr = np.asarray(arr)  # first: a slice of an np.memmap would otherwise stay an np.memmap subclass
+    with np.errstate(over="ignore"):
+        out = np.require(arr, dtype=dtype, requirements=["C", "W", "O"])
+    if arr.dtype.kind == "f" and out.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize \
+            and np.isinf(out).any():
+        _refuse_overflow(arr, out, path, rows)
+    return out
+
+
+def _refuse_overflow(given: np.ndarray, out: np.ndarray, path: Path | None, rows: int | np.ndarray) -> None:
+    """InvalidInput for the first non-finite value of `out` (row-major) when the narrowing made
+    any (a NaN or inf in the file before it is reported first, as the store would); nothing
+    when every inf was in the file already (the store rejects those)."""
+    if not (np.isinf(out) & np.isfinite(given)).any():
+        return
+    row, col = (int(i) for i in np.argwhere(~np.isfinite(out))[0])
+    value = given[row, col]
+    beyond = " (beyond float32's range)" if np.isfinite(value) else ""
+    at = rows + row if isinstance(rows, (int, np.integer)) else int(rows[row])
+    raise InvalidInput(f"{path or 'vectors'}: expected finite values, found {value}{beyond} in row {at}, "
+                       f"column {col}")
 
 
 def _check_batch_rows(batch_rows: int) -> int:
@@ -192,7 +218,7 @@ class VectorSource:
         vectors : numpy.ndarray
             ``(rows, dim)`` C-contiguous, writable, owning its memory; float32 (float64
             files are converted per batch) or float16 for float16 files. NaN and inf are
-            passed through.
+            passed through; a float64 value beyond float32's range is refused.
         ids : numpy.ndarray or None
             ``(rows,)`` int64 from the id column, or None when the source has none.
 
@@ -201,7 +227,8 @@ class VectorSource:
         FormatError
             Damaged bytes found while reading, or fewer or more rows than `n`.
         InvalidInput
-            Null or ragged vector rows, null or out-of-range ids, bad `batch_rows`.
+            Null or ragged vector rows, null or out-of-range ids, bad `batch_rows`, a
+            float64 value beyond float32's range (naming its file row and column).
         """
         batch_rows = _check_batch_rows(batch_rows)
         if self._closed:
@@ -213,13 +240,18 @@ class VectorSource:
         first, it = self._batches_from(int(start), batch_rows)
         return self._skipped(self._counted(it, self.n - first), first, int(start))
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+    def sample(self, n: int, seed: int = 0, *, with_rows: bool = False) -> Any:
         """`n` rows drawn uniformly without replacement from the whole source (all rows if
         it has fewer), in file order, with memory for `n` rows plus one batch: each row gets
         a seeded random key and the `n` smallest keys are kept while streaming (.npy sources
-        read the chosen rows directly). float32 or float16 like `batches`."""
+        read the chosen rows directly). float32 or float16 like `batches`; with `with_rows`,
+        ``(vectors, rows)``: the file row (int64, ascending) each vector was read from."""
+        vecs, rows = self._sample(n, seed)
+        return (vecs, rows) if with_rows else vecs
+
+    def _sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         if self.n <= n:
-            return self.read_all()[0]
+            return self.read_all()[0], np.arange(self.n, dtype=np.int64)
         rng = np.random.default_rng(seed)
         rows = max(1, _READ_ALL_BYTES // max(1, self.dim * self.out_dtype.itemsize))
         keep_keys = np.empty(0)
@@ -235,7 +267,8 @@ class VectorSource:
                 best = np.argpartition(keys, n - 1)[:n]
                 keys, idx, cand = keys[best], idx[best], cand[best]
             keep_keys, keep_rows, keep_vecs = keys, idx, cand
-        return np.ascontiguousarray(keep_vecs[np.argsort(keep_rows)])
+        order = np.argsort(keep_rows)
+        return np.ascontiguousarray(keep_vecs[order]), keep_rows[order]
 
     @staticmethod
     def _skipped(it: Iterator[tuple[np.ndarray, np.ndarray | None]], first: int,
@@ -375,7 +408,8 @@ class _NpySource(VectorSource):
         mm = self._mm
         if mm is None:
             raise InvalidInput(f"{self.path}: the vector source is closed")
-        out = _owned(mm[index], self.out_dtype)
+        rows = (index.start or 0) if isinstance(index, slice) else index
+        out = _owned(mm[index], self.out_dtype, self.path, rows)
         raw = getattr(mm, "_mmap", None)
         if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             try:
@@ -394,18 +428,18 @@ class _NpySource(VectorSource):
                 yield self._copy(slice(at, at + batch_rows)), None
         return start, it()
 
-    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+    def _sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """See `VectorSource.sample`: the chosen rows are read from the file directly, one
         `pread` each (C order). Not through the memory map: each fault there maps the 64 KiB
         around it (the kernel's fault-around), so 131,072 rows drawn from a 15 GB file left
         7 GB of the file resident in the process."""
         if self.n <= n:
-            return self.read_all()[0]
+            return self.read_all()[0], np.arange(self.n, dtype=np.int64)
         if self._mm is None:
             raise InvalidInput(f"{self.path}: the vector source is closed")
-        rows = np.sort(np.random.default_rng(seed).choice(self.n, n, replace=False))
+        rows = np.sort(np.random.default_rng(seed).choice(self.n, n, replace=False)).astype(np.int64)
         if self._fortran:
-            return self._copy(rows)
+            return self._copy(rows), rows
         out = np.empty((n, self.dim), dtype=self._file_dtype)
         row_bytes = self.dim * self._file_dtype.itemsize
         flat = memoryview(out.reshape(-1).view(np.uint8))
@@ -416,7 +450,7 @@ class _NpySource(VectorSource):
                 if got != row_bytes:
                     raise FormatError(f"{self.path}: row {r} is cut short ({got} of {row_bytes} bytes); "
                                       f"the file shrank while it was read")
-        return _owned(out, self.out_dtype)
+        return _owned(out, self.out_dtype, self.path, rows), rows
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray | None]:
         """All rows at once (one copy from the memory map); see `VectorSource.read_all`."""
@@ -582,7 +616,7 @@ class _ArrowSource(VectorSource):
     def _convert(self, batch: pa.RecordBatch, row0: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One validated record batch (or slice of one) -> (vectors, ids); row0 = its first row."""
         flat = arrow_list_values(batch.column(self.column), self.dim, f"{self.path}: column {self.column!r}", row0)
-        vecs = _owned(flat.reshape(len(batch), self.dim), self.out_dtype)
+        vecs = _owned(flat.reshape(len(batch), self.dim), self.out_dtype, self.path, row0)
         if self.id_column is None:
             return vecs, None
         id_arr = batch.column(self.id_column)
@@ -886,7 +920,8 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
     Raises
     ------
     InvalidInput
-        Unknown suffix, or ids/scores that are not 2-D integer/float arrays of one shape.
+        Unknown suffix, or ids/scores that are not 2-D integer/float arrays of one shape, or
+        a `path` that is a directory or whose folder cannot be made (a file stands there).
 
     Notes
     -----
@@ -909,7 +944,9 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
         raise InvalidInput(f"ids and scores must have one shape, found {ids.shape} and {scores.shape}")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InvalidInput(f"{path}: expected a results file, found a directory")
+    check_output_dir(path.parent, f"{path}: its folder").mkdir(parents=True, exist_ok=True)
 
     if suffix == ".npy":
         targets = [path, path.with_name(f"{path.stem}.scores.npy")]
@@ -945,6 +982,21 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
             if tmp.exists():
                 tmp.unlink()
     return targets
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """`path` as a Path, once it is a directory or one can be made there: `InvalidInput` when
+    it, or its nearest existing ancestor, is something else (a file), so that a command can
+    refuse an output path before doing its work rather than fail after it."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.is_dir():
+            break
+        if p.exists() or p.is_symlink():
+            kind = "a file" if p.is_file() else "a broken link" if not p.exists() else "something else"
+            raise InvalidInput(f"{what} {str(path)!r}: expected a directory (or a path one can be made at), "
+                               f"found {kind} at {str(p)!r}")
+    return path
 
 
 # --------------------------------------------------------------------------- whole-file readers
@@ -1028,18 +1080,25 @@ def read_ids(path: str | Path, n_queries: int, n_base: int) -> np.ndarray:
         raise InvalidInput(f"{path}: ground truth must be 2-D integer ids, found {arr.dtype} {arr.shape}")
     if arr.shape[0] < n_queries:
         raise DimensionMismatch(f"{path}: expected ground truth for {n_queries} queries, found {arr.shape[0]} rows")
-    gt = np.ascontiguousarray(arr[:n_queries], dtype=np.int64)
-    if gt.size and (gt.min() < 0 or gt.max() >= n_base):
-        raise InvalidInput(f"{path}: ground-truth ids must be in [0, {n_base}), found {gt.min()}..{gt.max()}")
-    return gt
+    used = np.asarray(arr[:n_queries])
+    # checked in the file's own dtype: a cast first would wrap uint64 above 2**63 - 1 to negatives
+    if used.size and (used.min() < 0 or used.max() >= n_base):
+        raise InvalidInput(f"{path}: ground-truth ids must be in [0, {n_base}), found {used.min()}..{used.max()}")
+    return np.ascontiguousarray(used, dtype=np.int64)
 
 
 def read_texts(path: str | Path, n: int, what: str) -> list[str]:
     """Lines of a text file (gzip when it ends with .gz); line i = row i, exactly n lines."""
     path = _require_file(Path(path), what)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: {what}: expected UTF-8 text, found byte 0x{exc.object[exc.start]:02x} at "
+                           f"offset {exc.start}{' of the decompressed text' if opener is gzip.open else ''}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError: caught before it
+        raise FormatError(f"{path}: {what}: expected gzip data (the name ends in .gz), found {exc}") from None
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) != n:

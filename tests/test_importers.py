@@ -12,6 +12,7 @@ without unpickling); hypothesis byte flips after which only VeczError may escape
 
 from __future__ import annotations
 
+import gzip
 import tracemalloc
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from vecz.formats.importers import (
     SUPPORTED_SUFFIXES,
     VectorSource,
     open_vectors,
+    read_ids,
+    read_texts,
     read_vectors,
     write_results,
 )
@@ -216,13 +219,50 @@ def test_parquet_streams_without_holding_the_file(tmp_path):
 def test_nan_and_inf_pass_through_batches_but_not_read_vectors(tmp_path):
     x = _data(np.float64)
     x[2, 1] = np.nan
-    x[4, 0] = 1e300  # overflows float32: becomes inf, left for the store to reject
+    x[4, 0] = np.inf
     np.save(tmp_path / "x.npy", x)
     with open_vectors(tmp_path / "x.npy") as src:
         got, _ = src.read_all()
     assert np.isnan(got[2, 1]) and np.isinf(got[4, 0])
     with pytest.raises(InvalidInput, match="row 2"):
         read_vectors(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npy-fortran", "parquet", "arrow"])
+@pytest.mark.parametrize("batch_rows", [1, 7, 1000])
+def test_float64_beyond_float32_is_refused_at_its_file_row(tmp_path, fmt, batch_rows):
+    """The cast to float32 would make 1e300 an inf that the store reports as "inf" in a row of
+    the batch: the source names the value and its row in the file, as Store.add does."""
+    x = _data(np.float64, n=40)
+    x[23, 4] = -1e300
+    path = tmp_path / ("x.npy" if fmt.startswith("npy") else f"x.{fmt}")
+    if fmt == "parquet":
+        write_parquet(path, _table(x), row_group_size=9)
+    elif fmt == "arrow":
+        write_ipc(path, _table(x))
+    else:
+        np.save(path, np.asfortranarray(x) if fmt == "npy-fortran" else x)
+    want = r"x\.\w+: expected finite values, found -1e\+300 \(beyond float32's range\) in row 23, column 4"
+    with open_vectors(path) as src:
+        with pytest.raises(InvalidInput, match=want):
+            list(src.batches(batch_rows))
+        with pytest.raises(InvalidInput, match=want):
+            list(src.batches(batch_rows, start=20))
+        with pytest.raises(InvalidInput, match=want):
+            src.sample(39, seed=1)  # 39 of 40 rows, row 23 among them
+        if fmt.startswith("npy"):  # .npy samples read only the rows drawn: a sample without row 23 is fine
+            _, rows = src.sample(10, seed=2, with_rows=True)
+            assert 23 not in rows
+    x[23, 4] = np.nan  # a NaN before the overflow is the first non-finite value, named as such
+    x[30, 0] = 1e300
+    np.save(tmp_path / "y.npy", x)
+    with open_vectors(tmp_path / "y.npy") as src, pytest.raises(InvalidInput, match=r"found nan in row 23, column 4"):
+        list(src.batches(1000))
+    f32_max = float(np.finfo(np.float32).max)
+    x[23, 4], x[30, 0] = f32_max, -f32_max  # the largest float32s are not beyond its range
+    np.save(tmp_path / "z.npy", x)
+    with open_vectors(tmp_path / "z.npy") as src:
+        np.testing.assert_array_equal(src.read_all()[0], x.astype(np.float32))
 
 
 def test_read_vectors_reads_parquet_and_arrow(tmp_path):
@@ -565,3 +605,44 @@ def test_sample_draws_distinct_rows_from_the_whole_source_in_file_order(tmp_path
     lookup = {row.tobytes(): i for i, row in enumerate(x.astype(got.dtype))}
     where = np.array([lookup[row.tobytes()] for row in got])
     assert (np.diff(where) > 0).all() and where[0] < 300 and where[-1] > 2700
+    with open_vectors(path) as src:  # with_rows: the file row of each sampled vector
+        same, rows = src.sample(700, seed=3, with_rows=True)
+        _, all_rows = src.sample(5000, seed=3, with_rows=True)
+    np.testing.assert_array_equal(same, got)
+    np.testing.assert_array_equal(rows, where)
+    np.testing.assert_array_equal(all_rows, np.arange(len(x)))
+
+
+def test_read_ids_checks_the_range_before_the_cast(tmp_path):
+    np.save(tmp_path / "gt.npy", np.full((3, 4), 2**63 + 5, dtype=np.uint64))
+    with pytest.raises(InvalidInput, match=r"in \[0, 20\), found 9223372036854775813\.\.9223372036854775813"):
+        read_ids(tmp_path / "gt.npy", 3, 20)
+    np.save(tmp_path / "ok.npy", np.arange(12, dtype=np.uint64).reshape(3, 4))
+    got = read_ids(tmp_path / "ok.npy", 2, 20)
+    assert got.dtype == np.int64 and got.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_read_texts_refuses_other_encodings_and_fake_gzip(tmp_path):
+    (tmp_path / "t.txt").write_bytes("caf\u00e9\n".encode("latin-1") + b"b\n")
+    with pytest.raises(InvalidInput, match=r"t\.txt: texts: expected UTF-8 text, found byte 0xe9 at offset 3"):
+        read_texts(tmp_path / "t.txt", 2, "texts")
+    (tmp_path / "t.txt.gz").write_bytes(b"not gzip\n")
+    with pytest.raises(FormatError, match=r"t\.txt\.gz: texts: expected gzip data"):
+        read_texts(tmp_path / "t.txt.gz", 1, "texts")
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(b"a\nb\n" * 100)[:-8])
+    with pytest.raises(FormatError, match=r"cut\.txt\.gz: texts: expected gzip data"):
+        read_texts(tmp_path / "cut.txt.gz", 200, "texts")
+    (tmp_path / "ok.txt.gz").write_bytes(gzip.compress("caf\u00e9\nb\n".encode()))
+    assert read_texts(tmp_path / "ok.txt.gz", 2, "texts") == ["caf\u00e9", "b"]
+
+
+def test_write_results_refuses_a_folder_that_is_a_file(tmp_path):
+    ids, scores = _results()
+    (tmp_path / "afile").write_bytes(b"")
+    for target in (tmp_path / "afile" / "r.npy", tmp_path / "afile" / "sub" / "r.parquet"):
+        with pytest.raises(InvalidInput, match=r"expected a directory .*, found a file at '.*afile'"):
+            write_results(target, ids, scores)
+    (tmp_path / "d.npy").mkdir()
+    with pytest.raises(InvalidInput, match=r"d\.npy: expected a results file, found a directory"):
+        write_results(tmp_path / "d.npy", ids, scores)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.npy"] and not any((tmp_path / "d.npy").iterdir())
