@@ -100,9 +100,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace, command: str) -> int:
+    from ..formats.importers import check_output_dir
     from .bench import data as bench_data, report, runner
 
     started = time.perf_counter()
+    for option, value in (("--out", args.out), ("--work", args.work)):
+        if value is not None:  # refused before the benchmark runs, not after
+            check_output_dir(value, option)
     if args.queries is None:
         if args.data not in bench_data.DATASETS and Path(args.data).is_file():
             raise InvalidInput(f"{args.data!r} is a file: give BASE QUERIES, or a dataset name "
@@ -398,9 +402,24 @@ def _ray_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_non_finite(x: np.ndarray, path: str, rows: int | np.ndarray) -> None:
+    """InvalidInput naming the file row of the first NaN or inf in `x` (`rows`: the file row of
+    x's row 0, or of each of its rows), where the store would name its place in the batch."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return
+    row, col = (int(i) for i in np.argwhere(~finite)[0])
+    at = rows + row if isinstance(rows, int) else int(rows[row])
+    raise InvalidInput(f"{path}: expected finite values, found {x[row, col]} in row {at}, column {col}")
+
+
 def _build(args: argparse.Namespace) -> int:
     from ..formats.importers import open_vectors
 
+    # checked here, not only by Store.create: an --append to an untrained store uses them too
+    for option, value, least in (("--train-size", args.train_size, 1), ("--seed", args.seed, 0)):
+        if value < least:
+            raise InvalidInput(f"{option}: expected an integer >= {least}, found {value}")
     if args.ray is not None:
         return _ray_build(args)
     started = time.perf_counter()
@@ -428,20 +447,31 @@ def _build(args: argparse.Namespace) -> int:
             identity, options = _source_identity(source), _build_options(args, store, source)
             if not store.codec.is_trained and done < source.n:
                 # a sample drawn from the whole source, not its first rows
-                store.train(source.sample(args.train_size, seed=args.seed))
+                sample, sample_rows = source.sample(args.train_size, seed=args.seed, with_rows=True)
+                _refuse_non_finite(sample, args.src, sample_rows)
+                store.train(sample)
             try:
                 with _progress(source.n, "build") as bar:
                     bar.update(done)
                     for vectors, ids in source.batches(batch_rows, start=done):
                         record = {"source": identity, "rows_done": done + len(vectors), "options": options}
+                        _refuse_non_finite(vectors, args.src, done)
                         if len(vectors):
-                            store.add(vectors, ids, build_progress=record)
+                            try:
+                                store.add(vectors, ids, build_progress=record)
+                            except InvalidInput as exc:  # its row numbers count from the batch's first row
+                                raise InvalidInput(f"{args.src}: rows {done:,}..{done + len(vectors) - 1:,}: {exc} "
+                                                   f"(a row number here counts from file row {done:,})") from exc
                         done += len(vectors)
                         committed.update(rows=done, version=store.version)
                         bar.update(len(vectors))
-            except VeczError:
+            except (VeczError, OSError) as exc:
+                # bad input fails again at the same row, and a fixed file is another source (no resume)
+                advice = (f"the same command fails again until {args.src} is fixed, and a changed file does not "
+                          f"resume this build: build the fixed file into a new store"
+                          if isinstance(exc, ValueError) else "run the same command again to resume after them")
                 print(f"{args.store}: {committed['rows']:,} of {source.n:,} rows of {args.src} are committed (version "
-                      f"{committed['version']}); run the same command again to resume after them", file=sys.stderr)
+                      f"{committed['version']}); {advice}", file=sys.stderr)
                 raise
             if args.calibrate:
                 _model_after_build(store, committed["rows"] > start_rows)
@@ -511,12 +541,18 @@ def _calibrate_store(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..formats.importers import open_vectors, write_results
+    from ..formats.importers import RESULT_SUFFIXES, check_output_dir, open_vectors, write_results
 
     from .store import Store
 
     if args.batch_rows < 1:
         raise InvalidInput(f"--batch-rows must be >= 1, found {args.batch_rows}")
+    if args.out:  # refused before the search, not after it
+        suffix = Path(args.out).suffix.lower()
+        if suffix not in RESULT_SUFFIXES:
+            raise InvalidInput(f"{args.out}: expected a results file ending in {' or '.join(RESULT_SUFFIXES)}, "
+                               f"found suffix {suffix!r}")
+        check_output_dir(Path(args.out).parent, f"--out {args.out}: its folder")
     started = time.perf_counter()
     all_s, all_i = [], []
     rows_read = bytes_read = candidates = 0
@@ -536,10 +572,15 @@ def _search(args: argparse.Namespace) -> int:
         searcher = Store.open(args.store)
     options = {"confidence": args.confidence}
     with searcher as store, open_vectors(args.queries, column=args.column) as source:
+        if source.dim != store.codec.dim and (source.n or source.dim):  # a 0-row file's width is checked too
+            raise DimensionMismatch(f"{args.queries}: queries: expected width {store.codec.dim}, found {source.dim}")
         if args.calibrate is not None:
             _measure_model(store, _sample_queries(args.calibrate, args.column, "--calibrate"), args.nprobe)
+        first = 0  # the file row of the batch's first query
         with _progress(source.n, "search") as bar:
             for queries, _ in source.batches(args.batch_rows):
+                _refuse_non_finite(queries, args.queries, first)
+                first += len(queries)
                 res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank, **options)
                 if res.stats.rows_per_query is not None:
                     per_query.append(res.stats.rows_per_query)
@@ -668,6 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     except VeczError as exc:
         print(f"vecz {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as exc:  # one the code did not type: still the operating system refusing (other errors are bugs)
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        print(f"vecz {args.command}: storage error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":

@@ -809,10 +809,13 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
     every checksum of every file the newest version names (of every retained version with
     `all_versions`); that each dense file's id column equals its segment's ids; that live
     ids are unique. Returns the problems found, empty when the store is healthy. Never
-    raises on damage."""
+    raises on damage; raises `StoreNotFound` when `path` is not a directory (nothing there
+    to be damaged: a mistyped path, not a damaged store)."""
     path = Path(path)
     try:
         versions = mf.list_versions(path)
+    except StoreNotFound:
+        raise
     except VeczError as exc:
         return [str(exc)]
     if not versions:

@@ -73,6 +73,9 @@ HOSTILE: list[tuple[str, str, str]] = [
      "tests/test_fork.py::test_fork_pool_searches_like_parent"),
     ("SIGKILL at every step of a commit, merge or pruning", "exactly the last committed version opens",
      "tests/test_crash.py"),
+    ("an OSError no vecz code typed (EACCES writing `vecz search --out`)", "exit 3 and one line, `vecz <command>: "
+     "storage error: <reason>: <path>`; any other exception is a bug and is raised as it is",
+     "tests/test_cli.py::test_a_stray_os_error_exits_with_the_storage_code_and_a_bug_stays_visible"),
 ]
 
 
@@ -172,6 +175,12 @@ class Env:
         np.save(f / "vector.npy", x[0])
         np.save(f / "wide.npy", _data(20, dim=DIM + 1))
         np.save(f / "empty.npy", np.zeros((0, DIM), np.float32))
+        np.save(f / "empty_wide.npy", np.zeros((0, DIM + 1), np.float32))
+        np.save(f / "big64.npy", _with(x[:50], 7, 4, 1e300, np.float64))
+        np.save(f / "gt_u64.npy", np.full((50, 3), 2**63 + 5, dtype=np.uint64))
+        (f / "latin1.txt").write_bytes(b"row\n" * 3 + "caf\u00e9\n".encode("latin-1") + b"row\n" * 46)
+        (f / "plain.txt.gz").write_text("row\n" * 50)  # not gzip data
+        (f / "texts.txt").write_text("row\n" * 50)
         # an object array's header with junk after it: refused from the header, never unpickled
         buf = io.BytesIO()
         npy_format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (2, DIM)})
@@ -249,6 +258,12 @@ BAD_DTYPES = [  # (label, array): rejected for vectors, queries and training sam
     ("object", x4.astype(object)),
     ("strings", np.full((2, DIM), "0.5")),
 ]
+
+
+def _series(rows: list) -> Any:
+    import pandas as pd
+
+    return pd.Series(list(rows))
 
 
 def _dtype_of(value: Any) -> str:
@@ -408,6 +423,13 @@ CASES: list[Case] = [
          r"queries: expected finite values, found nan in row 4, column 2"),
     Case("queries with -inf", "Store.search(queries)", lambda e: e.main.search(_with(Q, 0, 7, -np.inf)),
          InvalidInput, r"queries: expected finite values, found -inf in row 0, column 7"),
+    Case("queries a masked array with masked entries", "Store.search(queries)",
+         lambda e: e.main.search(np.ma.masked_array(Q, mask=np.arange(Q.size).reshape(Q.shape) >= 37)),
+         InvalidInput, r"queries: expected no masked entries \(fill or drop them first\), found 43 masked, the first "
+                       r"in row 2, column 5"),
+    Case("queries a pandas Series of arrays with NaN", "Store.search(queries)",
+         lambda e: e.main.search(_series([*Q[:3], _with(Q, 3, 6, np.nan)[3]])), InvalidInput,
+         r"queries: expected finite values, found nan in row 3, column 6"),
     Case("queries with NaN on a 0-row store", "Store.search(queries)",
          lambda e: e.empty.search(_with(Q, 1, 0, np.nan)), InvalidInput,
          r"queries: expected finite values, found nan in row 1, column 0"),
@@ -488,7 +510,13 @@ CASES: list[Case] = [
     Case("build: 1-D .npy", "vecz build SRC", lambda e: _cli("build", e.files / "vector.npy", e.fresh()), Exit2,
          r"vector\.npy: vectors must be a 2-D array \(n, dim\), found shape \(16,\)"),
     Case("build: NaN in the first batch", "vecz build SRC", lambda e: _cli("build", e.files / "nan.npy", e.fresh()),
-         Exit2, r"training sample: expected finite values, found nan in row 5, column 3"),
+         Exit2, r"nan\.npy: expected finite values, found nan in row 5, column 3"),
+    Case("build: NaN in a file row the training sample draws", "vecz build SRC",
+         lambda e: _cli("build", e.files / "nan.npy", e.fresh(), "--train-size", "25"), Exit2,  # its sample row 3
+         r"nan\.npy: expected finite values, found nan in row 5, column 3"),
+    Case("build: float64 value beyond float32's range", "vecz build SRC",
+         lambda e: _cli("build", e.files / "big64.npy", e.fresh()), Exit2,
+         r"big64\.npy: expected finite values, found 1e\+300 \(beyond float32's range\) in row 7, column 4"),
     Case("build: truncated .fvecs", "vecz build SRC", lambda e: _cli("build", e.files / "cut.fvecs", e.fresh()),
          Exit2, r"cut\.fvecs: file size 14 bytes is not a multiple of the row size 68"),
     Case("build: .parquet without a vector column", "vecz build SRC",
@@ -502,7 +530,13 @@ CASES: list[Case] = [
          r"'PQ32x8': M=32 sub-quantizers exceed the 16 coded dims"),
     Case("build: --train-size 0", "vecz build --train-size",
          lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--train-size", "0"), Exit2,
-         r"train_size: expected an integer >= 1, found 0"),
+         r"--train-size: expected an integer >= 1, found 0"),
+    Case("build: --train-size negative with --append", "vecz build --train-size",
+         lambda e: _cli("build", e.files / "good.npy", e.root / "cli", "--append", "--train-size", "-1"), Exit2,
+         r"vecz build: error: --train-size: expected an integer >= 1, found -1"),
+    Case("build: --seed negative with --append", "vecz build --seed",
+         lambda e: _cli("build", e.files / "good.npy", e.root / "cli", "--append", "--seed", "-1"), Exit2,
+         r"vecz build: error: --seed: expected an integer >= 0, found -1"),
     Case("build: --batch-rows 0", "vecz build --batch-rows",
          lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--batch-rows", "0"), Exit2,
          r"--batch-rows must be >= 1, found 0"),
@@ -530,9 +564,15 @@ CASES: list[Case] = [
     Case("search: int32 QUERIES", "vecz search QUERIES", lambda e: _cli("search", e.root / "cli", e.files / "int32.npy"),
          Exit2, r"int32\.npy: vectors must be float16/32/64, found dtype int32"),
     Case("search: NaN in QUERIES", "vecz search QUERIES", lambda e: _cli("search", e.root / "cli", e.files / "nan.npy"),
-         Exit2, r"queries: expected finite values, found nan in row 5, column 3"),
+         Exit2, r"nan\.npy: expected finite values, found nan in row 5, column 3"),
+    Case("search: NaN in a later batch of QUERIES", "vecz search --batch-rows",
+         lambda e: _cli("search", e.root / "cli", e.files / "nan.npy", "--batch-rows", "2"), Exit2,
+         r"nan\.npy: expected finite values, found nan in row 5, column 3"),
     Case("search: QUERIES of another width", "vecz search QUERIES",
          lambda e: _cli("search", e.root / "cli", e.files / "wide.npy"), Exit2, r"queries: expected width 16, found 17"),
+    Case("search: QUERIES of another width and no rows", "vecz search QUERIES",
+         lambda e: _cli("search", e.root / "cli", e.files / "empty_wide.npy"), Exit2,
+         r"empty_wide\.npy: queries: expected width 16, found 17"),
     Case("search: -k 0", "vecz search -k", lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "-k", "0"),
          Exit2, r"k must be an integer >= 1, found 0"),
     Case("search: --nprobe beyond nlist", "vecz search --nprobe",
@@ -544,11 +584,39 @@ CASES: list[Case] = [
     Case("search: --out of an unknown type", "vecz search --out",
          lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "--out", e.new / "out.txt"), Exit2,
          r"out\.txt: expected a results file ending in \.npy or \.parquet, found suffix '\.txt'"),
+    Case("search: --out in a folder that is a file", "vecz search --out",
+         lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "--out", e.files / "good.npy" / "r.npy"),
+         Exit2, r"its folder '.*good\.npy': expected a directory \(or a path one can be made at\), found a file at "
+                r"'.*good\.npy'"),
     Case("search: --batch-rows 0", "vecz search --batch-rows",
          lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "--batch-rows", "0"), Exit2,
          r"--batch-rows must be >= 1, found 0"),
     Case("search: STORE missing", "vecz search STORE", lambda e: _cli("search", e.fresh(), e.files / "good.npy"),
          Exit2, r"vecz search: error: .*t\d+: no store directory here"),
+    # ---- vecz bench (BASE = QUERIES = good.npy): refused before the benchmark runs
+    Case("bench: --out in a folder that is a file", "vecz bench --out",
+         lambda e: _cli("bench", e.files / "good.npy", e.files / "good.npy", "--codecs", "SQ8", "--out",
+                        e.files / "good.npy" / "report"), Exit2,
+         r"--out '.*good\.npy/report': expected a directory \(or a path one can be made at\), found a file at "),
+    Case("bench: --work in a folder that is a file", "vecz bench --work",
+         lambda e: _cli("bench", e.files / "good.npy", e.files / "good.npy", "--codecs", "SQ8", "--work",
+                        e.files / "good.npy" / "w"), Exit2,
+         r"--work '.*good\.npy/w': expected a directory \(or a path one can be made at\), found a file at "),
+    Case("bench: --texts not UTF-8", "vecz bench --texts",
+         lambda e: _cli("bench", e.files / "good.npy", e.files / "good.npy", "--codecs", "SQ8", "--texts",
+                        e.files / "latin1.txt", "--query-texts", e.files / "texts.txt"), Exit2,
+         r"latin1\.txt: base texts: expected UTF-8 text, found byte 0xe9 at offset 15"),
+    Case("bench: --texts .gz that is not gzip", "vecz bench --texts",
+         lambda e: _cli("bench", e.files / "good.npy", e.files / "good.npy", "--codecs", "SQ8", "--texts",
+                        e.files / "plain.txt.gz", "--query-texts", e.files / "texts.txt"), Exit2,
+         r"plain\.txt\.gz: base texts: expected gzip data \(the name ends in \.gz\), found Not a gzipped file"),
+    Case("bench: --gt uint64 ids beyond int64", "vecz bench --gt",
+         lambda e: _cli("bench", e.files / "good.npy", e.files / "good.npy", "--codecs", "SQ8", "--gt",
+                        e.files / "gt_u64.npy"), Exit2,
+         r"gt_u64\.npy: ground-truth ids must be in \[0, 50\), found 9223372036854775813\.\.9223372036854775813"),
+    # ---- vecz check
+    Case("check: STORE missing", "vecz check STORE", lambda e: _cli("check", e.fresh()), Exit2,
+         r"vecz check: error: .*t\d+: no such store directory"),
 ]
 
 
@@ -802,7 +870,9 @@ def _build_fails_late(env: Env, tmp: Path) -> str:
     x[50, 2] = np.nan
     np.save(tmp / "late.npy", x)
     code, err = _cli("build", tmp / "late.npy", tmp / "late", "--batch-rows", "20", "--train-size", "20")
-    assert code == 2 and "found nan in row 10, column 2" in err
+    # the file's row, not the batch's (row 10 of the third batch)
+    assert code == 2 and f"{tmp / 'late.npy'}: expected finite values, found nan in row 50, column 2" in err
+    assert "40 of 60 rows" in err and "fails again until" in err  # not "run the same command again"
     assert check_store(tmp / "late") == []
     with Store.open(tmp / "late") as s:  # training and batches 1-2 were committed before batch 3 failed
         assert len(s) == 40 and s.version == 4
@@ -814,8 +884,9 @@ def _build_fails_late(env: Env, tmp: Path) -> str:
     (tmp / "emptydir").mkdir()
     code, err = _cli("build", env.files / "nan.npy", tmp / "emptydir")
     assert code == 2 and (tmp / "emptydir").is_dir() and not any((tmp / "emptydir").iterdir())
-    return ("exit 2; a failure in the first batch leaves no store (an empty directory given stays, empty); "
-            "a failure in a later batch keeps the batches committed before it (each batch is one commit)")
+    return ("exit 2, the message naming the file and its row; a failure in the first batch leaves no store (an "
+            "empty directory given stays, empty); a failure in a later batch keeps the batches committed before it "
+            "(each batch is one commit) and says so, with the file to fix and build into a new store")
 
 
 ACCEPTED: list[Accepted] = [

@@ -397,6 +397,34 @@ def test_cli_unknown_dataset_and_file(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--out", "--work"])
+def test_cli_output_paths_under_a_file_are_refused_before_the_run(files, tmp_path, capsys, monkeypatch, option):
+    (tmp_path / "afile").write_bytes(b"")
+
+    def no_run(*a, **kw):
+        raise AssertionError("the benchmark ran before its output path was checked")
+
+    monkeypatch.setattr(runner, "run_bench", no_run)
+    argv = ["bench", str(files["base"]), str(files["queries"]), "--codecs", "SQ8", "--rerank", "0"]
+    assert main([*argv, option, str(tmp_path / "afile" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} '" in err and f"expected a directory (or a path one can be made at), found a file at " \
+        f"'{tmp_path / 'afile'}'" in err, err
+    assert main([*argv, "--budget", "8", option, str(tmp_path / "afile")]) == 2  # the --budget search alike
+    assert "found a file at" in capsys.readouterr().err
+
+
+def test_cli_texts_that_are_not_utf8_or_not_gzip_exit_2(files, tmp_path, capsys):
+    argv = ["bench", str(files["base"]), str(files["queries"]), "--codecs", "SQ8", "--rerank", "0"]
+    (tmp_path / "q.txt").write_text("q\n" * NQ)
+    (tmp_path / "b.txt").write_bytes(b"ok\n" * 5 + "caf\u00e9\n".encode("latin-1") + b"ok\n" * (N - 6))
+    assert main([*argv, "--texts", str(tmp_path / "b.txt"), "--query-texts", str(tmp_path / "q.txt")]) == 2
+    assert "b.txt: base texts: expected UTF-8 text, found byte 0xe9 at offset 18" in capsys.readouterr().err
+    (tmp_path / "b.txt.gz").write_text("ok\n" * N)
+    assert main([*argv, "--texts", str(tmp_path / "b.txt.gz"), "--query-texts", str(tmp_path / "q.txt")]) == 2
+    assert "b.txt.gz: base texts: expected gzip data (the name ends in .gz), found" in capsys.readouterr().err
+
+
 def test_cli_truncated_fvecs_exit_2(files, tmp_path, capsys):
     bad = tmp_path / "bad.fvecs"
     bad.write_bytes(files["base_fvecs"].read_bytes()[:-3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -10,8 +11,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from vecz.engine import Store
-from vecz.engine.cli import main
+from vecz.engine import Store, check_store
+from vecz.engine.cli import EXIT_INPUT, EXIT_STORAGE, main
+from vecz.engine.errors import StoreNotFound
 
 DIM = 16
 
@@ -134,6 +136,113 @@ def test_check_finds_a_flipped_byte(tmp_path, capsys):
         path.write_bytes(bytes(data))
         assert main(["check", str(store)]) == 0, name
         capsys.readouterr()
+
+
+def test_check_of_a_missing_path_is_bad_input_not_damage(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nope")]) == EXIT_INPUT
+    captured = capsys.readouterr()
+    assert "damaged" not in captured.out
+    assert f"vecz check: error: {tmp_path / 'nope'}: no such store directory" in captured.err
+    with pytest.raises(StoreNotFound):
+        check_store(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("batch_rows", [None, "100", "7"])
+@pytest.mark.parametrize("train_size", ["20", "200", "1000"])
+def test_build_names_the_file_row_of_a_bad_value(tmp_path, capsys, batch_rows, train_size):
+    """Whether the value is met in the training sample or in a later batch, the error names the
+    file and its row there; after committed rows it does not invite a re-run that fails again."""
+    x = _data(300).astype(np.float64)
+    x[250, 3] = np.nan
+    src = tmp_path / "nan250.npy"
+    np.save(src, x)
+    store = tmp_path / "s"
+    argv = ["build", str(src), str(store), "--codec", "PQ2x8", "--train-size", train_size, "--no-calibrate"]
+    assert main(argv + (["--batch-rows", batch_rows] if batch_rows else [])) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"vecz build: error: {src}: expected finite values, found nan in row 250, column 3")
+    assert "run the same command again" not in err
+    committed = 0 if not store.exists() else len(Store.open(store))
+    if committed:  # rows before the batch holding row 250 stay, and the message says what to do
+        assert committed == 250 // int(batch_rows) * int(batch_rows)
+        assert f"{committed} of 300 rows of {src} are committed" in err
+        assert "fails again until" in err and "build the fixed file into a new store" in err
+    x[250, 3], x[280, 4] = 0.0, 1e300  # a float64 value beyond float32's range: said as Store.add says it
+    np.save(src, x)
+    shutil.rmtree(store, ignore_errors=True)
+    assert main(argv + (["--batch-rows", batch_rows] if batch_rows else [])) == EXIT_INPUT
+    assert capsys.readouterr().err.strip().endswith(
+        f"{src}: expected finite values, found 1e+300 (beyond float32's range) in row 280, column 4")
+
+
+def test_search_names_the_file_row_of_a_bad_query_and_checks_widths_up_front(tmp_path, capsys):
+    store = tmp_path / "s"
+    np.save(tmp_path / "base.npy", _data(60))
+    assert main(["build", str(tmp_path / "base.npy"), str(store), "--codec", "PQ4x8", "--metric", "l2"]) == 0
+    q = _data(6, seed=3)
+    q[3, 7] = np.nan
+    np.save(tmp_path / "q.npy", q)
+    for rows in ("1", "2", "4", "4096"):
+        assert main(["search", str(store), str(tmp_path / "q.npy"), "-k", "2", "--batch-rows", rows]) == EXIT_INPUT
+        assert f"{tmp_path / 'q.npy'}: expected finite values, found nan in row 3, column 7" in capsys.readouterr().err
+    # a query file of another width is refused even when it holds no rows (nothing to search)
+    np.save(tmp_path / "q17.npy", np.zeros((0, DIM + 1), np.float32))
+    assert main(["search", str(store), str(tmp_path / "q17.npy"), "-k", "3"]) == EXIT_INPUT
+    assert "q17.npy: queries: expected width 16, found 17" in capsys.readouterr().err
+    np.save(tmp_path / "q16.npy", np.zeros((0, DIM), np.float32))
+    assert main(["search", str(store), str(tmp_path / "q16.npy"), "-k", "3"]) == 0
+
+
+def test_build_refuses_a_negative_train_size_or_seed_before_any_work(tmp_path, capsys):
+    src = tmp_path / "a.npy"
+    np.save(src, _data(40))
+    store = tmp_path / "s"
+    with Store.create(store, dim=DIM, codec="PQ4x8", metric="l2"):
+        pass  # created, never trained: an --append trains it on a sample of --train-size rows
+    for option, value, least in (("--train-size", "-1", 1), ("--train-size", "0", 1), ("--seed", "-1", 0)):
+        assert main(["build", str(src), str(store), "--append", option, value]) == EXIT_INPUT
+        assert f"vecz build: error: {option}: expected an integer >= {least}, found {value}" in capsys.readouterr().err
+        with Store.open(store) as s:
+            assert len(s) == 0 and not s.codec.is_trained
+
+
+def test_search_out_under_a_file_is_refused_before_the_search(tmp_path, capsys, monkeypatch):
+    store = tmp_path / "s"
+    np.save(tmp_path / "q.npy", _data(30))
+    assert main(["build", str(tmp_path / "q.npy"), str(store), "--codec", "SQ8"]) == 0
+    (tmp_path / "afile").write_bytes(b"")
+    monkeypatch.setattr(Store, "search", lambda *a, **kw: pytest.fail("searched before checking --out"))
+    for out in ("afile/x.npy", "afile/deeper/x.parquet"):
+        assert main(["search", str(store), str(tmp_path / "q.npy"), "--out", str(tmp_path / out)]) == EXIT_INPUT
+        err = capsys.readouterr().err
+        assert f"expected a directory (or a path one can be made at), found a file at '{tmp_path / 'afile'}'" in err
+
+
+def test_a_stray_os_error_exits_with_the_storage_code_and_a_bug_stays_visible(tmp_path, capsys, monkeypatch):
+    """An OSError the code did not type is still the system refusing a read or write: exit 3
+    with one line; any other exception is a bug and is raised, not turned into an exit code."""
+    from vecz.formats import importers
+
+    store = tmp_path / "s"
+    np.save(tmp_path / "q.npy", _data(30))
+    assert main(["build", str(tmp_path / "q.npy"), str(store), "--codec", "SQ8"]) == 0
+    argv = ["search", str(store), str(tmp_path / "q.npy"), "--out", str(tmp_path / "r.npy")]
+    capsys.readouterr()
+
+    def refuse(path, *a):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(importers, "write_results", refuse)
+    assert main(argv) == EXIT_STORAGE
+    err = capsys.readouterr().err
+    assert err.strip() == f"vecz search: storage error: Permission denied: {tmp_path / 'r.npy'}"
+
+    def bug(*a):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(importers, "write_results", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        main(argv)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".arrow"])
