@@ -269,7 +269,22 @@ def test_faiss_factory():
     assert faiss_side.faiss_factory("RB2", 384) == "RR384,RaBitQfs2"  # IndexRaBitQFastScan
     assert faiss_side.faiss_factory("IVF16,RB1", 384) == "RR384,IVF16,RaBitQfs1"
     assert faiss_side.faiss_factory("MRL256,RB2", 384) == "MRL256,RR256,RaBitQfs2"
-    assert faiss_side.faiss_factory("MRL128,IVF64,PQ16x4", 384) == "MRL128,IVF64,PQ16x4fs"
+    # behind an IVF the fast-scan PQ codes the residual to its list's centroid, as vecz does
+    assert faiss_side.faiss_factory("MRL128,IVF64,PQ16x4", 384) == "MRL128,IVF64,PQ16x4fsr"
+    assert faiss_side.faiss_factory("IVF64,PQ16x4", 384) == "IVF64,PQ16x4fsr"
+    assert faiss_side.faiss_factory("IVF64,OPQ16x4", 384) == "OPQ16,IVF64,PQ16x4fsr"
+
+
+@pytest.mark.parametrize("spec,cls", [("IVF16,PQ8x4", "IndexIVFPQFastScan"), ("IVF16,PQ8x8", "IndexIVFPQ"),
+                                      ("IVF16,OPQ8x4", "IndexIVFPQFastScan"),
+                                      ("MRL16,IVF16,PQ8x4", "IndexIVFPQFastScan")])
+def test_faiss_ivf_twin_codes_residuals(arrays, spec, cls):
+    faiss = pytest.importorskip("faiss")
+    base, _ = arrays
+    fx = faiss_side.FaissSide(spec, DIM, "l2", exact.prepare(base, "l2"), base, 10, 4)
+    assert fx.index is not None, fx.note
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(fx.index))
+    assert type(ivf).__name__ == cls and ivf.by_residual  # vecz's IVF codes x - c (DESIGN.md)
 
 
 def test_run_bench_quality(arrays):

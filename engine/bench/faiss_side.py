@@ -67,6 +67,7 @@ def faiss_factory(spec: str, dim: int) -> str | None:
     | `Flat` | `Flat` (IndexFlat) |
     | `RB<b>` | `RR<dim>,RaBitQfs<b>` (random rotation + IndexRaBitQFastScan, b bits) |
     | `IVF<n>,...` | `IVF<n>,...` (IndexIVFPQ, IndexIVFPQFastScan, IndexIVFScalarQuantizer, IndexIVFFlat, IndexIVFRaBitQFastScan) |
+    | `IVF<n>,PQ<M>x4` | `IVF<n>,PQ<M>x4fsr` (IndexIVFPQFastScan coding residuals, by_residual=True, as vecz) |
     | `MRL<d>,...` | `MRL<d>,...`: the rest on the first d dims (IndexPreTransform with a LinearTransform that keeps them, then L2 normalisation for cosine/ip) |
     """
     stages = [str(s) for s in parse_spec(spec)]
@@ -77,6 +78,11 @@ def faiss_factory(spec: str, dim: int) -> str | None:
     if body is None:  # pragma: no cover - parse_spec admits no other quantizer
         return None
     if coarse is not None:
+        if body.endswith("x4fs"):
+            # vecz's IVF codes the residual to the list centroid (DESIGN.md); index_factory's
+            # "IVF..,PQ<M>x4fs" codes the whole vector (by_residual=False), "...fsr" the
+            # residual, as faiss_interop's twin of the same spec
+            body += "r"
         body = f"{coarse},{body}"
     if stages[-1].startswith("OPQ"):
         # faiss's OPQMatrix rotates x before IVF; vecz rotates the residual after it: the
