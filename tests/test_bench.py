@@ -300,6 +300,20 @@ def test_faiss_ivf_twin_codes_residuals(arrays, spec, cls):
     assert type(ivf).__name__ == cls and ivf.by_residual  # vecz's IVF codes x - c (DESIGN.md)
 
 
+@pytest.mark.parametrize("spec,list_bytes", [("IVF16,PQ8x4", 1), ("IVF16,PQ8x8", 1), ("IVF300,PQ8x4", 2),
+                                             ("IVF16,SQ8", 1), ("PQ8x4", 0), ("PQ8x8", 0), ("SQ8", 0)])
+def test_faiss_code_size_leaves_out_list_number(arrays, spec, list_bytes):
+    # faiss's inverted lists keep codes and ids per vector; the list number in front of
+    # sa_encode's standalone codes is not stored per vector (vecz's code_size leaves it out too)
+    pytest.importorskip("faiss")
+    base, queries = arrays
+    fx = faiss_side.FaissSide(spec, DIM, "l2", exact.prepare(base, "l2"), base, 10, 4 if list_bytes else None)
+    assert fx.index.sa_code_size() == fx.code_size + list_bytes
+    assert fx.code_size == code_size(spec, DIM, "l2")
+    row = fx.measure(0, queries, exact.exact_topk(base, queries, "l2")[1], [1], 1.0)
+    assert row["faiss_bytes_per_vector"] == code_size(spec, DIM, "l2") + metrics.ID_BYTES
+
+
 def test_run_bench_quality(arrays):
     base, queries = arrays
     data = bench_data.Dataset("synthetic", base, queries)

@@ -23,12 +23,12 @@ import numpy as np
 
 from ..codecs import parse_spec
 from ..errors import MissingDependency
-from ..faiss_interop import import_faiss
+from ..faiss_interop import coarse_code_size, import_faiss
 from .exact import prepare
 from .metrics import ID_BYTES, recall_at, time_batch, time_single
 
 __all__ = ["FAISS_RABITQ_QB", "FAISS_KEYS", "faiss_factory", "faiss_version", "set_faiss_threads",
-           "set_faiss_nprobe", "FaissSide"]
+           "set_faiss_nprobe", "faiss_code_size", "FaissSide"]
 
 # faiss RaBitQ (and its fast scan) quantizes the query to `qb` bits for its extra bits; 8 is
 # the closest it gets to vecz's float-query tables at speed (qb = 0, float queries, takes a
@@ -155,6 +155,18 @@ def set_faiss_nprobe(index: Any, nprobe: int) -> None:
             inner.nprobe = nprobe
 
 
+def faiss_code_size(index: Any) -> int:
+    """Code bytes faiss holds per vector: ``sa_code_size()``, less the list number it puts in
+    front of an IVF index's standalone codes (`coarse_code_size`), which its inverted lists do
+    not store per vector (and which vecz's `code_size` leaves out too)."""
+    faiss = import_faiss()
+    size = int(index.sa_code_size())
+    for inner in _inner_indexes(index):
+        if isinstance(inner, faiss.IndexIVF):
+            size -= coarse_code_size(inner.nlist)
+    return size
+
+
 def _mrl_pretransform(index: Any, dim: int, d: int, renorm: bool) -> tuple[Any, tuple]:
     """Wrap a faiss index built on `d` dims so it takes `dim`-wide vectors: a LinearTransform
     that keeps the first d coordinates (the MRL stage), then L2 normalisation for cosine/ip."""
@@ -230,7 +242,7 @@ class FaissSide:
             set_faiss_nprobe(index, nprobe)
         self.index = index
         self.xb_p = xb_p
-        self.code_size = int(index.sa_code_size())
+        self.code_size = faiss_code_size(index)
 
     def measure(self, r: int, xq: np.ndarray, gt: np.ndarray, ats: Sequence[int], vecz_qps: float) -> dict[str, Any]:
         """The ``faiss_*`` fields of the row measured at re-ranking depth `r` (`FAISS_KEYS`)."""
