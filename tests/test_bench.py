@@ -314,6 +314,22 @@ def test_faiss_code_size_leaves_out_list_number(arrays, spec, list_bytes):
     assert row["faiss_bytes_per_vector"] == code_size(spec, DIM, "l2") + metrics.ID_BYTES
 
 
+def test_refine_k_factor_rescores_r_rows(arrays):
+    # faiss stores k_factor as float32 and re-scores int(k * k_factor) rows, in float32
+    k = np.arange(1, 101)[:, None]
+    r = k * np.arange(1, 51)[None, :] + np.arange(0, 7)[:, None, None]  # (7, 100, 50): R = k .. 50k + 6
+    kf = np.float32(np.vectorize(faiss_side.refine_k_factor)(r, k))
+    assert np.array_equal((np.float32(k) * kf).astype(np.int64), r)
+    # and through faiss's own IndexRefineFlat, at a pair where R / k rounds below R
+    pytest.importorskip("faiss")
+    base, queries = arrays
+    fx = faiss_side.FaissSide("PQ8x8", DIM, "l2", exact.prepare(base, "l2"), base, 7, None)
+    gt = exact.exact_topk(base, queries, "l2")[1]
+    row = fx.measure(31, queries, gt, [1], 1.0)
+    assert int(np.float32(7) * np.float32(fx.refine.k_factor)) == 31
+    assert row["faiss_index"].endswith(f"RFlat(k_factor={31 / 7:g})")
+
+
 def test_run_bench_quality(arrays):
     base, queries = arrays
     data = bench_data.Dataset("synthetic", base, queries)

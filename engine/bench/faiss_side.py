@@ -28,7 +28,7 @@ from .exact import prepare
 from .metrics import ID_BYTES, recall_at, time_batch, time_single
 
 __all__ = ["FAISS_RABITQ_QB", "FAISS_KEYS", "faiss_factory", "faiss_version", "set_faiss_threads",
-           "set_faiss_nprobe", "faiss_code_size", "FaissSide"]
+           "set_faiss_nprobe", "faiss_code_size", "refine_k_factor", "FaissSide"]
 
 # faiss RaBitQ (and its fast scan) quantizes the query to `qb` bits for its extra bits; 8 is
 # the closest it gets to vecz's float-query tables at speed (qb = 0, float queries, takes a
@@ -167,6 +167,16 @@ def faiss_code_size(index: Any) -> int:
     return size
 
 
+def refine_k_factor(r: int, k: int) -> float:
+    """IndexRefineFlat's k_factor that re-scores exactly `r` rows for `k` results.
+
+    faiss keeps k_factor as a float32 and re-scores ``int(k * k_factor)`` rows, computed in
+    float32: ``r / k`` can land just below r (k = 7, r = 31: 30.999998, one row short); half
+    a row more truncates to r for any depth a benchmark asks for.
+    """
+    return (r + 0.5) / k
+
+
 def _mrl_pretransform(index: Any, dim: int, d: int, renorm: bool) -> tuple[Any, tuple]:
     """Wrap a faiss index built on `d` dims so it takes `dim`-wide vectors: a LinearTransform
     that keeps the first d coordinates (the MRL stage), then L2 normalisation for cosine/ip."""
@@ -257,9 +267,9 @@ class FaissSide:
         else:
             if self.refine is None:
                 # IndexRefineFlat over the built index: the float32 rows (held in RAM, unlike
-                # vecz's dense file) re-score the shortlist; k_factor = R / k re-scores R.
+                # vecz's dense file) re-score the shortlist of R rows (`refine_k_factor`)
                 self.refine = faiss.IndexRefineFlat(self.index, faiss.swig_ptr(self.xb_p))
-            self.refine.k_factor = r / self.k
+            self.refine.k_factor = refine_k_factor(r, self.k)
             index = self.refine
         metric, k = self.metric, self.k
 
