@@ -135,6 +135,43 @@ def test_pick_fastest_reaching_target():
     assert budget.pick([_run("x", 5, 0.96), _run("y", 5, 0.97)], "recall@10", 0.95)["spec"] == "y"
 
 
+class _FixedResult(tuple):
+    """(scores, ids) with the `stats` a store's search result carries."""
+
+    def __new__(cls, ids):
+        out = super().__new__(cls, (None, ids))
+        out.stats = type("Stats", (), {"rows_read": 0, "bytes_read": 0, "candidates": 0})()
+        return out
+
+
+class _FixedStore:
+    """Stands in for an open store: every search returns the rows of `ids` asked for."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def search(self, q, k, nprobe=None, rerank=0, confidence=None):
+        return _FixedResult(self.ids[: len(q), :k])
+
+
+def test_recall_just_under_target_does_not_reach_it():
+    # 2,502 of 50,000 true ids missed: recall@10 0.94996, which rounded to 4 decimals read 0.95
+    nq, k = 5000, 10
+    gt = (np.arange(nq)[:, None] + np.arange(k)[None, :]) % 40
+    found = gt.copy()
+    found[:2502, 0] = -1
+    queries = np.zeros((nq, 4), dtype=np.float32)
+    row, _ = runner.measure_store(_FixedStore(found), queries, gt, k=k, rerank=0, nprobe=None, ats=[1, 10],
+                                  latency=False)
+    assert row["recall@10"] == 0.94996
+    fast = dict(row, spec="fast", qps=1000.0, rerank=0)
+    assert budget.pick([fast, _run("slow", 100, 0.96)], "recall@10", 0.95)["spec"] == "slow"
+    # the tuning sweep's figures, which choose the depth to confirm, are not rounded either
+    curve = budget._sweep(_FixedStore(found), queries, queries, np.zeros((40, 4), dtype=np.float32), gt, k=k,
+                          metric="l2", nprobe=None, depths=[0, 10], key_at=10)
+    assert curve == {0: 0.94996, 10: 0.94996}
+
+
 def test_recommend_end_to_end(data_files, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["bench", str(data_files / "base.npy"), str(data_files / "queries.npy"), "--budget", "8",

@@ -179,7 +179,7 @@ def _sweep(store: Any, xq_tune: np.ndarray, xq_tune_p: np.ndarray, xb_p: np.ndar
         else:
             w = min(r, cand.shape[1])
             ids = select_exact(keys[:, :w], cand[:, :w], k, metric)[1]
-        out[r] = round(recall_at(ids, gt_tune, key_at), 4)
+        out[r] = recall_at(ids, gt_tune, key_at)  # unrounded: compared with the target
     return out
 
 

@@ -282,7 +282,7 @@ class FaissSide:
         out["faiss_bytes_per_vector"] = self.code_size + ID_BYTES
         out["faiss_ram_bytes_per_vector"] = self.code_size + ID_BYTES + (4 * self.dim if r else 0)
         for a in (1, 10, 100):
-            out[f"faiss_recall@{a}"] = round(recall_at(ids, gt, a), 4) if a in ats else None
+            out[f"faiss_recall@{a}"] = recall_at(ids, gt, a) if a in ats else None  # as vecz's: unrounded
         out["faiss_qps"] = round(qps, 1)
         out["faiss_p50_ms"], out["faiss_p99_ms"] = round(p50, 4), round(p99, 4)
         out["faiss_build_s"] = round(self.build_s, 3)
