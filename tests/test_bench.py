@@ -588,6 +588,40 @@ def test_gt_cache_named_folder_or_none(files, arrays, gt_cache, tmp_path):
     assert not gt_cache.exists() and not list(d.glob("b.gt-ip-*"))
 
 
+def test_named_dataset_shipped_truth_only_for_ip(arrays, tmp_path, monkeypatch, gt_cache):
+    # a named dataset ships gt_ids.npy, the inner-product top-100 of its float16 rows, whose
+    # norms are 1 only roughly: the cosine truth is computed (and cached), not that file
+    base, queries = arrays
+    rng = np.random.default_rng(5)
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    base16 = (unit * rng.uniform(0.97, 1.03, (N, 1))).astype(np.float16)
+    d = tmp_path / "data" / "wordnet-minilm"
+    d.mkdir(parents=True)
+    np.save(d / "base.npy", base16)
+    np.save(d / "queries.npy", queries.astype(np.float16))
+    xb, xq = base16.astype(np.float32), queries.astype(np.float16).astype(np.float32)
+    shipped = _brute_force(xb, xq, "ip", 100).astype(np.int32)
+    np.save(d / "gt_ids.npy", shipped)
+    monkeypatch.setenv("VECZ_DATA", str(tmp_path / "data"))
+    ip = bench_data.load_named("wordnet-minilm", metric="ip")
+    assert ip.gt_source == str(d / "gt_ids.npy")
+    np.testing.assert_array_equal(ip.gt, shipped)
+    cos = bench_data.load_named("wordnet-minilm", metric="cosine")
+    assert cos.gt is None
+    gt = bench_data.ground_truth(cos, "cosine")
+    assert_same_topk(gt, xb, xq, "cosine")
+    assert metrics.recall_at(gt, shipped, 10) < 1  # the shipped file is not the cosine truth here
+
+    def fail(*a, **k):
+        raise AssertionError("the cached cosine truth should have been used")
+
+    monkeypatch.setattr(bench_data, "exact_topk", fail)
+    again = bench_data.load_named("wordnet-minilm", metric="cosine")
+    np.testing.assert_array_equal(bench_data.ground_truth(again, "cosine"), gt)
+    assert f"cached in {gt_cache}" in again.gt_source
+    assert bench_data.load_named("wordnet-minilm", metric="l2").gt is None
+
+
 def test_default_gt_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert bench_data.default_gt_cache_dir() == tmp_path / "xdg" / "vecz" / "gt"
