@@ -434,17 +434,20 @@ class Store:
     @property
     def n_rows(self) -> int:
         """Rows in the segments, deleted ones included (`len(store)` counts live rows)."""
+        self._check_open("n_rows")
         return sum(s.rows for s in self._segments)
 
     @property
     def n_deleted(self) -> int:
+        self._check_open("n_deleted")
         return sum(int(s.dead.size) for s in self._segments)
 
     def __len__(self) -> int:
+        self._check_open("len")  # a closed store has dropped its segments: 0 would be a lie
         return sum(s.live for s in self._segments)
 
     def __repr__(self) -> str:
-        if self._body is None:
+        if self._body is None or self._closed:
             return f"Store({str(self.path)!r}, mode={self.mode!r}, closed)"
         return (f"Store({str(self.path)!r}, mode={self.mode!r}, version={self.version}, dim={self.dim}, "
                 f"metric={self.metric!r}, codec={self.codec.spec!r}, live={len(self)})")

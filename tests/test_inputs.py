@@ -220,11 +220,16 @@ def test_every_call_after_close_is_a_typed_error(tmp_path):
         "memory_bytes": store.memory_bytes,
         "train": lambda: store.train(_x(5)),
         "contains": lambda: 0 in store,
+        "len": lambda: len(store),
+        "bool": lambda: bool(store),
+        "n_rows": lambda: store.n_rows,
+        "n_deleted": lambda: store.n_deleted,
     }
     for name, call in calls.items():
         with pytest.raises(StoreClosed, match="closed store"):
             call()
         assert issubclass(StoreClosed, ValueError), name
+    assert "closed" in repr(store)
 
 
 def _blas_threads() -> list[int]:
