@@ -3,7 +3,8 @@
 - quality: recall@10 against the re-rank depth R for each spec (the exact vectors read from
   the store's dense files), on all queries;
 - speed: single-thread QPS of `Store.search` at an operating point (spec, R) beside faiss's
-  in-RAM `PQ96x4fs,RFlat` and `IVF<n>,PQ96x4fs,RFlat` swept over k_factor and nprobe; the
+  in-RAM `PQ96x4fs,RFlat`, `IVF<n>,PQ96x4fs,RFlat` (whole vectors) and `IVF<n>,PQ96x4fsr,RFlat`
+  (residuals, since stop 49) swept over k_factor and nprobe; the
   ratio is against the fastest faiss configuration whose recall@10 is at least vecz's;
 - RAM: resident set of a fresh process before and after `Store.open` (subprocess), against
   1.3 x (codes + ids + trained arrays) + 64 MB;
@@ -174,23 +175,27 @@ def faiss_sweep(base, queries, gt, nlist: int, single: np.ndarray | None = None)
     flat = faiss.index_factory(base.shape[1], "PQ96x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
     flat.train(xb[:65536])
     flat.add(xb)
-    ivf = faiss.index_factory(base.shape[1], f"IVF{nlist},PQ96x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
-    ivf.train(xb[:65536])
-    ivf.add(xb)
+    # the issue's `IVF<n>,PQ96x4fs,RFlat` codes whole vectors (index_factory's x4fs behind an
+    # IVF: by_residual=False); `...x4fsr` codes residuals as vecz's IVF does: both are swept
+    ivfs = {}
+    for key in (f"IVF{nlist},PQ96x4fs,RFlat", f"IVF{nlist},PQ96x4fsr,RFlat"):
+        ivfs[key] = faiss.index_factory(base.shape[1], key, faiss.METRIC_INNER_PRODUCT)
+        ivfs[key].train(xb[:65536])
+        ivfs[key].add(xb)
     threads(1)
     for kf in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50):
         params = faiss.IndexRefineSearchParameters(k_factor=kf)
         _, ids = flat.search(xq, K, params=params)
         row = {"faiss": "PQ96x4fs,RFlat", "k_factor": kf, "nprobe": None, "recall@10": recall(ids, gt)}
         rows.append({**row, **_faiss_time(flat, xq, params, single)})
-    for nprobe in (32, 64, 96, 128, 160, 192, 256, 384, 512):
-        for kf in (2, 4, 5, 6, 8, 10, 12, 15, 20):
-            base_params = faiss.SearchParametersIVF(nprobe=nprobe)
-            params = faiss.IndexRefineSearchParameters(k_factor=kf, base_index_params=base_params)
-            _, ids = ivf.search(xq, K, params=params)
-            row = {"faiss": f"IVF{nlist},PQ96x4fs,RFlat", "k_factor": kf, "nprobe": nprobe,
-                   "recall@10": recall(ids, gt)}
-            rows.append({**row, **_faiss_time(ivf, xq, params, single)})
+    for key, ivf in ivfs.items():
+        for nprobe in (32, 64, 96, 128, 160, 192, 256, 384, 512):
+            for kf in (2, 4, 5, 6, 8, 10, 12, 15, 20):
+                base_params = faiss.SearchParametersIVF(nprobe=nprobe)
+                params = faiss.IndexRefineSearchParameters(k_factor=kf, base_index_params=base_params)
+                _, ids = ivf.search(xq, K, params=params)
+                row = {"faiss": key, "k_factor": kf, "nprobe": nprobe, "recall@10": recall(ids, gt)}
+                rows.append({**row, **_faiss_time(ivf, xq, params, single)})
     for r in rows:
         print("faiss", json.dumps(r), flush=True)
     return rows
