@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DimensionMismatch, InvalidInput, StorageError, VeczError
+from .errors import CommitIncomplete, DimensionMismatch, InvalidInput, StorageError, VeczError
 
 __all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_INPUT", "EXIT_STORAGE"]
 
@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in commands:
             return commands[args.command](args)
         return _bench(args, command)
-    except StorageError as exc:
+    except (StorageError, CommitIncomplete) as exc:  # the system refused; a CommitIncomplete's version stands
         print(f"vecz {args.command}: storage error: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     except VeczError as exc:

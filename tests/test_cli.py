@@ -244,6 +244,17 @@ def test_a_stray_os_error_exits_with_the_storage_code_and_a_bug_stays_visible(tm
     with pytest.raises(KeyError, match="a bug"):
         main(argv)
 
+    # a commit published whose directory sync failed (CommitIncomplete) is the system's too
+    from vecz.errors import CommitIncomplete
+
+    def incomplete(path, *a):
+        raise CommitIncomplete("add: version 5 is published and its files kept, but syncing the directory after "
+                               "it failed", 5, 5)
+
+    monkeypatch.setattr(importers, "write_results", incomplete)
+    assert main(argv) == EXIT_STORAGE
+    assert "storage error: add: version 5 is published" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("suffix", [".parquet", ".arrow"])
 def test_build_takes_ids_from_a_column_named_id_and_says_so(tmp_path, suffix, capsys):
