@@ -42,7 +42,7 @@ import numpy as np
 
 from ..formats import manifest as mf
 from ..formats import segment as sg
-from ..formats.body import (DENSE_CHOICES, FORMAT_ID, SegmentRecord, StoreBody, body_files, data_file_name,
+from ..formats.body import (DATA_FILE_RE, DENSE_CHOICES, FORMAT_ID, SegmentRecord, StoreBody, body_files, data_file_name,
                             parse_body)
 from . import writes
 from .codecs import METRICS, Codec, SearchResult, _as_vectors
@@ -812,8 +812,9 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
     every checksum of every file the newest version names (of every retained version with
     `all_versions`); that each dense file's id column equals its segment's ids; that live
     ids are unique. Returns the problems found, empty when the store is healthy. Never
-    raises on damage; raises `StoreNotFound` when `path` is not a directory (nothing there
-    to be damaged: a mistyped path, not a damaged store)."""
+    raises on damage; raises `StoreNotFound` when `path` is not a directory or holds neither
+    a manifest nor a data file (nothing there to be damaged: a mistyped path or an empty
+    folder, not a damaged store)."""
     path = Path(path)
     try:
         versions = mf.list_versions(path)
@@ -822,7 +823,9 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
     except VeczError as exc:
         return [str(exc)]
     if not versions:
-        return [f"{path}: no manifest (not a vecz store)"]
+        if not any(DATA_FILE_RE.fullmatch(name) for name in os.listdir(path)):
+            raise StoreNotFound(f"{path}: no vecz store here (expected a manifest, found none and no data files)")
+        return [f"{path}: no manifest, but vecz data files (a store whose manifests are gone)"]
     problems: list[str] = []
     # every retained manifest is read (at most `retain` small files); the data files of the
     # newest version, or of every retained one

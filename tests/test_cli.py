@@ -145,6 +145,14 @@ def test_check_of_a_missing_path_is_bad_input_not_damage(tmp_path, capsys):
     assert f"vecz check: error: {tmp_path / 'nope'}: no such store directory" in captured.err
     with pytest.raises(StoreNotFound):
         check_store(tmp_path / "nope")
+    # an empty folder is no store either; a folder of vecz files without a manifest is damage
+    (tmp_path / "empty").mkdir()
+    assert main(["check", str(tmp_path / "empty")]) == EXIT_INPUT
+    assert "no vecz store here" in capsys.readouterr().err
+    (tmp_path / "orphans").mkdir()
+    (tmp_path / "orphans" / "seg-000000000001.vzs").write_bytes(b"x")
+    assert main(["check", str(tmp_path / "orphans")]) == 1
+    assert "no manifest, but vecz data files" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("batch_rows", [None, "100", "7"])
