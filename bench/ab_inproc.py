@@ -57,12 +57,19 @@ def _search_kw(text: str) -> dict:
     return out
 
 
+def old_module(checkout: Path, module: str):
+    """`module` (e.g. "engine.store") of the checkout at `checkout`, imported as part of
+    package ``vecz_old``."""
+    if "vecz_old" not in sys.modules:
+        root = Path(tempfile.mkdtemp(prefix="vecz-ab-"))
+        (root / "vecz_old").symlink_to(Path(checkout).resolve())
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"vecz_old.{module}")
+
+
 def _old_store(checkout: Path):
     """`Store` of the checkout at `checkout`, imported as package ``vecz_old``."""
-    root = Path(tempfile.mkdtemp(prefix="vecz-ab-"))
-    (root / "vecz_old").symlink_to(checkout.resolve())
-    sys.path.insert(0, str(root))
-    return importlib.import_module("vecz_old.engine.store").Store
+    return old_module(checkout, "engine.store").Store
 
 
 def main(argv: list[str] | None = None) -> int:

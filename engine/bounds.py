@@ -17,8 +17,9 @@ those it was measured on, on each side. "Like" includes the candidate's rank in 
 shortlist: the better the rank, the more a row's code score tends to be too high, so the
 quantiles are taken per band of ranks wherever the calibration holds enough pairs for the
 confidence (``ErrorModel.rank_intervals``; at c = 0.999 two: ranks 0-61 and the deepest, which
-takes the wider of its own quantiles and those of the band before it). Pooled over ranks 0-63, the lower side at c = 0.9 held for 75% of the top-10
-candidates on 48-d clustered data; per band, 89-90%.
+takes the wider of its own quantiles and those of the band before it). Pooled over ranks
+0-63, the lower side at c = 0.9 held for 75% of the top-10 candidates on 48-d clustered
+data; per band, 89-90%.
 
 Queries unlike the rows. Queries often stand apart from the rows they search: short
 questions against documents, a query prompt against a passage prompt. On wordnet-gemma the
@@ -302,15 +303,16 @@ class ErrorModel:
             if counts[first:b + 1].sum() >= need:
                 groups.append([first, b])
                 first = b + 1
-        if first < counts.size:
+        short = first < counts.size  # the deepest ranks, fewer than `need` pairs
+        if short:
             groups.append([first, counts.size - 1])
-        out = []
-        for g, (f, last) in enumerate(groups):
-            lo, hi = _quantiles(self.z[(band_of >= f) & (band_of <= last)], confidence)
-            if g == len(groups) - 1 and g > 0 and counts[f:].sum() < need:  # the short remainder
-                lo, hi = min(lo, out[-1][2][0]), max(hi, out[-1][2][1])
-            out.append((2 ** (f + 1) - 2, end if g == len(groups) - 1 else 2 ** (last + 2) - 2, (lo, hi)))
-        return out
+        bands = [[2 ** (f + 1) - 2, 2 ** (last + 2) - 2, _quantiles(self.z[(band_of >= f) & (band_of <= last)],
+                                                                      confidence)] for f, last in groups]
+        if short and len(bands) > 1:
+            (lo, hi), (prev_lo, prev_hi) = bands[-1][2], bands[-2][2]
+            bands[-1][2] = (min(lo, prev_lo), max(hi, prev_hi))
+        bands[-1][1] = end
+        return [(a, b, q) for a, b, q in bands]
 
 
 def _plain_number(v: object) -> float | None:

@@ -25,11 +25,12 @@ import os
 import shlex
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from ..formats.importers import refuse_non_finite
 from .errors import CommitIncomplete, DimensionMismatch, InvalidInput, StorageError, VeczError
 
 __all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_INPUT", "EXIT_STORAGE"]
@@ -402,15 +403,16 @@ def _ray_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_non_finite(x: np.ndarray, path: str, rows: int | np.ndarray) -> None:
-    """InvalidInput naming the file row of the first NaN or inf in `x` (`rows`: the file row of
-    x's row 0, or of each of its rows), where the store would name its place in the batch."""
-    finite = np.isfinite(x)
-    if finite.all():
-        return
-    row, col = (int(i) for i in np.argwhere(~finite)[0])
-    at = rows + row if isinstance(rows, int) else int(rows[row])
-    raise InvalidInput(f"{path}: expected finite values, found {x[row, col]} in row {at}, column {col}")
+@contextlib.contextmanager
+def _file_rows(x: np.ndarray, path: str, rows: int | np.ndarray) -> Iterator[None]:
+    """A store call on rows of the file `path`: an InvalidInput it raises over a NaN or inf
+    (numbered by its place in `x`) is raised again numbered by the file's row (`rows`: the
+    file row of x's row 0, or of each of its rows); others pass as they are."""
+    try:
+        yield
+    except InvalidInput:
+        refuse_non_finite(x, path, rows)
+        raise
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -448,18 +450,19 @@ def _build(args: argparse.Namespace) -> int:
             if not store.codec.is_trained and done < source.n:
                 # a sample drawn from the whole source, not its first rows
                 sample, sample_rows = source.sample(args.train_size, seed=args.seed, with_rows=True)
-                _refuse_non_finite(sample, args.src, sample_rows)
-                store.train(sample)
+                with _file_rows(sample, args.src, sample_rows):
+                    store.train(sample)
             try:
                 with _progress(source.n, "build") as bar:
                     bar.update(done)
                     for vectors, ids in source.batches(batch_rows, start=done):
                         record = {"source": identity, "rows_done": done + len(vectors), "options": options}
-                        _refuse_non_finite(vectors, args.src, done)
                         if len(vectors):
                             try:
                                 store.add(vectors, ids, build_progress=record)
-                            except InvalidInput as exc:  # its row numbers count from the batch's first row
+                            except InvalidInput as exc:
+                                refuse_non_finite(vectors, args.src, done)  # a NaN or inf: by its file row
+                                # else its row numbers count from the batch's first row
                                 raise InvalidInput(f"{args.src}: rows {done:,}..{done + len(vectors) - 1:,}: {exc} "
                                                    f"(a row number here counts from file row {done:,})") from exc
                         done += len(vectors)
@@ -541,18 +544,14 @@ def _calibrate_store(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..formats.importers import RESULT_SUFFIXES, check_output_dir, open_vectors, write_results
+    from ..formats.importers import check_results_path, open_vectors, write_results
 
     from .store import Store
 
     if args.batch_rows < 1:
         raise InvalidInput(f"--batch-rows must be >= 1, found {args.batch_rows}")
     if args.out:  # refused before the search, not after it
-        suffix = Path(args.out).suffix.lower()
-        if suffix not in RESULT_SUFFIXES:
-            raise InvalidInput(f"{args.out}: expected a results file ending in {' or '.join(RESULT_SUFFIXES)}, "
-                               f"found suffix {suffix!r}")
-        check_output_dir(Path(args.out).parent, f"--out {args.out}: its folder")
+        check_results_path(args.out)
     started = time.perf_counter()
     all_s, all_i = [], []
     rows_read = bytes_read = candidates = 0
@@ -579,9 +578,9 @@ def _search(args: argparse.Namespace) -> int:
         first = 0  # the file row of the batch's first query
         with _progress(source.n, "search") as bar:
             for queries, _ in source.batches(args.batch_rows):
-                _refuse_non_finite(queries, args.queries, first)
+                with _file_rows(queries, args.queries, first):
+                    res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank, **options)
                 first += len(queries)
-                res = store.search(queries, args.k, nprobe=args.nprobe, rerank=args.rerank, **options)
                 if res.stats.rows_per_query is not None:
                     per_query.append(res.stats.rows_per_query)
                 all_s.append(res.scores)

@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from ..formats.importers import refuse_non_finite
 from ..kernels import ivf, kmeans, transform
 from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained
 from .inputs import as_matrix
@@ -267,11 +268,7 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
             arr = np.ascontiguousarray(arr, dtype=np.float32)
     else:  # float16 and float32 fit
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        row, col = (int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-        value = given[row, col]
-        beyond = " (beyond float32's range)" if np.isfinite(value) else ""
-        raise InvalidInput(f"{what}: expected finite values, found {value}{beyond} in row {row}, column {col}")
+    refuse_non_finite(arr, what, given=given)
     return arr
 
 

@@ -509,7 +509,7 @@ class PQ(Quantizer):
         if self.rotate:
             tq = _rotate(tq, state["pq_rotation"])
         books = state["pq_books"]
-        book_norms = (_derive(derived, "pq_book_norms", books.nbytes // books.shape[2],
+        book_norms = (_derive(derived, "pq_book_norms", 4 * books.shape[0] * books.shape[1],
                               lambda: pq.pq_book_norms(books)) if metric == "l2" else None)
         luts = pq.pq_lut(tq, books, "l2" if metric == "l2" else "ip", self._books_t(state, derived), book_norms)
         luts = luts.reshape(nq, n_tab, self.m, 1 << self.nbits)

@@ -52,15 +52,15 @@ AUTO_AHEAD = 16
 # reaches queries pointing away from it), the mean taken over MEAN_ROWS rows
 PSEUDO_MEAN_SHARE = 1.25
 MEAN_ROWS = 2048
+# ... unless the mean is shorter than this share of the rows' norm (a centred corpus: the
+# mean of 2,048 rows is then mostly sampling noise, about 0.02 of a row's norm)
+MIN_MEAN_NORM = 0.1
 # The code ranks an error model measures (`calibrate`): every rank a walk reads at its
 # default cap for k <= 10 (bounds.auto_cap). Ranks past them take the deepest band measured;
 # with 64 (before stop 49) ranks 64-99 took ranks 30-63's quantiles, and on small stores
 # rerank="auto" lost up to 0.95% of the ids a fixed R = 100 found (RB1, 1,000 Gaussian rows
-# of 24 dims, k = 5, at the default confidence; 0.25% with 100).
+# of 24 dims, k = 5, at the default confidence; 0.3% now).
 CALIBRATION_DEPTH = auto_cap(10)
-# ... unless the mean is shorter than this share of the rows' norm (a centred corpus: the
-# mean of 2,048 rows is then mostly sampling noise, about 0.02 of a row's norm)
-MIN_MEAN_NORM = 0.1
 
 PARALLEL_MIN_QUERIES = CodeIndex.PARALLEL_MIN_QUERIES
 _RESCORE = {"ip": dense_kernels.RESCORE_IP, "cosine": dense_kernels.RESCORE_COSINE, "l2": dense_kernels.RESCORE_L2}

@@ -42,8 +42,8 @@ import numpy as np
 
 from ..formats import manifest as mf
 from ..formats import segment as sg
-from ..formats.body import (DATA_FILE_RE, DENSE_CHOICES, FORMAT_ID, SegmentRecord, StoreBody, body_files, data_file_name,
-                            parse_body)
+from ..formats.body import (DATA_FILE_RE, DENSE_CHOICES, FORMAT_ID, SegmentRecord, StoreBody, body_files,
+                            data_file_name, parse_body)
 from . import writes
 from .codecs import METRICS, Codec, SearchResult, _as_vectors
 from .commit import WriterLock, collect_garbage, storage_errors

@@ -136,8 +136,7 @@ def write_dense(path: str | Path, ids: np.ndarray, vectors: np.ndarray, dtype: s
         try:
             whole = source.read_buffer(nbytes)
             column = ipc.open_file(source).get_batch(0).column(1)
-            flat = column.values
-            offset = flat.buffers()[1].address - whole.address + flat.offset * np_dtype.itemsize if n else 0
+            offset = _values_offset(column, whole, np_dtype.itemsize) if n else 0
         finally:
             source.close()
         crc = _file_crc32(path)
@@ -443,7 +442,9 @@ def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
                 return [f"{path}: expected {info.rows} rows of {expected}, found {table.num_rows} rows of "
                         f"{table.schema}"]
             if info.rows:
-                offset = _values_offset(table.column("vector"), whole, DENSE_DTYPES[info.dtype].itemsize)
+                vectors = table.column("vector")  # one record batch as written: one chunk
+                offset = (_values_offset(vectors.chunk(0), whole, DENSE_DTYPES[info.dtype].itemsize)
+                          if vectors.num_chunks == 1 else None)
                 if offset != info.offset:
                     found = "values not in one buffer inside the file" if offset is None else f"offset {offset}"
                     return [f"{path}: expected the vector values at offset {info.offset} (manifest), found {found}"]
@@ -455,12 +456,10 @@ def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
 
 
 def _values_offset(column: Any, whole: Any, itemsize: int) -> int | None:
-    """Where the values of the `vector` column (a chunked array read from the memory map
-    `whole`) start in the file, as `write_dense` records it; None when they are not one
-    contiguous buffer inside the mapped file (several batches, or buffers Arrow copied)."""
-    if column.num_chunks != 1:
-        return None
-    flat = column.chunk(0).values
+    """Where the values of the list array `column` (read from the memory map `whole`) start
+    in the file, the offset `write_dense` records and `check_dense` verifies; None when they
+    are not one buffer inside the mapped file (buffers Arrow copied)."""
+    flat = column.values
     data = flat.buffers()[1]
     if data is None:
         return None

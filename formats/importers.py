@@ -57,11 +57,13 @@ __all__ = [
     "VectorSource",
     "arrow_list_values",
     "check_output_dir",
+    "check_results_path",
     "open_vectors",
     "read_fvecs",
     "read_ids",
     "read_texts",
     "read_vectors",
+    "refuse_non_finite",
     "write_results",
 ]
 
@@ -118,23 +120,27 @@ def _owned(arr: np.ndarray, dtype: np.dtype, path: Path | None = None, rows: int
     with np.errstate(over="ignore"):
         out = np.require(arr, dtype=dtype, requirements=["C", "W", "O"])
     if arr.dtype.kind == "f" and out.dtype.kind == "f" and arr.dtype.itemsize > out.dtype.itemsize \
-            and np.isinf(out).any():
-        _refuse_overflow(arr, out, path, rows)
+            and (np.isinf(out) & np.isfinite(arr)).any():
+        # the narrowing made an inf: the first non-finite value (a NaN or inf of the file
+        # before it is reported first, as the store would)
+        refuse_non_finite(out, path or "vectors", rows, given=arr)
     return out
 
 
-def _refuse_overflow(given: np.ndarray, out: np.ndarray, path: Path | None, rows: int | np.ndarray) -> None:
-    """InvalidInput for the first non-finite value of `out` (row-major) when the narrowing made
-    any (a NaN or inf in the file before it is reported first, as the store would); nothing
-    when every inf was in the file already (the store rejects those)."""
-    if not (np.isinf(out) & np.isfinite(given)).any():
+def refuse_non_finite(x: np.ndarray, where: str | Path, rows: int | np.ndarray = 0,
+                      given: np.ndarray | None = None) -> None:
+    """InvalidInput naming the first NaN or inf of the 2-D `x` (row-major) by row and column,
+    nothing when all are finite: row ``rows + i`` for x's row i, or ``rows[i]`` when `rows` is
+    an array (a file's rows). `given`: the wider array x was narrowed from; the message shows
+    its value, said to be beyond float32's range when it is finite."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
         return
-    row, col = (int(i) for i in np.argwhere(~np.isfinite(out))[0])
-    value = given[row, col]
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    value = (x if given is None else given)[row, col]
     beyond = " (beyond float32's range)" if np.isfinite(value) else ""
     at = rows + row if isinstance(rows, (int, np.integer)) else int(rows[row])
-    raise InvalidInput(f"{path or 'vectors'}: expected finite values, found {value}{beyond} in row {at}, "
-                       f"column {col}")
+    raise InvalidInput(f"{where}: expected finite values, found {value}{beyond} in row {at}, column {col}")
 
 
 def _check_batch_rows(batch_rows: int) -> int:
@@ -929,11 +935,8 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
     renamed with ``os.replace``, so a failure never leaves a half-written file at `path`.
     The parent directory is created if missing.
     """
-    path = Path(path)
+    path = check_results_path(path)
     suffix = path.suffix.lower()
-    if suffix not in RESULT_SUFFIXES:
-        raise InvalidInput(f"{path}: expected a results file ending in {' or '.join(RESULT_SUFFIXES)}, "
-                           f"found suffix {suffix!r}")
     ids = np.asarray(ids)
     scores = np.asarray(scores)
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
@@ -944,9 +947,7 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
         raise InvalidInput(f"ids and scores must have one shape, found {ids.shape} and {scores.shape}")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     scores = np.ascontiguousarray(scores, dtype=np.float32)
-    if path.is_dir():
-        raise InvalidInput(f"{path}: expected a results file, found a directory")
-    check_output_dir(path.parent, f"{path}: its folder").mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
     if suffix == ".npy":
         targets = [path, path.with_name(f"{path.stem}.scores.npy")]
@@ -982,6 +983,21 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
             if tmp.exists():
                 tmp.unlink()
     return targets
+
+
+def check_results_path(path: str | Path) -> Path:
+    """`path` as a Path once `write_results` can write there: a known suffix, not a directory,
+    and a folder that is one or can be made (`InvalidInput` otherwise), so that a command can
+    refuse it before its search."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in RESULT_SUFFIXES:
+        raise InvalidInput(f"{path}: expected a results file ending in {' or '.join(RESULT_SUFFIXES)}, "
+                           f"found suffix {suffix!r}")
+    if path.is_dir():
+        raise InvalidInput(f"{path}: expected a results file, found a directory")
+    check_output_dir(path.parent, f"{path}: its folder")
+    return path
 
 
 def check_output_dir(path: str | Path, what: str) -> Path:

@@ -350,8 +350,7 @@ def pq_lut(q: np.ndarray, books: np.ndarray, metric: str, books_t: np.ndarray | 
         raise ValueError(f"book_norms: expected pq_book_norms(books), float32 {books.shape[:2]}, "
                          f"found {book_norms.dtype} {book_norms.shape}")
     q_norms = np.einsum("qmt,qmt->qm", qp, qp)
-    c_norms = book_norms
-    return np.ascontiguousarray(-(q_norms[:, :, None] - 2.0 * ip + c_norms[None]), dtype=np.float32)
+    return np.ascontiguousarray(-(q_norms[:, :, None] - 2.0 * ip + book_norms[None]), dtype=np.float32)
 
 
 @jit_inline

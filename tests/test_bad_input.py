@@ -38,7 +38,8 @@ from typing import Any
 # test below checks every named test exists.
 HOSTILE: list[tuple[str, str, str]] = [
     ('the lock file deleted while a writer runs',
-     "nothing to delete: the lock is an flock on the store directory; a second writer gets `StoreLocked` naming the holder's pid",
+     'nothing to delete: the lock is an flock on the store directory; a second writer gets `StoreLocked` naming '
+     "the holder's pid",
      'tests/test_reliability.py::test_the_lock_lives_on_the_directory_and_cannot_be_deleted'),
     ('the store renamed and a new one created at its path',
      "the old writer's next commit raises `StoreMoved`; both stores open",
@@ -68,19 +69,27 @@ HOSTILE: list[tuple[str, str, str]] = [
      '`StorageError` naming the operation and the path',
      'tests/test_reliability.py::test_os_errors_are_typed_with_the_path'),
     ("the directory fsync fails (or an interrupt arrives) after the manifest's link",
-     'the version is published, so its files stay; `CommitIncomplete` (version, errno) says it is committed, the writer follows it and commits the next one (before stop 49 its files were deleted and the newest version did not open)',
+     'the version is published, so its files stay; `CommitIncomplete` (version, errno) says it is committed, '
+     'the writer follows it and commits the next one (before stop 49 its files were deleted and the newest '
+     'version did not open)',
      'tests/test_reliability.py::test_a_failure_after_the_manifest_link_keeps_the_published_version'),
     ('garbage collection, or loading the new segment, fails after a commit',
-     'GC warns (the commit stands); a writer that cannot load its segment reloads the version from disk or closes with `CommitIncomplete` (before: `StorageError` "nothing committed", and a retry added the rows twice)',
+     'GC warns (the commit stands); a writer that cannot load its segment reloads the version from disk or '
+     'closes with `CommitIncomplete` (before: `StorageError` "nothing committed", and a retry added the rows '
+     'twice)',
      'tests/test_reliability.py::test_a_failure_after_a_commit_does_not_say_nothing_was_committed'),
     ('a search in one thread while another refreshes the reader (after a compaction) or commits on the writer',
-     'the search reads through the segments it took to the end: the pool drops the readers the new version does not name instead of closing them (a search failed with a numba `TypingError` or `AttributeError` before stop 49)',
+     'the search reads through the segments it took to the end: the pool drops the readers the new version does '
+     'not name instead of closing them (a search failed with a numba `TypingError` or `AttributeError` before '
+     'stop 49)',
      'tests/test_reliability.py::test_a_search_holding_an_older_version_reads_on_through_a_refresh'),
     ('`refresh()` fails (a damaged file of the newest version)',
-     "the error, and the reader keeps its version whole: the newer version's deletes are applied only once all of it has loaded (before, they were applied first and the reader lost live rows)",
+     "the error, and the reader keeps its version whole: the newer version's deletes are applied only once all "
+     'of it has loaded (before, they were applied first and the reader lost live rows)',
      'tests/test_reliability.py::test_a_refresh_that_fails_leaves_the_readers_version_as_it_was'),
     ("a `ShardedStore`'s actor dies after a writer pruned the version it serves",
-     '`ShardUnavailable` saying the version is no longer in the store and to serve the newest with a new `ShardedStore` (it said only "died and was not restarted")',
+     '`ShardUnavailable` saying the version is no longer in the store and to serve the newest with a new '
+     '`ShardedStore` (it said only "died and was not restarted")',
      'tests/test_ray.py::test_an_actor_that_dies_after_its_version_was_pruned_says_so'),
     ('the store deleted and built again at its path while a reader has it open',
      "the reader's `refresh()` loads the new codec (the codec file's name repeats; its stamp does not)",
@@ -109,17 +118,21 @@ HOSTILE: list[tuple[str, str, str]] = [
     ('SIGKILL at every step of a commit (add, delete, compact, calibrate), merge or pruning',
      'exactly the last committed version opens',
      'tests/test_crash.py'),
-    ("auto's error model file damaged, of another kind, missing, or with values no measurement gives (checksums valid)",
-     "the store opens and searches without auto work; an auto search raises a `FormatError` (`StoreCorrupted` naming the file and what was expected) and `vecz check` reports it; a writer's `calibrate` replaces it",
+    ("auto's error model file damaged, of another kind, missing, or with values no measurement gives (checksums "
+     'valid)',
+     'the store opens and searches without auto work; an auto search raises a `FormatError` (`StoreCorrupted` '
+     "naming the file and what was expected) and `vecz check` reports it; a writer's `calibrate` replaces it",
      'tests/test_model_file.py::test_a_hostile_model_file_is_refused_with_a_typed_error'),
-    ("a manifest's calibration record naming another kind of file, a path, an unknown source, a serial not issued or a negative count",
+    ("a manifest's calibration record naming another kind of file, a path, an unknown source, a serial not "
+     'issued or a negative count',
      '`StoreCorrupted`',
      'tests/test_model_file.py::test_a_hostile_calibration_record_is_refused'),
     ('a writer calibrates again and prunes the model file a reader loaded',
      'the reader keeps the model it read with its version',
      'tests/test_model_file.py::test_a_reader_keeps_its_model_when_a_writer_replaces_it'),
     ('an OSError no vecz code typed (EACCES writing `vecz search --out`)',
-     'exit 3 and one line, `vecz <command>: storage error: <reason>: <path>`; any other exception is a bug and is raised as it is',
+     'exit 3 and one line, `vecz <command>: storage error: <reason>: <path>`; any other exception is a bug and '
+     'is raised as it is',
      'tests/test_cli.py::test_a_stray_os_error_exits_with_the_storage_code_and_a_bug_stays_visible'),
 ]
 
