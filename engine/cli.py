@@ -634,7 +634,8 @@ def _info(args: argparse.Namespace) -> int:
                 f"index {ram['index']:,}, ids {ram['ids']:,}, codec {ram['codec']:,}"),
         ("disk", f"{info['disk_bytes_version']:,} bytes in this version ({info['dense_bytes']:,} dense, "
                  f"tier {info['dense']}); {info['disk_bytes_total']:,} in the directory"),
-        ("version", f"{info['version']} (committed versions {_ranges(info['versions'])})"),
+        ("version", f"{info['version']} (committed versions {_ranges(info['versions'])}"
+                    f"{'; pinned ' + _ranges(info['pinned']) if info['pinned'] else ''})"),
         ("auto model", "none committed (measured by the first --rerank auto search; `vecz calibrate`)"
          if info["calibration"] is None else
          f"{info['calibration']['file']}, on {_source_name(info['calibration']['source'])} "

@@ -23,6 +23,14 @@ and every temporary manifest. A reader pinned to a pruned version keeps working:
 are in RAM and its dense files stay mapped after they are unlinked (POSIX). Pruned files
 are deleted oldest version first, so a crash in the middle leaves only kept versions whose
 files all exist.
+
+Pins (formats/FORMAT.md "Pins"): a process that must be able to load a version again later
+(a `ShardedStore`, whose actors reload their shard when they restart) holds a `VersionPin`:
+the version's manifest open with ``flock(LOCK_SH)``. Before deleting a manifest, garbage
+collection takes ``flock(LOCK_EX | LOCK_NB)`` on it: a manifest it cannot lock is pinned and
+kept with its files, whatever its age; one it locks it deletes while holding the lock. A pin
+that waited for that lock finds its manifest's name gone and is refused. No file marks a pin:
+the kernel drops the lock when the holder's process dies, so nothing is left to clean up.
 """
 
 from __future__ import annotations
@@ -32,14 +40,18 @@ import errno
 import fcntl
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import Iterator
 
 from ..formats import manifest as mf
 from ..formats.body import DATA_FILE_RE, STAGING_RE, body_files, parse_body
-from .errors import CommitConflict, CommitIncomplete, StorageError, StoreLocked, StoreMoved, StoreNotFound, VeczError
+from .errors import (CommitConflict, CommitIncomplete, StorageError, StoreCorrupted, StoreLocked, StoreMoved,
+                     StoreNotFound, VeczError)
 
-__all__ = ["WriterLock", "storage_errors", "collect_garbage", "lock_holder"]
+__all__ = ["WriterLock", "VersionPin", "storage_errors", "collect_garbage", "lock_holder", "pinned_versions"]
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 @contextlib.contextmanager
@@ -93,7 +105,7 @@ class WriterLock:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise StoreNotFound(f"{self.path}: no store directory here") from exc
         st = os.fstat(fd)
@@ -178,13 +190,114 @@ class WriterLock:
                 self.fd = None
 
 
+def _lock_unpinned(name: str, dir_fd: int) -> int | None:
+    """Manifest `name` open and flocked exclusively, or None when a `VersionPin` holds it
+    (or it is gone). The caller deletes it and closes the descriptor."""
+    try:
+        fd = os.open(name, os.O_RDONLY | _CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def pinned_versions(path: str | os.PathLike) -> list[int]:
+    """The committed versions of the store at `path` that a live `VersionPin` holds (in
+    any process), ascending."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    try:
+        pinned = []
+        for v in mf.list_versions(path):
+            probe = _lock_unpinned(mf.manifest_name(v), fd)
+            if probe is None:
+                if (path / mf.manifest_name(v)).exists():
+                    pinned.append(v)
+            else:
+                os.close(probe)
+        return pinned
+    finally:
+        os.close(fd)
+
+
+class VersionPin:
+    """Keep committed `version` of the store at `path` from garbage collection until
+    `release` (or the process's end): its manifest and files stay, so it can be opened
+    again (``Store.open(path, version=v)``) whatever a writer commits meanwhile.
+
+    The pin is a shared flock on the version's manifest (module docstring): no file is
+    written, and read permission on the manifest is all it needs.
+
+    Raises
+    ------
+    StoreNotFound
+        `path` is not a directory.
+    StoreCorrupted
+        The version is not (or no longer) in the store.
+    """
+
+    def __init__(self, path: str | os.PathLike, version: int) -> None:
+        self.path = Path(path)
+        self.version = int(version)
+        if not self.path.is_dir():
+            raise StoreNotFound(f"{self.path}: no store directory here")
+        where = self.path / mf.manifest_name(self.version)
+        fd = None
+        try:
+            with storage_errors(f"pin version {self.version}", where):
+                try:
+                    fd = os.open(where, os.O_RDONLY | _CLOEXEC)
+                except FileNotFoundError:
+                    fd = None
+                else:
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a collector deletes it
+                    try:
+                        st = os.stat(where)
+                    except FileNotFoundError:
+                        st = None
+                    if st is None or (st.st_dev, st.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                        os.close(fd)
+                        fd = None
+            if fd is None:
+                raise StoreCorrupted(f"{self.path}: version {self.version} is not in the store (versions "
+                                     f"{mf.list_versions(self.path)}); expected a committed version to pin")
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    @property
+    def held(self) -> bool:
+        return self._finalizer.alive
+
+    def release(self) -> None:
+        """Drop the pin (idempotent): the next garbage collection may prune the version."""
+        self._finalizer()
+
+    def __enter__(self) -> "VersionPin":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"VersionPin({str(self.path)!r}, version={self.version}, held={self.held})"
+
+
 def collect_garbage(lock: WriterLock, *, keep_files: set[str] = frozenset()) -> dict[str, int]:
     """Writer only: apply the retention rule of the newest manifest (module docstring).
 
-    Deletes temporary manifests, manifests older than the newest ``retain``, then data files
-    that no kept manifest names (and that are not in `keep_files`). If a kept manifest
-    cannot be read, no data file is deleted (what it names is unknown). Returns counts of
-    what was removed."""
+    Deletes temporary manifests, manifests older than the newest ``retain`` that no live
+    `VersionPin` holds, then data files that no kept manifest names (and that are not in
+    `keep_files`). If a kept manifest cannot be read, no data file is deleted (what it
+    names is unknown). Returns counts of what was removed."""
     lock.check("garbage collection")
     fd = lock.fd
     names = os.listdir(fd)
@@ -201,19 +314,29 @@ def collect_garbage(lock: WriterLock, *, keep_files: set[str] = frozenset()) -> 
         newest = parse_body(mf.read_manifest(lock.path, versions[-1]), f"{lock.path} version {versions[-1]}")
     except VeczError:
         return removed  # a damaged newest manifest: delete nothing
-    kept = versions[-newest.retain:]
-    referenced = set(keep_files) | body_files(newest)
-    for v in kept[:-1]:
-        try:
-            referenced |= body_files(parse_body(mf.read_manifest(lock.path, v), f"{lock.path} version {v}"))
-        except VeczError:
-            return removed
-    for v in versions:
-        if v >= kept[0]:
-            break
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(mf.manifest_name(v), dir_fd=fd)
-            removed["manifests"] += 1
+    # the manifests to prune, each locked until it is deleted (a pin then waits and finds
+    # it gone); one a pin holds is kept with its files (module docstring)
+    doomed: dict[int, int] = {}
+    try:
+        for v in versions[:-newest.retain]:
+            locked = _lock_unpinned(mf.manifest_name(v), fd)
+            if locked is not None:
+                doomed[v] = locked
+        referenced = set(keep_files) | body_files(newest)
+        for v in versions[:-1]:
+            if v in doomed:
+                continue
+            try:
+                referenced |= body_files(parse_body(mf.read_manifest(lock.path, v), f"{lock.path} version {v}"))
+            except VeczError:
+                return removed
+        for v, locked in doomed.items():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(mf.manifest_name(v), dir_fd=fd)
+                removed["manifests"] += 1
+    finally:
+        for locked in doomed.values():
+            os.close(locked)
     if removed["manifests"]:
         os.fsync(fd)
     for name in names:

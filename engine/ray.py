@@ -58,7 +58,10 @@ answer, and without the merged shortlist up to R rows each: the rows read grew w
 shards (docs/recipes/ray.md has the figures). R stays a cap on a query's rows, as in one
 store, but for seed rows outside the merged shortlist.
 
-An actor that dies is restarted (``max_restarts``) and the call retried; when it cannot be,
+The driver pins the version it serves (`commit.VersionPin`) until `close`, so a writer's
+garbage collection keeps its manifest and files however many versions it commits meanwhile:
+an actor that dies is restarted (``max_restarts``), loads its shard of that version again
+and the call is retried; when it cannot be,
 the search raises `ShardUnavailable` naming the shard, or, with ``partial=True``, answers
 from the shards left and lists the missing ones in ``result.missing_shards``.
 """
@@ -83,8 +86,9 @@ from ..formats import manifest as mf
 from ..formats.dense import DenseInfo
 from . import writes
 from .codecs import Codec, SearchResult, SearchStats, _as_vectors
-from .commit import storage_errors
-from .errors import InvalidInput, MissingDependency, ShardUnavailable, StoreCorrupted, StoreNotFound, VeczError
+from .commit import VersionPin, storage_errors
+from .errors import (InvalidInput, MissingDependency, ShardUnavailable, StorageError, StoreCorrupted, StoreNotFound,
+                     VeczError)
 
 __all__ = ["build", "BuildReport", "ShardedStore", "connect", "read_dataset", "DEFAULT_SEGMENT_ROWS"]
 
@@ -772,9 +776,11 @@ class ShardedStore:
     ----------
     path : the store directory, on a filesystem every actor's machine sees
     shards : actors (default 2; at most the number of segments)
-    version : the version to serve (default: the newest) until `close`. The actors hold its
-        files, but an actor that dies loads them again: it can, while the store keeps the
-        version (a writer's garbage collection keeps the newest `retain`)
+    version : the version to serve (default: the newest) until `close`, pinned meanwhile
+        (`Store.pin`): an actor that dies loads its files again, however many versions a
+        writer commits. Where the pin cannot be made (a filesystem without flock) it warns
+        and serves unpinned: a restart then works only while the store keeps the version
+        (a writer's garbage collection keeps the newest `retain`)
     address : the Ray cluster (as `connect`)
     max_restarts : times an actor that dies is restarted (its call retried); 0: never
     threads_per_shard : Numba threads each actor searches with
@@ -793,7 +799,8 @@ class ShardedStore:
             raise StoreNotFound(f"{self.path}: no store directory here")
         if not isinstance(shards, (int, np.integer)) or isinstance(shards, bool) or shards < 1:
             raise InvalidInput(f"shards: expected an integer >= 1, found {shards!r}")
-        body = parse_body(mf.read_manifest(self.path, version), f"{self.path} version {version}")
+        self.pin: VersionPin | None = None
+        body = self._pinned_body(version)
         self.body = body
         self.codec = Codec.from_config(body.codec_config)
         self.groups = _split(body.segments, int(shards))
@@ -811,6 +818,24 @@ class ShardedStore:
                                    f"({len(late)} of {len(refs)} shards waiting; each asks {cpus:g} CPU(s) of a "
                                    f"cluster with {ray.cluster_resources().get('CPU', 0):g})")
         self._gather(refs, partial=False)
+
+    def _pinned_body(self, version: int | None) -> Any:
+        """The manifest body of `version` (the newest by default), its version pinned in
+        `self.pin` (None with a warning where pins cannot be made)."""
+        for attempt in range(8):
+            body = parse_body(mf.read_manifest(self.path, version), f"{self.path} version {version}")
+            try:
+                self.pin = VersionPin(self.path, body.version)
+            except StoreCorrupted:
+                if version is not None or attempt == 7:
+                    raise
+                continue  # the newest version read was pruned before the pin: read the newest again
+            except StorageError as exc:  # a filesystem without flock (some network mounts)
+                warnings.warn(f"{self.path}: version {body.version} served unpinned ({exc}): an actor that dies can "
+                              f"load it again only while a writer's garbage collection keeps it", RuntimeWarning,
+                              stacklevel=3)
+            return body
+        raise AssertionError("unreachable")
 
     @property
     def version(self) -> int:
@@ -834,9 +859,9 @@ class ShardedStore:
         """Why a restart cannot work, when it cannot: the version's manifest is gone."""
         if (self.path / mf.manifest_name(self.version)).exists():
             return ""
-        return (f": version {self.version} is no longer in the store (a writer's garbage collection keeps the "
-                f"newest `retain` versions), so no actor can load it again; serve the newest version with a new "
-                f"ShardedStore")
+        return (f": version {self.version} is no longer in the store (it was served unpinned, and a writer's "
+                f"garbage collection keeps the newest `retain` versions), so no actor can load it again; serve the "
+                f"newest version with a new ShardedStore")
 
     def _gather(self, refs: list, partial: bool, shards: list[int] | None = None) -> tuple[list, list[int]]:
         """Results of one call per shard (refs[i] to shard shards[i], default i); a shard
@@ -992,7 +1017,7 @@ class ShardedStore:
         return out
 
     def close(self) -> None:
-        """Stop the actors (idempotent)."""
+        """Stop the actors and release the version's pin (idempotent)."""
         if getattr(self, "actors", None):
             for a in self.actors:
                 try:
@@ -1000,3 +1025,5 @@ class ShardedStore:
                 except Exception:  # noqa: BLE001 (an actor already gone is fine)
                     pass
         self.actors = None
+        if getattr(self, "pin", None) is not None:
+            self.pin.release()

@@ -22,7 +22,9 @@ shortlists and re-ranks the merged shortlist once, reading exactly those rows.
 One writer at a time holds the store directory locked (engine/commit.py: an flock on the
 directory itself, released by the kernel if the writer dies); any number of readers take no
 lock and pin the version they opened until `refresh()`. The newest ``retain`` versions are
-kept (default 8), older manifests and the files only they name are pruned.
+kept (default 8), older manifests and the files only they name are pruned, except versions
+a live `VersionPin` holds (`Store.pin()`): a process that must open its version again later
+(a `ShardedStore`'s restarted actors) pins it.
 
 Thread-safety: searches may run from several threads once the store is open; `add`,
 `delete`, `compact`, `train`, `refresh` and `close` must not run concurrently with anything
@@ -46,7 +48,7 @@ from ..formats.body import (DATA_FILE_RE, DENSE_CHOICES, FORMAT_ID, SegmentRecor
                             data_file_name, parse_body)
 from . import writes
 from .codecs import METRICS, Codec, SearchResult, _as_vectors
-from .commit import WriterLock, collect_garbage, storage_errors
+from .commit import VersionPin, WriterLock, collect_garbage, pinned_versions, storage_errors
 from .errors import (
     CodecSpecError,
     FormatError,
@@ -282,6 +284,17 @@ class Store:
                 raise StoreCorrupted(f"{exc}. The newest version that opens is {v}: Store.open({str(self.path)!r}, "
                                      f"version={v}) reads it") from None
             raise
+
+    def pin(self) -> VersionPin:
+        """Keep this object's version from a writer's garbage collection until the pin is
+        released (``with store.pin(): ...`` or ``pin.release()``; the process's end releases
+        it too), so that ``Store.open(path, version=v)`` can load it again later. A reader
+        that only searches the version it has loaded needs no pin (module docstring).
+        The pin is a shared flock on the version's manifest: it writes nothing."""
+        self._check_open("pin")
+        if not self.version:
+            raise InvalidInput(f"{self.path}: pin: expected a committed version, found none (an empty store)")
+        return VersionPin(self.path, self.version)
 
     def refresh(self) -> int:
         """Load the newest committed version (readers pin theirs until they call this),
@@ -780,6 +793,7 @@ class Store:
             "dense_bytes": sum(d.nbytes for d in {d.file: d for s in self._segments for d in s.rec.dense}.values()),
             "build": self.build_record,
             "calibration": self.calibration,
+            "pinned": pinned_versions(self.path),
         }
 
     def _check_open(self, what: str) -> None:

@@ -87,10 +87,11 @@ HOSTILE: list[tuple[str, str, str]] = [
      "the error, and the reader keeps its version whole: the newer version's deletes are applied only once all "
      'of it has loaded (before, they were applied first and the reader lost live rows)',
      'tests/test_reliability.py::test_a_refresh_that_fails_leaves_the_readers_version_as_it_was'),
-    ("a `ShardedStore`'s actor dies after a writer pruned the version it serves",
-     '`ShardUnavailable` saying the version is no longer in the store and to serve the newest with a new '
-     '`ShardedStore` (it said only "died and was not restarted")',
-     'tests/test_ray.py::test_an_actor_that_dies_after_its_version_was_pruned_says_so'),
+    ("a `ShardedStore`'s actor dies after a writer committed past `retain` versions",
+     'the served version is pinned (`Store.pin`): the restarted actor loads it again and answers as before '
+     '(the version was pruned and the search failed); unpinned (a filesystem without flock: a warning), '
+     '`ShardUnavailable` says the version is no longer in the store',
+     'tests/test_ray.py::test_an_actor_that_dies_after_a_writer_moved_on_loads_the_pinned_version'),
     ('the store deleted and built again at its path while a reader has it open',
      "the reader's `refresh()` loads the new codec (the codec file's name repeats; its stamp does not)",
      'tests/test_reliability.py::test_refresh_after_the_store_was_built_again_at_its_path_reads_the_new_codec'),

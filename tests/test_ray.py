@@ -428,9 +428,10 @@ def test_an_actor_that_dies_is_restarted_or_named(served):
         assert np.array_equal(part.ids, alone.ids) and np.array_equal(part.scores, alone.scores)
 
 
-def test_an_actor_that_dies_after_its_version_was_pruned_says_so(tmp_path):
+def test_an_actor_that_dies_after_a_writer_moved_on_loads_the_pinned_version(tmp_path):
     # a writer commits past the store's `retain` versions while a ShardedStore serves an old
-    # one: an actor that dies cannot load it again, and the error says why
+    # one: the served version is pinned, so an actor that dies loads it again and answers
+    # as before; `close` releases the pin and the next collection prunes the version
     path = tmp_path / "s"
     x = _data(400, 16, seed=5)
     with Store.create(path, dim=16, codec="RB1", dense="f32") as w:
@@ -439,8 +440,41 @@ def test_an_actor_that_dies_after_its_version_was_pruned_says_so(tmp_path):
         w.add(x[200:])
         with vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5) as sharded:
             served = sharded.version
+            want = sharded.search(x[:3], 5, rerank=10)
             for i in range(w._body.retain + 1):
-                w.add(x[i:i + 1])
+                w.add(x[i:i + 1] + 1)
+            assert (path / mf.manifest_name(served)).exists() and w.info()["pinned"] == [served]
+            os.kill(sharded.pids()[0], signal.SIGKILL)
+            time.sleep(0.5)
+            got = sharded.search(x[:3], 5, rerank=10)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.scores, want.scores)
+        w.add(x[:1] + 2)
+        assert not (path / mf.manifest_name(served)).exists()
+
+
+def test_a_version_served_unpinned_says_so_when_an_actor_cannot_reload_it(tmp_path, monkeypatch):
+    # where no pin can be made (no write permission on the store), the ShardedStore warns and
+    # serves unpinned; an actor that dies after the version was pruned cannot load it again,
+    # and the error says why
+    from vecz.errors import StorageError
+
+    def refused(path, version):
+        raise StorageError("pin version: permission denied", 13, str(path))
+
+    monkeypatch.setattr(vray, "VersionPin", refused)
+    path = tmp_path / "s"
+    x = _data(400, 16, seed=5)
+    with Store.create(path, dim=16, codec="RB1", dense="f32") as w:
+        w.auto_merge_rows = 0
+        w.add(x[:200])
+        w.add(x[200:])
+        with pytest.warns(RuntimeWarning, match="served unpinned"):
+            sharded = vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5)
+        with sharded:
+            served = sharded.version
+            for i in range(w._body.retain + 1):
+                w.add(x[i:i + 1] + 1)
             assert not (path / mf.manifest_name(served)).exists()
             os.kill(sharded.pids()[0], signal.SIGKILL)
             time.sleep(0.5)

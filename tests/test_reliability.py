@@ -556,3 +556,128 @@ def test_a_damaged_newest_manifest_names_the_newest_version_that_opens(tmp_path)
         Store.open(path)
     with Store.open(path, version=newest - 1) as s:
         assert len(s) == 40
+
+
+# --------------------------------------------------------------------------- pinned versions
+
+
+def _pin_store(path: Path) -> tuple[Store, np.ndarray]:
+    x = _data(300, seed=7)
+    w = Store.create(path, dim=DIM, codec="RB1", dense="f32", retain=2)
+    w.auto_merge_rows = 0
+    w.add(x[:200])
+    return w, x
+
+
+def test_a_pinned_version_outlives_retention_and_opens_again(tmp_path):
+    path = tmp_path / "s"
+    w, x = _pin_store(path)
+    with w, Store.open(path) as r:
+        pin = r.pin()
+        served, want = r.version, r.search(x[:7], 5, rerank=20)
+        for i in range(5):  # retain 2: the served version would be pruned after the second
+            w.add(x[200 + i:201 + i])
+        assert mf.list_versions(path) == [served, w.version - 1, w.version]
+        assert w.info()["pinned"] == [served]
+        assert check_store(path, all_versions=True) == []
+        with Store.open(path, version=served) as again:
+            got = again.search(x[:7], 5, rerank=20)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        pin.release()
+        assert not pin.held and w.info()["pinned"] == []
+        w.add(x[250:251])
+        assert served not in mf.list_versions(path) and len(mf.list_versions(path)) == 2
+
+
+def test_a_pin_held_by_another_process_is_honoured_and_a_dead_ones_is_not(tmp_path):
+    path = tmp_path / "s"
+    w, x = _pin_store(path)
+    served = w.version
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from vecz.engine.commit import VersionPin
+        pin = VersionPin(sys.argv[1], int(sys.argv[2]))
+        print("pinned", flush=True)
+        sys.stdin.read()
+        """), str(path), str(served)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "pinned"
+        with w:
+            for i in range(4):
+                w.add(x[200 + i:201 + i])
+            assert served in mf.list_versions(path), "a live pin in another process must keep its version"
+            assert w.info()["pinned"] == [served]
+            holder.kill()  # no release: the kernel drops its lock with the process
+            holder.wait(timeout=30)
+            w.add(x[210:211])
+            assert served not in mf.list_versions(path) and len(mf.list_versions(path)) == 2
+            assert sorted(p.name for p in path.iterdir() if not mf.MANIFEST_RE.fullmatch(p.name)) == sorted(
+                _named_files(path)), "nothing but the kept versions' files is left"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_pinning_a_version_the_store_no_longer_has_is_refused(tmp_path):
+    from vecz.engine.commit import VersionPin
+
+    path = tmp_path / "s"
+    w, x = _pin_store(path)
+    with w:
+        old = w.version
+        for i in range(3):
+            w.add(x[200 + i:201 + i])
+        with pytest.raises(StoreCorrupted, match=f"version {old} is not in the store"):
+            VersionPin(path, old)
+        with pytest.raises(StoreCorrupted, match="version 99 is not in the store"):
+            VersionPin(path, 99)
+
+
+def test_a_pin_made_during_a_collection_waits_for_it_and_sees_what_it_pruned(tmp_path, monkeypatch):
+    # the race the manifest's lock closes: a reader pins a version after the collector chose
+    # to prune it but before it deleted the manifest. The pin must wait and then be refused,
+    # not succeed and have the version vanish under it.
+    import threading
+
+    from vecz.engine import commit
+    from vecz.engine.commit import VersionPin
+
+    path = tmp_path / "s"
+    w, x = _pin_store(path)
+    with w:
+        doomed = w.version
+        w.add(x[200:201])  # retain 2: the next commit prunes `doomed`
+        outcome: dict = {}
+
+        def pin_now():
+            try:
+                outcome["pin"] = VersionPin(path, doomed)
+            except StoreCorrupted as exc:
+                outcome["error"] = exc
+
+        real = commit._lock_unpinned
+        pinner = threading.Thread(target=pin_now)
+
+        def locking(name, dir_fd):
+            fd = real(name, dir_fd)
+            if name == mf.manifest_name(doomed):
+                assert fd is not None
+                pinner.start()
+                pinner.join(0.5)
+                outcome["blocked"] = pinner.is_alive()
+            return fd
+
+        monkeypatch.setattr(commit, "_lock_unpinned", locking)
+        w.add(x[201:202])
+        monkeypatch.setattr(commit, "_lock_unpinned", real)
+        pinner.join(30)
+        assert outcome["blocked"], "a pin must wait while the collector holds the manifest"
+        assert doomed not in mf.list_versions(path)
+        assert "pin" not in outcome and "is not in the store" in str(outcome["error"])
+
+
+def _named_files(path: Path) -> set[str]:
+    from vecz.formats.body import body_files, parse_body
+
+    return set().union(*(body_files(parse_body(mf.read_manifest(path, v), "v")) for v in mf.list_versions(path)))
