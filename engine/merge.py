@@ -13,11 +13,13 @@ of up to `MAX_SEGMENT_ROWS` live rows.
 
 A merge rewrites codes, never more than it must of the exact vectors: the merged segment
 maps its rows onto the dense files they already live in (``dense_map = "sections"``),
-except that small dense files (together below `SMALL_DENSE_BYTES`) are copied into one
-new file (its rows in `segments.write_dense_rows` order, near vectors together), so a
-stream of single-row adds does not leave thousands of tiny files; `compact` also copies
-the live rows of dense files a group owns, up to `DENSE_COPY_BYTES` per group, which
-reclaims the space of deleted rows. Rows of a merged segment are sorted by id.
+except that the smallest dense files, as many as hold `SMALL_DENSE_BYTES` together (all
+of them when they fit), are copied into one new file (its rows in
+`segments.write_dense_rows` order, near vectors together), so a stream of single-row adds
+does not leave thousands of tiny files, even beside one big file; `compact` copies up to
+`DENSE_COPY_BYTES` per group, which reclaims the space of deleted rows. A merged segment
+names only the dense files its live rows are in (a file whose rows were all deleted goes
+with the next garbage collection). Rows of a merged segment are sorted by id.
 """
 
 from __future__ import annotations
@@ -72,16 +74,33 @@ class SegmentSize:
 
 def plan_merges(sizes: list[SegmentSize], *, auto_rows: int = AUTO_MERGE_ROWS) -> list[int] | None:
     """The serials of the segments to merge next (one group), or None when the policy is met
-    or the next merge would rewrite more than `auto_rows` rows."""
+    or the next merge would rewrite more than `auto_rows` rows.
+
+    A segment of more than `auto_rows` rows (live and dead) is never in an automatic merge;
+    it still counts in its tier, but does not hold the others of its tier back: a mostly
+    deleted big segment sits in tier 0 (tiers count live rows), and the small segments
+    after it are merged without it (tier 0 takes as many of the smallest as fit the budget,
+    at least two)."""
     by_tier: dict[int, list[SegmentSize]] = {}
     for s in sizes:
         by_tier.setdefault(tier(s.live), []).append(s)
     for t in sorted(by_tier):
-        group = sorted(by_tier[t], key=lambda s: s.live)
-        if len(group) >= FANOUT:
-            group = group[:FANOUT] if t else group  # tier 0: take all the small ones at once
-            if sum(s.rows for s in group) <= auto_rows:
+        if len(by_tier[t]) < FANOUT:
+            continue
+        fits = sorted((s for s in by_tier[t] if s.rows <= auto_rows), key=lambda s: s.live if t else s.rows)
+        if t:
+            group = fits[:FANOUT]
+            if len(group) == FANOUT and sum(s.rows for s in group) <= auto_rows:
                 return [s.serial for s in group]
+            continue
+        group, rows = [], 0  # tier 0: all the small ones at once, as many as fit
+        for s in fits:
+            if rows + s.rows > auto_rows:
+                break
+            group.append(s)
+            rows += s.rows
+        if len(group) >= 2:
+            return [s.serial for s in group]
     for s in sorted(sizes, key=lambda s: s.live):
         if s.rows and s.dead > DEAD_FRACTION * s.rows and s.rows <= auto_rows:
             return [s.serial]
@@ -89,15 +108,23 @@ def plan_merges(sizes: list[SegmentSize], *, auto_rows: int = AUTO_MERGE_ROWS) -
 
 
 def plan_compaction(sizes: list[SegmentSize]) -> list[list[int]]:
-    """Groups for an explicit compaction: consecutive segments packed into groups of up to
-    `MAX_SEGMENT_ROWS` live rows; a group is rewritten when it joins several segments or
-    drops dead rows."""
+    """Groups for an explicit compaction: segments packed into groups of up to
+    `MAX_SEGMENT_ROWS` live rows, first fit by decreasing live rows (within 11/9 of the
+    fewest groups plus one, and the fewest in the common cases); a group is rewritten
+    when it joins several segments or drops dead rows. Each group's segments in store
+    order."""
     groups: list[list[SegmentSize]] = []
-    for s in sizes:
-        if groups and sum(g.live for g in groups[-1]) + s.live <= MAX_SEGMENT_ROWS:
-            groups[-1].append(s)
-        else:
+    room: list[int] = []
+    for s in sorted(sizes, key=lambda s: -s.live):
+        j = next((j for j, r in enumerate(room) if s.live <= r), None)
+        if j is None:
             groups.append([s])
+            room.append(MAX_SEGMENT_ROWS - s.live)
+        else:
+            groups[j].append(s)
+            room[j] -= s.live
+    order = {s.serial: i for i, s in enumerate(sizes)}
+    groups = sorted((sorted(g, key=lambda s: order[s.serial]) for g in groups), key=lambda g: order[g[0].serial])
     return [[s.serial for s in g] for g in groups if len(g) > 1 or g[0].dead or not g[0].live]
 
 
@@ -147,6 +174,8 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
     if infos:
         dfile = np.concatenate(loc_file)[order]
         drow = np.concatenate(loc_row)[order]
+        used, dfile = np.unique(dfile, return_inverse=True)  # a file no live row maps to is not named
+        infos = [infos[int(j)] for j in used]
         if sum(d.nbytes for d in infos) <= copy_dense_bytes:
             name = data_file_name("dense", serial)
             vectors = _read_vectors(pool, infos, dfile, drow)
@@ -159,9 +188,8 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
                 arrays.update(sections)
                 dense_file, dense_row = sections["dense_file"], sections["dense_row"]
         else:
-            if len(infos) > MAX_DENSE_FILES:
-                infos, dfile, drow = _copy_smallest(directory, codec, pool, infos, dfile, drow, ids, lists, serial,
-                                                    dense_dtype, files)
+            infos, dfile, drow = _copy_smallest(directory, codec, pool, infos, dfile, drow, ids, lists, serial,
+                                                dense_dtype, files, copy_dense_bytes)
             dense_map = "sections"
             dense_file, dense_row = dfile.astype(np.uint16), drow.astype(np.uint32)
             arrays["dense_file"], arrays["dense_row"] = dense_file, dense_row
@@ -194,18 +222,17 @@ def _read_vectors(pool: DensePool | None, infos: list[DenseInfo], dfile: np.ndar
 
 def _copy_smallest(directory: Path, codec: Codec, pool: DensePool | None, infos: list[DenseInfo],
                    dfile: np.ndarray, drow: np.ndarray, ids: np.ndarray, lists: np.ndarray, serial: int,
-                   dense_dtype: str, files: list[str]) -> tuple[list[DenseInfo], np.ndarray, np.ndarray]:
-    """Fit a mapped merge's rows into `MAX_DENSE_FILES` dense files: the files no row maps to
-    are dropped, and the rows of the smallest of the rest are copied into one new file (its
-    name appended to `files`), so the record's index never wraps. Returns the record's
-    files and each row's (file, row) in them."""
-    used = np.zeros(len(infos), dtype=bool)
-    used[dfile] = True
-    keep = np.flatnonzero(used)
-    moved = np.zeros(0, dtype=np.int64)
-    if keep.size > MAX_DENSE_FILES:
-        by_size = keep[np.argsort([infos[i].nbytes for i in keep], kind="stable")]
-        moved, keep = by_size[:keep.size - MAX_DENSE_FILES + 1], np.sort(by_size[keep.size - MAX_DENSE_FILES + 1:])
+                   dense_dtype: str, files: list[str], copy_bytes: int) -> tuple[list[DenseInfo], np.ndarray, np.ndarray]:
+    """The dense files of a mapped merge (every one holding a live row, `dfile` indexing
+    `infos`): the rows of the smallest files are copied into one new file (its name appended
+    to `files`), as many files as hold `copy_bytes` together when that is two or more (so
+    single-row adds beside a big segment leave no trail of tiny files), and at least as many
+    as keep the record within `MAX_DENSE_FILES` files (its index is uint16). Returns the
+    record's files and each row's (file, row) in them."""
+    by_size = np.argsort([d.nbytes for d in infos], kind="stable")
+    small = int(np.searchsorted(np.cumsum([infos[i].nbytes for i in by_size]), copy_bytes, side="right"))
+    n_moved = max(small if small >= 2 else 0, len(infos) - MAX_DENSE_FILES + 1 if len(infos) > MAX_DENSE_FILES else 0)
+    moved, keep = by_size[:n_moved], np.sort(by_size[n_moved:])
     index = np.full(len(infos), -1, dtype=np.int64)
     index[keep] = np.arange(keep.size)
     new_file, new_row = index[dfile], drow.astype(np.int64)

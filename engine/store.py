@@ -551,8 +551,9 @@ class Store:
 
     def compact(self) -> None:
         """Merge the segments into as few as the size cap allows (`merge.MAX_SEGMENT_ROWS`
-        live rows each), dropping deleted rows and copying the dense rows of groups up to
-        `merge.DENSE_COPY_BYTES`; one commit. Readers of older versions keep working."""
+        live rows each, packed first fit by decreasing size), dropping deleted rows and
+        copying the live dense rows of each group's smallest files, up to
+        `merge.DENSE_COPY_BYTES` together; one commit. Readers of older versions keep working."""
         self._check_open("compact")
         writes.compact(self, self._require_writer("compact"))
 

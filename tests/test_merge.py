@@ -199,3 +199,90 @@ def test_a_mapped_merge_over_too_many_dense_files_copies_the_smallest(tmp_path, 
         np.testing.assert_array_equal(r.get(live), x[live])
         res = r.search(x[live[:20]], 1, rerank=10)
         np.testing.assert_array_equal(res.ids[:, 0], live[:20])
+
+
+def test_a_mostly_deleted_big_segment_does_not_hold_back_the_small_merges():
+    """Tiers count live rows, so a segment of more rows than an automatic merge may rewrite
+    but few live ones sits in tier 0; every tier-0 group then held it and was over budget,
+    and no small merge ran again (1,000 adds left 1,001 segments)."""
+    budget = merge.AUTO_MERGE_ROWS
+    for big in [SegmentSize(1, 4 * budget, 4 * budget), SegmentSize(1, 2 * budget, 2 * budget - 10_000)]:
+        sizes, serial = [big], 2
+        for _ in range(1000):
+            sizes, serial, _ = _settle(sizes + [SegmentSize(serial, 1000, 0)], serial + 1, budget)
+        assert big in sizes  # too big for an automatic merge: it waits for compact
+        assert len(sizes) <= 1 + (FANOUT - 1) * (1 + math.log(1_000_000 / merge.BASE_ROWS, FANOUT)), len(sizes)
+
+
+def test_the_store_merges_small_adds_beside_a_mostly_deleted_big_segment(tmp_path):
+    import numpy as np
+
+    from vecz import Store
+
+    x = np.random.default_rng(3).standard_normal((2600, 4)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=4, metric="l2", codec="SQ8", dense=None) as w:
+        w.auto_merge_rows = 2000
+        ids = w.add(x[:2500])
+        w.delete(ids[:-10])  # 2,500 rows, 10 live: tier 0, and too big to rewrite within 2,000 rows
+        for i in range(40):
+            w.add(x[2500 + i:2501 + i])
+        assert len(w._segments) <= FANOUT, [s.rows for s in w._segments]  # was 41
+        assert len(w) == 50
+
+
+def test_compaction_makes_as_few_segments_as_the_cap_allows():
+    big = merge.MAX_SEGMENT_ROWS
+    three, two = int(big * 0.7), int(big * 0.45)
+    sizes = [SegmentSize(1, three, 0), SegmentSize(2, two, 0), SegmentSize(3, three, 0), SegmentSize(4, two, 0)]
+    groups = plan_compaction(sizes)
+    assert groups == [[2, 4]]  # consecutive packing made 4 segments of these; 3 is the fewest
+
+
+def test_merges_copy_the_small_dense_files_beside_a_big_one(tmp_path, monkeypatch):
+    """A tier-0 merge whose dense files hold more than SMALL_DENSE_BYTES together mapped every
+    file where it was: beside one big file (wide rows: 11,000 rows of 1536-d f32 pass 64 MB)
+    each single-row add kept a file of its own for ever. Now the small files are copied into
+    one and the big one mapped."""
+    import numpy as np
+
+    from vecz import Store, check_store
+
+    monkeypatch.setattr(merge, "SMALL_DENSE_BYTES", 40_000)
+    x = np.random.default_rng(4).standard_normal((1100, 16)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=16, metric="l2", codec="SQ8", dense="f32", retain=1) as w:
+        ids = list(w.add(x[:1000]))  # 64 kB of vectors: more than the patched 40 kB
+        for i in range(60):
+            ids += list(w.add(x[1000 + i:1001 + i]))
+        named = {d.file for s in w._segments for d in s.rec.dense}
+        assert len(named) <= 2 * len(w._segments), (len(named), len(w._segments))  # was 61 files
+        on_disk = [p.name for p in (tmp_path / "s").iterdir() if p.name.startswith("dense-")]
+        assert sorted(on_disk) == sorted(named)
+    assert check_store(tmp_path / "s") == []
+    with Store.open(tmp_path / "s") as r:
+        np.testing.assert_array_equal(r.get(np.array(ids)), x[:1060])
+        res = r.search(x[:1060:7], 1, rerank=10)
+        np.testing.assert_array_equal(res.ids[:, 0], np.array(ids)[::7])
+
+
+def test_a_merge_does_not_name_a_dense_file_none_of_its_rows_live_in(tmp_path, monkeypatch):
+    """A mapped merge named every dense file of its sources, also one whose rows were all
+    deleted: that file was kept (and counted in dense_bytes) for ever."""
+    import numpy as np
+
+    from vecz import Store, check_store
+
+    monkeypatch.setattr(merge, "SMALL_DENSE_BYTES", 0)  # map, never copy
+    x = np.random.default_rng(5).standard_normal((400, 8)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=8, metric="l2", codec="SQ8", dense="f32", retain=1) as w:
+        batches = [w.add(x[i * 100:(i + 1) * 100]) for i in range(4)]  # the fourth add merges all four
+        assert len(w._segments) == 1 and len(w._segments[0].rec.dense) == 4
+        first = {d.file for d in w._segments[0].rec.dense} - {d.file for d in w._segments[0].rec.dense[1:]}
+        w.delete(np.concatenate([batches[0], batches[1][:10]]))  # > 1/4 dead: rewritten
+        named = {d.file for s in w._segments for d in s.rec.dense}
+        assert w.n_deleted == 0 and len(named) == 3 and not first & named
+        assert not (tmp_path / "s" / first.pop()).exists()
+        assert w.info()["dense_bytes"] == sum(d.nbytes for d in w._segments[0].rec.dense)
+    assert check_store(tmp_path / "s") == []
+    with Store.open(tmp_path / "s") as r:
+        live = np.concatenate([batches[1][10:]] + batches[2:])
+        np.testing.assert_array_equal(r.get(live), x[110:])
