@@ -13,8 +13,10 @@ per round.
     python bench/ab_inproc.py --old /tmp/old --store STORE --search "rerank=20,nprobe=48" [--cold]
 
 ``--batch`` times the queries as one batch per version instead (QPS, best of 3 a round,
-alternating), after each version's recall@k against the dataset's ``gt_ids.npy`` (a change
-that moves results, such as a new score rule, is judged on both).
+alternating), after each version's recall@k against the exact top-k under its store's metric
+when the queries are a dataset's queries.npy beside its base.npy (a change that moves
+results, such as a new score rule, is judged on both): `vecz.engine.bench.data.dataset_truth`,
+the dataset's gt_ids.npy for ip, else computed once for all its queries and cached.
 
 ``--old-store OTHER`` instead of ``--old`` times two stores with this version: OTHER as
 "old" against --store as "new" (the same rows under two codec configurations, such as PQ
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import vecz.engine.store as new_store
+from vecz.engine.bench.data import dataset_truth
 from store_bench import RESIDENCY_RECHECK_S, _evict, _read_whole  # bench/, this script's folder
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wordnet-minilm"
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", action="store_true", help="evict the dense files before every query")
     ap.add_argument("--batch", action="store_true",
                     help="time the --nq queries as one batch per version (best of 3 a round, alternating), "
-                         "and print each version's recall@k against the dataset's gt_ids.npy when it has one")
+                         "and print each version's recall@k against the exact top-k under its store's metric "
+                         "when --queries is a dataset's queries.npy beside its base.npy")
     args = ap.parse_args(argv)
 
     import numba
@@ -137,16 +141,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _truth(queries: Path, store, nq: int) -> tuple[np.ndarray | None, str]:
+    """The exact top-100 of the first `nq` queries under `store`'s metric and its source, when
+    `queries` is a dataset's queries.npy beside its base.npy and the store holds that base
+    (same rows and width); else None and the reason."""
+    folder = queries.resolve().parent
+    if queries.name != "queries.npy" or not (folder / "base.npy").is_file():
+        return None, f"{queries} is not a queries.npy beside a base.npy"
+    rows = np.load(folder / "base.npy", mmap_mode="r").shape
+    if rows != (len(store), store.dim):
+        return None, f"the store holds {len(store)} x {store.dim}, {folder / 'base.npy'} {rows[0]} x {rows[1]}"
+    ds = dataset_truth(folder, store.metric, nq=nq)
+    return ds.gt, ds.gt_source
+
+
 def _batch_rounds(args, stores: dict, q: np.ndarray, kw: dict, files: list[str]) -> int:
     """--batch: each version's QPS over the --nq queries as one batch, best of 3 a round,
-    the versions alternating; recall@k against gt_ids.npy beside the queries if present."""
-    gt_path = args.queries.parent / "gt_ids.npy"
-    if gt_path.is_file():
-        gt = np.load(gt_path)[: len(q), : args.k]
-        for name, s in stores.items():
-            ids = s.search(q, args.k, **kw).ids
-            rec = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ids, gt)])
-            print(f"{name}: recall@{args.k} {rec:.4f}", flush=True)
+    the versions alternating; first, when the queries are a dataset's (`_truth`), each
+    version's recall@k against the exact top-k under its store's metric."""
+    for name, s in stores.items():
+        gt, why = _truth(args.queries, s, len(q))
+        if gt is None:
+            print(f"{name}: no recall@{args.k}: {why}", flush=True)
+            continue
+        ids = s.search(q, args.k, **kw).ids
+        rec = np.mean([len(set(a) & set(b[: args.k])) / args.k for a, b in zip(ids, gt)])
+        print(f"{name}: recall@{args.k} {rec:.4f} ({s.metric}: {why})", flush=True)
     for r in range(args.rounds):
         _read_whole(files)
         best = {}

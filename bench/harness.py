@@ -2,12 +2,15 @@
 baselines and the timing helper (recall@10 is vecz.engine.bench.metrics.recall_at). Fixtures
 live in conftest.py.
 
-Both sides of every pair see the same arrays: float32 base (117,647 x 384), the first
-`VECZ_BENCH_NQ` queries (default 1000) and their exact top-10 (`gt_ids.npy`, inner product
-in float32). Both train on the same rows, the first `VECZ_BENCH_NTRAIN` base vectors
-(default 65536; the base is a seeded random permutation, so a prefix is a uniform sample);
-each side then applies its own policy to that sample (both cap k-means at 256 points per
-centroid, as faiss does).
+Both sides of every pair see the same arrays: float32 base (117,647 x 384) and the first
+`VECZ_BENCH_NQ` queries (default 1000). Each side's recall is against the exact top-10 of
+the metric it searches with (`Data.gt`): gt_ids.npy for inner product (faiss's side), the
+exact top-10 computed and cached by vecz.engine.bench.data for cosine (vecz's side) and l2
+(the rows' norms are 1 only to float16 precision, so the three rank near ties differently).
+Both train on the same rows, the first `VECZ_BENCH_NTRAIN` base vectors (default 65536; the
+base is a seeded random permutation, so a prefix is a uniform sample); each side then
+applies its own policy to that sample (both cap k-means at 256 points per centroid, as
+faiss does).
 
 Environment: VECZ_BENCH_NQ (queries), VECZ_BENCH_NTRAIN (training rows), VECZ_BENCH_ROUNDS
 (timed rounds per benchmark, default 3).
@@ -16,18 +19,17 @@ Environment: VECZ_BENCH_NQ (queries), VECZ_BENCH_NTRAIN (training rows), VECZ_BE
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import faiss
 import numpy as np
 
+from vecz.engine.bench.data import dataset_dir, dataset_truth
 from vecz.engine.bench.metrics import recall_at
 from vecz.engine.bench.runner import set_blas_threads
 from vecz.engine.codecs import CodeIndex
 
 __all__ = [
-    "REPO",
     "DATA_DIR",
     "DIM",
     "K",
@@ -46,8 +48,7 @@ __all__ = [
     "run_search",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data" / "wordnet-minilm"
+DATA_DIR = dataset_dir("wordnet-minilm")  # $VECZ_DATA, else ../shared/data beside the checkout
 DIM = 384
 K = 10
 
@@ -71,13 +72,21 @@ ROUNDS = _env_int("VECZ_BENCH_ROUNDS", 3)
 
 
 class Data(NamedTuple):
-    base: np.ndarray  # float32 (n, DIM), unit vectors
+    base: np.ndarray  # float32 (n, DIM), unit vectors to float16 precision
     queries: np.ndarray  # float32 (nq, DIM)
-    gt: np.ndarray  # int64 (nq, K): exact top-K by inner product
     train: np.ndarray  # float32 (ntrain, DIM): the rows both sides train on
+    truth: dict[str, np.ndarray]  # metric -> int64 (nq, K), filled by `gt`
+
+    def gt(self, metric: str) -> np.ndarray:
+        """int64 (nq, K): the exact top-K of the queries under `metric` ("ip", "cosine" or "l2"),
+        `vecz.engine.bench.data.dataset_truth` (gt_ids.npy for ip, else computed once and
+        cached), read on first use."""
+        if metric not in self.truth:
+            self.truth[metric] = dataset_truth(DATA_DIR, metric, nq=len(self.queries)).gt[:, :K]  # type: ignore[index]
+        return self.truth[metric]
 
 
-DATA_FILES = ("base.npy", "queries.npy", "gt_ids.npy")
+DATA_FILES = ("base.npy", "queries.npy")
 
 
 def missing_data() -> list[str]:
@@ -85,18 +94,17 @@ def missing_data() -> list[str]:
 
 
 def load_data(nq: int = NQ, ntrain: int = NTRAIN) -> Data:
-    base = np.load(DATA_DIR / "base.npy").astype(np.float32)
-    if base.ndim != 2 or base.shape[1] != DIM:
-        raise ValueError(f"{DATA_DIR / 'base.npy'}: expected shape (n, {DIM}), found {base.shape}")
-    queries = np.load(DATA_DIR / "queries.npy", mmap_mode="r")
-    if nq > queries.shape[0]:
-        raise ValueError(f"VECZ_BENCH_NQ={nq} exceeds the {queries.shape[0]} queries in {DATA_DIR}")
-    gt = np.load(DATA_DIR / "gt_ids.npy", mmap_mode="r")
+    n_all = np.load(DATA_DIR / "queries.npy", mmap_mode="r").shape[0]
+    if nq > n_all:
+        raise ValueError(f"VECZ_BENCH_NQ={nq} exceeds the {n_all} queries in {DATA_DIR}")
+    ds = dataset_truth(DATA_DIR, "cosine", nq=nq)  # vecz's metric: its truth read now, the others on first use
+    if ds.base.shape[1] != DIM:
+        raise ValueError(f"{DATA_DIR / 'base.npy'}: expected shape (n, {DIM}), found {ds.base.shape}")
     return Data(
-        base=base,
-        queries=np.ascontiguousarray(queries[:nq], dtype=np.float32),
-        gt=np.ascontiguousarray(gt[:nq, :K], dtype=np.int64),
-        train=np.ascontiguousarray(base[: min(ntrain, base.shape[0])]),
+        base=ds.base,
+        queries=np.ascontiguousarray(ds.queries),
+        train=np.ascontiguousarray(ds.base[: min(ntrain, ds.base.shape[0])]),
+        truth={"cosine": ds.gt[:, :K]},  # type: ignore[index]
     )
 
 

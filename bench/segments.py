@@ -11,10 +11,12 @@ sixteen equal parts instead. Both stores hold the same rows (ids = row numbers) 
 they are built once and kept in --work. For each point (spec:rerank:nprobe) and each
 store: a batch of the first --nq queries (best of --rounds, one thread) and the first 200 one at a time
 (`engine.bench.metrics.time_single`: p50, p99; dense files cached; stop 35's committed
-figures took 300), recall@10 against the dataset's exact top 10 (the two stores hold the
-same codes, so they agree up to ties: search scans segments above the floor of the ones
-before and merges them by code score, ties by id), and the time of the shortlist alone
-(plan, the scan of every segment, the merge).
+figures took 300), recall@10 against the exact cosine top 10 among the rows stored
+(`engine.bench.data.dataset_truth` of that row prefix, computed once for all the queries and
+cached; not gt_ids.npy, the inner product over every row; the two stores hold the same
+codes, so they agree up to ties: search scans segments above the floor of the ones before
+and merges them by code score, ties by id), and the time of the shortlist alone (plan, the
+scan of every segment, the merge).
 
     python bench/segments.py                                    # IVF256,OPQ96x4, IVF256,RB2, PQ48x8
     python bench/segments.py --split equal:16 --specs "IVF256,OPQ96x4"
@@ -38,13 +40,13 @@ import threadpoolctl
 
 from vecz import Store
 from vecz.engine import search as S
+from vecz.engine.bench.data import dataset_folder, dataset_truth
 from vecz.engine.bench.metrics import LATENCY_QUERIES, recall_at, time_single
 from vecz.engine.bench.report import _cpu_model
 from vecz.engine.bounds import auto_cap
 
 REPO = Path(__file__).resolve().parents[1]
 
-DATA = REPO.parent / "shared" / "data"
 K = 10
 DEFAULT_POINTS = "IVF256,OPQ96x4:100:48;IVF256,OPQ96x4:auto:48;IVF256,RB2:30:64;IVF256,RB2:auto:64;PQ48x8:100:1"
 
@@ -107,7 +109,8 @@ def measure(path: Path, q: np.ndarray, gt: np.ndarray, rerank, nprobe: int, roun
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="wordnet-minilm")
+    p.add_argument("--dataset", default="wordnet-minilm",
+                   help="wordnet-minilm or wordnet-gemma ($VECZ_DATA, else ../shared/data)")
     p.add_argument("--points", default=DEFAULT_POINTS, help="spec:rerank:nprobe;... (rerank an integer or auto)")
     p.add_argument("--specs", default=None, help="keep only the points of these specs (';'-separated)")
     p.add_argument("--split", default="tiers", help="'tiers' (the merge policy's most segments) or 'equal:<parts>'")
@@ -118,12 +121,11 @@ def main() -> None:
     args = p.parse_args()
     threadpoolctl.threadpool_limits(1)
     numba.set_num_threads(1)
-    d = DATA / args.dataset
-    x = np.load(d / "base.npy").astype(np.float32)
-    q = np.load(d / "queries.npy").astype(np.float32)[: args.nq]
-    gt = np.load(d / "gt_ids.npy")[: args.nq, :K]
-    sizes = split_sizes(args.split, x.shape[0])
-    x = x[: sum(sizes)]
+    n = np.load(dataset_folder(args.dataset) / "base.npy", mmap_mode="r").shape[0]
+    sizes = split_sizes(args.split, n)
+    # the stores are cosine and hold the first sum(sizes) rows: the truth among those rows
+    ds = dataset_truth(args.dataset, "cosine", nq=args.nq, rows=sum(sizes))
+    x, q, gt = ds.base, ds.queries, ds.gt[:, :K]  # type: ignore[index]
     keep = None if args.specs is None else set(args.specs.split(";"))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,12 @@ can split them; built once and kept in --work), every query of the dataset, its 
 committed (`Store.calibrate`). For each number of shards S the segments are split as
 `ShardedStore` splits them (`ray._split`) and each shard's part runs here, in this process,
 through the functions the Ray actors run (`ray.auto_in_process`), merged by
-`ray.merge_auto`: recall@10 against the dataset's exact top 10, rows read per query (mean,
-p99). With ``--ray`` the two-round search also runs through `ShardedStore` on a local Ray
-cluster (2 CPUs) for each S, on the first 1,000 queries, and its answers and rows are checked
-equal to the in-process ones.
+`ray.merge_auto`: recall@10 against the dataset's exact cosine top 10 (the store's metric;
+`vecz.engine.bench.data.dataset_truth`, computed once for all the queries and cached, not
+gt_ids.npy, the float16 rows' inner product), rows read per query (mean, p99). With
+``--ray`` the two-round search also runs through `ShardedStore` on a local Ray cluster (2
+CPUs) for each S, on the first 1,000 queries, and its answers and rows are checked equal to
+the in-process ones.
 
     python bench/sharded_auto.py                                   # wordnet-minilm, IVF256,RB2
     python bench/sharded_auto.py --spec RB1 --nprobe 1 --shards 2,4,8 --ray
@@ -34,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from vecz import Store  # noqa: E402
+from vecz.engine.bench.data import dataset_folder, dataset_truth  # noqa: E402
 from vecz.engine.bench.metrics import recall_at  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import DEFAULT_CONFIDENCE, auto_cap  # noqa: E402
@@ -76,7 +79,8 @@ def sharded(path: Path, q: np.ndarray, shards: int, nprobe: int, cap: int, confi
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="wordnet-minilm")
+    ap.add_argument("--data", default="wordnet-minilm", help="wordnet-minilm or wordnet-gemma ($VECZ_DATA, else "
+                                                             "../shared/data)")
     ap.add_argument("--spec", default="IVF256,RB2")
     ap.add_argument("--nprobe", type=int, default=64)
     ap.add_argument("--segments", type=int, default=16)
@@ -87,16 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/vecz-sharded-auto")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "sharded_auto.json"))
     args = ap.parse_args(argv)
-    data = REPO.parent / "shared" / "data" / args.data
+    data = dataset_folder(args.data)
     if not data.exists():
         print(f"{data} is absent: nothing to measure", file=sys.stderr)
         return 2
-    x = np.load(data / "base.npy", mmap_mode="r")
-    q = np.ascontiguousarray(np.load(data / "queries.npy")[: args.nq], dtype=np.float32)
-    gt = np.load(data / "gt_ids.npy")[: q.shape[0], :K]
+    ds = dataset_truth(data, "cosine", nq=args.nq)  # the store is cosine (`build`)
+    x, q, gt = ds.base, ds.queries, ds.gt[:, :K]  # type: ignore[index]
     path = Path(args.work) / f"{args.data}-{args.spec}-{args.segments}seg"
     path.parent.mkdir(parents=True, exist_ok=True)
-    build(path, np.asarray(x, dtype=np.float32), args.spec, args.segments)
+    build(path, x, args.spec, args.segments)
     cap = auto_cap(K)
     with Store.open(path) as st:
         one = st.search(q, K, rerank="auto", nprobe=args.nprobe, confidence=args.confidence)

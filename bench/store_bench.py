@@ -23,6 +23,11 @@
     python bench/store_bench.py                       # wordnet-minilm, writes bench/out/store/
     python bench/store_bench.py --parts quality --specs "RB1;PQ56x8"
 
+Every recall@10 is against the exact cosine top-10 (vecz's stores are cosine, faiss searches
+unit rows by inner product), computed once for all the queries and cached by
+`vecz.engine.bench.data.dataset_truth`; not the dataset's gt_ids.npy, the float16 rows' inner
+product, which reorders near ties.
+
 Run it alone: two benchmarks on a 2-core machine disturb each other.
 """
 
@@ -47,6 +52,7 @@ import faiss  # noqa: E402
 import numba  # noqa: E402
 
 from vecz.engine import Codec, Store  # noqa: E402
+from vecz.engine.bench.data import dataset_truth  # noqa: E402
 from vecz.engine.bench.faiss_side import faiss_factory  # noqa: E402
 from vecz.engine.bench.metrics import recall_at  # noqa: E402
 from vecz.engine.bench.runner import build_store, set_blas_threads  # noqa: E402
@@ -465,9 +471,8 @@ def main() -> None:
     args.points = [v for v in args.points.split(";") if v]
     specs = [v for v in args.specs.split(";") if v]
     data = Path(args.data)
-    base = np.load(data / "base.npy").astype(np.float32)
-    queries = np.load(data / "queries.npy").astype(np.float32)
-    gt = np.load(data / "gt_ids.npy")[:, :K]
+    ds = dataset_truth(data, "cosine")  # every store and faiss index here ranks by cosine
+    base, queries, gt = ds.base, ds.queries, ds.gt[:, :K]  # type: ignore[index]
     Path(args.work).mkdir(parents=True, exist_ok=True)
     out: dict = {"command": " ".join(sys.argv), "data": str(data), "n": len(base), "nq": len(queries),
                  "dense": args.dense, "faiss": faiss.__version__, "numba": numba.__version__}

@@ -622,6 +622,57 @@ def test_named_dataset_shipped_truth_only_for_ip(arrays, tmp_path, monkeypatch, 
     assert bench_data.load_named("wordnet-minilm", metric="l2").gt is None
 
 
+def test_dataset_truth_follows_the_metric_queries_and_rows(arrays, tmp_path, monkeypatch, gt_cache):
+    # the bench/ scripts' truth: gt_ids.npy for ip over all rows, else computed over all the
+    # queries once (the key `vecz bench` caches under) and cut to the first nq; a row prefix
+    # is another base with its own truth
+    base, queries = arrays
+    rng = np.random.default_rng(6)
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    base16 = (unit * rng.uniform(0.97, 1.03, (N, 1))).astype(np.float16)
+    d = tmp_path / "data" / "wordnet-gemma"
+    d.mkdir(parents=True)
+    np.save(d / "base.npy", base16)
+    np.save(d / "queries.npy", queries.astype(np.float16))
+    xb, xq = base16.astype(np.float32), queries.astype(np.float16).astype(np.float32)
+    shipped = _brute_force(xb, xq, "ip", 100).astype(np.int32)
+    np.save(d / "gt_ids.npy", shipped)
+    monkeypatch.setenv("VECZ_DATA", str(tmp_path / "data"))
+    assert bench_data.dataset_folder("wordnet-gemma") == d and bench_data.dataset_folder(tmp_path) == tmp_path
+
+    ip = bench_data.dataset_truth("wordnet-gemma", "ip", nq=7, depth=10)
+    assert ip.gt_source == str(d / "gt_ids.npy") and ip.queries.shape == (7, DIM)
+    np.testing.assert_array_equal(ip.gt, shipped[:7, :10])
+    assert not gt_cache.exists()  # nothing computed
+
+    cos = bench_data.dataset_truth(d, "cosine", nq=7)  # a folder works as the name does
+    assert cos.queries.shape == (7, DIM) and cos.gt.shape == (7, 100)
+    np.testing.assert_array_equal(cos.queries, xq[:7])
+    assert_same_topk(cos.gt, xb, xq[:7], "cosine")
+    assert metrics.recall_at(cos.gt, shipped[:7], 10) < 1  # not the shipped file
+    # computed for all the queries, under the key vecz bench uses for the whole dataset
+    whole = bench_data.load_named("wordnet-gemma", metric="cosine")
+    assert [p.name for p in gt_cache.iterdir()] == [bench_data.gt_cache_path(whole, "cosine").name]
+
+    def fail(*a, **k):
+        raise AssertionError("the cached truth should have been used")
+
+    with monkeypatch.context() as m:
+        m.setattr(bench_data, "exact_topk", fail)
+        np.testing.assert_array_equal(bench_data.dataset_truth("wordnet-gemma", "cosine", nq=3).gt, cos.gt[:3])
+        np.testing.assert_array_equal(bench_data.ground_truth(whole, "cosine")[:7], cos.gt)
+
+    for metric in ("ip", "l2"):  # a row prefix: truth among those rows, ip computed too
+        part = bench_data.dataset_truth("wordnet-gemma", metric, nq=5, rows=400)
+        assert part.base.shape == (400, DIM) and part.gt.shape == (5, 100) and part.gt.max() < 400
+        assert "computed" in part.gt_source
+        assert_same_topk(part.gt, xb[:400], xq[:5], metric)
+    with pytest.raises(InvalidInput):
+        bench_data.dataset_truth("wordnet-gemma", "l2", rows=N + 1)
+    with pytest.raises(DatasetNotFound):
+        bench_data.dataset_truth(tmp_path / "nowhere", "cosine")
+
+
 def test_default_gt_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert bench_data.default_gt_cache_dir() == tmp_path / "xdg" / "vecz" / "gt"

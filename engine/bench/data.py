@@ -8,6 +8,8 @@ and QUERIES files (.npy without pickle, .fvecs, .parquet, .arrow; read by
 given truth or computes the exact top-`GT_DEPTH` (`exact.exact_topk`) once and caches it in
 the user's cache directory (``$XDG_CACHE_HOME/vecz/gt``, else ``~/.cache/vecz/gt``), or in
 the folder the caller names; it never writes beside the input unless that folder is named.
+`dataset_truth` gives the scripts in bench/ a dataset's first queries and rows with the
+truth of the metric they search with, by the same rule and from the same cache.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = [
     "dataset_dir",
     "load_files",
     "load_named",
+    "dataset_folder",
+    "dataset_truth",
     "default_gt_cache_dir",
     "gt_cache_path",
     "ground_truth",
@@ -159,8 +163,8 @@ def load_named(
         query_texts = folder / "query_texts.txt.gz"
         if not (Path(texts).is_file() and Path(query_texts).is_file()):
             texts = query_texts = None
-    if gt is None and metric == "ip" and (folder / "gt_ids.npy").is_file():
-        gt = folder / "gt_ids.npy"
+    if gt is None:
+        gt = _shipped_truth(folder, metric)
     return load_files(
         folder / "base.npy",
         folder / "queries.npy",
@@ -170,6 +174,59 @@ def load_named(
         nq=nq,
         name=name,
     )
+
+
+def dataset_folder(source: str | Path) -> Path:
+    """`dataset_dir(source)` for a name in `DATASETS`, else `source` as a folder."""
+    return dataset_dir(str(source)) if str(source) in DATASETS else Path(source)
+
+
+def _shipped_truth(folder: Path, metric: str) -> Path | None:
+    """The folder's gt_ids.npy when it serves `metric`: ip only (see `load_named`)."""
+    path = folder / "gt_ids.npy"
+    return path if metric == "ip" and path.is_file() else None
+
+
+def dataset_truth(
+    source: str | Path,
+    metric: str,
+    *,
+    nq: int | None = None,
+    rows: int | None = None,
+    depth: int = GT_DEPTH,
+    cache: bool | str | Path = True,
+) -> Dataset:
+    """A dataset's first `nq` queries and first `rows` base rows, with their exact top-`depth`
+    under `metric` in ``gt`` (the benchmark scripts' truth; no texts are read).
+
+    `source` is a name in `DATASETS` or a folder laid out like one (`dataset_folder`:
+    base.npy, queries.npy, and gt_ids.npy when it ships one). The truth is the shipped
+    gt_ids.npy for ip over all rows (the metric it was made for, `load_named`); otherwise
+    `ground_truth` over all the queries, computed once and cached under the same key as
+    `vecz bench`'s on the whole dataset (so every `nq` reads one file), then cut to the
+    first `nq`. With `rows` the base is that prefix, whose truth (ip's too) is computed and
+    cached for it.
+    """
+    name = str(source)
+    folder = dataset_folder(source)
+    if not (folder / "base.npy").is_file():
+        raise DatasetNotFound(f"dataset {name!r}: expected {folder / 'base.npy'}, not found")
+    if nq is not None and nq < 1:
+        raise InvalidInput(f"nq must be >= 1, found {nq}")
+    shipped = _shipped_truth(folder, metric) if rows is None else None
+    if shipped is not None and np.load(shipped, mmap_mode="r").shape[1] >= depth:
+        data = load_files(folder / "base.npy", folder / "queries.npy", gt=shipped, nq=nq, name=name)
+        data.gt = np.ascontiguousarray(data.gt[:, :depth])  # type: ignore[index]
+        return data
+    data = load_files(folder / "base.npy", folder / "queries.npy", name=name)
+    if rows is not None:
+        if not 0 < rows <= len(data.base):
+            raise InvalidInput(f"rows must be in 1..{len(data.base)}, found {rows}")
+        data.base = data.base[:rows]
+    gt = ground_truth(data, metric, depth, cache=cache)
+    if nq is not None:
+        data.queries, data.gt = data.queries[:nq], gt[:nq]
+    return data
 
 
 # --------------------------------------------------------------------------- ground truth
