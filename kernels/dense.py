@@ -20,6 +20,7 @@ import numpy as np
 from llvmlite import ir
 from numba import prange
 from numba.core import cgutils, types
+from numba.core.errors import TypingError
 from numba.typed import List
 from numba.extending import intrinsic
 
@@ -68,8 +69,10 @@ _PREFETCH_BYTES = 256
 
 @intrinsic
 def _widen(typingctx, value):
-    # float32 rows pass through; uint16 rows are float16 bit patterns.
-    if isinstance(value, types.Float):
+    # float32 rows pass through; uint16 rows are float16 bit patterns; anything else is
+    # refused when the kernel compiles (float64 would be rounded here but read as float16
+    # bits by the vector loads of `_make_lane_sums`).
+    if value == types.float32:
         sig = types.float32(value)
 
         def codegen(context, builder, signature, args):
@@ -90,7 +93,7 @@ def _widen(typingctx, value):
             return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
 
         return sig, codegen
-    return None
+    raise TypingError(f"dense kernels: expected float32 values or float16 bits (uint16), found {value}")
 
 
 _HAS_F16C = target_has("f16c")
@@ -218,6 +221,9 @@ def _make_lane_sums(diff, norm=False):
     def lane_sums(typingctx, a, b, head):
         n_rows = len(b) if isinstance(b, types.BaseTuple) else 1
         row_type = b[0] if isinstance(b, types.BaseTuple) else b
+        for arr in (a, row_type):
+            if arr.dtype not in (types.float32, types.uint16):
+                raise TypingError(f"dense kernels: expected float32 values or float16 bits (uint16), found {arr.dtype}")
         n_out = n_rows * (2 if norm else 1)
         sig = (types.float64 if n_out == 1 else types.UniTuple(types.float64, n_out))(a, b, head)
 

@@ -627,6 +627,7 @@ def _accumulate_chunk(blocks, block_index, pair_start, pair_count, qluts, lane_q
 @jit
 def fs_block_accumulate(blocks, block_index, qluts, out):
     """acc[v] = sum_m qluts[m, code[v, m]] for the 32 rows of one block (uint16)."""
+    _check_blocks(blocks)
     fs_block_accumulate_range(blocks, block_index, 0, blocks.shape[1], qluts, out)
 
 
@@ -970,18 +971,34 @@ def fs_quantize_lut(luts: np.ndarray):
 
 
 @jit
-def _check_terms(steps, biases, probe_bias):
+def _check_terms(steps, biases, probe_bias, blocks):
     """The lane kernels hold a query's per-probe terms as float32 (a float64 one would be
-    rounded before the sum, where a scalar loop would not): any other width is refused."""
+    rounded before the sum, where a scalar loop would not): any other width is refused.
+    The shuffle kernels address block b's pair p at byte (b * n_pairs + p) * 32 of
+    `blocks`: it must be C-contiguous (`_check_blocks`)."""
     if steps.itemsize != 4 or biases.itemsize != 4 or probe_bias.itemsize != 4:
         raise ValueError("steps, biases and probe_bias must be float32")
+    _check_blocks(blocks)
 
 
 @jit
-def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors):
+def _check_blocks(blocks):
+    """`fs_layout`'s blocks (n_blocks, n_pairs, 32) uint8, C-contiguous (a strided view read
+    another block's bytes on CPUs with a byte shuffle; no other layout is accepted)."""
+    if blocks.ndim != 3 or blocks.shape[2] != 32 or blocks.itemsize != 1:
+        raise ValueError("fast-scan blocks must be uint8 (n_blocks, n_pairs, 32)")
+    # (numpy leaves the stride of an axis of length 1 free: only the others are checked)
+    if blocks.shape[0] > 0 and blocks.shape[1] > 0 and (blocks.strides[2] != 1 or (
+            blocks.shape[1] > 1 and blocks.strides[1] != 32) or (
+            blocks.shape[0] > 1 and blocks.strides[0] != 32 * blocks.shape[1])):
+        raise ValueError("fast-scan blocks must be C-contiguous (as fs_layout makes them)")
+
+
+@jit
+def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks):
     """`_check_terms` for the RB factor scans, whose lane intrinsics also read probe_q_sq as
     float32 and 32 rows of (g, |r|^2) as one vector (`_lanes_rows`)."""
-    _check_terms(steps, biases, probe_bias)
+    _check_terms(steps, biases, probe_bias, blocks)
     _check_factor_rows(probe_q_sq, row_factors)
 
 
@@ -1034,7 +1051,7 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     meet the admission test. Every row is scored, so a step of either sign is exact (the block
     maximum this replaced bounded the block only for step >= 0; `fs_quantize_lut` never
     makes a negative one). Float inputs are float32, as the engine passes them."""
-    _check_terms(steps, biases, probe_bias)
+    _check_terms(steps, biases, probe_bias, blocks)
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     scores = np.empty((1, BLOCK), dtype=np.float32)
@@ -1140,7 +1157,7 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     one integer compare of each lane's 32 sums (`_lanes_at_least`) picks the rows for
     fs_scan's admission test: a float block maximum and a test per lane cost 20% of the scan
     (measured, PQ96x4 on wordnet-minilm)."""
-    _check_terms(steps, biases, probe_bias)
+    _check_terms(steps, biases, probe_bias, blocks)
     n_q = qluts.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
@@ -1279,7 +1296,7 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
     pbias + g * (base + step * comb) (ip) or -((q_sq - 2 est) + |r|^2) in float32
     (l2), comb = sum_l 2**-l float32(acc_l) in float32 (tests/test_fastscan.py's numpy
     reference)."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     comb = np.empty((1, BLOCK), dtype=np.float32)
@@ -1365,7 +1382,7 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
     probe_bias/probe_q_sq (G, P), floors (G,) -> (G, k), row g identical to `fs_scan_factors`
     of query g with floor floors[g]. The float work per block (level sums, the row filter
     against each query's threshold) runs on all LANES queries at once in vector IR."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     n_q = qluts.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
@@ -1504,6 +1521,7 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
 @jit
 def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     """`fs_scan_lists`'s work."""
+    _check_terms(steps, biases, probe_bias, blocks)
     n_q = probes.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
@@ -1607,7 +1625,7 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
 def _scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
                         probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors_lists`'s work."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     n_q = probes.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
@@ -1699,7 +1717,7 @@ def _scan_factors_lists_parts(qluts, steps, biases, n_levels, blocks, block_ids,
                               probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`_scan_factors_lists` on `n_parts` contiguous ranges of queries, one per thread (the
     inputs checked here, outside the parallel loop)."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors)
+    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)

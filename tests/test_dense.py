@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -310,3 +311,21 @@ def test_walk_read_equals_the_numpy_steps(nq, c, n_readers, k, metric, seed):
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_array_equal(got_s.view(np.int64), want_s.view(np.int64))
     np.testing.assert_array_equal(counts, [np.count_nonzero(done & (reader_ix == j)) for j in range(n_readers)])
+
+
+def test_dense_kernels_refuse_float64_rows_and_queries():
+    # the vector loads read any dtype but float32 as float16 bits: float64 rows gave NaN and
+    # the wrong top k where a strided (scalar) read of the same rows was right; now neither
+    # compiles (a review found it)
+    from numba.core.errors import TypingError
+
+    rng = np.random.default_rng(8)
+    v = rng.standard_normal((8, 16)).astype(np.float32)
+    q = rng.standard_normal((1, 16)).astype(np.float32)
+    rows = np.arange(8, dtype=np.int64)[None]
+    for qq, vv in [(q, v.astype(np.float64)), (q.astype(np.float64), v),
+                   (q, np.repeat(v.astype(np.float64), 2, axis=1)[:, ::2])]:
+        with pytest.raises(TypingError, match="expected float32 values or float16 bits"):
+            dense.dense_rescore(qq, vv, rows, dense.RESCORE_IP, np.zeros((1, 8)))
+        with pytest.raises(TypingError, match="expected float32 values or float16 bits"):
+            dense.rerank_rows(qq, vv, rows, rows, 3, dense.RESCORE_IP)

@@ -592,11 +592,12 @@ def test_one_query_scans_refuse_float64_terms():
     (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
     args = dict(steps=steps[0], biases=biases[0], bias=bias[0], q_sq=q_sq[0])
-    fastscan._check_factor_terms(args["steps"], args["biases"], args["bias"], args["q_sq"], row_factors)
+    fastscan._check_factor_terms(args["steps"], args["biases"], args["bias"], args["q_sq"], row_factors, blocks)
     for name in args:
         wide = {**args, name: args[name].astype(np.float64)}
         with pytest.raises(ValueError, match="float32"):
-            fastscan._check_factor_terms(wide["steps"], wide["biases"], wide["bias"], wide["q_sq"], row_factors)
+            fastscan._check_factor_terms(wide["steps"], wide["biases"], wide["bias"], wide["q_sq"], row_factors,
+                                              blocks)
     wide = {**args, "q_sq": q_sq[0].astype(np.float64)}
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
@@ -610,11 +611,11 @@ def test_one_query_scans_refuse_float64_terms():
                                                           np.array([0, 40], np.int64))
     qluts, pq_steps, pq_biases = fastscan.fs_quantize_lut(rng.standard_normal((1, 1, 4, 16)).astype(np.float32))
     terms = dict(steps=pq_steps[0], biases=pq_biases[0], bias=np.zeros(1, np.float32))
-    fastscan._check_terms(terms["steps"], terms["biases"], terms["bias"])
+    fastscan._check_terms(terms["steps"], terms["biases"], terms["bias"], blocks)
     for name in terms:
         wide = {**terms, name: terms[name].astype(np.float64)}
         with pytest.raises(ValueError, match="float32"):
-            fastscan._check_terms(wide["steps"], wide["biases"], wide["bias"])
+            fastscan._check_terms(wide["steps"], wide["biases"], wide["bias"], blocks)
     wide = {**terms, "steps": pq_steps[0].astype(np.float64)}
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan(qluts[0], wide["steps"], wide["biases"], blocks, block_ids, block_offsets,
@@ -622,6 +623,35 @@ def test_one_query_scans_refuse_float64_terms():
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan_multi(qluts, wide["steps"][None], wide["biases"][None], blocks, block_ids, block_offsets,
                                np.zeros(1, np.int64), wide["bias"][None], 5, no_floors(qluts))
+
+
+def test_scans_refuse_blocks_that_are_not_c_contiguous():
+    # the shuffle kernels address a block's bytes from the array's start (b * n_pairs + p) * 32:
+    # a strided view (here every other block of a bigger layout) read other blocks' codes on
+    # CPUs with a byte shuffle and was right only on the scalar path (a review found it)
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 16, size=(96, 6)).astype(np.uint8)
+    blocks, block_ids, block_offsets = fastscan.fs_layout(codes, np.arange(96, dtype=np.int64),
+                                                          np.array([0, 96], np.int64))
+    twice = np.repeat(blocks, 2, axis=0)[::2]
+    assert np.array_equal(twice, blocks) and not twice.flags.c_contiguous
+    qluts, steps, biases = fastscan.fs_quantize_lut(rng.standard_normal((1, 1, 6, 16)).astype(np.float32))
+    out = np.zeros(32, np.uint16)
+    fastscan.fs_block_accumulate(blocks, 1, qluts[0, 0], out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastscan.fs_block_accumulate(twice, 1, qluts[0, 0], out)
+    args = (steps[0], biases[0])
+    bias = np.zeros(1, np.float32)
+    probe = np.zeros(1, np.int64)
+    want = fastscan.fs_scan(qluts[0], *args, blocks, block_ids, block_offsets, probe, bias, 5, -np.inf)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastscan.fs_scan(qluts[0], *args, twice, block_ids, block_offsets, probe, bias, 5, -np.inf)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastscan.fs_scan_lists(qluts, steps, biases, twice, block_ids, block_offsets, probe[None], bias[None], 5,
+                               no_floors(qluts))
+    got = fastscan.fs_scan(qluts[0], *args, np.ascontiguousarray(twice), block_ids, block_offsets, probe, bias, 5,
+                           -np.inf)
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_scan_factors_refuses_strided_row_factors():
