@@ -40,7 +40,8 @@ import errno
 import fcntl
 import os
 import shutil
-import weakref
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -72,18 +73,32 @@ def storage_errors(operation: str, path: str | os.PathLike) -> Iterator[None]:
                            exc.errno, str(where)) from exc
 
 
-def lock_holder(dev: int, ino: int) -> str:
-    """'pid N' of the process holding an flock on the inode (from /proc/locks), or 'unknown'."""
+def _flocks() -> list[tuple[str, str, str]] | None:
+    """(type READ/WRITE, pid, "maj:min:inode") of every flock in /proc/locks, None when it
+    cannot be read (not Linux)."""
     try:
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:
-        return "unknown"
-    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+        return None
+    out = []
     for line in lines:
         parts = line.split()
-        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want:
-            return f"pid {parts[4]}"
+        if len(parts) >= 6 and parts[1] == "FLOCK":
+            out.append((parts[3], parts[4], parts[5]))
+    return out
+
+
+def _inode_key(st: os.stat_result) -> str:
+    return f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+
+
+def lock_holder(dev: int, ino: int) -> str:
+    """'pid N' of the process holding an flock on the inode (from /proc/locks), or 'unknown'."""
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    for _, pid, key in _flocks() or []:
+        if key == want:
+            return f"pid {pid}"
     return "unknown"
 
 
@@ -190,32 +205,59 @@ class WriterLock:
                 self.fd = None
 
 
-def _lock_unpinned(name: str, dir_fd: int) -> int | None:
+# Where /proc/locks cannot be read, `pinned_versions` probes a manifest with an exclusive lock
+# for an instant: a lock refused this many times, a little apart, is a pin.
+_PROBE_TRIES = 3
+_PROBE_WAIT = 0.0005  # seconds, doubling
+
+
+def _lock_unpinned(name: str, dir_fd: int, tries: int = 1) -> int | None:
     """Manifest `name` open and flocked exclusively, or None when a `VersionPin` holds it
-    (or it is gone). The caller deletes it and closes the descriptor."""
+    (or it is gone; or `pinned_versions`' fallback probe held it each of `tries` times: the
+    collector tries once, keeping such a version one more commit). The caller deletes it
+    (or not) and closes the descriptor."""
     try:
         fd = os.open(name, os.O_RDONLY | _CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+        if attempt + 1 < tries:
+            time.sleep(_PROBE_WAIT * 2 ** attempt)
+    os.close(fd)
+    return None
 
 
 def pinned_versions(path: str | os.PathLike) -> list[int]:
     """The committed versions of the store at `path` that a live `VersionPin` holds (in
-    any process), ascending."""
+    any process), ascending: the manifests with a shared flock in /proc/locks (which takes
+    no lock, so two callers never see each other). Where /proc/locks cannot be read, each
+    manifest is probed with an exclusive lock tried a few times, which
+    may count a version another caller probes at that instant."""
     path = Path(path)
+    flocks = _flocks()
+    if flocks is not None:
+        shared = {key for kind, _, key in flocks if kind == "READ"}
+        pinned = []
+        for v in mf.list_versions(path):
+            try:
+                st = os.stat(path / mf.manifest_name(v))
+            except FileNotFoundError:
+                continue
+            if _inode_key(st) in shared:
+                pinned.append(v)
+        return pinned
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     try:
         pinned = []
         for v in mf.list_versions(path):
-            probe = _lock_unpinned(mf.manifest_name(v), fd)
+            probe = _lock_unpinned(mf.manifest_name(v), fd, _PROBE_TRIES)
             if probe is None:
                 if (path / mf.manifest_name(v)).exists():
                     pinned.append(v)
@@ -226,10 +268,33 @@ def pinned_versions(path: str | os.PathLike) -> list[int]:
         os.close(fd)
 
 
+# Pins held by this process, until `release` (so a pin whose object the caller dropped is
+# still held: the documented lifetime is until `release` or the process's end).
+_HELD: dict[int, "VersionPin"] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _forget_pins_in_child() -> None:
+    """After fork: the child closes its copies of the pins' descriptors, so that the locks
+    end with the parent's `release` (an inherited descriptor shares the parent's lock and
+    would keep it while the child lives). No unlock: that would release the parent's pin."""
+    for pin in list(_HELD.values()):
+        fd, pin._fd = pin._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pins_in_child)
+
+
 class VersionPin:
     """Keep committed `version` of the store at `path` from garbage collection until
-    `release` (or the process's end): its manifest and files stay, so it can be opened
-    again (``Store.open(path, version=v)``) whatever a writer commits meanwhile.
+    `release` or the process's end (dropping the object does not release it): its manifest
+    and files stay, so it can be opened again (``Store.open(path, version=v)``) whatever a
+    writer commits meanwhile. A child made by fork does not hold its parent's pins.
 
     The pin is a shared flock on the version's manifest (module docstring): no file is
     written, and read permission on the manifest is all it needs.
@@ -271,15 +336,21 @@ class VersionPin:
             if fd is not None:
                 os.close(fd)
             raise
-        self._finalizer = weakref.finalize(self, os.close, fd)
+        self._fd: int | None = fd
+        with _HELD_LOCK:
+            _HELD[id(self)] = self
 
     @property
     def held(self) -> bool:
-        return self._finalizer.alive
+        return self._fd is not None
 
     def release(self) -> None:
         """Drop the pin (idempotent): the next garbage collection may prune the version."""
-        self._finalizer()
+        with _HELD_LOCK:
+            fd, self._fd = self._fd, None
+            _HELD.pop(id(self), None)
+        if fd is not None:
+            os.close(fd)
 
     def __enter__(self) -> "VersionPin":
         return self
@@ -322,14 +393,15 @@ def collect_garbage(lock: WriterLock, *, keep_files: set[str] = frozenset()) -> 
             locked = _lock_unpinned(mf.manifest_name(v), fd)
             if locked is not None:
                 doomed[v] = locked
-        referenced = set(keep_files) | body_files(newest)
+        referenced: set[str] | None = set(keep_files) | body_files(newest)
         for v in versions[:-1]:
             if v in doomed:
                 continue
             try:
                 referenced |= body_files(parse_body(mf.read_manifest(lock.path, v), f"{lock.path} version {v}"))
             except VeczError:
-                return removed
+                referenced = None  # what it names is unknown: no data file is deleted this pass
+                break
         for v, locked in doomed.items():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(mf.manifest_name(v), dir_fd=fd)
@@ -339,6 +411,8 @@ def collect_garbage(lock: WriterLock, *, keep_files: set[str] = frozenset()) -> 
             os.close(locked)
     if removed["manifests"]:
         os.fsync(fd)
+    if referenced is None:
+        return removed
     for name in names:
         if DATA_FILE_RE.fullmatch(name) and name not in referenced:
             with contextlib.suppress(FileNotFoundError):

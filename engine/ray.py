@@ -792,7 +792,7 @@ class ShardedStore:
     def __init__(self, path: str | os.PathLike, *, shards: int = 2, version: int | None = None,
                  address: str | None = None, max_restarts: int = 1, threads_per_shard: int = 1,
                  cpus_per_shard: float | None = None, start_timeout: float = 120.0) -> None:
-        ray = _ray()
+        self._ray = _ray()
         connect(address)
         self.path = Path(path)
         if not self.path.is_dir():
@@ -800,7 +800,17 @@ class ShardedStore:
         if not isinstance(shards, (int, np.integer)) or isinstance(shards, bool) or shards < 1:
             raise InvalidInput(f"shards: expected an integer >= 1, found {shards!r}")
         self.pin: VersionPin | None = None
+        self.actors = None
         body = self._pinned_body(version)
+        try:
+            self._start(body, shards, max_restarts, threads_per_shard, cpus_per_shard, start_timeout)
+        except BaseException:
+            self.close()  # the pin with it
+            raise
+
+    def _start(self, body: Any, shards: int, max_restarts: int, threads_per_shard: int,
+               cpus_per_shard: float | None, start_timeout: float) -> None:
+        ray = self._ray
         self.body = body
         self.codec = Codec.from_config(body.codec_config)
         self.groups = _split(body.segments, int(shards))
@@ -808,12 +818,10 @@ class ShardedStore:
         actor = ray.remote(_Shard).options(max_restarts=max_restarts, max_task_retries=max_restarts, num_cpus=cpus)
         self.actors = [actor.remote(str(self.path), body.version, [r.serial for r in g], threads_per_shard)
                        for g in self.groups]
-        self._ray = ray
         refs = [a.pid.remote() for a in self.actors]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=start_timeout)
         if len(ready) < len(refs):
             late = [j for j, r in enumerate(refs) if r not in ready]
-            self.close()
             raise ShardUnavailable(f"{self._describe(late[0])}: its actor did not start within {start_timeout:g} s "
                                    f"({len(late)} of {len(refs)} shards waiting; each asks {cpus:g} CPU(s) of a "
                                    f"cluster with {ray.cluster_resources().get('CPU', 0):g})")

@@ -33,6 +33,7 @@ else on the same object.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import threading
@@ -287,10 +288,11 @@ class Store:
 
     def pin(self) -> VersionPin:
         """Keep this object's version from a writer's garbage collection until the pin is
-        released (``with store.pin(): ...`` or ``pin.release()``; the process's end releases
-        it too), so that ``Store.open(path, version=v)`` can load it again later. A reader
-        that only searches the version it has loaded needs no pin (module docstring).
-        The pin is a shared flock on the version's manifest: it writes nothing."""
+        released (``with store.pin(): ...`` or ``pin.release()``) or the process ends, so
+        that ``Store.open(path, version=v)`` can load it again later; neither dropping the
+        pin object nor closing the store releases it, and a forked child does not hold it.
+        A reader that only searches the version it has loaded needs no pin (module
+        docstring). The pin is a shared flock on the version's manifest: it writes nothing."""
         self._check_open("pin")
         if not self.version:
             raise InvalidInput(f"{self.path}: pin: expected a committed version, found none (an empty store)")
@@ -765,8 +767,9 @@ class Store:
         self._check_open("info")
         files = {}
         for entry in os.scandir(self.path):
-            if entry.is_file(follow_symlinks=False):
-                files[entry.name] = entry.stat().st_size
+            with contextlib.suppress(FileNotFoundError):  # a writer's temporary manifest comes and goes
+                if entry.is_file(follow_symlinks=False):
+                    files[entry.name] = entry.stat(follow_symlinks=False).st_size
         mine = body_files(self._body)
         memory = self.memory_bytes()
         return {

@@ -453,6 +453,27 @@ def test_an_actor_that_dies_after_a_writer_moved_on_loads_the_pinned_version(tmp
         assert not (path / mf.manifest_name(served)).exists()
 
 
+def test_a_sharded_store_that_fails_to_start_releases_its_pin(tmp_path):
+    # a shard whose actor cannot load its segment: __init__ raised ShardUnavailable but kept
+    # the version pinned while anything held the exception (a review found it)
+    from vecz.engine.commit import pinned_versions
+    from vecz.formats.body import parse_body
+
+    path = tmp_path / "s"
+    x = _data(400, 16, seed=5)
+    with Store.create(path, dim=16, codec="RB1", dense="f32") as w:
+        w.auto_merge_rows = 0
+        w.add(x[:200])
+        w.add(x[200:])
+    seg = parse_body(mf.read_manifest(path), "v").segments[1].file
+    with open(path / seg, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 64)
+    with pytest.raises(ShardUnavailable) as raised:
+        vray.ShardedStore(path, shards=2, max_restarts=0, cpus_per_shard=0.5, start_timeout=60)
+    assert raised.value is not None and pinned_versions(path) == []
+
+
 def test_a_version_served_unpinned_says_so_when_an_actor_cannot_reload_it(tmp_path, monkeypatch):
     # where no pin can be made (no write permission on the store), the ShardedStore warns and
     # serves unpinned; an actor that dies after the version was pruned cannot load it again,
