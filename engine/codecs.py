@@ -114,6 +114,9 @@ Stage = MRL | IVF | Quantizer
 
 
 def _positive(text: str, stage: str, what: str) -> int:
+    # ASCII digits only (the patterns): "PQ\u0663x8" is no spec, not PQ3x8
+    if len(text) > 9:
+        raise CodecSpecError(f"stage {stage!r}: {what} must be at most 9 digits, found {len(text)}")
     value = int(text)
     if value < 1:
         raise CodecSpecError(f"stage {stage!r}: {what} must be >= 1, found {value}")
@@ -121,25 +124,25 @@ def _positive(text: str, stage: str, what: str) -> int:
 
 
 def _parse_pq(m: re.Match, stage: str) -> PQ:
-    nbits = int(m.group(3))
+    nbits = int(m.group(3)) if len(m.group(3)) <= 9 else None
     if nbits not in (4, 8):
-        raise CodecSpecError(f"stage {stage!r}: PQ bits must be 4 or 8, found {nbits}")
+        raise CodecSpecError(f"stage {stage!r}: PQ bits must be 4 or 8, found {m.group(3)}")
     return PQ(_positive(m.group(2), stage, "M"), nbits, rotate=bool(m.group(1)))
 
 
 def _parse_rb(m: re.Match, stage: str) -> RB:
-    levels = int(m.group(1))
+    levels = int(m.group(1)) if len(m.group(1)) <= 9 else 0
     if not 1 <= levels <= 8:
-        raise CodecSpecError(f"stage {stage!r}: RB levels must be 1..8, found {levels}")
+        raise CodecSpecError(f"stage {stage!r}: RB levels must be 1..8, found {m.group(1)}")
     return RB(levels)
 
 
 # One table: each stage's pattern and its parser.
 _STAGES: list[tuple[re.Pattern, Callable[[re.Match, str], Stage]]] = [
-    (re.compile(r"MRL(\d{1,9})"), lambda m, s: MRL(_positive(m.group(1), s, "dim"))),
-    (re.compile(r"IVF(\d{1,9})"), lambda m, s: IVF(_positive(m.group(1), s, "nlist"))),
-    (re.compile(r"(O?)PQ(\d{1,9})x(\d{1,9})"), _parse_pq),
-    (re.compile(r"RB(\d{1,9})"), _parse_rb),
+    (re.compile(r"MRL([0-9]+)"), lambda m, s: MRL(_positive(m.group(1), s, "dim"))),
+    (re.compile(r"IVF([0-9]+)"), lambda m, s: IVF(_positive(m.group(1), s, "nlist"))),
+    (re.compile(r"(O?)PQ([0-9]+)x([0-9]+)"), _parse_pq),
+    (re.compile(r"RB([0-9]+)"), _parse_rb),
     (re.compile(r"SQ([48])"), lambda m, s: SQ(int(m.group(1)))),
     (re.compile(r"F16"), lambda m, s: F16()),
     (re.compile(r"Flat"), lambda m, s: Flat()),
@@ -274,19 +277,55 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
 
 # The largest row norm a float16 holds (`PQ.row_norms`).
 _ROW_NORM_MAX = float(np.finfo(np.float16).max)
+_ROW_NORM_MIN = float(np.finfo(np.float16).tiny)  # 6.1e-05: float16's smallest normal
 
 
 def _norm_bytes(x: np.ndarray) -> np.ndarray:
     """Each row's norm ``|x|`` (summed in float64) as little-endian float16 bytes, uint8 (n, 2).
-    A norm past float16's range raises InvalidInput: under ip a common scale of all rows
-    changes no ranking, so such rows can be scaled down."""
+    A nonzero norm outside float16's normal range raises InvalidInput: under ip a common
+    scale of all rows changes no ranking, so such rows can be scaled (below 6.1e-05 a
+    float16 loses precision, below 6e-08 it is 0: every such row scored 0)."""
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
     if norms.size and norms.max() > _ROW_NORM_MAX:
         row = int(np.argmax(norms))
         raise InvalidInput(f"vectors: PQ under ip stores each row's norm as a float16, expected norms up to "
                            f"{_ROW_NORM_MAX:g}, found {norms[row]:.6g} in row {row} (scale all vectors down by one "
                            "factor: ip rankings do not change)")
+    tiny = np.flatnonzero((norms > 0) & (norms < _ROW_NORM_MIN))
+    if tiny.size:
+        row = int(tiny[0])
+        raise InvalidInput(f"vectors: PQ under ip stores each row's norm as a float16, expected norms of at least "
+                           f"{_ROW_NORM_MIN:.3g} (or 0), found {norms[row]:.6g} in row {row} (scale all vectors up by "
+                           "one factor: ip rankings do not change)")
     return np.ascontiguousarray(norms.astype("<f2")).view(np.uint8).reshape(-1, 2)
+
+
+def _held_out_residuals(x: np.ndarray, r: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray | None:
+    """More training residuals for the rows that are their list's centroid (a list of one
+    training row, or copies of it): their residual r = x - c is 0, but a row added later
+    never is; each also gives its residual to its nearest centroid that is not the row
+    itself (held out), which the quantizer trains on beside the zeros (so the training rows
+    keep a code of their own). None when no row is its centroid. With few rows a list,
+    PQ's books and SQ's ranges trained on the zeros alone (all 0 with one row a list) and
+    coded later rows as little more than their centroid."""
+    zero = np.flatnonzero(~r.any(axis=1))
+    if zero.size == 0 or centroids.shape[0] < 2:
+        return None
+    out = []
+    cs = centroids.astype(np.float64)
+    cc = (cs * cs).sum(axis=1)
+    for a in range(0, zero.size, 1024):
+        at = zero[a:a + 1024]
+        xs = x[at].astype(np.float64)
+        xx = (xs * xs).sum(axis=1)[:, None]
+        dot = xs @ cs.T
+        score = dot if metric != "l2" else 2.0 * dot - cc[None, :]
+        score[xx - 2.0 * dot + cc[None, :] <= 1e-9 * np.maximum(xx, 1e-30)] = -np.inf  # the row itself
+        best = np.argmax(score, axis=1)
+        keep = np.isfinite(score[np.arange(at.size), best])  # every centroid is the row: none
+        out.append(x[at[keep]] - centroids[best[keep]])
+    extra = np.concatenate(out)
+    return extra.astype(r.dtype) if extra.shape[0] else None
 
 
 def _encode_scope(n: int) -> query_threads:
@@ -344,6 +383,8 @@ class Codec:
         for name, value, low in (("seed", seed, 0), ("train_size", train_size, 1)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
                 raise InvalidInput(f"{name}: expected an integer >= {low}, found {value!r}")
+        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+            raise InvalidInput(f"dim: expected an integer >= 1, found {dim!r}")
         self.stages = parse_spec(spec)
         self.spec = format_spec(self.stages)
         self.dim = int(dim)
@@ -644,6 +685,20 @@ class Codec:
         return self.quantizer.own_list_terms(codes, order, offsets, state, self._derived_of(state),
                                              centred=self.scans_centred)
 
+    def _distinct_lists(self, state: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The lists whose centroid no earlier list has, int64 ascending, or None when every
+        centroid is distinct; made once per state. A codec trained on fewer distinct rows
+        than lists repeats them as centroids (`kmeans.kmeans_fit`); a row goes to the first
+        of equal centroids (`ivf.ivf_assign`), so the copies stay empty, and probing them
+        took the probes of lists holding rows (a query found 1 row of k = 10)."""
+        derived = self._derived_of(state)
+        if "distinct_lists" not in derived:
+            c = np.ascontiguousarray(state["centroids"])
+            keys = c.view(np.dtype((np.void, c.shape[1] * c.itemsize))).ravel()
+            first = np.sort(np.unique(keys, return_index=True)[1]).astype(np.int64)
+            derived["distinct_lists"] = None if first.size == c.shape[0] else first
+        return derived["distinct_lists"]
+
     def _centroid_sq(self, state: dict[str, np.ndarray]) -> np.ndarray:
         """|c|^2 of every centroid, float64 (nlist,), each row summed alone; made once per
         state."""
@@ -707,6 +762,9 @@ class Codec:
         else:  # one fresh array, not two (gathered centroids, then the difference)
             r = centroids[ivf.ivf_assign(x, centroids, self._coarse_metric)]
             np.subtract(x, r, out=r)
+            held_out = _held_out_residuals(x, r, centroids, self._coarse_metric)
+            if held_out is not None:
+                r = np.concatenate([r, held_out])
         state.update(self.quantizer.train(r, rng, seed=self.seed, rotation=self.rotation))
         if self.mrl is None:  # rows have error scales (an MRL tail is not a coding error)
             state.update(self.quantizer.train_row_errors(r, state))
@@ -910,7 +968,13 @@ class Codec:
         without IVF), and their <q, c> float32 (nq, P) when the coarse metric is ip."""
         if self.ivf is None:
             return np.zeros((x.shape[0], 1), dtype=np.int64), None
-        probe_sim, probes = ivf.ivf_probe(x, self._require()["centroids"], nprobe, self._coarse_metric)
+        state = self._require()
+        distinct = self._distinct_lists(state)
+        if distinct is None:
+            probe_sim, probes = ivf.ivf_probe(x, state["centroids"], nprobe, self._coarse_metric)
+        else:
+            probe_sim, probes = ivf.ivf_probe(x, state["centroids"][distinct], nprobe, self._coarse_metric)
+            probes = distinct[probes]
         probe_ip = np.ascontiguousarray(probe_sim, dtype=np.float32) if self._coarse_metric == "ip" else None
         return np.ascontiguousarray(probes), probe_ip
 

@@ -1542,3 +1542,72 @@ def test_pq_behind_mrl_under_ip_scores_the_cosine_to_the_reconstruction(spec):
     picked = np.take_along_axis(want, res.ids, axis=1)
     tol = 1e-4 if "x8" in spec else 0.08 * np.abs(want).max()  # 4-bit: uint8 tables
     np.testing.assert_allclose(res.scores, picked, atol=tol, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- few rows a list
+
+
+@pytest.mark.parametrize("spec, key", [("IVF16,PQ4x8", "pq_books"), ("IVF16,PQ4x4", "pq_books"), ("IVF16,SQ8", "sq_vdiff")])
+def test_ivf_trained_on_one_row_a_list_still_trains_its_residual_codes(spec, key):
+    # with as many rows as lists every row is a centroid and its residual 0: PQ's books and
+    # SQ's ranges trained on zeros (all 0) and coded every later row as its centroid (recall
+    # 0.012 on real data in a review). Training residuals of such rows are now held out.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 16)).astype(np.float32)
+    later = rng.standard_normal((400, 16)).astype(np.float32)
+    c = Codec(spec, 16, "l2").train(x)
+    assert np.abs(c.state()[key]).max() > 0
+    codes = c.encode(later)
+    centroid = c.state()["centroids"][codes.lists]
+    err_code = np.linalg.norm(c.decode(codes) - later, axis=1).mean()
+    err_centroid = np.linalg.norm(centroid - later, axis=1).mean()
+    assert err_code < 0.8 * err_centroid, (err_code, err_centroid)
+
+
+@pytest.mark.parametrize("n, distinct", [(10, 10), (80, 10)])
+def test_ivf_with_fewer_distinct_training_rows_than_lists_probes_distinct_lists(n, distinct):
+    # the lists past the distinct rows repeat their centroids: a query's nprobe went to copies
+    # of one centroid (all empty but the first) and found 1 row of k = 10 in a review
+    rng = np.random.default_rng(4)
+    x = np.repeat(rng.standard_normal((distinct, 16)).astype(np.float32), n // distinct, axis=0)
+    c = Codec("IVF64,SQ8", 16, "l2").train(x)
+    centroids = c.state()["centroids"]
+    assert len(np.unique(centroids, axis=0)) == distinct
+    rows = rng.standard_normal((500, 16)).astype(np.float32)
+    lists = c.encode(rows).lists
+    q = rng.standard_normal((20, 16)).astype(np.float32)
+    probes, _ = c._probe(c._prepare(q, "queries"), 4)
+    assert probes.shape == (20, 4)
+    for row in probes:  # four distinct centroids, each a list that holds rows
+        assert len(np.unique(centroids[row], axis=0)) == 4 and np.isin(row, lists).all()
+    first = np.sort(np.unique(centroids, axis=0, return_index=True)[1])  # each distinct centroid's list
+    d = ((q[:, None, :] - centroids[None, first, :]) ** 2).sum(axis=2)
+    want = first[np.argsort(d, axis=1, kind="stable")[:, :4]]  # the four nearest distinct lists
+    np.testing.assert_array_equal(np.sort(probes, axis=1), np.sort(want, axis=1))
+
+
+def test_pq_under_ip_refuses_row_norms_float16_cannot_hold():
+    # norms stored as float16: below 6e-08 every row scored 0 (recall 0 at a 1e-8 scale)
+    x = np.random.default_rng(6).standard_normal((300, 16)).astype(np.float32)
+    c = Codec("PQ4x8", 16, "ip").train(x)
+    for scale in (1e-8, 1e-5):
+        with pytest.raises(errors.InvalidInput, match="expected norms of at least 6.1e-05 \\(or 0\\)"):
+            c.encode(x * np.float32(scale))
+    c.encode(np.zeros((2, 16), np.float32))  # a zero row scores 0 anyway
+    c.encode(x * np.float32(1e-3))
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("PQ\u0663x8", "unknown stage"), ("IVF\uff1064,PQ8x8", "unknown stage"),
+    ("IVF1000000000,PQ8x8", "nlist must be at most 9 digits, found 10"),
+    ("PQ8x00000000008", "PQ bits must be 4 or 8, found 00000000008"),
+])
+def test_specs_take_ascii_digits_and_say_what_is_too_long(spec, match):
+    with pytest.raises(errors.CodecSpecError, match=match):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize("dim", [384.7, "384", True])
+def test_codec_dim_must_be_an_integer(dim):
+    with pytest.raises(errors.InvalidInput, match="dim: expected an integer"):
+        Codec("PQ8x8", dim)
