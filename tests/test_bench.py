@@ -588,14 +588,14 @@ def test_gt_cache_named_folder_or_none(files, arrays, gt_cache, tmp_path):
     assert not gt_cache.exists() and not list(d.glob("b.gt-ip-*"))
 
 
-def test_named_dataset_shipped_truth_only_for_ip(arrays, tmp_path, monkeypatch, gt_cache):
-    # a named dataset ships gt_ids.npy, the inner-product top-100 of its float16 rows, whose
-    # norms are 1 only roughly: the cosine truth is computed (and cached), not that file
+def _fake_named(arrays, tmp_path, monkeypatch, name: str, seed: int):
+    """A named dataset under $VECZ_DATA: float16 rows of norms 0.97..1.03 and the gt_ids.npy
+    a named dataset ships (their inner-product top-100). Returns (folder, xb, xq, shipped)."""
     base, queries = arrays
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     unit = base / np.linalg.norm(base, axis=1, keepdims=True)
     base16 = (unit * rng.uniform(0.97, 1.03, (N, 1))).astype(np.float16)
-    d = tmp_path / "data" / "wordnet-minilm"
+    d = tmp_path / "data" / name
     d.mkdir(parents=True)
     np.save(d / "base.npy", base16)
     np.save(d / "queries.npy", queries.astype(np.float16))
@@ -603,6 +603,13 @@ def test_named_dataset_shipped_truth_only_for_ip(arrays, tmp_path, monkeypatch, 
     shipped = _brute_force(xb, xq, "ip", 100).astype(np.int32)
     np.save(d / "gt_ids.npy", shipped)
     monkeypatch.setenv("VECZ_DATA", str(tmp_path / "data"))
+    return d, xb, xq, shipped
+
+
+def test_named_dataset_shipped_truth_only_for_ip(arrays, tmp_path, monkeypatch, gt_cache):
+    # a named dataset ships gt_ids.npy, the inner-product top-100 of its float16 rows, whose
+    # norms are 1 only roughly: the cosine truth is computed (and cached), not that file
+    d, xb, xq, shipped = _fake_named(arrays, tmp_path, monkeypatch, "wordnet-minilm", 5)
     ip = bench_data.load_named("wordnet-minilm", metric="ip")
     assert ip.gt_source == str(d / "gt_ids.npy")
     np.testing.assert_array_equal(ip.gt, shipped)
@@ -626,18 +633,7 @@ def test_dataset_truth_follows_the_metric_queries_and_rows(arrays, tmp_path, mon
     # the bench/ scripts' truth: gt_ids.npy for ip over all rows, else computed over all the
     # queries once (the key `vecz bench` caches under) and cut to the first nq; a row prefix
     # is another base with its own truth
-    base, queries = arrays
-    rng = np.random.default_rng(6)
-    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
-    base16 = (unit * rng.uniform(0.97, 1.03, (N, 1))).astype(np.float16)
-    d = tmp_path / "data" / "wordnet-gemma"
-    d.mkdir(parents=True)
-    np.save(d / "base.npy", base16)
-    np.save(d / "queries.npy", queries.astype(np.float16))
-    xb, xq = base16.astype(np.float32), queries.astype(np.float16).astype(np.float32)
-    shipped = _brute_force(xb, xq, "ip", 100).astype(np.int32)
-    np.save(d / "gt_ids.npy", shipped)
-    monkeypatch.setenv("VECZ_DATA", str(tmp_path / "data"))
+    d, xb, xq, shipped = _fake_named(arrays, tmp_path, monkeypatch, "wordnet-gemma", 6)
     assert bench_data.dataset_folder("wordnet-gemma") == d and bench_data.dataset_folder(tmp_path) == tmp_path
 
     ip = bench_data.dataset_truth("wordnet-gemma", "ip", nq=7, depth=10)

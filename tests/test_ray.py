@@ -428,16 +428,23 @@ def test_an_actor_that_dies_is_restarted_or_named(served):
         assert np.array_equal(part.ids, alone.ids) and np.array_equal(part.scores, alone.scores)
 
 
+def _two_segments(tmp_path) -> tuple[Path, np.ndarray, Store]:
+    """A writer holding a store of two 200-row RB1 segments (no automatic merges)."""
+    path = tmp_path / "s"
+    x = _data(400, 16, seed=5)
+    w = Store.create(path, dim=16, codec="RB1", dense="f32")
+    w.auto_merge_rows = 0
+    w.add(x[:200])
+    w.add(x[200:])
+    return path, x, w
+
+
 def test_an_actor_that_dies_after_a_writer_moved_on_loads_the_pinned_version(tmp_path):
     # a writer commits past the store's `retain` versions while a ShardedStore serves an old
     # one: the served version is pinned, so an actor that dies loads it again and answers
     # as before; `close` releases the pin and the next collection prunes the version
-    path = tmp_path / "s"
-    x = _data(400, 16, seed=5)
-    with Store.create(path, dim=16, codec="RB1", dense="f32") as w:
-        w.auto_merge_rows = 0
-        w.add(x[:200])
-        w.add(x[200:])
+    path, x, w = _two_segments(tmp_path)
+    with w:
         with vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5) as sharded:
             served = sharded.version
             want = sharded.search(x[:3], 5, rerank=10)
@@ -459,12 +466,8 @@ def test_a_sharded_store_that_fails_to_start_releases_its_pin(tmp_path):
     from vecz.engine.commit import pinned_versions
     from vecz.formats.body import parse_body
 
-    path = tmp_path / "s"
-    x = _data(400, 16, seed=5)
-    with Store.create(path, dim=16, codec="RB1", dense="f32") as w:
-        w.auto_merge_rows = 0
-        w.add(x[:200])
-        w.add(x[200:])
+    path, x, w = _two_segments(tmp_path)
+    w.close()
     seg = parse_body(mf.read_manifest(path), "v").segments[1].file
     with open(path / seg, "r+b") as f:
         f.seek(100)
@@ -484,12 +487,8 @@ def test_a_version_served_unpinned_says_so_when_an_actor_cannot_reload_it(tmp_pa
         raise StorageError("pin version: permission denied", 13, str(path))
 
     monkeypatch.setattr(vray, "VersionPin", refused)
-    path = tmp_path / "s"
-    x = _data(400, 16, seed=5)
-    with Store.create(path, dim=16, codec="RB1", dense="f32") as w:
-        w.auto_merge_rows = 0
-        w.add(x[:200])
-        w.add(x[200:])
+    path, x, w = _two_segments(tmp_path)
+    with w:
         with pytest.warns(RuntimeWarning, match="served unpinned"):
             sharded = vray.ShardedStore(path, shards=2, max_restarts=1, cpus_per_shard=0.5)
         with sharded:
