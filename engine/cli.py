@@ -39,14 +39,14 @@ EXIT_OK = 0
 EXIT_DAMAGE = 1   # vecz check found damage
 EXIT_INPUT = 2    # bad input, option, spec or file; a store locked by another writer or moved away
 EXIT_STORAGE = 3  # the operating system refused a read or write (disk full, read-only, permissions)
-# `vecz search --calibrate`: sample queries read from the file at most (each costs ~64 rows
+# `vecz search --calibrate`: sample queries read from the file at most (each costs 100 rows
 # read once; a few hundred give the model enough pairs, see `Store.calibrate`)
 CALIBRATE_ROWS = 2000
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     from .bench.data import DATASETS
-    from .bench.runner import DEFAULT_CODECS
+    from .bench.runner import DEFAULT_CODECS, SAMPLE_CODECS
 
     p = sub.add_parser(
         "bench",
@@ -55,7 +55,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
             "Benchmark codec specs on a base and queries: recall@1/10/100 against exact search, "
             "bytes per vector in RAM, QPS and per-query latency, with optional exact re-ranking of "
             "the R best candidates and a faiss baseline measured in the same run. DATA is either a "
-            f"named dataset ({', '.join(DATASETS)}) or a BASE file (.npy or .fvecs) followed by QUERIES."
+            f"named dataset ({', '.join(DATASETS)}) or a BASE file (.npy, .fvecs, .parquet or .arrow) followed by "
+            "QUERIES."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -66,7 +67,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("data", metavar="DATA", help=f"named dataset ({', '.join(DATASETS)}) or the BASE vectors file")
-    p.add_argument("queries", metavar="QUERIES", nargs="?", help="query vectors file (with a BASE file)")
+    p.add_argument("queries", metavar="QUERIES", nargs="?",
+                   help="query vectors file, same formats as BASE (with a BASE file)")
     p.add_argument("--gt", metavar="GT", help="ground-truth ids (.npy or .ivecs, rows = queries, rank order); "
                    "default: exact top-100 computed in float32")
     cache = p.add_mutually_exclusive_group()
@@ -74,8 +76,10 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                        "cache directory, $XDG_CACHE_HOME/vecz/gt or ~/.cache/vecz/gt; never beside the data)")
     cache.add_argument("--no-gt-cache", action="store_true", help="compute the ground truth afresh and keep no copy")
     p.add_argument("--codecs", metavar="SPECS",
-                   help="';'-separated codec specs (default for named datasets: 12 specs from 16 to 384 code "
-                        f"bytes at 384 dims, scaled to the width: {DEFAULT_CODECS!r})")
+                   help="';'-separated codec specs. Default for the sample dataset: 6 specs from 16 to 384 code bytes "
+                        f"({SAMPLE_CODECS!r}); for the other named datasets: 12 specs from 16 to 384 code bytes at "
+                        f"384 dims ({DEFAULT_CODECS!r}); both scaled to the width, IVF left out of a base under "
+                        "1,024 rows. Required with BASE QUERIES files, unless --budget")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine", help="default: cosine")
     p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--rerank", default="0,50,100", metavar="R,R",
@@ -690,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
                f"system refused a read or write (disk full, read-only, permissions): what is committed stays")
     parser.add_argument("--version", action="version", version=f"vecz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("codecs", help="list the codec stages and their bytes per vector")
+    sub.add_parser("codecs", help="print the codec spec grammar: the stages a spec can chain")
     _store_parsers(sub)
     _bench_parser(sub)
     args = parser.parse_args(argv)

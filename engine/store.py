@@ -684,7 +684,7 @@ class Store:
         store reads it instead of measuring again (`error_model`).
 
         With `queries`, each query's best 100 candidates by code score are re-scored
-        exactly (about 64 rows read a query; a few hundred queries is enough: at least
+        exactly (100 rows read a query, once; a few hundred queries is enough: at least
         `bounds.MIN_PAIRS` pairs, 10 / (1 - confidence) pairs per rank band). Without,
         pseudo-queries made from the store's rows serve, as `error_model` measures them:
         commit that after a build, and no reader measures it again (a 10M store's first
@@ -805,8 +805,10 @@ class Store:
             raise StoreClosed(f"{self.path}: {what} on a closed store; expected an open one (Store.open again)")
 
     def close(self) -> None:
-        """Release the dense maps and the writer lock. Idempotent; any later call but
-        `close` raises `StoreClosed`."""
+        """Release the dense maps and the writer lock. Idempotent; any later method call but
+        `close` raises `StoreClosed`, as do ``len()``, ``n_rows`` and ``n_deleted``; the
+        plain attributes (``version``, ``next_id``, ``calibration``, ``build_record``...)
+        keep their last values."""
         self._closed = True
         self._pool.close()
         self._segments = []

@@ -15,8 +15,9 @@ segments in RAM without rebuilding anything it already has:
 - `compact` merges everything the policy's size cap allows, in one commit.
 
 Garbage collection (the retention rule) follows every commit. A store read in layout 1
-(vecz 0.2) has its cumulative deletes file split into per-segment deletion files by its
-first commit. Consistency checks for `check_store` live here too.
+(the first layout, no ``layout`` key) has its cumulative deletes file split into
+per-segment deletion files by its first commit. Consistency checks for `check_store` live
+here too.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ outside the directory). Hostile or damaged bodies raise `StoreCorrupted` naming 
 
 Two body layouts are read:
 
-- layout 2 (written since vecz 0.3): ``"layout": 2``; each segment record lists the dense
+- layout 2 (the layout written now): ``"layout": 2``; each segment record lists the dense
   files its rows live in and names its own deletion file; rows are sorted by id.
-- layout 1 (vecz 0.1-0.2, no ``"layout"`` key): one dense file per segment holding its rows
-  in order, one cumulative deletes file for the whole store, rows in add order. It is read
-  as layout 2 with ``legacy_deletes`` set; the next commit writes layout 2.
+- layout 1 (the first layout, no ``"layout"`` key): one dense file per segment holding its
+  rows in order, one cumulative deletes file for the whole store, rows in add order. It is
+  read as layout 2 with ``legacy_deletes`` set; the next commit writes layout 2.
 
 Writers build bodies with `StoreBody.to_json`. Tested in tests/test_body.py.
 """
