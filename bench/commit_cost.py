@@ -9,6 +9,7 @@ Run it alone: two benchmarks on 2 cores disturb each other."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import numpy as np
 
 from vecz import Store
 
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 d = os.environ.get("VECZ_DATA", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")) + "/wordnet-minilm"
 x = np.load(f"{d}/base.npy")[:4200]; q = np.load(f"{d}/queries.npy")[:200]
 root = tempfile.mkdtemp(prefix="vecz-commit-cost-")

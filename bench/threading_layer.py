@@ -9,6 +9,7 @@ vecz selects tbb by default (engine/parallel.py); this is how its cost was measu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ DATA = Path(os.environ.get("VECZ_DATA", Path(__file__).resolve().parents[2] / "s
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if not (DATA / "base.npy").exists():
         sys.exit(f"needs {DATA}/base.npy (set VECZ_DATA to the shared data directory)")
     x = np.load(DATA / "base.npy")
