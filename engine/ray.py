@@ -950,7 +950,7 @@ class ShardedStore:
         candidates = sum(int(p[2]) for _, p in got)
         top_s, top_i, (top_o,) = merge_shortlists(metric, [p[0] for _, p in got], [p[1] for _, p in got],
                                                   [[np.where(p[1] >= 0, j, -1) for j, p in got]], depth)
-        probes = nq * (min(nprobe, self.codec.nlist) if self.codec.ivf is not None else 1)
+        probes = nq * self.codec.lists_probed(nprobe)
         stats = SearchStats(candidates, probes)
         if not rr:
             w = min(kk, depth)
@@ -1016,7 +1016,7 @@ class ShardedStore:
         if not got:
             raise ShardUnavailable(f"{self.path}: every shard is gone")
         top_s, top_i, capped = merge_auto(metric, results, k)
-        probes = nq * (min(nprobe, self.codec.nlist) if self.codec.ivf is not None else 1)
+        probes = nq * self.codec.lists_probed(nprobe)
         stats = SearchStats(sum(int(p[1]) for p in got), probes, rows_read=sum(r.rows for r in results),
                             bytes_read=sum(r.bytes for r in results),
                             rows_per_query=np.sum([r.per_query for r in results], axis=0), capped=capped)

@@ -749,7 +749,7 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
     # re-rank (their own scopes nest inside it at no cost), instead of one scope per call.
     with query_threads(nq, PARALLEL_MIN_QUERIES):
         scores, seg_of, rows, ids, candidates = _shortlist(codec, segments, x, scan_depth, nprobe, sdc)
-        probes = nq * (min(nprobe, codec.nlist) if codec.ivf is not None else 1)
+        probes = nq * codec.lists_probed(nprobe)
         stats = SearchStats(candidates, probes)
         if not rerank:
             out_s = np.full((nq, k), _worst(metric), dtype=np.float32)
