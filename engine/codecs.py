@@ -695,10 +695,13 @@ class Codec:
 
     def lists_probed(self, nprobe: int) -> int:
         """Lists a query probes at `nprobe`: 1 without IVF, else at most the distinct lists
-        (`_distinct_lists`)."""
+        (`_distinct_lists`; at most `nlist` for a codec without its trained state, such as a
+        ShardedStore driver's, whose actors hold the centroids)."""
         if self.ivf is None:
             return 1
-        distinct = self._distinct_lists(self._require())
+        if self._state is None:
+            return min(int(nprobe), self.nlist)
+        distinct = self._distinct_lists(self._state)
         return min(int(nprobe), self.nlist if distinct is None else distinct.size)
 
     def _distinct_lists(self, state: dict[str, np.ndarray]) -> np.ndarray | None:
