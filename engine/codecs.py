@@ -307,33 +307,24 @@ def _norm_bytes(x: np.ndarray) -> np.ndarray:
 HELD_OUT_MIN_SHARE = 0.1
 
 
-def _held_out_residuals(x: np.ndarray, r: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray | None:
+def _held_out_residuals(x: np.ndarray, r: np.ndarray, lists: np.ndarray, centroids: np.ndarray,
+                        metric: str) -> np.ndarray | None:
     """More training residuals for the rows that are their list's centroid (a list of one
-    training row, or copies of it): their residual r = x - c is 0, but a row added later
-    never is; each also gives its residual to its nearest centroid that is not the row
-    itself (held out), which the quantizer trains on beside the zeros (so the training rows
-    keep a code of their own). None when fewer than `HELD_OUT_MIN_SHARE` of the rows are
-    their centroid. With few rows a list,
-    PQ's books and SQ's ranges trained on the zeros alone (all 0 with one row a list) and
-    coded later rows as little more than their centroid."""
+    training row, or copies of it; `lists` are the rows' lists): their residual r = x - c
+    is 0, but a row added later never is. Each also gives its residual to the nearest
+    distinct centroid after its own (held out), which the quantizer trains on beside the
+    zeros, so the training rows keep a code of their own. With few rows a list, PQ's books
+    and SQ's ranges trained on the zeros alone (all 0 with one row a list) and coded later
+    rows as little more than their centroid. None when fewer than `HELD_OUT_MIN_SHARE` of
+    the rows are their centroid, or when there is no other centroid."""
     zero = np.flatnonzero(~r.any(axis=1))
-    if zero.size < HELD_OUT_MIN_SHARE * r.shape[0] or zero.size == 0 or centroids.shape[0] < 2:
+    distinct = kmeans.distinct_rows(centroids)
+    if zero.size < HELD_OUT_MIN_SHARE * r.shape[0] or distinct.size < 2:
         return None  # a few outliers alone in their lists: their far residuals would widen SQ's ranges
-    out = []
-    cs = centroids.astype(np.float64)
-    cc = (cs * cs).sum(axis=1)
-    for a in range(0, zero.size, 1024):
-        at = zero[a:a + 1024]
-        xs = x[at].astype(np.float64)
-        xx = (xs * xs).sum(axis=1)[:, None]
-        dot = xs @ cs.T
-        score = dot if metric != "l2" else 2.0 * dot - cc[None, :]
-        score[xx - 2.0 * dot + cc[None, :] <= 1e-9 * np.maximum(xx, 1e-30)] = -np.inf  # the row itself
-        best = np.argmax(score, axis=1)
-        keep = np.isfinite(score[np.arange(at.size), best])  # every centroid is the row: none
-        out.append(x[at[keep]] - centroids[best[keep]])
-    extra = np.concatenate(out)
-    return extra.astype(r.dtype) if extra.shape[0] else None
+    _, top = ivf.ivf_probe(x[zero], centroids[distinct], 2, metric)
+    own = np.searchsorted(distinct, lists[zero])  # a row's list is the first of equal centroids
+    other = np.where(top[:, 0] == own, top[:, 1], top[:, 0])
+    return x[zero] - centroids[distinct[other]]
 
 
 def _encode_scope(n: int) -> query_threads:
@@ -712,10 +703,8 @@ class Codec:
         took the probes of lists holding rows (a query found 1 row of k = 10)."""
         derived = self._derived_of(state)
         if "distinct_lists" not in derived:
-            c = np.ascontiguousarray(state["centroids"])
-            keys = c.view(np.dtype((np.void, c.shape[1] * c.itemsize))).ravel()
-            first = np.sort(np.unique(keys, return_index=True)[1]).astype(np.int64)
-            derived["distinct_lists"] = None if first.size == c.shape[0] else first
+            first = kmeans.distinct_rows(state["centroids"])
+            derived["distinct_lists"] = None if first.size == state["centroids"].shape[0] else first
         return derived["distinct_lists"]
 
     def _centroid_sq(self, state: dict[str, np.ndarray]) -> np.ndarray:
@@ -779,9 +768,10 @@ class Codec:
         elif self.ivf is None:
             r = x - centroids
         else:  # one fresh array, not two (gathered centroids, then the difference)
-            r = centroids[ivf.ivf_assign(x, centroids, self._coarse_metric)]
+            lists = ivf.ivf_assign(x, centroids, self._coarse_metric)
+            r = centroids[lists]
             np.subtract(x, r, out=r)
-            held_out = _held_out_residuals(x, r, centroids, self._coarse_metric)
+            held_out = _held_out_residuals(x, r, lists, centroids, self._coarse_metric)
             if held_out is not None:
                 r = np.concatenate([r, held_out])
         state.update(self.quantizer.train(r, rng, seed=self.seed, rotation=self.rotation))

@@ -41,7 +41,6 @@ import fcntl
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -89,13 +88,14 @@ def _flocks() -> list[tuple[str, str, str]] | None:
     return out
 
 
-def _inode_key(st: os.stat_result) -> str:
-    return f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+def _inode_key(dev: int, ino: int) -> str:
+    """An inode as /proc/locks names it."""
+    return f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
 
 
 def lock_holder(dev: int, ino: int) -> str:
     """'pid N' of the process holding an flock on the inode (from /proc/locks), or 'unknown'."""
-    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    want = _inode_key(dev, ino)
     for _, pid, key in _flocks() or []:
         if key == want:
             return f"pid {pid}"
@@ -205,41 +205,31 @@ class WriterLock:
                 self.fd = None
 
 
-# Where /proc/locks cannot be read, `pinned_versions` probes a manifest with an exclusive lock
-# for an instant: a lock refused this many times, a little apart, is a pin.
-_PROBE_TRIES = 3
-_PROBE_WAIT = 0.0005  # seconds, doubling
-
-
-def _lock_unpinned(name: str, dir_fd: int, tries: int = 1) -> int | None:
+def _lock_unpinned(name: str, dir_fd: int) -> int | None:
     """Manifest `name` open and flocked exclusively, or None when a `VersionPin` holds it
-    (or it is gone; or `pinned_versions`' fallback probe held it each of `tries` times: the
-    collector tries once, keeping such a version one more commit). The caller deletes it
+    (or it is gone; or, where /proc/locks cannot be read, `pinned_versions` probes it this
+    instant: the collector then keeps the version one more commit). The caller deletes it
     (or not) and closes the descriptor."""
     try:
         fd = os.open(name, os.O_RDONLY | _CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
-    for attempt in range(tries):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise
-        if attempt + 1 < tries:
-            time.sleep(_PROBE_WAIT * 2 ** attempt)
-    os.close(fd)
-    return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
 
 
 def pinned_versions(path: str | os.PathLike) -> list[int]:
     """The committed versions of the store at `path` that a live `VersionPin` holds (in
     any process), ascending: the manifests with a shared flock in /proc/locks (which takes
     no lock, so two callers never see each other). Where /proc/locks cannot be read, each
-    manifest is probed with an exclusive lock tried a few times, which
-    may count a version another caller probes at that instant."""
+    manifest is probed with an exclusive lock, which counts a version another caller probes
+    at that instant."""
     path = Path(path)
     flocks = _flocks()
     if flocks is not None:
@@ -250,14 +240,14 @@ def pinned_versions(path: str | os.PathLike) -> list[int]:
                 st = os.stat(path / mf.manifest_name(v))
             except FileNotFoundError:
                 continue
-            if _inode_key(st) in shared:
+            if _inode_key(st.st_dev, st.st_ino) in shared:
                 pinned.append(v)
         return pinned
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     try:
         pinned = []
         for v in mf.list_versions(path):
-            probe = _lock_unpinned(mf.manifest_name(v), fd, _PROBE_TRIES)
+            probe = _lock_unpinned(mf.manifest_name(v), fd)
             if probe is None:
                 if (path / mf.manifest_name(v)).exists():
                     pinned.append(v)
@@ -290,6 +280,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pins_in_child)
 
 
+def _hold_shared(path: Path) -> int | None:
+    """`path` open with ``flock(LOCK_SH)``, or None when, once the lock is held, the name no
+    longer leads to the file locked (the lock waits while a collector deletes it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.path.samestat(os.stat(path), os.fstat(fd)):
+            return fd
+    except FileNotFoundError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
 class VersionPin:
     """Keep committed `version` of the store at `path` from garbage collection until
     `release` or the process's end (dropping the object does not release it): its manifest
@@ -313,29 +323,11 @@ class VersionPin:
         if not self.path.is_dir():
             raise StoreNotFound(f"{self.path}: no store directory here")
         where = self.path / mf.manifest_name(self.version)
-        fd = None
-        try:
-            with storage_errors(f"pin version {self.version}", where):
-                try:
-                    fd = os.open(where, os.O_RDONLY | _CLOEXEC)
-                except FileNotFoundError:
-                    fd = None
-                else:
-                    fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a collector deletes it
-                    try:
-                        st = os.stat(where)
-                    except FileNotFoundError:
-                        st = None
-                    if st is None or (st.st_dev, st.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
-                        os.close(fd)
-                        fd = None
-            if fd is None:
-                raise StoreCorrupted(f"{self.path}: version {self.version} is not in the store (versions "
-                                     f"{mf.list_versions(self.path)}); expected a committed version to pin")
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
-            raise
+        with storage_errors(f"pin version {self.version}", where):
+            fd = _hold_shared(where)
+        if fd is None:
+            raise StoreCorrupted(f"{self.path}: version {self.version} is not in the store (versions "
+                                 f"{mf.list_versions(self.path)}); expected a committed version to pin")
         self._fd: int | None = fd
         with _HELD_LOCK:
             _HELD[id(self)] = self

@@ -20,7 +20,7 @@ from numba import prange
 
 from ._jit import jit, jit_batch, jit_batch_fast, jit_fast
 
-__all__ = ["kmeans_fit", "kmeans_assign", "kmeans_pp_init", "kmeans_assign_small", "kmeans_assign_small_batch",
+__all__ = ["kmeans_fit", "kmeans_assign", "distinct_rows", "kmeans_pp_init", "kmeans_assign_small", "kmeans_assign_small_batch",
            "nearest_column", "float_order_key", "BLAS_MIN_DIM", "PARALLEL_MIN_WORK", "KMEANS_TOL",
            "WARM_POINTS_PER_CENTROID", "REFINE_ITER",
            "WARM_MIN_WORK", "NEAR_CANDIDATES", "kmeans_assign_near", "near_centroids"]
@@ -264,19 +264,21 @@ def _update(x, labels, k):
     return sums, counts
 
 
+def distinct_rows(x: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct row of the 2-D `x` (byte-equal),
+    ascending, int64."""
+    keys = np.ascontiguousarray(x).view(np.dtype((np.void, x.shape[1] * x.itemsize))).ravel()
+    return np.sort(np.unique(keys, return_index=True)[1]).astype(np.int64)
+
+
 def _distinct_rows_at_most(x: np.ndarray, k: int) -> np.ndarray | None:
     """The distinct rows of x if there are at most k of them, else None.
 
     The first 2k rows decide cheaply in the usual case (more than k distinct among them);
     only then is the whole sample deduplicated (0.6 s for 65,536 x 384 rows otherwise)."""
-    def unique(rows: np.ndarray) -> np.ndarray:
-        keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
-        _, first = np.unique(keys, return_index=True)
-        return rows[np.sort(first)]
-
-    if unique(x[: 2 * k]).shape[0] > k:
+    if distinct_rows(x[: 2 * k]).size > k:
         return None
-    rows = unique(x)
+    rows = x[distinct_rows(x)]
     return rows if rows.shape[0] <= k else None
 
 
