@@ -686,8 +686,7 @@ class Codec:
 
     def lists_probed(self, nprobe: int) -> int:
         """Lists a query probes at `nprobe`: 1 without IVF, else at most the distinct lists
-        (`_distinct_lists`; at most `nlist` for a codec without its trained state, such as a
-        ShardedStore driver's, whose actors hold the centroids)."""
+        (`_distinct_lists`; at most `nlist` for a codec without its trained state)."""
         if self.ivf is None:
             return 1
         if self._state is None:

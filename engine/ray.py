@@ -606,6 +606,12 @@ class _Shard:
     def pid(self) -> int:
         return os.getpid()
 
+    def distinct_lists(self) -> int:
+        """Lists a query of this shard can probe: the codec's distinct centroids, 1 without
+        IVF (`Codec.lists_probed`; the driver's codec holds no centroids)."""
+        codec = self.store.codec
+        return codec.lists_probed(codec.nlist if codec.ivf is not None else 1)
+
     def shortlist(self, x: np.ndarray, depth: int, nprobe: int, sdc: bool) -> tuple[np.ndarray, np.ndarray, int]:
         from .search import PARALLEL_MIN_QUERIES, _shortlist
         from .threads import query_threads
@@ -826,6 +832,7 @@ class ShardedStore:
                                    f"({len(late)} of {len(refs)} shards waiting; each asks {cpus:g} CPU(s) of a "
                                    f"cluster with {ray.cluster_resources().get('CPU', 0):g})")
         self._gather(refs, partial=False)
+        self.lists = int(self._gather([self.actors[0].distinct_lists.remote()], partial=False)[0][0])
 
     def _pinned_body(self, version: int | None) -> Any:
         """The manifest body of `version` (the newest by default), its version pinned in
@@ -950,7 +957,7 @@ class ShardedStore:
         candidates = sum(int(p[2]) for _, p in got)
         top_s, top_i, (top_o,) = merge_shortlists(metric, [p[0] for _, p in got], [p[1] for _, p in got],
                                                   [[np.where(p[1] >= 0, j, -1) for j, p in got]], depth)
-        probes = nq * self.codec.lists_probed(nprobe)
+        probes = nq * min(int(nprobe), self.lists)
         stats = SearchStats(candidates, probes)
         if not rr:
             w = min(kk, depth)
@@ -1016,7 +1023,7 @@ class ShardedStore:
         if not got:
             raise ShardUnavailable(f"{self.path}: every shard is gone")
         top_s, top_i, capped = merge_auto(metric, results, k)
-        probes = nq * self.codec.lists_probed(nprobe)
+        probes = nq * min(int(nprobe), self.lists)
         stats = SearchStats(sum(int(p[1]) for p in got), probes, rows_read=sum(r.rows for r in results),
                             bytes_read=sum(r.bytes for r in results),
                             rows_per_query=np.sum([r.per_query for r in results], axis=0), capped=capped)

@@ -312,11 +312,28 @@ def test_sharded_search_equals_the_store_search(served, shards):
             assert np.array_equal(a.ids, b.ids), kwargs
             assert np.array_equal(a.scores, b.scores), kwargs
             assert b.stats.rows_read == a.stats.rows_read and b.stats.candidates == a.stats.candidates
+            assert b.stats.lists_probed == a.stats.lists_probed
             assert b.missing_shards == ()
         with pytest.raises(InvalidInput, match="confidence"):
             sharded.search(q, 10, rerank=50, confidence=0.9)
         with pytest.raises(InvalidInput, match="k must be"):
             sharded.search(q, 0)
+
+
+def test_sharded_stats_count_the_distinct_lists_probed(tmp_path):
+    """A codec trained on fewer distinct rows than lists repeats centroids that no query
+    probes; the driver holds no centroids, so its actors say how many lists there are (it
+    counted min(nprobe, nlist))."""
+    rng = np.random.default_rng(10)
+    with Store.create(tmp_path / "s", dim=16, codec="IVF64,SQ8", metric="l2", dense="f16") as s:
+        s.train(np.repeat(rng.standard_normal((10, 16)).astype(np.float32), 8, axis=0))
+        s.add(rng.standard_normal((300, 16)).astype(np.float32))
+    q = rng.standard_normal((7, 16)).astype(np.float32)
+    with Store.open(tmp_path / "s") as store, vray.ShardedStore(tmp_path / "s", shards=1, cpus_per_shard=0.5) as sh:
+        for nprobe, rerank in ((64, 20), (4, 20), (64, "auto")):
+            a = store.search(q, 5, nprobe=nprobe, rerank=rerank)
+            b = sh.search(q, 5, nprobe=nprobe, rerank=rerank)
+            assert b.stats.lists_probed == a.stats.lists_probed == 7 * min(nprobe, 10), (nprobe, rerank)
 
 
 def test_sharded_auto_search_finds_what_the_store_finds(served, tmp_path):
