@@ -669,6 +669,40 @@ def _ranges(values: list[int]) -> str:
     return ", ".join(out)
 
 
+def _codecs(args: argparse.Namespace) -> int:
+    """`vecz codecs`: the grammar; with --dim, each spec checked and sized (code bytes + the
+    8-byte id, as `vecz bench` counts a vector's bytes; codec state and dense maps apart)."""
+    from .bench.metrics import ID_BYTES
+    from .bench.runner import default_codecs, parse_codecs
+    from .codecs import code_size
+
+    grammar = "stages: MRL<d>, IVF<n>, PQ<M>x<4|8>, OPQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, F16, Flat"
+    if args.dim is None:
+        if args.specs:
+            raise InvalidInput(f"--dim is required to size {' '.join(args.specs)}: a spec's bytes depend on the width")
+        print(grammar)
+        return 0
+    if args.dim < 1 or args.rows < 1:
+        raise InvalidInput(f"--dim and --rows: expected integers >= 1, found {args.dim} and {args.rows}")
+    specs = parse_codecs(";".join(args.specs) if args.specs else default_codecs(args.rows, args.dim),
+                         args.dim, args.metric)
+    rows = [(spec, code_size(spec, args.dim, args.metric)) for spec in specs]
+    width = max(len("spec"), *(len(spec) for spec, _ in rows))
+    ram = f"RAM for {args.rows:,} vectors"
+    print(grammar)
+    print(f"{'spec':<{width}}  code B/vec  B/vec with id  {ram}  ({args.dim} dims, {args.metric})")
+    for spec, size in rows:
+        print(f"{spec:<{width}}  {size:>10,}  {size + ID_BYTES:>13,}  {_size((size + ID_BYTES) * args.rows):>{len(ram)}}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 def _check(args: argparse.Namespace) -> int:
     from .store import check_store
 
@@ -694,15 +728,24 @@ def main(argv: list[str] | None = None) -> int:
                f"system refused a read or write (disk full, read-only, permissions): what is committed stays")
     parser.add_argument("--version", action="version", version=f"vecz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("codecs", help="print the codec spec grammar: the stages a spec can chain")
+    p = sub.add_parser(
+        "codecs", help="print the codec spec grammar; with --dim, each spec's bytes per vector",
+        description="Print the stages a codec spec can chain. With --dim, also check each SPEC (default: the "
+                    "specs `vecz bench` tries for that width) and print its bytes per vector and the RAM its codes "
+                    "and ids take for --rows vectors.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  vecz codecs --dim 768\n  vecz codecs 'IVF1024,PQ96x4' RB1 'MRL256,RB2' --dim 768 --metric ip")
+    p.add_argument("specs", nargs="*", metavar="SPEC", help="codec specs to size (needs --dim)")
+    p.add_argument("--dim", type=int, help="vector width to size the specs for")
+    p.add_argument("--metric", choices=["cosine", "ip", "l2"], default="cosine",
+                   help="metric (PQ under ip stores each row's norm: 2 bytes more; default cosine)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="vectors the RAM column is for (default 1,000,000)")
     _store_parsers(sub)
     _bench_parser(sub)
     args = parser.parse_args(argv)
     command = "vecz " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    if args.command == "codecs":
-        print("stages: MRL<d>, IVF<n>, PQ<M>x<4|8>, OPQ<M>x<4|8>, RB<1..8>, SQ8, SQ4, F16, Flat")
-        return 0
-    commands = {"build": _build, "search": _search, "calibrate": _calibrate_store, "info": _info, "check": _check}
+    commands = {"build": _build, "search": _search, "calibrate": _calibrate_store, "info": _info, "check": _check,
+                "codecs": _codecs}
     try:
         if args.command in commands:
             return commands[args.command](args)

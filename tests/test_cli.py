@@ -308,3 +308,30 @@ def test_version_everywhere(capsys):
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"vecz {vecz.__version__}"
     assert importlib.metadata.version("vecz") == vecz.__version__
+
+
+def test_codecs_sizes_each_spec_for_a_width(capsys):
+    from vecz.engine.bench.runner import default_codecs
+    from vecz.engine.codecs import Codec
+
+    assert main(["codecs"]) == 0
+    assert capsys.readouterr().out.startswith("stages: MRL<d>, IVF<n>")
+    specs = ["IVF16,PQ96x4", "RB1", "MRL256,RB2", "PQ48x8", "SQ4"]
+    assert main(["codecs", *specs, "--dim", "768", "--metric", "ip", "--rows", "10000000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "RAM for 10,000,000 vectors" in lines[1] and "(768 dims, ip)" in lines[1]
+    for spec, line in zip(specs, lines[2:], strict=True):
+        size = Codec(spec, dim=768, metric="ip").code_size  # the size a store of it holds (ip: PQ keeps row norms)
+        ram = (size + 8) * 10_000_000 / 2 ** 20
+        assert line.split()[:3] == [spec, f"{size:,}", f"{size + 8:,}"], line
+        assert line.endswith(f"{ram / 1024:.1f} GiB" if ram >= 1024 else f"{ram:.1f} MiB"), line
+    assert lines[2].split()[1] == "50"  # 48 B of PQ96x4 codes and a float16 norm under ip
+    assert main(["codecs", "--dim", "384", "--rows", "5000"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert listed == default_codecs(5000, 384).split(";")
+    for argv, message in ((["codecs", "PQ48x8"], "--dim is required"), (["codecs", "PQ5x3", "--dim", "64"],
+                          "PQ bits must be 4 or 8"), (["codecs", "MRL999,RB1", "--dim", "384"], "keeps 999 dims"),
+                          (["codecs", "--dim", "0"], "expected integers >= 1")):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == "", (argv, captured)
