@@ -46,7 +46,7 @@ from typing import Iterator
 
 from ..formats import manifest as mf
 from ..formats.body import DATA_FILE_RE, STAGING_RE, body_files, parse_body
-from .errors import (CommitConflict, CommitIncomplete, StorageError, StoreCorrupted, StoreLocked, StoreMoved,
+from .errors import (CommitConflict, CommitIncomplete, InvalidInput, StorageError, StoreCorrupted, StoreLocked, StoreMoved,
                      StoreNotFound, VeczError)
 
 __all__ = ["WriterLock", "VersionPin", "storage_errors", "collect_garbage", "lock_holder", "pinned_versions"]
@@ -159,6 +159,11 @@ class WriterLock:
         `CommitIncomplete` (an interrupt is re-raised as it is); `linked` is then `version`."""
         try:
             self.check(f"{operation} (publish version {version})")
+            try:  # what no reader would accept is never published (the store would not open again)
+                parse_body(body, f"{self.path} version {version}")
+            except StoreCorrupted as exc:
+                raise InvalidInput(f"{operation}: version {version} would not read back, so nothing is committed: "
+                                   f"{exc}") from exc
             with storage_errors(f"{operation}: publish version {version}", self.path):
                 os.fsync(self.fd)  # the new names are durable before anything refers to them
                 mf.write_manifest(self.path, version, body, dir_fd=self.fd)

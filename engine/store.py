@@ -485,9 +485,15 @@ class Store:
             seg_of[hit], rows[hit] = g, r[hit]
         return seg_of, rows
 
-    def __contains__(self, id_: int) -> bool:
+    def __contains__(self, id_: Any) -> bool:
+        """Whether `id_` is a live id; False for anything but an integer in int64's range
+        (``5.7``, ``"5"``, ``2**70``, a bool), where ``get`` and ``delete`` would refuse it."""
         self._check_open("'in'")
-        return bool(self._find(np.array([id_], dtype=np.int64))[0][0] >= 0)
+        if isinstance(id_, (bool, np.bool_)) or not isinstance(id_, (int, np.integer)):
+            return False
+        if not -(1 << 63) <= int(id_) < 1 << 63:
+            return False
+        return bool(self._find(np.array([int(id_)], dtype=np.int64))[0][0] >= 0)
 
     def ids(self) -> np.ndarray:
         """The live ids, ascending."""

@@ -256,6 +256,9 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
 
 def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
     check_rows(x, store.metric, store.dense, "vectors")
+    if build_progress is not None and not isinstance(build_progress, dict):
+        raise InvalidInput(f"build_progress: expected a dict (a JSON object) or None, found "
+                           f"{type(build_progress).__name__}")
     n = x.shape[0]
     new_ids = _check_new_ids(store, ids, n)
     codec = store.codec

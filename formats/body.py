@@ -166,15 +166,16 @@ class StoreBody:
 
 
 def _get(obj: dict, key: str, kind: type | tuple[type, ...], where: str, *, nullable: bool = False,
-         low: int | None = None) -> Any:
+         low: int | None = None, high: int = _MAX_INT) -> Any:
     value = obj.get(key)
     if value is None and nullable:
         return None
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise StoreCorrupted(f"{where}: field {key!r}: expected {name}, found {value!r:.80}")
-    if low is not None and not low <= value <= _MAX_INT:
-        raise StoreCorrupted(f"{where}: field {key!r}: expected an integer in {low}..2**63-1, found {value!r}")
+    if low is not None and not low <= value <= high:
+        top = {_MAX_INT: "2**63-1", _MAX_INT + 1: "2**63"}.get(high, f"{high}")
+        raise StoreCorrupted(f"{where}: field {key!r}: expected an integer in {low}..{top}, found {value!r}")
     return value
 
 
@@ -265,7 +266,7 @@ def parse_body(body: Any, where: str) -> StoreBody:
         _name(codec_file, ("codec",), f"{where} codec")
     raw_segments = _get(body, "segments", list, where)
     segments = tuple(_segment(r, i, layout, dense, dim, where) for i, r in enumerate(raw_segments))
-    next_id = _get(body, "next_id", int, where, low=0)
+    next_id = _get(body, "next_id", int, where, low=0, high=_MAX_INT + 1)  # 2**63 once id 2**63-1 is added
     next_serial = _get(body, "next_serial", int, where, low=1)
     legacy = None
     if layout == 1:

@@ -1082,3 +1082,58 @@ def test_a_lone_query_sets_no_blas_thread_count(tmp_path, monkeypatch, spec, met
         batch = s.search(q, 5, rerank=50)
         np.testing.assert_array_equal(np.concatenate([a.ids for a in alone]), batch.ids)
         np.testing.assert_array_equal(both.ids, batch.ids[:2])
+
+
+def test_the_largest_id_commits_a_store_that_opens_again(tmp_path):
+    """id 2**63-1 makes next_id 2**63: the manifest parser refused it, so every version
+    after such an add failed to open (for readers and the writer alike)."""
+    top = (1 << 63) - 1
+    x = _data(4)
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(x[:1], ids=[top - 1])
+        assert s.add(x[1:2]).tolist() == [top]  # the last automatic id
+        with pytest.raises(InvalidInput, match="exceed int64"):
+            s.add(x[2:3])
+        s.add(x[2:3], ids=[3])
+    with Store.open(tmp_path / "s", mode="a") as s:
+        assert s.next_id == 1 << 63 and s.ids().tolist() == [3, top - 1, top]
+        np.testing.assert_array_equal(s.get([top, 3]), x[[1, 2]])
+        s.add(x[3:], ids=[4])
+    assert check_store(tmp_path / "s") == []
+
+
+def test_a_build_record_that_is_not_an_object_is_refused_before_any_commit(tmp_path):
+    """add(build_progress=) took any JSON value and committed a manifest whose 'build'
+    field no reader accepts: the store no longer opened."""
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(_data(3))
+        for bad in (["src.npy", 10], "x", 5):
+            with pytest.raises(InvalidInput, match="build_progress: expected a dict"):
+                s.add(_data(2), build_progress=bad)
+        assert s.version == 2 and len(s) == 3
+    with Store.open(tmp_path / "s") as r:
+        assert len(r) == 3
+
+
+def test_publish_refuses_a_manifest_no_reader_accepts(tmp_path):
+    """The last guard: a body that would not parse is never linked, and the files of the
+    commit are removed, so the store opens at its last version."""
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(_data(3))
+        body = s._body.to_json() | {"version": s.version + 1, "parent": s.version, "next_serial": 0}
+        (tmp_path / "s" / "stray").write_bytes(b"x")
+        with pytest.raises(InvalidInput, match="would not read back.*next_serial"):
+            s._lock.publish(s.version + 1, body, ["stray"], "test")
+        assert not (tmp_path / "s" / "stray").exists()
+    with Store.open(tmp_path / "s") as r:
+        assert r.version == 2 and len(r) == 3
+
+
+def test_in_answers_false_for_what_is_not_an_int64_id(tmp_path):
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as s:
+        s.add(_data(10))
+        s.delete([7])
+        assert 5 in s and np.int32(5) in s and np.uint64(5) in s
+        assert 7 not in s and 10 not in s and -1 not in s
+        for other in (5.7, 9.99, 5.0, "5", "a", None, 2 ** 70, -(2 ** 70), np.uint64(2 ** 64 - 1), True, [1, 2]):
+            assert other not in s, other
