@@ -82,16 +82,17 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                         "1,024 rows. Required with BASE QUERIES files, unless --budget")
     p.add_argument("--metric", choices=("cosine", "ip", "l2"), default="cosine", help="default: cosine")
     p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
-    p.add_argument("--rerank", default="0,50,100", metavar="R,R",
+    p.add_argument("--rerank", default=None, metavar="R,R",
                    help="re-ranking depths: 0 = codes only, R >= k re-scores the best R exactly, reading those rows "
-                        "from the store's dense file (default 0,50,100)")
+                        "from the store's dense file (default 0,50,100; not with --budget, which sweeps it)")
     p.add_argument("--nprobe", type=int, default=None,
-                   help="IVF lists visited per query, vecz and faiss alike (default: nlist // 8)")
+                   help="IVF lists visited per query, vecz and faiss alike (default: nlist // 8; not with --budget, "
+                        "which sweeps it)")
     p.add_argument("--budget", type=int, default=None, metavar="B",
                    help="search the codec space that fits B code bytes per vector for the spec, nprobe and "
                         "re-ranking depth reaching --target-recall fastest (--codecs then restricts the candidates)")
-    p.add_argument("--target-recall", type=float, default=0.95, metavar="T",
-                   help="recall@10 to reach with --budget (default 0.95)")
+    p.add_argument("--target-recall", type=float, default=None, metavar="T",
+                   help="recall@10 (recall@k when k < 10) to reach with --budget (default 0.95)")
     p.add_argument("--work", metavar="DIR", help="build the stores here (default: a temporary folder)")
     p.add_argument("--keep-stores", action="store_true", help="keep the stores built in --work")
     p.add_argument("--faiss", action="store_true", help="also run the closest faiss index for each spec")
@@ -112,6 +113,14 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     for option, value in (("--out", args.out), ("--work", args.work)):
         if value is not None:  # refused before the benchmark runs, not after
             check_output_dir(value, option)
+    if args.budget is not None:  # refused before any work, not ignored
+        given = [option for option, value in (("--rerank", args.rerank), ("--nprobe", args.nprobe)) if value is not None]
+        if given:
+            raise InvalidInput(f"{' and '.join(given)}: not taken with --budget B, which sweeps nprobe and the "
+                               f"re-ranking depth itself; expected {'them' if len(given) > 1 else 'it'} left out")
+    elif args.target_recall is not None:
+        raise InvalidInput(f"--target-recall {args.target_recall:g}: taken only with --budget B (a grid run "
+                           "measures every --rerank depth)")
     if args.queries is None:
         if args.data not in bench_data.DATASETS and Path(args.data).is_file():
             raise InvalidInput(f"{args.data!r} is a file: give BASE QUERIES, or a dataset name "
@@ -132,7 +141,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     if args.budget is not None:
         return _bench_budget(args, data, codecs, command, started)
     specs = runner.parse_codecs(codecs, data.base.shape[1], args.metric)
-    rerank = runner.parse_rerank(args.rerank, args.k)
+    rerank = runner.parse_rerank("0,50,100" if args.rerank is None else args.rerank, args.k)
     result = runner.run_bench(data, specs, rerank=rerank, nprobe=args.nprobe, **_bench_common(args))
     s = result.settings
     print(f"vecz bench {s['dataset']}: {s['n']} x {s['dim']} base, {s['nq']} queries, metric {s['metric']}, "
@@ -170,7 +179,8 @@ def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, comma
     from .bench import budget, report, runner
 
     specs = runner.parse_codecs(codecs, data.base.shape[1], args.metric) if codecs else None
-    result = budget.recommend(data, args.budget, target=args.target_recall, specs=specs, **_bench_common(args))
+    target = 0.95 if args.target_recall is None else args.target_recall
+    result = budget.recommend(data, args.budget, target=target, specs=specs, **_bench_common(args))
     s = result.settings
     print(f"vecz bench {s['dataset']} --budget {s['budget']}: {s['n']} x {s['dim']} base, metric {s['metric']}, "
           f"k={s['k']}, {s['threads']} threads; ground truth: {s['ground_truth']}")

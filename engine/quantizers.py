@@ -296,6 +296,7 @@ class Quantizer:
 
 # Bytes a PQ code under ip ends with: the row's norm as a float16 (`PQ.row_norms`).
 ROW_NORM_BYTES = 2
+PQ4_MAX_M = 512  # 4-bit PQ's most sub-quantizers: the fast scan sums M uint8 levels <= 65535 / M in uint16
 # float16's largest finite value: a row's 1 / |x_hat| past it (|x_hat| < 1.6e-5) is clamped
 _F16_MAX = 65504.0
 
@@ -377,8 +378,8 @@ class PQ(Quantizer):
     def check_width(self, width: int, spec: str) -> None:
         if self.m > width:
             raise CodecSpecError(f"stage {str(self)!r}: M={self.m} sub-quantizers exceed the {width} coded dims")
-        if self.nbits == 4 and self.m > 512:
-            raise CodecSpecError(f"stage {str(self)!r}: 4-bit PQ supports at most 512 sub-quantizers")
+        if self.nbits == 4 and self.m > PQ4_MAX_M:
+            raise CodecSpecError(f"stage {str(self)!r}: 4-bit PQ supports at most {PQ4_MAX_M} sub-quantizers")
 
     def code_size(self, width: int, metric: str) -> int:
         return self.pq_bytes + (ROW_NORM_BYTES if self.row_norms else 0)

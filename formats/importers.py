@@ -1100,7 +1100,15 @@ def read_ids(path: str | Path, n_queries: int, n_base: int) -> np.ndarray:
     # checked in the file's own dtype: a cast first would wrap uint64 above 2**63 - 1 to negatives
     if used.size and (used.min() < 0 or used.max() >= n_base):
         raise InvalidInput(f"{path}: ground-truth ids must be in [0, {n_base}), found {used.min()}..{used.max()}")
-    return np.ascontiguousarray(used, dtype=np.int64)
+    used = np.ascontiguousarray(used, dtype=np.int64)
+    ordered = np.sort(used, axis=1)
+    repeats = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+    if repeats.size:  # a row's neighbours are distinct rows: a repeat would count one hit many times
+        q = int(repeats[0])
+        same = int(ordered[q, 1:][ordered[q, 1:] == ordered[q, :-1]][0])
+        raise InvalidInput(f"{path}: ground-truth row {q} names id {same} more than once ({repeats.size} rows repeat "
+                           f"ids); expected each query's neighbours to be distinct")
+    return used
 
 
 def read_texts(path: str | Path, n: int, what: str) -> list[str]:

@@ -237,6 +237,7 @@ class Env:
         np.save(f / "empty_wide.npy", np.zeros((0, DIM + 1), np.float32))
         np.save(f / "big64.npy", _with(x[:50], 7, 4, 1e300, np.float64))
         np.save(f / "gt_u64.npy", np.full((50, 3), 2**63 + 5, dtype=np.uint64))
+        np.save(f / "gt_repeat.npy", np.tile(np.array([[3, 4, 3]], np.int64), (50, 1)))
         (f / "latin1.txt").write_bytes(b"row\n" * 3 + "caf\u00e9\n".encode("latin-1") + b"row\n" * 46)
         (f / "plain.txt.gz").write_text("row\n" * 50)  # not gzip data
         (f / "texts.txt").write_text("row\n" * 50)
@@ -680,6 +681,10 @@ CASES: list[Case] = [
          lambda e: _cli("bench", e.files / "good.npy", e.files / "good.npy", "--codecs", "SQ8", "--gt",
                         e.files / "gt_u64.npy"), Exit2,
          r"gt_u64\.npy: ground-truth ids must be in \[0, 50\), found 9223372036854775813\.\.9223372036854775813"),
+    Case("bench: --gt with an id repeated in a row", "vecz bench --gt",
+         lambda e: _cli("bench", e.files / "good.npy", e.files / "good.npy", "--codecs", "SQ8", "--gt",
+                        e.files / "gt_repeat.npy"), Exit2,
+         r"gt_repeat\.npy: ground-truth row 0 names id 3 more than once \(50 rows repeat ids\)"),
     # ---- vecz check
     Case("check: STORE missing", "vecz check STORE", lambda e: _cli("check", e.fresh()), Exit2,
          r"vecz check: error: .*t\d+: no such store directory"),

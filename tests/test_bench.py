@@ -401,7 +401,11 @@ def test_cli_outputs_schema(files, tmp_path, capsys):
     assert mrl[0]["faiss_index"] == "MRL16,SQ8" and mrl[1]["faiss_index"].startswith("MRL16,SQ8,RFlat")
     assert all(0 < r["faiss_recall@10"] <= 1 and r["speed_vs_faiss"] > 0 for r in mrl)
     assert mrl[1]["faiss_recall@10"] >= mrl[0]["faiss_recall@10"]
-    assert mrl[1]["faiss_ram_bytes_per_vector"] == mrl[1]["faiss_bytes_per_vector"] + 4 * DIM
+    # measured (the serialized index over its rows: codes and trained arrays), the refine's
+    # float32 rows on top
+    assert mrl[0]["faiss_ram_bytes_per_vector"] > mrl[0]["faiss_bytes_per_vector"] - 8
+    assert mrl[1]["faiss_ram_bytes_per_vector"] == pytest.approx(mrl[0]["faiss_ram_bytes_per_vector"] + 4 * DIM,
+                                                                 abs=0.11)
     with open(out / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 10

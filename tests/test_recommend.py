@@ -95,6 +95,14 @@ def test_candidates_large_budget_keeps_full_width():
     assert not any(s.startswith("MRL") for s in specs)
 
 
+@pytest.mark.parametrize("nbytes,dim", [(257, 768), (600, 1536), (2000, 4096)])
+def test_candidates_keep_4_bit_pq_past_its_512_sub_quantizers(nbytes, dim):
+    """A budget over 256 bytes asked for more 4-bit sub-quantizers than PQ has (512): every
+    x4 family (the fast scans) left the candidates, so a bigger budget lost them."""
+    specs = budget.candidate_specs(nbytes, dim, "cosine", 117_647)
+    assert {"PQ512x4", "OPQ512x4", "IVF1024,PQ512x4", "IVF1024,OPQ512x4"} <= set(specs), specs
+
+
 def test_candidates_bad_budget():
     with pytest.raises(InvalidInput, match="--budget"):
         budget.candidate_specs(0, 384, "cosine", 1000)
@@ -244,6 +252,43 @@ def test_recommend_reaches_target_and_confirms(data_files, tmp_path):
         ids = store.search(data.queries[held], 10, nprobe=run["nprobe"], rerank=run["rerank"])[1]
     assert metrics.recall_at(ids, data.gt[held], 10) == pytest.approx(run["recall@10"], abs=1e-4)
     assert not list((tmp_path / "w").iterdir())  # stores removed once measured
+
+
+def test_recommend_with_k_under_10_reaches_recall_at_k(data_files, tmp_path):
+    """k < 10 ranked by recall@1 (the only depth reported under 10): a pick 'reaching' 0.95
+    could hold recall@5 0.84. recall@k is now reported and ranked by, in the CSV too."""
+    import csv
+
+    data = bench_data.load_files(data_files / "base.npy", data_files / "queries.npy")
+    res = budget.recommend(data, 16, target=0.95, k=5, specs=["PQ16x8"], threads=1)
+    assert res.recall_ats == [1, 5] and res.quality_key == "recall@5"
+    rec = res.recommendation
+    assert rec["reached"], rec["summary"]
+    run = rec["run"]
+    held = slice(*res.settings["heldout_queries"])
+    from vecz.engine.store import Store
+
+    built = runner.build_store(tmp_path / "again", run["spec"], data.base, "cosine")
+    with Store.open(built.path) as store:
+        ids = store.search(data.queries[held], 5, nprobe=run["nprobe"], rerank=run["rerank"])[1]
+    assert run["recall@5"] >= 0.95
+    assert metrics.recall_at(ids, data.gt[held], 5) == pytest.approx(run["recall@5"], abs=1e-4)
+    budget.write_outputs(res, tmp_path / "out", {"cpu": "test"})
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv", encoding="utf-8")))
+    assert {"recall@5", "tune_recall@5", "faiss_recall@5"} <= set(rows[0])
+    assert any(r["tune_recall@5"] for r in rows) and all(r["recall@5"] for r in rows)
+
+
+def test_options_a_run_would_ignore_are_refused(data_files, tmp_path, capsys):
+    """--nprobe and --rerank with --budget (which sweeps both) and --target-recall without it
+    were silently ignored; each is refused before any work."""
+    files = [str(data_files / "base.npy"), str(data_files / "queries.npy")]
+    for extra, message in ((["--budget", "8", "--nprobe", "3"], "--nprobe: not taken with --budget"),
+                           (["--budget", "8", "--rerank", "0", "--nprobe", "3"], "--rerank and --nprobe: not taken"),
+                           (["--codecs", "SQ8", "--target-recall", "0.9"], "--target-recall 0.9: taken only with")):
+        assert main(["bench", *files, *extra, "--out", str(tmp_path / "out")]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert not (tmp_path / "out").exists()
 
 
 def test_recommend_rejects_spec_over_budget(data_files):

@@ -50,11 +50,12 @@ import numpy as np
 
 from ..codecs import code_size
 from ..errors import CodecSpecError, InvalidInput
+from ..quantizers import PQ4_MAX_M
 from .data import Dataset, ground_truth
 from .exact import exact_keys, prepare, select_exact
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_nprobe
 from ..bounds import auto_cap
-from .metrics import LATENCY_QUERIES, BenchResult, depth_key, recall_at, recall_ats
+from .metrics import LATENCY_QUERIES, BenchResult, depth_key, quality_at, recall_at, recall_ats
 from .report import (aligned_table, depth_cell, faiss_columns, markdown_rows, measured_columns, num_cell,
                      settings_line)
 from .report import write_outputs as _write_report
@@ -117,7 +118,7 @@ def candidate_specs(budget: int, dim: int, metric: str, n: int) -> list[str]:
     pq_bytes = budget - (code_size("PQ1x8", dim, metric) - 1)
     m8 = min(pq_bytes, dim)
     add(f"PQ{m8}x8" if m8 >= 1 else None)
-    m4 = min(2 * pq_bytes, dim) // 2 * 2
+    m4 = min(2 * pq_bytes, dim, PQ4_MAX_M) // 2 * 2  # the most 4-bit sub-quantizers that fit
     add(f"PQ{m4}x4" if m4 >= 2 else None)
     add(f"OPQ{m8}x8" if m8 >= 1 else None)
     add(f"OPQ{m4}x4" if m4 >= 2 else None)
@@ -222,7 +223,7 @@ def recommend(
     thread_info = set_threads(threads, with_faiss)
     gt = ground_truth(data, metric, cache=gt_cache)
     ats = recall_ats(gt, k)
-    key_at = 10 if 10 in ats else max(ats)
+    key_at = quality_at(ats)
     key = f"recall@{key_at}"
     tune, held = split_queries(len(data.queries))
     xq_tune, xq_held = data.queries[tune], data.queries[held]

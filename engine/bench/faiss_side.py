@@ -253,6 +253,9 @@ class FaissSide:
         self.index = index
         self.xb_p = xb_p
         self.code_size = faiss_code_size(index)
+        # RAM measured as vecz's is: what the index holds (codes, ids where it keeps them,
+        # trained arrays), here its serialized size, over the rows
+        self.ram_per_vector = faiss.serialize_index(index).nbytes / max(1, index.ntotal)
 
     def measure(self, r: int, xq: np.ndarray, gt: np.ndarray, ats: Sequence[int], vecz_qps: float) -> dict[str, Any]:
         """The ``faiss_*`` fields of the row measured at re-ranking depth `r` (`FAISS_KEYS`)."""
@@ -280,8 +283,8 @@ class FaissSide:
         p50, p99 = time_single(search, xq)
         out["faiss_index"] = self.factory + (f",RFlat(k_factor={r / k:g})" if r else "")
         out["faiss_bytes_per_vector"] = self.code_size + ID_BYTES
-        out["faiss_ram_bytes_per_vector"] = self.code_size + ID_BYTES + (4 * self.dim if r else 0)
-        for a in (1, 10, 100):
+        out["faiss_ram_bytes_per_vector"] = round(self.ram_per_vector + (4 * self.dim if r else 0), 1)
+        for a in sorted({1, 10, 100, *ats}):
             out[f"faiss_recall@{a}"] = recall_at(ids, gt, a) if a in ats else None  # as vecz's: unrounded
         out["faiss_qps"] = round(qps, 1)
         out["faiss_p50_ms"], out["faiss_p99_ms"] = round(p50, 4), round(p99, 4)

@@ -32,6 +32,7 @@ __all__ = [
     "depth_cell",
     "num_cell",
     "measured_columns",
+    "csv_columns",
     "aligned_table",
     "markdown_rows",
     "format_table",
@@ -252,10 +253,23 @@ def _write_json_csv(result: BenchResult, out: Path, machine: dict[str, Any]) -> 
     (out / "results.json").write_text(json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n",
                                       encoding="utf-8")
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        columns = csv_columns(result)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in result.rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS})
+            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+
+
+def csv_columns(result: BenchResult) -> list[str]:
+    """`CSV_COLUMNS` for `result`: recall@k beside the others where k < 10 reports it, and the
+    tuning recall under the key the recommender ranked by."""
+    columns = list(CSV_COLUMNS)
+    for a in result.recall_ats:
+        if a not in (1, 10, 100):
+            for prefix in ("", "faiss_"):
+                columns.insert(columns.index(f"{prefix}recall@10"), f"{prefix}recall@{a}")
+    columns[columns.index("tune_recall@10")] = f"tune_{result.quality_key}"
+    return columns
 
 
 def settings_line(s: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ from ..errors import CodecSpecError, InvalidInput
 from .data import Dataset, ground_truth
 from .exact import prepare
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_threads
-from .metrics import (ID_BYTES, LATENCY_QUERIES, BenchResult, miss_rate, pareto_front, recall_at, recall_ats,
+from .metrics import (ID_BYTES, LATENCY_QUERIES, BenchResult, miss_rate, pareto_front, quality_at, recall_at, recall_ats,
                       time_batch, time_single)
 
 __all__ = [
@@ -313,7 +313,7 @@ def measure_store(store: Any, queries: np.ndarray, gt: np.ndarray, *, k: int, re
     res, qps = time_batch(search, queries)
     ids = res[1]
     row: dict[str, Any] = {}
-    for a in (1, 10, 100):
+    for a in sorted({1, 10, 100, *ats}):
         # unrounded: `budget.pick` compares it with the target (0.94996 must not reach 0.95);
         # the tables round it for display
         row[f"recall@{a}"] = recall_at(ids, gt, a) if a in ats else None
@@ -425,7 +425,7 @@ def run_bench(
             rows.append(row)
         del fx
 
-    qkey = "recall@10" if 10 in ats else f"recall@{max(ats)}"
+    qkey = f"recall@{quality_at(ats)}"
     for row, mark in zip(rows, pareto_front(rows, qkey)):
         row["pareto"] = mark
     settings = {
