@@ -16,6 +16,7 @@ from ..formats.errors import (
     FormatError,
     FormatVersionError,
     InvalidInput,
+    StorageError,
     StoreCorrupted,
     StoreNotFound,
     VeczError,
@@ -77,22 +78,6 @@ class MissingDependency(VeczError, ImportError):
 
 class StoreClosed(VeczError, ValueError):
     """A store used after `close()` (like a closed file, it raises ValueError's subclass)."""
-
-
-class StorageError(VeczError, OSError):
-    """The operating system refused a write or a read the store needed (disk full,
-    read-only file system, permission denied, too many open files...). The message names
-    the operation and the path; ``errno`` is the system's. Nothing of a failed commit is
-    visible, no partial file is left behind, and the same writer may retry once the cause
-    is gone."""
-
-    def __init__(self, message: str, errno_: int | None = None, path: str | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno_
-        self.filename = path
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class CommitIncomplete(VeczError, OSError):

@@ -56,6 +56,7 @@ from .errors import (
     IdNotFound,
     InvalidInput,
     ReadOnlyStore,
+    StorageError,
     StoreClosed,
     StoreCorrupted,
     StoreNotFound,
@@ -840,7 +841,8 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
     ids are unique. Returns the problems found, empty when the store is healthy. Never
     raises on damage; raises `StoreNotFound` when `path` is not a directory or holds neither
     a manifest nor a data file (nothing there to be damaged: a mistyped path or an empty
-    folder, not a damaged store)."""
+    folder, not a damaged store), and `StorageError` when the system refuses to read a file
+    (permissions, too many open files: the file may be healthy)."""
     path = Path(path)
     try:
         versions = mf.list_versions(path)
@@ -858,6 +860,8 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
     for v in versions:
         try:
             body = parse_body(mf.read_manifest(path, v), f"{path} version {v}")
+        except StorageError:  # the system refused a read (permissions...): not damage
+            raise
         except VeczError as exc:
             problems.append(str(exc))
             continue
@@ -872,6 +876,8 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
                 ids = store.ids()
                 if ids.size and (np.diff(ids) == 0).any():
                     problems.append(f"{path}: live ids are not unique")
+        except StorageError:
+            raise
         except (VeczError, KeyError, OSError) as exc:
             problems.append(f"{path}: store does not load: {exc}")
     return problems

@@ -30,7 +30,7 @@ from numba.core import types
 
 from ..kernels._jit import jit
 from ._header import open_regular
-from .errors import FormatError, InvalidInput, StoreCorrupted
+from .errors import FormatError, InvalidInput, StorageError, StoreCorrupted, refused
 
 __all__ = ["DENSE_DTYPES", "DenseInfo", "DenseReader", "write_dense", "check_dense"]
 
@@ -298,8 +298,8 @@ class DenseReader:
             fd = open_regular(self.path, "dense file")
         except FileNotFoundError:
             raise StoreCorrupted(f"{self.path}: dense file named by the manifest is missing") from None
-        except OSError as exc:
-            raise StoreCorrupted(f"{self.path}: cannot open the dense file: {exc}") from None
+        except OSError as exc:  # the system refused (permissions, too many open files): not damage
+            raise refused(exc, "open the dense file", self.path) from exc
         try:
             st = os.fstat(fd)
             size = st.st_size
@@ -427,7 +427,10 @@ def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
     size = path.stat().st_size
     if size != info.nbytes:
         return [f"{path}: expected {info.nbytes} bytes, found {size}"]
-    crc = _file_crc32(path)
+    try:
+        crc = _file_crc32(path)
+    except OSError as exc:  # the system refused the read: not damage
+        raise refused(exc, "read the dense file", path) from exc
     if crc != info.crc32:
         return [f"{path}: CRC32 expected {info.crc32:08x}, found {crc:08x}"]
     try:
@@ -450,6 +453,8 @@ def check_dense(directory: str | Path, info: DenseInfo) -> list[str]:
                     return [f"{path}: expected the vector values at offset {info.offset} (manifest), found {found}"]
     except FormatError as exc:  # names the path already
         return [str(exc)]
+    except StorageError:  # the system refused a read (permissions...): not damage
+        raise
     except (pa.ArrowException, OSError) as exc:
         return [f"{path}: {exc}"]
     return []

@@ -18,6 +18,8 @@ __all__ = [
     "DatasetNotFound",
     "StoreNotFound",
     "CommitConflict",
+    "StorageError",
+    "refused",
 ]
 
 
@@ -61,3 +63,26 @@ class StoreNotFound(VeczError, FileNotFoundError):
 
 class CommitConflict(VeczError, RuntimeError):
     """Another writer published the same store version first; nothing of this commit is visible."""
+
+
+class StorageError(VeczError, OSError):
+    """The operating system refused a write or a read the store needed (disk full,
+    read-only file system, permission denied, too many open files...). The message names
+    the operation and the path; ``errno`` is the system's. Nothing of a failed commit is
+    visible, no partial file is left behind, and the same writer may retry once the cause
+    is gone."""
+
+    def __init__(self, message: str, errno_: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+        self.filename = path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def refused(exc: OSError, operation: str, path: object) -> StorageError:
+    """`StorageError` for an OSError the system raised while reading a store's file (the
+    reader's own message; engine.commit.storage_errors words a writer's)."""
+    reason = exc.strerror or str(exc)
+    return StorageError(f"{operation}: {path}: {reason}", exc.errno, str(path))

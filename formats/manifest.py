@@ -32,6 +32,7 @@ from .errors import (
     InvalidInput,
     StoreCorrupted,
     StoreNotFound,
+    refused,
 )
 
 __all__ = [
@@ -303,8 +304,8 @@ def _read_version(directory: Path, version: int) -> dict:
         if not directory.is_dir():
             raise StoreNotFound(f"{directory}: no such store directory") from exc
         raise StoreNotFound(f"{path}: no manifest for version {version}") from exc
-    except OSError as exc:
-        raise StoreCorrupted(f"{path}: cannot read manifest ({exc})") from exc
+    except OSError as exc:  # the system refused (permissions, too many open files): not damage
+        raise refused(exc, "read the manifest", path) from exc
     if len(body) != body_length:
         raise StoreCorrupted(f"{path}: expected a {body_length}-byte body, read {len(body)} (file changed while read)")
     return _decode_body(path, body, body_crc, version)

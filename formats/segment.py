@@ -36,6 +36,7 @@ from .errors import (
     FormatError,
     InvalidInput,
     StoreCorrupted,
+    refused,
 )
 
 __all__ = [
@@ -175,8 +176,8 @@ class SegmentFile:
             fd = open_regular(self.path, "segment file")  # a FIFO in its place cannot block
         except FileNotFoundError:
             raise StoreCorrupted(f"{self.path}: segment file missing (no such file)") from None
-        except OSError as exc:
-            raise StoreCorrupted(f"{self.path}: cannot open segment file ({exc})") from exc
+        except OSError as exc:  # the system refused (permissions, too many open files): not damage
+            raise refused(exc, "open the segment file", self.path) from exc
         self._file = open(fd, "rb", buffering=0)  # noqa: SIM115 (held open until close())
         try:
             self._parse()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -136,6 +137,40 @@ def test_check_finds_a_flipped_byte(tmp_path, capsys):
         path.write_bytes(bytes(data))
         assert main(["check", str(store)]) == 0, name
         capsys.readouterr()
+
+
+@pytest.mark.parametrize("module,prefix", [("segment", "seg-"), ("dense", "dense-"), ("manifest", "MANIFEST-")])
+def test_a_file_the_system_refuses_to_open_is_a_storage_error_not_damage(tmp_path, capsys, monkeypatch, module,
+                                                                         prefix):
+    """A store file this user may not read was 'damaged' (vecz check exit 1: a healthy
+    store a user might delete) or bad input (search exit 2); the system refused: exit 3."""
+    import errno
+    import importlib
+
+    from vecz.errors import StorageError
+
+    store, src = tmp_path / "s", tmp_path / "a.npy"
+    np.save(src, _data(80))
+    assert main(["build", str(src), str(store), "--codec", "SQ8"]) == 0
+    capsys.readouterr()
+    reader = importlib.import_module(f"vecz.formats.{module}")
+    real = reader.open_regular
+
+    def refuse(path, what):
+        if Path(path).name.startswith(prefix):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, what)
+
+    monkeypatch.setattr(reader, "open_regular", refuse)
+    with pytest.raises(StorageError, match="Permission denied") as exc:
+        check_store(store)
+    assert exc.value.errno == errno.EACCES and Path(exc.value.filename).name.startswith(prefix)
+    assert main(["check", str(store)]) == EXIT_STORAGE
+    captured = capsys.readouterr()
+    assert "damaged" not in captured.out and "vecz check: storage error:" in captured.err
+    np.save(tmp_path / "q.npy", _data(3))
+    assert main(["search", str(store), str(tmp_path / "q.npy"), "-k", "3", "--rerank", "10"]) == EXIT_STORAGE
+    assert "Permission denied" in capsys.readouterr().err
 
 
 def test_check_of_a_missing_path_is_bad_input_not_damage(tmp_path, capsys):
