@@ -738,6 +738,17 @@ def test_default_codecs_cover_budgets():
         code_size(s, 768, "cosine")  # every scaled spec is valid at its width
 
 
+@pytest.mark.parametrize("grid", [runner.DEFAULT_CODECS, runner.SAMPLE_CODECS])
+def test_default_codecs_are_valid_at_every_width(grid):
+    """Scaled from 384 dims, PQ96x4 asked 768 4-bit sub-quantizers at 3072 dims (PQ takes 512)
+    and MRL kept 8 dims of 4: `vecz bench` and `vecz codecs --dim` failed on their own list."""
+    for dim in range(1, 4097):
+        for n in (500, 117_647):
+            specs = runner.parse_codecs(runner.default_codecs(n, dim, grid), dim, "cosine")
+            assert len(specs) >= 5, (dim, n, specs)
+    assert "IVF1024,PQ512x4" in runner.default_codecs(117_647, 3072)
+
+
 # --------------------------------------------------------------------------- plots
 
 

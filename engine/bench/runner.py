@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from ..bounds import DEFAULT_CONFIDENCE, parse_auto
 from ..codecs import METRICS, Codec, code_size
 from ..errors import CodecSpecError, InvalidInput
+from ..quantizers import PQ4_MAX_M
 from .data import Dataset, ground_truth
 from .exact import prepare
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_threads
@@ -97,13 +98,20 @@ def default_codecs(n: int, dim: int, grid: str = DEFAULT_CODECS) -> str:
             if nlist is None:
                 continue
             spec = spec.format(nlist=nlist)
-        spec = re.sub(r"PQ(\d+)", lambda m: f"PQ{max(1, min(dim, int(m.group(1)) * dim // 384))}", spec)
+        spec = re.sub(r"PQ(\d+)x(\d)", lambda m: f"PQ{_scaled_m(int(m.group(1)), int(m.group(2)), dim)}x{m.group(2)}",
+                      spec)
         spec = re.sub(r"MRL(\d+)", lambda m: f"MRL{max(8, int(m.group(1)) * dim // 384 // 8 * 8)}", spec)
-        if spec.startswith(f"MRL{dim},"):
+        if spec.startswith("MRL") and int(spec[3:spec.index(",")]) >= dim:  # no narrower prefix to keep
             spec = spec.split(",", 1)[1]
         if spec not in out:
             out.append(spec)
     return ";".join(out)
+
+
+def _scaled_m(m: int, nbits: int, dim: int) -> int:
+    """A grid's PQ sub-quantizer count `m` at 384 dims scaled to `dim`, within what PQ takes
+    (1..dim; 4-bit at most `PQ4_MAX_M`)."""
+    return max(1, min(dim, m * dim // 384, PQ4_MAX_M if nbits == 4 else dim))
 
 
 def parse_codecs(text: str, dim: int, metric: str) -> list[str]:
