@@ -419,14 +419,23 @@ def _ray_build(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _file_rows(x: np.ndarray, path: str, rows: int | np.ndarray) -> Iterator[None]:
-    """A store call on rows of the file `path`: an InvalidInput it raises over a NaN or inf
-    (numbered by its place in `x`) is raised again numbered by the file's row (`rows`: the
+    """A store call on rows of the file `path`: an InvalidInput it raises over a row of `x`
+    (a NaN or inf, a row of zeros) is raised again numbered by the file's row (`rows`: the
     file row of x's row 0, or of each of its rows); others pass as they are."""
     try:
         yield
-    except InvalidInput:
-        refuse_non_finite(x, path, rows)
+    except InvalidInput as exc:
+        _by_file_row(exc, x, path, rows)
         raise
+
+
+def _by_file_row(exc: InvalidInput, x: np.ndarray, path: str, rows: int | np.ndarray) -> None:
+    """Raise `exc` again naming the file's row where it is about a row of `x` (see `_file_rows`)."""
+    refuse_non_finite(x, path, rows)
+    row = getattr(exc, "row", None)  # a row the codec refused (`codecs._row_error`)
+    if row is not None:
+        at = rows + row if isinstance(rows, (int, np.integer)) else int(rows[row])
+        raise InvalidInput(exc.template.format(where=path, row=at)) from None
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -475,7 +484,7 @@ def _build(args: argparse.Namespace) -> int:
                             try:
                                 store.add(vectors, ids, build_progress=record)
                             except InvalidInput as exc:
-                                refuse_non_finite(vectors, args.src, done)  # a NaN or inf: by its file row
+                                _by_file_row(exc, vectors, args.src, done)  # a NaN, inf or zero row: by its file row
                                 # else its row numbers count from the batch's first row
                                 raise InvalidInput(f"{args.src}: rows {done:,}..{done + len(vectors) - 1:,}: {exc} "
                                                    f"(a row number here counts from file row {done:,})") from exc

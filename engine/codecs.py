@@ -255,6 +255,15 @@ class Codes(NamedTuple):
 # --------------------------------------------------------------------------- codec
 
 
+def _row_error(template: str, where: str, row: int) -> InvalidInput:
+    """InvalidInput over row `row` of `where`'s rows, keeping `template` (with ``{where}`` and
+    ``{row}``) and the row so that a caller reading a file can name the file's row instead
+    (the CLI's `_file_rows`)."""
+    exc = InvalidInput(template.format(where=where, row=row))
+    exc.row, exc.template = row, template  # type: ignore[attr-defined]
+    return exc
+
+
 def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.ndarray:
     arr = as_matrix(x, dim, what, column)
     if arr.ndim == 1:
@@ -625,13 +634,14 @@ class Codec:
         if self.metric == "cosine":
             arr, zero = transform.normalize_rows_checked(arr)
             if zero >= 0:
-                raise InvalidInput(f"{what}: cosine similarity needs vectors of non-zero norm, found row {zero} "
-                                   f"all zeros")
+                raise _row_error("{where}: cosine similarity needs vectors of non-zero norm, found row {row} all zeros",
+                                 what, zero)
         if self.mrl is not None:
             arr, zero = transform.mrl_truncate_checked(arr, self.mrl.dim, renorm=self.metric != "l2")
             if zero >= 0:
-                raise InvalidInput(f"{what}: {self.mrl} keeps the first {self.mrl.dim} dims and renormalises them "
-                                   f"for {self.metric}; expected them non-zero, found row {zero} all zeros there")
+                raise _row_error(f"{{where}}: {self.mrl} keeps the first {self.mrl.dim} dims and renormalises them "
+                                 f"for {self.metric}; expected them non-zero, found row {{row}} all zeros there",
+                                 what, zero)
         return arr
 
     @property

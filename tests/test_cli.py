@@ -216,6 +216,12 @@ def test_build_names_the_file_row_of_a_bad_value(tmp_path, capsys, batch_rows, t
     assert main(argv + (["--batch-rows", batch_rows] if batch_rows else [])) == EXIT_INPUT
     assert capsys.readouterr().err.strip().endswith(
         f"{src}: expected finite values, found 1e+300 (beyond float32's range) in row 280, column 4")
+    x[280, 4], x[250] = 0.0, 0.0  # a row of zeros has no cosine: named by its file row too (was the batch's row)
+    np.save(src, x)
+    shutil.rmtree(store, ignore_errors=True)
+    assert main(argv + (["--batch-rows", batch_rows] if batch_rows else [])) == EXIT_INPUT
+    assert capsys.readouterr().err.strip().endswith(
+        f"{src}: cosine similarity needs vectors of non-zero norm, found row 250 all zeros")
 
 
 def test_search_names_the_file_row_of_a_bad_query_and_checks_widths_up_front(tmp_path, capsys):
@@ -234,6 +240,14 @@ def test_search_names_the_file_row_of_a_bad_query_and_checks_widths_up_front(tmp
     assert "q17.npy: queries: expected width 16, found 17" in capsys.readouterr().err
     np.save(tmp_path / "q16.npy", np.zeros((0, DIM), np.float32))
     assert main(["search", str(store), str(tmp_path / "q16.npy"), "-k", "3"]) == 0
+    # a query of zeros under cosine (it has no direction): named by its file row, not its batch's
+    assert main(["build", str(tmp_path / "base.npy"), str(tmp_path / "c"), "--codec", "PQ4x8"]) == 0
+    q[3, 7], q[4] = 0.0, 0.0
+    np.save(tmp_path / "q.npy", q)
+    for rows in ("1", "3", "4096"):
+        assert main(["search", str(tmp_path / "c"), str(tmp_path / "q.npy"), "-k", "2", "--batch-rows", rows]) == 2
+        assert capsys.readouterr().err.strip().endswith(
+            f"{tmp_path / 'q.npy'}: cosine similarity needs vectors of non-zero norm, found row 4 all zeros")
 
 
 def test_build_refuses_a_negative_train_size_or_seed_before_any_work(tmp_path, capsys):
