@@ -35,6 +35,7 @@ arrays written, truncations and hypothesis byte flips) and tests/test_bench.py.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import mmap
 import os
@@ -49,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DatasetNotFound, DimensionMismatch, FormatError, InvalidInput
+from .errors import DatasetNotFound, DimensionMismatch, FormatError, InvalidInput, StorageError
 
 __all__ = [
     "RESULT_SUFFIXES",
@@ -987,8 +988,8 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
 
 def check_results_path(path: str | Path) -> Path:
     """`path` as a Path once `write_results` can write there: a known suffix, not a directory,
-    and a folder that is one or can be made (`InvalidInput` otherwise), so that a command can
-    refuse it before its search."""
+    and a folder that is one or can be made and written in (`InvalidInput` or `StorageError`
+    otherwise, as `check_output_dir`), so that a command can refuse it before its search."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in RESULT_SUFFIXES:
@@ -1002,17 +1003,32 @@ def check_results_path(path: str | Path) -> Path:
 
 def check_output_dir(path: str | Path, what: str) -> Path:
     """`path` as a Path, once it is a directory or one can be made there: `InvalidInput` when
-    it, or its nearest existing ancestor, is something else (a file), so that a command can
-    refuse an output path before doing its work rather than fail after it."""
+    it, or its nearest existing ancestor, is something else (a file), `StorageError` when the
+    system would refuse to write in that directory (permissions, a read-only file system), so
+    that a command can refuse an output path before doing its work rather than fail after it."""
     path = Path(path)
     for p in (path, *path.parents):
         if p.is_dir():
+            # the system would refuse the writes: said now, not after the work (exit 3 in the CLI)
+            effective = os.access in os.supports_effective_ids
+            if not os.access(p, os.W_OK | os.X_OK, effective_ids=effective):
+                code = errno.EROFS if _read_only_fs(p) else errno.EACCES
+                where = "there" if p == path else f"in {str(p)!r}"
+                raise StorageError(f"{what} {str(path)!r}: cannot write {where}: {os.strerror(code)}; nothing was done",
+                                   code, str(p))
             break
         if p.exists() or p.is_symlink():
             kind = "a file" if p.is_file() else "a broken link" if not p.exists() else "something else"
             raise InvalidInput(f"{what} {str(path)!r}: expected a directory (or a path one can be made at), "
                                f"found {kind} at {str(p)!r}")
     return path
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 # --------------------------------------------------------------------------- whole-file readers

@@ -275,6 +275,32 @@ def test_search_out_under_a_file_is_refused_before_the_search(tmp_path, capsys, 
         assert f"expected a directory (or a path one can be made at), found a file at '{tmp_path / 'afile'}'" in err
 
 
+def test_an_out_the_system_would_refuse_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    """An --out in a folder this user may not write was refused only when the results were
+    written, after the whole search or benchmark (the report lost)."""
+    import os
+
+    from vecz.formats import importers
+
+    store = tmp_path / "s"
+    np.save(tmp_path / "q.npy", _data(30))
+    assert main(["build", str(tmp_path / "q.npy"), str(store), "--codec", "SQ8"]) == 0
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(importers.os, "access",
+                        lambda p, mode, **kw: False if Path(p) == tmp_path / "ro" else real(p, mode, **kw))
+    monkeypatch.setattr(Store, "search", lambda *a, **kw: pytest.fail("searched before checking --out"))
+    capsys.readouterr()
+    for out in ("ro/x.npy", "ro/deeper/x.parquet"):
+        assert main(["search", str(store), str(tmp_path / "q.npy"), "--out", str(tmp_path / out)]) == EXIT_STORAGE
+        err = capsys.readouterr().err
+        assert ("cannot write there" if out == "ro/x.npy" else f"cannot write in '{tmp_path / 'ro'}'") in err, err
+        assert "Permission denied; nothing was done" in err
+    argv = ["bench", str(tmp_path / "q.npy"), str(tmp_path / "q.npy"), "--codecs", "SQ8", "--out", str(tmp_path / "ro")]
+    assert main(argv) == EXIT_STORAGE
+    assert "vecz bench: storage error: --out" in capsys.readouterr().err
+
+
 def test_a_stray_os_error_exits_with_the_storage_code_and_a_bug_stays_visible(tmp_path, capsys, monkeypatch):
     """An OSError the code did not type is still the system refusing a read or write: exit 3
     with one line; any other exception is a bug and is raised, not turned into an exit code."""
