@@ -31,14 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.importers import refuse_non_finite
-from .errors import CommitIncomplete, DimensionMismatch, InvalidInput, StorageError, VeczError
+from .errors import CommitIncomplete, DimensionMismatch, InvalidInput, StorageError, StoreMoved, VeczError
 
-__all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_INPUT", "EXIT_STORAGE"]
+__all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_INPUT", "EXIT_STORAGE", "EXIT_INTERRUPT", "EXIT_PIPE"]
 
 EXIT_OK = 0
 EXIT_DAMAGE = 1   # vecz check found damage
 EXIT_INPUT = 2    # bad input, option, spec or file; a store locked by another writer or moved away
 EXIT_STORAGE = 3  # the operating system refused a read or write (disk full, read-only, permissions)
+EXIT_INTERRUPT = 130  # Ctrl-C (SIGINT), as a shell reports it: what is committed stays
+EXIT_PIPE = 141  # the output's reader went away (`| head`), as a shell reports SIGPIPE
 # `vecz search --calibrate`: sample queries read from the file at most (each costs 100 rows
 # read once; a few hundred give the model enough pairs, see `Store.calibrate`)
 CALIBRATE_ROWS = 2000
@@ -359,9 +361,17 @@ def _open_build_store(args: argparse.Namespace, source: Any) -> tuple[Any, int]:
                 raise InvalidInput(f"{path}: the build record says {done} rows done, the source has {source.n}")
             return store, done
         if record and not args.append:
-            raise InvalidInput(f"{path}: holds a build of another source ({record.get('source', {}).get('path')}, "
-                               f"differences: {'; '.join(_differences(record.get('source', {}), identity))}); "
-                               f"expected the same source to resume, or --append to add this one")
+            recorded = record.get("source", {})
+            differ = _differences(recorded, identity)
+            touched = ""
+            if [d.split(":", 1)[0] for d in differ] == ["mtime_ns"] and isinstance(recorded.get("mtime_ns"), int):
+                # the same path, size and rows: maybe the same file touched, maybe not; vecz cannot tell
+                when = f"{recorded['mtime_ns'] // 10 ** 9}.{recorded['mtime_ns'] % 10 ** 9:09d}"
+                touched = (f" (--append adds every row of it again, beside the {record.get('rows_done', 0):,} "
+                           f"committed; if only its time changed, `touch -d @{when} {args.src}` resumes the build)")
+            raise InvalidInput(f"{path}: holds a build of another source ({recorded.get('path')}, "
+                               f"differences: {'; '.join(differ)}); "
+                               f"expected the same source to resume, or --append to add this one{touched}")
         if len(store) and not args.append and record is None:
             raise InvalidInput(f"{path}: expected a new or empty directory (or --append), found a store with "
                                f"{len(store)} vectors")
@@ -491,11 +501,19 @@ def _build(args: argparse.Namespace) -> int:
                         done += len(vectors)
                         committed.update(rows=done, version=store.version)
                         bar.update(len(vectors))
-            except (VeczError, OSError) as exc:
-                # bad input fails again at the same row, and a fixed file is another source (no resume)
-                advice = (f"the same command fails again until {args.src} is fixed, and a changed file does not "
-                          f"resume this build: build the fixed file into a new store"
-                          if isinstance(exc, ValueError) else "run the same command again to resume after them")
+            except (VeczError, OSError, KeyboardInterrupt) as exc:
+                if fresh and not committed["rows"] and not len(store):  # `_undo_empty_build` removes it
+                    print(f"{args.store}: no rows of {args.src} committed; the new store is removed", file=sys.stderr)
+                    raise
+                if isinstance(exc, ValueError):
+                    # bad input fails again at the same row, and a fixed file is another source (no resume)
+                    advice = (f"the same command fails again until {args.src} is fixed, and a changed file does not "
+                              f"resume this build: build the fixed file into a new store")
+                elif isinstance(exc, StoreMoved):
+                    advice = (f"the store is no longer at {args.store} (moved or replaced): the rows went with it; "
+                              f"resume by running the same command with STORE at its new place")
+                else:  # the system refused, or an interrupt: the next run resumes
+                    advice = "run the same command again to resume after them"
                 print(f"{args.store}: {committed['rows']:,} of {source.n:,} rows of {args.src} are committed (version "
                       f"{committed['version']}); {advice}", file=sys.stderr)
                 raise
@@ -744,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="vecz", description="compressed vector storage",
         epilog=f"exit codes: {EXIT_OK} ok; {EXIT_DAMAGE} vecz check found damage; {EXIT_INPUT} bad input, option, "
                f"spec or file, or a store locked by another writer or moved away; {EXIT_STORAGE} the operating "
-               f"system refused a read or write (disk full, read-only, permissions): what is committed stays")
+               f"system refused a read or write (disk full, read-only, permissions): what is committed stays; "
+               f"{EXIT_INTERRUPT} interrupted (Ctrl-C); {EXIT_PIPE} its output's reader went away")
     parser.add_argument("--version", action="version", version=f"vecz {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
@@ -769,6 +788,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in commands:
             return commands[args.command](args)
         return _bench(args, command)
+    except BrokenPipeError:  # the reader of the output went away (`| head`): not a storage error
+        with contextlib.suppress(OSError):  # and no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+    except KeyboardInterrupt:
+        print(f"vecz {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPT
     except (StorageError, CommitIncomplete) as exc:  # the system refused; a CommitIncomplete's version stands
         print(f"vecz {args.command}: storage error: {exc}", file=sys.stderr)
         return EXIT_STORAGE

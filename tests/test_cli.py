@@ -410,3 +410,55 @@ def test_codecs_sizes_each_spec_for_a_width(capsys):
         assert main(argv) == 2, argv
         captured = capsys.readouterr()
         assert message in captured.err and captured.out == "", (argv, captured)
+
+
+def test_ctrl_c_in_a_build_says_what_is_committed_and_resumes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C printed a traceback and no word of the committed rows; now one line each and
+    exit 130, and the same command resumes."""
+    from vecz.engine.cli import EXIT_INTERRUPT
+
+    src, store = tmp_path / "a.npy", tmp_path / "s"
+    np.save(src, _data(300))
+    real, calls = Store.add, []
+
+    def add(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Store, "add", add)
+    argv = ["build", str(src), str(store), "--codec", "SQ8", "--batch-rows", "100", "--no-calibrate"]
+    assert main(argv) == EXIT_INTERRUPT
+    err = capsys.readouterr().err
+    assert f"200 of 300 rows of {src} are committed (version 4); run the same command again to resume" in err
+    assert err.strip().endswith("vecz build: interrupted") and "Traceback" not in err
+    monkeypatch.setattr(Store, "add", real)
+    # the file touched (same path, size, rows): --append would add its rows again; the message
+    # says so and gives the command that brings the recorded time back
+    import os
+    import re
+    import subprocess
+
+    os.utime(src, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns + 5 * 10 ** 9))
+    assert main(argv) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "--append adds every row of it again, beside the 200 committed" in err
+    touch = re.search(r"`(touch -d @\S+ \S+)`", err).group(1)
+    subprocess.run(touch.split(), check=True)
+    assert main(argv) == 0
+    with Store.open(store) as s:
+        assert len(s) == 300
+
+
+def test_a_closed_output_pipe_is_not_a_storage_error(tmp_path):
+    """`vecz search ... | head` ended with 'storage error: Broken pipe', exit 3."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "a.npy", _data(50))
+    np.save(tmp_path / "q.npy", _data(3000, seed=1))
+    assert main(["build", str(tmp_path / "a.npy"), str(tmp_path / "s"), "--codec", "SQ8"]) == 0
+    run = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m vecz search {tmp_path / 's'} "
+                          f"{tmp_path / 'q.npy'} -k 10 | head -c 100 > /dev/null"], capture_output=True, text=True)
+    assert run.returncode == 141 and run.stderr == "", (run.returncode, run.stderr)
