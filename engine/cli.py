@@ -25,6 +25,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from typing import Any, Iterator
 from pathlib import Path
 
@@ -784,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "vecz " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     commands = {"build": _build, "search": _search, "calibrate": _calibrate_store, "info": _info, "check": _check,
                 "codecs": _codecs}
+    if argv is None:  # the command itself (not a caller's main([...])): a warning is one line, no source line
+        warnings.showwarning = lambda message, category, *_a, **_k: print(
+            f"vecz {args.command}: warning: {message}", file=sys.stderr)
     try:
         if args.command in commands:
             return commands[args.command](args)
