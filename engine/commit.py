@@ -41,6 +41,7 @@ import fcntl
 import os
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -136,9 +137,16 @@ class WriterLock:
         self.dev, self.ino = st.st_dev, st.st_ino
         self.linked: int | None = None  # a version `publish` linked but then failed (CommitIncomplete)
         self._kept: set[str] = set()
+        self._forked_from: int | None = None  # set in a forked child (`_forget_writers_in_child`)
+        _WRITERS.add(self)
 
     def check(self, what: str) -> None:
-        """Refuse `what` (with `StoreMoved`) unless the path still leads to the locked directory."""
+        """Refuse `what` (with `StoreMoved`) unless the path still leads to the locked directory
+        (with `StoreLocked` in a forked child: the lock is the parent's)."""
+        if self._forked_from is not None:
+            raise StoreLocked(f"{self.path}: {what} refused: this writer's lock belongs to process "
+                              f"{self._forked_from}, which this process was forked from; expected the process that "
+                              f"opened the store (open it in this one once that writer is closed)")
         if self.fd is None:
             raise StoreMoved(f"{self.path}: {what} refused: this writer has released the store")
         try:
@@ -269,6 +277,24 @@ _HELD: dict[int, "VersionPin"] = {}
 _HELD_LOCK = threading.Lock()
 
 
+# Writer locks of this process: a forked child drops its copies (`_forget_writers_in_child`).
+_WRITERS: "weakref.WeakSet[WriterLock]" = weakref.WeakSet()
+
+
+def _forget_writers_in_child() -> None:
+    """After fork: the child closes its copies of the writer locks' descriptors without
+    unlocking (an unlock would release the parent's lock: another writer could then open
+    the store beside the parent; a copy kept would hold the lock after the parent closes)
+    and refuses writes through them (`WriterLock.check`)."""
+    parent = os.getppid()
+    for lock in list(_WRITERS):
+        fd, lock.fd = lock.fd, None
+        if fd is not None:
+            lock._forked_from = parent
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def _forget_pins_in_child() -> None:
     """After fork: the child closes its copies of the pins' descriptors, so that the locks
     end with the parent's `release` (an inherited descriptor shares the parent's lock and
@@ -283,6 +309,7 @@ def _forget_pins_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pins_in_child)
+    os.register_at_fork(after_in_child=_forget_writers_in_child)
 
 
 def _hold_shared(path: Path) -> int | None:

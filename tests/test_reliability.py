@@ -735,6 +735,48 @@ def test_a_forked_child_does_not_keep_its_parents_pin(tmp_path):
             proc.join(60)
 
 
+def test_a_forked_child_neither_writes_through_nor_releases_its_parents_writer(tmp_path):
+    """A forked child shared the writer's lock: its close() unlocked it (a second writer then
+    opened beside the parent) and its add() committed, after which the parent's adds failed
+    with 'File exists' (a review found it). The child's writes are refused, its close leaves
+    the parent's lock, and it keeps no copy holding the lock after the parent closes."""
+    import multiprocessing
+
+    path = tmp_path / "s"
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    ctx = multiprocessing.get_context("fork")
+    w = Store.create(path, dim=8, codec="SQ8")
+    w.add(x[:10])
+    go, seen = ctx.Event(), ctx.Queue()
+
+    def child():
+        try:
+            w.add(x[10:12])
+            seen.put("added")
+        except StoreLocked as exc:
+            seen.put(f"refused: {exc}")
+        seen.put(len(w.search(x[:2], 3).ids))  # reading through it still works
+        w.close()
+        seen.put("closed")
+        go.wait(60)
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    try:
+        refused = seen.get(timeout=60)
+        assert refused.startswith("refused:") and f"belongs to process {os.getpid()}" in refused, refused
+        assert seen.get(timeout=60) == 2 and seen.get(timeout=60) == "closed"
+        with pytest.raises(StoreLocked):
+            Store.open(path, mode="a")  # the parent still holds it
+        w.add(x[12:14])
+        w.close()
+        with Store.open(path, mode="a") as again:  # the living child holds no copy of the lock
+            assert len(again) == 12
+    finally:
+        go.set()
+        proc.join(60)
+
+
 def test_pinned_versions_lists_pins_and_nothing_a_concurrent_probe_holds(tmp_path):
     # the listing took an exclusive lock per manifest: two listings at once (or one during a
     # collection) each saw the other's lock as a pin (8% false reports in a review's loop)
