@@ -27,8 +27,10 @@ a live `VersionPin` holds (`Store.pin()`): a process that must open its version 
 (a `ShardedStore`'s restarted actors) pins it.
 
 Thread-safety: searches may run from several threads once the store is open; `add`,
-`delete`, `compact`, `train`, `refresh` and `close` must not run concurrently with anything
-else on the same object.
+`delete`, `compact`, `train`, `refresh` and `close` must not run concurrently with each other
+on the same object. A search racing one of them reads through the segments it took (it
+does not crash, and a search racing `close` answers or raises `StoreClosed`), but deletes are
+marked in place: rows the newer version deletes may already be missing from its answer.
 """
 
 from __future__ import annotations
@@ -620,13 +622,18 @@ class Store:
             nq = x.shape[0]
             worst = np.inf if self.metric == "l2" else -np.inf
             return SearchResult(np.full((nq, k), worst, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
-        live = len(self)
+        # the segments taken once, then the store found open (close() marks it closed before
+        # it drops them): a close() on another thread left a later read of self._segments
+        # empty, and the search answered "no neighbours" instead of StoreClosed or an answer
+        segments = self._segments
+        self._check_open("search")
+        live = sum(s.live for s in segments)
         # k and rerank are clamped to the live rows for every scan and work array; the result
         # is padded up to k (id -1, like faiss) unless the padding alone would exceed
         # MAX_RESULT_BYTES, then it is as wide as the live rows
         self._build_layouts = True
         bound = (self.error_model(), confidence) if auto else None
-        out = search_segments(self.codec, self.metric, self._segments, x, min(k, max(live, 1)),
+        out = search_segments(self.codec, self.metric, segments, x, min(k, max(live, 1)),
                               nprobe=int(nprobe), rerank=min(int(rerank), live), sdc=bool(sdc), prefetch=self.prefetch,
                               bound=bound)
         return pad_to_k(out, k, self.metric, MAX_RESULT_BYTES)

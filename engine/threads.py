@@ -56,6 +56,7 @@ class _SerialBlas:
     _lock = threading.Lock()
     _depth = 0
     _saved: list[int] = []
+    _lowered = False  # the counts are set to 1 and not yet given back
     _held = threading.local()  # .n: scopes this thread holds
 
     @classmethod
@@ -80,18 +81,32 @@ class _SerialBlas:
                           for lib in cls._controllers()]
         return cls._calls
 
+    # An interrupt (Ctrl-C) arrives after a call returns: the counts are recorded before any
+    # call that changes them, and `_lowered` stays True until they are given back, so a
+    # scope an interrupt cut short is mended by the next first scope (a review saw BLAS left
+    # on one thread for good).
     def __enter__(self) -> None:
         cls = type(self)
         held = cls._held
         with cls._lock:
-            if cls._depth == 0:
-                calls = cls._thread_calls()
-                cls._saved = saved = [get() for get, _ in calls]
-                for (_, set_threads), n in zip(calls, saved):
-                    if n != 1:
-                        set_threads(1)
+            if cls._depth == 0 and cls._lowered:
+                cls._restore()  # what an interrupted scope did not give back
+            first = cls._depth == 0
             cls._depth += 1
             held.n = getattr(held, "n", 0) + 1
+            if first:
+                try:
+                    calls = cls._thread_calls()
+                    cls._saved = saved = [get() for get, _ in calls]
+                    cls._lowered = True
+                    for (_, set_threads), n in zip(calls, saved):
+                        if n != 1:
+                            set_threads(1)
+                except BaseException:
+                    cls._depth -= 1
+                    held.n -= 1
+                    cls._restore()
+                    raise
 
     def __exit__(self, *exc: Any) -> None:
         cls = type(self)
@@ -104,9 +119,11 @@ class _SerialBlas:
     @classmethod
     def _restore(cls) -> None:
         """Give BLAS back the thread counts the first scope found."""
-        for (_, set_threads), n in zip(cls._thread_calls(), cls._saved):
-            if n != 1:
-                set_threads(n)
+        if cls._lowered:
+            for (_, set_threads), n in zip(cls._thread_calls(), cls._saved):
+                if n != 1:
+                    set_threads(n)
+            cls._lowered = False
 
     @classmethod
     def _after_fork_in_child(cls) -> None:
@@ -173,6 +190,9 @@ class query_threads:
     def __enter__(self) -> "query_threads":
         if getattr(_local, "active", False):
             return self  # inside another scope on this thread: it holds the policy
+        if getattr(_local, "numba_saved", None) is not None:  # an interrupted scope's count
+            _numba_thread_calls()[1](_local.numba_saved)
+            _local.numba_saved = None
         # made here, by the outermost scope only (a search nests three or four)
         # a lone query makes its products without BLAS (`quantizers._rotate`,
         # `ivf._similarity`): no BLAS count to set and give back (11-13 us a search)
@@ -192,9 +212,12 @@ class query_threads:
         if self._serial:
             try:
                 get, set_threads = _numba_thread_calls()
-                self._threads = get()
+                self._threads = _local.numba_saved = get()  # recorded before the change
                 set_threads(1)
             except BaseException:
+                if _local.numba_saved is not None:
+                    set_threads(_local.numba_saved)
+                    _local.numba_saved = None
                 if self._blas is not None:
                     self._blas.__exit__(None, None, None)
                 self._region.__exit__(None, None, None)
@@ -209,6 +232,7 @@ class query_threads:
         try:
             if self._serial:
                 _numba_thread_calls()[1](self._threads)
+                _local.numba_saved = None
         finally:
             try:
                 if self._blas is not None:

@@ -81,8 +81,14 @@ HOSTILE: list[tuple[str, str, str]] = [
     ('a search in one thread while another refreshes the reader (after a compaction) or commits on the writer',
      'the search reads through the segments it took to the end: the pool drops the readers the new version does '
      'not name instead of closing them (a search failed with a numba `TypingError` or `AttributeError` before '
-     'stop 49)',
+     'stop 49). Deletes are marked in place, so rows the new version deletes may already be left out of its '
+     'answer: every row it returns was live in the version it took, but it is not always that version\'s answer '
+     '(a torn read; search after `refresh()` returns for one version\'s answer)',
      'tests/test_reliability.py::test_a_search_holding_an_older_version_reads_on_through_a_refresh'),
+    ('a search in one thread while another closes the store',
+     'the search answers from the segments it took, or raises `StoreClosed` (an auto search measuring its '
+     'error model answered with empty slots, id -1, before stop 51)',
+     'tests/test_reliability.py::test_a_search_whose_store_is_closed_midway_answers_or_raises_store_closed'),
     ('`refresh()` fails (a damaged file of the newest version)',
      "the error, and the reader keeps its version whole: the newer version's deletes are applied only once all "
      'of it has loaded (before, they were applied first and the reader lost live rows)',

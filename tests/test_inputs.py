@@ -282,3 +282,47 @@ def test_concurrent_searches_leave_the_blas_threads_as_they_were(tmp_path):
             t.join()
         assert not errors, errors
         assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("where", ["blas", "numba"])
+def test_an_interrupt_inside_the_thread_policy_does_not_leave_the_counts_changed(tmp_path, monkeypatch, where):
+    """Ctrl-C lands after a call returns: right after a scope set BLAS (or Numba) to one
+    thread, the scope never gave the count back and every later search saved 1 as the
+    caller's (a review's timer-driven SIGINTs left BLAS on one thread for good). The next
+    search now gives back what the cut-short scope had set."""
+    from vecz.engine import threads
+
+    if where == "blas" and not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    x = _x(300)
+    with Store.create(tmp_path / "s", dim=DIM, codec="IVF4,RB1") as store, threadpool_limits(2, user_api="blas"):
+        store.add(x)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        before = (_blas_threads(), numba.get_num_threads())
+        if where == "blas":
+            calls = threads._SerialBlas._thread_calls()
+
+            def interrupted(set_threads):
+                def call(n):
+                    set_threads(n)
+                    if n == 1:
+                        raise KeyboardInterrupt  # as a signal arriving when the call returns
+                return call
+
+            monkeypatch.setattr(threads._SerialBlas, "_calls", [(get, interrupted(s)) for get, s in calls])
+            q = _x(8, seed=1)  # >= 2 queries: the BLAS scope
+        else:
+            get, set_threads = threads._numba_thread_calls()
+
+            def numba_set(n):
+                set_threads(n)
+                if n == 1:
+                    raise KeyboardInterrupt
+            monkeypatch.setattr(threads, "_numba_calls", (get, numba_set))
+            q = _x(1, seed=1)  # a lone query: Numba on one thread
+        with pytest.raises(KeyboardInterrupt):
+            store.search(q, 3, nprobe=2, rerank=10)
+        monkeypatch.undo()
+        store.search(q, 3, nprobe=2, rerank=10)
+        assert (_blas_threads(), numba.get_num_threads()) == before
+        assert threads._SerialBlas._depth == 0 and not threads._SerialBlas._lowered

@@ -23,6 +23,7 @@ from vecz.engine.cli import EXIT_STORAGE, main
 from vecz.errors import (
     InvalidInput,
     StorageError,
+    StoreClosed,
     StoreCorrupted,
     StoreLocked,
     StoreMoved,
@@ -405,6 +406,52 @@ def test_a_search_holding_an_older_version_reads_on_through_a_refresh(tmp_path, 
                 want = old.search(x[:20], 10, rerank=50)
             np.testing.assert_array_equal(got.ids, want.ids)
             np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_a_search_holding_an_older_version_sees_deletes_only_as_rows_left_out(tmp_path):
+    # what docs/bad-input.md says of a search racing a refresh that applies deletes: the
+    # deletes are marked in place on the segments it holds, so its rows come from its
+    # version less rows the newer version deleted, never a row that was not live
+    from vecz.engine.search import search_segments
+
+    path = tmp_path / "s"
+    x = _data(1500, seed=3)
+    with Store.create(path, dim=DIM, codec="RB1", dense="f32") as w:
+        w.auto_merge_rows = 0
+        for lo in range(0, 1500, 300):
+            w.add(x[lo:lo + 300])
+        with Store.open(path) as r:
+            held = list(r._segments)
+            w.delete(np.arange(0, 1500, 3))
+            r.refresh()
+            got = search_segments(r.codec, r.metric, held, x[:20], 10, nprobe=1, rerank=50)
+            want = r.search(x[:20], 10, rerank=50)  # the newer version: the same rows less the deleted
+            np.testing.assert_array_equal(got.ids, want.ids)
+            assert not np.isin(got.ids, np.arange(0, 1500, 3)).any()
+
+
+def test_a_search_whose_store_is_closed_midway_answers_or_raises_store_closed(tmp_path, monkeypatch):
+    # another thread's close() while an auto search measured its error model: the search
+    # read the store's segments again afterwards, found none and answered id -1 everywhere
+    path = tmp_path / "s"
+    x = _data(600, seed=4)
+    with Store.create(path, dim=DIM, codec="RB1", dense="f32") as w:
+        w.add(x)
+    with Store.open(path) as r:
+        want = r.search(x[:5], 10, rerank=100)
+    r = Store.open(path)
+    measure = Store.error_model
+
+    def closed_meanwhile(self):
+        model = measure(self)
+        self.close()  # as another thread would, while this search runs
+        return model
+
+    monkeypatch.setattr(Store, "error_model", closed_meanwhile)
+    got = r.search(x[:5], 10, rerank="auto:100", confidence=1.0)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    with pytest.raises(StoreClosed):
+        r.search(x[:5], 10)
 
 
 def test_a_refresh_that_fails_leaves_the_readers_version_as_it_was(tmp_path):
