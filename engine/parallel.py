@@ -52,7 +52,9 @@ the engine does not choose yet. It makes every layer safe for what it lacks:
   `FORK_WAIT_S` seconds, the child gets ``False`` forever.
 - ``tbb``: a process forked while another live thread has entered a region (now or before)
   gets ``False`` forever as well; a process forked when only the forking thread (or threads
-  that have since exited) ran regions starts TBB afresh and runs in parallel.
+  that have since exited) ran regions starts TBB afresh and runs in parallel. TBB shuts down
+  for a fork only from the thread that started it, so vecz starts it on import (on the main
+  thread, when vecz chose tbb): not on a thread that exits (a store's segment loaders).
 
 Thread safety: `parallel_region` may be entered from any number of threads; its state is
 guarded by one condition variable and re-created in a forked child.
@@ -151,6 +153,14 @@ def _choose() -> tuple[str, str]:
 
 
 _CHOICE = _choose()
+
+# TBB takes the thread that starts it for its main thread, and its fork handler shuts TBB
+# down only for a fork from that thread: started by a thread that later exits (a store's
+# segment loaders, a server's worker), every later fork printed Numba's "fork from a
+# non-main thread" warning and skipped the shutdown. Started here, on the importing main
+# thread (5 ms); tbb only: a child forked after OpenMP started may never enter it again.
+if _CHOICE == ("tbb", "vecz") and threading.current_thread() is threading.main_thread():
+    numba.get_num_threads()
 
 
 def choice() -> tuple[str, str]:

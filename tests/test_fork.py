@@ -389,3 +389,34 @@ if __name__ == "__main__":
     else:
         result = _store_child(mode, sys.argv[2])
     print(json.dumps(result), flush=True)
+
+
+def test_a_fork_after_opening_a_multi_segment_store_shuts_tbb_down_cleanly(tmp_path: Path) -> None:
+    """A store of several segments loads them on two short-lived threads; their layout
+    kernels were the process's first parallel region, so TBB took a loader thread for its
+    main one and every later fork (from the real main thread) printed Numba's "fork from a
+    non-main thread" warning and skipped TBB's shutdown. vecz now starts TBB on import."""
+    if not _tbb_loads():
+        pytest.skip("TBB does not load here")
+    from vecz import Store
+
+    x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=32, codec="IVF8,RB1") as w:  # made here: the child's first region is
+        w.auto_merge_rows = 0                                             # its loaders'
+        for lo in range(0, 3000, 1000):
+            w.add(x[lo:lo + 1000])
+    script = f"""
+import os, sys
+import numpy as np
+from vecz import Store
+x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)
+s = Store.open({str(tmp_path / "s")!r})
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if s.search(x[:20], 5, nprobe=8, rerank=20).ids[0, 0] == 0 else 3)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT,
+                         env=_env(None))
+    assert run.returncode == 0, run.stderr
+    assert "non-main thread" not in run.stderr, run.stderr
