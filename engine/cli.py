@@ -33,6 +33,7 @@ import numpy as np
 
 from ..formats.importers import refuse_non_finite
 from .errors import CommitIncomplete, DimensionMismatch, InvalidInput, StorageError, StoreMoved, VeczError
+from .threads import plain_interrupts
 
 __all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_INPUT", "EXIT_STORAGE", "EXIT_INTERRUPT", "EXIT_PIPE"]
 
@@ -789,9 +790,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = lambda message, category, *_a, **_k: print(
             f"vecz {args.command}: warning: {message}", file=sys.stderr)
     try:
-        if args.command in commands:
-            return commands[args.command](args)
-        return _bench(args, command)
+        with plain_interrupts():  # a Ctrl-C inside a Numba call is a KeyboardInterrupt here too
+            if args.command in commands:
+                return commands[args.command](args)
+            return _bench(args, command)
     except BrokenPipeError:  # the reader of the output went away (`| head`): not a storage error
         with contextlib.suppress(OSError):  # and no second error when Python flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -69,6 +69,7 @@ from .inputs import as_ids as _as_ids
 from .bounds import ErrorModel
 from .search import calibrate, check_search_args, pad_to_k, per_row_scales, search_segments
 from .segments import DensePool, Segment, load_segment
+from .threads import plain_interrupts
 
 __all__ = ["Store", "check_store", "FORMAT_ID", "MAX_NORM", "MAX_STATE_BYTES"]
 
@@ -550,7 +551,8 @@ class Store:
         self._check_open("add")
         lock = self._require_writer("add")
         # writes.add checks the rows (norms, f16 range) once, with the store's dense tier
-        return writes.add(self, lock, _as_vectors(vectors, self.dim, "vectors", column), ids, build_progress)
+        with plain_interrupts():
+            return writes.add(self, lock, _as_vectors(vectors, self.dim, "vectors", column), ids, build_progress)
 
     def delete(self, ids: Any) -> int:
         """Delete the live rows with these ids (unknown ids are ignored); returns how many
@@ -613,6 +615,11 @@ class Store:
             and ip, ascending squared distances for l2; ``.stats`` = candidates scored,
             lists probed, rows and bytes read from disk.
         """
+        with plain_interrupts():
+            return self._search(queries, k, nprobe, rerank, sdc, confidence)
+
+    def _search(self, queries: Any, k: int, nprobe: int | None, rerank: int | str | None, sdc: bool,
+                confidence: float | None) -> SearchResult:
         self._check_open("search")
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.dense, k, nprobe, rerank, sdc,
                                                                 confidence)

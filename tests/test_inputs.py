@@ -326,3 +326,24 @@ def test_an_interrupt_inside_the_thread_policy_does_not_leave_the_counts_changed
         store.search(q, 3, nprobe=2, rerank=10)
         assert (_blas_threads(), numba.get_num_threads()) == before
         assert threads._SerialBlas._depth == 0 and not threads._SerialBlas._lowered
+
+
+def test_an_interrupt_inside_a_numba_call_is_a_keyboard_interrupt(tmp_path, monkeypatch):
+    """A Ctrl-C landing while a Numba kernel hands its array back to Python came out as
+    SystemError (caused by the KeyboardInterrupt), which `except KeyboardInterrupt` missed."""
+    from vecz.engine import store as store_module
+
+    def interrupted(*_a, **_k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("<function _numba_unpickle> returned a result with an exception set") from exc
+
+    with Store.create(tmp_path / "s", dim=DIM, codec="RB1") as store:
+        store.add(_x(50))
+        monkeypatch.setattr(store_module, "search_segments", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            store.search(_x(2), 3)
+        monkeypatch.setattr(store_module, "search_segments", lambda *a, **k: (_ for _ in ()).throw(SystemError("x")))
+        with pytest.raises(SystemError):  # other SystemErrors stay what they are
+            store.search(_x(2), 3)
