@@ -730,9 +730,22 @@ class _ParquetSource(_ArrowSource):
                     raise FormatError(f"{path}: the footer claims {n} rows, found none")
             self.dim = self._probe_dim(first, fixed)
             _check_dim(path, n, self.dim)
+            self._values = self._leaf_values(meta, col)
         except BaseException:
             self._pf.close()
             raise
+
+    @staticmethod
+    def _leaf_values(meta: Any, column: str) -> int | None:
+        """The values the vector column's chunks claim (each row of a well-formed file gives
+        `dim`; a null or empty row 1), or None when the metadata does not say."""
+        leaves = [i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == column]
+        if len(leaves) != 1:
+            return None
+        try:
+            return sum(int(meta.row_group(g).column(leaves[0]).num_values) for g in range(meta.num_row_groups))
+        except _ARROW_ERRORS:
+            return None
 
     def _rechunk_probe(self) -> Iterator[pa.RecordBatch]:
         """The first non-empty record batch of one row, validated."""
@@ -757,7 +770,22 @@ class _ParquetSource(_ArrowSource):
             it = pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False)
         except _ARROW_ERRORS as exc:
             raise FormatError(f"{self.path}: damaged Arrow data: {exc}") from None
-        yield from self._rechunk(it, batch_rows)
+        need = self.n * self.dim
+        if self._values is None or self._values == need:
+            yield from self._rechunk(it, batch_rows)
+            return
+        # Values the row counts do not account for: ragged or null rows (refused by row, as
+        # the batches meet them) or a footer and row groups that all understate the rows
+        # (pyarrow then reads that many and drops the rest): the last batch is held back
+        # until every row has read well, and refused then.
+        held = None
+        for item in self._rechunk(it, batch_rows):
+            if held is not None:
+                yield held
+            held = item
+        raise FormatError(f"{self.path}: column {self.column!r} holds {self._values} values, but its {self.n} rows "
+                          f"of {self.dim} need {need}: the row counts of the footer and row groups do not match "
+                          f"the data")
 
     def close(self) -> None:
         """Close the Parquet file."""

@@ -646,3 +646,27 @@ def test_write_results_refuses_a_folder_that_is_a_file(tmp_path):
     with pytest.raises(InvalidInput, match=r"d\.npy: expected a results file, found a directory"):
         write_results(tmp_path / "d.npy", ids, scores)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.npy"] and not any((tmp_path / "d.npy").iterdir())
+
+
+@pytest.mark.parametrize("claimed", [8, 12])
+def test_parquet_whose_row_counts_all_understate_or_overstate_the_data_is_refused(tmp_path, claimed):
+    """The footer and the row group both edited to another row count (thrift metadata has no
+    checksum): pyarrow read that many rows and dropped the rest, with no error. The column
+    chunks' value count (10 rows x 4) now gives it away."""
+    import struct
+
+    x = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    path = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"emb": pa.array(list(x), pa.list_(pa.float32(), 4))}), path, compression="none")
+    data = path.read_bytes()
+    length = struct.unpack("<I", data[-8:-4])[0]
+    footer = bytearray(data[-8 - length:-8])
+    at = [i for i in range(len(footer) - 1) if footer[i:i + 2] == b"\x16\x14"]  # num_rows: i64 field, zigzag 10
+    assert len(at) == 2  # the file's and the row group's
+    for i in at:
+        footer[i + 1] = 2 * claimed
+    path.write_bytes(data[:-8 - length] + bytes(footer) + data[-8:])
+    with open_vectors(path) as source:
+        assert source.n == claimed
+        with pytest.raises(FormatError, match=f"holds 40 values, but its {claimed} rows of 4 need {claimed * 4}"):
+            list(source.batches(3))
