@@ -234,8 +234,8 @@ def _ray_arguments(p: argparse.ArgumentParser, what: str) -> None:
 def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build (or append to) a store from a vectors file",
                        description="Stream SRC (.npy, .fvecs, .parquet, .arrow) into the store STORE in "
-                                   "batches: the first batch (at least --train-size rows) trains the codec, "
-                                   "every batch is one durable commit.")
+                                   "batches: the codec first trains on --train-size rows drawn at random from the "
+                                   "whole file (one pass), then every batch is one durable commit.")
     p.add_argument("src", metavar="SRC", help="vectors: .npy, .fvecs, .parquet or .arrow")
     p.add_argument("store", metavar="STORE", help="store directory (created; must be new or empty unless --append)")
     p.add_argument("--codec", default=None, metavar="SPEC",
@@ -249,7 +249,7 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-rows", type=int, default=None, metavar="N",
                    help="rows per commit (default: 256 MB of float32 per batch)")
     p.add_argument("--train-size", type=int, default=65536, metavar="N",
-                   help="rows the codec trains on (default 65536)")
+                   help="rows the codec trains on, drawn at random from the whole file with --seed (default 65536)")
     p.add_argument("--seed", type=int, default=0, help="seed of the codec's training (default 0)")
     p.add_argument("--append", action="store_true", help="append to an existing store instead of creating one")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",

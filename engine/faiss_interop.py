@@ -159,7 +159,14 @@ def join_sa_codes(codec: Any, codes: Any, lists: Any = None) -> np.ndarray:
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != codec.code_size:
         raise DimensionMismatch(f"codes of {codec.spec!r}: expected uint8 (n, {codec.code_size}), "
                                 f"found {codes.dtype} {codes.shape}")
-    lists = np.zeros(codes.shape[0], dtype=np.int64) if lists is None else np.asarray(lists, dtype=np.int64)
+    if lists is None:
+        lists = np.zeros(codes.shape[0], dtype=np.int64)
+    else:
+        lists = np.asarray(lists)
+        if lists.dtype.kind not in "iu" or (lists.dtype.kind == "u" and lists.size and lists.max() >= codec.nlist):
+            raise InvalidInput(f"lists: expected integer list numbers in [0, {codec.nlist}), found {lists.dtype}"
+                               + (f" up to {lists.max()}" if lists.dtype.kind == "u" and lists.size else ""))
+        lists = lists.astype(np.int64)
     if lists.shape != (codes.shape[0],) or (lists.size and (lists.min() < 0 or lists.max() >= codec.nlist)):
         raise InvalidInput(f"lists: expected {codes.shape[0]} values in [0, {codec.nlist}), found shape {lists.shape}"
                            + (f", range [{lists.min()}, {lists.max()}]" if lists.size else ""))
@@ -397,7 +404,9 @@ def codec_from_faiss(index: Any, codec_class: type) -> Any:
         raise InvalidInput(f"expected a faiss.Index, found {type(index).__name__}")
     chain, core_index = _unwrap(faiss, faiss.downcast_index(index))
     core = _read_core(faiss, core_index)
-    rotation = _rotation(faiss, chain[-1]) if chain and core.quantizer.startswith("PQ") else None
+    # an exact identity is MRL<d> keeping every dim (`codec_to_faiss`'s keep), not a rotation
+    keep_all = bool(chain) and _keep_first(faiss, chain[-1]) == int(core_index.d)
+    rotation = _rotation(faiss, chain[-1]) if chain and core.quantizer.startswith("PQ") and not keep_all else None
     if rotation is not None:  # OPQ: the last transform rotates what the PQ (and IVF) index sees
         chain = chain[:-1]
         core = core._replace(quantizer="O" + core.quantizer, state={**core.state, "pq_rotation": rotation})

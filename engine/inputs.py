@@ -97,9 +97,10 @@ def _from_arrow(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
         raise InvalidInput(f"{what}: column={column!r} applies to tables, found a {type(x).__name__}")
     if isinstance(x, (pa.Array, pa.ChunkedArray)) and _is_vector_type(pa, x.type):
         chunks = x.chunks if isinstance(x, pa.ChunkedArray) else [x]
-        if not chunks or len(x) == 0:
-            return np.empty((0, dim), dtype=np.float32)
-        width = x.type.list_size if pa.types.is_fixed_size_list(x.type) else _first_length(chunks)
+        fixed = pa.types.is_fixed_size_list(x.type)
+        if not chunks or len(x) == 0:  # no rows, but a fixed width is a width (checked by the caller)
+            return np.empty((0, x.type.list_size if fixed else dim), dtype=np.float32)
+        width = x.type.list_size if fixed else _first_length(chunks, dim)
         parts, row0 = [], 0
         for chunk in chunks:
             parts.append(arrow_list_values(chunk, width, what, row0).reshape(len(chunk), width))
@@ -116,12 +117,14 @@ def _is_vector_type(pa: Any, t: Any) -> bool:
     return is_list and pa.types.is_floating(t.value_type)
 
 
-def _first_length(chunks: list) -> int:
+def _first_length(chunks: list, dim: int) -> int:
+    """The length of the first non-null row, or `dim` when every row is null (the null rows
+    are then refused by row, against the width expected)."""
     for chunk in chunks:
-        if len(chunk):
-            lengths = chunk.value_lengths()
-            return int(lengths[0].as_py() or 0) if lengths[0].is_valid else 0
-    return 0
+        lengths = chunk.value_lengths().drop_null()
+        if len(lengths):
+            return int(lengths[0].as_py())
+    return dim
 
 
 def _pick(schema: Any, column: str | None, what: str, is_vector: Any) -> str:
@@ -144,14 +147,20 @@ def _from_pandas(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
     import pyarrow as pa
 
     if isinstance(x, pd.DataFrame):
-        if column is None and len(x.columns) and all(t.kind == "f" for t in x.dtypes if isinstance(t, np.dtype)) \
-                and all(isinstance(t, np.dtype) for t in x.dtypes):
-            return x.to_numpy()  # a frame of float columns is the matrix itself
+        floats = [pd.api.types.is_float_dtype(t) for t in x.dtypes]
+        if column is None and len(x.columns) and all(floats):
+            # a frame of float columns is the matrix itself (pandas' nullable Float64 too: NA as NaN, refused)
+            return x.to_numpy(dtype=np.float64 if any(not isinstance(t, np.dtype) for t in x.dtypes) else None,
+                              na_value=np.nan)
         if column is None:
-            vector_cols = [c for c in x.columns if not (isinstance(x[c].dtype, np.dtype) and x[c].dtype.kind in "iufb")]
+            numeric = [pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t) for t in x.dtypes]
+            vector_cols = [c for c, is_num in zip(x.columns, numeric) if not is_num]
             if len(vector_cols) != 1:
-                raise InvalidInput(f"{what}: expected one column of vectors or column=NAME, found "
-                                   f"{len(vector_cols)} non-numeric columns (columns: {list(x.columns)})")
+                found = (f"{len(vector_cols)} columns that could hold vectors ({vector_cols})" if vector_cols else
+                         f"float columns beside others ({[c for c, f in zip(x.columns, floats) if not f]}): a frame "
+                         f"is the matrix only when every column is float; drop those")
+                raise InvalidInput(f"{what}: expected a frame of float columns, one column of vectors, or "
+                                   f"column=NAME; found {found}")
             column = vector_cols[0]
         elif list(x.columns).count(column) != 1:
             raise InvalidInput(f"{what}: column={column!r}: expected one column of that name "

@@ -253,7 +253,12 @@ class VectorSource:
         a seeded random key and the `n` smallest keys are kept while streaming (.npy sources
         read the chosen rows directly). float32 or float16 like `batches`; with `with_rows`,
         ``(vectors, rows)``: the file row (int64, ascending) each vector was read from."""
-        vecs, rows = self._sample(n, seed)
+        for name, value in (("n", n), ("seed", seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise InvalidInput(f"sample {name}: expected an integer >= 0, found {value!r}")
+        if self._closed:
+            raise InvalidInput(f"{self.path}: the vector source is closed")
+        vecs, rows = self._sample(int(n), int(seed))
         return (vecs, rows) if with_rows else vecs
 
     def _sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -379,7 +384,7 @@ class _NpySource(VectorSource):
                 why = "it holds pickled (object) data, which vecz never loads" if "pickle" in str(exc) else str(exc)
                 raise FormatError(f"{path}: expected a numeric .npy array: {why}") from None
             offset = f.tell()
-        if not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not all(type(s) is int and s >= 0 for s in shape):  # a bool is an int to isinstance
             raise FormatError(f"{path}: expected non-negative integer dimensions in the .npy header, found {shape}")
         if len(shape) != 2:
             raise InvalidInput(f"{path}: vectors must be a 2-D array (n, dim), found shape {shape}")
@@ -974,6 +979,8 @@ def write_results(path: str | Path, ids: np.ndarray, scores: np.ndarray) -> list
         raise InvalidInput(f"scores must be a 2-D float array (nq, k), found {scores.dtype} {scores.shape}")
     if ids.shape != scores.shape:
         raise InvalidInput(f"ids and scores must have one shape, found {ids.shape} and {scores.shape}")
+    if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:  # the cast would wrap them
+        raise InvalidInput(f"ids must fit int64 (up to 2**63 - 1), found {ids.max()}")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     scores = np.ascontiguousarray(scores, dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)

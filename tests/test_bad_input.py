@@ -164,6 +164,7 @@ from numpy.lib import format as npy_format
 
 from vecz.engine import Store, check_store
 from vecz.engine.cli import main
+from vecz.formats.importers import open_vectors, write_results
 from vecz.engine.errors import (
     CodecSpecError,
     DimensionMismatch,
@@ -251,6 +252,9 @@ class Env:
         buf = io.BytesIO()
         npy_format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (2, DIM)})
         (f / "object.npy").write_bytes(buf.getvalue() + b"\x80\x04junk")
+        buf = io.BytesIO()  # a header whose row count is a bool (numpy's memmap raised a raw TypeError)
+        npy_format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (True, DIM)})
+        (f / "boolshape.npy").write_bytes(buf.getvalue() + b"\0" * (4 * DIM))
         (f / "junk.npy").write_bytes(b"not an npy file at all")
         (f / "vectors.csv").write_text("1,2,3\n")
         (f / "cut.fvecs").write_bytes(np.int32(DIM).tobytes() + b"\0" * 10)
@@ -330,6 +334,14 @@ def _series(rows: list) -> Any:
     import pandas as pd
 
     return pd.Series(list(rows))
+
+
+def _frame_with_id() -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(x4, columns=[f"f{j}" for j in range(DIM)])
+    frame["id"] = np.arange(4)
+    return frame
 
 
 def _dtype_of(value: Any) -> str:
@@ -503,6 +515,16 @@ CASES: list[Case] = [
     Case("queries a pandas Series of arrays with NaN", "Store.search(queries)",
          lambda e: e.main.search(_series([*Q[:3], _with(Q, 3, 6, np.nan)[3]])), InvalidInput,
          r"queries: expected finite values, found nan in row 3, column 6"),
+    Case("queries an empty Arrow fixed_size_list of the wrong width", "Store.search(queries)",
+         lambda e: e.main.search(pa.array([], pa.list_(pa.float32(), DIM + 3))), DimensionMismatch,
+         r"queries: expected width 16, found 19"),
+    Case("vectors an Arrow list whose row 0 is null", "Store.add(vectors)",
+         lambda e: e.main.add(pa.array([None, list(x4[1])], pa.list_(pa.float32()))), InvalidInput,
+         r"vectors: row 0 is null, expected a vector of 16 values"),
+    Case("vectors a pandas frame of float columns and an integer id column", "Store.add(vectors)",
+         lambda e: e.main.add(_frame_with_id()), InvalidInput,
+         r"vectors: expected a frame of float columns, one column of vectors, or column=NAME; found float columns "
+         r"beside others \(\['id'\]\)"),
     Case("queries with NaN on a 0-row store", "Store.search(queries)",
          lambda e: e.empty.search(_with(Q, 1, 0, np.nan)), InvalidInput,
          r"queries: expected finite values, found nan in row 1, column 0"),
@@ -578,6 +600,15 @@ CASES: list[Case] = [
          r"int32\.npy: vectors must be float16/32/64, found dtype int32"),
     Case("build: complex .npy", "vecz build SRC", lambda e: _cli("build", e.files / "complex.npy", e.fresh()), Exit2,
          r"complex\.npy: vectors must be float16/32/64, found dtype complex64"),
+    Case("build: .npy header whose row count is a bool", "vecz build SRC",
+         lambda e: _cli("build", e.files / "boolshape.npy", e.fresh()), Exit2,
+         r"boolshape\.npy: expected non-negative integer dimensions in the \.npy header, found \(True, 16\)"),
+    Case("sample of a negative row count", "VectorSource.sample(n)",
+         lambda e: open_vectors(e.files / "good.npy").sample(-1), InvalidInput,
+         r"sample n: expected an integer >= 0, found -1"),
+    Case("results with uint64 ids beyond int64", "write_results(ids)",
+         lambda e: write_results(e.fresh() / "r.npy", np.full((2, 3), 2**63 + 5, np.uint64), np.zeros((2, 3))),
+         InvalidInput, r"ids must fit int64 \(up to 2\*\*63 - 1\), found 9223372036854775813"),
     Case("build: object .npy", "vecz build SRC", lambda e: _cli("build", e.files / "object.npy", e.fresh()), Exit2,
          r"object\.npy: vectors must be float16/32/64, found dtype object"),
     Case("build: 1-D .npy", "vecz build SRC", lambda e: _cli("build", e.files / "vector.npy", e.fresh()), Exit2,

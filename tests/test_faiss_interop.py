@@ -710,3 +710,26 @@ def test_from_faiss_refuses_a_rotation_in_front_of_sq(sample):
     index.train(sample.train)
     with pytest.raises(CodecSpecError, match=r"found \[OPQMatrix\]"):
         Codec.from_faiss(index)
+
+
+@pytest.mark.parametrize("spec", ["MRL32,PQ4x8", "MRL32,OPQ4x8", "MRL16,PQ4x8"])
+def test_mrl_keeping_every_dim_round_trips(spec):
+    """MRL<dim> keeps every dim: its faiss keep-transform is an identity, which was read back
+    as an OPQ rotation (MRL32,PQ4x8 came back OPQ4x8)."""
+    x = np.random.default_rng(0).standard_normal((2000, 32)).astype(np.float32)
+    codec = Codec(spec, 32, "l2").train(x)
+    back = Codec.from_faiss(codec.to_faiss())
+    assert back.spec == codec.spec
+    np.testing.assert_array_equal(back.encode(x).codes, codec.encode(x).codes)
+
+
+def test_join_sa_codes_refuses_list_numbers_that_are_not_integers():
+    """Float list numbers were truncated (0.9, 1.5, 2.99 -> 0, 1, 2) and strings raised a raw
+    ValueError."""
+    x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    codec = Codec("IVF4,PQ4x8", 16, "l2").train(x)
+    codes = codec.encode(x[:3])
+    np.testing.assert_array_equal(join_sa_codes(codec, codes.codes, codes.lists.astype(np.uint8))[:, 0], codes.lists)
+    for bad in (np.array([0.9, 1.5, 2.99]), np.array(["a", "b", "c"]), np.array([0, 1, 4], np.uint64)):
+        with pytest.raises(InvalidInput, match="lists: expected integer list numbers in"):
+            join_sa_codes(codec, codes.codes, bad)
