@@ -40,13 +40,14 @@ import numpy as np
 from ..formats.importers import refuse_non_finite
 from ..kernels import ivf, kmeans, transform
 from .errors import CodecSpecError, DimensionMismatch, InvalidInput, NotTrained
-from .inputs import as_matrix
+from .inputs import as_ids, as_matrix
 from .layout import CodeIndex, QueryPlan, ScanResult, SearchResult, SearchStats, plan_rows
 from .quantizers import F16, PQ, RB, SQ, Flat, Quantizer, probe_sq_dist
 from .threads import query_threads
 
 __all__ = [
     "METRICS",
+    "MAX_NORM",
     "MRL",
     "IVF",
     "PQ",
@@ -68,6 +69,9 @@ __all__ = [
 ]
 
 METRICS = ("cosine", "ip", "l2")
+# Vectors and queries under ip/l2 must have norms below this: then every score, squared
+# distance and RB factor stays finite in float32 (1e15 ** 2 * 4 < 3.4e38).
+MAX_NORM = 1e15
 CONFIG_ID = "vecz.codec"
 CONFIG_VERSION = 1
 # Rows are encoded in chunks of about this many bytes of float32 (`Codec._encode_prepared`).
@@ -228,14 +232,26 @@ def _config_row_norms(config: dict[str, Any]) -> bool:
     return value
 
 
+def _frozen(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A trained state whose arrays refuse writes (`Codec.state` hands them out; arrays
+    derived from them are cached, and a caller's edit changed the codec under its caches)."""
+    for arr in state.values():
+        arr.setflags(write=False)
+    return state
+
+
 def code_size(spec: str, dim: int, metric: str = "cosine") -> int:
     """Bytes of code per vector for `spec` on `dim`-wide vectors, known before training
     (a new codec's: PQ under ip with its row norms, `Codec`'s ``row_norms``).
 
     Ids and IVF list numbers are not included (the store counts ids separately).
     """
+    if metric not in METRICS:
+        raise InvalidInput(f"metric must be one of {METRICS}, found {metric!r}")
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise InvalidInput(f"dim: expected an integer >= 1, found {dim!r}")
     stages = parse_spec(spec)
-    width = _check_fits(stages, dim, spec)
+    width = _check_fits(stages, int(dim), spec)
     quant = stages[-1]
     if _takes_row_norms(stages, metric):
         quant = dataclasses.replace(quant, row_norms=True)
@@ -403,6 +419,7 @@ class Codec:
         self.width = _check_fits(self.stages, self.dim, spec)
         if row_norms is not None and not isinstance(row_norms, (bool, np.bool_)):
             raise InvalidInput(f"row_norms: expected True, False or None, found {row_norms!r}")
+        row_norms = None if row_norms is None else bool(row_norms)  # np.False_ is not False
         fits = _takes_row_norms(self.stages, metric)
         if row_norms and not fits:
             raise InvalidInput(f"row_norms: only PQ under metric 'ip' without MRL stores row norms, found "
@@ -448,7 +465,8 @@ class Codec:
         """Rebuild a codec from `to_config()` (and, if trained, its `state()` arrays)."""
         if not isinstance(config, dict) or config.get("id") != CONFIG_ID:
             raise CodecSpecError(f"expected a config with id {CONFIG_ID!r}, found {config!r:.200}")
-        if config.get("version") != CONFIG_VERSION:
+        version = config.get("version")
+        if type(version) is not int or version != CONFIG_VERSION:  # True and 1.0 are not version 1
             raise CodecSpecError(f"codec config version {config.get('version')!r} is not {CONFIG_VERSION}")
         # a config read from a store's manifest is untrusted: a missing or mistyped field is a
         # CodecSpecError, never a KeyError or the TypeError/ValueError of int(None) / int("")
@@ -465,8 +483,8 @@ class Codec:
             rotation=config.get("rotation", "itq"),
             row_norms=_config_row_norms(config),
         )
-        if "code_size" in config and config["code_size"] != codec.code_size:
-            raise CodecSpecError(f"config says code_size {config['code_size']}, spec gives {codec.code_size}")
+        if "code_size" in config and (type(config["code_size"]) is not int or config["code_size"] != codec.code_size):
+            raise CodecSpecError(f"config says code_size {config['code_size']!r}, spec gives {codec.code_size}")
         if state is not None:
             codec._load_state(state)
         return codec
@@ -564,7 +582,8 @@ class Codec:
         return self.metric == "cosine" or (self.metric == "ip" and self.mrl is not None)
 
     def state(self) -> dict[str, np.ndarray]:
-        """Trained arrays by name (float32), to be saved beside the config."""
+        """Trained arrays by name (float32, read-only: a trained codec does not change), to
+        be saved beside the config."""
         return dict(self._require())
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -585,15 +604,17 @@ class Codec:
             arr = np.asarray(state[name])
             if arr.shape != shape:
                 raise CodecSpecError(f"trained array {name!r}: expected shape {shape}, found {arr.shape}")
+            if arr.dtype.kind not in "fiu":  # strings raised a raw ValueError; complex lost its imaginary part
+                raise CodecSpecError(f"trained array {name!r}: expected real numbers, found dtype {arr.dtype}")
             with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
-                loaded[name] = np.ascontiguousarray(arr, dtype=np.float32)
+                loaded[name] = np.array(arr, dtype=np.float32, order="C")  # a copy: the caller's array may change
             # training never produces NaN or inf; a state read from a file that holds them
             # would make every score NaN and every search silently return nothing
             if not np.isfinite(loaded[name]).all():
                 raise CodecSpecError(f"trained array {name!r}: expected finite values, found NaN or inf")
             if name in self.quantizer.NON_NEGATIVE_STATE and loaded[name].size and loaded[name].min() < 0:
                 raise CodecSpecError(f"trained array {name!r}: expected values >= 0, found {loaded[name].min():g}")
-        self._state = loaded
+        self._state = _frozen(loaded)
         self._derived = (None, {})  # free the old state's arrays now (`_derived_of` guards races)
 
     def _derived_of(self, state: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -630,7 +651,15 @@ class Codec:
 
     def _prepare_rows(self, arr: np.ndarray, what: str) -> np.ndarray:
         """`_prepare` of rows `_as_vectors` already checked (float32 (n, dim), C-contiguous,
-        finite)."""
+        finite). Under ip and l2, norms of `MAX_NORM` or more are refused: their scores
+        leave float32 (rows of norm 4e20 scored inf and searches answered id -1)."""
+        if self.metric != "cosine" and arr.size:
+            norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
+            big = np.flatnonzero(norms >= MAX_NORM)
+            if big.size:
+                raise _row_error(f"{{where}}: expected vector norms below {MAX_NORM:.0e} ({self.metric} scores must "
+                                 f"stay finite in float32), found {norms[big[0]]:.3g} in row {{row}}", what,
+                                 int(big[0]))
         if self.metric == "cosine":
             arr, zero = transform.normalize_rows_checked(arr)
             if zero >= 0:
@@ -786,7 +815,7 @@ class Codec:
         state.update(self.quantizer.train(r, rng, seed=self.seed, rotation=self.rotation))
         if self.mrl is None:  # rows have error scales (an MRL tail is not a coding error)
             state.update(self.quantizer.train_row_errors(r, state))
-        self._state = state
+        self._state = _frozen(state)
         self._derived = (None, {})
         return self
 
@@ -882,7 +911,7 @@ class Codec:
             if self.ivf is not None:
                 raise InvalidInput(f"codes of {self.spec!r} need their IVF lists")
             lists = np.zeros(codes.shape[0], dtype=np.int64)
-        lists = np.asarray(lists, dtype=np.int64)
+        lists = as_ids(lists, "lists")  # integers only: floats were truncated, strings a raw ValueError
         if lists.shape != (codes.shape[0],) or (lists.size and (lists.min() < 0 or lists.max() >= self.nlist)):
             raise InvalidInput(f"lists: expected {codes.shape[0]} values in [0, {self.nlist}), found {lists.shape}")
         return np.ascontiguousarray(codes), lists
@@ -910,9 +939,7 @@ class Codec:
         (``sdc=True``) RB search then needs the codes again and raises `InvalidInput`.
         The store uses it to hold codes + ids and little else in RAM."""
         codes, lists = self._check_codes(codes, lists)
-        if ids is None:
-            ids = np.arange(codes.shape[0], dtype=np.int64)
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.arange(codes.shape[0], dtype=np.int64) if ids is None else as_ids(ids, "ids")
         if ids.shape != (codes.shape[0],):
             raise InvalidInput(f"ids: expected {codes.shape[0]} ids, found shape {ids.shape}")
         if ids.size and ids.min() < 0:

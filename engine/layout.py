@@ -189,7 +189,7 @@ class QueryPlan:
 
 
 def _check_k(k: Any) -> None:
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise InvalidInput(f"k must be an integer >= 1, found {k!r}")
 
 

@@ -35,7 +35,7 @@ from ..formats.body import CalibrationRecord, SegmentRecord, StoreBody, body_fil
 from ..formats.dense import check_dense
 from . import merge
 from .bounds import ErrorModel
-from .codecs import Codec
+from .codecs import MAX_NORM, Codec
 from .commit import WriterLock, collect_garbage, storage_errors
 from .errors import CommitIncomplete, InvalidInput, StoreCorrupted, VeczError
 from .inputs import as_ids as _as_ids
@@ -49,9 +49,6 @@ __all__ = ["AUTO_MERGE_ROWS", "MAX_NORM", "check_rows", "encode_rows", "write_ro
            "check_dense_ids"]
 
 AUTO_MERGE_ROWS = merge.AUTO_MERGE_ROWS
-# Vectors and queries of ip/l2 stores must have norms below this: then every score, squared
-# distance and RB factor stays finite in float32 (1e15 ** 2 * 4 < 3.4e38).
-MAX_NORM = 1e15
 _MAX_ID = (1 << 63) - 1
 
 

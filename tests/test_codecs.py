@@ -1640,3 +1640,59 @@ def test_store_stats_count_the_distinct_lists_probed(tmp_path):
         res = s.search(rng.standard_normal((7, 16)).astype(np.float32), 5, nprobe=64)
         assert res.stats.lists_probed == 7 * 10  # was 7 * 64: lists never probed were counted
         assert s.search(rng.standard_normal((7, 16)).astype(np.float32), 5, nprobe=4).stats.lists_probed == 28
+
+
+# --------------------------------------------------------------------------- the standalone Codec's edges
+# (from a review of the Codec API used without a Store; each failed before its fix)
+
+
+@pytest.mark.parametrize("metric,spec", [("l2", "PQ3x8"), ("ip", "SQ8"), ("ip", "RB2"), ("l2", "OPQ3x8"),
+                                         ("ip", "Flat")])
+def test_a_codec_refuses_norms_whose_scores_leave_float32(metric, spec):
+    # rows of norm 4e20 trained and searched: scores inf, every slot id -1 (OPQ: a raw LinAlgError)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 12)).astype(np.float32)
+    with pytest.raises(InvalidInput, match=r"training sample: expected vector norms below 1e\+15 .* in row 0"):
+        Codec(spec, 12, metric).train(x * 1e20)
+    codec = Codec(spec, 12, metric).train(x)
+    big = x[:3].copy()
+    big[2] *= 1e15
+    with pytest.raises(InvalidInput, match=r"in row 2"):
+        codec.encode(big)
+    with pytest.raises(InvalidInput, match=r"queries: expected vector norms below"):
+        codec.index(codec.encode(x)).search(big, 3)
+
+
+def test_codec_arguments_and_state_are_checked_as_the_docs_say():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    # np.False_ passed the check and then meant True (is not False)
+    assert Codec("PQ4x8", 16, "ip", row_norms=np.False_).code_size == 4 == Codec("PQ4x8", 16, "ip", row_norms=False).code_size
+    # the module-level code_size checks metric and dim as Codec does
+    for metric, dim in (("dot", 16), ("IP", 16), ("ip", 16.5), ("ip", "16"), ("ip", None), ("ip", True)):
+        with pytest.raises(InvalidInput):
+            code_size("PQ4x8", dim, metric)
+    codec = Codec("IVF4,PQ4x8", 16, "l2").train(x)
+    codes = codec.encode(x[:20])
+    for lists in (codes.lists + 0.7, np.array(["a"] * 20), np.full(20, np.nan)):  # truncated, or raw errors
+        with pytest.raises(InvalidInput):
+            codec.decode(codes.codes, lists)
+    for ids in (np.arange(20) + 0.5, np.array(["a"] * 20), np.full(20, 2 ** 64 - 1, np.uint64)):
+        with pytest.raises(InvalidInput):
+            codec.index(codes.codes, codes.lists, ids)
+    with pytest.raises(InvalidInput, match="k must be"):
+        codec.index(codes).search(x[:2], True)
+    # the state handed out cannot change the codec under its caches, nor can the caller's arrays
+    state = codec.state()
+    with pytest.raises(ValueError, match="read-only"):
+        state["pq_books"][0, 0, 0] = 1.0
+    given = {name: np.array(arr) for name, arr in state.items()}
+    again = Codec.from_config(codec.to_config(), given)
+    given["pq_books"][:] = 0
+    np.testing.assert_array_equal(again.encode(x[:20]).codes, codes.codes)
+    for bad in (np.full(state["centroids"].shape, "a"), state["centroids"] + 1j):
+        with pytest.raises(CodecSpecError, match="expected real numbers"):
+            Codec.from_config(codec.to_config(), {**state, "centroids": bad})
+    for field, value in (("version", True), ("version", 1.0), ("code_size", "4")):
+        with pytest.raises(CodecSpecError):
+            Codec.from_config({**codec.to_config(), field: value})
