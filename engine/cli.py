@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from ..formats.importers import refuse_non_finite
-from .errors import CommitIncomplete, DimensionMismatch, InvalidInput, StorageError, StoreMoved, VeczError
+from .errors import (CommitIncomplete, DimensionMismatch, InvalidInput, StorageError, StoreClosed, StoreMoved,
+                     VeczError)
 from .threads import plain_interrupts
 
 __all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_INPUT", "EXIT_STORAGE", "EXIT_INTERRUPT", "EXIT_PIPE"]
@@ -370,7 +371,8 @@ def _open_build_store(args: argparse.Namespace, source: Any) -> tuple[Any, int]:
                 # the same path, size and rows: maybe the same file touched, maybe not; vecz cannot tell
                 when = f"{recorded['mtime_ns'] // 10 ** 9}.{recorded['mtime_ns'] % 10 ** 9:09d}"
                 touched = (f" (--append adds every row of it again, beside the {record.get('rows_done', 0):,} "
-                           f"committed; if only its time changed, `touch -d @{when} {args.src}` resumes the build)")
+                           f"committed; if only its time changed, `touch -d @{when} {shlex.quote(args.src)}` resumes "
+                           f"the build)")
             raise InvalidInput(f"{path}: holds a build of another source ({recorded.get('path')}, "
                                f"differences: {'; '.join(differ)}); "
                                f"expected the same source to resume, or --append to add this one{touched}")
@@ -391,7 +393,7 @@ def _undo_empty_build(store: Any, fresh: bool, made_dir: bool, committed: dict):
     try:
         yield
     except BaseException:
-        if fresh and not committed["rows"] and not len(store):
+        if fresh and not committed["rows"] and _empty(store):
             path = Path(store.path)
             store.close()
             for entry in path.iterdir():
@@ -400,6 +402,15 @@ def _undo_empty_build(store: Any, fresh: bool, made_dir: bool, committed: dict):
             if made_dir and not any(path.iterdir()):
                 path.rmdir()
         raise
+
+
+def _empty(store: Any) -> bool:
+    """Whether the store is open and holds no row. A store a failure closed (a commit that
+    published and then failed to load) may hold rows its writer never saw: not empty."""
+    try:
+        return len(store) == 0
+    except StoreClosed:
+        return False
 
 
 def _ray_build(args: argparse.Namespace) -> int:
@@ -504,7 +515,11 @@ def _build(args: argparse.Namespace) -> int:
                         committed.update(rows=done, version=store.version)
                         bar.update(len(vectors))
             except (VeczError, OSError, KeyboardInterrupt) as exc:
-                if fresh and not committed["rows"] and not len(store):  # `_undo_empty_build` removes it
+                # an interrupt (or failure) after a publish: the store's record says what is committed
+                record = store.build_record
+                if record and record.get("source") == identity and record.get("rows_done", 0) > committed["rows"]:
+                    committed.update(rows=int(record["rows_done"]), version=store.version)
+                if fresh and not committed["rows"] and _empty(store):  # `_undo_empty_build` removes it
                     print(f"{args.store}: no rows of {args.src} committed; the new store is removed", file=sys.stderr)
                     raise
                 if isinstance(exc, ValueError):
@@ -543,12 +558,14 @@ def _sample_queries(path: str, column: str | None, option: str) -> np.ndarray:
     return batch[0]
 
 
-def _measure_model(store: Any, queries: Any, nprobe: int | None) -> None:
-    """`Store.calibrate` on `queries` (None: pseudo-queries from the rows), said on stderr;
-    a store open for writing commits the model."""
+def _measure_model(store: Any, queries: Any, nprobe: int | None, source: str | None = None) -> None:
+    """`Store.calibrate` on `queries` (None: pseudo-queries from the rows; read from the
+    first rows of the file `source`, which a refused row is named in), said on stderr; a
+    store open for writing commits the model."""
     what = "pseudo-queries from the rows" if queries is None else f"{len(queries):,} sample queries"
     started = time.perf_counter()
-    model = store.calibrate(queries, nprobe=nprobe)
+    with _file_rows(queries, source, 0) if source is not None else contextlib.nullcontext():
+        model = store.calibrate(queries, nprobe=nprobe)
     if model is None:
         print(f"{store.path}: calibrated on {what}: too few pairs for a model; --rerank auto reads its whole "
               "shortlist", file=sys.stderr)
@@ -582,7 +599,7 @@ def _calibrate_store(args: argparse.Namespace) -> int:
         if store.dense == "none":
             raise InvalidInput(f"{args.store}: calibrate needs a dense tier (--rerank auto re-scores from it); "
                                "this store was built with --dense none")
-        _measure_model(store, queries, args.nprobe)
+        _measure_model(store, queries, args.nprobe, args.sample)
     return 0
 
 
@@ -617,7 +634,8 @@ def _search(args: argparse.Namespace) -> int:
         if source.dim != store.codec.dim and (source.n or source.dim):  # a 0-row file's width is checked too
             raise DimensionMismatch(f"{args.queries}: queries: expected width {store.codec.dim}, found {source.dim}")
         if args.calibrate is not None:
-            _measure_model(store, _sample_queries(args.calibrate, args.column, "--calibrate"), args.nprobe)
+            _measure_model(store, _sample_queries(args.calibrate, args.column, "--calibrate"), args.nprobe,
+                           args.calibrate)
         first = 0  # the file row of the batch's first query
         with _progress(source.n, "search") as bar:
             for queries, _ in source.batches(args.batch_rows):

@@ -156,9 +156,11 @@ def _from_pandas(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
             numeric = [pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t) for t in x.dtypes]
             vector_cols = [c for c, is_num in zip(x.columns, numeric) if not is_num]
             if len(vector_cols) != 1:
+                others = [c for c, f in zip(x.columns, floats) if not f]
                 found = (f"{len(vector_cols)} columns that could hold vectors ({vector_cols})" if vector_cols else
-                         f"float columns beside others ({[c for c, f in zip(x.columns, floats) if not f]}): a frame "
-                         f"is the matrix only when every column is float; drop those")
+                         f"float columns beside others ({others}): a frame is the matrix only when every column "
+                         f"is float; drop those" if any(floats) else
+                         f"no float column (dtypes: {sorted({str(t) for t in x.dtypes})})")
                 raise InvalidInput(f"{what}: expected a frame of float columns, one column of vectors, or "
                                    f"column=NAME; found {found}")
             column = vector_cols[0]

@@ -832,7 +832,10 @@ class ShardedStore:
                                    f"({len(late)} of {len(refs)} shards waiting; each asks {cpus:g} CPU(s) of a "
                                    f"cluster with {ray.cluster_resources().get('CPU', 0):g})")
         self._gather(refs, partial=False)
-        self.lists = int(self._gather([self.actors[0].distinct_lists.remote()], partial=False)[0][0])
+        # the lists a query can probe, from a shard's codec (a version without segments has no
+        # actor, and its searches answer before they probe)
+        self.lists = int(self._gather([self.actors[0].distinct_lists.remote()], partial=False)[0][0]) \
+            if self.actors else 1
 
     def _pinned_body(self, version: int | None) -> Any:
         """The manifest body of `version` (the newest by default), its version pinned in

@@ -109,9 +109,9 @@ class _SerialBlas:
         with cls._lock:
             if cls._depth == 0 and cls._lowered:
                 cls._restore()  # what an interrupted scope did not give back
-            first = cls._depth == 0
-            cls._depth += 1
-            held.n = getattr(held, "n", 0) + 1
+            first, mine = cls._depth == 0, getattr(held, "n", 0)
+            cls._depth += 1  # the two counts change with no call between them (a signal waits for one)
+            held.n = mine + 1
             if first:
                 try:
                     calls = cls._thread_calls()
@@ -131,6 +131,18 @@ class _SerialBlas:
         with cls._lock:
             cls._depth -= 1
             cls._held.n -= 1
+            if cls._depth == 0:
+                cls._restore()
+
+    @classmethod
+    def _mend_thread(cls) -> None:
+        """Forget the scopes this thread entered and never left (an interrupt at the entry of
+        `__exit__`, or between `query_threads`' steps), giving the counts back when no other
+        thread holds one."""
+        with cls._lock:
+            mine = getattr(cls._held, "n", 0)
+            cls._depth = max(0, cls._depth - mine)
+            cls._held.n = 0
             if cls._depth == 0:
                 cls._restore()
 
@@ -211,6 +223,8 @@ class query_threads:
         if getattr(_local, "numba_saved", None) is not None:  # an interrupted scope's count
             _numba_thread_calls()[1](_local.numba_saved)
             _local.numba_saved = None
+        if getattr(_SerialBlas._held, "n", 0):  # BLAS scopes of this thread an interrupt left open
+            _SerialBlas._mend_thread()
         # made here, by the outermost scope only (a search nests three or four)
         # a lone query makes its products without BLAS (`quantizers._rotate`,
         # `ivf._similarity`): no BLAS count to set and give back (11-13 us a search)

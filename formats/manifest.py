@@ -131,9 +131,9 @@ def _encode(version: int, body: dict) -> bytes:
     body = {**body, "version": version}
     try:
         text = json.dumps(body, sort_keys=True, allow_nan=False, ensure_ascii=False, indent=1)
-    except (TypeError, ValueError, RecursionError) as exc:
+        data = text.encode("utf-8")  # a lone surrogate in a string is no UTF-8
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         raise InvalidInput(f"manifest body: not JSON-serialisable ({exc})") from exc
-    data = text.encode("utf-8")
     if len(data) > _MAX_BODY:
         raise InvalidInput(f"manifest body: expected at most {_MAX_BODY} bytes of JSON, found {len(data)}")
     fields = (MAGIC, MAJOR, MINOR, 0, len(data), zlib.crc32(data))

@@ -525,6 +525,13 @@ CASES: list[Case] = [
          lambda e: e.main.add(_frame_with_id()), InvalidInput,
          r"vectors: expected a frame of float columns, one column of vectors, or column=NAME; found float columns "
          r"beside others \(\['id'\]\)"),
+    Case("vectors a pandas frame without a float column", "Store.add(vectors)",
+         lambda e: e.main.add(_frame_with_id()[["id"]]), InvalidInput,
+         r"vectors: expected a frame of float columns, one column of vectors, or column=NAME; found no float column "
+         r"\(dtypes: \['int64'\]\)"),
+    Case("build_progress holding a lone surrogate", "Store.add(build_progress)",
+         lambda e: e.main.add(x4[:1], build_progress={"s": "\ud800"}), InvalidInput,
+         r"manifest body: not JSON-serialisable \('utf-8' codec can't encode character '\\ud800'"),
     Case("queries with NaN on a 0-row store", "Store.search(queries)",
          lambda e: e.empty.search(_with(Q, 1, 0, np.nan)), InvalidInput,
          r"queries: expected finite values, found nan in row 1, column 0"),

@@ -248,6 +248,14 @@ def test_search_names_the_file_row_of_a_bad_query_and_checks_widths_up_front(tmp
         assert main(["search", str(tmp_path / "c"), str(tmp_path / "q.npy"), "-k", "2", "--batch-rows", rows]) == 2
         assert capsys.readouterr().err.strip().endswith(
             f"{tmp_path / 'q.npy'}: cosine similarity needs vectors of non-zero norm, found row 4 all zeros")
+    # in a --calibrate or --sample file it is named in that file (it said "queries: ... row 4")
+    np.save(tmp_path / "good.npy", _data(6, seed=4))
+    for argv in (["search", str(tmp_path / "c"), str(tmp_path / "good.npy"), "-k", "2", "--rerank", "auto",
+                  "--calibrate", str(tmp_path / "q.npy")], ["calibrate", str(tmp_path / "c"), "--sample",
+                                                           str(tmp_path / "q.npy")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().endswith(
+            f"{tmp_path / 'q.npy'}: cosine similarity needs vectors of non-zero norm, found row 4 all zeros")
 
 
 def test_build_refuses_a_negative_train_size_or_seed_before_any_work(tmp_path, capsys):
@@ -433,6 +441,24 @@ def test_ctrl_c_in_a_build_says_what_is_committed_and_resumes(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert f"200 of 300 rows of {src} are committed (version 4); run the same command again to resume" in err
     assert err.strip().endswith("vecz build: interrupted") and "Traceback" not in err
+    # an interrupt after the publish (in the collection or a merge after the commit): the
+    # count comes from the store's record, not from the last add that returned (one batch short)
+    calls.clear()
+
+    def add_then_interrupted(self, *a, **kw):
+        calls.append(1)
+        real(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    shutil.rmtree(store)
+    monkeypatch.setattr(Store, "add", add_then_interrupted)
+    assert main(argv) == EXIT_INTERRUPT
+    assert f"100 of 300 rows of {src} are committed (version 3)" in capsys.readouterr().err
+    shutil.rmtree(store)
+    monkeypatch.setattr(Store, "add", add)
+    calls.clear()
+    assert main(argv) == EXIT_INTERRUPT
+    capsys.readouterr()
     monkeypatch.setattr(Store, "add", real)
     # the file touched (same path, size, rows): --append would add its rows again; the message
     # says so and gives the command that brings the recorded time back

@@ -336,6 +336,20 @@ def test_sharded_stats_count_the_distinct_lists_probed(tmp_path):
             assert b.stats.lists_probed == a.stats.lists_probed == 7 * min(nprobe, 10), (nprobe, rerank)
 
 
+def test_a_sharded_store_without_segments_starts_and_answers_empty(tmp_path):
+    # a version without segments has no actor: the driver asked actor 0 for its lists (IndexError)
+    with Store.create(tmp_path / "e", dim=8, codec="IVF4,SQ8") as s:
+        pass
+    with Store.create(tmp_path / "d", dim=8, codec="IVF4,SQ8") as s:
+        s.add(_data(50, 8))
+        s.delete(np.arange(50))
+        s.compact()
+    for name in ("e", "d"):
+        with vray.ShardedStore(tmp_path / name, shards=2, cpus_per_shard=0.5) as sh:
+            res = sh.search(_data(3, 8), 5, rerank=10)
+            assert (res.ids == -1).all() and res.ids.shape == (3, 5)
+
+
 def test_sharded_auto_search_finds_what_the_store_finds(served, tmp_path):
     """rerank="auto" over shards: each shard walks its own shortlist with the store's
     committed model and the best k exact scores of all are kept (engine/ray.py
