@@ -346,7 +346,7 @@ def test_a_sharded_store_without_segments_starts_and_answers_empty(tmp_path):
         s.compact()
     for name in ("e", "d"):
         with vray.ShardedStore(tmp_path / name, shards=2, cpus_per_shard=0.5) as sh:
-            res = sh.search(_data(3, 8), 5, rerank=10)
+            res = sh.search(_data(10, 8)[:3], 5, rerank=10)
             assert (res.ids == -1).all() and res.ids.shape == (3, 5)
 
 
