@@ -423,9 +423,20 @@ def _ray_build(args: argparse.Namespace) -> int:
     if args.append and not exists:
         raise InvalidInput(f"{path}: --append needs an existing store, found none")
     id_column = None if args.id_column is None or args.id_column.lower() == "none" else args.id_column
+    column = args.column
+    if args.id_column is None and Path(args.src).is_file():
+        # the one-process build's default: an integer column named 'id' gives the ids (--ray
+        # numbered the rows instead, silently)
+        from ..formats.importers import open_vectors
+
+        with open_vectors(args.src, column=column, default_id_column="id") as source:
+            id_column, column = source.id_column, source.column
+        if id_column is not None:
+            print(f"{args.src}: ids from column {id_column!r} (--id-column none numbers the rows instead)",
+                  file=sys.stderr)
     vray.connect(args.ray)
     report = vray.build(path, args.src, codec=args.codec,
-                        metric=args.metric, dense=args.dense, column=args.column, id_column=id_column, seed=args.seed,
+                        metric=args.metric, dense=args.dense, column=column, id_column=id_column, seed=args.seed,
                         train_size=args.train_size, segment_rows=args.batch_rows or vray.DEFAULT_SEGMENT_ROWS,
                         workers=args.workers)
     print(f"{args.store}: {report.rows:,} vectors of dim {report.dim} committed as version {report.version} in "

@@ -241,7 +241,13 @@ def _matrix(values: Any, what: str) -> np.ndarray:
     """A batch column (tensor array, or object array of per-row arrays) as a 2-D array."""
     arr = np.asarray(values)
     if arr.dtype == object:
-        arr = np.stack([np.asarray(v) for v in arr]) if len(arr) else arr.reshape(0, 0)
+        rows = [np.asarray(v) for v in arr]
+        widths = {r.shape for r in rows}
+        if len(widths) > 1:  # a variable-width list column: np.stack raised a raw ValueError
+            bad = next(i for i, r in enumerate(rows) if r.shape != rows[0].shape)
+            raise InvalidInput(f"{what}: expected rows of one width, found {rows[0].shape} in the batch's row 0 and "
+                               f"{rows[bad].shape} in its row {bad}")
+        arr = np.stack(rows) if rows else arr.reshape(0, 0)
     if arr.ndim != 2:
         raise InvalidInput(f"{what}: expected one vector per row (a 2-D batch), found shape {arr.shape}")
     return arr
@@ -263,11 +269,43 @@ def _sample(ds: Any, column: str, n: int, size: int, seed: int) -> np.ndarray:
 _CODECS: dict[str, Codec] = {}  # per worker process: the codec of each build, made once
 
 
-def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, column: str, id_column: str,
-                  id_offset: int, staging: str, dense: str, metric: str, dim: int, threads: int,
-                  segment_rows: int) -> dict:
+_RECORD_FIELDS = ("seg", "dense", "dense_map", "rows", "min_id", "max_id", "error")
+
+
+def _encode_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> dict:
     """Ray Data UDF: one batch -> staged segments of at most `segment_rows` rows (codes and
-    dense files, the rows sorted by id across them); returns their records."""
+    dense files, the rows sorted by id across them); returns their records. A vecz error
+    (bad rows or ids) comes back as one record whose ``error`` is its type and message:
+    raised in the UDF, Ray Data wraps it where its type and message are lost (a Dataset
+    source gave a bare RayTaskError(UserCodeException)); `_raise_batch_error` raises it."""
+    try:
+        return _encode_rows(batch, **kwargs)
+    except VeczError as exc:
+        return {**{name: [""] for name in ("seg", "dense", "dense_map")}, "rows": [0], "min_id": [0], "max_id": [0],
+                "error": [f"{type(exc).__name__}\t{exc}"]}
+
+
+def _raise_batch_error(records: list[dict]) -> None:
+    """Raise the first vecz error a batch returned (`_encode_batch`) as its own type."""
+    from . import errors as vecz_errors
+
+    for r in records:
+        if r.get("error"):
+            name, _, message = str(r["error"]).partition("\t")
+            kind = getattr(vecz_errors, name, None)
+            if not (isinstance(kind, type) and issubclass(kind, VeczError)):
+                kind = VeczError
+            try:
+                exc = kind(message)
+            except TypeError:  # an error whose constructor wants more than a message
+                exc = VeczError(message)
+            raise exc
+
+
+def _encode_rows(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, column: str, id_column: str,
+                 id_offset: int, staging: str, dense: str, metric: str, dim: int, threads: int,
+                 segment_rows: int) -> dict:
+    """`_encode_batch` of a batch whose rows and ids are good."""
     ray = _ray()
     import numba
 
@@ -281,6 +319,8 @@ def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, col
     ids = np.asarray(batch[id_column])
     if ids.dtype.kind not in "iu" or ids.shape != (x.shape[0],):
         raise InvalidInput(f"ids: expected one integer id per row, found {ids.dtype} {ids.shape}")
+    if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:  # the cast would wrap them
+        raise InvalidInput(f"ids: ids must fit int64, found {ids.max()}")
     ids = ids.astype(np.int64) + np.int64(id_offset)
     if ids.min() < 0:
         raise InvalidInput(f"ids must be >= 0 (-1 marks an empty result slot), found {int(ids.min())}")
@@ -290,7 +330,7 @@ def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, col
         if (np.diff(ids) == 0).any():
             raise InvalidInput(f"ids: expected distinct ids, found {int(ids[np.flatnonzero(np.diff(ids) == 0)[0]])} "
                                f"twice in one batch")
-    out: dict[str, list] = {"seg": [], "dense": [], "dense_map": [], "rows": [], "min_id": [], "max_id": []}
+    out: dict[str, list] = {name: [] for name in _RECORD_FIELDS}
     # Ray Data's blocks are about, not at most, the size asked: a larger batch is cut into
     # equal parts of at most segment_rows rows
     edges = np.linspace(0, x.shape[0], -(-x.shape[0] // segment_rows) + 1).astype(np.int64)
@@ -300,7 +340,7 @@ def _encode_batch(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, col
         info, dense_map = _stage(Path(staging), token, arrays, vectors, dense, codec.metric)
         for name, value in (("seg", f"{token}.seg"), ("dense", json.dumps(info.to_json()) if info else ""),
                             ("dense_map", dense_map), ("rows", int(hi - lo)), ("min_id", int(arrays["ids"][0])),
-                            ("max_id", int(arrays["ids"][-1]))):
+                            ("max_id", int(arrays["ids"][-1])), ("error", "")):
             out[name].append(value)
     return out
 
@@ -463,6 +503,9 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
     started = time.perf_counter()
     if not isinstance(segment_rows, (int, np.integer)) or isinstance(segment_rows, bool) or segment_rows < 1:
         raise InvalidInput(f"segment_rows: expected an integer >= 1, found {segment_rows!r}")
+    for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+            raise InvalidInput(f"{name}: expected None or an integer >= 1, found {value!r}")
     # a file or an array is read in blocks of at most segment_rows rows, one batch (one
     # segment) each; a Dataset keeps its blocks and is cut into batches of segment_rows
     aligned = not isinstance(data, ray.data.Dataset)
@@ -526,6 +569,7 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
             num_cpus=threads_per_worker, compute=ray.data.TaskPoolStrategy(size=workers)).take_all())
         encode_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
+        _raise_batch_error(out)
         recs = sorted(out, key=lambda r: r["min_id"])
         if n is None:
             n = sum(r["rows"] for r in recs)

@@ -205,6 +205,64 @@ def test_a_bad_batch_commits_nothing(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_bad_rows_of_a_dataset_or_a_ragged_column_are_typed_errors(tmp_path):
+    """Found by a review: from a Ray Dataset (Ray Data wraps a UDF's error and drops its type
+    and message) a NaN row, float ids and an id twice in a batch came back as a bare
+    RayTaskError(UserCodeException); a variable-width list column raised numpy's ValueError;
+    workers=0 Ray's ValueError; uint64 ids of 2**63 and more were called negative."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = _data(400, 16, seed=9)
+    path = tmp_path / "s"
+    vray.build(path, x[:100], codec="RB1")
+    bad = x[100:].copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(InvalidInput, match="finite"):
+        vray.build(path, ray.data.from_numpy(bad), segment_rows=100)
+    floats = ray.data.from_items([{"v": row, "id": float(i) + 0.5} for i, row in enumerate(x[100:140])])
+    with pytest.raises(InvalidInput, match="integer id"):
+        vray.build(path, floats, id_column="id", segment_rows=100)
+    twice = ray.data.from_items([{"v": row, "id": 1000 + i // 2} for i, row in enumerate(x[100:140])])
+    with pytest.raises(InvalidInput, match="distinct ids"):
+        vray.build(path, twice, id_column="id", segment_rows=100)
+    with Store.open(path) as store:
+        assert len(store) == 100 and store.version == 3
+    assert _leftovers(path) == []
+    rows = [list(r) for r in x[:50]]
+    rows[30] = rows[30][:15]
+    pq.write_table(pa.table({"v": pa.array(rows, pa.list_(pa.float32()))}), tmp_path / "ragged.parquet")
+    with pytest.raises(InvalidInput, match="expected rows of one width"):
+        vray.build(tmp_path / "r", tmp_path / "ragged.parquet", codec="RB1")
+    with pytest.raises(InvalidInput, match="workers: expected None or an integer >= 1, found 0"):
+        vray.build(tmp_path / "w", x[:50], codec="RB1", workers=0)
+    table = pa.table({"id": pa.array(np.arange(20, dtype=np.uint64) + np.uint64(2 ** 63), pa.uint64()),
+                      "v": pa.FixedSizeListArray.from_arrays(pa.array(x[:20].ravel()), 16)})
+    pq.write_table(table, tmp_path / "u64.parquet")
+    with pytest.raises(InvalidInput, match="ids must fit int64"):
+        vray.build(tmp_path / "u", tmp_path / "u64.parquet", codec="RB1", id_column="id")
+
+
+def test_cli_ray_build_takes_the_id_column_as_the_one_process_build_does(tmp_path, capsys):
+    """vecz build --ray numbered the rows 0, 1, ... where the one-process build takes an
+    integer column named 'id' (and without --column it refused the file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vecz.engine.cli import main
+
+    x = _data(300, 16, seed=4)
+    pq.write_table(pa.table({"id": np.arange(300) * 10 + 7, "v": pa.FixedSizeListArray.from_arrays(
+        pa.array(x.ravel()), 16)}), tmp_path / "x.parquet")
+    for name, extra in (("plain", []), ("ray", ["--ray"])):
+        assert main(["build", str(tmp_path / "x.parquet"), str(tmp_path / name), "--codec", "RB1",
+                     "--no-calibrate", *extra]) == 0
+        assert "ids from column 'id'" in capsys.readouterr().err
+    with Store.open(tmp_path / "plain") as a, Store.open(tmp_path / "ray") as b:
+        np.testing.assert_array_equal(a.ids(), b.ids())
+        np.testing.assert_array_equal(a.search(x[:5], 3, rerank=10).ids, b.search(x[:5], 3, rerank=10).ids)
+
+
 def _ray_workers_pids_of(marker_dir: Path) -> list[int]:
     return [int(p.name.split("-")[0]) for p in marker_dir.iterdir() if p.name != "pause"]
 
