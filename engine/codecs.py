@@ -271,6 +271,18 @@ class Codes(NamedTuple):
 # --------------------------------------------------------------------------- codec
 
 
+def check_norms(x: np.ndarray, metric: str, what: str) -> None:
+    """Under ip and l2, refuse rows of norm `MAX_NORM` or more (their scores leave float32:
+    rows of norm 4e20 scored inf and searches answered id -1); cosine normalises them."""
+    if metric == "cosine" or not x.size:
+        return
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    big = np.flatnonzero(norms >= MAX_NORM)
+    if big.size:
+        raise _row_error(f"{{where}}: expected vector norms below {MAX_NORM:.0e} ({metric} scores must stay finite "
+                         f"in float32), found {norms[big[0]]:.3g} in row {{row}}", what, int(big[0]))
+
+
 def _row_error(template: str, where: str, row: int) -> InvalidInput:
     """InvalidInput over row `row` of `where`'s rows, keeping `template` (with ``{where}`` and
     ``{row}``) and the row so that a caller reading a file can name the file's row instead
@@ -653,13 +665,7 @@ class Codec:
         """`_prepare` of rows `_as_vectors` already checked (float32 (n, dim), C-contiguous,
         finite). Under ip and l2, norms of `MAX_NORM` or more are refused: their scores
         leave float32 (rows of norm 4e20 scored inf and searches answered id -1)."""
-        if self.metric != "cosine" and arr.size:
-            norms = np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
-            big = np.flatnonzero(norms >= MAX_NORM)
-            if big.size:
-                raise _row_error(f"{{where}}: expected vector norms below {MAX_NORM:.0e} ({self.metric} scores must "
-                                 f"stay finite in float32), found {norms[big[0]]:.3g} in row {{row}}", what,
-                                 int(big[0]))
+        check_norms(arr, self.metric, what)
         if self.metric == "cosine":
             arr, zero = transform.normalize_rows_checked(arr)
             if zero >= 0:

@@ -85,7 +85,7 @@ from ..formats.body import SegmentRecord, data_file_name, parse_body
 from ..formats import manifest as mf
 from ..formats.dense import DenseInfo
 from . import writes
-from .codecs import Codec, SearchResult, SearchStats, _as_vectors
+from .codecs import Codec, SearchResult, SearchStats, _as_vectors, check_norms
 from .commit import VersionPin, storage_errors
 from .errors import (InvalidInput, MissingDependency, ShardUnavailable, StorageError, StoreCorrupted, StoreNotFound,
                      VeczError)
@@ -303,7 +303,7 @@ def _raise_batch_error(records: list[dict]) -> None:
 
 
 def _encode_rows(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, column: str, id_column: str,
-                 id_offset: int, staging: str, dense: str, metric: str, dim: int, threads: int,
+                 id_offset: int, staging: str, dense: str, dim: int, threads: int,
                  segment_rows: int) -> dict:
     """`_encode_batch` of a batch whose rows and ids are good."""
     ray = _ray()
@@ -315,7 +315,7 @@ def _encode_rows(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, colu
         config, arrays = ray.get(codec_ref[0])
         codec = _CODECS[key] = Codec.from_config(config, arrays)
     x = _as_vectors(_matrix(batch[column], "vectors"), dim, "vectors")
-    writes.check_rows(x, metric, dense, "vectors")
+    writes.check_rows(x, dense, "vectors")
     ids = np.asarray(batch[id_column])
     if ids.dtype.kind not in "iu" or ids.shape != (x.shape[0],):
         raise InvalidInput(f"ids: expected one integer id per row, found {ids.dtype} {ids.shape}")
@@ -377,30 +377,17 @@ def _stage(directory: Path, token: str, arrays: dict[str, np.ndarray], vectors: 
     return info, dense_map
 
 
-def _typed(run: Any) -> Any:
-    """run(); a vecz error raised in a worker (bad rows or ids) reaches the caller as that
-    typed error, not wrapped in Ray's task error (with `_settings` in force)."""
-    try:
-        return run()
-    except Exception as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, VeczError):
-            raise cause from None
-        raise
-
-
 @contextmanager
 def _settings(ray: Any):
     """While a build runs, Ray Data keeps the source's row order (automatic ids depend on
-    it) and raises a UDF's own exception (so `_typed` finds vecz's errors)."""
+    it). A worker's vecz error comes back as a record (`_encode_batch`), not as an exception."""
     ctx = ray.data.DataContext.get_current()
-    before = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
+    before = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True
-    ctx.raise_original_map_exception = True
     try:
         yield
     finally:
-        ctx.execution_options.preserve_order, ctx.raise_original_map_exception = before
+        ctx.execution_options.preserve_order = before
 
 
 def _open_or_create(path: Path, codec: str | Codec | None, dim: int, metric: str | None, dense: str | None, seed: int,
@@ -559,14 +546,14 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
         with storage_errors("ray build: make the staging directory", staging):
             staging.mkdir()
         t0 = time.perf_counter()
-        out = _typed(lambda: ds.map_batches(
+        out = ds.map_batches(
             _encode_batch, batch_size=None if aligned else int(segment_rows), batch_format="numpy",
             zero_copy_batch=True,
             fn_kwargs={"codec_ref": codec_ref, "key": uuid.uuid4().hex, "column": column, "id_column": id_column,
                        "id_offset": int(offset), "staging": str(staging), "dense": store.dense,
-                       "metric": store.metric, "dim": dim, "threads": int(threads_per_worker),
+                       "dim": dim, "threads": int(threads_per_worker),
                        "segment_rows": int(segment_rows)},
-            num_cpus=threads_per_worker, compute=ray.data.TaskPoolStrategy(size=workers)).take_all())
+            num_cpus=threads_per_worker, compute=ray.data.TaskPoolStrategy(size=workers)).take_all()
         encode_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         _raise_batch_error(out)
@@ -978,8 +965,7 @@ class ShardedStore:
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
         x = _as_vectors(queries, self.body.dim, "queries")
-        if x.size:
-            writes.check_rows(x, self.body.metric, "none", "queries")
+        check_norms(x, self.body.metric, "queries")  # the actors' codecs would; refused before they run
         metric, nq = self.body.metric, x.shape[0]
         live = self.body.live
         if nq == 0 or live == 0 or self.body.codec_file is None:

@@ -515,12 +515,8 @@ class Store:
 
     def _vectors(self, x: Any, what: str, column: str | None = None) -> np.ndarray:
         arr = _as_vectors(x, self.dim, what, column)
-        writes.check_rows(arr, self.metric, "none", what)
+        writes.check_rows(arr, "none", what)
         return arr
-
-    def _check_norms(self, arr: np.ndarray, what: str) -> None:
-        if arr.size:
-            writes.check_rows(arr, self.metric, "none", what)
 
     def train(self, sample: Any) -> None:
         """Train the codec on a sample (at most `train_size` rows are used) and commit it.
@@ -624,7 +620,6 @@ class Store:
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
         x = _as_vectors(queries, self.dim, "queries")
-        self._check_norms(x, "queries")
         if not self.codec.is_trained:
             nq = x.shape[0]
             worst = np.inf if self.metric == "l2" else -np.inf
@@ -741,7 +736,6 @@ class Store:
         x, source = None, "rows"
         if queries is not None:
             x, source = _as_vectors(queries, self.dim, "calibration queries"), "queries"
-            self._check_norms(x, "calibration queries")
         _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
         if x is not None and x.shape[0] == 0:
             raise InvalidInput("calibrate: expected at least one query, found 0 queries")

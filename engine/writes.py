@@ -188,17 +188,12 @@ def _check_new_ids(store: "Store", ids: Any, n: int) -> np.ndarray:
     return new_ids
 
 
-def check_rows(x: np.ndarray, metric: str, dense: str, what: str) -> None:
-    """What a batch must satisfy beyond `_as_vectors` (finite, right width): at least one
-    row, norms below `MAX_NORM` under ip/l2, values an f16 dense tier can hold."""
+def check_rows(x: np.ndarray, dense: str, what: str) -> None:
+    """What a batch must satisfy beyond `_as_vectors` (finite, right width) and the codec's
+    own checks when it prepares the rows (norms below `MAX_NORM` under ip/l2,
+    `codecs.check_norms`): at least one row, values an f16 dense tier can hold."""
     if x.shape[0] == 0:
         raise InvalidInput(f"{what}: expected at least 1 row, found 0")
-    if metric != "cosine":
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-        big = np.flatnonzero(norms >= MAX_NORM)
-        if big.size:
-            raise InvalidInput(f"{what}: expected vector norms below {MAX_NORM:.0e} ({metric} scores must stay "
-                               f"finite in float32), found {norms[big[0]]:.3g} in row {int(big[0])}")
     if dense == "f16":
         big = np.abs(x) > np.finfo(np.float16).max
         if big.any():
@@ -252,7 +247,7 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
 
 
 def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
-    check_rows(x, store.metric, store.dense, "vectors")
+    check_rows(x, store.dense, "vectors")
     if build_progress is not None and not isinstance(build_progress, dict):
         raise InvalidInput(f"build_progress: expected a dict (a JSON object) or None, found "
                            f"{type(build_progress).__name__}")

@@ -160,7 +160,7 @@ def test_a_batch_larger_than_segment_rows_is_cut_into_sorted_disjoint_segments(t
     ids = np.random.default_rng(2).permutation(2500).astype(np.int64) * 3
     out = vray._encode_batch({"v": x, "id": ids}, codec_ref=[ray.put((codec.to_config(), codec.state()))],
                              key="t", column="v", id_column="id", id_offset=0, staging=str(tmp_path), dense="f16",
-                             metric="cosine", dim=16, threads=numba.get_num_threads(), segment_rows=1000)
+                             dim=16, threads=numba.get_num_threads(), segment_rows=1000)
     assert out["rows"] == [833, 833, 834]
     assert out["min_id"][1] > out["max_id"][0] and out["min_id"][2] > out["max_id"][1]
     assert (out["min_id"][0], out["max_id"][2]) == (0, 2499 * 3)
