@@ -297,6 +297,14 @@ class Quantizer:
 # Bytes a PQ code under ip ends with: the row's norm as a float16 (`PQ.row_norms`).
 ROW_NORM_BYTES = 2
 PQ4_MAX_M = 512  # 4-bit PQ's most sub-quantizers: the fast scan sums M uint8 levels <= 65535 / M in uint16
+
+
+def pq_useful_m(dim: int, m: int) -> int:
+    """How many of PQ's `m` sub-quantizers see a coded dim at width `dim`: rows are zero-padded
+    on the right to M * ceil(dim / M) (kernels/pq.py), so sub-quantizers wholly past the last
+    dim code nothing, and PQ<m> codes exactly as PQ<ceil(dim / ceil(dim / m))> (PQ62x8 on 384
+    dims as PQ55x8)."""
+    return -(-dim // -(-dim // m))
 # float16's largest finite value: a row's 1 / |x_hat| past it (|x_hat| < 1.6e-5) is clamped
 _F16_MAX = 65504.0
 
