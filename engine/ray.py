@@ -315,7 +315,7 @@ def _encode_rows(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, colu
         config, arrays = ray.get(codec_ref[0])
         codec = _CODECS[key] = Codec.from_config(config, arrays)
     x = _as_vectors(_matrix(batch[column], "vectors"), dim, "vectors")
-    writes.check_rows(x, dense, "vectors")
+    writes.check_rows(x, dense, "vectors", codec.metric)
     ids = np.asarray(batch[id_column])
     if ids.dtype.kind not in "iu" or ids.shape != (x.shape[0],):
         raise InvalidInput(f"ids: expected one integer id per row, found {ids.dtype} {ids.shape}")

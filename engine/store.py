@@ -515,7 +515,7 @@ class Store:
 
     def _vectors(self, x: Any, what: str, column: str | None = None) -> np.ndarray:
         arr = _as_vectors(x, self.dim, what, column)
-        writes.check_rows(arr, "none", what)
+        writes.check_rows(arr, "none", what, self.metric)
         return arr
 
     def train(self, sample: Any) -> None:
@@ -621,6 +621,7 @@ class Store:
                                                                 confidence)
         x = _as_vectors(queries, self.dim, "queries")
         if not self.codec.is_trained:
+            self.codec._prepare_rows(x, "queries")  # the query checks a search of rows makes (zero rows, norms)
             nq = x.shape[0]
             worst = np.inf if self.metric == "l2" else -np.inf
             return SearchResult(np.full((nq, k), worst, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
@@ -630,6 +631,8 @@ class Store:
         segments = self._segments
         self._check_open("search")
         live = sum(s.live for s in segments)
+        if live == 0:  # search_segments answers before it prepares the queries: check them as it would
+            self.codec._prepare_rows(x, "queries")
         # k and rerank are clamped to the live rows for every scan and work array; the result
         # is padded up to k (id -1, like faiss) unless the padding alone would exceed
         # MAX_RESULT_BYTES, then it is as wide as the live rows

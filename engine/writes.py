@@ -35,7 +35,7 @@ from ..formats.body import CalibrationRecord, SegmentRecord, StoreBody, body_fil
 from ..formats.dense import check_dense
 from . import merge
 from .bounds import ErrorModel
-from .codecs import MAX_NORM, Codec
+from .codecs import MAX_NORM, Codec, _row_error
 from .commit import WriterLock, collect_garbage, storage_errors
 from .errors import CommitIncomplete, InvalidInput, StoreCorrupted, VeczError
 from .inputs import as_ids as _as_ids
@@ -50,6 +50,9 @@ __all__ = ["AUTO_MERGE_ROWS", "MAX_NORM", "check_rows", "encode_rows", "write_ro
 
 AUTO_MERGE_ROWS = merge.AUTO_MERGE_ROWS
 _MAX_ID = (1 << 63) - 1
+
+
+F16_NORMAL_MIN = float(np.finfo(np.float16).tiny)  # 6.1e-05: float16's smallest normal
 
 
 def _now() -> str:
@@ -188,10 +191,13 @@ def _check_new_ids(store: "Store", ids: Any, n: int) -> np.ndarray:
     return new_ids
 
 
-def check_rows(x: np.ndarray, dense: str, what: str) -> None:
+def check_rows(x: np.ndarray, dense: str, what: str, metric: str) -> None:
     """What a batch must satisfy beyond `_as_vectors` (finite, right width) and the codec's
     own checks when it prepares the rows (norms below `MAX_NORM` under ip/l2,
-    `codecs.check_norms`): at least one row, values an f16 dense tier can hold."""
+    `codecs.check_norms`): at least one row, values an f16 dense tier can hold (under cosine,
+    where a row's scale is free, every nonzero row with a value of float16's normal range:
+    a row of values below 6.1e-05 is kept to a few bits, below 6e-08 as zeros, and its exact
+    score is then wrong or 0)."""
     if x.shape[0] == 0:
         raise InvalidInput(f"{what}: expected at least 1 row, found 0")
     if dense == "f16":
@@ -199,6 +205,15 @@ def check_rows(x: np.ndarray, dense: str, what: str) -> None:
         if big.any():
             raise InvalidInput(f"dense='f16' stores values up to 65504 in magnitude, found "
                                f"{float(np.abs(x).max()):.6g} in row {int(np.argwhere(big)[0, 0])}")
+        if metric == "cosine":
+            peak = np.abs(x).max(axis=1)
+            faint = np.flatnonzero((peak > 0) & (peak < F16_NORMAL_MIN))
+            if faint.size:
+                raise _row_error(
+                    f"{{where}}: dense='f16' under cosine keeps a row only when its largest value is at least "
+                    f"{F16_NORMAL_MIN:.3g} (float16's smallest normal; below it the stored copy loses its digits, "
+                    f"below 6e-08 it is zeros), found {float(peak[faint[0]]):.3g} in row {{row}} (scale the vectors "
+                    "up by any factor: cosine does not change)", what, int(faint[0]))
 
 
 def encode_rows(codec: Codec, prepared: np.ndarray, x: np.ndarray,
@@ -247,7 +262,7 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
 
 
 def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progress: dict | None) -> np.ndarray:
-    check_rows(x, store.dense, "vectors")
+    check_rows(x, store.dense, "vectors", store.metric)
     if build_progress is not None and not isinstance(build_progress, dict):
         raise InvalidInput(f"build_progress: expected a dict (a JSON object) or None, found "
                            f"{type(build_progress).__name__}")

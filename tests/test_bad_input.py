@@ -205,7 +205,9 @@ class Env:
     main     cosine, IVF4,RB1, dense f32: ids 0..199 in two segments, ids 0-2 deleted
     nodense  l2, IVF2,SQ8, dense None: ids 0..79
     half     ip, PQ4x8, dense f16: ids 0..39 and MAX_ID (so automatic ids are exhausted)
+    halfcos  cosine, SQ8, dense f16: ids 0..39
     empty    l2, PQ4x8, dense f32: created, never trained nor added
+    emptycos cosine, RB1, dense f32: created, never trained nor added
     cli      cosine, IVF4,RB1, dense f32: ids 0..99, closed (the CLI opens it)
     """
 
@@ -221,10 +223,14 @@ class Env:
         self.half = Store.create(root / "half", dim=DIM, metric="ip", codec="PQ4x8", dense="f16")
         self.half.add(x[:40])
         self.half.add(x[40:41], ids=[MAX_ID])
+        self.halfcos = Store.create(root / "halfcos", dim=DIM, metric="cosine", codec="SQ8", dense="f16")
+        self.halfcos.add(x[:40])
         self.empty = Store.create(root / "empty", dim=DIM, metric="l2", codec="PQ4x8", dense="f32")
+        self.emptycos = Store.create(root / "emptycos", dim=DIM, codec="RB1")
         with Store.create(root / "cli", dim=DIM, metric="cosine", codec="IVF4,RB1") as cli:
             cli.add(x[:100])
-        self.stores = {"main": self.main, "nodense": self.nodense, "half": self.half, "empty": self.empty}
+        self.stores = {"main": self.main, "nodense": self.nodense, "half": self.half, "halfcos": self.halfcos,
+                       "empty": self.empty, "emptycos": self.emptycos}
         self.new = root / "new"  # fresh targets of create/build: must stay empty
         self.new.mkdir()
         self._names = itertools.count()
@@ -455,6 +461,17 @@ CASES: list[Case] = [
     Case("value beyond float16 for a dense f16 tier", "Store.add(vectors)",
          lambda e: e.half.add(_with(x4, 2, 0, 7e4), ids=[600, 601, 602, 603]), InvalidInput,
          r"dense='f16' stores values up to 65504 in magnitude, found 70000 in row 2"),
+    Case("zero query under cosine on a store never added", "Store.search(queries)",
+         lambda e: e.emptycos.search(np.zeros((2, DIM), np.float32)),
+         InvalidInput, r"queries: cosine similarity needs vectors of non-zero norm, found row 0 all zeros"),
+    Case("query norm beyond 1e15 under l2 on a store never added", "Store.search(queries)",
+         lambda e: e.empty.search(np.full((1, DIM), 1e15, np.float32)), InvalidInput,
+         r"queries: expected vector norms below 1e\+15 \(l2 scores must stay finite in float32\), found .* in row 0"),
+    Case("row of values below float16's normal range for a dense f16 tier under cosine", "Store.add(vectors)",
+         lambda e: e.halfcos.add(np.vstack([x4[:1], x4[1:2] * 1e-7])), InvalidInput,
+         r"vectors: dense='f16' under cosine keeps a row only when its largest value is at least 6.1e-05 \(float16's "
+         r"smallest normal; below it the stored copy loses its digits, below 6e-08 it is zeros\), found .* in row 1 "
+         r"\(scale the vectors up by any factor: cosine does not change\)"),
     # ---- Store.add: ids
     Case("ids repeated in the batch", "Store.add(ids)", lambda e: e.main.add(x4[:2], ids=[500, 500]), InvalidInput,
          r"ids: expected distinct ids, found 500 2 times in the batch"),

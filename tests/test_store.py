@@ -156,6 +156,10 @@ def test_delete_everything_then_search_and_compact(tmp_path):
         assert len(s) == 0 and s.info()["segments"] == 0
     with Store.open(tmp_path / "s") as r:
         assert len(r) == 0 and (r.search(x[:1], 3).ids == -1).all()
+        # the query checks of a store with rows hold with none live (a zero query under
+        # cosine was answered "no neighbours" here, refused on a store with rows)
+        with pytest.raises(InvalidInput, match="row 1 all zeros"):
+            r.search(np.vstack([x[:1], np.zeros((1, DIM), np.float32)]), 3)
 
 
 def test_reported_reads_equal_actual_reads(tmp_path, monkeypatch):
