@@ -94,7 +94,7 @@ def parse_auto(text: str, k: int) -> int:
     head, sep, cap = text.strip().lower().partition(":")
     if head == "auto" and not sep:
         return auto_cap(k)
-    if head == "auto" and cap.isdigit() and int(cap) >= k:
+    if head == "auto" and cap.isascii() and cap.isdigit() and int(cap) >= k:  # ASCII: int() reads "١٠", not "²"
         return int(cap)
     raise InvalidInput(f"rerank: expected an integer >= 0, 'auto' or 'auto:R' with R >= k={k}, found {text!r}")
 

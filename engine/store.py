@@ -732,6 +732,8 @@ class Store:
         """
         self._check_open("calibrate")
         lock = None
+        if commit is not None and not isinstance(commit, (bool, np.bool_)):
+            raise InvalidInput(f"commit: expected True, False or None, found {commit!r}")
         if commit or (commit is None and self.mode == "a"):
             lock = self._require_writer("calibrate")
         if not self.codec.is_trained:

@@ -601,7 +601,7 @@ def test_auto_arguments_are_checked(tmp_path):
     x = _clustered(500, 16, seed=7)
     with Store.create(tmp_path / "s", dim=16, codec="RB1", dense="f16") as s:
         s.add(x)
-        for bad in ("auto:5", "autox", "auto:", "auto:-3", "fast"):
+        for bad in ("auto:5", "autox", "auto:", "auto:-3", "fast", "auto:\u00b2", "auto:\u0661\u0660"):  # ², Arabic 10
             with pytest.raises(InvalidInput, match="rerank"):
                 s.search(x[:2], 10, rerank=bad)
         with pytest.raises(InvalidInput, match="confidence"):

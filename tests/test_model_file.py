@@ -123,6 +123,10 @@ def test_a_reader_measures_in_ram_and_cannot_commit(tmp_path):
     with Store.open(path, mode="a") as w:
         w.calibrate(x[:300], commit=False)  # a writer may keep it in RAM too
         assert w.calibration is None and w.version == version
+        for bad in ("no", "false", 0, []):  # commit="no" committed a model
+            with pytest.raises(InvalidInput, match="commit: expected True, False or None"):
+                w.calibrate(x[:300], commit=bad)
+        assert w.calibration is None and w.version == version
 
 
 def test_a_sample_model_stays_a_pseudo_query_model_goes_stale(tmp_path, monkeypatch):
