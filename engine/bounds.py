@@ -166,6 +166,10 @@ class ErrorModel:
         r = None if ranks is None else np.asarray(ranks, dtype=np.int64).ravel()[ok][order]
         return cls(z[order], per_row, r, scores=int(scores), **extra)
 
+    def nbytes(self) -> int:
+        """Bytes of its arrays (pairs, ranks, direction)."""
+        return sum(a.nbytes for a in (self.z, self.ranks, self.direction) if a is not None)
+
     @property
     def pairs(self) -> int:
         return int(self.z.size)

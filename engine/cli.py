@@ -704,7 +704,7 @@ def _info(args: argparse.Namespace) -> int:
         ("dim / metric", f"{info['dim']} / {info['metric']}"),
         ("vectors", f"{info['live']:,} live, {info['deleted']:,} deleted, {info['segments']} segment(s)"),
         ("RAM", f"{info['ram_bytes_total']:,} bytes ({info['ram_bytes_total'] / live:.1f} B/vector): "
-                f"index {ram['index']:,}, ids {ram['ids']:,}, codec {ram['codec']:,}"),
+                f"index {ram['index']:,}, ids {ram['ids']:,}, codec {ram['codec']:,}, auto model {ram['model']:,}"),
         ("disk", f"{info['disk_bytes_version']:,} bytes in this version ({info['dense_bytes']:,} dense, "
                  f"tier {info['dense']}); {info['disk_bytes_total']:,} in the directory"),
         ("version", f"{info['version']} (committed versions {_ranges(info['versions'])}"

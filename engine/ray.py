@@ -433,7 +433,7 @@ def _check_ids(store: Any, staging: Path, recs: list[dict]) -> None:
     for j in sorted(suspect):
         with sg.open_segment(staging / recs[j]["seg"], kind="codes") as f:
             ids = f.read("ids")
-        present = store._find(ids)[0] >= 0
+        present = store._find(ids, store._segments)[0] >= 0
         if present.any():
             raise InvalidInput(f"ids: expected ids not in the store, found id {int(ids[present][0])} already in it")
         seen.append(ids)
@@ -711,9 +711,10 @@ class _Shard:
         from .threads import query_threads
 
         s = self.store
-        seg_of, rows = s._find(ids.ravel())
+        segments = s._taken("search")
+        seg_of, rows = s._find(ids.ravel(), segments)
         with query_threads(x.shape[0], PARALLEL_MIN_QUERIES):
-            return _exact(s.metric, s._segments, x, seg_of.reshape(ids.shape), rows.reshape(ids.shape), s.prefetch)
+            return _exact(s.metric, segments, x, seg_of.reshape(ids.shape), rows.reshape(ids.shape), s.prefetch)
 
 
 def _merged(metric: str, parts: list[Any], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -479,11 +479,20 @@ class Store:
 
     # ------------------------------------------------------------------ id lookup
 
-    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(segment index, local row) of each id live in the store, (-1, -1) elsewhere."""
+    def _taken(self, what: str) -> list[Segment]:
+        """The segments taken once, then the store found open: close() marks the store closed
+        before it drops them and refresh() swaps the list, so a caller reading
+        self._segments twice met an emptied or another version's list (raw IndexError, a live
+        id 'missing'); it works on these and answers or raises StoreClosed."""
+        segments = self._segments
+        self._check_open(what)
+        return segments
+
+    def _find(self, ids: np.ndarray, segments: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """(segment index, local row) of each id live in `segments`, (-1, -1) elsewhere."""
         seg_of = np.full(ids.shape, -1, dtype=np.int64)
         rows = np.full(ids.shape, -1, dtype=np.int64)
-        for g, seg in enumerate(self._segments):
+        for g, seg in enumerate(segments):
             r = seg.find(ids)
             hit = r >= 0
             seg_of[hit], rows[hit] = g, r[hit]
@@ -497,7 +506,7 @@ class Store:
             return False
         if not -(1 << 63) <= int(id_) < 1 << 63:
             return False
-        return bool(self._find(np.array([int(id_)], dtype=np.int64))[0][0] >= 0)
+        return bool(self._find(np.array([int(id_)], dtype=np.int64), self._taken("'in'"))[0][0] >= 0)
 
     def ids(self) -> np.ndarray:
         """The live ids, ascending."""
@@ -760,27 +769,32 @@ class Store:
         if self.dense == "none":
             raise InvalidInput(f"{self.path}: get() needs a dense tier; this store was created with dense=None")
         ids = _as_ids(ids, "ids")
-        seg_of, rows = self._find(ids)
+        segments = self._taken("get")
+        seg_of, rows = self._find(ids, segments)
         if (rows < 0).any():
             raise IdNotFound(f"ids: expected ids live in the store, found id {int(ids[rows < 0][0])} missing "
                              f"({int((rows < 0).sum())} of {ids.size} ids are missing)")
         out = np.empty((ids.size, self.dim), dtype=np.float32)
         for g in np.unique(seg_of):
             at = np.flatnonzero(seg_of == g)
-            out[at] = self._segments[int(g)].vectors(rows[at], self.dim)
+            out[at] = segments[int(g)].vectors(rows[at], self.dim)
         return out
 
     # ------------------------------------------------------------------ info / close
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held in RAM: codec state (with what searches derive from it, such as PQ's
-        per-list l2 terms), scan layouts (codes + their row numbers), ids and dense maps."""
-        self._check_open("memory_bytes")
+        per-list l2 terms), scan layouts (codes + their row numbers), ids and dense maps, and
+        the error models of ``rerank="auto"`` held (the committed one, one measured in RAM)."""
+        segments = self._taken("memory_bytes")
         state = sum(a.nbytes for a in self.codec.state().values()) if self.codec.is_trained else 0
         state += self.codec.derived_nbytes()
-        layouts = sum(int(s.built.nbytes) for s in self._segments if s.built is not None)
-        other = sum(s.nbytes() for s in self._segments) - layouts
-        return {"codec": state, "index": layouts, "ids": other}
+        layouts = sum(int(s.built.nbytes) for s in segments if s.built is not None)
+        other = sum(s.nbytes() for s in segments) - layouts
+        cached = self._error_model
+        models = {id(m): m for m in (self._model, cached[2] if cached is not None else None) if m is not None}
+        return {"codec": state, "index": layouts, "ids": other,
+                "model": sum(m.nbytes() for m in models.values())}
 
     def info(self) -> dict[str, Any]:
         """Spec, counts, bytes in RAM and on disk, versions (what `vecz info` prints)."""

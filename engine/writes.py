@@ -184,7 +184,7 @@ def _check_new_ids(store: "Store", ids: Any, n: int) -> np.ndarray:
     if (counts > 1).any():
         raise InvalidInput(f"ids: expected distinct ids, found {int(uniq[counts > 1][0])} "
                            f"{int(counts.max())} times in the batch")
-    present = store._find(new_ids)[0] >= 0
+    present = store._find(new_ids, store._segments)[0] >= 0
     if present.any():
         raise InvalidInput(f"ids: expected ids not in the store, found id {int(new_ids[present][0])} "
                            f"already in the store ({int(present.sum())} of the batch are); delete it first")
@@ -311,7 +311,7 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
 
 
 def delete(store: "Store", lock: WriterLock, ids: np.ndarray) -> int:
-    seg_of, rows = store._find(ids)
+    seg_of, rows = store._find(ids, store._segments)
     found = rows >= 0
     if not found.any():
         return 0

@@ -868,3 +868,40 @@ def test_a_damaged_pinned_manifest_keeps_its_files_but_not_every_other_version(t
             assert first not in versions and pinned in versions and len(versions) == 3, versions
             on_disk = {p.name for p in path.iterdir()}
             assert files <= on_disk, "a damaged manifest's files are unknown: none may be deleted"
+
+
+@pytest.mark.parametrize("racer", ["close", "refresh"])
+def test_get_and_in_racing_close_or_refresh_answer_or_say_closed(tmp_path, monkeypatch, racer):
+    """get(), `in` and memory_bytes() read the store's segments once: a close() or refresh()
+    on another thread between two reads raised a raw IndexError or called a live id missing
+    (a review's loop: 275 IndexErrors in 300). Here the other thread's call lands inside the
+    first segment lookup."""
+    from vecz.engine.segments import Segment
+
+    path = tmp_path / "s"
+    x = _data(120)
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(x[:60])
+        w.add(x[60:])  # two segments
+    r = Store.open(path)
+    if racer == "refresh":
+        with Store.open(path, mode="a") as w:
+            w.compact()  # the reader's refresh swaps its segments for one
+    find = Segment.find
+    fired = []
+
+    def find_then_race(seg, ids):
+        if not fired:
+            fired.append(1)
+            getattr(r, racer)()
+        return find(seg, ids)
+
+    monkeypatch.setattr(Segment, "find", find_then_race)
+    np.testing.assert_array_equal(r.get([70, 3]), x[[70, 3]])
+    fired.clear()
+    if racer == "close":
+        with pytest.raises(StoreClosed):
+            100 in r  # noqa: B015
+    else:
+        assert 100 in r
+    r.close()
