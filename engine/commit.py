@@ -217,6 +217,13 @@ class WriterLock:
                 os.close(self.fd)
                 self.fd = None
 
+    def __del__(self) -> None:
+        # a writer dropped without close(): nothing can write through it any more, so its
+        # lock goes with it (the descriptor kept the store locked, to this process too,
+        # until the process exited). A forked child's copy has no descriptor (fd None).
+        with contextlib.suppress(Exception):
+            self.release()
+
 
 def _lock_unpinned(name: str, dir_fd: int) -> int | None:
     """Manifest `name` open and flocked exclusively, or None when a `VersionPin` holds it

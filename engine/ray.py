@@ -69,6 +69,7 @@ from the shards left and lists the missing ones in ``result.missing_shards``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -830,13 +831,17 @@ class ShardedStore:
     def __init__(self, path: str | os.PathLike, *, shards: int = 2, version: int | None = None,
                  address: str | None = None, max_restarts: int = 1, threads_per_shard: int = 1,
                  cpus_per_shard: float | None = None, start_timeout: float = 120.0) -> None:
+        for name, value in (("shards", shards), ("threads_per_shard", threads_per_shard)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise InvalidInput(f"{name}: expected an integer >= 1, found {value!r}")
+        if cpus_per_shard is not None and (isinstance(cpus_per_shard, bool) or not isinstance(
+                cpus_per_shard, (int, float, np.integer, np.floating)) or not 0 < cpus_per_shard < math.inf):
+            raise InvalidInput(f"cpus_per_shard: expected None or a number > 0, found {cpus_per_shard!r}")
         self._ray = _ray()
         connect(address)
         self.path = Path(path)
         if not self.path.is_dir():
             raise StoreNotFound(f"{self.path}: no store directory here")
-        if not isinstance(shards, (int, np.integer)) or isinstance(shards, bool) or shards < 1:
-            raise InvalidInput(f"shards: expected an integer >= 1, found {shards!r}")
         self.pin: VersionPin | None = None
         self.actors = None
         body = self._pinned_body(version)

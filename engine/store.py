@@ -232,6 +232,8 @@ class Store:
             raise StoreNotFound(f"{path}: no store directory here")
         if mode == "a" and version is not None:
             raise InvalidInput("version= opens a past version read-only; it cannot be combined with mode='a'")
+        if isinstance(version, np.integer) and not isinstance(version, np.bool_):
+            version = int(version)  # as every other integer argument (a version read from info()["versions"])
         store = cls(path, mode)
         try:
             if mode == "a":

@@ -940,3 +940,10 @@ def test_least_rows_hand_made():
     got = metrics.least_rows(ranks, 1.0, min_rows=2)
     assert got["depths"].tolist() == [2, 40] and got["bound"] == 21.0
     assert metrics.least_rows(np.array([[0, -1]]), 1.0) is None
+
+
+def test_set_threads_wants_an_integer():
+    """run_bench(threads=1.5) ran on 1 thread and recorded 1 ('2' and True were taken too)."""
+    for bad in (1.5, "2", True):
+        with pytest.raises(InvalidInput, match="threads: expected None or an integer"):
+            runner.set_threads(bad, with_faiss=False)

@@ -731,3 +731,13 @@ def test_vecz_works_and_says_what_to_install_without_ray(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
     assert MissingDependency is not None
+
+
+def test_sharded_store_arguments_are_checked_before_any_actor(tmp_path):
+    """threads_per_shard 1.5 or "2" killed the actor (ShardUnavailable naming ActorDiedError),
+    0 or True were taken, cpus_per_shard -1 or "1" raised Ray's ValueError/TypeError."""
+    for kw in ({"threads_per_shard": 0}, {"threads_per_shard": True}, {"threads_per_shard": 1.5},
+               {"threads_per_shard": "2"}, {"cpus_per_shard": -1}, {"cpus_per_shard": "1"},
+               {"cpus_per_shard": True}, {"cpus_per_shard": float("nan")}, {"shards": 0}):
+        with pytest.raises(InvalidInput, match=next(iter(kw))):
+            vray.ShardedStore(tmp_path / "nowhere", **kw)

@@ -905,3 +905,21 @@ def test_get_and_in_racing_close_or_refresh_answer_or_say_closed(tmp_path, monke
     else:
         assert 100 in r
     r.close()
+
+
+def test_a_writer_dropped_without_close_releases_the_store(tmp_path):
+    """A writer object dropped without close() kept its locked descriptor: the store stayed
+    locked, to this very process too (StoreLocked naming its own pid), until it exited."""
+    import gc
+
+    path = tmp_path / "s"
+    Store.create(path, dim=DIM, codec="SQ8").close()
+
+    def write_and_drop() -> None:
+        w = Store.open(path, mode="a")
+        w.add(_data(10))
+
+    write_and_drop()
+    gc.collect()
+    with Store.open(path, mode="a") as w:  # StoreLocked before
+        assert len(w) == 10

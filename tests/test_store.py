@@ -221,6 +221,9 @@ def test_reader_pins_its_version_and_refresh_moves_on(tmp_path):
     w.compact()  # removes files the reader's old version used; the reader still works
     assert len(r.search(x[:3], 5, rerank=50).ids) == 3
     r.close()
+    kept = np.array(w.info()["versions"])  # a numpy integer version is an integer (it was "expected an int")
+    with Store.open(tmp_path / "s", version=kept[-1]) as old:
+        assert old.version == int(kept[-1]) and type(old.version) is int
     w.close()
 
 

@@ -192,6 +192,8 @@ def set_threads(threads: int | None, with_faiss: bool) -> dict[str, Any]:
     import numba
 
     available = int(numba.config.NUMBA_NUM_THREADS)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))):
+        raise InvalidInput(f"threads: expected None or an integer, found {threads!r}")  # 1.5 was run as 1
     n = available if threads is None else int(threads)
     if not 1 <= n <= available:
         raise InvalidInput(f"--threads must be in 1..{available} (Numba's thread pool), found {threads}")
