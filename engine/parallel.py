@@ -45,7 +45,10 @@ the engine does not choose yet. It makes every layer safe for what it lacks:
 - ``omp``: a process forked after the parent started GNU OpenMP (and its descendants) gets
   ``False`` forever: they cannot enter OpenMP again.
 - ``workqueue``: one region at a time per process; a thread that finds the pool taken gets
-  ``False`` and runs its query batch on its own thread instead of waiting or aborting.
+  ``False`` and runs its query batch on its own thread instead of waiting or aborting. That
+  covers the kernels a region guards (the scans), not the parallel kernels that run outside
+  one (a search's tables, a segment's layout): two threads searching at once still abort
+  under it (README), and a store loads its segments on one thread there.
 - ``tbb`` and ``workqueue``: ``os.fork`` waits until regions running on other threads
   finish (new ones wait for the fork), so the child's pool starts clean and no search holds
   a lock (the engine's or BLAS's) at the fork; if they have not finished after

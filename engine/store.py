@@ -67,6 +67,7 @@ from .errors import (
 )
 from .inputs import as_ids as _as_ids
 from .bounds import ErrorModel
+from .parallel import threading_layer
 from .search import calibrate, check_search_args, pad_to_k, per_row_scales, search_segments
 from .segments import DensePool, Segment, load_segment
 from .threads import plain_interrupts
@@ -370,7 +371,9 @@ class Store:
             return load_segment(self.path, rec, codec, pool, dead, build=self._build_layouts)
 
         recs = [rec for _, rec in todo]
-        if len(recs) > 1:
+        # (not under workqueue: its pool aborts the process when two threads launch parallel
+        # kernels at once, and the layouts' kernels run outside any `parallel_region`)
+        if len(recs) > 1 and threading_layer() != "workqueue":
             with ThreadPoolExecutor(max_workers=2) as ex:
                 loaded = list(ex.map(load, recs))
         else:

@@ -420,3 +420,29 @@ sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
                          env=_env(None))
     assert run.returncode == 0, run.stderr
     assert "non-main thread" not in run.stderr, run.stderr
+
+
+def test_workqueue_opens_a_multi_segment_store(tmp_path: Path) -> None:
+    """Segments load on two threads, whose layout kernels run outside any parallel region:
+    under a forced workqueue layer the process aborted at open ("Concurrent access has been
+    detected", exit 134) with no thread of the user's. It loads them on one thread there."""
+    from vecz import Store
+
+    x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=32, codec="IVF8,RB1") as w:
+        w.auto_merge_rows = 0
+        for lo in range(0, 3000, 500):
+            w.add(x[lo:lo + 500])
+    script = f"""
+import numba, numpy as np
+from vecz import Store
+x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)
+for _ in range(3):
+    with Store.open({str(tmp_path / "s")!r}) as s:
+        assert len(s._segments) == 6 and s.search(x[:20], 5, nprobe=8, rerank=20).ids[0, 0] == 0
+print(numba.threading_layer())
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT,
+                         env=_env("workqueue"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["workqueue"]
