@@ -148,10 +148,11 @@ class _SerialBlas:
 
     @classmethod
     def _restore(cls) -> None:
-        """Give BLAS back the thread counts the first scope found."""
+        """Give BLAS back the thread counts the first scope found, where the count is still
+        the 1 the scope set (a count another thread of the caller set meanwhile stays)."""
         if cls._lowered:
-            for (_, set_threads), n in zip(cls._thread_calls(), cls._saved):
-                if n != 1:
+            for (get, set_threads), n in zip(cls._thread_calls(), cls._saved):
+                if n != 1 and get() == 1:
                     set_threads(n)
             cls._lowered = False
 

@@ -347,3 +347,23 @@ def test_an_interrupt_inside_a_numba_call_is_a_keyboard_interrupt(tmp_path, monk
         monkeypatch.setattr(store_module, "search_segments", lambda *a, **k: (_ for _ in ()).throw(SystemError("x")))
         with pytest.raises(SystemError):  # other SystemErrors stay what they are
             store.search(_x(2), 3)
+
+
+def test_a_blas_count_the_caller_sets_during_a_search_stays():
+    """A search gave back the count it found on entry even when the caller had set another
+    one meanwhile (from another thread): the caller's threadpool_limits(3) became 2 again
+    once the search ended."""
+    from vecz.engine import threads
+
+    if not _blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    with threadpool_limits(2, user_api="blas"):
+        scope = threads._SerialBlas()
+        scope.__enter__()  # a search of another thread, BLAS on one thread
+        try:
+            assert set(_blas_threads()) == {1}
+            for _, set_threads in threads._SerialBlas._thread_calls():
+                set_threads(3)  # the caller's own setting, while it runs
+        finally:
+            scope.__exit__(None, None, None)
+        assert set(_blas_threads()) == {3}
