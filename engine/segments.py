@@ -29,6 +29,7 @@ id, and the dense location: none one to one, 4 bytes (row) into one dense file, 
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,12 @@ class DensePool:
         self.keep_only(set())
 
 
+class SegmentGone(StoreCorrupted):
+    """A segment whose layout was left to build on first use (a writer's) lost its file
+    before that use: a commit since pruned the version it belonged to. The store's newer
+    segments hold its rows; `Store.search` takes those and searches again."""
+
+
 @dataclass
 class Segment:
     """One segment of a loaded version (see the module docstring)."""
@@ -117,7 +124,12 @@ class Segment:
                     if self.source is None:
                         raise StoreCorrupted(f"segment {self.rec.serial}: no layout and no file to build it from")
                     directory, codec = self.source
-                    arrays = read_codes(directory, self.rec, codec)
+                    try:
+                        arrays = read_codes(directory, self.rec, codec)
+                    except StoreCorrupted as exc:
+                        if not os.path.lexists(directory / self.rec.file):
+                            raise SegmentGone(str(exc)) from exc
+                        raise
                     if not np.array_equal(arrays["ids"], self.ids):
                         raise StoreCorrupted(f"{directory / self.rec.file}: its ids changed since it was loaded")
                     layout = codec.index(arrays["codes"], arrays["lists"], np.arange(self.rows, dtype=np.int64),

@@ -69,7 +69,7 @@ from .inputs import as_ids as _as_ids
 from .bounds import ErrorModel
 from .parallel import threading_layer
 from .search import calibrate, check_search_args, pad_to_k, per_row_scales, search_segments
-from .segments import DensePool, Segment, load_segment
+from .segments import DensePool, Segment, SegmentGone, load_segment
 from .threads import plain_interrupts
 
 __all__ = ["Store", "check_store", "FORMAT_ID", "MAX_NORM", "MAX_STATE_BYTES"]
@@ -639,18 +639,30 @@ class Store:
             nq = x.shape[0]
             worst = np.inf if self.metric == "l2" else -np.inf
             return SearchResult(np.full((nq, k), worst, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
-        # the segments taken once, then the store found open (close() marks it closed before
-        # it drops them): a close() on another thread left a later read of self._segments
-        # empty, and the search answered "no neighbours" instead of StoreClosed or an answer
-        segments = self._segments
-        self._check_open("search")
+        self._build_layouts = True
+        while True:
+            # the segments taken once, then the store found open (close() marks it closed
+            # before it drops them): a close() on another thread left a later read of
+            # self._segments empty, and the search answered "no neighbours" instead of
+            # StoreClosed or an answer
+            segments = self._taken("search")
+            try:
+                return self._search_in(segments, x, k, nprobe, rerank, sdc, auto, confidence)
+            except SegmentGone:
+                # a writer's segment whose layout waited for this first use lost its file to
+                # a commit on another thread (its version pruned): the newer segments hold its
+                # rows. The same segments again would be a real loss.
+                if self._segments is segments:
+                    raise
+
+    def _search_in(self, segments: list[Segment], x: np.ndarray, k: int, nprobe: int | None, rerank: int,
+                   sdc: bool, auto: bool, confidence: float | None) -> SearchResult:
         live = sum(s.live for s in segments)
         if live == 0:  # search_segments answers before it prepares the queries: check them as it would
             self.codec._prepare_rows(x, "queries")
         # k and rerank are clamped to the live rows for every scan and work array; the result
         # is padded up to k (id -1, like faiss) unless the padding alone would exceed
         # MAX_RESULT_BYTES, then it is as wide as the live rows
-        self._build_layouts = True
         bound = (self.error_model(), confidence) if auto else None
         out = search_segments(self.codec, self.metric, segments, x, min(k, max(live, 1)),
                               nprobe=int(nprobe), rerank=min(int(rerank), live), sdc=bool(sdc), prefetch=self.prefetch,
