@@ -196,6 +196,15 @@ def as_ids(ids: Any, what: str) -> np.ndarray:
         arr = arr.reshape(1)
     if arr.ndim != 1:
         raise InvalidInput(f"{what}: expected a 1-D array of integer ids, found shape {arr.shape}")
+    if arr.size and arr.dtype.kind == "f" and np.isnan(arr).any():  # a pyarrow null or pandas NA reads as NaN
+        raise InvalidInput(f"{what}: expected integer ids, found a missing value (null or NaN) at row "
+                           f"{int(np.flatnonzero(np.isnan(arr))[0])}")
+    if arr.size and arr.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                  for v in arr):
+        wide = next((i for i, v in enumerate(arr) if not -(1 << 63) <= v <= _MAX_ID), None)
+        if wide is not None:  # numpy left them Python ints: one does not fit int64
+            raise InvalidInput(f"{what}: ids must fit int64, found {arr[wide]} at row {wide}")
+        arr = arr.astype(np.int64)
     if arr.size and arr.dtype.kind not in "iu":
         raise InvalidInput(f"{what}: expected integer ids, found dtype {arr.dtype}")
     if arr.size and arr.dtype.kind == "u" and arr.max() > _MAX_ID:
