@@ -128,12 +128,16 @@ class ErrorModel:
     spread: tuple = (1.0, 0.0)   # (intercept, slope) in u
     u_range: tuple = (0.0, 0.0)  # (min, max) of u calibrated
     scores: int = 1  # the codec's score rule it was measured on (`Codec.score_rule`)
+    # l2: the smallest query norm calibrated. A query's scale |q| is held at it or above
+    # (`query_scales`): l2's origin is arbitrary, and a query nearer it than any calibrated
+    # one (a zero query: scale 0, an interval of width 0) is not bounded by the model. 0: none
+    q_min: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def fit(cls, exact: np.ndarray, est: np.ndarray, scale: np.ndarray, per_row: bool,
             ranks: np.ndarray | None = None, *, u: np.ndarray | None = None,
-            direction: np.ndarray | None = None, scores: int = 1) -> "ErrorModel | None":
+            direction: np.ndarray | None = None, scores: int = 1, q_min: float = 0.0) -> "ErrorModel | None":
         """From (query, row) pairs: exact and code scores (larger-is-better), their scales
         ``|q| * sigma_i`` and optionally their ranks. Pairs with scale 0 (an exact code)
         carry no information. With `u` (each pair's query cosine to ``direction``, same
@@ -164,7 +168,7 @@ class ErrorModel:
                 z = resid / _spread_at(spread, u)
         order = np.argsort(z, kind="stable")
         r = None if ranks is None else np.asarray(ranks, dtype=np.int64).ravel()[ok][order]
-        return cls(z[order], per_row, r, scores=int(scores), **extra)
+        return cls(z[order], per_row, r, scores=int(scores), q_min=float(q_min), **extra)
 
     def nbytes(self) -> int:
         """Bytes of its arrays (pairs, ranks, direction)."""
@@ -181,6 +185,8 @@ class ErrorModel:
         if self.ranks is not None:
             arrays["ranks"] = np.ascontiguousarray(self.ranks, dtype=np.int64)
         meta: dict = {"per_row": bool(self.per_row), "scores": int(self.scores)}
+        if self.q_min > 0.0:
+            meta["q_min"] = float(self.q_min)
         if self.direction is not None:
             arrays["direction"] = np.ascontiguousarray(self.direction, dtype=np.float64)
             meta.update(shift=[float(v) for v in self.shift], spread=[float(v) for v in self.spread],
@@ -214,9 +220,12 @@ class ErrorModel:
         if isinstance(scores, bool) or not isinstance(scores, int) or not 1 <= scores <= MAX_SCORE_RULE:
             raise InvalidInput(f"error model: expected scores an integer in [1, {MAX_SCORE_RULE}], found "
                                f"{scores!r:.40}")
+        q_min = _plain_number(meta.get("q_min", 0.0))  # models written before the field: no floor
+        if q_min is None or q_min < 0.0:
+            raise InvalidInput(f"error model: expected q_min a finite number >= 0, found {meta.get('q_min')!r:.40}")
         direction = arrays.get("direction")
         if direction is None:
-            return cls(z, per_row, ranks, scores=scores)
+            return cls(z, per_row, ranks, scores=scores, q_min=q_min)
         if direction.dtype != np.float64 or direction.shape != (dim,) or not np.isfinite(direction).all() \
                 or abs(float(np.linalg.norm(direction)) - 1.0) > 1e-6:
             raise InvalidInput(f"error model: expected a unit direction float64 ({dim},), found {direction.dtype} "
@@ -231,7 +240,15 @@ class ErrorModel:
             lines.append((values[0], values[1]))
         if not -1.0 - 1e-6 <= lines[2][0] <= lines[2][1] <= 1.0 + 1e-6:  # float32 cosines may pass 1 by a bit
             raise InvalidInput(f"error model: expected u_range [min, max] of cosines within [-1, 1], found {lines[2]}")
-        return cls(z, per_row, ranks, direction, *lines, scores=scores)
+        return cls(z, per_row, ranks, direction, *lines, scores=scores, q_min=q_min)
+
+    def query_scales(self, metric: str, x: np.ndarray) -> np.ndarray:
+        """Each query's scale, float64 (nq,): 1 under cosine (unit vectors), else |q|, under
+        l2 held at `q_min` or above."""
+        if metric == "cosine":
+            return np.ones(x.shape[0])
+        qn = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        return np.maximum(qn, self.q_min) if metric == "l2" else qn
 
     def locations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shift, spread), float64 (nq,) each, of the queries x (float (nq, dim)): the

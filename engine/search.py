@@ -407,13 +407,15 @@ def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
         exact, _, _ = _exact(metric, segments, x, seg_of, rows, False)
     sign = -1.0 if metric == "l2" else 1.0
     per_row = per_row_scales(segments)
-    scale = _query_norms(metric, x)[:, None] * _scales(segments, seg_of, rows, per_row)
+    qn = _query_norms(metric, x)
+    scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
     ranks = np.cumsum(keep, axis=1) - 1  # each pair's rank among its query's candidates
     u = None
     if direction is not None:
         u = np.broadcast_to(query_cosines(x, direction)[:, None], est.shape)
     return ErrorModel.fit(np.where(keep, sign * exact, np.nan), sign * est.astype(np.float64), scale, per_row,
-                          ranks, u=u, direction=direction, scores=codec.score_rule)
+                          ranks, u=u, direction=direction, scores=codec.score_rule,
+                          q_min=float(qn.min(initial=np.inf)) if metric == "l2" and qn.size else 0.0)
 
 
 def _will_need(readers: list, reader_ix: np.ndarray, dense_row: np.ndarray, order: np.ndarray, start: np.ndarray,
@@ -496,7 +498,7 @@ class AutoWalk:
             if suffix_max:
                 z_hi = np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1]
         self.z_hi = z_hi
-        self.qn = _query_norms(metric, x)
+        self.qn = _query_norms(metric, x) if model is None else model.query_scales(metric, x)
         scale = self.qn[:, None] * _scales(segments, seg_of, rows, self.per_row)
         # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py): its
         # candidates by upper bound better + z_hi * scale, best first

@@ -446,13 +446,17 @@ def test_the_store_walks_with_each_querys_own_interval(tmp_path, spec, metric):
         assert not np.array_equal(res.stats.rows_per_query, walk(pooled))
 
 
-def test_default_calibration_skips_zero_rows_and_centred_corpora(tmp_path):
+def test_default_calibration_skips_zero_rows_and_centred_corpora(tmp_path, monkeypatch):
     import warnings
+
+    from vecz.engine import writes
 
     x = _clustered(300, 16, seed=1) + 3.0
     x[7] = 1e-8  # a cosine row that the f16 dense tier keeps as zeros
     with Store.create(tmp_path / "z", dim=16, codec="RB1", dense="f16") as s:
-        s.add(x)
+        with monkeypatch.context() as m:  # refused since: as a store written before holds it
+            m.setattr(writes, "F16_NORMAL_MIN", 0.0)
+            s.add(x)
         assert not s.get(np.array([7])).any()
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no 0 / 0 in the mean or in a query
@@ -1018,3 +1022,27 @@ def test_a_shard_whose_rows_all_fit_its_shortlist_is_never_counted_capped(tmp_pa
     assert (small.reach == -np.inf).all()
     assert capped == want.stats.capped, (capped, want.stats.capped)
     np.testing.assert_array_equal(np.sort(top_i, axis=1), np.sort(want.ids, axis=1))
+
+
+@pytest.mark.parametrize("spec", ["OPQ8x8", "PQ8x8", "IVF16,PQ8x8"])
+def test_an_l2_query_nearer_the_origin_than_any_calibrated_is_not_bounded_too_tightly(tmp_path, spec):
+    """Under l2 a query's scale was |q|: a zero query had intervals of width 0 and auto
+    returned wrong neighbours with capped 0 (OPQ8x8 on rows N(0.5, 1): recall 0.6 against 1.0
+    at R = 100, also after calibrate()). The model keeps the smallest calibrated query norm
+    (`ErrorModel.q_min`) and holds |q| at it or above; queries within the calibrated norms
+    keep their intervals."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((4000, 32)) + 0.5).astype(np.float32)
+    with Store.create(tmp_path / "s", dim=32, metric="l2", codec=spec) as s:
+        s.add(x)
+        model = s.error_model()
+        assert model is not None and model.q_min > 0
+        nprobe = 16 if "IVF" in spec else None
+        q = np.vstack([np.zeros((1, 32)), 1e-4 * rng.standard_normal((20, 32))]).astype(np.float32)
+        auto = s.search(q, 10, rerank="auto", nprobe=nprobe)
+        fixed = s.search(q, 10, rerank=100, nprobe=nprobe)
+        np.testing.assert_array_equal(auto.ids, fixed.ids)
+        rows = x[:50] + 0.01 * rng.standard_normal((50, 32)).astype(np.float32)  # like the rows: within q_min
+        assert (np.linalg.norm(rows, axis=1) >= model.q_min).all()
+        np.testing.assert_allclose(model.query_scales("l2", rows), np.linalg.norm(rows.astype(np.float64), axis=1),
+                                   rtol=1e-12)

@@ -45,7 +45,7 @@ def _no_measuring(monkeypatch) -> list:
 
 
 def _same(a: ErrorModel, b: ErrorModel) -> None:
-    assert np.array_equal(a.z, b.z) and a.per_row == b.per_row and a.scores == b.scores
+    assert np.array_equal(a.z, b.z) and a.per_row == b.per_row and a.scores == b.scores and a.q_min == b.q_min
     assert (a.ranks is None) == (b.ranks is None)
     if a.ranks is not None:
         assert np.array_equal(a.ranks, b.ranks)
@@ -285,6 +285,14 @@ def test_model_arrays_round_trip():
     arrays, meta = rule2.to_arrays()
     del meta["scores"]  # a model written before the field: rule 1
     assert ErrorModel.from_arrays(arrays, meta, dim=8).scores == 1
+    floored = ErrorModel(z, False, q_min=0.75)
+    _same(ErrorModel.from_arrays(*floored.to_arrays(), dim=8), floored)
+    arrays, meta = floored.to_arrays()
+    for bad in (-1.0, "0.5", True, float("inf")):
+        with pytest.raises(InvalidInput, match="q_min"):
+            ErrorModel.from_arrays(arrays, {**meta, "q_min": bad}, dim=8)
+    del meta["q_min"]  # a model written before the field: no floor
+    assert ErrorModel.from_arrays(arrays, meta, dim=8).q_min == 0.0
     d = rng.normal(size=8)
     full = ErrorModel(z, True, rng.integers(0, 64, 500), d / np.linalg.norm(d), (0.1, -0.2), (1.0, 0.3), (-0.2, 0.6))
     back = ErrorModel.from_arrays(*full.to_arrays(), dim=8)
