@@ -23,6 +23,7 @@ here too.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -266,6 +267,14 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
     if build_progress is not None and not isinstance(build_progress, dict):
         raise InvalidInput(f"build_progress: expected a dict (a JSON object) or None, found "
                            f"{type(build_progress).__name__}")
+    if build_progress is not None:  # kept as a reader will read it (tuples as lists, int keys as strings)
+        try:
+            text = json.dumps(build_progress, sort_keys=True, allow_nan=False, ensure_ascii=False)
+            text.encode("utf-8")  # as the manifest will be: a lone surrogate does not encode
+            build_progress = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"build_progress: expected a JSON object (numbers, strings, lists, dicts; keys of "
+                               f"one kind), found one JSON cannot write: {exc}") from None
     n = x.shape[0]
     new_ids = _check_new_ids(store, ids, n)
     codec = store.codec

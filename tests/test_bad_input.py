@@ -548,7 +548,12 @@ CASES: list[Case] = [
          r"\(dtypes: \['int64'\]\)"),
     Case("build_progress holding a lone surrogate", "Store.add(build_progress)",
          lambda e: e.main.add(x4[:1], build_progress={"s": "\ud800"}), InvalidInput,
-         r"manifest body: not JSON-serialisable \('utf-8' codec can't encode character '\\ud800'"),
+         r"build_progress: expected a JSON object \(numbers, strings, lists, dicts; keys of one kind\), found one "
+         r"JSON cannot write: 'utf-8' codec can't encode character '\\ud800'"),
+    Case("build_progress holding a set", "Store.add(build_progress)",
+         lambda e: e.main.add(x4[:1], build_progress={"files": {"a.npy"}}), InvalidInput,
+         r"build_progress: expected a JSON object .*found one JSON cannot write: Object of type set is not JSON "
+         r"serializable"),
     Case("queries with NaN on a 0-row store", "Store.search(queries)",
          lambda e: e.empty.search(_with(Q, 1, 0, np.nan)), InvalidInput,
          r"queries: expected finite values, found nan in row 1, column 0"),

@@ -1118,8 +1118,10 @@ def test_a_build_record_that_is_not_an_object_is_refused_before_any_commit(tmp_p
             with pytest.raises(InvalidInput, match="build_progress: expected a dict"):
                 s.add(_data(2), build_progress=bad)
         assert s.version == 2 and len(s) == 3
+        s.add(_data(2), build_progress={"rows": (1, 2), "by_file": {3: 4}})
+        assert s.build_record == {"rows": [1, 2], "by_file": {"3": 4}}  # as a reader reads it (it kept tuples)
     with Store.open(tmp_path / "s") as r:
-        assert len(r) == 3
+        assert len(r) == 5 and r.build_record == {"rows": [1, 2], "by_file": {"3": 4}}
 
 
 def test_publish_refuses_a_manifest_no_reader_accepts(tmp_path):
