@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +82,9 @@ MAX_STATE_BYTES = 2 << 30
 DEFAULT_RETAIN = 8
 # Results wider than the live rows are padded with -1 up to k only within this many bytes.
 MAX_RESULT_BYTES = 256 << 20
+# a search whose lazily built segment lost its file to a commit retries on the newer segments
+# this many times (`SegmentGone`)
+SEARCH_RETRIES = 8
 # A committed error model measured on pseudo-queries serves while the live rows are within
 # this factor of those it was measured on (`Store.error_model`): its pairs' neighbours come
 # from the rows there were, and a store four times as large (or small) has other ones.
@@ -640,7 +644,7 @@ class Store:
             worst = np.inf if self.metric == "l2" else -np.inf
             return SearchResult(np.full((nq, k), worst, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
         self._build_layouts = True
-        while True:
+        for retry in itertools.count():
             # the segments taken once, then the store found open (close() marks it closed
             # before it drops them): a close() on another thread left a later read of
             # self._segments empty, and the search answered "no neighbours" instead of
@@ -651,9 +655,11 @@ class Store:
             except SegmentGone:
                 # a writer's segment whose layout waited for this first use lost its file to
                 # a commit on another thread (its version pruned): the newer segments hold its
-                # rows. The same segments again would be a real loss.
-                if self._segments is segments:
+                # rows. The same segments again would be a real loss (as would commits
+                # outpacing every retry).
+                if self._segments is segments or retry >= SEARCH_RETRIES:
                     raise
+        raise AssertionError("unreachable")
 
     def _search_in(self, segments: list[Segment], x: np.ndarray, k: int, nprobe: int | None, rerank: int,
                    sdc: bool, auto: bool, confidence: float | None) -> SearchResult:
