@@ -43,7 +43,7 @@ import shutil
 import threading
 import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..formats import manifest as mf
 from ..formats.body import DATA_FILE_RE, STAGING_RE, body_files, parse_body
@@ -138,7 +138,12 @@ class WriterLock:
         self.linked: int | None = None  # a version `publish` linked but then failed (CommitIncomplete)
         self._kept: set[str] = set()
         self._forked_from: int | None = None  # set in a forked child (`_forget_writers_in_child`)
+        self._owner = id(self)  # a copy made around __init__ has another id: its __del__ leaves the lock
         _WRITERS.add(self)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"{self.path}: a writer's lock cannot be copied or pickled (a copy would hold the "
+                        f"same locked descriptor); open the store again where it is needed")
 
     def check(self, what: str) -> None:
         """Refuse `what` (with `StoreMoved`) unless the path still leads to the locked directory
@@ -221,8 +226,9 @@ class WriterLock:
         # a writer dropped without close(): nothing can write through it any more, so its
         # lock goes with it (the descriptor kept the store locked, to this process too,
         # until the process exited). A forked child's copy has no descriptor (fd None).
-        with contextlib.suppress(Exception):
-            self.release()
+        if getattr(self, "_owner", None) == id(self):
+            with contextlib.suppress(Exception):
+                self.release()
 
 
 def _lock_unpinned(name: str, dir_fd: int) -> int | None:

@@ -415,7 +415,14 @@ def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
         u = np.broadcast_to(query_cosines(x, direction)[:, None], est.shape)
     return ErrorModel.fit(np.where(keep, sign * exact, np.nan), sign * est.astype(np.float64), scale, per_row,
                           ranks, u=u, direction=direction, scores=codec.score_rule,
-                          q_min=float(qn.min(initial=np.inf)) if metric == "l2" and qn.size else 0.0)
+                          q_min=_calibrated_q_min(metric, qn, keep))
+
+
+def _calibrated_q_min(metric: str, qn: np.ndarray, keep: np.ndarray) -> float:
+    """`ErrorModel.q_min`: under l2 the smallest norm of the queries that gave pairs (a zero
+    query gives none: a floor of 0 would be no floor), else 0."""
+    gave = qn[(qn > 0) & keep.any(axis=1)]
+    return float(gave.min()) if metric == "l2" and gave.size else 0.0
 
 
 def _will_need(readers: list, reader_ix: np.ndarray, dense_row: np.ndarray, order: np.ndarray, start: np.ndarray,

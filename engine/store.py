@@ -375,9 +375,10 @@ class Store:
             return load_segment(self.path, rec, codec, pool, dead, build=self._build_layouts)
 
         recs = [rec for _, rec in todo]
-        # (not under workqueue: its pool aborts the process when two threads launch parallel
-        # kernels at once, and the layouts' kernels run outside any `parallel_region`)
-        if len(recs) > 1 and threading_layer() != "workqueue":
+        # (only under tbb or omp: workqueue, or a selector such as "default" that may resolve
+        # to it, aborts the process when two threads launch parallel kernels at once, and the
+        # layouts' kernels run outside any `parallel_region`)
+        if len(recs) > 1 and threading_layer() in ("tbb", "omp"):
             with ThreadPoolExecutor(max_workers=2) as ex:
                 loaded = list(ex.map(load, recs))
         else:
@@ -644,19 +645,23 @@ class Store:
             worst = np.inf if self.metric == "l2" else -np.inf
             return SearchResult(np.full((nq, k), worst, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
         self._build_layouts = True
+        # the segments taken once, then the store found open (close() marks it closed before
+        # it drops them): a close() on another thread left a later read of self._segments
+        # empty, and the search answered "no neighbours" instead of StoreClosed or an answer
+        return self._on_segments("search", lambda segments: self._search_in(segments, x, k, nprobe, rerank, sdc,
+                                                                             auto, confidence))
+
+    def _on_segments(self, what: str, work: Any) -> Any:
+        """work(segments) on the segments taken once (`_taken`). A writer's segment whose
+        layout waited for its first use may have lost its file to a commit on another thread
+        (its version pruned: `SegmentGone`); the newer segments hold its rows, and the work
+        runs again on them. The same segments again would be a real loss (as would commits
+        outpacing `SEARCH_RETRIES` retries)."""
         for retry in itertools.count():
-            # the segments taken once, then the store found open (close() marks it closed
-            # before it drops them): a close() on another thread left a later read of
-            # self._segments empty, and the search answered "no neighbours" instead of
-            # StoreClosed or an answer
-            segments = self._taken("search")
+            segments = self._taken(what)
             try:
-                return self._search_in(segments, x, k, nprobe, rerank, sdc, auto, confidence)
+                return work(segments)
             except SegmentGone:
-                # a writer's segment whose layout waited for this first use lost its file to
-                # a commit on another thread (its version pruned): the newer segments hold its
-                # rows. The same segments again would be a real loss (as would commits
-                # outpacing every retry).
                 if self._segments is segments or retry >= SEARCH_RETRIES:
                     raise
         raise AssertionError("unreachable")
@@ -701,12 +706,16 @@ class Store:
                 raise self._model_error
             # a model applies to the error scales and the scores it was measured with (one
             # committed before the codec's scores changed is measured again, in RAM)
+            # (under l2, one without `q_min`, written before it, is measured again too: it
+            # bounded a query nearer the origin than any calibrated one by an interval of 0)
             if self._model is not None and self._model.per_row == per_row_scales(self._segments) \
-                    and self._model.scores == self.codec.score_rule:
+                    and self._model.scores == self.codec.score_rule \
+                    and not (self.metric == "l2" and self._model.q_min == 0.0):
                 model = self._model
         if model is None:
             self._build_layouts = True
-            model = calibrate(self.codec, self.metric, self._segments, nprobe=max(1, self.codec.nlist // 8))
+            model = self._on_segments("error_model", lambda segments: calibrate(
+                self.codec, self.metric, segments, nprobe=max(1, self.codec.nlist // 8)))
         self._error_model = (self.codec, key, model, False)
         return model
 
@@ -777,7 +786,8 @@ class Store:
         if x is not None and x.shape[0] == 0:
             raise InvalidInput("calibrate: expected at least one query, found 0 queries")
         self._build_layouts = True
-        model = calibrate(self.codec, self.metric, self._segments, nprobe=int(nprobe), queries=x)
+        model = self._on_segments("calibrate", lambda segments: calibrate(self.codec, self.metric, segments,
+                                                                           nprobe=int(nprobe), queries=x))
         if model is None:
             return None  # nothing measured: the model in use stays
         if lock is not None:

@@ -1046,3 +1046,34 @@ def test_an_l2_query_nearer_the_origin_than_any_calibrated_is_not_bounded_too_ti
         assert (np.linalg.norm(rows, axis=1) >= model.q_min).all()
         np.testing.assert_allclose(model.query_scales("l2", rows), np.linalg.norm(rows.astype(np.float64), axis=1),
                                    rtol=1e-12)
+
+
+def test_q_min_ignores_queries_without_pairs_and_old_l2_models_are_measured_again(tmp_path):
+    """A calibration sample holding a zero query set q_min to 0 (no floor: the zero query's
+    pairs have scale 0 and are dropped), and a committed l2 model written before q_min
+    existed bounded a zero query by an interval of width 0 (recall 0.6 against 1.0)."""
+    from vecz.engine import bounds
+
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((4000, 32)) + 0.5).astype(np.float32)
+    path = tmp_path / "s"
+    with Store.create(path, dim=32, metric="l2", codec="OPQ8x8") as s:
+        s.add(x)
+        sample = np.vstack([np.zeros((1, 32)), x[:300] + 0.1 * rng.standard_normal((300, 32))]).astype(np.float32)
+        model = s.calibrate(sample)
+        assert model.q_min > 0 and model.q_min == pytest.approx(np.linalg.norm(sample[1:], axis=1).min(), rel=1e-6)
+    to_arrays = bounds.ErrorModel.to_arrays
+
+    def without_q_min(self):  # as the writer before q_min wrote the model
+        arrays, meta = to_arrays(self)
+        meta.pop("q_min", None)
+        return arrays, meta
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bounds.ErrorModel, "to_arrays", without_q_min)
+        with Store.open(path, mode="a") as w:
+            w.calibrate()
+    with Store.open(path) as r:
+        assert r.calibration is not None and r.error_model().q_min > 0  # measured again, in RAM
+        q = np.zeros((1, 32), np.float32)
+        np.testing.assert_array_equal(r.search(q, 10, rerank="auto").ids, r.search(q, 10, rerank=100).ids)

@@ -422,7 +422,8 @@ sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     assert "non-main thread" not in run.stderr, run.stderr
 
 
-def test_workqueue_opens_a_multi_segment_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("selector", ["workqueue", "default"])
+def test_workqueue_opens_a_multi_segment_store(tmp_path: Path, selector: str) -> None:
     """Segments load on two threads, whose layout kernels run outside any parallel region:
     under a forced workqueue layer the process aborted at open ("Concurrent access has been
     detected", exit 134) with no thread of the user's. It loads them on one thread there."""
@@ -442,7 +443,9 @@ for _ in range(3):
         assert len(s._segments) == 6 and s.search(x[:20], 5, nprobe=8, rerank=20).ids[0, 0] == 0
 print(numba.threading_layer())
 """
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT,
-                         env=_env("workqueue"))
+    env = _env(selector)
+    if selector == "default":  # a selector that resolves to workqueue only when the first region starts
+        env["NUMBA_THREADING_LAYER_PRIORITY"] = "workqueue tbb omp"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["workqueue"]

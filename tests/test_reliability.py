@@ -956,3 +956,51 @@ def test_a_writers_first_search_racing_its_own_commit_answers(tmp_path, monkeypa
     np.testing.assert_array_equal(got.ids, want.ids)
     w.close()
     assert check_store(path) == []
+
+
+def test_a_copy_of_a_writer_never_releases_its_lock(tmp_path):
+    """A copy of a writer's lock (copy.deepcopy of a Store copies it before failing on a
+    thread lock; pickle too) released the live writer's flock and closed its descriptor when
+    dropped: a second writer opened beside it and the first then failed with EBADF."""
+    import copy
+    import gc
+    import pickle
+
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(_data(10))
+        for clone in (copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError):
+                clone(w)
+        gc.collect()
+        with pytest.raises(StoreLocked):
+            Store.open(path, mode="a")
+        w.add(_data(5, seed=1))
+        assert len(w) == 15
+
+
+@pytest.mark.parametrize("call", ["calibrate", "error_model"])
+def test_a_writers_first_calibration_racing_its_own_commit_answers(tmp_path, monkeypatch, call):
+    """As a search (above): Store.calibrate and error_model() measuring on segments whose
+    files a commit on another thread had pruned failed with 'segment file missing'."""
+    from vecz.engine import store as store_mod
+
+    path = tmp_path / "s"
+    x = _data(400)
+    with Store.create(path, dim=DIM, codec="IVF4,SQ8", retain=1) as w:
+        w.auto_merge_rows = 0
+        for lo in range(0, 400, 100):
+            w.add(x[lo:lo + 100])
+    w = Store.open(path, mode="a")
+    calibrate, raced = store_mod.calibrate, []
+
+    def racing(codec, metric, segments, **kwargs):
+        if not raced:
+            raced.append(1)
+            w.compact()
+        return calibrate(codec, metric, segments, **kwargs)
+
+    monkeypatch.setattr(store_mod, "calibrate", racing)
+    model = w.calibrate(commit=False) if call == "calibrate" else w.error_model()
+    assert raced and model is not None
+    w.close()
