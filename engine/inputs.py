@@ -189,8 +189,24 @@ def _from_pandas(x: Any, dim: int, what: str, column: str | None) -> np.ndarray:
     return asarray(x, what, f"a 2-D array (n, {dim}) of floats")
 
 
+def _check_id_items(items: np.ndarray, what: str) -> np.ndarray:
+    """Object ids (1-D) item by item: a missing one (None, pandas NA, NaN) or a Python int
+    beyond int64 named with its row; all in-range ints as int64; else `items` unchanged."""
+    for i, v in enumerate(items):
+        if v is None or type(v).__name__ == "NAType" or (isinstance(v, float) and v != v):
+            raise InvalidInput(f"{what}: expected integer ids, found a missing value (null or NaN) at row {i}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in items):
+        return items
+    wide = next((i for i, v in enumerate(items) if not -(1 << 63) <= v <= _MAX_ID), None)
+    if wide is not None:  # numpy left them Python ints: one does not fit int64
+        raise InvalidInput(f"{what}: ids must fit int64, found {items[wide]} at row {wide}")
+    return items.astype(np.int64)
+
+
 def as_ids(ids: Any, what: str) -> np.ndarray:
     """Integer ids (numpy, pyarrow, pandas, lists; a scalar is one id) as int64 (n,)."""
+    if ids is None:
+        raise InvalidInput(f"{what}: expected integer ids, found None")
     arr = asarray(ids, what, "a 1-D array of integer ids")
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -199,12 +215,14 @@ def as_ids(ids: Any, what: str) -> np.ndarray:
     if arr.size and arr.dtype.kind == "f" and np.isnan(arr).any():  # a pyarrow null or pandas NA reads as NaN
         raise InvalidInput(f"{what}: expected integer ids, found a missing value (null or NaN) at row "
                            f"{int(np.flatnonzero(np.isnan(arr))[0])}")
-    if arr.size and arr.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                                  for v in arr):
-        wide = next((i for i, v in enumerate(arr) if not -(1 << 63) <= v <= _MAX_ID), None)
-        if wide is not None:  # numpy left them Python ints: one does not fit int64
-            raise InvalidInput(f"{what}: ids must fit int64, found {arr[wide]} at row {wide}")
-        arr = arr.astype(np.int64)
+    if arr.size and arr.dtype.kind in "fO" and isinstance(ids, (list, tuple)) and arr.ndim == 1:
+        # a list numpy made floats or objects of: see its items as given (2**63 beside small
+        # ints became a float, None an object)
+        items = np.empty(len(ids), dtype=object)
+        items[:] = list(ids)
+        _check_id_items(items, what)
+    if arr.size and arr.dtype.kind == "O":
+        arr = _check_id_items(arr, what)
     if arr.size and arr.dtype.kind not in "iu":
         raise InvalidInput(f"{what}: expected integer ids, found dtype {arr.dtype}")
     if arr.size and arr.dtype.kind == "u" and arr.max() > _MAX_ID:

@@ -86,7 +86,7 @@ from ..formats.body import SegmentRecord, data_file_name, parse_body
 from ..formats import manifest as mf
 from ..formats.dense import DenseInfo
 from . import writes
-from .codecs import Codec, SearchResult, SearchStats, _as_vectors, check_norms
+from .codecs import Codec, SearchResult, SearchStats, _as_vectors
 from .commit import VersionPin, storage_errors
 from .errors import (InvalidInput, MissingDependency, ShardUnavailable, StorageError, StoreCorrupted, StoreNotFound,
                      VeczError)
@@ -316,13 +316,19 @@ def _encode_rows(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, colu
         config, arrays = ray.get(codec_ref[0])
         codec = _CODECS[key] = Codec.from_config(config, arrays)
     x = _as_vectors(_matrix(batch[column], "vectors"), dim, "vectors")
-    writes.check_rows(x, dense, "vectors", codec.metric)
     ids = np.asarray(batch[id_column])
     if ids.dtype.kind not in "iu" or ids.shape != (x.shape[0],):
         raise InvalidInput(f"ids: expected one integer id per row, found {ids.dtype} {ids.shape}")
     if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:  # the cast would wrap them
         raise InvalidInput(f"ids: ids must fit int64, found {ids.max()}")
     ids = ids.astype(np.int64) + np.int64(id_offset)
+    try:
+        writes.check_rows(x, dense, "vectors", codec.metric)
+    except InvalidInput as exc:  # a batch's row number means nothing to the caller: name the row's id
+        template, row = getattr(exc, "template", None), getattr(exc, "row", None)
+        if template is None or row is None:
+            raise
+        raise InvalidInput(template.format(where="vectors", row=f"{row} of a batch (id {int(ids[row])})")) from None
     if ids.min() < 0:
         raise InvalidInput(f"ids must be >= 0 (-1 marks an empty result slot), found {int(ids.min())}")
     if ids.size > 1 and not (np.diff(ids) > 0).all():
@@ -837,6 +843,8 @@ class ShardedStore:
         if cpus_per_shard is not None and (isinstance(cpus_per_shard, bool) or not isinstance(
                 cpus_per_shard, (int, float, np.integer, np.floating)) or not 0 < cpus_per_shard < math.inf):
             raise InvalidInput(f"cpus_per_shard: expected None or a number > 0, found {cpus_per_shard!r}")
+        if isinstance(version, np.integer) and not isinstance(version, np.bool_):
+            version = int(version)  # as Store.open
         self._ray = _ray()
         connect(address)
         self.path = Path(path)
@@ -971,7 +979,9 @@ class ShardedStore:
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
         x = _as_vectors(queries, self.body.dim, "queries")
-        check_norms(x, self.body.metric, "queries")  # the actors' codecs would; refused before they run
+        # the query checks of a store's search (norms, zero rows under cosine), before the actors run
+        # (and where none runs: a version without live rows)
+        self.codec._prepare_rows(x, "queries")
         metric, nq = self.body.metric, x.shape[0]
         live = self.body.live
         if nq == 0 or live == 0 or self.body.codec_file is None:

@@ -149,7 +149,8 @@ class _SerialBlas:
     @classmethod
     def _restore(cls) -> None:
         """Give BLAS back the thread counts the first scope found, where the count is still
-        the 1 the scope set (a count another thread of the caller set meanwhile stays)."""
+        the 1 the scope set (a count another thread of the caller set meanwhile stays, unless
+        it set 1: that looks like the scope's own)."""
         if cls._lowered:
             for (get, set_threads), n in zip(cls._thread_calls(), cls._saved):
                 if n != 1 and get() == 1:

@@ -741,3 +741,29 @@ def test_sharded_store_arguments_are_checked_before_any_actor(tmp_path):
                {"cpus_per_shard": True}, {"cpus_per_shard": float("nan")}, {"shards": 0}):
         with pytest.raises(InvalidInput, match=next(iter(kw))):
             vray.ShardedStore(tmp_path / "nowhere", **kw)
+
+
+def test_sharded_queries_are_checked_as_a_stores_and_a_numpy_version_opens(tmp_path):
+    """A ShardedStore answered a zero cosine query 'no neighbours' on a store without live
+    rows (and with rows it came back as a RayTaskError from the actor); version=np.int64(v)
+    was refused although Store.open takes it."""
+    x = _data(200, 8)
+    with Store.create(tmp_path / "s", dim=8, codec="SQ8") as s:
+        s.add(x)
+        v = s.version
+        s.delete(np.arange(200))
+    zero = np.zeros((2, 8), np.float32)
+    for version in (v, None):  # with rows, then every row deleted
+        with vray.ShardedStore(tmp_path / "s", shards=1, cpus_per_shard=0.5,
+                               version=None if version is None else np.int64(version)) as sh:
+            with pytest.raises(InvalidInput, match="row 0 all zeros"):
+                sh.search(zero, 3)
+
+
+def test_ray_build_names_a_refused_rows_id(tmp_path):
+    """A row the f16 tier refuses was named by its row within a Ray batch ('row 600' for data
+    row 2100); it names the row's id now."""
+    x = _data(3000, 16)
+    x[2100] *= 1e-6
+    with pytest.raises(InvalidInput, match=r"row 600 of a batch \(id 2100\)"):
+        vray.build(tmp_path / "s", x, codec="SQ8", dense="f16", segment_rows=1000, workers=1)
