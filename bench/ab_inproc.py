@@ -30,10 +30,12 @@ process holding two copies of the engine, so only the ratio is the figure to quo
 from __future__ import annotations
 
 import argparse
+import atexit
 import ast
 import glob
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -65,6 +67,7 @@ def old_module(checkout: Path, module: str):
     package ``vecz_old``."""
     if "vecz_old" not in sys.modules:
         root = Path(tempfile.mkdtemp(prefix="vecz-ab-"))
+        atexit.register(shutil.rmtree, root, True)  # a symlink inside: rmtree removes the link, not the checkout
         (root / "vecz_old").symlink_to(Path(checkout).resolve())
         sys.path.insert(0, str(root))
     return importlib.import_module(f"vecz_old.{module}")

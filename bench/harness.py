@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from vecz.engine.bench.data import dataset_dir, dataset_truth
+from vecz.engine.bench.faiss_side import faiss_code_size as _engine_code_size
 from vecz.engine.bench.metrics import recall_at
 from vecz.engine.bench.runner import set_blas_threads
 from vecz.engine.codecs import CodeIndex
@@ -126,10 +127,12 @@ def resident_bytes(index: CodeIndex) -> int:
 
 
 def faiss_code_size(index: faiss.Index) -> int:
-    """Bytes per vector of a faiss index's codes, per-vector factors included."""
+    """Bytes per vector of a faiss index's codes, per-vector factors included, without the
+    list number an IVF index's standalone codes carry and its lists do not store
+    (`vecz.engine.bench.faiss_side.faiss_code_size`: it reported IVF256,PQ48x8 as 49)."""
     if isinstance(index, faiss.IndexBinary):
         return int(index.code_size)
-    return int(index.sa_code_size())
+    return _engine_code_size(index)
 
 
 # --------------------------------------------------------------------------- faiss

@@ -51,7 +51,8 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         recall = np.mean([len(set(res.ids[i]) & set(truth[i])) / 10 for i in range(len(q))])
-        print(f"{spec:18s} trained on {int(n_train):6d} rows: recall@10 R0 {recall:.3f}")
+        trained = min(int(n_train), len(base))  # base[:n_train] holds no more than the base
+        print(f"{spec:18s} trained on {trained:6d} rows: recall@10 R0 {recall:.3f}")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,7 @@ from vecz.engine.bench.data import Dataset, dataset_truth, ground_truth  # noqa:
 from vecz.engine.bench.metrics import least_rows, miss_rate, recall_at, truth_ranks  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import auto_cap  # noqa: E402
+from vecz.errors import VeczError  # noqa: E402
 from vecz.engine.search import _exact, _query_norms, _scales, _shortlist  # noqa: E402
 
 K = 10
@@ -149,12 +151,23 @@ def oracle(ranks: np.ndarray, recall_value: float) -> dict | None:
                                      "p99": got["p99"]}
 
 
+def _complete(path: Path, rows: int) -> bool:
+    """Whether the store at `path` holds `rows` live rows (a build cut short holds fewer)."""
+    try:
+        with Store.open(path) as s:
+            return len(s) == rows
+    except VeczError:
+        return False
+
+
 def reshape(base: np.ndarray, queries: np.ndarray, args) -> tuple[np.ndarray, np.ndarray, str]:
     """Rows and queries after --rows, --shift, --lift and --norms (see the module's
     docstring), as float32, and a tag naming what was done ("" for nothing)."""
     rng = np.random.default_rng(20261206)
     tag = ""
     if args.rows:
+        if not 1 <= args.rows <= len(base):
+            raise SystemExit(f"--rows: expected 1..{len(base)}, found {args.rows}")
         base, tag = base[: args.rows], tag + f"-n{args.rows}"
     base = np.asarray(base, dtype=np.float32)
     if args.shift:
@@ -212,6 +225,8 @@ def run(args) -> dict:
             tail = "" if args.metric == "cosine" else f"-{args.metric}"
             tail += (f"-d{args.truncate}" if args.truncate else "") + shape_tag
             path = Path(args.work) / f"{name}-{spec.replace(',', '_')}{tail}"
+            if path.exists() and not _complete(path, len(base)):  # an interrupted build: built again
+                shutil.rmtree(path)
             if not path.exists():
                 t = time.perf_counter()
                 with Store.create(path, dim=base.shape[1], metric=args.metric, codec=spec, dense="f16") as s:

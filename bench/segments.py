@@ -44,6 +44,7 @@ from vecz.engine.bench.data import dataset_folder, dataset_truth
 from vecz.engine.bench.metrics import LATENCY_QUERIES, recall_at, time_single
 from vecz.engine.bench.report import _cpu_model
 from vecz.engine.bounds import auto_cap
+from vecz.errors import VeczError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,6 +55,9 @@ DEFAULT_POINTS = "IVF256,OPQ96x4:100:48;IVF256,OPQ96x4:auto:48;IVF256,RB2:30:64;
 def split_sizes(text: str, n: int) -> list[int]:
     if text == "tiers":
         small = (n - 65536 - 3 * 16384) // 3
+        if small < 1:  # negative parts: a misleading "expected 10000 ids" and an empty store left
+            raise SystemExit(f"--split tiers needs at least {65536 + 3 * 16384 + 3} rows, found {n}: "
+                             f"use --split equal:<parts>")
         return [65536, 16384, 16384, 16384, small, small, small]
     kind, _, parts = text.partition(":")
     if kind != "equal" or not parts.isdigit() or int(parts) < 1:
@@ -61,9 +65,22 @@ def split_sizes(text: str, n: int) -> list[int]:
     return [len(p) for p in np.array_split(np.arange(n), int(parts))]
 
 
+def _complete(path: Path, sizes: list[int]) -> bool:
+    """Whether the store at `path` holds every part: sum(sizes) rows in len(sizes) segments
+    (each part is a commit of its own, so an interrupted build is a valid, smaller store)."""
+    try:
+        with Store.open(path) as s:
+            return len(s) == sum(sizes) and s.info()["segments"] == len(sizes) and s.calibration is not None
+    except VeczError:
+        return False
+
+
 def build(path: Path, one: Path, x: np.ndarray, spec: str, sizes: list[int]) -> None:
     """`path`: the parts added in order, automatic merges off (the codec is trained on the
     first); `one`: a copy of it compacted into one segment (the same codec and codes)."""
+    if any(path.glob("MANIFEST-*")) and not _complete(path, sizes):  # a build cut short: again
+        shutil.rmtree(path)
+        shutil.rmtree(one, ignore_errors=True)
     if not any(path.glob("MANIFEST-*")):  # else built by an earlier run
         t = time.perf_counter()
         with Store.create(path, dim=x.shape[1], codec=spec, dense="f32", metric="cosine") as s:

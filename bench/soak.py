@@ -175,8 +175,8 @@ class History:
         """Apply one journal record; returns what is inconsistent about it (empty if fine)."""
         v = rec["v"]
         problems = []
-        if v != self.version + 1:
-            problems.append(f"journal: version {v} follows {self.version} (expected {self.version + 1})")
+        if v <= self.version:  # above + 1 where automatic merges committed versions of their own between
+            problems.append(f"journal: version {v} follows {self.version} (expected a later one)")
         if rec["op"] == "add":
             lo, hi = rec["lo"], rec["hi"]
             if lo != self.next_id:
@@ -436,9 +436,9 @@ def run_writer(work: Path, cfg: dict[str, Any]) -> dict[str, Any]:
                 continue
             fails.add(f"writer {op} left the version at {before}")
             continue
-        if store.version != before + 1:
-            fails.add(f"writer {op} moved the version {before} -> {store.version}")
-        record["v"] = store.version
+        # the operation's own commit is version before + 1; automatic merges may follow it as
+        # commits of their own (engine/writes.py), which change no live row
+        record["v"] = before + 1
         journal.append(record)
         ops["commits"] += 1
     t_end = time.time()

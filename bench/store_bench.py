@@ -229,6 +229,8 @@ def _faiss_best(faiss_rows: list[dict], rec: float, better) -> tuple[dict, bool]
 def _point(text: str) -> tuple[str, int | str, str | None]:
     """SPEC:R[:NPROBE] with R an integer or auto (auto@CAP for a cap other than the default)."""
     spec, r, nprobe = (text.split(":") + [None, None])[:3]
+    if r is None:
+        raise ValueError(f"no R in {text!r}")
     return spec, (r.replace("@", ":") if r.startswith("auto") else int(r)), nprobe
 
 
@@ -338,7 +340,7 @@ def part_ram(args, base, specs, out):
               f"= {row['store_open_delta'] / payload:.2f}x the payload); after 1000 searches with rerank 50: "
               f"anonymous +{row['store_anon_delta'] / mib:.1f} MiB over the runtime "
               f"({row['store_anon_delta'] / payload:.2f}x), file pages mapped {row['file_after_search'] / mib:.1f} MiB "
-              f"(page cache of the dense rows read); target 1.3 x payload + 64 MiB = {row['budget'] / mib:.1f} MiB",
+              f"(RssFile: the runtime's shared libraries as well as the dense rows read); target 1.3 x payload + 64 MiB = {row['budget'] / mib:.1f} MiB",
               flush=True)
     out["ram"] = rows
 
@@ -469,6 +471,11 @@ def main() -> None:
     args = p.parse_args()
     args.rerank = [int(v) for v in args.rerank.split(",")]
     args.points = [v for v in args.points.split(";") if v]
+    for point in args.points:
+        try:
+            _point(point)
+        except (ValueError, AttributeError):
+            p.error(f"--points: expected SPEC:R[:NPROBE] with R an integer, auto or auto@CAP, found {point!r}")
     specs = [v for v in args.specs.split(";") if v]
     data = Path(args.data)
     ds = dataset_truth(data, "cosine")  # every store and faiss index here ranks by cosine
@@ -477,6 +484,10 @@ def main() -> None:
     out: dict = {"command": " ".join(sys.argv), "data": str(data), "n": len(base), "nq": len(queries),
                  "dense": args.dense, "faiss": faiss.__version__, "numba": numba.__version__}
     parts = args.parts.split(",")
+    known = ("build", "quality", "speed", "single", "ram", "cold", "first")
+    unknown = [part for part in parts if part not in known]
+    if unknown:  # an unknown name wrote a report without figures
+        p.error(f"--parts: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
     if "build" in parts:
         part_build(args, base, specs, out)
     if "quality" in parts:
