@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shlex
 import sys
 import time
@@ -762,28 +761,7 @@ def _codecs(args: argparse.Namespace) -> int:
     print(f"{'spec':<{width}}  code B/vec  B/vec with id  {ram}  ({args.dim} dims, {args.metric})")
     for spec, size in rows:
         print(f"{spec:<{width}}  {size:>10,}  {size + ID_BYTES:>13,}  {_size((size + ID_BYTES) * args.rows):>{len(ram)}}")
-    for spec, _ in rows:
-        note = _padding_note(spec, args.dim)
-        if note:
-            print(note)
     return 0
-
-
-def _padding_note(spec: str, dim: int) -> str | None:
-    """A note when padding leaves some of a spec's PQ sub-quantizers without a dim
-    (`quantizers.pq_useful_m`), else None."""
-    from .quantizers import pq_useful_m
-
-    pq = re.search(r"(O?PQ)(\d+)x(\d)", spec)
-    if pq is None:
-        return None
-    mrl = re.match(r"MRL(\d+),", spec)
-    width, m = int(mrl.group(1)) if mrl else dim, int(pq.group(2))
-    useful = pq_useful_m(width, m)
-    if useful == m:
-        return None
-    return (f"note: {spec} codes {width} dims as {pq.group(1)}{useful}x{pq.group(3)} would: rows are zero-padded to "
-            f"{m} x {-(-width // m)} dims, so {m - useful} of its {m} sub-quantizers see only padding")
 
 
 def _size(n: int) -> str:

@@ -221,6 +221,21 @@ def _takes_row_norms(stages: tuple[Stage, ...], metric: str) -> bool:
     return metric == "ip" and mrl is None and isinstance(quant, PQ)
 
 
+def _takes_spread(stages: tuple[Stage, ...], width: int) -> bool:
+    """Whether a codec of these stages coding `width` dims has a PQ to spread (`PQ.spread`:
+    width % M != 0)."""
+    quant = stages[-1]
+    return isinstance(quant, PQ) and width % quant.m != 0
+
+
+def _config_bool(config: dict[str, Any], key: str) -> bool:
+    """A config's boolean `key` (absent: False, written before the field existed)."""
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise CodecSpecError(f"codec config field {key!r}: expected a boolean, found {value!r:.80}")
+    return value
+
+
 def _config_row_norms(config: dict[str, Any]) -> bool:
     """A config's ``row_norms`` (absent: False, written before row norms existed)."""
     value = config.get("row_norms", False)
@@ -395,6 +410,11 @@ class Codec:
         and rows score ``|x| <q, x_hat> / |x_hat|`` (`vecz.engine.quantizers.PQ`). None (the
         default) means True where it applies; False keeps the plain <q, x_hat> (codecs
         from faiss, whose codes carry no norms, and configs written before it).
+    pq_spread : bool or None
+        PQ on a width M does not divide only: each sub-quantizer codes ceil or floor(width /
+        M) dims (`vecz.engine.quantizers.PQ`'s ``spread``). None (the default) means True
+        where it applies; False pads on the right, as codecs made before it did (their
+        configs lack the field), leaving sub-quantizers wholly past the last dim unused.
 
     Thread-safety: a trained codec is immutable; `encode`, `decode`, `plan` and
     `CodeIndex.search` may run from several threads.
@@ -410,6 +430,7 @@ class Codec:
         train_size: int = 65536,
         rotation: str = "itq",
         row_norms: bool | None = None,
+        pq_spread: bool | None = None,
     ) -> None:
         if metric not in METRICS:
             raise InvalidInput(f"metric must be one of {METRICS}, found {metric!r}")
@@ -438,6 +459,13 @@ class Codec:
                                f"{self.spec!r} under {metric!r}")
         if fits and row_norms is not False:
             self.stages = (*self.stages[:-1], dataclasses.replace(self.stages[-1], row_norms=True))
+        if pq_spread is not None and not isinstance(pq_spread, (bool, np.bool_)):
+            raise InvalidInput(f"pq_spread: expected True, False or None, found {pq_spread!r}")
+        if pq_spread and not _takes_spread(self.stages, self.width):
+            raise InvalidInput(f"pq_spread: only PQ on a width M does not divide spreads its padding, found "
+                               f"{self.spec!r} on {self.width} dims")
+        if _takes_spread(self.stages, self.width) and (pq_spread is None or bool(pq_spread)):
+            self.stages = (*self.stages[:-1], dataclasses.replace(self.stages[-1], spread=True))
         self.mrl, self.ivf, self.quantizer = _split(self.stages)
         self.code_size = self.quantizer.code_size(self.width, metric)
         self._state: dict[str, np.ndarray] | None = None
@@ -452,6 +480,7 @@ class Codec:
             f"Codec({self.spec!r}, dim={self.dim}, metric={self.metric!r}, seed={self.seed}, "
             f"train_size={self.train_size}, rotation={self.rotation!r}"
             + (", row_norms=False" if not self.row_norms and _takes_row_norms(self.stages, self.metric) else "")
+            + (", pq_spread=False" if not self.pq_spread and _takes_spread(self.stages, self.width) else "")
             + ")"
         )
 
@@ -470,6 +499,8 @@ class Codec:
             # where it applies (`_takes_row_norms`) always written: a config without it
             # predates row norms and means False
             **({"row_norms": self.row_norms} if _takes_row_norms(self.stages, self.metric) else {}),
+            # likewise: a config without it predates the spread padding and means False
+            **({"pq_spread": self.pq_spread} if _takes_spread(self.stages, self.width) else {}),
         }
 
     @classmethod
@@ -494,6 +525,7 @@ class Codec:
             train_size=config.get("train_size", 65536),
             rotation=config.get("rotation", "itq"),
             row_norms=_config_row_norms(config),
+            pq_spread=_config_bool(config, "pq_spread") if "pq_spread" in config else False,
         )
         if "code_size" in config and (type(config["code_size"]) is not int or config["code_size"] != codec.code_size):
             raise CodecSpecError(f"config says code_size {config['code_size']!r}, spec gives {codec.code_size}")
@@ -584,6 +616,12 @@ class Codec:
         """Whether each code ends with its row's norm (`PQ.row_norms`; the constructor's
         ``row_norms``)."""
         return bool(getattr(self.quantizer, "row_norms", False))
+
+    @property
+    def pq_spread(self) -> bool:
+        """Whether PQ spreads its padding over the sub-quantizers (`PQ.spread`; the
+        constructor's ``pq_spread``)."""
+        return bool(getattr(self.quantizer, "spread", False))
 
     @property
     def unit_rows(self) -> bool:

@@ -75,7 +75,7 @@ subtraction, exactly vecz's, its ``sa_encode`` prepends no list number at nlist 
 and it scores ``<q, c> + <q, r>`` (ip) or per-list tables on ``q - c`` (l2) as vecz does. A
 LinearTransform with the mean as bias would cost a d x d matrix product per vector and is
 exact only because the matrix is the identity. RB has no faiss twin (`CodecSpecError`), and
-PQ over a width M does not divide (vecz zero-pads the last sub-space, faiss needs d % M == 0)
+PQ over a width M does not divide (vecz pads its sub-spaces, faiss needs d % M == 0)
 is refused too.
 
 4-bit codes: vecz's `pq4_pack` puts sub-code 2j in the low nibble of byte j and 2j+1 in the
@@ -459,7 +459,7 @@ def _build_core(faiss: Any, codec: Any, fast_scan: bool) -> Any:
                              "differently: random rotation, its own per-vector factors, no learned rotation or levels)")
     if kind == "PQ" and d % q.m:
         raise CodecSpecError(f"{codec.spec!r} on {d} dims: faiss PQ expected a width divisible by M={q.m}, found "
-                             f"{d} % {q.m} = {d % q.m} (vecz zero-pads the last sub-space, faiss cannot)")
+                             f"{d} % {q.m} = {d % q.m} (vecz pads its sub-spaces, faiss cannot)")
     centroids = state["centroids"]
     if kind == "PQ" and q.rotate:  # faiss rotates x before the coarse quantizer: x R - c R = (x - c) R
         centroids = centroids @ state["pq_rotation"]

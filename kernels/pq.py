@@ -45,6 +45,7 @@ __all__ = [
     "pq_lut_scan_cosine_batch",
     "pq_dsub",
     "pq_pad",
+    "pq_place",
     "pq_train",
     "opq_train",
     "pq_encode",
@@ -122,7 +123,8 @@ def _pq_means(y: np.ndarray, codes: np.ndarray, books: np.ndarray) -> np.ndarray
 
 def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int = OPQ_ITER,
               pq_iter: int = OPQ_PQ_ITER, rows: int = OPQ_ROWS,
-              svd_scope: Callable[[], ContextManager[Any]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              svd_scope: Callable[[], ContextManager[Any]] | None = None,
+              positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Optimized product quantization (Ge et al. 2013, the non-parametric OPQ): an
     orthogonal rotation R (float32 (dim, dim), applied as x @ R) and codebooks for x R.
 
@@ -134,9 +136,17 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
     on. The loop runs on at most `rows` rows of x (drawn with `seed`); the final codebooks
     train on all of x, rotated, with `pq_train`'s defaults. Each SVD runs inside
     `svd_scope()` when given. On wordnet-minilm (PQ56x8, 65,536 rows) the squared error of
-    unit rows falls from 0.240 to 0.153 in ~13 s (docs/results/opq.md)."""
+    unit rows falls from 0.240 to 0.153 in ~13 s (docs/results/opq.md).
+
+    `positions` (int (dim,)): where the rotated rows' dims sit in the codebooks' padded
+    width M * dsub, the rest zeros (`pq_place`); None: the first dim (padding on the right).
+    The codebooks are those of the placed rows."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
+
+    def place(y: np.ndarray) -> np.ndarray:
+        return y if positions is None else pq_place(y, positions, m)
+
     if pq_iter < 1:
         raise ValueError(f"opq_train: expected pq_iter >= 1, found {pq_iter}")
     rng = np.random.default_rng(seed)
@@ -148,7 +158,7 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
         # from `matmul_rows_batch`'s fixed order of sums); at 1,536 dims the row-by-row
         # product took 0.98 s an iteration against BLAS's 0.42 on 2 cores
         for it in range(n_iter):
-            y = np.ascontiguousarray(sub @ rot, dtype=np.float32)  # rows under the last step's R
+            y = place(np.ascontiguousarray(sub @ rot, dtype=np.float32))  # rows under the last step's R
             if it == 0:
                 books = pq_train(y, m, nbits, seed=seed)
             for _ in range(pq_iter):
@@ -156,7 +166,9 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
                 books = _pq_means(y, codes, books)
             # x^T decode in float32 BLAS (a float64 product cost 8x as much; R only needs
             # to be orthogonal, which the float64 polar factor makes it)
-            cross = (subt @ pq_decode(codes, books, d)).astype(np.float64)
+            decoded = pq_decode(codes, books, y.shape[1])
+            decoded = decoded if positions is None else np.ascontiguousarray(decoded[:, positions])
+            cross = (subt @ decoded).astype(np.float64)
             if svd_scope is None:
                 rot = polar(cross).astype(np.float32)
             else:
@@ -164,7 +176,15 @@ def opq_train(x: np.ndarray, m: int, nbits: int, *, seed: int = 0, n_iter: int =
                     rot = polar(cross).astype(np.float32)
         # (the last R rotates all of x below: no rows rotated in the loop go unused)
     rot = np.ascontiguousarray(rot, dtype=np.float32)
-    return rot, pq_train(matmul_rows_batch(x, rot), m, nbits, seed=seed)
+    return rot, pq_train(place(matmul_rows_batch(x, rot)), m, nbits, seed=seed)
+
+
+def pq_place(x: np.ndarray, positions: np.ndarray, m: int) -> np.ndarray:
+    """Rows x (n, dim) placed at `positions` (int (dim,)) of zero rows (n, M * dsub), float32
+    C-contiguous: a padding other than on the right (`pq_pad`)."""
+    out = np.zeros((x.shape[0], m * pq_dsub(x.shape[1], m)), dtype=np.float32)
+    out[:, positions] = x
+    return out
 
 
 @jit

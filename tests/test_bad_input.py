@@ -984,9 +984,9 @@ def _uneven_pq(env: Env, tmp: Path) -> str:
         s.add(X)
         res = s.search(X[:3], 1, rerank=40)
         assert res.ids[:, 0].tolist() == [0, 1, 2]
-    return ("accepted: the rows are padded with zeros to M sub-vectors of ceil(dim / M) dims (a sub-quantizer "
-            "wholly past the last dim codes nothing: PQ100x8 on 384 dims wastes 4 of its 100 bytes; "
-            "`vecz codecs SPEC --dim D` says so, and `vecz bench --budget` never proposes such a spec)")
+    return ("accepted: each of the M sub-quantizers codes ceil(dim / M) or floor(dim / M) dims, padded with zeros "
+            "to ceil(dim / M) (codecs made before the spread padding, whose config lacks `pq_spread`, pad on the "
+            "right: PQ100x8 on 384 dims wasted 4 of its 100 bytes)")
 
 
 def _more_lists_than_rows(env: Env, tmp: Path) -> str:

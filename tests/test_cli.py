@@ -488,15 +488,3 @@ def test_a_closed_output_pipe_is_not_a_storage_error(tmp_path):
     run = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m vecz search {tmp_path / 's'} "
                           f"{tmp_path / 'q.npy'} -k 10 | head -c 100 > /dev/null"], capture_output=True, text=True)
     assert run.returncode == 141 and run.stderr == "", (run.returncode, run.stderr)
-
-
-def test_codecs_notes_sub_quantizers_left_to_padding(capsys):
-    """PQ pads rows on the right to M * ceil(dim / M): `vecz codecs` says when some of a
-    spec's sub-quantizers would see only padding (OPQ124x4 on 384 dims codes as OPQ96x4;
-    under MRL the kept width counts)."""
-    assert main(["codecs", "OPQ124x4", "PQ48x8", "MRL100,IVF16,PQ30x8", "MRL100,PQ25x8", "--dim", "384"]) == 0
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
-    assert notes == ["note: OPQ124x4 codes 384 dims as OPQ96x4 would: rows are zero-padded to 124 x 4 dims, so 28 of "
-                     "its 124 sub-quantizers see only padding",
-                     "note: MRL100,IVF16,PQ30x8 codes 100 dims as PQ25x8 would: rows are zero-padded to 30 x 4 dims, "
-                     "so 5 of its 30 sub-quantizers see only padding"]

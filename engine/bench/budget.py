@@ -50,7 +50,7 @@ import numpy as np
 
 from ..codecs import code_size
 from ..errors import CodecSpecError, InvalidInput
-from ..quantizers import PQ4_MAX_M, pq_useful_m
+from ..quantizers import PQ4_MAX_M
 from .data import Dataset, ground_truth
 from .exact import exact_keys, prepare, select_exact
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_nprobe
@@ -116,10 +116,9 @@ def candidate_specs(budget: int, dim: int, metric: str, n: int) -> list[str]:
 
     # under ip a PQ code also holds its row's norm (`Codec`'s row_norms): those bytes first
     pq_bytes = budget - (code_size("PQ1x8", dim, metric) - 1)
-    # the most sub-quantizers that fit, less those padding would leave without a dim (`pq_useful_m`)
-    m8 = pq_useful_m(dim, min(pq_bytes, dim)) if pq_bytes >= 1 else 0
+    m8 = min(pq_bytes, dim)
     add(f"PQ{m8}x8" if m8 >= 1 else None)
-    m4 = pq_useful_m(dim, min(2 * pq_bytes, dim, PQ4_MAX_M)) if pq_bytes >= 1 else 0
+    m4 = min(2 * pq_bytes, dim, PQ4_MAX_M) // 2 * 2  # the most 4-bit sub-quantizers that fit
     add(f"PQ{m4}x4" if m4 >= 2 else None)
     add(f"OPQ{m8}x8" if m8 >= 1 else None)
     add(f"OPQ{m4}x4" if m4 >= 2 else None)

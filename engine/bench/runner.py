@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from ..bounds import DEFAULT_CONFIDENCE, parse_auto
 from ..codecs import METRICS, Codec, code_size
 from ..errors import CodecSpecError, InvalidInput
-from ..quantizers import PQ4_MAX_M, pq_useful_m
+from ..quantizers import PQ4_MAX_M
 from .data import Dataset, ground_truth
 from .exact import prepare
 from .faiss_side import FAISS_RABITQ_QB, FaissSide, set_faiss_threads
@@ -110,8 +110,8 @@ def default_codecs(n: int, dim: int, grid: str = DEFAULT_CODECS) -> str:
 
 def _scaled_m(m: int, nbits: int, dim: int) -> int:
     """A grid's PQ sub-quantizer count `m` at 384 dims scaled to `dim`, within what PQ takes
-    (1..dim; 4-bit at most `PQ4_MAX_M`), less those padding leaves without a dim (`pq_useful_m`)."""
-    return pq_useful_m(dim, max(1, min(dim, m * dim // 384, PQ4_MAX_M if nbits == 4 else dim)))
+    (1..dim; 4-bit at most `PQ4_MAX_M`)."""
+    return max(1, min(dim, m * dim // 384, PQ4_MAX_M if nbits == 4 else dim))
 
 
 def parse_codecs(text: str, dim: int, metric: str) -> list[str]:
