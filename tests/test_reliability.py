@@ -925,6 +925,18 @@ def test_a_writer_dropped_without_close_releases_the_store(tmp_path):
         assert len(w) == 10
 
 
+def _four_segments_keeping_one_version(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A store of four 100-row segments (no automatic merge) that keeps one version: a commit
+    prunes the files of the version before it."""
+    path = tmp_path / "s"
+    x = _data(400)
+    with Store.create(path, dim=DIM, codec="IVF4,SQ8", retain=1) as w:
+        w.auto_merge_rows = 0
+        for lo in range(0, 400, 100):
+            w.add(x[lo:lo + 100])
+    return path, x
+
+
 def test_a_writers_first_search_racing_its_own_commit_answers(tmp_path, monkeypatch):
     """A writer leaves its segments' layouts to their first search; a commit on another
     thread that pruned their version (retain=1) deleted the files first, and the search
@@ -932,12 +944,7 @@ def test_a_writers_first_search_racing_its_own_commit_answers(tmp_path, monkeypa
     of such races). It now searches the newer segments."""
     from vecz.engine import store as store_mod
 
-    path = tmp_path / "s"
-    x = _data(400)
-    with Store.create(path, dim=DIM, codec="IVF4,SQ8", retain=1) as w:
-        w.auto_merge_rows = 0
-        for lo in range(0, 400, 100):
-            w.add(x[lo:lo + 100])
+    path, x = _four_segments_keeping_one_version(tmp_path)
     with Store.open(path) as r:
         want = r.search(x[:5], 5, rerank=50)
     w = Store.open(path, mode="a")
@@ -984,12 +991,7 @@ def test_a_writers_first_calibration_racing_its_own_commit_answers(tmp_path, mon
     files a commit on another thread had pruned failed with 'segment file missing'."""
     from vecz.engine import store as store_mod
 
-    path = tmp_path / "s"
-    x = _data(400)
-    with Store.create(path, dim=DIM, codec="IVF4,SQ8", retain=1) as w:
-        w.auto_merge_rows = 0
-        for lo in range(0, 400, 100):
-            w.add(x[lo:lo + 100])
+    path, _ = _four_segments_keeping_one_version(tmp_path)
     w = Store.open(path, mode="a")
     calibrate, raced = store_mod.calibrate, []
 
