@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from vecz.engine import Codec
+from vecz.engine.quantizers import pq_spread_positions
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 FOLDERS = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
@@ -114,11 +115,19 @@ def _margins(codec, data) -> list[np.ndarray]:
     if name == "PQ":
         books = state["pq_books"]
         m, ksub, dsub = books.shape
+        if codec.quantizer.rotate:
+            r = r @ state["pq_rotation"]
+        width = r.shape[1]
+        dims = pq_spread_positions(width, m) if codec.pq_spread and width % m else np.arange(width)
         pad = np.zeros((len(r), m * dsub))
-        pad[:, : r.shape[1]] = r
+        pad[:, dims] = r
         d = ((pad.reshape(len(r), m, 1, dsub) - books[None]) ** 2).sum(-1)
         d.sort(axis=2)
-        out.append((d[:, :, 1] - d[:, :, 0]) / (d[:, :, 1] + 1e-30))
+        coded = np.zeros(m * dsub, dtype=bool)
+        coded[dims] = True
+        # a sub-space of padding alone (padding on the right, an old codec) sees zeros: its
+        # choice is exact on every CPU
+        out.append(((d[:, :, 1] - d[:, :, 0]) / (d[:, :, 1] + 1e-30))[:, coded.reshape(m, dsub).any(axis=1)])
     if name == "RB":
         rot = r @ state["rb_rotation"]
         out.append(np.abs(rot) / np.linalg.norm(rot, axis=1, keepdims=True))
