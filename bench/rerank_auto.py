@@ -73,9 +73,9 @@ from vecz import Store  # noqa: E402
 from vecz.engine.bench.data import Dataset, dataset_truth, ground_truth  # noqa: E402
 from vecz.engine.bench.metrics import least_rows, miss_rate, recall_at, truth_ranks  # noqa: E402
 from vecz.engine.bench.report import _cpu_model  # noqa: E402
-from vecz.engine.bounds import auto_cap  # noqa: E402
-from vecz.errors import VeczError  # noqa: E402
-from vecz.engine.search import _exact, _query_norms, _scales, _shortlist  # noqa: E402
+from vecz.engine.bounds import auto_cap, query_norms  # noqa: E402
+from store_bench import has_store  # noqa: E402
+from vecz.engine.search import _exact, _scales, _shortlist  # noqa: E402
 
 K = 10
 # The code-order shortlist the oracle reads ranks from (ids ranked deeper count as never found).
@@ -123,7 +123,7 @@ def coverage(store: Store, q: np.ndarray, confidences: list[float], depth: int =
     # exact and code scores larger-is-better, as the walk bounds them (l2: minus the distance)
     sign = -1.0 if store.metric == "l2" else 1.0
     exact = sign * _exact(store.metric, store._segments, x, seg_of, rows, False)[0][valid]
-    scale = (_query_norms(store.metric, x)[:, None] * _scales(store._segments, seg_of, rows, model.per_row))[valid]
+    scale = (query_norms(store.metric, x)[:, None] * _scales(store._segments, seg_of, rows, model.per_row))[valid]
     out = {}
     rank = np.broadcast_to(np.arange(depth), valid.shape)[valid]
     for c in confidences:
@@ -149,15 +149,6 @@ def oracle(ranks: np.ndarray, recall_value: float) -> dict | None:
     got = least_rows(ranks, recall_value)
     return None if got is None else {"bound": round(got["bound"], 1), "mean": round(got["mean"], 1),
                                      "p99": got["p99"]}
-
-
-def _complete(path: Path, rows: int) -> bool:
-    """Whether the store at `path` holds `rows` live rows (a build cut short holds fewer)."""
-    try:
-        with Store.open(path) as s:
-            return len(s) == rows
-    except VeczError:
-        return False
 
 
 def reshape(base: np.ndarray, queries: np.ndarray, args) -> tuple[np.ndarray, np.ndarray, str]:
@@ -225,7 +216,7 @@ def run(args) -> dict:
             tail = "" if args.metric == "cosine" else f"-{args.metric}"
             tail += (f"-d{args.truncate}" if args.truncate else "") + shape_tag
             path = Path(args.work) / f"{name}-{spec.replace(',', '_')}{tail}"
-            if path.exists() and not _complete(path, len(base)):  # an interrupted build: built again
+            if path.exists() and not has_store(path, len(base)):  # an interrupted build: built again
                 shutil.rmtree(path)
             if not path.exists():
                 t = time.perf_counter()

@@ -44,7 +44,7 @@ from vecz.engine.bench.data import dataset_folder, dataset_truth
 from vecz.engine.bench.metrics import LATENCY_QUERIES, recall_at, time_single
 from vecz.engine.bench.report import _cpu_model
 from vecz.engine.bounds import auto_cap
-from vecz.errors import VeczError
+from store_bench import has_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,20 +65,10 @@ def split_sizes(text: str, n: int) -> list[int]:
     return [len(p) for p in np.array_split(np.arange(n), int(parts))]
 
 
-def _complete(path: Path, sizes: list[int]) -> bool:
-    """Whether the store at `path` holds every part: sum(sizes) rows in len(sizes) segments
-    (each part is a commit of its own, so an interrupted build is a valid, smaller store)."""
-    try:
-        with Store.open(path) as s:
-            return len(s) == sum(sizes) and s.info()["segments"] == len(sizes) and s.calibration is not None
-    except VeczError:
-        return False
-
-
 def build(path: Path, one: Path, x: np.ndarray, spec: str, sizes: list[int]) -> None:
     """`path`: the parts added in order, automatic merges off (the codec is trained on the
     first); `one`: a copy of it compacted into one segment (the same codec and codes)."""
-    if any(path.glob("MANIFEST-*")) and not _complete(path, sizes):  # a build cut short: again
+    if any(path.glob("MANIFEST-*")) and not has_store(path, sum(sizes), len(sizes), calibrated=True):  # cut short: again
         shutil.rmtree(path)
         shutil.rmtree(one, ignore_errors=True)
     if not any(path.glob("MANIFEST-*")):  # else built by an earlier run

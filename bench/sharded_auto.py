@@ -43,21 +43,16 @@ from vecz.engine.bench.report import _cpu_model  # noqa: E402
 from vecz.engine.bounds import DEFAULT_CONFIDENCE, auto_cap  # noqa: E402
 from vecz.engine.ray import _split, auto_in_process, merge_auto  # noqa: E402
 from vecz.formats import manifest as mf  # noqa: E402
-from vecz.errors import VeczError  # noqa: E402
 from vecz.formats.body import parse_body  # noqa: E402
+from store_bench import has_store  # noqa: E402
 
 K = 10
 
 
 def build(path: Path, x: np.ndarray, spec: str, segments: int) -> None:
-    if path.exists():  # built by an earlier run, unless it was cut short (each part commits on its own)
-        try:
-            with Store.open(path) as s:
-                if len(s) == len(x) and s.info()["segments"] == segments and s.calibration is not None:
-                    return
-        except VeczError:
-            pass
-        shutil.rmtree(path)
+    if has_store(path, len(x), segments, calibrated=True):  # built by an earlier run
+        return
+    shutil.rmtree(path, ignore_errors=True)  # or cut short: each part commits on its own
     t = time.perf_counter()
     with Store.create(path, dim=x.shape[1], codec=spec, dense="f16", metric="cosine") as s:
         s.auto_merge_rows = 0  # keep the parts as segments: shards split a store by segments

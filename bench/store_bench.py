@@ -83,11 +83,15 @@ def best_time(fn, rounds: int = 3) -> float:
     return min(times)
 
 
-def has_store(path: Path, n: int) -> bool:
-    """A complete store of n rows is at `path` (built by an earlier run)."""
+def has_store(path: Path, n: int, segments: int | None = None, calibrated: bool = False) -> bool:
+    """A complete store of n rows is at `path` (built by an earlier run): with `segments`,
+    in that many segments, and `calibrated`, with a committed error model. A build cut short
+    (each part or batch commits on its own) is a valid, smaller store; also used by
+    segments.py, sharded_auto.py and rerank_auto.py."""
     try:
         with Store.open(path) as s:
-            return len(s) == n
+            return (len(s) == n and (segments is None or s.info()["segments"] == segments)
+                    and (not calibrated or s.calibration is not None))
     except (VeczError, OSError):
         return False
 

@@ -63,7 +63,7 @@ import numpy as np
 from ..kernels.transform import normalize_rows
 from .errors import InvalidInput
 
-__all__ = ["ErrorModel", "query_cosines", "auto_cap", "parse_auto", "bounded_rerank", "check_confidence",
+__all__ = ["ErrorModel", "query_cosines", "query_norms", "auto_cap", "parse_auto", "bounded_rerank", "check_confidence",
            "DEFAULT_CONFIDENCE", "MIN_PAIRS"]
 
 # Per-side coverage of the default interval. 0.995 lost 0.45% of the true top-10 ids on
@@ -243,11 +243,8 @@ class ErrorModel:
         return cls(z, per_row, ranks, direction, *lines, scores=scores, q_min=q_min)
 
     def query_scales(self, metric: str, x: np.ndarray) -> np.ndarray:
-        """Each query's scale, float64 (nq,): 1 under cosine (unit vectors), else |q|, under
-        l2 held at `q_min` or above."""
-        if metric == "cosine":
-            return np.ones(x.shape[0])
-        qn = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+        """Each query's scale, float64 (nq,): `query_norms`, under l2 held at `q_min` or above."""
+        qn = query_norms(metric, x)
         return np.maximum(qn, self.q_min) if metric == "l2" else qn
 
     def locations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -358,6 +355,14 @@ def _spread_at(spread: tuple, u: np.ndarray) -> np.ndarray:
     """The spread line (intercept, slope) at u, at least `MIN_SPREAD` (a line fitted to
     deviations must not reach zero)."""
     return np.maximum(spread[0] + spread[1] * u, MIN_SPREAD)
+
+
+def query_norms(metric: str, x: np.ndarray) -> np.ndarray:
+    """Each query's |q|, float64 (nq,): the scale of its code scores' errors (1 under cosine,
+    where queries are scored as unit vectors)."""
+    if metric == "cosine":
+        return np.ones(x.shape[0])
+    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
 
 
 def query_cosines(x: np.ndarray, direction: np.ndarray) -> np.ndarray:

@@ -238,9 +238,7 @@ def _config_bool(config: dict[str, Any], key: str) -> bool:
 
 def _config_row_norms(config: dict[str, Any]) -> bool:
     """A config's ``row_norms`` (absent: False, written before row norms existed)."""
-    value = config.get("row_norms", False)
-    if not isinstance(value, bool):
-        raise CodecSpecError(f"codec config field 'row_norms': expected a boolean, found {value!r:.80}")
+    value = _config_bool(config, "row_norms")
     if value and not _takes_row_norms(parse_spec(config["spec"]), config["metric"]):
         raise CodecSpecError(f"codec config: row_norms true for {config['spec']!r} under {config['metric']!r}, "
                              "expected it only for PQ under 'ip' without MRL")
@@ -327,9 +325,11 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
     return arr
 
 
-# The largest row norm a float16 holds (`PQ.row_norms`).
-_ROW_NORM_MAX = float(np.finfo(np.float16).max)
-_ROW_NORM_MIN = float(np.finfo(np.float16).tiny)  # 6.1e-05: float16's smallest normal
+# float16's largest value and smallest normal (6.1e-05): the row norms PQ stores
+# (`PQ.row_norms`) and the values an f16 dense tier keeps (`writes.check_rows`)
+F16_MAX = float(np.finfo(np.float16).max)
+F16_NORMAL_MIN = float(np.finfo(np.float16).tiny)
+_ROW_NORM_MAX, _ROW_NORM_MIN = F16_MAX, F16_NORMAL_MIN
 
 
 def _norm_bytes(x: np.ndarray) -> np.ndarray:
@@ -461,10 +461,11 @@ class Codec:
             self.stages = (*self.stages[:-1], dataclasses.replace(self.stages[-1], row_norms=True))
         if pq_spread is not None and not isinstance(pq_spread, (bool, np.bool_)):
             raise InvalidInput(f"pq_spread: expected True, False or None, found {pq_spread!r}")
-        if pq_spread and not _takes_spread(self.stages, self.width):
+        spreads = _takes_spread(self.stages, self.width)
+        if pq_spread and not spreads:
             raise InvalidInput(f"pq_spread: only PQ on a width M does not divide spreads its padding, found "
                                f"{self.spec!r} on {self.width} dims")
-        if _takes_spread(self.stages, self.width) and (pq_spread is None or bool(pq_spread)):
+        if spreads and (pq_spread is None or bool(pq_spread)):
             self.stages = (*self.stages[:-1], dataclasses.replace(self.stages[-1], spread=True))
         self.mrl, self.ivf, self.quantizer = _split(self.stages)
         self.code_size = self.quantizer.code_size(self.width, metric)
@@ -525,7 +526,7 @@ class Codec:
             train_size=config.get("train_size", 65536),
             rotation=config.get("rotation", "itq"),
             row_norms=_config_row_norms(config),
-            pq_spread=_config_bool(config, "pq_spread") if "pq_spread" in config else False,
+            pq_spread=_config_bool(config, "pq_spread"),
         )
         if "code_size" in config and (type(config["code_size"]) is not int or config["code_size"] != codec.code_size):
             raise CodecSpecError(f"config says code_size {config['code_size']!r}, spec gives {codec.code_size}")

@@ -589,9 +589,12 @@ class PQ(Quantizer):
         or each time past LIST_TERMS_BUDGET)."""
         c = state["centroids"]
         if self.spreads(c.shape[1]):
-            coded = _derive(derived, "pq_coded_centroids", 4 * c.shape[0] * self.m * pq.pq_dsub(c.shape[1], self.m),
-                            lambda: np.ascontiguousarray(self._coded_queries(c, state), dtype=np.float32))
-            return np.ascontiguousarray(self._coded_queries(c, state), dtype=np.float32) if coded is None else coded
+            def coded() -> np.ndarray:
+                return np.ascontiguousarray(self._coded_queries(c, state), dtype=np.float32)
+
+            kept = _derive(derived, "pq_coded_centroids", 4 * c.shape[0] * self.m * pq.pq_dsub(c.shape[1], self.m),
+                           coded)
+            return coded() if kept is None else kept
         if not self.rotate:
             return c
         rotated = _rotated_centroids(state, "pq_rotation", derived)

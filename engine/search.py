@@ -30,7 +30,8 @@ from ..kernels import dense as dense_kernels
 from ..kernels.topk import (kth_best_update, tag_candidates, topk_positions,
                             topk_positions_batch)
 from ..kernels.transform import normalize_rows
-from .bounds import DEFAULT_CONFIDENCE, ErrorModel, auto_cap, check_confidence, parse_auto, query_cosines
+from .bounds import (DEFAULT_CONFIDENCE, ErrorModel, auto_cap, check_confidence, parse_auto, query_cosines,
+                     query_norms)
 from .errors import InvalidInput
 from .codecs import Codec, CodeIndex, SearchResult, SearchStats
 from .segments import Segment
@@ -314,12 +315,6 @@ def _scales(segments: list[Segment], seg_of: np.ndarray, rows: np.ndarray, per_r
     return sigma
 
 
-def _query_norms(metric: str, x: np.ndarray) -> np.ndarray:
-    if metric == "cosine":  # scored as unit vectors
-        return np.ones(x.shape[0])
-    return np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-
-
 def per_row_scales(segments: list[Segment]) -> bool:
     """Whether every live segment has per-row error scales (an error model is per row)."""
     live = [seg for seg in segments if seg.live]
@@ -407,7 +402,7 @@ def _fit_pairs(codec: Codec, metric: str, segments: list[Segment], x: np.ndarray
         exact, _, _ = _exact(metric, segments, x, seg_of, rows, False)
     sign = -1.0 if metric == "l2" else 1.0
     per_row = per_row_scales(segments)
-    qn = _query_norms(metric, x)
+    qn = query_norms(metric, x)
     scale = qn[:, None] * _scales(segments, seg_of, rows, per_row)
     ranks = np.cumsum(keep, axis=1) - 1  # each pair's rank among its query's candidates
     u = None
@@ -505,7 +500,7 @@ class AutoWalk:
             if suffix_max:
                 z_hi = np.maximum.accumulate(z_hi[:, ::-1], axis=1)[:, ::-1]
         self.z_hi = z_hi
-        self.qn = _query_norms(metric, x) if model is None else model.query_scales(metric, x)
+        self.qn = query_norms(metric, x) if model is None else model.query_scales(metric, x)
         scale = self.qn[:, None] * _scales(segments, seg_of, rows, self.per_row)
         # the walk (engine/bounds.py `bounded_rerank`, compiled in kernels/dense.py): its
         # candidates by upper bound better + z_hi * scale, best first
@@ -752,6 +747,7 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
     live = sum(s.live for s in segments)
     scan_depth = shortlist_depth(k, rerank, live)
     if nq == 0 or live == 0:
+        codec._prepare_rows(x, "queries")  # the checks a search of rows makes (zero rows, norms), answer or not
         scores = np.full((nq, k), _worst(metric), dtype=np.float32)
         return SearchResult(scores, np.full((nq, k), -1, dtype=np.int64), SearchStats(0, 0))
     # One thread policy for the whole search: plan, the scan of every segment and the

@@ -669,8 +669,6 @@ class Store:
     def _search_in(self, segments: list[Segment], x: np.ndarray, k: int, nprobe: int | None, rerank: int,
                    sdc: bool, auto: bool, confidence: float | None) -> SearchResult:
         live = sum(s.live for s in segments)
-        if live == 0:  # search_segments answers before it prepares the queries: check them as it would
-            self.codec._prepare_rows(x, "queries")
         # k and rerank are clamped to the live rows for every scan and work array; the result
         # is padded up to k (id -1, like faiss) unless the padding alone would exceed
         # MAX_RESULT_BYTES, then it is as wide as the live rows

@@ -36,7 +36,7 @@ from ..formats.body import CalibrationRecord, SegmentRecord, StoreBody, body_fil
 from ..formats.dense import check_dense
 from . import merge
 from .bounds import ErrorModel
-from .codecs import MAX_NORM, Codec, _row_error
+from .codecs import F16_MAX, F16_NORMAL_MIN, MAX_NORM, Codec, _row_error
 from .commit import WriterLock, collect_garbage, storage_errors
 from .errors import CommitIncomplete, InvalidInput, StoreCorrupted, VeczError
 from .inputs import as_ids as _as_ids
@@ -51,9 +51,6 @@ __all__ = ["AUTO_MERGE_ROWS", "MAX_NORM", "check_rows", "encode_rows", "write_ro
 
 AUTO_MERGE_ROWS = merge.AUTO_MERGE_ROWS
 _MAX_ID = (1 << 63) - 1
-
-
-F16_NORMAL_MIN = float(np.finfo(np.float16).tiny)  # 6.1e-05: float16's smallest normal
 
 
 def _now() -> str:
@@ -202,12 +199,12 @@ def check_rows(x: np.ndarray, dense: str, what: str, metric: str) -> None:
     if x.shape[0] == 0:
         raise InvalidInput(f"{what}: expected at least 1 row, found 0")
     if dense == "f16":
-        big = np.abs(x) > np.finfo(np.float16).max
-        if big.any():
+        peak = np.abs(x).max(axis=1)  # each row's largest magnitude: both checks read it
+        big = np.flatnonzero(peak > F16_MAX)
+        if big.size:
             raise InvalidInput(f"dense='f16' stores values up to 65504 in magnitude, found "
-                               f"{float(np.abs(x).max()):.6g} in row {int(np.argwhere(big)[0, 0])}")
+                               f"{float(peak.max()):.6g} in row {int(big[0])}")
         if metric == "cosine":
-            peak = np.abs(x).max(axis=1)
             faint = np.flatnonzero((peak > 0) & (peak < F16_NORMAL_MIN))
             if faint.size:
                 raise _row_error(

@@ -22,8 +22,8 @@ from vecz.engine.segments import read_codes
 from vecz.kernels import dense, pq
 from vecz.engine import DimensionMismatch, InvalidInput
 from vecz.engine.bench.exact import exact_topk
-from vecz.engine.bounds import MIN_PAIRS, MIN_SPREAD, ErrorModel, auto_cap, bounded_rerank, query_cosines
-from vecz.engine.search import AUTO_STEP, CALIBRATION_DEPTH, _fit_pairs, _query_norms, _scales, _shortlist
+from vecz.engine.bounds import MIN_PAIRS, MIN_SPREAD, ErrorModel, auto_cap, bounded_rerank, query_cosines, query_norms
+from vecz.engine.search import AUTO_STEP, CALIBRATION_DEPTH, _fit_pairs, _scales, _shortlist
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -323,7 +323,7 @@ def _coverage(store: Store, queries: np.ndarray, confidence: float, depth: int =
             exact[at] = (x[qi] * vec).sum(1) / np.linalg.norm(vec, axis=1)
         else:
             exact[at] = (x[qi] * vec).sum(1)
-    scale = _query_norms(store.metric, x)[:, None] * _scales(segs, seg_of, rows, model.per_row)
+    scale = query_norms(store.metric, x)[:, None] * _scales(segs, seg_of, rows, model.per_row)
     upper = sign * est + z_hi[:, :est.shape[1]] * scale
     lower = sign * est + z_lo[:, :est.shape[1]] * scale
     shares = []
@@ -424,7 +424,7 @@ def test_the_store_walks_with_each_querys_own_interval(tmp_path, spec, metric):
         res = s.search(q, 10, rerank=f"auto:{cap}", confidence=confidence)
         est, seg_of, rows, ids, _ = _shortlist(s.codec, s._segments, q, cap, max(1, s.codec.nlist // 8), False)
         valid = ids >= 0
-        scale = _query_norms(metric, q)[:, None] * _scales(s._segments, seg_of, rows, model.per_row)
+        scale = query_norms(metric, q)[:, None] * _scales(s._segments, seg_of, rows, model.per_row)
         xq = q / np.linalg.norm(q, axis=1, keepdims=True) if metric == "cosine" else q
         vec = s.get(np.where(valid, ids, 0).ravel()).reshape(*ids.shape, 48).astype(np.float64)
         if metric == "cosine":
