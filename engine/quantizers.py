@@ -508,6 +508,11 @@ class PQ(Quantizer):
         # read 29.1 rows a query for recall 0.99 with it, 28.1 with each row's own error
         # stored, 29.4 with one scale for all; IVF256,OPQ96x4 at the default confidence 94
         # rows instead of 87: docs/results/opq.md)
+        # Weighting each cell's error by the query's energy in its sub-space (the variance of
+        # <q, x - x_hat> if errors were isotropic in a cell: sum_j |q_j|^2 / d_j err_j) read the
+        # same rows (wordnet-minilm's first 30,000 rows, OPQ56x8, 500 queries, a numpy walk): 35.3 at 0.99
+        # against 35.5 rows a query, 50.3 against 50.5 at 0.999 (stop 53): a code's error is not where the
+        # query's energy is
         if "pq_cell_err" not in state:
             return None
         scales = pq.pq_code_error_scales(np.ascontiguousarray(self._sub_codes(codes)), state["pq_cell_err"])
