@@ -971,14 +971,18 @@ def fs_quantize_lut(luts: np.ndarray):
 
 
 @jit
-def _check_terms(steps, biases, probe_bias, blocks):
+def _check_terms(qluts, n_levels, steps, biases, probe_bias, blocks):
     """The lane kernels hold a query's per-probe terms as float32 (a float64 one would be
     rounded before the sum, where a scalar loop would not): any other width is refused.
     The shuffle kernels address block b's pair p at byte (b * n_pairs + p) * 32 of
-    `blocks`: it must be C-contiguous (`_check_blocks`)."""
+    `blocks`: it must be C-contiguous (`_check_blocks`). The tables (..., 2 * pairs, 32)
+    must cover the pairs of a block's level (its pairs over `n_levels`): the shuffles read
+    them unchecked, and narrower tables scored rows with the bytes past their end."""
     if steps.itemsize != 4 or biases.itemsize != 4 or probe_bias.itemsize != 4:
         raise ValueError("steps, biases and probe_bias must be float32")
     _check_blocks(blocks)
+    if n_levels < 1 or qluts.shape[-1] != 32 or qluts.shape[-2] < 2 * (blocks.shape[1] // n_levels):
+        raise ValueError("fast-scan tables must be (..., 2 * pairs, 32), covering every pair of a block's level")
 
 
 @jit
@@ -995,11 +999,13 @@ def _check_blocks(blocks):
 
 
 @jit
-def _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks):
+def _check_factor_terms(qluts, n_levels, steps, biases, probe_bias, probe_q_sq, row_factors, blocks):
     """`_check_terms` for the RB factor scans, whose lane intrinsics also read probe_q_sq as
-    float32 and 32 rows of (g, |r|^2) as one vector (`_lanes_rows`)."""
-    _check_terms(steps, biases, probe_bias, blocks)
+    float32 and 32 rows of (g, |r|^2) as one vector (`_lanes_rows`): one a block row."""
+    _check_terms(qluts, n_levels, steps, biases, probe_bias, blocks)
     _check_factor_rows(probe_q_sq, row_factors)
+    if row_factors.shape[0] < blocks.shape[0] * 32:
+        raise ValueError("row_factors must hold an entry for each of the blocks' rows (n_blocks * 32)")
 
 
 @jit
@@ -1051,7 +1057,7 @@ def _fs_scan_into(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     meet the admission test. Every row is scored, so a step of either sign is exact (the block
     maximum this replaced bounded the block only for step >= 0; `fs_quantize_lut` never
     makes a negative one). Float inputs are float32, as the engine passes them."""
-    _check_terms(steps, biases, probe_bias, blocks)
+    _check_terms(qluts, 1, steps, biases, probe_bias, blocks)
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     scores = np.empty((1, BLOCK), dtype=np.float32)
@@ -1157,7 +1163,7 @@ def fs_scan_multi(qluts, steps, biases, blocks, block_ids, block_offsets, probes
     one integer compare of each lane's 32 sums (`_lanes_at_least`) picks the rows for
     fs_scan's admission test: a float block maximum and a test per lane cost 20% of the scan
     (measured, PQ96x4 on wordnet-minilm)."""
-    _check_terms(steps, biases, probe_bias, blocks)
+    _check_terms(qluts, 1, steps, biases, probe_bias, blocks)
     n_q = qluts.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
@@ -1296,7 +1302,7 @@ def _fs_scan_factors_into(qluts, steps, biases, n_levels, blocks, block_ids, row
     pbias + g * (base + step * comb) (ip) or -((q_sq - 2 est) + |r|^2) in float32
     (l2), comb = sum_l 2**-l float32(acc_l) in float32 (tests/test_fastscan.py's numpy
     reference)."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
+    _check_factor_terms(qluts, n_levels, steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     acc = np.empty((1, BLOCK), dtype=np.uint16)
     acc_row = acc[0]
     comb = np.empty((1, BLOCK), dtype=np.float32)
@@ -1382,7 +1388,7 @@ def fs_scan_factors_multi(qluts, steps, biases, n_levels, blocks, block_ids, row
     probe_bias/probe_q_sq (G, P), floors (G,) -> (G, k), row g identical to `fs_scan_factors`
     of query g with floor floors[g]. The float work per block (level sums, the row filter
     against each query's threshold) runs on all LANES queries at once in vector IR."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
+    _check_factor_terms(qluts, n_levels, steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     n_q = qluts.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     acc = np.empty((LANES, BLOCK), dtype=np.uint16)
@@ -1521,7 +1527,7 @@ def fs_scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes
 @jit
 def _scan_lists(qluts, steps, biases, blocks, block_ids, block_offsets, probes, probe_bias, k, floors):
     """`fs_scan_lists`'s work."""
-    _check_terms(steps, biases, probe_bias, blocks)
+    _check_terms(qluts, 1, steps, biases, probe_bias, blocks)
     n_q = probes.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
@@ -1625,7 +1631,7 @@ def fs_scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row
 def _scan_factors_lists(qluts, steps, biases, n_levels, blocks, block_ids, row_factors, block_offsets, probes,
                         probe_bias, probe_q_sq, is_l2, k, floors):
     """`fs_scan_factors_lists`'s work."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
+    _check_factor_terms(qluts, n_levels, steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     n_q = probes.shape[0]
     keys, counts, thr_s, thr_i = res_init_floors(floors, k)
     n_lists = block_offsets.shape[0] - 1
@@ -1717,7 +1723,7 @@ def _scan_factors_lists_parts(qluts, steps, biases, n_levels, blocks, block_ids,
                               probes, probe_bias, probe_q_sq, is_l2, k, floors, n_parts):
     """`_scan_factors_lists` on `n_parts` contiguous ranges of queries, one per thread (the
     inputs checked here, outside the parallel loop)."""
-    _check_factor_terms(steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
+    _check_factor_terms(qluts, n_levels, steps, biases, probe_bias, probe_q_sq, row_factors, blocks)
     nq = probes.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)

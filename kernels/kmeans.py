@@ -119,8 +119,9 @@ def kmeans_assign_small_batch(x, centroids):
 @jit
 def float_order_key(b):
     """The int32 bits b of a float32 (not -0.0) as an int32 that orders like the float: the
-    magnitude bits of negatives flipped. NaN sorts after +inf. (key << 32 | index) then
-    orders by value, then index, in one integer min that vectorises."""
+    magnitude bits of negatives flipped. A NaN orders by its sign bit: after +inf if clear,
+    before -inf if set (x86's inf - inf is such a NaN): callers keep NaN out. (key << 32 |
+    index) then orders by value, then index, in one integer min that vectorises."""
     return b ^ np.int32(0x7FFFFFFF) if b < 0 else b
 
 
@@ -132,7 +133,8 @@ def _argmin_rows(g, c_norms, x_norms, labels, dists, start):
 
     The argmin is an integer min over (key << 32 | j), key being the value's bits with the
     magnitude bits of negatives flipped (an int32 that orders like the float; -0.0 is made
-    +0.0 first, NaN sorts after +inf): it orders by value, then index, and vectorises where a
+    +0.0 first, a NaN after +inf or, with its sign bit set, before -inf: callers keep NaN
+    out): it orders by value, then index, and vectorises where a
     float compare-and-keep-index loop does not (3.5x faster on 8192 x 1024 blocks)."""
     n, k = g.shape
     row = np.empty(k, dtype=np.float32)

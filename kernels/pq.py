@@ -222,10 +222,20 @@ def pq_encode(x: np.ndarray, books: np.ndarray) -> np.ndarray:
 
     Narrow sub-spaces (dsub < kmeans.BLAS_MIN_DIM, e.g. 8 for PQ48 on 384 dims) are coded in
     one pass over the rows, every sub-space of a row while it is in cache (the distances are
-    the same as `kmeans_assign`'s); wide ones take kmeans_assign's BLAS path per sub-space."""
+    the same as `kmeans_assign`'s); wide ones take kmeans_assign's BLAS path per sub-space.
+    Rows narrower than the books' M * dsub are zero-padded on the right to it (a width
+    `pq_pad` pads to fewer dims had its last sub-spaces read from the next row); wider
+    rows are a ValueError."""
     m, ksub, dsub = books.shape
     x = np.asarray(x, dtype=np.float32)
-    xp = np.ascontiguousarray(x) if x.shape[1] == m * dsub else pq_pad(x, m)
+    if x.ndim != 2 or x.shape[1] > m * dsub:
+        raise ValueError(f"pq_encode: expected rows (n, dim) with dim <= {m * dsub} for books of {m} sub-spaces "
+                         f"of {dsub} dims, found shape {x.shape}")
+    if x.shape[1] == m * dsub:
+        xp = np.ascontiguousarray(x)
+    else:
+        xp = np.zeros((x.shape[0], m * dsub), dtype=np.float32)
+        xp[:, :x.shape[1]] = x
     if dsub >= BLAS_MIN_DIM:
         codes = np.empty((xp.shape[0], m), dtype=np.uint8)
         for j in range(m):

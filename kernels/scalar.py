@@ -90,7 +90,9 @@ def sq_decode(codes: np.ndarray, vmin: np.ndarray, vdiff: np.ndarray, nbits: int
 
 
 def sq_query_terms(q: np.ndarray, vmin: np.ndarray, vdiff: np.ndarray, nbits: int, metric: str):
-    """Per-query weights (nq, dim) and constants (nq,) for `sq_scan` (see module docstring)."""
+    """Per-query weights (nq, dim) and constants (nq,) for `sq_scan` (see module docstring),
+    dim wide: SQ4 codes of an odd dim hold a last half byte, which `sq_scan` reads, so pad
+    both to an even width with zeros first (it refuses tables narrower than the codes)."""
     q = np.atleast_2d(np.asarray(q, dtype=np.float32))
     step = (vdiff / ((1 << nbits) - 1)).astype(np.float32)
     if metric == "ip":
@@ -139,10 +141,22 @@ def _sq4_l2(a, c, codes, i):
 
 
 @jit
+def _check_sq_width(w_width, c_width, code_bytes, nbits, is_l2):
+    """ValueError unless the tables cover every dim the codes hold (2 a byte for SQ4): the
+    scan would read past them."""
+    dims = code_bytes * 2 if nbits == 4 else code_bytes
+    if w_width < dims or (is_l2 and c_width < dims):
+        raise ValueError("sq_scan: expected tables as wide as the dims the codes hold (SQ4: pad an odd dim "
+                         "with a zero column), found them narrower")
+
+
+@jit
 def sq_scan(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_l2, k, floor):
     """One query. ip: w (dim,) weights, probe_bias holds <q, vmin> (+ list terms).
     l2: w holds a_d, c (L, dim') holds q - vmin per table (L = 1 or P), padded to even width
-    for SQ4. Returns the sorted top-k of the rows scoring >= floor (-inf: all; kernels/topk.py)."""
+    for SQ4. Returns the sorted top-k of the rows scoring >= floor (-inf: all; kernels/topk.py).
+    ValueError when w (or, for l2, c) is narrower than the dims the codes hold."""
+    _check_sq_width(w.shape[0], c.shape[1], codes.shape[1], nbits, is_l2)
     heap_scores, heap_ids = topk_init_floor(k, floor)
     n_tables = c.shape[0]
     for p in range(probes.shape[0]):
@@ -167,6 +181,8 @@ def sq_scan_batch(w, c, codes, ids, list_offsets, probes, probe_bias, nbits, is_
     """`sq_scan` for every query: w (nq, dim'), c (nq, L, dim'), probes/probe_bias (nq, P),
     floors (nq,)."""
     nq = w.shape[0]
+    # checked here: an error raised inside the prange below would not reach the caller
+    _check_sq_width(w.shape[1], c.shape[2], codes.shape[1], nbits, is_l2)
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     for qi in prange(nq):

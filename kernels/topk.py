@@ -115,6 +115,8 @@ def kth_best_update(heaps, scores, ids):
     query's k-th best score so far (-inf until k were offered), the floor for the next
     scan. Scores only: a floor is a value, ties are the scans' business."""
     k = heaps.shape[1]
+    if k == 0:  # no k-th best to keep (a heap of none has no root to replace)
+        return
     same = np.zeros(k, dtype=np.int64)  # one id for every entry: `_sift_down` orders by score alone
     for i in range(heaps.shape[0]):
         h = heaps[i]
@@ -304,6 +306,8 @@ def _position_sift_down(heap, size, p, scores, keys):
 @jit
 def _topk_positions_row(scores, keys, k, out):
     # a min-heap (worst at the root) of positions into scores/keys; keys < 0 are empty slots
+    if k <= 0:  # nothing to keep: a heap of none has no root to replace
+        return
     heap = np.empty(k, dtype=np.int64)
     size = 0
     for p in range(scores.shape[0]):

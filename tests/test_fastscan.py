@@ -583,6 +583,29 @@ def test_scan_with_a_negative_step_is_exact():
     np.testing.assert_array_equal(i, [32, 48, 33])
 
 
+def test_scans_refuse_tables_that_do_not_cover_the_blocks():
+    # tables for 2 sub-quantizers against blocks of 16: the shuffles read the bytes past the
+    # tables (no error; a top score of 14.4 where these tables allow at most 3.2); factor
+    # scans also need one (g, |r|^2) entry for each block row
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, (64, 16)).astype(np.uint8)
+    blocks, bids, boffs = fastscan.fs_layout(codes, np.arange(64, dtype=np.int64), np.array([0, 64], np.int64))
+    ql, st_, bi = fastscan.fs_quantize_lut(rng.standard_normal((1, 1, 2, 16)).astype(np.float32))
+    probes, pbias = np.zeros(1, np.int64), np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match="covering every pair"):
+        fastscan.fs_scan(ql[0], st_[0], bi[0], blocks, bids, boffs, probes, pbias, 5, -np.inf)
+    with pytest.raises(ValueError, match="covering every pair"):
+        fastscan.fs_scan_multi(ql, st_, bi, blocks, bids, boffs, probes, pbias[None], 5, no_floors(ql))
+    (qluts, steps, biases, rb_blocks, block_ids, row_factors, block_offsets, rb_probes, bias,
+     q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
+    args = (steps[0], biases[0], 2, rb_blocks, block_ids)
+    tail = (block_offsets, rb_probes[0], bias[0], q_sq[0], False, 5, -np.inf)
+    fastscan.fs_scan_factors(qluts[0], *args, row_factors, *tail)  # as made: accepted
+    with pytest.raises(ValueError, match="covering every pair"):
+        fastscan.fs_scan_factors(np.ascontiguousarray(qluts[0][:, :1]), *args, row_factors, *tail)
+    with pytest.raises(ValueError, match="each of the blocks' rows"):
+        fastscan.fs_scan_factors(qluts[0], *args, np.ascontiguousarray(row_factors[:32]), *tail)
+
 def test_one_query_scans_refuse_float64_terms():
     # the one-lane kernels hold their per-probe terms (and the factor scans probe_q_sq) as
     # float32: float64 ones are refused, not rounded or misread. Each term through the shared
@@ -592,12 +615,13 @@ def test_one_query_scans_refuse_float64_terms():
     (qluts, steps, biases, blocks, block_ids, row_factors, block_offsets, probes, bias,
      q_sq) = _rb_inputs(rng, 1, 40, 16, 2, 1, 1, False)
     args = dict(steps=steps[0], biases=biases[0], bias=bias[0], q_sq=q_sq[0])
-    fastscan._check_factor_terms(args["steps"], args["biases"], args["bias"], args["q_sq"], row_factors, blocks)
+    fastscan._check_factor_terms(qluts[0], 2, args["steps"], args["biases"], args["bias"], args["q_sq"], row_factors,
+                                 blocks)
     for name in args:
         wide = {**args, name: args[name].astype(np.float64)}
         with pytest.raises(ValueError, match="float32"):
-            fastscan._check_factor_terms(wide["steps"], wide["biases"], wide["bias"], wide["q_sq"], row_factors,
-                                              blocks)
+            fastscan._check_factor_terms(qluts[0], 2, wide["steps"], wide["biases"], wide["bias"], wide["q_sq"],
+                                         row_factors, blocks)
     wide = {**args, "q_sq": q_sq[0].astype(np.float64)}
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan_factors(qluts[0], wide["steps"], wide["biases"], 2, blocks, block_ids, row_factors,
@@ -611,11 +635,11 @@ def test_one_query_scans_refuse_float64_terms():
                                                           np.array([0, 40], np.int64))
     qluts, pq_steps, pq_biases = fastscan.fs_quantize_lut(rng.standard_normal((1, 1, 4, 16)).astype(np.float32))
     terms = dict(steps=pq_steps[0], biases=pq_biases[0], bias=np.zeros(1, np.float32))
-    fastscan._check_terms(terms["steps"], terms["biases"], terms["bias"], blocks)
+    fastscan._check_terms(qluts[0], 1, terms["steps"], terms["biases"], terms["bias"], blocks)
     for name in terms:
         wide = {**terms, name: terms[name].astype(np.float64)}
         with pytest.raises(ValueError, match="float32"):
-            fastscan._check_terms(wide["steps"], wide["biases"], wide["bias"], blocks)
+            fastscan._check_terms(qluts[0], 1, wide["steps"], wide["biases"], wide["bias"], blocks)
     wide = {**terms, "steps": pq_steps[0].astype(np.float64)}
     with pytest.raises(ValueError, match="float32"):
         fastscan.fs_scan(qluts[0], wide["steps"], wide["biases"], blocks, block_ids, block_offsets,

@@ -311,6 +311,20 @@ def test_encode_one_row_odd_dims_and_read_only_input():
     np.testing.assert_array_equal(pq.pq_encode(x, books), pq_encode_ref(x, books))
 
 
+
+def test_encode_pads_rows_to_the_books_width_and_refuses_wider_ones():
+    # books of 2 sub-spaces of 10 dims, rows of 11 (an old right-padded codec's width can
+    # be any below M * dsub): the second sub-space is the row's 11th dim and 9 zeros. It was
+    # padded to 2 * ceil(11 / 2) = 12 dims and read its last 8 from the next row (or past
+    # the array: NUMBA_BOUNDSCHECK=1 caught it)
+    rng = np.random.default_rng(3)
+    for books, width in ((rng.standard_normal((2, 16, 10)).astype(np.float32), 11),
+                         (rng.standard_normal((4, 16, 4)).astype(np.float32), 12)):
+        x = rng.standard_normal((3, width)).astype(np.float32)
+        np.testing.assert_array_equal(pq.pq_encode(x, books), pq_encode_ref(x, books))
+        with pytest.raises(ValueError, match="expected rows"):
+            pq.pq_encode(rng.standard_normal((3, books.shape[0] * books.shape[2] + 1)).astype(np.float32), books)
+
 @SETTINGS
 @given(n=st.integers(0, 30), dim=DIMS, m=MS, nbits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1),
        kind=st.sampled_from(["int", "float", "own"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -175,3 +176,25 @@ def test_scan_matches_reference(nq, n, dim, nbits, nlist, n_probe, is_l2, k, con
         np.testing.assert_array_equal(got_s[q], s)
         cand_i, cand_s = sq_candidates_ref(qs[q], u, vmin, vdiff, nbits, ids, offsets, probes[q], ref_bias[q], is_l2)
         assert_topk_close(s, i, cand_s, cand_i, k, rtol=1e-4, atol=1e-4)
+
+
+def test_scan_refuses_tables_narrower_than_the_codes():
+    # SQ4 at an odd dim: `sq_query_terms` gives dim-wide tables, the codes hold dim + 1 half
+    # bytes; unpadded, the l2 scan read one weight past each query's table (query 0 scored
+    # with query 1's first term: off by 7.5 at dim 3) and NUMBA_BOUNDSCHECK=1 caught the read
+    rng = np.random.default_rng(0)
+    dim, n, nq = 3, 5, 2
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal((nq, dim)).astype(np.float32)
+    vmin, vdiff = scalar.sq_train(x)
+    codes = scalar.sq_encode(x, vmin, vdiff, 4)
+    ids, offsets, probes = np.arange(n, dtype=np.int64), np.array([0, n]), np.zeros((nq, 1), np.int64)
+    bias = np.zeros((nq, 1), np.float32)
+    for is_l2 in (True, False):
+        w, c = scalar.sq_query_terms(q, vmin, vdiff, 4, "l2" if is_l2 else "ip")
+        c = c[:, None, :] if is_l2 else np.zeros((nq, 1, dim), np.float32)
+        with pytest.raises(ValueError, match="as wide as the dims the codes hold"):
+            scalar.sq_scan_batch(w, c, codes, ids, offsets, probes, bias, 4, is_l2, n, no_floors(w))
+        with pytest.raises(ValueError, match="as wide as the dims the codes hold"):
+            scalar.sq_scan(w[0], c[0], codes, ids, offsets, probes[0], bias[0], 4, is_l2, n, -np.inf)
+        # (padded with a zero column, as the engine pads them, it scans: test_scan_matches_reference)

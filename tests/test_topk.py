@@ -145,6 +145,37 @@ def test_kth_best_update_tracks_the_kth_best_score(nq, k, widths, flavor, seed):
             assert heaps[q, 0] == np.float32(want), (q, heaps[q], seen[q])
 
 
+@SETTINGS
+@given(nq=st.integers(0, 4), w=st.integers(0, 12), k=st.integers(0, 14),
+       flavor=st.sampled_from(["ties", "float", "inf"]), seed=st.integers(0, 2**32 - 1))
+def test_topk_positions_matches_a_sort_by_score_then_key(nq, w, k, flavor, seed):
+    # the merge of per-segment shortlists: positions of the k best (score desc, key asc),
+    # keys < 0 never chosen, -1 past the non-empty entries; k = 0 gives (nq, 0) (it crashed
+    # the process: the heap of none had its root replaced, past its end)
+    rng = np.random.default_rng(seed)
+    scores = _scores(rng, (nq, w), flavor)
+    keys = np.where(rng.random((nq, w)) < 0.2, -1, rng.integers(0, 6, (nq, w))).astype(np.int64)
+    want = np.full((nq, k), -1, dtype=np.int64)
+    for q in range(nq):
+        ok = np.nonzero(keys[q] >= 0)[0]
+        order = ok[np.lexsort((ok, keys[q][ok], -scores[q][ok].astype(np.float64)))][:k]
+        want[q, :order.size] = order
+    for fn in (topk.topk_positions, topk.topk_positions_batch):
+        got = fn(scores, keys, k)
+        assert got.shape == (nq, k)
+        for q in range(nq):  # equal (score, key) pairs may come in either order: compare what each holds
+            np.testing.assert_array_equal(got[q] < 0, want[q] < 0)
+            at, ref = got[q][got[q] >= 0], want[q][want[q] >= 0]
+            np.testing.assert_array_equal(scores[q][at], scores[q][ref])
+            np.testing.assert_array_equal(keys[q][at], keys[q][ref])
+
+
+def test_kth_best_update_with_no_heap_slots_changes_nothing():
+    # k = 0: there is no k-th best to keep (it wrote past the empty heaps: NUMBA_BOUNDSCHECK=1 caught it)
+    heaps = np.full((2, 0), -np.inf, dtype=np.float32)
+    topk.kth_best_update(heaps, np.ones((2, 3), dtype=np.float32), np.ones((2, 3), dtype=np.int64))
+    assert heaps.shape == (2, 0)
+
 def test_below_is_never_subnormal():
     # a CPU with DAZ reads a subnormal as 0: below a floor of 0 it must still be below 0,
     # else a row scoring 0 (an l2 duplicate) ties the empty slot and is dropped (a review's

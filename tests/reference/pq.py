@@ -34,7 +34,10 @@ def pq_pad_ref(x, m):
 def pq_sub_dists_ref(x, books):
     """float64 (n, M, ksub): squared distance of each sub-vector to each centroid."""
     m, ksub, dsub = books.shape
-    xp = pq_pad_ref(x, m).reshape(-1, m, dsub)
+    x = np.asarray(x, dtype=np.float64)
+    xp = np.zeros((x.shape[0], m * dsub))  # the books' width (rows may be narrower than ceil(dim / M) gives)
+    xp[:, :x.shape[1]] = x
+    xp = xp.reshape(-1, m, dsub)
     b = np.asarray(books, dtype=np.float64)
     out = np.empty((xp.shape[0], m, ksub))
     for i in range(xp.shape[0]):
