@@ -194,16 +194,19 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
             dense_file, dense_row = dfile.astype(np.uint16), drow.astype(np.uint32)
             arrays["dense_file"], arrays["dense_row"] = dense_file, dense_row
     name = data_file_name("seg", serial)
+    rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0, True)
     try:
         sg.write_segment(directory / name, "codes", arrays)
+        files.append(name)
+        # (loading it fails too, say on an interrupt: its files are not the caller's yet, and left
+        # behind they held their serial's names, so the writer's next commit failed on "File exists")
+        seg = Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row, directory=directory,
+                                  build=build, stored_errors=arrays.get("errors"))
     except BaseException:
         for f in files:
             (directory / f).unlink(missing_ok=True)
         raise
-    files.append(name)
-    rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0, True)
-    return rec, files, Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row,
-                                           directory=directory, build=build, stored_errors=arrays.get("errors"))
+    return rec, files, seg
 
 
 def _read_vectors(pool: DensePool | None, infos: list[DenseInfo], dfile: np.ndarray, drow: np.ndarray) -> np.ndarray:

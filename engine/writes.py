@@ -22,6 +22,8 @@ here too.
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime as _dt
 import json
 import warnings
@@ -297,23 +299,47 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
     except BaseException:
         _fail(lock, files)
         raise
-    _install_codec(store, codec)
-    pool = None if store.dense == "none" else store._pool
-    try:
-        seg = Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
-                                  arrays.get("dense_file"), arrays.get("dense_row"), directory=store.path,
-                                  build=store._build_layouts, stored_errors=arrays.get("errors"))
-    except (VeczError, OSError) as exc:  # the rows are committed: load the version from disk, or close
-        version = store.version
-        if not _follow(store, version):
-            raise CommitIncomplete(f"{store.path}: add: version {version} is committed with its {len(new_ids)} "
-                                   f"rows, but this writer could not load them ({exc}) and is closed; do not add "
-                                   f"them again, open the store again", version, getattr(exc, "errno", None)) from exc
-    else:
-        store._segments.append(seg)
-    _after_commit(store, lock)
-    _merge_quietly(store, lock)
+    version = store.version
+    with _committed("add", store, version, f"with its {len(new_ids)} rows", "; do not add them again"):
+        _install_codec(store, codec)
+        pool = None if store.dense == "none" else store._pool
+        try:
+            seg = Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
+                                      arrays.get("dense_file"), arrays.get("dense_row"), directory=store.path,
+                                      build=store._build_layouts, stored_errors=arrays.get("errors"))
+        except Exception as exc:  # the rows are committed: load the version from disk, or close
+            if not _follow(store, version):
+                raise CommitIncomplete(f"{store.path}: add: version {version} is committed with its {len(new_ids)} "
+                                       f"rows, but this writer could not load them ({exc}) and is closed; do not "
+                                       f"add them again, open the store again", version,
+                                       getattr(exc, "errno", None)) from exc
+        except BaseException:  # an interrupt: the writer's segments would not be the body's (`_committed`)
+            store.close()
+            raise
+        else:
+            store._segments.append(seg)
+        _after_commit(store, lock)
+        _merge_quietly(store, lock)
     return new_ids
+
+
+@contextlib.contextmanager
+def _committed(operation: str, store: "Store", version: int, what: str, advice: str):
+    """Around the steps after an operation's commit was published (loading what it wrote,
+    collecting garbage, the merges due): an interrupt there (Ctrl-C, SystemExit) passes on,
+    noted with what is committed, so that a caller does not repeat the operation (an add
+    repeated commits its rows twice). A writer whose state could not follow the commit is
+    closed (the note says so): a later delete or merge matched its segments to the body's by
+    position, deleted other rows and dropped a segment's rows from the merge."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as exc:
+        tail = "this writer is closed: open the store again" if store._closed else "this writer goes on from it"
+        exc.add_note(f"vecz: {store.path}: {operation}: version {version} is committed {what}; the interrupt "
+                     f"came after the commit{advice} ({tail})")
+        raise
 
 
 def delete(store: "Store", lock: WriterLock, ids: np.ndarray) -> int:
@@ -338,12 +364,13 @@ def delete(store: "Store", lock: WriterLock, ids: np.ndarray) -> int:
     except BaseException:
         _fail(lock, files)
         raise
-    for g, new in changed.items():
-        seg = store._segments[g]
-        seg.kill(new)
-        seg.rec = store._body.segments[g]
-    _after_commit(store, lock)
-    _merge_quietly(store, lock)
+    with _committed("delete", store, store.version, f"with its {int(found.sum())} rows deleted", ""):
+        for g, new in changed.items():
+            seg = store._segments[g]
+            seg.kill(new)
+            seg.rec = store._body.segments[g]
+        _after_commit(store, lock)
+        _merge_quietly(store, lock)
     return int(found.sum())
 
 
@@ -394,7 +421,7 @@ def _merge_groups(store: "Store", lock: WriterLock, groups: list[list[int]], ope
             merged[group[0]] = (rec, seg)
         dropped = {s for g in groups for s in g}
         recs, segs = [], []
-        for seg, rec in zip(store._segments, body.segments):
+        for seg, rec in zip(store._segments, body.segments, strict=True):  # never a segment left out
             if seg.serial in merged:
                 new_rec, new_seg = merged[seg.serial]
                 if new_rec is not None:
@@ -436,8 +463,8 @@ def _merge_quietly(store: "Store", lock: WriterLock) -> None:
     so it warns rather than making the add or delete look failed."""
     try:
         merge_due(store, lock)
-    except (VeczError, OSError) as exc:
-        warnings.warn(f"{store.path}: the merge after this commit failed and will be retried: {exc}",
+    except (VeczError, OSError, MemoryError) as exc:
+        warnings.warn(f"{store.path}: the merge after this commit failed and will be retried: {str(exc) or repr(exc)}",
                       RuntimeWarning, stacklevel=3)
 
 

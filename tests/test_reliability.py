@@ -364,6 +364,122 @@ def test_a_failure_after_a_commit_does_not_say_nothing_was_committed(tmp_path, m
         assert len(r) == 18 and check_store(path) == []
 
 
+
+def _self_found(path: Path, x: np.ndarray) -> np.ndarray:
+    """Whether each row of x (ids 0..n-1, l2) finds itself in the store at `path`."""
+    with Store.open(path) as r:
+        return r.search(x, k=1, rerank=0)[1][:, 0] == np.arange(len(x))
+
+
+def _fails_once(monkeypatch, owner, name, exc):
+    """Make owner.name raise exc on its next call only."""
+    real = getattr(owner, name)
+    calls = []
+
+    def once(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, once)
+
+
+def test_an_interrupt_after_an_add_committed_closes_the_writer_and_says_what_is_committed(tmp_path, monkeypatch):
+    # Ctrl-C while add() loaded the segment it had committed left the writer open with one
+    # segment fewer than its body: a later delete matched segments by position and deleted
+    # ids 200-209 instead of 300-309, and the next automatic merge dropped 100 committed
+    # rows (vecz check said ok). The writer is closed now, and the interrupt notes the version
+    from vecz.engine import writes
+    from vecz.errors import StoreClosed
+
+    x = _data(500)
+    path = tmp_path / "s"
+    w = Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32")
+    w.add(x[:100])
+    w.add(x[100:200])
+    _fails_once(monkeypatch, writes.Segment, "from_arrays", KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt) as info:
+        w.add(x[200:300])
+    assert "version 4 is committed with its 100 rows" in info.value.__notes__[0]
+    assert "do not add them again (this writer is closed" in info.value.__notes__[0]
+    with pytest.raises(StoreClosed):
+        w.add(x[300:400])
+    with Store.open(path, mode="a") as w:
+        w.add(x[300:400])
+        w.add(x[400:500])  # four segments: a merge
+        assert w.delete(np.arange(300, 310)) == 10
+    found = _self_found(path, x)
+    assert found[:300].all() and not found[300:310].any() and found[310:].all()
+    assert check_store(path) == []
+
+
+def test_a_memory_error_after_an_add_committed_reloads_the_writer(tmp_path, monkeypatch):
+    # MemoryError is not an interrupt: the writer loads the committed version from disk and
+    # goes on in step with it (it went on one segment short, and the merge dropped rows)
+    from vecz.engine import writes
+
+    x = _data(500)
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32") as w:
+        w.add(x[:100])
+        w.add(x[100:200])
+        _fails_once(monkeypatch, writes.Segment, "from_arrays", MemoryError())
+        w.add(x[200:300])
+        monkeypatch.undo()
+        assert len(w) == 300
+        w.add(x[300:400])
+        w.add(x[400:500])  # four segments: a merge
+        assert len(w) == 500 and w.delete(np.arange(300, 310)) == 10
+    found = _self_found(path, x)
+    assert found[:300].all() and not found[300:310].any() and found[310:].all()
+
+
+def test_a_merge_that_fails_after_writing_leaves_no_files_behind(tmp_path, monkeypatch):
+    # an interrupt while the merged segment loaded left its files, named by a serial the
+    # writer had not used up: its next commit failed on "File exists" (a StorageError)
+    from vecz.engine import merge
+
+    x = _data(400)
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32") as w:
+        for b in range(3):
+            w.add(x[b * 100:(b + 1) * 100])
+        w.delete(np.arange(0, 300, 10))
+        before = sorted(os.listdir(path))
+        _fails_once(monkeypatch, merge.Segment, "from_arrays", KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            w.compact()
+        assert sorted(os.listdir(path)) == before
+        w.add(x[300:400])
+        w.compact()
+    found = _self_found(path, x)
+    assert not found[0:300:10].any() and found.sum() == 370
+
+
+def test_a_failed_merge_after_an_add_does_not_make_the_add_look_failed(tmp_path, monkeypatch):
+    # the rows are committed before the automatic merge: a MemoryError there warns (as a full
+    # disk does; the add raised, and a caller who retried stored its rows twice), and an
+    # interrupt passes on with a note saying the rows are committed
+    from vecz.engine import merge
+
+    x = _data(500)
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32") as w:
+        for b in range(3):
+            w.add(x[b * 100:(b + 1) * 100])
+        _fails_once(monkeypatch, merge, "merge_segments", MemoryError())
+        with pytest.warns(RuntimeWarning, match="the merge after this commit failed .*MemoryError"):
+            w.add(x[300:400])
+        assert len(w) == 400
+        _fails_once(monkeypatch, merge, "merge_segments", KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt) as info:
+            w.add(x[400:500])
+        assert "is committed with its 100 rows" in info.value.__notes__[0]
+        assert "this writer goes on from it" in info.value.__notes__[0]
+        assert len(w) == 500
+    assert _self_found(path, x).all()
+
 def test_refresh_after_the_store_was_built_again_at_its_path_reads_the_new_codec(tmp_path):
     # a codec file of the same name in a store deleted and built again is another file: a
     # reader's refresh loads it (it kept the old codec and scored new codes with it)
