@@ -335,6 +335,9 @@ def _open_build_store(args: argparse.Namespace, source: Any) -> tuple[Any, int]:
     if not exists:
         if args.append:
             raise InvalidInput(f"{path}: --append needs an existing store, found none")
+        if source.dim < 1:  # (Store.create said "dim: expected an integer >= 1, found 0", naming no file)
+            raise InvalidInput(f"{args.src}: expected at least one vector to learn the width of a new store from, "
+                               f"found no rows (only .npy and fixed-size list columns record a width without rows)")
         spec = args.codec or "RB2"
         store = Store.create(path, dim=source.dim, metric=args.metric or "cosine", codec=spec,
                              dense=None if (args.dense or "f32") == "none" else (args.dense or "f32"),
@@ -533,7 +536,10 @@ def _build(args: argparse.Namespace) -> int:
                 if fresh and not committed["rows"] and _empty(store):  # `_undo_empty_build` removes it
                     print(f"{args.store}: no rows of {args.src} committed; the new store is removed", file=sys.stderr)
                     raise
-                if isinstance(exc, ValueError):
+                if isinstance(exc, ValueError) and not committed["rows"]:
+                    # (it advised a new store, as below, when nothing of the file was committed)
+                    advice = f"the same command fails again until {args.src} is fixed; then run it again"
+                elif isinstance(exc, ValueError):
                     # bad input fails again at the same row, and a fixed file is another source (no resume)
                     advice = (f"the same command fails again until {args.src} is fixed, and a changed file does not "
                               f"resume this build: build the fixed file into a new store")
@@ -575,8 +581,13 @@ def _measure_model(store: Any, queries: Any, nprobe: int | None, source: str | N
     store open for writing commits the model."""
     what = "pseudo-queries from the rows" if queries is None else f"{len(queries):,} sample queries"
     started = time.perf_counter()
-    with _file_rows(queries, source, 0) if source is not None else contextlib.nullcontext():
-        model = store.calibrate(queries, nprobe=nprobe)
+    try:
+        with _file_rows(queries, source, 0) if source is not None else contextlib.nullcontext():
+            model = store.calibrate(queries, nprobe=nprobe)
+    except DimensionMismatch as exc:  # ("calibration queries: expected width 16, found 8" named no file)
+        if source is None:
+            raise
+        raise DimensionMismatch(f"{source}: {exc}") from None
     if model is None:
         print(f"{store.path}: calibrated on {what}: too few pairs for a model; --rerank auto reads its whole "
               "shortlist", file=sys.stderr)

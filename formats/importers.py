@@ -92,6 +92,8 @@ _ARROW_ERRORS = (pa.ArrowException, OSError, EOFError, UnicodeDecodeError)
 
 def _require_file(path: Path, what: str) -> Path:
     path = Path(path)
+    if path.is_dir():  # (it said "no such file" of a directory that exists)
+        raise DatasetNotFound(f"{what}: expected a file, found a directory {str(path)!r}")
     if not path.is_file():
         raise DatasetNotFound(f"{what}: no such file {str(path)!r}")
     return path

@@ -265,6 +265,8 @@ class Env:
         (f / "vectors.csv").write_text("1,2,3\n")
         (f / "cut.fvecs").write_bytes(np.int32(DIM).tobytes() + b"\0" * 10)
         pq.write_table(pa.table({"name": ["a", "b"]}), f / "novector.parquet")
+        pq.write_table(pa.table({"emb": pa.array([], type=pa.list_(pa.float32()))}), f / "zero_rows.parquet")
+        (f / "dir.npy").mkdir()
 
     def fresh(self) -> Path:
         """A path under new/ that nothing exists at (a failed create/build must leave none)."""
@@ -628,6 +630,11 @@ CASES: list[Case] = [
     # ---- vecz build
     Case("build: SRC missing", "vecz build SRC", lambda e: _cli("build", e.files / "missing.npy", e.fresh()), Exit2,
          r"vecz build: error: vectors: no such file '.*missing\.npy'"),
+    Case("build: SRC a directory", "vecz build SRC", lambda e: _cli("build", e.files / "dir.npy", e.fresh()), Exit2,
+         r"vecz build: error: vectors: expected a file, found a directory '.*dir\.npy'"),
+    Case("build: a Parquet SRC of no rows (list column: no width)", "vecz build SRC",
+         lambda e: _cli("build", e.files / "zero_rows.parquet", e.fresh()), Exit2,
+         r"zero_rows\.parquet: expected at least one vector to learn the width of a new store from, found no rows"),
     Case("build: SRC of an unsupported type", "vecz build SRC",
          lambda e: _cli("build", e.files / "vectors.csv", e.fresh()), Exit2,
          r"expected a \.npy or \.fvecs file or Arrow data .*; found suffix '\.csv'"),
@@ -697,6 +704,9 @@ CASES: list[Case] = [
          lambda e: _cli("build", e.files / "good.npy", e.fresh(), "--append"), Exit2,
          r"vecz build: error: .*t\d+: --append needs an existing store, found none"),
     # ---- vecz search
+    Case("search: --calibrate SAMPLE of the wrong width", "vecz search --calibrate",
+         lambda e: _cli("search", e.root / "cli", e.files / "good.npy", "--rerank", "auto", "--calibrate",
+                        e.files / "wide.npy"), Exit2, r"wide\.npy: calibration queries: expected width 16, found 17"),
     Case("search: QUERIES missing", "vecz search QUERIES", lambda e: _cli("search", e.root / "cli", e.files / "no.npy"),
          Exit2, r"vecz search: error: vectors: no such file '.*no\.npy'"),
     Case("search: QUERIES not an .npy file", "vecz search QUERIES",

@@ -190,6 +190,25 @@ def test_check_of_a_missing_path_is_bad_input_not_damage(tmp_path, capsys):
     assert "no manifest, but vecz data files" in capsys.readouterr().out
 
 
+def test_an_append_that_commits_nothing_says_to_fix_the_file_and_run_it_again(tmp_path, capsys):
+    # ids already in the store: nothing of the file is committed, so the same command works
+    # once the file is fixed (it advised building the fixed file into a new store)
+    store, src = tmp_path / "s", tmp_path / "more.parquet"
+    x = _data(40)
+    np.save(tmp_path / "x.npy", x[:30])
+    assert main(["build", str(tmp_path / "x.npy"), str(store), "--codec", "SQ8", "--no-calibrate"]) == 0
+    table = pa.table({"emb": pa.FixedSizeListArray.from_arrays(pa.array(x[20:40].ravel()), DIM),
+                      "id": np.arange(20, 40)})
+    pq.write_table(table, src)
+    capsys.readouterr()
+    argv = ["build", str(src), str(store), "--append", "--no-calibrate"]
+    assert main(argv) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert f"0 of 20 rows of {src} are committed" in err and "then run it again" in err and "new store" not in err
+    pq.write_table(table.set_column(1, "id", pa.array(np.arange(30, 50))), src)
+    assert main(argv) == 0
+    assert len(Store.open(store)) == 50
+
 @pytest.mark.parametrize("batch_rows", [None, "100", "7"])
 @pytest.mark.parametrize("train_size", ["20", "200", "1000"])
 def test_build_names_the_file_row_of_a_bad_value(tmp_path, capsys, batch_rows, train_size):

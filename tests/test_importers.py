@@ -409,6 +409,9 @@ def test_npy_header_claiming_1e12_rows_refused_without_allocating(tmp_path):
 def test_missing_unknown_and_closed(tmp_path):
     with pytest.raises(DatasetNotFound, match="no such file"):
         open_vectors(tmp_path / "missing.parquet")
+    (tmp_path / "dir.npy").mkdir()  # it said "no such file" of a directory that exists
+    with pytest.raises(DatasetNotFound, match="expected a file, found a directory '.*dir.npy'"):
+        open_vectors(tmp_path / "dir.npy")
     (tmp_path / "x.csv").write_text("1,2\n")
     with pytest.raises(InvalidInput, match=r"expected a \.npy or \.fvecs.*\.parquet, \.arrow, \.feather, \.ipc"):
         open_vectors(tmp_path / "x.csv")
