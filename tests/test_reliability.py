@@ -371,6 +371,13 @@ def _self_found(path: Path, x: np.ndarray) -> np.ndarray:
         return r.search(x, k=1, rerank=0)[1][:, 0] == np.arange(len(x))
 
 
+def _hundreds(path: Path, x: np.ndarray, segments: int) -> Store:
+    """A writer (l2, SQ8, f32 rows) holding x's first `segments` hundreds, one add each."""
+    w = Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32")
+    for b in range(segments):
+        w.add(x[b * 100:(b + 1) * 100])
+    return w
+
 def _fails_once(monkeypatch, owner, name, exc):
     """Make owner.name raise exc on its next call only."""
     real = getattr(owner, name)
@@ -395,9 +402,7 @@ def test_an_interrupt_after_an_add_committed_closes_the_writer_and_says_what_is_
 
     x = _data(500)
     path = tmp_path / "s"
-    w = Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32")
-    w.add(x[:100])
-    w.add(x[100:200])
+    w = _hundreds(path, x, 2)
     _fails_once(monkeypatch, writes.Segment, "from_arrays", KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt) as info:
         w.add(x[200:300])
@@ -421,9 +426,7 @@ def test_a_memory_error_after_an_add_committed_reloads_the_writer(tmp_path, monk
 
     x = _data(500)
     path = tmp_path / "s"
-    with Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32") as w:
-        w.add(x[:100])
-        w.add(x[100:200])
+    with _hundreds(path, x, 2) as w:
         _fails_once(monkeypatch, writes.Segment, "from_arrays", MemoryError())
         w.add(x[200:300])
         monkeypatch.undo()
@@ -442,9 +445,7 @@ def test_a_merge_that_fails_after_writing_leaves_no_files_behind(tmp_path, monke
 
     x = _data(400)
     path = tmp_path / "s"
-    with Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32") as w:
-        for b in range(3):
-            w.add(x[b * 100:(b + 1) * 100])
+    with _hundreds(path, x, 3) as w:
         w.delete(np.arange(0, 300, 10))
         before = sorted(os.listdir(path))
         _fails_once(monkeypatch, merge.Segment, "from_arrays", KeyboardInterrupt())
@@ -465,9 +466,7 @@ def test_a_failed_merge_after_an_add_does_not_make_the_add_look_failed(tmp_path,
 
     x = _data(500)
     path = tmp_path / "s"
-    with Store.create(path, dim=DIM, metric="l2", codec="SQ8", dense="f32") as w:
-        for b in range(3):
-            w.add(x[b * 100:(b + 1) * 100])
+    with _hundreds(path, x, 3) as w:
         _fails_once(monkeypatch, merge, "merge_segments", MemoryError())
         with pytest.warns(RuntimeWarning, match="the merge after this commit failed .*MemoryError"):
             w.add(x[300:400])
