@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..formats import manifest as mf
+from ..formats._header import open_regular
 from ..formats.body import DATA_FILE_RE, STAGING_RE, body_files, parse_body
 from .errors import (CommitConflict, CommitIncomplete, InvalidInput, StorageError, StoreCorrupted, StoreLocked, StoreMoved,
                      StoreNotFound, VeczError)
@@ -237,7 +238,7 @@ def _lock_unpinned(name: str, dir_fd: int) -> int | None:
     instant: the collector then keeps the version one more commit). The caller deletes it
     (or not) and closes the descriptor."""
     try:
-        fd = os.open(name, os.O_RDONLY | _CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC, dir_fd=dir_fd)  # a FIFO must not block
     except FileNotFoundError:
         return None
     try:
@@ -329,7 +330,7 @@ def _hold_shared(path: Path) -> int | None:
     """`path` open with ``flock(LOCK_SH)``, or None when, once the lock is held, the name no
     longer leads to the file locked (the lock waits while a collector deletes it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        fd = open_regular(path, "manifest")  # (a FIFO in its place made a plain open wait for a writer)
     except FileNotFoundError:
         return None
     try:

@@ -277,6 +277,10 @@ class Store:
                 return
             except StoreCorrupted as exc:
                 newest = mf.list_versions(self.path)
+                if version is not None and version not in newest:  # pruned while it loaded: not damage
+                    raise StoreNotFound(f"{self.path}: version {version} was removed by a writer's garbage collection "
+                                        f"while it loaded (versions now {newest}; a pinned version stays: "
+                                        f"Store.pin)") from exc
                 if version is not None or not newest or newest[-1] == body.get("version") or attempt == 7:
                     raise exc
 
@@ -912,6 +916,32 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
         if not any(DATA_FILE_RE.fullmatch(name) for name in os.listdir(path)):
             raise StoreNotFound(f"{path}: no vecz store here (expected a manifest, found none and no data files)")
         return [f"{path}: no manifest, but vecz data files (a store whose manifests are gone)"]
+    # Each version checked is pinned first: a writer committing meanwhile would otherwise
+    # collect the manifests and files the check reads (on a healthy store, 21 of 570 checks
+    # beside a writer reported a missing file); a version gone before its pin was pruned.
+    pins: list[VersionPin] = []
+    try:
+        for _ in range(8):
+            kept = []
+            for v in versions:
+                try:
+                    pins.append(VersionPin(path, v))
+                except StoreCorrupted:
+                    if not os.path.lexists(path / mf.manifest_name(v)):
+                        continue  # pruned since listed
+                    # (something not a manifest in its place, a FIFO: the check says what)
+                kept.append(v)
+            if kept:
+                return _check_pinned(path, kept, all_versions)
+            versions = mf.list_versions(path)  # a writer pruned every version listed: the ones kept now
+        return [f"{path}: no version stayed long enough to check (a writer committing fast; check again)"]
+    finally:
+        for pin in pins:
+            pin.release()
+
+
+def _check_pinned(path: Path, versions: list[int], all_versions: bool) -> list[str]:
+    """`check_store` of the `versions` (pinned, ascending)."""
     problems: list[str] = []
     # every retained manifest is read (at most `retain` small files); the data files of the
     # newest version, or of every retained one
@@ -927,7 +957,7 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
             problems += writes.check_files(path, body)
     if not problems:
         try:
-            with Store.open(path) as store:
+            with Store.open(path, version=versions[-1]) as store:
                 problems += writes.check_dense_ids(store)
                 if store._model_error is not None:
                     problems.append(str(store._model_error))

@@ -203,6 +203,35 @@ def test_a_fifo_in_the_store_is_refused_not_waited_on(tmp_path, victim):
         assert got.returncode != 0 and "FIFO" in got.stdout + got.stderr, got
 
 
+
+def test_a_fifo_at_an_old_manifest_name_does_not_stall_a_commit_or_a_pin(tmp_path):
+    # a writer's garbage collection opened every listed manifest to probe its pin, and a
+    # VersionPin opened its manifest, both with a blocking open: a FIFO there hung the
+    # commit (and check_store's pins) until a process wrote to it
+    out = _run("""
+        import os, sys
+        import numpy as np
+        from vecz import Store, check_store
+        from vecz.engine.commit import VersionPin
+        from vecz.errors import StoreCorrupted
+        from vecz.formats import manifest as mf
+        p = sys.argv[1]
+        x = np.random.default_rng(0).standard_normal((30, 16)).astype(np.float32)
+        with Store.create(p, dim=16, codec="SQ8", retain=1) as w:
+            w.add(x[:10])
+            w.add(x[10:20])
+            os.mkfifo(os.path.join(p, mf.manifest_name(1)))
+            try:
+                VersionPin(p, 1)
+            except StoreCorrupted as exc:
+                print("pin refused:", exc)
+            print("check:", check_store(p))
+            w.add(x[20:30])
+            print("committed", mf.list_versions(p))
+        """, str(tmp_path / "s"), timeout=60)
+    assert "pin refused:" in out.stdout and "found a FIFO" in out.stdout, out
+    assert "committed [4]" in out.stdout, out
+
 # --------------------------------------------------------------------------- a full disk
 
 
@@ -478,6 +507,56 @@ def test_a_failed_merge_after_an_add_does_not_make_the_add_look_failed(tmp_path,
         assert "this writer goes on from it" in info.value.__notes__[0]
         assert len(w) == 500
     assert _self_found(path, x).all()
+
+
+def test_check_beside_a_committing_writer_reports_no_damage(tmp_path, monkeypatch):
+    # check_store read the newest version's files unpinned: a writer's commit (a compaction,
+    # retain=1) collected them mid-check and a healthy store was reported damaged ("dense ids
+    # do not read: No such file", 21 of 570 checks beside a writer). It pins what it checks
+    from vecz.engine import writes
+
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, metric="l2", codec="PQ4x4", retain=1) as w:
+        w.add(_data(600))
+    real = writes.check_dense_ids
+
+    def commit_then_check(store):
+        with Store.open(path, mode="a") as other:
+            other.delete([0])
+            other.compact()
+        return real(store)
+
+    monkeypatch.setattr(writes, "check_dense_ids", commit_then_check)
+    assert check_store(path) == []
+    monkeypatch.undo()
+    with Store.open(path) as r:
+        assert len(r) == 599 and r.version == 4
+    assert check_store(path, all_versions=True) == []
+
+
+def test_a_version_pruned_while_it_opens_is_not_called_damaged(tmp_path, monkeypatch):
+    # Store.open(version=v) whose files a writer collected between its manifest and its
+    # segments said StoreCorrupted ("segment file missing"); the retain rule allows it
+    from vecz.errors import StoreNotFound
+
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, metric="l2", codec="PQ4x4", retain=2) as w:
+        w.add(_data(300))
+        w.add(_data(300, seed=1))
+    real = Store._read_body
+
+    def read_then_commit(self, version):
+        body = real(self, version)
+        if self.mode != "a":
+            with Store.open(path, mode="a") as other:
+                other.delete([5])
+                other.compact()
+                other.delete([6])
+        return body
+
+    monkeypatch.setattr(Store, "_read_body", read_then_commit)
+    with pytest.raises(StoreNotFound, match="version 2 was removed by a writer's garbage collection while it loaded"):
+        Store.open(path, version=2)
 
 def test_refresh_after_the_store_was_built_again_at_its_path_reads_the_new_codec(tmp_path):
     # a codec file of the same name in a store deleted and built again is another file: a
