@@ -248,7 +248,8 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", help="integer id column of a .parquet/.arrow file (default: the column named "
                    "'id' when there is an integer one, else ids 0, 1, ...; 'none' numbers the rows even then)")
     p.add_argument("--batch-rows", type=int, default=None, metavar="N",
-                   help="rows per commit (default: 256 MB of float32 per batch)")
+                   help="rows per commit (default: 256 MB of float32 per batch); with --ray, rows per segment "
+                        "(default 262,144)")
     p.add_argument("--train-size", type=int, default=65536, metavar="N",
                    help="rows the codec trains on, drawn at random from the whole file with --seed (default 65536)")
     p.add_argument("--seed", type=int, default=0, help="seed of the codec's training (default 0)")
@@ -427,6 +428,8 @@ def _ray_build(args: argparse.Namespace) -> int:
         raise InvalidInput(f"{path}: --append needs an existing store, found none")
     id_column = None if args.id_column is None or args.id_column.lower() == "none" else args.id_column
     column = args.column
+    if args.batch_rows is not None and args.batch_rows < 1:  # (0 meant the default, -5 named segment_rows)
+        raise InvalidInput(f"--batch-rows must be >= 1, found {args.batch_rows}")
     if args.id_column is None and Path(args.src).is_file():
         # the one-process build's default: an integer column named 'id' gives the ids (--ray
         # numbered the rows instead, silently)
@@ -434,9 +437,16 @@ def _ray_build(args: argparse.Namespace) -> int:
 
         with open_vectors(args.src, column=column, default_id_column="id") as source:
             id_column, column = source.id_column, source.column
-        if id_column is not None:
-            print(f"{args.src}: ids from column {id_column!r} (--id-column none numbers the rows instead)",
-                  file=sys.stderr)
+    elif args.id_column is None and Path(args.src).is_dir():  # a Parquet directory: the same default
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+
+        schema = pads.dataset(args.src, format="parquet").schema
+        if "id" in schema.names and pa.types.is_integer(schema.field("id").type) and column != "id":
+            id_column = "id"
+    if args.id_column is None and id_column is not None:
+        print(f"{args.src}: ids from column {id_column!r} (--id-column none numbers the rows instead)",
+              file=sys.stderr)
     vray.connect(args.ray)
     report = vray.build(path, args.src, codec=args.codec,
                         metric=args.metric, dense=args.dense, column=column, id_column=id_column, seed=args.seed,

@@ -88,8 +88,8 @@ from ..formats.dense import DenseInfo
 from . import writes
 from .codecs import Codec, SearchResult, SearchStats, _as_vectors
 from .commit import VersionPin, storage_errors
-from .errors import (InvalidInput, MissingDependency, ShardUnavailable, StorageError, StoreCorrupted, StoreNotFound,
-                     VeczError)
+from .errors import (InvalidInput, MissingDependency, ShardUnavailable, StorageError, StoreClosed, StoreCorrupted,
+                     StoreNotFound, VeczError)
 
 __all__ = ["build", "BuildReport", "ShardedStore", "connect", "read_dataset", "DEFAULT_SEGMENT_ROWS"]
 
@@ -427,9 +427,20 @@ def _check_ids(store: Any, staging: Path, recs: list[dict]) -> None:
 
     ranges = sorted((r["min_id"], r["max_id"], j) for j, r in enumerate(recs))
     suspect: set[int] = set()
-    for (lo_a, hi_a, a), (lo_b, _, b) in zip(ranges, ranges[1:]):
-        if lo_b <= hi_a:
-            suspect |= {a, b}
+    # a sweep with the running maximum: a range may overlap any earlier one, not only the one
+    # before it (batches [0, 100], [10, 20], [50, 60] sharing id 55 were compared as two pairs,
+    # neither holding both, and committed it twice)
+    reach, group = None, []
+    for lo, hi, j in ranges:
+        if reach is not None and lo <= reach:
+            group.append(j)
+            reach = max(reach, hi)
+            continue
+        if len(group) > 1:
+            suspect.update(group)
+        reach, group = hi, [j]
+    if len(group) > 1:
+        suspect.update(group)
     existing = [(s.rec.min_id, s.rec.max_id) for s in store._segments]
     for lo, hi, j in ranges:
         if any(lo <= e_hi and e_lo <= hi for e_lo, e_hi in existing):
@@ -464,7 +475,8 @@ def build(path: str | os.PathLike, data: Any, *, codec: str | Codec | None = Non
         numpy array; `column` names its vector column (default: the only one besides ids)
     id_column : integer ids column; default: ids ``next_id + row number`` in dataset order
     codec, metric, dense, seed, train_size, rotation : as `Store.create` for a new store
-        (codec default "RB2"); an existing store must agree with those given
+        (codec default "RB2"); an existing store must agree with the codec, metric and dense
+        given, and trains (if it is not yet trained) with its own seed, train size and rotation
     segment_rows : rows per batch, hence at most per segment written
     workers : batches encoded at once (default: as many as the cluster's CPUs allow)
     threads_per_worker : CPUs each batch asks of Ray (and Numba threads it uses)
@@ -533,7 +545,12 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
         t0 = time.perf_counter()
         if not store.codec.is_trained:
             rows = n if n is not None else ds.count()
-            store.train(_sample(ds, column, rows, store.codec.train_size, store.codec.seed))
+            sample = _sample(ds, column, rows, store.codec.train_size, store.codec.seed)
+            try:
+                store.train(sample)
+            except InvalidInput as exc:  # (its row number is the sample's: it named a healthy data row)
+                raise InvalidInput(f"{exc} (a row of the {len(sample):,} drawn at random from the data to train the "
+                                   f"codec, not the data's row of that number)") from None
         train_seconds = time.perf_counter() - t0
         trained = store.codec
         codec_ref = [ray.put((trained.to_config(), trained.state()))]  # in a list: Ray passes the ref as is
@@ -541,6 +558,7 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
             # ids in dataset order: row i gets next_id + i (zip pairs rows by position; the
             # context's preserve_order makes that order the source's)
             offset = store.next_id
+            writes.check_auto_ids(store, n)  # (else a raw OverflowError from a worker, in a RayTaskError)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 ids = ray.data.range(n, **({"override_num_blocks": _blocks(n, segment_rows)} if aligned else {}))
@@ -840,6 +858,11 @@ class ShardedStore:
         for name, value in (("shards", shards), ("threads_per_shard", threads_per_shard)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise InvalidInput(f"{name}: expected an integer >= 1, found {value!r}")
+        if not isinstance(max_restarts, (int, np.integer)) or isinstance(max_restarts, bool) or max_restarts < 0:
+            raise InvalidInput(f"max_restarts: expected an integer >= 0, found {max_restarts!r}")
+        if isinstance(start_timeout, bool) or not isinstance(start_timeout, (int, float, np.integer, np.floating)) \
+                or not start_timeout > 0:
+            raise InvalidInput(f"start_timeout: expected a number of seconds > 0, found {start_timeout!r}")
         if cpus_per_shard is not None and (isinstance(cpus_per_shard, bool) or not isinstance(
                 cpus_per_shard, (int, float, np.integer, np.floating)) or not 0 < cpus_per_shard < math.inf):
             raise InvalidInput(f"cpus_per_shard: expected None or a number > 0, found {cpus_per_shard!r}")
@@ -936,6 +959,12 @@ class ShardedStore:
             try:
                 out.append(self._ray.get(ref))
             except exc_types as exc:
+                if not partial and getattr(exc, "actor_init_failed", False):
+                    # its constructor raised (a damaged segment file, say): the cause, not "died"
+                    # (the error's own text ends with the exception its creation task raised)
+                    cause = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+                    raise ShardUnavailable(f"{self._describe(j)}: its actor could not load its segments: "
+                                           f"{cause[0].strip()}{self._pruned()}") from None
                 if not partial:
                     raise ShardUnavailable(f"{self._describe(j)}: its actor died and was not restarted "
                                            f"({type(exc).__name__}){self._pruned()}; expected an answer from every "
@@ -944,8 +973,13 @@ class ShardedStore:
                 missing.append(j)
         return out, missing
 
+    def _check_open(self, what: str) -> None:
+        if self.actors is None:
+            raise StoreClosed(f"{self.path}: {what} on a closed ShardedStore; expected an open one")
+
     def pids(self) -> list[int]:
         """Process ids of the shards' actors (what a test kills)."""
+        self._check_open("pids")
         return self._gather([a.pid.remote() for a in self.actors], partial=False)[0]
 
     def search(self, queries: Any, k: int = 10, *, nprobe: int | None = None, rerank: int | str | None = None,
@@ -974,8 +1008,9 @@ class ShardedStore:
                              shortlist_depth)
         from .store import MAX_RESULT_BYTES
 
-        if self.actors is None:
-            raise VeczError(f"{self.path}: search on a closed ShardedStore")
+        self._check_open("search")
+        if not isinstance(partial, (bool, np.bool_)):
+            raise InvalidInput(f"partial: expected True or False, found {partial!r}")
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
         x = _as_vectors(queries, self.body.dim, "queries")

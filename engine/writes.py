@@ -169,11 +169,16 @@ def _with_codec(store: "Store", codec: Codec, body: StoreBody, files: list[str])
     return replace(body, codec_config=codec.to_config(), codec_file=name, calibration=None)
 
 
+def check_auto_ids(store: "Store", n: int) -> None:
+    """InvalidInput when automatic ids for `n` more rows (from the store's next id) pass int64."""
+    if store.next_id > _MAX_ID - n + 1:
+        raise InvalidInput(f"ids: automatic ids {store.next_id}.. for {n} rows exceed int64 (the store "
+                           f"holds id {store.next_id - 1}); expected explicit ids=")
+
+
 def _check_new_ids(store: "Store", ids: Any, n: int) -> np.ndarray:
     if ids is None:
-        if store.next_id > _MAX_ID - n + 1:
-            raise InvalidInput(f"ids: automatic ids {store.next_id}.. for {n} rows exceed int64 (the store "
-                               f"holds id {store.next_id - 1}); expected explicit ids=")
+        check_auto_ids(store, n)
         return np.arange(store.next_id, store.next_id + n, dtype=np.int64)
     new_ids = _as_ids(ids, "ids")
     if new_ids.shape != (n,):

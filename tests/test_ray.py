@@ -226,6 +226,12 @@ def test_bad_rows_of_a_dataset_or_a_ragged_column_are_typed_errors(tmp_path):
     twice = ray.data.from_items([{"v": row, "id": 1000 + i // 2} for i, row in enumerate(x[100:140])])
     with pytest.raises(InvalidInput, match="distinct ids"):
         vray.build(path, twice, id_column="id", segment_rows=100)
+    # id 2055 in the first and third batches, whose ranges each overlap the second's only
+    # pairwise by min id: [2000, 2100], [2010, 2020], [2050, 2060] (it was committed twice)
+    spread = [2000, 2030, 2055, 2100, 2010, 2012, 2014, 2020, 2050, 2052, 2055, 2060]
+    thrice = ray.data.from_items([{"v": row, "id": i} for i, row in zip(spread, x[100:112])], override_num_blocks=3)
+    with pytest.raises(InvalidInput, match="distinct ids, found 2055"):
+        vray.build(path, thrice, id_column="id", segment_rows=4)
     with Store.open(path) as store:
         assert len(store) == 100 and store.version == 3
     assert _leftovers(path) == []
@@ -252,15 +258,21 @@ def test_cli_ray_build_takes_the_id_column_as_the_one_process_build_does(tmp_pat
     from vecz.engine.cli import main
 
     x = _data(300, 16, seed=4)
-    pq.write_table(pa.table({"id": np.arange(300) * 10 + 7, "v": pa.FixedSizeListArray.from_arrays(
-        pa.array(x.ravel()), 16)}), tmp_path / "x.parquet")
-    for name, extra in (("plain", []), ("ray", ["--ray"])):
-        assert main(["build", str(tmp_path / "x.parquet"), str(tmp_path / name), "--codec", "RB1",
+    table = pa.table({"id": np.arange(300) * 10 + 7, "v": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 16)})
+    pq.write_table(table, tmp_path / "x.parquet")
+    (tmp_path / "parts").mkdir()  # a directory of Parquet files: --ray took no id column from it
+    pq.write_table(table.slice(0, 150), tmp_path / "parts" / "a.parquet")
+    pq.write_table(table.slice(150), tmp_path / "parts" / "b.parquet")
+    for name, src, extra in (("plain", "x.parquet", []), ("ray", "x.parquet", ["--ray"]), ("dir", "parts", ["--ray"])):
+        assert main(["build", str(tmp_path / src), str(tmp_path / name), "--codec", "RB1",
                      "--no-calibrate", *extra]) == 0
         assert "ids from column 'id'" in capsys.readouterr().err
-    with Store.open(tmp_path / "plain") as a, Store.open(tmp_path / "ray") as b:
-        np.testing.assert_array_equal(a.ids(), b.ids())
-        np.testing.assert_array_equal(a.search(x[:5], 3, rerank=10).ids, b.search(x[:5], 3, rerank=10).ids)
+    for name in ("ray", "dir"):
+        with Store.open(tmp_path / "plain") as a, Store.open(tmp_path / name) as b:
+            np.testing.assert_array_equal(a.ids(), b.ids())
+            np.testing.assert_array_equal(a.search(x[:5], 3, rerank=10).ids, b.search(x[:5], 3, rerank=10).ids)
+    assert main(["build", str(tmp_path / "x.parquet"), str(tmp_path / "zero"), "--ray", "--batch-rows", "0"]) == 2
+    assert "--batch-rows must be >= 1, found 0" in capsys.readouterr().err  # (0 meant the default)
 
 
 def _ray_workers_pids_of(marker_dir: Path) -> list[int]:
@@ -561,7 +573,10 @@ def test_a_sharded_store_that_fails_to_start_releases_its_pin(tmp_path):
     with open(path / seg, "r+b") as f:
         f.seek(100)
         f.write(b"\xff" * 64)
-    with pytest.raises(ShardUnavailable) as raised:
+    # and the error names what the actor's load raised (it said the actor "died", the damaged
+    # file only in the worker's log)
+    with pytest.raises(ShardUnavailable, match=f"could not load its segments: .*(ChecksumError|FormatError).*{seg}") \
+            as raised:
         vray.ShardedStore(path, shards=2, max_restarts=0, cpus_per_shard=0.5, start_timeout=60)
     assert raised.value is not None and pinned_versions(path) == []
 
@@ -738,9 +753,48 @@ def test_sharded_store_arguments_are_checked_before_any_actor(tmp_path):
     0 or True were taken, cpus_per_shard -1 or "1" raised Ray's ValueError/TypeError."""
     for kw in ({"threads_per_shard": 0}, {"threads_per_shard": True}, {"threads_per_shard": 1.5},
                {"threads_per_shard": "2"}, {"cpus_per_shard": -1}, {"cpus_per_shard": "1"},
-               {"cpus_per_shard": True}, {"cpus_per_shard": float("nan")}, {"shards": 0}):
+               {"cpus_per_shard": True}, {"cpus_per_shard": float("nan")}, {"shards": 0},
+               # these reached Ray: its ValueError or TypeError (a negative timeout after the actors started)
+               {"max_restarts": -5}, {"max_restarts": "2"}, {"start_timeout": -1}, {"start_timeout": "x"}):
         with pytest.raises(InvalidInput, match=next(iter(kw))):
             vray.ShardedStore(tmp_path / "nowhere", **kw)
+
+
+def test_a_closed_sharded_store_says_so_and_partial_is_checked(tmp_path):
+    # search(partial="no") was taken as true; a closed ShardedStore raised a plain VeczError
+    # from search and a TypeError from pids
+    from vecz.errors import StoreClosed
+
+    x = _data(100, 8)
+    with Store.create(tmp_path / "s", dim=8, codec="SQ8") as s:
+        s.add(x)
+    sh = vray.ShardedStore(tmp_path / "s", shards=1, cpus_per_shard=0.5)
+    with pytest.raises(InvalidInput, match="partial: expected True or False, found 'no'"):
+        sh.search(x[:2], 3, partial="no")
+    assert len(sh.pids()) == 1
+    sh.close()
+    for call in (lambda: sh.search(x[:2], 3), sh.pids):
+        with pytest.raises(StoreClosed, match="closed ShardedStore"):
+            call()
+
+
+def test_ray_build_says_a_bad_training_row_is_numbered_in_the_sample(tmp_path):
+    # rows 3000-3399 NaN: the error said "nan in row 767" (a healthy data row) of a random sample
+    x = _data(4000, 16, seed=3)
+    x[3000:3400] = np.nan
+    with pytest.raises(InvalidInput, match="drawn at random from the data to train the codec, not the data's row"):
+        vray.build(tmp_path / "s", x, codec="SQ8", train_size=1000, segment_rows=1000)
+
+
+def test_ray_build_refuses_automatic_ids_past_int64(tmp_path):
+    # (a raw OverflowError from a worker, wrapped in a RayTaskError)
+    x = _data(10, 8)
+    with Store.create(tmp_path / "s", dim=8, codec="SQ8") as s:
+        s.add(x[:2], ids=[0, 2**63 - 1])
+    with pytest.raises(InvalidInput, match="automatic ids 9223372036854775808.. for 5 rows exceed int64"):
+        vray.build(tmp_path / "s", x[2:7])
+    with Store.open(tmp_path / "s") as s:
+        assert len(s) == 2
 
 
 def test_sharded_queries_are_checked_as_a_stores_and_a_numpy_version_opens(tmp_path):
