@@ -908,8 +908,10 @@ class ShardedStore:
     def _pinned_body(self, version: int | None) -> Any:
         """The manifest body of `version` (the newest by default), its version pinned in
         `self.pin` (None with a warning where pins cannot be made)."""
+        from .store import read_body
+
         for attempt in range(8):
-            body = parse_body(mf.read_manifest(self.path, version), f"{self.path} version {version}")
+            body = parse_body(read_body(self.path, version, "ShardedStore"), f"{self.path} version {version}")
             try:
                 self.pin = VersionPin(self.path, body.version)
             except StoreCorrupted:

@@ -285,21 +285,8 @@ class Store:
                     raise exc
 
     def _read_body(self, version: int | None) -> dict:
-        """The manifest body of `version` (newest by default). A damaged newest manifest is
-        reported with the newest older version that still opens."""
-        try:
-            return mf.read_manifest(self.path, version)
-        except StoreCorrupted as exc:
-            if version is not None:
-                raise
-            for v in reversed(mf.list_versions(self.path)[:-1]):
-                try:
-                    parse_body(mf.read_manifest(self.path, v), f"{self.path} version {v}")
-                except VeczError:
-                    continue
-                raise StoreCorrupted(f"{exc}. The newest version that opens is {v}: Store.open({str(self.path)!r}, "
-                                     f"version={v}) reads it") from None
-            raise
+        """The manifest body of `version` (newest by default): `read_body`."""
+        return read_body(self.path, version, "Store.open")
 
     def pin(self) -> VersionPin:
         """Keep this object's version from a writer's garbage collection until the pin is
@@ -894,6 +881,25 @@ def _file_stamp(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_body(path: Path, version: int | None, opener: str) -> dict:
+    """The manifest body of `version` (newest by default). A damaged newest manifest is
+    reported with the newest older version that still opens, and how `opener` (``Store.open``,
+    ``ShardedStore``) reads it."""
+    try:
+        return mf.read_manifest(path, version)
+    except StoreCorrupted as exc:
+        if version is not None:
+            raise
+        for v in reversed(mf.list_versions(path)[:-1]):
+            try:
+                parse_body(mf.read_manifest(path, v), f"{path} version {v}")
+            except VeczError:
+                continue
+            raise StoreCorrupted(f"{exc}. The newest version that opens is {v}: {opener}({str(path)!r}, "
+                                 f"version={v}) reads it") from None
+        raise
 
 
 def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[str]:

@@ -786,6 +786,24 @@ def test_ray_build_says_a_bad_training_row_is_numbered_in_the_sample(tmp_path):
         vray.build(tmp_path / "s", x, codec="SQ8", train_size=1000, segment_rows=1000)
 
 
+def test_a_damaged_newest_manifest_names_the_version_a_sharded_store_can_serve(tmp_path):
+    # Store.open named the newest version that still opens; ShardedStore raised a bare ChecksumError
+    from vecz.errors import StoreCorrupted
+
+    x = _data(300, 16)
+    with Store.create(tmp_path / "s", dim=16, codec="SQ8") as s:
+        s.add(x[:150])
+        s.add(x[150:])
+        newest = tmp_path / "s" / mf.manifest_name(s.version)
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    newest.write_bytes(bytes(raw))
+    with pytest.raises(StoreCorrupted, match=r"The newest version that opens is 2: ShardedStore\(.*, version=2\)"):
+        vray.ShardedStore(tmp_path / "s", cpus_per_shard=0.5)
+    with vray.ShardedStore(tmp_path / "s", version=2, shards=1, cpus_per_shard=0.5) as sh:
+        assert len(sh) == 150
+
+
 def test_ray_build_refuses_automatic_ids_past_int64(tmp_path):
     # (a raw OverflowError from a worker, wrapped in a RayTaskError)
     x = _data(10, 8)
