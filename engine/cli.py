@@ -89,7 +89,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--rerank", default=None, metavar="R,R",
                    help="re-ranking depths: 0 = codes only, R >= k re-scores the best R exactly, reading those rows "
-                        "from the store's dense file (default 0,50,100; not with --budget, which sweeps it)")
+                        "from the store's dense file (default 0,50,100, those >= k, or 0,k above 100; not with "
+                        "--budget, which sweeps it)")
     p.add_argument("--nprobe", type=int, default=None,
                    help="IVF lists visited per query, vecz and faiss alike (default: nlist // 8; not with --budget, "
                         "which sweeps it)")
@@ -146,7 +147,9 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     if args.budget is not None:
         return _bench_budget(args, data, codecs, command, started)
     specs = runner.parse_codecs(codecs, data.base.shape[1], args.metric)
-    rerank = runner.parse_rerank("0,50,100" if args.rerank is None else args.rerank, args.k)
+    # the default depths that re-rank at least k (--k 64 failed on the default's 50, naming a --rerank not given)
+    default = ",".join(str(r) for r in (0, 50, 100) if r == 0 or r >= args.k) if args.k <= 100 else f"0,{args.k}"
+    rerank = runner.parse_rerank(default if args.rerank is None else args.rerank, args.k)
     result = runner.run_bench(data, specs, rerank=rerank, nprobe=args.nprobe, **_bench_common(args))
     s = result.settings
     print(f"vecz bench {s['dataset']}: {s['n']} x {s['dim']} base, {s['nq']} queries, metric {s['metric']}, "
@@ -155,11 +158,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
           f"* = best {result.quality_key} at or under that bytes/vec (same R)")
     print()
     print(report.format_table(result))
-    notes = sorted({row["faiss_note"] for row in result.rows if row.get("faiss_note")})
-    if notes:
-        print()
-        for note in notes:
-            print(f"note: {note}")
+    _print_faiss_notes(result.rows)
     examples = report.format_examples(result, data, args.show)
     if examples:
         print()
@@ -180,6 +179,15 @@ def _bench_common(args: argparse.Namespace) -> dict[str, Any]:
                 gt_cache=False if args.no_gt_cache else (args.gt_cache or True))
 
 
+def _print_faiss_notes(rows: list) -> None:
+    """Why faiss gave no figure for some rows (`FaissSide`'s notes), once each."""
+    notes = sorted({row["faiss_note"] for row in rows if row.get("faiss_note")})
+    if notes:
+        print()
+        for note in notes:
+            print(f"note: {note}")
+
+
 def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, command: str, started: float) -> int:
     from .bench import budget, report, runner
 
@@ -198,6 +206,7 @@ def _bench_budget(args: argparse.Namespace, data: Any, codecs: str | None, comma
     print()
     print("confirming runs through the store (held-out queries; R rows read from disk per query):")
     print(budget.format_runs(result))
+    _print_faiss_notes(result.rows)  # (why a faiss column says n/a: only report.md said it)
     print()
     print(result.recommendation["summary"])
     if args.out:

@@ -1128,8 +1128,11 @@ def read_vectors(path: str | Path, what: str = "vectors") -> np.ndarray:
     return _check_float_matrix(vecs, path, what)
 
 
-def read_ids(path: str | Path, n_queries: int, n_base: int) -> np.ndarray:
-    """Ground-truth ids int64 (n_queries, depth) from .npy or .ivecs, checked against the data."""
+def read_ids(path: str | Path, n_queries: int, n_base: int, file_queries: int | None = None) -> np.ndarray:
+    """Ground-truth ids int64 (n_queries, depth) from .npy or .ivecs, checked against the data:
+    one row per query of the query file when `file_queries` (its row count) is given (a truth
+    of another, larger query set was cut to the first rows, unnoticed), else at least
+    `n_queries` rows (the first are used)."""
     path = _require_file(Path(path), "ground truth")
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -1147,6 +1150,9 @@ def read_ids(path: str | Path, n_queries: int, n_base: int) -> np.ndarray:
         raise InvalidInput(f"{path}: expected a .npy or .ivecs ground truth, found suffix {suffix!r}")
     if arr.ndim != 2 or arr.dtype.kind not in "iu":
         raise InvalidInput(f"{path}: ground truth must be 2-D integer ids, found {arr.dtype} {arr.shape}")
+    if file_queries is not None and arr.shape[0] != file_queries:
+        raise DimensionMismatch(f"{path}: expected ground truth for the {file_queries} queries of the query file (a "
+                                f"row per query), found {arr.shape[0]} rows")
     if arr.shape[0] < n_queries:
         raise DimensionMismatch(f"{path}: expected ground truth for {n_queries} queries, found {arr.shape[0]} rows")
     used = np.asarray(arr[:n_queries])

@@ -370,6 +370,35 @@ def test_run_bench_given_gt_and_l2(arrays):
     assert res.recall_ats == [1, 10]
 
 
+
+def test_a_truth_narrower_than_the_ranked_recall_is_refused(arrays):
+    # a 5-wide truth at k = 10 ranked every table and the recommendation by recall@1 ("rerank=10:
+    # recall@1 0.990" where recall@10 was 0.734), silently
+    base, queries = arrays
+    gt = _brute_force(base, queries, "l2", 5)
+    data = bench_data.Dataset("synthetic", base, queries, gt=gt, gt_source="given")
+    with pytest.raises(InvalidInput, match="holds 5 neighbours per query: expected at least 10 for recall@10"):
+        runner.run_bench(data, ["SQ8"], metric="l2", k=10, rerank=[0], threads=1)
+    assert metrics.recall_ats(gt, 5) == [1, 5]  # k = 5: recall@5 is what it ranks by, and 5 columns hold it
+
+
+@pytest.mark.parametrize("spec", ["PQ8x8", "PQ8x4"])
+def test_ram_per_vector_counts_what_a_search_makes_the_store_hold(arrays, tmp_path, spec):
+    # read at open, before any search: PQ48x8 said 151 B/vector where the store held 251 after one
+    from vecz import Store
+
+    base, queries = arrays
+    data = bench_data.Dataset("synthetic", base, queries, gt=_brute_force(base, queries, "cosine", 10),
+                              gt_source="given")
+    row = runner.run_bench(data, [spec], metric="cosine", k=10, rerank=[0], threads=1).rows[0]
+    built = runner.build_store(tmp_path / "s", spec, base, "cosine", seed=0)
+    with Store.open(built.path) as store:
+        opened = sum(store.memory_bytes().values()) / len(base)
+        store.search(queries[:3], 10, rerank=0)
+        held = sum(store.memory_bytes().values()) / len(base)
+    assert held > opened and row["ram_bytes_per_vector"] == pytest.approx(held, abs=0.01)
+
+
 # --------------------------------------------------------------------------- CLI and outputs
 
 
@@ -451,6 +480,42 @@ def test_cli_bad_input_exit_2(files, capsys, argv, message):
     assert rc == 2
     assert message in capsys.readouterr().err
 
+
+
+def test_cli_k_above_the_default_depths_and_a_truth_of_other_queries(files, arrays, tmp_path, capsys):
+    # --k 64 without --rerank failed on the default's 50, naming a --rerank not given; a --gt
+    # with more rows than queries was cut to the first rows, unnoticed (rows = queries)
+    base, queries = arrays
+    argv = ["bench", str(files["base"]), str(files["queries"]), "--codecs", "SQ8", "--threads", "1",
+            "--no-gt-cache"]
+    assert main(argv + ["--k", "64"]) == 0
+    assert "R=50" not in capsys.readouterr().out
+    more = np.concatenate([_brute_force(base, queries, "cosine", 10)] * 2)
+    np.save(tmp_path / "gt.npy", more)
+    assert main(argv + ["--gt", str(tmp_path / "gt.npy")]) == 2
+    assert f"expected ground truth for the {NQ} queries of the query file (a row per query), found {2 * NQ}" in \
+        capsys.readouterr().err
+    np.save(tmp_path / "gt.npy", more[:NQ])
+    assert main(argv + ["--gt", str(tmp_path / "gt.npy"), "--nq", "10"]) == 0  # --nq cuts both
+
+
+def test_budget_run_says_why_faiss_has_no_figure(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "b.npy", _clustered(rng, 300, 33))
+    np.save(tmp_path / "q.npy", _clustered(rng, 20, 33))
+    assert main(["bench", str(tmp_path / "b.npy"), str(tmp_path / "q.npy"), "--budget", "8", "--codecs", "PQ8x4",
+                 "--faiss", "--threads", "1", "--no-gt-cache", "--target-recall", "0.5"]) == 0
+    assert "note: faiss refused" in capsys.readouterr().out  # (only report.md said it)
+
+
+def test_replot_ranks_by_the_recall_the_run_ranked_by():
+    # a k = 5 grid run ranks by recall@5; its results.json named no key, and a replot drew recall@1
+    from vecz.engine.bench import plots
+
+    rows = [{"spec": "SQ8", "recall@1": 0.9, "recall@5": 0.8, "recall@10": None}]
+    assert plots._quality_key(rows, {"k": 5}) == "recall@5"
+    assert plots._quality_key([dict(rows[0], **{"recall@10": 0.7})], {"k": 10}) == "recall@10"
 
 def test_cli_unknown_dataset_and_file(tmp_path, capsys):
     assert main(["bench", "no-such-dataset"]) == 2

@@ -129,7 +129,7 @@ def load_files(
         xq = xq[:nq]
     ds = Dataset(name or str(base), xb, np.ascontiguousarray(xq), base_path=Path(base))
     if gt is not None:
-        ds.gt = read_ids(gt, xq.shape[0], xb.shape[0])
+        ds.gt = read_ids(gt, xq.shape[0], xb.shape[0], file_queries=n_all)
         ds.gt_source = str(gt)
     if texts is not None:
         ds.base_texts = read_texts(texts, xb.shape[0], "base texts")

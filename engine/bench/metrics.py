@@ -195,9 +195,11 @@ def least_rows(ranks: np.ndarray, target: float, min_rows: int | None = None) ->
 def recall_ats(gt: np.ndarray, k: int) -> list[int]:
     """The recall depths reported for k results and `gt`'s depth: 1, 10 and 100 where they
     are <= k, and k itself when 1 < k < 10 (recall@k is then the one ranked by: `quality_at`)."""
+    need = min(k, 10)  # the depth `quality_at` ranks by: a narrower truth measured recall@1 instead, silently
+    if gt.shape[1] < need:
+        raise InvalidInput(f"the ground truth holds {gt.shape[1]} neighbours per query: expected at least {need} "
+                           f"for recall@{need} (k={k}), the recall the table, the front and --budget rank by")
     ats = [r for r in (1, 10, 100) if r <= k and r <= gt.shape[1]]
-    if not ats:
-        raise InvalidInput(f"the ground truth holds {gt.shape[1]} neighbours per query: too few for recall@1")
     if 1 < k < 10 and k <= gt.shape[1]:
         ats.append(k)
     return ats

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InvalidInput, MissingDependency
-from .metrics import BenchResult, depth_key
+from .metrics import BenchResult, depth_key, quality_at
 
 __all__ = ["family", "pareto_line", "RecallAxis", "place_labels", "write_plots", "replot"]
 
@@ -470,10 +470,13 @@ def plot_recall_vs_bytes(rows: Sequence[dict[str, Any]], settings: dict[str, Any
 def _quality_key(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
     if settings.get("recall_key"):
         return settings["recall_key"]
-    have = [a for a in (10, 100, 1) if any(row.get(f"recall@{a}") is not None for row in rows)]
+    # the depth the run ranked by (`metrics.quality_at`): 10, else the deepest reported (k < 10: recall@k,
+    # which this read as recall@1 when the settings did not name it)
+    have = sorted({int(key[7:]) for row in rows for key, value in row.items()
+                   if key.startswith("recall@") and key[7:].isdigit() and value is not None})
     if not have:
         raise InvalidInput("expected rows with recall@1, @10 or @100, found none")
-    return f"recall@{have[0]}"
+    return f"recall@{quality_at(have)}"
 
 
 def _draw(rows: Sequence[dict[str, Any]], settings: dict[str, Any], key: str, out: Path,

@@ -287,8 +287,8 @@ def _grid_markdown(result: BenchResult) -> list[str]:
         "",
         "Every spec is built as a real store (codes in RAM, float32 vectors in the dense file) and searched "
         "through it. bytes/vec = code bytes + 8-byte id; RAM B/vec = what the open store measures it holds "
-        "(codes in scan layout with padding, ids, trained arrays) / rows; R = rows re-scored exactly per "
-        "query, read from the dense file (rows/q and KiB/q as counted by the store); QPS over the whole "
+        "after a first search (codes in scan layout with padding, ids, trained and derived arrays) / rows; "
+        "R = rows re-scored exactly per query, read from the dense file (rows/q and KiB/q as counted by the store); QPS over the whole "
         f"batch; p50/p99 over {s['latency_queries']} queries sent one at a time; build = train + encode + "
         f"write + fsync. `*` and bold: best {result.quality_key} at or under that row's bytes/vector among "
         "rows with the same R (the Pareto front)."

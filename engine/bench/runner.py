@@ -9,7 +9,8 @@ best candidates with the vectors read from the dense file). Every row reports
 
 - recall@1, @10, @100 (those <= k) against the exact truth (`data.ground_truth`);
 - bytes/vector = `codec.code_size` + 8 (the int64 id), and the RAM the open store measures
-  it holds (`Store.memory_bytes`) per row;
+  it holds after a first search (`Store.memory_bytes`) per row (rerank="auto" adds its error
+  model, built at its first auto search);
 - QPS over the whole query batch, and p50 / p99 latency of queries sent one at a time;
 - rows and bytes read from the dense file per query and candidates scored, as the store
   counts them (`SearchResult.stats`); build seconds (train + encode + write + fsync);
@@ -288,6 +289,12 @@ def built_stores(specs: Sequence[str], base: np.ndarray, metric: str, *, seed: i
                 bar.set_postfix_str(f"{spec}: build")
                 built = build_store(wd / slug(spec), spec, base, metric, seed=seed)
                 with Store.open(built.path) as store:
+                    # after a search: what searches make the store hold counts too (the scan
+                    # layouts' cosine norms, PQ8's derived tables: PQ48x8 held 251 B/vector
+                    # where the column said 151 when read at open)
+                    if len(base):
+                        warm = np.random.default_rng(0).standard_normal((16, store.dim)).astype(np.float32)
+                        store.search(warm, 1, rerank=0)
                     ram = sum(store.memory_bytes().values())
                     yield bar, built, store, round(ram / max(1, len(base)), 2)
                 if not keep_stores:
@@ -445,6 +452,7 @@ def run_bench(
         "dim": int(dim),
         "metric": metric,
         "k": k,
+        "recall_key": qkey,  # what the front and the plots rank by (a replot reads it)
         "rerank": list(rerank),
         "nprobe": nprobe if nprobe is not None else "nlist // 8",
         "threads": thread_info["threads"],
