@@ -450,7 +450,11 @@ def _ray_build(args: argparse.Namespace) -> int:
         import pyarrow as pa
         import pyarrow.dataset as pads
 
-        schema = pads.dataset(args.src, format="parquet").schema
+        try:
+            schema = pads.dataset(args.src, format="parquet").schema
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidInput(f"{args.src}: expected a directory of Parquet files (what a distributed build reads), "
+                               f"found {exc}") from None
         if "id" in schema.names and pa.types.is_integer(schema.field("id").type) and column != "id":
             id_column = "id"
     if args.id_column is None and id_column is not None:

@@ -221,9 +221,13 @@ def _source_rows(data: Any) -> int | None:
         path = Path(data)
         if path.suffix == ".npy":
             return int(np.load(path, mmap_mode="r").shape[0])
+        import pyarrow as pa
         import pyarrow.dataset as pads
 
-        return int(pads.dataset(str(path), format="parquet").count_rows())
+        try:
+            return int(pads.dataset(str(path), format="parquet").count_rows())
+        except (pa.ArrowException, OSError) as exc:  # (a raw ArrowInvalid: a non-Parquet file in a directory)
+            raise InvalidInput(f"{path}: expected a Parquet file or a directory of Parquet files, found {exc}") from None
     return None
 
 

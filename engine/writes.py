@@ -109,9 +109,10 @@ def _after_commit(store: "Store", lock: WriterLock) -> None:
     (a caller who retried would commit its rows twice)."""
     try:
         collect_garbage(lock)
-    except (VeczError, OSError) as exc:
+    except (VeczError, OSError, MemoryError) as exc:
         warnings.warn(f"{store.path}: garbage collection after version {store.version} failed and will be retried "
-                      f"after the next commit; the commit stands: {exc}", RuntimeWarning, stacklevel=3)
+                      f"after the next commit; the commit stands: {str(exc) or repr(exc)}", RuntimeWarning,
+                      stacklevel=3)
 
 
 def _write_deletes(store: "Store", rec: SegmentRecord, dead: np.ndarray, serials: _Serials,
@@ -315,8 +316,8 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
         except Exception as exc:  # the rows are committed: load the version from disk, or close
             if not _follow(store, version):
                 raise CommitIncomplete(f"{store.path}: add: version {version} is committed with its {len(new_ids)} "
-                                       f"rows, but this writer could not load them ({exc}) and is closed; do not "
-                                       f"add them again, open the store again", version,
+                                       f"rows, but this writer could not load them ({str(exc) or repr(exc)}) and is "
+                                       f"closed; do not add them again, open the store again", version,
                                        getattr(exc, "errno", None)) from exc
         except BaseException:  # an interrupt: the writer's segments would not be the body's (`_committed`)
             store.close()
@@ -369,11 +370,23 @@ def delete(store: "Store", lock: WriterLock, ids: np.ndarray) -> int:
     except BaseException:
         _fail(lock, files)
         raise
-    with _committed("delete", store, store.version, f"with its {int(found.sum())} rows deleted", ""):
-        for g, new in changed.items():
-            seg = store._segments[g]
-            seg.kill(new)
-            seg.rec = store._body.segments[g]
+    version = store.version
+    with _committed("delete", store, version, f"with its {int(found.sum())} rows deleted", ""):
+        try:  # the writer's segments take the deletes it committed (a writer left with the old ones
+            # wrote them back with its next delete: deleted rows came back)
+            for g, new in changed.items():
+                seg = store._segments[g]
+                seg.kill(new)
+                seg.rec = store._body.segments[g]
+        except Exception as exc:
+            if not _follow(store, version):
+                raise CommitIncomplete(f"{store.path}: delete: version {version} is committed with its "
+                                       f"{int(found.sum())} rows deleted, but this writer could not take them in "
+                                       f"({str(exc) or repr(exc)}) and is closed; open the store again", version,
+                                       getattr(exc, "errno", None)) from exc
+        except BaseException:
+            store.close()
+            raise
         _after_commit(store, lock)
         _merge_quietly(store, lock)
     return int(found.sum())

@@ -467,6 +467,47 @@ def test_a_memory_error_after_an_add_committed_reloads_the_writer(tmp_path, monk
     assert found[:300].all() and not found[300:310].any() and found[310:].all()
 
 
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), MemoryError()])
+def test_a_failure_after_a_delete_committed_never_brings_rows_back(tmp_path, monkeypatch, exc):
+    # a failure while the writer marked its committed deletes left it with the old dead rows
+    # (its note said it went on): its next delete in the segment wrote them back, and id 5 came
+    # back. An interrupt closes the writer; an error reloads it or closes with CommitIncomplete
+    from vecz.engine import segments
+
+    x = _data(300)
+    path = tmp_path / "s"
+    w = _hundreds(path, x, 2)
+    w.auto_merge_rows = 0
+    _fails_once(monkeypatch, segments.Segment, "kill", exc)
+    try:
+        w.delete([5, 150])
+    except KeyboardInterrupt as raised:
+        assert "this writer is closed" in raised.__notes__[0] and w._closed
+    monkeypatch.undo()
+    if not w._closed:  # MemoryError: reloaded from disk, in step with the commit
+        w.delete([6])
+        w.close()
+    else:
+        with Store.open(path, mode="a") as again:
+            again.delete([6])
+    found = _self_found(path, x[:200])
+    assert not found[[5, 6, 150]].any() and found.sum() == 197
+    assert check_store(path) == []
+
+
+def test_a_memory_error_in_garbage_collection_after_an_add_warns(tmp_path, monkeypatch):
+    # (it came out of add() raw, though the rows were committed: a retry stored them twice)
+    from vecz.engine import writes
+
+    x = _data(100)
+    with _hundreds(tmp_path / "s", x, 0) as w:
+        w.add(x[:50])
+        _fails_once(monkeypatch, writes, "collect_garbage", MemoryError())
+        with pytest.warns(RuntimeWarning, match="garbage collection after version 3 failed .*MemoryError"):
+            w.add(x[50:])
+        assert len(w) == 100
+
 def test_a_merge_that_fails_after_writing_leaves_no_files_behind(tmp_path, monkeypatch):
     # an interrupt while the merged segment loaded left its files, named by a serial the
     # writer had not used up: its next commit failed on "File exists" (a StorageError)

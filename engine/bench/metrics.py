@@ -198,7 +198,8 @@ def recall_ats(gt: np.ndarray, k: int) -> list[int]:
     need = min(k, 10)  # the depth `quality_at` ranks by: a narrower truth measured recall@1 instead, silently
     if gt.shape[1] < need:
         raise InvalidInput(f"the ground truth holds {gt.shape[1]} neighbours per query: expected at least {need} "
-                           f"for recall@{need} (k={k}), the recall the table, the front and --budget rank by")
+                           f"for recall@{need} (k={k}), the recall the table, the front and --budget rank by (a "
+                           f"truth vecz computes holds at most the base's rows: with fewer, lower k)")
     ats = [r for r in (1, 10, 100) if r <= k and r <= gt.shape[1]]
     if 1 < k < 10 and k <= gt.shape[1]:
         ats.append(k)
