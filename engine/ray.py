@@ -238,7 +238,8 @@ def _vector_column(names: list[str], column: str | None, id_column: str | None) 
         return column
     others = [n for n in names if n != id_column]
     if len(others) != 1:
-        raise InvalidInput(f"expected one vector column besides the ids, found {others}; name it with column=")
+        raise InvalidInput(f"expected one vector column besides the ids, found {others}; name it with column= "
+                           f"(vecz build: --column)")
     return others[0]
 
 

@@ -273,6 +273,10 @@ def test_cli_ray_build_takes_the_id_column_as_the_one_process_build_does(tmp_pat
             np.testing.assert_array_equal(a.search(x[:5], 3, rerank=10).ids, b.search(x[:5], 3, rerank=10).ids)
     assert main(["build", str(tmp_path / "x.parquet"), str(tmp_path / "zero"), "--ray", "--batch-rows", "0"]) == 2
     assert "--batch-rows must be >= 1, found 0" in capsys.readouterr().err  # (0 meant the default)
+    (tmp_path / "two").mkdir()  # two vector columns: the message named only the API's column=
+    pq.write_table(table.append_column("w", table.column("v")), tmp_path / "two" / "a.parquet")
+    assert main(["build", str(tmp_path / "two"), str(tmp_path / "two_out"), "--ray"]) == 2
+    assert "(vecz build: --column)" in capsys.readouterr().err
     (tmp_path / "parts" / "readme.txt").write_text("notes")  # (a raw ArrowInvalid traceback)
     assert main(["build", str(tmp_path / "parts"), str(tmp_path / "junk"), "--ray"]) == 2
     assert "expected a Parquet file or a directory of Parquet files" in capsys.readouterr().err
