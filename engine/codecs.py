@@ -518,6 +518,9 @@ class Codec:
             if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
                 raise CodecSpecError(f"codec config field {key!r}: expected {kind.__name__}, "
                                      f"found {config.get(key)!r:.80}")
+        if config["metric"] not in METRICS:  # (checked before row_norms, whose message blamed itself)
+            raise CodecSpecError(f"codec config field 'metric': expected one of {METRICS}, found "
+                                 f"{config['metric']!r:.40}")
         codec = cls(
             config["spec"],
             config["dim"],

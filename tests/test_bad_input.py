@@ -608,6 +608,8 @@ CASES: list[Case] = [
          r"ids: expected integer ids, found dtype float64"),
     Case("get ids with a null", "Store.get(ids)", lambda e: e.main.get(pa.array([5, None])), InvalidInput,
          r"ids: expected integer ids, found a missing value \(null or NaN\) at row 1"),
+    Case("get ids with a bool in a list", "Store.get(ids)", lambda e: e.main.get([5, True]), InvalidInput,
+         r"ids: expected integer ids, found True \(a bool\) at row 1"),
     Case("delete ids beyond int64 as Python ints", "Store.delete(ids)", lambda e: e.main.delete([5, 2**70]),
          InvalidInput, r"ids: ids must fit int64, found 1180591620717411303424 at row 1"),
     Case("get 2-D ids", "Store.get(ids)", lambda e: e.main.get([[5]]), InvalidInput,

@@ -399,6 +399,10 @@ def test_from_config_rejects_bad_configs_and_state():
         Codec.from_config({**config, "code_size": config["code_size"] + 1})
     with pytest.raises(CodecSpecError):
         Codec.from_config({**config, "spec": "PQ4x5"})
+    for metric in ("IP", "L2", "dot"):  # (an ip config with row_norms said row_norms was wrong)
+        ip = Codec("PQ4x8", 16, "ip").to_config()
+        with pytest.raises(CodecSpecError, match=f"field 'metric': expected one of .*found '{metric}'"):
+            Codec.from_config({**ip, "metric": metric})
     with pytest.raises(CodecSpecError):
         Codec.from_config(config, {k: v for k, v in state.items() if k != "pq_books"})
     with pytest.raises(CodecSpecError):
