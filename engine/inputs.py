@@ -215,16 +215,17 @@ def as_ids(ids: Any, what: str) -> np.ndarray:
     if arr.size and arr.dtype.kind == "f" and np.isnan(arr).any():  # a pyarrow null or pandas NA reads as NaN
         raise InvalidInput(f"{what}: expected integer ids, found a missing value (null or NaN) at row "
                            f"{int(np.flatnonzero(np.isnan(arr))[0])}")
-    if arr.size and isinstance(ids, (list, tuple)) and arr.ndim == 1 and (
-            arr.dtype.kind in "fO" or any(isinstance(v, (bool, np.bool_)) for v in ids)):
-        # a list numpy made floats or objects of: see its items as given (2**63 beside small
-        # ints became a float, None an object); a bool beside ints became the id 0 or 1
-        items = np.empty(len(ids), dtype=object)
-        items[:] = list(ids)
-        _check_id_items(items, what)
-        flag = next((i for i, v in enumerate(ids) if isinstance(v, (bool, np.bool_))), None)
-        if flag is not None and arr.dtype.kind in "iuf":  # (all bools: numpy's dtype bool, said below)
-            raise InvalidInput(f"{what}: expected integer ids, found {ids[flag]!r} (a bool) at row {flag}")
+    if arr.size and isinstance(ids, (list, tuple)) and arr.ndim == 1:
+        if arr.dtype.kind in "fO":
+            # a list numpy made floats or objects of: see its items as given (2**63 beside small
+            # ints became a float, None an object)
+            items = np.empty(len(ids), dtype=object)
+            items[:] = list(ids)
+            _check_id_items(items, what)
+        if arr.dtype.kind in "iuf":  # a bool beside numbers became the id 0 or 1 (all bools: dtype bool, below)
+            flag = next((i for i, v in enumerate(ids) if isinstance(v, (bool, np.bool_))), None)
+            if flag is not None:
+                raise InvalidInput(f"{what}: expected integer ids, found {ids[flag]!r} (a bool) at row {flag}")
     if arr.size and arr.dtype.kind == "O":
         arr = _check_id_items(arr, what)
     if arr.size and arr.dtype.kind not in "iu":

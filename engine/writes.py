@@ -22,11 +22,11 @@ here too.
 
 from __future__ import annotations
 
-import contextlib
 
 import datetime as _dt
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,46 +305,51 @@ def add(store: "Store", lock: WriterLock, x: np.ndarray, ids: Any, build_progres
     except BaseException:
         _fail(lock, files)
         raise
-    version = store.version
-    with _committed("add", store, version, f"with its {len(new_ids)} rows", "; do not add them again"):
-        _install_codec(store, codec)
-        pool = None if store.dense == "none" else store._pool
-        try:
-            seg = Segment.from_arrays(rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool,
-                                      arrays.get("dense_file"), arrays.get("dense_row"), directory=store.path,
-                                      build=store._build_layouts, stored_errors=arrays.get("errors"))
-        except Exception as exc:  # the rows are committed: load the version from disk, or close
-            if not _follow(store, version):
-                raise CommitIncomplete(f"{store.path}: add: version {version} is committed with its {len(new_ids)} "
-                                       f"rows, but this writer could not load them ({str(exc) or repr(exc)}) and is "
-                                       f"closed; do not add them again, open the store again", version,
-                                       getattr(exc, "errno", None)) from exc
-        except BaseException:  # an interrupt: the writer's segments would not be the body's (`_committed`)
-            store.close()
-            raise
-        else:
-            store._segments.append(seg)
-        _after_commit(store, lock)
-        _merge_quietly(store, lock)
+    _install_codec(store, codec)
+    pool = None if store.dense == "none" else store._pool
+
+    def load() -> None:
+        store._segments.append(Segment.from_arrays(
+            rec, codec, arrays["ids"], arrays["codes"], arrays["lists"], pool, arrays.get("dense_file"),
+            arrays.get("dense_row"), directory=store.path, build=store._build_layouts,
+            stored_errors=arrays.get("errors")))
+
+    _after_publish(store, lock, "add", f"with its {len(new_ids)} rows", "; do not add them again", load)
     return new_ids
 
 
-@contextlib.contextmanager
-def _committed(operation: str, store: "Store", version: int, what: str, advice: str):
-    """Around the steps after an operation's commit was published (loading what it wrote,
-    collecting garbage, the merges due): an interrupt there (Ctrl-C, SystemExit) passes on,
-    noted with what is committed, so that a caller does not repeat the operation (an add
-    repeated commits its rows twice). A writer whose state could not follow the commit is
-    closed (the note says so): a later delete or merge matched its segments to the body's by
-    position, deleted other rows and dropped a segment's rows from the merge."""
+def _after_publish(store: "Store", lock: WriterLock, operation: str, what: str, advice: str,
+                   take_in: Callable[[], None]) -> None:
+    """The steps after an operation's commit was published: `take_in` brings the writer's
+    state in step with it (an add's new segment, a delete's dead rows), then garbage
+    collection and the merges due (which only warn when they fail).
+
+    A writer left out of step with its body corrupts later commits (a delete matched its
+    segments to the body's by position and removed other ids, or wrote deleted rows back; a
+    merge dropped a segment's rows), so when `take_in` fails the writer loads the committed
+    version from disk, or closes with `CommitIncomplete`; on an interrupt (Ctrl-C,
+    SystemExit) it closes. An interrupt anywhere here passes on, noted with what is
+    committed, so that a caller does not repeat the operation (an add repeated commits its
+    rows twice)."""
+    version = store.version
     try:
-        yield
-    except Exception:
-        raise
+        try:
+            take_in()
+        except Exception as exc:
+            if not _follow(store, version):
+                raise CommitIncomplete(f"{store.path}: {operation}: version {version} is committed {what}, but this "
+                                       f"writer could not take it in ({str(exc) or repr(exc)}) and is closed{advice}; "
+                                       f"open the store again", version, getattr(exc, "errno", None)) from exc
+        except BaseException:
+            store.close()
+            raise
+        _after_commit(store, lock)
+        _merge_quietly(store, lock)
     except BaseException as exc:
-        tail = "this writer is closed: open the store again" if store._closed else "this writer goes on from it"
-        exc.add_note(f"vecz: {store.path}: {operation}: version {version} is committed {what}; the interrupt "
-                     f"came after the commit{advice} ({tail})")
+        if not isinstance(exc, Exception):
+            tail = "this writer is closed: open the store again" if store._closed else "this writer goes on from it"
+            exc.add_note(f"vecz: {store.path}: {operation}: version {version} is committed {what}; the interrupt "
+                         f"came after the commit{advice} ({tail})")
         raise
 
 
@@ -370,25 +375,14 @@ def delete(store: "Store", lock: WriterLock, ids: np.ndarray) -> int:
     except BaseException:
         _fail(lock, files)
         raise
-    version = store.version
-    with _committed("delete", store, version, f"with its {int(found.sum())} rows deleted", ""):
-        try:  # the writer's segments take the deletes it committed (a writer left with the old ones
-            # wrote them back with its next delete: deleted rows came back)
-            for g, new in changed.items():
-                seg = store._segments[g]
-                seg.kill(new)
-                seg.rec = store._body.segments[g]
-        except Exception as exc:
-            if not _follow(store, version):
-                raise CommitIncomplete(f"{store.path}: delete: version {version} is committed with its "
-                                       f"{int(found.sum())} rows deleted, but this writer could not take them in "
-                                       f"({str(exc) or repr(exc)}) and is closed; open the store again", version,
-                                       getattr(exc, "errno", None)) from exc
-        except BaseException:
-            store.close()
-            raise
-        _after_commit(store, lock)
-        _merge_quietly(store, lock)
+
+    def kill() -> None:
+        for g, new in changed.items():
+            seg = store._segments[g]
+            seg.kill(new)
+            seg.rec = store._body.segments[g]
+
+    _after_publish(store, lock, "delete", f"with its {int(found.sum())} rows deleted", "", kill)
     return int(found.sum())
 
 

@@ -83,10 +83,18 @@ def pq_dsub(dim: int, m: int) -> int:
     return -(-dim // m)
 
 
-def pq_pad(x: np.ndarray, m: int) -> np.ndarray:
-    """(n, dim) -> (n, M * dsub) float32, C-contiguous, zero-padded on the right."""
+def pq_pad(x: np.ndarray, m: int, dsub: int | None = None) -> np.ndarray:
+    """(n, dim) -> (n, M * dsub) float32, C-contiguous, zero-padded on the right; dsub
+    defaults to ceil(dim / M). Given (the books' sub-space width), rows wider than M * dsub
+    are a ValueError: a width the default pads to fewer dims (11 against 2 x 10) had the
+    last sub-spaces read from the next row."""
     n, dim = x.shape
-    width = m * pq_dsub(dim, m)
+    width = m * (pq_dsub(dim, m) if dsub is None else dsub)
+    if dim > width:
+        raise ValueError(f"pq: expected rows (n, dim) with dim <= {width} for {m} sub-spaces of {dsub} dims, "
+                         f"found shape {x.shape}")
+    if dim == width:
+        return np.ascontiguousarray(x, dtype=np.float32)
     out = np.zeros((n, width), dtype=np.float32)
     out[:, :dim] = x
     return out
@@ -223,19 +231,12 @@ def pq_encode(x: np.ndarray, books: np.ndarray) -> np.ndarray:
     Narrow sub-spaces (dsub < kmeans.BLAS_MIN_DIM, e.g. 8 for PQ48 on 384 dims) are coded in
     one pass over the rows, every sub-space of a row while it is in cache (the distances are
     the same as `kmeans_assign`'s); wide ones take kmeans_assign's BLAS path per sub-space.
-    Rows narrower than the books' M * dsub are zero-padded on the right to it (a width
-    `pq_pad` pads to fewer dims had its last sub-spaces read from the next row); wider
-    rows are a ValueError."""
+    Rows are zero-padded to the books' M * dsub (`pq_pad`); wider rows are a ValueError."""
     m, ksub, dsub = books.shape
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] > m * dsub:
-        raise ValueError(f"pq_encode: expected rows (n, dim) with dim <= {m * dsub} for books of {m} sub-spaces "
-                         f"of {dsub} dims, found shape {x.shape}")
-    if x.shape[1] == m * dsub:
-        xp = np.ascontiguousarray(x)
-    else:
-        xp = np.zeros((x.shape[0], m * dsub), dtype=np.float32)
-        xp[:, :x.shape[1]] = x
+    if x.ndim != 2:
+        raise ValueError(f"pq_encode: expected rows (n, dim), found shape {x.shape}")
+    xp = pq_pad(x, m, dsub)
     if dsub >= BLAS_MIN_DIM:
         codes = np.empty((xp.shape[0], m), dtype=np.uint8)
         for j in range(m):
@@ -361,7 +362,7 @@ def pq_lut(q: np.ndarray, books: np.ndarray, metric: str, books_t: np.ndarray | 
     batched matrix product per sub-space and a transposing copy: 17 ms on one core for 2,000
     wordnet-gemma queries of PQ192x4, 3.8 ms now.)"""
     m, _, dsub = books.shape
-    qp = np.ascontiguousarray(pq_pad(np.atleast_2d(np.asarray(q, dtype=np.float32)), m).reshape(-1, m, dsub))
+    qp = pq_pad(np.atleast_2d(np.asarray(q, dtype=np.float32)), m, dsub).reshape(-1, m, dsub)
     if books_t is None:
         books_t = pq_lut_books(books)
     if books_t.shape != (m, dsub, books.shape[1]) or books_t.dtype != np.float32 or not books_t.flags.c_contiguous:
