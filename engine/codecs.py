@@ -319,10 +319,45 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
     if arr.dtype.itemsize > 4:  # float64 (or longer) beyond float32's range becomes inf, reported below
         with np.errstate(over="ignore"):
             arr = np.ascontiguousarray(arr, dtype=np.float32)
+        refuse_non_finite(arr, what, given=given)
+        _refuse_underflow(arr, given, what)
     else:  # float16 and float32 fit
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-    refuse_non_finite(arr, what, given=given)
+        refuse_non_finite(arr, what, given=given)
     return arr
+
+
+def _refuse_underflow(arr: np.ndarray, given: np.ndarray, what: str) -> None:
+    """A wider float row that is not all zeros but whose every value is below float32's
+    smallest subnormal became all zeros in `arr`: cosine then called it "all zeros", ip and
+    l2 kept a row the caller never gave. Refused, naming the row."""
+    zero = np.flatnonzero(~arr.any(axis=1))
+    if zero.size == 0:
+        return
+    lost = zero[given[zero].any(axis=1)]
+    if lost.size:
+        row = int(lost[0])
+        raise _row_error(f"{{where}}: row {{row}} is not all zeros, but every value is below float32's smallest "
+                         f"({float(np.finfo(np.float32).smallest_subnormal):.3g}; largest |value| "
+                         f"{float(np.abs(given[row]).max()):.3g}): vecz keeps float32, so scale the vectors up",
+                         what, row)
+
+
+# how far R^T R v may stray from v for a unit v: a trained rotation is orthogonal to float32
+# rounding (about 1e-6 at 4096 dims); a damaged one (all zeros scored every row alike) is not
+ORTHOGONAL_TOL = 1e-3
+
+
+def _check_orthogonal(name: str, rot: np.ndarray) -> None:
+    """Refuse a square state array that is not orthogonal, probed with 8 fixed random unit
+    vectors (width^2 work, not the width^3 of R^T R: a 4096-d store opens in milliseconds)."""
+    probe = np.random.default_rng(0).standard_normal((rot.shape[0], 8))
+    probe /= np.linalg.norm(probe, axis=0)
+    r = rot.astype(np.float64)
+    off = float(np.abs(r.T @ (r @ probe) - probe).max())
+    if not off <= ORTHOGONAL_TOL:
+        raise CodecSpecError(f"trained array {name!r}: expected an orthogonal rotation (R^T R = I, as training "
+                             f"makes it), found R^T R v off v by up to {off:.3g} for unit v")
 
 
 # float16's largest value and smallest normal (6.1e-05): the row norms PQ stores
@@ -668,6 +703,8 @@ class Codec:
                 raise CodecSpecError(f"trained array {name!r}: expected finite values, found NaN or inf")
             if name in self.quantizer.NON_NEGATIVE_STATE and loaded[name].size and loaded[name].min() < 0:
                 raise CodecSpecError(f"trained array {name!r}: expected values >= 0, found {loaded[name].min():g}")
+            if name in self.quantizer.ORTHOGONAL_STATE:
+                _check_orthogonal(name, loaded[name])
         self._state = _frozen(loaded)
         self._derived = (None, {})  # free the old state's arrays now (`_derived_of` guards races)
 

@@ -196,6 +196,8 @@ class Quantizer:
 
     # trained arrays whose values are never negative (a loaded state is checked)
     NON_NEGATIVE_STATE: ClassVar[frozenset[str]] = frozenset()
+    # trained square arrays that training makes orthogonal (a loaded state is checked)
+    ORTHOGONAL_STATE: ClassVar[frozenset[str]] = frozenset()
 
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
         return {}
@@ -445,6 +447,7 @@ class PQ(Quantizer):
         return shapes
 
     NON_NEGATIVE_STATE: ClassVar[frozenset[str]] = frozenset({"pq_cell_err"})
+    ORTHOGONAL_STATE: ClassVar[frozenset[str]] = frozenset({"pq_rotation"})
 
     def optional_state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
         # each cell's mean squared coding error (kernels/pq.py `pq_cell_errors`)
@@ -769,6 +772,8 @@ class RB(Quantizer):
 
     def state_shapes(self, width: int) -> dict[str, tuple[int, ...]]:
         return {"rb_rotation": (width, width)}
+
+    ORTHOGONAL_STATE: ClassVar[frozenset[str]] = frozenset({"rb_rotation"})
 
     def train(self, residuals: np.ndarray, rng: np.random.Generator, *, seed: int, rotation: str) -> Tables:
         # ITQ's cost is sample x width^2 per iteration plus one width^2 SVD: at 384-d 8192 rows

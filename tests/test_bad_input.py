@@ -454,6 +454,10 @@ CASES: list[Case] = [
     Case("float64 vectors beyond float32's range", "Store.add(vectors)",
          lambda e: e.main.add(_with(x4, 0, 4, 1e300, np.float64)), InvalidInput,
          r"vectors: expected finite values, found 1e\+300 \(beyond float32's range\) in row 0, column 4"),
+    Case("float64 row whose every value is below float32's smallest", "Store.add(vectors)",
+         lambda e: e.main.add(x4[:2].astype(np.float64) * [[1.0], [1e-50]]), InvalidInput,
+         r"vectors: row 1 is not all zeros, but every value is below float32's smallest \(1.4e-45; largest "
+         r"\|value\| .*e-5\d\): vecz keeps float32, so scale the vectors up"),
     Case("float16 vectors with NaN", "Store.add(vectors)", lambda e: e.main.add(_with(x4, 1, 1, np.nan, np.float16)),
          InvalidInput, r"vectors: expected finite values, found nan in row 1, column 1"),
     Case("empty batch", "Store.add(vectors)", lambda e: e.main.add(np.zeros((0, DIM), np.float32)), InvalidInput,

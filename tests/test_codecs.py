@@ -425,6 +425,26 @@ def test_from_config_rejects_bad_configs_and_state():
         Codec.from_config("IVF4,PQ4x8")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("spec,name,kw", [("RB1", "rb_rotation", {}), ("RB2", "rb_rotation", {"rotation": "random"}),
+                                          ("MRL8,RB1", "rb_rotation", {}), ("OPQ4x8", "pq_rotation", {}),
+                                          ("IVF4,OPQ4x4", "pq_rotation", {})])
+def test_from_config_refuses_a_rotation_that_is_not_orthogonal(spec, name, kw):
+    # an all-zero rotation loaded and scored every row alike; training never makes one
+    x, _ = gaussian_clusters(600, 16, seed=3)
+    codec = trained(spec, 16, "cosine", x, **kw)
+    config, state = codec.to_config(), codec.state()
+    rot = state[name]
+    assert Codec.from_config(config, state) == codec  # a trained one loads (to float32 rounding)
+    q = np.linalg.qr(np.random.default_rng(1).standard_normal(rot.shape))[0]
+    assert Codec.from_config(config, {**state, name: q}).is_trained  # any orthogonal matrix is one
+    damaged = {"all zeros": np.zeros_like(rot), "scaled": rot * 1.01, "a row zeroed": np.vstack([rot[:-1], 0 * rot[-1:]]),
+               "two rows the same": np.vstack([rot[:-1], rot[:1]])}
+    for what, bad in damaged.items():
+        with pytest.raises(CodecSpecError, match=f"{name!r}: expected an orthogonal rotation"):
+            Codec.from_config(config, {**state, name: bad})
+            pytest.fail(what)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
