@@ -327,6 +327,10 @@ class Store:
                     codec = self.codec
                 else:
                     arrays, _ = sg.read_segment(self.path / body.codec_file, kind="codec")
+                    for name, arr in arrays.items():  # FORMAT.md: one <f4 array each (a <u4 read as values)
+                        if arr.dtype != np.dtype("<f4"):
+                            raise CodecSpecError(f"{body.codec_file}: array {name!r}: expected dtype <f4, "
+                                                 f"found {arr.dtype.str}")
                     codec = Codec.from_config(body.codec_config, arrays)
         except (CodecSpecError, InvalidInput) as exc:
             raise StoreCorrupted(f"{where}: codec record does not load: {exc}") from None

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..formats import segment as sg
-from ..formats.body import CalibrationRecord, SegmentRecord, StoreBody, body_files, data_file_name
+from ..formats.body import MAX_SERIAL, CalibrationRecord, SegmentRecord, StoreBody, body_files, data_file_name
 from ..formats.dense import check_dense
 from . import merge
 from .bounds import ErrorModel
@@ -66,6 +66,8 @@ class _Serials:
         self.next = first
 
     def take(self) -> int:
+        if self.next > MAX_SERIAL:  # a name's 12 digits: reachable only through a damaged body
+            raise StoreCorrupted(f"next_serial {self.next}: every file serial up to {MAX_SERIAL} is taken")
         self.next += 1
         return self.next - 1
 
@@ -503,6 +505,10 @@ def read_legacy_deletes(directory: Path, body: StoreBody) -> dict[int, np.ndarra
         if int(serial) not in sizes or (dead.size and (dead[0] < 0 or dead[-1] >= sizes[int(serial)])):
             raise StoreCorrupted(f"{path}: deleted rows name a segment or row the manifest lacks")
         out[int(serial)] = dead
+    found = sum(d.size for d in out.values())
+    if found != body.legacy_dead or len(rows) != found:  # another version's file, or pairs repeated
+        raise StoreCorrupted(f"{path}: holds {len(rows)} (serial, row) pairs, {found} distinct; the manifest's "
+                             f"deletes count is {body.legacy_dead}")
     return out
 
 

@@ -4,8 +4,11 @@ header's own CRC32. One place, so both files report damage in the same words."""
 
 from __future__ import annotations
 
+import json
+import math
 import zlib
 from pathlib import Path
+from typing import Any
 
 from .errors import ChecksumError, FormatError, FormatVersionError, StoreCorrupted
 
@@ -58,3 +61,21 @@ def open_regular(path: Path, what: str) -> int:
                 else "not a regular file")
         raise StoreCorrupted(f"{path}: not a regular file (expected the {what}, found {kind})")
     return fd
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is beyond float64's range")
+    return value
+
+
+def strict_json(text: str) -> Any:
+    """`json.loads` refusing NaN and Infinity and any number beyond float64 (json reads
+    ``1e999`` as inf: a manifest body carried it into every later commit, whose
+    serialisation then failed). Raises ValueError, as json does for bad text."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)

@@ -58,9 +58,13 @@ CALIBRATION_SOURCES = ("rows", "queries")
 _MAX_INT = (1 << 63) - 1
 
 
+# the largest serial a file name's 12 digits hold
+MAX_SERIAL = 10**12 - 1
+
+
 def data_file_name(kind: str, serial: int) -> str:
     """``seg-000000000012.vzs`` and the like: `kind` in seg, dense, del, codec, model."""
-    if kind not in _SUFFIX or not 0 <= serial < 10**12:
+    if kind not in _SUFFIX or not 0 <= serial <= MAX_SERIAL:
         raise ValueError(f"data_file_name: expected a kind in {sorted(_SUFFIX)} and a 12-digit serial, "
                          f"found {kind!r}, {serial!r}")
     return f"{kind}-{serial:012d}.{_SUFFIX[kind]}"
@@ -134,6 +138,7 @@ class StoreBody:
     legacy_deletes: str | None = None  # layout 1's cumulative deletes file (read, never written)
     extra: dict = field(default_factory=dict)  # unknown keys, carried over unchanged
     calibration: CalibrationRecord | None = None
+    legacy_dead: int = 0  # layout 1: the (serial, row) pairs its deletes file holds, by its count
 
     @property
     def rows(self) -> int:
@@ -191,7 +196,7 @@ def _segment(rec: Any, i: int, layout: int, store_dense: str, dim: int, where: s
     w = f"{where} segment {i}"
     if not isinstance(rec, dict):
         raise StoreCorrupted(f"{w}: expected an object, found {type(rec).__name__}")
-    serial = _get(rec, "serial", int, w, low=1)
+    serial = _get(rec, "serial", int, w, low=1, high=MAX_SERIAL)  # 10**12 raised data_file_name's ValueError
     file = _name(_get(rec, "file", str, w), ("seg",), w)
     if int(DATA_FILE_RE.fullmatch(file).group(2)) != serial:
         raise StoreCorrupted(f"{w}: segment {serial} names the codes file {file}; expected "
@@ -267,13 +272,14 @@ def parse_body(body: Any, where: str) -> StoreBody:
     raw_segments = _get(body, "segments", list, where)
     segments = tuple(_segment(r, i, layout, dense, dim, where) for i, r in enumerate(raw_segments))
     next_id = _get(body, "next_id", int, where, low=0, high=_MAX_INT + 1)  # 2**63 once id 2**63-1 is added
-    next_serial = _get(body, "next_serial", int, where, low=1)
-    legacy = None
+    next_serial = _get(body, "next_serial", int, where, low=1, high=MAX_SERIAL + 1)
+    legacy, legacy_dead = None, 0
     if layout == 1:
         drec = body.get("deletes")
         if drec is not None:
             drec = _get(body, "deletes", dict, where)
             legacy = _name(_get(drec, "file", str, f"{where} deletes"), ("del",), f"{where} deletes")
+            legacy_dead = _get(drec, "count", int, f"{where} deletes", low=0)
         retain, build = 1 << 30, None  # layout 1 kept every manifest
         # layout 1 named deletes files by version: serials issued from now on must not meet them
         next_serial = max(next_serial, version + 1)
@@ -287,7 +293,7 @@ def parse_body(body: Any, where: str) -> StoreBody:
              "next_id", "next_serial", "counts", "retain", "build", "deletes", "calibration"}
     out = StoreBody(version, parent, created, dim, metric, dense, config, codec_file, segments, next_id,
                     next_serial, retain, build, layout, legacy, {k: v for k, v in body.items() if k not in known},
-                    calibration)
+                    calibration, legacy_dead)
     _cross_check(out, body, where)
     return out
 
@@ -335,12 +341,12 @@ def _cross_check(b: StoreBody, raw: dict, where: str) -> None:
                              f"beyond every id in the store")
     if b.segments and b.codec_file is None:
         raise StoreCorrupted(f"{where}: segments without a trained codec")
-    counts = raw.get("counts")
-    if b.layout == 2:
-        counts = _get(raw, "counts", dict, where)
-        if counts.get("rows") != b.rows or counts.get("live") != b.live:
-            raise StoreCorrupted(f"{where}: counts say {counts.get('rows')!r} rows / {counts.get('live')!r} live, "
-                                 f"the segments hold {b.rows} / {b.live}")
+    counts = _get(raw, "counts", dict, where)
+    # layout 1: its segments hold no deletes; the top-level count says how many rows are dead
+    live = b.live if b.layout == 2 else b.rows - b.legacy_dead
+    if counts.get("rows") != b.rows or counts.get("live") != live:
+        raise StoreCorrupted(f"{where}: counts say {counts.get('rows')!r} rows / {counts.get('live')!r} live, "
+                             f"the segments hold {b.rows} / {live}")
 
 
 def body_files(b: StoreBody) -> set[str]:

@@ -83,7 +83,9 @@ class DenseInfo:
         info = cls(**values)
         if info.dtype not in DENSE_DTYPES:
             raise StoreCorrupted(f"{where}: dense dtype: expected one of {sorted(DENSE_DTYPES)}, found {info.dtype!r}")
-        if info.rows < 0 or info.dim < 1 or info.offset < 0 or info.nbytes < 0 or not 0 <= info.crc32 < 1 << 32:
+        top = (1 << 63) - 1  # a reader's int64 arrays hold them (rows 2**63 raised a raw OverflowError)
+        if not (0 <= info.rows <= top and 1 <= info.dim <= top and 0 <= info.offset <= top and 0 <= info.nbytes <= top
+                and 0 <= info.crc32 < 1 << 32):
             raise StoreCorrupted(f"{where}: dense record has a negative or out-of-range field: {values}")
         if "/" in info.file or info.file.startswith("."):
             raise StoreCorrupted(f"{where}: dense file name must be a plain name, found {info.file!r}")

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from ._header import check_magic_and_length, check_version_and_crc, open_regular
+from ._header import check_magic_and_length, check_version_and_crc, open_regular, strict_json
 from .errors import (
     ChecksumError,
     CommitConflict,
@@ -217,10 +217,6 @@ def write_manifest(directory: str | os.PathLike[str], version: int, body: dict, 
     return directory / final_name
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not JSON")
-
-
 def _check_header(path: Path, head: bytes, size: int) -> tuple[int, int]:
     """Validate the header against the file size; return (body_length, body_crc32)."""
     check_magic_and_length(path, "manifest", MAGIC, head, size, _HEADER.size)
@@ -240,7 +236,7 @@ def _decode_body(path: Path, body: bytes, body_crc: int, version: int) -> dict:
     if found != body_crc:
         raise ChecksumError(f"{path}: body CRC32 expected {body_crc:#010x}, found {found:#010x}")
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = strict_json(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise FormatError(f"{path}: body is not UTF-8 JSON ({str(exc)[:200]})") from exc
     if not isinstance(value, dict):

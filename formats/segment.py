@@ -30,7 +30,7 @@ from typing import Any, Mapping, Self  # noqa: UP035 (tests/test_layout.py allow
 import numpy as np
 import zstandard
 
-from ._header import check_magic_and_length, check_version_and_crc, open_regular
+from ._header import check_magic_and_length, check_version_and_crc, open_regular, strict_json
 from .errors import (
     ChecksumError,
     FormatError,
@@ -133,14 +133,10 @@ def _cstr(raw: bytes, what: str, encoding: str) -> str:
         raise FormatError(f"{what}: expected {encoding} text, found {raw!r}") from exc
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not JSON")
-
-
 def _load_json_dict(data: bytes | bytearray | memoryview, what: str) -> dict:
     """Parse UTF-8 JSON whose top level must be an object; every failure is a FormatError."""
     try:
-        value = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+        value = strict_json(bytes(data).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise FormatError(f"{what}: expected UTF-8 JSON, found bytes that do not parse ({exc})") from exc
     if not isinstance(value, dict):

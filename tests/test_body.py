@@ -72,6 +72,12 @@ def _broken(edit) -> dict:
      "segments 1 and 3 describe dense file dense-000000000001.arrow differently"),
     ("... in any field", lambda b: b["segments"][1]["dense"].append(dict(b["segments"][0]["dense"][0], offset=72)),
      "describe dense file dense-000000000001.arrow differently"),
+    # (a serial of 10**12 raised data_file_name's raw ValueError; rows of 2**63 a raw OverflowError on open)
+    ("a serial beyond a name's 12 digits",
+     lambda b: b["segments"][0].update(serial=10**12), r"'serial': expected an integer in 1..999999999999"),
+    ("next_serial beyond a name's 12 digits", lambda b: b.update(next_serial=10**12 + 1), "next_serial"),
+    ("dense rows beyond int64", lambda b: b["segments"][0]["dense"][0].update(rows=2**63), "out-of-range field"),
+    ("a dense offset beyond int64", lambda b: b["segments"][0]["dense"][0].update(offset=2**64), "out-of-range field"),
 ])
 def test_lies_in_a_body_are_refused(name, edit, match):
     with pytest.raises(StoreCorrupted, match=match):
@@ -97,3 +103,23 @@ def test_layout_1_reads_as_layout_2_with_legacy_deletes():
     assert "del-000000000004.vzs" in body_files(body)
     with pytest.raises(ValueError, match="converted"):
         body.to_json()
+
+
+def test_layout_1_counts_are_checked_against_its_deletes_count():
+    # layout 1's top-level deletes count and counts were never compared with anything
+    raw = {"format": "vecz.store", "version": 4, "parent": 3, "created": None, "dim": 4, "metric": "l2",
+           "dense": "f32", "codec": {"config": CONFIG, "file": "codec-000000000002.vzs"},
+           "segments": [{"serial": 1, "file": "seg-000000000001.vzs", "rows": 10, "min_id": 0, "max_id": 9,
+                         "dense": _dense(1, 10).to_json()}],
+           "deletes": {"file": "del-000000000004.vzs", "count": 2}, "next_id": 10, "next_serial": 2,
+           "counts": {"rows": 10, "live": 8}}
+    assert parse_body(copy.deepcopy(raw), "old").legacy_dead == 2
+    for field, value in (("live", 9), ("rows", 11)):
+        bad = copy.deepcopy(raw)
+        bad["counts"][field] = value
+        with pytest.raises(StoreCorrupted, match="counts say"):
+            parse_body(bad, "old")
+    bad = copy.deepcopy(raw)
+    bad["deletes"]["count"] = -1
+    with pytest.raises(StoreCorrupted, match="count"):
+        parse_body(bad, "old")

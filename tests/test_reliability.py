@@ -787,6 +787,25 @@ def _two_segments(path: Path) -> None:
         w.delete([3, 105])
 
 
+def test_a_codec_file_array_of_another_dtype_is_refused(tmp_path):
+    # FORMAT.md gives a codec file one <f4 array per trained array; the same bytes labelled
+    # <u4 loaded as integers (scores of 1e18, every id another) and check said ok
+    from vecz.formats import segment as sg
+
+    path = tmp_path / "s"
+    with Store.create(path, dim=DIM, codec="SQ8") as w:
+        w.add(_data(50))
+        name = w._body.codec_file
+    arrays, meta = sg.read_segment(path / name, kind="codec")
+    relabelled = {k: (v.view("<u4") if k == "sq_vdiff" else v) for k, v in arrays.items()}
+    os.unlink(path / name)
+    sg.write_segment(path / name, "codec", relabelled, meta=meta)
+    with pytest.raises(StoreCorrupted, match=r"codec-\d+\.vzs: array 'sq_vdiff': expected dtype <f4, found <u4"):
+        Store.open(path)
+    problems = check_store(path)
+    assert any("expected dtype <f4" in p for p in problems), problems
+
+
 def test_swapped_dense_records_are_found_by_check(tmp_path):
     path = tmp_path / "s"
     _two_segments(path)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vecz import Store, check_store
+from vecz.errors import StoreCorrupted
 from vecz.formats import manifest as mf
 
 STORES = Path(__file__).resolve().parent / "fixtures" / "stores"
@@ -102,3 +103,21 @@ def test_old_store_takes_writes_and_becomes_layout_2(old_store):
             res = store.search(q, 1, nprobe=store.codec.nlist, rerank=50)
             assert res.ids[:, 0].tolist() == [10, 1000 + (99 - 50), 1100 + 50]
     assert check_store(path) == []
+
+
+def test_a_layout_1_deletes_file_must_hold_the_count_its_manifest_says(tmp_path):
+    # pointing layout 1's deletes at an older cumulative file (4 pairs where the manifest
+    # counts 14) brought 10 deleted rows back, and check said ok
+    path = tmp_path / "v1"
+    shutil.copytree(STORES / "v1-pq-l2", path)
+    version = mf.list_versions(path)[-1]
+    body = mf.read_manifest(path, version)
+    older = sorted(n for n in (p.name for p in path.iterdir()) if n.startswith("del-") and n != body["deletes"]["file"])
+    assert older, "the fixture keeps an older cumulative deletes file"
+    body["deletes"]["file"] = older[0]
+    (path / mf.manifest_name(version)).unlink()
+    mf.write_manifest(path, version, body)
+    with pytest.raises(StoreCorrupted, match=r"holds \d+ \(serial, row\) pairs, \d+ distinct; the manifest's deletes "
+                                             r"count is 14"):
+        Store.open(path)
+    assert check_store(path)
