@@ -70,7 +70,8 @@ class _SerialBlas:
     """
 
     _libs: list | None = None
-    _calls: list | None = None  # (get, set) of each BLAS library's thread count
+    _calls: list | None = None  # (get, set) of each process-wide BLAS library's thread count
+    _local_calls: list = []  # (get, set) of each BLAS library whose count is per thread (OpenMP)
     _lock = threading.Lock()
     _depth = 0
     _saved: list[int] = []
@@ -95,9 +96,21 @@ class _SerialBlas:
         search from a server's worker thread ran its BLAS on every thread; this scope
         counts its users under its own lock instead."""
         if cls._calls is None:
-            cls._calls = [(lib.get_num_threads, getattr(lib, "_real_set_num_threads", lib.set_num_threads))
-                          for lib in cls._controllers()]
+            calls = [(lib.get_num_threads, getattr(lib, "_real_set_num_threads", lib.set_num_threads),
+                      getattr(lib, "threading_layer", None) == "openmp") for lib in cls._controllers()]
+            cls._local_calls = [(get, put) for get, put, openmp in calls if openmp]
+            cls._calls = [(get, put) for get, put, openmp in calls if not openmp]
         return cls._calls
+
+    @classmethod
+    def _own_thread_calls(cls) -> list:
+        """(get, set) of the BLAS libraries whose count belongs to the calling thread: an
+        OpenMP build (faiss's OpenBLAS) sets the caller's own OpenMP count. Counted with the
+        others, a search whose scope another thread opened left its caller's count at 1 (or
+        put back the 2 a caller had lowered to 1), so each scope sets and restores these on
+        its own thread."""
+        cls._thread_calls()
+        return cls._local_calls
 
     # An interrupt (Ctrl-C) arrives after a call returns: the counts are recorded before any
     # call that changes them, and `_lowered` stays True until they are given back, so a
@@ -125,6 +138,16 @@ class _SerialBlas:
                     held.n -= 1
                     cls._restore()
                     raise
+        if mine == 0:  # this thread's own counts: no lock, no other thread sees them
+            try:
+                own = cls._own_thread_calls()
+                held.saved = [get() for get, _ in own]
+                for (_, set_threads), n in zip(own, held.saved):
+                    if n != 1:
+                        set_threads(1)
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
 
     def __exit__(self, *exc: Any) -> None:
         cls = type(self)
@@ -133,6 +156,17 @@ class _SerialBlas:
             cls._held.n -= 1
             if cls._depth == 0:
                 cls._restore()
+        if cls._held.n == 0:
+            cls._restore_own()
+
+    @classmethod
+    def _restore_own(cls) -> None:
+        """Give the calling thread's own (OpenMP) BLAS counts back, where still the scope's 1."""
+        saved, cls._held.saved = getattr(cls._held, "saved", None), None
+        if saved:
+            for (get, set_threads), n in zip(cls._own_thread_calls(), saved):
+                if n != 1 and get() == 1:
+                    set_threads(n)
 
     @classmethod
     def _mend_thread(cls) -> None:
@@ -145,6 +179,7 @@ class _SerialBlas:
             cls._held.n = 0
             if cls._depth == 0:
                 cls._restore()
+        cls._restore_own()
 
     @classmethod
     def _restore(cls) -> None:

@@ -298,6 +298,50 @@ def test_concurrent_searches_leave_the_blas_threads_as_they_were(tmp_path):
         assert _blas_threads() == before
 
 
+@pytest.mark.parametrize("caller", [2, 1])
+def test_overlapping_searches_leave_each_threads_openmp_blas_count(tmp_path, monkeypatch, caller):
+    """faiss's OpenBLAS is an OpenMP build: its count belongs to each thread. Counted with
+    numpy's (process-wide) one, the search that entered first lowered its own thread's
+    count and the one that left last restored its own: the main thread's faiss count stayed
+    1 (or a caller's own 1 became 2). The searches here overlap in a fixed order."""
+    faiss = pytest.importorskip("faiss")
+    from vecz.engine import codecs
+
+    x = _x(500)
+    with Store.create(tmp_path / "s", dim=DIM, codec="IVF4,RB1") as store:
+        store.add(x)
+        q = _x(12, seed=4)
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(caller)
+        main_in, worker_in, main_done = threading.Event(), threading.Event(), threading.Event()
+        scan = codecs.CodeIndex._scan
+
+        def ordered(self, *a, **k):
+            if threading.current_thread() is threading.main_thread():  # enters first, leaves first
+                main_in.set()
+                worker_in.wait(10)
+            else:
+                worker_in.set()
+                main_done.wait(10)
+            return scan(self, *a, **k)
+
+        monkeypatch.setattr(codecs.CodeIndex, "_scan", ordered)
+        seen = []
+        worker = threading.Thread(target=lambda: (main_in.wait(10), seen.append(faiss.omp_get_max_threads()),
+                                                  store.search(q, 3, nprobe=2), seen.append(faiss.omp_get_max_threads())))
+        worker.start()
+        try:
+            store.search(q, 3, nprobe=2)
+            assert faiss.omp_get_max_threads() == caller
+        finally:
+            main_done.set()
+            worker.join()
+            monkeypatch.undo()
+        assert faiss.omp_get_max_threads() == caller
+        assert seen[0] == seen[1]  # the worker's own count too
+        faiss.omp_set_num_threads(before)
+
+
 @pytest.mark.parametrize("where", ["blas", "numba"])
 def test_an_interrupt_inside_the_thread_policy_does_not_leave_the_counts_changed(tmp_path, monkeypatch, where):
     """Ctrl-C lands after a call returns: right after a scope set BLAS (or Numba) to one
