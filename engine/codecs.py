@@ -434,7 +434,10 @@ class Codec:
         Width of the input vectors.
     metric : {"cosine", "ip", "l2"}
     seed : int
-        Seed of every random choice in training (k-means, rotations).
+        Seed of every random choice in training (k-means, rotations). The same seed, sample,
+        machine and BLAS thread count train the same codec; with another BLAS thread count
+        the float32 BLAS products of a learned rotation (RB's ITQ, OPQ) round differently, so
+        its rotation and codes may differ in the last bits.
     train_size : int
         Training uses at most this many rows of the sample (drawn with `seed`).
     rotation : {"itq", "random"}
@@ -451,8 +454,9 @@ class Codec:
         where it applies; False pads on the right, as codecs made before it did (their
         configs lack the field), leaving sub-quantizers wholly past the last dim unused.
 
-    Thread-safety: a trained codec is immutable; `encode`, `decode`, `plan` and
-    `CodeIndex.search` may run from several threads.
+    Thread-safety: only `train` changes a codec (calling it again trains it anew, in place);
+    between such calls `encode`, `decode`, `plan` and `CodeIndex.search` may run from
+    several threads. A `Store` keeps its own copy of the codec it is given.
     """
 
     def __init__(
@@ -671,7 +675,7 @@ class Codec:
         return self.metric == "cosine" or (self.metric == "ip" and self.mrl is not None)
 
     def state(self) -> dict[str, np.ndarray]:
-        """Trained arrays by name (float32, read-only: a trained codec does not change), to
+        """Trained arrays by name (float32, read-only: only another `train` replaces them), to
         be saved beside the config."""
         return dict(self._require())
 

@@ -537,6 +537,8 @@ def codec_to_faiss(codec: Any, *, fast_scan: bool = True) -> Any:
     faiss = import_faiss()
     if not all(hasattr(codec, a) for a in ("quantizer", "state", "mrl", "ivf")):
         raise InvalidInput(f"expected a vecz Codec, found {type(codec).__name__}")
+    if not isinstance(fast_scan, (bool, np.bool_)):  # "no" was true, and chose the fast scan
+        raise InvalidInput(f"fast_scan: expected True or False, found {fast_scan!r:.40}")
     if getattr(codec, "row_norms", False):
         raise CodecSpecError(f"{codec.spec!r} under ip codes each row's norm, faiss's PQ codes have no place for it: "
                              "expected a codec made with row_norms=False for a faiss twin")

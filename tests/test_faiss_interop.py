@@ -522,6 +522,14 @@ def _message_says_expected_and_found(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
+@pytest.mark.parametrize("bad", ["no", "false", None, 0.0, 1])
+def test_to_faiss_refuses_a_fast_scan_that_is_not_a_bool(sample, bad):
+    # "no" chose the fast scan by its truthiness, None the plain index
+    codec = Codec("PQ8x4", sample.dim, "l2", train_size=500).train(sample.train[:500])
+    with pytest.raises(InvalidInput, match=r"fast_scan: expected True or False, found"):
+        codec.to_faiss(fast_scan=bad)
+
+
 def test_to_faiss_refuses_rb(sample):
     codec = Codec("RB1", sample.dim, "cosine", train_size=500).train(sample.train[:500])
     with pytest.raises(CodecSpecError) as exc:
