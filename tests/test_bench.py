@@ -1012,3 +1012,38 @@ def test_set_threads_wants_an_integer():
     for bad in (1.5, "2", True):
         with pytest.raises(InvalidInput, match="threads: expected None or an integer"):
             runner.set_threads(bad, with_faiss=False)
+
+
+def test_run_bench_and_recommend_give_the_callers_thread_counts_back():
+    """run_bench(threads=1) left Numba, BLAS and faiss on 1 thread, after an error too; a
+    Dataset whose queries had another width raised numpy's raw matmul ValueError."""
+    import numba
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from vecz.engine.bench import budget
+    from vecz.engine.errors import DimensionMismatch
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: no count to change")
+
+    def counts():
+        faiss = __import__("sys").modules.get("faiss")
+        return (numba.get_num_threads(), faiss.omp_get_max_threads() if faiss else None,
+                sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+
+    rng = np.random.default_rng(0)
+    good = bench_data.Dataset("tiny", rng.normal(size=(600, 16)).astype(np.float32),
+                              rng.normal(size=(20, 16)).astype(np.float32))
+    bad = bench_data.Dataset("tiny", good.base, rng.normal(size=(20, 17)).astype(np.float32))
+    with threadpool_limits(2, user_api="blas"):
+        numba.set_num_threads(2)
+        before = counts()
+        runner.run_bench(good, ["SQ8"], rerank=(0,), threads=1, gt_cache=False)
+        assert counts() == before
+        with pytest.raises(DimensionMismatch, match=r"dataset queries: expected width 16 \(the base's\), found 17"):
+            runner.run_bench(bad, ["SQ8"], rerank=(0,), threads=1, gt_cache=False)
+        with pytest.raises(DimensionMismatch, match="found 17"):
+            budget.recommend(bad, 64, threads=1, gt_cache=False)
+        with pytest.raises(InvalidInput, match="--threads must be in"):  # an error after set_threads' checks
+            runner.run_bench(good, ["SQ8"], rerank=(0,), threads=10**6, gt_cache=False)
+        assert counts() == before

@@ -59,7 +59,7 @@ from .metrics import LATENCY_QUERIES, BenchResult, depth_key, quality_at, recall
 from .report import (aligned_table, depth_cell, faiss_columns, markdown_rows, measured_columns, num_cell,
                      settings_line)
 from .report import write_outputs as _write_report
-from .runner import built_stores, check_common, ivf_nlist, measure_store, set_threads, store_row
+from .runner import built_stores, caller_threads, check_common, check_dataset, ivf_nlist, measure_store, set_threads, store_row
 
 __all__ = ["candidate_specs", "depth_grid", "nprobe_grid", "split_queries", "pick", "recommend", "summary",
            "format_runs", "format_sweeps", "report_markdown", "write_outputs"]
@@ -184,6 +184,7 @@ def _sweep(store: Any, xq_tune: np.ndarray, xq_tune_p: np.ndarray, xb_p: np.ndar
     return out
 
 
+@caller_threads()
 def recommend(
     data: Dataset,
     budget: int,
@@ -208,6 +209,7 @@ def recommend(
     queries) and whose `recommendation` holds the choice, the tuning sweeps and the query split.
     """
     check_common(metric, k, None)
+    check_dataset(data)
     if not 0.0 < target <= 1.0:
         raise InvalidInput(f"--target-recall must be in (0, 1], found {target}")
     n, dim = data.base.shape

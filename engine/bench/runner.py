@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from ..bounds import DEFAULT_CONFIDENCE, parse_auto
 from ..codecs import METRICS, Codec, code_size
-from ..errors import CodecSpecError, InvalidInput
+from ..errors import CodecSpecError, DimensionMismatch, InvalidInput
 from ..quantizers import PQ4_MAX_M
 from .data import Dataset, ground_truth
 from .exact import prepare
@@ -172,6 +172,19 @@ def check_common(metric: str, k: int, nprobe: int | None) -> None:
         raise InvalidInput(f"nprobe must be >= 1, found {nprobe}")
 
 
+def check_dataset(data: Dataset) -> None:
+    """A `Dataset` given through the API: 2-D base and queries of one width (queries of
+    another width raised numpy's raw matmul ValueError in the ground truth)."""
+    for what in ("base", "queries"):
+        arr = getattr(data, what)
+        if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise InvalidInput(f"dataset {what}: expected a non-empty 2-D array, found "
+                               f"{getattr(arr, 'shape', type(arr).__name__)}")
+    if data.queries.shape[1] != data.base.shape[1]:
+        raise DimensionMismatch(f"dataset queries: expected width {data.base.shape[1]} (the base's), "
+                                f"found {data.queries.shape[1]}")
+
+
 def set_blas_threads(n: int) -> dict[str, int]:
     """Set every BLAS loaded in the process (numpy's and faiss's OpenBLAS alike) to `n` threads.
 
@@ -180,6 +193,29 @@ def set_blas_threads(n: int) -> dict[str, int]:
     """
     threadpool_limits(n, user_api="blas")  # not a context: the limit stays for the run
     return {Path(i["filepath"]).name: int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+@contextlib.contextmanager
+def caller_threads() -> Iterator[None]:
+    """Give the caller back the thread counts it had: Numba's, faiss's OpenMP (if faiss is
+    loaded) and every loaded BLAS's. `run_bench` and `recommend` set them for their run
+    (`set_threads`) and left them changed, after an error too."""
+    import numba
+    from threadpoolctl import ThreadpoolController
+
+    numba_n = numba.get_num_threads()
+    faiss = sys.modules.get("faiss")
+    faiss_n = faiss.omp_get_max_threads() if faiss is not None else None
+    blas = [(getattr(lib, "_real_set_num_threads", lib.set_num_threads), lib.num_threads)
+            for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+    try:
+        yield
+    finally:
+        numba.set_num_threads(numba_n)
+        if faiss_n is not None:
+            faiss.omp_set_num_threads(faiss_n)
+        for set_blas, n in blas:
+            set_blas(n)
 
 
 def set_threads(threads: int | None, with_faiss: bool) -> dict[str, Any]:
@@ -369,6 +405,7 @@ def store_row(built: BuiltStore, ram_per_vector: float, r: int, nprobe: int | No
     return row
 
 
+@caller_threads()
 def run_bench(
     data: Dataset,
     specs: Sequence[str],
@@ -399,7 +436,8 @@ def run_bench(
     nprobe : int, optional
         Lists visited per query by IVF specs (vecz and faiss alike); default nlist // 8.
     threads : int, optional
-        Numba, faiss and BLAS threads (default: all cores).
+        Numba, faiss and BLAS threads for the run (default: all cores); the caller's counts
+        are given back when it returns or raises.
     progress : bool
         Show a tqdm bar over specs (on stderr).
     work, keep_stores :
@@ -410,6 +448,7 @@ def run_bench(
         folder, or False for no cache (`data.ground_truth`).
     """
     check_common(metric, k, nprobe)
+    check_dataset(data)
     dim = data.base.shape[1]
     specs = list(specs)
     for spec in specs:
