@@ -57,7 +57,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="benchmark codecs: recall, bytes/vector, speed (optionally against faiss)",
         description=(
-            "Benchmark codec specs on a base and queries: recall@1/10/100 against exact search, "
+            "Benchmark codec specs on a base and queries: recall@1/10 (and @100 with --k 100 or more) "
+            "against exact search, "
             "bytes per vector in RAM, QPS and per-query latency, with optional exact re-ranking of "
             "the R best candidates and a faiss baseline measured in the same run. DATA is either a "
             f"named dataset ({', '.join(DATASETS)}) or a BASE file (.npy, .fvecs, .parquet or .arrow) followed by "
@@ -89,8 +90,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--rerank", default=None, metavar="R,R",
                    help="re-ranking depths: 0 = codes only, R >= k re-scores the best R exactly, reading those rows "
-                        "from the store's dense file (default 0,50,100, those >= k, or 0,k above 100; not with "
-                        "--budget, which sweeps it)")
+                        "from the store's dense file, auto or auto:R re-ranks by error bounds (confidence 0.999, "
+                        "at most R rows; rows read and miss rate reported) (default 0,50,100, those >= k, or 0,k "
+                        "above 100; not with --budget, which sweeps it)")
     p.add_argument("--nprobe", type=int, default=None,
                    help="IVF lists visited per query, vecz and faiss alike (default: nlist // 8; not with --budget, "
                         "which sweeps it)")
@@ -294,7 +296,7 @@ def _store_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", help=".parquet or .npy output (default: TSV on stdout)")
     p.add_argument("--batch-rows", type=int, default=4096, metavar="N", help="queries per batch (default 4096)")
     _ray_arguments(p, "search with one Ray actor per shard of the store's segments (same results)")
-    p.add_argument("--shards", type=int, default=2, metavar="N", help="with --ray: actors (default 2)")
+    p.add_argument("--shards", type=int, default=None, metavar="N", help="with --ray: actors (default 2)")
 
     p = sub.add_parser("calibrate", help="measure and commit the error model of --rerank auto",
                        description="Measure the error interval --rerank auto bounds code scores with and commit "
@@ -507,6 +509,8 @@ def _build(args: argparse.Namespace) -> int:
             raise InvalidInput(f"{option}: expected an integer >= {least}, found {value}")
     if args.ray is not None:
         return _ray_build(args)
+    if args.workers is not None:  # (ignored before)
+        raise InvalidInput(f"--workers applies to --ray, found --workers {args.workers} without --ray")
     started = time.perf_counter()
     id_column, default_id = args.id_column, "id"
     if id_column is not None and id_column.lower() == "none":
@@ -602,7 +606,8 @@ def _measure_model(store: Any, queries: Any, nprobe: int | None, source: str | N
     """`Store.calibrate` on `queries` (None: pseudo-queries from the rows; read from the
     first rows of the file `source`, which a refused row is named in), said on stderr; a
     store open for writing commits the model."""
-    what = "pseudo-queries from the rows" if queries is None else f"{len(queries):,} sample queries"
+    what = "pseudo-queries from the rows" if queries is None else \
+        f"{len(queries):,} sample {'query' if len(queries) == 1 else 'queries'}"
     started = time.perf_counter()
     try:
         with _file_rows(queries, source, 0) if source is not None else contextlib.nullcontext():
@@ -611,9 +616,14 @@ def _measure_model(store: Any, queries: Any, nprobe: int | None, source: str | N
         if source is None:
             raise
         raise DimensionMismatch(f"{source}: {exc}") from None
-    if model is None:
-        print(f"{store.path}: calibrated on {what}: too few pairs for a model; --rerank auto reads its whole "
-              "shortlist", file=sys.stderr)
+    if model is None:  # nothing committed: the model in use (committed, or one from pseudo-queries) stays
+        from .bounds import MIN_PAIRS
+
+        in_use = store.error_model() if store.dense != "none" else None
+        then = ("the store's model stays in use" if in_use is not None else
+                "--rerank auto reads its whole shortlist")
+        print(f"{store.path}: calibrated on {what}: too few pairs for a model (at least {MIN_PAIRS} needed); "
+              f"nothing {'committed' if store.mode == 'a' else 'changed'}, {then}", file=sys.stderr)
         return
     kept = f", committed in version {store.version}" if store.mode == "a" else ""
     print(f"{store.path}: calibrated on {what} ({model.pairs:,} pairs) in {time.perf_counter() - started:.2f} s"
@@ -661,6 +671,13 @@ def _search(args: argparse.Namespace) -> int:
     all_s, all_i = [], []
     rows_read = bytes_read = candidates = 0
     per_query: list[np.ndarray] = []
+    auto = isinstance(args.rerank, str) and args.rerank.startswith("auto")
+    for option, given in (("--confidence", args.confidence), ("--calibrate", args.calibrate)):
+        if given is not None and not auto:  # (--confidence said the API's "confidence= ... rerank='auto'")
+            found = "no --rerank (a fixed depth)" if args.rerank is None else f"--rerank {args.rerank}"
+            raise InvalidInput(f"{option} applies to --rerank auto, found {found}")
+    if args.ray is None and args.shards is not None:  # (ignored before)
+        raise InvalidInput(f"--shards applies to --ray, found --shards {args.shards} without --ray")
     if args.ray is not None:
         from . import ray as vray
 
@@ -668,11 +685,8 @@ def _search(args: argparse.Namespace) -> int:
             raise InvalidInput("--calibrate measures a model for this process only, which Ray's shards do not "
                                "see; commit one with `vecz calibrate STORE --sample SAMPLE` and search with --ray")
         vray.connect(args.ray)
-        searcher: Any = vray.ShardedStore(args.store, shards=args.shards)
+        searcher: Any = vray.ShardedStore(args.store, shards=2 if args.shards is None else args.shards)
     else:
-        if args.calibrate is not None and not (isinstance(args.rerank, str) and args.rerank.startswith("auto")):
-            found = "no --rerank (a fixed depth)" if args.rerank is None else f"--rerank {args.rerank}"
-            raise InvalidInput(f"--calibrate applies to --rerank auto, found {found}")
         searcher = Store.open(args.store)
     options = {"confidence": args.confidence}
     with searcher as store, open_vectors(args.queries, column=args.column) as source:

@@ -684,6 +684,10 @@ def test_cli_search_calibrates_on_sample_queries(tmp_path, capsys):
          "--calibrate applies to --rerank auto, found --rerank 50"),
         (["--calibrate", str(tmp_path / "sample.npy")], "found no --rerank"),
         (["--rerank", "auto", "--calibrate", str(tmp_path / "none.npy")], "expected at least one query, found none"),
+        # (it said the API's "confidence= applies to rerank='auto' only"; --shards without --ray was ignored)
+        (["--confidence", "0.99"], "--confidence applies to --rerank auto, found no --rerank (a fixed depth)"),
+        (["--rerank", "30", "--confidence", "0.99"], "--confidence applies to --rerank auto, found --rerank 30"),
+        (["--shards", "16"], "--shards applies to --ray, found --shards 16 without --ray"),
     ):
         assert main(["search", *store_q, *extra]) == 2
         assert message in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 
 from vecz.engine import Store, check_store
 from vecz.engine.cli import EXIT_INPUT, EXIT_STORAGE, main
-from vecz.engine.errors import StoreNotFound
+from vecz.engine.errors import InvalidInput, StoreNotFound
 
 DIM = 16
 
@@ -507,3 +507,24 @@ def test_a_closed_output_pipe_is_not_a_storage_error(tmp_path):
     run = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m vecz search {tmp_path / 's'} "
                           f"{tmp_path / 'q.npy'} -k 10 | head -c 100 > /dev/null"], capture_output=True, text=True)
     assert run.returncode == 141 and run.stderr == "", (run.returncode, run.stderr)
+
+
+def test_ray_only_build_options_are_refused_without_ray(tmp_path, capsys):
+    # `vecz build ... --workers 64` ran in one process and said nothing
+    np.save(tmp_path / "x.npy", _data(30))
+    assert main(["build", str(tmp_path / "x.npy"), str(tmp_path / "s"), "--codec", "SQ8", "--workers", "64"]) == 2
+    assert "--workers applies to --ray, found --workers 64 without --ray" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_recall_at_refuses_a_depth_below_one_and_arrays_not_2d():
+    # r=0 divided by zero, r=-1 gave recall -3.0, 1-D ids a raw IndexError
+    from vecz.engine.bench import recall_at
+
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    for r in (0, -1, 1.5, True):
+        with pytest.raises(InvalidInput, match="expected an integer r >= 1"):
+            recall_at(truth, truth, r)
+    with pytest.raises(InvalidInput, match=r"expected found ids of shape \(nq, depth\), found shape \(2,\)"):
+        recall_at(np.array([1, 2]), truth, 2)
+    assert recall_at(truth, truth, 2) == 1.0

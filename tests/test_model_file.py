@@ -324,6 +324,14 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "auto model" in out and "on sample queries (3,000 live rows then, nprobe 1)" in out
     assert main(["check", store]) == 0
+    # a sample too small for a model commits nothing: the committed model stays in use (the
+    # message said auto would read its whole shortlist); with no model at all it says that
+    np.save(tmp_path / "one.npy", _rows(1, 13))
+    assert main(["calibrate", store, "--sample", str(tmp_path / "one.npy")]) == 0
+    assert ("calibrated on 1 sample query: too few pairs for a model (at least 200 needed); nothing committed, "
+            "the store's model stays in use") in capsys.readouterr().err
+    with Store.open(store) as r:
+        assert r.calibration["source"] == "queries"
     bare = str(tmp_path / "b")
     assert main(["build", str(tmp_path / "x.npy"), bare, "--codec", "PQ6x8", "--no-calibrate"]) == 0
     with Store.open(bare) as r:

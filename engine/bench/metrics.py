@@ -88,12 +88,18 @@ def recall_at(found: np.ndarray, truth: np.ndarray, r: int) -> float:
     Raises
     ------
     InvalidInput
-        `truth` holds fewer than `r` neighbours per query, or the row counts differ.
+        `r` is not an integer >= 1, an array is not 2-D, `truth` holds fewer than `r`
+        neighbours per query, or the row counts differ.
     """
-    truth = np.asarray(truth)
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:  # (0 divided by zero, -1 gave -3.0)
+        raise InvalidInput(f"recall@r: expected an integer r >= 1, found {r!r}")
+    truth, found = np.asarray(truth), np.asarray(found)
+    for what, arr in (("found", found), ("truth", truth)):
+        if arr.ndim != 2:
+            raise InvalidInput(f"recall@{r}: expected {what} ids of shape (nq, depth), found shape {arr.shape}")
     if truth.shape[1] < r:
         raise InvalidInput(f"recall@{r} needs at least {r} true neighbours per query, found {truth.shape[1]}")
-    f, t = np.asarray(found)[:, :r], truth[:, :r]
+    f, t = found[:, :r], truth[:, :r]
     if len(f) != len(t):
         raise InvalidInput(f"recall@{r}: expected one found row per query ({len(t)}), found {len(f)}")
     hits = 0
