@@ -194,10 +194,11 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
             dense_file, dense_row = dfile.astype(np.uint16), drow.astype(np.uint32)
             arrays["dense_file"], arrays["dense_row"] = dense_file, dense_row
     name = data_file_name("seg", serial)
-    rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0, True)
     try:
         sg.write_segment(directory / name, "codes", arrays)
         files.append(name)
+        rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0,
+                            True, sg.segment_digest(directory / name))
         # (loading it fails too, say on an interrupt: its files are not the caller's yet, and left
         # behind they held their serial's names, so the writer's next commit failed on "File exists")
         seg = Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row, directory=directory,

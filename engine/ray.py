@@ -84,6 +84,7 @@ import numpy as np
 
 from ..formats.body import SegmentRecord, data_file_name, parse_body
 from ..formats import manifest as mf
+from ..formats import segment as sg
 from ..formats.dense import DenseInfo
 from . import writes
 from .codecs import Codec, SearchResult, SearchStats, _as_vectors
@@ -363,7 +364,6 @@ def _stage(directory: Path, token: str, arrays: dict[str, np.ndarray], vectors: 
     file into the staging directory (formats/FORMAT.md, "Segments written by other
     processes"); a failure removes what it wrote. Returns the dense file's info and the
     segment's ``dense_map``."""
-    from ..formats import segment as sg
     from .segments import write_dense_rows
 
     names = (f"{token}.seg", f"{token}.dense")
@@ -428,8 +428,6 @@ def _open_or_create(path: Path, codec: str | Codec | None, dim: int, metric: str
 def _check_ids(store: Any, staging: Path, recs: list[dict]) -> None:
     """Ids of the staged batches are distinct across batches and new to the store; batches
     whose id ranges overlap another's (or the store's segments') have their ids read back."""
-    from ..formats import segment as sg
-
     ranges = sorted((r["min_id"], r["max_id"], j) for j, r in enumerate(recs))
     suspect: set[int] = set()
     # a sweep with the running maximum: a range may overlap any earlier one, not only the one
@@ -614,8 +612,10 @@ def _build(ray: Any, path: Path, data: Any, codec: str | Codec | None, metric: s
             if dense_map not in ("identity", "sections") or (dense_map == "sections" and not infos):
                 raise StoreCorrupted(f"staged segment {r['seg']}: dense_map {dense_map!r} with "
                                      f"{len(infos)} dense file(s)")
+            with storage_errors("ray build: read a staged segment's digest", path / seg_name):
+                digest = sg.segment_digest(path / seg_name)
             new.append(SegmentRecord(serial, seg_name, int(r["rows"]), int(r["min_id"]), int(r["max_id"]), infos,
-                                     dense_map))
+                                     dense_map, digest=digest))
         top = max(r["max_id"] for r in recs)
         body = replace(body, segments=body.segments + tuple(new), next_id=max(body.next_id, int(top) + 1),
                        next_serial=serials.next)

@@ -284,7 +284,7 @@ def _row_errors(codec: Codec, codes: np.ndarray, stored: np.ndarray | None) -> n
 def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, np.ndarray]:
     """The sections of a codes segment, checked against its record and the codec."""
     path = directory / rec.file
-    with sg.open_segment(path, kind="codes") as f:
+    with sg.open_segment(path, kind="codes", digest=rec.digest) as f:
         arrays = {name: f.read(name) for name in ("ids", "codes", "lists")}
         if "errors" in f.sections:
             arrays["errors"] = f.read("errors")
@@ -337,11 +337,13 @@ def read_codes(directory: Path, rec: SegmentRecord, codec: Codec) -> dict[str, n
     return arrays
 
 
-def read_dead_rows(directory: Path, name: str, rows: int, serial: int | None = None) -> np.ndarray:
+def read_dead_rows(directory: Path, name: str, rows: int, serial: int | None = None,
+                   digest: int | None = None) -> np.ndarray:
     """A segment's deletion file: sorted unique row numbers in [0, rows). The file names the
-    segment it belongs to, so a manifest that hands it to another segment is caught."""
+    segment it belongs to, so a manifest that hands it to another segment is caught; its
+    `digest`, where the manifest recorded one, must be the file's."""
     path = directory / name
-    arrays, meta = sg.read_segment(path, kind="deletes")
+    arrays, meta = sg.read_segment(path, kind="deletes", digest=digest)
     if serial is not None and meta.get("segment") != serial:
         raise StoreCorrupted(f"{path}: holds the deleted rows of segment {meta.get('segment')!r}, the manifest "
                              f"gives it to segment {serial}")
@@ -368,7 +370,7 @@ def load_segment(directory: Path, rec: SegmentRecord, codec: Codec, pool: DenseP
                               stored_errors=arrays.get("errors"))
     del arrays
     if dead is None and rec.deletes is not None:
-        dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial)
+        dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial, rec.deletes_digest)
         if dead.size != rec.dead:
             raise StoreCorrupted(f"{directory / rec.deletes}: holds {dead.size} rows, the manifest says {rec.dead}")
     if dead is not None:

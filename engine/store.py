@@ -210,14 +210,15 @@ class Store:
         try:
             store._lock = WriterLock(path)
             files = []
-            codec_file = None
+            codec_file = digest = None
             if given.is_trained:
                 codec_file = data_file_name("codec", 1)
                 with storage_errors("create: write the codec", path / codec_file):
                     sg.write_segment(path / codec_file, "codec", given.state(), meta=given.to_config())
-                files.append(codec_file)
+                    files.append(codec_file)
+                    digest = sg.segment_digest(path / codec_file)
             body = StoreBody(1, None, _now(), int(dim), metric, dense, given.to_config(), codec_file, (), 0, 1,
-                             int(retain))
+                             int(retain), codec_digest=digest)
             store._lock.publish(1, body.to_json(), files, "create")
             store._load(body.to_json())
         except BaseException:
@@ -326,7 +327,7 @@ class Store:
                     # path names its codec file alike, but the file is another
                     codec = self.codec
                 else:
-                    arrays, _ = sg.read_segment(self.path / body.codec_file, kind="codec")
+                    arrays, _ = sg.read_segment(self.path / body.codec_file, kind="codec", digest=body.codec_digest)
                     for name, arr in arrays.items():  # FORMAT.md: one <f4 array each (a <u4 read as values)
                         if arr.dtype != np.dtype("<f4"):
                             raise CodecSpecError(f"{body.codec_file}: array {name!r}: expected dtype <f4, "
@@ -405,7 +406,7 @@ class Store:
         if same_codec and record.file == self._model_file:
             return self._model_file, self._model, self._model_error
         try:
-            return record.file, self._read_model(record.file, body.dim), None
+            return record.file, self._read_model(record.file, body.dim, record.digest), None
         except FormatError as exc:
             newest = mf.list_versions(self.path)
             if isinstance(exc, StoreCorrupted) and newest and newest[-1] != body.version:
@@ -721,10 +722,11 @@ class Store:
         fresh = record.rows / STALE_FACTOR <= live <= record.rows * STALE_FACTOR
         return record.file, record.source == "queries" or fresh
 
-    def _read_model(self, name: str, dim: int) -> ErrorModel:
-        """The error model in file `name`, checked (`StoreCorrupted` when it is not one)."""
+    def _read_model(self, name: str, dim: int, digest: int | None = None) -> ErrorModel:
+        """The error model in file `name`, checked (`StoreCorrupted` when it is not one, or
+        not the file of the recorded `digest`)."""
         path = self.path / name
-        arrays, meta = sg.read_segment(path, kind="model")
+        arrays, meta = sg.read_segment(path, kind="model", digest=digest)
         try:
             return ErrorModel.from_arrays(arrays, meta, dim)
         except InvalidInput as exc:

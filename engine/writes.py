@@ -121,13 +121,14 @@ def _write_deletes(store: "Store", rec: SegmentRecord, dead: np.ndarray, serials
                    files: list[str]) -> SegmentRecord:
     """The record of `rec` with deletion file holding `dead` (written now; none if empty)."""
     if not dead.size:
-        return replace(rec, deletes=None, dead=0)
+        return replace(rec, deletes=None, dead=0, deletes_digest=None)
     name = data_file_name("del", serials.take())
     with storage_errors("write a deletion file", store.path / name):
         sg.write_segment(store.path / name, "deletes", {"rows": np.ascontiguousarray(dead, dtype=np.int64)},
                          meta={"segment": rec.serial, "segment_file": rec.file})
-    files.append(name)
-    return replace(rec, deletes=name, dead=int(dead.size))
+        files.append(name)
+        digest = sg.segment_digest(store.path / name)
+    return replace(rec, deletes=name, dead=int(dead.size), deletes_digest=digest)
 
 
 def _base_body(store: "Store", lock: WriterLock, serials: _Serials, files: list[str]) -> StoreBody:
@@ -167,9 +168,10 @@ def _with_codec(store: "Store", codec: Codec, body: StoreBody, files: list[str])
     name = data_file_name("codec", store.version + 1)
     with storage_errors("write the trained codec", store.path / name):
         sg.write_segment(store.path / name, "codec", codec.state(), meta=codec.to_config())
-    files.append(name)
+        files.append(name)
+        digest = sg.segment_digest(store.path / name)
     # a model measured with another codec says nothing about this one
-    return replace(body, codec_config=codec.to_config(), codec_file=name, calibration=None)
+    return replace(body, codec_config=codec.to_config(), codec_file=name, codec_digest=digest, calibration=None)
 
 
 def check_auto_ids(store: "Store", n: int) -> None:
@@ -263,9 +265,10 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
             arrays = {**arrays, **sections}
     with storage_errors(f"{operation}: write the codes segment", directory / names[0]):
         sg.write_segment(directory / names[0], "codes", arrays)
-    files.append(names[0])
+        files.append(names[0])
+        digest = sg.segment_digest(directory / names[0])
     rec = SegmentRecord(serial, names[0], int(seg_ids.size), int(seg_ids[0]), int(seg_ids[-1]), infos, dense_map,
-                        None, 0, True)
+                        None, 0, True, digest)
     return rec, arrays
 
 
@@ -402,7 +405,8 @@ def calibrate(store: "Store", lock: WriterLock, model: ErrorModel, source: str, 
         files.append(name)  # removed on any failure from here on, written or not
         with storage_errors("calibrate: write the error model", store.path / name):
             sg.write_segment(store.path / name, "model", arrays, meta=meta)
-        record = CalibrationRecord(name, int(store._body.live), source, int(nprobe))
+            digest = sg.segment_digest(store.path / name)
+        record = CalibrationRecord(name, int(store._body.live), source, int(nprobe), digest)
         _publish(store, lock, replace(body, calibration=record, next_serial=serials.next), files, "calibrate")
     except BaseException:
         _fail(lock, files)
@@ -515,13 +519,24 @@ def read_legacy_deletes(directory: Path, body: StoreBody) -> dict[int, np.ndarra
 def dead_rows_of(directory: Path, rec: SegmentRecord, legacy: dict[int, np.ndarray]) -> np.ndarray:
     if rec.deletes is None:
         return legacy.get(rec.serial, np.empty(0, dtype=np.int64))
-    dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial)
+    dead = read_dead_rows(directory, rec.deletes, rec.rows, rec.serial, rec.deletes_digest)
     if dead.size != rec.dead:
         raise StoreCorrupted(f"{directory / rec.deletes}: holds {dead.size} rows, the manifest says {rec.dead}")
     return dead
 
 
 # ---------------------------------------------------------------------------- checking
+
+
+def _digests(body: StoreBody) -> list[tuple[str, int]]:
+    """(file, digest) of every segment file `body` records a digest for."""
+    out = [(s.file, s.digest) for s in body.segments if s.digest is not None]
+    out += [(s.deletes, s.deletes_digest) for s in body.segments if s.deletes and s.deletes_digest is not None]
+    if body.codec_file and body.codec_digest is not None:
+        out.append((body.codec_file, body.codec_digest))
+    if body.calibration is not None and body.calibration.digest is not None:
+        out.append((body.calibration.file, body.calibration.digest))
+    return out
 
 
 def check_files(path: Path, body: StoreBody) -> list[str]:
@@ -531,6 +546,13 @@ def check_files(path: Path, body: StoreBody) -> list[str]:
     for name in sorted(body_files(body)):
         if not name.startswith("dense-"):
             problems += sg.check_segment(path / name)
+    for name, digest in _digests(body):  # each file the one this version wrote (not another store's copy)
+        try:
+            found = sg.segment_digest(path / name)
+        except VeczError:
+            continue  # a damaged file: reported above
+        if found != digest:
+            problems.append(sg.digest_mismatch(path / name, found, digest))
     for seg in body.segments:
         for info in seg.dense:
             if info.file not in seen:

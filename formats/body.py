@@ -89,16 +89,28 @@ class SegmentRecord:
     deletes: str | None = None
     dead: int = 0
     sorted_ids: bool = True
+    # the codes and deletion files' digests (`segment.segment_digest`), None where a version
+    # written before them recorded none
+    digest: int | None = None
+    deletes_digest: int | None = None
 
     @property
     def live(self) -> int:
         return self.rows - self.dead
 
     def to_json(self) -> dict[str, Any]:
-        return {"serial": self.serial, "file": self.file, "rows": self.rows, "min_id": self.min_id,
-                "max_id": self.max_id, "dense": [d.to_json() for d in self.dense], "dense_map": self.dense_map,
-                "deletes": None if self.deletes is None else {"file": self.deletes, "count": self.dead},
-                "sorted_ids": self.sorted_ids}
+        out = {"serial": self.serial, "file": self.file, "rows": self.rows, "min_id": self.min_id,
+               "max_id": self.max_id, "dense": [d.to_json() for d in self.dense], "dense_map": self.dense_map,
+               "deletes": None if self.deletes is None else
+               _with_digest({"file": self.deletes, "count": self.dead}, self.deletes_digest),
+               "sorted_ids": self.sorted_ids}
+        return _with_digest(out, self.digest)
+
+
+def _with_digest(rec: dict[str, Any], digest: int | None) -> dict[str, Any]:
+    if digest is not None:
+        rec["digest"] = digest
+    return rec
 
 
 @dataclass(frozen=True)
@@ -112,9 +124,11 @@ class CalibrationRecord:
     rows: int
     source: str
     nprobe: int
+    digest: int | None = None  # the model file's (`segment.segment_digest`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "rows": self.rows, "source": self.source, "nprobe": self.nprobe}
+        return _with_digest({"file": self.file, "rows": self.rows, "source": self.source, "nprobe": self.nprobe},
+                            self.digest)
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,7 @@ class StoreBody:
     extra: dict = field(default_factory=dict)  # unknown keys, carried over unchanged
     calibration: CalibrationRecord | None = None
     legacy_dead: int = 0  # layout 1: the (serial, row) pairs its deletes file holds, by its count
+    codec_digest: int | None = None  # the codec file's (`segment.segment_digest`)
 
     @property
     def rows(self) -> int:
@@ -159,7 +174,7 @@ class StoreBody:
         out.update({
             "format": FORMAT_ID, "layout": LAYOUT, "version": self.version, "parent": self.parent,
             "created": self.created, "dim": self.dim, "metric": self.metric, "dense": self.dense,
-            "codec": {"config": self.codec_config, "file": self.codec_file},
+            "codec": _with_digest({"config": self.codec_config, "file": self.codec_file}, self.codec_digest),
             "segments": [s.to_json() for s in self.segments],
             "next_id": self.next_id, "next_serial": self.next_serial,
             "counts": {"rows": self.rows, "live": self.live},
@@ -209,7 +224,7 @@ def _segment(rec: Any, i: int, layout: int, store_dense: str, dim: int, where: s
     raw_dense = rec.get("dense")
     if layout == 1:
         raw_dense = [] if raw_dense is None else [raw_dense]
-        dense_map, deletes, dead, sorted_ids = "identity", None, 0, False
+        dense_map, deletes, dead, sorted_ids, deletes_digest = "identity", None, 0, False, None
     else:
         if not isinstance(raw_dense, list):
             raise StoreCorrupted(f"{w}: field 'dense': expected a list of dense records, found {raw_dense!r:.80}")
@@ -218,12 +233,13 @@ def _segment(rec: Any, i: int, layout: int, store_dense: str, dim: int, where: s
             raise StoreCorrupted(f"{w}: field 'dense_map': expected 'identity' or 'sections', found {dense_map!r:.40}")
         drec = rec.get("deletes")
         if drec is None:
-            deletes, dead = None, 0
+            deletes, dead, deletes_digest = None, 0, None
         else:
             if not isinstance(drec, dict):
                 raise StoreCorrupted(f"{w}: field 'deletes': expected an object or null, found {drec!r:.80}")
             deletes = _name(_get(drec, "file", str, w), ("del",), w)
             dead = _get(drec, "count", int, w, low=1)
+            deletes_digest = _digest(drec, f"{w} deletes")
             if dead > rows:
                 raise StoreCorrupted(f"{w}: {dead} deleted rows in a segment of {rows}")
         sorted_ids = _get(rec, "sorted_ids", bool, w)
@@ -243,7 +259,8 @@ def _segment(rec: Any, i: int, layout: int, store_dense: str, dim: int, where: s
                                  f"{[d.rows for d in dense]} rows; expected one file of {rows}")
     if len({d.file for d in dense}) != len(dense):
         raise StoreCorrupted(f"{w}: names the same dense file twice")
-    return SegmentRecord(serial, file, rows, min_id, max_id, dense, dense_map, deletes, dead, sorted_ids)
+    return SegmentRecord(serial, file, rows, min_id, max_id, dense, dense_map, deletes, dead, sorted_ids,
+                         _digest(rec, w), deletes_digest)
 
 
 def parse_body(body: Any, where: str) -> StoreBody:
@@ -269,6 +286,7 @@ def parse_body(body: Any, where: str) -> StoreBody:
     codec_file = _get(codec, "file", str, f"{where} codec", nullable=True)
     if codec_file is not None:
         _name(codec_file, ("codec",), f"{where} codec")
+    codec_digest = _digest(codec, f"{where} codec")
     raw_segments = _get(body, "segments", list, where)
     segments = tuple(_segment(r, i, layout, dense, dim, where) for i, r in enumerate(raw_segments))
     next_id = _get(body, "next_id", int, where, low=0, high=_MAX_INT + 1)  # 2**63 once id 2**63-1 is added
@@ -293,7 +311,7 @@ def parse_body(body: Any, where: str) -> StoreBody:
              "next_id", "next_serial", "counts", "retain", "build", "deletes", "calibration"}
     out = StoreBody(version, parent, created, dim, metric, dense, config, codec_file, segments, next_id,
                     next_serial, retain, build, layout, legacy, {k: v for k, v in body.items() if k not in known},
-                    calibration, legacy_dead)
+                    calibration, legacy_dead, codec_digest)
     _cross_check(out, body, where)
     return out
 
@@ -303,7 +321,13 @@ def _calibration(rec: dict, where: str) -> CalibrationRecord:
     if source not in CALIBRATION_SOURCES:
         raise StoreCorrupted(f"{where}: field 'source': expected one of {CALIBRATION_SOURCES}, found {source!r:.40}")
     name = _name(_get(rec, "file", str, where), ("model",), where)
-    return CalibrationRecord(name, _get(rec, "rows", int, where, low=0), source, _get(rec, "nprobe", int, where, low=1))
+    return CalibrationRecord(name, _get(rec, "rows", int, where, low=0), source, _get(rec, "nprobe", int, where, low=1),
+                             _digest(rec, where))
+
+
+def _digest(rec: dict, where: str) -> int | None:
+    """A record's optional file digest (a CRC32; versions before stop 54 recorded none)."""
+    return _get(rec, "digest", int, where, nullable=True, low=0, high=(1 << 32) - 1)
 
 
 def _cross_check(b: StoreBody, raw: dict, where: str) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "SectionInfo",
     "SegmentFile",
     "write_segment",
+    "segment_digest",
     "open_segment",
     "read_segment",
     "check_segment",
@@ -193,6 +194,9 @@ class SegmentFile:
         check_magic_and_length(path, "segment", MAGIC, head, size, _HEADER.size)
         _, major, minor, flags, file_length, n_sections, table_crc, kind, header_crc = _HEADER.unpack(head)
         check_version_and_crc(path, "segment", major, MAJOR, flags, head[:_HEADER_CRC_END], header_crc)
+        # the header's CRC covers the table, whose entries hold every section's CRC: the
+        # file's content in 4 bytes, which a manifest records to bind the file to a version
+        self.digest = header_crc
         if file_length != size:
             raise StoreCorrupted(
                 f"{path}: truncated or extended: header records {file_length} bytes, file has {size}"
@@ -566,7 +570,7 @@ def write_segment(
     return file_length
 
 
-def open_segment(path: str | os.PathLike[str], kind: str | None = None) -> SegmentFile:
+def open_segment(path: str | os.PathLike[str], kind: str | None = None, digest: int | None = None) -> SegmentFile:
     """Open a segment file, validating its header and section table.
 
     Parameters
@@ -574,11 +578,14 @@ def open_segment(path: str | os.PathLike[str], kind: str | None = None) -> Segme
     path : path-like
     kind : str, optional
         If given, the segment's kind must equal it.
+    digest : int, optional
+        If given, the file's digest (`segment_digest`) must equal it: the one its manifest
+        recorded when the file was written.
 
     Raises
     ------
     StoreCorrupted
-        The file is missing, unreadable, truncated or extended.
+        The file is missing, unreadable, truncated or extended, or its digest is not `digest`.
     FormatVersionError
         Unknown major version or required feature flags.
     ChecksumError
@@ -590,14 +597,30 @@ def open_segment(path: str | os.PathLike[str], kind: str | None = None) -> Segme
     if kind is not None and seg.kind != kind:
         seg.close()
         raise FormatError(f"{seg.path}: expected a {kind!r} segment, found {seg.kind!r}")
+    if digest is not None and seg.digest != digest:
+        seg.close()
+        raise StoreCorrupted(digest_mismatch(seg.path, seg.digest, digest))
     return seg
 
 
+def digest_mismatch(path: Path, found: int, recorded: int) -> str:
+    """What a reader says of a segment file whose digest is not the one its manifest recorded."""
+    return (f"{path}: not the file the manifest names: its digest (header CRC32) is {found:#010x}, the manifest "
+            f"records {recorded:#010x} (a file copied from another store or version?)")
+
+
+def segment_digest(path: str | os.PathLike[str]) -> int:
+    """The digest a manifest records for a segment file it names: the header's CRC32, which
+    covers the table and through it every section's CRC32. Errors as `open_segment`."""
+    with open_segment(path) as seg:
+        return seg.digest
+
+
 def read_segment(
-    path: str | os.PathLike[str], kind: str | None = None
+    path: str | os.PathLike[str], kind: str | None = None, digest: int | None = None
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Read a whole segment: ``(arrays, meta)``. Errors as `open_segment` and `SegmentFile.read`."""
-    with open_segment(path, kind) as seg:
+    with open_segment(path, kind, digest) as seg:
         return seg.read_all(), seg.meta
 
 

@@ -60,7 +60,8 @@ from hypothesis import strategies as st
 
 from vecz.engine import FormatError, InvalidInput, Store, StoreCorrupted, check_store
 from vecz.formats.importers import open_vectors, read_fvecs, read_ids, read_vectors
-from vecz.formats.segment import read_segment, write_segment
+from vecz.formats.segment import read_segment
+from tests.reference.stores import replace_segment
 
 TOTAL_EXAMPLES = int(os.environ.get("VECZ_FUZZ_EXAMPLES", "2100"))
 # Share of the fuzz examples per fuzz test (sums to 1).
@@ -508,8 +509,7 @@ def test_codec_file_with_non_finite_state_is_store_corrupted(stores, tmp_path, a
     name = json.loads((copy / pristine.newest).read_bytes()[32:])["codec"]["file"]
     arrays, meta = read_segment(copy / name, kind="codec")
     arrays[array].flat[3] = value
-    (copy / name).unlink()
-    write_segment(copy / name, "codec", arrays, meta=meta)
+    replace_segment(copy, name, "codec", arrays, meta)
     with pytest.raises(StoreCorrupted, match=f"trained array '{array}': expected finite values, found NaN or inf"):
         Store.open(copy)
     assert check_store(copy)
@@ -519,8 +519,7 @@ def _rewrite_section(copy: Path, name: str, kind: str, section: str, edit) -> No
     """Change one section of a segment file and write it again with valid checksums."""
     arrays, meta = read_segment(copy / name, kind=kind)
     edit(arrays[section])
-    (copy / name).unlink()
-    write_segment(copy / name, kind, arrays, meta=meta or None)
+    replace_segment(copy, name, kind, arrays, meta or None)
 
 
 @pytest.mark.parametrize("kind,section,edit,match", [

@@ -20,6 +20,7 @@ from vecz.formats.errors import FormatError
 from vecz.formats import manifest as mf
 from vecz.formats import segment as sg
 from vecz.formats.body import parse_body
+from tests.reference.stores import replace_segment
 
 DIM = 24
 
@@ -191,8 +192,7 @@ def _rewrite_model(path, arrays: dict, meta: dict, kind: str = "model") -> None:
     """Replace the committed model file with a valid segment (of `kind`) holding these sections."""
     with Store.open(path) as r:
         name = r.calibration["file"]
-    os.unlink(path / name)
-    sg.write_segment(path / name, kind, arrays, meta=meta)
+    replace_segment(path, name, kind, arrays, meta)
 
 
 @pytest.mark.parametrize("damage, match", [

@@ -30,6 +30,7 @@ from vecz.errors import (
     TooLarge,
 )
 from vecz.formats import manifest as mf
+from tests.reference.stores import replace_segment
 
 DIM = 16
 
@@ -798,12 +799,37 @@ def test_a_codec_file_array_of_another_dtype_is_refused(tmp_path):
         name = w._body.codec_file
     arrays, meta = sg.read_segment(path / name, kind="codec")
     relabelled = {k: (v.view("<u4") if k == "sq_vdiff" else v) for k, v in arrays.items()}
-    os.unlink(path / name)
-    sg.write_segment(path / name, "codec", relabelled, meta=meta)
+    replace_segment(path, name, "codec", relabelled, meta)  # checksums and the manifest's digest agree
     with pytest.raises(StoreCorrupted, match=r"codec-\d+\.vzs: array 'sq_vdiff': expected dtype <f4, found <u4"):
         Store.open(path)
     problems = check_store(path)
     assert any("expected dtype <f4" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("kind", ["codec", "seg", "del", "model"])
+def test_a_file_copied_from_another_store_is_refused(tmp_path, kind):
+    """A healthy file of another store with the same spec, copied over one of this store's,
+    opened and searched with other ids, and check said ok: the manifest now records each
+    segment file's digest (its header CRC32) and readers and check compare it."""
+    stores = []
+    for seed in (0, 1):
+        path = tmp_path / f"s{seed}"
+        with Store.create(path, dim=DIM, codec="PQ4x8", metric="l2") as w:
+            w.auto_merge_rows = 0
+            w.add(_data(400, seed=seed), ids=np.arange(400))
+            w.delete([3, 7 + seed])
+            assert w.calibrate() is not None
+        stores.append(path)
+    a, b = stores
+    name = next(p.name for p in a.iterdir() if p.name.startswith(f"{kind}-"))
+    assert (b / name).exists()
+    (a / name).unlink()
+    shutil.copyfile(b / name, a / name)
+    with pytest.raises(StoreCorrupted, match=f"{name}: not the file the manifest names: its digest"):
+        with Store.open(a) as r:
+            r.error_model()  # (a model file is read on open; its error is raised where it is used)
+    problems = check_store(a)
+    assert any(f"{name}: not the file the manifest names" in p for p in problems), problems
 
 
 def test_swapped_dense_records_are_found_by_check(tmp_path):

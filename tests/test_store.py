@@ -342,8 +342,15 @@ def test_manifest_and_files_are_what_format_md_says(tmp_path):
     assert body["format"] == FORMAT_ID and body["version"] == 3 and body["parent"] == 2 and body["layout"] == 2
     assert body["counts"] == {"rows": 10, "live": 9} and body["retain"] == 8 and body["next_serial"] == 3
     seg = body["segments"][0]
-    assert seg["deletes"] == {"file": "del-000000000002.vzs", "count": 1} and seg["sorted_ids"]
+    from vecz.formats.segment import segment_digest
+
+    d = tmp_path / "s"
+    assert seg["deletes"] == {"file": "del-000000000002.vzs", "count": 1,
+                              "digest": segment_digest(d / "del-000000000002.vzs")} and seg["sorted_ids"]
     assert seg["dense_map"] == "identity" and [d["file"] for d in seg["dense"]] == ["dense-000000000001.arrow"]
+    # every segment file a version names is bound to it by its digest, the header's CRC32
+    assert seg["digest"] == segment_digest(d / "seg-000000000001.vzs")
+    assert body["codec"]["digest"] == segment_digest(d / "codec-000000000002.vzs")
     # any Arrow reader opens the dense file
     import pyarrow as pa
 
