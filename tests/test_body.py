@@ -123,3 +123,13 @@ def test_layout_1_counts_are_checked_against_its_deletes_count():
     bad["deletes"]["count"] = -1
     with pytest.raises(StoreCorrupted, match="count"):
         parse_body(bad, "old")
+
+
+def test_a_writer_out_of_serials_says_so():
+    # a body whose next_serial is past a name's 12 digits made data_file_name raise a raw ValueError
+    from vecz.engine.writes import _Serials
+    from vecz.formats.body import MAX_SERIAL
+
+    assert _Serials(MAX_SERIAL).take() == MAX_SERIAL
+    with pytest.raises(StoreCorrupted, match="every file serial up to 999999999999 is taken"):
+        _Serials(MAX_SERIAL + 1).take()
