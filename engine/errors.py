@@ -45,7 +45,16 @@ __all__ = [
     "StoreMoved",
     "TooLarge",
     "ShardUnavailable",
+    "QueriesUnlikeModel",
 ]
+
+
+class QueriesUnlikeModel(RuntimeWarning):
+    """A warning, not an error: in a ``rerank="auto"`` search far more of the rows read scored
+    above their upper bound than the error model's confidence allows. The queries differ
+    from those the model was measured on, and answers may miss true neighbours: measure it
+    on a sample of them (`Store.calibrate(sample)`). `SearchStats.bound_exceeded` counts
+    those rows."""
 
 
 class CodecSpecError(VeczError, ValueError):

@@ -919,7 +919,7 @@ class ShardedStore:
             body = parse_body(read_body(self.path, version, "ShardedStore"), f"{self.path} version {version}")
             try:
                 self.pin = VersionPin(self.path, body.version)
-            except StoreCorrupted:
+            except StoreNotFound:
                 if version is not None or attempt == 7:
                     raise
                 continue  # the newest version read was pruned before the pin: read the newest again
@@ -1115,9 +1115,14 @@ class ShardedStore:
             raise ShardUnavailable(f"{self.path}: every shard is gone")
         top_s, top_i, capped = merge_auto(metric, results, k)
         probes = nq * min(int(nprobe), self.lists)
-        stats = SearchStats(sum(int(p[1]) for p in got), probes, rows_read=sum(r.rows for r in results),
+        over, rows = sum(r.over for r in results), sum(r.rows for r in results)
+        from .search import warn_if_unlike
+
+        warn_if_unlike(over, rows, confidence)
+        stats = SearchStats(sum(int(p[1]) for p in got), probes, rows_read=rows,
                             bytes_read=sum(r.bytes for r in results),
-                            rows_per_query=np.sum([r.per_query for r in results], axis=0), capped=capped)
+                            rows_per_query=np.sum([r.per_query for r in results], axis=0), capped=capped,
+                            bound_exceeded=over)
         out = SearchResult(top_s, top_i, stats)
         out.missing_shards = tuple(missing)
         return out
