@@ -152,7 +152,10 @@ class ErrorModel:
             ok &= np.isfinite(u)
         if int(ok.sum()) < MIN_PAIRS:
             return None
-        z = (exact[ok] - est[ok]) / scale[ok]
+        # an outlier row's pair may stand millions of its error scales off: held at the
+        # model file's limit (a reader refuses beyond it; an interval that wide reads the
+        # whole shortlist all the same)
+        z = np.clip((exact[ok] - est[ok]) / scale[ok], -MAX_MODEL_VALUE, MAX_MODEL_VALUE)
         extra: dict = {}
         if u is not None and direction is not None and float(np.ptp(u[ok])) > MIN_U_RANGE:
             u = u[ok]

@@ -358,9 +358,9 @@ class VersionPin:
     Raises
     ------
     StoreNotFound
-        `path` is not a directory.
+        `path` is not a directory, or the version is not (or no longer) in the store.
     StoreCorrupted
-        The version is not (or no longer) in the store.
+        Something other than a manifest file holds the version's name.
     """
 
     def __init__(self, path: str | os.PathLike, version: int) -> None:
@@ -371,9 +371,10 @@ class VersionPin:
         where = self.path / mf.manifest_name(self.version)
         with storage_errors(f"pin version {self.version}", where):
             fd = _hold_shared(where)
-        if fd is None:
-            raise StoreCorrupted(f"{self.path}: version {self.version} is not in the store (versions "
-                                 f"{mf.list_versions(self.path)}); expected a committed version to pin")
+        if fd is None:  # (pruned by a writer's garbage collection: not damage, as open(version=) says)
+            raise StoreNotFound(f"{self.path}: version {self.version} is not in the store (versions "
+                                f"{mf.list_versions(self.path)}; garbage collection removes versions beyond the "
+                                f"newest `retain` unless pinned); expected a committed version to pin")
         self._fd: int | None = fd
         with _HELD_LOCK:
             _HELD[id(self)] = self

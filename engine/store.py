@@ -114,8 +114,7 @@ class Store:
         # each dense file not found 99% cached at its last look (at most once a second:
         # formats/dense.py `DenseReader.cached`).
         self.prefetch: bool | None = None
-        # Rows an automatic merge may rewrite after a commit (engine/merge.py).
-        self.auto_merge_rows: int = writes.AUTO_MERGE_ROWS
+        self._auto_merge_rows = writes.AUTO_MERGE_ROWS
         self._lock: WriterLock | None = None
         self._mutex = threading.Lock()
         self._closed = False
@@ -295,7 +294,9 @@ class Store:
         that ``Store.open(path, version=v)`` can load it again later; neither dropping the
         pin object nor closing the store releases it, and a forked child does not hold it.
         A reader that only searches the version it has loaded needs no pin (module
-        docstring). The pin is a shared flock on the version's manifest: it writes nothing."""
+        docstring). The pin is a shared flock on the version's manifest: it writes nothing.
+        Raises `StoreNotFound` when a writer's garbage collection has removed the version
+        since this object loaded it (pin before it is pruned)."""
         self._check_open("pin")
         if not self.version:
             raise InvalidInput(f"{self.path}: pin: expected a committed version, found none (an empty store)")
@@ -414,6 +415,19 @@ class Store:
             return record.file, None, exc
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def auto_merge_rows(self) -> int:
+        """Rows an automatic merge may rewrite after a commit (engine/merge.py); 0: none."""
+        return self._auto_merge_rows
+
+    @auto_merge_rows.setter
+    def auto_merge_rows(self, rows: int) -> None:
+        # (None or "100" made the next add commit its rows and then raise a raw TypeError:
+        # a retry stored them twice)
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 0:
+            raise InvalidInput(f"auto_merge_rows: expected an integer >= 0, found {rows!r:.40}")
+        self._auto_merge_rows = int(rows)
 
     @property
     def version(self) -> int:
@@ -938,7 +952,7 @@ def check_store(path: str | os.PathLike, *, all_versions: bool = False) -> list[
             for v in versions:
                 try:
                     pins.append(VersionPin(path, v))
-                except StoreCorrupted:
+                except (StoreNotFound, StoreCorrupted):
                     if not os.path.lexists(path / mf.manifest_name(v)):
                         continue  # pruned since listed
                     # (something not a manifest in its place, a FIFO: the check says what)

@@ -395,13 +395,18 @@ def calibrate(store: "Store", lock: WriterLock, model: ErrorModel, source: str, 
     """Commit `model` as the store's error model (``Store.calibrate``): one ``"model"``
     segment under a fresh serial, named by the body's ``calibration`` record with the live
     rows it was measured on; the model it replaces is collected with its last version."""
+    arrays, meta = model.to_arrays()
+    try:  # what every reader will check: a model it refuses would break auto for all of them
+        ErrorModel.from_arrays(arrays, meta, store.dim)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{store.path}: the measured error model does not fit a model file ({exc}); nothing "
+                           "committed") from None
     serials = _Serials(store._body.next_serial)
     files: list[str] = []
     try:
         lock.check("calibrate")
         body = _base_body(store, lock, serials, files)
         name = data_file_name("model", serials.take())
-        arrays, meta = model.to_arrays()
         files.append(name)  # removed on any failure from here on, written or not
         with storage_errors("calibrate: write the error model", store.path / name):
             sg.write_segment(store.path / name, "model", arrays, meta=meta)

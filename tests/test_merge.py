@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vecz import Store
 from vecz.engine import merge
 from vecz.engine.merge import FANOUT, SegmentSize, plan_compaction, plan_merges, tier
 
@@ -286,3 +288,19 @@ def test_a_merge_does_not_name_a_dense_file_none_of_its_rows_live_in(tmp_path, m
     with Store.open(tmp_path / "s") as r:
         live = np.concatenate([batches[1][10:]] + batches[2:])
         np.testing.assert_array_equal(r.get(live), x[110:])
+
+
+def test_auto_merge_rows_takes_a_count_of_rows_only(tmp_path):
+    # None or "100" made the next add commit its rows and then raise a raw TypeError: a
+    # retry stored the rows twice under new ids
+    from vecz.errors import InvalidInput
+
+    rng = np.random.default_rng(0)
+    with Store.create(tmp_path / "s", dim=8, codec="SQ8") as s:
+        for bad in (None, "100", -1, 1.5, True):
+            with pytest.raises(InvalidInput, match="auto_merge_rows: expected an integer >= 0"):
+                s.auto_merge_rows = bad
+        s.auto_merge_rows = np.int64(0)
+        assert s.auto_merge_rows == 0 and type(s.auto_merge_rows) is int
+        s.add(rng.standard_normal((5, 8)).astype(np.float32))
+        assert len(s) == 5 and s.version == 2

@@ -13,7 +13,7 @@ import pytest
 
 import vecz.engine.store as store_mod
 from vecz.engine import Store, check_store
-from vecz.engine.bounds import MIN_PAIRS, ErrorModel
+from vecz.engine.bounds import MAX_MODEL_VALUE, MIN_PAIRS, ErrorModel
 from vecz.engine.cli import main
 from vecz.engine.errors import InvalidInput, ReadOnlyStore, StorageError, StoreCorrupted
 from vecz.formats.errors import FormatError
@@ -477,3 +477,20 @@ def test_memory_bytes_counts_the_error_model(tmp_path):
     with Store.open(path) as r:
         assert r.memory_bytes()["model"] == r.error_model().nbytes() > 0  # the committed one, read at open
         assert r.info()["ram_bytes_total"] == sum(r.memory_bytes().values())
+
+
+def test_a_model_measured_with_an_outlier_row_is_one_every_reader_loads(tmp_path):
+    # one row of 1e6 (within MAX_NORM) gave pairs 2.5e6 error scales off: calibrate committed a
+    # model every reader then refused (StoreCorrupted), and auto failed for all of them
+    rng = np.random.default_rng(0)
+    path = tmp_path / "s"
+    with Store.create(path, dim=12, metric="l2", codec="MRL8,RB2", dense="f32") as s:
+        x = rng.standard_normal((3, 12)).astype(np.float32)
+        x[0, 0] = 1e6
+        s.add(x)
+        s.add(rng.standard_normal((60, 12)).astype(np.float32))
+        model = s.calibrate()
+        assert model is not None and np.abs(model.z).max() <= MAX_MODEL_VALUE
+    assert check_store(path) == []
+    with Store.open(path) as r:
+        assert r.search(rng.standard_normal((2, 12)).astype(np.float32), 5, rerank="auto").ids.shape == (2, 5)

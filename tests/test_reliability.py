@@ -948,6 +948,7 @@ def test_a_pin_held_by_another_process_is_honoured_and_a_dead_ones_is_not(tmp_pa
 
 def test_pinning_a_version_the_store_no_longer_has_is_refused(tmp_path):
     from vecz.engine.commit import VersionPin
+    from vecz.errors import StoreNotFound
 
     path = tmp_path / "s"
     w, x = _pin_store(path)
@@ -955,10 +956,22 @@ def test_pinning_a_version_the_store_no_longer_has_is_refused(tmp_path):
         old = w.version
         for i in range(3):
             w.add(x[200 + i:201 + i])
-        with pytest.raises(StoreCorrupted, match=f"version {old} is not in the store"):
+        # pruned is not damaged: StoreNotFound, as Store.open(version=) says (it said StoreCorrupted)
+        with pytest.raises(StoreNotFound, match=f"version {old} is not in the store"):
             VersionPin(path, old)
-        with pytest.raises(StoreCorrupted, match="version 99 is not in the store"):
+        with pytest.raises(StoreNotFound, match="version 99 is not in the store"):
             VersionPin(path, 99)
+    one = tmp_path / "one"
+    with Store.create(one, dim=DIM, codec="SQ8", retain=1) as w:
+        w.add(_data(5))
+        reader = Store.open(one)
+        w.add(_data(5, seed=1))  # retain=1: the reader's version is pruned, as it may be
+        with pytest.raises(StoreNotFound, match=f"version {reader.version} is not in the store"):
+            reader.pin()
+        with pytest.raises(StoreNotFound):
+            Store.open(one, version=reader.version)
+        reader.close()
+    assert check_store(one) == []
 
 
 def test_a_pin_made_during_a_collection_waits_for_it_and_sees_what_it_pruned(tmp_path, monkeypatch):
@@ -969,6 +982,7 @@ def test_a_pin_made_during_a_collection_waits_for_it_and_sees_what_it_pruned(tmp
 
     from vecz.engine import commit
     from vecz.engine.commit import VersionPin
+    from vecz.errors import StoreNotFound
 
     path = tmp_path / "s"
     w, x = _pin_store(path)
@@ -980,7 +994,7 @@ def test_a_pin_made_during_a_collection_waits_for_it_and_sees_what_it_pruned(tmp
         def pin_now():
             try:
                 outcome["pin"] = VersionPin(path, doomed)
-            except StoreCorrupted as exc:
+            except StoreNotFound as exc:  # pruned: not found (it said StoreCorrupted)
                 outcome["error"] = exc
 
         real = commit._lock_unpinned
