@@ -90,14 +90,18 @@ def test_a_dense_file_may_be_named_by_several_segments_with_one_record():
     assert parse_body(raw, "here").segments[1].dense[-1] == _dense(1, 10)
 
 
+def _layout_1() -> dict:
+    """A layout-1 body: one segment of 10 rows, 2 of them deleted in a cumulative file."""
+    return {"format": "vecz.store", "version": 4, "parent": 3, "created": None, "dim": 4, "metric": "l2",
+            "dense": "f32", "codec": {"config": CONFIG, "file": "codec-000000000002.vzs"},
+            "segments": [{"serial": 1, "file": "seg-000000000001.vzs", "rows": 10, "min_id": 0, "max_id": 9,
+                          "dense": _dense(1, 10).to_json()}],
+            "deletes": {"file": "del-000000000004.vzs", "count": 2}, "next_id": 10, "next_serial": 2,
+            "counts": {"rows": 10, "live": 8}}
+
+
 def test_layout_1_reads_as_layout_2_with_legacy_deletes():
-    raw = {"format": "vecz.store", "version": 4, "parent": 3, "created": None, "dim": 4, "metric": "l2",
-           "dense": "f32", "codec": {"config": CONFIG, "file": "codec-000000000002.vzs"},
-           "segments": [{"serial": 1, "file": "seg-000000000001.vzs", "rows": 10, "min_id": 0, "max_id": 9,
-                         "dense": _dense(1, 10).to_json()}],
-           "deletes": {"file": "del-000000000004.vzs", "count": 2}, "next_id": 10, "next_serial": 2,
-           "counts": {"rows": 10, "live": 8}}
-    body = parse_body(raw, "old")
+    body = parse_body(_layout_1(), "old")
     assert body.layout == 1 and body.legacy_deletes == "del-000000000004.vzs"
     assert not body.segments[0].sorted_ids and body.segments[0].dense_map == "identity"
     assert "del-000000000004.vzs" in body_files(body)
@@ -107,12 +111,7 @@ def test_layout_1_reads_as_layout_2_with_legacy_deletes():
 
 def test_layout_1_counts_are_checked_against_its_deletes_count():
     # layout 1's top-level deletes count and counts were never compared with anything
-    raw = {"format": "vecz.store", "version": 4, "parent": 3, "created": None, "dim": 4, "metric": "l2",
-           "dense": "f32", "codec": {"config": CONFIG, "file": "codec-000000000002.vzs"},
-           "segments": [{"serial": 1, "file": "seg-000000000001.vzs", "rows": 10, "min_id": 0, "max_id": 9,
-                         "dense": _dense(1, 10).to_json()}],
-           "deletes": {"file": "del-000000000004.vzs", "count": 2}, "next_id": 10, "next_serial": 2,
-           "counts": {"rows": 10, "live": 8}}
+    raw = _layout_1()
     assert parse_body(copy.deepcopy(raw), "old").legacy_dead == 2
     for field, value in (("live", 9), ("rows", 11)):
         bad = copy.deepcopy(raw)
