@@ -619,9 +619,8 @@ def _measure_model(store: Any, queries: Any, nprobe: int | None, source: str | N
     if model is None:  # nothing committed: the model in use (committed, or one from pseudo-queries) stays
         from .bounds import MIN_PAIRS
 
-        in_use = store.error_model() if store.dense != "none" else None
-        then = ("the store's model stays in use" if in_use is not None else
-                "--rerank auto reads its whole shortlist")
+        then = ("the store's committed model stays in use" if store.calibration is not None else
+                "the store has no committed model: --rerank auto measures one from its rows at its first search")
         print(f"{store.path}: calibrated on {what}: too few pairs for a model (at least {MIN_PAIRS} needed); "
               f"nothing {'committed' if store.mode == 'a' else 'changed'}, {then}", file=sys.stderr)
         return

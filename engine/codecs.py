@@ -305,7 +305,7 @@ def _row_error(template: str, where: str, row: int) -> InvalidInput:
     return exc
 
 
-def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.ndarray:
+def _as_vectors(x: Any, dim: int, what: str, column: str | None = None, metric: str | None = None) -> np.ndarray:
     arr = as_matrix(x, dim, what, column)
     if arr.ndim == 1:
         arr = arr[None, :] if arr.size else arr.reshape(0, dim)  # [] is an empty batch
@@ -320,7 +320,8 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
         with np.errstate(over="ignore"):
             arr = np.ascontiguousarray(arr, dtype=np.float32)
         refuse_non_finite(arr, what, given=given)
-        _refuse_underflow(arr, given, what)
+        if metric == "cosine":  # under ip and l2 the zeros are the nearest float32 row, as for any tiny value
+            _refuse_underflow(arr, given, what)
     else:  # float16 and float32 fit
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         refuse_non_finite(arr, what, given=given)
@@ -329,8 +330,8 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None) -> np.nd
 
 def _refuse_underflow(arr: np.ndarray, given: np.ndarray, what: str) -> None:
     """A wider float row that is not all zeros but whose every value is below float32's
-    smallest subnormal became all zeros in `arr`: cosine then called it "all zeros", ip and
-    l2 kept a row the caller never gave. Refused, naming the row."""
+    smallest subnormal became all zeros in `arr`: cosine called it "all zeros", though it has
+    a direction. Refused, naming the row (cosine only)."""
     zero = np.flatnonzero(~arr.any(axis=1))
     if zero.size == 0:
         return
@@ -742,7 +743,7 @@ class Codec:
         """Rows as coded: unit-normalised for cosine, MRL-truncated (and renormalised for
         cosine/ip). A vector of norm zero has no direction: under cosine, or when MRL must
         renormalise an all-zero prefix, it is an `InvalidInput` rather than an arbitrary code."""
-        return self._prepare_rows(_as_vectors(x, self.dim, what, column), what)
+        return self._prepare_rows(_as_vectors(x, self.dim, what, column, self.metric), what)
 
     def _prepare_rows(self, arr: np.ndarray, what: str) -> np.ndarray:
         """`_prepare` of rows `_as_vectors` already checked (float32 (n, dim), C-contiguous,
@@ -1071,7 +1072,7 @@ class Codec:
         """
         self._check_search(nprobe, sdc)
         self._require()  # an untrained codec says so before judging the queries (as `encode`)
-        return self._plan_rows(_as_vectors(queries, self.dim, "queries"), nprobe, sdc)
+        return self._plan_rows(_as_vectors(queries, self.dim, "queries", metric=self.metric), nprobe, sdc)
 
     def _plan_rows(self, x: np.ndarray, nprobe: int, sdc: bool) -> QueryPlan:
         """`plan` of queries `_as_vectors` already checked, with nprobe and sdc checked (a

@@ -321,7 +321,7 @@ def _encode_rows(batch: dict[str, np.ndarray], *, codec_ref: Any, key: str, colu
     if codec is None:
         config, arrays = ray.get(codec_ref[0])
         codec = _CODECS[key] = Codec.from_config(config, arrays)
-    x = _as_vectors(_matrix(batch[column], "vectors"), dim, "vectors")
+    x = _as_vectors(_matrix(batch[column], "vectors"), dim, "vectors", metric=codec.metric)
     ids = np.asarray(batch[id_column])
     if ids.dtype.kind not in "iu" or ids.shape != (x.shape[0],):
         raise InvalidInput(f"ids: expected one integer id per row, found {ids.dtype} {ids.shape}")
@@ -1020,7 +1020,7 @@ class ShardedStore:
             raise InvalidInput(f"partial: expected True or False, found {partial!r}")
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.body.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
-        x = _as_vectors(queries, self.body.dim, "queries")
+        x = _as_vectors(queries, self.body.dim, "queries", metric=self.body.metric)
         # the query checks of a store's search (norms, zero rows under cosine), before the actors run
         # (and where none runs: a version without live rows)
         self.codec._prepare_rows(x, "queries")
@@ -1118,7 +1118,7 @@ class ShardedStore:
         over, rows = sum(r.over for r in results), sum(r.rows for r in results)
         from .search import warn_if_unlike
 
-        warn_if_unlike(over, rows, confidence)
+        warn_if_unlike(over, sum(r.checked for r in results), confidence)
         stats = SearchStats(sum(int(p[1]) for p in got), probes, rows_read=rows,
                             bytes_read=sum(r.bytes for r in results),
                             rows_per_query=np.sum([r.per_query for r in results], axis=0), capped=capped,

@@ -23,6 +23,8 @@ store at once (not while it commits).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -452,6 +454,9 @@ def _first_reads(readers, reader_ix, dense_row, order, up_sorted, n_valid, bette
     return avail
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 def warn_if_unlike(over: int, rows: int, confidence: float) -> None:
     """Warn (`QueriesUnlikeModel`) when `over` of the `rows` a search read beat their upper
     bound, where a calibrated model lets about (1 - confidence) of them: beyond that
@@ -461,11 +466,14 @@ def warn_if_unlike(over: int, rows: int, confidence: float) -> None:
     2-30% of the rows read beat their bound."""
     expected = (1.0 - confidence) * rows
     if over > expected + 5.0 * math.sqrt(expected) + 5.0:
+        level, frame = 1, sys._getframe(1)  # the caller's line: the first frame outside engine/
+        while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _HERE:
+            level, frame = level + 1, frame.f_back
         warnings.warn(QueriesUnlikeModel(
             f"rerank='auto': {over:,} of the {rows:,} rows read scored above their upper bound, where the error "
             f"model allows about {expected:,.1f} at confidence {confidence:g}: these queries differ from those it was "
             "measured on, and answers may miss true neighbours. Measure it on a few hundred of them: "
-            "Store.calibrate(sample) (vecz calibrate STORE --sample SAMPLE)"), stacklevel=4)
+            "Store.calibrate(sample) (vecz calibrate STORE --sample SAMPLE)"), stacklevel=level + 1)
 
 
 class AutoResult(NamedTuple):
@@ -483,6 +491,7 @@ class AutoResult(NamedTuple):
     tau: np.ndarray
     reach: np.ndarray
     over: int = 0  # rows read whose exact score beat their upper bound (`bound_exceeded`)
+    checked: int = 0  # rows read at ranks the model measured, of which `over` counts
 
     @classmethod
     def empty(cls, nq: int, k: int, metric: str) -> "AutoResult":
@@ -683,15 +692,23 @@ class AutoWalk:
             # (an offset below zero, which a query's shift allows, is largest at the smallest
             # scale: 0 stands for it)
             reach = np.where(full, code + np.maximum(z, 0.0) * self.qn * sigma_max, -np.inf)
-        return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau.copy(), reach, self._over())
+        over, checked = self._over()
+        return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau.copy(), reach, over, checked)
 
     def _over(self) -> int:
-        """Rows read whose exact score beat their upper bound (beyond float32 rounding): a
-        calibrated model lets about (1 - confidence) of them do so."""
+        """(rows read whose exact score beat their upper bound beyond float32 rounding, rows
+        read), both at the shortlist ranks the model measured: a calibrated model lets about
+        (1 - confidence) of them do so."""
         if self.model is None or not self.done.any():
-            return 0
-        upper = self.better + self.z_hi * self.scale
-        return int(np.count_nonzero(self.done & (self.exact > upper + 1e-6 * (1.0 + np.abs(upper)))))
+            return 0, 0
+        # only ranks the model measured: deeper ones (read because k is large) take the last
+        # band's offset, which they beat often whatever the queries (a review saw k = 5000
+        # over 4,000 rows warn with recall 1.0)
+        depth = self.done.shape[1] if self.model.ranks is None else int(self.model.ranks.max()) + 1
+        done = self.done[:, :depth]
+        upper = self.better[:, :depth] + self.z_hi[:, :depth] * self.scale[:, :depth]
+        over = done & (self.exact[:, :depth] > upper + 1e-6 * (1.0 + np.abs(upper)))
+        return int(np.count_nonzero(over)), int(np.count_nonzero(done))
 
 
 def _auto_rerank(metric: str, segments: list[Segment], x: np.ndarray, est: np.ndarray, seg_of: np.ndarray,
@@ -793,7 +810,7 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
             got = _auto_rerank(metric, segments, x, scores, seg_of, rows, ids, k, bound[0], bound[1], prefetch)
             capped = int(np.count_nonzero(got.reach >= got.tau))
             if bound[0] is not None:
-                warn_if_unlike(got.over, got.rows, bound[1])
+                warn_if_unlike(got.over, got.checked, bound[1])
             return SearchResult(got.scores.astype(np.float32), got.ids, stats._replace(
                 rows_read=got.rows, bytes_read=got.bytes, rows_per_query=got.per_query, capped=capped,
                 bound_exceeded=got.over))

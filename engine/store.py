@@ -543,7 +543,7 @@ class Store:
         return self._lock
 
     def _vectors(self, x: Any, what: str, column: str | None = None) -> np.ndarray:
-        arr = _as_vectors(x, self.dim, what, column)
+        arr = _as_vectors(x, self.dim, what, column, self.metric)
         writes.check_rows(arr, "none", what, self.metric)
         return arr
 
@@ -577,7 +577,7 @@ class Store:
         lock = self._require_writer("add")
         # writes.add checks the rows (norms, f16 range) once, with the store's dense tier
         with plain_interrupts():
-            return writes.add(self, lock, _as_vectors(vectors, self.dim, "vectors", column), ids, build_progress)
+            return writes.add(self, lock, _as_vectors(vectors, self.dim, "vectors", column, self.metric), ids, build_progress)
 
     def delete(self, ids: Any) -> int:
         """Delete the live rows with these ids (unknown ids are ignored); returns how many
@@ -648,7 +648,7 @@ class Store:
         self._check_open("search")
         k, nprobe, rerank, auto, confidence = check_search_args(self.codec, self.dense, k, nprobe, rerank, sdc,
                                                                 confidence)
-        x = _as_vectors(queries, self.dim, "queries")
+        x = _as_vectors(queries, self.dim, "queries", metric=self.metric)
         if not self.codec.is_trained:
             self.codec._prepare_rows(x, "queries")  # the query checks a search of rows makes (zero rows, norms)
             nq = x.shape[0]
@@ -790,7 +790,7 @@ class Store:
             raise InvalidInput("calibrate: expected a trained store, found no training")
         x, source = None, "rows"
         if queries is not None:
-            x, source = _as_vectors(queries, self.dim, "calibration queries"), "queries"
+            x, source = _as_vectors(queries, self.dim, "calibration queries", metric=self.metric), "queries"
         _, nprobe, *_ = check_search_args(self.codec, self.dense, 1, nprobe, None, False, None)
         if x is not None and x.shape[0] == 0:
             raise InvalidInput("calibrate: expected at least one query, found 0 queries")

@@ -1118,14 +1118,22 @@ def test_queries_unlike_the_model_warn_and_are_counted(tmp_path):
         assert like.stats.bound_exceeded <= 0.01 * like.stats.rows_read
         q = clusters(300, 8)
         with pytest.warns(QueriesUnlikeModel, match=r"rows read scored above their upper bound, where the error "
-                                                    r"model allows about .* at confidence 0.999"):
+                                                    r"model allows about .* at confidence 0.999") as record:
             unlike = s.search(q, 10, rerank="auto")
+        assert record[0].filename == __file__  # the caller's line, not vecz's
         assert unlike.stats.bound_exceeded > 0.005 * unlike.stats.rows_read
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             one = s.search(q[:1], 10, rerank="auto")  # a lone query never warns
         assert not [w for w in seen if issubclass(w.category, QueriesUnlikeModel)]
         assert one.stats.bound_exceeded <= one.stats.rows_read
+        # rows read only because k is large sit at ranks the model never measured: not counted
+        # (k = 5000 over 4,000 rows warned with recall 1.0)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            deep = s.search(aniso(20, 8), 9000, rerank="auto")
+        assert not [w for w in seen if issubclass(w.category, QueriesUnlikeModel)]
+        assert deep.stats.bound_exceeded <= 0.01 * deep.stats.rows_read
         assert s.calibrate(clusters(300, 9)) is not None
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")

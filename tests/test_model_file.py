@@ -329,7 +329,7 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
     np.save(tmp_path / "one.npy", _rows(1, 13))
     assert main(["calibrate", store, "--sample", str(tmp_path / "one.npy")]) == 0
     assert ("calibrated on 1 sample query: too few pairs for a model (at least 200 needed); nothing committed, "
-            "the store's model stays in use") in capsys.readouterr().err
+            "the store's committed model stays in use") in capsys.readouterr().err
     with Store.open(store) as r:
         assert r.calibration["source"] == "queries"
     bare = str(tmp_path / "b")
@@ -338,6 +338,9 @@ def test_cli_build_commits_a_model_and_calibrate_replaces_it(tmp_path, capsys):
         assert r.calibration is None
     assert main(["info", bare]) == 0
     assert "none committed" in capsys.readouterr().out
+    assert main(["calibrate", bare, "--sample", str(tmp_path / "one.npy")]) == 0
+    assert ("nothing committed, the store has no committed model: --rerank auto measures one from its rows at its "
+            "first search") in capsys.readouterr().err
     none = str(tmp_path / "n")
     assert main(["build", str(tmp_path / "x.npy"), none, "--codec", "PQ6x8", "--dense", "none"]) == 0
     with Store.open(none) as r:

@@ -204,7 +204,10 @@ def caller_threads() -> Iterator[None]:
     from threadpoolctl import ThreadpoolController
 
     numba_n = numba.get_num_threads()
-    faiss = sys.modules.get("faiss")
+    try:  # loaded now, with its OpenMP BLAS, so that their counts are recorded before a run changes them
+        import faiss
+    except ImportError:
+        faiss = None
     faiss_n = faiss.omp_get_max_threads() if faiss is not None else None
     blas = [(getattr(lib, "_real_set_num_threads", lib.set_num_threads), lib.num_threads)
             for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
