@@ -54,9 +54,9 @@ class SearchStats(NamedTuple):
     # shortlist ended while a row beyond it could still have entered the top-k (raise the cap)
     rows_per_query: np.ndarray | None = None
     capped: int = 0
-    # ``rerank="auto"``: rows read whose exact score beat their upper bound; a calibrated
-    # model lets about (1 - confidence) of the rows read do so (far more warns:
-    # `search.QueriesUnlikeModel`)
+    # ``rerank="auto"``: rows read, at the shortlist ranks the error model measured, whose
+    # exact score beat their upper bound; a calibrated model lets about (1 - confidence) of
+    # those rows do so (far more warns: `errors.QueriesUnlikeModel`)
     bound_exceeded: int = 0
 
     @property
