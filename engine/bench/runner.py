@@ -204,9 +204,12 @@ def caller_threads() -> Iterator[None]:
     from threadpoolctl import ThreadpoolController
 
     numba_n = numba.get_num_threads()
+    from ..errors import MissingDependency
+    from ..faiss_interop import import_faiss
+
     try:  # loaded now, with its OpenMP BLAS, so that their counts are recorded before a run changes them
-        import faiss
-    except ImportError:
+        faiss = import_faiss()
+    except MissingDependency:
         faiss = None
     faiss_n = faiss.omp_get_max_threads() if faiss is not None else None
     blas = [(getattr(lib, "_real_set_num_threads", lib.set_num_threads), lib.num_threads)
