@@ -303,6 +303,14 @@ class ErrorModel:
             cached = self._cache[key] = (lo, hi)
         return cached
 
+    def measured_depth(self) -> int | None:
+        """How many shortlist ranks the model measured (None: pooled, no ranks); deeper ones
+        take the last band's quantiles. Kept: a search asks on every call."""
+        depth = self._cache.get("depth", 0)
+        if depth == 0:
+            depth = self._cache["depth"] = None if self.ranks is None else int(self.ranks.max()) + 1
+        return depth
+
     def rank_bands(self, confidence: float) -> list[tuple[int, int, tuple[float, float]]]:
         """[(first rank, end rank, (z_lo, z_hi))] covering all ranks in order (the last
         band's end is 2^62). Band b holds ranks [2^(b+1) - 2, 2^(b+2) - 2): [0, 2), [2, 6),

@@ -319,12 +319,11 @@ def _as_vectors(x: Any, dim: int, what: str, column: str | None = None, metric: 
     if arr.dtype.itemsize > 4:  # float64 (or longer) beyond float32's range becomes inf, reported below
         with np.errstate(over="ignore"):
             arr = np.ascontiguousarray(arr, dtype=np.float32)
-        refuse_non_finite(arr, what, given=given)
-        if metric == "cosine":  # under ip and l2 the zeros are the nearest float32 row, as for any tiny value
-            _refuse_underflow(arr, given, what)
     else:  # float16 and float32 fit
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-        refuse_non_finite(arr, what, given=given)
+    refuse_non_finite(arr, what, given=given)
+    if metric == "cosine" and given.dtype.itemsize > 4:  # under ip and l2 zeros are the nearest float32 row
+        _refuse_underflow(arr, given, what)
     return arr
 
 

@@ -195,10 +195,10 @@ def merge_segments(directory: Path, codec: Codec, sources: list[Segment], serial
             arrays["dense_file"], arrays["dense_row"] = dense_file, dense_row
     name = data_file_name("seg", serial)
     try:
-        sg.write_segment(directory / name, "codes", arrays)
+        digest = sg.write_segment(directory / name, "codes", arrays).digest
         files.append(name)
         rec = SegmentRecord(serial, name, int(ids.size), int(ids[0]), int(ids[-1]), tuple(infos), dense_map, None, 0,
-                            True, sg.segment_digest(directory / name))
+                            True, digest)
         # (loading it fails too, say on an interrupt: its files are not the caller's yet, and left
         # behind they held their serial's names, so the writer's next commit failed on "File exists")
         seg = Segment.from_arrays(rec, codec, ids, codes, lists, pool, dense_file, dense_row, directory=directory,

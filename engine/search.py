@@ -695,7 +695,7 @@ class AutoWalk:
         over, checked = self._over()
         return AutoResult(top_s, top_i, n_rows, n_bytes, per_query, self.tau.copy(), reach, over, checked)
 
-    def _over(self) -> int:
+    def _over(self) -> tuple[int, int]:
         """(rows read whose exact score beat their upper bound beyond float32 rounding, rows
         read), both at the shortlist ranks the model measured: a calibrated model lets about
         (1 - confidence) of them do so."""
@@ -704,7 +704,7 @@ class AutoWalk:
         # only ranks the model measured: deeper ones (read because k is large) take the last
         # band's offset, which they beat often whatever the queries (a review saw k = 5000
         # over 4,000 rows warn with recall 1.0)
-        depth = self.done.shape[1] if self.model.ranks is None else int(self.model.ranks.max()) + 1
+        depth = self.model.measured_depth() or self.done.shape[1]
         done = self.done[:, :depth]
         upper = self.better[:, :depth] + self.z_hi[:, :depth] * self.scale[:, :depth]
         over = done & (self.exact[:, :depth] > upper + 1e-6 * (1.0 + np.abs(upper)))
@@ -809,8 +809,7 @@ def search_segments(codec: Codec, metric: str, segments: list[Segment], x: np.nd
         if bound is not None:
             got = _auto_rerank(metric, segments, x, scores, seg_of, rows, ids, k, bound[0], bound[1], prefetch)
             capped = int(np.count_nonzero(got.reach >= got.tau))
-            if bound[0] is not None:
-                warn_if_unlike(got.over, got.checked, bound[1])
+            warn_if_unlike(got.over, got.checked, bound[1])  # (nothing counted without a model)
             return SearchResult(got.scores.astype(np.float32), got.ids, stats._replace(
                 rows_read=got.rows, bytes_read=got.bytes, rows_per_query=got.per_query, capped=capped,
                 bound_exceeded=got.over))

@@ -213,9 +213,8 @@ class Store:
             if given.is_trained:
                 codec_file = data_file_name("codec", 1)
                 with storage_errors("create: write the codec", path / codec_file):
-                    sg.write_segment(path / codec_file, "codec", given.state(), meta=given.to_config())
-                    files.append(codec_file)
-                    digest = sg.segment_digest(path / codec_file)
+                    digest = sg.write_segment(path / codec_file, "codec", given.state(), meta=given.to_config()).digest
+                files.append(codec_file)
             body = StoreBody(1, None, _now(), int(dim), metric, dense, given.to_config(), codec_file, (), 0, 1,
                              int(retain), codec_digest=digest)
             store._lock.publish(1, body.to_json(), files, "create")
@@ -577,7 +576,8 @@ class Store:
         lock = self._require_writer("add")
         # writes.add checks the rows (norms, f16 range) once, with the store's dense tier
         with plain_interrupts():
-            return writes.add(self, lock, _as_vectors(vectors, self.dim, "vectors", column, self.metric), ids, build_progress)
+            x = _as_vectors(vectors, self.dim, "vectors", column, self.metric)
+            return writes.add(self, lock, x, ids, build_progress)
 
     def delete(self, ids: Any) -> int:
         """Delete the live rows with these ids (unknown ids are ignored); returns how many

@@ -27,7 +27,7 @@ from numba.np.ufunc import parallel as _numba_parallel
 
 from .parallel import parallel_region
 
-__all__ = ["query_threads", "plain_interrupts"]
+__all__ = ["query_threads", "plain_interrupts", "blas_setter"]
 
 
 @contextlib.contextmanager
@@ -45,6 +45,28 @@ def plain_interrupts() -> Iterator[None]:
         if not isinstance(cause, KeyboardInterrupt):
             raise
         raise KeyboardInterrupt from None
+
+
+def blas_setter(lib: Any) -> Any:
+    """The function that sets a threadpoolctl BLAS controller's thread count: its
+    `_real_set_num_threads` where it has one (threadpoolctl 3.8's public `set_num_threads`
+    does nothing when called from a thread other than the first that set OpenBLAS's count)."""
+    return getattr(lib, "_real_set_num_threads", lib.set_num_threads)
+
+
+def _lower(calls: list, saved: list[int]) -> None:
+    """Set each (get, set) of `calls` to one thread where its `saved` count is not 1."""
+    for (_, set_threads), n in zip(calls, saved):
+        if n != 1:
+            set_threads(1)
+
+
+def _give_back(calls: list, saved: list[int]) -> None:
+    """Give each of `calls` its `saved` count back where it is still the 1 a scope set (a
+    count another thread of the caller set meanwhile stays, unless it set 1)."""
+    for (get, set_threads), n in zip(calls, saved):
+        if n != 1 and get() == 1:
+            set_threads(n)
 
 
 class _SerialBlas:
@@ -90,14 +112,12 @@ class _SerialBlas:
     def _thread_calls(cls) -> list:
         """Each library's (get, set) of its thread count, looked up once (a search enters
         and leaves this scope every time: 4.5 us a search through the properties). For
-        OpenBLAS the set is threadpoolctl's `_real_set_num_threads` where it has one:
-        threadpoolctl 3.8's public `set_num_threads` does nothing when called from a thread
-        other than the first that set OpenBLAS's count (its "controlling" thread), so a
-        search from a server's worker thread ran its BLAS on every thread; this scope
-        counts its users under its own lock instead."""
+        OpenBLAS the set is `blas_setter`'s: with threadpoolctl's public one, a search from
+        a server's worker thread ran its BLAS on every thread; this scope counts its users
+        under its own lock instead."""
         if cls._calls is None:
-            calls = [(lib.get_num_threads, getattr(lib, "_real_set_num_threads", lib.set_num_threads),
-                      getattr(lib, "threading_layer", None) == "openmp") for lib in cls._controllers()]
+            calls = [(lib.get_num_threads, blas_setter(lib), getattr(lib, "threading_layer", None) == "openmp")
+                     for lib in cls._controllers()]
             cls._local_calls = [(get, put) for get, put, openmp in calls if openmp]
             cls._calls = [(get, put) for get, put, openmp in calls if not openmp]
         return cls._calls
@@ -128,11 +148,9 @@ class _SerialBlas:
             if first:
                 try:
                     calls = cls._thread_calls()
-                    cls._saved = saved = [get() for get, _ in calls]
+                    cls._saved = [get() for get, _ in calls]
                     cls._lowered = True
-                    for (_, set_threads), n in zip(calls, saved):
-                        if n != 1:
-                            set_threads(1)
+                    _lower(calls, cls._saved)
                 except BaseException:
                     cls._depth -= 1
                     held.n -= 1
@@ -142,9 +160,7 @@ class _SerialBlas:
             try:
                 own = cls._own_thread_calls()
                 held.saved = [get() for get, _ in own]
-                for (_, set_threads), n in zip(own, held.saved):
-                    if n != 1:
-                        set_threads(1)
+                _lower(own, held.saved)
             except BaseException:
                 self.__exit__(None, None, None)
                 raise
@@ -164,9 +180,7 @@ class _SerialBlas:
         """Give the calling thread's own (OpenMP) BLAS counts back, where still the scope's 1."""
         saved, cls._held.saved = getattr(cls._held, "saved", None), None
         if saved:
-            for (get, set_threads), n in zip(cls._own_thread_calls(), saved):
-                if n != 1 and get() == 1:
-                    set_threads(n)
+            _give_back(cls._own_thread_calls(), saved)
 
     @classmethod
     def _mend_thread(cls) -> None:
@@ -187,9 +201,7 @@ class _SerialBlas:
         the 1 the scope set (a count another thread of the caller set meanwhile stays, unless
         it set 1: that looks like the scope's own)."""
         if cls._lowered:
-            for (get, set_threads), n in zip(cls._thread_calls(), cls._saved):
-                if n != 1 and get() == 1:
-                    set_threads(n)
+            _give_back(cls._thread_calls(), cls._saved)
             cls._lowered = False
 
     @classmethod

@@ -124,10 +124,9 @@ def _write_deletes(store: "Store", rec: SegmentRecord, dead: np.ndarray, serials
         return replace(rec, deletes=None, dead=0, deletes_digest=None)
     name = data_file_name("del", serials.take())
     with storage_errors("write a deletion file", store.path / name):
-        sg.write_segment(store.path / name, "deletes", {"rows": np.ascontiguousarray(dead, dtype=np.int64)},
-                         meta={"segment": rec.serial, "segment_file": rec.file})
-        files.append(name)
-        digest = sg.segment_digest(store.path / name)
+        digest = sg.write_segment(store.path / name, "deletes", {"rows": np.ascontiguousarray(dead, dtype=np.int64)},
+                                  meta={"segment": rec.serial, "segment_file": rec.file}).digest
+    files.append(name)
     return replace(rec, deletes=name, dead=int(dead.size), deletes_digest=digest)
 
 
@@ -167,9 +166,8 @@ def train(store: "Store", lock: WriterLock, sample: np.ndarray) -> None:
 def _with_codec(store: "Store", codec: Codec, body: StoreBody, files: list[str]) -> StoreBody:
     name = data_file_name("codec", store.version + 1)
     with storage_errors("write the trained codec", store.path / name):
-        sg.write_segment(store.path / name, "codec", codec.state(), meta=codec.to_config())
-        files.append(name)
-        digest = sg.segment_digest(store.path / name)
+        digest = sg.write_segment(store.path / name, "codec", codec.state(), meta=codec.to_config()).digest
+    files.append(name)
     # a model measured with another codec says nothing about this one
     return replace(body, codec_config=codec.to_config(), codec_file=name, codec_digest=digest, calibration=None)
 
@@ -264,9 +262,8 @@ def write_rows(directory: Path, names: tuple[str, str], arrays: dict[str, np.nda
             dense_map = "sections"
             arrays = {**arrays, **sections}
     with storage_errors(f"{operation}: write the codes segment", directory / names[0]):
-        sg.write_segment(directory / names[0], "codes", arrays)
-        files.append(names[0])
-        digest = sg.segment_digest(directory / names[0])
+        digest = sg.write_segment(directory / names[0], "codes", arrays).digest
+    files.append(names[0])
     rec = SegmentRecord(serial, names[0], int(seg_ids.size), int(seg_ids[0]), int(seg_ids[-1]), infos, dense_map,
                         None, 0, True, digest)
     return rec, arrays
@@ -409,8 +406,7 @@ def calibrate(store: "Store", lock: WriterLock, model: ErrorModel, source: str, 
         name = data_file_name("model", serials.take())
         files.append(name)  # removed on any failure from here on, written or not
         with storage_errors("calibrate: write the error model", store.path / name):
-            sg.write_segment(store.path / name, "model", arrays, meta=meta)
-            digest = sg.segment_digest(store.path / name)
+            digest = sg.write_segment(store.path / name, "model", arrays, meta=meta).digest
         record = CalibrationRecord(name, int(store._body.live), source, int(nprobe), digest)
         _publish(store, lock, replace(body, calibration=record, next_serial=serials.next), files, "calibrate")
     except BaseException:
@@ -533,14 +529,14 @@ def dead_rows_of(directory: Path, rec: SegmentRecord, legacy: dict[int, np.ndarr
 # ---------------------------------------------------------------------------- checking
 
 
-def _digests(body: StoreBody) -> list[tuple[str, int]]:
-    """(file, digest) of every segment file `body` records a digest for."""
-    out = [(s.file, s.digest) for s in body.segments if s.digest is not None]
-    out += [(s.deletes, s.deletes_digest) for s in body.segments if s.deletes and s.deletes_digest is not None]
-    if body.codec_file and body.codec_digest is not None:
-        out.append((body.codec_file, body.codec_digest))
-    if body.calibration is not None and body.calibration.digest is not None:
-        out.append((body.calibration.file, body.calibration.digest))
+def _digests(body: StoreBody) -> dict[str, int | None]:
+    """The digest `body` records for each segment file it names with one (None: none)."""
+    out = {s.file: s.digest for s in body.segments}
+    out.update((s.deletes, s.deletes_digest) for s in body.segments if s.deletes)
+    if body.codec_file:
+        out[body.codec_file] = body.codec_digest
+    if body.calibration is not None:
+        out[body.calibration.file] = body.calibration.digest
     return out
 
 
@@ -548,16 +544,10 @@ def check_files(path: Path, body: StoreBody) -> list[str]:
     """Checksums of every file a version names (never raises)."""
     problems = []
     seen: set[str] = set()
+    digests = _digests(body)  # each file the one this version wrote (not another store's copy)
     for name in sorted(body_files(body)):
         if not name.startswith("dense-"):
-            problems += sg.check_segment(path / name)
-    for name, digest in _digests(body):  # each file the one this version wrote (not another store's copy)
-        try:
-            found = sg.segment_digest(path / name)
-        except VeczError:
-            continue  # a damaged file: reported above
-        if found != digest:
-            problems.append(sg.digest_mismatch(path / name, found, digest))
+            problems += sg.check_segment(path / name, digests.get(name))
     for seg in body.segments:
         for info in seg.dense:
             if info.file not in seen:

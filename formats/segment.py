@@ -25,7 +25,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Self  # noqa: UP035 (tests/test_layout.py allows typing, not collections)
+from typing import Any, Mapping, NamedTuple, Self  # noqa: UP035 (tests/test_layout.py allows typing, not collections)
 
 import numpy as np
 import zstandard
@@ -43,6 +43,7 @@ __all__ = [
     "SectionInfo",
     "SegmentFile",
     "write_segment",
+    "Written",
     "segment_digest",
     "open_segment",
     "read_segment",
@@ -451,6 +452,13 @@ def _prepare(name: str, array: Any) -> tuple[str, str, tuple[int, ...], np.ndarr
     return name, little.str, shape, flat
 
 
+class Written(NamedTuple):
+    """What `write_segment` wrote: the file's length and its digest (`segment_digest`)."""
+
+    nbytes: int
+    digest: int
+
+
 def write_segment(
     path: str | os.PathLike[str],
     kind: str,
@@ -459,7 +467,7 @@ def write_segment(
     meta: dict | None = None,
     compress: bool = True,
     level: int = 3,
-) -> int:
+) -> Written:
     """Write a new segment file (exclusive create) and fsync it.
 
     Parameters
@@ -481,8 +489,9 @@ def write_segment(
 
     Returns
     -------
-    int
-        Bytes written (the file's length).
+    Written
+        Bytes written (the file's length) and the file's digest, the header CRC32 a
+        manifest records for it.
 
     Raises
     ------
@@ -547,7 +556,8 @@ def write_segment(
     file_length = pos
     table = b"".join(entries)
     fields = (MAGIC, MAJOR, MINOR, 0, file_length, len(entries), zlib.crc32(table), kind.encode("ascii"))
-    header = _HEADER.pack(*fields, zlib.crc32(_HEADER.pack(*fields, 0)[:_HEADER_CRC_END]))
+    digest = zlib.crc32(_HEADER.pack(*fields, 0)[:_HEADER_CRC_END])
+    header = _HEADER.pack(*fields, digest)
 
     with open(path, "xb") as f:
         try:
@@ -567,7 +577,7 @@ def write_segment(
             except OSError:
                 pass
             raise
-    return file_length
+    return Written(file_length, digest)
 
 
 def open_segment(path: str | os.PathLike[str], kind: str | None = None, digest: int | None = None) -> SegmentFile:
@@ -624,8 +634,9 @@ def read_segment(
         return seg.read_all(), seg.meta
 
 
-def check_segment(path: str | os.PathLike[str]) -> list[str]:
-    """Verify a segment file completely: header, table, every section's CRC32 and decompression.
+def check_segment(path: str | os.PathLike[str], digest: int | None = None) -> list[str]:
+    """Verify a segment file completely: header, table, every section's CRC32 and
+    decompression, and, when given, that its digest is the one a manifest recorded.
 
     Returns
     -------
@@ -639,4 +650,7 @@ def check_segment(path: str | os.PathLike[str]) -> list[str]:
     except FormatError as exc:
         return [str(exc)]
     with seg:
-        return seg.problems()
+        problems = seg.problems()
+        if digest is not None and seg.digest != digest:
+            problems.append(digest_mismatch(seg.path, seg.digest, digest))
+        return problems

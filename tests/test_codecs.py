@@ -437,7 +437,8 @@ def test_from_config_refuses_a_rotation_that_is_not_orthogonal(spec, name, kw):
     assert Codec.from_config(config, state) == codec  # a trained one loads (to float32 rounding)
     q = np.linalg.qr(np.random.default_rng(1).standard_normal(rot.shape))[0]
     assert Codec.from_config(config, {**state, name: q}).is_trained  # any orthogonal matrix is one
-    damaged = {"all zeros": np.zeros_like(rot), "scaled": rot * 1.01, "a row zeroed": np.vstack([rot[:-1], 0 * rot[-1:]]),
+    damaged = {"all zeros": np.zeros_like(rot), "scaled": rot * 1.01,
+               "a row zeroed": np.vstack([rot[:-1], 0 * rot[-1:]]),
                "two rows the same": np.vstack([rot[:-1], rot[:1]])}
     for what, bad in damaged.items():
         with pytest.raises(CodecSpecError, match=f"{name!r}: expected an orthogonal rotation"):

@@ -332,7 +332,8 @@ def test_overlapping_searches_leave_each_threads_openmp_blas_count(tmp_path, mon
         monkeypatch.setattr(codecs.CodeIndex, "_scan", ordered)
         seen = []
         worker = threading.Thread(target=lambda: (main_in.wait(10), seen.append(faiss.omp_get_max_threads()),
-                                                  store.search(q, 3, nprobe=2), seen.append(faiss.omp_get_max_threads())))
+                                                  store.search(q, 3, nprobe=2),
+                                                  seen.append(faiss.omp_get_max_threads())))
         worker.start()
         try:
             store.search(q, 3, nprobe=2)

@@ -258,7 +258,8 @@ def test_header_checks(tmp_path):
         (b'{"version": true}', StoreCorrupted, "expected 1"),
         (b'{"format": "vecz.store"}', StoreCorrupted, "found None"),
     ],
-    ids=["deep", "deep_inside", "nan", "inf", "huge", "-huge", "cut", "utf8", "list", "empty", "v2", "v_str", "v_bool", "v_missing"],
+    ids=["deep", "deep_inside", "nan", "inf", "huge", "-huge", "cut", "utf8", "list", "empty", "v2", "v_str", "v_bool",
+         "v_missing"],
 )
 def test_body_checks(tmp_path, body, error, match):
     _put(tmp_path, 1, _seal(body))

@@ -59,7 +59,8 @@ from .metrics import LATENCY_QUERIES, BenchResult, depth_key, quality_at, recall
 from .report import (aligned_table, depth_cell, faiss_columns, markdown_rows, measured_columns, num_cell,
                      settings_line)
 from .report import write_outputs as _write_report
-from .runner import built_stores, caller_threads, check_common, check_dataset, ivf_nlist, measure_store, set_threads, store_row
+from .runner import (built_stores, caller_threads, check_common, check_dataset, ivf_nlist, measure_store, set_threads,
+                     store_row)
 
 __all__ = ["candidate_specs", "depth_grid", "nprobe_grid", "split_queries", "pick", "recommend", "summary",
            "format_runs", "format_sweeps", "report_markdown", "write_outputs"]

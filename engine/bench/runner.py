@@ -203,17 +203,17 @@ def caller_threads() -> Iterator[None]:
     import numba
     from threadpoolctl import ThreadpoolController
 
-    numba_n = numba.get_num_threads()
     from ..errors import MissingDependency
     from ..faiss_interop import import_faiss
+    from ..threads import blas_setter
 
     try:  # loaded now, with its OpenMP BLAS, so that their counts are recorded before a run changes them
         faiss = import_faiss()
     except MissingDependency:
         faiss = None
+    numba_n = numba.get_num_threads()
     faiss_n = faiss.omp_get_max_threads() if faiss is not None else None
-    blas = [(getattr(lib, "_real_set_num_threads", lib.set_num_threads), lib.num_threads)
-            for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+    blas = [(blas_setter(lib), lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
     try:
         yield
     finally:
